@@ -1,0 +1,46 @@
+// bench: `remusdb bench trace <file>` (trace replay through the codec, verified) and
+// `remusdb bench codec` (codec throughput against memcpy, measured in the same run).
+import type { Command } from 'commander';
+import { DEFAULT_CACHE, cacheSpecOption } from '../memory/cache-size';
+import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
+import { benchCodec, formatCodecBench } from '../bench/codec-bench';
+import { choiceOption, intOption } from './options';
+
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('benchmarks');
+  bench.command('trace <file>')
+    .description('replay a trace through the encoder and a verifying backup decoder')
+    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
+    .option('--no-compress', 'plain Remus: send every page raw')
+    .option('--impl <impl>', 'native or ref (TypeScript reference codec)', choiceOption('--impl', ['native', 'ref'] as const), 'native')
+    .option('--json', 'print one JSON object on stdout')
+    .action(async (file: string, o: { cache: string; compress: boolean; impl: 'native' | 'ref'; json?: boolean }) => {
+      const live = !o.json && process.stderr.isTTY;
+      const r = await benchTrace(file, { cache: o.cache, compress: o.compress, impl: o.impl,
+        onEpoch: live ? (e, x) => process.stderr.write(`\repoch ${e}  ratio ${x.ratio_incremental.toFixed(1)}x  `) : undefined });
+      if (live) process.stderr.write('\n');
+      console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
+    });
+  bench.command('codec')
+    .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
+    .option('--runs <n>', 'runs per figure (the median is reported)', intOption('--runs', 1, 101), 7)
+    .option('--json', 'print one JSON object on stdout')
+    .action((o: { runs: number; json?: boolean }) => {
+      const r = benchCodec({ runs: o.runs });
+      console.log(o.json ? JSON.stringify(r) : formatCodecBench(r));
+    });
+}
+
+function formatTraceBench(r: TraceBenchResult): string {
+  const mb = (b: number): string => `${(b / 1e6).toFixed(1)} MB`;
+  return [
+    `trace            ${r.trace}`,
+    `epochs           ${r.epochs} (${r.pages} pages, guest ${r.total_pages} pages)`,
+    `cache            ${r.cache_pages} pages (${mb(r.cache_bytes)}), hit rate ${(100 * r.hit_rate_incremental).toFixed(1)}% after epoch 0`,
+    `raw → sent       ${mb(r.raw_bytes)} → ${mb(r.sent_bytes)}  (ratio ${r.ratio.toFixed(2)}x)`,
+    `incremental      ${mb(r.raw_bytes_incremental)} → ${mb(r.sent_bytes_incremental)}  (ratio ${r.ratio_incremental.toFixed(2)}x)`,
+    `encode / decode  ${r.encode_mb_s.toFixed(0)} / ${r.decode_mb_s.toFixed(0)} MB/s of page data`,
+    `encodings        ${Object.entries(r.encodings).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `verified         ${r.verified ? 'yes: the backup image matched the trace after every epoch' : 'NO'}`,
+  ].join('\n');
+}

@@ -1,0 +1,39 @@
+// errors: the one error class of remusdb and its stable codes. Operating errors (a peer
+// gone, a bad stream, no Xen, bad user input) are RemusError with a code from ErrorCode and
+// a message a person can act on; the native addon throws the same class (injected at load).
+// Programmer errors are assertions (dom0/assert.ts), never RemusError.
+
+export const ErrorCode = {
+  /** A page record in a replication stream or trace is malformed. */
+  BAD_PAGE_RECORD: 'ERR_BAD_PAGE_RECORD',
+  /** An RDTRACE1 file is malformed (magic, record type, length, truncation, pfn). */
+  BAD_TRACE: 'ERR_BAD_TRACE',
+  /** A command-line option or argument is invalid. */
+  BAD_ARGUMENT: 'ERR_BAD_ARGUMENT',
+  /** A file could not be read or written. */
+  IO: 'ERR_IO',
+  /** The native addon is missing or lacks a part this operation needs. */
+  ADDON_PART_MISSING: 'ERR_ADDON_PART_MISSING',
+  /** Memory for a buffer or cache could not be reserved. */
+  OUT_OF_MEMORY: 'ERR_OUT_OF_MEMORY',
+  /** A benchmark's backup image diverged from the source: the codec is wrong. */
+  VERIFY_FAILED: 'ERR_VERIFY_FAILED',
+} as const;
+
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+export class RemusError extends Error {
+  readonly code: string;
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(code: string, message: string, details: Record<string, unknown> = {}) {
+    super(message);
+    this.name = 'RemusError';
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function isRemusError(e: unknown, code?: ErrorCodeValue): e is RemusError {
+  return e instanceof RemusError && (code === undefined || e.code === code);
+}

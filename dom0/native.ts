@@ -1,0 +1,65 @@
+// native: loads the native-xc addon once, injects RemusError into it, and types its
+// surface. Parts built only when their system headers existed (xen, nfqueue) are optional
+// here; `requirePart` turns a missing part into an actionable RemusError.
+import * as path from 'node:path';
+import { ErrorCode, RemusError } from './errors';
+
+export interface ProbeResult { ok: boolean; errno: number; message: string; }
+
+export interface SlotStore {
+  readonly slotCount: number;
+  readonly byteLength: number;
+  read(slot: number, dst: Uint8Array): void;
+  close(): void;
+}
+
+export interface NativeAddon {
+  parts: { codec: boolean; xen: boolean; nfqueue: boolean };
+  lz4Version: string;
+  codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number };
+  SlotStore: new (slotCount: number) => SlotStore;
+  encodeBatch(store: SlotStore | null, pages: Uint8Array, pfns: BigUint64Array,
+    slots: Int32Array | null, hits: Uint8Array | null, compress: boolean,
+    out: Uint8Array, kinds: Uint8Array): number;
+  decodeBatch(records: Uint8Array, image: Uint8Array, staged?: Uint8Array,
+    stagedPfns?: BigUint64Array): number;
+  lz4Compress(page: Uint8Array): Buffer | null;
+  dirtyProbe(): ProbeResult;
+  xenProbe?: () => ProbeResult;
+  nfqueueProbe?: (queueNum: number) => ProbeResult;
+  setErrorClass(cls: unknown): void;
+}
+
+const ADDON_PATH = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release',
+  'remusdb_native.node');
+
+let loaded: NativeAddon | undefined;
+let loadError: Error | undefined;
+
+export function loadAddon(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError) throw loadError;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const addon = require(ADDON_PATH) as NativeAddon;
+    addon.setErrorClass(RemusError);
+    loaded = addon;
+    return addon;
+  } catch (e) {
+    loadError = new RemusError(ErrorCode.ADDON_PART_MISSING,
+      `the native addon is not built (${(e as Error).message.split('\n')[0]}); run \`npm install\` ` +
+      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)');
+    throw loadError;
+  }
+}
+
+export function requirePart(part: 'codec' | 'xen' | 'nfqueue'): NativeAddon {
+  const addon = loadAddon();
+  if (!addon.parts[part]) {
+    const pkg = part === 'xen' ? 'libxen-dev' : 'libnetfilter-queue-dev';
+    throw new RemusError(ErrorCode.ADDON_PART_MISSING,
+      `the native addon was built without its ${part} part: install ${pkg} ` +
+      '(`sudo scripts/setup.sh`) and run `npm install` again');
+  }
+  return addon;
+}

@@ -1,0 +1,211 @@
+// db-memory-model: a seeded model of how a database server dirties its memory, used to
+// synthesise traces (`remusdb trace synth`) and, later, by the simulated domain's `oltp` and
+// `scan` workloads. Memory is laid out like a database VM's: static text, a buffer pool of
+// slotted pages whose tuples take small in-place updates, pages refilled from "disk"
+// (content derived from the block number, so a disk reference could rebuild them), a WAL
+// ring with appended records, lock/session tables with small scattered writes, and work
+// memory that is allocated (filled) and freed (zeroed).
+import { assert } from '../assert';
+import { Prng } from '../util/prng';
+
+export const DB_PAGE = 4096;
+const WORDS = ('alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike ' +
+  'november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu ' +
+  'customer order district warehouse stock item history payment delivery neworder').split(' ');
+
+export interface ModelRates {
+  /** Tuple updates per epoch (mostly hot pages). Rates are per 64 MiB of memory. */
+  updates: number;
+  /** Buffer pool pages replaced by a block read from disk per epoch. */
+  refills: number;
+  /** WAL bytes appended per epoch. */
+  walBytes: number;
+  /** Small writes to lock/session/stat tables per epoch. */
+  tableWrites: number;
+  /** Probability per epoch that a work-memory area is allocated or freed. */
+  workMemChurn: number;
+}
+
+export const OLTP_RATES: ModelRates = {
+  updates: 400, refills: 12, walBytes: 48 * 1024, tableWrites: 40, workMemChurn: 0.3,
+};
+export const SCAN_RATES: ModelRates = {
+  updates: 10, refills: 160, walBytes: 1024, tableWrites: 10, workMemChurn: 0.6,
+};
+
+interface Regions { pool: [number, number]; wal: [number, number]; tables: [number, number]; work: [number, number]; }
+
+export type DiskReadHook = (pfn: number, block: number) => void;
+
+export class DbMemoryModel {
+  readonly regions: Regions;
+  private walPos = 0;
+  private lsn = 1n;
+  private nextBlock: number;
+  private readonly workUsed: boolean[];
+
+  /** mem: guest memory (pages × 4096); onDirty is called for every page written. */
+  constructor(readonly mem: Uint8Array, readonly rng: Prng,
+    readonly onDirty: (pfn: number) => void = () => {}, readonly onDiskRead: DiskReadHook = () => {}) {
+    const pages = mem.length / DB_PAGE;
+    assert(Number.isInteger(pages) && pages >= 64, 'DbMemoryModel needs at least 64 pages');
+    const at = (f: number): number => Math.floor(pages * f);
+    this.regions = { pool: [at(0.05), at(0.65)], wal: [at(0.65), at(0.70)], tables: [at(0.70), at(0.85)], work: [at(0.85), pages] };
+    this.nextBlock = pages * 4;
+    this.workUsed = new Array(Math.max(1, Math.floor((pages - at(0.85)) / 16))).fill(false);
+  }
+
+  /** Fills memory as a freshly booted, warmed-up server would have it. */
+  initialise(): void {
+    const [ps, pe] = this.regions.pool;
+    for (let p = 0; p < ps; p++) this.fillText(p);
+    for (let p = ps; p < pe; p++) this.writeDbPage(p, p - ps);
+    for (let p = this.regions.tables[0]; p < this.regions.tables[1]; p++) this.fillTable(p);
+  }
+
+  /** Runs one epoch of the workload; rates are per 16384 pages (64 MiB) of memory. */
+  step(rates: ModelRates): void {
+    const r = this.rng;
+    const scale = (x: number): number => Math.max(1, Math.round((x * this.mem.length) / DB_PAGE / 16384));
+    for (let i = scale(rates.updates); i > 0; i--) this.updateTuple();
+    for (let i = scale(rates.refills); i > 0; i--) this.refill();
+    this.appendWal(scale(rates.walBytes));
+    for (let i = scale(rates.tableWrites); i > 0; i--) this.tableWrite();
+    if (r.chance(rates.workMemChurn)) this.churnWorkMem();
+  }
+
+  private page(p: number): Uint8Array { return this.mem.subarray(p * DB_PAGE, (p + 1) * DB_PAGE); }
+  private dv(p: number): DataView { return new DataView(this.mem.buffer, this.mem.byteOffset + p * DB_PAGE, DB_PAGE); }
+
+  private fillText(p: number): void {
+    const pg = this.page(p);
+    for (let i = 0; i < DB_PAGE; i += 4) {
+      const v = this.rng.u32();
+      pg[i] = 0x48; pg[i + 1] = v & 0xff; pg[i + 2] = (v >>> 8) & 0x3f; pg[i + 3] = 0xe8;
+    }
+    this.onDirty(p);
+  }
+
+  /** A slotted page holding block `block`: its content is a function of the block alone. */
+  private writeDbPage(p: number, block: number): void {
+    const pg = this.page(p), dv = this.dv(p);
+    pg.fill(0);
+    const g = new Prng(block * 2654435761);
+    const tupleLen = 48 + g.below(80);
+    const count = Math.floor((DB_PAGE - 24) / (tupleLen + 4) * (0.6 + 0.35 * g.float()));
+    let upper = DB_PAGE;
+    for (let t = 0; t < count; t++) {
+      upper -= tupleLen;
+      dv.setUint32(24 + 4 * t, (upper << 15) | tupleLen, true);
+      dv.setUint32(upper, 1000 + block, true);           // xmin
+      dv.setUint16(upper + 18, t + 1, true);             // item number
+      dv.setUint32(upper + 24, block * 100 + t, true);   // key
+      dv.setUint32(upper + 28, g.below(100000), true);   // balance
+      let o = upper + 32;
+      while (o < upper + tupleLen - 1) {
+        const w = WORDS[g.below(WORDS.length)];
+        for (let k = 0; k < w.length && o < upper + tupleLen - 1; k++) pg[o++] = w.charCodeAt(k);
+        if (o < upper + tupleLen - 1) pg[o++] = 0x20;
+      }
+    }
+    dv.setBigUint64(0, BigInt(block), true);             // page LSN at load
+    dv.setUint16(12, 24 + 4 * count, true);              // pd_lower
+    dv.setUint16(14, upper, true);                       // pd_upper
+    dv.setUint32(16, block, true);
+    this.onDirty(p);
+  }
+
+  /** A buffer pool page to update: mostly the hot set (indexes, small tables), else any. */
+  private hotPoolPage(): number {
+    const [ps, pe] = this.regions.pool;
+    const hot = Math.max(4, Math.floor((pe - ps) * 0.03));
+    return ps + (this.rng.chance(0.75) ? this.rng.skewed(hot) : this.rng.below(pe - ps));
+  }
+
+  private updateTuple(): void {
+    const p = this.hotPoolPage();
+    const dv = this.dv(p);
+    const lower = dv.getUint16(12, true);
+    const count = (lower - 24) / 4;
+    if (count < 1) return;
+    const item = dv.getUint32(24 + 4 * this.rng.below(count), true);
+    const off = item >>> 15;
+    if (off < 24 || off + 32 > DB_PAGE) return;
+    dv.setUint32(off + 4, Number(this.lsn & 0xffffffffn), true); // xmax
+    dv.setUint32(off + 28, this.rng.below(100000), true);        // balance
+    this.lsn += 1n + BigInt(this.rng.below(200));
+    dv.setBigUint64(0, this.lsn, true);
+    dv.setUint16(8, this.rng.u32() & 0xffff, true);             // checksum
+    this.onDirty(p);
+  }
+
+  private refill(): void {
+    const [ps, pe] = this.regions.pool;
+    const p = ps + this.rng.below(pe - ps);
+    const block = this.nextBlock++;
+    this.writeDbPage(p, block);
+    this.onDiskRead(p, block);
+  }
+
+  private appendWal(bytes: number): void {
+    const [ws, we] = this.regions.wal;
+    const ringBytes = (we - ws) * DB_PAGE;
+    let left = bytes;
+    while (left > 0) {
+      const recLen = Math.min(left, 64 + this.rng.below(200));
+      const rec = new Uint8Array(recLen);
+      const dv = new DataView(rec.buffer);
+      if (recLen >= 4) dv.setUint32(0, recLen, true);
+      if (recLen >= 16) dv.setBigUint64(8, this.lsn, true);
+      for (let i = 16; i < recLen; i++) rec[i] = i % 7 === 0 ? this.rng.u32() & 0xff : 0x41 + (i % 26);
+      for (let i = 0; i < recLen; i++) {
+        const at = ws * DB_PAGE + this.walPos;
+        this.mem[at] = rec[i];
+        if (i === 0 || this.walPos % DB_PAGE === 0) this.onDirty(Math.floor(at / DB_PAGE));
+        this.walPos = (this.walPos + 1) % ringBytes;
+      }
+      left -= recLen;
+      this.lsn += BigInt(recLen);
+    }
+  }
+
+  private fillTable(p: number): void {
+    const dv = this.dv(p);
+    for (let o = 0; o < DB_PAGE; o += 32) {
+      dv.setUint32(o, (p << 8) | (o >>> 5), true);
+      dv.setUint32(o + 8, this.rng.below(1 << 20), true);
+    }
+    this.onDirty(p);
+  }
+
+  private tableWrite(): void {
+    const [ts, te] = this.regions.tables;
+    const p = ts + this.rng.skewed(Math.max(2, Math.floor((te - ts) / 8)));
+    const o = this.rng.below(DB_PAGE / 32) * 32;
+    const dv = this.dv(p);
+    dv.setUint32(o + 12, this.rng.u32(), true);
+    if (this.rng.chance(0.3)) dv.setBigUint64(o + 16, this.lsn, true);
+    this.onDirty(p);
+  }
+
+  private churnWorkMem(): void {
+    const [ws] = this.regions.work;
+    const area = this.rng.below(this.workUsed.length);
+    const first = ws + area * 16;
+    const n = Math.min(16, this.mem.length / DB_PAGE - first);
+    for (let p = first; p < first + n; p++) {
+      const pg = this.page(p);
+      if (this.workUsed[area]) {
+        pg.fill(0);
+      } else {
+        const dv = this.dv(p);
+        for (let o = 0; o < DB_PAGE; o += 16) {
+          dv.setUint32(o, this.rng.below(1 << 24), true);
+          dv.setUint32(o + 4, o, true);
+        }
+      }
+      this.onDirty(p);
+    }
+    this.workUsed[area] = !this.workUsed[area];
+  }
+}

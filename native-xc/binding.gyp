@@ -1,0 +1,28 @@
+{
+  "variables": {
+    "has_xen%": "<!(sh ./detect.sh xen)",
+    "has_nfqueue%": "<!(sh ./detect.sh nfqueue)"
+  },
+  "targets": [
+    {
+      "target_name": "remusdb_native",
+      "sources": ["src/addon.cc", "src/errors.cc", "src/page_codec.cc", "src/codec_binding.cc", "src/dirty_probe.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags_cc": ["-std=gnu++17", "-O2", "-Wall", "-Wextra", "-fno-exceptions"],
+      "libraries": ["-llz4"],
+      "conditions": [
+        ["has_xen==1", {
+          "sources": ["src/xen_probe.cc"],
+          "defines": ["REMUS_HAVE_XEN"],
+          "libraries": ["-lxenctrl", "-lxenguest", "-lxenstore", "-lxenlight", "-lxenforeignmemory", "-lxenevtchn"]
+        }],
+        ["has_nfqueue==1", {
+          "sources": ["src/nfqueue_probe.cc"],
+          "defines": ["REMUS_HAVE_NFQUEUE"],
+          "libraries": ["-lnetfilter_queue"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,47 @@
+// addon.cc: module entry of the remusdb native addon. The codec part always builds; parts
+// that need system libraries are compiled only when their headers were found at build
+// time, and `parts` tells TypeScript which ones this build has.
+#include <napi.h>
+
+#include "errors.h"
+
+namespace remus {
+void InitCodec(Napi::Env env, Napi::Object exports);
+void InitDirtyProbe(Napi::Env env, Napi::Object exports);
+#ifdef REMUS_HAVE_XEN
+void InitXen(Napi::Env env, Napi::Object exports);
+#endif
+#ifdef REMUS_HAVE_NFQUEUE
+void InitNfqueue(Napi::Env env, Napi::Object exports);
+#endif
+}  // namespace remus
+
+namespace {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("setErrorClass", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                remus::SetErrorClass(info);
+              }));
+  Napi::Object parts = Napi::Object::New(env);
+  remus::InitCodec(env, exports);
+  remus::InitDirtyProbe(env, exports);
+  parts.Set("codec", true);
+#ifdef REMUS_HAVE_XEN
+  remus::InitXen(env, exports);
+  parts.Set("xen", true);
+#else
+  parts.Set("xen", false);
+#endif
+#ifdef REMUS_HAVE_NFQUEUE
+  remus::InitNfqueue(env, exports);
+  parts.Set("nfqueue", true);
+#else
+  parts.Set("nfqueue", false);
+#endif
+  exports.Set("parts", parts);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(remusdb_native, Init)

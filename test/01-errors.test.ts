@@ -1,0 +1,30 @@
+// 01 errors: one error class with stable codes, the same from TypeScript and from C++.
+import { strict as assert } from 'node:assert';
+import { ErrorCode, RemusError, isRemusError } from '../dom0/errors';
+import { loadAddon } from '../dom0/native';
+
+describe('01 errors', () => {
+  it('01.1 RemusError carries a stable code, a message and details', () => {
+    const e = new RemusError(ErrorCode.BAD_TRACE, 'x: bad', { offset: 3 });
+    assert.equal(e.code, 'ERR_BAD_TRACE');
+    assert.equal(e.name, 'RemusError');
+    assert.equal(e.details.offset, 3);
+    assert.ok(isRemusError(e, ErrorCode.BAD_TRACE));
+    assert.ok(!isRemusError(e, ErrorCode.IO));
+    assert.ok(!isRemusError(new Error('plain')));
+  });
+
+  it('01.2 the addon throws the injected RemusError class for operating errors', () => {
+    const addon = loadAddon();
+    const bad = new Uint8Array(12); // header only: RAW with length 0
+    assert.throws(() => addon.decodeBatch(bad, new Uint8Array(4096)),
+      (e: unknown) => e instanceof RemusError && e.code === ErrorCode.BAD_PAGE_RECORD &&
+        /RAW payload is not one page long/.test(e.message));
+  });
+
+  it('01.3 the addon treats wrong argument types as programmer errors (TypeError)', () => {
+    const addon = loadAddon();
+    assert.throws(() => (addon.decodeBatch as unknown as (a: unknown) => void)('nope'), TypeError);
+    assert.throws(() => new addon.SlotStore(0), RangeError);
+  });
+});

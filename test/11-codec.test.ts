@@ -1,0 +1,195 @@
+// 11 codec: the page record format (docs/memory-encoding.md). The native batch encoder and
+// the TypeScript reference must emit identical bytes; both decoders must rebuild the page;
+// malformed records are typed errors that write nothing.
+import { strict as assert } from 'node:assert';
+import { PageDecoder, PageEncoder, type CodecImpl } from '../dom0/memory/page-codec';
+import { Encoding, RECORD_HEADER_SIZE } from '../dom0/memory/encodings';
+import { xorRleEncode } from '../dom0/memory/codec-ref';
+import { ErrorCode, isRemusError } from '../dom0/errors';
+import { DbMemoryModel, OLTP_RATES } from '../dom0/trace/db-memory-model';
+import { Prng } from '../dom0/util/prng';
+import { PAGE, dbPages, pfnRange, randomPages } from './support/helpers';
+
+const IMPLS: CodecImpl[] = ['native', 'ref'];
+
+function pair(cachePages: number, compress = true): [PageEncoder, PageEncoder] {
+  return [new PageEncoder({ cachePages, compress, impl: 'native', batchPagesMax: 8192 }),
+    new PageEncoder({ cachePages, compress, impl: 'ref', batchPagesMax: 8192 })];
+}
+
+/** Encodes with both encoders, asserts equal bytes, decodes with both decoders. */
+function roundTrip(encs: [PageEncoder, PageEncoder], images: Uint8Array[], pages: Uint8Array,
+  pfns: BigUint64Array, truth: Uint8Array): Uint8Array {
+  const a = encs[0].encode(pages, pfns), b = encs[1].encode(pages, pfns);
+  assert.deepEqual(Buffer.from(a.kinds), Buffer.from(b.kinds), 'same encodings chosen');
+  assert.ok(Buffer.from(a.records).equals(Buffer.from(b.records)), 'native and reference bytes are equal');
+  const records = Uint8Array.from(a.records);
+  for (let i = 0; i < pfns.length; i++) truth.set(pages.subarray(i * PAGE, (i + 1) * PAGE), Number(pfns[i]) * PAGE);
+  IMPLS.forEach((impl, k) => {
+    new PageDecoder(impl).applyInPlace(records, images[k]);
+    assert.ok(Buffer.from(images[k]).equals(Buffer.from(truth)), `${impl} decoder rebuilt the memory`);
+  });
+  return Uint8Array.from(a.kinds);
+}
+
+describe('11 codec', () => {
+  it('11.1 canonical XOR+RLE: literals split only at gaps of 3 or more zero bytes', () => {
+    const base = new Uint8Array(PAGE), page = new Uint8Array(PAGE);
+    page[0] = 1; page[1] = 2; page[4] = 3;           // gap of 2 → one literal of 5
+    page[100] = 9;                                    // gap of 95 → new token
+    page[300] = 7;                                    // gap of 199 → 2-octet varint
+    const out = xorRleEncode(page, base, PAGE - 1)!;
+    assert.deepEqual([...out], [0, 5, 1, 2, 0, 0, 3, 95, 1, 9, 0xc7, 0x01, 1, 7]);
+    assert.equal(xorRleEncode(page, page, PAGE - 1)!.length, 0, 'equal pages: empty delta');
+    assert.equal(xorRleEncode(randomPages(1, 1), base, PAGE - 1), null, 'too long → null');
+  });
+
+  it('11.2 chooses ZERO, UNCHANGED, XOR_RLE, LZ4 and RAW as the policy says', () => {
+    const encs = pair(16);
+    const images = [new Uint8Array(16 * PAGE), new Uint8Array(16 * PAGE)], truth = new Uint8Array(16 * PAGE);
+    const first = Buffer.concat([Buffer.alloc(PAGE), dbPages(1, 3), randomPages(1, 4)]);
+    assert.deepEqual([...roundTrip(encs, images, first, pfnRange(3), truth)],
+      [Encoding.ZERO, Encoding.LZ4, Encoding.RAW]);
+    const second = Buffer.from(first);
+    second[PAGE + 100] ^= 0xff;                          // small change → XOR_RLE
+    assert.deepEqual([...roundTrip(encs, images, second, pfnRange(3), truth)],
+      [Encoding.ZERO, Encoding.XOR_RLE, Encoding.UNCHANGED]);
+    encs.forEach((e) => e.close());
+  });
+
+  it('11.3 a dense but regular change of a cached page is sent as XOR_LZ4', () => {
+    const encs = pair(4);
+    const images = [new Uint8Array(4 * PAGE), new Uint8Array(4 * PAGE)], truth = new Uint8Array(4 * PAGE);
+    const v1 = randomPages(1, 8);
+    roundTrip(encs, images, v1, pfnRange(1), truth);
+    const v2 = Uint8Array.from(v1);
+    for (let i = 0; i < PAGE; i += 2) v2[i] ^= 0x11;     // every other byte flips: RLE is long
+    assert.deepEqual([...roundTrip(encs, images, v2, pfnRange(1), truth)], [Encoding.XOR_LZ4]);
+    encs.forEach((e) => e.close());
+  });
+
+  it('11.4 native and reference agree byte for byte over a database workload, with evictions', () => {
+    for (const cachePages of [0, 37, 400]) {
+      const pagesTotal = 1024;
+      const mem = new Uint8Array(pagesTotal * PAGE);
+      const dirty = new Set<number>();
+      const model = new DbMemoryModel(mem, new Prng(cachePages + 1), (p) => dirty.add(p));
+      model.initialise();
+      const encs = pair(cachePages);
+      const images = [new Uint8Array(mem.length), new Uint8Array(mem.length)], truth = new Uint8Array(mem.length);
+      const all = pfnRange(pagesTotal);
+      roundTrip(encs, images, mem, all, truth);
+      const seen = new Set<number>();
+      for (let epoch = 1; epoch < 25; epoch++) {
+        dirty.clear();
+        model.step({ ...OLTP_RATES, updates: 60, refills: 4, walBytes: 6000 });
+        const pfns = BigUint64Array.from([...dirty].sort((x, y) => x - y).map(BigInt));
+        const pages = new Uint8Array(pfns.length * PAGE);
+        pfns.forEach((p, i) => pages.set(mem.subarray(Number(p) * PAGE, (Number(p) + 1) * PAGE), i * PAGE));
+        roundTrip(encs, images, pages, pfns, truth).forEach((k) => seen.add(k));
+      }
+      if (cachePages === 400) assert.ok(seen.has(Encoding.XOR_RLE), 'hits were delta-encoded');
+      encs.forEach((e) => e.close());
+    }
+  });
+
+  it('11.5 random and sparse-change pages: identical bytes, exact rebuild', () => {
+    const n = 256;
+    const encs = pair(n);
+    const images = [new Uint8Array(n * PAGE), new Uint8Array(n * PAGE)], truth = new Uint8Array(n * PAGE);
+    const v = randomPages(n, 5);
+    roundTrip(encs, images, v, pfnRange(n), truth);
+    const rng = new Prng(6);
+    for (let round = 0; round < 6; round++) {
+      for (let p = 0; p < n; p++) {
+        const changes = rng.below(12);
+        for (let c = 0; c < changes; c++) v[p * PAGE + rng.below(PAGE)] = rng.u32() & 0xff;
+        if (rng.chance(0.05)) v.fill(0, p * PAGE, (p + 1) * PAGE);
+      }
+      roundTrip(encs, images, v, pfnRange(n), truth);
+    }
+    encs.forEach((e) => e.close());
+  });
+
+  it('11.6 --no-compress sends every page RAW and keeps no cache', () => {
+    const [a, b] = pair(64, false);
+    assert.equal(a.cache, null);
+    const images = [new Uint8Array(8 * PAGE), new Uint8Array(8 * PAGE)], truth = new Uint8Array(8 * PAGE);
+    const kinds = roundTrip([a, b], images, Buffer.concat([Buffer.alloc(PAGE), dbPages(7, 2)]), pfnRange(8), truth);
+    assert.ok(kinds.every((k) => k === Encoding.RAW));
+    a.close(); b.close();
+  });
+
+  it('11.7 the cache slot holds exactly the version sent (native store)', () => {
+    const enc = new PageEncoder({ cachePages: 8, compress: true });
+    const v1 = dbPages(2, 9), v2 = Uint8Array.from(v1);
+    v2[10] ^= 1; v2[PAGE + 4000] ^= 0x80;
+    enc.encode(v1, pfnRange(2));
+    enc.encode(v2, pfnRange(2));
+    const store = (enc as unknown as { store: { read(s: number, d: Uint8Array): void } }).store;
+    for (let p = 0; p < 2; p++) {
+      const got = new Uint8Array(PAGE);
+      store.read(enc.cache!.peek(p), got);
+      assert.ok(Buffer.from(got).equals(Buffer.from(v2.subarray(p * PAGE, (p + 1) * PAGE))), `slot of page ${p}`);
+    }
+    enc.close();
+    enc.close(); // idempotent
+  });
+
+  it('11.8 staged decoding leaves the image untouched and returns pages in record order', () => {
+    const enc = new PageEncoder({ cachePages: 0, compress: true });
+    const pages = dbPages(3, 4);
+    const { records } = enc.encode(pages, BigUint64Array.from([5n, 1n, 3n]));
+    for (const impl of IMPLS) {
+      const image = new Uint8Array(8 * PAGE).fill(0xee);
+      const staged = new Uint8Array(3 * PAGE), spfns = new BigUint64Array(3);
+      assert.equal(new PageDecoder(impl).decodeStaged(records, image, staged, spfns), 3);
+      assert.ok(image.every((b) => b === 0xee), `${impl}: image untouched`);
+      assert.deepEqual([...spfns], [5n, 1n, 3n]);
+      assert.ok(Buffer.from(staged).equals(Buffer.from(pages)));
+    }
+    enc.close();
+  });
+
+  describe('11.9 malformed records are typed errors that write nothing', () => {
+    const header = (pfn: number, enc: number, len: number, reserved = 0): Buffer => {
+      const h = Buffer.alloc(RECORD_HEADER_SIZE);
+      h.writeBigUInt64LE(BigInt(pfn)); h[8] = enc; h[9] = reserved; h.writeUInt16LE(len, 10);
+      return h;
+    };
+    const rec = (pfn: number, enc: number, payload: number[], reserved = 0): Buffer =>
+      Buffer.concat([header(pfn, enc, payload.length, reserved), Buffer.from(payload)]);
+    const cases: Array<[string, Buffer, RegExp]> = [
+      ['truncated header', Buffer.alloc(7), /header cut/],
+      ['unknown encoding', rec(0, 9, []), /unknown page encoding/],
+      ['DISK_REF without read tracking', rec(0, 6, [1, 2]), /DISK_REF/],
+      ['reserved octet set', rec(0, 1, [], 1), /reserved octet/],
+      ['RAW too short', rec(0, 0, [1, 2, 3]), /RAW payload/],
+      ['ZERO with payload', rec(0, 1, [0]), /carries a payload/],
+      ['payload past the batch', header(0, 3, 40), /past the end of the batch/],
+      ['pfn beyond memory', rec(4, 1, []), /beyond the end of guest memory/],
+      ['RLE literal of length 0', rec(0, 3, [5, 0]), /literal of length 0/],
+      ['RLE run past the page', rec(1, 3, [0x80, 0x20, 1, 1]), /passes the end of the page/],
+      ['RLE literal cut', rec(0, 3, [0, 5, 1, 2]), /literal cut/],
+      ['RLE 3-octet varint', rec(0, 3, [0x80, 0x80, 0x01, 1, 1]), /longer than 2 octets/],
+      ['RLE non-minimal varint', rec(0, 3, [0x85, 0x00, 1, 1]), /shortest form/],
+      ['LZ4 garbage', rec(0, 4, [0xf0, 1, 2]), /LZ4/],
+      ['LZ4 short of a page', rec(0, 4, [0x10, 0x41]), /LZ4/],
+      ['XOR_LZ4 bad offset', rec(0, 5, [0x04, 0x41, 0x05, 0x00]), /LZ4/],
+    ];
+    for (const [name, batch, why] of cases) {
+      it(name, () => {
+        for (const impl of IMPLS) {
+          const image = new Uint8Array(4 * PAGE).fill(0x5a);
+          const good = rec(2, 1, []); // a valid ZERO record for page 2 before the bad one
+          assert.throws(() => new PageDecoder(impl).applyInPlace(Buffer.concat([good, batch]), image),
+            (e: unknown) => isRemusError(e, ErrorCode.BAD_PAGE_RECORD) && why.test(e.message) &&
+              /record #1/.test(e.message), `${impl}: ${name}`);
+          for (const p of [0, 1, 3]) {
+            assert.ok(image.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0x5a), `${impl}: page ${p} untouched`);
+          }
+        }
+      });
+    }
+  });
+});

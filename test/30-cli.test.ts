@@ -1,0 +1,67 @@
+// 30 CLI: doctor, trace synth and bench trace as a user runs them, including bad input.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { runCli, tmpDir } from './support/helpers';
+
+describe('30 cli', () => {
+  const dir = tmpDir('cli');
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('30.1 doctor --json lists every capability with available and reason', () => {
+    const r = runCli(['doctor', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const caps = JSON.parse(r.stdout).capabilities as Array<{ name: string; available: boolean; reason: string }>;
+    const names = caps.map((c) => c.name);
+    for (const n of ['addon.codec', 'liblz4', 'addon.xen', 'addon.nfqueue', 'xen', 'nfqueue', 'sch_plug', 'dirty-tracking']) {
+      assert.ok(names.includes(n), `doctor reports ${n}`);
+    }
+    for (const c of caps) assert.ok(typeof c.available === 'boolean' && c.reason.length > 5, c.name);
+    assert.ok(caps.find((c) => c.name === 'addon.codec')!.available);
+    const xen = caps.find((c) => c.name === 'xen')!;
+    if (!fs.existsSync('/dev/xen/privcmd')) assert.match(xen.reason, /privcmd/);
+  });
+
+  it('30.2 trace synth then bench trace --json: one JSON object, verified', () => {
+    const f = path.join(dir, 'x.rdt.gz');
+    const s = runCli(['trace', 'synth', '--out', f, '--pages', '1024', '--epochs', '20', '--seed', '2']);
+    assert.equal(s.status, 0, s.stderr);
+    const b = runCli(['bench', 'trace', f, '--json']);
+    assert.equal(b.status, 0, b.stderr);
+    const lines = b.stdout.trim().split('\n');
+    const r = JSON.parse(lines[lines.length - 1]);
+    assert.equal(r.verified, true);
+    assert.equal(r.epochs, 20);
+    for (const k of ['epochs', 'pages', 'raw_bytes', 'sent_bytes', 'ratio', 'ratio_incremental', 'hit_rate', 'encode_mb_s', 'decode_mb_s', 'verified']) {
+      assert.ok(k in r, k);
+    }
+  });
+
+  it('30.3 bad arguments exit 2 with a message naming the option', () => {
+    const r = runCli(['trace', 'synth', '--out', path.join(dir, 'y.rdt'), '--pages', 'lots']);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--pages "lots": expected an integer/);
+    const c = runCli(['bench', 'trace', path.join(dir, 'y.rdt'), '--cache', '300%']);
+    assert.equal(c.status, 2);
+    assert.match(c.stderr, /--cache "300%"/);
+  });
+
+  it('30.4 a missing or malformed trace exits 1 with its error code', () => {
+    const missing = runCli(['bench', 'trace', path.join(dir, 'missing.rdt')]);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /cannot open trace .*\[ERR_IO\]/);
+    const junk = path.join(dir, 'junk.rdt');
+    fs.writeFileSync(junk, 'this is not a trace at all, not even close');
+    const bad = runCli(['bench', 'trace', junk]);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /magic.*\[ERR_BAD_TRACE\]/);
+  });
+
+  it('30.5 npm run bench figures: every case reports ratios against memcpy', () => {
+    const r = runCli(['bench', 'codec', '--runs', '1', '--json']);
+    assert.equal(r.status, 0, r.stderr);
+    const o = JSON.parse(r.stdout);
+    assert.equal(o.cases.length, 3);
+    for (const c of o.cases) assert.ok(c.encode_vs_memcpy > 0 && c.decode_vs_memcpy > 0 && c.wire_ratio > 1, c.name);
+  });
+});

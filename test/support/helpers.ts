@@ -1,0 +1,39 @@
+// helpers: shared test utilities — temporary directories, page builders, the CLI runner.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { Prng } from '../../dom0/util/prng';
+import { DB_PAGE, DbMemoryModel } from '../../dom0/trace/db-memory-model';
+
+export const PAGE = 4096;
+export const ROOT = path.join(__dirname, '..', '..', '..');
+
+export function tmpDir(tag: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `remusdb-${tag}-`));
+}
+
+export function randomPages(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n * PAGE);
+  new Prng(seed).fill(b);
+  return b;
+}
+
+/** n pages of a warmed-up database server's memory (slotted pages, tables, text). */
+export function dbPages(n: number, seed: number): Uint8Array {
+  const mem = new Uint8Array(Math.max(64, n) * DB_PAGE);
+  new DbMemoryModel(mem, new Prng(seed)).initialise();
+  return mem.slice(0, n * DB_PAGE);
+}
+
+export function pfnRange(n: number, start = 0): BigUint64Array {
+  return BigUint64Array.from({ length: n }, (_, i) => BigInt(start + i));
+}
+
+export interface CliResult { status: number; stdout: string; stderr: string; }
+
+export function runCli(args: string[], timeoutMs = 120000): CliResult {
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args],
+    { encoding: 'utf8', timeout: timeoutMs });
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}

@@ -6,6 +6,8 @@
 export const ErrorCode = {
   /** A page record in a replication stream or trace is malformed. */
   BAD_PAGE_RECORD: 'ERR_BAD_PAGE_RECORD',
+  /** A page batch container (plain or zstd) is malformed or too large. */
+  BAD_PAGE_BATCH: 'ERR_BAD_PAGE_BATCH',
   /** An RDTRACE1 file is malformed (magic, record type, length, truncation, pfn). */
   BAD_TRACE: 'ERR_BAD_TRACE',
   /** A command-line option or argument is invalid. */

@@ -19,8 +19,12 @@ export interface NativeAddon {
   codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number };
   SlotStore: new (slotCount: number) => SlotStore;
   encodeBatch(store: SlotStore | null, pages: Uint8Array, pfns: BigUint64Array,
-    slots: Int32Array | null, hits: Uint8Array | null, compress: boolean,
+    slots: Int32Array | null, hits: Uint8Array | null, policy: number,
     out: Uint8Array, kinds: Uint8Array): number;
+  packBatch(records: Uint8Array, level: number, out: Uint8Array): number;
+  unpackBatch(container: Uint8Array, out: Uint8Array): number;
+  packBound(recordsLength: number): number;
+  zstdVersion: string;
   decodeBatch(records: Uint8Array, image: Uint8Array, staged?: Uint8Array,
     stagedPfns?: BigUint64Array): number;
   lz4Compress(page: Uint8Array): Buffer | null;

@@ -3,7 +3,7 @@
 // malformed records are typed errors that write nothing.
 import { strict as assert } from 'node:assert';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../dom0/memory/page-codec';
-import { Encoding, RECORD_HEADER_SIZE } from '../dom0/memory/encodings';
+import { Encoding, RECORD_HEADER_SIZE, type Compressor } from '../dom0/memory/encodings';
 import { xorRleEncode } from '../dom0/memory/codec-ref';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { DbMemoryModel, OLTP_RATES } from '../dom0/trace/db-memory-model';
@@ -12,9 +12,9 @@ import { PAGE, dbPages, pfnRange, randomPages } from './support/helpers';
 
 const IMPLS: CodecImpl[] = ['native', 'ref'];
 
-function pair(cachePages: number, compress = true): [PageEncoder, PageEncoder] {
-  return [new PageEncoder({ cachePages, compress, impl: 'native', batchPagesMax: 8192 }),
-    new PageEncoder({ cachePages, compress, impl: 'ref', batchPagesMax: 8192 })];
+function pair(cachePages: number, compressor: Compressor = 'lz4'): [PageEncoder, PageEncoder] {
+  return [new PageEncoder({ cachePages, compressor, impl: 'native', batchPagesMax: 8192 }),
+    new PageEncoder({ cachePages, compressor, impl: 'ref', batchPagesMax: 8192 })];
 }
 
 /** Encodes with both encoders, asserts equal bytes, decodes with both decoders. */
@@ -112,7 +112,7 @@ describe('11 codec', () => {
   });
 
   it('11.6 --no-compress sends every page RAW and keeps no cache', () => {
-    const [a, b] = pair(64, false);
+    const [a, b] = pair(64, 'none');
     assert.equal(a.cache, null);
     const images = [new Uint8Array(8 * PAGE), new Uint8Array(8 * PAGE)], truth = new Uint8Array(8 * PAGE);
     const kinds = roundTrip([a, b], images, Buffer.concat([Buffer.alloc(PAGE), dbPages(7, 2)]), pfnRange(8), truth);
@@ -121,7 +121,7 @@ describe('11 codec', () => {
   });
 
   it('11.7 the cache slot holds exactly the version sent (native store)', () => {
-    const enc = new PageEncoder({ cachePages: 8, compress: true });
+    const enc = new PageEncoder({ cachePages: 8, compressor: 'lz4' });
     const v1 = dbPages(2, 9), v2 = Uint8Array.from(v1);
     v2[10] ^= 1; v2[PAGE + 4000] ^= 0x80;
     enc.encode(v1, pfnRange(2));
@@ -137,7 +137,7 @@ describe('11 codec', () => {
   });
 
   it('11.8 staged decoding leaves the image untouched and returns pages in record order', () => {
-    const enc = new PageEncoder({ cachePages: 0, compress: true });
+    const enc = new PageEncoder({ cachePages: 0, compressor: 'lz4' });
     const pages = dbPages(3, 4);
     const { records } = enc.encode(pages, BigUint64Array.from([5n, 1n, 3n]));
     for (const impl of IMPLS) {
@@ -191,5 +191,58 @@ describe('11 codec', () => {
         }
       });
     }
+  });
+});
+
+describe('11b page batch container', () => {
+  const header = (kind: number, len: number): Buffer => {
+    const h = Buffer.alloc(8); h[0] = kind; h.writeUInt32LE(len, 4); return h;
+  };
+
+  it('11b.1 zstd containers round-trip and beat per-page LZ4 on database pages', () => {
+    const pages = dbPages(256, 12);
+    const sizes: Record<string, number> = {};
+    for (const compressor of ['zstd', 'lz4', 'none'] as const) {
+      const enc = new PageEncoder({ cachePages: 0, compressor, batchPagesMax: 256 });
+      const { container, records } = enc.encode(pages, pfnRange(256));
+      sizes[compressor] = container.length;
+      const dec = new PageDecoder('native', 256);
+      assert.ok(Buffer.from(dec.unpack(container)).equals(Buffer.from(records)));
+      const image = new Uint8Array(256 * PAGE);
+      dec.applyInPlace(dec.unpack(container), image);
+      assert.ok(Buffer.from(image).equals(Buffer.from(pages)), compressor);
+      enc.close();
+    }
+    assert.ok(sizes.zstd < sizes.lz4 && sizes.lz4 < sizes.none, JSON.stringify(sizes));
+  });
+
+  const bad: Array<[string, Buffer, RegExp]> = [
+    ['short header', Buffer.alloc(5), /shorter than its header/],
+    ['reserved octets', Buffer.from([0, 1, 0, 0, 0, 0, 0, 0]), /reserved/],
+    ['unknown kind', header(7, 0), /unknown page batch kind/],
+    ['plain length mismatch', Buffer.concat([header(0, 20), Buffer.alloc(10)]), /length mismatch/],
+    ['larger than accepted', header(0, 64 * 4108 + 1), /larger than the receiver accepts/],
+    ['zstd garbage', Buffer.concat([header(1, 100), Buffer.from('not a zstd frame at all')]), /zstd frame/],
+  ];
+  for (const [name, container, why] of bad) {
+    it(`11b.2 rejects: ${name}`, () => {
+      assert.throws(() => new PageDecoder('native', 64).unpack(container),
+        (e: unknown) => isRemusError(e, ErrorCode.BAD_PAGE_BATCH) && why.test(e.message));
+    });
+  }
+
+  it('11b.3 rejects a zstd frame that declares another size or is cut or padded', () => {
+    const enc = new PageEncoder({ cachePages: 0, compressor: 'zstd', batchPagesMax: 16 });
+    const c = Buffer.from(enc.encode(dbPages(16, 1), pfnRange(16)).container);
+    assert.equal(c[0], 1, 'zstd was used');
+    const dec = new PageDecoder('native', 16);
+    const wrongLen = Buffer.from(c); wrongLen.writeUInt32LE(c.readUInt32LE(4) - 1, 4);
+    const isBatch = (e: unknown): boolean => isRemusError(e, ErrorCode.BAD_PAGE_BATCH);
+    assert.throws(() => dec.unpack(wrongLen), isBatch);
+    assert.throws(() => dec.unpack(c.subarray(0, c.length - 3)), isBatch);
+    assert.throws(() => dec.unpack(Buffer.concat([c, Buffer.alloc(4)])), isBatch);
+    const flipped = Buffer.from(c); flipped[c.length - 20] ^= 0xff;
+    try { dec.unpack(flipped); } catch (e) { assert.ok(isBatch(e)); }
+    enc.close();
   });
 });

@@ -14,7 +14,7 @@ describe('22 bench trace', () => {
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('22.1 replays, verifies every epoch and reports every field', async () => {
-    const r = await benchTrace(trace, { cache: '10%', compress: true });
+    const r = await benchTrace(trace, { cache: '10%', compressor: 'zstd' });
     assert.equal(r.verified, true);
     assert.equal(r.epochs, 40);
     assert.equal(r.cache_pages, 204);
@@ -27,18 +27,18 @@ describe('22 bench trace', () => {
   });
 
   it('22.2 --no-compress sends more than the raw bytes (headers), and a larger cache helps', async () => {
-    const raw = await benchTrace(trace, { cache: '10%', compress: false });
+    const raw = await benchTrace(trace, { cache: '10%', compressor: 'none' });
     assert.ok(raw.sent_bytes > raw.raw_bytes && raw.ratio < 1);
     assert.equal(raw.verified, true);
-    const small = await benchTrace(trace, { cache: '1%', compress: true });
-    const big = await benchTrace(trace, { cache: '100%', compress: true });
+    const small = await benchTrace(trace, { cache: '1%', compressor: 'zstd' });
+    const big = await benchTrace(trace, { cache: '100%', compressor: 'zstd' });
     assert.ok(big.hit_rate_incremental > small.hit_rate_incremental);
     assert.ok(big.ratio_incremental > small.ratio_incremental);
   });
 
   it('22.3 the reference codec sends exactly the same bytes', async () => {
-    const a = await benchTrace(trace, { cache: '5%', compress: true, impl: 'native' });
-    const b = await benchTrace(trace, { cache: '5%', compress: true, impl: 'ref' });
+    const a = await benchTrace(trace, { cache: '5%', compressor: 'zstd', impl: 'native' });
+    const b = await benchTrace(trace, { cache: '5%', compressor: 'zstd', impl: 'ref' });
     assert.equal(a.sent_bytes, b.sent_bytes);
     assert.deepEqual(a.encodings, b.encodings);
   });

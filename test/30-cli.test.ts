@@ -61,7 +61,7 @@ describe('30 cli', () => {
     const r = runCli(['bench', 'codec', '--runs', '1', '--json']);
     assert.equal(r.status, 0, r.stderr);
     const o = JSON.parse(r.stdout);
-    assert.equal(o.cases.length, 3);
+    assert.equal(o.cases.length, 6);
     for (const c of o.cases) assert.ok(c.encode_vs_memcpy > 0 && c.decode_vs_memcpy > 0 && c.wire_ratio > 1, c.name);
   });
 });

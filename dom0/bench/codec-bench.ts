@@ -5,6 +5,7 @@ import { DB_PAGE, DbMemoryModel } from '../trace/db-memory-model';
 import { PageDecoder, PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import { Prng } from '../util/prng';
+import type { Compressor } from '../memory/encodings';
 
 export interface CodecCase {
   name: string;
@@ -53,14 +54,14 @@ function timeNs(f: () => void): number {
   return Number(process.hrtime.bigint() - t);
 }
 
-function runCase(name: string, runs: number, mutate: Mutator | null): CodecCase {
+function runCase(name: string, runs: number, mutate: Mutator | null, compressor: Compressor): CodecCase {
   const a = basePages(7);
   const b = Uint8Array.from(a);
   const rng = new Prng(11);
   if (mutate) for (let p = 0; p < PAGES; p++) mutate(b.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), rng);
   const pfns = BigUint64Array.from({ length: PAGES }, (_, i) => BigInt(i));
-  const enc = new PageEncoder({ cachePages: mutate ? PAGES : 0, compress: true, batchPagesMax: PAGES });
-  const dec = new PageDecoder();
+  const enc = new PageEncoder({ cachePages: mutate ? PAGES : 0, compressor, batchPagesMax: PAGES });
+  const dec = new PageDecoder('native', PAGES);
   const image = Uint8Array.from(a);
   const copyDst = new Uint8Array(a.length);
   const bytes = a.length;
@@ -71,9 +72,9 @@ function runCase(name: string, runs: number, mutate: Mutator | null): CodecCase 
     memcpy.push(timeNs(() => copyDst.set(r % 2 ? a : b)));
     const next = r % 2 ? a : b; // alternate A/B so that every run is a hit against the other
     let records: Uint8Array = new Uint8Array(0);
-    encode.push(timeNs(() => { records = enc.encode(next, pfns).records; }));
+    encode.push(timeNs(() => { records = enc.encode(next, pfns).container; }));
     wire = records.length;
-    decode.push(timeNs(() => dec.applyInPlace(records, image)));
+    decode.push(timeNs(() => dec.applyInPlace(dec.unpack(records), image)));
   }
   enc.close();
   const mbs = (ns: number): number => bytes / 1e6 / (ns / 1e9);
@@ -84,11 +85,13 @@ function runCase(name: string, runs: number, mutate: Mutator | null): CodecCase 
 
 export function benchCodec(o: { runs: number }): CodecBenchResult {
   const runs = Math.max(1, o.runs);
-  return { runs, cases: [
-    runCase('scattered-change (cache hits)', runs, scattered),
-    runCase('clustered-change (cache hits)', runs, clustered),
-    runCase('cache misses (LZ4)', runs, null),
-  ] };
+  const cases: CodecCase[] = [];
+  for (const c of ['zstd', 'lz4'] as const) {
+    cases.push(runCase(`${c}: scattered-change hits`, runs, scattered, c));
+    cases.push(runCase(`${c}: clustered-change hits`, runs, clustered, c));
+    cases.push(runCase(`${c}: cache misses`, runs, null, c));
+  }
+  return { runs, cases };
 }
 
 export function formatCodecBench(r: CodecBenchResult): string {

@@ -4,14 +4,14 @@
 // wire bytes, compression ratios, cache hit rate and codec throughput.
 import { ErrorCode, RemusError } from '../errors';
 import { parseCachePages } from '../memory/cache-size';
-import { BATCH_FRAME_BYTES, ENCODING_NAMES } from '../memory/encodings';
+import { BATCH_FRAME_BYTES, ENCODING_NAMES, type Compressor } from '../memory/encodings';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import { REC_EPOCH_END, REC_PAGE, TraceReader } from '../trace/rdtrace';
 
 export interface TraceBenchOptions {
   cache: string;
-  compress: boolean;
+  compressor: Compressor;
   impl?: CodecImpl;
   batchPages?: number;
   /** Called after each epoch (live progress). */
@@ -20,6 +20,7 @@ export interface TraceBenchOptions {
 
 export interface TraceBenchResult {
   trace: string;
+  compressor: Compressor;
   epochs: number;
   pages: number;
   total_pages: number;
@@ -49,12 +50,12 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
   const truth = allocImage(imageBytes), image = allocImage(imageBytes);
   const cachePages = parseCachePages(o.cache, totalPages);
   const batchMax = o.batchPages ?? 1024;
-  const enc = new PageEncoder({ cachePages, compress: o.compress, impl: o.impl, batchPagesMax: batchMax });
-  const dec = new PageDecoder(o.impl);
+  const enc = new PageEncoder({ cachePages, compressor: o.compressor, impl: o.impl, batchPagesMax: batchMax });
+  const dec = new PageDecoder(o.impl, batchMax);
   const pages = new Uint8Array(batchMax * PAGE_SIZE);
   const pfns = new BigUint64Array(batchMax);
   const r: TraceBenchResult = {
-    trace: path, epochs: 0, pages: 0, total_pages: totalPages, raw_bytes: 0, sent_bytes: 0,
+    trace: path, compressor: o.compressor, epochs: 0, pages: 0, total_pages: totalPages, raw_bytes: 0, sent_bytes: 0,
     ratio: 0, raw_bytes_incremental: 0, sent_bytes_incremental: 0, ratio_incremental: 0,
     hit_rate: 0, hit_rate_incremental: 0, cache_pages: enc.cache?.capacityPages ?? 0,
     cache_bytes: enc.cacheBytes, encode_mb_s: 0, decode_mb_s: 0, encodings: {}, verified: true,
@@ -63,12 +64,12 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
   const flush = (): void => {
     if (n === 0) return;
     const t0 = process.hrtime.bigint();
-    const { records } = enc.encode(pages.subarray(0, n * PAGE_SIZE), pfns.subarray(0, n));
+    const { container } = enc.encode(pages.subarray(0, n * PAGE_SIZE), pfns.subarray(0, n));
     const t1 = process.hrtime.bigint();
-    dec.applyInPlace(records, image);
+    dec.applyInPlace(dec.unpack(container), image);
     decodeNs += process.hrtime.bigint() - t1;
     encodeNs += t1 - t0;
-    const sent = records.length + BATCH_FRAME_BYTES;
+    const sent = container.length + BATCH_FRAME_BYTES;
     r.sent_bytes += sent;
     if (r.epochs > 0) { r.sent_bytes_incremental += sent; r.raw_bytes_incremental += n * PAGE_SIZE; }
     r.raw_bytes += n * PAGE_SIZE;

@@ -11,12 +11,13 @@ export function registerBench(program: Command): void {
   bench.command('trace <file>')
     .description('replay a trace through the encoder and a verifying backup decoder')
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
+    .option('--compressor <c>', 'zstd (records zstd-packed per batch), lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
     .option('--no-compress', 'plain Remus: send every page raw')
     .option('--impl <impl>', 'native or ref (TypeScript reference codec)', choiceOption('--impl', ['native', 'ref'] as const), 'native')
     .option('--json', 'print one JSON object on stdout')
-    .action(async (file: string, o: { cache: string; compress: boolean; impl: 'native' | 'ref'; json?: boolean }) => {
+    .action(async (file: string, o: { cache: string; compressor: 'zstd' | 'lz4'; compress: boolean; impl: 'native' | 'ref'; json?: boolean }) => {
       const live = !o.json && process.stderr.isTTY;
-      const r = await benchTrace(file, { cache: o.cache, compress: o.compress, impl: o.impl,
+      const r = await benchTrace(file, { cache: o.cache, compressor: o.compress ? o.compressor : 'none', impl: o.impl,
         onEpoch: live ? (e, x) => process.stderr.write(`\repoch ${e}  ratio ${x.ratio_incremental.toFixed(1)}x  `) : undefined });
       if (live) process.stderr.write('\n');
       console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
@@ -35,6 +36,7 @@ function formatTraceBench(r: TraceBenchResult): string {
   const mb = (b: number): string => `${(b / 1e6).toFixed(1)} MB`;
   return [
     `trace            ${r.trace}`,
+    `compressor       ${r.compressor}`,
     `epochs           ${r.epochs} (${r.pages} pages, guest ${r.total_pages} pages)`,
     `cache            ${r.cache_pages} pages (${mb(r.cache_bytes)}), hit rate ${(100 * r.hit_rate_incremental).toFixed(1)}% after epoch 0`,
     `raw → sent       ${mb(r.raw_bytes)} → ${mb(r.sent_bytes)}  (ratio ${r.ratio.toFixed(2)}x)`,

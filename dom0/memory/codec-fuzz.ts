@@ -7,8 +7,17 @@ import { RECORD_HEADER_SIZE } from './encodings';
 import { PAGE_SIZE } from './page-cache';
 import { Prng } from '../util/prng';
 import { DbMemoryModel } from '../trace/db-memory-model';
+import { loadAddon } from '../native';
 
 export interface FuzzReport { iterations: number; accepted: number; rejected: number; violations: string[]; }
+
+/** zstd containers of real batches, for mutating the stage-2 path. */
+function seedContainers(records: Uint8Array[]): Uint8Array[] {
+  return records.map((r) => {
+    const out = new Uint8Array(loadAddon().packBound(r.length));
+    return out.slice(0, loadAddon().packBatch(r, 1, out));
+  });
+}
 
 const GUEST_PAGES = 64;
 
@@ -17,7 +26,7 @@ function seedBatches(rng: Prng): Uint8Array[] {
   const mem = new Uint8Array(GUEST_PAGES * PAGE_SIZE);
   const model = new DbMemoryModel(mem, rng);
   model.initialise();
-  const enc = new PageEncoder({ cachePages: GUEST_PAGES, compress: true, batchPagesMax: GUEST_PAGES });
+  const enc = new PageEncoder({ cachePages: GUEST_PAGES, compressor: 'lz4', batchPagesMax: GUEST_PAGES });
   const pfns = BigUint64Array.from({ length: GUEST_PAGES }, (_, i) => BigInt(i));
   const out: Uint8Array[] = [Uint8Array.from(enc.encode(mem, pfns).records)];
   for (let k = 0; k < 8; k++) {
@@ -64,20 +73,27 @@ function namedPfns(batch: Uint8Array): Set<number> {
 export function fuzzDecoder(iterations: number, seed: number, impl: CodecImpl = 'native'): FuzzReport {
   const rng = new Prng(seed);
   const seeds = seedBatches(new Prng(seed ^ 0x5eed));
-  const dec = new PageDecoder(impl);
+  const containers = seedContainers(seeds);
+  const dec = new PageDecoder(impl, GUEST_PAGES * 2);
   const image = new Uint8Array(GUEST_PAGES * PAGE_SIZE);
   const before = new Uint8Array(image.length);
   const r: FuzzReport = { iterations: 0, accepted: 0, rejected: 0, violations: [] };
   for (let i = 0; i < iterations; i++) {
-    const batch = rng.chance(0.85) ? mutate(seeds[rng.below(seeds.length)], rng) : randomBatch(rng);
+    const viaContainer = rng.chance(0.1);
+    let batch = viaContainer ? mutate(containers[rng.below(containers.length)], rng)
+      : rng.chance(0.85) ? mutate(seeds[rng.below(seeds.length)], rng) : randomBatch(rng);
     if ((i & 1023) === 0) rng.fill(image);
     before.set(image);
     try {
+      if (viaContainer) batch = Uint8Array.from(dec.unpack(batch));
       dec.applyInPlace(batch, image);
       r.accepted++;
     } catch (e) {
-      if (!isRemusError(e, ErrorCode.BAD_PAGE_RECORD)) r.violations.push(`iteration ${i}: unexpected ${String(e)}`);
+      if (!isRemusError(e, ErrorCode.BAD_PAGE_RECORD) && !isRemusError(e, ErrorCode.BAD_PAGE_BATCH)) {
+        r.violations.push(`iteration ${i}: unexpected ${String(e)}`);
+      }
       r.rejected++;
+      if (viaContainer && isRemusError(e, ErrorCode.BAD_PAGE_BATCH)) batch = new Uint8Array(0);
     }
     const named = namedPfns(batch);
     for (let p = 0; p < GUEST_PAGES; p++) {

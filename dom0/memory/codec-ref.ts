@@ -6,8 +6,8 @@
 import { ErrorCode, RemusError } from '../errors';
 import { assert } from '../assert';
 import {
-  ENCODING_NAMES, Encoding, RECORD_HEADER_SIZE, RECORD_SIZE_MAX, TRY_LZ4_AFTER_XOR_RLE,
-  TRY_XOR_LZ4_ABOVE,
+  ENCODING_NAMES, Encoding, Policy, RECORD_HEADER_SIZE, RECORD_SIZE_MAX, TRY_LZ4_AFTER_XOR_RLE,
+  TRY_XOR_LZ4_ABOVE, type PolicyValue,
 } from './encodings';
 import { lz4DecodeBlock } from './lz4-block';
 import { PAGE_SIZE } from './page-cache';
@@ -62,9 +62,9 @@ const isZero = (p: Uint8Array): boolean => p.every((b) => b === 0);
 const equal = (a: Uint8Array, b: Uint8Array): boolean => Buffer.compare(a, b) === 0;
 
 /** Chooses the encoding of one page (policy v1); returns [encoding, payload]. */
-export function choosePageEncoding(page: Uint8Array, base: Uint8Array | null, compress: boolean,
+export function choosePageEncoding(page: Uint8Array, base: Uint8Array | null, policy: PolicyValue,
   lz4: Lz4Compress): [number, Uint8Array] {
-  if (!compress) return [Encoding.RAW, page];
+  if (policy === Policy.RAW) return [Encoding.RAW, page];
   if (isZero(page)) return [Encoding.ZERO, new Uint8Array(0)];
   if (base && equal(page, base)) return [Encoding.UNCHANGED, new Uint8Array(0)];
   let best: [number, Uint8Array] | null = null;
@@ -73,6 +73,7 @@ export function choosePageEncoding(page: Uint8Array, base: Uint8Array | null, co
   };
   if (base) consider(Encoding.XOR_RLE, xorRleEncode(page, base, PAYLOAD_MAX));
   const len = (): number => (best ? best[1].length : 0);
+  if (policy !== Policy.PAGE_LZ4) return best ?? [Encoding.RAW, page];
   if (!base || !best || len() > TRY_LZ4_AFTER_XOR_RLE) consider(Encoding.LZ4, lz4(page));
   if (base && (!best || len() > TRY_XOR_LZ4_ABOVE)) {
     const delta = new Uint8Array(PAGE_SIZE);
@@ -92,7 +93,7 @@ function putHeader(out: Uint8Array, o: number, pfn: bigint, enc: number, length:
 
 /** Same contract as the addon's encodeBatch. */
 export function encodeBatchRef(store: RefSlotStore | null, pages: Uint8Array, pfns: BigUint64Array,
-  slots: Int32Array | null, hits: Uint8Array | null, compress: boolean, out: Uint8Array,
+  slots: Int32Array | null, hits: Uint8Array | null, policy: PolicyValue, out: Uint8Array,
   kinds: Uint8Array, lz4: Lz4Compress): number {
   assert(pages.length === pfns.length * PAGE_SIZE, 'encodeBatchRef: pages/pfns');
   assert(out.length >= pfns.length * RECORD_SIZE_MAX, 'encodeBatchRef: out too small');
@@ -101,7 +102,7 @@ export function encodeBatchRef(store: RefSlotStore | null, pages: Uint8Array, pf
     const page = pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
     const slot = store && slots ? store.slot(slots[i]) : null;
     const base = slot && hits && hits[i] ? slot : null;
-    const [enc, payload] = choosePageEncoding(page, base, compress, lz4);
+    const [enc, payload] = choosePageEncoding(page, base, policy, lz4);
     putHeader(out, o, pfns[i], enc, payload.length);
     out.set(payload, o + RECORD_HEADER_SIZE);
     o += RECORD_HEADER_SIZE + payload.length;

@@ -9,6 +9,20 @@ export const Encoding = {
   RAW: 0, ZERO: 1, UNCHANGED: 2, XOR_RLE: 3, LZ4: 4, XOR_LZ4: 5, DISK_REF: 6,
 } as const;
 
+/** Encoder policies (docs/memory-encoding.md, "Encoder policy v1"). */
+export const Policy = { RAW: 0, PAGE_LZ4: 1, BATCH: 2 } as const;
+export type PolicyValue = (typeof Policy)[keyof typeof Policy];
+
+/** How pages are compressed: zstd over the whole batch, LZ4 per page, or not at all. */
+export type Compressor = 'zstd' | 'lz4' | 'none';
+export const COMPRESSORS: readonly Compressor[] = ['zstd', 'lz4', 'none'];
+export const ZSTD_LEVEL = 1;
+export const BATCH_HEADER_SIZE = 8;
+
+export function policyOf(c: Compressor): PolicyValue {
+  return c === 'zstd' ? Policy.BATCH : c === 'lz4' ? Policy.PAGE_LZ4 : Policy.RAW;
+}
+
 export const ENCODING_NAMES = ['RAW', 'ZERO', 'UNCHANGED', 'XOR_RLE', 'LZ4', 'XOR_LZ4', 'DISK_REF'];
 export const ENCODING_COUNT = ENCODING_NAMES.length;
 

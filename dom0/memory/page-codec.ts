@@ -1,59 +1,71 @@
-// page-codec: the memory path's batch API. PageEncoder (primary) owns a domain's page cache
-// and encodes a whole batch of dirty pages in one native call; PageDecoder (backup) applies
-// records to its own full copy of guest memory. `impl: 'ref'` runs the TypeScript reference
-// instead (tests compare the two byte for byte).
+// page-codec: the memory path's batch API. PageEncoder (primary) owns a domain's page cache,
+// encodes a whole batch of dirty pages into page records in one native call (stage 1) and
+// packs the batch into its wire container, zstd-compressed by default (stage 2).
+// PageDecoder (backup) unpacks containers and applies records to its own full copy of
+// guest memory. `impl: 'ref'` runs the TypeScript reference for stage 1 (tests compare the
+// two byte for byte); stage 2 is libzstd's either way.
 import { assert, assertInt } from '../assert';
 import { loadAddon, type SlotStore } from '../native';
 import { decodeBatchRef, encodeBatchRef, RefSlotStore } from './codec-ref';
-import { ENCODING_COUNT, RECORD_SIZE_MAX } from './encodings';
+import {
+  ENCODING_COUNT, Policy, RECORD_SIZE_MAX, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue,
+} from './encodings';
 import { PAGE_SIZE, PageCache } from './page-cache';
 
 export type CodecImpl = 'native' | 'ref';
 
+export const BATCH_PAGES_DEFAULT = 1024;
+
 export interface EncoderOptions {
   /** Cache capacity in pages; 0 disables the cache (every page is a miss). */
   cachePages: number;
-  /** false = plain Remus: every page is sent RAW and no cache is kept. */
-  compress: boolean;
+  /** zstd (default): records packed with zstd; lz4: LZ4 per page; none: plain Remus, RAW. */
+  compressor: Compressor;
   impl?: CodecImpl;
-  /** Largest batch encode() accepts, in pages (bounds the output buffer). */
+  /** Largest batch encode() accepts, in pages (bounds every buffer). */
   batchPagesMax?: number;
 }
 
 export interface EncodedBatch {
-  /** The page records; valid until the next encode() call. */
+  /** The page records (stage 1); valid until the next encode() call. */
   records: Uint8Array;
   /** Encoding chosen per page, in batch order; valid until the next encode() call. */
   kinds: Uint8Array;
+  /** The container the wire carries (stage 2); valid until the next encode() call. */
+  container: Uint8Array;
 }
 
 export class PageEncoder {
   readonly cache: PageCache | null;
-  readonly compress: boolean;
+  readonly compressor: Compressor;
+  readonly policy: PolicyValue;
   readonly impl: CodecImpl;
   readonly batchPagesMax: number;
   /** Pages sent per encoding (index = encoding number). */
   readonly encodingCounts = new Array<number>(ENCODING_COUNT).fill(0);
   private store: SlotStore | RefSlotStore | null;
   private readonly out: Uint8Array;
+  private readonly packed: Uint8Array;
   private readonly kinds: Uint8Array;
   private readonly slots: Int32Array;
   private readonly hits: Uint8Array;
 
   constructor(opts: EncoderOptions) {
-    this.compress = opts.compress;
+    this.compressor = opts.compressor;
+    this.policy = policyOf(opts.compressor);
     this.impl = opts.impl ?? 'native';
-    this.batchPagesMax = opts.batchPagesMax ?? 4096;
-    assertInt(this.batchPagesMax, 1, 1 << 20, 'batchPagesMax');
+    this.batchPagesMax = opts.batchPagesMax ?? BATCH_PAGES_DEFAULT;
+    assertInt(this.batchPagesMax, 1, 1 << 16, 'batchPagesMax');
     assertInt(opts.cachePages, 0, 2 ** 30, 'cachePages');
-    const cachePages = opts.compress ? opts.cachePages : 0;
+    const cachePages = this.policy === Policy.RAW ? 0 : opts.cachePages;
     this.cache = cachePages > 0 ? new PageCache(cachePages) : null;
     this.store = null;
+    const addon = loadAddon();
     if (this.cache) {
-      this.store = this.impl === 'native' ? new (loadAddon().SlotStore)(cachePages)
-        : new RefSlotStore(cachePages);
+      this.store = this.impl === 'native' ? new addon.SlotStore(cachePages) : new RefSlotStore(cachePages);
     }
     this.out = new Uint8Array(this.batchPagesMax * RECORD_SIZE_MAX);
+    this.packed = new Uint8Array(addon.packBound(this.out.length));
     this.kinds = new Uint8Array(this.batchPagesMax);
     this.slots = new Int32Array(this.batchPagesMax);
     this.hits = new Uint8Array(this.batchPagesMax);
@@ -71,18 +83,17 @@ export class PageEncoder {
     const kinds = this.kinds.subarray(0, n);
     if (this.cache) this.cache.assignBatch(pfns, slots, hits);
     const withCache = this.cache !== null;
-    let bytes: number;
-    if (this.impl === 'native') {
-      bytes = loadAddon().encodeBatch(this.store as SlotStore | null, pages, pfns,
-        withCache ? slots : null, withCache ? hits : null, this.compress, this.out, kinds);
-    } else {
-      const addon = loadAddon();
-      bytes = encodeBatchRef(this.store as RefSlotStore | null, pages, pfns,
-        withCache ? slots : null, withCache ? hits : null, this.compress, this.out, kinds,
-        (p) => addon.lz4Compress(p));
-    }
+    const addon = loadAddon();
+    const bytes = this.impl === 'native'
+      ? addon.encodeBatch(this.store as SlotStore | null, pages, pfns, withCache ? slots : null,
+        withCache ? hits : null, this.policy, this.out, kinds)
+      : encodeBatchRef(this.store as RefSlotStore | null, pages, pfns, withCache ? slots : null,
+        withCache ? hits : null, this.policy, this.out, kinds, (p) => addon.lz4Compress(p));
     for (let i = 0; i < n; i++) this.encodingCounts[kinds[i]]++;
-    return { records: this.out.subarray(0, bytes), kinds };
+    const records = this.out.subarray(0, bytes);
+    const level = this.compressor === 'zstd' ? ZSTD_LEVEL : 0;
+    const packedBytes = addon.packBatch(records, level, this.packed);
+    return { records, kinds, container: this.packed.subarray(0, packedBytes) };
   }
 
   /** The stream restarted: the backup rebuilds from a full copy, so forget all bases. */
@@ -94,9 +105,18 @@ export class PageEncoder {
   }
 }
 
-/** Backup side: applies page records to a full image of guest memory. */
+/** Backup side: unpacks containers and applies page records to a full image of guest memory. */
 export class PageDecoder {
-  constructor(readonly impl: CodecImpl = 'native') {}
+  private readonly records: Uint8Array;
+
+  constructor(readonly impl: CodecImpl = 'native', readonly batchPagesMax = BATCH_PAGES_DEFAULT) {
+    this.records = new Uint8Array(batchPagesMax * RECORD_SIZE_MAX);
+  }
+
+  /** The records of a container; valid until the next unpack(). Throws ERR_BAD_PAGE_BATCH. */
+  unpack(container: Uint8Array): Uint8Array {
+    return this.records.subarray(0, loadAddon().unpackBatch(container, this.records));
+  }
 
   /** Decodes records in place into image; returns the number of records. */
   applyInPlace(records: Uint8Array, image: Uint8Array): number {

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../src/batch_codec.h"
 #include "../src/page_codec.h"
 
 namespace {
@@ -15,6 +16,14 @@ constexpr size_t kGuard = 4096;
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Inputs that start with a container header of kind 0/1 also go through the unpacker.
+  if (size >= remus::kBatchHeaderSize && data[0] <= remus::kBatchZstd) {
+    std::vector<uint8_t> records(4 * remus::kRecordSizeMax);
+    const char* what = nullptr;
+    size_t n = remus::UnpackBatch(data, size, records.data(), records.size(), &what);
+    if (n == remus::kUnpackFailed && what == nullptr) abort();
+    if (n != remus::kUnpackFailed && n > records.size()) abort();
+  }
   std::vector<uint8_t> mem(kGuard + kPages * remus::kPageSize + kGuard, 0xA5);
   uint8_t* image = mem.data() + kGuard;
   std::vector<uint8_t> before(mem);

@@ -2,6 +2,7 @@
 // batch (a call per page costs more than the encoding). Arguments are guarded here; which
 // slot a page uses (the LRU rules) is decided in TypeScript (dom0/memory/page-cache.ts).
 #include <lz4.h>
+#include <zstd.h>
 #include <napi.h>
 #include <sys/mman.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "errors.h"
+#include "batch_codec.h"
 #include "page_codec.h"
 
 namespace remus {
@@ -93,12 +95,12 @@ bool GetArray(const Napi::Value& v, napi_typedarray_type type, T* out) {
   return true;
 }
 
-// encodeBatch(store|null, pages, pfns, slots|null, hits|null, compress, out, kinds) -> bytes
+// encodeBatch(store|null, pages, pfns, slots|null, hits|null, policy, out, kinds) -> bytes
 Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage =
       "encodeBatch(store|null, pages: Uint8Array, pfns: BigUint64Array, slots: Int32Array|null, "
-      "hits: Uint8Array|null, compress: boolean, out: Uint8Array, kinds: Uint8Array)";
+      "hits: Uint8Array|null, policy: 0|1|2, out: Uint8Array, kinds: Uint8Array)";
   Napi::Uint8Array pages, out, kinds, hits;
   Napi::BigUint64Array pfns;
   Napi::Int32Array slots;
@@ -113,7 +115,7 @@ Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
       return ThrowType(env, usage), env.Undefined();
   }
   if (!GetArray(info[1], napi_uint8_array, &pages) ||
-      !GetArray(info[2], napi_biguint64_array, &pfns) || !info[5].IsBoolean() ||
+      !GetArray(info[2], napi_biguint64_array, &pfns) || !info[5].IsNumber() ||
       !GetArray(info[6], napi_uint8_array, &out) || !GetArray(info[7], napi_uint8_array, &kinds))
     return ThrowType(env, usage), env.Undefined();
   size_t count = pfns.ElementLength();
@@ -127,14 +129,15 @@ Napi::Value EncodeBatch(const Napi::CallbackInfo& info) {
     if (slots[i] < 0 || static_cast<size_t>(slots[i]) >= store->slots())
       return ThrowRange(env, "encodeBatch: slot out of range"), env.Undefined();
   }
-  bool compress = info[5].As<Napi::Boolean>().Value();
+  uint32_t policy = info[5].As<Napi::Number>().Uint32Value();
+  if (policy > kPolicyBatch) return ThrowRange(env, "encodeBatch: unknown policy"), env.Undefined();
   size_t o = 0;
   for (size_t i = 0; i < count; i++) {
     Encoding chosen;
     SlotRef ref{nullptr, false};
     if (store != nullptr) ref = SlotRef{store->Slot(static_cast<size_t>(slots[i])), hits[i] != 0};
     o += EncodePage(pfns[i], pages.Data() + i * kPageSize, store != nullptr ? &ref : nullptr,
-                    compress, out.Data() + o, &chosen);
+                    static_cast<Policy>(policy), out.Data() + o, &chosen);
     kinds[i] = chosen;
   }
   return Napi::Number::New(env, static_cast<double>(o));
@@ -198,6 +201,48 @@ Napi::Value Lz4Compress(const Napi::CallbackInfo& info) {
   return Napi::Buffer<char>::Copy(env, dst, static_cast<size_t>(n));
 }
 
+// packBatch(records, level, out) -> container bytes (level 0 = plain)
+Napi::Value PackBatchFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Uint8Array records, out;
+  if (info.Length() != 3 || !GetArray(info[0], napi_uint8_array, &records) ||
+      !info[1].IsNumber() || !GetArray(info[2], napi_uint8_array, &out))
+    return ThrowType(env, "packBatch(records: Uint8Array, level: number, out: Uint8Array)"),
+           env.Undefined();
+  int level = info[1].As<Napi::Number>().Int32Value();
+  if (level < -7 || level > 19) return ThrowRange(env, "packBatch: level out of range"), env.Undefined();
+  if (records.ByteLength() > 0xffffffffu ||
+      out.ByteLength() < kBatchHeaderSize + PackBound(records.ByteLength()))
+    return ThrowRange(env, "packBatch: out is smaller than packBound(records)"), env.Undefined();
+  size_t n = PackBatch(records.Data(), records.ByteLength(), level, out.Data(), out.ByteLength());
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// unpackBatch(container, out) -> records length; throws ERR_BAD_PAGE_BATCH
+Napi::Value UnpackBatchFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Uint8Array in, out;
+  if (info.Length() != 2 || !GetArray(info[0], napi_uint8_array, &in) ||
+      !GetArray(info[1], napi_uint8_array, &out))
+    return ThrowType(env, "unpackBatch(container: Uint8Array, out: Uint8Array)"), env.Undefined();
+  const char* what = nullptr;
+  size_t n = UnpackBatch(in.Data(), in.ByteLength(), out.Data(), out.ByteLength(), &what);
+  if (n == kUnpackFailed) {
+    ThrowRemus(env, "ERR_BAD_PAGE_BATCH", std::string("malformed page batch: ") + what);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
+Napi::Value PackBoundFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsNumber())
+    return ThrowType(env, "packBound(recordsLength)"), env.Undefined();
+  double n = info[0].As<Napi::Number>().DoubleValue();
+  if (!(n >= 0 && n <= 0xffffffffu)) return ThrowRange(env, "packBound: length"), env.Undefined();
+  return Napi::Number::New(env, static_cast<double>(kBatchHeaderSize + PackBound(static_cast<size_t>(n))));
+}
+
 }  // namespace
 
 void InitCodec(Napi::Env env, Napi::Object exports) {
@@ -208,6 +253,10 @@ void InitCodec(Napi::Env env, Napi::Object exports) {
   exports.Set("decodeBatch", Napi::Function::New(env, DecodeBatchFn));
   exports.Set("lz4Compress", Napi::Function::New(env, Lz4Compress));
   exports.Set("lz4Version", Napi::String::New(env, LZ4_versionString()));
+  exports.Set("zstdVersion", Napi::String::New(env, ZSTD_versionString()));
+  exports.Set("packBatch", Napi::Function::New(env, PackBatchFn));
+  exports.Set("unpackBatch", Napi::Function::New(env, UnpackBatchFn));
+  exports.Set("packBound", Napi::Function::New(env, PackBoundFn));
   Napi::Object c = Napi::Object::New(env);
   c.Set("pageSize", static_cast<double>(kPageSize));
   c.Set("recordHeaderSize", static_cast<double>(kRecordHeaderSize));

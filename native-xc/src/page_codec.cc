@@ -123,13 +123,13 @@ void PatchSlotFromXorRle(uint8_t* slot, const uint8_t* page, const uint8_t* p, s
   }
 }
 
-size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, bool compress,
+size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, Policy policy,
                   uint8_t* out, Encoding* chosen) {
   uint8_t* payload = out + kRecordHeaderSize;
   Encoding enc = kRaw;
   size_t len = kPageSize;
   const bool hit = ref != nullptr && ref->hit;
-  if (!compress) {
+  if (policy == kPolicyRaw) {
     std::memcpy(payload, page, kPageSize);
   } else if (IsZeroPage(page)) {
     enc = kZero, len = 0;
@@ -146,7 +146,7 @@ size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, bool co
         best = 0;
       }
     }
-    if (enc != kUnchanged) {
+    if (enc != kUnchanged && policy == kPolicyPage) {
       if (!hit || best == 0 || best > kTryLz4AfterXorRle) {
         size_t n = Lz4Candidate(page, scratch);
         if (n != 0 && (best == 0 || n < best)) {
@@ -166,6 +166,8 @@ size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, bool co
           best = n, enc = kXorLz4;
         }
       }
+    }
+    if (enc != kUnchanged) {
       if (best == 0) {
         std::memcpy(payload, page, kPageSize);
       } else {

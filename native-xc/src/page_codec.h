@@ -33,9 +33,16 @@ struct SlotRef {
   bool hit;
 };
 
+// Which candidates the encoder tries (docs/memory-encoding.md, "Encoder policy v1").
+enum Policy : uint8_t {
+  kPolicyRaw = 0,    // --no-compress: every page RAW
+  kPolicyPage = 1,   // --compressor lz4: per-page LZ4 / XOR_LZ4 candidates
+  kPolicyBatch = 2,  // --compressor zstd: no LZ4 (the batch compressor does better on raw)
+};
+
 // Encodes one page as a record into `out` (capacity >= kRecordSizeMax) and stores the page
 // into `ref.slot` (unless ref is null: no cache). Returns the record size.
-size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, bool compress,
+size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, Policy policy,
                   uint8_t* out, Encoding* chosen);
 
 // Canonical XOR+RLE of page^base into out. Returns its length: 0 when the pages are equal,

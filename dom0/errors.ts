@@ -6,6 +6,24 @@
 export const ErrorCode = {
   /** A page record in a replication stream or trace is malformed. */
   BAD_PAGE_RECORD: 'ERR_BAD_PAGE_RECORD',
+  /** The replication stream broke its rules (CRC, unknown mandatory record, order, size). */
+  PROTOCOL: 'ERR_PROTOCOL',
+  /** The peer closed the connection or went silent past the heartbeat timeout. */
+  PEER_GONE: 'ERR_PEER_GONE',
+  /** The peer could not be authenticated (TLS PSK mismatch, no TLS) or refused us. */
+  AUTH: 'ERR_AUTH',
+  /** The handshake failed: version, domain or memory size mismatch. */
+  HANDSHAKE: 'ERR_HANDSHAKE',
+  /** A domain name did not resolve to something this host can run or protect. */
+  NO_DOMAIN: 'ERR_NO_DOMAIN',
+  /** Xen is not available on this host. */
+  NO_XEN: 'ERR_NO_XEN',
+  /** Kernel dirty tracking failed. */
+  DIRTY_TRACKING: 'ERR_DIRTY_TRACKING',
+  /** The simulated guest's vCPU did not stop or start in time. */
+  VCPU: 'ERR_VCPU',
+  /** The local control socket could not be reached or answered an error. */
+  CONTROL: 'ERR_CONTROL',
   /** A page batch container (plain or zstd) is malformed or too large. */
   BAD_PAGE_BATCH: 'ERR_BAD_PAGE_BATCH',
   /** An RDTRACE1 file is malformed (magic, record type, length, truncation, pfn). */

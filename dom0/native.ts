@@ -13,6 +13,17 @@ export interface SlotStore {
   close(): void;
 }
 
+export interface NativeArena {
+  readonly id: number;
+  readonly buffer: ArrayBuffer;
+  readonly pageCount: number;
+  readonly dirtyMode: 'off' | 'uffd-wp' | 'hash';
+  startDirtyTracking(): { mode: 'uffd-wp' | 'hash'; reason: string };
+  collectDirty(out: Uint32Array): number;
+  copyPages(pfns: Uint32Array, count: number, dst: Uint8Array): void;
+  close(): void;
+}
+
 export interface NativeAddon {
   parts: { codec: boolean; xen: boolean; nfqueue: boolean };
   lz4Version: string;
@@ -29,6 +40,8 @@ export interface NativeAddon {
     stagedPfns?: BigUint64Array): number;
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;
+  crc32c(data: Uint8Array, seed?: number): number;
+  Arena: new (bytes: number, id?: number) => NativeArena;
   xenProbe?: () => ProbeResult;
   nfqueueProbe?: (queueNum: number) => ProbeResult;
   setErrorClass(cls: unknown): void;

@@ -5,6 +5,8 @@ import { RemusError } from '../errors';
 import { registerBench } from './bench';
 import { registerDoctor } from './doctor';
 import { registerTrace } from './trace';
+import { registerReplication } from './replication';
+import { registerDemo } from './demo';
 
 export function buildProgram(): Command {
   const program = new Command('remusdb')
@@ -15,6 +17,8 @@ export function buildProgram(): Command {
   registerDoctor(program);
   registerTrace(program);
   registerBench(program);
+  registerReplication(program);
+  registerDemo(program);
   return program;
 }
 

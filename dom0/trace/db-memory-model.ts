@@ -55,6 +55,50 @@ export class DbMemoryModel {
     this.workUsed = new Array(Math.max(1, Math.floor((pages - at(0.85)) / 16))).fill(false);
   }
 
+  /** Octets saveState writes: prng 16, lsn 8, walPos 4, nextBlock 4, work flags. */
+  stateBytes(): number { return 32 + Math.ceil(this.workUsed.length / 8); }
+
+  /** Writes every field of the model's state into dv (guest memory) at offset. */
+  saveState(dv: DataView, offset: number): void {
+    this.rng.save(dv, offset);
+    dv.setBigUint64(offset + 16, this.lsn, true);
+    dv.setUint32(offset + 24, this.walPos, true);
+    dv.setUint32(offset + 28, this.nextBlock, true);
+    for (let i = 0; i < this.workUsed.length; i += 8) {
+      let b = 0;
+      for (let k = 0; k < 8 && i + k < this.workUsed.length; k++) if (this.workUsed[i + k]) b |= 1 << k;
+      dv.setUint8(offset + 32 + i / 8, b);
+    }
+  }
+
+  /** Reads the state saveState wrote (a resumed guest continues exactly). */
+  loadState(dv: DataView, offset: number): void {
+    this.rng.load(dv, offset);
+    this.lsn = dv.getBigUint64(offset + 16, true);
+    this.walPos = dv.getUint32(offset + 24, true);
+    this.nextBlock = dv.getUint32(offset + 28, true);
+    for (let i = 0; i < this.workUsed.length; i++) {
+      this.workUsed[i] = (dv.getUint8(offset + 32 + (i >> 3)) & (1 << (i & 7))) !== 0;
+    }
+  }
+
+  /** One OLTP transaction: update a tuple, log it, touch a lock table; sometimes a refill. */
+  transaction(refillChance: number, walBytes: number): number {
+    this.updateTuple();
+    this.appendWal(walBytes);
+    this.tableWrite();
+    if (this.rng.chance(refillChance)) this.refill();
+    if (this.rng.chance(0.002)) this.churnWorkMem();
+    return this.rng.below(100000);
+  }
+
+  /** One read-heavy step: pages replaced by blocks read from disk, little else. */
+  scanStep(refills: number): number {
+    for (let i = 0; i < refills; i++) this.refill();
+    if (this.rng.chance(0.01)) this.churnWorkMem();
+    return this.rng.below(100000);
+  }
+
   /** Fills memory as a freshly booted, warmed-up server would have it. */
   initialise(): void {
     const [ps, pe] = this.regions.pool;

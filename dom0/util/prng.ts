@@ -8,6 +8,17 @@ export class Prng {
     for (let i = 0; i < 15; i++) this.u32();
   }
 
+  /** The generator's state, to keep in guest memory (so a resumed guest continues exactly). */
+  save(dv: DataView, offset: number): void {
+    dv.setUint32(offset, this.a, true); dv.setUint32(offset + 4, this.b, true);
+    dv.setUint32(offset + 8, this.c, true); dv.setUint32(offset + 12, this.d, true);
+  }
+
+  load(dv: DataView, offset: number): void {
+    this.a = dv.getUint32(offset, true) | 0; this.b = dv.getUint32(offset + 4, true) | 0;
+    this.c = dv.getUint32(offset + 8, true) | 0; this.d = dv.getUint32(offset + 12, true) | 0;
+  }
+
   /** Uniform 32-bit unsigned integer. */
   u32(): number {
     const t = (((this.a + this.b) | 0) + this.d) | 0;

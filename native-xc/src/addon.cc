@@ -8,6 +8,8 @@
 namespace remus {
 void InitCodec(Napi::Env env, Napi::Object exports);
 void InitDirtyProbe(Napi::Env env, Napi::Object exports);
+void InitArena(Napi::Env env, Napi::Object exports);
+void InitCrc32c(Napi::Env env, Napi::Object exports);
 #ifdef REMUS_HAVE_XEN
 void InitXen(Napi::Env env, Napi::Object exports);
 #endif
@@ -25,6 +27,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Object parts = Napi::Object::New(env);
   remus::InitCodec(env, exports);
   remus::InitDirtyProbe(env, exports);
+  remus::InitArena(env, exports);
+  remus::InitCrc32c(env, exports);
   parts.Set("codec", true);
 #ifdef REMUS_HAVE_XEN
   remus::InitXen(env, exports);

@@ -1,0 +1,177 @@
+// replication: `remusdb protect`, `backup`, `failover`, `status` and `keygen`.
+import * as fs from 'node:fs';
+import type { Command } from 'commander';
+import { ErrorCode, RemusError } from '../errors';
+import { cacheSpecOption, parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
+import { PAGE_SIZE } from '../memory/page-cache';
+import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
+import { resolveDomain } from '../hypervisor/resolve';
+import { newPsk, parseHostPort, readPskFile, type Security } from '../protocol/channel';
+import { ProtectService } from '../service/protect-service';
+import { BackupService } from '../service/backup-service';
+import { controlRequest, listSockets, socketPath } from '../service/control';
+import { choiceOption, intOption } from './options';
+
+export const DEFAULT_PORT = 7400;
+
+export function sizeOption(name: string): (v: string) => number {
+  return (v: string): number => {
+    const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(v.trim());
+    const mul = { k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 } as Record<string, number>;
+    const bytes = m ? Number(m[1]) * (m[2] ? mul[m[2].toLowerCase()] : 1) : NaN;
+    if (!Number.isSafeInteger(bytes) || bytes % PAGE_SIZE !== 0 || bytes / PAGE_SIZE < GUEST_PAGES_MIN || bytes > 64 * 2 ** 30) {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${name} ${JSON.stringify(v)}: expected a multiple of 4 KiB from ${GUEST_PAGES_MIN * 4} KiB to 64 GiB, like 256MiB`);
+    }
+    return bytes;
+  };
+}
+
+function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
+  if (o.insecure) {
+    log('WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.');
+    return { insecure: true };
+  }
+  if (!o.pskFile) {
+    throw new RemusError(ErrorCode.AUTH, 'the replication channel needs a pre-shared key: --psk-file FILE (make one with `remusdb keygen --out FILE` and copy it to both hosts), or --insecure for a lab');
+  }
+  return { psk: readPskFile(o.pskFile) };
+}
+
+const log = (line: string): void => { console.error(`${new Date().toISOString()} ${line}`); };
+
+interface ProtectOpts {
+  interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
+  netBuffer: boolean; blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
+  memory: number; workload: Workload; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
+  maxInFlight: number; journal?: string; seconds?: number;
+}
+
+export function registerReplication(program: Command): void {
+  program.command('protect <domain> [backup]')
+    .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
+    .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
+    .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
+    .option('-u, --no-compress', 'send pages raw, keep no cache (plain Remus; xl remus -u)')
+    .option('--no-read-tracking', 'do not send disk references for pages read from disk (no effect until the disk backend lands)')
+    .option('-n, --no-net-buffer', 'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)')
+    .option('-b, --blackhole', 'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
+    .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)')
+    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
+    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
+    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
+    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged', intOption('--max-in-flight', 1, 16), 2)
+    .option('--memory <size>', 'sim: guest memory', sizeOption('--memory'), 256 * 2 ** 20)
+    .option('--workload <w>', `sim: ${WORKLOADS.join(', ')}`, choiceOption('--workload', WORKLOADS), 'oltp')
+    .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
+    .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
+    .option('--client <host:port>', 'sim: where the guest sends its outputs')
+    .option('--journal <file>', 'append one JSON line per checkpoint and event')
+    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7))
+    .action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) => runProtect(domainArg, backupArg, o));
+
+  program.command('backup')
+    .description('receive checkpoints and take over when the primary fails')
+    .option('--listen <addr:port>', 'address to listen on', `0.0.0.0:${DEFAULT_PORT}`)
+    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
+    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
+    .option('--max-memory <size>', 'largest guest accepted', sizeOption('--max-memory'), 64 * 2 ** 30)
+    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number }) => {
+      const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
+      const svc = new BackupService({ host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024, log });
+      await svc.start();
+      log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
+      await untilSignal(async () => svc.stop());
+    });
+
+  program.command('failover <domain>')
+    .description('promote the backup of a domain now (manual failover)')
+    .action(async (domain: string) => {
+      const socks = listSockets().filter((s) => /\/backup-[^/]+\.sock$/.test(s));
+      for (const s of socks) {
+        const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
+        if (!st || (st.domain !== domain && `sim:${String(st.domain)}` !== domain && st.domain !== `sim:${domain}`)) continue;
+        const r = await controlRequest(s, { cmd: 'failover', domain });
+        if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
+        console.log(`failed over ${domain}: resumed from epoch ${String(r.epoch)}`);
+        return;
+      }
+      throw new RemusError(ErrorCode.NO_DOMAIN, `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`);
+    });
+
+  program.command('status [domain]')
+    .description('state of the protect and backup processes on this host')
+    .option('--json', 'one JSON object')
+    .action(async (domain: string | undefined, o: { json?: boolean }) => {
+      const all = [];
+      for (const s of listSockets()) {
+        const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
+        if (st && (!domain || st.domain === domain || st.domain === `sim:${domain}`)) all.push(st);
+      }
+      if (o.json) { console.log(JSON.stringify({ processes: all })); return; }
+      if (!all.length) { console.log('no remusdb protect or backup process is running on this host'); return; }
+      for (const st of all) console.log(formatStatus(st));
+    });
+
+  program.command('keygen')
+    .description('write a new pre-shared key for the replication channel (copy it to both hosts)')
+    .requiredOption('--out <file>', 'key file to create (mode 0600)')
+    .action((o: { out: string }) => {
+      try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
+        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`);
+      }
+      console.log(`wrote ${o.out}`);
+    });
+}
+
+async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
+  const spec = resolveDomain(domainArg);
+  if (!o.netBuffer && !o.unsafe) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it');
+  }
+  if (!o.blackhole && !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
+  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
+  const pages = o.memory / PAGE_SIZE;
+  const svc = new ProtectService({
+    name: spec.name, backup, security: o.blackhole ? { insecure: true } : security(o, log),
+    engine: {
+      intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
+      maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
+      batchPagesMax: 1024, deviceStateMax: 65536,
+    },
+    memoryBytes: o.memory, workload: o.workload, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
+    netBuffer: o.netBuffer, journal: o.journal ?? null, log,
+  });
+  svc.start();
+  log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}`);
+  const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
+  const stopAfter = o.seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), o.seconds * 1000) : null;
+  await untilSignal(async () => {
+    if (live) { clearInterval(live); process.stdout.write('\n'); }
+    if (stopAfter) clearTimeout(stopAfter);
+    await svc.stop();
+  });
+}
+
+function progressLine(s: Record<string, unknown>): string {
+  const n = (k: string): number => Number(s[k] ?? 0);
+  const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
+  return `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ${n('lastAckAgeMs').toFixed(0)} ms ago`;
+}
+
+function formatStatus(s: Record<string, unknown>): string {
+  if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}`;
+  const r = s.resumed as { epoch: number } | null;
+  return `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} committed epoch ${String(s.committedEpoch)} checkpoints ${String(s.checkpoints)}${r ? ` — resumed from epoch ${r.epoch}` : ''}`;
+}
+
+function untilSignal(onStop: () => Promise<void>): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop); process.off('SIGTERM', stop);
+      onStop().then(resolve, resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}

@@ -1,0 +1,314 @@
+// backup: the standby side. It accepts one primary at a time, stages each checkpoint whole
+// and commits it (memory, then device state) only at CHECKPOINT_END, then acknowledges.
+// Silence past the heartbeat timeout, or a broken connection without GOODBYE, means the
+// primary failed: the staged checkpoint is discarded and the domain resumes from the last
+// committed one. A protocol error is not a failover: the connection is dropped and the
+// primary must reconnect (and start again with a full copy). A new session invalidates
+// the previous committed state until its first full checkpoint commits: the primary ran
+// unprotected in between, so the old image is no longer a safe place to resume from.
+import { ErrorCode, RemusError } from '../errors';
+import { PageDecoder } from '../memory/page-codec';
+import { PAGE_SIZE } from '../memory/page-cache';
+import {
+  PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
+  parseJson, parseWithEpoch, protocolError, epochBody,
+} from '../protocol/records';
+import type { Clock, Link, Replica } from './ports';
+import { Staging } from './staging';
+
+export interface HelloInfo {
+  kind: string;
+  domain: string; pageCount: number; pageSize: number; compressor: string; intervalMs: number;
+  heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
+}
+
+export interface BackupOptions {
+  /** Largest guest this backup accepts, in pages. */
+  pageCountMax: number;
+  batchPagesMax: number;
+  /** Makes (or reuses) the replica for a primary's HELLO. Throws RemusError to refuse. */
+  replicaFor(hello: HelloInfo): Replica;
+}
+
+export interface BackupHooks {
+  commit?(epoch: number, replica: Replica): void;
+  event?(name: string, detail: Record<string, unknown>): void;
+  /** Phases for the fault simulator: 'record', 'pre-commit', 'post-commit', 'post-ack'. */
+  phase?(phase: string, epoch: number): void;
+}
+
+export type BackupState = 'waiting' | 'receiving' | 'failed-over';
+
+interface Open { epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; }
+
+export class Backup {
+  private link: Link | null = null;
+  private hello: HelloInfo | null = null;
+  private replica: Replica | null = null;
+  private staging: Staging | null = null;
+  private open: Open | null = null;
+  private committed: number | null = null;
+  private lastHeard = 0;
+  private lastSent = 0;
+  private timer: unknown = null;
+  state: BackupState = 'waiting';
+  private readonly decoder: PageDecoder;
+  readonly counters = { checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0 };
+  resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
+
+  constructor(private readonly clock: Clock, private readonly opts: BackupOptions, private readonly hooks: BackupHooks = {}) {
+    this.decoder = new PageDecoder('native', opts.batchPagesMax);
+  }
+
+  get committedEpoch(): number | null { return this.committed; }
+  get attached(): boolean { return this.link !== null; }
+  get domain(): string | null { return this.hello?.domain ?? null; }
+  get replicaImage(): Uint8Array | null { return this.replica?.image ?? null; }
+
+  /** A primary connected (already authenticated). Only one at a time. */
+  attach(link: Link): void {
+    if (this.state === 'failed-over') {
+      // A primary that comes back after we resumed must stop its copy (fencing).
+      link.send(Rec.TAKEOVER, epochBody(this.resumedFrom!.epoch));
+      link.close();
+      return;
+    }
+    if (this.link) {
+      link.send(Rec.ERROR, jsonBody({ code: ErrorCode.HANDSHAKE, message: 'this backup already serves a primary' }));
+      link.close();
+      return;
+    }
+    this.sessionOpen = false;
+    this.link = link;
+    this.lastHeard = this.clock.now();
+    this.state = 'receiving';
+    link.onRecord((type, body) => this.guard(link, () => this.onRecord(type, body)));
+    link.onClose((err) => { if (this.link === link) this.onLinkClosed(err); });
+    this.arm();
+  }
+
+  /** Manual promotion (`remusdb failover`): resume now from the last committed checkpoint. */
+  failover(reason = 'manual failover'): { epoch: number; info: Record<string, unknown> } | null {
+    if (this.state === 'failed-over') return this.resumedFrom;
+    this.open = null;
+    this.staging?.clear();
+    const link = this.link;
+    this.link = null;
+    this.disarm();
+    if (this.committed === null || !this.replica) {
+      this.state = 'waiting';
+      this.hooks.event?.('no-checkpoint', { reason });
+      link?.close();
+      return null;
+    }
+    const info = this.replica.resume();
+    this.state = 'failed-over';
+    this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
+    if (link) {
+      try { link.send(Rec.TAKEOVER, epochBody(this.committed)); } catch { /* best effort */ }
+      link.close();
+    }
+    this.hooks.event?.('failover', { epoch: this.committed, reason, ...info });
+    return this.resumedFrom;
+  }
+
+  /** Stops waiting (shutdown). Idempotent. */
+  close(): void {
+    this.disarm();
+    const l = this.link;
+    this.link = null;
+    l?.close();
+  }
+
+  private onRecord(type: number, body: Buffer): void {
+    this.lastHeard = this.clock.now();
+    this.hooks.phase?.('record', this.open?.epoch ?? -1);
+    switch (type) {
+      case Rec.HELLO: return this.onHello(body);
+      case Rec.CHECKPOINT_BEGIN: return this.onBegin(body);
+      case Rec.PAGE_BATCH: return this.onBatch(body);
+      case Rec.DEVICE_STATE: return this.onDeviceState(body);
+      case Rec.CHECKPOINT_END: return this.onEnd(body);
+      case Rec.HEARTBEAT: return;
+      case Rec.GOODBYE: return this.onGoodbye();
+      case Rec.ERROR: {
+        const { value } = parseJson(type, body, false);
+        throw protocolError(`primary reported ${String(value.code)}: ${String(value.message)}`);
+      }
+      default: throw protocolError(`unexpected record type ${type} at the backup`);
+    }
+  }
+
+  private onHello(body: Buffer): void {
+    if (this.sessionOpen) throw protocolError('HELLO twice in one session');
+    const { version, value } = parseJson(Rec.HELLO, body, true);
+    if (version !== PROTOCOL_VERSION) throw new RemusError(ErrorCode.HANDSHAKE, `protocol version ${version} is not ${PROTOCOL_VERSION}`);
+    const h = validateHello(value, this.opts.pageCountMax);
+    if (this.hello && (this.hello.domain !== h.domain || this.hello.pageCount !== h.pageCount)) {
+      throw new RemusError(ErrorCode.HANDSHAKE, `this backup holds ${this.hello.domain} (${this.hello.pageCount} pages), not ${h.domain} (${h.pageCount} pages)`);
+    }
+    this.replica = this.replica ?? this.opts.replicaFor(h);
+    this.hello = h;
+    this.staging = this.staging ?? new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax);
+    this.committed = null; // the primary ran unprotected: the old image is stale until FULL commits
+    this.open = null;
+    this.sessionOpen = true;
+    this.counters.sessions++;
+    this.send(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb' }));
+    this.arm();
+    this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId });
+  }
+
+  private sessionOpen = false;
+
+  private needSession(): HelloInfo {
+    if (!this.hello || !this.sessionOpen) throw protocolError('checkpoint record before HELLO');
+    return this.hello;
+  }
+
+  private onBegin(body: Buffer): void {
+    this.needSession();
+    const { epoch, full } = parseCheckpointBegin(body);
+    if (this.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${this.open.epoch} is open`);
+    if (!full && this.committed === null) throw protocolError('the first checkpoint of a session must be FULL');
+    if (!full && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
+    this.open = { epoch, full, pages: 0, deviceState: null };
+  }
+
+  private openFor(type: number, epoch: number): Open {
+    if (!this.open) throw protocolError(`record type ${type} outside a checkpoint`);
+    if (epoch !== this.open.epoch) throw protocolError(`record for epoch ${epoch} inside checkpoint ${this.open.epoch}`);
+    return this.open;
+  }
+
+  private onBatch(body: Buffer): void {
+    const { epoch, payload } = parseWithEpoch(Rec.PAGE_BATCH, body);
+    const o = this.openFor(Rec.PAGE_BATCH, epoch);
+    this.counters.wireBytes += body.length + 16;
+    if (o.full) {
+      // A full checkpoint replaces every page and nothing committed is at stake: decode in place.
+      const records = this.decoder.unpack(payload);
+      o.pages += this.decoder.applyInPlace(records, this.replica!.image);
+    } else {
+      o.pages += this.staging!.add(payload, this.replica!.image);
+    }
+  }
+
+  private onDeviceState(body: Buffer): void {
+    const { epoch, payload } = parseWithEpoch(Rec.DEVICE_STATE, body);
+    const o = this.openFor(Rec.DEVICE_STATE, epoch);
+    if (o.deviceState) throw protocolError('two DEVICE_STATE records in one checkpoint');
+    if (payload.length > this.hello!.deviceStateMax) throw protocolError(`device state of ${payload.length} octets exceeds ${this.hello!.deviceStateMax}`);
+    o.deviceState = Uint8Array.from(payload);
+  }
+
+  private onEnd(body: Buffer): void {
+    const { epoch, pages } = parseCheckpointEnd(body);
+    const o = this.openFor(Rec.CHECKPOINT_END, epoch);
+    if (pages !== o.pages) throw protocolError(`checkpoint ${epoch} announced ${pages} pages but carried ${o.pages}`);
+    if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
+    if (o.full && o.pages !== this.hello!.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${this.hello!.pageCount} pages`);
+    this.hooks.phase?.('pre-commit', epoch);
+    if (!o.full) this.staging!.applyTo(this.replica!.image);
+    this.replica!.commitDeviceState(o.deviceState);
+    this.committed = epoch;
+    this.open = null;
+    this.counters.checkpoints++;
+    this.counters.pages += o.pages;
+    this.hooks.commit?.(epoch, this.replica!);
+    this.hooks.phase?.('post-commit', epoch);
+    this.send(Rec.ACK, ackBody(epoch));
+    this.hooks.phase?.('post-ack', epoch);
+  }
+
+  private onGoodbye(): void {
+    this.hooks.event?.('goodbye', { epoch: this.committed });
+    this.sessionOpen = false;
+    this.drop();
+  }
+
+  private onLinkClosed(err: Error | null): void {
+    if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) {
+      const link = this.link!;
+      this.guard(link, () => { throw err; }); // a bad stream is not a dead primary
+      return;
+    }
+    this.failover(err ? `connection broke: ${err.message}` : 'connection closed without GOODBYE');
+  }
+
+  /** Drop the connection without failing over; discard any open checkpoint. */
+  private drop(): void {
+    this.open = null;
+    this.staging?.clear();
+    const l = this.link;
+    this.link = null;
+    this.disarm();
+    if (this.state !== 'failed-over') this.state = 'waiting';
+    l?.close();
+  }
+
+  private guard(link: Link, f: () => void): void {
+    if (this.link !== link) return;
+    try { f(); } catch (e) {
+      if (!(e instanceof RemusError)) throw e;
+      this.counters.protocolErrors++;
+      this.hooks.event?.('protocol-error', { code: e.code, message: e.message });
+      try { link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message })); } catch { /* closing */ }
+      this.sessionOpen = false;
+      this.drop();
+    }
+  }
+
+  private timeoutMs(): number { return this.hello?.heartbeatTimeoutMs ?? 10_000; }
+
+  private arm(): void {
+    this.disarm();
+    const every = Math.max(5, Math.floor(this.timeoutMs() / 4));
+    this.timer = this.clock.setTimer(every, () => this.onTimer());
+  }
+
+  private disarm(): void {
+    if (this.timer !== null) this.clock.clearTimer(this.timer);
+    this.timer = null;
+  }
+
+  private onTimer(): void {
+    this.timer = null;
+    if (!this.link) return;
+    const now = this.clock.now();
+    if (now - this.lastHeard > this.timeoutMs()) {
+      this.failover(`primary silent for ${now - this.lastHeard} ms`);
+      return;
+    }
+    if (this.sessionOpen && now - this.lastSent >= this.timeoutMs() / 4) this.send(Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
+    this.arm();
+  }
+
+  private send(type: number, body: Uint8Array): void {
+    if (!this.link) return;
+    this.lastSent = this.clock.now();
+    this.link.send(type, body);
+  }
+}
+
+function validateHello(v: Record<string, unknown>, pageCountMax: number): HelloInfo {
+  const num = (k: string, min: number, max: number): number => {
+    const x = v[k];
+    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) {
+      throw new RemusError(ErrorCode.HANDSHAKE, `HELLO ${k} ${JSON.stringify(x)} is not an integer in [${min}, ${max}]`);
+    }
+    return x;
+  };
+  const str = (k: string): string => {
+    const x = v[k];
+    if (typeof x !== 'string' || x.length === 0 || x.length > 256) throw new RemusError(ErrorCode.HANDSHAKE, `HELLO ${k} is missing or too long`);
+    return x;
+  };
+  if (v.pageSize !== PAGE_SIZE) throw new RemusError(ErrorCode.HANDSHAKE, `page size ${String(v.pageSize)} is not ${PAGE_SIZE}`);
+  return {
+    kind: str('kind'), domain: str('domain'), pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_SIZE,
+    compressor: str('compressor'), intervalMs: num('intervalMs', 1, 60_000),
+    heartbeatTimeoutMs: num('heartbeatTimeoutMs', 10, 600_000), deviceStateMax: num('deviceStateMax', 0, 1 << 20),
+    sessionId: str('sessionId'),
+  };
+}

@@ -1,0 +1,76 @@
+// output-buffer: output commit. Outputs are held in per-epoch queues; a barrier closes the
+// current epoch; release(N) delivers every epoch ≤ N, strictly in epoch order; nothing of
+// epoch N leaves before release(N). Bounded: past heldMax outputs new ones are dropped and
+// counted (a full queue drops, like a NIC ring; TCP retransmits) — never leaked early.
+import { assert } from '../assert';
+import type { OutputGate } from './ports';
+
+export interface OutputStats { held: number; released: number; dropped: number; passedThrough: number; }
+
+export class OutputBuffer<T> implements OutputGate {
+  private readonly epochs: Array<{ epoch: number; items: T[] }> = [];
+  private current: T[] = [];
+  private currentEpoch = 1;
+  private passThrough = false;
+  readonly stats: OutputStats = { held: 0, released: 0, dropped: 0, passedThrough: 0 };
+
+  constructor(private readonly deliver: (item: T, epoch: number) => void, readonly heldMax = 100_000) {}
+
+  get held(): number { return this.stats.held; }
+
+  /** An output the domain produced just now. */
+  push(item: T): void {
+    if (this.passThrough) {
+      this.stats.passedThrough++;
+      this.deliver(item, this.currentEpoch);
+      return;
+    }
+    if (this.stats.held >= this.heldMax) { this.stats.dropped++; return; }
+    this.current.push(item);
+    this.stats.held++;
+  }
+
+  barrier(epoch: number): void {
+    assert(epoch === this.currentEpoch, `barrier ${epoch} out of order (expected ${this.currentEpoch})`);
+    this.epochs.push({ epoch, items: this.current });
+    this.current = [];
+    this.currentEpoch = epoch + 1;
+  }
+
+  release(epoch: number): void {
+    while (this.epochs.length && this.epochs[0].epoch <= epoch) {
+      const e = this.epochs.shift()!;
+      for (const item of e.items) this.deliver(item, e.epoch);
+      this.stats.held -= e.items.length;
+      this.stats.released += e.items.length;
+    }
+  }
+
+  setPassThrough(on: boolean): void {
+    this.passThrough = on;
+    if (!on) return;
+    this.release(Number.MAX_SAFE_INTEGER);
+    for (const item of this.current) this.deliver(item, this.currentEpoch);
+    this.stats.released += this.current.length;
+    this.stats.held -= this.current.length;
+    this.current = [];
+  }
+
+  discard(): void {
+    let n = this.current.length;
+    for (const e of this.epochs) n += e.items.length;
+    this.epochs.length = 0;
+    this.current = [];
+    this.stats.held = 0;
+    this.stats.dropped += n;
+  }
+
+  /** Next epoch number a barrier must carry (the engine continues numbering after a restart). */
+  get nextEpoch(): number { return this.currentEpoch; }
+
+  /** Restart numbering (new session) — only with nothing held. */
+  renumber(nextEpoch: number): void {
+    assert(this.epochs.length === 0 && this.current.length === 0, 'renumber with outputs held');
+    this.currentEpoch = nextEpoch;
+  }
+}

@@ -1,0 +1,347 @@
+// primary: the checkpoint loop of the protected host. Each epoch, in one function that reads
+// in order: suspend → network barrier → capture dirty pages + device state → disk barrier →
+// resume; then, while the guest runs, the captured checkpoint is encoded (page cache, codecs)
+// and streamed, and the backup's ACK releases that epoch's outputs. At most maxInFlight
+// checkpoints are taken but unacknowledged; past that the next suspend waits. Losing the
+// backup leaves the guest running unprotected (outputs pass through) until a new backup
+// session starts with a full copy. TAKEOVER from the backup fences this copy.
+import { assert } from '../assert';
+import { ErrorCode, RemusError } from '../errors';
+import type { Compressor } from '../memory/encodings';
+import { PageEncoder } from '../memory/page-codec';
+import { PAGE_SIZE } from '../memory/page-cache';
+import {
+  PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, heartbeatBody, jsonBody,
+  parseAck, parseJson, parseTakeover, protocolError, withEpoch,
+} from '../protocol/records';
+import type { Capture, Clock, Domain, Link, OutputGate } from './ports';
+import { Window, type PrimaryStats } from './stats';
+
+export type Phase = 'suspend' | 'net-barrier' | 'capture' | 'disk-barrier' | 'resume' |
+  'stream-begin' | 'stream-batch' | 'stream-end' | 'ack' | 'release';
+
+export interface PrimaryOptions {
+  intervalMs: number;
+  compressor: Compressor;
+  cachePages: number;
+  maxInFlight: number;
+  heartbeatTimeoutMs: number;
+  batchPagesMax: number;
+  deviceStateMax: number;
+  /**
+   * After losing the backup, how long outputs stay held before the primary runs unprotected.
+   * A backup that took over fences us within this window (TAKEOVER on reconnection), so
+   * nothing it does not have reaches a client. Default 3 × heartbeatTimeoutMs.
+   */
+  holdOnLossMs?: number;
+}
+
+export interface PrimaryHooks {
+  /** Called at every phase; the fault simulator crashes the primary from here. */
+  phase?(phase: Phase, epoch: number): void;
+  /** A checkpoint was captured (guest state summary at its boundary). */
+  checkpoint?(epoch: number, info: Record<string, unknown>): void;
+  /** Life events: protected, backup-lost (with reason), fenced. */
+  event?(name: string, detail: Record<string, unknown>): void;
+}
+
+interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; }
+
+export class Primary {
+  private link: Link | null = null;
+  private session: 'none' | 'hello' | 'active' = 'none';
+  private state: PrimaryStats['state'] = 'connecting';
+  private epoch = 0;
+  private acked = 0;
+  private sentEpoch = 0;
+  private needFull = true;
+  private queue: Pending[] = [];
+  private streaming = false;
+  private waitingForAck = false;
+  private tickTimer: unknown = null;
+  private hbTimer: unknown = null;
+  private holdTimer: unknown = null;
+  private lastHeard = 0;
+  private lastSent = 0;
+  private lastAckAt = 0;
+  private readonly sentAt = new Map<number, number>();
+  private readonly encoder: PageEncoder;
+  private readonly pause = new Window();
+  private readonly copy = new Window();
+  private readonly ackLatency = new Window();
+  private fullPauseMs = 0;
+  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0 };
+
+  constructor(private readonly domain: Domain, private readonly gate: OutputGate,
+    private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {}) {
+    assert(opts.intervalMs >= 1 && opts.maxInFlight >= 1 && opts.heartbeatTimeoutMs > 0, 'primary options');
+    this.encoder = new PageEncoder({ cachePages: opts.cachePages, compressor: opts.compressor, batchPagesMax: opts.batchPagesMax });
+  }
+
+  /** Starts the epoch clock and heartbeats; the guest runs unprotected until a backup attaches. */
+  start(): void {
+    this.gate.setPassThrough(true);
+    this.scheduleTick(this.opts.intervalMs);
+    this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
+  }
+
+  /** A new authenticated channel to a backup: handshake, then a full checkpoint. */
+  attach(link: Link): void {
+    assert(this.link === null, 'attach while a backup is attached');
+    if (this.state === 'fenced' || this.state === 'stopped') { link.close(); return; }
+    this.link = link;
+    this.session = 'hello';
+    this.lastHeard = this.clock.now();
+    link.onRecord((type, body) => this.guard(link, () => this.onRecord(type, body)));
+    link.onClose((err) => {
+      if (this.link !== link) return;
+      if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) return this.guard(link, () => { throw err; });
+      this.lose(err ? err.message : 'backup closed the connection');
+    });
+    this.send(Rec.HELLO, jsonBody({
+      kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,
+      compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
+      heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, deviceStateMax: this.opts.deviceStateMax,
+      sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
+    }, PROTOCOL_VERSION));
+  }
+
+  /** Ends protection on purpose (GOODBYE: the backup does not fail over). Idempotent. */
+  stop(): void {
+    if (this.state === 'stopped') return;
+    if (this.link && this.session === 'active') this.send(Rec.GOODBYE, new Uint8Array(0));
+    this.dropLink();
+    this.state = 'stopped';
+    this.clearTimers();
+    this.encoder.close();
+  }
+
+  get attached(): boolean { return this.link !== null; }
+
+  stats(): PrimaryStats {
+    return {
+      state: this.state, epoch: this.epoch, ackedEpoch: this.acked, ...this.totals,
+      pauseMsP50: this.pause.quantile(0.5), pauseMsP99: this.pause.quantile(0.99),
+      fullPauseMs: this.fullPauseMs, copyMsP50: this.copy.quantile(0.5), ackMsP50: this.ackLatency.quantile(0.5),
+      outputsHeld: this.gate.held, outputsReleased: 0,
+      lastAckAgeMs: this.lastAckAt ? this.clock.now() - this.lastAckAt : -1,
+      backup: this.link?.remote ?? null,
+    };
+  }
+
+  // ---- the checkpoint ----------------------------------------------------------------
+
+  private tick(): void {
+    this.tickTimer = null;
+    if (this.state !== 'protected') { this.scheduleTick(this.opts.intervalMs); return; }
+    if (this.epoch - this.acked >= this.opts.maxInFlight) { this.waitingForAck = true; return; }
+    const started = this.clock.now();
+    this.takeCheckpoint();
+    const spent = this.clock.now() - started;
+    this.scheduleTick(Math.max(1, this.opts.intervalMs - spent));
+  }
+
+  /** Suspend → network barrier → capture → disk barrier → resume. Reads in order. */
+  private takeCheckpoint(): void {
+    const epoch = this.epoch + 1, full = this.needFull;
+    const t0 = this.clock.now();
+    this.hooks.phase?.('suspend', epoch);
+    this.domain.suspend();
+    this.hooks.phase?.('net-barrier', epoch);
+    this.gate.barrier(epoch);
+    this.hooks.phase?.('capture', epoch);
+    const t1 = this.clock.now();
+    const cap = this.domain.capture(full);
+    this.copy.add(this.clock.now() - t1);
+    const info = this.domain.describe();
+    this.hooks.phase?.('disk-barrier', epoch);
+    this.hooks.phase?.('resume', epoch);
+    this.domain.resume();
+    if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
+    this.epoch = epoch;
+    this.needFull = false;
+    this.totals.checkpoints++;
+    this.totals.dirtyPages += cap.count;
+    this.totals.dirtyPagesLast = cap.count;
+    this.hooks.checkpoint?.(epoch, info);
+    this.queue.push({ epoch, full, cap, next: 0, sentPages: 0 });
+    this.clock.defer(() => this.pump());
+  }
+
+  /** Asynchronous stage: encode and stream queued checkpoints, one batch per turn. */
+  private pump(): void {
+    if (this.streaming || this.queue.length === 0 || this.session !== 'active') return;
+    this.streaming = true;
+    const p = this.queue[0];
+    this.hooks.phase?.('stream-begin', p.epoch);
+    this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
+    this.clock.defer(() => this.streamBatch(p));
+  }
+
+  private streamBatch(p: Pending): void {
+    if (this.queue[0] !== p || this.session !== 'active') { this.streaming = false; return; }
+    const n = Math.min(this.opts.batchPagesMax, p.cap.count - p.next);
+    if (n > 0) {
+      this.hooks.phase?.('stream-batch', p.epoch);
+      const pfns = new BigUint64Array(n);
+      for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
+      const pages = p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE);
+      const { container } = this.encoder.encode(pages, pfns);
+      this.send(Rec.PAGE_BATCH, withEpoch(p.epoch, container));
+      this.totals.rawBytes += n * PAGE_SIZE;
+      p.next += n;
+      p.sentPages += n;
+      this.clock.defer(() => this.streamBatch(p));
+      return;
+    }
+    this.send(Rec.DEVICE_STATE, withEpoch(p.epoch, p.cap.deviceState));
+    this.hooks.phase?.('stream-end', p.epoch);
+    this.send(Rec.CHECKPOINT_END, checkpointEnd(p.epoch, p.sentPages));
+    this.sentAt.set(p.epoch, this.clock.now());
+    this.sentEpoch = p.epoch;
+    this.queue.shift();
+    this.streaming = false;
+    this.clock.defer(() => this.pump());
+  }
+
+  // ---- records from the backup ---------------------------------------------------------
+
+  private onRecord(type: number, body: Buffer): void {
+    this.lastHeard = this.clock.now();
+    switch (type) {
+      case Rec.HELLO_ACK: return this.onHelloAck(body);
+      case Rec.ACK: return this.onAck(parseAck(body));
+      case Rec.HEARTBEAT: return;
+      case Rec.TAKEOVER: return this.onTakeover(parseTakeover(body));
+      case Rec.ERROR: {
+        const { value } = parseJson(type, body, false);
+        return this.lose(`backup reported ${String(value.code)}: ${String(value.message)}`);
+      }
+      default: throw protocolError(`unexpected record type ${type} at the primary`);
+    }
+  }
+
+  private onHelloAck(body: Buffer): void {
+    if (this.session !== 'hello') throw protocolError('HELLO_ACK outside the handshake');
+    const { value } = parseJson(Rec.HELLO_ACK, body, false);
+    if (value.accepted !== true) throw new RemusError(ErrorCode.HANDSHAKE, `backup refused: ${String(value.reason)}`);
+    this.session = 'active';
+    this.state = 'protected';
+    if (this.holdTimer !== null) { this.clock.clearTimer(this.holdTimer); this.holdTimer = null; }
+    this.needFull = true;
+    this.acked = this.epoch;
+    this.sentEpoch = this.epoch;
+    this.encoder.reset();
+    this.gate.setPassThrough(false);
+    this.totals.sessions++;
+    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1 });
+    if (this.tickTimer === null) this.scheduleTick(0);
+  }
+
+  private onAck(epoch: number): void {
+    if (this.session !== 'active') throw protocolError('ACK outside a session');
+    if (epoch !== this.acked + 1 || epoch > this.sentEpoch) {
+      throw protocolError(`ACK ${epoch} out of order (acked ${this.acked}, sent ${this.sentEpoch})`);
+    }
+    this.hooks.phase?.('ack', epoch);
+    this.acked = epoch;
+    this.lastAckAt = this.clock.now();
+    const sent = this.sentAt.get(epoch);
+    if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
+    this.hooks.phase?.('release', epoch);
+    this.gate.release(epoch);
+    if (this.waitingForAck) {
+      this.waitingForAck = false;
+      this.scheduleTick(0);
+    }
+  }
+
+  private onTakeover(epoch: number): void {
+    this.hooks.event?.('fenced', { epoch });
+    this.state = 'fenced';
+    this.domain.fence();
+    this.gate.discard();
+    this.dropLink();
+    this.clearTimers();
+  }
+
+  // ---- liveness --------------------------------------------------------------------------
+
+  private hbIntervalMs(): number { return Math.max(5, Math.floor(this.opts.heartbeatTimeoutMs / 4)); }
+
+  private heartbeat(): void {
+    this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
+    if (!this.link) return;
+    const now = this.clock.now();
+    if (now - this.lastHeard > this.opts.heartbeatTimeoutMs) {
+      this.lose(`backup silent for ${now - this.lastHeard} ms`);
+      return;
+    }
+    if (this.session === 'active' && now - this.lastSent >= this.hbIntervalMs()) {
+      this.send(Rec.HEARTBEAT, heartbeatBody(this.acked, now));
+    }
+  }
+
+  /**
+   * The backup is gone. The guest keeps running; outputs stay held for holdOnLossMs (a
+   * backup that took over fences us meanwhile, see PrimaryOptions.holdOnLossMs), then the
+   * primary runs unprotected and releases them. A new session re-protects with a full copy.
+   */
+  private lose(reason: string): void {
+    if (!this.link) return;
+    this.dropLink();
+    if (this.state === 'fenced' || this.state === 'stopped') return;
+    this.state = 'holding';
+    this.waitingForAck = false;
+    if (this.tickTimer === null) this.scheduleTick(this.opts.intervalMs);
+    if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
+    this.holdTimer = this.clock.setTimer(this.opts.holdOnLossMs ?? 3 * this.opts.heartbeatTimeoutMs, () => {
+      this.holdTimer = null;
+      if (this.state !== 'holding') return;
+      this.state = 'unprotected';
+      this.gate.setPassThrough(true);
+      this.acked = this.epoch;
+      this.hooks.event?.('unprotected', { epoch: this.epoch });
+    });
+    this.hooks.event?.('backup-lost', { reason, epoch: this.epoch });
+  }
+
+  private dropLink(): void {
+    const l = this.link;
+    this.link = null;
+    this.session = 'none';
+    this.queue = [];
+    this.streaming = false;
+    this.sentAt.clear();
+    l?.close();
+  }
+
+  private guard(link: Link, f: () => void): void {
+    if (this.link !== link) return;
+    try { f(); } catch (e) {
+      if (!(e instanceof RemusError)) throw e;
+      try { link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message })); } catch { /* closing anyway */ }
+      this.lose(e.message);
+    }
+  }
+
+  private send(type: number, body: Uint8Array): void {
+    if (!this.link) return;
+    this.lastSent = this.clock.now();
+    if (type === Rec.PAGE_BATCH) this.totals.wireBytes += body.length + 16;
+    this.link.send(type, body);
+  }
+
+  private scheduleTick(ms: number): void {
+    if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
+    this.tickTimer = this.clock.setTimer(ms, () => this.tick());
+  }
+
+  private clearTimers(): void {
+    if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
+    if (this.hbTimer !== null) this.clock.clearTimer(this.hbTimer);
+    if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
+    this.tickTimer = this.hbTimer = this.holdTimer = null;
+  }
+}
+

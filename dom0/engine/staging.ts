@@ -1,0 +1,56 @@
+// staging: the backup's copy of one checkpoint in progress. Decoded pages wait here, in
+// chunks of one batch each, until CHECKPOINT_END; then they are copied into the replica's
+// image at once (and the device state after them). Each pfn may appear once per checkpoint.
+// Memory is bounded by the guest's size (a checkpoint holds each page at most once); chunks
+// are reused across checkpoints.
+import { PageDecoder } from '../memory/page-codec';
+import { PAGE_SIZE } from '../memory/page-cache';
+import { protocolError } from '../protocol/records';
+
+interface Chunk { pages: Uint8Array; pfns: BigUint64Array; count: number; }
+
+export class Staging {
+  private readonly seen: Uint8Array;
+  private readonly touched: number[] = [];
+  private chunks: Chunk[] = [];
+  private free: Chunk[] = [];
+  count = 0;
+
+  constructor(readonly pageCount: number, private readonly decoder: PageDecoder, private readonly batchPagesMax: number) {
+    this.seen = new Uint8Array(pageCount);
+  }
+
+  /** Decodes one container against image into staging (image untouched). */
+  add(container: Uint8Array, image: Uint8Array): number {
+    const records = this.decoder.unpack(container);
+    const chunk = this.free.pop() ?? { pages: new Uint8Array(this.batchPagesMax * PAGE_SIZE), pfns: new BigUint64Array(this.batchPagesMax), count: 0 };
+    chunk.count = this.decoder.decodeStaged(records, image, chunk.pages, chunk.pfns);
+    for (let i = 0; i < chunk.count; i++) {
+      const pfn = Number(chunk.pfns[i]);
+      if (this.seen[pfn]) { this.free.push(chunk); throw protocolError(`pfn ${pfn} appears twice in one checkpoint`); }
+      this.seen[pfn] = 1;
+      this.touched.push(pfn);
+    }
+    this.chunks.push(chunk);
+    this.count += chunk.count;
+    return chunk.count;
+  }
+
+  /** Copies every staged page into image (the commit). */
+  applyTo(image: Uint8Array): void {
+    for (const c of this.chunks) {
+      for (let i = 0; i < c.count; i++) {
+        image.set(c.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), Number(c.pfns[i]) * PAGE_SIZE);
+      }
+    }
+    this.clear();
+  }
+
+  /** Forgets the checkpoint (discard at failover, or after apply). */
+  clear(): void {
+    for (const p of this.touched) this.seen[p] = 0;
+    this.touched.length = 0;
+    this.free.push(...this.chunks.splice(0).slice(0, 8 - this.free.length));
+    this.count = 0;
+  }
+}

@@ -1,0 +1,35 @@
+// stats: bounded sample windows for the figures `remusdb status` shows (pause p50/p99,
+// ack latency) and running totals. Windows keep the last N samples only.
+export class Window {
+  private readonly xs: number[] = [];
+  constructor(private readonly size = 1024) {}
+  add(x: number): void { this.xs.push(x); if (this.xs.length > this.size) this.xs.shift(); }
+  get count(): number { return this.xs.length; }
+  quantile(q: number): number {
+    if (!this.xs.length) return 0;
+    const s = [...this.xs].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+  }
+}
+
+export interface PrimaryStats {
+  state: 'connecting' | 'protected' | 'holding' | 'unprotected' | 'fenced' | 'stopped';
+  epoch: number;
+  ackedEpoch: number;
+  checkpoints: number;
+  dirtyPages: number;
+  dirtyPagesLast: number;
+  rawBytes: number;
+  wireBytes: number;
+  pauseMsP50: number;
+  pauseMsP99: number;
+  /** Pause of the last full-copy checkpoint (the first of a session), kept out of p50/p99. */
+  fullPauseMs: number;
+  copyMsP50: number;
+  ackMsP50: number;
+  outputsHeld: number;
+  outputsReleased: number;
+  lastAckAgeMs: number;
+  sessions: number;
+  backup: string | null;
+}

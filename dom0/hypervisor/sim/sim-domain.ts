@@ -1,0 +1,147 @@
+// sim-domain: the built-in simulated domain (`sim:<name>`). Guest memory is a native arena
+// whose writes the kernel tracks (userfaultfd async write-protect + PAGEMAP_SCAN, or page
+// hashing where the kernel lacks it); the vCPU is a worker thread running a seeded guest
+// program. Suspend stops the vCPU at a safe point; capture copies the dirty pages and the
+// small device state; outputs (one per guest step) are drained from a shared ring. The same
+// class resumes a replica's memory on a backup after failover.
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { assert } from '../../assert';
+import { ErrorCode, RemusError } from '../../errors';
+import type { Capture, Domain } from '../../engine/ports';
+import { PAGE_SIZE } from '../../memory/page-cache';
+import { loadAddon, type NativeArena } from '../../native';
+import { GuestProgram, type Workload } from './guest-program';
+import {
+  C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
+} from './vcpu-control';
+
+export interface SimOutput { seq: number; value: number; }
+
+export interface SimDomainOptions {
+  name: string;
+  stepsPerSec: number;
+  /** Called for every output the guest emits, in order (drained at barriers and by a timer). */
+  onOutput?: (o: SimOutput) => void;
+  suspendTimeoutMs?: number;
+  /** Extra fields of the device state (the sim's "NIC config": its client address). */
+  deviceInfo?: Record<string, unknown>;
+}
+
+const WORKER = path.join(__dirname, 'vcpu-worker.js');
+
+export class SimDomain implements Domain {
+  readonly kind = 'sim' as const;
+  readonly name: string;
+  readonly pageCount: number;
+  readonly mem: Uint8Array;
+  readonly dirtyMode: string;
+  readonly dirtyReason: string;
+  private readonly shared: VcpuShared;
+  private worker: Worker | null;
+  private readonly dirty: Uint32Array;
+  private readonly guestView: GuestProgram;
+  private fenced = false;
+  private drainTimer: NodeJS.Timeout | null = null;
+  workerError: Error | null = null;
+
+  /** Boots a fresh guest in a new arena. */
+  static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions): SimDomain {
+    const arena = new (loadAddon().Arena)(memoryBytes);
+    GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed);
+    return new SimDomain(arena, o);
+  }
+
+  /** Resumes the guest that an arena holds (a backup's replica after failover). */
+  static resume(arena: NativeArena, o: SimDomainOptions): SimDomain { return new SimDomain(arena, o); }
+
+  private constructor(private readonly arena: NativeArena, private readonly o: SimDomainOptions) {
+    this.name = o.name;
+    this.pageCount = arena.pageCount;
+    this.mem = new Uint8Array(arena.buffer);
+    this.guestView = GuestProgram.attach(this.mem);
+    const t = arena.startDirtyTracking();
+    this.dirtyMode = t.mode;
+    this.dirtyReason = t.reason;
+    this.dirty = new Uint32Array(this.pageCount);
+    this.shared = makeShared();
+    Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
+    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab } });
+    this.worker.on('error', (e) => { this.workerError = e; });
+    this.worker.unref();
+    this.drainTimer = setInterval(() => this.drainOutputs(), 2);
+    this.drainTimer.unref();
+  }
+
+  suspend(): void {
+    const c = this.shared.control;
+    this.drainOutputs();
+    Atomics.store(c, C_STATE, PAUSE_REQ);
+    Atomics.notify(c, C_STATE);
+    const deadline = performance.now() + (this.o.suspendTimeoutMs ?? 2000);
+    while (Atomics.load(c, C_STATE) !== PAUSED) {
+      if (this.workerError) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} died: ${this.workerError.message}`);
+      if (performance.now() > deadline) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms`);
+      Atomics.wait(c, C_STATE, PAUSE_REQ, 5);
+    }
+    this.drainOutputs(); // everything emitted before the barrier
+  }
+
+  resume(): void {
+    if (this.fenced) return;
+    const c = this.shared.control;
+    assert(Atomics.load(c, C_STATE) === PAUSED, 'resume without suspend');
+    Atomics.store(c, C_STATE, RUN);
+    Atomics.notify(c, C_STATE);
+  }
+
+  capture(full: boolean): Capture {
+    let count = this.arena.collectDirty(this.dirty);
+    let pfns = this.dirty;
+    if (full) {
+      pfns = Uint32Array.from({ length: this.pageCount }, (_, i) => i);
+      count = this.pageCount;
+    }
+    const pages = Buffer.allocUnsafe(count * PAGE_SIZE);
+    this.arena.copyPages(pfns, count, pages);
+    const own = full ? pfns : pfns.slice(0, count);
+    const deviceState = Buffer.from(JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }));
+    return { pfns: own, count, pages, deviceState };
+  }
+
+  describe(): Record<string, unknown> {
+    return { ...this.guestView.header, dirtyMode: this.dirtyMode };
+  }
+
+  /** Outputs the guest emitted since the last drain, in order. */
+  drainOutputs(): void {
+    const c = this.shared.control;
+    const tail = Atomics.load(c, C_TAIL);
+    let head = Atomics.load(c, C_HEAD);
+    for (; head < tail; head++) {
+      const slot = (head % RING_SLOTS) * 2;
+      this.o.onOutput?.({ seq: this.shared.ring[slot], value: this.shared.ring[slot + 1] });
+    }
+    Atomics.store(c, C_HEAD, head);
+  }
+
+  fence(): void {
+    if (this.fenced) return;
+    this.fenced = true;
+    const c = this.shared.control;
+    if (Atomics.load(c, C_STATE) === RUN) this.suspend();
+  }
+
+  /** Stops the vCPU for good and releases the arena. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.drainTimer) clearInterval(this.drainTimer);
+    this.drainTimer = null;
+    if (!this.worker) return;
+    Atomics.store(this.shared.control, C_STATE, STOP);
+    Atomics.notify(this.shared.control, C_STATE);
+    const w = this.worker;
+    this.worker = null;
+    await w.terminate();
+    this.arena.close();
+  }
+}

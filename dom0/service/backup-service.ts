@@ -1,0 +1,88 @@
+// backup-service: the `remusdb backup` process. It listens for primaries on the replication
+// channel, keeps each protected domain's replica (one primary at a time), fails over on
+// silence or a broken channel (or on `remusdb failover`), and then runs the domain here.
+import { ErrorCode, RemusError } from '../errors';
+import { Backup, type HelloInfo } from '../engine/backup';
+import { realClock } from '../engine/clock';
+import { SimReplica } from '../hypervisor/sim/sim-replica';
+import { listenLinks, type Listener, type Security } from '../protocol/channel';
+import { ControlServer, socketPath } from './control';
+
+export interface BackupConfig {
+  host: string;
+  port: number;
+  security: Security;
+  pageCountMax: number;
+  batchPagesMax: number;
+  log: (line: string) => void;
+}
+
+export class BackupService {
+  readonly backup: Backup;
+  private listener: Listener | null = null;
+  private control: ControlServer | null = null;
+  private replica: SimReplica | null = null;
+  private readonly events: Array<Record<string, unknown>> = [];
+
+  constructor(private readonly cfg: BackupConfig) {
+    this.backup = new Backup(realClock, {
+      pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax,
+      replicaFor: (h) => this.replicaFor(h),
+    }, { event: (name, detail) => this.onEvent(name, detail) });
+  }
+
+  get port(): number { return this.listener?.port ?? this.cfg.port; }
+
+  async start(): Promise<void> {
+    this.listener = await listenLinks(this.cfg.host, this.cfg.port, this.cfg.security,
+      (link) => this.backup.attach(link), (why) => this.cfg.log(why));
+    this.control = new ControlServer(socketPath('backup', String(this.listener.port)), (req) => this.onControl(req));
+  }
+
+  async stop(): Promise<void> {
+    this.backup.close();
+    this.listener?.close();
+    this.control?.close();
+    this.replica?.sink?.close();
+    await this.replica?.domain?.destroy();
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state,
+      domain: this.backup.domain ? `sim:${this.backup.domain}` : null, attached: this.backup.attached,
+      committedEpoch: this.backup.committedEpoch, ...this.backup.counters,
+      resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
+      outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
+    };
+  }
+
+  private replicaFor(h: HelloInfo): SimReplica {
+    if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated domains only; ${h.domain} is a ${h.kind} domain`);
+    this.replica = new SimReplica(h.domain, h.pageCount);
+    return this.replica;
+  }
+
+  private onControl(req: Record<string, unknown>): Record<string, unknown> {
+    if (req.cmd === 'status') return this.status();
+    if (req.cmd === 'failover') {
+      if (req.domain && this.backup.domain && req.domain !== `sim:${this.backup.domain}` && req.domain !== this.backup.domain) {
+        throw new RemusError(ErrorCode.NO_DOMAIN, `this backup holds ${this.backup.domain}, not ${String(req.domain)}`);
+      }
+      const r = this.backup.failover('manual failover (remusdb failover)');
+      if (!r) throw new RemusError(ErrorCode.NO_DOMAIN, 'no committed checkpoint to resume from yet');
+      return { ok: true, ...r };
+    }
+    throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
+  }
+
+  private onEvent(name: string, detail: Record<string, unknown>): void {
+    this.events.push({ name, at: Date.now(), ...detail });
+    if (this.events.length > 100) this.events.shift();
+    if (name === 'session') this.cfg.log(`primary connected: ${String(detail.domain)} (${String(detail.pages)} pages)`);
+    if (name === 'failover') this.cfg.log(`FAILOVER (${String(detail.reason)}): resumed ${String(this.backup.domain)} from epoch ${String(detail.epoch)}, seq ${String(detail.seq)}`);
+    if (name === 'no-checkpoint') this.cfg.log(`primary gone (${String(detail.reason)}) before any checkpoint committed: nothing to resume`);
+    if (name === 'protocol-error') this.cfg.log(`protocol error from the primary: ${String(detail.message)} (connection dropped; no failover)`);
+    if (name === 'goodbye') this.cfg.log('primary ended protection (GOODBYE)');
+  }
+}

@@ -1,0 +1,148 @@
+// protect-service: the `remusdb protect` process. It runs the domain's checkpoint engine
+// (Primary) against a backup reached over the replication channel, reconnecting with
+// backoff when the backup is lost, answers `remusdb status` on its control socket and,
+// on a terminal, shows live progress. A simulated domain lives inside this process.
+import * as fs from 'node:fs';
+import { assert } from '../assert';
+import { ErrorCode, RemusError } from '../errors';
+import { realClock } from '../engine/clock';
+import { OutputBuffer } from '../engine/output-buffer';
+import { Primary, type PrimaryOptions } from '../engine/primary';
+import type { Link } from '../engine/ports';
+import type { Workload } from '../hypervisor/sim/guest-program';
+import { OutputSink } from '../hypervisor/sim/output-sink';
+import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
+import { connectLink, type Security } from '../protocol/channel';
+import { Rec, ackBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
+import { ControlServer, socketPath } from './control';
+
+export interface ProtectConfig {
+  name: string;
+  backup: { host: string; port: number } | 'blackhole';
+  security: Security;
+  engine: PrimaryOptions;
+  memoryBytes: number;
+  workload: Workload;
+  seed: number;
+  stepsPerSec: number;
+  client: string | null;
+  netBuffer: boolean;
+  journal: string | null;
+  log: (line: string) => void;
+}
+
+export class ProtectService {
+  readonly domain: SimDomain;
+  readonly primary: Primary;
+  private readonly gate: OutputBuffer<SimOutput>;
+  private readonly sink: OutputSink;
+  private readonly control: ControlServer;
+  private stopped = false;
+  private reconnectDelayMs = 100;
+  private readonly events: Array<Record<string, unknown>> = [];
+
+  constructor(private readonly cfg: ProtectConfig) {
+    const [host, port] = cfg.client ? cfg.client.split(':') : [];
+    this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
+    this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
+    this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
+      name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
+      deviceInfo: cfg.client ? { client: cfg.client } : {},
+    });
+    if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
+    this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
+      checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
+      event: (name, detail) => this.onEvent(name, detail),
+    });
+    this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
+  }
+
+  start(): void {
+    this.primary.start();
+    this.connect();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.primary.stop();
+    this.control.close();
+    this.sink.close();
+    await this.domain.destroy();
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), guest: this.domain.describe(),
+      outputs: { ...this.gate.stats, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
+      compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, events: this.events.slice(-10),
+    };
+  }
+
+  private onControl(req: Record<string, unknown>): Record<string, unknown> {
+    if (req.cmd === 'status') return this.status();
+    throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
+  }
+
+  private onEvent(name: string, detail: Record<string, unknown>): void {
+    this.events.push({ name, at: Date.now(), ...detail });
+    if (this.events.length > 100) this.events.shift();
+    this.journal({ event: name, ...detail });
+    if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
+    if (name === 'backup-lost') {
+      this.cfg.log(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
+      this.scheduleReconnect();
+    }
+    if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${this.cfg.name} is stopped here (fenced)`);
+  }
+
+  private journal(entry: Record<string, unknown>): void {
+    if (this.cfg.journal) fs.appendFileSync(this.cfg.journal, `${JSON.stringify({ t: Date.now(), ...entry })}\n`);
+  }
+
+  private connect(): void {
+    if (this.stopped || this.primary.attached) return;
+    const b = this.cfg.backup;
+    if (b === 'blackhole') { this.primary.attach(new BlackholeLink()); return; }
+    connectLink(b.host, b.port, this.cfg.security).then((link) => {
+      if (this.stopped) { link.close(); return; }
+      this.reconnectDelayMs = 100;
+      this.primary.attach(link);
+    }, (e: Error) => {
+      if ((e as RemusError).code === ErrorCode.AUTH) this.cfg.log(`backup ${b.host}:${b.port}: ${e.message}`);
+      this.scheduleReconnect();
+    });
+  }
+
+  private scheduleReconnect(): void {
+    if (this.stopped) return;
+    setTimeout(() => this.connect(), this.reconnectDelayMs).unref();
+    this.reconnectDelayMs = Math.min(5000, this.reconnectDelayMs * 2);
+  }
+}
+
+/** --no-net-buffer (with --unsafe): outputs are released at once, as with xl remus -n. */
+class PassThroughGate {
+  constructor(inner: OutputBuffer<SimOutput>) { inner.setPassThrough(true); }
+  get held(): number { return 0; }
+  barrier(): void { /* nothing held */ }
+  release(): void { /* nothing held */ }
+  setPassThrough(): void { /* always */ }
+  discard(): void { /* nothing held */ }
+}
+
+/** --blackhole (xl remus -b): a backup that acknowledges every checkpoint and keeps nothing. */
+class BlackholeLink implements Link {
+  readonly remote = 'blackhole';
+  private cb: (type: number, body: Buffer) => void = () => {};
+  private closed = false;
+  send(type: number, body: Uint8Array): void {
+    if (this.closed) return;
+    const reply = (t: number, b: Buffer): void => { setImmediate(() => { if (!this.closed) this.cb(t, b); }); };
+    if (type === Rec.HELLO) reply(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'blackhole' }));
+    if (type === Rec.CHECKPOINT_END) reply(Rec.ACK, ackBody(parseCheckpointEnd(Buffer.from(body)).epoch));
+  }
+  close(): void { this.closed = true; }
+  onRecord(cb: (type: number, body: Buffer) => void): void { this.cb = cb; }
+  onClose(): void { assert(true, 'blackhole never closes by itself'); }
+}

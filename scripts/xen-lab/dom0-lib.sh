@@ -1,0 +1,99 @@
+# dom0-lib.sh: helpers for scenario scripts, which run inside the lab's dom0. run.sh puts
+# this file in the 9p share (/lab/dom0-lib.sh) at every run, so changing it does not
+# rebuild the image. A scenario sources it, calls lab_begin NAME, records failed checks
+# with lab_fail, and ends with lab_result, which prints the line run.sh looks for:
+#   XENLAB RESULT <name>: PASS            or   XENLAB RESULT <name>: FAIL <why>; <why> ...
+# Paths in dom0: /opt/remusdb = the project under test (copied from /lab/project by init);
+# /lab/in = extra files from the host (run.sh XENLAB_IN); /lab/out = results for the host;
+# /opt/xenlab/domu/{vmlinuz,initrd.gz} = the lab's PV guest (image/domu-init).
+# Network: the emulated host has no NIC; bridges created here connect dom0 and its guests only.
+
+REMUSDB=/opt/remusdb
+LAB_OUT=/lab/out
+LAB_BRIDGE=xenbr0
+LAB_DOM0_IP=10.99.0.1
+LAB_FAILS=()
+LAB_NAME=scenario
+
+# Log lines go to fd 7 (the scenario's stdout when this file was sourced), so that
+# redirecting a command's output, e.g. `lab_step x 60 cmd > file`, does not capture them.
+exec 7>&1
+lab_now() { date +%s.%N; }
+lab_since() { awk -v a="$(lab_now)" -v b="$1" 'BEGIN { printf "%.1f", a - b }'; }
+lab_log() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*" >&7; }
+
+lab_begin() { # lab_begin NAME
+  LAB_NAME=$1; LAB_T0=$(lab_now)
+  lab_log "=== scenario $LAB_NAME in dom0 $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ { print int($2/1024) }' /proc/meminfo) MiB"
+}
+
+lab_fail() { # lab_fail WHY: records a failed check (the scenario goes on)
+  LAB_FAILS+=("$*"); lab_log "CHECK FAILED: $*"
+}
+
+lab_check() { # lab_check WHAT COMMAND...: runs COMMAND, lab_fail WHAT if it fails
+  local what=$1; shift
+  if "$@"; then lab_log "ok: $what"; else lab_fail "$what"; return 1; fi
+}
+
+lab_step() { # lab_step LABEL TIMEOUT COMMAND...: timed, logged, returns the command's rc
+  local label=$1 to=$2 t rc; shift 2; t=$(lab_now)
+  lab_log "--- $label: $*"
+  timeout -k 5 "$to" "$@"; rc=$?
+  lab_log "--- $label: rc=$rc in $(lab_since "$t")s"
+  return $rc
+}
+
+lab_result() { # prints the result line; exit status 0 on PASS
+  local why
+  lab_log "=== scenario $LAB_NAME took $(lab_since "$LAB_T0")s"
+  if [ ${#LAB_FAILS[@]} = 0 ]; then echo "XENLAB RESULT $LAB_NAME: PASS"; return 0; fi
+  why=$(printf '%s; ' "${LAB_FAILS[@]}"); echo "XENLAB RESULT $LAB_NAME: FAIL ${why%; }"; return 1
+}
+
+lab_remusdb() { node "$REMUSDB/bin/remusdb" "$@"; }
+
+lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, dom0 on it
+  local br=${1:-$LAB_BRIDGE} ip=${2:-$LAB_DOM0_IP/24}
+  ip link show "$br" > /dev/null 2>&1 || ip link add "$br" type bridge
+  ip addr add "$ip" dev "$br" 2>/dev/null
+  ip link set "$br" up
+}
+
+lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
+  cat <<EOF
+name = "$1"
+type = "pv"
+kernel = "/opt/xenlab/domu/vmlinuz"
+ramdisk = "/opt/xenlab/domu/initrd.gz"
+extra = "console=hvc0 loglevel=4 xenlab.ip=$2"
+memory = ${4:-128}
+vcpus = 1
+on_crash = "preserve"
+vif = [ 'bridge=${5:-$LAB_BRIDGE},mac=$3' ]
+EOF
+}
+
+# HTTP GET without wget/nc (busybox's segfault here): bash /dev/tcp. Prints the body.
+lab_http() { # lab_http HOST PORT PATH [TIMEOUT]
+  timeout "${4:-5}" bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
+    printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3
+    sed "1,/^\r\{0,1\}$/d" <&3' _ "$1" "$2" "$3" 2>/dev/null
+}
+
+lab_wait_http() { # lab_wait_http HOST PORT PATH TIMEOUT [DOMAIN]: until a non-empty body
+  # arrives; with DOMAIN, gives up early when that guest panicked or is no longer running
+  local t=$(lab_now) end=$((SECONDS + $4)) body
+  while [ $SECONDS -lt $end ]; do
+    body=$(lab_http "$1" "$2" "$3" 3)
+    [ -n "$body" ] && { lab_log "http://$1:$2$3 answers after $(lab_since "$t")s: $body"; return 0; }
+    if [ -n "${5:-}" ]; then
+      lab_guest_log "$5" | grep -q "Kernel panic" && { lab_log "guest $5 panicked"; return 1; }
+      xl domid "$5" > /dev/null 2>&1 || { lab_log "guest $5 is gone"; return 1; }
+    fi
+    sleep 1
+  done
+  lab_log "http://$1:$2$3 did not answer within $4s"; return 1
+}
+
+lab_guest_log() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }

@@ -1,0 +1,147 @@
+#!/bin/bash
+# run.sh: runs one lab scenario inside a Xen dom0 booted under QEMU, unattended.
+#
+#   scripts/xen-lab/run.sh [--interactive] <scenario>     (npm run test:xen-lab = smoke)
+#
+# 1. build-image.sh: the cached dom0 image for the current recipe (built when missing);
+# 2. a run folder $XENLAB_CACHE/runs/<time>-<scenario>/ whose share/ becomes /lab in dom0
+#    (9p): scenario.sh (scenarios/<scenario>.sh, or a path), dom0-lib.sh, env, project.tar
+#    (the current build of the project: bin/, dist/, package.json, runtime node_modules/,
+#    the addon .node; init unpacks it to /opt/remusdb), in/ (XENLAB_IN, optional), out/;
+# 3. QEMU (software emulation; settings known to work on these hosts: q35, -cpu Westmere,
+#    single-threaded TCG, no NIC at all) boots Xen + dom0 with the image as a throwaway
+#    snapshot, so the cached image never changes; the init script runs the scenario and
+#    powers off. Serial console -> serial.log with host timestamps (seconds since QEMU start);
+#    "XENLAB ..." marker lines are echoed here as they come (XENLAB_VERBOSE=1: every line);
+# 4. the result line "XENLAB RESULT <scenario>: PASS|FAIL ..." decides the exit status
+#    (0 PASS, 1 otherwise, also on timeout or no result); timings are printed and kept in
+#    result.txt next to serial.log, share/out/ (scenario.log, Xen logs, scenario files).
+# --interactive: the console is this terminal and dom0 opens a shell after the scenario
+# (exit it to power off; Ctrl-A x quits QEMU).
+# Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
+#   XENLAB_TIMEOUT (QEMU wall clock s, 1800), XENLAB_SCENARIO_TIMEOUT (in dom0 s, 1200),
+#   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10).
+set -uo pipefail
+. "$(dirname "$0")/lib.sh"
+
+INTERACTIVE=0
+[ "${1:-}" = --interactive ] && { INTERACTIVE=1; shift; }
+[ $# = 1 ] || { echo "usage: $0 [--interactive] <scenario name under scenarios/ | path to a script>" >&2; exit 2; }
+if [ -f "$1" ]; then SCEN_FILE=$1; SCEN=$(basename "$1" .sh); else SCEN=$1; SCEN_FILE=$XENLAB_DIR/scenarios/$1.sh; fi
+[ -f "$SCEN_FILE" ] || xl_die "no scenario '$1' (have: $(cd "$XENLAB_DIR/scenarios" && ls *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
+TIMEOUT=${XENLAB_TIMEOUT:-1800}
+MEM=${XENLAB_MEM:-4096}
+DOM0_MEM=${XENLAB_DOM0_MEM:-1536M}
+SMP=${XENLAB_SMP:-2}
+T_ALL=$(xl_now)
+
+# 1. image
+T=$(xl_now)
+IMG=$("$XENLAB_DIR/build-image.sh" | tail -1) && [ -f "$IMG/complete" ] || xl_die "image build failed"
+T_IMAGE=$(xl_since "$T")
+
+# 2. run folder and share
+RUN=$XENLAB_CACHE/runs/$(date +%Y%m%d-%H%M%S)-$SCEN
+SHARE=$RUN/share
+mkdir -p "$SHARE/out" "$SHARE/in"
+install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
+install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
+printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
+[ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
+
+stage_project() { # the project's runtime files only, as `npm install` left them in $PROJECT
+  local src=$PROJECT dst=$RUN/project addon=native-xc/build/Release/remusdb_native.node d
+  for d in bin dist package.json "$addon"; do
+    [ -e "$src/$d" ] || xl_die "$src/$d is missing: build the project first (npm install)"
+  done
+  mkdir -p "$dst/native-xc/build/Release" "$dst/node_modules"
+  cp -a "$src/bin" "$src/dist" "$src/package.json" "$dst/"
+  cp -a "$src/$addon" "$dst/$addon"
+  # runtime dependencies, transitively; node-addon-api only matters when building the addon
+  (cd "$src" && node -e '
+    const fs = require("fs"), path = require("path"), seen = new Set();
+    const visit = (dir) => {
+      const deps = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")).dependencies || {};
+      for (const name of Object.keys(deps)) {
+        if (name === "node-addon-api" || seen.has(name)) continue;
+        seen.add(name);
+        visit(path.join("node_modules", name));
+      }
+    };
+    visit(".");
+    console.log([...seen].join("\n"));') | while read -r m; do
+      [ -n "$m" ] || continue
+      mkdir -p "$dst/node_modules/$(dirname "$m")"
+      cp -a "$src/node_modules/$m" "$dst/node_modules/$m"
+    done
+  [ "${PIPESTATUS[0]}" = 0 ] || xl_die "could not list the project's runtime dependencies"
+  tar -cf "$SHARE/project.tar" -C "$dst" . && rm -rf "$dst"
+}
+stage_project
+
+# Keep the newest runs only.
+ls -1dt "$XENLAB_CACHE"/runs/*/ 2>/dev/null | tail -n +$((${XENLAB_KEEP_RUNS:-10} + 1)) | while read -r old; do rm -rf "${old%/}"; done
+
+# 3. QEMU: one lab VM at a time on this machine.
+exec 8> "$XENLAB_CACHE/qemu.lock"
+flock -n 8 || { xl_log "another lab VM is running; waiting for it"; flock -w 3600 8 || xl_die "lab VM lock timeout"; }
+DOM0_ARGS="root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init"
+[ $INTERACTIVE = 1 ] && DOM0_ARGS="$DOM0_ARGS xenlab.shell=1"
+QEMU=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
+  -display none -no-reboot -nic none -pidfile "$RUN/qemu.pid"
+  -kernel "$IMG/boot/xen"
+  -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
+  -initrd "$IMG/boot/vmlinuz $DOM0_ARGS,$IMG/boot/initrd.img"
+  -drive "file=$IMG/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
+  -virtfs "local,path=$SHARE,mount_tag=lab,security_model=none,id=lab")
+printf '%q ' "${QEMU[@]}" > "$RUN/qemu-cmdline.txt"; echo >> "$RUN/qemu-cmdline.txt"
+LOG=$RUN/serial.log
+cleanup() { [ -s "$RUN/qemu.pid" ] && kill "$(cat "$RUN/qemu.pid")" 2>/dev/null; }
+trap 'cleanup; exit 130' INT TERM
+xl_log "scenario $SCEN: booting Xen (image $(basename "$IMG"), ${MEM} MiB, dom0 $DOM0_MEM); serial log $LOG"
+T_QEMU=$(xl_now)
+if [ $INTERACTIVE = 1 ]; then
+  timeout -k 20 "$TIMEOUT" "${QEMU[@]}" -serial mon:stdio | tee "$LOG"
+  QRC=${PIPESTATUS[0]}
+else
+  T0=${EPOCHREALTIME/./}
+  timeout -k 20 "$TIMEOUT" "${QEMU[@]}" -monitor none -serial stdio < /dev/null 2>&1 |
+    while IFS= read -r line; do
+      line=${line%$'\r'}
+      d=$(( (${EPOCHREALTIME/./} - T0) / 10000 ))
+      printf '[%5d.%02d] %s\n' $((d / 100)) $((d % 100)) "$line" >> "$LOG"
+      if [ "${XENLAB_VERBOSE:-0}" = 1 ] || [[ "$line" == XENLAB\ * ]]; then
+        printf '[%5d.%02d] %s\n' $((d / 100)) $((d % 100)) "$line" >&2
+      fi
+    done
+  QRC=${PIPESTATUS[0]}
+fi
+T_VM=$(xl_since "$T_QEMU")
+trap - INT TERM
+cleanup
+exec 8>&-
+
+# 4. result and timings
+stamp() { grep -m1 -F "$1" "$LOG" | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'; }
+RESULT=$(grep -h '^XENLAB RESULT ' "$SHARE/out/scenario.log" 2>/dev/null | tail -1)
+[ -z "$RESULT" ] && RESULT=$(sed -n 's/^\[[ 0-9.]*\] \(XENLAB RESULT .*\)/\1/p' "$LOG" | tail -1)
+if [ -z "$RESULT" ]; then
+  why="no result line"
+  [ "$QRC" = 124 ] && why="QEMU timed out after ${TIMEOUT}s"
+  grep -q -E 'Kernel panic|Panic on CPU' "$LOG" && why="$why (panic in the serial log)"
+  RESULT="XENLAB RESULT $SCEN: FAIL $why"
+fi
+T_INIT=$(stamp "XENLAB dom0 init: start"); T_UP=$(stamp "XENLAB dom0 up:")
+T_S0=$(stamp "XENLAB scenario $SCEN: start"); T_S1=$(stamp "XENLAB scenario $SCEN: end")
+T_SCEN=$( [ -n "$T_S0" ] && [ -n "$T_S1" ] && awk -v a="$T_S1" -v b="$T_S0" 'BEGIN { printf "%.1f", a - b }')
+{
+  echo "$RESULT"
+  echo "image:     ${T_IMAGE}s ($(basename "$IMG"))"
+  echo "boot:      ${T_INIT:-?}s to dom0 init, ${T_UP:-?}s to dom0 up with Xen daemons (since QEMU start)"
+  echo "scenario:  ${T_SCEN:-?}s"
+  echo "qemu:      ${T_VM}s, rc=$QRC"
+  echo "total:     $(xl_since "$T_ALL")s"
+  echo "logs:      $RUN (serial.log, share/out/)"
+} | tee "$RUN/result.txt" >&2
+[[ "$RESULT" == *": PASS" ]]

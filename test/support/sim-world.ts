@@ -1,0 +1,340 @@
+// sim-world: a seeded, deterministic world for the checkpoint engine — virtual time, links
+// that frame records through the real framer and can lose, delay, corrupt or cut them, a
+// guest that runs one deterministic step per virtual millisecond, and actors (primary,
+// backup) that can be crashed at any phase. One seed, one exact run: a failing seed
+// reproduces with SIM_SEED=<n>.
+import { Backup } from '../../dom0/engine/backup';
+import { OutputBuffer } from '../../dom0/engine/output-buffer';
+import { Primary, type Phase } from '../../dom0/engine/primary';
+import type { Capture, Clock, Domain, Link, Replica } from '../../dom0/engine/ports';
+import { GuestProgram } from '../../dom0/hypervisor/sim/guest-program';
+import { loadAddon } from '../../dom0/native';
+import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
+import { Rec } from '../../dom0/protocol/records';
+import { Prng } from '../../dom0/util/prng';
+
+const PAGE = 4096;
+export class Crash extends Error {}
+
+interface Ev { at: number; seq: number; fn: () => void; cancelled: boolean; }
+
+export class VirtualClock implements Clock {
+  private t = 0;
+  private n = 0;
+  private heap: Ev[] = [];
+  now(): number { return this.t; }
+  setTimer(ms: number, fn: () => void): unknown {
+    const ev = { at: this.t + Math.max(0, ms), seq: this.n++, fn, cancelled: false };
+    this.push(ev);
+    return ev;
+  }
+  clearTimer(h: unknown): void { (h as Ev).cancelled = true; }
+  defer(fn: () => void): void { this.setTimer(0, fn); }
+  /** Runs events until virtual time `end`; a Crash thrown by an actor's hook is its death. */
+  runUntil(end: number): void {
+    while (this.heap.length && this.heap[0].at <= end) {
+      const ev = this.pop();
+      if (ev.cancelled) continue;
+      this.t = ev.at;
+      try { ev.fn(); } catch (e) { if (!(e instanceof Crash)) throw e; }
+    }
+    this.t = end;
+  }
+  private less(a: Ev, b: Ev): boolean { return a.at < b.at || (a.at === b.at && a.seq < b.seq); }
+  private push(ev: Ev): void {
+    const h = this.heap; h.push(ev);
+    for (let i = h.length - 1; i > 0;) { const p = (i - 1) >> 1; if (!this.less(h[i], h[p])) break; [h[i], h[p]] = [h[p], h[i]]; i = p; }
+  }
+  private pop(): Ev {
+    const h = this.heap, top = h[0], last = h.pop()!;
+    if (h.length) {
+      h[0] = last;
+      for (let i = 0; ;) {
+        const l = 2 * i + 1, r = l + 1; let m = i;
+        if (l < h.length && this.less(h[l], h[m])) m = l;
+        if (r < h.length && this.less(h[r], h[m])) m = r;
+        if (m === i) break; [h[i], h[m]] = [h[m], h[i]]; i = m;
+      }
+    }
+    return top;
+  }
+}
+
+/** A clock whose timers stop firing once its actor is dead. */
+export function actorClock(base: Clock, dead: () => boolean): Clock {
+  return {
+    now: () => base.now(),
+    setTimer: (ms, fn) => base.setTimer(ms, () => { if (!dead()) fn(); }),
+    clearTimer: (h) => base.clearTimer(h),
+    defer: (fn) => base.defer(() => { if (!dead()) fn(); }),
+  };
+}
+
+const KNOWN = new Set<number>(Object.values(Rec));
+
+/** One end of an in-memory connection; bytes go through the real framer. */
+export class MemLink implements Link {
+  peer!: MemLink;
+  private recordCb: (type: number, body: Buffer) => void = () => {};
+  private closeCb: (e: Error | null) => void = () => {};
+  private closed = false;
+  private gone = false;
+  private lastDelivery = 0;
+  private readonly decoder = new RecordDecoder(KNOWN);
+  corruptNext = false;
+
+  constructor(private readonly net: Net, readonly remote: string) {}
+
+  send(type: number, body: Uint8Array): void {
+    if (this.closed || this.net.cut) return;
+    const bytes = encodeRecord(type, body);
+    if (this.corruptNext) { this.corruptNext = false; bytes[bytes.length - 1] ^= 0x40; }
+    const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
+    this.lastDelivery = at;
+    this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.receive(bytes));
+  }
+  private receive(bytes: Buffer): void {
+    if (this.closed || this.gone) return;
+    let recs;
+    try { recs = this.decoder.push(bytes); } catch (e) { this.end(e as Error); return; }
+    for (const r of recs) if (!this.closed) this.recordCb(r.type, r.body);
+  }
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.net.silent) this.net.clock.setTimer(this.net.latency(), () => this.peer.end(null));
+  }
+  /** This side's process died: power loss (silent) or kill (the peer sees the close). */
+  die(silent: boolean): void {
+    this.gone = true;
+    this.closed = true;
+    if (!silent) this.net.clock.setTimer(this.net.latency(), () => this.peer.end(null));
+  }
+  end(e: Error | null): void {
+    if (this.closed) return;
+    const cb = this.closeCb; this.closeCb = () => {};
+    cb(e);
+    this.closed = true;
+  }
+  onRecord(cb: (type: number, body: Buffer) => void): void { this.recordCb = cb; }
+  onClose(cb: (e: Error | null) => void): void { this.closeCb = cb; }
+}
+
+export class Net {
+  cut = false;
+  silent = false;
+  extraLatency = 0;
+  constructor(readonly clock: Clock, private readonly rng: Prng, private readonly baseLatency: number) {}
+  latency(): number { return this.baseLatency + this.extraLatency + this.rng.below(3); }
+  pair(): [MemLink, MemLink] {
+    const a = new MemLink(this, 'backup'), b = new MemLink(this, 'primary');
+    a.peer = b; b.peer = a;
+    return [a, b];
+  }
+}
+
+/** A deterministic guest: one step per virtual millisecond while running. */
+export class StepDomain implements Domain {
+  readonly kind = 'sim' as const;
+  readonly name = 'simtest';
+  readonly mem: Uint8Array;
+  private readonly shadow: Uint8Array;
+  private readonly guest: GuestProgram;
+  private running = true;
+  fenced = false;
+
+  constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void) {
+    this.mem = new Uint8Array(pageCount * PAGE);
+    this.guest = GuestProgram.boot(this.mem, 'oltp', seed);
+    this.shadow = Uint8Array.from(this.mem);
+    this.tick();
+  }
+  private tick(): void {
+    this.clock.setTimer(1, () => {
+      if (this.running && !this.fenced) this.guest.step((s, v) => this.onOutput(s, v));
+      this.tick();
+    });
+  }
+  suspend(): void { this.running = false; }
+  resume(): void { this.running = true; }
+  capture(full: boolean): Capture {
+    const pfns: number[] = [];
+    for (let p = 0; p < this.pageCount; p++) {
+      const a = p * PAGE;
+      if (full || Buffer.compare(this.mem.subarray(a, a + PAGE), this.shadow.subarray(a, a + PAGE)) !== 0) pfns.push(p);
+    }
+    const pages = new Uint8Array(pfns.length * PAGE);
+    pfns.forEach((p, i) => pages.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
+    this.shadow.set(this.mem);
+    return { pfns: Uint32Array.from(pfns), count: pfns.length, pages, deviceState: Buffer.from(JSON.stringify({ kind: 'sim', ...this.guest.header })) };
+  }
+  describe(): Record<string, unknown> { return { ...this.guest.header }; }
+  fence(): void { this.fenced = true; }
+}
+
+export class MemReplica implements Replica {
+  readonly image: Uint8Array;
+  deviceState: Uint8Array | null = null;
+  resumed = false;
+  constructor(readonly pageCount: number) { this.image = new Uint8Array(pageCount * PAGE); }
+  commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
+  resume(): Record<string, unknown> {
+    this.resumed = true;
+    return { ...GuestProgram.attach(Uint8Array.from(this.image)).header, crc: loadAddon().crc32c(this.image) };
+  }
+}
+
+export type Fault =
+  | { kind: 'none' }
+  | { kind: 'crash-primary'; phase: Phase; epoch: number; silent: boolean }
+  | { kind: 'crash-backup'; phase: string; epoch: number; silent: boolean; restartAfterMs: number | null }
+  | { kind: 'drop-link'; atMs: number }
+  | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
+  | { kind: 'corrupt'; atMs: number; toBackup: boolean };
+
+const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release'];
+const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
+
+export function pickFault(rng: Prng): Fault {
+  const k = rng.below(6);
+  const epoch = 1 + rng.below(10);
+  if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
+  if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
+  if (k === 2) return { kind: 'drop-link', atMs: 30 + rng.below(400) };
+  if (k === 3) return { kind: 'delay', atMs: 30 + rng.below(400), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
+  if (k === 4) return { kind: 'corrupt', atMs: 30 + rng.below(400), toBackup: rng.chance(0.7) };
+  return { kind: 'none' };
+}
+
+export interface WorldResult {
+  seed: number;
+  fault: Fault;
+  violations: string[];
+  commits: number;
+  failedOver: boolean;
+  primaryState: string;
+  outputsSeen: number;
+}
+
+/** Runs one seeded scenario and checks the invariants of design.md. */
+export function runWorld(seed: number, durationMs = 1500): WorldResult {
+  const rng = new Prng(seed);
+  const fault = pickFault(rng);
+  const clock = new VirtualClock();
+  const net = new Net(clock, rng, 1 + rng.below(4));
+  const violations: string[] = [];
+  const addViolation = violations.push.bind(violations);
+  violations.push = (...v: string[]): number => (violations.length < 5 ? addViolation(...v) : violations.length);
+  const crc = (b: Uint8Array): number => loadAddon().crc32c(b);
+  const snapshots = new Map<number, { crc: number; seq: number }>();
+  let primaryDead = false;
+  let maxCommitted = 0;
+  const seen: Array<{ seq: number; epoch: number }> = [];
+  let commits = 0;
+
+  const pclock = actorClock(clock, () => primaryDead);
+  let primary: Primary | null = null;
+  const gate = new OutputBuffer<{ seq: number; value: number }>((o, epoch) => {
+    const st = primary?.stats().state;
+    if (st === 'protected' && epoch > maxCommitted) violations.push(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
+    seen.push({ seq: o.seq, epoch });
+  });
+  const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }));
+  const crashPrimary = (silent: boolean): never => {
+    primaryDead = true;
+    domain.fence();
+    currentLinks?.[1].die(silent);
+    throw new Crash('primary');
+  };
+  primary = new Primary(domain, gate, pclock, {
+    intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' : 'lz4', cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
+    heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
+  }, {
+    phase: (phase, epoch) => {
+      if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
+    },
+    checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq) }); },
+    event: (name) => { if (name === 'backup-lost') scheduleReconnect(); },
+  });
+
+  let backupDead = false;
+  let resumed: { epoch: number; seq: number; crc: number } | null = null;
+  let backup: Backup;
+  const makeBackup = (): Backup => {
+    backupDead = false;
+    const bclock = actorClock(clock, () => backupDead);
+    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) }, {
+      commit: (epoch, r) => {
+        commits++;
+        const snap = snapshots.get(epoch);
+        if (!snap || crc(r.image) !== snap.crc) violations.push(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
+        maxCommitted = Math.max(maxCommitted, epoch);
+      },
+      phase: (phase, epoch) => {
+        if (fault.kind === 'crash-backup' && fault.phase === phase && fault.epoch === epoch && !backupDead && b === backup) {
+          backupDead = true;
+          currentLinks?.[0].die(fault.silent);
+          if (fault.restartAfterMs !== null) clock.setTimer(fault.restartAfterMs, () => { backup = makeBackup(); });
+          throw new Crash('backup');
+        }
+      },
+      event: (name, d) => {
+        if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc) };
+      },
+    });
+    return b;
+  };
+  backup = makeBackup();
+
+  let currentLinks: [MemLink, MemLink] | null = null;
+  const connect = (): boolean => {
+    if (backupDead || primaryDead || primary!.attached) return !primaryDead && primary!.attached;
+    currentLinks = net.pair();
+    backup.attach(currentLinks[0]);
+    primary!.attach(currentLinks[1]);
+    return true;
+  };
+  let reconnecting = false;
+  const scheduleReconnect = (): void => {
+    if (reconnecting) return;
+    reconnecting = true;
+    const attempt = (): void => {
+      if (primaryDead || ['fenced', 'stopped'].includes(primary!.stats().state)) { reconnecting = false; return; }
+      if (net.cut || !connect()) { pclock.setTimer(50, attempt); return; }
+      reconnecting = false;
+    };
+    pclock.setTimer(20, attempt);
+  };
+
+  primary.start();
+  connect();
+  if (fault.kind === 'drop-link') {
+    clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) { l[0].end(new Error('reset')); l[1].end(new Error('reset')); l[0].close(); l[1].close(); } });
+  }
+  if (fault.kind === 'delay') {
+    clock.setTimer(fault.atMs, () => { net.extraLatency = fault.extraMs; });
+    clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });
+  }
+  if (fault.kind === 'corrupt') {
+    clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true; });
+  }
+  clock.runUntil(durationMs);
+
+  // Invariants after the run.
+  const r = resumed as { epoch: number; seq: number; crc: number } | null;
+  if (r) {
+    const snap = snapshots.get(r.epoch);
+    if (!snap || snap.crc !== r.crc) violations.push(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
+    const ahead = seen.filter((o) => o.seq > r.seq);
+    if (ahead.length) violations.push(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
+    if (!primaryDead && primary.stats().state !== 'fenced') violations.push(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
+  }
+  if (fault.kind === 'crash-primary' && primaryDead && maxCommitted > 0 && !r) violations.push('the primary died after a commit but the backup never failed over');
+  if (!primaryDead && !r && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
+    violations.push(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
+  }
+  if (fault.kind === 'crash-backup' && !primaryDead && !r && fault.restartAfterMs !== null && primary.stats().state !== 'protected') {
+    violations.push(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
+  }
+  return { seed, fault, violations, commits, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
+}

@@ -144,13 +144,14 @@ in_root passwd -d root > /dev/null
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin
 mkdir -p "$ROOT/var/log/xen/console" "$ROOT/opt/xenlab/domu"
 
-# The PV domU: dom0's kernel + busybox initramfs (netfront is a module in Debian's kernel).
+# The PV domU: dom0's kernel + busybox initramfs. Debian's kernel has the Xen front-ends as
+# modules: netfront for the counter service, blkfront for scenarios that give it a disk.
 build_domu() {
   local d=$WORK/domu-root m f
   rm -rf "$d"; mkdir -p "$d"/{bin,dev,proc,sys,tmp,lib/modules}
   cp "$ROOT/bin/busybox" "$d/bin/busybox"
   ln -s busybox "$d/bin/sh"            # /init's interpreter; init installs the other applets
-  for m in xen-netfront; do
+  for m in xen-netfront xen-blkfront; do
     f=$(find "$ROOT/lib/modules/$KVER" -name "$m.ko*" | head -1)
     [ -n "$f" ] || { echo "module $m not found"; return 1; }
     case "$f" in

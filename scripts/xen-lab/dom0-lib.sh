@@ -83,7 +83,8 @@ lab_http() { # lab_http HOST PORT PATH [TIMEOUT]
 
 lab_wait_http() { # lab_wait_http HOST PORT PATH TIMEOUT [DOMAIN]: until a non-empty body
   # arrives; with DOMAIN, gives up early when that guest panicked or is no longer running
-  local t=$(lab_now) end=$((SECONDS + $4)) body
+  local t end=$((SECONDS + $4)) body
+  t=$(lab_now)
   while [ $SECONDS -lt $end ]; do
     body=$(lab_http "$1" "$2" "$3" 3)
     [ -n "$body" ] && { lab_log "http://$1:$2$3 answers after $(lab_since "$t")s: $body"; return 0; }

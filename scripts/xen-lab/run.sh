@@ -28,7 +28,7 @@ INTERACTIVE=0
 [ "${1:-}" = --interactive ] && { INTERACTIVE=1; shift; }
 [ $# = 1 ] || { echo "usage: $0 [--interactive] <scenario name under scenarios/ | path to a script>" >&2; exit 2; }
 if [ -f "$1" ]; then SCEN_FILE=$1; SCEN=$(basename "$1" .sh); else SCEN=$1; SCEN_FILE=$XENLAB_DIR/scenarios/$1.sh; fi
-[ -f "$SCEN_FILE" ] || xl_die "no scenario '$1' (have: $(cd "$XENLAB_DIR/scenarios" && ls *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+[ -f "$SCEN_FILE" ] || xl_die "no scenario '$1' (have: $(cd "$XENLAB_DIR/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
 TIMEOUT=${XENLAB_TIMEOUT:-1800}
 MEM=${XENLAB_MEM:-4096}
@@ -38,7 +38,8 @@ T_ALL=$(xl_now)
 
 # 1. image
 T=$(xl_now)
-IMG=$("$XENLAB_DIR/build-image.sh" | tail -1) && [ -f "$IMG/complete" ] || xl_die "image build failed"
+IMG=$("$XENLAB_DIR/build-image.sh" | tail -1)
+[ -f "$IMG/complete" ] || xl_die "image build failed"
 T_IMAGE=$(xl_since "$T")
 
 # 2. run folder and share
@@ -102,7 +103,7 @@ trap 'cleanup; exit 130' INT TERM
 xl_log "scenario $SCEN: booting Xen (image $(basename "$IMG"), ${MEM} MiB, dom0 $DOM0_MEM); serial log $LOG"
 T_QEMU=$(xl_now)
 if [ $INTERACTIVE = 1 ]; then
-  timeout -k 20 "$TIMEOUT" "${QEMU[@]}" -serial mon:stdio | tee "$LOG"
+  timeout --foreground -k 20 "$TIMEOUT" "${QEMU[@]}" -serial mon:stdio | tee "$LOG"
   QRC=${PIPESTATUS[0]}
 else
   T0=${EPOCHREALTIME/./}
@@ -138,8 +139,12 @@ T_SCEN=$( [ -n "$T_S0" ] && [ -n "$T_S1" ] && awk -v a="$T_S1" -v b="$T_S0" 'BEG
 {
   echo "$RESULT"
   echo "image:     ${T_IMAGE}s ($(basename "$IMG"))"
-  echo "boot:      ${T_INIT:-?}s to dom0 init, ${T_UP:-?}s to dom0 up with Xen daemons (since QEMU start)"
-  echo "scenario:  ${T_SCEN:-?}s"
+  if [ $INTERACTIVE = 1 ]; then
+    echo "boot:      not measured with --interactive (no timestamps)"
+  else
+    echo "boot:      ${T_INIT:-?}s to dom0 init, ${T_UP:-?}s to dom0 up with Xen daemons (since QEMU start)"
+    echo "scenario:  ${T_SCEN:-?}s"
+  fi
   echo "qemu:      ${T_VM}s, rc=$QRC"
   echo "total:     $(xl_since "$T_ALL")s"
   echo "logs:      $RUN (serial.log, share/out/)"

@@ -32,8 +32,8 @@ export function pfnRange(n: number, start = 0): BigUint64Array {
 
 export interface CliResult { status: number; stdout: string; stderr: string; }
 
-export function runCli(args: string[], timeoutMs = 120000): CliResult {
+export function runCli(args: string[], timeoutMs = 120000, env: NodeJS.ProcessEnv = process.env): CliResult {
   const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args],
-    { encoding: 'utf8', timeout: timeoutMs });
+    { encoding: 'utf8', timeout: timeoutMs, env });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }

@@ -223,8 +223,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const clock = new VirtualClock();
   const net = new Net(clock, rng, 1 + rng.below(4));
   const violations: string[] = [];
-  const addViolation = violations.push.bind(violations);
-  violations.push = (...v: string[]): number => (violations.length < 5 ? addViolation(...v) : violations.length);
+  const violate = (v: string): void => { if (violations.length < 5) violations.push(v); };
   const crc = (b: Uint8Array): number => loadAddon().crc32c(b);
   const snapshots = new Map<number, { crc: number; seq: number }>();
   let primaryDead = false;
@@ -236,7 +235,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let primary: Primary | null = null;
   const gate = new OutputBuffer<{ seq: number; value: number }>((o, epoch) => {
     const st = primary?.stats().state;
-    if (st === 'protected' && epoch > maxCommitted) violations.push(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
+    if (st === 'protected' && epoch > maxCommitted) violate(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
     seen.push({ seq: o.seq, epoch });
   });
   const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }));
@@ -267,7 +266,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);
-        if (!snap || crc(r.image) !== snap.crc) violations.push(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
+        if (!snap || crc(r.image) !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
         maxCommitted = Math.max(maxCommitted, epoch);
       },
       phase: (phase, epoch) => {
@@ -324,17 +323,17 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const r = resumed as { epoch: number; seq: number; crc: number } | null;
   if (r) {
     const snap = snapshots.get(r.epoch);
-    if (!snap || snap.crc !== r.crc) violations.push(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
+    if (!snap || snap.crc !== r.crc) violate(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
     const ahead = seen.filter((o) => o.seq > r.seq);
-    if (ahead.length) violations.push(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
-    if (!primaryDead && primary.stats().state !== 'fenced') violations.push(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
+    if (ahead.length) violate(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
+    if (!primaryDead && primary.stats().state !== 'fenced') violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
   }
-  if (fault.kind === 'crash-primary' && primaryDead && maxCommitted > 0 && !r) violations.push('the primary died after a commit but the backup never failed over');
+  if (fault.kind === 'crash-primary' && primaryDead && maxCommitted > 0 && !r) violate('the primary died after a commit but the backup never failed over');
   if (!primaryDead && !r && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
-    violations.push(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
+    violate(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
   }
   if (fault.kind === 'crash-backup' && !primaryDead && !r && fault.restartAfterMs !== null && primary.stats().state !== 'protected') {
-    violations.push(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
+    violate(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
   }
   return { seed, fault, violations, commits, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
 }

@@ -141,7 +141,12 @@ export class SimDomain implements Domain {
     Atomics.notify(this.shared.control, C_STATE);
     const w = this.worker;
     this.worker = null;
-    await w.terminate();
+    // Let the vCPU leave its loop by itself: terminating a thread that is inside a native
+    // call can abort the process. Terminate only if it does not stop in time.
+    const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+    const t = setTimeout(() => { void w.terminate(); }, 2000);
+    await exited;
+    clearTimeout(t);
     this.arena.close();
   }
 }

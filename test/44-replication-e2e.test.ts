@@ -1,0 +1,122 @@
+// 44 replication end to end: real `remusdb` processes on loopback with the real TLS channel.
+// The demo's own verification (state replayed byte for byte, no output ahead of its
+// checkpoint), authentication, fencing on manual failover, re-protection after the backup
+// returns, and the errors a user gets for unusable configurations.
+import { strict as assert } from 'node:assert';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { controlRequest } from '../dom0/service/control';
+import { ROOT, runCli, tmpDir } from './support/helpers';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => { const s = net.createServer().listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); }); });
+}
+
+async function until<T>(f: () => Promise<T | null | undefined | false>, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f().catch(() => null);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+describe('44 replication end to end', function () {
+  this.timeout(120_000);
+  const dir = tmpDir('e2e');
+  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
+  const kids: ChildProcess[] = [];
+  const start = (args: string[], log: string): ChildProcess => {
+    const fd = fs.openSync(path.join(dir, log), 'a');
+    const c = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args], { env, stdio: ['ignore', fd, fd] });
+    kids.push(c);
+    return c;
+  };
+  const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
+  const psk = path.join(dir, 'a.psk'), other = path.join(dir, 'b.psk');
+  before(() => {
+    assert.equal(runCli(['keygen', '--out', psk]).status, 0);
+    assert.equal(runCli(['keygen', '--out', other]).status, 0);
+    assert.equal(runCli(['keygen', '--out', psk]).status, 1, 'keygen never overwrites a key');
+  });
+  after(() => { for (const k of kids) k.kill('SIGKILL'); });
+
+  it('44.1 remusdb demo: fails over with the state verified and no output ahead of its checkpoint', () => {
+    const r = runCli(['demo', '--seconds', '3', '--memory', '64MiB', '--json'], 120_000);
+    assert.equal(r.status, 0, r.stderr.slice(-2000));
+    const lines = r.stdout.trim().split('\n');
+    const j = JSON.parse(lines[lines.length - 1]);
+    for (const k of ['epochs', 'interval_ms', 'pause_ms_p50', 'pause_ms_p99', 'wire_bytes', 'ratio', 'failover_ms', 'outputs_seen', 'outputs_ahead_of_checkpoint', 'state_verified']) assert.ok(k in j, k);
+    assert.equal(j.state_verified, true);
+    assert.equal(j.outputs_ahead_of_checkpoint, 0);
+    assert.ok(j.outputs_seen > 100 && j.epochs > 10 && j.ratio > 1);
+    assert.ok(j.resumed_epoch >= j.acked_epoch_before_kill);
+  });
+
+  it('44.2 a primary with another key is rejected and never reaches the backup', async () => {
+    const port = await freePort();
+    const b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'auth-backup.log');
+    await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
+    const p = start(['protect', 'sim:auth', `127.0.0.1:${port}`, '--psk-file', other, '--memory', '1MiB'], 'auth-primary.log');
+    await sleep(2500);
+    const st = await status(`backup-${port}.sock`);
+    assert.equal(st.domain, null, 'no session was opened');
+    assert.match(fs.readFileSync(path.join(dir, 'auth-backup.log'), 'utf8'), /rejected a peer that failed TLS/);
+    assert.match(fs.readFileSync(path.join(dir, 'auth-primary.log'), 'utf8'), /TLS .* failed \(different pre-shared keys\?\)/);
+    const ps = await status('primary-auth.sock');
+    assert.equal(ps.state, 'connecting');
+    p.kill('SIGKILL'); b.kill('SIGKILL');
+  });
+
+  it('44.3 manual failover: the backup resumes and the live primary is fenced', async () => {
+    const port = await freePort();
+    start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'manual-backup.log');
+    await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
+    start(['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'], 'manual-primary.log');
+    await until(async () => Number((await status('primary-manual.sock')).ackedEpoch) > 5, 20000, 'checkpoints');
+    const r = runCli(['failover', 'sim:manual'], 30000, env);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /resumed from epoch \d+/);
+    await until(async () => (await status('primary-manual.sock')).state === 'fenced', 10000, 'fencing');
+    const b = await status(`backup-${port}.sock`);
+    assert.equal(b.state, 'failed-over');
+  });
+
+  it('44.4 losing the backup leaves the primary running unprotected; it re-protects when the backup returns', async () => {
+    const port = await freePort();
+    let b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup.log');
+    await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
+    start(['protect', 'sim:rp', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '-i', '20'], 'reprotect-primary.log');
+    await until(async () => Number((await status('primary-rp.sock')).ackedEpoch) > 3, 20000, 'checkpoints');
+    b.kill('SIGKILL');
+    await until(async () => (await status('primary-rp.sock')).state === 'unprotected', 10000, 'unprotected');
+    const stepsBefore = Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps);
+    await sleep(300);
+    assert.ok(Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps) > stepsBefore, 'the guest keeps running');
+    b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup2.log');
+    const st = await until(async () => { const s = await status('primary-rp.sock'); return s.state === 'protected' && Number(s.sessions) === 2 ? s : null; }, 20000, 're-protection');
+    assert.ok(Number(st.ackedEpoch) > 0);
+    b.kill('SIGKILL');
+  });
+
+  it('44.5 configuration errors are clear', () => {
+    const xen = runCli(['protect', 'mydb', '127.0.0.1', '--insecure']);
+    assert.equal(xen.status, 1);
+    assert.match(xen.stderr, /no Xen.*sim:demo.*\[ERR_NO_XEN\]/);
+    const unsafe = runCli(['protect', 'sim:x', '127.0.0.1', '--insecure', '--no-net-buffer']);
+    assert.equal(unsafe.status, 2);
+    assert.match(unsafe.stderr, /--unsafe/);
+    const nokey = runCli(['protect', 'sim:x', '127.0.0.1']);
+    assert.equal(nokey.status, 1);
+    assert.match(nokey.stderr, /pre-shared key.*keygen.*\[ERR_AUTH\]/);
+    const badkey = path.join(dir, 'bad.psk');
+    fs.writeFileSync(badkey, 'nothex');
+    assert.match(runCli(['backup', '--psk-file', badkey]).stderr, /64 hex digits/);
+    assert.match(runCli(['failover', 'sim:nothere'], 10000, env).stderr, /no backup on this host holds sim:nothere/);
+  });
+});

@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { DEFAULT_CACHE, cacheSpecOption } from '../memory/cache-size';
 import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
 import { benchCodec, formatCodecBench } from '../bench/codec-bench';
+import { benchEngine, formatEngineBench } from '../bench/engine-bench';
 import { choiceOption, intOption } from './options';
 
 export function registerBench(program: Command): void {
@@ -22,6 +23,7 @@ export function registerBench(program: Command): void {
       if (live) process.stderr.write('\n');
       console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
     });
+  registerEngineBench(bench);
   bench.command('codec')
     .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
     .option('--runs <n>', 'runs per figure (the median is reported)', intOption('--runs', 1, 101), 7)
@@ -29,6 +31,18 @@ export function registerBench(program: Command): void {
     .action((o: { runs: number; json?: boolean }) => {
       const r = benchCodec({ runs: o.runs });
       console.log(o.json ? JSON.stringify(r) : formatCodecBench(r));
+    });
+}
+
+export function registerEngineBench(bench: Command): void {
+  bench.command('engine')
+    .description('checkpoint pause against memcpy of the dirty pages, and failover time (medians)')
+    .option('--seconds <n>', 'seconds per dirty rate', intOption('--seconds', 1, 600), 4)
+    .option('--runs <n>', 'failover runs per signal', intOption('--runs', 1, 21), 3)
+    .option('--json', 'print one JSON object on stdout')
+    .action(async (o: { seconds: number; runs: number; json?: boolean }) => {
+      const r = await benchEngine(o);
+      console.log(o.json ? JSON.stringify(r) : formatEngineBench(r));
     });
 }
 

@@ -18,10 +18,10 @@ import { loadAddon } from '../native';
 import { replayGuest, type Workload } from '../hypervisor/sim/guest-program';
 import { newPsk } from '../protocol/channel';
 import { controlRequest } from '../service/control';
-import { intOption } from './options';
+import { choiceOption, intOption } from './options';
 import { sizeOption } from './replication';
 
-interface DemoOpts { seconds: number; interval: number; memory: number; rate: number; json?: boolean; }
+interface DemoOpts { seconds: number; interval: number; memory: number; rate: number; json?: boolean; killSignal: 'SIGKILL' | 'SIGSTOP'; }
 
 const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
 
@@ -32,6 +32,7 @@ export function registerDemo(program: Command): void {
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 5, 10000), 50)
     .option('--memory <size>', 'guest memory', sizeOption('--memory'), 256 * 2 ** 20)
     .option('--rate <n>', 'guest transactions per second', intOption('--rate', 1, 1e6), 2000)
+    .option('--kill-signal <sig>', 'SIGKILL (the connection closes) or SIGSTOP (the primary goes silent: power-loss-like, the heartbeat timeout decides)', choiceOption('--kill-signal', ['SIGKILL', 'SIGSTOP'] as const), 'SIGKILL')
     .option('--json', 'print the summary as one JSON object on the last line')
     .action(async (o: DemoOpts) => { await runDemo(o); });
 }
@@ -110,8 +111,8 @@ async function runDemo(o: DemoOpts): Promise<void> {
     if (!o.json) process.stdout.write('\n');
     const ackedBeforeKill = Number(last.ackedEpoch);
     const tKill = Date.now();
-    primary.kill('SIGKILL');
-    say(`demo: killed the primary (SIGKILL) at epoch ${String(last.epoch)}, last acknowledged ${ackedBeforeKill}`);
+    primary.kill(o.killSignal);
+    say(`demo: killed the primary (${o.killSignal}) at epoch ${String(last.epoch)}, last acknowledged ${ackedBeforeKill}`);
     let b: Record<string, unknown> = {};
     await waitFor(async () => {
       b = await controlRequest(backupSock, { cmd: 'status' }).catch(() => ({}));
@@ -123,6 +124,7 @@ async function runDemo(o: DemoOpts): Promise<void> {
     const summary: Record<string, unknown> = verify(o, last, resumed, clientLog, ackedBeforeKill, journal);
     const result: Record<string, unknown> = {
       ...summary,
+      kill_signal: o.killSignal,
       failover_ms: failoverEvent ? Number(failoverEvent.at) - tKill : null,
       service_restored_ms: clientLog.firstAfterKillAt ? clientLog.firstAfterKillAt - tKill : null,
     };
@@ -130,7 +132,7 @@ async function runDemo(o: DemoOpts): Promise<void> {
     else printSummary(result);
     if (!result.state_verified || result.outputs_ahead_of_checkpoint !== 0) process.exitCode = 1;
   } finally {
-    for (const c of children) c.kill('SIGTERM');
+    for (const c of children) c.kill(o.killSignal === 'SIGSTOP' ? 'SIGKILL' : 'SIGTERM');
     client.close();
     await sleep(200);
   }

@@ -13,7 +13,7 @@ import type { Workload } from '../hypervisor/sim/guest-program';
 import { OutputSink } from '../hypervisor/sim/output-sink';
 import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
 import { connectLink, type Security } from '../protocol/channel';
-import { Rec, ackBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
+import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 import { ControlServer, socketPath } from './control';
 
 export interface ProtectConfig {
@@ -136,13 +136,15 @@ class BlackholeLink implements Link {
   readonly remote = 'blackhole';
   private cb: (type: number, body: Buffer) => void = () => {};
   private closed = false;
+  // Like a live backup, it says it is alive even while a long full copy streams in.
+  private readonly heartbeat = setInterval(() => { if (!this.closed) this.cb(Rec.HEARTBEAT, heartbeatBody(0, Date.now())); }, 10);
   send(type: number, body: Uint8Array): void {
     if (this.closed) return;
     const reply = (t: number, b: Buffer): void => { setImmediate(() => { if (!this.closed) this.cb(t, b); }); };
     if (type === Rec.HELLO) reply(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'blackhole' }));
     if (type === Rec.CHECKPOINT_END) reply(Rec.ACK, ackBody(parseCheckpointEnd(Buffer.from(body)).epoch));
   }
-  close(): void { this.closed = true; }
+  close(): void { this.closed = true; clearInterval(this.heartbeat); }
   onRecord(cb: (type: number, body: Buffer) => void): void { this.cb = cb; }
   onClose(): void { assert(true, 'blackhole never closes by itself'); }
 }

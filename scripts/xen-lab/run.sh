@@ -98,16 +98,21 @@ QEMU=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -sm
   -virtfs "local,path=$SHARE,mount_tag=lab,security_model=none,id=lab")
 printf '%q ' "${QEMU[@]}" > "$RUN/qemu-cmdline.txt"; echo >> "$RUN/qemu-cmdline.txt"
 LOG=$RUN/serial.log
-cleanup() { [ -s "$RUN/qemu.pid" ] && kill "$(cat "$RUN/qemu.pid")" 2>/dev/null; }
-trap 'cleanup; exit 130' INT TERM
+cleanup() { # on Ctrl-C/TERM: stop this run's QEMU (by its pidfile, only if it is still QEMU)
+  local pid; pid=$(cat "$RUN/qemu.pid" 2>/dev/null) || return 0
+  grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null && kill "$pid"
+}
+trap 'cleanup; wait; exit 130' INT TERM
 xl_log "scenario $SCEN: booting Xen (image $(basename "$IMG"), ${MEM} MiB, dom0 $DOM0_MEM); serial log $LOG"
 T_QEMU=$(xl_now)
 if [ $INTERACTIVE = 1 ]; then
   timeout --foreground -k 20 "$TIMEOUT" "${QEMU[@]}" -serial mon:stdio | tee "$LOG"
   QRC=${PIPESTATUS[0]}
 else
+  # In the background + wait, so that a TERM/INT to this script runs the trap at once.
   T0=${EPOCHREALTIME/./}
-  timeout -k 20 "$TIMEOUT" "${QEMU[@]}" -monitor none -serial stdio < /dev/null 2>&1 |
+  { timeout -k 20 "$TIMEOUT" "${QEMU[@]}" -monitor none -serial stdio < /dev/null 2>&1
+    echo $? > "$RUN/qemu.rc"; } |
     while IFS= read -r line; do
       line=${line%$'\r'}
       d=$(( (${EPOCHREALTIME/./} - T0) / 10000 ))
@@ -115,12 +120,12 @@ else
       if [ "${XENLAB_VERBOSE:-0}" = 1 ] || [[ "$line" == XENLAB\ * ]]; then
         printf '[%5d.%02d] %s\n' $((d / 100)) $((d % 100)) "$line" >&2
       fi
-    done
-  QRC=${PIPESTATUS[0]}
+    done &
+  wait $!
+  QRC=$(cat "$RUN/qemu.rc" 2>/dev/null || echo "?")
 fi
 T_VM=$(xl_since "$T_QEMU")
 trap - INT TERM
-cleanup
 exec 8>&-
 
 # 4. result and timings

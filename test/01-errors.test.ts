@@ -28,3 +28,16 @@ describe('01 errors', () => {
     assert.throws(() => new addon.SlotStore(0), RangeError);
   });
 });
+
+describe('01b addon parts', () => {
+  it('01b.1 the Xen part, when built, links libxenctrl and answers without Xen (no crash)', function () {
+    const addon = loadAddon();
+    if (!addon.parts.xen) this.skip();
+    const r = addon.xenProbe!();
+    assert.equal(typeof r.ok, 'boolean');
+    if (!require('node:fs').existsSync('/dev/xen/privcmd')) {
+      assert.equal(r.ok, false);
+      assert.equal(r.errno, 2, 'ENOENT: /dev/xen/privcmd is absent');
+    }
+  });
+});

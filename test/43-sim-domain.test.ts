@@ -5,6 +5,12 @@ import { strict as assert } from 'node:assert';
 import { SimDomain, type SimOutput } from '../dom0/hypervisor/sim/sim-domain';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { synthTrace } from '../dom0/trace/synth';
+import { TraceReader } from '../dom0/trace/rdtrace';
+import { replayGuest } from '../dom0/hypervisor/sim/guest-program';
 
 const PAGE = 4096;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -79,5 +85,26 @@ describe('43 simulated domain', () => {
     d.resume();
     await sleep(40);
     assert.equal(loadAddon().crc32c(d.mem), a);
+  });
+});
+
+describe('43b trace workload', () => {
+  it('43b.1 replays a trace epoch by epoch, resumes at the same record, and replays exactly', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-tw-'));
+    const file = path.join(dir, 't.rdt');
+    synthTrace({ out: file, pages: 512, epochs: 30, seed: 8 });
+    const mem = new Uint8Array(513 * PAGE);
+    const g = GuestProgram.boot(mem, 'trace', 1, file);
+    for (let i = 0; i < 12; i++) g.step(() => {});
+    const resumed = GuestProgram.attach(mem); // as a backup would, from memory alone
+    for (let i = 0; i < 30; i++) resumed.step(() => {});
+    const truth = new Uint8Array(512 * PAGE);
+    for await (const r of (await TraceReader.open(file)).records()) if (r.type === 1) truth.set(r.data, r.pfn * PAGE);
+    assert.ok(Buffer.from(mem.subarray(PAGE)).equals(Buffer.from(truth)), 'memory = the trace after its last epoch');
+    assert.ok(Buffer.from(replayGuest(513, 'trace', 1, 42, file)).equals(Buffer.from(mem)));
+    fs.writeFileSync(path.join(dir, 'z.rdt'), Buffer.from([0x1f, 0x8b, 0, 0]));
+    assert.throws(() => GuestProgram.boot(new Uint8Array(513 * PAGE), 'trace', 1, path.join(dir, 'z.rdt')), /gzip/);
+    assert.throws(() => GuestProgram.boot(new Uint8Array(200 * PAGE), 'trace', 1, file), /needs 513 pages/);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });

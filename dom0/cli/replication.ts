@@ -26,6 +26,11 @@ export function sizeOption(name: string): (v: string) => number {
   };
 }
 
+function workloadOption(v: string): string {
+  if (v.startsWith('trace:') && v.length > 6) return v;
+  return choiceOption('--workload', WORKLOADS.filter((w) => w !== 'trace'))(v);
+}
+
 function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
   if (o.insecure) {
     log('WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.');
@@ -42,7 +47,7 @@ const log = (line: string): void => { console.error(`${new Date().toISOString()}
 interface ProtectOpts {
   interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
   netBuffer: boolean; blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
-  memory: number; workload: Workload; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
+  memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
   maxInFlight: number; journal?: string; seconds?: number;
 }
 
@@ -62,7 +67,7 @@ export function registerReplication(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
     .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged', intOption('--max-in-flight', 1, 16), 2)
     .option('--memory <size>', 'sim: guest memory', sizeOption('--memory'), 256 * 2 ** 20)
-    .option('--workload <w>', `sim: ${WORKLOADS.join(', ')}`, choiceOption('--workload', WORKLOADS), 'oltp')
+    .option('--workload <w>', 'sim: oltp, scan, idle or trace:<file.rdt> (replays an RDTRACE1 trace, one epoch per step)', workloadOption, 'oltp')
     .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
     .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
     .option('--client <host:port>', 'sim: where the guest sends its outputs')
@@ -139,7 +144,8 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
       maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
       batchPagesMax: 1024, deviceStateMax: 65536,
     },
-    memoryBytes: o.memory, workload: o.workload, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
+    memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
+    tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
     netBuffer: o.netBuffer, journal: o.journal ?? null, log,
   });
   svc.start();

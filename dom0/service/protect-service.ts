@@ -23,6 +23,7 @@ export interface ProtectConfig {
   engine: PrimaryOptions;
   memoryBytes: number;
   workload: Workload;
+  tracePath?: string;
   seed: number;
   stepsPerSec: number;
   client: string | null;
@@ -48,7 +49,7 @@ export class ProtectService {
     this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
       name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
       deviceInfo: cfg.client ? { client: cfg.client } : {},
-    });
+    }, cfg.tracePath);
     if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
     this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
       checkpoint: (epoch, info) => this.journal({ epoch, ...info }),

@@ -4,16 +4,18 @@
 // of DbMemoryModel in the pages after it — so a backup that holds the memory resumes the
 // guest exactly. Steps are deterministic: the memory after K steps depends only on the
 // workload, the seed and K, which lets a test rebuild the expected image by replaying.
+import * as fs from 'node:fs';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
 import { DB_PAGE, DbMemoryModel } from '../../trace/db-memory-model';
 import { Prng } from '../../util/prng';
 
-export const WORKLOADS = ['oltp', 'scan', 'idle'] as const;
+export const WORKLOADS = ['oltp', 'scan', 'idle', 'trace'] as const;
 export type Workload = (typeof WORKLOADS)[number];
 
 const MAGIC = 'RDBGUEST';
 const H_VERSION = 8, H_WORKLOAD = 12, H_SEED = 16, H_STEPS = 24, H_SEQ = 32, H_HASH = 40;
+const H_TRACE_OFF = 48, H_TRACE_PATH = 2048, TRACE_PATH_MAX = 1024;
 const H_MODEL = 64;
 export const GUEST_PAGES_MIN = 128;
 
@@ -24,6 +26,7 @@ export interface GuestHeader { workload: Workload; seed: number; steps: number; 
 export class GuestProgram {
   private readonly dv: DataView;
   private readonly model: DbMemoryModel;
+  private trace: TraceReplay | null = null;
 
   private constructor(readonly mem: Uint8Array, readonly workload: Workload, readonly seed: number) {
     this.dv = new DataView(mem.buffer, mem.byteOffset, DB_PAGE);
@@ -32,11 +35,18 @@ export class GuestProgram {
   }
 
   /** Boots a fresh guest: lays out memory and writes the header. */
-  static boot(mem: Uint8Array, workload: Workload, seed: number): GuestProgram {
+  static boot(mem: Uint8Array, workload: Workload, seed: number, tracePath?: string): GuestProgram {
     assert(mem.length % DB_PAGE === 0 && mem.length / DB_PAGE >= GUEST_PAGES_MIN, 'guest memory size');
     mem.fill(0, 0, DB_PAGE);
     const g = new GuestProgram(mem, workload, seed);
-    if (workload !== 'idle') g.model.initialise();
+    if (workload === 'trace') {
+      const p = Buffer.from(tracePath ?? '', 'utf8');
+      if (p.length === 0 || p.length > TRACE_PATH_MAX) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'trace workload needs a trace file path (at most 1024 bytes)');
+      mem.set(p, H_TRACE_PATH);
+      g.dv.setBigUint64(H_TRACE_OFF, BigInt(TraceReplay.open(tracePath!, mem.length / DB_PAGE - 1).firstRecord), true);
+    } else if (workload !== 'idle') {
+      g.model.initialise();
+    }
     for (let i = 0; i < MAGIC.length; i++) mem[i] = MAGIC.charCodeAt(i);
     g.dv.setUint32(H_VERSION, 1, true);
     g.dv.setUint32(H_WORKLOAD, WORKLOADS.indexOf(workload), true);
@@ -59,6 +69,19 @@ export class GuestProgram {
     return g;
   }
 
+  /** Applies the next epoch of the trace to memory (page p of the trace is guest page p + 1). */
+  private traceEpoch(): number {
+    if (!this.trace) {
+      const raw = this.mem.subarray(H_TRACE_PATH, H_TRACE_PATH + TRACE_PATH_MAX);
+      const end = raw.indexOf(0);
+      this.trace = TraceReplay.open(Buffer.from(raw.subarray(0, end < 0 ? raw.length : end)).toString('utf8'), this.mem.length / DB_PAGE - 1);
+    }
+    const off = Number(this.dv.getBigUint64(H_TRACE_OFF, true));
+    const next = this.trace.applyEpoch(off, this.mem.subarray(DB_PAGE));
+    this.dv.setBigUint64(H_TRACE_OFF, BigInt(next.offset), true);
+    return next.pages;
+  }
+
   get header(): GuestHeader {
     const lo = this.dv.getUint32(H_HASH, true), hi = this.dv.getUint32(H_HASH + 4, true);
     return {
@@ -72,7 +95,8 @@ export class GuestProgram {
   /** Runs one step (a transaction) and emits its output; all state is saved to memory. */
   step(emit: Emit): void {
     const value = this.workload === 'oltp' ? this.model.transaction(0.02, 180)
-      : this.workload === 'scan' ? this.model.scanStep(4) : 0;
+      : this.workload === 'scan' ? this.model.scanStep(4)
+        : this.workload === 'trace' ? this.traceEpoch() : 0;
     const steps = this.dv.getBigUint64(H_STEPS, true) + 1n;
     const seq = this.dv.getBigUint64(H_SEQ, true) + 1n;
     this.dv.setBigUint64(H_STEPS, steps, true);
@@ -82,15 +106,58 @@ export class GuestProgram {
     hi = Math.imul(hi ^ value ^ (lo >>> 7), 0x5bd1e995) >>> 0;
     this.dv.setUint32(H_HASH, lo, true);
     this.dv.setUint32(H_HASH + 4, hi, true);
-    if (this.workload !== 'idle') this.model.saveState(this.dv, H_MODEL);
+    if (this.workload === 'oltp' || this.workload === 'scan') this.model.saveState(this.dv, H_MODEL);
     emit(Number(seq), value);
   }
 }
 
+/**
+ * Replays an uncompressed RDTRACE1 trace into guest memory, one epoch per step, reading at
+ * the offset kept in guest memory (so a resumed guest continues at the same record). At the
+ * end of the trace the guest idles.
+ */
+class TraceReplay {
+  private constructor(private readonly fd: number, readonly firstRecord: number, private readonly totalPages: number) {}
+
+  static open(file: string, guestPages: number): TraceReplay {
+    let fd: number;
+    try { fd = fs.openSync(file, 'r'); } catch (e) {
+      throw new RemusError(ErrorCode.IO, `cannot open trace ${file}: ${(e as Error).message}`);
+    }
+    const h = Buffer.alloc(24);
+    fs.readSync(fd, h, 0, 24, 0);
+    if (h[0] === 0x1f && h[1] === 0x8b) throw new RemusError(ErrorCode.BAD_TRACE, `${file} is gzip-compressed: gunzip it first (the guest resumes at a byte offset)`);
+    if (h.subarray(0, 8).toString('latin1') !== 'RDTRACE1' || h.readUInt32LE(8) !== DB_PAGE) throw new RemusError(ErrorCode.BAD_TRACE, `${file} is not an RDTRACE1 trace of 4096-byte pages`);
+    const total = Number(h.readBigUInt64LE(16));
+    if (total > guestPages) throw new RemusError(ErrorCode.BAD_ARGUMENT, `${file} needs ${total + 1} pages of guest memory; the guest has ${guestPages + 1}`);
+    return new TraceReplay(fd, 24, total);
+  }
+
+  applyEpoch(offset: number, mem: Uint8Array): { offset: number; pages: number } {
+    const h = Buffer.alloc(8), pfn = Buffer.alloc(8);
+    let pages = 0;
+    for (;;) {
+      if (fs.readSync(this.fd, h, 0, 8, offset) < 8) return { offset, pages }; // end of trace: idle
+      const type = h[0], len = h.readUInt32LE(4);
+      if (type === 1 && len === 8 + DB_PAGE) {
+        fs.readSync(this.fd, pfn, 0, 8, offset + 8);
+        const p = Number(pfn.readBigUInt64LE(0));
+        if (p >= this.totalPages) throw new RemusError(ErrorCode.BAD_TRACE, `trace pfn ${p} out of range`);
+        fs.readSync(this.fd, mem, p * DB_PAGE, DB_PAGE, offset + 16);
+        pages++;
+      } else if (type < 1 || type > 4) {
+        throw new RemusError(ErrorCode.BAD_TRACE, `unknown trace record type ${type} at byte ${offset}`);
+      }
+      offset += 8 + len;
+      if (type === 2) return { offset, pages };
+    }
+  }
+}
+
 /** Rebuilds the memory a guest has after `steps` steps (verification by replay). */
-export function replayGuest(pages: number, workload: Workload, seed: number, steps: number): Uint8Array {
+export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string): Uint8Array {
   const mem = new Uint8Array(pages * DB_PAGE);
-  const g = GuestProgram.boot(mem, workload, seed);
+  const g = GuestProgram.boot(mem, workload, seed, tracePath);
   for (let i = 0; i < steps; i++) g.step(() => {});
   return mem;
 }

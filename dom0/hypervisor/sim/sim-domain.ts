@@ -46,9 +46,9 @@ export class SimDomain implements Domain {
   workerError: Error | null = null;
 
   /** Boots a fresh guest in a new arena. */
-  static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions): SimDomain {
+  static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions, tracePath?: string): SimDomain {
     const arena = new (loadAddon().Arena)(memoryBytes);
-    GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed);
+    try { GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath); } catch (e) { arena.close(); throw e; }
     return new SimDomain(arena, o);
   }
 

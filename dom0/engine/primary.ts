@@ -125,6 +125,7 @@ export class Primary {
       fullPauseMs: this.fullPauseMs, copyMsP50: this.copy.quantile(0.5), ackMsP50: this.ackLatency.quantile(0.5),
       outputsHeld: this.gate.held, outputsReleased: 0,
       lastAckAgeMs: this.lastAckAt ? this.clock.now() - this.lastAckAt : -1,
+      ratio: this.totals.wireBytes ? this.totals.rawBytes / this.totals.wireBytes : 0,
       backup: this.link?.remote ?? null,
     };
   }

@@ -21,6 +21,8 @@ export interface PrimaryStats {
   dirtyPagesLast: number;
   rawBytes: number;
   wireBytes: number;
+  /** Page bytes captured per byte of page batches sent (compression ratio). */
+  ratio: number;
   pauseMsP50: number;
   pauseMsP99: number;
   /** Pause of the last full-copy checkpoint (the first of a session), kept out of p50/p99. */

@@ -263,7 +263,8 @@ export class Backup {
 
   private arm(): void {
     this.disarm();
-    const every = Math.max(5, Math.floor(this.timeoutMs() / 4));
+    // Check for silence 8 times per timeout (failover ≤ timeout × 9/8); heartbeat every 1/4.
+    const every = Math.max(5, Math.floor(this.timeoutMs() / 8));
     this.timer = this.clock.setTimer(every, () => this.onTimer());
   }
 

@@ -1,0 +1,28 @@
+// disk: `remusdb disk serve <image>` — serves a raw disk image over NBD (docs/nbd.md),
+// standalone, without replication, until SIGINT/SIGTERM (which drain in-flight requests).
+import type { Command } from 'commander';
+import { parseHostPort } from '../protocol/channel';
+import { DEFAULT_EXPORT_NAME, DEFAULT_NBD_PORT, serveDisk } from '../disk/serve';
+
+export function registerDisk(program: Command): void {
+  const disk = program.command('disk').description('guest disks (NBD backend)');
+  disk.command('serve')
+    .description('serve a raw disk image over NBD (no replication)')
+    .argument('<image>', 'raw image file')
+    .option('--listen <addr:port>', 'address to listen on', `127.0.0.1:${DEFAULT_NBD_PORT}`)
+    .option('--export <name>', 'export name ("" is accepted as an alias)', DEFAULT_EXPORT_NAME)
+    .option('--read-only', 'refuse writes (EPERM)')
+    .action(async (image: string, o: { listen: string; export: string; readOnly?: boolean }) => {
+      const { host, port } = parseHostPort(o.listen, DEFAULT_NBD_PORT);
+      const log = (m: string): void => { console.error(m); };
+      const d = await serveDisk({ image, host, port, exportName: o.export, readOnly: !!o.readOnly, log });
+      log(`serving ${image} (${d.sizeBytes} bytes) as NBD export ${JSON.stringify(d.exportName)} on ${host}:${d.port}`);
+      await new Promise<void>((resolve) => {
+        const stop = (): void => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+      });
+      await d.close();
+      log('NBD server closed');
+    });
+}

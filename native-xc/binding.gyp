@@ -13,12 +13,12 @@
       "libraries": ["-llz4", "-lzstd"],
       "conditions": [
         ["has_xen==1", {
-          "sources": ["src/xen_probe.cc"],
+          "sources": ["src/xen_probe.cc", "src/xen_save.cc"],
           "defines": ["REMUS_HAVE_XEN"],
-          "libraries": ["-lxenctrl", "-lxenguest", "-lxenstore", "-lxenlight", "-lxenforeignmemory", "-lxenevtchn"]
+          "libraries": ["-lxenctrl", "-lxenguest", "-lxenstore", "-lxenlight", "-lxentoollog", "-lxenforeignmemory", "-lxenevtchn"]
         }],
         ["has_nfqueue==1", {
-          "sources": ["src/nfqueue_probe.cc"],
+          "sources": ["src/nfqueue_probe.cc", "src/nfqueue_driver.cc"],
           "defines": ["REMUS_HAVE_NFQUEUE"],
           "libraries": ["-lnetfilter_queue"]
         }]

@@ -12,9 +12,11 @@ void InitArena(Napi::Env env, Napi::Object exports);
 void InitCrc32c(Napi::Env env, Napi::Object exports);
 #ifdef REMUS_HAVE_XEN
 void InitXen(Napi::Env env, Napi::Object exports);
+void InitXenSave(Napi::Env env, Napi::Object exports);
 #endif
 #ifdef REMUS_HAVE_NFQUEUE
 void InitNfqueue(Napi::Env env, Napi::Object exports);
+void InitNfqueueDriver(Napi::Env env, Napi::Object exports);
 #endif
 }  // namespace remus
 
@@ -32,12 +34,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   parts.Set("codec", true);
 #ifdef REMUS_HAVE_XEN
   remus::InitXen(env, exports);
+  remus::InitXenSave(env, exports);
   parts.Set("xen", true);
 #else
   parts.Set("xen", false);
 #endif
 #ifdef REMUS_HAVE_NFQUEUE
   remus::InitNfqueue(env, exports);
+  remus::InitNfqueueDriver(env, exports);
   parts.Set("nfqueue", true);
 #else
   parts.Set("nfqueue", false);

@@ -1,0 +1,118 @@
+// iptables-rules: diverts a protected domain's IPv4 and IPv6 packets into its NFQUEUE, and
+// removes that again — idempotently, also after our own crash left rules behind
+// (docs/netbuffer.md "Kernel rules"). One chain per domain in the mangle table, jumped to
+// from PREROUTING:
+//   teardown: every `-A PREROUTING ... -j REMUSDB-<name>` found by `iptables -S` is deleted;
+//             then `-F REMUSDB-<name>`, `-X REMUSDB-<name>` (errors ignored)
+//   install:  teardown; `-N REMUSDB-<name>`; `-A REMUSDB-<name> -j NFQUEUE --queue-num Q`
+//             (no --queue-bypass: no listener = dropped); `-I PREROUTING 1 <match> -j REMUSDB-<name>`
+// for iptables and ip6tables (iptables-nft). ARP is not queued: arptables has no NFQUEUE.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { assertInt } from '../assert';
+import { ErrorCode, RemusError } from '../errors';
+
+/** Which packets are the guest's: a bridge port (Xen vif) or an interface. */
+export type GuestMatch = { physdevIn: string } | { inIface: string };
+
+export interface RuleSpec {
+  /** Domain name (becomes the chain name REMUSDB-<name>). */
+  domain: string;
+  queueNum: number;
+  match: GuestMatch;
+  /** Network namespace (name under /run/netns) the rules go in; default: ours. */
+  netns?: string;
+}
+
+const TOOLS = ['iptables', 'ip6tables'] as const;
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+
+export function chainName(domain: string): string {
+  const tag = domain.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 20);
+  if (!tag) throw new RemusError(ErrorCode.BAD_ARGUMENT, `domain name '${domain}' gives an empty chain name`);
+  return `REMUSDB-${tag}`;
+}
+
+export function matchArgs(m: GuestMatch): string[] {
+  const name = 'physdevIn' in m ? m.physdevIn : m.inIface;
+  if (!IFNAME.test(name)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bad interface name '${name}'`);
+  return 'physdevIn' in m ? ['-m', 'physdev', '--physdev-in', name] : ['-i', name];
+}
+
+interface Run { status: number; stdout: string; stderr: string; }
+
+function run(netns: string | undefined, tool: string, args: string[]): Run {
+  const argv = netns === undefined ? [tool, '-w', ...args] : ['ip', 'netns', 'exec', netns, tool, '-w', ...args];
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 30_000 });
+  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + (r.error ? String(r.error) : '') };
+}
+
+function must(netns: string | undefined, tool: string, args: string[]): void {
+  const r = run(netns, tool, args);
+  if (r.status !== 0) {
+    throw new RemusError('ERR_NETBUF', `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
+  }
+}
+
+/** Removes the domain's chain and every jump to it; safe to call when nothing is installed. */
+export function removeRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): void {
+  const chain = chainName(spec.domain);
+  for (const tool of TOOLS) {
+    const listing = run(spec.netns, tool, ['-t', 'mangle', '-S', 'PREROUTING']);
+    for (const line of listing.stdout.split('\n')) {
+      const words = line.trim().split(/\s+/);
+      if (words[0] !== '-A' || words[words.length - 1] !== chain || words[words.length - 2] !== '-j') continue;
+      run(spec.netns, tool, ['-t', 'mangle', '-D', ...words.slice(1)]);
+    }
+    run(spec.netns, tool, ['-t', 'mangle', '-F', chain]);
+    run(spec.netns, tool, ['-t', 'mangle', '-X', chain]);
+  }
+}
+
+/** Installs the rules (after removing any left from an earlier run). Bind the queue first. */
+export function installRules(spec: RuleSpec): void {
+  assertInt(spec.queueNum, 0, 65535, 'queueNum');
+  const chain = chainName(spec.domain);
+  const match = matchArgs(spec.match);
+  if ('physdevIn' in spec.match) checkBridgeNetfilter(spec.netns);
+  removeRules(spec);
+  try {
+    for (const tool of TOOLS) {
+      must(spec.netns, tool, ['-t', 'mangle', '-N', chain]);
+      must(spec.netns, tool, ['-t', 'mangle', '-A', chain, '-j', 'NFQUEUE', '--queue-num', String(spec.queueNum)]);
+      must(spec.netns, tool, ['-t', 'mangle', '-I', 'PREROUTING', '1', ...match, '-j', chain]);
+    }
+  } catch (e) {
+    removeRules(spec);
+    throw e;
+  }
+}
+
+/** The rules of the domain as `iptables -S` prints them (both families); empty when none. */
+export function listRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): string[] {
+  const chain = chainName(spec.domain);
+  const out: string[] = [];
+  for (const tool of TOOLS) {
+    const r = run(spec.netns, tool, ['-t', 'mangle', '-S']);
+    for (const line of r.stdout.split('\n')) if (line.includes(chain)) out.push(`${tool}: ${line.trim()}`);
+  }
+  return out;
+}
+
+/** physdev matching sees bridged packets only with br_netfilter's IP hooks enabled. */
+function checkBridgeNetfilter(netns: string | undefined): void {
+  for (const key of ['bridge-nf-call-iptables', 'bridge-nf-call-ip6tables']) {
+    const file = `/proc/sys/net/bridge/${key}`;
+    let value: string;
+    if (netns === undefined) {
+      value = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : '';
+    } else {
+      const r = spawnSync('ip', ['netns', 'exec', netns, 'cat', file], { encoding: 'utf8' });
+      value = r.status === 0 ? r.stdout.trim() : '';
+    }
+    if (value !== '1') {
+      throw new RemusError('ERR_NETBUF', `net.bridge.${key} is ${value || 'missing'}: bridged guest packets would ` +
+        `bypass the queue; run \`modprobe br_netfilter && sysctl -w net.bridge.${key}=1\``);
+    }
+  }
+}

@@ -1,0 +1,146 @@
+// nfqueue-buffer: the `nfqueue` network output buffer driver — the engine's OutputGate
+// over a kernel netfilter queue (docs/netbuffer.md). Guest packets are diverted into
+// NFQUEUE Q by iptables rules (iptables-rules.ts); the kernel holds each one until we issue
+// its verdict, so holding costs no copy and a crash of this process drops (never leaks)
+// what was held. The native queue (native-xc/src/nfqueue_driver.cc) reads packets in
+// batches; PacketLedger decides the verdicts. Order of use:
+//   const buf = NfqueueBuffer.open({ queueNum, netns });   // bind the queue first
+//   installRules({ ... queueNum });                        // then divert the guest's traffic
+//   buf.barrier(n) at suspend, buf.release(n) on ack ...
+//   removeRules(...); buf.close();                         // teardown, in this order
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { assertInt } from '../assert';
+import type { OutputGate } from '../engine/ports';
+import { ErrorCode, RemusError } from '../errors';
+import { requirePart } from '../native';
+import { type Classifier, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
+
+/** Error code of this driver's operating errors (bind failed, verdict send failed). */
+export const ERR_NETBUF = 'ERR_NETBUF';
+
+export interface NfqueueBufferOptions {
+  queueNum: number;
+  /** Network namespace (name under /run/netns) the queue lives in; default: ours. */
+  netns?: string;
+  /** Per-packet commit protection; default: hold everything. */
+  classify?: Classifier;
+  heldMax?: number;
+  heldBytesMax?: number;
+  /** Bytes of each packet copied to us (IP + TCP headers and DSCP fit in 128). */
+  copyBytes?: number;
+  batchMax?: number;
+  rcvbufBytes?: number;
+}
+
+export const NFQUEUE_DEFAULTS = {
+  heldMax: 60_000, heldBytesMax: 256 * 1024 * 1024, copyBytes: 128, batchMax: 1024,
+  rcvbufBytes: 64 * 1024 * 1024,
+} as const;
+
+/** Observed ceiling of one queue (queue_total stops at 65536, then queue_dropped grows). */
+export const KERNEL_QUEUE_MAX = 65_536;
+
+/** The native queue as typed here (the addon's `NfqueueQueue`). */
+interface NativeQueue extends PacketBatch {
+  readonly batchMax: number;
+  drain(batchesMax: number): number;
+  verdictUpTo(id: number, accept: boolean): void;
+  verdictEach(ids: Uint32Array, count: number, accept: boolean): void;
+  stats(): NativeQueueStats;
+  close(): void;
+}
+export interface NativeQueueStats {
+  received: number; batches: number; verdictMsgs: number; netlinkErrors: number;
+  recvErrors: number; lastErrno: number; open: boolean;
+}
+type NativeQueueCtor = new (opts: Record<string, unknown>, onBatch: (count: number) => void) => NativeQueue;
+
+/** A row of /proc/net/netfilter/nfnetlink_queue. */
+export interface KernelQueueStats {
+  queueNum: number; portId: number; queued: number; copyMode: number; copyRange: number;
+  /** Dropped because the queue was full. */
+  queueDropped: number;
+  /** Dropped because the netlink socket could not take them. */
+  userDropped: number;
+  idSequence: number;
+}
+
+export class NfqueueBuffer implements OutputGate {
+  private constructor(private readonly q: NativeQueue, readonly ledger: PacketLedger,
+    readonly queueNum: number, readonly netns: string | undefined) {}
+
+  static open(opts: NfqueueBufferOptions): NfqueueBuffer {
+    assertInt(opts.queueNum, 0, 65535, 'queueNum');
+    const o = { ...NFQUEUE_DEFAULTS, ...opts };
+    assertInt(o.batchMax, 1, 4096, 'batchMax');
+    // The kernel keeps at most KERNEL_QUEUE_MAX packets per queue (held + not yet read).
+    assertInt(o.heldMax, 1, KERNEL_QUEUE_MAX - 2 * o.batchMax, 'heldMax');
+    const addon = requirePart('nfqueue') as unknown as { NfqueueQueue?: NativeQueueCtor };
+    if (!addon.NfqueueQueue) throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks NfqueueQueue: run `npm install`');
+    const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
+    let ledger: PacketLedger | undefined;
+    let q: NativeQueue | undefined;
+    const onBatch = (count: number): void => { ledger!.ingest({ ...batchView(q!), count }); };
+    q = new addon.NfqueueQueue({ queueNum: o.queueNum, copyBytes: o.copyBytes,
+      queueMaxLen: KERNEL_QUEUE_MAX, rcvbufBytes: o.rcvbufBytes,
+      batchMax: o.batchMax, netnsPath }, onBatch);
+    const sink = {
+      verdictUpTo: (id: number, accept: boolean) => q!.verdictUpTo(id, accept),
+      verdictEach: (ids: Uint32Array, n: number, accept: boolean) => q!.verdictEach(ids, n, accept),
+      drain: () => { q!.drain(1 << 16); },
+    };
+    ledger = new PacketLedger(sink, { heldMax: o.heldMax, heldBytesMax: o.heldBytesMax },
+      o.classify ?? null, o.batchMax);
+    return new NfqueueBuffer(q, ledger, o.queueNum, o.netns);
+  }
+
+  get held(): number { return this.ledger.held; }
+  get nextEpoch(): number { return this.ledger.nextEpoch; }
+  barrier(epoch: number): void { this.ledger.barrier(epoch); }
+  release(epoch: number): void { this.ledger.release(epoch); }
+  setPassThrough(on: boolean): void { this.ledger.setPassThrough(on); }
+  discard(): void { this.ledger.discard(); }
+  renumber(nextEpoch: number): void { this.ledger.renumber(nextEpoch); }
+  /** Reads what the kernel already queued (tests, status). */
+  poll(): void { this.q.drain(1 << 16); }
+
+  stats(): { ledger: LedgerStats; native: NativeQueueStats; kernel: KernelQueueStats | null } {
+    return { ledger: { ...this.ledger.stats }, native: this.q.stats(),
+      kernel: readKernelQueueStats(this.queueNum, this.netns) };
+  }
+
+  /** Unbinds the queue: the kernel drops whatever is still held (remove the rules first). */
+  close(): void { this.q.close(); }
+}
+
+function batchView(q: NativeQueue): Omit<PacketBatch, 'count'> {
+  return { ids: q.ids, ipLens: q.ipLens, protos: q.protos, headers: q.headers, copyBytes: q.copyBytes };
+}
+
+export function netnsPathOf(name: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bad network namespace name '${name}'`);
+  const p = `/run/netns/${name}`;
+  if (!fs.existsSync(p)) throw new RemusError(ERR_NETBUF, `network namespace '${name}' does not exist (${p})`);
+  return p;
+}
+
+/** The kernel's counters for a queue (null when nobody is bound to it). */
+export function readKernelQueueStats(queueNum: number, netns?: string): KernelQueueStats | null {
+  let text: string;
+  if (netns === undefined) {
+    try { text = fs.readFileSync('/proc/net/netfilter/nfnetlink_queue', 'utf8'); } catch { return null; }
+  } else {
+    const r = spawnSync('ip', ['netns', 'exec', netns, 'cat', '/proc/net/netfilter/nfnetlink_queue'], { encoding: 'utf8' });
+    if (r.status !== 0) return null;
+    text = r.stdout;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/).map(Number);
+    if (f.length >= 8 && f[0] === queueNum) {
+      return { queueNum: f[0], portId: f[1], queued: f[2], copyMode: f[3], copyRange: f[4],
+        queueDropped: f[5], userDropped: f[6], idSequence: f[7] };
+    }
+  }
+  return null;
+}

@@ -36,6 +36,10 @@ export const ErrorCode = {
   ADDON_PART_MISSING: 'ERR_ADDON_PART_MISSING',
   /** Memory for a buffer or cache could not be reserved. */
   OUT_OF_MEMORY: 'ERR_OUT_OF_MEMORY',
+  /** The network output buffer failed: queue bind, verdict send, iptables rules, br_netfilter. */
+  NETBUF: 'ERR_NETBUF',
+  /** A Xen call failed (the message names the function and errno). */
+  XEN: 'ERR_XEN',
   /** A benchmark's backup image diverged from the source: the codec is wrong. */
   VERIFY_FAILED: 'ERR_VERIFY_FAILED',
 } as const;

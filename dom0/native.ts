@@ -44,6 +44,8 @@ export interface NativeAddon {
   Arena: new (bytes: number, id?: number) => NativeArena;
   xenProbe?: () => ProbeResult;
   nfqueueProbe?: (queueNum: number) => ProbeResult;
+  /** The nfqueue output buffer's queue (dom0/net/nfqueue-buffer.ts types its surface). */
+  NfqueueQueue?: new (opts: Record<string, unknown>, onBatch: (count: number) => void) => unknown;
   setErrorClass(cls: unknown): void;
 }
 

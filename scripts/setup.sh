@@ -3,9 +3,10 @@
 # apt-get; otherwise it prints what is missing and the command to install it.
 #   build:   g++, make, python3 (node-gyp), liblz4-dev + libzstd-dev (codecs), pkg-config
 #   parts:   libxen-dev (Xen bindings), libnetfilter-queue-dev (NFQUEUE output buffer)
-#   tests:   iproute2, iptables, util-linux (netns, unshare), clang + libclang-rt-14-dev (fuzzer)
+#   tests:   iproute2, iptables, util-linux (netns, unshare), clang + libclang-rt-14-dev (fuzzer),
+#            qemu-utils + libnbd-bin + nbdfuse + e2fsprogs (NBD interoperability tests)
 set -eu
-PKGS="g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev"
+PKGS="g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev qemu-utils libnbd-bin nbdfuse e2fsprogs"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

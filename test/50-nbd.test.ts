@@ -338,14 +338,58 @@ describe('50 nbd server with real clients', function () {
     } finally {
       if (mounted) await run('umount', [fsmnt]);
       if (loop) await run('losetup', ['-d', loop]);
-      const u = await run('fusermount3', ['-u', mnt]);
+      const u = await run('umount', [mnt]);
       if (u.status !== 0) await run('umount', ['-l', mnt]);
       fuse.kill('SIGTERM');
       await child.stop();
     }
   });
 
-  it('50.10 read-only export refuses writes with EPERM and advertises READ_ONLY', async () => {
+  it('50.10 DISC right after pipelined writes: every write is answered and in the file before the close', async () => {
+    const c = await RawClient.connect(srv.port);
+    await c.go();
+    for (let i = 0; i < 8; i++) c.request(W.CMD.WRITE, BigInt(10 * MiB + i * 65536), 65536, BigInt(100 + i), i === 7 ? W.CMD_FLAG.FUA : 0, Buffer.alloc(65536, 0x40 + i));
+    c.request(W.CMD.DISC, 0n, 0, 200n);
+    const cookies: bigint[] = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await c.reply();
+      assert.equal(r.error, 0);
+      cookies.push(r.cookie);
+    }
+    assert.deepEqual(cookies.sort((a, b) => (a < b ? -1 : 1)), [100n, 101n, 102n, 103n, 104n, 105n, 106n, 107n]);
+    await c.closed;
+    const fd = fs.openSync(image, 'r');
+    for (let i = 0; i < 8; i++) {
+      const b = Buffer.alloc(65536);
+      fs.readSync(fd, b, 0, b.length, 10 * MiB + i * 65536);
+      assert.ok(b.every((x) => x === 0x40 + i), `write ${i} is in the file`);
+    }
+    fs.closeSync(fd);
+  });
+
+  it('50.11 `disk serve` command (registerDisk): serves, answers nbdinfo, exits 0 on SIGTERM', async () => {
+    const port = await freePort();
+    const img = path.join(dir, 'cli.img');
+    fs.writeFileSync(img, Buffer.alloc(MiB));
+    const cliJs = path.join(__dirname, '..', 'dom0', 'cli', 'disk.js');
+    const code = `const { Command } = require('commander'); const p = new Command('remusdb').exitOverride();
+      require(${JSON.stringify(cliJs)}).registerDisk(p);
+      p.parseAsync(['node', 'remusdb', 'disk', 'serve', ${JSON.stringify(img)}, '--listen', '127.0.0.1:${port}', '--export', 'vm1'])`;
+    const child = spawn(process.execPath, ['-e', code], { cwd: path.join(__dirname, '..', '..'), stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+    const until = Date.now() + 10000;
+    while (!/serving/.test(stderr) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.match(stderr, /serving .* as NBD export "vm1" on 127\.0\.0\.1:\d+/);
+    const r = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/vm1`]);
+    assert.equal(r.stdout.trim(), String(MiB), r.stderr);
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0, stderr);
+    assert.match(stderr, /NBD server closed/);
+  });
+
+  it('50.12 read-only export refuses writes with EPERM and advertises READ_ONLY', async () => {
     const ro = await serveDisk({ image, host: '127.0.0.1', port: 0, readOnly: true });
     try {
       const info = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${ro.port}`]);
@@ -363,6 +407,14 @@ describe('50 nbd server with real clients', function () {
   });
 
 });
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); });
+    s.on('error', reject);
+  });
+}
 
 /** `serveDisk` in a child node process; resolves once it listens. */
 function startServerProcess(image: string): Promise<{ port: number; stop: () => Promise<void> }> {

@@ -7,8 +7,8 @@ import { strict as assert } from 'node:assert';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { installRules, listRules, removeRules } from '../dom0/net/iptables-rules';
-import { createTestbed, destroyTestbed, listTestbedNamespaces, type Testbed } from '../dom0/net/netns-testbed';
-import { NfqueueBuffer, readKernelQueueStats } from '../dom0/net/nfqueue-buffer';
+import { createTestbed, destroyTestbed, listTestbedNamespaces, sysctl, type Testbed } from '../dom0/net/netns-testbed';
+import { NfqueueBuffer, readKernelQueueStats, setupNfqueue } from '../dom0/net/nfqueue-buffer';
 import { loadAddon } from '../dom0/native';
 
 const PREFIX = process.env.RDB60_PREFIX ?? 'rdb60';
@@ -178,14 +178,24 @@ describe('60 nfqueue output buffer (network namespaces, root)', function () {
     removeRules(spec);
     assert.deepEqual(listRules(spec), []);
     // physdev matching without br_netfilter's hooks would let the guest's packets through
-    spawnSync('ip', ['netns', 'exec', bed.dom0, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-ip6tables=0']);
+    sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=0']);
     try {
       assert.throws(() => installRules(spec), (e: Error & { code?: string }) =>
         e.code === 'ERR_NETBUF' && /bridge-nf-call-ip6tables is 0/.test(e.message));
     } finally {
-      spawnSync('ip', ['netns', 'exec', bed.dom0, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-ip6tables=1']);
+      sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=1']);
     }
     assert.deepEqual(listRules(spec), []);
+  });
+
+  it('60.1b setupNfqueue binds the queue and installs the rules; teardown undoes both, twice', () => {
+    const dev = setupNfqueue({ domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 });
+    assert.equal(listRules({ domain: DOMAIN, netns: bed.dom0 }).filter((r) => r.includes('-A PREROUTING')).length, 2);
+    assert.ok(readKernelQueueStats(QUEUE, bed.dom0), 'queue bound');
+    dev.teardown();
+    dev.teardown();
+    assert.deepEqual(listRules({ domain: DOMAIN, netns: bed.dom0 }), []);
+    assert.equal(readKernelQueueStats(QUEUE, bed.dom0), null, 'queue unbound');
   });
 
   it('60.2 holds everything until release(N), which delivers exactly the epochs ≤ N, in order', async () => {

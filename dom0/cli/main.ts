@@ -7,6 +7,7 @@ import { registerDoctor } from './doctor';
 import { registerTrace } from './trace';
 import { registerReplication } from './replication';
 import { registerDemo } from './demo';
+import { registerDisk } from './disk';
 
 export function buildProgram(): Command {
   const program = new Command('remusdb')
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerBench(program);
   registerReplication(program);
   registerDemo(program);
+  registerDisk(program);
   return program;
 }
 

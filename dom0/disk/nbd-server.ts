@@ -123,21 +123,33 @@ class NbdConnection {
   async shutdown(): Promise<void> {
     this.stopping = true;
     await Promise.allSettled([...this.inFlight]);
-    this.socket.destroy();
+    await this.endGracefully();
     await this.finished;
   }
 
   private async serve(): Promise<void> {
+    let graceful = false;
     try {
       const agreed = await this.handshake();
       if (agreed) await this.transmit();
+      graceful = true;
     } catch (e) {
       if (!(e instanceof HardDisconnect) && !(e instanceof RemusError)) throw e;
       if (e instanceof HardDisconnect) this.srv.opts.log(`NBD ${this.who}: disconnecting: ${e.message}`);
     } finally {
       await Promise.allSettled([...this.inFlight]);
-      this.socket.destroy();
+      if (graceful) await this.endGracefully(); else this.socket.destroy();
     }
+  }
+
+  /** Sends what is queued (replies of finished requests), then closes; destroys after 1 s at most. */
+  private endGracefully(): Promise<void> {
+    if (this.socket.destroyed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.socket.destroy(), 1000);
+      this.socket.once('close', () => { clearTimeout(timer); resolve(); });
+      this.socket.end();
+    });
   }
 
   // ---- handshake -------------------------------------------------------------------
@@ -313,8 +325,24 @@ class NbdConnection {
   }
 }
 
+/**
+ * Requests up to this size use synchronous pread/pwrite on the event loop: measured with
+ * qemu-img bench (4 KiB, depth 1) the thread-pool round trip costs about half the request
+ * time, while a page-cache hit takes microseconds. Larger requests go to the thread pool so
+ * a slow disk cannot stall other connections for long.
+ */
+const SYNC_IO_MAX_BYTES = 64 * 1024;
+
 async function readFully(fh: fs.promises.FileHandle, buf: Buffer, offset: number): Promise<void> {
   let done = 0;
+  if (buf.length <= SYNC_IO_MAX_BYTES) {
+    while (done < buf.length) {
+      const n = fs.readSync(fh.fd, buf, done, buf.length - done, offset + done);
+      if (n === 0) { buf.fill(0, done); return; }
+      done += n;
+    }
+    return;
+  }
   while (done < buf.length) {
     const { bytesRead } = await fh.read(buf, done, buf.length - done, offset + done);
     if (bytesRead === 0) { buf.fill(0, done); return; }   // file shrank under us: zeros past its end
@@ -324,6 +352,10 @@ async function readFully(fh: fs.promises.FileHandle, buf: Buffer, offset: number
 
 async function writeFully(fh: fs.promises.FileHandle, buf: Buffer, offset: number): Promise<void> {
   let done = 0;
+  if (buf.length <= SYNC_IO_MAX_BYTES) {
+    while (done < buf.length) done += fs.writeSync(fh.fd, buf, done, buf.length - done, offset + done);
+    return;
+  }
   while (done < buf.length) {
     const { bytesWritten } = await fh.write(buf, done, buf.length - done, offset + done);
     done += bytesWritten;

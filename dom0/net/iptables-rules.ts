@@ -50,7 +50,7 @@ function run(netns: string | undefined, tool: string, args: string[]): Run {
 function must(netns: string | undefined, tool: string, args: string[]): void {
   const r = run(netns, tool, args);
   if (r.status !== 0) {
-    throw new RemusError('ERR_NETBUF', `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
+    throw new RemusError(ErrorCode.NETBUF, `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
   }
 }
 
@@ -111,7 +111,7 @@ function checkBridgeNetfilter(netns: string | undefined): void {
       value = r.status === 0 ? r.stdout.trim() : '';
     }
     if (value !== '1') {
-      throw new RemusError('ERR_NETBUF', `net.bridge.${key} is ${value || 'missing'}: bridged guest packets would ` +
+      throw new RemusError(ErrorCode.NETBUF, `net.bridge.${key} is ${value || 'missing'}: bridged guest packets would ` +
         `bypass the queue; run \`modprobe br_netfilter && sysctl -w net.bridge.${key}=1\``);
     }
   }

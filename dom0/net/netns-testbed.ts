@@ -9,7 +9,7 @@
 //   ip link add vif1.0 netns P-dom0 type veth peer name eth0 netns P-guest   (and cl0 / P-client)
 //   addresses 127.60.0.{2,3}/24 and fd60::{2,3}/64, sysctls, links up
 import { execFileSync, spawnSync } from 'node:child_process';
-import { RemusError } from '../errors';
+import { ErrorCode, RemusError } from '../errors';
 
 export interface Testbed {
   prefix: string;
@@ -23,13 +23,15 @@ function ip(args: string[]): void {
     execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: Buffer };
-    throw new RemusError('ERR_NETBUF', `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`);
+    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`);
   }
 }
 
-function sysctl(ns: string, settings: string[]): void {
-  const r = spawnSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings], { encoding: 'utf8' });
-  if (r.status !== 0) throw new RemusError('ERR_NETBUF', `sysctl in ${ns}: ${r.stderr.trim()}`);
+/** Writes key=value sysctls inside a namespace (through /proc/sys: no procps needed). */
+export function sysctl(ns: string, settings: string[]): void {
+  const script = 'for kv; do k=${kv%%=*}; printf %s "${kv#*=}" > "/proc/sys/$(printf %s "$k" | tr . /)" || exit 1; done';
+  const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', script, 'sh', ...settings], { encoding: 'utf8' });
+  if (r.status !== 0) throw new RemusError(ErrorCode.NETBUF, `sysctl ${settings.join(' ')} in ${ns}: ${r.stderr.trim()}`);
 }
 
 export function testbedNames(prefix: string): Testbed {

@@ -3,17 +3,18 @@
 // NFQUEUE Q by iptables rules (iptables-rules.ts); the kernel holds each one until we issue
 // its verdict, so holding costs no copy and a crash of this process drops (never leaks)
 // what was held. The native queue (native-xc/src/nfqueue_driver.cc) reads packets in
-// batches; PacketLedger decides the verdicts. Order of use:
-//   const buf = NfqueueBuffer.open({ queueNum, netns });   // bind the queue first
-//   installRules({ ... queueNum });                        // then divert the guest's traffic
-//   buf.barrier(n) at suspend, buf.release(n) on ack ...
-//   removeRules(...); buf.close();                         // teardown, in this order
+// batches; PacketLedger decides the verdicts. Order of use (setupNfqueue does 1, 2 and 4):
+//   1. const buf = NfqueueBuffer.open({ queueNum, netns });   // bind the queue first
+//   2. installRules({ domain, queueNum, match });              // then divert the guest's traffic
+//   3. buf.barrier(n) at suspend, buf.release(n) on ack ...
+//   4. removeRules(...); buf.close();                          // teardown, in this order
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { assertInt } from '../assert';
 import type { OutputGate } from '../engine/ports';
 import { ErrorCode, RemusError } from '../errors';
 import { requirePart } from '../native';
+import { type GuestMatch, installRules, removeRules } from './iptables-rules';
 import { type Classifier, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
 
 /** Error code of this driver's operating errors (bind failed, verdict send failed). */
@@ -143,4 +144,36 @@ export function readKernelQueueStats(queueNum: number, netns?: string): KernelQu
     }
   }
   return null;
+}
+
+/** The nfqueue driver as a device: setup at protect time, teardown always (idempotent). */
+export interface NfqueueDevice {
+  readonly gate: NfqueueBuffer;
+  /** Removes the rules, then unbinds the queue (what is still held is dropped). */
+  teardown(): void;
+}
+
+/**
+ * Binds the queue, then installs the domain's rules (removing any a crashed run left).
+ * On failure nothing stays installed or bound.
+ */
+export function setupNfqueue(opts: NfqueueBufferOptions & { domain: string; match: GuestMatch }): NfqueueDevice {
+  const spec = { domain: opts.domain, queueNum: opts.queueNum, match: opts.match, netns: opts.netns };
+  removeRules(spec);
+  const gate = NfqueueBuffer.open(opts);
+  try {
+    installRules(spec);
+  } catch (e) {
+    gate.close();
+    throw e;
+  }
+  let done = false;
+  return {
+    gate,
+    teardown: () => {
+      if (done) return;
+      done = true;
+      try { removeRules(spec); } finally { gate.close(); }
+    },
+  };
 }

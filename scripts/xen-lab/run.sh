@@ -92,7 +92,7 @@ DOM0_ARGS="root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init"
 QEMU=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
   -display none -no-reboot -nic none -pidfile "$RUN/qemu.pid"
   -kernel "$IMG/boot/xen"
-  -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
+  -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
   -initrd "$IMG/boot/vmlinuz $DOM0_ARGS,$IMG/boot/initrd.img"
   -drive "file=$IMG/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
   -virtfs "local,path=$SHARE,mount_tag=lab,security_model=none,id=lab")

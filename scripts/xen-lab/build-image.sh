@@ -167,7 +167,27 @@ build_domu() {
 step domu build_domu
 
 # Boot files for QEMU: Xen as a multiboot ELF, dom0's kernel and initramfs.
-zcat "$ROOT/boot/xen-4.17-amd64.gz" > "$WORK/out/boot/xen"
+# The hypervisor: bookworm-security's 4.17.7 build has CONFIG_SHADOW_PAGING off, so a PV
+# guest cannot enter log-dirty mode ("Failed to enable logdirty: 95"): no live migration,
+# no Remus. Without hardware virtualization (TCG) PV is all the lab can run, so it boots
+# the bookworm (main) 4.17 hypervisor, built with shadow paging, under the 4.17.7 tools
+# (same 4.17 interfaces). Falls back to the installed one, saying so, if that is missing.
+pick_hypervisor() {
+  local v
+  v=$(apt-cache madison xen-hypervisor-4.17-amd64 | awk -F'|' '$3 ~ /bookworm\/main/ { gsub(/ /, "", $2); print $2; exit }')
+  rm -rf "$WORK/hv" && mkdir -p "$WORK/hv"
+  if [ -n "$v" ] && (cd "$WORK/hv" && apt-get download -q "xen-hypervisor-4.17-amd64=$v" >> "$LOG" 2>&1); then
+    dpkg-deb -x "$WORK"/hv/xen-hypervisor-4.17-amd64_*.deb "$WORK/hv/x"
+    if grep -q '^CONFIG_SHADOW_PAGING=y' "$WORK/hv/x/boot/xen-4.17-amd64.config"; then
+      zcat "$WORK/hv/x/boot/xen-4.17-amd64.gz" > "$WORK/out/boot/xen"
+      xl_log "hypervisor: xen $v from bookworm (shadow paging on)"
+      return 0
+    fi
+  fi
+  xl_log "WARNING: no bookworm hypervisor with shadow paging ($v); PV log-dirty (Remus) will fail"
+  zcat "$ROOT/boot/xen-4.17-amd64.gz" > "$WORK/out/boot/xen"
+}
+pick_hypervisor
 cp "$ROOT/boot/vmlinuz-$KVER" "$WORK/out/boot/vmlinuz"
 cp "$ROOT/boot/initrd.img-$KVER" "$WORK/out/boot/initrd.img"
 step mkfs mkfs.ext4 -q -F -L xenlab-dom0 -d "$ROOT" "$WORK/out/dom0.img" "$IMG_SIZE"

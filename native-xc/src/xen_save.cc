@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <fcntl.h>
 #include <unistd.h>
 
 extern "C" {
@@ -277,8 +278,10 @@ Napi::Value SaveCheckpointed(const Napi::CallbackInfo& info) {
 // makePipe() -> [readFd, writeFd]: a pipe for the save stream (libxc writes, xl or we read).
 Napi::Value MakePipe(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  // O_CLOEXEC: a receiver spawned with the read end must not inherit the write end too,
+  // or it never sees the end of the stream (and never fails over).
   int fds[2];
-  if (pipe(fds) != 0) return ThrowRemus(env, "ERR_IO", Fail("pipe", errno)), env.Undefined();
+  if (pipe2(fds, O_CLOEXEC) != 0) return ThrowRemus(env, "ERR_IO", Fail("pipe2", errno)), env.Undefined();
   Napi::Array a = Napi::Array::New(env, 2);
   a.Set(0u, fds[0]);
   a.Set(1u, fds[1]);

@@ -18,24 +18,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-extern "C" {
-#include <libxl.h>
-#include <libxl_utils.h>
-#include <xenctrl.h>
-#include <xenguest.h>
-#include <xenstore.h>
-#include <xentoollog.h>
-}
-
 #include "errors.h"
+#include "xen_common.h"
 
 namespace remus {
 namespace {
-
-void QuietMessage(xentoollog_logger*, xentoollog_level, int, const char*, const char*, va_list) {}
-void QuietProgress(xentoollog_logger*, const char*, const char*, int, unsigned long, unsigned long) {}
-void QuietDestroy(xentoollog_logger*) {}
-xentoollog_logger quiet = {QuietMessage, QuietProgress, QuietDestroy};
 
 std::string Fail(const char* fn, int err, const std::string& what = "") {
   return std::string(fn) + " failed" + (what.empty() ? "" : " (" + what + ")") + ": " + std::strerror(err) +
@@ -48,7 +35,7 @@ struct Handles {
   xc_interface* xch = nullptr;
   xs_handle* xsh = nullptr;
   std::string Open() {
-    if (!xch) xch = xc_interface_open(&quiet, &quiet, 0);
+    if (!xch) xch = xc_interface_open(QuietLogger(), QuietLogger(), 0);
     if (!xch) return Fail("xc_interface_open", errno, "is this a Xen dom0 with /dev/xen/privcmd?");
     if (!xsh) xsh = xs_open(0);
     if (!xsh) return Fail("xs_open", errno, "is xenstored running?");
@@ -115,7 +102,7 @@ Napi::Value DomainInfo(const Napi::CallbackInfo& info) {
   uint32_t domid = 0xffffffffu;
   if (info.Length() == 1 && info[0].IsString()) {
     libxl_ctx* ctx = nullptr;
-    if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, &quiet) != 0) return ThrowXen(env, Fail("libxl_ctx_alloc", errno)), env.Undefined();
+    if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, QuietLogger()) != 0) return ThrowXen(env, Fail("libxl_ctx_alloc", errno)), env.Undefined();
     int rc = libxl_name_to_domid(ctx, info[0].As<Napi::String>().Utf8Value().c_str(), &domid);
     libxl_ctx_free(ctx);
     if (rc != 0) return ThrowRemus(env, "ERR_NO_DOMAIN", "no Xen domain is named " + info[0].As<Napi::String>().Utf8Value()), env.Undefined();
@@ -145,7 +132,7 @@ Napi::Value DomainConfigJson(const Napi::CallbackInfo& info) {
   uint32_t domid = ArgDomid(info, 0);
   if (domid == 0xffffffffu) return ThrowType(env, "xenDomainConfigJson(domid)"), env.Undefined();
   libxl_ctx* ctx = nullptr;
-  if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, &quiet) != 0) return ThrowXen(env, Fail("libxl_ctx_alloc", errno)), env.Undefined();
+  if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, QuietLogger()) != 0) return ThrowXen(env, Fail("libxl_ctx_alloc", errno)), env.Undefined();
   libxl_domain_config dc;
   libxl_domain_config_init(&dc);
   std::string out, err;
@@ -244,7 +231,7 @@ Napi::Value SaveCheckpointed(const Napi::CallbackInfo& info) {
     // libxc's own messages for the save loop go to stderr (the service log): when a save
     // fails, they say why better than errno alone.
     xentoollog_logger_stdiostream* lg = xtl_createlogger_stdiostream(stderr, getenv("REMUSDB_XEN_DEBUG") ? XTL_DEBUG : XTL_INFO, XTL_STDIOSTREAM_HIDE_PROGRESS);
-    xentoollog_logger* logger = lg ? reinterpret_cast<xentoollog_logger*>(lg) : &quiet;
+    xentoollog_logger* logger = lg ? reinterpret_cast<xentoollog_logger*>(lg) : QuietLogger();
     xc_interface* xch = xc_interface_open(logger, logger, 0);
     int rc = -1, err = errno;
     std::string msg;

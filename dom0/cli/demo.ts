@@ -106,9 +106,11 @@ async function runDemo(o: DemoOpts): Promise<void> {
     while (Date.now() - t0 < o.seconds * 1000) {
       await sleep(500);
       last = await controlRequest(primarySock, { cmd: 'status' }).catch(() => last);
-      if (!o.json) process.stdout.write(`\r${liveLine(last)}   `);
+      // On a terminal one line updates in place; in a log, a line every 2 s.
+      if (!o.json && process.stdout.isTTY) process.stdout.write(`\r${liveLine(last)}   `);
+      else if (!o.json && (Date.now() - t0) % 2000 < 500) process.stdout.write(`${liveLine(last)}\n`);
     }
-    if (!o.json) process.stdout.write('\n');
+    if (!o.json && process.stdout.isTTY) process.stdout.write('\n');
     const ackedBeforeKill = Number(last.ackedEpoch);
     const tKill = Date.now();
     primary.kill(o.killSignal);

@@ -11,7 +11,7 @@ import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
-  parseJson, parseWithEpoch, protocolError, epochBody,
+  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody,
 } from '../protocol/records';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
@@ -129,7 +129,7 @@ export class Backup {
       case Rec.PAGE_BATCH: return this.onBatch(body);
       case Rec.DEVICE_STATE: return this.onDeviceState(body);
       case Rec.CHECKPOINT_END: return this.onEnd(body);
-      case Rec.HEARTBEAT: return;
+      case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye();
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);

@@ -64,13 +64,4 @@ export class OutputBuffer<T> implements OutputGate {
     this.stats.held = 0;
     this.stats.dropped += n;
   }
-
-  /** Next epoch number a barrier must carry (the engine continues numbering after a restart). */
-  get nextEpoch(): number { return this.currentEpoch; }
-
-  /** Restart numbering (new session) — only with nothing held. */
-  renumber(nextEpoch: number): void {
-    assert(this.epochs.length === 0 && this.current.length === 0, 'renumber with outputs held');
-    this.currentEpoch = nextEpoch;
-  }
 }

@@ -11,7 +11,7 @@ import type { Compressor } from '../memory/encodings';
 import { PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
-  PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, heartbeatBody, jsonBody,
+  PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
   parseAck, parseJson, parseTakeover, protocolError, withEpoch,
 } from '../protocol/records';
 import type { Capture, Clock, Domain, Link, OutputGate } from './ports';
@@ -123,7 +123,7 @@ export class Primary {
       state: this.state, epoch: this.epoch, ackedEpoch: this.acked, ...this.totals,
       pauseMsP50: this.pause.quantile(0.5), pauseMsP99: this.pause.quantile(0.99),
       fullPauseMs: this.fullPauseMs, copyMsP50: this.copy.quantile(0.5), ackMsP50: this.ackLatency.quantile(0.5),
-      outputsHeld: this.gate.held, outputsReleased: 0,
+      outputsHeld: this.gate.held,
       lastAckAgeMs: this.lastAckAt ? this.clock.now() - this.lastAckAt : -1,
       ratio: this.totals.wireBytes ? this.totals.rawBytes / this.totals.wireBytes : 0,
       backup: this.link?.remote ?? null,
@@ -212,7 +212,7 @@ export class Primary {
     switch (type) {
       case Rec.HELLO_ACK: return this.onHelloAck(body);
       case Rec.ACK: return this.onAck(parseAck(body));
-      case Rec.HEARTBEAT: return;
+      case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.TAKEOVER: return this.onTakeover(parseTakeover(body));
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);

@@ -30,7 +30,6 @@ export interface PrimaryStats {
   copyMsP50: number;
   ackMsP50: number;
   outputsHeld: number;
-  outputsReleased: number;
   lastAckAgeMs: number;
   sessions: number;
   backup: string | null;

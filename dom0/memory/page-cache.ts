@@ -31,9 +31,6 @@ export class PageCache {
 
   get size(): number { return this.used; }
 
-  /** Bytes this index uses beside the slot store (an estimate of the Map's share). */
-  get indexBytes(): number { return this.capacityPages * (8 + 4 + 4 + 40); }
-
   /**
    * Assigns a slot to each page of a batch, in batch order: a hit keeps its slot (and the
    * slot still holds the version the backup has); a miss takes a free slot or evicts the

@@ -102,7 +102,6 @@ export class NfqueueBuffer implements OutputGate {
   release(epoch: number): void { this.ledger.release(epoch); }
   setPassThrough(on: boolean): void { this.ledger.setPassThrough(on); }
   discard(): void { this.ledger.discard(); }
-  renumber(nextEpoch: number): void { this.ledger.renumber(nextEpoch); }
   /** Reads what the kernel already queued (tests, status). */
   poll(): void { this.q.drain(1 << 16); }
 

@@ -182,12 +182,6 @@ export class PacketLedger implements OutputGate {
     this.forget();
   }
 
-  /** Restart numbering (new session) — only with nothing held. */
-  renumber(nextEpoch: number): void {
-    assert(this.stats.held === 0 && this.closed.length === 0, 'renumber with outputs held');
-    this.current = newEpoch(nextEpoch);
-  }
-
   private forget(): void {
     const next = this.current.epoch;
     this.closed.length = 0;

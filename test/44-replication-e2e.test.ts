@@ -79,6 +79,12 @@ describe('44 replication end to end', function () {
     await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
     start(['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'], 'manual-primary.log');
     await until(async () => Number((await status('primary-manual.sock')).ackedEpoch) > 5, 20000, 'checkpoints');
+    const st = runCli(['status', 'sim:manual', '--json'], 10000, env);
+    assert.equal(st.status, 0, st.stderr);
+    const procs = JSON.parse(st.stdout).processes as Array<Record<string, unknown>>;
+    const prim = procs.find((p) => p.role === 'primary')!;
+    for (const k of ['epoch', 'pauseMsP50', 'pauseMsP99', 'dirtyPagesLast', 'wireBytes', 'ratio', 'outputsHeld', 'lastAckAgeMs']) assert.ok(k in prim, `status has ${k}`);
+    assert.ok(procs.some((p) => p.role === 'backup' && p.state === 'receiving'));
     const r = runCli(['failover', 'sim:manual'], 30000, env);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /resumed from epoch \d+/);

@@ -42,6 +42,10 @@ export const ErrorCode = {
   XEN: 'ERR_XEN',
   /** A benchmark's backup image diverged from the source: the codec is wrong. */
   VERIFY_FAILED: 'ERR_VERIFY_FAILED',
+  /** The backup's buffer of unacknowledged disk writes is full: the primary resynchronises. */
+  DISK_BUFFER_FULL: 'ERR_DISK_BUFFER_FULL',
+  /** A disk reference's block did not rebuild the page it promised (replica divergence). */
+  DISK_REF_MISMATCH: 'ERR_DISK_REF_MISMATCH',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

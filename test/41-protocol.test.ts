@@ -54,6 +54,7 @@ describe('41 protocol', () => {
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {
     class TapLink implements Link {
       readonly remote = 'test';
+      readonly backlogBytes = 0;
       sent: Array<{ type: number; body: Buffer }> = [];
       closed = false;
       rec: (t: number, b: Buffer) => void = () => {};

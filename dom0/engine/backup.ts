@@ -11,20 +11,25 @@ import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
-  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody,
+  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd,
 } from '../protocol/records';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
+import { EpochBuffer } from '../disk/epoch-buffer';
 
 export interface HelloInfo {
   kind: string;
   domain: string; pageCount: number; pageSize: number; compressor: string; intervalMs: number;
   heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
+  /** Size of the replicated disk (0: the domain has none), and the write buffer it asks for. */
+  diskBytes: number; diskBufferBytesMax: number;
 }
 
 export interface BackupOptions {
   /** Largest guest this backup accepts, in pages. */
   pageCountMax: number;
+  /** Most this backup buffers of unacknowledged disk writes, whatever the primary asks. */
+  diskBufferBytesMax?: number;
   batchPagesMax: number;
   /** Makes (or reuses) the replica for a primary's HELLO. Throws RemusError to refuse. */
   replicaFor(hello: HelloInfo): Replica;
@@ -53,7 +58,12 @@ export class Backup {
   private timer: unknown = null;
   state: BackupState = 'waiting';
   private readonly decoder: PageDecoder;
-  readonly counters = { checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0 };
+  readonly counters = {
+    checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0,
+    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0,
+  };
+  private diskBuffer: EpochBuffer | null = null;
+  private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
 
   constructor(private readonly clock: Clock, private readonly opts: BackupOptions, private readonly hooks: BackupHooks = {}) {
@@ -92,6 +102,7 @@ export class Backup {
     if (this.state === 'failed-over') return this.resumedFrom;
     this.open = null;
     this.staging?.clear();
+    this.counters.diskDiscardedWrites += this.diskBuffer?.discard().length ?? 0;
     const link = this.link;
     this.link = null;
     this.disarm();
@@ -101,9 +112,14 @@ export class Backup {
       link?.close();
       return null;
     }
-    const info = this.replica.resume();
+    const resumed = this.replica.resume();
+    const info = resumed instanceof Promise ? { resuming: true } : resumed;
     this.state = 'failed-over';
-    this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
+    const from = this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
+    if (resumed instanceof Promise) {
+      resumed.then((i) => { from.info = i; this.hooks.event?.('resumed', { epoch: from.epoch, ...i }); },
+        (e: Error) => this.hooks.event?.('resume-failed', { epoch: from.epoch, message: e.message }));
+    }
     if (link) {
       try { link.send(Rec.TAKEOVER, epochBody(this.committed)); } catch { /* best effort */ }
       link.close();
@@ -129,6 +145,9 @@ export class Backup {
       case Rec.PAGE_BATCH: return this.onBatch(body);
       case Rec.DEVICE_STATE: return this.onDeviceState(body);
       case Rec.CHECKPOINT_END: return this.onEnd(body);
+      case Rec.DISK_WRITE: return this.onDiskWrite(body);
+      case Rec.DISK_SYNC: return this.onDiskSync(body);
+      case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye();
       case Rec.ERROR: {
@@ -147,14 +166,25 @@ export class Backup {
     if (this.hello && (this.hello.domain !== h.domain || this.hello.pageCount !== h.pageCount)) {
       throw new RemusError(ErrorCode.HANDSHAKE, `this backup holds ${this.hello.domain} (${this.hello.pageCount} pages), not ${h.domain} (${h.pageCount} pages)`);
     }
+    // The disk continues an earlier session only when this process kept it (same replica).
+    const diskContinues = this.replica !== null && h.diskBytes > 0;
     this.replica = this.replica ?? this.opts.replicaFor(h);
+    const diskBytes = this.replica.disk?.sizeBytes ?? 0;
+    if (h.diskBytes !== diskBytes) {
+      throw new RemusError(ErrorCode.HANDSHAKE, h.diskBytes === 0 ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
+        : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`);
+    }
     this.hello = h;
+    const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
+    if (!this.diskBuffer || this.diskBuffer.bytesMax !== bufferMax) this.diskBuffer = new EpochBuffer(bufferMax);
+    this.diskBuffer.discard(); // writes of a session that never committed them: the primary resyncs those blocks
+    this.diskSync = { bytes: 0, done: h.diskBytes === 0 };
     this.staging = this.staging ?? new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax);
     this.committed = null; // the primary ran unprotected: the old image is stale until FULL commits
     this.open = null;
     this.sessionOpen = true;
     this.counters.sessions++;
-    this.send(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb' }));
+    this.send(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb', diskContinues }));
     this.arm();
     this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId });
   }
@@ -172,6 +202,7 @@ export class Backup {
     if (this.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${this.open.epoch} is open`);
     if (!full && this.committed === null) throw protocolError('the first checkpoint of a session must be FULL');
     if (!full && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
+    if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
     this.open = { epoch, full, pages: 0, deviceState: null };
   }
 
@@ -209,8 +240,17 @@ export class Backup {
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
     if (o.full && o.pages !== this.hello!.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${this.hello!.pageCount} pages`);
     this.hooks.phase?.('pre-commit', epoch);
-    if (!o.full) this.staging!.applyTo(this.replica!.image);
-    this.replica!.commitDeviceState(o.deviceState);
+    try {
+      // Disk first: if it fails nothing of this checkpoint reached memory; either way the
+      // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
+      const disk = this.replica!.disk ? this.diskBuffer!.commit(epoch, this.replica!.disk) : null;
+      if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
+      const changed = o.full ? allPfns(this.hello!.pageCount) : this.staging!.applyTo(this.replica!.image);
+      this.replica!.commitDeviceState(o.deviceState, changed);
+    } catch (e) {
+      this.committed = null;
+      throw e;
+    }
     this.committed = epoch;
     this.open = null;
     this.counters.checkpoints++;
@@ -219,6 +259,32 @@ export class Backup {
     this.hooks.phase?.('post-commit', epoch);
     this.send(Rec.ACK, ackBody(epoch));
     this.hooks.phase?.('post-ack', epoch);
+  }
+
+  private onDiskWrite(body: Buffer): void {
+    const h = this.needSession();
+    if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
+    this.diskBuffer!.add(parseDiskWrite(body, h.diskBytes), this.committed);
+  }
+
+  /** Resync copy: applied at once — nothing is committed in this session until it ends. */
+  private onDiskSync(body: Buffer): void {
+    const h = this.needSession();
+    if (this.diskSync.done || this.committed !== null || this.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
+    const { offsetBytes, data } = parseDiskSync(body, h.diskBytes);
+    this.replica!.disk!.write(offsetBytes, data);
+    this.diskSync.bytes += data.length;
+    this.counters.diskSyncBytes += data.length;
+  }
+
+  private onDiskSyncEnd(body: Buffer): void {
+    this.needSession();
+    if (this.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
+    const bytes = parseDiskSyncEnd(body);
+    if (bytes !== this.diskSync.bytes) throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${this.diskSync.bytes} arrived`);
+    if (bytes > 0) this.replica!.disk!.flush();
+    this.diskSync.done = true;
+    this.hooks.event?.('disk-synced', { bytes });
   }
 
   private onGoodbye(): void {
@@ -292,6 +358,12 @@ export class Backup {
   }
 }
 
+function allPfns(pageCount: number): Uint32Array {
+  const a = new Uint32Array(pageCount);
+  for (let i = 0; i < pageCount; i++) a[i] = i;
+  return a;
+}
+
 function validateHello(v: Record<string, unknown>, pageCountMax: number): HelloInfo {
   const num = (k: string, min: number, max: number): number => {
     const x = v[k];
@@ -310,6 +382,8 @@ function validateHello(v: Record<string, unknown>, pageCountMax: number): HelloI
     kind: str('kind'), domain: str('domain'), pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_SIZE,
     compressor: str('compressor'), intervalMs: num('intervalMs', 1, 60_000),
     heartbeatTimeoutMs: num('heartbeatTimeoutMs', 10, 600_000), deviceStateMax: num('deviceStateMax', 0, 1 << 20),
+    diskBytes: v.diskBytes === undefined ? 0 : num('diskBytes', 0, Number.MAX_SAFE_INTEGER),
+    diskBufferBytesMax: v.diskBufferBytesMax === undefined ? 0 : num('diskBufferBytesMax', 0, 2 ** 40),
     sessionId: str('sessionId'),
   };
 }

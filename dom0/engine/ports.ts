@@ -20,31 +20,71 @@ export interface Capture {
   deviceState: Uint8Array;
 }
 
-/** A domain the primary protects. */
+/** A result now (sim) or later (Xen: libxenguest's save loop runs on its own thread). */
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * A domain the primary protects. suspend, capture and resume may complete later: the engine
+ * then awaits each before the next phase, keeping the order. A synchronous domain keeps the
+ * whole pause in one turn of the event loop (the simulator relies on that).
+ */
 export interface Domain {
   readonly kind: 'sim' | 'xen';
   readonly name: string;
   readonly pageCount: number;
-  /** Stops the vCPUs at a safe point; returns when they are stopped. */
-  suspend(): void;
-  resume(): void;
-  /** Pages written since the last capture (every page when full), and the device state. */
-  capture(full: boolean): Capture;
+  /** Stops the vCPUs at a safe point; completes when they are stopped. */
+  suspend(): MaybePromise<void>;
+  resume(): MaybePromise<void>;
+  /** Pages written since the last capture (every page when full; each pfn once), and the device state. */
+  capture(full: boolean): MaybePromise<Capture>;
   /** Summary of guest state for logs and checks (sim: steps, seq, hash). */
   describe(): Record<string, unknown>;
   /** Fencing: the backup took over; stop this copy for good. */
   fence(): void;
 }
 
+/** A channel as the disk replicator sees it: records, and how much is still unsent. */
+export interface DiskLink {
+  send(type: number, body: Uint8Array): void;
+  readonly backlogBytes: number;
+}
+
+/**
+ * The primary's half of the replicated disk (dom0/disk/replicator.ts). Writes the guest
+ * completes are forwarded tagged with the epoch they belong to; the engine moves the tag at
+ * the disk barrier and tells the port about acks and lost sessions.
+ */
+export interface DiskPort {
+  readonly sizeBytes: number;
+  /** Completed writes from now on belong to epoch + 1. Domain suspended, after the capture. */
+  barrier(epoch: number): void;
+  /** The backup committed epoch: its writes no longer need copying again if the session ends. */
+  acked(epoch: number): void;
+  /**
+   * A session begins. The port first copies what the backup may lack (resync; everything
+   * when the backup's disk does not continue an earlier session), then calls ready(); writes
+   * go out tagged from nextEpoch on. overflow() reports that unacknowledged writes passed the
+   * port's bound (the engine drops the session; the next one resyncs).
+   */
+  connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void;
+  /** The session ended: writes of unacknowledged epochs, and all later ones, need a resync. */
+  disconnect(): void;
+}
+
 /** Where a backup keeps the replica and how it resumes it. */
 export interface Replica {
   readonly pageCount: number;
+  /** The backup's copy of the domain's disk, when the domain has one. */
+  readonly disk?: import('../disk/epoch-buffer').DiskTarget | null;
   /** The committed memory image (decode base). */
   readonly image: Uint8Array;
-  /** Installs device state at commit (memory was already applied). */
-  commitDeviceState(state: Uint8Array): void;
+  /**
+   * Installs device state at commit. The checkpoint's pages (changedPfns; every page for a
+   * full checkpoint) were already written into image.
+   */
+  commitDeviceState(state: Uint8Array, changedPfns: Uint32Array): void;
   /** Starts the domain from the committed image and device state (failover). */
-  resume(): Record<string, unknown>;
+  resume(): MaybePromise<Record<string, unknown>>;
 }
 
 /** Outputs of the domain (network packets, disk completions), held per epoch. */
@@ -63,6 +103,8 @@ export interface OutputGate {
 /** A connected, authenticated replication channel carrying whole records. */
 export interface Link {
   send(type: number, body: Uint8Array): void;
+  /** Octets queued but not yet written to the connection. */
+  readonly backlogBytes: number;
   /** Ends the connection (idempotent). */
   close(): void;
   onRecord(cb: (type: number, body: Buffer) => void): void;

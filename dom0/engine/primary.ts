@@ -14,7 +14,7 @@ import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
   parseAck, parseJson, parseTakeover, protocolError, withEpoch,
 } from '../protocol/records';
-import type { Capture, Clock, Domain, Link, OutputGate } from './ports';
+import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
 
 export type Phase = 'suspend' | 'net-barrier' | 'capture' | 'disk-barrier' | 'resume' |
@@ -34,6 +34,25 @@ export interface PrimaryOptions {
    * nothing it does not have reaches a client. Default 3 × heartbeatTimeoutMs.
    */
   holdOnLossMs?: number;
+  /** What the backup may buffer of unacknowledged disk writes (sent in HELLO). */
+  diskBufferBytesMax?: number;
+}
+
+export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
+
+/**
+ * Runs steps in order. A step that returns a promise is awaited before the next; synchronous
+ * steps run in the caller's turn (and their exceptions reach the caller).
+ */
+export function runInOrder(steps: Array<() => unknown>, done: () => void, fail: (e: unknown) => void): void {
+  const from = (i: number): void => {
+    for (; i < steps.length; i++) {
+      const r = steps[i]();
+      if (r instanceof Promise) { r.then(() => { try { from(i + 1); } catch (e) { fail(e); } }, fail); return; }
+    }
+    done();
+  };
+  from(0);
 }
 
 export interface PrimaryHooks {
@@ -49,7 +68,8 @@ interface Pending { epoch: number; full: boolean; cap: Capture; next: number; se
 
 export class Primary {
   private link: Link | null = null;
-  private session: 'none' | 'hello' | 'active' = 'none';
+  private session: 'none' | 'hello' | 'syncing' | 'active' = 'none';
+  private checkpointing = false;
   private state: PrimaryStats['state'] = 'connecting';
   private epoch = 0;
   private acked = 0;
@@ -73,7 +93,8 @@ export class Primary {
   private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0 };
 
   constructor(private readonly domain: Domain, private readonly gate: OutputGate,
-    private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {}) {
+    private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {},
+    private readonly disk: DiskPort | null = null) {
     assert(opts.intervalMs >= 1 && opts.maxInFlight >= 1 && opts.heartbeatTimeoutMs > 0, 'primary options');
     this.encoder = new PageEncoder({ cachePages: opts.cachePages, compressor: opts.compressor, batchPagesMax: opts.batchPagesMax });
   }
@@ -102,6 +123,7 @@ export class Primary {
       kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,
       compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
       heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, deviceStateMax: this.opts.deviceStateMax,
+      diskBytes: this.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
       sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
     }, PROTOCOL_VERSION));
   }
@@ -134,31 +156,61 @@ export class Primary {
 
   private tick(): void {
     this.tickTimer = null;
+    if (this.checkpointing) return; // a slow (asynchronous) checkpoint reschedules when it ends
     if (this.state !== 'protected') { this.scheduleTick(this.opts.intervalMs); return; }
     if (this.epoch - this.acked >= this.opts.maxInFlight) { this.waitingForAck = true; return; }
     const started = this.clock.now();
-    this.takeCheckpoint();
-    const spent = this.clock.now() - started;
-    this.scheduleTick(Math.max(1, this.opts.intervalMs - spent));
+    this.takeCheckpoint(() => this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started))));
   }
 
-  /** Suspend → network barrier → capture → disk barrier → resume. Reads in order. */
-  private takeCheckpoint(): void {
+  /**
+   * Suspend → network barrier → capture → disk barrier → resume. Reads in order; with a
+   * synchronous domain the whole pause happens in this call.
+   */
+  private takeCheckpoint(then: () => void): void {
     const epoch = this.epoch + 1, full = this.needFull;
     const t0 = this.clock.now();
-    this.hooks.phase?.('suspend', epoch);
-    this.domain.suspend();
-    this.hooks.phase?.('net-barrier', epoch);
-    this.gate.barrier(epoch);
-    this.hooks.phase?.('capture', epoch);
-    const t1 = this.clock.now();
-    const cap = this.domain.capture(full);
-    this.copy.add(this.clock.now() - t1);
-    const info = this.domain.describe();
-    this.hooks.phase?.('disk-barrier', epoch);
-    this.hooks.phase?.('resume', epoch);
-    this.domain.resume();
-    if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
+    let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {};
+    this.checkpointing = true;
+    runInOrder([
+      () => { this.hooks.phase?.('suspend', epoch); return this.domain.suspend(); },
+      () => {
+        this.hooks.phase?.('net-barrier', epoch);
+        this.gate.barrier(epoch);
+        this.hooks.phase?.('capture', epoch);
+        t1 = this.clock.now();
+        const r = this.domain.capture(full);
+        if (!(r instanceof Promise)) { cap = r; return undefined; }
+        return r.then((c) => { cap = c; });
+      },
+      () => {
+        this.copy.add(this.clock.now() - t1);
+        info = this.domain.describe();
+        this.hooks.phase?.('disk-barrier', epoch);
+        this.disk?.barrier(epoch);
+        this.hooks.phase?.('resume', epoch);
+        return this.domain.resume();
+      },
+    ], () => {
+      this.checkpointing = false;
+      if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
+      this.captured(epoch, full, cap!, info);
+      then();
+    }, (e) => {
+      this.checkpointing = false;
+      this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
+      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`);
+      then();
+    });
+  }
+
+  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>): void {
+    if (!full && this.needFull) {
+      // A new session began while this (asynchronous) checkpoint ran: it starts with a full
+      // one. Nobody will acknowledge this epoch; its outputs go with the next ack.
+      this.epoch = this.acked = this.sentEpoch = epoch;
+      return;
+    }
     this.epoch = epoch;
     this.needFull = false;
     this.totals.checkpoints++;
@@ -226,15 +278,30 @@ export class Primary {
     if (this.session !== 'hello') throw protocolError('HELLO_ACK outside the handshake');
     const { value } = parseJson(Rec.HELLO_ACK, body, false);
     if (value.accepted !== true) throw new RemusError(ErrorCode.HANDSHAKE, `backup refused: ${String(value.reason)}`);
-    this.session = 'active';
-    this.state = 'protected';
     if (this.holdTimer !== null) { this.clock.clearTimer(this.holdTimer); this.holdTimer = null; }
     this.needFull = true;
     this.acked = this.epoch;
     this.sentEpoch = this.epoch;
     this.encoder.reset();
-    this.gate.setPassThrough(false);
     this.totals.sessions++;
+    if (!this.disk) return this.beginCheckpoints();
+    // The backup answered HELLO, so it did not take over: outputs may flow while its disk
+    // catches up (this copy is not protected yet), and checkpoints start when it has.
+    this.session = 'syncing';
+    this.state = 'syncing';
+    this.gate.setPassThrough(true);
+    this.hooks.event?.('disk-sync', { backup: this.link?.remote });
+    const link = this.link!;
+    this.disk.connect({ send: (t, b) => this.send(t, b), get backlogBytes() { return link.backlogBytes; } }, this.epoch + 1,
+      value.diskContinues === true,
+      () => { if (this.link === link) this.beginCheckpoints(); },
+      (reason) => { if (this.link === link) this.lose(reason); });
+  }
+
+  private beginCheckpoints(): void {
+    this.session = 'active';
+    this.state = 'protected';
+    this.gate.setPassThrough(false);
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1 });
     if (this.tickTimer === null) this.scheduleTick(0);
   }
@@ -251,6 +318,7 @@ export class Primary {
     if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
     this.hooks.phase?.('release', epoch);
     this.gate.release(epoch);
+    this.disk?.acked(epoch);
     if (this.waitingForAck) {
       this.waitingForAck = false;
       this.scheduleTick(0);
@@ -310,6 +378,7 @@ export class Primary {
   private dropLink(): void {
     const l = this.link;
     this.link = null;
+    if (this.session !== 'none') this.disk?.disconnect();
     this.session = 'none';
     this.queue = [];
     this.streaming = false;

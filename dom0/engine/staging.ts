@@ -36,14 +36,16 @@ export class Staging {
     return chunk.count;
   }
 
-  /** Copies every staged page into image (the commit). */
-  applyTo(image: Uint8Array): void {
+  /** Copies every staged page into image (the commit); returns the pfns written. */
+  applyTo(image: Uint8Array): Uint32Array {
+    const pfns = Uint32Array.from(this.touched);
     for (const c of this.chunks) {
       for (let i = 0; i < c.count; i++) {
         image.set(c.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), Number(c.pfns[i]) * PAGE_SIZE);
       }
     }
     this.clear();
+    return pfns;
   }
 
   /** Forgets the checkpoint (discard at failover, or after apply). */

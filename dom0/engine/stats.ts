@@ -13,7 +13,7 @@ export class Window {
 }
 
 export interface PrimaryStats {
-  state: 'connecting' | 'protected' | 'holding' | 'unprotected' | 'fenced' | 'stopped';
+  state: 'connecting' | 'syncing' | 'protected' | 'holding' | 'unprotected' | 'fenced' | 'stopped';
   epoch: number;
   ackedEpoch: number;
   checkpoints: number;

@@ -55,6 +55,8 @@ class SocketLink implements Link {
     socket.on('close', () => this.finish(null));
   }
 
+  get backlogBytes(): number { return this.socket.writableLength; }
+
   send(type: number, body: Uint8Array): void {
     if (this.closed) return;
     if (this.socket.writableLength > WRITE_BACKLOG_MAX) {

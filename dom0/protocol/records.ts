@@ -12,6 +12,7 @@ export const FLAG_OPTIONAL = 1;
 export const Rec = {
   HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
   CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
+  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
@@ -107,4 +108,68 @@ export function parseJson(type: number, body: Buffer, versioned: boolean): { ver
     throw protocolError(`${REC_NAMES[type]} JSON is not an object`);
   }
   return { version, value: value as Record<string, unknown> };
+}
+
+// ---- disk records (docs/protocol.md "Disk") ---------------------------------------------
+
+export const SECTOR = 512;
+/** DISK_WRITE flags: FUA (durable at commit), ZEROES (no data: the range reads as zeros), FLUSH (length 0). */
+export const DW_FUA = 1, DW_ZEROES = 2, DW_FLUSH = 4;
+const DW_KNOWN = DW_FUA | DW_ZEROES | DW_FLUSH;
+/** Largest data carried by one disk record; longer writes are split. */
+export const DISK_RECORD_DATA_MAX = 4 * 1024 * 1024;
+
+export interface DiskWrite { epoch: number; offsetBytes: number; lengthBytes: number; flags: number; data: Buffer | null; }
+
+export function diskWriteBody(epoch: number, offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): Buffer {
+  assert(offsetBytes % SECTOR === 0 && lengthBytes % SECTOR === 0 && (flags & ~DW_KNOWN) === 0, 'disk write alignment');
+  const carries = (flags & (DW_ZEROES | DW_FLUSH)) === 0;
+  assert(carries ? data !== null && data.length === lengthBytes && lengthBytes <= DISK_RECORD_DATA_MAX : data === null, 'disk write data');
+  assert((flags & DW_FLUSH) === 0 || lengthBytes === 0, 'flush has no range');
+  const b = Buffer.alloc(24 + (carries ? lengthBytes : 0));
+  b.writeBigUInt64LE(BigInt(epoch), 0);
+  b.writeBigUInt64LE(BigInt(offsetBytes), 8);
+  b.writeUInt32LE(lengthBytes, 16);
+  b.writeUInt32LE(flags, 20);
+  if (carries) b.set(data!, 24);
+  return b;
+}
+
+export function parseDiskWrite(body: Buffer, diskBytes: number): DiskWrite {
+  const epoch = readEpoch(Rec.DISK_WRITE, body, 24);
+  const off = body.readBigUInt64LE(8), len = body.readUInt32LE(16), flags = body.readUInt32LE(20);
+  if ((flags & ~DW_KNOWN) !== 0) throw protocolError(`DISK_WRITE has unknown flags ${flags}`);
+  const carries = (flags & (DW_ZEROES | DW_FLUSH)) === 0;
+  if ((flags & DW_FLUSH) && len !== 0) throw protocolError('DISK_WRITE FLUSH carries a range');
+  checkRange('DISK_WRITE', off, len, diskBytes);
+  if (body.length !== 24 + (carries ? len : 0)) throw protocolError(`DISK_WRITE of ${len} octets has a body of ${body.length}`);
+  return { epoch, offsetBytes: Number(off), lengthBytes: len, flags, data: carries ? body.subarray(24) : null };
+}
+
+export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
+  assert(offsetBytes % SECTOR === 0 && data.length % SECTOR === 0 && data.length > 0 && data.length <= DISK_RECORD_DATA_MAX, 'disk sync chunk');
+  const b = Buffer.alloc(16 + data.length);
+  b.writeBigUInt64LE(BigInt(offsetBytes), 0);
+  b.writeUInt32LE(data.length, 8);
+  b.set(data, 16);
+  return b;
+}
+
+export function parseDiskSync(body: Buffer, diskBytes: number): { offsetBytes: number; data: Buffer } {
+  if (body.length < 16) throw protocolError('DISK_SYNC is too short');
+  const off = body.readBigUInt64LE(0), len = body.readUInt32LE(8);
+  if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_SYNC reserved field is not 0');
+  if (len === 0) throw protocolError('DISK_SYNC carries no data');
+  checkRange('DISK_SYNC', off, len, diskBytes);
+  if (body.length !== 16 + len) throw protocolError(`DISK_SYNC of ${len} octets has a body of ${body.length}`);
+  return { offsetBytes: Number(off), data: body.subarray(16) };
+}
+
+export const diskSyncEndBody = (bytes: number): Buffer => epochBody(bytes);
+export const parseDiskSyncEnd = (body: Buffer): number => readEpoch(Rec.DISK_SYNC_END, body, 8, 8);
+
+function checkRange(name: string, off: bigint, len: number, diskBytes: number): void {
+  if (off % BigInt(SECTOR) !== 0n || len % SECTOR !== 0) throw protocolError(`${name} range is not sector-aligned`);
+  if (len > DISK_RECORD_DATA_MAX) throw protocolError(`${name} of ${len} octets exceeds ${DISK_RECORD_DATA_MAX}`);
+  if (off + BigInt(len) > BigInt(diskBytes)) throw protocolError(`${name} at ${off}+${len} is past the end of the ${diskBytes}-octet disk`);
 }

@@ -134,6 +134,7 @@ class PassThroughGate {
 /** --blackhole (xl remus -b): a backup that acknowledges every checkpoint and keeps nothing. */
 class BlackholeLink implements Link {
   readonly remote = 'blackhole';
+  readonly backlogBytes = 0;
   private cb: (type: number, body: Buffer) => void = () => {};
   private closed = false;
   // Like a live backup, it says it is alive even while a long full copy streams in.

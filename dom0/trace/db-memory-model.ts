@@ -37,12 +37,27 @@ interface Regions { pool: [number, number]; wal: [number, number]; tables: [numb
 
 export type DiskReadHook = (pfn: number, block: number) => void;
 
+/**
+ * The guest's block device when the model does real disk I/O (the simulated domain with a
+ * disk): 4 KiB blocks; the first walBlocks hold the WAL, the rest the table data.
+ */
+export interface ModelDisk {
+  readonly blocks: number;
+  read(block: number, into: Uint8Array): void;
+  /** durable: the write carries FUA (a commit's WAL write). */
+  write(block: number, from: Uint8Array, durable: boolean): void;
+}
+
+/** WAL blocks at the start of a model disk (the rest hold data pages). */
+export function walBlocksOf(diskBlocks: number): number { return Math.max(4, Math.floor(diskBlocks / 16)); }
+
 export class DbMemoryModel {
   readonly regions: Regions;
   private walPos = 0;
   private lsn = 1n;
   private nextBlock: number;
   private readonly workUsed: boolean[];
+  private disk: ModelDisk | null = null;
 
   /** mem: guest memory (pages × 4096); onDirty is called for every page written. */
   constructor(readonly mem: Uint8Array, readonly rng: Prng,
@@ -57,6 +72,22 @@ export class DbMemoryModel {
 
   /** Octets saveState writes: prng 16, lsn 8, walPos 4, nextBlock 4, work flags. */
   stateBytes(): number { return 32 + Math.ceil(this.workUsed.length / 8); }
+
+  /** From now on refills read their block from disk, and transactions write WAL and pages back. */
+  attachDisk(disk: ModelDisk): void {
+    assert(disk.blocks >= 64, 'model disk of at least 64 blocks');
+    this.disk = disk;
+  }
+
+  /** Lays out a fresh disk: every data block holds the page a refill of it would produce. */
+  static formatDisk(disk: ModelDisk): void {
+    const scratch = new DbMemoryModel(new Uint8Array(64 * DB_PAGE), new Prng(1));
+    const page = scratch.mem.subarray(0, DB_PAGE);
+    for (let b = walBlocksOf(disk.blocks); b < disk.blocks; b++) {
+      scratch.writeDbPage(0, b);
+      disk.write(b, page, false);
+    }
+  }
 
   /** Writes every field of the model's state into dv (guest memory) at offset. */
   saveState(dv: DataView, offset: number): void {
@@ -89,7 +120,28 @@ export class DbMemoryModel {
     this.tableWrite();
     if (this.rng.chance(refillChance)) this.refill();
     if (this.rng.chance(0.002)) this.churnWorkMem();
+    if (this.disk) this.commitToDisk();
     return this.rng.below(100000);
+  }
+
+  /** With a disk: the commit's WAL page goes out durably; now and then a pool page is written back. */
+  private commitToDisk(): void {
+    const disk = this.disk!;
+    const [ws] = this.regions.wal;
+    const walPage = ws + Math.floor(this.walPos / DB_PAGE);
+    disk.write(walPage % walBlocksOf(disk.blocks), this.page(walPage), true);
+    if (this.rng.chance(0.05)) {
+      const p = this.hotPoolPage();
+      const block = this.dv(p).getUint32(16, true);
+      if (block !== 0) disk.write(this.dataBlock(block), this.page(p), false);
+    }
+  }
+
+  /** The data block a page id names (ids of pages read from disk are their block already). */
+  private dataBlock(block: number): number {
+    const wal = walBlocksOf(this.disk!.blocks);
+    if (block >= wal && block < this.disk!.blocks) return block;
+    return wal + (block % (this.disk!.blocks - wal));
   }
 
   /** One read-heavy step: pages replaced by blocks read from disk, little else. */
@@ -187,6 +239,13 @@ export class DbMemoryModel {
     const [ps, pe] = this.regions.pool;
     const p = ps + this.rng.below(pe - ps);
     const block = this.nextBlock++;
+    if (this.disk) {
+      const at = this.dataBlock(block);
+      this.disk.read(at, this.page(p));
+      this.onDirty(p);
+      this.onDiskRead(p, at);
+      return;
+    }
     this.writeDbPage(p, block);
     this.onDiskRead(p, block);
   }

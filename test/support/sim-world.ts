@@ -7,7 +7,9 @@ import { Backup } from '../../dom0/engine/backup';
 import { OutputBuffer } from '../../dom0/engine/output-buffer';
 import { Primary, type Phase } from '../../dom0/engine/primary';
 import type { Capture, Clock, Domain, Link, Replica } from '../../dom0/engine/ports';
-import { GuestProgram } from '../../dom0/hypervisor/sim/guest-program';
+import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-program';
+import { DiskReplicator } from '../../dom0/disk/replicator';
+import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
 import { loadAddon } from '../../dom0/native';
 import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
 import { Rec } from '../../dom0/protocol/records';
@@ -83,6 +85,7 @@ export class MemLink implements Link {
   private readonly decoder = new RecordDecoder(KNOWN);
   corruptNext = false;
 
+  readonly backlogBytes = 0;
   constructor(private readonly net: Net, readonly remote: string) {}
 
   send(type: number, body: Uint8Array): void {
@@ -143,9 +146,10 @@ export class StepDomain implements Domain {
   private running = true;
   fenced = false;
 
-  constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void) {
+  constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void,
+    readonly disk?: MemModelDisk) {
     this.mem = new Uint8Array(pageCount * PAGE);
-    this.guest = GuestProgram.boot(this.mem, 'oltp', seed);
+    this.guest = GuestProgram.boot(this.mem, 'oltp', seed, undefined, disk);
     this.shadow = Uint8Array.from(this.mem);
     this.tick();
   }
@@ -172,17 +176,31 @@ export class StepDomain implements Domain {
   fence(): void { this.fenced = true; }
 }
 
+/** A backup's disk in memory. */
+export class MemDiskTarget implements DiskTarget {
+  readonly bytes: Uint8Array;
+  flushes = 0;
+  constructor(readonly sizeBytes: number) { this.bytes = new Uint8Array(sizeBytes); }
+  write(off: number, data: Uint8Array): void { this.bytes.set(data, off); }
+  zero(off: number, len: number): void { this.bytes.fill(0, off, off + len); }
+  read(off: number, into: Uint8Array): void { into.set(this.bytes.subarray(off, off + into.length)); }
+  flush(): void { this.flushes++; }
+}
+
 export class MemReplica implements Replica {
   readonly image: Uint8Array;
   deviceState: Uint8Array | null = null;
   resumed = false;
-  constructor(readonly pageCount: number) { this.image = new Uint8Array(pageCount * PAGE); }
+  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null) { this.image = new Uint8Array(pageCount * PAGE); }
   commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
   resume(): Record<string, unknown> {
     this.resumed = true;
-    return { ...GuestProgram.attach(Uint8Array.from(this.image)).header, crc: loadAddon().crc32c(this.image) };
+    const disk = this.disk ? { diskCrc: loadAddon().crc32c(this.disk.bytes) } : {};
+    return { ...GuestProgram.attach(Uint8Array.from(this.image)).header, crc: loadAddon().crc32c(this.image), ...disk };
   }
 }
+
+export const SIM_DISK_BLOCKS = 256;
 
 export type Fault =
   | { kind: 'none' }
@@ -225,7 +243,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const violations: string[] = [];
   const violate = (v: string): void => { if (violations.length < 5) violations.push(v); };
   const crc = (b: Uint8Array): number => loadAddon().crc32c(b);
-  const snapshots = new Map<number, { crc: number; seq: number }>();
+  const snapshots = new Map<number, { crc: number; seq: number; diskCrc: number }>();
+  const withDisk = rng.chance(0.5);
   let primaryDead = false;
   let maxCommitted = 0;
   const seen: Array<{ seq: number; epoch: number }> = [];
@@ -238,7 +257,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (st === 'protected' && epoch > maxCommitted) violate(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
     seen.push({ seq: o.seq, epoch });
   });
-  const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }));
+  let replicator: DiskReplicator | null = null;
+  const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, (block, data, fua) => replicator?.onWrite(block * PAGE, Buffer.from(data), fua)) : undefined;
+  const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }), guestDisk);
+  if (guestDisk) {
+    replicator = new DiskReplicator({ sizeBytes: guestDisk.bytes.length, read: (off, into) => into.set(guestDisk.bytes.subarray(off, off + into.length)) },
+      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: false, syncChunkBytes: PAGE * (1 + rng.below(16)) });
+  }
+  const diskCrc = (): number => (guestDisk ? crc(guestDisk.bytes) : 0);
   const crashPrimary = (silent: boolean): never => {
     primaryDead = true;
     domain.fence();
@@ -252,21 +278,23 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     phase: (phase, epoch) => {
       if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
     },
-    checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq) }); },
+    checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
     event: (name) => { if (name === 'backup-lost') scheduleReconnect(); },
-  });
+  }, replicator);
 
   let backupDead = false;
-  let resumed: { epoch: number; seq: number; crc: number } | null = null;
+  let resumed: { epoch: number; seq: number; crc: number; diskCrc: number | null } | null = null;
   let backup: Backup;
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
-    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) }, {
+    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);
         if (!snap || crc(r.image) !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
+        const rdisk = (r as MemReplica).disk;
+        if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc)) violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
         maxCommitted = Math.max(maxCommitted, epoch);
       },
       phase: (phase, epoch) => {
@@ -278,7 +306,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         }
       },
       event: (name, d) => {
-        if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc) };
+        if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
       },
     });
     return b;
@@ -320,10 +348,11 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   clock.runUntil(durationMs);
 
   // Invariants after the run.
-  const r = resumed as { epoch: number; seq: number; crc: number } | null;
+  const r = resumed as { epoch: number; seq: number; crc: number; diskCrc: number | null } | null;
   if (r) {
     const snap = snapshots.get(r.epoch);
     if (!snap || snap.crc !== r.crc) violate(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
+    if (withDisk && (!snap || r.diskCrc !== snap.diskCrc)) violate(`the backup resumed epoch ${r.epoch} with a disk that is not the primary's at that checkpoint`);
     const ahead = seen.filter((o) => o.seq > r.seq);
     if (ahead.length) violate(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
     if (!primaryDead && primary.stats().state !== 'fenced') violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
@@ -335,5 +364,6 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   if (fault.kind === 'crash-backup' && !primaryDead && !r && fault.restartAfterMs !== null && primary.stats().state !== 'protected') {
     violate(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
   }
+  if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0) violate('the guest wrote to its disk but nothing was forwarded');
   return { seed, fault, violations, commits, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
 }

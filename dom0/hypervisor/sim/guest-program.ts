@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
-import { DB_PAGE, DbMemoryModel } from '../../trace/db-memory-model';
+import { DB_PAGE, DbMemoryModel, type ModelDisk } from '../../trace/db-memory-model';
 import { Prng } from '../../util/prng';
 
 export const WORKLOADS = ['oltp', 'scan', 'idle', 'trace'] as const;
@@ -15,7 +15,7 @@ export type Workload = (typeof WORKLOADS)[number];
 
 const MAGIC = 'RDBGUEST';
 const H_VERSION = 8, H_WORKLOAD = 12, H_SEED = 16, H_STEPS = 24, H_SEQ = 32, H_HASH = 40;
-const H_TRACE_OFF = 48, H_TRACE_PATH = 2048, TRACE_PATH_MAX = 1024;
+const H_TRACE_OFF = 48, H_DISK_BLOCKS = 56, H_TRACE_PATH = 2048, TRACE_PATH_MAX = 1024;
 const H_MODEL = 64;
 export const GUEST_PAGES_MIN = 128;
 
@@ -34,8 +34,12 @@ export class GuestProgram {
     assert(H_MODEL + this.model.stateBytes() <= DB_PAGE, 'guest header fits page 0');
   }
 
-  /** Boots a fresh guest: lays out memory and writes the header. */
-  static boot(mem: Uint8Array, workload: Workload, seed: number, tracePath?: string): GuestProgram {
+  /**
+   * Boots a fresh guest: lays out memory and writes the header. With a disk (oltp and scan),
+   * the guest formats it and does its I/O there: refills read blocks, commits write the WAL
+   * page durably, and dirty pages are written back now and then.
+   */
+  static boot(mem: Uint8Array, workload: Workload, seed: number, tracePath?: string, disk?: ModelDisk): GuestProgram {
     assert(mem.length % DB_PAGE === 0 && mem.length / DB_PAGE >= GUEST_PAGES_MIN, 'guest memory size');
     mem.fill(0, 0, DB_PAGE);
     const g = new GuestProgram(mem, workload, seed);
@@ -46,6 +50,11 @@ export class GuestProgram {
       g.dv.setBigUint64(H_TRACE_OFF, BigInt(TraceReplay.open(tracePath!, mem.length / DB_PAGE - 1).firstRecord), true);
     } else if (workload !== 'idle') {
       g.model.initialise();
+    }
+    if (disk && (workload === 'oltp' || workload === 'scan')) {
+      DbMemoryModel.formatDisk(disk);
+      g.dv.setUint32(H_DISK_BLOCKS, disk.blocks, true);
+      g.model.attachDisk(disk);
     }
     for (let i = 0; i < MAGIC.length; i++) mem[i] = MAGIC.charCodeAt(i);
     g.dv.setUint32(H_VERSION, 1, true);
@@ -58,7 +67,7 @@ export class GuestProgram {
   }
 
   /** Resumes a guest from memory (a backup after failover, or a worker after a restart). */
-  static attach(mem: Uint8Array): GuestProgram {
+  static attach(mem: Uint8Array, disk?: ModelDisk): GuestProgram {
     const magic = String.fromCharCode(...mem.subarray(0, 8));
     if (magic !== MAGIC) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest memory holds no simulated guest (bad header magic)');
     const dv = new DataView(mem.buffer, mem.byteOffset, DB_PAGE);
@@ -66,6 +75,11 @@ export class GuestProgram {
     if (!workload) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest header names an unknown workload');
     const g = new GuestProgram(mem, workload, dv.getUint32(H_SEED, true));
     g.model.loadState(g.dv, H_MODEL);
+    const blocks = dv.getUint32(H_DISK_BLOCKS, true);
+    if (blocks > 0 && disk) {
+      if (disk.blocks !== blocks) throw new RemusError(ErrorCode.NO_DOMAIN, `the guest's disk has ${blocks} blocks; the disk given has ${disk.blocks}`);
+      g.model.attachDisk(disk);
+    }
     return g;
   }
 
@@ -81,6 +95,9 @@ export class GuestProgram {
     this.dv.setBigUint64(H_TRACE_OFF, BigInt(next.offset), true);
     return next.pages;
   }
+
+  /** Blocks of the guest's disk (0: it has none). */
+  get diskBlocks(): number { return this.dv.getUint32(H_DISK_BLOCKS, true); }
 
   get header(): GuestHeader {
     const lo = this.dv.getUint32(H_HASH, true), hi = this.dv.getUint32(H_HASH + 4, true);
@@ -155,9 +172,23 @@ class TraceReplay {
 }
 
 /** Rebuilds the memory a guest has after `steps` steps (verification by replay). */
-export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string): Uint8Array {
+export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string, disk?: ModelDisk): Uint8Array {
   const mem = new Uint8Array(pages * DB_PAGE);
-  const g = GuestProgram.boot(mem, workload, seed, tracePath);
+  const g = GuestProgram.boot(mem, workload, seed, tracePath, disk);
   for (let i = 0; i < steps; i++) g.step(() => {});
   return mem;
+}
+
+/** A guest disk in memory: replay checks and the fault simulator. */
+export class MemModelDisk implements ModelDisk {
+  readonly bytes: Uint8Array;
+  constructor(readonly blocks: number, private readonly onWrite?: (block: number, data: Uint8Array, durable: boolean) => void) {
+    this.bytes = new Uint8Array(blocks * DB_PAGE);
+  }
+  read(block: number, into: Uint8Array): void { into.set(this.bytes.subarray(block * DB_PAGE, (block + 1) * DB_PAGE)); }
+  write(block: number, from: Uint8Array, durable: boolean): void {
+    assert(block >= 0 && block < this.blocks && from.length === DB_PAGE, 'model disk write');
+    this.bytes.set(from, block * DB_PAGE);
+    this.onWrite?.(block, from, durable);
+  }
 }

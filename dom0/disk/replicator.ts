@@ -1,0 +1,171 @@
+// replicator: the primary's half of the replicated disk (docs/disk.md). The guest's disk
+// writes are applied locally by the backend (the NBD server, or the simulated vCPU), then
+// reach this tap before their completion is returned to the guest. Here each one is
+// forwarded to the backup tagged with its epoch — the checkpoint it belongs to — and
+// remembered until that epoch is acknowledged. The engine's disk barrier (after the memory
+// capture, before resume) moves the tag, so a write whose completion the guest could have
+// seen in checkpoint N is tagged ≤ N and nothing completed after resume is tagged N.
+// Without a backup, written blocks go to the resync bitmap; a new session first copies the
+// bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
+import { assert } from '../assert';
+import type { Clock, DiskLink, DiskPort } from '../engine/ports';
+import {
+  DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
+} from '../protocol/records';
+import type { DiskTap } from './disk-tap';
+import { BLOCK_BYTES, ResyncBitmap } from './resync-bitmap';
+
+/** What the replicator reads the resync copy from: the primary's own disk. */
+export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }
+
+export interface ReplicatorOptions {
+  /** Unacknowledged forwarded bytes allowed before the session is dropped (the backup's bound). */
+  unackedBytesMax: number;
+  /** The backup already holds this disk as it is now (skip the initial full copy). */
+  inSync: boolean;
+  /** Largest resync record, and how much may wait unsent on the channel before the copy pauses. */
+  syncChunkBytes?: number;
+  backlogBytesMax?: number;
+}
+
+interface Unacked { epoch: number; offsetBytes: number; lengthBytes: number; costBytes: number; }
+
+export interface ReplicatorStats {
+  forwardedWrites: number; forwardedBytes: number; unackedBytes: number;
+  resyncPendingBytes: number; resyncCopiedBytes: number; syncing: boolean;
+}
+
+export class DiskReplicator implements DiskPort, DiskTap {
+  readonly bitmap: ResyncBitmap;
+  private link: DiskLink | null = null;
+  private tag = 1;
+  private unacked: Unacked[] = [];
+  private unackedTotal = 0;
+  private overflow: ((reason: string) => void) | null = null;
+  private sync: { ready: () => void; cursor: number; copied: number; timer: unknown } | null = null;
+  /** Runs copied in this session: until its first ack they may not have arrived. */
+  private copiedRuns: Array<[number, number]> = [];
+  private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0 };
+  private readonly chunkBytes: number;
+  private readonly backlogMax: number;
+
+  constructor(private readonly source: DiskSource, private readonly clock: Clock, readonly opts: ReplicatorOptions) {
+    assert(source.sizeBytes > 0 && source.sizeBytes % 512 === 0 && opts.unackedBytesMax > 0, 'replicator options');
+    this.bitmap = new ResyncBitmap(source.sizeBytes);
+    if (!opts.inSync) this.bitmap.markAll();
+    this.chunkBytes = Math.min(opts.syncChunkBytes ?? 1024 * 1024, DISK_RECORD_DATA_MAX);
+    assert(this.chunkBytes % BLOCK_BYTES === 0, 'sync chunk is whole blocks');
+    this.backlogMax = opts.backlogBytesMax ?? 8 * 1024 * 1024;
+  }
+
+  get sizeBytes(): number { return this.source.sizeBytes; }
+  get unackedBytes(): number { return this.unackedTotal; }
+
+  stats(): ReplicatorStats {
+    return { ...this.counters, unackedBytes: this.unackedTotal, resyncPendingBytes: this.bitmap.bytes, syncing: this.sync !== null };
+  }
+
+  // ---- DiskPort (the engine) ---------------------------------------------------------------
+
+  barrier(epoch: number): void {
+    assert(epoch + 1 >= this.tag, 'disk barrier goes backwards');
+    this.tag = epoch + 1;
+  }
+
+  acked(epoch: number): void {
+    this.copiedRuns = []; // an ack follows every record sent before it: the copy arrived
+    let n = 0;
+    while (n < this.unacked.length && this.unacked[n].epoch <= epoch) this.unackedTotal -= this.unacked[n++].costBytes;
+    if (n > 0) this.unacked = this.unacked.slice(n);
+  }
+
+  connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void {
+    assert(this.link === null, 'disk session already connected');
+    if (!backupContinues) this.bitmap.markAll();
+    this.link = link;
+    this.tag = nextEpoch;
+    this.overflow = overflow;
+    this.sync = { ready, cursor: 0, copied: 0, timer: null };
+    this.copySome();
+  }
+
+  disconnect(): void {
+    for (const u of this.unacked) this.bitmap.markRange(u.offsetBytes, u.lengthBytes);
+    for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
+    this.copiedRuns = [];
+    this.unacked = [];
+    this.unackedTotal = 0;
+    if (this.sync?.timer) this.clock.clearTimer(this.sync.timer);
+    this.sync = null;
+    this.link = null;
+    this.overflow = null;
+  }
+
+  // ---- DiskTap (the backend, after the local operation, before the guest's completion) ----
+
+  onWrite(offsetBytes: number, data: Buffer | Uint8Array, fua: boolean): void {
+    for (let done = 0; done < data.length; done += DISK_RECORD_DATA_MAX) {
+      const piece = data.subarray(done, Math.min(data.length, done + DISK_RECORD_DATA_MAX));
+      const last = done + piece.length === data.length;
+      this.forward(offsetBytes + done, piece.length, last && fua ? DW_FUA : 0, piece);
+    }
+  }
+
+  onRead(): void { /* read tracking: dom0/disk/read-tracker.ts */ }
+
+  onFlush(): void { this.forward(0, 0, DW_FLUSH, null); }
+
+  onTrim(offsetBytes: number, lengthBytes: number, fua: boolean): void { this.zeroes(offsetBytes, lengthBytes, fua); }
+
+  onWriteZeroes(offsetBytes: number, lengthBytes: number, fua: boolean): void { this.zeroes(offsetBytes, lengthBytes, fua); }
+
+  // ---- internals ---------------------------------------------------------------------------
+
+  private zeroes(offsetBytes: number, lengthBytes: number, fua: boolean): void {
+    for (let done = 0; done < lengthBytes; done += DISK_RECORD_DATA_MAX) {
+      const n = Math.min(DISK_RECORD_DATA_MAX, lengthBytes - done);
+      this.forward(offsetBytes + done, n, DW_ZEROES | (done + n === lengthBytes && fua ? DW_FUA : 0), null);
+    }
+  }
+
+  private forward(offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): void {
+    if (!this.link) { this.bitmap.markRange(offsetBytes, lengthBytes); return; }
+    const cost = (data?.length ?? 0) + 64;
+    this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));
+    this.unacked.push({ epoch: this.tag, offsetBytes, lengthBytes, costBytes: cost });
+    this.unackedTotal += cost;
+    this.counters.forwardedWrites++;
+    this.counters.forwardedBytes += lengthBytes;
+    if (this.unackedTotal > this.opts.unackedBytesMax) {
+      const report = this.overflow;
+      report?.(`${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} the backup buffers`);
+    }
+  }
+
+  /** One step of the resync copy; reschedules itself until the bitmap is empty. */
+  private copySome(): void {
+    const s = this.sync, link = this.link;
+    if (!s || !link) return;
+    s.timer = null;
+    if (link.backlogBytes > this.backlogMax) { s.timer = this.clock.setTimer(2, () => this.copySome()); return; }
+    for (let budget = 4; budget > 0; budget--) {
+      const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / BLOCK_BYTES);
+      if (!run) {
+        link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
+        this.sync = null;
+        s.ready();
+        return;
+      }
+      const off = run.first * BLOCK_BYTES, len = Math.min(run.count * BLOCK_BYTES, this.sizeBytes - off);
+      const buf = new Uint8Array(len);
+      this.source.read(off, buf);
+      for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);
+      link.send(Rec.DISK_SYNC, diskSyncBody(off, buf));
+      this.copiedRuns.push([off, len]);
+      s.cursor = run.first + run.count;
+      s.copied += len;
+      this.counters.resyncCopiedBytes += len;
+    }
+    this.clock.defer(() => this.copySome());
+  }
+}

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
-import { replayGuest, type Workload } from '../hypervisor/sim/guest-program';
+import { MemModelDisk, replayGuest, type Workload } from '../hypervisor/sim/guest-program';
 import { newPsk } from '../protocol/channel';
 import { controlRequest } from '../service/control';
 import { choiceOption, intOption } from './options';
@@ -148,8 +148,11 @@ function verify(o: DemoOpts, last: Record<string, unknown>, resumed: { epoch: nu
   let ahead = 0;
   for (const seq of fromPrimary.keys()) if (seq > resumedSeq) ahead++;
   const pages = o.memory / 4096;
-  const expected = replayGuest(pages, info.workload as Workload, Number(info.seed), steps);
+  const diskBytes = Number((last.disk as { sizeBytes?: number } | null)?.sizeBytes ?? 0);
+  const disk = diskBytes > 0 ? new MemModelDisk(diskBytes / 4096) : undefined;
+  const expected = replayGuest(pages, info.workload as Workload, Number(info.seed), steps, undefined, disk);
   const imageMatches = loadAddon().crc32c(expected) === Number(info.imageCrc32c);
+  const diskMatches = disk ? loadAddon().crc32c(disk.bytes) === Number(info.diskCrc32c) : null;
   const entry = fs.readFileSync(journal, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
     .find((e) => e.epoch === resumed.epoch && e.seq !== undefined);
   const journalMatches = !!entry && entry.seq === resumedSeq && entry.steps === steps && entry.stateHash === info.stateHash;
@@ -161,8 +164,9 @@ function verify(o: DemoOpts, last: Record<string, unknown>, resumed: { epoch: nu
     acked_epoch_before_kill: ackedBeforeKill, resumed_epoch: resumed.epoch, resumed_seq: resumedSeq,
     outputs_seen: fromPrimary.size, outputs_ahead_of_checkpoint: ahead,
     outputs_after_failover: clientLog.conns.slice(1).reduce((a, m) => a + m.size, 0),
-    state_verified: imageMatches && journalMatches && resumed.epoch >= ackedBeforeKill,
-    image_matches_replay: imageMatches, journal_matches: journalMatches,
+    state_verified: imageMatches && journalMatches && diskMatches !== false && resumed.epoch >= ackedBeforeKill,
+    image_matches_replay: imageMatches, journal_matches: journalMatches, disk_bytes: diskBytes, disk_matches_replay: diskMatches,
+    disk_writes_replicated: Number((last.disk as { forwardedWrites?: number } | null)?.forwardedWrites ?? 0),
     dirty_tracking: String((last.guest as Record<string, unknown> | undefined)?.dirtyMode ?? 'unknown'),
   };
 }
@@ -180,7 +184,8 @@ function printSummary(r: Record<string, unknown>): void {
     ['failover', `${String(r.failover_ms)} ms after SIGKILL (first output from the backup after ${String(r.service_restored_ms)} ms)`],
     ['resumed from', `epoch ${String(r.resumed_epoch)} (primary saw ${String(r.acked_epoch_before_kill)} acknowledged), guest seq ${String(r.resumed_seq)}`],
     ['outputs', `${String(r.outputs_seen)} seen by the client before the kill, ${String(r.outputs_ahead_of_checkpoint)} ahead of the checkpoint`],
-    ['state verified', r.state_verified ? 'yes: resumed memory = replayed guest at that checkpoint, byte for byte' : 'NO'],
+    ['disk', r.disk_bytes ? `${Number(r.disk_bytes) >> 20} MiB, ${String(r.disk_writes_replicated)} writes replicated; resumed disk ${r.disk_matches_replay ? '= replayed guest\'s disk at that checkpoint' : 'DIFFERS from the replay'}` : 'none'],
+    ['state verified', r.state_verified ? `yes: resumed memory${r.disk_bytes ? ' and disk' : ''} = replayed guest at that checkpoint, byte for byte` : 'NO'],
   ];
   for (const [k, v] of rows) console.log(`${k.padEnd(16)} ${String(v)}`);
 }

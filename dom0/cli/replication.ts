@@ -26,6 +26,20 @@ export function sizeOption(name: string): (v: string) => number {
   };
 }
 
+/** A byte size like 16MiB: 0 when allowZero, else a multiple of 4 KiB in [minBytes, maxBytes]. */
+function bytesOption(name: string, minBytes: number, maxBytes: number, allowZero: boolean): (v: string) => number {
+  return (v: string): number => {
+    const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(v.trim());
+    const mul = { k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 } as Record<string, number>;
+    const bytes = m ? Number(m[1]) * (m[2] ? mul[m[2].toLowerCase()] : 1) : NaN;
+    if (allowZero && bytes === 0) return 0;
+    if (!Number.isSafeInteger(bytes) || bytes % PAGE_SIZE !== 0 || bytes < minBytes || bytes > maxBytes) {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${name} ${JSON.stringify(v)}: expected ${allowZero ? '0 or ' : ''}a multiple of 4 KiB from ${minBytes >> 10} KiB to ${maxBytes / 2 ** 30} GiB, like 16MiB`);
+    }
+    return bytes;
+  };
+}
+
 function workloadOption(v: string): string {
   if (v.startsWith('trace:') && v.length > 6) return v;
   return choiceOption('--workload', WORKLOADS.filter((w) => w !== 'trace'))(v);
@@ -48,7 +62,7 @@ interface ProtectOpts {
   interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
   netBuffer: boolean; blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
   memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
-  maxInFlight: number; journal?: string; seconds?: number;
+  maxInFlight: number; journal?: string; seconds?: number; disk: number; diskBuffer: number;
 }
 
 export function registerReplication(program: Command): void {
@@ -71,6 +85,8 @@ export function registerReplication(program: Command): void {
     .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
     .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
     .option('--client <host:port>', 'sim: where the guest sends its outputs')
+    .option('--disk <size>', 'sim: the guest\'s disk (oltp and scan write their WAL and pages there, and read refills); 0: none', bytesOption('--disk', 256 * 1024, 2 ** 40, true), 16 * 2 ** 20)
+    .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
     .option('--journal <file>', 'append one JSON line per checkpoint and event')
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7))
     .action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) => runProtect(domainArg, backupArg, o));
@@ -81,9 +97,14 @@ export function registerReplication(program: Command): void {
     .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
     .option('--max-memory <size>', 'largest guest accepted', sizeOption('--max-memory'), 64 * 2 ** 30)
-    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number }) => {
+    .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)')
+    .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
+    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number }) => {
       const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
-      const svc = new BackupService({ host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024, log });
+      const svc = new BackupService({
+        host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
+        diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, log,
+      });
       await svc.start();
       log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
       await untilSignal(async () => svc.stop());
@@ -142,11 +163,11 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     engine: {
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
       maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
-      batchPagesMax: 1024, deviceStateMax: 65536,
+      batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer,
     },
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
-    netBuffer: o.netBuffer, journal: o.journal ?? null, log,
+    netBuffer: o.netBuffer, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer, log,
   });
   svc.start();
   log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}`);

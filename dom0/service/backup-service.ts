@@ -6,7 +6,10 @@ import { Backup, type HelloInfo } from '../engine/backup';
 import { realClock } from '../engine/clock';
 import { SimReplica } from '../hypervisor/sim/sim-replica';
 import { listenLinks, type Listener, type Security } from '../protocol/channel';
-import { ControlServer, socketPath } from './control';
+import { ControlServer, runtimeDir as runDir, socketPath } from './control';
+import { BlockFile } from '../disk/block-file';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 
 export interface BackupConfig {
   host: string;
@@ -14,6 +17,9 @@ export interface BackupConfig {
   security: Security;
   pageCountMax: number;
   batchPagesMax: number;
+  /** Where replica disks are kept (default: the run directory), and the write buffer bound. */
+  diskDir?: string;
+  diskBufferBytesMax?: number;
   log: (line: string) => void;
 }
 
@@ -26,7 +32,7 @@ export class BackupService {
 
   constructor(private readonly cfg: BackupConfig) {
     this.backup = new Backup(realClock, {
-      pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax,
+      pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax, diskBufferBytesMax: cfg.diskBufferBytesMax,
       replicaFor: (h) => this.replicaFor(h),
     }, { event: (name, detail) => this.onEvent(name, detail) });
   }
@@ -45,6 +51,7 @@ export class BackupService {
     this.control?.close();
     this.replica?.sink?.close();
     await this.replica?.domain?.destroy();
+    this.replica?.disk?.close();
   }
 
   status(): Record<string, unknown> {
@@ -54,12 +61,19 @@ export class BackupService {
       committedEpoch: this.backup.committedEpoch, ...this.backup.counters,
       resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
+      disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes } : null,
     };
   }
 
   private replicaFor(h: HelloInfo): SimReplica {
     if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated domains only; ${h.domain} is a ${h.kind} domain`);
-    this.replica = new SimReplica(h.domain, h.pageCount);
+    let disk: BlockFile | null = null;
+    if (h.diskBytes > 0) {
+      const dir = this.cfg.diskDir ?? runDir();
+      fs.mkdirSync(dir, { recursive: true });
+      disk = BlockFile.create(path.join(dir, `sim-${h.domain}.backup.disk`), h.diskBytes);
+    }
+    this.replica = new SimReplica(h.domain, h.pageCount, disk);
     return this.replica;
   }
 

@@ -13,7 +13,10 @@ import { OutputSink } from '../hypervisor/sim/output-sink';
 import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
 import { connectLink, type Security } from '../protocol/channel';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
-import { ControlServer, socketPath } from './control';
+import { ControlServer, runtimeDir as runDir, socketPath } from './control';
+import { BlockFile } from '../disk/block-file';
+import { DiskReplicator } from '../disk/replicator';
+import * as path from 'node:path';
 
 export interface ProtectConfig {
   name: string;
@@ -28,6 +31,10 @@ export interface ProtectConfig {
   client: string | null;
   netBuffer: boolean;
   journal: string | null;
+  /** sim: size of the guest's disk (0: none); its image lives in the run directory. */
+  diskBytes: number;
+  /** What the backup may buffer of unacknowledged disk writes. */
+  diskBufferBytesMax: number;
   log: (line: string) => void;
 }
 
@@ -40,20 +47,33 @@ export class ProtectService {
   private stopped = false;
   private reconnectDelayMs = 100;
   private readonly events: Array<Record<string, unknown>> = [];
+  readonly disk: DiskReplicator | null = null;
+  private diskSource: BlockFile | null = null;
+  readonly diskPath: string | null = null;
 
   constructor(private readonly cfg: ProtectConfig) {
     const [host, port] = cfg.client ? cfg.client.split(':') : [];
     this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
     this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
+    if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
+      fs.mkdirSync(runDir(), { recursive: true });
+      this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
+      BlockFile.create(this.diskPath, cfg.diskBytes).close();
+    }
     this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
       name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
       deviceInfo: cfg.client ? { client: cfg.client } : {},
+      diskPath: this.diskPath ?? undefined, onDiskWrite: (off, data, durable) => this.disk?.onWrite(off, data, durable),
     }, cfg.tracePath);
+    if (this.diskPath) {
+      this.diskSource = BlockFile.open(this.diskPath);
+      this.disk = new DiskReplicator(this.diskSource, realClock, { unackedBytesMax: cfg.diskBufferBytesMax, inSync: false });
+    }
     if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
     this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
       checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
       event: (name, detail) => this.onEvent(name, detail),
-    });
+    }, this.disk);
     this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
   }
 
@@ -69,6 +89,7 @@ export class ProtectService {
     this.control.close();
     this.sink.close();
     await this.domain.destroy();
+    this.diskSource?.close();
   }
 
   status(): Record<string, unknown> {
@@ -76,6 +97,7 @@ export class ProtectService {
       role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), guest: this.domain.describe(),
       outputs: { ...this.gate.stats, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
       compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, events: this.events.slice(-10),
+      disk: this.disk ? { path: this.diskPath, sizeBytes: this.disk.sizeBytes, ...this.disk.stats() } : null,
     };
   }
 
@@ -88,6 +110,7 @@ export class ProtectService {
     this.events.push({ name, at: Date.now(), ...detail });
     if (this.events.length > 100) this.events.shift();
     this.journal({ event: name, ...detail });
+    if (name === 'disk-sync') this.cfg.log(`backup ${String(detail.backup)} answered: copying ${this.disk!.bitmap.bytes} bytes of disk it may lack, then checkpoints start`);
     if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
     if (name === 'backup-lost') {
       this.cfg.log(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);

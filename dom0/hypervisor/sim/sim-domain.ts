@@ -11,6 +11,8 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Domain } from '../../engine/ports';
 import { PAGE_SIZE } from '../../memory/page-cache';
 import { loadAddon, type NativeArena } from '../../native';
+import { BlockFile } from '../../disk/block-file';
+import { drainJournal, makeJournal } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
 import {
   C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
@@ -26,6 +28,9 @@ export interface SimDomainOptions {
   suspendTimeoutMs?: number;
   /** Extra fields of the device state (the sim's "NIC config": its client address). */
   deviceInfo?: Record<string, unknown>;
+  /** The guest's disk image (oltp and scan do their I/O there), and where completed writes go. */
+  diskPath?: string;
+  onDiskWrite?: (offsetBytes: number, data: Buffer, durable: boolean) => void;
 }
 
 const WORKER = path.join(__dirname, 'vcpu-worker.js');
@@ -43,12 +48,18 @@ export class SimDomain implements Domain {
   private readonly guestView: GuestProgram;
   private fenced = false;
   private drainTimer: NodeJS.Timeout | null = null;
+  private readonly journal: SharedArrayBuffer | null;
   workerError: Error | null = null;
 
   /** Boots a fresh guest in a new arena. */
   static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions, tracePath?: string): SimDomain {
     const arena = new (loadAddon().Arena)(memoryBytes);
-    try { GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath); } catch (e) { arena.close(); throw e; }
+    const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
+    try {
+      // Formatting the disk happens here, before protection: the first session copies it whole.
+      GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath,
+        file ? { blocks: Math.floor(file.sizeBytes / PAGE_SIZE), read: (b, into) => file.read(b * PAGE_SIZE, into), write: (b, from) => file.write(b * PAGE_SIZE, from) } : undefined);
+    } catch (e) { arena.close(); throw e; } finally { file?.close(); }
     return new SimDomain(arena, o);
   }
 
@@ -65,8 +76,9 @@ export class SimDomain implements Domain {
     this.dirtyReason = t.reason;
     this.dirty = new Uint32Array(this.pageCount);
     this.shared = makeShared();
+    this.journal = o.diskPath && this.guestView.diskBlocks > 0 ? makeJournal() : null;
     Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
-    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab } });
+    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal } : null } });
     this.worker.on('error', (e) => { this.workerError = e; });
     this.worker.unref();
     this.drainTimer = setInterval(() => this.drainOutputs(), 2);
@@ -113,8 +125,9 @@ export class SimDomain implements Domain {
     return { ...this.guestView.header, dirtyMode: this.dirtyMode };
   }
 
-  /** Outputs the guest emitted since the last drain, in order. */
+  /** Outputs (and completed disk writes) the guest produced since the last drain, in order. */
   drainOutputs(): void {
+    if (this.journal) drainJournal(this.journal, (off, data, durable) => this.o.onDiskWrite?.(off, data, durable));
     const c = this.shared.control;
     const tail = Atomics.load(c, C_TAIL);
     let head = Atomics.load(c, C_HEAD);

@@ -3,16 +3,19 @@
 // the shared ring; between steps it honours suspend requests (vcpu-control.ts).
 import { workerData } from 'node:worker_threads';
 import { loadAddon } from '../../native';
+import { BlockFile } from '../../disk/block-file';
+import { JournaledDisk } from './disk-journal';
 import { GuestProgram } from './guest-program';
 import { C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, STOP, views } from './vcpu-control';
 
-interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; }
+interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; disk: { path: string; journal: SharedArrayBuffer } | null; }
 
 function main(init: VcpuInit): void {
   const arena = new (loadAddon().Arena)(0, init.arenaId);
   const mem = new Uint8Array(arena.buffer);
   const { control, ring } = views(init.sab);
-  const guest = GuestProgram.attach(mem);
+  const file = init.disk ? BlockFile.open(init.disk.path) : null;
+  const guest = GuestProgram.attach(mem, file ? new JournaledDisk(file, init.disk!.journal) : undefined);
   const emit = (seq: number, value: number): void => {
     for (;;) {
       const tail = Atomics.load(control, C_TAIL), head = Atomics.load(control, C_HEAD);
@@ -46,6 +49,7 @@ function main(init: VcpuInit): void {
     done++;
   }
   arena.close();
+  file?.close();
 }
 
 main(workerData as VcpuInit);

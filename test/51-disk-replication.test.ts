@@ -1,0 +1,215 @@
+// 51 disk replication: the disk records (hostile parsing), the backup's epoch buffer (applies
+// only committed epochs, in order, bounded), the resync bitmap, and the primary's replicator
+// (tags by barrier, resyncs exactly what the backup may lack). The seeded simulator (40)
+// checks the same invariants under crashes; the demo (44) checks them across processes.
+import { strict as assert } from 'node:assert';
+import { Backup } from '../dom0/engine/backup';
+import type { DiskLink, Link } from '../dom0/engine/ports';
+import { PageEncoder } from '../dom0/memory/page-codec';
+import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
+import { EpochBuffer } from '../dom0/disk/epoch-buffer';
+import { DiskReplicator } from '../dom0/disk/replicator';
+import { BLOCK_BYTES, ResyncBitmap } from '../dom0/disk/resync-bitmap';
+import { ErrorCode, isRemusError } from '../dom0/errors';
+import {
+  DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,
+  diskWriteBody, jsonBody, parseDiskSync, parseDiskWrite, withEpoch,
+} from '../dom0/protocol/records';
+import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
+
+const guestImage = (): Uint8Array => { const m = new Uint8Array(128 * 4096); GuestProgram.boot(m, 'idle', 1); return m; };
+const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
+const DISK = 64 * BLOCK_BYTES;
+const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
+
+describe('51 disk replication', () => {
+  describe('51.1 records', () => {
+    it('a write round-trips; zeroes and flushes carry no data', () => {
+      const w = parseDiskWrite(diskWriteBody(7, 8192, 4096, DW_FUA, fill(4096, 3)), DISK);
+      assert.deepEqual([w.epoch, w.offsetBytes, w.lengthBytes, w.flags, w.data![0]], [7, 8192, 4096, DW_FUA, 3]);
+      const z = parseDiskWrite(diskWriteBody(7, 0, 1 << 20, DW_ZEROES, null), 1 << 21);
+      assert.equal(z.data, null);
+      assert.equal(parseDiskWrite(diskWriteBody(8, 0, 0, DW_FLUSH, null), DISK).flags, DW_FLUSH);
+    });
+    it('hostile bodies are protocol errors naming what is wrong', () => {
+      const good = diskWriteBody(1, 4096, 4096, 0, fill(4096, 1));
+      const mutate = (f: (b: Buffer) => void): Buffer => { const b = Buffer.from(good); f(b); return b; };
+      const cases: Array<[Buffer, RegExp]> = [
+        [mutate((b) => b.writeUInt32LE(64, 20)), /unknown flags/],
+        [mutate((b) => b.writeBigUInt64LE(BigInt(DISK), 8)), /past the end/],
+        [mutate((b) => b.writeBigUInt64LE(100n, 8)), /sector-aligned/],
+        [mutate((b) => b.writeUInt32LE(8192, 16)), /body of/],
+        [good.subarray(0, 20), /malformed/],
+      ];
+      for (const [body, why] of cases) assert.throws(() => parseDiskWrite(body, DISK), (e: unknown) => isProto(e) && why.test((e as Error).message), String(why));
+      assert.throws(() => parseDiskSync(diskSyncBody(DISK - 4096, fill(8192, 1)), DISK), /past the end/);
+    });
+  });
+
+  describe('51.2 the backup epoch buffer', () => {
+    const w = (epoch: number, block: number, v: number, flags = 0) => parseDiskWrite(diskWriteBody(epoch, block * 4096, 4096, flags, fill(4096, v)), DISK);
+    it('applies epochs ≤ N at commit N, in arrival order, and keeps later ones', () => {
+      const b = new EpochBuffer(1 << 20), t = new MemDiskTarget(DISK);
+      b.add(w(1, 0, 1), null); b.add(w(1, 0, 2), null); b.add(w(2, 1, 3), null);
+      assert.equal(t.bytes[0], 0, 'nothing applied before a commit');
+      const r = b.commit(1, t);
+      assert.deepEqual([r.writes, t.bytes[0], t.bytes[4096]], [2, 2, 0]);
+      assert.equal(b.writes, 1);
+      b.commit(2, t);
+      assert.equal(t.bytes[4096], 3);
+    });
+    it('flushes the backup disk at commit only when the epoch asked for durability', () => {
+      const b = new EpochBuffer(1 << 20), t = new MemDiskTarget(DISK);
+      b.add(w(1, 0, 1), null); b.commit(1, t);
+      assert.equal(t.flushes, 0);
+      b.add(w(2, 0, 1, DW_FUA), 1); b.commit(2, t);
+      b.add(parseDiskWrite(diskWriteBody(3, 0, 0, DW_FLUSH, null), DISK), 2); b.commit(3, t);
+      assert.equal(t.flushes, 2);
+    });
+    it('refuses writes for committed or earlier epochs, and past its bound (typed, nothing applied)', () => {
+      const b = new EpochBuffer(3 * 4096), t = new MemDiskTarget(DISK);
+      b.add(w(5, 0, 1), 4);
+      assert.throws(() => b.add(w(4, 0, 1), 3), /after one for epoch 5/);
+      assert.throws(() => b.add(w(4, 0, 1), 4), /already committed/);
+      b.add(w(5, 1, 1), 4);
+      assert.throws(() => b.add(w(6, 2, 1), 4), (e: unknown) => isRemusError(e, ErrorCode.DISK_BUFFER_FULL));
+      assert.equal(t.bytes[8192], 0);
+      assert.equal(b.discard().length, 2);
+      assert.equal(b.bytes, 0);
+    });
+  });
+
+  describe('51.3 the resync bitmap', () => {
+    it('marks whole blocks, counts bytes, and yields coalesced runs', () => {
+      const m = new ResyncBitmap(10 * 4096 + 512);
+      m.markRange(4096 + 100, 10);
+      m.markRange(2 * 4096, 4096 * 2);
+      m.markRange(10 * 4096, 512);
+      assert.equal(m.count, 4);
+      assert.equal(m.bytes, 3 * 4096 + 512);
+      assert.deepEqual(m.nextRun(0, 100), { first: 1, count: 3 });
+      assert.deepEqual(m.nextRun(0, 2), { first: 1, count: 2 });
+      assert.deepEqual(m.nextRun(4, 100), { first: 10, count: 1 });
+      m.clear(10);
+      assert.equal(m.nextRun(4, 100), null);
+    });
+  });
+
+  describe('51.4 the primary replicator', () => {
+    const tap = (): DiskLink & { sent: Array<{ type: number; body: Buffer }> } => {
+      const sent: Array<{ type: number; body: Buffer }> = [];
+      return { sent, backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) };
+    };
+    const src = (bytes: Uint8Array) => ({ sizeBytes: bytes.length, read: (off: number, into: Uint8Array) => into.set(bytes.subarray(off, off + into.length)) });
+
+    it('tags writes with the next checkpoint until the disk barrier moves the tag', () => {
+      const c = new VirtualClock();
+      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, { unackedBytesMax: 1 << 20, inSync: true });
+      const l = tap();
+      let ready = false;
+      r.connect(l, 5, true, () => { ready = true; }, () => assert.fail('no overflow'));
+      c.runUntil(10);
+      assert.ok(ready);
+      assert.equal(l.sent.at(-1)!.type, Rec.DISK_SYNC_END, 'in sync: an empty copy');
+      r.onWrite(0, fill(4096, 1), false);
+      r.barrier(5);
+      r.onWrite(4096, fill(4096, 2), true);
+      const tags = l.sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, DISK));
+      assert.deepEqual(tags.map((t) => [t.epoch, t.flags]), [[5, 0], [6, DW_FUA]]);
+    });
+
+    it('a lost session resyncs exactly the unacknowledged and the later writes', () => {
+      const c = new VirtualClock();
+      const disk = new Uint8Array(DISK);
+      const r = new DiskReplicator(src(disk), c, { unackedBytesMax: 1 << 20, inSync: true });
+      r.connect(tap(), 1, true, () => {}, () => {});
+      c.runUntil(5);
+      r.onWrite(0, fill(4096, 1), false);       // epoch 1, acked
+      r.barrier(1);
+      r.onWrite(4096, fill(8192, 2), false);    // epoch 2, never acked: 2 blocks
+      r.acked(1);
+      r.disconnect();
+      r.onWrite(10 * 4096, fill(4096, 3), false); // while no backup
+      assert.deepEqual([r.bitmap.count, r.bitmap.bytes], [3, 3 * 4096]);
+      const l = tap();
+      r.connect(l, 3, true, () => {}, () => {});
+      c.runUntil(20);
+      const copied = l.sent.filter((s) => s.type === Rec.DISK_SYNC).reduce((a, s) => a + parseDiskSync(s.body, DISK).data.length, 0);
+      assert.equal(copied, 3 * 4096, 'reprotection copies the changed blocks only');
+      assert.equal(r.bitmap.count, 0);
+      r.disconnect(); // before any ack: the copy may not have arrived
+      assert.equal(r.bitmap.count, 3);
+    });
+
+    it('a backup whose disk does not continue gets a full copy; overflow is reported', () => {
+      const c = new VirtualClock();
+      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, { unackedBytesMax: 8192, inSync: true, syncChunkBytes: 16 * 4096 });
+      const l = tap();
+      let overflow = '';
+      r.connect(l, 1, false, () => {}, (why) => { overflow = why; });
+      c.runUntil(50);
+      assert.equal(l.sent.filter((s) => s.type === Rec.DISK_SYNC).length, 4);
+      r.onWrite(0, fill(4096, 1), false);
+      assert.equal(overflow, '');
+      r.onWrite(0, fill(8192, 1), false);
+      assert.match(overflow, /unacknowledged/);
+    });
+  });
+
+  describe('51.5 the backup enforces the disk session rules', () => {
+    class TapLink implements Link {
+      readonly remote = 'test';
+      readonly backlogBytes = 0;
+      sent: Array<{ type: number; body: Buffer }> = [];
+      closed = false;
+      rec: (t: number, b: Buffer) => void = () => {};
+      send(type: number, body: Uint8Array): void { this.sent.push({ type, body: Buffer.from(body) }); }
+      close(): void { this.closed = true; }
+      onRecord(cb: (t: number, b: Buffer) => void): void { this.rec = cb; }
+      onClose(): void { /* not used */ }
+    }
+    const hello = (diskBytes: number) => jsonBody({ kind: 'sim', domain: 't', pageCount: 128, pageSize: 4096, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100, deviceStateMax: 1024, sessionId: 's', diskBytes, diskBufferBytesMax: 1 << 20 }, PROTOCOL_VERSION);
+    const start = (replicaDisk: number | null, helloDisk: number) => {
+      let replica!: MemReplica;
+      const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => (replica = new MemReplica(h.pageCount, replicaDisk ? new MemDiskTarget(replicaDisk) : null)) });
+      const link = new TapLink();
+      b.attach(link);
+      link.rec(Rec.HELLO, hello(helloDisk));
+      return { b, link, replica: () => replica, error: () => { const e = link.sent.find((r) => r.type === Rec.ERROR); return e ? JSON.parse(e.body.toString()) as { code: string; message: string } : null; } };
+    };
+    it('a disk of another size (or none) is refused at the handshake', () => {
+      assert.equal(start(DISK, DISK * 2).error()?.code, ErrorCode.HANDSHAKE);
+      assert.match(start(null, DISK).error()!.message, /give the backup --disk/);
+      assert.equal(start(DISK, DISK).error(), null);
+    });
+    it('no checkpoint before DISK_SYNC_END, and DISK_SYNC_END must count what arrived', () => {
+      const s = start(DISK, DISK);
+      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
+      assert.match(s.error()!.message, /before the disk copy ended/);
+      const t = start(DISK, DISK);
+      t.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
+      t.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(8192));
+      assert.match(t.error()!.message, /8192 octets were copied; 4096 arrived/);
+    });
+    it('writes wait for their checkpoint; a failover discards the uncommitted ones', () => {
+      const s = start(DISK, DISK);
+      s.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
+      s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(4096));
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 4096, 4096, 0, fill(4096, 1)));
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
+      const disk = (): MemDiskTarget => s.replica().disk!;
+      assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [9, 0], 'sync applied at once, writes held');
+      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
+      const all = Array.from({ length: 128 }, (_, i) => i);
+      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
+      s.link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
+      s.link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
+      s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
+      assert.equal(s.error(), null);
+      assert.deepEqual([disk().bytes[4096], disk().bytes[8192]], [1, 0], 'commit 1 applied epoch 1 only');
+      s.b.failover('test');
+      assert.equal(s.b.counters.diskDiscardedWrites, 1, 'epoch 2 was discarded');
+      assert.equal(disk().bytes[8192], 0);
+    });
+  });
+});

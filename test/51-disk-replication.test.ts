@@ -7,13 +7,16 @@ import { Backup } from '../dom0/engine/backup';
 import type { DiskLink, Link } from '../dom0/engine/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
+import { BlockGenerations } from '../dom0/disk/block-generations';
+import { ReadTracker } from '../dom0/disk/read-tracker';
+import { loadAddon } from '../dom0/native';
 import { EpochBuffer } from '../dom0/disk/epoch-buffer';
 import { DiskReplicator } from '../dom0/disk/replicator';
 import { BLOCK_BYTES, ResyncBitmap } from '../dom0/disk/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
   DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,
-  diskWriteBody, jsonBody, parseDiskSync, parseDiskWrite, withEpoch,
+  diskWriteBody, diskRefsBody, jsonBody, parseDiskSync, parseDiskWrite, withEpoch,
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 
@@ -156,6 +159,55 @@ describe('51 disk replication', () => {
     });
   });
 
+  describe('51.6 read tracking is exact', () => {
+    const setup = () => {
+      const disk = new Uint8Array(DISK);
+      for (let b = 0; b < 64; b++) disk.fill(b + 1, b * 4096, (b + 1) * 4096);
+      const gens = new BlockGenerations(DISK);
+      const t = new ReadTracker({ sizeBytes: DISK, read: (off, into) => into.set(disk.subarray(off, off + into.length)) }, gens, 16);
+      const page = (b: number): Uint8Array => Uint8Array.from(disk.subarray(b * 4096, (b + 1) * 4096));
+      const read = (b: number, epoch: number): void => t.onBlockRead(b, loadAddon().crc32c(page(b)), gens.get(b), epoch);
+      return { disk, gens, t, page, read };
+    };
+    it('a page equal to a block read in an epoch ≤ N goes as that block, for any pfn', () => {
+      const { t, page, read } = setup();
+      read(3, 5);
+      assert.deepEqual(t.match(page(3), 5), { offsetBytes: 3 * 4096, crc32c: loadAddon().crc32c(page(3)) });
+      assert.equal(t.match(page(4), 5), null, 'an untracked block');
+    });
+    it('not for a checkpoint before the read completed', () => {
+      const { t, page, read } = setup();
+      read(3, 6);
+      assert.equal(t.match(page(3), 5), null);
+    });
+    it('not once a write to the block began (even before it is forwarded)', () => {
+      const { t, page, read, gens, disk } = setup();
+      read(3, 5);
+      const old = page(3);
+      gens.beginWrite(3 * 4096, 4096);
+      assert.equal(t.match(old, 5), null, 'write in flight');
+      disk.fill(99, 3 * 4096, 4 * 4096);
+      gens.endWrite(3 * 4096, 4096);
+      assert.equal(t.match(old, 6), null, 'the block changed');
+      assert.equal(t.stats().stale, 1);
+    });
+    it('not when the bytes differ (a CRC collision cannot pass), nor for a read across a write', () => {
+      const { t, page, gens, disk } = setup();
+      t.onBlockRead(3, loadAddon().crc32c(page(3)), gens.get(3), 5);
+      disk[3 * 4096 + 7] ^= 1;   // our disk changed under an unchanged generation (cannot happen, but must not pass)
+      assert.equal(t.match(Uint8Array.from(page(3)).fill(4, 7, 8), 5), null);
+      t.onBlockRead(9, 0, 1, 5); // odd generation: a write was in flight during the read
+      assert.equal(t.stats().tracked, 1);
+    });
+    it('stays within its bound, oldest first', () => {
+      const { t, read, page } = setup();
+      for (let b = 0; b < 20; b++) read(b, 1);
+      assert.equal(t.stats().tracked, 16);
+      assert.equal(t.match(page(0), 1), null);
+      assert.notEqual(t.match(page(19), 1), null);
+    });
+  });
+
   describe('51.5 the backup enforces the disk session rules', () => {
     class TapLink implements Link {
       readonly remote = 'test';
@@ -210,6 +262,45 @@ describe('51 disk replication', () => {
       s.b.failover('test');
       assert.equal(s.b.counters.diskDiscardedWrites, 1, 'epoch 2 was discarded');
       assert.equal(disk().bytes[8192], 0);
+    });
+
+    const committedSession = () => {
+      const s = start(DISK, DISK);
+      s.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
+      s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(4096));
+      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
+      const all = Array.from({ length: 128 }, (_, i) => i);
+      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
+      s.link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
+      s.link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
+      s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
+      assert.equal(s.b.committedEpoch, 1);
+      return s;
+    };
+    const refCheckpoint = (s: ReturnType<typeof start>, crc: number) => {
+      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 4096, 4096, 0, fill(4096, 5)));
+      s.link.rec(Rec.DISK_REFS, diskRefsBody(2, [{ pfn: 100, offsetBytes: 4096, crc32c: crc }]));
+      s.link.rec(Rec.DEVICE_STATE, withEpoch(2, Buffer.from('{}')));
+      s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(2, 1));
+    };
+    it('a disk reference rebuilds the page from the disk as of its checkpoint', () => {
+      const s = committedSession();
+      refCheckpoint(s, loadAddon().crc32c(fill(4096, 5)));
+      assert.equal(s.error(), null);
+      assert.equal(s.b.committedEpoch, 2);
+      assert.ok(Buffer.from(s.replica().image.subarray(100 * 4096, 101 * 4096)).equals(fill(4096, 5)), 'the block after epoch 2 writes');
+    });
+    it('a reference whose block differs is ERR_DISK_REF_MISMATCH; the next session copies the disk whole', () => {
+      const s = committedSession();
+      refCheckpoint(s, loadAddon().crc32c(fill(4096, 9)));
+      assert.equal(s.error()?.code, ErrorCode.DISK_REF_MISMATCH);
+      assert.match(s.error()!.message, /page 100 was sent as disk block 1/);
+      assert.equal(s.b.committedEpoch, null, 'nothing to fail over to: the replica is no checkpoint');
+      const again = new TapLink();
+      s.b.attach(again);
+      again.rec(Rec.HELLO, hello(DISK));
+      assert.equal(JSON.parse(again.sent.find((r) => r.type === Rec.HELLO_ACK)!.body.toString()).diskContinues, false);
     });
   });
 });

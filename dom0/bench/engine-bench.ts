@@ -37,7 +37,7 @@ async function pauseAt(rate: number, intervalMs: number, memoryBytes: number, se
   const svc = new ProtectService({
     name: `bench-${rate}`, backup: 'blackhole', security: { insecure: true },
     engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536 },
-    memoryBytes, workload: 'oltp', seed: 1, stepsPerSec: rate, client: null, netBuffer: true, journal: null, diskBytes: 0, diskBufferBytesMax: 2 ** 28, log: () => {},
+    memoryBytes, workload: 'oltp', seed: 1, stepsPerSec: rate, client: null, netBuffer: true, journal: null, diskBytes: 0, diskBufferBytesMax: 2 ** 28, readTracking: false, log: () => {},
   });
   svc.start();
   const dirty: number[] = [];

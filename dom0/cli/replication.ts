@@ -72,7 +72,7 @@ export function registerReplication(program: Command): void {
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
     .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
     .option('-u, --no-compress', 'send pages raw, keep no cache (plain Remus; xl remus -u)')
-    .option('--no-read-tracking', 'do not send disk references for pages read from disk (no effect until the disk backend lands)')
+    .option('--no-read-tracking', 'do not send pages that equal a block the guest read from disk as references to that block')
     .option('-n, --no-net-buffer', 'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)')
     .option('-b, --blackhole', 'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
     .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)')
@@ -167,7 +167,7 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     },
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
-    netBuffer: o.netBuffer, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer, log,
+    netBuffer: o.netBuffer, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer, readTracking: o.readTracking && o.compress, log,
   });
   svc.start();
   log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}`);

@@ -9,8 +9,12 @@
 export interface DiskTap {
   /** After `data` was written at `offsetBytes` (and fdatasync'ed when `fua`), before the reply. */
   onWrite(offsetBytes: number, data: Buffer, fua: boolean): void | Promise<void>;
-  /** After `lengthBytes` were read at `offsetBytes` into `data`, before the reply. Do not keep `data` without copying. */
-  onRead(offsetBytes: number, lengthBytes: number, data: Buffer): void | Promise<void>;
+  /**
+   * After `lengthBytes` were read at `offsetBytes` into `data`, before the reply. Do not keep
+   * `data` without copying. gensBefore: the blocks' write generations taken before the read,
+   * when the server keeps generations (read tracking).
+   */
+  onRead(offsetBytes: number, lengthBytes: number, data: Buffer, gensBefore?: number[]): void | Promise<void>;
   /** After the local fdatasync of a FLUSH, before its reply. */
   onFlush(): void | Promise<void>;
   /** After a TRIM zeroed the range locally: for replication, a write of zeros. */

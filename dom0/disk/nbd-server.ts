@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import { assert } from '../assert';
 import { RemusError } from '../errors';
 import { DiskTap, NO_OP_TAP } from './disk-tap';
+import type { BlockGenerations } from './block-generations';
 import { SocketReader } from './socket-reader';
 import * as W from './nbd-wire';
 
@@ -17,6 +18,8 @@ export interface NbdServerOptions {
   exportName: string;
   readOnly: boolean;
   tap?: DiskTap;
+  /** Write generations to keep (read tracking): bumped around each write, sampled before reads. */
+  generations?: BlockGenerations;
   maxConnections?: number;
   maxInFlightPerConnection?: number;
   maxInFlightBytesPerConnection?: number;
@@ -38,7 +41,7 @@ export class NbdServer {
   private closing = false;
   readonly maxConnections: number;
 
-  private constructor(readonly opts: Required<Omit<NbdServerOptions, 'log'>> & { log: (m: string) => void },
+  private constructor(readonly opts: Required<Omit<NbdServerOptions, 'log' | 'generations'>> & { log: (m: string) => void; generations?: BlockGenerations },
     readonly file: fs.promises.FileHandle, readonly sizeBytes: number) {
     this.maxConnections = opts.maxConnections;
   }
@@ -58,6 +61,7 @@ export class NbdServer {
     assert(Buffer.byteLength(o.exportName, 'utf8') <= 4096, 'export name longer than 4096 bytes');
     return new NbdServer({
       imagePath: o.imagePath, exportName: o.exportName, readOnly: o.readOnly, tap: o.tap ?? NO_OP_TAP,
+      generations: o.generations,
       maxConnections: o.maxConnections ?? 16,
       maxInFlightPerConnection: o.maxInFlightPerConnection ?? 16,
       maxInFlightBytesPerConnection: o.maxInFlightBytesPerConnection ?? 64 * 1024 * 1024,
@@ -276,18 +280,23 @@ class NbdConnection {
     const fua = (req.flags & W.CMD_FLAG.FUA) !== 0;
     const fh = this.srv.file;
     const tap = this.srv.opts.tap;
+    const gens = this.srv.opts.generations;
     try {
       switch (req.type) {
         case W.CMD.READ: {
           const data = Buffer.allocUnsafe(req.length);
+          const before = gens ? sampleGenerations(gens, req.offset, req.length) : undefined;
           await readFully(fh, data, req.offset);
-          await tap.onRead(req.offset, req.length, data);
+          await tap.onRead(req.offset, req.length, data, before);
           return { error: 0, data };
         }
         case W.CMD.WRITE:
-          await writeFully(fh, payload!, req.offset);
-          if (fua) await fh.datasync();
-          await tap.onWrite(req.offset, payload!, fua);
+          gens?.beginWrite(req.offset, req.length);
+          try {
+            await writeFully(fh, payload!, req.offset);
+            if (fua) await fh.datasync();
+            await tap.onWrite(req.offset, payload!, fua);
+          } finally { gens?.endWrite(req.offset, req.length); }
           return { error: 0, data: null };
         case W.CMD.FLUSH:
           await fh.datasync();
@@ -295,10 +304,13 @@ class NbdConnection {
           return { error: 0, data: null };
         case W.CMD.TRIM:
         case W.CMD.WRITE_ZEROES:
-          await zeroRange(fh, req.offset, req.length);
-          if (fua) await fh.datasync();
-          if (req.type === W.CMD.TRIM) await tap.onTrim(req.offset, req.length, fua);
-          else await tap.onWriteZeroes(req.offset, req.length, fua);
+          gens?.beginWrite(req.offset, req.length);
+          try {
+            await zeroRange(fh, req.offset, req.length);
+            if (fua) await fh.datasync();
+            if (req.type === W.CMD.TRIM) await tap.onTrim(req.offset, req.length, fua);
+            else await tap.onWriteZeroes(req.offset, req.length, fua);
+          } finally { gens?.endWrite(req.offset, req.length); }
           return { error: 0, data: null };
         default:
           return { error: W.NBD_ERR.EINVAL, data: null };
@@ -323,6 +335,14 @@ class NbdConnection {
     if (req.offset + req.length > this.srv.sizeBytes) return isWrite ? W.NBD_ERR.ENOSPC : W.NBD_ERR.EINVAL;
     return 0;
   }
+}
+
+/** Generations of the blocks a read covers, before it (read-tracker.ts checks them after). */
+function sampleGenerations(gens: BlockGenerations, offsetBytes: number, lengthBytes: number): number[] {
+  const out: number[] = [];
+  const last = Math.floor((offsetBytes + lengthBytes - 1) / 4096);
+  for (let b = Math.floor(offsetBytes / 4096); b <= last; b++) out.push(gens.get(b));
+  return out;
 }
 
 /**

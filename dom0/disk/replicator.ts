@@ -12,7 +12,9 @@ import type { Clock, DiskLink, DiskPort } from '../engine/ports';
 import {
   DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
 } from '../protocol/records';
+import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
+import { type DiskRef, ReadTracker } from './read-tracker';
 import { BLOCK_BYTES, ResyncBitmap } from './resync-bitmap';
 
 /** What the replicator reads the resync copy from: the primary's own disk. */
@@ -26,6 +28,8 @@ export interface ReplicatorOptions {
   /** Largest resync record, and how much may wait unsent on the channel before the copy pauses. */
   syncChunkBytes?: number;
   backlogBytesMax?: number;
+  /** Read tracking: how many read blocks to remember (0: off). */
+  readTrackingBlocksMax?: number;
 }
 
 interface Unacked { epoch: number; offsetBytes: number; lengthBytes: number; costBytes: number; }
@@ -33,10 +37,14 @@ interface Unacked { epoch: number; offsetBytes: number; lengthBytes: number; cos
 export interface ReplicatorStats {
   forwardedWrites: number; forwardedBytes: number; unackedBytes: number;
   resyncPendingBytes: number; resyncCopiedBytes: number; syncing: boolean;
+  readTracking: import('./read-tracker').ReadTrackerStats | null;
 }
 
 export class DiskReplicator implements DiskPort, DiskTap {
   readonly bitmap: ResyncBitmap;
+  /** Write generations of every block: the backend bumps them around its writes. */
+  readonly generations: BlockGenerations;
+  readonly tracker: ReadTracker | null;
   private link: DiskLink | null = null;
   private tag = 1;
   private unacked: Unacked[] = [];
@@ -52,6 +60,9 @@ export class DiskReplicator implements DiskPort, DiskTap {
   constructor(private readonly source: DiskSource, private readonly clock: Clock, readonly opts: ReplicatorOptions) {
     assert(source.sizeBytes > 0 && source.sizeBytes % 512 === 0 && opts.unackedBytesMax > 0, 'replicator options');
     this.bitmap = new ResyncBitmap(source.sizeBytes);
+    this.generations = new BlockGenerations(source.sizeBytes);
+    const trackMax = opts.readTrackingBlocksMax ?? 0;
+    this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
     this.chunkBytes = Math.min(opts.syncChunkBytes ?? 1024 * 1024, DISK_RECORD_DATA_MAX);
     assert(this.chunkBytes % BLOCK_BYTES === 0, 'sync chunk is whole blocks');
@@ -62,7 +73,10 @@ export class DiskReplicator implements DiskPort, DiskTap {
   get unackedBytes(): number { return this.unackedTotal; }
 
   stats(): ReplicatorStats {
-    return { ...this.counters, unackedBytes: this.unackedTotal, resyncPendingBytes: this.bitmap.bytes, syncing: this.sync !== null };
+    return {
+      ...this.counters, unackedBytes: this.unackedTotal, resyncPendingBytes: this.bitmap.bytes, syncing: this.sync !== null,
+      readTracking: this.tracker?.stats() ?? null,
+    };
   }
 
   // ---- DiskPort (the engine) ---------------------------------------------------------------
@@ -111,7 +125,16 @@ export class DiskReplicator implements DiskPort, DiskTap {
     }
   }
 
-  onRead(): void { /* read tracking: dom0/disk/read-tracker.ts */ }
+  /** gensBefore: the blocks' generations before the read (the NBD server takes them). */
+  onRead(offsetBytes: number, _lengthBytes: number, data: Buffer, gensBefore?: number[]): void {
+    if (this.tracker && gensBefore) this.tracker.onRangeRead(offsetBytes, data, gensBefore, this.tag);
+  }
+
+  /** A whole-block read by the simulated vCPU, its generation stable across the read. */
+  onBlockRead(block: number, crc: number, gen: number): void { this.tracker?.onBlockRead(block, crc, gen, this.tag); }
+
+  /** DiskPort: the disk reference for a page of checkpoint epoch, if read tracking finds one. */
+  reference(page: Uint8Array, epoch: number): DiskRef | null { return this.tracker ? this.tracker.match(page, epoch) : null; }
 
   onFlush(): void { this.forward(0, 0, DW_FLUSH, null); }
 
@@ -129,6 +152,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
   }
 
   private forward(offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): void {
+    this.tracker?.invalidate(offsetBytes, lengthBytes);
     if (!this.link) { this.bitmap.markRange(offsetBytes, lengthBytes); return; }
     const cost = (data?.length ?? 0) + 64;
     this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));

@@ -11,7 +11,7 @@ import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
-  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd,
+  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs,
 } from '../protocol/records';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
@@ -60,8 +60,9 @@ export class Backup {
   private readonly decoder: PageDecoder;
   readonly counters = {
     checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0,
-    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0,
+    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0,
   };
+  private diskSuspect = false;
   private diskBuffer: EpochBuffer | null = null;
   private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
@@ -148,6 +149,7 @@ export class Backup {
       case Rec.DISK_WRITE: return this.onDiskWrite(body);
       case Rec.DISK_SYNC: return this.onDiskSync(body);
       case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(body);
+      case Rec.DISK_REFS: return this.onDiskRefs(body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye();
       case Rec.ERROR: {
@@ -167,7 +169,8 @@ export class Backup {
       throw new RemusError(ErrorCode.HANDSHAKE, `this backup holds ${this.hello.domain} (${this.hello.pageCount} pages), not ${h.domain} (${h.pageCount} pages)`);
     }
     // The disk continues an earlier session only when this process kept it (same replica).
-    const diskContinues = this.replica !== null && h.diskBytes > 0;
+    const diskContinues = this.replica !== null && h.diskBytes > 0 && !this.diskSuspect;
+    this.diskSuspect = false;
     this.replica = this.replica ?? this.opts.replicaFor(h);
     const diskBytes = this.replica.disk?.sizeBytes ?? 0;
     if (h.diskBytes !== diskBytes) {
@@ -245,10 +248,20 @@ export class Backup {
       // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
       const disk = this.replica!.disk ? this.diskBuffer!.commit(epoch, this.replica!.disk) : null;
       if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
+      const refs = this.staging!.refs;
+      const refPages = refs.length ? this.staging!.resolveRefs(this.replica!.disk!) : null;
       const changed = o.full ? allPfns(this.hello!.pageCount) : this.staging!.applyTo(this.replica!.image);
+      if (refPages) {
+        refs.forEach((r, i) => this.replica!.image.set(refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), r.pfn * PAGE_SIZE));
+        this.counters.diskRefPages += refs.length;
+      }
+      if (o.full) this.staging!.clear();
       this.replica!.commitDeviceState(o.deviceState, changed);
     } catch (e) {
       this.committed = null;
+      this.staging!.clear();
+      // A disk reference that did not match means our disk diverged: the next session copies it whole.
+      if (e instanceof RemusError && e.code === ErrorCode.DISK_REF_MISMATCH) this.diskSuspect = true;
       throw e;
     }
     this.committed = epoch;
@@ -259,6 +272,16 @@ export class Backup {
     this.hooks.phase?.('post-commit', epoch);
     this.send(Rec.ACK, ackBody(epoch));
     this.hooks.phase?.('post-ack', epoch);
+  }
+
+  /** Pages sent as disk blocks: staged, resolved from our disk at commit (after its writes). */
+  private onDiskRefs(body: Buffer): void {
+    const h = this.needSession();
+    if (h.diskBytes === 0) throw protocolError('DISK_REFS for a domain without a disk');
+    const { epoch, refs } = parseDiskRefs(body, h.pageCount, h.diskBytes);
+    const o = this.openFor(Rec.DISK_REFS, epoch);
+    this.counters.wireBytes += body.length + 16;
+    o.pages += this.staging!.addRefs(refs);
   }
 
   private onDiskWrite(body: Buffer): void {

@@ -69,6 +69,11 @@ export interface DiskPort {
   connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void;
   /** The session ended: writes of unacknowledged epochs, and all later ones, need a resync. */
   disconnect(): void;
+  /**
+   * Read tracking: a block holding exactly this page's content as the backup will have it at
+   * checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
+   */
+  reference?(page: Uint8Array, epoch: number): { offsetBytes: number; crc32c: number } | null;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

@@ -12,7 +12,7 @@ import { PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
-  parseAck, parseJson, parseTakeover, protocolError, withEpoch,
+  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
@@ -90,7 +90,7 @@ export class Primary {
   private readonly copy = new Window();
   private readonly ackLatency = new Window();
   private fullPauseMs = 0;
-  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0 };
+  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0, diskRefPages: 0 };
 
   constructor(private readonly domain: Domain, private readonly gate: OutputGate,
     private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {},
@@ -236,11 +236,16 @@ export class Primary {
     const n = Math.min(this.opts.batchPagesMax, p.cap.count - p.next);
     if (n > 0) {
       this.hooks.phase?.('stream-batch', p.epoch);
-      const pfns = new BigUint64Array(n);
-      for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
-      const pages = p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE);
-      const { container } = this.encoder.encode(pages, pfns);
-      this.send(Rec.PAGE_BATCH, withEpoch(p.epoch, container));
+      const { pfns, pages, refs } = this.splitByReference(p, n);
+      if (refs.length > 0) {
+        this.send(Rec.DISK_REFS, diskRefsBody(p.epoch, refs));
+        for (const r of refs) this.encoder.forget(r.pfn);
+        this.totals.diskRefPages += refs.length;
+      }
+      if (pfns.length > 0) {
+        const { container } = this.encoder.encode(pages, pfns);
+        this.send(Rec.PAGE_BATCH, withEpoch(p.epoch, container));
+      }
       this.totals.rawBytes += n * PAGE_SIZE;
       p.next += n;
       p.sentPages += n;
@@ -255,6 +260,30 @@ export class Primary {
     this.queue.shift();
     this.streaming = false;
     this.clock.defer(() => this.pump());
+  }
+
+  /**
+   * Read tracking: the pages of this batch that a disk block holds exactly go as references;
+   * the rest are encoded. Without references the capture's memory is used as it is.
+   */
+  private splitByReference(p: Pending, n: number): { pfns: BigUint64Array; pages: Uint8Array; refs: DiskRefEntry[] } {
+    const refs: DiskRefEntry[] = [];
+    const kept: number[] = [];
+    for (let i = p.next; i < p.next + n; i++) {
+      const ref = this.disk?.reference?.(p.cap.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), p.epoch) ?? null;
+      if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref }); else kept.push(i);
+    }
+    if (refs.length === 0) {
+      const pfns = new BigUint64Array(n);
+      for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
+      return { pfns, pages: p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE), refs };
+    }
+    const pfns = new BigUint64Array(kept.length), pages = new Uint8Array(kept.length * PAGE_SIZE);
+    kept.forEach((i, k) => {
+      pfns[k] = BigInt(p.cap.pfns[i]);
+      pages.set(p.cap.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), k * PAGE_SIZE);
+    });
+    return { pfns, pages, refs };
   }
 
   // ---- records from the backup ---------------------------------------------------------
@@ -398,7 +427,7 @@ export class Primary {
   private send(type: number, body: Uint8Array): void {
     if (!this.link) return;
     this.lastSent = this.clock.now();
-    if (type === Rec.PAGE_BATCH) this.totals.wireBytes += body.length + 16;
+    if (type === Rec.PAGE_BATCH || type === Rec.DISK_REFS) this.totals.wireBytes += body.length + 16;
     this.link.send(type, body);
   }
 

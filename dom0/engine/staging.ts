@@ -5,7 +5,10 @@
 // are reused across checkpoints.
 import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
-import { protocolError } from '../protocol/records';
+import { protocolError, type DiskRefEntry } from '../protocol/records';
+import type { DiskTarget } from '../disk/epoch-buffer';
+import { ErrorCode, RemusError } from '../errors';
+import { loadAddon } from '../native';
 
 interface Chunk { pages: Uint8Array; pfns: BigUint64Array; count: number; }
 
@@ -15,6 +18,8 @@ export class Staging {
   private chunks: Chunk[] = [];
   private free: Chunk[] = [];
   count = 0;
+  /** Pages of this checkpoint sent as disk references, resolved at commit. */
+  refs: DiskRefEntry[] = [];
 
   constructor(readonly pageCount: number, private readonly decoder: PageDecoder, private readonly batchPagesMax: number) {
     this.seen = new Uint8Array(pageCount);
@@ -36,6 +41,34 @@ export class Staging {
     return chunk.count;
   }
 
+  /** Stages disk references (each pfn once per checkpoint, like pages). */
+  addRefs(refs: readonly DiskRefEntry[]): number {
+    for (const r of refs) {
+      if (this.seen[r.pfn]) throw protocolError(`pfn ${r.pfn} appears twice in one checkpoint`);
+      this.seen[r.pfn] = 1;
+      this.touched.push(r.pfn);
+      this.refs.push(r);
+    }
+    return refs.length;
+  }
+
+  /**
+   * Reads every referenced block from the backup's disk (already at this checkpoint) and
+   * checks its CRC: all or nothing, before memory is touched.
+   */
+  resolveRefs(disk: DiskTarget): Uint8Array {
+    const pages = new Uint8Array(this.refs.length * PAGE_SIZE);
+    this.refs.forEach((r, i) => {
+      const page = pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+      disk.read(r.offsetBytes, page);
+      const crc = loadAddon().crc32c(page);
+      if (crc !== r.crc32c) {
+        throw new RemusError(ErrorCode.DISK_REF_MISMATCH, `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_SIZE}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`);
+      }
+    });
+    return pages;
+  }
+
   /** Copies every staged page into image (the commit); returns the pfns written. */
   applyTo(image: Uint8Array): Uint32Array {
     const pfns = Uint32Array.from(this.touched);
@@ -50,6 +83,7 @@ export class Staging {
 
   /** Forgets the checkpoint (discard at failover, or after apply). */
   clear(): void {
+    this.refs = [];
     for (const p of this.touched) this.seen[p] = 0;
     this.touched.length = 0;
     this.free.push(...this.chunks.splice(0).slice(0, 8 - this.free.length));

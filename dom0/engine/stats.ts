@@ -32,5 +32,7 @@ export interface PrimaryStats {
   outputsHeld: number;
   lastAckAgeMs: number;
   sessions: number;
+  /** Pages sent as disk references (read tracking). */
+  diskRefPages: number;
   backup: string | null;
 }

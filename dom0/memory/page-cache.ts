@@ -58,6 +58,19 @@ export class PageCache {
   /** Slot of pfn without changing LRU order, or -1. */
   peek(pfn: number): number { return this.slotOf.get(pfn) ?? NONE; }
 
+  /**
+   * Forgets one page: the backup now holds a version we did not encode (it came as a disk
+   * reference), so it must not serve as a delta base. Its slot is reused first.
+   */
+  forget(pfn: number): void {
+    const slot = this.slotOf.get(pfn);
+    if (slot === undefined) return;
+    this.slotOf.delete(pfn);
+    this.pfnOf[slot] = -1;
+    this.unlink(slot);
+    this.pushLru(slot);
+  }
+
   /** Forgets everything: the stream restarted and the backup's copy is rebuilt in full. */
   clear(): void {
     this.slotOf.clear();
@@ -67,7 +80,7 @@ export class PageCache {
 
   /** Pfns from most to least recently used (for tests and diagnostics). */
   *orderMruFirst(): Generator<number> {
-    for (let s = this.mru; s !== NONE; s = this.next[s]) yield this.pfnOf[s];
+    for (let s = this.mru; s !== NONE; s = this.next[s]) if (this.pfnOf[s] >= 0) yield this.pfnOf[s];
   }
 
   private insert(pfn: number): number {
@@ -77,8 +90,7 @@ export class PageCache {
     } else {
       slot = this.lru;
       this.unlink(slot);
-      this.slotOf.delete(this.pfnOf[slot]);
-      this.stats.evictions++;
+      if (this.pfnOf[slot] >= 0) { this.slotOf.delete(this.pfnOf[slot]); this.stats.evictions++; }
     }
     this.pfnOf[slot] = pfn;
     this.slotOf.set(pfn, slot);
@@ -90,6 +102,14 @@ export class PageCache {
     const p = this.prev[slot], n = this.next[slot];
     if (p !== NONE) this.next[p] = n; else this.mru = n;
     if (n !== NONE) this.prev[n] = p; else this.lru = p;
+  }
+
+  private pushLru(slot: number): void {
+    this.next[slot] = NONE;
+    this.prev[slot] = this.lru;
+    if (this.lru !== NONE) this.next[this.lru] = slot;
+    this.lru = slot;
+    if (this.mru === NONE) this.mru = slot;
   }
 
   private pushMru(slot: number): void {

@@ -96,6 +96,9 @@ export class PageEncoder {
     return { records, kinds, container: this.packed.subarray(0, packedBytes) };
   }
 
+  /** The backup got pfn some other way (a disk reference): it is no delta base any more. */
+  forget(pfn: number): void { this.cache?.forget(pfn); }
+
   /** The stream restarted: the backup rebuilds from a full copy, so forget all bases. */
   reset(): void { this.cache?.clear(); }
 

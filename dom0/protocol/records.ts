@@ -12,7 +12,7 @@ export const FLAG_OPTIONAL = 1;
 export const Rec = {
   HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
   CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
-  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14,
+  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
@@ -172,4 +172,41 @@ function checkRange(name: string, off: bigint, len: number, diskBytes: number): 
   if (off % BigInt(SECTOR) !== 0n || len % SECTOR !== 0) throw protocolError(`${name} range is not sector-aligned`);
   if (len > DISK_RECORD_DATA_MAX) throw protocolError(`${name} of ${len} octets exceeds ${DISK_RECORD_DATA_MAX}`);
   if (off + BigInt(len) > BigInt(diskBytes)) throw protocolError(`${name} at ${off}+${len} is past the end of the ${diskBytes}-octet disk`);
+}
+
+/** One page of a checkpoint sent as the disk block that holds the same content (read tracking). */
+export interface DiskRefEntry { pfn: number; offsetBytes: number; crc32c: number; }
+const REF_BYTES = 24;
+export const DISK_REFS_MAX = 4096;
+
+export function diskRefsBody(epoch: number, refs: readonly DiskRefEntry[]): Buffer {
+  assert(refs.length > 0 && refs.length <= DISK_REFS_MAX, 'disk refs count');
+  const b = Buffer.alloc(16 + refs.length * REF_BYTES);
+  b.writeBigUInt64LE(BigInt(epoch), 0);
+  b.writeUInt32LE(refs.length, 8);
+  refs.forEach((r, i) => {
+    assert(r.offsetBytes % 4096 === 0, 'disk ref is block-aligned');
+    const at = 16 + i * REF_BYTES;
+    b.writeBigUInt64LE(BigInt(r.pfn), at);
+    b.writeBigUInt64LE(BigInt(r.offsetBytes), at + 8);
+    b.writeUInt32LE(r.crc32c >>> 0, at + 16);
+  });
+  return b;
+}
+
+export function parseDiskRefs(body: Buffer, pageCount: number, diskBytes: number): { epoch: number; refs: DiskRefEntry[] } {
+  const epoch = readEpoch(Rec.DISK_REFS, body, 16);
+  const n = body.readUInt32LE(8);
+  if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_REFS reserved field is not 0');
+  if (n === 0 || n > DISK_REFS_MAX || body.length !== 16 + n * REF_BYTES) throw protocolError(`DISK_REFS of ${n} entries has a body of ${body.length} octets`);
+  const refs: DiskRefEntry[] = [];
+  for (let i = 0; i < n; i++) {
+    const at = 16 + i * REF_BYTES;
+    const pfn = body.readBigUInt64LE(at), off = body.readBigUInt64LE(at + 8);
+    if (pfn >= BigInt(pageCount)) throw protocolError(`DISK_REFS pfn ${pfn} is outside the guest's ${pageCount} pages`);
+    if (off % 4096n !== 0n || off + 4096n > BigInt(diskBytes)) throw protocolError(`DISK_REFS block at ${off} is not a whole 4 KiB block of the ${diskBytes}-octet disk`);
+    if (body.readUInt32LE(at + 20) !== 0) throw protocolError('DISK_REFS entry reserved field is not 0');
+    refs.push({ pfn: Number(pfn), offsetBytes: Number(off), crc32c: body.readUInt32LE(at + 16) });
+  }
+  return { epoch, refs };
 }

@@ -16,6 +16,8 @@ import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../pr
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
 import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
+import type { BlockGenerations } from '../disk/block-generations';
+import type { JournalSink } from '../hypervisor/sim/disk-journal';
 import * as path from 'node:path';
 
 export interface ProtectConfig {
@@ -35,6 +37,8 @@ export interface ProtectConfig {
   diskBytes: number;
   /** What the backup may buffer of unacknowledged disk writes. */
   diskBufferBytesMax: number;
+  /** Send pages that equal a block the guest read as references to that block. */
+  readTracking: boolean;
   log: (line: string) => void;
 }
 
@@ -58,17 +62,16 @@ export class ProtectService {
     if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
       fs.mkdirSync(runDir(), { recursive: true });
       this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
-      BlockFile.create(this.diskPath, cfg.diskBytes).close();
+      this.diskSource = BlockFile.create(this.diskPath, cfg.diskBytes);
+      this.disk = new DiskReplicator(this.diskSource, realClock, {
+        unackedBytesMax: cfg.diskBufferBytesMax, inSync: false, readTrackingBlocksMax: cfg.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
+      });
     }
     this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
       name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
       deviceInfo: cfg.client ? { client: cfg.client } : {},
-      diskPath: this.diskPath ?? undefined, onDiskWrite: (off, data, durable) => this.disk?.onWrite(off, data, durable),
+      diskPath: this.diskPath ?? undefined, disk: this.disk ? diskSink(this.disk) : undefined,
     }, cfg.tracePath);
-    if (this.diskPath) {
-      this.diskSource = BlockFile.open(this.diskPath);
-      this.disk = new DiskReplicator(this.diskSource, realClock, { unackedBytesMax: cfg.diskBufferBytesMax, inSync: false });
-    }
     if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
     this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
       checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
@@ -142,6 +145,17 @@ export class ProtectService {
     setTimeout(() => this.connect(), this.reconnectDelayMs).unref();
     this.reconnectDelayMs = Math.min(5000, this.reconnectDelayMs * 2);
   }
+}
+
+/** Read blocks remembered for read tracking (1 GiB of disk; about 100 bytes each). */
+const READ_TRACKING_BLOCKS_MAX = 262_144;
+
+function diskSink(r: DiskReplicator): JournalSink & { generations: BlockGenerations } {
+  return {
+    generations: r.generations,
+    write: (off, data, durable) => r.onWrite(off, data, durable),
+    read: (block, crc, gen) => r.onBlockRead(block, crc, gen),
+  };
 }
 
 /** --no-net-buffer (with --unsafe): outputs are released at once, as with xl remus -n. */

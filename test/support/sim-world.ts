@@ -229,6 +229,8 @@ export interface WorldResult {
   fault: Fault;
   violations: string[];
   commits: number;
+  /** Pages the primary sent as disk references (read tracking). */
+  diskRefPages: number;
   failedOver: boolean;
   primaryState: string;
   outputsSeen: number;
@@ -258,11 +260,16 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     seen.push({ seq: o.seq, epoch });
   });
   let replicator: DiskReplicator | null = null;
-  const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, (block, data, fua) => replicator?.onWrite(block * PAGE, Buffer.from(data), fua)) : undefined;
+  const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, {
+    // The guest's backend: generations around writes, tracked reads (as the sim vCPU does).
+    beforeWrite: (block) => replicator?.generations.beginWrite(block * PAGE, PAGE),
+    afterWrite: (block, data, fua) => { replicator?.onWrite(block * PAGE, Buffer.from(data), fua); replicator?.generations.endWrite(block * PAGE, PAGE); },
+    afterRead: (block, data) => { if (replicator) replicator.onBlockRead(block, loadAddon().crc32c(data), replicator.generations.get(block)); },
+  }) : undefined;
   const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }), guestDisk);
   if (guestDisk) {
     replicator = new DiskReplicator({ sizeBytes: guestDisk.bytes.length, read: (off, into) => into.set(guestDisk.bytes.subarray(off, off + into.length)) },
-      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: false, syncChunkBytes: PAGE * (1 + rng.below(16)) });
+      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: false, syncChunkBytes: PAGE * (1 + rng.below(16)), readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0 });
   }
   const diskCrc = (): number => (guestDisk ? crc(guestDisk.bytes) : 0);
   const crashPrimary = (silent: boolean): never => {
@@ -306,6 +313,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         }
       },
       event: (name, d) => {
+        if (name === 'protocol-error' && d.code === 'ERR_DISK_REF_MISMATCH') violate(`a disk reference did not match at the backup: ${String(d.message)}`);
         if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
       },
     });
@@ -365,5 +373,5 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     violate(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
   }
   if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0) violate('the guest wrote to its disk but nothing was forwarded');
-  return { seed, fault, violations, commits, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
+  return { seed, fault, violations, commits, diskRefPages: primary.stats().diskRefPages, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
 }

@@ -179,16 +179,27 @@ export function replayGuest(pages: number, workload: Workload, seed: number, ste
   return mem;
 }
 
+/** Hooks of an in-memory guest disk: the fault simulator plays the backend's part with them. */
+export interface MemDiskHooks {
+  beforeWrite?(block: number): void;
+  afterWrite?(block: number, data: Uint8Array, durable: boolean): void;
+  afterRead?(block: number, data: Uint8Array): void;
+}
+
 /** A guest disk in memory: replay checks and the fault simulator. */
 export class MemModelDisk implements ModelDisk {
   readonly bytes: Uint8Array;
-  constructor(readonly blocks: number, private readonly onWrite?: (block: number, data: Uint8Array, durable: boolean) => void) {
+  constructor(readonly blocks: number, private readonly hooks: MemDiskHooks = {}) {
     this.bytes = new Uint8Array(blocks * DB_PAGE);
   }
-  read(block: number, into: Uint8Array): void { into.set(this.bytes.subarray(block * DB_PAGE, (block + 1) * DB_PAGE)); }
+  read(block: number, into: Uint8Array): void {
+    into.set(this.bytes.subarray(block * DB_PAGE, (block + 1) * DB_PAGE));
+    this.hooks.afterRead?.(block, into);
+  }
   write(block: number, from: Uint8Array, durable: boolean): void {
     assert(block >= 0 && block < this.blocks && from.length === DB_PAGE, 'model disk write');
+    this.hooks.beforeWrite?.(block);
     this.bytes.set(from, block * DB_PAGE);
-    this.onWrite?.(block, from, durable);
+    this.hooks.afterWrite?.(block, from, durable);
   }
 }

@@ -12,7 +12,9 @@ import type { Capture, Domain } from '../../engine/ports';
 import { PAGE_SIZE } from '../../memory/page-cache';
 import { loadAddon, type NativeArena } from '../../native';
 import { BlockFile } from '../../disk/block-file';
-import { drainJournal, makeJournal } from './disk-journal';
+import type { BlockGenerations } from '../../disk/block-generations';
+import { BlockGenerations as Generations } from '../../disk/block-generations';
+import { drainJournal, makeJournal, type JournalSink } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
 import {
   C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
@@ -30,7 +32,8 @@ export interface SimDomainOptions {
   deviceInfo?: Record<string, unknown>;
   /** The guest's disk image (oltp and scan do their I/O there), and where completed writes go. */
   diskPath?: string;
-  onDiskWrite?: (offsetBytes: number, data: Buffer, durable: boolean) => void;
+  /** Where completed disk writes and tracked reads go (the replicator), with its generations. */
+  disk?: JournalSink & { generations: BlockGenerations };
 }
 
 const WORKER = path.join(__dirname, 'vcpu-worker.js');
@@ -49,6 +52,7 @@ export class SimDomain implements Domain {
   private fenced = false;
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly journal: SharedArrayBuffer | null;
+  private readonly generations: BlockGenerations | null;
   workerError: Error | null = null;
 
   /** Boots a fresh guest in a new arena. */
@@ -77,8 +81,10 @@ export class SimDomain implements Domain {
     this.dirty = new Uint32Array(this.pageCount);
     this.shared = makeShared();
     this.journal = o.diskPath && this.guestView.diskBlocks > 0 ? makeJournal() : null;
+    // Without a replicator (a resumed backup) the vCPU still keeps generations, for nobody.
+    this.generations = this.journal ? (o.disk?.generations ?? new Generations(this.guestView.diskBlocks * PAGE_SIZE)) : null;
     Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
-    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal } : null } });
+    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal, generations: this.generations!.buffer } : null } });
     this.worker.on('error', (e) => { this.workerError = e; });
     this.worker.unref();
     this.drainTimer = setInterval(() => this.drainOutputs(), 2);
@@ -127,7 +133,13 @@ export class SimDomain implements Domain {
 
   /** Outputs (and completed disk writes) the guest produced since the last drain, in order. */
   drainOutputs(): void {
-    if (this.journal) drainJournal(this.journal, (off, data, durable) => this.o.onDiskWrite?.(off, data, durable));
+    if (this.journal) {
+      const gens = this.generations!, sink = this.o.disk;
+      drainJournal(this.journal, {
+        write: (off, data, durable) => { sink?.write(off, data, durable); gens.endWrite(off, data.length); },
+        read: (block, crc, gen) => sink?.read(block, crc, gen),
+      });
+    }
     const c = this.shared.control;
     const tail = Atomics.load(c, C_TAIL);
     let head = Atomics.load(c, C_HEAD);

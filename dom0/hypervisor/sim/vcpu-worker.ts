@@ -4,18 +4,19 @@
 import { workerData } from 'node:worker_threads';
 import { loadAddon } from '../../native';
 import { BlockFile } from '../../disk/block-file';
+import { BlockGenerations } from '../../disk/block-generations';
 import { JournaledDisk } from './disk-journal';
 import { GuestProgram } from './guest-program';
 import { C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, STOP, views } from './vcpu-control';
 
-interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; disk: { path: string; journal: SharedArrayBuffer } | null; }
+interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; disk: { path: string; journal: SharedArrayBuffer; generations: SharedArrayBuffer } | null; }
 
 function main(init: VcpuInit): void {
   const arena = new (loadAddon().Arena)(0, init.arenaId);
   const mem = new Uint8Array(arena.buffer);
   const { control, ring } = views(init.sab);
   const file = init.disk ? BlockFile.open(init.disk.path) : null;
-  const guest = GuestProgram.attach(mem, file ? new JournaledDisk(file, init.disk!.journal) : undefined);
+  const guest = GuestProgram.attach(mem, file ? new JournaledDisk(file, init.disk!.journal, new BlockGenerations(file.sizeBytes, init.disk!.generations)) : undefined);
   const emit = (seq: number, value: number): void => {
     for (;;) {
       const tail = Atomics.load(control, C_TAIL), head = Atomics.load(control, C_HEAD);

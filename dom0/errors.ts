@@ -46,6 +46,8 @@ export const ErrorCode = {
   DISK_BUFFER_FULL: 'ERR_DISK_BUFFER_FULL',
   /** A disk reference's block did not rebuild the page it promised (replica divergence). */
   DISK_REF_MISMATCH: 'ERR_DISK_REF_MISMATCH',
+  /** The backup's disk is not the primary's at a verified checkpoint: the next session copies it whole. */
+  DISK_DIVERGED: 'ERR_DISK_DIVERGED',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -1,5 +1,6 @@
 // replication: `remusdb protect`, `backup`, `failover`, `status` and `keygen`.
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { cacheSpecOption, parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
@@ -62,7 +63,7 @@ interface ProtectOpts {
   interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
   netBuffer: boolean; blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
   memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
-  maxInFlight: number; journal?: string; seconds?: number; disk: number; diskBuffer: number;
+  maxInFlight: number; journal?: string; seconds?: number; disk: number; diskBuffer: number; verifyDisk: boolean;
 }
 
 export function registerReplication(program: Command): void {
@@ -86,6 +87,7 @@ export function registerReplication(program: Command): void {
     .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
     .option('--client <host:port>', 'sim: where the guest sends its outputs')
     .option('--disk <size>', 'sim: the guest\'s disk (oltp and scan write their WAL and pages there, and read refills); 0: none', bytesOption('--disk', 256 * 1024, 2 ** 40, true), 16 * 2 ** 20)
+    .option('--no-verify-disk', 'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)')
     .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
     .option('--journal <file>', 'append one JSON line per checkpoint and event')
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7))
@@ -98,31 +100,41 @@ export function registerReplication(program: Command): void {
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
     .option('--max-memory <size>', 'largest guest accepted', sizeOption('--max-memory'), 64 * 2 ** 30)
     .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)')
+    .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb reprotect): only blocks that differ are copied')
     .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
-    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number }) => {
+    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number; reuseDisk?: string }) => {
       const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
       const svc = new BackupService({
         host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
-        diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, log,
+        diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk, log,
       });
       await svc.start();
       log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
       await untilSignal(async () => svc.stop());
     });
 
+  program.command('reprotect <domain> <new-backup>')
+    .description('after a failover, protect the domain again, with the old host as the new backup (start `remusdb backup --reuse-disk <its old disk image>` there first)')
+    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
+    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
+    .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+    .option('--no-wait', 'return once reprotection started (default: show progress until protected and the disks are verified equal)')
+    .action(async (domain: string, newBackup: string, o: { pskFile?: string; insecure?: boolean; interval: number; wait: boolean }) => {
+      if (!o.insecure && !o.pskFile) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
+      const sock = await backupHolding(domain);
+      const r = await controlRequest(sock, { cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined, insecure: o.insecure === true, intervalMs: o.interval });
+      if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
+      console.log(`reprotecting ${domain} → ${newBackup}: ${fmtBytes(Number(r.resyncBytes ?? 0))} of its ${fmtBytes(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`);
+      if (o.wait) await showReprotectProgress(sock);
+    });
+
   program.command('failover <domain>')
     .description('promote the backup of a domain now (manual failover)')
     .action(async (domain: string) => {
-      const socks = listSockets().filter((s) => /\/backup-[^/]+\.sock$/.test(s));
-      for (const s of socks) {
-        const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
-        if (!st || (st.domain !== domain && `sim:${String(st.domain)}` !== domain && st.domain !== `sim:${domain}`)) continue;
-        const r = await controlRequest(s, { cmd: 'failover', domain });
-        if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
-        console.log(`failed over ${domain}: resumed from epoch ${String(r.epoch)}`);
-        return;
-      }
-      throw new RemusError(ErrorCode.NO_DOMAIN, `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`);
+      const s = await backupHolding(domain);
+      const r = await controlRequest(s, { cmd: 'failover', domain });
+      if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
+      console.log(`failed over ${domain}: resumed from epoch ${String(r.epoch)}`);
     });
 
   program.command('status [domain]')
@@ -163,7 +175,7 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     engine: {
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
       maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
-      batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer,
+      batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
     },
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
@@ -190,6 +202,46 @@ function formatStatus(s: Record<string, unknown>): string {
   if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}`;
   const r = s.resumed as { epoch: number } | null;
   return `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} committed epoch ${String(s.committedEpoch)} checkpoints ${String(s.checkpoints)}${r ? ` — resumed from epoch ${r.epoch}` : ''}`;
+}
+
+/** The control socket of the backup process on this host that holds domain. */
+async function backupHolding(domain: string): Promise<string> {
+  const socks = listSockets().filter((s) => /\/backup-[^/]+\.sock$/.test(s));
+  for (const s of socks) {
+    const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
+    if (st && (st.domain === domain || st.domain === `sim:${domain}`)) return s;
+  }
+  throw new RemusError(ErrorCode.NO_DOMAIN, `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`);
+}
+
+function fmtBytes(n: number): string {
+  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`;
+}
+
+/** Progress bar (bytes copied, rate, ETA) until protected with the disks verified equal. */
+async function showReprotectProgress(sock: string): Promise<void> {
+  const t0 = Date.now();
+  let lastLine = '';
+  for (;;) {
+    const st = await controlRequest(sock, { cmd: 'status' });
+    const p = (st.reprotecting ?? {}) as Record<string, unknown>;
+    const d = (p.disk ?? null) as { resyncCopiedBytes: number; resyncPendingBytes: number; sizeBytes: number } | null;
+    const copied = d?.resyncCopiedBytes ?? 0, pending = d?.resyncPendingBytes ?? 0;
+    const secs = (Date.now() - t0) / 1000, rate = copied / Math.max(secs, 0.001);
+    const frac = copied + pending > 0 ? copied / (copied + pending) : 1;
+    const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
+    const eta = pending > 0 && rate > 0 ? `ETA ${(pending / rate).toFixed(1)} s` : '';
+    const line = `[${bar}] ${fmtBytes(copied)} / ${fmtBytes(copied + pending)} ${fmtBytes(rate)}/s ${eta} | ${String(p.state)} epoch ${String(p.ackedEpoch ?? 0)}`;
+    if (process.stdout.isTTY) process.stdout.write(`\r${line}   `); else if (line !== lastLine && Date.now() % 1000 < 250) console.log(line);
+    lastLine = line;
+    const verified = !d || Number(p.diskVerifiedEpoch ?? 0) > 0;
+    if (p.state === 'protected' && verified) {
+      if (process.stdout.isTTY) process.stdout.write('\n');
+      console.log(`protected again after ${secs.toFixed(1)} s: copied ${fmtBytes(copied)} of disk${d ? `, disks verified equal at checkpoint ${String(p.diskVerifiedEpoch)}` : ''}`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 function untilSignal(onStop: () => Promise<void>): Promise<void> {

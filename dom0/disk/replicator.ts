@@ -9,6 +9,7 @@
 // bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
 import { assert } from '../assert';
 import type { Clock, DiskLink, DiskPort } from '../engine/ports';
+import { loadAddon } from '../native';
 import {
   DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
 } from '../protocol/records';
@@ -115,6 +116,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.overflow = null;
   }
 
+  checksum(): number { return diskChecksum(this.source); }
+
   // ---- DiskTap (the backend, after the local operation, before the guest's completion) ----
 
   onWrite(offsetBytes: number, data: Buffer | Uint8Array, fua: boolean): void {
@@ -192,4 +195,16 @@ export class DiskReplicator implements DiskPort, DiskTap {
     }
     this.clock.defer(() => this.copySome());
   }
+}
+
+/** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
+export function diskChecksum(source: DiskSource): number {
+  const buf = new Uint8Array(1024 * 1024);
+  let crc = 0;
+  for (let off = 0; off < source.sizeBytes; off += buf.length) {
+    const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
+    source.read(off, piece);
+    crc = loadAddon().crc32c(piece, crc);
+  }
+  return crc;
 }

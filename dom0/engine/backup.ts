@@ -11,11 +11,12 @@ import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
-  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs,
+  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs, parseDiskVerify,
 } from '../protocol/records';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
 import { EpochBuffer } from '../disk/epoch-buffer';
+import { diskChecksum } from '../disk/replicator';
 
 export interface HelloInfo {
   kind: string;
@@ -44,7 +45,7 @@ export interface BackupHooks {
 
 export type BackupState = 'waiting' | 'receiving' | 'failed-over';
 
-interface Open { epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; }
+interface Open { epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; diskCrc: number | null; }
 
 export class Backup {
   private link: Link | null = null;
@@ -60,7 +61,7 @@ export class Backup {
   private readonly decoder: PageDecoder;
   readonly counters = {
     checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0,
-    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0,
+    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0, diskVerifiedEpoch: 0,
   };
   private diskSuspect = false;
   private diskBuffer: EpochBuffer | null = null;
@@ -103,7 +104,8 @@ export class Backup {
     if (this.state === 'failed-over') return this.resumedFrom;
     this.open = null;
     this.staging?.clear();
-    this.counters.diskDiscardedWrites += this.diskBuffer?.discard().length ?? 0;
+    const lostDiskRanges = this.diskBuffer?.discard() ?? [];
+    this.counters.diskDiscardedWrites += lostDiskRanges.length;
     const link = this.link;
     this.link = null;
     this.disarm();
@@ -113,7 +115,7 @@ export class Backup {
       link?.close();
       return null;
     }
-    const resumed = this.replica.resume();
+    const resumed = this.replica.resume({ lostDiskRanges });
     const info = resumed instanceof Promise ? { resuming: true } : resumed;
     this.state = 'failed-over';
     const from = this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
@@ -150,6 +152,7 @@ export class Backup {
       case Rec.DISK_SYNC: return this.onDiskSync(body);
       case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(body);
       case Rec.DISK_REFS: return this.onDiskRefs(body);
+      case Rec.DISK_VERIFY: return this.onDiskVerify(body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye();
       case Rec.ERROR: {
@@ -169,9 +172,10 @@ export class Backup {
       throw new RemusError(ErrorCode.HANDSHAKE, `this backup holds ${this.hello.domain} (${this.hello.pageCount} pages), not ${h.domain} (${h.pageCount} pages)`);
     }
     // The disk continues an earlier session only when this process kept it (same replica).
-    const diskContinues = this.replica !== null && h.diskBytes > 0 && !this.diskSuspect;
-    this.diskSuspect = false;
+    const hadReplica = this.replica !== null;
     this.replica = this.replica ?? this.opts.replicaFor(h);
+    const diskContinues = h.diskBytes > 0 && !this.diskSuspect && (hadReplica || this.replica.diskContinues === true);
+    this.diskSuspect = false;
     const diskBytes = this.replica.disk?.sizeBytes ?? 0;
     if (h.diskBytes !== diskBytes) {
       throw new RemusError(ErrorCode.HANDSHAKE, h.diskBytes === 0 ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
@@ -206,7 +210,7 @@ export class Backup {
     if (!full && this.committed === null) throw protocolError('the first checkpoint of a session must be FULL');
     if (!full && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
     if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
-    this.open = { epoch, full, pages: 0, deviceState: null };
+    this.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null };
   }
 
   private openFor(type: number, epoch: number): Open {
@@ -248,6 +252,7 @@ export class Backup {
       // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
       const disk = this.replica!.disk ? this.diskBuffer!.commit(epoch, this.replica!.disk) : null;
       if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
+      if (o.diskCrc !== null) this.verifyDisk(epoch, o.diskCrc);
       const refs = this.staging!.refs;
       const refPages = refs.length ? this.staging!.resolveRefs(this.replica!.disk!) : null;
       const changed = o.full ? allPfns(this.hello!.pageCount) : this.staging!.applyTo(this.replica!.image);
@@ -261,7 +266,7 @@ export class Backup {
       this.committed = null;
       this.staging!.clear();
       // A disk reference that did not match means our disk diverged: the next session copies it whole.
-      if (e instanceof RemusError && e.code === ErrorCode.DISK_REF_MISMATCH) this.diskSuspect = true;
+      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
       throw e;
     }
     this.committed = epoch;
@@ -274,6 +279,16 @@ export class Backup {
     this.hooks.phase?.('post-ack', epoch);
   }
 
+  private verifyDisk(epoch: number, crc32c: number): void {
+    const ours = diskChecksum(this.replica!.disk!);
+    if (ours !== crc32c) {
+      this.diskSuspect = true;
+      throw new RemusError(ErrorCode.DISK_DIVERGED, `at checkpoint ${epoch} the backup's disk has CRC32C ${ours.toString(16)}, the primary's ${crc32c.toString(16)}: the disks differ (the next session copies the disk whole)`);
+    }
+    this.counters.diskVerifiedEpoch = epoch;
+    this.hooks.event?.('disk-verified', { epoch, crc32c });
+  }
+
   /** Pages sent as disk blocks: staged, resolved from our disk at commit (after its writes). */
   private onDiskRefs(body: Buffer): void {
     const h = this.needSession();
@@ -282,6 +297,15 @@ export class Backup {
     const o = this.openFor(Rec.DISK_REFS, epoch);
     this.counters.wireBytes += body.length + 16;
     o.pages += this.staging!.addRefs(refs);
+  }
+
+  /** The primary's disk checksum at this checkpoint: checked at its commit, before the ACK. */
+  private onDiskVerify(body: Buffer): void {
+    const h = this.needSession();
+    const { epoch, crc32c } = parseDiskVerify(body);
+    const o = this.openFor(Rec.DISK_VERIFY, epoch);
+    if (h.diskBytes === 0 || o.diskCrc !== null) throw protocolError(`DISK_VERIFY for checkpoint ${epoch} without a disk, or twice`);
+    o.diskCrc = crc32c;
   }
 
   private onDiskWrite(body: Buffer): void {

@@ -74,6 +74,8 @@ export interface DiskPort {
    * checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
    */
   reference?(page: Uint8Array, epoch: number): { offsetBytes: number; crc32c: number } | null;
+  /** CRC32C of the whole disk now (called with the domain suspended, at a barrier). */
+  checksum?(): number;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */
@@ -88,8 +90,14 @@ export interface Replica {
    * full checkpoint) were already written into image.
    */
   commitDeviceState(state: Uint8Array, changedPfns: Uint32Array): void;
-  /** Starts the domain from the committed image and device state (failover). */
-  resume(): MaybePromise<Record<string, unknown>>;
+  /**
+   * Starts the domain from the committed image and device state (failover). lostDiskRanges:
+   * the writes the backup held for unfinished epochs and discarded — the old primary's disk
+   * has them, so reprotection copies those blocks back (SecondSite's rule).
+   */
+  resume(lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> }): MaybePromise<Record<string, unknown>>;
+  /** The backup's disk was the primary's own before (remusdb backup --reuse-disk): it continues. */
+  readonly diskContinues?: boolean;
 }
 
 /** Outputs of the domain (network packets, disk completions), held per epoch. */

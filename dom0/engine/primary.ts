@@ -12,7 +12,7 @@ import { PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
-  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, type DiskRefEntry,
+  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
@@ -34,6 +34,11 @@ export interface PrimaryOptions {
    * nothing it does not have reaches a client. Default 3 × heartbeatTimeoutMs.
    */
   holdOnLossMs?: number;
+  /**
+   * After each disk copy, checksum the whole disk at the session's first checkpoint (while
+   * suspended: costs pause time in proportion to the disk) and have the backup compare.
+   */
+  verifyDisk?: boolean;
   /** What the backup may buffer of unacknowledged disk writes (sent in HELLO). */
   diskBufferBytesMax?: number;
 }
@@ -64,12 +69,14 @@ export interface PrimaryHooks {
   event?(name: string, detail: Record<string, unknown>): void;
 }
 
-interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; }
+interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; }
 
 export class Primary {
   private link: Link | null = null;
   private session: 'none' | 'hello' | 'syncing' | 'active' = 'none';
   private checkpointing = false;
+  /** The checkpoint whose ACK also confirms the backup's disk checksum. */
+  private verifyEpoch = 0;
   private state: PrimaryStats['state'] = 'connecting';
   private epoch = 0;
   private acked = 0;
@@ -90,7 +97,7 @@ export class Primary {
   private readonly copy = new Window();
   private readonly ackLatency = new Window();
   private fullPauseMs = 0;
-  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0, diskRefPages: 0 };
+  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0, diskRefPages: 0, diskVerifiedEpoch: 0 };
 
   constructor(private readonly domain: Domain, private readonly gate: OutputGate,
     private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {},
@@ -170,7 +177,7 @@ export class Primary {
   private takeCheckpoint(then: () => void): void {
     const epoch = this.epoch + 1, full = this.needFull;
     const t0 = this.clock.now();
-    let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {};
+    let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {}, diskCrc: number | null = null;
     this.checkpointing = true;
     runInOrder([
       () => { this.hooks.phase?.('suspend', epoch); return this.domain.suspend(); },
@@ -187,6 +194,7 @@ export class Primary {
         this.copy.add(this.clock.now() - t1);
         info = this.domain.describe();
         this.hooks.phase?.('disk-barrier', epoch);
+        if (full && this.opts.verifyDisk && this.disk?.checksum) diskCrc = this.disk.checksum();
         this.disk?.barrier(epoch);
         this.hooks.phase?.('resume', epoch);
         return this.domain.resume();
@@ -194,7 +202,7 @@ export class Primary {
     ], () => {
       this.checkpointing = false;
       if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
-      this.captured(epoch, full, cap!, info);
+      this.captured(epoch, full, cap!, info, diskCrc);
       then();
     }, (e) => {
       this.checkpointing = false;
@@ -204,7 +212,7 @@ export class Primary {
     });
   }
 
-  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>): void {
+  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null): void {
     if (!full && this.needFull) {
       // A new session began while this (asynchronous) checkpoint ran: it starts with a full
       // one. Nobody will acknowledge this epoch; its outputs go with the next ack.
@@ -217,7 +225,7 @@ export class Primary {
     this.totals.dirtyPages += cap.count;
     this.totals.dirtyPagesLast = cap.count;
     this.hooks.checkpoint?.(epoch, info);
-    this.queue.push({ epoch, full, cap, next: 0, sentPages: 0 });
+    this.queue.push({ epoch, full, cap, next: 0, sentPages: 0, diskCrc });
     this.clock.defer(() => this.pump());
   }
 
@@ -228,6 +236,10 @@ export class Primary {
     const p = this.queue[0];
     this.hooks.phase?.('stream-begin', p.epoch);
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
+    if (p.diskCrc !== null) {
+      this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
+      this.verifyEpoch = p.epoch;
+    }
     this.clock.defer(() => this.streamBatch(p));
   }
 
@@ -348,6 +360,10 @@ export class Primary {
     this.hooks.phase?.('release', epoch);
     this.gate.release(epoch);
     this.disk?.acked(epoch);
+    if (epoch === this.verifyEpoch) {
+      this.totals.diskVerifiedEpoch = epoch;
+      this.hooks.event?.('disk-verified', { epoch });
+    }
     if (this.waitingForAck) {
       this.waitingForAck = false;
       this.scheduleTick(0);

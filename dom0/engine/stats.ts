@@ -34,5 +34,7 @@ export interface PrimaryStats {
   sessions: number;
   /** Pages sent as disk references (read tracking). */
   diskRefPages: number;
+  /** Last checkpoint at which the backup confirmed its disk equals ours (0: never). */
+  diskVerifiedEpoch: number;
   backup: string | null;
 }

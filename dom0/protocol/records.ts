@@ -12,7 +12,7 @@ export const FLAG_OPTIONAL = 1;
 export const Rec = {
   HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
   CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
-  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15,
+  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15, DISK_VERIFY: 16,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
@@ -209,4 +209,16 @@ export function parseDiskRefs(body: Buffer, pageCount: number, diskBytes: number
     refs.push({ pfn: Number(pfn), offsetBytes: Number(off), crc32c: body.readUInt32LE(at + 16) });
   }
   return { epoch, refs };
+}
+
+/** DISK_VERIFY: the CRC32C of the primary's whole disk at checkpoint epoch (sent after its END). */
+export function diskVerifyBody(epoch: number, crc32c: number): Buffer {
+  const b = epochBody(epoch, 8);
+  b.writeUInt32LE(crc32c >>> 0, 8);
+  return b;
+}
+export function parseDiskVerify(body: Buffer): { epoch: number; crc32c: number } {
+  const epoch = readEpoch(Rec.DISK_VERIFY, body, 16, 16);
+  if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_VERIFY reserved field is not 0');
+  return { epoch, crc32c: body.readUInt32LE(8) };
 }

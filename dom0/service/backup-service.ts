@@ -5,7 +5,8 @@ import { ErrorCode, RemusError } from '../errors';
 import { Backup, type HelloInfo } from '../engine/backup';
 import { realClock } from '../engine/clock';
 import { SimReplica } from '../hypervisor/sim/sim-replica';
-import { listenLinks, type Listener, type Security } from '../protocol/channel';
+import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
+import { ProtectService } from './protect-service';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
 import { BlockFile } from '../disk/block-file';
 import * as fs from 'node:fs';
@@ -20,6 +21,11 @@ export interface BackupConfig {
   /** Where replica disks are kept (default: the run directory), and the write buffer bound. */
   diskDir?: string;
   diskBufferBytesMax?: number;
+  /**
+   * A disk image this host already holds for the domain — the old primary's, when this host
+   * comes back as the backup (reprotection): only the blocks that differ are copied.
+   */
+  reuseDisk?: string;
   log: (line: string) => void;
 }
 
@@ -28,6 +34,7 @@ export class BackupService {
   private listener: Listener | null = null;
   private control: ControlServer | null = null;
   private replica: SimReplica | null = null;
+  private promoted: ProtectService | null = null;
   private readonly events: Array<Record<string, unknown>> = [];
 
   constructor(private readonly cfg: BackupConfig) {
@@ -46,6 +53,7 @@ export class BackupService {
   }
 
   async stop(): Promise<void> {
+    await this.promoted?.stop();
     this.backup.close();
     this.listener?.close();
     this.control?.close();
@@ -61,13 +69,23 @@ export class BackupService {
       committedEpoch: this.backup.committedEpoch, ...this.backup.counters,
       resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
-      disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes } : null,
+      disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes, ...this.replica.replicator?.stats() } : null,
+      reprotecting: this.promoted?.status() ?? null,
     };
   }
 
   private replicaFor(h: HelloInfo): SimReplica {
     if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated domains only; ${h.domain} is a ${h.kind} domain`);
     let disk: BlockFile | null = null;
+    if (h.diskBytes > 0 && this.cfg.reuseDisk) {
+      disk = BlockFile.open(this.cfg.reuseDisk);
+      if (disk.sizeBytes !== h.diskBytes) {
+        disk.close();
+        throw new RemusError(ErrorCode.HANDSHAKE, `--reuse-disk ${this.cfg.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`);
+      }
+      this.replica = new SimReplica(h.domain, h.pageCount, disk, true);
+      return this.replica;
+    }
     if (h.diskBytes > 0) {
       const dir = this.cfg.diskDir ?? runDir();
       fs.mkdirSync(dir, { recursive: true });
@@ -79,6 +97,7 @@ export class BackupService {
 
   private onControl(req: Record<string, unknown>): Record<string, unknown> {
     if (req.cmd === 'status') return this.status();
+    if (req.cmd === 'reprotect') return this.reprotect(req);
     if (req.cmd === 'failover') {
       if (req.domain && this.backup.domain && req.domain !== `sim:${this.backup.domain}` && req.domain !== this.backup.domain) {
         throw new RemusError(ErrorCode.NO_DOMAIN, `this backup holds ${this.backup.domain}, not ${String(req.domain)}`);
@@ -88,6 +107,36 @@ export class BackupService {
       return { ok: true, ...r };
     }
     throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
+  }
+
+  /**
+   * `remusdb reprotect`: this host runs the domain since the failover; protect it now against
+   * the new backup. The replicator has recorded every block written since the failover and
+   * the blocks of the epochs discarded at failover: the session copies just those.
+   */
+  private reprotect(req: Record<string, unknown>): Record<string, unknown> {
+    const r = this.replica;
+    if (this.backup.state !== 'failed-over' || !r?.domain || !r.gate || !r.sink) {
+      throw new RemusError(ErrorCode.NO_DOMAIN, 'this backup has not failed over: there is nothing to reprotect (the primary still runs the domain)');
+    }
+    if (this.promoted) return { ok: true, already: true, ...this.promoted.status() };
+    const target = parseHostPort(String(req.backup ?? ''), 7400);
+    const intervalMs = Number(req.intervalMs ?? 50);
+    const security: Security = req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
+    this.promoted = new ProtectService({
+      name: r.name, backup: target, security,
+      engine: {
+        intervalMs, compressor: 'zstd', cachePages: Math.max(1, Math.floor(r.pageCount / 10)), maxInFlight: 2,
+        heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536, verifyDisk: true,
+        diskBufferBytesMax: this.cfg.diskBufferBytesMax,
+      },
+      memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,
+      netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? 256 * 2 ** 20,
+      readTracking: true, log: this.cfg.log,
+    }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.disk?.path ?? null });
+    this.promoted.start();
+    this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${r.replicator?.bitmap.bytes ?? 0} bytes of disk to copy`);
+    return { ok: true, resyncBytes: r.replicator?.bitmap.bytes ?? 0, diskBytes: r.disk?.sizeBytes ?? 0 };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {

@@ -18,6 +18,7 @@ import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
 import type { BlockGenerations } from '../disk/block-generations';
 import type { JournalSink } from '../hypervisor/sim/disk-journal';
+import { READ_TRACKING_BLOCKS_MAX } from '../hypervisor/sim/sim-replica';
 import * as path from 'node:path';
 
 export interface ProtectConfig {
@@ -55,23 +56,32 @@ export class ProtectService {
   private diskSource: BlockFile | null = null;
   readonly diskPath: string | null = null;
 
-  constructor(private readonly cfg: ProtectConfig) {
-    const [host, port] = cfg.client ? cfg.client.split(':') : [];
-    this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
-    this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
-    if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
-      fs.mkdirSync(runDir(), { recursive: true });
-      this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
-      this.diskSource = BlockFile.create(this.diskPath, cfg.diskBytes);
-      this.disk = new DiskReplicator(this.diskSource, realClock, {
-        unackedBytesMax: cfg.diskBufferBytesMax, inSync: false, readTrackingBlocksMax: cfg.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
-      });
+  /** adopted: a domain this process already runs (a backup that failed over, now reprotecting). */
+  constructor(private readonly cfg: ProtectConfig, private readonly adopted: AdoptedDomain | null = null) {
+    if (adopted) {
+      this.sink = adopted.sink;
+      this.gate = adopted.gate;
+      this.disk = adopted.disk;
+      this.diskPath = adopted.disk ? adopted.diskPath : null;
+      this.domain = adopted.domain;
+    } else {
+      const [host, port] = cfg.client ? cfg.client.split(':') : [];
+      this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
+      this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
+      if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
+        fs.mkdirSync(runDir(), { recursive: true });
+        this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
+        this.diskSource = BlockFile.create(this.diskPath, cfg.diskBytes);
+        this.disk = new DiskReplicator(this.diskSource, realClock, {
+          unackedBytesMax: cfg.diskBufferBytesMax, inSync: false, readTrackingBlocksMax: cfg.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
+        });
+      }
+      this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
+        name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
+        deviceInfo: cfg.client ? { client: cfg.client } : {},
+        diskPath: this.diskPath ?? undefined, disk: this.disk ? diskSink(this.disk) : undefined,
+      }, cfg.tracePath);
     }
-    this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
-      name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
-      deviceInfo: cfg.client ? { client: cfg.client } : {},
-      diskPath: this.diskPath ?? undefined, disk: this.disk ? diskSink(this.disk) : undefined,
-    }, cfg.tracePath);
     if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
     this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
       checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
@@ -91,6 +101,7 @@ export class ProtectService {
     this.primary.stop();
     this.control.close();
     this.sink.close();
+    if (this.adopted) return; // the domain belongs to the process that adopted it
     await this.domain.destroy();
     this.diskSource?.close();
   }
@@ -147,8 +158,14 @@ export class ProtectService {
   }
 }
 
-/** Read blocks remembered for read tracking (1 GiB of disk; about 100 bytes each). */
-const READ_TRACKING_BLOCKS_MAX = 262_144;
+/** What a reprotecting backup hands over: the domain it runs since the failover, and its parts. */
+export interface AdoptedDomain {
+  domain: SimDomain;
+  gate: OutputBuffer<SimOutput>;
+  sink: OutputSink;
+  disk: DiskReplicator | null;
+  diskPath: string | null;
+}
 
 function diskSink(r: DiskReplicator): JournalSink & { generations: BlockGenerations } {
   return {

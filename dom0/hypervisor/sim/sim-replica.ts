@@ -1,14 +1,24 @@
 // sim-replica: a backup's copy of a simulated domain — a native arena as the committed
-// memory image plus the committed device state. resume() starts the guest on that very
-// memory (no copy) and sends its outputs to the client named in the device state.
+// memory image, the committed device state and, when the domain has one, the replica disk.
+// resume() starts the guest on that very memory (no copy). From then on this host runs the
+// domain unprotected and is ready to be promoted (`remusdb reprotect`): its outputs pass an
+// output buffer (pass-through until a Primary takes it), and its disk writes go to a
+// replicator without a backup — which records them, with the writes discarded at failover,
+// in the resync bitmap, so reprotection copies exactly those blocks.
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
+import { OutputBuffer } from '../../engine/output-buffer';
+import { realClock } from '../../engine/clock';
 import { PAGE_SIZE } from '../../memory/page-cache';
 import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';
-import { OutputSink } from './output-sink';
-import { SimDomain } from './sim-domain';
 import type { BlockFile } from '../../disk/block-file';
+import { DiskReplicator, diskChecksum } from '../../disk/replicator';
+import { OutputSink } from './output-sink';
+import { SimDomain, type SimOutput } from './sim-domain';
+
+/** Read blocks remembered for read tracking (1 GiB of disk; about 100 bytes each). */
+export const READ_TRACKING_BLOCKS_MAX = 262_144;
 
 export class SimReplica implements Replica {
   readonly image: Uint8Array;
@@ -16,8 +26,11 @@ export class SimReplica implements Replica {
   private deviceState: Record<string, unknown> = {};
   domain: SimDomain | null = null;
   sink: OutputSink | null = null;
+  /** After resume: the domain's outputs (pass-through until reprotection) and its disk's replicator. */
+  gate: OutputBuffer<SimOutput> | null = null;
+  replicator: DiskReplicator | null = null;
 
-  constructor(readonly name: string, readonly pageCount: number, readonly disk: BlockFile | null = null) {
+  constructor(readonly name: string, readonly pageCount: number, readonly disk: BlockFile | null = null, readonly diskContinues = false) {
     this.arena = new (loadAddon().Arena)(pageCount * PAGE_SIZE);
     this.image = new Uint8Array(this.arena.buffer);
   }
@@ -33,28 +46,29 @@ export class SimReplica implements Replica {
     this.deviceState = v as Record<string, unknown>;
   }
 
-  resume(): Record<string, unknown> {
-    const imageCrc32c = loadAddon().crc32c(this.image);
-    const disk = this.disk ? { diskCrc32c: diskCrc32c(this.disk), diskPath: this.disk.path } : {};
-    const client = typeof this.deviceState.client === 'string' ? parseHostPort(this.deviceState.client, 0) : null;
-    this.sink = new OutputSink(client);
-    const sink = this.sink;
-    this.domain = SimDomain.resume(this.arena, {
-      name: this.name, stepsPerSec: Number(this.deviceState.stepsPerSec ?? 1000), onOutput: (o) => sink.deliver(o),
-      diskPath: this.disk?.path,
-    });
-    return { ...this.domain.describe(), imageCrc32c, ...disk, client: this.deviceState.client ?? null };
-  }
-}
+  get stepsPerSec(): number { return Number(this.deviceState.stepsPerSec ?? 1000); }
+  get client(): string | null { return typeof this.deviceState.client === 'string' ? this.deviceState.client : null; }
 
-/** CRC32C of a whole disk image, read in 1 MiB pieces (the failover report and checks). */
-export function diskCrc32c(file: BlockFile): number {
-  const buf = new Uint8Array(1024 * 1024);
-  let crc = 0;
-  for (let off = 0; off < file.sizeBytes; off += buf.length) {
-    const piece = buf.subarray(0, Math.min(buf.length, file.sizeBytes - off));
-    file.read(off, piece);
-    crc = loadAddon().crc32c(piece, crc);
+  resume(lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> } = { lostDiskRanges: [] }): Record<string, unknown> {
+    const imageCrc32c = loadAddon().crc32c(this.image);
+    const disk = this.disk ? { diskCrc32c: diskChecksum(this.disk), diskPath: this.disk.path } : {};
+    const client = this.client ? parseHostPort(this.client, 0) : null;
+    const sink = this.sink = new OutputSink(client);
+    const gate = this.gate = new OutputBuffer<SimOutput>((o) => sink.deliver(o));
+    gate.setPassThrough(true);
+    if (this.disk) {
+      const r = this.replicator = new DiskReplicator(this.disk, realClock, {
+        unackedBytesMax: 256 * 2 ** 20, inSync: true, readTrackingBlocksMax: READ_TRACKING_BLOCKS_MAX,
+      });
+      for (const l of lost.lostDiskRanges) r.bitmap.markRange(l.offsetBytes, l.lengthBytes);
+    }
+    const r = this.replicator;
+    this.domain = SimDomain.resume(this.arena, {
+      name: this.name, stepsPerSec: this.stepsPerSec, onOutput: (o) => gate.push(o),
+      deviceInfo: this.client ? { client: this.client } : {},
+      diskPath: this.disk?.path,
+      disk: r ? { generations: r.generations, write: (off, data, durable) => r.onWrite(off, data, durable), read: (b, crc, gen) => r.onBlockRead(b, crc, gen) } : undefined,
+    });
+    return { ...this.domain.describe(), imageCrc32c, ...disk, client: this.client, lostDiskBlocks: r?.bitmap.count ?? 0 };
   }
-  return crc;
 }

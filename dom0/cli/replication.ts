@@ -118,14 +118,16 @@ export function registerReplication(program: Command): void {
     .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
+    .option('--timeout <s>', 'give up waiting for protection after s seconds (reprotection goes on)', intOption('--timeout', 1, 86400), 600)
     .option('--no-wait', 'return once reprotection started (default: show progress until protected and the disks are verified equal)')
-    .action(async (domain: string, newBackup: string, o: { pskFile?: string; insecure?: boolean; interval: number; wait: boolean }) => {
+    .action(async (domain: string, newBackup: string, o: { pskFile?: string; insecure?: boolean; interval: number; heartbeatTimeout?: number; wait: boolean; timeout: number }) => {
       if (!o.insecure && !o.pskFile) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
       const sock = await backupHolding(domain);
-      const r = await controlRequest(sock, { cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined, insecure: o.insecure === true, intervalMs: o.interval });
+      const r = await controlRequest(sock, { cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined, insecure: o.insecure === true, intervalMs: o.interval, heartbeatTimeoutMs: o.heartbeatTimeout });
       if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
       console.log(`reprotecting ${domain} → ${newBackup}: ${fmtBytes(Number(r.resyncBytes ?? 0))} of its ${fmtBytes(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`);
-      if (o.wait) await showReprotectProgress(sock);
+      if (o.wait) await showReprotectProgress(sock, o.timeout * 1000);
     });
 
   program.command('failover <domain>')
@@ -219,7 +221,7 @@ function fmtBytes(n: number): string {
 }
 
 /** Progress bar (bytes copied, rate, ETA) until protected with the disks verified equal. */
-async function showReprotectProgress(sock: string): Promise<void> {
+async function showReprotectProgress(sock: string, timeoutMs: number): Promise<void> {
   const t0 = Date.now();
   let lastLine = '';
   for (;;) {
@@ -239,6 +241,10 @@ async function showReprotectProgress(sock: string): Promise<void> {
       if (process.stdout.isTTY) process.stdout.write('\n');
       console.log(`protected again after ${secs.toFixed(1)} s: copied ${fmtBytes(copied)} of disk${d ? `, disks verified equal at checkpoint ${String(p.diskVerifiedEpoch)}` : ''}`);
       return;
+    }
+    if (Date.now() - t0 > timeoutMs) {
+      if (process.stdout.isTTY) process.stdout.write('\n');
+      throw new RemusError(ErrorCode.PEER_GONE, `not protected after ${timeoutMs / 1000} s (state ${String(p.state)}; is the new backup reachable?): reprotection goes on in the background — see remusdb status`);
     }
     await new Promise((r) => setTimeout(r, 200));
   }

@@ -9,6 +9,7 @@ const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 
 export class BlockFile {
   private fd: number;
+  private flushing = false;
   readonly sizeBytes: number;
 
   private constructor(readonly path: string, fd: number, sizeBytes: number) {
@@ -59,6 +60,13 @@ export class BlockFile {
   }
 
   flush(): void { this.io(() => { fs.fdatasyncSync(this.fd); return 0; }); }
+
+  /** Starts an fdatasync on the thread pool; a failure is reported to onError (and the next flush() throws it again). */
+  flushSoon(onError: (e: Error) => void = () => {}): void {
+    if (this.fd < 0 || this.flushing) return;
+    this.flushing = true;
+    fs.fdatasync(this.fd, (e) => { this.flushing = false; if (e) onError(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`)); });
+  }
 
   /** Idempotent. */
   close(): void {

@@ -4,6 +4,8 @@
 // always equals the primary's at a checkpoint boundary. A failover discards what is held
 // (partial epochs the primary never finished). Memory is bounded by bytesMax: a primary
 // that outruns it is told so by a protocol error and must resynchronise (docs/disk.md).
+// FLUSH/FUA: a commit that holds one starts an fdatasync without waiting for it; a failover
+// waits for one before the domain resumes, so what the guest saw durable is durable here.
 import { ErrorCode, RemusError } from '../errors';
 import { DW_FLUSH, DW_FUA, DW_ZEROES, type DiskWrite, protocolError } from '../protocol/records';
 
@@ -13,7 +15,10 @@ export interface DiskTarget {
   write(offsetBytes: number, data: Uint8Array): void;
   zero(offsetBytes: number, lengthBytes: number): void;
   read(offsetBytes: number, into: Uint8Array): void;
+  /** Durable now (at failover, before the domain resumes here). */
   flush(): void;
+  /** Durable soon, without blocking (at commit: the failover flush makes it certain). */
+  flushSoon?(): void;
 }
 
 export interface CommitResult { writes: number; bytes: number; flushed: boolean; }
@@ -57,7 +62,7 @@ export class EpochBuffer {
       this.heldBytes -= (w.data?.length ?? 0) + RECORD_COST_BYTES;
     }
     this.held = this.held.slice(n);
-    if (durable) target.flush();
+    if (durable) (target.flushSoon ?? target.flush).call(target);
     return { writes: n, bytes, flushed: durable };
   }
 

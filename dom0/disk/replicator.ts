@@ -116,7 +116,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.overflow = null;
   }
 
-  checksum(): number { return diskChecksum(this.source); }
+  /** CRC32C of the whole disk, a few MiB per turn (the caller keeps the disk still meanwhile). */
+  checksum(): Promise<number> { return diskChecksumAsync(this.source, this.clock); }
 
   // ---- DiskTap (the backend, after the local operation, before the guest's completion) ----
 
@@ -207,4 +208,23 @@ export function diskChecksum(source: DiskSource): number {
     crc = loadAddon().crc32c(piece, crc);
   }
   return crc;
+}
+
+/** diskChecksum without holding the event loop: 8 MiB per turn, so heartbeats go on. */
+export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
+  const buf = new Uint8Array(1024 * 1024);
+  return new Promise((resolve, reject) => {
+    let crc = 0, off = 0;
+    const step = (): void => {
+      try {
+        for (let n = 0; n < 8 && off < source.sizeBytes; n++, off += buf.length) {
+          const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
+          source.read(off, piece);
+          crc = loadAddon().crc32c(piece, crc);
+        }
+      } catch (e) { reject(e); return; }
+      if (off >= source.sizeBytes) resolve(crc); else clock.defer(step);
+    };
+    step();
+  });
 }

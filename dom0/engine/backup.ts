@@ -16,7 +16,7 @@ import {
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
 import { EpochBuffer } from '../disk/epoch-buffer';
-import { diskChecksum } from '../disk/replicator';
+import { diskChecksumAsync } from '../disk/replicator';
 
 export interface HelloInfo {
   kind: string;
@@ -64,6 +64,10 @@ export class Backup {
     diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0, diskVerifiedEpoch: 0,
   };
   private diskSuspect = false;
+  /** A commit waits for the disk check: records are held here meanwhile. */
+  private paused = false;
+  private queued: Array<[number, Buffer]> = [];
+  private queuedBytes = 0;
   private diskBuffer: EpochBuffer | null = null;
   private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
@@ -94,7 +98,13 @@ export class Backup {
     this.link = link;
     this.lastHeard = this.clock.now();
     this.state = 'receiving';
-    link.onRecord((type, body) => this.guard(link, () => this.onRecord(type, body)));
+    link.onRecord((type, body) => {
+      if (!this.paused) { this.guard(link, () => this.onRecord(type, body)); return; }
+      this.lastHeard = this.clock.now();
+      this.queuedBytes += body.length;
+      this.queued.push([type, body]);
+      if (this.queuedBytes > QUEUED_BYTES_MAX) this.guard(link, () => { throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`); });
+    });
     link.onClose((err) => { if (this.link === link) this.onLinkClosed(err); });
     this.arm();
   }
@@ -104,6 +114,8 @@ export class Backup {
     if (this.state === 'failed-over') return this.resumedFrom;
     this.open = null;
     this.staging?.clear();
+    this.queued = [];
+    this.queuedBytes = 0;
     const lostDiskRanges = this.diskBuffer?.discard() ?? [];
     this.counters.diskDiscardedWrites += lostDiskRanges.length;
     const link = this.link;
@@ -115,6 +127,7 @@ export class Backup {
       link?.close();
       return null;
     }
+    this.replica.disk?.flush(); // writes the guest saw durable are durable here before it resumes
     const resumed = this.replica.resume({ lostDiskRanges });
     const info = resumed instanceof Promise ? { resuming: true } : resumed;
     this.state = 'failed-over';
@@ -247,12 +260,39 @@ export class Backup {
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
     if (o.full && o.pages !== this.hello!.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${this.hello!.pageCount} pages`);
     this.hooks.phase?.('pre-commit', epoch);
-    try {
-      // Disk first: if it fails nothing of this checkpoint reached memory; either way the
-      // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
+    // Disk first: if it fails nothing of this checkpoint reached memory; either way the
+    // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
+    this.committing(() => {
       const disk = this.replica!.disk ? this.diskBuffer!.commit(epoch, this.replica!.disk) : null;
       if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
-      if (o.diskCrc !== null) this.verifyDisk(epoch, o.diskCrc);
+    });
+    if (o.diskCrc === null) return this.finishCommit(o);
+    // The disk check reads the whole disk: a few MiB per turn, heartbeats going on, and the
+    // records that arrive meanwhile wait their turn (held, in order).
+    const link = this.link!, expected = o.diskCrc;
+    this.paused = true;
+    diskChecksumAsync(this.replica!.disk!, this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
+      this.paused = false;
+      if (this.link !== link || this.open !== o) { if (this.link) this.drainQueued(this.link); return; }
+      this.guard(link, () => {
+        this.committing(() => {
+          if (r instanceof Error) throw r;
+          if (r !== expected) {
+            throw new RemusError(ErrorCode.DISK_DIVERGED, `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`);
+          }
+          this.counters.diskVerifiedEpoch = epoch;
+          this.hooks.event?.('disk-verified', { epoch, crc32c: r });
+        });
+        this.finishCommit(o);
+      });
+      this.drainQueued(link);
+    });
+  }
+
+  /** Memory (staged pages, then disk references), device state; then the ACK. */
+  private finishCommit(o: Open): void {
+    const epoch = o.epoch;
+    this.committing(() => {
       const refs = this.staging!.refs;
       const refPages = refs.length ? this.staging!.resolveRefs(this.replica!.disk!) : null;
       const changed = o.full ? allPfns(this.hello!.pageCount) : this.staging!.applyTo(this.replica!.image);
@@ -261,14 +301,8 @@ export class Backup {
         this.counters.diskRefPages += refs.length;
       }
       if (o.full) this.staging!.clear();
-      this.replica!.commitDeviceState(o.deviceState, changed);
-    } catch (e) {
-      this.committed = null;
-      this.staging!.clear();
-      // A disk reference that did not match means our disk diverged: the next session copies it whole.
-      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
-      throw e;
-    }
+      this.replica!.commitDeviceState(o.deviceState!, changed);
+    });
     this.committed = epoch;
     this.open = null;
     this.counters.checkpoints++;
@@ -279,14 +313,24 @@ export class Backup {
     this.hooks.phase?.('post-ack', epoch);
   }
 
-  private verifyDisk(epoch: number, crc32c: number): void {
-    const ours = diskChecksum(this.replica!.disk!);
-    if (ours !== crc32c) {
-      this.diskSuspect = true;
-      throw new RemusError(ErrorCode.DISK_DIVERGED, `at checkpoint ${epoch} the backup's disk has CRC32C ${ours.toString(16)}, the primary's ${crc32c.toString(16)}: the disks differ (the next session copies the disk whole)`);
+  /** A step of a commit: if it fails, the replica is no checkpoint any more. */
+  private committing(f: () => void): void {
+    try { f(); } catch (e) {
+      this.committed = null;
+      this.staging!.clear();
+      // A disk reference that did not match means our disk diverged: the next session copies it whole.
+      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
+      throw e;
     }
-    this.counters.diskVerifiedEpoch = epoch;
-    this.hooks.event?.('disk-verified', { epoch, crc32c });
+  }
+
+  /** Records that arrived while a commit waited for the disk check, in order. */
+  private drainQueued(link: Link): void {
+    while (this.queued.length > 0 && !this.paused && this.link === link) {
+      const [type, body] = this.queued.shift()!;
+      this.queuedBytes -= body.length;
+      this.guard(link, () => this.onRecord(type, body));
+    }
   }
 
   /** Pages sent as disk blocks: staged, resolved from our disk at commit (after its writes). */
@@ -329,7 +373,7 @@ export class Backup {
     if (this.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
     const bytes = parseDiskSyncEnd(body);
     if (bytes !== this.diskSync.bytes) throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${this.diskSync.bytes} arrived`);
-    if (bytes > 0) this.replica!.disk!.flush();
+    if (bytes > 0) { const d = this.replica!.disk!; (d.flushSoon ?? d.flush).call(d); }
     this.diskSync.done = true;
     this.hooks.event?.('disk-synced', { bytes });
   }
@@ -353,6 +397,8 @@ export class Backup {
   private drop(): void {
     this.open = null;
     this.staging?.clear();
+    this.queued = [];
+    this.queuedBytes = 0;
     const l = this.link;
     this.link = null;
     this.disarm();
@@ -404,6 +450,9 @@ export class Backup {
     this.link.send(type, body);
   }
 }
+
+/** What may arrive while a commit waits for its disk check (then the session is dropped). */
+const QUEUED_BYTES_MAX = 512 * 1024 * 1024;
 
 function allPfns(pageCount: number): Uint32Array {
   const a = new Uint32Array(pageCount);

@@ -74,8 +74,8 @@ export interface DiskPort {
    * checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
    */
   reference?(page: Uint8Array, epoch: number): { offsetBytes: number; crc32c: number } | null;
-  /** CRC32C of the whole disk now (called with the domain suspended, at a barrier). */
-  checksum?(): number;
+  /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
+  checksum?(): MaybePromise<number>;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

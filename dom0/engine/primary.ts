@@ -193,8 +193,14 @@ export class Primary {
       () => {
         this.copy.add(this.clock.now() - t1);
         info = this.domain.describe();
+        if (!full || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
+        // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
+        const crc = this.disk.checksum();
+        if (!(crc instanceof Promise)) { diskCrc = crc; return undefined; }
+        return crc.then((c) => { diskCrc = c; });
+      },
+      () => {
         this.hooks.phase?.('disk-barrier', epoch);
-        if (full && this.opts.verifyDisk && this.disk?.checksum) diskCrc = this.disk.checksum();
         this.disk?.barrier(epoch);
         this.hooks.phase?.('resume', epoch);
         return this.domain.resume();

@@ -127,7 +127,7 @@ export class BackupService {
       name: r.name, backup: target, security,
       engine: {
         intervalMs, compressor: 'zstd', cachePages: Math.max(1, Math.floor(r.pageCount / 10)), maxInFlight: 2,
-        heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536, verifyDisk: true,
+        heartbeatTimeoutMs: Number(req.heartbeatTimeoutMs ?? 2 * intervalMs + 100), batchPagesMax: 1024, deviceStateMax: 65536, verifyDisk: true,
         diskBufferBytesMax: this.cfg.diskBufferBytesMax,
       },
       memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,

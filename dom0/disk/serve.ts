@@ -1,8 +1,12 @@
 // serve: the entry point of `remusdb disk serve` — opens the image and listens, returning
-// the bound port and a close() that drains in-flight requests. No replication here; the
-// replicated backend passes its own DiskTap.
+// the bound port and a close() that drains in-flight requests. No replication there;
+// serveReplicatedDisk is the protected domain's disk: the same server with the replicator
+// as its tap and write generations kept for read tracking.
+import type { Clock } from '../engine/ports';
+import { BlockFile } from './block-file';
 import type { DiskTap } from './disk-tap';
 import { NbdServer } from './nbd-server';
+import { DiskReplicator, type ReplicatorOptions } from './replicator';
 
 export interface ServeDiskOptions {
   image: string;
@@ -13,6 +17,7 @@ export interface ServeDiskOptions {
   exportName?: string;
   readOnly?: boolean;
   tap?: DiskTap;
+  generations?: import('./block-generations').BlockGenerations;
   log?: (message: string) => void;
 }
 
@@ -29,7 +34,7 @@ export const DEFAULT_NBD_PORT = 10809;
 export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   const exportName = o.exportName ?? DEFAULT_EXPORT_NAME;
   const server = await NbdServer.open({
-    imagePath: o.image, exportName, readOnly: o.readOnly ?? false, tap: o.tap, log: o.log,
+    imagePath: o.image, exportName, readOnly: o.readOnly ?? false, tap: o.tap, generations: o.generations, log: o.log,
   });
   let port: number;
   try {
@@ -39,4 +44,17 @@ export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
     throw e;
   }
   return { port, sizeBytes: server.sizeBytes, exportName, close: () => server.close() };
+}
+
+export interface ReplicatedDisk extends ServedDisk { replicator: DiskReplicator; }
+
+/** A guest disk served over NBD whose writes (and reads) go through a replicator. */
+export async function serveReplicatedDisk(o: Omit<ServeDiskOptions, 'tap' | 'generations' | 'readOnly'> & { clock: Clock; replication: ReplicatorOptions }): Promise<ReplicatedDisk> {
+  const source = BlockFile.open(o.image);
+  const replicator = new DiskReplicator(source, o.clock, o.replication);
+  let served: ServedDisk;
+  try {
+    served = await serveDisk({ ...o, tap: replicator, generations: replicator.generations });
+  } catch (e) { source.close(); throw e; }
+  return { ...served, replicator, close: async () => { await served.close(); source.close(); } };
 }

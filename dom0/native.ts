@@ -41,6 +41,8 @@ export interface NativeAddon {
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;
   crc32c(data: Uint8Array, seed?: number): number;
+  /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */
+  netlinkRoute(message: Uint8Array): number;
   Arena: new (bytes: number, id?: number) => NativeArena;
   xenProbe?: () => ProbeResult;
   nfqueueProbe?: (queueNum: number) => ProbeResult;

@@ -10,6 +10,7 @@ void InitCodec(Napi::Env env, Napi::Object exports);
 void InitDirtyProbe(Napi::Env env, Napi::Object exports);
 void InitArena(Napi::Env env, Napi::Object exports);
 void InitCrc32c(Napi::Env env, Napi::Object exports);
+void InitNetlink(Napi::Env env, Napi::Object exports);
 #ifdef REMUS_HAVE_XEN
 void InitXen(Napi::Env env, Napi::Object exports);
 void InitXenSave(Napi::Env env, Napi::Object exports);
@@ -31,6 +32,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   remus::InitDirtyProbe(env, exports);
   remus::InitArena(env, exports);
   remus::InitCrc32c(env, exports);
+  remus::InitNetlink(env, exports);
   parts.Set("codec", true);
 #ifdef REMUS_HAVE_XEN
   remus::InitXen(env, exports);

@@ -6,10 +6,10 @@ import { encodeRecord, RecordDecoder } from '../dom0/protocol/framer';
 import { Rec, RECORD_BODY_MAX, checkpointBegin, checkpointEnd, jsonBody, withEpoch, PROTOCOL_VERSION } from '../dom0/protocol/records';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { Backup } from '../dom0/engine/backup';
-import type { Link } from '../dom0/engine/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { loadAddon } from '../dom0/native';
 import { MemReplica, VirtualClock } from './support/sim-world';
+import { TapLink } from './support/tap-link';
 import { dbPages } from './support/helpers';
 
 const KNOWN = new Set<number>(Object.values(Rec));
@@ -52,17 +52,6 @@ describe('41 protocol', () => {
   });
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {
-    class TapLink implements Link {
-      readonly remote = 'test';
-      readonly backlogBytes = 0;
-      sent: Array<{ type: number; body: Buffer }> = [];
-      closed = false;
-      rec: (t: number, b: Buffer) => void = () => {};
-      send(type: number, body: Uint8Array): void { this.sent.push({ type, body: Buffer.from(body) }); }
-      close(): void { this.closed = true; }
-      onRecord(cb: (t: number, b: Buffer) => void): void { this.rec = cb; }
-      onClose(): void { /* not used */ }
-    }
     const PAGES = 128;
     const hello = jsonBody({ kind: 'sim', domain: 't', pageCount: PAGES, pageSize: 4096, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100, deviceStateMax: 1024, sessionId: 's' }, PROTOCOL_VERSION);
     const mem = dbPages(PAGES, 3);

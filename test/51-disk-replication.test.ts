@@ -4,7 +4,7 @@
 // checks the same invariants under crashes; the demo (44) checks them across processes.
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
-import type { DiskLink, Link } from '../dom0/engine/ports';
+import type { DiskLink } from '../dom0/engine/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
 import { BlockGenerations } from '../dom0/disk/block-generations';
@@ -19,6 +19,7 @@ import {
   diskWriteBody, diskRefsBody, jsonBody, parseDiskSync, parseDiskWrite, withEpoch,
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
+import { TapLink } from './support/tap-link';
 
 const guestImage = (): Uint8Array => { const m = new Uint8Array(128 * 4096); GuestProgram.boot(m, 'idle', 1); return m; };
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
@@ -209,18 +210,16 @@ describe('51 disk replication', () => {
   });
 
   describe('51.5 the backup enforces the disk session rules', () => {
-    class TapLink implements Link {
-      readonly remote = 'test';
-      readonly backlogBytes = 0;
-      sent: Array<{ type: number; body: Buffer }> = [];
-      closed = false;
-      rec: (t: number, b: Buffer) => void = () => {};
-      send(type: number, body: Uint8Array): void { this.sent.push({ type, body: Buffer.from(body) }); }
-      close(): void { this.closed = true; }
-      onRecord(cb: (t: number, b: Buffer) => void): void { this.rec = cb; }
-      onClose(): void { /* not used */ }
-    }
     const hello = (diskBytes: number) => jsonBody({ kind: 'sim', domain: 't', pageCount: 128, pageSize: 4096, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100, deviceStateMax: 1024, sessionId: 's', diskBytes, diskBufferBytesMax: 1 << 20 }, PROTOCOL_VERSION);
+    /** A good FULL checkpoint 1 of a 128-page guest. */
+    const fullCheckpoint = (link: TapLink): void => {
+      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
+      const all = Array.from({ length: 128 }, (_, i) => i);
+      link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
+      link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
+      link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
+      link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
+    };
     const start = (replicaDisk: number | null, helloDisk: number) => {
       let replica!: MemReplica;
       const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => (replica = new MemReplica(h.pageCount, replicaDisk ? new MemDiskTarget(replicaDisk) : null)) });
@@ -251,12 +250,7 @@ describe('51 disk replication', () => {
       s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
       const disk = (): MemDiskTarget => s.replica().disk!;
       assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [9, 0], 'sync applied at once, writes held');
-      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
-      const all = Array.from({ length: 128 }, (_, i) => i);
-      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
-      s.link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
-      s.link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
-      s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
+      fullCheckpoint(s.link);
       assert.equal(s.error(), null);
       assert.deepEqual([disk().bytes[4096], disk().bytes[8192]], [1, 0], 'commit 1 applied epoch 1 only');
       s.b.failover('test');
@@ -268,12 +262,7 @@ describe('51 disk replication', () => {
       const s = start(DISK, DISK);
       s.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
       s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(4096));
-      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
-      const all = Array.from({ length: 128 }, (_, i) => i);
-      s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
-      s.link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
-      s.link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
-      s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
+      fullCheckpoint(s.link);
       assert.equal(s.b.committedEpoch, 1);
       return s;
     };

@@ -1,0 +1,15 @@
+// tap-link: a Link for tests that records what an engine sends and lets the test deliver
+// records to it by hand (rec), as if they came from the peer.
+import type { Link } from '../../dom0/engine/ports';
+
+export class TapLink implements Link {
+  readonly remote = 'test';
+  readonly backlogBytes = 0;
+  sent: Array<{ type: number; body: Buffer }> = [];
+  closed = false;
+  rec: (t: number, b: Buffer) => void = () => {};
+  send(type: number, body: Uint8Array): void { this.sent.push({ type, body: Buffer.from(body) }); }
+  close(): void { this.closed = true; }
+  onRecord(cb: (t: number, b: Buffer) => void): void { this.rec = cb; }
+  onClose(): void { /* not used */ }
+}

@@ -197,7 +197,11 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
 function progressLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
   const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
-  return `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ${n('lastAckAgeMs').toFixed(0)} ms ago`;
+  const d = s.disk as { resyncPendingBytes: number; resyncCopiedBytes: number; forwardedBytes: number } | null | undefined;
+  const disk = !d ? '' : s.state === 'syncing'
+    ? ` | disk copy ${(d.resyncCopiedBytes / 2 ** 20).toFixed(1)} of ${((d.resyncCopiedBytes + d.resyncPendingBytes) / 2 ** 20).toFixed(1)} MiB`
+    : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
+  return `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ${n('lastAckAgeMs').toFixed(0)} ms ago`;
 }
 
 function formatStatus(s: Record<string, unknown>): string {

@@ -437,7 +437,14 @@ export class Backup {
     if (!this.link) return;
     const now = this.clock.now();
     if (now - this.lastHeard > this.timeoutMs()) {
-      this.failover(`primary silent for ${now - this.lastHeard} ms`);
+      // Confirm after pending input was read: a stall of our own loop is not the primary's silence.
+      const link = this.link;
+      this.timer = this.clock.setTimer(1, () => {
+        this.timer = null;
+        if (this.link !== link) return;
+        const silent = this.clock.now() - this.lastHeard;
+        if (silent > this.timeoutMs()) this.failover(`primary silent for ${silent.toFixed(0)} ms`); else this.arm();
+      });
       return;
     }
     if (this.sessionOpen && now - this.lastSent >= this.timeoutMs() / 4) this.send(Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));

@@ -394,10 +394,16 @@ export class Primary {
     if (!this.link) return;
     const now = this.clock.now();
     if (now - this.lastHeard > this.opts.heartbeatTimeoutMs) {
-      this.lose(`backup silent for ${now - this.lastHeard} ms`);
+      // Our own event loop may have stalled (a long full-copy pause) with the backup's
+      // records unread: look again after pending input was read (a timer runs after the poll).
+      const link = this.link;
+      this.clock.setTimer(1, () => {
+        const silent = this.clock.now() - this.lastHeard;
+        if (this.link === link && silent > this.opts.heartbeatTimeoutMs) this.lose(`backup silent for ${silent.toFixed(0)} ms`);
+      });
       return;
     }
-    if (this.session === 'active' && now - this.lastSent >= this.hbIntervalMs()) {
+    if ((this.session === 'active' || this.session === 'syncing') && now - this.lastSent >= this.hbIntervalMs()) {
       this.send(Rec.HEARTBEAT, heartbeatBody(this.acked, now));
     }
   }

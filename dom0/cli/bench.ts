@@ -1,10 +1,14 @@
-// bench: `remusdb bench trace <file>` (trace replay through the codec, verified) and
-// `remusdb bench codec` (codec throughput against memcpy, measured in the same run).
+// bench: `remusdb bench trace <file>` (trace replay through the codec, verified),
+// `remusdb bench codec` (codec throughput against memcpy, measured in the same run) and
+// `remusdb bench net` (PostgreSQL TPS behind the network buffer: none / remus / commit
+// protection, per checkpoint interval; root).
 import type { Command } from 'commander';
 import { DEFAULT_CACHE, cacheSpecOption } from '../memory/cache-size';
 import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
 import { benchCodec, formatCodecBench } from '../bench/codec-bench';
 import { benchEngine, formatEngineBench } from '../bench/engine-bench';
+import { benchNet, formatNetBench } from '../bench/net-bench';
+import { ErrorCode, RemusError } from '../errors';
 import { choiceOption, intOption } from './options';
 
 export function registerBench(program: Command): void {
@@ -24,6 +28,7 @@ export function registerBench(program: Command): void {
       console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
     });
   registerEngineBench(bench);
+  registerNetBench(bench);
   bench.command('codec')
     .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
     .option('--runs <n>', 'runs per figure (the median is reported)', intOption('--runs', 1, 101), 7)
@@ -43,6 +48,36 @@ export function registerEngineBench(bench: Command): void {
     .action(async (o: { seconds: number; runs: number; json?: boolean }) => {
       const r = await benchEngine(o);
       console.log(o.json ? JSON.stringify(r) : formatEngineBench(r));
+    });
+}
+
+function intervalsOption(v: string): number[] {
+  const parts = v.split(',').map((x) => intOption('--intervals', 1, 10_000)(x.trim()));
+  if (parts.length === 0 || parts.length > 16) throw new RemusError(ErrorCode.BAD_ARGUMENT, '--intervals: 1 to 16 values');
+  return parts;
+}
+
+export function registerNetBench(bench: Command): void {
+  bench.command('net')
+    .description('PostgreSQL pgbench TPS behind the network buffer: none, remus, cp_dscp, cp_pgwire per interval (root)')
+    .option('--seconds <n>', 'pgbench -T per run', intOption('--seconds', 1, 3600), 10)
+    .option('--runs <n>', 'runs per point (the median is reported)', intOption('--runs', 1, 21), 3)
+    .option('--intervals <list>', 'checkpoint intervals in ms, comma-separated', intervalsOption, [25, 50, 100, 250])
+    .option('--scale <n>', 'pgbench -s', intOption('--scale', 1, 1000), 10)
+    .option('--clients <n>', 'pgbench -c', intOption('--clients', 1, 256), 8)
+    .option('--threads <n>', 'pgbench -j', intOption('--threads', 1, 32), 2)
+    .option('--script <name>', 'pgbench built-in: tpcb-like or simple-update (no branch/teller updates: less lock contention)',
+      choiceOption('--script', ['tpcb-like', 'simple-update'] as const), 'tpcb-like')
+    .option('--pg-bin <dir>', 'bin directory of a PostgreSQL 15 with the commit protection patch (enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)')
+    .option('--svg <path>', 'write the TPS plot (SVG) there')
+    .option('--diagnostic', 'also measure the queue alone (everything released at once; 128-byte and whole-segment copies)')
+    .option('--json', 'print one JSON object as the last line of stdout')
+    .action(async (o: { seconds: number; runs: number; intervals: number[]; diagnostic?: boolean; scale: number; clients: number; threads: number;
+      script: 'tpcb-like' | 'simple-update'; pgBin?: string; svg?: string; json?: boolean }) => {
+      const r = await benchNet({ seconds: o.seconds, runs: o.runs, intervalsMs: o.intervals, scale: o.scale, clients: o.clients,
+        threads: o.threads, script: o.script, diagnostic: o.diagnostic, patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined), svg: o.svg,
+        log: (line) => process.stderr.write(`${line}\n`) });
+      console.log(o.json ? JSON.stringify(r) : formatNetBench(r));
     });
 }
 

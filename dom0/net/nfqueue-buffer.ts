@@ -15,7 +15,7 @@ import type { OutputGate } from '../engine/ports';
 import { ErrorCode, RemusError } from '../errors';
 import { requirePart } from '../native';
 import { type GuestMatch, installRules, removeRules } from './iptables-rules';
-import { type Classifier, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
+import { type Classifier, type LedgerObserver, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
 
 /** Error code of this driver's operating errors (bind failed, verdict send failed). */
 export const ERR_NETBUF = 'ERR_NETBUF';
@@ -26,9 +26,14 @@ export interface NfqueueBufferOptions {
   netns?: string;
   /** Per-packet commit protection; default: hold everything. */
   classify?: Classifier;
+  /** Sees every packet and epoch event (failover reset tracking). */
+  observer?: LedgerObserver;
   heldMax?: number;
   heldBytesMax?: number;
-  /** Bytes of each packet copied to us (IP + TCP headers and DSCP fit in 128). */
+  /**
+   * Bytes of each packet copied to us (IP + TCP headers and DSCP fit in 128; pgwire needs
+   * whole segments: PGWIRE_COPY_BYTES). At most 65531 (the kernel's NFQNL_MAX_COPY_RANGE).
+   */
   copyBytes?: number;
   batchMax?: number;
   rcvbufBytes?: number;
@@ -44,6 +49,7 @@ export const KERNEL_QUEUE_MAX = 65_536;
 
 /** The native queue as typed here (the addon's `NfqueueQueue`). */
 interface NativeQueue extends PacketBatch {
+  readonly capLens: Uint16Array;
   readonly batchMax: number;
   drain(batchesMax: number): number;
   verdictUpTo(id: number, accept: boolean): void;
@@ -92,7 +98,7 @@ export class NfqueueBuffer implements OutputGate {
       drain: () => { q!.drain(1 << 16); },
     };
     ledger = new PacketLedger(sink, { heldMax: o.heldMax, heldBytesMax: o.heldBytesMax },
-      o.classify ?? null, o.batchMax);
+      o.classify ?? null, o.batchMax, o.observer ?? null);
     return new NfqueueBuffer(q, ledger, o.queueNum, o.netns);
   }
 
@@ -115,7 +121,7 @@ export class NfqueueBuffer implements OutputGate {
 }
 
 function batchView(q: NativeQueue): Omit<PacketBatch, 'count'> {
-  return { ids: q.ids, ipLens: q.ipLens, protos: q.protos, headers: q.headers, copyBytes: q.copyBytes };
+  return { ids: q.ids, ipLens: q.ipLens, protos: q.protos, headers: q.headers, copyBytes: q.copyBytes, capLens: q.capLens };
 }
 
 export function netnsPathOf(name: string): string {

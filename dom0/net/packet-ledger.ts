@@ -11,12 +11,25 @@
 //   setPassThrough(true) accepts everything read so far, then each packet on arrival;
 //   discard() drops everything held. Bounded: past heldMax / heldBytesMax a new packet is
 //   dropped at once and counted, never released early.
+// A stateful classifier (pgwire) also sees the packets that pass through unprotected, so
+// that it follows every stream from its start; an observer (failover-reset.ts) sees every
+// packet with its outcome and the epoch it belongs to.
 import { assert } from '../assert';
 import type { OutputGate } from '../engine/ports';
 
 export type PacketVerdict = 'hold' | 'release';
 /** header: the first copyBytes of the IP packet; hwProtocol: 0x0800 IPv4, 0x86dd IPv6. */
 export type Classifier = (header: Uint8Array, hwProtocol: number) => PacketVerdict;
+
+/** What happened to a packet when it was read. 'pass': pass-through (unprotected). */
+export type PacketOutcome = 'accept' | 'held' | 'drop' | 'pass';
+
+/** Watches the ledger (the failover reset tracker): every packet, barriers, releases. */
+export interface LedgerObserver {
+  packet(header: Uint8Array, verdict: PacketVerdict, outcome: PacketOutcome, epoch: number): void;
+  barrier(epoch: number): void;
+  release(epoch: number): void;
+}
 
 /** Where verdicts go (the native queue) and how to pull what the kernel already holds. */
 export interface VerdictSink {
@@ -34,6 +47,8 @@ export interface PacketBatch {
   protos: Uint16Array;
   headers: Uint8Array;
   copyBytes: number;
+  /** Bytes actually copied per packet (≤ copyBytes); without it the whole slot is passed. */
+  capLens?: Uint16Array;
 }
 
 export interface LedgerLimits { heldMax: number; heldBytesMax: number; }
@@ -77,7 +92,8 @@ export class PacketLedger implements OutputGate {
     waitedBehindFlow: 0, passedThrough: 0, droppedOverLimit: 0, discarded: 0 };
 
   constructor(private readonly sink: VerdictSink, private readonly limits: LedgerLimits,
-    private readonly classify: Classifier | null = null, batchMax = 65536) {
+    private readonly classify: Classifier | null = null, batchMax = 65536,
+    private readonly observer: LedgerObserver | null = null) {
     assert(limits.heldMax >= 1 && limits.heldBytesMax >= 1, 'ledger limits must be positive');
     this.current = newEpoch(1);
     this.scratch = new Uint32Array(batchMax * 2);
@@ -93,6 +109,7 @@ export class PacketLedger implements OutputGate {
     assert(b.count * 2 <= this.scratch.length, 'batch larger than the ledger was sized for');
     this.stats.received += b.count;
     if (this.passThrough) {
+      if (this.classify || this.observer) this.observePassing(b);
       this.lastReadId = b.ids[b.count - 1];
       this.sink.verdictUpTo(this.lastReadId, true);
       this.stats.passedThrough += b.count;
@@ -104,15 +121,25 @@ export class PacketLedger implements OutputGate {
     for (let i = 0; i < b.count; i++) {
       const id = b.ids[i];
       this.lastReadId = id;
-      const header = b.headers.subarray(i * b.copyBytes, (i + 1) * b.copyBytes);
+      const header = headerOf(b, i);
       const verdict = this.classify ? this.classify(header, b.protos[i]) : 'hold';
       const key = this.classify ? flowKey(header) : null;
       const outcome = this.place(id, b.ipLens[i], verdict, key);
+      this.observer?.packet(header, verdict, outcome, this.current.epoch);
       if (outcome === 'accept') accept[nAccept++] = id;
       else if (outcome === 'drop') drop[nDrop++] = id;
     }
     if (nAccept) this.sink.verdictEach(accept, nAccept, true);
     if (nDrop) this.sink.verdictEach(drop, nDrop, false);
+  }
+
+  /** Pass-through: the classifier still follows the streams; the observer sees each packet. */
+  private observePassing(b: PacketBatch): void {
+    for (let i = 0; i < b.count; i++) {
+      const header = headerOf(b, i);
+      const verdict = this.classify ? this.classify(header, b.protos[i]) : 'hold';
+      this.observer?.packet(header, verdict, 'pass', this.current.epoch);
+    }
   }
 
   private place(id: number, bytes: number, verdict: PacketVerdict, key: string | null): 'accept' | 'drop' | 'held' {
@@ -151,10 +178,12 @@ export class PacketLedger implements OutputGate {
     this.sink.drain();
     this.closed.push(this.current);
     this.current = newEpoch(epoch + 1);
+    this.observer?.barrier(epoch);
   }
 
   release(epoch: number): void {
     while (this.closed.length && this.closed[0].epoch <= epoch) this.releaseRecord(this.closed.shift()!);
+    this.observer?.release(epoch);
   }
 
   private releaseRecord(rec: EpochRecord): void {
@@ -190,6 +219,12 @@ export class PacketLedger implements OutputGate {
     this.stats.held = 0;
     this.stats.heldBytes = 0;
   }
+}
+
+/** Packet i's copy: the bytes copied (capLens), else its whole slot. */
+function headerOf(b: PacketBatch, i: number): Uint8Array {
+  const at = i * b.copyBytes;
+  return b.headers.subarray(at, at + (b.capLens ? b.capLens[i] : b.copyBytes));
 }
 
 function newEpoch(epoch: number): EpochRecord {

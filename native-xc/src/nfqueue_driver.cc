@@ -18,6 +18,7 @@
 #include <linux/netfilter/nfnetlink_queue.h>
 #include <linux/netlink.h>
 #include <napi.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -35,12 +36,14 @@
 namespace remus {
 namespace {
 
-constexpr uint32_t kCopyBytesMin = 64, kCopyBytesMax = 1500;
+// The kernel's ceiling for the copy range is NFQNL_MAX_COPY_RANGE (0xffff - NLA_HDRLEN).
+constexpr uint32_t kCopyBytesMin = 64, kCopyBytesMax = 65531;
 constexpr uint32_t kBatchMin = 1, kBatchMax = 65536;
+constexpr uint32_t kZeroBytes = 128;              // header bytes zero-padded past the copy
 constexpr uint32_t kQueueMaxLenMax = 4u << 20;
 constexpr uint32_t kRcvbufMax = 1u << 30;
 constexpr int kRecvSlots = 64;             // datagrams per recvmmsg
-constexpr size_t kRecvSlotBytes = 4096;    // one packet message with ≤ 1500 copied bytes
+constexpr size_t kRecvSlotOverhead = 1024; // netlink + nfqueue attributes around the copied bytes
 constexpr int kPollBatchesMax = 8;         // per uv_poll wakeup, then yield to the loop
 constexpr size_t kVerdictMsgBytes = NLMSG_ALIGN(sizeof(nlmsghdr)) + NLMSG_ALIGN(sizeof(nfgenmsg)) +
                                     NLA_ALIGN(NLA_HDRLEN + sizeof(nfqnl_msg_verdict_hdr));
@@ -68,7 +71,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
         !ReadU32(o, "queueMaxLen", 1, kQueueMaxLenMax, &queueMaxLen_) ||
         !ReadU32(o, "rcvbufBytes", 65536, kRcvbufMax, &rcvbufBytes_) ||
         !ReadU32(o, "batchMax", kBatchMin, kBatchMax, &batchMax_)) {
-      ThrowRange(env, "NfqueueQueue options: queueNum 0..65535, copyBytes 64..1500, queueMaxLen 1..4Mi, "
+      ThrowRange(env, "NfqueueQueue options: queueNum 0..65535, copyBytes 64..65531, queueMaxLen 1..4Mi, "
                       "rcvbufBytes 64Ki..1Gi, batchMax 1..65536 (integers)");
       return;
     }
@@ -156,7 +159,8 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     if (setsockopt(fd_, SOL_NETLINK, NETLINK_NO_ENOBUFS, &one, sizeof one) != 0) return Errno("NETLINK_NO_ENOBUFS");
     int fl = fcntl(fd_, F_GETFL);
     if (fl < 0 || fcntl(fd_, F_SETFL, fl | O_NONBLOCK) != 0) return Errno("O_NONBLOCK");
-    recvBuf_.resize(size_t(kRecvSlots) * kRecvSlotBytes);
+    recvSlotBytes_ = std::max<size_t>(4096, copyBytes_ + kRecvSlotOverhead);
+    recvBuf_.resize(size_t(kRecvSlots) * recvSlotBytes_);
     return "";
   }
 
@@ -189,7 +193,9 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     self->ipLensData_[i] = IpLength(payload, static_cast<uint32_t>(len));
     uint8_t* dst = self->headersData_ + size_t(i) * self->copyBytes_;
     if (cap > 0) std::memcpy(dst, payload, cap);
-    if (cap < self->copyBytes_) std::memset(dst + cap, 0, self->copyBytes_ - cap);
+    // Zero only the header area (the first 128 bytes); capLens tells the valid length, and
+    // clearing a 64 KiB slot per packet would cost more than the copy (pgwire copy ranges).
+    if (cap < kZeroBytes && cap < self->copyBytes_) std::memset(dst + cap, 0, std::min(kZeroBytes, self->copyBytes_) - cap);
     self->received_++;
     return 0;
   }
@@ -214,7 +220,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     while (count_ < batchMax_ && fd_ >= 0) {
       uint32_t room = std::min<uint32_t>(kRecvSlots, batchMax_ - count_);  // one packet per datagram
       for (uint32_t k = 0; k < room; k++) {
-        iov[k] = {recvBuf_.data() + k * kRecvSlotBytes, kRecvSlotBytes};
+        iov[k] = {recvBuf_.data() + k * recvSlotBytes_, recvSlotBytes_};
         std::memset(&msgs[k], 0, sizeof msgs[k]);
         msgs[k].msg_hdr.msg_iov = &iov[k];
         msgs[k].msg_hdr.msg_iovlen = 1;
@@ -227,7 +233,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
         }
         break;
       }
-      for (int k = 0; k < n; k++) Dispatch(recvBuf_.data() + k * kRecvSlotBytes, msgs[k].msg_len);
+      for (int k = 0; k < n; k++) Dispatch(recvBuf_.data() + k * recvSlotBytes_, msgs[k].msg_len);
       if (static_cast<uint32_t>(n) < room) break;
     }
     return count_;
@@ -403,6 +409,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   int fd_ = -1;
   uv_poll_t* poll_ = nullptr;
   std::vector<uint8_t> recvBuf_;
+  size_t recvSlotBytes_ = 4096;
   Napi::Reference<Napi::Uint32Array> ids_, ipLens_;
   Napi::Reference<Napi::Uint16Array> protos_, capLens_;
   Napi::Reference<Napi::Buffer<uint8_t>> headers_;
@@ -421,8 +428,66 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
 
 }  // namespace
 
+// sendRawIp(packet, netnsPath?): sends one complete IP packet (header included, checksums
+// filled in by the caller) through a raw socket created inside netnsPath when given. The
+// failover resets (dom0/net/failover-reset.ts) forge TCP RSTs with it.
+Napi::Value SendRawIp(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray() || (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsString())) {
+    ThrowType(env, "sendRawIp(packet: Uint8Array, netnsPath?: string)");
+    return env.Undefined();
+  }
+  Napi::Uint8Array pkt = info[0].As<Napi::Uint8Array>();
+  const uint8_t* p = pkt.Data();
+  size_t len = pkt.ByteLength();
+  bool v6 = len >= 40 && (p[0] >> 4) == 6;
+  if (!v6 && !(len >= 20 && (p[0] >> 4) == 4)) { ThrowRange(env, "sendRawIp: not an IPv4/IPv6 packet"); return env.Undefined(); }
+  std::string netns = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  int origNs = -1, targetNs = -1;
+  if (!netns.empty()) {
+    origNs = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    targetNs = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
+    if (origNs < 0 || targetNs < 0 || setns(targetNs, CLONE_NEWNET) != 0) {
+      std::string why = std::string("enter network namespace ") + netns + ": " + std::strerror(errno);
+      if (origNs >= 0) close(origNs);
+      if (targetNs >= 0) close(targetNs);
+      ThrowRemus(env, "ERR_NETBUF", why);
+      return env.Undefined();
+    }
+  }
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+  int socketErrno = errno;
+  if (origNs >= 0) {
+    if (setns(origNs, CLONE_NEWNET) != 0) abort();  // this thread must not stay in the other namespace
+    close(origNs);
+    close(targetNs);
+  }
+  if (fd < 0) { ThrowRemus(env, "ERR_NETBUF", std::string("raw socket: ") + std::strerror(socketErrno)); return env.Undefined(); }
+  sockaddr_storage to{};
+  socklen_t toLen;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&to);
+    a->sin6_family = AF_INET6;
+    std::memcpy(&a->sin6_addr, p + 24, 16);
+    toLen = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&to);
+    a->sin_family = AF_INET;
+    std::memcpy(&a->sin_addr, p + 16, 4);
+    toLen = sizeof *a;
+  }
+  ssize_t n = sendto(fd, p, len, 0, reinterpret_cast<sockaddr*>(&to), toLen);
+  int sendErrno = errno;
+  close(fd);
+  if (n != static_cast<ssize_t>(len)) {
+    ThrowRemus(env, "ERR_NETBUF", std::string("raw sendto: ") + (n < 0 ? std::strerror(sendErrno) : "short write"));
+  }
+  return env.Undefined();
+}
+
 void InitNfqueueDriver(Napi::Env env, Napi::Object exports) {
   exports.Set("NfqueueQueue", NfqueueQueue::Define(env));
+  exports.Set("sendRawIp", Napi::Function::New(env, SendRawIp, "sendRawIp"));
 }
 
 }  // namespace remus

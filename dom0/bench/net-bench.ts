@@ -1,0 +1,208 @@
+// net-bench: `remusdb bench net` — PostgreSQL 15 throughput behind the guest network
+// buffer, the experiment of RemusDB's Figure 5.13. Three network namespaces (guest ── vif
+// ─ bridge in "dom0" ─ client, loopback-range addresses) are created and removed by the
+// bench (root). PostgreSQL serves from the guest namespace, pgbench (TPC-B-like, -n) runs
+// in the client namespace, and the guest's egress goes through the NFQUEUE gate, whose
+// barriers and releases come from a real checkpoint engine (a Primary protecting a small
+// simulated domain, an in-process Backup; net-engine.ts). Modes per checkpoint interval:
+//   none       no buffering (measured once per round, the baseline)
+//   remus      every packet waits for its checkpoint
+//   cp_dscp    commit protection by DSCP marks (needs a patched PostgreSQL: --pg-bin)
+//   cp_pgwire  commit protection by parsing the PostgreSQL protocol (no guest change)
+// Each point is the median of `runs` runs; rounds interleave modes to spread noise.
+import * as fs from 'node:fs';
+import { ErrorCode, RemusError } from '../errors';
+import { createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
+import { type CommitProtection, type NetBuffer, openNetBuffer, PGWIRE_BATCH_MAX, PGWIRE_COPY_BYTES } from '../net/net-device';
+import { setupNfqueue } from '../net/nfqueue-buffer';
+import { loadAddon } from '../native';
+import { EngineRig } from './net-engine';
+import { findPostgres, initCluster, initPgbench, type PgbenchScript, type PgServer, runPgbench, startServer } from './net-pg';
+import { tpsPlot } from './net-svg';
+
+export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_pgwire'] as const;
+export type NetMode = (typeof NET_MODES)[number];
+type PerMode<T> = Record<NetMode, T | null>;
+
+export interface NetBenchOptions {
+  seconds: number; runs: number; intervalsMs: number[]; scale: number; clients: number; threads: number;
+  script: PgbenchScript;
+  /** Directory of a PostgreSQL 15 built with the commit protection patch (enables cp_dscp). */
+  patchedBin?: string;
+  svg?: string;
+  /** Also measure DIAG_MODES at the first interval. */
+  diagnostic?: boolean;
+  log: (line: string) => void;
+}
+
+export interface NetBenchResult {
+  intervals_ms: number[];
+  tps: PerMode<number[]>;
+  latency_ms: PerMode<number[]>;
+  /** Share of the guest's packets that waited for a checkpoint. */
+  held_pct: PerMode<number[]>;
+  runs: number; seconds: number; scale: number; clients: number; threads: number; script: PgbenchScript;
+  pg_version: string; notes: string[];
+  /** --diagnostic: TPS per DIAG_MODES at intervals_ms[0] (medians). */
+  diagnostic?: Record<string, number>;
+}
+
+const PREFIX = 'rdbnb';
+const QUEUE = 70;
+const SUBNET = '127.60.0.0/24';
+
+const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)] : NaN; };
+
+/** Why the benchmark cannot run here (null: it can). */
+export function whyNoNetBench(): string | null {
+  if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables, NFQUEUE)';
+  try { if (!loadAddon().parts.nfqueue) return 'addon built without libnetfilter-queue-dev'; } catch (e) { return (e as Error).message; }
+  const pg = findPostgres();
+  return typeof pg === 'string' ? pg : null;
+}
+
+interface Point { tps: number; latencyMs: number; heldPct: number; }
+
+/**
+ * Diagnostics (--diagnostic): the queue's own cost, every packet released at once, with the
+ * 128-byte copy of remus/dscp and the whole-segment copy of pgwire (same interval).
+ */
+export const DIAG_MODES = ['nfq_release_128', 'nfq_release_64k'] as const;
+type DiagMode = (typeof DIAG_MODES)[number];
+
+function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
+  const base = { domain: 'netbench', match: { physdevIn: bed.vif }, netns: bed.dom0, queueNum: QUEUE } as const;
+  if (mode === 'nfq_release_128' || mode === 'nfq_release_64k') {
+    const dev = setupNfqueue({ ...base, classify: () => 'release', copyBytes: mode === 'nfq_release_128' ? 128 : PGWIRE_COPY_BYTES,
+      batchMax: mode === 'nfq_release_128' ? 1024 : PGWIRE_BATCH_MAX });
+    return { gate: dev.gate, nfqueue: dev.gate, pgwire: null, exposure: null, describe: () => ({}), close: () => dev.teardown() };
+  }
+  return openNetBuffer({ ...base, driver: mode === 'none' ? 'none' : 'nfqueue', commitProtection: mode === 'none' ? 'off' : PROTECTION[mode] });
+}
+
+const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = { remus: 'off', cp_dscp: 'dscp', cp_pgwire: 'pgwire' };
+
+async function measure(bed: Testbed, rig: EngineRig, pgbench: string, mode: NetMode | DiagMode, intervalMs: number, o: NetBenchOptions): Promise<Point> {
+  const nb = openGate(bed, mode);
+  try {
+    const engine = await rig.protect(nb.gate, intervalMs);
+    try {
+      await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
+      const r = await runPgbench(pgbench, bed.client, bed.guestIp4, { clients: o.clients, threads: o.threads, seconds: o.seconds, script: o.script });
+      const l = nb.nfqueue?.ledger.stats;
+      const seen = l ? l.received - l.passedThrough : 0;
+      const held = l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0;
+      return { tps: r.tps, latencyMs: r.latencyMs, heldPct: seen ? (100 * held) / seen : 0 };
+    } finally {
+      engine.stop();
+    }
+  } finally {
+    nb.gate.setPassThrough(true);   // let what is still held go before the queue closes
+    nb.close();
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => { t = setTimeout(() => reject(new RemusError(ErrorCode.PEER_GONE, what)), ms); });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+}
+
+export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
+  const why = whyNoNetBench();
+  if (why) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bench net cannot run here: ${why}`);
+  const stock = findPostgres() as { bin: string; pgbench: string };
+  const patched = o.patchedBin ? findPostgres(o.patchedBin) : null;
+  if (typeof patched === 'string') throw new RemusError(ErrorCode.BAD_ARGUMENT, `--pg-bin: ${patched}`);
+  const modes = NET_MODES.filter((m) => m !== 'cp_dscp' || patched);
+  const samples = new Map<string, Point[]>();
+  const notes: string[] = [];
+  if (!patched) notes.push('cp_dscp: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured');
+  const bed = createTestbed(PREFIX);
+  let server: PgServer | null = null;
+  let rig: EngineRig | null = null;
+  try {
+    initCluster(stock.bin, SUBNET);
+    server = startServer(stock.bin, bed.guest, bed.guestIp4);
+    o.log(`bench net: pgbench -i -s ${o.scale} ...`);
+    initPgbench(stock.pgbench, bed.client, bed.guestIp4, o.scale);
+    const engines = rig = new EngineRig(16 * 2 ** 20, 200);
+    const point = async (mode: NetMode | DiagMode, intervalMs: number, round: number): Promise<void> => {
+      let p: Point;
+      try {
+        p = await measure(bed, engines, stock.pgbench, mode, intervalMs, o);
+      } catch (e) {
+        o.log(`round ${round} ${mode} ${intervalMs} ms failed (${(e as Error).message}); once more`);
+        notes.push(`${mode} ${intervalMs} ms round ${round}: retried after: ${(e as Error).message}`);
+        p = await measure(bed, engines, stock.pgbench, mode, intervalMs, o);
+      }
+      const key = `${mode}/${intervalMs}`;
+      samples.set(key, [...(samples.get(key) ?? []), p]);
+      o.log(`round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
+        `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets`);
+    };
+    for (let round = 1; round <= o.runs; round++) {
+      for (const mode of modes) {
+        if (mode === 'cp_dscp' || (mode === 'cp_pgwire' && patched)) {
+          server.stop();
+          server = startServer(mode === 'cp_dscp' ? patched!.bin : stock.bin, bed.guest, bed.guestIp4);
+        }
+        for (const intervalMs of mode === 'none' ? [o.intervalsMs[0]] : o.intervalsMs) await point(mode, intervalMs, round);
+      }
+      for (const mode of o.diagnostic ? DIAG_MODES : []) await point(mode, o.intervalsMs[0], round);
+    }
+  } finally {
+    server?.stop();
+    for (const i of rig?.incidents ?? []) notes.push(`engine incident: ${i}`);
+    await rig?.close();
+    destroyTestbed(PREFIX);
+  }
+  return summarize(samples, modes, o, notes);
+}
+
+function summarize(samples: Map<string, Point[]>, modes: NetMode[], o: NetBenchOptions, notes: string[]): NetBenchResult {
+  const pick = (f: (p: Point) => number): PerMode<number[]> => {
+    const out = {} as PerMode<number[]>;
+    for (const mode of NET_MODES) {
+      if (!modes.includes(mode)) { out[mode] = null; continue; }
+      out[mode] = o.intervalsMs.map((ms) => median((samples.get(`${mode}/${mode === 'none' ? o.intervalsMs[0] : ms}`) ?? []).map(f)));
+    }
+    return out;
+  };
+  const r: NetBenchResult = {
+    intervals_ms: o.intervalsMs, tps: pick((p) => p.tps), latency_ms: pick((p) => p.latencyMs), held_pct: pick((p) => p.heldPct),
+    runs: o.runs, seconds: o.seconds, scale: o.scale, clients: o.clients, threads: o.threads, script: o.script, pg_version: '15', notes,
+  };
+  if (o.diagnostic) {
+    r.diagnostic = Object.fromEntries(DIAG_MODES.map((m) => [m, median((samples.get(`${m}/${o.intervalsMs[0]}`) ?? []).map((p) => p.tps))]));
+  }
+  if (o.svg) fs.writeFileSync(o.svg, netBenchSvg(r));
+  return r;
+}
+
+export function netBenchSvg(r: NetBenchResult): string {
+  const colors: Record<NetMode, string> = { none: '#333333', remus: '#d62728', cp_dscp: '#1f77b4', cp_pgwire: '#2ca02c' };
+  const names: Record<NetMode, string> = { none: 'no buffering', remus: 'Remus (hold all)', cp_dscp: 'CP (DSCP)', cp_pgwire: 'CP (pgwire)' };
+  const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({ name: names[m], values: r.tps[m]!, color: colors[m], dashed: m === 'none' }));
+  return tpsPlot(`PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ${r.seconds} s × ${r.runs} (median)`, r.intervals_ms, series);
+}
+
+export function formatNetBench(r: NetBenchResult): string {
+  const lines = [`pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median of ${r.runs}`,
+    `${'mode'.padEnd(10)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`];
+  for (const mode of NET_MODES) {
+    const tps = r.tps[mode];
+    if (!tps) { lines.push(`${mode.padEnd(10)} (not measured)`); continue; }
+    const cells = tps.map((t, i) => {
+      const ratio = r.tps.none ? t / r.tps.none[i] : NaN;
+      return `${t.toFixed(0)} tps ${r.latency_ms[mode]![i].toFixed(1)} ms ${(ratio * 100).toFixed(0)}%`.padStart(22);
+    });
+    lines.push(`${mode.padEnd(10)} ${cells.join('')}`);
+  }
+  lines.push('(tps, mean latency, tps as % of no buffering)');
+  const held = NET_MODES.filter((m) => r.held_pct[m] && m !== 'none').map((m) => `${m} ${r.held_pct[m]!.map((h) => h.toFixed(1)).join('/')}%`);
+  lines.push(`packets held: ${held.join(', ')}`, ...r.notes);
+  if (r.diagnostic) lines.push(`queue cost (everything released at once, ${r.intervals_ms[0]} ms): ` +
+    Object.entries(r.diagnostic).map(([k, v]) => `${k} ${v.toFixed(0)} tps`).join(', '));
+  return lines.join('\n');
+}

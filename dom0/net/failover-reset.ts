@@ -1,0 +1,191 @@
+// failover-reset: after a failover under commit protection, the TCP connections whose
+// unprotected bytes (or acknowledgements) reached the client beyond the checkpoint the
+// backup resumed from are inconsistent: the resumed guest does not remember sending what
+// the client already holds, so the connection would stall until a timeout (RemusDB §5.4
+// leaves this open). This module finds those connections and resets them towards both
+// ends with forged TCP RSTs, so clients learn at once; every other connection continues.
+//   ExposureTracker (a LedgerObserver) follows, per guest→client flow, the guest's send
+//   state at the end of each epoch (highest sequence end, highest ACK) and the highest
+//   sequence end / ACK that left unprotected (at once, behind their flow, or in
+//   pass-through). A flow is inconsistent for checkpoint C when what left unprotected goes
+//   beyond the guest's state at C (or the flow did not exist at C).
+//   rstPacket() builds the RSTs (checksummed IPv4/IPv6); sendResets() sends them through a
+//   raw socket in dom0's network namespace (addon sendRawIp).
+// RST to the client: seq = the highest sequence end released to it (its rcv_nxt when
+// nothing is in flight: RFC 5961 resets only at exactly rcv_nxt). RST to the guest (sent
+// once the resumed guest runs): seq = its ACK at C. When either guess is off, the peer
+// answers with a challenge ACK, which the already reset end answers with a RST at exactly
+// the right sequence — so resetting one end well suffices.
+import { assertInt } from '../assert';
+import { ErrorCode, RemusError } from '../errors';
+import { requirePart } from '../native';
+import type { LedgerObserver, PacketOutcome, PacketVerdict } from './packet-ledger';
+import { addressText, parsePacket, seqAdd, seqDiff, seqLength, TCP_ACK } from './pgwire-segment';
+import { netnsPathOf } from './nfqueue-buffer';
+
+interface Mark { epoch: number; seqEnd: number; ack: number | null; }
+
+interface FlowTrack {
+  v6: boolean; guest: Uint8Array; client: Uint8Array; guestPort: number; clientPort: number;
+  /** Guest send state after each epoch, ascending; the first may be a committed baseline. */
+  marks: Mark[];
+  exposedEnd: number | null;
+  exposedAck: number | null;
+}
+
+export interface ResetTarget {
+  v6: boolean; guest: string; client: string; guestPort: number; clientPort: number;
+  /** What left unprotected beyond the checkpoint ('seq', 'ack' or 'new-flow'). */
+  why: string;
+  toClient: { seq: number; ack: number };
+  /** null when the flow did not exist at the checkpoint (the resumed guest knows nothing of it). */
+  toGuest: { seq: number; ack: number } | null;
+  guestAddr: Uint8Array; clientAddr: Uint8Array;
+}
+
+const maxSeq = (a: number, b: number): number => (seqDiff(a, b) >= 0 ? a : b);
+const maxAck = (a: number | null, b: number | null): number | null => (a === null ? b : b === null ? a : maxSeq(a, b));
+
+export class ExposureTracker implements LedgerObserver {
+  private readonly flows = new Map<string, FlowTrack>();
+  private released = 0;
+  evicted = 0;
+
+  constructor(private readonly flowsMax = 16384) { assertInt(flowsMax, 1, 1 << 22, 'flowsMax'); }
+
+  get flowCount(): number { return this.flows.size; }
+  get releasedEpoch(): number { return this.released; }
+
+  packet(header: Uint8Array, verdict: PacketVerdict, outcome: PacketOutcome, epoch: number): void {
+    const parsed = parsePacket(header);
+    if (parsed.kind !== 'tcp') return;
+    const s = parsed.seg;
+    let f = this.flows.get(s.key);
+    if (f === undefined) {
+      if (this.flows.size >= this.flowsMax) this.evictOldest();
+      f = { v6: s.v6, guest: s.src.slice(), client: s.dst.slice(), guestPort: s.sport, clientPort: s.dport,
+        marks: [], exposedEnd: null, exposedAck: null };
+      this.flows.set(s.key, f);
+    }
+    const seqEnd = seqAdd(s.seq, seqLength(s));
+    const ack = s.flags & TCP_ACK ? s.ack : null;
+    const last = f.marks[f.marks.length - 1];
+    if (last && last.epoch === epoch) {
+      last.seqEnd = maxSeq(last.seqEnd, seqEnd);
+      last.ack = maxAck(last.ack, ack);
+    } else {
+      f.marks.push({ epoch, seqEnd: last ? maxSeq(last.seqEnd, seqEnd) : seqEnd, ack: maxAck(last?.ack ?? null, ack) });
+    }
+    const leftUnprotected = outcome === 'accept' || outcome === 'pass' || (outcome === 'held' && verdict === 'release');
+    if (leftUnprotected) {
+      f.exposedEnd = f.exposedEnd === null ? seqEnd : maxSeq(f.exposedEnd, seqEnd);
+      f.exposedAck = maxAck(f.exposedAck, ack);
+    }
+  }
+
+  barrier(): void { /* epochs are read from the packets */ }
+
+  /** Epochs ≤ epoch are committed: only the newest mark ≤ epoch is still needed per flow. */
+  release(epoch: number): void {
+    this.released = Math.max(this.released, epoch);
+    for (const f of this.flows.values()) {
+      let keepFrom = 0;
+      while (keepFrom + 1 < f.marks.length && f.marks[keepFrom + 1].epoch <= epoch) keepFrom++;
+      if (keepFrom > 0) f.marks.splice(0, keepFrom);
+    }
+  }
+
+  /** The connections to reset when the backup resumes from checkpoint `committed`. */
+  inconsistent(committed: number): ResetTarget[] {
+    assertInt(committed, this.released, Number.MAX_SAFE_INTEGER, 'committed epoch (≥ the last released one)');
+    const out: ResetTarget[] = [];
+    for (const f of this.flows.values()) {
+      if (f.exposedEnd === null) continue;
+      const at = stateAt(f, committed);
+      let why = '';
+      if (at === null) why = 'new-flow';
+      else if (seqDiff(f.exposedEnd, at.seqEnd) > 0) why = 'seq';
+      else if (f.exposedAck !== null && (at.ack === null || seqDiff(f.exposedAck, at.ack) > 0)) why = 'ack';
+      if (!why) continue;
+      const releasedAt = stateAt(f, this.released);
+      const clientNext = releasedAt ? maxSeq(f.exposedEnd, releasedAt.seqEnd) : f.exposedEnd;
+      const lastAck = maxAck(f.exposedAck, f.marks[f.marks.length - 1].ack) ?? 0;
+      out.push({
+        v6: f.v6, guest: addressText(f.guest), client: addressText(f.client), guestPort: f.guestPort, clientPort: f.clientPort,
+        why, guestAddr: f.guest, clientAddr: f.client,
+        toClient: { seq: clientNext, ack: lastAck },
+        toGuest: at === null || at.ack === null ? null : { seq: at.ack, ack: at.seqEnd },
+      });
+    }
+    return out;
+  }
+
+  private evictOldest(): void {
+    const first = this.flows.keys().next();
+    if (!first.done) { this.flows.delete(first.value); this.evicted++; }
+  }
+}
+
+function stateAt(f: FlowTrack, epoch: number): Mark | null {
+  let at: Mark | null = null;
+  for (const m of f.marks) { if (m.epoch <= epoch) at = m; else break; }
+  return at;
+}
+
+/** A TCP RST|ACK from `src`:`sport` to `dst`:`dport` with the given numbers, checksummed. */
+export function rstPacket(v6: boolean, src: Uint8Array, dst: Uint8Array, sport: number, dport: number, seq: number, ack: number): Uint8Array {
+  const tcp = new Uint8Array(20);
+  const t = new DataView(tcp.buffer);
+  t.setUint16(0, sport); t.setUint16(2, dport); t.setUint32(4, seq >>> 0); t.setUint32(8, ack >>> 0);
+  tcp[12] = 5 << 4; tcp[13] = 0x04 | 0x10;
+  const pseudo = v6
+    ? [...src, ...dst, 0, 0, 0, 20, 0, 0, 0, 6]
+    : [...src, ...dst, 0, 6, 0, 20];
+  t.setUint16(16, checksum(Uint8Array.from([...pseudo, ...tcp])));
+  if (v6) {
+    const ip = new Uint8Array(60);
+    ip[0] = 0x60; new DataView(ip.buffer).setUint16(4, 20); ip[6] = 6; ip[7] = 64;
+    ip.set(src, 8); ip.set(dst, 24); ip.set(tcp, 40);
+    return ip;
+  }
+  const ip = new Uint8Array(40);
+  const d = new DataView(ip.buffer);
+  ip[0] = 0x45; d.setUint16(2, 40); ip[6] = 0x40; ip[8] = 64; ip[9] = 6;
+  ip.set(src, 12); ip.set(dst, 16);
+  d.setUint16(10, checksum(ip.subarray(0, 20)));
+  ip.set(tcp, 20);
+  return ip;
+}
+
+/** The Internet checksum (RFC 1071). */
+export function checksum(b: Uint8Array): number {
+  let sum = 0;
+  for (let i = 0; i + 1 < b.length; i += 2) sum += (b[i] << 8) | b[i + 1];
+  if (b.length & 1) sum += b[b.length - 1] << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+export interface ResetOptions {
+  /** Namespace to send from (tests); default: ours (dom0). */
+  netns?: string;
+  /** Send the guest-side RSTs too (only once the resumed guest runs). */
+  toGuest: boolean;
+}
+
+/** Sends the RSTs; returns how many packets went out. */
+export function sendResets(targets: ResetTarget[], o: ResetOptions): number {
+  const addon = requirePart('nfqueue') as unknown as { sendRawIp?: (p: Uint8Array, netnsPath?: string) => void };
+  if (!addon.sendRawIp) throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks sendRawIp: run `npm install`');
+  const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
+  let sent = 0;
+  for (const t of targets) {
+    addon.sendRawIp(rstPacket(t.v6, t.guestAddr, t.clientAddr, t.guestPort, t.clientPort, t.toClient.seq, t.toClient.ack), netnsPath);
+    sent++;
+    if (o.toGuest && t.toGuest) {
+      addon.sendRawIp(rstPacket(t.v6, t.clientAddr, t.guestAddr, t.clientPort, t.guestPort, t.toGuest.seq, t.toGuest.ack), netnsPath);
+      sent++;
+    }
+  }
+  return sent;
+}

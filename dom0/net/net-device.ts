@@ -1,0 +1,95 @@
+// net-device: the one entry the protect service calls to get the guest's network output
+// gate. It picks the driver (none: nothing held, as `xl remus -n`; nfqueue: the kernel
+// queue of docs/netbuffer.md) and the commit protection mode (off: hold everything; dscp:
+// hold DSCP-marked packets; pgwire: hold PostgreSQL commit acknowledgements), sizes the
+// NFQUEUE copy for the mode (pgwire parses whole segments), installs the rules (replacing
+// any a crashed run left) and tracks unprotected exposure for failover resets.
+// close() is idempotent: rules first, then the queue (held packets are dropped).
+import { assertInt } from '../assert';
+import type { OutputGate } from '../engine/ports';
+import { ErrorCode, RemusError } from '../errors';
+import { dscpClassifier, PROTECTED_DSCP } from './classify-dscp';
+import { ExposureTracker } from './failover-reset';
+import type { GuestMatch } from './iptables-rules';
+import { NFQUEUE_DEFAULTS, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
+import type { Classifier } from './packet-ledger';
+import { PgwireClassifier } from './pgwire-classifier';
+
+export type NetDriver = 'none' | 'nfqueue';
+export type CommitProtection = 'off' | 'dscp' | 'pgwire';
+
+/** The kernel's ceiling for the NFQUEUE copy range (0xffff − NLA_HDRLEN): whole segments. */
+export const PGWIRE_COPY_BYTES = 65531;
+/** pgwire batches are smaller: the header area is batchMax × copyBytes (16 MiB here). */
+export const PGWIRE_BATCH_MAX = 256;
+
+export interface NetBufferOptions {
+  driver: NetDriver;
+  domain: string;
+  match: GuestMatch;
+  netns?: string;
+  queueNum: number;
+  commitProtection: CommitProtection;
+  /** dscp mode: the code point of protected packets (default 59). */
+  dscp?: number;
+  /** pgwire mode: PostgreSQL server ports (default 5432). */
+  pgPorts?: number[];
+  /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
+  copyBytes?: number;
+  heldMax?: number;
+}
+
+export interface NetBuffer {
+  readonly gate: OutputGate;
+  /** The nfqueue buffer (null for driver none). */
+  readonly nfqueue: NfqueueBuffer | null;
+  readonly pgwire: PgwireClassifier | null;
+  /** Unprotected exposure per connection (null for driver none or commit protection off). */
+  readonly exposure: ExposureTracker | null;
+  describe(): Record<string, unknown>;
+  close(): void;
+}
+
+/** Nothing is held: every output leaves at once (no output commit). */
+class NoGate implements OutputGate {
+  readonly held = 0;
+  barrier(): void { /* nothing held */ }
+  release(): void { /* nothing held */ }
+  setPassThrough(): void { /* always */ }
+  discard(): void { /* nothing held */ }
+}
+
+export function openNetBuffer(o: NetBufferOptions): NetBuffer {
+  assertInt(o.queueNum, 0, 65535, 'queueNum');
+  if (o.driver === 'none') {
+    if (o.commitProtection !== 'off') {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} needs a network buffer (--net-buffer nfqueue)`);
+    }
+    return { gate: new NoGate(), nfqueue: null, pgwire: null, exposure: null,
+      describe: () => ({ driver: 'none', domain: o.domain, commitProtection: 'off' }), close: () => {} };
+  }
+  let classify: Classifier | undefined;
+  let pgwire: PgwireClassifier | null = null;
+  const dscp = o.dscp ?? PROTECTED_DSCP;
+  if (o.commitProtection === 'dscp') classify = dscpClassifier(dscp);
+  if (o.commitProtection === 'pgwire') {
+    pgwire = new PgwireClassifier({ ports: o.pgPorts });
+    classify = pgwire.classify;
+  }
+  const exposure = o.commitProtection === 'off' ? null : new ExposureTracker();
+  const pg = o.commitProtection === 'pgwire';
+  const copyBytes = o.copyBytes ?? (pg ? PGWIRE_COPY_BYTES : NFQUEUE_DEFAULTS.copyBytes);
+  const batchMax = pg ? PGWIRE_BATCH_MAX : NFQUEUE_DEFAULTS.batchMax;
+  const dev = setupNfqueue({ domain: o.domain, match: o.match, netns: o.netns, queueNum: o.queueNum, classify,
+    observer: exposure ?? undefined, copyBytes, batchMax, ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }) });
+  return {
+    gate: dev.gate, nfqueue: dev.gate, pgwire, exposure,
+    describe: () => ({
+      driver: 'nfqueue', domain: o.domain, queueNum: o.queueNum, netns: o.netns ?? null, match: o.match,
+      commitProtection: o.commitProtection, dscp: o.commitProtection === 'dscp' ? dscp : null, copyBytes, batchMax,
+      ...dev.gate.stats(), pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
+      exposedFlows: exposure?.flowCount ?? null,
+    }),
+    close: () => dev.teardown(),
+  };
+}

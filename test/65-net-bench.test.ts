@@ -1,0 +1,43 @@
+// 65 net bench: `remusdb bench net` in quick mode (one 50 ms interval, short pgbench runs,
+// small scale) — the JSON shape (arrays aligned with intervals_ms, cp_dscp null without a
+// patched PostgreSQL), remus slower than no buffering, commit protection (pgwire) faster
+// than remus and holding far fewer packets, the SVG written. Root + PostgreSQL 15 only.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { whyNoNetBench } from '../dom0/bench/net-bench';
+import { listTestbedNamespaces } from '../dom0/net/netns-testbed';
+import { runCli } from './support/helpers';
+
+describe('65 net bench (root, PostgreSQL 15)', function () {
+  before(function () {
+    const why = whyNoNetBench();
+    if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+  });
+
+  it('65.1 quick mode: JSON shape, remus < none, cp_pgwire > remus with fewer packets held', function () {
+    this.timeout(600_000);
+    const svg = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-65-')), 'net.svg');
+    const env = { ...process.env, REMUSDB_PG_PATCHED_BIN: '' };
+    const r = runCli(['bench', 'net', '--seconds', '4', '--runs', '1', '--intervals', '50', '--scale', '2', '--svg', svg, '--json'], 600_000, env);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.deepEqual(j.intervals_ms, [50]);
+    for (const key of ['tps', 'latency_ms', 'held_pct']) {
+      assert.deepEqual(Object.keys(j[key]).sort(), ['cp_dscp', 'cp_pgwire', 'none', 'remus']);
+      assert.equal(j[key].cp_dscp, null, 'no patched PostgreSQL given');
+      for (const m of ['none', 'remus', 'cp_pgwire']) assert.equal(j[key][m].length, 1, `${key}.${m}`);
+    }
+    const [none, remus, pgwire] = [j.tps.none[0], j.tps.remus[0], j.tps.cp_pgwire[0]];
+    assert.ok(none > 0 && pgwire > 0, JSON.stringify(j.tps));
+    assert.ok(remus < none, `remus ${remus} < none ${none}`);
+    assert.ok(pgwire > remus, `cp_pgwire ${pgwire} > remus ${remus}`);
+    assert.ok(j.held_pct.remus[0] > 99, 'remus holds everything');
+    assert.ok(j.held_pct.cp_pgwire[0] < 50, `pgwire holds a minority of packets (${j.held_pct.cp_pgwire[0]}%)`);
+    assert.ok(j.latency_ms.cp_pgwire[0] < j.latency_ms.remus[0]);
+    const plot = fs.readFileSync(svg, 'utf8');
+    assert.ok(plot.startsWith('<svg') && plot.includes('CP (pgwire)') && plot.includes('<polyline'));
+    assert.deepEqual(listTestbedNamespaces('rdbnb'), [], 'namespaces removed');
+  });
+});

@@ -1,5 +1,5 @@
 // resolve: what a domain argument names. `sim:<name>` is the built-in simulated domain;
-// anything else is a Xen domain name or id, which needs a Xen dom0 (the Xen adapter).
+// anything else is a Xen domain name or id, which needs a Xen dom0 (dom0/hypervisor/xen/).
 import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 
@@ -14,5 +14,8 @@ export function resolveDomain(arg: string): DomainSpec {
   if (!fs.existsSync('/dev/xen/privcmd')) {
     throw new RemusError(ErrorCode.NO_XEN, `${JSON.stringify(arg)} would be a Xen domain, but this host has no Xen (/dev/xen/privcmd is absent): run on a Xen dom0, or protect a simulated domain such as sim:demo`);
   }
-  throw new RemusError(ErrorCode.NO_XEN, `Xen domains are not supported by this build yet (the Xen adapter is the next milestone); use sim:<name>`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(arg)) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `${JSON.stringify(arg)}: a Xen domain is a name or id (letters, digits, . _ -)`);
+  }
+  return { kind: 'xen', name: arg };
 }

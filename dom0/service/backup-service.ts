@@ -5,6 +5,8 @@ import { ErrorCode, RemusError } from '../errors';
 import { Backup, type HelloInfo } from '../engine/backup';
 import { realClock } from '../engine/clock';
 import { SimReplica } from '../hypervisor/sim/sim-replica';
+import type { XenReplica } from '../hypervisor/xen/xen-replica';
+import { xenReplicaFor } from './xen-services';
 import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
 import { ProtectService } from './protect-service';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
@@ -34,6 +36,7 @@ export class BackupService {
   private listener: Listener | null = null;
   private control: ControlServer | null = null;
   private replica: SimReplica | null = null;
+  private xenReplica: XenReplica | null = null;
   private promoted: ProtectService | null = null;
   private readonly events: Array<Record<string, unknown>> = [];
 
@@ -59,13 +62,15 @@ export class BackupService {
     this.control?.close();
     this.replica?.sink?.close();
     await this.replica?.domain?.destroy();
+    this.xenReplica?.close();
     this.replica?.disk?.close();
   }
 
   status(): Record<string, unknown> {
     return {
       role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state,
-      domain: this.backup.domain ? `sim:${this.backup.domain}` : null, attached: this.backup.attached,
+      domain: this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null,
+      xen: this.xenReplica?.stats ?? null, attached: this.backup.attached,
       committedEpoch: this.backup.committedEpoch, ...this.backup.counters,
       resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
@@ -74,8 +79,9 @@ export class BackupService {
     };
   }
 
-  private replicaFor(h: HelloInfo): SimReplica {
-    if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated domains only; ${h.domain} is a ${h.kind} domain`);
+  private replicaFor(h: HelloInfo): SimReplica | XenReplica {
+    if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log));
+    if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated or Xen domains; ${h.domain} is a ${h.kind} domain`);
     let disk: BlockFile | null = null;
     if (h.diskBytes > 0 && this.cfg.reuseDisk) {
       disk = BlockFile.open(this.cfg.reuseDisk);

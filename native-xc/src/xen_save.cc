@@ -94,7 +94,7 @@ uint32_t ArgDomid(const Napi::CallbackInfo& info, size_t i) {
   return d >= 0 && d < 0x7ff0 && d == static_cast<uint32_t>(d) ? static_cast<uint32_t>(d) : 0xffffffffu;
 }
 
-// xenDomainInfo(nameOrId) -> { domid, name?, dying, shutdown, shutdownReason, paused, hvm, maxMemKb, vcpus }
+// xenDomainInfo(nameOrId) -> { domid, dying, shutdown, shutdownReason, paused, hvm, maxMemKb, pages, vcpus, maxGpfn? }
 Napi::Value DomainInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string e = Js().Open();
@@ -123,6 +123,8 @@ Napi::Value DomainInfo(const Napi::CallbackInfo& info) {
   r.Set("maxMemKb", static_cast<double>(i.max_memkb));
   r.Set("pages", static_cast<double>(i.nr_pages));
   r.Set("vcpus", i.nr_online_vcpus);
+  xen_pfn_t gpfn = 0;  // highest guest pfn (PV: the p2m size the guest announced, minus one)
+  if (xc_domain_maximum_gpfn(Js().xch, domid, &gpfn) == 0) r.Set("maxGpfn", static_cast<double>(gpfn));
   return r;
 }
 
@@ -166,6 +168,17 @@ Napi::Value ResumeFn(const Napi::CallbackInfo& info) {
   if (domid == 0xffffffffu) return ThrowType(env, "xenResume(domid)"), env.Undefined();
   std::string e = Js().Open();
   if (e.empty()) e = Resume(Js().xch, Js().xsh, domid);
+  if (!e.empty()) return ThrowXen(env, e), env.Undefined();
+  return env.Undefined();
+}
+
+// xenPause(domid): stops the domain's vCPUs (fencing: the backup took over).
+Napi::Value PauseFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t domid = ArgDomid(info, 0);
+  if (domid == 0xffffffffu) return ThrowType(env, "xenPause(domid)"), env.Undefined();
+  std::string e = Js().Open();
+  if (e.empty() && xc_domain_pause(Js().xch, domid) != 0) e = Fail("xc_domain_pause", errno);
   if (!e.empty()) return ThrowXen(env, e), env.Undefined();
   return env.Undefined();
 }
@@ -282,6 +295,7 @@ void InitXenSave(Napi::Env env, Napi::Object exports) {
   exports.Set("xenDomainConfigJson", Napi::Function::New(env, DomainConfigJson));
   exports.Set("xenSuspend", Napi::Function::New(env, SuspendFn));
   exports.Set("xenResume", Napi::Function::New(env, ResumeFn));
+  exports.Set("xenPause", Napi::Function::New(env, PauseFn));
   exports.Set("xenSaveCheckpointed", Napi::Function::New(env, SaveCheckpointed));
   exports.Set("makePipe", Napi::Function::New(env, MakePipe));
 }

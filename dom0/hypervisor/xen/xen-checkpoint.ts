@@ -1,0 +1,194 @@
+// xen-checkpoint: one Remus checkpoint of a Xen domain, both ways. On the primary,
+// CheckpointCollector takes libxc's records as they arrive and, at its CHECKPOINT record,
+// yields the engine's Capture (each pfn's last page content) and the skeleton: every record
+// of the checkpoint in stream order with the PAGE_DATA page contents cut out, prefixed by the
+// stream's preamble (xl/libxl headers, libxc headers) in a session's first checkpoint. A
+// pfn sent twice in one checkpoint (the live pre-copy rounds of the first) keeps only its
+// last entry, so the rebuilt stream carries each page once, with its final type and content.
+// On the backup, rebuildCheckpoint turns a skeleton and the committed memory image back into
+// the libxc bytes. Skeleton format (little-endian): "XSK1", u32 flags (1: preamble present,
+// 2: body deflated), u32 body length before deflate, body = [u32 preamble length, preamble]
+// then the stripped records.
+import * as zlib from 'node:zlib';
+import { ErrorCode, RemusError } from '../../errors';
+import type { Capture } from '../../engine/ports';
+import {
+  PAGE_SIZE, REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
+} from './libxc-stream';
+
+const SKELETON_MAGIC = 0x314b5358; // "XSK1"
+const FLAG_PREAMBLE = 1, FLAG_DEFLATED = 2;
+const DEFLATE_FROM_BYTES = 1024;
+/** A skeleton is headers and pfn words: 8 octets per page at most, plus records. */
+export const SKELETON_BYTES_MAX = 64 * 2 ** 20;
+
+interface Kept { rec: Buffer; seqs: Float64Array | null; }
+
+export interface CollectedCheckpoint {
+  capture: Capture;
+  /** Octets libxc wrote for this checkpoint (its raw stream size, headers included). */
+  rawBytes: number;
+  pageEntries: number;
+}
+
+/**
+ * Collects one checkpoint at a time from libxc's records. full: the first checkpoint of a
+ * save (every page libxc has goes into a whole-memory buffer; the capture lists every pfn).
+ */
+export class CheckpointCollector {
+  private kept: Kept[] = [];
+  private preamble: Buffer | null = null;
+  private full: Uint8Array | null = null;
+  private delta = new Map<number, Buffer>();
+  private readonly lastSeq: Float64Array;
+  private seq = 0;
+  private rawBytes = 0;
+  private entries = 0;
+
+  constructor(readonly pageCount: number) {
+    this.lastSeq = new Float64Array(pageCount);
+  }
+
+  /** A new save starts: its first checkpoint is full and carries the preamble. */
+  startSave(preamble: Buffer): void {
+    this.reset();
+    this.preamble = preamble;
+    this.rawBytes = preamble.length;
+    this.full = new Uint8Array(this.pageCount * PAGE_SIZE);
+  }
+
+  /** Adds a record; returns the finished checkpoint at its CHECKPOINT record, else null. */
+  add(r: RawRecord): CollectedCheckpoint | null {
+    this.rawBytes += r.bytes.length;
+    if (r.type === REC.END) throw malformed('END record in a checkpointed stream before the save was ended');
+    if (r.type !== REC.PAGE_DATA) {
+      this.kept.push({ rec: Buffer.from(r.bytes), seqs: null });
+      return r.type === REC.CHECKPOINT ? this.finish() : null;
+    }
+    const p = parsePageData(r.bytes, false);
+    const seqs = new Float64Array(p.count);
+    for (let i = 0; i < p.count; i++) {
+      const pfn = p.pfns[i];
+      if (pfn >= this.pageCount) throw new RemusError(ErrorCode.XEN, `libxc sent pfn ${pfn}, beyond the ${this.pageCount} pages announced for the domain`);
+      seqs[i] = this.lastSeq[pfn] = ++this.seq;
+      const off = p.dataOffsets[i];
+      if (this.full) {
+        if (off >= 0) this.full.set(r.bytes.subarray(off, off + PAGE_SIZE), pfn * PAGE_SIZE);
+        else this.full.fill(0, pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
+      } else if (off >= 0) {
+        this.delta.set(pfn, r.bytes.subarray(off, off + PAGE_SIZE));
+      } else {
+        this.delta.delete(pfn);
+      }
+    }
+    this.entries += p.count;
+    this.kept.push({ rec: Buffer.from(r.bytes.subarray(0, REC_HEADER_BYTES + 8 + 8 * p.count)), seqs });
+    return null;
+  }
+
+  private finish(): CollectedCheckpoint {
+    const body: Buffer[] = [];
+    if (this.preamble) {
+      const n = Buffer.alloc(4);
+      n.writeUInt32LE(this.preamble.length, 0);
+      body.push(n, this.preamble);
+    }
+    for (const k of this.kept) {
+      if (!k.seqs) { body.push(k.rec); continue; }
+      const keep: number[] = [];
+      let dataPages = 0;
+      const p = parsePageData(k.rec, true);
+      for (let i = 0; i < p.count; i++) {
+        if (this.lastSeq[p.pfns[i]] !== k.seqs[i]) continue; // sent again later in this checkpoint
+        keep.push(i);
+        if (p.dataOffsets[i] >= 0) dataPages++;
+      }
+      if (keep.length === p.count) body.push(k.rec);
+      else if (keep.length > 0) body.push(pageDataHeader(k.rec, keep, dataPages));
+    }
+    const capture = this.full ? fullCapture(this.full, this.pageCount, encodeSkeleton(body, this.preamble !== null))
+      : deltaCapture(this.delta, encodeSkeleton(body, false));
+    const done = { capture, rawBytes: this.rawBytes, pageEntries: this.entries };
+    this.reset();
+    return done;
+  }
+
+  private reset(): void {
+    this.kept = [];
+    this.preamble = null;
+    this.full = null;
+    this.delta = new Map();
+    this.rawBytes = 0;
+    this.entries = 0;
+  }
+}
+
+function fullCapture(mem: Uint8Array, pageCount: number, deviceState: Uint8Array): Capture {
+  const pfns = new Uint32Array(pageCount);
+  for (let i = 0; i < pageCount; i++) pfns[i] = i;
+  return { pfns, count: pageCount, pages: mem, deviceState };
+}
+
+function deltaCapture(delta: Map<number, Buffer>, deviceState: Uint8Array): Capture {
+  const pfns = Uint32Array.from(delta.keys()).sort();
+  const pages = new Uint8Array(pfns.length * PAGE_SIZE);
+  pfns.forEach((pfn, i) => pages.set(delta.get(pfn)!, i * PAGE_SIZE));
+  return { pfns, count: pfns.length, pages, deviceState };
+}
+
+function encodeSkeleton(body: Buffer[], hasPreamble: boolean): Uint8Array {
+  const raw = Buffer.concat(body);
+  const deflate = raw.length >= DEFLATE_FROM_BYTES;
+  const payload = deflate ? zlib.deflateRawSync(raw, { level: 1 }) : raw;
+  const head = Buffer.alloc(12);
+  head.writeUInt32LE(SKELETON_MAGIC, 0);
+  head.writeUInt32LE((hasPreamble ? FLAG_PREAMBLE : 0) | (deflate ? FLAG_DEFLATED : 0), 4);
+  head.writeUInt32LE(raw.length, 8);
+  return Buffer.concat([head, payload]);
+}
+
+function badSkeleton(what: string): RemusError { return new RemusError(ErrorCode.XEN, `malformed Xen checkpoint skeleton: ${what}`); }
+
+/** Splits a skeleton into its preamble (first checkpoint of a save) and stripped records. */
+export function decodeSkeleton(s: Uint8Array): { preamble: Buffer | null; records: Buffer } {
+  const b = Buffer.from(s.buffer, s.byteOffset, s.length);
+  if (b.length < 12 || b.readUInt32LE(0) !== SKELETON_MAGIC) throw badSkeleton('no XSK1 header');
+  const flags = b.readUInt32LE(4), rawLength = b.readUInt32LE(8);
+  if (flags & ~(FLAG_PREAMBLE | FLAG_DEFLATED)) throw badSkeleton(`unknown flags ${flags}`);
+  if (rawLength > SKELETON_BYTES_MAX) throw badSkeleton(`${rawLength} octets (limit ${SKELETON_BYTES_MAX})`);
+  let raw: Buffer;
+  try {
+    raw = flags & FLAG_DEFLATED ? zlib.inflateRawSync(b.subarray(12), { maxOutputLength: rawLength }) : b.subarray(12);
+  } catch (e) { throw badSkeleton(`does not inflate (${(e as Error).message})`); }
+  if (raw.length !== rawLength) throw badSkeleton(`body is ${raw.length} octets, header says ${rawLength}`);
+  if (!(flags & FLAG_PREAMBLE)) return { preamble: null, records: raw };
+  if (raw.length < 4 || raw.readUInt32LE(0) > raw.length - 4) throw badSkeleton('preamble length out of range');
+  const n = raw.readUInt32LE(0);
+  return { preamble: raw.subarray(4, 4 + n), records: raw.subarray(4 + n) };
+}
+
+/**
+ * The exact libxc bytes of a checkpoint, from its skeleton and the memory image (pages are
+ * copied: the image changes at the next commit while these may still be queued).
+ */
+export function rebuildCheckpoint(skeleton: Uint8Array, image: Uint8Array): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
+  const { preamble, records: recs } = decodeSkeleton(skeleton);
+  const pageCount = Math.floor(image.length / PAGE_SIZE);
+  const parts: Buffer[] = [];
+  let bytes = 0, last = -1;
+  for (const r of records(recs, true)) {
+    last = r.readUInt32LE(0);
+    if (last !== REC.PAGE_DATA) { parts.push(r); bytes += r.length; continue; }
+    const p = parsePageData(r, true);
+    const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_SIZE);
+    r.copy(out, 0);
+    for (let i = 0; i < p.count; i++) {
+      if (p.dataOffsets[i] < 0) continue;
+      if (p.pfns[i] >= pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${pageCount} pages`);
+      out.set(image.subarray(p.pfns[i] * PAGE_SIZE, (p.pfns[i] + 1) * PAGE_SIZE), p.dataOffsets[i]);
+    }
+    parts.push(out);
+    bytes += out.length;
+  }
+  return { preamble, parts, bytes, endsWithCheckpoint: last === REC.CHECKPOINT };
+}

@@ -1,0 +1,172 @@
+// xen-replica: the backup's Replica port for a Xen domain. It keeps the committed memory
+// image (the whole guest memory in this process: pageCount × 4 KiB, on top of the memory of
+// the backup domain that xl builds) and, at each commit, rebuilds the checkpoint's exact
+// libxc bytes (skeleton + image pages, xen-checkpoint.ts), adds libxl's CHECKPOINT_END and
+// writes the whole checkpoint to the stdin of a stock `xl migrate-receive -r -e`, which
+// buffers each checkpoint and applies it when it is complete. Failover (resume) = write what
+// is committed, close the stream: xl restores the last complete checkpoint, renames
+// "<name>--incoming" to "<name>" (when that name is free) and unpauses it. A new session
+// (its first checkpoint carries a fresh preamble) replaces the receiver and its
+// half-built domain.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { ErrorCode, RemusError } from '../../errors';
+import type { Replica } from '../../engine/ports';
+import { rebuildCheckpoint } from './xen-checkpoint';
+import { PAGE_SIZE } from './libxc-stream';
+import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
+import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
+
+export interface XenReplicaOptions {
+  /** The receiver command (argv); default xl migrate-receive -r -e. */
+  receiver: string[];
+  /** Most octets queued for the receiver; past it the commit fails (receiver too slow). */
+  queueBytesMax: number;
+  /** Bound on the failover: stream flushed, domain running. */
+  resumeTimeoutMs: number;
+  log: (line: string) => void;
+  /** For tests: the Xen calls (default: the addon). */
+  addon?: Pick<XenAddon, 'xenDomainInfo'>;
+}
+
+const STDERR_LINES_MAX = 40;
+
+export class XenReplica implements Replica {
+  readonly image: Uint8Array;
+  readonly disk = null;
+  private rx: ChildProcess | null = null;
+  private rxExit: string | null = null;
+  private rxErr: string[] = [];
+  private checkpoints = 0;
+  private domid: number | null = null;
+  private resumed = false;
+  private readonly opts: XenReplicaOptions;
+  readonly stats = { checkpointsWritten: 0, bytesWritten: 0, bytesLast: 0, receivers: 0 };
+
+  constructor(readonly name: string, readonly pageCount: number, opts: Partial<XenReplicaOptions> = {}) {
+    this.opts = {
+      receiver: ['xl', 'migrate-receive', '-r', '-e'], queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_SIZE),
+      resumeTimeoutMs: 60_000, log: () => {}, ...opts,
+    };
+    this.image = new Uint8Array(pageCount * PAGE_SIZE);
+  }
+
+  commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
+    const { preamble, parts, bytes, endsWithCheckpoint } = rebuildCheckpoint(state, this.image);
+    if (!endsWithCheckpoint) throw new RemusError(ErrorCode.XEN, 'a Xen checkpoint must end with libxc\'s CHECKPOINT record');
+    if (preamble) this.newReceiver();
+    else if (this.checkpoints === 0) throw new RemusError(ErrorCode.XEN, 'the first Xen checkpoint of a session carries no stream preamble');
+    const rx = this.live();
+    const total = bytes + (preamble?.length ?? 0) + 8;
+    if (rx.stdin!.writableLength + total > this.opts.queueBytesMax) {
+      throw new RemusError(ErrorCode.XEN, `xl migrate-receive is ${rx.stdin!.writableLength} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`);
+    }
+    if (preamble) rx.stdin!.write(preamble);
+    for (const p of parts) rx.stdin!.write(p);
+    rx.stdin!.write(libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END));
+    this.checkpoints++;
+    this.backupDomid();
+    this.stats.checkpointsWritten++;
+    this.stats.bytesWritten += total;
+    this.stats.bytesLast = total;
+  }
+
+  async resume(): Promise<Record<string, unknown>> {
+    const rx = this.live();
+    this.resumed = true;
+    if (this.checkpoints === 0) throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
+    const t0 = Date.now(), deadline = t0 + this.opts.resumeTimeoutMs;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new RemusError(ErrorCode.XEN, `xl migrate-receive did not take the last checkpoint within ${this.opts.resumeTimeoutMs} ms`)), this.opts.resumeTimeoutMs);
+      rx.stdin!.end(() => { clearTimeout(timer); resolve(); });
+    });
+    const flushedMs = Date.now() - t0;
+    for (;;) {
+      const domid = this.backupDomid();
+      const info = domid === null ? null : this.lookup(domid);
+      if (info && !info.paused && !info.dying && !info.shutdown) {
+        this.opts.log(`xen: ${this.name} (id ${info.domid}) runs on the backup, ${Date.now() - t0} ms after the stream ended`);
+        return { domid: info.domid, name: this.name, flushedMs, runningMs: Date.now() - t0, checkpoints: this.checkpoints };
+      }
+      if (this.rxExit && (!info || info.dying || info.shutdown)) throw new RemusError(ErrorCode.XEN, `xl migrate-receive ${this.rxExit} without resuming ${this.name}: ${this.rxErr.slice(-5).join(' | ')}`);
+      if (Date.now() > deadline) throw new RemusError(ErrorCode.XEN, `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ended: ${this.rxErr.slice(-5).join(' | ')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Ends the receiver without failing over (the backup stops), and its half-built domain. */
+  close(): void {
+    if (!this.resumed) this.dropReceiver();
+  }
+
+  // ---- the receiver ------------------------------------------------------------------
+
+  private newReceiver(): void {
+    this.dropReceiver();
+    const [cmd, ...args] = this.opts.receiver;
+    const rx = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.rx = rx;
+    this.rxExit = null;
+    this.rxErr = [];
+    this.checkpoints = 0;
+    this.domid = null;
+    this.stats.receivers++;
+    let banner = '';
+    rx.stdout!.on('data', (d: Buffer) => {
+      if (banner.length >= RECEIVER_BANNER.length) return;
+      banner += d.toString('latin1');
+      if (banner.length >= RECEIVER_BANNER.length && !banner.startsWith(RECEIVER_BANNER) && this.rx === rx) {
+        this.rxExit = `answered ${JSON.stringify(banner.slice(0, 80))} instead of its banner`;
+        rx.kill('SIGKILL');
+      }
+    });
+    let tail = '';
+    rx.stderr!.on('data', (d: Buffer) => {
+      tail += d.toString('utf8');
+      const lines = tail.split('\n');
+      tail = lines.pop()!;
+      for (const l of lines) {
+        this.opts.log(`xl: ${l}`);
+        this.rxErr.push(l);
+        if (this.rxErr.length > STDERR_LINES_MAX) this.rxErr.shift();
+      }
+    });
+    rx.stdin!.on('error', () => { /* EPIPE: reported by the exit */ });
+    rx.on('error', (e) => { if (this.rx === rx) this.rxExit = `could not start (${e.message})`; });
+    rx.on('exit', (code, sig) => { if (this.rx === rx) this.rxExit = this.rxExit ?? `exited (${sig ?? `code ${code}`})`; });
+  }
+
+  private live(): ChildProcess {
+    if (!this.rx || this.rxExit) {
+      throw new RemusError(ErrorCode.XEN, this.rx ? `xl migrate-receive ${this.rxExit}: ${this.rxErr.slice(-3).join(' | ')}` : 'no receiver: the first checkpoint has not arrived');
+    }
+    return this.rx;
+  }
+
+  /** Kills the receiver (no failover) and destroys the domain it was building. */
+  private dropReceiver(): void {
+    const rx = this.rx;
+    if (!rx) return;
+    this.rx = null;
+    if (!this.rxExit) rx.kill('SIGKILL');
+    const domid = this.backupDomid();
+    this.domid = null;
+    if (domid !== null) {
+      this.opts.log(`xen: destroying the half-built backup domain ${this.name}--incoming (id ${domid})`);
+      spawn('xl', ['destroy', String(domid)], { stdio: 'ignore' }).on('error', () => {});
+    }
+  }
+
+  private addon(): Pick<XenAddon, 'xenDomainInfo'> { return this.opts.addon ?? xenAddon(); }
+
+  private lookup(d: string | number): XenDomainInfo | null {
+    try { return this.addon().xenDomainInfo(d); } catch { return null; }
+  }
+
+  private incoming(): XenDomainInfo | null { return this.lookup(`${this.name}--incoming`); }
+
+  /** The backup domain (xl names it "<name>--incoming" until the failover renames it). */
+  private backupDomid(): number | null {
+    if (this.domid === null) this.domid = this.incoming()?.domid ?? null;
+    return this.domid;
+  }
+}

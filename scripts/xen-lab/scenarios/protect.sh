@@ -1,0 +1,120 @@
+#!/bin/bash
+# protect: remusdb's own engine protects a real PV domU on Xen, primary and backup in the
+# same dom0 (as `xl remus` to localhost does for testing). `remusdb backup` feeds a stock
+# `xl migrate-receive -r -e` (the backup domain is "domu--incoming" until the failover);
+# `remusdb protect domu localhost` runs libxenguest's Remus save loop under our engine
+# (suspend / capture / resume, pages through our codecs). Checks: acknowledged epochs grow,
+# the counter service keeps answering, and after `xl destroy` of the primary the backup
+# domain answers within seconds with the same boot id and a counter that continues from the
+# last acknowledged checkpoint. No network buffering yet (-n -F): a client may have seen
+# values the backup lost. Under emulation (one host core for dom0, both remusdb processes,
+# xl and the guest) the heartbeat timeout must cover the full first copy: 30 s. Prints
+# pause per checkpoint, bytes per checkpoint (wire vs raw libxc stream) and failover time;
+# records a small real stream for test/fixtures (REMUSDB_XEN_RECORD, default /tmp).
+. /lab/dom0-lib.sh
+lab_begin protect
+DOMU=domu
+IP=10.99.0.2
+MEM=${PROTECT_MEM:-128}
+INTERVAL=${PROTECT_INTERVAL:-200}
+RUN_S=${PROTECT_SECONDS:-30}
+lab_bridge_up
+lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 "$MEM" > /tmp/$DOMU.cfg
+lab_step create 180 xl create /tmp/$DOMU.cfg || { lab_fail "xl create failed"; lab_result; exit; }
+lab_wait_http "$IP" 7777 /counter 240 "$DOMU" || { lab_fail "domU counter did not answer"; lab_result; exit; }
+boot0=$(lab_http "$IP" 7777 /boot); c0=$(lab_http "$IP" 7777 /counter)
+lab_log "domU up: boot $boot0 counter $c0"
+
+cd "$REMUSDB" || lab_fail "no project"
+export REMUSDB_RUN_DIR=/tmp/remusdb-run
+[ -n "${REMUSDB_XEN_RECORD:-}" ] || export REMUSDB_XEN_RECORD=/tmp/xen-pv-stream.bin
+node bin/remusdb backup --listen 127.0.0.1:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
+BP=$!
+sleep 3
+node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure -n -F -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-30000}" > /tmp/protect.out 2> /tmp/protect.err &
+PP=$!
+
+status() { node bin/remusdb status --json 2>/dev/null; }
+field() { # field ROLE KEY: a number from remusdb status --json
+  node -e '
+    const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const p = (s.processes || []).find((x) => x.role === process.argv[1]) || {};
+    const v = process.argv[2].split(".").reduce((o, k) => (o == null ? o : o[k]), p);
+    console.log(v == null ? "" : v);' "$1" "$2" 2>/dev/null
+}
+
+# 1. Protection starts: the full copy is acknowledged, then epochs keep being acknowledged.
+t=$(lab_now); acked=0
+while [ "$(lab_since "$t" | cut -d. -f1)" -lt 420 ]; do   # each poll starts node twice: poll slowly
+  sleep 5
+  acked=$(status | field primary ackedEpoch)
+  [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] && break
+  kill -0 $PP 2>/dev/null || break
+done
+lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
+[[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] || lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+xl list
+
+# 2. Checkpoints flow while a client reads the counter.
+seen=0; reads=0
+for i in $(seq 1 "$RUN_S"); do
+  v=$(lab_http "$IP" 7777 /counter 2)
+  if [[ "$v" =~ ^[0-9]+$ ]]; then reads=$((reads + 1)); [ "$v" -gt "$seen" ] && seen=$v; fi
+  sleep 1
+done
+status > /tmp/status-primary.json
+acked2=$(field primary ackedEpoch < /tmp/status-primary.json)
+lab_log "after ${RUN_S} s: acked epoch $acked2, $reads counter reads, highest seen $seen"
+[[ "$acked2" =~ ^[0-9]+$ && "$acked" =~ ^[0-9]+$ ]] && [ "$acked2" -gt "$acked" ] || lab_fail "acknowledged epoch did not grow ($acked -> $acked2)"
+# Under emulation a checkpoint pauses the guest ~0.6 s (p50) at a 200 ms interval: many
+# 2 s reads time out. The service must still answer while protected.
+[ "$reads" -ge 3 ] || lab_fail "the counter answered only $reads of $RUN_S reads while protected"
+P50=$(field primary pauseMsP50 < /tmp/status-primary.json); P99=$(field primary pauseMsP99 < /tmp/status-primary.json)
+FULLP=$(field primary fullPauseMs < /tmp/status-primary.json)
+CK=$(field primary checkpoints < /tmp/status-primary.json); WIRE=$(field primary wireBytes < /tmp/status-primary.json)
+RAWLAST=$(field primary guest.rawBytesLast < /tmp/status-primary.json); RAWTOT=$(field primary guest.rawBytesTotal < /tmp/status-primary.json)
+DIRTY=$(field primary dirtyPagesLast < /tmp/status-primary.json)
+lab_log "pause p50 ${P50} ms p99 ${P99} ms (first, with live pre-copy: ${FULLP} ms); $CK checkpoints; wire $WIRE B; raw libxc $RAWTOT B (last $RAWLAST B, $DIRTY pages)"
+
+# 3. Crash the primary: the backup must take over from its last committed checkpoint.
+last_acked=$(status | field primary ackedEpoch)
+cpre=$(lab_http "$IP" 7777 /counter 2)
+[[ "$cpre" =~ ^[0-9]+$ ]] && [ "$cpre" -gt "$seen" ] && seen=$cpre
+PRIM=$(xl domid "$DOMU")
+TF=$(lab_now)
+xl destroy "$PRIM"
+lab_log "destroyed the primary (id $PRIM) at $(date -u +%FT%T.%3NZ), acked epoch $last_acked, last value seen $seen"
+ok=0; c2=
+for i in $(seq 1 600); do
+  c2=$(lab_http "$IP" 7777 /counter 1)
+  [[ "$c2" =~ ^[0-9]+$ ]] && { ok=1; break; }
+  sleep 0.1
+done
+FAILOVER_S=$(lab_since "$TF")
+boot2=$(lab_http "$IP" 7777 /boot)
+lab_log "after failover (${FAILOVER_S} s): boot $boot2 counter $c2"
+xl list
+status > /tmp/status-after.json
+[ $ok = 1 ] || lab_fail "the backup domain did not answer after failover"
+[ -n "$boot2" ] && [ "$boot2" = "$boot0" ] && lab_log "ok: same boot id: resumed, not rebooted" || lab_fail "boot id changed ('$boot0' -> '$boot2')"
+if [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$c0" ]; then
+  lab_log "ok: counter continues ($c0 at start, highest seen by a client $seen, $c2 after failover)"
+  [ "$c2" -lt "$seen" ] && lab_log "note: without network buffering the client saw $seen, the backup resumed below it ($c2): the expected gap that output buffering closes"
+else
+  lab_fail "counter did not continue ($c0 -> $c2)"
+fi
+# Under TCG, xl's own restore + device setup takes 20-35 s (the xen-save scenario measures the same).
+grep -E "FAILOVER|runs on the backup" /tmp/backup.err | sed 's/^/  backup: /'
+awk -v s="$FAILOVER_S" 'BEGIN { exit !(s < 90) }' || lab_fail "failover took ${FAILOVER_S} s (bound 90 s under emulation)"
+
+echo "XENLAB NUMBERS protect: mem_mib=$MEM interval_ms=$INTERVAL checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP wire_bytes=$WIRE raw_bytes_total=$RAWTOT raw_bytes_last=$RAWLAST dirty_pages_last=$DIRTY failover_s=$FAILOVER_S seen=$seen after=$c2"
+kill -TERM $PP 2>/dev/null; sleep 2
+kill -TERM $BP 2>/dev/null; sleep 2
+tail -n 30 /tmp/protect.err; tail -n 30 /tmp/backup.err
+cp /tmp/protect.out /tmp/protect.err /tmp/backup.out /tmp/backup.err /tmp/status-*.json "$LAB_OUT/" 2>/dev/null
+if [ -s "$REMUSDB_XEN_RECORD" ]; then
+  gzip -9 -c "$REMUSDB_XEN_RECORD" > "$LAB_OUT/xen-pv-stream.bin.gz"
+  node -e 'console.log(JSON.stringify({ pageCount: Number(process.argv[1]), memMiB: Number(process.argv[2]), xen: process.argv[3] }))' \
+    "$(field primary guest.pageCount < /tmp/status-primary.json)" "$MEM" "$(xl info | awk -F': ' '/^xen_version/ { print $2 }')" > "$LAB_OUT/xen-pv-stream.json"
+fi
+lab_result

@@ -1,0 +1,315 @@
+// 47 xen stream: libxc migration stream v2 reading (headers, records, padding, PAGE_DATA),
+// checkpoint capture + skeleton on the primary and byte-exact rebuild on the backup (with a
+// recorded real stream from the lab when present), the replica feeding a receiver, and the
+// Xen domain's callback state machine against a scripted save loop.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { RemusError } from '../dom0/errors';
+import { loadAddon } from '../dom0/native';
+import {
+  IMAGE_HEADER_BYTES, DOMAIN_HEADER_BYTES, PAGE_SIZE, REC, RecordSplitter, parsePageData, type RawRecord,
+} from '../dom0/hypervisor/xen/libxc-stream';
+import { CheckpointCollector, rebuildCheckpoint, type CollectedCheckpoint } from '../dom0/hypervisor/xen/xen-checkpoint';
+import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
+import { XenDomain } from '../dom0/hypervisor/xen/xen-domain';
+import type { XenAddon, XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
+import { RECEIVER_BANNER } from '../dom0/hypervisor/xen/xl-stream';
+
+// ---- a synthetic libxc stream ------------------------------------------------------------
+
+function headers(): Buffer {
+  const b = Buffer.alloc(IMAGE_HEADER_BYTES + DOMAIN_HEADER_BYTES);
+  b.writeBigUInt64BE(0xffffffffffffffffn, 0);
+  b.writeUInt32BE(0x58454e46, 8);
+  b.writeUInt32BE(3, 12);
+  b.writeUInt32LE(1, 24);   // x86 PV
+  b.writeUInt16LE(12, 28);  // page shift
+  b.writeUInt32LE(4, 32);
+  b.writeUInt32LE(17, 36);
+  return b;
+}
+
+function record(type: number, body: Buffer): Buffer {
+  const r = Buffer.alloc(8 + ((body.length + 7) & ~7));
+  r.writeUInt32LE(type, 0);
+  r.writeUInt32LE(body.length, 4);
+  body.copy(r, 8);
+  return r;
+}
+
+const XTAB = 0xf, L1TAB = 0x1;
+/** A page whose content says which pfn and round it is. */
+function page(pfn: number, round: number): Buffer {
+  const p = Buffer.alloc(PAGE_SIZE, (pfn * 7 + round) & 0xff);
+  p.writeUInt32LE(pfn % 2 ** 32, 0);
+  p.writeUInt32LE(round, 4);
+  return p;
+}
+
+function pageData(entries: Array<{ pfn: number; type?: number; round?: number }>): Buffer {
+  const words = Buffer.alloc(8 + 8 * entries.length);
+  words.writeUInt32LE(entries.length, 0);
+  const pages: Buffer[] = [];
+  entries.forEach((e, i) => {
+    words.writeUInt32LE(e.pfn >>> 0, 8 + 8 * i);
+    words.writeUInt32LE((((e.type ?? 0) << 28) | Math.floor(e.pfn / 2 ** 32)) >>> 0, 12 + 8 * i);
+    if ((e.type ?? 0) !== XTAB) pages.push(page(e.pfn, e.round ?? 0));
+  });
+  return record(REC.PAGE_DATA, Buffer.concat([words, ...pages]));
+}
+
+const checkpointRec = (): Buffer => record(REC.CHECKPOINT, Buffer.alloc(0));
+
+/** Feeds bytes in pieces of random sizes (seeded) and collects what the splitter yields. */
+function split(bytes: Buffer, pieceMax: number, seed = 1, expectHeaders = true): { headers: Buffer[]; recs: RawRecord[] } {
+  const out = { headers: [] as Buffer[], recs: [] as RawRecord[] };
+  const s = new RecordSplitter((h) => out.headers.push(Buffer.from(h)), (r) => out.recs.push({ ...r, bytes: Buffer.from(r.bytes) }), expectHeaders);
+  let x = seed;
+  for (let at = 0; at < bytes.length;) {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    const n = 1 + (x % pieceMax);
+    s.push(bytes.subarray(at, at + n));
+    at += n;
+  }
+  s.end();
+  return out;
+}
+
+const PAGES = 64;
+/** The scripted save writes to a pipe from the test's own thread: stay below its 64 KiB. */
+const DPAGES = 8;
+
+function twoCheckpoints(): { first: Buffer[]; second: Buffer[] } {
+  const first = [
+    record(REC.X86_PV_INFO, Buffer.from([8, 4, 0, 0, 0, 0, 0, 0])),
+    record(0x80000123, Buffer.from('opaque optional record, 29 oc')), // unknown: kept as is, padded
+    pageData([{ pfn: 0 }, { pfn: 1, type: L1TAB }, { pfn: 2, type: XTAB }, { pfn: 3 }]),
+    pageData([{ pfn: 40 }, { pfn: 63 }]),
+    record(REC.SHARED_INFO, page(999, 9)),
+    checkpointRec(),
+  ];
+  const second = [pageData([{ pfn: 3, round: 1 }, { pfn: 40, round: 1 }]), record(REC.SHARED_INFO, page(999, 10)), checkpointRec()];
+  return { first, second };
+}
+
+function collect(c: CheckpointCollector, recs: RawRecord[]): CollectedCheckpoint[] {
+  const done: CollectedCheckpoint[] = [];
+  for (const r of recs) { const d = c.add(r); if (d) done.push(d); }
+  return done;
+}
+
+/** What the backup does at commit: the capture's pages into the image, then the rebuild. */
+function commit(image: Uint8Array, ck: CollectedCheckpoint): ReturnType<typeof rebuildCheckpoint> {
+  const { pfns, count, pages } = ck.capture;
+  for (let i = 0; i < count; i++) image.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pfns[i] * PAGE_SIZE);
+  return rebuildCheckpoint(ck.capture.deviceState, image);
+}
+
+describe('47 xen stream', () => {
+  it('47.1 cuts a stream into headers and padded records, whatever the chunking', () => {
+    const { first } = twoCheckpoints();
+    const bytes = Buffer.concat([headers(), ...first]);
+    for (const pieceMax of [1, 7, 4096, 1 << 20]) {
+      const got = split(bytes, pieceMax, pieceMax);
+      assert.equal(got.headers.length, 1);
+      assert.deepEqual(got.recs.map((r) => r.type), [REC.X86_PV_INFO, 0x80000123, REC.PAGE_DATA, REC.PAGE_DATA, REC.SHARED_INFO, REC.CHECKPOINT]);
+      assert.equal(got.recs[1].bodyLength, 29);
+      assert.equal(got.recs[1].bytes.length, 8 + 32, 'body padded to 8 octets');
+      assert.deepEqual(Buffer.concat([got.headers[0], ...got.recs.map((r) => r.bytes)]), bytes);
+    }
+  });
+
+  it('47.2 rejects malformed input with a RemusError that says what is wrong', () => {
+    const bad = headers(); bad.writeUInt32BE(0x12345678, 8);
+    assert.throws(() => split(bad, 100), (e: Error) => e instanceof RemusError && /XENF/.test(e.message));
+    const v9 = headers(); v9.writeUInt32BE(9, 12);
+    assert.throws(() => split(v9, 100), /image version 9/);
+    assert.throws(() => split(Buffer.concat([headers(), pageData([{ pfn: 1 }]).subarray(0, 100)]), 50), /stream ends inside a record/);
+    const huge = record(REC.PAGE_DATA, Buffer.alloc(8)); huge.writeUInt32LE(0x7fffffff, 4);
+    assert.throws(() => split(huge, 16, 1, false), /claims 2147483647 octets/);
+    const short = pageData([{ pfn: 1 }, { pfn: 2 }]); short.writeUInt32LE(8 + 16 + PAGE_SIZE, 4); // says one page of data, has two
+    assert.throws(() => parsePageData(short.subarray(0, 8 + 8 + 16 + PAGE_SIZE), false), /2 pfns with 2 data pages need/);
+    const reserved = pageData([{ pfn: 1 }]); reserved.writeUInt32LE(0x00100000, 20);
+    assert.throws(() => parsePageData(reserved, false), /reserved bits/);
+    const zero = record(REC.PAGE_DATA, Buffer.alloc(8));
+    assert.throws(() => parsePageData(zero, false), /PAGE_DATA with 0 pfns/);
+  });
+
+  it('47.3 PAGE_DATA: pfn words, types, data only for types that carry it', () => {
+    const p = parsePageData(pageData([{ pfn: 5, type: L1TAB }, { pfn: 6, type: XTAB }, { pfn: 2 ** 33 + 7 }]), false);
+    assert.deepEqual(Array.from(p.pfns), [5, 6, 2 ** 33 + 7]);
+    assert.deepEqual(Array.from(p.types), [L1TAB, XTAB, 0]);
+    assert.equal(p.dataPages, 2);
+    assert.deepEqual(Array.from(p.dataOffsets), [8 + 8 + 24, -1, 8 + 8 + 24 + PAGE_SIZE]);
+  });
+
+  it('47.4 capture + skeleton rebuild the exact stream, preamble first', () => {
+    const { first, second } = twoCheckpoints();
+    const { headers: h, recs } = split(Buffer.concat([headers(), ...first, ...second]), 5000);
+    const c = new CheckpointCollector(PAGES);
+    const preamble = Buffer.concat([Buffer.from('xl+libxl preamble.'), h[0]]);
+    c.startSave(preamble);
+    const [ck1, ck2] = collect(c, recs);
+    assert.equal(ck1.capture.count, PAGES, 'the first checkpoint of a save is full');
+    assert.deepEqual(Buffer.from(ck1.capture.pages.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 0));
+    assert.deepEqual(Array.from(ck2.capture.pfns), [3, 40]);
+    const image = new Uint8Array(PAGES * PAGE_SIZE);
+    const r1 = commit(image, ck1), r2 = commit(image, ck2);
+    assert.deepEqual(r1.preamble, preamble);
+    assert.equal(r2.preamble, null);
+    assert.deepEqual(Buffer.concat(r1.parts), Buffer.concat(first));
+    assert.deepEqual(Buffer.concat(r2.parts), Buffer.concat(second));
+    assert.ok(r1.endsWithCheckpoint && r2.endsWithCheckpoint);
+    assert.ok(ck2.capture.deviceState.length < 200, `a delta skeleton has no page data (${ck2.capture.deviceState.length} octets)`);
+    assert.equal(ck2.rawBytes, Buffer.concat(second).length);
+  });
+
+  it('47.5 a pfn sent twice in a checkpoint keeps its last content and type only', () => {
+    const recs = [
+      pageData([{ pfn: 1 }, { pfn: 2 }, { pfn: 3 }]),        // live round 1
+      pageData([{ pfn: 2, round: 1, type: L1TAB }, { pfn: 3, type: XTAB }]), // round 2
+      pageData([{ pfn: 1, round: 2 }]),                         // stop-and-copy
+      checkpointRec(),
+    ];
+    const c = new CheckpointCollector(8);
+    c.startSave(headers());
+    const { recs: raw } = split(Buffer.concat(recs), 999, 3, false);
+    const [ck] = collect(c, raw);
+    const image = new Uint8Array(8 * PAGE_SIZE);
+    const r = commit(image, ck);
+    assert.deepEqual(Buffer.from(image.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 2));
+    assert.deepEqual(Buffer.from(image.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE)), Buffer.alloc(PAGE_SIZE), 'XTAB last: no content');
+    const expected = [pageData([{ pfn: 2, round: 1, type: L1TAB }, { pfn: 3, type: XTAB }]), pageData([{ pfn: 1, round: 2 }]), checkpointRec()];
+    assert.deepEqual(Buffer.concat(r.parts), Buffer.concat(expected), 'round 1 dropped: every pfn of it was sent again');
+    // A delta checkpoint with the same shape keeps only pfn 1 and 2 as pages.
+    const [d] = collect(c, split(Buffer.concat(recs), 999, 4, false).recs);
+    assert.deepEqual(Array.from(d.capture.pfns), [1, 2]);
+    assert.throws(() => collect(new CheckpointCollector(2), split(pageData([{ pfn: 5 }]), 99, 1, false).recs), /pfn 5, beyond the 2 pages/);
+  });
+
+  it('47.6 a real stream recorded in the lab rebuilds byte for byte', function () {
+    const fixture = path.join(__dirname, '..', '..', 'test', 'fixtures', 'xen-pv-stream.bin.gz');
+    if (!fs.existsSync(fixture)) this.skip();
+    const bytes = zlib.gunzipSync(fs.readFileSync(fixture));
+    const { headers: h, recs } = split(bytes, 65536);
+    const info = JSON.parse(fs.readFileSync(fixture.replace(/\.bin\.gz$/, '.json'), 'utf8')) as { pageCount: number };
+    const c = new CheckpointCollector(info.pageCount);
+    c.startSave(h[0]);
+    const done = collect(c, recs);
+    assert.ok(done.length >= 3, `${done.length} checkpoints in the fixture`);
+    const image = new Uint8Array(info.pageCount * PAGE_SIZE);
+    let at = 0, pages = 0;
+    const ends = recs.map((r, i) => (r.type === REC.CHECKPOINT ? i : -1)).filter((i) => i >= 0);
+    done.forEach((ck, k) => {
+      const r = commit(image, ck);
+      const original = Buffer.concat(recs.slice(at, ends[k] + 1).map((x) => x.bytes));
+      at = ends[k] + 1;
+      assert.deepEqual(Buffer.concat(r.parts), original, `checkpoint ${k + 1} rebuilt exactly`);
+      if (k > 0) pages += ck.capture.count;
+    });
+    assert.ok(pages > 0, 'the later checkpoints carry pages');
+  });
+
+  it('47.7 the replica writes whole checkpoints to the receiver and fails over by closing it', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
+    const out = path.join(dir, 'stream');
+    let incomingPaused = true;
+    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: incomingPaused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
+    } };
+    const rx = new XenReplica('vm', PAGES, {
+      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; sleep 0.3`], addon, resumeTimeoutMs: 5000,
+    });
+    const { first, second } = twoCheckpoints();
+    const c = new CheckpointCollector(PAGES);
+    c.startSave(Buffer.from('PRE'));
+    const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
+    assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
+    for (const ck of [ck1, ck2]) {
+      for (let i = 0; i < ck.capture.count; i++) rx.image.set(ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), ck.capture.pfns[i] * PAGE_SIZE);
+      rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+    }
+    setTimeout(() => { incomingPaused = false; }, 100);
+    const info = await rx.resume();
+    assert.equal(info.domid, 41);
+    const end = Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]);
+    assert.deepEqual(fs.readFileSync(out), Buffer.concat([Buffer.from('PRE'), ...first, end, ...second, end]));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  describe('47.8 the domain drives a (scripted) save loop', () => {
+    let addon: Partial<XenAddon> = {};
+    before(function () {
+      try { addon = loadAddon() as unknown as Partial<XenAddon>; } catch { /* no addon: skipped below */ }
+      if (!addon.makePipe) this.skip(); // the addon's Xen part (libxen-dev) makes the pipe
+    });
+
+    /** A save loop that writes checkpoints like libxc and calls back in libxc's order. */
+    function fakeXen(opts: { dieAt?: number } = {}): { x: XenAddon; log: string[] } {
+      const log: string[] = [];
+      let dying = false, saves = 0;
+      const info = (): XenDomainInfo => ({ domid: 7, dying, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: DPAGES * 4, pages: DPAGES, vcpus: 1 });
+      const x: XenAddon = {
+        xenDomainInfo: () => info(),
+        xenDomainConfigJson: () => JSON.stringify({ c_info: { name: 'vm' } }),
+        xenSuspend: () => { log.push('suspend'); if (dying) throw new RemusError('ERR_XEN', 'suspend: the domain is dying (destroyed)'); },
+        xenResume: () => { log.push('resume'); },
+        makePipe: () => addon.makePipe!(),
+        xenSaveCheckpointed: async (_d, fd, dispatch) => {
+          const save = ++saves;
+          const ask = (k: 'suspend' | 'postcopy' | 'checkpoint'): Promise<number> => new Promise((r) => setImmediate(() => dispatch(k, r)));
+          const write = (b: Buffer): void => { fs.writeSync(fd, b); };
+          write(headers());
+          write(pageData(Array.from({ length: DPAGES }, (_, pfn) => ({ pfn, round: save * 100 })))); // live round
+          for (let n = 1; ; n++) {
+            if (opts.dieAt === n) dying = true;
+            if (await ask('suspend') <= 0) return { rc: -1, errno: 0, message: 'suspend failed' };
+            write(pageData([{ pfn: n % DPAGES, round: save * 100 + n }]));
+            write(checkpointRec());
+            if (await ask('postcopy') <= 0) return { rc: -1, errno: 0, message: 'postcopy failed' };
+            if (await ask('checkpoint') <= 0) return { rc: 0, errno: 0, message: 'save loop ended' };
+          }
+        },
+      };
+      return { x, log };
+    }
+
+    it('47.8.1 suspend → capture → resume per checkpoint; a new full capture restarts the save', async () => {
+      const { x, log } = fakeXen();
+      const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
+      assert.equal(d.pageCount, DPAGES);
+      await d.suspend();
+      const c1 = await d.capture(true);
+      await d.resume();
+      assert.equal(c1.count, DPAGES);
+      assert.deepEqual(Buffer.from(c1.pages.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 101), 'the stop-and-copy content wins');
+      await d.suspend();
+      const c2 = await d.capture(false);
+      await d.resume();
+      assert.deepEqual(Array.from(c2.pfns), [2]);
+      await d.suspend();
+      const c3 = await d.capture(true); // a new backup session
+      await d.resume();
+      assert.equal(c3.count, DPAGES);
+      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_SIZE)), page(0, 200), 'the second save\'s live round');
+      assert.equal(d.describe().saves, 2);
+      assert.deepEqual(log, ['suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume']);
+      await d.close();
+    });
+
+    it('47.8.2 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
+      const { x } = fakeXen({ dieAt: 2 });
+      const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
+      await d.suspend(); await d.capture(true); await d.resume();
+      const t0 = Date.now();
+      await assert.rejects(d.suspend(), (e: Error) => e instanceof RemusError && e.code === 'ERR_NO_DOMAIN' && /dying/.test(e.message));
+      assert.ok(Date.now() - t0 < 1000);
+      await assert.rejects(d.suspend(), (e: Error) => (e as RemusError).code === 'ERR_NO_DOMAIN');
+      await d.close();
+    });
+  });
+});

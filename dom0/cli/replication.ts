@@ -187,13 +187,7 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
   });
   svc.start();
   log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}`);
-  const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
-  const stopAfter = o.seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), o.seconds * 1000) : null;
-  await untilSignal(async () => {
-    if (live) { clearInterval(live); process.stdout.write('\n'); }
-    if (stopAfter) clearTimeout(stopAfter);
-    await svc.stop();
-  });
+  await runUntilStopped(svc, o.seconds);
 }
 
 /** A Xen domain: libxenguest's Remus save loop under our engine (no network buffer yet: outputs pass). */
@@ -213,13 +207,7 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
   });
   svc.start();
   log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}`);
-  const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
-  const stopAfter = o.seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), o.seconds * 1000) : null;
-  await untilSignal(async () => {
-    if (live) { clearInterval(live); process.stdout.write('\n'); }
-    if (stopAfter) clearTimeout(stopAfter);
-    await svc.stop();
-  });
+  await runUntilStopped(svc, o.seconds);
 }
 
 function progressLine(s: Record<string, unknown>): string {
@@ -280,6 +268,17 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
     }
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/** Live progress on a terminal until SIGINT/SIGTERM (or `seconds`), then a clean stop. */
+async function runUntilStopped(svc: { status(): Record<string, unknown>; stop(): Promise<void> }, seconds: number | undefined): Promise<void> {
+  const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
+  const stopAfter = seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), seconds * 1000) : null;
+  await untilSignal(async () => {
+    if (live) { clearInterval(live); process.stdout.write('\n'); }
+    if (stopAfter) clearTimeout(stopAfter);
+    await svc.stop();
+  });
 }
 
 function untilSignal(onStop: () => Promise<void>): Promise<void> {

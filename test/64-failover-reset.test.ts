@@ -6,7 +6,8 @@
 // the challenge-ACK exchange, the guest's socket too; the other connection keeps working.
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { checksum, ExposureTracker, rstPacket, sendResets } from '../dom0/net/failover-reset';
+import { checksum, ExposureTracker, parseFlowExports, rstPacket, sendResets, type ResetTarget } from '../dom0/net/failover-reset';
+import { BackupExposure, exportExposure } from '../dom0/net/exposure-relay';
 import { createTestbed, destroyTestbed, sysctl, type Testbed } from '../dom0/net/netns-testbed';
 import { type NetBuffer, openNetBuffer } from '../dom0/net/net-device';
 import { PacketLedger, type VerdictSink } from '../dom0/net/packet-ledger';
@@ -57,6 +58,45 @@ describe('64 failover resets', () => {
     ledger.release(2);
     assert.deepEqual(tracker.inconsistent(2).map((t) => t.clientPort), [1004]);
     assert.throws(() => tracker.inconsistent(1), /committed epoch/);
+  });
+
+  it('64.5 the backup computes the same resets from NET_EXPOSURE records; malformed ones are refused', () => {
+    const { tracker, ledger, feed } = harness();
+    let flushes = 0;
+    tracker.onExposed = () => { flushes++; };
+    const a = new ServerStream(100, { dport: 1001 }), b = new ServerStream(5000, { dport: 1002 });
+    for (const s of [a, b]) { feed(s.synAck()); feed(s.segment(startupReply())); }
+    ledger.barrier(1);
+    ledger.release(1);
+    const flushesBefore = flushes;
+    feed(a.segment(concat(commandComplete('BEGIN'), rfq('T'))));                     // unprotected: released at once
+    assert.equal(flushes, flushesBefore + 1, 'the exposure is shipped before the verdict that releases it');
+    feed(b.segment(concat(commandComplete('COMMIT'), rfq('I'))));                    // held: no flush
+    assert.equal(flushes, flushesBefore + 1);
+    // The backup receives the records as JSON (through the channel) and fails over from 1.
+    const backupSide = new BackupExposure(() => {}, (targets: ResetTarget[], o) => { sent.push({ n: targets.length, ...o }); return targets.length; });
+    const sent: Array<Record<string, unknown>> = [];
+    const wire = (x: Record<string, unknown> | null): Record<string, unknown> => JSON.parse(JSON.stringify(x));
+    assert.equal(backupSide.onRecord(wire(exportExposure([tracker], true))), null);
+    assert.equal(exportExposure([tracker], false), null, 'nothing changed since');
+    const expected = tracker.inconsistent(1).map((t) => ({ port: t.clientPort, why: t.why, toClient: t.toClient, toGuest: t.toGuest }));
+    assert.deepEqual(expected.map((t) => t.port), [1001]);
+    assert.equal(backupSide.onFailover(1), 1);
+    backupSide.onResumed();
+    assert.deepEqual(sent, [{ n: 1, toGuest: false }, { n: 1, toGuest: true, toClient: false }]);
+    const mirror = new ExposureTracker();
+    const x = parseFlowExports(wire(exportExposure([tracker], true)));
+    assert.ok(typeof x !== 'string');
+    mirror.importFlows(x.released, x.flows);
+    assert.deepEqual(mirror.inconsistent(1).map((t) => ({ port: t.clientPort, why: t.why, toClient: t.toClient, toGuest: t.toGuest })), expected);
+    // Hostile bodies: a string naming the problem (the engine turns it into ERR_PROTOCOL).
+    const flow = x.flows[0];
+    for (const bad of [null, { released: 1 }, { released: 'x', flows: [] }, { released: 1, flows: [{ ...flow, g: 'zz' }] },
+      { released: 1, flows: [{ ...flow, marks: [[1, -5, 0]] }] }, { released: 1, flows: [{ ...flow, gp: 70000 }] },
+      { released: 1, flows: new Array(4097).fill(flow) }]) {
+      assert.equal(typeof parseFlowExports(bad), 'string', JSON.stringify(bad)?.slice(0, 80));
+      assert.equal(typeof backupSide.onRecord(bad as Record<string, unknown>), 'string');
+    }
   });
 
   it('64.2 remus mode (hold everything) exposes nothing; the flow table is bounded', () => {

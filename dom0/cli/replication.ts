@@ -13,6 +13,11 @@ import { BackupService } from '../service/backup-service';
 import { XenProtectService } from '../service/xen-services';
 import { controlRequest, listSockets, socketPath } from '../service/control';
 import { choiceOption, intOption } from './options';
+import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './net-options';
+import { openDomainNet } from '../net/domain-net';
+import { realClock } from '../engine/clock';
+import { DEFAULT_NBD_PORT } from '../disk/serve';
+import { servePrimaryDisk, waitForXenDomain } from '../hypervisor/xen/xen-disk';
 
 export const DEFAULT_PORT = 7400;
 
@@ -60,28 +65,29 @@ function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) 
 
 const log = (line: string): void => { console.error(`${new Date().toISOString()} ${line}`); };
 
-interface ProtectOpts {
+interface ProtectOpts extends NetCliOptions {
   interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
-  netBuffer: boolean; blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
+  blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
   memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
-  maxInFlight: number; journal?: string; seconds?: number; disk: number; diskBuffer: number; verifyDisk: boolean;
+  journal?: string; seconds?: number; disk: number; diskBuffer: number; verifyDisk: boolean;
+  /** Xen: the domU's disk image, served over NBD here and replicated (docs/xen-adapter.md, "Disk"). */
+  diskImage?: string; diskListen: string; diskDevice?: string; waitDomain: number;
 }
 
 export function registerReplication(program: Command): void {
-  program.command('protect <domain> [backup]')
+  const protect = program.command('protect <domain> [backup]')
     .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
     .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
     .option('-u, --no-compress', 'send pages raw, keep no cache (plain Remus; xl remus -u)')
     .option('--no-read-tracking', 'do not send pages that equal a block the guest read from disk as references to that block')
-    .option('-n, --no-net-buffer', 'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)')
     .option('-b, --blackhole', 'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
     .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)')
     .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
     .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
-    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged', intOption('--max-in-flight', 1, 16), 2)
+    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)', intOption('--max-in-flight', 1, 16))
     .option('--memory <size>', 'sim: guest memory', sizeOption('--memory'), 256 * 2 ** 20)
     .option('--workload <w>', 'sim: oltp, scan, idle or trace:<file.rdt> (replays an RDTRACE1 trace, one epoch per step)', workloadOption, 'oltp')
     .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
@@ -91,8 +97,12 @@ export function registerReplication(program: Command): void {
     .option('--no-verify-disk', 'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)')
     .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
     .option('--journal <file>', 'append one JSON line per checkpoint and event')
-    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7))
-    .action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) => runProtect(domainArg, backupArg, o));
+    .option('--disk-image <file>', 'xen: the domU\'s raw disk image, served over NBD by this process and replicated (start the domU once it listens)')
+    .option('--disk-listen <addr:port>', 'xen: where --disk-image is served', `127.0.0.1:${DEFAULT_NBD_PORT}`)
+    .option('--disk-device <dev>', 'xen: attach --disk-image to this /dev/nbdN (nbd-client), the device the domU\'s disk names')
+    .option('--wait-domain <s>', 'xen: with --disk-image, how long to wait for the domain to be created', intOption('--wait-domain', 1, 86400), 600)
+    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
+  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) => runProtect(domainArg, backupArg, o));
 
   program.command('backup')
     .description('receive checkpoints and take over when the primary fails')
@@ -167,47 +177,62 @@ export function registerReplication(program: Command): void {
 
 async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
   const spec = resolveDomain(domainArg);
-  if (!o.netBuffer && !o.unsafe) {
+  if (o.netBuffer === false && !o.unsafe) {
     throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it');
   }
   if (!o.blackhole && !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
   if (spec.kind === 'xen') return runXenProtect(spec.name, backupArg, o);
+  const net = netPlan(o, { kind: 'sim', name: spec.name, domid: 0 });
   const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
   const pages = o.memory / PAGE_SIZE;
   const svc = new ProtectService({
     name: spec.name, backup, security: o.blackhole ? { insecure: true } : security(o, log),
     engine: {
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
-      maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
+      maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
       batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
     },
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
-    netBuffer: o.netBuffer, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer, readTracking: o.readTracking && o.compress, log,
+    netBuffer: o.netBuffer !== false, net, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer,
+    readTracking: o.readTracking && o.compress, log,
   });
   svc.start();
-  log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}`);
+  log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${netLine(net)}`);
   await runUntilStopped(svc, o.seconds);
 }
 
-/** A Xen domain: libxenguest's Remus save loop under our engine (no network buffer yet: outputs pass). */
+function netLine(net: ReturnType<typeof netPlan>): string {
+  return net ? `; ${net.driver} buffers ${net.ifaces.join(', ')}${net.commitProtection === 'off' ? '' : ` (commit protection ${net.commitProtection})`}` : '';
+}
+
+/** A Xen domain: libxenguest's Remus save loop under our engine, outputs held on its vifs. */
 async function runXenProtect(name: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
   if (o.blackhole || !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'Xen domains need a backup host (--blackhole is for simulated domains)');
-  if (o.netBuffer && !o.unsafe) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, 'network buffering of Xen domains is not wired yet: outputs would leave before their checkpoint is acknowledged; add -n --unsafe to protect without it');
-  }
-  const svc = new XenProtectService({
-    domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: security(o, log),
-    engine: (pages) => ({
-      intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
-      maxInFlight: o.maxInFlight, heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
-      batchPagesMax: 1024, deviceStateMax: 1 << 20,
-    }),
-    log,
-  });
+  let net: ReturnType<typeof netPlan> = null;
+  const disk = o.diskImage ? await servePrimaryDisk({
+    image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice, clock: realClock, unackedBytesMax: o.diskBuffer, log,
+  }) : null;
+  const svc = await (async () => {
+    if (disk) await waitForXenDomain(name, o.waitDomain * 1000, log);
+    return new XenProtectService({
+      domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: security(o, log),
+      engine: (pages) => ({
+        intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
+        maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
+        batchPagesMax: 1024, deviceStateMax: 1 << 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
+      }),
+      disk: disk?.replicator ?? null,
+      netBuffer: (domainName, domid) => {
+        net = netPlan(o, { kind: 'xen', name: domainName, domid });
+        return net ? openDomainNet(net) : null;
+      },
+      log,
+    });
+  })().catch(async (e: unknown) => { await disk?.close(); throw e; });
   svc.start();
-  log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}`);
-  await runUntilStopped(svc, o.seconds);
+  log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}${net ? netLine(net) : '; outputs NOT buffered (-n)'}`);
+  try { await runUntilStopped(svc, o.seconds); } finally { await disk?.close(); }
 }
 
 function progressLine(s: Record<string, unknown>): string {

@@ -41,6 +41,12 @@ export interface BackupHooks {
   event?(name: string, detail: Record<string, unknown>): void;
   /** Phases for the fault simulator: 'record', 'pre-commit', 'post-commit', 'post-ack'. */
   phase?(phase: string, epoch: number): void;
+  /**
+   * NET_EXPOSURE: the primary's flows that clients saw unprotected (JSON, checked by the
+   * hook). Taken at once, not at commit: what clients saw is a fact whichever checkpoint
+   * the backup resumes from. A string return is a protocol error naming what is wrong.
+   */
+  netExposure?(epoch: number, value: Record<string, unknown>): string | null;
 }
 
 export type BackupState = 'waiting' | 'receiving' | 'failed-over';
@@ -166,6 +172,7 @@ export class Backup {
       case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(body);
       case Rec.DISK_REFS: return this.onDiskRefs(body);
       case Rec.DISK_VERIFY: return this.onDiskVerify(body);
+      case Rec.NET_EXPOSURE: return this.onNetExposure(body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye();
       case Rec.ERROR: {
@@ -243,6 +250,14 @@ export class Backup {
     } else {
       o.pages += this.staging!.add(payload, this.replica!.image);
     }
+  }
+
+  private onNetExposure(body: Buffer): void {
+    this.needSession();
+    const { epoch, payload } = parseWithEpoch(Rec.NET_EXPOSURE, body);
+    const { value } = parseJson(Rec.NET_EXPOSURE, payload, false);
+    const bad = this.hooks.netExposure ? this.hooks.netExposure(epoch, value) : null;
+    if (bad) throw protocolError(`NET_EXPOSURE of checkpoint ${epoch}: ${bad}`);
   }
 
   private onDeviceState(body: Buffer): void {

@@ -67,7 +67,17 @@ export interface PrimaryHooks {
   checkpoint?(epoch: number, info: Record<string, unknown>): void;
   /** Life events: protected, backup-lost (with reason), fenced. */
   event?(name: string, detail: Record<string, unknown>): void;
+  /**
+   * Commit protection: what clients saw unprotected, per flow, since the last call (all
+   * flows when full: a new backup knows nothing yet). Sent as NET_EXPOSURE every
+   * EXPOSURE_TICK_MS while protected and with each FULL checkpoint, so the backup (on
+   * another host) knows what to reset at failover, also when the primary dies mid-epoch.
+   */
+  netExposure?(full: boolean): Record<string, unknown> | null;
 }
+
+/** How often what clients saw unprotected is shipped to the backup (only when it changed). */
+export const EXPOSURE_TICK_MS = 10;
 
 interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; }
 
@@ -87,6 +97,7 @@ export class Primary {
   private waitingForAck = false;
   private tickTimer: unknown = null;
   private hbTimer: unknown = null;
+  private exposureTimer: unknown = null;
   private holdTimer: unknown = null;
   private lastHeard = 0;
   private lastSent = 0;
@@ -111,6 +122,23 @@ export class Primary {
     this.gate.setPassThrough(true);
     this.scheduleTick(this.opts.intervalMs);
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
+    if (this.hooks.netExposure) this.exposureTimer = this.clock.setTimer(EXPOSURE_TICK_MS, () => this.sendExposure());
+  }
+
+  private sendExposure(): void {
+    this.exposureTimer = this.clock.setTimer(EXPOSURE_TICK_MS, () => this.sendExposure());
+    this.flushExposure();
+  }
+
+  /**
+   * Ships what clients saw unprotected since the last time (commit protection's failover
+   * resets); the net buffer calls it before the verdicts that release such packets, so the
+   * record is on the channel first (a crash of this process still delivers it).
+   */
+  flushExposure(): void {
+    if (!this.hooks.netExposure || !this.link || this.session !== 'active' || this.state !== 'protected') return;
+    const x = this.hooks.netExposure!(false);
+    if (x) this.send(Rec.NET_EXPOSURE, withEpoch(this.epoch, jsonBody(x)));
   }
 
   /** A new authenticated channel to a backup: handshake, then a full checkpoint. */
@@ -270,6 +298,8 @@ export class Primary {
       this.clock.defer(() => this.streamBatch(p));
       return;
     }
+    const exposure = p.full ? this.hooks.netExposure?.(true) ?? null : null;
+    if (exposure) this.send(Rec.NET_EXPOSURE, withEpoch(p.epoch, jsonBody(exposure)));
     this.send(Rec.DEVICE_STATE, withEpoch(p.epoch, p.cap.deviceState));
     this.hooks.phase?.('stream-end', p.epoch);
     this.send(Rec.CHECKPOINT_END, checkpointEnd(p.epoch, p.sentPages));
@@ -468,7 +498,8 @@ export class Primary {
     if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
     if (this.hbTimer !== null) this.clock.clearTimer(this.hbTimer);
     if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
-    this.tickTimer = this.hbTimer = this.holdTimer = null;
+    if (this.exposureTimer !== null) this.clock.clearTimer(this.exposureTimer);
+    this.tickTimer = this.hbTimer = this.holdTimer = this.exposureTimer = null;
   }
 }
 

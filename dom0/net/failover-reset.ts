@@ -9,6 +9,9 @@
 //   sequence end / ACK that left unprotected (at once, behind their flow, or in
 //   pass-through). A flow is inconsistent for checkpoint C when what left unprotected goes
 //   beyond the guest's state at C (or the flow did not exist at C).
+//   The backup, on another host, learns the same per flow from NET_EXPOSURE records
+//   (exportChanged() on the primary at each checkpoint, importFlows() on the backup), so
+//   the process that fails over computes the resets itself (docs/commit-protection.md).
 //   rstPacket() builds the RSTs (checksummed IPv4/IPv6); sendResets() sends them through a
 //   raw socket in dom0's network namespace (addon sendRawIp).
 // RST to the client: seq = the highest sequence end released to it (its rcv_nxt when
@@ -46,10 +49,23 @@ export interface ResetTarget {
 const maxSeq = (a: number, b: number): number => (seqDiff(a, b) >= 0 ? a : b);
 const maxAck = (a: number | null, b: number | null): number | null => (a === null ? b : b === null ? a : maxSeq(a, b));
 
+/** One flow as NET_EXPOSURE carries it (addresses in hex, marks as [epoch, seqEnd, ack|-1]). */
+export interface FlowExport {
+  v6: boolean; g: string; c: string; gp: number; cp: number;
+  marks: Array<[number, number, number]>; xe: number | null; xa: number | null;
+}
+
+/** Flows per NET_EXPOSURE record (about 120 octets each in JSON). */
+export const EXPOSURE_FLOWS_PER_RECORD_MAX = 4096;
+
 export class ExposureTracker implements LedgerObserver {
   private readonly flows = new Map<string, FlowTrack>();
+  private readonly changed = new Set<string>();
   private released = 0;
+  private exposedSinceFlush = false;
   evicted = 0;
+  /** Called before the verdicts that let unprotected packets out (the primary ships NET_EXPOSURE). */
+  onExposed: (() => void) | null = null;
 
   constructor(private readonly flowsMax = 16384) { assertInt(flowsMax, 1, 1 << 22, 'flowsMax'); }
 
@@ -67,6 +83,7 @@ export class ExposureTracker implements LedgerObserver {
         marks: [], exposedEnd: null, exposedAck: null };
       this.flows.set(s.key, f);
     }
+    this.changed.add(s.key);
     const seqEnd = seqAdd(s.seq, seqLength(s));
     const ack = s.flags & TCP_ACK ? s.ack : null;
     const last = f.marks[f.marks.length - 1];
@@ -78,9 +95,16 @@ export class ExposureTracker implements LedgerObserver {
     }
     const leftUnprotected = outcome === 'accept' || outcome === 'pass' || (outcome === 'held' && verdict === 'release');
     if (leftUnprotected) {
+      this.exposedSinceFlush = true;
       f.exposedEnd = f.exposedEnd === null ? seqEnd : maxSeq(f.exposedEnd, seqEnd);
       f.exposedAck = maxAck(f.exposedAck, ack);
     }
+  }
+
+  beforeVerdicts(): void {
+    if (!this.exposedSinceFlush) return;
+    this.exposedSinceFlush = false;
+    this.onExposed?.();
   }
 
   barrier(): void { /* epochs are read from the packets */ }
@@ -120,10 +144,60 @@ export class ExposureTracker implements LedgerObserver {
     return out;
   }
 
+  /** Primary: the flows that changed since the last export (at most flowsMax; the rest next time). */
+  exportChanged(flowsMax = EXPOSURE_FLOWS_PER_RECORD_MAX, all = false): { released: number; flows: FlowExport[] } {
+    if (all) for (const key of this.flows.keys()) this.changed.add(key);
+    const flows: FlowExport[] = [];
+    for (const key of this.changed) {
+      if (flows.length >= flowsMax) break;
+      this.changed.delete(key);
+      const f = this.flows.get(key);
+      if (!f || f.exposedEnd === null) continue; // evicted, or nothing left unprotected yet
+      flows.push({ v6: f.v6, g: hex(f.guest), c: hex(f.client), gp: f.guestPort, cp: f.clientPort,
+        marks: f.marks.map((m) => [m.epoch, m.seqEnd, m.ack ?? -1]), xe: f.exposedEnd, xa: f.exposedAck });
+    }
+    return { released: this.released, flows };
+  }
+
+  /** Backup: takes the primary's view of these flows (replacing what it had of them). */
+  importFlows(released: number, flows: FlowExport[]): void {
+    this.released = Math.max(this.released, released);
+    for (const x of flows) {
+      const f: FlowTrack = { v6: x.v6, guest: unhex(x.g), client: unhex(x.c), guestPort: x.gp, clientPort: x.cp,
+        marks: x.marks.map(([epoch, seqEnd, ack]) => ({ epoch, seqEnd, ack: ack < 0 ? null : ack })), exposedEnd: x.xe, exposedAck: x.xa };
+      const key = `${x.v6 ? 6 : 4}|${x.g}|${x.gp}|${x.c}|${x.cp}`;
+      this.flows.delete(key);
+      if (this.flows.size >= this.flowsMax) this.evictOldest();
+      this.flows.set(key, f);
+    }
+  }
+
   private evictOldest(): void {
     const first = this.flows.keys().next();
     if (!first.done) { this.flows.delete(first.value); this.evicted++; }
   }
+}
+
+const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
+const unhex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
+
+/** Checks a NET_EXPOSURE body's flows (hostile input: the backup fails the session, never crashes). */
+export function parseFlowExports(v: unknown): { released: number; flows: FlowExport[] } | string {
+  const o = v as { released?: unknown; flows?: unknown };
+  if (!o || typeof o !== 'object' || !Number.isSafeInteger(o.released) || !Array.isArray(o.flows)) return 'not {released, flows}';
+  if (o.flows.length > EXPOSURE_FLOWS_PER_RECORD_MAX) return `${o.flows.length} flows (at most ${EXPOSURE_FLOWS_PER_RECORD_MAX})`;
+  const u32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+  const port = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffff;
+  for (const x of o.flows as FlowExport[]) {
+    const alen = x?.v6 ? 32 : 8;
+    if (typeof x !== 'object' || typeof x.v6 !== 'boolean' || typeof x.g !== 'string' || typeof x.c !== 'string'
+      || !/^[0-9a-f]*$/.test(x.g + x.c) || x.g.length !== alen || x.c.length !== alen || !port(x.gp) || !port(x.cp)
+      || !Array.isArray(x.marks) || x.marks.length > 1024 || !(x.xe === null || u32(x.xe)) || !(x.xa === null || u32(x.xa))) return 'a malformed flow';
+    for (const m of x.marks) {
+      if (!Array.isArray(m) || m.length !== 3 || !Number.isSafeInteger(m[0]) || !u32(m[1]) || !(m[2] === -1 || u32(m[2]))) return 'a malformed mark';
+    }
+  }
+  return { released: o.released as number, flows: o.flows as FlowExport[] };
 }
 
 function stateAt(f: FlowTrack, epoch: number): Mark | null {
@@ -171,6 +245,8 @@ export interface ResetOptions {
   netns?: string;
   /** Send the guest-side RSTs too (only once the resumed guest runs). */
   toGuest: boolean;
+  /** Send the client-side RSTs (default true; false when they went out already). */
+  toClient?: boolean;
 }
 
 /** Sends the RSTs; returns how many packets went out. */
@@ -180,8 +256,10 @@ export function sendResets(targets: ResetTarget[], o: ResetOptions): number {
   const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
   let sent = 0;
   for (const t of targets) {
-    addon.sendRawIp(rstPacket(t.v6, t.guestAddr, t.clientAddr, t.guestPort, t.clientPort, t.toClient.seq, t.toClient.ack), netnsPath);
-    sent++;
+    if (o.toClient !== false) {
+      addon.sendRawIp(rstPacket(t.v6, t.guestAddr, t.clientAddr, t.guestPort, t.clientPort, t.toClient.seq, t.toClient.ack), netnsPath);
+      sent++;
+    }
     if (o.toGuest && t.toGuest) {
       addon.sendRawIp(rstPacket(t.v6, t.clientAddr, t.guestAddr, t.clientPort, t.guestPort, t.toGuest.seq, t.toGuest.ack), netnsPath);
       sent++;

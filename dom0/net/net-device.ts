@@ -1,6 +1,6 @@
 // net-device: the one entry the protect service calls to get the guest's network output
 // gate. It picks the driver (none: nothing held, as `xl remus -n`; nfqueue: the kernel
-// queue of docs/netbuffer.md) and the commit protection mode (off: hold everything; dscp:
+// queue of docs/netbuffer.md; plug: sch_plug on an IFB, docs/netbuffer-plug.md) and the commit protection mode (off: hold everything; dscp:
 // hold DSCP-marked packets; pgwire: hold PostgreSQL commit acknowledgements), sizes the
 // NFQUEUE copy for the mode (pgwire parses whole segments), installs the rules (replacing
 // any a crashed run left) and tracks unprotected exposure for failover resets.
@@ -14,8 +14,9 @@ import type { GuestMatch } from './iptables-rules';
 import { NFQUEUE_DEFAULTS, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
 import type { Classifier } from './packet-ledger';
 import { PgwireClassifier } from './pgwire-classifier';
+import { setupPlug } from './plug-buffer';
 
-export type NetDriver = 'none' | 'nfqueue';
+export type NetDriver = 'none' | 'nfqueue' | 'plug';
 export type CommitProtection = 'off' | 'dscp' | 'pgwire';
 
 /** The kernel's ceiling for the NFQUEUE copy range (0xffff − NLA_HDRLEN): whole segments. */
@@ -37,6 +38,8 @@ export interface NetBufferOptions {
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
   copyBytes?: number;
   heldMax?: number;
+  /** plug: bytes sch_plug may hold (default 64 MiB; beyond it the kernel drops). */
+  plugLimitBytes?: number;
 }
 
 export interface NetBuffer {
@@ -68,6 +71,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     return { gate: new NoGate(), nfqueue: null, pgwire: null, exposure: null,
       describe: () => ({ driver: 'none', domain: o.domain, commitProtection: 'off' }), close: () => {} };
   }
+  if (o.driver === 'plug') return openPlug(o);
   let classify: Classifier | undefined;
   let pgwire: PgwireClassifier | null = null;
   const dscp = o.dscp ?? PROTECTED_DSCP;
@@ -91,5 +95,30 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       exposedFlows: exposure?.flowCount ?? null,
     }),
     close: () => dev.teardown(),
+  };
+}
+
+/** The IFB device that holds iface's packets: rdb-<iface>, or a hash when that is too long. */
+export function ifbNameFor(iface: string): string {
+  const name = `rdb-${iface}`;
+  if (name.length <= 15) return name;
+  let h = 2166136261;
+  for (const c of iface) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  return `rdb-${h.toString(16).padStart(8, '0')}`;
+}
+
+/** sch_plug holds whole epochs: no per-packet classification, one unacknowledged epoch. */
+function openPlug(o: NetBufferOptions): NetBuffer {
+  if (o.commitProtection !== 'off') {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`);
+  }
+  if (o.netns !== undefined) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'the plug driver works in its own network namespace only (run remusdb there)');
+  const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
+  const ifb = ifbNameFor(iface);
+  const dev = setupPlug({ vif: iface, ifb, limitBytes: o.plugLimitBytes });
+  return {
+    gate: dev.gate, nfqueue: null, pgwire: null, exposure: null,
+    describe: () => ({ driver: 'plug', domain: o.domain, iface, ifb, commitProtection: 'off', epochsHeld: dev.gate.held }),
+    close: () => dev.close(),
   };
 }

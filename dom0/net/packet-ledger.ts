@@ -27,6 +27,8 @@ export type PacketOutcome = 'accept' | 'held' | 'drop' | 'pass';
 /** Watches the ledger (the failover reset tracker): every packet, barriers, releases. */
 export interface LedgerObserver {
   packet(header: Uint8Array, verdict: PacketVerdict, outcome: PacketOutcome, epoch: number): void;
+  /** Called after a batch's packet() calls, before its verdicts let packets out. */
+  beforeVerdicts?(): void;
   barrier(epoch: number): void;
   release(epoch: number): void;
 }
@@ -110,6 +112,7 @@ export class PacketLedger implements OutputGate {
     this.stats.received += b.count;
     if (this.passThrough) {
       if (this.classify || this.observer) this.observePassing(b);
+      this.observer?.beforeVerdicts?.();
       this.lastReadId = b.ids[b.count - 1];
       this.sink.verdictUpTo(this.lastReadId, true);
       this.stats.passedThrough += b.count;
@@ -129,6 +132,7 @@ export class PacketLedger implements OutputGate {
       if (outcome === 'accept') accept[nAccept++] = id;
       else if (outcome === 'drop') drop[nDrop++] = id;
     }
+    if (nAccept) this.observer?.beforeVerdicts?.();
     if (nAccept) this.sink.verdictEach(accept, nAccept, true);
     if (nDrop) this.sink.verdictEach(drop, nDrop, false);
   }

@@ -95,15 +95,23 @@ export interface PlugDevice { gate: PlugBuffer; close(): void; }
 
 /** Steps 1-3 of the header, idempotent (a previous run's IFB and filter are replaced). */
 export function setupPlug(o: { vif: string; ifb: string; limitBytes?: number }): PlugDevice {
+  ifindexOf(o.vif); // a clear error when the guest's interface does not exist
   run('ip', ['link', 'del', o.ifb], true);
-  run('ip', ['link', 'add', o.ifb, 'type', 'ifb']);
-  run('ip', ['link', 'set', o.ifb, 'up']);
-  const gate = new PlugBuffer(o.ifb, o.limitBytes ?? 64 * 1024 * 1024);
-  gate.install();
-  run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
-  run('tc', ['qdisc', 'add', 'dev', o.vif, 'ingress']);
-  run('tc', ['filter', 'add', 'dev', o.vif, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0',
-    'action', 'mirred', 'egress', 'redirect', 'dev', o.ifb]);
+  let gate: PlugBuffer;
+  try {
+    run('ip', ['link', 'add', o.ifb, 'type', 'ifb']);
+    run('ip', ['link', 'set', o.ifb, 'up']);
+    gate = new PlugBuffer(o.ifb, o.limitBytes ?? 64 * 1024 * 1024);
+    gate.install();
+    run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
+    run('tc', ['qdisc', 'add', 'dev', o.vif, 'ingress']);
+    run('tc', ['filter', 'add', 'dev', o.vif, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0',
+      'action', 'mirred', 'egress', 'redirect', 'dev', o.ifb]);
+  } catch (e) { // nothing half-installed stays behind
+    run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
+    run('ip', ['link', 'del', o.ifb], true);
+    throw e;
+  }
   let closed = false;
   return {
     gate,

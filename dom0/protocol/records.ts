@@ -13,6 +13,7 @@ export const Rec = {
   HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
   CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
   DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15, DISK_VERIFY: 16,
+  NET_EXPOSURE: 17,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));

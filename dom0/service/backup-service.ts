@@ -13,6 +13,7 @@ import { ControlServer, runtimeDir as runDir, socketPath } from './control';
 import { BlockFile } from '../disk/block-file';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { BackupExposure } from '../net/exposure-relay';
 
 export interface BackupConfig {
   host: string;
@@ -39,12 +40,14 @@ export class BackupService {
   private xenReplica: XenReplica | null = null;
   private promoted: ProtectService | null = null;
   private readonly events: Array<Record<string, unknown>> = [];
+  private readonly exposure: BackupExposure;
 
   constructor(private readonly cfg: BackupConfig) {
+    this.exposure = new BackupExposure(cfg.log);
     this.backup = new Backup(realClock, {
       pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax, diskBufferBytesMax: cfg.diskBufferBytesMax,
       replicaFor: (h) => this.replicaFor(h),
-    }, { event: (name, detail) => this.onEvent(name, detail) });
+    }, { event: (name, detail) => this.onEvent(name, detail), netExposure: (_epoch, value) => this.exposure.onRecord(value) });
   }
 
   get port(): number { return this.listener?.port ?? this.cfg.port; }
@@ -148,6 +151,12 @@ export class BackupService {
   private onEvent(name: string, detail: Record<string, unknown>): void {
     this.events.push({ name, at: Date.now(), ...detail });
     if (this.events.length > 100) this.events.shift();
+    if (name === 'session') this.exposure.onSession();
+    if (name === 'failover') { // a resume that returned at once: the domain runs already
+      this.exposure.onFailover(Number(detail.epoch));
+      if (detail.resuming !== true) this.exposure.onResumed();
+    }
+    if (name === 'resumed') this.exposure.onResumed();
     if (name === 'session') this.cfg.log(`primary connected: ${String(detail.domain)} (${String(detail.pages)} pages)`);
     if (name === 'failover') this.cfg.log(`FAILOVER (${String(detail.reason)}): resumed ${String(this.backup.domain)} from epoch ${String(detail.epoch)}, seq ${String(detail.seq)}`);
     if (name === 'no-checkpoint') this.cfg.log(`primary gone (${String(detail.reason)}) before any checkpoint committed: nothing to resume`);

@@ -1,7 +1,9 @@
 // protect-service: the `remusdb protect` process. It runs the domain's checkpoint engine
 // (Primary) against a backup reached over the replication channel, reconnecting with
 // backoff when the backup is lost, answers `remusdb status` on its control socket and,
-// on a terminal, shows live progress. A simulated domain lives inside this process.
+// on a terminal, shows live progress. A simulated domain lives inside this process; its
+// outputs are held by the engine's gate, and with `net` so are the packets arriving on
+// real interfaces (a service run next to the simulation, docs/netbuffer.md), in one step.
 import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
@@ -11,7 +13,8 @@ import type { Link } from '../engine/ports';
 import type { Workload } from '../hypervisor/sim/guest-program';
 import { OutputSink } from '../hypervisor/sim/output-sink';
 import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
-import { connectLink, type Security } from '../protocol/channel';
+import type { Security } from '../protocol/channel';
+import { Reconnector } from './reconnector';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
 import { BlockFile } from '../disk/block-file';
@@ -20,6 +23,8 @@ import type { BlockGenerations } from '../disk/block-generations';
 import type { JournalSink } from '../hypervisor/sim/disk-journal';
 import { READ_TRACKING_BLOCKS_MAX } from '../hypervisor/sim/sim-replica';
 import * as path from 'node:path';
+import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';
+import { exportExposure } from '../net/exposure-relay';
 
 export interface ProtectConfig {
   name: string;
@@ -33,6 +38,8 @@ export interface ProtectConfig {
   stepsPerSec: number;
   client: string | null;
   netBuffer: boolean;
+  /** Real interfaces buffered with the domain's own outputs (--net-buffer with --vif). */
+  net?: DomainNetOptions | null;
   journal: string | null;
   /** sim: size of the guest's disk (0: none); its image lives in the run directory. */
   diskBytes: number;
@@ -50,11 +57,12 @@ export class ProtectService {
   private readonly sink: OutputSink;
   private readonly control: ControlServer;
   private stopped = false;
-  private reconnectDelayMs = 100;
+  private readonly reconnector: Reconnector | null;
   private readonly events: Array<Record<string, unknown>> = [];
   readonly disk: DiskReplicator | null = null;
   private diskSource: BlockFile | null = null;
   readonly diskPath: string | null = null;
+  private readonly net: DomainNet | null;
 
   /** adopted: a domain this process already runs (a backup that failed over, now reprotecting). */
   constructor(private readonly cfg: ProtectConfig, private readonly adopted: AdoptedDomain | null = null) {
@@ -83,24 +91,33 @@ export class ProtectService {
       }, cfg.tracePath);
     }
     if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
-    this.primary = new Primary(this.domain, cfg.netBuffer ? this.gate : new PassThroughGate(this.gate), realClock, cfg.engine, {
+    this.net = cfg.net && !adopted ? this.openNet(cfg.net) : null;
+    const gate = !cfg.netBuffer ? new PassThroughGate(this.gate) : this.net ? new GateSet([this.gate, this.net.gate]) : this.gate;
+    this.primary = new Primary(this.domain, gate, realClock, cfg.engine, {
       checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
       event: (name, detail) => this.onEvent(name, detail),
+      netExposure: (full) => (this.net?.exposure.length ? exportExposure(this.net.exposure, full) : null),
     }, this.disk);
+    for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+    const b = cfg.backup;
+    this.reconnector = b === 'blackhole' ? null : new Reconnector({ backup: b, security: cfg.security, log: cfg.log,
+      attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
     this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
   }
 
   start(): void {
     this.primary.start();
-    this.connect();
+    if (this.reconnector) this.reconnector.connect(); else this.primary.attach(new BlackholeLink());
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.reconnector?.stop();
     this.primary.stop();
     this.control.close();
     this.sink.close();
+    this.net?.close();
     if (this.adopted) return; // the domain belongs to the process that adopted it
     await this.domain.destroy();
     this.diskSource?.close();
@@ -110,9 +127,19 @@ export class ProtectService {
     return {
       role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), guest: this.domain.describe(),
       outputs: { ...this.gate.stats, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
-      compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, events: this.events.slice(-10),
+      compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, net: this.net?.describe() ?? null, events: this.events.slice(-10),
       disk: this.disk ? { path: this.diskPath, sizeBytes: this.disk.sizeBytes, ...this.disk.stats() } : null,
     };
+  }
+
+  /** The rules/qdiscs go in last: if they fail, the domain booted here is stopped again. */
+  private openNet(o: DomainNetOptions): DomainNet {
+    try {
+      return openDomainNet(o);
+    } catch (e) {
+      if (!this.adopted) { void this.domain.destroy(); this.diskSource?.close(); }
+      throw e;
+    }
   }
 
   private onControl(req: Record<string, unknown>): Record<string, unknown> {
@@ -128,33 +155,13 @@ export class ProtectService {
     if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
     if (name === 'backup-lost') {
       this.cfg.log(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
-      this.scheduleReconnect();
+      this.reconnector?.schedule();
     }
     if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${this.cfg.name} is stopped here (fenced)`);
   }
 
   private journal(entry: Record<string, unknown>): void {
     if (this.cfg.journal) fs.appendFileSync(this.cfg.journal, `${JSON.stringify({ t: Date.now(), ...entry })}\n`);
-  }
-
-  private connect(): void {
-    if (this.stopped || this.primary.attached) return;
-    const b = this.cfg.backup;
-    if (b === 'blackhole') { this.primary.attach(new BlackholeLink()); return; }
-    connectLink(b.host, b.port, this.cfg.security).then((link) => {
-      if (this.stopped) { link.close(); return; }
-      this.reconnectDelayMs = 100;
-      this.primary.attach(link);
-    }, (e: Error) => {
-      if ((e as RemusError).code === ErrorCode.AUTH) this.cfg.log(`backup ${b.host}:${b.port}: ${e.message}`);
-      this.scheduleReconnect();
-    });
-  }
-
-  private scheduleReconnect(): void {
-    if (this.stopped) return;
-    setTimeout(() => this.connect(), this.reconnectDelayMs).unref();
-    this.reconnectDelayMs = Math.min(5000, this.reconnectDelayMs * 2);
   }
 }
 

@@ -2,22 +2,29 @@
 // factory for Xen primaries. XenProtectService runs the checkpoint engine (Primary) over a
 // XenDomain (libxenguest's Remus save loop, dom0/hypervisor/xen/xen-domain.ts) against a
 // backup reached over the replication channel, reconnecting with backoff, and answers
-// `remusdb status` on its control socket. Network outputs: pass-through (nothing held, as
-// `xl remus -n`) unless the caller hands in a network buffer's gate (openNetBuffer, the
-// `--net-buffer nfqueue` hook). xenReplicaFor is what BackupService.replicaFor calls for a
+// `remusdb status` on its control socket. Network outputs: held per epoch by the caller's
+// network buffer (dom0/net/domain-net.ts: plug or nfqueue on the domain's vifs, made once
+// the domid is known), or pass-through (nothing held, as `xl remus -n`) without one. xenReplicaFor is what BackupService.replicaFor calls for a
 // HELLO whose kind is xen.
 import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import type { HelloInfo } from '../engine/backup';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { Link, OutputGate } from '../engine/ports';
+import type { OutputGate } from '../engine/ports';
 import { XenDomain, type XenDomainOptions } from '../hypervisor/xen/xen-domain';
 import { XenReplica } from '../hypervisor/xen/xen-replica';
-import { connectLink, type Security } from '../protocol/channel';
-import { ControlServer, socketPath } from './control';
+import type { Security } from '../protocol/channel';
+import { Reconnector } from './reconnector';
+import { ControlServer, runtimeDir, socketPath } from './control';
+import type { DiskReplicator } from '../disk/replicator';
+import { BlockFile } from '../disk/block-file';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ExposureTracker } from '../net/failover-reset';
+import { exportExposure } from '../net/exposure-relay';
 
 /** An output gate and how to release it (a network buffer from dom0/net/net-device.ts). */
-export interface XenNetBuffer { gate: OutputGate; close(): void; describe?(): Record<string, unknown>; }
+export interface XenNetBuffer { gate: OutputGate; close(): void; describe?(): Record<string, unknown>; exposure?: ExposureTracker[]; }
 
 export interface XenProtectConfig {
   /** Domain name or id. */
@@ -27,8 +34,10 @@ export interface XenProtectConfig {
   /** Engine options, given the domain's page count (the page cache is sized from it). */
   engine: (pageCount: number) => PrimaryOptions;
   /** Made once the domain is known (its name, for the packet rules); default: nothing held. */
-  netBuffer?: (domainName: string, domid: number) => XenNetBuffer;
+  netBuffer?: (domainName: string, domid: number) => XenNetBuffer | null;
   xen?: Partial<XenDomainOptions>;
+  /** The domain's replicated disk (served over NBD by this process, dom0/hypervisor/xen/xen-disk.ts): the engine's DiskPort. */
+  disk?: DiskReplicator | null;
   log: (line: string) => void;
 }
 
@@ -44,18 +53,22 @@ class PassThrough implements OutputGate {
 export class XenProtectService {
   readonly domain: XenDomain;
   readonly primary: Primary;
-  private readonly net: XenNetBuffer;
+  private readonly net: XenNetBuffer | null;
   private readonly control: ControlServer;
   private stopped = false;
-  private reconnectDelayMs = 100;
+  private readonly reconnector: Reconnector;
   private readonly events: Array<Record<string, unknown>> = [];
 
   constructor(private readonly cfg: XenProtectConfig) {
     this.domain = XenDomain.open(cfg.domain, { log: cfg.log, ...cfg.xen });
-    this.net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? { gate: new PassThrough(), close: () => {} };
-    this.primary = new Primary(this.domain, this.net.gate, realClock, cfg.engine(this.domain.pageCount), {
+    this.net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
+    this.primary = new Primary(this.domain, this.net?.gate ?? new PassThrough(), realClock, cfg.engine(this.domain.pageCount), {
       event: (name, detail) => this.onEvent(name, detail),
-    });
+      netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
+    }, cfg.disk ?? null);
+    for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+    this.reconnector = new Reconnector({ backup: cfg.backup, security: cfg.security, log: cfg.log,
+      attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
     this.control = new ControlServer(socketPath('primary', this.domain.name), (req) => {
       if (req.cmd === 'status') return this.status();
       throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
@@ -64,17 +77,18 @@ export class XenProtectService {
 
   start(): void {
     this.primary.start();
-    this.connect();
+    this.reconnector.connect();
   }
 
   /** Ends protection (GOODBYE); the domain keeps running here. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.reconnector.stop();
     this.primary.stop();
     this.control.close();
     await this.domain.close();
-    this.net.close();
+    this.net?.close();
   }
 
   status(): Record<string, unknown> {
@@ -82,8 +96,8 @@ export class XenProtectService {
     const xen = this.domain.describe();
     return {
       role: 'primary', domain: this.domain.name, kind: 'xen', ...s, guest: xen, interval_ms: this.primary.opts.intervalMs,
-      compressor: this.primary.opts.compressor, net_buffer: this.cfg.netBuffer ? (this.net.describe?.() ?? true) : false,
-      events: this.events.slice(-10),
+      compressor: this.primary.opts.compressor, net_buffer: this.net ? (this.net.describe?.() ?? true) : false,
+      disk: this.cfg.disk ? this.cfg.disk.stats() : null, events: this.events.slice(-10),
     };
   }
 
@@ -95,33 +109,20 @@ export class XenProtectService {
     if (name === 'checkpoint-failed') this.cfg.log(`checkpoint ${String(detail.epoch)} of ${n} failed: ${String(detail.message)}`);
     if (name === 'backup-lost') {
       this.cfg.log(`backup lost (${String(detail.reason)}); ${n} keeps running UNPROTECTED, reconnecting`);
-      this.scheduleReconnect();
+      this.reconnector.schedule();
     }
     if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${n} is paused here (fenced)`);
-  }
-
-  private connect(): void {
-    if (this.stopped || this.primary.attached) return;
-    const b = this.cfg.backup;
-    connectLink(b.host, b.port, this.cfg.security).then((link: Link) => {
-      if (this.stopped) { link.close(); return; }
-      this.reconnectDelayMs = 100;
-      this.primary.attach(link);
-    }, (e: Error) => {
-      if ((e as RemusError).code === ErrorCode.AUTH) this.cfg.log(`backup ${b.host}:${b.port}: ${e.message}`);
-      this.scheduleReconnect();
-    });
-  }
-
-  private scheduleReconnect(): void {
-    if (this.stopped) return;
-    setTimeout(() => this.connect(), this.reconnectDelayMs).unref();
-    this.reconnectDelayMs = Math.min(5000, this.reconnectDelayMs * 2);
   }
 }
 
 /** The backup side: a replica that feeds `xl migrate-receive -r -e` (needs a Xen dom0). */
-export function xenReplicaFor(h: HelloInfo, log: (line: string) => void): XenReplica {
+export function xenReplicaFor(h: HelloInfo, log: (line: string) => void, opts: { diskDir?: string } = {}): XenReplica {
   if (h.pageSize !== 4096) throw new RemusError(ErrorCode.HANDSHAKE, `Xen domain ${h.domain}: page size ${h.pageSize}`);
-  return new XenReplica(h.domain, h.pageCount, { log });
+  let disk: BlockFile | null = null;
+  if (h.diskBytes > 0) { // the replica disk, served over NBD at failover (xen-replica.ts)
+    const dir = opts.diskDir ?? runtimeDir();
+    fs.mkdirSync(dir, { recursive: true });
+    disk = BlockFile.create(path.join(dir, `xen-${h.domain}.backup.disk`), h.diskBytes);
+  }
+  return new XenReplica(h.domain, h.pageCount, { log, disk });
 }

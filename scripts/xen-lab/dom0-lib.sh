@@ -98,3 +98,25 @@ lab_wait_http() { # lab_wait_http HOST PORT PATH TIMEOUT [DOMAIN]: until a non-e
 }
 
 lab_guest_log() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
+
+# Guest hooks (image/domu-init): a script for the domU on a small read-only disk, run by the
+# guest when its kernel command line says xenlab.hook=/dev/xvdX. Add to the domU config:
+#   disk = [ 'format=raw, vdev=xvdc, access=ro, backendtype=qdisk, target=FILE' ]
+#   extra = "... xenlab.hook=/dev/xvdc"
+lab_hook_img() { # lab_hook_img FILE < script: the script padded with NULs to 64 KiB
+  cat > "$1" && truncate -s 64K "$1"
+}
+
+lab_wait_tcp() { # lab_wait_tcp HOST PORT TIMEOUT: until something accepts connections there
+  local end=$((SECONDS + $3))
+  while [ $SECONDS -lt $end ]; do
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+
+lab_nbd_attach() { # lab_nbd_attach PORT /dev/nbdN: the kernel NBD client on our export at 127.0.0.1:PORT
+  modprobe nbd nbds_max=8 2>/dev/null
+  nbd-client 127.0.0.1 "$1" "$2" -N remusdb -b 4096
+}

@@ -7,7 +7,11 @@
 // is committed, close the stream: xl restores the last complete checkpoint, renames
 // "<name>--incoming" to "<name>" (when that name is free) and unpauses it. A new session
 // (its first checkpoint carries a fresh preamble) replaces the receiver and its
-// half-built domain.
+// half-built domain. With a replicated disk (xen-disk.ts), the configuration in the preamble
+// is rewritten so the domain's /dev/nbdN disk names a free NBD device of this host, and at
+// failover — after the engine applied the committed disk writes, before the stream ends
+// and xl creates the devices — the replica disk is served over NBD on 127.0.0.1 and
+// attached to that device.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
@@ -15,6 +19,22 @@ import { rebuildCheckpoint } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
+import type { BlockFile } from '../../disk/block-file';
+import { serveDisk, type ServedDisk } from '../../disk/serve';
+import { freeNbdDevice, nbdAttach, retargetPreamble } from './xen-disk';
+
+/** How the replica disk reaches xl at failover (tests replace it). */
+export interface ReplicaDiskAccess {
+  freeDevice(): string;
+  serve(image: string): Promise<ServedDisk>;
+  attach(port: number, device: string, exportName: string): Promise<void>;
+}
+
+const realDiskAccess: ReplicaDiskAccess = {
+  freeDevice: () => freeNbdDevice(),
+  serve: (image) => serveDisk({ image, host: '127.0.0.1', port: 0 }),
+  attach: (port, device, exportName) => nbdAttach(port, device, exportName),
+};
 
 export interface XenReplicaOptions {
   /** The receiver command (argv); default xl migrate-receive -r -e. */
@@ -26,13 +46,19 @@ export interface XenReplicaOptions {
   log: (line: string) => void;
   /** For tests: the Xen calls (default: the addon). */
   addon?: Pick<XenAddon, 'xenDomainInfo'>;
+  /** The backup's copy of the domain's replicated disk (none: the domain has no such disk). */
+  disk?: BlockFile | null;
+  diskAccess?: ReplicaDiskAccess;
 }
 
 const STDERR_LINES_MAX = 40;
 
 export class XenReplica implements Replica {
   readonly image: Uint8Array;
-  readonly disk = null;
+  readonly disk: BlockFile | null;
+  /** The NBD device the backup domain's disk names (chosen at the first preamble). */
+  private nbdDevice: string | null = null;
+  private served: ServedDisk | null = null;
   private rx: ChildProcess | null = null;
   private rxExit: string | null = null;
   private rxErr: string[] = [];
@@ -48,10 +74,12 @@ export class XenReplica implements Replica {
       resumeTimeoutMs: 60_000, log: () => {}, ...opts,
     };
     this.image = new Uint8Array(pageCount * PAGE_SIZE);
+    this.disk = opts.disk ?? null;
   }
 
   commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
-    const { preamble, parts, bytes, endsWithCheckpoint } = rebuildCheckpoint(state, this.image);
+    const { preamble: original, parts, bytes, endsWithCheckpoint } = rebuildCheckpoint(state, this.image);
+    const preamble = original && this.disk ? this.retarget(original) : original;
     if (!endsWithCheckpoint) throw new RemusError(ErrorCode.XEN, 'a Xen checkpoint must end with libxc\'s CHECKPOINT record');
     if (preamble) this.newReceiver();
     else if (this.checkpoints === 0) throw new RemusError(ErrorCode.XEN, 'the first Xen checkpoint of a session carries no stream preamble');
@@ -75,17 +103,19 @@ export class XenReplica implements Replica {
     this.resumed = true;
     if (this.checkpoints === 0) throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
     const t0 = Date.now(), deadline = t0 + this.opts.resumeTimeoutMs;
+    await this.exposeDisk();
+    const diskMs = Date.now() - t0;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new RemusError(ErrorCode.XEN, `xl migrate-receive did not take the last checkpoint within ${this.opts.resumeTimeoutMs} ms`)), this.opts.resumeTimeoutMs);
       rx.stdin!.end(() => { clearTimeout(timer); resolve(); });
     });
-    const flushedMs = Date.now() - t0;
+    const flushedMs = Date.now() - t0 - diskMs;
     for (;;) {
       const domid = this.backupDomid();
       const info = domid === null ? null : this.lookup(domid);
       if (info && !info.paused && !info.dying && !info.shutdown) {
         this.opts.log(`xen: ${this.name} (id ${info.domid}) runs on the backup, ${Date.now() - t0} ms after the stream ended`);
-        return { domid: info.domid, name: this.name, flushedMs, runningMs: Date.now() - t0, checkpoints: this.checkpoints };
+        return { domid: info.domid, name: this.name, flushedMs, runningMs: Date.now() - t0, checkpoints: this.checkpoints, diskMs, diskDevice: this.served ? this.nbdDevice : null };
       }
       if (this.rxExit && (!info || info.dying || info.shutdown)) throw new RemusError(ErrorCode.XEN, `xl migrate-receive ${this.rxExit} without resuming ${this.name}: ${this.rxErr.slice(-5).join(' | ')}`);
       if (Date.now() > deadline) throw new RemusError(ErrorCode.XEN, `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ended: ${this.rxErr.slice(-5).join(' | ')}`);
@@ -96,6 +126,31 @@ export class XenReplica implements Replica {
   /** Ends the receiver without failing over (the backup stops), and its half-built domain. */
   close(): void {
     if (!this.resumed) this.dropReceiver();
+    void this.served?.close();
+    this.served = null;
+    this.disk?.close();
+  }
+
+  // ---- the replicated disk ------------------------------------------------------------
+
+  private access(): ReplicaDiskAccess { return this.opts.diskAccess ?? realDiskAccess; }
+
+  /** The preamble with the configuration's NBD disk on this host's device. */
+  private retarget(preamble: Buffer): Buffer {
+    this.nbdDevice ??= this.access().freeDevice();
+    const r = retargetPreamble(preamble, this.nbdDevice);
+    this.opts.log(`xen: the backup domain's disk ${r.vdev} will be ${this.nbdDevice} (the primary's is ${r.from})`);
+    return r.preamble;
+  }
+
+  /** Failover: the committed replica disk, served and attached before xl creates the devices. */
+  private async exposeDisk(): Promise<void> {
+    if (!this.disk || this.served) return;
+    if (!this.nbdDevice) throw new RemusError(ErrorCode.XEN, 'no NBD device was chosen for the replica disk');
+    const served = await this.access().serve(this.disk.path);
+    try { await this.access().attach(served.port, this.nbdDevice, served.exportName); } catch (e) { await served.close(); throw e; }
+    this.served = served;
+    this.opts.log(`xen: replica disk ${this.disk.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
   }
 
   // ---- the receiver ------------------------------------------------------------------

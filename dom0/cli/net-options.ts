@@ -1,0 +1,92 @@
+// net-options: the network output buffer options of `remusdb protect` and the plan they
+// make (docs/netbuffer.md, docs/netbuffer-plug.md, docs/commit-protection.md):
+//   --net-buffer nfqueue|plug   Xen default plug (as xl remus); a simulated domain's own
+//                               outputs are always buffered, this adds real interfaces
+//   --vif IF (repeatable)       Xen default: all of the domain's vif<domid>.*; sim: required
+//   --routed                    match -i IF instead of the bridge port (-m physdev)
+//   --commit-protection off|dscp|pgwire, --dscp N (59), --pg-port P (5432, repeatable)
+//   --queue N                   nfqueue number of the first interface (7000 + domid)
+// The plan is checked before anything is installed; the sch_plug driver holds one
+// unacknowledged epoch, so it takes --max-in-flight 1 (the default with it).
+import type { Command } from 'commander';
+import { ErrorCode, RemusError } from '../errors';
+import { PROTECTED_DSCP } from '../net/classify-dscp';
+import { type DomainNetOptions, DOMAIN_IFACES_MAX, xenVifs } from '../net/domain-net';
+import type { CommitProtection } from '../net/net-device';
+import { choiceOption, intOption } from './options';
+
+export interface NetCliOptions {
+  /** --net-buffer DRIVER, false with -n/--no-net-buffer, undefined when neither was given. */
+  netBuffer?: 'nfqueue' | 'plug' | false;
+  vif?: string[];
+  routed?: boolean;
+  commitProtection: CommitProtection;
+  dscp: number;
+  pgPort?: number[];
+  queue?: number;
+  maxInFlight?: number;
+}
+
+const QUEUE_BASE = 7000;
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+
+function collect<T>(parse: (v: string) => T): (v: string, prev: T[] | undefined) => T[] {
+  return (v, prev) => [...(prev ?? []), parse(v)];
+}
+
+function ifaceOption(v: string): string {
+  if (!IFNAME.test(v)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `--vif ${JSON.stringify(v)}: not an interface name`);
+  return v;
+}
+
+export function addNetOptions(cmd: Command): Command {
+  return cmd
+    .option('--net-buffer <driver>', 'network output buffer: plug (sch_plug, Xen default) or nfqueue (needed for commit protection)',
+      choiceOption('--net-buffer', ['nfqueue', 'plug'] as const))
+    .option('-n, --no-net-buffer', 'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)')
+    .option('--vif <iface>', 'interface whose incoming packets are the guest\'s output (repeatable; Xen default: all vif<domid>.*)', collect(ifaceOption))
+    .option('--routed', 'the interfaces are not bridge ports (vif-route): match them as input interfaces')
+    .option('--commit-protection <mode>', 'off (hold everything), dscp (hold packets the guest marks) or pgwire (hold PostgreSQL commit replies)',
+      choiceOption('--commit-protection', ['off', 'dscp', 'pgwire'] as const), 'off')
+    .option('--dscp <n>', 'dscp mode: the code point of protected packets', intOption('--dscp', 1, 63), PROTECTED_DSCP)
+    .option('--pg-port <port>', 'pgwire mode: a PostgreSQL server port in the guest (repeatable; default 5432)', collect(intOption('--pg-port', 1, 65535)))
+    .option('--queue <n>', 'nfqueue: queue number of the first interface (default 7000 + domid)', intOption('--queue', 0, 65535 - DOMAIN_IFACES_MAX));
+}
+
+/** Which network buffer to install (null: only a simulated domain's own outputs are held, or -n). */
+export function netPlan(o: NetCliOptions, d: { kind: 'sim' | 'xen'; name: string; domid: number }): DomainNetOptions | null {
+  if (o.netBuffer === false) {
+    if (o.vif || o.commitProtection !== 'off') {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer releases every output at once: it cannot go with --vif or --commit-protection');
+    }
+    return null;
+  }
+  const driver = o.netBuffer ?? (d.kind === 'xen' ? 'plug' : undefined);
+  if (!driver) {
+    if (o.vif || o.commitProtection !== 'off') throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the driver of the interfaces to buffer: --net-buffer nfqueue (or plug)');
+    return null;
+  }
+  if (driver === 'plug' && o.commitProtection !== 'off') {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`);
+  }
+  if (driver === 'plug' && o.maxInFlight !== undefined && o.maxInFlight > 1) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--net-buffer plug holds one unacknowledged checkpoint (sch_plug): --max-in-flight ${o.maxInFlight} needs --net-buffer nfqueue`);
+  }
+  const ifaces = o.vif ?? (d.kind === 'xen' ? xenVifs(d.domid) : []);
+  if (!ifaces.length) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, d.kind === 'xen'
+      ? `domain ${d.name} (id ${d.domid}) has no vif${d.domid}.* in dom0: name its interfaces with --vif, or protect it without output buffering (-n -F, unsafe)`
+      : '--net-buffer on a simulated domain buffers real interfaces: name them with --vif');
+  }
+  if (ifaces.length > DOMAIN_IFACES_MAX) throw new RemusError(ErrorCode.BAD_ARGUMENT, `at most ${DOMAIN_IFACES_MAX} interfaces per domain (got ${ifaces.length})`);
+  return {
+    driver, domain: d.kind === 'xen' ? d.name : `sim-${d.name}`, ifaces, bridged: !o.routed,
+    queueBase: o.queue ?? Math.min(QUEUE_BASE + d.domid, 65535 - DOMAIN_IFACES_MAX), commitProtection: o.commitProtection,
+    dscp: o.dscp, pgPorts: o.pgPort,
+  };
+}
+
+/** --max-in-flight: 1 under sch_plug, else what was asked (default 2). */
+export function maxInFlightFor(o: NetCliOptions, plan: DomainNetOptions | null): number {
+  return o.maxInFlight ?? (plan?.driver === 'plug' ? 1 : 2);
+}

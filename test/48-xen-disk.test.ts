@@ -1,0 +1,135 @@
+// 48 xen disk: the replicated disk of a Xen domU off Xen — the domain configuration in the
+// xl stream preamble is re-pointed at the backup's NBD device (and only its one /dev/nbdN
+// disk), a free NBD device is found from sysfs, and the replica serves + attaches its disk
+// at failover before the receiver's stream ends (xl creates the devices at that end).
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { RemusError } from '../dom0/errors';
+import { PAGE_SIZE, REC } from '../dom0/hypervisor/xen/libxc-stream';
+import { CheckpointCollector } from '../dom0/hypervisor/xen/xen-checkpoint';
+import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
+import type { XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
+import { RECEIVER_BANNER, libxlStreamHeader, xlSavefileHeader } from '../dom0/hypervisor/xen/xl-stream';
+import { freeNbdDevice, retargetNbdDisk, retargetPreamble, splitXlPreamble, waitForXenDomain } from '../dom0/hypervisor/xen/xen-disk';
+import { BlockFile } from '../dom0/disk/block-file';
+
+const CONFIG = {
+  c_info: { type: 'pv', name: 'vm' },
+  disks: [
+    { pdev_path: '/dev/nbd0', vdev: 'xvdb', backend: 'qdisk', format: 'raw', readwrite: 1, direct_io_safe: true },
+    { pdev_path: '/tmp/hook.img', vdev: 'xvdc', backend: 'qdisk', format: 'raw' },
+  ],
+};
+
+function record(type: number, body: Buffer): Buffer {
+  const r = Buffer.alloc(8 + ((body.length + 7) & ~7));
+  r.writeUInt32LE(type, 0);
+  r.writeUInt32LE(body.length, 4);
+  body.copy(r, 8);
+  return r;
+}
+
+describe('48 xen disk', () => {
+  it('48.1 re-points the one /dev/nbdN disk of the preamble\'s configuration, the rest byte for byte', () => {
+    const tail = Buffer.concat([libxlStreamHeader(), Buffer.from('libxc headers follow')]);
+    const pre = Buffer.concat([xlSavefileHeader(JSON.stringify(CONFIG)), tail]);
+    const r = retargetPreamble(pre, '/dev/nbd3');
+    assert.equal(r.vdev, 'xvdb');
+    assert.equal(r.from, '/dev/nbd0');
+    const { json, rest } = splitXlPreamble(r.preamble);
+    assert.deepEqual(rest, tail);
+    const cfg = JSON.parse(json) as typeof CONFIG;
+    assert.equal(cfg.disks[0].pdev_path, '/dev/nbd3');
+    assert.equal(cfg.disks[1].pdev_path, '/tmp/hook.img', 'other disks untouched');
+    assert.deepEqual({ ...cfg, disks: [] }, { ...CONFIG, disks: [] }, 'the rest of the configuration is kept');
+    assert.equal(r.preamble.readUInt32LE(44), Buffer.byteLength(json) + 1 + 4, 'optional data length re-framed');
+  });
+
+  it('48.2 refuses configurations without exactly one NBD disk, non-NBD targets and broken headers', () => {
+    const none = JSON.stringify({ disks: [{ pdev_path: '/tmp/a.img', vdev: 'xvda' }] });
+    assert.throws(() => retargetNbdDisk(none, '/dev/nbd1'), (e: RemusError) => e.code === 'ERR_XEN' && /0 disks on \/dev\/nbdN/.test(e.message));
+    const two = JSON.stringify({ disks: [{ pdev_path: '/dev/nbd0' }, { pdev_path: '/dev/nbd1' }] });
+    assert.throws(() => retargetNbdDisk(two, '/dev/nbd2'), /2 disks on \/dev\/nbdN/);
+    assert.throws(() => retargetNbdDisk(JSON.stringify(CONFIG), '/dev/sda'), (e: RemusError) => e.code === 'ERR_BAD_ARGUMENT');
+    assert.throws(() => retargetNbdDisk('{not json', '/dev/nbd1'), /not JSON/);
+    const good = xlSavefileHeader(JSON.stringify(CONFIG));
+    const badMagic = Buffer.from(good); badMagic[0] ^= 1;
+    assert.throws(() => splitXlPreamble(badMagic), /magic/);
+    assert.throws(() => splitXlPreamble(good.subarray(0, 60)), /optional data/);
+    const badLen = Buffer.from(good); badLen.writeUInt32LE(7, 48);
+    assert.throws(() => splitXlPreamble(badLen), /configuration of 7/);
+  });
+
+  it('48.3 finds the first NBD device with no connection, in numeric order', () => {
+    const sys = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
+    const dev = (n: string, size: number, pid: boolean): void => {
+      fs.mkdirSync(path.join(sys, n));
+      fs.writeFileSync(path.join(sys, n, 'size'), `${size}\n`);
+      if (pid) fs.writeFileSync(path.join(sys, n, 'pid'), '123\n');
+    };
+    assert.throws(() => freeNbdDevice(sys), /modprobe nbd/);
+    dev('nbd0', 131072, true); dev('nbd10', 0, false); dev('nbd2', 0, false); dev('sda', 0, false);
+    assert.equal(freeNbdDevice(sys), '/dev/nbd2');
+    assert.equal(freeNbdDevice(sys, ['/dev/nbd2']), '/dev/nbd10');
+    assert.throws(() => freeNbdDevice(sys, ['/dev/nbd2', '/dev/nbd10']), /all 3 NBD devices are in use/);
+    fs.rmSync(sys, { recursive: true, force: true });
+  });
+
+  it('48.4 the replica sends the re-pointed configuration and attaches its disk before the stream ends', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
+    const out = path.join(dir, 'stream'), ended = path.join(dir, 'ended');
+    let paused = true;
+    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
+    } };
+    const calls: string[] = [];
+    const disk = BlockFile.create(path.join(dir, 'replica.disk'), 1 << 20);
+    const rx = new XenReplica('vm', 4, {
+      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${ended}'; sleep 0.3`],
+      addon, resumeTimeoutMs: 5000, disk,
+      diskAccess: {
+        freeDevice: () => { calls.push('free'); return '/dev/nbd5'; },
+        serve: async (image) => { calls.push(`serve ${path.basename(image)}`); return { port: 4321, sizeBytes: 1 << 20, exportName: 'remusdb', close: async () => { calls.push('close'); } }; },
+        attach: async (port, device) => { calls.push(`attach ${port} ${device} ended=${fs.existsSync(ended)}`); },
+      },
+    });
+    assert.equal(rx.disk, disk);
+    const c = new CheckpointCollector(4);
+    c.startSave(Buffer.concat([xlSavefileHeader(JSON.stringify(CONFIG)), libxlStreamHeader()]));
+    const pd = Buffer.alloc(16 + PAGE_SIZE, 7);
+    pd.writeUInt32LE(1, 0); pd.writeUInt32LE(0, 4); pd.writeUInt32LE(2, 8); pd.writeUInt32LE(0, 12);
+    let ck = null;
+    for (const r of [record(REC.PAGE_DATA, pd), record(REC.CHECKPOINT, Buffer.alloc(0))]) {
+      ck = c.add({ type: r.readUInt32LE(0), bodyLength: r.readUInt32LE(4), bytes: r }) ?? ck;
+    }
+    assert.ok(ck, 'one checkpoint');
+    for (let i = 0; i < ck.capture.count; i++) rx.image.set(ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), ck.capture.pfns[i] * PAGE_SIZE);
+    rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+    assert.deepEqual(calls, ['free']);
+    setTimeout(() => { paused = false; }, 100);
+    const info = await rx.resume();
+    assert.equal(info.diskDevice, '/dev/nbd5');
+    assert.deepEqual(calls, ['free', 'serve replica.disk', 'attach 4321 /dev/nbd5 ended=false']);
+    const { json } = splitXlPreamble(fs.readFileSync(out));
+    assert.equal((JSON.parse(json) as typeof CONFIG).disks[0].pdev_path, '/dev/nbd5', 'xl gets the backup\'s device');
+    rx.close();
+    assert.deepEqual(calls.slice(-1), ['close']);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('48.5 waits for the domain to run (not paused), bounded', async () => {
+    let n = 0;
+    const addon = { xenDomainInfo: (): XenDomainInfo => {
+      n++;
+      if (n < 2) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      return { domid: 3, dying: false, shutdown: false, shutdownReason: 0, paused: n < 3, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
+    } };
+    await waitForXenDomain('vm', 5000, () => {}, addon);
+    assert.equal(n, 3);
+    const never = { xenDomainInfo: (): XenDomainInfo => { throw new RemusError('ERR_NO_DOMAIN', 'no'); } };
+    await assert.rejects(waitForXenDomain('vm', 300, () => {}, never), (e: RemusError) => e.code === 'ERR_NO_DOMAIN');
+  });
+});

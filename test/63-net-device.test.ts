@@ -122,6 +122,32 @@ describe('63 net device', () => {
       nb = null;
     });
 
+    it('63.6 dscp in the kernel: only marked packets reach the queue; the rest never do', async function () {
+      const mark = spawnSync('ip', ['netns', 'exec', bed.guest, 'sh', '-c',
+        'iptables -w -t mangle -C OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59 2>/dev/null || iptables -w -t mangle -A OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59'],
+      { encoding: 'utf8' });
+      if (mark.status !== 0) { console.log(`      skipped: iptables DSCP target unavailable: ${mark.stderr.trim()}`); this.skip(); }
+      nb?.close();
+      epoch = 0;
+      nb = openNetBuffer({ driver: 'nfqueue', domain: DOMAIN, match: { physdevIn: bed.vif }, netns: bed.dom0, queueNum: QUEUE,
+        commitProtection: 'dscp', dscpInKernel: true });
+      assert.equal(nb.exposure, null, 'nothing unprotected is seen, so nothing is tracked');
+      const plain = connect(5432);
+      await waitFor('unmarked startup reply at once', () => zs(plain).length === 1);
+      q(plain, 'COMMIT');
+      await waitFor('unmarked COMMIT reply at once', () => zs(plain).length === 2);
+      assert.equal(nb.nfqueue!.ledger.stats.received, 0, 'unmarked packets never reached the queue');
+      const marked = connect(5433);
+      await sleep(300);
+      assert.equal(zs(marked).length, 0, 'marked: even the SYN-ACK waits');
+      assert.ok(nb.nfqueue!.ledger.stats.received > 0);
+      const t0 = Date.now();
+      while (zs(marked).length === 0 && Date.now() - t0 < 10_000) { commitEpoch(); await sleep(50); }
+      assert.equal(zs(marked).length, 1);
+      nb.close();
+      nb = null;
+    });
+
     it('63.5 setup after a crash that left the rules: replaced, not duplicated; close twice', () => {
       const first = open('pgwire');
       first.nfqueue!.close();   // the process "died": queue gone, rules still installed

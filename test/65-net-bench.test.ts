@@ -25,8 +25,9 @@ describe('65 net bench (root, PostgreSQL 15)', function () {
     const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.deepEqual(j.intervals_ms, [50]);
     for (const key of ['tps', 'latency_ms', 'held_pct']) {
-      assert.deepEqual(Object.keys(j[key]).sort(), ['cp_dscp', 'cp_pgwire', 'none', 'remus']);
+      assert.deepEqual(Object.keys(j[key]).sort(), ['cp_dscp', 'cp_dscp_kernel', 'cp_pgwire', 'none', 'remus']);
       assert.equal(j[key].cp_dscp, null, 'no patched PostgreSQL given');
+      assert.equal(j[key].cp_dscp_kernel, null, 'no patched PostgreSQL given');
       for (const m of ['none', 'remus', 'cp_pgwire']) assert.equal(j[key][m].length, 1, `${key}.${m}`);
     }
     const [none, remus, pgwire] = [j.tps.none[0], j.tps.remus[0], j.tps.cp_pgwire[0]];

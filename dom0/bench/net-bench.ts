@@ -17,10 +17,12 @@ import { type CommitProtection, type NetBuffer, openNetBuffer, PGWIRE_BATCH_MAX,
 import { setupNfqueue } from '../net/nfqueue-buffer';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
-import { findPostgres, initCluster, initPgbench, type PgbenchScript, type PgServer, runPgbench, startServer } from './net-pg';
+import { findPostgres, initCluster, initPgbench, type PgbenchScript, type PgServer, pinGuestAndClient, runPgbench, startServer } from './net-pg';
 import { tpsPlot } from './net-svg';
 
-export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_pgwire'] as const;
+export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire'] as const;
+/** Modes that need the patched PostgreSQL (it marks commit acknowledgements DSCP 59). */
+const NEEDS_PATCHED: readonly NetMode[] = ['cp_dscp', 'cp_dscp_kernel'];
 export type NetMode = (typeof NET_MODES)[number];
 type PerMode<T> = Record<NetMode, T | null>;
 
@@ -32,6 +34,8 @@ export interface NetBenchOptions {
   svg?: string;
   /** Also measure DIAG_MODES at the first interval. */
   diagnostic?: boolean;
+  /** dom0's own CPUs (engine, net buffer); PostgreSQL and pgbench get the others. */
+  dom0Cpus?: number[];
   log: (line: string) => void;
 }
 
@@ -77,10 +81,11 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
       batchMax: mode === 'nfq_release_128' ? 1024 : PGWIRE_BATCH_MAX });
     return { gate: dev.gate, nfqueue: dev.gate, pgwire: null, exposure: null, describe: () => ({}), close: () => dev.teardown() };
   }
-  return openNetBuffer({ ...base, driver: mode === 'none' ? 'none' : 'nfqueue', commitProtection: mode === 'none' ? 'off' : PROTECTION[mode] });
+  return openNetBuffer({ ...base, driver: mode === 'none' ? 'none' : 'nfqueue', commitProtection: mode === 'none' ? 'off' : PROTECTION[mode],
+    dscpInKernel: mode === 'cp_dscp_kernel' });
 }
 
-const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = { remus: 'off', cp_dscp: 'dscp', cp_pgwire: 'pgwire' };
+const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = { remus: 'off', cp_dscp: 'dscp', cp_dscp_kernel: 'dscp', cp_pgwire: 'pgwire' };
 
 async function measure(bed: Testbed, rig: EngineRig, pgbench: string, mode: NetMode | DiagMode, intervalMs: number, o: NetBenchOptions): Promise<Point> {
   const nb = openGate(bed, mode);
@@ -114,10 +119,12 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   const stock = findPostgres() as { bin: string; pgbench: string };
   const patched = o.patchedBin ? findPostgres(o.patchedBin) : null;
   if (typeof patched === 'string') throw new RemusError(ErrorCode.BAD_ARGUMENT, `--pg-bin: ${patched}`);
-  const modes = NET_MODES.filter((m) => m !== 'cp_dscp' || patched);
+  const modes = NET_MODES.filter((m) => !NEEDS_PATCHED.includes(m) || patched);
   const samples = new Map<string, Point[]>();
   const notes: string[] = [];
-  if (!patched) notes.push('cp_dscp: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured');
+  if (!patched) notes.push('cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured');
+  if (o.dom0Cpus) pinGuestAndClient(o.dom0Cpus);
+  if (o.dom0Cpus) notes.push(`dom0 (engine, net buffer) on CPU ${o.dom0Cpus.join(',')}; PostgreSQL and pgbench on the others`);
   const bed = createTestbed(PREFIX);
   let server: PgServer | null = null;
   let rig: EngineRig | null = null;
@@ -143,9 +150,9 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     };
     for (let round = 1; round <= o.runs; round++) {
       for (const mode of modes) {
-        if (mode === 'cp_dscp' || (mode === 'cp_pgwire' && patched)) {
+        if (NEEDS_PATCHED.includes(mode as NetMode) || (mode === 'cp_pgwire' && patched)) {
           server.stop();
-          server = startServer(mode === 'cp_dscp' ? patched!.bin : stock.bin, bed.guest, bed.guestIp4);
+          server = startServer(NEEDS_PATCHED.includes(mode as NetMode) ? patched!.bin : stock.bin, bed.guest, bed.guestIp4);
         }
         for (const intervalMs of mode === 'none' ? [o.intervalsMs[0]] : o.intervalsMs) await point(mode, intervalMs, round);
       }
@@ -181,8 +188,8 @@ function summarize(samples: Map<string, Point[]>, modes: NetMode[], o: NetBenchO
 }
 
 export function netBenchSvg(r: NetBenchResult): string {
-  const colors: Record<NetMode, string> = { none: '#333333', remus: '#d62728', cp_dscp: '#1f77b4', cp_pgwire: '#2ca02c' };
-  const names: Record<NetMode, string> = { none: 'no buffering', remus: 'Remus (hold all)', cp_dscp: 'CP (DSCP)', cp_pgwire: 'CP (pgwire)' };
+  const colors: Record<NetMode, string> = { none: '#333333', remus: '#d62728', cp_dscp: '#1f77b4', cp_dscp_kernel: '#9467bd', cp_pgwire: '#2ca02c' };
+  const names: Record<NetMode, string> = { none: 'no buffering', remus: 'Remus (hold all)', cp_dscp: 'CP (DSCP)', cp_dscp_kernel: 'CP (DSCP, in kernel)', cp_pgwire: 'CP (pgwire)' };
   const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({ name: names[m], values: r.tps[m]!, color: colors[m], dashed: m === 'none' }));
   return tpsPlot(`PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ${r.seconds} s × ${r.runs} (median)`, r.intervals_ms, series);
 }

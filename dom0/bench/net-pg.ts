@@ -6,6 +6,7 @@
 // checkpoints on this process's event loop while it runs).
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorCode, RemusError } from '../errors';
 
@@ -35,7 +36,26 @@ function run(argv: string[], what: string, timeoutMs = 300_000): string {
   return r.stdout;
 }
 
-const asPostgres = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, 'runuser', '-u', 'postgres', '--', ...argv];
+/** CPUs the guest's PostgreSQL and the client's pgbench run on (null: any), see pinGuestAndClient. */
+let guestCpus: string | null = null;
+const pinned = (argv: string[]): string[] => (guestCpus === null ? argv : ['taskset', '-c', guestCpus, ...argv]);
+
+/**
+ * Models a Xen host where dom0 has its own CPUs: this process (the engine and the net
+ * buffer's reader, all threads) runs on dom0Cpus, PostgreSQL and pgbench on the others.
+ */
+export function pinGuestAndClient(dom0Cpus: number[]): void {
+  const all = os.cpus().map((_, i) => i);
+  const rest = all.filter((c) => !dom0Cpus.includes(c));
+  if (!dom0Cpus.length || dom0Cpus.some((c) => !all.includes(c)) || !rest.length) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--dom0-cpus ${dom0Cpus.join(',')}: name some of CPUs ${all.join(',')} and leave at least one for the guest`);
+  }
+  const r = spawnSync('taskset', ['-a', '-p', '-c', dom0Cpus.join(','), String(process.pid)], { encoding: 'utf8' });
+  if (r.status !== 0) throw new RemusError(ErrorCode.IO, `taskset: ${(r.stderr || r.error?.message || '').trim()}`);
+  guestCpus = rest.join(',');
+}
+
+const asPostgres = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, ...pinned(['runuser', '-u', 'postgres', '--', ...argv])];
 
 /** Stops a server a previous run left in PG_DIR (any namespace) and removes the directory. */
 export function cleanupStaleCluster(bin: string): void {
@@ -84,7 +104,7 @@ export interface PgbenchResult { tps: number; latencyMs: number; transactions: n
 /** One timed pgbench run (-n: no vacuum), asynchronous. */
 export function runPgbench(pgbench: string, ns: string, host: string,
   o: { clients: number; threads: number; seconds: number; script: PgbenchScript }): Promise<PgbenchResult> {
-  const argv = ['netns', 'exec', ns, pgbench, '-n', '-b', o.script, '-c', String(o.clients), '-j', String(o.threads), '-T', String(o.seconds),
+  const argv = ['netns', 'exec', ns, ...pinned([pgbench]), '-n', '-b', o.script, '-c', String(o.clients), '-j', String(o.threads), '-T', String(o.seconds),
     '-h', host, '-U', 'postgres', 'postgres'];
   return new Promise((resolve, reject) => {
     const child = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'] });

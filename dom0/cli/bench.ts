@@ -71,11 +71,13 @@ export function registerNetBench(bench: Command): void {
     .option('--pg-bin <dir>', 'bin directory of a PostgreSQL 15 with the commit protection patch (enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)')
     .option('--svg <path>', 'write the TPS plot (SVG) there')
     .option('--diagnostic', 'also measure the queue alone (everything released at once; 128-byte and whole-segment copies)')
+    .option('--dom0-cpus <list>', 'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 has its own CPUs)',
+      (v: string) => v.split(',').map((x) => intOption('--dom0-cpus', 0, 1023)(x)))
     .option('--json', 'print one JSON object as the last line of stdout')
-    .action(async (o: { seconds: number; runs: number; intervals: number[]; diagnostic?: boolean; scale: number; clients: number; threads: number;
+    .action(async (o: { dom0Cpus?: number[]; seconds: number; runs: number; intervals: number[]; diagnostic?: boolean; scale: number; clients: number; threads: number;
       script: 'tpcb-like' | 'simple-update'; pgBin?: string; svg?: string; json?: boolean }) => {
       const r = await benchNet({ seconds: o.seconds, runs: o.runs, intervalsMs: o.intervals, scale: o.scale, clients: o.clients,
-        threads: o.threads, script: o.script, diagnostic: o.diagnostic, patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined), svg: o.svg,
+        threads: o.threads, script: o.script, diagnostic: o.diagnostic, dom0Cpus: o.dom0Cpus, patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined), svg: o.svg,
         log: (line) => process.stderr.write(`${line}\n`) });
       console.log(o.json ? JSON.stringify(r) : formatNetBench(r));
     });

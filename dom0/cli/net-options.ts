@@ -5,6 +5,8 @@
 //   --vif IF (repeatable)       Xen default: all of the domain's vif<domid>.*; sim: required
 //   --routed                    match -i IF instead of the bridge port (-m physdev)
 //   --commit-protection off|dscp|pgwire, --dscp N (59), --pg-port P (5432, repeatable)
+//   --dscp-in-kernel            dscp: the kernel queues only marked packets (fastest; no
+//                               failover resets: docs/commit-protection.md)
 //   --queue N                   nfqueue number of the first interface (7000 + domid)
 // The plan is checked before anything is installed; the sch_plug driver holds one
 // unacknowledged epoch, so it takes --max-in-flight 1 (the default with it).
@@ -22,6 +24,7 @@ export interface NetCliOptions {
   routed?: boolean;
   commitProtection: CommitProtection;
   dscp: number;
+  dscpInKernel?: boolean;
   pgPort?: number[];
   queue?: number;
   maxInFlight?: number;
@@ -49,6 +52,7 @@ export function addNetOptions(cmd: Command): Command {
     .option('--commit-protection <mode>', 'off (hold everything), dscp (hold packets the guest marks) or pgwire (hold PostgreSQL commit replies)',
       choiceOption('--commit-protection', ['off', 'dscp', 'pgwire'] as const), 'off')
     .option('--dscp <n>', 'dscp mode: the code point of protected packets', intOption('--dscp', 1, 63), PROTECTED_DSCP)
+    .option('--dscp-in-kernel', 'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no failover resets)')
     .option('--pg-port <port>', 'pgwire mode: a PostgreSQL server port in the guest (repeatable; default 5432)', collect(intOption('--pg-port', 1, 65535)))
     .option('--queue <n>', 'nfqueue: queue number of the first interface (default 7000 + domid)', intOption('--queue', 0, 65535 - DOMAIN_IFACES_MAX));
 }
@@ -69,6 +73,7 @@ export function netPlan(o: NetCliOptions, d: { kind: 'sim' | 'xen'; name: string
   if (driver === 'plug' && o.commitProtection !== 'off') {
     throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`);
   }
+  if (o.dscpInKernel && o.commitProtection !== 'dscp') throw new RemusError(ErrorCode.BAD_ARGUMENT, '--dscp-in-kernel goes with --commit-protection dscp');
   if (driver === 'plug' && o.maxInFlight !== undefined && o.maxInFlight > 1) {
     throw new RemusError(ErrorCode.BAD_ARGUMENT, `--net-buffer plug holds one unacknowledged checkpoint (sch_plug): --max-in-flight ${o.maxInFlight} needs --net-buffer nfqueue`);
   }
@@ -82,7 +87,7 @@ export function netPlan(o: NetCliOptions, d: { kind: 'sim' | 'xen'; name: string
   return {
     driver, domain: d.kind === 'xen' ? d.name : `sim-${d.name}`, ifaces, bridged: !o.routed,
     queueBase: o.queue ?? Math.min(QUEUE_BASE + d.domid, 65535 - DOMAIN_IFACES_MAX), commitProtection: o.commitProtection,
-    dscp: o.dscp, pgPorts: o.pgPort,
+    dscp: o.dscp, dscpInKernel: o.dscpInKernel === true, pgPorts: o.pgPort,
   };
 }
 

@@ -27,6 +27,7 @@ export interface DomainNetOptions {
   queueBase: number;
   commitProtection: CommitProtection;
   dscp?: number;
+  dscpInKernel?: boolean;
   pgPorts?: number[];
 }
 
@@ -59,7 +60,7 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
       opened.push(openNetBuffer({
         driver: o.driver, domain: i === 0 ? o.domain : `${o.domain.slice(0, 17)}-${i}`, queueNum: o.queueBase + i,
         match: o.bridged ? { physdevIn: iface } : { inIface: iface },
-        commitProtection: o.commitProtection, dscp: o.dscp, pgPorts: o.pgPorts,
+        commitProtection: o.commitProtection, dscp: o.dscp, dscpInKernel: o.dscpInKernel, pgPorts: o.pgPorts,
       }));
     });
   } catch (e) {

@@ -4,8 +4,10 @@
 // from PREROUTING:
 //   teardown: every `-A PREROUTING ... -j REMUSDB-<name>` found by `iptables -S` is deleted;
 //             then `-F REMUSDB-<name>`, `-X REMUSDB-<name>` (errors ignored)
-//   install:  teardown; `-N REMUSDB-<name>`; `-A REMUSDB-<name> -j NFQUEUE --queue-num Q`
-//             (no --queue-bypass: no listener = dropped); `-I PREROUTING 1 <match> -j REMUSDB-<name>`
+//   install:  teardown; `-N REMUSDB-<name>`; `-A REMUSDB-<name> [-m dscp --dscp D] -j NFQUEUE
+//             --queue-num Q` (no --queue-bypass: no listener = dropped; with D only packets
+//             the guest marked are queued, the rest never leave the kernel);
+//             `-I PREROUTING 1 <match> -j REMUSDB-<name>`
 // for iptables and ip6tables (iptables-nft). ARP is not queued: arptables has no NFQUEUE.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -22,6 +24,8 @@ export interface RuleSpec {
   match: GuestMatch;
   /** Network namespace (name under /run/netns) the rules go in; default: ours. */
   netns?: string;
+  /** Queue only packets with this DSCP code point (commit protection classified in the kernel). */
+  onlyDscp?: number;
 }
 
 const TOOLS = ['iptables', 'ip6tables'] as const;
@@ -72,6 +76,7 @@ export function removeRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): void {
 /** Installs the rules (after removing any left from an earlier run). Bind the queue first. */
 export function installRules(spec: RuleSpec): void {
   assertInt(spec.queueNum, 0, 65535, 'queueNum');
+  if (spec.onlyDscp !== undefined) assertInt(spec.onlyDscp, 0, 63, 'onlyDscp');
   const chain = chainName(spec.domain);
   const match = matchArgs(spec.match);
   if ('physdevIn' in spec.match) checkBridgeNetfilter(spec.netns);
@@ -79,7 +84,8 @@ export function installRules(spec: RuleSpec): void {
   try {
     for (const tool of TOOLS) {
       must(spec.netns, tool, ['-t', 'mangle', '-N', chain]);
-      must(spec.netns, tool, ['-t', 'mangle', '-A', chain, '-j', 'NFQUEUE', '--queue-num', String(spec.queueNum)]);
+      const dscp = spec.onlyDscp === undefined ? [] : ['-m', 'dscp', '--dscp', String(spec.onlyDscp)];
+      must(spec.netns, tool, ['-t', 'mangle', '-A', chain, ...dscp, '-j', 'NFQUEUE', '--queue-num', String(spec.queueNum)]);
       must(spec.netns, tool, ['-t', 'mangle', '-I', 'PREROUTING', '1', ...match, '-j', chain]);
     }
   } catch (e) {

@@ -35,6 +35,12 @@ export interface NetBufferOptions {
   dscp?: number;
   /** pgwire mode: PostgreSQL server ports (default 5432). */
   pgPorts?: number[];
+  /**
+   * dscp mode: classify in the kernel (only marked packets are queued; the rest never
+   * reach us: no per-packet cost, but no exposure tracking, so no failover resets — the
+   * RemusDB paper's behaviour). Default false: every packet is classified here.
+   */
+  dscpInKernel?: boolean;
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
   copyBytes?: number;
   heldMax?: number;
@@ -75,22 +81,23 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
   let classify: Classifier | undefined;
   let pgwire: PgwireClassifier | null = null;
   const dscp = o.dscp ?? PROTECTED_DSCP;
-  if (o.commitProtection === 'dscp') classify = dscpClassifier(dscp);
+  const inKernel = o.commitProtection === 'dscp' && o.dscpInKernel === true;
+  if (o.commitProtection === 'dscp' && !inKernel) classify = dscpClassifier(dscp);
   if (o.commitProtection === 'pgwire') {
     pgwire = new PgwireClassifier({ ports: o.pgPorts });
     classify = pgwire.classify;
   }
-  const exposure = o.commitProtection === 'off' ? null : new ExposureTracker();
+  const exposure = o.commitProtection === 'off' || inKernel ? null : new ExposureTracker();
   const pg = o.commitProtection === 'pgwire';
   const copyBytes = o.copyBytes ?? (pg ? PGWIRE_COPY_BYTES : NFQUEUE_DEFAULTS.copyBytes);
   const batchMax = pg ? PGWIRE_BATCH_MAX : NFQUEUE_DEFAULTS.batchMax;
   const dev = setupNfqueue({ domain: o.domain, match: o.match, netns: o.netns, queueNum: o.queueNum, classify,
-    observer: exposure ?? undefined, copyBytes, batchMax, ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }) });
+    observer: exposure ?? undefined, copyBytes, batchMax, onlyDscp: inKernel ? dscp : undefined, ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }) });
   return {
     gate: dev.gate, nfqueue: dev.gate, pgwire, exposure,
     describe: () => ({
       driver: 'nfqueue', domain: o.domain, queueNum: o.queueNum, netns: o.netns ?? null, match: o.match,
-      commitProtection: o.commitProtection, dscp: o.commitProtection === 'dscp' ? dscp : null, copyBytes, batchMax,
+      commitProtection: o.commitProtection, dscp: o.commitProtection === 'dscp' ? dscp : null, dscpInKernel: inKernel, copyBytes, batchMax,
       ...dev.gate.stats(), pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
       exposedFlows: exposure?.flowCount ?? null,
     }),

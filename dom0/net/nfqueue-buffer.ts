@@ -162,8 +162,8 @@ export interface NfqueueDevice {
  * Binds the queue, then installs the domain's rules (removing any a crashed run left).
  * On failure nothing stays installed or bound.
  */
-export function setupNfqueue(opts: NfqueueBufferOptions & { domain: string; match: GuestMatch }): NfqueueDevice {
-  const spec = { domain: opts.domain, queueNum: opts.queueNum, match: opts.match, netns: opts.netns };
+export function setupNfqueue(opts: NfqueueBufferOptions & { domain: string; match: GuestMatch; onlyDscp?: number }): NfqueueDevice {
+  const spec = { domain: opts.domain, queueNum: opts.queueNum, match: opts.match, netns: opts.netns, onlyDscp: opts.onlyDscp };
   removeRules(spec);
   const gate = NfqueueBuffer.open(opts);
   try {

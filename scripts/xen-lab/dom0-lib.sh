@@ -101,7 +101,7 @@ lab_guest_log() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
 
 # Guest hooks (image/domu-init): a script for the domU on a small read-only disk, run by the
 # guest when its kernel command line says xenlab.hook=/dev/xvdX. Add to the domU config:
-#   disk = [ 'format=raw, vdev=xvdc, access=ro, backendtype=qdisk, target=FILE' ]
+#   disk = [ 'format=raw, vdev=xvdc, access=ro, backendtype=phy, target=$(losetup -f --show -r FILE)' ]
 #   extra = "... xenlab.hook=/dev/xvdc"
 lab_hook_img() { # lab_hook_img FILE < script: the script padded with NULs to 64 KiB
   cat > "$1" && truncate -s 64K "$1"

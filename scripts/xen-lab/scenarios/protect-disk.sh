@@ -2,7 +2,8 @@
 # protect-disk: remusdb protects a PV domU together with its disk, primary and backup in the
 # same dom0 (network not buffered: -n -F). `remusdb protect --disk-image` serves the domU's
 # raw image over NBD with replication and attaches it at /dev/nbd0 (nbd-client); the domU
-# (created after that) has xvdb = qdisk on /dev/nbd0 (direct-io-safe). The backup keeps the
+# (created after that) has xvdb = blkback (phy) on /dev/nbd0 — PD_BACKEND=qdisk for qdisk,
+# which goes through dom0's page cache of /dev/nbd0 (docs/xen-adapter.md). The backup keeps the
 # replica disk, applies each epoch's writes at its commit, and at failover serves it and
 # attaches it to a free /dev/nbdN, which the configuration xl restores names instead.
 # The guest (hook script on xvdc) stamps block n of xvdb with "REMUSDB-BLOCK n" (fsync),
@@ -13,6 +14,7 @@
 # resumed guest (/tmp/www/diskbad). dom0 also scans the backup's image: the highest stamp
 # at failover + what the resumed guest wrote since.
 . /lab/dom0-lib.sh
+[ -f /lab/in/env ] && . /lab/in/env   # knobs from the host: XENLAB_IN=dir with an env file
 lab_begin protect-disk
 DOMU=domu
 IP=10.99.0.2
@@ -68,14 +70,19 @@ done
 lab_check "protect serves the disk at /dev/nbd0" test -e /sys/block/nbd0/pid || { cat $W/protect.err; lab_result; exit; }
 lab_log "disk served and attached after $(lab_since "$t") s: $(grep -h 'disk:' $W/protect.err | tail -2 | tr '\n' ' ')"
 
+HOOKDEV=$(losetup -f --show -r $W/hook.img) || lab_fail "losetup of the hook script failed"
 cat > $W/$DOMU.cfg <<EOF
 $(lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 "$MEM" | sed 's/^extra = "\(.*\)"/extra = "\1 xenlab.hook=\/dev\/xvdc"/')
-disk = [ 'format=raw, vdev=xvdb, access=rw, backendtype=qdisk, direct-io-safe, target=/dev/nbd0',
-         'format=raw, vdev=xvdc, access=ro, backendtype=qdisk, target=$W/hook.img' ]
+disk = [ 'format=raw, vdev=xvdb, access=rw, backendtype=${PD_BACKEND:-phy}, target=/dev/nbd0',
+         'format=raw, vdev=xvdc, access=ro, backendtype=phy, target=$HOOKDEV' ]
 EOF
 lab_step create 240 xl create $W/$DOMU.cfg || { lab_fail "xl create failed"; tail $W/protect.err; lab_result; exit; }
-lab_wait_http "$IP" 7777 /disk 300 "$DOMU" || { lab_fail "domU disk writer did not answer"; lab_guest_log $DOMU | tail; lab_result; exit; }
-boot0=$(lab_http "$IP" 7777 /boot); d0=$(lab_http "$IP" 7777 /disk)
+lab_wait_http "$IP" 7777 /counter 300 "$DOMU" || { lab_fail "domU counter did not answer"; lab_guest_log $DOMU | tail; lab_result; exit; }
+num() { local v; v=$(lab_http "$IP" 7777 "$1" "${2:-5}"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v"; }
+t=$(lab_now); d0=
+while [ -z "$d0" ] && [ "$(lab_since "$t" | cut -d. -f1)" -lt 120 ]; do d0=$(num /disk); sleep 1; done
+[ -n "$d0" ] || { lab_fail "the guest's disk writer did not start"; lab_guest_log $DOMU | tail; lab_result; exit; }
+boot0=$(lab_http "$IP" 7777 /boot)
 lab_log "domU up: boot $boot0, last block written $d0"
 
 status() { node bin/remusdb status --json 2>/dev/null; }
@@ -156,7 +163,7 @@ read -r HI HOLES WRONG <<< "$scan"
 lab_log "backup image $img: highest stamped block $HI, holes $HOLES, wrong stamps $WRONG (guest now at $(lab_http "$IP" 7777 /disk 5))"
 [ "$HOLES" = 0 ] && [ "$WRONG" = 0 ] || lab_fail "the backup's image has holes ($HOLES) or wrong stamps ($WRONG): $scan"
 
-echo "XENLAB NUMBERS protect-disk: mem_mib=$MEM interval_ms=$INTERVAL checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP disk_sync_bytes=$SYNC disk_writes_forwarded=$FWDN disk_bytes_forwarded=$FWD disk_verified_epoch=$VER blocks_while_protected=$((dB - dA)) failover_s=$FAILOVER_S block_before=$before block_resumed=$c block_later=$c2 diskbad=${bad:-none}"
+echo "XENLAB NUMBERS protect-disk: backend=${PD_BACKEND:-phy} mem_mib=$MEM interval_ms=$INTERVAL checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP disk_sync_bytes=$SYNC disk_writes_forwarded=$FWDN disk_bytes_forwarded=$FWD disk_verified_epoch=$VER blocks_while_protected=$((dB - dA)) failover_s=$FAILOVER_S block_before=$before block_resumed=$c block_later=$c2 diskbad=${bad:-none}"
 lab_guest_log $DOMU | grep -E "DOMU|xvd|blkfront" | tail -n 15
 kill -TERM $PP 2>/dev/null; sleep 2
 kill -TERM $BP 2>/dev/null; sleep 2

@@ -12,7 +12,12 @@ import { CheckpointCollector } from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
 import type { XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER, libxlStreamHeader, xlSavefileHeader } from '../dom0/hypervisor/xen/xl-stream';
-import { freeNbdDevice, retargetNbdDisk, retargetPreamble, splitXlPreamble, waitForXenDomain } from '../dom0/hypervisor/xen/xen-disk';
+import {
+  flushAfterCapture, nbdDiskBackend, openXenProtectDisk, retargetNbdDisk, retargetPreamble, splitXlPreamble, waitForXenDomain,
+} from '../dom0/hypervisor/xen/xen-disk';
+import { freeNbdDevice } from '../dom0/hypervisor/xen/nbd-device';
+import { realClock } from '../dom0/engine/clock';
+import type { Capture, Domain } from '../dom0/engine/ports';
 import { BlockFile } from '../dom0/disk/block-file';
 
 const CONFIG = {
@@ -131,5 +136,41 @@ describe('48 xen disk', () => {
     assert.equal(n, 3);
     const never = { xenDomainInfo: (): XenDomainInfo => { throw new RemusError('ERR_NO_DOMAIN', 'no'); } };
     await assert.rejects(waitForXenDomain('vm', 300, () => {}, never), (e: RemusError) => e.code === 'ERR_NO_DOMAIN');
+  });
+
+  it('48.6 with a qdisk NBD disk the capture is followed by a flush; phy needs none', async () => {
+    assert.deepEqual(nbdDiskBackend(JSON.stringify(CONFIG)), { device: '/dev/nbd0', backend: 'qdisk' });
+    assert.equal(nbdDiskBackend(JSON.stringify({ disks: [] })), null);
+    const order: string[] = [];
+    const cap: Capture = { pfns: new Uint32Array(0), count: 0, pages: new Uint8Array(0), deviceState: new Uint8Array(0) };
+    const inner: Domain = {
+      kind: 'xen', name: 'vm', pageCount: 4, suspend: () => { order.push('suspend'); }, resume: () => { order.push('resume'); },
+      capture: async () => { order.push('capture'); return cap; }, describe: () => ({ d: 1 }), fence: () => { order.push('fence'); },
+    };
+    const d = flushAfterCapture(inner, async () => { await new Promise((r) => setTimeout(r, 20)); order.push('flush'); });
+    await d.suspend();
+    assert.equal(await d.capture(false), cap);
+    await d.resume();
+    d.fence();
+    assert.deepEqual(order, ['suspend', 'capture', 'flush', 'resume', 'fence']);
+    assert.deepEqual([d.kind, d.name, d.pageCount, d.describe()], ['xen', 'vm', 4, { d: 1 }]);
+
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
+    const image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, Buffer.alloc(1 << 20));
+    for (const backend of ['qdisk', 'phy']) {
+      const cfg = JSON.stringify({ disks: [{ pdev_path: '/dev/nbd0', vdev: 'xvdb', backend }] });
+      const addon = {
+        xenDomainInfo: (): XenDomainInfo => ({ domid: 9, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 }),
+        xenDomainConfigJson: (domid: number): string => { assert.equal(domid, 9); return cfg; },
+      };
+      const lines: string[] = [];
+      const disk = await openXenProtectDisk({ domain: 'vm', waitMs: 1000, image, host: '127.0.0.1', port: 0, clock: realClock, unackedBytesMax: 1 << 20, log: (l) => lines.push(l) }, addon);
+      assert.equal(disk.replicator.sizeBytes, 1 << 20);
+      assert.equal(disk.flush !== null, backend === 'qdisk', `${backend}: flush per checkpoint`);
+      assert.ok(lines.some((l) => l.includes(`/dev/nbd0 (${backend})`)), lines.join('\n'));
+      await disk.close();
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 });

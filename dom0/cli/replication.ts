@@ -17,7 +17,7 @@ import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './ne
 import { openDomainNet } from '../net/domain-net';
 import { realClock } from '../engine/clock';
 import { DEFAULT_NBD_PORT } from '../disk/serve';
-import { servePrimaryDisk, waitForXenDomain } from '../hypervisor/xen/xen-disk';
+import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
 
 export const DEFAULT_PORT = 7400;
 
@@ -210,26 +210,25 @@ function netLine(net: ReturnType<typeof netPlan>): string {
 async function runXenProtect(name: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
   if (o.blackhole || !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'Xen domains need a backup host (--blackhole is for simulated domains)');
   let net: ReturnType<typeof netPlan> = null;
-  const disk = o.diskImage ? await servePrimaryDisk({
-    image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice, clock: realClock, unackedBytesMax: o.diskBuffer, log,
+  const disk = o.diskImage ? await openXenProtectDisk({
+    domain: name, waitMs: o.waitDomain * 1000, image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice,
+    clock: realClock, unackedBytesMax: o.diskBuffer, log,
   }) : null;
-  const svc = await (async () => {
-    if (disk) await waitForXenDomain(name, o.waitDomain * 1000, log);
-    return new XenProtectService({
-      domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: security(o, log),
-      engine: (pages) => ({
-        intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
-        maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
-        batchPagesMax: 1024, deviceStateMax: 1 << 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
-      }),
-      disk: disk?.replicator ?? null,
-      netBuffer: (domainName, domid) => {
-        net = netPlan(o, { kind: 'xen', name: domainName, domid });
-        return net ? openDomainNet(net) : null;
-      },
-      log,
-    });
-  })().catch(async (e: unknown) => { await disk?.close(); throw e; });
+  const svc = new XenProtectService({
+    domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: security(o, log),
+    engine: (pages) => ({
+      intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
+      maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
+      batchPagesMax: 1024, deviceStateMax: 1 << 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
+    }),
+    disk: disk?.replicator ?? null,
+    diskFlush: disk?.flush ?? null,
+    netBuffer: (domainName, domid) => {
+      net = netPlan(o, { kind: 'xen', name: domainName, domid });
+      return net ? openDomainNet(net) : null;
+    },
+    log,
+  });
   svc.start();
   log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}${net ? netLine(net) : '; outputs NOT buffered (-n)'}`);
   try { await runUntilStopped(svc, o.seconds); } finally { await disk?.close(); }

@@ -18,6 +18,7 @@ import { Reconnector } from './reconnector';
 import { ControlServer, runtimeDir, socketPath } from './control';
 import type { DiskReplicator } from '../disk/replicator';
 import { BlockFile } from '../disk/block-file';
+import { flushAfterCapture } from '../hypervisor/xen/xen-disk';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ExposureTracker } from '../net/failover-reset';
@@ -38,6 +39,8 @@ export interface XenProtectConfig {
   xen?: Partial<XenDomainOptions>;
   /** The domain's replicated disk (served over NBD by this process, dom0/hypervisor/xen/xen-disk.ts): the engine's DiskPort. */
   disk?: DiskReplicator | null;
+  /** Run after each capture, before the disk barrier (qdisk: flush /dev/nbdN's page cache to the server). */
+  diskFlush?: (() => Promise<void>) | null;
   log: (line: string) => void;
 }
 
@@ -62,7 +65,7 @@ export class XenProtectService {
   constructor(private readonly cfg: XenProtectConfig) {
     this.domain = XenDomain.open(cfg.domain, { log: cfg.log, ...cfg.xen });
     this.net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
-    this.primary = new Primary(this.domain, this.net?.gate ?? new PassThrough(), realClock, cfg.engine(this.domain.pageCount), {
+    this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new PassThrough(), realClock, cfg.engine(this.domain.pageCount), {
       event: (name, detail) => this.onEvent(name, detail),
       netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
     }, cfg.disk ?? null);
@@ -87,8 +90,10 @@ export class XenProtectService {
     this.reconnector.stop();
     this.primary.stop();
     this.control.close();
-    await this.domain.close();
+    // Unprotected from here: the buffer goes first (the domain may be gone, and closing the
+    // save loop may wait for libxc), so its rules or qdiscs never outlive this process.
     this.net?.close();
+    await this.domain.close();
   }
 
   status(): Record<string, unknown> {

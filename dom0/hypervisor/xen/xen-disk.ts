@@ -2,29 +2,26 @@
 // (dom0/disk) and reaches Xen through the kernel NBD client: QEMU 7.2's qdisk backend
 // (xen-block) opens its target only with the "file" or "host_device" driver (it stat()s
 // the target), so a `target=nbd:HOST:PORT` disk cannot attach; `nbd-client` puts the export
-// at /dev/nbdN and the domU's disk names that device (backendtype=qdisk with direct-io-safe,
-// or phy). On the primary, the protect process serves the image with a DiskReplicator as
-// the engine's DiskPort. On the backup, the replica's disk is served the same way at
+// at /dev/nbdN and the domU's disk names that device (backendtype=phy, or qdisk, whose
+// writes pass dom0's page cache and are flushed at each checkpoint). On the primary, the
+// protect process serves the image with a DiskReplicator as the engine's DiskPort. On the
+// backup, the replica's disk is served the same way at
 // failover, attached to a free /dev/nbdM, and the domain configuration handed to
 // `xl migrate-receive` names /dev/nbdM instead of the primary's device
 // (docs/xen-adapter.md, "Disk").
-import { spawn } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Clock } from '../../engine/ports';
+import type { Capture, Clock, Domain } from '../../engine/ports';
 import { serveReplicatedDisk, type ReplicatedDisk } from '../../disk/serve';
 import type { DiskReplicator } from '../../disk/replicator';
 import { xlSavefileHeader } from './xl-stream';
 import { xenAddon, type XenAddon } from './xen-addon';
+import { NBD_DEVICE, deviceFlusher, nbdAttach, nbdDetach } from './nbd-device';
 
 /** xl savefile header: 32 magic, u32 byte order, u32 mandatory flags, u32 optional flags, u32 optional length. */
 const XL_HEADER_BYTES = 48;
 const XL_MAGIC_BYTES = 32;
 /** Largest domain configuration we parse (libxl's JSON of a PV domain is a few KiB). */
 export const XL_CONFIG_BYTES_MAX = 1 << 20;
-const NBD_DEVICE = /^\/dev\/nbd(\d+)$/;
-const NBD_CLIENT_TIMEOUT_MS = 30_000;
 
 /** The domain configuration (JSON) at the start of an xl stream preamble, and what follows it. */
 export function splitXlPreamble(preamble: Buffer): { json: string; rest: Buffer } {
@@ -70,50 +67,30 @@ export function retargetPreamble(preamble: Buffer, device: string): { preamble: 
   return { preamble: Buffer.concat([xlSavefileHeader(r.json), rest]), vdev: r.vdev, from: r.from };
 }
 
-/** The first NBD device with no connection (no pid, size 0), skipping the ones in except. */
-export function freeNbdDevice(sysBlock = '/sys/block', except: string[] = []): string {
-  let names: string[];
-  try { names = fs.readdirSync(sysBlock).filter((n) => /^nbd\d+$/.test(n)); } catch { names = []; }
-  names.sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
-  for (const n of names) {
-    const dev = `/dev/${n}`;
-    if (except.includes(dev) || fs.existsSync(path.join(sysBlock, n, 'pid'))) continue;
-    const size = Number(readText(path.join(sysBlock, n, 'size')) ?? '1');
-    if (size === 0) return dev;
-  }
-  throw new RemusError(ErrorCode.IO, names.length ? `all ${names.length} NBD devices are in use (modprobe nbd nbds_max=N for more)` : 'no NBD devices: load the kernel module (modprobe nbd)');
+/** The backend of the configuration's one /dev/nbdN disk ("qdisk", "phy", ...), or null. */
+export function nbdDiskBackend(configJson: string): { device: string; backend: string } | null {
+  let cfg: { disks?: unknown };
+  try { cfg = JSON.parse(configJson) as { disks?: unknown }; } catch { return null; }
+  const disks = (Array.isArray(cfg.disks) ? cfg.disks : []) as Array<XlDisk & { backend?: unknown }>;
+  const nbd = disks.filter((d) => typeof d?.pdev_path === 'string' && NBD_DEVICE.test(d.pdev_path));
+  return nbd.length === 1 ? { device: String(nbd[0].pdev_path), backend: String(nbd[0].backend ?? 'unknown') } : null;
 }
 
-function readText(p: string): string | null {
-  try { return fs.readFileSync(p, 'utf8').trim(); } catch { return null; }
-}
-
-/** Runs a command to its end (bounded); rejects with its stderr on a failure. */
-function run(argv: string[], timeoutMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr!.on('data', (d: Buffer) => { if (err.length < 4096) err += d.toString('utf8'); });
-    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', (e) => { clearTimeout(timer); reject(new RemusError(ErrorCode.IO, `${argv[0]}: ${e.message}`)); });
-    p.on('exit', (code, sig) => {
-      clearTimeout(timer);
-      if (code === 0) resolve();
-      else reject(new RemusError(ErrorCode.IO, `${argv.join(' ')} failed (${sig ?? `code ${code}`}): ${err.trim().split('\n').slice(-3).join(' | ')}`));
-    });
-  });
-}
-
-/** Connects the kernel NBD client: device shows our export at 127.0.0.1:port. */
-export async function nbdAttach(port: number, device: string, exportName = 'remusdb'): Promise<void> {
-  if (!NBD_DEVICE.test(device)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `${device} is not an NBD device (/dev/nbdN)`);
-  if (!fs.existsSync(device)) await run(['modprobe', 'nbd'], NBD_CLIENT_TIMEOUT_MS).catch(() => undefined);
-  await run(['nbd-client', '127.0.0.1', String(port), device, '-N', exportName, '-b', '4096'], NBD_CLIENT_TIMEOUT_MS);
-}
-
-/** Disconnects device (best effort). */
-export async function nbdDetach(device: string): Promise<void> {
-  await run(['nbd-client', '-d', device], NBD_CLIENT_TIMEOUT_MS).catch(() => undefined);
+/**
+ * qdisk opens /dev/nbdN through dom0's page cache (Debian's QEMU cannot do direct-io-safe):
+ * a write QEMU completed to the guest may not have reached our NBD server yet. Flushing the
+ * device after the capture (the domain suspended, before the disk barrier) sends those
+ * writes to the server, so they are tagged with the checkpoint's epoch like the rest.
+ */
+export function flushAfterCapture(domain: Domain, flush: () => Promise<void>): Domain {
+  return {
+    kind: domain.kind, name: domain.name, pageCount: domain.pageCount,
+    suspend: () => domain.suspend(),
+    resume: () => domain.resume(),
+    capture: async (full: boolean): Promise<Capture> => { const c = await domain.capture(full); await flush(); return c; },
+    describe: () => domain.describe(),
+    fence: () => domain.fence(),
+  };
 }
 
 export interface PrimaryDiskOptions {
@@ -145,7 +122,7 @@ export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDi
   o.log(`disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication`);
   if (o.device) {
     try { await nbdAttach(served.port, o.device, served.exportName); } catch (e) { await served.close(); throw e; }
-    o.log(`disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=qdisk, direct-io-safe, target=${o.device}')`);
+    o.log(`disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=${o.device}')`);
   }
   return {
     replicator: served.replicator, port: served.port, device: o.device ?? null,
@@ -170,4 +147,32 @@ export async function waitForXenDomain(name: string, timeoutMs: number, log: (li
     if (Date.now() > deadline) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${name} did not appear within ${Math.round(timeoutMs / 1000)} s`);
     await new Promise((r) => setTimeout(r, 500));
   }
+}
+
+/** `remusdb protect --disk-image` on Xen: what the protect process hands the engine. */
+export interface XenProtectDisk {
+  readonly replicator: DiskReplicator;
+  /** After each capture (qdisk only), else null. */
+  readonly flush: (() => Promise<void>) | null;
+  close(): Promise<void>;
+}
+
+/**
+ * Serves (and attaches) the image, waits for the domain to run, and reads its configuration:
+ * with a qdisk backend on the NBD device, each checkpoint flushes the device's page cache.
+ */
+export async function openXenProtectDisk(o: PrimaryDiskOptions & { domain: string; waitMs: number },
+  addon: Pick<XenAddon, 'xenDomainInfo' | 'xenDomainConfigJson'> = xenAddon()): Promise<XenProtectDisk> {
+  const disk = await servePrimaryDisk(o);
+  try {
+    await waitForXenDomain(o.domain, o.waitMs, o.log, addon);
+    const info = addon.xenDomainInfo(/^\d+$/.test(o.domain) ? Number(o.domain) : o.domain);
+    const nbd = nbdDiskBackend(addon.xenDomainConfigJson(info.domid));
+    const flusher = nbd?.backend === 'qdisk' ? deviceFlusher(nbd.device) : null;
+    o.log(`disk: the domain's NBD disk is ${nbd ? `${nbd.device} (${nbd.backend})` : 'not one /dev/nbdN device: the backup cannot re-point it'}${flusher ? ', its page cache flushed at each checkpoint' : ''}`);
+    return {
+      replicator: disk.replicator, flush: flusher ? () => flusher.flush() : null,
+      close: async () => { await flusher?.close(); await disk.close(); },
+    };
+  } catch (e) { await disk.close(); throw e; }
 }

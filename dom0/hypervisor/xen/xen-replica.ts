@@ -21,7 +21,8 @@ import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './x
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
 import type { BlockFile } from '../../disk/block-file';
 import { serveDisk, type ServedDisk } from '../../disk/serve';
-import { freeNbdDevice, nbdAttach, retargetPreamble } from './xen-disk';
+import { retargetPreamble } from './xen-disk';
+import { freeNbdDevice, nbdAttach } from './nbd-device';
 
 /** How the replica disk reaches xl at failover (tests replace it). */
 export interface ReplicaDiskAccess {

@@ -11,7 +11,7 @@
 # nfqueue, or none = -n -F): a client never sees a value the backup lost, so the counter
 # after failover is at least the highest value any client saw. While protected, every
 # answer waits for its checkpoint's acknowledgement (the client read latency is printed). Under emulation (one host core for dom0, both remusdb processes,
-# xl and the guest) the heartbeat timeout must cover the full first copy: 30 s. Prints
+# xl and the guest) the heartbeat timeout must cover the full first copy: 60 s. Prints
 # pause per checkpoint, bytes per checkpoint (wire vs raw libxc stream) and failover time;
 # records a small real stream for test/fixtures (REMUSDB_XEN_RECORD, default /tmp).
 . /lab/dom0-lib.sh
@@ -36,7 +36,7 @@ BP=$!
 sleep 3
 NET=${PROTECT_NET:-plug}
 case $NET in none) NETARGS=(-n -F) ;; *) NETARGS=(--net-buffer "$NET") ;; esac
-node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-30000}" > /tmp/protect.out 2> /tmp/protect.err &
+node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-60000}" > /tmp/protect.out 2> /tmp/protect.err &
 PP=$!
 
 status() { node bin/remusdb status --json 2>/dev/null; }

@@ -4,12 +4,13 @@
 // client through NFQUEUE; the test process binds the queue in the dom0 namespace and plays
 // the engine (barrier / release). Root only; skipped with the reason otherwise.
 import { strict as assert } from 'node:assert';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { installRules, listRules, removeRules } from '../dom0/net/iptables-rules';
 import { createTestbed, destroyTestbed, listTestbedNamespaces, sysctl, type Testbed } from '../dom0/net/netns-testbed';
 import { NfqueueBuffer, readKernelQueueStats, setupNfqueue } from '../dom0/net/nfqueue-buffer';
 import { loadAddon } from '../dom0/native';
+import { NsProcess, sleep, waitFor } from './support/pg-netns';
 
 const PREFIX = process.env.RDB60_PREFIX ?? 'rdb60';
 const QUEUE = 60;
@@ -68,24 +69,6 @@ rl.createInterface({ input: process.stdin }).on('line', async (line) => {
 
 interface Arrival { kind: string; seq: number; latencyNs: number; }
 
-class NsProcess {
-  readonly child: ChildProcess;
-  readonly lines: string[] = [];
-  constructor(ns: string, script: string, args: string[]) {
-    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args],
-      { stdio: ['pipe', 'pipe', 'inherit'] });
-    let rest = '';
-    this.child.stdout!.on('data', (d: Buffer) => {
-      const parts = (rest + d.toString()).split('\n');
-      rest = parts.pop()!;
-      this.lines.push(...parts);
-    });
-  }
-  send(cmd: Record<string, unknown>): void { this.child.stdin!.write(`${JSON.stringify(cmd)}\n`); }
-  kill(): void { this.child.kill('SIGKILL'); }
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until count() reaches want, or stops growing for a second. */
 async function settled(count: () => number, want: number): Promise<void> {
@@ -97,13 +80,6 @@ async function settled(count: () => number, want: number): Promise<void> {
   }
 }
 
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function whyNotRunnable(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables, NFQUEUE)';

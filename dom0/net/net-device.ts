@@ -59,8 +59,8 @@ export interface NetBuffer {
   close(): void;
 }
 
-/** Nothing is held: every output leaves at once (no output commit). */
-class NoGate implements OutputGate {
+/** Nothing is held: every output leaves at once (no output commit; xl remus -n). */
+export class NoGate implements OutputGate {
   readonly held = 0;
   barrier(): void { /* nothing held */ }
   release(): void { /* nothing held */ }

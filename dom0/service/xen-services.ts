@@ -10,13 +10,13 @@ import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import type { HelloInfo } from '../engine/backup';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { OutputGate } from '../engine/ports';
+import type { DiskPort, OutputGate } from '../engine/ports';
 import { XenDomain, type XenDomainOptions } from '../hypervisor/xen/xen-domain';
 import { XenReplica } from '../hypervisor/xen/xen-replica';
 import type { Security } from '../protocol/channel';
 import { Reconnector } from './reconnector';
+import { NoGate } from '../net/net-device';
 import { ControlServer, runtimeDir, socketPath } from './control';
-import type { DiskReplicator } from '../disk/replicator';
 import { BlockFile } from '../disk/block-file';
 import { flushAfterCapture } from '../hypervisor/xen/xen-disk';
 import * as fs from 'node:fs';
@@ -38,19 +38,10 @@ export interface XenProtectConfig {
   netBuffer?: (domainName: string, domid: number) => XenNetBuffer | null;
   xen?: Partial<XenDomainOptions>;
   /** The domain's replicated disk (served over NBD by this process, dom0/hypervisor/xen/xen-disk.ts): the engine's DiskPort. */
-  disk?: DiskReplicator | null;
+  disk?: (DiskPort & { stats(): unknown }) | null;
   /** Run after each capture, before the disk barrier (qdisk: flush /dev/nbdN's page cache to the server). */
   diskFlush?: (() => Promise<void>) | null;
   log: (line: string) => void;
-}
-
-/** Nothing held: every output leaves at once (no output commit yet). */
-class PassThrough implements OutputGate {
-  readonly held = 0;
-  barrier(): void { /* nothing held */ }
-  release(): void { /* nothing held */ }
-  setPassThrough(): void { /* always */ }
-  discard(): void { /* nothing held */ }
 }
 
 export class XenProtectService {
@@ -65,7 +56,7 @@ export class XenProtectService {
   constructor(private readonly cfg: XenProtectConfig) {
     this.domain = XenDomain.open(cfg.domain, { log: cfg.log, ...cfg.xen });
     this.net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
-    this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new PassThrough(), realClock, cfg.engine(this.domain.pageCount), {
+    this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new NoGate(), realClock, cfg.engine(this.domain.pageCount), {
       event: (name, detail) => this.onEvent(name, detail),
       netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
     }, cfg.disk ?? null);

@@ -11,8 +11,10 @@
 // (docs/xen-adapter.md, "Disk").
 import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Clock, Domain } from '../../engine/ports';
-import { serveReplicatedDisk, type ReplicatedDisk } from '../../disk/serve';
-import type { DiskReplicator } from '../../disk/replicator';
+import { DEFAULT_EXPORT_NAME } from '../../disk/serve';
+import { BlockFile } from '../../disk/block-file';
+import { DiskReplicator } from '../../disk/replicator';
+import { DrainingDiskPort, WorkerServedDisk } from './disk-worker';
 import { xlSavefileHeader } from './xl-stream';
 import { xenAddon, type XenAddon } from './xen-addon';
 import { NBD_DEVICE, deviceFlusher, nbdAttach, nbdDetach } from './nbd-device';
@@ -106,7 +108,7 @@ export interface PrimaryDiskOptions {
 
 /** The protected domain's disk on the primary: served with replication, optionally attached. */
 export interface PrimaryDisk {
-  readonly replicator: DiskReplicator;
+  readonly replicator: DrainingDiskPort;
   readonly port: number;
   readonly device: string | null;
   describe(): Record<string, unknown>;
@@ -114,20 +116,21 @@ export interface PrimaryDisk {
 }
 
 export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDisk> {
-  const served: ReplicatedDisk = await serveReplicatedDisk({
-    image: o.image, host: o.host, port: o.port, clock: o.clock, log: o.log,
-    // Read tracking is off: a Xen checkpoint's pages travel inside libxc's records.
-    replication: { unackedBytesMax: o.unackedBytesMax, inSync: false, readTrackingBlocksMax: 0 },
-  });
-  o.log(`disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication`);
+  const source = BlockFile.open(o.image);
+  // Read tracking is off: a Xen checkpoint's pages travel inside libxc's records.
+  const replicator = new DiskReplicator(source, o.clock, { unackedBytesMax: o.unackedBytesMax, inSync: false, readTrackingBlocksMax: 0 });
+  let served: WorkerServedDisk;
+  try { served = await WorkerServedDisk.start({ image: o.image, host: o.host, port: o.port, exportName: DEFAULT_EXPORT_NAME }); } catch (e) { source.close(); throw e; }
+  const close = async (): Promise<void> => { await served.close(); source.close(); };
+  o.log(`disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication (server thread)`);
   if (o.device) {
-    try { await nbdAttach(served.port, o.device, served.exportName); } catch (e) { await served.close(); throw e; }
+    try { await nbdAttach(served.port, o.device, served.exportName); } catch (e) { await close(); throw e; }
     o.log(`disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=${o.device}')`);
   }
   return {
-    replicator: served.replicator, port: served.port, device: o.device ?? null,
+    replicator: new DrainingDiskPort(replicator, served), port: served.port, device: o.device ?? null,
     describe: () => ({ image: o.image, listen: `${o.host}:${served.port}`, device: o.device ?? null, sizeBytes: served.sizeBytes }),
-    close: async () => { if (o.device) await nbdDetach(o.device); await served.close(); },
+    close: async () => { if (o.device) await nbdDetach(o.device); await close(); },
   };
 }
 
@@ -151,7 +154,7 @@ export async function waitForXenDomain(name: string, timeoutMs: number, log: (li
 
 /** `remusdb protect --disk-image` on Xen: what the protect process hands the engine. */
 export interface XenProtectDisk {
-  readonly replicator: DiskReplicator;
+  readonly replicator: DrainingDiskPort;
   /** After each capture (qdisk only), else null. */
   readonly flush: (() => Promise<void>) | null;
   close(): Promise<void>;

@@ -13,7 +13,7 @@
       "libraries": ["-llz4", "-lzstd"],
       "conditions": [
         ["has_xen==1", {
-          "sources": ["src/xen_probe.cc", "src/xen_save.cc"],
+          "sources": ["src/xen_probe.cc", "src/xen_save.cc", "src/xen_logdirty.cc"],
           "defines": ["REMUS_HAVE_XEN"],
           "libraries": ["-lxenctrl", "-lxenguest", "-lxenstore", "-lxenlight", "-lxentoollog", "-lxenforeignmemory", "-lxenevtchn"]
         }],

@@ -73,11 +73,15 @@ describe('67 protect with a network buffer', function () {
     let echo: NsProcess;
     const dir = tmpDir('t67');
     const kids: ChildProcess[] = [];
+    let runs = 0;
+    const logOf = (c: ChildProcess): string => fs.readFileSync(path.join(dir, `protect-${(c as ChildProcess & { run: number }).run}.log`), 'utf8');
     const protect = (): ChildProcess => {
-      const fd = fs.openSync(path.join(dir, 'protect.log'), 'a');
+      const run = ++runs;
+      const fd = fs.openSync(path.join(dir, `protect-${run}.log`), 'a');
       const c = spawn('ip', ['netns', 'exec', bed.dom0, process.execPath, path.join(ROOT, 'bin', 'remusdb'), 'protect', 'sim:t67', '--blackhole',
         '--memory', '16MiB', '--disk', '0', '--rate', '200', '-i', String(INTERVAL_MS), '--net-buffer', 'nfqueue', '--vif', bed.vif],
       { env: { ...process.env, REMUSDB_RUN_DIR: dir }, stdio: ['ignore', fd, fd] });
+      (c as ChildProcess & { run: number }).run = run;
       kids.push(c);
       return c;
     };
@@ -91,6 +95,9 @@ describe('67 protect with a network buffer', function () {
       bed = createTestbed(PREFIX);
       echo = new NsProcess(bed.guest, ECHO_SERVER, [bed.guestIp4]);
       await waitFor('echo service ready', () => echo.has('ready'));
+    });
+    afterEach(async () => { // a failed test must not leave its processes (and their queue) to the next
+      for (const k of kids) if (k.exitCode === null && k.signalCode === null) { k.kill('SIGTERM'); await exited(k); }
     });
     after(() => {
       echo?.kill();
@@ -111,7 +118,7 @@ describe('67 protect with a network buffer', function () {
         `round trip while protected ${held.avgMs} ms (unprotected ${before.avgMs} ms, interval ${INTERVAL_MS} ms)`);
       p.kill('SIGTERM');
       await exited(p);
-      assert.equal(p.exitCode, 0, fs.readFileSync(path.join(dir, 'protect.log'), 'utf8').slice(-2000));
+      assert.equal(p.exitCode, 0, logOf(p).slice(-2000));
       assert.equal(jumps(), 0, 'rules removed at stop');
       const after = ping(bed, 10);
       assert.equal(after.received, 10);
@@ -127,8 +134,7 @@ describe('67 protect with a network buffer', function () {
       const dead = ping(bed, 10);
       assert.equal(dead.received, 0, 'no listener: the guest\'s packets are dropped, never released unacknowledged');
       const p2 = protect();
-      await sleep(500);
-      await waitFor('protect running again', () => fs.readFileSync(path.join(dir, 'protect.log'), 'utf8').split('protected: t67').length >= 3, 30_000);
+      await waitFor('protect running again', () => logOf(p2).includes('protected: t67'), 60_000);
       assert.equal(jumps(), 1, 'one jump: the stale rules were replaced, not duplicated');
       const again = ping(bed, 10);
       assert.equal(again.received, 10);
@@ -156,7 +162,8 @@ describe('67 protect with a network buffer', function () {
         inDom0(['backup', '--listen', '127.0.0.1:7467', '--insecure'], 'backup.log');
         await sleep(1000);
         const p = inDom0(['protect', 'sim:t67b', '127.0.0.1:7467', '--insecure', '--memory', '16MiB', '--disk', '0', '--rate', '200',
-          '-i', '5000', '--heartbeat-timeout', '20000', '--net-buffer', 'nfqueue', '--vif', bed.vif, '--commit-protection', 'pgwire'], 'protect-b.log');
+          '-i', '5000', '--heartbeat-timeout', '20000', '--net-buffer', 'nfqueue', '--vif', bed.vif, '--commit-protection', 'pgwire',
+          '--queue', '7067'], 'protect-b.log');
         const primary = (): Promise<Record<string, unknown>> => controlRequest(path.join(dir, 'primary-t67b.sock'), { cmd: 'status' });
         await waitFor('protected', () => fs.readFileSync(path.join(dir, 'protect-b.log'), 'utf8').includes('protected: t67b'), 60_000);
         const zs = (conn: number): number => client.count(`z ${conn} `);

@@ -8,6 +8,7 @@ import { registerTrace } from './trace';
 import { registerReplication } from './replication';
 import { registerDemo } from './demo';
 import { registerDisk } from './disk';
+import { registerRecord } from './record';
 
 export function buildProgram(): Command {
   const program = new Command('remusdb')
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerReplication(program);
   registerDemo(program);
   registerDisk(program);
+  registerRecord(program);
   return program;
 }
 

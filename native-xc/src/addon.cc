@@ -14,6 +14,7 @@ void InitNetlink(Napi::Env env, Napi::Object exports);
 #ifdef REMUS_HAVE_XEN
 void InitXen(Napi::Env env, Napi::Object exports);
 void InitXenSave(Napi::Env env, Napi::Object exports);
+void InitXenLogdirty(Napi::Env env, Napi::Object exports);
 #endif
 #ifdef REMUS_HAVE_NFQUEUE
 void InitNfqueue(Napi::Env env, Napi::Object exports);
@@ -37,6 +38,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #ifdef REMUS_HAVE_XEN
   remus::InitXen(env, exports);
   remus::InitXenSave(env, exports);
+  remus::InitXenLogdirty(env, exports);
   parts.Set("xen", true);
 #else
   parts.Set("xen", false);

@@ -24,6 +24,28 @@ export function xenAddon(): XenAddon {
   return requirePart('xen') as unknown as XenAddon;
 }
 
+/** Log-dirty and foreign-mapping bindings (native-xc/src/xen_logdirty.cc), for `remusdb record`. */
+export interface XenLogdirtyAddon {
+  xenDomainInfo(d: string | number): XenDomainInfo;
+  /** Throws ERR_XEN with details.errno (EINVAL: already on; EOPNOTSUPP: no log-dirty support). */
+  xenLogdirtyEnable(domid: number): void;
+  xenLogdirtyDisable(domid: number): void;
+  /** Copies the dirty bitmap (bit i = pfn i) into bitmap and clears it in Xen; returns the bits set. */
+  xenLogdirtyPeekClean(domid: number, bitmap: Buffer): number;
+  /** Reads ≤ 1024 pages read-only into out (page i at i × 4096); errs[i] = 0 or its errno. Returns pages read. */
+  xenMapRead(domid: number, pfns: Uint32Array | BigUint64Array, out: Buffer, errs: Int32Array): number;
+  /** Drops the cached p2m mapping and the foreign-memory handle. */
+  xenMapRelease(): void;
+}
+
+export function xenLogdirtyAddon(): XenLogdirtyAddon {
+  const a = requirePart('xen') as unknown as Partial<XenLogdirtyAddon>;
+  if (typeof a.xenLogdirtyPeekClean !== 'function' || typeof a.xenMapRead !== 'function') {
+    throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with `npm run install`');
+  }
+  return a as XenLogdirtyAddon;
+}
+
 /** Largest guest the adapter takes (the backup keeps a whole image in memory). */
 export const XEN_PAGES_MAX = 16 * 2 ** 30 / 4096;
 

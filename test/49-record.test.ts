@@ -53,17 +53,19 @@ class FakeXen implements XenLogdirtyAddon {
     this.logdirty = true;
   }
   xenLogdirtyDisable(): void { this.logdirty = false; this.disables++; }
-  xenLogdirtyPeekClean(domid: number, bitmap: Buffer): number {
+  xenLogdirtyPeekClean(domid: number, bitmap: Buffer, clean = true): number {
     assert.equal(domid, 5);
-    assert.ok(this.logdirty, 'peek with log-dirty on');
-    if (this.peeks++ === this.failPeekAt) throw new RemusError('ERR_XEN', 'domain destroyed', { errno: 3 });
-    this.write(5);
+    if (clean) {
+      assert.ok(this.logdirty, 'clean with log-dirty on');
+      if (this.peeks++ === this.failPeekAt) throw new RemusError('ERR_XEN', 'domain destroyed', { errno: 3 });
+      this.write(5);
+    }
     bitmap.fill(0);
     let n = 0;
     for (let p = 0; p < this.pages; p++) {
       if (this.dirty[p]) { bitmap[p >> 3] |= 1 << (p & 7); n++; }
     }
-    this.dirty.fill(0);
+    if (clean) this.dirty.fill(0);
     return n;
   }
   xenMapRead(domid: number, pfns: Uint32Array | BigUint64Array, out: Buffer, errs: Int32Array): number {
@@ -167,6 +169,11 @@ describe('49 record', () => {
       e.code === 'ERR_XEN' && /already on.*another tool/.test(e.message));
     assert.equal(xen.logdirty, true);
     assert.equal(xen.disables, 0);
+    xen.dirty[9] = 1;  // the other user's pending bits: refused before asking Xen to enable
+    await assert.rejects(recordDomain(opts(xen, 'b.rdt')), (e: RemusError) =>
+      /already on.*1 dirty pages are pending/.test(e.message) && e.details.pending === 1);
+    assert.equal(xen.dirty[9], 1, 'the other user\'s bitmap is left as it was');
+    assert.equal(xen.disables, 0);
     const noShadow = new FakeXen(64);
     noShadow.enableErrno = 95;
     await assert.rejects(recordDomain(opts(noShadow, 'c.rdt')), /cannot track its dirty pages.*shadow paging/);
@@ -203,6 +210,7 @@ describe('49 record', () => {
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)), (e: RemusError) => e.code === 'ERR_XEN');
     assert.throws(() => a.xenLogdirtyEnable(0), TypeError);
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(12)), RangeError);
+    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16), 1 as unknown as boolean), TypeError);
     assert.throws(() => a.xenMapRead(5, new Uint32Array(1025), Buffer.alloc(1025 * PAGE), new Int32Array(1025)), RangeError);
     assert.throws(() => a.xenMapRead(5, new Uint32Array(2), Buffer.alloc(PAGE), new Int32Array(2)), RangeError);
     assert.throws(() => a.xenMapRead(5, new Uint16Array(2) as unknown as Uint32Array, Buffer.alloc(2 * PAGE), new Int32Array(2)), TypeError);

@@ -84,6 +84,7 @@ export class XenProtectService {
     // Unprotected from here: the buffer goes first (the domain may be gone, and closing the
     // save loop may wait for libxc), so its rules or qdiscs never outlive this process.
     this.net?.close();
+    if (this.net) this.cfg.log(`protection of ${this.domain.name} stopped: its network buffer is removed`);
     await this.domain.close();
   }
 

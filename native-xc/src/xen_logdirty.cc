@@ -116,13 +116,16 @@ uint32_t CountBits(const uint8_t* p, size_t n) {
   return c;
 }
 
-// xenLogdirtyPeekClean(domid, bitmap: Buffer) -> dirty pages: the bitmap since the last
-// clean (bit i = pfn i, bytes little-endian), cleared in Xen. bitmap.length * 8 pfns.
+// xenLogdirtyPeekClean(domid, bitmap: Buffer, clean = true) -> dirty pages: the bitmap
+// since the last clean (bit i = pfn i, bytes little-endian), cleared in Xen unless clean is
+// false (PEEK: leaves the bitmap to its owner; all zero while log-dirty is off).
 Napi::Value PeekClean(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t domid = ArgDomid(info);
-  if (domid == kBadDomid || info.Length() != 2 || !info[1].IsBuffer())
-    return ThrowType(env, "xenLogdirtyPeekClean(domid, bitmap: Buffer)"), env.Undefined();
+  bool badClean = info.Length() == 3 && !info[2].IsBoolean();
+  if (domid == kBadDomid || info.Length() < 2 || info.Length() > 3 || !info[1].IsBuffer() || badClean)
+    return ThrowType(env, "xenLogdirtyPeekClean(domid, bitmap: Buffer, clean?: boolean)"), env.Undefined();
+  unsigned int op = info.Length() == 3 && !info[2].As<Napi::Boolean>().Value() ? XEN_DOMCTL_SHADOW_OP_PEEK : XEN_DOMCTL_SHADOW_OP_CLEAN;
   auto bitmap = info[1].As<Napi::Buffer<uint8_t>>();
   size_t bytes = bitmap.Length();
   if (bytes == 0 || bytes % 8 != 0 || bytes > (size_t{1} << 28))
@@ -138,12 +141,12 @@ Napi::Value PeekClean(const Napi::CallbackInfo& info) {
   if (!hbuf) return ThrowXenErrno(env, "xc_hypercall_buffer_alloc_pages", errno ? errno : ENOMEM, ""), env.Undefined();
   std::memset(hbuf, 0, bytes);
   errno = 0;
-  long long rc = xc_logdirty_control(xch, domid, XEN_DOMCTL_SHADOW_OP_CLEAN, &hb,
+  long long rc = xc_logdirty_control(xch, domid, op, &hb,
                                      static_cast<unsigned long>(bytes * 8), 0, nullptr);
   int err = errno;
   if (rc >= 0) std::memcpy(bitmap.Data(), hbuf, bytes);
   xc__hypercall_buffer_free_pages(xch, &hb, static_cast<int>(nrPages));
-  if (rc < 0) return ThrowXenErrno(env, "xc_logdirty_control", err, "CLEAN of domain " + std::to_string(domid)), env.Undefined();
+  if (rc < 0) return ThrowXenErrno(env, "xc_logdirty_control", err, std::string(op == XEN_DOMCTL_SHADOW_OP_PEEK ? "PEEK" : "CLEAN") + " of domain " + std::to_string(domid)), env.Undefined();
   return Napi::Number::New(env, CountBits(bitmap.Data(), bytes));
 }
 

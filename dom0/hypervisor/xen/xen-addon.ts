@@ -30,8 +30,11 @@ export interface XenLogdirtyAddon {
   /** Throws ERR_XEN with details.errno (EINVAL: already on; EOPNOTSUPP: no log-dirty support). */
   xenLogdirtyEnable(domid: number): void;
   xenLogdirtyDisable(domid: number): void;
-  /** Copies the dirty bitmap (bit i = pfn i) into bitmap and clears it in Xen; returns the bits set. */
-  xenLogdirtyPeekClean(domid: number, bitmap: Buffer): number;
+  /**
+   * Copies the dirty bitmap (bit i = pfn i) into bitmap and clears it in Xen (clean = false:
+   * leaves it; all zero while log-dirty is off); returns the bits set.
+   */
+  xenLogdirtyPeekClean(domid: number, bitmap: Buffer, clean?: boolean): number;
   /** Reads ≤ 1024 pages read-only into out (page i at i × 4096); errs[i] = 0 or its errno. Returns pages read. */
   xenMapRead(domid: number, pfns: Uint32Array | BigUint64Array, out: Buffer, errs: Int32Array): number;
   /** Drops the cached p2m mapping and the foreign-memory handle. */

@@ -83,14 +83,25 @@ export function domidOf(addon: XenLogdirtyAddon, domain: string): XenDomainInfo 
   return info;
 }
 
-/** Turns log-dirty on, or says clearly why the hypervisor refused. */
-export function enableLogdirty(addon: XenLogdirtyAddon, domid: number, name: string): void {
+const ALREADY_ON = 'log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, another remusdb record, xl migrate or xl remus; for HVM possibly QEMU\'s VRAM tracking); record cannot share it (each reader clears the bitmap for the other): stop that first';
+
+/**
+ * Turns log-dirty on, or says clearly why not. Xen does not reliably refuse a second ENABLE
+ * (the lab's 4.17 let a second recorder in), so the bitmap is peeked first without clearing
+ * it: while log-dirty is off it is all zero; bits there mean someone else is tracking.
+ */
+export function enableLogdirty(addon: XenLogdirtyAddon, domid: number, name: string, bitmap: Buffer): void {
+  let pending = 0;
+  try { pending = addon.xenLogdirtyPeekClean(domid, bitmap, false); } catch { /* no bitmap to peek: not on */ }
+  if (pending > 0) {
+    throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON} (${pending} dirty pages are pending in its bitmap)`, { domid, pending });
+  }
   try {
     addon.xenLogdirtyEnable(domid);
   } catch (e) {
     const errno = (e as RemusError).details?.errno;
     if (errno === EINVAL) {
-      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, xl migrate or xl remus; for HVM possibly QEMU's VRAM tracking) or it has passthrough devices; record cannot share it: stop that first (${(e as Error).message})`, { domid, errno });
+      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON}, or it has passthrough devices (${(e as Error).message})`, { domid, errno });
     }
     if (errno === EOPNOTSUPP) {
       throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`, { domid, errno });
@@ -190,7 +201,7 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
   const bitmap = Buffer.alloc(Math.ceil(totalPages / 64) * 8);
   const pfns = new Uint32Array(totalPages);
   let dirtyCounts = new Uint32Array(1 << 12);  // incremental epochs' dirty pages, grown ×2
-  enableLogdirty(o.addon, domid, o.domain);
+  enableLogdirty(o.addon, domid, o.domain, bitmap);
   log(`recording domain ${o.domain} (id ${domid}, ${info.hvm ? 'HVM' : 'PV'}, ${totalPages} pages) every ${o.intervalMs} ms for ${o.seconds} s → ${o.out}`);
   let rec: Recorder | undefined;
   const tStart = performance.now();
@@ -240,7 +251,7 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
 
 /** Log-dirty off (a destroyed domain needs nothing); the cached p2m mapping released. */
 function disableQuietly(addon: XenLogdirtyAddon, domid: number, log: (l: string) => void): void {
-  try { addon.xenLogdirtyDisable(domid); } catch (e) {
+  try { addon.xenLogdirtyDisable(domid); log(`log-dirty mode of domain ${domid} switched off`); } catch (e) {
     if ((e as RemusError).details?.errno !== ESRCH) log(`warning: could not switch log-dirty off for domain ${domid}: ${(e as Error).message}`);
   }
   try { addon.xenMapRelease(); } catch { /* nothing held */ }

@@ -58,7 +58,7 @@ cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
 node bin/remusdb backup --listen 127.0.0.1:7400 --insecure > $W/backup.out 2> $W/backup.err &
 BP=$!
-node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure -n -F -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-30000}" \
+node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure -n -F -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-90000}" \
   --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!
 t=$(lab_now)
@@ -96,14 +96,21 @@ field() { # field ROLE KEY: a value from remusdb status --json
 
 # 1. Protection starts (disk copy, full memory copy), then epochs are acknowledged.
 t=$(lab_now); acked=0
-while [ "$(lab_since "$t" | cut -d. -f1)" -lt 600 ]; do
+while [ "$(lab_since "$t" | cut -d. -f1)" -lt 420 ]; do
   sleep 5
   acked=$(status | field primary ackedEpoch)
   [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] && break
   kill -0 $PP 2>/dev/null || break
 done
 lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
-[[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] || lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+if ! { [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; }; then
+  lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+  status > $W/status-primary.json; lab_guest_log $DOMU | tail -n 20
+  kill -TERM $PP $BP 2>/dev/null; sleep 3
+  tail -n 40 $W/protect.err; tail -n 20 $W/backup.err
+  cp $W/*.out $W/*.err $W/*.json $W/*.cfg "$LAB_OUT/" 2>/dev/null
+  lab_result; exit
+fi
 
 # 2. The guest keeps writing while protected.
 dA=$(lab_http "$IP" 7777 /disk 10)

@@ -1,10 +1,11 @@
 #!/bin/bash
 # record: `remusdb record` traces a running PV domU's dirty pages (log-dirty + read-only
 # foreign mapping) into an RDTRACE1 file while a client reads its counter, then `remusdb
-# bench trace` replays that trace in dom0 and verifies every epoch. Also checks that a
-# second recorder is refused while the first holds log-dirty mode (and how Xen says so),
-# that log-dirty is off afterwards (a second short recording works), and that the guest
-# still answers. Prints XENLAB NUMBERS record: epochs, dirty pages per epoch, trace bytes,
+# bench trace` replays that trace in dom0 and verifies every epoch. Also checks that
+# log-dirty is off after a recording (a PEEK of the bitmap stays 0 while the guest runs),
+# that a second recorder is refused while one runs (and how), that SIGINT ends a recording
+# cleanly, that a new recording can start, and that the guest was not disturbed.
+# Prints XENLAB NUMBERS record: epochs, dirty pages per epoch, trace bytes,
 # bench trace's compression ratios. Knobs (dom0 env): RECORD_MEM, RECORD_INTERVAL,
 # RECORD_SECONDS, RECORD_EPOCHS_MIN.
 . /lab/dom0-lib.sh
@@ -28,27 +29,43 @@ cd "$REMUSDB" || lab_fail "no project"
 ( while :; do lab_http "$IP" 7777 /counter 2 > /dev/null; sleep 0.2; done ) &
 CLIENT=$!
 
-# 1. The recording, in the background so that a second recorder can try to join it.
-t=$(lab_now)
-timeout -k 5 $((SECS + 600)) node bin/remusdb record "$DOMU" --out "$TRACE" --interval "$INTERVAL" --seconds "$SECS" --json > /tmp/record.json 2> /tmp/record.err &
-RP=$!
-for i in $(seq 1 600); do grep -q "^epoch 0:" /tmp/record.err && break; kill -0 $RP 2>/dev/null || break; sleep 0.5; done
-lab_log "record: first epoch done after $(lab_since "$t") s: $(grep '^epoch 0:' /tmp/record.err)"
+# Dirty bits pending in the domain's log-dirty bitmap, read without clearing them (PEEK):
+# always 0 while log-dirty is off (Xen frees the bitmap), soon > 0 while it is on.
+peek_bits() {
+  node -e 'const a = require(process.argv[1]); console.log(a.xenLogdirtyPeekClean(Number(process.argv[2]), Buffer.alloc(8192), false))' \
+    "$REMUSDB/native-xc/build/Release/remusdb_native.node" "$(xl domid "$DOMU")" 2>&1
+}
+check_off() { # check_off WHEN: two peeks 2 s apart, the guest running, both 0
+  local a b; a=$(peek_bits); sleep 2; b=$(peek_bits)
+  [ "$a" = 0 ] && [ "$b" = 0 ] && lab_log "ok: log-dirty is off $1 (peek: $a, $b)" || lab_fail "log-dirty still on $1 (peek: '$a', '$b')"
+}
 
-# 2. While it runs, a second recorder must be refused, clearly.
-if kill -0 $RP 2>/dev/null; then
-  node bin/remusdb record "$DOMU" --out /tmp/busy.rdt --seconds 1 > /dev/null 2> /tmp/busy.err; brc=$?
-  lab_log "second recorder while the first runs: rc=$brc: $(head -c 600 /tmp/busy.err)"
-  BUSY_ERRNO=$(grep -o 'errno [0-9]*' /tmp/busy.err | head -1 | cut -d' ' -f2)
-  [ $brc = 1 ] && grep -q "already on" /tmp/busy.err || lab_fail "a second recorder was not refused with 'already on' (rc $brc)"
-else
-  lab_fail "the recorder ended before its first epoch: $(tail -c 600 /tmp/record.err)"
-fi
-wait $RP; rrc=$?
-lab_log "record: rc=$rrc after $(lab_since "$t") s"
+# 1. The recording.
+lab_step record $((SECS + 600)) node bin/remusdb record "$DOMU" --out "$TRACE" --interval "$INTERVAL" --seconds "$SECS" --json > /tmp/record.json 2> /tmp/record.err; rrc=$?
 sed 's/^/  record: /' /tmp/record.err
-kill $CLIENT 2>/dev/null; wait $CLIENT 2>/dev/null
 [ $rrc = 0 ] || lab_fail "remusdb record failed (rc $rrc): $(tail -c 400 /tmp/record.err)"
+check_off "after the recording"
+
+# 2. A second recorder while one runs must be refused, clearly; Ctrl-C ends the first cleanly.
+node bin/remusdb record "$DOMU" --out /tmp/a.rdt --interval "$INTERVAL" --seconds 120 --json > /tmp/a.json 2> /tmp/a.err &
+AP=$!
+for i in $(seq 1 600); do grep -q "^epoch 0:" /tmp/a.err && break; kill -0 $AP 2>/dev/null || break; sleep 0.5; done
+if kill -0 $AP 2>/dev/null; then
+  sleep 1; ON=$(peek_bits)
+  lab_log "recorder A in its incremental epochs; peek shows $ON pending dirty bits"
+  node bin/remusdb record "$DOMU" --out /tmp/busy.rdt --seconds 1 > /dev/null 2> /tmp/busy.err; brc=$?
+  lab_log "recorder B while A runs: rc=$brc: $(head -c 700 /tmp/busy.err)"
+  BUSY_ERRNO=$(grep -o 'errno [0-9]*' /tmp/busy.err | head -1 | cut -d' ' -f2)
+  [ $brc = 1 ] && grep -q "already on" /tmp/busy.err && lab_log "ok: B refused" || lab_fail "recorder B was not refused with 'already on' (rc $brc)"
+  kill -INT $AP
+else
+  lab_fail "recorder A ended before its first epoch: $(tail -c 600 /tmp/a.err)"
+fi
+wait $AP; arc=$?
+sed 's/^/  A: /' /tmp/a.err
+[ $arc = 0 ] && grep -q '"stoppedBy":"signal"' /tmp/a.json && lab_log "ok: A stopped by SIGINT, rc 0" || lab_fail "recorder A did not end cleanly on SIGINT (rc $arc)"
+check_off "after SIGINT"
+kill $CLIENT 2>/dev/null; wait $CLIENT 2>/dev/null
 
 jf() { node -e 'const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").pop() || "{}"); const v = r[process.argv[2]]; console.log(v == null ? "" : v)' "$1" "$2" 2>/dev/null; }
 EPOCHS=$(jf /tmp/record.json epochs); P50=$(jf /tmp/record.json dirtyP50); P99=$(jf /tmp/record.json dirtyP99)
@@ -57,7 +74,7 @@ BYTES=$(stat -c %s "$TRACE" 2>/dev/null); FIRST_MS=$(jf /tmp/record.json firstEp
 lab_log "trace: $EPOCHS epochs, first $FIRST of $TOTAL pages ($UNREAD unreadable), dirty p50 $P50 p99 $P99, $BYTES bytes, stopped by $STOP"
 [[ "$EPOCHS" =~ ^[0-9]+$ ]] && [ "$EPOCHS" -ge "$EPOCHS_MIN" ] || lab_fail "only '$EPOCHS' epochs (want >= $EPOCHS_MIN)"
 
-# 3. Log-dirty is off again: a second recording can switch it on.
+# 3. And a new recording can switch it on again.
 lab_step record2 300 node bin/remusdb record "$DOMU" --out /tmp/domu2.rdt --interval "$INTERVAL" --seconds 2 > /dev/null 2> /tmp/record2.err \
   && lab_log "ok: log-dirty was off after the first recording (a second one ran)" \
   || lab_fail "a second recording failed: $(tail -c 400 /tmp/record2.err)"
@@ -75,8 +92,8 @@ SENT=$(jf /tmp/bench.json sent_bytes); SENTINC=$(jf /tmp/bench.json sent_bytes_i
 lab_log "bench trace: $BE epochs, verified $VER, ratio $RATIO, incremental $RINC, hit rate $HIT"
 [ "$VER" = true ] && [ "$BE" = "$EPOCHS" ] || lab_fail "bench trace did not verify every epoch (verified '$VER', $BE of $EPOCHS epochs)"
 
-echo "XENLAB NUMBERS record: mem_mib=$MEM interval_ms=$INTERVAL seconds=$SECS epochs=$EPOCHS total_pages=$TOTAL first_epoch_pages=$FIRST first_epoch_ms=$FIRST_MS unreadable=$UNREAD dirty_p50=$P50 dirty_p99=$P99 trace_bytes=$BYTES bench_ratio=$RATIO bench_ratio_incremental=$RINC hit_rate_incremental=$HIT sent_bytes=$SENT sent_bytes_incremental=$SENTINC busy_errno=${BUSY_ERRNO:-}"
-cp /tmp/record.json /tmp/record.err /tmp/record2.err /tmp/busy.err /tmp/bench.json /tmp/bench.err "$LAB_OUT/" 2>/dev/null
+echo "XENLAB NUMBERS record: mem_mib=$MEM interval_ms=$INTERVAL seconds=$SECS epochs=$EPOCHS total_pages=$TOTAL first_epoch_pages=$FIRST first_epoch_ms=$FIRST_MS unreadable=$UNREAD dirty_p50=$P50 dirty_p99=$P99 trace_bytes=$BYTES bench_ratio=$RATIO bench_ratio_incremental=$RINC hit_rate_incremental=$HIT sent_bytes=$SENT sent_bytes_incremental=$SENTINC busy_errno=${BUSY_ERRNO:-} peek_while_on=${ON:-}"
+cp /tmp/record.json /tmp/record.err /tmp/record2.err /tmp/busy.err /tmp/a.json /tmp/a.err /tmp/bench.json /tmp/bench.err "$LAB_OUT/" 2>/dev/null
 gzip -1 -c "$TRACE" > /tmp/domu.rdt.gz
 GZ=$(stat -c %s /tmp/domu.rdt.gz)
 lab_log "gzipped trace: $GZ bytes"

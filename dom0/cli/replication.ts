@@ -182,6 +182,7 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
   }
   if (!o.blackhole && !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
   if (spec.kind === 'xen') return runXenProtect(spec.name, backupArg, o);
+  if (o.diskImage || o.diskDevice) throw new RemusError(ErrorCode.BAD_ARGUMENT, '--disk-image and --disk-device are for Xen domains; a simulated domain\'s disk is --disk <size>');
   const net = netPlan(o, { kind: 'sim', name: spec.name, domid: 0 });
   const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
   const pages = o.memory / PAGE_SIZE;

@@ -14,6 +14,7 @@ import { BlockFile } from '../disk/block-file';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';
+import { announceFailover } from '../hypervisor/xen/failover-notice';
 
 export interface BackupConfig {
   host: string;
@@ -83,7 +84,7 @@ export class BackupService {
   }
 
   private replicaFor(h: HelloInfo): SimReplica | XenReplica {
-    if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log));
+    if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log, { diskDir: this.cfg.diskDir }));
     if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated or Xen domains; ${h.domain} is a ${h.kind} domain`);
     let disk: BlockFile | null = null;
     if (h.diskBytes > 0 && this.cfg.reuseDisk) {
@@ -156,7 +157,11 @@ export class BackupService {
       this.exposure.onFailover(Number(detail.epoch));
       if (detail.resuming !== true) this.exposure.onResumed();
     }
-    if (name === 'resumed') this.exposure.onResumed();
+    if (name === 'resumed') {
+      this.exposure.onResumed();
+      // A Xen guest learns it is the failed-over copy (its agent starts database recovery).
+      if (typeof detail.domid === 'number') announceFailover(detail.domid, Number(detail.epoch), this.cfg.log);
+    }
     if (name === 'session') this.cfg.log(`primary connected: ${String(detail.domain)} (${String(detail.pages)} pages)`);
     if (name === 'failover') this.cfg.log(`FAILOVER (${String(detail.reason)}): resumed ${String(this.backup.domain)} from epoch ${String(detail.epoch)}, seq ${String(detail.seq)}`);
     if (name === 'no-checkpoint') this.cfg.log(`primary gone (${String(detail.reason)}) before any checkpoint committed: nothing to resume`);

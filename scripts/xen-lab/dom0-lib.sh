@@ -120,3 +120,13 @@ lab_nbd_attach() { # lab_nbd_attach PORT /dev/nbdN: the kernel NBD client on our
   modprobe nbd nbds_max=8 2>/dev/null
   nbd-client 127.0.0.1 "$1" "$2" -N remusdb -b 4096
 }
+
+# remusdb status --json of this dom0's processes, and one field of one role's entry from it.
+lab_status() { node "$REMUSDB/bin/remusdb" status --json 2>/dev/null; }
+lab_field() { # lab_field ROLE KEY < status.json: a value (KEY may be dotted: guest.pageCount)
+  node -e '
+    const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
+    const p = (s.processes || []).find((x) => x.role === process.argv[1]) || {};
+    const v = process.argv[2].split(".").reduce((o, k) => (o == null ? o : o[k]), p);
+    console.log(v == null ? "" : v);' "$1" "$2" 2>/dev/null
+}

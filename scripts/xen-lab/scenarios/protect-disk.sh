@@ -85,14 +85,8 @@ while [ -z "$d0" ] && [ "$(lab_since "$t" | cut -d. -f1)" -lt 120 ]; do d0=$(num
 boot0=$(lab_http "$IP" 7777 /boot)
 lab_log "domU up: boot $boot0, last block written $d0"
 
-status() { node bin/remusdb status --json 2>/dev/null; }
-field() { # field ROLE KEY: a value from remusdb status --json
-  node -e '
-    const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    const p = (s.processes || []).find((x) => x.role === process.argv[1]) || {};
-    const v = process.argv[2].split(".").reduce((o, k) => (o == null ? o : o[k]), p);
-    console.log(v == null ? "" : v);' "$1" "$2" 2>/dev/null
-}
+status() { lab_status; }
+field() { lab_field "$@"; }
 
 # 1. Protection starts (disk copy, full memory copy), then epochs are acknowledged.
 t=$(lab_now); acked=0

@@ -39,14 +39,8 @@ case $NET in none) NETARGS=(-n -F) ;; *) NETARGS=(--net-buffer "$NET") ;; esac
 node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-60000}" > /tmp/protect.out 2> /tmp/protect.err &
 PP=$!
 
-status() { node bin/remusdb status --json 2>/dev/null; }
-field() { # field ROLE KEY: a number from remusdb status --json
-  node -e '
-    const s = JSON.parse(require("fs").readFileSync(0, "utf8"));
-    const p = (s.processes || []).find((x) => x.role === process.argv[1]) || {};
-    const v = process.argv[2].split(".").reduce((o, k) => (o == null ? o : o[k]), p);
-    console.log(v == null ? "" : v);' "$1" "$2" 2>/dev/null
-}
+status() { lab_status; }
+field() { lab_field "$@"; }
 
 # 1. Protection starts: the full copy is acknowledged, then epochs keep being acknowledged.
 t=$(lab_now); acked=0

@@ -211,6 +211,7 @@ function netLine(net: ReturnType<typeof netPlan>): string {
 async function runXenProtect(name: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
   if (o.blackhole || !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'Xen domains need a backup host (--blackhole is for simulated domains)');
   let net: ReturnType<typeof netPlan> = null;
+  const opened: { net: ReturnType<typeof openDomainNet> | null } = { net: null };
   const disk = o.diskImage ? await openXenProtectDisk({
     domain: name, waitMs: o.waitDomain * 1000, image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice,
     clock: realClock, unackedBytesMax: o.diskBuffer, log,
@@ -226,13 +227,13 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
     diskFlush: disk?.flush ?? null,
     netBuffer: (domainName, domid) => {
       net = netPlan(o, { kind: 'xen', name: domainName, domid });
-      return net ? openDomainNet(net) : null;
+      return (opened.net = net ? openDomainNet(net) : null);
     },
     log,
   });
   svc.start();
   log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}${net ? netLine(net) : '; outputs NOT buffered (-n)'}`);
-  try { await runUntilStopped(svc, o.seconds); } finally { await disk?.close(); }
+  try { await runUntilStopped(svc, o.seconds); } finally { opened.net?.close(); await disk?.close(); }
 }
 
 function progressLine(s: Record<string, unknown>): string {
@@ -310,7 +311,7 @@ function untilSignal(onStop: () => Promise<void>): Promise<void> {
   return new Promise((resolve) => {
     const stop = (): void => {
       process.off('SIGINT', stop); process.off('SIGTERM', stop);
-      onStop().then(resolve, resolve);
+      onStop().then(resolve, (e: Error) => { log(`stopping: ${e.message}`); resolve(); });
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);

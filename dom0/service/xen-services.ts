@@ -78,13 +78,16 @@ export class XenProtectService {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.reconnector.stop();
-    this.primary.stop();
-    this.control.close();
-    // Unprotected from here: the buffer goes first (the domain may be gone, and closing the
-    // save loop may wait for libxc), so its rules or qdiscs never outlive this process.
-    this.net?.close();
-    if (this.net) this.cfg.log(`protection of ${this.domain.name} stopped: its network buffer is removed`);
+    try {
+      this.reconnector.stop();
+      this.primary.stop();
+      this.control.close();
+    } finally {
+      // Unprotected from here: the buffer goes before the save loop (the domain may be gone,
+      // and closing the loop may wait for libxc), so its rules or qdiscs never outlive us.
+      this.net?.close();
+      if (this.net) this.cfg.log(`protection of ${this.domain.name} stopped: its network buffer is removed`);
+    }
     await this.domain.close();
   }
 

@@ -130,3 +130,18 @@ lab_field() { # lab_field ROLE KEY < status.json: a value (KEY may be dotted: gu
     const v = process.argv[2].split(".").reduce((o, k) => (o == null ? o : o[k]), p);
     console.log(v == null ? "" : v);' "$1" "$2" 2>/dev/null
 }
+
+# Waits (polling every 5 s: each poll starts node twice) until the primary's acknowledged
+# epoch reaches MIN, the protect process PID is gone, or SECONDS pass; prints that epoch.
+lab_wait_acked() { # lab_wait_acked PID MIN SECONDS
+  local t acked=
+  t=$(lab_now)
+  while [ "$(lab_since "$t" | cut -d. -f1)" -lt "$3" ]; do
+    sleep 5
+    acked=$(lab_status | lab_field primary ackedEpoch)
+    [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge "$2" ] && break
+    kill -0 "$1" 2>/dev/null || break
+  done
+  lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
+  echo "$acked"
+}

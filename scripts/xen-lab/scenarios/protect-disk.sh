@@ -89,14 +89,7 @@ status() { lab_status; }
 field() { lab_field "$@"; }
 
 # 1. Protection starts (disk copy, full memory copy), then epochs are acknowledged.
-t=$(lab_now); acked=0
-while [ "$(lab_since "$t" | cut -d. -f1)" -lt 420 ]; do
-  sleep 5
-  acked=$(status | field primary ackedEpoch)
-  [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] && break
-  kill -0 $PP 2>/dev/null || break
-done
-lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
+acked=$(lab_wait_acked "$PP" 3 420)
 if ! { [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; }; then
   lab_fail "checkpoints were not acknowledged (acked '${acked}')"
   status > $W/status-primary.json; lab_guest_log $DOMU | tail -n 20

@@ -43,14 +43,7 @@ status() { lab_status; }
 field() { lab_field "$@"; }
 
 # 1. Protection starts: the full copy is acknowledged, then epochs keep being acknowledged.
-t=$(lab_now); acked=0
-while [ "$(lab_since "$t" | cut -d. -f1)" -lt 420 ]; do   # each poll starts node twice: poll slowly
-  sleep 5
-  acked=$(status | field primary ackedEpoch)
-  [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] && break
-  kill -0 $PP 2>/dev/null || break
-done
-lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
+acked=$(lab_wait_acked "$PP" 3 420)
 [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] || lab_fail "checkpoints were not acknowledged (acked '${acked}')"
 xl list
 

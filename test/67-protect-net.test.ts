@@ -13,6 +13,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createTestbed, destroyTestbed, type Testbed } from '../dom0/net/netns-testbed';
 import { listRules } from '../dom0/net/iptables-rules';
+import { GateSet, xenVifs } from '../dom0/net/domain-net';
+import type { OutputGate } from '../dom0/engine/ports';
 import { ROOT, runCli, tmpDir } from './support/helpers';
 import { controlRequest } from '../dom0/service/control';
 import { sysctl } from '../dom0/net/netns-testbed';
@@ -66,6 +68,21 @@ describe('67 protect with a network buffer', function () {
       assert.match(r.stderr, re, args.join(' '));
       assert.match(r.stderr, /\[ERR_(BAD_ARGUMENT|NETBUF)\]/);
     }
+  });
+
+  it('67.5 one gate over all vifs: every step reaches each interface; vifs found in device order', () => {
+    const calls: string[] = [];
+    const fake = (n: string): OutputGate => ({ held: 2, barrier: (e) => calls.push(`${n}b${e}`), release: (e) => calls.push(`${n}r${e}`),
+      setPassThrough: (on) => calls.push(`${n}p${on}`), discard: () => calls.push(`${n}d`) });
+    const g = new GateSet([fake('a'), fake('b')]);
+    g.barrier(3); g.release(3); g.setPassThrough(true); g.discard();
+    assert.deepEqual(calls, ['ab3', 'bb3', 'ar3', 'br3', 'aptrue', 'bptrue', 'ad', 'bd']);
+    assert.equal(g.held, 4);
+    const sys = tmpDir('t67sys');
+    for (const n of ['vif7.10', 'vif7.2', 'vif70.0', 'vif7.0', 'eth0']) fs.mkdirSync(path.join(sys, n));
+    assert.deepEqual(xenVifs(7, sys), ['vif7.0', 'vif7.2', 'vif7.10']);
+    assert.deepEqual(xenVifs(8, sys), []);
+    assert.deepEqual(xenVifs(7, path.join(sys, 'missing')), []);
   });
 
   describe('on the netns test bed (root)', () => {

@@ -421,7 +421,8 @@ function startServerProcess(image: string): Promise<{ port: number; stop: () => 
   const serveJs = path.join(__dirname, '..', 'dom0', 'disk', 'serve.js');
   const code = `require(${JSON.stringify(serveJs)}).serveDisk({ image: ${JSON.stringify(image)}, host: '127.0.0.1', port: 0 })
     .then((d) => { console.log(String(d.port)); process.on('SIGTERM', () => d.close().then(() => process.exit(0))); })`;
-  const p = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const p = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
+  p.stderr.on('data', (d: Buffer) => process.stderr.write(d));
   return new Promise((resolve, reject) => {
     p.stdout.once('data', (d: Buffer) => resolve({
       port: Number(d.toString().trim()),

@@ -181,7 +181,9 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   static int OnPacket(nfq_q_handle*, nfgenmsg*, nfq_data* nfad, void* data) {
     auto* self = static_cast<NfqueueQueue*>(data);
     nfqnl_msg_packet_hdr* ph = nfq_get_msg_packet_hdr(nfad);
-    if (ph == nullptr || self->count_ >= self->batchMax_) return 0;
+    // nfq_destroy_queue() reads the socket while waiting for its ack and hands queued packet
+    // messages here too: outside ReadBatch the batch pointers are not ours to write.
+    if (!self->reading_ || ph == nullptr || self->count_ >= self->batchMax_) return 0;
     unsigned char* payload = nullptr;
     int len = nfq_get_payload(nfad, &payload);
     if (len < 0) len = 0;
@@ -210,6 +212,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   // Reads up to one batch (batchMax packets) without blocking. Returns packets read.
   uint32_t ReadBatch() {
     count_ = 0;
+    reading_ = true;
     idsData_ = ids_.Value().Data();
     ipLensData_ = ipLens_.Value().Data();
     protosData_ = protos_.Value().Data();
@@ -236,6 +239,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
       for (int k = 0; k < n; k++) Dispatch(recvBuf_.data() + k * recvSlotBytes_, msgs[k].msg_len);
       if (static_cast<uint32_t>(n) < room) break;
     }
+    reading_ = false;
     return count_;
   }
 
@@ -416,6 +420,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   Napi::FunctionReference onBatch_;
   std::unique_ptr<Napi::AsyncContext> asyncContext_;
   uint32_t count_ = 0;
+  bool reading_ = false;  // OnPacket writes the batch only inside ReadBatch
   uint32_t* idsData_ = nullptr;
   uint32_t* ipLensData_ = nullptr;
   uint16_t* protosData_ = nullptr;

@@ -19,7 +19,11 @@ export class NsProcess {
   readonly child: ChildProcess;
   readonly lines: string[] = [];
   constructor(ns: string, script: string, args: string[]) {
-    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
+    // The child ends with its stdin (this process gone, even by a crash), and its stderr is
+    // a pipe we forward: an orphan must never hold the test runner's output open.
+    const prelude = "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();\n";
+    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', prelude + script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
     let rest = '';
     this.child.stdout!.on('data', (d: Buffer) => {
       const parts = (rest + d.toString()).split('\n');

@@ -2,6 +2,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { runCli, tmpDir } from './support/helpers';
 
 describe('30 cli', () => {
@@ -63,5 +64,45 @@ describe('30 cli', () => {
     const o = JSON.parse(r.stdout);
     assert.equal(o.cases.length, 6);
     for (const c of o.cases) assert.ok(c.encode_vs_memcpy > 0 && c.decode_vs_memcpy > 0 && c.wire_ratio > 1, c.name);
+  });
+
+  describe('30.6 a long-running command always runs its stop path, once', () => {
+    // A child process plays protect: its "service" holds one timer; stop() writes a line.
+    const mod = path.join(__dirname, '..', 'dom0', 'cli', 'until-stopped.js');
+    function run(body: string, signal?: NodeJS.Signals): { status: number | null; out: string } {
+      const code = `const { untilStopped } = require(${JSON.stringify(mod)});
+        const log = (l) => process.stdout.write('log ' + l + '\\n');
+        const stop = async () => { await new Promise((r) => setTimeout(r, 50).unref()); process.stdout.write('stopped\\n'); };
+        ${body}
+        ${signal ? `setTimeout(() => process.kill(process.pid, '${signal}'), 100);` : ''}`;
+      const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000 });
+      return { status: r.status, out: r.stdout };
+    }
+
+    it('30.6.1 on SIGTERM: stop runs (even when it waits on unref\'d timers), exit 0', () => {
+      const r = run(`const t = setInterval(() => {}, 1000); untilStopped(async () => { clearInterval(t); await stop(); }, { log });`, 'SIGTERM');
+      assert.equal(r.status, 0);
+      assert.equal(r.out, 'stopped\n');
+    });
+
+    it('30.6.2 the service ends by itself (fenced): the reason is logged, stop runs, exit 3', () => {
+      const r = run(`const t = setInterval(() => {}, 1000);
+        const ended = new Promise((res) => setTimeout(() => res('the backup took over'), 100));
+        untilStopped(async () => { clearInterval(t); await stop(); }, { log, ended });`);
+      assert.equal(r.status, 3);
+      assert.equal(r.out, 'log the backup took over\nstopped\n');
+    });
+
+    it('30.6.3 its last handle closed without a signal: stop still runs before the process ends', () => {
+      const r = run(`const t = setTimeout(() => {}, 100); untilStopped(stop, { log });`);
+      assert.equal(r.status, 0);
+      assert.equal(r.out, 'log nothing left to run: stopping\nstopped\n');
+    });
+
+    it('30.6.4 a second signal while stopping ends the process at once (the way out of a stuck stop)', () => {
+      const r = run(`const t = setInterval(() => {}, 1000);
+        untilStopped(async () => { clearInterval(t); process.kill(process.pid, 'SIGINT'); await stop(); }, { log });`, 'SIGTERM');
+      assert.equal(r.status, null, 'no listener is left for a second signal: its default action ends the process');
+    });
   });
 });

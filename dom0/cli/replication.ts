@@ -15,6 +15,7 @@ import { controlRequest, listSockets, socketPath } from '../service/control';
 import { choiceOption, intOption } from './options';
 import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './net-options';
 import { openDomainNet } from '../net/domain-net';
+import { untilStopped } from './until-stopped';
 import { realClock } from '../engine/clock';
 import { DEFAULT_NBD_PORT } from '../disk/serve';
 import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
@@ -121,7 +122,7 @@ export function registerReplication(program: Command): void {
       });
       await svc.start();
       log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
-      await untilSignal(async () => svc.stop());
+      await untilStopped(async () => svc.stop(), { log });
     });
 
   program.command('reprotect <domain> <new-backup>')
@@ -296,24 +297,14 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
   }
 }
 
-/** Live progress on a terminal until SIGINT/SIGTERM (or `seconds`), then a clean stop. */
-async function runUntilStopped(svc: { status(): Record<string, unknown>; stop(): Promise<void> }, seconds: number | undefined): Promise<void> {
+/** Live progress on a terminal until SIGINT/SIGTERM (or `seconds`, or the service ends itself), then a clean stop. */
+async function runUntilStopped(svc: { status(): Record<string, unknown>; stop(): Promise<void>; ended?: Promise<string> },
+  seconds: number | undefined): Promise<void> {
   const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
   const stopAfter = seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), seconds * 1000) : null;
-  await untilSignal(async () => {
+  await untilStopped(async () => {
     if (live) { clearInterval(live); process.stdout.write('\n'); }
     if (stopAfter) clearTimeout(stopAfter);
     await svc.stop();
-  });
-}
-
-function untilSignal(onStop: () => Promise<void>): Promise<void> {
-  return new Promise((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop); process.off('SIGTERM', stop);
-      onStop().then(resolve, (e: Error) => { log(`stopping: ${e.message}`); resolve(); });
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  }, { ended: svc.ended, log });
 }

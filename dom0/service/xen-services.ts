@@ -52,6 +52,9 @@ export class XenProtectService {
   private stopped = false;
   private readonly reconnector: Reconnector;
   private readonly events: Array<Record<string, unknown>> = [];
+  private endedWith: (why: string) => void = () => {};
+  /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
+  readonly ended = new Promise<string>((resolve) => { this.endedWith = resolve; });
 
   constructor(private readonly cfg: XenProtectConfig) {
     this.domain = XenDomain.open(cfg.domain, { log: cfg.log, ...cfg.xen });
@@ -111,7 +114,10 @@ export class XenProtectService {
       this.cfg.log(`backup lost (${String(detail.reason)}); ${n} keeps running UNPROTECTED, reconnecting`);
       this.reconnector.schedule();
     }
-    if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${n} is paused here (fenced)`);
+    if (name === 'fenced') {
+      this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${n} is paused here (fenced)`);
+      this.endedWith(`protection of ${n} ended: it runs on the backup now (run \`remusdb reprotect\` there to protect it again)`);
+    }
   }
 }
 

@@ -249,14 +249,20 @@ describe('47 xen stream', () => {
     });
 
     /** A save loop that writes checkpoints like libxc and calls back in libxc's order. */
-    function fakeXen(opts: { dieAt?: number } = {}): { x: XenAddon; log: string[] } {
+    function fakeXen(opts: { dieAt?: number; suspendMs?: number } = {}): { x: XenAddon; log: string[] } {
       const log: string[] = [];
       let dying = false, saves = 0;
       const info = (): XenDomainInfo => ({ domid: 7, dying, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: DPAGES * 4, pages: DPAGES, vcpus: 1 });
       const x: XenAddon = {
         xenDomainInfo: () => info(),
         xenDomainConfigJson: () => JSON.stringify({ c_info: { name: 'vm' } }),
-        xenSuspend: () => { log.push('suspend'); if (dying) throw new RemusError('ERR_XEN', 'suspend: the domain is dying (destroyed)'); },
+        xenSuspend: () => { throw new Error('the adapter must not block its thread in xenSuspend'); },
+        xenSuspendAsync: async () => {
+          log.push('suspend');
+          if (opts.suspendMs) await new Promise((r) => setTimeout(r, opts.suspendMs));
+          if (dying) throw new RemusError('ERR_XEN', 'suspend: the domain is dying (destroyed)');
+        },
+        xenPause: () => { log.push('pause'); },
         xenResume: () => { log.push('resume'); },
         makePipe: () => addon.makePipe!(),
         xenSaveCheckpointed: async (_d, fd, dispatch) => {
@@ -301,7 +307,26 @@ describe('47 xen stream', () => {
       await d.close();
     });
 
-    it('47.8.2 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
+    it('47.8.2 the suspend wait leaves this thread free; close() during it resumes the guest, fence() leaves it paused', async () => {
+      for (const how of ['close', 'fence'] as const) {
+        const { x, log } = fakeXen({ suspendMs: 300 });
+        const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
+        await d.suspend(); await d.capture(true); await d.resume();
+        let ticks = 0;
+        const timer = setInterval(() => { ticks++; }, 10);
+        const outcome = d.suspend().then(() => 'suspended', (e: Error) => e.message);
+        await new Promise((r) => setTimeout(r, 150));
+        clearInterval(timer);
+        assert.ok(ticks >= 5, `timers ran while the guest was suspending (${ticks})`);
+        log.length = 0;
+        if (how === 'close') await d.close(); else d.fence();
+        assert.match(await outcome, /ended during a suspend/, how);
+        assert.deepEqual(log, how === 'close' ? ['resume'] : ['pause'], `${how}: ${log.join(',')}`);
+        if (how === 'fence') await d.close();
+      }
+    });
+
+    it('47.8.3 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
       const { x } = fakeXen({ dieAt: 2 });
       const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
       await d.suspend(); await d.capture(true); await d.resume();

@@ -151,7 +151,8 @@ Napi::Value DomainConfigJson(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, out);
 }
 
-// xenSuspend(domid, timeoutMs) / xenResume(domid): synchronous, for the save callbacks.
+// xenSuspend(domid, timeoutMs) / xenResume(domid): synchronous (xenSuspend for lab tools;
+// the adapter suspends with xenSuspendAsync below).
 Napi::Value SuspendFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t domid = ArgDomid(info, 0);
@@ -160,6 +161,51 @@ Napi::Value SuspendFn(const Napi::CallbackInfo& info) {
   if (e.empty()) e = Suspend(Js().xch, Js().xsh, domid, info[1].As<Napi::Number>().Int32Value());
   if (!e.empty()) return ThrowXen(env, e), env.Undefined();
   return env.Undefined();
+}
+
+// xenSuspendAsync(domid, timeoutMs) -> Promise<void>: the same wait on a libuv pool thread,
+// so that the JavaScript thread keeps answering heartbeats and acks while a guest takes its
+// time to suspend (seconds under emulation). Its own handles, one suspend at a time.
+std::mutex suspendMu;
+Handles& SuspendHandles() {
+  static Handles h;
+  return h;
+}
+
+class SuspendWorker : public Napi::AsyncWorker {
+ public:
+  SuspendWorker(Napi::Env env, uint32_t domid, int timeoutMs)
+      : Napi::AsyncWorker(env, "remusdb.xenSuspend"), deferred_(Napi::Promise::Deferred::New(env)), domid_(domid), timeoutMs_(timeoutMs) {}
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+  void Execute() override {
+    std::lock_guard<std::mutex> lock(suspendMu);
+    why_ = SuspendHandles().Open();
+    if (why_.empty()) why_ = Suspend(SuspendHandles().xch, SuspendHandles().xsh, domid_, timeoutMs_);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (why_.empty()) { deferred_.Resolve(env.Undefined()); return; }
+    ThrowXen(env, why_);  // builds the injected RemusError; handed over as the rejection
+    deferred_.Reject(env.GetAndClearPendingException().Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  uint32_t domid_;
+  int timeoutMs_;
+  std::string why_;
+};
+
+Napi::Value SuspendAsyncFn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t domid = ArgDomid(info, 0);
+  if (domid == 0xffffffffu || info.Length() != 2 || !info[1].IsNumber()) return ThrowType(env, "xenSuspendAsync(domid, timeoutMs)"), env.Undefined();
+  int timeoutMs = info[1].As<Napi::Number>().Int32Value();
+  if (timeoutMs < 1 || timeoutMs > 600000) return ThrowRange(env, "xenSuspendAsync: timeoutMs 1..600000"), env.Undefined();
+  auto* w = new SuspendWorker(env, domid, timeoutMs);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value ResumeFn(const Napi::CallbackInfo& info) {
@@ -294,6 +340,7 @@ void InitXenSave(Napi::Env env, Napi::Object exports) {
   exports.Set("xenDomainInfo", Napi::Function::New(env, DomainInfo));
   exports.Set("xenDomainConfigJson", Napi::Function::New(env, DomainConfigJson));
   exports.Set("xenSuspend", Napi::Function::New(env, SuspendFn));
+  exports.Set("xenSuspendAsync", Napi::Function::New(env, SuspendAsyncFn));
   exports.Set("xenResume", Napi::Function::New(env, ResumeFn));
   exports.Set("xenPause", Napi::Function::New(env, PauseFn));
   exports.Set("xenSaveCheckpointed", Napi::Function::New(env, SaveCheckpointed));

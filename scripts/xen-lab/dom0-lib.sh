@@ -81,6 +81,17 @@ lab_http() { # lab_http HOST PORT PATH [TIMEOUT]
     sed "1,/^\r\{0,1\}$/d" <&3' _ "$1" "$2" "$3" 2>/dev/null
 }
 
+lab_domu_up() { # lab_domu_up NAME IP MAC [MEMORY_MB]: bridge, /tmp/NAME.cfg, xl create, its
+  # counter answering; sets boot0 and c0. Returns 1 after lab_fail (the caller ends the run).
+  local name=$1 ip=$2
+  lab_bridge_up
+  lab_domu_cfg "$name" "$ip/24" "$3" "${4:-128}" > "/tmp/$name.cfg"
+  lab_step create 180 xl create "/tmp/$name.cfg" || { lab_fail "xl create failed"; return 1; }
+  lab_wait_http "$ip" 7777 /counter 240 "$name" || { lab_fail "domU counter did not answer"; return 1; }
+  boot0=$(lab_http "$ip" 7777 /boot); c0=$(lab_http "$ip" 7777 /counter)
+  lab_log "domU up: boot $boot0 counter $c0"
+}
+
 lab_wait_http() { # lab_wait_http HOST PORT PATH TIMEOUT [DOMAIN]: until a non-empty body
   # arrives; with DOMAIN, gives up early when that guest panicked or is no longer running
   local t end=$((SECONDS + $4)) body

@@ -1,10 +1,11 @@
-// disk-worker: the Xen primary's NBD server on its own thread. The protect process's main
-// thread blocks inside each suspend (the addon's xenSuspend waits for the guest to suspend),
-// and a Linux PV guest suspends only once its in-flight disk requests completed (it freezes
-// its tasks first): with the NBD server on the main thread those requests could never
-// complete — each suspend would stall until the guest gave up. So the server runs in a
-// worker. Its tap does not replicate: it posts each completed write (before the reply) on
-// a MessagePort; the main thread feeds the DiskReplicator from that port as messages come,
+// disk-worker: the Xen primary's NBD server on its own thread. A Linux PV guest suspends
+// only once its in-flight disk requests completed (it freezes its tasks first), so the
+// server must answer while the protect process waits for a suspend — and while its main
+// thread is busy with anything else (a full-copy encode, a long GC): it runs in a worker.
+// (The first lab run deadlocked when the suspend wait blocked the main thread; the adapter
+// now waits on a pool thread, xenSuspendAsync, but the server stays independent of it.)
+// Its tap does not replicate: it posts each completed write (before the reply) on a
+// MessagePort; the main thread feeds the DiskReplicator from that port as messages come,
 // and drains it synchronously (receiveMessageOnPort) before the disk barrier. A write the
 // guest could see complete before the barrier is therefore tagged with that checkpoint.
 import { MessageChannel, type MessagePort, Worker, isMainThread, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';

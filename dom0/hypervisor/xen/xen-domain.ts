@@ -226,16 +226,25 @@ export class XenDomain implements Domain {
     const cb = await this.take(run, 'suspend', timeoutMs);
     const t0 = performance.now();
     try {
-      this.x.xenSuspend(this.domid, this.opts.suspendTimeoutMs);
+      await this.x.xenSuspendAsync(this.domid, this.opts.suspendTimeoutMs);
     } catch (e) {
       cb.done(0);
       const err = this.explain(e as Error);
       run.abandon(err);
       throw err;
     }
+    if (run.ending || run !== this.run) { // fenced or closed while the guest was suspending
+      if (!this.fenced) this.resumeQuietly(); // close(): the guest runs on here
+      cb.done(0);
+      throw new RemusError(ErrorCode.XEN, `the save of ${this.name} was ended during a suspend`);
+    }
     this.suspended = true;
     this.stats.suspendMsLast = performance.now() - t0;
     cb.done(1);
+  }
+
+  private resumeQuietly(): void {
+    try { this.x.xenResume(this.domid); } catch (e) { this.opts.log?.(`xen: resuming ${this.name} after an ended save: ${(e as Error).message}`); }
   }
 
   private resumeIn(cb: Callback, rc: number): void {

@@ -17,12 +17,7 @@ INTERVAL=${RECORD_INTERVAL:-50}
 SECS=${RECORD_SECONDS:-10}
 EPOCHS_MIN=${RECORD_EPOCHS_MIN:-60}
 TRACE=/tmp/domu.rdt
-lab_bridge_up
-lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 "$MEM" > /tmp/$DOMU.cfg
-lab_step create 180 xl create /tmp/$DOMU.cfg || { lab_fail "xl create failed"; lab_result; exit; }
-lab_wait_http "$IP" 7777 /counter 240 "$DOMU" || { lab_fail "domU counter did not answer"; lab_result; exit; }
-boot0=$(lab_http "$IP" 7777 /boot); c0=$(lab_http "$IP" 7777 /counter)
-lab_log "domU up: boot $boot0 counter $c0"
+lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" || { lab_result; exit; }
 cd "$REMUSDB" || lab_fail "no project"
 
 # A client keeps reading the counter (the guest's httpd and shell loop dirty pages).

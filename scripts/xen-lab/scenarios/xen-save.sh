@@ -9,12 +9,7 @@
 lab_begin xen-save
 DOMU=domu
 IP=10.99.0.2
-lab_bridge_up
-lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 128 > /tmp/$DOMU.cfg
-lab_step create 180 xl create /tmp/$DOMU.cfg || { lab_fail "xl create failed"; lab_result; exit; }
-lab_wait_http "$IP" 7777 /counter 240 "$DOMU" || { lab_fail "domU counter did not answer"; lab_result; exit; }
-boot0=$(lab_http "$IP" 7777 /boot); c0=$(lab_http "$IP" 7777 /counter)
-lab_log "domU up: boot $boot0 counter $c0"
+lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 128 || { lab_result; exit; }
 
 cd "$REMUSDB" || lab_fail "no project"
 node dist/dom0/hypervisor/xen/save-to-xl.js "$DOMU" 200 10 > /tmp/save.out 2> /tmp/save.err &

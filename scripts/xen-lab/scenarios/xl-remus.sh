@@ -10,11 +10,7 @@ DOMU=domu
 IP=10.99.0.2
 INTERVAL=${PROTECT_INTERVAL:-200}
 RUN_S=${PROTECT_SECONDS:-30}
-lab_bridge_up
-lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 128 > /tmp/$DOMU.cfg
-lab_step create 180 xl create /tmp/$DOMU.cfg || { lab_fail "xl create failed"; lab_result; exit; }
-lab_wait_http "$IP" 7777 /counter 240 "$DOMU" || { lab_fail "domU counter did not answer"; lab_result; exit; }
-boot0=$(lab_http "$IP" 7777 /boot); c0=$(lab_http "$IP" 7777 /counter)
+lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 128 || { lab_result; exit; }
 
 # The receiver's stdin passes through tee, which counts the stream's bytes.
 xl -T -vv remus -F -n -i "$INTERVAL" -s "" "$DOMU" \

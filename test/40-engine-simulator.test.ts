@@ -25,7 +25,7 @@ describe('40 engine simulator', () => {
     assert.equal(failures.length, 0, `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`);
     if (!process.env.SIM_SEED) {
       assert.ok(failovers > seeds.length / 20, `failovers were exercised (${failovers})`);
-      assert.ok(Object.keys(kinds).length === 6, `every fault kind ran: ${JSON.stringify(kinds)}`);
+      assert.ok(Object.keys(kinds).length === 7, `every fault kind ran: ${JSON.stringify(kinds)}`);
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
     }
   });

@@ -45,14 +45,19 @@ export interface PrimaryOptions {
 
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
 
+/** What a step returns after it has reported its own failure: runInOrder stops there. */
+export const STEP_FAILED = Symbol('step failed');
+
 /**
  * Runs steps in order. A step that returns a promise is awaited before the next; synchronous
- * steps run in the caller's turn (and their exceptions reach the caller).
+ * steps run in the caller's turn (and their exceptions reach the caller: the fault
+ * simulator's crashes unwind that way); a step that returns STEP_FAILED ends the run.
  */
 export function runInOrder(steps: Array<() => unknown>, done: () => void, fail: (e: unknown) => void): void {
   const from = (i: number): void => {
     for (; i < steps.length; i++) {
       const r = steps[i]();
+      if (r === STEP_FAILED) return;
       if (r instanceof Promise) { r.then(() => { try { from(i + 1); } catch (e) { fail(e); } }, fail); return; }
     }
     done();
@@ -207,14 +212,34 @@ export class Primary {
     const t0 = this.clock.now();
     let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {}, diskCrc: number | null = null;
     this.checkpointing = true;
+    let suspended = false, barrierPlaced = false;
+    const fail = (e: unknown): void => {
+      this.checkpointing = false;
+      // Outputs are labelled with this epoch once its barrier is placed: the number is spent
+      // (they go with a later ack, or pass through when unprotected), and the next barrier
+      // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
+      if (barrierPlaced) this.epoch = Math.max(this.epoch, epoch);
+      if (suspended) this.resumeAfterFailure();
+      this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
+      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`);
+      then();
+    };
+    // A domain call that throws synchronously (the sim vCPU did not stop: ERR_VCPU) fails
+    // this checkpoint like a rejection would, instead of unwinding into the timer.
+    const call = <T>(fn: () => T): T | typeof STEP_FAILED => {
+      try { return fn(); } catch (e) { fail(e); return STEP_FAILED; }
+    };
     runInOrder([
-      () => { this.hooks.phase?.('suspend', epoch); return this.domain.suspend(); },
+      () => { this.hooks.phase?.('suspend', epoch); return call(() => this.domain.suspend()); },
       () => {
+        suspended = true;
         this.hooks.phase?.('net-barrier', epoch);
         this.gate.barrier(epoch);
+        barrierPlaced = true;
         this.hooks.phase?.('capture', epoch);
         t1 = this.clock.now();
-        const r = this.domain.capture(full);
+        const r = call(() => this.domain.capture(full));
+        if (r === STEP_FAILED) return r;
         if (!(r instanceof Promise)) { cap = r; return undefined; }
         return r.then((c) => { cap = c; });
       },
@@ -231,19 +256,22 @@ export class Primary {
         this.hooks.phase?.('disk-barrier', epoch);
         this.disk?.barrier(epoch);
         this.hooks.phase?.('resume', epoch);
-        return this.domain.resume();
+        suspended = false;
+        return call(() => this.domain.resume());
       },
     ], () => {
       this.checkpointing = false;
       if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
       this.captured(epoch, full, cap!, info, diskCrc);
       then();
-    }, (e) => {
-      this.checkpointing = false;
-      this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
-      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`);
-      then();
-    });
+    }, fail);
+  }
+
+  private resumeAfterFailure(): void {
+    try {
+      const r = this.domain.resume();
+      if (r instanceof Promise) r.catch((e: Error) => this.hooks.event?.('resume-failed', { message: e.message }));
+    } catch (e) { this.hooks.event?.('resume-failed', { message: (e as Error).message }); }
   }
 
   private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null): void {

@@ -145,6 +145,8 @@ export class StepDomain implements Domain {
   private readonly guest: GuestProgram;
   private running = true;
   fenced = false;
+  /** The next call of this step throws (a domain error: vCPU did not stop, hypervisor call failed). */
+  failNext: 'suspend' | 'capture' | 'resume' | null = null;
 
   constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void,
     readonly disk?: MemModelDisk) {
@@ -159,9 +161,13 @@ export class StepDomain implements Domain {
       this.tick();
     });
   }
-  suspend(): void { this.running = false; }
-  resume(): void { this.running = true; }
+  suspend(): void { this.failIf('suspend'); this.running = false; }
+  resume(): void { this.failIf('resume'); this.running = true; }
+  private failIf(step: 'suspend' | 'capture' | 'resume'): void {
+    if (this.failNext === step) { this.failNext = null; throw new Error(`injected: ${step} failed`); }
+  }
   capture(full: boolean): Capture {
+    this.failIf('capture');
     const pfns: number[] = [];
     for (let p = 0; p < this.pageCount; p++) {
       const a = p * PAGE;
@@ -208,19 +214,21 @@ export type Fault =
   | { kind: 'crash-backup'; phase: string; epoch: number; silent: boolean; restartAfterMs: number | null }
   | { kind: 'drop-link'; atMs: number }
   | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
-  | { kind: 'corrupt'; atMs: number; toBackup: boolean };
+  | { kind: 'corrupt'; atMs: number; toBackup: boolean }
+  | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number };
 
 const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release'];
 const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
 
 export function pickFault(rng: Prng): Fault {
-  const k = rng.below(6);
+  const k = rng.below(7);
   const epoch = 1 + rng.below(10);
   if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
   if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
   if (k === 2) return { kind: 'drop-link', atMs: 30 + rng.below(400) };
   if (k === 3) return { kind: 'delay', atMs: 30 + rng.below(400), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 30 + rng.below(400), toBackup: rng.chance(0.7) };
+  if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
   return { kind: 'none' };
 }
 
@@ -248,6 +256,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const snapshots = new Map<number, { crc: number; seq: number; diskCrc: number }>();
   const withDisk = rng.chance(0.5);
   let primaryDead = false;
+  let domainFaulted = false; // a domain-error fault fires once
   let maxCommitted = 0;
   const seen: Array<{ seq: number; epoch: number }> = [];
   let commits = 0;
@@ -284,6 +293,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   }, {
     phase: (phase, epoch) => {
       if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
+      if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) { domainFaulted = true; domain.failNext = fault.step; }
     },
     checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
     event: (name) => { if (name === 'backup-lost') scheduleReconnect(); },

@@ -99,7 +99,11 @@ export class SimDomain implements Domain {
     const deadline = performance.now() + (this.o.suspendTimeoutMs ?? 2000);
     while (Atomics.load(c, C_STATE) !== PAUSED) {
       if (this.workerError) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} died: ${this.workerError.message}`);
-      if (performance.now() > deadline) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms`);
+      if (performance.now() > deadline) {
+        // Withdraw the request so that the guest runs on; it may have stopped just now.
+        if (Atomics.compareExchange(c, C_STATE, PAUSE_REQ, RUN) === PAUSED) break;
+        throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms (it runs on)`);
+      }
       Atomics.wait(c, C_STATE, PAUSE_REQ, 5);
     }
     this.drainOutputs(); // everything emitted before the barrier

@@ -3,8 +3,10 @@
 // state saved in guest memory), the way a suspend request waits for the guest to ack.
 //
 //   main: suspend  → state = PAUSE_REQ, notify; wait until state == PAUSED
-//   vcpu: at a safe point sees PAUSE_REQ → state = PAUSED, notify; wait while PAUSED
+//   vcpu: at a safe point CAS PAUSE_REQ → PAUSED, notify; wait while PAUSED
 //   main: resume   → state = RUN, notify
+//   main: suspend timed out → CAS PAUSE_REQ → RUN (withdrawn: the guest runs on; finding
+//         PAUSED instead means the vCPU stopped just in time, and the suspend succeeds)
 //
 // Outputs go through a ring in the same shared buffer: the vCPU appends (seq, value) and
 // advances `tail`; the main thread consumes up to `tail` and advances `head`.

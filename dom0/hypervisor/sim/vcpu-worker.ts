@@ -34,7 +34,8 @@ function main(init: VcpuInit): void {
     const state = Atomics.load(control, C_STATE);
     if (state === STOP) break;
     if (state === PAUSE_REQ || state === PAUSED) {
-      Atomics.store(control, C_STATE, PAUSED);
+      // Only a request still standing pauses us: main may withdraw it (suspend timed out).
+      if (state === PAUSE_REQ && Atomics.compareExchange(control, C_STATE, PAUSE_REQ, PAUSED) !== PAUSE_REQ) continue;
       Atomics.notify(control, C_STATE);
       while (Atomics.load(control, C_STATE) === PAUSED) Atomics.wait(control, C_STATE, PAUSED, 1000);
       started = performance.now(); done = 0; // do not catch up on time spent suspended

@@ -41,6 +41,8 @@ export interface NativeAddon {
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;
   crc32c(data: Uint8Array, seed?: number): number;
+  /** out[i] = CRC32C of data's 4 KiB page i (data.byteLength === out.length × 4096). */
+  crc32cPages(data: Uint8Array, out: Uint32Array): void;
   /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */
   netlinkRoute(message: Uint8Array): number;
   Arena: new (bytes: number, id?: number) => NativeArena;

@@ -26,6 +26,7 @@ export class ReadTracker {
   /** content CRC → the latest block read with it. */
   private readonly byCrc = new Map<number, number>();
   private readonly scratch = new Uint8Array(BLOCK_BYTES);
+  private crcs = new Uint32Array(64);
   private readonly counters = { reads: 0, lookups: 0, refs: 0, stale: 0, mismatched: 0 };
 
   constructor(private readonly source: DiskSource, private readonly gens: BlockGenerations, readonly blocksMax: number) {
@@ -44,21 +45,45 @@ export class ReadTracker {
     if (this.byBlock.size > this.blocksMax) this.forget(this.byBlock.keys().next().value as number);
   }
 
-  /** Reads through the NBD server: every whole aligned block of the range. */
+  /** Reads through the NBD server: every whole aligned block of the range (one CRC call). */
   onRangeRead(offsetBytes: number, data: Uint8Array, gensBefore: number[], epoch: number): void {
     const first = Math.ceil(offsetBytes / BLOCK_BYTES);
-    for (let b = first; (b + 1) * BLOCK_BYTES <= offsetBytes + data.length; b++) {
+    const end = Math.floor((offsetBytes + data.length) / BLOCK_BYTES); // blocks first..end-1 are whole
+    if (end <= first) return;
+    const at0 = first * BLOCK_BYTES - offsetBytes;
+    const crcs = this.pageCrcs(data.subarray(at0, at0 + (end - first) * BLOCK_BYTES));
+    for (let b = first; b < end; b++) {
       const g = gensBefore[b - Math.floor(offsetBytes / BLOCK_BYTES)];
       if (g === undefined || this.gens.get(b) !== g) continue; // a write began meanwhile
-      const at = b * BLOCK_BYTES - offsetBytes;
-      this.onBlockRead(b, loadAddon().crc32c(data.subarray(at, at + BLOCK_BYTES)), g, epoch);
+      this.onBlockRead(b, crcs[b - first], g, epoch);
     }
   }
 
-  /** The disk reference for a page of checkpoint epoch, or null. */
-  match(page: Uint8Array, epoch: number): DiskRef | null {
-    this.counters.lookups++;
-    const crc = loadAddon().crc32c(page);
+  /** The disk reference for each 4 KiB page of pages (checkpoint epoch), or null. */
+  matchPages(pages: Uint8Array, epoch: number): Array<DiskRef | null> {
+    assert(pages.length % BLOCK_BYTES === 0, 'matchPages: whole pages');
+    const n = pages.length / BLOCK_BYTES;
+    this.counters.lookups += n;
+    const refs = new Array<DiskRef | null>(n).fill(null);
+    if (this.byCrc.size === 0) return refs; // nothing tracked: no checksum needed
+    const crcs = this.pageCrcs(pages);
+    for (let i = 0; i < n; i++) refs[i] = this.matchOne(pages.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES), crcs[i], epoch);
+    return refs;
+  }
+
+  /** The disk reference for one page, or null. */
+  match(page: Uint8Array, epoch: number): DiskRef | null { return this.matchPages(page, epoch)[0]; }
+
+  /** CRC32C of every page, in one addon call (the array is reused: read before the next call). */
+  private pageCrcs(pages: Uint8Array): Uint32Array {
+    const n = pages.length / BLOCK_BYTES;
+    if (this.crcs.length < n) this.crcs = new Uint32Array(Math.max(n, 2 * this.crcs.length));
+    const out = this.crcs.subarray(0, n);
+    loadAddon().crc32cPages(pages, out);
+    return out;
+  }
+
+  private matchOne(page: Uint8Array, crc: number, epoch: number): DiskRef | null {
     const block = this.byCrc.get(crc);
     if (block === undefined) return null;
     const t = this.byBlock.get(block);

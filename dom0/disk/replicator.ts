@@ -137,8 +137,10 @@ export class DiskReplicator implements DiskPort, DiskTap {
   /** A whole-block read by the simulated vCPU, its generation stable across the read. */
   onBlockRead(block: number, crc: number, gen: number): void { this.tracker?.onBlockRead(block, crc, gen, this.tag); }
 
-  /** DiskPort: the disk reference for a page of checkpoint epoch, if read tracking finds one. */
-  reference(page: Uint8Array, epoch: number): DiskRef | null { return this.tracker ? this.tracker.match(page, epoch) : null; }
+  /** DiskPort: for each page of checkpoint epoch, the disk reference read tracking finds, or null. */
+  references(pages: Uint8Array, epoch: number): Array<DiskRef | null> {
+    return this.tracker ? this.tracker.matchPages(pages, epoch) : new Array<DiskRef | null>(pages.length / BLOCK_BYTES).fill(null);
+  }
 
   onFlush(): void { this.forward(0, 0, DW_FLUSH, null); }
 

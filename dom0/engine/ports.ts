@@ -70,10 +70,10 @@ export interface DiskPort {
   /** The session ended: writes of unacknowledged epochs, and all later ones, need a resync. */
   disconnect(): void;
   /**
-   * Read tracking: a block holding exactly this page's content as the backup will have it at
-   * checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
+   * Read tracking, per 4 KiB page of pages: a block holding exactly that page's content as the
+   * backup will have it at checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
    */
-  reference?(page: Uint8Array, epoch: number): { offsetBytes: number; crc32c: number } | null;
+  references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null>;
   /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
   checksum?(): MaybePromise<number>;
 }

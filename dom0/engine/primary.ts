@@ -345,8 +345,9 @@ export class Primary {
   private splitByReference(p: Pending, n: number): { pfns: BigUint64Array; pages: Uint8Array; refs: DiskRefEntry[] } {
     const refs: DiskRefEntry[] = [];
     const kept: number[] = [];
+    const found = this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE), p.epoch) ?? null;
     for (let i = p.next; i < p.next + n; i++) {
-      const ref = this.disk?.reference?.(p.cap.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), p.epoch) ?? null;
+      const ref = found?.[i - p.next] ?? null;
       if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref }); else kept.push(i);
     }
     if (refs.length === 0) {

@@ -4,11 +4,11 @@
 #   build:   g++, make, python3 (node-gyp), liblz4-dev + libzstd-dev (codecs), pkg-config
 #   parts:   libxen-dev (Xen bindings), libnetfilter-queue-dev (NFQUEUE output buffer)
 #   tests:   iproute2, iptables, util-linux (netns, unshare), clang + libclang-rt-14-dev (fuzzer),
-#            qemu-utils + libnbd-bin + nbdfuse + e2fsprogs (NBD interoperability tests),
+#            qemu-utils + libnbd-bin (nbdcopy, nbdinfo, nbdfuse) + e2fsprogs (NBD interoperability tests),
 #            postgresql-15 + client (commit protection: bench net, test/65)
 #   guest patches: kernel/MariaDB/PostgreSQL source builds, tcpdump (test/70)
 set -eu
-PKGS="g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev qemu-utils libnbd-bin nbdfuse e2fsprogs postgresql-15 postgresql-client-15 bison flex bc libelf-dev libssl-dev dpkg-dev patch xz-utils cmake libncurses-dev libpcre2-dev libaio-dev zlib1g-dev tcpdump"
+PKGS="g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev qemu-utils libnbd-bin e2fsprogs postgresql-15 postgresql-client-15 bison flex bc libelf-dev libssl-dev dpkg-dev patch xz-utils cmake libncurses-dev libpcre2-dev libaio-dev zlib1g-dev tcpdump"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -436,7 +436,7 @@ function fuseLoopUnavailable(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (losetup, mount)';
   if (!fs.existsSync('/dev/fuse')) return 'no /dev/fuse';
   if (!fs.existsSync('/dev/loop-control')) return 'no loop devices';
-  if (!have('nbdfuse')) return 'nbdfuse not installed (Debian package nbdfuse)';
+  if (!have('nbdfuse')) return 'nbdfuse not installed (Debian package libnbd-bin)';
   if (!have('mkfs.ext4') || !have('losetup') || !have('debugfs')) return 'mkfs.ext4 / losetup / debugfs missing (e2fsprogs, util-linux)';
   return null;
 }

@@ -17,6 +17,7 @@ import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
 import { XenDomain } from '../dom0/hypervisor/xen/xen-domain';
 import type { XenAddon, XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER } from '../dom0/hypervisor/xen/xl-stream';
+import { xenRecord as record } from './support/xen-records';
 
 // ---- a synthetic libxc stream ------------------------------------------------------------
 
@@ -32,13 +33,6 @@ function headers(): Buffer {
   return b;
 }
 
-function record(type: number, body: Buffer): Buffer {
-  const r = Buffer.alloc(8 + ((body.length + 7) & ~7));
-  r.writeUInt32LE(type, 0);
-  r.writeUInt32LE(body.length, 4);
-  body.copy(r, 8);
-  return r;
-}
 
 const XTAB = 0xf, L1TAB = 0x1;
 /** A page whose content says which pfn and round it is. */

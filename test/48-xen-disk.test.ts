@@ -22,6 +22,7 @@ import { Rec, parseDiskWrite } from '../dom0/protocol/records';
 import { servePrimaryDisk } from '../dom0/hypervisor/xen/xen-disk';
 import type { Capture, Domain } from '../dom0/engine/ports';
 import { BlockFile } from '../dom0/disk/block-file';
+import { xenRecord as record } from './support/xen-records';
 
 const CONFIG = {
   c_info: { type: 'pv', name: 'vm' },
@@ -31,13 +32,6 @@ const CONFIG = {
   ],
 };
 
-function record(type: number, body: Buffer): Buffer {
-  const r = Buffer.alloc(8 + ((body.length + 7) & ~7));
-  r.writeUInt32LE(type, 0);
-  r.writeUInt32LE(body.length, 4);
-  body.copy(r, 8);
-  return r;
-}
 
 describe('48 xen disk', () => {
   it('48.1 re-points the one /dev/nbdN disk of the preamble\'s configuration, the rest byte for byte', () => {

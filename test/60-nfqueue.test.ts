@@ -9,8 +9,7 @@ import * as path from 'node:path';
 import { installRules, listRules, removeRules } from '../dom0/net/iptables-rules';
 import { createTestbed, destroyTestbed, listTestbedNamespaces, sysctl, type Testbed } from '../dom0/net/netns-testbed';
 import { NfqueueBuffer, readKernelQueueStats, setupNfqueue } from '../dom0/net/nfqueue-buffer';
-import { loadAddon } from '../dom0/native';
-import { NsProcess, sleep, waitFor } from './support/pg-netns';
+import { NsProcess, sleep, waitFor, whyNoNetns } from './support/pg-netns';
 
 const PREFIX = process.env.RDB60_PREFIX ?? 'rdb60';
 const QUEUE = 60;
@@ -81,16 +80,6 @@ async function settled(count: () => number, want: number): Promise<void> {
 }
 
 
-function whyNotRunnable(): string | null {
-  if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables, NFQUEUE)';
-  try {
-    if (!loadAddon().parts.nfqueue) return 'addon built without libnetfilter-queue-dev';
-  } catch (e) { return (e as Error).message; }
-  for (const tool of ['ip', 'iptables', 'ip6tables']) {
-    if (spawnSync(tool, ['--version'], { stdio: 'ignore' }).error) return `${tool} is not installed`;
-  }
-  return null;
-}
 
 describe('60 nfqueue output buffer (network namespaces, root)', function () {
   let bed: Testbed;
@@ -122,7 +111,7 @@ describe('60 nfqueue output buffer (network namespaces, root)', function () {
   }
 
   before(async function () {
-    const why = whyNotRunnable();
+    const why = whyNoNetns();
     if (why) { console.log(`      skipped: ${why}`); this.skip(); }
     bed = createTestbed(PREFIX);
     rx = new NsProcess(bed.client, RECEIVER, [bed.clientIp4, bed.clientIp6]);

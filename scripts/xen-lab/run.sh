@@ -20,7 +20,8 @@
 # (exit it to power off; Ctrl-A x quits QEMU).
 # Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
 #   XENLAB_TIMEOUT (QEMU wall clock s, 1800), XENLAB_SCENARIO_TIMEOUT (in dom0 s, 1200),
-#   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10).
+#   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10),
+#   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0: its knobs).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -49,6 +50,10 @@ mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
 printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
+for kv in ${XENLAB_VARS:-}; do # scenario knobs, e.g. XENLAB_VARS="PD_BACKEND=qdisk PROTECT_HB_MS=90000"
+  [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
+  printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}" >> "$SHARE/env"
+done
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
 
 stage_project() { # the project's runtime files only, as `npm install` left them in $PROJECT

@@ -24,6 +24,7 @@
 #   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0: its knobs).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
+. "$XENLAB_DIR/stage.sh"
 
 INTERACTIVE=0
 [ "${1:-}" = --interactive ] && { INTERACTIVE=1; shift; }
@@ -56,35 +57,7 @@ for kv in ${XENLAB_VARS:-}; do # scenario knobs, e.g. XENLAB_VARS="PD_BACKEND=qd
 done
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
 
-stage_project() { # the project's runtime files only, as `npm install` left them in $PROJECT
-  local src=$PROJECT dst=$RUN/project addon=native-xc/build/Release/remusdb_native.node d
-  for d in bin dist package.json "$addon"; do
-    [ -e "$src/$d" ] || xl_die "$src/$d is missing: build the project first (npm install)"
-  done
-  mkdir -p "$dst/native-xc/build/Release" "$dst/node_modules"
-  cp -a "$src/bin" "$src/dist" "$src/package.json" "$dst/"
-  cp -a "$src/$addon" "$dst/$addon"
-  # runtime dependencies, transitively; node-addon-api only matters when building the addon
-  (cd "$src" && node -e '
-    const fs = require("fs"), path = require("path"), seen = new Set();
-    const visit = (dir) => {
-      const deps = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")).dependencies || {};
-      for (const name of Object.keys(deps)) {
-        if (name === "node-addon-api" || seen.has(name)) continue;
-        seen.add(name);
-        visit(path.join("node_modules", name));
-      }
-    };
-    visit(".");
-    console.log([...seen].join("\n"));') | while read -r m; do
-      [ -n "$m" ] || continue
-      mkdir -p "$dst/node_modules/$(dirname "$m")"
-      cp -a "$src/node_modules/$m" "$dst/node_modules/$m"
-    done
-  [ "${PIPESTATUS[0]}" = 0 ] || xl_die "could not list the project's runtime dependencies"
-  tar -cf "$SHARE/project.tar" -C "$dst" . && rm -rf "$dst"
-}
-stage_project
+xl_stage_project "$PROJECT" "$RUN/project" "$SHARE/project.tar"
 
 # Keep the newest runs only.
 ls -1dt "$XENLAB_CACHE"/runs/*/ 2>/dev/null | tail -n +$((${XENLAB_KEEP_RUNS:-10} + 1)) | while read -r old; do rm -rf "${old%/}"; done

@@ -59,20 +59,20 @@ export class ReadTracker {
     }
   }
 
-  /** The disk reference for each 4 KiB page of pages (checkpoint epoch), or null. */
-  matchPages(pages: Uint8Array, epoch: number): Array<DiskRef | null> {
+  /** The disk reference for each 4 KiB page of pages (checkpoint epoch), or null; null for the whole batch when nothing is tracked. */
+  matchPages(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null {
     assert(pages.length % BLOCK_BYTES === 0, 'matchPages: whole pages');
     const n = pages.length / BLOCK_BYTES;
     this.counters.lookups += n;
-    const refs = new Array<DiskRef | null>(n).fill(null);
-    if (this.byCrc.size === 0) return refs; // nothing tracked: no checksum needed
+    if (this.byCrc.size === 0) return null; // no checksum, no array
     const crcs = this.pageCrcs(pages);
+    const refs = new Array<DiskRef | null>(n);
     for (let i = 0; i < n; i++) refs[i] = this.matchOne(pages.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES), crcs[i], epoch);
     return refs;
   }
 
   /** The disk reference for one page, or null. */
-  match(page: Uint8Array, epoch: number): DiskRef | null { return this.matchPages(page, epoch)[0]; }
+  match(page: Uint8Array, epoch: number): DiskRef | null { return this.matchPages(page, epoch)?.[0] ?? null; }
 
   /** CRC32C of every page, in one addon call (the array is reused: read before the next call). */
   private pageCrcs(pages: Uint8Array): Uint32Array {

@@ -137,10 +137,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   /** A whole-block read by the simulated vCPU, its generation stable across the read. */
   onBlockRead(block: number, crc: number, gen: number): void { this.tracker?.onBlockRead(block, crc, gen, this.tag); }
 
-  /** DiskPort: for each page of checkpoint epoch, the disk reference read tracking finds, or null. */
-  references(pages: Uint8Array, epoch: number): Array<DiskRef | null> {
-    return this.tracker ? this.tracker.matchPages(pages, epoch) : new Array<DiskRef | null>(pages.length / BLOCK_BYTES).fill(null);
-  }
+  /** DiskPort: for each page of checkpoint epoch, the disk reference read tracking finds (null: none in the batch). */
+  references(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null { return this.tracker?.matchPages(pages, epoch) ?? null; }
 
   onFlush(): void { this.forward(0, 0, DW_FLUSH, null); }
 

@@ -71,9 +71,10 @@ export interface DiskPort {
   disconnect(): void;
   /**
    * Read tracking, per 4 KiB page of pages: a block holding exactly that page's content as the
-   * backup will have it at checkpoint epoch, or null. Only exact matches (dom0/disk/read-tracker.ts).
+   * backup will have it at checkpoint epoch, or null; null alone when no page of the batch can
+   * match. Only exact matches (dom0/disk/read-tracker.ts).
    */
-  references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null>;
+  references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null> | null;
   /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
   checksum?(): MaybePromise<number>;
 }

@@ -250,7 +250,6 @@ describe('47 xen stream', () => {
       const x: XenAddon = {
         xenDomainInfo: () => info(),
         xenDomainConfigJson: () => JSON.stringify({ c_info: { name: 'vm' } }),
-        xenSuspend: () => { throw new Error('the adapter must not block its thread in xenSuspend'); },
         xenSuspendAsync: async () => {
           log.push('suspend');
           if (opts.suspendMs) await new Promise((r) => setTimeout(r, opts.suspendMs));

@@ -182,7 +182,7 @@ describe('48 xen disk', () => {
       await new Promise<void>((resolve, reject) => {
         disk.replicator.connect({ send: (type, body) => { sent.push({ type, body: Buffer.from(body) }); }, backlogBytes: 0 }, 1, false, resolve, reject);
       });
-      // Blocks this thread (as xenSuspend does) while a client writes through the server.
+      // Blocks this thread (as a busy main thread would) while a client writes through the server.
       const r = spawnSync('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${disk.port}/remusdb`, '-c', 'write -P 0xab 8192 4096'], { timeout: 20000 });
       assert.equal(r.status, 0, `qemu-io wrote while the main thread was blocked: ${String(r.stderr)}`);
       disk.replicator.barrier(5); // drains the worker's writes first: they belong to epoch <= 5

@@ -151,19 +151,7 @@ Napi::Value DomainConfigJson(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, out);
 }
 
-// xenSuspend(domid, timeoutMs) / xenResume(domid): synchronous (xenSuspend for lab tools;
-// the adapter suspends with xenSuspendAsync below).
-Napi::Value SuspendFn(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  uint32_t domid = ArgDomid(info, 0);
-  if (domid == 0xffffffffu || info.Length() != 2 || !info[1].IsNumber()) return ThrowType(env, "xenSuspend(domid, timeoutMs)"), env.Undefined();
-  std::string e = Js().Open();
-  if (e.empty()) e = Suspend(Js().xch, Js().xsh, domid, info[1].As<Napi::Number>().Int32Value());
-  if (!e.empty()) return ThrowXen(env, e), env.Undefined();
-  return env.Undefined();
-}
-
-// xenSuspendAsync(domid, timeoutMs) -> Promise<void>: the same wait on a libuv pool thread,
+// xenSuspendAsync(domid, timeoutMs) -> Promise<void>: Suspend() above on a libuv pool thread,
 // so that the JavaScript thread keeps answering heartbeats and acks while a guest takes its
 // time to suspend (seconds under emulation). Its own handles, one suspend at a time.
 std::mutex suspendMu;
@@ -208,6 +196,7 @@ Napi::Value SuspendAsyncFn(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// xenResume(domid): synchronous, for the postcopy callback (fast resume).
 Napi::Value ResumeFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t domid = ArgDomid(info, 0);
@@ -339,7 +328,6 @@ Napi::Value MakePipe(const Napi::CallbackInfo& info) {
 void InitXenSave(Napi::Env env, Napi::Object exports) {
   exports.Set("xenDomainInfo", Napi::Function::New(env, DomainInfo));
   exports.Set("xenDomainConfigJson", Napi::Function::New(env, DomainConfigJson));
-  exports.Set("xenSuspend", Napi::Function::New(env, SuspendFn));
   exports.Set("xenSuspendAsync", Napi::Function::New(env, SuspendAsyncFn));
   exports.Set("xenResume", Napi::Function::New(env, ResumeFn));
   exports.Set("xenPause", Napi::Function::New(env, PauseFn));

@@ -14,7 +14,7 @@ import {
 interface XenSaveAddon {
   xenDomainInfo(d: string | number): { domid: number };
   xenDomainConfigJson(domid: number): string;
-  xenSuspend(domid: number, timeoutMs: number): void;
+  xenSuspendAsync(domid: number, timeoutMs: number): Promise<void>;
   xenResume(domid: number): void;
   xenSaveCheckpointed(domid: number, fd: number, dispatch: (kind: string, done: (rc: number) => void) => void): Promise<{ rc: number; errno: number; message: string }>;
   makePipe(): [number, number];
@@ -42,7 +42,11 @@ async function main(name: string, intervalMs: number, checkpoints: number): Prom
   const started = performance.now();
   const r = await x.xenSaveCheckpointed(domid, wfd, (kind, done) => {
     try {
-      if (kind === 'suspend') { t0 = performance.now(); x.xenSuspend(domid, 10000); done(1); return; }
+      if (kind === 'suspend') {
+        t0 = performance.now();
+        x.xenSuspendAsync(domid, 10000).then(() => done(1), (e: Error) => { log(`suspend failed: ${e.message}`); done(0); });
+        return;
+      }
       if (kind === 'postcopy') { x.xenResume(domid); pauses.push(performance.now() - t0); done(1); return; }
       // checkpoint: libxc wrote the pages and its CHECKPOINT record; end the libxl checkpoint.
       fs.writeSync(wfd, libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END));

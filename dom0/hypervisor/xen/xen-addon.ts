@@ -13,9 +13,7 @@ export type SaveDispatch = (kind: 'suspend' | 'postcopy' | 'checkpoint', done: (
 export interface XenAddon {
   xenDomainInfo(d: string | number): XenDomainInfo;
   xenDomainConfigJson(domid: number): string;
-  /** Blocks the calling thread until the guest suspended (lab tools). */
-  xenSuspend(domid: number, timeoutMs: number): void;
-  /** The same wait on a pool thread: this thread keeps running meanwhile (the adapter's). */
+  /** Suspends the guest; the wait runs on a pool thread, this thread keeps running meanwhile. */
   xenSuspendAsync(domid: number, timeoutMs: number): Promise<void>;
   xenResume(domid: number): void;
   xenPause?(domid: number): void;

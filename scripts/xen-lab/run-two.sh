@@ -35,26 +35,21 @@ mkdir -p "$RUN"
 xl_stage_project "$PROJECT" "$RUN/project" "$RUN/project.tar"
 
 share() { # share ROLE SELF_IP PEER_IP: $RUN/ROLE/share with the role's scenario and env
-  local role=$1 sh=$RUN/$1/share kv
+  local role=$1 sh=$RUN/$1/share
   mkdir -p "$sh/out"
   install -m 0755 "$XENLAB_DIR/scenarios/two-host-$role.sh" "$sh/scenario.sh"
   install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$XENLAB_DIR/dom0-two-lib.sh" "$sh/"
   ln "$RUN/project.tar" "$sh/project.tar" 2>/dev/null || cp "$RUN/project.tar" "$sh/project.tar"
-  { printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "two-host-$role" "$((TIMEOUT - 200))"
-    printf 'export TWO_ROLE=%q TWO_SELF_IP=%q TWO_PEER_IP=%q\n' "$role" "$2" "$3"
-    for kv in ${XENLAB_VARS:-}; do
-      [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
-      printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
-    done; } > "$sh/env"
+  xl_scenario_env "two-host-$role" "$((TIMEOUT - 200))" > "$sh/env"
+  printf 'export TWO_ROLE=%q TWO_SELF_IP=%q TWO_PEER_IP=%q\n' "$role" "$2" "$3" >> "$sh/env"
 }
 share a 10.99.0.1 10.99.0.10
 share b 10.99.0.10 10.99.0.1
 rm -f "$RUN/project.tar"
-ls -1dt "$XENLAB_CACHE"/runs/*/ 2>/dev/null | tail -n +$((${XENLAB_KEEP_RUNS:-10} + 1)) | while read -r old; do rm -rf "${old%/}"; done
+xl_prune_runs
 
-exec 8> "$XENLAB_CACHE/qemu.lock"
 T=$(xl_now)
-flock -n 8 || { xl_log "another lab VM is running; waiting for it (up to 3600 s)"; flock -w 3600 8 || xl_die "lab VM lock timeout"; }
+xl_lab_lock # both VMs under one hold
 T_LOCK=$(xl_since "$T")
 
 PORT=${XENLAB_TWO_PORT:-}
@@ -75,15 +70,8 @@ T0=${EPOCHREALTIME/./}
 tsec() { local d=$(( (${EPOCHREALTIME/./} - T0) / 10000 )); printf '%d.%02d' $((d / 100)) $((d % 100)); }
 boot() { # boot ROLE MAC NETDEV_OPTS: QEMU in the background, serial -> ROLE/serial.log
   local role=$1 dir=$RUN/$1 line
-  local q=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
-    -display none -no-reboot -nic none -pidfile "$dir/qemu.pid"
-    -kernel "$IMG/boot/xen"
-    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
-    -initrd "$IMG/boot/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init,$IMG/boot/initrd.img"
-    -drive "file=$IMG/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe,file.locking=off"
-    -virtfs "local,path=$dir/share,mount_tag=lab,security_model=none,id=lab"
-    -netdev "socket,id=n1,$3" -device "virtio-net-pci,netdev=n1,mac=$2"
-    -monitor none -serial stdio)
+  xl_qemu_argv "$IMG" "$dir/share" "$dir/qemu.pid"
+  local q=("${QEMU_ARGV[@]}" -netdev "socket,id=n1,$3" -device "virtio-net-pci,netdev=n1,mac=$2" -monitor none -serial stdio)
   printf '%q ' "${q[@]}" > "$dir/qemu-cmdline.txt"; echo >> "$dir/qemu-cmdline.txt"
   # (the group's own stderr is dropped: bash's "Killed" notice when QEMU A is SIGKILLed)
   { timeout -k 20 "$TIMEOUT" "${q[@]}" < /dev/null 2>&1; echo $? > "$dir/qemu.rc"; } 2> /dev/null |

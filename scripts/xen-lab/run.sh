@@ -50,30 +50,18 @@ SHARE=$RUN/share
 mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
-printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
-for kv in ${XENLAB_VARS:-}; do # scenario knobs, e.g. XENLAB_VARS="PD_BACKEND=qdisk PROTECT_HB_MS=90000"
-  [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
-  printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}" >> "$SHARE/env"
-done
+xl_scenario_env "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
 
 xl_stage_project "$PROJECT" "$RUN/project" "$SHARE/project.tar"
 
 # Keep the newest runs only.
-ls -1dt "$XENLAB_CACHE"/runs/*/ 2>/dev/null | tail -n +$((${XENLAB_KEEP_RUNS:-10} + 1)) | while read -r old; do rm -rf "${old%/}"; done
+xl_prune_runs
 
 # 3. QEMU: one lab VM at a time on this machine.
-exec 8> "$XENLAB_CACHE/qemu.lock"
-flock -n 8 || { xl_log "another lab VM is running; waiting for it"; flock -w 3600 8 || xl_die "lab VM lock timeout"; }
-DOM0_ARGS="root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init"
-[ $INTERACTIVE = 1 ] && DOM0_ARGS="$DOM0_ARGS xenlab.shell=1"
-QEMU=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
-  -display none -no-reboot -nic none -pidfile "$RUN/qemu.pid"
-  -kernel "$IMG/boot/xen"
-  -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
-  -initrd "$IMG/boot/vmlinuz $DOM0_ARGS,$IMG/boot/initrd.img"
-  -drive "file=$IMG/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
-  -virtfs "local,path=$SHARE,mount_tag=lab,security_model=none,id=lab")
+xl_lab_lock
+xl_qemu_argv "$IMG" "$SHARE" "$RUN/qemu.pid" "$([ $INTERACTIVE = 1 ] && echo xenlab.shell=1)"
+QEMU=("${QEMU_ARGV[@]}")
 printf '%q ' "${QEMU[@]}" > "$RUN/qemu-cmdline.txt"; echo >> "$RUN/qemu-cmdline.txt"
 LOG=$RUN/serial.log
 cleanup() { # on Ctrl-C/TERM: stop this run's QEMU (by its pidfile, only if it is still QEMU)

@@ -1,8 +1,9 @@
-# stage.sh: packs the project under test into one tar for dom0 (host side; sourced after
-# lib.sh, not run). Only the runtime files, as `npm install` left them: bin/, dist/,
-# package.json, the addon .node and the runtime node_modules/ (dependencies, transitively;
-# not the build-only node-addon-api). One file because many small files over 9p are slow
-# under emulation; dom0's init unpacks it to /opt/remusdb. Not part of the image cache key.
+# stage.sh: host-side pieces shared by run.sh and run-two.sh (sourced after lib.sh, not
+# run; not part of the image cache key): the project packed into one tar for dom0 (only the
+# runtime files, as `npm install` left them: bin/, dist/, package.json, the addon .node and
+# the runtime node_modules/ — one file because many small files over 9p are slow under
+# emulation; dom0's init unpacks it to /opt/remusdb), the scenario's env with its knobs,
+# pruning old runs, the lab lock, and the QEMU command that boots Xen with dom0.
 
 xl_stage_project() { # xl_stage_project PROJECT_DIR WORK_DIR OUT_TAR (WORK_DIR is removed)
   local src=$1 dst=$2 tar=$3 addon=native-xc/build/Release/remusdb_native.node d
@@ -30,4 +31,32 @@ xl_stage_project() { # xl_stage_project PROJECT_DIR WORK_DIR OUT_TAR (WORK_DIR i
     done
   [ "${PIPESTATUS[0]}" = 0 ] || xl_die "could not list the project's runtime dependencies"
   tar -cf "$tar" -C "$dst" . && rm -rf "$dst"
+}
+
+xl_scenario_env() { # xl_scenario_env NAME TIMEOUT_S > env: what dom0's init sources, with the knobs
+  printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "$1" "$2"
+  local kv
+  for kv in ${XENLAB_VARS:-}; do # a scenario's knobs, e.g. XENLAB_VARS="PD_BACKEND=qdisk PROTECT_HB_MS=90000"
+    [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
+    printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
+  done
+}
+
+xl_prune_runs() { # keeps the newest XENLAB_KEEP_RUNS (10) run folders
+  ls -1dt "$XENLAB_CACHE"/runs/*/ 2>/dev/null | tail -n +$((${XENLAB_KEEP_RUNS:-10} + 1)) | while read -r old; do rm -rf "${old%/}"; done
+}
+
+xl_lab_lock() { # one lab VM (or VM pair) at a time on this machine: holds fd 8 until it is closed
+  exec 8> "$XENLAB_CACHE/qemu.lock"
+  flock -n 8 || { xl_log "another lab VM is running; waiting for it (up to 3600 s)"; flock -w 3600 8 || xl_die "lab VM lock timeout"; }
+}
+
+xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_ARGV (Xen + dom0, no NIC)
+  QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
+    -display none -no-reboot -nic none -pidfile "$3"
+    -kernel "$1/boot/xen"
+    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
+    -initrd "$1/boot/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init${4:+ $4},$1/boot/initrd.img"
+    -drive "file=$1/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe,file.locking=off"
+    -virtfs "local,path=$2,mount_tag=lab,security_model=none,id=lab")
 }

@@ -48,6 +48,15 @@ export const ErrorCode = {
   DISK_REF_MISMATCH: 'ERR_DISK_REF_MISMATCH',
   /** The backup's disk is not the primary's at a verified checkpoint: the next session copies it whole. */
   DISK_DIVERGED: 'ERR_DISK_DIVERGED',
+  /** An NBD client broke the protocol or a limit of the server (docs/nbd.md): its connection is dropped. */
+  NBD_CLIENT: 'ERR_NBD_CLIENT',
+  /**
+   * A bug met while handling a peer's input (an exception that is not a RemusError): the
+   * session is dropped and the process goes on; the original error is the `cause`.
+   */
+  INTERNAL: 'ERR_INTERNAL',
+  /** Another process already holds this domain (or this file) on this host: one per domain. */
+  LOCKED: 'ERR_LOCKED',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -56,8 +65,9 @@ export class RemusError extends Error {
   readonly code: string;
   readonly details: Readonly<Record<string, unknown>>;
 
-  constructor(code: string, message: string, details: Record<string, unknown> = {}) {
-    super(message);
+  /** cause: the error this one explains (a system call's, a peer's, a library's). */
+  constructor(code: string, message: string, details: Record<string, unknown> = {}, options: { cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'RemusError';
     this.code = code;
     this.details = details;

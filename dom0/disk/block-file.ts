@@ -26,12 +26,22 @@ export class BlockFile {
     return new BlockFile(path, fd, fs.fstatSync(fd).size);
   }
 
-  /** Creates (or truncates) an image of sizeBytes, sparse. */
+  /**
+   * Creates (or truncates) an image of sizeBytes, sparse. A symbolic link at path is refused
+   * (O_NOFOLLOW), and so is anything that is not a regular file: the name may come from a peer.
+   */
   static create(path: string, sizeBytes: number): BlockFile {
     assert(Number.isSafeInteger(sizeBytes) && sizeBytes > 0 && sizeBytes % 512 === 0, 'image size');
-    let fd: number;
-    try { fd = fs.openSync(path, 'w+'); fs.ftruncateSync(fd, sizeBytes); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `cannot create disk image ${path}: ${(e as Error).message}`);
+    const { O_RDWR, O_CREAT, O_NOFOLLOW } = fs.constants;
+    let fd = -1;
+    try {
+      fd = fs.openSync(path, O_RDWR | O_CREAT | O_NOFOLLOW, 0o600);
+      if (!fs.fstatSync(fd).isFile()) throw new Error('not a regular file');
+      fs.ftruncateSync(fd, 0);
+      fs.ftruncateSync(fd, sizeBytes);
+    } catch (e) {
+      if (fd >= 0) fs.closeSync(fd);
+      throw new RemusError(ErrorCode.IO, `cannot create disk image ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     return new BlockFile(path, fd, sizeBytes);
   }

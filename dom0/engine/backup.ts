@@ -1,11 +1,15 @@
 // backup: the standby side. It accepts one primary at a time, stages each checkpoint whole
 // and commits it (memory, then device state) only at CHECKPOINT_END, then acknowledges.
-// Silence past the heartbeat timeout, or a broken connection without GOODBYE, means the
-// primary failed: the staged checkpoint is discarded and the domain resumes from the last
-// committed one. A protocol error is not a failover: the connection is dropped and the
-// primary must reconnect (and start again with a full copy). A new session invalidates
-// the previous committed state until its first full checkpoint commits: the primary ran
-// unprotected in between, so the old image is no longer a safe place to resume from.
+// Failover happens on exactly these triggers (docs/protocol.md, "Failure"): the connection
+// of a live session — HELLO accepted, a checkpoint of it committed, no GOODBYE — breaks or
+// goes silent past the heartbeat timeout, or the operator says so. Then the staged
+// checkpoint is discarded and the domain resumes from the last committed one. Nothing
+// else fails over: a connection that never sent a valid HELLO, one that committed nothing,
+// a protocol error (the connection is dropped; the primary reconnects with a full copy) or
+// a session ended by GOODBYE. A new session invalidates the previous committed state until
+// its first full checkpoint commits: the primary ran unprotected in between. Every handler
+// of peer input runs inside one error boundary (guard): the process never dies of it.
+import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
@@ -17,14 +21,9 @@ import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
 import { EpochBuffer } from '../disk/epoch-buffer';
 import { diskChecksumAsync } from '../disk/replicator';
+import { validateHello, type HelloInfo } from './hello';
 
-export interface HelloInfo {
-  kind: string;
-  domain: string; pageCount: number; pageSize: number; compressor: string; intervalMs: number;
-  heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
-  /** Size of the replicated disk (0: the domain has none), and the write buffer it asks for. */
-  diskBytes: number; diskBufferBytesMax: number;
-}
+export type { HelloInfo } from './hello';
 
 export interface BackupOptions {
   /** Largest guest this backup accepts, in pages. */
@@ -34,6 +33,10 @@ export interface BackupOptions {
   batchPagesMax: number;
   /** Makes (or reuses) the replica for a primary's HELLO. Throws RemusError to refuse. */
   replicaFor(hello: HelloInfo): Replica;
+  /** The backup lets go of a replica it made (another domain came, or nothing of it committed). */
+  releaseReplica?(replica: Replica): void;
+  /** Silence before a HELLO that drops a connection (no failover: it never was a session). */
+  handshakeTimeoutMs?: number;
 }
 
 export interface BackupHooks {
@@ -51,29 +54,47 @@ export interface BackupHooks {
 
 export type BackupState = 'waiting' | 'receiving' | 'failed-over';
 
+/** Before a HELLO, a connection is dropped after this much silence (no failover). */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
 interface Open { epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; diskCrc: number | null; }
 
+/**
+ * The connection of one would-be primary; the backup has at most one. Its loss (close or
+ * silence) is a failover only when it is live: phase 'open' (its HELLO was accepted) and a
+ * checkpoint of it committed (Backup.committed is reset at every HELLO). GOODBYE ends it
+ * without one.
+ */
+interface Session {
+  readonly link: Link;
+  /** 'handshake': no HELLO accepted (losing it changes nothing); 'open': hello is set. */
+  phase: 'handshake' | 'open';
+  hello: HelloInfo | null;
+  lastHeard: number;
+  lastSent: number;
+  timer: unknown;
+  open: Open | null;
+  /** A commit waits for the disk check: records are held here meanwhile (in order). */
+  paused: boolean;
+  queued: Array<[number, Buffer]>;
+  queuedBytes: number;
+}
+
+/** The domain this backup keeps a replica of, between and across sessions. */
+interface Held { hello: HelloInfo; replica: Replica; staging: Staging; }
+
 export class Backup {
-  private link: Link | null = null;
-  private hello: HelloInfo | null = null;
-  private replica: Replica | null = null;
-  private staging: Staging | null = null;
-  private open: Open | null = null;
+  private session: Session | null = null;
+  /** Invariant: committed !== null ⇒ held !== null, and it is a checkpoint of held's domain. */
+  private held: Held | null = null;
   private committed: number | null = null;
-  private lastHeard = 0;
-  private lastSent = 0;
-  private timer: unknown = null;
   state: BackupState = 'waiting';
   private readonly decoder: PageDecoder;
   readonly counters = {
-    checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0,
+    checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0, refusedPeers: 0, internalErrors: 0,
     diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0, diskVerifiedEpoch: 0,
   };
   private diskSuspect = false;
-  /** A commit waits for the disk check: records are held here meanwhile. */
-  private paused = false;
-  private queued: Array<[number, Buffer]> = [];
-  private queuedBytes = 0;
   private diskBuffer: EpochBuffer | null = null;
   private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
@@ -83,58 +104,77 @@ export class Backup {
   }
 
   get committedEpoch(): number | null { return this.committed; }
-  get attached(): boolean { return this.link !== null; }
-  get domain(): string | null { return this.hello?.domain ?? null; }
-  get replicaImage(): Uint8Array | null { return this.replica?.image ?? null; }
+  get attached(): boolean { return this.session !== null; }
+  get domain(): string | null { return this.held?.hello.domain ?? null; }
+  get replicaImage(): Uint8Array | null { return this.held?.replica.image ?? null; }
+  /** A session whose loss means the primary is gone: open, and a checkpoint of it committed. */
+  get live(): boolean { return this.session?.phase === 'open' && this.committed !== null; }
 
   /** A primary connected (already authenticated). Only one at a time. */
   attach(link: Link): void {
     if (this.state === 'failed-over') {
       // A primary that comes back after we resumed must stop its copy (fencing).
-      link.send(Rec.TAKEOVER, epochBody(this.resumedFrom!.epoch));
+      this.quietly(() => link.send(Rec.TAKEOVER, epochBody(this.resumedFrom!.epoch)));
       link.close();
       return;
     }
-    if (this.link) {
-      link.send(Rec.ERROR, jsonBody({ code: ErrorCode.HANDSHAKE, message: 'this backup already serves a primary' }));
+    if (this.session?.phase === 'handshake') {
+      // It sent no valid HELLO (a scan, an idle socket): the newer connection replaces it,
+      // so that no idle peer keeps a genuine primary out for the handshake timeout.
+      this.hooks.event?.('peer-left', { reason: 'replaced by a newer connection before its HELLO', phase: 'handshake' });
+      this.drop(this.session);
+    }
+    if (this.session) {
+      this.counters.refusedPeers++;
+      this.quietly(() => link.send(Rec.ERROR, jsonBody({ code: ErrorCode.HANDSHAKE, message: 'this backup already serves a primary' })));
       link.close();
       return;
     }
-    this.sessionOpen = false;
-    this.link = link;
-    this.lastHeard = this.clock.now();
+    const now = this.clock.now();
+    const s: Session = {
+      link, phase: 'handshake', hello: null, lastHeard: now, lastSent: now, timer: null, open: null,
+      paused: false, queued: [], queuedBytes: 0,
+    };
+    this.session = s;
     this.state = 'receiving';
     link.onRecord((type, body) => {
-      if (!this.paused) { this.guard(link, () => this.onRecord(type, body)); return; }
-      this.lastHeard = this.clock.now();
-      this.queuedBytes += body.length;
-      this.queued.push([type, body]);
-      if (this.queuedBytes > QUEUED_BYTES_MAX) this.guard(link, () => { throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`); });
+      if (!s.paused) { this.guard(s, () => this.onRecord(s, type, body)); return; }
+      s.lastHeard = this.clock.now();
+      s.queuedBytes += body.length;
+      s.queued.push([type, body]);
+      if (s.queuedBytes > QUEUED_BYTES_MAX) this.guard(s, () => { throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`); });
     });
-    link.onClose((err) => { if (this.link === link) this.onLinkClosed(err); });
-    this.arm();
+    link.onClose((err) => this.guard(s, () => this.onLinkClosed(s, err)));
+    this.arm(s);
+    this.checkInvariants();
   }
 
-  /** Manual promotion (`remusdb failover`): resume now from the last committed checkpoint. */
+  /**
+   * Resume now from the last committed checkpoint: the primary of a live session is gone,
+   * or the operator said so (`remusdb failover`). Never throws: a resume that fails is
+   * reported ('resume-failed') and the backup waits for a primary again.
+   */
   failover(reason = 'manual failover'): { epoch: number; info: Record<string, unknown> } | null {
     if (this.state === 'failed-over') return this.resumedFrom;
-    this.open = null;
-    this.staging?.clear();
-    this.queued = [];
-    this.queuedBytes = 0;
+    const s = this.session;
+    if (s) this.endSession(s);
     const lostDiskRanges = this.diskBuffer?.discard() ?? [];
     this.counters.diskDiscardedWrites += lostDiskRanges.length;
-    const link = this.link;
-    this.link = null;
-    this.disarm();
-    if (this.committed === null || !this.replica) {
+    const held = this.held;
+    if (this.committed === null || !held) {
       this.state = 'waiting';
       this.hooks.event?.('no-checkpoint', { reason });
-      link?.close();
+      s?.link.close();
+      this.checkInvariants();
       return null;
     }
-    this.replica.disk?.flush(); // writes the guest saw durable are durable here before it resumes
-    const resumed = this.replica.resume({ lostDiskRanges });
+    let resumed: ReturnType<Replica['resume']>;
+    try {
+      held.replica.disk?.flush(); // writes the guest saw durable are durable here before it resumes
+      resumed = held.replica.resume({ lostDiskRanges });
+    } catch (e) {
+      return this.resumeFailed(reason, s, e);
+    }
     const info = resumed instanceof Promise ? { resuming: true } : resumed;
     this.state = 'failed-over';
     const from = this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
@@ -142,155 +182,196 @@ export class Backup {
       resumed.then((i) => { from.info = i; this.hooks.event?.('resumed', { epoch: from.epoch, ...i }); },
         (e: Error) => this.hooks.event?.('resume-failed', { epoch: from.epoch, message: e.message }));
     }
-    if (link) {
-      try { link.send(Rec.TAKEOVER, epochBody(this.committed)); } catch { /* best effort */ }
-      link.close();
+    if (s) {
+      this.quietly(() => s.link.send(Rec.TAKEOVER, epochBody(from.epoch)));
+      s.link.close();
     }
-    this.hooks.event?.('failover', { epoch: this.committed, reason, ...info });
+    this.hooks.event?.('failover', { epoch: from.epoch, reason, ...info });
+    this.checkInvariants();
     return this.resumedFrom;
+  }
+
+  /** The replica did not start: nothing runs here, so nothing is fenced; a primary may come again. */
+  private resumeFailed(reason: string, s: Session | null, e: unknown): null {
+    const message = (e as Error)?.message ?? String(e);
+    this.hooks.event?.('resume-failed', { epoch: this.committed, reason, message });
+    this.state = 'waiting';
+    this.committed = null;
+    this.release();
+    s?.link.close();
+    this.checkInvariants();
+    return null;
   }
 
   /** Stops waiting (shutdown). Idempotent. */
   close(): void {
-    this.disarm();
-    const l = this.link;
-    this.link = null;
-    l?.close();
+    const s = this.session;
+    if (!s) return;
+    this.endSession(s);
+    s.link.close();
   }
 
-  private onRecord(type: number, body: Buffer): void {
-    this.lastHeard = this.clock.now();
-    this.hooks.phase?.('record', this.open?.epoch ?? -1);
+  // ---- records -------------------------------------------------------------------------
+
+  private onRecord(s: Session, type: number, body: Buffer): void {
+    s.lastHeard = this.clock.now();
+    this.hooks.phase?.('record', s.open?.epoch ?? -1);
+    if (s.phase === 'handshake' && type !== Rec.HELLO && type !== Rec.ERROR) {
+      throw protocolError(`record type ${type} before HELLO`);
+    }
     switch (type) {
-      case Rec.HELLO: return this.onHello(body);
-      case Rec.CHECKPOINT_BEGIN: return this.onBegin(body);
-      case Rec.PAGE_BATCH: return this.onBatch(body);
-      case Rec.DEVICE_STATE: return this.onDeviceState(body);
-      case Rec.CHECKPOINT_END: return this.onEnd(body);
-      case Rec.DISK_WRITE: return this.onDiskWrite(body);
-      case Rec.DISK_SYNC: return this.onDiskSync(body);
-      case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(body);
-      case Rec.DISK_REFS: return this.onDiskRefs(body);
-      case Rec.DISK_VERIFY: return this.onDiskVerify(body);
+      case Rec.HELLO: return this.onHello(s, body);
+      case Rec.CHECKPOINT_BEGIN: return this.onBegin(s, body);
+      case Rec.PAGE_BATCH: return this.onBatch(s, body);
+      case Rec.DEVICE_STATE: return this.onDeviceState(s, body);
+      case Rec.CHECKPOINT_END: return this.onEnd(s, body);
+      case Rec.DISK_WRITE: return this.onDiskWrite(s, body);
+      case Rec.DISK_SYNC: return this.onDiskSync(s, body);
+      case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(s, body);
+      case Rec.DISK_REFS: return this.onDiskRefs(s, body);
+      case Rec.DISK_VERIFY: return this.onDiskVerify(s, body);
       case Rec.NET_EXPOSURE: return this.onNetExposure(body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
-      case Rec.GOODBYE: return this.onGoodbye();
+      case Rec.GOODBYE: return this.onGoodbye(s);
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);
-        throw protocolError(`primary reported ${String(value.code)}: ${String(value.message)}`);
+        throw protocolError(`primary reported ${String(value.code).slice(0, 64)}: ${String(value.message).slice(0, 512)}`);
       }
       default: throw protocolError(`unexpected record type ${type} at the backup`);
     }
   }
 
-  private onHello(body: Buffer): void {
-    if (this.sessionOpen) throw protocolError('HELLO twice in one session');
+  private onHello(s: Session, body: Buffer): void {
+    if (s.phase !== 'handshake') throw protocolError('HELLO twice in one session');
     const { version, value } = parseJson(Rec.HELLO, body, true);
     if (version !== PROTOCOL_VERSION) throw new RemusError(ErrorCode.HANDSHAKE, `protocol version ${version} is not ${PROTOCOL_VERSION}`);
     const h = validateHello(value, this.opts.pageCountMax);
-    if (this.hello && (this.hello.domain !== h.domain || this.hello.pageCount !== h.pageCount)) {
-      throw new RemusError(ErrorCode.HANDSHAKE, `this backup holds ${this.hello.domain} (${this.hello.pageCount} pages), not ${h.domain} (${h.pageCount} pages)`);
+    // A backup serving nobody accepts any valid primary: another domain replaces what it held.
+    if (this.held && (this.held.hello.domain !== h.domain || this.held.hello.pageCount !== h.pageCount)) {
+      this.hooks.event?.('replica-replaced', { from: this.held.hello.domain, to: h.domain, epoch: this.committed });
+      this.committed = null;
+      this.release();
     }
     // The disk continues an earlier session only when this process kept it (same replica).
-    const hadReplica = this.replica !== null;
-    this.replica = this.replica ?? this.opts.replicaFor(h);
-    const diskContinues = h.diskBytes > 0 && !this.diskSuspect && (hadReplica || this.replica.diskContinues === true);
-    this.diskSuspect = false;
-    const diskBytes = this.replica.disk?.sizeBytes ?? 0;
+    const kept = this.held !== null;
+    const held = this.held ?? this.hold(h);
+    const diskContinues = h.diskBytes > 0 && !this.diskSuspect && (kept || held.replica.diskContinues === true);
+    const diskBytes = held.replica.disk?.sizeBytes ?? 0;
     if (h.diskBytes !== diskBytes) {
+      if (!kept) this.release();
       throw new RemusError(ErrorCode.HANDSHAKE, h.diskBytes === 0 ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
         : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`);
     }
-    this.hello = h;
+    this.diskSuspect = false;
+    held.hello = h;
     const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
     if (!this.diskBuffer || this.diskBuffer.bytesMax !== bufferMax) this.diskBuffer = new EpochBuffer(bufferMax);
     this.diskBuffer.discard(); // writes of a session that never committed them: the primary resyncs those blocks
     this.diskSync = { bytes: 0, done: h.diskBytes === 0 };
-    this.staging = this.staging ?? new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax);
     this.committed = null; // the primary ran unprotected: the old image is stale until FULL commits
-    this.open = null;
-    this.sessionOpen = true;
+    s.phase = 'open';
+    s.hello = h;
+    s.open = null;
     this.counters.sessions++;
-    this.send(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb', diskContinues }));
-    this.arm();
+    this.send(s, Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb', diskContinues }));
+    this.arm(s);
     this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId });
+    this.checkInvariants();
   }
 
-  private sessionOpen = false;
-
-  private needSession(): HelloInfo {
-    if (!this.hello || !this.sessionOpen) throw protocolError('checkpoint record before HELLO');
-    return this.hello;
+  /** Makes the replica for a HELLO (the service may refuse: RemusError). */
+  private hold(h: HelloInfo): Held {
+    const replica = this.opts.replicaFor(h);
+    this.held = { hello: h, replica, staging: new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax) };
+    return this.held;
   }
 
-  private onBegin(body: Buffer): void {
-    this.needSession();
+  /** Lets go of the replica (nothing committed refers to it any more). */
+  private release(): void {
+    const held = this.held;
+    if (!held) return;
+    this.held = null;
+    this.diskBuffer?.discard();
+    this.quietly(() => this.opts.releaseReplica?.(held.replica));
+  }
+
+  private needSession(s: Session): Held {
+    if (s.phase !== 'open' || !this.held) throw protocolError('checkpoint record before HELLO');
+    return this.held;
+  }
+
+  private onBegin(s: Session, body: Buffer): void {
+    this.needSession(s);
     const { epoch, full } = parseCheckpointBegin(body);
-    if (this.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${this.open.epoch} is open`);
+    if (s.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${s.open.epoch} is open`);
     if (!full && this.committed === null) throw protocolError('the first checkpoint of a session must be FULL');
+    // A FULL checkpoint decodes in place: after a commit it would overwrite what failover resumes.
+    if (full && this.committed !== null) throw protocolError(`FULL checkpoint ${epoch} after checkpoint ${this.committed} committed`);
     if (!full && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
     if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
-    this.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null };
+    s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null };
   }
 
-  private openFor(type: number, epoch: number): Open {
-    if (!this.open) throw protocolError(`record type ${type} outside a checkpoint`);
-    if (epoch !== this.open.epoch) throw protocolError(`record for epoch ${epoch} inside checkpoint ${this.open.epoch}`);
-    return this.open;
+  private openFor(s: Session, type: number, epoch: number): Open {
+    if (!s.open) throw protocolError(`record type ${type} outside a checkpoint`);
+    if (epoch !== s.open.epoch) throw protocolError(`record for epoch ${epoch} inside checkpoint ${s.open.epoch}`);
+    return s.open;
   }
 
-  private onBatch(body: Buffer): void {
+  private onBatch(s: Session, body: Buffer): void {
+    const held = this.needSession(s);
     const { epoch, payload } = parseWithEpoch(Rec.PAGE_BATCH, body);
-    const o = this.openFor(Rec.PAGE_BATCH, epoch);
+    const o = this.openFor(s, Rec.PAGE_BATCH, epoch);
     this.counters.wireBytes += body.length + 16;
     if (o.full) {
       // A full checkpoint replaces every page and nothing committed is at stake: decode in place.
       const records = this.decoder.unpack(payload);
-      o.pages += this.decoder.applyInPlace(records, this.replica!.image);
+      o.pages += this.decoder.applyInPlace(records, held.replica.image);
+      held.staging.markRecords(records);
     } else {
-      o.pages += this.staging!.add(payload, this.replica!.image);
+      o.pages += held.staging.add(payload, held.replica.image);
     }
   }
 
   private onNetExposure(body: Buffer): void {
-    this.needSession();
     const { epoch, payload } = parseWithEpoch(Rec.NET_EXPOSURE, body);
     const { value } = parseJson(Rec.NET_EXPOSURE, payload, false);
     const bad = this.hooks.netExposure ? this.hooks.netExposure(epoch, value) : null;
     if (bad) throw protocolError(`NET_EXPOSURE of checkpoint ${epoch}: ${bad}`);
   }
 
-  private onDeviceState(body: Buffer): void {
+  private onDeviceState(s: Session, body: Buffer): void {
     const { epoch, payload } = parseWithEpoch(Rec.DEVICE_STATE, body);
-    const o = this.openFor(Rec.DEVICE_STATE, epoch);
+    const o = this.openFor(s, Rec.DEVICE_STATE, epoch);
     if (o.deviceState) throw protocolError('two DEVICE_STATE records in one checkpoint');
-    if (payload.length > this.hello!.deviceStateMax) throw protocolError(`device state of ${payload.length} octets exceeds ${this.hello!.deviceStateMax}`);
+    if (payload.length > s.hello!.deviceStateMax) throw protocolError(`device state of ${payload.length} octets exceeds ${s.hello!.deviceStateMax}`);
     o.deviceState = Uint8Array.from(payload);
   }
 
-  private onEnd(body: Buffer): void {
+  private onEnd(s: Session, body: Buffer): void {
+    const held = this.needSession(s);
     const { epoch, pages } = parseCheckpointEnd(body);
-    const o = this.openFor(Rec.CHECKPOINT_END, epoch);
+    const o = this.openFor(s, Rec.CHECKPOINT_END, epoch);
     if (pages !== o.pages) throw protocolError(`checkpoint ${epoch} announced ${pages} pages but carried ${o.pages}`);
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
-    if (o.full && o.pages !== this.hello!.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${this.hello!.pageCount} pages`);
+    if (o.full && o.pages !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${held.hello.pageCount} pages`);
     this.hooks.phase?.('pre-commit', epoch);
     // Disk first: if it fails nothing of this checkpoint reached memory; either way the
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
-    this.committing(() => {
-      const disk = this.replica!.disk ? this.diskBuffer!.commit(epoch, this.replica!.disk) : null;
+    this.committing(held, () => {
+      const disk = held.replica.disk ? this.diskBuffer!.commit(epoch, held.replica.disk) : null;
       if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
     });
-    if (o.diskCrc === null) return this.finishCommit(o);
+    if (o.diskCrc === null) return this.finishCommit(s, o);
     // The disk check reads the whole disk: a few MiB per turn, heartbeats going on, and the
     // records that arrive meanwhile wait their turn (held, in order).
-    const link = this.link!, expected = o.diskCrc;
-    this.paused = true;
-    diskChecksumAsync(this.replica!.disk!, this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
-      this.paused = false;
-      if (this.link !== link || this.open !== o) { if (this.link) this.drainQueued(this.link); return; }
-      this.guard(link, () => {
-        this.committing(() => {
+    const expected = o.diskCrc;
+    s.paused = true;
+    diskChecksumAsync(held.replica.disk!, this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
+      s.paused = false;
+      if (this.session !== s || s.open !== o) return;
+      this.guard(s, () => {
+        this.committing(held, () => {
           if (r instanceof Error) throw r;
           if (r !== expected) {
             throw new RemusError(ErrorCode.DISK_DIVERGED, `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`);
@@ -298,41 +379,44 @@ export class Backup {
           this.counters.diskVerifiedEpoch = epoch;
           this.hooks.event?.('disk-verified', { epoch, crc32c: r });
         });
-        this.finishCommit(o);
+        this.finishCommit(s, o);
       });
-      this.drainQueued(link);
+      this.drainQueued(s);
     });
   }
 
   /** Memory (staged pages, then disk references), device state; then the ACK. */
-  private finishCommit(o: Open): void {
+  private finishCommit(s: Session, o: Open): void {
+    const held = this.held!;
     const epoch = o.epoch;
-    this.committing(() => {
-      const refs = this.staging!.refs;
-      const refPages = refs.length ? this.staging!.resolveRefs(this.replica!.disk!) : null;
-      const changed = o.full ? allPfns(this.hello!.pageCount) : this.staging!.applyTo(this.replica!.image);
+    this.committing(held, () => {
+      const staging = held.staging, image = held.replica.image;
+      const refs = staging.refs;
+      const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
+      const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
       if (refPages) {
-        refs.forEach((r, i) => this.replica!.image.set(refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), r.pfn * PAGE_SIZE));
+        refs.forEach((r, i) => image.set(refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), r.pfn * PAGE_SIZE));
         this.counters.diskRefPages += refs.length;
       }
-      if (o.full) this.staging!.clear();
-      this.replica!.commitDeviceState(o.deviceState!, changed);
+      if (o.full) staging.clear();
+      held.replica.commitDeviceState(o.deviceState!, changed);
     });
     this.committed = epoch;
-    this.open = null;
+    s.open = null;
     this.counters.checkpoints++;
     this.counters.pages += o.pages;
-    this.hooks.commit?.(epoch, this.replica!);
+    this.checkInvariants();
+    this.hooks.commit?.(epoch, held.replica);
     this.hooks.phase?.('post-commit', epoch);
-    this.send(Rec.ACK, ackBody(epoch));
+    this.send(s, Rec.ACK, ackBody(epoch));
     this.hooks.phase?.('post-ack', epoch);
   }
 
   /** A step of a commit: if it fails, the replica is no checkpoint any more. */
-  private committing(f: () => void): void {
+  private committing(held: Held, f: () => void): void {
     try { f(); } catch (e) {
       this.committed = null;
-      this.staging!.clear();
+      held.staging.clear();
       // A disk reference that did not match means our disk diverged: the next session copies it whole.
       if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
       throw e;
@@ -340,136 +424,169 @@ export class Backup {
   }
 
   /** Records that arrived while a commit waited for the disk check, in order. */
-  private drainQueued(link: Link): void {
-    while (this.queued.length > 0 && !this.paused && this.link === link) {
-      const [type, body] = this.queued.shift()!;
-      this.queuedBytes -= body.length;
-      this.guard(link, () => this.onRecord(type, body));
+  private drainQueued(s: Session): void {
+    while (s.queued.length > 0 && !s.paused && this.session === s) {
+      const [type, body] = s.queued.shift()!;
+      s.queuedBytes -= body.length;
+      this.guard(s, () => this.onRecord(s, type, body));
     }
   }
 
   /** Pages sent as disk blocks: staged, resolved from our disk at commit (after its writes). */
-  private onDiskRefs(body: Buffer): void {
-    const h = this.needSession();
+  private onDiskRefs(s: Session, body: Buffer): void {
+    const held = this.needSession(s);
+    const h = held.hello;
     if (h.diskBytes === 0) throw protocolError('DISK_REFS for a domain without a disk');
     const { epoch, refs } = parseDiskRefs(body, h.pageCount, h.diskBytes);
-    const o = this.openFor(Rec.DISK_REFS, epoch);
+    const o = this.openFor(s, Rec.DISK_REFS, epoch);
     this.counters.wireBytes += body.length + 16;
-    o.pages += this.staging!.addRefs(refs);
+    o.pages += held.staging.addRefs(refs);
   }
 
   /** The primary's disk checksum at this checkpoint: checked at its commit, before the ACK. */
-  private onDiskVerify(body: Buffer): void {
-    const h = this.needSession();
+  private onDiskVerify(s: Session, body: Buffer): void {
+    const h = this.needSession(s).hello;
     const { epoch, crc32c } = parseDiskVerify(body);
-    const o = this.openFor(Rec.DISK_VERIFY, epoch);
+    const o = this.openFor(s, Rec.DISK_VERIFY, epoch);
     if (h.diskBytes === 0 || o.diskCrc !== null) throw protocolError(`DISK_VERIFY for checkpoint ${epoch} without a disk, or twice`);
     o.diskCrc = crc32c;
   }
 
-  private onDiskWrite(body: Buffer): void {
-    const h = this.needSession();
+  private onDiskWrite(s: Session, body: Buffer): void {
+    const h = this.needSession(s).hello;
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
     this.diskBuffer!.add(parseDiskWrite(body, h.diskBytes), this.committed);
   }
 
   /** Resync copy: applied at once — nothing is committed in this session until it ends. */
-  private onDiskSync(body: Buffer): void {
-    const h = this.needSession();
-    if (this.diskSync.done || this.committed !== null || this.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
-    const { offsetBytes, data } = parseDiskSync(body, h.diskBytes);
-    this.replica!.disk!.write(offsetBytes, data);
+  private onDiskSync(s: Session, body: Buffer): void {
+    const held = this.needSession(s);
+    if (this.diskSync.done || this.committed !== null || s.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
+    const { offsetBytes, data } = parseDiskSync(body, held.hello.diskBytes);
+    held.replica.disk!.write(offsetBytes, data);
     this.diskSync.bytes += data.length;
     this.counters.diskSyncBytes += data.length;
   }
 
-  private onDiskSyncEnd(body: Buffer): void {
-    this.needSession();
+  private onDiskSyncEnd(s: Session, body: Buffer): void {
+    this.needSession(s);
     if (this.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
     const bytes = parseDiskSyncEnd(body);
     if (bytes !== this.diskSync.bytes) throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${this.diskSync.bytes} arrived`);
-    if (bytes > 0) { const d = this.replica!.disk!; (d.flushSoon ?? d.flush).call(d); }
+    if (bytes > 0) { const d = this.held!.replica.disk!; (d.flushSoon ?? d.flush).call(d); }
     this.diskSync.done = true;
     this.hooks.event?.('disk-synced', { bytes });
   }
 
-  private onGoodbye(): void {
+  private onGoodbye(s: Session): void {
     this.hooks.event?.('goodbye', { epoch: this.committed });
-    this.sessionOpen = false;
-    this.drop();
+    this.drop(s);
   }
 
-  private onLinkClosed(err: Error | null): void {
-    if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) {
-      const link = this.link!;
-      this.guard(link, () => { throw err; }); // a bad stream is not a dead primary
-      return;
-    }
-    this.failover(err ? `connection broke: ${err.message}` : 'connection closed without GOODBYE');
+  // ---- the end of a session --------------------------------------------------------------
+
+  /** The connection ended under us: a failover only if the session was live. */
+  private onLinkClosed(s: Session, err: Error | null): void {
+    if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) throw err; // a bad stream is not a dead primary
+    const why = err ? `connection broke: ${err.message}` : 'connection closed without GOODBYE';
+    if (this.live) { this.failover(why); return; }
+    this.hooks.event?.('peer-left', { reason: why, phase: s.phase });
+    this.drop(s);
   }
 
-  /** Drop the connection without failing over; discard any open checkpoint. */
-  private drop(): void {
-    this.open = null;
-    this.staging?.clear();
-    this.queued = [];
-    this.queuedBytes = 0;
-    const l = this.link;
-    this.link = null;
-    this.disarm();
+  /** Ends the session's bookkeeping: timers, open checkpoint, queued records. */
+  private endSession(s: Session): void {
+    if (s.timer !== null) this.clock.clearTimer(s.timer);
+    s.timer = null;
+    s.open = null;
+    s.paused = false;
+    s.queued = [];
+    s.queuedBytes = 0;
+    this.held?.staging.clear();
+    if (this.session === s) this.session = null;
+  }
+
+  /**
+   * Drop the connection without failing over; discard any open checkpoint. A session that
+   * committed nothing leaves nothing behind (no replica, no binding to its domain).
+   */
+  private drop(s: Session): void {
+    if (this.session !== s) return;
+    this.endSession(s);
+    if (this.committed === null) this.release();
     if (this.state !== 'failed-over') this.state = 'waiting';
-    l?.close();
+    s.link.close();
+    this.checkInvariants();
   }
 
-  private guard(link: Link, f: () => void): void {
-    if (this.link !== link) return;
+  /**
+   * The one error boundary of everything a peer's input or a session's timer runs. A
+   * RemusError drops the session (no failover) and is reported; anything else is a bug met
+   * on peer input: reported as ERR_INTERNAL with its cause, and the process goes on.
+   */
+  private guard(s: Session, f: () => void): void {
+    if (this.session !== s) return;
     try { f(); } catch (e) {
-      if (!(e instanceof RemusError)) throw e;
-      this.counters.protocolErrors++;
-      this.hooks.event?.('protocol-error', { code: e.code, message: e.message });
-      try { link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message })); } catch { /* closing */ }
-      this.sessionOpen = false;
-      this.drop();
+      const err = e instanceof RemusError ? e
+        : new RemusError(ErrorCode.INTERNAL, `internal error on the primary's input: ${(e as Error)?.message ?? String(e)}`, {}, { cause: e });
+      if (err.code === ErrorCode.INTERNAL) this.counters.internalErrors++; else this.counters.protocolErrors++;
+      this.hooks.event?.(err.code === ErrorCode.INTERNAL ? 'internal-error' : 'protocol-error', { code: err.code, message: err.message });
+      if (this.session !== s) return;
+      this.quietly(() => s.link.send(Rec.ERROR, jsonBody({ code: err.code, message: err.message })));
+      this.drop(s);
     }
   }
 
-  private timeoutMs(): number { return this.hello?.heartbeatTimeoutMs ?? 10_000; }
+  /** Best effort on a connection that may be closing. */
+  private quietly(f: () => void): void {
+    try { f(); } catch { /* closing anyway */ }
+  }
 
-  private arm(): void {
-    this.disarm();
+  private checkInvariants(): void {
+    assert(this.committed === null || this.held !== null, 'a committed checkpoint without a replica');
+    assert(this.session === null || this.session.phase === 'handshake' || this.session.hello !== null, 'an open session without HELLO');
+    assert(this.state !== 'receiving' || this.session !== null, 'receiving without a session');
+    assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');
+  }
+
+  // ---- liveness --------------------------------------------------------------------------
+
+  private timeoutMs(s: Session): number {
+    return s.hello?.heartbeatTimeoutMs ?? this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+  }
+
+  private arm(s: Session): void {
+    if (s.timer !== null) this.clock.clearTimer(s.timer);
     // Check for silence 8 times per timeout (failover ≤ timeout × 9/8); heartbeat every 1/4.
-    const every = Math.max(5, Math.floor(this.timeoutMs() / 8));
-    this.timer = this.clock.setTimer(every, () => this.onTimer());
+    const every = Math.max(5, Math.floor(this.timeoutMs(s) / 8));
+    s.timer = this.clock.setTimer(every, () => { s.timer = null; this.guard(s, () => this.onTimer(s)); });
   }
 
-  private disarm(): void {
-    if (this.timer !== null) this.clock.clearTimer(this.timer);
-    this.timer = null;
-  }
-
-  private onTimer(): void {
-    this.timer = null;
-    if (!this.link) return;
+  private onTimer(s: Session): void {
     const now = this.clock.now();
-    if (now - this.lastHeard > this.timeoutMs()) {
-      // Confirm after pending input was read: a stall of our own loop is not the primary's silence.
-      const link = this.link;
-      this.timer = this.clock.setTimer(1, () => {
-        this.timer = null;
-        if (this.link !== link) return;
-        const silent = this.clock.now() - this.lastHeard;
-        if (silent > this.timeoutMs()) this.failover(`primary silent for ${silent.toFixed(0)} ms`); else this.arm();
-      });
+    if (now - s.lastHeard <= this.timeoutMs(s)) {
+      if (s.phase === 'open' && now - s.lastSent >= this.timeoutMs(s) / 4) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
+      this.arm(s);
       return;
     }
-    if (this.sessionOpen && now - this.lastSent >= this.timeoutMs() / 4) this.send(Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
-    this.arm();
+    // Confirm after pending input was read: a stall of our own loop is not the primary's silence.
+    s.timer = this.clock.setTimer(1, () => {
+      s.timer = null;
+      this.guard(s, () => {
+        const silent = this.clock.now() - s.lastHeard;
+        if (silent <= this.timeoutMs(s)) { this.arm(s); return; }
+        const why = `primary silent for ${silent.toFixed(0)} ms`;
+        if (this.live) { this.failover(why); return; }
+        this.hooks.event?.('peer-left', { reason: why, phase: s.phase });
+        this.drop(s);
+      });
+    });
   }
 
-  private send(type: number, body: Uint8Array): void {
-    if (!this.link) return;
-    this.lastSent = this.clock.now();
-    this.link.send(type, body);
+  private send(s: Session, type: number, body: Uint8Array): void {
+    if (this.session !== s) return;
+    s.lastSent = this.clock.now();
+    s.link.send(type, body);
   }
 }
 
@@ -480,28 +597,4 @@ function allPfns(pageCount: number): Uint32Array {
   const a = new Uint32Array(pageCount);
   for (let i = 0; i < pageCount; i++) a[i] = i;
   return a;
-}
-
-function validateHello(v: Record<string, unknown>, pageCountMax: number): HelloInfo {
-  const num = (k: string, min: number, max: number): number => {
-    const x = v[k];
-    if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < min || x > max) {
-      throw new RemusError(ErrorCode.HANDSHAKE, `HELLO ${k} ${JSON.stringify(x)} is not an integer in [${min}, ${max}]`);
-    }
-    return x;
-  };
-  const str = (k: string): string => {
-    const x = v[k];
-    if (typeof x !== 'string' || x.length === 0 || x.length > 256) throw new RemusError(ErrorCode.HANDSHAKE, `HELLO ${k} is missing or too long`);
-    return x;
-  };
-  if (v.pageSize !== PAGE_SIZE) throw new RemusError(ErrorCode.HANDSHAKE, `page size ${String(v.pageSize)} is not ${PAGE_SIZE}`);
-  return {
-    kind: str('kind'), domain: str('domain'), pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_SIZE,
-    compressor: str('compressor'), intervalMs: num('intervalMs', 1, 60_000),
-    heartbeatTimeoutMs: num('heartbeatTimeoutMs', 10, 600_000), deviceStateMax: num('deviceStateMax', 0, 1 << 20),
-    diskBytes: v.diskBytes === undefined ? 0 : num('diskBytes', 0, Number.MAX_SAFE_INTEGER),
-    diskBufferBytesMax: v.diskBufferBytesMax === undefined ? 0 : num('diskBufferBytesMax', 0, 2 ** 40),
-    sessionId: str('sessionId'),
-  };
 }

@@ -157,7 +157,8 @@ export class Primary {
     link.onClose((err) => {
       if (this.link !== link) return;
       if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) return this.guard(link, () => { throw err; });
-      this.lose(err ? err.message : 'backup closed the connection');
+      this.lose(err ? err.message : this.session === 'hello' ? 'the backup closed the connection before answering HELLO ' +
+        '(it refused us, or one side uses TLS --psk-file and the other --insecure)' : 'backup closed the connection');
     });
     this.send(Rec.HELLO, jsonBody({
       kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,

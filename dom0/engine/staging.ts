@@ -10,6 +10,9 @@ import type { DiskTarget } from '../disk/epoch-buffer';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 
+/** A page record's header: u64 pfn, u8 encoding, u8 0, u16 payload length (docs/memory-encoding.md). */
+const RECORD_HEADER_BYTES = 12;
+
 interface Chunk { pages: Uint8Array; pfns: BigUint64Array; count: number; }
 
 export class Staging {
@@ -39,6 +42,21 @@ export class Staging {
     this.chunks.push(chunk);
     this.count += chunk.count;
     return chunk.count;
+  }
+
+  /**
+   * A FULL checkpoint decodes in place (nothing committed is at stake); its pfns still count
+   * once each. records: one unpacked batch that decoded without error (well-formed).
+   */
+  markRecords(records: Uint8Array): void {
+    const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
+    for (let at = 0; at + RECORD_HEADER_BYTES <= records.length; at += RECORD_HEADER_BYTES + view.getUint16(at + 10, true)) {
+      const pfn = Number(view.getBigUint64(at, true));
+      if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
+      if (this.seen[pfn]) throw protocolError(`pfn ${pfn} appears twice in one checkpoint`);
+      this.seen[pfn] = 1;
+      this.touched.push(pfn);
+    }
   }
 
   /** Stages disk references (each pfn once per checkpoint, like pages). */

@@ -15,6 +15,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';
 import { announceFailover } from '../hypervisor/xen/failover-notice';
+import type { Replica } from '../engine/ports';
+import { HostLock } from './host-lock';
+import { ChangeLog } from './change-log';
+import * as os from 'node:os';
+import { assert } from '../assert';
 
 export interface BackupConfig {
   host: string;
@@ -39,15 +44,20 @@ export class BackupService {
   private control: ControlServer | null = null;
   private replica: SimReplica | null = null;
   private xenReplica: XenReplica | null = null;
+  /** The lock on the replica disk this process made (no other backup truncates it). */
+  private diskLock: HostLock | null = null;
+  /** Refusals and dropped peers are logged once per change of reason, not per attempt. */
+  private readonly peerLog: ChangeLog;
   private promoted: ProtectService | null = null;
   private readonly events: Array<Record<string, unknown>> = [];
   private readonly exposure: BackupExposure;
 
   constructor(private readonly cfg: BackupConfig) {
     this.exposure = new BackupExposure(cfg.log);
+    this.peerLog = new ChangeLog(cfg.log);
     this.backup = new Backup(realClock, {
       pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax, diskBufferBytesMax: cfg.diskBufferBytesMax,
-      replicaFor: (h) => this.replicaFor(h),
+      replicaFor: (h) => this.replicaFor(h), releaseReplica: (r) => this.releaseReplica(r),
     }, { event: (name, detail) => this.onEvent(name, detail), netExposure: (_epoch, value) => this.exposure.onRecord(value) });
   }
 
@@ -55,7 +65,7 @@ export class BackupService {
 
   async start(): Promise<void> {
     this.listener = await listenLinks(this.cfg.host, this.cfg.port, this.cfg.security,
-      (link) => this.backup.attach(link), (why) => this.cfg.log(why));
+      (link) => this.backup.attach(link), (why) => this.peerLog.say(why));
     this.control = new ControlServer(socketPath('backup', String(this.listener.port)), (req) => this.onControl(req));
   }
 
@@ -68,6 +78,7 @@ export class BackupService {
     await this.replica?.domain?.destroy();
     this.xenReplica?.close();
     this.replica?.disk?.close();
+    this.diskLock?.release();
   }
 
   status(): Record<string, unknown> {
@@ -83,9 +94,44 @@ export class BackupService {
     };
   }
 
+  /**
+   * The replica for an accepted HELLO (its fields already checked: the domain name is a
+   * plain name, never a path). Its disk lives in the disk directory under a name made from
+   * the kind and domain, opened without following links, and locked: a replica another
+   * backup process holds is refused, never truncated.
+   */
   private replicaFor(h: HelloInfo): SimReplica | XenReplica {
-    if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log, { diskDir: this.cfg.diskDir }));
-    if (h.kind !== 'sim') throw new RemusError(ErrorCode.HANDSHAKE, `this backup runs simulated or Xen domains; ${h.domain} is a ${h.kind} domain`);
+    if (h.kind === 'sim') checkSimGuestFits(h);
+    const diskFile = h.diskBytes > 0 && !(h.kind === 'sim' && this.cfg.reuseDisk) ? this.replicaDiskFile(h) : null;
+    try {
+      if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log, { diskFile }));
+      return this.simReplicaFor(h, diskFile);
+    } catch (e) {
+      this.diskLock?.release();
+      this.diskLock = null;
+      throw e;
+    }
+  }
+
+  /** Where a replica disk goes, locked for this process (ERR_LOCKED when another holds it). */
+  private replicaDiskFile(h: HelloInfo): string {
+    const dir = this.cfg.diskDir ?? runDir();
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const file = path.join(dir, `${h.kind}-${h.domain}.backup.disk`);
+    assert(path.dirname(file) === path.normalize(dir) || path.dirname(file) === path.resolve(dir), `replica path ${file} is in ${dir}`);
+    this.diskLock = HostLock.acquire(`${file}.lock`, `the replica disk of ${h.domain}`);
+    return file;
+  }
+
+  /** The engine let go of a replica: free its memory, close its disk, drop its lock. */
+  private releaseReplica(r: Replica): void {
+    if (r === this.xenReplica) { this.xenReplica.close(); this.xenReplica = null; }
+    if (r === this.replica) { this.replica.close(); this.replica = null; }
+    this.diskLock?.release();
+    this.diskLock = null;
+  }
+
+  private simReplicaFor(h: HelloInfo, diskFile: string | null): SimReplica {
     let disk: BlockFile | null = null;
     if (h.diskBytes > 0 && this.cfg.reuseDisk) {
       disk = BlockFile.open(this.cfg.reuseDisk);
@@ -96,12 +142,13 @@ export class BackupService {
       this.replica = new SimReplica(h.domain, h.pageCount, disk, true);
       return this.replica;
     }
-    if (h.diskBytes > 0) {
-      const dir = this.cfg.diskDir ?? runDir();
-      fs.mkdirSync(dir, { recursive: true });
-      disk = BlockFile.create(path.join(dir, `sim-${h.domain}.backup.disk`), h.diskBytes);
+    if (diskFile) disk = BlockFile.create(diskFile, h.diskBytes);
+    try {
+      this.replica = new SimReplica(h.domain, h.pageCount, disk);
+    } catch (e) {
+      disk?.close();
+      throw e;
     }
-    this.replica = new SimReplica(h.domain, h.pageCount, disk);
     return this.replica;
   }
 
@@ -162,10 +209,27 @@ export class BackupService {
       // A Xen guest learns it is the failed-over copy (its agent starts database recovery).
       if (typeof detail.domid === 'number') announceFailover(detail.domid, Number(detail.epoch), this.cfg.log);
     }
-    if (name === 'session') this.cfg.log(`primary connected: ${String(detail.domain)} (${String(detail.pages)} pages)`);
-    if (name === 'failover') this.cfg.log(`FAILOVER (${String(detail.reason)}): resumed ${String(this.backup.domain)} from epoch ${String(detail.epoch)}, seq ${String(detail.seq)}`);
-    if (name === 'no-checkpoint') this.cfg.log(`primary gone (${String(detail.reason)}) before any checkpoint committed: nothing to resume`);
-    if (name === 'protocol-error') this.cfg.log(`protocol error from the primary: ${String(detail.message)} (connection dropped; no failover)`);
-    if (name === 'goodbye') this.cfg.log('primary ended protection (GOODBYE)');
+    this.logEvent(name, detail);
+  }
+
+  private logEvent(name: string, detail: Record<string, unknown>): void {
+    const log = this.cfg.log, d = (k: string): string => String(detail[k]);
+    if (name === 'session') { this.peerLog.reset(); log(`primary connected: ${d('domain')} (${d('pages')} pages)`); }
+    if (name === 'failover') log(`FAILOVER (${d('reason')}): resumed ${String(this.backup.domain)} from epoch ${d('epoch')}, seq ${d('seq')}`);
+    if (name === 'resume-failed') log(`FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; waiting for a primary)`);
+    if (name === 'no-checkpoint') log(`primary gone (${d('reason')}) before any checkpoint committed: nothing to resume`);
+    if (name === 'protocol-error') this.peerLog.say(`refused or dropped a peer: ${d('message')} (no failover)`);
+    if (name === 'internal-error') log(`BUG: ${d('message')} (the session was dropped; no failover; the backup goes on)`);
+    if (name === 'peer-left') this.peerLog.say(`a peer left (${d('reason')}) outside a live session: no failover`);
+    if (name === 'replica-replaced') log(`replacing the replica of ${d('from')} by one for ${d('to')} (no primary was attached)`);
+    if (name === 'goodbye') log('primary ended protection (GOODBYE)');
+  }
+}
+
+/** A simulated replica is RAM in this process: refuse at HELLO what this host cannot hold. */
+function checkSimGuestFits(h: HelloInfo): void {
+  const bytes = h.pageCount * 4096;
+  if (bytes > os.totalmem()) {
+    throw new RemusError(ErrorCode.HANDSHAKE, `${h.domain} has ${Math.round(bytes / 2 ** 20)} MiB of memory; this host has ${Math.round(os.totalmem() / 2 ** 20)} MiB`);
   }
 }

@@ -18,6 +18,11 @@ export function socketPath(role: 'primary' | 'backup', name: string): string {
   return path.join(runtimeDir(), `${role}-${name}.sock`);
 }
 
+/** The lock that makes one `protect` per domain per host (service/host-lock.ts). */
+export function protectLockPath(kind: string, name: string): string {
+  return path.join(runtimeDir(), `protect-${kind}-${name}.lock`);
+}
+
 export class ControlServer {
   private readonly server: net.Server;
   constructor(readonly file: string, handler: Handler) {

@@ -16,7 +16,8 @@ import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
 import type { Security } from '../protocol/channel';
 import { Reconnector } from './reconnector';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
-import { ControlServer, runtimeDir as runDir, socketPath } from './control';
+import { ControlServer, protectLockPath, runtimeDir as runDir, socketPath } from './control';
+import { HostLock } from './host-lock';
 import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
 import type { BlockGenerations } from '../disk/block-generations';
@@ -64,45 +65,54 @@ export class ProtectService {
   readonly diskPath: string | null = null;
   private readonly net: DomainNet | null;
 
+  /** One protect per domain per host; none for an adopted domain (its backup process owns it). */
+  private readonly lock: HostLock | null;
+
   /** adopted: a domain this process already runs (a backup that failed over, now reprotecting). */
   constructor(private readonly cfg: ProtectConfig, private readonly adopted: AdoptedDomain | null = null) {
-    if (adopted) {
-      this.sink = adopted.sink;
-      this.gate = adopted.gate;
-      this.disk = adopted.disk;
-      this.diskPath = adopted.disk ? adopted.diskPath : null;
-      this.domain = adopted.domain;
-    } else {
-      const [host, port] = cfg.client ? cfg.client.split(':') : [];
-      this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
-      this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
-      if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
-        fs.mkdirSync(runDir(), { recursive: true });
-        this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
-        this.diskSource = BlockFile.create(this.diskPath, cfg.diskBytes);
-        this.disk = new DiskReplicator(this.diskSource, realClock, {
-          unackedBytesMax: cfg.diskBufferBytesMax, inSync: false, readTrackingBlocksMax: cfg.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
-        });
+    this.lock = adopted ? null : HostLock.acquire(protectLockPath('sim', cfg.name), `protection of sim:${cfg.name}`);
+    try {
+      if (adopted) {
+        this.sink = adopted.sink;
+        this.gate = adopted.gate;
+        this.disk = adopted.disk;
+        this.diskPath = adopted.disk ? adopted.diskPath : null;
+        this.domain = adopted.domain;
+      } else {
+        const [host, port] = cfg.client ? cfg.client.split(':') : [];
+        this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
+        this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
+        if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
+          fs.mkdirSync(runDir(), { recursive: true });
+          this.diskPath = path.join(runDir(), `sim-${cfg.name}.primary.disk`);
+          this.diskSource = BlockFile.create(this.diskPath, cfg.diskBytes);
+          this.disk = new DiskReplicator(this.diskSource, realClock, {
+            unackedBytesMax: cfg.diskBufferBytesMax, inSync: false, readTrackingBlocksMax: cfg.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
+          });
+        }
+        this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
+          name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
+          deviceInfo: cfg.client ? { client: cfg.client } : {},
+          diskPath: this.diskPath ?? undefined, disk: this.disk ? diskSink(this.disk) : undefined,
+        }, cfg.tracePath);
       }
-      this.domain = SimDomain.boot(cfg.memoryBytes, cfg.workload, cfg.seed, {
-        name: cfg.name, stepsPerSec: cfg.stepsPerSec, onOutput: (o) => this.gate.push(o),
-        deviceInfo: cfg.client ? { client: cfg.client } : {},
-        diskPath: this.diskPath ?? undefined, disk: this.disk ? diskSink(this.disk) : undefined,
-      }, cfg.tracePath);
+      if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
+      this.net = cfg.net && !adopted ? this.openNet(cfg.net) : null;
+      const gate = !cfg.netBuffer ? new PassThroughGate(this.gate) : this.net ? new GateSet([this.gate, this.net.gate]) : this.gate;
+      this.primary = new Primary(this.domain, gate, realClock, cfg.engine, {
+        checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
+        event: (name, detail) => this.onEvent(name, detail),
+        netExposure: (full) => (this.net?.exposure.length ? exportExposure(this.net.exposure, full) : null),
+      }, this.disk);
+      for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+      const b = cfg.backup;
+      this.reconnector = b === 'blackhole' ? null : new Reconnector({ backup: b, security: cfg.security, log: cfg.log,
+        attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
+      this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
+    } catch (e) {
+      this.lock?.release();
+      throw e;
     }
-    if (this.domain.dirtyMode !== 'uffd-wp') cfg.log(`warning: kernel dirty tracking unavailable (${this.domain.dirtyReason}); hashing pages instead (slower)`);
-    this.net = cfg.net && !adopted ? this.openNet(cfg.net) : null;
-    const gate = !cfg.netBuffer ? new PassThroughGate(this.gate) : this.net ? new GateSet([this.gate, this.net.gate]) : this.gate;
-    this.primary = new Primary(this.domain, gate, realClock, cfg.engine, {
-      checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
-      event: (name, detail) => this.onEvent(name, detail),
-      netExposure: (full) => (this.net?.exposure.length ? exportExposure(this.net.exposure, full) : null),
-    }, this.disk);
-    for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
-    const b = cfg.backup;
-    this.reconnector = b === 'blackhole' ? null : new Reconnector({ backup: b, security: cfg.security, log: cfg.log,
-      attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
-    this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
   }
 
   start(): void {
@@ -119,8 +129,12 @@ export class ProtectService {
     this.sink.close();
     this.net?.close();
     if (this.adopted) return; // the domain belongs to the process that adopted it
-    await this.domain.destroy();
-    this.diskSource?.close();
+    try {
+      await this.domain.destroy();
+      this.diskSource?.close();
+    } finally {
+      this.lock?.release();
+    }
   }
 
   status(): Record<string, unknown> {
@@ -153,9 +167,9 @@ export class ProtectService {
     this.journal({ event: name, ...detail });
     if (name === 'disk-sync') this.cfg.log(`backup ${String(detail.backup)} answered: copying ${this.disk!.bitmap.bytes} bytes of disk it may lack, then checkpoints start`);
     if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
+    if (name === 'protected') this.reconnector?.established();
     if (name === 'backup-lost') {
-      this.cfg.log(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
-      this.reconnector?.schedule();
+      this.reconnector?.lost(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
     }
     if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${this.cfg.name} is stopped here (fenced)`);
   }

@@ -1,12 +1,16 @@
 // reconnector: how a protect process (simulated or Xen domain) keeps reaching its backup —
 // connect over the replication channel, hand the link to the engine, and after a failed
-// attempt or a lost backup try again with exponential backoff (100 ms doubling to 5 s,
-// reset by a success). Authentication failures are logged (a wrong key never heals by
-// itself, but the operator may fix the backup's key file); other failures are silent
-// retries. stop() ends it; a link that arrives after stop() is closed at once.
+// attempt or a lost backup try again with exponential backoff (100 ms doubling to 5 s). The
+// backoff is reset only when a session is established (the engine reports 'protected'), not
+// when a connection merely opens: a backup that accepts connections but refuses our HELLO
+// (it serves another primary, a size or disk mismatch) is retried at the capped rate, not at
+// 10 Hz. Why the backup is unreachable — DNS, refused, no answer, TLS failure (different
+// keys, or one side --insecure), refused HELLO — is said once per change of reason.
+// stop() ends it; a link that arrives after stop() is closed at once.
 import { ErrorCode, type RemusError } from '../errors';
 import type { Link } from '../engine/ports';
 import { connectLink, type Security } from '../protocol/channel';
+import { ChangeLog } from './change-log';
 
 export const RECONNECT_DELAY_MS_MIN = 100;
 export const RECONNECT_DELAY_MS_MAX = 5000;
@@ -24,20 +28,37 @@ export class Reconnector {
   private delayMs = RECONNECT_DELAY_MS_MIN;
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
+  private readonly said: ChangeLog;
 
-  constructor(private readonly t: ReconnectTarget) {}
+  constructor(private readonly t: ReconnectTarget) {
+    this.said = new ChangeLog(t.log);
+  }
+
+  /** The delay before the next attempt (for status and tests). */
+  get nextDelayMs(): number { return this.delayMs; }
 
   connect(): void {
     if (this.stopped || this.t.attached()) return;
     const b = this.t.backup;
     connectLink(b.host, b.port, this.t.security).then((link) => {
       if (this.stopped) { link.close(); return; }
-      this.delayMs = RECONNECT_DELAY_MS_MIN;
       this.t.attach(link);
     }, (e: Error) => {
-      if ((e as RemusError).code === ErrorCode.AUTH) this.t.log(`backup ${b.host}:${b.port}: ${e.message}`);
+      this.said.say(`backup ${b.host}:${b.port} unreachable: ${unreachableReason(e, this.t.security)}; retrying`);
       this.schedule();
     });
+  }
+
+  /** The engine lost its backup (or was refused): say why once, then try again later. */
+  lost(why: string): void {
+    this.said.say(why);
+    this.schedule();
+  }
+
+  /** A session is established: the next loss retries fast again, and its reason is said anew. */
+  established(): void {
+    this.delayMs = RECONNECT_DELAY_MS_MIN;
+    this.said.reset();
   }
 
   /** Tries again after the current backoff delay (then doubles it). */
@@ -53,4 +74,18 @@ export class Reconnector {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
   }
+}
+
+/** One plain sentence for why a connection attempt failed. */
+export function unreachableReason(e: Error, sec: Security): string {
+  const m = e.message;
+  if ((e as RemusError).code === ErrorCode.AUTH) return m;
+  if (/ENOTFOUND|EAI_AGAIN|EAI_NONAME/.test(m)) return `its name does not resolve (${m})`;
+  if (/ECONNREFUSED/.test(m)) return 'connection refused (is `remusdb backup` running there, on that port?)';
+  if (/EHOSTUNREACH|ENETUNREACH/.test(m)) return `no route to it (${m})`;
+  if (/no answer within/.test(m)) return m;
+  if ('psk' in sec && /ECONNRESET|socket disconnected|before secure TLS/i.test(m)) {
+    return 'it closed the connection during the TLS handshake (does it run --insecure, plain TCP? or hold another key?)';
+  }
+  return m;
 }

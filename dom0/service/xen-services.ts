@@ -16,11 +16,10 @@ import { XenReplica } from '../hypervisor/xen/xen-replica';
 import type { Security } from '../protocol/channel';
 import { Reconnector } from './reconnector';
 import { NoGate } from '../net/net-device';
-import { ControlServer, runtimeDir, socketPath } from './control';
+import { ControlServer, protectLockPath, socketPath } from './control';
+import { HostLock } from './host-lock';
 import { BlockFile } from '../disk/block-file';
 import { flushAfterCapture } from '../hypervisor/xen/xen-disk';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import type { ExposureTracker } from '../net/failover-reset';
 import { exportExposure } from '../net/exposure-relay';
 
@@ -56,20 +55,31 @@ export class XenProtectService {
   /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
   readonly ended = new Promise<string>((resolve) => { this.endedWith = resolve; });
 
+  /** One protect per domain per host (taken before anything is installed for the domain). */
+  private readonly lock: HostLock;
+
   constructor(private readonly cfg: XenProtectConfig) {
     this.domain = XenDomain.open(cfg.domain, { log: cfg.log, ...cfg.xen });
-    this.net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
-    this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new NoGate(), realClock, cfg.engine(this.domain.pageCount), {
-      event: (name, detail) => this.onEvent(name, detail),
-      netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
-    }, cfg.disk ?? null);
-    for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
-    this.reconnector = new Reconnector({ backup: cfg.backup, security: cfg.security, log: cfg.log,
-      attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
-    this.control = new ControlServer(socketPath('primary', this.domain.name), (req) => {
-      if (req.cmd === 'status') return this.status();
-      throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
-    });
+    this.lock = HostLock.acquire(protectLockPath('xen', this.domain.name), `protection of ${this.domain.name}`);
+    let net: XenNetBuffer | null = null;
+    try {
+      this.net = net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
+      this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new NoGate(), realClock, cfg.engine(this.domain.pageCount), {
+        event: (name, detail) => this.onEvent(name, detail),
+        netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
+      }, cfg.disk ?? null);
+      for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+      this.reconnector = new Reconnector({ backup: cfg.backup, security: cfg.security, log: cfg.log,
+        attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
+      this.control = new ControlServer(socketPath('primary', this.domain.name), (req) => {
+        if (req.cmd === 'status') return this.status();
+        throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
+      });
+    } catch (e) {
+      net?.close(); // installed before what failed
+      this.lock.release();
+      throw e;
+    }
   }
 
   start(): void {
@@ -91,7 +101,11 @@ export class XenProtectService {
       this.net?.close();
       if (this.net) this.cfg.log(`protection of ${this.domain.name} stopped: its network buffer is removed`);
     }
-    await this.domain.close();
+    try {
+      await this.domain.close();
+    } finally {
+      this.lock.release();
+    }
   }
 
   status(): Record<string, unknown> {
@@ -110,9 +124,9 @@ export class XenProtectService {
     const n = this.domain.name;
     if (name === 'protected') this.cfg.log(`protected: ${n} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
     if (name === 'checkpoint-failed') this.cfg.log(`checkpoint ${String(detail.epoch)} of ${n} failed: ${String(detail.message)}`);
+    if (name === 'protected') this.reconnector.established();
     if (name === 'backup-lost') {
-      this.cfg.log(`backup lost (${String(detail.reason)}); ${n} keeps running UNPROTECTED, reconnecting`);
-      this.reconnector.schedule();
+      this.reconnector.lost(`backup lost (${String(detail.reason)}); ${n} keeps running UNPROTECTED, reconnecting`);
     }
     if (name === 'fenced') {
       this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${n} is paused here (fenced)`);
@@ -121,14 +135,18 @@ export class XenProtectService {
   }
 }
 
-/** The backup side: a replica that feeds `xl migrate-receive -r -e` (needs a Xen dom0). */
-export function xenReplicaFor(h: HelloInfo, log: (line: string) => void, opts: { diskDir?: string } = {}): XenReplica {
+/**
+ * The backup side: a replica that feeds `xl migrate-receive -r -e` (needs a Xen dom0).
+ * diskFile: where its replica disk goes (chosen and locked by the backup service), served
+ * over NBD at failover (xen-replica.ts); null when the domain has no disk.
+ */
+export function xenReplicaFor(h: HelloInfo, log: (line: string) => void, opts: { diskFile: string | null }): XenReplica {
   if (h.pageSize !== 4096) throw new RemusError(ErrorCode.HANDSHAKE, `Xen domain ${h.domain}: page size ${h.pageSize}`);
-  let disk: BlockFile | null = null;
-  if (h.diskBytes > 0) { // the replica disk, served over NBD at failover (xen-replica.ts)
-    const dir = opts.diskDir ?? runtimeDir();
-    fs.mkdirSync(dir, { recursive: true });
-    disk = BlockFile.create(path.join(dir, `xen-${h.domain}.backup.disk`), h.diskBytes);
+  const disk = opts.diskFile ? BlockFile.create(opts.diskFile, h.diskBytes) : null;
+  try {
+    return new XenReplica(h.domain, h.pageCount, { log, disk });
+  } catch (e) {
+    disk?.close();
+    throw e;
   }
-  return new XenReplica(h.domain, h.pageCount, { log, disk });
 }

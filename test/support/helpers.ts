@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
+import * as net from 'node:net';
 import { Prng } from '../../dom0/util/prng';
 import { DB_PAGE, DbMemoryModel } from '../../dom0/trace/db-memory-model';
 
@@ -36,4 +37,27 @@ export function runCli(args: string[], timeoutMs = 120000, env: NodeJS.ProcessEn
   const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args],
     { encoding: 'utf8', timeout: timeoutMs, env });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(p));
+    });
+  });
+}
+
+/** Polls f every 100 ms until it returns something truthy; throws after ms. */
+export async function until<T>(f: () => Promise<T | null | undefined | false>, ms: number, what: string): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f().catch(() => null);
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
 }

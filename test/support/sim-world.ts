@@ -12,7 +12,7 @@ import { DiskReplicator } from '../../dom0/disk/replicator';
 import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
 import { loadAddon } from '../../dom0/native';
 import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
-import { Rec } from '../../dom0/protocol/records';
+import { PROTOCOL_VERSION, Rec, jsonBody } from '../../dom0/protocol/records';
 import { Prng } from '../../dom0/util/prng';
 
 const PAGE = 4096;
@@ -105,7 +105,9 @@ export class MemLink implements Link {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (!this.net.silent) this.net.clock.setTimer(this.net.latency(), () => this.peer.end(null));
+    // Like TCP's FIN, the close reaches the peer after everything sent before it.
+    const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
+    if (!this.net.silent) this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.end(null));
   }
   /** This side's process died: power loss (silent) or kill (the peer sees the close). */
   die(silent: boolean): void {
@@ -215,13 +217,22 @@ export type Fault =
   | { kind: 'drop-link'; atMs: number }
   | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
   | { kind: 'corrupt'; atMs: number; toBackup: boolean }
-  | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number };
+  | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number }
+  | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct };
+
+/**
+ * What a stray peer does on the backup's port: a port scan or health check (close at once),
+ * an idle connection, garbage, a HELLO that is refused (a path as domain name), or a valid
+ * HELLO of another domain that then closes or goes silent. None of it may fail over.
+ */
+export const STRAY_ACTS = ['close', 'silent', 'garbage', 'bad-hello', 'hello-close', 'hello-silent'] as const;
+export type StrayAct = (typeof STRAY_ACTS)[number];
 
 const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release'];
 const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
 
 export function pickFault(rng: Prng): Fault {
-  const k = rng.below(7);
+  const k = rng.below(8);
   const epoch = 1 + rng.below(10);
   if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
   if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
@@ -229,6 +240,7 @@ export function pickFault(rng: Prng): Fault {
   if (k === 3) return { kind: 'delay', atMs: 30 + rng.below(400), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 30 + rng.below(400), toBackup: rng.chance(0.7) };
   if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
+  if (k === 6) return { kind: 'stray', atMs: 100 + rng.below(500), afterGoodbye: rng.chance(0.7), act: STRAY_ACTS[rng.below(STRAY_ACTS.length)] };
   return { kind: 'none' };
 }
 
@@ -263,11 +275,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
 
   const pclock = actorClock(clock, () => primaryDead);
   let primary: Primary | null = null;
-  const gate = new OutputBuffer<{ seq: number; value: number }>((o, epoch) => {
+  const makeGate = (): OutputBuffer<{ seq: number; value: number }> => new OutputBuffer<{ seq: number; value: number }>((o, epoch) => {
     const st = primary?.stats().state;
     if (st === 'protected' && epoch > maxCommitted) violate(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
     seen.push({ seq: o.seq, epoch });
   });
+  let gate = makeGate();
   let replicator: DiskReplicator | null = null;
   const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, {
     // The guest's backend: generations around writes, tracked reads (as the sim vCPU does).
@@ -287,10 +300,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     currentLinks?.[1].die(silent);
     throw new Crash('primary');
   };
-  primary = new Primary(domain, gate, pclock, {
-    intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' : 'lz4', cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
+  const primaryOptions = {
+    intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
     heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
-  }, {
+  };
+  // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
+  const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {
     phase: (phase, epoch) => {
       if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
       if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) { domainFaulted = true; domain.failNext = fault.step; }
@@ -298,6 +313,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
     event: (name) => { if (name === 'backup-lost') scheduleReconnect(); },
   }, replicator);
+  primary = makePrimary();
 
   let backupDead = false;
   let resumed: { epoch: number; seq: number; crc: number; diskCrc: number | null } | null = null;
@@ -305,7 +321,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
-    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
+    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);
@@ -325,6 +341,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       event: (name, d) => {
         if (name === 'protocol-error' && d.code === 'ERR_DISK_REF_MISMATCH') violate(`a disk reference did not match at the backup: ${String(d.message)}`);
         if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
+        if (name === 'failover' && fault.kind === 'stray') violate(`the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`);
+        if (name === 'internal-error' && !backupDead) violate(`the backup met a bug on peer input: ${String(d.message)}`);
       },
     });
     return b;
@@ -360,6 +378,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     clock.setTimer(fault.atMs, () => { net.extraLatency = fault.extraMs; });
     clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });
   }
+  if (fault.kind === 'stray') {
+    const at = fault.atMs;
+    if (fault.afterGoodbye) {
+      clock.setTimer(at, () => { if (!primaryDead) primary!.stop(); });
+      clock.setTimer(at + 300, () => { maxCommitted = 0; gate = makeGate(); primary = makePrimary(); primary.start(); connect(); });
+    }
+    clock.setTimer(at + (fault.afterGoodbye ? 20 : 0), () => strayPeer(net, backup, fault.act));
+  }
   if (fault.kind === 'corrupt') {
     clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true; });
   }
@@ -384,4 +410,19 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   }
   if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0) violate('the guest wrote to its disk but nothing was forwarded');
   return { seed, fault, violations, commits, diskRefPages: primary.stats().diskRefPages, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
+}
+
+/** A peer on the backup's port that is not the primary (see STRAY_ACTS). */
+function strayPeer(net: Net, backup: Backup, act: StrayAct): void {
+  const [b, p] = net.pair();
+  backup.attach(b);
+  const hello = (domain: string): void => p.send(Rec.HELLO, jsonBody({
+    kind: 'sim', domain, pageCount: 16, pageSize: PAGE, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100,
+    deviceStateMax: 4096, sessionId: 'stray-1',
+  }, PROTOCOL_VERSION));
+  if (act === 'close') p.close();
+  if (act === 'garbage') p.send(0x7777, Buffer.from('GET / HTTP/1.0\r\n\r\n'));
+  if (act === 'bad-hello') hello('../../../pwned');
+  if (act === 'hello-close' || act === 'hello-silent') hello('stray');
+  if (act === 'hello-close') net.clock.setTimer(30, () => p.close());
 }

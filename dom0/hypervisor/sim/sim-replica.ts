@@ -46,6 +46,16 @@ export class SimReplica implements Replica {
     this.deviceState = v as Record<string, unknown>;
   }
 
+  /**
+   * The backup let go of this replica (another domain came, or nothing of it committed):
+   * its disk closes, its memory goes. Not for a resumed replica (its domain runs on it).
+   */
+  close(): void {
+    if (this.domain) return;
+    this.disk?.close();
+    this.arena.close();
+  }
+
   get stepsPerSec(): number { return Number(this.deviceState.stepsPerSec ?? 1000); }
   get client(): string | null { return typeof this.deviceState.client === 'string' ? this.deviceState.client : null; }
 

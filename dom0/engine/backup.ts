@@ -354,7 +354,8 @@ export class Backup {
     const o = this.openFor(s, Rec.CHECKPOINT_END, epoch);
     if (pages !== o.pages) throw protocolError(`checkpoint ${epoch} announced ${pages} pages but carried ${o.pages}`);
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
-    if (o.full && o.pages !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${o.pages} of ${held.hello.pageCount} pages`);
+    const distinct = held.staging.distinctPages;
+    if (o.full && distinct !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${distinct} of ${held.hello.pageCount} pages`);
     this.hooks.phase?.('pre-commit', epoch);
     // Disk first: if it fails nothing of this checkpoint reached memory; either way the
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
@@ -440,7 +441,7 @@ export class Backup {
     const { epoch, refs } = parseDiskRefs(body, h.pageCount, h.diskBytes);
     const o = this.openFor(s, Rec.DISK_REFS, epoch);
     this.counters.wireBytes += body.length + 16;
-    o.pages += held.staging.addRefs(refs);
+    o.pages += held.staging.addRefs(refs, o.full);
   }
 
   /** The primary's disk checksum at this checkpoint: checked at its commit, before the ACK. */

@@ -41,6 +41,11 @@ export interface Domain {
   describe(): Record<string, unknown>;
   /** Fencing: the backup took over; stop this copy for good. */
   fence(): void;
+  /**
+   * Reads while the guest runs, and a re-arming dirty collect: the engine then pre-copies a
+   * session's first checkpoint live (engine/precopy.ts). Absent: it is copied suspended.
+   */
+  readonly live?: import('./precopy').LiveMemory | null;
 }
 
 /** A channel as the disk replicator sees it: records, and how much is still unsent. */

@@ -16,9 +16,10 @@ import {
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
+import { PRECOPY_BACKLOG_BYTES_MAX, Precopy } from './precopy';
 
 export type Phase = 'suspend' | 'net-barrier' | 'capture' | 'disk-barrier' | 'resume' |
-  'stream-begin' | 'stream-batch' | 'stream-end' | 'ack' | 'release';
+  'stream-begin' | 'stream-batch' | 'stream-end' | 'ack' | 'release' | 'precopy-batch';
 
 export interface PrimaryOptions {
   intervalMs: number;
@@ -41,6 +42,10 @@ export interface PrimaryOptions {
   verifyDisk?: boolean;
   /** What the backup may buffer of unacknowledged disk writes (sent in HELLO). */
   diskBufferBytesMax?: number;
+  /** Pre-copy a session's first checkpoint live when the domain can (default true). */
+  precopy?: boolean;
+  /** Pre-copy rounds stop once at most this many pages remain (default PRECOPY_REMAINING_PAGES_MIN). */
+  precopyRemainingPagesMin?: number;
 }
 
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
@@ -84,11 +89,20 @@ export interface PrimaryHooks {
 /** How often what clients saw unprotected is shipped to the backup (only when it changed). */
 export const EXPOSURE_TICK_MS = 10;
 
-interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; }
+/**
+ * A captured checkpoint waiting to be streamed. begun: its CHECKPOINT_BEGIN already went out
+ * (a pre-copied first checkpoint: sentPages starts with the pages the rounds sent).
+ */
+interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; begun: boolean; }
 
 export class Primary {
   private link: Link | null = null;
-  private session: 'none' | 'hello' | 'syncing' | 'active' = 'none';
+  private session: 'none' | 'hello' | 'syncing' | 'precopy' | 'active' = 'none';
+  /** The live pre-copy of this session's first checkpoint, until that checkpoint is captured. */
+  private precopy: Precopy | null = null;
+  /** When the session's handshake was answered, and how long until its first ACK (0: not yet). */
+  private sessionStartedAt = 0;
+  private initialSyncMs = 0;
   private checkpointing = false;
   /** The checkpoint whose ACK also confirms the backup's disk checksum. */
   private verifyEpoch = 0;
@@ -190,6 +204,8 @@ export class Primary {
       lastAckAgeMs: this.lastAckAt ? this.clock.now() - this.lastAckAt : -1,
       ratio: this.totals.wireBytes ? this.totals.rawBytes / this.totals.wireBytes : 0,
       backup: this.link?.remote ?? null,
+      initialSyncMs: this.initialSyncMs,
+      precopy: this.precopy?.progress(this.clock.now()) ?? null,
     };
   }
 
@@ -210,6 +226,7 @@ export class Primary {
    */
   private takeCheckpoint(then: () => void): void {
     const epoch = this.epoch + 1, full = this.needFull;
+    const pc = full ? this.precopy : null; // a pre-copied first checkpoint: copy only what remains
     const t0 = this.clock.now();
     let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {}, diskCrc: number | null = null;
     this.checkpointing = true;
@@ -239,10 +256,10 @@ export class Primary {
         barrierPlaced = true;
         this.hooks.phase?.('capture', epoch);
         t1 = this.clock.now();
-        const r = call(() => this.domain.capture(full));
+        const r = call(() => this.domain.capture(full && !pc));
         if (r === STEP_FAILED) return r;
-        if (!(r instanceof Promise)) { cap = r; return undefined; }
-        return r.then((c) => { cap = c; });
+        if (!(r instanceof Promise)) { cap = pc ? pc.finalCapture(r) : r; return undefined; }
+        return r.then((c) => { cap = pc ? pc.finalCapture(c) : c; });
       },
       () => {
         this.copy.add(this.clock.now() - t1);
@@ -263,7 +280,7 @@ export class Primary {
     ], () => {
       this.checkpointing = false;
       if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
-      this.captured(epoch, full, cap!, info, diskCrc);
+      this.captured(epoch, full, cap!, info, diskCrc, pc);
       then();
     }, fail);
   }
@@ -275,7 +292,8 @@ export class Primary {
     } catch (e) { this.hooks.event?.('resume-failed', { message: (e as Error).message }); }
   }
 
-  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null): void {
+  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null,
+    pc: Precopy | null): void {
     if (!full && this.needFull) {
       // A new session began while this (asynchronous) checkpoint ran: it starts with a full
       // one. Nobody will acknowledge this epoch; its outputs go with the next ack.
@@ -288,7 +306,9 @@ export class Primary {
     this.totals.dirtyPages += cap.count;
     this.totals.dirtyPagesLast = cap.count;
     this.hooks.checkpoint?.(epoch, info);
-    this.queue.push({ epoch, full, cap, next: 0, sentPages: 0, diskCrc });
+    const begun = pc !== null && pc === this.precopy;
+    if (full) this.precopy = null;
+    this.queue.push({ epoch, full, cap, next: 0, sentPages: begun ? pc.sentPages : 0, diskCrc, begun });
     this.clock.defer(() => this.pump());
   }
 
@@ -298,7 +318,7 @@ export class Primary {
     this.streaming = true;
     const p = this.queue[0];
     this.hooks.phase?.('stream-begin', p.epoch);
-    this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
+    if (!p.begun) this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
     if (p.diskCrc !== null) {
       this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
       this.verifyEpoch = p.epoch;
@@ -391,6 +411,8 @@ export class Primary {
     this.sentEpoch = this.epoch;
     this.encoder.reset();
     this.totals.sessions++;
+    this.sessionStartedAt = this.clock.now();
+    this.initialSyncMs = 0;
     if (!this.disk) return this.beginCheckpoints();
     // The backup answered HELLO, so it did not take over: outputs may flow while its disk
     // catches up (this copy is not protected yet), and checkpoints start when it has.
@@ -406,11 +428,54 @@ export class Primary {
   }
 
   private beginCheckpoints(): void {
+    if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
     this.session = 'active';
     this.state = 'protected';
     this.gate.setPassThrough(false);
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1 });
     if (this.tickTimer === null) this.scheduleTick(0);
+  }
+
+  // ---- live pre-copy of the first checkpoint (engine/precopy.ts) ----------------------------
+
+  /** The first checkpoint opens now and fills while the guest runs unprotected (outputs flow). */
+  private startPrecopy(live: NonNullable<Domain['live']>): void {
+    this.session = 'precopy';
+    this.state = 'precopy';
+    this.gate.setPassThrough(true);
+    this.precopy = new Precopy(live, this.opts.batchPagesMax, this.clock.now(), this.opts.precopyRemainingPagesMin);
+    this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
+    this.hooks.event?.('precopy', { backup: this.link?.remote, pages: live.pageCount });
+    const link = this.link!;
+    this.clock.defer(() => this.precopyStep(link));
+  }
+
+  /** One batch per turn; waits while the channel's backlog is high; ends rounds; then the final pause. */
+  private precopyStep(link: Link): void {
+    const pc = this.precopy;
+    if (this.link !== link || this.session !== 'precopy' || !pc) return;
+    if (link.backlogBytes > PRECOPY_BACKLOG_BYTES_MAX) { this.clock.setTimer(1, () => this.precopyStep(link)); return; }
+    this.hooks.phase?.('precopy-batch', this.epoch + 1);
+    const b = pc.nextBatch();
+    if (b) {
+      const { container } = this.encoder.encode(b.pages, BigUint64Array.from(b.pfns, BigInt));
+      this.send(Rec.PAGE_BATCH, withEpoch(this.epoch + 1, container));
+      this.totals.rawBytes += b.pfns.length * PAGE_SIZE;
+    } else {
+      const again = pc.endRound();
+      this.hooks.event?.('precopy-round', { ...pc.progress(this.clock.now()), final: !again });
+      if (!again) return this.finishPrecopy();
+    }
+    this.clock.defer(() => this.precopyStep(link));
+  }
+
+  /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
+  private finishPrecopy(): void {
+    this.session = 'active';
+    this.state = 'protected';
+    this.gate.setPassThrough(false);
+    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: this.precopy!.sentPages });
+    this.scheduleTick(0);
   }
 
   private onAck(epoch: number): void {
@@ -421,6 +486,7 @@ export class Primary {
     this.hooks.phase?.('ack', epoch);
     this.acked = epoch;
     this.lastAckAt = this.clock.now();
+    if (this.initialSyncMs === 0) this.initialSyncMs = Math.max(1, this.lastAckAt - this.sessionStartedAt);
     const sent = this.sentAt.get(epoch);
     if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
     this.hooks.phase?.('release', epoch);
@@ -463,7 +529,7 @@ export class Primary {
       });
       return;
     }
-    if ((this.session === 'active' || this.session === 'syncing') && now - this.lastSent >= this.hbIntervalMs()) {
+    if (this.session !== 'none' && this.session !== 'hello' && now - this.lastSent >= this.hbIntervalMs()) {
       this.send(Rec.HEARTBEAT, heartbeatBody(this.acked, now));
     }
   }
@@ -497,6 +563,7 @@ export class Primary {
     this.link = null;
     if (this.session !== 'none') this.disk?.disconnect();
     this.session = 'none';
+    this.precopy = null;
     this.queue = [];
     this.streaming = false;
     this.sentAt.clear();

@@ -45,29 +45,40 @@ export class Staging {
   }
 
   /**
-   * A FULL checkpoint decodes in place (nothing committed is at stake); its pfns still count
-   * once each. records: one unpacked batch that decoded without error (well-formed).
+   * A FULL checkpoint decodes in place (nothing committed is at stake) and may carry a pfn
+   * more than once (a pre-copy resends what the guest wrote; the later record wins): this
+   * counts the distinct pfns, which must reach the guest's page count by CHECKPOINT_END.
+   * records: one unpacked batch that decoded without error (well-formed).
    */
   markRecords(records: Uint8Array): void {
     const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
     for (let at = 0; at + RECORD_HEADER_BYTES <= records.length; at += RECORD_HEADER_BYTES + view.getUint16(at + 10, true)) {
       const pfn = Number(view.getBigUint64(at, true));
       if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
-      if (this.seen[pfn]) throw protocolError(`pfn ${pfn} appears twice in one checkpoint`);
-      this.seen[pfn] = 1;
-      this.touched.push(pfn);
+      this.mark(pfn);
     }
   }
 
-  /** Stages disk references (each pfn once per checkpoint, like pages). */
-  addRefs(refs: readonly DiskRefEntry[]): number {
+  /** Distinct pfns of this checkpoint so far (pages and references). */
+  get distinctPages(): number { return this.touched.length; }
+
+  /**
+   * Stages disk references: each pfn once per incremental checkpoint, like pages; in a FULL
+   * one a reference may follow a page record of the same pfn (resolved and applied last).
+   */
+  addRefs(refs: readonly DiskRefEntry[], full: boolean): number {
     for (const r of refs) {
-      if (this.seen[r.pfn]) throw protocolError(`pfn ${r.pfn} appears twice in one checkpoint`);
-      this.seen[r.pfn] = 1;
-      this.touched.push(r.pfn);
+      if (this.seen[r.pfn] && !full) throw protocolError(`pfn ${r.pfn} appears twice in one checkpoint`);
+      this.mark(r.pfn);
       this.refs.push(r);
     }
     return refs.length;
+  }
+
+  private mark(pfn: number): void {
+    if (this.seen[pfn]) return;
+    this.seen[pfn] = 1;
+    this.touched.push(pfn);
   }
 
   /**

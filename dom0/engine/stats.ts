@@ -13,7 +13,7 @@ export class Window {
 }
 
 export interface PrimaryStats {
-  state: 'connecting' | 'syncing' | 'protected' | 'holding' | 'unprotected' | 'fenced' | 'stopped';
+  state: 'connecting' | 'syncing' | 'precopy' | 'protected' | 'holding' | 'unprotected' | 'fenced' | 'stopped';
   epoch: number;
   ackedEpoch: number;
   checkpoints: number;
@@ -37,4 +37,8 @@ export interface PrimaryStats {
   /** Last checkpoint at which the backup confirmed its disk equals ours (0: never). */
   diskVerifiedEpoch: number;
   backup: string | null;
+  /** From the session's handshake to its first acknowledged checkpoint (0: not yet). */
+  initialSyncMs: number;
+  /** The live pre-copy under way (round, pages sent, MB/s), or null. */
+  precopy: import('./precopy').PrecopyProgress | null;
 }

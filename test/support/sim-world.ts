@@ -7,6 +7,7 @@ import { Backup } from '../../dom0/engine/backup';
 import { OutputBuffer } from '../../dom0/engine/output-buffer';
 import { Primary, type Phase } from '../../dom0/engine/primary';
 import type { Capture, Clock, Domain, Link, Replica } from '../../dom0/engine/ports';
+import type { LiveMemory } from '../../dom0/engine/precopy';
 import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-program';
 import { DiskReplicator } from '../../dom0/disk/replicator';
 import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
@@ -182,6 +183,31 @@ export class StepDomain implements Domain {
   }
   describe(): Record<string, unknown> { return { ...this.guest.header }; }
   fence(): void { this.fenced = true; }
+
+  /**
+   * Pre-copy (engine/precopy.ts). The guest runs while the engine reads: one guest step lands
+   * in the middle of every live read (a torn batch), so writes race the copy as on a real host.
+   */
+  get live(): LiveMemory {
+    return { pageCount: this.pageCount, readLive: (p, c, into) => this.readLive(p, c, into), collectDirtyLive: (into) => this.collectDirtyLive(into) };
+  }
+  private readLive(pfns: Uint32Array, count: number, into: Uint8Array): void {
+    const half = count >> 1;
+    for (let i = 0; i < count; i++) {
+      if (i === half && this.running && !this.fenced) this.guest.step((s, v) => this.onOutput(s, v));
+      into.set(this.mem.subarray(pfns[i] * PAGE, (pfns[i] + 1) * PAGE), i * PAGE);
+    }
+  }
+  private collectDirtyLive(into: Uint32Array): number {
+    let n = 0;
+    for (let p = 0; p < this.pageCount; p++) {
+      const a = p * PAGE;
+      if (Buffer.compare(this.mem.subarray(a, a + PAGE), this.shadow.subarray(a, a + PAGE)) === 0) continue;
+      into[n++] = p;
+      this.shadow.set(this.mem.subarray(a, a + PAGE), a);
+    }
+    return n;
+  }
 }
 
 /** A backup's disk in memory. */
@@ -228,7 +254,7 @@ export type Fault =
 export const STRAY_ACTS = ['close', 'silent', 'garbage', 'bad-hello', 'hello-close', 'hello-silent'] as const;
 export type StrayAct = (typeof STRAY_ACTS)[number];
 
-const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release'];
+const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release', 'precopy-batch'];
 const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
 
 export function pickFault(rng: Prng): Fault {
@@ -303,6 +329,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const primaryOptions = {
     intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
     heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
+    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {

@@ -9,6 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Domain } from '../../engine/ports';
+import type { LiveMemory } from '../../engine/precopy';
 import { PAGE_SIZE } from '../../memory/page-cache';
 import { loadAddon, type NativeArena } from '../../native';
 import { BlockFile } from '../../disk/block-file';
@@ -129,6 +130,15 @@ export class SimDomain implements Domain {
     const own = full ? pfns : pfns.slice(0, count);
     const deviceState = Buffer.from(JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }));
     return { pfns: own, count, pages, deviceState };
+  }
+
+  /** Pre-copy: the arena is shared memory, readable while the vCPU runs; collects re-arm tracking. */
+  get live(): LiveMemory {
+    return {
+      pageCount: this.pageCount,
+      readLive: (pfns, count, into) => this.arena.copyPages(pfns, count, into),
+      collectDirtyLive: (into) => this.arena.collectDirty(into),
+    };
   }
 
   describe(): Record<string, unknown> {

@@ -1,0 +1,129 @@
+// precopy: live pre-copy of a session's first checkpoint, as Xen's save loop does before it
+// enters checkpoint mode. The first checkpoint of a session must carry every page; copying
+// all of a multi-GiB guest while it is suspended would be an outage of seconds to minutes
+// (and the backup would hear nothing meanwhile). Instead, with dirty tracking armed and the
+// guest running (its outputs flow: it is not protected yet), every page is read and sent,
+// then the pages written meanwhile, in rounds, until what remains is small, stops
+// shrinking, or the rounds run out; the first checkpoint then suspends the guest and copies
+// only what remains (an ordinary stop-and-copy). All of it travels as one FULL checkpoint
+// whose later records of a pfn replace earlier ones (docs/protocol.md, "Pre-copy").
+//
+// Why it is right: a round first collects (and re-arms) the dirty set, then reads those
+// pages. A page written after the collect is marked again and is sent by a later round or
+// by the final capture (which collects what was written since the last round), so the last
+// copy of every page the backup applies is its content at the final suspend.
+import { assert } from '../assert';
+import { PAGE_SIZE } from '../memory/page-cache';
+import type { Capture } from './ports';
+
+/** What a domain offers for pre-copy: reads while it runs, and a re-arming dirty collect. */
+export interface LiveMemory {
+  readonly pageCount: number;
+  /** Copies pages pfns[0..count) into `into` while the guest runs (torn pages are fine). */
+  readLive(pfns: Uint32Array, count: number, into: Uint8Array): void;
+  /** Writes the pfns written since the last collect (or capture) into `into`, re-arms; returns how many. */
+  collectDirtyLive(into: Uint32Array): number;
+}
+
+/** Most rounds after the first full pass (Xen's live migration stops after a handful, too). */
+export const PRECOPY_ROUNDS_MAX = 5;
+/** Stop the rounds once at most this many pages remain: the final pause copies them. */
+export const PRECOPY_REMAINING_PAGES_MIN = 4096;
+/** Octets queued on the channel past which the pre-copy waits (the backlog never balloons). */
+export const PRECOPY_BACKLOG_BYTES_MAX = 32 * 1024 * 1024;
+
+export interface PrecopyProgress {
+  round: number;
+  /** Pages sent so far (with repeats: a page sent in two rounds counts twice). */
+  sentPages: number;
+  /** Pages still to send in this round. */
+  roundRemainingPages: number;
+  /** Pages the last collect found dirty (what the next round, or the final pause, copies). */
+  dirtyPagesLast: number;
+  mbPerSec: number;
+  elapsedMs: number;
+}
+
+export class Precopy {
+  round = 0;
+  sentPages = 0;
+  private todo: Uint32Array;
+  private todoCount: number;
+  private next = 0;
+  private dirtyLast = 0;
+  private readonly scratch: Uint32Array;
+  private readonly pages: Uint8Array;
+
+  constructor(private readonly mem: LiveMemory, private readonly batchPagesMax: number, private readonly startedAtMs: number,
+    private readonly remainingPagesMin = PRECOPY_REMAINING_PAGES_MIN, private readonly roundsMax = PRECOPY_ROUNDS_MAX) {
+    assert(batchPagesMax >= 1 && mem.pageCount >= 1, 'pre-copy sizes');
+    this.scratch = new Uint32Array(mem.pageCount);
+    mem.collectDirtyLive(this.scratch); // arm: what is written from now on is sent again
+    this.todo = Uint32Array.from({ length: mem.pageCount }, (_, i) => i);
+    this.todoCount = mem.pageCount;
+    this.pages = new Uint8Array(batchPagesMax * PAGE_SIZE);
+  }
+
+  /** The next batch of this round, read live; null once the round has sent everything. */
+  nextBatch(): { pfns: Uint32Array; pages: Uint8Array } | null {
+    const n = Math.min(this.batchPagesMax, this.todoCount - this.next);
+    if (n <= 0) return null;
+    const pfns = this.todo.subarray(this.next, this.next + n);
+    const pages = this.pages.subarray(0, n * PAGE_SIZE);
+    this.mem.readLive(pfns, n, pages);
+    this.next += n;
+    this.sentPages += n;
+    return { pfns, pages };
+  }
+
+  /**
+   * Ends a round: collects what was written meanwhile. True when another round is worth it
+   * (more remains than the final pause should copy, it shrank, and rounds are left).
+   */
+  endRound(): boolean {
+    assert(this.next === this.todoCount, 'a round ends after all its pages');
+    const before = this.todoCount;
+    const dirty = new Uint32Array(this.mem.pageCount);
+    const n = this.mem.collectDirtyLive(dirty);
+    this.dirtyLast = n;
+    const again = this.round < this.roundsMax && n > this.remainingPagesMin && (this.round === 0 || n < before);
+    if (!again) {
+      // These pages stay unsent: the final capture must carry them, so they count as dirty there.
+      this.pending = dirty.subarray(0, n);
+      return false;
+    }
+    this.round++;
+    this.todo = dirty;
+    this.todoCount = n;
+    this.next = 0;
+    return true;
+  }
+
+  /** Pages collected by the last round but not sent: the final checkpoint sends them too. */
+  pending: Uint32Array = new Uint32Array(0);
+
+  /**
+   * The final stop-and-copy (the guest is suspended): the capture's dirty pages plus those the
+   * last round collected but did not send, read now. Each pfn once.
+   */
+  finalCapture(cap: Capture): Capture {
+    const inCap = new Set(cap.pfns.subarray(0, cap.count));
+    const extra = this.pending.filter((p) => !inCap.has(p));
+    if (extra.length === 0) return cap;
+    const pages = new Uint8Array((cap.count + extra.length) * PAGE_SIZE);
+    pages.set(cap.pages.subarray(0, cap.count * PAGE_SIZE));
+    this.mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_SIZE));
+    const pfns = new Uint32Array(cap.count + extra.length);
+    pfns.set(cap.pfns.subarray(0, cap.count));
+    pfns.set(extra, cap.count);
+    return { pfns, count: pfns.length, pages, deviceState: cap.deviceState };
+  }
+
+  progress(nowMs: number): PrecopyProgress {
+    const elapsedMs = Math.max(1, nowMs - this.startedAtMs);
+    return {
+      round: this.round, sentPages: this.sentPages, roundRemainingPages: this.todoCount - this.next,
+      dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_SIZE) / 1e6 / (elapsedMs / 1000), elapsedMs,
+    };
+  }
+}

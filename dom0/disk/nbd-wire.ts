@@ -80,10 +80,11 @@ export function infoName(name: string): Buffer {
   return Buffer.concat([Buffer.from([0, INFO.NAME]), Buffer.from(name, 'utf8')]);
 }
 
-export function infoBlockSize(): Buffer {
+/** NBD_INFO_BLOCK_SIZE: the export's minimum block (1 unless it must be sector-aligned), 4096, 32 MiB. */
+export function infoBlockSize(minBlockBytes = MIN_BLOCK_BYTES): Buffer {
   const b = Buffer.alloc(14);
   b.writeUInt16BE(INFO.BLOCK_SIZE, 0);
-  b.writeUInt32BE(MIN_BLOCK_BYTES, 2);
+  b.writeUInt32BE(minBlockBytes, 2);
   b.writeUInt32BE(PREFERRED_BLOCK_BYTES, 6);
   b.writeUInt32BE(MAX_BLOCK_BYTES, 10);
   return b;
@@ -114,7 +115,10 @@ export function parseInfoRequest(data: Buffer): InfoRequest | null {
 
 export interface Request { flags: number; type: number; cookie: bigint; offset: number; length: number; }
 
-/** Decodes a 28-byte request header; null when the magic is wrong. Offsets beyond 2^53 become Infinity (out of range). */
+/**
+ * Decodes a 28-byte request header; null when the magic is wrong. Offsets beyond 2^53 become
+ * Infinity, so every range check fails for them (and offset + length never wraps as in u64).
+ */
 export function parseRequest(h: Buffer): Request | null {
   if (h.readUInt32BE(0) !== REQUEST_MAGIC) return null;
   const off = h.readBigUInt64BE(16);

@@ -1,11 +1,13 @@
 // serve: the entry point of `remusdb disk serve` — opens the image and listens, returning
-// the bound port and a close() that drains in-flight requests. No replication there;
-// serveReplicatedDisk is the protected domain's disk: the same server with the replicator
-// as its tap and write generations kept for read tracking.
+// the bound port and a close() that drains in-flight requests; the server's limits
+// (NBD_LIMITS) can be overridden. No replication there; serveReplicatedDisk is the protected
+// domain's disk: the same server with the replicator as its tap, 512-byte sectors as its
+// minimum block (replication forwards whole sectors) and write generations for read tracking.
 import type { Clock } from '../engine/ports';
 import { BlockFile } from './block-file';
 import type { DiskTap } from './disk-tap';
-import { NbdServer } from './nbd-server';
+import { NbdServer, type NbdLimits } from './nbd-server';
+import { SECTOR } from '../protocol/records';
 import { DiskReplicator, type ReplicatorOptions } from './replicator';
 
 export interface ServeDiskOptions {
@@ -18,6 +20,10 @@ export interface ServeDiskOptions {
   readOnly?: boolean;
   tap?: DiskTap;
   generations?: import('./block-generations').BlockGenerations;
+  /** Overrides of NBD_LIMITS (nbd-server.ts; docs/nbd.md "Limits"). */
+  limits?: Partial<NbdLimits>;
+  /** Advertised and enforced minimum block; default 512 with a tap, else 1 (nbd-server.ts). */
+  minBlockBytes?: number;
   log?: (message: string) => void;
 }
 
@@ -34,7 +40,8 @@ export const DEFAULT_NBD_PORT = 10809;
 export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   const exportName = o.exportName ?? DEFAULT_EXPORT_NAME;
   const server = await NbdServer.open({
-    imagePath: o.image, exportName, readOnly: o.readOnly ?? false, tap: o.tap, generations: o.generations, log: o.log,
+    imagePath: o.image, exportName, readOnly: o.readOnly ?? false, tap: o.tap, generations: o.generations,
+    minBlockBytes: o.minBlockBytes, limits: o.limits, log: o.log,
   });
   let port: number;
   try {
@@ -49,12 +56,13 @@ export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
 export interface ReplicatedDisk extends ServedDisk { replicator: DiskReplicator; }
 
 /** A guest disk served over NBD whose writes (and reads) go through a replicator. */
-export async function serveReplicatedDisk(o: Omit<ServeDiskOptions, 'tap' | 'generations' | 'readOnly'> & { clock: Clock; replication: ReplicatorOptions }): Promise<ReplicatedDisk> {
+export async function serveReplicatedDisk(o: Omit<ServeDiskOptions, 'tap' | 'generations' | 'readOnly'>
+  & { clock: Clock; replication: ReplicatorOptions }): Promise<ReplicatedDisk> {
   const source = BlockFile.open(o.image);
   const replicator = new DiskReplicator(source, o.clock, o.replication);
   let served: ServedDisk;
   try {
-    served = await serveDisk({ ...o, tap: replicator, generations: replicator.generations });
+    served = await serveDisk({ ...o, tap: replicator, generations: replicator.generations, minBlockBytes: SECTOR });
   } catch (e) { source.close(); throw e; }
   return { ...served, replicator, close: async () => { await served.close(); source.close(); } };
 }

@@ -1,21 +1,23 @@
 // bench: `remusdb bench trace <file>` (trace replay through the codec, verified),
 // `remusdb bench codec` (codec throughput against memcpy, measured in the same run) and
 // `remusdb bench net` (PostgreSQL TPS behind the network buffer: none / remus / commit
-// protection, per checkpoint interval; root).
+// protection, per checkpoint interval; root). Paths (the trace, --pg-bin, --svg) are checked
+// as the command line is parsed: a bad --svg fails at once, not after the whole benchmark.
 import type { Command } from 'commander';
-import { DEFAULT_CACHE, cacheSpecOption } from '../memory/cache-size';
+import { DEFAULT_CACHE } from '../memory/cache-size';
 import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
 import { benchCodec, formatCodecBench } from '../bench/codec-bench';
 import { benchEngine, formatEngineBench } from '../bench/engine-bench';
 import { benchNet, formatNetBench } from '../bench/net-bench';
-import { ErrorCode, RemusError } from '../errors';
-import { choiceOption, intOption } from './options';
+import { cacheOption, choiceOption, intListOption, intOption } from './options';
+import { pathOption } from './path-options';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
-  bench.command('trace <file>')
+  bench.command('trace')
     .description('replay a trace through the encoder and a verifying backup decoder')
-    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
+    .argument('<file>', 'an RDTRACE1 trace (.rdt or .rdt.gz)', pathOption('trace', 'input'))
+    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
     .option('--compressor <c>', 'zstd (records zstd-packed per batch), lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
     .option('--no-compress', 'plain Remus: send every page raw')
     .option('--impl <impl>', 'native or ref (TypeScript reference codec)', choiceOption('--impl', ['native', 'ref'] as const), 'native')
@@ -51,28 +53,24 @@ export function registerEngineBench(bench: Command): void {
     });
 }
 
-function intervalsOption(v: string): number[] {
-  const parts = v.split(',').map((x) => intOption('--intervals', 1, 10_000)(x.trim()));
-  if (parts.length === 0 || parts.length > 16) throw new RemusError(ErrorCode.BAD_ARGUMENT, '--intervals: 1 to 16 values');
-  return parts;
-}
-
 export function registerNetBench(bench: Command): void {
   bench.command('net')
     .description('PostgreSQL pgbench TPS behind the network buffer: none, remus, cp_dscp, cp_pgwire per interval (root)')
     .option('--seconds <n>', 'pgbench -T per run', intOption('--seconds', 1, 3600), 10)
     .option('--runs <n>', 'runs per point (the median is reported)', intOption('--runs', 1, 21), 3)
-    .option('--intervals <list>', 'checkpoint intervals in ms, comma-separated', intervalsOption, [25, 50, 100, 250])
+    .option('--intervals <list>', 'checkpoint intervals in ms, comma-separated',
+      intListOption('--intervals', 1, 10_000, 16), [25, 50, 100, 250])
     .option('--scale <n>', 'pgbench -s', intOption('--scale', 1, 1000), 10)
     .option('--clients <n>', 'pgbench -c', intOption('--clients', 1, 256), 8)
     .option('--threads <n>', 'pgbench -j', intOption('--threads', 1, 32), 2)
     .option('--script <name>', 'pgbench built-in: tpcb-like or simple-update (no branch/teller updates: less lock contention)',
       choiceOption('--script', ['tpcb-like', 'simple-update'] as const), 'tpcb-like')
-    .option('--pg-bin <dir>', 'bin directory of a PostgreSQL 15 with the commit protection patch (enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)')
-    .option('--svg <path>', 'write the TPS plot (SVG) there')
+    .option('--pg-bin <dir>', 'bin directory of a PostgreSQL 15 with the commit protection patch '
+      + '(enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)', pathOption('--pg-bin', 'dir'))
+    .option('--svg <path>', 'write the TPS plot (SVG) there', pathOption('--svg', 'output'))
     .option('--diagnostic', 'also measure the queue alone (everything released at once; 128-byte and whole-segment copies)')
     .option('--dom0-cpus <list>', 'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 has its own CPUs)',
-      (v: string) => v.split(',').map((x) => intOption('--dom0-cpus', 0, 1023)(x)))
+      intListOption('--dom0-cpus', 0, 1023, 1024))
     .option('--json', 'print one JSON object as the last line of stdout')
     .action(async (o: { dom0Cpus?: number[]; seconds: number; runs: number; intervals: number[]; diagnostic?: boolean; scale: number; clients: number; threads: number;
       script: 'tpcb-like' | 'simple-update'; pgBin?: string; svg?: string; json?: boolean }) => {

@@ -19,7 +19,8 @@ import { MemModelDisk, replayGuest, type Workload } from '../hypervisor/sim/gues
 import { newPsk } from '../protocol/channel';
 import { controlRequest } from '../service/control';
 import { choiceOption, intOption } from './options';
-import { sizeOption } from './replication';
+import { memoryOption } from './replication';
+import { exactSize } from './units';
 
 interface DemoOpts { seconds: number; interval: number; memory: number; rate: number; json?: boolean; killSignal: 'SIGKILL' | 'SIGSTOP'; }
 
@@ -30,7 +31,7 @@ export function registerDemo(program: Command): void {
     .description('protect sim:demo against a local backup, show live stats, kill the primary, fail over, verify')
     .option('--seconds <n>', 'run protected for n seconds before killing the primary', intOption('--seconds', 1, 3600), 10)
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 5, 10000), 50)
-    .option('--memory <size>', 'guest memory', sizeOption('--memory'), 256 * 2 ** 20)
+    .option('--memory <size>', 'guest memory', memoryOption('--memory'), 256 * 2 ** 20)
     .option('--rate <n>', 'guest transactions per second', intOption('--rate', 1, 1e6), 2000)
     .option('--kill-signal <sig>', 'SIGKILL (the connection closes) or SIGSTOP (the primary goes silent: power-loss-like, the heartbeat timeout decides)', choiceOption('--kill-signal', ['SIGKILL', 'SIGSTOP'] as const), 'SIGKILL')
     .option('--json', 'print the summary as one JSON object on the last line')
@@ -96,7 +97,8 @@ async function runDemo(o: DemoOpts): Promise<void> {
     const primary = run(['protect', 'sim:demo', `127.0.0.1:${port}`, '--psk-file', psk, '-i', String(o.interval),
       '--memory', String(o.memory), '--rate', String(o.rate), '--client', clientAddr, '--journal', journal], 'primary.log');
     const primarySock = path.join(dir, 'primary-demo.sock');
-    say(`demo: backup on 127.0.0.1:${port}, primary protecting sim:demo (${o.memory >> 20} MiB, oltp, ${o.rate} tx/s) every ${o.interval} ms; logs in ${dir}`);
+    say(`demo: backup on 127.0.0.1:${port}, primary protecting sim:demo (${exactSize(o.memory)}, oltp, ${o.rate} tx/s) `
+      + `every ${o.interval} ms; logs in ${dir}`);
     let last: Record<string, unknown> = {};
     await waitFor(async () => {
       last = await controlRequest(primarySock, { cmd: 'status' }).catch(() => ({}));
@@ -184,10 +186,16 @@ function printSummary(r: Record<string, unknown>): void {
     ['failover', `${String(r.failover_ms)} ms after SIGKILL (first output from the backup after ${String(r.service_restored_ms)} ms)`],
     ['resumed from', `epoch ${String(r.resumed_epoch)} (primary saw ${String(r.acked_epoch_before_kill)} acknowledged), guest seq ${String(r.resumed_seq)}`],
     ['outputs', `${String(r.outputs_seen)} seen by the client before the kill, ${String(r.outputs_ahead_of_checkpoint)} ahead of the checkpoint`],
-    ['disk', r.disk_bytes ? `${Number(r.disk_bytes) >> 20} MiB, ${String(r.disk_writes_replicated)} writes replicated; resumed disk ${r.disk_matches_replay ? '= replayed guest\'s disk at that checkpoint' : 'DIFFERS from the replay'}` : 'none'],
+    ['disk', r.disk_bytes ? diskLine(r) : 'none'],
     ['state verified', r.state_verified ? `yes: resumed memory${r.disk_bytes ? ' and disk' : ''} = replayed guest at that checkpoint, byte for byte` : 'NO'],
   ];
   for (const [k, v] of rows) console.log(`${k.padEnd(16)} ${String(v)}`);
+}
+
+function diskLine(r: Record<string, unknown>): string {
+  const same = r.disk_matches_replay ? '= replayed guest\'s disk at that checkpoint' : 'DIFFERS from the replay';
+  const size = exactSize(Number(r.disk_bytes));
+  return `${size}, ${String(r.disk_writes_replicated)} writes replicated; resumed disk ${same}`;
 }
 
 async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {

@@ -1,5 +1,6 @@
-// main: the `remusdb` command line (commander). One file per command in this folder;
-// operating errors print their code and message and exit 1, bad usage exits 2.
+// main: the `remusdb` command line (commander). One file per command in this folder; value
+// parsers in options.ts and path-options.ts. Operating errors print their code and message and
+// exit 1, bad usage exits 2 (errorOutcome); buildProgram() is the whole tree, for tests too.
 import { Command, CommanderError } from 'commander';
 import { RemusError } from '../errors';
 import { registerBench } from './bench';
@@ -26,19 +27,22 @@ export function buildProgram(): Command {
   return program;
 }
 
+/** How an error ends the command: its exit status and the line to print (null: commander printed it). */
+export function errorOutcome(e: unknown): { exitCode: number; line: string | null } | null {
+  if (e instanceof CommanderError) return { exitCode: e.exitCode === 0 ? 0 : 2, line: null };
+  if (e instanceof RemusError) {
+    return { exitCode: e.code === 'ERR_BAD_ARGUMENT' ? 2 : 1, line: `remusdb: ${e.message} [${e.code}]` };
+  }
+  return null; // a bug: thrown on, with its stack
+}
+
 export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (e) {
-    if (e instanceof CommanderError) {
-      process.exitCode = e.exitCode === 0 ? 0 : 2;
-      return;
-    }
-    if (e instanceof RemusError) {
-      console.error(`remusdb: ${e.message} [${e.code}]`);
-      process.exitCode = e.code === 'ERR_BAD_ARGUMENT' ? 2 : 1;
-      return;
-    }
-    throw e;
+    const out = errorOutcome(e);
+    if (!out) throw e;
+    if (out.line) console.error(out.line);
+    process.exitCode = out.exitCode;
   }
 }

@@ -15,7 +15,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
 import { type DomainNetOptions, DOMAIN_IFACES_MAX, xenVifs } from '../net/domain-net';
 import type { CommitProtection } from '../net/net-device';
-import { choiceOption, intOption } from './options';
+import { badValue, choiceOption, intOption, specified, valueSpec } from './options';
 
 export interface NetCliOptions {
   /** --net-buffer DRIVER, false with -n/--no-net-buffer, undefined when neither was given. */
@@ -31,16 +31,21 @@ export interface NetCliOptions {
 }
 
 const QUEUE_BASE = 7000;
-const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+const IFNAME = /^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}$/;
 
+/** A repeatable option: each value parsed by parse (and described by its spec), collected in order. */
 function collect<T>(parse: (v: string) => T): (v: string, prev: T[] | undefined) => T[] {
-  return (v, prev) => [...(prev ?? []), parse(v)];
+  const spec = valueSpec(parse);
+  const all = (v: string, prev: T[] | undefined): T[] => [...(prev ?? []), parse(v)];
+  return spec ? specified(all, spec) : all;
 }
 
-function ifaceOption(v: string): string {
-  if (!IFNAME.test(v)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `--vif ${JSON.stringify(v)}: not an interface name`);
+const ifaceOption = specified((v: string): string => {
+  if (!IFNAME.test(v)) {
+    throw badValue('--vif', v, '1 to 15 letters, digits, _ . or - (not first)', 'not an interface name');
+  }
   return v;
-}
+}, { name: '--vif', kind: 'iface' });
 
 export function addNetOptions(cmd: Command): Command {
   return cmd

@@ -6,34 +6,21 @@ import { ErrorCode, RemusError, isRemusError } from '../errors';
 import { resolveDomain } from '../hypervisor/resolve';
 import { xenLogdirtyAddon } from '../hypervisor/xen/xen-addon';
 import { recordDomain, type RecordResult } from '../hypervisor/xen/xen-record';
-import { intOption } from './options';
+import { bytesOption, intOption } from './options';
+import { pathOption } from './path-options';
 
 const DEFAULT_BYTES_MAX = 2 * 2 ** 30;
-const BYTES_MIN = 2 ** 20, BYTES_MAX = 2 ** 40;
-
-/** A byte count like 2GiB, 512MiB or 1048576, in [1 MiB, 1 TiB]. */
-export function byteSizeOption(name: string): (v: string) => number {
-  return (v: string): number => {
-    const m = /^(\d+)\s*(k|kib|m|mib|g|gib|t|tib)?$/i.exec(v.trim());
-    const unit = (m?.[2] ?? '').toLowerCase().replace('ib', '');
-    const mul: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
-    const bytes = m ? Number(m[1]) * mul[unit] : NaN;
-    if (!Number.isSafeInteger(bytes) || bytes < BYTES_MIN || bytes > BYTES_MAX) {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${name} ${JSON.stringify(v)}: expected a size from 1MiB to 1TiB, like 2GiB`);
-    }
-    return bytes;
-  };
-}
 
 interface RecordOpts { out: string; interval: number; seconds: number; maxBytes: number; json?: boolean; }
 
 export function registerRecord(program: Command): void {
   program.command('record <domain>')
     .description('record a running Xen domain\'s dirty pages as an RDTRACE1 trace (for `remusdb bench trace`)')
-    .requiredOption('--out <file>', 'trace file to write (.rdt, or .rdt.gz to compress)')
+    .requiredOption('--out <file>', 'trace file to write (.rdt, or .rdt.gz to compress)', pathOption('--out', 'output'))
     .option('--interval <ms>', 'epoch length: how often the dirty bitmap is read', intOption('--interval', 10, 60000), 50)
     .option('--seconds <n>', 'how long to record after the first full copy (Ctrl-C stops earlier)', intOption('--seconds', 1, 86400), 10)
-    .option('--max-bytes <size>', 'stop before the trace passes this size (records before gzip)', byteSizeOption('--max-bytes'), DEFAULT_BYTES_MAX)
+    .option('--max-bytes <size>', 'stop before the trace passes this size (records before gzip)',
+      bytesOption('--max-bytes', { min: 2 ** 20, max: 2 ** 40, example: '2GiB' }), DEFAULT_BYTES_MAX)
     .option('--json', 'print the summary as one JSON object on stdout')
     .action(async (domain: string, o: RecordOpts) => {
       const spec = resolveForRecord(domain);

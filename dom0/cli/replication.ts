@@ -1,9 +1,11 @@
-// replication: `remusdb protect`, `backup`, `failover`, `status` and `keygen`.
+// replication: `remusdb protect`, `backup`, `reprotect`, `failover`, `status` and `keygen`.
+// Every value is checked as the command line is parsed (options.ts, path-options.ts), and the
+// key is read before anything listens, attaches or creates a file.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
-import { cacheSpecOption, parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
+import { parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
 import { PAGE_SIZE } from '../memory/page-cache';
 import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
 import { resolveDomain } from '../hypervisor/resolve';
@@ -12,7 +14,9 @@ import { ProtectService } from '../service/protect-service';
 import { BackupService } from '../service/backup-service';
 import { XenProtectService } from '../service/xen-services';
 import { controlRequest, listSockets, socketPath } from '../service/control';
-import { choiceOption, intOption } from './options';
+import { badValue, bytesOption, cacheOption, choiceOption, hostPortOption, intOption, specified } from './options';
+import { checkPath, nbdDeviceOption, pathOption } from './path-options';
+import { exactSize, roundedSize } from './units';
 import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './net-options';
 import { openDomainNet } from '../net/domain-net';
 import { untilStopped } from './until-stopped';
@@ -22,35 +26,29 @@ import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
 
 export const DEFAULT_PORT = 7400;
 
-export function sizeOption(name: string): (v: string) => number {
-  return (v: string): number => {
-    const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(v.trim());
-    const mul = { k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 } as Record<string, number>;
-    const bytes = m ? Number(m[1]) * (m[2] ? mul[m[2].toLowerCase()] : 1) : NaN;
-    if (!Number.isSafeInteger(bytes) || bytes % PAGE_SIZE !== 0 || bytes / PAGE_SIZE < GUEST_PAGES_MIN || bytes > 64 * 2 ** 30) {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${name} ${JSON.stringify(v)}: expected a multiple of 4 KiB from ${GUEST_PAGES_MIN * 4} KiB to 64 GiB, like 256MiB`);
-    }
-    return bytes;
-  };
+/** Guest memory: a multiple of 4 KiB from the smallest simulated guest to 64 GiB. */
+export function memoryOption(name: string): (v: string) => number {
+  const min = GUEST_PAGES_MIN * PAGE_SIZE;
+  return bytesOption(name, { min, max: 64 * 2 ** 30, pageMultiple: true, example: '256MiB' });
 }
 
-/** A byte size like 16MiB: 0 when allowZero, else a multiple of 4 KiB in [minBytes, maxBytes]. */
-function bytesOption(name: string, minBytes: number, maxBytes: number, allowZero: boolean): (v: string) => number {
-  return (v: string): number => {
-    const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(v.trim());
-    const mul = { k: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mib: 2 ** 20, g: 2 ** 30, gib: 2 ** 30 } as Record<string, number>;
-    const bytes = m ? Number(m[1]) * (m[2] ? mul[m[2].toLowerCase()] : 1) : NaN;
-    if (allowZero && bytes === 0) return 0;
-    if (!Number.isSafeInteger(bytes) || bytes % PAGE_SIZE !== 0 || bytes < minBytes || bytes > maxBytes) {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${name} ${JSON.stringify(v)}: expected ${allowZero ? '0 or ' : ''}a multiple of 4 KiB from ${minBytes >> 10} KiB to ${maxBytes / 2 ** 30} GiB, like 16MiB`);
-    }
-    return bytes;
-  };
-}
+const DISK_BUFFER = { min: 2 ** 20, max: 2 ** 36, pageMultiple: true, example: '256MiB' };
+const WORKLOAD_CHOICES = WORKLOADS.filter((w) => w !== 'trace');
 
-function workloadOption(v: string): string {
-  if (v.startsWith('trace:') && v.length > 6) return v;
-  return choiceOption('--workload', WORKLOADS.filter((w) => w !== 'trace'))(v);
+/** --workload: a built-in workload, or trace:<file> replaying an existing trace. */
+const workloadOption = specified((v: string): string => {
+  if (v.startsWith('trace:')) checkPath('--workload', v, v.slice('trace:'.length), 'input');
+  else if (!(WORKLOAD_CHOICES as readonly string[]).includes(v)) {
+    throw badValue('--workload', v, `one of ${WORKLOAD_CHOICES.join(', ')} or trace:<file.rdt>`);
+  }
+  return v;
+}, { name: '--workload', kind: 'workload', choices: WORKLOAD_CHOICES });
+
+/** --psk-file and --insecure, the same on protect, backup and reprotect. */
+function addSecurityOptions(cmd: Command): Command {
+  return cmd
+    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)', pathOption('--psk-file', 'input'))
+    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)');
 }
 
 function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
@@ -76,45 +74,104 @@ interface ProtectOpts extends NetCliOptions {
 }
 
 export function registerReplication(program: Command): void {
-  const protect = program.command('protect <domain> [backup]')
+  registerProtect(program);
+  registerBackup(program);
+  registerReprotect(program);
+  registerFailoverAndStatus(program);
+  program.command('keygen')
+    .description('write a new pre-shared key for the replication channel (copy it to both hosts)')
+    .requiredOption('--out <file>', 'key file to create (mode 0600)', pathOption('--out', 'new-output'))
+    .action((o: { out: string }) => {
+      try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
+        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`);
+      }
+      console.log(`wrote ${o.out}`);
+    });
+}
+
+function registerProtect(program: Command): void {
+  const protect = program.command('protect')
     .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
+    .argument('<domain>', 'sim:<name>, or a Xen domain\'s name or id')
+    .argument('[backup]', 'the backup\'s host[:port]', hostPortOption('backup', DEFAULT_PORT))
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
-    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheSpecOption, DEFAULT_CACHE)
-    .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
+    .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
+    .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)',
+      choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
     .option('-u, --no-compress', 'send pages raw, keep no cache (plain Remus; xl remus -u)')
-    .option('--no-read-tracking', 'do not send pages that equal a block the guest read from disk as references to that block')
-    .option('-b, --blackhole', 'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
-    .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)')
-    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
-    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
-    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
-    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)', intOption('--max-in-flight', 1, 16))
-    .option('--memory <size>', 'sim: guest memory', sizeOption('--memory'), 256 * 2 ** 20)
-    .option('--workload <w>', 'sim: oltp, scan, idle or trace:<file.rdt> (replays an RDTRACE1 trace, one epoch per step)', workloadOption, 'oltp')
+    .option('--no-read-tracking',
+      'do not send pages that equal a block the guest read from disk as references to that block')
+    .option('-b, --blackhole',
+      'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
+    .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)');
+  addSecurityOptions(protect)
+    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000))
+    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
+      intOption('--max-in-flight', 1, 16));
+  addSimGuestOptions(protect)
+    .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
+      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+    .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
+  addXenDiskOptions(protect)
+    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
+  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) =>
+    runProtect(domainArg, backupArg, o));
+}
+
+/** protect's options for a simulated domain (sim:<name>). */
+function addSimGuestOptions(protect: Command): Command {
+  return protect
+    .option('--memory <size>', 'sim: guest memory', memoryOption('--memory'), 256 * 2 ** 20)
+    .option('--workload <w>',
+      'sim: oltp, scan, idle or trace:<file.rdt> (replays an RDTRACE1 trace, one epoch per step)',
+      workloadOption, 'oltp')
     .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
     .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
-    .option('--client <host:port>', 'sim: where the guest sends its outputs')
-    .option('--disk <size>', 'sim: the guest\'s disk (oltp and scan write their WAL and pages there, and read refills); 0: none', bytesOption('--disk', 256 * 1024, 2 ** 40, true), 16 * 2 ** 20)
-    .option('--no-verify-disk', 'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)')
-    .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
-    .option('--journal <file>', 'append one JSON line per checkpoint and event')
-    .option('--disk-image <file>', 'xen: the domU\'s raw disk image, served over NBD by this process and replicated (start the domU once it listens)')
-    .option('--disk-listen <addr:port>', 'xen: where --disk-image is served', `127.0.0.1:${DEFAULT_NBD_PORT}`)
-    .option('--disk-device <dev>', 'xen: attach --disk-image to this /dev/nbdN (nbd-client), the device the domU\'s disk names')
-    .option('--wait-domain <s>', 'xen: with --disk-image, how long to wait for the domain to be created', intOption('--wait-domain', 1, 86400), 600)
-    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
-  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) => runProtect(domainArg, backupArg, o));
+    .option('--client <host:port>', 'sim: where the guest sends its outputs', hostPortOption('--client', null, false))
+    .option('--disk <size>',
+      'sim: the guest\'s disk (oltp and scan write their WAL and pages there, and read refills); 0: none',
+      bytesOption('--disk', { min: 256 * 1024, max: 2 ** 40, zero: true, pageMultiple: true, example: '16MiB' }),
+      16 * 2 ** 20)
+    .option('--no-verify-disk',
+      'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)');
+}
 
-  program.command('backup')
+/** protect's options for a Xen domain's disk, served over NBD by the protect process. */
+function addXenDiskOptions(protect: Command): Command {
+  return protect
+    .option('--disk-image <file>',
+      'xen: the domU\'s raw disk image, served over NBD by this process and replicated '
+      + '(start the domU once it listens)',
+      pathOption('--disk-image', 'rw-input'))
+    .option('--disk-listen <addr:port>', 'xen: where --disk-image is served',
+      hostPortOption('--disk-listen', DEFAULT_NBD_PORT), `127.0.0.1:${DEFAULT_NBD_PORT}`)
+    .option('--disk-device <dev>',
+      'xen: attach --disk-image to this /dev/nbdN (nbd-client), the device the domU\'s disk names',
+      nbdDeviceOption('--disk-device'))
+    .option('--wait-domain <s>', 'xen: with --disk-image, how long to wait for the domain to be created',
+      intOption('--wait-domain', 1, 86400), 600);
+}
+
+interface BackupOpts {
+  listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number;
+  reuseDisk?: string;
+}
+
+function registerBackup(program: Command): void {
+  const backup = program.command('backup')
     .description('receive checkpoints and take over when the primary fails')
-    .option('--listen <addr:port>', 'address to listen on', `0.0.0.0:${DEFAULT_PORT}`)
-    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
-    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
-    .option('--max-memory <size>', 'largest guest accepted', sizeOption('--max-memory'), 64 * 2 ** 30)
-    .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)')
-    .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb reprotect): only blocks that differ are copied')
-    .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary', bytesOption('--disk-buffer', 2 ** 20, 2 ** 36, false), 256 * 2 ** 20)
-    .action(async (o: { listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number; reuseDisk?: string }) => {
+    .option('--listen <addr:port>', 'address to listen on', hostPortOption('--listen', DEFAULT_PORT),
+      `0.0.0.0:${DEFAULT_PORT}`);
+  addSecurityOptions(backup)
+    .option('--max-memory <size>', 'largest guest accepted', memoryOption('--max-memory'), 64 * 2 ** 30)
+    .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)',
+      pathOption('--disk-dir', 'dir-or-new'))
+    .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb '
+      + 'reprotect): only blocks that differ are copied', pathOption('--reuse-disk', 'rw-input'))
+    .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary',
+      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+    .action(async (o: BackupOpts) => {
       const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
       const svc = new BackupService({
         host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
@@ -124,33 +181,48 @@ export function registerReplication(program: Command): void {
       log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
       await untilStopped(async () => svc.stop(), { log });
     });
+}
 
-  program.command('reprotect <domain> <new-backup>')
-    .description('after a failover, protect the domain again, with the old host as the new backup (start `remusdb backup --reuse-disk <its old disk image>` there first)')
-    .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)')
-    .option('--insecure', 'plain TCP, no authentication or encryption (labs only)')
+interface ReprotectOpts {
+  pskFile?: string; insecure?: boolean; interval: number; heartbeatTimeout?: number; wait: boolean; timeout: number;
+}
+
+function registerReprotect(program: Command): void {
+  const reprotect = program.command('reprotect')
+    .description('after a failover, protect the domain again, with the old host as the new backup '
+      + '(start `remusdb backup --reuse-disk <its old disk image>` there first)')
+    .argument('<domain>', 'the domain this host\'s backup took over')
+    .argument('<new-backup>', 'the new backup\'s host[:port]', hostPortOption('new-backup', DEFAULT_PORT));
+  addSecurityOptions(reprotect)
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
-    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)', intOption('--heartbeat-timeout', 10, 600000))
-    .option('--timeout <s>', 'give up waiting for protection after s seconds (reprotection goes on)', intOption('--timeout', 1, 86400), 600)
-    .option('--no-wait', 'return once reprotection started (default: show progress until protected and the disks are verified equal)')
-    .action(async (domain: string, newBackup: string, o: { pskFile?: string; insecure?: boolean; interval: number; heartbeatTimeout?: number; wait: boolean; timeout: number }) => {
+    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000))
+    .option('--timeout <s>', 'give up waiting for protection after s seconds (reprotection goes on)',
+      intOption('--timeout', 1, 86400), 600)
+    .option('--no-wait',
+      'return once reprotection started (default: show progress until protected and the disks are verified equal)')
+    .action(async (domain: string, newBackup: string, o: ReprotectOpts) => {
       if (!o.insecure && !o.pskFile) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
       const sock = await backupHolding(domain);
-      const r = await controlRequest(sock, { cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined, insecure: o.insecure === true, intervalMs: o.interval, heartbeatTimeoutMs: o.heartbeatTimeout });
-      if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
-      console.log(`reprotecting ${domain} → ${newBackup}: ${fmtBytes(Number(r.resyncBytes ?? 0))} of its ${fmtBytes(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`);
+      const r = await controlRequest(sock, {
+        cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
+        insecure: o.insecure === true, intervalMs: o.interval, heartbeatTimeoutMs: o.heartbeatTimeout,
+      });
+      throwControlError(r);
+      console.log(`reprotecting ${domain} → ${newBackup}: ${roundedSize(Number(r.resyncBytes ?? 0))} of its `
+        + `${roundedSize(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`);
       if (o.wait) await showReprotectProgress(sock, o.timeout * 1000);
     });
+}
 
+function registerFailoverAndStatus(program: Command): void {
   program.command('failover <domain>')
     .description('promote the backup of a domain now (manual failover)')
     .action(async (domain: string) => {
-      const s = await backupHolding(domain);
-      const r = await controlRequest(s, { cmd: 'failover', domain });
-      if (r.error) throw new RemusError(String((r.error as { code: string }).code), String((r.error as { message: string }).message));
+      const r = await controlRequest(await backupHolding(domain), { cmd: 'failover', domain });
+      throwControlError(r);
       console.log(`failed over ${domain}: resumed from epoch ${String(r.epoch)}`);
     });
-
   program.command('status [domain]')
     .description('state of the protect and backup processes on this host')
     .option('--json', 'one JSON object')
@@ -164,16 +236,12 @@ export function registerReplication(program: Command): void {
       if (!all.length) { console.log('no remusdb protect or backup process is running on this host'); return; }
       for (const st of all) console.log(formatStatus(st));
     });
+}
 
-  program.command('keygen')
-    .description('write a new pre-shared key for the replication channel (copy it to both hosts)')
-    .requiredOption('--out <file>', 'key file to create (mode 0600)')
-    .action((o: { out: string }) => {
-      try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
-        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`);
-      }
-      console.log(`wrote ${o.out}`);
-    });
+/** A control request's error answer, thrown as the RemusError it was. */
+function throwControlError(r: Record<string, unknown>): void {
+  const e = r.error as { code: string; message: string } | undefined;
+  if (e) throw new RemusError(String(e.code), String(e.message));
 }
 
 async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
@@ -200,7 +268,9 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     readTracking: o.readTracking && o.compress, log,
   });
   svc.start();
-  log(`protecting ${domainArg} (${o.memory >> 20} MiB, ${o.workload}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${netLine(net)}`);
+  const to = o.blackhole ? 'blackhole' : backupArg;
+  log(`protecting ${domainArg} (${exactSize(o.memory)}, ${o.workload}) every ${o.interval} ms → ${to}`
+    + netLine(net));
   await runUntilStopped(svc, o.seconds);
 }
 
@@ -213,16 +283,17 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
   if (o.blackhole || !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'Xen domains need a backup host (--blackhole is for simulated domains)');
   let net: ReturnType<typeof netPlan> = null;
   const opened: { net: ReturnType<typeof openDomainNet> | null } = { net: null };
+  const sec = security(o, log); // a bad key fails before the disk is served or attached
   const disk = o.diskImage ? await openXenProtectDisk({
     domain: name, waitMs: o.waitDomain * 1000, image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice,
     clock: realClock, unackedBytesMax: o.diskBuffer, log,
   }) : null;
   const svc = new XenProtectService({
-    domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: security(o, log),
+    domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: sec,
     engine: (pages) => ({
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
       maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
-      batchPagesMax: 1024, deviceStateMax: 1 << 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
+      batchPagesMax: 1024, deviceStateMax: 2 ** 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
     }),
     disk: disk?.replicator ?? null,
     diskFlush: disk?.flush ?? null,
@@ -263,10 +334,6 @@ async function backupHolding(domain: string): Promise<string> {
   throw new RemusError(ErrorCode.NO_DOMAIN, `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`);
 }
 
-function fmtBytes(n: number): string {
-  return n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(2)} GiB` : n >= 2 ** 20 ? `${(n / 2 ** 20).toFixed(1)} MiB` : `${(n / 1024).toFixed(0)} KiB`;
-}
-
 /** Progress bar (bytes copied, rate, ETA) until protected with the disks verified equal. */
 async function showReprotectProgress(sock: string, timeoutMs: number): Promise<void> {
   const t0 = Date.now();
@@ -280,13 +347,15 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
     const frac = copied + pending > 0 ? copied / (copied + pending) : 1;
     const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
     const eta = pending > 0 && rate > 0 ? `ETA ${(pending / rate).toFixed(1)} s` : '';
-    const line = `[${bar}] ${fmtBytes(copied)} / ${fmtBytes(copied + pending)} ${fmtBytes(rate)}/s ${eta} | ${String(p.state)} epoch ${String(p.ackedEpoch ?? 0)}`;
+    const line = `[${bar}] ${roundedSize(copied)} / ${roundedSize(copied + pending)} ${roundedSize(rate)}/s ${eta} `
+      + `| ${String(p.state)} epoch ${String(p.ackedEpoch ?? 0)}`;
     if (process.stdout.isTTY) process.stdout.write(`\r${line}   `); else if (line !== lastLine && Date.now() % 1000 < 250) console.log(line);
     lastLine = line;
     const verified = !d || Number(p.diskVerifiedEpoch ?? 0) > 0;
     if (p.state === 'protected' && verified) {
       if (process.stdout.isTTY) process.stdout.write('\n');
-      console.log(`protected again after ${secs.toFixed(1)} s: copied ${fmtBytes(copied)} of disk${d ? `, disks verified equal at checkpoint ${String(p.diskVerifiedEpoch)}` : ''}`);
+      const verifiedAt = d ? `, disks verified equal at checkpoint ${String(p.diskVerifiedEpoch)}` : '';
+      console.log(`protected again after ${secs.toFixed(1)} s: copied ${roundedSize(copied)} of disk${verifiedAt}`);
       return;
     }
     if (Date.now() - t0 > timeoutMs) {

@@ -29,7 +29,7 @@ export function untilStopped(onStop: () => Promise<void>, opts: UntilStoppedOpti
       process.off('SIGTERM', onSignal);
       process.off('beforeExit', onIdle);
       if (why) opts.log(why);
-      const keepAlive = setInterval(() => {}, 1 << 30); // the stop path may wait on unref'd timers
+      const keepAlive = setInterval(() => {}, 2 ** 30); // the stop path may wait on unref'd timers
       onStop()
         .catch((e: Error) => opts.log(`stopping: ${e.message}`))
         .finally(() => { clearInterval(keepAlive); resolve(); });

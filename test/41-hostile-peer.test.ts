@@ -100,7 +100,7 @@ function runCase(c: Case, seed: number): Outcome {
     r.resume = c.resumeThrows ? () => { throw new TypeError('not a bootable guest'); } : () => ({ resumed: true });
     return r;
   };
-  const backup = new Backup(clock, { pageCountMax: PAGE_COUNT_MAX, batchPagesMax: 64, handshakeTimeoutMs: 200, replicaFor },
+  const backup = new Backup(clock, { pageCountMax: PAGE_COUNT_MAX, batchPagesMax: 64, handshakeTimeoutMs: 200, copySilenceMs: 200, replicaFor },
     { event: (name, d) => { events.push({ name, d }); if (process.env.HOSTILE_DEBUG) console.log(name, JSON.stringify(d)); } });
   const [b, p] = net.pair();
   backup.attach(b);

@@ -100,10 +100,18 @@ async function runDemo(o: DemoOpts): Promise<void> {
     say(`demo: backup on 127.0.0.1:${port}, primary protecting sim:demo (${exactSize(o.memory)}, oltp, ${o.rate} tx/s) `
       + `every ${o.interval} ms; logs in ${dir}`);
     let last: Record<string, unknown> = {};
+    // Booting and the live pre-copy take time in proportion to memory: allow 20 s plus 32 MiB/s.
+    const firstAckMs = 20_000 + Math.ceil(o.memory / (32 * 2 ** 20)) * 1000;
+    let shown = 0;
     await waitFor(async () => {
       last = await controlRequest(primarySock, { cmd: 'status' }).catch(() => ({}));
+      const pc = last.precopy as { round: number; sentPages: number; mbPerSec: number } | null | undefined;
+      if (pc && !o.json && Date.now() - shown > 2000) {
+        shown = Date.now();
+        say(`demo: pre-copy round ${pc.round}: ${exactSize(pc.sentPages * 4096)} sent at ${pc.mbPerSec.toFixed(0)} MB/s`);
+      }
       return Number(last.ackedEpoch ?? 0) >= 1;
-    }, 20000, 'the primary never got its first checkpoint acknowledged');
+    }, firstAckMs, 'the primary never got its first checkpoint acknowledged');
     const t0 = Date.now();
     while (Date.now() - t0 < o.seconds * 1000) {
       await sleep(500);
@@ -131,6 +139,8 @@ async function runDemo(o: DemoOpts): Promise<void> {
       kill_signal: o.killSignal,
       failover_ms: failoverEvent ? Number(failoverEvent.at) - tKill : null,
       service_restored_ms: clientLog.firstAfterKillAt ? clientLog.firstAfterKillAt - tKill : null,
+      sessions: Number(last.sessions), initial_sync_ms: Number(last.initialSyncMs),
+      primary_rss_bytes: Number(last.rss_bytes), backup_rss_bytes: Number(b.rss_bytes),
     };
     if (o.json) console.log(JSON.stringify(result));
     else printSummary(result);

@@ -54,10 +54,7 @@ export class EpochBuffer {
     let n = 0, bytes = 0, durable = false;
     while (n < this.held.length && this.held[n].epoch <= epoch) {
       const w = this.held[n++];
-      if (w.flags & DW_FLUSH) durable = true;
-      else if (w.flags & DW_ZEROES) target.zero(w.offsetBytes, w.lengthBytes);
-      else target.write(w.offsetBytes, w.data!);
-      if (w.flags & DW_FUA) durable = true;
+      if (applyWrite(w, target)) durable = true;
       bytes += w.lengthBytes;
       this.heldBytes -= (w.data?.length ?? 0) + RECORD_COST_BYTES;
     }
@@ -74,4 +71,12 @@ export class EpochBuffer {
     this.lastEpoch = 0;
     return dropped;
   }
+}
+
+/** Applies one write to the disk; true when it asked for durability (FLUSH or FUA). */
+export function applyWrite(w: DiskWrite, target: DiskTarget): boolean {
+  if (w.flags & DW_FLUSH) return true;
+  if (w.flags & DW_ZEROES) target.zero(w.offsetBytes, w.lengthBytes);
+  else target.write(w.offsetBytes, w.data!);
+  return (w.flags & DW_FUA) !== 0;
 }

@@ -19,9 +19,10 @@ import {
 } from '../protocol/records';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
-import { EpochBuffer } from '../disk/epoch-buffer';
+import { EpochBuffer, applyWrite } from '../disk/epoch-buffer';
 import { diskChecksumAsync } from '../disk/replicator';
 import { validateHello, type HelloInfo } from './hello';
+import { COPY_SILENCE_MS } from './primary';
 
 export type { HelloInfo } from './hello';
 
@@ -37,6 +38,8 @@ export interface BackupOptions {
   releaseReplica?(replica: Replica): void;
   /** Silence before a HELLO that drops a connection (no failover: it never was a session). */
   handshakeTimeoutMs?: number;
+  /** Silence tolerated from a session that has committed nothing yet (default COPY_SILENCE_MS). */
+  copySilenceMs?: number;
 }
 
 export interface BackupHooks {
@@ -214,7 +217,9 @@ export class Backup {
   // ---- records -------------------------------------------------------------------------
 
   private onRecord(s: Session, type: number, body: Buffer): void {
-    s.lastHeard = this.clock.now();
+    const now = s.lastHeard = this.clock.now();
+    // A stream of records can starve our timers (a large copy): the heartbeat goes out from here too.
+    if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s)) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
     this.hooks.phase?.('record', s.open?.epoch ?? -1);
     if (s.phase === 'handshake' && type !== Rec.HELLO && type !== Rec.ERROR) {
       throw protocolError(`record type ${type} before HELLO`);
@@ -453,10 +458,21 @@ export class Backup {
     o.diskCrc = crc32c;
   }
 
+  /**
+   * Held until its checkpoint commits; but before the session's first commit (a pre-copy can
+   * last minutes) nothing committed is at stake and the first checkpoint applies them all
+   * anyway: they are applied at once, like DISK_SYNC, and the first commit has no backlog.
+   */
   private onDiskWrite(s: Session, body: Buffer): void {
-    const h = this.needSession(s).hello;
+    const held = this.needSession(s), h = held.hello;
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
-    this.diskBuffer!.add(parseDiskWrite(body, h.diskBytes), this.committed);
+    const w = parseDiskWrite(body, h.diskBytes);
+    if (this.committed !== null || s.open?.full !== true || w.epoch !== s.open.epoch) return this.diskBuffer!.add(w, this.committed);
+    const disk = held.replica.disk!;
+    this.diskBuffer!.commit(w.epoch, disk); // any held before it first, in order
+    if (applyWrite(w, disk)) (disk.flushSoon ?? disk.flush).call(disk);
+    this.counters.diskWrites++;
+    this.counters.diskBytesApplied += w.lengthBytes;
   }
 
   /** Resync copy: applied at once — nothing is committed in this session until it ends. */
@@ -552,21 +568,32 @@ export class Backup {
 
   // ---- liveness --------------------------------------------------------------------------
 
+  /**
+   * Silence that ends a session: its heartbeat timeout once live; before its first commit (a
+   * long first copy on a busy host) at least copySilenceMs, since losing it changes nothing.
+   */
   private timeoutMs(s: Session): number {
-    return s.hello?.heartbeatTimeoutMs ?? this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    if (!s.hello) return this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    const t = s.hello.heartbeatTimeoutMs;
+    return this.live ? t : Math.max(t, this.opts.copySilenceMs ?? COPY_SILENCE_MS);
+  }
+
+  /** How often our heartbeats go out: a quarter of the primary's heartbeat timeout. */
+  private heartbeatEveryMs(s: Session): number {
+    return (s.hello?.heartbeatTimeoutMs ?? HANDSHAKE_TIMEOUT_MS) / 4;
   }
 
   private arm(s: Session): void {
     if (s.timer !== null) this.clock.clearTimer(s.timer);
     // Check for silence 8 times per timeout (failover ≤ timeout × 9/8); heartbeat every 1/4.
-    const every = Math.max(5, Math.floor(this.timeoutMs(s) / 8));
+    const every = Math.max(5, Math.floor(Math.min(this.timeoutMs(s) / 8, this.heartbeatEveryMs(s))));
     s.timer = this.clock.setTimer(every, () => { s.timer = null; this.guard(s, () => this.onTimer(s)); });
   }
 
   private onTimer(s: Session): void {
     const now = this.clock.now();
     if (now - s.lastHeard <= this.timeoutMs(s)) {
-      if (s.phase === 'open' && now - s.lastSent >= this.timeoutMs(s) / 4) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
+      if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s)) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
       this.arm(s);
       return;
     }

@@ -42,6 +42,12 @@ export interface PrimaryOptions {
   verifyDisk?: boolean;
   /** What the backup may buffer of unacknowledged disk writes (sent in HELLO). */
   diskBufferBytesMax?: number;
+  /**
+   * Silence tolerated before the session's first ACK (default COPY_SILENCE_MS): nothing is
+   * protected yet, so a loss only restarts the copy, while a busy host (a multi-GiB copy)
+   * can keep either side from answering for longer than the heartbeat timeout.
+   */
+  copySilenceMs?: number;
   /** Pre-copy a session's first checkpoint live when the domain can (default true). */
   precopy?: boolean;
   /** Pre-copy rounds stop once at most this many pages remain (default PRECOPY_REMAINING_PAGES_MIN). */
@@ -49,6 +55,8 @@ export interface PrimaryOptions {
 }
 
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
+/** Silence either side tolerates while a session has committed nothing yet (its first copy). */
+export const COPY_SILENCE_MS = 10_000;
 
 /** What a step returns after it has reported its own failure: runInOrder stops there. */
 export const STEP_FAILED = Symbol('step failed');
@@ -119,6 +127,8 @@ export class Primary {
   private exposureTimer: unknown = null;
   private holdTimer: unknown = null;
   private lastHeard = 0;
+  /** The channel's unsent octets at the last heartbeat check (a draining backlog is life). */
+  private lastBacklogBytes = 0;
   private lastSent = 0;
   private lastAckAt = 0;
   private readonly sentAt = new Map<number, number>();
@@ -513,19 +523,31 @@ export class Primary {
 
   // ---- liveness --------------------------------------------------------------------------
 
+  /** The heartbeat timeout once the session is protected and acknowledged; more during its first copy. */
+  private silenceLimitMs(): number {
+    const t = this.opts.heartbeatTimeoutMs;
+    return this.session === 'active' && this.initialSyncMs > 0 ? t : Math.max(t, this.opts.copySilenceMs ?? COPY_SILENCE_MS);
+  }
+
   private hbIntervalMs(): number { return Math.max(5, Math.floor(this.opts.heartbeatTimeoutMs / 4)); }
 
   private heartbeat(): void {
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
     if (!this.link) return;
     const now = this.clock.now();
-    if (now - this.lastHeard > this.opts.heartbeatTimeoutMs) {
+    // Bytes the backup reads are life too: a backlog that drains means it is reading (TCP acks),
+    // even while our own timers and its heartbeats queue behind a large copy.
+    const backlog = this.link.backlogBytes;
+    if (backlog < this.lastBacklogBytes) this.lastHeard = now;
+    this.lastBacklogBytes = backlog;
+    const limitMs = this.silenceLimitMs();
+    if (now - this.lastHeard > limitMs) {
       // Our own event loop may have stalled (a long full-copy pause) with the backup's
       // records unread: look again after pending input was read (a timer runs after the poll).
       const link = this.link;
       this.clock.setTimer(1, () => {
         const silent = this.clock.now() - this.lastHeard;
-        if (this.link === link && silent > this.opts.heartbeatTimeoutMs) this.lose(`backup silent for ${silent.toFixed(0)} ms`);
+        if (this.link === link && silent > limitMs) this.lose(`backup silent for ${silent.toFixed(0)} ms`);
       });
       return;
     }

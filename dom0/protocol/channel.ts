@@ -22,8 +22,11 @@ const WRITE_BACKLOG_MAX = 256 * 1024 * 1024;
 /** Reads a key written by `remusdb keygen` (64 hex digits). */
 export function readPskFile(file: string): Buffer {
   let text: string;
-  try { text = fs.readFileSync(file, 'utf8').trim(); } catch (e) {
-    throw new RemusError(ErrorCode.AUTH, `cannot read the pre-shared key ${file}: ${(e as Error).message}`);
+  try {
+    if (!fs.statSync(file).isFile()) throw new Error('not a regular file'); // a FIFO would block the read for ever
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    throw new RemusError(ErrorCode.IO, `cannot read the pre-shared key ${file}: ${(e as Error).message}`, {}, { cause: e });
   }
   if (!/^[0-9a-fA-F]{64}$/.test(text)) {
     throw new RemusError(ErrorCode.AUTH, `${file} does not hold a 32-byte key as 64 hex digits (make one with \`remusdb keygen --out ${file}\`)`);

@@ -17,6 +17,7 @@ import { BackupExposure } from '../net/exposure-relay';
 import { announceFailover } from '../hypervisor/xen/failover-notice';
 import type { Replica } from '../engine/ports';
 import { HostLock } from './host-lock';
+import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import * as os from 'node:os';
 import { assert } from '../assert';
@@ -64,6 +65,7 @@ export class BackupService {
   get port(): number { return this.listener?.port ?? this.cfg.port; }
 
   async start(): Promise<void> {
+    loopDelay(); // starts measuring
     this.listener = await listenLinks(this.cfg.host, this.cfg.port, this.cfg.security,
       (link) => this.backup.attach(link), (why) => this.peerLog.say(why));
     this.control = new ControlServer(socketPath('backup', String(this.listener.port)), (req) => this.onControl(req));
@@ -83,7 +85,7 @@ export class BackupService {
 
   status(): Record<string, unknown> {
     return {
-      role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state,
+      role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state, rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
       domain: this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null,
       xen: this.xenReplica?.stats ?? null, attached: this.backup.attached,
       committedEpoch: this.backup.committedEpoch, ...this.backup.counters,

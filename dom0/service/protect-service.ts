@@ -13,11 +13,12 @@ import type { Link } from '../engine/ports';
 import type { Workload } from '../hypervisor/sim/guest-program';
 import { OutputSink } from '../hypervisor/sim/output-sink';
 import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';
-import type { Security } from '../protocol/channel';
+import { parseHostPort, type Security } from '../protocol/channel';
 import { Reconnector } from './reconnector';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 import { ControlServer, protectLockPath, runtimeDir as runDir, socketPath } from './control';
 import { HostLock } from './host-lock';
+import { loopDelay } from './loop-delay';
 import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
 import type { BlockGenerations } from '../disk/block-generations';
@@ -79,8 +80,7 @@ export class ProtectService {
         this.diskPath = adopted.disk ? adopted.diskPath : null;
         this.domain = adopted.domain;
       } else {
-        const [host, port] = cfg.client ? cfg.client.split(':') : [];
-        this.sink = new OutputSink(cfg.client ? { host, port: Number(port) } : null);
+        this.sink = new OutputSink(cfg.client ? parseHostPort(cfg.client, 0) : null);
         this.gate = new OutputBuffer<SimOutput>((o) => this.sink.deliver(o));
         if (cfg.diskBytes > 0 && (cfg.workload === 'oltp' || cfg.workload === 'scan')) {
           fs.mkdirSync(runDir(), { recursive: true });
@@ -116,6 +116,7 @@ export class ProtectService {
   }
 
   start(): void {
+    loopDelay(); // starts measuring
     this.primary.start();
     if (this.reconnector) this.reconnector.connect(); else this.primary.attach(new BlackholeLink());
   }
@@ -139,7 +140,8 @@ export class ProtectService {
 
   status(): Record<string, unknown> {
     return {
-      role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), guest: this.domain.describe(),
+      role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
+      guest: this.domain.describe(),
       outputs: { ...this.gate.stats, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
       compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, net: this.net?.describe() ?? null, events: this.events.slice(-10),
       disk: this.disk ? { path: this.diskPath, sizeBytes: this.disk.sizeBytes, ...this.disk.stats() } : null,
@@ -167,6 +169,8 @@ export class ProtectService {
     this.journal({ event: name, ...detail });
     if (name === 'disk-sync') this.cfg.log(`backup ${String(detail.backup)} answered: copying ${this.disk!.bitmap.bytes} bytes of disk it may lack, then checkpoints start`);
     if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
+    if (name === 'precopy') this.cfg.log(`pre-copy of ${this.cfg.name} to ${String(detail.backup)}: ${String(detail.pages)} pages, guest running unprotected until it ends`);
+    if (name === 'precopy-round') this.cfg.log(precopyLine(detail));
     if (name === 'protected') this.reconnector?.established();
     if (name === 'backup-lost') {
       this.reconnector?.lost(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
@@ -174,9 +178,18 @@ export class ProtectService {
     if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${this.cfg.name} is stopped here (fenced)`);
   }
 
+  /** One JSON line per checkpoint and event; a write that fails is said once and the journal stops. */
   private journal(entry: Record<string, unknown>): void {
-    if (this.cfg.journal) fs.appendFileSync(this.cfg.journal, `${JSON.stringify({ t: Date.now(), ...entry })}\n`);
+    if (!this.cfg.journal || this.journalFailed) return;
+    try {
+      fs.appendFileSync(this.cfg.journal, `${JSON.stringify({ t: Date.now(), ...entry })}\n`);
+    } catch (e) {
+      this.journalFailed = true;
+      this.cfg.log(`warning: the journal ${this.cfg.journal} cannot be written (${(e as Error).message}); protection goes on without it`);
+    }
   }
+
+  private journalFailed = false;
 }
 
 /** What a reprotecting backup hands over: the domain it runs since the failover, and its parts. */
@@ -223,4 +236,12 @@ class BlackholeLink implements Link {
   close(): void { this.closed = true; clearInterval(this.heartbeat); }
   onRecord(cb: (type: number, body: Buffer) => void): void { this.cb = cb; }
   onClose(): void { /* a blackhole never closes by itself */ }
+}
+
+/** One line per pre-copy round: what was sent, how fast, what the guest dirtied meanwhile. */
+export function precopyLine(d: Record<string, unknown>): string {
+  const n = (k: string): number => Number(d[k]);
+  return `pre-copy round ${n('round')}: ${((n('sentPages') * 4096) / 2 ** 20).toFixed(0)} MiB sent in ${(n('elapsedMs') / 1000).toFixed(1)} s ` +
+    `(${n('mbPerSec').toFixed(0)} MB/s), ${n('dirtyPagesLast')} pages dirtied meanwhile` +
+    (d.final ? ': the first checkpoint copies them with the guest paused' : '');
 }

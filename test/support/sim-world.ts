@@ -329,7 +329,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const primaryOptions = {
     intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
     heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
-    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4),
+    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4), copySilenceMs: 100 + rng.below(300),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {
@@ -348,7 +348,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
-    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
+    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, copySilenceMs: 100 + rng.below(300), replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);

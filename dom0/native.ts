@@ -15,6 +15,7 @@ export interface SlotStore {
 
 export interface NativeArena {
   readonly id: number;
+  /** A new external ArrayBuffer over the whole arena; RemusError ERR_OUT_OF_MEMORY past arenaBufferBytesMax. */
   readonly buffer: ArrayBuffer;
   readonly pageCount: number;
   readonly dirtyMode: 'off' | 'uffd-wp' | 'hash';
@@ -45,7 +46,10 @@ export interface NativeAddon {
   crc32cPages(data: Uint8Array, out: Uint32Array): void;
   /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */
   netlinkRoute(message: Uint8Array): number;
+  /** new Arena(bytes) maps guest memory (≤ 64 GiB; ERR_OUT_OF_MEMORY when it cannot); new Arena(0, id) attaches. */
   Arena: new (bytes: number, id?: number) => NativeArena;
+  /** Longest arena `buffer` the addon creates, in bytes (2^32: Node.js 20's largest Buffer). */
+  arenaBufferBytesMax: number;
   xenProbe?: () => ProbeResult;
   nfqueueProbe?: (queueNum: number) => ProbeResult;
   /** The nfqueue output buffer's queue (dom0/net/nfqueue-buffer.ts types its surface). */

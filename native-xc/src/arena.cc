@@ -4,6 +4,16 @@
 // hypervisor's log-dirty mode would: userfaultfd write-protection in asynchronous mode plus
 // the PAGEMAP_SCAN ioctl, which returns the written pages and re-protects them in one call.
 // Kernels without it fall back to hashing every page (slow; `dirtyMode` says which).
+//
+// Size limits. The mapping may be up to 64 GiB, but JavaScript sees it through one external
+// ArrayBuffer, and Node.js refuses external buffers longer than node::Buffer::kMaxLength
+// (v8::TypedArray::kMaxLength: 2^32 bytes on 64-bit Node 20). `buffer` checks that limit
+// (exported as arenaBufferBytesMax) and throws RemusError ERR_OUT_OF_MEMORY past it. It
+// never leaves the refusal to Node: on Node 20, napi_create_external_arraybuffer runs the
+// finalizer itself when it refuses a length and then reports failure, so a caller that also
+// frees its finalizer data on failure (node-addon-api's ArrayBuffer::New does) frees it
+// twice. The raw call below knows whether its finalizer ran. Allocations that grow with the
+// guest (the mapping, the hash table of the fallback mode) fail as ERR_OUT_OF_MEMORY too.
 #include <fcntl.h>
 #include <napi.h>
 #include <sys/mman.h>
@@ -11,12 +21,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
-#include <vector>
 
 #include "errors.h"
 #include "page_codec.h"
@@ -25,14 +36,18 @@
 namespace remus {
 namespace {
 
+// The longest external ArrayBuffer this addon asks Node.js for (see the header comment).
+constexpr uint64_t kBufferBytesMax = uint64_t{1} << 32;
+
 struct Region {
   uint8_t* base = nullptr;
   size_t bytes = 0;
   int uffd = -1;
   int pagemap = -1;
   bool tracking = false;
-  std::vector<uint64_t> hashes;  // fallback mode: last seen hash per page
+  uint64_t* hashes = nullptr;  // fallback mode: last seen hash per page (calloc'd)
   ~Region() {
+    std::free(hashes);
     if (pagemap >= 0) close(pagemap);
     if (uffd >= 0) close(uffd);
     if (base != nullptr) munmap(base, bytes);
@@ -126,6 +141,15 @@ long HashWritten(Region& r, uint32_t* out, size_t cap) {
 
 class Arena : public Napi::ObjectWrap<Arena> {
  public:
+  ~Arena() override {
+    // Collected without close(): an arena this object created leaves the registry (the
+    // memory goes once no ArrayBuffer and no attached worker holds it).
+    if (owner_) {
+      std::lock_guard<std::mutex> lock(registryMutex);
+      registry.erase(id_);
+    }
+  }
+
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Arena",
                        {InstanceMethod("startDirtyTracking", &Arena::StartDirty),
@@ -162,14 +186,23 @@ class Arena : public Napi::ObjectWrap<Arena> {
       ThrowRange(env, "Arena: bytes must be a multiple of 4096 in [4096, 64 GiB]");
       return;
     }
-    auto r = std::make_shared<Region>();
-    r->bytes = static_cast<size_t>(bytes);
-    void* p = mmap(nullptr, r->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const size_t size = static_cast<size_t>(bytes);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot map " + std::to_string(r->bytes) + " bytes of guest memory");
+      const int err = errno;
+      ThrowRemus(env, "ERR_OUT_OF_MEMORY",
+                 "cannot map " + std::to_string(size) + " bytes of guest memory: " + std::strerror(err));
       return;
     }
-    r->base = static_cast<uint8_t*>(p);
+    Region* raw = new (std::nothrow) Region();
+    if (raw == nullptr) {
+      munmap(p, size);
+      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate the arena's bookkeeping");
+      return;
+    }
+    raw->base = static_cast<uint8_t*>(p);
+    raw->bytes = size;
+    std::shared_ptr<Region> r(raw);
     std::lock_guard<std::mutex> lock(registryMutex);
     id_ = nextId++;
     registry[id_] = r;
@@ -191,13 +224,48 @@ class Arena : public Napi::ObjectWrap<Arena> {
     const char* m = !region_ || !region_->tracking ? "off" : region_->uffd >= 0 && region_->pagemap >= 0 ? "uffd-wp" : "hash";
     return Napi::String::New(info.Env(), m);
   }
+  // What an external ArrayBuffer of the region holds: the region outlives the buffer. While
+  // the buffer is being created, `ranEarly` points at the creator's flag (see Buffer).
+  struct BufferRef {
+    std::shared_ptr<Region> region;
+    bool* ranEarly;
+  };
+  static void FinalizeBufferRef(napi_env, void*, void* hint) {
+    auto* ref = static_cast<BufferRef*>(hint);
+    if (ref->ranEarly != nullptr) *ref->ranEarly = true;
+    delete ref;
+  }
   Napi::Value Buffer(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Check(env)) return env.Undefined();
-    // The region outlives this ArrayBuffer: the finalizer holds a reference to it.
-    auto* keep = new std::shared_ptr<Region>(region_);
-    return Napi::ArrayBuffer::New(env, region_->base, region_->bytes,
-                                  [](Napi::Env, void*, std::shared_ptr<Region>* k) { delete k; }, keep);
+    const std::string what = std::to_string(region_->bytes) + " bytes of guest memory";
+    if (region_->bytes > kBufferBytesMax) {
+      ThrowRemus(env, "ERR_OUT_OF_MEMORY", what + " cannot be one ArrayBuffer: Node.js allows at most " +
+                                               std::to_string(kBufferBytesMax) + " bytes (2^32) per buffer");
+      return env.Undefined();
+    }
+    bool ranEarly = false;
+    auto* ref = new (std::nothrow) BufferRef{region_, &ranEarly};
+    if (ref == nullptr) {
+      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate the finalizer of an arena buffer");
+      return env.Undefined();
+    }
+    napi_value ab = nullptr;
+    napi_status st = napi_create_external_arraybuffer(env, region_->base, region_->bytes, FinalizeBufferRef, ref, &ab);
+    if (st != napi_ok) {
+      // Node may have run the finalizer already (it does when it refuses the length): then
+      // `ref` is gone. Otherwise it is still ours.
+      if (!ranEarly) delete ref;
+      std::string why = "status " + std::to_string(static_cast<int>(st));
+      if (env.IsExceptionPending()) {
+        Napi::Error e = env.GetAndClearPendingException();
+        why = e.Message();
+      }
+      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot make " + what + " an ArrayBuffer: " + why);
+      return env.Undefined();
+    }
+    ref->ranEarly = nullptr;  // alive while `ab` is: the finalizer runs only after this call
+    return Napi::ArrayBuffer(env, ab);
   }
   // startDirtyTracking() -> mode: "uffd-wp" or "hash" (with the reason uffd failed)
   Napi::Value StartDirty(const Napi::CallbackInfo& info) {
@@ -207,14 +275,19 @@ class Arena : public Napi::ObjectWrap<Arena> {
     Napi::Object res = Napi::Object::New(env);
     if (r.tracking) return ThrowType(env, "dirty tracking already started"), env.Undefined();
     std::string why = StartTracking(r);
-    r.tracking = true;
     if (!why.empty()) {
       if (r.uffd >= 0) close(r.uffd), r.uffd = -1;
       if (r.pagemap >= 0) close(r.pagemap), r.pagemap = -1;
       size_t pages = r.bytes / kPageSize;
-      r.hashes.assign(pages, 0);
+      r.hashes = static_cast<uint64_t*>(std::calloc(pages, sizeof(uint64_t)));
+      if (r.hashes == nullptr) {
+        ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(pages * sizeof(uint64_t)) +
+                                                 " bytes of page hashes (kernel dirty tracking failed: " + why + ")");
+        return env.Undefined();
+      }
       for (size_t p = 0; p < pages; p++) r.hashes[p] = HashPage(r.base + p * kPageSize);
     }
+    r.tracking = true;
     res.Set("mode", why.empty() ? "uffd-wp" : "hash");
     res.Set("reason", why);
     return res;
@@ -271,6 +344,9 @@ class Arena : public Napi::ObjectWrap<Arena> {
 
 }  // namespace
 
-void InitArena(Napi::Env env, Napi::Object exports) { exports.Set("Arena", Arena::Define(env)); }
+void InitArena(Napi::Env env, Napi::Object exports) {
+  exports.Set("Arena", Arena::Define(env));
+  exports.Set("arenaBufferBytesMax", Napi::Number::New(env, static_cast<double>(kBufferBytesMax)));
+}
 
 }  // namespace remus

@@ -3,7 +3,10 @@
 // hashing where the kernel lacks it); the vCPU is a worker thread running a seeded guest
 // program. Suspend stops the vCPU at a safe point; capture copies the dirty pages and the
 // small device state; outputs (one per guest step) are drained from a shared ring. The same
-// class resumes a replica's memory on a backup after failover.
+// class resumes a replica's memory on a backup after failover. Guest memory is at most
+// SIM_GUEST_BYTES_MAX (guest-size.ts): boot refuses more before mapping anything. destroy()
+// waits for the vCPU thread's exit, which is watched from the start: a vCPU that already
+// died (workerError) does not make it wait forever.
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../../assert';
@@ -17,6 +20,7 @@ import type { BlockGenerations } from '../../disk/block-generations';
 import { BlockGenerations as Generations } from '../../disk/block-generations';
 import { drainJournal, makeJournal, type JournalSink } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
+import { checkSimGuestBytes } from './guest-size';
 import {
   C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
 } from './vcpu-control';
@@ -54,18 +58,28 @@ export class SimDomain implements Domain {
   private drainTimer: NodeJS.Timeout | null = null;
   private readonly journal: SharedArrayBuffer | null;
   private readonly generations: BlockGenerations | null;
+  /** Resolves when the vCPU thread has exited (for whatever reason). */
+  private readonly workerExited: Promise<void>;
+  private destroyed = false;
   workerError: Error | null = null;
 
-  /** Boots a fresh guest in a new arena. */
+  /** Boots a fresh guest in a new arena (at most SIM_GUEST_BYTES_MAX: ERR_BAD_ARGUMENT past it). */
   static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions, tracePath?: string): SimDomain {
+    checkSimGuestBytes(memoryBytes, `sim:${o.name}`);
     const arena = new (loadAddon().Arena)(memoryBytes);
-    const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
     try {
-      // Formatting the disk happens here, before protection: the first session copies it whole.
-      GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath,
-        file ? { blocks: Math.floor(file.sizeBytes / PAGE_SIZE), read: (b, into) => file.read(b * PAGE_SIZE, into), write: (b, from) => file.write(b * PAGE_SIZE, from) } : undefined);
-    } catch (e) { arena.close(); throw e; } finally { file?.close(); }
-    return new SimDomain(arena, o);
+      const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
+      try {
+        // Formatting the disk happens here, before protection: the first session copies it whole.
+        const disk = file ? {
+          blocks: Math.floor(file.sizeBytes / PAGE_SIZE),
+          read: (b: number, into: Uint8Array) => file.read(b * PAGE_SIZE, into),
+          write: (b: number, from: Uint8Array) => file.write(b * PAGE_SIZE, from),
+        } : undefined;
+        GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath, disk);
+      } finally { file?.close(); }
+      return new SimDomain(arena, o); // its dirty tracking may fail too (ERR_OUT_OF_MEMORY)
+    } catch (e) { arena.close(); throw e; }
   }
 
   /** Resumes the guest that an arena holds (a backup's replica after failover). */
@@ -87,12 +101,15 @@ export class SimDomain implements Domain {
     Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
     this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal, generations: this.generations!.buffer } : null } });
     this.worker.on('error', (e) => { this.workerError = e; });
+    const w = this.worker;
+    this.workerExited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     this.worker.unref();
     this.drainTimer = setInterval(() => this.drainOutputs(), 2);
     this.drainTimer.unref();
   }
 
   suspend(): void {
+    if (this.destroyed) throw new RemusError(ErrorCode.VCPU, `${this.name} was destroyed: its vCPU is gone`);
     const c = this.shared.control;
     this.drainOutputs();
     Atomics.store(c, C_STATE, PAUSE_REQ);
@@ -111,7 +128,7 @@ export class SimDomain implements Domain {
   }
 
   resume(): void {
-    if (this.fenced) return;
+    if (this.fenced || this.destroyed) return; // a destroyed guest never runs again
     const c = this.shared.control;
     assert(Atomics.load(c, C_STATE) === PAUSED, 'resume without suspend');
     Atomics.store(c, C_STATE, RUN);
@@ -171,8 +188,9 @@ export class SimDomain implements Domain {
     if (Atomics.load(c, C_STATE) === RUN) this.suspend();
   }
 
-  /** Stops the vCPU for good and releases the arena. Idempotent. */
+  /** Stops the vCPU for good and releases the arena. Idempotent; resume() is a no-op after it. */
   async destroy(): Promise<void> {
+    this.destroyed = true;
     if (this.drainTimer) clearInterval(this.drainTimer);
     this.drainTimer = null;
     if (!this.worker) return;
@@ -181,10 +199,10 @@ export class SimDomain implements Domain {
     const w = this.worker;
     this.worker = null;
     // Let the vCPU leave its loop by itself: terminating a thread that is inside a native
-    // call can abort the process. Terminate only if it does not stop in time.
-    const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+    // call can abort the process. Terminate only if it does not stop in time. The exit is
+    // watched since construction, so a vCPU that is already gone resolves at once.
     const t = setTimeout(() => { void w.terminate(); }, 2000);
-    await exited;
+    await this.workerExited;
     clearTimeout(t);
     this.arena.close();
   }

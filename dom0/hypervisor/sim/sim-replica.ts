@@ -5,6 +5,9 @@
 // output buffer (pass-through until a Primary takes it), and its disk writes go to a
 // replicator without a backup — which records them, with the writes discarded at failover,
 // in the resync bitmap, so reprotection copies exactly those blocks.
+// A primary's guest larger than SIM_GUEST_BYTES_MAX (guest-size.ts) is refused with
+// ERR_HANDSHAKE before any memory is mapped; the replica owns its disk from the constructor
+// on, so a refused or failed construction closes it.
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
 import { OutputBuffer } from '../../engine/output-buffer';
@@ -14,6 +17,7 @@ import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';
 import type { BlockFile } from '../../disk/block-file';
 import { DiskReplicator, diskChecksum } from '../../disk/replicator';
+import { checkSimGuestBytes } from './guest-size';
 import { OutputSink } from './output-sink';
 import { SimDomain, type SimOutput } from './sim-domain';
 
@@ -31,8 +35,17 @@ export class SimReplica implements Replica {
   replicator: DiskReplicator | null = null;
 
   constructor(readonly name: string, readonly pageCount: number, readonly disk: BlockFile | null = null, readonly diskContinues = false) {
-    this.arena = new (loadAddon().Arena)(pageCount * PAGE_SIZE);
-    this.image = new Uint8Array(this.arena.buffer);
+    let arena: NativeArena | null = null;
+    try {
+      checkSimGuestBytes(pageCount * PAGE_SIZE, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
+      arena = new (loadAddon().Arena)(pageCount * PAGE_SIZE);
+      this.image = new Uint8Array(arena.buffer);
+      this.arena = arena;
+    } catch (e) {
+      arena?.close();
+      disk?.close();
+      throw e;
+    }
   }
 
   commitDeviceState(state: Uint8Array): void {

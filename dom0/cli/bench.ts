@@ -9,8 +9,10 @@ import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
 import { benchCodec, formatCodecBench } from '../bench/codec-bench';
 import { benchEngine, formatEngineBench } from '../bench/engine-bench';
 import { benchNet, formatNetBench } from '../bench/net-bench';
-import { cacheOption, choiceOption, intListOption, intOption } from './options';
+import { bytesOption, cacheOption, choiceOption, intListOption, intOption } from './options';
 import { pathOption } from './path-options';
+import { SCALE_SIZES_DEFAULT, benchScale, formatScaleBench, scaleSvg } from '../bench/scale-bench';
+import * as fs from 'node:fs';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
@@ -31,6 +33,7 @@ export function registerBench(program: Command): void {
     });
   registerEngineBench(bench);
   registerNetBench(bench);
+  registerScaleBench(bench);
   bench.command('codec')
     .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
     .option('--runs <n>', 'runs per figure (the median is reported)', intOption('--runs', 1, 101), 7)
@@ -94,4 +97,22 @@ function formatTraceBench(r: TraceBenchResult): string {
     `encodings        ${Object.entries(r.encodings).map(([k, v]) => `${k} ${v}`).join(', ')}`,
     `verified         ${r.verified ? 'yes: the backup image matched the trace after every epoch' : 'NO'}`,
   ].join('\n');
+}
+
+export function registerScaleBench(bench: Command): void {
+  bench.command('scale')
+    .description('protect sim guests of 256 MiB to 8 GiB (backup and primary as processes): initial sync, pauses, output holds, memory')
+    .option('--max <size>', 'largest guest size to run (sizes are 256 MiB, 1, 2, 4, 8 GiB)',
+      bytesOption('--max', { min: 256 * 2 ** 20, max: 64 * 2 ** 30, example: '2GiB' }), 8 * 2 ** 30)
+    .option('--seconds <n>', 'steady-state seconds per size', intOption('--seconds', 1, 3600), 10)
+    .option('--svg <path>', 'write the plot (SVG) there', pathOption('--svg', 'output'))
+    .option('--json', 'print one JSON object on the last line')
+    .action(async (o: { max: number; seconds: number; svg?: string; json?: boolean }) => {
+      const opts = { sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max), seconds: o.seconds, intervalMs: 50, rate: 2000,
+        log: (l: string) => process.stderr.write(`${l}\n`) };
+      const rows = await benchScale(opts);
+      if (o.svg) fs.writeFileSync(o.svg, scaleSvg(rows));
+      if (!o.json) console.log(formatScaleBench(rows, opts));
+      console.log(JSON.stringify({ bench: 'scale', interval_ms: opts.intervalMs, rate: opts.rate, seconds: o.seconds, rows }));
+    });
 }

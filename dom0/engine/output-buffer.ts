@@ -4,19 +4,34 @@
 // counted (a full queue drops, like a NIC ring; TCP retransmits) — never leaked early.
 import { assert } from '../assert';
 import type { OutputGate } from './ports';
+import { Window } from './stats';
 
-export interface OutputStats { held: number; released: number; dropped: number; passedThrough: number; }
+export interface OutputStats {
+  held: number; released: number; dropped: number; passedThrough: number;
+  /** The longest any output waited here, from when it was pushed to its release (ms). */
+  holdMsMax: number;
+}
 
 export class OutputBuffer<T> implements OutputGate {
-  private readonly epochs: Array<{ epoch: number; items: T[] }> = [];
+  private readonly epochs: Array<{ epoch: number; items: T[]; since: number }> = [];
   private current: T[] = [];
+  /** When the oldest output of the current epoch was pushed (its hold starts then). */
+  private currentSince = 0;
   private currentEpoch = 1;
   private passThrough = false;
-  readonly stats: OutputStats = { held: 0, released: 0, dropped: 0, passedThrough: 0 };
+  readonly stats: OutputStats = { held: 0, released: 0, dropped: 0, passedThrough: 0, holdMsMax: 0 };
 
   constructor(private readonly deliver: (item: T, epoch: number) => void, readonly heldMax = 100_000) {}
 
   get held(): number { return this.stats.held; }
+
+  /** Per released epoch, how long its oldest output waited (the last 1024 epochs). */
+  private readonly holds = new Window();
+  private holdMs(ms: number): void {
+    this.holds.add(ms);
+    this.stats.holdMsMax = Math.max(this.stats.holdMsMax, ms);
+  }
+  get holdMsP99(): number { return this.holds.quantile(0.99); }
 
   /** An output the domain produced just now. */
   push(item: T): void {
@@ -26,13 +41,14 @@ export class OutputBuffer<T> implements OutputGate {
       return;
     }
     if (this.stats.held >= this.heldMax) { this.stats.dropped++; return; }
+    if (this.current.length === 0) this.currentSince = performance.now();
     this.current.push(item);
     this.stats.held++;
   }
 
   barrier(epoch: number): void {
     assert(epoch === this.currentEpoch, `barrier ${epoch} out of order (expected ${this.currentEpoch})`);
-    this.epochs.push({ epoch, items: this.current });
+    this.epochs.push({ epoch, items: this.current, since: this.currentSince });
     this.current = [];
     this.currentEpoch = epoch + 1;
   }
@@ -40,6 +56,7 @@ export class OutputBuffer<T> implements OutputGate {
   release(epoch: number): void {
     while (this.epochs.length && this.epochs[0].epoch <= epoch) {
       const e = this.epochs.shift()!;
+      if (e.items.length) this.holdMs(performance.now() - e.since);
       for (const item of e.items) this.deliver(item, e.epoch);
       this.stats.held -= e.items.length;
       this.stats.released += e.items.length;

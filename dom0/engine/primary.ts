@@ -610,6 +610,9 @@ export class Primary {
 
   private scheduleTick(ms: number): void {
     if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
+    this.tickTimer = null;
+    // A checkpoint that ends after stop() or a fence must not re-arm the clock (it would keep the process alive).
+    if (this.state === 'stopped' || this.state === 'fenced') return;
     this.tickTimer = this.clock.setTimer(ms, () => this.tick());
   }
 

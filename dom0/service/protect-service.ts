@@ -18,6 +18,7 @@ import { Reconnector } from './reconnector';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 import { ControlServer, protectLockPath, runtimeDir as runDir, socketPath } from './control';
 import { HostLock } from './host-lock';
+import { checkSimGuestBytes } from '../hypervisor/sim/guest-size';
 import { loopDelay } from './loop-delay';
 import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
@@ -71,6 +72,7 @@ export class ProtectService {
 
   /** adopted: a domain this process already runs (a backup that failed over, now reprotecting). */
   constructor(private readonly cfg: ProtectConfig, private readonly adopted: AdoptedDomain | null = null) {
+    if (!adopted) checkSimGuestBytes(cfg.memoryBytes, `sim:${cfg.name}`); // before the lock and the disk
     this.lock = adopted ? null : HostLock.acquire(protectLockPath('sim', cfg.name), `protection of sim:${cfg.name}`);
     try {
       if (adopted) {
@@ -142,7 +144,7 @@ export class ProtectService {
     return {
       role: 'primary', domain: `sim:${this.cfg.name}`, ...this.primary.stats(), rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
       guest: this.domain.describe(),
-      outputs: { ...this.gate.stats, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
+      outputs: { ...this.gate.stats, holdMsP99: this.gate.holdMsP99, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
       compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, net: this.net?.describe() ?? null, events: this.events.slice(-10),
       disk: this.disk ? { path: this.diskPath, sizeBytes: this.disk.sizeBytes, ...this.disk.stats() } : null,
     };

@@ -1,0 +1,154 @@
+// scale-bench: `remusdb bench scale` — what protecting a guest costs as it grows. Per size, a
+// `remusdb backup` and a `remusdb protect sim:scale` run as separate processes over the real
+// (TLS) channel on this host, the guest running oltp at 2000 tx/s with 50 ms checkpoints:
+// the initial sync (live pre-copy, then the first stop-and-copy), the sessions it took, the
+// steady pauses, the longest any output was held, and each process's memory beyond the guest.
+// A size the simulated domain cannot hold is a row that says so (its limit, its message).
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as net from 'node:net';
+import { controlRequest } from '../service/control';
+import { newPsk } from '../protocol/channel';
+
+const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
+export const SCALE_SIZES_DEFAULT = [256 * 2 ** 20, 2 ** 30, 2 * 2 ** 30, 4 * 2 ** 30, 8 * 2 ** 30];
+
+export interface ScaleRow {
+  guest_bytes: number;
+  /** Set when the size could not be protected (refused, or the first checkpoint never came). */
+  error: string | null;
+  initial_sync_s: number; initial_sync_mb_per_s: number; final_pause_ms: number; sessions: number;
+  pause_ms_p50: number; pause_ms_p99: number; output_hold_ms_max: number; output_hold_ms_p99: number;
+  loop_delay_ms_max_primary: number; loop_delay_ms_max_backup: number;
+  primary_rss_over_guest_bytes: number; backup_rss_over_guest_bytes: number;
+}
+
+export interface ScaleOptions { sizes: number[]; seconds: number; intervalMs: number; rate: number; log: (l: string) => void; }
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function benchScale(o: ScaleOptions): Promise<ScaleRow[]> {
+  const rows: ScaleRow[] = [];
+  for (const bytes of o.sizes) {
+    o.log(`bench scale: ${bytes / 2 ** 20} MiB`);
+    rows.push(await oneSize(bytes, o));
+  }
+  return rows;
+}
+
+/** One guest size: backup and protect as processes; figures from their status sockets. */
+async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-scale-'));
+  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
+  const psk = path.join(dir, 'key.psk');
+  fs.writeFileSync(psk, `${newPsk()}\n`, { mode: 0o600 });
+  const port = await freePort();
+  const kids: ChildProcess[] = [];
+  const run = (args: string[], log: string): ChildProcess => {
+    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', fs.openSync(path.join(dir, log), 'a'), 'inherit'] });
+    kids.push(c);
+    return c;
+  };
+  const row = emptyRow(bytes);
+  try {
+    run(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'backup.log');
+    const primary = run(['protect', 'sim:scale', `127.0.0.1:${port}`, '--psk-file', psk, '-i', String(o.intervalMs),
+      '--memory', String(bytes), '--rate', String(o.rate)], 'primary.log');
+    const st = (role: string): Promise<Record<string, unknown>> =>
+      controlRequest(path.join(dir, role === 'primary' ? 'primary-scale.sock' : `backup-${port}.sock`), { cmd: 'status' });
+    const deadline = Date.now() + 60_000 + (bytes / (16 * 2 ** 20)) * 1000;
+    let p: Record<string, unknown> = {};
+    while (Number(p.ackedEpoch ?? 0) < 1) {
+      if (primary.exitCode !== null) throw new Error(lastLine(path.join(dir, 'primary.log')));
+      if (Date.now() > deadline) throw new Error('the first checkpoint was not acknowledged in time');
+      await sleep(250);
+      p = await st('primary').catch(() => ({}));
+    }
+    await sleep(o.seconds * 1000);
+    p = await st('primary');
+    const b = await st('backup');
+    fill(row, p, b);
+  } catch (e) {
+    row.error = (e as Error).message;
+  } finally {
+    for (const k of kids) k.kill('SIGTERM');
+    await sleep(500);
+    for (const k of kids) if (k.exitCode === null) k.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return row;
+}
+
+function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unknown>): void {
+  const n = (x: unknown): number => Number(x ?? NaN);
+  const outputs = (p.outputs ?? {}) as Record<string, unknown>;
+  row.initial_sync_s = n(p.initialSyncMs) / 1000;
+  row.initial_sync_mb_per_s = row.guest_bytes / 1e6 / row.initial_sync_s;
+  row.final_pause_ms = n(p.fullPauseMs);
+  row.sessions = n(p.sessions);
+  row.pause_ms_p50 = n(p.pauseMsP50);
+  row.pause_ms_p99 = n(p.pauseMsP99);
+  row.output_hold_ms_max = n(outputs.holdMsMax);
+  row.output_hold_ms_p99 = n(outputs.holdMsP99);
+  row.loop_delay_ms_max_primary = n(p.loop_delay_ms_max);
+  row.loop_delay_ms_max_backup = n(b.loop_delay_ms_max);
+  row.primary_rss_over_guest_bytes = n(p.rss_bytes) - row.guest_bytes;
+  row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
+}
+
+function emptyRow(bytes: number): ScaleRow {
+  return {
+    guest_bytes: bytes, error: null, initial_sync_s: NaN, initial_sync_mb_per_s: NaN, final_pause_ms: NaN, sessions: NaN,
+    pause_ms_p50: NaN, pause_ms_p99: NaN, output_hold_ms_max: NaN, output_hold_ms_p99: NaN, loop_delay_ms_max_primary: NaN,
+    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN,
+  };
+}
+
+function lastLine(file: string): string {
+  const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+  return lines[lines.length - 1]?.replace(/^\S+ /, '') ?? 'protect exited';
+}
+
+export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
+  const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  const mib = (x: number): string => f(x / 2 ** 20);
+  const head = `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
+    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB';
+  return [head, ...rows.map((r) => r.error ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}` :
+    `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
+    `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
+    `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
+    `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
+    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}`)].join('\n');
+}
+
+/** Initial sync seconds and final pause per size, as bars (plain SVG). */
+export function scaleSvg(rows: ScaleRow[]): string {
+  const W = 640, H = 360, L = 60, T = 40, B = 50, plotH = H - T - B, slot = (W - L - 20) / Math.max(1, rows.length);
+  const max = Math.max(1, ...rows.map((r) => (Number.isFinite(r.initial_sync_s) ? r.initial_sync_s : 0)));
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">initial sync (s) and final pause (ms) by guest size</text>`,
+    `<line x1="${L}" y1="${T + plotH}" x2="${W - 20}" y2="${T + plotH}" stroke="black"/>`];
+  rows.forEach((r, i) => {
+    const x = L + i * slot + slot * 0.2, w = slot * 0.6;
+    const h = Number.isFinite(r.initial_sync_s) ? (r.initial_sync_s / max) * plotH : 0;
+    out.push(`<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="#4477aa"/>`);
+    const label = r.error ? 'refused' : `${r.initial_sync_s.toFixed(1)} s / ${r.final_pause_ms.toFixed(1)} ms`;
+    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle">${label}</text>`);
+    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`);
+  });
+  out.push('</svg>');
+  return out.join('\n');
+}

@@ -86,6 +86,7 @@ const BASE: Record<string, Base> = {
   'bench trace': { args: { file: F.trace } },
   'bench engine': { opts: () => ['--seconds', '1', '--runs', '1'] },
   'bench net': { opts: () => ['--seconds', '1', '--runs', '1'] },
+  'bench scale': { opts: () => ['--max', '256MiB', '--seconds', '1'] },
   'bench codec': { opts: () => ['--runs', '1'] },
   'protect': {
     args: { domain: 'sim:t31' },

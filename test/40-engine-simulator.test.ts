@@ -2,7 +2,7 @@
 // with one fault — a crash of either side at any phase of a checkpoint (power loss or
 // kill), a dropped, delayed or corrupted connection, a backup restart, a stray peer on the
 // backup's port (after GOODBYE too: it must never cause a failover) — checking the
-// invariants of design.md. A failing seed reproduces with SIM_SEED=<n> npm test.
+// invariants of docs/design.md. A failing seed reproduces with SIM_SEED=<n> npm test.
 import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
 

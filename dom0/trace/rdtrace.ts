@@ -1,4 +1,4 @@
-// rdtrace: reader and writer of RDTRACE1 dirty-page traces (format in shared design.md and
+// rdtrace: reader and writer of RDTRACE1 dirty-page traces (format in
 // docs/rdtrace.md), plain or gzip. The reader streams (traces run to gigabytes), checks
 // every header, length, pfn and epoch count, and fails with RemusError ERR_BAD_TRACE naming
 // the byte offset; the writer is what `remusdb trace synth` and `remusdb record` use.

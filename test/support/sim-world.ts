@@ -282,7 +282,7 @@ export interface WorldResult {
   outputsSeen: number;
 }
 
-/** Runs one seeded scenario and checks the invariants of design.md. */
+/** Runs one seeded scenario and checks the invariants of docs/design.md. */
 export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const rng = new Prng(seed);
   const fault = pickFault(rng);

@@ -124,6 +124,13 @@ export interface Link {
   send(type: number, body: Uint8Array): void;
   /** Octets queued but not yet written to the connection. */
   readonly backlogBytes: number;
+  /**
+   * Octets queued since the link opened, and how many of them have left the queue (written
+   * to the connection). A bulk sender paces itself by its own position in the queue; both
+   * grow only. Absent: the sender paces by backlogBytes alone.
+   */
+  readonly queuedBytes?: number;
+  readonly drainedBytes?: number;
   /** Ends the connection (idempotent). */
   close(): void;
   onRecord(cb: (type: number, body: Buffer) => void): void;

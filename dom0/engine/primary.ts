@@ -52,6 +52,8 @@ export interface PrimaryOptions {
   precopy?: boolean;
   /** Pre-copy rounds stop once at most this many pages remain (default PRECOPY_REMAINING_PAGES_MIN). */
   precopyRemainingPagesMin?: number;
+  /** The pre-copy waits while more than this is queued on the channel (default PRECOPY_BACKLOG_BYTES_MAX). */
+  precopyBacklogBytesMax?: number;
 }
 
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
@@ -127,8 +129,8 @@ export class Primary {
   private exposureTimer: unknown = null;
   private holdTimer: unknown = null;
   private lastHeard = 0;
-  /** The channel's unsent octets at the last heartbeat check (a draining backlog is life). */
-  private lastBacklogBytes = 0;
+  /** The channel's drained octets at the last heartbeat check (bytes leaving the queue are life). */
+  private lastDrainedBytes = 0;
   private lastSent = 0;
   private lastAckAt = 0;
   private readonly sentAt = new Map<number, number>();
@@ -455,6 +457,7 @@ export class Primary {
     this.state = 'precopy';
     this.gate.setPassThrough(true);
     this.precopy = new Precopy(live, this.opts.batchPagesMax, this.clock.now(), this.opts.precopyRemainingPagesMin);
+    this.precopyMark = this.link!.queuedBytes ?? 0;
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
     this.hooks.event?.('precopy', { backup: this.link?.remote, pages: live.pageCount });
     const link = this.link!;
@@ -465,12 +468,13 @@ export class Primary {
   private precopyStep(link: Link): void {
     const pc = this.precopy;
     if (this.link !== link || this.session !== 'precopy' || !pc) return;
-    if (link.backlogBytes > PRECOPY_BACKLOG_BYTES_MAX) { this.clock.setTimer(1, () => this.precopyStep(link)); return; }
+    if (!this.precopyMayQueue(link)) { this.clock.setTimer(1, () => this.precopyStep(link)); return; }
     this.hooks.phase?.('precopy-batch', this.epoch + 1);
     const b = pc.nextBatch();
     if (b) {
       const { container } = this.bulkEncoder().encode(b.pages, BigUint64Array.from(b.pfns, BigInt));
       this.send(Rec.PAGE_BATCH, withEpoch(this.epoch + 1, container));
+      this.precopyMark = link.queuedBytes ?? 0;
       this.totals.rawBytes += b.pfns.length * PAGE_SIZE;
     } else {
       const again = pc.endRound();
@@ -493,6 +497,20 @@ export class Primary {
   }
 
   private precopyEncoder: PageEncoder | null = null;
+  /** Where the last pre-copy batch ends in the channel's queue (Link.queuedBytes then). */
+  private precopyMark = 0;
+
+  /**
+   * Pacing: another batch may be queued while the backlog is under the bound, or — when other
+   * traffic (disk writes, heartbeats) keeps it above — once the queue has drained to within
+   * the bound of our last batch's end: the pre-copy never starves, and its own bytes queued
+   * stay under the bound.
+   */
+  private precopyMayQueue(link: Link): boolean {
+    const max = this.opts.precopyBacklogBytesMax ?? PRECOPY_BACKLOG_BYTES_MAX;
+    if (link.backlogBytes <= max) return true;
+    return link.drainedBytes !== undefined && link.drainedBytes + max >= this.precopyMark;
+  }
 
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
   private finishPrecopy(): void {
@@ -552,9 +570,9 @@ export class Primary {
     const now = this.clock.now();
     // Bytes the backup reads are life too: a backlog that drains means it is reading (TCP acks),
     // even while our own timers and its heartbeats queue behind a large copy.
-    const backlog = this.link.backlogBytes;
-    if (backlog < this.lastBacklogBytes) this.lastHeard = now;
-    this.lastBacklogBytes = backlog;
+    const drained = this.link.drainedBytes ?? -this.link.backlogBytes;
+    if (drained > this.lastDrainedBytes) this.lastHeard = now;
+    this.lastDrainedBytes = drained;
     const limitMs = this.silenceLimitMs();
     if (now - this.lastHeard > limitMs) {
       // Our own event loop may have stalled (a long full-copy pause) with the backup's

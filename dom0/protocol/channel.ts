@@ -59,6 +59,8 @@ class SocketLink implements Link {
   }
 
   get backlogBytes(): number { return this.socket.writableLength; }
+  queuedBytes = 0;
+  get drainedBytes(): number { return this.queuedBytes - this.socket.writableLength; }
 
   send(type: number, body: Uint8Array): void {
     if (this.closed) return;
@@ -66,7 +68,9 @@ class SocketLink implements Link {
       this.finish(new RemusError(ErrorCode.PEER_GONE, `${this.remote} is not reading (send backlog over ${WRITE_BACKLOG_MAX} bytes)`));
       return;
     }
-    this.socket.write(encodeRecord(type, body));
+    const record = encodeRecord(type, body);
+    this.queuedBytes += record.length;
+    this.socket.write(record);
   }
 
   /** Our side ends the connection; onClose is not called for it. Idempotent. */

@@ -86,7 +86,10 @@ export class MemLink implements Link {
   private readonly decoder = new RecordDecoder(KNOWN);
   corruptNext = false;
 
-  readonly backlogBytes = 0;
+  /** Octets sent but not yet delivered (the pre-copy waits while this is high). */
+  backlogBytes = 0;
+  queuedBytes = 0;
+  get drainedBytes(): number { return this.queuedBytes - this.backlogBytes; }
   constructor(private readonly net: Net, readonly remote: string) {}
 
   send(type: number, body: Uint8Array): void {
@@ -95,7 +98,9 @@ export class MemLink implements Link {
     if (this.corruptNext) { this.corruptNext = false; bytes[bytes.length - 1] ^= 0x40; }
     const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
     this.lastDelivery = at;
-    this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.receive(bytes));
+    this.backlogBytes += bytes.length;
+    this.queuedBytes += bytes.length;
+    this.net.clock.setTimer(at - this.net.clock.now(), () => { this.backlogBytes -= bytes.length; this.peer.receive(bytes); });
   }
   private receive(bytes: Buffer): void {
     if (this.closed || this.gone) return;
@@ -172,10 +177,8 @@ export class StepDomain implements Domain {
   capture(full: boolean): Capture {
     this.failIf('capture');
     const pfns: number[] = [];
-    for (let p = 0; p < this.pageCount; p++) {
-      const a = p * PAGE;
-      if (full || Buffer.compare(this.mem.subarray(a, a + PAGE), this.shadow.subarray(a, a + PAGE)) !== 0) pfns.push(p);
-    }
+    for (let p = 0; p < this.pageCount; p++) if (full || this.written(p)) pfns.push(p);
+    this.lastRead.clear();
     const pages = new Uint8Array(pfns.length * PAGE);
     pfns.forEach((p, i) => pages.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
     this.shadow.set(this.mem);
@@ -191,20 +194,31 @@ export class StepDomain implements Domain {
   get live(): LiveMemory {
     return { pageCount: this.pageCount, readLive: (p, c, into) => this.readLive(p, c, into), collectDirtyLive: (into) => this.collectDirtyLive(into) };
   }
+  /**
+   * What each page held when a live read copied it. Dirty tracking here compares contents, so a
+   * page written and then restored (A→B→A) would look clean although a read saw B: a page also
+   * counts as written while it differs from what was read of it (real log-dirty marks writes).
+   */
+  private readonly lastRead = new Map<number, Buffer>();
   private readLive(pfns: Uint32Array, count: number, into: Uint8Array): void {
     const half = count >> 1;
     for (let i = 0; i < count; i++) {
       if (i === half && this.running && !this.fenced) this.guest.step((s, v) => this.onOutput(s, v));
       into.set(this.mem.subarray(pfns[i] * PAGE, (pfns[i] + 1) * PAGE), i * PAGE);
+      this.lastRead.set(pfns[i], Buffer.from(into.subarray(i * PAGE, (i + 1) * PAGE)));
     }
+  }
+  private written(p: number): boolean {
+    const page = this.mem.subarray(p * PAGE, (p + 1) * PAGE), read = this.lastRead.get(p);
+    return Buffer.compare(page, this.shadow.subarray(p * PAGE, (p + 1) * PAGE)) !== 0 || (read !== undefined && !read.equals(page));
   }
   private collectDirtyLive(into: Uint32Array): number {
     let n = 0;
     for (let p = 0; p < this.pageCount; p++) {
-      const a = p * PAGE;
-      if (Buffer.compare(this.mem.subarray(a, a + PAGE), this.shadow.subarray(a, a + PAGE)) === 0) continue;
+      if (!this.written(p)) continue;
       into[n++] = p;
-      this.shadow.set(this.mem.subarray(a, a + PAGE), a);
+      this.shadow.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
+      this.lastRead.delete(p);
     }
     return n;
   }
@@ -262,9 +276,9 @@ export function pickFault(rng: Prng): Fault {
   const epoch = 1 + rng.below(10);
   if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
   if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
-  if (k === 2) return { kind: 'drop-link', atMs: 30 + rng.below(400) };
-  if (k === 3) return { kind: 'delay', atMs: 30 + rng.below(400), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
-  if (k === 4) return { kind: 'corrupt', atMs: 30 + rng.below(400), toBackup: rng.chance(0.7) };
+  if (k === 2) return { kind: 'drop-link', atMs: 5 + rng.below(425) };
+  if (k === 3) return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
+  if (k === 4) return { kind: 'corrupt', atMs: 5 + rng.below(425), toBackup: rng.chance(0.7) };
   if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
   if (k === 6) return { kind: 'stray', atMs: 100 + rng.below(500), afterGoodbye: rng.chance(0.7), act: STRAY_ACTS[rng.below(STRAY_ACTS.length)] };
   return { kind: 'none' };
@@ -329,7 +343,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const primaryOptions = {
     intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
     heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
-    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4), copySilenceMs: 100 + rng.below(300),
+    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4), precopyBacklogBytesMax: 4096 * (1 + rng.below(16)), copySilenceMs: 100 + rng.below(300),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {
@@ -343,6 +357,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   primary = makePrimary();
 
   let backupDead = false;
+  let backupFaulted = false;
   let resumed: { epoch: number; seq: number; crc: number; diskCrc: number | null } | null = null;
   let backup: Backup;
   const makeBackup = (): Backup => {
@@ -358,8 +373,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         maxCommitted = Math.max(maxCommitted, epoch);
       },
       phase: (phase, epoch) => {
-        if (fault.kind === 'crash-backup' && fault.phase === phase && fault.epoch === epoch && !backupDead && b === backup) {
+        if (fault.kind === 'crash-backup' && fault.phase === phase && fault.epoch === epoch && !backupDead && b === backup && !backupFaulted) {
           backupDead = true;
+          backupFaulted = true; // once: the restarted backup is healthy
           currentLinks?.[0].die(fault.silent);
           if (fault.restartAfterMs !== null) clock.setTimer(fault.restartAfterMs, () => { backup = makeBackup(); });
           throw new Crash('backup');

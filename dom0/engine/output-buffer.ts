@@ -21,7 +21,8 @@ export class OutputBuffer<T> implements OutputGate {
   private passThrough = false;
   readonly stats: OutputStats = { held: 0, released: 0, dropped: 0, passedThrough: 0, holdMsMax: 0 };
 
-  constructor(private readonly deliver: (item: T, epoch: number) => void, readonly heldMax = 100_000) {}
+  /** deliver: held is false for an output that passed straight through (nothing protected it). */
+  constructor(private readonly deliver: (item: T, epoch: number, held: boolean) => void, readonly heldMax = 100_000) {}
 
   get held(): number { return this.stats.held; }
 
@@ -37,7 +38,7 @@ export class OutputBuffer<T> implements OutputGate {
   push(item: T): void {
     if (this.passThrough) {
       this.stats.passedThrough++;
-      this.deliver(item, this.currentEpoch);
+      this.deliver(item, this.currentEpoch, false);
       return;
     }
     if (this.stats.held >= this.heldMax) { this.stats.dropped++; return; }
@@ -57,7 +58,7 @@ export class OutputBuffer<T> implements OutputGate {
     while (this.epochs.length && this.epochs[0].epoch <= epoch) {
       const e = this.epochs.shift()!;
       if (e.items.length) this.holdMs(performance.now() - e.since);
-      for (const item of e.items) this.deliver(item, e.epoch);
+      for (const item of e.items) this.deliver(item, e.epoch, true);
       this.stats.held -= e.items.length;
       this.stats.released += e.items.length;
     }
@@ -67,7 +68,7 @@ export class OutputBuffer<T> implements OutputGate {
     this.passThrough = on;
     if (!on) return;
     this.release(Number.MAX_SAFE_INTEGER);
-    for (const item of this.current) this.deliver(item, this.currentEpoch);
+    for (const item of this.current) this.deliver(item, this.currentEpoch, true);
     this.stats.released += this.current.length;
     this.stats.held -= this.current.length;
     this.current = [];

@@ -264,6 +264,9 @@ export class Primary {
       () => { this.hooks.phase?.('suspend', epoch); return call(() => this.domain.suspend()); },
       () => {
         suspended = true;
+        // A session's first checkpoint: outputs flowed until the guest stopped (they precede the
+        // state it captures; Xen's libxc runs its live rounds before this suspend completes).
+        if (full && this.link && this.session === 'active') this.gate.setPassThrough(false);
         this.hooks.phase?.('net-barrier', epoch);
         this.gate.barrier(epoch);
         barrierPlaced = true;
@@ -443,8 +446,7 @@ export class Primary {
   private beginCheckpoints(): void {
     if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
     this.session = 'active';
-    this.state = 'protected';
-    this.gate.setPassThrough(false);
+    this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1 });
     if (this.tickTimer === null) this.scheduleTick(0);
   }
@@ -515,8 +517,7 @@ export class Primary {
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
   private finishPrecopy(): void {
     this.session = 'active';
-    this.state = 'protected';
-    this.gate.setPassThrough(false);
+    this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: this.precopy!.sentPages });
     this.scheduleTick(0);
   }

@@ -6,7 +6,7 @@
 // was met (ERR_INTERNAL), a failover happened exactly when the rules allow one, a committed
 // checkpoint was never changed by a refused one, and a genuine primary then gets protected.
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -14,7 +14,7 @@ import { controlRequest } from '../dom0/service/control';
 import { ChangeLog } from '../dom0/service/change-log';
 import { Reconnector, unreachableReason } from '../dom0/service/reconnector';
 import { encodeRecord } from '../dom0/protocol/framer';
-import { ROOT, freePort, runCli, sleep, tmpDir, until } from './support/helpers';
+import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './support/helpers';
 import { Backup, type BackupState } from '../dom0/engine/backup';
 import { Primary } from '../dom0/engine/primary';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
@@ -347,12 +347,7 @@ describe('41 hostile peer against a real backup process', function () {
   const outside = path.dirname(dir);
   const env = { ...process.env, REMUSDB_RUN_DIR: path.join(dir, 'run') };
   const kids: ChildProcess[] = [];
-  const start = (args: string[], log: string): ChildProcess => {
-    const fd = fs.openSync(path.join(dir, log), 'a');
-    const c = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args], { env, stdio: ['ignore', fd, fd] });
-    kids.push(c);
-    return c;
-  };
+  const start = remusdbStarter(dir, env, kids);
   const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(env.REMUSDB_RUN_DIR, sock), { cmd: 'status' });
   after(() => { for (const k of kids) k.kill('SIGKILL'); });
 

@@ -3,23 +3,18 @@
 // checkpoint), authentication, fencing on manual failover, re-protection after the backup
 // returns, and the errors a user gets for unusable configurations.
 import { strict as assert } from 'node:assert';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { controlRequest } from '../dom0/service/control';
-import { ROOT, freePort, runCli, sleep, tmpDir, until } from './support/helpers';
+import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './support/helpers';
 
 describe('44 replication end to end', function () {
   this.timeout(120_000);
   const dir = tmpDir('e2e');
   const env = { ...process.env, REMUSDB_RUN_DIR: dir };
   const kids: ChildProcess[] = [];
-  const start = (args: string[], log: string): ChildProcess => {
-    const fd = fs.openSync(path.join(dir, log), 'a');
-    const c = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args], { env, stdio: ['ignore', fd, fd] });
-    kids.push(c);
-    return c;
-  };
+  const start = remusdbStarter(dir, env, kids);
   const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
   const psk = path.join(dir, 'a.psk'), other = path.join(dir, 'b.psk');
   before(() => {

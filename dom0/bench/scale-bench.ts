@@ -56,7 +56,8 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
   const port = await freePort();
   const kids: ChildProcess[] = [];
   const run = (args: string[], log: string): ChildProcess => {
-    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', fs.openSync(path.join(dir, log), 'a'), 'inherit'] });
+    const fd = fs.openSync(path.join(dir, log), 'a');
+    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', fd, fd] });
     kids.push(c);
     return c;
   };
@@ -117,7 +118,7 @@ function emptyRow(bytes: number): ScaleRow {
 
 function lastLine(file: string): string {
   const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
-  return lines[lines.length - 1]?.replace(/^\S+ /, '') ?? 'protect exited';
+  return lines[lines.length - 1]?.replace(/^\S+ /, '') || 'protect exited';
 }
 
 export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {

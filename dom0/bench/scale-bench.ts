@@ -8,8 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as net from 'node:net';
 import { controlRequest } from '../service/control';
+import { freePort } from '../util/free-port';
 import { newPsk } from '../protocol/channel';
 
 const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
@@ -26,15 +26,6 @@ export interface ScaleRow {
 }
 
 export interface ScaleOptions { sizes: number[]; seconds: number; intervalMs: number; rate: number; log: (l: string) => void; }
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

@@ -16,6 +16,7 @@ import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import { MemModelDisk, replayGuest, type Workload } from '../hypervisor/sim/guest-program';
+import { freePort } from '../util/free-port';
 import { newPsk } from '../protocol/channel';
 import { controlRequest } from '../service/control';
 import { choiceOption, intOption } from './options';
@@ -36,15 +37,6 @@ export function registerDemo(program: Command): void {
     .option('--kill-signal <sig>', 'SIGKILL (the connection closes) or SIGSTOP (the primary goes silent: power-loss-like, the heartbeat timeout decides)', choiceOption('--kill-signal', ['SIGKILL', 'SIGSTOP'] as const), 'SIGKILL')
     .option('--json', 'print the summary as one JSON object on the last line')
     .action(async (o: DemoOpts) => { await runDemo(o); });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(p));
-    });
-  });
 }
 
 interface ClientLog { conns: Array<Map<number, number>>; firstAfterKillAt: number | null; }

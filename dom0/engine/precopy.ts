@@ -59,7 +59,8 @@ export class Precopy {
     assert(batchPagesMax >= 1 && mem.pageCount >= 1, 'pre-copy sizes');
     this.scratch = new Uint32Array(mem.pageCount);
     mem.collectDirtyLive(this.scratch); // arm: what is written from now on is sent again
-    this.todo = Uint32Array.from({ length: mem.pageCount }, (_, i) => i);
+    this.todo = new Uint32Array(mem.pageCount);
+    for (let i = 0; i < mem.pageCount; i++) this.todo[i] = i;
     this.todoCount = mem.pageCount;
     this.pages = new Uint8Array(batchPagesMax * PAGE_SIZE);
   }

@@ -218,7 +218,10 @@ export class BackupService {
   private logEvent(name: string, detail: Record<string, unknown>): void {
     const log = this.cfg.log, d = (k: string): string => String(detail[k]);
     if (name === 'session') { this.peerLog.reset(); log(`primary connected: ${d('domain')} (${d('pages')} pages)`); }
-    if (name === 'failover') log(`FAILOVER (${d('reason')}): resumed ${String(this.backup.domain)} from epoch ${d('epoch')}, seq ${d('seq')}`);
+    if (name === 'failover') {
+      const seq = detail.seq === undefined ? '' : `, seq ${d('seq')}`; // a Xen resume reports later ('resumed')
+      log(`FAILOVER (${d('reason')}): resumed ${String(this.backup.domain)} from epoch ${d('epoch')}${seq}`);
+    }
     if (name === 'resume-failed') log(`FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; waiting for a primary)`);
     if (name === 'no-checkpoint') log(`primary gone (${d('reason')}) before any checkpoint committed: nothing to resume`);
     if (name === 'protocol-error') this.peerLog.say(`refused or dropped a peer: ${d('message')} (no failover)`);

@@ -32,6 +32,9 @@ describe('44 replication end to end', function () {
     for (const k of ['epochs', 'interval_ms', 'pause_ms_p50', 'pause_ms_p99', 'wire_bytes', 'ratio', 'failover_ms', 'outputs_seen', 'outputs_ahead_of_checkpoint', 'state_verified']) assert.ok(k in j, k);
     assert.equal(j.state_verified, true);
     assert.equal(j.outputs_ahead_of_checkpoint, 0);
+    assert.equal(j.sessions, 1, 'one session: the first copy is a live pre-copy, never dropped');
+    assert.ok(j.initial_sync_ms > 0 && Number.isFinite(j.max_output_hold_ms), `initial sync ${j.initial_sync_ms} ms, hold ${j.max_output_hold_ms} ms`);
+    assert.ok(j.primary_rss_bytes > 64 * 2 ** 20 && j.backup_rss_bytes > 64 * 2 ** 20, 'both RSS include the guest');
     assert.ok(j.outputs_seen > 100 && j.epochs > 10 && j.ratio > 1);
     assert.ok(j.resumed_epoch >= j.acked_epoch_before_kill);
   });

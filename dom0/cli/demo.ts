@@ -132,6 +132,7 @@ async function runDemo(o: DemoOpts): Promise<void> {
       failover_ms: failoverEvent ? Number(failoverEvent.at) - tKill : null,
       service_restored_ms: clientLog.firstAfterKillAt ? clientLog.firstAfterKillAt - tKill : null,
       sessions: Number(last.sessions), initial_sync_ms: Number(last.initialSyncMs),
+      max_output_hold_ms: Number((last.outputs as { holdMsMax?: number } | undefined)?.holdMsMax ?? NaN),
       primary_rss_bytes: Number(last.rss_bytes), backup_rss_bytes: Number(b.rss_bytes),
     };
     if (o.json) console.log(JSON.stringify(result));

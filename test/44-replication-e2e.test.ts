@@ -54,6 +54,18 @@ describe('44 replication end to end', function () {
     p.kill('SIGKILL'); b.kill('SIGKILL');
   });
 
+  it('44.6 a 1 GiB guest is protected in one session (live pre-copy), fails over, state verified', () => {
+    // Before the pre-copy, every first full copy of a guest this size was dropped (~220 ms of silence), for ever.
+    const r = runCli(['demo', '--seconds', '3', '--memory', '1GiB', '--json'], 150_000);
+    assert.equal(r.status, 0, r.stderr.slice(-2000));
+    const lines = r.stdout.trim().split('\n');
+    const j = JSON.parse(lines[lines.length - 1]);
+    assert.equal(j.sessions, 1);
+    assert.equal(j.state_verified, true);
+    assert.equal(j.outputs_ahead_of_checkpoint, 0);
+    assert.ok(j.full_copy_pause_ms < 1000, `the final stop-and-copy paused ${j.full_copy_pause_ms} ms`);
+  });
+
   it('44.3 manual failover: the backup resumes and the live primary is fenced', async () => {
     const port = await freePort();
     start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'manual-backup.log');

@@ -36,8 +36,9 @@ export interface PrecopyProgress {
   round: number;
   /** Pages sent so far (with repeats: a page sent in two rounds counts twice). */
   sentPages: number;
-  /** Pages still to send in this round. */
+  /** Pages still to send in this round, and the time that takes at the rate so far (ms). */
   roundRemainingPages: number;
+  etaMs: number;
   /** Pages the last collect found dirty (what the next round, or the final pause, copies). */
   dirtyPagesLast: number;
   mbPerSec: number;
@@ -122,8 +123,10 @@ export class Precopy {
 
   progress(nowMs: number): PrecopyProgress {
     const elapsedMs = Math.max(1, nowMs - this.startedAtMs);
+    const remaining = this.todoCount - this.next;
     return {
-      round: this.round, sentPages: this.sentPages, roundRemainingPages: this.todoCount - this.next,
+      round: this.round, sentPages: this.sentPages, roundRemainingPages: remaining,
+      etaMs: this.sentPages > 0 ? Math.round((remaining * elapsedMs) / this.sentPages) : -1,
       dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_SIZE) / 1e6 / (elapsedMs / 1000), elapsedMs,
     };
   }

@@ -480,7 +480,8 @@ export class Primary {
       this.totals.rawBytes += b.pfns.length * PAGE_SIZE;
     } else {
       const again = pc.endRound();
-      this.hooks.event?.('precopy-round', { ...pc.progress(this.clock.now()), final: !again });
+      // The round that just ended (endRound has moved to the next one when it goes on).
+      this.hooks.event?.('precopy-round', { ...pc.progress(this.clock.now()), round: again ? pc.round - 1 : pc.round, final: !again });
       if (!again) return this.finishPrecopy();
     }
     this.clock.defer(() => this.precopyStep(link));

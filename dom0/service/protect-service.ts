@@ -20,6 +20,7 @@ import { ControlServer, protectLockPath, runtimeDir as runDir, socketPath } from
 import { HostLock } from './host-lock';
 import { checkSimGuestBytes } from '../hypervisor/sim/guest-size';
 import { loopDelay } from './loop-delay';
+
 import { BlockFile } from '../disk/block-file';
 import { DiskReplicator } from '../disk/replicator';
 import type { BlockGenerations } from '../disk/block-generations';
@@ -28,6 +29,9 @@ import { READ_TRACKING_BLOCKS_MAX } from '../hypervisor/sim/sim-replica';
 import * as path from 'node:path';
 import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';
 import { exportExposure } from '../net/exposure-relay';
+
+/** How often a running pre-copy's progress is logged. */
+const PRECOPY_PROGRESS_MS = 5000;
 
 export interface ProtectConfig {
   name: string;
@@ -119,13 +123,26 @@ export class ProtectService {
 
   start(): void {
     loopDelay(); // starts measuring
+    this.progressTimer = setInterval(() => this.showPrecopy(), PRECOPY_PROGRESS_MS).unref();
     this.primary.start();
     if (this.reconnector) this.reconnector.connect(); else this.primary.attach(new BlackholeLink());
   }
 
+  /** A long first pre-copy round says where it is: sent, remaining, rate, time left. */
+  private showPrecopy(): void {
+    const pc = this.primary.stats().precopy;
+    if (!pc || pc.elapsedMs < PRECOPY_PROGRESS_MS) return;
+    const mib = (pages: number): string => ((pages * 4096) / 2 ** 20).toFixed(0);
+    this.cfg.log(`pre-copy round ${pc.round}: ${mib(pc.sentPages)} MiB sent, ${mib(pc.roundRemainingPages)} MiB left in this round ` +
+      `at ${pc.mbPerSec.toFixed(0)} MB/s (about ${(pc.etaMs / 1000).toFixed(0)} s)`);
+  }
+
+  private progressTimer: NodeJS.Timeout | null = null;
+
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.progressTimer) clearInterval(this.progressTimer);
     this.reconnector?.stop();
     this.primary.stop();
     this.control.close();

@@ -4,15 +4,15 @@
 // the initial sync (live pre-copy, then the first stop-and-copy), the sessions it took, the
 // steady pauses, the longest any output was held, and each process's memory beyond the guest.
 // A size the simulated domain cannot hold is a row that says so (its limit, its message).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { controlRequest } from '../service/control';
 import { freePort } from '../util/free-port';
+import { remusdbRunner } from '../util/remusdb-process';
 import { newPsk } from '../protocol/channel';
 
-const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
 export const SCALE_SIZES_DEFAULT = [256 * 2 ** 20, 2 ** 30, 2 * 2 ** 30, 4 * 2 ** 30, 8 * 2 ** 30];
 
 export interface ScaleRow {
@@ -46,12 +46,7 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
   fs.writeFileSync(psk, `${newPsk()}\n`, { mode: 0o600 });
   const port = await freePort();
   const kids: ChildProcess[] = [];
-  const run = (args: string[], log: string): ChildProcess => {
-    const fd = fs.openSync(path.join(dir, log), 'a');
-    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', fd, fd] });
-    kids.push(c);
-    return c;
-  };
+  const run = remusdbRunner(dir, env, kids);
   const row = emptyRow(bytes);
   try {
     run(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'backup.log');

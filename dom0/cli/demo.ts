@@ -7,7 +7,7 @@
 //  - the resumed guest's memory equals the guest's memory at a checkpoint boundary, byte
 //    for byte (rebuilt by replaying the deterministic guest to the resumed step count), and
 //    that checkpoint is at least the last one the primary saw acknowledged.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -17,6 +17,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import { MemModelDisk, replayGuest, type Workload } from '../hypervisor/sim/guest-program';
 import { freePort } from '../util/free-port';
+import { remusdbRunner } from '../util/remusdb-process';
 import { newPsk } from '../protocol/channel';
 import { controlRequest } from '../service/control';
 import { choiceOption, intOption } from './options';
@@ -25,7 +26,6 @@ import { exactSize } from './units';
 
 interface DemoOpts { seconds: number; interval: number; memory: number; rate: number; json?: boolean; killSignal: 'SIGKILL' | 'SIGSTOP'; }
 
-const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
 
 export function registerDemo(program: Command): void {
   program.command('demo')
@@ -76,12 +76,7 @@ async function runDemo(o: DemoOpts): Promise<void> {
   const port = await freePort();
   const journal = path.join(dir, 'primary.journal');
   const children: ChildProcess[] = [];
-  const run = (args: string[], logName: string): ChildProcess => {
-    const out = fs.openSync(path.join(dir, logName), 'a');
-    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', out, out] });
-    children.push(c);
-    return c;
-  };
+  const run = remusdbRunner(dir, env, children);
   try {
     run(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'backup.log');
     const backupSock = path.join(dir, `backup-${port}.sock`);

@@ -124,8 +124,7 @@ export class Backup {
     if (this.session?.phase === 'handshake') {
       // It sent no valid HELLO (a scan, an idle socket): the newer connection replaces it,
       // so that no idle peer keeps a genuine primary out for the handshake timeout.
-      this.hooks.event?.('peer-left', { reason: 'replaced by a newer connection before its HELLO', phase: 'handshake' });
-      this.drop(this.session);
+      this.peerLeft(this.session, 'replaced by a newer connection before its HELLO');
     }
     if (this.session) {
       this.counters.refusedPeers++;
@@ -505,8 +504,15 @@ export class Backup {
   /** The connection ended under us: a failover only if the session was live. */
   private onLinkClosed(s: Session, err: Error | null): void {
     if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) throw err; // a bad stream is not a dead primary
-    const why = err ? `connection broke: ${err.message}` : 'connection closed without GOODBYE';
-    if (this.live) { this.failover(why); return; }
+    this.lost(s, err ? `connection broke: ${err.message}` : 'connection closed without GOODBYE');
+  }
+
+  /** The one failover rule: losing a live session fails over; losing any other connection does not. */
+  private lost(s: Session, why: string): void {
+    if (this.live) this.failover(why); else this.peerLeft(s, why);
+  }
+
+  private peerLeft(s: Session, why: string): void {
     this.hooks.event?.('peer-left', { reason: why, phase: s.phase });
     this.drop(s);
   }
@@ -603,10 +609,7 @@ export class Backup {
       this.guard(s, () => {
         const silent = this.clock.now() - s.lastHeard;
         if (silent <= this.timeoutMs(s)) { this.arm(s); return; }
-        const why = `primary silent for ${silent.toFixed(0)} ms`;
-        if (this.live) { this.failover(why); return; }
-        this.hooks.event?.('peer-left', { reason: why, phase: s.phase });
-        this.drop(s);
+        this.lost(s, `primary silent for ${silent.toFixed(0)} ms`);
       });
     });
   }

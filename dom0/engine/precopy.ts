@@ -52,7 +52,7 @@ export class Precopy {
   private todoCount: number;
   private next = 0;
   private dirtyLast = 0;
-  private readonly scratch: Uint32Array;
+  private scratch: Uint32Array;
   private readonly pages: Uint8Array;
 
   constructor(private readonly mem: LiveMemory, private readonly batchPagesMax: number, private readonly startedAtMs: number,
@@ -85,7 +85,7 @@ export class Precopy {
   endRound(): boolean {
     assert(this.next === this.todoCount, 'a round ends after all its pages');
     const before = this.todoCount;
-    const dirty = new Uint32Array(this.mem.pageCount);
+    const dirty = this.scratch; // the finished round's list becomes the next scratch (no allocation per round)
     const n = this.mem.collectDirtyLive(dirty);
     this.dirtyLast = n;
     const again = this.round < this.roundsMax && n > this.remainingPagesMin && (this.round === 0 || n < before);
@@ -95,6 +95,7 @@ export class Precopy {
       return false;
     }
     this.round++;
+    this.scratch = this.todo;
     this.todo = dirty;
     this.todoCount = n;
     this.next = 0;

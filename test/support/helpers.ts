@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as net from 'node:net';
 import { Prng } from '../../dom0/util/prng';
 import { DB_PAGE, DbMemoryModel } from '../../dom0/trace/db-memory-model';
@@ -63,11 +63,4 @@ export async function until<T>(f: () => Promise<T | null | undefined | false>, m
 }
 
 /** Starts remusdb processes with their output in dir/<log>; kids collects them for the after hook. */
-export function remusdbStarter(dir: string, env: NodeJS.ProcessEnv, kids: ChildProcess[]): (args: string[], log: string) => ChildProcess {
-  return (args, log) => {
-    const fd = fs.openSync(path.join(dir, log), 'a');
-    const c = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args], { env, stdio: ['ignore', fd, fd] });
-    kids.push(c);
-    return c;
-  };
-}
+export { remusdbRunner as remusdbStarter } from '../../dom0/util/remusdb-process';

@@ -12,6 +12,9 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { controlRequest } from '../dom0/service/control';
 import { ChangeLog } from '../dom0/service/change-log';
+import { HostLock } from '../dom0/service/host-lock';
+import type { RemusError } from '../dom0/errors';
+import { spawnSync } from 'node:child_process';
 import { Reconnector, unreachableReason } from '../dom0/service/reconnector';
 import { encodeRecord } from '../dom0/protocol/framer';
 import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './support/helpers';
@@ -441,5 +444,28 @@ describe('41 refused primaries', () => {
     for (let i = 0; i < 5; i++) log.say(`a peer left (primary silent for ${200 + i} ms)`);
     log.say('something else');
     assert.deepEqual(said, ['a peer left (primary silent for 200 ms)', '(the line above repeated 4 more times)', 'something else']);
+  });
+});
+
+describe('41 host locks', () => {
+  it('41.L1 a lock held by a live process refuses; one left by a dead process is taken over; release is idempotent', () => {
+    const dir = tmpDir('lock');
+    const file = path.join(dir, 'protect-sim-x.lock');
+    fs.writeFileSync(file, `${process.ppid}\n`); // a live process that is not us
+    assert.throws(() => HostLock.acquire(file, 'protection of sim:x'),
+      (e: RemusError) => e.code === 'ERR_LOCKED' && /held by process \d+/.test(e.message));
+    assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.ppid), 'the refused lock is untouched');
+    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
+    fs.writeFileSync(file, `${dead.stdout.toString()}\n`); // its owner has exited
+    const lock = HostLock.acquire(file, 'protection of sim:x');
+    assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.pid));
+    lock.release();
+    lock.release();
+    assert.equal(fs.existsSync(file), false);
+    fs.symlinkSync(path.join(dir, 'elsewhere'), file); // a planted link is never followed: replaced by a real lock
+    const again = HostLock.acquire(file, 'x');
+    assert.ok(fs.lstatSync(file).isFile());
+    assert.equal(fs.existsSync(path.join(dir, 'elsewhere')), false);
+    again.release();
   });
 });

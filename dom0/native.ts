@@ -22,13 +22,15 @@ export interface NativeArena {
   startDirtyTracking(): { mode: 'uffd-wp' | 'hash'; reason: string };
   collectDirty(out: Uint32Array): number;
   copyPages(pfns: Uint32Array, count: number, dst: Uint8Array): void;
+  /** An external ArrayBuffer over pages [firstPage, firstPage + pages) (at most arenaBufferBytesMax). */
+  view(firstPage: number, pages: number): ArrayBuffer;
   close(): void;
 }
 
 export interface NativeAddon {
   parts: { codec: boolean; xen: boolean; nfqueue: boolean };
   lz4Version: string;
-  codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number };
+  codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number; imageSegmentsMax: number };
   SlotStore: new (slotCount: number) => SlotStore;
   encodeBatch(store: SlotStore | null, pages: Uint8Array, pfns: BigUint64Array,
     slots: Int32Array | null, hits: Uint8Array | null, policy: number,
@@ -37,7 +39,8 @@ export interface NativeAddon {
   unpackBatch(container: Uint8Array, out: Uint8Array): number;
   packBound(recordsLength: number): number;
   zstdVersion: string;
-  decodeBatch(records: Uint8Array, image: Uint8Array, staged?: Uint8Array,
+  /** image: one buffer, or segments of equal length (the last may be shorter), each whole pages. */
+  decodeBatch(records: Uint8Array, image: Uint8Array | readonly Uint8Array[], staged?: Uint8Array,
     stagedPfns?: BigUint64Array): number;
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;

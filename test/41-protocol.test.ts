@@ -7,10 +7,10 @@ import { Rec, RECORD_BODY_MAX, checkpointBegin, checkpointEnd, jsonBody, withEpo
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { Backup } from '../dom0/engine/backup';
 import { PageEncoder } from '../dom0/memory/page-codec';
-import { loadAddon } from '../dom0/native';
 import { MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { dbPages } from './support/helpers';
+import { GuestMemory } from '../dom0/memory/guest-memory';
 
 const KNOWN = new Set<number>(Object.values(Rec));
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
@@ -80,7 +80,7 @@ describe('41 protocol', () => {
       const s = session();
       assert.equal(s.b.committedEpoch, 1);
       assert.ok(s.link.sent.some((r) => r.type === Rec.ACK));
-      assert.ok(Buffer.from(s.replica().image).equals(Buffer.from(mem)));
+      assert.ok(s.replica().image.equals(GuestMemory.over(mem)));
     });
 
     const cases: Array<[string, (s: ReturnType<typeof session>) => void, RegExp]> = [
@@ -95,7 +95,7 @@ describe('41 protocol', () => {
     for (const [name, act, why] of cases) {
       it(name, () => {
         const s = session();
-        const before = loadAddon().crc32c(s.replica().image);
+        const before = s.replica().image.crc32c();
         act(s);
         const err = s.link.sent.find((r) => r.type === Rec.ERROR);
         assert.ok(err, 'an ERROR record was sent');
@@ -103,7 +103,7 @@ describe('41 protocol', () => {
         assert.ok(s.link.closed, 'the connection was dropped');
         assert.ok(!s.events.includes('failover'), 'no failover');
         assert.equal(s.b.state, 'waiting');
-        assert.equal(loadAddon().crc32c(s.replica().image), before, 'nothing half-applied');
+        assert.equal(s.replica().image.crc32c(), before, 'nothing half-applied');
         assert.equal(s.b.committedEpoch, 1, 'the committed checkpoint stands');
       });
     }

@@ -224,7 +224,7 @@ describe('47 xen stream', () => {
     const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
     assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
     for (const ck of [ck1, ck2]) {
-      for (let i = 0; i < ck.capture.count; i++) rx.image.set(ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), ck.capture.pfns[i] * PAGE_SIZE);
+      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     }
     setTimeout(() => { incomingPaused = false; }, 100);

@@ -108,7 +108,7 @@ describe('48 xen disk', () => {
       ck = c.add({ type: r.readUInt32LE(0), bodyLength: r.readUInt32LE(4), bytes: r }) ?? ck;
     }
     assert.ok(ck, 'one checkpoint');
-    for (let i = 0; i < ck.capture.count; i++) rx.image.set(ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), ck.capture.pfns[i] * PAGE_SIZE);
+    for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
     rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     assert.deepEqual(calls, ['free']);
     setTimeout(() => { paused = false; }, 100);

@@ -151,7 +151,7 @@ function verify(o: DemoOpts, last: Record<string, unknown>, resumed: { epoch: nu
   const diskBytes = Number((last.disk as { sizeBytes?: number } | null)?.sizeBytes ?? 0);
   const disk = diskBytes > 0 ? new MemModelDisk(diskBytes / 4096) : undefined;
   const expected = replayGuest(pages, info.workload as Workload, Number(info.seed), steps, undefined, disk);
-  const imageMatches = loadAddon().crc32c(expected) === Number(info.imageCrc32c);
+  const imageMatches = expected.crc32c() === Number(info.imageCrc32c);
   const diskMatches = disk ? loadAddon().crc32c(disk.bytes) === Number(info.diskCrc32c) : null;
   const entry = fs.readFileSync(journal, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
     .find((e) => e.epoch === resumed.epoch && e.seq !== undefined);

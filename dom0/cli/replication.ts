@@ -1,6 +1,7 @@
 // replication: `remusdb protect`, `backup`, `reprotect`, `failover`, `status` and `keygen`.
 // Every value is checked as the command line is parsed (options.ts, path-options.ts), and the
 // key is read before anything listens, attaches or creates a file.
+import { SIM_GUEST_BYTES_MAX } from '../hypervisor/sim/guest-size';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
@@ -29,7 +30,7 @@ export const DEFAULT_PORT = 7400;
 /** Guest memory: a multiple of 4 KiB from the smallest simulated guest to 64 GiB. */
 export function memoryOption(name: string): (v: string) => number {
   const min = GUEST_PAGES_MIN * PAGE_SIZE;
-  return bytesOption(name, { min, max: 64 * 2 ** 30, pageMultiple: true, example: '256MiB' });
+  return bytesOption(name, { min, max: SIM_GUEST_BYTES_MAX, pageMultiple: true, example: '256MiB' });
 }
 
 const DISK_BUFFER = { min: 2 ** 20, max: 2 ** 36, pageMultiple: true, example: '256MiB' };

@@ -13,6 +13,7 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
+import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
   parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs, parseDiskVerify,
@@ -109,7 +110,7 @@ export class Backup {
   get committedEpoch(): number | null { return this.committed; }
   get attached(): boolean { return this.session !== null; }
   get domain(): string | null { return this.held?.hello.domain ?? null; }
-  get replicaImage(): Uint8Array | null { return this.held?.replica.image ?? null; }
+  get replicaImage(): GuestMemory | null { return this.held?.replica.image ?? null; }
   /** A session whose loss means the primary is gone: open, and a checkpoint of it committed. */
   get live(): boolean { return this.session?.phase === 'open' && this.committed !== null; }
 
@@ -400,7 +401,7 @@ export class Backup {
       const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
       const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
       if (refPages) {
-        refs.forEach((r, i) => image.set(refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), r.pfn * PAGE_SIZE));
+        refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
         this.counters.diskRefPages += refs.length;
       }
       if (o.full) staging.clear();

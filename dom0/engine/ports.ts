@@ -89,8 +89,8 @@ export interface Replica {
   readonly pageCount: number;
   /** The backup's copy of the domain's disk, when the domain has one. */
   readonly disk?: import('../disk/epoch-buffer').DiskTarget | null;
-  /** The committed memory image (decode base). */
-  readonly image: Uint8Array;
+  /** The committed memory image (decode base), in segments (any guest size). */
+  readonly image: import('../memory/guest-memory').GuestMemory;
   /**
    * Installs device state at commit. The checkpoint's pages (changedPfns; every page for a
    * full checkpoint) were already written into image.

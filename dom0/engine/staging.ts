@@ -9,6 +9,7 @@ import { protocolError, type DiskRefEntry } from '../protocol/records';
 import type { DiskTarget } from '../disk/epoch-buffer';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
+import type { GuestMemory } from '../memory/guest-memory';
 
 /** A page record's header: u64 pfn, u8 encoding, u8 0, u16 payload length (docs/memory-encoding.md). */
 const RECORD_HEADER_BYTES = 12;
@@ -29,7 +30,7 @@ export class Staging {
   }
 
   /** Decodes one container against image into staging (image untouched). */
-  add(container: Uint8Array, image: Uint8Array): number {
+  add(container: Uint8Array, image: GuestMemory): number {
     const records = this.decoder.unpack(container);
     const chunk = this.free.pop() ?? { pages: new Uint8Array(this.batchPagesMax * PAGE_SIZE), pfns: new BigUint64Array(this.batchPagesMax), count: 0 };
     chunk.count = this.decoder.decodeStaged(records, image, chunk.pages, chunk.pfns);
@@ -99,12 +100,10 @@ export class Staging {
   }
 
   /** Copies every staged page into image (the commit); returns the pfns written. */
-  applyTo(image: Uint8Array): Uint32Array {
+  applyTo(image: GuestMemory): Uint32Array {
     const pfns = Uint32Array.from(this.touched);
     for (const c of this.chunks) {
-      for (let i = 0; i < c.count; i++) {
-        image.set(c.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), Number(c.pfns[i]) * PAGE_SIZE);
-      }
+      for (let i = 0; i < c.count; i++) image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
     }
     this.clear();
     return pfns;

@@ -3,6 +3,7 @@
 // encoder (tests assert it). The LZ4 candidate itself comes from liblz4 through the addon
 // (the block bytes are liblz4's to define); selection, framing, XOR+RLE and all decoding,
 // LZ4 blocks included, are independent TypeScript.
+import { GuestMemory } from './guest-memory';
 import { ErrorCode, RemusError } from '../errors';
 import { assert } from '../assert';
 import {
@@ -187,9 +188,10 @@ function decodePayload(enc: number, p: Uint8Array, base: Uint8Array): Uint8Array
 }
 
 /** Same contract as the addon's decodeBatch; throws RemusError BAD_PAGE_RECORD. */
-export function decodeBatchRef(records: Uint8Array, image: Uint8Array, staged?: Uint8Array,
+export function decodeBatchRef(records: Uint8Array, memory: Uint8Array | GuestMemory, staged?: Uint8Array,
   stagedPfns?: BigUint64Array): number {
-  const pageCount = BigInt(Math.floor(image.length / PAGE_SIZE));
+  const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+  const pageCount = BigInt(image.pageCount);
   let off = 0, n = 0;
   while (off < records.length) {
     if (records.length - off < RECORD_HEADER_SIZE) {
@@ -204,8 +206,7 @@ export function decodeBatchRef(records: Uint8Array, image: Uint8Array, staged?: 
           : staged && stagedPfns && n >= stagedPfns.length
             ? 'more records than the staging area holds' : null);
     if (problem) throw fault(n, off, pfn, enc, problem);
-    const at = Number(pfn) * PAGE_SIZE;
-    const base = image.subarray(at, at + PAGE_SIZE);
+    const base = image.page(Number(pfn));
     const payload = records.subarray(off + RECORD_HEADER_SIZE, off + RECORD_HEADER_SIZE + len);
     const page = decodePayload(enc, payload, base);
     if (typeof page === 'string') throw fault(n, off, pfn, enc, page);
@@ -213,7 +214,7 @@ export function decodeBatchRef(records: Uint8Array, image: Uint8Array, staged?: 
       staged.set(page, n * PAGE_SIZE);
       stagedPfns[n] = pfn;
     } else {
-      image.set(page, at);
+      base.set(page);
     }
     off += RECORD_HEADER_SIZE + len;
     n++;

@@ -11,6 +11,7 @@ import {
   ENCODING_COUNT, Policy, RECORD_SIZE_MAX, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue,
 } from './encodings';
 import { PAGE_SIZE, PageCache } from './page-cache';
+import { GuestMemory } from './guest-memory';
 
 export type CodecImpl = 'native' | 'ref';
 
@@ -122,15 +123,20 @@ export class PageDecoder {
   }
 
   /** Decodes records in place into image; returns the number of records. */
-  applyInPlace(records: Uint8Array, image: Uint8Array): number {
-    return this.impl === 'native' ? loadAddon().decodeBatch(records, image)
+  applyInPlace(records: Uint8Array, image: Uint8Array | GuestMemory): number {
+    return this.impl === 'native' ? loadAddon().decodeBatch(records, nativeImage(image))
       : decodeBatchRef(records, image);
   }
 
   /** Decodes records against image into staged pages (image untouched). */
-  decodeStaged(records: Uint8Array, image: Uint8Array, staged: Uint8Array,
+  decodeStaged(records: Uint8Array, image: Uint8Array | GuestMemory, staged: Uint8Array,
     stagedPfns: BigUint64Array): number {
-    return this.impl === 'native' ? loadAddon().decodeBatch(records, image, staged, stagedPfns)
+    return this.impl === 'native' ? loadAddon().decodeBatch(records, nativeImage(image), staged, stagedPfns)
       : decodeBatchRef(records, image, staged, stagedPfns);
   }
+}
+
+/** The decode base as the addon takes it: one buffer, or the segments of a large guest. */
+function nativeImage(image: Uint8Array | GuestMemory): Uint8Array | readonly Uint8Array[] {
+  return image instanceof GuestMemory ? image.segments : image;
 }

@@ -19,9 +19,8 @@ import type { Replica } from '../engine/ports';
 import { HostLock } from './host-lock';
 import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
-import * as os from 'node:os';
 import { assert } from '../assert';
-import { checkSimGuestBytes } from '../hypervisor/sim/guest-size';
+import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
 
 export interface BackupConfig {
   host: string;
@@ -234,9 +233,5 @@ export class BackupService {
 
 /** A simulated replica is RAM in this process: refuse at HELLO what this host or the arena cannot hold. */
 function checkSimGuestFits(h: HelloInfo): void {
-  const bytes = h.pageCount * 4096;
-  checkSimGuestBytes(bytes, `${h.domain}`, ErrorCode.HANDSHAKE);
-  if (bytes > os.totalmem()) {
-    throw new RemusError(ErrorCode.HANDSHAKE, `${h.domain} has ${Math.round(bytes / 2 ** 20)} MiB of memory; this host has ${Math.round(os.totalmem() / 2 ** 20)} MiB`);
-  }
+  checkSimGuestFitsHost(h.pageCount * 4096, `${h.domain}`, ErrorCode.HANDSHAKE);
 }

@@ -18,7 +18,7 @@ import { Reconnector } from './reconnector';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 import { ControlServer, protectLockPath, runtimeDir as runDir, socketPath } from './control';
 import { HostLock } from './host-lock';
-import { checkSimGuestBytes } from '../hypervisor/sim/guest-size';
+import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
 import { loopDelay } from './loop-delay';
 
 import { BlockFile } from '../disk/block-file';
@@ -76,7 +76,7 @@ export class ProtectService {
 
   /** adopted: a domain this process already runs (a backup that failed over, now reprotecting). */
   constructor(private readonly cfg: ProtectConfig, private readonly adopted: AdoptedDomain | null = null) {
-    if (!adopted) checkSimGuestBytes(cfg.memoryBytes, `sim:${cfg.name}`); // before the lock and the disk
+    if (!adopted) checkSimGuestFitsHost(cfg.memoryBytes, `sim:${cfg.name}`); // before the lock and the disk
     this.lock = adopted ? null : HostLock.acquire(protectLockPath('sim', cfg.name), `protection of sim:${cfg.name}`);
     try {
       if (adopted) {

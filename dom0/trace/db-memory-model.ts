@@ -5,7 +5,10 @@
 // (content derived from the block number, so a disk reference could rebuild them), a WAL
 // ring with appended records, lock/session tables with small scattered writes, and work
 // memory that is allocated (filled) and freed (zeroed).
+// Memory is reached a page at a time (PageSpace), so guests larger than one JavaScript
+// buffer work (dom0/memory/guest-memory.ts).
 import { assert } from '../assert';
+import { GuestMemory } from '../memory/guest-memory';
 import { Prng } from '../util/prng';
 
 export const DB_PAGE = 4096;
@@ -51,6 +54,19 @@ export interface ModelDisk {
 /** WAL blocks at the start of a model disk (the rest hold data pages). */
 export function walBlocksOf(diskBlocks: number): number { return Math.max(4, Math.floor(diskBlocks / 16)); }
 
+/** Pages the model writes: page(p) is a 4 KiB view of page p (0 ≤ p < pageCount). */
+export interface PageSpace {
+  readonly pageCount: number;
+  page(p: number): Uint8Array;
+}
+
+/**
+ * Work-memory areas (16 pages each) the model allocates and frees: at most this many, so that
+ * its state (one bit per area) fits the guest's header page at every guest size (the areas
+ * then cover the first 512 MiB of the work region of guests above ~3.4 GiB).
+ */
+export const WORK_AREAS_MAX = 8192;
+
 export class DbMemoryModel {
   readonly regions: Regions;
   private walPos = 0;
@@ -59,15 +75,18 @@ export class DbMemoryModel {
   private readonly workUsed: boolean[];
   private disk: ModelDisk | null = null;
 
-  /** mem: guest memory (pages × 4096); onDirty is called for every page written. */
-  constructor(readonly mem: Uint8Array, readonly rng: Prng,
+  readonly mem: PageSpace;
+
+  /** memory: guest memory (pages × 4096, or pages); onDirty is called for every page written. */
+  constructor(memory: Uint8Array | PageSpace, readonly rng: Prng,
     readonly onDirty: (pfn: number) => void = () => {}, readonly onDiskRead: DiskReadHook = () => {}) {
-    const pages = mem.length / DB_PAGE;
+    this.mem = memory instanceof Uint8Array ? GuestMemory.over(memory) : memory;
+    const pages = this.mem.pageCount;
     assert(Number.isInteger(pages) && pages >= 64, 'DbMemoryModel needs at least 64 pages');
     const at = (f: number): number => Math.floor(pages * f);
     this.regions = { pool: [at(0.05), at(0.65)], wal: [at(0.65), at(0.70)], tables: [at(0.70), at(0.85)], work: [at(0.85), pages] };
     this.nextBlock = pages * 4;
-    this.workUsed = new Array(Math.max(1, Math.floor((pages - at(0.85)) / 16))).fill(false);
+    this.workUsed = new Array(Math.min(WORK_AREAS_MAX, Math.max(1, Math.floor((pages - at(0.85)) / 16)))).fill(false);
   }
 
   /** Octets saveState writes: prng 16, lsn 8, walPos 4, nextBlock 4, work flags. */
@@ -82,7 +101,7 @@ export class DbMemoryModel {
   /** Lays out a fresh disk: every data block holds the page a refill of it would produce. */
   static formatDisk(disk: ModelDisk): void {
     const scratch = new DbMemoryModel(new Uint8Array(64 * DB_PAGE), new Prng(1));
-    const page = scratch.mem.subarray(0, DB_PAGE);
+    const page = scratch.mem.page(0);
     for (let b = walBlocksOf(disk.blocks); b < disk.blocks; b++) {
       scratch.writeDbPage(0, b);
       disk.write(b, page, false);
@@ -162,7 +181,7 @@ export class DbMemoryModel {
   /** Runs one epoch of the workload; rates are per 16384 pages (64 MiB) of memory. */
   step(rates: ModelRates): void {
     const r = this.rng;
-    const scale = (x: number): number => Math.max(1, Math.round((x * this.mem.length) / DB_PAGE / 16384));
+    const scale = (x: number): number => Math.max(1, Math.round((x * this.mem.pageCount) / 16384));
     for (let i = scale(rates.updates); i > 0; i--) this.updateTuple();
     for (let i = scale(rates.refills); i > 0; i--) this.refill();
     this.appendWal(scale(rates.walBytes));
@@ -170,8 +189,11 @@ export class DbMemoryModel {
     if (r.chance(rates.workMemChurn)) this.churnWorkMem();
   }
 
-  private page(p: number): Uint8Array { return this.mem.subarray(p * DB_PAGE, (p + 1) * DB_PAGE); }
-  private dv(p: number): DataView { return new DataView(this.mem.buffer, this.mem.byteOffset + p * DB_PAGE, DB_PAGE); }
+  private page(p: number): Uint8Array { return this.mem.page(p); }
+  private dv(p: number): DataView {
+    const pg = this.mem.page(p);
+    return new DataView(pg.buffer, pg.byteOffset, DB_PAGE);
+  }
 
   private fillText(p: number): void {
     const pg = this.page(p);
@@ -261,11 +283,13 @@ export class DbMemoryModel {
       if (recLen >= 4) dv.setUint32(0, recLen, true);
       if (recLen >= 16) dv.setBigUint64(8, this.lsn, true);
       for (let i = 16; i < recLen; i++) rec[i] = i % 7 === 0 ? this.rng.u32() & 0xff : 0x41 + (i % 26);
-      for (let i = 0; i < recLen; i++) {
-        const at = ws * DB_PAGE + this.walPos;
-        this.mem[at] = rec[i];
-        if (i === 0 || this.walPos % DB_PAGE === 0) this.onDirty(Math.floor(at / DB_PAGE));
-        this.walPos = (this.walPos + 1) % ringBytes;
+      for (let i = 0; i < recLen;) {
+        const p = ws + Math.floor(this.walPos / DB_PAGE), at = this.walPos % DB_PAGE;
+        const n = Math.min(recLen - i, DB_PAGE - at, ringBytes - this.walPos);
+        this.page(p).set(rec.subarray(i, i + n), at);
+        this.onDirty(p);
+        i += n;
+        this.walPos = (this.walPos + n) % ringBytes;
       }
       left -= recLen;
       this.lsn += BigInt(recLen);
@@ -295,7 +319,7 @@ export class DbMemoryModel {
     const [ws] = this.regions.work;
     const area = this.rng.below(this.workUsed.length);
     const first = ws + area * 16;
-    const n = Math.min(16, this.mem.length / DB_PAGE - first);
+    const n = Math.min(16, this.mem.pageCount - first);
     for (let p = first; p < first + n; p++) {
       const pg = this.page(p);
       if (this.workUsed[area]) {

@@ -30,7 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<uint8_t> staged(4 * remus::kPageSize);
   uint64_t stagedPfns[4];
   remus::DecodeFault fault;
-  remus::DecodeTarget inplace{image, kPages, nullptr, nullptr, 0};
+  uint8_t* const segments[1] = {image};
+  remus::DecodeTarget inplace{segments, kPages, kPages, nullptr, nullptr, 0};
   long n = remus::DecodeBatch(data, size, inplace, &fault);
   if (n < 0 && fault.what == nullptr) abort();
   // Pages no header names must be untouched; the guards always.
@@ -47,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     size_t o = kGuard + p * remus::kPageSize;
     if (!named[p] && std::memcmp(mem.data() + o, before.data() + o, remus::kPageSize) != 0) abort();
   }
-  remus::DecodeTarget stage{image, kPages, staged.data(), stagedPfns, 4};
+  remus::DecodeTarget stage{segments, kPages, kPages, staged.data(), stagedPfns, 4};
   remus::DecodeBatch(data, size, stage, &fault);
   return 0;
 }

@@ -5,10 +5,12 @@
 // the PAGEMAP_SCAN ioctl, which returns the written pages and re-protects them in one call.
 // Kernels without it fall back to hashing every page (slow; `dirtyMode` says which).
 //
-// Size limits. The mapping may be up to 64 GiB, but JavaScript sees it through one external
-// ArrayBuffer, and Node.js refuses external buffers longer than node::Buffer::kMaxLength
-// (v8::TypedArray::kMaxLength: 2^32 bytes on 64-bit Node 20). `buffer` checks that limit
-// (exported as arenaBufferBytesMax) and throws RemusError ERR_OUT_OF_MEMORY past it. It
+// Size limits. The mapping may be up to 64 GiB. JavaScript sees it through external
+// ArrayBuffers — `buffer` over the whole arena, `view(firstPage, pages)` over a window — and
+// Node.js refuses external buffers longer than node::Buffer::kMaxLength (v8::TypedArray::
+// kMaxLength: 2^32 bytes on 64-bit Node 20), so larger guests are seen through windows
+// (dom0/memory/guest-memory.ts cuts them in 1 GiB segments). Each buffer is checked against
+// that limit (exported as arenaBufferBytesMax): ERR_OUT_OF_MEMORY past it. The check
 // never leaves the refusal to Node: on Node 20, napi_create_external_arraybuffer runs the
 // finalizer itself when it refuses a length and then reports failure, so a caller that also
 // frees its finalizer data on failure (node-addon-api's ArrayBuffer::New does) frees it
@@ -21,6 +23,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -155,6 +158,7 @@ class Arena : public Napi::ObjectWrap<Arena> {
                        {InstanceMethod("startDirtyTracking", &Arena::StartDirty),
                         InstanceMethod("collectDirty", &Arena::CollectDirty),
                         InstanceMethod("copyPages", &Arena::CopyPages),
+                        InstanceMethod("view", &Arena::View),
                         InstanceMethod("close", &Arena::Close),
                         InstanceAccessor("id", &Arena::Id, nullptr),
                         InstanceAccessor("buffer", &Arena::Buffer, nullptr),
@@ -238,8 +242,24 @@ class Arena : public Napi::ObjectWrap<Arena> {
   Napi::Value Buffer(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!Check(env)) return env.Undefined();
-    const std::string what = std::to_string(region_->bytes) + " bytes of guest memory";
-    if (region_->bytes > kBufferBytesMax) {
+    return Window(env, 0, region_->bytes);
+  }
+  // view(firstPage, pages) -> an ArrayBuffer over that window of the arena (at most 2^32
+  // bytes): guests larger than one buffer are seen through several windows.
+  Napi::Value View(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Check(env)) return env.Undefined();
+    if (info.Length() != 2 || !info[0].IsNumber() || !info[1].IsNumber())
+      return ThrowType(env, "view(firstPage: number, pages: number)"), env.Undefined();
+    double first = info[0].As<Napi::Number>().DoubleValue(), pages = info[1].As<Napi::Number>().DoubleValue();
+    double total = static_cast<double>(region_->bytes / kPageSize);
+    if (!(first >= 0 && pages >= 1 && first == std::floor(first) && pages == std::floor(pages) && first + pages <= total))
+      return ThrowRange(env, "view: the window is not whole pages inside the arena"), env.Undefined();
+    return Window(env, static_cast<size_t>(first) * kPageSize, static_cast<size_t>(pages) * kPageSize);
+  }
+  Napi::Value Window(Napi::Env env, size_t offset, size_t bytes) {
+    const std::string what = std::to_string(bytes) + " bytes of guest memory";
+    if (bytes > kBufferBytesMax) {
       ThrowRemus(env, "ERR_OUT_OF_MEMORY", what + " cannot be one ArrayBuffer: Node.js allows at most " +
                                                std::to_string(kBufferBytesMax) + " bytes (2^32) per buffer");
       return env.Undefined();
@@ -251,7 +271,7 @@ class Arena : public Napi::ObjectWrap<Arena> {
       return env.Undefined();
     }
     napi_value ab = nullptr;
-    napi_status st = napi_create_external_arraybuffer(env, region_->base, region_->bytes, FinalizeBufferRef, ref, &ab);
+    napi_status st = napi_create_external_arraybuffer(env, region_->base + offset, bytes, FinalizeBufferRef, ref, &ab);
     if (st != napi_ok) {
       // Node may have run the finalizer already (it does when it refuses the length): then
       // `ref` is gone. Otherwise it is still ours.

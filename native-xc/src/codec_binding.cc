@@ -6,9 +6,11 @@
 #include <napi.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "errors.h"
 #include "batch_codec.h"
@@ -149,21 +151,54 @@ std::string Hex(uint64_t v) {
   return buf;
 }
 
+// The decode base: one Uint8Array, or an array of segments (guest memory larger than one
+// JavaScript buffer) where every segment but the last has the same length. Each segment is
+// a whole number of pages. On failure *why says what is wrong.
+bool GetImage(const Napi::Value& v, std::vector<uint8_t*>* segments, DecodeTarget* t, const char** why) {
+  Napi::Uint8Array one;
+  if (GetArray(v, napi_uint8_array, &one)) {
+    if (one.ByteLength() % kPageSize != 0) return *why = "image is not a whole number of pages", false;
+    segments->assign(1, one.Data());
+    t->segmentPages = std::max<uint64_t>(1, one.ByteLength() / kPageSize);
+    t->pageCount = one.ByteLength() / kPageSize;
+    return true;
+  }
+  if (!v.IsArray()) return *why = "image is neither a Uint8Array nor an array of them", false;
+  Napi::Array list = v.As<Napi::Array>();
+  uint32_t n = list.Length();
+  if (n == 0 || n > kImageSegmentsMax) return *why = "image has no segments, or too many", false;
+  segments->resize(n);
+  t->pageCount = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    Napi::Uint8Array seg;
+    if (!GetArray(list.Get(i), napi_uint8_array, &seg)) return *why = "an image segment is not a Uint8Array", false;
+    uint64_t pages = seg.ByteLength() / kPageSize;
+    if (pages == 0 || seg.ByteLength() % kPageSize != 0) return *why = "an image segment is not a whole number of pages", false;
+    if (i == 0) t->segmentPages = pages;
+    bool fits = i + 1 < n ? pages == t->segmentPages : pages <= t->segmentPages;
+    if (!fits) return *why = "image segments differ in length (only the last may be shorter)", false;
+    (*segments)[i] = seg.Data();
+    t->pageCount += pages;
+  }
+  return true;
+}
+
 // decodeBatch(records, image[, staged, stagedPfns]) -> records decoded
 Napi::Value DecodeBatchFn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* usage =
-      "decodeBatch(records: Uint8Array, image: Uint8Array[, staged: Uint8Array, stagedPfns: "
+      "decodeBatch(records: Uint8Array, image: Uint8Array | Uint8Array[][, staged: Uint8Array, stagedPfns: "
       "BigUint64Array])";
-  Napi::Uint8Array records, image, staged;
+  Napi::Uint8Array records, staged;
   Napi::BigUint64Array stagedPfns;
-  if ((info.Length() != 2 && info.Length() != 4) ||
-      !GetArray(info[0], napi_uint8_array, &records) ||
-      !GetArray(info[1], napi_uint8_array, &image))
+  if ((info.Length() != 2 && info.Length() != 4) || !GetArray(info[0], napi_uint8_array, &records))
     return ThrowType(env, usage), env.Undefined();
-  if (image.ByteLength() % kPageSize != 0)
-    return ThrowRange(env, "decodeBatch: image is not a whole number of pages"), env.Undefined();
-  DecodeTarget t{image.Data(), image.ByteLength() / kPageSize, nullptr, nullptr, 0};
+  std::vector<uint8_t*> segments;
+  DecodeTarget t{nullptr, 1, 0, nullptr, nullptr, 0};
+  const char* why = nullptr;
+  if (!GetImage(info[1], &segments, &t, &why))
+    return ThrowRange(env, std::string("decodeBatch: ") + why), env.Undefined();
+  t.segments = segments.data();
   if (info.Length() == 4) {
     if (!GetArray(info[2], napi_uint8_array, &staged) ||
         !GetArray(info[3], napi_biguint64_array, &stagedPfns))
@@ -261,6 +296,7 @@ void InitCodec(Napi::Env env, Napi::Object exports) {
   c.Set("pageSize", static_cast<double>(kPageSize));
   c.Set("recordHeaderSize", static_cast<double>(kRecordHeaderSize));
   c.Set("recordSizeMax", static_cast<double>(kRecordSizeMax));
+  c.Set("imageSegmentsMax", static_cast<double>(kImageSegmentsMax));
   exports.Set("codecConstants", c);
 }
 

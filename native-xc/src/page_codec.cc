@@ -315,8 +315,9 @@ long DecodeBatch(const uint8_t* batch, size_t length, const DecodeTarget& t, Dec
       fault->what = what;
       return -1;
     }
-    const uint8_t* base = t.image + pfn * kPageSize;
-    uint8_t* dst = t.staged != nullptr ? t.staged + n * kPageSize : t.image + pfn * kPageSize;
+    uint8_t* page = t.Page(pfn);
+    const uint8_t* base = page;
+    uint8_t* dst = t.staged != nullptr ? t.staged + n * kPageSize : page;
     size_t at = 0;
     if (const char* e = DecodePayload(enc, h + kRecordHeaderSize, len, base, dst, &at)) {
       fault->what = e;

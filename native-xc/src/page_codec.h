@@ -11,6 +11,8 @@ namespace remus {
 constexpr size_t kPageSize = 4096;
 constexpr size_t kRecordHeaderSize = 12;
 constexpr size_t kRecordSizeMax = kRecordHeaderSize + kPageSize;
+// Most segments a decode base may have (64 GiB of guest memory in 1 GiB segments, with room).
+constexpr uint32_t kImageSegmentsMax = 1024;
 // Encoder policy v1 thresholds (docs/memory-encoding.md, "Encoder policy v1").
 constexpr size_t kTryLz4AfterXorRle = 256;
 constexpr size_t kTryXorLz4Above = 1024;
@@ -61,12 +63,18 @@ struct DecodeFault {
 
 // Where decoded pages go. In-place: into image[pfn] (base = image). Staged: record i into
 // staged + i*kPageSize and its pfn into stagedPfns[i] (base = image, image untouched).
+// Guest memory as decode base: segments of segmentPages pages each (the last may be shorter),
+// so that guests larger than one JavaScript buffer (2^32 bytes) decode in place too.
 struct DecodeTarget {
-  uint8_t* image;
-  uint64_t pageCount;
+  uint8_t* const* segments;
+  uint64_t segmentPages;   // pages per segment (every segment but the last holds exactly this many)
+  uint64_t pageCount;      // pages of all segments together
   uint8_t* staged;         // null for in-place
   uint64_t* stagedPfns;    // null for in-place
   size_t stagedCapacity;   // records that fit in staged
+  uint8_t* Page(uint64_t pfn) const {
+    return segments[pfn / segmentPages] + (pfn % segmentPages) * kPageSize;
+  }
 };
 
 // Decodes a batch of records. Each record is checked whole before anything of it is

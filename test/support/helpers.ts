@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import * as net from 'node:net';
 import { Prng } from '../../dom0/util/prng';
 import { DB_PAGE, DbMemoryModel } from '../../dom0/trace/db-memory-model';
+import type { GuestMemory } from '../../dom0/memory/guest-memory';
 
 export const PAGE = 4096;
 export const ROOT = path.join(__dirname, '..', '..', '..');
@@ -64,3 +65,8 @@ export async function until<T>(f: () => Promise<T | null | undefined | false>, m
 
 /** Starts remusdb processes with their output in dir/<log>; kids collects them for the after hook. */
 export { remusdbRunner as remusdbStarter } from '../../dom0/util/remusdb-process';
+
+/** A small guest memory as one buffer (a copy; tests of guests ≤ 2^32 bytes). */
+export function flat(m: GuestMemory): Uint8Array {
+  return Uint8Array.from(Buffer.concat(m.segments));
+}

@@ -12,6 +12,7 @@ import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-prog
 import { DiskReplicator } from '../../dom0/disk/replicator';
 import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
 import { loadAddon } from '../../dom0/native';
+import { GuestMemory } from '../../dom0/memory/guest-memory';
 import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
 import { PROTOCOL_VERSION, Rec, jsonBody } from '../../dom0/protocol/records';
 import { Prng } from '../../dom0/util/prng';
@@ -235,16 +236,24 @@ export class MemDiskTarget implements DiskTarget {
   flush(): void { this.flushes++; }
 }
 
+/**
+ * Pages per segment of a MemReplica's image: small and prime, so a test guest's image has
+ * several segments of which the last is shorter, as a 5 GiB guest's has (1 GiB each).
+ */
+export const MEM_REPLICA_SEGMENT_PAGES = 61;
+
 export class MemReplica implements Replica {
-  readonly image: Uint8Array;
+  readonly image: GuestMemory;
   deviceState: Uint8Array | null = null;
   resumed = false;
-  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null) { this.image = new Uint8Array(pageCount * PAGE); }
+  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null) {
+    this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
+  }
   commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
   resume(): Record<string, unknown> {
     this.resumed = true;
     const disk = this.disk ? { diskCrc: loadAddon().crc32c(this.disk.bytes) } : {};
-    return { ...GuestProgram.attach(Uint8Array.from(this.image)).header, crc: loadAddon().crc32c(this.image), ...disk };
+    return { ...GuestProgram.attach(this.image.clone()).header, crc: this.image.crc32c(), ...disk };
   }
 }
 
@@ -367,7 +376,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);
-        if (!snap || crc(r.image) !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
+        if (!snap || r.image.crc32c() !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
         const rdisk = (r as MemReplica).disk;
         if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc)) violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
         maxCommitted = Math.max(maxCommitted, epoch);

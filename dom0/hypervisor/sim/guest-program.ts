@@ -7,7 +7,8 @@
 import * as fs from 'node:fs';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
-import { DB_PAGE, DbMemoryModel, type ModelDisk } from '../../trace/db-memory-model';
+import { GuestMemory } from '../../memory/guest-memory';
+import { DB_PAGE, DbMemoryModel, type ModelDisk, type PageSpace } from '../../trace/db-memory-model';
 import { Prng } from '../../util/prng';
 
 export const WORKLOADS = ['oltp', 'scan', 'idle', 'trace'] as const;
@@ -28,10 +29,11 @@ export class GuestProgram {
   private readonly model: DbMemoryModel;
   private trace: TraceReplay | null = null;
 
-  private constructor(readonly mem: Uint8Array, readonly workload: Workload, readonly seed: number) {
-    this.dv = new DataView(mem.buffer, mem.byteOffset, DB_PAGE);
-    this.model = new DbMemoryModel(mem.subarray(DB_PAGE), new Prng(seed));
-    assert(H_MODEL + this.model.stateBytes() <= DB_PAGE, 'guest header fits page 0');
+  private constructor(readonly mem: GuestMemory, readonly workload: Workload, readonly seed: number) {
+    const header = mem.page(0);
+    this.dv = new DataView(header.buffer, header.byteOffset, DB_PAGE);
+    this.model = new DbMemoryModel(afterHeader(mem), new Prng(seed));
+    assert(H_MODEL + this.model.stateBytes() <= H_TRACE_PATH, 'the model state fits the header page, before the trace path');
   }
 
   /**
@@ -39,15 +41,17 @@ export class GuestProgram {
    * the guest formats it and does its I/O there: refills read blocks, commits write the WAL
    * page durably, and dirty pages are written back now and then.
    */
-  static boot(mem: Uint8Array, workload: Workload, seed: number, tracePath?: string, disk?: ModelDisk): GuestProgram {
-    assert(mem.length % DB_PAGE === 0 && mem.length / DB_PAGE >= GUEST_PAGES_MIN, 'guest memory size');
-    mem.fill(0, 0, DB_PAGE);
+  static boot(memory: GuestMemory | Uint8Array, workload: Workload, seed: number, tracePath?: string,
+    disk?: ModelDisk): GuestProgram {
+    const mem = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+    assert(mem.pageCount >= GUEST_PAGES_MIN, 'guest memory size');
+    mem.page(0).fill(0);
     const g = new GuestProgram(mem, workload, seed);
     if (workload === 'trace') {
       const p = Buffer.from(tracePath ?? '', 'utf8');
       if (p.length === 0 || p.length > TRACE_PATH_MAX) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'trace workload needs a trace file path (at most 1024 bytes)');
-      mem.set(p, H_TRACE_PATH);
-      g.dv.setBigUint64(H_TRACE_OFF, BigInt(TraceReplay.open(tracePath!, mem.length / DB_PAGE - 1).firstRecord), true);
+      mem.page(0).set(p, H_TRACE_PATH);
+      g.dv.setBigUint64(H_TRACE_OFF, BigInt(TraceReplay.open(tracePath!, mem.pageCount - 1).firstRecord), true);
     } else if (workload !== 'idle') {
       g.model.initialise();
     }
@@ -56,7 +60,7 @@ export class GuestProgram {
       g.dv.setUint32(H_DISK_BLOCKS, disk.blocks, true);
       g.model.attachDisk(disk);
     }
-    for (let i = 0; i < MAGIC.length; i++) mem[i] = MAGIC.charCodeAt(i);
+    for (let i = 0; i < MAGIC.length; i++) mem.page(0)[i] = MAGIC.charCodeAt(i);
     g.dv.setUint32(H_VERSION, 1, true);
     g.dv.setUint32(H_WORKLOAD, WORKLOADS.indexOf(workload), true);
     g.dv.setUint32(H_SEED, seed >>> 0, true);
@@ -67,10 +71,12 @@ export class GuestProgram {
   }
 
   /** Resumes a guest from memory (a backup after failover, or a worker after a restart). */
-  static attach(mem: Uint8Array, disk?: ModelDisk): GuestProgram {
-    const magic = String.fromCharCode(...mem.subarray(0, 8));
+  static attach(memory: GuestMemory | Uint8Array, disk?: ModelDisk): GuestProgram {
+    const mem = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+    const header = mem.page(0);
+    const magic = String.fromCharCode(...header.subarray(0, 8));
     if (magic !== MAGIC) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest memory holds no simulated guest (bad header magic)');
-    const dv = new DataView(mem.buffer, mem.byteOffset, DB_PAGE);
+    const dv = new DataView(header.buffer, header.byteOffset, DB_PAGE);
     const workload = WORKLOADS[dv.getUint32(H_WORKLOAD, true)];
     if (!workload) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest header names an unknown workload');
     const g = new GuestProgram(mem, workload, dv.getUint32(H_SEED, true));
@@ -86,12 +92,12 @@ export class GuestProgram {
   /** Applies the next epoch of the trace to memory (page p of the trace is guest page p + 1). */
   private traceEpoch(): number {
     if (!this.trace) {
-      const raw = this.mem.subarray(H_TRACE_PATH, H_TRACE_PATH + TRACE_PATH_MAX);
+      const raw = this.mem.page(0).subarray(H_TRACE_PATH, H_TRACE_PATH + TRACE_PATH_MAX);
       const end = raw.indexOf(0);
-      this.trace = TraceReplay.open(Buffer.from(raw.subarray(0, end < 0 ? raw.length : end)).toString('utf8'), this.mem.length / DB_PAGE - 1);
+      this.trace = TraceReplay.open(Buffer.from(raw.subarray(0, end < 0 ? raw.length : end)).toString('utf8'), this.mem.pageCount - 1);
     }
     const off = Number(this.dv.getBigUint64(H_TRACE_OFF, true));
-    const next = this.trace.applyEpoch(off, this.mem.subarray(DB_PAGE));
+    const next = this.trace.applyEpoch(off, afterHeader(this.mem));
     this.dv.setBigUint64(H_TRACE_OFF, BigInt(next.offset), true);
     return next.pages;
   }
@@ -150,7 +156,7 @@ class TraceReplay {
     return new TraceReplay(fd, 24, total);
   }
 
-  applyEpoch(offset: number, mem: Uint8Array): { offset: number; pages: number } {
+  applyEpoch(offset: number, mem: PageSpace): { offset: number; pages: number } {
     const h = Buffer.alloc(8), pfn = Buffer.alloc(8);
     let pages = 0;
     for (;;) {
@@ -160,7 +166,7 @@ class TraceReplay {
         fs.readSync(this.fd, pfn, 0, 8, offset + 8);
         const p = Number(pfn.readBigUInt64LE(0));
         if (p >= this.totalPages) throw new RemusError(ErrorCode.BAD_TRACE, `trace pfn ${p} out of range`);
-        fs.readSync(this.fd, mem, p * DB_PAGE, DB_PAGE, offset + 16);
+        fs.readSync(this.fd, mem.page(p), 0, DB_PAGE, offset + 16);
         pages++;
       } else if (type < 1 || type > 4) {
         throw new RemusError(ErrorCode.BAD_TRACE, `unknown trace record type ${type} at byte ${offset}`);
@@ -171,9 +177,15 @@ class TraceReplay {
   }
 }
 
-/** Rebuilds the memory a guest has after `steps` steps (verification by replay). */
-export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string, disk?: ModelDisk): Uint8Array {
-  const mem = new Uint8Array(pages * DB_PAGE);
+/** The pages after the header page (the workload model's memory): page p is guest page p + 1. */
+function afterHeader(mem: GuestMemory): PageSpace {
+  return { pageCount: mem.pageCount - 1, page: (p) => mem.page(p + 1) };
+}
+
+/** Rebuilds the memory a guest has after `steps` steps (verification by replay; any size). */
+export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string,
+  disk?: ModelDisk): GuestMemory {
+  const mem = GuestMemory.allocate(pages);
   const g = GuestProgram.boot(mem, workload, seed, tracePath, disk);
   for (let i = 0; i < steps; i++) g.step(() => {});
   return mem;

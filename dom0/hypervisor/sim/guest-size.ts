@@ -1,27 +1,24 @@
 // guest-size: the largest guest memory a simulated domain (or a backup's SimReplica) can
-// have, and the check that refuses larger ones before any memory is mapped. The guest's
-// memory is one native arena that JavaScript reads through a single ArrayBuffer/Uint8Array
-// (sim-domain.ts, sim-replica.ts, the vCPU worker), and a full checkpoint copies it into one
-// Buffer; Node.js 20 caps each of those at 2^32 bytes (buffer.constants.MAX_LENGTH), and the
-// addon's arena refuses longer views (arenaBufferBytesMax). Past the cap the arena used to
-// abort the process (a double free in Node's refusal path) instead of failing; now every
-// size either works or is refused here with a typed error that names the limit. Supporting
-// larger guests needs windowed views of the arena: a separate change.
-import { constants as bufferConstants } from 'node:buffer';
+// have, and the checks that refuse larger ones before any memory is mapped. The guest's
+// memory is one native arena (up to 64 GiB, the addon's mapping limit) that JavaScript sees
+// in 1 GiB windows (dom0/memory/guest-memory.ts): Node.js 20 caps each buffer at 2^32
+// bytes, so no code path holds the whole guest in one buffer. Past the limit — or past what
+// this host's RAM holds, since a simulated guest is resident memory of this process — every
+// size is refused with a typed error that names the limit.
+import * as os from 'node:os';
 import { ErrorCode, RemusError, type ErrorCodeValue } from '../../errors';
+import { GUEST_PAGES_MAX } from '../../memory/guest-memory';
 import { PAGE_SIZE } from '../../memory/page-cache';
 
 /**
- * Largest simulated guest, in bytes: 2^32 (4 GiB, 1,048,576 pages of 4 KiB) on 64-bit
- * Node.js 20, or less where the runtime's largest Buffer is smaller. Sizes up to and
- * including it work; larger ones are refused by checkSimGuestBytes (SimDomain.boot and the
- * SimReplica constructor call it). Check it before creating either, e.g. when parsing an
- * option or accepting a HELLO.
+ * Largest simulated guest, in bytes: 2^36 (64 GiB, 16,777,216 pages of 4 KiB), the arena's
+ * mapping limit (native-xc/src/arena.cc) and GuestMemory's. Sizes up to and including it
+ * work where the host has the RAM; larger ones are refused by checkSimGuestBytes.
  */
-export const SIM_GUEST_BYTES_MAX = Math.min(2 ** 32, bufferConstants.MAX_LENGTH);
+export const SIM_GUEST_BYTES_MAX = GUEST_PAGES_MAX * PAGE_SIZE;
 
 /** Largest simulated guest in 4 KiB pages (SIM_GUEST_BYTES_MAX / PAGE_SIZE). */
-export const SIM_GUEST_PAGES_MAX = Math.floor(SIM_GUEST_BYTES_MAX / PAGE_SIZE);
+export const SIM_GUEST_PAGES_MAX = GUEST_PAGES_MAX;
 
 /** Why a simulated guest cannot have `bytes` of memory, or null when it can (size only). */
 export function simGuestBytesProblem(bytes: number): string | null {
@@ -30,9 +27,8 @@ export function simGuestBytesProblem(bytes: number): string | null {
   }
   if (bytes > SIM_GUEST_BYTES_MAX) {
     return `${bytes} bytes (${fmtSize(bytes)}) of guest memory is more than a simulated guest can have: ` +
-      `at most ${SIM_GUEST_BYTES_MAX} bytes (${fmtSize(SIM_GUEST_BYTES_MAX)}, SIM_GUEST_BYTES_MAX), because its ` +
-      `memory is one ArrayBuffer and Node.js ${process.versions.node} allows at most ` +
-      `${bufferConstants.MAX_LENGTH} bytes per buffer`;
+      `at most ${SIM_GUEST_BYTES_MAX} bytes (${fmtSize(SIM_GUEST_BYTES_MAX)}, SIM_GUEST_BYTES_MAX), the guest ` +
+      'memory arena\'s mapping limit';
   }
   return null;
 }
@@ -45,6 +41,19 @@ export function simGuestBytesProblem(bytes: number): string | null {
 export function checkSimGuestBytes(bytes: number, what: string, code: ErrorCodeValue = ErrorCode.BAD_ARGUMENT): void {
   const problem = simGuestBytesProblem(bytes);
   if (problem) throw new RemusError(code, `${what}: ${problem}`, { bytes, bytesMax: SIM_GUEST_BYTES_MAX });
+}
+
+/**
+ * Throws RemusError(code) when a simulated guest of `bytes` cannot be resident on this host
+ * (more than its RAM): the kernel would kill the process part way through the boot or copy.
+ */
+export function checkSimGuestFitsHost(bytes: number, what: string, code: ErrorCodeValue = ErrorCode.BAD_ARGUMENT): void {
+  checkSimGuestBytes(bytes, what, code);
+  const ram = os.totalmem();
+  if (bytes > ram) {
+    throw new RemusError(code, `${what}: ${fmtSize(bytes)} of guest memory is more than this host's ${fmtSize(ram)} of RAM`,
+      { bytes, hostBytes: ram });
+  }
 }
 
 /** 4 GiB, 4100 MiB, 4194308 KiB: the largest unit that divides bytes exactly. */

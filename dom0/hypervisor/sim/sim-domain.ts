@@ -4,7 +4,7 @@
 // program. Suspend stops the vCPU at a safe point; capture copies the dirty pages and the
 // small device state; outputs (one per guest step) are drained from a shared ring. The same
 // class resumes a replica's memory on a backup after failover. Guest memory is at most
-// SIM_GUEST_BYTES_MAX (guest-size.ts): boot refuses more before mapping anything. destroy()
+// SIM_GUEST_BYTES_MAX and the host's RAM (guest-size.ts): boot refuses more before mapping anything. destroy()
 // waits for the vCPU thread's exit, which is watched from the start: a vCPU that already
 // died (workerError) does not make it wait forever.
 import * as path from 'node:path';
@@ -14,13 +14,14 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Domain } from '../../engine/ports';
 import type { LiveMemory } from '../../engine/precopy';
 import { PAGE_SIZE } from '../../memory/page-cache';
+import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { BlockFile } from '../../disk/block-file';
 import type { BlockGenerations } from '../../disk/block-generations';
 import { BlockGenerations as Generations } from '../../disk/block-generations';
 import { drainJournal, makeJournal, type JournalSink } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
-import { checkSimGuestBytes } from './guest-size';
+import { checkSimGuestFitsHost } from './guest-size';
 import {
   C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
 } from './vcpu-control';
@@ -47,7 +48,7 @@ export class SimDomain implements Domain {
   readonly kind = 'sim' as const;
   readonly name: string;
   readonly pageCount: number;
-  readonly mem: Uint8Array;
+  readonly mem: GuestMemory;
   readonly dirtyMode: string;
   readonly dirtyReason: string;
   private readonly shared: VcpuShared;
@@ -63,9 +64,9 @@ export class SimDomain implements Domain {
   private destroyed = false;
   workerError: Error | null = null;
 
-  /** Boots a fresh guest in a new arena (at most SIM_GUEST_BYTES_MAX: ERR_BAD_ARGUMENT past it). */
+  /** Boots a fresh guest in a new arena (at most SIM_GUEST_BYTES_MAX and the host's RAM: ERR_BAD_ARGUMENT past it). */
   static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions, tracePath?: string): SimDomain {
-    checkSimGuestBytes(memoryBytes, `sim:${o.name}`);
+    checkSimGuestFitsHost(memoryBytes, `sim:${o.name}`);
     const arena = new (loadAddon().Arena)(memoryBytes);
     try {
       const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
@@ -76,7 +77,7 @@ export class SimDomain implements Domain {
           read: (b: number, into: Uint8Array) => file.read(b * PAGE_SIZE, into),
           write: (b: number, from: Uint8Array) => file.write(b * PAGE_SIZE, from),
         } : undefined;
-        GuestProgram.boot(new Uint8Array(arena.buffer), workload, seed, tracePath, disk);
+        GuestProgram.boot(GuestMemory.ofArena(arena), workload, seed, tracePath, disk);
       } finally { file?.close(); }
       return new SimDomain(arena, o); // its dirty tracking may fail too (ERR_OUT_OF_MEMORY)
     } catch (e) { arena.close(); throw e; }
@@ -88,7 +89,7 @@ export class SimDomain implements Domain {
   private constructor(private readonly arena: NativeArena, private readonly o: SimDomainOptions) {
     this.name = o.name;
     this.pageCount = arena.pageCount;
-    this.mem = new Uint8Array(arena.buffer);
+    this.mem = GuestMemory.ofArena(arena);
     this.guestView = GuestProgram.attach(this.mem);
     const t = arena.startDirtyTracking();
     this.dirtyMode = t.mode;
@@ -139,6 +140,11 @@ export class SimDomain implements Domain {
     let count = this.arena.collectDirty(this.dirty);
     let pfns = this.dirty;
     if (full) {
+      // The engine pre-copies a simulated guest (live); a suspended whole copy is one buffer.
+      if (this.pageCount * PAGE_SIZE > loadAddon().arenaBufferBytesMax) {
+        throw new RemusError(ErrorCode.BAD_ARGUMENT, `a whole suspended copy of ${this.name} (${this.pageCount} pages) ` +
+          'does not fit one buffer: guests past 4 GiB are copied live (pre-copy)');
+      }
       pfns = Uint32Array.from({ length: this.pageCount }, (_, i) => i);
       count = this.pageCount;
     }

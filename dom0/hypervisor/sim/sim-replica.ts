@@ -13,11 +13,12 @@ import type { Replica } from '../../engine/ports';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { realClock } from '../../engine/clock';
 import { PAGE_SIZE } from '../../memory/page-cache';
+import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';
 import type { BlockFile } from '../../disk/block-file';
 import { DiskReplicator, diskChecksum } from '../../disk/replicator';
-import { checkSimGuestBytes } from './guest-size';
+import { checkSimGuestFitsHost } from './guest-size';
 import { OutputSink } from './output-sink';
 import { SimDomain, type SimOutput } from './sim-domain';
 
@@ -25,7 +26,7 @@ import { SimDomain, type SimOutput } from './sim-domain';
 export const READ_TRACKING_BLOCKS_MAX = 262_144;
 
 export class SimReplica implements Replica {
-  readonly image: Uint8Array;
+  readonly image: GuestMemory;
   private readonly arena: NativeArena;
   private deviceState: Record<string, unknown> = {};
   domain: SimDomain | null = null;
@@ -37,9 +38,9 @@ export class SimReplica implements Replica {
   constructor(readonly name: string, readonly pageCount: number, readonly disk: BlockFile | null = null, readonly diskContinues = false) {
     let arena: NativeArena | null = null;
     try {
-      checkSimGuestBytes(pageCount * PAGE_SIZE, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
+      checkSimGuestFitsHost(pageCount * PAGE_SIZE, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
       arena = new (loadAddon().Arena)(pageCount * PAGE_SIZE);
-      this.image = new Uint8Array(arena.buffer);
+      this.image = GuestMemory.ofArena(arena);
       this.arena = arena;
     } catch (e) {
       arena?.close();
@@ -73,7 +74,7 @@ export class SimReplica implements Replica {
   get client(): string | null { return typeof this.deviceState.client === 'string' ? this.deviceState.client : null; }
 
   resume(lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> } = { lostDiskRanges: [] }): Record<string, unknown> {
-    const imageCrc32c = loadAddon().crc32c(this.image);
+    const imageCrc32c = this.image.crc32c();
     const disk = this.disk ? { diskCrc32c: diskChecksum(this.disk), diskPath: this.disk.path } : {};
     const client = this.client ? parseHostPort(this.client, 0) : null;
     const sink = this.sink = new OutputSink(client);

@@ -3,6 +3,7 @@
 // the shared ring; between steps it honours suspend requests (vcpu-control.ts).
 import { workerData } from 'node:worker_threads';
 import { loadAddon } from '../../native';
+import { GuestMemory } from '../../memory/guest-memory';
 import { BlockFile } from '../../disk/block-file';
 import { BlockGenerations } from '../../disk/block-generations';
 import { JournaledDisk } from './disk-journal';
@@ -13,7 +14,7 @@ interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; disk: { path: stri
 
 function main(init: VcpuInit): void {
   const arena = new (loadAddon().Arena)(0, init.arenaId);
-  const mem = new Uint8Array(arena.buffer);
+  const mem = GuestMemory.ofArena(arena);
   const { control, ring } = views(init.sab);
   const file = init.disk ? BlockFile.open(init.disk.path) : null;
   const guest = GuestProgram.attach(mem, file ? new JournaledDisk(file, init.disk!.journal, new BlockGenerations(file.sizeBytes, init.disk!.generations)) : undefined);

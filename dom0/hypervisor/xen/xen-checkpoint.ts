@@ -12,6 +12,7 @@
 import * as zlib from 'node:zlib';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Capture } from '../../engine/ports';
+import { GuestMemory } from '../../memory/guest-memory';
 import {
   PAGE_SIZE, REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
 } from './libxc-stream';
@@ -171,9 +172,10 @@ export function decodeSkeleton(s: Uint8Array): { preamble: Buffer | null; record
  * The exact libxc bytes of a checkpoint, from its skeleton and the memory image (pages are
  * copied: the image changes at the next commit while these may still be queued).
  */
-export function rebuildCheckpoint(skeleton: Uint8Array, image: Uint8Array): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
+export function rebuildCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
   const { preamble, records: recs } = decodeSkeleton(skeleton);
-  const pageCount = Math.floor(image.length / PAGE_SIZE);
+  const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+  const pageCount = image.pageCount;
   const parts: Buffer[] = [];
   let bytes = 0, last = -1;
   for (const r of records(recs, true)) {
@@ -185,7 +187,7 @@ export function rebuildCheckpoint(skeleton: Uint8Array, image: Uint8Array): { pr
     for (let i = 0; i < p.count; i++) {
       if (p.dataOffsets[i] < 0) continue;
       if (p.pfns[i] >= pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${pageCount} pages`);
-      out.set(image.subarray(p.pfns[i] * PAGE_SIZE, (p.pfns[i] + 1) * PAGE_SIZE), p.dataOffsets[i]);
+      out.set(image.page(p.pfns[i]), p.dataOffsets[i]);
     }
     parts.push(out);
     bytes += out.length;

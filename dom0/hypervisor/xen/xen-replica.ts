@@ -15,6 +15,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
+import { GuestMemory } from '../../memory/guest-memory';
 import { rebuildCheckpoint } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
@@ -55,7 +56,7 @@ export interface XenReplicaOptions {
 const STDERR_LINES_MAX = 40;
 
 export class XenReplica implements Replica {
-  readonly image: Uint8Array;
+  readonly image: GuestMemory;
   readonly disk: BlockFile | null;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
   private nbdDevice: string | null = null;
@@ -74,7 +75,7 @@ export class XenReplica implements Replica {
       receiver: ['xl', 'migrate-receive', '-r', '-e'], queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_SIZE),
       resumeTimeoutMs: 60_000, log: () => {}, ...opts,
     };
-    this.image = new Uint8Array(pageCount * PAGE_SIZE);
+    this.image = GuestMemory.allocate(pageCount);
     this.disk = opts.disk ?? null;
   }
 

@@ -54,6 +54,11 @@ export class DiskReplicator implements DiskPort, DiskTap {
   private sync: { ready: () => void; cursor: number; copied: number; timer: unknown } | null = null;
   /** Runs copied in this session: until its first ack they may not have arrived. */
   private copiedRuns: Array<[number, number]> = [];
+  /**
+   * Writes of an epoch the backup applies as they arrive (appliedAtOnce): blocks, not data,
+   * and off the unacked bound; invariant: direct !== null ⇔ that epoch is not acknowledged yet.
+   */
+  private direct: { epoch: number; written: ResyncBitmap | null } | null = null;
   private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0 };
   private readonly chunkBytes: number;
   private readonly backlogMax: number;
@@ -89,6 +94,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
 
   acked(epoch: number): void {
     this.copiedRuns = []; // an ack follows every record sent before it: the copy arrived
+    if (this.direct && this.direct.epoch <= epoch) this.direct = null;
     let n = 0;
     while (n < this.unacked.length && this.unacked[n].epoch <= epoch) this.unackedTotal -= this.unacked[n++].costBytes;
     if (n > 0) this.unacked = this.unacked.slice(n);
@@ -104,8 +110,18 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.copySome();
   }
 
+  appliedAtOnce(epoch: number): void {
+    assert(this.link !== null && epoch === this.tag, 'direct writes are of the epoch being tagged');
+    this.direct = { epoch, written: null };
+  }
+
   disconnect(): void {
     for (const u of this.unacked) this.bitmap.markRange(u.offsetBytes, u.lengthBytes);
+    const written = this.direct?.written;
+    for (let run = written?.nextRun(0, 1 << 16); written && run; run = written.nextRun(run.first + run.count, 1 << 16)) {
+      this.bitmap.markRange(run.first * BLOCK_BYTES, run.count * BLOCK_BYTES);
+    }
+    this.direct = null;
     for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
     this.copiedRuns = [];
     this.unacked = [];
@@ -160,10 +176,14 @@ export class DiskReplicator implements DiskPort, DiskTap {
     if (!this.link) { this.bitmap.markRange(offsetBytes, lengthBytes); return; }
     const cost = (data?.length ?? 0) + 64;
     this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));
-    this.unacked.push({ epoch: this.tag, offsetBytes, lengthBytes, costBytes: cost });
-    this.unackedTotal += cost;
     this.counters.forwardedWrites++;
     this.counters.forwardedBytes += lengthBytes;
+    if (this.direct?.epoch === this.tag) {
+      (this.direct.written ??= new ResyncBitmap(this.source.sizeBytes)).markRange(offsetBytes, lengthBytes);
+      return;
+    }
+    this.unacked.push({ epoch: this.tag, offsetBytes, lengthBytes, costBytes: cost });
+    this.unackedTotal += cost;
     if (this.unackedTotal > this.opts.unackedBytesMax) {
       const report = this.overflow;
       report?.(`${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} the backup buffers`);

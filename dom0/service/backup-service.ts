@@ -36,6 +36,8 @@ export interface BackupConfig {
    * comes back as the backup (reprotection): only the blocks that differ are copied.
    */
   reuseDisk?: string;
+  /** Simulated replicas: CRC32C the image at failover, before the guest runs (verification; slower failover). */
+  checksumOnFailover?: boolean;
   log: (line: string) => void;
 }
 
@@ -141,12 +143,12 @@ export class BackupService {
         disk.close();
         throw new RemusError(ErrorCode.HANDSHAKE, `--reuse-disk ${this.cfg.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`);
       }
-      this.replica = new SimReplica(h.domain, h.pageCount, disk, true);
+      this.replica = new SimReplica(h.domain, h.pageCount, disk, true, this.cfg.checksumOnFailover);
       return this.replica;
     }
     if (diskFile) disk = BlockFile.create(diskFile, h.diskBytes);
     try {
-      this.replica = new SimReplica(h.domain, h.pageCount, disk);
+      this.replica = new SimReplica(h.domain, h.pageCount, disk, false, this.cfg.checksumOnFailover);
     } catch (e) {
       disk?.close();
       throw e;

@@ -82,7 +82,8 @@ export class MemLink implements Link {
   private recordCb: (type: number, body: Buffer) => void = () => {};
   private closeCb: (e: Error | null) => void = () => {};
   private closed = false;
-  private gone = false;
+  /** This side's process died (die()): it receives nothing more. */
+  gone = false;
   private lastDelivery = 0;
   private readonly decoder = new RecordDecoder(KNOWN);
   corruptNext = false;
@@ -101,7 +102,12 @@ export class MemLink implements Link {
     this.lastDelivery = at;
     this.backlogBytes += bytes.length;
     this.queuedBytes += bytes.length;
-    this.net.clock.setTimer(at - this.net.clock.now(), () => { this.backlogBytes -= bytes.length; this.peer.receive(bytes); });
+    this.net.clock.setTimer(at - this.net.clock.now(), () => {
+      // A dead peer takes nothing off the wire (TCP: no window, the send queue stops draining).
+      if (this.peer.gone) return;
+      this.backlogBytes -= bytes.length;
+      this.peer.receive(bytes);
+    });
   }
   private receive(bytes: Buffer): void {
     if (this.closed || this.gone) return;
@@ -246,7 +252,8 @@ export class MemReplica implements Replica {
   readonly image: GuestMemory;
   deviceState: Uint8Array | null = null;
   resumed = false;
-  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null) {
+  /** diskContinues: disk is a copy the primary trusts (remusdb backup --reuse-disk). */
+  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null, readonly diskContinues = false) {
     this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
   }
   commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
@@ -263,7 +270,11 @@ export type Fault =
   | { kind: 'none' }
   | { kind: 'crash-primary'; phase: Phase; epoch: number; silent: boolean }
   | { kind: 'crash-backup'; phase: string; epoch: number; silent: boolean; restartAfterMs: number | null }
-  | { kind: 'drop-link'; atMs: number }
+  /**
+   * precopyBatch: drop the link when the first pre-copy has sent that batch instead — with a
+   * disk, at the next data-block write after it, so that write is in flight and lost.
+   */
+  | { kind: 'drop-link'; atMs: number; precopyBatch?: number }
   | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
   | { kind: 'corrupt'; atMs: number; toBackup: boolean }
   | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number }
@@ -285,7 +296,7 @@ export function pickFault(rng: Prng): Fault {
   const epoch = 1 + rng.below(10);
   if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
   if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
-  if (k === 2) return { kind: 'drop-link', atMs: 5 + rng.below(425) };
+  if (k === 2) return { kind: 'drop-link', atMs: 5 + rng.below(425), ...(rng.chance(0.4) ? { precopyBatch: 1 + rng.below(6) } : {}) };
   if (k === 3) return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 5 + rng.below(425), toBackup: rng.chance(0.7) };
   if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
@@ -331,18 +342,50 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   });
   let gate = makeGate();
   let replicator: DiskReplicator | null = null;
+  let precopyBatches = 0, dropArmed = false;
   const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, {
     // The guest's backend: generations around writes, tracked reads (as the sim vCPU does).
     beforeWrite: (block) => replicator?.generations.beginWrite(block * PAGE, PAGE),
-    afterWrite: (block, data, fua) => { replicator?.onWrite(block * PAGE, Buffer.from(data), fua); replicator?.generations.endWrite(block * PAGE, PAGE); },
+    afterWrite: (block, data, fua) => {
+      replicator?.onWrite(block * PAGE, Buffer.from(data), fua);
+      replicator?.generations.endWrite(block * PAGE, PAGE);
+      if (dropArmed && !fua) { dropArmed = false; dropLink(); }
+    },
     afterRead: (block, data) => { if (replicator) replicator.onBlockRead(block, loadAddon().crc32c(data), replicator.generations.get(block)); },
   }) : undefined;
   const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }), guestDisk);
+  // Reprotection's disk (remusdb backup --reuse-disk): one disk that outlives the backup's
+  // replicas and processes, equal to the primary's at the start; the primary then trusts its
+  // resync bitmap alone (what it forwarded but cannot know arrived must be in it).
+  // A link dropped during the pre-copy is aimed at continued disks (the lost writes matter there).
+  const precopyDrop = fault.kind === 'drop-link' && fault.precopyBatch !== undefined;
+  const reuseDisk = guestDisk && (rng.chance(0.4) || precopyDrop) ? new MemDiskTarget(guestDisk.bytes.length) : null;
+  if (guestDisk && reuseDisk) reuseDisk.bytes.set(guestDisk.bytes);
   if (guestDisk) {
     replicator = new DiskReplicator({ sizeBytes: guestDisk.bytes.length, read: (off, into) => into.set(guestDisk.bytes.subarray(off, off + into.length)) },
-      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: false, syncChunkBytes: PAGE * (1 + rng.below(16)), readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0 });
+      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: reuseDisk !== null, syncChunkBytes: PAGE * (1 + rng.below(16)), readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0 });
   }
   const diskCrc = (): number => (guestDisk ? crc(guestDisk.bytes) : 0);
+  if (replicator && guestDisk && reuseDisk) {
+    // The resync bitmap's invariant: when a session continues the backup's disk, every block
+    // where that disk differs from the primary's is in the bitmap (the resync copies it).
+    const r = replicator, connect = r.connect.bind(r);
+    r.connect = (link, nextEpoch, continues, ready, overflow) => {
+      for (let b = 0; continues && b < SIM_DISK_BLOCKS; b++) {
+        const at = b * PAGE, mine = guestDisk.bytes.subarray(at, at + PAGE);
+        if (!r.bitmap.has(b) && Buffer.compare(mine, reuseDisk.bytes.subarray(at, at + PAGE)) !== 0) {
+          violate(`block ${b} differs on the backup's continued disk, but the resync bitmap lacks it`);
+          break;
+        }
+      }
+      connect(link, nextEpoch, continues, ready, overflow);
+    };
+  }
+  // A reset: both ends see the connection break; records in flight are lost.
+  const dropLink = (): void => {
+    const l = currentLinks;
+    if (l) { l[0].end(new Error('reset')); l[1].end(new Error('reset')); l[0].close(); l[1].close(); }
+  };
   const crashPrimary = (silent: boolean): never => {
     primaryDead = true;
     domain.fence();
@@ -352,11 +395,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const primaryOptions = {
     intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
     heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
-    precopy: rng.chance(0.7), precopyRemainingPagesMin: rng.below(4), precopyBacklogBytesMax: 4096 * (1 + rng.below(16)), copySilenceMs: 100 + rng.below(300),
+    precopy: rng.chance(0.7) || precopyDrop, precopyRemainingPagesMin: rng.below(4), precopyBacklogBytesMax: 4096 * (1 + rng.below(16)), copySilenceMs: 100 + rng.below(300),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {
     phase: (phase, epoch) => {
+      if (fault.kind === 'drop-link' && phase === 'precopy-batch' && ++precopyBatches === fault.precopyBatch) {
+        if (guestDisk) dropArmed = true; else dropLink();
+      }
       if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
       if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) { domainFaulted = true; domain.failNext = fault.step; }
     },
@@ -372,7 +418,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
-    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, copySilenceMs: 100 + rng.below(300), replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? new MemDiskTarget(h.diskBytes) : null) }, {
+    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, copySilenceMs: 100 + rng.below(300), replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? reuseDisk ?? new MemDiskTarget(h.diskBytes) : null, reuseDisk !== null) }, {
       commit: (epoch, r) => {
         commits++;
         const snap = snapshots.get(epoch);
@@ -423,9 +469,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
 
   primary.start();
   connect();
-  if (fault.kind === 'drop-link') {
-    clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) { l[0].end(new Error('reset')); l[1].end(new Error('reset')); l[0].close(); l[1].close(); } });
-  }
+  if (fault.kind === 'drop-link' && fault.precopyBatch === undefined) clock.setTimer(fault.atMs, dropLink);
   if (fault.kind === 'delay') {
     clock.setTimer(fault.atMs, () => { net.extraLatency = fault.extraMs; });
     clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });

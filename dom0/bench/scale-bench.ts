@@ -2,7 +2,8 @@
 // `remusdb backup` and a `remusdb protect sim:scale` run as separate processes over the real
 // (TLS) channel on this host, the guest running oltp at 2000 tx/s with 50 ms checkpoints:
 // the initial sync (live pre-copy, then the first stop-and-copy), the sessions it took, the
-// steady pauses, the longest any output was held, and each process's memory beyond the guest.
+// steady pauses, the longest any output was held, each process's memory beyond the guest,
+// and then the failover: SIGKILL of the primary to the backup's guest running.
 // A size the simulated domain cannot hold is a row that says so (its limit, its message).
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -23,6 +24,8 @@ export interface ScaleRow {
   pause_ms_p50: number; pause_ms_p99: number; output_hold_ms_max: number; output_hold_ms_p99: number;
   loop_delay_ms_max_primary: number; loop_delay_ms_max_backup: number;
   primary_rss_over_guest_bytes: number; backup_rss_over_guest_bytes: number;
+  /** SIGKILL of the primary to the backup's 'failover' event (its guest runs). */
+  failover_ms: number;
 }
 
 export interface ScaleOptions { sizes: number[]; seconds: number; intervalMs: number; rate: number; log: (l: string) => void; }
@@ -66,6 +69,9 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
     p = await st('primary');
     const b = await st('backup');
     fill(row, p, b);
+    const killedAt = Date.now();
+    primary.kill('SIGKILL');
+    row.failover_ms = await failoverMs(() => st('backup'), killedAt);
   } catch (e) {
     row.error = (e as Error).message;
   } finally {
@@ -94,11 +100,21 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
 }
 
+/** Milliseconds from killedAt to the backup's failover event (wall clock on both sides). */
+async function failoverMs(status: () => Promise<Record<string, unknown>>, killedAt: number): Promise<number> {
+  for (const end = killedAt + 30_000; Date.now() < end; await sleep(50)) {
+    const b = await status().catch(() => ({} as Record<string, unknown>));
+    const ev = ((b.events ?? []) as Array<Record<string, unknown>>).find((e) => e.name === 'failover');
+    if (b.state === 'failed-over' && ev) return Number(ev.at) - killedAt;
+  }
+  throw new Error('the backup did not fail over within 30 s of the primary\'s SIGKILL');
+}
+
 function emptyRow(bytes: number): ScaleRow {
   return {
     guest_bytes: bytes, error: null, initial_sync_s: NaN, initial_sync_mb_per_s: NaN, final_pause_ms: NaN, sessions: NaN,
     pause_ms_p50: NaN, pause_ms_p99: NaN, output_hold_ms_max: NaN, output_hold_ms_p99: NaN, loop_delay_ms_max_primary: NaN,
-    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN,
+    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN, failover_ms: NaN,
   };
 }
 
@@ -111,13 +127,15 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const mib = (x: number): string => f(x / 2 ** 20);
   const head = `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
-    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB';
+    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB'
+    + '  failover ms';
   return [head, ...rows.map((r) => r.error ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}` :
     `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
     `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
     `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
     `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
-    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}`)].join('\n');
+    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)} ` +
+    `${f(r.failover_ms).padStart(12)}`)].join('\n');
 }
 
 /** Initial sync seconds and final pause per size, as bars (plain SVG). */

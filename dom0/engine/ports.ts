@@ -42,6 +42,12 @@ export interface Domain {
   /** Fencing: the backup took over; stop this copy for good. */
   fence(): void;
   /**
+   * How long the guest was really stopped in the last checkpoint, when the domain knows better
+   * than the span of suspend() to resume(): libxc runs a save's live pre-copy rounds inside
+   * suspend() (Xen), and the guest runs all that time. Absent: the engine measures the span.
+   */
+  readonly pausedMsLast?: number;
+  /**
    * Reads while the guest runs, and a re-arming dirty collect: the engine then pre-copies a
    * session's first checkpoint live (engine/precopy.ts). Absent: it is copied suspended.
    */

@@ -295,7 +295,8 @@ export class Primary {
       },
     ], () => {
       this.checkpointing = false;
-      if (full) this.fullPauseMs = this.clock.now() - t0; else this.pause.add(this.clock.now() - t0);
+      const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
+      if (full) this.fullPauseMs = pausedMs; else this.pause.add(pausedMs);
       this.captured(epoch, full, cap!, info, diskCrc, pc);
       then();
     }, fail);

@@ -100,6 +100,9 @@ export class XenDomain implements Domain {
   private fenced = false;
   private closing = false;
   private suspended = false;
+  /** When the guest was last asked to suspend (performance.now), and the stop that ended at its resume. */
+  private suspendedAt = 0;
+  pausedMsLast = 0;
   private readonly stats = { saves: 0, checkpoints: 0, rawBytesLast: 0, rawBytesTotal: 0, skeletonBytesLast: 0, pagesLast: 0, suspendMsLast: 0 };
 
   private constructor(private readonly x: XenAddon, readonly domid: number, readonly name: string,
@@ -224,7 +227,7 @@ export class XenDomain implements Domain {
 
   private async suspendIn(run: SaveRun, timeoutMs: number): Promise<void> {
     const cb = await this.take(run, 'suspend', timeoutMs);
-    const t0 = performance.now();
+    const t0 = this.suspendedAt = performance.now();
     try {
       await this.x.xenSuspendAsync(this.domid, this.opts.suspendTimeoutMs);
     } catch (e) {
@@ -251,6 +254,7 @@ export class XenDomain implements Domain {
     try {
       this.x.xenResume(this.domid);
       this.suspended = false;
+      this.pausedMsLast = performance.now() - this.suspendedAt;
     } catch (e) {
       cb.done(0);
       throw this.explain(e as Error);

@@ -235,6 +235,54 @@ describe('47 xen stream', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('47.9 a first checkpoint of 64 MiB is fed a record at a time: the commit returns at once, failover waits, the stream ends exact', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
+    const out = path.join(dir, 'stream');
+    const BIG = 16384; // 64 MiB: eight turns of the feed
+    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
+    } };
+    const rx = new XenReplica('vm', BIG, {
+      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${out}.done'`],
+      addon, resumeTimeoutMs: 20000,
+    });
+    const batches: Buffer[] = [];
+    for (let p = 0; p < BIG; p += 1024) batches.push(pageData(Array.from({ length: 1024 }, (_, i) => ({ pfn: p + i }))));
+    const first = [...batches, checkpointRec()];
+    const second = [pageData([{ pfn: 0, round: 1 }, { pfn: BIG - 1, round: 1 }]), checkpointRec()];
+    const c = new CheckpointCollector(BIG);
+    c.startSave(Buffer.from('PRE'));
+    const cks = collect(c, split(Buffer.concat([...first, ...second]), 1 << 20, 1, false).recs);
+    assert.equal(cks.length, 2);
+    const feedBytes = (): number => (rx as unknown as { feedBytes: number }).feedBytes;
+    for (const ck of cks) {
+      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+      assert.ok(feedBytes() > 32 * 2 ** 20, `the commit returned with ${feedBytes()} octets still to write (not written at once)`);
+    }
+    await rx.resume();
+    assert.equal(feedBytes(), 0, 'failover waited until every committed checkpoint was written');
+    for (let i = 0; i < 200 && !fs.existsSync(`${out}.done`); i++) await new Promise((r) => setTimeout(r, 25));
+    // Replay the receiver's stream: every page's last content is the image's.
+    const stream = fs.readFileSync(out);
+    assert.ok(stream.subarray(0, 3).equals(Buffer.from('PRE')));
+    const last = new Map<number, Buffer>();
+    const firstBytes = first.reduce((n, b) => n + b.length, 0), secondBytes = second.reduce((n, b) => n + b.length, 0);
+    assert.equal(stream.length, 3 + firstBytes + 8 + secondBytes + 8, 'each checkpoint once, with libxl\'s CHECKPOINT_END');
+    const recs = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)]
+      .flatMap((part) => split(part, 1 << 20, 1, false).recs);
+    for (const r of recs) {
+      if (r.type !== REC.PAGE_DATA) continue;
+      const d = parsePageData(r.bytes, false);
+      for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) last.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_SIZE));
+    }
+    assert.equal(last.size, BIG);
+    for (const p of [0, 1, BIG / 2, BIG - 2, BIG - 1]) assert.ok(last.get(p)!.equals(Buffer.from(rx.image.page(p))), `page ${p}`);
+    assert.equal(last.get(BIG - 1)!.readUInt32LE(4), 1, 'the later checkpoint\'s content');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   describe('47.8 the domain drives a (scripted) save loop', () => {
     let addon: Partial<XenAddon> = {};
     before(function () {

@@ -5,8 +5,9 @@
 // stream's preamble (xl/libxl headers, libxc headers) in a session's first checkpoint. A
 // pfn sent twice in one checkpoint (the live pre-copy rounds of the first) keeps only its
 // last entry, so the rebuilt stream carries each page once, with its final type and content.
-// On the backup, rebuildCheckpoint turns a skeleton and the committed memory image back into
-// the libxc bytes. Skeleton format (little-endian): "XSK1", u32 flags (1: preamble present,
+// On the backup, planCheckpoint turns a skeleton and the committed memory image back into
+// the libxc bytes, a record at a time (the backup writes them out without a second copy of
+// the guest and without stalling its event loop). Skeleton format (little-endian): "XSK1", u32 flags (1: preamble present,
 // 2: body deflated), u32 body length before deflate, body = [u32 preamble length, preamble]
 // then the stripped records.
 import * as zlib from 'node:zlib';
@@ -168,29 +169,50 @@ export function decodeSkeleton(s: Uint8Array): { preamble: Buffer | null; record
   return { preamble: raw.subarray(4, 4 + n), records: raw.subarray(4 + n) };
 }
 
-/**
- * The exact libxc bytes of a checkpoint, from its skeleton and the memory image (pages are
- * copied: the image changes at the next commit while these may still be queued).
- */
-export function rebuildCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
+/** A checkpoint checked against the image, ready to be written out record by record. */
+export interface CheckpointPlan {
+  preamble: Buffer | null;
+  /** Octets parts() yields. */
+  bytes: number;
+  endsWithCheckpoint: boolean;
+  /**
+   * The libxc records in order, PAGE_DATA filled from the image as each is yielded (one
+   * record, at most libxc's batch of pages, at a time). Read later, the image may already
+   * hold a later checkpoint's pages: the stream still ends exact as long as every later
+   * checkpoint follows it in order (each rewrites the pages it changed).
+   */
+  parts(): Generator<Buffer>;
+}
+
+/** Checks a skeleton against the image (every pfn inside it) and sizes its records; copies nothing. */
+export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): CheckpointPlan {
   const { preamble, records: recs } = decodeSkeleton(skeleton);
   const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
-  const pageCount = image.pageCount;
-  const parts: Buffer[] = [];
+  const list: Array<{ r: Buffer; p: ReturnType<typeof parsePageData> | null }> = [];
   let bytes = 0, last = -1;
   for (const r of records(recs, true)) {
     last = r.readUInt32LE(0);
-    if (last !== REC.PAGE_DATA) { parts.push(r); bytes += r.length; continue; }
-    const p = parsePageData(r, true);
-    const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_SIZE);
-    r.copy(out, 0);
-    for (let i = 0; i < p.count; i++) {
-      if (p.dataOffsets[i] < 0) continue;
-      if (p.pfns[i] >= pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${pageCount} pages`);
-      out.set(image.page(p.pfns[i]), p.dataOffsets[i]);
+    const p = last === REC.PAGE_DATA ? parsePageData(r, true) : null;
+    for (let i = 0; p && i < p.count; i++) {
+      if (p.dataOffsets[i] >= 0 && p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
     }
-    parts.push(out);
-    bytes += out.length;
+    list.push({ r, p });
+    bytes += r.length + (p ? p.dataPages * PAGE_SIZE : 0);
   }
-  return { preamble, parts, bytes, endsWithCheckpoint: last === REC.CHECKPOINT };
+  function* parts(): Generator<Buffer> {
+    for (const { r, p } of list) {
+      if (!p) { yield r; continue; }
+      const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_SIZE);
+      r.copy(out, 0);
+      for (let i = 0; i < p.count; i++) if (p.dataOffsets[i] >= 0) out.set(image.page(p.pfns[i]), p.dataOffsets[i]);
+      yield out;
+    }
+  }
+  return { preamble, bytes, endsWithCheckpoint: last === REC.CHECKPOINT, parts };
+}
+
+/** The exact libxc bytes of a checkpoint, from its skeleton and the memory image, all at once (tests). */
+export function rebuildCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
+  const plan = planCheckpoint(skeleton, memory);
+  return { preamble: plan.preamble, parts: [...plan.parts()], bytes: plan.bytes, endsWithCheckpoint: plan.endsWithCheckpoint };
 }

@@ -2,8 +2,11 @@
 // image (the whole guest memory in this process: pageCount × 4 KiB, on top of the memory of
 // the backup domain that xl builds) and, at each commit, rebuilds the checkpoint's exact
 // libxc bytes (skeleton + image pages, xen-checkpoint.ts), adds libxl's CHECKPOINT_END and
-// writes the whole checkpoint to the stdin of a stock `xl migrate-receive -r -e`, which
-// buffers each checkpoint and applies it when it is complete. Failover (resume) = write what
+// writes the checkpoint to the stdin of a stock `xl migrate-receive -r -e`, which buffers
+// each checkpoint and applies it when it is complete. Checkpoints are written a record at a
+// time while the receiver keeps up (at most FEED_HIGH_BYTES queued in the pipe, at most
+// FEED_TURN_BYTES per event-loop turn): a first checkpoint of many GiB neither stalls the
+// backup nor makes a second copy of the guest; failover waits until all are written. Failover (resume) = write what
 // is committed, close the stream: xl restores the last complete checkpoint, renames
 // "<name>--incoming" to "<name>" (when that name is free) and unpauses it. A new session
 // (its first checkpoint carries a fresh preamble) replaces the receiver and its
@@ -16,7 +19,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
 import { GuestMemory } from '../../memory/guest-memory';
-import { rebuildCheckpoint } from './xen-checkpoint';
+import { planCheckpoint } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
@@ -54,6 +57,10 @@ export interface XenReplicaOptions {
 }
 
 const STDERR_LINES_MAX = 40;
+/** Octets queued in the receiver's pipe before the feed waits for it to drain. */
+const FEED_HIGH_BYTES = 16 * 2 ** 20;
+/** Octets the feed writes per event-loop turn (then it yields to the engine's records). */
+const FEED_TURN_BYTES = 8 * 2 ** 20;
 
 export class XenReplica implements Replica {
   readonly image: GuestMemory;
@@ -65,6 +72,11 @@ export class XenReplica implements Replica {
   private rxExit: string | null = null;
   private rxErr: string[] = [];
   private checkpoints = 0;
+  /** Committed checkpoints not yet written to the receiver, oldest first, and their octets. */
+  private feed: Array<Iterator<Buffer>> = [];
+  private feedBytes = 0;
+  private pumping = false;
+  private feedWaiters: Array<() => void> = [];
   private domid: number | null = null;
   private resumed = false;
   private readonly opts: XenReplicaOptions;
@@ -80,19 +92,26 @@ export class XenReplica implements Replica {
   }
 
   commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
-    const { preamble: original, parts, bytes, endsWithCheckpoint } = rebuildCheckpoint(state, this.image);
+    const plan = planCheckpoint(state, this.image);
+    const { preamble: original, bytes, endsWithCheckpoint } = plan;
     const preamble = original && this.disk ? this.retarget(original) : original;
     if (!endsWithCheckpoint) throw new RemusError(ErrorCode.XEN, 'a Xen checkpoint must end with libxc\'s CHECKPOINT record');
     if (preamble) this.newReceiver();
     else if (this.checkpoints === 0) throw new RemusError(ErrorCode.XEN, 'the first Xen checkpoint of a session carries no stream preamble');
     const rx = this.live();
     const total = bytes + (preamble?.length ?? 0) + 8;
-    if (rx.stdin!.writableLength + total > this.opts.queueBytesMax) {
-      throw new RemusError(ErrorCode.XEN, `xl migrate-receive is ${rx.stdin!.writableLength} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`);
+    const behind = rx.stdin!.writableLength + this.feedBytes;
+    if (behind + total > this.opts.queueBytesMax) {
+      throw new RemusError(ErrorCode.XEN, `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`);
     }
-    if (preamble) rx.stdin!.write(preamble);
-    for (const p of parts) rx.stdin!.write(p);
-    rx.stdin!.write(libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END));
+    const records = plan.parts();
+    this.feed.push((function* (): Generator<Buffer> {
+      if (preamble) yield preamble;
+      yield* records;
+      yield libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END);
+    })());
+    this.feedBytes += total;
+    this.pump(rx);
     this.checkpoints++;
     this.backupDomid();
     this.stats.checkpointsWritten++;
@@ -106,6 +125,7 @@ export class XenReplica implements Replica {
     if (this.checkpoints === 0) throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
     const t0 = Date.now(), deadline = t0 + this.opts.resumeTimeoutMs;
     await this.exposeDisk();
+    await this.fed(rx);
     const diskMs = Date.now() - t0;
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new RemusError(ErrorCode.XEN, `xl migrate-receive did not take the last checkpoint within ${this.opts.resumeTimeoutMs} ms`)), this.opts.resumeTimeoutMs);
@@ -155,10 +175,48 @@ export class XenReplica implements Replica {
     this.opts.log(`xen: replica disk ${this.disk.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
   }
 
+  // ---- the feed: committed checkpoints, written as the receiver takes them ------------
+
+  /** Writes queued checkpoints while the pipe has room, a bounded amount per turn. */
+  private pump(rx: ChildProcess): void {
+    if (this.pumping || this.rx !== rx) return;
+    const stdin = rx.stdin!;
+    for (let budget = FEED_TURN_BYTES; this.feed.length > 0;) {
+      if (stdin.writableLength >= FEED_HIGH_BYTES) { this.wait(rx, () => stdin.once('drain', () => this.resumePump(rx))); return; }
+      if (budget <= 0) { this.wait(rx, () => setImmediate(() => this.resumePump(rx))); return; }
+      const next = this.feed[0].next();
+      if (next.done) { this.feed.shift(); continue; }
+      stdin.write(next.value);
+      this.feedBytes -= next.value.length;
+      budget -= next.value.length;
+    }
+    for (const done of this.feedWaiters.splice(0)) done();
+  }
+
+  private wait(rx: ChildProcess, later: () => void): void {
+    this.pumping = true;
+    if (this.rx === rx && !this.rxExit) later();
+  }
+
+  private resumePump(rx: ChildProcess): void {
+    this.pumping = false;
+    this.pump(rx);
+  }
+
+  /** Resolves once every committed checkpoint is written to rx (or rx is gone). */
+  private fed(rx: ChildProcess): Promise<void> {
+    if (this.feed.length === 0 || this.rx !== rx || this.rxExit) return Promise.resolve();
+    return new Promise((resolve) => this.feedWaiters.push(resolve));
+  }
+
   // ---- the receiver ------------------------------------------------------------------
 
   private newReceiver(): void {
     this.dropReceiver();
+    this.feed = []; // checkpoints of the old receiver's stream
+    this.feedBytes = 0;
+    this.pumping = false;
+    for (const done of this.feedWaiters.splice(0)) done();
     const [cmd, ...args] = this.opts.receiver;
     const rx = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     this.rx = rx;
@@ -189,7 +247,11 @@ export class XenReplica implements Replica {
     });
     rx.stdin!.on('error', () => { /* EPIPE: reported by the exit */ });
     rx.on('error', (e) => { if (this.rx === rx) this.rxExit = `could not start (${e.message})`; });
-    rx.on('exit', (code, sig) => { if (this.rx === rx) this.rxExit = this.rxExit ?? `exited (${sig ?? `code ${code}`})`; });
+    rx.on('exit', (code, sig) => {
+      if (this.rx !== rx) return;
+      this.rxExit = this.rxExit ?? `exited (${sig ?? `code ${code}`})`;
+      for (const done of this.feedWaiters.splice(0)) done(); // resume() reports the exit
+    });
   }
 
   private live(): ChildProcess {

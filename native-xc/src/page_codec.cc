@@ -261,7 +261,9 @@ const char* DecodePayload(int enc, const uint8_t* p, size_t len, const uint8_t* 
       std::memcpy(dst, p, kPageSize);
       return nullptr;
     case kZero:
-      std::memset(dst, 0, kPageSize);
+      // A page of fresh guest memory (a first copy) is zero already: reading it maps the
+      // kernel's zero page, writing it would allocate and clear a page for nothing.
+      if (!IsZeroPage(dst)) std::memset(dst, 0, kPageSize);
       return nullptr;
     case kUnchanged:
       if (dst != base) std::memcpy(dst, base, kPageSize);

@@ -2,6 +2,9 @@
 // the TypeScript reference must emit identical bytes; both decoders must rebuild the page;
 // malformed records are typed errors that write nothing.
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import { loadAddon } from '../dom0/native';
+import { GuestMemory } from '../dom0/memory/guest-memory';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../dom0/memory/page-codec';
 import { Encoding, RECORD_HEADER_SIZE, type Compressor } from '../dom0/memory/encodings';
 import { xorRleEncode } from '../dom0/memory/codec-ref';
@@ -149,6 +152,24 @@ describe('11 codec', () => {
       assert.ok(Buffer.from(staged).equals(Buffer.from(pages)));
     }
     enc.close();
+  });
+
+  it('11.10 ZERO clears a written page, and leaves fresh guest memory unallocated', () => {
+    const pages = 16384; // 64 MiB
+    const arena = new (loadAddon().Arena)(pages * PAGE);
+    try {
+      const image = GuestMemory.ofArena(arena);
+      image.page(7).fill(0x5a);
+      const zero = Buffer.alloc(RECORD_HEADER_SIZE);
+      zero[8] = Encoding.ZERO;
+      const batch = Buffer.concat(Array.from({ length: pages }, (_, p) => { const r = Buffer.from(zero); r.writeBigUInt64LE(BigInt(p)); return r; }));
+      const rss = (): number => Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
+      const before = rss();
+      assert.equal(new PageDecoder('native').applyInPlace(batch, image), pages);
+      const grew = rss() - before;
+      assert.ok(image.page(7).every((b) => b === 0), 'the written page is zero now');
+      assert.ok(grew < 8 * 2 ** 20, `decoding ZERO into fresh memory made ${grew} bytes resident (64 MiB if every page were written)`);
+    } finally { arena.close(); }
   });
 
   describe('11.9 malformed records are typed errors that write nothing', () => {

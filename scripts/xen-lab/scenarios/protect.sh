@@ -68,7 +68,7 @@ FULLP=$(field primary fullPauseMs < /tmp/status-primary.json)
 CK=$(field primary checkpoints < /tmp/status-primary.json); WIRE=$(field primary wireBytes < /tmp/status-primary.json)
 RAWLAST=$(field primary guest.rawBytesLast < /tmp/status-primary.json); RAWTOT=$(field primary guest.rawBytesTotal < /tmp/status-primary.json)
 DIRTY=$(field primary dirtyPagesLast < /tmp/status-primary.json)
-lab_log "pause p50 ${P50} ms p99 ${P99} ms (first, with live pre-copy: ${FULLP} ms); $CK checkpoints; wire $WIRE B; raw libxc $RAWTOT B (last $RAWLAST B, $DIRTY pages)"
+lab_log "pause p50 ${P50} ms p99 ${P99} ms (first: ${FULLP} ms suspended, after libxc's live rounds); $CK checkpoints; wire $WIRE B; raw libxc $RAWTOT B (last $RAWLAST B, $DIRTY pages)"
 
 # 3. Crash the primary: the backup must take over from its last committed checkpoint.
 last_acked=$(status | field primary ackedEpoch)

@@ -235,7 +235,7 @@ describe('47 xen stream', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('47.9 a first checkpoint of 64 MiB is fed a record at a time: the commit returns at once, failover waits, the stream ends exact', async () => {
+  it('47.9 a first checkpoint of 64 MiB is fed a record at a time: the commit returns at once, a later commit does not change it, failover waits', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
     const out = path.join(dir, 'stream');
     const BIG = 16384; // 64 MiB: eight turns of the feed
@@ -257,6 +257,8 @@ describe('47 xen stream', () => {
     assert.equal(cks.length, 2);
     const feedBytes = (): number => (rx as unknown as { feedBytes: number }).feedBytes;
     for (const ck of cks) {
+      const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
+      if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
       for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
       assert.ok(feedBytes() > 32 * 2 ** 20, `the commit returned with ${feedBytes()} octets still to write (not written at once)`);
@@ -264,22 +266,27 @@ describe('47 xen stream', () => {
     await rx.resume();
     assert.equal(feedBytes(), 0, 'failover waited until every committed checkpoint was written');
     for (let i = 0; i < 200 && !fs.existsSync(`${out}.done`); i++) await new Promise((r) => setTimeout(r, 25));
-    // Replay the receiver's stream: every page's last content is the image's.
     const stream = fs.readFileSync(out);
     assert.ok(stream.subarray(0, 3).equals(Buffer.from('PRE')));
-    const last = new Map<number, Buffer>();
     const firstBytes = first.reduce((n, b) => n + b.length, 0), secondBytes = second.reduce((n, b) => n + b.length, 0);
     assert.equal(stream.length, 3 + firstBytes + 8 + secondBytes + 8, 'each checkpoint once, with libxl\'s CHECKPOINT_END');
-    const recs = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)]
-      .flatMap((part) => split(part, 1 << 20, 1, false).recs);
-    for (const r of recs) {
-      if (r.type !== REC.PAGE_DATA) continue;
-      const d = parsePageData(r.bytes, false);
-      for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) last.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_SIZE));
-    }
-    assert.equal(last.size, BIG);
-    for (const p of [0, 1, BIG / 2, BIG - 2, BIG - 1]) assert.ok(last.get(p)!.equals(Buffer.from(rx.image.page(p))), `page ${p}`);
-    assert.equal(last.get(BIG - 1)!.readUInt32LE(4), 1, 'the later checkpoint\'s content');
+    // Each checkpoint carries its own pages: the first, written while the second was committed,
+    // still has round 0 of the page the second changed (libxc checks page tables per checkpoint).
+    const parts = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)];
+    const pagesOf = (part: Buffer): Map<number, Buffer> => {
+      const m = new Map<number, Buffer>();
+      for (const r of split(part, 1 << 20, 1, false).recs) {
+        if (r.type !== REC.PAGE_DATA) continue;
+        const d = parsePageData(r.bytes, false);
+        for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_SIZE));
+      }
+      return m;
+    };
+    const [one, two] = parts.map(pagesOf);
+    assert.equal(one.size, BIG);
+    assert.deepEqual([...two.keys()].sort((x, y) => x - y), [0, BIG - 1]);
+    for (const p of [0, 1, BIG / 2, BIG - 1]) assert.ok(one.get(p)!.equals(page(p, 0)), `checkpoint 1, page ${p}: its own content`);
+    for (const p of [0, BIG - 1]) assert.ok(two.get(p)!.equals(page(p, 1)) && two.get(p)!.equals(Buffer.from(rx.image.page(p))), `checkpoint 2, page ${p}`);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 

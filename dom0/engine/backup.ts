@@ -399,6 +399,7 @@ export class Backup {
       const staging = held.staging, image = held.replica.image;
       const refs = staging.refs;
       const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
+      if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
       const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
       if (refPages) {
         refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));

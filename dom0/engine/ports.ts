@@ -110,6 +110,12 @@ export interface Replica {
    */
   commitDeviceState(state: Uint8Array, changedPfns: Uint32Array): void;
   /**
+   * The engine is about to write these pages of the image (the next commit's). A replica that
+   * still reads earlier committed checkpoints from the image (Xen: written out to xl a
+   * record at a time) keeps their old contents first.
+   */
+  beforeImageWrite?(pfns: readonly number[]): void;
+  /**
    * Starts the domain from the committed image and device state (failover). lostDiskRanges:
    * the writes the backup held for unfinished epochs and discarded — the old primary's disk
    * has them, so reprotection copies those blocks back (SecondSite's rule).

@@ -60,6 +60,9 @@ export class Staging {
     }
   }
 
+  /** The pfns of this checkpoint so far (pages and references), each once; valid until applyTo/clear. */
+  get pfns(): readonly number[] { return this.touched; }
+
   /** Distinct pfns of this checkpoint so far (pages and references). */
   get distinctPages(): number { return this.touched.length; }
 

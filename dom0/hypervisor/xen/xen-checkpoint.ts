@@ -176,25 +176,32 @@ export interface CheckpointPlan {
   bytes: number;
   endsWithCheckpoint: boolean;
   /**
-   * The libxc records in order, PAGE_DATA filled from the image as each is yielded (one
-   * record, at most libxc's batch of pages, at a time). Read later, the image may already
-   * hold a later checkpoint's pages: the stream still ends exact as long as every later
-   * checkpoint follows it in order (each rewrites the pages it changed).
+   * The libxc records in order, PAGE_DATA filled as each is yielded (one record, at most
+   * libxc's batch of pages, at a time) from the image — or from the copy preserve() kept of
+   * a page the image has changed since: a PV page table must reach libxc with the content
+   * (and type) of its own checkpoint.
    */
   parts(): Generator<Buffer>;
+  /** The image is about to change these pages: keep the ones this plan has yet to write. */
+  preserve(pfns: readonly number[]): void;
 }
 
-/** Checks a skeleton against the image (every pfn inside it) and sizes its records; copies nothing. */
+/** Checks a skeleton against the image (every pfn inside it) and sizes its records; copies no page. */
 export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): CheckpointPlan {
   const { preamble, records: recs } = decodeSkeleton(skeleton);
   const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
   const list: Array<{ r: Buffer; p: ReturnType<typeof parsePageData> | null }> = [];
-  let bytes = 0, last = -1;
+  let bytes = 0, last = -1, dataPages = 0;
+  for (const r of records(recs, true)) if (r.readUInt32LE(0) === REC.PAGE_DATA) dataPages += parsePageData(r, true).dataPages;
+  const unwritten = pfnSet(dataPages, image.pageCount); // pages parts() has yet to write
+  const kept = new Map<number, Buffer>(); // their old contents, where the image changed since
   for (const r of records(recs, true)) {
     last = r.readUInt32LE(0);
     const p = last === REC.PAGE_DATA ? parsePageData(r, true) : null;
     for (let i = 0; p && i < p.count; i++) {
-      if (p.dataOffsets[i] >= 0 && p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
+      if (p.dataOffsets[i] < 0) continue;
+      if (p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
+      unwritten.add(p.pfns[i]);
     }
     list.push({ r, p });
     bytes += r.length + (p ? p.dataPages * PAGE_SIZE : 0);
@@ -204,11 +211,26 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
       if (!p) { yield r; continue; }
       const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_SIZE);
       r.copy(out, 0);
-      for (let i = 0; i < p.count; i++) if (p.dataOffsets[i] >= 0) out.set(image.page(p.pfns[i]), p.dataOffsets[i]);
+      for (let i = 0; i < p.count; i++) {
+        if (p.dataOffsets[i] < 0) continue;
+        out.set(kept.get(p.pfns[i]) ?? image.page(p.pfns[i]), p.dataOffsets[i]);
+        unwritten.delete(p.pfns[i]);
+        kept.delete(p.pfns[i]);
+      }
       yield out;
     }
   }
-  return { preamble, bytes, endsWithCheckpoint: last === REC.CHECKPOINT, parts };
+  const preserve = (pfns: readonly number[]): void => {
+    for (const pfn of pfns) if (unwritten.has(pfn) && !kept.has(pfn)) kept.set(pfn, Buffer.from(image.page(pfn)));
+  };
+  return { preamble, bytes, endsWithCheckpoint: last === REC.CHECKPOINT, parts, preserve };
+}
+
+/** A set of pfns: a Set for a few, a byte per page of the guest for many (a first checkpoint). */
+function pfnSet(expected: number, pageCount: number): { add(p: number): void; has(p: number): boolean; delete(p: number): void } {
+  if (expected <= 65536) return new Set<number>();
+  const bits = new Uint8Array(pageCount);
+  return { add: (p) => { bits[p] = 1; }, has: (p) => bits[p] === 1, delete: (p) => { bits[p] = 0; } };
 }
 
 /** The exact libxc bytes of a checkpoint, from its skeleton and the memory image, all at once (tests). */

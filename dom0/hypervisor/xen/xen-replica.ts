@@ -6,7 +6,10 @@
 // each checkpoint and applies it when it is complete. Checkpoints are written a record at a
 // time while the receiver keeps up (at most FEED_HIGH_BYTES queued in the pipe, at most
 // FEED_TURN_BYTES per event-loop turn): a first checkpoint of many GiB neither stalls the
-// backup nor makes a second copy of the guest; failover waits until all are written. Failover (resume) = write what
+// backup nor makes a second copy of the guest; failover waits until all are written. Pages
+// are read from the image as they go out; before a later commit rewrites one that an
+// unwritten checkpoint still needs, that checkpoint keeps a copy (beforeImageWrite): libxc
+// checks PV page tables against their checkpoint's types, so content must not run ahead. Failover (resume) = write what
 // is committed, close the stream: xl restores the last complete checkpoint, renames
 // "<name>--incoming" to "<name>" (when that name is free) and unpauses it. A new session
 // (its first checkpoint carries a fresh preamble) replaces the receiver and its
@@ -19,7 +22,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Replica } from '../../engine/ports';
 import { GuestMemory } from '../../memory/guest-memory';
-import { planCheckpoint } from './xen-checkpoint';
+import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
@@ -73,7 +76,7 @@ export class XenReplica implements Replica {
   private rxErr: string[] = [];
   private checkpoints = 0;
   /** Committed checkpoints not yet written to the receiver, oldest first, and their octets. */
-  private feed: Array<Iterator<Buffer>> = [];
+  private feed: Array<{ plan: CheckpointPlan; records: Iterator<Buffer> }> = [];
   private feedBytes = 0;
   private pumping = false;
   private feedWaiters: Array<() => void> = [];
@@ -104,12 +107,12 @@ export class XenReplica implements Replica {
     if (behind + total > this.opts.queueBytesMax) {
       throw new RemusError(ErrorCode.XEN, `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`);
     }
-    const records = plan.parts();
-    this.feed.push((function* (): Generator<Buffer> {
+    const parts = plan.parts();
+    this.feed.push({ plan, records: (function* (): Generator<Buffer> {
       if (preamble) yield preamble;
-      yield* records;
+      yield* parts;
       yield libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END);
-    })());
+    })() });
     this.feedBytes += total;
     this.pump(rx);
     this.checkpoints++;
@@ -177,6 +180,11 @@ export class XenReplica implements Replica {
 
   // ---- the feed: committed checkpoints, written as the receiver takes them ------------
 
+  /** The next commit rewrites these pages: checkpoints not yet written keep their contents. */
+  beforeImageWrite(pfns: readonly number[]): void {
+    for (const f of this.feed) f.plan.preserve(pfns);
+  }
+
   /** Writes queued checkpoints while the pipe has room, a bounded amount per turn. */
   private pump(rx: ChildProcess): void {
     if (this.pumping || this.rx !== rx) return;
@@ -184,7 +192,7 @@ export class XenReplica implements Replica {
     for (let budget = FEED_TURN_BYTES; this.feed.length > 0;) {
       if (stdin.writableLength >= FEED_HIGH_BYTES) { this.wait(rx, () => stdin.once('drain', () => this.resumePump(rx))); return; }
       if (budget <= 0) { this.wait(rx, () => setImmediate(() => this.resumePump(rx))); return; }
-      const next = this.feed[0].next();
+      const next = this.feed[0].records.next();
       if (next.done) { this.feed.shift(); continue; }
       stdin.write(next.value);
       this.feedBytes -= next.value.length;

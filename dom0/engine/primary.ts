@@ -298,6 +298,7 @@ export class Primary {
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
       if (barrierPlaced) this.epoch = Math.max(this.epoch, epoch);
+      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, cap.pages); // memory as captured, whatever became of it
       if (suspended) this.resumeAfterFailure();
       this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
       if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`, true);
@@ -364,6 +365,8 @@ export class Primary {
 
   private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture, info: Record<string, unknown>,
     diskCrc: number | null, pc: Precopy | null): void {
+    // The table follows every capture in order, sent or not: its digests are memory's at the last one.
+    this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
     if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
       // The session ended while this checkpoint ran (or a new one began: an asynchronous
       // domain): nobody will acknowledge this epoch; its outputs go with a later ack, and its
@@ -373,7 +376,6 @@ export class Primary {
     }
     this.epoch = epoch;
     this.needFull = false;
-    this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
     let memDigests: Uint32Array | null = null;
     if (cont) {
       this.continuing = false;

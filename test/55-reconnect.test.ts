@@ -9,59 +9,12 @@
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { controlRequest } from '../dom0/service/control';
 import { MemModelDisk, replayGuest, type Workload } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
-import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './support/helpers';
-
-/** A TCP relay to target whose link can be cut: the client side reset, the target side left open and unread. */
-export class CuttableProxy {
-  private server: net.Server | null = null;
-  private refusing = false;
-  private readonly pairs: Array<{ client: net.Socket; up: net.Socket; cut: boolean }> = [];
-  port = 0;
-
-  constructor(private readonly targetPort: number) {}
-
-  async listen(): Promise<void> {
-    this.server = net.createServer((client) => this.relay(client));
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
-    this.port = (this.server.address() as net.AddressInfo).port;
-  }
-
-  private relay(client: net.Socket): void {
-    client.on('error', () => {});
-    if (this.refusing) { client.destroy(); return; }
-    const up = net.connect(this.targetPort, '127.0.0.1');
-    up.on('error', () => {});
-    const pair = { client, up, cut: false };
-    this.pairs.push(pair);
-    client.pipe(up, { end: false });
-    up.pipe(client, { end: false });
-    client.on('close', () => { if (!pair.cut) up.destroy(); });
-    up.on('close', () => client.destroy());
-  }
-
-  /** For ms: every client connection is reset, new ones too; the target's connections stay open, unread. */
-  async cut(ms: number): Promise<void> {
-    this.refusing = true;
-    for (const p of this.pairs) {
-      p.cut = true;
-      p.up.unpipe(p.client);
-      p.up.pause();
-      p.client.destroy();
-    }
-    await sleep(ms);
-    this.refusing = false;
-  }
-
-  close(): void {
-    for (const p of this.pairs) { p.client.destroy(); p.up.destroy(); }
-    this.server?.close();
-  }
-}
+import { CuttableProxy } from '../dom0/util/cuttable-proxy';
+import { freePort, remusdbStarter, runCli, tmpDir, until } from './support/helpers';
 
 describe('55 reconnect without a full copy', function () {
   this.timeout(180_000);

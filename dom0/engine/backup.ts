@@ -194,7 +194,9 @@ export class Backup {
     this.challenger = null;
     const s = this.session;
     const lineage = s?.phase === 'open' ? s.hello!.lineage : null;
-    if (lineage === null || type !== Rec.HELLO || this.helloLineage(body, s!.hello!) !== lineage) return this.refuseChallenger(link, 'this backup already serves a primary');
+    if (lineage === null || type !== Rec.HELLO || this.helloLineage(body, s!.hello!) !== lineage) {
+      return this.refuseChallenger(link, 'this backup already serves a primary');
+    }
     this.counters.replacedSessions++;
     this.hooks.event?.('session-replaced', { domain: s!.hello!.domain, committed: this.committed });
     this.endSession(s!); // not a failover: the primary of that session is on the new connection
@@ -354,9 +356,11 @@ export class Backup {
     s.continuing = cont.epoch;
     this.counters.sessions++;
     if (cont.epoch !== null) this.counters.continuedSessions++;
-    this.lastSessionStart = cont.epoch !== null ? { kind: 'continued', reason: cont.reason, keptEpoch: cont.epoch } : { kind: 'full', reason: cont.reason };
+    this.lastSessionStart = cont.epoch !== null ? { kind: 'continued', reason: cont.reason, keptEpoch: cont.epoch }
+      : { kind: 'full', reason: cont.reason };
     this.send(s, Rec.HELLO_ACK, jsonBody({
-      accepted: true, backup: 'remusdb', diskContinues, continues: cont.epoch !== null, reason: cont.reason, ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
+      accepted: true, backup: 'remusdb', diskContinues, continues: cont.epoch !== null, reason: cont.reason,
+      ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
     }));
     this.arm(s);
     this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId, ...this.lastSessionStart });
@@ -370,11 +374,12 @@ export class Backup {
    */
   private continuation(h: HelloInfo): { epoch: number | null; reason: string } {
     const k = this.kept, c = h.continueFrom;
-    if (!c) return { epoch: null, reason: h.lineage ? 'the primary has no acknowledged checkpoint to continue from' : 'the primary does not continue sessions' };
-    if (!k) return { epoch: null, reason: `this backup keeps no checkpoint of ${h.domain} to continue` };
-    if (k.lineage !== h.lineage) return { epoch: null, reason: `this backup's checkpoint ${k.epoch} of ${h.domain} comes from another primary` };
+    const full = (reason: string): { epoch: null; reason: string } => ({ epoch: null, reason });
+    if (!c) return full(h.lineage ? 'the primary has no acknowledged checkpoint' : 'the primary never continues');
+    if (!k) return full(`this backup keeps no checkpoint of ${h.domain} to continue`);
+    if (k.lineage !== h.lineage) return full(`this backup's checkpoint ${k.epoch} of ${h.domain} is another primary's`);
     if (k.epoch < c.ackedEpoch || k.epoch > c.lastEpoch) {
-      return { epoch: null, reason: `this backup keeps checkpoint ${k.epoch}, not one in ${c.ackedEpoch}..${c.lastEpoch}` };
+      return full(`this backup keeps checkpoint ${k.epoch}, not one in ${c.ackedEpoch}..${c.lastEpoch}`);
     }
     return { epoch: k.epoch, reason: `continues checkpoint ${k.epoch} (the primary's last acknowledged is ${c.ackedEpoch})` };
   }
@@ -406,11 +411,15 @@ export class Backup {
     const { epoch, full } = parseCheckpointBegin(body);
     if (s.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${s.open.epoch} is open`);
     const first = this.committed === null, from = s.continuing;
-    if (!full && first && from === null) throw protocolError('the first checkpoint of a session must be FULL (its HELLO_ACK did not continue)');
+    if (!full && first && from === null) {
+      throw protocolError('the first checkpoint of a session must be FULL (its HELLO_ACK did not continue)');
+    }
     // A FULL checkpoint decodes in place: after a commit it would overwrite what failover resumes.
     if (full && !first) throw protocolError(`FULL checkpoint ${epoch} after checkpoint ${this.committed} committed`);
     if (!full && !first && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
-    if (!full && first && epoch <= from!) throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
+    if (!full && first && epoch <= from!) {
+      throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
+    }
     if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
     if (full) { this.kept = null; s.continuing = null; } // the image is overwritten in place from here
     s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null, memDigests: null };
@@ -460,7 +469,9 @@ export class Backup {
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
     const distinct = held.staging.distinctPages;
     if (o.full && distinct !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${distinct} of ${held.hello.pageCount} pages`);
-    if (!o.full && this.committed === null && !o.memDigests) throw protocolError(`continued checkpoint ${epoch} carries no MEMORY_VERIFY`);
+    if (!o.full && this.committed === null && !o.memDigests) {
+      throw protocolError(`continued checkpoint ${epoch} carries no MEMORY_VERIFY`);
+    }
     this.hooks.phase?.('pre-commit', epoch);
     // Disk first: if it fails nothing of this checkpoint reached memory; either way the
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
@@ -513,9 +524,10 @@ export class Backup {
         const bad = r.findIndex((d, i) => d !== want.digests[i]);
         if (bad >= 0) {
           this.counters.memoryDiverged++;
-          throw new RemusError(ErrorCode.MEMORY_DIVERGED, `after continued checkpoint ${o.epoch} the backup's memory region ${bad} ` +
-            `(pages ${bad * want.regionPages}..${Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1}) has digest ` +
-            `${r[bad].toString(16)}, the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies memory whole)`);
+          const last = Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1;
+          throw new RemusError(ErrorCode.MEMORY_DIVERGED, `after continued checkpoint ${o.epoch} the backup's memory ` +
+            `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
+            `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`);
         }
         this.counters.memoryVerifiedEpoch = o.epoch;
         this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
@@ -594,7 +606,8 @@ export class Backup {
     const v = parseMemoryVerify(body, held.hello.pageCount);
     const o = this.openFor(s, Rec.MEMORY_VERIFY, v.epoch);
     if (o.full || this.committed !== null || s.continuing === null || o.memDigests) {
-      throw protocolError(`MEMORY_VERIFY for checkpoint ${v.epoch} outside a continued session's first checkpoint, or twice`);
+      throw protocolError(`MEMORY_VERIFY for checkpoint ${v.epoch} outside a continued session's first checkpoint, ` +
+        'or twice');
     }
     o.memDigests = { regionPages: v.regionPages, digests: v.digests };
   }
@@ -718,8 +731,9 @@ export class Backup {
 
   private checkInvariants(): void {
     assert(this.committed === null || this.held !== null, 'a committed checkpoint without a replica');
-    assert(this.kept === null ? this.committed === null : this.held !== null && (this.committed === null || this.kept.epoch === this.committed),
-      'the committed checkpoint is not the kept one');
+    const k = this.kept;
+    const c = this.committed;
+    assert(k === null ? c === null : this.held !== null && (c === null || k.epoch === c), 'committed is not kept');
     assert(this.session === null || this.session.phase === 'handshake' || this.session.hello !== null, 'an open session without HELLO');
     assert(this.state !== 'receiving' || this.session !== null, 'receiving without a session');
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');

@@ -45,7 +45,7 @@ export class UnackedPages {
     assert(!last || last.epoch < epoch, `unacked epochs increase (${last?.epoch} then ${epoch})`);
     if (subsumes) this.lists = [];
     this.lists.push({ epoch, pfns: pfns.slice(0, count) });
-    assert(this.lists.length <= this.listsMax, `${this.lists.length} unacknowledged checkpoints are listed (bound ${this.listsMax})`);
+    assert(this.lists.length <= this.listsMax, `${this.lists.length} unacknowledged lists (bound ${this.listsMax})`);
   }
 
   /** The backup acknowledged epoch: its pages, and all earlier ones, are in its image. */

@@ -97,7 +97,8 @@ function continueFromOf(v: Record<string, unknown>, lineage: string | null): Con
   if (lineage === null) refuse('HELLO ackedEpoch and lastEpoch without a lineage');
   const epoch = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 1;
   if (!epoch(ackedEpoch) || !epoch(lastEpoch) || ackedEpoch > lastEpoch) {
-    refuse(`HELLO ackedEpoch ${JSON.stringify(ackedEpoch)} and lastEpoch ${JSON.stringify(lastEpoch)} are not epochs with acked ≤ last`);
+    refuse(`HELLO ackedEpoch ${JSON.stringify(ackedEpoch)} and lastEpoch ${JSON.stringify(lastEpoch)} ` +
+      'are not epochs with acked ≤ last');
   }
   return { ackedEpoch, lastEpoch };
 }

@@ -16,7 +16,8 @@ import { PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
-  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody, type DiskRefEntry,
+  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody,
+  type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
@@ -229,7 +230,8 @@ export class Primary {
       this.lose(err ? err.message : this.session === 'hello' ? 'the backup closed the connection before answering HELLO ' +
         '(it refused us, or one side uses TLS --psk-file and the other --insecure)' : 'backup closed the connection');
     });
-    this.offered = this.unacked && this.backupAcked !== null ? { ackedEpoch: this.backupAcked, lastEpoch: this.epoch } : null;
+    const acked = this.unacked ? this.backupAcked : null;
+    this.offered = acked !== null ? { ackedEpoch: acked, lastEpoch: this.epoch } : null;
     this.send(Rec.HELLO, jsonBody({
       kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,
       compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
@@ -363,8 +365,8 @@ export class Primary {
     } catch (e) { this.hooks.event?.('resume-failed', { message: (e as Error).message }); }
   }
 
-  private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture, info: Record<string, unknown>,
-    diskCrc: number | null, pc: Precopy | null): void {
+  private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture,
+    info: Record<string, unknown>, diskCrc: number | null, pc: Precopy | null): void {
     // The table follows every capture in order, sent or not: its digests are memory's at the last one.
     this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
     if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
@@ -388,7 +390,8 @@ export class Primary {
     this.hooks.checkpoint?.(epoch, info);
     const begun = pc !== null && pc === this.precopy;
     if (full) this.precopy = null;
-    this.queue.push({ epoch, full, cap, next: 0, sentPages: begun ? pc.sentPages : 0, diskCrc, begun, memDigests, sentMark: 0 });
+    const sentPages = begun ? pc.sentPages : 0;
+    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, begun, memDigests, sentMark: 0 });
     this.clock.defer(() => this.pump());
   }
 
@@ -400,7 +403,8 @@ export class Primary {
     this.hooks.phase?.('stream-begin', p.epoch);
     p.sentMark = this.sentOctets;
     if (!p.begun) this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
-    if (p.memDigests) this.send(Rec.MEMORY_VERIFY, memoryVerifyBody(p.epoch, this.opts.digestRegionPages ?? DIGEST_REGION_PAGES, p.memDigests));
+    const regionPages = this.opts.digestRegionPages ?? DIGEST_REGION_PAGES;
+    if (p.memDigests) this.send(Rec.MEMORY_VERIFY, memoryVerifyBody(p.epoch, regionPages, p.memDigests));
     if (p.diskCrc !== null) {
       this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
       this.verifyEpoch = p.epoch;
@@ -482,7 +486,8 @@ export class Primary {
           // Its image is not ours: the next session copies all, and says why.
           this.backupAcked = null;
           this.unacked?.clear();
-          this.fullReason = `the backup's memory differed from ours after the continued checkpoint: ${String(value.message).slice(0, 512)}`;
+          const why = String(value.message).slice(0, 512);
+          this.fullReason = `the backup's memory differed from ours after the continued checkpoint: ${why}`;
         }
         return this.lose(`backup reported ${String(value.code)}: ${String(value.message)}`);
       }
@@ -528,18 +533,22 @@ export class Primary {
   private sessionStart(ack: Record<string, unknown>): SessionStart {
     const offered = this.offered;
     if (!offered) {
-      const reason = !this.unacked ? (this.domain.live ? 'continuing sessions is off' : 'this domain\'s memory can be read only in a capture')
+      const cannot = this.domain.live ? 'continuing sessions is off' : 'this domain\'s memory is read only by captures';
+      const reason = !this.unacked ? cannot
         : this.fullReason ?? 'the backup acknowledged no checkpoint of this primary yet (or not since its last full copy)';
       return { kind: 'full', reason };
     }
-    if (ack.continues !== true) return { kind: 'full', reason: `the backup cannot continue: ${String(ack.reason ?? 'no reason given').slice(0, 512)}` };
-    const kept = ack.epoch;
-    if (typeof kept !== 'number' || !Number.isSafeInteger(kept) || kept < offered.ackedEpoch || kept > offered.lastEpoch) {
-      throw protocolError(`HELLO_ACK continues from epoch ${String(kept)}, not one in ${offered.ackedEpoch}..${offered.lastEpoch}`);
+    if (ack.continues !== true) {
+      const why = String(ack.reason ?? 'no reason given').slice(0, 512);
+      return { kind: 'full', reason: `the backup cannot continue: ${why}` };
+    }
+    const kept = ack.epoch, { ackedEpoch, lastEpoch } = offered;
+    if (typeof kept !== 'number' || !Number.isSafeInteger(kept) || kept < ackedEpoch || kept > lastEpoch) {
+      throw protocolError(`HELLO_ACK continues from epoch ${String(kept)}, not one in ${ackedEpoch}..${lastEpoch}`);
     }
     return {
-      kind: 'continued', reason: `the backup keeps checkpoint ${kept} of this primary (last acknowledged ${offered.ackedEpoch})`,
-      keptEpoch: kept, ackedEpoch: offered.ackedEpoch, verified: false,
+      kind: 'continued', reason: `the backup keeps checkpoint ${kept} of this primary (acknowledged: ${ackedEpoch})`,
+      keptEpoch: kept, ackedEpoch, verified: false,
     };
   }
 
@@ -643,7 +652,10 @@ export class Primary {
     this.lastAckAt = this.clock.now();
     if (this.unacked) { this.backupAcked = epoch; this.unacked.acked(epoch); this.fullReason = null; }
     const st = this.lastSessionStart;
-    if (st?.kind === 'continued' && st.epoch === epoch) { st.verified = true; this.hooks.event?.('continued', { ...st }); }
+    if (st?.kind === 'continued' && st.epoch === epoch) {
+      st.verified = true;
+      this.hooks.event?.('continued', { ...st });
+    }
     if (this.initialSyncMs === 0) this.initialSyncMs = Math.max(1, this.lastAckAt - this.sessionStartedAt);
     const sent = this.sentAt.get(epoch);
     if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
@@ -717,7 +729,8 @@ export class Primary {
     // backup drops the session without failing over and keeps its image for a continued one.
     if (tell) {
       const l = this.link;
-      try { l.send(Rec.ERROR, jsonBody({ code: ErrorCode.SESSION_ENDED, message: `${reason}; the primary reconnects` })); } catch { /* closing anyway */ }
+      const said = jsonBody({ code: ErrorCode.SESSION_ENDED, message: `${reason}; the primary reconnects` });
+      try { l.send(Rec.ERROR, said); } catch { /* closing anyway */ }
     }
     this.dropLink();
     if (this.state === 'fenced' || this.state === 'stopped') return;

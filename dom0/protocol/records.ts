@@ -234,7 +234,7 @@ export const MEMORY_VERIFY_REGIONS_MAX = 1 << 20;
  * region's digest is the CRC32C of the per-page CRC32Cs (u32 little-endian) of its pages.
  */
 export function memoryVerifyBody(epoch: number, regionPages: number, digests: Uint32Array): Buffer {
-  assert(regionPages >= 1 && digests.length >= 1 && digests.length <= MEMORY_VERIFY_REGIONS_MAX, 'memory verify regions');
+  assert(regionPages >= 1 && digests.length >= 1 && digests.length <= MEMORY_VERIFY_REGIONS_MAX, 'memory regions');
   const b = epochBody(epoch, 8 + digests.length * 4);
   b.writeUInt32LE(regionPages, 8);
   b.writeUInt32LE(digests.length, 12);
@@ -242,11 +242,14 @@ export function memoryVerifyBody(epoch: number, regionPages: number, digests: Ui
   return b;
 }
 
-export function parseMemoryVerify(body: Buffer, pageCount: number): { epoch: number; regionPages: number; digests: Uint32Array } {
+export function parseMemoryVerify(body: Buffer, pageCount: number):
+  { epoch: number; regionPages: number; digests: Uint32Array } {
   const epoch = readEpoch(Rec.MEMORY_VERIFY, body, 16);
   const regionPages = body.readUInt32LE(8), n = body.readUInt32LE(12);
-  if (regionPages === 0 || n > MEMORY_VERIFY_REGIONS_MAX || n !== Math.ceil(pageCount / regionPages) || body.length !== 16 + n * 4) {
-    throw protocolError(`MEMORY_VERIFY of ${n} regions of ${regionPages} pages (body ${body.length} octets) does not cover the guest's ${pageCount} pages`);
+  const fits = regionPages > 0 && n <= MEMORY_VERIFY_REGIONS_MAX && n === Math.ceil(pageCount / regionPages);
+  if (!fits || body.length !== 16 + n * 4) {
+    throw protocolError(`MEMORY_VERIFY of ${n} regions of ${regionPages} pages (body ${body.length} octets) ` +
+      `does not cover the guest's ${pageCount} pages`);
   }
   const digests = new Uint32Array(n);
   for (let i = 0; i < n; i++) digests[i] = body.readUInt32LE(16 + i * 4);

@@ -48,6 +48,13 @@ export const ErrorCode = {
   DISK_REF_MISMATCH: 'ERR_DISK_REF_MISMATCH',
   /** The backup's disk is not the primary's at a verified checkpoint: the next session copies it whole. */
   DISK_DIVERGED: 'ERR_DISK_DIVERGED',
+  /**
+   * The primary ended a session it cannot go on with (the backup fell silent, a checkpoint
+   * failed): it lives and reconnects, so the backup keeps its image and does not fail over.
+   */
+  SESSION_ENDED: 'ERR_SESSION_ENDED',
+  /** A continued session's memory digest differs from the primary's: the next session copies memory whole. */
+  MEMORY_DIVERGED: 'ERR_MEMORY_DIVERGED',
   /** An NBD client broke the protocol or a limit of the server (docs/nbd.md): its connection is dropped. */
   NBD_CLIENT: 'ERR_NBD_CLIENT',
   /**

@@ -1,8 +1,10 @@
 // 40 engine simulator: thousands of seeded runs of primary + backup in virtual time, each
 // with one fault — a crash of either side at any phase of a checkpoint (power loss or
 // kill), a dropped, delayed or corrupted connection, a backup restart, a stray peer on the
-// backup's port (after GOODBYE too: it must never cause a failover) — checking the
-// invariants of docs/design.md. A failing seed reproduces with SIM_SEED=<n> npm test.
+// backup's port (after GOODBYE too: it must never cause a failover), a loss of the session
+// with both sides alive followed by a continued session (docs/protocol.md "Reconnect") and a
+// second fault during its first checkpoint — checking the invariants of docs/design.md. A
+// failing seed reproduces with SIM_SEED=<n> npm test (SIM_TRACE=1 prints every event).
 import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
 
@@ -14,19 +16,23 @@ describe('40 engine simulator', () => {
     const seeds = process.env.SIM_SEED ? [Number(process.env.SIM_SEED)] : Array.from({ length: SEEDS }, (_, i) => i + 1);
     const failures: WorldResult[] = [];
     const kinds: Record<string, number> = {};
-    let failovers = 0, commits = 0;
+    let failovers = 0, commits = 0, continued = 0, reconnectSeeds = 0;
     for (const s of seeds) {
       const r = runWorld(s);
       kinds[r.fault.kind] = (kinds[r.fault.kind] ?? 0) + 1;
       if (r.failedOver) failovers++;
       commits += r.commits;
+      continued += r.laterSessions.filter((l) => l === 'continued').length;
+      if (r.fault.kind === 'reconnect' && r.laterSessions[0] === 'continued') reconnectSeeds++;
       if (r.violations.length) failures.push(r);
     }
     const show = failures.slice(0, 5).map((f) => `seed ${f.seed} ${JSON.stringify(f.fault)}: ${f.violations.join('; ')}`);
     assert.equal(failures.length, 0, `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`);
     if (!process.env.SIM_SEED) {
       assert.ok(failovers > seeds.length / 20, `failovers were exercised (${failovers})`);
-      assert.ok(Object.keys(kinds).length === 8, `every fault kind ran: ${JSON.stringify(kinds)}`);
+      assert.ok(Object.keys(kinds).length === 9, `every fault kind ran: ${JSON.stringify(kinds)}`);
+      // Corruption, a failed checkpoint and a reset only the primary saw are continued, not copied.
+      assert.ok(continued > seeds.length / 10 && reconnectSeeds > seeds.length / 40, `sessions continued: ${continued}, after a reconnect fault: ${reconnectSeeds}`);
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
     }
   });

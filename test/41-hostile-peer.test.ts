@@ -26,8 +26,9 @@ import { PageEncoder } from '../dom0/memory/page-codec';
 import { loadAddon } from '../dom0/native';
 import {
   PROTOCOL_VERSION, Rec, ackBody, checkpointBegin, checkpointEnd, diskRefsBody, diskSyncBody, diskSyncEndBody,
-  diskVerifyBody, diskWriteBody, epochBody, heartbeatBody, jsonBody, withEpoch,
+  diskVerifyBody, diskWriteBody, epochBody, heartbeatBody, jsonBody, memoryVerifyBody, withEpoch,
 } from '../dom0/protocol/records';
+import { regionDigests } from '../dom0/engine/continuation';
 import { Prng } from '../dom0/util/prng';
 import { MemDiskTarget, MemLink, MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
 
@@ -67,6 +68,23 @@ class Adversary {
     if (!this.snapshots.has(epoch)) this.snapshots.set(epoch, loadAddon().crc32c(this.mem));
     this.begin(epoch, full); this.batch(epoch, pfns); this.device(epoch); this.end(epoch, pfns.length);
   }
+  /** MEMORY_VERIFY of its memory now, in regions of 4 pages (wrong: one digest off). */
+  memVerify(epoch: number, wrong = false): void {
+    const crcs = new Uint32Array(ADV_PAGES);
+    loadAddon().crc32cPages(this.mem, crcs);
+    const d = regionDigests(crcs, 4);
+    if (wrong) d[1] ^= 1;
+    this.link.send(Rec.MEMORY_VERIFY, memoryVerifyBody(epoch, 4, d));
+  }
+  /** A continued session's first checkpoint: one page changed, with its digests (or none, or wrong ones). */
+  continued(epoch: number, verify: 'right' | 'wrong' | 'none' = 'right'): void {
+    const pfn = epoch % ADV_PAGES;
+    this.mem[pfn * PAGE] ^= 0x5a;
+    this.snapshots.set(epoch, loadAddon().crc32c(this.mem));
+    this.begin(epoch, false);
+    if (verify !== 'none') this.memVerify(epoch, verify === 'wrong');
+    this.batch(epoch, [pfn]); this.device(epoch); this.end(epoch, 1);
+  }
   errors(): string[] {
     return this.got.filter((r) => r.type === Rec.ERROR).map((r) => String(JSON.parse(r.body.toString('utf8')).code));
   }
@@ -88,9 +106,14 @@ interface Case {
   /** The replica's resume throws (the image does not start). */
   resumeThrows?: boolean;
   disk?: boolean;
+  /** What the last connection must have heard (a HELLO_ACK that continues, an ACK): null when it did. */
+  heard?: (a: Adversary) => string | null;
 }
 
-interface Outcome { failovers: number; internal: string[]; state: BackupState; committed: number | null; genuine: string; errors: string[]; imageOk: boolean; }
+interface Outcome {
+  failovers: number; internal: string[]; state: BackupState; committed: number | null; genuine: string; errors: string[]; imageOk: boolean;
+  heard: string | null;
+}
 
 /** Runs one case against a fresh backup, then checks that a genuine primary gets protected. */
 function runCase(c: Case, seed: number): Outcome {
@@ -125,12 +148,13 @@ function runCase(c: Case, seed: number): Outcome {
   const committed = backup.committedEpoch;
   const image = backup.replicaImage;
   const imageOk = committed === null || backup.domain !== 'adv' || image === null
-    || adv.snapshots.get(committed) === image.crc32c();
+    || (adv.snapshots.get(committed) ?? current.snapshots.get(committed)) === image.crc32c();
+  const heard = c.heard?.(current) ?? null;
   return {
     failovers: events.filter((e) => e.name === 'failover').length,
     internal: events.filter((e) => e.name === 'internal-error').map((e) => String(e.d.message)),
     state: backup.state, committed, errors: [...adv.errors(), ...(current === adv ? [] : current.errors())], imageOk,
-    genuine: backup.state === 'failed-over' ? 'fenced by design' : genuinePrimary(clock, net, backup),
+    genuine: backup.state === 'failed-over' ? 'fenced by design' : genuinePrimary(clock, net, backup), heard,
   };
 }
 
@@ -178,6 +202,8 @@ const HELLO_VALUES: Array<[string, unknown, boolean]> = [
   ['kind', 'kvm', false], ['kind', '', false], ['kind', 1, false], ['kind', 'xen', true],
   ['compressor', 'gzip', false], ['compressor', null, false], ['compressor', 'lz4', true], ['compressor', 'none', true],
   ['sessionId', '', false], ['sessionId', 's'.repeat(257), false], ['sessionId', 7, false], ['sessionId', 's'.repeat(256), true],
+  ['lineage', 'l-0123456789', true], ['lineage', 'short', false], ['lineage', 'Upper-Case-1', false], ['lineage', 'l/../../etc/x', false],
+  ['lineage', 'l'.repeat(65), false], ['lineage', 7, false], ['ackedEpoch', 1, false], ['lastEpoch', 1, false],
 ];
 
 function intBounds(field: string, min: number, max: number): Array<[string, unknown, boolean]> {
@@ -217,6 +243,7 @@ function bodiesFor(type: number): Array<[string, Buffer]> {
     [Rec.DISK_WRITE]: diskWriteBody(e, 0, 512, 0, new Uint8Array(512)), [Rec.DISK_SYNC]: diskSyncBody(0, new Uint8Array(512)),
     [Rec.DISK_SYNC_END]: diskSyncEndBody(512), [Rec.DISK_REFS]: diskRefsBody(e, [{ pfn: 0, offsetBytes: 0, crc32c: 0 }]),
     [Rec.DISK_VERIFY]: diskVerifyBody(e, 0), [Rec.NET_EXPOSURE]: withEpoch(e, jsonBody({ released: 0, flows: [] })),
+    [Rec.MEMORY_VERIFY]: memoryVerifyBody(e, 4, new Uint32Array(ADV_PAGES / 4)),
   };
   return [['plausible', good[type] ?? Buffer.alloc(16)], ['1 octet', Buffer.alloc(1)], ['epoch 2^64-1', Buffer.alloc(24, 0xff)]];
 }
@@ -230,7 +257,7 @@ const STATES: Array<[string, Step[]]> = [
   ['inside an incremental checkpoint', [...committedSession, (a) => a.begin(2, false)]],
   ['after GOODBYE, new connection', [...committedSession, goodbye, wait, NEW_CONNECTION]],
 ];
-const TYPES = [...Object.values(Rec), 18, 0xffff];
+const TYPES = [...Object.values(Rec), 0x7ffe, 0xffff];
 const recordCases: Case[] = STATES.flatMap(([state, reach]) => TYPES.flatMap((type) => bodiesFor(type).map(([what, body]): Case => ({
   // Ended with GOODBYE: whatever the record did, no failover may follow.
   name: `type ${type} (${what}) ${state}`, steps: [...reach, (a) => a.link.send(type, body), wait, goodbye, wait, close],
@@ -299,8 +326,45 @@ const endingCases: Case[] = [
   { name: 'end: committed, then close, and the image does not resume', resumeThrows: true, steps: [...committedSession, close] },
 ];
 
+/** docs/protocol.md "Reconnect": a primary with a lineage, a session of it committed, the ways to continue it and not. */
+const LINEAGE = 'l-adversary-1';
+const lineageSession: Step[] = [(a) => a.hello({ lineage: LINEAGE }), (a) => a.checkpoint(1, true), ...waits(4)];
+const resume = (fields: Record<string, unknown> = {}): Step => (a) => a.hello({ lineage: LINEAGE, ackedEpoch: 1, lastEpoch: 1, ...fields });
+const broken: Step[] = [(a) => a.begin(5, false), wait, close, NEW_CONNECTION]; // a protocol error: dropped, no failover
+const helloAck = (a: Adversary): Record<string, unknown> => {
+  const r = a.got.find((x) => x.type === Rec.HELLO_ACK);
+  return r ? JSON.parse(r.body.toString('utf8')) as Record<string, unknown> : {};
+};
+const continuedAndAcked = (epoch: number) => (a: Adversary): string | null =>
+  helloAck(a).continues !== true ? `HELLO_ACK ${JSON.stringify(helloAck(a))} does not continue`
+    : a.acked().includes(epoch) ? null : `checkpoint ${epoch} was not acknowledged (errors ${a.errors().join(',')})`;
+const fullCopy = (a: Adversary): string | null => (helloAck(a).continues === false ? null : `HELLO_ACK ${JSON.stringify(helloAck(a))} continues`);
+const reconnectCases: Case[] = [
+  { name: 'reconnect: after a protocol error, the session continues (verified) and commits', heard: continuedAndAcked(2),
+    steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2), ...waits(4), goodbye, wait, close] },
+  { name: 'reconnect: continued, then close (live again: fails over)', failover: true, heard: continuedAndAcked(2),
+    steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2), ...waits(4), close] },
+  { name: 'reconnect: continued with digests that differ: nothing commits, no failover', heard: (a) => (a.errors().includes('ERR_MEMORY_DIVERGED') ? null : 'no ERR_MEMORY_DIVERGED'),
+    steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2, 'wrong'), ...waits(4), close] },
+  { name: 'reconnect: continued without MEMORY_VERIFY is refused', heard: (a) => (a.errors().includes('ERR_PROTOCOL') ? null : 'no ERR_PROTOCOL'),
+    steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2, 'none'), ...waits(4), close] },
+  { name: 'reconnect: continued, then lost before its commit (no failover)', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.begin(2, false), close] },
+  { name: 'reconnect: a continued epoch that does not follow the kept one', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(1), ...waits(3), close] },
+  { name: 'reconnect: MEMORY_VERIFY in a FULL checkpoint', steps: [(a) => a.hello({ lineage: LINEAGE }), (a) => a.begin(1, true), (a) => a.memVerify(1), ...waits(3), close] },
+  { name: 'reconnect: MEMORY_VERIFY of too few regions', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.begin(2, false), (a) => a.link.send(Rec.MEMORY_VERIFY, memoryVerifyBody(2, 4, new Uint32Array(3))), ...waits(3), close] },
+  { name: 'reconnect: another lineage copies all', heard: fullCopy, steps: [...lineageSession, ...broken, resume({ lineage: 'l-another-one' }), wait, (a) => a.continued(2), ...waits(3), close] },
+  { name: 'reconnect: a kept epoch outside acked..last copies all', heard: fullCopy, steps: [...lineageSession, ...broken, resume({ ackedEpoch: 2, lastEpoch: 3 }), wait, close] },
+  { name: 'reconnect: acked/last without a lineage is refused', heard: (a) => (a.errors().includes('ERR_HANDSHAKE') ? null : 'no ERR_HANDSHAKE'),
+    steps: [...lineageSession, ...broken, (a) => a.hello({ ackedEpoch: 1, lastEpoch: 1 }), wait, close] },
+  { name: 'reconnect: the same lineage on a new connection replaces the live session (no failover)', heard: continuedAndAcked(2),
+    steps: [...lineageSession, NEW_CONNECTION, resume(), wait, (a) => a.continued(2), ...waits(4), goodbye, wait, close] },
+  { name: 'reconnect: another lineage on a new connection is refused; the live session then goes silent', failover: true,
+    heard: (a) => (a.errors().includes('ERR_HANDSHAKE') ? null : 'no ERR_HANDSHAKE'),
+    steps: [...lineageSession, NEW_CONNECTION, resume({ lineage: 'l-another-one' }), wait, close] },
+];
+
 describe('41 hostile peer (structured adversary from docs/protocol.md)', () => {
-  const all = [...helloCases, ...helloBodyCases, ...recordCases, ...ruleCases, ...diskRuleCases, ...endingCases];
+  const all = [...helloCases, ...helloBodyCases, ...recordCases, ...ruleCases, ...diskRuleCases, ...endingCases, ...reconnectCases];
 
   it(`41.H1 ${all.length} cases: the backup lives, fails over only by the rules, keeps its committed image, serves a genuine primary`, function () {
     this.timeout(300_000);
@@ -314,6 +378,7 @@ describe('41 hostile peer (structured adversary from docs/protocol.md)', () => {
       if (!o.imageOk) problems.push(`committed epoch ${o.committed} is not the adversary's checkpoint`);
       if (o.state !== 'failed-over' && o.genuine !== 'protected') problems.push(`a genuine primary then ended ${o.genuine}`);
       if (c.resumeThrows && o.state !== 'waiting') problems.push(`after a failed resume the backup is ${o.state}`);
+      if (o.heard) problems.push(o.heard);
       if (problems.length) broken.push(`${c.name}: ${problems.join('; ')}`);
     });
     assert.equal(broken.length, 0, `${broken.length} of ${all.length} cases broke an invariant:\n${broken.slice(0, 15).join('\n')}`);

@@ -2,8 +2,12 @@
 // `remusdb backup` and a `remusdb protect sim:scale` run as separate processes over the real
 // (TLS) channel on this host, the guest running oltp at 2000 tx/s with 50 ms checkpoints:
 // the initial sync (live pre-copy, then the first stop-and-copy), the sessions it took, the
-// steady pauses, the longest any output was held, each process's memory beyond the guest,
-// and then the failover: SIGKILL of the primary to the backup's guest running.
+// steady pauses, the longest any output was held, and each process's memory beyond the guest.
+// Then the link is cut for 2 s (a relay in this process resets the primary's connection and
+// leaves the backup's open; the heartbeat timeout is 8 s so the backup outlasts it) and the
+// reconnection measured: the octets of the continued session's first checkpoint against the
+// pages written since the last acknowledgement (docs/protocol.md "Reconnect"). Last, the
+// failover: SIGKILL of the primary to the backup's guest running.
 // A size the simulated domain cannot hold is a row that says so (its limit, its message).
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -13,6 +17,11 @@ import { controlRequest } from '../service/control';
 import { freePort } from '../util/free-port';
 import { remusdbRunner } from '../util/remusdb-process';
 import { newPsk } from '../protocol/channel';
+import { CuttableProxy } from '../util/cuttable-proxy';
+
+/** The link cut measured per size, and the heartbeat timeout that lets the backup outlast it. */
+const CUT_MS = 2000;
+const HEARTBEAT_TIMEOUT_MS = 8000;
 
 export const SCALE_SIZES_DEFAULT = [256 * 2 ** 20, 2 ** 30, 2 * 2 ** 30, 4 * 2 ** 30, 8 * 2 ** 30];
 
@@ -24,6 +33,8 @@ export interface ScaleRow {
   pause_ms_p50: number; pause_ms_p99: number; output_hold_ms_max: number; output_hold_ms_p99: number;
   loop_delay_ms_max_primary: number; loop_delay_ms_max_backup: number;
   primary_rss_over_guest_bytes: number; backup_rss_over_guest_bytes: number;
+  /** After a 2 s cut: 'continued' or 'full: <reason>'; the continued checkpoint's octets; pages written since the last ack × 4096. */
+  reconnect: string; reconnect_bytes: number; reconnect_dirty_bytes: number;
   /** SIGKILL of the primary to the backup's 'failover' event (its guest runs). */
   failover_ms: number;
 }
@@ -51,10 +62,12 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
   const kids: ChildProcess[] = [];
   const run = remusdbRunner(dir, env, kids);
   const row = emptyRow(bytes);
+  const proxy = new CuttableProxy(port);
   try {
     run(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'backup.log');
-    const primary = run(['protect', 'sim:scale', `127.0.0.1:${port}`, '--psk-file', psk, '-i', String(o.intervalMs),
-      '--memory', String(bytes), '--rate', String(o.rate)], 'primary.log');
+    await proxy.listen();
+    const primary = run(['protect', 'sim:scale', `127.0.0.1:${proxy.port}`, '--psk-file', psk, '-i', String(o.intervalMs),
+      '--memory', String(bytes), '--rate', String(o.rate), '--heartbeat-timeout', String(HEARTBEAT_TIMEOUT_MS)], 'primary.log');
     const st = (role: string): Promise<Record<string, unknown>> =>
       controlRequest(path.join(dir, role === 'primary' ? 'primary-scale.sock' : `backup-${port}.sock`), { cmd: 'status' });
     const deadline = Date.now() + 60_000 + (bytes / (16 * 2 ** 20)) * 1000;
@@ -69,18 +82,39 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
     p = await st('primary');
     const b = await st('backup');
     fill(row, p, b);
+    await measureReconnect(row, proxy, () => st('primary'));
     const killedAt = Date.now();
     primary.kill('SIGKILL');
     row.failover_ms = await failoverMs(() => st('backup'), killedAt);
   } catch (e) {
     row.error = (e as Error).message;
   } finally {
+    proxy.close();
     for (const k of kids) k.kill('SIGTERM');
     await sleep(500);
     for (const k of kids) if (k.exitCode === null) k.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   }
   return row;
+}
+
+/** Cuts the link for CUT_MS and waits for the second session's first checkpoint to be acknowledged. */
+async function measureReconnect(row: ScaleRow, proxy: CuttableProxy, status: () => Promise<Record<string, unknown>>): Promise<void> {
+  await proxy.cut(CUT_MS);
+  const deadline = Date.now() + 60_000 + (row.guest_bytes / (16 * 2 ** 20)) * 1000;
+  for (;;) {
+    const p = await status().catch(() => ({} as Record<string, unknown>));
+    const s = p.lastSessionStart as { kind: string; reason: string; verified?: boolean; pages?: number; bytes?: number } | null | undefined;
+    if (Number(p.sessions) >= 2 && s?.kind === 'full') { row.reconnect = `full: ${s.reason}`; return; }
+    if (Number(p.sessions) >= 2 && s?.verified) {
+      row.reconnect = 'continued';
+      row.reconnect_bytes = Number(s.bytes);
+      row.reconnect_dirty_bytes = Number(s.pages) * 4096;
+      return;
+    }
+    if (Date.now() > deadline) { row.reconnect = 'no second session acknowledged in time'; return; }
+    await sleep(100);
+  }
 }
 
 function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unknown>): void {
@@ -114,7 +148,8 @@ function emptyRow(bytes: number): ScaleRow {
   return {
     guest_bytes: bytes, error: null, initial_sync_s: NaN, initial_sync_mb_per_s: NaN, final_pause_ms: NaN, sessions: NaN,
     pause_ms_p50: NaN, pause_ms_p99: NaN, output_hold_ms_max: NaN, output_hold_ms_p99: NaN, loop_delay_ms_max_primary: NaN,
-    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN, failover_ms: NaN,
+    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN,
+    reconnect: '-', reconnect_bytes: NaN, reconnect_dirty_bytes: NaN, failover_ms: NaN,
   };
 }
 
@@ -127,15 +162,16 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const mib = (x: number): string => f(x / 2 ** 20);
   const head = `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
-    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB'
-    + '  failover ms';
+    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
+    `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [head, ...rows.map((r) => r.error ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}` :
     `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
     `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
     `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
     `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
-    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)} ` +
-    `${f(r.failover_ms).padStart(12)}`)].join('\n');
+    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
+    (r.reconnect === 'continued' ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}` : r.reconnect) +
+    `  ${f(r.failover_ms).padStart(5)}`)].join('\n');
 }
 
 /** Initial sync seconds and final pause per size, as bars (plain SVG). */

@@ -7,8 +7,13 @@
 // else fails over: a connection that never sent a valid HELLO, one that committed nothing,
 // a protocol error (the connection is dropped; the primary reconnects with a full copy) or
 // a session ended by GOODBYE. A new session invalidates the previous committed state until
-// its first full checkpoint commits: the primary ran unprotected in between. Every handler
-// of peer input runs inside one error boundary (guard): the process never dies of it.
+// its first checkpoint commits: the primary ran unprotected in between. That checkpoint is
+// FULL, or — when the backup kept the image of the primary's lineage (`kept`) at an epoch the
+// primary can continue from — the pages written since, verified by region digests before
+// it commits (docs/protocol.md "Reconnect"). A connection that arrives while a session is
+// open and says HELLO with that session's lineage is the same primary reconnecting: it
+// replaces the session, without a failover. Every handler of peer input runs inside one
+// error boundary (guard): the process never dies of it.
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
@@ -17,7 +22,9 @@ import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
   parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs, parseDiskVerify,
+  parseMemoryVerify,
 } from '../protocol/records';
+import { imageDigests } from './continuation';
 import type { Clock, Link, Replica } from './ports';
 import { Staging } from './staging';
 import { EpochBuffer, applyWrite } from '../disk/epoch-buffer';
@@ -61,7 +68,11 @@ export type BackupState = 'waiting' | 'receiving' | 'failed-over';
 /** Before a HELLO, a connection is dropped after this much silence (no failover). */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
-interface Open { epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; diskCrc: number | null; }
+interface Open {
+  epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; diskCrc: number | null;
+  /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
+  memDigests: { regionPages: number; digests: Uint32Array } | null;
+}
 
 /**
  * The connection of one would-be primary; the backup has at most one. Its loss (close or
@@ -82,6 +93,8 @@ interface Session {
   paused: boolean;
   queued: Array<[number, Buffer]>;
   queuedBytes: number;
+  /** The kept epoch this session continues from (its HELLO_ACK said so), until it commits; else null. */
+  continuing: number | null;
 }
 
 /** The domain this backup keeps a replica of, between and across sessions. */
@@ -92,11 +105,23 @@ export class Backup {
   /** Invariant: committed !== null ⇒ held !== null, and it is a checkpoint of held's domain. */
   private held: Held | null = null;
   private committed: number | null = null;
+  /**
+   * The checkpoint the replica's image holds and the lineage of the primary that made it, kept
+   * across sessions as the base a continued session builds on. Cleared whenever the image stops
+   * being exactly that checkpoint (a FULL decodes in place, a failed commit, a continued one
+   * applied but not yet verified). Invariant: committed !== null ⇒ kept.epoch === committed.
+   */
+  private kept: { epoch: number; lineage: string | null } | null = null;
+  /** A connection that arrived while a session was open, before its HELLO (see challenge). */
+  private challenger: Link | null = null;
+  /** How the last session began (status): continued from a kept epoch, or full and why. */
+  lastSessionStart: { kind: 'continued' | 'full'; reason: string; keptEpoch?: number } | null = null;
   state: BackupState = 'waiting';
   private readonly decoder: PageDecoder;
   readonly counters = {
     checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0, refusedPeers: 0, internalErrors: 0,
     diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0, diskVerifiedEpoch: 0,
+    continuedSessions: 0, memoryVerifiedEpoch: 0, memoryDiverged: 0, replacedSessions: 0,
   };
   private diskSuspect = false;
   private diskBuffer: EpochBuffer | null = null;
@@ -127,16 +152,11 @@ export class Backup {
       // so that no idle peer keeps a genuine primary out for the handshake timeout.
       this.peerLeft(this.session, 'replaced by a newer connection before its HELLO');
     }
-    if (this.session) {
-      this.counters.refusedPeers++;
-      this.quietly(() => link.send(Rec.ERROR, jsonBody({ code: ErrorCode.HANDSHAKE, message: 'this backup already serves a primary' })));
-      link.close();
-      return;
-    }
+    if (this.session) { this.challenge(link); return; }
     const now = this.clock.now();
     const s: Session = {
       link, phase: 'handshake', hello: null, lastHeard: now, lastSent: now, timer: null, open: null,
-      paused: false, queued: [], queuedBytes: 0,
+      paused: false, queued: [], queuedBytes: 0, continuing: null,
     };
     this.session = s;
     this.state = 'receiving';
@@ -150,6 +170,58 @@ export class Backup {
     link.onClose((err) => this.guard(s, () => this.onLinkClosed(s, err)));
     this.arm(s);
     this.checkInvariants();
+  }
+
+  /**
+   * A connection while a session is open: the same primary reconnecting after the old
+   * connection broke on its side only (a reset, a silence it noticed first), or anyone else.
+   * Its HELLO decides: with the open session's lineage it replaces that session — no failover,
+   * the primary is here — and the new session may continue the image; anything else is refused
+   * as ever ("already serves a primary"). One at a time: a newer one replaces an older one.
+   */
+  private challenge(link: Link): void {
+    const older = this.challenger;
+    this.challenger = link;
+    older?.close();
+    const timer = this.clock.setTimer(this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS, () => {
+      if (this.challenger === link) this.refuseChallenger(link, 'no HELLO in time');
+    });
+    link.onRecord((type, body) => { this.clock.clearTimer(timer); this.onChallenger(link, type, body); });
+    link.onClose(() => { this.clock.clearTimer(timer); if (this.challenger === link) this.challenger = null; });
+  }
+
+  private onChallenger(link: Link, type: number, body: Buffer): void {
+    if (this.challenger !== link) return; // refused already: what follows is ignored
+    this.challenger = null;
+    const s = this.session;
+    const lineage = s?.phase === 'open' ? s.hello!.lineage : null;
+    if (lineage === null || type !== Rec.HELLO || this.helloLineage(body, s!.hello!) !== lineage) {
+      return this.refuseChallenger(link, 'this backup already serves a primary');
+    }
+    this.counters.replacedSessions++;
+    this.hooks.event?.('session-replaced', { domain: s!.hello!.domain, committed: this.committed });
+    this.endSession(s!); // not a failover: the primary of that session is on the new connection
+    s!.link.close();
+    this.state = 'waiting';
+    this.attach(link);
+    const n = this.session!;
+    this.guard(n, () => this.onRecord(n, type, body));
+  }
+
+  /** The lineage of a valid HELLO for the same domain and size as open; null for anything else. */
+  private helloLineage(body: Buffer, open: HelloInfo): string | null {
+    try {
+      const { version, value } = parseJson(Rec.HELLO, body, true);
+      const h = version === PROTOCOL_VERSION ? validateHello(value, this.opts.pageCountMax) : null;
+      return h && h.domain === open.domain && h.pageCount === open.pageCount && h.kind === open.kind ? h.lineage : null;
+    } catch { return null; }
+  }
+
+  private refuseChallenger(link: Link, why: string): void {
+    if (this.challenger === link) this.challenger = null;
+    this.counters.refusedPeers++;
+    this.quietly(() => link.send(Rec.ERROR, jsonBody({ code: ErrorCode.HANDSHAKE, message: why })));
+    link.close();
   }
 
   /**
@@ -200,7 +272,7 @@ export class Backup {
     this.hooks.event?.('resume-failed', { epoch: this.committed, reason, message });
     this.state = 'waiting';
     this.committed = null;
-    this.release();
+    this.release(); // and what it kept
     s?.link.close();
     this.checkInvariants();
     return null;
@@ -236,6 +308,7 @@ export class Backup {
       case Rec.DISK_REFS: return this.onDiskRefs(s, body);
       case Rec.DISK_VERIFY: return this.onDiskVerify(s, body);
       case Rec.NET_EXPOSURE: return this.onNetExposure(body);
+      case Rec.MEMORY_VERIFY: return this.onMemoryVerify(s, body);
       case Rec.HEARTBEAT: parseHeartbeat(body); return;
       case Rec.GOODBYE: return this.onGoodbye(s);
       case Rec.ERROR: {
@@ -267,21 +340,49 @@ export class Backup {
       throw new RemusError(ErrorCode.HANDSHAKE, h.diskBytes === 0 ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
         : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`);
     }
+    const cont = this.continuation(h);
     this.diskSuspect = false;
     held.hello = h;
     const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
     if (!this.diskBuffer || this.diskBuffer.bytesMax !== bufferMax) this.diskBuffer = new EpochBuffer(bufferMax);
     this.diskBuffer.discard(); // writes of a session that never committed them: the primary resyncs those blocks
     this.diskSync = { bytes: 0, done: h.diskBytes === 0 };
-    this.committed = null; // the primary ran unprotected: the old image is stale until FULL commits
+    // The primary ran unprotected: nothing is resumable until this session's first checkpoint
+    // commits. A continued session keeps the image as its base; a full one overwrites it.
+    this.committed = null;
+    if (cont.epoch === null) this.kept = null;
     s.phase = 'open';
     s.hello = h;
     s.open = null;
+    s.continuing = cont.epoch;
     this.counters.sessions++;
-    this.send(s, Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'remusdb', diskContinues }));
+    if (cont.epoch !== null) this.counters.continuedSessions++;
+    this.lastSessionStart = cont.epoch !== null ? { kind: 'continued', reason: cont.reason, keptEpoch: cont.epoch }
+      : { kind: 'full', reason: cont.reason };
+    this.send(s, Rec.HELLO_ACK, jsonBody({
+      accepted: true, backup: 'remusdb', diskContinues, continues: cont.epoch !== null, reason: cont.reason,
+      ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
+    }));
     this.arm(s);
-    this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId });
+    this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId, ...this.lastSessionStart });
     this.checkInvariants();
+  }
+
+  /**
+   * Whether this HELLO continues the kept image: same lineage, kept at an epoch between the
+   * primary's last acknowledged one and its last one (the primary resends every page written
+   * since the acknowledged one, which covers the later ones too). The reason either way.
+   */
+  private continuation(h: HelloInfo): { epoch: number | null; reason: string } {
+    const k = this.kept, c = h.continueFrom;
+    const full = (reason: string): { epoch: null; reason: string } => ({ epoch: null, reason });
+    if (!c) return full(h.lineage ? 'the primary has no acknowledged checkpoint' : 'the primary never continues');
+    if (!k) return full(`this backup keeps no checkpoint of ${h.domain} to continue`);
+    if (k.lineage !== h.lineage) return full(`this backup's checkpoint ${k.epoch} of ${h.domain} is another primary's`);
+    if (k.epoch < c.ackedEpoch || k.epoch > c.lastEpoch) {
+      return full(`this backup keeps checkpoint ${k.epoch}, not one in ${c.ackedEpoch}..${c.lastEpoch}`);
+    }
+    return { epoch: k.epoch, reason: `continues checkpoint ${k.epoch} (the primary's last acknowledged is ${c.ackedEpoch})` };
   }
 
   /** Makes the replica for a HELLO (the service may refuse: RemusError). */
@@ -294,6 +395,7 @@ export class Backup {
   /** Lets go of the replica (nothing committed refers to it any more). */
   private release(): void {
     const held = this.held;
+    this.kept = null;
     if (!held) return;
     this.held = null;
     this.diskBuffer?.discard();
@@ -309,12 +411,19 @@ export class Backup {
     this.needSession(s);
     const { epoch, full } = parseCheckpointBegin(body);
     if (s.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${s.open.epoch} is open`);
-    if (!full && this.committed === null) throw protocolError('the first checkpoint of a session must be FULL');
+    const first = this.committed === null, from = s.continuing;
+    if (!full && first && from === null) {
+      throw protocolError('the first checkpoint of a session must be FULL (its HELLO_ACK did not continue)');
+    }
     // A FULL checkpoint decodes in place: after a commit it would overwrite what failover resumes.
-    if (full && this.committed !== null) throw protocolError(`FULL checkpoint ${epoch} after checkpoint ${this.committed} committed`);
-    if (!full && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
+    if (full && !first) throw protocolError(`FULL checkpoint ${epoch} after checkpoint ${this.committed} committed`);
+    if (!full && !first && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
+    if (!full && first && epoch <= from!) {
+      throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
+    }
     if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
-    s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null };
+    if (full) { this.kept = null; s.continuing = null; } // the image is overwritten in place from here
+    s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null, memDigests: null };
   }
 
   private openFor(s: Session, type: number, epoch: number): Open {
@@ -361,6 +470,9 @@ export class Backup {
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
     const distinct = held.staging.distinctPages;
     if (o.full && distinct !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${distinct} of ${held.hello.pageCount} pages`);
+    if (!o.full && this.committed === null && !o.memDigests) {
+      throw protocolError(`continued checkpoint ${epoch} carries no MEMORY_VERIFY`);
+    }
     this.hooks.phase?.('pre-commit', epoch);
     // Disk first: if it fails nothing of this checkpoint reached memory; either way the
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
@@ -391,24 +503,63 @@ export class Backup {
     });
   }
 
-  /** Memory (staged pages, then disk references), device state; then the ACK. */
+  /**
+   * Memory (staged pages, then disk references), device state; then the ACK. A continued
+   * session's first checkpoint is checked between memory and device state: its region digests
+   * must equal the primary's (MEMORY_VERIFY), computed a region per turn while the session's
+   * records wait (as for the disk check); a mismatch drops the session and the image.
+   */
   private finishCommit(s: Session, o: Open): void {
     const held = this.held!;
-    const epoch = o.epoch;
-    this.committing(held, () => {
-      const staging = held.staging, image = held.replica.image;
-      const refs = staging.refs;
-      const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
-      if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
-      const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
-      if (refPages) {
-        refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
-        this.counters.diskRefPages += refs.length;
-      }
-      if (o.full) staging.clear();
-      held.replica.commitDeviceState(o.deviceState!, changed);
+    let changed: Uint32Array | null = null;
+    this.committing(held, () => { changed = this.applyMemory(held, o); });
+    const want = o.memDigests;
+    if (!want) return this.completeCommit(s, o, changed!);
+    this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
+    s.paused = true;
+    imageDigests(held.replica.image, held.hello.pageCount, want.regionPages, this.clock, (r) => {
+      s.paused = false;
+      if (this.session !== s || s.open !== o) return;
+      this.guard(s, () => {
+        if (r instanceof Error) throw r;
+        const bad = r.findIndex((d, i) => d !== want.digests[i]);
+        if (bad >= 0) {
+          this.counters.memoryDiverged++;
+          const last = Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1;
+          throw new RemusError(ErrorCode.MEMORY_DIVERGED, `after continued checkpoint ${o.epoch} the backup's memory ` +
+            `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
+            `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`);
+        }
+        this.counters.memoryVerifiedEpoch = o.epoch;
+        this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
+        this.completeCommit(s, o, changed!);
+      });
+      this.drainQueued(s);
     });
+  }
+
+  /** The checkpoint's pages into the image; returns the pfns it changed. */
+  private applyMemory(held: Held, o: Open): Uint32Array {
+    const staging = held.staging, image = held.replica.image;
+    const refs = staging.refs;
+    const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
+    if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
+    const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
+    if (refPages) {
+      refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
+      this.counters.diskRefPages += refs.length;
+    }
+    if (o.full) staging.clear();
+    return changed;
+  }
+
+  private completeCommit(s: Session, o: Open, changed: Uint32Array): void {
+    const held = this.held!;
+    const epoch = o.epoch;
+    this.committing(held, () => held.replica.commitDeviceState(o.deviceState!, changed));
     this.committed = epoch;
+    this.kept = { epoch, lineage: s.hello!.lineage };
+    s.continuing = null;
     s.open = null;
     this.counters.checkpoints++;
     this.counters.pages += o.pages;
@@ -423,6 +574,7 @@ export class Backup {
   private committing(held: Held, f: () => void): void {
     try { f(); } catch (e) {
       this.committed = null;
+      this.kept = null;
       held.staging.clear();
       // A disk reference that did not match means our disk diverged: the next session copies it whole.
       if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
@@ -448,6 +600,18 @@ export class Backup {
     const o = this.openFor(s, Rec.DISK_REFS, epoch);
     this.counters.wireBytes += body.length + 16;
     o.pages += held.staging.addRefs(refs, o.full);
+  }
+
+  /** A continued session's first checkpoint: the primary's region digests of memory at it. */
+  private onMemoryVerify(s: Session, body: Buffer): void {
+    const held = this.needSession(s);
+    const v = parseMemoryVerify(body, held.hello.pageCount);
+    const o = this.openFor(s, Rec.MEMORY_VERIFY, v.epoch);
+    if (o.full || this.committed !== null || s.continuing === null || o.memDigests) {
+      throw protocolError(`MEMORY_VERIFY for checkpoint ${v.epoch} outside a continued session's first checkpoint, ` +
+        'or twice');
+    }
+    o.memDigests = { regionPages: v.regionPages, digests: v.digests };
   }
 
   /** The primary's disk checksum at this checkpoint: checked at its commit, before the ACK. */
@@ -538,7 +702,7 @@ export class Backup {
   private drop(s: Session): void {
     if (this.session !== s) return;
     this.endSession(s);
-    if (this.committed === null) this.release();
+    if (this.committed === null && this.kept === null) this.release(); // a kept image waits for a continued session
     if (this.state !== 'failed-over') this.state = 'waiting';
     s.link.close();
     this.checkInvariants();
@@ -569,6 +733,9 @@ export class Backup {
 
   private checkInvariants(): void {
     assert(this.committed === null || this.held !== null, 'a committed checkpoint without a replica');
+    const k = this.kept;
+    const c = this.committed;
+    assert(k === null ? c === null : this.held !== null && (c === null || k.epoch === c), 'committed is not kept');
     assert(this.session === null || this.session.phase === 'handshake' || this.session.hello !== null, 'an open session without HELLO');
     assert(this.state !== 'receiving' || this.session !== null, 'receiving without a session');
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');

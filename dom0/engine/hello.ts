@@ -33,7 +33,19 @@ export interface HelloInfo {
   heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
   /** Size of the replicated disk (0: the domain has none), and the write buffer it asks for. */
   diskBytes: number; diskBufferBytesMax: number;
+  /** The primary's lineage (docs/protocol.md "Reconnect"), or null: it never continues a session. */
+  lineage: string | null;
+  /**
+   * What the primary can continue from, or null (it asks for a full copy): the last epoch
+   * the backup acknowledged in its lineage, and its own last epoch.
+   */
+  continueFrom: ContinueFrom | null;
 }
+
+export interface ContinueFrom { ackedEpoch: number; lastEpoch: number; }
+
+/** A lineage id: 8 to 64 of a-z 0-9 and '-'. */
+export const LINEAGE_RULE = /^[a-z0-9-]{8,64}$/;
 
 function refuse(message: string): never {
   throw new RemusError(ErrorCode.HANDSHAKE, message);
@@ -64,12 +76,29 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
   }
   if (v.pageSize !== PAGE_SIZE) refuse(`HELLO page size ${JSON.stringify(v.pageSize) ?? 'missing'} is not ${PAGE_SIZE}`);
   const diskBytes = optionalNum('diskBytes', DISK_BYTES_MAX);
+  const lineage = v.lineage === undefined ? null : v.lineage;
+  if (lineage !== null && (typeof lineage !== 'string' || !LINEAGE_RULE.test(lineage))) {
+    refuse(`HELLO lineage ${JSON.stringify(lineage)?.slice(0, 80)} is not 8 to 64 of a-z 0-9 -`);
+  }
+  const continueFrom = v.ackedEpoch === undefined && v.lastEpoch === undefined ? null : continueFromOf(v, lineage);
   if (diskBytes % DISK_SECTOR_BYTES !== 0) refuse(`HELLO diskBytes ${diskBytes} is not a multiple of ${DISK_SECTOR_BYTES}`);
   return {
     kind: oneOf('kind', DOMAIN_KINDS), domain, pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_SIZE,
     compressor: oneOf('compressor', COMPRESSORS), intervalMs: num('intervalMs', 1, INTERVAL_MS_MAX),
     heartbeatTimeoutMs: num('heartbeatTimeoutMs', HEARTBEAT_TIMEOUT_MS_MIN, HEARTBEAT_TIMEOUT_MS_MAX),
     deviceStateMax: num('deviceStateMax', 0, DEVICE_STATE_BYTES_MAX),
-    diskBytes, diskBufferBytesMax: optionalNum('diskBufferBytesMax', DISK_BUFFER_BYTES_MAX), sessionId,
+    diskBytes, diskBufferBytesMax: optionalNum('diskBufferBytesMax', DISK_BUFFER_BYTES_MAX), sessionId, lineage, continueFrom,
   };
+}
+
+/** ackedEpoch ≤ lastEpoch, both or none, and only with a lineage. */
+function continueFromOf(v: Record<string, unknown>, lineage: string | null): ContinueFrom {
+  const { ackedEpoch, lastEpoch } = v;
+  if (lineage === null) refuse('HELLO ackedEpoch and lastEpoch without a lineage');
+  const epoch = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 1;
+  if (!epoch(ackedEpoch) || !epoch(lastEpoch) || ackedEpoch > lastEpoch) {
+    refuse(`HELLO ackedEpoch ${JSON.stringify(ackedEpoch)} and lastEpoch ${JSON.stringify(lastEpoch)} ` +
+      'are not epochs with acked ≤ last');
+  }
+  return { ackedEpoch, lastEpoch };
 }

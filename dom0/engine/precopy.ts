@@ -111,15 +111,7 @@ export class Precopy {
    */
   finalCapture(cap: Capture): Capture {
     const inCap = new Set(cap.pfns.subarray(0, cap.count));
-    const extra = this.pending.filter((p) => !inCap.has(p));
-    if (extra.length === 0) return cap;
-    const pages = new Uint8Array((cap.count + extra.length) * PAGE_SIZE);
-    pages.set(cap.pages.subarray(0, cap.count * PAGE_SIZE));
-    this.mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_SIZE));
-    const pfns = new Uint32Array(cap.count + extra.length);
-    pfns.set(cap.pfns.subarray(0, cap.count));
-    pfns.set(extra, cap.count);
-    return { pfns, count: pfns.length, pages, deviceState: cap.deviceState };
+    return withPagesRead(cap, this.pending.filter((p) => !inCap.has(p)), this.mem);
   }
 
   progress(nowMs: number): PrecopyProgress {
@@ -131,4 +123,19 @@ export class Precopy {
       dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_SIZE) / 1e6 / (elapsedMs / 1000), elapsedMs,
     };
   }
+}
+
+/**
+ * The capture plus pages extra (none of them in it), read now from mem: the domain is
+ * suspended, so they hold their content at this checkpoint. Each pfn once.
+ */
+export function withPagesRead(cap: Capture, extra: Uint32Array, mem: LiveMemory): Capture {
+  if (extra.length === 0) return cap;
+  const pages = new Uint8Array((cap.count + extra.length) * PAGE_SIZE);
+  pages.set(cap.pages.subarray(0, cap.count * PAGE_SIZE));
+  mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_SIZE));
+  const pfns = new Uint32Array(cap.count + extra.length);
+  pfns.set(cap.pfns.subarray(0, cap.count));
+  pfns.set(extra, cap.count);
+  return { pfns, count: pfns.length, pages, deviceState: cap.deviceState };
 }

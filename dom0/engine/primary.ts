@@ -4,7 +4,11 @@
 // and streamed, and the backup's ACK releases that epoch's outputs. At most maxInFlight
 // checkpoints are taken but unacknowledged; past that the next suspend waits. Losing the
 // backup leaves the guest running unprotected (outputs pass through) until a new backup
-// session starts with a full copy. TAKEOVER from the backup fences this copy.
+// session starts: with a full copy, or — when the backup kept the image this primary's
+// checkpoints built (same lineage, docs/protocol.md "Reconnect") — with one checkpoint of the
+// pages written since the backup's last acknowledgement, verified by region digests
+// (engine/continuation.ts). TAKEOVER from the backup fences this copy.
+import { randomBytes } from 'node:crypto';
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import type { Compressor } from '../memory/encodings';
@@ -12,11 +16,14 @@ import { PageEncoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
-  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, type DiskRefEntry,
+  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody,
+  type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
 import { Window, type PrimaryStats } from './stats';
-import { PRECOPY_BACKLOG_BYTES_MAX, Precopy } from './precopy';
+import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
+import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
+import type { ContinueFrom } from './hello';
 
 export type Phase = 'suspend' | 'net-barrier' | 'capture' | 'disk-barrier' | 'resume' |
   'stream-begin' | 'stream-batch' | 'stream-end' | 'ack' | 'release' | 'precopy-batch';
@@ -54,6 +61,13 @@ export interface PrimaryOptions {
   precopyRemainingPagesMin?: number;
   /** The pre-copy waits while more than this is queued on the channel (default PRECOPY_BACKLOG_BYTES_MAX). */
   precopyBacklogBytesMax?: number;
+  /**
+   * Continue the backup's image after a loss when it kept ours (default true; needs a domain
+   * whose memory can be read while suspended, Domain.live). False: every session is FULL.
+   */
+  continueSessions?: boolean;
+  /** Pages per region of a continued session's memory digest (default DIGEST_REGION_PAGES). */
+  digestRegionPages?: number;
 }
 
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
@@ -103,7 +117,13 @@ export const EXPOSURE_TICK_MS = 10;
  * A captured checkpoint waiting to be streamed. begun: its CHECKPOINT_BEGIN already went out
  * (a pre-copied first checkpoint: sentPages starts with the pages the rounds sent).
  */
-interface Pending { epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; begun: boolean; }
+interface Pending {
+  epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; begun: boolean;
+  /** A continued session's first checkpoint: the region digests of memory at it (MEMORY_VERIFY). */
+  memDigests: Uint32Array | null;
+  /** Octets sent on the channel when it began (what a continued checkpoint cost). */
+  sentMark: number;
+}
 
 export class Primary {
   private link: Link | null = null;
@@ -140,12 +160,36 @@ export class Primary {
   private readonly ackLatency = new Window();
   private fullPauseMs = 0;
   private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0, diskRefPages: 0, diskVerifiedEpoch: 0 };
+  /** Counts ended sessions: a checkpoint that outlives its session is not sent in the next one. */
+  private sessionGen = 0;
+  /** Every record octet sent (headers included). */
+  private sentOctets = 0;
+
+  // ---- continuation (docs/protocol.md "Reconnect") ---------------------------------------
+  /** This primary's lineage: the history of its dirty tracking, for the life of this object. */
+  readonly lineage = `l-${randomBytes(12).toString('hex')}`;
+  /** Last epoch the backup acknowledged whose image a new session may continue (null: it must copy all). */
+  private backupAcked: number | null = null;
+  /** Pages of captured, unacknowledged checkpoints; null when this primary cannot continue. */
+  private readonly unacked: UnackedPages | null;
+  /** Per-page CRC32C of memory at the last capture (the continued checkpoint's digests). */
+  private readonly pageCrcs: PageCrcTable | null;
+  /** What this session's HELLO offered to continue from (null: it asked for a full copy). */
+  private offered: ContinueFrom | null = null;
+  /** The next checkpoint is a continued session's first. */
+  private continuing = false;
+  /** Why the next session must copy all (a digest mismatch), until an ACK makes an image continuable again. */
+  private fullReason: string | null = null;
+  private lastSessionStart: SessionStart | null = null;
 
   constructor(private readonly domain: Domain, private readonly gate: OutputGate,
     private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {},
     private readonly disk: DiskPort | null = null) {
     assert(opts.intervalMs >= 1 && opts.maxInFlight >= 1 && opts.heartbeatTimeoutMs > 0, 'primary options');
     this.encoder = new PageEncoder({ cachePages: opts.cachePages, compressor: opts.compressor, batchPagesMax: opts.batchPagesMax });
+    const continues = opts.continueSessions !== false && !!domain.live;
+    this.unacked = continues ? new UnackedPages(domain.pageCount, opts.maxInFlight + 2) : null;
+    this.pageCrcs = continues ? new PageCrcTable(domain.pageCount) : null;
   }
 
   /** Starts the epoch clock and heartbeats; the guest runs unprotected until a backup attaches. */
@@ -186,12 +230,15 @@ export class Primary {
       this.lose(err ? err.message : this.session === 'hello' ? 'the backup closed the connection before answering HELLO ' +
         '(it refused us, or one side uses TLS --psk-file and the other --insecure)' : 'backup closed the connection');
     });
+    const acked = this.unacked ? this.backupAcked : null;
+    this.offered = acked !== null ? { ackedEpoch: acked, lastEpoch: this.epoch } : null;
     this.send(Rec.HELLO, jsonBody({
       kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,
       compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
       heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, deviceStateMax: this.opts.deviceStateMax,
       diskBytes: this.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
       sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
+      ...(this.unacked ? { lineage: this.lineage, ...this.offered } : {}),
     }, PROTOCOL_VERSION));
   }
 
@@ -219,6 +266,7 @@ export class Primary {
       backup: this.link?.remote ?? null,
       initialSyncMs: this.initialSyncMs,
       precopy: this.precopy?.progress(this.clock.now()) ?? null,
+      lineage: this.lineage, lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
     };
   }
 
@@ -240,6 +288,8 @@ export class Primary {
   private takeCheckpoint(then: () => void): void {
     const epoch = this.epoch + 1, full = this.needFull;
     const pc = full ? this.precopy : null; // a pre-copied first checkpoint: copy only what remains
+    const cont = !full && this.continuing; // a continued session's first: also every page since the last ack
+    const gen = this.sessionGen;
     const t0 = this.clock.now();
     let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {}, diskCrc: number | null = null;
     this.checkpointing = true;
@@ -250,9 +300,10 @@ export class Primary {
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
       if (barrierPlaced) this.epoch = Math.max(this.epoch, epoch);
+      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, cap.pages); // memory as captured, whatever became of it
       if (suspended) this.resumeAfterFailure();
       this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
-      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`);
+      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`, true);
       then();
     };
     // A domain call that throws synchronously (the sim vCPU did not stop: ERR_VCPU) fails
@@ -260,13 +311,19 @@ export class Primary {
     const call = <T>(fn: () => T): T | typeof STEP_FAILED => {
       try { return fn(); } catch (e) { fail(e); return STEP_FAILED; }
     };
+    // Captured pages are listed as unacknowledged at once: a checkpoint that fails after its
+    // capture took them from dirty tracking, and the next continued session must carry them.
+    const took = (c: Capture): void => {
+      cap = cont ? this.withUnacked(c) : pc ? pc.finalCapture(c) : c;
+      if (!full) this.unacked?.add(epoch, cap.pfns, cap.count, cont);
+    };
     runInOrder([
       () => { this.hooks.phase?.('suspend', epoch); return call(() => this.domain.suspend()); },
       () => {
         suspended = true;
         // A session's first checkpoint: outputs flowed until the guest stopped (they precede the
         // state it captures; Xen's libxc runs its live rounds before this suspend completes).
-        if (full && this.link && this.session === 'active') this.gate.setPassThrough(false);
+        if ((full || cont) && this.link && this.session === 'active') this.gate.setPassThrough(false);
         this.hooks.phase?.('net-barrier', epoch);
         this.gate.barrier(epoch);
         barrierPlaced = true;
@@ -274,13 +331,13 @@ export class Primary {
         t1 = this.clock.now();
         const r = call(() => this.domain.capture(full && !pc));
         if (r === STEP_FAILED) return r;
-        if (!(r instanceof Promise)) { cap = pc ? pc.finalCapture(r) : r; return undefined; }
-        return r.then((c) => { cap = pc ? pc.finalCapture(c) : c; });
+        if (!(r instanceof Promise)) { took(r); return undefined; }
+        return r.then(took);
       },
       () => {
         this.copy.add(this.clock.now() - t1);
         info = this.domain.describe();
-        if (!full || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
+        if ((!full && !cont) || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
         // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
         const crc = this.disk.checksum();
         if (!(crc instanceof Promise)) { diskCrc = crc; return undefined; }
@@ -297,7 +354,7 @@ export class Primary {
       this.checkpointing = false;
       const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
       if (full) this.fullPauseMs = pausedMs; else this.pause.add(pausedMs);
-      this.captured(epoch, full, cap!, info, diskCrc, pc);
+      this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc);
       then();
     }, fail);
   }
@@ -309,23 +366,33 @@ export class Primary {
     } catch (e) { this.hooks.event?.('resume-failed', { message: (e as Error).message }); }
   }
 
-  private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null,
-    pc: Precopy | null): void {
-    if (!full && this.needFull) {
-      // A new session began while this (asynchronous) checkpoint ran: it starts with a full
-      // one. Nobody will acknowledge this epoch; its outputs go with the next ack.
+  private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture,
+    info: Record<string, unknown>, diskCrc: number | null, pc: Precopy | null): void {
+    // The table follows every capture in order, sent or not: its digests are memory's at the last one.
+    this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
+    if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
+      // The session ended while this checkpoint ran (or a new one began: an asynchronous
+      // domain): nobody will acknowledge this epoch; its outputs go with a later ack, and its
+      // pages are listed as unacknowledged (a continued checkpoint carries them).
       this.epoch = this.acked = this.sentEpoch = epoch;
       return;
     }
     this.epoch = epoch;
     this.needFull = false;
+    let memDigests: Uint32Array | null = null;
+    if (cont) {
+      this.continuing = false;
+      memDigests = this.pageCrcs!.digests(this.opts.digestRegionPages ?? DIGEST_REGION_PAGES);
+      if (this.lastSessionStart) Object.assign(this.lastSessionStart, { epoch, pages: cap.count });
+    }
     this.totals.checkpoints++;
     this.totals.dirtyPages += cap.count;
     this.totals.dirtyPagesLast = cap.count;
     this.hooks.checkpoint?.(epoch, info);
     const begun = pc !== null && pc === this.precopy;
     if (full) this.precopy = null;
-    this.queue.push({ epoch, full, cap, next: 0, sentPages: begun ? pc.sentPages : 0, diskCrc, begun });
+    const sentPages = begun ? pc.sentPages : 0;
+    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, begun, memDigests, sentMark: 0 });
     this.clock.defer(() => this.pump());
   }
 
@@ -335,7 +402,10 @@ export class Primary {
     this.streaming = true;
     const p = this.queue[0];
     this.hooks.phase?.('stream-begin', p.epoch);
+    p.sentMark = this.sentOctets;
     if (!p.begun) this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
+    const regionPages = this.opts.digestRegionPages ?? DIGEST_REGION_PAGES;
+    if (p.memDigests) this.send(Rec.MEMORY_VERIFY, memoryVerifyBody(p.epoch, regionPages, p.memDigests));
     if (p.diskCrc !== null) {
       this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
       this.verifyEpoch = p.epoch;
@@ -369,6 +439,7 @@ export class Primary {
     this.send(Rec.DEVICE_STATE, withEpoch(p.epoch, p.cap.deviceState));
     this.hooks.phase?.('stream-end', p.epoch);
     this.send(Rec.CHECKPOINT_END, checkpointEnd(p.epoch, p.sentPages));
+    if (p.memDigests && this.lastSessionStart) this.lastSessionStart.bytes = this.sentOctets - p.sentMark;
     this.sentAt.set(p.epoch, this.clock.now());
     this.sentEpoch = p.epoch;
     this.queue.shift();
@@ -412,6 +483,13 @@ export class Primary {
       case Rec.TAKEOVER: return this.onTakeover(parseTakeover(body));
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);
+        if (value.code === ErrorCode.MEMORY_DIVERGED) {
+          // Its image is not ours: the next session copies all, and says why.
+          this.backupAcked = null;
+          this.unacked?.clear();
+          const why = String(value.message).slice(0, 512);
+          this.fullReason = `the backup's memory differed from ours after the continued checkpoint: ${why}`;
+        }
         return this.lose(`backup reported ${String(value.code)}: ${String(value.message)}`);
       }
       default: throw protocolError(`unexpected record type ${type} at the primary`);
@@ -423,10 +501,14 @@ export class Primary {
     const { value } = parseJson(Rec.HELLO_ACK, body, false);
     if (value.accepted !== true) throw new RemusError(ErrorCode.HANDSHAKE, `backup refused: ${String(value.reason)}`);
     if (this.holdTimer !== null) { this.clock.clearTimer(this.holdTimer); this.holdTimer = null; }
-    this.needFull = true;
+    const start = this.lastSessionStart = this.sessionStart(value);
+    this.continuing = start.kind === 'continued';
+    this.needFull = !this.continuing;
+    if (this.needFull) { this.backupAcked = null; this.unacked?.clear(); } // the backup's image is overwritten
+    this.hooks.event?.('session-start', { ...start });
     this.acked = this.epoch;
     this.sentEpoch = this.epoch;
-    this.encoder.reset();
+    this.encoder.reset(); // a continued checkpoint too refers to no cached page: the backup's image may be ahead
     this.totals.sessions++;
     this.sessionStartedAt = this.clock.now();
     this.initialSyncMs = 0;
@@ -441,14 +523,50 @@ export class Primary {
     this.disk.connect({ send: (t, b) => this.send(t, b), get backlogBytes() { return link.backlogBytes; } }, this.epoch + 1,
       value.diskContinues === true,
       () => { if (this.link === link) this.beginCheckpoints(); },
-      (reason) => { if (this.link === link) this.lose(reason); });
+      (reason) => { if (this.link === link) this.lose(reason, true); });
+  }
+
+  /**
+   * How this session begins: continued when our HELLO offered it and the backup kept an image
+   * of our lineage at an epoch between our last acknowledged one and our last one; full
+   * otherwise, with the reason (ours, or the backup's).
+   */
+  private sessionStart(ack: Record<string, unknown>): SessionStart {
+    const offered = this.offered;
+    if (!offered) {
+      const cannot = this.domain.live ? 'continuing sessions is off' : 'this domain\'s memory is read only by captures';
+      const reason = !this.unacked ? cannot
+        : this.fullReason ?? 'the backup acknowledged no checkpoint of this primary yet (or not since its last full copy)';
+      return { kind: 'full', reason };
+    }
+    if (ack.continues !== true) {
+      const why = String(ack.reason ?? 'no reason given').slice(0, 512);
+      return { kind: 'full', reason: `the backup cannot continue: ${why}` };
+    }
+    const kept = ack.epoch, { ackedEpoch, lastEpoch } = offered;
+    if (typeof kept !== 'number' || !Number.isSafeInteger(kept) || kept < ackedEpoch || kept > lastEpoch) {
+      throw protocolError(`HELLO_ACK continues from epoch ${String(kept)}, not one in ${ackedEpoch}..${lastEpoch}`);
+    }
+    return {
+      kind: 'continued', reason: `the backup keeps checkpoint ${kept} of this primary (acknowledged: ${ackedEpoch})`,
+      keptEpoch: kept, ackedEpoch, verified: false,
+    };
+  }
+
+  /**
+   * A continued session's first checkpoint: the capture (pages written since the last one)
+   * plus every page of an unacknowledged checkpoint, read now with the guest suspended.
+   */
+  private withUnacked(cap: Capture): Capture {
+    const extra = this.unacked!.missingFrom(cap.pfns, cap.count);
+    return withPagesRead(cap, extra, this.domain.live!);
   }
 
   private beginCheckpoints(): void {
     if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
     this.session = 'active';
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
-    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1 });
+    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, continued: this.continuing });
     if (this.tickTimer === null) this.scheduleTick(0);
   }
 
@@ -478,13 +596,15 @@ export class Primary {
     if (b) {
       const { container } = this.bulkEncoder().encode(b.pages, BigUint64Array.from(b.pfns, BigInt));
       this.send(Rec.PAGE_BATCH, withEpoch(this.epoch + 1, container));
+      this.pageCrcs?.update(b.pfns, b.pfns.length, b.pages);
       this.precopyMark = link.queuedBytes ?? 0;
       this.totals.rawBytes += b.pfns.length * PAGE_SIZE;
     } else {
       const again = pc.endRound();
       // The round that just ended (endRound has moved to the next one when it goes on).
       this.hooks.event?.('precopy-round', { ...pc.progress(this.clock.now()), round: again ? pc.round - 1 : pc.round, final: !again });
-      if (!again) return this.finishPrecopy();
+      if (this.precopy !== pc || this.link !== link) return; // the session ended meanwhile (a hook, a send)
+      if (!again) return this.finishPrecopy(pc);
     }
     this.clock.defer(() => this.precopyStep(link));
   }
@@ -518,10 +638,11 @@ export class Primary {
   }
 
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
-  private finishPrecopy(): void {
+  private finishPrecopy(pc: Precopy): void {
+    assert(this.precopy === pc && this.session === 'precopy', 'the pre-copy that finishes is the session\'s');
     this.session = 'active';
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
-    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: this.precopy!.sentPages });
+    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: pc.sentPages });
     this.scheduleTick(0);
   }
 
@@ -533,6 +654,12 @@ export class Primary {
     this.hooks.phase?.('ack', epoch);
     this.acked = epoch;
     this.lastAckAt = this.clock.now();
+    if (this.unacked) { this.backupAcked = epoch; this.unacked.acked(epoch); this.fullReason = null; }
+    const st = this.lastSessionStart;
+    if (st?.kind === 'continued' && st.epoch === epoch) {
+      st.verified = true;
+      this.hooks.event?.('continued', { ...st });
+    }
     if (this.initialSyncMs === 0) this.initialSyncMs = Math.max(1, this.lastAckAt - this.sessionStartedAt);
     const sent = this.sentAt.get(epoch);
     if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
@@ -584,7 +711,7 @@ export class Primary {
       const link = this.link;
       this.clock.setTimer(1, () => {
         const silent = this.clock.now() - this.lastHeard;
-        if (this.link === link && silent > limitMs) this.lose(`backup silent for ${silent.toFixed(0)} ms`);
+        if (this.link === link && silent > limitMs) this.lose(`backup silent for ${silent.toFixed(0)} ms`, true);
       });
       return;
     }
@@ -596,10 +723,19 @@ export class Primary {
   /**
    * The backup is gone. The guest keeps running; outputs stay held for holdOnLossMs (a
    * backup that took over fences us meanwhile, see PrimaryOptions.holdOnLossMs), then the
-   * primary runs unprotected and releases them. A new session re-protects with a full copy.
+   * primary runs unprotected and releases them. A new session re-protects: continued when the
+   * backup kept our image, else with a full copy. tell: the channel may still work, so the
+   * backup hears that we live (ERROR) before the close.
    */
-  private lose(reason: string): void {
+  private lose(reason: string, tell = false): void {
     if (!this.link) return;
+    // We live and reconnect: said before the close (when the channel still carries it), the
+    // backup drops the session without failing over and keeps its image for a continued one.
+    if (tell) {
+      const l = this.link;
+      const said = jsonBody({ code: ErrorCode.SESSION_ENDED, message: `${reason}; the primary reconnects` });
+      try { l.send(Rec.ERROR, said); } catch { /* closing anyway */ }
+    }
     this.dropLink();
     if (this.state === 'fenced' || this.state === 'stopped') return;
     this.state = 'holding';
@@ -620,6 +756,7 @@ export class Primary {
   private dropLink(): void {
     const l = this.link;
     this.link = null;
+    this.sessionGen++;
     if (this.session !== 'none') this.disk?.disconnect();
     this.session = 'none';
     this.precopy = null;
@@ -641,6 +778,7 @@ export class Primary {
   private send(type: number, body: Uint8Array): void {
     if (!this.link) return;
     this.lastSent = this.clock.now();
+    this.sentOctets += body.length + 16;
     if (type === Rec.PAGE_BATCH || type === Rec.DISK_REFS) this.totals.wireBytes += body.length + 16;
     this.link.send(type, body);
   }

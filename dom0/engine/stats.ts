@@ -41,4 +41,8 @@ export interface PrimaryStats {
   initialSyncMs: number;
   /** The live pre-copy under way (round, pages sent, MB/s), or null. */
   precopy: import('./precopy').PrecopyProgress | null;
+  /** The primary's lineage id (what a continued session names, docs/protocol.md "Reconnect"). */
+  lineage: string;
+  /** How the last session began: continued (and what it cost) or full (and why). */
+  lastSessionStart: import('./continuation').SessionStart | null;
 }

@@ -13,7 +13,7 @@ export const Rec = {
   HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
   CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
   DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15, DISK_VERIFY: 16,
-  NET_EXPOSURE: 17,
+  NET_EXPOSURE: 17, MEMORY_VERIFY: 18,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
@@ -222,4 +222,36 @@ export function parseDiskVerify(body: Buffer): { epoch: number; crc32c: number }
   const epoch = readEpoch(Rec.DISK_VERIFY, body, 16, 16);
   if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_VERIFY reserved field is not 0');
   return { epoch, crc32c: body.readUInt32LE(8) };
+}
+
+// ---- reconnect without a full copy (docs/protocol.md "Reconnect") -----------------------------
+
+/** Most regions a MEMORY_VERIFY carries (a 64 GiB guest in 64 MiB regions has 1024). */
+export const MEMORY_VERIFY_REGIONS_MAX = 1 << 20;
+
+/**
+ * MEMORY_VERIFY: u64 epoch | u32 pages per region | u32 regions | regions × u32 digest. A
+ * region's digest is the CRC32C of the per-page CRC32Cs (u32 little-endian) of its pages.
+ */
+export function memoryVerifyBody(epoch: number, regionPages: number, digests: Uint32Array): Buffer {
+  assert(regionPages >= 1 && digests.length >= 1 && digests.length <= MEMORY_VERIFY_REGIONS_MAX, 'memory regions');
+  const b = epochBody(epoch, 8 + digests.length * 4);
+  b.writeUInt32LE(regionPages, 8);
+  b.writeUInt32LE(digests.length, 12);
+  digests.forEach((d, i) => b.writeUInt32LE(d >>> 0, 16 + i * 4));
+  return b;
+}
+
+export function parseMemoryVerify(body: Buffer, pageCount: number):
+  { epoch: number; regionPages: number; digests: Uint32Array } {
+  const epoch = readEpoch(Rec.MEMORY_VERIFY, body, 16);
+  const regionPages = body.readUInt32LE(8), n = body.readUInt32LE(12);
+  const fits = regionPages > 0 && n <= MEMORY_VERIFY_REGIONS_MAX && n === Math.ceil(pageCount / regionPages);
+  if (!fits || body.length !== 16 + n * 4) {
+    throw protocolError(`MEMORY_VERIFY of ${n} regions of ${regionPages} pages (body ${body.length} octets) ` +
+      `does not cover the guest's ${pageCount} pages`);
+  }
+  const digests = new Uint32Array(n);
+  for (let i = 0; i < n; i++) digests[i] = body.readUInt32LE(16 + i * 4);
+  return { epoch, regionPages, digests };
 }

@@ -90,7 +90,8 @@ export class BackupService {
       role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state, rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
       domain: this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null,
       xen: this.xenReplica?.stats ?? null, attached: this.backup.attached,
-      committedEpoch: this.backup.committedEpoch, ...this.backup.counters,
+      committedEpoch: this.backup.committedEpoch, lastSessionStart: this.backup.lastSessionStart,
+      ...this.backup.counters,
       resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
       disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes, ...this.replica.replicator?.stats() } : null,
@@ -218,7 +219,17 @@ export class BackupService {
 
   private logEvent(name: string, detail: Record<string, unknown>): void {
     const log = this.cfg.log, d = (k: string): string => String(detail[k]);
-    if (name === 'session') { this.peerLog.reset(); log(`primary connected: ${d('domain')} (${d('pages')} pages)`); }
+    if (name === 'session') {
+      this.peerLog.reset();
+      const how = detail.kind === 'continued' ? `session ${d('reason')}` : `full copy (${d('reason')})`;
+      log(`primary connected: ${d('domain')} (${d('pages')} pages): ${how}`);
+    }
+    if (name === 'session-replaced') {
+      log(`the primary of ${d('domain')} reconnected on a new connection: the old one is dropped (no failover)`);
+    }
+    if (name === 'memory-verified') {
+      log(`continued checkpoint ${d('epoch')}: memory digests equal the primary's (${d('regions')} regions)`);
+    }
     if (name === 'failover') {
       const seq = detail.seq === undefined ? '' : `, seq ${d('seq')}`; // a Xen resume reports later ('resumed')
       log(`FAILOVER (${d('reason')}): resumed ${String(this.backup.domain)} from epoch ${d('epoch')}${seq}`);

@@ -187,7 +187,18 @@ export class ProtectService {
     if (this.events.length > 100) this.events.shift();
     this.journal({ event: name, ...detail });
     if (name === 'disk-sync') this.cfg.log(`backup ${String(detail.backup)} answered: copying ${this.disk!.bitmap.bytes} bytes of disk it may lack, then checkpoints start`);
-    if (name === 'protected') this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (full copy as epoch ${String(detail.epoch)})`);
+    if (name === 'protected') {
+      const how = detail.continued ? 'continued' : 'full copy';
+      this.cfg.log(`protected: ${this.cfg.name} → ${String(detail.backup)} (${how} as epoch ${detail.epoch})`);
+    }
+    if (name === 'session-start') {
+      const how = detail.kind === 'continued' ? 'session continues' : 'session copies all memory';
+      this.cfg.log(`${how}: ${String(detail.reason)}`);
+    }
+    if (name === 'continued') {
+      this.cfg.log(`continued session verified at epoch ${String(detail.epoch)}: ${String(detail.pages)} pages ` +
+        `written since the last acknowledged checkpoint, ${String(detail.bytes)} bytes sent`);
+    }
     if (name === 'precopy') this.cfg.log(`pre-copy of ${this.cfg.name} to ${String(detail.backup)}: ${String(detail.pages)} pages, guest running unprotected until it ends`);
     if (name === 'precopy-round') this.cfg.log(precopyLine(detail));
     if (name === 'protected') this.reconnector?.established();

@@ -82,8 +82,9 @@ export class MemLink implements Link {
   private recordCb: (type: number, body: Buffer) => void = () => {};
   private closeCb: (e: Error | null) => void = () => {};
   private closed = false;
-  /** This side's process died (die()): it receives nothing more. */
-  gone = false;
+  private gone = false;
+  /** A middlebox cut the connection: nothing more passes either way (each end learns only by itself). */
+  private severed = false;
   private lastDelivery = 0;
   private readonly decoder = new RecordDecoder(KNOWN);
   corruptNext = false;
@@ -95,22 +96,18 @@ export class MemLink implements Link {
   constructor(private readonly net: Net, readonly remote: string) {}
 
   send(type: number, body: Uint8Array): void {
-    if (this.closed || this.net.cut) return;
+    if (this.closed || this.net.cut || this.severed) return;
     const bytes = encodeRecord(type, body);
     if (this.corruptNext) { this.corruptNext = false; bytes[bytes.length - 1] ^= 0x40; }
     const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
     this.lastDelivery = at;
     this.backlogBytes += bytes.length;
     this.queuedBytes += bytes.length;
-    this.net.clock.setTimer(at - this.net.clock.now(), () => {
-      // A dead peer takes nothing off the wire (TCP: no window, the send queue stops draining).
-      if (this.peer.gone) return;
-      this.backlogBytes -= bytes.length;
-      this.peer.receive(bytes);
-    });
+    // A dead peer reads nothing: what was sent to it stays queued (its backlog is no sign of life).
+    this.net.clock.setTimer(at - this.net.clock.now(), () => { if (this.peer.gone) return; this.backlogBytes -= bytes.length; this.peer.receive(bytes); });
   }
   private receive(bytes: Buffer): void {
-    if (this.closed || this.gone) return;
+    if (this.closed || this.gone || this.severed) return;
     let recs;
     try { recs = this.decoder.push(bytes); } catch (e) { this.end(e as Error); return; }
     for (const r of recs) if (!this.closed) this.recordCb(r.type, r.body);
@@ -120,7 +117,15 @@ export class MemLink implements Link {
     this.closed = true;
     // Like TCP's FIN, the close reaches the peer after everything sent before it.
     const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
-    if (!this.net.silent) this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.end(null));
+    if (!this.net.silent && !this.severed) this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.end(null));
+  }
+  /**
+   * A reset that only this end sees (a middlebox, a NAT timeout): it breaks here at once; the
+   * peer's end stays open and hears nothing more, as a half-open TCP connection.
+   */
+  resetHere(): void {
+    this.severed = this.peer.severed = true;
+    this.end(new Error('connection reset'));
   }
   /** This side's process died: power loss (silent) or kill (the peer sees the close). */
   die(silent: boolean): void {
@@ -278,7 +283,22 @@ export type Fault =
   | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
   | { kind: 'corrupt'; atMs: number; toBackup: boolean }
   | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number }
-  | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct };
+  | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct }
+  | { kind: 'reconnect'; atMs: number; how: ReconnectCause; forMs: number; then: ContinuedFault };
+
+/**
+ * Losses of a session with both processes alive (docs/protocol.md "Reconnect"): a reset only
+ * the primary sees (the backup's end stays open and silent), a corrupted record (the backup
+ * drops the session), a silence of the channel (either side may notice first).
+ */
+export const RECONNECT_CAUSES = ['reset-primary', 'corrupt', 'silence'] as const;
+export type ReconnectCause = (typeof RECONNECT_CAUSES)[number];
+/** A second fault during the continued session's first checkpoint, at a phase of either side. */
+export type ContinuedFault =
+  | { kind: 'none' }
+  | { kind: 'crash-primary'; phase: Phase; silent: boolean }
+  | { kind: 'crash-backup'; phase: string; silent: boolean }
+  | { kind: 'reset-primary' | 'corrupt'; phase: Phase };
 
 /**
  * What a stray peer does on the backup's port: a port scan or health check (close at once),
@@ -292,7 +312,7 @@ const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barr
 const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
 
 export function pickFault(rng: Prng): Fault {
-  const k = rng.below(8);
+  const k = rng.below(9);
   const epoch = 1 + rng.below(10);
   if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
   if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
@@ -300,7 +320,19 @@ export function pickFault(rng: Prng): Fault {
   if (k === 3) return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 5 + rng.below(425), toBackup: rng.chance(0.7) };
   if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
+  if (k === 7) return { kind: 'reconnect', atMs: 150 + rng.below(400), how: RECONNECT_CAUSES[rng.below(RECONNECT_CAUSES.length)], forMs: 40 + rng.below(120), then: pickContinuedFault(rng) };
   if (k === 6) return { kind: 'stray', atMs: 100 + rng.below(500), afterGoodbye: rng.chance(0.7), act: STRAY_ACTS[rng.below(STRAY_ACTS.length)] };
+  return { kind: 'none' };
+}
+
+const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
+
+function pickContinuedFault(rng: Prng): ContinuedFault {
+  const k = rng.below(5);
+  if (k === 0) return { kind: 'crash-primary', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)], silent: rng.chance(0.5) };
+  if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], silent: rng.chance(0.5) };
+  if (k === 2) return { kind: 'reset-primary', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
+  if (k === 3) return { kind: 'corrupt', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
   return { kind: 'none' };
 }
 
@@ -314,6 +346,8 @@ export interface WorldResult {
   failedOver: boolean;
   primaryState: string;
   outputsSeen: number;
+  /** How each session after the first began: 'continued', or 'full: <reason>'. */
+  laterSessions: string[];
 }
 
 /** Runs one seeded scenario and checks the invariants of docs/design.md. */
@@ -324,12 +358,23 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const net = new Net(clock, rng, 1 + rng.below(4));
   const violations: string[] = [];
   const violate = (v: string): void => { if (violations.length < 5) violations.push(v); };
+  // SIM_TRACE=1 with SIM_SEED=<n>: every event of both sides, with its virtual time.
+  const trace = process.env.SIM_TRACE ? (who: string, name: string, d: unknown): void => console.log(clock.now(), who, name, JSON.stringify(d)) : (): void => {};
   const crc = (b: Uint8Array): number => loadAddon().crc32c(b);
   const snapshots = new Map<number, { crc: number; seq: number; diskCrc: number }>();
   const withDisk = rng.chance(0.5);
   let primaryDead = false;
   let domainFaulted = false; // a domain-error fault fires once
   let maxCommitted = 0;
+  // Reconnect faults: the continued session's first epoch (its second fault fires there), how
+  // later sessions began, whether a failover was due when the primary died.
+  let continuedEpoch = -1;
+  let continuedFaulted = false;
+  let ackedAtFault = 0;
+  const laterSessions: string[] = [];
+  let sessionStarts = 0;
+  let backupLiveAtDeath = false;
+  let committedAfterDeath = false;
   const seen: Array<{ seq: number; epoch: number }> = [];
   let commits = 0;
 
@@ -387,6 +432,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (l) { l[0].end(new Error('reset')); l[1].end(new Error('reset')); l[0].close(); l[1].close(); }
   };
   const crashPrimary = (silent: boolean): never => {
+    backupLiveAtDeath = backup.live;
     primaryDead = true;
     domain.fence();
     currentLinks?.[1].die(silent);
@@ -404,10 +450,21 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         if (guestDisk) dropArmed = true; else dropLink();
       }
       if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
+      if (fault.kind === 'reconnect' && epoch === continuedEpoch && !continuedFaulted && 'phase' in fault.then && fault.then.phase === phase) {
+        const t = fault.then;
+        if (t.kind === 'crash-primary') { continuedFaulted = true; crashPrimary(t.silent); }
+        if (t.kind === 'reset-primary') { continuedFaulted = true; currentLinks?.[1].resetHere(); }
+        if (t.kind === 'corrupt') { continuedFaulted = true; if (currentLinks) currentLinks[1].corruptNext = true; }
+      }
       if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) { domainFaulted = true; domain.failNext = fault.step; }
     },
     checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
-    event: (name) => { if (name === 'backup-lost') scheduleReconnect(); },
+    event: (name, d) => {
+      trace('primary', name, d);
+      if (name === 'backup-lost') scheduleReconnect();
+      if (name === 'session-start' && sessionStarts++ > 0) laterSessions.push(d.kind === 'continued' ? 'continued' : `full: ${String(d.reason)}`);
+      if (name === 'session-start' && d.kind === 'continued' && continuedEpoch < 0 && fault.kind === 'reconnect') continuedEpoch = primary!.stats().epoch + 1;
+    },
   }, replicator);
   primary = makePrimary();
 
@@ -426,8 +483,17 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         const rdisk = (r as MemReplica).disk;
         if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc)) violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
         maxCommitted = Math.max(maxCommitted, epoch);
+        if (primaryDead) committedAfterDeath = true;
       },
       phase: (phase, epoch) => {
+        const then = fault.kind === 'reconnect' && fault.then.kind === 'crash-backup' && epoch === continuedEpoch ? fault.then : null;
+        if (then && then.phase === phase && !continuedFaulted && !backupDead && b === backup) {
+          continuedFaulted = true;
+          backupDead = true;
+          currentLinks?.[0].die(then.silent);
+          clock.setTimer(100, () => { backup = makeBackup(); });
+          throw new Crash('backup');
+        }
         if (fault.kind === 'crash-backup' && fault.phase === phase && fault.epoch === epoch && !backupDead && b === backup && !backupFaulted) {
           backupDead = true;
           backupFaulted = true; // once: the restarted backup is healthy
@@ -437,10 +503,13 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         }
       },
       event: (name, d) => {
+        trace('backup', name, d);
         if (name === 'protocol-error' && d.code === 'ERR_DISK_REF_MISMATCH') violate(`a disk reference did not match at the backup: ${String(d.message)}`);
         if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
         if (name === 'failover' && fault.kind === 'stray') violate(`the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`);
         if (name === 'internal-error' && !backupDead) violate(`the backup met a bug on peer input: ${String(d.message)}`);
+        // Nothing in this world alters an image: a continued one that differs is a bug of the reconnect.
+        if (name === 'protocol-error' && d.code === 'ERR_MEMORY_DIVERGED') violate(`a continued image differed: ${String(d.message)}`);
       },
     });
     return b;
@@ -482,6 +551,17 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     }
     clock.setTimer(at + (fault.afterGoodbye ? 20 : 0), () => strayPeer(net, backup, fault.act));
   }
+  if (fault.kind === 'reconnect') {
+    clock.setTimer(fault.atMs, () => {
+      const l = currentLinks;
+      ackedAtFault = primaryDead ? 0 : primary!.stats().ackedEpoch;
+      if (!l) return;
+      if (fault.how === 'reset-primary') l[1].resetHere();
+      if (fault.how === 'corrupt') l[1].corruptNext = true;
+      if (fault.how === 'silence') net.extraLatency = fault.forMs;
+    });
+    if (fault.how === 'silence') clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });
+  }
   if (fault.kind === 'corrupt') {
     clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true; });
   }
@@ -497,7 +577,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (ahead.length) violate(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
     if (!primaryDead && primary.stats().state !== 'fenced') violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
   }
-  if (fault.kind === 'crash-primary' && primaryDead && maxCommitted > 0 && !r) violate('the primary died after a commit but the backup never failed over');
+  const due = backupLiveAtDeath || committedAfterDeath; // a live session lost its primary
+  if (primaryDead && due && !r && !backupDead) violate('the primary died in a live session but the backup never failed over');
+  if (fault.kind === 'reconnect' && fault.how !== 'silence' && ackedAtFault > 0) {
+    // Both lived: the session is continued (no copy, no failover) unless the second fault killed one.
+    const next = laterSessions[0];
+    if (next !== undefined && next !== 'continued') violate(`the session after a ${fault.how} copied all (${next})`);
+    if (r && fault.then.kind !== 'crash-primary') violate(`the backup failed over after a ${fault.how} although the primary lived`);
+  }
   if (!primaryDead && !r && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
     violate(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
   }
@@ -505,7 +592,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     violate(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
   }
   if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0) violate('the guest wrote to its disk but nothing was forwarded');
-  return { seed, fault, violations, commits, diskRefPages: primary.stats().diskRefPages, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length };
+  return { seed, fault, violations, commits, diskRefPages: primary.stats().diskRefPages, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length, laterSessions };
 }
 
 /** A peer on the backup's port that is not the primary (see STRAY_ACTS). */

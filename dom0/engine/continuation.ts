@@ -1,0 +1,153 @@
+// continuation: what lets a new session continue the backup's image instead of copying all of
+// guest memory again (docs/protocol.md "Reconnect"). Three parts:
+//
+// - UnackedPages (primary): the pfns of every checkpoint captured but not acknowledged, one
+//   list per epoch, dropped as acks arrive. A page in epochs 5 and 7 stays listed until 7 is
+//   acknowledged, because 7's list holds it. After a loss, a continued session's first
+//   checkpoint carries these pages plus those dirtied since the last capture: everything
+//   written since the backup's last acknowledged image. Its own list then replaces the older
+//   ones (it holds them all), so at most maxInFlight + 2 lists exist at any time.
+// - PageCrcTable (primary): the CRC32C of every page as last captured or sent. After a capture
+//   at epoch N it is the per-page CRC of guest memory at N (a page written since its last
+//   capture is in a later capture), so region digests of memory at N cost a CRC over the table
+//   (4 octets per page), not a pass over guest memory with the guest suspended.
+// - imageDigests (backup): the same region digests of its image, one region per turn.
+//
+// A region's digest is the CRC32C of its pages' CRC32Cs, as u32 little-endian (both sides
+// compute it the same way; docs/protocol.md "MEMORY_VERIFY").
+import type { GuestMemory } from '../memory/guest-memory';
+import { assert } from '../assert';
+import { loadAddon } from '../native';
+import { PAGE_SIZE } from '../memory/page-cache';
+import type { Clock } from './ports';
+
+/** Pages per digest region: 64 MiB of guest memory (a 64 GiB guest has 1024 regions). */
+export const DIGEST_REGION_PAGES = 16384;
+
+assert(new Uint8Array(new Uint32Array([1]).buffer)[0] === 1, 'region digests read the CRC table as little-endian u32');
+
+export class UnackedPages {
+  private lists: Array<{ epoch: number; pfns: Uint32Array }> = [];
+  private readonly marks: Uint32Array;
+
+  /** listsMax: the bound the in-flight limit gives (an assertion, not a policy). */
+  constructor(readonly pageCount: number, private readonly listsMax: number) {
+    this.marks = new Uint32Array(Math.ceil(pageCount / 32));
+  }
+
+  get epochs(): number { return this.lists.length; }
+
+  /**
+   * The pages of checkpoint epoch (copied: a capture's array may be reused). subsumes: they
+   * include every listed page (a continued checkpoint), so the older lists go.
+   */
+  add(epoch: number, pfns: Uint32Array, count: number, subsumes = false): void {
+    const last = this.lists[this.lists.length - 1];
+    assert(!last || last.epoch < epoch, `unacked epochs increase (${last?.epoch} then ${epoch})`);
+    if (subsumes) this.lists = [];
+    this.lists.push({ epoch, pfns: pfns.slice(0, count) });
+    assert(this.lists.length <= this.listsMax, `${this.lists.length} unacknowledged lists (bound ${this.listsMax})`);
+  }
+
+  /** The backup acknowledged epoch: its pages, and all earlier ones, are in its image. */
+  acked(epoch: number): void {
+    while (this.lists.length && this.lists[0].epoch <= epoch) this.lists.shift();
+  }
+
+  clear(): void { this.lists = []; }
+
+  /** Listed pages that are not among except[0..exceptCount), each once, ascending. */
+  missingFrom(except: Uint32Array, exceptCount: number): Uint32Array {
+    const m = this.marks;
+    const set = (p: number): void => { m[p >>> 5] |= 1 << (p & 31); };
+    const has = (p: number): boolean => (m[p >>> 5] & (1 << (p & 31))) !== 0;
+    const unset = (p: number): void => { m[p >>> 5] &= ~(1 << (p & 31)); };
+    for (const l of this.lists) for (const p of l.pfns) set(p);
+    for (let i = 0; i < exceptCount; i++) unset(except[i]);
+    const out: number[] = [];
+    for (const l of this.lists) {
+      for (const p of l.pfns) if (has(p)) { out.push(p); unset(p); }
+    }
+    return Uint32Array.from(out).sort(); // every mark is clear again
+  }
+}
+
+export class PageCrcTable {
+  readonly crcs: Uint32Array;
+  private scratch = new Uint32Array(0);
+
+  constructor(readonly pageCount: number) { this.crcs = new Uint32Array(pageCount); }
+
+  /** Pages pfns[0..count) now hold pages (count × 4096 octets) as the backup will. */
+  update(pfns: ArrayLike<number>, count: number, pages: Uint8Array): void {
+    if (count === 0) return;
+    if (this.scratch.length < count) this.scratch = new Uint32Array(count);
+    const out = this.scratch.subarray(0, count);
+    loadAddon().crc32cPages(pages.subarray(0, count * PAGE_SIZE), out);
+    for (let i = 0; i < count; i++) this.crcs[pfns[i]] = out[i];
+  }
+
+  digests(regionPages: number): Uint32Array { return regionDigests(this.crcs, regionPages); }
+}
+
+/** Region i's digest: CRC32C over the u32 CRCs of its pages. */
+export function regionDigests(crcs: Uint32Array, regionPages: number): Uint32Array {
+  assert(regionPages >= 1, 'region pages');
+  const n = Math.ceil(crcs.length / regionPages), out = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    const from = i * regionPages, to = Math.min(crcs.length, from + regionPages);
+    out[i] = loadAddon().crc32c(new Uint8Array(crcs.buffer, crcs.byteOffset + from * 4, (to - from) * 4));
+  }
+  return out;
+}
+
+/**
+ * The backup's region digests of image (pageCount pages), one region per turn of the clock
+ * (64 MiB at a time: a few ms), so heartbeats go on; then done (with the digests, or the
+ * error). A callback, not a promise: the engine's clock may be virtual (the simulator runs no
+ * microtasks until it stops). The image must not change meanwhile: the backup holds the
+ * session's records until done.
+ */
+export function imageDigests(image: GuestMemory, pageCount: number, regionPages: number, clock: Pick<Clock, 'defer'>,
+  done: (r: Uint32Array | Error) => void): void {
+  const n = Math.ceil(pageCount / regionPages), out = new Uint32Array(n);
+  const crcs = new Uint32Array(Math.min(pageCount, regionPages));
+  let i = 0;
+  const step = (): void => {
+    try {
+      const from = i * regionPages, count = Math.min(pageCount, from + regionPages) - from;
+      const page = crcs.subarray(0, count);
+      pageCrcs(image, from, page);
+      out[i] = loadAddon().crc32c(new Uint8Array(page.buffer, 0, count * 4));
+    } catch (e) { done(e as Error); return; }
+    if (++i >= n) done(out); else clock.defer(step);
+  };
+  clock.defer(step);
+}
+
+/** out[i] = CRC32C of page from + i, a run of pages within one segment at a time. */
+function pageCrcs(image: GuestMemory, from: number, out: Uint32Array): void {
+  for (let done = 0; done < out.length;) {
+    const p = from + done, seg = image.segments[Math.floor(p / image.segmentPages)];
+    const at = p % image.segmentPages, run = Math.min(out.length - done, image.segmentPages - at);
+    loadAddon().crc32cPages(seg.subarray(at * PAGE_SIZE, (at + run) * PAGE_SIZE), out.subarray(done, done + run));
+    done += run;
+  }
+}
+
+/** How a session began, for `remusdb status --json` (lastSessionStart) and the log. */
+export interface SessionStart {
+  kind: 'continued' | 'full';
+  /** Why: the backup's kept epoch continued, or why a full copy was needed. */
+  reason: string;
+  /** continued: the backup's kept epoch, our last acknowledged one, the first checkpoint's epoch. */
+  keptEpoch?: number;
+  ackedEpoch?: number;
+  epoch?: number;
+  /** continued: pages written since the last acknowledged checkpoint (what its first checkpoint carries). */
+  pages?: number;
+  /** continued: octets of that checkpoint's records on the channel (headers included). */
+  bytes?: number;
+  /** continued: the backup confirmed the digests and committed it (its ACK arrived). */
+  verified?: boolean;
+}

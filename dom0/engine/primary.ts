@@ -85,6 +85,11 @@ export interface PrimaryHooks {
   phase?(phase: Phase, epoch: number): void;
   /** A checkpoint was captured (guest state summary at its boundary). */
   checkpoint?(epoch: number, info: Record<string, unknown>): void;
+  /**
+   * The guest was paused ms milliseconds for a checkpoint now counted in stats().checkpoints
+   * (full: the first of a session, which stats() keeps out of the pause percentiles).
+   */
+  paused?(ms: number, full: boolean): void;
   /** Life events: protected, backup-lost (with reason), fenced. */
   event?(name: string, detail: Record<string, unknown>): void;
   /**
@@ -297,7 +302,7 @@ export class Primary {
       this.checkpointing = false;
       const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
       if (full) this.fullPauseMs = pausedMs; else this.pause.add(pausedMs);
-      this.captured(epoch, full, cap!, info, diskCrc, pc);
+      this.captured(epoch, full, cap!, info, diskCrc, pc, pausedMs);
       then();
     }, fail);
   }
@@ -310,7 +315,7 @@ export class Primary {
   }
 
   private captured(epoch: number, full: boolean, cap: Capture, info: Record<string, unknown>, diskCrc: number | null,
-    pc: Precopy | null): void {
+    pc: Precopy | null, pausedMs: number): void {
     if (!full && this.needFull) {
       // A new session began while this (asynchronous) checkpoint ran: it starts with a full
       // one. Nobody will acknowledge this epoch; its outputs go with the next ack.
@@ -322,6 +327,7 @@ export class Primary {
     this.totals.checkpoints++;
     this.totals.dirtyPages += cap.count;
     this.totals.dirtyPagesLast = cap.count;
+    this.hooks.paused?.(pausedMs, full);
     this.hooks.checkpoint?.(epoch, info);
     const begun = pc !== null && pc === this.precopy;
     if (full) this.precopy = null;

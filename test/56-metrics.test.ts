@@ -66,7 +66,8 @@ describe('56 metrics', function () {
   before(async () => {
     const repl = await freePort();
     [backupMetrics, primaryMetrics] = [await freePort(), await freePort()];
-    start(['backup', '--listen', `127.0.0.1:${repl}`, '--insecure', '--metrics', `127.0.0.1:${backupMetrics}`], 'backup.log');
+    start(['backup', '--listen', `127.0.0.1:${repl}`, '--insecure', '--metrics', `127.0.0.1:${backupMetrics}`],
+      'backup.log');
     await until(async () => fs.existsSync(path.join(dir, `backup-${repl}.sock`)), 10_000, 'the backup');
     primary = start(['protect', 'sim:m56', `127.0.0.1:${repl}`, '--insecure', '--memory', '16MiB', '--disk', '1MiB',
       '--metrics', `127.0.0.1:${primaryMetrics}`], 'primary.log');
@@ -74,7 +75,7 @@ describe('56 metrics', function () {
       20_000, 'acknowledged checkpoints');
   });
 
-  it('56.1 protect: checkpoints grow, the pause histogram holds all but the first, bytes and ack age are sane', async () => {
+  it('56.1 protect: checkpoints grow, pauses but the first in the histogram, bytes and ack age sane', async () => {
     const a = await scrape(primaryMetrics);
     await until(async () => must(await scrape(primaryMetrics), 'remusdb_checkpoints_total', P) >
       must(a, 'remusdb_checkpoints_total', P), 5000, 'another checkpoint');
@@ -130,7 +131,8 @@ describe('56 metrics', function () {
       for (const args of cases) {
         const r = runCli(args, 20_000, env);
         assert.equal(r.status, 1, `${args[0]}: ${r.stderr}`);
-        assert.match(r.stderr, new RegExp(`^remusdb: cannot serve metrics on 127\\.0\\.0\\.1:${port}: the port is in use.*\\[ERR_LISTEN\\]$`, 'm'));
+        const line = `^remusdb: cannot serve metrics on 127\\.0\\.0\\.1:${port}: the port is in use.*\\[ERR_LISTEN\\]$`;
+        assert.match(r.stderr, new RegExp(line, 'm'));
         assert.doesNotMatch(r.stderr, /^\s+at /m, 'no stack trace');
       }
       assert.ok(!fs.existsSync(path.join(dir, 'protect-sim-busy.lock')), 'protect stopped before taking the domain');
@@ -139,10 +141,11 @@ describe('56 metrics', function () {
     }
   });
 
-  it('56.4 the exporter: the error has its cause; other paths are 404; close is idempotent and frees the port', async () => {
+  it('56.4 exporter: the error has its cause; other paths 404; close is idempotent, frees the port', async () => {
     const m = await MetricsExporter.listen('127.0.0.1', 0);
     await assert.rejects(MetricsExporter.listen('127.0.0.1', m.port), (e: unknown) =>
-      e instanceof RemusError && e.code === ErrorCode.LISTEN && (e.cause as NodeJS.ErrnoException)?.code === 'EADDRINUSE');
+      e instanceof RemusError && e.code === ErrorCode.LISTEN
+        && (e.cause as NodeJS.ErrnoException)?.code === 'EADDRINUSE');
     assert.equal((await fetch(`http://127.0.0.1:${m.port}/nothing`)).status, 404);
     assert.equal((await fetch(`http://127.0.0.1:${m.port}/metrics`, { method: 'POST' })).status, 405);
     const text = await (await fetch(`http://127.0.0.1:${m.port}/metrics`)).text();

@@ -115,8 +115,8 @@ export class BackupService {
     const c = this.backup.counters;
     return {
       domain: this.domainName() ?? '', state: this.backup.state, committedEpoch: this.backup.committedEpoch,
-      checkpoints: c.checkpoints, pages: c.pages, wireBytes: c.wireBytes, sessions: c.sessions, failovers: this.failovers,
-      diskBytesApplied: c.diskBytesApplied,
+      checkpoints: c.checkpoints, pages: c.pages, wireBytes: c.wireBytes, sessions: c.sessions,
+      failovers: this.failovers, diskBytesApplied: c.diskBytesApplied,
     };
   }
 

@@ -207,7 +207,8 @@ export class MetricsExporter {
       this.counter(name, help, p, v);
     const gauge = (name: string, help: string, v: (s: PrimarySample) => number | null): void =>
       this.gauge(name, help, p, v);
-    counter('remusdb_checkpoints_total', 'Checkpoints taken (primary) or committed (backup)', (s) => s.stats.checkpoints);
+    counter('remusdb_checkpoints_total', 'Checkpoints taken (primary) or committed (backup)',
+      (s) => s.stats.checkpoints);
     gauge('remusdb_first_checkpoint_pause_seconds',
       'Pause of the last session\'s first checkpoint (the stop-and-copy that ends the pre-copy)',
       (s) => (s.stats.fullPauseMs > 0 ? s.stats.fullPauseMs / 1000 : null));
@@ -220,7 +221,8 @@ export class MetricsExporter {
     gauge('remusdb_last_ack_age_seconds', 'Time since the backup last acknowledged a checkpoint (absent: never)',
       (s) => (s.stats.lastAckAgeMs >= 0 ? s.stats.lastAckAgeMs / 1000 : null));
     gauge('remusdb_acked_epoch', 'Last checkpoint the backup acknowledged', (s) => s.stats.ackedEpoch);
-    counter('remusdb_sessions_total', 'Replication sessions (each starts with a full copy of the guest)', (s) => s.stats.sessions);
+    counter('remusdb_sessions_total', 'Replication sessions (each starts with a full copy of the guest)',
+      (s) => s.stats.sessions);
     counter('remusdb_backup_lost_total', 'Times the backup was lost (closed, silent, or refused a record)',
       (s) => s.backupLosses);
     counter('remusdb_disk_forwarded_bytes_total', 'Guest disk writes forwarded to the backup',

@@ -125,7 +125,8 @@ export class XenProtectService {
     return {
       role: 'primary', domain: this.domain.name, kind: 'xen', ...s, guest: xen, interval_ms: this.primary.opts.intervalMs,
       compressor: this.primary.opts.compressor, net_buffer: this.net ? (this.net.describe?.() ?? true) : false,
-      disk: this.cfg.disk ? this.cfg.disk.stats() : null, events: this.events.slice(-10), backupLosses: this.backupLosses,
+      disk: this.cfg.disk ? this.cfg.disk.stats() : null, events: this.events.slice(-10),
+      backupLosses: this.backupLosses,
     };
   }
 

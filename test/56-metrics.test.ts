@@ -4,7 +4,7 @@
 // but each session's first, wire bytes never exceed the page bytes they encode, the last
 // acknowledgement is fresh, and a SIGKILLed primary shows as one failover on the backup. A
 // port in use is a typed error and a non-zero exit, without a stack trace; the server
-// closes idempotently.
+// closes idempotently. A protect restarted after the crash (as systemd does) is fenced.
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -59,12 +59,12 @@ describe('56 metrics', function () {
   const kids: ChildProcess[] = [];
   const start = remusdbStarter(dir, env, kids);
   const P = { domain: 'sim:m56', role: 'primary' }, B = { domain: 'sim:m56', role: 'backup' };
-  let backupMetrics = 0, primaryMetrics = 0;
+  let repl = 0, backupMetrics = 0, primaryMetrics = 0;
   let primary: ChildProcess | null = null;
   after(() => { for (const k of kids) k.kill('SIGKILL'); });
 
   before(async () => {
-    const repl = await freePort();
+    repl = await freePort();
     [backupMetrics, primaryMetrics] = [await freePort(), await freePort()];
     start(['backup', '--listen', `127.0.0.1:${repl}`, '--insecure', '--metrics', `127.0.0.1:${backupMetrics}`],
       'backup.log');
@@ -119,7 +119,20 @@ describe('56 metrics', function () {
     assert.equal(value(after, 'remusdb_state', { ...B, state: 'receiving' }), undefined, 'one state at a time');
   });
 
-  it('56.3 --metrics on a port in use: exit 1, ERR_LISTEN, no stack trace', async () => {
+  it('56.3 protect restarted after that crash (as systemd would) is fenced, exits 0; one failover', async () => {
+    // After 56.2: the backup has failed over. docs/operations.md, "When systemd restarts a crashed protect".
+    const again = start(['protect', 'sim:m56', `127.0.0.1:${repl}`, '--insecure', '--memory', '16MiB', '--disk', '1MiB',
+      '--metrics', `127.0.0.1:${primaryMetrics}`], 'primary-restarted.log');
+    const code = await new Promise<number | null>((resolve) => again.on('exit', (c) => resolve(c)));
+    const log = fs.readFileSync(path.join(dir, 'primary-restarted.log'), 'utf8');
+    assert.equal(code, 0, log);
+    assert.match(log, /the backup took over from epoch \d+: m56 is stopped here \(fenced\)/);
+    const s = await scrape(backupMetrics);
+    assert.equal(must(s, 'remusdb_failovers_total', B), 1, 'the fenced newcomer causes no second failover');
+    assert.equal(must(s, 'remusdb_state', { ...B, state: 'failed-over' }), 1);
+  });
+
+  it('56.4 --metrics on a port in use: exit 1, ERR_LISTEN, no stack trace', async () => {
     const held = net.createServer();
     await new Promise<void>((r) => held.listen(0, '127.0.0.1', () => r()));
     const port = (held.address() as net.AddressInfo).port;
@@ -141,7 +154,7 @@ describe('56 metrics', function () {
     }
   });
 
-  it('56.4 exporter: the error has its cause; other paths 404; close is idempotent, frees the port', async () => {
+  it('56.5 exporter: the error has its cause; other paths 404; close is idempotent, frees the port', async () => {
     const m = await MetricsExporter.listen('127.0.0.1', 0);
     await assert.rejects(MetricsExporter.listen('127.0.0.1', m.port), (e: unknown) =>
       e instanceof RemusError && e.code === ErrorCode.LISTEN

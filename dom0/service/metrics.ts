@@ -44,7 +44,6 @@ type Labels = { domain: string; role: Role };
 
 /** What a primary (protect) shows at one moment: its `status` figures. */
 export interface PrimarySample {
-  domain: string;
   stats: PrimaryStats;
   /** The replicated disk, when the domain has one. */
   disk: { forwardedBytes: number; resyncPendingBytes: number } | null;
@@ -85,11 +84,13 @@ type Read<S> = () => Array<{ labels: Labels; s: S }>;
 
 export class MetricsExporter {
   readonly registry = new Registry();
-  private readonly primaries = new Set<() => PrimarySample>();
+  private readonly primaries = new Map<() => PrimarySample, Labels>();
   private readonly backups = new Set<() => BackupSample>();
   /** Whose labels the process-wide series carry: the first source registered. */
   private owner: (() => Labels) | null = null;
   private snap: Snapshot | null = null;
+  /** Scrapes run one after another: each reads its own snapshot. */
+  private scraping: Promise<unknown> = Promise.resolve();
   private closing: Promise<void> | null = null;
   private readonly pauses: Histogram<Label>;
   private readonly holds: Histogram<Label>;
@@ -128,18 +129,22 @@ export class MetricsExporter {
     });
   }
 
-  /** Shows a primary's figures from now on (labels role="primary"). */
-  watchPrimary(sample: () => PrimarySample): PrimaryWatch {
-    this.primaries.add(sample);
-    this.owner ??= () => ({ domain: sample().domain, role: 'primary' });
-    const labels = (): Labels => ({ domain: sample().domain, role: 'primary' });
+  /**
+   * Shows a primary's figures from now on (labels domain, role="primary"). sample runs at
+   * scrape time only; the watch's pause() and hold() run per checkpoint and cost a bucket
+   * update each.
+   */
+  watchPrimary(domain: string, sample: () => PrimarySample): PrimaryWatch {
+    const labels: Labels = { domain, role: 'primary' };
+    this.primaries.set(sample, labels);
+    this.owner ??= () => labels;
     return {
-      pause: (ms, full) => { if (!full) this.pauses.observe(labels(), ms / 1000); },
-      hold: (ms) => this.holds.observe(labels(), ms / 1000),
+      pause: (ms, full) => { if (!full) this.pauses.observe(labels, ms / 1000); },
+      hold: (ms) => this.holds.observe(labels, ms / 1000),
       detach: () => {
         this.primaries.delete(sample);
-        this.pauses.remove(labels());
-        this.holds.remove(labels());
+        this.pauses.remove(labels);
+        this.holds.remove(labels);
       },
     };
   }
@@ -151,13 +156,17 @@ export class MetricsExporter {
   }
 
   /** The text Prometheus scrapes: every source sampled once. */
-  async scrape(): Promise<string> {
-    this.snap = this.take();
-    try {
-      return await this.registry.metrics();
-    } finally {
-      this.snap = null;
-    }
+  scrape(): Promise<string> {
+    const text = this.scraping.then(async () => {
+      this.snap = this.take();
+      try {
+        return await this.registry.metrics();
+      } finally {
+        this.snap = null;
+      }
+    });
+    this.scraping = text.catch(() => undefined);
+    return text;
   }
 
   /** Stops serving (idempotent); open scrapes are cut. */
@@ -185,12 +194,11 @@ export class MetricsExporter {
   }
 
   private take(): Snapshot {
-    const labelled = <S extends { domain: string }>(role: Role, f: () => S): { labels: Labels; s: S } => {
+    const primaries = [...this.primaries].map(([f, labels]) => ({ labels, s: f() }));
+    const backups = [...this.backups].map((f) => {
       const s = f();
-      return { labels: { domain: s.domain, role }, s };
-    };
-    const primaries = [...this.primaries].map((f) => labelled('primary', f));
-    const backups = [...this.backups].map((f) => labelled('backup', f));
+      return { labels: { domain: s.domain, role: 'backup' as const }, s };
+    });
     return { primaries, backups, process: this.owner?.() ?? null };
   }
 

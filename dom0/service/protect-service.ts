@@ -126,7 +126,7 @@ export class ProtectService {
         attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
       this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
       if (cfg.metrics) {
-        const watch = this.metrics = cfg.metrics.watchPrimary(() => this.metricsSample());
+        const watch = this.metrics = cfg.metrics.watchPrimary(`sim:${cfg.name}`, () => this.metricsSample());
         this.gate.onHoldMs = (ms) => watch.hold(ms);
       }
     } catch (e) {
@@ -188,7 +188,7 @@ export class ProtectService {
   /** The figures of status() that the metrics show (dom0/service/metrics.ts). */
   private metricsSample(): PrimarySample {
     const d = this.disk?.stats();
-    return { domain: `sim:${this.cfg.name}`, stats: this.primary.stats(), backupLosses: this.backupLosses,
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses,
       disk: d ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes } : null };
   }
 

@@ -83,7 +83,7 @@ export class XenProtectService {
         throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
       });
       // Held outputs are the network buffer's (plug or nfqueue): no hold-time histogram here.
-      this.metrics = cfg.metrics?.watchPrimary(() => this.metricsSample()) ?? null;
+      this.metrics = cfg.metrics?.watchPrimary(this.domain.name, () => this.metricsSample()) ?? null;
     } catch (e) {
       net?.close(); // installed before what failed
       this.lock.release();
@@ -135,7 +135,7 @@ export class XenProtectService {
     const d = (this.cfg.disk?.stats() ?? null) as { forwardedBytes?: unknown; resyncPendingBytes?: unknown } | null;
     const disk = d && typeof d.forwardedBytes === 'number' && typeof d.resyncPendingBytes === 'number'
       ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes } : null;
-    return { domain: this.domain.name, stats: this.primary.stats(), backupLosses: this.backupLosses, disk };
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {

@@ -64,6 +64,8 @@ export const ErrorCode = {
   INTERNAL: 'ERR_INTERNAL',
   /** Another process already holds this domain (or this file) on this host: one per domain. */
   LOCKED: 'ERR_LOCKED',
+  /** An address could not be listened on: the port is in use, the address is not this host's, or not permitted. */
+  LISTEN: 'ERR_LISTEN',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

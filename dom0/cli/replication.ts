@@ -24,6 +24,7 @@ import { untilStopped } from './until-stopped';
 import { realClock } from '../engine/clock';
 import { DEFAULT_NBD_PORT } from '../disk/serve';
 import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
+import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 
 export const DEFAULT_PORT = 7400;
 
@@ -52,6 +53,32 @@ function addSecurityOptions(cmd: Command): Command {
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)');
 }
 
+/** --metrics, the same on protect and backup (a reprotecting primary shows on its backup's). */
+function addMetricsOption(cmd: Command): Command {
+  return cmd.option('--metrics <addr:port>',
+    `serve Prometheus metrics over HTTP at addr:port${METRICS_PATH} (docs/operations.md)`,
+    hostPortOption('--metrics', null));
+}
+
+/** The exporter of --metrics, listening (ERR_LISTEN when it cannot), or null without the option. */
+async function openMetrics(spec: string | undefined): Promise<MetricsExporter | null> {
+  if (!spec) return null;
+  const { host, port } = parseHostPort(spec, 0);
+  const m = await MetricsExporter.listen(host, port);
+  log(`metrics on http://${spec.trim()}${METRICS_PATH}`);
+  return m;
+}
+
+/** Runs make with the exporter; if it throws, the exporter is closed before the error goes on. */
+async function closingOnError<T>(metrics: MetricsExporter | null, make: () => T | Promise<T>): Promise<T> {
+  try {
+    return await make();
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
+}
+
 function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
   if (o.insecure) {
     log('WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.');
@@ -71,7 +98,7 @@ interface ProtectOpts extends NetCliOptions {
   memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
   journal?: string; seconds?: number; disk: number; diskBuffer: number; verifyDisk: boolean;
   /** Xen: the domU's disk image, served over NBD here and replicated (docs/xen-adapter.md, "Disk"). */
-  diskImage?: string; diskListen: string; diskDevice?: string; waitDomain: number;
+  diskImage?: string; diskListen: string; diskDevice?: string; waitDomain: number; metrics?: string;
 }
 
 export function registerReplication(program: Command): void {
@@ -116,6 +143,7 @@ function registerProtect(program: Command): void {
     .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
   addXenDiskOptions(protect)
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
+  addMetricsOption(protect);
   addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) =>
     runProtect(domainArg, backupArg, o));
 }
@@ -156,7 +184,7 @@ function addXenDiskOptions(protect: Command): Command {
 
 interface BackupOpts {
   listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number;
-  reuseDisk?: string; checksumOnFailover?: boolean;
+  reuseDisk?: string; checksumOnFailover?: boolean; metrics?: string;
 }
 
 function registerBackup(program: Command): void {
@@ -173,15 +201,21 @@ function registerBackup(program: Command): void {
     .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary',
       bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
     .option('--checksum-on-failover', 'sim: CRC32C the resumed memory before the guest runs, for verification '
-      + '(adds ~150 ms per GiB to the failover)')
+      + '(adds ~150 ms per GiB to the failover)');
+  addMetricsOption(backup)
     .action(async (o: BackupOpts) => {
       const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
-      const svc = new BackupService({
-        host, port, security: security(o, log), pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
-        diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk,
-        checksumOnFailover: o.checksumOnFailover === true, log,
+      const sec = security(o, log);
+      const metrics = await openMetrics(o.metrics);
+      const svc = await closingOnError(metrics, async () => {
+        const b = new BackupService({
+          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
+          diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk,
+          checksumOnFailover: o.checksumOnFailover === true, metrics, log,
+        });
+        await b.start();
+        return b;
       });
-      await svc.start();
       log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
       await untilStopped(async () => svc.stop(), { log });
     });
@@ -259,8 +293,10 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
   const net = netPlan(o, { kind: 'sim', name: spec.name, domid: 0 });
   const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
   const pages = o.memory / PAGE_SIZE;
-  const svc = new ProtectService({
-    name: spec.name, backup, security: o.blackhole ? { insecure: true } : security(o, log),
+  const sec = o.blackhole ? { insecure: true } as const : security(o, log);
+  const metrics = await openMetrics(o.metrics);
+  const svc = await closingOnError(metrics, () => new ProtectService({
+    name: spec.name, backup, security: sec,
     engine: {
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
       maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
@@ -269,8 +305,8 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
     netBuffer: o.netBuffer !== false, net, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer,
-    readTracking: o.readTracking && o.compress, log,
-  });
+    readTracking: o.readTracking && o.compress, metrics, log,
+  }));
   svc.start();
   const to = o.blackhole ? 'blackhole' : backupArg;
   log(`protecting ${domainArg} (${exactSize(o.memory)}, ${o.workload}) every ${o.interval} ms → ${to}`
@@ -288,11 +324,12 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
   let net: ReturnType<typeof netPlan> = null;
   const opened: { net: ReturnType<typeof openDomainNet> | null } = { net: null };
   const sec = security(o, log); // a bad key fails before the disk is served or attached
-  const disk = o.diskImage ? await openXenProtectDisk({
+  const metrics = await openMetrics(o.metrics); // and a port in use too
+  const disk = await closingOnError(metrics, () => o.diskImage ? openXenProtectDisk({
     domain: name, waitMs: o.waitDomain * 1000, image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice,
     clock: realClock, unackedBytesMax: o.diskBuffer, log,
-  }) : null;
-  const svc = new XenProtectService({
+  }) : null);
+  const svc = await closingOnError(metrics, () => new XenProtectService({
     domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: sec,
     engine: (pages) => ({
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
@@ -305,8 +342,9 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
       net = netPlan(o, { kind: 'xen', name: domainName, domid });
       return (opened.net = net ? openDomainNet(net) : null);
     },
+    metrics,
     log,
-  });
+  }));
   svc.start();
   log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}${net ? netLine(net) : '; outputs NOT buffered (-n)'}`);
   try { await runUntilStopped(svc, o.seconds); } finally { opened.net?.close(); await disk?.close(); }

@@ -28,9 +28,12 @@ export class OutputBuffer<T> implements OutputGate {
 
   /** Per released epoch, how long its oldest output waited (the last 1024 epochs). */
   private readonly holds = new Window();
+  /** Told each released epoch's hold, in ms, as it happens (the metrics' histogram). */
+  onHoldMs: ((ms: number) => void) | null = null;
   private holdMs(ms: number): void {
     this.holds.add(ms);
     this.stats.holdMsMax = Math.max(this.stats.holdMsMax, ms);
+    this.onHoldMs?.(ms);
   }
   get holdMsP99(): number { return this.holds.quantile(0.99); }
 

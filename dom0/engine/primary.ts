@@ -99,6 +99,11 @@ export interface PrimaryHooks {
   phase?(phase: Phase, epoch: number): void;
   /** A checkpoint was captured (guest state summary at its boundary). */
   checkpoint?(epoch: number, info: Record<string, unknown>): void;
+  /**
+   * The guest was paused ms milliseconds for a checkpoint now counted in stats().checkpoints
+   * (full: the first of a session, which stats() keeps out of the pause percentiles).
+   */
+  paused?(ms: number, full: boolean): void;
   /** Life events: protected, backup-lost (with reason), fenced. */
   event?(name: string, detail: Record<string, unknown>): void;
   /**
@@ -354,7 +359,7 @@ export class Primary {
       this.checkpointing = false;
       const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
       if (full) this.fullPauseMs = pausedMs; else this.pause.add(pausedMs);
-      this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc);
+      this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
       then();
     }, fail);
   }
@@ -367,7 +372,7 @@ export class Primary {
   }
 
   private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture,
-    info: Record<string, unknown>, diskCrc: number | null, pc: Precopy | null): void {
+    info: Record<string, unknown>, diskCrc: number | null, pc: Precopy | null, pausedMs: number): void {
     // The table follows every capture in order, sent or not: its digests are memory's at the last one.
     this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
     if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
@@ -388,6 +393,7 @@ export class Primary {
     this.totals.checkpoints++;
     this.totals.dirtyPages += cap.count;
     this.totals.dirtyPagesLast = cap.count;
+    this.hooks.paused?.(pausedMs, full);
     this.hooks.checkpoint?.(epoch, info);
     const begun = pc !== null && pc === this.precopy;
     if (full) this.precopy = null;

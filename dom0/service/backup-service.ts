@@ -21,6 +21,7 @@ import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import { assert } from '../assert';
 import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
+import type { BackupSample, MetricsExporter } from './metrics';
 
 export interface BackupConfig {
   host: string;
@@ -38,6 +39,8 @@ export interface BackupConfig {
   reuseDisk?: string;
   /** Simulated replicas: CRC32C the image at failover, before the guest runs (verification; slower failover). */
   checksumOnFailover?: boolean;
+  /** Where this backup's metrics are served (--metrics), a reprotecting primary's too; stop() closes it. */
+  metrics?: MetricsExporter | null;
   log: (line: string) => void;
 }
 
@@ -54,6 +57,8 @@ export class BackupService {
   private promoted: ProtectService | null = null;
   private readonly events: Array<Record<string, unknown>> = [];
   private readonly exposure: BackupExposure;
+  /** Failovers of this process ('failover' events: the replica resumed), for status and metrics. */
+  private failovers = 0;
 
   constructor(private readonly cfg: BackupConfig) {
     this.exposure = new BackupExposure(cfg.log);
@@ -62,6 +67,7 @@ export class BackupService {
       pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax, diskBufferBytesMax: cfg.diskBufferBytesMax,
       replicaFor: (h) => this.replicaFor(h), releaseReplica: (r) => this.releaseReplica(r),
     }, { event: (name, detail) => this.onEvent(name, detail), netExposure: (_epoch, value) => this.exposure.onRecord(value) });
+    cfg.metrics?.watchBackup(() => this.metricsSample());
   }
 
   get port(): number { return this.listener?.port ?? this.cfg.port; }
@@ -83,12 +89,18 @@ export class BackupService {
     this.xenReplica?.close();
     this.replica?.disk?.close();
     this.diskLock?.release();
+    await this.cfg.metrics?.close();
+  }
+
+  /** The domain as status names it: sim:<name> for a simulated one, or null before the first session. */
+  private domainName(): string | null {
+    return this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null;
   }
 
   status(): Record<string, unknown> {
     return {
       role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state, rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
-      domain: this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null,
+      domain: this.domainName(), failovers: this.failovers,
       xen: this.xenReplica?.stats ?? null, attached: this.backup.attached,
       committedEpoch: this.backup.committedEpoch, lastSessionStart: this.backup.lastSessionStart,
       ...this.backup.counters,
@@ -96,6 +108,16 @@ export class BackupService {
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
       disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes, ...this.replica.replicator?.stats() } : null,
       reprotecting: this.promoted?.status() ?? null,
+    };
+  }
+
+  /** The figures of status() that the metrics show (dom0/service/metrics.ts). */
+  private metricsSample(): BackupSample {
+    const c = this.backup.counters;
+    return {
+      domain: this.domainName() ?? '', state: this.backup.state, committedEpoch: this.backup.committedEpoch,
+      checkpoints: c.checkpoints, pages: c.pages, wireBytes: c.wireBytes, sessions: c.sessions,
+      failovers: this.failovers, diskBytesApplied: c.diskBytesApplied,
     };
   }
 
@@ -194,7 +216,7 @@ export class BackupService {
       },
       memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,
       netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? 256 * 2 ** 20,
-      readTracking: true, log: this.cfg.log,
+      readTracking: true, metrics: this.cfg.metrics ?? null, log: this.cfg.log,
     }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.disk?.path ?? null });
     this.promoted.start();
     this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${r.replicator?.bitmap.bytes ?? 0} bytes of disk to copy`);
@@ -206,6 +228,7 @@ export class BackupService {
     if (this.events.length > 100) this.events.shift();
     if (name === 'session') this.exposure.onSession();
     if (name === 'failover') { // a resume that returned at once: the domain runs already
+      this.failovers++;
       this.exposure.onFailover(Number(detail.epoch));
       if (detail.resuming !== true) this.exposure.onResumed();
     }

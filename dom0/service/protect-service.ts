@@ -29,6 +29,7 @@ import { READ_TRACKING_BLOCKS_MAX } from '../hypervisor/sim/sim-replica';
 import * as path from 'node:path';
 import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';
 import { exportExposure } from '../net/exposure-relay';
+import type { MetricsExporter, PrimarySample, PrimaryWatch } from './metrics';
 
 /** How often a running pre-copy's progress is logged. */
 const PRECOPY_PROGRESS_MS = 5000;
@@ -54,6 +55,11 @@ export interface ProtectConfig {
   diskBufferBytesMax: number;
   /** Send pages that equal a block the guest read as references to that block. */
   readTracking: boolean;
+  /**
+   * Where this primary's metrics are served (--metrics). stop() closes it, except for an
+   * adopted domain: then it is the exporter of the backup process that reprotects.
+   */
+  metrics?: MetricsExporter | null;
   log: (line: string) => void;
 }
 
@@ -70,6 +76,9 @@ export class ProtectService {
   private diskSource: BlockFile | null = null;
   readonly diskPath: string | null = null;
   private readonly net: DomainNet | null;
+  private readonly metrics: PrimaryWatch | null = null;
+  /** Times the backup was lost ('backup-lost' events), for status and metrics. */
+  private backupLosses = 0;
 
   /** One protect per domain per host; none for an adopted domain (its backup process owns it). */
   private readonly lock: HostLock | null;
@@ -108,6 +117,7 @@ export class ProtectService {
       this.primary = new Primary(this.domain, gate, realClock, cfg.engine, {
         checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
         event: (name, detail) => this.onEvent(name, detail),
+        paused: (ms, full) => this.metrics?.pause(ms, full),
         netExposure: (full) => (this.net?.exposure.length ? exportExposure(this.net.exposure, full) : null),
       }, this.disk);
       for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
@@ -115,6 +125,10 @@ export class ProtectService {
       this.reconnector = b === 'blackhole' ? null : new Reconnector({ backup: b, security: cfg.security, log: cfg.log,
         attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
       this.control = new ControlServer(socketPath('primary', cfg.name), (req) => this.onControl(req));
+      if (cfg.metrics) {
+        const watch = this.metrics = cfg.metrics.watchPrimary(`sim:${cfg.name}`, () => this.metricsSample());
+        this.gate.onHoldMs = (ms) => watch.hold(ms);
+      }
     } catch (e) {
       this.lock?.release();
       throw e;
@@ -148,7 +162,10 @@ export class ProtectService {
     this.control.close();
     this.sink.close();
     this.net?.close();
-    if (this.adopted) return; // the domain belongs to the process that adopted it
+    this.metrics?.detach();
+    this.gate.onHoldMs = null;
+    if (this.adopted) return; // the domain (and the exporter) belong to the process that adopted it
+    await this.cfg.metrics?.close();
     try {
       await this.domain.destroy();
       this.diskSource?.close();
@@ -164,7 +181,15 @@ export class ProtectService {
       outputs: { ...this.gate.stats, holdMsP99: this.gate.holdMsP99, ...this.sink.stats }, interval_ms: this.cfg.engine.intervalMs,
       compressor: this.cfg.engine.compressor, net_buffer: this.cfg.netBuffer, net: this.net?.describe() ?? null, events: this.events.slice(-10),
       disk: this.disk ? { path: this.diskPath, sizeBytes: this.disk.sizeBytes, ...this.disk.stats() } : null,
+      backupLosses: this.backupLosses,
     };
+  }
+
+  /** The figures of status() that the metrics show (dom0/service/metrics.ts). */
+  private metricsSample(): PrimarySample {
+    const d = this.disk?.stats();
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses,
+      disk: d ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes } : null };
   }
 
   /** The rules/qdiscs go in last: if they fail, the domain booted here is stopped again. */
@@ -203,6 +228,7 @@ export class ProtectService {
     if (name === 'precopy-round') this.cfg.log(precopyLine(detail));
     if (name === 'protected') this.reconnector?.established();
     if (name === 'backup-lost') {
+      this.backupLosses++;
       this.reconnector?.lost(`backup lost (${String(detail.reason)}); ${this.cfg.name} keeps running UNPROTECTED, reconnecting`);
     }
     if (name === 'fenced') this.cfg.log(`the backup took over from epoch ${String(detail.epoch)}: ${this.cfg.name} is stopped here (fenced)`);

@@ -22,6 +22,7 @@ import { BlockFile } from '../disk/block-file';
 import { flushAfterCapture } from '../hypervisor/xen/xen-disk';
 import type { ExposureTracker } from '../net/failover-reset';
 import { exportExposure } from '../net/exposure-relay';
+import type { MetricsExporter, PrimarySample, PrimaryWatch } from './metrics';
 
 /** An output gate and how to release it (a network buffer from dom0/net/net-device.ts). */
 export interface XenNetBuffer { gate: OutputGate; close(): void; describe?(): Record<string, unknown>; exposure?: ExposureTracker[]; }
@@ -40,6 +41,8 @@ export interface XenProtectConfig {
   disk?: (DiskPort & { stats(): unknown }) | null;
   /** Run after each capture, before the disk barrier (qdisk: flush /dev/nbdN's page cache to the server). */
   diskFlush?: (() => Promise<void>) | null;
+  /** Where this primary's metrics are served (--metrics); stop() closes it. */
+  metrics?: MetricsExporter | null;
   log: (line: string) => void;
 }
 
@@ -51,6 +54,9 @@ export class XenProtectService {
   private stopped = false;
   private readonly reconnector: Reconnector;
   private readonly events: Array<Record<string, unknown>> = [];
+  private readonly metrics: PrimaryWatch | null;
+  /** Times the backup was lost ('backup-lost' events), for status and metrics. */
+  private backupLosses = 0;
   private endedWith: (why: string) => void = () => {};
   /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
   readonly ended = new Promise<string>((resolve) => { this.endedWith = resolve; });
@@ -66,6 +72,7 @@ export class XenProtectService {
       this.net = net = cfg.netBuffer?.(this.domain.name, this.domain.domid) ?? null;
       this.primary = new Primary(cfg.diskFlush ? flushAfterCapture(this.domain, cfg.diskFlush) : this.domain, this.net?.gate ?? new NoGate(), realClock, cfg.engine(this.domain.pageCount), {
         event: (name, detail) => this.onEvent(name, detail),
+        paused: (ms, full) => this.metrics?.pause(ms, full),
         netExposure: (full) => (this.net?.exposure?.length ? exportExposure(this.net.exposure, full) : null),
       }, cfg.disk ?? null);
       for (const t of this.net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
@@ -75,6 +82,8 @@ export class XenProtectService {
         if (req.cmd === 'status') return this.status();
         throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
       });
+      // Held outputs are the network buffer's (plug or nfqueue): no hold-time histogram here.
+      this.metrics = cfg.metrics?.watchPrimary(this.domain.name, () => this.metricsSample()) ?? null;
     } catch (e) {
       net?.close(); // installed before what failed
       this.lock.release();
@@ -100,6 +109,8 @@ export class XenProtectService {
       // and closing the loop may wait for libxc), so its rules or qdiscs never outlive us.
       this.net?.close();
       if (this.net) this.cfg.log(`protection of ${this.domain.name} stopped: its network buffer is removed`);
+      this.metrics?.detach();
+      await this.cfg.metrics?.close();
     }
     try {
       await this.domain.close();
@@ -115,7 +126,16 @@ export class XenProtectService {
       role: 'primary', domain: this.domain.name, kind: 'xen', ...s, guest: xen, interval_ms: this.primary.opts.intervalMs,
       compressor: this.primary.opts.compressor, net_buffer: this.net ? (this.net.describe?.() ?? true) : false,
       disk: this.cfg.disk ? this.cfg.disk.stats() : null, events: this.events.slice(-10),
+      backupLosses: this.backupLosses,
     };
+  }
+
+  /** The figures of status() that the metrics show (dom0/service/metrics.ts). */
+  private metricsSample(): PrimarySample {
+    const d = (this.cfg.disk?.stats() ?? null) as { forwardedBytes?: unknown; resyncPendingBytes?: unknown } | null;
+    const disk = d && typeof d.forwardedBytes === 'number' && typeof d.resyncPendingBytes === 'number'
+      ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes } : null;
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {
@@ -126,6 +146,7 @@ export class XenProtectService {
     if (name === 'checkpoint-failed') this.cfg.log(`checkpoint ${String(detail.epoch)} of ${n} failed: ${String(detail.message)}`);
     if (name === 'protected') this.reconnector.established();
     if (name === 'backup-lost') {
+      this.backupLosses++;
       this.reconnector.lost(`backup lost (${String(detail.reason)}); ${n} keeps running UNPROTECTED, reconnecting`);
     }
     if (name === 'fenced') {

@@ -308,7 +308,10 @@ export class Primary {
       if (cap) this.pageCrcs?.update(cap.pfns, cap.count, cap.pages); // memory as captured, whatever became of it
       if (suspended) this.resumeAfterFailure();
       this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
-      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`, true);
+      // The backup keeps its image for our reconnection only if we can go on: a domain that is
+      // gone (destroyed, crashed) is the backup's to resume, so the connection just closes.
+      const domainGone = e instanceof RemusError && e.code === ErrorCode.NO_DOMAIN;
+      if (this.link) this.lose(`checkpoint ${epoch} failed: ${(e as Error).message}`, !domainGone);
       then();
     };
     // A domain call that throws synchronously (the sim vCPU did not stop: ERR_VCPU) fails

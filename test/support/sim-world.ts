@@ -12,6 +12,7 @@ import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-prog
 import { DiskReplicator } from '../../dom0/disk/replicator';
 import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
 import { loadAddon } from '../../dom0/native';
+import { ErrorCode, RemusError } from '../../dom0/errors';
 import { GuestMemory } from '../../dom0/memory/guest-memory';
 import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
 import { PROTOCOL_VERSION, Rec, jsonBody } from '../../dom0/protocol/records';
@@ -167,6 +168,8 @@ export class StepDomain implements Domain {
   fenced = false;
   /** The next call of this step throws (a domain error: vCPU did not stop, hypervisor call failed). */
   failNext: 'suspend' | 'capture' | 'resume' | null = null;
+  /** The domain is gone (destroyed on this host): it runs no more and every call fails with ERR_NO_DOMAIN. */
+  gone = false;
 
   constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void,
     readonly disk?: MemModelDisk) {
@@ -177,13 +180,14 @@ export class StepDomain implements Domain {
   }
   private tick(): void {
     this.clock.setTimer(1, () => {
-      if (this.running && !this.fenced) this.guest.step((s, v) => this.onOutput(s, v));
+      if (this.running && !this.fenced && !this.gone) this.guest.step((s, v) => this.onOutput(s, v));
       this.tick();
     });
   }
   suspend(): void { this.failIf('suspend'); this.running = false; }
   resume(): void { this.failIf('resume'); this.running = true; }
   private failIf(step: 'suspend' | 'capture' | 'resume'): void {
+    if (this.gone) throw new RemusError(ErrorCode.NO_DOMAIN, `the domain is gone (${step})`);
     if (this.failNext === step) { this.failNext = null; throw new Error(`injected: ${step} failed`); }
   }
   capture(full: boolean): Capture {
@@ -282,7 +286,8 @@ export type Fault =
   | { kind: 'drop-link'; atMs: number; precopyBatch?: number }
   | { kind: 'delay'; atMs: number; forMs: number; extraMs: number }
   | { kind: 'corrupt'; atMs: number; toBackup: boolean }
-  | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number }
+  /** gone: from then on the domain does not exist (xl destroy): a live session must fail over. */
+  | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number; gone: boolean }
   | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct }
   | { kind: 'reconnect'; atMs: number; how: ReconnectCause; forMs: number; then: ContinuedFault };
 
@@ -319,7 +324,7 @@ export function pickFault(rng: Prng): Fault {
   if (k === 2) return { kind: 'drop-link', atMs: 5 + rng.below(425), ...(rng.chance(0.4) ? { precopyBatch: 1 + rng.below(6) } : {}) };
   if (k === 3) return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 5 + rng.below(425), toBackup: rng.chance(0.7) };
-  if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch };
+  if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch, gone: rng.chance(0.3) };
   if (k === 7) return { kind: 'reconnect', atMs: 150 + rng.below(400), how: RECONNECT_CAUSES[rng.below(RECONNECT_CAUSES.length)], forMs: 40 + rng.below(120), then: pickContinuedFault(rng) };
   if (k === 6) return { kind: 'stray', atMs: 100 + rng.below(500), afterGoodbye: rng.chance(0.7), act: STRAY_ACTS[rng.below(STRAY_ACTS.length)] };
   return { kind: 'none' };
@@ -365,6 +370,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const withDisk = rng.chance(0.5);
   let primaryDead = false;
   let domainFaulted = false; // a domain-error fault fires once
+  let goneWhileLive = false; // the domain vanished while the backup held a live session
   let maxCommitted = 0;
   // Reconnect faults: the continued session's first epoch (its second fault fires there), how
   // later sessions began, whether a failover was due when the primary died.
@@ -456,7 +462,11 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         if (t.kind === 'reset-primary') { continuedFaulted = true; currentLinks?.[1].resetHere(); }
         if (t.kind === 'corrupt') { continuedFaulted = true; if (currentLinks) currentLinks[1].corruptNext = true; }
       }
-      if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) { domainFaulted = true; domain.failNext = fault.step; }
+      if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) {
+        domainFaulted = true;
+        if (!fault.gone) domain.failNext = fault.step;
+        else { domain.gone = true; goneWhileLive = backup.live; }
+      }
     },
     checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
     event: (name, d) => {
@@ -585,7 +595,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (next !== undefined && next !== 'continued') violate(`the session after a ${fault.how} copied all (${next})`);
     if (r && fault.then.kind !== 'crash-primary') violate(`the backup failed over after a ${fault.how} although the primary lived`);
   }
-  if (!primaryDead && !r && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
+  const gone = fault.kind === 'domain-error' && fault.gone;
+  if (gone && goneWhileLive && !r) violate('the primary\'s domain vanished during a live session, yet the backup never failed over');
+  if (!primaryDead && !r && !gone && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
     violate(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
   }
   if (fault.kind === 'crash-backup' && !primaryDead && !r && fault.restartAfterMs !== null && primary.stats().state !== 'protected') {

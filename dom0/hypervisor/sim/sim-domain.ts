@@ -49,8 +49,9 @@ export class SimDomain implements Domain {
   readonly name: string;
   readonly pageCount: number;
   readonly mem: GuestMemory;
-  readonly dirtyMode: string;
-  readonly dirtyReason: string;
+  /** 'off' until tracking starts: at boot, or for a resumed replica at its first capture or pre-copy. */
+  dirtyMode = 'off';
+  dirtyReason = '';
   private readonly shared: VcpuShared;
   private worker: Worker | null;
   private readonly dirty: Uint32Array;
@@ -79,21 +80,31 @@ export class SimDomain implements Domain {
         } : undefined;
         GuestProgram.boot(GuestMemory.ofArena(arena), workload, seed, tracePath, disk);
       } finally { file?.close(); }
-      return new SimDomain(arena, o); // its dirty tracking may fail too (ERR_OUT_OF_MEMORY)
+      const d = new SimDomain(arena, o);
+      d.startTracking(); // may fail too (ERR_OUT_OF_MEMORY)
+      return d;
     } catch (e) { arena.close(); throw e; }
   }
 
-  /** Resumes the guest that an arena holds (a backup's replica after failover). */
+  /**
+   * Resumes the guest that an arena holds (a backup's replica after failover). Dirty tracking
+   * starts only when this copy is protected again (its first capture or pre-copy): write-
+   * protecting every resident page costs ~100 ms per GiB, which the failover does not wait for.
+   */
   static resume(arena: NativeArena, o: SimDomainOptions): SimDomain { return new SimDomain(arena, o); }
+
+  private startTracking(): void {
+    if (this.dirtyMode !== 'off') return;
+    const t = this.arena.startDirtyTracking();
+    this.dirtyMode = t.mode;
+    this.dirtyReason = t.reason;
+  }
 
   private constructor(private readonly arena: NativeArena, private readonly o: SimDomainOptions) {
     this.name = o.name;
     this.pageCount = arena.pageCount;
     this.mem = GuestMemory.ofArena(arena);
     this.guestView = GuestProgram.attach(this.mem);
-    const t = arena.startDirtyTracking();
-    this.dirtyMode = t.mode;
-    this.dirtyReason = t.reason;
     this.dirty = new Uint32Array(this.pageCount);
     this.shared = makeShared();
     this.journal = o.diskPath && this.guestView.diskBlocks > 0 ? makeJournal() : null;
@@ -137,6 +148,7 @@ export class SimDomain implements Domain {
   }
 
   capture(full: boolean): Capture {
+    this.startTracking();
     let count = this.arena.collectDirty(this.dirty);
     let pfns = this.dirty;
     if (full) {
@@ -157,6 +169,7 @@ export class SimDomain implements Domain {
 
   /** Pre-copy: the arena is shared memory, readable while the vCPU runs; collects re-arm tracking. */
   get live(): LiveMemory {
+    this.startTracking(); // before the pre-copy's first read: round 0 then misses no write
     return {
       pageCount: this.pageCount,
       readLive: (pfns, count, into) => this.arena.copyPages(pfns, count, into),

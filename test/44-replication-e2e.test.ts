@@ -3,26 +3,19 @@
 // checkpoint), authentication, fencing on manual failover, re-protection after the backup
 // returns, and the errors a user gets for unusable configurations.
 import { strict as assert } from 'node:assert';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { controlRequest } from '../dom0/service/control';
-import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './support/helpers';
+import { freePort, processWorld, runCli, sleep, until } from './support/helpers';
 
 describe('44 replication end to end', function () {
   this.timeout(120_000);
-  const dir = tmpDir('e2e');
-  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
-  const kids: ChildProcess[] = [];
-  const start = remusdbStarter(dir, env, kids);
-  const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
+  const { dir, env, start, status } = processWorld('e2e');
   const psk = path.join(dir, 'a.psk'), other = path.join(dir, 'b.psk');
   before(() => {
     assert.equal(runCli(['keygen', '--out', psk]).status, 0);
     assert.equal(runCli(['keygen', '--out', other]).status, 0);
     assert.equal(runCli(['keygen', '--out', psk]).status, 1, 'keygen never overwrites a key');
   });
-  after(() => { for (const k of kids) k.kill('SIGKILL'); });
 
   it('44.1 remusdb demo: fails over with the state verified and no output ahead of its checkpoint', () => {
     const r = runCli(['demo', '--seconds', '3', '--memory', '64MiB', '--json'], 120_000);

@@ -7,25 +7,19 @@
 // session continues: one checkpoint of the pages written since the last acknowledgement,
 // verified by digests, and no full copy. A later failover resumes a state that replays exactly.
 import { strict as assert } from 'node:assert';
-import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { controlRequest } from '../dom0/service/control';
 import { MemModelDisk, replayGuest, type Workload } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
 import { CuttableProxy } from '../dom0/util/cuttable-proxy';
-import { freePort, remusdbStarter, runCli, tmpDir, until } from './support/helpers';
+import { freePort, processWorld, runCli, until } from './support/helpers';
 
 describe('55 reconnect without a full copy', function () {
   this.timeout(180_000);
-  const dir = tmpDir('reconnect');
-  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
-  const kids: ChildProcess[] = [];
-  const start = remusdbStarter(dir, env, kids);
-  const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
+  const { dir, start, status } = processWorld('reconnect');
   const psk = path.join(dir, 'k.psk');
   let proxy: CuttableProxy | null = null;
-  after(() => { for (const k of kids) k.kill('SIGKILL'); proxy?.close(); });
+  after(() => { proxy?.close(); });
 
   it('55.1 a 2 s cut of a 256 MiB guest\'s link: the session continues (no full copy), then a failover resumes a verified state', async () => {
     assert.equal(runCli(['keygen', '--out', psk]).status, 0);

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { ErrorCode, RemusError } from '../dom0/errors';
 import type { PrimaryStats } from '../dom0/engine/stats';
 import { MetricsExporter, PAUSE_BUCKETS_S } from '../dom0/service/metrics';
-import { freePort, remusdbStarter, runCli, tmpDir, until } from './support/helpers';
+import { freePort, processWorld, runCli, until } from './support/helpers';
 
 interface Sample { name: string; labels: Record<string, string>; value: number; }
 interface Scrape { samples: Sample[]; types: Map<string, string>; contentType: string; }
@@ -55,14 +55,10 @@ function must(s: Scrape, name: string, want: Record<string, string> = {}): numbe
 
 describe('56 metrics', function () {
   this.timeout(60_000);
-  const dir = tmpDir('t56');
-  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
-  const kids: ChildProcess[] = [];
-  const start = remusdbStarter(dir, env, kids);
+  const { dir, env, start } = processWorld('t56');
   const P = { domain: 'sim:m56', role: 'primary' }, B = { domain: 'sim:m56', role: 'backup' };
   let repl = 0, backupMetrics = 0, primaryMetrics = 0;
   let primary: ChildProcess | null = null;
-  after(() => { for (const k of kids) k.kill('SIGKILL'); });
 
   before(async () => {
     repl = await freePort();

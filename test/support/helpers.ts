@@ -2,11 +2,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import { Prng } from '../../dom0/util/prng';
 import { DB_PAGE, DbMemoryModel } from '../../dom0/trace/db-memory-model';
 import type { GuestMemory } from '../../dom0/memory/guest-memory';
+import { controlRequest } from '../../dom0/service/control';
+import { remusdbRunner } from '../../dom0/util/remusdb-process';
 
 export const PAGE = 4096;
 export const ROOT = path.join(__dirname, '..', '..', '..');
@@ -69,4 +71,21 @@ export { remusdbRunner as remusdbStarter } from '../../dom0/util/remusdb-process
 /** A small guest memory as one buffer (a copy; tests of guests ≤ 2^32 bytes). */
 export function flat(m: GuestMemory): Uint8Array {
   return Uint8Array.from(Buffer.concat(m.segments));
+}
+
+/**
+ * One test file's remusdb processes: a fresh run directory and its environment, a starter
+ * whose children are SIGKILLed after the file's tests, and a status query by socket name.
+ * Call it inside describe (it registers the after hook).
+ */
+export function processWorld(tag: string): {
+  dir: string; env: NodeJS.ProcessEnv; kids: ChildProcess[];
+  start: ReturnType<typeof remusdbRunner>; status: (sock: string) => Promise<Record<string, unknown>>;
+} {
+  const dir = tmpDir(tag);
+  const env = { ...process.env, REMUSDB_RUN_DIR: dir };
+  const kids: ChildProcess[] = [];
+  after(() => { for (const k of kids) k.kill('SIGKILL'); });
+  const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
+  return { dir, env, kids, start: remusdbRunner(dir, env, kids), status };
 }

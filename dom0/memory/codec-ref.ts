@@ -190,7 +190,7 @@ function decodePayload(enc: number, p: Uint8Array, base: Uint8Array): Uint8Array
 /** Same contract as the addon's decodeBatch; throws RemusError BAD_PAGE_RECORD. */
 export function decodeBatchRef(records: Uint8Array, memory: Uint8Array | GuestMemory, staged?: Uint8Array,
   stagedPfns?: BigUint64Array): number {
-  const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+  const image = GuestMemory.of(memory);
   const pageCount = BigInt(image.pageCount);
   let off = 0, n = 0;
   while (off < records.length) {

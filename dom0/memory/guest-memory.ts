@@ -51,6 +51,11 @@ export class GuestMemory {
     return new GuestMemory(segs, segmentPages);
   }
 
+  /** memory itself, or views of one buffer (callers that take either). */
+  static of(memory: GuestMemory | Uint8Array): GuestMemory {
+    return memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+  }
+
   /** Views of one buffer (up to 2^32 bytes; shares its memory). */
   static over(bytes: Uint8Array, segmentPages = SEGMENT_PAGES): GuestMemory {
     assert(bytes.length > 0 && bytes.length % PAGE_SIZE === 0, 'guest memory is whole pages');
@@ -87,6 +92,8 @@ export class GuestMemory {
   /** Whether both hold the same bytes (whatever their segments). */
   equals(other: GuestMemory): boolean {
     if (other.pageCount !== this.pageCount) return false;
+    const bytes = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.length);
+    if (other.segmentPages === this.segmentPages) return this.segments.every((s, i) => bytes(s).equals(bytes(other.segments[i])));
     for (let p = 0; p < this.pageCount; p++) if (Buffer.compare(this.page(p), other.page(p)) !== 0) return false;
     return true;
   }

@@ -43,7 +43,7 @@ export class GuestProgram {
    */
   static boot(memory: GuestMemory | Uint8Array, workload: Workload, seed: number, tracePath?: string,
     disk?: ModelDisk): GuestProgram {
-    const mem = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+    const mem = GuestMemory.of(memory);
     assert(mem.pageCount >= GUEST_PAGES_MIN, 'guest memory size');
     mem.page(0).fill(0);
     const g = new GuestProgram(mem, workload, seed);
@@ -72,7 +72,7 @@ export class GuestProgram {
 
   /** Resumes a guest from memory (a backup after failover, or a worker after a restart). */
   static attach(memory: GuestMemory | Uint8Array, disk?: ModelDisk): GuestProgram {
-    const mem = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+    const mem = GuestMemory.of(memory);
     const header = mem.page(0);
     const magic = String.fromCharCode(...header.subarray(0, 8));
     if (magic !== MAGIC) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest memory holds no simulated guest (bad header magic)');

@@ -189,23 +189,22 @@ export interface CheckpointPlan {
 /** Checks a skeleton against the image (every pfn inside it) and sizes its records; copies no page. */
 export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): CheckpointPlan {
   const { preamble, records: recs } = decodeSkeleton(skeleton);
-  const image = memory instanceof GuestMemory ? memory : GuestMemory.over(memory);
+  const image = GuestMemory.of(memory);
   const list: Array<{ r: Buffer; p: ReturnType<typeof parsePageData> | null }> = [];
   let bytes = 0, last = -1, dataPages = 0;
-  for (const r of records(recs, true)) if (r.readUInt32LE(0) === REC.PAGE_DATA) dataPages += parsePageData(r, true).dataPages;
-  const unwritten = pfnSet(dataPages, image.pageCount); // pages parts() has yet to write
-  const kept = new Map<number, Buffer>(); // their old contents, where the image changed since
   for (const r of records(recs, true)) {
     last = r.readUInt32LE(0);
     const p = last === REC.PAGE_DATA ? parsePageData(r, true) : null;
     for (let i = 0; p && i < p.count; i++) {
-      if (p.dataOffsets[i] < 0) continue;
-      if (p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
-      unwritten.add(p.pfns[i]);
+      if (p.dataOffsets[i] >= 0 && p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
     }
     list.push({ r, p });
+    dataPages += p?.dataPages ?? 0;
     bytes += r.length + (p ? p.dataPages * PAGE_SIZE : 0);
   }
+  const unwritten = pfnSet(dataPages, image.pageCount); // pages parts() has yet to write
+  const kept = new Map<number, Buffer>(); // their old contents, where the image changed since
+  for (const { p } of list) for (let i = 0; p && i < p.count; i++) if (p.dataOffsets[i] >= 0) unwritten.add(p.pfns[i]);
   function* parts(): Generator<Buffer> {
     for (const { r, p } of list) {
       if (!p) { yield r; continue; }

@@ -5,7 +5,7 @@
 // SIGSTOP (silence: the heartbeat timeout decides), against 3 × interval + 100 ms.
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { ProtectService } from '../service/protect-service';
+import { protectSimInProcess } from './bench-protect';
 import { Prng } from '../util/prng';
 
 export interface PauseRow {
@@ -34,12 +34,10 @@ function memcpyMs(src: Buffer, pages: number, runs = 9): number {
 }
 
 async function pauseAt(rate: number, intervalMs: number, memoryBytes: number, seconds: number, src: Buffer): Promise<PauseRow> {
-  const svc = new ProtectService({
-    name: `bench-${rate}`, backup: 'blackhole', security: { insecure: true },
-    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536 },
-    memoryBytes, workload: 'oltp', seed: 1, stepsPerSec: rate, client: null, netBuffer: true, journal: null, diskBytes: 0, diskBufferBytesMax: 2 ** 28, readTracking: false, log: () => {},
+  const svc = await protectSimInProcess({
+    name: `bench-${rate}`, backup: 'blackhole', intervalMs, readTracking: false,
+    guest: { memoryBytes, workload: 'oltp', seed: 1, stepsPerSec: rate, diskBytes: 0 },
   });
-  svc.start();
   const dirty: number[] = [];
   let lastEpoch = 0;
   const end = Date.now() + seconds * 1000;

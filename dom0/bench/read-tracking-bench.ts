@@ -5,7 +5,7 @@
 // of the same machine. The backup verifies every disk reference (CRC of its own block at
 // that checkpoint), so a run also proves that no reference was wrong.
 import { BackupService } from '../service/backup-service';
-import { ProtectService } from '../service/protect-service';
+import { protectSimInProcess } from './bench-protect';
 
 export interface RtRow {
   read_tracking: boolean; epochs: number; dirty_pages: number; ref_pages: number;
@@ -19,13 +19,10 @@ async function run(readTracking: boolean, seconds: number, workload: 'scan' | 'o
   const backup = new BackupService({ host: '127.0.0.1', port: 0, security: { insecure: true }, pageCountMax: 1 << 20, batchPagesMax: 1024, log: () => {} });
   await backup.start();
   const memoryBytes = 128 * 2 ** 20, intervalMs = 50;
-  const svc = new ProtectService({
-    name: `rt-${readTracking ? 'on' : 'off'}-${process.pid}`, backup: { host: '127.0.0.1', port: backup.port }, security: { insecure: true },
-    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536 },
-    memoryBytes, workload, seed: 7, stepsPerSec: 1000, client: null, netBuffer: true, journal: null,
-    diskBytes: 64 * 2 ** 20, diskBufferBytesMax: 2 ** 28, readTracking, log: () => {},
+  const svc = await protectSimInProcess({
+    name: `rt-${readTracking ? 'on' : 'off'}-${process.pid}`, backup: { host: '127.0.0.1', port: backup.port },
+    intervalMs, readTracking, guest: { memoryBytes, workload, seed: 7, stepsPerSec: 1000, diskBytes: 64 * 2 ** 20 },
   });
-  svc.start();
   // Measure after the full copy: from the first acknowledged incremental checkpoint on.
   while (Number(svc.status().ackedEpoch ?? 0) < 2) await sleep(20);
   const a = svc.status();

@@ -13,7 +13,9 @@
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
-import { type DomainNetOptions, DOMAIN_IFACES_MAX, xenVifs } from '../net/domain-net';
+import { type DomainNetOptions, DOMAIN_IFACES_MAX } from '../net/domain-net';
+import { NET_BUFFERS, maxInFlightFor } from '../net/net-buffers';
+import { type DomainDriver, requireFeature } from '../hypervisor/driver';
 import type { CommitProtection } from '../net/net-device';
 import { badValue, choiceOption, intOption, specified, valueSpec } from './options';
 
@@ -62,41 +64,54 @@ export function addNetOptions(cmd: Command): Command {
     .option('--queue <n>', 'nfqueue: queue number of the first interface (default 7000 + domid)', intOption('--queue', 0, 65535 - DOMAIN_IFACES_MAX));
 }
 
-/** Which network buffer to install (null: only a simulated domain's own outputs are held, or -n). */
-export function netPlan(o: NetCliOptions, d: { kind: 'sim' | 'xen'; name: string; domid: number }): DomainNetOptions | null {
+/** The domain as the network plan needs it: its driver, its rules' tag, its default interfaces. */
+export interface NetDomain {
+  driver: DomainDriver;
+  /** Tag of its rules and IFBs (a plain name). */
+  tag: string;
+  label: string;
+  domid: number;
+  defaultInterfaces(): string[];
+}
+
+/** Which network buffer to install (null: only a domain's own outputs are held, or -n). */
+export function netPlan(o: NetCliOptions, d: NetDomain): DomainNetOptions | null {
   if (o.netBuffer === false) {
     if (o.vif || o.commitProtection !== 'off') {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer releases every output at once: it cannot go with --vif or --commit-protection');
+      throw new RemusError(ErrorCode.BAD_ARGUMENT,
+        '--no-net-buffer releases every output at once: it cannot go with --vif or --commit-protection');
     }
     return null;
   }
-  const driver = o.netBuffer ?? (d.kind === 'xen' ? 'plug' : undefined);
-  if (!driver) {
-    if (o.vif || o.commitProtection !== 'off') throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the driver of the interfaces to buffer: --net-buffer nfqueue (or plug)');
+  const name = o.netBuffer ?? d.driver.defaults.netBuffer;
+  if (!name) {
+    if (o.vif || o.commitProtection !== 'off') {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the driver of the interfaces to buffer: --net-buffer nfqueue (or plug)');
+    }
     return null;
   }
-  if (driver === 'plug' && o.commitProtection !== 'off') {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`);
-  }
-  if (o.dscpInKernel && o.commitProtection !== 'dscp') throw new RemusError(ErrorCode.BAD_ARGUMENT, '--dscp-in-kernel goes with --commit-protection dscp');
-  if (driver === 'plug' && o.maxInFlight !== undefined && o.maxInFlight > 1) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--net-buffer plug holds one unacknowledged checkpoint (sch_plug): --max-in-flight ${o.maxInFlight} needs --net-buffer nfqueue`);
-  }
-  const ifaces = o.vif ?? (d.kind === 'xen' ? xenVifs(d.domid) : []);
+  const buffer = NET_BUFFERS[name];
+  requireFeature(d.driver, buffer.feature);
+  if (o.commitProtection !== 'off') requireFeature(d.driver, 'commitProtection');
+  buffer.validate(o);
+  const ifaces = o.vif ?? d.defaultInterfaces();
   if (!ifaces.length) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, d.kind === 'xen'
-      ? `domain ${d.name} (id ${d.domid}) has no vif${d.domid}.* in dom0: name its interfaces with --vif, or protect it without output buffering (-n -F, unsafe)`
-      : '--net-buffer on a simulated domain buffers real interfaces: name them with --vif');
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, d.domid > 0
+      ? `domain ${d.label} (id ${d.domid}) has no interface in dom0 to buffer: name its interfaces with --vif, `
+        + 'or protect it without output buffering (-n -F, unsafe)'
+      : `--net-buffer on ${d.label} buffers real interfaces: name them with --vif`);
   }
-  if (ifaces.length > DOMAIN_IFACES_MAX) throw new RemusError(ErrorCode.BAD_ARGUMENT, `at most ${DOMAIN_IFACES_MAX} interfaces per domain (got ${ifaces.length})`);
+  if (ifaces.length > DOMAIN_IFACES_MAX) {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `at most ${DOMAIN_IFACES_MAX} interfaces per domain (got ${ifaces.length})`);
+  }
   return {
-    driver, domain: d.kind === 'xen' ? d.name : `sim-${d.name}`, ifaces, bridged: !o.routed,
+    driver: name, domain: d.tag, ifaces, bridged: !o.routed,
     queueBase: o.queue ?? Math.min(QUEUE_BASE + d.domid, 65535 - DOMAIN_IFACES_MAX), commitProtection: o.commitProtection,
     dscp: o.dscp, dscpInKernel: o.dscpInKernel === true, pgPorts: o.pgPort,
   };
 }
 
 /** --max-in-flight: 1 under sch_plug, else what was asked (default 2). */
-export function maxInFlightFor(o: NetCliOptions, plan: DomainNetOptions | null): number {
-  return o.maxInFlight ?? (plan?.driver === 'plug' ? 1 : 2);
+export function maxInFlightOf(o: NetCliOptions, plan: DomainNetOptions | null): number {
+  return maxInFlightFor(o, plan ? NET_BUFFERS[plan.driver] : null);
 }

@@ -3,7 +3,7 @@
 // file that `remusdb bench trace` replays, for capacity planning before protecting it.
 import type { Command } from 'commander';
 import { ErrorCode, RemusError, isRemusError } from '../errors';
-import { resolveDomain } from '../hypervisor/resolve';
+import { resolveDomain } from '../hypervisor/registry';
 import { xenLogdirtyAddon } from '../hypervisor/xen/xen-addon';
 import { recordDomain, type RecordResult } from '../hypervisor/xen/xen-record';
 import { bytesOption, intOption } from './options';
@@ -24,7 +24,7 @@ export function registerRecord(program: Command): void {
     .option('--json', 'print the summary as one JSON object on stdout')
     .action(async (domain: string, o: RecordOpts) => {
       const spec = resolveForRecord(domain);
-      if (spec.kind !== 'xen') {
+      if (spec.driver.wireKind !== 'xen') {
         throw new RemusError(ErrorCode.BAD_ARGUMENT, `${domain}: record traces Xen domains; for a simulated workload write a trace with \`remusdb trace synth\``);
       }
       const addon = xenLogdirtyAddon();

@@ -6,24 +6,25 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
-import { parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
 import { PAGE_SIZE } from '../memory/page-cache';
+import { DEFAULT_CACHE } from '../memory/cache-size';
 import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
-import { resolveDomain } from '../hypervisor/resolve';
+import { DRIVERS, resolveDomain } from '../hypervisor/registry';
+import { type DomainDriver, requireFeature } from '../hypervisor/driver';
+import type { SimOpenOptions } from '../hypervisor/sim/sim-driver';
+import type { XenOpenOptions } from '../hypervisor/xen/xen-driver';
+import { engineOptions } from '../service/engine-options';
 import { newPsk, parseHostPort, readPskFile, type Security } from '../protocol/channel';
 import { ProtectService } from '../service/protect-service';
 import { BackupService } from '../service/backup-service';
-import { XenProtectService } from '../service/xen-services';
 import { controlRequest, listSockets, socketPath } from '../service/control';
 import { badValue, bytesOption, cacheOption, choiceOption, hostPortOption, intOption, specified } from './options';
 import { checkPath, nbdDeviceOption, pathOption } from './path-options';
-import { exactSize, roundedSize } from './units';
-import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './net-options';
-import { openDomainNet } from '../net/domain-net';
+import { roundedSize } from './units';
+import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions } from './net-options';
+import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
-import { realClock } from '../engine/clock';
 import { DEFAULT_NBD_PORT } from '../disk/serve';
-import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 
 export const DEFAULT_PORT = 7400;
@@ -136,7 +137,7 @@ function registerProtect(program: Command): void {
     .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
       intOption('--heartbeat-timeout', 10, 600000))
     .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
-      intOption('--max-in-flight', 1, 16));
+      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX));
   addSimGuestOptions(protect)
     .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
       bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
@@ -144,8 +145,8 @@ function registerProtect(program: Command): void {
   addXenDiskOptions(protect)
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
   addMetricsOption(protect);
-  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts) =>
-    runProtect(domainArg, backupArg, o));
+  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command) =>
+    runProtect(domainArg, backupArg, o, cmd));
 }
 
 /** protect's options for a simulated domain (sim:<name>). */
@@ -282,72 +283,76 @@ function throwControlError(r: Record<string, unknown>): void {
   if (e) throw new RemusError(String(e.code), String(e.message));
 }
 
-async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
-  const spec = resolveDomain(domainArg);
+async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command): Promise<void> {
+  const { driver, name } = resolveDomain(domainArg);
+  checkProtectChoices(driver, backupArg, o, cmd);
+  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
+  const sec = o.blackhole ? { insecure: true } as const : security(o, log); // a bad key fails before anything opens
+  const metrics = await openMetrics(o.metrics); // and a port in use too
+  const svc = await closingOnError(metrics, async () => {
+    const opened = await driver.open({
+      name, diskBufferBytesMax: o.diskBuffer, readTracking: o.readTracking && o.compress && driver.features.readTracking === true,
+      sim: simOpenOptions(o), xen: xenOpenOptions(o), log,
+    });
+    let net: ReturnType<typeof netPlan>;
+    try {
+      net = netPlan(o, { driver, tag: opened.label.replace(':', '-'), label: opened.label, domid: opened.domid,
+        defaultInterfaces: () => opened.defaultInterfaces() });
+    } catch (e) { await opened.close(); throw e; }
+    return ProtectService.create({
+      opened, backup, security: sec, net, holdOutputs: o.netBuffer !== false, journal: o.journal ?? null,
+      engine: engineOptions(driver, opened.domain.pageCount, {
+        intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cache: o.cache,
+        maxInFlight: maxInFlightOf(o, net), heartbeatTimeoutMs: o.heartbeatTimeout, diskBufferBytesMax: o.diskBuffer,
+        verifyDisk: o.verifyDisk,
+      }),
+      metrics, ownsMetrics: true, log,
+    });
+  });
+  svc.start();
+  const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
+  log(`protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${held}`);
+  await runUntilStopped(svc, o.seconds);
+}
+
+/** Refusals before anything opens: unsafe choices, features the driver lacks, another driver's options. */
+function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined, o: ProtectOpts, cmd: Command): void {
   if (o.netBuffer === false && !o.unsafe) {
     throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it');
   }
   if (!o.blackhole && !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
-  if (spec.kind === 'xen') return runXenProtect(spec.name, backupArg, o);
-  if (o.diskImage || o.diskDevice) throw new RemusError(ErrorCode.BAD_ARGUMENT, '--disk-image and --disk-device are for Xen domains; a simulated domain\'s disk is --disk <size>');
-  const net = netPlan(o, { kind: 'sim', name: spec.name, domid: 0 });
-  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
-  const pages = o.memory / PAGE_SIZE;
-  const sec = o.blackhole ? { insecure: true } as const : security(o, log);
-  const metrics = await openMetrics(o.metrics);
-  const svc = await closingOnError(metrics, () => new ProtectService({
-    name: spec.name, backup, security: sec,
-    engine: {
-      intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
-      maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
-      batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
-    },
-    memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
-    tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
-    netBuffer: o.netBuffer !== false, net, journal: o.journal ?? null, diskBytes: o.disk, diskBufferBytesMax: o.diskBuffer,
-    readTracking: o.readTracking && o.compress, metrics, log,
-  }));
-  svc.start();
-  const to = o.blackhole ? 'blackhole' : backupArg;
-  log(`protecting ${domainArg} (${exactSize(o.memory)}, ${o.workload}) every ${o.interval} ms → ${to}`
-    + netLine(net));
-  await runUntilStopped(svc, o.seconds);
+  requireFeature(driver, o.blackhole ? 'blackhole' : 'backupHost');
+  if (o.journal) requireFeature(driver, 'journal');
+  if (o.metrics) requireFeature(driver, 'metrics');
+  for (const other of DRIVERS.filter((d) => d !== driver)) {
+    for (const opt of other.ownOptions) {
+      if (driver.ownOptions.includes(opt) || cmd.getOptionValueSource(opt) !== 'cli') continue;
+      const flag = `--${opt.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${flag} is for ${other.kind} domains, not ${driver.kind} ones`
+        + (driver.kind === 'sim' && opt.startsWith('disk') ? ': a simulated domain\'s disk is --disk <size>' : ''));
+    }
+  }
+}
+
+function simOpenOptions(o: ProtectOpts): SimOpenOptions {
+  const trace = o.workload.startsWith('trace:');
+  return {
+    memoryBytes: o.memory, workload: trace ? 'trace' : o.workload as Workload, tracePath: trace ? o.workload.slice(6) : undefined,
+    seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null, diskBytes: o.disk,
+  };
+}
+
+function xenOpenOptions(o: ProtectOpts): XenOpenOptions {
+  return {
+    diskImage: o.diskImage ?? null, diskListen: parseHostPort(o.diskListen, DEFAULT_NBD_PORT),
+    diskDevice: o.diskDevice ?? null, waitDomainMs: o.waitDomain * 1000,
+  };
 }
 
 function netLine(net: ReturnType<typeof netPlan>): string {
-  return net ? `; ${net.driver} buffers ${net.ifaces.join(', ')}${net.commitProtection === 'off' ? '' : ` (commit protection ${net.commitProtection})`}` : '';
-}
-
-/** A Xen domain: libxenguest's Remus save loop under our engine, outputs held on its vifs. */
-async function runXenProtect(name: string, backupArg: string | undefined, o: ProtectOpts): Promise<void> {
-  if (o.blackhole || !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'Xen domains need a backup host (--blackhole is for simulated domains)');
-  let net: ReturnType<typeof netPlan> = null;
-  const opened: { net: ReturnType<typeof openDomainNet> | null } = { net: null };
-  const sec = security(o, log); // a bad key fails before the disk is served or attached
-  const metrics = await openMetrics(o.metrics); // and a port in use too
-  const disk = await closingOnError(metrics, () => o.diskImage ? openXenProtectDisk({
-    domain: name, waitMs: o.waitDomain * 1000, image: o.diskImage, ...parseHostPort(o.diskListen, DEFAULT_NBD_PORT), device: o.diskDevice,
-    clock: realClock, unackedBytesMax: o.diskBuffer, log,
-  }) : null);
-  const svc = await closingOnError(metrics, () => new XenProtectService({
-    domain: name, backup: parseHostPort(backupArg, DEFAULT_PORT), security: sec,
-    engine: (pages) => ({
-      intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
-      maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
-      batchPagesMax: 1024, deviceStateMax: 2 ** 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
-    }),
-    disk: disk?.replicator ?? null,
-    diskFlush: disk?.flush ?? null,
-    netBuffer: (domainName, domid) => {
-      net = netPlan(o, { kind: 'xen', name: domainName, domid });
-      return (opened.net = net ? openDomainNet(net) : null);
-    },
-    metrics,
-    log,
-  }));
-  svc.start();
-  log(`protecting Xen domain ${svc.domain.name} (id ${svc.domain.domid}, ${svc.domain.pageCount} pages) every ${o.interval} ms → ${backupArg}${net ? netLine(net) : '; outputs NOT buffered (-n)'}`);
-  try { await runUntilStopped(svc, o.seconds); } finally { opened.net?.close(); await disk?.close(); }
+  if (!net) return '';
+  const cp = net.commitProtection === 'off' ? '' : ` (commit protection ${net.commitProtection})`;
+  return `; ${net.driver} buffers ${net.ifaces.join(', ')}${cp}`;
 }
 
 function progressLine(s: Record<string, unknown>): string {

@@ -28,7 +28,7 @@ export const HEARTBEAT_TIMEOUT_MS_MAX = 600_000;
 export const HELLO_STRING_CHARS_MAX = 256;
 
 export interface HelloInfo {
-  kind: string;
+  kind: (typeof DOMAIN_KINDS)[number];
   domain: string; pageCount: number; pageSize: number; compressor: string; intervalMs: number;
   heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
   /** Size of the replicated disk (0: the domain has none), and the write buffer it asks for. */
@@ -61,10 +61,10 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
     return x;
   };
   const optionalNum = (k: string, max: number): number => (v[k] === undefined ? 0 : num(k, 0, max));
-  const oneOf = (k: string, choices: readonly string[]): string => {
+  const oneOf = <T extends string>(k: string, choices: readonly T[]): T => {
     const x = v[k];
-    if (typeof x !== 'string' || !choices.includes(x)) refuse(`HELLO ${k} ${JSON.stringify(x) ?? 'missing'} is not one of ${choices.join(', ')}`);
-    return x;
+    if (typeof x !== 'string' || !(choices as readonly string[]).includes(x)) refuse(`HELLO ${k} ${JSON.stringify(x) ?? 'missing'} is not one of ${choices.join(', ')}`);
+    return x as T;
   };
   const domain = v.domain;
   if (typeof domain !== 'string' || !DOMAIN_NAME_RULE.test(domain)) {

@@ -5,7 +5,6 @@
 // discard reach every interface in the same step. Setup is all or nothing: when one
 // interface fails, the ones already set up are torn down before the error is thrown.
 // Each driver's own setup replaces what a crashed run left (stale rules, IFB, plug).
-import * as fs from 'node:fs';
 import { assert, assertInt } from '../assert';
 import type { OutputGate } from '../engine/ports';
 import { ErrorCode, RemusError } from '../errors';
@@ -78,13 +77,4 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
       for (const nb of opened.slice().reverse()) nb.close();
     },
   };
-}
-
-/** The vifs of a Xen domain in dom0 (vif<domid>.<devid>), in device order. */
-export function xenVifs(domid: number, sysClassNet = '/sys/class/net'): string[] {
-  assertInt(domid, 1, 0x7fef, 'domid');
-  const re = new RegExp(`^vif${domid}\\.(\\d+)$`);
-  let names: string[];
-  try { names = fs.readdirSync(sysClassNet); } catch { return []; }
-  return names.filter((n) => re.test(n)).sort((a, b) => Number(re.exec(a)![1]) - Number(re.exec(b)![1]));
 }

@@ -4,23 +4,22 @@
 import { ErrorCode, RemusError } from '../errors';
 import { Backup, type HelloInfo } from '../engine/backup';
 import { realClock } from '../engine/clock';
-import { SimReplica } from '../hypervisor/sim/sim-replica';
-import type { XenReplica } from '../hypervisor/xen/xen-replica';
-import { xenReplicaFor } from './xen-services';
+import { driverForHello } from '../hypervisor/registry';
+import type { DriverReplica } from '../hypervisor/driver';
 import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
 import { ProtectService } from './protect-service';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
-import { BlockFile } from '../disk/block-file';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';
-import { announceFailover } from '../hypervisor/xen/failover-notice';
 import type { Replica } from '../engine/ports';
 import { HostLock } from './host-lock';
 import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import { assert } from '../assert';
-import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
+import { DISK_BUFFER_BYTES_DEFAULT, REPLICATION_PORT_DEFAULT, engineOptions } from './engine-options';
+import { DEFAULT_CACHE } from '../memory/cache-size';
+import { requireFeature } from '../hypervisor/driver';
 import type { BackupSample, MetricsExporter } from './metrics';
 
 export interface BackupConfig {
@@ -48,8 +47,8 @@ export class BackupService {
   readonly backup: Backup;
   private listener: Listener | null = null;
   private control: ControlServer | null = null;
-  private replica: SimReplica | null = null;
-  private xenReplica: XenReplica | null = null;
+  /** The replica of the domain this backup holds (one at a time), made by its driver. */
+  private replica: DriverReplica | null = null;
   /** The lock on the replica disk this process made (no other backup truncates it). */
   private diskLock: HostLock | null = null;
   /** Refusals and dropped peers are logged once per change of reason, not per attempt. */
@@ -84,29 +83,31 @@ export class BackupService {
     this.backup.close();
     this.listener?.close();
     this.control?.close();
-    this.replica?.sink?.close();
-    await this.replica?.domain?.destroy();
-    this.xenReplica?.close();
-    this.replica?.disk?.close();
-    this.diskLock?.release();
+    try {
+      await this.replica?.stop();
+    } finally {
+      this.diskLock?.release();
+    }
     await this.cfg.metrics?.close();
   }
 
   /** The domain as status names it: sim:<name> for a simulated one, or null before the first session. */
   private domainName(): string | null {
-    return this.backup.domain ? (this.xenReplica ? this.backup.domain : `sim:${this.backup.domain}`) : null;
+    const d = this.backup.domain;
+    return d === null ? null : this.replicaKind === 'sim' ? `sim:${d}` : d;
   }
+
+  /** The HELLO kind of the replica held (or last held), for naming. */
+  private replicaKind: string | null = null;
 
   status(): Record<string, unknown> {
     return {
       role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state, rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
-      domain: this.domainName(), failovers: this.failovers,
-      xen: this.xenReplica?.stats ?? null, attached: this.backup.attached,
+      domain: this.domainName(), failovers: this.failovers, attached: this.backup.attached,
       committedEpoch: this.backup.committedEpoch, lastSessionStart: this.backup.lastSessionStart,
       ...this.backup.counters,
-      resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
-      outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
-      disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes, ...this.replica.replicator?.stats() } : null,
+      resumed: this.backup.resumedFrom, xen: null, guest: null, outputs: null, disk: null, ...this.replica?.status(),
+      events: this.events.slice(-10),
       reprotecting: this.promoted?.status() ?? null,
     };
   }
@@ -123,16 +124,25 @@ export class BackupService {
 
   /**
    * The replica for an accepted HELLO (its fields already checked: the domain name is a
-   * plain name, never a path). Its disk lives in the disk directory under a name made from
-   * the kind and domain, opened without following links, and locked: a replica another
-   * backup process holds is refused, never truncated.
+   * plain name, never a path), made by the driver of its kind. Its disk lives in the disk
+   * directory under a name made from the kind and domain, opened without following links,
+   * and locked: a replica another backup process holds is refused, never truncated.
    */
-  private replicaFor(h: HelloInfo): SimReplica | XenReplica {
-    if (h.kind === 'sim') checkSimGuestFits(h);
-    const diskFile = h.diskBytes > 0 && !(h.kind === 'sim' && this.cfg.reuseDisk) ? this.replicaDiskFile(h) : null;
+  private replicaFor(h: HelloInfo): DriverReplica {
+    const driver = driverForHello(h.kind);
+    const reuse = this.cfg.reuseDisk ?? null;
+    if (this.cfg.checksumOnFailover && driver.features.checksumOnFailover !== true) {
+      this.peerLog.say(`--checksum-on-failover does not apply to ${driver.kind} replicas: `
+        + `${driver.features.checksumOnFailover.reason}`);
+    }
+    const diskFile = h.diskBytes > 0 && !(reuse && driver.features.reuseDisk === true) ? this.replicaDiskFile(h) : null;
     try {
-      if (h.kind === 'xen') return (this.xenReplica = xenReplicaFor(h, this.cfg.log, { diskFile }));
-      return this.simReplicaFor(h, diskFile);
+      this.replica = driver.replicaFor({
+        hello: h, diskFile, reuseDisk: reuse, checksumOnFailover: this.cfg.checksumOnFailover === true,
+        diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT, log: this.cfg.log,
+      });
+      this.replicaKind = h.kind;
+      return this.replica;
     } catch (e) {
       this.diskLock?.release();
       this.diskLock = null;
@@ -152,31 +162,11 @@ export class BackupService {
 
   /** The engine let go of a replica: free its memory, close its disk, drop its lock. */
   private releaseReplica(r: Replica): void {
-    if (r === this.xenReplica) { this.xenReplica.close(); this.xenReplica = null; }
-    if (r === this.replica) { this.replica.close(); this.replica = null; }
+    assert(r === this.replica, 'the engine releases the replica this service made');
+    this.replica.close();
+    this.replica = null;
     this.diskLock?.release();
     this.diskLock = null;
-  }
-
-  private simReplicaFor(h: HelloInfo, diskFile: string | null): SimReplica {
-    let disk: BlockFile | null = null;
-    if (h.diskBytes > 0 && this.cfg.reuseDisk) {
-      disk = BlockFile.open(this.cfg.reuseDisk);
-      if (disk.sizeBytes !== h.diskBytes) {
-        disk.close();
-        throw new RemusError(ErrorCode.HANDSHAKE, `--reuse-disk ${this.cfg.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`);
-      }
-      this.replica = new SimReplica(h.domain, h.pageCount, disk, true, this.cfg.checksumOnFailover);
-      return this.replica;
-    }
-    if (diskFile) disk = BlockFile.create(diskFile, h.diskBytes);
-    try {
-      this.replica = new SimReplica(h.domain, h.pageCount, disk, false, this.cfg.checksumOnFailover);
-    } catch (e) {
-      disk?.close();
-      throw e;
-    }
-    return this.replica;
   }
 
   private onControl(req: Record<string, unknown>): Record<string, unknown> {
@@ -200,27 +190,32 @@ export class BackupService {
    */
   private reprotect(req: Record<string, unknown>): Record<string, unknown> {
     const r = this.replica;
-    if (this.backup.state !== 'failed-over' || !r?.domain || !r.gate || !r.sink) {
-      throw new RemusError(ErrorCode.NO_DOMAIN, 'this backup has not failed over: there is nothing to reprotect (the primary still runs the domain)');
+    if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
+      throw new RemusError(ErrorCode.NO_DOMAIN,
+        'this backup has not failed over: there is nothing to reprotect (the primary still runs the domain)');
     }
     if (this.promoted) return { ok: true, already: true, ...this.promoted.status() };
-    const target = parseHostPort(String(req.backup ?? ''), 7400);
+    const driver = driverForHello(this.replicaKind as HelloInfo['kind']);
+    requireFeature(driver, 'reprotect');
+    const target = parseHostPort(String(req.backup ?? ''), REPLICATION_PORT_DEFAULT);
     const intervalMs = Number(req.intervalMs ?? 50);
     const security: Security = req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
+    const opened = driver.adopt!(r, this.cfg.log);
+    const diskBufferBytesMax = this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT;
+    const heartbeat = req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs);
     this.promoted = new ProtectService({
-      name: r.name, backup: target, security,
-      engine: {
-        intervalMs, compressor: 'zstd', cachePages: Math.max(1, Math.floor(r.pageCount / 10)), maxInFlight: 2,
-        heartbeatTimeoutMs: Number(req.heartbeatTimeoutMs ?? 2 * intervalMs + 100), batchPagesMax: 1024, deviceStateMax: 65536, verifyDisk: true,
-        diskBufferBytesMax: this.cfg.diskBufferBytesMax,
-      },
-      memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,
-      netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? 256 * 2 ** 20,
-      readTracking: true, metrics: this.cfg.metrics ?? null, log: this.cfg.log,
-    }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.disk?.path ?? null });
+      opened, backup: target, security, net: null, holdOutputs: true, journal: null,
+      engine: engineOptions(driver, r.pageCount, {
+        intervalMs, compressor: 'zstd', cache: DEFAULT_CACHE, maxInFlight: 2, heartbeatTimeoutMs: heartbeat,
+        diskBufferBytesMax, verifyDisk: true,
+      }),
+      metrics: this.cfg.metrics ?? null, ownsMetrics: false, log: this.cfg.log,
+    });
     this.promoted.start();
-    this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${r.replicator?.bitmap.bytes ?? 0} bytes of disk to copy`);
-    return { ok: true, resyncBytes: r.replicator?.bitmap.bytes ?? 0, diskBytes: r.disk?.sizeBytes ?? 0 };
+    const d = (opened.disk?.stats() ?? {}) as { resyncPendingBytes?: number };
+    const sizeBytes = opened.disk?.sizeBytes ?? 0;
+    this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${d.resyncPendingBytes ?? 0} bytes of disk to copy`);
+    return { ok: true, resyncBytes: d.resyncPendingBytes ?? 0, diskBytes: sizeBytes };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {
@@ -234,8 +229,7 @@ export class BackupService {
     }
     if (name === 'resumed') {
       this.exposure.onResumed();
-      // A Xen guest learns it is the failed-over copy (its agent starts database recovery).
-      if (typeof detail.domid === 'number') announceFailover(detail.domid, Number(detail.epoch), this.cfg.log);
+      this.replica?.afterResume?.(detail); // a Xen guest learns it is the failed-over copy
     }
     this.logEvent(name, detail);
   }
@@ -265,9 +259,4 @@ export class BackupService {
     if (name === 'replica-replaced') log(`replacing the replica of ${d('from')} by one for ${d('to')} (no primary was attached)`);
     if (name === 'goodbye') log('primary ended protection (GOODBYE)');
   }
-}
-
-/** A simulated replica is RAM in this process: refuse at HELLO what this host or the arena cannot hold. */
-function checkSimGuestFits(h: HelloInfo): void {
-  checkSimGuestFitsHost(h.pageCount * 4096, `${h.domain}`, ErrorCode.HANDSHAKE);
 }

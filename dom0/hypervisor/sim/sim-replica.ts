@@ -9,7 +9,7 @@
 // ERR_HANDSHAKE before any memory is mapped; the replica owns its disk from the constructor
 // on, so a refused or failed construction closes it.
 import { ErrorCode, RemusError } from '../../errors';
-import type { Replica } from '../../engine/ports';
+import type { DriverReplica } from '../driver';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { realClock } from '../../engine/clock';
 import { PAGE_SIZE } from '../../memory/page-cache';
@@ -25,7 +25,7 @@ import { SimDomain, type SimOutput } from './sim-domain';
 /** Read blocks remembered for read tracking (1 GiB of disk; about 100 bytes each). */
 export const READ_TRACKING_BLOCKS_MAX = 262_144;
 
-export class SimReplica implements Replica {
+export class SimReplica implements DriverReplica {
   readonly image: GuestMemory;
   private readonly arena: NativeArena;
   private deviceState: Record<string, unknown> = {};
@@ -73,6 +73,22 @@ export class SimReplica implements Replica {
     if (this.domain) return;
     this.disk?.close();
     this.arena.close();
+  }
+
+  /** The backup stops: the resumed guest (if any) stops, its outputs and disk close. */
+  async stop(): Promise<void> {
+    this.sink?.close();
+    await this.domain?.destroy();
+    this.disk?.close();
+    if (!this.domain) this.arena.close();
+  }
+
+  /** What `remusdb status` shows of this replica on the backup. */
+  status(): Record<string, unknown> {
+    return {
+      guest: this.domain?.describe() ?? null, outputs: this.sink?.stats ?? null,
+      disk: this.disk ? { path: this.disk.path, sizeBytes: this.disk.sizeBytes, ...this.replicator?.stats() } : null,
+    };
   }
 
   get stepsPerSec(): number { return Number(this.deviceState.stepsPerSec ?? 1000); }

@@ -92,6 +92,8 @@ export function flushAfterCapture(domain: Domain, flush: () => Promise<void>): D
     capture: async (full: boolean): Promise<Capture> => { const c = await domain.capture(full); await flush(); return c; },
     describe: () => domain.describe(),
     fence: () => domain.fence(),
+    get pausedMsLast() { return domain.pausedMsLast; }, // libxc's live rounds are not a pause
+    get live() { return domain.live; },
   };
 }
 

@@ -20,7 +20,8 @@
 // attached to that device.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Replica } from '../../engine/ports';
+import type { DriverReplica } from '../driver';
+import { announceFailover } from './failover-notice';
 import { GuestMemory } from '../../memory/guest-memory';
 import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
@@ -65,7 +66,7 @@ const FEED_HIGH_BYTES = 16 * 2 ** 20;
 /** Octets the feed writes per event-loop turn (then it yields to the engine's records). */
 const FEED_TURN_BYTES = 8 * 2 ** 20;
 
-export class XenReplica implements Replica {
+export class XenReplica implements DriverReplica {
   readonly image: GuestMemory;
   readonly disk: BlockFile | null;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
@@ -154,6 +155,20 @@ export class XenReplica implements Replica {
     void this.served?.close();
     this.served = null;
     this.disk?.close();
+  }
+
+  /** The backup stops: a resumed domain stays with xl; the receiver and disk server go. */
+  async stop(): Promise<void> { this.close(); }
+
+  /** What `remusdb status` shows of this replica on the backup. */
+  status(): Record<string, unknown> {
+    return { xen: this.stats, guest: null, outputs: null,
+      disk: this.disk ? { path: this.disk.path, sizeBytes: this.disk.sizeBytes } : null };
+  }
+
+  /** The resumed guest learns it is the failed-over copy (its agent starts database recovery). */
+  afterResume(detail: Record<string, unknown>): void {
+    if (typeof detail.domid === 'number') announceFailover(detail.domid, Number(detail.epoch), this.opts.log);
   }
 
   // ---- the replicated disk ------------------------------------------------------------

@@ -1,0 +1,134 @@
+// xen-driver: a Xen PV domain as a domain driver. The domain runs under Xen; our engine drives
+// libxenguest's Remus save loop (xen-domain.ts), its outputs are the packets its vifs receive
+// in dom0 (held by a network buffer, sch_plug by default as `xl remus`), and its disk, when
+// protect serves it (--disk-image), is an NBD export this process replicates (xen-disk.ts).
+// On the backup, the replica feeds `xl migrate-receive -r -e` (xen-replica.ts).
+// PVH and HVM guests are refused at open for now (they need the device model's records).
+import * as fs from 'node:fs';
+import { BlockFile } from '../../disk/block-file';
+import { realClock } from '../../engine/clock';
+import { ErrorCode, RemusError } from '../../errors';
+import { assertInt } from '../../assert';
+import { loadAddon } from '../../native';
+import { protectLockPath } from '../../service/control';
+import { HostLock } from '../../service/host-lock';
+import type { DomainDriver, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
+import { flushAfterCapture, openXenProtectDisk, type XenProtectDisk } from './xen-disk';
+import { XenDomain, type XenDomainOptions } from './xen-domain';
+import { XenReplica } from './xen-replica';
+
+/** protect's options for a Xen domain's disk, served over NBD by the protect process. */
+export interface XenOpenOptions {
+  /** The domU's raw disk image; null: the domain's disk is not replicated by remusdb. */
+  diskImage: string | null;
+  diskListen: { host: string; port: number };
+  /** /dev/nbdN to attach the export to (nbd-client), or null. */
+  diskDevice: string | null;
+  /** With diskImage: how long to wait for the domain to be created. */
+  waitDomainMs: number;
+  domain?: Partial<XenDomainOptions>;
+}
+
+const NO_CONTINUATION = 'libxc\'s save stream starts over with every session, so a reconnect copies all memory';
+
+export const xenPvDriver: DomainDriver = {
+  kind: 'xen-pv',
+  wireKind: 'xen',
+  title: 'Xen PV domain (libxenguest\'s Remus save loop; shadow paging)',
+  features: {
+    backupHost: true, blackhole: true, precopy: true, continuedSession: { reason: NO_CONTINUATION },
+    disk: true, readTracking: { reason: 'a Xen checkpoint\'s pages travel inside libxc\'s own records' },
+    netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
+    reprotect: { reason: 'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` '
+      + 'on this host (a full copy)' },
+    reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
+    checksumOnFailover: { reason: 'the replica\'s memory goes to xl migrate-receive, which resumes it' },
+  },
+  defaults: {
+    heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
+    deviceStateBytesMax: 2 ** 20, netBuffer: 'plug',
+  },
+  ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
+  probe: () => probeXen(),
+  open: (req) => openXen(req),
+  replicaFor: (req) => xenReplicaFor(req),
+};
+
+function probeXen(): { available: boolean; reason: string } {
+  if (!fs.existsSync('/dev/xen/privcmd')) return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
+  try {
+    const a = loadAddon();
+    if (!a.parts.xen) return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
+  } catch (e) {
+    return { available: false, reason: (e as Error).message };
+  }
+  return { available: true, reason: 'Xen dom0 with the addon\'s Xen bindings (PV guests need shadow paging)' };
+}
+
+/** The disk first (the user creates the domU once it is served), then the domain, then the lock. */
+async function openXen(req: OpenRequest): Promise<OpenedDomain> {
+  const o = req.xen ?? { diskImage: null, diskListen: { host: '127.0.0.1', port: 0 }, diskDevice: null, waitDomainMs: 0 };
+  const disk: XenProtectDisk | null = o.diskImage ? await openXenProtectDisk({
+    domain: req.name, waitMs: o.waitDomainMs, image: o.diskImage, ...o.diskListen, device: o.diskDevice ?? undefined,
+    clock: realClock, unackedBytesMax: req.diskBufferBytesMax, log: req.log,
+  }) : null;
+  let xen: XenDomain | null = null;
+  try {
+    xen = XenDomain.open(req.name, { log: req.log, ...o.domain });
+    const lock = HostLock.acquire(protectLockPath('xen', xen.name), `protection of ${xen.name}`);
+    return xenOpened(xen, disk, lock, req.log);
+  } catch (e) {
+    await xen?.close();
+    await disk?.close();
+    throw e;
+  }
+}
+
+function xenOpened(xen: XenDomain, disk: XenProtectDisk | null, lock: HostLock, log: (l: string) => void): OpenedDomain {
+  let closed = false;
+  return {
+    driver: xenPvDriver, label: xen.name, name: xen.name, domid: xen.domid,
+    summary: `Xen PV, id ${xen.domid}, ${xen.pageCount} pages`,
+    domain: disk?.flush ? flushAfterCapture(xen, disk.flush) : xen,
+    outputs: null, disk: disk?.replicator ?? null,
+    defaultInterfaces: () => xenVifs(xen.domid),
+    status: () => ({ guest: xen.describe(), disk: disk ? disk.replicator.stats() : null }),
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      try {
+        await xen.close();
+        await disk?.close();
+      } finally {
+        lock.release();
+        log(`released ${xen.name} (id ${xen.domid})`);
+      }
+    },
+  };
+}
+
+/** The backup side: a replica that feeds `xl migrate-receive -r -e` (needs a Xen dom0). */
+function xenReplicaFor(req: ReplicaRequest): XenReplica {
+  const h = req.hello;
+  if (h.pageSize !== 4096) throw new RemusError(ErrorCode.HANDSHAKE, `Xen domain ${h.domain}: page size ${h.pageSize}`);
+  if (req.reuseDisk) {
+    throw new RemusError(ErrorCode.HANDSHAKE, `${h.domain} is a Xen domain: ${xenPvDriver.kind} replicas cannot use `
+      + '--reuse-disk (its disk is copied whole); start this backup without it');
+  }
+  const disk = req.diskFile ? BlockFile.create(req.diskFile, h.diskBytes) : null;
+  try {
+    return new XenReplica(h.domain, h.pageCount, { log: req.log, disk });
+  } catch (e) {
+    disk?.close();
+    throw e;
+  }
+}
+
+/** The vifs of a Xen domain in dom0 (vif<domid>.<devid>), in device order. */
+export function xenVifs(domid: number, sysClassNet = '/sys/class/net'): string[] {
+  assertInt(domid, 1, 0x7fef, 'domid');
+  const re = new RegExp(`^vif${domid}\\.(\\d+)$`);
+  let names: string[];
+  try { names = fs.readdirSync(sysClassNet); } catch { return []; }
+  return names.filter((n) => re.test(n)).sort((a, b) => Number(re.exec(a)![1]) - Number(re.exec(b)![1]));
+}

@@ -1,0 +1,62 @@
+// net-buffers: the network output buffer drivers as a registry, each with what it can hold
+// and the options it refuses. nfqueue queues every packet in this process (any number of
+// unacknowledged checkpoints; it can classify packets for commit protection); sch_plug is a
+// kernel qdisc that holds one unacknowledged checkpoint and cannot look into packets.
+import { ErrorCode, RemusError } from '../errors';
+import type { Feature } from '../hypervisor/driver';
+import type { CommitProtection } from './net-device';
+
+export type NetBufferName = 'nfqueue' | 'plug';
+
+/** The choices of `protect` a network buffer driver checks. */
+export interface NetBufferChoices {
+  commitProtection: CommitProtection;
+  dscpInKernel?: boolean;
+  maxInFlight?: number;
+}
+
+export interface NetBufferDriver {
+  readonly name: NetBufferName;
+  /** The domain driver's feature that allows it. */
+  readonly feature: Feature;
+  /** Unacknowledged checkpoints it can hold apart; --max-in-flight above it is refused. */
+  readonly maxInFlightMax: number;
+  /** Throws ERR_BAD_ARGUMENT for a choice it cannot honour. */
+  validate(c: NetBufferChoices): void;
+}
+
+/** The engine's own bound on checkpoints in flight (--max-in-flight). */
+export const MAX_IN_FLIGHT_MAX = 16;
+const MAX_IN_FLIGHT_DEFAULT = 2;
+
+export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
+  nfqueue: {
+    name: 'nfqueue', feature: 'netBufferNfqueue', maxInFlightMax: MAX_IN_FLIGHT_MAX,
+    validate: (c) => checkDscpInKernel(c),
+  },
+  plug: {
+    name: 'plug', feature: 'netBufferPlug', maxInFlightMax: 1,
+    validate: (c) => {
+      if (c.commitProtection !== 'off') {
+        throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${c.commitProtection} classifies packets, `
+          + 'which sch_plug cannot: use --net-buffer nfqueue');
+      }
+      if (c.maxInFlight !== undefined && c.maxInFlight > 1) {
+        throw new RemusError(ErrorCode.BAD_ARGUMENT, '--net-buffer plug holds one unacknowledged checkpoint '
+          + `(sch_plug): --max-in-flight ${c.maxInFlight} needs --net-buffer nfqueue`);
+      }
+      checkDscpInKernel(c);
+    },
+  },
+};
+
+function checkDscpInKernel(c: NetBufferChoices): void {
+  if (c.dscpInKernel && c.commitProtection !== 'dscp') {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, '--dscp-in-kernel goes with --commit-protection dscp');
+  }
+}
+
+/** --max-in-flight: what was asked, else the default within what the buffer (if any) holds. */
+export function maxInFlightFor(c: NetBufferChoices, buffer: NetBufferDriver | null): number {
+  return c.maxInFlight ?? Math.min(MAX_IN_FLIGHT_DEFAULT, buffer?.maxInFlightMax ?? MAX_IN_FLIGHT_DEFAULT);
+}

@@ -1,0 +1,39 @@
+// engine-options: the one place the checkpoint engine's options are made from what the user
+// chose and what the domain's driver needs (its defaults differ where the hypervisor does:
+// a Xen save may stall on libxc longer than a simulated guest ever pauses).
+import type { PrimaryOptions } from '../engine/primary';
+import type { Compressor } from '../memory/encodings';
+import { parseCachePages } from '../memory/cache-size';
+import type { DomainDriver } from '../hypervisor/driver';
+
+/** The replication channel's port when none is given. */
+export const REPLICATION_PORT_DEFAULT = 7400;
+/** What a backup buffers of unacknowledged disk writes, unless told otherwise. */
+export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
+
+/** Largest batch of pages in one PAGE_DATA record. */
+export const BATCH_PAGES_MAX = 1024;
+
+export interface EngineChoices {
+  intervalMs: number;
+  /** none: pages go raw and no cache is kept (plain Remus, -u). */
+  compressor: Compressor;
+  /** --cache: percent of guest memory or bytes. */
+  cache: string;
+  maxInFlight: number;
+  /** --heartbeat-timeout, or undefined: the driver's default for the interval. */
+  heartbeatTimeoutMs?: number;
+  diskBufferBytesMax: number;
+  verifyDisk: boolean;
+}
+
+export function engineOptions(driver: DomainDriver, pageCount: number, c: EngineChoices): PrimaryOptions {
+  return {
+    intervalMs: c.intervalMs, compressor: c.compressor,
+    cachePages: c.compressor === 'none' ? 0 : parseCachePages(c.cache, pageCount),
+    maxInFlight: c.maxInFlight,
+    heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? driver.defaults.heartbeatTimeoutMs(c.intervalMs),
+    batchPagesMax: BATCH_PAGES_MAX, deviceStateMax: driver.defaults.deviceStateBytesMax,
+    diskBufferBytesMax: c.diskBufferBytesMax, verifyDisk: c.verifyDisk,
+  };
+}

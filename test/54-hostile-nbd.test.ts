@@ -1,5 +1,5 @@
 // 54 hostile nbd: an adversary campaign against our NBD server, kept in the suite. Written from
-// docs/nbd.md and the NBD protocol (doc/proto.md) with raw sockets, its cases come from tables:
+// docs/nbd.md (the NBD protocol's rules we serve) with raw sockets, its cases come from tables:
 // client flags, option headers and floods, INFO/GO/EXPORT_NAME, concurrent handshake floods,
 // every command × every flag bit, offsets and lengths at and past the bounds (u64 wrap
 // included), truncated requests, bad magic, deep pipelines, idle sessions, clients that never
@@ -360,7 +360,7 @@ async function refill(t: Target): Promise<void> {
   await p.expectClose();
 }
 
-// ---- the documented answer of a request (docs/nbd.md "Errors", proto.md "Error values") ----
+// ---- the documented answer of a request (docs/nbd.md "Errors") ----
 
 type Outcome = { close: true } | { error: number };
 

@@ -10,7 +10,6 @@
 //   cp_dscp    commit protection by DSCP marks (needs a patched PostgreSQL: --pg-bin)
 //   cp_pgwire  commit protection by parsing the PostgreSQL protocol (no guest change)
 // Each point is the median of `runs` runs; rounds interleave modes to spread noise.
-import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import { createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
 import { type CommitProtection, type NetBuffer, openNetBuffer, PGWIRE_BATCH_MAX, PGWIRE_COPY_BYTES } from '../net/net-device';
@@ -18,7 +17,7 @@ import { setupNfqueue } from '../net/nfqueue-buffer';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
 import { findPostgres, initCluster, initPgbench, type PgbenchScript, type PgServer, pinGuestAndClient, runPgbench, startServer } from './net-pg';
-import { tpsPlot } from './net-svg';
+import { tpsPlot, writeFigure } from './net-svg';
 
 export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire'] as const;
 /** Modes that need the patched PostgreSQL (it marks commit acknowledgements DSCP 59). */
@@ -183,7 +182,7 @@ function summarize(samples: Map<string, Point[]>, modes: NetMode[], o: NetBenchO
   if (o.diagnostic) {
     r.diagnostic = Object.fromEntries(DIAG_MODES.map((m) => [m, median((samples.get(`${m}/${o.intervalsMs[0]}`) ?? []).map((p) => p.tps))]));
   }
-  if (o.svg) fs.writeFileSync(o.svg, netBenchSvg(r));
+  if (o.svg) writeFigure(o.svg, netBenchSvg(r), r);
   return r;
 }
 

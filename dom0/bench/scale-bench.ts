@@ -18,6 +18,7 @@ import { freePort } from '../util/free-port';
 import { remusdbRunner } from '../util/remusdb-process';
 import { newPsk } from '../protocol/channel';
 import { CuttableProxy } from '../util/cuttable-proxy';
+import { textWidth } from './net-svg';
 
 /** The link cut measured per size, and the heartbeat timeout that lets the backup outlast it. */
 const CUT_MS = 2000;
@@ -187,7 +188,9 @@ export function scaleSvg(rows: ScaleRow[]): string {
     const h = Number.isFinite(r.initial_sync_s) ? (r.initial_sync_s / max) * plotH : 0;
     out.push(`<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="#4477aa"/>`);
     const label = r.error ? 'refused' : `${r.initial_sync_s.toFixed(1)} s / ${r.final_pause_ms.toFixed(1)} ms`;
-    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle">${label}</text>`);
+    // A label wider than its slot (many sizes) gets a smaller font rather than overlapping.
+    const lw = textWidth(label, 12), size = lw <= slot - 4 ? '' : ` font-size="${Math.max(7, Math.floor((12 * (slot - 4)) / lw))}"`;
+    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle"${size}>${label}</text>`);
     out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`);
   });
   out.push('</svg>');

@@ -12,7 +12,7 @@ import { benchNet, formatNetBench } from '../bench/net-bench';
 import { bytesOption, cacheOption, choiceOption, intListOption, intOption } from './options';
 import { pathOption } from './path-options';
 import { SCALE_SIZES_DEFAULT, benchScale, formatScaleBench, scaleSvg } from '../bench/scale-bench';
-import * as fs from 'node:fs';
+import { writeFigure } from '../bench/net-svg';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
@@ -111,8 +111,9 @@ export function registerScaleBench(bench: Command): void {
       const opts = { sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max), seconds: o.seconds, intervalMs: 50, rate: 2000,
         log: (l: string) => process.stderr.write(`${l}\n`) };
       const rows = await benchScale(opts);
-      if (o.svg) fs.writeFileSync(o.svg, scaleSvg(rows));
+      const result = { bench: 'scale', interval_ms: opts.intervalMs, rate: opts.rate, seconds: o.seconds, rows };
+      if (o.svg) writeFigure(o.svg, scaleSvg(rows), result);
       if (!o.json) console.log(formatScaleBench(rows, opts));
-      console.log(JSON.stringify({ bench: 'scale', interval_ms: opts.intervalMs, rate: opts.rate, seconds: o.seconds, rows }));
+      console.log(JSON.stringify(result));
     });
 }

@@ -1,8 +1,8 @@
 // xl-stream: the bytes `xl migrate-receive -r -e` expects around libxenguest's stream
-// (shared/xen-lab/SAVE-LOOP.md; Xen docs/specs/libxl-migration-stream): the receiver's
-// banner, the xl savefile header with the domain's JSON configuration, the libxl v2 stream
-// header, and libxl records (LIBXC_CONTEXT before the libxc stream, CHECKPOINT_END after
-// each libxc CHECKPOINT record).
+// (docs/xen-adapter.md "The xl stream around libxc's"; Xen's libxl migration stream format):
+// the receiver's banner, the xl savefile header with the domain's JSON configuration, the
+// libxl v2 stream header, and libxl records (LIBXC_CONTEXT before the libxc stream,
+// CHECKPOINT_END after each libxc CHECKPOINT record).
 import { assert } from '../../assert';
 
 export const RECEIVER_BANNER = 'xl migration receiver ready, send binary domain data.\n';

@@ -63,7 +63,8 @@ describe('44 replication end to end', function () {
     const port = await freePort();
     start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'manual-backup.log');
     await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
-    start(['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'], 'manual-primary.log');
+    const primary = start(['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'], 'manual-primary.log');
+    const exit = new Promise<number | null>((resolve) => primary.on('exit', (c) => resolve(c)));
     await until(async () => Number((await status('primary-manual.sock')).ackedEpoch) > 5, 20000, 'checkpoints');
     const st = runCli(['status', 'sim:manual', '--json'], 10000, env);
     assert.equal(st.status, 0, st.stderr);
@@ -74,7 +75,9 @@ describe('44 replication end to end', function () {
     const r = runCli(['failover', 'sim:manual'], 30000, env);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /resumed from epoch \d+/);
-    await until(async () => (await status('primary-manual.sock')).state === 'fenced', 10000, 'fencing');
+    // Fenced, the primary's protection ends and the process exits 3 (EXIT_FENCED), as a Xen one does.
+    assert.equal(await Promise.race([exit, sleep(10_000).then(() => 'still running')]), 3);
+    assert.match(fs.readFileSync(path.join(dir, 'manual-primary.log'), 'utf8'), /manual is stopped here \(fenced\)/);
     const b = await status(`backup-${port}.sock`);
     assert.equal(b.state, 'failed-over');
   });

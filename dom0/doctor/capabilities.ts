@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { loadAddon, type NativeAddon } from '../native';
+import { DRIVERS } from '../hypervisor/registry';
 
 export interface Capability { name: string; available: boolean; reason: string; }
 
@@ -70,5 +71,6 @@ export function probeCapabilities(): Capability[] {
   let addon: NativeAddon | null = null;
   let err = '';
   try { addon = loadAddon(); } catch (e) { err = (e as Error).message; }
-  return checks.map((c) => c(addon, err));
+  const drivers = DRIVERS.map((d): Capability => ({ name: d.kind, ...d.probe() }));
+  return [...checks.map((c) => c(addon, err)), ...drivers];
 }

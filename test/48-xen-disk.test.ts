@@ -20,7 +20,7 @@ import { realClock } from '../dom0/engine/clock';
 import { spawnSync } from 'node:child_process';
 import { Rec, parseDiskWrite } from '../dom0/protocol/records';
 import { servePrimaryDisk } from '../dom0/hypervisor/xen/xen-disk';
-import type { Capture, Domain } from '../dom0/engine/ports';
+import type { Capture, Domain } from '../dom0/ports';
 import { BlockFile } from '../dom0/disk/block-file';
 import { xenRecord as record } from './support/xen-records';
 

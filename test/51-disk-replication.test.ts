@@ -4,7 +4,7 @@
 // checks the same invariants under crashes; the demo (44) checks them across processes.
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
-import type { DiskLink } from '../dom0/engine/ports';
+import type { DiskLink } from '../dom0/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
 import { BlockGenerations } from '../dom0/disk/block-generations';
@@ -265,7 +265,7 @@ describe('51 disk replication', () => {
       s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(4096));
       s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 4096, 4096, 0, fill(4096, 1)));
       s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
-      const disk = (): MemDiskTarget => s.replica().disk!;
+      const disk = (): MemDiskTarget => s.replica().diskTarget!;
       assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [9, 0], 'sync applied at once, writes held');
       fullCheckpoint(s.link);
       assert.equal(s.error(), null);

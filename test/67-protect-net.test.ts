@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { createTestbed, destroyTestbed, type Testbed } from '../dom0/net/netns-testbed';
 import { listRules } from '../dom0/net/iptables-rules';
 import { GateSet, xenVifs } from '../dom0/net/domain-net';
-import type { OutputGate } from '../dom0/engine/ports';
+import type { OutputGate } from '../dom0/ports';
 import { ROOT, runCli, tmpDir } from './support/helpers';
 import { controlRequest } from '../dom0/service/control';
 import { sysctl } from '../dom0/net/netns-testbed';

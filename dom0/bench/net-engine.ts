@@ -6,7 +6,7 @@
 import { assert } from '../assert';
 import { Backup } from '../engine/backup';
 import { realClock } from '../engine/clock';
-import type { Link, OutputGate } from '../engine/ports';
+import type { Link, OutputGate } from '../ports';
 import { Primary } from '../engine/primary';
 import { SimDomain } from '../hypervisor/sim/sim-domain';
 import { SimReplica } from '../hypervisor/sim/sim-replica';

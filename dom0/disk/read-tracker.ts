@@ -11,7 +11,7 @@
 import { assert } from '../assert';
 import { loadAddon } from '../native';
 import type { BlockGenerations } from './block-generations';
-import type { DiskSource } from './replicator';
+import type { DiskSource } from './disk-source';
 import { BLOCK_BYTES } from './resync-bitmap';
 
 interface Tracked { crc: number; gen: number; epoch: number; }

@@ -8,8 +8,7 @@
 // Without a backup, written blocks go to the resync bitmap; a new session first copies the
 // bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
 import { assert } from '../assert';
-import type { Clock, DiskLink, DiskPort } from '../engine/ports';
-import { loadAddon } from '../native';
+import type { Clock, DiskLink, DiskPort } from '../ports';
 import {
   DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
 } from '../protocol/records';
@@ -17,9 +16,7 @@ import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';
 import { BLOCK_BYTES, ResyncBitmap } from './resync-bitmap';
-
-/** What the replicator reads the resync copy from: the primary's own disk. */
-export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }
+import { type DiskSource, diskChecksumAsync } from './disk-source';
 
 export interface ReplicatorOptions {
   /** Unacknowledged forwarded bytes allowed before the session is dropped (the backup's bound). */
@@ -216,35 +213,4 @@ export class DiskReplicator implements DiskPort, DiskTap {
     }
     this.clock.defer(() => this.copySome());
   }
-}
-
-/** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
-export function diskChecksum(source: DiskSource): number {
-  const buf = new Uint8Array(1024 * 1024);
-  let crc = 0;
-  for (let off = 0; off < source.sizeBytes; off += buf.length) {
-    const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-    source.read(off, piece);
-    crc = loadAddon().crc32c(piece, crc);
-  }
-  return crc;
-}
-
-/** diskChecksum without holding the event loop: 8 MiB per turn, so heartbeats go on. */
-export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
-  const buf = new Uint8Array(1024 * 1024);
-  return new Promise((resolve, reject) => {
-    let crc = 0, off = 0;
-    const step = (): void => {
-      try {
-        for (let n = 0; n < 8 && off < source.sizeBytes; n++, off += buf.length) {
-          const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-          source.read(off, piece);
-          crc = loadAddon().crc32c(piece, crc);
-        }
-      } catch (e) { reject(e); return; }
-      if (off >= source.sizeBytes) resolve(crc); else clock.defer(step);
-    };
-    step();
-  });
 }

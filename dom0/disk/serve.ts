@@ -3,7 +3,7 @@
 // (NBD_LIMITS) can be overridden. No replication there; serveReplicatedDisk is the protected
 // domain's disk: the same server with the replicator as its tap, 512-byte sectors as its
 // minimum block (replication forwards whole sectors) and write generations for read tracking.
-import type { Clock } from '../engine/ports';
+import type { Clock } from '../ports';
 import { BlockFile } from './block-file';
 import type { DiskTap } from './disk-tap';
 import { NbdServer, type NbdLimits } from './nbd-server';

@@ -19,7 +19,7 @@ import type { GuestMemory } from '../memory/guest-memory';
 import { assert } from '../assert';
 import { loadAddon } from '../native';
 import { PAGE_SIZE } from '../memory/page-cache';
-import type { Clock } from './ports';
+import type { Clock } from '../ports';
 
 /** Pages per digest region: 64 MiB of guest memory (a 64 GiB guest has 1024 regions). */
 export const DIGEST_REGION_PAGES = 16384;

@@ -14,7 +14,7 @@
 // copy of every page the backup applies is its content at the final suspend.
 import { assert } from '../assert';
 import { PAGE_SIZE } from '../memory/page-cache';
-import type { Capture } from './ports';
+import type { Capture } from '../ports';
 
 /** What a domain offers for pre-copy: reads while it runs, and a re-arming dirty collect. */
 export interface LiveMemory {

@@ -19,7 +19,7 @@ import {
   parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody,
   type DiskRefEntry,
 } from '../protocol/records';
-import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
+import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
 import { Window, type PrimaryStats } from './stats';
 import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';

@@ -6,7 +6,7 @@
 import { PageDecoder } from '../memory/page-codec';
 import { PAGE_SIZE } from '../memory/page-cache';
 import { protocolError, type DiskRefEntry } from '../protocol/records';
-import type { DiskTarget } from '../disk/epoch-buffer';
+import type { ReplicaDisk } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import type { GuestMemory } from '../memory/guest-memory';
@@ -89,7 +89,7 @@ export class Staging {
    * Reads every referenced block from the backup's disk (already at this checkpoint) and
    * checks its CRC: all or nothing, before memory is touched.
    */
-  resolveRefs(disk: DiskTarget): Uint8Array {
+  resolveRefs(disk: Pick<ReplicaDisk, 'read'>): Uint8Array {
     const pages = new Uint8Array(this.refs.length * PAGE_SIZE);
     this.refs.forEach((r, i) => {
       const page = pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);

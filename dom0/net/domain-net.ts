@@ -7,7 +7,7 @@
 // Each driver's own setup replaces what a crashed run left (stale rules, IFB, plug).
 import * as fs from 'node:fs';
 import { assert, assertInt } from '../assert';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import type { ExposureTracker } from './failover-reset';
 import { type CommitProtection, type NetBuffer, openNetBuffer } from './net-device';

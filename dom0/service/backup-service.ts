@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';
 import { announceFailover } from '../hypervisor/xen/failover-notice';
-import type { Replica } from '../engine/ports';
+import type { Replica } from '../ports';
 import { HostLock } from './host-lock';
 import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
@@ -87,7 +87,7 @@ export class BackupService {
     this.replica?.sink?.close();
     await this.replica?.domain?.destroy();
     this.xenReplica?.close();
-    this.replica?.disk?.close();
+    this.replica?.diskFile?.close();
     this.diskLock?.release();
     await this.cfg.metrics?.close();
   }
@@ -106,7 +106,7 @@ export class BackupService {
       ...this.backup.counters,
       resumed: this.backup.resumedFrom, guest: this.replica?.domain?.describe() ?? null,
       outputs: this.replica?.sink?.stats ?? null, events: this.events.slice(-10),
-      disk: this.replica?.disk ? { path: this.replica.disk.path, sizeBytes: this.replica.disk.sizeBytes, ...this.replica.replicator?.stats() } : null,
+      disk: this.replica?.diskFile ? { path: this.replica.diskFile.path, sizeBytes: this.replica.diskFile.sizeBytes, ...this.replica.replicator?.stats() } : null,
       reprotecting: this.promoted?.status() ?? null,
     };
   }
@@ -217,7 +217,7 @@ export class BackupService {
       memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,
       netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? 256 * 2 ** 20,
       readTracking: true, metrics: this.cfg.metrics ?? null, log: this.cfg.log,
-    }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.disk?.path ?? null });
+    }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.diskFile?.path ?? null });
     this.promoted.start();
     this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${r.replicator?.bitmap.bytes ?? 0} bytes of disk to copy`);
     return { ok: true, resyncBytes: r.replicator?.bitmap.bytes ?? 0, diskBytes: r.disk?.sizeBytes ?? 0 };

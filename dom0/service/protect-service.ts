@@ -9,7 +9,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import { OutputBuffer } from '../engine/output-buffer';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { Link } from '../engine/ports';
+import type { Link } from '../ports';
 import type { Workload } from '../hypervisor/sim/guest-program';
 import { OutputSink } from '../hypervisor/sim/output-sink';
 import { SimDomain, type SimOutput } from '../hypervisor/sim/sim-domain';

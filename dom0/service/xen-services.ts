@@ -10,7 +10,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import type { HelloInfo } from '../engine/backup';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { DiskPort, OutputGate } from '../engine/ports';
+import type { DiskPort, OutputGate } from '../ports';
 import { XenDomain, type XenDomainOptions } from '../hypervisor/xen/xen-domain';
 import { XenReplica } from '../hypervisor/xen/xen-replica';
 import type { Security } from '../protocol/channel';

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture, Domain } from '../../engine/ports';
+import type { Capture, Domain } from '../../ports';
 import type { LiveMemory } from '../../engine/precopy';
 import { PAGE_SIZE } from '../../memory/page-cache';
 import { GuestMemory } from '../../memory/guest-memory';

@@ -12,7 +12,7 @@
 // then the stripped records.
 import * as zlib from 'node:zlib';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture } from '../../engine/ports';
+import type { Capture } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import {
   PAGE_SIZE, REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,

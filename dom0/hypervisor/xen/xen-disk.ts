@@ -10,7 +10,7 @@
 // `xl migrate-receive` names /dev/nbdM instead of the primary's device
 // (docs/xen-adapter.md, "Disk").
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture, Clock, Domain } from '../../engine/ports';
+import type { Capture, Clock, Domain } from '../../ports';
 import { DEFAULT_EXPORT_NAME } from '../../disk/serve';
 import { BlockFile } from '../../disk/block-file';
 import { DiskReplicator } from '../../disk/replicator';

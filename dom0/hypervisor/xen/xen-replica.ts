@@ -20,7 +20,7 @@
 // attached to that device.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Replica } from '../../engine/ports';
+import type { Replica, ReplicaDisk } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
@@ -28,6 +28,7 @@ import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './x
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
 import type { BlockFile } from '../../disk/block-file';
 import { serveDisk, type ServedDisk } from '../../disk/serve';
+import { EpochHeldDisk } from '../../disk/replica-disk';
 import { retargetPreamble } from './xen-disk';
 import { freeNbdDevice, nbdAttach } from './nbd-device';
 
@@ -67,7 +68,9 @@ const FEED_TURN_BYTES = 8 * 2 ** 20;
 
 export class XenReplica implements Replica {
   readonly image: GuestMemory;
-  readonly disk: BlockFile | null;
+  /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
+  readonly disk: ReplicaDisk | null;
+  private readonly diskFile: BlockFile | null;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
   private nbdDevice: string | null = null;
   private served: ServedDisk | null = null;
@@ -91,7 +94,8 @@ export class XenReplica implements Replica {
       resumeTimeoutMs: 60_000, log: () => {}, ...opts,
     };
     this.image = GuestMemory.allocate(pageCount);
-    this.disk = opts.disk ?? null;
+    this.diskFile = opts.disk ?? null;
+    this.disk = this.diskFile ? new EpochHeldDisk(this.diskFile) : null;
   }
 
   commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
@@ -153,7 +157,7 @@ export class XenReplica implements Replica {
     if (!this.resumed) this.dropReceiver();
     void this.served?.close();
     this.served = null;
-    this.disk?.close();
+    this.diskFile?.close();
   }
 
   // ---- the replicated disk ------------------------------------------------------------
@@ -170,12 +174,12 @@ export class XenReplica implements Replica {
 
   /** Failover: the committed replica disk, served and attached before xl creates the devices. */
   private async exposeDisk(): Promise<void> {
-    if (!this.disk || this.served) return;
+    if (!this.diskFile || this.served) return;
     if (!this.nbdDevice) throw new RemusError(ErrorCode.XEN, 'no NBD device was chosen for the replica disk');
-    const served = await this.access().serve(this.disk.path);
+    const served = await this.access().serve(this.diskFile.path);
     try { await this.access().attach(served.port, this.nbdDevice, served.exportName); } catch (e) { await served.close(); throw e; }
     this.served = served;
-    this.opts.log(`xen: replica disk ${this.disk.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
+    this.opts.log(`xen: replica disk ${this.diskFile.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
   }
 
   // ---- the feed: committed checkpoints, written as the receiver takes them ------------

@@ -62,7 +62,7 @@ export interface DiskLink {
 }
 
 /**
- * The primary's half of the replicated disk (dom0/disk/replicator.ts). Writes the guest
+ * The primary's half of the replicated disk (blktap/replicator.ts). Writes the guest
  * completes are forwarded tagged with the epoch they belong to; the engine moves the tag at
  * the disk barrier and tells the port about acks and lost sessions.
  */
@@ -91,7 +91,7 @@ export interface DiskPort {
   /**
    * Read tracking, per 4 KiB page of pages: a block holding exactly that page's content as the
    * backup will have it at checkpoint epoch, or null; null alone when no page of the batch can
-   * match. Only exact matches (dom0/disk/read-tracker.ts).
+   * match. Only exact matches (blktap/read-tracker.ts).
    */
   references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null> | null;
   /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */

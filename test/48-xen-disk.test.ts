@@ -21,7 +21,7 @@ import { spawnSync } from 'node:child_process';
 import { Rec, parseDiskWrite } from '../dom0/protocol/records';
 import { servePrimaryDisk } from '../dom0/hypervisor/xen/xen-disk';
 import type { Capture, Domain } from '../dom0/ports';
-import { BlockFile } from '../dom0/disk/block-file';
+import { BlockFile } from '../blktap/block-file';
 import { xenRecord as record } from './support/xen-records';
 
 const CONFIG = {

@@ -7,12 +7,12 @@ import { Backup } from '../dom0/engine/backup';
 import type { DiskLink } from '../dom0/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
-import { BlockGenerations } from '../dom0/disk/block-generations';
-import { ReadTracker } from '../dom0/disk/read-tracker';
+import { BlockGenerations } from '../blktap/block-generations';
+import { ReadTracker } from '../blktap/read-tracker';
 import { loadAddon } from '../dom0/native';
-import { EpochBuffer } from '../dom0/disk/epoch-buffer';
-import { DiskReplicator } from '../dom0/disk/replicator';
-import { BLOCK_BYTES, ResyncBitmap } from '../dom0/disk/resync-bitmap';
+import { EpochBuffer } from '../blktap/epoch-buffer';
+import { DiskReplicator } from '../blktap/replicator';
+import { BLOCK_BYTES, ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
   DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,

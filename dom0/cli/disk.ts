@@ -3,7 +3,7 @@
 // The image, --listen and --export are checked as the command line is parsed.
 import type { Command } from 'commander';
 import { parseHostPort } from '../protocol/channel';
-import { DEFAULT_EXPORT_NAME, DEFAULT_NBD_PORT, serveDisk } from '../disk/serve';
+import { DEFAULT_EXPORT_NAME, DEFAULT_NBD_PORT, serveDisk } from '../../blktap/serve';
 import { badValue, hostPortOption, refuseOptionLike, specified } from './options';
 import { pathOption } from './path-options';
 

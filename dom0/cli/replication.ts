@@ -22,7 +22,7 @@ import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './ne
 import { openDomainNet } from '../net/domain-net';
 import { untilStopped } from './until-stopped';
 import { realClock } from '../engine/clock';
-import { DEFAULT_NBD_PORT } from '../disk/serve';
+import { DEFAULT_NBD_PORT } from '../../blktap/serve';
 import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 

@@ -10,7 +10,7 @@ import { xenReplicaFor } from './xen-services';
 import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
 import { ProtectService } from './protect-service';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
-import { BlockFile } from '../disk/block-file';
+import { BlockFile } from '../../blktap/block-file';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';

@@ -21,9 +21,9 @@ import { HostLock } from './host-lock';
 import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
 import { loopDelay } from './loop-delay';
 
-import { BlockFile } from '../disk/block-file';
-import { DiskReplicator } from '../disk/replicator';
-import type { BlockGenerations } from '../disk/block-generations';
+import { BlockFile } from '../../blktap/block-file';
+import { DiskReplicator } from '../../blktap/replicator';
+import type { BlockGenerations } from '../../blktap/block-generations';
 import type { JournalSink } from '../hypervisor/sim/disk-journal';
 import { READ_TRACKING_BLOCKS_MAX } from '../hypervisor/sim/sim-replica';
 import * as path from 'node:path';

@@ -18,7 +18,7 @@ import { Reconnector } from './reconnector';
 import { NoGate } from '../net/net-device';
 import { ControlServer, protectLockPath, socketPath } from './control';
 import { HostLock } from './host-lock';
-import { BlockFile } from '../disk/block-file';
+import { BlockFile } from '../../blktap/block-file';
 import { flushAfterCapture } from '../hypervisor/xen/xen-disk';
 import type { ExposureTracker } from '../net/failover-reset';
 import { exportExposure } from '../net/exposure-relay';

@@ -26,9 +26,9 @@ import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
 import { PAGE_SIZE } from './libxc-stream';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
-import type { BlockFile } from '../../disk/block-file';
-import { serveDisk, type ServedDisk } from '../../disk/serve';
-import { EpochHeldDisk } from '../../disk/replica-disk';
+import type { BlockFile } from '../../../blktap/block-file';
+import { serveDisk, type ServedDisk } from '../../../blktap/serve';
+import { EpochHeldDisk } from '../../../blktap/replica-disk';
 import { retargetPreamble } from './xen-disk';
 import { freeNbdDevice, nbdAttach } from './nbd-device';
 

@@ -2,8 +2,8 @@
 // (BlockFile, or a test's disk in memory) and an EpochBuffer that holds the forwarded writes
 // until their checkpoint commits. Whoever makes a replica makes its disk here and hands it
 // over; the engine sees only the port, never the file or the buffer.
-import type { Clock, DiskRange, ReplicaDisk } from '../ports';
-import type { DiskWrite } from '../protocol/records';
+import type { Clock, DiskRange, ReplicaDisk } from '../dom0/ports';
+import type { DiskWrite } from '../dom0/protocol/records';
 import { diskChecksumAsync } from './disk-source';
 import { type DiskTarget, EpochBuffer, applyWrite } from './epoch-buffer';
 

@@ -4,7 +4,7 @@
 // the counter was even and unchanged across it; a disk reference is sent only if the counter
 // still holds that value when the page is matched — no write has begun since the read.
 // The counters live in shared memory so the simulated vCPU (a worker thread) bumps them too.
-import { assert } from '../assert';
+import { assert } from '../dom0/assert';
 import { BLOCK_BYTES } from './resync-bitmap';
 
 export class BlockGenerations {

@@ -8,8 +8,8 @@
 // every write before the read is in an epoch ≤ N, none came after. The backup rebuilds the
 // page from its disk at commit and checks the CRC. Copies of blocks the guest made itself
 // match too: the lookup is by content, not by where the read landed.
-import { assert } from '../assert';
-import { loadAddon } from '../native';
+import { assert } from '../dom0/assert';
+import { loadAddon } from '../dom0/native';
 import type { BlockGenerations } from './block-generations';
 import type { DiskSource } from './disk-source';
 import { BLOCK_BYTES } from './resync-bitmap';

@@ -3,7 +3,7 @@
 // attached, and every write of an epoch the backup never acknowledged, sets its blocks.
 // A new session copies exactly the set blocks (coalesced into runs) before its first
 // checkpoint — the same path serves initial sync and reprotection (SecondSite's rule).
-import { assert } from '../assert';
+import { assert } from '../dom0/assert';
 
 export const BLOCK_BYTES = 4096;
 

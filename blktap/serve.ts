@@ -3,11 +3,11 @@
 // (NBD_LIMITS) can be overridden. No replication there; serveReplicatedDisk is the protected
 // domain's disk: the same server with the replicator as its tap, 512-byte sectors as its
 // minimum block (replication forwards whole sectors) and write generations for read tracking.
-import type { Clock } from '../ports';
+import type { Clock } from '../dom0/ports';
 import { BlockFile } from './block-file';
 import type { DiskTap } from './disk-tap';
 import { NbdServer, type NbdLimits } from './nbd-server';
-import { SECTOR } from '../protocol/records';
+import { SECTOR } from '../dom0/protocol/records';
 import { DiskReplicator, type ReplicatorOptions } from './replicator';
 
 export interface ServeDiskOptions {

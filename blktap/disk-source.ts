@@ -2,8 +2,8 @@
 // the read tracker checks content against (the primary's own disk), and whole-disk CRC32C
 // (the backup's check at DISK_VERIFY, the sim replica's at failover). On its own so that
 // replicator and read tracker, which both read a disk, do not import each other.
-import type { Clock } from '../ports';
-import { loadAddon } from '../native';
+import type { Clock } from '../dom0/ports';
+import { loadAddon } from '../dom0/native';
 
 /** A disk to read from: the primary's own, or the backup's copy. */
 export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }

@@ -7,11 +7,11 @@
 // seen in checkpoint N is tagged ≤ N and nothing completed after resume is tagged N.
 // Without a backup, written blocks go to the resync bitmap; a new session first copies the
 // bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
-import { assert } from '../assert';
-import type { Clock, DiskLink, DiskPort } from '../ports';
+import { assert } from '../dom0/assert';
+import type { Clock, DiskLink, DiskPort } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
-} from '../protocol/records';
+} from '../dom0/protocol/records';
 import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';

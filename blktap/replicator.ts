@@ -15,8 +15,9 @@ import {
 import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';
-import { BLOCK_BYTES, ResyncBitmap } from './resync-bitmap';
+import { ResyncBitmap } from './resync-bitmap';
 import { type DiskSource, diskChecksumAsync } from './disk-source';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 export interface ReplicatorOptions {
   /** Unacknowledged forwarded bytes allowed before the session is dropped (the backup's bound). */
@@ -68,7 +69,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
     this.chunkBytes = Math.min(opts.syncChunkBytes ?? 1024 * 1024, DISK_RECORD_DATA_MAX);
-    assert(this.chunkBytes % BLOCK_BYTES === 0, 'sync chunk is whole blocks');
+    assert(this.chunkBytes % DISK_BLOCK_BYTES === 0, 'sync chunk is whole blocks');
     this.backlogMax = opts.backlogBytesMax ?? 8 * 1024 * 1024;
   }
 
@@ -116,7 +117,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     for (const u of this.unacked) this.bitmap.markRange(u.offsetBytes, u.lengthBytes);
     const written = this.direct?.written;
     for (let run = written?.nextRun(0, 1 << 16); written && run; run = written.nextRun(run.first + run.count, 1 << 16)) {
-      this.bitmap.markRange(run.first * BLOCK_BYTES, run.count * BLOCK_BYTES);
+      this.bitmap.markRange(run.first * DISK_BLOCK_BYTES, run.count * DISK_BLOCK_BYTES);
     }
     this.direct = null;
     for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
@@ -194,14 +195,14 @@ export class DiskReplicator implements DiskPort, DiskTap {
     s.timer = null;
     if (link.backlogBytes > this.backlogMax) { s.timer = this.clock.setTimer(2, () => this.copySome()); return; }
     for (let budget = 4; budget > 0; budget--) {
-      const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / BLOCK_BYTES);
+      const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / DISK_BLOCK_BYTES);
       if (!run) {
         link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
         this.sync = null;
         s.ready();
         return;
       }
-      const off = run.first * BLOCK_BYTES, len = Math.min(run.count * BLOCK_BYTES, this.sizeBytes - off);
+      const off = run.first * DISK_BLOCK_BYTES, len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
       const buf = new Uint8Array(len);
       this.source.read(off, buf);
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);

@@ -35,7 +35,6 @@ export interface ServedDisk {
 }
 
 export const DEFAULT_EXPORT_NAME = 'remusdb';
-export const DEFAULT_NBD_PORT = 10809;
 
 export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   const exportName = o.exportName ?? DEFAULT_EXPORT_NAME;

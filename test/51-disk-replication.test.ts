@@ -12,7 +12,7 @@ import { ReadTracker } from '../blktap/read-tracker';
 import { loadAddon } from '../dom0/native';
 import { EpochBuffer } from '../blktap/epoch-buffer';
 import { DiskReplicator } from '../blktap/replicator';
-import { BLOCK_BYTES, ResyncBitmap } from '../blktap/resync-bitmap';
+import { ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
   DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,
@@ -20,10 +20,11 @@ import {
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 const guestImage = (): Uint8Array => { const m = new Uint8Array(128 * 4096); GuestProgram.boot(m, 'idle', 1); return m; };
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
-const DISK = 64 * BLOCK_BYTES;
+const DISK = 64 * DISK_BLOCK_BYTES;
 const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
 
 describe('51 disk replication', () => {

@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { ProtectService } from '../service/protect-service';
 import { Prng } from '../util/prng';
+import { BATCH_PAGES_MAX_DEFAULT, SIM_DEVICE_STATE_BYTES_MAX } from '../limits';
 
 export interface PauseRow {
   rate_tx_s: number; epochs: number; dirty_pages_p50: number; dirty_mb_s: number;
@@ -36,7 +37,7 @@ function memcpyMs(src: Buffer, pages: number, runs = 9): number {
 async function pauseAt(rate: number, intervalMs: number, memoryBytes: number, seconds: number, src: Buffer): Promise<PauseRow> {
   const svc = new ProtectService({
     name: `bench-${rate}`, backup: 'blackhole', security: { insecure: true },
-    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536 },
+    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX },
     memoryBytes, workload: 'oltp', seed: 1, stepsPerSec: rate, client: null, netBuffer: true, journal: null, diskBytes: 0, diskBufferBytesMax: 2 ** 28, readTracking: false, log: () => {},
   });
   svc.start();

@@ -6,6 +6,7 @@
 // that checkpoint), so a run also proves that no reference was wrong.
 import { BackupService } from '../service/backup-service';
 import { ProtectService } from '../service/protect-service';
+import { BATCH_PAGES_MAX_DEFAULT, SIM_DEVICE_STATE_BYTES_MAX } from '../limits';
 
 export interface RtRow {
   read_tracking: boolean; epochs: number; dirty_pages: number; ref_pages: number;
@@ -16,12 +17,12 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)] ?? 0; };
 
 async function run(readTracking: boolean, seconds: number, workload: 'scan' | 'oltp'): Promise<RtRow> {
-  const backup = new BackupService({ host: '127.0.0.1', port: 0, security: { insecure: true }, pageCountMax: 1 << 20, batchPagesMax: 1024, log: () => {} });
+  const backup = new BackupService({ host: '127.0.0.1', port: 0, security: { insecure: true }, pageCountMax: 1 << 20, batchPagesMax: BATCH_PAGES_MAX_DEFAULT, log: () => {} });
   await backup.start();
   const memoryBytes = 128 * 2 ** 20, intervalMs = 50;
   const svc = new ProtectService({
     name: `rt-${readTracking ? 'on' : 'off'}-${process.pid}`, backup: { host: '127.0.0.1', port: backup.port }, security: { insecure: true },
-    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: 1024, deviceStateMax: 65536 },
+    engine: { intervalMs, compressor: 'zstd', cachePages: Math.floor(memoryBytes / 4096 / 10), maxInFlight: 2, heartbeatTimeoutMs: 2 * intervalMs + 100, batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX },
     memoryBytes, workload, seed: 7, stepsPerSec: 1000, client: null, netBuffer: true, journal: null,
     diskBytes: 64 * 2 ** 20, diskBufferBytesMax: 2 ** 28, readTracking, log: () => {},
   });

@@ -7,7 +7,6 @@ import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { parseCachePages, DEFAULT_CACHE } from '../memory/cache-size';
-import { PAGE_SIZE } from '../memory/page-cache';
 import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
 import { resolveDomain } from '../hypervisor/resolve';
 import { newPsk, parseHostPort, readPskFile, type Security } from '../protocol/channel';
@@ -22,11 +21,12 @@ import { addNetOptions, maxInFlightFor, netPlan, type NetCliOptions } from './ne
 import { openDomainNet } from '../net/domain-net';
 import { untilStopped } from './until-stopped';
 import { realClock } from '../engine/clock';
-import { DEFAULT_NBD_PORT } from '../../blktap/serve';
+import {
+  BATCH_PAGES_MAX_DEFAULT, DEFAULT_NBD_PORT, DEFAULT_REPLICATION_PORT as DEFAULT_PORT, DEVICE_STATE_BYTES_MAX,
+  DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES as PAGE_SIZE, SIM_DEVICE_STATE_BYTES_MAX,
+} from '../limits';
 import { openXenProtectDisk } from '../hypervisor/xen/xen-disk';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
-
-export const DEFAULT_PORT = 7400;
 
 /** Guest memory: a multiple of 4 KiB from the smallest simulated guest to 64 GiB. */
 export function memoryOption(name: string): (v: string) => number {
@@ -139,7 +139,7 @@ function registerProtect(program: Command): void {
       intOption('--max-in-flight', 1, 16));
   addSimGuestOptions(protect)
     .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
-      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
     .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
   addXenDiskOptions(protect)
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
@@ -199,7 +199,7 @@ function registerBackup(program: Command): void {
     .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb '
       + 'reprotect): only blocks that differ are copied', pathOption('--reuse-disk', 'rw-input'))
     .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary',
-      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
     .option('--checksum-on-failover', 'sim: CRC32C the resumed memory before the guest runs, for verification '
       + '(adds ~150 ms per GiB to the failover)');
   addMetricsOption(backup)
@@ -209,7 +209,7 @@ function registerBackup(program: Command): void {
       const metrics = await openMetrics(o.metrics);
       const svc = await closingOnError(metrics, async () => {
         const b = new BackupService({
-          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
+          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
           diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk,
           checksumOnFailover: o.checksumOnFailover === true, metrics, log,
         });
@@ -300,7 +300,8 @@ async function runProtect(domainArg: string, backupArg: string | undefined, o: P
     engine: {
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: parseCachePages(o.cache, pages),
       maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? 2 * o.interval + 100,
-      batchPagesMax: 1024, deviceStateMax: 65536, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
+      batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX,
+      diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
     },
     memoryBytes: o.memory, workload: o.workload.startsWith('trace:') ? 'trace' : o.workload as Workload,
     tracePath: o.workload.startsWith('trace:') ? o.workload.slice(6) : undefined, seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null,
@@ -334,7 +335,8 @@ async function runXenProtect(name: string, backupArg: string | undefined, o: Pro
     engine: (pages) => ({
       intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cachePages: o.compress ? parseCachePages(o.cache, pages) : 0,
       maxInFlight: maxInFlightFor(o, net), heartbeatTimeoutMs: o.heartbeatTimeout ?? Math.max(2 * o.interval + 100, 3000),
-      batchPagesMax: 1024, deviceStateMax: 2 ** 20, diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
+      batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: DEVICE_STATE_BYTES_MAX,
+      diskBufferBytesMax: o.diskBuffer, verifyDisk: o.verifyDisk,
     }),
     disk: disk?.replicator ?? null,
     diskFlush: disk?.flush ?? null,

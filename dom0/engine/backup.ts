@@ -17,7 +17,7 @@
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
@@ -543,7 +543,7 @@ export class Backup {
     if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
     const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
     if (refPages) {
-      refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
+      refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES)));
       this.counters.diskRefPages += refs.length;
     }
     if (o.full) staging.clear();

@@ -22,6 +22,7 @@ import { ChangeLog } from './change-log';
 import { assert } from '../assert';
 import { checkSimGuestFitsHost } from '../hypervisor/sim/guest-size';
 import type { BackupSample, MetricsExporter } from './metrics';
+import { BATCH_PAGES_MAX_DEFAULT, DISK_BUFFER_BYTES_DEFAULT, SIM_DEVICE_STATE_BYTES_MAX } from '../limits';
 
 export interface BackupConfig {
   host: string;
@@ -211,11 +212,11 @@ export class BackupService {
       name: r.name, backup: target, security,
       engine: {
         intervalMs, compressor: 'zstd', cachePages: Math.max(1, Math.floor(r.pageCount / 10)), maxInFlight: 2,
-        heartbeatTimeoutMs: Number(req.heartbeatTimeoutMs ?? 2 * intervalMs + 100), batchPagesMax: 1024, deviceStateMax: 65536, verifyDisk: true,
+        heartbeatTimeoutMs: Number(req.heartbeatTimeoutMs ?? 2 * intervalMs + 100), batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX, verifyDisk: true,
         diskBufferBytesMax: this.cfg.diskBufferBytesMax,
       },
       memoryBytes: r.pageCount * 4096, workload: 'oltp', seed: 0, stepsPerSec: r.stepsPerSec, client: r.client,
-      netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? 256 * 2 ** 20,
+      netBuffer: true, journal: null, diskBytes: r.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
       readTracking: true, metrics: this.cfg.metrics ?? null, log: this.cfg.log,
     }, { domain: r.domain, gate: r.gate, sink: r.sink, disk: r.replicator, diskPath: r.diskFile?.path ?? null });
     this.promoted.start();

@@ -8,7 +8,7 @@
 import * as os from 'node:os';
 import { ErrorCode, RemusError, type ErrorCodeValue } from '../../errors';
 import { GUEST_PAGES_MAX } from '../../memory/guest-memory';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 
 /**
  * Largest simulated guest, in bytes: 2^36 (64 GiB, 16,777,216 pages of 4 KiB), the arena's

@@ -13,7 +13,7 @@ import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Domain } from '../../ports';
 import type { LiveMemory } from '../../engine/precopy';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { BlockFile } from '../../../blktap/block-file';

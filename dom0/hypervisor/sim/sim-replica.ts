@@ -12,7 +12,7 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Replica, ReplicaDisk } from '../../ports';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { realClock } from '../../engine/clock';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';

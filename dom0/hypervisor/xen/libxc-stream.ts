@@ -6,8 +6,8 @@
 // codecs) and keeps the rest as a "skeleton"; the backup rebuilds the exact bytes from the
 // skeleton and its memory image. Records we do not know stay opaque (copied as they are).
 import { ErrorCode, RemusError } from '../../errors';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 
-export const PAGE_SIZE = 4096;
 export const IMAGE_HEADER_BYTES = 24;
 export const DOMAIN_HEADER_BYTES = 16;
 export const REC_HEADER_BYTES = 8;

@@ -15,8 +15,9 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Capture } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import {
-  PAGE_SIZE, REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
+  REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
 } from './libxc-stream';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 
 const SKELETON_MAGIC = 0x314b5358; // "XSK1"
 const FLAG_PREAMBLE = 1, FLAG_DEFLATED = 2;

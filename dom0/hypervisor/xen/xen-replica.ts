@@ -23,7 +23,7 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Replica, ReplicaDisk } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
-import { PAGE_SIZE } from './libxc-stream';
+import { PAGE_BYTES as PAGE_SIZE } from '../../limits';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
 import type { BlockFile } from '../../../blktap/block-file';
@@ -70,7 +70,7 @@ export class XenReplica implements Replica {
   readonly image: GuestMemory;
   /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
   readonly disk: ReplicaDisk | null;
-  private readonly diskFile: BlockFile | null;
+  readonly diskFile: BlockFile | null;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
   private nbdDevice: string | null = null;
   private served: ServedDisk | null = null;

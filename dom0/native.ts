@@ -2,7 +2,9 @@
 // surface. Parts built only when their system headers existed (xen, nfqueue) are optional
 // here; `requirePart` turns a missing part into an actionable RemusError.
 import * as path from 'node:path';
+import { AssertionError } from 'node:assert';
 import { ErrorCode, RemusError } from './errors';
+import { IMAGE_SEGMENTS_MAX, PAGE_BYTES, PAGE_RECORD_BYTES_MAX, PAGE_RECORD_HEADER_BYTES } from './limits';
 
 export interface ProbeResult { ok: boolean; errno: number; message: string; }
 
@@ -69,17 +71,39 @@ let loadError: Error | undefined;
 export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   if (loadError) throw loadError;
+  let addon: NativeAddon;
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const addon = require(ADDON_PATH) as NativeAddon;
+    addon = require(ADDON_PATH) as NativeAddon;
     addon.setErrorClass(RemusError);
-    loaded = addon;
-    return addon;
   } catch (e) {
     loadError = new RemusError(ErrorCode.ADDON_PART_MISSING,
       `the native addon is not built (${(e as Error).message.split('\n')[0]}); run \`npm install\` ` +
       '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)');
     throw loadError;
+  }
+  try { checkLimits(addon.codecConstants); } catch (e) { loadError = e as Error; throw e; }
+  loaded = addon;
+  return addon;
+}
+
+/**
+ * The sizes both sides of the codec are compiled with (limits.ts, native-xc/src/page_codec.h)
+ * must be equal: a difference is a build error, never an operating condition.
+ */
+function checkLimits(native: NativeAddon['codecConstants']): void {
+  const ours = {
+    pageSize: PAGE_BYTES, recordHeaderSize: PAGE_RECORD_HEADER_BYTES,
+    recordSizeMax: PAGE_RECORD_BYTES_MAX, imageSegmentsMax: IMAGE_SEGMENTS_MAX,
+  };
+  for (const [name, value] of Object.entries(ours) as Array<[keyof typeof ours, number]>) {
+    if (native[name] !== value) {
+      throw new AssertionError({
+        message: `remusdb build error: the addon's ${name} is ${native[name]}, limits.ts says ${value} ` +
+          '(rebuild the addon and the TypeScript from one tree: `npm install`)',
+        actual: native[name], expected: value, operator: 'strictEqual',
+      });
+    }
   }
 }
 

@@ -6,12 +6,13 @@ import * as fs from 'node:fs';
 import { loadAddon } from '../dom0/native';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../dom0/memory/page-codec';
-import { Encoding, RECORD_HEADER_SIZE, type Compressor } from '../dom0/memory/encodings';
+import { Encoding, type Compressor } from '../dom0/memory/encodings';
 import { xorRleEncode } from '../dom0/memory/codec-ref';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { DbMemoryModel, OLTP_RATES } from '../dom0/trace/db-memory-model';
 import { Prng } from '../dom0/util/prng';
 import { PAGE, dbPages, pfnRange, randomPages } from './support/helpers';
+import { PAGE_RECORD_HEADER_BYTES } from '../dom0/limits';
 
 const IMPLS: CodecImpl[] = ['native', 'ref'];
 
@@ -160,7 +161,7 @@ describe('11 codec', () => {
     try {
       const image = GuestMemory.ofArena(arena);
       image.page(7).fill(0x5a);
-      const zero = Buffer.alloc(RECORD_HEADER_SIZE);
+      const zero = Buffer.alloc(PAGE_RECORD_HEADER_BYTES);
       zero[8] = Encoding.ZERO;
       const batch = Buffer.concat(Array.from({ length: pages }, (_, p) => { const r = Buffer.from(zero); r.writeBigUInt64LE(BigInt(p)); return r; }));
       const rss = (): number => Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
@@ -174,7 +175,7 @@ describe('11 codec', () => {
 
   describe('11.9 malformed records are typed errors that write nothing', () => {
     const header = (pfn: number, enc: number, len: number, reserved = 0): Buffer => {
-      const h = Buffer.alloc(RECORD_HEADER_SIZE);
+      const h = Buffer.alloc(PAGE_RECORD_HEADER_BYTES);
       h.writeBigUInt64LE(BigInt(pfn)); h[8] = enc; h[9] = reserved; h.writeUInt16LE(len, 10);
       return h;
     };

@@ -21,7 +21,7 @@ import { freePort, remusdbStarter, runCli, sleep, tmpDir, until } from './suppor
 import { Backup, type BackupState } from '../dom0/engine/backup';
 import { Primary } from '../dom0/engine/primary';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
-import type { Replica } from '../dom0/engine/ports';
+import type { Replica } from '../dom0/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { loadAddon } from '../dom0/native';
 import {

@@ -20,7 +20,7 @@ import {
   SIM_GUEST_BYTES_MAX, SIM_GUEST_PAGES_MAX, checkSimGuestBytes, checkSimGuestFitsHost, simGuestBytesProblem,
 } from '../dom0/hypervisor/sim/guest-size';
 import { C_STATE, STOP } from '../dom0/hypervisor/sim/vcpu-control';
-import type { Link } from '../dom0/engine/ports';
+import type { Link } from '../dom0/ports';
 import { connectLink } from '../dom0/protocol/channel';
 import { PROTOCOL_VERSION, REC_NAMES, Rec, jsonBody } from '../dom0/protocol/records';
 import { ROOT, freePort, randomPages, sleep, until } from './support/helpers';

@@ -10,7 +10,7 @@ import * as zlib from 'node:zlib';
 import { RemusError } from '../dom0/errors';
 import { loadAddon } from '../dom0/native';
 import {
-  IMAGE_HEADER_BYTES, DOMAIN_HEADER_BYTES, PAGE_SIZE, REC, RecordSplitter, parsePageData, type RawRecord,
+  IMAGE_HEADER_BYTES, DOMAIN_HEADER_BYTES, REC, RecordSplitter, parsePageData, type RawRecord,
 } from '../dom0/hypervisor/xen/libxc-stream';
 import { CheckpointCollector, rebuildCheckpoint, type CollectedCheckpoint } from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
@@ -18,6 +18,7 @@ import { XenDomain } from '../dom0/hypervisor/xen/xen-domain';
 import type { XenAddon, XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER } from '../dom0/hypervisor/xen/xl-stream';
 import { xenRecord as record } from './support/xen-records';
+import { PAGE_BYTES } from '../dom0/limits';
 
 // ---- a synthetic libxc stream ------------------------------------------------------------
 
@@ -37,7 +38,7 @@ function headers(): Buffer {
 const XTAB = 0xf, L1TAB = 0x1;
 /** A page whose content says which pfn and round it is. */
 function page(pfn: number, round: number): Buffer {
-  const p = Buffer.alloc(PAGE_SIZE, (pfn * 7 + round) & 0xff);
+  const p = Buffer.alloc(PAGE_BYTES, (pfn * 7 + round) & 0xff);
   p.writeUInt32LE(pfn % 2 ** 32, 0);
   p.writeUInt32LE(round, 4);
   return p;
@@ -98,7 +99,7 @@ function collect(c: CheckpointCollector, recs: RawRecord[]): CollectedCheckpoint
 /** What the backup does at commit: the capture's pages into the image, then the rebuild. */
 function commit(image: Uint8Array, ck: CollectedCheckpoint): ReturnType<typeof rebuildCheckpoint> {
   const { pfns, count, pages } = ck.capture;
-  for (let i = 0; i < count; i++) image.set(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), pfns[i] * PAGE_SIZE);
+  for (let i = 0; i < count; i++) image.set(pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), pfns[i] * PAGE_BYTES);
   return rebuildCheckpoint(ck.capture.deviceState, image);
 }
 
@@ -124,8 +125,8 @@ describe('47 xen stream', () => {
     assert.throws(() => split(Buffer.concat([headers(), pageData([{ pfn: 1 }]).subarray(0, 100)]), 50), /stream ends inside a record/);
     const huge = record(REC.PAGE_DATA, Buffer.alloc(8)); huge.writeUInt32LE(0x7fffffff, 4);
     assert.throws(() => split(huge, 16, 1, false), /claims 2147483647 octets/);
-    const short = pageData([{ pfn: 1 }, { pfn: 2 }]); short.writeUInt32LE(8 + 16 + PAGE_SIZE, 4); // says one page of data, has two
-    assert.throws(() => parsePageData(short.subarray(0, 8 + 8 + 16 + PAGE_SIZE), false), /2 pfns with 2 data pages need/);
+    const short = pageData([{ pfn: 1 }, { pfn: 2 }]); short.writeUInt32LE(8 + 16 + PAGE_BYTES, 4); // says one page of data, has two
+    assert.throws(() => parsePageData(short.subarray(0, 8 + 8 + 16 + PAGE_BYTES), false), /2 pfns with 2 data pages need/);
     const reserved = pageData([{ pfn: 1 }]); reserved.writeUInt32LE(0x00100000, 20);
     assert.throws(() => parsePageData(reserved, false), /reserved bits/);
     const zero = record(REC.PAGE_DATA, Buffer.alloc(8));
@@ -137,7 +138,7 @@ describe('47 xen stream', () => {
     assert.deepEqual(Array.from(p.pfns), [5, 6, 2 ** 33 + 7]);
     assert.deepEqual(Array.from(p.types), [L1TAB, XTAB, 0]);
     assert.equal(p.dataPages, 2);
-    assert.deepEqual(Array.from(p.dataOffsets), [8 + 8 + 24, -1, 8 + 8 + 24 + PAGE_SIZE]);
+    assert.deepEqual(Array.from(p.dataOffsets), [8 + 8 + 24, -1, 8 + 8 + 24 + PAGE_BYTES]);
   });
 
   it('47.4 capture + skeleton rebuild the exact stream, preamble first', () => {
@@ -148,9 +149,9 @@ describe('47 xen stream', () => {
     c.startSave(preamble);
     const [ck1, ck2] = collect(c, recs);
     assert.equal(ck1.capture.count, PAGES, 'the first checkpoint of a save is full');
-    assert.deepEqual(Buffer.from(ck1.capture.pages.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 0));
+    assert.deepEqual(Buffer.from(ck1.capture.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 0));
     assert.deepEqual(Array.from(ck2.capture.pfns), [3, 40]);
-    const image = new Uint8Array(PAGES * PAGE_SIZE);
+    const image = new Uint8Array(PAGES * PAGE_BYTES);
     const r1 = commit(image, ck1), r2 = commit(image, ck2);
     assert.deepEqual(r1.preamble, preamble);
     assert.equal(r2.preamble, null);
@@ -172,10 +173,10 @@ describe('47 xen stream', () => {
     c.startSave(headers());
     const { recs: raw } = split(Buffer.concat(recs), 999, 3, false);
     const [ck] = collect(c, raw);
-    const image = new Uint8Array(8 * PAGE_SIZE);
+    const image = new Uint8Array(8 * PAGE_BYTES);
     const r = commit(image, ck);
-    assert.deepEqual(Buffer.from(image.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 2));
-    assert.deepEqual(Buffer.from(image.subarray(3 * PAGE_SIZE, 4 * PAGE_SIZE)), Buffer.alloc(PAGE_SIZE), 'XTAB last: no content');
+    assert.deepEqual(Buffer.from(image.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 2));
+    assert.deepEqual(Buffer.from(image.subarray(3 * PAGE_BYTES, 4 * PAGE_BYTES)), Buffer.alloc(PAGE_BYTES), 'XTAB last: no content');
     const expected = [pageData([{ pfn: 2, round: 1, type: L1TAB }, { pfn: 3, type: XTAB }]), pageData([{ pfn: 1, round: 2 }]), checkpointRec()];
     assert.deepEqual(Buffer.concat(r.parts), Buffer.concat(expected), 'round 1 dropped: every pfn of it was sent again');
     // A delta checkpoint with the same shape keeps only pfn 1 and 2 as pages.
@@ -194,7 +195,7 @@ describe('47 xen stream', () => {
     c.startSave(h[0]);
     const done = collect(c, recs);
     assert.ok(done.length >= 3, `${done.length} checkpoints in the fixture`);
-    const image = new Uint8Array(info.pageCount * PAGE_SIZE);
+    const image = new Uint8Array(info.pageCount * PAGE_BYTES);
     let at = 0, pages = 0;
     const ends = recs.map((r, i) => (r.type === REC.CHECKPOINT ? i : -1)).filter((i) => i >= 0);
     done.forEach((ck, k) => {
@@ -224,7 +225,7 @@ describe('47 xen stream', () => {
     const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
     assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
     for (const ck of [ck1, ck2]) {
-      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     }
     setTimeout(() => { incomingPaused = false; }, 100);
@@ -259,7 +260,7 @@ describe('47 xen stream', () => {
     for (const ck of cks) {
       const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
       if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
-      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
       assert.ok(feedBytes() > 32 * 2 ** 20, `the commit returned with ${feedBytes()} octets still to write (not written at once)`);
     }
@@ -278,7 +279,7 @@ describe('47 xen stream', () => {
       for (const r of split(part, 1 << 20, 1, false).recs) {
         if (r.type !== REC.PAGE_DATA) continue;
         const d = parsePageData(r.bytes, false);
-        for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_SIZE));
+        for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_BYTES));
       }
       return m;
     };
@@ -340,7 +341,7 @@ describe('47 xen stream', () => {
       const c1 = await d.capture(true);
       await d.resume();
       assert.equal(c1.count, DPAGES);
-      assert.deepEqual(Buffer.from(c1.pages.subarray(PAGE_SIZE, 2 * PAGE_SIZE)), page(1, 101), 'the stop-and-copy content wins');
+      assert.deepEqual(Buffer.from(c1.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 101), 'the stop-and-copy content wins');
       await d.suspend();
       const c2 = await d.capture(false);
       await d.resume();
@@ -349,7 +350,7 @@ describe('47 xen stream', () => {
       const c3 = await d.capture(true); // a new backup session
       await d.resume();
       assert.equal(c3.count, DPAGES);
-      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_SIZE)), page(0, 200), 'the second save\'s live round');
+      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_BYTES)), page(0, 200), 'the second save\'s live round');
       assert.equal(d.describe().saves, 2);
       assert.deepEqual(log, ['suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume']);
       await d.close();

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { RemusError } from '../dom0/errors';
-import { PAGE_SIZE, REC } from '../dom0/hypervisor/xen/libxc-stream';
+import { REC } from '../dom0/hypervisor/xen/libxc-stream';
 import { CheckpointCollector } from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
 import type { XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
@@ -20,9 +20,10 @@ import { realClock } from '../dom0/engine/clock';
 import { spawnSync } from 'node:child_process';
 import { Rec, parseDiskWrite } from '../dom0/protocol/records';
 import { servePrimaryDisk } from '../dom0/hypervisor/xen/xen-disk';
-import type { Capture, Domain } from '../dom0/engine/ports';
-import { BlockFile } from '../dom0/disk/block-file';
+import type { Capture, Domain } from '../dom0/ports';
+import { BlockFile } from '../blktap/block-file';
 import { xenRecord as record } from './support/xen-records';
+import { PAGE_BYTES } from '../dom0/limits';
 
 const CONFIG = {
   c_info: { type: 'pv', name: 'vm' },
@@ -98,17 +99,18 @@ describe('48 xen disk', () => {
         attach: async (port, device) => { calls.push(`attach ${port} ${device} ended=${fs.existsSync(ended)}`); },
       },
     });
-    assert.equal(rx.disk, disk);
+    assert.equal(rx.diskFile, disk, 'the replica keeps the file it was given');
+    assert.equal(rx.disk?.sizeBytes, disk.sizeBytes, 'and the engine sees it through its ReplicaDisk');
     const c = new CheckpointCollector(4);
     c.startSave(Buffer.concat([xlSavefileHeader(JSON.stringify(CONFIG)), libxlStreamHeader()]));
-    const pd = Buffer.alloc(16 + PAGE_SIZE, 7);
+    const pd = Buffer.alloc(16 + PAGE_BYTES, 7);
     pd.writeUInt32LE(1, 0); pd.writeUInt32LE(0, 4); pd.writeUInt32LE(2, 8); pd.writeUInt32LE(0, 12);
     let ck = null;
     for (const r of [record(REC.PAGE_DATA, pd), record(REC.CHECKPOINT, Buffer.alloc(0))]) {
       ck = c.add({ type: r.readUInt32LE(0), bodyLength: r.readUInt32LE(4), bytes: r }) ?? ck;
     }
     assert.ok(ck, 'one checkpoint');
-    for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+    for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     assert.deepEqual(calls, ['free']);
     setTimeout(() => { paused = false; }, 100);

@@ -1,4 +1,4 @@
-// 50 nbd: our NBD server (dom0/disk) against real clients — nbdinfo, qemu-io, qemu-img,
+// 50 nbd: our NBD server (blktap/) against real clients — nbdinfo, qemu-io, qemu-img,
 // nbdcopy, nbdfuse + loop + ext4 — and a raw-socket client for malformed requests.
 // Clients run as child processes with async spawn (the server lives in this process).
 import { strict as assert } from 'node:assert';
@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpDir } from './support/helpers';
-import { serveDisk, ServedDisk } from '../dom0/disk/serve';
-import { DiskTap } from '../dom0/disk/disk-tap';
-import { SocketReader } from '../dom0/disk/socket-reader';
-import * as W from '../dom0/disk/nbd-wire';
+import { serveDisk, ServedDisk } from '../blktap/serve';
+import { DiskTap } from '../blktap/disk-tap';
+import { SocketReader } from '../blktap/socket-reader';
+import * as W from '../blktap/nbd-wire';
 
 interface Run { status: number; stdout: string; stderr: string; }
 
@@ -418,7 +418,7 @@ function freePort(): Promise<number> {
 
 /** `serveDisk` in a child node process; resolves once it listens. */
 function startServerProcess(image: string): Promise<{ port: number; stop: () => Promise<void> }> {
-  const serveJs = path.join(__dirname, '..', 'dom0', 'disk', 'serve.js');
+  const serveJs = path.join(__dirname, '..', 'blktap', 'serve.js');
   const code = `require(${JSON.stringify(serveJs)}).serveDisk({ image: ${JSON.stringify(image)}, host: '127.0.0.1', port: 0 })
     .then((d) => { console.log(String(d.port)); process.on('SIGTERM', () => d.close().then(() => process.exit(0))); })`;
   const p = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });

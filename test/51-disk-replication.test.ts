@@ -4,15 +4,15 @@
 // checks the same invariants under crashes; the demo (44) checks them across processes.
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
-import type { DiskLink } from '../dom0/engine/ports';
+import type { DiskLink } from '../dom0/ports';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
-import { BlockGenerations } from '../dom0/disk/block-generations';
-import { ReadTracker } from '../dom0/disk/read-tracker';
+import { BlockGenerations } from '../blktap/block-generations';
+import { ReadTracker } from '../blktap/read-tracker';
 import { loadAddon } from '../dom0/native';
-import { EpochBuffer } from '../dom0/disk/epoch-buffer';
-import { DiskReplicator } from '../dom0/disk/replicator';
-import { BLOCK_BYTES, ResyncBitmap } from '../dom0/disk/resync-bitmap';
+import { EpochBuffer } from '../blktap/epoch-buffer';
+import { DiskReplicator } from '../blktap/replicator';
+import { ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
   DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,
@@ -20,10 +20,11 @@ import {
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 const guestImage = (): Uint8Array => { const m = new Uint8Array(128 * 4096); GuestProgram.boot(m, 'idle', 1); return m; };
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
-const DISK = 64 * BLOCK_BYTES;
+const DISK = 64 * DISK_BLOCK_BYTES;
 const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
 
 describe('51 disk replication', () => {
@@ -265,7 +266,7 @@ describe('51 disk replication', () => {
       s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(4096));
       s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 4096, 4096, 0, fill(4096, 1)));
       s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
-      const disk = (): MemDiskTarget => s.replica().disk!;
+      const disk = (): MemDiskTarget => s.replica().diskTarget!;
       assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [9, 0], 'sync applied at once, writes held');
       fullCheckpoint(s.link);
       assert.equal(s.error(), null);

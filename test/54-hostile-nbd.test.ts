@@ -17,9 +17,9 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpDir, ROOT } from './support/helpers';
-import * as W from '../dom0/disk/nbd-wire';
-import { NBD_LIMITS, NbdLimits, NbdServer } from '../dom0/disk/nbd-server';
-import { ReplicatedDisk, serveReplicatedDisk } from '../dom0/disk/serve';
+import * as W from '../blktap/nbd-wire';
+import { NBD_LIMITS, NbdLimits, NbdServer } from '../blktap/nbd-server';
+import { ReplicatedDisk, serveReplicatedDisk } from '../blktap/serve';
 import { realClock } from '../dom0/engine/clock';
 import { DW_FLUSH, DW_ZEROES, Rec, parseDiskWrite } from '../dom0/protocol/records';
 

@@ -15,7 +15,7 @@ import { createTestbed, destroyTestbed, type Testbed } from '../dom0/net/netns-t
 import { listRules } from '../dom0/net/iptables-rules';
 import { GateSet } from '../dom0/net/domain-net';
 import { xenVifs } from '../dom0/hypervisor/xen/xen-driver';
-import type { OutputGate } from '../dom0/engine/ports';
+import type { OutputGate } from '../dom0/ports';
 import { ROOT, runCli, tmpDir } from './support/helpers';
 import { controlRequest } from '../dom0/service/control';
 import { sysctl } from '../dom0/net/netns-testbed';

@@ -2,7 +2,8 @@
 // as `remusdb protect` assembles it (driver, engine options, protect service).
 import { simDriver, type SimOpenOptions } from '../hypervisor/sim/sim-driver';
 import { DEFAULT_CACHE } from '../memory/cache-size';
-import { DISK_BUFFER_BYTES_DEFAULT, engineOptions } from '../service/engine-options';
+import { engineOptions } from '../service/engine-options';
+import { DISK_BUFFER_BYTES_DEFAULT } from '../limits';
 import { ProtectService } from '../service/protect-service';
 
 export interface BenchProtect {

@@ -3,7 +3,7 @@
 // bytes measured in the same run, as medians of several runs (the machines are noisy).
 import { DB_PAGE, DbMemoryModel } from '../trace/db-memory-model';
 import { PageDecoder, PageEncoder } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { PAGE_BYTES } from '../limits';
 import { Prng } from '../util/prng';
 import type { Compressor } from '../memory/encodings';
 
@@ -26,13 +26,13 @@ type Mutator = (page: Uint8Array, rng: Prng) => void;
 
 const scattered: Mutator = (page, rng) => {
   for (let k = 0; k < 8; k++) {
-    const o = rng.below(PAGE_SIZE / 8) * 8;
+    const o = rng.below(PAGE_BYTES / 8) * 8;
     for (let b = 0; b < 8; b++) page[o + b] = rng.u32() & 0xff;
   }
 };
 
 const clustered: Mutator = (page, rng) => {
-  const len = 64 + rng.below(192), o = rng.below(PAGE_SIZE - len);
+  const len = 64 + rng.below(192), o = rng.below(PAGE_BYTES - len);
   for (let b = 0; b < len; b++) page[o + b] = rng.u32() & 0xff;
 };
 
@@ -58,7 +58,7 @@ function runCase(name: string, runs: number, mutate: Mutator | null, compressor:
   const a = basePages(7);
   const b = Uint8Array.from(a);
   const rng = new Prng(11);
-  if (mutate) for (let p = 0; p < PAGES; p++) mutate(b.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE), rng);
+  if (mutate) for (let p = 0; p < PAGES; p++) mutate(b.subarray(p * PAGE_BYTES, (p + 1) * PAGE_BYTES), rng);
   const pfns = BigUint64Array.from({ length: PAGES }, (_, i) => BigInt(i));
   const enc = new PageEncoder({ cachePages: mutate ? PAGES : 0, compressor, batchPagesMax: PAGES });
   const dec = new PageDecoder('native', PAGES);

@@ -6,10 +6,11 @@
 import { assert } from '../assert';
 import { Backup } from '../engine/backup';
 import { realClock } from '../engine/clock';
-import type { Link, OutputGate } from '../engine/ports';
+import type { Link, OutputGate } from '../ports';
 import { Primary } from '../engine/primary';
 import { SimDomain } from '../hypervisor/sim/sim-domain';
 import { SimReplica } from '../hypervisor/sim/sim-replica';
+import { BATCH_PAGES_MAX_DEFAULT, SIM_DEVICE_STATE_BYTES_MAX } from '../limits';
 
 /** Records queued in one direction before the link counts as broken (a bound, not a tuning). */
 const LINK_QUEUE_MAX = 100_000;
@@ -72,7 +73,7 @@ export class EngineRig {
 
   private newBackup(): Backup {
     return new Backup(realClock, {
-      pageCountMax: this.domain.pageCount, batchPagesMax: 1024,
+      pageCountMax: this.domain.pageCount, batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
       replicaFor: (h) => (this.replica ??= new SimReplica(h.domain, h.pageCount)),
     }, { event: (name, d) => { if (name === 'failover' || name === 'protocol-error') this.incidents.push(`${name}: ${JSON.stringify(d).slice(0, 200)}`); } });
   }
@@ -91,7 +92,8 @@ export class EngineRig {
     const primary = new Primary(this.domain, gate, realClock, {
       intervalMs, compressor: 'zstd', cachePages: Math.floor(this.domain.pageCount / 10), maxInFlight: 2,
       // Generous: a benchmark on shared cores must not fail over because the loop stalled.
-      heartbeatTimeoutMs: 2 * intervalMs + 10_000, batchPagesMax: 1024, deviceStateMax: 65536,
+      heartbeatTimeoutMs: 2 * intervalMs + 10_000,
+      batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX,
     });
     const [toBackup, toPrimary] = memoryLinkPair();
     primary.start();

@@ -6,7 +6,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { parseCachePages } from '../memory/cache-size';
 import { BATCH_FRAME_BYTES, ENCODING_NAMES, type Compressor } from '../memory/encodings';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { PAGE_BYTES } from '../limits';
 import { REC_EPOCH_END, REC_PAGE, TraceReader } from '../trace/rdtrace';
 
 export interface TraceBenchOptions {
@@ -43,16 +43,16 @@ export interface TraceBenchResult {
 export async function benchTrace(path: string, o: TraceBenchOptions): Promise<TraceBenchResult> {
   const reader = await TraceReader.open(path);
   const { pageSize, totalPages } = reader.header;
-  if (pageSize !== PAGE_SIZE) {
+  if (pageSize !== PAGE_BYTES) {
     throw new RemusError(ErrorCode.BAD_TRACE, `${path}: page size ${pageSize}; the codec handles 4096-byte pages`);
   }
-  const imageBytes = totalPages * PAGE_SIZE;
+  const imageBytes = totalPages * PAGE_BYTES;
   const truth = allocImage(imageBytes), image = allocImage(imageBytes);
   const cachePages = parseCachePages(o.cache, totalPages);
   const batchMax = o.batchPages ?? 1024;
   const enc = new PageEncoder({ cachePages, compressor: o.compressor, impl: o.impl, batchPagesMax: batchMax });
   const dec = new PageDecoder(o.impl, batchMax);
-  const pages = new Uint8Array(batchMax * PAGE_SIZE);
+  const pages = new Uint8Array(batchMax * PAGE_BYTES);
   const pfns = new BigUint64Array(batchMax);
   const r: TraceBenchResult = {
     trace: path, compressor: o.compressor, epochs: 0, pages: 0, total_pages: totalPages, raw_bytes: 0, sent_bytes: 0,
@@ -64,24 +64,24 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
   const flush = (): void => {
     if (n === 0) return;
     const t0 = process.hrtime.bigint();
-    const { container } = enc.encode(pages.subarray(0, n * PAGE_SIZE), pfns.subarray(0, n));
+    const { container } = enc.encode(pages.subarray(0, n * PAGE_BYTES), pfns.subarray(0, n));
     const t1 = process.hrtime.bigint();
     dec.applyInPlace(dec.unpack(container), image);
     decodeNs += process.hrtime.bigint() - t1;
     encodeNs += t1 - t0;
     const sent = container.length + BATCH_FRAME_BYTES;
     r.sent_bytes += sent;
-    if (r.epochs > 0) { r.sent_bytes_incremental += sent; r.raw_bytes_incremental += n * PAGE_SIZE; }
-    r.raw_bytes += n * PAGE_SIZE;
+    if (r.epochs > 0) { r.sent_bytes_incremental += sent; r.raw_bytes_incremental += n * PAGE_BYTES; }
+    r.raw_bytes += n * PAGE_BYTES;
     r.pages += n;
     n = 0;
   };
   try {
     for await (const rec of reader.records()) {
       if (rec.type === REC_PAGE) {
-        pages.set(rec.data, n * PAGE_SIZE);
+        pages.set(rec.data, n * PAGE_BYTES);
         pfns[n++] = BigInt(rec.pfn);
-        truth.set(rec.data, rec.pfn * PAGE_SIZE);
+        truth.set(rec.data, rec.pfn * PAGE_BYTES);
         if (n === batchMax) flush();
       } else if (rec.type === REC_EPOCH_END) {
         flush();
@@ -106,7 +106,7 @@ function allocImage(bytes: number): Buffer {
 function verifyEpoch(truth: Buffer, image: Buffer, epoch: number, path: string): void {
   if (truth.equals(image)) return;
   let p = 0;
-  while (truth.compare(image, p * PAGE_SIZE, (p + 1) * PAGE_SIZE, p * PAGE_SIZE, (p + 1) * PAGE_SIZE) === 0) p++;
+  while (truth.compare(image, p * PAGE_BYTES, (p + 1) * PAGE_BYTES, p * PAGE_BYTES, (p + 1) * PAGE_BYTES) === 0) p++;
   throw new RemusError(ErrorCode.VERIFY_FAILED,
     `${path}: after epoch ${epoch} the backup's page ${p} differs from the trace: the codec is broken`,
     { epoch, pfn: p });

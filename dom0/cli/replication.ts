@@ -6,7 +6,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
-import { PAGE_SIZE } from '../memory/page-cache';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
 import { DRIVERS, resolveDomain } from '../hypervisor/registry';
@@ -24,14 +23,14 @@ import { roundedSize } from './units';
 import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions } from './net-options';
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
-import { DEFAULT_NBD_PORT } from '../disk/serve';
+import {
+  BATCH_PAGES_MAX_DEFAULT, DEFAULT_NBD_PORT, DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES,
+} from '../limits';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
-
-export const DEFAULT_PORT = 7400;
 
 /** Guest memory: a multiple of 4 KiB from the smallest simulated guest to 64 GiB. */
 export function memoryOption(name: string): (v: string) => number {
-  const min = GUEST_PAGES_MIN * PAGE_SIZE;
+  const min = GUEST_PAGES_MIN * PAGE_BYTES;
   return bytesOption(name, { min, max: SIM_GUEST_BYTES_MAX, pageMultiple: true, example: '256MiB' });
 }
 
@@ -122,7 +121,7 @@ function registerProtect(program: Command): void {
   const protect = program.command('protect')
     .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
     .argument('<domain>', 'sim:<name>, or a Xen domain\'s name or id')
-    .argument('[backup]', 'the backup\'s host[:port]', hostPortOption('backup', DEFAULT_PORT))
+    .argument('[backup]', 'the backup\'s host[:port]', hostPortOption('backup', DEFAULT_REPLICATION_PORT))
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
     .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)',
@@ -140,7 +139,7 @@ function registerProtect(program: Command): void {
       intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX));
   addSimGuestOptions(protect)
     .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
-      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
     .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
   addXenDiskOptions(protect)
     .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
@@ -191,8 +190,8 @@ interface BackupOpts {
 function registerBackup(program: Command): void {
   const backup = program.command('backup')
     .description('receive checkpoints and take over when the primary fails')
-    .option('--listen <addr:port>', 'address to listen on', hostPortOption('--listen', DEFAULT_PORT),
-      `0.0.0.0:${DEFAULT_PORT}`);
+    .option('--listen <addr:port>', 'address to listen on', hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
+      `0.0.0.0:${DEFAULT_REPLICATION_PORT}`);
   addSecurityOptions(backup)
     .option('--max-memory <size>', 'largest guest accepted', memoryOption('--max-memory'), 64 * 2 ** 30)
     .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)',
@@ -200,17 +199,17 @@ function registerBackup(program: Command): void {
     .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb '
       + 'reprotect): only blocks that differ are copied', pathOption('--reuse-disk', 'rw-input'))
     .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary',
-      bytesOption('--disk-buffer', DISK_BUFFER), 256 * 2 ** 20)
+      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
     .option('--checksum-on-failover', 'sim: CRC32C the resumed memory before the guest runs, for verification '
       + '(adds ~150 ms per GiB to the failover)');
   addMetricsOption(backup)
     .action(async (o: BackupOpts) => {
-      const { host, port } = parseHostPort(o.listen, DEFAULT_PORT);
+      const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
       const sec = security(o, log);
       const metrics = await openMetrics(o.metrics);
       const svc = await closingOnError(metrics, async () => {
         const b = new BackupService({
-          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_SIZE, batchPagesMax: 1024,
+          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_BYTES, batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
           diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk,
           checksumOnFailover: o.checksumOnFailover === true, metrics, log,
         });
@@ -231,7 +230,7 @@ function registerReprotect(program: Command): void {
     .description('after a failover, protect the domain again, with the old host as the new backup '
       + '(start `remusdb backup --reuse-disk <its old disk image>` there first)')
     .argument('<domain>', 'the domain this host\'s backup took over')
-    .argument('<new-backup>', 'the new backup\'s host[:port]', hostPortOption('new-backup', DEFAULT_PORT));
+    .argument('<new-backup>', 'the new backup\'s host[:port]', hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
   addSecurityOptions(reprotect)
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
     .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
@@ -286,7 +285,7 @@ function throwControlError(r: Record<string, unknown>): void {
 async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command): Promise<void> {
   const { driver, name } = resolveDomain(domainArg);
   checkProtectChoices(driver, backupArg, o, cmd);
-  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_PORT);
+  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_REPLICATION_PORT);
   const sec = o.blackhole ? { insecure: true } as const : security(o, log); // a bad key fails before anything opens
   const metrics = await openMetrics(o.metrics); // and a port in use too
   const svc = await closingOnError(metrics, async () => {

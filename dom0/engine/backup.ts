@@ -17,7 +17,7 @@
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
@@ -25,10 +25,8 @@ import {
   parseMemoryVerify,
 } from '../protocol/records';
 import { imageDigests } from './continuation';
-import type { Clock, Link, Replica } from './ports';
+import type { Clock, Link, Replica } from '../ports';
 import { Staging } from './staging';
-import { EpochBuffer, applyWrite } from '../disk/epoch-buffer';
-import { diskChecksumAsync } from '../disk/replicator';
 import { validateHello, type HelloInfo } from './hello';
 import { COPY_SILENCE_MS } from './primary';
 
@@ -124,7 +122,6 @@ export class Backup {
     continuedSessions: 0, memoryVerifiedEpoch: 0, memoryDiverged: 0, replacedSessions: 0,
   };
   private diskSuspect = false;
-  private diskBuffer: EpochBuffer | null = null;
   private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
 
@@ -233,9 +230,9 @@ export class Backup {
     if (this.state === 'failed-over') return this.resumedFrom;
     const s = this.session;
     if (s) this.endSession(s);
-    const lostDiskRanges = this.diskBuffer?.discard() ?? [];
-    this.counters.diskDiscardedWrites += lostDiskRanges.length;
     const held = this.held;
+    const lostDiskRanges = held?.replica.disk?.discard() ?? [];
+    this.counters.diskDiscardedWrites += lostDiskRanges.length;
     if (this.committed === null || !held) {
       this.state = 'waiting';
       this.hooks.event?.('no-checkpoint', { reason });
@@ -344,8 +341,8 @@ export class Backup {
     this.diskSuspect = false;
     held.hello = h;
     const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
-    if (!this.diskBuffer || this.diskBuffer.bytesMax !== bufferMax) this.diskBuffer = new EpochBuffer(bufferMax);
-    this.diskBuffer.discard(); // writes of a session that never committed them: the primary resyncs those blocks
+    // Writes held for a session that never committed them go: the primary resyncs those blocks.
+    held.replica.disk?.holdFrom(bufferMax);
     this.diskSync = { bytes: 0, done: h.diskBytes === 0 };
     // The primary ran unprotected: nothing is resumable until this session's first checkpoint
     // commits. A continued session keeps the image as its base; a full one overwrites it.
@@ -398,7 +395,7 @@ export class Backup {
     this.kept = null;
     if (!held) return;
     this.held = null;
-    this.diskBuffer?.discard();
+    held.replica.disk?.discard();
     this.quietly(() => this.opts.releaseReplica?.(held.replica));
   }
 
@@ -477,7 +474,7 @@ export class Backup {
     // Disk first: if it fails nothing of this checkpoint reached memory; either way the
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
     this.committing(held, () => {
-      const disk = held.replica.disk ? this.diskBuffer!.commit(epoch, held.replica.disk) : null;
+      const disk = held.replica.disk?.commit(epoch);
       if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
     });
     if (o.diskCrc === null) return this.finishCommit(s, o);
@@ -485,7 +482,7 @@ export class Backup {
     // records that arrive meanwhile wait their turn (held, in order).
     const expected = o.diskCrc;
     s.paused = true;
-    diskChecksumAsync(held.replica.disk!, this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
+    held.replica.disk!.checksum(this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
       s.paused = false;
       if (this.session !== s || s.open !== o) return;
       this.guard(s, () => {
@@ -546,7 +543,7 @@ export class Backup {
     if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
     const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
     if (refPages) {
-      refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
+      refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES)));
       this.counters.diskRefPages += refs.length;
     }
     if (o.full) staging.clear();
@@ -632,10 +629,11 @@ export class Backup {
     const held = this.needSession(s), h = held.hello;
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
     const w = parseDiskWrite(body, h.diskBytes);
-    if (this.committed !== null || s.open?.full !== true || w.epoch !== s.open.epoch) return this.diskBuffer!.add(w, this.committed);
     const disk = held.replica.disk!;
-    this.diskBuffer!.commit(w.epoch, disk); // any held before it first, in order
-    if (applyWrite(w, disk)) (disk.flushSoon ?? disk.flush).call(disk);
+    const atOnce = this.committed === null && s.open?.full === true && w.epoch === s.open.epoch;
+    if (!atOnce) return disk.hold(w, this.committed);
+    disk.commit(w.epoch); // any held before it first, in order
+    disk.apply(w);
     this.counters.diskWrites++;
     this.counters.diskBytesApplied += w.lengthBytes;
   }
@@ -655,7 +653,7 @@ export class Backup {
     if (this.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
     const bytes = parseDiskSyncEnd(body);
     if (bytes !== this.diskSync.bytes) throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${this.diskSync.bytes} arrived`);
-    if (bytes > 0) { const d = this.held!.replica.disk!; (d.flushSoon ?? d.flush).call(d); }
+    if (bytes > 0) this.held!.replica.disk!.flushSoon();
     this.diskSync.done = true;
     this.hooks.event?.('disk-synced', { bytes });
   }

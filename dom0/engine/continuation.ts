@@ -18,8 +18,8 @@
 import type { GuestMemory } from '../memory/guest-memory';
 import { assert } from '../assert';
 import { loadAddon } from '../native';
-import { PAGE_SIZE } from '../memory/page-cache';
-import type { Clock } from './ports';
+import { PAGE_BYTES } from '../limits';
+import type { Clock } from '../ports';
 
 /** Pages per digest region: 64 MiB of guest memory (a 64 GiB guest has 1024 regions). */
 export const DIGEST_REGION_PAGES = 16384;
@@ -83,7 +83,7 @@ export class PageCrcTable {
     if (count === 0) return;
     if (this.scratch.length < count) this.scratch = new Uint32Array(count);
     const out = this.scratch.subarray(0, count);
-    loadAddon().crc32cPages(pages.subarray(0, count * PAGE_SIZE), out);
+    loadAddon().crc32cPages(pages.subarray(0, count * PAGE_BYTES), out);
     for (let i = 0; i < count; i++) this.crcs[pfns[i]] = out[i];
   }
 
@@ -130,7 +130,7 @@ function pageCrcs(image: GuestMemory, from: number, out: Uint32Array): void {
   for (let done = 0; done < out.length;) {
     const p = from + done, seg = image.segments[Math.floor(p / image.segmentPages)];
     const at = p % image.segmentPages, run = Math.min(out.length - done, image.segmentPages - at);
-    loadAddon().crc32cPages(seg.subarray(at * PAGE_SIZE, (at + run) * PAGE_SIZE), out.subarray(done, done + run));
+    loadAddon().crc32cPages(seg.subarray(at * PAGE_BYTES, (at + run) * PAGE_BYTES), out.subarray(done, done + run));
     done += run;
   }
 }

@@ -5,7 +5,7 @@
 // never be a path. A HELLO that fails is ERR_HANDSHAKE with a message naming the field.
 import { ErrorCode, RemusError } from '../errors';
 import { COMPRESSORS } from '../memory/encodings';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { DEVICE_STATE_BYTES_MAX, PAGE_BYTES } from '../limits';
 
 /** Letters, digits, '.', '_', '-'; first a letter or digit; at most 64: never '.', '..' or a path. */
 export const DOMAIN_NAME_RULE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -14,8 +14,6 @@ export const DOMAIN_NAME_RULE_TEXT = 'letters, digits, . _ - (first a letter or 
 /** Kinds of domain a primary may announce (the backup's service refuses those it cannot run). */
 export const DOMAIN_KINDS = ['sim', 'xen'] as const;
 
-/** Largest device state a HELLO may announce (the largest checkpoint DEVICE_STATE body). */
-export const DEVICE_STATE_BYTES_MAX = 1 << 20;
 /** Largest replicated disk a HELLO may announce: 16 TiB (sector-aligned, as every disk offset is). */
 export const DISK_BYTES_MAX = 2 ** 44;
 export const DISK_SECTOR_BYTES = 512;
@@ -74,7 +72,7 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
   if (typeof sessionId !== 'string' || sessionId.length === 0 || sessionId.length > HELLO_STRING_CHARS_MAX) {
     refuse(`HELLO sessionId is missing or longer than ${HELLO_STRING_CHARS_MAX} characters`);
   }
-  if (v.pageSize !== PAGE_SIZE) refuse(`HELLO page size ${JSON.stringify(v.pageSize) ?? 'missing'} is not ${PAGE_SIZE}`);
+  if (v.pageSize !== PAGE_BYTES) refuse(`HELLO page size ${JSON.stringify(v.pageSize) ?? 'missing'} is not ${PAGE_BYTES}`);
   const diskBytes = optionalNum('diskBytes', DISK_BYTES_MAX);
   const lineage = v.lineage === undefined ? null : v.lineage;
   if (lineage !== null && (typeof lineage !== 'string' || !LINEAGE_RULE.test(lineage))) {
@@ -83,7 +81,7 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
   const continueFrom = v.ackedEpoch === undefined && v.lastEpoch === undefined ? null : continueFromOf(v, lineage);
   if (diskBytes % DISK_SECTOR_BYTES !== 0) refuse(`HELLO diskBytes ${diskBytes} is not a multiple of ${DISK_SECTOR_BYTES}`);
   return {
-    kind: oneOf('kind', DOMAIN_KINDS), domain, pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_SIZE,
+    kind: oneOf('kind', DOMAIN_KINDS), domain, pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_BYTES,
     compressor: oneOf('compressor', COMPRESSORS), intervalMs: num('intervalMs', 1, INTERVAL_MS_MAX),
     heartbeatTimeoutMs: num('heartbeatTimeoutMs', HEARTBEAT_TIMEOUT_MS_MIN, HEARTBEAT_TIMEOUT_MS_MAX),
     deviceStateMax: num('deviceStateMax', 0, DEVICE_STATE_BYTES_MAX),

@@ -3,7 +3,7 @@
 // epoch N leaves before release(N). Bounded: past heldMax outputs new ones are dropped and
 // counted (a full queue drops, like a NIC ring; TCP retransmits) — never leaked early.
 import { assert } from '../assert';
-import type { OutputGate } from './ports';
+import type { OutputGate } from '../ports';
 import { Window } from './stats';
 
 export interface OutputStats {

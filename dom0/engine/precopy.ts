@@ -13,8 +13,8 @@
 // by the final capture (which collects what was written since the last round), so the last
 // copy of every page the backup applies is its content at the final suspend.
 import { assert } from '../assert';
-import { PAGE_SIZE } from '../memory/page-cache';
-import type { Capture } from './ports';
+import { PAGE_BYTES } from '../limits';
+import type { Capture } from '../ports';
 
 /** What a domain offers for pre-copy: reads while it runs, and a re-arming dirty collect. */
 export interface LiveMemory {
@@ -63,7 +63,7 @@ export class Precopy {
     this.todo = new Uint32Array(mem.pageCount);
     for (let i = 0; i < mem.pageCount; i++) this.todo[i] = i;
     this.todoCount = mem.pageCount;
-    this.pages = new Uint8Array(batchPagesMax * PAGE_SIZE);
+    this.pages = new Uint8Array(batchPagesMax * PAGE_BYTES);
   }
 
   /** The next batch of this round, read live; null once the round has sent everything. */
@@ -71,7 +71,7 @@ export class Precopy {
     const n = Math.min(this.batchPagesMax, this.todoCount - this.next);
     if (n <= 0) return null;
     const pfns = this.todo.subarray(this.next, this.next + n);
-    const pages = this.pages.subarray(0, n * PAGE_SIZE);
+    const pages = this.pages.subarray(0, n * PAGE_BYTES);
     this.mem.readLive(pfns, n, pages);
     this.next += n;
     this.sentPages += n;
@@ -120,7 +120,7 @@ export class Precopy {
     return {
       round: this.round, sentPages: this.sentPages, roundRemainingPages: remaining,
       etaMs: this.sentPages > 0 ? Math.round((remaining * elapsedMs) / this.sentPages) : -1,
-      dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_SIZE) / 1e6 / (elapsedMs / 1000), elapsedMs,
+      dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_BYTES) / 1e6 / (elapsedMs / 1000), elapsedMs,
     };
   }
 }
@@ -131,9 +131,9 @@ export class Precopy {
  */
 export function withPagesRead(cap: Capture, extra: Uint32Array, mem: LiveMemory): Capture {
   if (extra.length === 0) return cap;
-  const pages = new Uint8Array((cap.count + extra.length) * PAGE_SIZE);
-  pages.set(cap.pages.subarray(0, cap.count * PAGE_SIZE));
-  mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_SIZE));
+  const pages = new Uint8Array((cap.count + extra.length) * PAGE_BYTES);
+  pages.set(cap.pages.subarray(0, cap.count * PAGE_BYTES));
+  mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_BYTES));
   const pfns = new Uint32Array(cap.count + extra.length);
   pfns.set(cap.pfns.subarray(0, cap.count));
   pfns.set(extra, cap.count);

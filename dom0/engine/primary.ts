@@ -13,13 +13,13 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import type { Compressor } from '../memory/encodings';
 import { PageEncoder } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../limits';
 import {
   PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
   parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody,
   type DiskRefEntry,
 } from '../protocol/records';
-import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from './ports';
+import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
 import { Window, type PrimaryStats } from './stats';
 import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
@@ -70,7 +70,6 @@ export interface PrimaryOptions {
   digestRegionPages?: number;
 }
 
-export const DISK_BUFFER_BYTES_DEFAULT = 256 * 1024 * 1024;
 /** Silence either side tolerates while a session has committed nothing yet (its first copy). */
 export const COPY_SILENCE_MS = 10_000;
 
@@ -238,10 +237,11 @@ export class Primary {
     const acked = this.unacked ? this.backupAcked : null;
     this.offered = acked !== null ? { ackedEpoch: acked, lastEpoch: this.epoch } : null;
     this.send(Rec.HELLO, jsonBody({
-      kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_SIZE,
+      kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_BYTES,
       compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
       heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, deviceStateMax: this.opts.deviceStateMax,
-      diskBytes: this.disk?.sizeBytes ?? 0, diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
+      diskBytes: this.disk?.sizeBytes ?? 0,
+      diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
       sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
       ...(this.unacked ? { lineage: this.lineage, ...this.offered } : {}),
     }, PROTOCOL_VERSION));
@@ -437,7 +437,7 @@ export class Primary {
         const { container } = this.encoder.encode(pages, pfns);
         this.send(Rec.PAGE_BATCH, withEpoch(p.epoch, container));
       }
-      this.totals.rawBytes += n * PAGE_SIZE;
+      this.totals.rawBytes += n * PAGE_BYTES;
       p.next += n;
       p.sentPages += n;
       this.clock.defer(() => this.streamBatch(p));
@@ -463,7 +463,7 @@ export class Primary {
   private splitByReference(p: Pending, n: number): { pfns: BigUint64Array; pages: Uint8Array; refs: DiskRefEntry[] } {
     const refs: DiskRefEntry[] = [];
     const kept: number[] = [];
-    const found = this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE), p.epoch) ?? null;
+    const found = this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), p.epoch) ?? null;
     for (let i = p.next; i < p.next + n; i++) {
       const ref = found?.[i - p.next] ?? null;
       if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref }); else kept.push(i);
@@ -471,12 +471,12 @@ export class Primary {
     if (refs.length === 0) {
       const pfns = new BigUint64Array(n);
       for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
-      return { pfns, pages: p.cap.pages.subarray(p.next * PAGE_SIZE, (p.next + n) * PAGE_SIZE), refs };
+      return { pfns, pages: p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), refs };
     }
-    const pfns = new BigUint64Array(kept.length), pages = new Uint8Array(kept.length * PAGE_SIZE);
+    const pfns = new BigUint64Array(kept.length), pages = new Uint8Array(kept.length * PAGE_BYTES);
     kept.forEach((i, k) => {
       pfns[k] = BigInt(p.cap.pfns[i]);
-      pages.set(p.cap.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), k * PAGE_SIZE);
+      pages.set(p.cap.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), k * PAGE_BYTES);
     });
     return { pfns, pages, refs };
   }
@@ -607,7 +607,7 @@ export class Primary {
       this.send(Rec.PAGE_BATCH, withEpoch(this.epoch + 1, container));
       this.pageCrcs?.update(b.pfns, b.pfns.length, b.pages);
       this.precopyMark = link.queuedBytes ?? 0;
-      this.totals.rawBytes += b.pfns.length * PAGE_SIZE;
+      this.totals.rawBytes += b.pfns.length * PAGE_BYTES;
     } else {
       const again = pc.endRound();
       // The round that just ended (endRound has moved to the next one when it goes on).

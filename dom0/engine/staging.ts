@@ -4,15 +4,12 @@
 // Memory is bounded by the guest's size (a checkpoint holds each page at most once); chunks
 // are reused across checkpoints.
 import { PageDecoder } from '../memory/page-codec';
-import { PAGE_SIZE } from '../memory/page-cache';
+import { PAGE_BYTES, PAGE_RECORD_HEADER_BYTES } from '../limits';
 import { protocolError, type DiskRefEntry } from '../protocol/records';
-import type { DiskTarget } from '../disk/epoch-buffer';
+import type { ReplicaDisk } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import type { GuestMemory } from '../memory/guest-memory';
-
-/** A page record's header: u64 pfn, u8 encoding, u8 0, u16 payload length (docs/memory-encoding.md). */
-const RECORD_HEADER_BYTES = 12;
 
 interface Chunk { pages: Uint8Array; pfns: BigUint64Array; count: number; }
 
@@ -32,7 +29,7 @@ export class Staging {
   /** Decodes one container against image into staging (image untouched). */
   add(container: Uint8Array, image: GuestMemory): number {
     const records = this.decoder.unpack(container);
-    const chunk = this.free.pop() ?? { pages: new Uint8Array(this.batchPagesMax * PAGE_SIZE), pfns: new BigUint64Array(this.batchPagesMax), count: 0 };
+    const chunk = this.free.pop() ?? { pages: new Uint8Array(this.batchPagesMax * PAGE_BYTES), pfns: new BigUint64Array(this.batchPagesMax), count: 0 };
     chunk.count = this.decoder.decodeStaged(records, image, chunk.pages, chunk.pfns);
     for (let i = 0; i < chunk.count; i++) {
       const pfn = Number(chunk.pfns[i]);
@@ -53,7 +50,7 @@ export class Staging {
    */
   markRecords(records: Uint8Array): void {
     const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
-    for (let at = 0; at + RECORD_HEADER_BYTES <= records.length; at += RECORD_HEADER_BYTES + view.getUint16(at + 10, true)) {
+    for (let at = 0; at + PAGE_RECORD_HEADER_BYTES <= records.length; at += PAGE_RECORD_HEADER_BYTES + view.getUint16(at + 10, true)) {
       const pfn = Number(view.getBigUint64(at, true));
       if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
       this.mark(pfn);
@@ -89,14 +86,14 @@ export class Staging {
    * Reads every referenced block from the backup's disk (already at this checkpoint) and
    * checks its CRC: all or nothing, before memory is touched.
    */
-  resolveRefs(disk: DiskTarget): Uint8Array {
-    const pages = new Uint8Array(this.refs.length * PAGE_SIZE);
+  resolveRefs(disk: Pick<ReplicaDisk, 'read'>): Uint8Array {
+    const pages = new Uint8Array(this.refs.length * PAGE_BYTES);
     this.refs.forEach((r, i) => {
-      const page = pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+      const page = pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES);
       disk.read(r.offsetBytes, page);
       const crc = loadAddon().crc32c(page);
       if (crc !== r.crc32c) {
-        throw new RemusError(ErrorCode.DISK_REF_MISMATCH, `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_SIZE}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`);
+        throw new RemusError(ErrorCode.DISK_REF_MISMATCH, `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_BYTES}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`);
       }
     });
     return pages;
@@ -106,7 +103,7 @@ export class Staging {
   applyTo(image: GuestMemory): Uint32Array {
     const pfns = Uint32Array.from(this.touched);
     for (const c of this.chunks) {
-      for (let i = 0; i < c.count; i++) image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+      for (let i = 0; i < c.count; i++) image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     }
     this.clear();
     return pfns;

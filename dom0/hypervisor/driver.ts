@@ -10,7 +10,7 @@
 // refused by `requireFeature` with the driver's reason; README's feature × driver table is
 // made from FEATURES and each driver's `features` (test/32-drivers.test.ts keeps it true).
 import type { HelloInfo } from '../engine/hello';
-import type { DiskPort, Domain, OutputGate, Replica } from '../engine/ports';
+import type { DiskPort, Domain, OutputGate, Replica } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 
 /** The registry's keys (dom0/hypervisor/registry.ts). */

@@ -1,7 +1,7 @@
 // cache-size: parses `--cache` — a percentage of guest memory ("10%") or a byte size
 // ("64MiB", "512M", "1048576") — into a page count, with a clear error for bad input.
 import { ErrorCode, RemusError } from '../errors';
-import { PAGE_SIZE } from './page-cache';
+import { PAGE_BYTES } from '../limits';
 
 const UNITS: Record<string, number> = {
   '': 1, b: 1, k: 2 ** 10, kb: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mb: 2 ** 20, mib: 2 ** 20,
@@ -21,7 +21,7 @@ export function parseCachePages(spec: string, guestPages: number): number {
   } else {
     const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/.exec(s);
     if (!m || UNITS[m[2]] === undefined) throw bad(spec, 'use a percentage like 10% or a size like 64MiB');
-    pages = Math.floor((Number(m[1]) * UNITS[m[2]]) / PAGE_SIZE);
+    pages = Math.floor((Number(m[1]) * UNITS[m[2]]) / PAGE_BYTES);
   }
   if (pages < 1) throw bad(spec, 'that is less than one 4 KiB page');
   return Math.min(pages, Math.max(1, guestPages));

@@ -3,8 +3,7 @@
 // to any page other than the pfns the batch names. Used by the fuzz test and scripts/fuzz.
 import { isRemusError, ErrorCode } from '../errors';
 import { PageDecoder, PageEncoder, type CodecImpl } from './page-codec';
-import { RECORD_HEADER_SIZE } from './encodings';
-import { PAGE_SIZE } from './page-cache';
+import { PAGE_BYTES, PAGE_RECORD_HEADER_BYTES } from '../limits';
 import { Prng } from '../util/prng';
 import { DbMemoryModel } from '../trace/db-memory-model';
 import { loadAddon } from '../native';
@@ -23,7 +22,7 @@ const GUEST_PAGES = 64;
 
 /** Valid batches to mutate: real encoder output of every encoding. */
 function seedBatches(rng: Prng): Uint8Array[] {
-  const mem = new Uint8Array(GUEST_PAGES * PAGE_SIZE);
+  const mem = new Uint8Array(GUEST_PAGES * PAGE_BYTES);
   const model = new DbMemoryModel(mem, rng);
   model.initialise();
   const enc = new PageEncoder({ cachePages: GUEST_PAGES, compressor: 'lz4', batchPagesMax: GUEST_PAGES });
@@ -31,7 +30,7 @@ function seedBatches(rng: Prng): Uint8Array[] {
   const out: Uint8Array[] = [Uint8Array.from(enc.encode(mem, pfns).records)];
   for (let k = 0; k < 8; k++) {
     for (let i = 0; i < 40; i++) mem[rng.below(mem.length)] = rng.u32() & 0xff;
-    for (let i = 0; i < PAGE_SIZE; i += 2) mem[PAGE_SIZE * 7 + i] ^= 0x21;
+    for (let i = 0; i < PAGE_BYTES; i += 2) mem[PAGE_BYTES * 7 + i] ^= 0x21;
     out.push(Uint8Array.from(enc.encode(mem, pfns).records));
   }
   enc.close();
@@ -39,7 +38,7 @@ function seedBatches(rng: Prng): Uint8Array[] {
 }
 
 function mutate(src: Uint8Array, rng: Prng): Uint8Array {
-  const b = Uint8Array.from(src.subarray(0, Math.min(src.length, RECORD_HEADER_SIZE * 4 + rng.below(9000))));
+  const b = Uint8Array.from(src.subarray(0, Math.min(src.length, PAGE_RECORD_HEADER_BYTES * 4 + rng.below(9000))));
   const flips = 1 + rng.below(6);
   for (let i = 0; i < flips && b.length; i++) {
     const at = rng.chance(0.5) ? rng.below(Math.min(b.length, 16)) : rng.below(b.length);
@@ -50,10 +49,10 @@ function mutate(src: Uint8Array, rng: Prng): Uint8Array {
 }
 
 function randomBatch(rng: Prng): Uint8Array {
-  const b = new Uint8Array(RECORD_HEADER_SIZE + rng.below(300));
+  const b = new Uint8Array(PAGE_RECORD_HEADER_BYTES + rng.below(300));
   rng.fill(b);
   b[8] = rng.below(8); b[9] = rng.chance(0.9) ? 0 : 1;
-  b[10] = b.length - RECORD_HEADER_SIZE; b[11] = 0;
+  b[10] = b.length - PAGE_RECORD_HEADER_BYTES; b[11] = 0;
   for (let i = 1; i < 8; i++) b[i] = rng.chance(0.9) ? 0 : b[i];
   b[0] = rng.below(GUEST_PAGES + 2);
   return b;
@@ -62,10 +61,10 @@ function randomBatch(rng: Prng): Uint8Array {
 /** Pfns named by the well-formed headers of a batch (a bad record stops the walk). */
 function namedPfns(batch: Uint8Array): Set<number> {
   const s = new Set<number>();
-  for (let off = 0; off + RECORD_HEADER_SIZE <= batch.length;) {
+  for (let off = 0; off + PAGE_RECORD_HEADER_BYTES <= batch.length;) {
     const dv = new DataView(batch.buffer, batch.byteOffset + off);
     s.add(Number(dv.getBigUint64(0, true)));
-    off += RECORD_HEADER_SIZE + dv.getUint16(10, true);
+    off += PAGE_RECORD_HEADER_BYTES + dv.getUint16(10, true);
   }
   return s;
 }
@@ -75,7 +74,7 @@ export function fuzzDecoder(iterations: number, seed: number, impl: CodecImpl = 
   const seeds = seedBatches(new Prng(seed ^ 0x5eed));
   const containers = seedContainers(seeds);
   const dec = new PageDecoder(impl, GUEST_PAGES * 2);
-  const image = new Uint8Array(GUEST_PAGES * PAGE_SIZE);
+  const image = new Uint8Array(GUEST_PAGES * PAGE_BYTES);
   const before = new Uint8Array(image.length);
   const r: FuzzReport = { iterations: 0, accepted: 0, rejected: 0, violations: [] };
   for (let i = 0; i < iterations; i++) {
@@ -98,8 +97,8 @@ export function fuzzDecoder(iterations: number, seed: number, impl: CodecImpl = 
     const named = namedPfns(batch);
     for (let p = 0; p < GUEST_PAGES; p++) {
       if (named.has(p)) continue;
-      const o = p * PAGE_SIZE;
-      if (Buffer.compare(image.subarray(o, o + PAGE_SIZE), before.subarray(o, o + PAGE_SIZE)) !== 0) {
+      const o = p * PAGE_BYTES;
+      if (Buffer.compare(image.subarray(o, o + PAGE_BYTES), before.subarray(o, o + PAGE_BYTES)) !== 0) {
         r.violations.push(`iteration ${i}: page ${p} changed though no record names it`);
       }
     }

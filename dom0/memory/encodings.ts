@@ -1,7 +1,6 @@
 // encodings: the page record constants of docs/memory-encoding.md, shared by the native
-// and reference codecs and by everything that reports per-encoding statistics.
-export const RECORD_HEADER_SIZE = 12;
-export const RECORD_SIZE_MAX = RECORD_HEADER_SIZE + 4096;
+// and reference codecs and by everything that reports per-encoding statistics. The record's
+// header and largest size are in limits.ts, checked against the addon's.
 export const TRY_LZ4_AFTER_XOR_RLE = 256;
 export const TRY_XOR_LZ4_ABOVE = 1024;
 

@@ -8,11 +8,11 @@
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon, type NativeArena } from '../native';
-import { PAGE_SIZE } from './page-cache';
+import { PAGE_BYTES } from '../limits';
 
 /** Pages per segment: 1 GiB. Every segment but the last holds exactly this many. */
 export const SEGMENT_PAGES = 2 ** 18;
-export const SEGMENT_BYTES = SEGMENT_PAGES * PAGE_SIZE;
+export const SEGMENT_BYTES = SEGMENT_PAGES * PAGE_BYTES;
 /** Largest guest memory in pages: 64 GiB (the arena's mapping limit, and 64 segments). */
 export const GUEST_PAGES_MAX = 2 ** 24;
 
@@ -26,25 +26,25 @@ export class GuestMemory {
   readonly pageCount: number;
 
   private constructor(segments: Uint8Array[], readonly segmentPages = SEGMENT_PAGES) {
-    const segmentBytes = segmentPages * PAGE_SIZE;
+    const segmentBytes = segmentPages * PAGE_BYTES;
     assert(segments.length >= 1 && segmentPages >= 1, 'guest memory has at least one segment');
     segments.forEach((s, i) => {
       const last = i === segments.length - 1;
-      assert(last ? s.length > 0 && s.length <= segmentBytes && s.length % PAGE_SIZE === 0
+      assert(last ? s.length > 0 && s.length <= segmentBytes && s.length % PAGE_BYTES === 0
         : s.length === segmentBytes, 'guest memory segment length');
     });
     this.segments = segments;
-    this.pageCount = segments.reduce((n, s) => n + s.length / PAGE_SIZE, 0);
+    this.pageCount = segments.reduce((n, s) => n + s.length / PAGE_BYTES, 0);
   }
 
-  get byteLength(): number { return this.pageCount * PAGE_SIZE; }
+  get byteLength(): number { return this.pageCount * PAGE_BYTES; }
 
   /** Memory of `pages` pages in fresh JavaScript buffers (zeroed). ERR_OUT_OF_MEMORY when refused. */
   static allocate(pages: number, segmentPages = SEGMENT_PAGES): GuestMemory {
     checkPages(pages);
     const segs: Uint8Array[] = [];
     try {
-      for (let p = 0; p < pages; p += segmentPages) segs.push(new Uint8Array(Math.min(segmentPages, pages - p) * PAGE_SIZE));
+      for (let p = 0; p < pages; p += segmentPages) segs.push(new Uint8Array(Math.min(segmentPages, pages - p) * PAGE_BYTES));
     } catch (e) {
       throw new RemusError(ErrorCode.OUT_OF_MEMORY, `cannot allocate ${pages} pages of guest memory`, { pages }, { cause: e });
     }
@@ -58,8 +58,8 @@ export class GuestMemory {
 
   /** Views of one buffer (up to 2^32 bytes; shares its memory). */
   static over(bytes: Uint8Array, segmentPages = SEGMENT_PAGES): GuestMemory {
-    assert(bytes.length > 0 && bytes.length % PAGE_SIZE === 0, 'guest memory is whole pages');
-    const segs: Uint8Array[] = [], step = segmentPages * PAGE_SIZE;
+    assert(bytes.length > 0 && bytes.length % PAGE_BYTES === 0, 'guest memory is whole pages');
+    const segs: Uint8Array[] = [], step = segmentPages * PAGE_BYTES;
     for (let o = 0; o < bytes.length; o += step) segs.push(bytes.subarray(o, Math.min(bytes.length, o + step)));
     return new GuestMemory(segs, segmentPages);
   }
@@ -74,12 +74,12 @@ export class GuestMemory {
   /** The 4 KiB of page pfn (a view: writes go to guest memory). */
   page(pfn: number): Uint8Array {
     assert(Number.isInteger(pfn) && pfn >= 0 && pfn < this.pageCount, 'pfn inside guest memory');
-    const seg = this.segments[Math.floor(pfn / this.segmentPages)], at = (pfn % this.segmentPages) * PAGE_SIZE;
-    return seg.subarray(at, at + PAGE_SIZE);
+    const seg = this.segments[Math.floor(pfn / this.segmentPages)], at = (pfn % this.segmentPages) * PAGE_BYTES;
+    return seg.subarray(at, at + PAGE_BYTES);
   }
 
   setPage(pfn: number, src: Uint8Array): void {
-    assert(src.length === PAGE_SIZE, 'one page');
+    assert(src.length === PAGE_BYTES, 'one page');
     this.page(pfn).set(src);
   }
 

@@ -5,7 +5,6 @@
 // why the backup needs no cache of its own.
 import { assert, assertInt } from '../assert';
 
-export const PAGE_SIZE = 4096;
 const NONE = -1;
 
 export interface CacheStats { hits: number; misses: number; evictions: number; }

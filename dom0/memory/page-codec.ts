@@ -8,14 +8,13 @@ import { assert, assertInt } from '../assert';
 import { loadAddon, type SlotStore } from '../native';
 import { decodeBatchRef, encodeBatchRef, RefSlotStore } from './codec-ref';
 import {
-  ENCODING_COUNT, Policy, RECORD_SIZE_MAX, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue,
+  ENCODING_COUNT, Policy, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue,
 } from './encodings';
-import { PAGE_SIZE, PageCache } from './page-cache';
+import { PageCache } from './page-cache';
 import { GuestMemory } from './guest-memory';
+import { BATCH_PAGES_MAX_DEFAULT, PAGE_BYTES, PAGE_RECORD_BYTES_MAX } from '../limits';
 
 export type CodecImpl = 'native' | 'ref';
-
-export const BATCH_PAGES_DEFAULT = 1024;
 
 export interface EncoderOptions {
   /** Cache capacity in pages; 0 disables the cache (every page is a miss). */
@@ -55,7 +54,7 @@ export class PageEncoder {
     this.compressor = opts.compressor;
     this.policy = policyOf(opts.compressor);
     this.impl = opts.impl ?? 'native';
-    this.batchPagesMax = opts.batchPagesMax ?? BATCH_PAGES_DEFAULT;
+    this.batchPagesMax = opts.batchPagesMax ?? BATCH_PAGES_MAX_DEFAULT;
     assertInt(this.batchPagesMax, 1, 1 << 16, 'batchPagesMax');
     assertInt(opts.cachePages, 0, 2 ** 30, 'cachePages');
     const cachePages = this.policy === Policy.RAW ? 0 : opts.cachePages;
@@ -65,7 +64,7 @@ export class PageEncoder {
     if (this.cache) {
       this.store = this.impl === 'native' ? new addon.SlotStore(cachePages) : new RefSlotStore(cachePages);
     }
-    this.out = new Uint8Array(this.batchPagesMax * RECORD_SIZE_MAX);
+    this.out = new Uint8Array(this.batchPagesMax * PAGE_RECORD_BYTES_MAX);
     this.packed = new Uint8Array(addon.packBound(this.out.length));
     this.kinds = new Uint8Array(this.batchPagesMax);
     this.slots = new Int32Array(this.batchPagesMax);
@@ -73,13 +72,13 @@ export class PageEncoder {
   }
 
   /** Bytes of page data the cache can hold (its memory bound). */
-  get cacheBytes(): number { return this.cache ? this.cache.capacityPages * PAGE_SIZE : 0; }
+  get cacheBytes(): number { return this.cache ? this.cache.capacityPages * PAGE_BYTES : 0; }
 
   /** Encodes pages (count × 4096 bytes) with their pfns, unique within the checkpoint. */
   encode(pages: Uint8Array, pfns: BigUint64Array): EncodedBatch {
     const n = pfns.length;
     assert(n <= this.batchPagesMax, `batch of ${n} pages exceeds batchPagesMax`);
-    assert(pages.length === n * PAGE_SIZE, 'encode: pages must hold one page per pfn');
+    assert(pages.length === n * PAGE_BYTES, 'encode: pages must hold one page per pfn');
     const slots = this.slots.subarray(0, n), hits = this.hits.subarray(0, n);
     const kinds = this.kinds.subarray(0, n);
     if (this.cache) this.cache.assignBatch(pfns, slots, hits);
@@ -113,8 +112,8 @@ export class PageEncoder {
 export class PageDecoder {
   private readonly records: Uint8Array;
 
-  constructor(readonly impl: CodecImpl = 'native', readonly batchPagesMax = BATCH_PAGES_DEFAULT) {
-    this.records = new Uint8Array(batchPagesMax * RECORD_SIZE_MAX);
+  constructor(readonly impl: CodecImpl = 'native', readonly batchPagesMax = BATCH_PAGES_MAX_DEFAULT) {
+    this.records = new Uint8Array(batchPagesMax * PAGE_RECORD_BYTES_MAX);
   }
 
   /** The records of a container; valid until the next unpack(). Throws ERR_BAD_PAGE_BATCH. */

@@ -6,7 +6,7 @@
 // interface fails, the ones already set up are torn down before the error is thrown.
 // Each driver's own setup replaces what a crashed run left (stale rules, IFB, plug).
 import { assert, assertInt } from '../assert';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import type { ExposureTracker } from './failover-reset';
 import { type CommitProtection, type NetBuffer, openNetBuffer } from './net-device';

@@ -6,7 +6,7 @@
 // any a crashed run left) and tracks unprotected exposure for failover resets.
 // close() is idempotent: rules first, then the queue (held packets are dropped).
 import { assertInt } from '../assert';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { dscpClassifier, PROTECTED_DSCP } from './classify-dscp';
 import { ExposureTracker } from './failover-reset';

@@ -11,7 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { assertInt } from '../assert';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { requirePart } from '../native';
 import { type GuestMatch, installRules, removeRules } from './iptables-rules';

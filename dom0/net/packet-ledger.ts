@@ -15,7 +15,7 @@
 // that it follows every stream from its start; an observer (failover-reset.ts) sees every
 // packet with its outcome and the epoch it belongs to.
 import { assert } from '../assert';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 
 export type PacketVerdict = 'hold' | 'release';
 /** header: the first copyBytes of the IP packet; hwProtocol: 0x0800 IPv4, 0x86dd IPv6. */

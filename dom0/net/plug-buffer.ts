@@ -17,7 +17,7 @@
 // A crash of this process leaves the plug closed: held packets are dropped with the IFB at
 // the next setup, never leaked.
 import { spawnSync } from 'node:child_process';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import {
   NLM_F_CREATE, NLM_F_EXCL, RTM_DELQDISC, RTM_NEWQDISC, TCQ_PLUG_BUFFER, TCQ_PLUG_LIMIT, TCQ_PLUG_RELEASE_INDEFINITE,

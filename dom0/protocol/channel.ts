@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { ErrorCode, RemusError } from '../errors';
-import type { Link } from '../engine/ports';
+import type { Link } from '../ports';
 import { encodeRecord, RecordDecoder } from './framer';
 import { Rec } from './records';
 

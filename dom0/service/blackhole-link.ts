@@ -1,7 +1,7 @@
 // blackhole-link: `protect --blackhole` (xl remus -b): a backup that acknowledges every
 // checkpoint at once and keeps nothing. Checkpoints are taken and encoded as for a real
 // backup, so it measures what protection costs the guest without a second host.
-import type { Link } from '../engine/ports';
+import type { Link } from '../ports';
 import { Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointEnd } from '../protocol/records';
 
 /** How often the blackhole says it is alive (a live backup does so during a long copy too). */

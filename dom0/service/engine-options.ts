@@ -5,14 +5,7 @@ import type { PrimaryOptions } from '../engine/primary';
 import type { Compressor } from '../memory/encodings';
 import { parseCachePages } from '../memory/cache-size';
 import type { DomainDriver } from '../hypervisor/driver';
-
-/** The replication channel's port when none is given. */
-export const REPLICATION_PORT_DEFAULT = 7400;
-/** What a backup buffers of unacknowledged disk writes, unless told otherwise. */
-export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
-
-/** Largest batch of pages in one PAGE_DATA record. */
-export const BATCH_PAGES_MAX = 1024;
+import { BATCH_PAGES_MAX_DEFAULT } from '../limits';
 
 export interface EngineChoices {
   intervalMs: number;
@@ -33,7 +26,7 @@ export function engineOptions(driver: DomainDriver, pageCount: number, c: Engine
     cachePages: c.compressor === 'none' ? 0 : parseCachePages(c.cache, pageCount),
     maxInFlight: c.maxInFlight,
     heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? driver.defaults.heartbeatTimeoutMs(c.intervalMs),
-    batchPagesMax: BATCH_PAGES_MAX, deviceStateMax: driver.defaults.deviceStateBytesMax,
+    batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: driver.defaults.deviceStateBytesMax,
     diskBufferBytesMax: c.diskBufferBytesMax, verifyDisk: c.verifyDisk,
   };
 }

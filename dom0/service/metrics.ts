@@ -25,6 +25,7 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import type { PrimaryStats } from '../engine/stats';
 import { loopDelay } from './loop-delay';
+import { PAGE_BYTES } from '../limits';
 
 export const METRICS_PATH = '/metrics';
 /** Checkpoint pauses: 1 ms to 1 s in steps of about 2 (seconds). */
@@ -36,7 +37,6 @@ export const METRICS_CONNECTIONS_MAX = 16;
 /** A scrape that has not sent its request after this long is dropped (ms). */
 export const METRICS_REQUEST_TIMEOUT_MS = 10_000;
 
-const PAGE_BYTES = 4096;
 const LABELS = ['domain', 'role'] as const;
 type Label = (typeof LABELS)[number];
 type Role = 'primary' | 'backup';

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { OutputGate } from '../engine/ports';
+import type { OutputGate } from '../ports';
 import type { OpenedDomain } from '../hypervisor/driver';
 import type { Security } from '../protocol/channel';
 import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';

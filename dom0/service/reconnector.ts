@@ -8,7 +8,7 @@
 // keys, or one side --insecure), refused HELLO — is said once per change of reason.
 // stop() ends it; a link that arrives after stop() is closed at once.
 import { ErrorCode, type RemusError } from '../errors';
-import type { Link } from '../engine/ports';
+import type { Link } from '../ports';
 import { connectLink, type Security } from '../protocol/channel';
 import { ChangeLog } from './change-log';
 

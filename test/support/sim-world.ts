@@ -6,11 +6,12 @@
 import { Backup } from '../../dom0/engine/backup';
 import { OutputBuffer } from '../../dom0/engine/output-buffer';
 import { Primary, type Phase } from '../../dom0/engine/primary';
-import type { Capture, Clock, Domain, Link, Replica } from '../../dom0/engine/ports';
+import type { Capture, Clock, Domain, Link, Replica, ReplicaDisk } from '../../dom0/ports';
 import type { LiveMemory } from '../../dom0/engine/precopy';
 import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-program';
-import { DiskReplicator } from '../../dom0/disk/replicator';
-import type { DiskTarget } from '../../dom0/disk/epoch-buffer';
+import { DiskReplicator } from '../../blktap/replicator';
+import type { DiskTarget } from '../../blktap/epoch-buffer';
+import { EpochHeldDisk } from '../../blktap/replica-disk';
 import { loadAddon } from '../../dom0/native';
 import { ErrorCode, RemusError } from '../../dom0/errors';
 import { GuestMemory } from '../../dom0/memory/guest-memory';
@@ -261,14 +262,17 @@ export class MemReplica implements Replica {
   readonly image: GuestMemory;
   deviceState: Uint8Array | null = null;
   resumed = false;
-  /** diskContinues: disk is a copy the primary trusts (remusdb backup --reuse-disk). */
-  constructor(readonly pageCount: number, readonly disk: MemDiskTarget | null = null, readonly diskContinues = false) {
+  readonly disk: ReplicaDisk | null;
+  /** diskContinues: diskTarget is a copy the primary trusts (remusdb backup --reuse-disk). */
+  constructor(readonly pageCount: number, readonly diskTarget: MemDiskTarget | null = null,
+    readonly diskContinues = false) {
     this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
+    this.disk = diskTarget ? new EpochHeldDisk(diskTarget) : null;
   }
   commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
   resume(): Record<string, unknown> {
     this.resumed = true;
-    const disk = this.disk ? { diskCrc: loadAddon().crc32c(this.disk.bytes) } : {};
+    const disk = this.diskTarget ? { diskCrc: loadAddon().crc32c(this.diskTarget.bytes) } : {};
     return { ...GuestProgram.attach(this.image.clone()).header, crc: this.image.crc32c(), ...disk };
   }
 }
@@ -490,7 +494,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         commits++;
         const snap = snapshots.get(epoch);
         if (!snap || r.image.crc32c() !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
-        const rdisk = (r as MemReplica).disk;
+        const rdisk = (r as MemReplica).diskTarget;
         if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc)) violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
         maxCommitted = Math.max(maxCommitted, epoch);
         if (primaryDead) committedAfterDeath = true;

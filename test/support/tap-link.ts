@@ -1,6 +1,6 @@
 // tap-link: a Link for tests that records what an engine sends and lets the test deliver
 // records to it by hand (rec), as if they came from the peer.
-import type { Link } from '../../dom0/engine/ports';
+import type { Link } from '../../dom0/ports';
 
 export class TapLink implements Link {
   readonly remote = 'test';

@@ -13,8 +13,8 @@
 //   u32 generation, u32 crc32c, then 4096 octets (writes only)
 import { assert } from '../../assert';
 import { DB_PAGE, type ModelDisk } from '../../trace/db-memory-model';
-import type { BlockFile } from '../../disk/block-file';
-import type { BlockGenerations } from '../../disk/block-generations';
+import type { BlockFile } from '../../../blktap/block-file';
+import type { BlockGenerations } from '../../../blktap/block-generations';
 import { loadAddon } from '../../native';
 
 export const JOURNAL_SLOTS = 128;

@@ -8,22 +8,22 @@
 import * as os from 'node:os';
 import { ErrorCode, RemusError, type ErrorCodeValue } from '../../errors';
 import { GUEST_PAGES_MAX } from '../../memory/guest-memory';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES } from '../../limits';
 
 /**
  * Largest simulated guest, in bytes: 2^36 (64 GiB, 16,777,216 pages of 4 KiB), the arena's
  * mapping limit (native-xc/src/arena.cc) and GuestMemory's. Sizes up to and including it
  * work where the host has the RAM; larger ones are refused by checkSimGuestBytes.
  */
-export const SIM_GUEST_BYTES_MAX = GUEST_PAGES_MAX * PAGE_SIZE;
+export const SIM_GUEST_BYTES_MAX = GUEST_PAGES_MAX * PAGE_BYTES;
 
-/** Largest simulated guest in 4 KiB pages (SIM_GUEST_BYTES_MAX / PAGE_SIZE). */
+/** Largest simulated guest in 4 KiB pages (SIM_GUEST_BYTES_MAX / PAGE_BYTES). */
 export const SIM_GUEST_PAGES_MAX = GUEST_PAGES_MAX;
 
 /** Why a simulated guest cannot have `bytes` of memory, or null when it can (size only). */
 export function simGuestBytesProblem(bytes: number): string | null {
-  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % PAGE_SIZE !== 0) {
-    return `${String(bytes)} bytes is not a positive multiple of ${PAGE_SIZE}`;
+  if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % PAGE_BYTES !== 0) {
+    return `${String(bytes)} bytes is not a positive multiple of ${PAGE_BYTES}`;
   }
   if (bytes > SIM_GUEST_BYTES_MAX) {
     return `${bytes} bytes (${fmtSize(bytes)}) of guest memory is more than a simulated guest can have: ` +

@@ -11,14 +11,14 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { assert } from '../../assert';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture, Domain } from '../../engine/ports';
+import type { Capture, Domain } from '../../ports';
 import type { LiveMemory } from '../../engine/precopy';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES } from '../../limits';
 import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
-import { BlockFile } from '../../disk/block-file';
-import type { BlockGenerations } from '../../disk/block-generations';
-import { BlockGenerations as Generations } from '../../disk/block-generations';
+import { BlockFile } from '../../../blktap/block-file';
+import type { BlockGenerations } from '../../../blktap/block-generations';
+import { BlockGenerations as Generations } from '../../../blktap/block-generations';
 import { drainJournal, makeJournal, type JournalSink } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
 import { checkSimGuestFitsHost } from './guest-size';
@@ -74,9 +74,9 @@ export class SimDomain implements Domain {
       try {
         // Formatting the disk happens here, before protection: the first session copies it whole.
         const disk = file ? {
-          blocks: Math.floor(file.sizeBytes / PAGE_SIZE),
-          read: (b: number, into: Uint8Array) => file.read(b * PAGE_SIZE, into),
-          write: (b: number, from: Uint8Array) => file.write(b * PAGE_SIZE, from),
+          blocks: Math.floor(file.sizeBytes / PAGE_BYTES),
+          read: (b: number, into: Uint8Array) => file.read(b * PAGE_BYTES, into),
+          write: (b: number, from: Uint8Array) => file.write(b * PAGE_BYTES, from),
         } : undefined;
         GuestProgram.boot(GuestMemory.ofArena(arena), workload, seed, tracePath, disk);
       } finally { file?.close(); }
@@ -109,7 +109,7 @@ export class SimDomain implements Domain {
     this.shared = makeShared();
     this.journal = o.diskPath && this.guestView.diskBlocks > 0 ? makeJournal() : null;
     // Without a replicator (a resumed backup) the vCPU still keeps generations, for nobody.
-    this.generations = this.journal ? (o.disk?.generations ?? new Generations(this.guestView.diskBlocks * PAGE_SIZE)) : null;
+    this.generations = this.journal ? (o.disk?.generations ?? new Generations(this.guestView.diskBlocks * PAGE_BYTES)) : null;
     Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
     this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal, generations: this.generations!.buffer } : null } });
     this.worker.on('error', (e) => { this.workerError = e; });
@@ -153,14 +153,14 @@ export class SimDomain implements Domain {
     let pfns = this.dirty;
     if (full) {
       // The engine pre-copies a simulated guest (live); a suspended whole copy is one buffer.
-      if (this.pageCount * PAGE_SIZE > loadAddon().arenaBufferBytesMax) {
+      if (this.pageCount * PAGE_BYTES > loadAddon().arenaBufferBytesMax) {
         throw new RemusError(ErrorCode.BAD_ARGUMENT, `a whole suspended copy of ${this.name} (${this.pageCount} pages) ` +
           'does not fit one buffer: guests past 4 GiB are copied live (pre-copy)');
       }
       pfns = Uint32Array.from({ length: this.pageCount }, (_, i) => i);
       count = this.pageCount;
     }
-    const pages = Buffer.allocUnsafe(count * PAGE_SIZE);
+    const pages = Buffer.allocUnsafe(count * PAGE_BYTES);
     this.arena.copyPages(pfns, count, pages);
     const own = full ? pfns : pfns.slice(0, count);
     const deviceState = Buffer.from(JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }));

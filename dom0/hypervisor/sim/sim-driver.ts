@@ -6,13 +6,14 @@
 // failover the resumed domain can be protected again in the same process (adopt: reprotect).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BlockFile } from '../../disk/block-file';
-import type { BlockGenerations } from '../../disk/block-generations';
-import { DiskReplicator } from '../../disk/replicator';
+import { BlockFile } from '../../../blktap/block-file';
+import type { BlockGenerations } from '../../../blktap/block-generations';
+import { DiskReplicator } from '../../../blktap/replicator';
 import { realClock } from '../../engine/clock';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { ErrorCode, RemusError } from '../../errors';
 import { loadAddon } from '../../native';
+import { SIM_DEVICE_STATE_BYTES_MAX } from '../../limits';
 import { parseHostPort } from '../../protocol/channel';
 import { protectLockPath, runtimeDir } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
@@ -49,7 +50,7 @@ export const simDriver: DomainDriver = {
     netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
     reprotect: true, reuseDisk: true, checksumOnFailover: true,
   },
-  defaults: { heartbeatTimeoutMs: (intervalMs) => 2 * intervalMs + 100, deviceStateBytesMax: 65536, netBuffer: null },
+  defaults: { heartbeatTimeoutMs: (intervalMs) => 2 * intervalMs + 100, deviceStateBytesMax: SIM_DEVICE_STATE_BYTES_MAX, netBuffer: null },
   ownOptions: ['memory', 'workload', 'seed', 'rate', 'client', 'disk'],
   probe() {
     try {
@@ -146,7 +147,7 @@ function adoptSim(r: SimReplica): OpenedDomain {
   if (!r.domain || !r.gate || !r.sink) {
     throw new RemusError(ErrorCode.NO_DOMAIN, `the replica of sim:${r.name} has not resumed: nothing to reprotect`);
   }
-  const disk = r.replicator && r.disk ? { path: r.disk.path, replicator: r.replicator } : null;
+  const disk = r.replicator && r.diskFile ? { path: r.diskFile.path, replicator: r.replicator } : null;
   return simOpened(r.name, 'resumed after a failover', r.domain, r.gate, r.sink, disk, async () => { /* the backup process owns it */ });
 }
 

@@ -9,15 +9,18 @@
 // ERR_HANDSHAKE before any memory is mapped; the replica owns its disk from the constructor
 // on, so a refused or failed construction closes it.
 import { ErrorCode, RemusError } from '../../errors';
+import type { ReplicaDisk } from '../../ports';
 import type { DriverReplica } from '../driver';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { realClock } from '../../engine/clock';
-import { PAGE_SIZE } from '../../memory/page-cache';
+import { PAGE_BYTES } from '../../limits';
 import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';
-import type { BlockFile } from '../../disk/block-file';
-import { DiskReplicator, diskChecksum } from '../../disk/replicator';
+import type { BlockFile } from '../../../blktap/block-file';
+import { DiskReplicator } from '../../../blktap/replicator';
+import { diskChecksum } from '../../../blktap/disk-source';
+import { EpochHeldDisk } from '../../../blktap/replica-disk';
 import { checkSimGuestFitsHost } from './guest-size';
 import { OutputSink } from './output-sink';
 import { SimDomain, type SimOutput } from './sim-domain';
@@ -34,24 +37,27 @@ export class SimReplica implements DriverReplica {
   /** After resume: the domain's outputs (pass-through until reprotection) and its disk's replicator. */
   gate: OutputBuffer<SimOutput> | null = null;
   replicator: DiskReplicator | null = null;
+  /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
+  readonly disk: ReplicaDisk | null;
 
   /**
    * checksumImage: at failover, CRC32C the committed image before the guest runs (verification
    * by replay: the demo and tests). It delays the resume by ~150 ms per GiB, so it is opt-in.
    */
-  constructor(readonly name: string, readonly pageCount: number, readonly disk: BlockFile | null = null,
+  constructor(readonly name: string, readonly pageCount: number, readonly diskFile: BlockFile | null = null,
     readonly diskContinues = false, private readonly checksumImage = false) {
     let arena: NativeArena | null = null;
     try {
-      checkSimGuestFitsHost(pageCount * PAGE_SIZE, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
-      arena = new (loadAddon().Arena)(pageCount * PAGE_SIZE);
+      checkSimGuestFitsHost(pageCount * PAGE_BYTES, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
+      arena = new (loadAddon().Arena)(pageCount * PAGE_BYTES);
       this.image = GuestMemory.ofArena(arena);
       this.arena = arena;
     } catch (e) {
       arena?.close();
-      disk?.close();
+      diskFile?.close();
       throw e;
     }
+    this.disk = diskFile ? new EpochHeldDisk(diskFile) : null;
   }
 
   commitDeviceState(state: Uint8Array): void {
@@ -71,7 +77,7 @@ export class SimReplica implements DriverReplica {
    */
   close(): void {
     if (this.domain) return;
-    this.disk?.close();
+    this.diskFile?.close();
     this.arena.close();
   }
 
@@ -79,7 +85,7 @@ export class SimReplica implements DriverReplica {
   async stop(): Promise<void> {
     this.sink?.close();
     await this.domain?.destroy();
-    this.disk?.close();
+    this.diskFile?.close();
     if (!this.domain) this.arena.close();
   }
 
@@ -87,7 +93,7 @@ export class SimReplica implements DriverReplica {
   status(): Record<string, unknown> {
     return {
       guest: this.domain?.describe() ?? null, outputs: this.sink?.stats ?? null,
-      disk: this.disk ? { path: this.disk.path, sizeBytes: this.disk.sizeBytes, ...this.replicator?.stats() } : null,
+      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes, ...this.replicator?.stats() } : null,
     };
   }
 
@@ -98,13 +104,13 @@ export class SimReplica implements DriverReplica {
     const t0 = performance.now();
     const imageCrc32c = this.checksumImage ? this.image.crc32c() : null;
     const imageChecksumMs = this.checksumImage ? performance.now() - t0 : 0;
-    const disk = this.disk ? { diskCrc32c: diskChecksum(this.disk), diskPath: this.disk.path } : {};
+    const disk = this.diskFile ? { diskCrc32c: diskChecksum(this.diskFile), diskPath: this.diskFile.path } : {};
     const client = this.client ? parseHostPort(this.client, 0) : null;
     const sink = this.sink = new OutputSink(client);
     const gate = this.gate = new OutputBuffer<SimOutput>((o) => sink.deliver(o));
     gate.setPassThrough(true);
-    if (this.disk) {
-      const r = this.replicator = new DiskReplicator(this.disk, realClock, {
+    if (this.diskFile) {
+      const r = this.replicator = new DiskReplicator(this.diskFile, realClock, {
         unackedBytesMax: 256 * 2 ** 20, inSync: true, readTrackingBlocksMax: READ_TRACKING_BLOCKS_MAX,
       });
       for (const l of lost.lostDiskRanges) r.bitmap.markRange(l.offsetBytes, l.lengthBytes);
@@ -113,7 +119,7 @@ export class SimReplica implements DriverReplica {
     this.domain = SimDomain.resume(this.arena, {
       name: this.name, stepsPerSec: this.stepsPerSec, onOutput: (o) => gate.push(o),
       deviceInfo: this.client ? { client: this.client } : {},
-      diskPath: this.disk?.path,
+      diskPath: this.diskFile?.path,
       disk: r ? { generations: r.generations, write: (off, data, durable) => r.onWrite(off, data, durable), read: (b, crc, gen) => r.onBlockRead(b, crc, gen) } : undefined,
     });
     return { ...this.domain.describe(), imageCrc32c, imageChecksumMs, ...disk, client: this.client, lostDiskBlocks: r?.bitmap.count ?? 0 };

@@ -4,8 +4,8 @@
 import { workerData } from 'node:worker_threads';
 import { loadAddon } from '../../native';
 import { GuestMemory } from '../../memory/guest-memory';
-import { BlockFile } from '../../disk/block-file';
-import { BlockGenerations } from '../../disk/block-generations';
+import { BlockFile } from '../../../blktap/block-file';
+import { BlockGenerations } from '../../../blktap/block-generations';
 import { JournaledDisk } from './disk-journal';
 import { GuestProgram } from './guest-program';
 import { C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, STOP, views } from './vcpu-control';

@@ -10,10 +10,10 @@
 // guest could see complete before the barrier is therefore tagged with that checkpoint.
 import { MessageChannel, type MessagePort, Worker, isMainThread, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { ErrorCode, RemusError } from '../../errors';
-import type { DiskLink, DiskPort } from '../../engine/ports';
-import type { DiskReplicator, ReplicatorStats } from '../../disk/replicator';
-import { NbdServer } from '../../disk/nbd-server';
-import type { DiskTap } from '../../disk/disk-tap';
+import type { DiskLink, DiskPort } from '../../ports';
+import type { DiskReplicator, ReplicatorStats } from '../../../blktap/replicator';
+import { NbdServer } from '../../../blktap/nbd-server';
+import type { DiskTap } from '../../../blktap/disk-tap';
 
 type TapEvent =
   | { k: 'w'; off: number; data: Uint8Array; fua: boolean }

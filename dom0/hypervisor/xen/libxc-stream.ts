@@ -6,15 +6,15 @@
 // codecs) and keeps the rest as a "skeleton"; the backup rebuilds the exact bytes from the
 // skeleton and its memory image. Records we do not know stay opaque (copied as they are).
 import { ErrorCode, RemusError } from '../../errors';
+import { PAGE_BYTES } from '../../limits';
 
-export const PAGE_SIZE = 4096;
 export const IMAGE_HEADER_BYTES = 24;
 export const DOMAIN_HEADER_BYTES = 16;
 export const REC_HEADER_BYTES = 8;
 export const REC = { END: 0, PAGE_DATA: 1, X86_PV_INFO: 2, X86_PV_P2M_FRAMES: 3, SHARED_INFO: 7, CHECKPOINT: 0x0e } as const;
 /** libxc batches at most 1024 pages per PAGE_DATA record; a little slack above that. */
 export const PAGES_PER_RECORD_MAX = 4096;
-export const RECORD_BODY_BYTES_MAX = 8 + PAGES_PER_RECORD_MAX * (8 + PAGE_SIZE);
+export const RECORD_BODY_BYTES_MAX = 8 + PAGES_PER_RECORD_MAX * (8 + PAGE_BYTES);
 const IMAGE_MARKER = 0xffffffffffffffffn, IMAGE_ID = 0x58454e46; // "XENF"
 
 /** XEN_DOMCTL_PFINFO_* types (bits 63..60 of a PAGE_DATA pfn word) that carry no page data. */
@@ -131,10 +131,10 @@ export function parsePageData(rec: Buffer, stripped: boolean): PageData {
     types[i] = hi >>> 28;
     if (hi & 0x0ff00000) throw malformed(`PAGE_DATA pfn word ${i} sets reserved bits`);
     pfns[i] = (hi & 0xfffff) * 2 ** 32 + lo;
-    if (typeHasData(types[i])) dataOffsets[i] = wordsEnd + PAGE_SIZE * dataPages++; else dataOffsets[i] = -1;
+    if (typeHasData(types[i])) dataOffsets[i] = wordsEnd + PAGE_BYTES * dataPages++; else dataOffsets[i] = -1;
   }
-  if (bodyLength !== 8 + 8 * count + PAGE_SIZE * dataPages) {
-    throw malformed(`PAGE_DATA body is ${bodyLength} octets; ${count} pfns with ${dataPages} data pages need ${8 + 8 * count + PAGE_SIZE * dataPages}`);
+  if (bodyLength !== 8 + 8 * count + PAGE_BYTES * dataPages) {
+    throw malformed(`PAGE_DATA body is ${bodyLength} octets; ${count} pfns with ${dataPages} data pages need ${8 + 8 * count + PAGE_BYTES * dataPages}`);
   }
   if (rec.length !== (stripped ? wordsEnd : REC_HEADER_BYTES + bodyLength)) throw malformed(`PAGE_DATA record is ${rec.length} octets, expected ${stripped ? wordsEnd : REC_HEADER_BYTES + bodyLength}`);
   return { count, pfns, types, dataOffsets, dataPages };
@@ -144,7 +144,7 @@ export function parsePageData(rec: Buffer, stripped: boolean): PageData {
 export function pageDataHeader(src: Buffer, keep: number[], dataPages: number): Buffer {
   const out = Buffer.alloc(REC_HEADER_BYTES + 8 + 8 * keep.length);
   out.writeUInt32LE(REC.PAGE_DATA, 0);
-  out.writeUInt32LE(8 + 8 * keep.length + PAGE_SIZE * dataPages, 4);
+  out.writeUInt32LE(8 + 8 * keep.length + PAGE_BYTES * dataPages, 4);
   out.writeUInt32LE(keep.length, 8);
   keep.forEach((i, k) => src.copy(out, REC_HEADER_BYTES + 8 + 8 * k, REC_HEADER_BYTES + 8 + 8 * i, REC_HEADER_BYTES + 16 + 8 * i));
   return out;

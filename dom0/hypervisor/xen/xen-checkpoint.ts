@@ -12,11 +12,12 @@
 // then the stripped records.
 import * as zlib from 'node:zlib';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture } from '../../engine/ports';
+import type { Capture } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import {
-  PAGE_SIZE, REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
+  REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
 } from './libxc-stream';
+import { PAGE_BYTES } from '../../limits';
 
 const SKELETON_MAGIC = 0x314b5358; // "XSK1"
 const FLAG_PREAMBLE = 1, FLAG_DEFLATED = 2;
@@ -56,7 +57,7 @@ export class CheckpointCollector {
     this.reset();
     this.preamble = preamble;
     this.rawBytes = preamble.length;
-    this.full = new Uint8Array(this.pageCount * PAGE_SIZE);
+    this.full = new Uint8Array(this.pageCount * PAGE_BYTES);
   }
 
   /** Adds a record; returns the finished checkpoint at its CHECKPOINT record, else null. */
@@ -75,10 +76,10 @@ export class CheckpointCollector {
       seqs[i] = this.lastSeq[pfn] = ++this.seq;
       const off = p.dataOffsets[i];
       if (this.full) {
-        if (off >= 0) this.full.set(r.bytes.subarray(off, off + PAGE_SIZE), pfn * PAGE_SIZE);
-        else this.full.fill(0, pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
+        if (off >= 0) this.full.set(r.bytes.subarray(off, off + PAGE_BYTES), pfn * PAGE_BYTES);
+        else this.full.fill(0, pfn * PAGE_BYTES, (pfn + 1) * PAGE_BYTES);
       } else if (off >= 0) {
-        this.delta.set(pfn, r.bytes.subarray(off, off + PAGE_SIZE));
+        this.delta.set(pfn, r.bytes.subarray(off, off + PAGE_BYTES));
       } else {
         this.delta.delete(pfn);
       }
@@ -133,8 +134,8 @@ function fullCapture(mem: Uint8Array, pageCount: number, deviceState: Uint8Array
 
 function deltaCapture(delta: Map<number, Buffer>, deviceState: Uint8Array): Capture {
   const pfns = Uint32Array.from(delta.keys()).sort();
-  const pages = new Uint8Array(pfns.length * PAGE_SIZE);
-  pfns.forEach((pfn, i) => pages.set(delta.get(pfn)!, i * PAGE_SIZE));
+  const pages = new Uint8Array(pfns.length * PAGE_BYTES);
+  pfns.forEach((pfn, i) => pages.set(delta.get(pfn)!, i * PAGE_BYTES));
   return { pfns, count: pfns.length, pages, deviceState };
 }
 
@@ -200,7 +201,7 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
     }
     list.push({ r, p });
     dataPages += p?.dataPages ?? 0;
-    bytes += r.length + (p ? p.dataPages * PAGE_SIZE : 0);
+    bytes += r.length + (p ? p.dataPages * PAGE_BYTES : 0);
   }
   const unwritten = pfnSet(dataPages, image.pageCount); // pages parts() has yet to write
   const kept = new Map<number, Buffer>(); // their old contents, where the image changed since
@@ -208,7 +209,7 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
   function* parts(): Generator<Buffer> {
     for (const { r, p } of list) {
       if (!p) { yield r; continue; }
-      const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_SIZE);
+      const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_BYTES);
       r.copy(out, 0);
       for (let i = 0; i < p.count; i++) {
         if (p.dataOffsets[i] < 0) continue;

@@ -1,5 +1,5 @@
 // xen-disk: a Xen domU's replicated disk. The image is served by our NBD server
-// (dom0/disk) and reaches Xen through the kernel NBD client: QEMU 7.2's qdisk backend
+// (blktap/) and reaches Xen through the kernel NBD client: QEMU 7.2's qdisk backend
 // (xen-block) opens its target only with the "file" or "host_device" driver (it stat()s
 // the target), so a `target=nbd:HOST:PORT` disk cannot attach; `nbd-client` puts the export
 // at /dev/nbdN and the domU's disk names that device (backendtype=phy, or qdisk, whose
@@ -10,10 +10,10 @@
 // `xl migrate-receive` names /dev/nbdM instead of the primary's device
 // (docs/xen-adapter.md, "Disk").
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture, Clock, Domain } from '../../engine/ports';
-import { DEFAULT_EXPORT_NAME } from '../../disk/serve';
-import { BlockFile } from '../../disk/block-file';
-import { DiskReplicator } from '../../disk/replicator';
+import type { Capture, Clock, Domain } from '../../ports';
+import { DEFAULT_EXPORT_NAME } from '../../../blktap/serve';
+import { BlockFile } from '../../../blktap/block-file';
+import { DiskReplicator } from '../../../blktap/replicator';
 import { DrainingDiskPort, WorkerServedDisk } from './disk-worker';
 import { xlSavefileHeader } from './xl-stream';
 import { xenAddon, type XenAddon } from './xen-addon';

@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ErrorCode, RemusError } from '../../errors';
-import type { Capture, Domain } from '../../engine/ports';
+import type { Capture, Domain } from '../../ports';
 import { CheckpointCollector, type CollectedCheckpoint } from './xen-checkpoint';
 import { RecordSplitter, type RawRecord } from './libxc-stream';
 import { Mailbox } from './mailbox';

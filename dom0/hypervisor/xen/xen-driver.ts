@@ -5,11 +5,12 @@
 // On the backup, the replica feeds `xl migrate-receive -r -e` (xen-replica.ts).
 // PVH and HVM guests are refused at open for now (they need the device model's records).
 import * as fs from 'node:fs';
-import { BlockFile } from '../../disk/block-file';
+import { BlockFile } from '../../../blktap/block-file';
 import { realClock } from '../../engine/clock';
 import { ErrorCode, RemusError } from '../../errors';
 import { assertInt } from '../../assert';
 import { loadAddon } from '../../native';
+import { DEVICE_STATE_BYTES_MAX } from '../../limits';
 import { protectLockPath } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
 import type { DomainDriver, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
@@ -46,7 +47,7 @@ export const xenPvDriver: DomainDriver = {
   },
   defaults: {
     heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
-    deviceStateBytesMax: 2 ** 20, netBuffer: 'plug',
+    deviceStateBytesMax: DEVICE_STATE_BYTES_MAX, netBuffer: 'plug',
   },
   ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
   probe: () => probeXen(),

@@ -23,8 +23,8 @@ import { ErrorCode, RemusError } from '../../errors';
 import { assert } from '../../assert';
 import { HEADER_SIZE, TraceWriter } from '../../trace/rdtrace';
 import { domainPageCount, type XenDomainInfo, type XenLogdirtyAddon } from './xen-addon';
+import { PAGE_BYTES } from '../../limits';
 
-export const PAGE_BYTES = 4096;
 /** Pages per foreign mapping (the binding's limit). */
 export const MAP_BATCH_PAGES = 1024;
 /** Epochs per trace at most (the per-epoch counts are kept for the summary). */

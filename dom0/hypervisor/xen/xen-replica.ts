@@ -20,15 +20,17 @@
 // attached to that device.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
+import type { ReplicaDisk } from '../../ports';
 import type { DriverReplica } from '../driver';
 import { announceFailover } from './failover-notice';
 import { GuestMemory } from '../../memory/guest-memory';
 import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
-import { PAGE_SIZE } from './libxc-stream';
+import { PAGE_BYTES } from '../../limits';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
-import type { BlockFile } from '../../disk/block-file';
-import { serveDisk, type ServedDisk } from '../../disk/serve';
+import type { BlockFile } from '../../../blktap/block-file';
+import { serveDisk, type ServedDisk } from '../../../blktap/serve';
+import { EpochHeldDisk } from '../../../blktap/replica-disk';
 import { retargetPreamble } from './xen-disk';
 import { freeNbdDevice, nbdAttach } from './nbd-device';
 
@@ -68,7 +70,9 @@ const FEED_TURN_BYTES = 8 * 2 ** 20;
 
 export class XenReplica implements DriverReplica {
   readonly image: GuestMemory;
-  readonly disk: BlockFile | null;
+  /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
+  readonly disk: ReplicaDisk | null;
+  readonly diskFile: BlockFile | null;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
   private nbdDevice: string | null = null;
   private served: ServedDisk | null = null;
@@ -88,11 +92,12 @@ export class XenReplica implements DriverReplica {
 
   constructor(readonly name: string, readonly pageCount: number, opts: Partial<XenReplicaOptions> = {}) {
     this.opts = {
-      receiver: ['xl', 'migrate-receive', '-r', '-e'], queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_SIZE),
+      receiver: ['xl', 'migrate-receive', '-r', '-e'], queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_BYTES),
       resumeTimeoutMs: 60_000, log: () => {}, ...opts,
     };
     this.image = GuestMemory.allocate(pageCount);
-    this.disk = opts.disk ?? null;
+    this.diskFile = opts.disk ?? null;
+    this.disk = this.diskFile ? new EpochHeldDisk(this.diskFile) : null;
   }
 
   commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
@@ -154,7 +159,7 @@ export class XenReplica implements DriverReplica {
     if (!this.resumed) this.dropReceiver();
     void this.served?.close();
     this.served = null;
-    this.disk?.close();
+    this.diskFile?.close();
   }
 
   /** The backup stops: a resumed domain stays with xl; the receiver and disk server go. */
@@ -163,7 +168,7 @@ export class XenReplica implements DriverReplica {
   /** What `remusdb status` shows of this replica on the backup. */
   status(): Record<string, unknown> {
     return { xen: this.stats, guest: null, outputs: null,
-      disk: this.disk ? { path: this.disk.path, sizeBytes: this.disk.sizeBytes } : null };
+      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes } : null };
   }
 
   /** The resumed guest learns it is the failed-over copy (its agent starts database recovery). */
@@ -185,12 +190,12 @@ export class XenReplica implements DriverReplica {
 
   /** Failover: the committed replica disk, served and attached before xl creates the devices. */
   private async exposeDisk(): Promise<void> {
-    if (!this.disk || this.served) return;
+    if (!this.diskFile || this.served) return;
     if (!this.nbdDevice) throw new RemusError(ErrorCode.XEN, 'no NBD device was chosen for the replica disk');
-    const served = await this.access().serve(this.disk.path);
+    const served = await this.access().serve(this.diskFile.path);
     try { await this.access().attach(served.port, this.nbdDevice, served.exportName); } catch (e) { await served.close(); throw e; }
     this.served = served;
-    this.opts.log(`xen: replica disk ${this.disk.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
+    this.opts.log(`xen: replica disk ${this.diskFile.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
   }
 
   // ---- the feed: committed checkpoints, written as the receiver takes them ------------

@@ -1,5 +1,5 @@
 #!/bin/bash
-# qdisk: a PV domU's disk served by remusdb's NBD server (dom0/disk), reached through Xen's
+# qdisk: a PV domU's disk served by remusdb's NBD server (blktap/), reached through Xen's
 # disk backends. QEMU 7.2's qdisk (xen-block) opens its target with the "file" or
 # "host_device" driver only (it stat()s the target), so an `nbd:HOST:PORT` target cannot
 # work there; the export is put at /dev/nbdN by the kernel NBD client (nbd-client) and

@@ -6,8 +6,8 @@
 // that outruns it is told so by a protocol error and must resynchronise (docs/disk.md).
 // FLUSH/FUA: a commit that holds one starts an fdatasync without waiting for it; a failover
 // waits for one before the domain resumes, so what the guest saw durable is durable here.
-import { ErrorCode, RemusError } from '../errors';
-import { DW_FLUSH, DW_FUA, DW_ZEROES, type DiskWrite, protocolError } from '../protocol/records';
+import { ErrorCode, RemusError } from '../dom0/errors';
+import { DW_FLUSH, DW_FUA, DW_ZEROES, type DiskWrite, protocolError } from '../dom0/protocol/records';
 
 /** Where committed writes go: the backup's copy of the disk. */
 export interface DiskTarget {

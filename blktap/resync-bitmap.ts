@@ -3,9 +3,9 @@
 // attached, and every write of an epoch the backup never acknowledged, sets its blocks.
 // A new session copies exactly the set blocks (coalesced into runs) before its first
 // checkpoint — the same path serves initial sync and reprotection (SecondSite's rule).
-import { assert } from '../assert';
+import { assert } from '../dom0/assert';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
-export const BLOCK_BYTES = 4096;
 
 export class ResyncBitmap {
   private readonly words: Uint32Array;
@@ -13,7 +13,7 @@ export class ResyncBitmap {
   private setCount = 0;
 
   constructor(readonly diskBytes: number) {
-    this.blocks = Math.ceil(diskBytes / BLOCK_BYTES);
+    this.blocks = Math.ceil(diskBytes / DISK_BLOCK_BYTES);
     this.words = new Uint32Array(Math.ceil(this.blocks / 32));
   }
 
@@ -21,8 +21,8 @@ export class ResyncBitmap {
   /** Bytes a resync would copy now (the last block may be short). */
   get bytes(): number {
     if (this.setCount === 0) return 0;
-    const tail = this.diskBytes % BLOCK_BYTES;
-    return this.setCount * BLOCK_BYTES - (tail && this.has(this.blocks - 1) ? BLOCK_BYTES - tail : 0);
+    const tail = this.diskBytes % DISK_BLOCK_BYTES;
+    return this.setCount * DISK_BLOCK_BYTES - (tail && this.has(this.blocks - 1) ? DISK_BLOCK_BYTES - tail : 0);
   }
 
   has(block: number): boolean { return (this.words[block >>> 5] & (1 << (block & 31))) !== 0; }
@@ -31,7 +31,7 @@ export class ResyncBitmap {
   markRange(offsetBytes: number, lengthBytes: number): void {
     if (lengthBytes === 0) return;
     assert(offsetBytes >= 0 && offsetBytes + lengthBytes <= this.diskBytes, 'bitmap range');
-    const first = Math.floor(offsetBytes / BLOCK_BYTES), last = Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES);
+    const first = Math.floor(offsetBytes / DISK_BLOCK_BYTES), last = Math.floor((offsetBytes + lengthBytes - 1) / DISK_BLOCK_BYTES);
     for (let b = first; b <= last; b++) this.set(b);
   }
 

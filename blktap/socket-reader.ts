@@ -2,7 +2,7 @@
 // exactly n bytes, or rejects when the peer goes away), with bounded buffering: the socket
 // is paused while more than `highWaterBytes` sit unread and nobody is waiting for them.
 import type { Socket } from 'node:net';
-import { RemusError } from '../errors';
+import { RemusError } from '../dom0/errors';
 
 interface Waiter { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; }
 

@@ -8,11 +8,11 @@
 // every write before the read is in an epoch ≤ N, none came after. The backup rebuilds the
 // page from its disk at commit and checks the CRC. Copies of blocks the guest made itself
 // match too: the lookup is by content, not by where the read landed.
-import { assert } from '../assert';
-import { loadAddon } from '../native';
+import { assert } from '../dom0/assert';
+import { loadAddon } from '../dom0/native';
 import type { BlockGenerations } from './block-generations';
-import type { DiskSource } from './replicator';
-import { BLOCK_BYTES } from './resync-bitmap';
+import type { DiskSource } from './disk-source';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 interface Tracked { crc: number; gen: number; epoch: number; }
 
@@ -25,19 +25,19 @@ export class ReadTracker {
   private readonly byBlock = new Map<number, Tracked>();
   /** content CRC → the latest block read with it. */
   private readonly byCrc = new Map<number, number>();
-  private readonly scratch = new Uint8Array(BLOCK_BYTES);
+  private readonly scratch = new Uint8Array(DISK_BLOCK_BYTES);
   private crcs = new Uint32Array(64);
   private readonly counters = { reads: 0, lookups: 0, refs: 0, stale: 0, mismatched: 0 };
 
   constructor(private readonly source: DiskSource, private readonly gens: BlockGenerations, readonly blocksMax: number) {
-    assert(blocksMax >= 1 && gens.blocks * BLOCK_BYTES >= source.sizeBytes, 'read tracker options');
+    assert(blocksMax >= 1 && gens.blocks * DISK_BLOCK_BYTES >= source.sizeBytes, 'read tracker options');
   }
 
   stats(): ReadTrackerStats { return { tracked: this.byBlock.size, ...this.counters }; }
 
   /** A read of block completed in epoch with content crc, the generation stable and even across it. */
   onBlockRead(block: number, crc: number, gen: number, epoch: number): void {
-    if ((gen & 1) !== 0 || block >= this.gens.blocks || (block + 1) * BLOCK_BYTES > this.source.sizeBytes) return;
+    if ((gen & 1) !== 0 || block >= this.gens.blocks || (block + 1) * DISK_BLOCK_BYTES > this.source.sizeBytes) return;
     this.counters.reads++;
     this.forget(block);
     this.byBlock.set(block, { crc, gen, epoch });
@@ -47,13 +47,13 @@ export class ReadTracker {
 
   /** Reads through the NBD server: every whole aligned block of the range (one CRC call). */
   onRangeRead(offsetBytes: number, data: Uint8Array, gensBefore: number[], epoch: number): void {
-    const first = Math.ceil(offsetBytes / BLOCK_BYTES);
-    const end = Math.floor((offsetBytes + data.length) / BLOCK_BYTES); // blocks first..end-1 are whole
+    const first = Math.ceil(offsetBytes / DISK_BLOCK_BYTES);
+    const end = Math.floor((offsetBytes + data.length) / DISK_BLOCK_BYTES); // blocks first..end-1 are whole
     if (end <= first) return;
-    const at0 = first * BLOCK_BYTES - offsetBytes;
-    const crcs = this.pageCrcs(data.subarray(at0, at0 + (end - first) * BLOCK_BYTES));
+    const at0 = first * DISK_BLOCK_BYTES - offsetBytes;
+    const crcs = this.pageCrcs(data.subarray(at0, at0 + (end - first) * DISK_BLOCK_BYTES));
     for (let b = first; b < end; b++) {
-      const g = gensBefore[b - Math.floor(offsetBytes / BLOCK_BYTES)];
+      const g = gensBefore[b - Math.floor(offsetBytes / DISK_BLOCK_BYTES)];
       if (g === undefined || this.gens.get(b) !== g) continue; // a write began meanwhile
       this.onBlockRead(b, crcs[b - first], g, epoch);
     }
@@ -61,13 +61,13 @@ export class ReadTracker {
 
   /** The disk reference for each 4 KiB page of pages (checkpoint epoch), or null; null for the whole batch when nothing is tracked. */
   matchPages(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null {
-    assert(pages.length % BLOCK_BYTES === 0, 'matchPages: whole pages');
-    const n = pages.length / BLOCK_BYTES;
+    assert(pages.length % DISK_BLOCK_BYTES === 0, 'matchPages: whole pages');
+    const n = pages.length / DISK_BLOCK_BYTES;
     this.counters.lookups += n;
     if (this.byCrc.size === 0) return null; // no checksum, no array
     const crcs = this.pageCrcs(pages);
     const refs = new Array<DiskRef | null>(n);
-    for (let i = 0; i < n; i++) refs[i] = this.matchOne(pages.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES), crcs[i], epoch);
+    for (let i = 0; i < n; i++) refs[i] = this.matchOne(pages.subarray(i * DISK_BLOCK_BYTES, (i + 1) * DISK_BLOCK_BYTES), crcs[i], epoch);
     return refs;
   }
 
@@ -76,7 +76,7 @@ export class ReadTracker {
 
   /** CRC32C of every page, in one addon call (the array is reused: read before the next call). */
   private pageCrcs(pages: Uint8Array): Uint32Array {
-    const n = pages.length / BLOCK_BYTES;
+    const n = pages.length / DISK_BLOCK_BYTES;
     if (this.crcs.length < n) this.crcs = new Uint32Array(Math.max(n, 2 * this.crcs.length));
     const out = this.crcs.subarray(0, n);
     loadAddon().crc32cPages(pages, out);
@@ -89,18 +89,18 @@ export class ReadTracker {
     const t = this.byBlock.get(block);
     if (!t || t.crc !== crc || t.epoch > epoch) return null;
     if (this.gens.get(block) !== t.gen) { this.counters.stale++; this.forget(block); return null; }
-    this.source.read(block * BLOCK_BYTES, this.scratch);
+    this.source.read(block * DISK_BLOCK_BYTES, this.scratch);
     if (this.gens.get(block) !== t.gen) { this.counters.stale++; this.forget(block); return null; }
     if (Buffer.compare(this.scratch, page) !== 0) { this.counters.mismatched++; return null; }
     this.counters.refs++;
-    return { offsetBytes: block * BLOCK_BYTES, crc32c: crc };
+    return { offsetBytes: block * DISK_BLOCK_BYTES, crc32c: crc };
   }
 
   /** A write begins on the range: what was read there is no longer what the disk holds. */
   invalidate(offsetBytes: number, lengthBytes: number): void {
     if (lengthBytes === 0 || this.byBlock.size === 0) return;
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES);
-    for (let b = Math.floor(offsetBytes / BLOCK_BYTES); b <= last; b++) this.forget(b);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / DISK_BLOCK_BYTES);
+    for (let b = Math.floor(offsetBytes / DISK_BLOCK_BYTES); b <= last; b++) this.forget(b);
   }
 
   private forget(block: number): void {

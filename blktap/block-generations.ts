@@ -4,15 +4,15 @@
 // the counter was even and unchanged across it; a disk reference is sent only if the counter
 // still holds that value when the page is matched — no write has begun since the read.
 // The counters live in shared memory so the simulated vCPU (a worker thread) bumps them too.
-import { assert } from '../assert';
-import { BLOCK_BYTES } from './resync-bitmap';
+import { assert } from '../dom0/assert';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 export class BlockGenerations {
   readonly gens: Uint32Array;
   readonly blocks: number;
 
   constructor(diskBytes: number, sab?: SharedArrayBuffer) {
-    this.blocks = Math.ceil(diskBytes / BLOCK_BYTES);
+    this.blocks = Math.ceil(diskBytes / DISK_BLOCK_BYTES);
     this.gens = new Uint32Array(sab ?? new SharedArrayBuffer(this.blocks * 4));
     assert(this.gens.length === this.blocks, 'generation array size');
   }
@@ -29,7 +29,7 @@ export class BlockGenerations {
 
   private bump(offsetBytes: number, lengthBytes: number): void {
     if (lengthBytes === 0) return;
-    const last = Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES);
-    for (let b = Math.floor(offsetBytes / BLOCK_BYTES); b <= last; b++) Atomics.add(this.gens, b, 1);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / DISK_BLOCK_BYTES);
+    for (let b = Math.floor(offsetBytes / DISK_BLOCK_BYTES); b <= last; b++) Atomics.add(this.gens, b, 1);
   }
 }

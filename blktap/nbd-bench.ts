@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { RemusError } from '../errors';
+import { RemusError } from '../dom0/errors';
 import { serveDisk } from './serve';
 
 export interface NbdBenchOptions { imageBytes?: number; runs?: number; log?: (line: string) => void; }

@@ -2,8 +2,8 @@
 // committed epoch's writes through it and the simulated domain's vCPU does its disk I/O
 // through it; both need whole-range reads and writes that either finish or throw ERR_IO.
 import * as fs from 'node:fs';
-import { assert } from '../assert';
-import { ErrorCode, RemusError } from '../errors';
+import { assert } from '../dom0/assert';
+import { ErrorCode, RemusError } from '../dom0/errors';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 

@@ -7,19 +7,17 @@
 // seen in checkpoint N is tagged ≤ N and nothing completed after resume is tagged N.
 // Without a backup, written blocks go to the resync bitmap; a new session first copies the
 // bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
-import { assert } from '../assert';
-import type { Clock, DiskLink, DiskPort } from '../engine/ports';
-import { loadAddon } from '../native';
+import { assert } from '../dom0/assert';
+import type { Clock, DiskLink, DiskPort } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
-} from '../protocol/records';
+} from '../dom0/protocol/records';
 import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';
-import { BLOCK_BYTES, ResyncBitmap } from './resync-bitmap';
-
-/** What the replicator reads the resync copy from: the primary's own disk. */
-export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }
+import { ResyncBitmap } from './resync-bitmap';
+import { type DiskSource, diskChecksumAsync } from './disk-source';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 export interface ReplicatorOptions {
   /** Unacknowledged forwarded bytes allowed before the session is dropped (the backup's bound). */
@@ -71,7 +69,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
     this.chunkBytes = Math.min(opts.syncChunkBytes ?? 1024 * 1024, DISK_RECORD_DATA_MAX);
-    assert(this.chunkBytes % BLOCK_BYTES === 0, 'sync chunk is whole blocks');
+    assert(this.chunkBytes % DISK_BLOCK_BYTES === 0, 'sync chunk is whole blocks');
     this.backlogMax = opts.backlogBytesMax ?? 8 * 1024 * 1024;
   }
 
@@ -119,7 +117,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     for (const u of this.unacked) this.bitmap.markRange(u.offsetBytes, u.lengthBytes);
     const written = this.direct?.written;
     for (let run = written?.nextRun(0, 1 << 16); written && run; run = written.nextRun(run.first + run.count, 1 << 16)) {
-      this.bitmap.markRange(run.first * BLOCK_BYTES, run.count * BLOCK_BYTES);
+      this.bitmap.markRange(run.first * DISK_BLOCK_BYTES, run.count * DISK_BLOCK_BYTES);
     }
     this.direct = null;
     for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
@@ -197,14 +195,14 @@ export class DiskReplicator implements DiskPort, DiskTap {
     s.timer = null;
     if (link.backlogBytes > this.backlogMax) { s.timer = this.clock.setTimer(2, () => this.copySome()); return; }
     for (let budget = 4; budget > 0; budget--) {
-      const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / BLOCK_BYTES);
+      const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / DISK_BLOCK_BYTES);
       if (!run) {
         link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
         this.sync = null;
         s.ready();
         return;
       }
-      const off = run.first * BLOCK_BYTES, len = Math.min(run.count * BLOCK_BYTES, this.sizeBytes - off);
+      const off = run.first * DISK_BLOCK_BYTES, len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
       const buf = new Uint8Array(len);
       this.source.read(off, buf);
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);
@@ -216,35 +214,4 @@ export class DiskReplicator implements DiskPort, DiskTap {
     }
     this.clock.defer(() => this.copySome());
   }
-}
-
-/** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
-export function diskChecksum(source: DiskSource): number {
-  const buf = new Uint8Array(1024 * 1024);
-  let crc = 0;
-  for (let off = 0; off < source.sizeBytes; off += buf.length) {
-    const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-    source.read(off, piece);
-    crc = loadAddon().crc32c(piece, crc);
-  }
-  return crc;
-}
-
-/** diskChecksum without holding the event loop: 8 MiB per turn, so heartbeats go on. */
-export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
-  const buf = new Uint8Array(1024 * 1024);
-  return new Promise((resolve, reject) => {
-    let crc = 0, off = 0;
-    const step = (): void => {
-      try {
-        for (let n = 0; n < 8 && off < source.sizeBytes; n++, off += buf.length) {
-          const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-          source.read(off, piece);
-          crc = loadAddon().crc32c(piece, crc);
-        }
-      } catch (e) { reject(e); return; }
-      if (off >= source.sizeBytes) resolve(crc); else clock.defer(step);
-    };
-    step();
-  });
 }

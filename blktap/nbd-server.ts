@@ -10,8 +10,8 @@
 // (ERR_INTERNAL); the server and the image go on.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { assert, assertInt } from '../assert';
-import { ErrorCode, RemusError } from '../errors';
+import { assert, assertInt } from '../dom0/assert';
+import { ErrorCode, RemusError } from '../dom0/errors';
 import { DiskTap, NO_OP_TAP } from './disk-tap';
 import type { BlockGenerations } from './block-generations';
 import { SocketReader } from './socket-reader';

@@ -1,6 +1,7 @@
 // ports: the interfaces the checkpoint engine talks to. Adapters implement them for the
 // built-in simulated domain, for Xen (later), and for the seeded fault simulator's test
-// doubles. The engine never touches sockets, threads or timers directly.
+// doubles. The engine never touches sockets, threads, timers or disk files directly.
+import type { DiskWrite } from './protocol/records';
 
 /** Time and scheduling. Real: timers and setImmediate; simulator: virtual time. */
 export interface Clock {
@@ -51,7 +52,7 @@ export interface Domain {
    * Reads while the guest runs, and a re-arming dirty collect: the engine then pre-copies a
    * session's first checkpoint live (engine/precopy.ts). Absent: it is copied suspended.
    */
-  readonly live?: import('./precopy').LiveMemory | null;
+  readonly live?: import('./engine/precopy').LiveMemory | null;
 }
 
 /** A channel as the disk replicator sees it: records, and how much is still unsent. */
@@ -61,7 +62,7 @@ export interface DiskLink {
 }
 
 /**
- * The primary's half of the replicated disk (dom0/disk/replicator.ts). Writes the guest
+ * The primary's half of the replicated disk (blktap/replicator.ts). Writes the guest
  * completes are forwarded tagged with the epoch they belong to; the engine moves the tag at
  * the disk barrier and tells the port about acks and lost sessions.
  */
@@ -90,20 +91,56 @@ export interface DiskPort {
   /**
    * Read tracking, per 4 KiB page of pages: a block holding exactly that page's content as the
    * backup will have it at checkpoint epoch, or null; null alone when no page of the batch can
-   * match. Only exact matches (dom0/disk/read-tracker.ts).
+   * match. Only exact matches (blktap/read-tracker.ts).
    */
   references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null> | null;
   /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
   checksum?(): MaybePromise<number>;
 }
 
+/** A byte range of a disk. */
+export interface DiskRange { offsetBytes: number; lengthBytes: number; }
+
+/**
+ * The backup's copy of a domain's disk, as the backup engine uses it (blktap/replica-disk.ts
+ * makes one of a disk file). Writes the primary forwards are held per epoch, within a byte
+ * bound, and reach the disk only when their checkpoint commits — so the disk, like the memory
+ * image, always equals the primary's at a checkpoint boundary (docs/disk.md).
+ */
+export interface ReplicaDisk {
+  readonly sizeBytes: number;
+  /** The resync copy that opens a session (DISK_SYNC): straight to the disk. */
+  write(offsetBytes: number, data: Uint8Array): void;
+  /** Reads the disk as it is (disk references resolve against it at commit). */
+  read(offsetBytes: number, into: Uint8Array): void;
+  /** Durable now (at failover, before the domain resumes here). */
+  flush(): void;
+  /** Durable soon, without blocking (the failover flush makes it certain). */
+  flushSoon(): void;
+  /** A session begins: what is held is dropped (the primary resyncs it); from now on at most bytesMax is held. */
+  holdFrom(bytesMax: number): void;
+  /**
+   * Holds one write until its epoch commits. Throws a protocol error for an epoch at or before
+   * committed or before the last held one, ERR_DISK_BUFFER_FULL past the bound.
+   */
+  hold(w: DiskWrite, committed: number | null): void;
+  /** Applies the held writes of epochs ≤ epoch, in arrival order (flushing soon when one asked for it). */
+  commit(epoch: number): { writes: number; bytes: number };
+  /** Applies one write at once (flushing soon when it asks for durability). */
+  apply(w: DiskWrite): void;
+  /** Drops everything held (failover, release): the ranges of the writes dropped. */
+  discard(): DiskRange[];
+  /** CRC32C of the whole disk, a few MiB per turn of clock (heartbeats go on meanwhile). */
+  checksum(clock: Pick<Clock, 'defer'>): Promise<number>;
+}
+
 /** Where a backup keeps the replica and how it resumes it. */
 export interface Replica {
   readonly pageCount: number;
   /** The backup's copy of the domain's disk, when the domain has one. */
-  readonly disk?: import('../disk/epoch-buffer').DiskTarget | null;
+  readonly disk?: ReplicaDisk | null;
   /** The committed memory image (decode base), in segments (any guest size). */
-  readonly image: import('../memory/guest-memory').GuestMemory;
+  readonly image: import('./memory/guest-memory').GuestMemory;
   /**
    * Installs device state at commit. The checkpoint's pages (changedPfns; every page for a
    * full checkpoint) were already written into image.
@@ -120,7 +157,7 @@ export interface Replica {
    * the writes the backup held for unfinished epochs and discarded — the old primary's disk
    * has them, so reprotection copies those blocks back (SecondSite's rule).
    */
-  resume(lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> }): MaybePromise<Record<string, unknown>>;
+  resume(lost: { lostDiskRanges: DiskRange[] }): MaybePromise<Record<string, unknown>>;
   /** The backup's disk was the primary's own before (remusdb backup --reuse-disk): it continues. */
   readonly diskContinues?: boolean;
 }

@@ -3,11 +3,11 @@
 // (NBD_LIMITS) can be overridden. No replication there; serveReplicatedDisk is the protected
 // domain's disk: the same server with the replicator as its tap, 512-byte sectors as its
 // minimum block (replication forwards whole sectors) and write generations for read tracking.
-import type { Clock } from '../engine/ports';
+import type { Clock } from '../dom0/ports';
 import { BlockFile } from './block-file';
 import type { DiskTap } from './disk-tap';
 import { NbdServer, type NbdLimits } from './nbd-server';
-import { SECTOR } from '../protocol/records';
+import { SECTOR } from '../dom0/protocol/records';
 import { DiskReplicator, type ReplicatorOptions } from './replicator';
 
 export interface ServeDiskOptions {
@@ -35,7 +35,6 @@ export interface ServedDisk {
 }
 
 export const DEFAULT_EXPORT_NAME = 'remusdb';
-export const DEFAULT_NBD_PORT = 10809;
 
 export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   const exportName = o.exportName ?? DEFAULT_EXPORT_NAME;

@@ -1,0 +1,40 @@
+// disk-source: a disk as something to read — what the replicator copies a resync from and
+// the read tracker checks content against (the primary's own disk), and whole-disk CRC32C
+// (the backup's check at DISK_VERIFY, the sim replica's at failover). On its own so that
+// replicator and read tracker, which both read a disk, do not import each other.
+import type { Clock } from '../dom0/ports';
+import { loadAddon } from '../dom0/native';
+
+/** A disk to read from: the primary's own, or the backup's copy. */
+export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }
+
+/** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
+export function diskChecksum(source: DiskSource): number {
+  const buf = new Uint8Array(1024 * 1024);
+  let crc = 0;
+  for (let off = 0; off < source.sizeBytes; off += buf.length) {
+    const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
+    source.read(off, piece);
+    crc = loadAddon().crc32c(piece, crc);
+  }
+  return crc;
+}
+
+/** diskChecksum without holding the event loop: 8 MiB per turn, so heartbeats go on. */
+export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
+  const buf = new Uint8Array(1024 * 1024);
+  return new Promise((resolve, reject) => {
+    let crc = 0, off = 0;
+    const step = (): void => {
+      try {
+        for (let n = 0; n < 8 && off < source.sizeBytes; n++, off += buf.length) {
+          const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
+          source.read(off, piece);
+          crc = loadAddon().crc32c(piece, crc);
+        }
+      } catch (e) { reject(e); return; }
+      if (off >= source.sizeBytes) resolve(crc); else clock.defer(step);
+    };
+    step();
+  });
+}

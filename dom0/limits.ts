@@ -1,0 +1,40 @@
+// limits: the sizes, bounds and default ports remusdb is built around, in one place, each
+// with its unit in its name. The page and page record sizes and the decoder's segment bound
+// are also compiled into the native addon (native-xc/src/page_codec.h): native.ts checks
+// them against the addon's codecConstants when it loads it, so the two can never disagree.
+
+/** A guest page: the unit of dirty tracking, capture, the page codecs and the memory image. */
+export const PAGE_BYTES = 4096;
+
+/** A page record's header: u64 pfn, u8 encoding, u8 0, u16 payload length (docs/memory-encoding.md). */
+export const PAGE_RECORD_HEADER_BYTES = 12;
+
+/** The largest page record: its header and a raw page. */
+export const PAGE_RECORD_BYTES_MAX = PAGE_RECORD_HEADER_BYTES + PAGE_BYTES;
+
+/** Segments of guest memory the native decoder takes in one call (its DecodeTarget's bound). */
+export const IMAGE_SEGMENTS_MAX = 1024;
+
+/**
+ * A disk block: the unit of the resync bitmap, block generations and read tracking. A page,
+ * so that a page the guest read from its disk is one whole block.
+ */
+export const DISK_BLOCK_BYTES = 4096;
+
+/** The TCP port a backup listens on, and a primary dials when the backup's address has none. */
+export const DEFAULT_REPLICATION_PORT = 7400;
+
+/** The TCP port `remusdb disk serve` (and a protected Xen domain's NBD disk) listens on: NBD's own. */
+export const DEFAULT_NBD_PORT = 10809;
+
+/** Unacknowledged disk writes a primary forwards and a backup holds before the session drops (--disk-buffer). */
+export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
+
+/** Pages per batch of page records: what the encoder packs and the decoder stages at once. */
+export const BATCH_PAGES_MAX_DEFAULT = 1024;
+
+/** Largest device state a HELLO may announce (a checkpoint's DEVICE_STATE body); a Xen domain announces it. */
+export const DEVICE_STATE_BYTES_MAX = 2 ** 20;
+
+/** Device state a simulated domain announces: its JSON is a few hundred bytes. */
+export const SIM_DEVICE_STATE_BYTES_MAX = 64 * 2 ** 10;

@@ -514,12 +514,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       },
       event: (name, d) => {
         trace('backup', name, d);
-        if (name === 'protocol-error' && d.code === 'ERR_DISK_REF_MISMATCH') violate(`a disk reference did not match at the backup: ${String(d.message)}`);
+        if (name === 'protocol-error' && d.code === ErrorCode.DISK_REF_MISMATCH) violate(`a disk reference did not match at the backup: ${String(d.message)}`);
         if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
         if (name === 'failover' && fault.kind === 'stray') violate(`the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`);
         if (name === 'internal-error' && !backupDead) violate(`the backup met a bug on peer input: ${String(d.message)}`);
         // Nothing in this world alters an image: a continued one that differs is a bug of the reconnect.
-        if (name === 'protocol-error' && d.code === 'ERR_MEMORY_DIVERGED') violate(`a continued image differed: ${String(d.message)}`);
+        if (name === 'protocol-error' && d.code === ErrorCode.MEMORY_DIVERGED) violate(`a continued image differed: ${String(d.message)}`);
       },
     });
     return b;

@@ -78,7 +78,7 @@ export function loadAddon(): NativeAddon {
   } catch (e) {
     loadError = new RemusError(ErrorCode.ADDON_PART_MISSING,
       `the native addon is not built (${(e as Error).message.split('\n')[0]}); run \`npm install\` ` +
-      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)');
+      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)', {}, { cause: e });
     throw loadError;
   }
 }

@@ -111,7 +111,7 @@ export function registerReplication(program: Command): void {
     .requiredOption('--out <file>', 'key file to create (mode 0600)', pathOption('--out', 'new-output'))
     .action((o: { out: string }) => {
       try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
-        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`);
+        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`, {}, { cause: e });
       }
       console.log(`wrote ${o.out}`);
     });

@@ -37,7 +37,7 @@ function runQemuImgBench(uri: string, w: Workload): Promise<number> {
     let out = '';
     p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-    p.on('error', (e) => reject(new RemusError(ErrorCode.IO, `qemu-img bench: ${e.message}`)));
+    p.on('error', (e) => reject(new RemusError(ErrorCode.IO, `qemu-img bench: ${e.message}`, {}, { cause: e })));
     p.on('close', (code) => {
       const m = /Run completed in ([\d.]+) seconds/.exec(out);
       if (code !== 0 || !m) { reject(new RemusError(ErrorCode.IO, `qemu-img bench failed (${code}): ${out.trim()}`)); return; }

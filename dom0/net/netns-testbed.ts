@@ -23,7 +23,7 @@ function ip(args: string[]): void {
     execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: Buffer };
-    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`);
+    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`, {}, { cause: e });
   }
 }
 

@@ -72,7 +72,7 @@ export function controlRequest(file: string, req: Record<string, unknown>, timeo
       s.end();
       try { resolve(JSON.parse(buf.slice(0, nl))); } catch { reject(new RemusError(ErrorCode.CONTROL, `${file} answered garbage`)); }
     });
-    s.on('error', (e) => { clearTimeout(t); reject(new RemusError(ErrorCode.CONTROL, `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`)); });
+    s.on('error', (e) => { clearTimeout(t); reject(new RemusError(ErrorCode.CONTROL, `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`, {}, { cause: e })); });
   });
 }
 

@@ -31,7 +31,7 @@ import {
 } from '../dom0/protocol/records';
 import { regionDigests } from '../dom0/engine/continuation';
 import { Prng } from '../dom0/util/prng';
-import { MemDiskTarget, MemLink, MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
+import { MemDiskTarget, type MemLink, MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
 
 const PAGE = 4096;
 const ADV_PAGES = 16;

@@ -82,7 +82,7 @@ async function settled(count: () => number, want: number): Promise<void> {
 
 
 
-describe('60 nfqueue output buffer (network namespaces, root)', function () {
+describe('60 nfqueue output buffer (network namespaces, root)', () => {
   let bed: Testbed;
   let rx: NsProcess;
   let tx: NsProcess;

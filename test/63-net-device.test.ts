@@ -29,7 +29,7 @@ describe('63 net device', () => {
       (e: Error & { code?: string }) => e.code === ErrorCode.BAD_ARGUMENT && /needs a network buffer/.test(e.message));
   });
 
-  describe('on the netns test bed (root)', function () {
+  describe('on the netns test bed (root)', () => {
     let bed: Testbed;
     let server: NsProcess;
     let client: NsProcess;

@@ -47,7 +47,7 @@ class SocketLink implements Link {
     socket.setKeepAlive(true, 1000);
     socket.on('data', (chunk: Buffer) => {
       if (this.closed) return;
-      let records;
+      let records: ReturnType<RecordDecoder['push']>;
       try { records = this.decoder.push(chunk); } catch (e) {
         this.finish(e as Error);
         return;

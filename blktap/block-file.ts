@@ -21,7 +21,7 @@ export class BlockFile {
   static open(path: string): BlockFile {
     let fd: number;
     try { fd = fs.openSync(path, 'r+'); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `cannot open disk image ${path}: ${(e as Error).message}`);
+      throw new RemusError(ErrorCode.IO, `cannot open disk image ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     return new BlockFile(path, fd, fs.fstatSync(fd).size);
   }
@@ -75,7 +75,7 @@ export class BlockFile {
   flushSoon(onError: (e: Error) => void = () => {}): void {
     if (this.fd < 0 || this.flushing) return;
     this.flushing = true;
-    fs.fdatasync(this.fd, (e) => { this.flushing = false; if (e) onError(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`)); });
+    fs.fdatasync(this.fd, (e) => { this.flushing = false; if (e) onError(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`, {}, { cause: e })); });
   }
 
   /** Idempotent. */
@@ -92,7 +92,7 @@ export class BlockFile {
 
   private io(f: () => number): number {
     try { return f(); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `disk image ${this.path}: ${(e as Error).message}`);
+      throw new RemusError(ErrorCode.IO, `disk image ${this.path}: ${(e as Error).message}`, {}, { cause: e });
     }
   }
 }

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { RemusError } from '../dom0/errors';
+import { ErrorCode, RemusError } from '../dom0/errors';
 import { serveDisk } from './serve';
 
 export interface NbdBenchOptions { imageBytes?: number; runs?: number; log?: (line: string) => void; }
@@ -37,10 +37,10 @@ function runQemuImgBench(uri: string, w: Workload): Promise<number> {
     let out = '';
     p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-    p.on('error', (e) => reject(new RemusError('ERR_IO', `qemu-img bench: ${e.message}`)));
+    p.on('error', (e) => reject(new RemusError(ErrorCode.IO, `qemu-img bench: ${e.message}`, {}, { cause: e })));
     p.on('close', (code) => {
       const m = /Run completed in ([\d.]+) seconds/.exec(out);
-      if (code !== 0 || !m) { reject(new RemusError('ERR_IO', `qemu-img bench failed (${code}): ${out.trim()}`)); return; }
+      if (code !== 0 || !m) { reject(new RemusError(ErrorCode.IO, `qemu-img bench failed (${code}): ${out.trim()}`)); return; }
       resolve((w.count * w.blockBytes) / MiB / Number(m[1]));
     });
   });
@@ -69,7 +69,7 @@ async function waitForPort(port: number, timeoutMs: number): Promise<void> {
     if (ok) return;
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new RemusError('ERR_IO', `qemu-nbd did not listen on ${port} within ${timeoutMs} ms`);
+  throw new RemusError(ErrorCode.IO, `qemu-nbd did not listen on ${port} within ${timeoutMs} ms`);
 }
 
 /** Starts qemu-nbd on the image (persistent, writeback cache like ours); returns its URI and a stop(). */
@@ -89,7 +89,7 @@ export async function benchNbd(o: NbdBenchOptions = {}): Promise<NbdBenchRow[]> 
   const imageBytes = o.imageBytes ?? 128 * MiB;
   const runs = o.runs ?? 3;
   const log = o.log ?? ((l: string) => { console.log(l); });
-  if (spawnSync('qemu-img', ['--version']).status !== 0) throw new RemusError('ERR_IO', 'qemu-img not found (Debian package qemu-utils)');
+  if (spawnSync('qemu-img', ['--version']).status !== 0) throw new RemusError(ErrorCode.IO, 'qemu-img not found (Debian package qemu-utils)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-nbdbench-'));
   const image = path.join(dir, 'disk.img');
   fs.writeFileSync(image, Buffer.alloc(0));

@@ -136,7 +136,7 @@ export class NbdServer {
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
       this.server.once('error', (e) => reject(
-        new RemusError(ErrorCode.IO, `NBD server cannot listen on ${host}:${port}: ${e.message}`)));
+        new RemusError(ErrorCode.IO, `NBD server cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e })));
       this.server.listen(port, host, () => resolve((this.server.address() as net.AddressInfo).port));
     });
   }
@@ -257,7 +257,7 @@ class NbdConnection {
   private mustDrop(e: unknown): boolean {
     if (e instanceof RemusError && e.code === ErrorCode.PEER_GONE) return false;   // EOF: flush replies, close
     const err = e instanceof RemusError ? e
-      : new RemusError(ErrorCode.INTERNAL, `internal error: ${(e as Error)?.stack ?? String(e)}`);
+      : new RemusError(ErrorCode.INTERNAL, `internal error: ${(e as Error)?.stack ?? String(e)}`, {}, { cause: e });
     this.srv.log(`NBD ${this.who}: disconnecting (${err.code}): ${err.message}`);
     return true;
   }
@@ -503,7 +503,7 @@ async function openImage(imagePath: string, readOnly: boolean): Promise<OpenImag
   try {
     fh = await fs.promises.open(imagePath, readOnly ? 'r' : 'r+');
   } catch (e) {
-    throw new RemusError(ErrorCode.IO, `cannot open disk image ${imagePath}: ${(e as Error).message}`);
+    throw new RemusError(ErrorCode.IO, `cannot open disk image ${imagePath}: ${(e as Error).message}`, {}, { cause: e });
   }
   const st = await fh.stat();
   if (!st.isFile() || st.size === 0) {

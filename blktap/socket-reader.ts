@@ -2,7 +2,7 @@
 // exactly n bytes, or rejects when the peer goes away), with bounded buffering: the socket
 // is paused while more than `highWaterBytes` sit unread and nobody is waiting for them.
 import type { Socket } from 'node:net';
-import { RemusError } from '../dom0/errors';
+import { ErrorCode, RemusError } from '../dom0/errors';
 
 interface Waiter { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; }
 
@@ -65,7 +65,7 @@ export class SocketReader {
 
   private fail(why: string): void {
     if (this.closedError) return;
-    this.closedError = new RemusError('ERR_PEER_GONE', `NBD client: ${why}`);
+    this.closedError = new RemusError(ErrorCode.PEER_GONE, `NBD client: ${why}`);
     const w = this.waiter;
     this.waiter = null;
     if (w) w.reject(this.closedError);

@@ -2,8 +2,12 @@
 // gone, a bad stream, no Xen, bad user input) are RemusError with a code from ErrorCode and
 // a message a person can act on; the native addon throws the same class (injected at load).
 // Programmer errors are assertions (dom0/assert.ts), never RemusError.
+//
+// Codes are branded: a RemusError takes an ErrorCodeValue, which only ErrorCode's members
+// (and errorCodeOf, for a code that arrives as text) produce, so a mistyped 'ERR_...' literal
+// does not compile. The addon's codes are checked against this list when it loads (native.ts).
 
-export const ErrorCode = {
+const CODES = {
   /** A page record in a replication stream or trace is malformed. */
   BAD_PAGE_RECORD: 'ERR_BAD_PAGE_RECORD',
   /** The replication stream broke its rules (CRC, unknown mandatory record, order, size). */
@@ -68,14 +72,39 @@ export const ErrorCode = {
   LISTEN: 'ERR_LISTEN',
 } as const;
 
+declare const errorCodeBrand: unique symbol;
+/** Each code keeps its literal type and gains a brand that a bare string literal lacks. */
+type Branded<T> = { readonly [K in keyof T]: T[K] & { readonly [errorCodeBrand]: true } };
+
+export const ErrorCode = CODES as Branded<typeof CODES>;
+
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+const KNOWN_CODES: ReadonlySet<string> = new Set(Object.values(CODES));
+
+export function isErrorCode(s: unknown): s is ErrorCodeValue {
+  return typeof s === 'string' && KNOWN_CODES.has(s);
+}
+
+/**
+ * A code that arrived as text (a control-socket answer, a peer's ERROR record) as an
+ * ErrorCodeValue; `fallback` for a code this build does not know (an older or newer peer).
+ */
+export function errorCodeOf(s: unknown, fallback: ErrorCodeValue = ErrorCode.INTERNAL): ErrorCodeValue {
+  return isErrorCode(s) ? s : fallback;
+}
+
+/** The strings in `codes` that are not ErrorCode values (the addon's list is checked with this). */
+export function unknownErrorCodes(codes: readonly string[]): string[] {
+  return codes.filter((c) => !isErrorCode(c));
+}
+
 export class RemusError extends Error {
-  readonly code: string;
+  readonly code: ErrorCodeValue;
   readonly details: Readonly<Record<string, unknown>>;
 
   /** cause: the error this one explains (a system call's, a peer's, a library's). */
-  constructor(code: string, message: string, details: Record<string, unknown> = {}, options: { cause?: unknown } = {}) {
+  constructor(code: ErrorCodeValue, message: string, details: Record<string, unknown> = {}, options: { cause?: unknown } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'RemusError';
     this.code = code;

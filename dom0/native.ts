@@ -1,9 +1,12 @@
 // native: loads the native-xc addon once, injects RemusError into it, and types its
 // surface. Parts built only when their system headers existed (xen, nfqueue) are optional
-// here; `requirePart` turns a missing part into an actionable RemusError.
+// here; `requirePart` turns a missing part into an actionable RemusError. The codes the
+// addon can throw (its `errorCodes` table) are checked against ErrorCode when it loads, so
+// a code added on one side only is a failed assertion at start, not a surprise at failover.
 import * as path from 'node:path';
 import { AssertionError } from 'node:assert';
-import { ErrorCode, RemusError } from './errors';
+import { assert } from './assert';
+import { ErrorCode, RemusError, unknownErrorCodes } from './errors';
 import { IMAGE_SEGMENTS_MAX, PAGE_BYTES, PAGE_RECORD_BYTES_MAX, PAGE_RECORD_HEADER_BYTES } from './limits';
 
 export interface ProbeResult { ok: boolean; errno: number; message: string; }
@@ -60,6 +63,8 @@ export interface NativeAddon {
   /** The nfqueue output buffer's queue (dom0/net/nfqueue-buffer.ts types its surface). */
   NfqueueQueue?: new (opts: Record<string, unknown>, onBatch: (count: number) => void) => unknown;
   setErrorClass(cls: unknown): void;
+  /** Every code the addon's RemusErrors can carry (native-xc/src/errors.h, REMUS_ERROR_CODES). */
+  errorCodes: readonly string[];
 }
 
 const ADDON_PATH = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release',
@@ -71,20 +76,36 @@ let loadError: Error | undefined;
 export function loadAddon(): NativeAddon {
   if (loaded) return loaded;
   if (loadError) throw loadError;
-  let addon: NativeAddon;
+  const addon = requireAddon();
+  try {
+    checkLimits(addon.codecConstants);
+    checkAddonErrorCodes(addon.errorCodes);
+  } catch (e) {
+    loadError = e as Error;
+    throw e;
+  }
+  addon.setErrorClass(RemusError);
+  loaded = addon;
+  return addon;
+}
+
+/** Asserts that each code the addon lists is one of ErrorCode's (an addon/TypeScript mismatch is a bug). */
+export function checkAddonErrorCodes(codes: readonly string[] | undefined): void {
+  assert(Array.isArray(codes), 'the native addon exports no errorCodes list: rebuild it (`npm install`)');
+  const unknown = unknownErrorCodes(codes);
+  assert(unknown.length === 0, `the native addon throws codes that dom0/errors.ts does not know: ${unknown.join(', ')}`);
+}
+
+function requireAddon(): NativeAddon {
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    addon = require(ADDON_PATH) as NativeAddon;
-    addon.setErrorClass(RemusError);
+    return require(ADDON_PATH) as NativeAddon;
   } catch (e) {
     loadError = new RemusError(ErrorCode.ADDON_PART_MISSING,
       `the native addon is not built (${(e as Error).message.split('\n')[0]}); run \`npm install\` ` +
-      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)');
+      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)', {}, { cause: e });
     throw loadError;
   }
-  try { checkLimits(addon.codecConstants); } catch (e) { loadError = e as Error; throw e; }
-  loaded = addon;
-  return addon;
 }
 
 /**

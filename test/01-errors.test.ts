@@ -1,7 +1,7 @@
 // 01 errors: one error class with stable codes, the same from TypeScript and from C++.
-import { strict as assert } from 'node:assert';
-import { ErrorCode, RemusError, isRemusError } from '../dom0/errors';
-import { loadAddon } from '../dom0/native';
+import { AssertionError, strict as assert } from 'node:assert';
+import { ErrorCode, errorCodeOf, isRemusError, RemusError } from '../dom0/errors';
+import { checkAddonErrorCodes, loadAddon } from '../dom0/native';
 
 describe('01 errors', () => {
   it('01.1 RemusError carries a stable code, a message and details', () => {
@@ -26,6 +26,28 @@ describe('01 errors', () => {
     const addon = loadAddon();
     assert.throws(() => (addon.decodeBatch as unknown as (a: unknown) => void)('nope'), TypeError);
     assert.throws(() => new addon.SlotStore(0), RangeError);
+  });
+
+  it('01.4 a code that arrives as text becomes an ErrorCode only when it is one', () => {
+    assert.equal(errorCodeOf('ERR_PEER_GONE'), ErrorCode.PEER_GONE);
+    assert.equal(errorCodeOf('ERR_NO_SUCH_THING'), ErrorCode.INTERNAL);
+    assert.equal(errorCodeOf(42, ErrorCode.CONTROL), ErrorCode.CONTROL);
+  });
+
+  it('01.5 RemusError chains the error it explains as cause', () => {
+    const inner = new Error('ENOENT: no such file');
+    const e = new RemusError(ErrorCode.IO, 'cannot open x: ENOENT', {}, { cause: inner });
+    assert.equal(e.cause, inner);
+    assert.ok(!('cause' in new RemusError(ErrorCode.IO, 'no cause')));
+  });
+
+  it('01.6 the addon\'s error codes are checked against ErrorCode at load', () => {
+    const addon = loadAddon();
+    assert.ok(addon.errorCodes.includes(ErrorCode.BAD_PAGE_RECORD));
+    assert.doesNotThrow(() => checkAddonErrorCodes(addon.errorCodes));
+    assert.throws(() => checkAddonErrorCodes([...addon.errorCodes, 'ERR_FROM_A_NEWER_ADDON', 'ERR_OTHER']),
+      (e: unknown) => e instanceof AssertionError && /ERR_FROM_A_NEWER_ADDON, ERR_OTHER/.test(e.message));
+    assert.throws(() => checkAddonErrorCodes(undefined), AssertionError);
   });
 });
 

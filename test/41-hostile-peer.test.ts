@@ -14,6 +14,7 @@ import { controlRequest } from '../dom0/service/control';
 import { ChangeLog } from '../dom0/service/change-log';
 import { HostLock } from '../dom0/service/host-lock';
 import type { RemusError } from '../dom0/errors';
+import { ErrorCode } from '../dom0/errors';
 import { spawnSync } from 'node:child_process';
 import { Reconnector, unreachableReason } from '../dom0/service/reconnector';
 import { encodeRecord } from '../dom0/protocol/framer';
@@ -30,7 +31,7 @@ import {
 } from '../dom0/protocol/records';
 import { regionDigests } from '../dom0/engine/continuation';
 import { Prng } from '../dom0/util/prng';
-import { MemDiskTarget, MemLink, MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
+import { MemDiskTarget, type MemLink, MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
 
 const PAGE = 4096;
 const ADV_PAGES = 16;
@@ -214,7 +215,7 @@ function intBounds(field: string, min: number, max: number): Array<[string, unkn
 const helloCases: Case[] = HELLO_VALUES.map(([field, value, ok]) => ({
   name: `HELLO ${field}=${JSON.stringify(value)?.slice(0, 24) ?? 'missing'} ${ok ? 'accepted' : 'refused'}`,
   steps: [(a) => a.hello({ [field]: value }), ...waits(2), (a) => {
-    const refused = a.errors().includes('ERR_HANDSHAKE'), acked = a.got.some((r) => r.type === Rec.HELLO_ACK);
+    const refused = a.errors().includes(ErrorCode.HANDSHAKE), acked = a.got.some((r) => r.type === Rec.HELLO_ACK);
     if (refused === ok || acked !== ok) throw new Error(`HELLO ${field}=${JSON.stringify(value)}: accepted ${acked}, refused ${refused}`);
   }, close],
 }));
@@ -344,9 +345,9 @@ const reconnectCases: Case[] = [
     steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2), ...waits(4), goodbye, wait, close] },
   { name: 'reconnect: continued, then close (live again: fails over)', failover: true, heard: continuedAndAcked(2),
     steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2), ...waits(4), close] },
-  { name: 'reconnect: continued with digests that differ: nothing commits, no failover', heard: (a) => (a.errors().includes('ERR_MEMORY_DIVERGED') ? null : 'no ERR_MEMORY_DIVERGED'),
+  { name: 'reconnect: continued with digests that differ: nothing commits, no failover', heard: (a) => (a.errors().includes(ErrorCode.MEMORY_DIVERGED) ? null : 'no ERR_MEMORY_DIVERGED'),
     steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2, 'wrong'), ...waits(4), close] },
-  { name: 'reconnect: continued without MEMORY_VERIFY is refused', heard: (a) => (a.errors().includes('ERR_PROTOCOL') ? null : 'no ERR_PROTOCOL'),
+  { name: 'reconnect: continued without MEMORY_VERIFY is refused', heard: (a) => (a.errors().includes(ErrorCode.PROTOCOL) ? null : 'no ERR_PROTOCOL'),
     steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2, 'none'), ...waits(4), close] },
   { name: 'reconnect: continued, then lost before its commit (no failover)', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.begin(2, false), close] },
   { name: 'reconnect: a continued epoch that does not follow the kept one', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(1), ...waits(3), close] },
@@ -354,12 +355,12 @@ const reconnectCases: Case[] = [
   { name: 'reconnect: MEMORY_VERIFY of too few regions', steps: [...lineageSession, ...broken, resume(), wait, (a) => a.begin(2, false), (a) => a.link.send(Rec.MEMORY_VERIFY, memoryVerifyBody(2, 4, new Uint32Array(3))), ...waits(3), close] },
   { name: 'reconnect: another lineage copies all', heard: fullCopy, steps: [...lineageSession, ...broken, resume({ lineage: 'l-another-one' }), wait, (a) => a.continued(2), ...waits(3), close] },
   { name: 'reconnect: a kept epoch outside acked..last copies all', heard: fullCopy, steps: [...lineageSession, ...broken, resume({ ackedEpoch: 2, lastEpoch: 3 }), wait, close] },
-  { name: 'reconnect: acked/last without a lineage is refused', heard: (a) => (a.errors().includes('ERR_HANDSHAKE') ? null : 'no ERR_HANDSHAKE'),
+  { name: 'reconnect: acked/last without a lineage is refused', heard: (a) => (a.errors().includes(ErrorCode.HANDSHAKE) ? null : 'no ERR_HANDSHAKE'),
     steps: [...lineageSession, ...broken, (a) => a.hello({ ackedEpoch: 1, lastEpoch: 1 }), wait, close] },
   { name: 'reconnect: the same lineage on a new connection replaces the live session (no failover)', heard: continuedAndAcked(2),
     steps: [...lineageSession, NEW_CONNECTION, resume(), wait, (a) => a.continued(2), ...waits(4), goodbye, wait, close] },
   { name: 'reconnect: another lineage on a new connection is refused; the live session then goes silent', failover: true,
-    heard: (a) => (a.errors().includes('ERR_HANDSHAKE') ? null : 'no ERR_HANDSHAKE'),
+    heard: (a) => (a.errors().includes(ErrorCode.HANDSHAKE) ? null : 'no ERR_HANDSHAKE'),
     steps: [...lineageSession, NEW_CONNECTION, resume({ lineage: 'l-another-one' }), wait, close] },
 ];
 
@@ -388,7 +389,7 @@ describe('41 hostile peer (structured adversary from docs/protocol.md)', () => {
   it('41.H2 a refused checkpoint answers ERR_PROTOCOL and leaves the committed image as it was', () => {
     for (const c of ruleCases.filter((r) => r.name.includes('after') || r.name.includes('twice'))) {
       const o = runCase(c, 7);
-      assert.ok(o.errors.some((e) => e === 'ERR_PROTOCOL' || e === 'ERR_BAD_PAGE_BATCH'), `${c.name}: errors ${o.errors.join(',')}`);
+      assert.ok(o.errors.some((e) => e === ErrorCode.PROTOCOL || e === ErrorCode.BAD_PAGE_BATCH), `${c.name}: errors ${o.errors.join(',')}`);
       assert.ok(o.imageOk, c.name);
     }
   });
@@ -518,7 +519,7 @@ describe('41 host locks', () => {
     const file = path.join(dir, 'protect-sim-x.lock');
     fs.writeFileSync(file, `${process.ppid}\n`); // a live process that is not us
     assert.throws(() => HostLock.acquire(file, 'protection of sim:x'),
-      (e: RemusError) => e.code === 'ERR_LOCKED' && /held by process \d+/.test(e.message));
+      (e: RemusError) => e.code === ErrorCode.LOCKED && /held by process \d+/.test(e.message));
     assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.ppid), 'the refused lock is untouched');
     const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
     fs.writeFileSync(file, `${dead.stdout.toString()}\n`); // its owner has exited

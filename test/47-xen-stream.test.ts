@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { RemusError } from '../dom0/errors';
+import { ErrorCode, RemusError } from '../dom0/errors';
 import { loadAddon } from '../dom0/native';
 import {
   IMAGE_HEADER_BYTES, DOMAIN_HEADER_BYTES, REC, RecordSplitter, parsePageData, type RawRecord,
@@ -213,7 +213,7 @@ describe('47 xen stream', () => {
     const out = path.join(dir, 'stream');
     let incomingPaused = true;
     const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
       return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: incomingPaused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
     } };
     const rx = new XenReplica('vm', PAGES, {
@@ -241,7 +241,7 @@ describe('47 xen stream', () => {
     const out = path.join(dir, 'stream');
     const BIG = 16384; // 64 MiB: eight turns of the feed
     const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
       return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
     } };
     const rx = new XenReplica('vm', BIG, {
@@ -309,7 +309,7 @@ describe('47 xen stream', () => {
         xenSuspendAsync: async () => {
           log.push('suspend');
           if (opts.suspendMs) await new Promise((r) => setTimeout(r, opts.suspendMs));
-          if (dying) throw new RemusError('ERR_XEN', 'suspend: the domain is dying (destroyed)');
+          if (dying) throw new RemusError(ErrorCode.XEN, 'suspend: the domain is dying (destroyed)');
         },
         xenPause: () => { log.push('pause'); },
         xenResume: () => { log.push('resume'); },
@@ -380,9 +380,9 @@ describe('47 xen stream', () => {
       const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
       await d.suspend(); await d.capture(true); await d.resume();
       const t0 = Date.now();
-      await assert.rejects(d.suspend(), (e: Error) => e instanceof RemusError && e.code === 'ERR_NO_DOMAIN' && /dying/.test(e.message));
+      await assert.rejects(d.suspend(), (e: Error) => e instanceof RemusError && e.code === ErrorCode.NO_DOMAIN && /dying/.test(e.message));
       assert.ok(Date.now() - t0 < 1000);
-      await assert.rejects(d.suspend(), (e: Error) => (e as RemusError).code === 'ERR_NO_DOMAIN');
+      await assert.rejects(d.suspend(), (e: Error) => (e as RemusError).code === ErrorCode.NO_DOMAIN);
       await d.close();
     });
   });

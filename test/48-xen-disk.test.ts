@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { RemusError } from '../dom0/errors';
+import { ErrorCode, RemusError } from '../dom0/errors';
 import { REC } from '../dom0/hypervisor/xen/libxc-stream';
 import { CheckpointCollector } from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
@@ -52,10 +52,10 @@ describe('48 xen disk', () => {
 
   it('48.2 refuses configurations without exactly one NBD disk, non-NBD targets and broken headers', () => {
     const none = JSON.stringify({ disks: [{ pdev_path: '/tmp/a.img', vdev: 'xvda' }] });
-    assert.throws(() => retargetNbdDisk(none, '/dev/nbd1'), (e: RemusError) => e.code === 'ERR_XEN' && /0 disks on \/dev\/nbdN/.test(e.message));
+    assert.throws(() => retargetNbdDisk(none, '/dev/nbd1'), (e: RemusError) => e.code === ErrorCode.XEN && /0 disks on \/dev\/nbdN/.test(e.message));
     const two = JSON.stringify({ disks: [{ pdev_path: '/dev/nbd0' }, { pdev_path: '/dev/nbd1' }] });
     assert.throws(() => retargetNbdDisk(two, '/dev/nbd2'), /2 disks on \/dev\/nbdN/);
-    assert.throws(() => retargetNbdDisk(JSON.stringify(CONFIG), '/dev/sda'), (e: RemusError) => e.code === 'ERR_BAD_ARGUMENT');
+    assert.throws(() => retargetNbdDisk(JSON.stringify(CONFIG), '/dev/sda'), (e: RemusError) => e.code === ErrorCode.BAD_ARGUMENT);
     assert.throws(() => retargetNbdDisk('{not json', '/dev/nbd1'), /not JSON/);
     const good = xlSavefileHeader(JSON.stringify(CONFIG));
     const badMagic = Buffer.from(good); badMagic[0] ^= 1;
@@ -85,7 +85,7 @@ describe('48 xen disk', () => {
     const out = path.join(dir, 'stream'), ended = path.join(dir, 'ended');
     let paused = true;
     const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
       return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
     } };
     const calls: string[] = [];
@@ -128,13 +128,13 @@ describe('48 xen disk', () => {
     let n = 0;
     const addon = { xenDomainInfo: (): XenDomainInfo => {
       n++;
-      if (n < 2) throw new RemusError('ERR_NO_DOMAIN', 'no');
+      if (n < 2) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
       return { domid: 3, dying: false, shutdown: false, shutdownReason: 0, paused: n < 3, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
     } };
     await waitForXenDomain('vm', 5000, () => {}, addon);
     assert.equal(n, 3);
-    const never = { xenDomainInfo: (): XenDomainInfo => { throw new RemusError('ERR_NO_DOMAIN', 'no'); } };
-    await assert.rejects(waitForXenDomain('vm', 300, () => {}, never), (e: RemusError) => e.code === 'ERR_NO_DOMAIN');
+    const never = { xenDomainInfo: (): XenDomainInfo => { throw new RemusError(ErrorCode.NO_DOMAIN, 'no'); } };
+    await assert.rejects(waitForXenDomain('vm', 300, () => {}, never), (e: RemusError) => e.code === ErrorCode.NO_DOMAIN);
   });
 
   it('48.6 with a qdisk NBD disk the capture is followed by a flush; phy needs none', async () => {

@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { benchTrace } from '../dom0/bench/trace-bench';
-import { RemusError } from '../dom0/errors';
+import { ErrorCode, RemusError } from '../dom0/errors';
 import type { XenDomainInfo, XenLogdirtyAddon } from '../dom0/hypervisor/xen/xen-addon';
 import { bitmapPfns, epochBytes, recordDomain, type RecordOptions } from '../dom0/hypervisor/xen/xen-record';
 import { HEADER_SIZE, REC_EPOCH_END, REC_PAGE, TraceReader } from '../dom0/trace/rdtrace';
@@ -43,13 +43,13 @@ class FakeXen implements XenLogdirtyAddon {
     }
   }
   xenDomainInfo(d: string | number): XenDomainInfo {
-    if (d !== 'vm' && d !== 5) throw new RemusError('ERR_NO_DOMAIN', `no domain ${d}`);
+    if (d !== 'vm' && d !== 5) throw new RemusError(ErrorCode.NO_DOMAIN, `no domain ${d}`);
     return { domid: 5, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false,
       maxMemKb: this.pages * 4, pages: this.pages, vcpus: 1, maxGpfn: this.pages - 1 };
   }
   xenLogdirtyEnable(): void {
     const errno = this.enableErrno || (this.logdirty ? 22 : 0);
-    if (errno) throw new RemusError('ERR_XEN', `xc_logdirty_control failed: (errno ${errno})`, { errno, fn: 'xc_logdirty_control' });
+    if (errno) throw new RemusError(ErrorCode.XEN, `xc_logdirty_control failed: (errno ${errno})`, { errno, fn: 'xc_logdirty_control' });
     this.logdirty = true;
   }
   xenLogdirtyDisable(): void { this.logdirty = false; this.disables++; }
@@ -57,7 +57,7 @@ class FakeXen implements XenLogdirtyAddon {
     assert.equal(domid, 5);
     if (clean) {
       assert.ok(this.logdirty, 'clean with log-dirty on');
-      if (this.peeks++ === this.failPeekAt) throw new RemusError('ERR_XEN', 'domain destroyed', { errno: 3 });
+      if (this.peeks++ === this.failPeekAt) throw new RemusError(ErrorCode.XEN, 'domain destroyed', { errno: 3 });
       this.write(5);
     }
     bitmap.fill(0);
@@ -166,7 +166,7 @@ describe('49 record', () => {
     const xen = new FakeXen(64);
     xen.logdirty = true;
     await assert.rejects(recordDomain(opts(xen, 'b.rdt')), (e: RemusError) =>
-      e.code === 'ERR_XEN' && /already on.*another tool/.test(e.message));
+      e.code === ErrorCode.XEN && /already on.*another tool/.test(e.message));
     assert.equal(xen.logdirty, true);
     assert.equal(xen.disables, 0);
     xen.dirty[9] = 1;  // the other user's pending bits: refused before asking Xen to enable
@@ -206,8 +206,8 @@ describe('49 record', () => {
     if (!addon.parts.xen || fs.existsSync('/dev/xen/privcmd')) this.skip();
     const a = addon as XenLogdirtyAddon;
     assert.throws(() => a.xenLogdirtyEnable(5), (e: RemusError) =>
-      e.code === 'ERR_XEN' && e.details.fn === 'xc_interface_open' && typeof e.details.errno === 'number' && /errno \d+/.test(e.message));
-    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)), (e: RemusError) => e.code === 'ERR_XEN');
+      e.code === ErrorCode.XEN && e.details.fn === 'xc_interface_open' && typeof e.details.errno === 'number' && /errno \d+/.test(e.message));
+    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)), (e: RemusError) => e.code === ErrorCode.XEN);
     assert.throws(() => a.xenLogdirtyEnable(0), TypeError);
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(12)), RangeError);
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16), 1 as unknown as boolean), TypeError);

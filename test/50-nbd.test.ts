@@ -2,14 +2,14 @@
 // nbdcopy, nbdfuse + loop + ext4 — and a raw-socket client for malformed requests.
 // Clients run as child processes with async spawn (the server lives in this process).
 import { strict as assert } from 'node:assert';
-import { spawn, ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpDir } from './support/helpers';
-import { serveDisk, ServedDisk } from '../blktap/serve';
-import { DiskTap } from '../blktap/disk-tap';
+import { serveDisk, type ServedDisk } from '../blktap/serve';
+import type { DiskTap } from '../blktap/disk-tap';
 import { SocketReader } from '../blktap/socket-reader';
 import * as W from '../blktap/nbd-wire';
 
@@ -150,8 +150,8 @@ describe('50 nbd server with real clients', function () {
     assert.equal(e['export-name'], 'remusdb');
     assert.equal(e['export-size'], IMAGE_BYTES);
     for (const k of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_multi_conn']) assert.equal(e[k], true, k);
-    assert.equal(e['is_read_only'], false);
-    assert.equal(e['block_size_maximum'], 32 * MiB);
+    assert.equal(e.is_read_only, false);
+    assert.equal(e.block_size_maximum, 32 * MiB);
     const d = await run('nbdinfo', ['--size', `nbd://127.0.0.1:${srv.port}`]);
     assert.equal(d.stdout.trim(), String(IMAGE_BYTES), d.stderr);
     const l = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${srv.port}`]);
@@ -393,7 +393,7 @@ describe('50 nbd server with real clients', function () {
     const ro = await serveDisk({ image, host: '127.0.0.1', port: 0, readOnly: true });
     try {
       const info = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${ro.port}`]);
-      assert.equal((JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!['is_read_only'], true);
+      assert.equal((JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!.is_read_only, true);
       const c = await RawClient.connect(ro.port);
       await c.go();
       c.request(W.CMD.WRITE, 0n, 512, 1n, 0, Buffer.alloc(512));

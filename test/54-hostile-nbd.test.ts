@@ -11,15 +11,15 @@
 // reply the protocol requires carried the documented error. The case count is printed and
 // asserted (54.16).
 import { strict as assert } from 'node:assert';
-import { spawn, ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { tmpDir, ROOT } from './support/helpers';
 import * as W from '../blktap/nbd-wire';
-import { NBD_LIMITS, NbdLimits, NbdServer } from '../blktap/nbd-server';
-import { ReplicatedDisk, serveReplicatedDisk } from '../blktap/serve';
+import { NBD_LIMITS, type NbdLimits, NbdServer } from '../blktap/nbd-server';
+import { type ReplicatedDisk, serveReplicatedDisk } from '../blktap/serve';
 import { realClock } from '../dom0/engine/clock';
 import { DW_FLUSH, DW_ZEROES, Rec, parseDiskWrite } from '../dom0/protocol/records';
 

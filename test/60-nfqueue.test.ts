@@ -6,6 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { ErrorCode } from '../dom0/errors';
 import { installRules, listRules, removeRules } from '../dom0/net/iptables-rules';
 import { createTestbed, destroyTestbed, listTestbedNamespaces, sysctl, type Testbed } from '../dom0/net/netns-testbed';
 import { NfqueueBuffer, readKernelQueueStats, setupNfqueue } from '../dom0/net/nfqueue-buffer';
@@ -81,7 +82,7 @@ async function settled(count: () => number, want: number): Promise<void> {
 
 
 
-describe('60 nfqueue output buffer (network namespaces, root)', function () {
+describe('60 nfqueue output buffer (network namespaces, root)', () => {
   let bed: Testbed;
   let rx: NsProcess;
   let tx: NsProcess;
@@ -146,7 +147,7 @@ describe('60 nfqueue output buffer (network namespaces, root)', function () {
     sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=0']);
     try {
       assert.throws(() => installRules(spec), (e: Error & { code?: string }) =>
-        e.code === 'ERR_NETBUF' && /bridge-nf-call-ip6tables is 0/.test(e.message));
+        e.code === ErrorCode.NETBUF && /bridge-nf-call-ip6tables is 0/.test(e.message));
     } finally {
       sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=1']);
     }
@@ -166,7 +167,7 @@ describe('60 nfqueue output buffer (network namespaces, root)', function () {
   it('60.2 holds everything until release(N), which delivers exactly the epochs ≤ N, in order', async () => {
     buf = NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 });
     assert.throws(() => NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 }),
-      (e: Error & { code?: string }) => e.code === 'ERR_NETBUF' && /cannot bind netfilter queue 60/.test(e.message),
+      (e: Error & { code?: string }) => e.code === ErrorCode.NETBUF && /cannot bind netfilter queue 60/.test(e.message),
       'one queue, one owner');
     installRules({ domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 });
     buf.setPassThrough(true);  // unprotected while the TCP connection is set up

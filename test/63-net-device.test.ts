@@ -7,6 +7,7 @@
 // after a crash that left rules behind replaces them; close is idempotent.
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
+import { ErrorCode } from '../dom0/errors';
 import { listRules } from '../dom0/net/iptables-rules';
 import { createTestbed, destroyTestbed, type Testbed } from '../dom0/net/netns-testbed';
 import { type NetBuffer, openNetBuffer, PGWIRE_COPY_BYTES } from '../dom0/net/net-device';
@@ -25,10 +26,10 @@ describe('63 net device', () => {
     assert.equal(nb.describe().driver, 'none');
     nb.close(); nb.close();
     assert.throws(() => openNetBuffer({ driver: 'none', domain: 'x', match: { inIface: 'vif1.0' }, queueNum: 1, commitProtection: 'pgwire' }),
-      (e: Error & { code?: string }) => e.code === 'ERR_BAD_ARGUMENT' && /needs a network buffer/.test(e.message));
+      (e: Error & { code?: string }) => e.code === ErrorCode.BAD_ARGUMENT && /needs a network buffer/.test(e.message));
   });
 
-  describe('on the netns test bed (root)', function () {
+  describe('on the netns test bed (root)', () => {
     let bed: Testbed;
     let server: NsProcess;
     let client: NsProcess;

@@ -126,7 +126,7 @@ describe('64 failover resets', () => {
     assert.equal(checksum(Uint8Array.from([...s6, ...d6, 0, 0, 0, 20, 0, 0, 0, 6, ...q.subarray(40)])), 0);
   });
 
-  describe('on the netns test bed (root)', function () {
+  describe('on the netns test bed (root)', () => {
     let bed: Testbed;
     let server: NsProcess;
     let client: NsProcess;

@@ -10,7 +10,7 @@ import { whyNoNetBench } from '../dom0/bench/net-bench';
 import { listTestbedNamespaces } from '../dom0/net/netns-testbed';
 import { runCli } from './support/helpers';
 
-describe('65 net bench (root, PostgreSQL 15)', function () {
+describe('65 net bench (root, PostgreSQL 15)', () => {
   before(function () {
     const why = whyNoNetBench();
     if (why) { console.log(`      skipped: ${why}`); this.skip(); }

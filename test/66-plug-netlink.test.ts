@@ -45,7 +45,7 @@ describe('66 plug driver plumbing', () => {
       assert.doesNotMatch(sh('tc qdisc show dev rdb66a').out, /pfifo 1:/);
     });
 
-    it('a kernel without sch_plug gets a clear ERR_NETBUF; one with it holds until RELEASE_ONE', function () {
+    it('a kernel without sch_plug gets a clear ERR_NETBUF; one with it holds until RELEASE_ONE', () => {
       const hasPlug = sh('tc qdisc add dev rdb66b root plug limit 1000 && tc qdisc del dev rdb66b root').status === 0;
       const gate = new PlugBuffer('rdb66a', 1 << 20);
       if (!hasPlug) {

@@ -99,7 +99,7 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
 
 function allocImage(bytes: number): Buffer {
   try { return Buffer.alloc(bytes); } catch (e) {
-    throw new RemusError(ErrorCode.OUT_OF_MEMORY, `cannot allocate a ${bytes}-byte memory image: ${(e as Error).message}`);
+    throw new RemusError(ErrorCode.OUT_OF_MEMORY, `cannot allocate a ${bytes}-byte memory image: ${(e as Error).message}`, {}, { cause: e });
   }
 }
 

@@ -2,7 +2,7 @@
 // parsers in options.ts and path-options.ts. Operating errors print their code and message and
 // exit 1, bad usage exits 2 (errorOutcome); buildProgram() is the whole tree, for tests too.
 import { Command, CommanderError } from 'commander';
-import { RemusError } from '../errors';
+import { ErrorCode, RemusError } from '../errors';
 import { registerBench } from './bench';
 import { registerDoctor } from './doctor';
 import { registerTrace } from './trace';
@@ -31,7 +31,7 @@ export function buildProgram(): Command {
 export function errorOutcome(e: unknown): { exitCode: number; line: string | null } | null {
   if (e instanceof CommanderError) return { exitCode: e.exitCode === 0 ? 0 : 2, line: null };
   if (e instanceof RemusError) {
-    return { exitCode: e.code === 'ERR_BAD_ARGUMENT' ? 2 : 1, line: `remusdb: ${e.message} [${e.code}]` };
+    return { exitCode: e.code === ErrorCode.BAD_ARGUMENT ? 2 : 1, line: `remusdb: ${e.message} [${e.code}]` };
   }
   return null; // a bug: thrown on, with its stack
 }

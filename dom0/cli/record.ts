@@ -52,7 +52,7 @@ function resolveForRecord(domain: string): ReturnType<typeof resolveDomain> {
     return resolveDomain(domain);
   } catch (e) {
     if (!isRemusError(e, ErrorCode.NO_XEN)) throw e;
-    throw new RemusError(ErrorCode.NO_XEN, `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace synth --out t.rdt\` then \`remusdb bench trace t.rdt\``);
+    throw new RemusError(ErrorCode.NO_XEN, `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace synth --out t.rdt\` then \`remusdb bench trace t.rdt\``, {}, { cause: e });
   }
 }
 

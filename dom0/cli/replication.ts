@@ -5,7 +5,7 @@ import { SIM_GUEST_BYTES_MAX } from '../hypervisor/sim/guest-size';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { ErrorCode, RemusError } from '../errors';
+import { ErrorCode, errorCodeOf, RemusError } from '../errors';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { WORKLOADS, GUEST_PAGES_MIN, type Workload } from '../hypervisor/sim/guest-program';
 import { DRIVERS, resolveDomain } from '../hypervisor/registry';
@@ -111,7 +111,7 @@ export function registerReplication(program: Command): void {
     .requiredOption('--out <file>', 'key file to create (mode 0600)', pathOption('--out', 'new-output'))
     .action((o: { out: string }) => {
       try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
-        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`);
+        throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`, {}, { cause: e });
       }
       console.log(`wrote ${o.out}`);
     });
@@ -276,10 +276,10 @@ function registerFailoverAndStatus(program: Command): void {
     });
 }
 
-/** A control request's error answer, thrown as the RemusError it was. */
+/** A control request's error answer, thrown as the RemusError it was (an unknown code kept in details). */
 function throwControlError(r: Record<string, unknown>): void {
-  const e = r.error as { code: string; message: string } | undefined;
-  if (e) throw new RemusError(String(e.code), String(e.message));
+  const e = r.error as { code: unknown; message: unknown } | undefined;
+  if (e) throw new RemusError(errorCodeOf(e.code, ErrorCode.CONTROL), String(e.message), { remoteCode: e.code });
 }
 
 async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command): Promise<void> {

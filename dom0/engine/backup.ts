@@ -93,6 +93,8 @@ interface Session {
   queuedBytes: number;
   /** The kept epoch this session continues from (its HELLO_ACK said so), until it commits; else null. */
   continuing: number | null;
+  /** The disk copy that opens a session (DISK_SYNC … DISK_SYNC_END): octets so far, and whether it ended. */
+  diskSync: { bytes: number; done: boolean };
 }
 
 /** The domain this backup keeps a replica of, between and across sessions. */
@@ -122,7 +124,6 @@ export class Backup {
     continuedSessions: 0, memoryVerifiedEpoch: 0, memoryDiverged: 0, replacedSessions: 0,
   };
   private diskSuspect = false;
-  private diskSync: { bytes: number; done: boolean } = { bytes: 0, done: true };
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
 
   constructor(private readonly clock: Clock, private readonly opts: BackupOptions, private readonly hooks: BackupHooks = {}) {
@@ -153,7 +154,7 @@ export class Backup {
     const now = this.clock.now();
     const s: Session = {
       link, phase: 'handshake', hello: null, lastHeard: now, lastSent: now, timer: null, open: null,
-      paused: false, queued: [], queuedBytes: 0, continuing: null,
+      paused: false, queued: [], queuedBytes: 0, continuing: null, diskSync: { bytes: 0, done: true },
     };
     this.session = s;
     this.state = 'receiving';
@@ -203,6 +204,7 @@ export class Backup {
     this.attach(link);
     const n = this.session!;
     this.guard(n, () => this.onRecord(n, type, body));
+    this.checkInvariants();
   }
 
   /** The lineage of a valid HELLO for the same domain and size as open; null for anything else. */
@@ -280,7 +282,9 @@ export class Backup {
     const s = this.session;
     if (!s) return;
     this.endSession(s);
+    this.state = 'waiting';
     s.link.close();
+    this.checkInvariants();
   }
 
   // ---- records -------------------------------------------------------------------------
@@ -343,7 +347,7 @@ export class Backup {
     const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
     // Writes held for a session that never committed them go: the primary resyncs those blocks.
     held.replica.disk?.holdFrom(bufferMax);
-    this.diskSync = { bytes: 0, done: h.diskBytes === 0 };
+    s.diskSync = { bytes: 0, done: h.diskBytes === 0 };
     // The primary ran unprotected: nothing is resumable until this session's first checkpoint
     // commits. A continued session keeps the image as its base; a full one overwrites it.
     this.committed = null;
@@ -418,7 +422,7 @@ export class Backup {
     if (!full && first && epoch <= from!) {
       throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
     }
-    if (!this.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
+    if (!s.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
     if (full) { this.kept = null; s.continuing = null; } // the image is overwritten in place from here
     s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null, memDigests: null };
   }
@@ -554,6 +558,7 @@ export class Backup {
     const held = this.held!;
     const epoch = o.epoch;
     this.committing(held, () => held.replica.commitDeviceState(o.deviceState!, changed));
+    this.checkCommitFollows(s, epoch);
     this.committed = epoch;
     this.kept = { epoch, lineage: s.hello!.lineage };
     s.continuing = null;
@@ -641,20 +646,22 @@ export class Backup {
   /** Resync copy: applied at once — nothing is committed in this session until it ends. */
   private onDiskSync(s: Session, body: Buffer): void {
     const held = this.needSession(s);
-    if (this.diskSync.done || this.committed !== null || s.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
+    if (s.diskSync.done || this.committed !== null || s.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
     const { offsetBytes, data } = parseDiskSync(body, held.hello.diskBytes);
     held.replica.disk!.write(offsetBytes, data);
-    this.diskSync.bytes += data.length;
+    s.diskSync.bytes += data.length;
     this.counters.diskSyncBytes += data.length;
   }
 
   private onDiskSyncEnd(s: Session, body: Buffer): void {
     this.needSession(s);
-    if (this.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
+    if (s.diskSync.done) throw protocolError('DISK_SYNC_END outside the disk copy');
     const bytes = parseDiskSyncEnd(body);
-    if (bytes !== this.diskSync.bytes) throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${this.diskSync.bytes} arrived`);
+    if (bytes !== s.diskSync.bytes) {
+      throw protocolError(`DISK_SYNC_END says ${bytes} octets were copied; ${s.diskSync.bytes} arrived`);
+    }
     if (bytes > 0) this.held!.replica.disk!.flushSoon();
-    this.diskSync.done = true;
+    s.diskSync.done = true;
     this.hooks.event?.('disk-synced', { bytes });
   }
 
@@ -713,15 +720,20 @@ export class Backup {
    */
   private guard(s: Session, f: () => void): void {
     if (this.session !== s) return;
-    try { f(); } catch (e) {
-      const err = e instanceof RemusError ? e
-        : new RemusError(ErrorCode.INTERNAL, `internal error on the primary's input: ${(e as Error)?.message ?? String(e)}`, {}, { cause: e });
-      if (err.code === ErrorCode.INTERNAL) this.counters.internalErrors++; else this.counters.protocolErrors++;
-      this.hooks.event?.(err.code === ErrorCode.INTERNAL ? 'internal-error' : 'protocol-error', { code: err.code, message: err.message });
-      if (this.session !== s) return;
-      this.quietly(() => s.link.send(Rec.ERROR, jsonBody({ code: err.code, message: err.message })));
-      this.drop(s);
-    }
+    try { f(); } catch (e) { this.failed(s, e); }
+    this.checkInvariants();
+  }
+
+  /** A handler of the session's input threw: report it, tell the primary, drop the session. */
+  private failed(s: Session, e: unknown): void {
+    const err = e instanceof RemusError ? e : new RemusError(ErrorCode.INTERNAL,
+      `internal error on the primary's input: ${(e as Error)?.message ?? String(e)}`, {}, { cause: e });
+    const internal = err.code === ErrorCode.INTERNAL;
+    if (internal) this.counters.internalErrors++; else this.counters.protocolErrors++;
+    this.hooks.event?.(internal ? 'internal-error' : 'protocol-error', { code: err.code, message: err.message });
+    if (this.session !== s) return;
+    this.quietly(() => s.link.send(Rec.ERROR, jsonBody({ code: err.code, message: err.message })));
+    this.drop(s);
   }
 
   /** Best effort on a connection that may be closing. */
@@ -729,14 +741,34 @@ export class Backup {
     try { f(); } catch { /* closing anyway */ }
   }
 
+  /**
+   * What holds whenever a handler returns (guard, attach, failover, drop, close): the replica
+   * and what it keeps, the state and the session, and the session's own fields.
+   */
   private checkInvariants(): void {
     assert(this.committed === null || this.held !== null, 'a committed checkpoint without a replica');
     const k = this.kept;
     const c = this.committed;
     assert(k === null ? c === null : this.held !== null && (c === null || k.epoch === c), 'committed is not kept');
-    assert(this.session === null || this.session.phase === 'handshake' || this.session.hello !== null, 'an open session without HELLO');
-    assert(this.state !== 'receiving' || this.session !== null, 'receiving without a session');
+    assert((this.state === 'receiving') === (this.session !== null), `state ${this.state} with session ${this.session !== null}`);
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');
+    if (this.session) this.checkSession(this.session);
+  }
+
+  private checkSession(s: Session): void {
+    assert((s.phase === 'open') === (s.hello !== null), `session phase ${s.phase} with hello ${s.hello !== null}`);
+    assert(s.phase === 'open' || (s.open === null && s.continuing === null), 'a checkpoint or continuation before HELLO');
+    assert(s.continuing === null || this.committed === null, 'a session continues although it committed');
+    assert(!s.paused || s.open !== null, 'records held without a checkpoint to commit');
+    assert(s.queued.length > 0 || s.queuedBytes === 0, `${s.queuedBytes} octets queued in no record`);
+    assert(s.diskSync.done || (s.open === null && this.committed === null), 'a checkpoint during the disk copy');
+  }
+
+  /** A commit follows the last one in this session, or the kept epoch a continued session builds on. */
+  private checkCommitFollows(s: Session, epoch: number): void {
+    const last = this.committed ?? s.continuing;
+    assert(last === null || epoch > last, `checkpoint ${epoch} commits after ${last}`);
+    assert(this.committed === null || epoch === this.committed + 1, `checkpoint ${epoch} skips after ${this.committed}`);
   }
 
   // ---- liveness --------------------------------------------------------------------------

@@ -245,6 +245,7 @@ export class Primary {
       sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
       ...(this.unacked ? { lineage: this.lineage, ...this.offered } : {}),
     }, PROTOCOL_VERSION));
+    this.checkInvariants();
   }
 
   /** Ends protection on purpose (GOODBYE: the backup does not fail over). Idempotent. */
@@ -256,6 +257,7 @@ export class Primary {
     this.clearTimers();
     this.encoder.close();
     this.precopyEncoder?.close();
+    this.checkInvariants();
   }
 
   get attached(): boolean { return this.link !== null; }
@@ -283,7 +285,10 @@ export class Primary {
     if (this.state !== 'protected') { this.scheduleTick(this.opts.intervalMs); return; }
     if (this.epoch - this.acked >= this.opts.maxInFlight) { this.waitingForAck = true; return; }
     const started = this.clock.now();
-    this.takeCheckpoint(() => this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started))));
+    this.takeCheckpoint(() => {
+      this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started)));
+      this.checkInvariants();
+    });
   }
 
   /**
@@ -453,6 +458,7 @@ export class Primary {
     this.sentEpoch = p.epoch;
     this.queue.shift();
     this.streaming = false;
+    this.checkInvariants();
     this.clock.defer(() => this.pump());
   }
 
@@ -577,6 +583,7 @@ export class Primary {
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, continued: this.continuing });
     if (this.tickTimer === null) this.scheduleTick(0);
+    this.checkInvariants();
   }
 
   // ---- live pre-copy of the first checkpoint (engine/precopy.ts) ----------------------------
@@ -653,6 +660,7 @@ export class Primary {
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: pc.sentPages });
     this.scheduleTick(0);
+    this.checkInvariants();
   }
 
   private onAck(epoch: number): void {
@@ -692,6 +700,7 @@ export class Primary {
     this.gate.discard();
     this.dropLink();
     this.clearTimers();
+    this.checkInvariants();
   }
 
   // ---- liveness --------------------------------------------------------------------------
@@ -758,8 +767,10 @@ export class Primary {
       this.gate.setPassThrough(true);
       this.acked = this.epoch;
       this.hooks.event?.('unprotected', { epoch: this.epoch });
+      this.checkInvariants();
     });
     this.hooks.event?.('backup-lost', { reason, epoch: this.epoch });
+    this.checkInvariants();
   }
 
   private dropLink(): void {
@@ -781,6 +792,45 @@ export class Primary {
       if (!(e instanceof RemusError)) throw e;
       try { link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message })); } catch { /* closing anyway */ }
       this.lose(e.message);
+    }
+    this.checkInvariants();
+  }
+
+  /**
+   * What holds whenever a handler returns (a record, a timer, a checkpoint's end): epochs in
+   * order and at most maxInFlight unacknowledged, the session and the state in step, and the
+   * queue of checkpoints to stream inside the session that captured them.
+   */
+  private checkInvariants(): void {
+    const { acked, sentEpoch, epoch } = this;
+    assert(acked <= epoch && sentEpoch <= epoch, `epochs: acked ${acked}, sent ${sentEpoch}, epoch ${epoch}`);
+    assert(epoch - acked <= this.opts.maxInFlight, `${epoch - acked} checkpoints in flight (max ${this.opts.maxInFlight})`);
+    const streaming = this.session === 'syncing' || this.session === 'precopy' || this.session === 'active';
+    assert(!streaming || acked <= sentEpoch, `acked ${acked} past sent ${sentEpoch} in a session`);
+    this.checkSessionState();
+    this.checkQueue();
+  }
+
+  /** A link iff a session; syncing, precopy and active sessions iff the matching state. */
+  private checkSessionState(): void {
+    const { session, state } = this;
+    assert((this.link === null) === (session === 'none'), `session ${session} with link ${this.link !== null}`);
+    assert((session === 'syncing') === (state === 'syncing'), `session ${session} in state ${state}`);
+    assert((session === 'precopy') === (state === 'precopy'), `session ${session} in state ${state}`);
+    assert((session === 'active') === (state === 'protected'), `session ${session} in state ${state}`);
+    assert(session === 'precopy' ? this.precopy !== null : this.precopy === null || session === 'active',
+      `session ${session} with pre-copy ${this.precopy !== null}`);
+  }
+
+  /** Queued checkpoints: only in an active session, epochs rising past the last sent one. */
+  private checkQueue(): void {
+    const q = this.queue;
+    assert(q.length === 0 || this.session === 'active', `${q.length} checkpoints queued in session ${this.session}`);
+    assert(!this.streaming || q.length > 0, 'streaming an empty queue');
+    let last = this.sentEpoch;
+    for (const p of q) {
+      assert(p.epoch > last && p.epoch <= this.epoch, `queued checkpoint ${p.epoch} after ${last} (epoch ${this.epoch})`);
+      last = p.epoch;
     }
   }
 

@@ -3,7 +3,7 @@
 // image at once (and the device state after them). Each pfn may appear once per checkpoint.
 // Memory is bounded by the guest's size (a checkpoint holds each page at most once); chunks
 // are reused across checkpoints.
-import { PageDecoder } from '../memory/page-codec';
+import type { PageDecoder } from '../memory/page-codec';
 import { PAGE_BYTES, PAGE_RECORD_HEADER_BYTES } from '../limits';
 import { protocolError, type DiskRefEntry } from '../protocol/records';
 import type { ReplicaDisk } from '../ports';

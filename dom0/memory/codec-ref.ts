@@ -102,7 +102,7 @@ export function encodeBatchRef(store: RefSlotStore | null, pages: Uint8Array, pf
   for (let i = 0; i < pfns.length; i++) {
     const page = pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES);
     const slot = store && slots ? store.slot(slots[i]) : null;
-    const base = slot && hits && hits[i] ? slot : null;
+    const base = slot && hits?.[i] ? slot : null;
     const [enc, payload] = choosePageEncoding(page, base, policy, lz4);
     putHeader(out, o, pfns[i], enc, payload.length);
     out.set(payload, o + PAGE_RECORD_HEADER_BYTES);

@@ -23,12 +23,13 @@ function ip(args: string[]): void {
     execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: Buffer };
-    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`);
+    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`, {}, { cause: e });
   }
 }
 
 /** Writes key=value sysctls inside a namespace (through /proc/sys: no procps needed). */
 export function sysctl(ns: string, settings: string[]): void {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script; ${kv%%=*} is sh parameter expansion
   const script = 'for kv; do k=${kv%%=*}; printf %s "${kv#*=}" > "/proc/sys/$(printf %s "$k" | tr . /)" || exit 1; done';
   const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', script, 'sh', ...settings], { encoding: 'utf8' });
   if (r.status !== 0) throw new RemusError(ErrorCode.NETBUF, `sysctl ${settings.join(' ')} in ${ns}: ${r.stderr.trim()}`);

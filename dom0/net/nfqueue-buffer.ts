@@ -17,9 +17,6 @@ import { requirePart } from '../native';
 import { type GuestMatch, installRules, removeRules } from './iptables-rules';
 import { type Classifier, type LedgerObserver, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
 
-/** Error code of this driver's operating errors (bind failed, verdict send failed). */
-export const ERR_NETBUF = 'ERR_NETBUF';
-
 export interface NfqueueBufferOptions {
   queueNum: number;
   /** Network namespace (name under /run/netns) the queue lives in; default: ours. */
@@ -127,7 +124,7 @@ function batchView(q: NativeQueue): Omit<PacketBatch, 'count'> {
 export function netnsPathOf(name: string): string {
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bad network namespace name '${name}'`);
   const p = `/run/netns/${name}`;
-  if (!fs.existsSync(p)) throw new RemusError(ERR_NETBUF, `network namespace '${name}' does not exist (${p})`);
+  if (!fs.existsSync(p)) throw new RemusError(ErrorCode.NETBUF, `network namespace '${name}' does not exist (${p})`);
   return p;
 }
 

@@ -47,14 +47,14 @@ class SocketLink implements Link {
     socket.setKeepAlive(true, 1000);
     socket.on('data', (chunk: Buffer) => {
       if (this.closed) return;
-      let records;
+      let records: ReturnType<RecordDecoder['push']>;
       try { records = this.decoder.push(chunk); } catch (e) {
         this.finish(e as Error);
         return;
       }
       for (const r of records) { if (!this.closed) this.recordCb(r.type, r.body); }
     });
-    socket.on('error', (e) => this.finish(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`)));
+    socket.on('error', (e) => this.finish(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`, {}, { cause: e })));
     socket.on('close', () => this.finish(null));
   }
 
@@ -110,7 +110,7 @@ export function connectLink(host: string, port: number, sec: Security, timeoutMs
     const fail = (e: Error): void => {
       const tlsFail = /alert|handshake|BAD_RECORD_MAC|decrypt/i.test(e.message);
       reject(new RemusError(tlsFail ? ErrorCode.AUTH : ErrorCode.PEER_GONE,
-        tlsFail ? `TLS with ${remote} failed (different pre-shared keys?): ${e.message}` : `cannot reach backup ${remote}: ${e.message}`));
+        tlsFail ? `TLS with ${remote} failed (different pre-shared keys?): ${e.message}` : `cannot reach backup ${remote}: ${e.message}`, {}, { cause: e }));
     };
     const socket = 'psk' in sec
       ? tls.connect({ host, port, ciphers: CIPHERS, maxVersion: 'TLSv1.2', minVersion: 'TLSv1.2',
@@ -137,7 +137,7 @@ export function listenLinks(host: string, port: number, sec: Security, onLink: (
         pskCallback: (_s, identity) => (identity === PSK_IDENTITY ? sec.psk : null) }, accept)
       : net.createServer(accept);
     server.on('tlsClientError', (e: Error) => onReject(`rejected a peer that failed TLS (wrong or no pre-shared key): ${e.message}`));
-    server.once('error', (e) => reject(new RemusError(ErrorCode.IO, `cannot listen on ${host}:${port}: ${e.message}`)));
+    server.once('error', (e) => reject(new RemusError(ErrorCode.IO, `cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e })));
     server.listen(port, host, () => {
       const addr = server.address() as net.AddressInfo;
       resolve({ port: addr.port, close: () => server.close() });

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ErrorCode, RemusError } from '../errors';
+import { ErrorCode, isRemusError, RemusError } from '../errors';
 
 export type Handler = (req: Record<string, unknown>) => Record<string, unknown> | Promise<Record<string, unknown>>;
 
@@ -42,7 +42,7 @@ export class ControlServer {
           buf = buf.slice(nl + 1);
           let answer: Record<string, unknown>;
           try { answer = await handler(JSON.parse(line)); } catch (e) {
-            answer = { error: { code: (e as RemusError).code ?? 'ERR_CONTROL', message: (e as Error).message } };
+            answer = { error: { code: isRemusError(e) ? e.code : ErrorCode.CONTROL, message: (e as Error).message } };
           }
           s.write(`${JSON.stringify(answer)}\n`);
         }
@@ -72,7 +72,7 @@ export function controlRequest(file: string, req: Record<string, unknown>, timeo
       s.end();
       try { resolve(JSON.parse(buf.slice(0, nl))); } catch { reject(new RemusError(ErrorCode.CONTROL, `${file} answered garbage`)); }
     });
-    s.on('error', (e) => { clearTimeout(t); reject(new RemusError(ErrorCode.CONTROL, `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`)); });
+    s.on('error', (e) => { clearTimeout(t); reject(new RemusError(ErrorCode.CONTROL, `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`, {}, { cause: e })); });
   });
 }
 

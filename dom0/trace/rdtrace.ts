@@ -61,7 +61,7 @@ export class TraceReader {
   static async open(path: string): Promise<TraceReader> {
     let fd: number;
     try { fd = fs.openSync(path, 'r'); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `cannot open trace ${path}: ${(e as Error).message}`);
+      throw new RemusError(ErrorCode.IO, `cannot open trace ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     const magic = Buffer.alloc(2);
     fs.readSync(fd, magic, 0, 2, 0);
@@ -152,7 +152,7 @@ export class TraceReader {
 
 function readFailure(path: string, src: ByteSource, e: unknown): RemusError {
   if ((e as Error).message === 'short') return bad(path, src.offset, 'trace ends inside a record');
-  return new RemusError(ErrorCode.BAD_TRACE, `${path}: cannot read the trace: ${(e as Error).message}`);
+  return new RemusError(ErrorCode.BAD_TRACE, `${path}: cannot read the trace: ${(e as Error).message}`, {}, { cause: e });
 }
 
 /** Writes RDTRACE1, gzip when the path ends in .gz (one gzip member per megabyte). */
@@ -170,7 +170,7 @@ export class TraceWriter {
     assert(ps >= 512 && ps <= PAGE_SIZE_MAX && (ps & (ps - 1)) === 0, 'trace page size');
     this.gz = path.endsWith('.gz');
     try { this.fd = fs.openSync(path, 'w'); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `cannot create ${path}: ${(e as Error).message}`);
+      throw new RemusError(ErrorCode.IO, `cannot create ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     const h = this.reserve(HEADER_SIZE);
     h.write(MAGIC, 0, 'latin1');

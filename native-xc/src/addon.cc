@@ -1,6 +1,7 @@
 // addon.cc: module entry of the remusdb native addon. The codec part always builds; parts
 // that need system libraries are compiled only when their headers were found at build
-// time, and `parts` tells TypeScript which ones this build has.
+// time, and `parts` tells TypeScript which ones this build has. `errorCodes` lists the
+// codes any part can throw (errors.h), checked against TypeScript's ErrorCode at load.
 #include <napi.h>
 
 #include "errors.h"
@@ -51,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   parts.Set("nfqueue", false);
 #endif
   exports.Set("parts", parts);
+  exports.Set("errorCodes", remus::ErrorCodeList(env));
   return exports;
 }
 

@@ -194,14 +194,14 @@ class Arena : public Napi::ObjectWrap<Arena> {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
       const int err = errno;
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY",
+      ThrowRemus(env, ErrCode::kOutOfMemory,
                  "cannot map " + std::to_string(size) + " bytes of guest memory: " + std::strerror(err));
       return;
     }
     Region* raw = new (std::nothrow) Region();
     if (raw == nullptr) {
       munmap(p, size);
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate the arena's bookkeeping");
+      ThrowRemus(env, ErrCode::kOutOfMemory, "cannot allocate the arena's bookkeeping");
       return;
     }
     raw->base = static_cast<uint8_t*>(p);
@@ -260,14 +260,14 @@ class Arena : public Napi::ObjectWrap<Arena> {
   Napi::Value Window(Napi::Env env, size_t offset, size_t bytes) {
     const std::string what = std::to_string(bytes) + " bytes of guest memory";
     if (bytes > kBufferBytesMax) {
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY", what + " cannot be one ArrayBuffer: Node.js allows at most " +
+      ThrowRemus(env, ErrCode::kOutOfMemory, what + " cannot be one ArrayBuffer: Node.js allows at most " +
                                                std::to_string(kBufferBytesMax) + " bytes (2^32) per buffer");
       return env.Undefined();
     }
     bool ranEarly = false;
     auto* ref = new (std::nothrow) BufferRef{region_, &ranEarly};
     if (ref == nullptr) {
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate the finalizer of an arena buffer");
+      ThrowRemus(env, ErrCode::kOutOfMemory, "cannot allocate the finalizer of an arena buffer");
       return env.Undefined();
     }
     napi_value ab = nullptr;
@@ -281,7 +281,7 @@ class Arena : public Napi::ObjectWrap<Arena> {
         Napi::Error e = env.GetAndClearPendingException();
         why = e.Message();
       }
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot make " + what + " an ArrayBuffer: " + why);
+      ThrowRemus(env, ErrCode::kOutOfMemory, "cannot make " + what + " an ArrayBuffer: " + why);
       return env.Undefined();
     }
     ref->ranEarly = nullptr;  // alive while `ab` is: the finalizer runs only after this call
@@ -301,7 +301,7 @@ class Arena : public Napi::ObjectWrap<Arena> {
       size_t pages = r.bytes / kPageSize;
       r.hashes = static_cast<uint64_t*>(std::calloc(pages, sizeof(uint64_t)));
       if (r.hashes == nullptr) {
-        ThrowRemus(env, "ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(pages * sizeof(uint64_t)) +
+        ThrowRemus(env, ErrCode::kOutOfMemory, "cannot allocate " + std::to_string(pages * sizeof(uint64_t)) +
                                                  " bytes of page hashes (kernel dirty tracking failed: " + why + ")");
         return env.Undefined();
       }
@@ -325,7 +325,7 @@ class Arena : public Napi::ObjectWrap<Arena> {
     long n = region_->uffd >= 0 ? ScanWritten(*region_, out.Data(), out.ElementLength(), &why)
                                 : HashWritten(*region_, out.Data(), out.ElementLength());
     if (n < 0) {
-      ThrowRemus(env, "ERR_DIRTY_TRACKING", "dirty tracking failed: " + (why.empty() ? std::string("list overflow") : why));
+      ThrowRemus(env, ErrCode::kDirtyTracking, "dirty tracking failed: " + (why.empty() ? std::string("list overflow") : why));
       return env.Undefined();
     }
     return Napi::Number::New(env, static_cast<double>(n));

@@ -44,7 +44,7 @@ class SlotStore : public Napi::ObjectWrap<SlotStore> {
     size_t bytes = static_cast<size_t>(n) * kPageSize;
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
-      ThrowRemus(env, "ERR_OUT_OF_MEMORY",
+      ThrowRemus(env, ErrCode::kOutOfMemory,
                  "cannot reserve " + std::to_string(bytes) + " bytes for the page cache");
       return;
     }
@@ -212,7 +212,7 @@ Napi::Value DecodeBatchFn(const Napi::CallbackInfo& info) {
   DecodeFault f;
   long n = DecodeBatch(records.Data(), records.ByteLength(), t, &f);
   if (n < 0) {
-    ThrowRemus(env, "ERR_BAD_PAGE_RECORD",
+    ThrowRemus(env, ErrCode::kBadPageRecord,
                "malformed page record #" + std::to_string(f.record) + " (pfn " + Hex(f.pfn) +
                    ", encoding " + EncodingName(f.encoding) + ") at batch offset " +
                    std::to_string(f.offset) + ": " + f.what);
@@ -263,7 +263,7 @@ Napi::Value UnpackBatchFn(const Napi::CallbackInfo& info) {
   const char* what = nullptr;
   size_t n = UnpackBatch(in.Data(), in.ByteLength(), out.Data(), out.ByteLength(), &what);
   if (n == kUnpackFailed) {
-    ThrowRemus(env, "ERR_BAD_PAGE_BATCH", std::string("malformed page batch: ") + what);
+    ThrowRemus(env, ErrCode::kBadPageBatch, std::string("malformed page batch: ") + what);
     return env.Undefined();
   }
   return Napi::Number::New(env, static_cast<double>(n));

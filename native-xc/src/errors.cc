@@ -20,16 +20,38 @@ void SetErrorClass(const Napi::CallbackInfo& info) {
   GetAddonData(env)->errorClass = Napi::Persistent(info[0].As<Napi::Function>());
 }
 
-void ThrowRemus(Napi::Env env, const char* code, const std::string& message) {
+namespace {
+constexpr const char* kCodeStrings[] = {
+#define REMUS_ERROR_STRING(name, code) code,
+    REMUS_ERROR_CODES(REMUS_ERROR_STRING)
+#undef REMUS_ERROR_STRING
+};
+constexpr size_t kCodeCount = sizeof(kCodeStrings) / sizeof(kCodeStrings[0]);
+}  // namespace
+
+const char* ErrCodeString(ErrCode code) { return kCodeStrings[static_cast<size_t>(code)]; }
+
+Napi::Array ErrorCodeList(Napi::Env env) {
+  Napi::Array list = Napi::Array::New(env, kCodeCount);
+  for (size_t i = 0; i < kCodeCount; i++) list.Set(static_cast<uint32_t>(i), kCodeStrings[i]);
+  return list;
+}
+
+void ThrowRemus(Napi::Env env, ErrCode code, const std::string& message) {
+  ThrowRemus(env, code, message, Napi::Object::New(env));
+}
+
+void ThrowRemus(Napi::Env env, ErrCode code, const std::string& message, Napi::Object details) {
+  Napi::String codeString = Napi::String::New(env, ErrCodeString(code));
   AddonData* data = GetAddonData(env);
   if (data->errorClass.IsEmpty()) {
     Napi::Error e = Napi::Error::New(env, message);
-    e.Set("code", Napi::String::New(env, code));
+    e.Set("code", codeString);
+    e.Set("details", details);
     e.ThrowAsJavaScriptException();
     return;
   }
-  Napi::Value err =
-      data->errorClass.New({Napi::String::New(env, code), Napi::String::New(env, message)});
+  Napi::Value err = data->errorClass.New({codeString, Napi::String::New(env, message), details});
   if (env.IsExceptionPending()) return;
   Napi::Error(env, err).ThrowAsJavaScriptException();
 }

@@ -47,7 +47,7 @@ Napi::Value NetlinkRoute(const Napi::CallbackInfo& info) {
 
   Fd s{socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)};
   if (s.fd < 0) {
-    ThrowRemus(env, "ERR_NETBUF", std::string("cannot open a NETLINK_ROUTE socket: ") + strerror(errno));
+    ThrowRemus(env, ErrCode::kNetbuf, std::string("cannot open a NETLINK_ROUTE socket: ") + strerror(errno));
     return env.Undefined();
   }
   timeval tv{kAckTimeoutMs / 1000, (kAckTimeoutMs % 1000) * 1000};
@@ -62,14 +62,14 @@ Napi::Value NetlinkRoute(const Napi::CallbackInfo& info) {
     ssize_t n = recv(s.fd, buf, sizeof buf, 0);
     if (n < 0) {
       if (errno == EINTR) continue;
-      ThrowRemus(env, "ERR_NETBUF", std::string("no netlink acknowledgement: ") + strerror(errno));
+      ThrowRemus(env, ErrCode::kNetbuf, std::string("no netlink acknowledgement: ") + strerror(errno));
       return env.Undefined();
     }
     int left = static_cast<int>(n);
     for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
       if (h->nlmsg_seq != seq || h->nlmsg_type != NLMSG_ERROR) continue;
       if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-        ThrowRemus(env, "ERR_NETBUF", "truncated netlink acknowledgement");
+        ThrowRemus(env, ErrCode::kNetbuf, "truncated netlink acknowledgement");
         return env.Undefined();
       }
       return Napi::Number::New(env, reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error);

@@ -83,7 +83,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     std::string why = Open(netns);
     if (!why.empty()) {
       CloseQueue();
-      ThrowRemus(env, "ERR_NETBUF", "cannot bind netfilter queue " + std::to_string(queueNum_) + ": " + why);
+      ThrowRemus(env, ErrCode::kNetbuf, "cannot bind netfilter queue " + std::to_string(queueNum_) + ": " + why);
       return;
     }
     ids_ = Napi::Persistent(Napi::Uint32Array::New(env, batchMax_));
@@ -288,7 +288,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
 
   bool IsOpen(const Napi::CallbackInfo& info) {
     if (q_ == nullptr) {
-      ThrowRemus(info.Env(), "ERR_NETBUF", "netfilter queue " + std::to_string(queueNum_) + " is closed");
+      ThrowRemus(info.Env(), ErrCode::kNetbuf, "netfilter queue " + std::to_string(queueNum_) + " is closed");
       return false;
     }
     return true;
@@ -315,7 +315,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     uint32_t id = info[0].As<Napi::Number>().Uint32Value();
     uint32_t verdict = info[1].As<Napi::Boolean>().Value() ? NF_ACCEPT : NF_DROP;
     if (nfq_set_verdict_batch(q_, id, verdict) < 0) {
-      ThrowRemus(env, "ERR_NETBUF", Errno("nfq_set_verdict_batch"));
+      ThrowRemus(env, ErrCode::kNetbuf, Errno("nfq_set_verdict_batch"));
       return env.Undefined();
     }
     verdictMsgs_++;
@@ -381,7 +381,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
         return true;
       }
       if (n < 0 && errno == EINTR) continue;
-      ThrowRemus(env, "ERR_NETBUF", n < 0 ? Errno("sendto (verdicts)") : "sendto (verdicts): short write");
+      ThrowRemus(env, ErrCode::kNetbuf, n < 0 ? Errno("sendto (verdicts)") : "sendto (verdicts): short write");
       return false;
     }
   }
@@ -456,7 +456,7 @@ Napi::Value SendRawIp(const Napi::CallbackInfo& info) {
       std::string why = std::string("enter network namespace ") + netns + ": " + std::strerror(errno);
       if (origNs >= 0) close(origNs);
       if (targetNs >= 0) close(targetNs);
-      ThrowRemus(env, "ERR_NETBUF", why);
+      ThrowRemus(env, ErrCode::kNetbuf, why);
       return env.Undefined();
     }
   }
@@ -467,7 +467,7 @@ Napi::Value SendRawIp(const Napi::CallbackInfo& info) {
     close(origNs);
     close(targetNs);
   }
-  if (fd < 0) { ThrowRemus(env, "ERR_NETBUF", std::string("raw socket: ") + std::strerror(socketErrno)); return env.Undefined(); }
+  if (fd < 0) { ThrowRemus(env, ErrCode::kNetbuf, std::string("raw socket: ") + std::strerror(socketErrno)); return env.Undefined(); }
   sockaddr_storage to{};
   socklen_t toLen;
   if (v6) {
@@ -485,7 +485,7 @@ Napi::Value SendRawIp(const Napi::CallbackInfo& info) {
   int sendErrno = errno;
   close(fd);
   if (n != static_cast<ssize_t>(len)) {
-    ThrowRemus(env, "ERR_NETBUF", std::string("raw sendto: ") + (n < 0 ? std::strerror(sendErrno) : "short write"));
+    ThrowRemus(env, ErrCode::kNetbuf, std::string("raw sendto: ") + (n < 0 ? std::strerror(sendErrno) : "short write"));
   }
   return env.Undefined();
 }

@@ -32,14 +32,10 @@ constexpr uint32_t kBadDomid = 0xffffffffu;
 void ThrowXenErrno(Napi::Env env, const char* fn, int err, const std::string& what) {
   std::string msg = std::string(fn) + " failed" + (what.empty() ? "" : " (" + what + ")") + ": " +
                     std::strerror(err) + " (errno " + std::to_string(err) + ")";
-  AddonData* data = GetAddonData(env);
-  if (data->errorClass.IsEmpty()) return ThrowRemus(env, "ERR_XEN", msg);
   Napi::Object details = Napi::Object::New(env);
   details.Set("fn", fn);
   details.Set("errno", err);
-  Napi::Value e = data->errorClass.New({Napi::String::New(env, "ERR_XEN"), Napi::String::New(env, msg), details});
-  if (env.IsExceptionPending()) return;
-  Napi::Error(env, e).ThrowAsJavaScriptException();
+  ThrowRemus(env, ErrCode::kXen, msg, details);
 }
 
 // The guest's pfn -> mfn table (PV only: HVM/PVH gfns are mapped directly).

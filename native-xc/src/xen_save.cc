@@ -29,7 +29,7 @@ std::string Fail(const char* fn, int err, const std::string& what = "") {
          " (errno " + std::to_string(err) + ")";
 }
 
-void ThrowXen(Napi::Env env, const std::string& msg) { ThrowRemus(env, "ERR_XEN", msg); }
+void ThrowXen(Napi::Env env, const std::string& msg) { ThrowRemus(env, ErrCode::kXen, msg); }
 
 struct Handles {
   xc_interface* xch = nullptr;
@@ -105,14 +105,14 @@ Napi::Value DomainInfo(const Napi::CallbackInfo& info) {
     if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, QuietLogger()) != 0) return ThrowXen(env, Fail("libxl_ctx_alloc", errno)), env.Undefined();
     int rc = libxl_name_to_domid(ctx, info[0].As<Napi::String>().Utf8Value().c_str(), &domid);
     libxl_ctx_free(ctx);
-    if (rc != 0) return ThrowRemus(env, "ERR_NO_DOMAIN", "no Xen domain is named " + info[0].As<Napi::String>().Utf8Value()), env.Undefined();
+    if (rc != 0) return ThrowRemus(env, ErrCode::kNoDomain, "no Xen domain is named " + info[0].As<Napi::String>().Utf8Value()), env.Undefined();
   } else {
     domid = ArgDomid(info, 0);
     if (domid == 0xffffffffu) return ThrowType(env, "xenDomainInfo(name: string | domid: number)"), env.Undefined();
   }
   xc_dominfo_t i;
   if (xc_domain_getinfo(Js().xch, domid, 1, &i) != 1 || i.domid != domid)
-    return ThrowRemus(env, "ERR_NO_DOMAIN", "no Xen domain with id " + std::to_string(domid)), env.Undefined();
+    return ThrowRemus(env, ErrCode::kNoDomain, "no Xen domain with id " + std::to_string(domid)), env.Undefined();
   Napi::Object r = Napi::Object::New(env);
   r.Set("domid", domid);
   r.Set("dying", static_cast<bool>(i.dying));
@@ -316,7 +316,7 @@ Napi::Value MakePipe(const Napi::CallbackInfo& info) {
   // O_CLOEXEC: a receiver spawned with the read end must not inherit the write end too,
   // or it never sees the end of the stream (and never fails over).
   int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return ThrowRemus(env, "ERR_IO", Fail("pipe2", errno)), env.Undefined();
+  if (pipe2(fds, O_CLOEXEC) != 0) return ThrowRemus(env, ErrCode::kIo, Fail("pipe2", errno)), env.Undefined();
   Napi::Array a = Napi::Array::New(env, 2);
   a.Set(0u, fds[0]);
   a.Set(1u, fds[1]);

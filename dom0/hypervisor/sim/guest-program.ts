@@ -145,7 +145,7 @@ class TraceReplay {
   static open(file: string, guestPages: number): TraceReplay {
     let fd: number;
     try { fd = fs.openSync(file, 'r'); } catch (e) {
-      throw new RemusError(ErrorCode.IO, `cannot open trace ${file}: ${(e as Error).message}`);
+      throw new RemusError(ErrorCode.IO, `cannot open trace ${file}: ${(e as Error).message}`, {}, { cause: e });
     }
     const h = Buffer.alloc(24);
     fs.readSync(fd, h, 0, 24, 0);

@@ -128,7 +128,7 @@ export class SimDomain implements Domain {
     Atomics.notify(c, C_STATE);
     const deadline = performance.now() + (this.o.suspendTimeoutMs ?? 2000);
     while (Atomics.load(c, C_STATE) !== PAUSED) {
-      if (this.workerError) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} died: ${this.workerError.message}`);
+      if (this.workerError) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} died: ${this.workerError.message}`, {}, { cause: this.workerError });
       if (performance.now() > deadline) {
         // Withdraw the request so that the guest runs on; it may have stopped just now.
         if (Atomics.compareExchange(c, C_STATE, PAUSE_REQ, RUN) === PAUSED) break;

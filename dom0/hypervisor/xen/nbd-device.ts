@@ -35,7 +35,7 @@ function run(argv: string[], timeoutMs: number): Promise<void> {
     let err = '';
     p.stderr!.on('data', (d: Buffer) => { if (err.length < 4096) err += d.toString('utf8'); });
     const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', (e) => { clearTimeout(timer); reject(new RemusError(ErrorCode.IO, `${argv[0]}: ${e.message}`)); });
+    p.on('error', (e) => { clearTimeout(timer); reject(new RemusError(ErrorCode.IO, `${argv[0]}: ${e.message}`, {}, { cause: e })); });
     p.on('exit', (code, sig) => {
       clearTimeout(timer);
       if (code === 0) resolve();
@@ -61,8 +61,8 @@ export function deviceFlusher(device: string): { flush(): Promise<void>; close()
   let fh: fs.promises.FileHandle | null = null;
   return {
     flush: async () => {
-      fh ??= await fs.promises.open(device, 'r').catch((e: Error) => { throw new RemusError(ErrorCode.IO, `cannot open ${device} to flush it: ${e.message}`); });
-      await fh.datasync().catch((e: Error) => { throw new RemusError(ErrorCode.IO, `flushing ${device}: ${e.message}`); });
+      fh ??= await fs.promises.open(device, 'r').catch((e: Error) => { throw new RemusError(ErrorCode.IO, `cannot open ${device} to flush it: ${e.message}`, {}, { cause: e }); });
+      await fh.datasync().catch((e: Error) => { throw new RemusError(ErrorCode.IO, `flushing ${device}: ${e.message}`, {}, { cause: e }); });
     },
     close: async () => { await fh?.close(); fh = null; },
   };

@@ -70,7 +70,7 @@ class SaveRun {
       if (this.checkpoints.failed) return;
       try { splitter.push(chunk); } catch (e) { this.fail(e as Error); }
     });
-    this.socket.on('error', (e) => this.fail(new RemusError(ErrorCode.XEN, `reading libxc's stream: ${e.message}`)));
+    this.socket.on('error', (e) => this.fail(new RemusError(ErrorCode.XEN, `reading libxc's stream: ${e.message}`, {}, { cause: e })));
     this.result = x.xenSaveCheckpointed(domid, wfd, (kind, done) => dispatch(this, { kind, done })).then((r) => {
       this.ended = true;
       fs.closeSync(wfd); // the reader sees the end of the stream

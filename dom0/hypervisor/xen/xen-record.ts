@@ -101,10 +101,10 @@ export function enableLogdirty(addon: XenLogdirtyAddon, domid: number, name: str
   } catch (e) {
     const errno = (e as RemusError).details?.errno;
     if (errno === EINVAL) {
-      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON}, or it has passthrough devices (${(e as Error).message})`, { domid, errno });
+      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON}, or it has passthrough devices (${(e as Error).message})`, { domid, errno }, { cause: e });
     }
     if (errno === EOPNOTSUPP) {
-      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`, { domid, errno });
+      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`, { domid, errno }, { cause: e });
     }
     throw e;
   }

@@ -12,7 +12,11 @@ export class BlockFile {
   private flushing = false;
   readonly sizeBytes: number;
 
-  private constructor(readonly path: string, fd: number, sizeBytes: number) {
+  private constructor(
+    readonly path: string,
+    fd: number,
+    sizeBytes: number,
+  ) {
     this.fd = fd;
     this.sizeBytes = sizeBytes;
   }
@@ -20,7 +24,9 @@ export class BlockFile {
   /** Opens an existing image read-write. */
   static open(path: string): BlockFile {
     let fd: number;
-    try { fd = fs.openSync(path, 'r+'); } catch (e) {
+    try {
+      fd = fs.openSync(path, 'r+');
+    } catch (e) {
       throw new RemusError(ErrorCode.IO, `cannot open disk image ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     return new BlockFile(path, fd, fs.fstatSync(fd).size);
@@ -51,7 +57,10 @@ export class BlockFile {
     let done = 0;
     while (done < into.length) {
       const n = this.io(() => fs.readSync(this.fd, into, done, into.length - done, offsetBytes + done));
-      if (n === 0) { into.fill(0, done); return; }
+      if (n === 0) {
+        into.fill(0, done);
+        return;
+      }
       done += n;
     }
   }
@@ -59,7 +68,8 @@ export class BlockFile {
   write(offsetBytes: number, data: Uint8Array): void {
     this.check(offsetBytes, data.length);
     let done = 0;
-    while (done < data.length) done += this.io(() => fs.writeSync(this.fd, data, done, data.length - done, offsetBytes + done));
+    while (done < data.length)
+      done += this.io(() => fs.writeSync(this.fd, data, done, data.length - done, offsetBytes + done));
   }
 
   zero(offsetBytes: number, lengthBytes: number): void {
@@ -69,13 +79,21 @@ export class BlockFile {
     }
   }
 
-  flush(): void { this.io(() => { fs.fdatasyncSync(this.fd); return 0; }); }
+  flush(): void {
+    this.io(() => {
+      fs.fdatasyncSync(this.fd);
+      return 0;
+    });
+  }
 
   /** Starts an fdatasync on the thread pool; a failure is reported to onError (and the next flush() throws it again). */
   flushSoon(onError: (e: Error) => void = () => {}): void {
     if (this.fd < 0 || this.flushing) return;
     this.flushing = true;
-    fs.fdatasync(this.fd, (e) => { this.flushing = false; if (e) onError(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`, {}, { cause: e })); });
+    fs.fdatasync(this.fd, (e) => {
+      this.flushing = false;
+      if (e) onError(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`, {}, { cause: e }));
+    });
   }
 
   /** Idempotent. */
@@ -87,11 +105,16 @@ export class BlockFile {
 
   private check(offsetBytes: number, lengthBytes: number): void {
     assert(this.fd >= 0, 'block file is closed');
-    assert(Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && offsetBytes + lengthBytes <= this.sizeBytes, 'disk range');
+    assert(
+      Number.isSafeInteger(offsetBytes) && offsetBytes >= 0 && offsetBytes + lengthBytes <= this.sizeBytes,
+      'disk range',
+    );
   }
 
   private io(f: () => number): number {
-    try { return f(); } catch (e) {
+    try {
+      return f();
+    } catch (e) {
       throw new RemusError(ErrorCode.IO, `disk image ${this.path}: ${(e as Error).message}`, {}, { cause: e });
     }
   }

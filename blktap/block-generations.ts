@@ -17,15 +17,23 @@ export class BlockGenerations {
     assert(this.gens.length === this.blocks, 'generation array size');
   }
 
-  get buffer(): SharedArrayBuffer { return this.gens.buffer as SharedArrayBuffer; }
+  get buffer(): SharedArrayBuffer {
+    return this.gens.buffer as SharedArrayBuffer;
+  }
 
-  get(block: number): number { return Atomics.load(this.gens, block); }
+  get(block: number): number {
+    return Atomics.load(this.gens, block);
+  }
 
   /** Before the local write (the counters become odd). */
-  beginWrite(offsetBytes: number, lengthBytes: number): void { this.bump(offsetBytes, lengthBytes); }
+  beginWrite(offsetBytes: number, lengthBytes: number): void {
+    this.bump(offsetBytes, lengthBytes);
+  }
 
   /** After the write was forwarded (even again). */
-  endWrite(offsetBytes: number, lengthBytes: number): void { this.bump(offsetBytes, lengthBytes); }
+  endWrite(offsetBytes: number, lengthBytes: number): void {
+    this.bump(offsetBytes, lengthBytes);
+  }
 
   private bump(offsetBytes: number, lengthBytes: number): void {
     if (lengthBytes === 0) return;

@@ -6,7 +6,10 @@ import type { Clock } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 
 /** A disk to read from: the primary's own, or the backup's copy. */
-export interface DiskSource { readonly sizeBytes: number; read(offsetBytes: number, into: Uint8Array): void; }
+export interface DiskSource {
+  readonly sizeBytes: number;
+  read(offsetBytes: number, into: Uint8Array): void;
+}
 
 /** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
 export function diskChecksum(source: DiskSource): number {
@@ -24,7 +27,8 @@ export function diskChecksum(source: DiskSource): number {
 export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
   const buf = new Uint8Array(1024 * 1024);
   return new Promise((resolve, reject) => {
-    let crc = 0, off = 0;
+    let crc = 0,
+      off = 0;
     const step = (): void => {
       try {
         for (let n = 0; n < 8 && off < source.sizeBytes; n++, off += buf.length) {
@@ -32,8 +36,12 @@ export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'
           source.read(off, piece);
           crc = loadAddon().crc32c(piece, crc);
         }
-      } catch (e) { reject(e); return; }
-      if (off >= source.sizeBytes) resolve(crc); else clock.defer(step);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      if (off >= source.sizeBytes) resolve(crc);
+      else clock.defer(step);
     };
     step();
   });

@@ -21,7 +21,11 @@ export interface DiskTarget {
   flushSoon?(): void;
 }
 
-export interface CommitResult { writes: number; bytes: number; flushed: boolean; }
+export interface CommitResult {
+  writes: number;
+  bytes: number;
+  flushed: boolean;
+}
 
 /** Per held write: the bytes it costs (data, or a fixed amount for data-less records). */
 const RECORD_COST_BYTES = 64;
@@ -33,16 +37,25 @@ export class EpochBuffer {
 
   constructor(readonly bytesMax: number) {}
 
-  get bytes(): number { return this.heldBytes; }
-  get writes(): number { return this.held.length; }
+  get bytes(): number {
+    return this.heldBytes;
+  }
+  get writes(): number {
+    return this.held.length;
+  }
 
   /** Holds one write; epochs never go backwards and are later than the last committed one. */
   add(w: DiskWrite, committed: number | null): void {
-    if (committed !== null && w.epoch <= committed) throw protocolError(`DISK_WRITE for epoch ${w.epoch}, which is already committed (${committed})`);
-    if (w.epoch < this.lastEpoch) throw protocolError(`DISK_WRITE for epoch ${w.epoch} after one for epoch ${this.lastEpoch}`);
+    if (committed !== null && w.epoch <= committed)
+      throw protocolError(`DISK_WRITE for epoch ${w.epoch}, which is already committed (${committed})`);
+    if (w.epoch < this.lastEpoch)
+      throw protocolError(`DISK_WRITE for epoch ${w.epoch} after one for epoch ${this.lastEpoch}`);
     const cost = (w.data?.length ?? 0) + RECORD_COST_BYTES;
     if (this.heldBytes + cost > this.bytesMax) {
-      throw new RemusError(ErrorCode.DISK_BUFFER_FULL, `the backup holds ${this.heldBytes} bytes of unacknowledged disk writes; ${cost} more would pass its limit of ${this.bytesMax} (raise --disk-buffer on the backup)`);
+      throw new RemusError(
+        ErrorCode.DISK_BUFFER_FULL,
+        `the backup holds ${this.heldBytes} bytes of unacknowledged disk writes; ${cost} more would pass its limit of ${this.bytesMax} (raise --disk-buffer on the backup)`,
+      );
     }
     this.lastEpoch = w.epoch;
     this.held.push({ ...w, data: w.data ? Buffer.from(w.data) : null });
@@ -51,7 +64,9 @@ export class EpochBuffer {
 
   /** Applies every held write of epochs ≤ epoch, in arrival order; flushes when one asked for durability. */
   commit(epoch: number, target: DiskTarget): CommitResult {
-    let n = 0, bytes = 0, durable = false;
+    let n = 0,
+      bytes = 0,
+      durable = false;
     while (n < this.held.length && this.held[n].epoch <= epoch) {
       const w = this.held[n++];
       if (applyWrite(w, target)) durable = true;
@@ -65,7 +80,9 @@ export class EpochBuffer {
 
   /** Forgets everything held (failover, or a new session). Returns the ranges dropped. */
   discard(): Array<{ offsetBytes: number; lengthBytes: number }> {
-    const dropped = this.held.filter((w) => w.lengthBytes > 0).map((w) => ({ offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes }));
+    const dropped = this.held
+      .filter((w) => w.lengthBytes > 0)
+      .map((w) => ({ offsetBytes: w.offsetBytes, lengthBytes: w.lengthBytes }));
     this.held = [];
     this.heldBytes = 0;
     this.lastEpoch = 0;

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { assert, assertInt } from '../dom0/assert';
 import { ErrorCode, RemusError } from '../dom0/errors';
-import { DiskTap, NO_OP_TAP } from './disk-tap';
+import { type DiskTap, NO_OP_TAP } from './disk-tap';
 import type { BlockGenerations } from './block-generations';
 import { SocketReader } from './socket-reader';
 import * as W from './nbd-wire';
@@ -98,7 +98,10 @@ interface ServerConfig {
 }
 
 /** The answer to a request: an NBD error (0 = ok) and the data of a successful READ. */
-interface Outcome { error: number; data: Buffer | null; }
+interface Outcome {
+  error: number;
+  data: Buffer | null;
+}
 
 const ZERO_CHUNK_BYTES = 1024 * 1024;
 const ZEROS = Buffer.alloc(ZERO_CHUNK_BYTES);
@@ -110,12 +113,16 @@ function clientError(message: string): RemusError {
 
 export class NbdServer {
   private readonly server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
-  private readonly connections = new Set<NbdConnection>();   // insertion order: oldest first
+  private readonly connections = new Set<NbdConnection>(); // insertion order: oldest first
   private readonly logLimiter: LogLimiter;
   private closing = false;
 
-  private constructor(readonly config: ServerConfig, readonly file: fs.promises.FileHandle,
-    readonly sizeBytes: number, log: (m: string) => void) {
+  private constructor(
+    readonly config: ServerConfig,
+    readonly file: fs.promises.FileHandle,
+    readonly sizeBytes: number,
+    log: (m: string) => void,
+  ) {
     this.logLimiter = new LogLimiter(log, config.limits.logLinesPerSecondMax);
   }
 
@@ -126,26 +133,43 @@ export class NbdServer {
     assert((minBlockBytes & (minBlockBytes - 1)) === 0, 'minBlockBytes must be a power of 2');
     const limits = resolveLimits(o.limits);
     const { fh, sizeBytes } = await openImage(o.imagePath, o.readOnly);
-    const config = { exportName: o.exportName, readOnly: o.readOnly, minBlockBytes, tap: o.tap ?? NO_OP_TAP,
-      generations: o.generations, limits };
+    const config = {
+      exportName: o.exportName,
+      readOnly: o.readOnly,
+      minBlockBytes,
+      tap: o.tap ?? NO_OP_TAP,
+      generations: o.generations,
+      limits,
+    };
     return new NbdServer(config, fh, sizeBytes, o.log ?? (() => undefined));
   }
 
-  get limits(): Readonly<NbdLimits> { return this.config.limits; }
+  get limits(): Readonly<NbdLimits> {
+    return this.config.limits;
+  }
 
   listen(host: string, port: number): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', (e) => reject(
-        new RemusError(ErrorCode.IO, `NBD server cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e })));
+      this.server.once('error', (e) =>
+        reject(
+          new RemusError(ErrorCode.IO, `NBD server cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e }),
+        ),
+      );
       this.server.listen(port, host, () => resolve((this.server.address() as net.AddressInfo).port));
     });
   }
 
-  get connectionCount(): number { return this.connections.size; }
+  get connectionCount(): number {
+    return this.connections.size;
+  }
 
   stats(): NbdStats {
-    const s: NbdStats = { connections: this.connections.size, handshaking: 0, requestsInFlight: 0,
-      requestBytesInFlight: 0 };
+    const s: NbdStats = {
+      connections: this.connections.size,
+      handshaking: 0,
+      requestsInFlight: 0,
+      requestBytesInFlight: 0,
+    };
     for (const c of this.connections) {
       if (c.handshaking) s.handshaking++;
       s.requestsInFlight += c.requestsInFlight;
@@ -154,10 +178,14 @@ export class NbdServer {
     return s;
   }
 
-  accepts(name: string): boolean { return name === '' || name === this.config.exportName; }
+  accepts(name: string): boolean {
+    return name === '' || name === this.config.exportName;
+  }
 
   /** Logs through the rate limit (logLinesPerSecondMax): a flood of bad clients cannot flood the log. */
-  log(message: string): void { this.logLimiter.line(message); }
+  log(message: string): void {
+    this.logLimiter.line(message);
+  }
 
   /** Stops accepting, lets in-flight requests finish, closes every connection, then the file. */
   async close(): Promise<void> {
@@ -173,7 +201,8 @@ export class NbdServer {
     socket.on('error', () => undefined);
     const full = this.connections.size >= this.limits.connectionsMax;
     if (this.closing || (full && !this.evictOldestHandshake())) {
-      const why = this.closing ? 'closing'
+      const why = this.closing
+        ? 'closing'
         : `${this.limits.connectionsMax} connections (connectionsMax), none haggling`;
       this.log(`NBD: refusing ${socket.remoteAddress}:${socket.remotePort}: ${why}`);
       socket.destroy();
@@ -210,7 +239,10 @@ class NbdConnection {
   private stopping = false;
   private finished: Promise<void> = Promise.resolve();
 
-  constructor(private readonly srv: NbdServer, private readonly socket: net.Socket) {
+  constructor(
+    private readonly srv: NbdServer,
+    private readonly socket: net.Socket,
+  ) {
     this.who = `${socket.remoteAddress}:${socket.remotePort}`;
     this.limits = srv.limits;
     this.reader = new SocketReader(socket, this.limits.receiveBufferBytesMax);
@@ -249,15 +281,18 @@ class NbdConnection {
     } finally {
       this.handshaking = false;
       await Promise.allSettled([...this.executing]);
-      if (hard) this.socket.destroy(); else await this.endGracefully();
+      if (hard) this.socket.destroy();
+      else await this.endGracefully();
     }
   }
 
   /** Logs why the connection ends; true when it must be dropped rather than closed gracefully. */
   private mustDrop(e: unknown): boolean {
-    if (e instanceof RemusError && e.code === ErrorCode.PEER_GONE) return false;   // EOF: flush replies, close
-    const err = e instanceof RemusError ? e
-      : new RemusError(ErrorCode.INTERNAL, `internal error: ${(e as Error)?.stack ?? String(e)}`, {}, { cause: e });
+    if (e instanceof RemusError && e.code === ErrorCode.PEER_GONE) return false; // EOF: flush replies, close
+    const err =
+      e instanceof RemusError
+        ? e
+        : new RemusError(ErrorCode.INTERNAL, `internal error: ${(e as Error)?.stack ?? String(e)}`, {}, { cause: e });
     this.srv.log(`NBD ${this.who}: disconnecting (${err.code}): ${err.message}`);
     return true;
   }
@@ -267,7 +302,10 @@ class NbdConnection {
     if (this.socket.destroyed) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.socket.destroy(), this.limits.closeGraceMs);
-      this.socket.once('close', () => { clearTimeout(timer); resolve(); });
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
       this.socket.end();
     });
   }
@@ -309,7 +347,9 @@ class NbdConnection {
       throw clientError(`option ${opt} carries ${len} bytes (optionBytesMax ${this.limits.optionBytesMax})`);
     }
     const data = len > 0 ? await this.reader.read(len) : Buffer.alloc(0);
-    const reply = (type: number, d?: Buffer): void => { this.socket.write(W.optionReply(opt, type, d)); };
+    const reply = (type: number, d?: Buffer): void => {
+      this.socket.write(W.optionReply(opt, type, d));
+    };
     switch (opt) {
       case W.OPT.EXPORT_NAME:
         return this.exportName(data.toString('utf8'), noZeroes);
@@ -318,7 +358,10 @@ class NbdConnection {
         this.socket.end();
         return false;
       case W.OPT.LIST:
-        if (len !== 0) { reply(W.REP.ERR_INVALID); return null; }
+        if (len !== 0) {
+          reply(W.REP.ERR_INVALID);
+          return null;
+        }
         reply(W.REP.SERVER, W.serverEntry(this.srv.config.exportName));
         reply(W.REP.ACK);
         return null;
@@ -343,8 +386,14 @@ class NbdConnection {
   /** NBD_OPT_INFO / NBD_OPT_GO: the INFO replies and the ACK; false after an error reply. */
   private info(data: Buffer, reply: (type: number, d?: Buffer) => void): boolean {
     const req = W.parseInfoRequest(data);
-    if (!req) { reply(W.REP.ERR_INVALID); return false; }
-    if (!this.srv.accepts(req.name)) { reply(W.REP.ERR_UNKNOWN); return false; }
+    if (!req) {
+      reply(W.REP.ERR_INVALID);
+      return false;
+    }
+    if (!this.srv.accepts(req.name)) {
+      reply(W.REP.ERR_UNKNOWN);
+      return false;
+    }
     reply(W.REP.INFO, W.infoExport(this.srv.sizeBytes, W.transmissionFlags(this.srv.config.readOnly)));
     if (req.infos.includes(W.INFO.NAME)) reply(W.REP.INFO, W.infoName(this.srv.config.exportName));
     if (req.infos.includes(W.INFO.BLOCK_SIZE)) reply(W.REP.INFO, W.infoBlockSize(this.srv.config.minBlockBytes));
@@ -376,10 +425,15 @@ class NbdConnection {
    * a client that does not read its replies stops being read: TCP pushes back, memory does not grow.
    */
   private async admit(costBytes: number): Promise<void> {
-    while (this.requestsInFlight > 0 && (this.requestsInFlight >= this.limits.requestsInFlightMax
-      || this.requestBytesInFlight + costBytes > this.limits.requestBytesInFlightMax)) {
+    while (
+      this.requestsInFlight > 0 &&
+      (this.requestsInFlight >= this.limits.requestsInFlightMax ||
+        this.requestBytesInFlight + costBytes > this.limits.requestBytesInFlightMax)
+    ) {
       if (this.socket.destroyed) throw new RemusError(ErrorCode.PEER_GONE, `NBD client ${this.who}: connection closed`);
-      await new Promise<void>((r) => { this.wake = r; });
+      await new Promise<void>((r) => {
+        this.wake = r;
+      });
     }
     this.requestsInFlight++;
     this.requestBytesInFlight += costBytes;
@@ -400,14 +454,22 @@ class NbdConnection {
   private start(req: W.Request, error: number, payload: Buffer | null, costBytes: number): void {
     const p: Promise<void> = this.execute(req, error, payload)
       .then((r) => this.send(req.cookie, r.error, r.data, () => this.release(costBytes)))
-      .catch((e: unknown) => { this.mustDrop(e); this.socket.destroy(); })
-      .finally(() => { this.executing.delete(p); });
+      .catch((e: unknown) => {
+        this.mustDrop(e);
+        this.socket.destroy();
+      })
+      .finally(() => {
+        this.executing.delete(p);
+      });
     this.executing.add(p);
   }
 
   /** Queues a simple reply; `sent` runs once it is in the kernel (or can never be sent). */
   private send(cookie: bigint, error: number, data: Buffer | null, sent: () => void): void {
-    if (this.socket.destroyed || this.socket.writableEnded) { sent(); return; }
+    if (this.socket.destroyed || this.socket.writableEnded) {
+      sent();
+      return;
+    }
     const h = W.simpleReply(error, cookie);
     if (data && error === 0 && data.length > 0) {
       this.socket.cork();
@@ -451,7 +513,9 @@ class NbdConnection {
           await writeFully(fh, payload!, req.offset);
           if (fua) await fh.datasync();
           await tap.onWrite(req.offset, payload!, fua);
-        } finally { gens?.endWrite(req.offset, req.length); }
+        } finally {
+          gens?.endWrite(req.offset, req.length);
+        }
         return null;
       case W.CMD.FLUSH:
         await fh.datasync();
@@ -472,7 +536,9 @@ class NbdConnection {
       if (fua) await this.srv.file.datasync();
       if (req.type === W.CMD.TRIM) await tap.onTrim(req.offset, req.length, fua);
       else await tap.onWriteZeroes(req.offset, req.length, fua);
-    } finally { gens?.endWrite(req.offset, req.length); }
+    } finally {
+      gens?.endWrite(req.offset, req.length);
+    }
   }
 
   /**
@@ -490,20 +556,28 @@ class NbdConnection {
     if (t === W.CMD.READ && req.length > W.MAX_BLOCK_BYTES) return W.NBD_ERR.EINVAL;
     const b = this.srv.config.minBlockBytes;
     const aligned = req.length % b === 0 && (!Number.isFinite(req.offset) || req.offset % b === 0);
-    if (!aligned) return W.NBD_ERR.EINVAL;                        // an offset ≥ 2^53 fails the range check
+    if (!aligned) return W.NBD_ERR.EINVAL; // an offset ≥ 2^53 fails the range check
     if (req.offset + req.length <= this.srv.sizeBytes) return 0;
     return t === W.CMD.WRITE || t === W.CMD.WRITE_ZEROES ? W.NBD_ERR.ENOSPC : W.NBD_ERR.EINVAL;
   }
 }
 
-interface OpenImage { fh: fs.promises.FileHandle; sizeBytes: number; }
+interface OpenImage {
+  fh: fs.promises.FileHandle;
+  sizeBytes: number;
+}
 
 async function openImage(imagePath: string, readOnly: boolean): Promise<OpenImage> {
   let fh: fs.promises.FileHandle;
   try {
     fh = await fs.promises.open(imagePath, readOnly ? 'r' : 'r+');
   } catch (e) {
-    throw new RemusError(ErrorCode.IO, `cannot open disk image ${imagePath}: ${(e as Error).message}`, {}, { cause: e });
+    throw new RemusError(
+      ErrorCode.IO,
+      `cannot open disk image ${imagePath}: ${(e as Error).message}`,
+      {},
+      { cause: e },
+    );
   }
   const st = await fh.stat();
   if (!st.isFile() || st.size === 0) {
@@ -526,12 +600,21 @@ class LogLimiter {
   private linesInWindow = 0;
   private dropped = 0;
 
-  constructor(private readonly sink: (m: string) => void, private readonly perSecond: number) {}
+  constructor(
+    private readonly sink: (m: string) => void,
+    private readonly perSecond: number,
+  ) {}
 
   line(message: string): void {
     const now = Date.now();
-    if (now - this.windowStartMs >= 1000) { this.windowStartMs = now; this.linesInWindow = 0; }
-    if (this.linesInWindow >= this.perSecond) { this.dropped++; return; }
+    if (now - this.windowStartMs >= 1000) {
+      this.windowStartMs = now;
+      this.linesInWindow = 0;
+    }
+    if (this.linesInWindow >= this.perSecond) {
+      this.dropped++;
+      return;
+    }
     this.linesInWindow++;
     const note = this.dropped > 0 ? ` (${this.dropped} earlier lines dropped: logLinesPerSecondMax)` : '';
     this.dropped = 0;
@@ -560,14 +643,20 @@ async function readFully(fh: fs.promises.FileHandle, buf: Buffer, offset: number
   if (buf.length <= SYNC_IO_MAX_BYTES) {
     while (done < buf.length) {
       const n = fs.readSync(fh.fd, buf, done, buf.length - done, offset + done);
-      if (n === 0) { buf.fill(0, done); return; }
+      if (n === 0) {
+        buf.fill(0, done);
+        return;
+      }
       done += n;
     }
     return;
   }
   while (done < buf.length) {
     const { bytesRead } = await fh.read(buf, done, buf.length - done, offset + done);
-    if (bytesRead === 0) { buf.fill(0, done); return; }   // file shrank under us: zeros past its end
+    if (bytesRead === 0) {
+      buf.fill(0, done);
+      return;
+    } // file shrank under us: zeros past its end
     done += bytesRead;
   }
 }

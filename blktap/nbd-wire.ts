@@ -1,8 +1,8 @@
 // nbd-wire: constants and byte layouts of the NBD protocol subset remusdb serves
 // (docs/nbd.md). Pure encoders/decoders, no I/O, so the server stays small and testable.
 
-export const NBD_MAGIC = 0x4e42444d41474943n;          // "NBDMAGIC"
-export const IHAVEOPT = 0x49484156454f5054n;           // "IHAVEOPT"
+export const NBD_MAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
+export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"
 export const OPT_REPLY_MAGIC = 0x0003e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
@@ -14,14 +14,24 @@ export const CLIENT_FLAG_NO_ZEROES = 1 << 1;
 
 export const OPT = { EXPORT_NAME: 1, ABORT: 2, LIST: 3, STARTTLS: 5, INFO: 6, GO: 7 } as const;
 export const REP = {
-  ACK: 1, SERVER: 2, INFO: 3,
-  ERR_UNSUP: 0x80000001, ERR_POLICY: 0x80000002, ERR_INVALID: 0x80000003, ERR_UNKNOWN: 0x80000006,
+  ACK: 1,
+  SERVER: 2,
+  INFO: 3,
+  ERR_UNSUP: 0x80000001,
+  ERR_POLICY: 0x80000002,
+  ERR_INVALID: 0x80000003,
+  ERR_UNKNOWN: 0x80000006,
 } as const;
 export const INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
 
 export const TX_FLAG = {
-  HAS_FLAGS: 1 << 0, READ_ONLY: 1 << 1, SEND_FLUSH: 1 << 2, SEND_FUA: 1 << 3,
-  SEND_TRIM: 1 << 5, SEND_WRITE_ZEROES: 1 << 6, CAN_MULTI_CONN: 1 << 8,
+  HAS_FLAGS: 1 << 0,
+  READ_ONLY: 1 << 1,
+  SEND_FLUSH: 1 << 2,
+  SEND_FUA: 1 << 3,
+  SEND_TRIM: 1 << 5,
+  SEND_WRITE_ZEROES: 1 << 6,
+  CAN_MULTI_CONN: 1 << 8,
 } as const;
 
 export const CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, WRITE_ZEROES: 6 } as const;
@@ -37,8 +47,13 @@ export const PREFERRED_BLOCK_BYTES = 4096;
 export const MAX_BLOCK_BYTES = 32 * 1024 * 1024;
 
 export function transmissionFlags(readOnly: boolean): number {
-  const f = TX_FLAG.HAS_FLAGS | TX_FLAG.SEND_FLUSH | TX_FLAG.SEND_FUA | TX_FLAG.SEND_TRIM
-    | TX_FLAG.SEND_WRITE_ZEROES | TX_FLAG.CAN_MULTI_CONN;
+  const f =
+    TX_FLAG.HAS_FLAGS |
+    TX_FLAG.SEND_FLUSH |
+    TX_FLAG.SEND_FUA |
+    TX_FLAG.SEND_TRIM |
+    TX_FLAG.SEND_WRITE_ZEROES |
+    TX_FLAG.CAN_MULTI_CONN;
   return readOnly ? f | TX_FLAG.READ_ONLY : f;
 }
 
@@ -98,7 +113,10 @@ export function exportNameReply(sizeBytes: number, flags: number, noZeroes: bool
   return b;
 }
 
-export interface InfoRequest { name: string; infos: number[]; }
+export interface InfoRequest {
+  name: string;
+  infos: number[];
+}
 
 /** Parses NBD_OPT_INFO / NBD_OPT_GO data; null when the lengths do not add up. */
 export function parseInfoRequest(data: Buffer): InfoRequest | null {
@@ -113,7 +131,13 @@ export function parseInfoRequest(data: Buffer): InfoRequest | null {
   return { name, infos };
 }
 
-export interface Request { flags: number; type: number; cookie: bigint; offset: number; length: number; }
+export interface Request {
+  flags: number;
+  type: number;
+  cookie: bigint;
+  offset: number;
+  length: number;
+}
 
 /**
  * Decodes a 28-byte request header; null when the magic is wrong. Offsets beyond 2^53 become

@@ -14,11 +14,25 @@ import type { BlockGenerations } from './block-generations';
 import type { DiskSource } from './disk-source';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
-interface Tracked { crc: number; gen: number; epoch: number; }
+interface Tracked {
+  crc: number;
+  gen: number;
+  epoch: number;
+}
 
-export interface DiskRef { offsetBytes: number; crc32c: number; }
+export interface DiskRef {
+  offsetBytes: number;
+  crc32c: number;
+}
 
-export interface ReadTrackerStats { tracked: number; reads: number; lookups: number; refs: number; stale: number; mismatched: number; }
+export interface ReadTrackerStats {
+  tracked: number;
+  reads: number;
+  lookups: number;
+  refs: number;
+  stale: number;
+  mismatched: number;
+}
 
 export class ReadTracker {
   /** block → what was read there (insertion order = age, for the bound). */
@@ -29,11 +43,17 @@ export class ReadTracker {
   private crcs = new Uint32Array(64);
   private readonly counters = { reads: 0, lookups: 0, refs: 0, stale: 0, mismatched: 0 };
 
-  constructor(private readonly source: DiskSource, private readonly gens: BlockGenerations, readonly blocksMax: number) {
+  constructor(
+    private readonly source: DiskSource,
+    private readonly gens: BlockGenerations,
+    readonly blocksMax: number,
+  ) {
     assert(blocksMax >= 1 && gens.blocks * DISK_BLOCK_BYTES >= source.sizeBytes, 'read tracker options');
   }
 
-  stats(): ReadTrackerStats { return { tracked: this.byBlock.size, ...this.counters }; }
+  stats(): ReadTrackerStats {
+    return { tracked: this.byBlock.size, ...this.counters };
+  }
 
   /** A read of block completed in epoch with content crc, the generation stable and even across it. */
   onBlockRead(block: number, crc: number, gen: number, epoch: number): void {
@@ -67,12 +87,15 @@ export class ReadTracker {
     if (this.byCrc.size === 0) return null; // no checksum, no array
     const crcs = this.pageCrcs(pages);
     const refs = new Array<DiskRef | null>(n);
-    for (let i = 0; i < n; i++) refs[i] = this.matchOne(pages.subarray(i * DISK_BLOCK_BYTES, (i + 1) * DISK_BLOCK_BYTES), crcs[i], epoch);
+    for (let i = 0; i < n; i++)
+      refs[i] = this.matchOne(pages.subarray(i * DISK_BLOCK_BYTES, (i + 1) * DISK_BLOCK_BYTES), crcs[i], epoch);
     return refs;
   }
 
   /** The disk reference for one page, or null. */
-  match(page: Uint8Array, epoch: number): DiskRef | null { return this.matchPages(page, epoch)?.[0] ?? null; }
+  match(page: Uint8Array, epoch: number): DiskRef | null {
+    return this.matchPages(page, epoch)?.[0] ?? null;
+  }
 
   /** CRC32C of every page, in one addon call (the array is reused: read before the next call). */
   private pageCrcs(pages: Uint8Array): Uint32Array {
@@ -88,10 +111,21 @@ export class ReadTracker {
     if (block === undefined) return null;
     const t = this.byBlock.get(block);
     if (!t || t.crc !== crc || t.epoch > epoch) return null;
-    if (this.gens.get(block) !== t.gen) { this.counters.stale++; this.forget(block); return null; }
+    if (this.gens.get(block) !== t.gen) {
+      this.counters.stale++;
+      this.forget(block);
+      return null;
+    }
     this.source.read(block * DISK_BLOCK_BYTES, this.scratch);
-    if (this.gens.get(block) !== t.gen) { this.counters.stale++; this.forget(block); return null; }
-    if (Buffer.compare(this.scratch, page) !== 0) { this.counters.mismatched++; return null; }
+    if (this.gens.get(block) !== t.gen) {
+      this.counters.stale++;
+      this.forget(block);
+      return null;
+    }
+    if (Buffer.compare(this.scratch, page) !== 0) {
+      this.counters.mismatched++;
+      return null;
+    }
     this.counters.refs++;
     return { offsetBytes: block * DISK_BLOCK_BYTES, crc32c: crc };
   }

@@ -13,18 +13,30 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
 
   constructor(readonly target: Target) {}
 
-  get sizeBytes(): number { return this.target.sizeBytes; }
-  write(offsetBytes: number, data: Uint8Array): void { this.target.write(offsetBytes, data); }
-  read(offsetBytes: number, into: Uint8Array): void { this.target.read(offsetBytes, into); }
-  flush(): void { this.target.flush(); }
-  flushSoon(): void { (this.target.flushSoon ?? this.target.flush).call(this.target); }
+  get sizeBytes(): number {
+    return this.target.sizeBytes;
+  }
+  write(offsetBytes: number, data: Uint8Array): void {
+    this.target.write(offsetBytes, data);
+  }
+  read(offsetBytes: number, into: Uint8Array): void {
+    this.target.read(offsetBytes, into);
+  }
+  flush(): void {
+    this.target.flush();
+  }
+  flushSoon(): void {
+    (this.target.flushSoon ?? this.target.flush).call(this.target);
+  }
 
   holdFrom(bytesMax: number): void {
     if (this.held.bytesMax !== bytesMax) this.held = new EpochBuffer(bytesMax);
     this.held.discard();
   }
 
-  hold(w: DiskWrite, committed: number | null): void { this.held.add(w, committed); }
+  hold(w: DiskWrite, committed: number | null): void {
+    this.held.add(w, committed);
+  }
 
   commit(epoch: number): { writes: number; bytes: number } {
     const { writes, bytes } = this.held.commit(epoch, this.target);
@@ -35,7 +47,11 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     if (applyWrite(w, this.target)) this.flushSoon();
   }
 
-  discard(): DiskRange[] { return this.held.discard(); }
+  discard(): DiskRange[] {
+    return this.held.discard();
+  }
 
-  checksum(clock: Pick<Clock, 'defer'>): Promise<number> { return diskChecksumAsync(this.target, clock); }
+  checksum(clock: Pick<Clock, 'defer'>): Promise<number> {
+    return diskChecksumAsync(this.target, clock);
+  }
 }

@@ -10,7 +10,14 @@
 import { assert } from '../dom0/assert';
 import type { Clock, DiskLink, DiskPort } from '../dom0/ports';
 import {
-  DISK_RECORD_DATA_MAX, DW_FLUSH, DW_FUA, DW_ZEROES, Rec, diskSyncBody, diskSyncEndBody, diskWriteBody,
+  DISK_RECORD_DATA_MAX,
+  DW_FLUSH,
+  DW_FUA,
+  DW_ZEROES,
+  Rec,
+  diskSyncBody,
+  diskSyncEndBody,
+  diskWriteBody,
 } from '../dom0/protocol/records';
 import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
@@ -31,11 +38,20 @@ export interface ReplicatorOptions {
   readTrackingBlocksMax?: number;
 }
 
-interface Unacked { epoch: number; offsetBytes: number; lengthBytes: number; costBytes: number; }
+interface Unacked {
+  epoch: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  costBytes: number;
+}
 
 export interface ReplicatorStats {
-  forwardedWrites: number; forwardedBytes: number; unackedBytes: number;
-  resyncPendingBytes: number; resyncCopiedBytes: number; syncing: boolean;
+  forwardedWrites: number;
+  forwardedBytes: number;
+  unackedBytes: number;
+  resyncPendingBytes: number;
+  resyncCopiedBytes: number;
+  syncing: boolean;
   readTracking: import('./read-tracker').ReadTrackerStats | null;
 }
 
@@ -61,7 +77,11 @@ export class DiskReplicator implements DiskPort, DiskTap {
   private readonly chunkBytes: number;
   private readonly backlogMax: number;
 
-  constructor(private readonly source: DiskSource, private readonly clock: Clock, readonly opts: ReplicatorOptions) {
+  constructor(
+    private readonly source: DiskSource,
+    private readonly clock: Clock,
+    readonly opts: ReplicatorOptions,
+  ) {
     assert(source.sizeBytes > 0 && source.sizeBytes % 512 === 0 && opts.unackedBytesMax > 0, 'replicator options');
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
@@ -73,12 +93,19 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.backlogMax = opts.backlogBytesMax ?? 8 * 1024 * 1024;
   }
 
-  get sizeBytes(): number { return this.source.sizeBytes; }
-  get unackedBytes(): number { return this.unackedTotal; }
+  get sizeBytes(): number {
+    return this.source.sizeBytes;
+  }
+  get unackedBytes(): number {
+    return this.unackedTotal;
+  }
 
   stats(): ReplicatorStats {
     return {
-      ...this.counters, unackedBytes: this.unackedTotal, resyncPendingBytes: this.bitmap.bytes, syncing: this.sync !== null,
+      ...this.counters,
+      unackedBytes: this.unackedTotal,
+      resyncPendingBytes: this.bitmap.bytes,
+      syncing: this.sync !== null,
       readTracking: this.tracker?.stats() ?? null,
     };
   }
@@ -98,7 +125,13 @@ export class DiskReplicator implements DiskPort, DiskTap {
     if (n > 0) this.unacked = this.unacked.slice(n);
   }
 
-  connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void {
+  connect(
+    link: DiskLink,
+    nextEpoch: number,
+    backupContinues: boolean,
+    ready: () => void,
+    overflow: (reason: string) => void,
+  ): void {
     assert(this.link === null, 'disk session already connected');
     if (!backupContinues) this.bitmap.markAll();
     this.link = link;
@@ -116,7 +149,11 @@ export class DiskReplicator implements DiskPort, DiskTap {
   disconnect(): void {
     for (const u of this.unacked) this.bitmap.markRange(u.offsetBytes, u.lengthBytes);
     const written = this.direct?.written;
-    for (let run = written?.nextRun(0, 1 << 16); written && run; run = written.nextRun(run.first + run.count, 1 << 16)) {
+    for (
+      let run = written?.nextRun(0, 1 << 16);
+      written && run;
+      run = written.nextRun(run.first + run.count, 1 << 16)
+    ) {
       this.bitmap.markRange(run.first * DISK_BLOCK_BYTES, run.count * DISK_BLOCK_BYTES);
     }
     this.direct = null;
@@ -131,7 +168,9 @@ export class DiskReplicator implements DiskPort, DiskTap {
   }
 
   /** CRC32C of the whole disk, a few MiB per turn (the caller keeps the disk still meanwhile). */
-  checksum(): Promise<number> { return diskChecksumAsync(this.source, this.clock); }
+  checksum(): Promise<number> {
+    return diskChecksumAsync(this.source, this.clock);
+  }
 
   // ---- DiskTap (the backend, after the local operation, before the guest's completion) ----
 
@@ -149,16 +188,26 @@ export class DiskReplicator implements DiskPort, DiskTap {
   }
 
   /** A whole-block read by the simulated vCPU, its generation stable across the read. */
-  onBlockRead(block: number, crc: number, gen: number): void { this.tracker?.onBlockRead(block, crc, gen, this.tag); }
+  onBlockRead(block: number, crc: number, gen: number): void {
+    this.tracker?.onBlockRead(block, crc, gen, this.tag);
+  }
 
   /** DiskPort: for each page of checkpoint epoch, the disk reference read tracking finds (null: none in the batch). */
-  references(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null { return this.tracker?.matchPages(pages, epoch) ?? null; }
+  references(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null {
+    return this.tracker?.matchPages(pages, epoch) ?? null;
+  }
 
-  onFlush(): void { this.forward(0, 0, DW_FLUSH, null); }
+  onFlush(): void {
+    this.forward(0, 0, DW_FLUSH, null);
+  }
 
-  onTrim(offsetBytes: number, lengthBytes: number, fua: boolean): void { this.zeroes(offsetBytes, lengthBytes, fua); }
+  onTrim(offsetBytes: number, lengthBytes: number, fua: boolean): void {
+    this.zeroes(offsetBytes, lengthBytes, fua);
+  }
 
-  onWriteZeroes(offsetBytes: number, lengthBytes: number, fua: boolean): void { this.zeroes(offsetBytes, lengthBytes, fua); }
+  onWriteZeroes(offsetBytes: number, lengthBytes: number, fua: boolean): void {
+    this.zeroes(offsetBytes, lengthBytes, fua);
+  }
 
   // ---- internals ---------------------------------------------------------------------------
 
@@ -171,7 +220,10 @@ export class DiskReplicator implements DiskPort, DiskTap {
 
   private forward(offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): void {
     this.tracker?.invalidate(offsetBytes, lengthBytes);
-    if (!this.link) { this.bitmap.markRange(offsetBytes, lengthBytes); return; }
+    if (!this.link) {
+      this.bitmap.markRange(offsetBytes, lengthBytes);
+      return;
+    }
     const cost = (data?.length ?? 0) + 64;
     this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));
     this.counters.forwardedWrites++;
@@ -184,16 +236,22 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.unackedTotal += cost;
     if (this.unackedTotal > this.opts.unackedBytesMax) {
       const report = this.overflow;
-      report?.(`${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} the backup buffers`);
+      report?.(
+        `${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} the backup buffers`,
+      );
     }
   }
 
   /** One step of the resync copy; reschedules itself until the bitmap is empty. */
   private copySome(): void {
-    const s = this.sync, link = this.link;
+    const s = this.sync,
+      link = this.link;
     if (!s || !link) return;
     s.timer = null;
-    if (link.backlogBytes > this.backlogMax) { s.timer = this.clock.setTimer(2, () => this.copySome()); return; }
+    if (link.backlogBytes > this.backlogMax) {
+      s.timer = this.clock.setTimer(2, () => this.copySome());
+      return;
+    }
     for (let budget = 4; budget > 0; budget--) {
       const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / DISK_BLOCK_BYTES);
       if (!run) {
@@ -202,7 +260,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
         s.ready();
         return;
       }
-      const off = run.first * DISK_BLOCK_BYTES, len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
+      const off = run.first * DISK_BLOCK_BYTES,
+        len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
       const buf = new Uint8Array(len);
       this.source.read(off, buf);
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);

@@ -6,7 +6,6 @@
 import { assert } from '../dom0/assert';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
-
 export class ResyncBitmap {
   private readonly words: Uint32Array;
   readonly blocks: number;
@@ -17,7 +16,9 @@ export class ResyncBitmap {
     this.words = new Uint32Array(Math.ceil(this.blocks / 32));
   }
 
-  get count(): number { return this.setCount; }
+  get count(): number {
+    return this.setCount;
+  }
   /** Bytes a resync would copy now (the last block may be short). */
   get bytes(): number {
     if (this.setCount === 0) return 0;
@@ -25,17 +26,22 @@ export class ResyncBitmap {
     return this.setCount * DISK_BLOCK_BYTES - (tail && this.has(this.blocks - 1) ? DISK_BLOCK_BYTES - tail : 0);
   }
 
-  has(block: number): boolean { return (this.words[block >>> 5] & (1 << (block & 31))) !== 0; }
+  has(block: number): boolean {
+    return (this.words[block >>> 5] & (1 << (block & 31))) !== 0;
+  }
 
   /** Marks every block overlapping [offsetBytes, offsetBytes + lengthBytes). */
   markRange(offsetBytes: number, lengthBytes: number): void {
     if (lengthBytes === 0) return;
     assert(offsetBytes >= 0 && offsetBytes + lengthBytes <= this.diskBytes, 'bitmap range');
-    const first = Math.floor(offsetBytes / DISK_BLOCK_BYTES), last = Math.floor((offsetBytes + lengthBytes - 1) / DISK_BLOCK_BYTES);
+    const first = Math.floor(offsetBytes / DISK_BLOCK_BYTES),
+      last = Math.floor((offsetBytes + lengthBytes - 1) / DISK_BLOCK_BYTES);
     for (let b = first; b <= last; b++) this.set(b);
   }
 
-  markAll(): void { for (let b = 0; b < this.blocks; b++) this.set(b); }
+  markAll(): void {
+    for (let b = 0; b < this.blocks; b++) this.set(b);
+  }
 
   clear(block: number): void {
     if (!this.has(block)) return;
@@ -47,7 +53,10 @@ export class ResyncBitmap {
   nextRun(from: number, maxBlocks: number): { first: number; count: number } | null {
     let b = from;
     while (b < this.blocks) {
-      if (this.words[b >>> 5] === 0) { b = (b | 31) + 1; continue; }
+      if (this.words[b >>> 5] === 0) {
+        b = (b | 31) + 1;
+        continue;
+      }
       if (this.has(b)) break;
       b++;
     }

@@ -39,8 +39,14 @@ export const DEFAULT_EXPORT_NAME = 'remusdb';
 export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   const exportName = o.exportName ?? DEFAULT_EXPORT_NAME;
   const server = await NbdServer.open({
-    imagePath: o.image, exportName, readOnly: o.readOnly ?? false, tap: o.tap, generations: o.generations,
-    minBlockBytes: o.minBlockBytes, limits: o.limits, log: o.log,
+    imagePath: o.image,
+    exportName,
+    readOnly: o.readOnly ?? false,
+    tap: o.tap,
+    generations: o.generations,
+    minBlockBytes: o.minBlockBytes,
+    limits: o.limits,
+    log: o.log,
   });
   let port: number;
   try {
@@ -52,16 +58,29 @@ export async function serveDisk(o: ServeDiskOptions): Promise<ServedDisk> {
   return { port, sizeBytes: server.sizeBytes, exportName, close: () => server.close() };
 }
 
-export interface ReplicatedDisk extends ServedDisk { replicator: DiskReplicator; }
+export interface ReplicatedDisk extends ServedDisk {
+  replicator: DiskReplicator;
+}
 
 /** A guest disk served over NBD whose writes (and reads) go through a replicator. */
-export async function serveReplicatedDisk(o: Omit<ServeDiskOptions, 'tap' | 'generations' | 'readOnly'>
-  & { clock: Clock; replication: ReplicatorOptions }): Promise<ReplicatedDisk> {
+export async function serveReplicatedDisk(
+  o: Omit<ServeDiskOptions, 'tap' | 'generations' | 'readOnly'> & { clock: Clock; replication: ReplicatorOptions },
+): Promise<ReplicatedDisk> {
   const source = BlockFile.open(o.image);
   const replicator = new DiskReplicator(source, o.clock, o.replication);
   let served: ServedDisk;
   try {
     served = await serveDisk({ ...o, tap: replicator, generations: replicator.generations, minBlockBytes: SECTOR });
-  } catch (e) { source.close(); throw e; }
-  return { ...served, replicator, close: async () => { await served.close(); source.close(); } };
+  } catch (e) {
+    source.close();
+    throw e;
+  }
+  return {
+    ...served,
+    replicator,
+    close: async () => {
+      await served.close();
+      source.close();
+    },
+  };
 }

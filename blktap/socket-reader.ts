@@ -4,7 +4,11 @@
 import type { Socket } from 'node:net';
 import { ErrorCode, RemusError } from '../dom0/errors';
 
-interface Waiter { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; }
+interface Waiter {
+  n: number;
+  resolve: (b: Buffer) => void;
+  reject: (e: Error) => void;
+}
 
 export class SocketReader {
   private chunks: Buffer[] = [];
@@ -12,7 +16,10 @@ export class SocketReader {
   private waiter: Waiter | null = null;
   private closedError: Error | null = null;
 
-  constructor(private readonly socket: Socket, private readonly highWaterBytes: number) {
+  constructor(
+    private readonly socket: Socket,
+    private readonly highWaterBytes: number,
+  ) {
     socket.on('data', (d: Buffer) => this.onData(d));
     socket.on('end', () => this.fail('peer closed the connection'));
     socket.on('close', () => this.fail('connection closed'));
@@ -46,7 +53,8 @@ export class SocketReader {
     const first = this.chunks[0];
     if (first !== undefined && first.length >= n) {
       out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift(); else this.chunks[0] = first.subarray(n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
     } else {
       out = Buffer.allocUnsafe(n);
       let filled = 0;
@@ -55,7 +63,8 @@ export class SocketReader {
         const k = Math.min(c.length, n - filled);
         c.copy(out, filled, 0, k);
         filled += k;
-        if (k === c.length) this.chunks.shift(); else this.chunks[0] = c.subarray(k);
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
       }
     }
     this.bufferedBytes -= n;

@@ -7,6 +7,8 @@ export function assert(condition: unknown, message: string): asserts condition {
 }
 
 export function assertInt(value: number, min: number, max: number, what: string): void {
-  assert(Number.isSafeInteger(value) && value >= min && value <= max,
-    `${what} must be an integer in [${min}, ${max}], got ${value}`);
+  assert(
+    Number.isSafeInteger(value) && value >= min && value <= max,
+    `${what} must be an integer in [${min}, ${max}], got ${value}`,
+  );
 }

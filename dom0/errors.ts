@@ -104,7 +104,12 @@ export class RemusError extends Error {
   readonly details: Readonly<Record<string, unknown>>;
 
   /** cause: the error this one explains (a system call's, a peer's, a library's). */
-  constructor(code: ErrorCodeValue, message: string, details: Record<string, unknown> = {}, options: { cause?: unknown } = {}) {
+  constructor(
+    code: ErrorCodeValue,
+    message: string,
+    details: Record<string, unknown> = {},
+    options: { cause?: unknown } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'RemusError';
     this.code = code;

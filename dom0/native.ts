@@ -9,7 +9,11 @@ import { assert } from './assert';
 import { ErrorCode, RemusError, unknownErrorCodes } from './errors';
 import { IMAGE_SEGMENTS_MAX, PAGE_BYTES, PAGE_RECORD_BYTES_MAX, PAGE_RECORD_HEADER_BYTES } from './limits';
 
-export interface ProbeResult { ok: boolean; errno: number; message: string; }
+export interface ProbeResult {
+  ok: boolean;
+  errno: number;
+  message: string;
+}
 
 export interface SlotStore {
   readonly slotCount: number;
@@ -37,16 +41,27 @@ export interface NativeAddon {
   lz4Version: string;
   codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number; imageSegmentsMax: number };
   SlotStore: new (slotCount: number) => SlotStore;
-  encodeBatch(store: SlotStore | null, pages: Uint8Array, pfns: BigUint64Array,
-    slots: Int32Array | null, hits: Uint8Array | null, policy: number,
-    out: Uint8Array, kinds: Uint8Array): number;
+  encodeBatch(
+    store: SlotStore | null,
+    pages: Uint8Array,
+    pfns: BigUint64Array,
+    slots: Int32Array | null,
+    hits: Uint8Array | null,
+    policy: number,
+    out: Uint8Array,
+    kinds: Uint8Array,
+  ): number;
   packBatch(records: Uint8Array, level: number, out: Uint8Array): number;
   unpackBatch(container: Uint8Array, out: Uint8Array): number;
   packBound(recordsLength: number): number;
   zstdVersion: string;
   /** image: one buffer, or segments of equal length (the last may be shorter), each whole pages. */
-  decodeBatch(records: Uint8Array, image: Uint8Array | readonly Uint8Array[], staged?: Uint8Array,
-    stagedPfns?: BigUint64Array): number;
+  decodeBatch(
+    records: Uint8Array,
+    image: Uint8Array | readonly Uint8Array[],
+    staged?: Uint8Array,
+    stagedPfns?: BigUint64Array,
+  ): number;
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;
   crc32c(data: Uint8Array, seed?: number): number;
@@ -55,20 +70,25 @@ export interface NativeAddon {
   /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */
   netlinkRoute(message: Uint8Array): number;
   /** new Arena(bytes) maps guest memory (≤ 64 GiB; ERR_OUT_OF_MEMORY when it cannot); new Arena(0, id) attaches. */
-  Arena: new (bytes: number, id?: number) => NativeArena;
+  Arena: new (
+    bytes: number,
+    id?: number,
+  ) => NativeArena;
   /** Longest arena `buffer` the addon creates, in bytes (2^32: Node.js 20's largest Buffer). */
   arenaBufferBytesMax: number;
   xenProbe?: () => ProbeResult;
   nfqueueProbe?: (queueNum: number) => ProbeResult;
   /** The nfqueue output buffer's queue (dom0/net/nfqueue-buffer.ts types its surface). */
-  NfqueueQueue?: new (opts: Record<string, unknown>, onBatch: (count: number) => void) => unknown;
+  NfqueueQueue?: new (
+    opts: Record<string, unknown>,
+    onBatch: (count: number) => void,
+  ) => unknown;
   setErrorClass(cls: unknown): void;
   /** Every code the addon's RemusErrors can carry (native-xc/src/errors.h, REMUS_ERROR_CODES). */
   errorCodes: readonly string[];
 }
 
-const ADDON_PATH = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release',
-  'remusdb_native.node');
+const ADDON_PATH = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release', 'remusdb_native.node');
 
 let loaded: NativeAddon | undefined;
 let loadError: Error | undefined;
@@ -93,7 +113,10 @@ export function loadAddon(): NativeAddon {
 export function checkAddonErrorCodes(codes: readonly string[] | undefined): void {
   assert(Array.isArray(codes), 'the native addon exports no errorCodes list: rebuild it (`npm install`)');
   const unknown = unknownErrorCodes(codes);
-  assert(unknown.length === 0, `the native addon throws codes that dom0/errors.ts does not know: ${unknown.join(', ')}`);
+  assert(
+    unknown.length === 0,
+    `the native addon throws codes that dom0/errors.ts does not know: ${unknown.join(', ')}`,
+  );
 }
 
 function requireAddon(): NativeAddon {
@@ -101,9 +124,13 @@ function requireAddon(): NativeAddon {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require(ADDON_PATH) as NativeAddon;
   } catch (e) {
-    loadError = new RemusError(ErrorCode.ADDON_PART_MISSING,
+    loadError = new RemusError(
+      ErrorCode.ADDON_PART_MISSING,
       `the native addon is not built (${(e as Error).message.split('\n')[0]}); run \`npm install\` ` +
-      '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)', {}, { cause: e });
+        '(it needs g++, make, python3 and liblz4-dev: `sudo scripts/setup.sh`)',
+      {},
+      { cause: e },
+    );
     throw loadError;
   }
 }
@@ -114,15 +141,20 @@ function requireAddon(): NativeAddon {
  */
 function checkLimits(native: NativeAddon['codecConstants']): void {
   const ours = {
-    pageSize: PAGE_BYTES, recordHeaderSize: PAGE_RECORD_HEADER_BYTES,
-    recordSizeMax: PAGE_RECORD_BYTES_MAX, imageSegmentsMax: IMAGE_SEGMENTS_MAX,
+    pageSize: PAGE_BYTES,
+    recordHeaderSize: PAGE_RECORD_HEADER_BYTES,
+    recordSizeMax: PAGE_RECORD_BYTES_MAX,
+    imageSegmentsMax: IMAGE_SEGMENTS_MAX,
   };
   for (const [name, value] of Object.entries(ours) as Array<[keyof typeof ours, number]>) {
     if (native[name] !== value) {
       throw new AssertionError({
-        message: `remusdb build error: the addon's ${name} is ${native[name]}, limits.ts says ${value} ` +
+        message:
+          `remusdb build error: the addon's ${name} is ${native[name]}, limits.ts says ${value} ` +
           '(rebuild the addon and the TypeScript from one tree: `npm install`)',
-        actual: native[name], expected: value, operator: 'strictEqual',
+        actual: native[name],
+        expected: value,
+        operator: 'strictEqual',
       });
     }
   }
@@ -132,9 +164,11 @@ export function requirePart(part: 'codec' | 'xen' | 'nfqueue'): NativeAddon {
   const addon = loadAddon();
   if (!addon.parts[part]) {
     const pkg = part === 'xen' ? 'libxen-dev' : 'libnetfilter-queue-dev';
-    throw new RemusError(ErrorCode.ADDON_PART_MISSING,
+    throw new RemusError(
+      ErrorCode.ADDON_PART_MISSING,
       `the native addon was built without its ${part} part: install ${pkg} ` +
-      '(`sudo scripts/setup.sh`) and run `npm install` again');
+        '(`sudo scripts/setup.sh`) and run `npm install` again',
+    );
   }
   return addon;
 }

@@ -78,7 +78,13 @@ export interface DiskPort {
    * go out tagged from nextEpoch on. overflow() reports that unacknowledged writes passed the
    * port's bound (the engine drops the session; the next one resyncs).
    */
-  connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void;
+  connect(
+    link: DiskLink,
+    nextEpoch: number,
+    backupContinues: boolean,
+    ready: () => void,
+    overflow: (reason: string) => void,
+  ): void;
   /** The session ended: writes of unacknowledged epochs, and all later ones, need a resync. */
   disconnect(): void;
   /**
@@ -99,7 +105,10 @@ export interface DiskPort {
 }
 
 /** A byte range of a disk. */
-export interface DiskRange { offsetBytes: number; lengthBytes: number; }
+export interface DiskRange {
+  offsetBytes: number;
+  lengthBytes: number;
+}
 
 /**
  * The backup's copy of a domain's disk, as the backup engine uses it (blktap/replica-disk.ts

@@ -9,20 +9,29 @@ import { spawnSync } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import { setupPlug } from '../dom0/net/plug-buffer';
 
-const NS = 'rdbplug', VIF = 'rdbplug-h', GUEST_IF = 'rdbplug-g', IFB = 'rdbplugifb';
-const sh = (cmd: string): void => { const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8' }); if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`); };
+const NS = 'rdbplug',
+  VIF = 'rdbplug-h',
+  GUEST_IF = 'rdbplug-g',
+  IFB = 'rdbplugifb';
+const sh = (cmd: string): void => {
+  const r = spawnSync('sh', ['-c', cmd], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
+};
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function setupNetns(): void {
   spawnSync('sh', ['-c', `ip netns del ${NS}; ip link del ${VIF}`]);
   sh(`ip netns add ${NS} && ip link add ${VIF} type veth peer name ${GUEST_IF} && ip link set ${GUEST_IF} netns ${NS}`);
   sh(`ip addr add 10.77.0.1/24 dev ${VIF} && ip -6 addr add fd77::1/64 dev ${VIF} nodad && ip link set ${VIF} up`);
-  sh(`ip netns exec ${NS} sh -c 'ip link set lo up; ip addr add 10.77.0.2/24 dev ${GUEST_IF}; ip -6 addr add fd77::2/64 dev ${GUEST_IF} nodad; ip link set ${GUEST_IF} up'`);
+  sh(
+    `ip netns exec ${NS} sh -c 'ip link set lo up; ip addr add 10.77.0.2/24 dev ${GUEST_IF}; ip -6 addr add fd77::2/64 dev ${GUEST_IF} nodad; ip link set ${GUEST_IF} up'`,
+  );
 }
 
 /** The guest sends n datagrams per family (numbered), in the background. */
 function guestSend(tag: string, n: number): void {
-  const js = `const d=require('dgram');const s4=d.createSocket('udp4'),s6=d.createSocket('udp6');let i=0;` +
+  const js =
+    `const d=require('dgram');const s4=d.createSocket('udp4'),s6=d.createSocket('udp6');let i=0;` +
     `const t=setInterval(()=>{s4.send('${tag}4-'+i,7770,'10.77.0.1');s6.send('${tag}6-'+i,7770,'fd77::1');if(++i>=${n}){clearInterval(t);setTimeout(()=>process.exit(0),200);}},5);`;
   spawnSync('sh', ['-c', `ip netns exec ${NS} ${process.execPath} -e "${js}" &`]);
 }
@@ -32,7 +41,8 @@ async function main(): Promise<void> {
   const results: Record<string, boolean | number | string> = {};
   setupNetns();
   const dev = setupPlug({ vif: VIF, ifb: IFB });
-  const s4 = dgram.createSocket('udp4'), s6 = dgram.createSocket({ type: 'udp6', ipv6Only: true });
+  const s4 = dgram.createSocket('udp4'),
+    s6 = dgram.createSocket({ type: 'udp6', ipv6Only: true });
   await new Promise<void>((r) => s4.bind(7770, '10.77.0.1', r));
   await new Promise<void>((r) => s6.bind(7770, 'fd77::1', r));
   s4.on('message', (m) => got.push(m.toString()));
@@ -61,13 +71,22 @@ async function main(): Promise<void> {
     results.released_v6 = v6.length;
     results.in_order = v4.every((x, i) => x === i) && v6.every((x, i) => x === i);
   } finally {
-    s4.close(); s6.close();
+    s4.close();
+    s6.close();
     dev.close();
     spawnSync('sh', ['-c', `ip netns del ${NS}`]);
   }
-  const ok = results.pass_through_arrived === 20 && results.held_before_ack === 0 && results.released_v4 === 20 && results.released_v6 === 20 && results.in_order === true;
+  const ok =
+    results.pass_through_arrived === 20 &&
+    results.held_before_ack === 0 &&
+    results.released_v4 === 20 &&
+    results.released_v6 === 20 &&
+    results.in_order === true;
   console.log(JSON.stringify({ ok, ...results }));
   process.exit(ok ? 0 : 1);
 }
 
-main().catch((e) => { console.log(JSON.stringify({ ok: false, error: (e as Error).message })); process.exit(1); });
+main().catch((e) => {
+  console.log(JSON.stringify({ ok: false, error: (e as Error).message }));
+  process.exit(1);
+});

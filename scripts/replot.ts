@@ -6,13 +6,19 @@ import { netBenchSvg, type NetBenchResult } from '../dom0/bench/net-bench';
 import { scaleSvg, type ScaleRow } from '../dom0/bench/scale-bench';
 
 function main(files: string[]): number {
-  if (files.length === 0) { process.stderr.write('usage: replot <figure.json>...\n'); return 2; }
+  if (files.length === 0) {
+    process.stderr.write('usage: replot <figure.json>...\n');
+    return 2;
+  }
   for (const file of files) {
     const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { bench?: string; rows?: ScaleRow[]; tps?: unknown };
     let svg: string;
     if (data.bench === 'scale' && Array.isArray(data.rows)) svg = scaleSvg(data.rows);
     else if (data.tps && typeof data.tps === 'object') svg = netBenchSvg(data as unknown as NetBenchResult);
-    else { process.stderr.write(`${file}: neither a bench net nor a bench scale result\n`); return 1; }
+    else {
+      process.stderr.write(`${file}: neither a bench net nor a bench scale result\n`);
+      return 1;
+    }
     const out = file.replace(/\.json$/i, '') + '.svg';
     fs.writeFileSync(out, svg);
     process.stderr.write(`wrote ${out}\n`);

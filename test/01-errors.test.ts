@@ -17,9 +17,13 @@ describe('01 errors', () => {
   it('01.2 the addon throws the injected RemusError class for operating errors', () => {
     const addon = loadAddon();
     const bad = new Uint8Array(12); // header only: RAW with length 0
-    assert.throws(() => addon.decodeBatch(bad, new Uint8Array(4096)),
-      (e: unknown) => e instanceof RemusError && e.code === ErrorCode.BAD_PAGE_RECORD &&
-        /RAW payload is not one page long/.test(e.message));
+    assert.throws(
+      () => addon.decodeBatch(bad, new Uint8Array(4096)),
+      (e: unknown) =>
+        e instanceof RemusError &&
+        e.code === ErrorCode.BAD_PAGE_RECORD &&
+        /RAW payload is not one page long/.test(e.message),
+    );
   });
 
   it('01.3 the addon treats wrong argument types as programmer errors (TypeError)', () => {
@@ -41,12 +45,14 @@ describe('01 errors', () => {
     assert.ok(!('cause' in new RemusError(ErrorCode.IO, 'no cause')));
   });
 
-  it('01.6 the addon\'s error codes are checked against ErrorCode at load', () => {
+  it("01.6 the addon's error codes are checked against ErrorCode at load", () => {
     const addon = loadAddon();
     assert.ok(addon.errorCodes.includes(ErrorCode.BAD_PAGE_RECORD));
     assert.doesNotThrow(() => checkAddonErrorCodes(addon.errorCodes));
-    assert.throws(() => checkAddonErrorCodes([...addon.errorCodes, 'ERR_FROM_A_NEWER_ADDON', 'ERR_OTHER']),
-      (e: unknown) => e instanceof AssertionError && /ERR_FROM_A_NEWER_ADDON, ERR_OTHER/.test(e.message));
+    assert.throws(
+      () => checkAddonErrorCodes([...addon.errorCodes, 'ERR_FROM_A_NEWER_ADDON', 'ERR_OTHER']),
+      (e: unknown) => e instanceof AssertionError && /ERR_FROM_A_NEWER_ADDON, ERR_OTHER/.test(e.message),
+    );
     assert.throws(() => checkAddonErrorCodes(undefined), AssertionError);
   });
 });

@@ -6,7 +6,8 @@ import { ErrorCode, isRemusError } from '../dom0/errors';
 
 function assign(c: PageCache, pfns: number[]): { slots: number[]; hits: number[] } {
   const p = BigUint64Array.from(pfns.map(BigInt));
-  const slots = new Int32Array(p.length), hits = new Uint8Array(p.length);
+  const slots = new Int32Array(p.length),
+    hits = new Uint8Array(p.length);
   c.assignBatch(p, slots, hits);
   return { slots: [...slots], hits: [...hits] };
 }
@@ -25,7 +26,7 @@ describe('10 page cache', () => {
   it('10.2 evicts the least recently used page and reuses its slot', () => {
     const c = new PageCache(3);
     const a = assign(c, [1, 2, 3]);
-    assign(c, [1]);                  // order: 1, 3, 2 → LRU is 2
+    assign(c, [1]); // order: 1, 3, 2 → LRU is 2
     const b = assign(c, [4]);
     assert.equal(b.hits[0], 0);
     assert.equal(b.slots[0], a.slots[1], 'the slot of page 2 is reused');
@@ -36,7 +37,11 @@ describe('10 page cache', () => {
 
   it('10.3 never holds more than its capacity, however many pages pass through', () => {
     const c = new PageCache(100);
-    for (let i = 0; i < 50; i++) assign(c, Array.from({ length: 37 }, (_, k) => (i * 31 + k * 7) % 1000));
+    for (let i = 0; i < 50; i++)
+      assign(
+        c,
+        Array.from({ length: 37 }, (_, k) => (i * 31 + k * 7) % 1000),
+      );
     assert.equal(c.size, 100);
     assert.equal([...c.orderMruFirst()].length, 100);
     const slots = new Set<number>();
@@ -67,8 +72,11 @@ describe('10 page cache', () => {
     assert.equal(parseCachePages('1048576', 65536), 256);
     assert.equal(parseCachePages('2g', 1000), 1000, 'capped at guest memory');
     for (const bad of ['0%', '101%', 'ten', '12parsecs', '100', '-5%']) {
-      assert.throws(() => parseCachePages(bad, 65536),
-        (e: unknown) => isRemusError(e, ErrorCode.BAD_ARGUMENT) && e.message.includes('--cache'), bad);
+      assert.throws(
+        () => parseCachePages(bad, 65536),
+        (e: unknown) => isRemusError(e, ErrorCode.BAD_ARGUMENT) && e.message.includes('--cache'),
+        bad,
+      );
     }
   });
 });

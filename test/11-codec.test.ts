@@ -17,14 +17,22 @@ import { PAGE_RECORD_HEADER_BYTES } from '../dom0/limits';
 const IMPLS: CodecImpl[] = ['native', 'ref'];
 
 function pair(cachePages: number, compressor: Compressor = 'lz4'): [PageEncoder, PageEncoder] {
-  return [new PageEncoder({ cachePages, compressor, impl: 'native', batchPagesMax: 8192 }),
-    new PageEncoder({ cachePages, compressor, impl: 'ref', batchPagesMax: 8192 })];
+  return [
+    new PageEncoder({ cachePages, compressor, impl: 'native', batchPagesMax: 8192 }),
+    new PageEncoder({ cachePages, compressor, impl: 'ref', batchPagesMax: 8192 }),
+  ];
 }
 
 /** Encodes with both encoders, asserts equal bytes, decodes with both decoders. */
-function roundTrip(encs: [PageEncoder, PageEncoder], images: Uint8Array[], pages: Uint8Array,
-  pfns: BigUint64Array, truth: Uint8Array): Uint8Array {
-  const a = encs[0].encode(pages, pfns), b = encs[1].encode(pages, pfns);
+function roundTrip(
+  encs: [PageEncoder, PageEncoder],
+  images: Uint8Array[],
+  pages: Uint8Array,
+  pfns: BigUint64Array,
+  truth: Uint8Array,
+): Uint8Array {
+  const a = encs[0].encode(pages, pfns),
+    b = encs[1].encode(pages, pfns);
   assert.deepEqual(Buffer.from(a.kinds), Buffer.from(b.kinds), 'same encodings chosen');
   assert.ok(Buffer.from(a.records).equals(Buffer.from(b.records)), 'native and reference bytes are equal');
   const records = Uint8Array.from(a.records);
@@ -38,10 +46,13 @@ function roundTrip(encs: [PageEncoder, PageEncoder], images: Uint8Array[], pages
 
 describe('11 codec', () => {
   it('11.1 canonical XOR+RLE: literals split only at gaps of 3 or more zero bytes', () => {
-    const base = new Uint8Array(PAGE), page = new Uint8Array(PAGE);
-    page[0] = 1; page[1] = 2; page[4] = 3;           // gap of 2 → one literal of 5
-    page[100] = 9;                                    // gap of 95 → new token
-    page[300] = 7;                                    // gap of 199 → 2-octet varint
+    const base = new Uint8Array(PAGE),
+      page = new Uint8Array(PAGE);
+    page[0] = 1;
+    page[1] = 2;
+    page[4] = 3; // gap of 2 → one literal of 5
+    page[100] = 9; // gap of 95 → new token
+    page[300] = 7; // gap of 199 → 2-octet varint
     const out = xorRleEncode(page, base, PAGE - 1)!;
     assert.deepEqual([...out], [0, 5, 1, 2, 0, 0, 3, 95, 1, 9, 0xc7, 0x01, 1, 7]);
     assert.equal(xorRleEncode(page, page, PAGE - 1)!.length, 0, 'equal pages: empty delta');
@@ -50,24 +61,30 @@ describe('11 codec', () => {
 
   it('11.2 chooses ZERO, UNCHANGED, XOR_RLE, LZ4 and RAW as the policy says', () => {
     const encs = pair(16);
-    const images = [new Uint8Array(16 * PAGE), new Uint8Array(16 * PAGE)], truth = new Uint8Array(16 * PAGE);
+    const images = [new Uint8Array(16 * PAGE), new Uint8Array(16 * PAGE)],
+      truth = new Uint8Array(16 * PAGE);
     const first = Buffer.concat([Buffer.alloc(PAGE), dbPages(1, 3), randomPages(1, 4)]);
-    assert.deepEqual([...roundTrip(encs, images, first, pfnRange(3), truth)],
-      [Encoding.ZERO, Encoding.LZ4, Encoding.RAW]);
+    assert.deepEqual(
+      [...roundTrip(encs, images, first, pfnRange(3), truth)],
+      [Encoding.ZERO, Encoding.LZ4, Encoding.RAW],
+    );
     const second = Buffer.from(first);
-    second[PAGE + 100] ^= 0xff;                          // small change → XOR_RLE
-    assert.deepEqual([...roundTrip(encs, images, second, pfnRange(3), truth)],
-      [Encoding.ZERO, Encoding.XOR_RLE, Encoding.UNCHANGED]);
+    second[PAGE + 100] ^= 0xff; // small change → XOR_RLE
+    assert.deepEqual(
+      [...roundTrip(encs, images, second, pfnRange(3), truth)],
+      [Encoding.ZERO, Encoding.XOR_RLE, Encoding.UNCHANGED],
+    );
     encs.forEach((e) => e.close());
   });
 
   it('11.3 a dense but regular change of a cached page is sent as XOR_LZ4', () => {
     const encs = pair(4);
-    const images = [new Uint8Array(4 * PAGE), new Uint8Array(4 * PAGE)], truth = new Uint8Array(4 * PAGE);
+    const images = [new Uint8Array(4 * PAGE), new Uint8Array(4 * PAGE)],
+      truth = new Uint8Array(4 * PAGE);
     const v1 = randomPages(1, 8);
     roundTrip(encs, images, v1, pfnRange(1), truth);
     const v2 = Uint8Array.from(v1);
-    for (let i = 0; i < PAGE; i += 2) v2[i] ^= 0x11;     // every other byte flips: RLE is long
+    for (let i = 0; i < PAGE; i += 2) v2[i] ^= 0x11; // every other byte flips: RLE is long
     assert.deepEqual([...roundTrip(encs, images, v2, pfnRange(1), truth)], [Encoding.XOR_LZ4]);
     encs.forEach((e) => e.close());
   });
@@ -80,7 +97,8 @@ describe('11 codec', () => {
       const model = new DbMemoryModel(mem, new Prng(cachePages + 1), (p) => dirty.add(p));
       model.initialise();
       const encs = pair(cachePages);
-      const images = [new Uint8Array(mem.length), new Uint8Array(mem.length)], truth = new Uint8Array(mem.length);
+      const images = [new Uint8Array(mem.length), new Uint8Array(mem.length)],
+        truth = new Uint8Array(mem.length);
       const all = pfnRange(pagesTotal);
       roundTrip(encs, images, mem, all, truth);
       const seen = new Set<number>();
@@ -100,7 +118,8 @@ describe('11 codec', () => {
   it('11.5 random and sparse-change pages: identical bytes, exact rebuild', () => {
     const n = 256;
     const encs = pair(n);
-    const images = [new Uint8Array(n * PAGE), new Uint8Array(n * PAGE)], truth = new Uint8Array(n * PAGE);
+    const images = [new Uint8Array(n * PAGE), new Uint8Array(n * PAGE)],
+      truth = new Uint8Array(n * PAGE);
     const v = randomPages(n, 5);
     roundTrip(encs, images, v, pfnRange(n), truth);
     const rng = new Prng(6);
@@ -118,16 +137,20 @@ describe('11 codec', () => {
   it('11.6 --no-compress sends every page RAW and keeps no cache', () => {
     const [a, b] = pair(64, 'none');
     assert.equal(a.cache, null);
-    const images = [new Uint8Array(8 * PAGE), new Uint8Array(8 * PAGE)], truth = new Uint8Array(8 * PAGE);
+    const images = [new Uint8Array(8 * PAGE), new Uint8Array(8 * PAGE)],
+      truth = new Uint8Array(8 * PAGE);
     const kinds = roundTrip([a, b], images, Buffer.concat([Buffer.alloc(PAGE), dbPages(7, 2)]), pfnRange(8), truth);
     assert.ok(kinds.every((k) => k === Encoding.RAW));
-    a.close(); b.close();
+    a.close();
+    b.close();
   });
 
   it('11.7 the cache slot holds exactly the version sent (native store)', () => {
     const enc = new PageEncoder({ cachePages: 8, compressor: 'lz4' });
-    const v1 = dbPages(2, 9), v2 = Uint8Array.from(v1);
-    v2[10] ^= 1; v2[PAGE + 4000] ^= 0x80;
+    const v1 = dbPages(2, 9),
+      v2 = Uint8Array.from(v1);
+    v2[10] ^= 1;
+    v2[PAGE + 4000] ^= 0x80;
     enc.encode(v1, pfnRange(2));
     enc.encode(v2, pfnRange(2));
     const store = (enc as unknown as { store: { read(s: number, d: Uint8Array): void } }).store;
@@ -146,9 +169,13 @@ describe('11 codec', () => {
     const { records } = enc.encode(pages, BigUint64Array.from([5n, 1n, 3n]));
     for (const impl of IMPLS) {
       const image = new Uint8Array(8 * PAGE).fill(0xee);
-      const staged = new Uint8Array(3 * PAGE), spfns = new BigUint64Array(3);
+      const staged = new Uint8Array(3 * PAGE),
+        spfns = new BigUint64Array(3);
       assert.equal(new PageDecoder(impl).decodeStaged(records, image, staged, spfns), 3);
-      assert.ok(image.every((b) => b === 0xee), `${impl}: image untouched`);
+      assert.ok(
+        image.every((b) => b === 0xee),
+        `${impl}: image untouched`,
+      );
       assert.deepEqual([...spfns], [5n, 1n, 3n]);
       assert.ok(Buffer.from(staged).equals(Buffer.from(pages)));
     }
@@ -163,20 +190,37 @@ describe('11 codec', () => {
       image.page(7).fill(0x5a);
       const zero = Buffer.alloc(PAGE_RECORD_HEADER_BYTES);
       zero[8] = Encoding.ZERO;
-      const batch = Buffer.concat(Array.from({ length: pages }, (_, p) => { const r = Buffer.from(zero); r.writeBigUInt64LE(BigInt(p)); return r; }));
+      const batch = Buffer.concat(
+        Array.from({ length: pages }, (_, p) => {
+          const r = Buffer.from(zero);
+          r.writeBigUInt64LE(BigInt(p));
+          return r;
+        }),
+      );
       const rss = (): number => Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
       const before = rss();
       assert.equal(new PageDecoder('native').applyInPlace(batch, image), pages);
       const grew = rss() - before;
-      assert.ok(image.page(7).every((b) => b === 0), 'the written page is zero now');
-      assert.ok(grew < 8 * 2 ** 20, `decoding ZERO into fresh memory made ${grew} bytes resident (64 MiB if every page were written)`);
-    } finally { arena.close(); }
+      assert.ok(
+        image.page(7).every((b) => b === 0),
+        'the written page is zero now',
+      );
+      assert.ok(
+        grew < 8 * 2 ** 20,
+        `decoding ZERO into fresh memory made ${grew} bytes resident (64 MiB if every page were written)`,
+      );
+    } finally {
+      arena.close();
+    }
   });
 
   describe('11.9 malformed records are typed errors that write nothing', () => {
     const header = (pfn: number, enc: number, len: number, reserved = 0): Buffer => {
       const h = Buffer.alloc(PAGE_RECORD_HEADER_BYTES);
-      h.writeBigUInt64LE(BigInt(pfn)); h[8] = enc; h[9] = reserved; h.writeUInt16LE(len, 10);
+      h.writeBigUInt64LE(BigInt(pfn));
+      h[8] = enc;
+      h[9] = reserved;
+      h.writeUInt16LE(len, 10);
       return h;
     };
     const rec = (pfn: number, enc: number, payload: number[], reserved = 0): Buffer =>
@@ -204,11 +248,17 @@ describe('11 codec', () => {
         for (const impl of IMPLS) {
           const image = new Uint8Array(4 * PAGE).fill(0x5a);
           const good = rec(2, 1, []); // a valid ZERO record for page 2 before the bad one
-          assert.throws(() => new PageDecoder(impl).applyInPlace(Buffer.concat([good, batch]), image),
-            (e: unknown) => isRemusError(e, ErrorCode.BAD_PAGE_RECORD) && why.test(e.message) &&
-              /record #1/.test(e.message), `${impl}: ${name}`);
+          assert.throws(
+            () => new PageDecoder(impl).applyInPlace(Buffer.concat([good, batch]), image),
+            (e: unknown) =>
+              isRemusError(e, ErrorCode.BAD_PAGE_RECORD) && why.test(e.message) && /record #1/.test(e.message),
+            `${impl}: ${name}`,
+          );
           for (const p of [0, 1, 3]) {
-            assert.ok(image.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0x5a), `${impl}: page ${p} untouched`);
+            assert.ok(
+              image.subarray(p * PAGE, (p + 1) * PAGE).every((b) => b === 0x5a),
+              `${impl}: page ${p} untouched`,
+            );
           }
         }
       });
@@ -218,7 +268,10 @@ describe('11 codec', () => {
 
 describe('11b page batch container', () => {
   const header = (kind: number, len: number): Buffer => {
-    const h = Buffer.alloc(8); h[0] = kind; h.writeUInt32LE(len, 4); return h;
+    const h = Buffer.alloc(8);
+    h[0] = kind;
+    h.writeUInt32LE(len, 4);
+    return h;
   };
 
   it('11b.1 zstd containers round-trip and beat per-page LZ4 on database pages', () => {
@@ -248,8 +301,10 @@ describe('11b page batch container', () => {
   ];
   for (const [name, container, why] of bad) {
     it(`11b.2 rejects: ${name}`, () => {
-      assert.throws(() => new PageDecoder('native', 64).unpack(container),
-        (e: unknown) => isRemusError(e, ErrorCode.BAD_PAGE_BATCH) && why.test(e.message));
+      assert.throws(
+        () => new PageDecoder('native', 64).unpack(container),
+        (e: unknown) => isRemusError(e, ErrorCode.BAD_PAGE_BATCH) && why.test(e.message),
+      );
     });
   }
 
@@ -258,13 +313,19 @@ describe('11b page batch container', () => {
     const c = Buffer.from(enc.encode(dbPages(16, 1), pfnRange(16)).container);
     assert.equal(c[0], 1, 'zstd was used');
     const dec = new PageDecoder('native', 16);
-    const wrongLen = Buffer.from(c); wrongLen.writeUInt32LE(c.readUInt32LE(4) - 1, 4);
+    const wrongLen = Buffer.from(c);
+    wrongLen.writeUInt32LE(c.readUInt32LE(4) - 1, 4);
     const isBatch = (e: unknown): boolean => isRemusError(e, ErrorCode.BAD_PAGE_BATCH);
     assert.throws(() => dec.unpack(wrongLen), isBatch);
     assert.throws(() => dec.unpack(c.subarray(0, c.length - 3)), isBatch);
     assert.throws(() => dec.unpack(Buffer.concat([c, Buffer.alloc(4)])), isBatch);
-    const flipped = Buffer.from(c); flipped[c.length - 20] ^= 0xff;
-    try { dec.unpack(flipped); } catch (e) { assert.ok(isBatch(e)); }
+    const flipped = Buffer.from(c);
+    flipped[c.length - 20] ^= 0xff;
+    try {
+      dec.unpack(flipped);
+    } catch (e) {
+      assert.ok(isBatch(e));
+    }
     enc.close();
   });
 });

@@ -14,7 +14,9 @@ describe('21 synthetic traces', () => {
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('21.1 the same seed gives the same bytes; another seed differs', () => {
-    const a = path.join(dir, 'a.rdt'), b = path.join(dir, 'b.rdt'), c = path.join(dir, 'c.rdt');
+    const a = path.join(dir, 'a.rdt'),
+      b = path.join(dir, 'b.rdt'),
+      c = path.join(dir, 'c.rdt');
     synthTrace({ out: a, pages: 512, epochs: 6, seed: 3 });
     synthTrace({ out: b, pages: 512, epochs: 6, seed: 3 });
     synthTrace({ out: c, pages: 512, epochs: 6, seed: 4 });
@@ -28,15 +30,26 @@ describe('21 synthetic traces', () => {
     const r = await TraceReader.open(f);
     assert.deepEqual(r.header, { pageSize: 4096, totalPages: 1024 });
     const perEpoch: number[] = [];
-    let pages = 0, zeroPages = 0, reads = 0;
+    let pages = 0,
+      zeroPages = 0,
+      reads = 0;
     for await (const rec of r.records()) {
-      if (rec.type === REC_PAGE) { pages++; if (rec.data.every((x) => x === 0)) zeroPages++; }
+      if (rec.type === REC_PAGE) {
+        pages++;
+        if (rec.data.every((x) => x === 0)) zeroPages++;
+      }
       if (rec.type === REC_DISK_READ) reads++;
-      if (rec.type === REC_EPOCH_END) { perEpoch.push(pages); pages = 0; }
+      if (rec.type === REC_EPOCH_END) {
+        perEpoch.push(pages);
+        pages = 0;
+      }
     }
     assert.equal(perEpoch.length, 30);
     assert.equal(perEpoch[0], 1024);
-    assert.ok(perEpoch.slice(1).every((n) => n > 0 && n < 1024), `later epochs are partial: ${perEpoch.slice(1, 5)}`);
+    assert.ok(
+      perEpoch.slice(1).every((n) => n > 0 && n < 1024),
+      `later epochs are partial: ${perEpoch.slice(1, 5)}`,
+    );
     assert.ok(zeroPages > 0, 'free memory shows as zero pages');
     assert.ok(reads > 0, 'refills are recorded as DISK_READ');
   });

@@ -18,7 +18,16 @@ describe('22 bench trace', () => {
     assert.equal(r.verified, true);
     assert.equal(r.epochs, 40);
     assert.equal(r.cache_pages, 204);
-    for (const k of ['pages', 'raw_bytes', 'sent_bytes', 'ratio', 'ratio_incremental', 'hit_rate', 'encode_mb_s', 'decode_mb_s'] as const) {
+    for (const k of [
+      'pages',
+      'raw_bytes',
+      'sent_bytes',
+      'ratio',
+      'ratio_incremental',
+      'hit_rate',
+      'encode_mb_s',
+      'decode_mb_s',
+    ] as const) {
       assert.ok(Number.isFinite(r[k]) && r[k] > 0, `${k} = ${r[k]}`);
     }
     assert.equal(r.raw_bytes, r.pages * 4096);

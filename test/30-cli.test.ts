@@ -14,7 +14,16 @@ describe('30 cli', () => {
     assert.equal(r.status, 0, r.stderr);
     const caps = JSON.parse(r.stdout).capabilities as Array<{ name: string; available: boolean; reason: string }>;
     const names = caps.map((c) => c.name);
-    for (const n of ['addon.codec', 'liblz4', 'addon.xen', 'addon.nfqueue', 'xen', 'nfqueue', 'sch_plug', 'dirty-tracking']) {
+    for (const n of [
+      'addon.codec',
+      'liblz4',
+      'addon.xen',
+      'addon.nfqueue',
+      'xen',
+      'nfqueue',
+      'sch_plug',
+      'dirty-tracking',
+    ]) {
       assert.ok(names.includes(n), `doctor reports ${n}`);
     }
     for (const c of caps) assert.ok(typeof c.available === 'boolean' && c.reason.length > 5, c.name);
@@ -33,7 +42,18 @@ describe('30 cli', () => {
     const r = JSON.parse(lines[lines.length - 1]);
     assert.equal(r.verified, true);
     assert.equal(r.epochs, 20);
-    for (const k of ['epochs', 'pages', 'raw_bytes', 'sent_bytes', 'ratio', 'ratio_incremental', 'hit_rate', 'encode_mb_s', 'decode_mb_s', 'verified']) {
+    for (const k of [
+      'epochs',
+      'pages',
+      'raw_bytes',
+      'sent_bytes',
+      'ratio',
+      'ratio_incremental',
+      'hit_rate',
+      'encode_mb_s',
+      'decode_mb_s',
+      'verified',
+    ]) {
       assert.ok(k in r, k);
     }
   });
@@ -79,8 +99,11 @@ describe('30 cli', () => {
       return { status: r.status, out: r.stdout };
     }
 
-    it('30.6.1 on SIGTERM: stop runs (even when it waits on unref\'d timers), exit 0', () => {
-      const r = run(`const t = setInterval(() => {}, 1000); untilStopped(async () => { clearInterval(t); await stop(); }, { log });`, 'SIGTERM');
+    it("30.6.1 on SIGTERM: stop runs (even when it waits on unref'd timers), exit 0", () => {
+      const r = run(
+        `const t = setInterval(() => {}, 1000); untilStopped(async () => { clearInterval(t); await stop(); }, { log });`,
+        'SIGTERM',
+      );
       assert.equal(r.status, 0);
       assert.equal(r.out, 'stopped\n');
     });
@@ -100,8 +123,11 @@ describe('30 cli', () => {
     });
 
     it('30.6.4 a second signal while stopping ends the process at once (the way out of a stuck stop)', () => {
-      const r = run(`const t = setInterval(() => {}, 1000);
-        untilStopped(async () => { clearInterval(t); process.kill(process.pid, 'SIGINT'); await stop(); }, { log });`, 'SIGTERM');
+      const r = run(
+        `const t = setInterval(() => {}, 1000);
+        untilStopped(async () => { clearInterval(t); process.kill(process.pid, 'SIGINT'); await stop(); }, { log });`,
+        'SIGTERM',
+      );
       assert.equal(r.status, null, 'no listener is left for a second signal: its default action ends the process');
     });
   });

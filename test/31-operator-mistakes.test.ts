@@ -63,7 +63,10 @@ function makeFixtures(): void {
 
 // ---- the commands, from commander's program
 
-interface Leaf { name: string; cmd: Command; }
+interface Leaf {
+  name: string;
+  cmd: Command;
+}
 
 function leavesOf(c: Command, prefix: string[] = []): Leaf[] {
   return c.commands.flatMap((s) => {
@@ -79,27 +82,30 @@ function allCommands(c: Command): Command[] {
 const LEAVES = leavesOf(buildProgram());
 
 /** A valid, harmless invocation of each command, which each case then spoils. */
-interface Base { args?: Record<string, string>; opts?: (busyPort: number) => string[]; }
+interface Base {
+  args?: Record<string, string>;
+  opts?: (busyPort: number) => string[];
+}
 const BASE: Record<string, Base> = {
-  'doctor': {},
+  doctor: {},
   'trace synth': { opts: () => ['--out', 'synth.rdt', '--pages', '64', '--epochs', '1'] },
   'bench trace': { args: { file: F.trace } },
   'bench engine': { opts: () => ['--seconds', '1', '--runs', '1'] },
   'bench net': { opts: () => ['--seconds', '1', '--runs', '1'] },
   'bench scale': { opts: () => ['--max', '256MiB', '--seconds', '1'] },
   'bench codec': { opts: () => ['--runs', '1'] },
-  'protect': {
+  protect: {
     args: { domain: 'sim:t31' },
     opts: () => ['--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1'],
   },
-  'backup': { opts: (p) => ['--insecure', '--listen', `127.0.0.1:${p}`] },
-  'reprotect': { args: { 'domain': 'sim:t31', 'new-backup': '127.0.0.1:1' }, opts: () => ['--insecure', '--no-wait'] },
-  'failover': { args: { domain: 'sim:t31' } },
-  'status': {},
-  'keygen': { opts: () => ['--out', 'new.psk'] },
-  'demo': { opts: () => ['--seconds', '1', '--memory', '16MiB'] },
+  backup: { opts: (p) => ['--insecure', '--listen', `127.0.0.1:${p}`] },
+  reprotect: { args: { domain: 'sim:t31', 'new-backup': '127.0.0.1:1' }, opts: () => ['--insecure', '--no-wait'] },
+  failover: { args: { domain: 'sim:t31' } },
+  status: {},
+  keygen: { opts: () => ['--out', 'new.psk'] },
+  demo: { opts: () => ['--seconds', '1', '--memory', '16MiB'] },
   'disk serve': { args: { image: F.image }, opts: (p) => ['--listen', `127.0.0.1:${p}`] },
-  'record': { args: { domain: 'sim:t31' }, opts: () => ['--out', 'rec.rdt'] },
+  record: { args: { domain: 'sim:t31' }, opts: () => ['--out', 'rec.rdt'] },
 };
 
 // ---- the bad values of each kind of value
@@ -111,26 +117,55 @@ const when = (cond: boolean, ...bad: Bad[]): Bad[] => (cond ? bad : []);
 
 function intValues(min: number, max: number): Bad[] {
   return [
-    ['empty', ''], ['blank', '  '], ['not a number', 'abc'], ['trailing junk', '12abc'], ['fraction', '1.5'],
-    ['hex', '0x10'], ['exponent', '1e3'], ['negative', '-1'], ...when(min > 0, ['zero', '0']),
-    ...when(min > 1, ['below the minimum', String(min - 1)]), ['past the maximum', String(max + 1)],
-    ['2^53', '9007199254740992'], ['1e400', '1e400'],
+    ['empty', ''],
+    ['blank', '  '],
+    ['not a number', 'abc'],
+    ['trailing junk', '12abc'],
+    ['fraction', '1.5'],
+    ['hex', '0x10'],
+    ['exponent', '1e3'],
+    ['negative', '-1'],
+    ...when(min > 0, ['zero', '0']),
+    ...when(min > 1, ['below the minimum', String(min - 1)]),
+    ['past the maximum', String(max + 1)],
+    ['2^53', '9007199254740992'],
+    ['1e400', '1e400'],
   ];
 }
 
 function intListValues(min: number, max: number, countMax: number): Bad[] {
   return [
-    ['empty', ''], ['a lone comma', ','], ['an empty item', `${min},,${min}`], ['not a number', `${min},abc`],
-    ['negative', '-1'], ['past the maximum', `${min},${max + 1}`], ['2^53', '9007199254740992'], ['1e400', '1e400'],
-    ['too many', Array(countMax + 1).fill(String(min)).join(',')], ...when(min > 0, ['zero', '0']),
+    ['empty', ''],
+    ['a lone comma', ','],
+    ['an empty item', `${min},,${min}`],
+    ['not a number', `${min},abc`],
+    ['negative', '-1'],
+    ['past the maximum', `${min},${max + 1}`],
+    ['2^53', '9007199254740992'],
+    ['1e400', '1e400'],
+    [
+      'too many',
+      Array(countMax + 1)
+        .fill(String(min))
+        .join(','),
+    ],
+    ...when(min > 0, ['zero', '0']),
   ];
 }
 
 function bytesValues(s: Extract<ValueSpec, { kind: 'bytes' }>): Bad[] {
   return [
-    ['empty', ''], ['not a number', 'abc'], ['negative', '-1'], ['fraction', '1.5G'], ['1e400', '1e400'],
-    ['2^53 bytes', '9007199254740992'], ['an unknown unit', '256XB'], ['a unit typo', '256MiBs'],
-    ['a unit alone', 'MiB'], ['past the maximum', String(s.max + 4096)], ['a huge count of a unit', '99999999T'],
+    ['empty', ''],
+    ['not a number', 'abc'],
+    ['negative', '-1'],
+    ['fraction', '1.5G'],
+    ['1e400', '1e400'],
+    ['2^53 bytes', '9007199254740992'],
+    ['an unknown unit', '256XB'],
+    ['a unit typo', '256MiBs'],
+    ['a unit alone', 'MiB'],
+    ['past the maximum', String(s.max + 4096)],
+    ['a huge count of a unit', '99999999T'],
     ...when(!s.zero, ['zero', '0']),
     ...when(s.min > 4096, ['below the minimum', String(s.min - 4096)]),
     ...when(s.pageMultiple, ['not a multiple of 4 KiB', String(s.min + 1)]),
@@ -138,15 +173,26 @@ function bytesValues(s: Extract<ValueSpec, { kind: 'bytes' }>): Bad[] {
 }
 
 function choiceValues(choices: readonly string[]): Bad[] {
-  return [['empty', ''], ['wrong case', flipCase(choices[0])], ['padded', ` ${choices[0]}`],
-    ['a prefix', choices[0].slice(0, 2)], ['unknown', 'banana']];
+  return [
+    ['empty', ''],
+    ['wrong case', flipCase(choices[0])],
+    ['padded', ` ${choices[0]}`],
+    ['a prefix', choices[0].slice(0, 2)],
+    ['unknown', 'banana'],
+  ];
 }
 
 const PATHS: Record<string, Bad> = {
-  empty: ['empty', ''], dash: ['an option instead of a path', '--json'], missing: ['a missing file', F.missing],
-  missingDir: ['in a missing directory', F.inMissingDir], dir: ['a directory', F.dir], file: ['a regular file', F.file],
-  underFile: ['under a regular file', F.underFile], dangling: ['a dangling symbolic link', F.dangling],
-  fifo: ['a FIFO', F.fifo], unreadable: ['an unreadable file', F.unreadable],
+  empty: ['empty', ''],
+  dash: ['an option instead of a path', '--json'],
+  missing: ['a missing file', F.missing],
+  missingDir: ['in a missing directory', F.inMissingDir],
+  dir: ['a directory', F.dir],
+  file: ['a regular file', F.file],
+  underFile: ['under a regular file', F.underFile],
+  dangling: ['a dangling symbolic link', F.dangling],
+  fifo: ['a FIFO', F.fifo],
+  unreadable: ['an unreadable file', F.unreadable],
   readOnlyDir: ['in a read-only directory', F.inReadOnlyDir],
 };
 
@@ -155,8 +201,11 @@ function pathValues(role: string): Bad[] {
   const input = ['empty', 'dash', 'missing', 'dir', 'underFile', 'dangling', 'fifo', ...asUser('unreadable')];
   const output = ['empty', 'dash', 'missingDir', 'dir', 'underFile', 'dangling', 'fifo', ...asUser('readOnlyDir')];
   const keys: Record<string, string[]> = {
-    'input': input, 'rw-input': input, 'output': output, 'new-output': [...output, 'file'],
-    'dir': ['empty', 'dash', 'missing', 'file', 'underFile', 'dangling', 'fifo'],
+    input: input,
+    'rw-input': input,
+    output: output,
+    'new-output': [...output, 'file'],
+    dir: ['empty', 'dash', 'missing', 'file', 'underFile', 'dangling', 'fifo'],
     'dir-or-new': ['empty', 'dash', 'missingDir', 'file', 'underFile', 'dangling', 'fifo', ...asUser('readOnlyDir')],
   };
   return keys[role].map((k) => PATHS[k]);
@@ -164,64 +213,111 @@ function pathValues(role: string): Bad[] {
 
 function hostPortValues(s: Extract<ValueSpec, { kind: 'host-port' }>): Bad[] {
   return [
-    ['empty', ''], ['a colon alone', ':'], ['a colon without port', 'localhost:'], ['port 0', 'localhost:0'],
-    ['port past 65535', 'localhost:65536'], ['a negative port', 'localhost:-1'],
-    ['a port not a number', 'localhost:abc'], ['port 2^53', 'localhost:9007199254740992'],
-    ['IPv6 without brackets', '::1'], ['an unclosed bracket', '[::1'],
-    ['a space in the host', 'local host:7000'], ['an option instead of an address', '--json'],
+    ['empty', ''],
+    ['a colon alone', ':'],
+    ['a colon without port', 'localhost:'],
+    ['port 0', 'localhost:0'],
+    ['port past 65535', 'localhost:65536'],
+    ['a negative port', 'localhost:-1'],
+    ['a port not a number', 'localhost:abc'],
+    ['port 2^53', 'localhost:9007199254740992'],
+    ['IPv6 without brackets', '::1'],
+    ['an unclosed bracket', '[::1'],
+    ['a space in the host', 'local host:7000'],
+    ['an option instead of an address', '--json'],
     ...when(s.portRequired, ['no port', 'localhost']),
     s.ipv6 ? ['a name in brackets', '[localhost]:7000'] : ['IPv6 (not supported here)', '[::1]:7000'],
   ];
 }
 
 function workloadValues(choices: readonly string[]): Bad[] {
-  const traces = pathValues('input').filter(([, v]) => v && !v.startsWith('-'))
+  const traces = pathValues('input')
+    .filter(([, v]) => v && !v.startsWith('-'))
     .map(([w, v]): Bad => [`trace: ${w}`, `trace:${v}`]);
   return [...choiceValues(choices), ['trace: without a file', 'trace:'], ['trace without colon', 'trace'], ...traces];
 }
 
 const CACHE: Bad[] = [
-  ['empty', ''], ['0%', '0%'], ['past 100%', '101%'], ['a negative percentage', '-5%'], ['not a number', 'abc'],
-  ['an unknown unit', '10XB'], ['1e400', '1e400'], ['zero bytes', '0'], ['a percent sign alone', '%'],
+  ['empty', ''],
+  ['0%', '0%'],
+  ['past 100%', '101%'],
+  ['a negative percentage', '-5%'],
+  ['not a number', 'abc'],
+  ['an unknown unit', '10XB'],
+  ['1e400', '1e400'],
+  ['zero bytes', '0'],
+  ['a percent sign alone', '%'],
   ['less than a page', '100'],
 ];
 const IFACE: Bad[] = [
-  ['empty', ''], ['too long', 'x'.repeat(16)], ['a space', 'eth 0'], ['a slash', 'a/b'],
+  ['empty', ''],
+  ['too long', 'x'.repeat(16)],
+  ['a space', 'eth 0'],
+  ['a slash', 'a/b'],
   ['an option instead of a name', '--json'],
 ];
 const NBD_DEVICE: Bad[] = [
-  ['empty', ''], ['not NBD', '/dev/sda'], ['without /dev', 'nbd0'], ['without a number', '/dev/nbd'],
-  ['letters for the number', '/dev/nbdx'], ['a partition', '/dev/nbd0p1'], ['a regular file', F.file],
+  ['empty', ''],
+  ['not NBD', '/dev/sda'],
+  ['without /dev', 'nbd0'],
+  ['without a number', '/dev/nbd'],
+  ['letters for the number', '/dev/nbdx'],
+  ['a partition', '/dev/nbd0p1'],
+  ['a regular file', F.file],
   ['an option instead of a device', '--json'],
 ];
 
 /** The bad values for a parser's spec. */
 function badValues(s: ValueSpec): Bad[] {
   switch (s.kind) {
-    case 'int': return intValues(s.min, s.max);
-    case 'int-list': return intListValues(s.min, s.max, s.countMax);
-    case 'bytes': return bytesValues(s);
-    case 'choice': return choiceValues(s.choices);
-    case 'workload': return workloadValues(s.choices);
-    case 'path': return pathValues(s.role);
-    case 'host-port': return hostPortValues(s);
-    case 'cache': return CACHE;
-    case 'iface': return IFACE;
-    case 'export-name': return [['past 4096 bytes', 'x'.repeat(4097)], ['an option instead of a name', '--json']];
-    case 'nbd-device': return NBD_DEVICE;
+    case 'int':
+      return intValues(s.min, s.max);
+    case 'int-list':
+      return intListValues(s.min, s.max, s.countMax);
+    case 'bytes':
+      return bytesValues(s);
+    case 'choice':
+      return choiceValues(s.choices);
+    case 'workload':
+      return workloadValues(s.choices);
+    case 'path':
+      return pathValues(s.role);
+    case 'host-port':
+      return hostPortValues(s);
+    case 'cache':
+      return CACHE;
+    case 'iface':
+      return IFACE;
+    case 'export-name':
+      return [
+        ['past 4096 bytes', 'x'.repeat(4097)],
+        ['an option instead of a name', '--json'],
+      ];
+    case 'nbd-device':
+      return NBD_DEVICE;
   }
 }
 
 // ---- the table of cases
 
 interface Case {
-  id: string; command: string; target: string; what: string; value?: string; mention: string; spawn: boolean;
+  id: string;
+  command: string;
+  target: string;
+  what: string;
+  value?: string;
+  mention: string;
+  spawn: boolean;
   /** argv after `remusdb`, given the busy port (a listener that makes a listening command fail at once). */
   argv: (busyPort: number) => string[];
 }
 
 /** The base invocation of leaf with arguments replaced (null: left out), an option dropped, options added. */
-interface Spoil { args?: Record<string, string | null>; drop?: string; extra?: string[]; }
+interface Spoil {
+  args?: Record<string, string | null>;
+  drop?: string;
+  extra?: string[];
+}
 
 function argvOf(leaf: Leaf, o: Spoil): Case['argv'] {
   const base = BASE[leaf.name] ?? {};
@@ -248,8 +344,15 @@ function casesOf(leaf: Leaf): Array<Omit<Case, 'id'>> {
   type Add = (target: string, s: ValueSpec | null, what: string, value: string | undefined, argv: Case['argv']) => void;
   const add: Add = (target, s, what, value, argv) => {
     const kind = s?.kind ?? 'usage';
-    out.push({ command: leaf.name, target, what, value, argv, mention: s?.name ?? target,
-      spawn: SPAWN_ALL.has(kind) || !kindsSpawned.has(kind) });
+    out.push({
+      command: leaf.name,
+      target,
+      what,
+      value,
+      argv,
+      mention: s?.name ?? target,
+      spawn: SPAWN_ALL.has(kind) || !kindsSpawned.has(kind),
+    });
     kindsSpawned.add(kind);
   };
   add('--no-such-flag', null, 'an unknown option', undefined, argvOf(leaf, { extra: ['--no-such-flag'] }));
@@ -283,7 +386,11 @@ const plural = (n: number, what: string): string => `${n} ${what}${n === 1 ? '' 
 // ---- running a case, and what it must not do
 
 interface Outcome {
-  exitCode: number | null; signal: string | null; stdout: string; stderr: string; actionRan: boolean;
+  exitCode: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  actionRan: boolean;
 }
 
 /** Parses argv with the real program, every action replaced: a value that gets through is reported. */
@@ -292,11 +399,23 @@ async function parseInProcess(argv: string[]): Promise<Outcome> {
   let stderr = '';
   let actionRan = false;
   for (const c of allCommands(program)) {
-    c.configureOutput({ writeOut: (s) => { stderr += s; }, writeErr: (s) => { stderr += s; } });
-    if (!c.commands.length) c.action(() => { actionRan = true; });
+    c.configureOutput({
+      writeOut: (s) => {
+        stderr += s;
+      },
+      writeErr: (s) => {
+        stderr += s;
+      },
+    });
+    if (!c.commands.length)
+      c.action(() => {
+        actionRan = true;
+      });
   }
   const out = (exitCode: number): Outcome => ({ exitCode, signal: null, stdout: '', stderr, actionRan });
-  try { await program.parseAsync(['node', 'remusdb', ...argv]); } catch (e) {
+  try {
+    await program.parseAsync(['node', 'remusdb', ...argv]);
+  } catch (e) {
     const o = errorOutcome(e);
     stderr += o ? (o.line ? `${o.line}\n` : '') : `${(e as Error).stack}\n`;
     return out(o?.exitCode ?? 1);
@@ -310,15 +429,35 @@ async function parseInProcess(argv: string[]): Promise<Outcome> {
  * pg_ctl, nbd-client or modprobe) and bench net's patched PostgreSQL is an empty directory.
  */
 function runSpawned(argv: string[], dir: string): Promise<Outcome> {
-  const env = { ...process.env, REMUSDB_RUN_DIR: path.join(dir, 'run'), TMPDIR: path.join(dir, 'tmp'),
-    PATH: path.join(dir, 'no-bin'), REMUSDB_PG_PATCHED_BIN: F.pgEmpty };
+  const env = {
+    ...process.env,
+    REMUSDB_RUN_DIR: path.join(dir, 'run'),
+    TMPDIR: path.join(dir, 'tmp'),
+    PATH: path.join(dir, 'no-bin'),
+    REMUSDB_PG_PATCHED_BIN: F.pgEmpty,
+  };
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...argv],
-      { cwd: path.join(dir, 'cwd'), env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += String(d); });
-    child.stderr.on('data', (d) => { stderr += String(d); });
-    const kill = (): void => { try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* gone */ } };
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...argv], {
+      cwd: path.join(dir, 'cwd'),
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let stdout = '',
+      stderr = '';
+    child.stdout.on('data', (d) => {
+      stdout += String(d);
+    });
+    child.stderr.on('data', (d) => {
+      stderr += String(d);
+    });
+    const kill = (): void => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    };
     const timer = setTimeout(kill, SPAWN_TIMEOUT_MS);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
@@ -341,7 +480,8 @@ function snapshot(roots: string[]): Map<string, string> {
 
 function changes(before: Map<string, string>, after: Map<string, string>): string[] {
   const keys = new Set([...before.keys(), ...after.keys()]);
-  return [...keys].filter((k) => before.get(k) !== after.get(k))
+  return [...keys]
+    .filter((k) => before.get(k) !== after.get(k))
     .map((k) => `${k}: ${before.has(k) ? (after.has(k) ? 'changed' : 'removed') : 'created'}`);
 }
 
@@ -378,7 +518,9 @@ function assertNone(failures: string[], cases: number): void {
 
 async function pool<T>(items: T[], width: number, fn: (t: T) => Promise<void>): Promise<void> {
   let next = 0;
-  const worker = async (): Promise<void> => { while (next < items.length) await fn(items[next++]); };
+  const worker = async (): Promise<void> => {
+    while (next < items.length) await fn(items[next++]);
+  };
   await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
 }
 
@@ -399,7 +541,8 @@ describe('31 operator mistakes', () => {
   });
   after(() => {
     busy?.close();
-    if (savedRunDir === undefined) delete process.env.REMUSDB_RUN_DIR; else process.env.REMUSDB_RUN_DIR = savedRunDir;
+    if (savedRunDir === undefined) delete process.env.REMUSDB_RUN_DIR;
+    else process.env.REMUSDB_RUN_DIR = savedRunDir;
     fs.chmodSync(path.dirname(F.inReadOnlyDir), 0o755);
     for (const d of [scratch, runs]) fs.rmSync(d, { recursive: true, force: true });
   });
@@ -408,17 +551,28 @@ describe('31 operator mistakes', () => {
     it(`31.1.1 ${CASES.length} cases over ${LEAVES.length} commands: every value option has a typed parser`, () => {
       const names = LEAVES.map((l) => l.name).sort();
       assert.deepEqual(names, Object.keys(BASE).sort(), 'each command has a BASE invocation');
-      const valueOptions = LEAVES.flatMap((l) => l.cmd.options.filter((o) => o.required || o.optional)
-        .map((o) => ({ at: `${l.name} ${o.long}`, long: o.long, spec: valueSpec(o.parseArg) })));
+      const valueOptions = LEAVES.flatMap((l) =>
+        l.cmd.options
+          .filter((o) => o.required || o.optional)
+          .map((o) => ({ at: `${l.name} ${o.long}`, long: o.long, spec: valueSpec(o.parseArg) })),
+      );
       const untyped = valueOptions.filter((o) => !o.spec).map((o) => o.at);
       assert.deepEqual(untyped, [], 'options without a parser from dom0/cli/options.ts or path-options.ts');
-      const misnamed = valueOptions.filter((o) => o.spec && o.spec.name !== o.long)
+      const misnamed = valueOptions
+        .filter((o) => o.spec && o.spec.name !== o.long)
         .map((o) => `${o.at}: ${o.spec!.name}`);
       assert.deepEqual(misnamed, [], 'parsers whose messages name another flag');
       assert.ok(valueOptions.length >= 60, `${valueOptions.length} options take a value`);
-      assert.equal(CASES.length, LEAVES.reduce((n, l) => n + casesOf(l).length, 0));
+      assert.equal(
+        CASES.length,
+        LEAVES.reduce((n, l) => n + casesOf(l).length, 0),
+      );
       assert.equal(new Set(CASES.map((c) => c.id)).size, CASES.length, 'case ids are unique');
-      for (const l of LEAVES) assert.ok(casesFor(l.name).some((c) => c.spawn), `${l.name} has a spawned case`);
+      for (const l of LEAVES)
+        assert.ok(
+          casesFor(l.name).some((c) => c.spawn),
+          `${l.name} has a spawned case`,
+        );
       assert.ok(CASES.length > 500, `${CASES.length} cases`);
     });
   });
@@ -461,16 +615,28 @@ describe('31 operator mistakes', () => {
 
   describe('31.4 sizes', () => {
     it('31.4.1 print right past 2 GiB; dom0/cli does no 32-bit shift or bit-or on a number', () => {
-      const sizes = [['2G', '2 GiB'], ['4G', '4 GiB'], ['64GiB', '64 GiB'], ['3145732KiB', '3145732 KiB'],
-        ['512MiB', '512 MiB']];
+      const sizes = [
+        ['2G', '2 GiB'],
+        ['4G', '4 GiB'],
+        ['64GiB', '64 GiB'],
+        ['3145732KiB', '3145732 KiB'],
+        ['512MiB', '512 MiB'],
+      ];
       for (const [v, text] of sizes) assert.equal(exactSize(memoryOption('--memory')(v)), text, v);
       assert.equal(roundedSize(5 * 2 ** 30), '5.00 GiB');
       assert.equal(roundedSize(2 ** 32 + 2 ** 31), '6.00 GiB');
       const dir = path.join(ROOT, 'dom0', 'cli');
-      const code = (f: string): string[][] => fs.readFileSync(path.join(dir, f), 'utf8').split('\n')
-        .map((l, n) => [`${f}:${n + 1}`, l.replace(/\/\/.*$/, '')]);
-      const offenders = fs.readdirSync(dir).filter((f) => f.endsWith('.ts')).flatMap(code)
-        .filter(([, l]) => /(>>>?|<<)\s*\d|\|\s*0\b|~~/.test(l)).map(([at, l]) => `${at} ${l.trim()}`);
+      const code = (f: string): string[][] =>
+        fs
+          .readFileSync(path.join(dir, f), 'utf8')
+          .split('\n')
+          .map((l, n) => [`${f}:${n + 1}`, l.replace(/\/\/.*$/, '')]);
+      const offenders = fs
+        .readdirSync(dir)
+        .filter((f) => f.endsWith('.ts'))
+        .flatMap(code)
+        .filter(([, l]) => /(>>>?|<<)\s*\d|\|\s*0\b|~~/.test(l))
+        .map(([at, l]) => `${at} ${l.trim()}`);
       assert.deepEqual(offenders, []);
     });
   });
@@ -478,16 +644,65 @@ describe('31 operator mistakes', () => {
   describe('31.5 good values', () => {
     it('31.5.1 pass every path check and kind, and the check creates nothing', async () => {
       const good: string[][] = [
-        ['protect', 'sim:t31', '127.0.0.1', '--psk-file', F.file, '--journal', path.join(F.dir, 'j'),
-          '--journal', F.file, '--journal', '/dev/null', '--workload', `trace:${F.trace}`, '--disk-image', F.image,
-          '--disk-device', '/dev/nbd0', '--client', 'localhost:9', '--disk-listen', '[::1]:10809', '--memory', '4G',
-          '--disk', '0', '--cache', '64MiB', '--vif', 'vif1.0', '--pg-port', '5433'],
-        ['backup', '--disk-dir', F.dir, '--disk-dir', path.join(F.dir, 'new'), '--reuse-disk', F.image,
-          '--listen', '[::]:7400'],
+        [
+          'protect',
+          'sim:t31',
+          '127.0.0.1',
+          '--psk-file',
+          F.file,
+          '--journal',
+          path.join(F.dir, 'j'),
+          '--journal',
+          F.file,
+          '--journal',
+          '/dev/null',
+          '--workload',
+          `trace:${F.trace}`,
+          '--disk-image',
+          F.image,
+          '--disk-device',
+          '/dev/nbd0',
+          '--client',
+          'localhost:9',
+          '--disk-listen',
+          '[::1]:10809',
+          '--memory',
+          '4G',
+          '--disk',
+          '0',
+          '--cache',
+          '64MiB',
+          '--vif',
+          'vif1.0',
+          '--pg-port',
+          '5433',
+        ],
+        [
+          'backup',
+          '--disk-dir',
+          F.dir,
+          '--disk-dir',
+          path.join(F.dir, 'new'),
+          '--reuse-disk',
+          F.image,
+          '--listen',
+          '[::]:7400',
+        ],
         ['keygen', '--out', path.join(F.dir, 'new.psk')],
-        ['bench', 'net', '--pg-bin', F.pgEmpty, '--svg', path.join(F.dir, 'x.svg'), '--intervals', '25, 50',
-          '--dom0-cpus', '0'],
-        ['bench', 'trace', F.trace], ['disk', 'serve', F.image, '--export', ''],
+        [
+          'bench',
+          'net',
+          '--pg-bin',
+          F.pgEmpty,
+          '--svg',
+          path.join(F.dir, 'x.svg'),
+          '--intervals',
+          '25, 50',
+          '--dom0-cpus',
+          '0',
+        ],
+        ['bench', 'trace', F.trace],
+        ['disk', 'serve', F.image, '--export', ''],
         ['record', 'sim:t31', '--out', path.join(F.dir, 'r.rdt.gz'), '--max-bytes', '1TiB'],
       ];
       for (const argv of good) {

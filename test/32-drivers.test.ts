@@ -17,10 +17,14 @@ const README = path.join(__dirname, '..', '..', 'README.md');
 describe('32 domain drivers', () => {
   it('32.1 README carries the feature table the drivers declare, byte for byte', () => {
     const text = fs.readFileSync(README, 'utf8');
-    const a = text.indexOf(TABLE_BEGIN), b = text.indexOf(TABLE_END);
+    const a = text.indexOf(TABLE_BEGIN),
+      b = text.indexOf(TABLE_END);
     assert.ok(a >= 0 && b > a, 'README has the table markers');
-    assert.equal(text.slice(a, b + TABLE_END.length), featureTable(),
-      'README is stale: paste the output of `remusdb doctor --features`');
+    assert.equal(
+      text.slice(a, b + TABLE_END.length),
+      featureTable(),
+      'README is stale: paste the output of `remusdb doctor --features`',
+    );
   });
 
   it('32.2 every driver states every feature, and each missing one has a reason', () => {
@@ -28,9 +32,15 @@ describe('32 domain drivers', () => {
       for (const f of Object.keys(FEATURES) as Feature[]) {
         const s = d.features[f];
         assert.ok(s === true || (typeof s.reason === 'string' && s.reason.length > 10), `${d.kind} ${f}`);
-        if (s === true) { requireFeature(d, f); continue; }
-        assert.throws(() => requireFeature(d, f), (e: unknown) => isRemusError(e, ErrorCode.BAD_ARGUMENT)
-          && e.message.includes(d.kind) && e.message.includes(s.reason));
+        if (s === true) {
+          requireFeature(d, f);
+          continue;
+        }
+        assert.throws(
+          () => requireFeature(d, f),
+          (e: unknown) =>
+            isRemusError(e, ErrorCode.BAD_ARGUMENT) && e.message.includes(d.kind) && e.message.includes(s.reason),
+        );
       }
     }
   });
@@ -38,19 +48,36 @@ describe('32 domain drivers', () => {
   it('32.3 the registry resolves names and HELLO kinds, and refuses what it does not know', () => {
     assert.equal(resolveDomain('sim:db-1').driver.kind, 'sim');
     assert.equal(resolveDomain('sim:db-1').name, 'db-1');
-    assert.throws(() => resolveDomain('sim:../x'), (e: unknown) => isRemusError(e, ErrorCode.BAD_ARGUMENT));
+    assert.throws(
+      () => resolveDomain('sim:../x'),
+      (e: unknown) => isRemusError(e, ErrorCode.BAD_ARGUMENT),
+    );
     if (!fs.existsSync('/dev/xen/privcmd')) {
-      assert.throws(() => resolveDomain('db'), (e: unknown) => isRemusError(e, ErrorCode.NO_XEN));
+      assert.throws(
+        () => resolveDomain('db'),
+        (e: unknown) => isRemusError(e, ErrorCode.NO_XEN),
+      );
     }
     assert.equal(driverForHello('sim').kind, 'sim');
     assert.equal(driverForHello('xen').kind, 'xen-pv');
-    assert.throws(() => driverForHello('hvm' as 'sim'), (e: unknown) => isRemusError(e, ErrorCode.HANDSHAKE));
+    assert.throws(
+      () => driverForHello('hvm' as 'sim'),
+      (e: unknown) => isRemusError(e, ErrorCode.HANDSHAKE),
+    );
     assert.deepEqual(new Set(DRIVERS.map((d) => d.wireKind)).size, DRIVERS.length, 'one driver per HELLO kind');
   });
 
   it('32.4 one engineOptions: the driver supplies only what differs (heartbeat, device state)', () => {
-    const c = { intervalMs: 50, compressor: 'zstd' as const, cache: '10%', maxInFlight: 2, diskBufferBytesMax: 2 ** 28, verifyDisk: true };
-    const sim = engineOptions(driverOf('sim'), 65536, c), xen = engineOptions(driverOf('xen-pv'), 65536, c);
+    const c = {
+      intervalMs: 50,
+      compressor: 'zstd' as const,
+      cache: '10%',
+      maxInFlight: 2,
+      diskBufferBytesMax: 2 ** 28,
+      verifyDisk: true,
+    };
+    const sim = engineOptions(driverOf('sim'), 65536, c),
+      xen = engineOptions(driverOf('xen-pv'), 65536, c);
     assert.deepEqual([sim.heartbeatTimeoutMs, xen.heartbeatTimeoutMs], [200, 3000]);
     assert.deepEqual([sim.deviceStateMax, xen.deviceStateMax], [65536, 2 ** 20]);
     const strip = (o: object): object => ({ ...o, heartbeatTimeoutMs: 0, deviceStateMax: 0 });
@@ -60,10 +87,13 @@ describe('32 domain drivers', () => {
     assert.equal(engineOptions(driverOf('sim'), 65536, { ...c, heartbeatTimeoutMs: 999 }).heartbeatTimeoutMs, 999);
   });
 
-  it('32.5 protect refuses another driver\'s options, naming the driver they belong to', () => {
+  it("32.5 protect refuses another driver's options, naming the driver they belong to", () => {
     const r = runCli(['protect', 'sim:x', '--blackhole', '--disk-image', __filename], 20_000);
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /--disk-image is for xen-pv domains, not sim ones: a simulated domain's disk is --disk <size>/);
+    assert.match(
+      r.stderr,
+      /--disk-image is for xen-pv domains, not sim ones: a simulated domain's disk is --disk <size>/,
+    );
   });
 
   it('32.6 doctor names each driver with whether this host can run it', () => {

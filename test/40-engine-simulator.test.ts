@@ -13,10 +13,15 @@ const SEEDS = Number(process.env.SIM_SEEDS ?? 2000);
 describe('40 engine simulator', () => {
   it(`40.1 ${process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} seeded scenarios`}: invariants hold`, function () {
     this.timeout(600_000);
-    const seeds = process.env.SIM_SEED ? [Number(process.env.SIM_SEED)] : Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const seeds = process.env.SIM_SEED
+      ? [Number(process.env.SIM_SEED)]
+      : Array.from({ length: SEEDS }, (_, i) => i + 1);
     const failures: WorldResult[] = [];
     const kinds: Record<string, number> = {};
-    let failovers = 0, commits = 0, continued = 0, reconnectSeeds = 0;
+    let failovers = 0,
+      commits = 0,
+      continued = 0,
+      reconnectSeeds = 0;
     for (const s of seeds) {
       const r = runWorld(s);
       kinds[r.fault.kind] = (kinds[r.fault.kind] ?? 0) + 1;
@@ -26,19 +31,29 @@ describe('40 engine simulator', () => {
       if (r.fault.kind === 'reconnect' && r.laterSessions[0] === 'continued') reconnectSeeds++;
       if (r.violations.length) failures.push(r);
     }
-    const show = failures.slice(0, 5).map((f) => `seed ${f.seed} ${JSON.stringify(f.fault)}: ${f.violations.join('; ')}`);
-    assert.equal(failures.length, 0, `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`);
+    const show = failures
+      .slice(0, 5)
+      .map((f) => `seed ${f.seed} ${JSON.stringify(f.fault)}: ${f.violations.join('; ')}`);
+    assert.equal(
+      failures.length,
+      0,
+      `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`,
+    );
     if (!process.env.SIM_SEED) {
       assert.ok(failovers > seeds.length / 20, `failovers were exercised (${failovers})`);
       assert.ok(Object.keys(kinds).length === 9, `every fault kind ran: ${JSON.stringify(kinds)}`);
       // Corruption, a failed checkpoint and a reset only the primary saw are continued, not copied.
-      assert.ok(continued > seeds.length / 10 && reconnectSeeds > seeds.length / 40, `sessions continued: ${continued}, after a reconnect fault: ${reconnectSeeds}`);
+      assert.ok(
+        continued > seeds.length / 10 && reconnectSeeds > seeds.length / 40,
+        `sessions continued: ${continued}, after a reconnect fault: ${reconnectSeeds}`,
+      );
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
     }
   });
 
   it('40.2 the same seed replays exactly', () => {
-    const a = runWorld(77), b = runWorld(77);
+    const a = runWorld(77),
+      b = runWorld(77);
     assert.deepEqual(a, b);
   });
 });

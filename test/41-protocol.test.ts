@@ -3,7 +3,15 @@
 // applied, and it is not taken for a dead primary (no failover).
 import { strict as assert } from 'node:assert';
 import { encodeRecord, RecordDecoder } from '../dom0/protocol/framer';
-import { Rec, RECORD_BODY_MAX, checkpointBegin, checkpointEnd, jsonBody, withEpoch, PROTOCOL_VERSION } from '../dom0/protocol/records';
+import {
+  Rec,
+  RECORD_BODY_MAX,
+  checkpointBegin,
+  checkpointEnd,
+  jsonBody,
+  withEpoch,
+  PROTOCOL_VERSION,
+} from '../dom0/protocol/records';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { Backup } from '../dom0/engine/backup';
 import { PageEncoder } from '../dom0/memory/page-codec';
@@ -17,12 +25,19 @@ const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
 
 describe('41 protocol', () => {
   it('41.1 records survive any chunking', () => {
-    const bytes = Buffer.concat([encodeRecord(Rec.HEARTBEAT, Buffer.alloc(16, 1)), encodeRecord(Rec.ACK, Buffer.alloc(8, 2)), encodeRecord(Rec.GOODBYE, Buffer.alloc(0))]);
+    const bytes = Buffer.concat([
+      encodeRecord(Rec.HEARTBEAT, Buffer.alloc(16, 1)),
+      encodeRecord(Rec.ACK, Buffer.alloc(8, 2)),
+      encodeRecord(Rec.GOODBYE, Buffer.alloc(0)),
+    ]);
     for (const step of [1, 3, 7, bytes.length]) {
       const d = new RecordDecoder(KNOWN);
       const got = [];
       for (let i = 0; i < bytes.length; i += step) got.push(...d.push(bytes.subarray(i, i + step)));
-      assert.deepEqual(got.map((r) => r.type), [Rec.HEARTBEAT, Rec.ACK, Rec.GOODBYE]);
+      assert.deepEqual(
+        got.map((r) => r.type),
+        [Rec.HEARTBEAT, Rec.ACK, Rec.GOODBYE],
+      );
       assert.deepEqual([...got[1].body], [2, 2, 2, 2, 2, 2, 2, 2]);
     }
   });
@@ -31,7 +46,8 @@ describe('41 protocol', () => {
     const good = encodeRecord(Rec.ACK, Buffer.alloc(8, 5));
     for (let i = 0; i < good.length; i++) {
       if (i >= 4 && i < 12) continue; // flags/length bits fail earlier, by other checks
-      const bad = Buffer.from(good); bad[i] ^= 0x10;
+      const bad = Buffer.from(good);
+      bad[i] ^= 0x10;
       const d = new RecordDecoder(KNOWN);
       assert.throws(() => d.push(bad), isProto, `byte ${i}`);
       assert.throws(() => d.push(good), isProto, 'refuses input after an error');
@@ -39,21 +55,47 @@ describe('41 protocol', () => {
   });
 
   it('41.3 an oversize length is rejected before its body arrives', () => {
-    const h = Buffer.alloc(16); h.writeUInt32LE(Rec.PAGE_BATCH, 0); h.writeUInt32LE(RECORD_BODY_MAX + 1, 8);
-    assert.throws(() => new RecordDecoder(KNOWN).push(h), (e: unknown) => isProto(e) && /exceeds/.test((e as Error).message));
+    const h = Buffer.alloc(16);
+    h.writeUInt32LE(Rec.PAGE_BATCH, 0);
+    h.writeUInt32LE(RECORD_BODY_MAX + 1, 8);
+    assert.throws(
+      () => new RecordDecoder(KNOWN).push(h),
+      (e: unknown) => isProto(e) && /exceeds/.test((e as Error).message),
+    );
   });
 
   it('41.4 unknown mandatory records fail, unknown optional ones are skipped', () => {
-    assert.throws(() => new RecordDecoder(KNOWN).push(encodeRecord(99, Buffer.alloc(3))), (e: unknown) => isProto(e) && /unknown mandatory record type 99/.test((e as Error).message));
+    assert.throws(
+      () => new RecordDecoder(KNOWN).push(encodeRecord(99, Buffer.alloc(3))),
+      (e: unknown) => isProto(e) && /unknown mandatory record type 99/.test((e as Error).message),
+    );
     const d = new RecordDecoder(KNOWN);
-    const got = d.push(Buffer.concat([encodeRecord(99, Buffer.alloc(3), 1), encodeRecord(Rec.GOODBYE, Buffer.alloc(0))]));
-    assert.deepEqual(got.map((r) => r.type), [Rec.GOODBYE]);
+    const got = d.push(
+      Buffer.concat([encodeRecord(99, Buffer.alloc(3), 1), encodeRecord(Rec.GOODBYE, Buffer.alloc(0))]),
+    );
+    assert.deepEqual(
+      got.map((r) => r.type),
+      [Rec.GOODBYE],
+    );
     assert.throws(() => new RecordDecoder(KNOWN).push(encodeRecord(Rec.ACK, Buffer.alloc(8), 4)), isProto);
   });
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {
     const PAGES = 128;
-    const hello = jsonBody({ kind: 'sim', domain: 't', pageCount: PAGES, pageSize: 4096, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100, deviceStateMax: 1024, sessionId: 's' }, PROTOCOL_VERSION);
+    const hello = jsonBody(
+      {
+        kind: 'sim',
+        domain: 't',
+        pageCount: PAGES,
+        pageSize: 4096,
+        compressor: 'zstd',
+        intervalMs: 20,
+        heartbeatTimeoutMs: 100,
+        deviceStateMax: 1024,
+        sessionId: 's',
+      },
+      PROTOCOL_VERSION,
+    );
     const mem = dbPages(PAGES, 3);
     const batch = (pfns: number[], enc: PageEncoder): Buffer => {
       const pages = Buffer.concat(pfns.map((p) => mem.subarray(p * 4096, (p + 1) * 4096)));
@@ -62,15 +104,27 @@ describe('41 protocol', () => {
     function session(): { b: Backup; link: TapLink; replica: () => MemReplica; events: string[]; enc: PageEncoder } {
       const events: string[] = [];
       let replica!: MemReplica;
-      const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => (replica = new MemReplica(h.pageCount)) },
-        { event: (n) => events.push(n) });
+      const b = new Backup(
+        new VirtualClock(),
+        { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => (replica = new MemReplica(h.pageCount)) },
+        { event: (n) => events.push(n) },
+      );
       const link = new TapLink();
       b.attach(link);
       link.rec(Rec.HELLO, hello);
       const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
       // a good FULL checkpoint 1
       link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
-      link.rec(Rec.PAGE_BATCH, withEpoch(1, batch(Array.from({ length: PAGES }, (_, i) => i), enc)));
+      link.rec(
+        Rec.PAGE_BATCH,
+        withEpoch(
+          1,
+          batch(
+            Array.from({ length: PAGES }, (_, i) => i),
+            enc,
+          ),
+        ),
+      );
       link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{"kind":"sim"}')));
       link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, PAGES));
       return { b, link, replica: () => replica, events, enc };
@@ -85,11 +139,49 @@ describe('41 protocol', () => {
 
     const cases: Array<[string, (s: ReturnType<typeof session>) => void, RegExp]> = [
       ['epoch gap', (s) => s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(3, false)), /does not follow/],
-      ['batch for another epoch', (s) => { s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false)); s.link.rec(Rec.PAGE_BATCH, withEpoch(7, batch([1], s.enc))); }, /epoch 7 inside checkpoint 2/],
-      ['a pfn twice in one checkpoint', (s) => { s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false)); s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5], s.enc))); s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5], s.enc))); }, /appears twice/],
-      ['END with the wrong page count', (s) => { s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false)); s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5, 6], s.enc))); s.link.rec(Rec.DEVICE_STATE, withEpoch(2, Buffer.from('{"kind":"sim"}'))); s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(2, 3)); }, /announced 3 pages but carried 2/],
-      ['END without DEVICE_STATE', (s) => { s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false)); s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(2, 0)); }, /no DEVICE_STATE/],
-      ['a corrupt page batch', (s) => { s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false)); s.link.rec(Rec.PAGE_BATCH, withEpoch(2, Buffer.from([1, 0, 0, 0, 50, 0, 0, 0, 1, 2, 3]))); }, /page batch/],
+      [
+        'batch for another epoch',
+        (s) => {
+          s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+          s.link.rec(Rec.PAGE_BATCH, withEpoch(7, batch([1], s.enc)));
+        },
+        /epoch 7 inside checkpoint 2/,
+      ],
+      [
+        'a pfn twice in one checkpoint',
+        (s) => {
+          s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+          s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5], s.enc)));
+          s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5], s.enc)));
+        },
+        /appears twice/,
+      ],
+      [
+        'END with the wrong page count',
+        (s) => {
+          s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+          s.link.rec(Rec.PAGE_BATCH, withEpoch(2, batch([5, 6], s.enc)));
+          s.link.rec(Rec.DEVICE_STATE, withEpoch(2, Buffer.from('{"kind":"sim"}')));
+          s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(2, 3));
+        },
+        /announced 3 pages but carried 2/,
+      ],
+      [
+        'END without DEVICE_STATE',
+        (s) => {
+          s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+          s.link.rec(Rec.CHECKPOINT_END, checkpointEnd(2, 0));
+        },
+        /no DEVICE_STATE/,
+      ],
+      [
+        'a corrupt page batch',
+        (s) => {
+          s.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, false));
+          s.link.rec(Rec.PAGE_BATCH, withEpoch(2, Buffer.from([1, 0, 0, 0, 50, 0, 0, 0, 1, 2, 3])));
+        },
+        /page batch/,
+      ],
       ['HELLO twice', (s) => s.link.rec(Rec.HELLO, hello), /HELLO twice/],
     ];
     for (const [name, act, why] of cases) {
@@ -110,7 +202,11 @@ describe('41 protocol', () => {
 
     it('the first checkpoint of a session must be FULL', () => {
       const events: string[] = [];
-      const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) }, { event: (n) => events.push(n) });
+      const b = new Backup(
+        new VirtualClock(),
+        { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) },
+        { event: (n) => events.push(n) },
+      );
       const link = new TapLink();
       b.attach(link);
       link.rec(Rec.HELLO, hello);
@@ -119,8 +215,15 @@ describe('41 protocol', () => {
     });
 
     it('a HELLO with another protocol version or page size is refused', () => {
-      for (const body of [jsonBody({}, 99), jsonBody({ kind: 'sim', domain: 't', pageCount: 128, pageSize: 8192 }, PROTOCOL_VERSION)]) {
-        const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) });
+      for (const body of [
+        jsonBody({}, 99),
+        jsonBody({ kind: 'sim', domain: 't', pageCount: 128, pageSize: 8192 }, PROTOCOL_VERSION),
+      ]) {
+        const b = new Backup(new VirtualClock(), {
+          pageCountMax: 1 << 20,
+          batchPagesMax: 64,
+          replicaFor: (h) => new MemReplica(h.pageCount),
+        });
         const link = new TapLink();
         b.attach(link);
         link.rec(Rec.HELLO, body);

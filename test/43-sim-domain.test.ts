@@ -20,8 +20,13 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 describe('43 simulated domain', () => {
   let d: SimDomain;
   const outputs: SimOutput[] = [];
-  before(() => { d = SimDomain.boot(16 * 2 ** 20, 'oltp', 9, { name: 't43', stepsPerSec: 20000, onOutput: (o) => outputs.push(o) }); });
-  after(async () => { await d.destroy(); await d.destroy(); });
+  before(() => {
+    d = SimDomain.boot(16 * 2 ** 20, 'oltp', 9, { name: 't43', stepsPerSec: 20000, onOutput: (o) => outputs.push(o) });
+  });
+  after(async () => {
+    await d.destroy();
+    await d.destroy();
+  });
 
   it('43.1 uses the kernel dirty tracking here (uffd-wp), or says why not', () => {
     assert.ok(['uffd-wp', 'hash'].includes(d.dirtyMode));
@@ -64,7 +69,10 @@ describe('43 simulated domain', () => {
       assert.ok(cap.count <= changed * 2 + 8, `dirty set stays close to the changed set (${cap.count} vs ${changed})`);
       for (let i = 0; i < cap.count; i++) {
         const p = cap.pfns[i];
-        assert.ok(Buffer.from(cap.pages.subarray(i * PAGE, (i + 1) * PAGE)).equals(Buffer.from(d.mem.page(p))), 'captured copy equals memory');
+        assert.ok(
+          Buffer.from(cap.pages.subarray(i * PAGE, (i + 1) * PAGE)).equals(Buffer.from(d.mem.page(p))),
+          'captured copy equals memory',
+        );
       }
       shadow = flat(d.mem);
       d.resume();

@@ -10,7 +10,8 @@ import { freePort, processWorld, runCli, sleep, until } from './support/helpers'
 describe('44 replication end to end', function () {
   this.timeout(120_000);
   const { dir, env, start, status } = processWorld('e2e');
-  const psk = path.join(dir, 'a.psk'), other = path.join(dir, 'b.psk');
+  const psk = path.join(dir, 'a.psk'),
+    other = path.join(dir, 'b.psk');
   before(() => {
     assert.equal(runCli(['keygen', '--out', psk]).status, 0);
     assert.equal(runCli(['keygen', '--out', other]).status, 0);
@@ -22,11 +23,26 @@ describe('44 replication end to end', function () {
     assert.equal(r.status, 0, r.stderr.slice(-2000));
     const lines = r.stdout.trim().split('\n');
     const j = JSON.parse(lines[lines.length - 1]);
-    for (const k of ['epochs', 'interval_ms', 'pause_ms_p50', 'pause_ms_p99', 'wire_bytes', 'ratio', 'failover_ms', 'outputs_seen', 'outputs_ahead_of_checkpoint', 'state_verified']) assert.ok(k in j, k);
+    for (const k of [
+      'epochs',
+      'interval_ms',
+      'pause_ms_p50',
+      'pause_ms_p99',
+      'wire_bytes',
+      'ratio',
+      'failover_ms',
+      'outputs_seen',
+      'outputs_ahead_of_checkpoint',
+      'state_verified',
+    ])
+      assert.ok(k in j, k);
     assert.equal(j.state_verified, true);
     assert.equal(j.outputs_ahead_of_checkpoint, 0);
     assert.equal(j.sessions, 1, 'one session: the first copy is a live pre-copy, never dropped');
-    assert.ok(j.initial_sync_ms > 0 && Number.isFinite(j.max_output_hold_ms), `initial sync ${j.initial_sync_ms} ms, hold ${j.max_output_hold_ms} ms`);
+    assert.ok(
+      j.initial_sync_ms > 0 && Number.isFinite(j.max_output_hold_ms),
+      `initial sync ${j.initial_sync_ms} ms, hold ${j.max_output_hold_ms} ms`,
+    );
     assert.ok(j.primary_rss_bytes > 64 * 2 ** 20 && j.backup_rss_bytes > 64 * 2 ** 20, 'both RSS include the guest');
     assert.ok(j.outputs_seen > 100 && j.epochs > 10 && j.ratio > 1);
     assert.ok(j.resumed_epoch >= j.acked_epoch_before_kill);
@@ -36,15 +52,22 @@ describe('44 replication end to end', function () {
     const port = await freePort();
     const b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'auth-backup.log');
     await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
-    const p = start(['protect', 'sim:auth', `127.0.0.1:${port}`, '--psk-file', other, '--memory', '1MiB'], 'auth-primary.log');
+    const p = start(
+      ['protect', 'sim:auth', `127.0.0.1:${port}`, '--psk-file', other, '--memory', '1MiB'],
+      'auth-primary.log',
+    );
     await sleep(2500);
     const st = await status(`backup-${port}.sock`);
     assert.equal(st.domain, null, 'no session was opened');
     assert.match(fs.readFileSync(path.join(dir, 'auth-backup.log'), 'utf8'), /rejected a peer that failed TLS/);
-    assert.match(fs.readFileSync(path.join(dir, 'auth-primary.log'), 'utf8'), /TLS .* failed \(different pre-shared keys\?\)/);
+    assert.match(
+      fs.readFileSync(path.join(dir, 'auth-primary.log'), 'utf8'),
+      /TLS .* failed \(different pre-shared keys\?\)/,
+    );
     const ps = await status('primary-auth.sock');
     assert.equal(ps.state, 'connecting');
-    p.kill('SIGKILL'); b.kill('SIGKILL');
+    p.kill('SIGKILL');
+    b.kill('SIGKILL');
   });
 
   it('44.6 a 1 GiB guest is protected in one session (live pre-copy), fails over, state verified', () => {
@@ -63,14 +86,27 @@ describe('44 replication end to end', function () {
     const port = await freePort();
     start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'manual-backup.log');
     await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
-    const primary = start(['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'], 'manual-primary.log');
+    const primary = start(
+      ['protect', 'sim:manual', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB'],
+      'manual-primary.log',
+    );
     const exit = new Promise<number | null>((resolve) => primary.on('exit', (c) => resolve(c)));
     await until(async () => Number((await status('primary-manual.sock')).ackedEpoch) > 5, 20000, 'checkpoints');
     const st = runCli(['status', 'sim:manual', '--json'], 10000, env);
     assert.equal(st.status, 0, st.stderr);
     const procs = JSON.parse(st.stdout).processes as Array<Record<string, unknown>>;
     const prim = procs.find((p) => p.role === 'primary')!;
-    for (const k of ['epoch', 'pauseMsP50', 'pauseMsP99', 'dirtyPagesLast', 'wireBytes', 'ratio', 'outputsHeld', 'lastAckAgeMs']) assert.ok(k in prim, `status has ${k}`);
+    for (const k of [
+      'epoch',
+      'pauseMsP50',
+      'pauseMsP99',
+      'dirtyPagesLast',
+      'wireBytes',
+      'ratio',
+      'outputsHeld',
+      'lastAckAgeMs',
+    ])
+      assert.ok(k in prim, `status has ${k}`);
     assert.ok(procs.some((p) => p.role === 'backup' && p.state === 'receiving'));
     const r = runCli(['failover', 'sim:manual'], 30000, env);
     assert.equal(r.status, 0, r.stderr);
@@ -86,15 +122,28 @@ describe('44 replication end to end', function () {
     const port = await freePort();
     let b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup.log');
     await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
-    start(['protect', 'sim:rp', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '-i', '20'], 'reprotect-primary.log');
+    start(
+      ['protect', 'sim:rp', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '-i', '20'],
+      'reprotect-primary.log',
+    );
     await until(async () => Number((await status('primary-rp.sock')).ackedEpoch) > 3, 20000, 'checkpoints');
     b.kill('SIGKILL');
     await until(async () => (await status('primary-rp.sock')).state === 'unprotected', 10000, 'unprotected');
     const stepsBefore = Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps);
     await sleep(300);
-    assert.ok(Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps) > stepsBefore, 'the guest keeps running');
+    assert.ok(
+      Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps) > stepsBefore,
+      'the guest keeps running',
+    );
     b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup2.log');
-    const st = await until(async () => { const s = await status('primary-rp.sock'); return s.state === 'protected' && Number(s.sessions) === 2 ? s : null; }, 20000, 're-protection');
+    const st = await until(
+      async () => {
+        const s = await status('primary-rp.sock');
+        return s.state === 'protected' && Number(s.sessions) === 2 ? s : null;
+      },
+      20000,
+      're-protection',
+    );
     assert.ok(Number(st.ackedEpoch) > 0);
     b.kill('SIGKILL');
   });

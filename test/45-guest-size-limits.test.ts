@@ -17,7 +17,11 @@ import { PageDecoder, PageEncoder } from '../dom0/memory/page-codec';
 import { SimDomain, type SimOutput } from '../dom0/hypervisor/sim/sim-domain';
 import { SimReplica } from '../dom0/hypervisor/sim/sim-replica';
 import {
-  SIM_GUEST_BYTES_MAX, SIM_GUEST_PAGES_MAX, checkSimGuestBytes, checkSimGuestFitsHost, simGuestBytesProblem,
+  SIM_GUEST_BYTES_MAX,
+  SIM_GUEST_PAGES_MAX,
+  checkSimGuestBytes,
+  checkSimGuestFitsHost,
+  simGuestBytesProblem,
 } from '../dom0/hypervisor/sim/guest-size';
 import { C_STATE, STOP } from '../dom0/hypervisor/sim/vcpu-control';
 import type { Link } from '../dom0/ports';
@@ -32,9 +36,20 @@ const BUFFER_MAX = 2 ** 32; // Node.js 20's longest buffer, and the arena's long
 const FIVE_GIB = 5 * 2 ** 30;
 
 /** What a child reports of one attempt: ok, or the error it threw. */
-interface Outcome { bytes: number; ok?: boolean; name?: string; code?: string; message?: string; }
+interface Outcome {
+  bytes: number;
+  ok?: boolean;
+  name?: string;
+  code?: string;
+  message?: string;
+}
 
-interface Exit { status: number | null; signal: string | null; stdout: string; stderr: string; }
+interface Exit {
+  status: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs a node script in a child (from dist/test); an abort shows as signal SIGABRT. */
 function runNode(script: string, timeoutMs = 60000): Exit {
@@ -66,18 +81,30 @@ describe('45 guest size limits', () => {
     assert.equal(GUEST_PAGES_MAX, SIM_GUEST_PAGES_MAX);
     assert.equal(loadAddon().arenaBufferBytesMax, BUFFER_MAX);
     assert.ok(SEGMENT_PAGES * PAGE <= BUFFER_MAX, 'a segment is one buffer');
-    assert.ok(GUEST_PAGES_MAX / SEGMENT_PAGES <= loadAddon().codecConstants.imageSegmentsMax, 'the decoder takes every segment');
+    assert.ok(
+      GUEST_PAGES_MAX / SEGMENT_PAGES <= loadAddon().codecConstants.imageSegmentsMax,
+      'the decoder takes every segment',
+    );
     assert.equal(simGuestBytesProblem(LIMIT), null);
     assert.equal(simGuestBytesProblem(FIVE_GIB), null);
     assertNamesLimit(simGuestBytesProblem(OVER) ?? '');
     assert.match(simGuestBytesProblem(LIMIT + 1) ?? '', /multiple of 4096/);
-    assert.throws(() => checkSimGuestBytes(2 ** 40, 'sim:x', ErrorCode.HANDSHAKE), (e: unknown) =>
-      e instanceof RemusError && e.code === ErrorCode.HANDSHAKE && /^sim:x: 1099511627776 bytes \(1024 GiB\)/.test(e.message),
+    assert.throws(
+      () => checkSimGuestBytes(2 ** 40, 'sim:x', ErrorCode.HANDSHAKE),
+      (e: unknown) =>
+        e instanceof RemusError &&
+        e.code === ErrorCode.HANDSHAKE &&
+        /^sim:x: 1099511627776 bytes \(1024 GiB\)/.test(e.message),
     );
     const ram = pastRam();
     if (ram !== null) {
-      assert.throws(() => checkSimGuestFitsHost(ram, 'sim:x'), (e: unknown) =>
-        e instanceof RemusError && e.code === ErrorCode.BAD_ARGUMENT && /more than this host's .* of RAM/.test(e.message));
+      assert.throws(
+        () => checkSimGuestFitsHost(ram, 'sim:x'),
+        (e: unknown) =>
+          e instanceof RemusError &&
+          e.code === ErrorCode.BAD_ARGUMENT &&
+          /more than this host's .* of RAM/.test(e.message),
+      );
     }
   });
 
@@ -105,7 +132,10 @@ describe('45 guest size limits', () => {
       assert.equal(o.ok, undefined, `a ${o.bytes}-byte buffer was created`);
       assert.equal(o.name, 'RemusError');
       assert.equal(o.code, ErrorCode.OUT_OF_MEMORY);
-      assert.match(o.message ?? '', new RegExp(`^${o.bytes} bytes of guest memory cannot be one ArrayBuffer: .*4294967296 bytes`));
+      assert.match(
+        o.message ?? '',
+        new RegExp(`^${o.bytes} bytes of guest memory cannot be one ArrayBuffer: .*4294967296 bytes`),
+      );
     }
   });
 
@@ -115,7 +145,8 @@ describe('45 guest size limits', () => {
       const mem = GuestMemory.ofArena(a);
       assert.equal(mem.pageCount, FIVE_GIB / PAGE);
       assert.equal(mem.segments.length, 5);
-      const high = FIVE_GIB / PAGE - 1, aliased = high % 2 ** 20; // same pfn modulo 2^20: a 32-bit offset bug
+      const high = FIVE_GIB / PAGE - 1,
+        aliased = high % 2 ** 20; // same pfn modulo 2^20: a 32-bit offset bug
       mem.page(0)[0] = 0x45;
       mem.page(high)[PAGE - 1] = 0x54;
       assert.equal(mem.page(aliased)[PAGE - 1], 0, 'a write past 2^32 did not land 2^32 lower');
@@ -124,7 +155,9 @@ describe('45 guest size limits', () => {
       assert.equal(dst[PAGE - 1], 0x54);
       assert.equal(dst[PAGE], 0x45);
       assert.throws(() => a.view(FIVE_GIB / PAGE - 1, 2), /inside the arena/);
-    } finally { a.close(); }
+    } finally {
+      a.close();
+    }
   });
 
   it('45.4 SimDomain.boot refuses a guest past the limit, or past the host RAM, with ERR_BAD_ARGUMENT', () => {
@@ -142,7 +175,10 @@ describe('45 guest size limits', () => {
     assert.equal(r.signal, null, `the child was killed by ${r.signal}: ${r.stderr}`);
     assert.equal(r.status, 0, r.stderr);
     const out = JSON.parse(r.stdout) as Outcome[];
-    assert.deepEqual(out.map((o) => o.bytes), sizes);
+    assert.deepEqual(
+      out.map((o) => o.bytes),
+      sizes,
+    );
     for (const o of out) {
       assert.equal(o.ok, undefined, `a ${o.bytes}-byte guest booted`);
       assert.equal(o.name, 'RemusError');
@@ -172,7 +208,9 @@ describe('45 guest size limits', () => {
 
   it('45.6 a 5 GiB guest runs, suspends and stops; a 5 GiB replica decodes pages past 2^32 where they belong', async () => {
     const outputs: SimOutput[] = [];
-    const onOutput = (o: SimOutput): void => { outputs.push(o); };
+    const onOutput = (o: SimOutput): void => {
+      outputs.push(o);
+    };
     const d = SimDomain.boot(FIVE_GIB, 'idle', 3, { name: 't45max', stepsPerSec: 500, onOutput });
     try {
       assert.equal(d.pageCount, FIVE_GIB / PAGE);
@@ -181,10 +219,15 @@ describe('45 guest size limits', () => {
       d.suspend();
       const cap = d.capture(false);
       assert.ok(cap.count >= 1 && cap.count < 16, `a few dirty pages (page 0: the header), got ${cap.count}`);
-      assert.throws(() => d.capture(true), (e: unknown) => e instanceof RemusError && /copied live/.test(e.message));
+      assert.throws(
+        () => d.capture(true),
+        (e: unknown) => e instanceof RemusError && /copied live/.test(e.message),
+      );
       d.resume();
       assert.equal(d.workerError, null);
-    } finally { await d.destroy(); }
+    } finally {
+      await d.destroy();
+    }
     const r = new SimReplica('t45max', FIVE_GIB / PAGE);
     try {
       assert.equal(r.image.pageCount, FIVE_GIB / PAGE);
@@ -193,9 +236,19 @@ describe('45 guest size limits', () => {
       const enc = new PageEncoder({ compressor: 'lz4', cachePages: 0 });
       const { records } = enc.encode(pages, BigUint64Array.from(pfns.map(BigInt)));
       assert.equal(new PageDecoder('native').applyInPlace(records, r.image), pfns.length);
-      pfns.forEach((p, i) => assert.ok(Buffer.from(r.image.page(p)).equals(Buffer.from(pages.subarray(i * PAGE, (i + 1) * PAGE))), `page ${p}`));
-      assert.ok(r.image.page((FIVE_GIB / PAGE - 1) % 2 ** 20).every((b) => b === 0), 'nothing landed 2^32 lower');
-    } finally { r.close(); }
+      pfns.forEach((p, i) =>
+        assert.ok(
+          Buffer.from(r.image.page(p)).equals(Buffer.from(pages.subarray(i * PAGE, (i + 1) * PAGE))),
+          `page ${p}`,
+        ),
+      );
+      assert.ok(
+        r.image.page((FIVE_GIB / PAGE - 1) % 2 ** 20).every((b) => b === 0),
+        'nothing landed 2^32 lower',
+      );
+    } finally {
+      r.close();
+    }
   });
 
   it('45.7 destroy() does not wait for a vCPU that already exited; a destroyed guest stays down', async () => {
@@ -210,7 +263,10 @@ describe('45 guest size limits', () => {
     const result = await Promise.race([d.destroy().then(() => 'destroyed'), sleep(3000).then(() => 'hung')]);
     assert.equal(result, 'destroyed', 'destroy() waited for an exit that had already happened');
     d.resume(); // no-op
-    assert.throws(() => d.suspend(), (e: unknown) => e instanceof RemusError && e.code === ErrorCode.VCPU);
+    assert.throws(
+      () => d.suspend(),
+      (e: unknown) => e instanceof RemusError && e.code === ErrorCode.VCPU,
+    );
   });
 
   it('45.8 protect: past the limit or the RAM exits 2 with ERR_BAD_ARGUMENT; 5G runs and stops', function () {
@@ -218,15 +274,35 @@ describe('45 guest size limits', () => {
     const name = `t45p${process.pid}`;
     const ram = pastRam();
     for (const size of [String(OVER), '65G', ...(ram === null ? [] : [String(ram)])]) {
-      const r = runRemusdb(['protect', `sim:${name}`, '--blackhole', '--memory', size, '--disk', '0',
-        '--seconds', '1']);
+      const r = runRemusdb([
+        'protect',
+        `sim:${name}`,
+        '--blackhole',
+        '--memory',
+        size,
+        '--disk',
+        '0',
+        '--seconds',
+        '1',
+      ]);
       assert.equal(r.signal, null, `protect --memory ${size} was killed by ${r.signal}: ${r.stderr}`);
       assert.equal(r.status, 2, `protect --memory ${size}: ${r.stderr}`);
       assert.match(r.stderr, /\[ERR_BAD_ARGUMENT\]/);
       assert.match(r.stderr, Number(size) > LIMIT || size === '65G' ? /--memory/ : /more than this host's/);
     }
-    const ok = runRemusdb(['protect', `sim:${name}`, '--blackhole', '--memory', '5G', '--workload', 'idle',
-      '--disk', '0', '--seconds', '1']);
+    const ok = runRemusdb([
+      'protect',
+      `sim:${name}`,
+      '--blackhole',
+      '--memory',
+      '5G',
+      '--workload',
+      'idle',
+      '--disk',
+      '0',
+      '--seconds',
+      '1',
+    ]);
     assert.equal(ok.signal, null, `protect --memory 5G was killed by ${ok.signal}: ${ok.stderr}`);
     assert.equal(ok.status, 0, ok.stderr);
     assert.doesNotMatch(ok.stderr, /\[ERR_/);
@@ -238,7 +314,9 @@ describe('45 guest size limits', () => {
     const args = [path.join(ROOT, 'bin', 'remusdb'), 'backup', '--listen', `127.0.0.1:${port}`, '--insecure'];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
-    child.stderr.on('data', (c: Buffer) => { stderr += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
     const ended = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
     });
@@ -250,11 +328,25 @@ describe('45 guest size limits', () => {
           link.onRecord((t: number, b: Buffer) => resolve({ type: REC_NAMES[t], body: b.toString('utf8') }));
           link.onClose(() => resolve({ type: 'closed', body: '' }));
         });
-        link.send(Rec.HELLO, jsonBody({
-          kind: 'sim', domain: 't45big', pageCount: bytes / PAGE, pageSize: PAGE, compressor: 'zstd',
-          intervalMs: 50, heartbeatTimeoutMs: 1000, deviceStateMax: 65536, diskBytes: 0, diskBufferBytesMax: 2 ** 20,
-          sessionId: `t45-${bytes}`,
-        }, PROTOCOL_VERSION));
+        link.send(
+          Rec.HELLO,
+          jsonBody(
+            {
+              kind: 'sim',
+              domain: 't45big',
+              pageCount: bytes / PAGE,
+              pageSize: PAGE,
+              compressor: 'zstd',
+              intervalMs: 50,
+              heartbeatTimeoutMs: 1000,
+              deviceStateMax: 65536,
+              diskBytes: 0,
+              diskBufferBytesMax: 2 ** 20,
+              sessionId: `t45-${bytes}`,
+            },
+            PROTOCOL_VERSION,
+          ),
+        );
         const answer = await Promise.race([got, sleep(10000).then(() => ({ type: 'silence', body: '' }))]);
         link.close();
         if (bytes === FIVE_GIB) {

@@ -10,9 +10,18 @@ import * as zlib from 'node:zlib';
 import { ErrorCode, RemusError } from '../dom0/errors';
 import { loadAddon } from '../dom0/native';
 import {
-  IMAGE_HEADER_BYTES, DOMAIN_HEADER_BYTES, REC, RecordSplitter, parsePageData, type RawRecord,
+  IMAGE_HEADER_BYTES,
+  DOMAIN_HEADER_BYTES,
+  REC,
+  RecordSplitter,
+  parsePageData,
+  type RawRecord,
 } from '../dom0/hypervisor/xen/libxc-stream';
-import { CheckpointCollector, rebuildCheckpoint, type CollectedCheckpoint } from '../dom0/hypervisor/xen/xen-checkpoint';
+import {
+  CheckpointCollector,
+  rebuildCheckpoint,
+  type CollectedCheckpoint,
+} from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
 import { XenDomain } from '../dom0/hypervisor/xen/xen-domain';
 import type { XenAddon, XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
@@ -27,15 +36,15 @@ function headers(): Buffer {
   b.writeBigUInt64BE(0xffffffffffffffffn, 0);
   b.writeUInt32BE(0x58454e46, 8);
   b.writeUInt32BE(3, 12);
-  b.writeUInt32LE(1, 24);   // x86 PV
-  b.writeUInt16LE(12, 28);  // page shift
+  b.writeUInt32LE(1, 24); // x86 PV
+  b.writeUInt16LE(12, 28); // page shift
   b.writeUInt32LE(4, 32);
   b.writeUInt32LE(17, 36);
   return b;
 }
 
-
-const XTAB = 0xf, L1TAB = 0x1;
+const XTAB = 0xf,
+  L1TAB = 0x1;
 /** A page whose content says which pfn and round it is. */
 function page(pfn: number, round: number): Buffer {
   const p = Buffer.alloc(PAGE_BYTES, (pfn * 7 + round) & 0xff);
@@ -59,11 +68,20 @@ function pageData(entries: Array<{ pfn: number; type?: number; round?: number }>
 const checkpointRec = (): Buffer => record(REC.CHECKPOINT, Buffer.alloc(0));
 
 /** Feeds bytes in pieces of random sizes (seeded) and collects what the splitter yields. */
-function split(bytes: Buffer, pieceMax: number, seed = 1, expectHeaders = true): { headers: Buffer[]; recs: RawRecord[] } {
+function split(
+  bytes: Buffer,
+  pieceMax: number,
+  seed = 1,
+  expectHeaders = true,
+): { headers: Buffer[]; recs: RawRecord[] } {
   const out = { headers: [] as Buffer[], recs: [] as RawRecord[] };
-  const s = new RecordSplitter((h) => out.headers.push(Buffer.from(h)), (r) => out.recs.push({ ...r, bytes: Buffer.from(r.bytes) }), expectHeaders);
+  const s = new RecordSplitter(
+    (h) => out.headers.push(Buffer.from(h)),
+    (r) => out.recs.push({ ...r, bytes: Buffer.from(r.bytes) }),
+    expectHeaders,
+  );
   let x = seed;
-  for (let at = 0; at < bytes.length;) {
+  for (let at = 0; at < bytes.length; ) {
     x = (x * 1103515245 + 12345) % 2 ** 31;
     const n = 1 + (x % pieceMax);
     s.push(bytes.subarray(at, at + n));
@@ -86,13 +104,23 @@ function twoCheckpoints(): { first: Buffer[]; second: Buffer[] } {
     record(REC.SHARED_INFO, page(999, 9)),
     checkpointRec(),
   ];
-  const second = [pageData([{ pfn: 3, round: 1 }, { pfn: 40, round: 1 }]), record(REC.SHARED_INFO, page(999, 10)), checkpointRec()];
+  const second = [
+    pageData([
+      { pfn: 3, round: 1 },
+      { pfn: 40, round: 1 },
+    ]),
+    record(REC.SHARED_INFO, page(999, 10)),
+    checkpointRec(),
+  ];
   return { first, second };
 }
 
 function collect(c: CheckpointCollector, recs: RawRecord[]): CollectedCheckpoint[] {
   const done: CollectedCheckpoint[] = [];
-  for (const r of recs) { const d = c.add(r); if (d) done.push(d); }
+  for (const r of recs) {
+    const d = c.add(r);
+    if (d) done.push(d);
+  }
   return done;
 }
 
@@ -110,7 +138,10 @@ describe('47 xen stream', () => {
     for (const pieceMax of [1, 7, 4096, 1 << 20]) {
       const got = split(bytes, pieceMax, pieceMax);
       assert.equal(got.headers.length, 1);
-      assert.deepEqual(got.recs.map((r) => r.type), [REC.X86_PV_INFO, 0x80000123, REC.PAGE_DATA, REC.PAGE_DATA, REC.SHARED_INFO, REC.CHECKPOINT]);
+      assert.deepEqual(
+        got.recs.map((r) => r.type),
+        [REC.X86_PV_INFO, 0x80000123, REC.PAGE_DATA, REC.PAGE_DATA, REC.SHARED_INFO, REC.CHECKPOINT],
+      );
       assert.equal(got.recs[1].bodyLength, 29);
       assert.equal(got.recs[1].bytes.length, 8 + 32, 'body padded to 8 octets');
       assert.deepEqual(Buffer.concat([got.headers[0], ...got.recs.map((r) => r.bytes)]), bytes);
@@ -118,16 +149,30 @@ describe('47 xen stream', () => {
   });
 
   it('47.2 rejects malformed input with a RemusError that says what is wrong', () => {
-    const bad = headers(); bad.writeUInt32BE(0x12345678, 8);
-    assert.throws(() => split(bad, 100), (e: Error) => e instanceof RemusError && /XENF/.test(e.message));
-    const v9 = headers(); v9.writeUInt32BE(9, 12);
+    const bad = headers();
+    bad.writeUInt32BE(0x12345678, 8);
+    assert.throws(
+      () => split(bad, 100),
+      (e: Error) => e instanceof RemusError && /XENF/.test(e.message),
+    );
+    const v9 = headers();
+    v9.writeUInt32BE(9, 12);
     assert.throws(() => split(v9, 100), /image version 9/);
-    assert.throws(() => split(Buffer.concat([headers(), pageData([{ pfn: 1 }]).subarray(0, 100)]), 50), /stream ends inside a record/);
-    const huge = record(REC.PAGE_DATA, Buffer.alloc(8)); huge.writeUInt32LE(0x7fffffff, 4);
+    assert.throws(
+      () => split(Buffer.concat([headers(), pageData([{ pfn: 1 }]).subarray(0, 100)]), 50),
+      /stream ends inside a record/,
+    );
+    const huge = record(REC.PAGE_DATA, Buffer.alloc(8));
+    huge.writeUInt32LE(0x7fffffff, 4);
     assert.throws(() => split(huge, 16, 1, false), /claims 2147483647 octets/);
-    const short = pageData([{ pfn: 1 }, { pfn: 2 }]); short.writeUInt32LE(8 + 16 + PAGE_BYTES, 4); // says one page of data, has two
-    assert.throws(() => parsePageData(short.subarray(0, 8 + 8 + 16 + PAGE_BYTES), false), /2 pfns with 2 data pages need/);
-    const reserved = pageData([{ pfn: 1 }]); reserved.writeUInt32LE(0x00100000, 20);
+    const short = pageData([{ pfn: 1 }, { pfn: 2 }]);
+    short.writeUInt32LE(8 + 16 + PAGE_BYTES, 4); // says one page of data, has two
+    assert.throws(
+      () => parsePageData(short.subarray(0, 8 + 8 + 16 + PAGE_BYTES), false),
+      /2 pfns with 2 data pages need/,
+    );
+    const reserved = pageData([{ pfn: 1 }]);
+    reserved.writeUInt32LE(0x00100000, 20);
     assert.throws(() => parsePageData(reserved, false), /reserved bits/);
     const zero = record(REC.PAGE_DATA, Buffer.alloc(8));
     assert.throws(() => parsePageData(zero, false), /PAGE_DATA with 0 pfns/);
@@ -152,21 +197,28 @@ describe('47 xen stream', () => {
     assert.deepEqual(Buffer.from(ck1.capture.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 0));
     assert.deepEqual(Array.from(ck2.capture.pfns), [3, 40]);
     const image = new Uint8Array(PAGES * PAGE_BYTES);
-    const r1 = commit(image, ck1), r2 = commit(image, ck2);
+    const r1 = commit(image, ck1),
+      r2 = commit(image, ck2);
     assert.deepEqual(r1.preamble, preamble);
     assert.equal(r2.preamble, null);
     assert.deepEqual(Buffer.concat(r1.parts), Buffer.concat(first));
     assert.deepEqual(Buffer.concat(r2.parts), Buffer.concat(second));
     assert.ok(r1.endsWithCheckpoint && r2.endsWithCheckpoint);
-    assert.ok(ck2.capture.deviceState.length < 200, `a delta skeleton has no page data (${ck2.capture.deviceState.length} octets)`);
+    assert.ok(
+      ck2.capture.deviceState.length < 200,
+      `a delta skeleton has no page data (${ck2.capture.deviceState.length} octets)`,
+    );
     assert.equal(ck2.rawBytes, Buffer.concat(second).length);
   });
 
   it('47.5 a pfn sent twice in a checkpoint keeps its last content and type only', () => {
     const recs = [
-      pageData([{ pfn: 1 }, { pfn: 2 }, { pfn: 3 }]),        // live round 1
-      pageData([{ pfn: 2, round: 1, type: L1TAB }, { pfn: 3, type: XTAB }]), // round 2
-      pageData([{ pfn: 1, round: 2 }]),                         // stop-and-copy
+      pageData([{ pfn: 1 }, { pfn: 2 }, { pfn: 3 }]), // live round 1
+      pageData([
+        { pfn: 2, round: 1, type: L1TAB },
+        { pfn: 3, type: XTAB },
+      ]), // round 2
+      pageData([{ pfn: 1, round: 2 }]), // stop-and-copy
       checkpointRec(),
     ];
     const c = new CheckpointCollector(8);
@@ -176,13 +228,31 @@ describe('47 xen stream', () => {
     const image = new Uint8Array(8 * PAGE_BYTES);
     const r = commit(image, ck);
     assert.deepEqual(Buffer.from(image.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 2));
-    assert.deepEqual(Buffer.from(image.subarray(3 * PAGE_BYTES, 4 * PAGE_BYTES)), Buffer.alloc(PAGE_BYTES), 'XTAB last: no content');
-    const expected = [pageData([{ pfn: 2, round: 1, type: L1TAB }, { pfn: 3, type: XTAB }]), pageData([{ pfn: 1, round: 2 }]), checkpointRec()];
-    assert.deepEqual(Buffer.concat(r.parts), Buffer.concat(expected), 'round 1 dropped: every pfn of it was sent again');
+    assert.deepEqual(
+      Buffer.from(image.subarray(3 * PAGE_BYTES, 4 * PAGE_BYTES)),
+      Buffer.alloc(PAGE_BYTES),
+      'XTAB last: no content',
+    );
+    const expected = [
+      pageData([
+        { pfn: 2, round: 1, type: L1TAB },
+        { pfn: 3, type: XTAB },
+      ]),
+      pageData([{ pfn: 1, round: 2 }]),
+      checkpointRec(),
+    ];
+    assert.deepEqual(
+      Buffer.concat(r.parts),
+      Buffer.concat(expected),
+      'round 1 dropped: every pfn of it was sent again',
+    );
     // A delta checkpoint with the same shape keeps only pfn 1 and 2 as pages.
     const [d] = collect(c, split(Buffer.concat(recs), 999, 4, false).recs);
     assert.deepEqual(Array.from(d.capture.pfns), [1, 2]);
-    assert.throws(() => collect(new CheckpointCollector(2), split(pageData([{ pfn: 5 }]), 99, 1, false).recs), /pfn 5, beyond the 2 pages/);
+    assert.throws(
+      () => collect(new CheckpointCollector(2), split(pageData([{ pfn: 5 }]), 99, 1, false).recs),
+      /pfn 5, beyond the 2 pages/,
+    );
   });
 
   it('47.6 a real stream recorded in the lab rebuilds byte for byte', function () {
@@ -196,7 +266,8 @@ describe('47 xen stream', () => {
     const done = collect(c, recs);
     assert.ok(done.length >= 3, `${done.length} checkpoints in the fixture`);
     const image = new Uint8Array(info.pageCount * PAGE_BYTES);
-    let at = 0, pages = 0;
+    let at = 0,
+      pages = 0;
     const ends = recs.map((r, i) => (r.type === REC.CHECKPOINT ? i : -1)).filter((i) => i >= 0);
     done.forEach((ck, k) => {
       const r = commit(image, ck);
@@ -212,12 +283,26 @@ describe('47 xen stream', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
     const out = path.join(dir, 'stream');
     let incomingPaused = true;
-    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
-      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: incomingPaused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
-    } };
+    const addon = {
+      xenDomainInfo: (d: string | number): XenDomainInfo => {
+        if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+        return {
+          domid: 41,
+          dying: false,
+          shutdown: false,
+          shutdownReason: 0,
+          paused: incomingPaused,
+          hvm: false,
+          maxMemKb: 0,
+          pages: 0,
+          vcpus: 1,
+        };
+      },
+    };
     const rx = new XenReplica('vm', PAGES, {
-      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; sleep 0.3`], addon, resumeTimeoutMs: 5000,
+      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; sleep 0.3`],
+      addon,
+      resumeTimeoutMs: 5000,
     });
     const { first, second } = twoCheckpoints();
     const c = new CheckpointCollector(PAGES);
@@ -225,10 +310,13 @@ describe('47 xen stream', () => {
     const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
     assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
     for (const ck of [ck1, ck2]) {
-      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      for (let i = 0; i < ck.capture.count; i++)
+        rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     }
-    setTimeout(() => { incomingPaused = false; }, 100);
+    setTimeout(() => {
+      incomingPaused = false;
+    }, 100);
     const info = await rx.resume();
     assert.equal(info.domid, 41);
     const end = Buffer.from([4, 0, 0, 0, 0, 0, 0, 0]);
@@ -240,18 +328,38 @@ describe('47 xen stream', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
     const out = path.join(dir, 'stream');
     const BIG = 16384; // 64 MiB: eight turns of the feed
-    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
-      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
-    } };
+    const addon = {
+      xenDomainInfo: (d: string | number): XenDomainInfo => {
+        if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+        return {
+          domid: 41,
+          dying: false,
+          shutdown: false,
+          shutdownReason: 0,
+          paused: false,
+          hvm: false,
+          maxMemKb: 0,
+          pages: 0,
+          vcpus: 1,
+        };
+      },
+    };
     const rx = new XenReplica('vm', BIG, {
       receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${out}.done'`],
-      addon, resumeTimeoutMs: 20000,
+      addon,
+      resumeTimeoutMs: 20000,
     });
     const batches: Buffer[] = [];
-    for (let p = 0; p < BIG; p += 1024) batches.push(pageData(Array.from({ length: 1024 }, (_, i) => ({ pfn: p + i }))));
+    for (let p = 0; p < BIG; p += 1024)
+      batches.push(pageData(Array.from({ length: 1024 }, (_, i) => ({ pfn: p + i }))));
     const first = [...batches, checkpointRec()];
-    const second = [pageData([{ pfn: 0, round: 1 }, { pfn: BIG - 1, round: 1 }]), checkpointRec()];
+    const second = [
+      pageData([
+        { pfn: 0, round: 1 },
+        { pfn: BIG - 1, round: 1 },
+      ]),
+      checkpointRec(),
+    ];
     const c = new CheckpointCollector(BIG);
     c.startSave(Buffer.from('PRE'));
     const cks = collect(c, split(Buffer.concat([...first, ...second]), 1 << 20, 1, false).recs);
@@ -260,17 +368,26 @@ describe('47 xen stream', () => {
     for (const ck of cks) {
       const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
       if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
-      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      for (let i = 0; i < ck.capture.count; i++)
+        rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
-      assert.ok(feedBytes() > 32 * 2 ** 20, `the commit returned with ${feedBytes()} octets still to write (not written at once)`);
+      assert.ok(
+        feedBytes() > 32 * 2 ** 20,
+        `the commit returned with ${feedBytes()} octets still to write (not written at once)`,
+      );
     }
     await rx.resume();
     assert.equal(feedBytes(), 0, 'failover waited until every committed checkpoint was written');
     for (let i = 0; i < 200 && !fs.existsSync(`${out}.done`); i++) await new Promise((r) => setTimeout(r, 25));
     const stream = fs.readFileSync(out);
     assert.ok(stream.subarray(0, 3).equals(Buffer.from('PRE')));
-    const firstBytes = first.reduce((n, b) => n + b.length, 0), secondBytes = second.reduce((n, b) => n + b.length, 0);
-    assert.equal(stream.length, 3 + firstBytes + 8 + secondBytes + 8, 'each checkpoint once, with libxl\'s CHECKPOINT_END');
+    const firstBytes = first.reduce((n, b) => n + b.length, 0),
+      secondBytes = second.reduce((n, b) => n + b.length, 0);
+    assert.equal(
+      stream.length,
+      3 + firstBytes + 8 + secondBytes + 8,
+      "each checkpoint once, with libxl's CHECKPOINT_END",
+    );
     // Each checkpoint carries its own pages: the first, written while the second was committed,
     // still has round 0 of the page the second changed (libxc checks page tables per checkpoint).
     const parts = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)];
@@ -279,30 +396,55 @@ describe('47 xen stream', () => {
       for (const r of split(part, 1 << 20, 1, false).recs) {
         if (r.type !== REC.PAGE_DATA) continue;
         const d = parsePageData(r.bytes, false);
-        for (let i = 0; i < d.count; i++) if (d.dataOffsets[i] >= 0) m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_BYTES));
+        for (let i = 0; i < d.count; i++)
+          if (d.dataOffsets[i] >= 0)
+            m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_BYTES));
       }
       return m;
     };
     const [one, two] = parts.map(pagesOf);
     assert.equal(one.size, BIG);
-    assert.deepEqual([...two.keys()].sort((x, y) => x - y), [0, BIG - 1]);
-    for (const p of [0, 1, BIG / 2, BIG - 1]) assert.ok(one.get(p)!.equals(page(p, 0)), `checkpoint 1, page ${p}: its own content`);
-    for (const p of [0, BIG - 1]) assert.ok(two.get(p)!.equals(page(p, 1)) && two.get(p)!.equals(Buffer.from(rx.image.page(p))), `checkpoint 2, page ${p}`);
+    assert.deepEqual(
+      [...two.keys()].sort((x, y) => x - y),
+      [0, BIG - 1],
+    );
+    for (const p of [0, 1, BIG / 2, BIG - 1])
+      assert.ok(one.get(p)!.equals(page(p, 0)), `checkpoint 1, page ${p}: its own content`);
+    for (const p of [0, BIG - 1])
+      assert.ok(
+        two.get(p)!.equals(page(p, 1)) && two.get(p)!.equals(Buffer.from(rx.image.page(p))),
+        `checkpoint 2, page ${p}`,
+      );
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
   describe('47.8 the domain drives a (scripted) save loop', () => {
     let addon: Partial<XenAddon> = {};
     before(function () {
-      try { addon = loadAddon() as unknown as Partial<XenAddon>; } catch { /* no addon: skipped below */ }
+      try {
+        addon = loadAddon() as unknown as Partial<XenAddon>;
+      } catch {
+        /* no addon: skipped below */
+      }
       if (!addon.makePipe) this.skip(); // the addon's Xen part (libxen-dev) makes the pipe
     });
 
     /** A save loop that writes checkpoints like libxc and calls back in libxc's order. */
     function fakeXen(opts: { dieAt?: number; suspendMs?: number } = {}): { x: XenAddon; log: string[] } {
       const log: string[] = [];
-      let dying = false, saves = 0;
-      const info = (): XenDomainInfo => ({ domid: 7, dying, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: DPAGES * 4, pages: DPAGES, vcpus: 1 });
+      let dying = false,
+        saves = 0;
+      const info = (): XenDomainInfo => ({
+        domid: 7,
+        dying,
+        shutdown: false,
+        shutdownReason: 0,
+        paused: false,
+        hvm: false,
+        maxMemKb: DPAGES * 4,
+        pages: DPAGES,
+        vcpus: 1,
+      });
       const x: XenAddon = {
         xenDomainInfo: () => info(),
         xenDomainConfigJson: () => JSON.stringify({ c_info: { name: 'vm' } }),
@@ -311,22 +453,29 @@ describe('47 xen stream', () => {
           if (opts.suspendMs) await new Promise((r) => setTimeout(r, opts.suspendMs));
           if (dying) throw new RemusError(ErrorCode.XEN, 'suspend: the domain is dying (destroyed)');
         },
-        xenPause: () => { log.push('pause'); },
-        xenResume: () => { log.push('resume'); },
+        xenPause: () => {
+          log.push('pause');
+        },
+        xenResume: () => {
+          log.push('resume');
+        },
         makePipe: () => addon.makePipe!(),
         xenSaveCheckpointed: async (_d, fd, dispatch) => {
           const save = ++saves;
-          const ask = (k: 'suspend' | 'postcopy' | 'checkpoint'): Promise<number> => new Promise((r) => setImmediate(() => dispatch(k, r)));
-          const write = (b: Buffer): void => { fs.writeSync(fd, b); };
+          const ask = (k: 'suspend' | 'postcopy' | 'checkpoint'): Promise<number> =>
+            new Promise((r) => setImmediate(() => dispatch(k, r)));
+          const write = (b: Buffer): void => {
+            fs.writeSync(fd, b);
+          };
           write(headers());
           write(pageData(Array.from({ length: DPAGES }, (_, pfn) => ({ pfn, round: save * 100 })))); // live round
           for (let n = 1; ; n++) {
             if (opts.dieAt === n) dying = true;
-            if (await ask('suspend') <= 0) return { rc: -1, errno: 0, message: 'suspend failed' };
+            if ((await ask('suspend')) <= 0) return { rc: -1, errno: 0, message: 'suspend failed' };
             write(pageData([{ pfn: n % DPAGES, round: save * 100 + n }]));
             write(checkpointRec());
-            if (await ask('postcopy') <= 0) return { rc: -1, errno: 0, message: 'postcopy failed' };
-            if (await ask('checkpoint') <= 0) return { rc: 0, errno: 0, message: 'save loop ended' };
+            if ((await ask('postcopy')) <= 0) return { rc: -1, errno: 0, message: 'postcopy failed' };
+            if ((await ask('checkpoint')) <= 0) return { rc: 0, errno: 0, message: 'save loop ended' };
           }
         },
       };
@@ -341,7 +490,11 @@ describe('47 xen stream', () => {
       const c1 = await d.capture(true);
       await d.resume();
       assert.equal(c1.count, DPAGES);
-      assert.deepEqual(Buffer.from(c1.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 101), 'the stop-and-copy content wins');
+      assert.deepEqual(
+        Buffer.from(c1.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)),
+        page(1, 101),
+        'the stop-and-copy content wins',
+      );
       await d.suspend();
       const c2 = await d.capture(false);
       await d.resume();
@@ -350,7 +503,7 @@ describe('47 xen stream', () => {
       const c3 = await d.capture(true); // a new backup session
       await d.resume();
       assert.equal(c3.count, DPAGES);
-      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_BYTES)), page(0, 200), 'the second save\'s live round');
+      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_BYTES)), page(0, 200), "the second save's live round");
       assert.equal(d.describe().saves, 2);
       assert.deepEqual(log, ['suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume']);
       await d.close();
@@ -360,15 +513,23 @@ describe('47 xen stream', () => {
       for (const how of ['close', 'fence'] as const) {
         const { x, log } = fakeXen({ suspendMs: 300 });
         const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
-        await d.suspend(); await d.capture(true); await d.resume();
+        await d.suspend();
+        await d.capture(true);
+        await d.resume();
         let ticks = 0;
-        const timer = setInterval(() => { ticks++; }, 10);
-        const outcome = d.suspend().then(() => 'suspended', (e: Error) => e.message);
+        const timer = setInterval(() => {
+          ticks++;
+        }, 10);
+        const outcome = d.suspend().then(
+          () => 'suspended',
+          (e: Error) => e.message,
+        );
         await new Promise((r) => setTimeout(r, 150));
         clearInterval(timer);
         assert.ok(ticks >= 5, `timers ran while the guest was suspending (${ticks})`);
         log.length = 0;
-        if (how === 'close') await d.close(); else d.fence();
+        if (how === 'close') await d.close();
+        else d.fence();
         assert.match(await outcome, /ended during a suspend/, how);
         assert.deepEqual(log, how === 'close' ? ['resume'] : ['pause'], `${how}: ${log.join(',')}`);
         if (how === 'fence') await d.close();
@@ -378,9 +539,14 @@ describe('47 xen stream', () => {
     it('47.8.3 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
       const { x } = fakeXen({ dieAt: 2 });
       const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
-      await d.suspend(); await d.capture(true); await d.resume();
+      await d.suspend();
+      await d.capture(true);
+      await d.resume();
       const t0 = Date.now();
-      await assert.rejects(d.suspend(), (e: Error) => e instanceof RemusError && e.code === ErrorCode.NO_DOMAIN && /dying/.test(e.message));
+      await assert.rejects(
+        d.suspend(),
+        (e: Error) => e instanceof RemusError && e.code === ErrorCode.NO_DOMAIN && /dying/.test(e.message),
+      );
       assert.ok(Date.now() - t0 < 1000);
       await assert.rejects(d.suspend(), (e: Error) => (e as RemusError).code === ErrorCode.NO_DOMAIN);
       await d.close();

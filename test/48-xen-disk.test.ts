@@ -13,7 +13,13 @@ import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
 import type { XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER, libxlStreamHeader, xlSavefileHeader } from '../dom0/hypervisor/xen/xl-stream';
 import {
-  flushAfterCapture, nbdDiskBackend, openXenProtectDisk, retargetNbdDisk, retargetPreamble, splitXlPreamble, waitForXenDomain,
+  flushAfterCapture,
+  nbdDiskBackend,
+  openXenProtectDisk,
+  retargetNbdDisk,
+  retargetPreamble,
+  splitXlPreamble,
+  waitForXenDomain,
 } from '../dom0/hypervisor/xen/xen-disk';
 import { freeNbdDevice } from '../dom0/hypervisor/xen/nbd-device';
 import { realClock } from '../dom0/engine/clock';
@@ -33,9 +39,8 @@ const CONFIG = {
   ],
 };
 
-
 describe('48 xen disk', () => {
-  it('48.1 re-points the one /dev/nbdN disk of the preamble\'s configuration, the rest byte for byte', () => {
+  it("48.1 re-points the one /dev/nbdN disk of the preamble's configuration, the rest byte for byte", () => {
     const tail = Buffer.concat([libxlStreamHeader(), Buffer.from('libxc headers follow')]);
     const pre = Buffer.concat([xlSavefileHeader(JSON.stringify(CONFIG)), tail]);
     const r = retargetPreamble(pre, '/dev/nbd3');
@@ -52,16 +57,24 @@ describe('48 xen disk', () => {
 
   it('48.2 refuses configurations without exactly one NBD disk, non-NBD targets and broken headers', () => {
     const none = JSON.stringify({ disks: [{ pdev_path: '/tmp/a.img', vdev: 'xvda' }] });
-    assert.throws(() => retargetNbdDisk(none, '/dev/nbd1'), (e: RemusError) => e.code === ErrorCode.XEN && /0 disks on \/dev\/nbdN/.test(e.message));
+    assert.throws(
+      () => retargetNbdDisk(none, '/dev/nbd1'),
+      (e: RemusError) => e.code === ErrorCode.XEN && /0 disks on \/dev\/nbdN/.test(e.message),
+    );
     const two = JSON.stringify({ disks: [{ pdev_path: '/dev/nbd0' }, { pdev_path: '/dev/nbd1' }] });
     assert.throws(() => retargetNbdDisk(two, '/dev/nbd2'), /2 disks on \/dev\/nbdN/);
-    assert.throws(() => retargetNbdDisk(JSON.stringify(CONFIG), '/dev/sda'), (e: RemusError) => e.code === ErrorCode.BAD_ARGUMENT);
+    assert.throws(
+      () => retargetNbdDisk(JSON.stringify(CONFIG), '/dev/sda'),
+      (e: RemusError) => e.code === ErrorCode.BAD_ARGUMENT,
+    );
     assert.throws(() => retargetNbdDisk('{not json', '/dev/nbd1'), /not JSON/);
     const good = xlSavefileHeader(JSON.stringify(CONFIG));
-    const badMagic = Buffer.from(good); badMagic[0] ^= 1;
+    const badMagic = Buffer.from(good);
+    badMagic[0] ^= 1;
     assert.throws(() => splitXlPreamble(badMagic), /magic/);
     assert.throws(() => splitXlPreamble(good.subarray(0, 60)), /optional data/);
-    const badLen = Buffer.from(good); badLen.writeUInt32LE(7, 48);
+    const badLen = Buffer.from(good);
+    badLen.writeUInt32LE(7, 48);
     assert.throws(() => splitXlPreamble(badLen), /configuration of 7/);
   });
 
@@ -73,7 +86,10 @@ describe('48 xen disk', () => {
       if (pid) fs.writeFileSync(path.join(sys, n, 'pid'), '123\n');
     };
     assert.throws(() => freeNbdDevice(sys), /modprobe nbd/);
-    dev('nbd0', 131072, true); dev('nbd10', 0, false); dev('nbd2', 0, false); dev('sda', 0, false);
+    dev('nbd0', 131072, true);
+    dev('nbd10', 0, false);
+    dev('nbd2', 0, false);
+    dev('sda', 0, false);
     assert.equal(freeNbdDevice(sys), '/dev/nbd2');
     assert.equal(freeNbdDevice(sys, ['/dev/nbd2']), '/dev/nbd10');
     assert.throws(() => freeNbdDevice(sys, ['/dev/nbd2', '/dev/nbd10']), /all 3 NBD devices are in use/);
@@ -82,21 +98,55 @@ describe('48 xen disk', () => {
 
   it('48.4 the replica sends the re-pointed configuration and attaches its disk before the stream ends', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
-    const out = path.join(dir, 'stream'), ended = path.join(dir, 'ended');
+    const out = path.join(dir, 'stream'),
+      ended = path.join(dir, 'ended');
     let paused = true;
-    const addon = { xenDomainInfo: (d: string | number): XenDomainInfo => {
-      if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
-      return { domid: 41, dying: false, shutdown: false, shutdownReason: 0, paused, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
-    } };
+    const addon = {
+      xenDomainInfo: (d: string | number): XenDomainInfo => {
+        if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+        return {
+          domid: 41,
+          dying: false,
+          shutdown: false,
+          shutdownReason: 0,
+          paused,
+          hvm: false,
+          maxMemKb: 0,
+          pages: 0,
+          vcpus: 1,
+        };
+      },
+    };
     const calls: string[] = [];
     const disk = BlockFile.create(path.join(dir, 'replica.disk'), 1 << 20);
     const rx = new XenReplica('vm', 4, {
-      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${ended}'; sleep 0.3`],
-      addon, resumeTimeoutMs: 5000, disk,
+      receiver: [
+        'sh',
+        '-c',
+        `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${ended}'; sleep 0.3`,
+      ],
+      addon,
+      resumeTimeoutMs: 5000,
+      disk,
       diskAccess: {
-        freeDevice: () => { calls.push('free'); return '/dev/nbd5'; },
-        serve: async (image) => { calls.push(`serve ${path.basename(image)}`); return { port: 4321, sizeBytes: 1 << 20, exportName: 'remusdb', close: async () => { calls.push('close'); } }; },
-        attach: async (port, device) => { calls.push(`attach ${port} ${device} ended=${fs.existsSync(ended)}`); },
+        freeDevice: () => {
+          calls.push('free');
+          return '/dev/nbd5';
+        },
+        serve: async (image) => {
+          calls.push(`serve ${path.basename(image)}`);
+          return {
+            port: 4321,
+            sizeBytes: 1 << 20,
+            exportName: 'remusdb',
+            close: async () => {
+              calls.push('close');
+            },
+          };
+        },
+        attach: async (port, device) => {
+          calls.push(`attach ${port} ${device} ended=${fs.existsSync(ended)}`);
+        },
       },
     });
     assert.equal(rx.diskFile, disk, 'the replica keeps the file it was given');
@@ -104,21 +154,27 @@ describe('48 xen disk', () => {
     const c = new CheckpointCollector(4);
     c.startSave(Buffer.concat([xlSavefileHeader(JSON.stringify(CONFIG)), libxlStreamHeader()]));
     const pd = Buffer.alloc(16 + PAGE_BYTES, 7);
-    pd.writeUInt32LE(1, 0); pd.writeUInt32LE(0, 4); pd.writeUInt32LE(2, 8); pd.writeUInt32LE(0, 12);
+    pd.writeUInt32LE(1, 0);
+    pd.writeUInt32LE(0, 4);
+    pd.writeUInt32LE(2, 8);
+    pd.writeUInt32LE(0, 12);
     let ck = null;
     for (const r of [record(REC.PAGE_DATA, pd), record(REC.CHECKPOINT, Buffer.alloc(0))]) {
       ck = c.add({ type: r.readUInt32LE(0), bodyLength: r.readUInt32LE(4), bytes: r }) ?? ck;
     }
     assert.ok(ck, 'one checkpoint');
-    for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+    for (let i = 0; i < ck.capture.count; i++)
+      rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     assert.deepEqual(calls, ['free']);
-    setTimeout(() => { paused = false; }, 100);
+    setTimeout(() => {
+      paused = false;
+    }, 100);
     const info = await rx.resume();
     assert.equal(info.diskDevice, '/dev/nbd5');
     assert.deepEqual(calls, ['free', 'serve replica.disk', 'attach 4321 /dev/nbd5 ended=false']);
     const { json } = splitXlPreamble(fs.readFileSync(out));
-    assert.equal((JSON.parse(json) as typeof CONFIG).disks[0].pdev_path, '/dev/nbd5', 'xl gets the backup\'s device');
+    assert.equal((JSON.parse(json) as typeof CONFIG).disks[0].pdev_path, '/dev/nbd5', "xl gets the backup's device");
     rx.close();
     assert.deepEqual(calls.slice(-1), ['close']);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -126,27 +182,69 @@ describe('48 xen disk', () => {
 
   it('48.5 waits for the domain to run (not paused), bounded', async () => {
     let n = 0;
-    const addon = { xenDomainInfo: (): XenDomainInfo => {
-      n++;
-      if (n < 2) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
-      return { domid: 3, dying: false, shutdown: false, shutdownReason: 0, paused: n < 3, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 };
-    } };
+    const addon = {
+      xenDomainInfo: (): XenDomainInfo => {
+        n++;
+        if (n < 2) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+        return {
+          domid: 3,
+          dying: false,
+          shutdown: false,
+          shutdownReason: 0,
+          paused: n < 3,
+          hvm: false,
+          maxMemKb: 0,
+          pages: 0,
+          vcpus: 1,
+        };
+      },
+    };
     await waitForXenDomain('vm', 5000, () => {}, addon);
     assert.equal(n, 3);
-    const never = { xenDomainInfo: (): XenDomainInfo => { throw new RemusError(ErrorCode.NO_DOMAIN, 'no'); } };
-    await assert.rejects(waitForXenDomain('vm', 300, () => {}, never), (e: RemusError) => e.code === ErrorCode.NO_DOMAIN);
+    const never = {
+      xenDomainInfo: (): XenDomainInfo => {
+        throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+      },
+    };
+    await assert.rejects(
+      waitForXenDomain('vm', 300, () => {}, never),
+      (e: RemusError) => e.code === ErrorCode.NO_DOMAIN,
+    );
   });
 
   it('48.6 with a qdisk NBD disk the capture is followed by a flush; phy needs none', async () => {
     assert.deepEqual(nbdDiskBackend(JSON.stringify(CONFIG)), { device: '/dev/nbd0', backend: 'qdisk' });
     assert.equal(nbdDiskBackend(JSON.stringify({ disks: [] })), null);
     const order: string[] = [];
-    const cap: Capture = { pfns: new Uint32Array(0), count: 0, pages: new Uint8Array(0), deviceState: new Uint8Array(0) };
-    const inner: Domain = {
-      kind: 'xen', name: 'vm', pageCount: 4, suspend: () => { order.push('suspend'); }, resume: () => { order.push('resume'); },
-      capture: async () => { order.push('capture'); return cap; }, describe: () => ({ d: 1 }), fence: () => { order.push('fence'); },
+    const cap: Capture = {
+      pfns: new Uint32Array(0),
+      count: 0,
+      pages: new Uint8Array(0),
+      deviceState: new Uint8Array(0),
     };
-    const d = flushAfterCapture(inner, async () => { await new Promise((r) => setTimeout(r, 20)); order.push('flush'); });
+    const inner: Domain = {
+      kind: 'xen',
+      name: 'vm',
+      pageCount: 4,
+      suspend: () => {
+        order.push('suspend');
+      },
+      resume: () => {
+        order.push('resume');
+      },
+      capture: async () => {
+        order.push('capture');
+        return cap;
+      },
+      describe: () => ({ d: 1 }),
+      fence: () => {
+        order.push('fence');
+      },
+    };
+    const d = flushAfterCapture(inner, async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      order.push('flush');
+    });
     await d.suspend();
     assert.equal(await d.capture(false), cap);
     await d.resume();
@@ -160,41 +258,102 @@ describe('48 xen disk', () => {
     for (const backend of ['qdisk', 'phy']) {
       const cfg = JSON.stringify({ disks: [{ pdev_path: '/dev/nbd0', vdev: 'xvdb', backend }] });
       const addon = {
-        xenDomainInfo: (): XenDomainInfo => ({ domid: 9, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false, maxMemKb: 0, pages: 0, vcpus: 1 }),
-        xenDomainConfigJson: (domid: number): string => { assert.equal(domid, 9); return cfg; },
+        xenDomainInfo: (): XenDomainInfo => ({
+          domid: 9,
+          dying: false,
+          shutdown: false,
+          shutdownReason: 0,
+          paused: false,
+          hvm: false,
+          maxMemKb: 0,
+          pages: 0,
+          vcpus: 1,
+        }),
+        xenDomainConfigJson: (domid: number): string => {
+          assert.equal(domid, 9);
+          return cfg;
+        },
       };
       const lines: string[] = [];
-      const disk = await openXenProtectDisk({ domain: 'vm', waitMs: 1000, image, host: '127.0.0.1', port: 0, clock: realClock, unackedBytesMax: 1 << 20, log: (l) => lines.push(l) }, addon);
+      const disk = await openXenProtectDisk(
+        {
+          domain: 'vm',
+          waitMs: 1000,
+          image,
+          host: '127.0.0.1',
+          port: 0,
+          clock: realClock,
+          unackedBytesMax: 1 << 20,
+          log: (l) => lines.push(l),
+        },
+        addon,
+      );
       assert.equal(disk.replicator.sizeBytes, 1 << 20);
       assert.equal(disk.flush !== null, backend === 'qdisk', `${backend}: flush per checkpoint`);
-      assert.ok(lines.some((l) => l.includes(`/dev/nbd0 (${backend})`)), lines.join('\n'));
+      assert.ok(
+        lines.some((l) => l.includes(`/dev/nbd0 (${backend})`)),
+        lines.join('\n'),
+      );
       await disk.close();
     }
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('48.7 the primary\'s NBD server answers while the main thread is blocked, and the barrier tags those writes', async function () {
+  it("48.7 the primary's NBD server answers while the main thread is blocked, and the barrier tags those writes", async function () {
     if (spawnSync('qemu-io', ['--version']).status !== 0) this.skip();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
     const image = path.join(dir, 'disk.img');
     fs.writeFileSync(image, Buffer.alloc(1 << 20));
-    const disk = await servePrimaryDisk({ image, host: '127.0.0.1', port: 0, clock: realClock, unackedBytesMax: 4 << 20, log: () => {} });
+    const disk = await servePrimaryDisk({
+      image,
+      host: '127.0.0.1',
+      port: 0,
+      clock: realClock,
+      unackedBytesMax: 4 << 20,
+      log: () => {},
+    });
     try {
       const sent: Array<{ type: number; body: Buffer }> = [];
       await new Promise<void>((resolve, reject) => {
-        disk.replicator.connect({ send: (type, body) => { sent.push({ type, body: Buffer.from(body) }); }, backlogBytes: 0 }, 1, false, resolve, reject);
+        disk.replicator.connect(
+          {
+            send: (type, body) => {
+              sent.push({ type, body: Buffer.from(body) });
+            },
+            backlogBytes: 0,
+          },
+          1,
+          false,
+          resolve,
+          reject,
+        );
       });
       // Blocks this thread (as a busy main thread would) while a client writes through the server.
-      const r = spawnSync('qemu-io', ['-f', 'raw', `nbd://127.0.0.1:${disk.port}/remusdb`, '-c', 'write -P 0xab 8192 4096'], { timeout: 20000 });
+      const r = spawnSync(
+        'qemu-io',
+        ['-f', 'raw', `nbd://127.0.0.1:${disk.port}/remusdb`, '-c', 'write -P 0xab 8192 4096'],
+        { timeout: 20000 },
+      );
       assert.equal(r.status, 0, `qemu-io wrote while the main thread was blocked: ${String(r.stderr)}`);
       disk.replicator.barrier(5); // drains the worker's writes first: they belong to epoch <= 5
       const all = sent.filter((x) => x.type === Rec.DISK_WRITE).map((x) => parseDiskWrite(x.body, 1 << 20));
-      assert.deepEqual(all.map((w) => w.epoch), all.map(() => 1), 'every record (the write, qemu-io\'s flush) tagged before the barrier moved the tag');
+      assert.deepEqual(
+        all.map((w) => w.epoch),
+        all.map(() => 1),
+        "every record (the write, qemu-io's flush) tagged before the barrier moved the tag",
+      );
       const writes = all.filter((w) => w.lengthBytes > 0);
       assert.equal(writes.length, 1);
       assert.equal(writes[0].offsetBytes, 8192);
       assert.deepEqual(writes[0].data, Buffer.alloc(4096, 0xab));
-      assert.equal(fs.readFileSync(image).subarray(8192, 8192 + 4096).every((b) => b === 0xab), true, 'written locally');
+      assert.equal(
+        fs
+          .readFileSync(image)
+          .subarray(8192, 8192 + 4096)
+          .every((b) => b === 0xab),
+        true,
+        'written locally',
+      );
     } finally {
       await disk.close();
       fs.rmSync(dir, { recursive: true, force: true });

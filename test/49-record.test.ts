@@ -28,11 +28,15 @@ class FakeXen implements XenLogdirtyAddon {
   enableErrno = 0;
   failPeekAt = -1;
   private readonly prng: Prng;
-  constructor(readonly pages: number, readonly holes: Set<number> = new Set(), seed = 7) {
+  constructor(
+    readonly pages: number,
+    readonly holes: Set<number> = new Set(),
+    seed = 7,
+  ) {
     this.mem = Buffer.alloc(pages * PAGE);
     this.dirty = new Uint8Array(pages);
     this.prng = new Prng(seed);
-    for (let p = 0; p < pages; p++) this.mem.writeUInt32LE(p * 2654435761 >>> 0, p * PAGE);
+    for (let p = 0; p < pages; p++) this.mem.writeUInt32LE((p * 2654435761) >>> 0, p * PAGE);
   }
   private write(n: number): void {
     for (let i = 0; i < n; i++) {
@@ -44,15 +48,32 @@ class FakeXen implements XenLogdirtyAddon {
   }
   xenDomainInfo(d: string | number): XenDomainInfo {
     if (d !== 'vm' && d !== 5) throw new RemusError(ErrorCode.NO_DOMAIN, `no domain ${d}`);
-    return { domid: 5, dying: false, shutdown: false, shutdownReason: 0, paused: false, hvm: false,
-      maxMemKb: this.pages * 4, pages: this.pages, vcpus: 1, maxGpfn: this.pages - 1 };
+    return {
+      domid: 5,
+      dying: false,
+      shutdown: false,
+      shutdownReason: 0,
+      paused: false,
+      hvm: false,
+      maxMemKb: this.pages * 4,
+      pages: this.pages,
+      vcpus: 1,
+      maxGpfn: this.pages - 1,
+    };
   }
   xenLogdirtyEnable(): void {
     const errno = this.enableErrno || (this.logdirty ? 22 : 0);
-    if (errno) throw new RemusError(ErrorCode.XEN, `xc_logdirty_control failed: (errno ${errno})`, { errno, fn: 'xc_logdirty_control' });
+    if (errno)
+      throw new RemusError(ErrorCode.XEN, `xc_logdirty_control failed: (errno ${errno})`, {
+        errno,
+        fn: 'xc_logdirty_control',
+      });
     this.logdirty = true;
   }
-  xenLogdirtyDisable(): void { this.logdirty = false; this.disables++; }
+  xenLogdirtyDisable(): void {
+    this.logdirty = false;
+    this.disables++;
+  }
   xenLogdirtyPeekClean(domid: number, bitmap: Buffer, clean = true): number {
     assert.equal(domid, 5);
     if (clean) {
@@ -63,7 +84,10 @@ class FakeXen implements XenLogdirtyAddon {
     bitmap.fill(0);
     let n = 0;
     for (let p = 0; p < this.pages; p++) {
-      if (this.dirty[p]) { bitmap[p >> 3] |= 1 << (p & 7); n++; }
+      if (this.dirty[p]) {
+        bitmap[p >> 3] |= 1 << (p & 7);
+        n++;
+      }
     }
     if (clean) this.dirty.fill(0);
     return n;
@@ -73,15 +97,21 @@ class FakeXen implements XenLogdirtyAddon {
     let read = 0;
     pfns.forEach((pfn: number | bigint, i: number) => {
       const p = Number(pfn);
-      if (this.holes.has(p)) { errs[i] = 2; out.fill(0, i * PAGE, (i + 1) * PAGE); return; }
+      if (this.holes.has(p)) {
+        errs[i] = 2;
+        out.fill(0, i * PAGE, (i + 1) * PAGE);
+        return;
+      }
       errs[i] = 0;
       this.mem.copy(out, i * PAGE, p * PAGE, (p + 1) * PAGE);
       read++;
     });
-    this.write(2);  // the guest runs while we copy: these land in the next epoch
+    this.write(2); // the guest runs while we copy: these land in the next epoch
     return read;
   }
-  xenMapRelease(): void { this.releases++; }
+  xenMapRelease(): void {
+    this.releases++;
+  }
 }
 
 async function traceImage(file: string): Promise<{ image: Buffer; epochs: number; pages: number[] }> {
@@ -90,8 +120,14 @@ async function traceImage(file: string): Promise<{ image: Buffer; epochs: number
   const pages: number[] = [];
   let n = 0;
   for await (const rec of r.records()) {
-    if (rec.type === REC_PAGE) { image.set(rec.data, rec.pfn * PAGE); n++; }
-    if (rec.type === REC_EPOCH_END) { pages.push(n); n = 0; }
+    if (rec.type === REC_PAGE) {
+      image.set(rec.data, rec.pfn * PAGE);
+      n++;
+    }
+    if (rec.type === REC_EPOCH_END) {
+      pages.push(n);
+      n = 0;
+    }
   }
   return { image, epochs: pages.length, pages };
 }
@@ -99,8 +135,15 @@ async function traceImage(file: string): Promise<{ image: Buffer; epochs: number
 describe('49 record', () => {
   const dir = tmpDir('record');
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const opts = (xen: FakeXen, out: string, extra: Partial<RecordOptions> = {}): RecordOptions =>
-    ({ domain: 'vm', out: path.join(dir, out), intervalMs: 10, seconds: 0.3, bytesMax: 2 ** 30, addon: xen, ...extra });
+  const opts = (xen: FakeXen, out: string, extra: Partial<RecordOptions> = {}): RecordOptions => ({
+    domain: 'vm',
+    out: path.join(dir, out),
+    intervalMs: 10,
+    seconds: 0.3,
+    bytesMax: 2 ** 30,
+    addon: xen,
+    ...extra,
+  });
 
   it('49.1 off Xen: ERR_NO_XEN (exit 1) saying what record needs and what to use instead', function () {
     if (fs.existsSync('/dev/xen/privcmd')) this.skip();
@@ -147,13 +190,19 @@ describe('49 record', () => {
     const t = await traceImage(path.join(dir, 'a.rdt'));
     assert.equal(t.epochs, r.epochs);
     assert.equal(t.pages[0], 254);
-    assert.equal(t.pages.reduce((a, b) => a + b, 0), r.pages);
+    assert.equal(
+      t.pages.reduce((a, b) => a + b, 0),
+      r.pages,
+    );
     assert.equal(r.traceBytes, HEADER_SIZE + t.pages.reduce((a, n) => a + epochBytes(n), 0));
     assert.equal(r.fileBytes, r.traceBytes);
     let checked = 0;
     for (let p = 0; p < 256; p++) {
-      if (xen.dirty[p] || xen.holes.has(p)) continue;  // written after the last read
-      assert.ok(t.image.subarray(p * PAGE, (p + 1) * PAGE).equals(xen.mem.subarray(p * PAGE, (p + 1) * PAGE)), `page ${p}`);
+      if (xen.dirty[p] || xen.holes.has(p)) continue; // written after the last read
+      assert.ok(
+        t.image.subarray(p * PAGE, (p + 1) * PAGE).equals(xen.mem.subarray(p * PAGE, (p + 1) * PAGE)),
+        `page ${p}`,
+      );
       checked++;
     }
     assert.ok(checked > 200);
@@ -165,14 +214,18 @@ describe('49 record', () => {
   it('49.5 log-dirty already on: refused with "already on", and not switched off under the other user', async () => {
     const xen = new FakeXen(64);
     xen.logdirty = true;
-    await assert.rejects(recordDomain(opts(xen, 'b.rdt')), (e: RemusError) =>
-      e.code === ErrorCode.XEN && /already on.*another tool/.test(e.message));
+    await assert.rejects(
+      recordDomain(opts(xen, 'b.rdt')),
+      (e: RemusError) => e.code === ErrorCode.XEN && /already on.*another tool/.test(e.message),
+    );
     assert.equal(xen.logdirty, true);
     assert.equal(xen.disables, 0);
-    xen.dirty[9] = 1;  // the other user's pending bits: refused before asking Xen to enable
-    await assert.rejects(recordDomain(opts(xen, 'b.rdt')), (e: RemusError) =>
-      /already on.*1 dirty pages are pending/.test(e.message) && e.details.pending === 1);
-    assert.equal(xen.dirty[9], 1, 'the other user\'s bitmap is left as it was');
+    xen.dirty[9] = 1; // the other user's pending bits: refused before asking Xen to enable
+    await assert.rejects(
+      recordDomain(opts(xen, 'b.rdt')),
+      (e: RemusError) => /already on.*1 dirty pages are pending/.test(e.message) && e.details.pending === 1,
+    );
+    assert.equal(xen.dirty[9], 1, "the other user's bitmap is left as it was");
     assert.equal(xen.disables, 0);
     const noShadow = new FakeXen(64);
     noShadow.enableErrno = 95;
@@ -205,15 +258,30 @@ describe('49 record', () => {
     const addon = loadAddon() as unknown as Partial<XenLogdirtyAddon> & { parts: { xen: boolean } };
     if (!addon.parts.xen || fs.existsSync('/dev/xen/privcmd')) this.skip();
     const a = addon as XenLogdirtyAddon;
-    assert.throws(() => a.xenLogdirtyEnable(5), (e: RemusError) =>
-      e.code === ErrorCode.XEN && e.details.fn === 'xc_interface_open' && typeof e.details.errno === 'number' && /errno \d+/.test(e.message));
-    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)), (e: RemusError) => e.code === ErrorCode.XEN);
+    assert.throws(
+      () => a.xenLogdirtyEnable(5),
+      (e: RemusError) =>
+        e.code === ErrorCode.XEN &&
+        e.details.fn === 'xc_interface_open' &&
+        typeof e.details.errno === 'number' &&
+        /errno \d+/.test(e.message),
+    );
+    assert.throws(
+      () => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)),
+      (e: RemusError) => e.code === ErrorCode.XEN,
+    );
     assert.throws(() => a.xenLogdirtyEnable(0), TypeError);
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(12)), RangeError);
     assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16), 1 as unknown as boolean), TypeError);
-    assert.throws(() => a.xenMapRead(5, new Uint32Array(1025), Buffer.alloc(1025 * PAGE), new Int32Array(1025)), RangeError);
+    assert.throws(
+      () => a.xenMapRead(5, new Uint32Array(1025), Buffer.alloc(1025 * PAGE), new Int32Array(1025)),
+      RangeError,
+    );
     assert.throws(() => a.xenMapRead(5, new Uint32Array(2), Buffer.alloc(PAGE), new Int32Array(2)), RangeError);
-    assert.throws(() => a.xenMapRead(5, new Uint16Array(2) as unknown as Uint32Array, Buffer.alloc(2 * PAGE), new Int32Array(2)), TypeError);
+    assert.throws(
+      () => a.xenMapRead(5, new Uint16Array(2) as unknown as Uint32Array, Buffer.alloc(2 * PAGE), new Int32Array(2)),
+      TypeError,
+    );
     a.xenMapRelease();
   });
 

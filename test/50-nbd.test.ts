@@ -13,18 +13,32 @@ import type { DiskTap } from '../blktap/disk-tap';
 import { SocketReader } from '../blktap/socket-reader';
 import * as W from '../blktap/nbd-wire';
 
-interface Run { status: number; stdout: string; stderr: string; }
+interface Run {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
 
 function run(cmd: string, args: string[], timeoutMs = 60000): Promise<Run> {
   return new Promise((resolve) => {
     const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    p.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    p.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    p.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', (e) => { clearTimeout(t); resolve({ status: -1, stdout, stderr: stderr + e.message }); });
-    p.on('close', (code) => { clearTimeout(t); resolve({ status: code ?? -1, stdout, stderr }); });
+    p.on('error', (e) => {
+      clearTimeout(t);
+      resolve({ status: -1, stdout, stderr: stderr + e.message });
+    });
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ status: code ?? -1, stdout, stderr });
+    });
   });
 }
 
@@ -65,7 +79,7 @@ class RawClient {
     const flags = Buffer.alloc(4);
     flags.writeUInt32BE(W.CLIENT_FLAG_FIXED_NEWSTYLE | W.CLIENT_FLAG_NO_ZEROES);
     this.socket.write(flags);
-    const data = Buffer.alloc(6);                 // name "" and no info requests
+    const data = Buffer.alloc(6); // name "" and no info requests
     this.socket.write(this.option(W.OPT.GO, data));
     let size = -1;
     for (;;) {
@@ -112,11 +126,21 @@ class CountingTap implements DiskTap {
   flushes = 0;
   trims: Array<[number, number]> = [];
   zeroes: Array<[number, number]> = [];
-  onWrite(offsetBytes: number, data: Buffer, fua: boolean): void { this.writes.push({ offsetBytes, lengthBytes: data.length, fua }); }
-  onRead(): void { this.reads++; }
-  onFlush(): void { this.flushes++; }
-  onTrim(o: number, l: number): void { this.trims.push([o, l]); }
-  onWriteZeroes(o: number, l: number): void { this.zeroes.push([o, l]); }
+  onWrite(offsetBytes: number, data: Buffer, fua: boolean): void {
+    this.writes.push({ offsetBytes, lengthBytes: data.length, fua });
+  }
+  onRead(): void {
+    this.reads++;
+  }
+  onFlush(): void {
+    this.flushes++;
+  }
+  onTrim(o: number, l: number): void {
+    this.trims.push([o, l]);
+  }
+  onWriteZeroes(o: number, l: number): void {
+    this.zeroes.push([o, l]);
+  }
 }
 
 describe('50 nbd server with real clients', function () {
@@ -130,7 +154,7 @@ describe('50 nbd server with real clients', function () {
 
   before(async function () {
     if (!have('qemu-io') || !have('nbdinfo')) {
-      this.skip();   // clients come from Debian packages qemu-utils and libnbd-bin
+      this.skip(); // clients come from Debian packages qemu-utils and libnbd-bin
     }
     const seed = crypto.randomBytes(IMAGE_BYTES);
     fs.writeFileSync(image, seed);
@@ -156,15 +180,29 @@ describe('50 nbd server with real clients', function () {
     assert.equal(d.stdout.trim(), String(IMAGE_BYTES), d.stderr);
     const l = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${srv.port}`]);
     assert.equal(l.status, 0, l.stderr);
-    assert.deepEqual((JSON.parse(l.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((x) => x['export-name']), ['remusdb']);
+    assert.deepEqual(
+      (JSON.parse(l.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((x) => x['export-name']),
+      ['remusdb'],
+    );
     const bad = await run('nbdinfo', [`nbd://127.0.0.1:${srv.port}/nope`]);
     assert.notEqual(bad.status, 0, 'an unknown export name is refused');
   });
 
   it('50.2 qemu-io writes patterns at several offsets and reads them back; the file holds them', async () => {
-    const cases: Array<[number, number, number]> = [[0, 64 * 1024, 0xab], [256 * 1024 + 512, 3000, 0x5c], [IMAGE_BYTES - 8192, 8192, 0x71], [5 * MiB + 7, 1, 0x01]];
+    const cases: Array<[number, number, number]> = [
+      [0, 64 * 1024, 0xab],
+      [256 * 1024 + 512, 3000, 0x5c],
+      [IMAGE_BYTES - 8192, 8192, 0x71],
+      [5 * MiB + 7, 1, 0x01],
+    ];
     const args = ['-f', 'raw', uri];
-    for (const [off, len, pat] of cases) args.push('-c', `write -P 0x${pat.toString(16)} ${off} ${len}`, '-c', `read -P 0x${pat.toString(16)} ${off} ${len}`);
+    for (const [off, len, pat] of cases)
+      args.push(
+        '-c',
+        `write -P 0x${pat.toString(16)} ${off} ${len}`,
+        '-c',
+        `read -P 0x${pat.toString(16)} ${off} ${len}`,
+      );
     const r = await run('qemu-io', args);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stdout + r.stderr, /fail|Pattern verification/i, r.stdout);
@@ -172,7 +210,10 @@ describe('50 nbd server with real clients', function () {
     for (const [off, len, pat] of cases) {
       const b = Buffer.alloc(len);
       fs.readSync(fd, b, 0, len, off);
-      assert.ok(b.every((x) => x === pat), `file bytes at ${off}+${len} are 0x${pat.toString(16)}`);
+      assert.ok(
+        b.every((x) => x === pat),
+        `file bytes at ${off}+${len} are 0x${pat.toString(16)}`,
+      );
     }
     fs.closeSync(fd);
   });
@@ -196,31 +237,79 @@ describe('50 nbd server with real clients', function () {
 
   it('50.4 flush and FUA reach the server (and its tap) and succeed', async () => {
     const before = { flushes: tap.flushes, fua: tap.writes.filter((w) => w.fua).length };
-    const r = await run('qemu-io', ['-f', 'raw', uri, '-c', 'write -f -P 0x42 8192 4096', '-c', 'flush', '-c', 'read -P 0x42 8192 4096']);
+    const r = await run('qemu-io', [
+      '-f',
+      'raw',
+      uri,
+      '-c',
+      'write -f -P 0x42 8192 4096',
+      '-c',
+      'flush',
+      '-c',
+      'read -P 0x42 8192 4096',
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stdout + r.stderr, /fail/i);
     assert.ok(tap.flushes > before.flushes, 'onFlush was called');
     const fuaWrites = tap.writes.filter((w) => w.fua);
-    assert.ok(fuaWrites.length > before.fua && fuaWrites.some((w) => w.offsetBytes === 8192 && w.lengthBytes === 4096), 'FUA write seen with fua=true');
+    assert.ok(
+      fuaWrites.length > before.fua && fuaWrites.some((w) => w.offsetBytes === 8192 && w.lengthBytes === 4096),
+      'FUA write seen with fua=true',
+    );
   });
 
   it('50.5 trim and write-zeroes read back as zeros (and reach the tap as zero writes)', async () => {
-    const r = await run('qemu-io', ['-f', 'raw', uri,
-      '-c', 'write -P 0xee 1M 256k', '-c', 'discard 1M 128k', '-c', 'write -z 1152k 128k',
-      '-c', 'read -P 0 1M 256k', '-c', 'write -P 0xdd 2M 64k', '-c', 'write -z -u 2M 64k', '-c', 'read -P 0 2M 64k']);
+    const r = await run('qemu-io', [
+      '-f',
+      'raw',
+      uri,
+      '-c',
+      'write -P 0xee 1M 256k',
+      '-c',
+      'discard 1M 128k',
+      '-c',
+      'write -z 1152k 128k',
+      '-c',
+      'read -P 0 1M 256k',
+      '-c',
+      'write -P 0xdd 2M 64k',
+      '-c',
+      'write -z -u 2M 64k',
+      '-c',
+      'read -P 0 2M 64k',
+    ]);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stdout + r.stderr, /fail|verification/i, r.stdout);
-    assert.ok(tap.trims.some(([o, l]) => o === MiB && l === 128 * 1024), `trim seen: ${JSON.stringify(tap.trims)}`);
-    assert.ok(tap.zeroes.some(([o]) => o === 1152 * 1024), `write-zeroes seen: ${JSON.stringify(tap.zeroes)}`);
+    assert.ok(
+      tap.trims.some(([o, l]) => o === MiB && l === 128 * 1024),
+      `trim seen: ${JSON.stringify(tap.trims)}`,
+    );
+    assert.ok(
+      tap.zeroes.some(([o]) => o === 1152 * 1024),
+      `write-zeroes seen: ${JSON.stringify(tap.zeroes)}`,
+    );
     const b = Buffer.alloc(256 * 1024);
     const fd = fs.openSync(image, 'r');
     fs.readSync(fd, b, 0, b.length, MiB);
     fs.closeSync(fd);
-    assert.ok(b.every((x) => x === 0), 'file range is zero');
+    assert.ok(
+      b.every((x) => x === 0),
+      'file range is zero',
+    );
   });
 
   it('50.6 out-of-range, oversized, unknown command and bad flags get errors; the connection stays usable', async () => {
-    const q = await run('qemu-io', ['-f', 'raw', uri, '-c', `read ${IMAGE_BYTES} 512`, '-c', 'write -P 0x33 0 512', '-c', 'read -P 0x33 0 512']);
+    const q = await run('qemu-io', [
+      '-f',
+      'raw',
+      uri,
+      '-c',
+      `read ${IMAGE_BYTES} 512`,
+      '-c',
+      'write -P 0x33 0 512',
+      '-c',
+      'read -P 0x33 0 512',
+    ]);
     assert.match(q.stdout + q.stderr, /read failed/);
     assert.match(q.stdout, /read 512\/512 bytes at offset 0/);
     const c = await RawClient.connect(srv.port);
@@ -233,7 +322,7 @@ describe('50 nbd server with real clients', function () {
     assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
     c.request(99, 0n, 0, 4n);
     assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
-    c.request(W.CMD.READ, 0n, 512, 5n, 1 << 3);   // REQ_ONE: not applicable
+    c.request(W.CMD.READ, 0n, 512, 5n, 1 << 3); // REQ_ONE: not applicable
     assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
     c.request(W.CMD.READ, 0xffffffffffffff00n, 512, 6n);
     assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
@@ -254,11 +343,11 @@ describe('50 nbd server with real clients', function () {
     c.socket.write(Buffer.from('this is not an NBD request at all!!'));
     await c.closed;
     const g = await RawClient.connect(srv.port);
-    g.socket.write(Buffer.alloc(64, 0xff));          // unknown client flags
+    g.socket.write(Buffer.alloc(64, 0xff)); // unknown client flags
     await g.closed;
     const o = await RawClient.connect(srv.port);
     await o.go();
-    o.request(W.CMD.WRITE, 0n, 64 * MiB, 9n);          // payload larger than we buffer
+    o.request(W.CMD.WRITE, 0n, 64 * MiB, 9n); // payload larger than we buffer
     await o.closed;
     const r = await run('nbdinfo', ['--size', uri]);
     assert.equal(r.stdout.trim(), String(IMAGE_BYTES), r.stderr);
@@ -269,15 +358,22 @@ describe('50 nbd server with real clients', function () {
     await c.go();
     c.request(W.CMD.WRITE, 3n * BigInt(MiB), 4096, 1n, 0, Buffer.alloc(4096, 0x9a));
     assert.equal((await c.reply()).error, 0);
-    c.request(W.CMD.READ, 0n, 8 * MiB, 2n);              // then vanish with a read in flight
+    c.request(W.CMD.READ, 0n, 8 * MiB, 2n); // then vanish with a read in flight
     c.socket.destroy();
     const b = Buffer.alloc(4096);
     const fd = fs.openSync(image, 'r');
     fs.readSync(fd, b, 0, 4096, 3 * MiB);
     fs.closeSync(fd);
-    assert.ok(b.every((x) => x === 0x9a), 'acknowledged write is in the file');
+    assert.ok(
+      b.every((x) => x === 0x9a),
+      'acknowledged write is in the file',
+    );
 
-    const victim: ChildProcess = spawn('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri, path.join(dir, 'victim.img')], { stdio: 'ignore' });
+    const victim: ChildProcess = spawn(
+      'qemu-img',
+      ['convert', '-f', 'raw', '-O', 'raw', uri, path.join(dir, 'victim.img')],
+      { stdio: 'ignore' },
+    );
     await new Promise((r) => setTimeout(r, 150));
     const other = run('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x77 6M 1M', '-c', 'read -P 0x77 6M 1M']);
     victim.kill('SIGKILL');
@@ -291,7 +387,10 @@ describe('50 nbd server with real clients', function () {
 
   it('50.9 nbdfuse + loop device + ext4: mkfs, mount, write files, unmount, read them back', async function () {
     const reason = fuseLoopUnavailable();
-    if (reason) { console.log(`      skipped: ${reason}`); this.skip(); }
+    if (reason) {
+      console.log(`      skipped: ${reason}`);
+      this.skip();
+    }
     // The server runs in a child process here: file I/O on the mounted ext4 goes through
     // loop → FUSE → nbdfuse → NBD, so a synchronous call in this process would wait on a
     // server sharing its event loop (a deadlock no real deployment has).
@@ -310,14 +409,23 @@ describe('50 nbd server with real clients', function () {
       const file = path.join(mnt, 'nbd');
       const until = Date.now() + 10000;
       while (!fs.existsSync(file) && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
-      if (!fs.existsSync(file)) { console.log('      skipped: nbdfuse did not expose its file'); this.skip(); }
+      if (!fs.existsSync(file)) {
+        console.log('      skipped: nbdfuse did not expose its file');
+        this.skip();
+      }
       const l = await run('losetup', ['-f', '--show', file]);
-      if (l.status !== 0) { console.log(`      skipped: losetup on a FUSE file failed: ${l.stderr.trim()}`); this.skip(); }
+      if (l.status !== 0) {
+        console.log(`      skipped: losetup on a FUSE file failed: ${l.stderr.trim()}`);
+        this.skip();
+      }
       loop = l.stdout.trim();
       const mk = await run('mkfs.ext4', ['-q', '-F', loop]);
       assert.equal(mk.status, 0, mk.stderr);
       const m = await run('mount', [loop, fsmnt]);
-      if (m.status !== 0) { console.log(`      skipped: mount refused: ${m.stderr.trim()}`); this.skip(); }
+      if (m.status !== 0) {
+        console.log(`      skipped: mount refused: ${m.stderr.trim()}`);
+        this.skip();
+      }
       mounted = true;
       const payload = crypto.randomBytes(3 * MiB);
       fs.writeFileSync(path.join(fsmnt, 'a.bin'), payload);
@@ -348,7 +456,15 @@ describe('50 nbd server with real clients', function () {
   it('50.10 DISC right after pipelined writes: every write is answered and in the file before the close', async () => {
     const c = await RawClient.connect(srv.port);
     await c.go();
-    for (let i = 0; i < 8; i++) c.request(W.CMD.WRITE, BigInt(10 * MiB + i * 65536), 65536, BigInt(100 + i), i === 7 ? W.CMD_FLAG.FUA : 0, Buffer.alloc(65536, 0x40 + i));
+    for (let i = 0; i < 8; i++)
+      c.request(
+        W.CMD.WRITE,
+        BigInt(10 * MiB + i * 65536),
+        65536,
+        BigInt(100 + i),
+        i === 7 ? W.CMD_FLAG.FUA : 0,
+        Buffer.alloc(65536, 0x40 + i),
+      );
     c.request(W.CMD.DISC, 0n, 0, 200n);
     const cookies: bigint[] = [];
     for (let i = 0; i < 8; i++) {
@@ -356,13 +472,19 @@ describe('50 nbd server with real clients', function () {
       assert.equal(r.error, 0);
       cookies.push(r.cookie);
     }
-    assert.deepEqual(cookies.sort((a, b) => (a < b ? -1 : 1)), [100n, 101n, 102n, 103n, 104n, 105n, 106n, 107n]);
+    assert.deepEqual(
+      cookies.sort((a, b) => (a < b ? -1 : 1)),
+      [100n, 101n, 102n, 103n, 104n, 105n, 106n, 107n],
+    );
     await c.closed;
     const fd = fs.openSync(image, 'r');
     for (let i = 0; i < 8; i++) {
       const b = Buffer.alloc(65536);
       fs.readSync(fd, b, 0, b.length, 10 * MiB + i * 65536);
-      assert.ok(b.every((x) => x === 0x40 + i), `write ${i} is in the file`);
+      assert.ok(
+        b.every((x) => x === 0x40 + i),
+        `write ${i} is in the file`,
+      );
     }
     fs.closeSync(fd);
   });
@@ -375,9 +497,14 @@ describe('50 nbd server with real clients', function () {
     const code = `const { Command } = require('commander'); const p = new Command('remusdb').exitOverride();
       require(${JSON.stringify(cliJs)}).registerDisk(p);
       p.parseAsync(['node', 'remusdb', 'disk', 'serve', ${JSON.stringify(img)}, '--listen', '127.0.0.1:${port}', '--export', 'vm1'])`;
-    const child = spawn(process.execPath, ['-e', code], { cwd: path.join(__dirname, '..', '..'), stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, ['-e', code], {
+      cwd: path.join(__dirname, '..', '..'),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
     const exited = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
     const until = Date.now() + 10000;
     while (!/serving/.test(stderr) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
@@ -393,7 +520,10 @@ describe('50 nbd server with real clients', function () {
     const ro = await serveDisk({ image, host: '127.0.0.1', port: 0, readOnly: true });
     try {
       const info = await run('nbdinfo', ['--json', `nbd://127.0.0.1:${ro.port}`]);
-      assert.equal((JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!.is_read_only, true);
+      assert.equal(
+        (JSON.parse(info.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!.is_read_only,
+        true,
+      );
       const c = await RawClient.connect(ro.port);
       await c.go();
       c.request(W.CMD.WRITE, 0n, 512, 1n, 0, Buffer.alloc(512));
@@ -405,13 +535,15 @@ describe('50 nbd server with real clients', function () {
       await ro.close();
     }
   });
-
 });
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); });
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
     s.on('error', reject);
   });
 }
@@ -424,10 +556,20 @@ function startServerProcess(image: string): Promise<{ port: number; stop: () => 
   const p = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
   p.stderr.on('data', (d: Buffer) => process.stderr.write(d));
   return new Promise((resolve, reject) => {
-    p.stdout.once('data', (d: Buffer) => resolve({
-      port: Number(d.toString().trim()),
-      stop: () => new Promise((r) => { if (p.exitCode !== null) { r(); return; } p.once('exit', () => r()); p.kill('SIGTERM'); }),
-    }));
+    p.stdout.once('data', (d: Buffer) =>
+      resolve({
+        port: Number(d.toString().trim()),
+        stop: () =>
+          new Promise((r) => {
+            if (p.exitCode !== null) {
+              r();
+              return;
+            }
+            p.once('exit', () => r());
+            p.kill('SIGTERM');
+          }),
+      }),
+    );
     p.once('exit', (c) => reject(new Error(`server process exited with ${c}`)));
   });
 }
@@ -437,6 +579,7 @@ function fuseLoopUnavailable(): string | null {
   if (!fs.existsSync('/dev/fuse')) return 'no /dev/fuse';
   if (!fs.existsSync('/dev/loop-control')) return 'no loop devices';
   if (!have('nbdfuse')) return 'nbdfuse not installed (Debian package libnbd-bin)';
-  if (!have('mkfs.ext4') || !have('losetup') || !have('debugfs')) return 'mkfs.ext4 / losetup / debugfs missing (e2fsprogs, util-linux)';
+  if (!have('mkfs.ext4') || !have('losetup') || !have('debugfs'))
+    return 'mkfs.ext4 / losetup / debugfs missing (e2fsprogs, util-linux)';
   return null;
 }

@@ -15,14 +15,31 @@ import { DiskReplicator } from '../blktap/replicator';
 import { ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
-  DW_FLUSH, DW_FUA, DW_ZEROES, PROTOCOL_VERSION, Rec, checkpointBegin, checkpointEnd, diskSyncBody, diskSyncEndBody,
-  diskWriteBody, diskRefsBody, jsonBody, parseDiskSync, parseDiskWrite, withEpoch,
+  DW_FLUSH,
+  DW_FUA,
+  DW_ZEROES,
+  PROTOCOL_VERSION,
+  Rec,
+  checkpointBegin,
+  checkpointEnd,
+  diskSyncBody,
+  diskSyncEndBody,
+  diskWriteBody,
+  diskRefsBody,
+  jsonBody,
+  parseDiskSync,
+  parseDiskWrite,
+  withEpoch,
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
-const guestImage = (): Uint8Array => { const m = new Uint8Array(128 * 4096); GuestProgram.boot(m, 'idle', 1); return m; };
+const guestImage = (): Uint8Array => {
+  const m = new Uint8Array(128 * 4096);
+  GuestProgram.boot(m, 'idle', 1);
+  return m;
+};
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
 const DISK = 64 * DISK_BLOCK_BYTES;
 const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
@@ -38,7 +55,11 @@ describe('51 disk replication', () => {
     });
     it('hostile bodies are protocol errors naming what is wrong', () => {
       const good = diskWriteBody(1, 4096, 4096, 0, fill(4096, 1));
-      const mutate = (f: (b: Buffer) => void): Buffer => { const b = Buffer.from(good); f(b); return b; };
+      const mutate = (f: (b: Buffer) => void): Buffer => {
+        const b = Buffer.from(good);
+        f(b);
+        return b;
+      };
       const cases: Array<[Buffer, RegExp]> = [
         [mutate((b) => b.writeUInt32LE(64, 20)), /unknown flags/],
         [mutate((b) => b.writeBigUInt64LE(BigInt(DISK), 8)), /past the end/],
@@ -46,16 +67,25 @@ describe('51 disk replication', () => {
         [mutate((b) => b.writeUInt32LE(8192, 16)), /body of/],
         [good.subarray(0, 20), /malformed/],
       ];
-      for (const [body, why] of cases) assert.throws(() => parseDiskWrite(body, DISK), (e: unknown) => isProto(e) && why.test((e as Error).message), String(why));
+      for (const [body, why] of cases)
+        assert.throws(
+          () => parseDiskWrite(body, DISK),
+          (e: unknown) => isProto(e) && why.test((e as Error).message),
+          String(why),
+        );
       assert.throws(() => parseDiskSync(diskSyncBody(DISK - 4096, fill(8192, 1)), DISK), /past the end/);
     });
   });
 
   describe('51.2 the backup epoch buffer', () => {
-    const w = (epoch: number, block: number, v: number, flags = 0) => parseDiskWrite(diskWriteBody(epoch, block * 4096, 4096, flags, fill(4096, v)), DISK);
+    const w = (epoch: number, block: number, v: number, flags = 0) =>
+      parseDiskWrite(diskWriteBody(epoch, block * 4096, 4096, flags, fill(4096, v)), DISK);
     it('applies epochs ≤ N at commit N, in arrival order, and keeps later ones', () => {
-      const b = new EpochBuffer(1 << 20), t = new MemDiskTarget(DISK);
-      b.add(w(1, 0, 1), null); b.add(w(1, 0, 2), null); b.add(w(2, 1, 3), null);
+      const b = new EpochBuffer(1 << 20),
+        t = new MemDiskTarget(DISK);
+      b.add(w(1, 0, 1), null);
+      b.add(w(1, 0, 2), null);
+      b.add(w(2, 1, 3), null);
       assert.equal(t.bytes[0], 0, 'nothing applied before a commit');
       const r = b.commit(1, t);
       assert.deepEqual([r.writes, t.bytes[0], t.bytes[4096]], [2, 2, 0]);
@@ -64,20 +94,28 @@ describe('51 disk replication', () => {
       assert.equal(t.bytes[4096], 3);
     });
     it('flushes the backup disk at commit only when the epoch asked for durability', () => {
-      const b = new EpochBuffer(1 << 20), t = new MemDiskTarget(DISK);
-      b.add(w(1, 0, 1), null); b.commit(1, t);
+      const b = new EpochBuffer(1 << 20),
+        t = new MemDiskTarget(DISK);
+      b.add(w(1, 0, 1), null);
+      b.commit(1, t);
       assert.equal(t.flushes, 0);
-      b.add(w(2, 0, 1, DW_FUA), 1); b.commit(2, t);
-      b.add(parseDiskWrite(diskWriteBody(3, 0, 0, DW_FLUSH, null), DISK), 2); b.commit(3, t);
+      b.add(w(2, 0, 1, DW_FUA), 1);
+      b.commit(2, t);
+      b.add(parseDiskWrite(diskWriteBody(3, 0, 0, DW_FLUSH, null), DISK), 2);
+      b.commit(3, t);
       assert.equal(t.flushes, 2);
     });
     it('refuses writes for committed or earlier epochs, and past its bound (typed, nothing applied)', () => {
-      const b = new EpochBuffer(3 * 4096), t = new MemDiskTarget(DISK);
+      const b = new EpochBuffer(3 * 4096),
+        t = new MemDiskTarget(DISK);
       b.add(w(5, 0, 1), 4);
       assert.throws(() => b.add(w(4, 0, 1), 3), /after one for epoch 5/);
       assert.throws(() => b.add(w(4, 0, 1), 4), /already committed/);
       b.add(w(5, 1, 1), 4);
-      assert.throws(() => b.add(w(6, 2, 1), 4), (e: unknown) => isRemusError(e, ErrorCode.DISK_BUFFER_FULL));
+      assert.throws(
+        () => b.add(w(6, 2, 1), 4),
+        (e: unknown) => isRemusError(e, ErrorCode.DISK_BUFFER_FULL),
+      );
       assert.equal(t.bytes[8192], 0);
       assert.equal(b.discard().length, 2);
       assert.equal(b.bytes, 0);
@@ -105,14 +143,25 @@ describe('51 disk replication', () => {
       const sent: Array<{ type: number; body: Buffer }> = [];
       return { sent, backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) };
     };
-    const src = (bytes: Uint8Array) => ({ sizeBytes: bytes.length, read: (off: number, into: Uint8Array) => into.set(bytes.subarray(off, off + into.length)) });
+    const src = (bytes: Uint8Array) => ({
+      sizeBytes: bytes.length,
+      read: (off: number, into: Uint8Array) => into.set(bytes.subarray(off, off + into.length)),
+    });
 
     it('tags writes with the next checkpoint until the disk barrier moves the tag', () => {
       const c = new VirtualClock();
       const r = new DiskReplicator(src(new Uint8Array(DISK)), c, { unackedBytesMax: 1 << 20, inSync: true });
       const l = tap();
       let ready = false;
-      r.connect(l, 5, true, () => { ready = true; }, () => assert.fail('no overflow'));
+      r.connect(
+        l,
+        5,
+        true,
+        () => {
+          ready = true;
+        },
+        () => assert.fail('no overflow'),
+      );
       c.runUntil(10);
       assert.ok(ready);
       assert.equal(l.sent.at(-1)!.type, Rec.DISK_SYNC_END, 'in sync: an empty copy');
@@ -120,26 +169,46 @@ describe('51 disk replication', () => {
       r.barrier(5);
       r.onWrite(4096, fill(4096, 2), true);
       const tags = l.sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, DISK));
-      assert.deepEqual(tags.map((t) => [t.epoch, t.flags]), [[5, 0], [6, DW_FUA]]);
+      assert.deepEqual(
+        tags.map((t) => [t.epoch, t.flags]),
+        [
+          [5, 0],
+          [6, DW_FUA],
+        ],
+      );
     });
 
     it('a lost session resyncs exactly the unacknowledged and the later writes', () => {
       const c = new VirtualClock();
       const disk = new Uint8Array(DISK);
       const r = new DiskReplicator(src(disk), c, { unackedBytesMax: 1 << 20, inSync: true });
-      r.connect(tap(), 1, true, () => {}, () => {});
+      r.connect(
+        tap(),
+        1,
+        true,
+        () => {},
+        () => {},
+      );
       c.runUntil(5);
-      r.onWrite(0, fill(4096, 1), false);       // epoch 1, acked
+      r.onWrite(0, fill(4096, 1), false); // epoch 1, acked
       r.barrier(1);
-      r.onWrite(4096, fill(8192, 2), false);    // epoch 2, never acked: 2 blocks
+      r.onWrite(4096, fill(8192, 2), false); // epoch 2, never acked: 2 blocks
       r.acked(1);
       r.disconnect();
       r.onWrite(10 * 4096, fill(4096, 3), false); // while no backup
       assert.deepEqual([r.bitmap.count, r.bitmap.bytes], [3, 3 * 4096]);
       const l = tap();
-      r.connect(l, 3, true, () => {}, () => {});
+      r.connect(
+        l,
+        3,
+        true,
+        () => {},
+        () => {},
+      );
       c.runUntil(20);
-      const copied = l.sent.filter((s) => s.type === Rec.DISK_SYNC).reduce((a, s) => a + parseDiskSync(s.body, DISK).data.length, 0);
+      const copied = l.sent
+        .filter((s) => s.type === Rec.DISK_SYNC)
+        .reduce((a, s) => a + parseDiskSync(s.body, DISK).data.length, 0);
       assert.equal(copied, 3 * 4096, 'reprotection copies the changed blocks only');
       assert.equal(r.bitmap.count, 0);
       r.disconnect(); // before any ack: the copy may not have arrived
@@ -148,10 +217,22 @@ describe('51 disk replication', () => {
 
     it('a backup whose disk does not continue gets a full copy; overflow is reported', () => {
       const c = new VirtualClock();
-      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, { unackedBytesMax: 8192, inSync: true, syncChunkBytes: 16 * 4096 });
+      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, {
+        unackedBytesMax: 8192,
+        inSync: true,
+        syncChunkBytes: 16 * 4096,
+      });
       const l = tap();
       let overflow = '';
-      r.connect(l, 1, false, () => {}, (why) => { overflow = why; });
+      r.connect(
+        l,
+        1,
+        false,
+        () => {},
+        (why) => {
+          overflow = why;
+        },
+      );
       c.runUntil(50);
       assert.equal(l.sent.filter((s) => s.type === Rec.DISK_SYNC).length, 4);
       r.onWrite(0, fill(4096, 1), false);
@@ -166,9 +247,14 @@ describe('51 disk replication', () => {
       const disk = new Uint8Array(DISK);
       for (let b = 0; b < 64; b++) disk.fill(b + 1, b * 4096, (b + 1) * 4096);
       const gens = new BlockGenerations(DISK);
-      const t = new ReadTracker({ sizeBytes: DISK, read: (off, into) => into.set(disk.subarray(off, off + into.length)) }, gens, 16);
+      const t = new ReadTracker(
+        { sizeBytes: DISK, read: (off, into) => into.set(disk.subarray(off, off + into.length)) },
+        gens,
+        16,
+      );
       const page = (b: number): Uint8Array => Uint8Array.from(disk.subarray(b * 4096, (b + 1) * 4096));
-      const read = (b: number, epoch: number): void => t.onBlockRead(b, loadAddon().crc32c(page(b)), gens.get(b), epoch);
+      const read = (b: number, epoch: number): void =>
+        t.onBlockRead(b, loadAddon().crc32c(page(b)), gens.get(b), epoch);
       return { disk, gens, t, page, read };
     };
     it('a page equal to a block read in an epoch ≤ N goes as that block, for any pfn', () => {
@@ -183,14 +269,24 @@ describe('51 disk replication', () => {
       [7, 2, 7, 40].forEach((b, i) => pages.set(page(b), i * 4096));
       assert.equal(t.matchPages(pages, 5), null, 'nothing tracked yet');
       const range = new Uint8Array(3 * 4096); // from 100 bytes before block 7: blocks 7 and 8 whole
-      range.set(page(6).subarray(4096 - 100), 0); range.set(page(7), 100); range.set(page(8), 4196); range.set(page(9).subarray(0, 4096 - 100), 8292);
+      range.set(page(6).subarray(4096 - 100), 0);
+      range.set(page(7), 100);
+      range.set(page(8), 4196);
+      range.set(page(9).subarray(0, 4096 - 100), 8292);
       t.onRangeRead(7 * 4096 - 100, range, [gens.get(6), gens.get(7), gens.get(8), gens.get(9)], 5);
       assert.equal(t.stats().tracked, 2, 'the partial blocks 6 and 9 are not tracked');
       const refs = t.matchPages(pages, 5);
-      assert.deepEqual(refs!.map((r) => r?.offsetBytes ?? null), [7 * 4096, null, 7 * 4096, null]);
+      assert.deepEqual(
+        refs!.map((r) => r?.offsetBytes ?? null),
+        [7 * 4096, null, 7 * 4096, null],
+      );
       const crcs = new Uint32Array(4);
       loadAddon().crc32cPages(pages, crcs);
-      assert.deepEqual([...crcs], [0, 1, 2, 3].map((i) => loadAddon().crc32c(pages.subarray(i * 4096, (i + 1) * 4096))), 'batch CRCs equal one-by-one CRCs');
+      assert.deepEqual(
+        [...crcs],
+        [0, 1, 2, 3].map((i) => loadAddon().crc32c(pages.subarray(i * 4096, (i + 1) * 4096))),
+        'batch CRCs equal one-by-one CRCs',
+      );
       assert.throws(() => loadAddon().crc32cPages(pages.subarray(1), crcs), RangeError);
       assert.throws(() => loadAddon().crc32cPages(pages, new Uint16Array(4) as unknown as Uint32Array), TypeError);
     });
@@ -213,7 +309,7 @@ describe('51 disk replication', () => {
     it('not when the bytes differ (a CRC collision cannot pass), nor for a read across a write', () => {
       const { t, page, gens, disk } = setup();
       t.onBlockRead(3, loadAddon().crc32c(page(3)), gens.get(3), 5);
-      disk[3 * 4096 + 7] ^= 1;   // our disk changed under an unchanged generation (cannot happen, but must not pass)
+      disk[3 * 4096 + 7] ^= 1; // our disk changed under an unchanged generation (cannot happen, but must not pass)
       assert.equal(t.match(Uint8Array.from(page(3)).fill(4, 7, 8), 5), null);
       t.onBlockRead(9, 0, 1, 5); // odd generation: a write was in flight during the read
       assert.equal(t.stats().tracked, 1);
@@ -228,23 +324,54 @@ describe('51 disk replication', () => {
   });
 
   describe('51.5 the backup enforces the disk session rules', () => {
-    const hello = (diskBytes: number) => jsonBody({ kind: 'sim', domain: 't', pageCount: 128, pageSize: 4096, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100, deviceStateMax: 1024, sessionId: 's', diskBytes, diskBufferBytesMax: 1 << 20 }, PROTOCOL_VERSION);
+    const hello = (diskBytes: number) =>
+      jsonBody(
+        {
+          kind: 'sim',
+          domain: 't',
+          pageCount: 128,
+          pageSize: 4096,
+          compressor: 'zstd',
+          intervalMs: 20,
+          heartbeatTimeoutMs: 100,
+          deviceStateMax: 1024,
+          sessionId: 's',
+          diskBytes,
+          diskBufferBytesMax: 1 << 20,
+        },
+        PROTOCOL_VERSION,
+      );
     /** A good FULL checkpoint 1 of a 128-page guest. */
     const fullCheckpoint = (link: TapLink): void => {
       const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
       const all = Array.from({ length: 128 }, (_, i) => i);
       link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
-      link.rec(Rec.PAGE_BATCH, withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)));
+      link.rec(
+        Rec.PAGE_BATCH,
+        withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)),
+      );
       link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
       link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
     };
     const start = (replicaDisk: number | null, helloDisk: number) => {
       let replica!: MemReplica;
-      const b = new Backup(new VirtualClock(), { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => (replica = new MemReplica(h.pageCount, replicaDisk ? new MemDiskTarget(replicaDisk) : null)) });
+      const b = new Backup(new VirtualClock(), {
+        pageCountMax: 1 << 20,
+        batchPagesMax: 256,
+        replicaFor: (h) => (replica = new MemReplica(h.pageCount, replicaDisk ? new MemDiskTarget(replicaDisk) : null)),
+      });
       const link = new TapLink();
       b.attach(link);
       link.rec(Rec.HELLO, hello(helloDisk));
-      return { b, link, replica: () => replica, error: () => { const e = link.sent.find((r) => r.type === Rec.ERROR); return e ? JSON.parse(e.body.toString()) as { code: string; message: string } : null; } };
+      return {
+        b,
+        link,
+        replica: () => replica,
+        error: () => {
+          const e = link.sent.find((r) => r.type === Rec.ERROR);
+          return e ? (JSON.parse(e.body.toString()) as { code: string; message: string }) : null;
+        },
+      };
     };
     it('a disk of another size (or none) is refused at the handshake', () => {
       assert.equal(start(DISK, DISK * 2).error()?.code, ErrorCode.HANDSHAKE);

@@ -15,15 +15,30 @@ describe('52 reprotection', function () {
   this.timeout(120000);
 
   it('52.1 copies only the blocks written since failover (and the discarded epochs), then verifies the disks equal', async () => {
-    const r = await runReprotect({ diskMiB: 64, runSeconds: 2, afterFailoverSeconds: 1, reuse: true, heartbeatTimeoutMs: 1000 });
-    assert.ok(r.verified_epoch > 0, 'the new backup confirmed its disk equals the primary\'s at a checkpoint');
-    assert.ok(r.changed_bytes > 0 && r.changed_bytes < r.disk_bytes / 4, `changed ${r.changed_bytes} of ${r.disk_bytes}`);
+    const r = await runReprotect({
+      diskMiB: 64,
+      runSeconds: 2,
+      afterFailoverSeconds: 1,
+      reuse: true,
+      heartbeatTimeoutMs: 1000,
+    });
+    assert.ok(r.verified_epoch > 0, "the new backup confirmed its disk equals the primary's at a checkpoint");
+    assert.ok(
+      r.changed_bytes > 0 && r.changed_bytes < r.disk_bytes / 4,
+      `changed ${r.changed_bytes} of ${r.disk_bytes}`,
+    );
     assert.ok(r.copied_bytes <= 1.05 * r.changed_bytes, `copied ${r.copied_bytes} for ${r.changed_bytes} changed`);
     assert.ok(r.copied_bytes >= r.differing_bytes * 0.9, 'at least what differs was copied');
   });
 
   it('52.2 a backup without the old disk gets a full copy, also verified', async () => {
-    const r = await runReprotect({ diskMiB: 32, runSeconds: 1, afterFailoverSeconds: 0.5, reuse: false, heartbeatTimeoutMs: 1000 });
+    const r = await runReprotect({
+      diskMiB: 32,
+      runSeconds: 1,
+      afterFailoverSeconds: 0.5,
+      reuse: false,
+      heartbeatTimeoutMs: 1000,
+    });
     assert.ok(r.verified_epoch > 0);
     assert.ok(r.copied_bytes >= r.disk_bytes, `copied ${r.copied_bytes} of ${r.disk_bytes}`);
   });
@@ -32,23 +47,58 @@ describe('52 reprotection', function () {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rdb-52-'));
     const env = { ...process.env, REMUSDB_RUN_DIR: dir };
     let p: { kill(s: string): void } | null = null;
-    const b = require('node:child_process').spawn(process.execPath, [BIN, 'backup', '--listen', '127.0.0.1:7597', '--insecure'], { env, stdio: 'ignore' });
+    const b = require('node:child_process').spawn(
+      process.execPath,
+      [BIN, 'backup', '--listen', '127.0.0.1:7597', '--insecure'],
+      { env, stdio: 'ignore' },
+    );
     try {
-      for (let i = 0; i < 100 && !fs.existsSync(path.join(dir, 'backup-7597.sock')); i++) await new Promise((r) => setTimeout(r, 50));
-      const none = spawnSync(process.execPath, [BIN, 'reprotect', 'sim:nothing', '127.0.0.1:7598', '--insecure'], { env, encoding: 'utf8' });
+      for (let i = 0; i < 100 && !fs.existsSync(path.join(dir, 'backup-7597.sock')); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      const none = spawnSync(process.execPath, [BIN, 'reprotect', 'sim:nothing', '127.0.0.1:7598', '--insecure'], {
+        env,
+        encoding: 'utf8',
+      });
       assert.notEqual(none.status, 0);
       assert.match(none.stderr, /no backup on this host holds sim:nothing.*ERR_NO_DOMAIN/);
-      const nokey = spawnSync(process.execPath, [BIN, 'reprotect', 'sim:x', '127.0.0.1:7598'], { env, encoding: 'utf8' });
+      const nokey = spawnSync(process.execPath, [BIN, 'reprotect', 'sim:x', '127.0.0.1:7598'], {
+        env,
+        encoding: 'utf8',
+      });
       assert.match(nokey.stderr, /--psk-file/);
-      p = require('node:child_process').spawn(process.execPath, [BIN, 'protect', 'sim:x', '127.0.0.1:7597', '--insecure', '--memory', '16MiB', '--disk', '1MiB', '--heartbeat-timeout', '3000'], { env, stdio: 'ignore' });
+      p = require('node:child_process').spawn(
+        process.execPath,
+        [
+          BIN,
+          'protect',
+          'sim:x',
+          '127.0.0.1:7597',
+          '--insecure',
+          '--memory',
+          '16MiB',
+          '--disk',
+          '1MiB',
+          '--heartbeat-timeout',
+          '3000',
+        ],
+        { env, stdio: 'ignore' },
+      );
       for (let i = 0; i < 200; i++) {
         const st = spawnSync(process.execPath, [BIN, 'status', '--json'], { env, encoding: 'utf8' });
         if (/"committedEpoch":[1-9]/.test(st.stdout)) break;
         await new Promise((r) => setTimeout(r, 50));
       }
-      const live = spawnSync(process.execPath, [BIN, 'reprotect', 'sim:x', '127.0.0.1:7598', '--insecure', '--timeout', '5'], { env, encoding: 'utf8', timeout: 20000 });
+      const live = spawnSync(
+        process.execPath,
+        [BIN, 'reprotect', 'sim:x', '127.0.0.1:7598', '--insecure', '--timeout', '5'],
+        { env, encoding: 'utf8', timeout: 20000 },
+      );
       assert.notEqual(live.status, 0);
       assert.match(live.stderr, /has not failed over.*ERR_NO_DOMAIN/);
-    } finally { b.kill('SIGKILL'); p?.kill('SIGKILL'); fs.rmSync(dir, { recursive: true, force: true }); }
+    } finally {
+      b.kill('SIGKILL');
+      p?.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -21,31 +21,65 @@ function qemuIo(port: number, cmds: string[]): Promise<string> {
     const args = ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), `nbd://127.0.0.1:${port}/remusdb`];
     const p = require('node:child_process').spawn('qemu-io', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    p.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-    p.on('close', (code: number) => (code === 0 ? resolve(out) : reject(new Error(`qemu-io ${cmds.join('; ')}: ${out}`))));
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.on('close', (code: number) =>
+      code === 0 ? resolve(out) : reject(new Error(`qemu-io ${cmds.join('; ')}: ${out}`)),
+    );
   });
 }
 
 describe('53 replicated NBD disk', function () {
   this.timeout(60000);
-  before(function () { if (!haveQemuIo) this.skip(); });
+  before(function () {
+    if (!haveQemuIo) this.skip();
+  });
 
   it('53.1 writes are forwarded tagged by epoch (FUA kept); the backup rebuilds the image; reads become references', async () => {
     const dir = tmpDir('rdb-53-');
     const image = path.join(dir, 'disk.img');
     fs.writeFileSync(image, Buffer.alloc(8 * MiB));
-    const d = await serveReplicatedDisk({ image, host: '127.0.0.1', port: 0, clock: realClock, replication: { unackedBytesMax: 64 * MiB, inSync: true, readTrackingBlocksMax: 1024 } });
+    const d = await serveReplicatedDisk({
+      image,
+      host: '127.0.0.1',
+      port: 0,
+      clock: realClock,
+      replication: { unackedBytesMax: 64 * MiB, inSync: true, readTrackingBlocksMax: 1024 },
+    });
     const sent: Array<{ type: number; body: Buffer }> = [];
     try {
-      await new Promise<void>((ready) => d.replicator.connect({ backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) }, 1, true, ready, () => assert.fail('overflow')));
+      await new Promise<void>((ready) =>
+        d.replicator.connect(
+          { backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) },
+          1,
+          true,
+          ready,
+          () => assert.fail('overflow'),
+        ),
+      );
       await qemuIo(d.port, ['write -P 0x11 1M 64k', 'write -f -P 0x22 2M 4k']);
       d.replicator.barrier(1);
       await qemuIo(d.port, ['write -P 0x33 3M 8k', 'write -z 4M 1M']);
       const all = sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, 8 * MiB));
-      assert.ok(all.some((w) => w.flags === DW_FLUSH && w.epoch === 1) && all.some((w) => w.flags === DW_FLUSH && w.epoch === 2), 'the client\'s flushes travel too');
+      assert.ok(
+        all.some((w) => w.flags === DW_FLUSH && w.epoch === 1) &&
+          all.some((w) => w.flags === DW_FLUSH && w.epoch === 2),
+        "the client's flushes travel too",
+      );
       const writes = all.filter((w) => w.flags !== DW_FLUSH);
-      assert.deepEqual(writes.map((w) => [w.epoch, w.offsetBytes, w.lengthBytes]), [[1, MiB, 65536], [1, 2 * MiB, 4096], [2, 3 * MiB, 8192], [2, 4 * MiB, MiB]]);
+      assert.deepEqual(
+        writes.map((w) => [w.epoch, w.offsetBytes, w.lengthBytes]),
+        [
+          [1, MiB, 65536],
+          [1, 2 * MiB, 4096],
+          [2, 3 * MiB, 8192],
+          [2, 4 * MiB, MiB],
+        ],
+      );
       assert.equal(writes[1].flags & DW_FUA, DW_FUA, 'FUA travels with the write');
       // The backup: buffer, commit epochs 1 and 2, compare with the served image.
       const backup = new MemDiskTarget(8 * MiB);

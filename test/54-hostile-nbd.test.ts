@@ -25,8 +25,8 @@ import { DW_FLUSH, DW_ZEROES, Rec, parseDiskWrite } from '../dom0/protocol/recor
 
 const MiB = 1024 * 1024;
 const MAX = W.MAX_BLOCK_BYTES;
-const SIZE = 4 * MiB + 1000;                  // not a multiple of 512: the tail is a bound too
-const SCRATCH = 3 * MiB;                      // where the genuine client writes
+const SIZE = 4 * MiB + 1000; // not a multiple of 512: the tail is a bound too
+const SCRATCH = 3 * MiB; // where the genuine client writes
 const { READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES } = W.CMD;
 const { EPERM, EINVAL, ENOSPC } = W.NBD_ERR;
 const FUA = W.CMD_FLAG.FUA;
@@ -47,20 +47,36 @@ class Peer {
   readonly closed: Promise<void>;
 
   private constructor(readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => { this.chunks.push(d); this.buffered += d.length; this.wake(); });
+    socket.on('data', (d: Buffer) => {
+      this.chunks.push(d);
+      this.buffered += d.length;
+      this.wake();
+    });
     socket.on('error', () => undefined);
-    this.closed = new Promise((r) => socket.once('close', () => { this.ended = true; this.wake(); r(); }));
+    this.closed = new Promise((r) =>
+      socket.once('close', () => {
+        this.ended = true;
+        this.wake();
+        r();
+      }),
+    );
   }
 
   static dial(port: number): Promise<Peer> {
     return new Promise((resolve, reject) => {
       const s = net.connect(port, '127.0.0.1');
-      s.once('connect', () => { s.off('error', reject); s.setNoDelay(true); resolve(new Peer(s)); });
+      s.once('connect', () => {
+        s.off('error', reject);
+        s.setNoDelay(true);
+        resolve(new Peer(s));
+      });
       s.once('error', reject);
     });
   }
 
-  get available(): number { return this.buffered; }
+  get available(): number {
+    return this.buffered;
+  }
 
   async read(n: number, ms = 5000): Promise<Buffer> {
     const until = Date.now() + ms;
@@ -70,25 +86,38 @@ class Peer {
       if (left <= 0) throw new Error(`no ${n} bytes within ${ms} ms (have ${this.buffered})`);
       await new Promise<void>((r) => {
         const t = setTimeout(r, left);
-        this.waiter = () => { clearTimeout(t); r(); };
+        this.waiter = () => {
+          clearTimeout(t);
+          r();
+        };
       });
     }
     return this.take(n);
   }
 
-  send(b: Buffer): void { if (!this.socket.destroyed && this.socket.writable) this.socket.write(b); }
+  send(b: Buffer): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(b);
+  }
 
   /** Stop reading: the kernel buffers fill and the server sees a client that never reads. */
-  stall(): void { this.socket.pause(); }
+  stall(): void {
+    this.socket.pause();
+  }
 
   async expectClose(ms = 3000, why = ''): Promise<void> {
     const shut = await Promise.race([this.closed.then(() => true), delay(ms).then(() => false)]);
     assert.ok(shut, `the server kept the connection open for ${ms} ms ${why}`);
   }
 
-  kill(): void { this.socket.destroy(); }
+  kill(): void {
+    this.socket.destroy();
+  }
 
-  private wake(): void { const w = this.waiter; this.waiter = null; w?.(); }
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
 
   private take(n: number): Buffer {
     const out = Buffer.allocUnsafe(n);
@@ -98,7 +127,8 @@ class Peer {
       const k = Math.min(c.length, n - filled);
       c.copy(out, filled, 0, k);
       filled += k;
-      if (k === c.length) this.chunks.shift(); else this.chunks[0] = c.subarray(k);
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
     }
     this.buffered -= n;
     return out;
@@ -107,8 +137,16 @@ class Peer {
 
 // ---- wire builders (from docs/nbd.md byte layouts) ------------------------------------
 
-function u32(n: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32BE(n >>> 0); return b; }
-function u16(n: number): Buffer { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; }
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+function u16(n: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n);
+  return b;
+}
 
 function optHeader(opt: number, len: number, magic = W.IHAVEOPT): Buffer {
   const h = Buffer.alloc(16);
@@ -127,8 +165,14 @@ function infoData(name: string | Buffer, infos: number[] = []): Buffer {
   return Buffer.concat([u32(n.length), n, u16(infos.length), ...infos.map(u16)]);
 }
 
-function request(type: number, flags: number, cookie: bigint, offset: bigint, length: number,
-  magic = W.REQUEST_MAGIC): Buffer {
+function request(
+  type: number,
+  flags: number,
+  cookie: bigint,
+  offset: bigint,
+  length: number,
+  magic = W.REQUEST_MAGIC,
+): Buffer {
   const h = Buffer.alloc(28);
   h.writeUInt32BE(magic >>> 0, 0);
   h.writeUInt16BE(flags, 4);
@@ -146,7 +190,11 @@ async function greet(p: Peer): Promise<void> {
   assert.equal(g.readUInt16BE(16), W.HS_FLAG_FIXED_NEWSTYLE | W.HS_FLAG_NO_ZEROES);
 }
 
-interface OptReply { opt: number; type: number; data: Buffer; }
+interface OptReply {
+  opt: number;
+  type: number;
+  data: Buffer;
+}
 
 async function optReply(p: Peer): Promise<OptReply> {
   const h = await p.read(20);
@@ -190,12 +238,17 @@ class ServerProc implements Served {
   readonly tail: string[] = [];
   readonly exited: Promise<number | null>;
 
-  private constructor(readonly child: ChildProcess, readonly port: number) {
-    this.exited = new Promise((r) => child.once('exit', (c) => {
-      this.exitCode = c ?? -1;
-      this.exitedAt = Date.now();
-      r(c);
-    }));
+  private constructor(
+    readonly child: ChildProcess,
+    readonly port: number,
+  ) {
+    this.exited = new Promise((r) =>
+      child.once('exit', (c) => {
+        this.exitCode = c ?? -1;
+        this.exitedAt = Date.now();
+        r(c);
+      }),
+    );
     child.stderr!.on('data', (d: Buffer) => this.log(d.toString()));
   }
 
@@ -209,9 +262,13 @@ class ServerProc implements Served {
     return s;
   }
 
-  alive(): boolean { return this.exitCode === null; }
+  alive(): boolean {
+    return this.exitCode === null;
+  }
 
-  diag(): string { return `exit code ${this.exitCode}; last log lines:\n${this.tail.join('\n')}`; }
+  diag(): string {
+    return `exit code ${this.exitCode}; last log lines:\n${this.tail.join('\n')}`;
+  }
 
   rssBytes(): number {
     const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${this.child.pid}/status`, 'utf8'));
@@ -223,7 +280,10 @@ class ServerProc implements Served {
     const t0 = Date.now();
     if (this.alive()) this.child.kill('SIGTERM');
     const code = await Promise.race([this.exited, delay(10000).then(() => 'timeout' as const)]);
-    if (code === 'timeout') { this.child.kill('SIGKILL'); return { code: null, ms: Date.now() - t0 }; }
+    if (code === 'timeout') {
+      this.child.kill('SIGKILL');
+      return { code: null, ms: Date.now() - t0 };
+    }
     return { code, ms: this.exitedAt - t0 };
   }
 
@@ -239,13 +299,20 @@ class ServerProc implements Served {
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const p = (s.address() as net.AddressInfo).port; s.close(() => resolve(p)); });
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
     s.on('error', reject);
   });
 }
 
 /** A server under attack: a `remusdb disk serve` process or an NbdServer in this process. */
-interface Served { readonly port: number; alive(): boolean; diag(): string; }
+interface Served {
+  readonly port: number;
+  alive(): boolean;
+  diag(): string;
+}
 
 interface Target {
   name: string;
@@ -390,7 +457,10 @@ async function commandCase(t: Target, type: number, flags: number, off: bigint, 
     const payload = type === WRITE && len <= MAX ? payloadOf(len) : null;
     p.send(request(type, flags, 77n, off, len));
     if (payload) p.send(payload);
-    if ('close' in exp) { await p.expectClose(3000, '(the request ends the connection)'); return; }
+    if ('close' in exp) {
+      await p.expectClose(3000, '(the request ends the connection)');
+      return;
+    }
     const r = await reply(p, 10000);
     assert.deepEqual(r, { error: exp.error, cookie: 77n }, 'reply');
     if (r.error === 0) await applySuccess(p, t, type, Number(off), len, payload);
@@ -424,11 +494,33 @@ const FLAG_VARIANTS = [0, ...Array.from({ length: 16 }, (_, b) => 1 << b), FUA |
 function bounds(size: number): Array<[bigint, number]> {
   const S = BigInt(size);
   return [
-    [0n, 0], [S, 0], [S + 1n, 0], [S - 1n, 1], [S, 1], [S - 4096n, 4096], [S - 4095n, 4096], [S - 512n, 512],
-    [0n, size], [0n, size + 1], [S + 4096n, 512], [1n << 63n, 512], [U64 - 512n, 512], [U64 - 1n, 1],
-    [U64 - 1n, 2], [U64 - 4096n, 8192], [U64 - S, size], [U64 - 1n, 0xffffffff], [S - 1n, 0xffffffff],
-    [1n << 53n, 512], [(1n << 53n) - 1n, 1], [0n, MAX], [0n, MAX + 1], [0n, 0xffffffff],
-    [1n, 511], [4097n, 3], [S - 3n, 3],
+    [0n, 0],
+    [S, 0],
+    [S + 1n, 0],
+    [S - 1n, 1],
+    [S, 1],
+    [S - 4096n, 4096],
+    [S - 4095n, 4096],
+    [S - 512n, 512],
+    [0n, size],
+    [0n, size + 1],
+    [S + 4096n, 512],
+    [1n << 63n, 512],
+    [U64 - 512n, 512],
+    [U64 - 1n, 1],
+    [U64 - 1n, 2],
+    [U64 - 4096n, 8192],
+    [U64 - S, size],
+    [U64 - 1n, 0xffffffff],
+    [S - 1n, 0xffffffff],
+    [1n << 53n, 512],
+    [(1n << 53n) - 1n, 1],
+    [0n, MAX],
+    [0n, MAX + 1],
+    [0n, 0xffffffff],
+    [1n, 511],
+    [4097n, 3],
+    [S - 3n, 3],
   ];
 }
 const BOUNDS = bounds(SIZE);
@@ -438,12 +530,19 @@ const BOUND_TYPES = [READ, WRITE, TRIM, WRITE_ZEROES, FLUSH, 5, 7];
 function manyReads(n: number, len: number): Buffer {
   const one = request(READ, 0, 0n, 0n, len);
   const b = Buffer.alloc(28 * n);
-  for (let i = 0; i < n; i++) { one.copy(b, 28 * i); b.writeBigUInt64BE(BigInt(i), 28 * i + 8); }
+  for (let i = 0; i < n; i++) {
+    one.copy(b, 28 * i);
+    b.writeBigUInt64BE(BigInt(i), 28 * i + 8);
+  }
   return b;
 }
 
-function hex(n: number | bigint): string { return `0x${n.toString(16)}`; }
-function mib(n: number): string { return `${(n / MiB).toFixed(0)} MiB`; }
+function hex(n: number | bigint): string {
+  return `0x${n.toString(16)}`;
+}
+function mib(n: number): string {
+  return `${(n / MiB).toFixed(0)} MiB`;
+}
 
 function commandName(type: number, flags: number, off: bigint, len: number): string {
   return `cmd ${type} flags ${hex(flags)} at ${hex(off)}+${hex(len)}`;
@@ -486,7 +585,10 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
           const p = await Peer.dial(rw.server.port);
           await greet(p);
           p.send(Buffer.alloc(k));
-          if (how === 'end') { p.socket.end(); await p.expectClose(); } else p.kill();
+          if (how === 'end') {
+            p.socket.end();
+            await p.expectClose();
+          } else p.kill();
         });
       }
     }
@@ -509,7 +611,14 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
         await p.expectClose();
       });
     }
-    for (const [declared, sent] of [[1, 0], [100, 0], [100, 99], [8192, 0], [8192, 8191], [6, 5]]) {
+    for (const [declared, sent] of [
+      [1, 0],
+      [100, 0],
+      [100, 99],
+      [8192, 0],
+      [8192, 8191],
+      [6, 5],
+    ]) {
       await kase(rw, `option data ${sent} of ${declared} bytes then EOF`, async () => {
         const p = await flagged(rw);
         p.send(Buffer.concat([optHeader(W.OPT.GO, declared!), Buffer.alloc(sent!)]));
@@ -582,8 +691,18 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
   });
 
   it('54.4 INFO/GO: unknown names, malformed data, every info request; EXPORT_NAME known and unknown', async () => {
-    const names: Array<string | Buffer> = ['nope', 'remusdb\0', 'REMUSDB', ' remusdb', 'remusdb ', 'remusdb/x',
-      'x'.repeat(4096), 'x'.repeat(8000), Buffer.from([0xff, 0xfe, 0xfd]), Buffer.from('72656d75736462c3', 'hex')];
+    const names: Array<string | Buffer> = [
+      'nope',
+      'remusdb\0',
+      'REMUSDB',
+      ' remusdb',
+      'remusdb ',
+      'remusdb/x',
+      'x'.repeat(4096),
+      'x'.repeat(8000),
+      Buffer.from([0xff, 0xfe, 0xfd]),
+      Buffer.from('72656d75736462c3', 'hex'),
+    ];
     for (const opt of [W.OPT.INFO, W.OPT.GO]) {
       for (const name of names) {
         await kase(rw, `option ${opt} on export ${JSON.stringify(name.toString().slice(0, 16))}…`, async () => {
@@ -595,7 +714,8 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
       }
     }
     const malformed: Array<[string, Buffer]> = [
-      ['empty', Buffer.alloc(0)], ['5 bytes', Buffer.alloc(5)],
+      ['empty', Buffer.alloc(0)],
+      ['5 bytes', Buffer.alloc(5)],
       ['name length 2^32-1', Buffer.concat([u32(0xffffffff), u16(0)])],
       ['name longer than the data', Buffer.concat([u32(10), Buffer.alloc(8), u16(0)])],
       ['one info promised, none sent', Buffer.concat([u32(0), u16(1)])],
@@ -612,8 +732,16 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
         });
       }
     }
-    const infoSets = [[], [W.INFO.NAME], [W.INFO.BLOCK_SIZE], [W.INFO.DESCRIPTION], [0xffff], [W.INFO.EXPORT],
-      Array.from({ length: 2000 }, () => W.INFO.NAME), [W.INFO.NAME, W.INFO.BLOCK_SIZE, W.INFO.NAME]];
+    const infoSets = [
+      [],
+      [W.INFO.NAME],
+      [W.INFO.BLOCK_SIZE],
+      [W.INFO.DESCRIPTION],
+      [0xffff],
+      [W.INFO.EXPORT],
+      Array.from({ length: 2000 }, () => W.INFO.NAME),
+      [W.INFO.NAME, W.INFO.BLOCK_SIZE, W.INFO.NAME],
+    ];
     for (const infos of infoSets) {
       await kase(rw, `GO with ${infos.length} info requests ${infos.slice(0, 3).join(',')}`, async () => {
         const p = await flagged(rw);
@@ -624,7 +752,8 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
         const p = await flagged(ro);
         p.send(option(W.OPT.INFO, infoData('', infos)));
         const rs: OptReply[] = [];
-        do rs.push(await optReply(p)); while (rs[rs.length - 1]!.type === W.REP.INFO);
+        do rs.push(await optReply(p));
+        while (rs[rs.length - 1]!.type === W.REP.INFO);
         checkInfos(rs, infos, ro);
         await goThenServe(p, ro);
       });
@@ -640,7 +769,9 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
 
   it('54.5 option floods: thousands pipelined (LIST, unknown, GO unknown, 8 KiB), one at a time', async () => {
     const floods: Array<[string, Buffer]> = [
-      ['LIST', option(W.OPT.LIST)], ['unknown', option(0x4242)], ['GO unknown', option(W.OPT.GO, infoData('nope'))],
+      ['LIST', option(W.OPT.LIST)],
+      ['unknown', option(0x4242)],
+      ['GO unknown', option(W.OPT.GO, infoData('nope'))],
       ['8 KiB unknown', option(0x4242, Buffer.alloc(8192))],
     ];
     for (const [what, one] of floods) {
@@ -656,7 +787,12 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
       let answered = 0;
       for (let i = 0; i < 1000 && !p.ended; i++) {
         p.send(option(0x4242));
-        try { await optReply(p); answered++; } catch { break; }
+        try {
+          await optReply(p);
+          answered++;
+        } catch {
+          break;
+        }
       }
       await p.expectClose();
       assert.ok(answered >= 8 && answered < 1000, `answered ${answered} options`);
@@ -668,7 +804,13 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
       ['silent', () => undefined],
       ['mid-handshake', (p) => p.send(Buffer.concat([u32(FIXED_NO_ZEROES), optHeader(W.OPT.GO, 100).subarray(0, 9)]))],
       ['garbage', (p) => p.send(crypto.randomBytes(64))],
-      ['never reading', (p) => { p.stall(); p.send(Buffer.concat([u32(FIXED_NO_ZEROES), option(W.OPT.LIST)])); }],
+      [
+        'never reading',
+        (p) => {
+          p.stall();
+          p.send(Buffer.concat([u32(FIXED_NO_ZEROES), option(W.OPT.LIST)]));
+        },
+      ],
     ];
     for (const [what, act] of kinds) {
       await kase(rw, `64 concurrent ${what} connections`, async () => {
@@ -739,7 +881,10 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
             const p = await session(rw);
             p.send(Buffer.concat([request(WRITE, 0, 1n, 4096n, len), Buffer.alloc(sent, 0xee)]));
             await delay(5);
-            if (how === 'end') { p.socket.end(); await p.expectClose(); } else p.kill();
+            if (how === 'end') {
+              p.socket.end();
+              await p.expectClose();
+            } else p.kill();
           });
         }
       }
@@ -749,15 +894,26 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
         await kase(rw, `request header cut at ${k} bytes, then ${how}`, async () => {
           const p = await session(rw);
           p.send(request(WRITE, 0, 1n, 0n, 512).subarray(0, k));
-          if (how === 'end') { p.socket.end(); await p.expectClose(); } else p.kill();
+          if (how === 'end') {
+            p.socket.end();
+            await p.expectClose();
+          } else p.kill();
         });
       }
     }
   });
 
   it('54.10 bad request magic ends the connection; requests before it are carried out', async () => {
-    const magics = [0, 0x13956025, W.SIMPLE_REPLY_MAGIC, 0x668e33ef, 0x49484156, 0xffffffff, W.REQUEST_MAGIC - 1,
-      W.REQUEST_MAGIC + 1];
+    const magics = [
+      0,
+      0x13956025,
+      W.SIMPLE_REPLY_MAGIC,
+      0x668e33ef,
+      0x49484156,
+      0xffffffff,
+      W.REQUEST_MAGIC - 1,
+      W.REQUEST_MAGIC + 1,
+    ];
     for (const m of magics) {
       await kase(rw, `request magic ${hex(m)}`, async () => {
         const p = await session(rw);
@@ -790,7 +946,11 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
       const fua = (i: number): number => (i % 5 === 0 ? FUA : 0);
       p.send(Buffer.concat(datas.flatMap((d, i) => [request(WRITE, fua(i), BigInt(i), BigInt(i * 8192), 4096), d])));
       const seen = new Set<bigint>();
-      for (let i = 0; i < 500; i++) { const r = await reply(p); assert.equal(r.error, 0); seen.add(r.cookie); }
+      for (let i = 0; i < 500; i++) {
+        const r = await reply(p);
+        assert.equal(r.error, 0);
+        seen.add(r.cookie);
+      }
       assert.equal(seen.size, 500, 'one reply per cookie');
       datas.forEach((d, i) => d.copy(rw.model, i * 8192));
       await stillServes(p, rw);
@@ -811,7 +971,10 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
     await kase(rw, '100 requests with one cookie', async () => {
       const p = await session(rw);
       p.send(Buffer.concat(Array.from({ length: 100 }, () => request(READ, 0, 5n, 0n, 512))));
-      for (let i = 0; i < 100; i++) { assert.deepEqual(await reply(p), { error: 0, cookie: 5n }); await p.read(512); }
+      for (let i = 0; i < 100; i++) {
+        assert.deepEqual(await reply(p), { error: 0, cookie: 5n });
+        await p.read(512);
+      }
       await stillServes(p, rw);
     });
     await kase(rw, '300 pipelined same-bytes writes and reads, then vanish unread', async () => {
@@ -830,13 +993,19 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
     await kase(rw, '8 × 1 MiB writes, DISC, half-close: every reply arrives, every write is in the file', async () => {
       const p = await session(rw);
       const datas = Array.from({ length: 8 }, (_, i) => Buffer.alloc(MiB, 0x30 + i));
-      const write = (d: Buffer, i: number): Buffer[] =>
-        [request(WRITE, i === 7 ? FUA : 0, BigInt(i), BigInt(i * 393216), MiB), d];
+      const write = (d: Buffer, i: number): Buffer[] => [
+        request(WRITE, i === 7 ? FUA : 0, BigInt(i), BigInt(i * 393216), MiB),
+        d,
+      ];
       p.send(Buffer.concat([...datas.flatMap(write), request(DISC, 0, 99n, 0n, 0)]));
       p.socket.end();
-      datas.forEach((d, i) => d.copy(rw.model, i * 393216));     // carried out whether or not replies arrive
+      datas.forEach((d, i) => d.copy(rw.model, i * 393216)); // carried out whether or not replies arrive
       const cookies: bigint[] = [];
-      for (let i = 0; i < 8; i++) { const r = await reply(p); assert.equal(r.error, 0); cookies.push(r.cookie); }
+      for (let i = 0; i < 8; i++) {
+        const r = await reply(p);
+        assert.equal(r.error, 0);
+        cookies.push(r.cookie);
+      }
       assert.deepEqual(cookies.sort(), [0n, 1n, 2n, 3n, 4n, 5n, 6n, 7n]);
       await p.expectClose();
     });
@@ -858,7 +1027,10 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
           p.stall();
           p.send(manyReads(100000, 4 * MiB));
         }
-        for (let i = 0; i < 60; i++) { await delay(25); peak = Math.max(peak, rwProc.rssBytes()); }
+        for (let i = 0; i < 60; i++) {
+          await delay(25);
+          peak = Math.max(peak, rwProc.rssBytes());
+        }
       } finally {
         ps.forEach((p) => p.kill());
       }
@@ -877,13 +1049,20 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
     });
   });
 
-  it('54.13 a replicated export: 512-byte blocks enforced, the backup\'s copy never diverges', async () => {
+  it("54.13 a replicated export: 512-byte blocks enforced, the backup's copy never diverges", async () => {
     const image = path.join(dir, 'replicated.img');
-    const seed = crypto.randomBytes(4 * MiB);                    // a replicated disk is whole sectors
+    const seed = crypto.randomBytes(4 * MiB); // a replicated disk is whole sectors
     fs.writeFileSync(image, seed);
     const replica = await Replicated.start(image);
-    const t: Target = { name: 'replicated', server: replica, image, model: Buffer.from(seed), ro: false,
-      blockBytes: 512, replica };
+    const t: Target = {
+      name: 'replicated',
+      server: replica,
+      image,
+      model: Buffer.from(seed),
+      ro: false,
+      blockBytes: 512,
+      replica,
+    };
     try {
       await kase(t, 'GO with NBD_INFO_BLOCK_SIZE advertises a 512-byte minimum block', async () => {
         const p = await flagged(t);
@@ -918,8 +1097,9 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
     } finally {
       await srv.close();
     }
-    await kase(rw, 'close() with stalled, silent, idle and half-sent clients returns within closeGraceMs',
-      () => closeCase(dir));
+    await kase(rw, 'close() with stalled, silent, idle and half-sent clients returns within closeGraceMs', () =>
+      closeCase(dir),
+    );
   });
 
   it('54.15 SIGTERM with hostile connections open: the process drains and exits 0 promptly', async () => {
@@ -939,8 +1119,10 @@ describe('54 hostile NBD clients against `remusdb disk serve`', function () {
   });
 
   it('54.16 the campaign size', () => {
-    console.log(`      ${casesRun} adversary cases, ${genuineChecks} genuine-client checks, ` +
-      `${rwProc.logLines} server log lines, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    console.log(
+      `      ${casesRun} adversary cases, ${genuineChecks} genuine-client checks, ` +
+        `${rwProc.logLines} server log lines, ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
     assert.ok(casesRun >= 300, `${casesRun} cases`);
   });
 });
@@ -966,13 +1148,20 @@ async function clientFlagsCase(t: Target, flags: number): Promise<void> {
   try {
     await greet(p);
     p.send(u32(flags));
-    if ((flags & ~FIXED_NO_ZEROES) !== 0) { await p.expectClose(3000, `after client flags ${hex(flags)}`); return; }
+    if ((flags & ~FIXED_NO_ZEROES) !== 0) {
+      await p.expectClose(3000, `after client flags ${hex(flags)}`);
+      return;
+    }
     p.send(option(W.OPT.EXPORT_NAME, Buffer.from('remusdb')));
     const noZeroes = (flags & W.CLIENT_FLAG_NO_ZEROES) !== 0;
     const r = await p.read(noZeroes ? 10 : 134);
     assert.equal(Number(r.readBigUInt64BE(0)), t.model.length);
     assert.equal(r.readUInt16BE(8), W.transmissionFlags(t.ro));
-    if (!noZeroes) assert.ok(r.subarray(10).every((b) => b === 0), '124 zero bytes');
+    if (!noZeroes)
+      assert.ok(
+        r.subarray(10).every((b) => b === 0),
+        '124 zero bytes',
+      );
     await delay(20);
     assert.equal(p.available, 0, 'nothing after the EXPORT_NAME reply');
     await stillServes(p, t);
@@ -999,25 +1188,33 @@ function checkInfos(rs: OptReply[], infos: number[], t: Target): void {
 }
 
 async function pipelinedReads(t: Target, conns: number, each: number): Promise<void> {
-  await Promise.all(Array.from({ length: conns }, async (_, c) => {
-    const p = await session(t);
-    const offs = Array.from({ length: each }, (_, i) => ((c * each + i) * 40961) % (t.model.length - 4096));
-    p.send(Buffer.concat(offs.map((off, i) => request(READ, 0, BigInt(i), BigInt(off), 4096))));
-    for (let i = 0; i < each; i++) {
-      const r = await reply(p);
-      assert.equal(r.error, 0);
-      const off = offs[Number(r.cookie)]!;
-      assert.ok((await p.read(4096)).equals(t.model.subarray(off, off + 4096)), `read ${r.cookie}`);
-    }
-    await stillServes(p, t);
-  }));
+  await Promise.all(
+    Array.from({ length: conns }, async (_, c) => {
+      const p = await session(t);
+      const offs = Array.from({ length: each }, (_, i) => ((c * each + i) * 40961) % (t.model.length - 4096));
+      p.send(Buffer.concat(offs.map((off, i) => request(READ, 0, BigInt(i), BigInt(off), 4096))));
+      for (let i = 0; i < each; i++) {
+        const r = await reply(p);
+        assert.equal(r.error, 0);
+        const off = offs[Number(r.cookie)]!;
+        assert.ok((await p.read(4096)).equals(t.model.subarray(off, off + 4096)), `read ${r.cookie}`);
+      }
+      await stillServes(p, t);
+    }),
+  );
 }
 
 // ---- the limits, on an in-process server --------------------------------------------------
 
 const SMALL: Partial<NbdLimits> = {
-  connectionsMax: 6, handshakeTimeoutMs: 400, optionsMax: 8, requestsInFlightMax: 4,
-  requestBytesInFlightMax: 256 * 1024, receiveBufferBytesMax: 64 * 1024, closeGraceMs: 300, logLinesPerSecondMax: 5,
+  connectionsMax: 6,
+  handshakeTimeoutMs: 400,
+  optionsMax: 8,
+  requestsInFlightMax: 4,
+  requestBytesInFlightMax: 256 * 1024,
+  receiveBufferBytesMax: 64 * 1024,
+  closeGraceMs: 300,
+  logLinesPerSecondMax: 5,
 };
 const lim = { ...NBD_LIMITS, ...SMALL };
 
@@ -1027,19 +1224,31 @@ class InProcess implements Served {
   readonly tail: string[] = [];
   private open = true;
 
-  private constructor(readonly srv: NbdServer, readonly port: number) {}
+  private constructor(
+    readonly srv: NbdServer,
+    readonly port: number,
+  ) {}
 
   static async start(image: string, limits: Partial<NbdLimits>): Promise<InProcess> {
     const holder: { ip?: InProcess } = {};
-    const srv = await NbdServer.open({ imagePath: image, exportName: 'remusdb', readOnly: false, limits,
-      log: (m) => holder.ip?.log(m) });
+    const srv = await NbdServer.open({
+      imagePath: image,
+      exportName: 'remusdb',
+      readOnly: false,
+      limits,
+      log: (m) => holder.ip?.log(m),
+    });
     holder.ip = new InProcess(srv, await srv.listen('127.0.0.1', 0));
     return holder.ip;
   }
 
-  alive(): boolean { return this.open; }
+  alive(): boolean {
+    return this.open;
+  }
 
-  diag(): string { return this.tail.join('\n'); }
+  diag(): string {
+    return this.tail.join('\n');
+  }
 
   async close(): Promise<number> {
     const t0 = Date.now();
@@ -1059,40 +1268,56 @@ function limitCases(srv: InProcess, ip: Target): Array<[string, () => Promise<vo
   return [
     ['a silent connection is dropped at handshakeTimeoutMs', () => silentDropped(srv)],
     ['a byte every 50 ms (slowloris) is dropped at handshakeTimeoutMs', () => slowlorisDropped(srv)],
-    ['a handshake done in time is not cut later by the timer', async () => {
-      const p = await session(ip);
-      await delay(lim.handshakeTimeoutMs * 2);
-      await stillServes(p, ip);
-    }],
+    [
+      'a handshake done in time is not cut later by the timer',
+      async () => {
+        const p = await session(ip);
+        await delay(lim.handshakeTimeoutMs * 2);
+        await stillServes(p, ip);
+      },
+    ],
     ['connectionsMax idle sessions: a newcomer is refused at once; the sessions all serve', () => tableFull(ip)],
     ['a full table of haggling connections gives way to a newcomer; sessions are never evicted', () => evictions(ip)],
-    ['optionsMax options are answered, then the connection is dropped', async () => {
-      const p = await flagged(ip);
-      let answered = 0;
-      for (let i = 0; i < 100; i++) {
-        p.send(option(0x4242));
-        try { await optReply(p); answered++; } catch { break; }
-      }
-      await p.expectClose();
-      assert.equal(answered, lim.optionsMax);
-    }],
-    ['a client that does not read: requests and bytes in flight stay bounded; resumed, every reply arrives',
-      () => stalledReader(srv, ip)],
-    ['300 garbage connections: at most logLinesPerSecondMax log lines a second', async () => {
-      const [lines0, t0] = [srv.logLines, Date.now()];
-      for (let i = 0; i < 6; i++) {
-        const burst = await Promise.all(Array.from({ length: 50 }, () => Peer.dial(ip.server.port)));
-        burst.forEach((p) => p.send(Buffer.alloc(8, 0xff)));
-        await Promise.all(burst.map((p) => p.expectClose()));
-      }
-      const seconds = Math.ceil((Date.now() - t0) / 1000) + 1;
-      assert.ok(srv.logLines - lines0 <= lim.logLinesPerSecondMax * seconds, `${srv.logLines - lines0} lines`);
-      await delay(1000);
-      const last = await Peer.dial(ip.server.port);
-      last.send(Buffer.alloc(8, 0xff));
-      await last.expectClose();
-      assert.match(srv.tail[srv.tail.length - 1]!, /\d+ earlier lines dropped: logLinesPerSecondMax/);
-    }],
+    [
+      'optionsMax options are answered, then the connection is dropped',
+      async () => {
+        const p = await flagged(ip);
+        let answered = 0;
+        for (let i = 0; i < 100; i++) {
+          p.send(option(0x4242));
+          try {
+            await optReply(p);
+            answered++;
+          } catch {
+            break;
+          }
+        }
+        await p.expectClose();
+        assert.equal(answered, lim.optionsMax);
+      },
+    ],
+    [
+      'a client that does not read: requests and bytes in flight stay bounded; resumed, every reply arrives',
+      () => stalledReader(srv, ip),
+    ],
+    [
+      '300 garbage connections: at most logLinesPerSecondMax log lines a second',
+      async () => {
+        const [lines0, t0] = [srv.logLines, Date.now()];
+        for (let i = 0; i < 6; i++) {
+          const burst = await Promise.all(Array.from({ length: 50 }, () => Peer.dial(ip.server.port)));
+          burst.forEach((p) => p.send(Buffer.alloc(8, 0xff)));
+          await Promise.all(burst.map((p) => p.expectClose()));
+        }
+        const seconds = Math.ceil((Date.now() - t0) / 1000) + 1;
+        assert.ok(srv.logLines - lines0 <= lim.logLinesPerSecondMax * seconds, `${srv.logLines - lines0} lines`);
+        await delay(1000);
+        const last = await Peer.dial(ip.server.port);
+        last.send(Buffer.alloc(8, 0xff));
+        await last.expectClose();
+        assert.match(srv.tail[srv.tail.length - 1]!, /\d+ earlier lines dropped: logLinesPerSecondMax/);
+      },
+    ],
   ];
 }
 
@@ -1109,7 +1334,9 @@ async function slowlorisDropped(srv: InProcess): Promise<void> {
   const p = await Peer.dial(srv.port);
   const bytes = Buffer.concat([u32(FIXED_NO_ZEROES), option(W.OPT.GO, infoData(''))]);
   let sent = 0;
-  const timer = setInterval(() => { if (sent < bytes.length) p.send(bytes.subarray(sent, ++sent)); }, 50);
+  const timer = setInterval(() => {
+    if (sent < bytes.length) p.send(bytes.subarray(sent, ++sent));
+  }, 50);
   try {
     await p.expectClose(lim.handshakeTimeoutMs + 2000, 'for a slowloris');
   } finally {
@@ -1138,7 +1365,10 @@ async function evictions(ip: Target): Promise<void> {
   const sessions = await Promise.all(Array.from({ length: 2 }, () => session(ip)));
   const silent: Peer[] = [];
   try {
-    for (let i = 2; i < lim.connectionsMax; i++) { silent.push(await Peer.dial(ip.server.port)); await delay(5); }
+    for (let i = 2; i < lim.connectionsMax; i++) {
+      silent.push(await Peer.dial(ip.server.port));
+      await delay(5);
+    }
     await genuineClient(ip, 'with the table full of haggling connections');
     await delay(20);
     assert.ok(silent[0]!.ended, 'the oldest haggling connection made room');
@@ -1188,7 +1418,7 @@ async function closeCase(dir: string): Promise<void> {
     await delay(100);
     const ms = await srv.close();
     assert.ok(ms <= lim.closeGraceMs + 1000, `close() took ${ms} ms`);
-    peers[2]!.socket.resume();                                  // a paused socket cannot see its close
+    peers[2]!.socket.resume(); // a paused socket cannot see its close
     await Promise.all(peers.map((p) => p.expectClose(1000, 'after close()')));
     assert.ok(fs.readFileSync(image).equals(t.model), 'the half-sent write left the image alone');
   } finally {
@@ -1204,22 +1434,36 @@ class Replicated implements Served {
   readonly errors: string[] = [];
   private open = true;
 
-  private constructor(readonly disk: ReplicatedDisk, readonly backup: Buffer) {}
+  private constructor(
+    readonly disk: ReplicatedDisk,
+    readonly backup: Buffer,
+  ) {}
 
-  get port(): number { return this.disk.port; }
+  get port(): number {
+    return this.disk.port;
+  }
 
   static async start(image: string): Promise<Replicated> {
-    const disk = await serveReplicatedDisk({ image, host: '127.0.0.1', port: 0, clock: realClock,
-      replication: { unackedBytesMax: 2 ** 40, inSync: true, readTrackingBlocksMax: 1024 } });
+    const disk = await serveReplicatedDisk({
+      image,
+      host: '127.0.0.1',
+      port: 0,
+      clock: realClock,
+      replication: { unackedBytesMax: 2 ** 40, inSync: true, readTrackingBlocksMax: 1024 },
+    });
     const r = new Replicated(disk, fs.readFileSync(image));
     const link = { backlogBytes: 0, send: (type: number, body: Uint8Array) => r.apply(type, Buffer.from(body)) };
     await new Promise<void>((ready) => disk.replicator.connect(link, 1, true, ready, () => undefined));
     return r;
   }
 
-  alive(): boolean { return this.open; }
+  alive(): boolean {
+    return this.open;
+  }
 
-  diag(): string { return this.errors.join('\n'); }
+  diag(): string {
+    return this.errors.join('\n');
+  }
 
   async close(): Promise<void> {
     await this.disk.close();

@@ -15,16 +15,28 @@ import type { PrimaryStats } from '../dom0/engine/stats';
 import { MetricsExporter, PAUSE_BUCKETS_S } from '../dom0/service/metrics';
 import { freePort, processWorld, runCli, until } from './support/helpers';
 
-interface Sample { name: string; labels: Record<string, string>; value: number; }
-interface Scrape { samples: Sample[]; types: Map<string, string>; contentType: string; }
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+interface Scrape {
+  samples: Sample[];
+  types: Map<string, string>;
+  contentType: string;
+}
 
 /** Prometheus text format 0.0.4: `# TYPE name type`, `name{k="v",…} value`; HELP lines skipped. */
 function parseExposition(text: string): Omit<Scrape, 'contentType'> {
-  const samples: Sample[] = [], types = new Map<string, string>();
+  const samples: Sample[] = [],
+    types = new Map<string, string>();
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('# HELP ')) continue;
     const t = /^# TYPE (\S+) (counter|gauge|histogram|summary|untyped)$/.exec(line);
-    if (t) { types.set(t[1], t[2]); continue; }
+    if (t) {
+      types.set(t[1], t[2]);
+      continue;
+    }
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
     assert.ok(m, `not a sample line: ${JSON.stringify(line)}`);
     const labels: Record<string, string> = {};
@@ -56,26 +68,51 @@ function must(s: Scrape, name: string, want: Record<string, string> = {}): numbe
 describe('56 metrics', function () {
   this.timeout(60_000);
   const { dir, env, start } = processWorld('t56');
-  const P = { domain: 'sim:m56', role: 'primary' }, B = { domain: 'sim:m56', role: 'backup' };
-  let repl = 0, backupMetrics = 0, primaryMetrics = 0;
+  const P = { domain: 'sim:m56', role: 'primary' },
+    B = { domain: 'sim:m56', role: 'backup' };
+  let repl = 0,
+    backupMetrics = 0,
+    primaryMetrics = 0;
   let primary: ChildProcess | null = null;
 
   before(async () => {
     repl = await freePort();
     [backupMetrics, primaryMetrics] = [await freePort(), await freePort()];
-    start(['backup', '--listen', `127.0.0.1:${repl}`, '--insecure', '--metrics', `127.0.0.1:${backupMetrics}`],
-      'backup.log');
+    start(
+      ['backup', '--listen', `127.0.0.1:${repl}`, '--insecure', '--metrics', `127.0.0.1:${backupMetrics}`],
+      'backup.log',
+    );
     await until(async () => fs.existsSync(path.join(dir, `backup-${repl}.sock`)), 10_000, 'the backup');
-    primary = start(['protect', 'sim:m56', `127.0.0.1:${repl}`, '--insecure', '--memory', '16MiB', '--disk', '1MiB',
-      '--metrics', `127.0.0.1:${primaryMetrics}`], 'primary.log');
-    await until(async () => (value(await scrape(primaryMetrics), 'remusdb_acked_epoch', P) ?? 0) > 3,
-      20_000, 'acknowledged checkpoints');
+    primary = start(
+      [
+        'protect',
+        'sim:m56',
+        `127.0.0.1:${repl}`,
+        '--insecure',
+        '--memory',
+        '16MiB',
+        '--disk',
+        '1MiB',
+        '--metrics',
+        `127.0.0.1:${primaryMetrics}`,
+      ],
+      'primary.log',
+    );
+    await until(
+      async () => (value(await scrape(primaryMetrics), 'remusdb_acked_epoch', P) ?? 0) > 3,
+      20_000,
+      'acknowledged checkpoints',
+    );
   });
 
   it('56.1 protect: checkpoints grow, pauses but the first in the histogram, bytes and ack age sane', async () => {
     const a = await scrape(primaryMetrics);
-    await until(async () => must(await scrape(primaryMetrics), 'remusdb_checkpoints_total', P) >
-      must(a, 'remusdb_checkpoints_total', P), 5000, 'another checkpoint');
+    await until(
+      async () =>
+        must(await scrape(primaryMetrics), 'remusdb_checkpoints_total', P) > must(a, 'remusdb_checkpoints_total', P),
+      5000,
+      'another checkpoint',
+    );
     const b = await scrape(primaryMetrics);
     assert.match(b.contentType, /^text\/plain; version=0\.0\.4/);
     assert.equal(b.types.get('remusdb_checkpoints_total'), 'counter');
@@ -87,7 +124,8 @@ describe('56 metrics', function () {
     const first = must(b, 'remusdb_first_checkpoint_pause_seconds', P);
     assert.ok(first > 0 && first < 5, `first pause ${first} s`);
     checkBuckets(b, 'remusdb_checkpoint_pause_seconds', P, PAUSE_BUCKETS_S);
-    const wire = must(b, 'remusdb_wire_bytes_total', P), raw = must(b, 'remusdb_page_bytes_total', P);
+    const wire = must(b, 'remusdb_wire_bytes_total', P),
+      raw = must(b, 'remusdb_page_bytes_total', P);
     assert.ok(wire > 0 && wire <= raw, `wire ${wire} bytes for ${raw} page bytes`);
     assert.ok(raw >= 16 * 2 ** 20, 'the first copy alone is the whole 16 MiB guest');
     const age = must(b, 'remusdb_last_ack_age_seconds', P);
@@ -108,18 +146,35 @@ describe('56 metrics', function () {
     assert.equal(must(s, 'remusdb_state', { ...B, state: 'receiving' }), 1);
     assert.equal(value(s, 'remusdb_checkpoints_total', P), undefined, 'a backup shows no primary series');
     primary!.kill('SIGKILL');
-    const after = await until(async () => {
-      const x = await scrape(backupMetrics);
-      return value(x, 'remusdb_failovers_total', B) === 1 ? x : null;
-    }, 10_000, 'the failover');
+    const after = await until(
+      async () => {
+        const x = await scrape(backupMetrics);
+        return value(x, 'remusdb_failovers_total', B) === 1 ? x : null;
+      },
+      10_000,
+      'the failover',
+    );
     assert.equal(must(after, 'remusdb_state', { ...B, state: 'failed-over' }), 1);
     assert.equal(value(after, 'remusdb_state', { ...B, state: 'receiving' }), undefined, 'one state at a time');
   });
 
   it('56.3 protect restarted after that crash (as systemd would) is fenced, exits 3; one failover', async () => {
     // After 56.2: the backup has failed over. docs/operations.md, "When systemd restarts a crashed protect".
-    const again = start(['protect', 'sim:m56', `127.0.0.1:${repl}`, '--insecure', '--memory', '16MiB', '--disk', '1MiB',
-      '--metrics', `127.0.0.1:${primaryMetrics}`], 'primary-restarted.log');
+    const again = start(
+      [
+        'protect',
+        'sim:m56',
+        `127.0.0.1:${repl}`,
+        '--insecure',
+        '--memory',
+        '16MiB',
+        '--disk',
+        '1MiB',
+        '--metrics',
+        `127.0.0.1:${primaryMetrics}`,
+      ],
+      'primary-restarted.log',
+    );
     const code = await new Promise<number | null>((resolve) => again.on('exit', (c) => resolve(c)));
     const log = fs.readFileSync(path.join(dir, 'primary-restarted.log'), 'utf8');
     assert.equal(code, 3, log); // EXIT_FENCED: systemd does not restart it
@@ -153,9 +208,13 @@ describe('56 metrics', function () {
 
   it('56.5 exporter: the error has its cause; other paths 404; close is idempotent, frees the port', async () => {
     const m = await MetricsExporter.listen('127.0.0.1', 0);
-    await assert.rejects(MetricsExporter.listen('127.0.0.1', m.port), (e: unknown) =>
-      e instanceof RemusError && e.code === ErrorCode.LISTEN
-        && (e.cause as NodeJS.ErrnoException)?.code === 'EADDRINUSE');
+    await assert.rejects(
+      MetricsExporter.listen('127.0.0.1', m.port),
+      (e: unknown) =>
+        e instanceof RemusError &&
+        e.code === ErrorCode.LISTEN &&
+        (e.cause as NodeJS.ErrnoException)?.code === 'EADDRINUSE',
+    );
     assert.equal((await fetch(`http://127.0.0.1:${m.port}/nothing`)).status, 404);
     assert.equal((await fetch(`http://127.0.0.1:${m.port}/metrics`, { method: 'POST' })).status, 405);
     const text = await (await fetch(`http://127.0.0.1:${m.port}/metrics`)).text();
@@ -168,35 +227,35 @@ describe('56 metrics', function () {
     await again.close();
   });
 
-  it('56.6 exporter: a first pause is a gauge, not an observation; concurrent scrapes agree; detach removes series',
-    async () => {
-      const m = await MetricsExporter.listen('127.0.0.1', 0);
-      try {
-        const stats = { checkpoints: 3, fullPauseMs: 40, lastAckAgeMs: -1, precopy: null } as unknown as PrimaryStats;
-        const w = m.watchPrimary('sim:u', () => ({ stats, disk: null, backupLosses: 2 }));
-        w.pause(40, true);
-        w.pause(3, false);
-        w.pause(700, false);
-        const [a, b] = await Promise.all([m.scrape(), m.scrape()]);
-        const noRss = (t: string): string => t.replace(/^remusdb_process_resident_memory_bytes.*$/m, '');
-        assert.equal(noRss(a), noRss(b), 'two scrapes at once read the same figures');
-        const s = { ...parseExposition(a), contentType: '' }, U = { domain: 'sim:u', role: 'primary' };
-        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_count', U), 2);
-        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.005' }), 1);
-        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.5' }), 1);
-        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '1' }), 2);
-        assert.equal(must(s, 'remusdb_first_checkpoint_pause_seconds', U), 0.04);
-        assert.equal(must(s, 'remusdb_backup_lost_total', U), 2);
-        assert.equal(value(s, 'remusdb_last_ack_age_seconds', U), undefined, 'never acknowledged: absent, not -1');
-        assert.equal(value(s, 'remusdb_precopy_round', U), undefined, 'no pre-copy: absent');
-        w.detach();
-        const left = parseExposition(await m.scrape()).samples.map((x) => x.name);
-        const others = left.filter((n) => !/^remusdb_(process|event_loop)_/.test(n));
-        assert.deepEqual(others, [], 'only the process series remain');
-      } finally {
-        await m.close();
-      }
-    });
+  it('56.6 exporter: a first pause is a gauge, not an observation; concurrent scrapes agree; detach removes series', async () => {
+    const m = await MetricsExporter.listen('127.0.0.1', 0);
+    try {
+      const stats = { checkpoints: 3, fullPauseMs: 40, lastAckAgeMs: -1, precopy: null } as unknown as PrimaryStats;
+      const w = m.watchPrimary('sim:u', () => ({ stats, disk: null, backupLosses: 2 }));
+      w.pause(40, true);
+      w.pause(3, false);
+      w.pause(700, false);
+      const [a, b] = await Promise.all([m.scrape(), m.scrape()]);
+      const noRss = (t: string): string => t.replace(/^remusdb_process_resident_memory_bytes.*$/m, '');
+      assert.equal(noRss(a), noRss(b), 'two scrapes at once read the same figures');
+      const s = { ...parseExposition(a), contentType: '' },
+        U = { domain: 'sim:u', role: 'primary' };
+      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_count', U), 2);
+      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.005' }), 1);
+      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.5' }), 1);
+      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '1' }), 2);
+      assert.equal(must(s, 'remusdb_first_checkpoint_pause_seconds', U), 0.04);
+      assert.equal(must(s, 'remusdb_backup_lost_total', U), 2);
+      assert.equal(value(s, 'remusdb_last_ack_age_seconds', U), undefined, 'never acknowledged: absent, not -1');
+      assert.equal(value(s, 'remusdb_precopy_round', U), undefined, 'no pre-copy: absent');
+      w.detach();
+      const left = parseExposition(await m.scrape()).samples.map((x) => x.name);
+      const others = left.filter((n) => !/^remusdb_(process|event_loop)_/.test(n));
+      assert.deepEqual(others, [], 'only the process series remain');
+    } finally {
+      await m.close();
+    }
+  });
 });
 
 /** Buckets as declared, cumulative, and +Inf equal to the count. */

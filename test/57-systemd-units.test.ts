@@ -30,7 +30,10 @@ function parseUnit(text: string): Unit {
     const line = raw.trim();
     if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
     const s = /^\[(\w+)\]$/.exec(line);
-    if (s) { section = s[1]; continue; }
+    if (s) {
+      section = s[1];
+      continue;
+    }
     const kv = /^([A-Za-z]+)=(.*)$/.exec(line);
     assert.ok(kv && section, `a key in a section: ${line}`);
     const key = `${section}.${kv[1]}`;
@@ -71,7 +74,10 @@ function expandExec(cmdline: string, env: Record<string, string>): string[] {
 function environmentOf(u: Unit, envFile: string): Record<string, string> {
   const env: Record<string, string> = {};
   for (const v of u.get('Service.Environment') ?? []) {
-    for (const kv of v.split(/\s+/)) { const [k, ...rest] = kv.split('='); env[k] = rest.join('='); }
+    for (const kv of v.split(/\s+/)) {
+      const [k, ...rest] = kv.split('=');
+      env[k] = rest.join('=');
+    }
   }
   return { ...env, ...parseEnv(fs.readFileSync(path.join(UNITS, envFile), 'utf8')) };
 }
@@ -82,10 +88,19 @@ async function parses(argv: string[]): Promise<{ exitCode: number; stderr: strin
   let stderr = '';
   const all = (c: Command): Command[] => [c, ...c.commands.flatMap(all)];
   for (const c of all(program)) {
-    c.configureOutput({ writeOut: (s) => { stderr += s; }, writeErr: (s) => { stderr += s; } });
+    c.configureOutput({
+      writeOut: (s) => {
+        stderr += s;
+      },
+      writeErr: (s) => {
+        stderr += s;
+      },
+    });
     if (!c.commands.length) c.action(() => {});
   }
-  try { await program.parseAsync(['node', 'remusdb', ...argv]); } catch (e) {
+  try {
+    await program.parseAsync(['node', 'remusdb', ...argv]);
+  } catch (e) {
     const o = errorOutcome(e);
     return { exitCode: o?.exitCode ?? 1, stderr: stderr + (o?.line ?? String(e)) };
   }
@@ -108,8 +123,10 @@ describe('57 systemd units', function () {
       fs.writeFileSync(path.join(dir, u.file), text.replaceAll(INSTALLED_BIN, path.join(ROOT, 'bin', 'remusdb')));
     }
     const verify = (names: string[]): { status: number | null; out: string } => {
-      const r = spawnSync('systemd-analyze', ['verify', '--man=no', ...names.map((n) => path.join(dir, n))],
-        { encoding: 'utf8', cwd: dir });
+      const r = spawnSync('systemd-analyze', ['verify', '--man=no', ...names.map((n) => path.join(dir, n))], {
+        encoding: 'utf8',
+        cwd: dir,
+      });
       return { status: r.status, out: `${r.stdout}${r.stderr}`.trim() };
     };
     const names = UNIT_FILES.map((u) => (u.instance ? u.file.replace('@.', `@${u.instance}.`) : u.file));
@@ -117,8 +134,11 @@ describe('57 systemd units', function () {
     assert.equal(ok.status, 0, ok.out);
     assert.equal(ok.out, '', 'no warning');
     fs.appendFileSync(path.join(dir, UNIT_FILES[0].file), '[Service]\nRestart=sometimes\n');
-    assert.match(verify([UNIT_FILES[0].file]).out, /restart specifier.*sometimes/,
-      'a bad value is reported: the check can fail');
+    assert.match(
+      verify([UNIT_FILES[0].file]).out,
+      /restart specifier.*sometimes/,
+      'a bad value is reported: the check can fail',
+    );
   });
 
   for (const u of UNIT_FILES) {
@@ -153,8 +173,16 @@ describe('57 systemd units', function () {
         assert.equal(one(unit, 'Service.EnvironmentFile'), '/etc/remusdb/protect-%i.env');
       }
       assert.equal(one(unit, 'Service.KillMode'), 'mixed', `${u.file}: SIGTERM reaches the stop path first`);
-      for (const k of ['User', 'DynamicUser', 'PrivateDevices', 'DeviceAllow', 'MemoryDenyWriteExecute', 'ProtectClock',
-        'CapabilityBoundingSet', 'PrivateNetwork']) {
+      for (const k of [
+        'User',
+        'DynamicUser',
+        'PrivateDevices',
+        'DeviceAllow',
+        'MemoryDenyWriteExecute',
+        'ProtectClock',
+        'CapabilityBoundingSet',
+        'PrivateNetwork',
+      ]) {
         assert.ok(!unit.has(`Service.${k}`), `${u.file} sets no ${k} (root, /dev/xen, /dev/nbd*, netlink, Node's JIT)`);
       }
       assert.equal(one(unit, 'Service.NoNewPrivileges'), 'yes');

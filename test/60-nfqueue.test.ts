@@ -67,20 +67,25 @@ rl.createInterface({ input: process.stdin }).on('line', async (line) => {
 });
 `;
 
-interface Arrival { kind: string; seq: number; latencyNs: number; }
-
+interface Arrival {
+  kind: string;
+  seq: number;
+  latencyNs: number;
+}
 
 /** Waits until count() reaches want, or stops growing for a second. */
 async function settled(count: () => number, want: number): Promise<void> {
-  let last = -1, since = Date.now();
+  let last = -1,
+    since = Date.now();
   while (count() < want) {
-    if (count() !== last) { last = count(); since = Date.now(); }
+    if (count() !== last) {
+      last = count();
+      since = Date.now();
+    }
     if (Date.now() - since > 1000) return;
     await sleep(10);
   }
 }
-
-
 
 describe('60 nfqueue output buffer (network namespaces, root)', () => {
   let bed: Testbed;
@@ -100,11 +105,18 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     }
     return arrivals;
   }
-  const got = (kind: string): number[] => collect().filter((a) => a.kind === kind).map((a) => a.seq);
+  const got = (kind: string): number[] =>
+    collect()
+      .filter((a) => a.kind === kind)
+      .map((a) => a.seq);
   async function command(cmd: Record<string, unknown>): Promise<number> {
     const want = ++doneCount;
     tx.send(cmd);
-    await waitFor(`sender: ${JSON.stringify(cmd)}`, () => tx.lines.filter((l) => l.startsWith('done')).length >= want, 60_000);
+    await waitFor(
+      `sender: ${JSON.stringify(cmd)}`,
+      () => tx.lines.filter((l) => l.startsWith('done')).length >= want,
+      60_000,
+    );
     return Number(tx.lines.filter((l) => l.startsWith('done'))[want - 1].split(' ')[1]);
   }
   async function queued(n: number): Promise<void> {
@@ -113,7 +125,10 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
 
   before(async function () {
     const why = whyNoNetns();
-    if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+    if (why) {
+      console.log(`      skipped: ${why}`);
+      this.skip();
+    }
     bed = createTestbed(PREFIX);
     rx = new NsProcess(bed.client, RECEIVER, [bed.clientIp4, bed.clientIp6]);
     await waitFor('receiver ready', () => rx.lines.includes('ready'));
@@ -124,14 +139,15 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     buf?.close();
     if (!bed) return;
     removeRules({ domain: DOMAIN, netns: bed.dom0 });
-    rx?.kill(); tx?.kill();
+    rx?.kill();
+    tx?.kill();
     destroyTestbed(PREFIX);
   });
 
   it('60.1 installs its rules idempotently and removes them all', () => {
     const spec = { domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 };
     installRules(spec);
-    installRules(spec);  // a second install (or one after a crash) replaces, never duplicates
+    installRules(spec); // a second install (or one after a crash) replaces, never duplicates
     const rules = listRules(spec);
     assert.equal(rules.filter((r) => r.includes('-A PREROUTING')).length, 2, rules.join('\n'));
     assert.ok(rules.some((r) => r.startsWith('iptables:') && r.includes('--physdev-in vif1.0 -j REMUSDB-t60')));
@@ -146,8 +162,11 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     // physdev matching without br_netfilter's hooks would let the guest's packets through
     sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=0']);
     try {
-      assert.throws(() => installRules(spec), (e: Error & { code?: string }) =>
-        e.code === ErrorCode.NETBUF && /bridge-nf-call-ip6tables is 0/.test(e.message));
+      assert.throws(
+        () => installRules(spec),
+        (e: Error & { code?: string }) =>
+          e.code === ErrorCode.NETBUF && /bridge-nf-call-ip6tables is 0/.test(e.message),
+      );
     } finally {
       sysctl(bed.dom0, ['net.bridge.bridge-nf-call-ip6tables=1']);
     }
@@ -166,14 +185,16 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
 
   it('60.2 holds everything until release(N), which delivers exactly the epochs ≤ N, in order', async () => {
     buf = NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 });
-    assert.throws(() => NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 }),
+    assert.throws(
+      () => NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 }),
       (e: Error & { code?: string }) => e.code === ErrorCode.NETBUF && /cannot bind netfilter queue 60/.test(e.message),
-      'one queue, one owner');
+      'one queue, one owner',
+    );
     installRules({ domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 });
-    buf.setPassThrough(true);  // unprotected while the TCP connection is set up
+    buf.setPassThrough(true); // unprotected while the TCP connection is set up
     await command({ op: 'connect' });
-    await command({ op: 'udp4', from: -1, count: 1 });  // resolves the neighbours (ARP passes anyway;
-    await command({ op: 'udp6', from: -1, count: 1 });  // NDP is ICMPv6 and would be held)
+    await command({ op: 'udp4', from: -1, count: 1 }); // resolves the neighbours (ARP passes anyway;
+    await command({ op: 'udp6', from: -1, count: 1 }); // NDP is ICMPv6 and would be held)
     await waitFor('warm-up delivered', () => got('u4').length === 1 && got('u6').length === 1);
     arrivals = [];
     buf.setPassThrough(false);
@@ -194,7 +215,10 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     await sleep(200);
     assert.deepEqual(collect(), []);
     buf.release(1);
-    await waitFor('epoch 1 delivered', () => got('t').length === 50 && got('u6').length === 50 && got('u4').length >= 100);
+    await waitFor(
+      'epoch 1 delivered',
+      () => got('t').length === 50 && got('u6').length === 50 && got('u4').length >= 100,
+    );
     await sleep(200);
     assert.deepEqual(got('u4'), range(0, 100), 'release(1) delivers exactly epoch 1, in order');
     assert.deepEqual(got('u6'), range(0, 50));
@@ -225,10 +249,10 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     buf = b;
     const F = 10_000;
     arrivals = [];
-    await command({ op: 'udp4', from: F + 1, count: 9 });   // nothing of the flow held: straight through
+    await command({ op: 'udp4', from: F + 1, count: 9 }); // nothing of the flow held: straight through
     await waitFor('unprotected packets pass', () => got('u4').length === 9);
     await command({ op: 'udp4', from: F + 10, count: 20 }); // F+10 held: F+11.. wait behind it
-    await command({ op: 'udp6', from: F, count: 20 });      // another flow: not held
+    await command({ op: 'udp6', from: F, count: 20 }); // another flow: not held
     await waitFor('IPv6 flow passes', () => got('u6').length === 20);
     await sleep(200);
     assert.deepEqual(got('u4'), range(F + 1, F + 10), 'the IPv4 flow waits behind its held packet');
@@ -247,12 +271,23 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     // there used to reach the batch writer of a queue that had never read (a segfault in CI).
     buf?.close();
     installRules({ domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 });
-    for (let round = 0; round < 4; round++) {  // the crash depended on timing: a few rounds
+    for (let round = 0; round < 4; round++) {
+      // the crash depended on timing: a few rounds
       const b = NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 });
-      const send = spawnSync('ip', ['netns', 'exec', bed.guest, process.execPath, '-e',
-        `const s = require('dgram').createSocket('udp4'); let n = 0;
-         const next = () => (n++ < 20 ? s.send('9,0', 9000, process.argv[1], next) : s.close()); next();`, bed.clientIp4],
-      { encoding: 'utf8' });
+      const send = spawnSync(
+        'ip',
+        [
+          'netns',
+          'exec',
+          bed.guest,
+          process.execPath,
+          '-e',
+          `const s = require('dgram').createSocket('udp4'); let n = 0;
+         const next = () => (n++ < 20 ? s.send('9,0', 9000, process.argv[1], next) : s.close()); next();`,
+          bed.clientIp4,
+        ],
+        { encoding: 'utf8' },
+      );
       assert.equal(send.status, 0, send.stderr);
       const k = readKernelQueueStats(QUEUE, bed.dom0);
       assert.ok(k && k.queued >= 20, `20 packets wait in the kernel queue, unread: ${JSON.stringify(k)}`);
@@ -268,7 +303,9 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     // All N packets are held together; they are released in epochs of 5k because the
     // client's socket buffer (net.core.rmem_max, 4 MiB here and not per namespace) cannot
     // absorb 20k datagrams at once — that would be the test client's loss, not the buffer's.
-    const N = Math.min(60_000, Number(process.env.RDB60_BURST ?? 20_000)), PER_EPOCH = 5_000, FROM = 1_000_000;
+    const N = Math.min(60_000, Number(process.env.RDB60_BURST ?? 20_000)),
+      PER_EPOCH = 5_000,
+      FROM = 1_000_000;
     const b = buf!;
     const k0 = readKernelQueueStats(QUEUE, bed.dom0)!;
     const rcvbuf0 = udpCounter(bed.client, 'RcvbufErrors');
@@ -277,8 +314,10 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
       const base = b.ledger.stats.received;
       await command({ op: 'udp4', from: FROM + sent, count: Math.min(PER_EPOCH, N - sent) });
       await queued(base + Math.min(PER_EPOCH, N - sent)).catch((err) => {
-        console.log(`      queue: ${JSON.stringify(readKernelQueueStats(QUEUE, bed.dom0))}; guest:`,
-          spawnSync('ip', ['netns', 'exec', bed.guest, 'ss', '-uamn'], { encoding: 'utf8' }).stdout);
+        console.log(
+          `      queue: ${JSON.stringify(readKernelQueueStats(QUEUE, bed.dom0))}; guest:`,
+          spawnSync('ip', ['netns', 'exec', bed.guest, 'ss', '-uamn'], { encoding: 'utf8' }).stdout,
+        );
         throw err;
       });
       b.barrier(b.nextEpoch);
@@ -299,11 +338,13 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     let reordered = 0;
     for (let i = 1; i < seqs.length; i++) if (seqs[i] <= seqs[i - 1]) reordered++;
     const clientDropped = udpCounter(bed.client, 'RcvbufErrors') - rcvbuf0;
-    console.log(`      burst ${N}: delivered ${seqs.length}, reordered ${reordered}, queue_dropped ` +
-      `${k1.queueDropped - k0.queueDropped}, user_dropped ${k1.userDropped - k0.userDropped}, over-limit ` +
-      `${b.ledger.stats.droppedOverLimit}, client RcvbufErrors ${clientDropped}, release+delivery ${ms.toFixed(0)} ms`);
+    console.log(
+      `      burst ${N}: delivered ${seqs.length}, reordered ${reordered}, queue_dropped ` +
+        `${k1.queueDropped - k0.queueDropped}, user_dropped ${k1.userDropped - k0.userDropped}, over-limit ` +
+        `${b.ledger.stats.droppedOverLimit}, client RcvbufErrors ${clientDropped}, release+delivery ${ms.toFixed(0)} ms`,
+    );
     assert.equal(reordered, 0);
-    assert.equal(seqs.length + clientDropped, N, 'every packet delivered (or dropped by the test client\'s socket)');
+    assert.equal(seqs.length + clientDropped, N, "every packet delivered (or dropped by the test client's socket)");
     if (clientDropped === 0) assert.deepEqual(seqs, range(FROM, FROM + N));
     assert.equal(k1.queueDropped - k0.queueDropped, 0);
     assert.equal(k1.userDropped - k0.userDropped, 0);
@@ -312,31 +353,39 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
   });
 
   it('60.4 100k packets streamed through 50 ms epochs: 0 drops, 0 reordering', async () => {
-    const N = 100_000, FROM = 2_000_000;
+    const N = 100_000,
+      FROM = 2_000_000;
     const b = buf!;
     const k0 = readKernelQueueStats(QUEUE, bed.dom0)!;
     const rcvbuf0 = udpCounter(bed.client, 'RcvbufErrors');
-    let epoch = b.nextEpoch, heldMaxSeen = 0;
+    let epoch = b.nextEpoch,
+      heldMaxSeen = 0;
     const firstEpoch = epoch;
     const timer = setInterval(() => {
       heldMaxSeen = Math.max(heldMaxSeen, b.held);
-      b.barrier(epoch); b.release(epoch); epoch++;
+      b.barrier(epoch);
+      b.release(epoch);
+      epoch++;
     }, 50);
     const t0 = Date.now();
     try {
       // 25k packets/s: ~1250 per epoch, which the test client's socket buffer absorbs
       await command({ op: 'udp4', from: FROM, count: N, pps: 25_000 });
       await settled(() => got('u4').filter((s) => s >= FROM).length, N);
-    } finally { clearInterval(timer); }
+    } finally {
+      clearInterval(timer);
+    }
     const seqs = got('u4').filter((s) => s >= FROM);
     let reordered = 0;
     for (let i = 1; i < seqs.length; i++) if (seqs[i] <= seqs[i - 1]) reordered++;
     const clientDropped = udpCounter(bed.client, 'RcvbufErrors') - rcvbuf0;
     const k1 = readKernelQueueStats(QUEUE, bed.dom0)!;
-    console.log(`      stream ${N} in ${Date.now() - t0} ms (${epoch - firstEpoch} epochs), ` +
-      `delivered ${seqs.length}, reordered ${reordered}, queue_dropped ${k1.queueDropped - k0.queueDropped}, ` +
-      `user_dropped ${k1.userDropped - k0.userDropped}, client RcvbufErrors ${clientDropped}, ` +
-      `most held at a barrier ${heldMaxSeen}`);
+    console.log(
+      `      stream ${N} in ${Date.now() - t0} ms (${epoch - firstEpoch} epochs), ` +
+        `delivered ${seqs.length}, reordered ${reordered}, queue_dropped ${k1.queueDropped - k0.queueDropped}, ` +
+        `user_dropped ${k1.userDropped - k0.userDropped}, client RcvbufErrors ${clientDropped}, ` +
+        `most held at a barrier ${heldMaxSeen}`,
+    );
     assert.equal(reordered, 0);
     // a datagram the (slow, shared-CPU) test client's socket could not take is the client's
     // loss, counted by its kernel: the buffer itself must have delivered all N
@@ -352,22 +401,34 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     b.setPassThrough(true);
     await command({ op: 'poisson', ratePerS: 200, durationMs: 1500, from: 200_000 });
     await sleep(200);
-    const baseLat = collect().filter((a) => a.seq >= 200_000 && a.seq < 300_000).map((a) => a.latencyNs / 1e6);
+    const baseLat = collect()
+      .filter((a) => a.seq >= 200_000 && a.seq < 300_000)
+      .map((a) => a.latencyNs / 1e6);
     b.setPassThrough(false);
     arrivals = [];
     let epoch = b.nextEpoch;
-    const timer = setInterval(() => { b.barrier(epoch); b.release(epoch); epoch++; }, 50);
+    const timer = setInterval(() => {
+      b.barrier(epoch);
+      b.release(epoch);
+      epoch++;
+    }, 50);
     let sent: number;
     try {
       sent = await command({ op: 'poisson', ratePerS: 200, durationMs: 4000, from: 300_000 });
       await sleep(200);
-    } finally { clearInterval(timer); }
-    const lat = collect().filter((a) => a.seq >= 300_000).map((a) => a.latencyNs / 1e6);
+    } finally {
+      clearInterval(timer);
+    }
+    const lat = collect()
+      .filter((a) => a.seq >= 300_000)
+      .map((a) => a.latencyNs / 1e6);
     const base = mean(baseLat);
     const added = mean(lat) - base;
-    console.log(`      50 ms epochs, ${lat.length}/${sent} packets: unbuffered ${base.toFixed(2)} ms, buffered mean ` +
-      `${mean(lat).toFixed(2)} ms (p50 ${pct(lat, 0.5).toFixed(1)}, p99 ${pct(lat, 0.99).toFixed(1)}, max ` +
-      `${Math.max(...lat).toFixed(1)}), added ${added.toFixed(2)} ms`);
+    console.log(
+      `      50 ms epochs, ${lat.length}/${sent} packets: unbuffered ${base.toFixed(2)} ms, buffered mean ` +
+        `${mean(lat).toFixed(2)} ms (p50 ${pct(lat, 0.5).toFixed(1)}, p99 ${pct(lat, 0.99).toFixed(1)}, max ` +
+        `${Math.max(...lat).toFixed(1)}), added ${added.toFixed(2)} ms`,
+    );
     assert.equal(lat.length, sent);
     assert.ok(added > 15 && added < 40, `added latency ${added} ms not ≈ 25 ms`);
   });
@@ -383,11 +444,12 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     const holder = new NsProcess(bed.dom0, script, []);
     await waitFor('holder ready', () => holder.lines.includes('ready'));
     await command({ op: 'udp4', from: 400_000, count: 100 });
-    const holding = (): number => Math.max(0, ...holder.lines.filter((l) => l.startsWith('held ')).map((l) => Number(l.slice(5))));
+    const holding = (): number =>
+      Math.max(0, ...holder.lines.filter((l) => l.startsWith('held ')).map((l) => Number(l.slice(5))));
     await waitFor('holder holds 100', () => holding() >= 100);
     holder.kill();
     await new Promise((r) => holder.child.once('exit', r));
-    await command({ op: 'udp4', from: 400_100, count: 10 });  // no listener now: dropped
+    await command({ op: 'udp4', from: 400_100, count: 10 }); // no listener now: dropped
     await sleep(500);
     assert.deepEqual(got('u4'), [], 'held packets must not leak when the holder dies');
     buf = NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 });
@@ -403,7 +465,8 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     assert.deepEqual(listRules({ domain: DOMAIN, netns: bed.dom0 }), []);
     buf!.close();
     buf = undefined;
-    rx.kill(); tx.kill();
+    rx.kill();
+    tx.kill();
     destroyTestbed(PREFIX);
     assert.deepEqual(listTestbedNamespaces(PREFIX), []);
   });
@@ -418,12 +481,17 @@ function udpCounter(ns: string, name: string): number {
 function udpStats(ns: string): string {
   const r = spawnSync('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp'], { encoding: 'utf8' });
   const [names, values] = r.stdout.split('\n').filter((l) => l.startsWith('Udp:'));
-  const n = names.split(' ').slice(1), v = values.split(' ').slice(1);
+  const n = names.split(' ').slice(1),
+    v = values.split(' ').slice(1);
   return n.map((k, i) => `${k}=${v[i]}`).join(' ');
 }
 
-function range(from: number, to: number): number[] { return Array.from({ length: to - from }, (_, i) => from + i); }
-function mean(xs: number[]): number { return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length); }
+function range(from: number, to: number): number[] {
+  return Array.from({ length: to - from }, (_, i) => from + i);
+}
+function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
+}
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor(p * s.length))] ?? 0;

@@ -17,17 +17,23 @@ class KernelModel implements VerdictSink {
   pending: Uint8Array[] = [];
   ledger!: PacketLedger;
   verdictUpTo(id: number, accept: boolean): void {
-    while (this.queue.length && !idAfter(this.queue[0], id)) (accept ? this.sent : this.dropped).push(this.queue.shift()!);
+    while (this.queue.length && !idAfter(this.queue[0], id))
+      (accept ? this.sent : this.dropped).push(this.queue.shift()!);
   }
   verdictEach(ids: Uint32Array, count: number, accept: boolean): void {
     for (let i = 0; i < count; i++) {
       const at = this.queue.indexOf(ids[i]);
-      if (at < 0) { this.errors++; continue; }
+      if (at < 0) {
+        this.errors++;
+        continue;
+      }
       this.queue.splice(at, 1);
       (accept ? this.sent : this.dropped).push(ids[i]);
     }
   }
-  drain(): void { this.deliver(); }
+  drain(): void {
+    this.deliver();
+  }
   /** The guest sends a packet; it waits in the kernel queue until read. */
   send(header: Uint8Array): number {
     const id = this.nextId++;
@@ -43,18 +49,30 @@ class KernelModel implements VerdictSink {
     const headers = new Uint8Array(n * COPY);
     this.pending.forEach((h, i) => headers.set(h.subarray(0, COPY), i * COPY));
     this.pending = [];
-    this.ledger.ingest({ count: n, ids: Uint32Array.from({ length: n }, (_, i) => first + i),
-      ipLens: new Uint32Array(n).fill(100), protos: new Uint16Array(n).fill(0x0800), headers, copyBytes: COPY });
+    this.ledger.ingest({
+      count: n,
+      ids: Uint32Array.from({ length: n }, (_, i) => first + i),
+      ipLens: new Uint32Array(n).fill(100),
+      protos: new Uint16Array(n).fill(0x0800),
+      headers,
+      copyBytes: COPY,
+    });
   }
 }
 
 /** An IPv4/TCP header from flow number f with a mark byte (TOS) that the classifier reads. */
 function pkt(flow: number, protect: boolean, fragment = false): Uint8Array {
   const h = new Uint8Array(COPY);
-  h[0] = 0x45; h[1] = protect ? 0xb8 : 0; h[9] = 6;
+  h[0] = 0x45;
+  h[1] = protect ? 0xb8 : 0;
+  h[9] = 6;
   if (fragment) h[7] = 10;
-  h.set([127, 0, 0, 2], 12); h.set([127, 0, 0, 3], 16);
-  h[20] = 0x30; h[21] = 0x39; h[22] = flow >> 8; h[23] = flow & 255;
+  h.set([127, 0, 0, 2], 12);
+  h.set([127, 0, 0, 3], 16);
+  h[20] = 0x30;
+  h[21] = 0x39;
+  h[22] = flow >> 8;
+  h[23] = flow & 255;
   return h;
 }
 const byTos: Classifier = (h) => (h[1] === 0xb8 ? 'hold' : 'release');
@@ -68,11 +86,14 @@ function setup(classify: Classifier | null, heldMax = 1000): KernelModel {
 describe('60 packet ledger (verdict rules, kernel model)', () => {
   it('60.10 holds every packet until its epoch is released; release(N) releases all ≤ N in order', () => {
     const k = setup(null);
-    const a = k.send(pkt(1, false)); const b = k.send(pkt(2, false));
-    k.ledger.barrier(1);  // drains a, b into epoch 1
-    const c = k.send(pkt(1, false)); k.deliver();
+    const a = k.send(pkt(1, false));
+    const b = k.send(pkt(2, false));
+    k.ledger.barrier(1); // drains a, b into epoch 1
+    const c = k.send(pkt(1, false));
+    k.deliver();
     k.ledger.barrier(2);
-    const d = k.send(pkt(1, false)); k.deliver();
+    const d = k.send(pkt(1, false));
+    k.deliver();
     assert.deepEqual(k.sent, []);
     assert.equal(k.ledger.held, 4);
     k.ledger.release(1);
@@ -80,7 +101,8 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
     k.ledger.release(5);
     assert.deepEqual(k.sent, [a, b, c], 'd belongs to the open epoch 3');
     assert.equal(k.ledger.held, 1);
-    k.ledger.barrier(3); k.ledger.release(3);
+    k.ledger.barrier(3);
+    k.ledger.release(3);
     assert.deepEqual(k.sent, [a, b, c, d]);
     assert.equal(k.errors, 0);
     assert.throws(() => k.ledger.barrier(7), /out of order/);
@@ -88,28 +110,35 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
 
   it('60.11 an unprotected packet leaves at once unless its flow has a held packet', () => {
     const k = setup(byTos);
-    const a = k.send(pkt(1, true));   // protected, held
-    const b = k.send(pkt(1, false));  // same flow: must wait behind a
-    const c = k.send(pkt(2, false));  // other flow: leaves at once
+    const a = k.send(pkt(1, true)); // protected, held
+    const b = k.send(pkt(1, false)); // same flow: must wait behind a
+    const c = k.send(pkt(2, false)); // other flow: leaves at once
     k.deliver();
     assert.deepEqual(k.sent, [c]);
     assert.equal(k.ledger.stats.waitedBehindFlow, 1);
     k.ledger.barrier(1);
-    const d = k.send(pkt(3, true)); k.deliver();       // epoch 2, held
-    const e = k.send(pkt(1, false)); k.deliver();      // flow 1 still held in epoch 1: rides epoch 1
+    const d = k.send(pkt(3, true));
+    k.deliver(); // epoch 2, held
+    const e = k.send(pkt(1, false));
+    k.deliver(); // flow 1 still held in epoch 1: rides epoch 1
     k.ledger.release(1);
     assert.deepEqual(k.sent, [c, a, b, e], 'flow 1 in order; d (epoch 2) stays');
-    const f = k.send(pkt(1, false)); k.deliver();      // flow 1 has nothing held now
+    const f = k.send(pkt(1, false));
+    k.deliver(); // flow 1 has nothing held now
     assert.deepEqual(k.sent, [c, a, b, e, f]);
-    k.ledger.barrier(2); k.ledger.release(2);
+    k.ledger.barrier(2);
+    k.ledger.release(2);
     assert.deepEqual(k.sent, [c, a, b, e, f, d]);
     assert.equal(k.errors, 0, 'no verdict for an id the kernel no longer holds');
   });
 
-  it('60.12 a waiting packet with an id below its epoch\'s last held id goes with the batch', () => {
+  it("60.12 a waiting packet with an id below its epoch's last held id goes with the batch", () => {
     const k = setup(byTos);
-    const a = k.send(pkt(1, true)); const b = k.send(pkt(1, false)); const c = k.send(pkt(2, true));
-    k.ledger.barrier(1); k.ledger.release(1);
+    const a = k.send(pkt(1, true));
+    const b = k.send(pkt(1, false));
+    const c = k.send(pkt(2, true));
+    k.ledger.barrier(1);
+    k.ledger.release(1);
     assert.deepEqual(k.sent, [a, b, c]);
     assert.equal(k.errors, 0);
   });
@@ -120,21 +149,28 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
     k.deliver();
     assert.deepEqual(k.dropped, ids.slice(3));
     assert.equal(k.ledger.stats.droppedOverLimit, 2);
-    k.ledger.barrier(1); k.ledger.release(1);
+    k.ledger.barrier(1);
+    k.ledger.release(1);
     assert.deepEqual(k.sent, ids.slice(0, 3));
   });
 
   it('60.14 pass-through releases everything in arrival order; discard drops everything held', () => {
     const k = setup(byTos);
-    const a = k.send(pkt(1, true)); const b = k.send(pkt(1, false)); k.ledger.barrier(1);
-    const c = k.send(pkt(2, true)); k.deliver();
+    const a = k.send(pkt(1, true));
+    const b = k.send(pkt(1, false));
+    k.ledger.barrier(1);
+    const c = k.send(pkt(2, true));
+    k.deliver();
     k.ledger.setPassThrough(true);
     assert.deepEqual(k.sent, [a, b, c]);
-    const d = k.send(pkt(2, true)); k.deliver();
+    const d = k.send(pkt(2, true));
+    k.deliver();
     assert.deepEqual(k.sent, [a, b, c, d]);
     k.ledger.setPassThrough(false);
-    const e = k.send(pkt(1, true)); k.ledger.barrier(2);
-    const f = k.send(pkt(1, false)); k.deliver();
+    const e = k.send(pkt(1, true));
+    k.ledger.barrier(2);
+    const f = k.send(pkt(1, false));
+    k.deliver();
     k.ledger.discard();
     assert.deepEqual(k.dropped, [e, f]);
     assert.equal(k.ledger.held, 0);
@@ -155,20 +191,23 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
     const epochOf = new Map<number, number>();
     const flowOf = new Map<number, number>();
     const protectedIds = new Set<number>();
-    let epoch = 1, released = 0;
+    let epoch = 1,
+      released = 0;
     for (let step = 0; step < 20_000; step++) {
       const r = rnd.below(100);
       if (r < 80) {
-        const flow = rnd.below(8), prot = rnd.below(4) === 0;
+        const flow = rnd.below(8),
+          prot = rnd.below(4) === 0;
         const id = k.send(pkt(flow, prot));
-        epochOf.set(id, epoch); flowOf.set(id, flow);
+        epochOf.set(id, epoch);
+        flowOf.set(id, flow);
         if (prot) protectedIds.add(id);
       } else if (r < 90) {
         k.deliver();
       } else if (r < 96) {
         k.ledger.barrier(epoch++);
       } else if (epoch - 1 > released) {
-        const upTo = released + 1 + (rnd.below(epoch - 1 - released));
+        const upTo = released + 1 + rnd.below(epoch - 1 - released);
         const before = k.sent.length;
         k.ledger.release(upTo);
         released = upTo;
@@ -177,10 +216,14 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
         }
       }
     }
-    k.ledger.barrier(epoch); k.ledger.release(epoch);
+    k.ledger.barrier(epoch);
+    k.ledger.release(epoch);
     assert.equal(k.errors, 0);
     assert.equal(k.sent.length, k.nextId - 1, 'everything left in the end');
-    assert.ok(k.ledger.stats.waitedBehindFlow > 100 && k.ledger.stats.releasedAtOnce > 100, JSON.stringify(k.ledger.stats));
+    assert.ok(
+      k.ledger.stats.waitedBehindFlow > 100 && k.ledger.stats.releasedAtOnce > 100,
+      JSON.stringify(k.ledger.stats),
+    );
     const last = new Map<number, number>();
     for (const id of k.sent) {
       const f = flowOf.get(id)!;

@@ -11,8 +11,21 @@ import { PgwireParser } from '../dom0/net/pgwire-parser';
 import { ETH_P_IP, ETH_P_IPV6 } from '../dom0/net/classify-dscp';
 import { Prng } from '../dom0/util/prng';
 import {
-  asCopy, commandComplete, concat, dataRow, errorResponse, msg, notice, rfq, ServerStream, startupReply, tcpPacket,
-  TCP_ACK, TCP_FIN, TCP_RST, udpPacket,
+  asCopy,
+  commandComplete,
+  concat,
+  dataRow,
+  errorResponse,
+  msg,
+  notice,
+  rfq,
+  ServerStream,
+  startupReply,
+  tcpPacket,
+  TCP_ACK,
+  TCP_FIN,
+  TCP_RST,
+  udpPacket,
 } from './support/pg-packets';
 
 const COPY = 65535;
@@ -36,7 +49,10 @@ describe('62 pgwire classifier', () => {
     const { s, send } = started();
     assert.equal(send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release');
     assert.equal(send(s.segment(concat(commandComplete('UPDATE 1'), rfq('T')))), 'release');
-    assert.equal(send(s.segment(concat(msg('T', new Uint8Array(20)), dataRow(8), commandComplete('SELECT 1'), rfq('T')))), 'release');
+    assert.equal(
+      send(s.segment(concat(msg('T', new Uint8Array(20)), dataRow(8), commandComplete('SELECT 1'), rfq('T')))),
+      'release',
+    );
     assert.equal(send(s.segment(concat(commandComplete('INSERT 0 1'), rfq('T')))), 'release');
     assert.equal(send(s.segment(concat(commandComplete('COMMIT'), rfq('I')))), 'hold');
     assert.equal(send(s.pureAck()), 'release', 'a pure ACK carries no reply');
@@ -45,11 +61,19 @@ describe('62 pgwire classifier', () => {
   it('autocommit statements are held; empty queries, errors and notices alone are not', () => {
     const { s, send } = started();
     assert.equal(send(s.segment(concat(commandComplete('INSERT 0 1'), rfq('I')))), 'hold');
-    assert.equal(send(s.segment(concat(dataRow(4), commandComplete('SELECT 1'), rfq('I')))), 'hold', 'conservative: a SELECT may write');
+    assert.equal(
+      send(s.segment(concat(dataRow(4), commandComplete('SELECT 1'), rfq('I')))),
+      'hold',
+      'conservative: a SELECT may write',
+    );
     assert.equal(send(s.segment(concat(msg('I'), rfq('I')))), 'release', 'EmptyQueryResponse');
     assert.equal(send(s.segment(concat(errorResponse(), rfq('I')))), 'release', 'an error commits nothing');
     assert.equal(send(s.segment(notice())), 'release');
-    assert.equal(send(s.segment(concat(commandComplete('ROLLBACK'), rfq('I')))), 'hold', 'end of a block: held (rollbacks included)');
+    assert.equal(
+      send(s.segment(concat(commandComplete('ROLLBACK'), rfq('I')))),
+      'hold',
+      'end of a block: held (rollbacks included)',
+    );
   });
 
   it('COMMIT AND CHAIN (status stays T) and a commit inside a pipelined batch are held', () => {
@@ -57,9 +81,25 @@ describe('62 pgwire classifier', () => {
     assert.equal(send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release');
     assert.equal(send(s.segment(concat(commandComplete('COMMIT'), rfq('T')))), 'hold');
     // Pipelining: several cycles in one segment; one of them commits.
-    assert.equal(send(s.segment(concat(commandComplete('UPDATE 1'), rfq('T'), commandComplete('UPDATE 2'), rfq('T')))), 'release');
-    assert.equal(send(s.segment(concat(commandComplete('UPDATE 1'), rfq('T'), commandComplete('COMMIT'), rfq('I'),
-      commandComplete('BEGIN'), rfq('T')))), 'hold');
+    assert.equal(
+      send(s.segment(concat(commandComplete('UPDATE 1'), rfq('T'), commandComplete('UPDATE 2'), rfq('T')))),
+      'release',
+    );
+    assert.equal(
+      send(
+        s.segment(
+          concat(
+            commandComplete('UPDATE 1'),
+            rfq('T'),
+            commandComplete('COMMIT'),
+            rfq('I'),
+            commandComplete('BEGIN'),
+            rfq('T'),
+          ),
+        ),
+      ),
+      'hold',
+    );
     // Extended protocol: ParseComplete, BindComplete, CommandComplete, ReadyForQuery.
     assert.equal(send(s.segment(concat(msg('1'), msg('2'), commandComplete('UPDATE 1'), rfq('T')))), 'release');
     assert.equal(send(s.segment(concat(msg('1'), msg('2'), commandComplete('COMMIT'), rfq('I')))), 'hold');
@@ -82,15 +122,16 @@ describe('62 pgwire classifier', () => {
     assert.equal(send(s.segment(t.subarray(7))), 'release');
     // Header split across three segments, tag split inside "COMMIT".
     const c = concat(commandComplete('COMMIT'), rfq('T'));
-    send(s.segment(c.subarray(0, 2))); send(s.segment(c.subarray(2, 8)));
+    send(s.segment(c.subarray(0, 2)));
+    send(s.segment(c.subarray(2, 8)));
     assert.equal(send(s.segment(c.subarray(8))), 'hold', 'the tag matched across segments');
   });
 
   it('retransmissions get the same verdict; coalesced or overlapping ones are held if any part was', () => {
     const { s, send } = started();
-    send(s.segment(concat(commandComplete('BEGIN'), rfq('T'))));                          // 1: release
-    send(s.segment(concat(commandComplete('COMMIT'), rfq('I'))));                         // 2: hold
-    send(s.segment(concat(commandComplete('BEGIN'), rfq('T'))));                          // 3: release
+    send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))); // 1: release
+    send(s.segment(concat(commandComplete('COMMIT'), rfq('I')))); // 2: hold
+    send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))); // 3: release
     assert.equal(send(s.retransmit(1)), 'release');
     assert.equal(send(s.retransmit(2)), 'hold');
     assert.equal(send(s.retransmit(2)), 'hold', 'twice');
@@ -104,7 +145,11 @@ describe('62 pgwire classifier', () => {
     const merged = tcpPacket({ seq, ack: 1, payload: concat(s.sent[3].payload, fresh) });
     assert.equal(send(merged), 'hold');
     assert.equal(send(s.retransmit(4)), 'hold', 'the new part was recorded as held');
-    assert.equal(send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release', 'the stream continues in sync');
+    assert.equal(
+      send(s.segment(concat(commandComplete('BEGIN'), rfq('T')))),
+      'release',
+      'the stream continues in sync',
+    );
   });
 
   it('old held ranges beyond the per-flow bound are held on retransmission (floor)', () => {
@@ -136,7 +181,7 @@ describe('62 pgwire classifier', () => {
   it('gaps, truncated copies, unknown flows and bad framing make a flow opaque (everything held)', () => {
     const c = new PgwireClassifier();
     const a = started(c, 100);
-    a.s.segment(concat(commandComplete('BEGIN'), rfq('T')));                               // lost before us
+    a.s.segment(concat(commandComplete('BEGIN'), rfq('T'))); // lost before us
     assert.equal(a.send(a.s.segment(concat(commandComplete('UPDATE 1'), rfq('T')))), 'hold', 'gap');
     assert.equal(a.send(a.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'hold');
     const b = started(c, 200, { dport: 40001 });
@@ -156,7 +201,11 @@ describe('62 pgwire classifier', () => {
     let now = 0;
     const c = new PgwireClassifier({ flowsMax: 2, idleMs: 1000, nowMs: () => now });
     const a = started(c, 10, { dport: 1 });
-    assert.equal(a.send(a.s.segment(concat(commandComplete('COMMIT'), rfq('I')), TCP_ACK | TCP_FIN)), 'hold', 'FIN with a commit');
+    assert.equal(
+      a.send(a.s.segment(concat(commandComplete('COMMIT'), rfq('I')), TCP_ACK | TCP_FIN)),
+      'hold',
+      'FIN with a commit',
+    );
     assert.equal(c.flowCount, 0);
     const b = started(c, 20, { dport: 2 });
     assert.equal(b.send(tcpPacket({ seq: b.s.next, dport: 2, flags: TCP_RST | TCP_ACK })), 'release');
@@ -165,14 +214,18 @@ describe('62 pgwire classifier', () => {
     now = 10;
     const f2 = started(c, 40, { dport: 4 });
     now = 20;
-    f1.send(f1.s.segment(concat(commandComplete('BEGIN'), rfq('T'))));                     // f1 most recent
-    started(c, 50, { dport: 5 });                                                           // evicts f2 (LRU)
+    f1.send(f1.s.segment(concat(commandComplete('BEGIN'), rfq('T')))); // f1 most recent
+    started(c, 50, { dport: 5 }); // evicts f2 (LRU)
     assert.equal(c.flowCount, 2);
     assert.equal(c.stats.flowsEvicted, 1);
     assert.equal(f2.send(f2.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'hold', 'evicted: unknown now');
-    assert.equal(f1.send(f1.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'hold', 'f1 was evicted by the unknown f2');
+    assert.equal(
+      f1.send(f1.s.segment(concat(commandComplete('BEGIN'), rfq('T')))),
+      'hold',
+      'f1 was evicted by the unknown f2',
+    );
     now = 5000;
-    const g = started(c, 60, { dport: 6 });                                                 // both others idle
+    const g = started(c, 60, { dport: 6 }); // both others idle
     assert.equal(g.send(g.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release');
     assert.ok(c.flowCount <= 2);
   });
@@ -185,7 +238,7 @@ describe('62 pgwire classifier', () => {
     const v6 = started(c, 7, { v6: true });
     assert.equal(v6.send(v6.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release');
     assert.equal(v6.send(v6.s.segment(concat(commandComplete('COMMIT'), rfq('I')))), 'hold');
-    const w = started(c, 0xffffffc0, { dport: 40100 });                                    // wraps during the run
+    const w = started(c, 0xffffffc0, { dport: 40100 }); // wraps during the run
     for (let i = 0; i < 5; i++) {
       assert.equal(w.send(w.s.segment(concat(commandComplete('BEGIN'), rfq('T')))), 'release', `wrap ${i}`);
       assert.equal(w.send(w.s.segment(concat(commandComplete('COMMIT'), rfq('I')))), 'hold');
@@ -203,30 +256,51 @@ describe('62 pgwire classifier', () => {
       const commitCycle: boolean[] = [false];
       for (let k = 0; k < 60; k++) {
         const kind = rng.below(5);
-        if (kind === 0) { parts.push(concat(commandComplete('BEGIN'), rfq('T'))); commitCycle.push(false); }
-        else if (kind === 1) { parts.push(concat(dataRow(rng.below(3000)), commandComplete('SELECT 1'), rfq('T'))); commitCycle.push(false); }
-        else if (kind === 2) { parts.push(concat(commandComplete('COMMIT'), rfq('I'))); commitCycle.push(true); }
-        else if (kind === 3) { parts.push(concat(commandComplete('INSERT 0 1'), rfq('I'))); commitCycle.push(true); }
-        else { parts.push(concat(notice(), errorResponse(), rfq('T'))); commitCycle.push(false); }
+        if (kind === 0) {
+          parts.push(concat(commandComplete('BEGIN'), rfq('T')));
+          commitCycle.push(false);
+        } else if (kind === 1) {
+          parts.push(concat(dataRow(rng.below(3000)), commandComplete('SELECT 1'), rfq('T')));
+          commitCycle.push(false);
+        } else if (kind === 2) {
+          parts.push(concat(commandComplete('COMMIT'), rfq('I')));
+          commitCycle.push(true);
+        } else if (kind === 3) {
+          parts.push(concat(commandComplete('INSERT 0 1'), rfq('I')));
+          commitCycle.push(true);
+        } else {
+          parts.push(concat(notice(), errorResponse(), rfq('T')));
+          commitCycle.push(false);
+        }
       }
       const stream = concat(...parts);
-      const cycleOf = new Int32Array(stream.length), czByte = new Uint8Array(stream.length);
+      const cycleOf = new Int32Array(stream.length),
+        czByte = new Uint8Array(stream.length);
       let at = 0;
       parts.forEach((p, ci) => {
         let m = 0;
         while (m < p.length) {
           const len = 1 + new DataView(p.buffer, p.byteOffset + m + 1, 4).getUint32(0);
           const cz = p[m] === 0x43 || p[m] === 0x5a;
-          for (let b = 0; b < len; b++) { cycleOf[at + m + b] = ci; czByte[at + m + b] = cz ? 1 : 0; }
+          for (let b = 0; b < len; b++) {
+            cycleOf[at + m + b] = ci;
+            czByte[at + m + b] = cz ? 1 : 0;
+          }
           m += len;
         }
         at += p.length;
       });
       const cycleEnd = new Int32Array(parts.length);
-      { let e = 0; parts.forEach((p, ci) => { e += p.length; cycleEnd[ci] = e; }); }
+      {
+        let e = 0;
+        parts.forEach((p, ci) => {
+          e += p.length;
+          cycleEnd[ci] = e;
+        });
+      }
       const c = new PgwireClassifier();
       const { s, send } = session(c, rng.u32());
-      for (let from = 0; from < stream.length;) {
+      for (let from = 0; from < stream.length; ) {
         const to = Math.min(stream.length, from + 1 + rng.below(rng.chance(0.3) ? 8 : 1400));
         let expect = false;
         for (let b = from; b < to; b++) {
@@ -234,7 +308,11 @@ describe('62 pgwire classifier', () => {
           const ci = cycleOf[b];
           if (commitCycle[ci] || cycleEnd[ci] > to) expect = true;
         }
-        assert.equal(send(s.segment(stream.subarray(from, to))), expect ? 'hold' : 'release', `seed ${seed} bytes ${from}..${to}`);
+        assert.equal(
+          send(s.segment(stream.subarray(from, to))),
+          expect ? 'hold' : 'release',
+          `seed ${seed} bytes ${from}..${to}`,
+        );
         from = to;
       }
       assert.equal(c.stats.opaqueFlows, 0);

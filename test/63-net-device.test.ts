@@ -20,13 +20,30 @@ const DOMAIN = 't63';
 
 describe('63 net device', () => {
   it('63.1 driver none holds nothing and refuses commit protection', () => {
-    const nb = openNetBuffer({ driver: 'none', domain: 'x', match: { inIface: 'vif1.0' }, queueNum: 1, commitProtection: 'off' });
-    nb.gate.barrier(1); nb.gate.release(1);
+    const nb = openNetBuffer({
+      driver: 'none',
+      domain: 'x',
+      match: { inIface: 'vif1.0' },
+      queueNum: 1,
+      commitProtection: 'off',
+    });
+    nb.gate.barrier(1);
+    nb.gate.release(1);
     assert.equal(nb.gate.held, 0);
     assert.equal(nb.describe().driver, 'none');
-    nb.close(); nb.close();
-    assert.throws(() => openNetBuffer({ driver: 'none', domain: 'x', match: { inIface: 'vif1.0' }, queueNum: 1, commitProtection: 'pgwire' }),
-      (e: Error & { code?: string }) => e.code === ErrorCode.BAD_ARGUMENT && /needs a network buffer/.test(e.message));
+    nb.close();
+    nb.close();
+    assert.throws(
+      () =>
+        openNetBuffer({
+          driver: 'none',
+          domain: 'x',
+          match: { inIface: 'vif1.0' },
+          queueNum: 1,
+          commitProtection: 'pgwire',
+        }),
+      (e: Error & { code?: string }) => e.code === ErrorCode.BAD_ARGUMENT && /needs a network buffer/.test(e.message),
+    );
   });
 
   describe('on the netns test bed (root)', () => {
@@ -38,7 +55,10 @@ describe('63 net device', () => {
 
     before(async function () {
       const why = whyNoNetns();
-      if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+      if (why) {
+        console.log(`      skipped: ${why}`);
+        this.skip();
+      }
       bed = createTestbed(PREFIX);
       server = new NsProcess(bed.guest, FAKE_PG_SERVER, [bed.guestIp4, '5432', '5433']);
       await waitFor('server ready', () => server.count('ready') === 2);
@@ -47,21 +67,36 @@ describe('63 net device', () => {
 
     after(() => {
       nb?.close();
-      server?.kill(); client?.kill();
+      server?.kill();
+      client?.kill();
       if (bed) destroyTestbed(PREFIX);
     });
 
     let epoch = 0;
     function open(mode: 'off' | 'dscp' | 'pgwire'): NetBuffer {
-      nb?.close();   // a failed test left it open
+      nb?.close(); // a failed test left it open
       epoch = 0;
-      return openNetBuffer({ driver: 'nfqueue', domain: DOMAIN, match: { physdevIn: bed.vif }, netns: bed.dom0,
-        queueNum: QUEUE, commitProtection: mode });
+      return openNetBuffer({
+        driver: 'nfqueue',
+        domain: DOMAIN,
+        match: { physdevIn: bed.vif },
+        netns: bed.dom0,
+        queueNum: QUEUE,
+        commitProtection: mode,
+      });
     }
-    const zs = (conn: number): string[] => client.lines.filter((l) => l.startsWith(`z ${conn} `)).map((l) => l.split(' ')[2]);
-    function connect(port = 5432): number { client.send({ op: 'connect', port }); return conns++; }
+    const zs = (conn: number): string[] =>
+      client.lines.filter((l) => l.startsWith(`z ${conn} `)).map((l) => l.split(' ')[2]);
+    function connect(port = 5432): number {
+      client.send({ op: 'connect', port });
+      return conns++;
+    }
     const q = (conn: number, text: string): void => client.send({ op: 'q', conn, text });
-    const commitEpoch = (): void => { epoch++; nb!.gate.barrier(epoch); nb!.gate.release(epoch); };
+    const commitEpoch = (): void => {
+      epoch++;
+      nb!.gate.barrier(epoch);
+      nb!.gate.release(epoch);
+    };
 
     it('63.2 pgwire: only the COMMIT reply waits for the checkpoint', async () => {
       nb = open('pgwire');
@@ -82,7 +117,8 @@ describe('63 net device', () => {
       assert.deepEqual(zs(c), ['I', 'T', 'T', 'I']);
       const pg = nb.describe().pgwire as Record<string, number>;
       assert.ok(pg.commits >= 1 && pg.segmentsHeld >= 1 && pg.opaqueFlows === 0, JSON.stringify(pg));
-      nb.close(); nb.close();
+      nb.close();
+      nb.close();
       nb = null;
       assert.deepEqual(listRules({ domain: DOMAIN, netns: bed.dom0 }), []);
     });
@@ -93,7 +129,10 @@ describe('63 net device', () => {
       await sleep(300);
       assert.equal(zs(c).length, 0);
       const t0 = Date.now();
-      while (zs(c).length === 0 && Date.now() - t0 < 10_000) { commitEpoch(); await sleep(50); }
+      while (zs(c).length === 0 && Date.now() - t0 < 10_000) {
+        commitEpoch();
+        await sleep(50);
+      }
       assert.equal(zs(c).length, 1, 'startup reply after releases');
       q(c, 'BEGIN');
       await sleep(300);
@@ -105,9 +144,33 @@ describe('63 net device', () => {
     });
 
     it('63.4 dscp: packets the guest marks DSCP 59 are held, others leave at once', async function () {
-      const mark = spawnSync('ip', ['netns', 'exec', bed.guest, 'iptables', '-w', '-t', 'mangle', '-A', 'OUTPUT', '-p', 'tcp',
-        '--sport', '5433', '-j', 'DSCP', '--set-dscp', '59'], { encoding: 'utf8' });
-      if (mark.status !== 0) { console.log(`      skipped: iptables DSCP target unavailable: ${mark.stderr.trim()}`); this.skip(); }
+      const mark = spawnSync(
+        'ip',
+        [
+          'netns',
+          'exec',
+          bed.guest,
+          'iptables',
+          '-w',
+          '-t',
+          'mangle',
+          '-A',
+          'OUTPUT',
+          '-p',
+          'tcp',
+          '--sport',
+          '5433',
+          '-j',
+          'DSCP',
+          '--set-dscp',
+          '59',
+        ],
+        { encoding: 'utf8' },
+      );
+      if (mark.status !== 0) {
+        console.log(`      skipped: iptables DSCP target unavailable: ${mark.stderr.trim()}`);
+        this.skip();
+      }
       nb = open('dscp');
       const plain = connect(5432);
       await waitFor('unmarked startup reply at once', () => zs(plain).length === 1);
@@ -117,21 +180,43 @@ describe('63 net device', () => {
       q(plain, 'COMMIT');
       await waitFor('unmarked COMMIT reply at once', () => zs(plain).length === 2);
       const t0 = Date.now();
-      while (zs(marked).length === 0 && Date.now() - t0 < 10_000) { commitEpoch(); await sleep(50); }
+      while (zs(marked).length === 0 && Date.now() - t0 < 10_000) {
+        commitEpoch();
+        await sleep(50);
+      }
       assert.equal(zs(marked).length, 1);
       nb.close();
       nb = null;
     });
 
     it('63.6 dscp in the kernel: only marked packets reach the queue; the rest never do', async function () {
-      const mark = spawnSync('ip', ['netns', 'exec', bed.guest, 'sh', '-c',
-        'iptables -w -t mangle -C OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59 2>/dev/null || iptables -w -t mangle -A OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59'],
-      { encoding: 'utf8' });
-      if (mark.status !== 0) { console.log(`      skipped: iptables DSCP target unavailable: ${mark.stderr.trim()}`); this.skip(); }
+      const mark = spawnSync(
+        'ip',
+        [
+          'netns',
+          'exec',
+          bed.guest,
+          'sh',
+          '-c',
+          'iptables -w -t mangle -C OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59 2>/dev/null || iptables -w -t mangle -A OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59',
+        ],
+        { encoding: 'utf8' },
+      );
+      if (mark.status !== 0) {
+        console.log(`      skipped: iptables DSCP target unavailable: ${mark.stderr.trim()}`);
+        this.skip();
+      }
       nb?.close();
       epoch = 0;
-      nb = openNetBuffer({ driver: 'nfqueue', domain: DOMAIN, match: { physdevIn: bed.vif }, netns: bed.dom0, queueNum: QUEUE,
-        commitProtection: 'dscp', dscpInKernel: true });
+      nb = openNetBuffer({
+        driver: 'nfqueue',
+        domain: DOMAIN,
+        match: { physdevIn: bed.vif },
+        netns: bed.dom0,
+        queueNum: QUEUE,
+        commitProtection: 'dscp',
+        dscpInKernel: true,
+      });
       assert.equal(nb.exposure, null, 'nothing unprotected is seen, so nothing is tracked');
       const plain = connect(5432);
       await waitFor('unmarked startup reply at once', () => zs(plain).length === 1);
@@ -143,7 +228,10 @@ describe('63 net device', () => {
       assert.equal(zs(marked).length, 0, 'marked: even the SYN-ACK waits');
       assert.ok(nb.nfqueue!.ledger.stats.received > 0);
       const t0 = Date.now();
-      while (zs(marked).length === 0 && Date.now() - t0 < 10_000) { commitEpoch(); await sleep(50); }
+      while (zs(marked).length === 0 && Date.now() - t0 < 10_000) {
+        commitEpoch();
+        await sleep(50);
+      }
       assert.equal(zs(marked).length, 1);
       nb.close();
       nb = null;
@@ -151,12 +239,13 @@ describe('63 net device', () => {
 
     it('63.5 setup after a crash that left the rules: replaced, not duplicated; close twice', () => {
       const first = open('pgwire');
-      first.nfqueue!.close();   // the process "died": queue gone, rules still installed
+      first.nfqueue!.close(); // the process "died": queue gone, rules still installed
       assert.equal(listRules({ domain: DOMAIN, netns: bed.dom0 }).filter((r) => r.includes('-A PREROUTING')).length, 2);
       nb = open('pgwire');
       assert.equal(listRules({ domain: DOMAIN, netns: bed.dom0 }).filter((r) => r.includes('-A PREROUTING')).length, 2);
       assert.ok(readKernelQueueStats(QUEUE, bed.dom0));
-      nb.close(); nb.close();
+      nb.close();
+      nb.close();
       nb = null;
       assert.deepEqual(listRules({ domain: DOMAIN, netns: bed.dom0 }), []);
     });

@@ -13,14 +13,21 @@ import { runCli } from './support/helpers';
 describe('65 net bench (root, PostgreSQL 15)', () => {
   before(function () {
     const why = whyNoNetBench();
-    if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+    if (why) {
+      console.log(`      skipped: ${why}`);
+      this.skip();
+    }
   });
 
   it('65.1 quick mode: JSON shape, remus < none, cp_pgwire > remus with fewer packets held', function () {
     this.timeout(600_000);
     const svg = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-65-')), 'net.svg');
     const env = { ...process.env, REMUSDB_PG_PATCHED_BIN: '' };
-    const r = runCli(['bench', 'net', '--seconds', '4', '--runs', '1', '--intervals', '50', '--scale', '2', '--svg', svg, '--json'], 600_000, env);
+    const r = runCli(
+      ['bench', 'net', '--seconds', '4', '--runs', '1', '--intervals', '50', '--scale', '2', '--svg', svg, '--json'],
+      600_000,
+      env,
+    );
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.deepEqual(j.intervals_ms, [50]);

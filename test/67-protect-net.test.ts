@@ -24,7 +24,11 @@ import { FAKE_PG_CLIENT, FAKE_PG_SERVER, NsProcess, sleep, waitFor, whyNoNetns }
 const PREFIX = process.env.RDB67_PREFIX ?? 'rdb67';
 const INTERVAL_MS = 200;
 
-interface PingResult { sent: number; received: number; avgMs: number | null; }
+interface PingResult {
+  sent: number;
+  received: number;
+  avgMs: number | null;
+}
 
 // Guest: a UDP echo service on port 7777 (its answers are the guest's output).
 const ECHO_SERVER = `const s = require('dgram').createSocket('udp4');
@@ -44,8 +48,11 @@ const tick = setInterval(() => {
 }, 100);`;
 
 function ping(bed: Testbed, count: number): PingResult {
-  const r = spawnSync('ip', ['netns', 'exec', bed.client, process.execPath, '-e', ECHO_CLIENT, bed.guestIp4, String(count)],
-    { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync(
+    'ip',
+    ['netns', 'exec', bed.client, process.execPath, '-e', ECHO_CLIENT, bed.guestIp4, String(count)],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout.trim()) as PingResult;
 }
@@ -64,7 +71,10 @@ describe('67 protect with a network buffer', function () {
       [['--net-buffer', 'plug', '--vif', 'rdb67none0'], /no network interface rdb67none0/],
     ];
     for (const [args, re] of cases) {
-      const r = runCli(['protect', 'sim:t67', '--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1', ...args], 30_000);
+      const r = runCli(
+        ['protect', 'sim:t67', '--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1', ...args],
+        30_000,
+      );
       assert.notEqual(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, re, args.join(' '));
       assert.match(r.stderr, /\[ERR_(BAD_ARGUMENT|NETBUF)\]/);
@@ -73,10 +83,18 @@ describe('67 protect with a network buffer', function () {
 
   it('67.5 one gate over all vifs: every step reaches each interface; vifs found in device order', () => {
     const calls: string[] = [];
-    const fake = (n: string): OutputGate => ({ held: 2, barrier: (e) => calls.push(`${n}b${e}`), release: (e) => calls.push(`${n}r${e}`),
-      setPassThrough: (on) => calls.push(`${n}p${on}`), discard: () => calls.push(`${n}d`) });
+    const fake = (n: string): OutputGate => ({
+      held: 2,
+      barrier: (e) => calls.push(`${n}b${e}`),
+      release: (e) => calls.push(`${n}r${e}`),
+      setPassThrough: (on) => calls.push(`${n}p${on}`),
+      discard: () => calls.push(`${n}d`),
+    });
     const g = new GateSet([fake('a'), fake('b')]);
-    g.barrier(3); g.release(3); g.setPassThrough(true); g.discard();
+    g.barrier(3);
+    g.release(3);
+    g.setPassThrough(true);
+    g.discard();
     assert.deepEqual(calls, ['ab3', 'bb3', 'ar3', 'br3', 'aptrue', 'bptrue', 'ad', 'bd']);
     assert.equal(g.held, 4);
     const sys = tmpDir('t67sys');
@@ -92,30 +110,69 @@ describe('67 protect with a network buffer', function () {
     const dir = tmpDir('t67');
     const kids: ChildProcess[] = [];
     let runs = 0;
-    const logOf = (c: ChildProcess): string => fs.readFileSync(path.join(dir, `protect-${(c as ChildProcess & { run: number }).run}.log`), 'utf8');
+    const logOf = (c: ChildProcess): string =>
+      fs.readFileSync(path.join(dir, `protect-${(c as ChildProcess & { run: number }).run}.log`), 'utf8');
     const protect = (): ChildProcess => {
       const run = ++runs;
       const fd = fs.openSync(path.join(dir, `protect-${run}.log`), 'a');
-      const c = spawn('ip', ['netns', 'exec', bed.dom0, process.execPath, path.join(ROOT, 'bin', 'remusdb'), 'protect', 'sim:t67', '--blackhole',
-        '--memory', '16MiB', '--disk', '0', '--rate', '200', '-i', String(INTERVAL_MS), '--net-buffer', 'nfqueue', '--vif', bed.vif],
-      { env: { ...process.env, REMUSDB_RUN_DIR: dir }, stdio: ['ignore', fd, fd] });
+      const c = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          bed.dom0,
+          process.execPath,
+          path.join(ROOT, 'bin', 'remusdb'),
+          'protect',
+          'sim:t67',
+          '--blackhole',
+          '--memory',
+          '16MiB',
+          '--disk',
+          '0',
+          '--rate',
+          '200',
+          '-i',
+          String(INTERVAL_MS),
+          '--net-buffer',
+          'nfqueue',
+          '--vif',
+          bed.vif,
+        ],
+        { env: { ...process.env, REMUSDB_RUN_DIR: dir }, stdio: ['ignore', fd, fd] },
+      );
       (c as ChildProcess & { run: number }).run = run;
       kids.push(c);
       return c;
     };
-    const jumps = (): number => listRules({ domain: 'sim-t67', netns: bed.dom0 }).filter((l) => /^iptables: -A PREROUTING .*REMUSDB-sim-t67/.test(l)).length;
+    const jumps = (): number =>
+      listRules({ domain: 'sim-t67', netns: bed.dom0 }).filter((l) =>
+        /^iptables: -A PREROUTING .*REMUSDB-sim-t67/.test(l),
+      ).length;
     const installed = (): boolean => jumps() > 0;
-    const exited = (c: ChildProcess): Promise<void> => new Promise((r) => { if (c.exitCode !== null || c.signalCode) r(); else c.once('exit', () => r()); });
+    const exited = (c: ChildProcess): Promise<void> =>
+      new Promise((r) => {
+        if (c.exitCode !== null || c.signalCode) r();
+        else c.once('exit', () => r());
+      });
 
     before(async function () {
       const why = whyNoNetns();
-      if (why) { console.log(`      skipped: ${why}`); this.skip(); }
+      if (why) {
+        console.log(`      skipped: ${why}`);
+        this.skip();
+      }
       bed = createTestbed(PREFIX);
       echo = new NsProcess(bed.guest, ECHO_SERVER, [bed.guestIp4]);
       await waitFor('echo service ready', () => echo.has('ready'));
     });
-    afterEach(async () => { // a failed test must not leave its processes (and their queue) to the next
-      for (const k of kids) if (k.exitCode === null && k.signalCode === null) { k.kill('SIGTERM'); await exited(k); }
+    afterEach(async () => {
+      // a failed test must not leave its processes (and their queue) to the next
+      for (const k of kids)
+        if (k.exitCode === null && k.signalCode === null) {
+          k.kill('SIGTERM');
+          await exited(k);
+        }
     });
     after(() => {
       echo?.kill();
@@ -130,10 +187,14 @@ describe('67 protect with a network buffer', function () {
       await waitFor('rules installed', installed, 30_000);
       await sleep(1000);
       const held = ping(bed, 20);
-      console.log(`      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, protected (-i ${INTERVAL_MS}) ${held.avgMs?.toFixed(1)} ms`);
+      console.log(
+        `      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, protected (-i ${INTERVAL_MS}) ${held.avgMs?.toFixed(1)} ms`,
+      );
       assert.equal(held.received, 20, 'nothing lost while protected');
-      assert.ok(held.avgMs! > INTERVAL_MS / 4 && held.avgMs! > 10 * before.avgMs!,
-        `round trip while protected ${held.avgMs} ms (unprotected ${before.avgMs} ms, interval ${INTERVAL_MS} ms)`);
+      assert.ok(
+        held.avgMs! > INTERVAL_MS / 4 && held.avgMs! > 10 * before.avgMs!,
+        `round trip while protected ${held.avgMs} ms (unprotected ${before.avgMs} ms, interval ${INTERVAL_MS} ms)`,
+      );
       p.kill('SIGTERM');
       await exited(p);
       assert.equal(p.exitCode, 0, logOf(p).slice(-2000));
@@ -150,7 +211,7 @@ describe('67 protect with a network buffer', function () {
       await exited(p1);
       assert.equal(jumps(), 1, 'the rules stay after a crash');
       const dead = ping(bed, 10);
-      assert.equal(dead.received, 0, 'no listener: the guest\'s packets are dropped, never released unacknowledged');
+      assert.equal(dead.received, 0, "no listener: the guest's packets are dropped, never released unacknowledged");
       const p2 = protect();
       await waitFor('protect running again', () => logOf(p2).includes('protected: t67'), 60_000);
       assert.equal(jumps(), 1, 'one jump: the stale rules were replaced, not duplicated');
@@ -172,18 +233,50 @@ describe('67 protect with a network buffer', function () {
         await waitFor('fake PostgreSQL ready', () => server.has('ready'));
         const env = { ...process.env, REMUSDB_RUN_DIR: dir };
         const inDom0 = (args: string[], log: string): ChildProcess => {
-          const c = spawn('ip', ['netns', 'exec', bed.dom0, process.execPath, path.join(ROOT, 'bin', 'remusdb'), ...args],
-            { env, stdio: ['ignore', fs.openSync(path.join(dir, log), 'a'), fs.openSync(path.join(dir, log), 'a')] });
+          const c = spawn(
+            'ip',
+            ['netns', 'exec', bed.dom0, process.execPath, path.join(ROOT, 'bin', 'remusdb'), ...args],
+            { env, stdio: ['ignore', fs.openSync(path.join(dir, log), 'a'), fs.openSync(path.join(dir, log), 'a')] },
+          );
           kids.push(c);
           return c;
         };
         inDom0(['backup', '--listen', '127.0.0.1:7467', '--insecure'], 'backup.log');
         await sleep(1000);
-        const p = inDom0(['protect', 'sim:t67b', '127.0.0.1:7467', '--insecure', '--memory', '16MiB', '--disk', '0', '--rate', '200',
-          '-i', '5000', '--heartbeat-timeout', '20000', '--net-buffer', 'nfqueue', '--vif', bed.vif, '--commit-protection', 'pgwire',
-          '--queue', '7067'], 'protect-b.log');
-        const primary = (): Promise<Record<string, unknown>> => controlRequest(path.join(dir, 'primary-t67b.sock'), { cmd: 'status' });
-        await waitFor('protected', () => fs.readFileSync(path.join(dir, 'protect-b.log'), 'utf8').includes('protected: t67b'), 60_000);
+        const p = inDom0(
+          [
+            'protect',
+            'sim:t67b',
+            '127.0.0.1:7467',
+            '--insecure',
+            '--memory',
+            '16MiB',
+            '--disk',
+            '0',
+            '--rate',
+            '200',
+            '-i',
+            '5000',
+            '--heartbeat-timeout',
+            '20000',
+            '--net-buffer',
+            'nfqueue',
+            '--vif',
+            bed.vif,
+            '--commit-protection',
+            'pgwire',
+            '--queue',
+            '7067',
+          ],
+          'protect-b.log',
+        );
+        const primary = (): Promise<Record<string, unknown>> =>
+          controlRequest(path.join(dir, 'primary-t67b.sock'), { cmd: 'status' });
+        await waitFor(
+          'protected',
+          () => fs.readFileSync(path.join(dir, 'protect-b.log'), 'utf8').includes('protected: t67b'),
+          60_000,
+        );
         const zs = (conn: number): number => client.count(`z ${conn} `);
         client.send({ op: 'connect', port: 5432 });
         client.send({ op: 'connect', port: 5432 });
@@ -198,7 +291,10 @@ describe('67 protect with a network buffer', function () {
         assert.equal(r.status, 0, r.stderr);
         const resumed = Number(/epoch (\d+)/.exec(r.stdout)![1]);
         console.log(`      primary epoch at the unprotected reply ${epochAtReply}, backup resumed from ${resumed}`);
-        if (resumed >= epochAtReply + 1) { console.log('      inconclusive: the reply\'s checkpoint committed first'); this.skip(); }
+        if (resumed >= epochAtReply + 1) {
+          console.log("      inconclusive: the reply's checkpoint committed first");
+          this.skip();
+        }
         await waitFor('the client sees ECONNRESET on conn 0', () => client.has('error 0 ECONNRESET'), 10_000);
         const log = fs.readFileSync(path.join(dir, 'backup.log'), 'utf8');
         assert.match(log, /reset 1 client connection/);
@@ -211,7 +307,8 @@ describe('67 protect with a network buffer', function () {
         await waitFor('conn 1 still works', () => zs(1) === 3, 10_000);
         assert.ok(!client.has('error 1') && !client.has('close 1'), client.lines.join('\n'));
       } finally {
-        server.kill(); client.kill();
+        server.kill();
+        client.kill();
       }
     });
   });

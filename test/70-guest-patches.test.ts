@@ -17,7 +17,7 @@ import { Capture, dataSegments, type Segment, whyNoTcpdump } from './support/gue
 import { buildTosPreload, PgCluster, patchedPgBin } from './support/guest-pg';
 import type { PgClient } from './support/guest-pgclient';
 
-const APP_TOS = 0x20;                      // DSCP 8 (CS1): the "application's own" marking
+const APP_TOS = 0x20; // DSCP 8 (CS1): the "application's own" marking
 const hold = dscpClassifier();
 
 /** Server→client data segments of one client whose payload contains `text`. */
@@ -25,7 +25,9 @@ function segmentsWith(segs: Segment[], serverPort: number, client: PgClient, tex
   return dataSegments(segs, serverPort, client.localPort).filter((s) => s.payload.includes(text));
 }
 
-function verdicts(segs: Segment[]): string[] { return segs.map((s) => hold(s.ip, s.hwProtocol)); }
+function verdicts(segs: Segment[]): string[] {
+  return segs.map((s) => hold(s.ip, s.hwProtocol));
+}
 
 describe('70 guest patches: PostgreSQL commit protection', function () {
   this.timeout(120_000);
@@ -35,11 +37,17 @@ describe('70 guest patches: PostgreSQL commit protection', function () {
   let tmp = '';
 
   before(async function () {
-    if (why || 'why' in found) { console.log(`      skipped: ${why}`); this.skip(); }
+    if (why || 'why' in found) {
+      console.log(`      skipped: ${why}`);
+      this.skip();
+    }
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-70-'));
     fs.chmodSync(tmp, 0o755);
     const preload = buildTosPreload(ROOT, tmp);
-    cluster = await PgCluster.start({ bin: found.bin, env: { LD_PRELOAD: preload, REMUSDB_TEST_TOS: String(APP_TOS) } });
+    cluster = await PgCluster.start({
+      bin: found.bin,
+      env: { LD_PRELOAD: preload, REMUSDB_TEST_TOS: String(APP_TOS) },
+    });
     const c = await cluster.connect();
     await c.query('CREATE TABLE t (k text PRIMARY KEY, v int)');
     c.close();
@@ -54,7 +62,11 @@ describe('70 guest patches: PostgreSQL commit protection', function () {
   async function captured(host: string, body: (c: PgClient) => Promise<void>): Promise<[Segment[], PgClient]> {
     const cap = await Capture.start(path.join(tmp, `cap-${Date.now()}.pcap`), 'lo', `tcp port ${cluster!.port}`);
     const c = await cluster!.connect(host);
-    try { await body(c); } finally { c.close(); }
+    try {
+      await body(c);
+    } finally {
+      c.close();
+    }
     return [await cap.stop(), c];
   }
 
@@ -72,18 +84,33 @@ describe('70 guest patches: PostgreSQL commit protection', function () {
       const port = cluster!.port;
       const commitSegs = segmentsWith(segs, port, c, 'COMMIT\0');
       assert.ok(commitSegs.length >= 1, 'the COMMIT acknowledgement was captured');
-      assert.deepEqual(commitSegs.map((s) => s.dscp), commitSegs.map(() => PROTECTED_DSCP));
-      assert.ok(commitSegs.every((s) => s.payload.includes(Buffer.from('Z\0\0\0\x05I', 'latin1'))), 'ReadyForQuery(I) travels with it');
-      assert.deepEqual(verdicts(commitSegs), commitSegs.map(() => 'hold'));
-      const inTx = [...segmentsWith(segs, port, c, `intx-row-${host}`), ...segmentsWith(segs, port, c, `intx-select-${host}`),
-        ...segmentsWith(segs, port, c, 'BEGIN\0')];
+      assert.deepEqual(
+        commitSegs.map((s) => s.dscp),
+        commitSegs.map(() => PROTECTED_DSCP),
+      );
+      assert.ok(
+        commitSegs.every((s) => s.payload.includes(Buffer.from('Z\0\0\0\x05I', 'latin1'))),
+        'ReadyForQuery(I) travels with it',
+      );
+      assert.deepEqual(
+        verdicts(commitSegs),
+        commitSegs.map(() => 'hold'),
+      );
+      const inTx = [
+        ...segmentsWith(segs, port, c, `intx-row-${host}`),
+        ...segmentsWith(segs, port, c, `intx-select-${host}`),
+        ...segmentsWith(segs, port, c, 'BEGIN\0'),
+      ];
       assert.equal(inTx.length, 3, 'BEGIN, INSERT … RETURNING and SELECT replies were captured');
-      assert.deepEqual(inTx.map((s) => s.dscp), [APP_TOS >> 2, APP_TOS >> 2, APP_TOS >> 2]);
+      assert.deepEqual(
+        inTx.map((s) => s.dscp),
+        [APP_TOS >> 2, APP_TOS >> 2, APP_TOS >> 2],
+      );
       assert.deepEqual(verdicts(inTx), ['release', 'release', 'release']);
     });
   }
 
-  it('marks the acknowledgement of an autocommit statement, then restores the socket\'s own TOS', async () => {
+  it("marks the acknowledgement of an autocommit statement, then restores the socket's own TOS", async () => {
     const [segs, c] = await captured('127.0.0.1', async (cl) => {
       const r = await cl.query("INSERT INTO t VALUES ('auto', 2)");
       assert.deepEqual([r.tags, r.status], [['INSERT 0 1'], 'I']);
@@ -118,26 +145,43 @@ describe('70 guest patches: PostgreSQL commit protection', function () {
     await committing.query('BEGIN');
     await committing.query("INSERT INTO slow VALUES ('committing')");
     const trigger = path.join(tmp, 'failover');
-    const agent = spawn('sh', [path.join(ROOT, 'guest-patches/agent/remusdb-guest-agent.sh'), '--watch-file', trigger,
-      '--interval-ms', '50', '--pg-data', path.join(cluster!.dir, 'data')], { stdio: 'ignore' });
+    const agent = spawn(
+      'sh',
+      [
+        path.join(ROOT, 'guest-patches/agent/remusdb-guest-agent.sh'),
+        '--watch-file',
+        trigger,
+        '--interval-ms',
+        '50',
+        '--pg-data',
+        path.join(cluster!.dir, 'data'),
+      ],
+      { stdio: 'ignore' },
+    );
     try {
-      await new Promise((r) => setTimeout(r, 300));         // the agent has read the file's initial state
-      const commit = committing.query('COMMIT');           // sleeps 1.5 s inside its commit
+      await new Promise((r) => setTimeout(r, 300)); // the agent has read the file's initial state
+      const commit = committing.query('COMMIT'); // sleeps 1.5 s inside its commit
       await new Promise((r) => setTimeout(r, 500));
-      fs.writeFileSync(trigger, 'epoch 42\n');             // the plain-Linux failover signal
+      fs.writeFileSync(trigger, 'epoch 42\n'); // the plain-Linux failover signal
       const done = await commit;
       assert.match(cluster!.logText(), /received RemusDB failover signal/, 'the failover came while COMMIT ran');
       assert.deepEqual([done.tags, done.errors, done.status], [['COMMIT'], [], 'I']);
       const end = Date.now() + 10_000;
       while (!idle.closed && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-      assert.ok(idle.closed, 'the non-committing transaction\'s connection was terminated');
+      assert.ok(idle.closed, "the non-committing transaction's connection was terminated");
       assert.match(idle.unsolicitedErrors().join(), /aborted by failover/);
       const check = await cluster!.connect();
       const rows = await check.query("SELECT k FROM t WHERE k = 'speculative' UNION ALL SELECT k FROM slow");
-      assert.deepEqual(rows.messages.filter((m) => m.type === 'D').map((m) => m.body.subarray(6).toString()), ['committing']);
+      assert.deepEqual(
+        rows.messages.filter((m) => m.type === 'D').map((m) => m.body.subarray(6).toString()),
+        ['committing'],
+      );
       const still = await committing.query('SELECT 1');
       assert.deepEqual(still.errors, [], 'the committed session lives on');
-      check.close(); committing.close();
-    } finally { agent.kill(); }
+      check.close();
+      committing.close();
+    } finally {
+      agent.kill();
+    }
   });
 });

@@ -17,16 +17,30 @@ export interface BenchProtect {
 export async function protectSimInProcess(b: BenchProtect): Promise<ProtectService> {
   const log = (): void => {};
   const opened = await simDriver.open({
-    name: b.name, diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT, readTracking: b.readTracking,
-    sim: { ...b.guest, client: null }, log,
+    name: b.name,
+    diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
+    readTracking: b.readTracking,
+    sim: { ...b.guest, client: null },
+    log,
   });
   const svc = await ProtectService.create({
-    opened, backup: b.backup, security: { insecure: true }, net: null, holdOutputs: true, journal: null,
+    opened,
+    backup: b.backup,
+    security: { insecure: true },
+    net: null,
+    holdOutputs: true,
+    journal: null,
     engine: engineOptions(simDriver, opened.domain.pageCount, {
-      intervalMs: b.intervalMs, compressor: 'zstd', cache: DEFAULT_CACHE, maxInFlight: 2,
-      diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT, verifyDisk: false,
+      intervalMs: b.intervalMs,
+      compressor: 'zstd',
+      cache: DEFAULT_CACHE,
+      maxInFlight: 2,
+      diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
+      verifyDisk: false,
     }),
-    metrics: null, ownsMetrics: true, log,
+    metrics: null,
+    ownsMetrics: true,
+    log,
   });
   svc.start();
   return svc;

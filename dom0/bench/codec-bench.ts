@@ -18,7 +18,10 @@ export interface CodecCase {
   wire_ratio: number;
 }
 
-export interface CodecBenchResult { runs: number; cases: CodecCase[]; }
+export interface CodecBenchResult {
+  runs: number;
+  cases: CodecCase[];
+}
 
 const PAGES = 2048;
 
@@ -32,7 +35,8 @@ const scattered: Mutator = (page, rng) => {
 };
 
 const clustered: Mutator = (page, rng) => {
-  const len = 64 + rng.below(192), o = rng.below(PAGE_BYTES - len);
+  const len = 64 + rng.below(192),
+    o = rng.below(PAGE_BYTES - len);
   for (let b = 0; b < len; b++) page[o + b] = rng.u32() & 0xff;
 };
 
@@ -65,22 +69,38 @@ function runCase(name: string, runs: number, mutate: Mutator | null, compressor:
   const image = Uint8Array.from(a);
   const copyDst = new Uint8Array(a.length);
   const bytes = a.length;
-  const memcpy: number[] = [], encode: number[] = [], decode: number[] = [];
+  const memcpy: number[] = [],
+    encode: number[] = [],
+    decode: number[] = [];
   let wire = 0;
   enc.encode(a, pfns); // warm the cache with version A (hits from here on when mutate)
   for (let r = 0; r < runs; r++) {
     memcpy.push(timeNs(() => copyDst.set(r % 2 ? a : b)));
     const next = r % 2 ? a : b; // alternate A/B so that every run is a hit against the other
     let records: Uint8Array = new Uint8Array(0);
-    encode.push(timeNs(() => { records = enc.encode(next, pfns).container; }));
+    encode.push(
+      timeNs(() => {
+        records = enc.encode(next, pfns).container;
+      }),
+    );
     wire = records.length;
     decode.push(timeNs(() => dec.applyInPlace(dec.unpack(records), image)));
   }
   enc.close();
   const mbs = (ns: number): number => bytes / 1e6 / (ns / 1e9);
-  const m = median(memcpy), e = median(encode), d = median(decode);
-  return { name, pages: PAGES, memcpy_mb_s: mbs(m), encode_mb_s: mbs(e), decode_mb_s: mbs(d),
-    encode_vs_memcpy: m / e, decode_vs_memcpy: m / d, wire_ratio: bytes / wire };
+  const m = median(memcpy),
+    e = median(encode),
+    d = median(decode);
+  return {
+    name,
+    pages: PAGES,
+    memcpy_mb_s: mbs(m),
+    encode_mb_s: mbs(e),
+    decode_mb_s: mbs(d),
+    encode_vs_memcpy: m / e,
+    decode_vs_memcpy: m / d,
+    wire_ratio: bytes / wire,
+  };
 }
 
 export function benchCodec(o: { runs: number }): CodecBenchResult {
@@ -95,10 +115,15 @@ export function benchCodec(o: { runs: number }): CodecBenchResult {
 }
 
 export function formatCodecBench(r: CodecBenchResult): string {
-  const rows = r.cases.map((c) => `${c.name.padEnd(32)} ${c.memcpy_mb_s.toFixed(0).padStart(7)} ` +
-    `${c.encode_mb_s.toFixed(0).padStart(7)} ${c.decode_mb_s.toFixed(0).padStart(7)} ` +
-    `${c.encode_vs_memcpy.toFixed(3).padStart(8)} ${c.decode_vs_memcpy.toFixed(3).padStart(8)} ${c.wire_ratio.toFixed(1).padStart(7)}x`);
-  return [`codec throughput, MB/s of page data, median of ${r.runs} runs (${PAGES} pages each)`,
+  const rows = r.cases.map(
+    (c) =>
+      `${c.name.padEnd(32)} ${c.memcpy_mb_s.toFixed(0).padStart(7)} ` +
+      `${c.encode_mb_s.toFixed(0).padStart(7)} ${c.decode_mb_s.toFixed(0).padStart(7)} ` +
+      `${c.encode_vs_memcpy.toFixed(3).padStart(8)} ${c.decode_vs_memcpy.toFixed(3).padStart(8)} ${c.wire_ratio.toFixed(1).padStart(7)}x`,
+  );
+  return [
+    `codec throughput, MB/s of page data, median of ${r.runs} runs (${PAGES} pages each)`,
     `${'case'.padEnd(32)} ${'memcpy'.padStart(7)} ${'encode'.padStart(7)} ${'decode'.padStart(7)} ${'enc/cpy'.padStart(8)} ${'dec/cpy'.padStart(8)} ${'wire'.padStart(8)}`,
-    ...rows].join('\n');
+    ...rows,
+  ].join('\n');
 }

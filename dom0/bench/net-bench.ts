@@ -12,11 +12,26 @@
 // Each point is the median of `runs` runs; rounds interleave modes to spread noise.
 import { ErrorCode, RemusError } from '../errors';
 import { createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
-import { type CommitProtection, type NetBuffer, openNetBuffer, PGWIRE_BATCH_MAX, PGWIRE_COPY_BYTES } from '../net/net-device';
+import {
+  type CommitProtection,
+  type NetBuffer,
+  openNetBuffer,
+  PGWIRE_BATCH_MAX,
+  PGWIRE_COPY_BYTES,
+} from '../net/net-device';
 import { setupNfqueue } from '../net/nfqueue-buffer';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
-import { findPostgres, initCluster, initPgbench, type PgbenchScript, type PgServer, pinGuestAndClient, runPgbench, startServer } from './net-pg';
+import {
+  findPostgres,
+  initCluster,
+  initPgbench,
+  type PgbenchScript,
+  type PgServer,
+  pinGuestAndClient,
+  runPgbench,
+  startServer,
+} from './net-pg';
 import { tpsPlot, writeFigure } from './net-svg';
 
 export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire'] as const;
@@ -26,7 +41,12 @@ export type NetMode = (typeof NET_MODES)[number];
 type PerMode<T> = Record<NetMode, T | null>;
 
 export interface NetBenchOptions {
-  seconds: number; runs: number; intervalsMs: number[]; scale: number; clients: number; threads: number;
+  seconds: number;
+  runs: number;
+  intervalsMs: number[];
+  scale: number;
+  clients: number;
+  threads: number;
   script: PgbenchScript;
   /** Directory of a PostgreSQL 15 built with the commit protection patch (enables cp_dscp). */
   patchedBin?: string;
@@ -44,8 +64,14 @@ export interface NetBenchResult {
   latency_ms: PerMode<number[]>;
   /** Share of the guest's packets that waited for a checkpoint. */
   held_pct: PerMode<number[]>;
-  runs: number; seconds: number; scale: number; clients: number; threads: number; script: PgbenchScript;
-  pg_version: string; notes: string[];
+  runs: number;
+  seconds: number;
+  scale: number;
+  clients: number;
+  threads: number;
+  script: PgbenchScript;
+  pg_version: string;
+  notes: string[];
   /** --diagnostic: TPS per DIAG_MODES at intervals_ms[0] (medians). */
   diagnostic?: Record<string, number>;
 }
@@ -54,17 +80,28 @@ const PREFIX = 'rdbnb';
 const QUEUE = 70;
 const SUBNET = '127.60.0.0/24';
 
-const median = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[Math.floor(s.length / 2)] : NaN; };
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+};
 
 /** Why the benchmark cannot run here (null: it can). */
 export function whyNoNetBench(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables, NFQUEUE)';
-  try { if (!loadAddon().parts.nfqueue) return 'addon built without libnetfilter-queue-dev'; } catch (e) { return (e as Error).message; }
+  try {
+    if (!loadAddon().parts.nfqueue) return 'addon built without libnetfilter-queue-dev';
+  } catch (e) {
+    return (e as Error).message;
+  }
   const pg = findPostgres();
   return typeof pg === 'string' ? pg : null;
 }
 
-interface Point { tps: number; latencyMs: number; heldPct: number; }
+interface Point {
+  tps: number;
+  latencyMs: number;
+  heldPct: number;
+}
 
 /**
  * Diagnostics (--diagnostic): the queue's own cost, every packet released at once, with the
@@ -76,23 +113,55 @@ type DiagMode = (typeof DIAG_MODES)[number];
 function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
   const base = { domain: 'netbench', match: { physdevIn: bed.vif }, netns: bed.dom0, queueNum: QUEUE } as const;
   if (mode === 'nfq_release_128' || mode === 'nfq_release_64k') {
-    const dev = setupNfqueue({ ...base, classify: () => 'release', copyBytes: mode === 'nfq_release_128' ? 128 : PGWIRE_COPY_BYTES,
-      batchMax: mode === 'nfq_release_128' ? 1024 : PGWIRE_BATCH_MAX });
-    return { gate: dev.gate, nfqueue: dev.gate, pgwire: null, exposure: null, describe: () => ({}), close: () => dev.teardown() };
+    const dev = setupNfqueue({
+      ...base,
+      classify: () => 'release',
+      copyBytes: mode === 'nfq_release_128' ? 128 : PGWIRE_COPY_BYTES,
+      batchMax: mode === 'nfq_release_128' ? 1024 : PGWIRE_BATCH_MAX,
+    });
+    return {
+      gate: dev.gate,
+      nfqueue: dev.gate,
+      pgwire: null,
+      exposure: null,
+      describe: () => ({}),
+      close: () => dev.teardown(),
+    };
   }
-  return openNetBuffer({ ...base, driver: mode === 'none' ? 'none' : 'nfqueue', commitProtection: mode === 'none' ? 'off' : PROTECTION[mode],
-    dscpInKernel: mode === 'cp_dscp_kernel' });
+  return openNetBuffer({
+    ...base,
+    driver: mode === 'none' ? 'none' : 'nfqueue',
+    commitProtection: mode === 'none' ? 'off' : PROTECTION[mode],
+    dscpInKernel: mode === 'cp_dscp_kernel',
+  });
 }
 
-const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = { remus: 'off', cp_dscp: 'dscp', cp_dscp_kernel: 'dscp', cp_pgwire: 'pgwire' };
+const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = {
+  remus: 'off',
+  cp_dscp: 'dscp',
+  cp_dscp_kernel: 'dscp',
+  cp_pgwire: 'pgwire',
+};
 
-async function measure(bed: Testbed, rig: EngineRig, pgbench: string, mode: NetMode | DiagMode, intervalMs: number, o: NetBenchOptions): Promise<Point> {
+async function measure(
+  bed: Testbed,
+  rig: EngineRig,
+  pgbench: string,
+  mode: NetMode | DiagMode,
+  intervalMs: number,
+  o: NetBenchOptions,
+): Promise<Point> {
   const nb = openGate(bed, mode);
   try {
     const engine = await rig.protect(nb.gate, intervalMs);
     try {
       await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
-      const r = await runPgbench(pgbench, bed.client, bed.guestIp4, { clients: o.clients, threads: o.threads, seconds: o.seconds, script: o.script });
+      const r = await runPgbench(pgbench, bed.client, bed.guestIp4, {
+        clients: o.clients,
+        threads: o.threads,
+        seconds: o.seconds,
+        script: o.script,
+      });
       const l = nb.nfqueue?.ledger.stats;
       const seen = l ? l.received - l.passedThrough : 0;
       const held = l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0;
@@ -101,14 +170,16 @@ async function measure(bed: Testbed, rig: EngineRig, pgbench: string, mode: NetM
       engine.stop();
     }
   } finally {
-    nb.gate.setPassThrough(true);   // let what is still held go before the queue closes
+    nb.gate.setPassThrough(true); // let what is still held go before the queue closes
     nb.close();
   }
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => { t = setTimeout(() => reject(new RemusError(ErrorCode.PEER_GONE, what)), ms); });
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new RemusError(ErrorCode.PEER_GONE, what)), ms);
+  });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
@@ -121,9 +192,13 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   const modes = NET_MODES.filter((m) => !NEEDS_PATCHED.includes(m) || patched);
   const samples = new Map<string, Point[]>();
   const notes: string[] = [];
-  if (!patched) notes.push('cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured');
+  if (!patched)
+    notes.push(
+      'cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured',
+    );
   if (o.dom0Cpus) pinGuestAndClient(o.dom0Cpus);
-  if (o.dom0Cpus) notes.push(`dom0 (engine, net buffer) on CPU ${o.dom0Cpus.join(',')}; PostgreSQL and pgbench on the others`);
+  if (o.dom0Cpus)
+    notes.push(`dom0 (engine, net buffer) on CPU ${o.dom0Cpus.join(',')}; PostgreSQL and pgbench on the others`);
   const bed = createTestbed(PREFIX);
   let server: PgServer | null = null;
   let rig: EngineRig | null = null;
@@ -132,7 +207,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     server = startServer(stock.bin, bed.guest, bed.guestIp4);
     o.log(`bench net: pgbench -i -s ${o.scale} ...`);
     initPgbench(stock.pgbench, bed.client, bed.guestIp4, o.scale);
-    const engines = rig = new EngineRig(16 * 2 ** 20, 200);
+    const engines = (rig = new EngineRig(16 * 2 ** 20, 200));
     const point = async (mode: NetMode | DiagMode, intervalMs: number, round: number): Promise<void> => {
       let p: Point;
       try {
@@ -144,16 +219,23 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
       }
       const key = `${mode}/${intervalMs}`;
       samples.set(key, [...(samples.get(key) ?? []), p]);
-      o.log(`round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
-        `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets`);
+      o.log(
+        `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
+          `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets`,
+      );
     };
     for (let round = 1; round <= o.runs; round++) {
       for (const mode of modes) {
         if (NEEDS_PATCHED.includes(mode as NetMode) || (mode === 'cp_pgwire' && patched)) {
           server.stop();
-          server = startServer(NEEDS_PATCHED.includes(mode as NetMode) ? patched!.bin : stock.bin, bed.guest, bed.guestIp4);
+          server = startServer(
+            NEEDS_PATCHED.includes(mode as NetMode) ? patched!.bin : stock.bin,
+            bed.guest,
+            bed.guestIp4,
+          );
         }
-        for (const intervalMs of mode === 'none' ? [o.intervalsMs[0]] : o.intervalsMs) await point(mode, intervalMs, round);
+        for (const intervalMs of mode === 'none' ? [o.intervalsMs[0]] : o.intervalsMs)
+          await point(mode, intervalMs, round);
       }
       for (const mode of o.diagnostic ? DIAG_MODES : []) await point(mode, o.intervalsMs[0], round);
     }
@@ -166,39 +248,87 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   return summarize(samples, modes, o, notes);
 }
 
-function summarize(samples: Map<string, Point[]>, modes: NetMode[], o: NetBenchOptions, notes: string[]): NetBenchResult {
+function summarize(
+  samples: Map<string, Point[]>,
+  modes: NetMode[],
+  o: NetBenchOptions,
+  notes: string[],
+): NetBenchResult {
   const pick = (f: (p: Point) => number): PerMode<number[]> => {
     const out = {} as PerMode<number[]>;
     for (const mode of NET_MODES) {
-      if (!modes.includes(mode)) { out[mode] = null; continue; }
-      out[mode] = o.intervalsMs.map((ms) => median((samples.get(`${mode}/${mode === 'none' ? o.intervalsMs[0] : ms}`) ?? []).map(f)));
+      if (!modes.includes(mode)) {
+        out[mode] = null;
+        continue;
+      }
+      out[mode] = o.intervalsMs.map((ms) =>
+        median((samples.get(`${mode}/${mode === 'none' ? o.intervalsMs[0] : ms}`) ?? []).map(f)),
+      );
     }
     return out;
   };
   const r: NetBenchResult = {
-    intervals_ms: o.intervalsMs, tps: pick((p) => p.tps), latency_ms: pick((p) => p.latencyMs), held_pct: pick((p) => p.heldPct),
-    runs: o.runs, seconds: o.seconds, scale: o.scale, clients: o.clients, threads: o.threads, script: o.script, pg_version: '15', notes,
+    intervals_ms: o.intervalsMs,
+    tps: pick((p) => p.tps),
+    latency_ms: pick((p) => p.latencyMs),
+    held_pct: pick((p) => p.heldPct),
+    runs: o.runs,
+    seconds: o.seconds,
+    scale: o.scale,
+    clients: o.clients,
+    threads: o.threads,
+    script: o.script,
+    pg_version: '15',
+    notes,
   };
   if (o.diagnostic) {
-    r.diagnostic = Object.fromEntries(DIAG_MODES.map((m) => [m, median((samples.get(`${m}/${o.intervalsMs[0]}`) ?? []).map((p) => p.tps))]));
+    r.diagnostic = Object.fromEntries(
+      DIAG_MODES.map((m) => [m, median((samples.get(`${m}/${o.intervalsMs[0]}`) ?? []).map((p) => p.tps))]),
+    );
   }
   if (o.svg) writeFigure(o.svg, netBenchSvg(r), r);
   return r;
 }
 
 export function netBenchSvg(r: NetBenchResult): string {
-  const colors: Record<NetMode, string> = { none: '#333333', remus: '#d62728', cp_dscp: '#1f77b4', cp_dscp_kernel: '#9467bd', cp_pgwire: '#2ca02c' };
-  const names: Record<NetMode, string> = { none: 'no buffering', remus: 'Remus (hold all)', cp_dscp: 'CP (DSCP)', cp_dscp_kernel: 'CP (DSCP, in kernel)', cp_pgwire: 'CP (pgwire)' };
-  const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({ name: names[m], values: r.tps[m]!, color: colors[m], dashed: m === 'none' }));
-  return tpsPlot(`PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ${r.seconds} s × ${r.runs} (median)`, r.intervals_ms, series);
+  const colors: Record<NetMode, string> = {
+    none: '#333333',
+    remus: '#d62728',
+    cp_dscp: '#1f77b4',
+    cp_dscp_kernel: '#9467bd',
+    cp_pgwire: '#2ca02c',
+  };
+  const names: Record<NetMode, string> = {
+    none: 'no buffering',
+    remus: 'Remus (hold all)',
+    cp_dscp: 'CP (DSCP)',
+    cp_dscp_kernel: 'CP (DSCP, in kernel)',
+    cp_pgwire: 'CP (pgwire)',
+  };
+  const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({
+    name: names[m],
+    values: r.tps[m]!,
+    color: colors[m],
+    dashed: m === 'none',
+  }));
+  return tpsPlot(
+    `PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ${r.seconds} s × ${r.runs} (median)`,
+    r.intervals_ms,
+    series,
+  );
 }
 
 export function formatNetBench(r: NetBenchResult): string {
-  const lines = [`pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median of ${r.runs}`,
-    `${'mode'.padEnd(10)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`];
+  const lines = [
+    `pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median of ${r.runs}`,
+    `${'mode'.padEnd(10)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`,
+  ];
   for (const mode of NET_MODES) {
     const tps = r.tps[mode];
-    if (!tps) { lines.push(`${mode.padEnd(10)} (not measured)`); continue; }
+    if (!tps) {
+      lines.push(`${mode.padEnd(10)} (not measured)`);
+      continue;
+    }
     const cells = tps.map((t, i) => {
       const ratio = r.tps.none ? t / r.tps.none[i] : NaN;
       return `${t.toFixed(0)} tps ${r.latency_ms[mode]![i].toFixed(1)} ms ${(ratio * 100).toFixed(0)}%`.padStart(22);
@@ -206,9 +336,16 @@ export function formatNetBench(r: NetBenchResult): string {
     lines.push(`${mode.padEnd(10)} ${cells.join('')}`);
   }
   lines.push('(tps, mean latency, tps as % of no buffering)');
-  const held = NET_MODES.filter((m) => r.held_pct[m] && m !== 'none').map((m) => `${m} ${r.held_pct[m]!.map((h) => h.toFixed(1)).join('/')}%`);
+  const held = NET_MODES.filter((m) => r.held_pct[m] && m !== 'none').map(
+    (m) => `${m} ${r.held_pct[m]!.map((h) => h.toFixed(1)).join('/')}%`,
+  );
   lines.push(`packets held: ${held.join(', ')}`, ...r.notes);
-  if (r.diagnostic) lines.push(`queue cost (everything released at once, ${r.intervals_ms[0]} ms): ` +
-    Object.entries(r.diagnostic).map(([k, v]) => `${k} ${v.toFixed(0)} tps`).join(', '));
+  if (r.diagnostic)
+    lines.push(
+      `queue cost (everything released at once, ${r.intervals_ms[0]} ms): ` +
+        Object.entries(r.diagnostic)
+          .map(([k, v]) => `${k} ${v.toFixed(0)} tps`)
+          .join(', '),
+    );
   return lines.join('\n');
 }

@@ -29,9 +29,14 @@ class MemoryLink implements Link {
     assert(this.queued < LINK_QUEUE_MAX, 'in-memory link queue overflow');
     const copy = Buffer.from(body);
     this.queued++;
-    setImmediate(() => { this.queued--; this.peer.deliver(type, copy); });
+    setImmediate(() => {
+      this.queued--;
+      this.peer.deliver(type, copy);
+    });
   }
-  private deliver(type: number, body: Buffer): void { if (!this.closed) this.recordCb(type, body); }
+  private deliver(type: number, body: Buffer): void {
+    if (!this.closed) this.recordCb(type, body);
+  }
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -42,13 +47,19 @@ class MemoryLink implements Link {
     this.closed = true;
     this.closeCb(null);
   }
-  onRecord(cb: (type: number, body: Buffer) => void): void { this.recordCb = cb; }
-  onClose(cb: (e: Error | null) => void): void { this.closeCb = cb; }
+  onRecord(cb: (type: number, body: Buffer) => void): void {
+    this.recordCb = cb;
+  }
+  onClose(cb: (e: Error | null) => void): void {
+    this.closeCb = cb;
+  }
 }
 
 export function memoryLinkPair(): [Link, Link] {
-  const a = new MemoryLink('backup (in-process)'), b = new MemoryLink('primary (in-process)');
-  a.peer = b; b.peer = a;
+  const a = new MemoryLink('backup (in-process)'),
+    b = new MemoryLink('primary (in-process)');
+  a.peer = b;
+  b.peer = a;
   return [a, b];
 }
 
@@ -72,10 +83,20 @@ export class EngineRig {
   }
 
   private newBackup(): Backup {
-    return new Backup(realClock, {
-      pageCountMax: this.domain.pageCount, batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
-      replicaFor: (h) => (this.replica ??= new SimReplica(h.domain, h.pageCount)),
-    }, { event: (name, d) => { if (name === 'failover' || name === 'protocol-error') this.incidents.push(`${name}: ${JSON.stringify(d).slice(0, 200)}`); } });
+    return new Backup(
+      realClock,
+      {
+        pageCountMax: this.domain.pageCount,
+        batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
+        replicaFor: (h) => (this.replica ??= new SimReplica(h.domain, h.pageCount)),
+      },
+      {
+        event: (name, d) => {
+          if (name === 'failover' || name === 'protocol-error')
+            this.incidents.push(`${name}: ${JSON.stringify(d).slice(0, 200)}`);
+        },
+      },
+    );
   }
 
   /**
@@ -88,22 +109,35 @@ export class EngineRig {
       await new Promise((r) => setTimeout(r, 5));
     }
     this.backup?.close();
-    const backup = this.backup = this.newBackup();
+    const backup = (this.backup = this.newBackup());
     const primary = new Primary(this.domain, gate, realClock, {
-      intervalMs, compressor: 'zstd', cachePages: Math.floor(this.domain.pageCount / 10), maxInFlight: 2,
+      intervalMs,
+      compressor: 'zstd',
+      cachePages: Math.floor(this.domain.pageCount / 10),
+      maxInFlight: 2,
       // Generous: a benchmark on shared cores must not fail over because the loop stalled.
       heartbeatTimeoutMs: 2 * intervalMs + 10_000,
-      batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX,
+      batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
+      deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX,
     });
     const [toBackup, toPrimary] = memoryLinkPair();
     primary.start();
     backup.attach(toPrimary);
     primary.attach(toBackup);
     const protectedAt = new Promise<void>((resolve) => {
-      const poll = setInterval(() => { if (primary.stats().ackedEpoch >= 1) { clearInterval(poll); resolve(); } }, 5);
+      const poll = setInterval(() => {
+        if (primary.stats().ackedEpoch >= 1) {
+          clearInterval(poll);
+          resolve();
+        }
+      }, 5);
       poll.unref();
     });
-    return { protectedAt, stats: () => primary.stats() as unknown as Record<string, unknown>, stop: () => primary.stop() };
+    return {
+      protectedAt,
+      stats: () => primary.stats() as unknown as Record<string, unknown>,
+      stop: () => primary.stop(),
+    };
   }
 
   async close(): Promise<void> {

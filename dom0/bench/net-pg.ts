@@ -13,17 +13,24 @@ import { ErrorCode, RemusError } from '../errors';
 export const PG_DIR = '/tmp/remusdb-netbench-pg';
 const PG_VERSION = 15;
 
-export interface PgPaths { bin: string; pgbench: string; }
+export interface PgPaths {
+  bin: string;
+  pgbench: string;
+}
 
 /** Where PostgreSQL 15 lives, or why it cannot be used. */
 export function findPostgres(binDir?: string): PgPaths | string {
   const bin = binDir ?? `/usr/lib/postgresql/${PG_VERSION}/bin`;
   for (const tool of ['initdb', 'pg_ctl', 'postgres']) {
-    if (!fs.existsSync(path.join(bin, tool))) return `${path.join(bin, tool)} missing (apt-get install postgresql-${PG_VERSION})`;
+    if (!fs.existsSync(path.join(bin, tool)))
+      return `${path.join(bin, tool)} missing (apt-get install postgresql-${PG_VERSION})`;
   }
-  const pgbench = [path.join(bin, 'pgbench'), `/usr/lib/postgresql/${PG_VERSION}/bin/pgbench`].find((p) => fs.existsSync(p));
+  const pgbench = [path.join(bin, 'pgbench'), `/usr/lib/postgresql/${PG_VERSION}/bin/pgbench`].find((p) =>
+    fs.existsSync(p),
+  );
   if (!pgbench) return `pgbench missing (apt-get install postgresql-client-${PG_VERSION})`;
-  if (spawnSync('id', ['-u', 'postgres'], { stdio: 'ignore' }).status !== 0) return 'no user postgres (the postgresql package creates it)';
+  if (spawnSync('id', ['-u', 'postgres'], { stdio: 'ignore' }).status !== 0)
+    return 'no user postgres (the postgresql package creates it)';
   if (spawnSync('runuser', ['--help'], { stdio: 'ignore' }).error) return 'runuser missing (util-linux)';
   return { bin, pgbench };
 }
@@ -31,7 +38,10 @@ export function findPostgres(binDir?: string): PgPaths | string {
 function run(argv: string[], what: string, timeoutMs = 300_000): string {
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: timeoutMs });
   if (r.status !== 0) {
-    throw new RemusError(ErrorCode.IO, `${what} failed (${r.error?.message ?? `exit ${r.status}`}): ${(r.stderr || r.stdout).trim().slice(-800)}`);
+    throw new RemusError(
+      ErrorCode.IO,
+      `${what} failed (${r.error?.message ?? `exit ${r.status}`}): ${(r.stderr || r.stdout).trim().slice(-800)}`,
+    );
   }
   return r.stdout;
 }
@@ -48,76 +58,170 @@ export function pinGuestAndClient(dom0Cpus: number[]): void {
   const all = os.cpus().map((_, i) => i);
   const rest = all.filter((c) => !dom0Cpus.includes(c));
   if (!dom0Cpus.length || dom0Cpus.some((c) => !all.includes(c)) || !rest.length) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--dom0-cpus ${dom0Cpus.join(',')}: name some of CPUs ${all.join(',')} and leave at least one for the guest`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `--dom0-cpus ${dom0Cpus.join(',')}: name some of CPUs ${all.join(',')} and leave at least one for the guest`,
+    );
   }
   const r = spawnSync('taskset', ['-a', '-p', '-c', dom0Cpus.join(','), String(process.pid)], { encoding: 'utf8' });
   if (r.status !== 0) throw new RemusError(ErrorCode.IO, `taskset: ${(r.stderr || r.error?.message || '').trim()}`);
   guestCpus = rest.join(',');
 }
 
-const asPostgres = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, ...pinned(['runuser', '-u', 'postgres', '--', ...argv])];
+const asPostgres = (ns: string, argv: string[]): string[] => [
+  'ip',
+  'netns',
+  'exec',
+  ns,
+  ...pinned(['runuser', '-u', 'postgres', '--', ...argv]),
+];
 
 /** Stops a server a previous run left in PG_DIR (any namespace) and removes the directory. */
 export function cleanupStaleCluster(bin: string): void {
   if (fs.existsSync(path.join(PG_DIR, 'postmaster.pid'))) {
-    spawnSync('runuser', ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), '-D', PG_DIR, 'stop', '-m', 'immediate', '-w'], { stdio: 'ignore', timeout: 60_000 });
+    spawnSync(
+      'runuser',
+      ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), '-D', PG_DIR, 'stop', '-m', 'immediate', '-w'],
+      { stdio: 'ignore', timeout: 60_000 },
+    );
   }
   fs.rmSync(PG_DIR, { recursive: true, force: true });
 }
 
-export interface PgServer { stop(): void; }
+export interface PgServer {
+  stop(): void;
+}
 
 /** A fresh cluster in PG_DIR (initdb as postgres), trusting `subnet` over TCP. */
 export function initCluster(bin: string, subnet: string): void {
   cleanupStaleCluster(bin);
   fs.mkdirSync(PG_DIR, { mode: 0o700 });
   run(['chown', 'postgres:postgres', PG_DIR], 'chown');
-  run(['runuser', '-u', 'postgres', '--', path.join(bin, 'initdb'), '-D', PG_DIR, '-A', 'trust', '-U', 'postgres', '--no-sync'], 'initdb');
+  run(
+    [
+      'runuser',
+      '-u',
+      'postgres',
+      '--',
+      path.join(bin, 'initdb'),
+      '-D',
+      PG_DIR,
+      '-A',
+      'trust',
+      '-U',
+      'postgres',
+      '--no-sync',
+    ],
+    'initdb',
+  );
   fs.appendFileSync(path.join(PG_DIR, 'pg_hba.conf'), `host all all ${subnet} trust\n`);
 }
 
 /** Starts the server binaries of `bin` on PG_DIR inside `ns`, listening on `address`:5432. */
 export function startServer(bin: string, ns: string, address: string): PgServer {
-  const opts = [`-c listen_addresses=${address}`, '-c port=5432', `-c unix_socket_directories=${PG_DIR}`, '-c fsync=off',
-    '-c full_page_writes=off', '-c shared_buffers=128MB', '-c max_connections=300', '-c ssl=off'].join(' ');
-  run(asPostgres(ns, [path.join(bin, 'pg_ctl'), '-D', PG_DIR, '-l', path.join(PG_DIR, 'server.log'), '-o', opts, '-w', '-t', '60', 'start']), 'pg_ctl start');
+  const opts = [
+    `-c listen_addresses=${address}`,
+    '-c port=5432',
+    `-c unix_socket_directories=${PG_DIR}`,
+    '-c fsync=off',
+    '-c full_page_writes=off',
+    '-c shared_buffers=128MB',
+    '-c max_connections=300',
+    '-c ssl=off',
+  ].join(' ');
+  run(
+    asPostgres(ns, [
+      path.join(bin, 'pg_ctl'),
+      '-D',
+      PG_DIR,
+      '-l',
+      path.join(PG_DIR, 'server.log'),
+      '-o',
+      opts,
+      '-w',
+      '-t',
+      '60',
+      'start',
+    ]),
+    'pg_ctl start',
+  );
   let stopped = false;
   return {
     stop: () => {
       if (stopped) return;
       stopped = true;
-      spawnSync('runuser', ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), '-D', PG_DIR, 'stop', '-m', 'fast', '-w'], { stdio: 'ignore', timeout: 60_000 });
+      spawnSync(
+        'runuser',
+        ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), '-D', PG_DIR, 'stop', '-m', 'fast', '-w'],
+        { stdio: 'ignore', timeout: 60_000 },
+      );
     },
   };
 }
 
 /** pgbench -i (TPC-B-like tables) from the client namespace. */
 export function initPgbench(pgbench: string, ns: string, host: string, scale: number): void {
-  run(['ip', 'netns', 'exec', ns, pgbench, '-i', '-q', '-s', String(scale), '-h', host, '-U', 'postgres', 'postgres'], 'pgbench -i', 900_000);
+  run(
+    ['ip', 'netns', 'exec', ns, pgbench, '-i', '-q', '-s', String(scale), '-h', host, '-U', 'postgres', 'postgres'],
+    'pgbench -i',
+    900_000,
+  );
 }
 
 /** pgbench built-in scripts: TPC-B-like (7 statements, updates branches and tellers: contended) or without those two updates. */
 export type PgbenchScript = 'tpcb-like' | 'simple-update';
 
-export interface PgbenchResult { tps: number; latencyMs: number; transactions: number; }
+export interface PgbenchResult {
+  tps: number;
+  latencyMs: number;
+  transactions: number;
+}
 
 /** One timed pgbench run (-n: no vacuum), asynchronous. */
-export function runPgbench(pgbench: string, ns: string, host: string,
-  o: { clients: number; threads: number; seconds: number; script: PgbenchScript }): Promise<PgbenchResult> {
-  const argv = ['netns', 'exec', ns, ...pinned([pgbench]), '-n', '-b', o.script, '-c', String(o.clients), '-j', String(o.threads), '-T', String(o.seconds),
-    '-h', host, '-U', 'postgres', 'postgres'];
+export function runPgbench(
+  pgbench: string,
+  ns: string,
+  host: string,
+  o: { clients: number; threads: number; seconds: number; script: PgbenchScript },
+): Promise<PgbenchResult> {
+  const argv = [
+    'netns',
+    'exec',
+    ns,
+    ...pinned([pgbench]),
+    '-n',
+    '-b',
+    o.script,
+    '-c',
+    String(o.clients),
+    '-j',
+    String(o.threads),
+    '-T',
+    String(o.seconds),
+    '-h',
+    host,
+    '-U',
+    'postgres',
+    'postgres',
+  ];
   return new Promise((resolve, reject) => {
     const child = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    let out = '',
+      err = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     const killer = setTimeout(() => child.kill('SIGKILL'), (o.seconds + 120) * 1000);
     child.on('close', (code) => {
       clearTimeout(killer);
       const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(out);
       const lat = /latency average = ([\d.]+) ms/.exec(out);
       const n = /number of transactions actually processed: (\d+)/.exec(out);
-      if (code === 0 && n && Number(n[1]) === 0) {   // every client still connecting when -T ran out
+      if (code === 0 && n && Number(n[1]) === 0) {
+        // every client still connecting when -T ran out
         resolve({ tps: 0, latencyMs: NaN, transactions: 0 });
         return;
       }

@@ -18,8 +18,15 @@ const BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export interface ReprotectRun {
-  mode: 'changed-blocks' | 'full-copy'; disk_bytes: number; changed_bytes: number; differing_bytes: number; copied_bytes: number;
-  copied_vs_changed: number; copied_vs_differing: number; seconds_to_protected: number; verified_epoch: number;
+  mode: 'changed-blocks' | 'full-copy';
+  disk_bytes: number;
+  changed_bytes: number;
+  differing_bytes: number;
+  copied_bytes: number;
+  copied_vs_changed: number;
+  copied_vs_differing: number;
+  seconds_to_protected: number;
+  verified_epoch: number;
 }
 
 async function until<T>(f: () => Promise<T | null>, ms: number, what: string): Promise<T> {
@@ -34,25 +41,38 @@ async function until<T>(f: () => Promise<T | null>, ms: number, what: string): P
 
 /** 4 KiB blocks that differ between two images of the same size, in bytes. */
 export function differingBytes(a: string, b: string): number {
-  const fa = fs.openSync(a, 'r'), fb = fs.openSync(b, 'r');
-  const ba = Buffer.alloc(1 << 20), bb = Buffer.alloc(1 << 20);
+  const fa = fs.openSync(a, 'r'),
+    fb = fs.openSync(b, 'r');
+  const ba = Buffer.alloc(1 << 20),
+    bb = Buffer.alloc(1 << 20);
   let diff = 0;
   for (let off = 0; ; off += ba.length) {
-    const na = fs.readSync(fa, ba, 0, ba.length, off), nb = fs.readSync(fb, bb, 0, bb.length, off);
+    const na = fs.readSync(fa, ba, 0, ba.length, off),
+      nb = fs.readSync(fb, bb, 0, bb.length, off);
     if (na === 0 && nb === 0) break;
     for (let i = 0; i < Math.max(na, nb); i += 4096) if (ba.compare(bb, i, i + 4096, i, i + 4096) !== 0) diff += 4096;
   }
-  fs.closeSync(fa); fs.closeSync(fb);
+  fs.closeSync(fa);
+  fs.closeSync(fb);
   return diff;
 }
 
-export async function runReprotect(o: { diskMiB: number; runSeconds: number; afterFailoverSeconds: number; reuse: boolean; heartbeatTimeoutMs?: number }): Promise<ReprotectRun> {
+export async function runReprotect(o: {
+  diskMiB: number;
+  runSeconds: number;
+  afterFailoverSeconds: number;
+  reuse: boolean;
+  heartbeatTimeoutMs?: number;
+}): Promise<ReprotectRun> {
   const hb = String(o.heartbeatTimeoutMs ?? 200);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rdb-reprotect-'));
   const env = { ...process.env, REMUSDB_RUN_DIR: dir };
   const kids: ChildProcess[] = [];
   const run = (args: string[], log: string): ChildProcess => {
-    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', fs.openSync(path.join(dir, log), 'w'), fs.openSync(path.join(dir, log), 'a')] });
+    const c = spawn(process.execPath, [BIN, ...args], {
+      env,
+      stdio: ['ignore', fs.openSync(path.join(dir, log), 'w'), fs.openSync(path.join(dir, log), 'a')],
+    });
     kids.push(c);
     return c;
   };
@@ -61,30 +81,85 @@ export async function runReprotect(o: { diskMiB: number; runSeconds: number; aft
     run(['backup', '--listen', `127.0.0.1:${base}`, '--insecure'], 'b1.log');
     const b1 = path.join(dir, `backup-${base}.sock`);
     await until(async () => (fs.existsSync(b1) ? true : null), 10000, 'backup 1 did not start');
-    const p = run(['protect', 'sim:rp', `127.0.0.1:${base}`, '--insecure', '--memory', '64MiB', '--disk', `${o.diskMiB}MiB`, '--heartbeat-timeout', hb], 'p.log');
-    await until(async () => { const s = await controlRequest(b1, { cmd: 'status' }); return Number(s.committedEpoch ?? 0) >= 2 ? true : null; }, 30000, 'no checkpoint committed');
+    const p = run(
+      [
+        'protect',
+        'sim:rp',
+        `127.0.0.1:${base}`,
+        '--insecure',
+        '--memory',
+        '64MiB',
+        '--disk',
+        `${o.diskMiB}MiB`,
+        '--heartbeat-timeout',
+        hb,
+      ],
+      'p.log',
+    );
+    await until(
+      async () => {
+        const s = await controlRequest(b1, { cmd: 'status' });
+        return Number(s.committedEpoch ?? 0) >= 2 ? true : null;
+      },
+      30000,
+      'no checkpoint committed',
+    );
     await sleep(o.runSeconds * 1000);
     p.kill('SIGKILL');
-    await until(async () => { const s = await controlRequest(b1, { cmd: 'status' }); return s.state === 'failed-over' ? true : null; }, 10000, 'no failover');
+    await until(
+      async () => {
+        const s = await controlRequest(b1, { cmd: 'status' });
+        return s.state === 'failed-over' ? true : null;
+      },
+      10000,
+      'no failover',
+    );
     await sleep(o.afterFailoverSeconds * 1000);
-    const oldDisk = path.join(dir, 'sim-rp.primary.disk'), liveDisk = path.join(dir, 'sim-rp.backup.disk');
-    run(['backup', '--listen', `127.0.0.1:${base + 1}`, '--insecure', ...(o.reuse ? ['--reuse-disk', oldDisk] : ['--disk-dir', path.join(dir, 'fresh')])], 'b2.log');
+    const oldDisk = path.join(dir, 'sim-rp.primary.disk'),
+      liveDisk = path.join(dir, 'sim-rp.backup.disk');
+    run(
+      [
+        'backup',
+        '--listen',
+        `127.0.0.1:${base + 1}`,
+        '--insecure',
+        ...(o.reuse ? ['--reuse-disk', oldDisk] : ['--disk-dir', path.join(dir, 'fresh')]),
+      ],
+      'b2.log',
+    );
     const b2 = path.join(dir, `backup-${base + 1}.sock`);
     await until(async () => (fs.existsSync(b2) ? true : null), 10000, 'backup 2 did not start');
     const differing = o.reuse ? differingBytes(oldDisk, liveDisk) : o.diskMiB * 2 ** 20;
     const t0 = Date.now();
-    const r = await controlRequest(b1, { cmd: 'reprotect', backup: `127.0.0.1:${base + 1}`, insecure: true, intervalMs: 50, heartbeatTimeoutMs: Number(hb) });
+    const r = await controlRequest(b1, {
+      cmd: 'reprotect',
+      backup: `127.0.0.1:${base + 1}`,
+      insecure: true,
+      intervalMs: 50,
+      heartbeatTimeoutMs: Number(hb),
+    });
     if (r.error) throw new Error(`reprotect refused: ${JSON.stringify(r.error)}`);
-    const st = await until(async () => {
-      const s = await controlRequest(b1, { cmd: 'status' });
-      const pr = s.reprotecting as Record<string, unknown> | null;
-      return pr && pr.state === 'protected' && Number(pr.diskVerifiedEpoch ?? 0) > 0 ? pr : null;
-    }, 60000, 'not protected again');
+    const st = await until(
+      async () => {
+        const s = await controlRequest(b1, { cmd: 'status' });
+        const pr = s.reprotecting as Record<string, unknown> | null;
+        return pr && pr.state === 'protected' && Number(pr.diskVerifiedEpoch ?? 0) > 0 ? pr : null;
+      },
+      60000,
+      'not protected again',
+    );
     const secs = (Date.now() - t0) / 1000;
     const copied = Number((st.disk as { resyncCopiedBytes: number }).resyncCopiedBytes);
     return {
-      mode: o.reuse ? 'changed-blocks' : 'full-copy', disk_bytes: o.diskMiB * 2 ** 20, changed_bytes: Number(r.resyncBytes), differing_bytes: differing,
-      copied_bytes: copied, copied_vs_changed: copied / Math.max(1, Number(r.resyncBytes)), copied_vs_differing: copied / Math.max(1, differing), seconds_to_protected: secs, verified_epoch: Number(st.diskVerifiedEpoch),
+      mode: o.reuse ? 'changed-blocks' : 'full-copy',
+      disk_bytes: o.diskMiB * 2 ** 20,
+      changed_bytes: Number(r.resyncBytes),
+      differing_bytes: differing,
+      copied_bytes: copied,
+      copied_vs_changed: copied / Math.max(1, Number(r.resyncBytes)),
+      copied_vs_differing: copied / Math.max(1, differing),
+      seconds_to_protected: secs,
+      verified_epoch: Number(st.diskVerifiedEpoch),
     };
   } finally {
     for (const k of kids) k.kill('SIGKILL');
@@ -95,24 +170,36 @@ export async function runReprotect(o: { diskMiB: number; runSeconds: number; aft
 
 if (require.main === module) {
   void (async () => {
-    const runs = Number(process.argv[2] ?? 3), diskMiB = Number(process.argv[3] ?? 256);
+    const runs = Number(process.argv[2] ?? 3),
+      diskMiB = Number(process.argv[3] ?? 256);
     const rows: ReprotectRun[] = [];
     for (let i = 0; i < runs; i++) {
       rows.push(await runReprotect({ diskMiB, runSeconds: 3, afterFailoverSeconds: 2, reuse: true }));
       rows.push(await runReprotect({ diskMiB, runSeconds: 3, afterFailoverSeconds: 2, reuse: false }));
     }
-    const med = (xs: number[]): number => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+    const med = (xs: number[]): number => {
+      const s = [...xs].sort((a, b) => a - b);
+      return s[Math.floor(s.length / 2)];
+    };
     console.log(`reprotection, sim 64 MiB guest (oltp), ${diskMiB} MiB disk, ${runs} runs each`);
-    console.log('mode            changed MiB  differing MiB  copied MiB  copied/changed  copied/differing  seconds  verified@');
-    for (const r of rows) console.log(`${r.mode.padEnd(15)} ${(r.changed_bytes / 2 ** 20).toFixed(2).padStart(11)} ${(r.differing_bytes / 2 ** 20).toFixed(2).padStart(14)} ${(r.copied_bytes / 2 ** 20).toFixed(2).padStart(11)} ${r.copied_vs_changed.toFixed(3).padStart(15)} ${r.copied_vs_differing.toFixed(3).padStart(17)} ${r.seconds_to_protected.toFixed(2).padStart(8)} ${String(r.verified_epoch).padStart(10)}`);
-    const cb = rows.filter((r) => r.mode === 'changed-blocks'), fc = rows.filter((r) => r.mode === 'full-copy');
+    console.log(
+      'mode            changed MiB  differing MiB  copied MiB  copied/changed  copied/differing  seconds  verified@',
+    );
+    for (const r of rows)
+      console.log(
+        `${r.mode.padEnd(15)} ${(r.changed_bytes / 2 ** 20).toFixed(2).padStart(11)} ${(r.differing_bytes / 2 ** 20).toFixed(2).padStart(14)} ${(r.copied_bytes / 2 ** 20).toFixed(2).padStart(11)} ${r.copied_vs_changed.toFixed(3).padStart(15)} ${r.copied_vs_differing.toFixed(3).padStart(17)} ${r.seconds_to_protected.toFixed(2).padStart(8)} ${String(r.verified_epoch).padStart(10)}`,
+      );
+    const cb = rows.filter((r) => r.mode === 'changed-blocks'),
+      fc = rows.filter((r) => r.mode === 'full-copy');
     const summary = {
       copied_vs_changed_median: med(cb.map((r) => r.copied_vs_changed)),
       copied_vs_differing_median: med(cb.map((r) => r.copied_vs_differing)),
       time_vs_full_copy_median: med(cb.map((r) => r.seconds_to_protected)) / med(fc.map((r) => r.seconds_to_protected)),
       bytes_vs_full_copy_median: med(cb.map((r) => r.copied_bytes)) / med(fc.map((r) => r.copied_bytes)),
     };
-    console.log(`copied/changed median ${summary.copied_vs_changed_median.toFixed(3)} (target ≤ 1.05); copied/differing ${summary.copied_vs_differing_median.toFixed(3)}; time vs full copy ${summary.time_vs_full_copy_median.toFixed(2)}; bytes vs full copy ${summary.bytes_vs_full_copy_median.toFixed(3)}`);
+    console.log(
+      `copied/changed median ${summary.copied_vs_changed_median.toFixed(3)} (target ≤ 1.05); copied/differing ${summary.copied_vs_differing_median.toFixed(3)}; time vs full copy ${summary.time_vs_full_copy_median.toFixed(2)}; bytes vs full copy ${summary.bytes_vs_full_copy_median.toFixed(3)}`,
+    );
     console.log(JSON.stringify({ ...summary, rows }));
   })();
 }

@@ -30,17 +30,33 @@ export interface ScaleRow {
   guest_bytes: number;
   /** Set when the size could not be protected (refused, or the first checkpoint never came). */
   error: string | null;
-  initial_sync_s: number; initial_sync_mb_per_s: number; final_pause_ms: number; sessions: number;
-  pause_ms_p50: number; pause_ms_p99: number; output_hold_ms_max: number; output_hold_ms_p99: number;
-  loop_delay_ms_max_primary: number; loop_delay_ms_max_backup: number;
-  primary_rss_over_guest_bytes: number; backup_rss_over_guest_bytes: number;
+  initial_sync_s: number;
+  initial_sync_mb_per_s: number;
+  final_pause_ms: number;
+  sessions: number;
+  pause_ms_p50: number;
+  pause_ms_p99: number;
+  output_hold_ms_max: number;
+  output_hold_ms_p99: number;
+  loop_delay_ms_max_primary: number;
+  loop_delay_ms_max_backup: number;
+  primary_rss_over_guest_bytes: number;
+  backup_rss_over_guest_bytes: number;
   /** After a 2 s cut: 'continued' or 'full: <reason>'; the continued checkpoint's octets; pages written since the last ack × 4096. */
-  reconnect: string; reconnect_bytes: number; reconnect_dirty_bytes: number;
+  reconnect: string;
+  reconnect_bytes: number;
+  reconnect_dirty_bytes: number;
   /** SIGKILL of the primary to the backup's 'failover' event (its guest runs). */
   failover_ms: number;
 }
 
-export interface ScaleOptions { sizes: number[]; seconds: number; intervalMs: number; rate: number; log: (l: string) => void; }
+export interface ScaleOptions {
+  sizes: number[];
+  seconds: number;
+  intervalMs: number;
+  rate: number;
+  log: (l: string) => void;
+}
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -67,10 +83,28 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
   try {
     run(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'backup.log');
     await proxy.listen();
-    const primary = run(['protect', 'sim:scale', `127.0.0.1:${proxy.port}`, '--psk-file', psk, '-i', String(o.intervalMs),
-      '--memory', String(bytes), '--rate', String(o.rate), '--heartbeat-timeout', String(HEARTBEAT_TIMEOUT_MS)], 'primary.log');
+    const primary = run(
+      [
+        'protect',
+        'sim:scale',
+        `127.0.0.1:${proxy.port}`,
+        '--psk-file',
+        psk,
+        '-i',
+        String(o.intervalMs),
+        '--memory',
+        String(bytes),
+        '--rate',
+        String(o.rate),
+        '--heartbeat-timeout',
+        String(HEARTBEAT_TIMEOUT_MS),
+      ],
+      'primary.log',
+    );
     const st = (role: string): Promise<Record<string, unknown>> =>
-      controlRequest(path.join(dir, role === 'primary' ? 'primary-scale.sock' : `backup-${port}.sock`), { cmd: 'status' });
+      controlRequest(path.join(dir, role === 'primary' ? 'primary-scale.sock' : `backup-${port}.sock`), {
+        cmd: 'status',
+      });
     const deadline = Date.now() + 60_000 + (bytes / (16 * 2 ** 20)) * 1000;
     let p: Record<string, unknown> = {};
     while (Number(p.ackedEpoch ?? 0) < 1) {
@@ -100,20 +134,33 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
 }
 
 /** Cuts the link for CUT_MS and waits for the second session's first checkpoint to be acknowledged. */
-async function measureReconnect(row: ScaleRow, proxy: CuttableProxy, status: () => Promise<Record<string, unknown>>): Promise<void> {
+async function measureReconnect(
+  row: ScaleRow,
+  proxy: CuttableProxy,
+  status: () => Promise<Record<string, unknown>>,
+): Promise<void> {
   await proxy.cut(CUT_MS);
   const deadline = Date.now() + 60_000 + (row.guest_bytes / (16 * 2 ** 20)) * 1000;
   for (;;) {
-    const p = await status().catch(() => ({} as Record<string, unknown>));
-    const s = p.lastSessionStart as { kind: string; reason: string; verified?: boolean; pages?: number; bytes?: number } | null | undefined;
-    if (Number(p.sessions) >= 2 && s?.kind === 'full') { row.reconnect = `full: ${s.reason}`; return; }
+    const p = await status().catch(() => ({}) as Record<string, unknown>);
+    const s = p.lastSessionStart as
+      | { kind: string; reason: string; verified?: boolean; pages?: number; bytes?: number }
+      | null
+      | undefined;
+    if (Number(p.sessions) >= 2 && s?.kind === 'full') {
+      row.reconnect = `full: ${s.reason}`;
+      return;
+    }
     if (Number(p.sessions) >= 2 && s?.verified) {
       row.reconnect = 'continued';
       row.reconnect_bytes = Number(s.bytes);
       row.reconnect_dirty_bytes = Number(s.pages) * 4096;
       return;
     }
-    if (Date.now() > deadline) { row.reconnect = 'no second session acknowledged in time'; return; }
+    if (Date.now() > deadline) {
+      row.reconnect = 'no second session acknowledged in time';
+      return;
+    }
     await sleep(100);
   }
 }
@@ -138,19 +185,33 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
 /** Milliseconds from killedAt to the backup's failover event (wall clock on both sides). */
 async function failoverMs(status: () => Promise<Record<string, unknown>>, killedAt: number): Promise<number> {
   for (const end = killedAt + 30_000; Date.now() < end; await sleep(50)) {
-    const b = await status().catch(() => ({} as Record<string, unknown>));
+    const b = await status().catch(() => ({}) as Record<string, unknown>);
     const ev = ((b.events ?? []) as Array<Record<string, unknown>>).find((e) => e.name === 'failover');
     if (b.state === 'failed-over' && ev) return Number(ev.at) - killedAt;
   }
-  throw new Error('the backup did not fail over within 30 s of the primary\'s SIGKILL');
+  throw new Error("the backup did not fail over within 30 s of the primary's SIGKILL");
 }
 
 function emptyRow(bytes: number): ScaleRow {
   return {
-    guest_bytes: bytes, error: null, initial_sync_s: NaN, initial_sync_mb_per_s: NaN, final_pause_ms: NaN, sessions: NaN,
-    pause_ms_p50: NaN, pause_ms_p99: NaN, output_hold_ms_max: NaN, output_hold_ms_p99: NaN, loop_delay_ms_max_primary: NaN,
-    loop_delay_ms_max_backup: NaN, primary_rss_over_guest_bytes: NaN, backup_rss_over_guest_bytes: NaN,
-    reconnect: '-', reconnect_bytes: NaN, reconnect_dirty_bytes: NaN, failover_ms: NaN,
+    guest_bytes: bytes,
+    error: null,
+    initial_sync_s: NaN,
+    initial_sync_mb_per_s: NaN,
+    final_pause_ms: NaN,
+    sessions: NaN,
+    pause_ms_p50: NaN,
+    pause_ms_p99: NaN,
+    output_hold_ms_max: NaN,
+    output_hold_ms_p99: NaN,
+    loop_delay_ms_max_primary: NaN,
+    loop_delay_ms_max_backup: NaN,
+    primary_rss_over_guest_bytes: NaN,
+    backup_rss_over_guest_bytes: NaN,
+    reconnect: '-',
+    reconnect_bytes: NaN,
+    reconnect_dirty_bytes: NaN,
+    failover_ms: NaN,
   };
 }
 
@@ -162,36 +223,61 @@ function lastLine(file: string): string {
 export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const mib = (x: number): string => f(x / 2 ** 20);
-  const head = `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
+  const head =
+    `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
     'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
-  return [head, ...rows.map((r) => r.error ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}` :
-    `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
-    `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
-    `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
-    `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
-    `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
-    (r.reconnect === 'continued' ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}` : r.reconnect) +
-    `  ${f(r.failover_ms).padStart(5)}`)].join('\n');
+  return [
+    head,
+    ...rows.map((r) =>
+      r.error
+        ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}`
+        : `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
+          `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
+          `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
+          `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
+          `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
+          (r.reconnect === 'continued'
+            ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}`
+            : r.reconnect) +
+          `  ${f(r.failover_ms).padStart(5)}`,
+    ),
+  ].join('\n');
 }
 
 /** Initial sync seconds and final pause per size, as bars (plain SVG). */
 export function scaleSvg(rows: ScaleRow[]): string {
-  const W = 640, H = 360, L = 60, T = 40, B = 50, plotH = H - T - B, slot = (W - L - 20) / Math.max(1, rows.length);
+  const W = 640,
+    H = 360,
+    L = 60,
+    T = 40,
+    B = 50,
+    plotH = H - T - B,
+    slot = (W - L - 20) / Math.max(1, rows.length);
   const max = Math.max(1, ...rows.map((r) => (Number.isFinite(r.initial_sync_s) ? r.initial_sync_s : 0)));
-  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">initial sync (s) and final pause (ms) by guest size</text>`,
-    `<line x1="${L}" y1="${T + plotH}" x2="${W - 20}" y2="${T + plotH}" stroke="black"/>`];
+    `<line x1="${L}" y1="${T + plotH}" x2="${W - 20}" y2="${T + plotH}" stroke="black"/>`,
+  ];
   rows.forEach((r, i) => {
-    const x = L + i * slot + slot * 0.2, w = slot * 0.6;
+    const x = L + i * slot + slot * 0.2,
+      w = slot * 0.6;
     const h = Number.isFinite(r.initial_sync_s) ? (r.initial_sync_s / max) * plotH : 0;
-    out.push(`<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="#4477aa"/>`);
+    out.push(
+      `<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="#4477aa"/>`,
+    );
     const label = r.error ? 'refused' : `${r.initial_sync_s.toFixed(1)} s / ${r.final_pause_ms.toFixed(1)} ms`;
     // A label wider than its slot (many sizes) gets a smaller font rather than overlapping.
-    const lw = textWidth(label, 12), size = lw <= slot - 4 ? '' : ` font-size="${Math.max(7, Math.floor((12 * (slot - 4)) / lw))}"`;
-    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle"${size}>${label}</text>`);
-    out.push(`<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`);
+    const lw = textWidth(label, 12),
+      size = lw <= slot - 4 ? '' : ` font-size="${Math.max(7, Math.floor((12 * (slot - 4)) / lw))}"`;
+    out.push(
+      `<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle"${size}>${label}</text>`,
+    );
+    out.push(
+      `<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`,
+    );
   });
   out.push('</svg>');
   return out.join('\n');

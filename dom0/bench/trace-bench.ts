@@ -47,7 +47,8 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
     throw new RemusError(ErrorCode.BAD_TRACE, `${path}: page size ${pageSize}; the codec handles 4096-byte pages`);
   }
   const imageBytes = totalPages * PAGE_BYTES;
-  const truth = allocImage(imageBytes), image = allocImage(imageBytes);
+  const truth = allocImage(imageBytes),
+    image = allocImage(imageBytes);
   const cachePages = parseCachePages(o.cache, totalPages);
   const batchMax = o.batchPages ?? 1024;
   const enc = new PageEncoder({ cachePages, compressor: o.compressor, impl: o.impl, batchPagesMax: batchMax });
@@ -55,12 +56,31 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
   const pages = new Uint8Array(batchMax * PAGE_BYTES);
   const pfns = new BigUint64Array(batchMax);
   const r: TraceBenchResult = {
-    trace: path, compressor: o.compressor, epochs: 0, pages: 0, total_pages: totalPages, raw_bytes: 0, sent_bytes: 0,
-    ratio: 0, raw_bytes_incremental: 0, sent_bytes_incremental: 0, ratio_incremental: 0,
-    hit_rate: 0, hit_rate_incremental: 0, cache_pages: enc.cache?.capacityPages ?? 0,
-    cache_bytes: enc.cacheBytes, encode_mb_s: 0, decode_mb_s: 0, encodings: {}, verified: true,
+    trace: path,
+    compressor: o.compressor,
+    epochs: 0,
+    pages: 0,
+    total_pages: totalPages,
+    raw_bytes: 0,
+    sent_bytes: 0,
+    ratio: 0,
+    raw_bytes_incremental: 0,
+    sent_bytes_incremental: 0,
+    ratio_incremental: 0,
+    hit_rate: 0,
+    hit_rate_incremental: 0,
+    cache_pages: enc.cache?.capacityPages ?? 0,
+    cache_bytes: enc.cacheBytes,
+    encode_mb_s: 0,
+    decode_mb_s: 0,
+    encodings: {},
+    verified: true,
   };
-  let n = 0, encodeNs = 0n, decodeNs = 0n, hits0 = 0, miss0 = 0;
+  let n = 0,
+    encodeNs = 0n,
+    decodeNs = 0n,
+    hits0 = 0,
+    miss0 = 0;
   const flush = (): void => {
     if (n === 0) return;
     const t0 = process.hrtime.bigint();
@@ -71,7 +91,10 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
     encodeNs += t1 - t0;
     const sent = container.length + BATCH_FRAME_BYTES;
     r.sent_bytes += sent;
-    if (r.epochs > 0) { r.sent_bytes_incremental += sent; r.raw_bytes_incremental += n * PAGE_BYTES; }
+    if (r.epochs > 0) {
+      r.sent_bytes_incremental += sent;
+      r.raw_bytes_incremental += n * PAGE_BYTES;
+    }
     r.raw_bytes += n * PAGE_BYTES;
     r.pages += n;
     n = 0;
@@ -86,7 +109,10 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
       } else if (rec.type === REC_EPOCH_END) {
         flush();
         verifyEpoch(truth, image, r.epochs, path);
-        if (r.epochs === 0 && enc.cache) { hits0 = enc.cache.stats.hits; miss0 = enc.cache.stats.misses; }
+        if (r.epochs === 0 && enc.cache) {
+          hits0 = enc.cache.stats.hits;
+          miss0 = enc.cache.stats.misses;
+        }
         r.epochs++;
         o.onEpoch?.(r.epochs - 1, finish(r, enc, encodeNs, decodeNs, hits0, miss0));
       }
@@ -98,8 +124,15 @@ export async function benchTrace(path: string, o: TraceBenchOptions): Promise<Tr
 }
 
 function allocImage(bytes: number): Buffer {
-  try { return Buffer.alloc(bytes); } catch (e) {
-    throw new RemusError(ErrorCode.OUT_OF_MEMORY, `cannot allocate a ${bytes}-byte memory image: ${(e as Error).message}`, {}, { cause: e });
+  try {
+    return Buffer.alloc(bytes);
+  } catch (e) {
+    throw new RemusError(
+      ErrorCode.OUT_OF_MEMORY,
+      `cannot allocate a ${bytes}-byte memory image: ${(e as Error).message}`,
+      {},
+      { cause: e },
+    );
   }
 }
 
@@ -107,19 +140,31 @@ function verifyEpoch(truth: Buffer, image: Buffer, epoch: number, path: string):
   if (truth.equals(image)) return;
   let p = 0;
   while (truth.compare(image, p * PAGE_BYTES, (p + 1) * PAGE_BYTES, p * PAGE_BYTES, (p + 1) * PAGE_BYTES) === 0) p++;
-  throw new RemusError(ErrorCode.VERIFY_FAILED,
+  throw new RemusError(
+    ErrorCode.VERIFY_FAILED,
     `${path}: after epoch ${epoch} the backup's page ${p} differs from the trace: the codec is broken`,
-    { epoch, pfn: p });
+    { epoch, pfn: p },
+  );
 }
 
-function finish(r: TraceBenchResult, enc: PageEncoder, encodeNs: bigint, decodeNs: bigint,
-  hits0: number, miss0: number): TraceBenchResult {
+function finish(
+  r: TraceBenchResult,
+  enc: PageEncoder,
+  encodeNs: bigint,
+  decodeNs: bigint,
+  hits0: number,
+  miss0: number,
+): TraceBenchResult {
   const mbs = (ns: bigint): number => (ns > 0n ? r.raw_bytes / 1e6 / (Number(ns) / 1e9) : 0);
   const s = enc.cache?.stats;
-  const hits = s?.hits ?? 0, misses = s?.misses ?? r.pages;
-  const incHits = hits - hits0, incLookups = hits + misses - hits0 - miss0;
+  const hits = s?.hits ?? 0,
+    misses = s?.misses ?? r.pages;
+  const incHits = hits - hits0,
+    incLookups = hits + misses - hits0 - miss0;
   const encodings: Record<string, number> = {};
-  enc.encodingCounts.forEach((c, i) => { if (c) encodings[ENCODING_NAMES[i]] = c; });
+  enc.encodingCounts.forEach((c, i) => {
+    if (c) encodings[ENCODING_NAMES[i]] = c;
+  });
   return {
     ...r,
     ratio: r.sent_bytes ? r.raw_bytes / r.sent_bytes : 0,

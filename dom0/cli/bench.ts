@@ -16,25 +16,48 @@ import { writeFigure } from '../bench/net-svg';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
-  bench.command('trace')
+  bench
+    .command('trace')
     .description('replay a trace through the encoder and a verifying backup decoder')
     .argument('<file>', 'an RDTRACE1 trace (.rdt or .rdt.gz)', pathOption('trace', 'input'))
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
-    .option('--compressor <c>', 'zstd (records zstd-packed per batch), lz4 (per page)', choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
+    .option(
+      '--compressor <c>',
+      'zstd (records zstd-packed per batch), lz4 (per page)',
+      choiceOption('--compressor', ['zstd', 'lz4'] as const),
+      'zstd',
+    )
     .option('--no-compress', 'plain Remus: send every page raw')
-    .option('--impl <impl>', 'native or ref (TypeScript reference codec)', choiceOption('--impl', ['native', 'ref'] as const), 'native')
+    .option(
+      '--impl <impl>',
+      'native or ref (TypeScript reference codec)',
+      choiceOption('--impl', ['native', 'ref'] as const),
+      'native',
+    )
     .option('--json', 'print one JSON object on stdout')
-    .action(async (file: string, o: { cache: string; compressor: 'zstd' | 'lz4'; compress: boolean; impl: 'native' | 'ref'; json?: boolean }) => {
-      const live = !o.json && process.stderr.isTTY;
-      const r = await benchTrace(file, { cache: o.cache, compressor: o.compress ? o.compressor : 'none', impl: o.impl,
-        onEpoch: live ? (e, x) => process.stderr.write(`\repoch ${e}  ratio ${x.ratio_incremental.toFixed(1)}x  `) : undefined });
-      if (live) process.stderr.write('\n');
-      console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
-    });
+    .action(
+      async (
+        file: string,
+        o: { cache: string; compressor: 'zstd' | 'lz4'; compress: boolean; impl: 'native' | 'ref'; json?: boolean },
+      ) => {
+        const live = !o.json && process.stderr.isTTY;
+        const r = await benchTrace(file, {
+          cache: o.cache,
+          compressor: o.compress ? o.compressor : 'none',
+          impl: o.impl,
+          onEpoch: live
+            ? (e, x) => process.stderr.write(`\repoch ${e}  ratio ${x.ratio_incremental.toFixed(1)}x  `)
+            : undefined,
+        });
+        if (live) process.stderr.write('\n');
+        console.log(o.json ? JSON.stringify(r) : formatTraceBench(r));
+      },
+    );
   registerEngineBench(bench);
   registerNetBench(bench);
   registerScaleBench(bench);
-  bench.command('codec')
+  bench
+    .command('codec')
     .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
     .option('--runs <n>', 'runs per figure (the median is reported)', intOption('--runs', 1, 101), 7)
     .option('--json', 'print one JSON object on stdout')
@@ -45,7 +68,8 @@ export function registerBench(program: Command): void {
 }
 
 export function registerEngineBench(bench: Command): void {
-  bench.command('engine')
+  bench
+    .command('engine')
     .description('checkpoint pause against memcpy of the dirty pages, and failover time (medians)')
     .option('--seconds <n>', 'seconds per dirty rate', intOption('--seconds', 1, 600), 4)
     .option('--runs <n>', 'failover runs per signal', intOption('--runs', 1, 21), 3)
@@ -57,31 +81,77 @@ export function registerEngineBench(bench: Command): void {
 }
 
 export function registerNetBench(bench: Command): void {
-  bench.command('net')
-    .description('PostgreSQL pgbench TPS behind the network buffer: none, remus, cp_dscp, cp_pgwire per interval (root)')
+  bench
+    .command('net')
+    .description(
+      'PostgreSQL pgbench TPS behind the network buffer: none, remus, cp_dscp, cp_pgwire per interval (root)',
+    )
     .option('--seconds <n>', 'pgbench -T per run', intOption('--seconds', 1, 3600), 10)
     .option('--runs <n>', 'runs per point (the median is reported)', intOption('--runs', 1, 21), 3)
-    .option('--intervals <list>', 'checkpoint intervals in ms, comma-separated',
-      intListOption('--intervals', 1, 10_000, 16), [25, 50, 100, 250])
+    .option(
+      '--intervals <list>',
+      'checkpoint intervals in ms, comma-separated',
+      intListOption('--intervals', 1, 10_000, 16),
+      [25, 50, 100, 250],
+    )
     .option('--scale <n>', 'pgbench -s', intOption('--scale', 1, 1000), 10)
     .option('--clients <n>', 'pgbench -c', intOption('--clients', 1, 256), 8)
     .option('--threads <n>', 'pgbench -j', intOption('--threads', 1, 32), 2)
-    .option('--script <name>', 'pgbench built-in: tpcb-like or simple-update (no branch/teller updates: less lock contention)',
-      choiceOption('--script', ['tpcb-like', 'simple-update'] as const), 'tpcb-like')
-    .option('--pg-bin <dir>', 'bin directory of a PostgreSQL 15 with the commit protection patch '
-      + '(enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)', pathOption('--pg-bin', 'dir'))
+    .option(
+      '--script <name>',
+      'pgbench built-in: tpcb-like or simple-update (no branch/teller updates: less lock contention)',
+      choiceOption('--script', ['tpcb-like', 'simple-update'] as const),
+      'tpcb-like',
+    )
+    .option(
+      '--pg-bin <dir>',
+      'bin directory of a PostgreSQL 15 with the commit protection patch ' +
+        '(enables cp_dscp; default $REMUSDB_PG_PATCHED_BIN)',
+      pathOption('--pg-bin', 'dir'),
+    )
     .option('--svg <path>', 'write the TPS plot (SVG) there', pathOption('--svg', 'output'))
-    .option('--diagnostic', 'also measure the queue alone (everything released at once; 128-byte and whole-segment copies)')
-    .option('--dom0-cpus <list>', 'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 has its own CPUs)',
-      intListOption('--dom0-cpus', 0, 1023, 1024))
+    .option(
+      '--diagnostic',
+      'also measure the queue alone (everything released at once; 128-byte and whole-segment copies)',
+    )
+    .option(
+      '--dom0-cpus <list>',
+      'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 has its own CPUs)',
+      intListOption('--dom0-cpus', 0, 1023, 1024),
+    )
     .option('--json', 'print one JSON object as the last line of stdout')
-    .action(async (o: { dom0Cpus?: number[]; seconds: number; runs: number; intervals: number[]; diagnostic?: boolean; scale: number; clients: number; threads: number;
-      script: 'tpcb-like' | 'simple-update'; pgBin?: string; svg?: string; json?: boolean }) => {
-      const r = await benchNet({ seconds: o.seconds, runs: o.runs, intervalsMs: o.intervals, scale: o.scale, clients: o.clients,
-        threads: o.threads, script: o.script, diagnostic: o.diagnostic, dom0Cpus: o.dom0Cpus, patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined), svg: o.svg,
-        log: (line) => process.stderr.write(`${line}\n`) });
-      console.log(o.json ? JSON.stringify(r) : formatNetBench(r));
-    });
+    .action(
+      async (o: {
+        dom0Cpus?: number[];
+        seconds: number;
+        runs: number;
+        intervals: number[];
+        diagnostic?: boolean;
+        scale: number;
+        clients: number;
+        threads: number;
+        script: 'tpcb-like' | 'simple-update';
+        pgBin?: string;
+        svg?: string;
+        json?: boolean;
+      }) => {
+        const r = await benchNet({
+          seconds: o.seconds,
+          runs: o.runs,
+          intervalsMs: o.intervals,
+          scale: o.scale,
+          clients: o.clients,
+          threads: o.threads,
+          script: o.script,
+          diagnostic: o.diagnostic,
+          dom0Cpus: o.dom0Cpus,
+          patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined),
+          svg: o.svg,
+          log: (line) => process.stderr.write(`${line}\n`),
+        });
+        console.log(o.json ? JSON.stringify(r) : formatNetBench(r));
+      },
+    );
 }
 
 function formatTraceBench(r: TraceBenchResult): string {
@@ -94,22 +164,36 @@ function formatTraceBench(r: TraceBenchResult): string {
     `raw → sent       ${mb(r.raw_bytes)} → ${mb(r.sent_bytes)}  (ratio ${r.ratio.toFixed(2)}x)`,
     `incremental      ${mb(r.raw_bytes_incremental)} → ${mb(r.sent_bytes_incremental)}  (ratio ${r.ratio_incremental.toFixed(2)}x)`,
     `encode / decode  ${r.encode_mb_s.toFixed(0)} / ${r.decode_mb_s.toFixed(0)} MB/s of page data`,
-    `encodings        ${Object.entries(r.encodings).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+    `encodings        ${Object.entries(r.encodings)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
     `verified         ${r.verified ? 'yes: the backup image matched the trace after every epoch' : 'NO'}`,
   ].join('\n');
 }
 
 export function registerScaleBench(bench: Command): void {
-  bench.command('scale')
-    .description('protect sim guests of 256 MiB to 8 GiB (backup and primary as processes): initial sync, pauses, output holds, memory')
-    .option('--max <size>', 'largest guest size to run (sizes are 256 MiB, 1, 2, 4, 8 GiB)',
-      bytesOption('--max', { min: 256 * 2 ** 20, max: 64 * 2 ** 30, example: '2GiB' }), 8 * 2 ** 30)
+  bench
+    .command('scale')
+    .description(
+      'protect sim guests of 256 MiB to 8 GiB (backup and primary as processes): initial sync, pauses, output holds, memory',
+    )
+    .option(
+      '--max <size>',
+      'largest guest size to run (sizes are 256 MiB, 1, 2, 4, 8 GiB)',
+      bytesOption('--max', { min: 256 * 2 ** 20, max: 64 * 2 ** 30, example: '2GiB' }),
+      8 * 2 ** 30,
+    )
     .option('--seconds <n>', 'steady-state seconds per size', intOption('--seconds', 1, 3600), 10)
     .option('--svg <path>', 'write the plot (SVG) there', pathOption('--svg', 'output'))
     .option('--json', 'print one JSON object on the last line')
     .action(async (o: { max: number; seconds: number; svg?: string; json?: boolean }) => {
-      const opts = { sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max), seconds: o.seconds, intervalMs: 50, rate: 2000,
-        log: (l: string) => process.stderr.write(`${l}\n`) };
+      const opts = {
+        sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max),
+        seconds: o.seconds,
+        intervalMs: 50,
+        rate: 2000,
+        log: (l: string) => process.stderr.write(`${l}\n`),
+      };
       const rows = await benchScale(opts);
       const result = { bench: 'scale', interval_ms: opts.intervalMs, rate: opts.rate, seconds: o.seconds, rows };
       if (o.svg) writeFigure(o.svg, scaleSvg(rows), result);

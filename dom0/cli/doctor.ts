@@ -5,7 +5,8 @@ import { probeCapabilities } from '../doctor/capabilities';
 import { featureTable } from '../hypervisor/feature-table';
 
 export function registerDoctor(program: Command): void {
-  program.command('doctor')
+  program
+    .command('doctor')
     .description('show which capabilities this host has (addon parts, Xen, NFQUEUE, sch_plug, dirty tracking, liblz4)')
     .option('--json', 'print one JSON object')
     .option('--features', 'print which feature each domain driver has (a Markdown table)')

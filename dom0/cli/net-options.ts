@@ -42,26 +42,54 @@ function collect<T>(parse: (v: string) => T): (v: string, prev: T[] | undefined)
   return spec ? specified(all, spec) : all;
 }
 
-const ifaceOption = specified((v: string): string => {
-  if (!IFNAME.test(v)) {
-    throw badValue('--vif', v, '1 to 15 letters, digits, _ . or - (not first)', 'not an interface name');
-  }
-  return v;
-}, { name: '--vif', kind: 'iface' });
+const ifaceOption = specified(
+  (v: string): string => {
+    if (!IFNAME.test(v)) {
+      throw badValue('--vif', v, '1 to 15 letters, digits, _ . or - (not first)', 'not an interface name');
+    }
+    return v;
+  },
+  { name: '--vif', kind: 'iface' },
+);
 
 export function addNetOptions(cmd: Command): Command {
   return cmd
-    .option('--net-buffer <driver>', 'network output buffer: plug (sch_plug, Xen default) or nfqueue (needed for commit protection)',
-      choiceOption('--net-buffer', ['nfqueue', 'plug'] as const))
-    .option('-n, --no-net-buffer', 'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)')
-    .option('--vif <iface>', 'interface whose incoming packets are the guest\'s output (repeatable; Xen default: all vif<domid>.*)', collect(ifaceOption))
+    .option(
+      '--net-buffer <driver>',
+      'network output buffer: plug (sch_plug, Xen default) or nfqueue (needed for commit protection)',
+      choiceOption('--net-buffer', ['nfqueue', 'plug'] as const),
+    )
+    .option(
+      '-n, --no-net-buffer',
+      'release outputs at once (unsafe: clients may see state a failover loses; xl remus -n; needs --unsafe)',
+    )
+    .option(
+      '--vif <iface>',
+      "interface whose incoming packets are the guest's output (repeatable; Xen default: all vif<domid>.*)",
+      collect(ifaceOption),
+    )
     .option('--routed', 'the interfaces are not bridge ports (vif-route): match them as input interfaces')
-    .option('--commit-protection <mode>', 'off (hold everything), dscp (hold packets the guest marks) or pgwire (hold PostgreSQL commit replies)',
-      choiceOption('--commit-protection', ['off', 'dscp', 'pgwire'] as const), 'off')
+    .option(
+      '--commit-protection <mode>',
+      'off (hold everything), dscp (hold packets the guest marks) or pgwire (hold PostgreSQL commit replies)',
+      choiceOption('--commit-protection', ['off', 'dscp', 'pgwire'] as const),
+      'off',
+    )
     .option('--dscp <n>', 'dscp mode: the code point of protected packets', intOption('--dscp', 1, 63), PROTECTED_DSCP)
-    .option('--dscp-in-kernel', 'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no failover resets)')
-    .option('--pg-port <port>', 'pgwire mode: a PostgreSQL server port in the guest (repeatable; default 5432)', collect(intOption('--pg-port', 1, 65535)))
-    .option('--queue <n>', 'nfqueue: queue number of the first interface (default 7000 + domid)', intOption('--queue', 0, 65535 - DOMAIN_IFACES_MAX));
+    .option(
+      '--dscp-in-kernel',
+      'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no failover resets)',
+    )
+    .option(
+      '--pg-port <port>',
+      'pgwire mode: a PostgreSQL server port in the guest (repeatable; default 5432)',
+      collect(intOption('--pg-port', 1, 65535)),
+    )
+    .option(
+      '--queue <n>',
+      'nfqueue: queue number of the first interface (default 7000 + domid)',
+      intOption('--queue', 0, 65535 - DOMAIN_IFACES_MAX),
+    );
 }
 
 /** The domain as the network plan needs it: its driver, its rules' tag, its default interfaces. */
@@ -78,15 +106,20 @@ export interface NetDomain {
 export function netPlan(o: NetCliOptions, d: NetDomain): DomainNetOptions | null {
   if (o.netBuffer === false) {
     if (o.vif || o.commitProtection !== 'off') {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT,
-        '--no-net-buffer releases every output at once: it cannot go with --vif or --commit-protection');
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        '--no-net-buffer releases every output at once: it cannot go with --vif or --commit-protection',
+      );
     }
     return null;
   }
   const name = o.netBuffer ?? d.driver.defaults.netBuffer;
   if (!name) {
     if (o.vif || o.commitProtection !== 'off') {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the driver of the interfaces to buffer: --net-buffer nfqueue (or plug)');
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        'name the driver of the interfaces to buffer: --net-buffer nfqueue (or plug)',
+      );
     }
     return null;
   }
@@ -96,18 +129,30 @@ export function netPlan(o: NetCliOptions, d: NetDomain): DomainNetOptions | null
   buffer.validate(o);
   const ifaces = o.vif ?? d.defaultInterfaces();
   if (!ifaces.length) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, d.domid > 0
-      ? `domain ${d.label} (id ${d.domid}) has no interface in dom0 to buffer: name its interfaces with --vif, `
-        + 'or protect it without output buffering (-n -F, unsafe)'
-      : `--net-buffer on ${d.label} buffers real interfaces: name them with --vif`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      d.domid > 0
+        ? `domain ${d.label} (id ${d.domid}) has no interface in dom0 to buffer: name its interfaces with --vif, ` +
+            'or protect it without output buffering (-n -F, unsafe)'
+        : `--net-buffer on ${d.label} buffers real interfaces: name them with --vif`,
+    );
   }
   if (ifaces.length > DOMAIN_IFACES_MAX) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `at most ${DOMAIN_IFACES_MAX} interfaces per domain (got ${ifaces.length})`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `at most ${DOMAIN_IFACES_MAX} interfaces per domain (got ${ifaces.length})`,
+    );
   }
   return {
-    driver: name, domain: d.tag, ifaces, bridged: !o.routed,
-    queueBase: o.queue ?? Math.min(QUEUE_BASE + d.domid, 65535 - DOMAIN_IFACES_MAX), commitProtection: o.commitProtection,
-    dscp: o.dscp, dscpInKernel: o.dscpInKernel === true, pgPorts: o.pgPort,
+    driver: name,
+    domain: d.tag,
+    ifaces,
+    bridged: !o.routed,
+    queueBase: o.queue ?? Math.min(QUEUE_BASE + d.domid, 65535 - DOMAIN_IFACES_MAX),
+    commitProtection: o.commitProtection,
+    dscp: o.dscp,
+    dscpInKernel: o.dscpInKernel === true,
+    pgPorts: o.pgPort,
   };
 }
 

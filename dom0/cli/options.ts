@@ -18,7 +18,8 @@ export type ValueSpec = { name: string } & (
   | { kind: 'workload'; choices: readonly string[] }
   | { kind: 'path'; role: PathRole }
   | { kind: 'host-port'; portRequired: boolean; ipv6: boolean }
-  | { kind: 'cache' | 'iface' | 'export-name' | 'nbd-device' });
+  | { kind: 'cache' | 'iface' | 'export-name' | 'nbd-device' }
+);
 
 type Parser = (v: string, previous?: never) => unknown;
 const SPECS = new WeakMap<Parser, ValueSpec>();
@@ -50,53 +51,81 @@ const isIntIn = (v: string, min: number, max: number): boolean =>
   INT.test(v) && Number.isSafeInteger(Number(v)) && Number(v) >= min && Number(v) <= max;
 
 export function intOption(name: string, min: number, max: number): (v: string) => number {
-  return specified((v: string): number => {
-    if (!isIntIn(v, min, max)) throw badValue(name, v, `an integer from ${min} to ${max}`);
-    return Number(v);
-  }, { name, kind: 'int', min, max });
+  return specified(
+    (v: string): number => {
+      if (!isIntIn(v, min, max)) throw badValue(name, v, `an integer from ${min} to ${max}`);
+      return Number(v);
+    },
+    { name, kind: 'int', min, max },
+  );
 }
 
 /** Comma-separated integers in [min, max], 1 to countMax of them. */
 export function intListOption(name: string, min: number, max: number, countMax: number): (v: string) => number[] {
-  return specified((v: string): number[] => {
-    const parts = v.split(',');
-    if (parts.length > countMax || !parts.every((p) => isIntIn(p, min, max))) {
-      throw badValue(name, v, `1 to ${countMax} comma-separated integers from ${min} to ${max}, like ${min},${max}`);
-    }
-    return parts.map(Number);
-  }, { name, kind: 'int-list', min, max, countMax });
+  return specified(
+    (v: string): number[] => {
+      const parts = v.split(',');
+      if (parts.length > countMax || !parts.every((p) => isIntIn(p, min, max))) {
+        throw badValue(name, v, `1 to ${countMax} comma-separated integers from ${min} to ${max}, like ${min},${max}`);
+      }
+      return parts.map(Number);
+    },
+    { name, kind: 'int-list', min, max, countMax },
+  );
 }
 
 export function choiceOption<T extends string>(name: string, choices: readonly T[]): (v: string) => T {
-  return specified((v: string): T => {
-    if (!(choices as readonly string[]).includes(v)) throw badValue(name, v, `one of ${choices.join(', ')}`);
-    return v as T;
-  }, { name, kind: 'choice', choices });
+  return specified(
+    (v: string): T => {
+      if (!(choices as readonly string[]).includes(v)) throw badValue(name, v, `one of ${choices.join(', ')}`);
+      return v as T;
+    },
+    { name, kind: 'choice', choices },
+  );
 }
 
-export interface BytesLimits { min: number; max: number; zero?: boolean; pageMultiple?: boolean; example: string; }
+export interface BytesLimits {
+  min: number;
+  max: number;
+  zero?: boolean;
+  pageMultiple?: boolean;
+  example: string;
+}
 
 /** A byte size like 16MiB (parseBytes) in [min, max]; 0 too when zero; a multiple of 4 KiB when pageMultiple. */
 export function bytesOption(name: string, l: BytesLimits): (v: string) => number {
-  const zero = l.zero === true, pageMultiple = l.pageMultiple === true;
+  const zero = l.zero === true,
+    pageMultiple = l.pageMultiple === true;
   const range = `a size from ${exactSize(l.min)} to ${exactSize(l.max)}${pageMultiple ? ', a multiple of 4 KiB' : ''}`;
   const expected = `${zero ? '0 or ' : ''}${range}, like ${l.example}`;
-  return specified((v: string): number => {
-    const bytes = parseBytes(v);
-    if (zero && bytes === 0) return 0;
-    if (!(bytes >= l.min && bytes <= l.max) || (pageMultiple && bytes % 4096 !== 0)) throw badValue(name, v, expected);
-    return bytes;
-  }, { name, kind: 'bytes', min: l.min, max: l.max, zero, pageMultiple });
+  return specified(
+    (v: string): number => {
+      const bytes = parseBytes(v);
+      if (zero && bytes === 0) return 0;
+      if (!(bytes >= l.min && bytes <= l.max) || (pageMultiple && bytes % 4096 !== 0))
+        throw badValue(name, v, expected);
+      return bytes;
+    },
+    { name, kind: 'bytes', min: l.min, max: l.max, zero, pageMultiple },
+  );
 }
 
 /** --cache: a percentage of guest memory or a byte size (dom0/memory/cache-size.ts parses it). */
-export const cacheOption = specified((v: string): string => {
-  try { return cacheSpecOption(v); } catch (e) {
-    if (!(e instanceof RemusError)) throw e;
-    throw badValue('--cache', v, 'a percentage of guest memory in (0, 100], like 10%, or a size of at least 4 KiB, '
-      + 'like 64MiB');
-  }
-}, { name: '--cache', kind: 'cache' });
+export const cacheOption = specified(
+  (v: string): string => {
+    try {
+      return cacheSpecOption(v);
+    } catch (e) {
+      if (!(e instanceof RemusError)) throw e;
+      throw badValue(
+        '--cache',
+        v,
+        'a percentage of guest memory in (0, 100], like 10%, or a size of at least 4 KiB, ' + 'like 64MiB',
+      );
+    }
+  },
+  { name: '--cache', kind: 'cache' },
+);
 
 /**
  * host[:port] (IPv6 in brackets when ipv6), checked as the command will parse it (parseHostPort);
@@ -107,13 +136,20 @@ export function hostPortOption(name: string, defaultPort: number | null, ipv6 = 
   const port = defaultPort === null ? ':port' : '[:port]';
   const v6 = ipv6 ? ` or [fd00::2]:${defaultPort ?? 7000}` : ' (IPv4 or a name)';
   const expected = `host${port} with a port from 1 to 65535, like 10.0.0.2:${defaultPort ?? 7000}${v6}`;
-  return specified((v: string): string => {
-    refuseOptionLike(name, v, expected);
-    let host: string;
-    try { host = parseHostPort(v, defaultPort ?? 0).host; } catch { throw badValue(name, v, expected); }
-    const bracketed = /^\s*\[[^\]]*\]/.test(v);
-    const fits = bracketed ? ipv6 && isIP(host) === 6 : /^[A-Za-z0-9._-]+$/.test(host);
-    if (!fits) throw badValue(name, v, expected);
-    return v;
-  }, { name, kind: 'host-port', portRequired: defaultPort === null, ipv6 });
+  return specified(
+    (v: string): string => {
+      refuseOptionLike(name, v, expected);
+      let host: string;
+      try {
+        host = parseHostPort(v, defaultPort ?? 0).host;
+      } catch {
+        throw badValue(name, v, expected);
+      }
+      const bracketed = /^\s*\[[^\]]*\]/.test(v);
+      const fits = bracketed ? ipv6 && isIP(host) === 6 : /^[A-Za-z0-9._-]+$/.test(host);
+      if (!fits) throw badValue(name, v, expected);
+      return v;
+    },
+    { name, kind: 'host-port', portRequired: defaultPort === null, ipv6 },
+  );
 }

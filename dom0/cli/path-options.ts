@@ -22,17 +22,20 @@ export type PathRole = 'input' | 'rw-input' | 'output' | 'new-output' | 'dir' | 
 
 const { R_OK, W_OK, X_OK } = fs.constants;
 const ROLES: Record<PathRole, { verb: string; expected: string; access: number }> = {
-  'input': { verb: 'open', expected: 'an existing readable file', access: R_OK },
+  input: { verb: 'open', expected: 'an existing readable file', access: R_OK },
   'rw-input': { verb: 'open', expected: 'an existing readable and writable file', access: R_OK | W_OK },
-  'output': { verb: 'write', expected: 'a file to write in an existing directory', access: W_OK },
+  output: { verb: 'write', expected: 'a file to write in an existing directory', access: W_OK },
   'new-output': { verb: 'create', expected: 'a new file in an existing directory', access: W_OK },
-  'dir': { verb: 'use', expected: 'an existing directory', access: R_OK | X_OK },
+  dir: { verb: 'use', expected: 'an existing directory', access: R_OK | X_OK },
   'dir-or-new': { verb: 'use', expected: 'a directory, or a new one in an existing directory', access: W_OK | X_OK },
 };
 
 /** A parser for a value naming a file or directory in role; label (the flag, or an argument) starts its errors. */
 export function pathOption(label: string, role: PathRole): (v: string) => string {
-  const parse = (v: string): string => { checkPath(label, v, v, role); return v; };
+  const parse = (v: string): string => {
+    checkPath(label, v, v, role);
+    return v;
+  };
   return specified(parse, { name: label, kind: 'path', role });
 }
 
@@ -48,12 +51,15 @@ export function checkPath(label: string, value: string, p: string, role: PathRol
 /** --disk-device: /dev/nbdN (nbd-client attaches it; the nbd module is loaded when it is absent). */
 export function nbdDeviceOption(name: string): (v: string) => string {
   const expected = 'an NBD device, /dev/nbdN';
-  return specified((v: string): string => {
-    if (!NBD_DEVICE.test(v)) throw badValue(name, v, expected);
-    const st = statOrNull(v);
-    if (st && !st.isBlockDevice()) throw fileSystemError(`use ${name}`, v, describe(st), expected);
-    return v;
-  }, { name, kind: 'nbd-device' });
+  return specified(
+    (v: string): string => {
+      if (!NBD_DEVICE.test(v)) throw badValue(name, v, expected);
+      const st = statOrNull(v);
+      if (st && !st.isBlockDevice()) throw fileSystemError(`use ${name}`, v, describe(st), expected);
+      return v;
+    },
+    { name, kind: 'nbd-device' },
+  );
 }
 
 function fileSystemError(what: string, value: string, why: string, expected: string): RemusError {
@@ -69,8 +75,10 @@ function problem(p: string, role: PathRole): string | null {
 
 function existingProblem(p: string, st: fs.Stats, role: PathRole): string | null {
   if (role === 'new-output') return 'it already exists';
-  const fits = role === 'dir' || role === 'dir-or-new' ? st.isDirectory()
-    : st.isFile() || (role === 'output' && st.isCharacterDevice());
+  const fits =
+    role === 'dir' || role === 'dir-or-new'
+      ? st.isDirectory()
+      : st.isFile() || (role === 'output' && st.isCharacterDevice());
   return fits ? accessProblem(p, ROLES[role].access) : describe(st);
 }
 
@@ -84,14 +92,19 @@ function parentProblem(p: string): string | null {
 }
 
 function accessProblem(p: string, mode: number): string | null {
-  try { fs.accessSync(p, mode); return null; } catch {
+  try {
+    fs.accessSync(p, mode);
+    return null;
+  } catch {
     return `${path.resolve(p)} may not be ${mode & W_OK ? 'written' : 'read'} by this user`;
   }
 }
 
 /** What is at p, following symbolic links, or why nothing usable is (absent: nothing at all is there). */
 function look(p: string): fs.Stats | { absent: boolean; why: string } {
-  try { return fs.statSync(p); } catch (e) {
+  try {
+    return fs.statSync(p);
+  } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && lstatOrNull(p)?.isSymbolicLink()) {
       return { absent: false, why: `is a dangling symbolic link (to ${fs.readlinkSync(p)})` };
@@ -121,9 +134,17 @@ function describe(st: fs.Stats): string {
 }
 
 function statOrNull(p: string): fs.Stats | null {
-  try { return fs.statSync(p); } catch { return null; }
+  try {
+    return fs.statSync(p);
+  } catch {
+    return null;
+  }
 }
 
 function lstatOrNull(p: string): fs.Stats | null {
-  try { return fs.lstatSync(p); } catch { return null; }
+  try {
+    return fs.lstatSync(p);
+  } catch {
+    return null;
+  }
 }

@@ -11,21 +11,45 @@ import { pathOption } from './path-options';
 
 const DEFAULT_BYTES_MAX = 2 * 2 ** 30;
 
-interface RecordOpts { out: string; interval: number; seconds: number; maxBytes: number; json?: boolean; }
+interface RecordOpts {
+  out: string;
+  interval: number;
+  seconds: number;
+  maxBytes: number;
+  json?: boolean;
+}
 
 export function registerRecord(program: Command): void {
-  program.command('record <domain>')
-    .description('record a running Xen domain\'s dirty pages as an RDTRACE1 trace (for `remusdb bench trace`)')
+  program
+    .command('record <domain>')
+    .description("record a running Xen domain's dirty pages as an RDTRACE1 trace (for `remusdb bench trace`)")
     .requiredOption('--out <file>', 'trace file to write (.rdt, or .rdt.gz to compress)', pathOption('--out', 'output'))
-    .option('--interval <ms>', 'epoch length: how often the dirty bitmap is read', intOption('--interval', 10, 60000), 50)
-    .option('--seconds <n>', 'how long to record after the first full copy (Ctrl-C stops earlier)', intOption('--seconds', 1, 86400), 10)
-    .option('--max-bytes <size>', 'stop before the trace passes this size (records before gzip)',
-      bytesOption('--max-bytes', { min: 2 ** 20, max: 2 ** 40, example: '2GiB' }), DEFAULT_BYTES_MAX)
+    .option(
+      '--interval <ms>',
+      'epoch length: how often the dirty bitmap is read',
+      intOption('--interval', 10, 60000),
+      50,
+    )
+    .option(
+      '--seconds <n>',
+      'how long to record after the first full copy (Ctrl-C stops earlier)',
+      intOption('--seconds', 1, 86400),
+      10,
+    )
+    .option(
+      '--max-bytes <size>',
+      'stop before the trace passes this size (records before gzip)',
+      bytesOption('--max-bytes', { min: 2 ** 20, max: 2 ** 40, example: '2GiB' }),
+      DEFAULT_BYTES_MAX,
+    )
     .option('--json', 'print the summary as one JSON object on stdout')
     .action(async (domain: string, o: RecordOpts) => {
       const spec = resolveForRecord(domain);
       if (spec.driver.wireKind !== 'xen') {
-        throw new RemusError(ErrorCode.BAD_ARGUMENT, `${domain}: record traces Xen domains; for a simulated workload write a trace with \`remusdb trace synth\``);
+        throw new RemusError(
+          ErrorCode.BAD_ARGUMENT,
+          `${domain}: record traces Xen domains; for a simulated workload write a trace with \`remusdb trace synth\``,
+        );
       }
       const addon = xenLogdirtyAddon();
       const ac = new AbortController();
@@ -34,8 +58,14 @@ export function registerRecord(program: Command): void {
       process.once('SIGTERM', stop);
       try {
         const r = await recordDomain({
-          domain: spec.name, out: o.out, intervalMs: o.interval, seconds: o.seconds, bytesMax: o.maxBytes,
-          addon, signal: ac.signal, log: (l) => console.error(l),
+          domain: spec.name,
+          out: o.out,
+          intervalMs: o.interval,
+          seconds: o.seconds,
+          bytesMax: o.maxBytes,
+          addon,
+          signal: ac.signal,
+          log: (l) => console.error(l),
         });
         if (o.json) console.log(JSON.stringify(r));
         else console.error(summary(o.out, r));
@@ -52,7 +82,12 @@ function resolveForRecord(domain: string): ReturnType<typeof resolveDomain> {
     return resolveDomain(domain);
   } catch (e) {
     if (!isRemusError(e, ErrorCode.NO_XEN)) throw e;
-    throw new RemusError(ErrorCode.NO_XEN, `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace synth --out t.rdt\` then \`remusdb bench trace t.rdt\``, {}, { cause: e });
+    throw new RemusError(
+      ErrorCode.NO_XEN,
+      `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace synth --out t.rdt\` then \`remusdb bench trace t.rdt\``,
+      {},
+      { cause: e },
+    );
   }
 }
 

@@ -24,7 +24,11 @@ import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions } from './net
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
 import {
-  BATCH_PAGES_MAX_DEFAULT, DEFAULT_NBD_PORT, DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES,
+  BATCH_PAGES_MAX_DEFAULT,
+  DEFAULT_NBD_PORT,
+  DEFAULT_REPLICATION_PORT,
+  DISK_BUFFER_BYTES_DEFAULT,
+  PAGE_BYTES,
 } from '../limits';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 
@@ -38,13 +42,16 @@ const DISK_BUFFER = { min: 2 ** 20, max: 2 ** 36, pageMultiple: true, example: '
 const WORKLOAD_CHOICES = WORKLOADS.filter((w) => w !== 'trace');
 
 /** --workload: a built-in workload, or trace:<file> replaying an existing trace. */
-const workloadOption = specified((v: string): string => {
-  if (v.startsWith('trace:')) checkPath('--workload', v, v.slice('trace:'.length), 'input');
-  else if (!(WORKLOAD_CHOICES as readonly string[]).includes(v)) {
-    throw badValue('--workload', v, `one of ${WORKLOAD_CHOICES.join(', ')} or trace:<file.rdt>`);
-  }
-  return v;
-}, { name: '--workload', kind: 'workload', choices: WORKLOAD_CHOICES });
+const workloadOption = specified(
+  (v: string): string => {
+    if (v.startsWith('trace:')) checkPath('--workload', v, v.slice('trace:'.length), 'input');
+    else if (!(WORKLOAD_CHOICES as readonly string[]).includes(v)) {
+      throw badValue('--workload', v, `one of ${WORKLOAD_CHOICES.join(', ')} or trace:<file.rdt>`);
+    }
+    return v;
+  },
+  { name: '--workload', kind: 'workload', choices: WORKLOAD_CHOICES },
+);
 
 /** --psk-file and --insecure, the same on protect, backup and reprotect. */
 function addSecurityOptions(cmd: Command): Command {
@@ -55,9 +62,11 @@ function addSecurityOptions(cmd: Command): Command {
 
 /** --metrics, the same on protect and backup (a reprotecting primary shows on its backup's). */
 function addMetricsOption(cmd: Command): Command {
-  return cmd.option('--metrics <addr:port>',
+  return cmd.option(
+    '--metrics <addr:port>',
     `serve Prometheus metrics over HTTP at addr:port${METRICS_PATH} (docs/operations.md)`,
-    hostPortOption('--metrics', null));
+    hostPortOption('--metrics', null),
+  );
 }
 
 /** The exporter of --metrics, listening (ERR_LISTEN when it cannot), or null without the option. */
@@ -81,24 +90,51 @@ async function closingOnError<T>(metrics: MetricsExporter | null, make: () => T 
 
 function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
   if (o.insecure) {
-    log('WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.');
+    log(
+      'WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.',
+    );
     return { insecure: true };
   }
   if (!o.pskFile) {
-    throw new RemusError(ErrorCode.AUTH, 'the replication channel needs a pre-shared key: --psk-file FILE (make one with `remusdb keygen --out FILE` and copy it to both hosts), or --insecure for a lab');
+    throw new RemusError(
+      ErrorCode.AUTH,
+      'the replication channel needs a pre-shared key: --psk-file FILE (make one with `remusdb keygen --out FILE` and copy it to both hosts), or --insecure for a lab',
+    );
   }
   return { psk: readPskFile(o.pskFile) };
 }
 
-const log = (line: string): void => { console.error(`${new Date().toISOString()} ${line}`); };
+const log = (line: string): void => {
+  console.error(`${new Date().toISOString()} ${line}`);
+};
 
 interface ProtectOpts extends NetCliOptions {
-  interval: number; cache: string; compress: boolean; compressor: 'zstd' | 'lz4'; readTracking: boolean;
-  blackhole?: boolean; unsafe?: boolean; pskFile?: string; insecure?: boolean;
-  memory: number; workload: string; seed: number; rate: number; client?: string; heartbeatTimeout?: number;
-  journal?: string; seconds?: number; disk: number; diskBuffer: number; verifyDisk: boolean;
+  interval: number;
+  cache: string;
+  compress: boolean;
+  compressor: 'zstd' | 'lz4';
+  readTracking: boolean;
+  blackhole?: boolean;
+  unsafe?: boolean;
+  pskFile?: string;
+  insecure?: boolean;
+  memory: number;
+  workload: string;
+  seed: number;
+  rate: number;
+  client?: string;
+  heartbeatTimeout?: number;
+  journal?: string;
+  seconds?: number;
+  disk: number;
+  diskBuffer: number;
+  verifyDisk: boolean;
   /** Xen: the domU's disk image, served over NBD here and replicated (docs/xen-adapter.md, "Disk"). */
-  diskImage?: string; diskListen: string; diskDevice?: string; waitDomain: number; metrics?: string;
+  diskImage?: string;
+  diskListen: string;
+  diskDevice?: string;
+  waitDomain: number;
+  metrics?: string;
 }
 
 export function registerReplication(program: Command): void {
@@ -106,11 +142,14 @@ export function registerReplication(program: Command): void {
   registerBackup(program);
   registerReprotect(program);
   registerFailoverAndStatus(program);
-  program.command('keygen')
+  program
+    .command('keygen')
     .description('write a new pre-shared key for the replication channel (copy it to both hosts)')
     .requiredOption('--out <file>', 'key file to create (mode 0600)', pathOption('--out', 'new-output'))
     .action((o: { out: string }) => {
-      try { fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' }); } catch (e) {
+      try {
+        fs.writeFileSync(o.out, `${newPsk()}\n`, { mode: 0o600, flag: 'wx' });
+      } catch (e) {
         throw new RemusError(ErrorCode.IO, `cannot create ${o.out}: ${(e as Error).message}`, {}, { cause: e });
       }
       console.log(`wrote ${o.out}`);
@@ -118,150 +157,253 @@ export function registerReplication(program: Command): void {
 }
 
 function registerProtect(program: Command): void {
-  const protect = program.command('protect')
+  const protect = program
+    .command('protect')
     .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
-    .argument('<domain>', 'sim:<name>, or a Xen domain\'s name or id')
-    .argument('[backup]', 'the backup\'s host[:port]', hostPortOption('backup', DEFAULT_REPLICATION_PORT))
+    .argument('<domain>', "sim:<name>, or a Xen domain's name or id")
+    .argument('[backup]', "the backup's host[:port]", hostPortOption('backup', DEFAULT_REPLICATION_PORT))
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
-    .option('--compressor <c>', 'zstd (whole batch) or lz4 (per page)',
-      choiceOption('--compressor', ['zstd', 'lz4'] as const), 'zstd')
+    .option(
+      '--compressor <c>',
+      'zstd (whole batch) or lz4 (per page)',
+      choiceOption('--compressor', ['zstd', 'lz4'] as const),
+      'zstd',
+    )
     .option('-u, --no-compress', 'send pages raw, keep no cache (plain Remus; xl remus -u)')
-    .option('--no-read-tracking',
-      'do not send pages that equal a block the guest read from disk as references to that block')
-    .option('-b, --blackhole',
-      'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)')
+    .option(
+      '--no-read-tracking',
+      'do not send pages that equal a block the guest read from disk as references to that block',
+    )
+    .option(
+      '-b, --blackhole',
+      'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)',
+    )
     .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)');
   addSecurityOptions(protect)
-    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
-      intOption('--heartbeat-timeout', 10, 600000))
-    .option('--max-in-flight <n>', 'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
-      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX));
+    .option(
+      '--heartbeat-timeout <ms>',
+      'silence that means the peer is gone (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000),
+    )
+    .option(
+      '--max-in-flight <n>',
+      'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
+      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
+    );
   addSimGuestOptions(protect)
-    .option('--disk-buffer <size>', 'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
-      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
+    .option(
+      '--disk-buffer <size>',
+      'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
+      bytesOption('--disk-buffer', DISK_BUFFER),
+      DISK_BUFFER_BYTES_DEFAULT,
+    )
     .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
-  addXenDiskOptions(protect)
-    .option('--seconds <n>', 'stop after n seconds (GOODBYE: no failover)', intOption('--seconds', 1, 1e7));
+  addXenDiskOptions(protect).option(
+    '--seconds <n>',
+    'stop after n seconds (GOODBYE: no failover)',
+    intOption('--seconds', 1, 1e7),
+  );
   addMetricsOption(protect);
-  addNetOptions(protect).action(async (domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command) =>
-    runProtect(domainArg, backupArg, o, cmd));
+  addNetOptions(protect).action(
+    async (domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command) =>
+      runProtect(domainArg, backupArg, o, cmd),
+  );
 }
 
 /** protect's options for a simulated domain (sim:<name>). */
 function addSimGuestOptions(protect: Command): Command {
   return protect
     .option('--memory <size>', 'sim: guest memory', memoryOption('--memory'), 256 * 2 ** 20)
-    .option('--workload <w>',
+    .option(
+      '--workload <w>',
       'sim: oltp, scan, idle or trace:<file.rdt> (replays an RDTRACE1 trace, one epoch per step)',
-      workloadOption, 'oltp')
+      workloadOption,
+      'oltp',
+    )
     .option('--seed <n>', 'sim: workload seed', intOption('--seed', 0, 2 ** 32 - 1), 1)
     .option('--rate <n>', 'sim: guest steps (transactions) per second', intOption('--rate', 0, 1e7), 2000)
     .option('--client <host:port>', 'sim: where the guest sends its outputs', hostPortOption('--client', null, false))
-    .option('--disk <size>',
-      'sim: the guest\'s disk (oltp and scan write their WAL and pages there, and read refills); 0: none',
+    .option(
+      '--disk <size>',
+      "sim: the guest's disk (oltp and scan write their WAL and pages there, and read refills); 0: none",
       bytesOption('--disk', { min: 256 * 1024, max: 2 ** 40, zero: true, pageMultiple: true, example: '16MiB' }),
-      16 * 2 ** 20)
-    .option('--no-verify-disk',
-      'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)');
+      16 * 2 ** 20,
+    )
+    .option(
+      '--no-verify-disk',
+      'skip the whole-disk checksum at the first checkpoint after each disk copy (it lengthens that pause)',
+    );
 }
 
 /** protect's options for a Xen domain's disk, served over NBD by the protect process. */
 function addXenDiskOptions(protect: Command): Command {
   return protect
-    .option('--disk-image <file>',
-      'xen: the domU\'s raw disk image, served over NBD by this process and replicated '
-      + '(start the domU once it listens)',
-      pathOption('--disk-image', 'rw-input'))
-    .option('--disk-listen <addr:port>', 'xen: where --disk-image is served',
-      hostPortOption('--disk-listen', DEFAULT_NBD_PORT), `127.0.0.1:${DEFAULT_NBD_PORT}`)
-    .option('--disk-device <dev>',
-      'xen: attach --disk-image to this /dev/nbdN (nbd-client), the device the domU\'s disk names',
-      nbdDeviceOption('--disk-device'))
-    .option('--wait-domain <s>', 'xen: with --disk-image, how long to wait for the domain to be created',
-      intOption('--wait-domain', 1, 86400), 600);
+    .option(
+      '--disk-image <file>',
+      "xen: the domU's raw disk image, served over NBD by this process and replicated " +
+        '(start the domU once it listens)',
+      pathOption('--disk-image', 'rw-input'),
+    )
+    .option(
+      '--disk-listen <addr:port>',
+      'xen: where --disk-image is served',
+      hostPortOption('--disk-listen', DEFAULT_NBD_PORT),
+      `127.0.0.1:${DEFAULT_NBD_PORT}`,
+    )
+    .option(
+      '--disk-device <dev>',
+      "xen: attach --disk-image to this /dev/nbdN (nbd-client), the device the domU's disk names",
+      nbdDeviceOption('--disk-device'),
+    )
+    .option(
+      '--wait-domain <s>',
+      'xen: with --disk-image, how long to wait for the domain to be created',
+      intOption('--wait-domain', 1, 86400),
+      600,
+    );
 }
 
 interface BackupOpts {
-  listen: string; pskFile?: string; insecure?: boolean; maxMemory: number; diskDir?: string; diskBuffer: number;
-  reuseDisk?: string; checksumOnFailover?: boolean; metrics?: string;
+  listen: string;
+  pskFile?: string;
+  insecure?: boolean;
+  maxMemory: number;
+  diskDir?: string;
+  diskBuffer: number;
+  reuseDisk?: string;
+  checksumOnFailover?: boolean;
+  metrics?: string;
 }
 
 function registerBackup(program: Command): void {
-  const backup = program.command('backup')
+  const backup = program
+    .command('backup')
     .description('receive checkpoints and take over when the primary fails')
-    .option('--listen <addr:port>', 'address to listen on', hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
-      `0.0.0.0:${DEFAULT_REPLICATION_PORT}`);
+    .option(
+      '--listen <addr:port>',
+      'address to listen on',
+      hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
+      `0.0.0.0:${DEFAULT_REPLICATION_PORT}`,
+    );
   addSecurityOptions(backup)
     .option('--max-memory <size>', 'largest guest accepted', memoryOption('--max-memory'), 64 * 2 ** 30)
-    .option('--disk-dir <dir>', 'where replica disks are kept (default: the run directory)',
-      pathOption('--disk-dir', 'dir-or-new'))
-    .option('--reuse-disk <image>', 'this host\'s existing copy of the domain\'s disk (the old primary\'s, for remusdb '
-      + 'reprotect): only blocks that differ are copied', pathOption('--reuse-disk', 'rw-input'))
-    .option('--disk-buffer <size>', 'most unacknowledged disk writes buffered per primary',
-      bytesOption('--disk-buffer', DISK_BUFFER), DISK_BUFFER_BYTES_DEFAULT)
-    .option('--checksum-on-failover', 'sim: CRC32C the resumed memory before the guest runs, for verification '
-      + '(adds ~150 ms per GiB to the failover)');
-  addMetricsOption(backup)
-    .action(async (o: BackupOpts) => {
-      const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
-      const sec = security(o, log);
-      const metrics = await openMetrics(o.metrics);
-      const svc = await closingOnError(metrics, async () => {
-        const b = new BackupService({
-          host, port, security: sec, pageCountMax: o.maxMemory / PAGE_BYTES, batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
-          diskDir: o.diskDir, diskBufferBytesMax: o.diskBuffer, reuseDisk: o.reuseDisk,
-          checksumOnFailover: o.checksumOnFailover === true, metrics, log,
-        });
-        await b.start();
-        return b;
+    .option(
+      '--disk-dir <dir>',
+      'where replica disks are kept (default: the run directory)',
+      pathOption('--disk-dir', 'dir-or-new'),
+    )
+    .option(
+      '--reuse-disk <image>',
+      "this host's existing copy of the domain's disk (the old primary's, for remusdb " +
+        'reprotect): only blocks that differ are copied',
+      pathOption('--reuse-disk', 'rw-input'),
+    )
+    .option(
+      '--disk-buffer <size>',
+      'most unacknowledged disk writes buffered per primary',
+      bytesOption('--disk-buffer', DISK_BUFFER),
+      DISK_BUFFER_BYTES_DEFAULT,
+    )
+    .option(
+      '--checksum-on-failover',
+      'sim: CRC32C the resumed memory before the guest runs, for verification ' +
+        '(adds ~150 ms per GiB to the failover)',
+    );
+  addMetricsOption(backup).action(async (o: BackupOpts) => {
+    const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
+    const sec = security(o, log);
+    const metrics = await openMetrics(o.metrics);
+    const svc = await closingOnError(metrics, async () => {
+      const b = new BackupService({
+        host,
+        port,
+        security: sec,
+        pageCountMax: o.maxMemory / PAGE_BYTES,
+        batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
+        diskDir: o.diskDir,
+        diskBufferBytesMax: o.diskBuffer,
+        reuseDisk: o.reuseDisk,
+        checksumOnFailover: o.checksumOnFailover === true,
+        metrics,
+        log,
       });
-      log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
-      await untilStopped(async () => svc.stop(), { log });
+      await b.start();
+      return b;
     });
+    log(`backup listening on ${host}:${svc.port} (control ${socketPath('backup', String(svc.port))})`);
+    await untilStopped(async () => svc.stop(), { log });
+  });
 }
 
 interface ReprotectOpts {
-  pskFile?: string; insecure?: boolean; interval: number; heartbeatTimeout?: number; wait: boolean; timeout: number;
+  pskFile?: string;
+  insecure?: boolean;
+  interval: number;
+  heartbeatTimeout?: number;
+  wait: boolean;
+  timeout: number;
 }
 
 function registerReprotect(program: Command): void {
-  const reprotect = program.command('reprotect')
-    .description('after a failover, protect the domain again, with the old host as the new backup '
-      + '(start `remusdb backup --reuse-disk <its old disk image>` there first)')
-    .argument('<domain>', 'the domain this host\'s backup took over')
-    .argument('<new-backup>', 'the new backup\'s host[:port]', hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
+  const reprotect = program
+    .command('reprotect')
+    .description(
+      'after a failover, protect the domain again, with the old host as the new backup ' +
+        '(start `remusdb backup --reuse-disk <its old disk image>` there first)',
+    )
+    .argument('<domain>', "the domain this host's backup took over")
+    .argument('<new-backup>', "the new backup's host[:port]", hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
   addSecurityOptions(reprotect)
     .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
-    .option('--heartbeat-timeout <ms>', 'silence that means the peer is gone (default 2 x interval + 100)',
-      intOption('--heartbeat-timeout', 10, 600000))
-    .option('--timeout <s>', 'give up waiting for protection after s seconds (reprotection goes on)',
-      intOption('--timeout', 1, 86400), 600)
-    .option('--no-wait',
-      'return once reprotection started (default: show progress until protected and the disks are verified equal)')
+    .option(
+      '--heartbeat-timeout <ms>',
+      'silence that means the peer is gone (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000),
+    )
+    .option(
+      '--timeout <s>',
+      'give up waiting for protection after s seconds (reprotection goes on)',
+      intOption('--timeout', 1, 86400),
+      600,
+    )
+    .option(
+      '--no-wait',
+      'return once reprotection started (default: show progress until protected and the disks are verified equal)',
+    )
     .action(async (domain: string, newBackup: string, o: ReprotectOpts) => {
-      if (!o.insecure && !o.pskFile) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
+      if (!o.insecure && !o.pskFile)
+        throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
       const sock = await backupHolding(domain);
       const r = await controlRequest(sock, {
-        cmd: 'reprotect', domain, backup: newBackup, pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
-        insecure: o.insecure === true, intervalMs: o.interval, heartbeatTimeoutMs: o.heartbeatTimeout,
+        cmd: 'reprotect',
+        domain,
+        backup: newBackup,
+        pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
+        insecure: o.insecure === true,
+        intervalMs: o.interval,
+        heartbeatTimeoutMs: o.heartbeatTimeout,
       });
       throwControlError(r);
-      console.log(`reprotecting ${domain} → ${newBackup}: ${roundedSize(Number(r.resyncBytes ?? 0))} of its `
-        + `${roundedSize(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`);
+      console.log(
+        `reprotecting ${domain} → ${newBackup}: ${roundedSize(Number(r.resyncBytes ?? 0))} of its ` +
+          `${roundedSize(Number(r.diskBytes ?? 0))} disk to copy, then a full memory copy`,
+      );
       if (o.wait) await showReprotectProgress(sock, o.timeout * 1000);
     });
 }
 
 function registerFailoverAndStatus(program: Command): void {
-  program.command('failover <domain>')
+  program
+    .command('failover <domain>')
     .description('promote the backup of a domain now (manual failover)')
     .action(async (domain: string) => {
       const r = await controlRequest(await backupHolding(domain), { cmd: 'failover', domain });
       throwControlError(r);
       console.log(`failed over ${domain}: resumed from epoch ${String(r.epoch)}`);
     });
-  program.command('status [domain]')
+  program
+    .command('status [domain]')
     .description('state of the protect and backup processes on this host')
     .option('--json', 'one JSON object')
     .action(async (domain: string | undefined, o: { json?: boolean }) => {
@@ -270,8 +412,14 @@ function registerFailoverAndStatus(program: Command): void {
         const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
         if (st && (!domain || st.domain === domain || st.domain === `sim:${domain}`)) all.push(st);
       }
-      if (o.json) { console.log(JSON.stringify({ processes: all })); return; }
-      if (!all.length) { console.log('no remusdb protect or backup process is running on this host'); return; }
+      if (o.json) {
+        console.log(JSON.stringify({ processes: all }));
+        return;
+      }
+      if (!all.length) {
+        console.log('no remusdb protect or backup process is running on this host');
+        return;
+      }
       for (const st of all) console.log(formatStatus(st));
     });
 }
@@ -282,44 +430,78 @@ function throwControlError(r: Record<string, unknown>): void {
   if (e) throw new RemusError(errorCodeOf(e.code, ErrorCode.CONTROL), String(e.message), { remoteCode: e.code });
 }
 
-async function runProtect(domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command): Promise<void> {
+async function runProtect(
+  domainArg: string,
+  backupArg: string | undefined,
+  o: ProtectOpts,
+  cmd: Command,
+): Promise<void> {
   const { driver, name } = resolveDomain(domainArg);
   checkProtectChoices(driver, backupArg, o, cmd);
-  const backup = o.blackhole ? 'blackhole' as const : parseHostPort(backupArg!, DEFAULT_REPLICATION_PORT);
-  const sec = o.blackhole ? { insecure: true } as const : security(o, log); // a bad key fails before anything opens
+  const backup = o.blackhole ? ('blackhole' as const) : parseHostPort(backupArg!, DEFAULT_REPLICATION_PORT);
+  const sec = o.blackhole ? ({ insecure: true } as const) : security(o, log); // a bad key fails before anything opens
   const metrics = await openMetrics(o.metrics); // and a port in use too
   const svc = await closingOnError(metrics, async () => {
     const opened = await driver.open({
-      name, diskBufferBytesMax: o.diskBuffer, readTracking: o.readTracking && o.compress && driver.features.readTracking === true,
-      sim: simOpenOptions(o), xen: xenOpenOptions(o), log,
+      name,
+      diskBufferBytesMax: o.diskBuffer,
+      readTracking: o.readTracking && o.compress && driver.features.readTracking === true,
+      sim: simOpenOptions(o),
+      xen: xenOpenOptions(o),
+      log,
     });
     let net: ReturnType<typeof netPlan>;
     try {
-      net = netPlan(o, { driver, tag: opened.label.replace(':', '-'), label: opened.label, domid: opened.domid,
-        defaultInterfaces: () => opened.defaultInterfaces() });
-    } catch (e) { await opened.close(); throw e; }
+      net = netPlan(o, {
+        driver,
+        tag: opened.label.replace(':', '-'),
+        label: opened.label,
+        domid: opened.domid,
+        defaultInterfaces: () => opened.defaultInterfaces(),
+      });
+    } catch (e) {
+      await opened.close();
+      throw e;
+    }
     return ProtectService.create({
-      opened, backup, security: sec, net, holdOutputs: o.netBuffer !== false, journal: o.journal ?? null,
+      opened,
+      backup,
+      security: sec,
+      net,
+      holdOutputs: o.netBuffer !== false,
+      journal: o.journal ?? null,
       engine: engineOptions(driver, opened.domain.pageCount, {
-        intervalMs: o.interval, compressor: o.compress ? o.compressor : 'none', cache: o.cache,
-        maxInFlight: maxInFlightOf(o, net), heartbeatTimeoutMs: o.heartbeatTimeout, diskBufferBytesMax: o.diskBuffer,
+        intervalMs: o.interval,
+        compressor: o.compress ? o.compressor : 'none',
+        cache: o.cache,
+        maxInFlight: maxInFlightOf(o, net),
+        heartbeatTimeoutMs: o.heartbeatTimeout,
+        diskBufferBytesMax: o.diskBuffer,
         verifyDisk: o.verifyDisk,
       }),
-      metrics, ownsMetrics: true, log,
+      metrics,
+      ownsMetrics: true,
+      log,
     });
   });
   svc.start();
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
-  log(`protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${held}`);
+  log(
+    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${held}`,
+  );
   await runUntilStopped(svc, o.seconds);
 }
 
 /** Refusals before anything opens: unsafe choices, features the driver lacks, another driver's options. */
 function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined, o: ProtectOpts, cmd: Command): void {
   if (o.netBuffer === false && !o.unsafe) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it');
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it',
+    );
   }
-  if (!o.blackhole && !backupArg) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
+  if (!o.blackhole && !backupArg)
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
   requireFeature(driver, o.blackhole ? 'blackhole' : 'backupHost');
   if (o.journal) requireFeature(driver, 'journal');
   if (o.metrics) requireFeature(driver, 'metrics');
@@ -327,8 +509,11 @@ function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined
     for (const opt of other.ownOptions) {
       if (driver.ownOptions.includes(opt) || cmd.getOptionValueSource(opt) !== 'cli') continue;
       const flag = `--${opt.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, `${flag} is for ${other.kind} domains, not ${driver.kind} ones`
-        + (driver.kind === 'sim' && opt.startsWith('disk') ? ': a simulated domain\'s disk is --disk <size>' : ''));
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        `${flag} is for ${other.kind} domains, not ${driver.kind} ones` +
+          (driver.kind === 'sim' && opt.startsWith('disk') ? ": a simulated domain's disk is --disk <size>" : ''),
+      );
     }
   }
 }
@@ -336,15 +521,22 @@ function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined
 function simOpenOptions(o: ProtectOpts): SimOpenOptions {
   const trace = o.workload.startsWith('trace:');
   return {
-    memoryBytes: o.memory, workload: trace ? 'trace' : o.workload as Workload, tracePath: trace ? o.workload.slice(6) : undefined,
-    seed: o.seed, stepsPerSec: o.rate, client: o.client ?? null, diskBytes: o.disk,
+    memoryBytes: o.memory,
+    workload: trace ? 'trace' : (o.workload as Workload),
+    tracePath: trace ? o.workload.slice(6) : undefined,
+    seed: o.seed,
+    stepsPerSec: o.rate,
+    client: o.client ?? null,
+    diskBytes: o.disk,
   };
 }
 
 function xenOpenOptions(o: ProtectOpts): XenOpenOptions {
   return {
-    diskImage: o.diskImage ?? null, diskListen: parseHostPort(o.diskListen, DEFAULT_NBD_PORT),
-    diskDevice: o.diskDevice ?? null, waitDomainMs: o.waitDomain * 1000,
+    diskImage: o.diskImage ?? null,
+    diskListen: parseHostPort(o.diskListen, DEFAULT_NBD_PORT),
+    diskDevice: o.diskDevice ?? null,
+    waitDomainMs: o.waitDomain * 1000,
   };
 }
 
@@ -357,10 +549,15 @@ function netLine(net: ReturnType<typeof netPlan>): string {
 function progressLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
   const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
-  const d = s.disk as { resyncPendingBytes: number; resyncCopiedBytes: number; forwardedBytes: number } | null | undefined;
-  const disk = !d ? '' : s.state === 'syncing'
-    ? ` | disk copy ${(d.resyncCopiedBytes / 2 ** 20).toFixed(1)} of ${((d.resyncCopiedBytes + d.resyncPendingBytes) / 2 ** 20).toFixed(1)} MiB`
-    : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
+  const d = s.disk as
+    | { resyncPendingBytes: number; resyncCopiedBytes: number; forwardedBytes: number }
+    | null
+    | undefined;
+  const disk = !d
+    ? ''
+    : s.state === 'syncing'
+      ? ` | disk copy ${(d.resyncCopiedBytes / 2 ** 20).toFixed(1)} of ${((d.resyncCopiedBytes + d.resyncPendingBytes) / 2 ** 20).toFixed(1)} MiB`
+      : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
   return `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ${n('lastAckAgeMs').toFixed(0)} ms ago`;
 }
 
@@ -377,7 +574,10 @@ async function backupHolding(domain: string): Promise<string> {
     const st = await controlRequest(s, { cmd: 'status' }).catch(() => null);
     if (st && (st.domain === domain || st.domain === `sim:${domain}`)) return s;
   }
-  throw new RemusError(ErrorCode.NO_DOMAIN, `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`);
+  throw new RemusError(
+    ErrorCode.NO_DOMAIN,
+    `no backup on this host holds ${domain} (looked at ${socks.length} backup control sockets)`,
+  );
 }
 
 /** Progress bar (bytes copied, rate, ETA) until protected with the disks verified equal. */
@@ -388,14 +588,18 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
     const st = await controlRequest(sock, { cmd: 'status' });
     const p = (st.reprotecting ?? {}) as Record<string, unknown>;
     const d = (p.disk ?? null) as { resyncCopiedBytes: number; resyncPendingBytes: number; sizeBytes: number } | null;
-    const copied = d?.resyncCopiedBytes ?? 0, pending = d?.resyncPendingBytes ?? 0;
-    const secs = (Date.now() - t0) / 1000, rate = copied / Math.max(secs, 0.001);
+    const copied = d?.resyncCopiedBytes ?? 0,
+      pending = d?.resyncPendingBytes ?? 0;
+    const secs = (Date.now() - t0) / 1000,
+      rate = copied / Math.max(secs, 0.001);
     const frac = copied + pending > 0 ? copied / (copied + pending) : 1;
     const bar = '#'.repeat(Math.round(frac * 30)).padEnd(30, '.');
     const eta = pending > 0 && rate > 0 ? `ETA ${(pending / rate).toFixed(1)} s` : '';
-    const line = `[${bar}] ${roundedSize(copied)} / ${roundedSize(copied + pending)} ${roundedSize(rate)}/s ${eta} `
-      + `| ${String(p.state)} epoch ${String(p.ackedEpoch ?? 0)}`;
-    if (process.stdout.isTTY) process.stdout.write(`\r${line}   `); else if (line !== lastLine && Date.now() % 1000 < 250) console.log(line);
+    const line =
+      `[${bar}] ${roundedSize(copied)} / ${roundedSize(copied + pending)} ${roundedSize(rate)}/s ${eta} ` +
+      `| ${String(p.state)} epoch ${String(p.ackedEpoch ?? 0)}`;
+    if (process.stdout.isTTY) process.stdout.write(`\r${line}   `);
+    else if (line !== lastLine && Date.now() % 1000 < 250) console.log(line);
     lastLine = line;
     const verified = !d || Number(p.diskVerifiedEpoch ?? 0) > 0;
     if (p.state === 'protected' && verified) {
@@ -406,20 +610,33 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
     }
     if (Date.now() - t0 > timeoutMs) {
       if (process.stdout.isTTY) process.stdout.write('\n');
-      throw new RemusError(ErrorCode.PEER_GONE, `not protected after ${timeoutMs / 1000} s (state ${String(p.state)}; is the new backup reachable?): reprotection goes on in the background — see remusdb status`);
+      throw new RemusError(
+        ErrorCode.PEER_GONE,
+        `not protected after ${timeoutMs / 1000} s (state ${String(p.state)}; is the new backup reachable?): reprotection goes on in the background — see remusdb status`,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
   }
 }
 
 /** Live progress on a terminal until SIGINT/SIGTERM (or `seconds`, or the service ends itself), then a clean stop. */
-async function runUntilStopped(svc: { status(): Record<string, unknown>; stop(): Promise<void>; ended?: Promise<string> },
-  seconds: number | undefined): Promise<void> {
-  const live = process.stdout.isTTY ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000) : null;
+async function runUntilStopped(
+  svc: { status(): Record<string, unknown>; stop(): Promise<void>; ended?: Promise<string> },
+  seconds: number | undefined,
+): Promise<void> {
+  const live = process.stdout.isTTY
+    ? setInterval(() => process.stdout.write(`\r${progressLine(svc.status())}   `), 1000)
+    : null;
   const stopAfter = seconds ? setTimeout(() => process.kill(process.pid, 'SIGTERM'), seconds * 1000) : null;
-  await untilStopped(async () => {
-    if (live) { clearInterval(live); process.stdout.write('\n'); }
-    if (stopAfter) clearTimeout(stopAfter);
-    await svc.stop();
-  }, { ended: svc.ended, log });
+  await untilStopped(
+    async () => {
+      if (live) {
+        clearInterval(live);
+        process.stdout.write('\n');
+      }
+      if (stopAfter) clearTimeout(stopAfter);
+      await svc.stop();
+    },
+    { ended: svc.ended, log },
+  );
 }

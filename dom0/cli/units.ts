@@ -3,7 +3,12 @@
 // 2 GiB into -2048 MiB and 4 GiB into 0.
 
 const UNIT: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
-const NAMES: ReadonlyArray<[number, string]> = [[2 ** 40, 'TiB'], [2 ** 30, 'GiB'], [2 ** 20, 'MiB'], [2 ** 10, 'KiB']];
+const NAMES: ReadonlyArray<[number, string]> = [
+  [2 ** 40, 'TiB'],
+  [2 ** 30, 'GiB'],
+  [2 ** 20, 'MiB'],
+  [2 ** 10, 'KiB'],
+];
 
 /** Bytes of `<digits>[k|kib|m|mib|g|gib|t|tib]` (any case); NaN when malformed or not a safe integer. */
 export function parseBytes(v: string): number {

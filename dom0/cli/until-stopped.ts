@@ -32,7 +32,10 @@ export function untilStopped(onStop: () => Promise<void>, opts: UntilStoppedOpti
       const keepAlive = setInterval(() => {}, 2 ** 30); // the stop path may wait on unref'd timers
       onStop()
         .catch((e: Error) => opts.log(`stopping: ${e.message}`))
-        .finally(() => { clearInterval(keepAlive); resolve(); });
+        .finally(() => {
+          clearInterval(keepAlive);
+          resolve();
+        });
     };
     const onSignal = (): void => stop('');
     const onIdle = (): void => stop('nothing left to run: stopping');

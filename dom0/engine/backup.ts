@@ -20,8 +20,23 @@ import { PageDecoder } from '../memory/page-codec';
 import { PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
-  PROTOCOL_VERSION, Rec, ackBody, heartbeatBody, jsonBody, parseCheckpointBegin, parseCheckpointEnd,
-  parseHeartbeat, parseJson, parseWithEpoch, protocolError, epochBody, parseDiskWrite, parseDiskSync, parseDiskSyncEnd, parseDiskRefs, parseDiskVerify,
+  PROTOCOL_VERSION,
+  Rec,
+  ackBody,
+  heartbeatBody,
+  jsonBody,
+  parseCheckpointBegin,
+  parseCheckpointEnd,
+  parseHeartbeat,
+  parseJson,
+  parseWithEpoch,
+  protocolError,
+  epochBody,
+  parseDiskWrite,
+  parseDiskSync,
+  parseDiskSyncEnd,
+  parseDiskRefs,
+  parseDiskVerify,
   parseMemoryVerify,
 } from '../protocol/records';
 import { imageDigests } from './continuation';
@@ -67,7 +82,11 @@ export type BackupState = 'waiting' | 'receiving' | 'failed-over';
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 interface Open {
-  epoch: number; full: boolean; pages: number; deviceState: Uint8Array | null; diskCrc: number | null;
+  epoch: number;
+  full: boolean;
+  pages: number;
+  deviceState: Uint8Array | null;
+  diskCrc: number | null;
   /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
   memDigests: { regionPages: number; digests: Uint32Array } | null;
 }
@@ -98,7 +117,11 @@ interface Session {
 }
 
 /** The domain this backup keeps a replica of, between and across sessions. */
-interface Held { hello: HelloInfo; replica: Replica; staging: Staging; }
+interface Held {
+  hello: HelloInfo;
+  replica: Replica;
+  staging: Staging;
+}
 
 export class Backup {
   private session: Session | null = null;
@@ -119,23 +142,51 @@ export class Backup {
   state: BackupState = 'waiting';
   private readonly decoder: PageDecoder;
   readonly counters = {
-    checkpoints: 0, pages: 0, wireBytes: 0, sessions: 0, protocolErrors: 0, refusedPeers: 0, internalErrors: 0,
-    diskWrites: 0, diskBytesApplied: 0, diskSyncBytes: 0, diskDiscardedWrites: 0, diskRefPages: 0, diskVerifiedEpoch: 0,
-    continuedSessions: 0, memoryVerifiedEpoch: 0, memoryDiverged: 0, replacedSessions: 0,
+    checkpoints: 0,
+    pages: 0,
+    wireBytes: 0,
+    sessions: 0,
+    protocolErrors: 0,
+    refusedPeers: 0,
+    internalErrors: 0,
+    diskWrites: 0,
+    diskBytesApplied: 0,
+    diskSyncBytes: 0,
+    diskDiscardedWrites: 0,
+    diskRefPages: 0,
+    diskVerifiedEpoch: 0,
+    continuedSessions: 0,
+    memoryVerifiedEpoch: 0,
+    memoryDiverged: 0,
+    replacedSessions: 0,
   };
   private diskSuspect = false;
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
 
-  constructor(private readonly clock: Clock, private readonly opts: BackupOptions, private readonly hooks: BackupHooks = {}) {
+  constructor(
+    private readonly clock: Clock,
+    private readonly opts: BackupOptions,
+    private readonly hooks: BackupHooks = {},
+  ) {
     this.decoder = new PageDecoder('native', opts.batchPagesMax);
   }
 
-  get committedEpoch(): number | null { return this.committed; }
-  get attached(): boolean { return this.session !== null; }
-  get domain(): string | null { return this.held?.hello.domain ?? null; }
-  get replicaImage(): GuestMemory | null { return this.held?.replica.image ?? null; }
+  get committedEpoch(): number | null {
+    return this.committed;
+  }
+  get attached(): boolean {
+    return this.session !== null;
+  }
+  get domain(): string | null {
+    return this.held?.hello.domain ?? null;
+  }
+  get replicaImage(): GuestMemory | null {
+    return this.held?.replica.image ?? null;
+  }
   /** A session whose loss means the primary is gone: open, and a checkpoint of it committed. */
-  get live(): boolean { return this.session?.phase === 'open' && this.committed !== null; }
+  get live(): boolean {
+    return this.session?.phase === 'open' && this.committed !== null;
+  }
 
   /** A primary connected (already authenticated). Only one at a time. */
   attach(link: Link): void {
@@ -150,20 +201,39 @@ export class Backup {
       // so that no idle peer keeps a genuine primary out for the handshake timeout.
       this.peerLeft(this.session, 'replaced by a newer connection before its HELLO');
     }
-    if (this.session) { this.challenge(link); return; }
+    if (this.session) {
+      this.challenge(link);
+      return;
+    }
     const now = this.clock.now();
     const s: Session = {
-      link, phase: 'handshake', hello: null, lastHeard: now, lastSent: now, timer: null, open: null,
-      paused: false, queued: [], queuedBytes: 0, continuing: null, diskSync: { bytes: 0, done: true },
+      link,
+      phase: 'handshake',
+      hello: null,
+      lastHeard: now,
+      lastSent: now,
+      timer: null,
+      open: null,
+      paused: false,
+      queued: [],
+      queuedBytes: 0,
+      continuing: null,
+      diskSync: { bytes: 0, done: true },
     };
     this.session = s;
     this.state = 'receiving';
     link.onRecord((type, body) => {
-      if (!s.paused) { this.guard(s, () => this.onRecord(s, type, body)); return; }
+      if (!s.paused) {
+        this.guard(s, () => this.onRecord(s, type, body));
+        return;
+      }
       s.lastHeard = this.clock.now();
       s.queuedBytes += body.length;
       s.queued.push([type, body]);
-      if (s.queuedBytes > QUEUED_BYTES_MAX) this.guard(s, () => { throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`); });
+      if (s.queuedBytes > QUEUED_BYTES_MAX)
+        this.guard(s, () => {
+          throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`);
+        });
     });
     link.onClose((err) => this.guard(s, () => this.onLinkClosed(s, err)));
     this.arm(s);
@@ -184,8 +254,14 @@ export class Backup {
     const timer = this.clock.setTimer(this.opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS, () => {
       if (this.challenger === link) this.refuseChallenger(link, 'no HELLO in time');
     });
-    link.onRecord((type, body) => { this.clock.clearTimer(timer); this.onChallenger(link, type, body); });
-    link.onClose(() => { this.clock.clearTimer(timer); if (this.challenger === link) this.challenger = null; });
+    link.onRecord((type, body) => {
+      this.clock.clearTimer(timer);
+      this.onChallenger(link, type, body);
+    });
+    link.onClose(() => {
+      this.clock.clearTimer(timer);
+      if (this.challenger === link) this.challenger = null;
+    });
   }
 
   private onChallenger(link: Link, type: number, body: Buffer): void {
@@ -213,7 +289,9 @@ export class Backup {
       const { version, value } = parseJson(Rec.HELLO, body, true);
       const h = version === PROTOCOL_VERSION ? validateHello(value, this.opts.pageCountMax) : null;
       return h && h.domain === open.domain && h.pageCount === open.pageCount && h.kind === open.kind ? h.lineage : null;
-    } catch { return null; }
+    } catch {
+      return null;
+    }
   }
 
   private refuseChallenger(link: Link, why: string): void {
@@ -251,10 +329,15 @@ export class Backup {
     }
     const info = resumed instanceof Promise ? { resuming: true } : resumed;
     this.state = 'failed-over';
-    const from = this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() };
+    const from = (this.resumedFrom = { epoch: this.committed, info, reason, atMs: this.clock.now() });
     if (resumed instanceof Promise) {
-      resumed.then((i) => { from.info = i; this.hooks.event?.('resumed', { epoch: from.epoch, ...i }); },
-        (e: Error) => this.hooks.event?.('resume-failed', { epoch: from.epoch, message: e.message }));
+      resumed.then(
+        (i) => {
+          from.info = i;
+          this.hooks.event?.('resumed', { epoch: from.epoch, ...i });
+        },
+        (e: Error) => this.hooks.event?.('resume-failed', { epoch: from.epoch, message: e.message }),
+      );
     }
     if (s) {
       this.quietly(() => s.link.send(Rec.TAKEOVER, epochBody(from.epoch)));
@@ -290,40 +373,60 @@ export class Backup {
   // ---- records -------------------------------------------------------------------------
 
   private onRecord(s: Session, type: number, body: Buffer): void {
-    const now = s.lastHeard = this.clock.now();
+    const now = (s.lastHeard = this.clock.now());
     // A stream of records can starve our timers (a large copy): the heartbeat goes out from here too.
-    if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s)) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
+    if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s))
+      this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
     this.hooks.phase?.('record', s.open?.epoch ?? -1);
     if (s.phase === 'handshake' && type !== Rec.HELLO && type !== Rec.ERROR) {
       throw protocolError(`record type ${type} before HELLO`);
     }
     switch (type) {
-      case Rec.HELLO: return this.onHello(s, body);
-      case Rec.CHECKPOINT_BEGIN: return this.onBegin(s, body);
-      case Rec.PAGE_BATCH: return this.onBatch(s, body);
-      case Rec.DEVICE_STATE: return this.onDeviceState(s, body);
-      case Rec.CHECKPOINT_END: return this.onEnd(s, body);
-      case Rec.DISK_WRITE: return this.onDiskWrite(s, body);
-      case Rec.DISK_SYNC: return this.onDiskSync(s, body);
-      case Rec.DISK_SYNC_END: return this.onDiskSyncEnd(s, body);
-      case Rec.DISK_REFS: return this.onDiskRefs(s, body);
-      case Rec.DISK_VERIFY: return this.onDiskVerify(s, body);
-      case Rec.NET_EXPOSURE: return this.onNetExposure(body);
-      case Rec.MEMORY_VERIFY: return this.onMemoryVerify(s, body);
-      case Rec.HEARTBEAT: parseHeartbeat(body); return;
-      case Rec.GOODBYE: return this.onGoodbye(s);
+      case Rec.HELLO:
+        return this.onHello(s, body);
+      case Rec.CHECKPOINT_BEGIN:
+        return this.onBegin(s, body);
+      case Rec.PAGE_BATCH:
+        return this.onBatch(s, body);
+      case Rec.DEVICE_STATE:
+        return this.onDeviceState(s, body);
+      case Rec.CHECKPOINT_END:
+        return this.onEnd(s, body);
+      case Rec.DISK_WRITE:
+        return this.onDiskWrite(s, body);
+      case Rec.DISK_SYNC:
+        return this.onDiskSync(s, body);
+      case Rec.DISK_SYNC_END:
+        return this.onDiskSyncEnd(s, body);
+      case Rec.DISK_REFS:
+        return this.onDiskRefs(s, body);
+      case Rec.DISK_VERIFY:
+        return this.onDiskVerify(s, body);
+      case Rec.NET_EXPOSURE:
+        return this.onNetExposure(body);
+      case Rec.MEMORY_VERIFY:
+        return this.onMemoryVerify(s, body);
+      case Rec.HEARTBEAT:
+        parseHeartbeat(body);
+        return;
+      case Rec.GOODBYE:
+        return this.onGoodbye(s);
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);
-        throw protocolError(`primary reported ${String(value.code).slice(0, 64)}: ${String(value.message).slice(0, 512)}`);
+        throw protocolError(
+          `primary reported ${String(value.code).slice(0, 64)}: ${String(value.message).slice(0, 512)}`,
+        );
       }
-      default: throw protocolError(`unexpected record type ${type} at the backup`);
+      default:
+        throw protocolError(`unexpected record type ${type} at the backup`);
     }
   }
 
   private onHello(s: Session, body: Buffer): void {
     if (s.phase !== 'handshake') throw protocolError('HELLO twice in one session');
     const { version, value } = parseJson(Rec.HELLO, body, true);
-    if (version !== PROTOCOL_VERSION) throw new RemusError(ErrorCode.HANDSHAKE, `protocol version ${version} is not ${PROTOCOL_VERSION}`);
+    if (version !== PROTOCOL_VERSION)
+      throw new RemusError(ErrorCode.HANDSHAKE, `protocol version ${version} is not ${PROTOCOL_VERSION}`);
     const h = validateHello(value, this.opts.pageCountMax);
     // A backup serving nobody accepts any valid primary: another domain replaces what it held.
     if (this.held && (this.held.hello.domain !== h.domain || this.held.hello.pageCount !== h.pageCount)) {
@@ -338,8 +441,12 @@ export class Backup {
     const diskBytes = held.replica.disk?.sizeBytes ?? 0;
     if (h.diskBytes !== diskBytes) {
       if (!kept) this.release();
-      throw new RemusError(ErrorCode.HANDSHAKE, h.diskBytes === 0 ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
-        : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`);
+      throw new RemusError(
+        ErrorCode.HANDSHAKE,
+        h.diskBytes === 0
+          ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
+          : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`,
+      );
     }
     const cont = this.continuation(h);
     this.diskSuspect = false;
@@ -358,14 +465,29 @@ export class Backup {
     s.continuing = cont.epoch;
     this.counters.sessions++;
     if (cont.epoch !== null) this.counters.continuedSessions++;
-    this.lastSessionStart = cont.epoch !== null ? { kind: 'continued', reason: cont.reason, keptEpoch: cont.epoch }
-      : { kind: 'full', reason: cont.reason };
-    this.send(s, Rec.HELLO_ACK, jsonBody({
-      accepted: true, backup: 'remusdb', diskContinues, continues: cont.epoch !== null, reason: cont.reason,
-      ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
-    }));
+    this.lastSessionStart =
+      cont.epoch !== null
+        ? { kind: 'continued', reason: cont.reason, keptEpoch: cont.epoch }
+        : { kind: 'full', reason: cont.reason };
+    this.send(
+      s,
+      Rec.HELLO_ACK,
+      jsonBody({
+        accepted: true,
+        backup: 'remusdb',
+        diskContinues,
+        continues: cont.epoch !== null,
+        reason: cont.reason,
+        ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
+      }),
+    );
     this.arm(s);
-    this.hooks.event?.('session', { domain: h.domain, pages: h.pageCount, session: h.sessionId, ...this.lastSessionStart });
+    this.hooks.event?.('session', {
+      domain: h.domain,
+      pages: h.pageCount,
+      session: h.sessionId,
+      ...this.lastSessionStart,
+    });
     this.checkInvariants();
   }
 
@@ -375,7 +497,8 @@ export class Backup {
    * since the acknowledged one, which covers the later ones too). The reason either way.
    */
   private continuation(h: HelloInfo): { epoch: number | null; reason: string } {
-    const k = this.kept, c = h.continueFrom;
+    const k = this.kept,
+      c = h.continueFrom;
     const full = (reason: string): { epoch: null; reason: string } => ({ epoch: null, reason });
     if (!c) return full(h.lineage ? 'the primary has no acknowledged checkpoint' : 'the primary never continues');
     if (!k) return full(`this backup keeps no checkpoint of ${h.domain} to continue`);
@@ -383,7 +506,10 @@ export class Backup {
     if (k.epoch < c.ackedEpoch || k.epoch > c.lastEpoch) {
       return full(`this backup keeps checkpoint ${k.epoch}, not one in ${c.ackedEpoch}..${c.lastEpoch}`);
     }
-    return { epoch: k.epoch, reason: `continues checkpoint ${k.epoch} (the primary's last acknowledged is ${c.ackedEpoch})` };
+    return {
+      epoch: k.epoch,
+      reason: `continues checkpoint ${k.epoch} (the primary's last acknowledged is ${c.ackedEpoch})`,
+    };
   }
 
   /** Makes the replica for a HELLO (the service may refuse: RemusError). */
@@ -412,18 +538,23 @@ export class Backup {
     this.needSession(s);
     const { epoch, full } = parseCheckpointBegin(body);
     if (s.open) throw protocolError(`CHECKPOINT_BEGIN ${epoch} while ${s.open.epoch} is open`);
-    const first = this.committed === null, from = s.continuing;
+    const first = this.committed === null,
+      from = s.continuing;
     if (!full && first && from === null) {
       throw protocolError('the first checkpoint of a session must be FULL (its HELLO_ACK did not continue)');
     }
     // A FULL checkpoint decodes in place: after a commit it would overwrite what failover resumes.
     if (full && !first) throw protocolError(`FULL checkpoint ${epoch} after checkpoint ${this.committed} committed`);
-    if (!full && !first && epoch !== this.committed! + 1) throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
+    if (!full && !first && epoch !== this.committed! + 1)
+      throw protocolError(`checkpoint ${epoch} does not follow ${this.committed}`);
     if (!full && first && epoch <= from!) {
       throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
     }
     if (!s.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
-    if (full) { this.kept = null; s.continuing = null; } // the image is overwritten in place from here
+    if (full) {
+      this.kept = null;
+      s.continuing = null;
+    } // the image is overwritten in place from here
     s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null, memDigests: null };
   }
 
@@ -459,7 +590,8 @@ export class Backup {
     const { epoch, payload } = parseWithEpoch(Rec.DEVICE_STATE, body);
     const o = this.openFor(s, Rec.DEVICE_STATE, epoch);
     if (o.deviceState) throw protocolError('two DEVICE_STATE records in one checkpoint');
-    if (payload.length > s.hello!.deviceStateMax) throw protocolError(`device state of ${payload.length} octets exceeds ${s.hello!.deviceStateMax}`);
+    if (payload.length > s.hello!.deviceStateMax)
+      throw protocolError(`device state of ${payload.length} octets exceeds ${s.hello!.deviceStateMax}`);
     o.deviceState = Uint8Array.from(payload);
   }
 
@@ -470,7 +602,8 @@ export class Backup {
     if (pages !== o.pages) throw protocolError(`checkpoint ${epoch} announced ${pages} pages but carried ${o.pages}`);
     if (!o.deviceState) throw protocolError(`checkpoint ${epoch} has no DEVICE_STATE`);
     const distinct = held.staging.distinctPages;
-    if (o.full && distinct !== held.hello.pageCount) throw protocolError(`FULL checkpoint ${epoch} carried ${distinct} of ${held.hello.pageCount} pages`);
+    if (o.full && distinct !== held.hello.pageCount)
+      throw protocolError(`FULL checkpoint ${epoch} carried ${distinct} of ${held.hello.pageCount} pages`);
     if (!o.full && this.committed === null && !o.memDigests) {
       throw protocolError(`continued checkpoint ${epoch} carries no MEMORY_VERIFY`);
     }
@@ -479,29 +612,41 @@ export class Backup {
     // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
     this.committing(held, () => {
       const disk = held.replica.disk?.commit(epoch);
-      if (disk) { this.counters.diskWrites += disk.writes; this.counters.diskBytesApplied += disk.bytes; }
+      if (disk) {
+        this.counters.diskWrites += disk.writes;
+        this.counters.diskBytesApplied += disk.bytes;
+      }
     });
     if (o.diskCrc === null) return this.finishCommit(s, o);
     // The disk check reads the whole disk: a few MiB per turn, heartbeats going on, and the
     // records that arrive meanwhile wait their turn (held, in order).
     const expected = o.diskCrc;
     s.paused = true;
-    held.replica.disk!.checksum(this.clock).then((ours) => ours, (e: Error) => e).then((r) => {
-      s.paused = false;
-      if (this.session !== s || s.open !== o) return;
-      this.guard(s, () => {
-        this.committing(held, () => {
-          if (r instanceof Error) throw r;
-          if (r !== expected) {
-            throw new RemusError(ErrorCode.DISK_DIVERGED, `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`);
-          }
-          this.counters.diskVerifiedEpoch = epoch;
-          this.hooks.event?.('disk-verified', { epoch, crc32c: r });
+    held.replica
+      .disk!.checksum(this.clock)
+      .then(
+        (ours) => ours,
+        (e: Error) => e,
+      )
+      .then((r) => {
+        s.paused = false;
+        if (this.session !== s || s.open !== o) return;
+        this.guard(s, () => {
+          this.committing(held, () => {
+            if (r instanceof Error) throw r;
+            if (r !== expected) {
+              throw new RemusError(
+                ErrorCode.DISK_DIVERGED,
+                `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
+              );
+            }
+            this.counters.diskVerifiedEpoch = epoch;
+            this.hooks.event?.('disk-verified', { epoch, crc32c: r });
+          });
+          this.finishCommit(s, o);
         });
-        this.finishCommit(s, o);
+        this.drainQueued(s);
       });
-      this.drainQueued(s);
-    });
   }
 
   /**
@@ -513,7 +658,9 @@ export class Backup {
   private finishCommit(s: Session, o: Open): void {
     const held = this.held!;
     let changed: Uint32Array | null = null;
-    this.committing(held, () => { changed = this.applyMemory(held, o); });
+    this.committing(held, () => {
+      changed = this.applyMemory(held, o);
+    });
     const want = o.memDigests;
     if (!want) return this.completeCommit(s, o, changed!);
     this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
@@ -527,9 +674,12 @@ export class Backup {
         if (bad >= 0) {
           this.counters.memoryDiverged++;
           const last = Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1;
-          throw new RemusError(ErrorCode.MEMORY_DIVERGED, `after continued checkpoint ${o.epoch} the backup's memory ` +
-            `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
-            `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`);
+          throw new RemusError(
+            ErrorCode.MEMORY_DIVERGED,
+            `after continued checkpoint ${o.epoch} the backup's memory ` +
+              `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
+              `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`,
+          );
         }
         this.counters.memoryVerifiedEpoch = o.epoch;
         this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
@@ -541,7 +691,8 @@ export class Backup {
 
   /** The checkpoint's pages into the image; returns the pfns it changed. */
   private applyMemory(held: Held, o: Open): Uint32Array {
-    const staging = held.staging, image = held.replica.image;
+    const staging = held.staging,
+      image = held.replica.image;
     const refs = staging.refs;
     const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
     if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
@@ -574,12 +725,15 @@ export class Backup {
 
   /** A step of a commit: if it fails, the replica is no checkpoint any more. */
   private committing(held: Held, f: () => void): void {
-    try { f(); } catch (e) {
+    try {
+      f();
+    } catch (e) {
       this.committed = null;
       this.kept = null;
       held.staging.clear();
       // A disk reference that did not match means our disk diverged: the next session copies it whole.
-      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED)) this.diskSuspect = true;
+      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED))
+        this.diskSuspect = true;
       throw e;
     }
   }
@@ -610,8 +764,9 @@ export class Backup {
     const v = parseMemoryVerify(body, held.hello.pageCount);
     const o = this.openFor(s, Rec.MEMORY_VERIFY, v.epoch);
     if (o.full || this.committed !== null || s.continuing === null || o.memDigests) {
-      throw protocolError(`MEMORY_VERIFY for checkpoint ${v.epoch} outside a continued session's first checkpoint, ` +
-        'or twice');
+      throw protocolError(
+        `MEMORY_VERIFY for checkpoint ${v.epoch} outside a continued session's first checkpoint, ` + 'or twice',
+      );
     }
     o.memDigests = { regionPages: v.regionPages, digests: v.digests };
   }
@@ -621,7 +776,8 @@ export class Backup {
     const h = this.needSession(s).hello;
     const { epoch, crc32c } = parseDiskVerify(body);
     const o = this.openFor(s, Rec.DISK_VERIFY, epoch);
-    if (h.diskBytes === 0 || o.diskCrc !== null) throw protocolError(`DISK_VERIFY for checkpoint ${epoch} without a disk, or twice`);
+    if (h.diskBytes === 0 || o.diskCrc !== null)
+      throw protocolError(`DISK_VERIFY for checkpoint ${epoch} without a disk, or twice`);
     o.diskCrc = crc32c;
   }
 
@@ -631,7 +787,8 @@ export class Backup {
    * anyway: they are applied at once, like DISK_SYNC, and the first commit has no backlog.
    */
   private onDiskWrite(s: Session, body: Buffer): void {
-    const held = this.needSession(s), h = held.hello;
+    const held = this.needSession(s),
+      h = held.hello;
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
     const w = parseDiskWrite(body, h.diskBytes);
     const disk = held.replica.disk!;
@@ -646,7 +803,8 @@ export class Backup {
   /** Resync copy: applied at once — nothing is committed in this session until it ends. */
   private onDiskSync(s: Session, body: Buffer): void {
     const held = this.needSession(s);
-    if (s.diskSync.done || this.committed !== null || s.open) throw protocolError('DISK_SYNC outside the disk copy that opens a session');
+    if (s.diskSync.done || this.committed !== null || s.open)
+      throw protocolError('DISK_SYNC outside the disk copy that opens a session');
     const { offsetBytes, data } = parseDiskSync(body, held.hello.diskBytes);
     held.replica.disk!.write(offsetBytes, data);
     s.diskSync.bytes += data.length;
@@ -680,7 +838,8 @@ export class Backup {
 
   /** The one failover rule: losing a live session fails over; losing any other connection does not. */
   private lost(s: Session, why: string): void {
-    if (this.live) this.failover(why); else this.peerLeft(s, why);
+    if (this.live) this.failover(why);
+    else this.peerLeft(s, why);
   }
 
   private peerLeft(s: Session, why: string): void {
@@ -720,16 +879,28 @@ export class Backup {
    */
   private guard(s: Session, f: () => void): void {
     if (this.session !== s) return;
-    try { f(); } catch (e) { this.failed(s, e); }
+    try {
+      f();
+    } catch (e) {
+      this.failed(s, e);
+    }
     this.checkInvariants();
   }
 
   /** A handler of the session's input threw: report it, tell the primary, drop the session. */
   private failed(s: Session, e: unknown): void {
-    const err = e instanceof RemusError ? e : new RemusError(ErrorCode.INTERNAL,
-      `internal error on the primary's input: ${(e as Error)?.message ?? String(e)}`, {}, { cause: e });
+    const err =
+      e instanceof RemusError
+        ? e
+        : new RemusError(
+            ErrorCode.INTERNAL,
+            `internal error on the primary's input: ${(e as Error)?.message ?? String(e)}`,
+            {},
+            { cause: e },
+          );
     const internal = err.code === ErrorCode.INTERNAL;
-    if (internal) this.counters.internalErrors++; else this.counters.protocolErrors++;
+    if (internal) this.counters.internalErrors++;
+    else this.counters.protocolErrors++;
     this.hooks.event?.(internal ? 'internal-error' : 'protocol-error', { code: err.code, message: err.message });
     if (this.session !== s) return;
     this.quietly(() => s.link.send(Rec.ERROR, jsonBody({ code: err.code, message: err.message })));
@@ -738,7 +909,11 @@ export class Backup {
 
   /** Best effort on a connection that may be closing. */
   private quietly(f: () => void): void {
-    try { f(); } catch { /* closing anyway */ }
+    try {
+      f();
+    } catch {
+      /* closing anyway */
+    }
   }
 
   /**
@@ -750,14 +925,20 @@ export class Backup {
     const k = this.kept;
     const c = this.committed;
     assert(k === null ? c === null : this.held !== null && (c === null || k.epoch === c), 'committed is not kept');
-    assert((this.state === 'receiving') === (this.session !== null), `state ${this.state} with session ${this.session !== null}`);
+    assert(
+      (this.state === 'receiving') === (this.session !== null),
+      `state ${this.state} with session ${this.session !== null}`,
+    );
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');
     if (this.session) this.checkSession(this.session);
   }
 
   private checkSession(s: Session): void {
     assert((s.phase === 'open') === (s.hello !== null), `session phase ${s.phase} with hello ${s.hello !== null}`);
-    assert(s.phase === 'open' || (s.open === null && s.continuing === null), 'a checkpoint or continuation before HELLO');
+    assert(
+      s.phase === 'open' || (s.open === null && s.continuing === null),
+      'a checkpoint or continuation before HELLO',
+    );
     assert(s.continuing === null || this.committed === null, 'a session continues although it committed');
     assert(!s.paused || s.open !== null, 'records held without a checkpoint to commit');
     assert(s.queued.length > 0 || s.queuedBytes === 0, `${s.queuedBytes} octets queued in no record`);
@@ -768,7 +949,10 @@ export class Backup {
   private checkCommitFollows(s: Session, epoch: number): void {
     const last = this.committed ?? s.continuing;
     assert(last === null || epoch > last, `checkpoint ${epoch} commits after ${last}`);
-    assert(this.committed === null || epoch === this.committed + 1, `checkpoint ${epoch} skips after ${this.committed}`);
+    assert(
+      this.committed === null || epoch === this.committed + 1,
+      `checkpoint ${epoch} skips after ${this.committed}`,
+    );
   }
 
   // ---- liveness --------------------------------------------------------------------------
@@ -792,13 +976,17 @@ export class Backup {
     if (s.timer !== null) this.clock.clearTimer(s.timer);
     // Check for silence 8 times per timeout (failover ≤ timeout × 9/8); heartbeat every 1/4.
     const every = Math.max(5, Math.floor(Math.min(this.timeoutMs(s) / 8, this.heartbeatEveryMs(s))));
-    s.timer = this.clock.setTimer(every, () => { s.timer = null; this.guard(s, () => this.onTimer(s)); });
+    s.timer = this.clock.setTimer(every, () => {
+      s.timer = null;
+      this.guard(s, () => this.onTimer(s));
+    });
   }
 
   private onTimer(s: Session): void {
     const now = this.clock.now();
     if (now - s.lastHeard <= this.timeoutMs(s)) {
-      if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s)) this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
+      if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s))
+        this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));
       this.arm(s);
       return;
     }
@@ -807,7 +995,10 @@ export class Backup {
       s.timer = null;
       this.guard(s, () => {
         const silent = this.clock.now() - s.lastHeard;
-        if (silent <= this.timeoutMs(s)) { this.arm(s); return; }
+        if (silent <= this.timeoutMs(s)) {
+          this.arm(s);
+          return;
+        }
         this.lost(s, `primary silent for ${silent.toFixed(0)} ms`);
       });
     });

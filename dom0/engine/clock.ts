@@ -7,5 +7,7 @@ export const realClock: Clock = {
   now: () => performance.now(),
   setTimer: (ms, fn) => setTimeout(fn, Math.max(0, ms)),
   clearTimer: (h) => clearTimeout(h as NodeJS.Timeout),
-  defer: (fn) => { setImmediate(fn); },
+  defer: (fn) => {
+    setImmediate(fn);
+  },
 };

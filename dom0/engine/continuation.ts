@@ -31,11 +31,16 @@ export class UnackedPages {
   private readonly marks: Uint32Array;
 
   /** listsMax: the bound the in-flight limit gives (an assertion, not a policy). */
-  constructor(readonly pageCount: number, private readonly listsMax: number) {
+  constructor(
+    readonly pageCount: number,
+    private readonly listsMax: number,
+  ) {
     this.marks = new Uint32Array(Math.ceil(pageCount / 32));
   }
 
-  get epochs(): number { return this.lists.length; }
+  get epochs(): number {
+    return this.lists.length;
+  }
 
   /**
    * The pages of checkpoint epoch (copied: a capture's array may be reused). subsumes: they
@@ -54,19 +59,29 @@ export class UnackedPages {
     while (this.lists.length && this.lists[0].epoch <= epoch) this.lists.shift();
   }
 
-  clear(): void { this.lists = []; }
+  clear(): void {
+    this.lists = [];
+  }
 
   /** Listed pages that are not among except[0..exceptCount), each once, ascending. */
   missingFrom(except: Uint32Array, exceptCount: number): Uint32Array {
     const m = this.marks;
-    const set = (p: number): void => { m[p >>> 5] |= 1 << (p & 31); };
+    const set = (p: number): void => {
+      m[p >>> 5] |= 1 << (p & 31);
+    };
     const has = (p: number): boolean => (m[p >>> 5] & (1 << (p & 31))) !== 0;
-    const unset = (p: number): void => { m[p >>> 5] &= ~(1 << (p & 31)); };
+    const unset = (p: number): void => {
+      m[p >>> 5] &= ~(1 << (p & 31));
+    };
     for (const l of this.lists) for (const p of l.pfns) set(p);
     for (let i = 0; i < exceptCount; i++) unset(except[i]);
     const out: number[] = [];
     for (const l of this.lists) {
-      for (const p of l.pfns) if (has(p)) { out.push(p); unset(p); }
+      for (const p of l.pfns)
+        if (has(p)) {
+          out.push(p);
+          unset(p);
+        }
     }
     return Uint32Array.from(out).sort(); // every mark is clear again
   }
@@ -76,7 +91,9 @@ export class PageCrcTable {
   readonly crcs: Uint32Array;
   private scratch = new Uint32Array(0);
 
-  constructor(readonly pageCount: number) { this.crcs = new Uint32Array(pageCount); }
+  constructor(readonly pageCount: number) {
+    this.crcs = new Uint32Array(pageCount);
+  }
 
   /** Pages pfns[0..count) now hold pages (count × 4096 octets) as the backup will. */
   update(pfns: ArrayLike<number>, count: number, pages: Uint8Array): void {
@@ -87,15 +104,19 @@ export class PageCrcTable {
     for (let i = 0; i < count; i++) this.crcs[pfns[i]] = out[i];
   }
 
-  digests(regionPages: number): Uint32Array { return regionDigests(this.crcs, regionPages); }
+  digests(regionPages: number): Uint32Array {
+    return regionDigests(this.crcs, regionPages);
+  }
 }
 
 /** Region i's digest: CRC32C over the u32 CRCs of its pages. */
 export function regionDigests(crcs: Uint32Array, regionPages: number): Uint32Array {
   assert(regionPages >= 1, 'region pages');
-  const n = Math.ceil(crcs.length / regionPages), out = new Uint32Array(n);
+  const n = Math.ceil(crcs.length / regionPages),
+    out = new Uint32Array(n);
   for (let i = 0; i < n; i++) {
-    const from = i * regionPages, to = Math.min(crcs.length, from + regionPages);
+    const from = i * regionPages,
+      to = Math.min(crcs.length, from + regionPages);
     out[i] = loadAddon().crc32c(new Uint8Array(crcs.buffer, crcs.byteOffset + from * 4, (to - from) * 4));
   }
   return out;
@@ -108,28 +129,41 @@ export function regionDigests(crcs: Uint32Array, regionPages: number): Uint32Arr
  * microtasks until it stops). The image must not change meanwhile: the backup holds the
  * session's records until done.
  */
-export function imageDigests(image: GuestMemory, pageCount: number, regionPages: number, clock: Pick<Clock, 'defer'>,
-  done: (r: Uint32Array | Error) => void): void {
-  const n = Math.ceil(pageCount / regionPages), out = new Uint32Array(n);
+export function imageDigests(
+  image: GuestMemory,
+  pageCount: number,
+  regionPages: number,
+  clock: Pick<Clock, 'defer'>,
+  done: (r: Uint32Array | Error) => void,
+): void {
+  const n = Math.ceil(pageCount / regionPages),
+    out = new Uint32Array(n);
   const crcs = new Uint32Array(Math.min(pageCount, regionPages));
   let i = 0;
   const step = (): void => {
     try {
-      const from = i * regionPages, count = Math.min(pageCount, from + regionPages) - from;
+      const from = i * regionPages,
+        count = Math.min(pageCount, from + regionPages) - from;
       const page = crcs.subarray(0, count);
       pageCrcs(image, from, page);
       out[i] = loadAddon().crc32c(new Uint8Array(page.buffer, 0, count * 4));
-    } catch (e) { done(e as Error); return; }
-    if (++i >= n) done(out); else clock.defer(step);
+    } catch (e) {
+      done(e as Error);
+      return;
+    }
+    if (++i >= n) done(out);
+    else clock.defer(step);
   };
   clock.defer(step);
 }
 
 /** out[i] = CRC32C of page from + i, a run of pages within one segment at a time. */
 function pageCrcs(image: GuestMemory, from: number, out: Uint32Array): void {
-  for (let done = 0; done < out.length;) {
-    const p = from + done, seg = image.segments[Math.floor(p / image.segmentPages)];
-    const at = p % image.segmentPages, run = Math.min(out.length - done, image.segmentPages - at);
+  for (let done = 0; done < out.length; ) {
+    const p = from + done,
+      seg = image.segments[Math.floor(p / image.segmentPages)];
+    const at = p % image.segmentPages,
+      run = Math.min(out.length - done, image.segmentPages - at);
     loadAddon().crc32cPages(seg.subarray(at * PAGE_BYTES, (at + run) * PAGE_BYTES), out.subarray(done, done + run));
     done += run;
   }

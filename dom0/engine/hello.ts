@@ -27,10 +27,17 @@ export const HELLO_STRING_CHARS_MAX = 256;
 
 export interface HelloInfo {
   kind: (typeof DOMAIN_KINDS)[number];
-  domain: string; pageCount: number; pageSize: number; compressor: string; intervalMs: number;
-  heartbeatTimeoutMs: number; deviceStateMax: number; sessionId: string;
+  domain: string;
+  pageCount: number;
+  pageSize: number;
+  compressor: string;
+  intervalMs: number;
+  heartbeatTimeoutMs: number;
+  deviceStateMax: number;
+  sessionId: string;
   /** Size of the replicated disk (0: the domain has none), and the write buffer it asks for. */
-  diskBytes: number; diskBufferBytesMax: number;
+  diskBytes: number;
+  diskBufferBytesMax: number;
   /** The primary's lineage (docs/protocol.md "Reconnect"), or null: it never continues a session. */
   lineage: string | null;
   /**
@@ -40,7 +47,10 @@ export interface HelloInfo {
   continueFrom: ContinueFrom | null;
 }
 
-export interface ContinueFrom { ackedEpoch: number; lastEpoch: number; }
+export interface ContinueFrom {
+  ackedEpoch: number;
+  lastEpoch: number;
+}
 
 /** A lineage id: 8 to 64 of a-z 0-9 and '-'. */
 export const LINEAGE_RULE = /^[a-z0-9-]{8,64}$/;
@@ -61,31 +71,44 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
   const optionalNum = (k: string, max: number): number => (v[k] === undefined ? 0 : num(k, 0, max));
   const oneOf = <T extends string>(k: string, choices: readonly T[]): T => {
     const x = v[k];
-    if (typeof x !== 'string' || !(choices as readonly string[]).includes(x)) refuse(`HELLO ${k} ${JSON.stringify(x) ?? 'missing'} is not one of ${choices.join(', ')}`);
+    if (typeof x !== 'string' || !(choices as readonly string[]).includes(x))
+      refuse(`HELLO ${k} ${JSON.stringify(x) ?? 'missing'} is not one of ${choices.join(', ')}`);
     return x as T;
   };
   const domain = v.domain;
   if (typeof domain !== 'string' || !DOMAIN_NAME_RULE.test(domain)) {
-    refuse(`HELLO domain ${JSON.stringify(domain)?.slice(0, 80) ?? 'missing'} is not a domain name (${DOMAIN_NAME_RULE_TEXT})`);
+    refuse(
+      `HELLO domain ${JSON.stringify(domain)?.slice(0, 80) ?? 'missing'} is not a domain name (${DOMAIN_NAME_RULE_TEXT})`,
+    );
   }
   const sessionId = v.sessionId;
   if (typeof sessionId !== 'string' || sessionId.length === 0 || sessionId.length > HELLO_STRING_CHARS_MAX) {
     refuse(`HELLO sessionId is missing or longer than ${HELLO_STRING_CHARS_MAX} characters`);
   }
-  if (v.pageSize !== PAGE_BYTES) refuse(`HELLO page size ${JSON.stringify(v.pageSize) ?? 'missing'} is not ${PAGE_BYTES}`);
+  if (v.pageSize !== PAGE_BYTES)
+    refuse(`HELLO page size ${JSON.stringify(v.pageSize) ?? 'missing'} is not ${PAGE_BYTES}`);
   const diskBytes = optionalNum('diskBytes', DISK_BYTES_MAX);
   const lineage = v.lineage === undefined ? null : v.lineage;
   if (lineage !== null && (typeof lineage !== 'string' || !LINEAGE_RULE.test(lineage))) {
     refuse(`HELLO lineage ${JSON.stringify(lineage)?.slice(0, 80)} is not 8 to 64 of a-z 0-9 -`);
   }
   const continueFrom = v.ackedEpoch === undefined && v.lastEpoch === undefined ? null : continueFromOf(v, lineage);
-  if (diskBytes % DISK_SECTOR_BYTES !== 0) refuse(`HELLO diskBytes ${diskBytes} is not a multiple of ${DISK_SECTOR_BYTES}`);
+  if (diskBytes % DISK_SECTOR_BYTES !== 0)
+    refuse(`HELLO diskBytes ${diskBytes} is not a multiple of ${DISK_SECTOR_BYTES}`);
   return {
-    kind: oneOf('kind', DOMAIN_KINDS), domain, pageCount: num('pageCount', 1, pageCountMax), pageSize: PAGE_BYTES,
-    compressor: oneOf('compressor', COMPRESSORS), intervalMs: num('intervalMs', 1, INTERVAL_MS_MAX),
+    kind: oneOf('kind', DOMAIN_KINDS),
+    domain,
+    pageCount: num('pageCount', 1, pageCountMax),
+    pageSize: PAGE_BYTES,
+    compressor: oneOf('compressor', COMPRESSORS),
+    intervalMs: num('intervalMs', 1, INTERVAL_MS_MAX),
     heartbeatTimeoutMs: num('heartbeatTimeoutMs', HEARTBEAT_TIMEOUT_MS_MIN, HEARTBEAT_TIMEOUT_MS_MAX),
     deviceStateMax: num('deviceStateMax', 0, DEVICE_STATE_BYTES_MAX),
-    diskBytes, diskBufferBytesMax: optionalNum('diskBufferBytesMax', DISK_BUFFER_BYTES_MAX), sessionId, lineage, continueFrom,
+    diskBytes,
+    diskBufferBytesMax: optionalNum('diskBufferBytesMax', DISK_BUFFER_BYTES_MAX),
+    sessionId,
+    lineage,
+    continueFrom,
   };
 }
 
@@ -95,8 +118,10 @@ function continueFromOf(v: Record<string, unknown>, lineage: string | null): Con
   if (lineage === null) refuse('HELLO ackedEpoch and lastEpoch without a lineage');
   const epoch = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 1;
   if (!epoch(ackedEpoch) || !epoch(lastEpoch) || ackedEpoch > lastEpoch) {
-    refuse(`HELLO ackedEpoch ${JSON.stringify(ackedEpoch)} and lastEpoch ${JSON.stringify(lastEpoch)} ` +
-      'are not epochs with acked ≤ last');
+    refuse(
+      `HELLO ackedEpoch ${JSON.stringify(ackedEpoch)} and lastEpoch ${JSON.stringify(lastEpoch)} ` +
+        'are not epochs with acked ≤ last',
+    );
   }
   return { ackedEpoch, lastEpoch };
 }

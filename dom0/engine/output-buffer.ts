@@ -7,7 +7,10 @@ import type { OutputGate } from '../ports';
 import { Window } from './stats';
 
 export interface OutputStats {
-  held: number; released: number; dropped: number; passedThrough: number;
+  held: number;
+  released: number;
+  dropped: number;
+  passedThrough: number;
   /** The longest any output waited here, from when it was pushed to its release (ms). */
   holdMsMax: number;
 }
@@ -22,9 +25,14 @@ export class OutputBuffer<T> implements OutputGate {
   readonly stats: OutputStats = { held: 0, released: 0, dropped: 0, passedThrough: 0, holdMsMax: 0 };
 
   /** deliver: held is false for an output that passed straight through (nothing protected it). */
-  constructor(private readonly deliver: (item: T, epoch: number, held: boolean) => void, readonly heldMax = 100_000) {}
+  constructor(
+    private readonly deliver: (item: T, epoch: number, held: boolean) => void,
+    readonly heldMax = 100_000,
+  ) {}
 
-  get held(): number { return this.stats.held; }
+  get held(): number {
+    return this.stats.held;
+  }
 
   /** Per released epoch, how long its oldest output waited (the last 1024 epochs). */
   private readonly holds = new Window();
@@ -35,7 +43,9 @@ export class OutputBuffer<T> implements OutputGate {
     this.stats.holdMsMax = Math.max(this.stats.holdMsMax, ms);
     this.onHoldMs?.(ms);
   }
-  get holdMsP99(): number { return this.holds.quantile(0.99); }
+  get holdMsP99(): number {
+    return this.holds.quantile(0.99);
+  }
 
   /** An output the domain produced just now. */
   push(item: T): void {
@@ -44,7 +54,10 @@ export class OutputBuffer<T> implements OutputGate {
       this.deliver(item, this.currentEpoch, false);
       return;
     }
-    if (this.stats.held >= this.heldMax) { this.stats.dropped++; return; }
+    if (this.stats.held >= this.heldMax) {
+      this.stats.dropped++;
+      return;
+    }
     if (this.current.length === 0) this.currentSince = performance.now();
     this.current.push(item);
     this.stats.held++;

@@ -55,8 +55,13 @@ export class Precopy {
   private scratch: Uint32Array;
   private readonly pages: Uint8Array;
 
-  constructor(private readonly mem: LiveMemory, private readonly batchPagesMax: number, private readonly startedAtMs: number,
-    private readonly remainingPagesMin = PRECOPY_REMAINING_PAGES_MIN, private readonly roundsMax = PRECOPY_ROUNDS_MAX) {
+  constructor(
+    private readonly mem: LiveMemory,
+    private readonly batchPagesMax: number,
+    private readonly startedAtMs: number,
+    private readonly remainingPagesMin = PRECOPY_REMAINING_PAGES_MIN,
+    private readonly roundsMax = PRECOPY_ROUNDS_MAX,
+  ) {
     assert(batchPagesMax >= 1 && mem.pageCount >= 1, 'pre-copy sizes');
     this.scratch = new Uint32Array(mem.pageCount);
     mem.collectDirtyLive(this.scratch); // arm: what is written from now on is sent again
@@ -111,16 +116,24 @@ export class Precopy {
    */
   finalCapture(cap: Capture): Capture {
     const inCap = new Set(cap.pfns.subarray(0, cap.count));
-    return withPagesRead(cap, this.pending.filter((p) => !inCap.has(p)), this.mem);
+    return withPagesRead(
+      cap,
+      this.pending.filter((p) => !inCap.has(p)),
+      this.mem,
+    );
   }
 
   progress(nowMs: number): PrecopyProgress {
     const elapsedMs = Math.max(1, nowMs - this.startedAtMs);
     const remaining = this.todoCount - this.next;
     return {
-      round: this.round, sentPages: this.sentPages, roundRemainingPages: remaining,
+      round: this.round,
+      sentPages: this.sentPages,
+      roundRemainingPages: remaining,
       etaMs: this.sentPages > 0 ? Math.round((remaining * elapsedMs) / this.sentPages) : -1,
-      dirtyPagesLast: this.dirtyLast, mbPerSec: (this.sentPages * PAGE_BYTES) / 1e6 / (elapsedMs / 1000), elapsedMs,
+      dirtyPagesLast: this.dirtyLast,
+      mbPerSec: (this.sentPages * PAGE_BYTES) / 1e6 / (elapsedMs / 1000),
+      elapsedMs,
     };
   }
 }

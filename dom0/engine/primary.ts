@@ -15,8 +15,21 @@ import type { Compressor } from '../memory/encodings';
 import { PageEncoder } from '../memory/page-codec';
 import { DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../limits';
 import {
-  PROTOCOL_VERSION, Rec, checkpointBegin, parseHeartbeat, checkpointEnd, heartbeatBody, jsonBody,
-  parseAck, parseJson, parseTakeover, protocolError, withEpoch, diskRefsBody, diskVerifyBody, memoryVerifyBody,
+  PROTOCOL_VERSION,
+  Rec,
+  checkpointBegin,
+  parseHeartbeat,
+  checkpointEnd,
+  heartbeatBody,
+  jsonBody,
+  parseAck,
+  parseJson,
+  parseTakeover,
+  protocolError,
+  withEpoch,
+  diskRefsBody,
+  diskVerifyBody,
+  memoryVerifyBody,
   type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
@@ -25,8 +38,18 @@ import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import type { ContinueFrom } from './hello';
 
-export type Phase = 'suspend' | 'net-barrier' | 'capture' | 'disk-barrier' | 'resume' |
-  'stream-begin' | 'stream-batch' | 'stream-end' | 'ack' | 'release' | 'precopy-batch';
+export type Phase =
+  | 'suspend'
+  | 'net-barrier'
+  | 'capture'
+  | 'disk-barrier'
+  | 'resume'
+  | 'stream-begin'
+  | 'stream-batch'
+  | 'stream-end'
+  | 'ack'
+  | 'release'
+  | 'precopy-batch';
 
 export interface PrimaryOptions {
   intervalMs: number;
@@ -86,7 +109,16 @@ export function runInOrder(steps: Array<() => unknown>, done: () => void, fail: 
     for (; i < steps.length; i++) {
       const r = steps[i]();
       if (r === STEP_FAILED) return;
-      if (r instanceof Promise) { r.then(() => { try { from(i + 1); } catch (e) { fail(e); } }, fail); return; }
+      if (r instanceof Promise) {
+        r.then(() => {
+          try {
+            from(i + 1);
+          } catch (e) {
+            fail(e);
+          }
+        }, fail);
+        return;
+      }
     }
     done();
   };
@@ -122,7 +154,13 @@ export const EXPOSURE_TICK_MS = 10;
  * (a pre-copied first checkpoint: sentPages starts with the pages the rounds sent).
  */
 interface Pending {
-  epoch: number; full: boolean; cap: Capture; next: number; sentPages: number; diskCrc: number | null; begun: boolean;
+  epoch: number;
+  full: boolean;
+  cap: Capture;
+  next: number;
+  sentPages: number;
+  diskCrc: number | null;
+  begun: boolean;
   /** A continued session's first checkpoint: the region digests of memory at it (MEMORY_VERIFY). */
   memDigests: Uint32Array | null;
   /** Octets sent on the channel when it began (what a continued checkpoint cost). */
@@ -163,7 +201,16 @@ export class Primary {
   private readonly copy = new Window();
   private readonly ackLatency = new Window();
   private fullPauseMs = 0;
-  private totals = { checkpoints: 0, dirtyPages: 0, dirtyPagesLast: 0, rawBytes: 0, wireBytes: 0, sessions: 0, diskRefPages: 0, diskVerifiedEpoch: 0 };
+  private totals = {
+    checkpoints: 0,
+    dirtyPages: 0,
+    dirtyPagesLast: 0,
+    rawBytes: 0,
+    wireBytes: 0,
+    sessions: 0,
+    diskRefPages: 0,
+    diskVerifiedEpoch: 0,
+  };
   /** Counts ended sessions: a checkpoint that outlives its session is not sent in the next one. */
   private sessionGen = 0;
   /** Every record octet sent (headers included). */
@@ -186,11 +233,20 @@ export class Primary {
   private fullReason: string | null = null;
   private lastSessionStart: SessionStart | null = null;
 
-  constructor(private readonly domain: Domain, private readonly gate: OutputGate,
-    private readonly clock: Clock, readonly opts: PrimaryOptions, private readonly hooks: PrimaryHooks = {},
-    private readonly disk: DiskPort | null = null) {
+  constructor(
+    private readonly domain: Domain,
+    private readonly gate: OutputGate,
+    private readonly clock: Clock,
+    readonly opts: PrimaryOptions,
+    private readonly hooks: PrimaryHooks = {},
+    private readonly disk: DiskPort | null = null,
+  ) {
     assert(opts.intervalMs >= 1 && opts.maxInFlight >= 1 && opts.heartbeatTimeoutMs > 0, 'primary options');
-    this.encoder = new PageEncoder({ cachePages: opts.cachePages, compressor: opts.compressor, batchPagesMax: opts.batchPagesMax });
+    this.encoder = new PageEncoder({
+      cachePages: opts.cachePages,
+      compressor: opts.compressor,
+      batchPagesMax: opts.batchPagesMax,
+    });
     const continues = opts.continueSessions !== false && !!domain.live;
     this.unacked = continues ? new UnackedPages(domain.pageCount, opts.maxInFlight + 2) : null;
     this.pageCrcs = continues ? new PageCrcTable(domain.pageCount) : null;
@@ -223,28 +279,51 @@ export class Primary {
   /** A new authenticated channel to a backup: handshake, then a full checkpoint. */
   attach(link: Link): void {
     assert(this.link === null, 'attach while a backup is attached');
-    if (this.state === 'fenced' || this.state === 'stopped') { link.close(); return; }
+    if (this.state === 'fenced' || this.state === 'stopped') {
+      link.close();
+      return;
+    }
     this.link = link;
     this.session = 'hello';
     this.lastHeard = this.clock.now();
     link.onRecord((type, body) => this.guard(link, () => this.onRecord(type, body)));
     link.onClose((err) => {
       if (this.link !== link) return;
-      if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL) return this.guard(link, () => { throw err; });
-      this.lose(err ? err.message : this.session === 'hello' ? 'the backup closed the connection before answering HELLO ' +
-        '(it refused us, or one side uses TLS --psk-file and the other --insecure)' : 'backup closed the connection');
+      if (err instanceof RemusError && err.code === ErrorCode.PROTOCOL)
+        return this.guard(link, () => {
+          throw err;
+        });
+      this.lose(
+        err
+          ? err.message
+          : this.session === 'hello'
+            ? 'the backup closed the connection before answering HELLO ' +
+              '(it refused us, or one side uses TLS --psk-file and the other --insecure)'
+            : 'backup closed the connection',
+      );
     });
     const acked = this.unacked ? this.backupAcked : null;
     this.offered = acked !== null ? { ackedEpoch: acked, lastEpoch: this.epoch } : null;
-    this.send(Rec.HELLO, jsonBody({
-      kind: this.domain.kind, domain: this.domain.name, pageCount: this.domain.pageCount, pageSize: PAGE_BYTES,
-      compressor: this.opts.compressor, intervalMs: this.opts.intervalMs,
-      heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs, deviceStateMax: this.opts.deviceStateMax,
-      diskBytes: this.disk?.sizeBytes ?? 0,
-      diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
-      sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
-      ...(this.unacked ? { lineage: this.lineage, ...this.offered } : {}),
-    }, PROTOCOL_VERSION));
+    this.send(
+      Rec.HELLO,
+      jsonBody(
+        {
+          kind: this.domain.kind,
+          domain: this.domain.name,
+          pageCount: this.domain.pageCount,
+          pageSize: PAGE_BYTES,
+          compressor: this.opts.compressor,
+          intervalMs: this.opts.intervalMs,
+          heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
+          deviceStateMax: this.opts.deviceStateMax,
+          diskBytes: this.disk?.sizeBytes ?? 0,
+          diskBufferBytesMax: this.opts.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
+          sessionId: `${this.domain.name}-${this.clock.now()}-${this.totals.sessions}`,
+          ...(this.unacked ? { lineage: this.lineage, ...this.offered } : {}),
+        },
+        PROTOCOL_VERSION,
+      ),
+    );
     this.checkInvariants();
   }
 
@@ -260,20 +339,29 @@ export class Primary {
     this.checkInvariants();
   }
 
-  get attached(): boolean { return this.link !== null; }
+  get attached(): boolean {
+    return this.link !== null;
+  }
 
   stats(): PrimaryStats {
     return {
-      state: this.state, epoch: this.epoch, ackedEpoch: this.acked, ...this.totals,
-      pauseMsP50: this.pause.quantile(0.5), pauseMsP99: this.pause.quantile(0.99),
-      fullPauseMs: this.fullPauseMs, copyMsP50: this.copy.quantile(0.5), ackMsP50: this.ackLatency.quantile(0.5),
+      state: this.state,
+      epoch: this.epoch,
+      ackedEpoch: this.acked,
+      ...this.totals,
+      pauseMsP50: this.pause.quantile(0.5),
+      pauseMsP99: this.pause.quantile(0.99),
+      fullPauseMs: this.fullPauseMs,
+      copyMsP50: this.copy.quantile(0.5),
+      ackMsP50: this.ackLatency.quantile(0.5),
       outputsHeld: this.gate.held,
       lastAckAgeMs: this.lastAckAt ? this.clock.now() - this.lastAckAt : -1,
       ratio: this.totals.wireBytes ? this.totals.rawBytes / this.totals.wireBytes : 0,
       backup: this.link?.remote ?? null,
       initialSyncMs: this.initialSyncMs,
       precopy: this.precopy?.progress(this.clock.now()) ?? null,
-      lineage: this.lineage, lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
+      lineage: this.lineage,
+      lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
     };
   }
 
@@ -282,8 +370,14 @@ export class Primary {
   private tick(): void {
     this.tickTimer = null;
     if (this.checkpointing) return; // a slow (asynchronous) checkpoint reschedules when it ends
-    if (this.state !== 'protected') { this.scheduleTick(this.opts.intervalMs); return; }
-    if (this.epoch - this.acked >= this.opts.maxInFlight) { this.waitingForAck = true; return; }
+    if (this.state !== 'protected') {
+      this.scheduleTick(this.opts.intervalMs);
+      return;
+    }
+    if (this.epoch - this.acked >= this.opts.maxInFlight) {
+      this.waitingForAck = true;
+      return;
+    }
     const started = this.clock.now();
     this.takeCheckpoint(() => {
       this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started)));
@@ -296,14 +390,19 @@ export class Primary {
    * synchronous domain the whole pause happens in this call.
    */
   private takeCheckpoint(then: () => void): void {
-    const epoch = this.epoch + 1, full = this.needFull;
+    const epoch = this.epoch + 1,
+      full = this.needFull;
     const pc = full ? this.precopy : null; // a pre-copied first checkpoint: copy only what remains
     const cont = !full && this.continuing; // a continued session's first: also every page since the last ack
     const gen = this.sessionGen;
     const t0 = this.clock.now();
-    let t1 = 0, cap: Capture | null = null, info: Record<string, unknown> = {}, diskCrc: number | null = null;
+    let t1 = 0,
+      cap: Capture | null = null,
+      info: Record<string, unknown> = {},
+      diskCrc: number | null = null;
     this.checkpointing = true;
-    let suspended = false, barrierPlaced = false;
+    let suspended = false,
+      barrierPlaced = false;
     const fail = (e: unknown): void => {
       this.checkpointing = false;
       // Outputs are labelled with this epoch once its barrier is placed: the number is spent
@@ -322,7 +421,12 @@ export class Primary {
     // A domain call that throws synchronously (the sim vCPU did not stop: ERR_VCPU) fails
     // this checkpoint like a rejection would, instead of unwinding into the timer.
     const call = <T>(fn: () => T): T | typeof STEP_FAILED => {
-      try { return fn(); } catch (e) { fail(e); return STEP_FAILED; }
+      try {
+        return fn();
+      } catch (e) {
+        fail(e);
+        return STEP_FAILED;
+      }
     };
     // Captured pages are listed as unacknowledged at once: a checkpoint that fails after its
     // capture took them from dirty tracking, and the next continued session must carry them.
@@ -330,57 +434,84 @@ export class Primary {
       cap = cont ? this.withUnacked(c) : pc ? pc.finalCapture(c) : c;
       if (!full) this.unacked?.add(epoch, cap.pfns, cap.count, cont);
     };
-    runInOrder([
-      () => { this.hooks.phase?.('suspend', epoch); return call(() => this.domain.suspend()); },
+    runInOrder(
+      [
+        () => {
+          this.hooks.phase?.('suspend', epoch);
+          return call(() => this.domain.suspend());
+        },
+        () => {
+          suspended = true;
+          // A session's first checkpoint: outputs flowed until the guest stopped (they precede the
+          // state it captures; Xen's libxc runs its live rounds before this suspend completes).
+          if ((full || cont) && this.link && this.session === 'active') this.gate.setPassThrough(false);
+          this.hooks.phase?.('net-barrier', epoch);
+          this.gate.barrier(epoch);
+          barrierPlaced = true;
+          this.hooks.phase?.('capture', epoch);
+          t1 = this.clock.now();
+          const r = call(() => this.domain.capture(full && !pc));
+          if (r === STEP_FAILED) return r;
+          if (!(r instanceof Promise)) {
+            took(r);
+            return undefined;
+          }
+          return r.then(took);
+        },
+        () => {
+          this.copy.add(this.clock.now() - t1);
+          info = this.domain.describe();
+          if ((!full && !cont) || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
+          // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
+          const crc = this.disk.checksum();
+          if (!(crc instanceof Promise)) {
+            diskCrc = crc;
+            return undefined;
+          }
+          return crc.then((c) => {
+            diskCrc = c;
+          });
+        },
+        () => {
+          this.hooks.phase?.('disk-barrier', epoch);
+          this.disk?.barrier(epoch);
+          this.hooks.phase?.('resume', epoch);
+          suspended = false;
+          return call(() => this.domain.resume());
+        },
+      ],
       () => {
-        suspended = true;
-        // A session's first checkpoint: outputs flowed until the guest stopped (they precede the
-        // state it captures; Xen's libxc runs its live rounds before this suspend completes).
-        if ((full || cont) && this.link && this.session === 'active') this.gate.setPassThrough(false);
-        this.hooks.phase?.('net-barrier', epoch);
-        this.gate.barrier(epoch);
-        barrierPlaced = true;
-        this.hooks.phase?.('capture', epoch);
-        t1 = this.clock.now();
-        const r = call(() => this.domain.capture(full && !pc));
-        if (r === STEP_FAILED) return r;
-        if (!(r instanceof Promise)) { took(r); return undefined; }
-        return r.then(took);
+        this.checkpointing = false;
+        const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
+        if (full) this.fullPauseMs = pausedMs;
+        else this.pause.add(pausedMs);
+        this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
+        then();
       },
-      () => {
-        this.copy.add(this.clock.now() - t1);
-        info = this.domain.describe();
-        if ((!full && !cont) || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
-        // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
-        const crc = this.disk.checksum();
-        if (!(crc instanceof Promise)) { diskCrc = crc; return undefined; }
-        return crc.then((c) => { diskCrc = c; });
-      },
-      () => {
-        this.hooks.phase?.('disk-barrier', epoch);
-        this.disk?.barrier(epoch);
-        this.hooks.phase?.('resume', epoch);
-        suspended = false;
-        return call(() => this.domain.resume());
-      },
-    ], () => {
-      this.checkpointing = false;
-      const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
-      if (full) this.fullPauseMs = pausedMs; else this.pause.add(pausedMs);
-      this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
-      then();
-    }, fail);
+      fail,
+    );
   }
 
   private resumeAfterFailure(): void {
     try {
       const r = this.domain.resume();
       if (r instanceof Promise) r.catch((e: Error) => this.hooks.event?.('resume-failed', { message: e.message }));
-    } catch (e) { this.hooks.event?.('resume-failed', { message: (e as Error).message }); }
+    } catch (e) {
+      this.hooks.event?.('resume-failed', { message: (e as Error).message });
+    }
   }
 
-  private captured(epoch: number, gen: number, full: boolean, cont: boolean, cap: Capture,
-    info: Record<string, unknown>, diskCrc: number | null, pc: Precopy | null, pausedMs: number): void {
+  private captured(
+    epoch: number,
+    gen: number,
+    full: boolean,
+    cont: boolean,
+    cap: Capture,
+    info: Record<string, unknown>,
+    diskCrc: number | null,
+    pc: Precopy | null,
+    pausedMs: number,
+  ): void {
     // The table follows every capture in order, sent or not: its digests are memory's at the last one.
     this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
     if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
@@ -428,7 +559,10 @@ export class Primary {
   }
 
   private streamBatch(p: Pending): void {
-    if (this.queue[0] !== p || this.session !== 'active') { this.streaming = false; return; }
+    if (this.queue[0] !== p || this.session !== 'active') {
+      this.streaming = false;
+      return;
+    }
     const n = Math.min(this.opts.batchPagesMax, p.cap.count - p.next);
     if (n > 0) {
       this.hooks.phase?.('stream-batch', p.epoch);
@@ -448,7 +582,7 @@ export class Primary {
       this.clock.defer(() => this.streamBatch(p));
       return;
     }
-    const exposure = p.full ? this.hooks.netExposure?.(true) ?? null : null;
+    const exposure = p.full ? (this.hooks.netExposure?.(true) ?? null) : null;
     if (exposure) this.send(Rec.NET_EXPOSURE, withEpoch(p.epoch, jsonBody(exposure)));
     this.send(Rec.DEVICE_STATE, withEpoch(p.epoch, p.cap.deviceState));
     this.hooks.phase?.('stream-end', p.epoch);
@@ -469,17 +603,20 @@ export class Primary {
   private splitByReference(p: Pending, n: number): { pfns: BigUint64Array; pages: Uint8Array; refs: DiskRefEntry[] } {
     const refs: DiskRefEntry[] = [];
     const kept: number[] = [];
-    const found = this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), p.epoch) ?? null;
+    const found =
+      this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), p.epoch) ?? null;
     for (let i = p.next; i < p.next + n; i++) {
       const ref = found?.[i - p.next] ?? null;
-      if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref }); else kept.push(i);
+      if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref });
+      else kept.push(i);
     }
     if (refs.length === 0) {
       const pfns = new BigUint64Array(n);
       for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
       return { pfns, pages: p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), refs };
     }
-    const pfns = new BigUint64Array(kept.length), pages = new Uint8Array(kept.length * PAGE_BYTES);
+    const pfns = new BigUint64Array(kept.length),
+      pages = new Uint8Array(kept.length * PAGE_BYTES);
     kept.forEach((i, k) => {
       pfns[k] = BigInt(p.cap.pfns[i]);
       pages.set(p.cap.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), k * PAGE_BYTES);
@@ -492,10 +629,15 @@ export class Primary {
   private onRecord(type: number, body: Buffer): void {
     this.lastHeard = this.clock.now();
     switch (type) {
-      case Rec.HELLO_ACK: return this.onHelloAck(body);
-      case Rec.ACK: return this.onAck(parseAck(body));
-      case Rec.HEARTBEAT: parseHeartbeat(body); return;
-      case Rec.TAKEOVER: return this.onTakeover(parseTakeover(body));
+      case Rec.HELLO_ACK:
+        return this.onHelloAck(body);
+      case Rec.ACK:
+        return this.onAck(parseAck(body));
+      case Rec.HEARTBEAT:
+        parseHeartbeat(body);
+        return;
+      case Rec.TAKEOVER:
+        return this.onTakeover(parseTakeover(body));
       case Rec.ERROR: {
         const { value } = parseJson(type, body, false);
         if (value.code === ErrorCode.MEMORY_DIVERGED) {
@@ -507,7 +649,8 @@ export class Primary {
         }
         return this.lose(`backup reported ${String(value.code)}: ${String(value.message)}`);
       }
-      default: throw protocolError(`unexpected record type ${type} at the primary`);
+      default:
+        throw protocolError(`unexpected record type ${type} at the primary`);
     }
   }
 
@@ -515,11 +658,17 @@ export class Primary {
     if (this.session !== 'hello') throw protocolError('HELLO_ACK outside the handshake');
     const { value } = parseJson(Rec.HELLO_ACK, body, false);
     if (value.accepted !== true) throw new RemusError(ErrorCode.HANDSHAKE, `backup refused: ${String(value.reason)}`);
-    if (this.holdTimer !== null) { this.clock.clearTimer(this.holdTimer); this.holdTimer = null; }
-    const start = this.lastSessionStart = this.sessionStart(value);
+    if (this.holdTimer !== null) {
+      this.clock.clearTimer(this.holdTimer);
+      this.holdTimer = null;
+    }
+    const start = (this.lastSessionStart = this.sessionStart(value));
     this.continuing = start.kind === 'continued';
     this.needFull = !this.continuing;
-    if (this.needFull) { this.backupAcked = null; this.unacked?.clear(); } // the backup's image is overwritten
+    if (this.needFull) {
+      this.backupAcked = null;
+      this.unacked?.clear();
+    } // the backup's image is overwritten
     this.hooks.event?.('session-start', { ...start });
     this.acked = this.epoch;
     this.sentEpoch = this.epoch;
@@ -535,10 +684,22 @@ export class Primary {
     this.gate.setPassThrough(true);
     this.hooks.event?.('disk-sync', { backup: this.link?.remote });
     const link = this.link!;
-    this.disk.connect({ send: (t, b) => this.send(t, b), get backlogBytes() { return link.backlogBytes; } }, this.epoch + 1,
+    this.disk.connect(
+      {
+        send: (t, b) => this.send(t, b),
+        get backlogBytes() {
+          return link.backlogBytes;
+        },
+      },
+      this.epoch + 1,
       value.diskContinues === true,
-      () => { if (this.link === link) this.beginCheckpoints(); },
-      (reason) => { if (this.link === link) this.lose(reason, true); });
+      () => {
+        if (this.link === link) this.beginCheckpoints();
+      },
+      (reason) => {
+        if (this.link === link) this.lose(reason, true);
+      },
+    );
   }
 
   /**
@@ -549,22 +710,28 @@ export class Primary {
   private sessionStart(ack: Record<string, unknown>): SessionStart {
     const offered = this.offered;
     if (!offered) {
-      const cannot = this.domain.live ? 'continuing sessions is off' : 'this domain\'s memory is read only by captures';
-      const reason = !this.unacked ? cannot
-        : this.fullReason ?? 'the backup acknowledged no checkpoint of this primary yet (or not since its last full copy)';
+      const cannot = this.domain.live ? 'continuing sessions is off' : "this domain's memory is read only by captures";
+      const reason = !this.unacked
+        ? cannot
+        : (this.fullReason ??
+          'the backup acknowledged no checkpoint of this primary yet (or not since its last full copy)');
       return { kind: 'full', reason };
     }
     if (ack.continues !== true) {
       const why = String(ack.reason ?? 'no reason given').slice(0, 512);
       return { kind: 'full', reason: `the backup cannot continue: ${why}` };
     }
-    const kept = ack.epoch, { ackedEpoch, lastEpoch } = offered;
+    const kept = ack.epoch,
+      { ackedEpoch, lastEpoch } = offered;
     if (typeof kept !== 'number' || !Number.isSafeInteger(kept) || kept < ackedEpoch || kept > lastEpoch) {
       throw protocolError(`HELLO_ACK continues from epoch ${String(kept)}, not one in ${ackedEpoch}..${lastEpoch}`);
     }
     return {
-      kind: 'continued', reason: `the backup keeps checkpoint ${kept} of this primary (acknowledged: ${ackedEpoch})`,
-      keptEpoch: kept, ackedEpoch, verified: false,
+      kind: 'continued',
+      reason: `the backup keeps checkpoint ${kept} of this primary (acknowledged: ${ackedEpoch})`,
+      keptEpoch: kept,
+      ackedEpoch,
+      verified: false,
     };
   }
 
@@ -606,7 +773,10 @@ export class Primary {
   private precopyStep(link: Link): void {
     const pc = this.precopy;
     if (this.link !== link || this.session !== 'precopy' || !pc) return;
-    if (!this.precopyMayQueue(link)) { this.clock.setTimer(1, () => this.precopyStep(link)); return; }
+    if (!this.precopyMayQueue(link)) {
+      this.clock.setTimer(1, () => this.precopyStep(link));
+      return;
+    }
     this.hooks.phase?.('precopy-batch', this.epoch + 1);
     const b = pc.nextBatch();
     if (b) {
@@ -618,7 +788,11 @@ export class Primary {
     } else {
       const again = pc.endRound();
       // The round that just ended (endRound has moved to the next one when it goes on).
-      this.hooks.event?.('precopy-round', { ...pc.progress(this.clock.now()), round: again ? pc.round - 1 : pc.round, final: !again });
+      this.hooks.event?.('precopy-round', {
+        ...pc.progress(this.clock.now()),
+        round: again ? pc.round - 1 : pc.round,
+        final: !again,
+      });
       if (this.precopy !== pc || this.link !== link) return; // the session ended meanwhile (a hook, a send)
       if (!again) return this.finishPrecopy(pc);
     }
@@ -633,7 +807,11 @@ export class Primary {
    */
   private bulkEncoder(): PageEncoder {
     if (this.opts.compressor === 'none') return this.encoder;
-    this.precopyEncoder ??= new PageEncoder({ cachePages: 0, compressor: 'lz4', batchPagesMax: this.opts.batchPagesMax });
+    this.precopyEncoder ??= new PageEncoder({
+      cachePages: 0,
+      compressor: 'lz4',
+      batchPagesMax: this.opts.batchPagesMax,
+    });
     return this.precopyEncoder;
   }
 
@@ -655,7 +833,7 @@ export class Primary {
 
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
   private finishPrecopy(pc: Precopy): void {
-    assert(this.precopy === pc && this.session === 'precopy', 'the pre-copy that finishes is the session\'s');
+    assert(this.precopy === pc && this.session === 'precopy', "the pre-copy that finishes is the session's");
     this.session = 'active';
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: pc.sentPages });
@@ -671,7 +849,11 @@ export class Primary {
     this.hooks.phase?.('ack', epoch);
     this.acked = epoch;
     this.lastAckAt = this.clock.now();
-    if (this.unacked) { this.backupAcked = epoch; this.unacked.acked(epoch); this.fullReason = null; }
+    if (this.unacked) {
+      this.backupAcked = epoch;
+      this.unacked.acked(epoch);
+      this.fullReason = null;
+    }
     const st = this.lastSessionStart;
     if (st?.kind === 'continued' && st.epoch === epoch) {
       st.verified = true;
@@ -679,7 +861,10 @@ export class Primary {
     }
     if (this.initialSyncMs === 0) this.initialSyncMs = Math.max(1, this.lastAckAt - this.sessionStartedAt);
     const sent = this.sentAt.get(epoch);
-    if (sent !== undefined) { this.ackLatency.add(this.lastAckAt - sent); this.sentAt.delete(epoch); }
+    if (sent !== undefined) {
+      this.ackLatency.add(this.lastAckAt - sent);
+      this.sentAt.delete(epoch);
+    }
     this.hooks.phase?.('release', epoch);
     this.gate.release(epoch);
     this.disk?.acked(epoch);
@@ -708,10 +893,14 @@ export class Primary {
   /** The heartbeat timeout once the session is protected and acknowledged; more during its first copy. */
   private silenceLimitMs(): number {
     const t = this.opts.heartbeatTimeoutMs;
-    return this.session === 'active' && this.initialSyncMs > 0 ? t : Math.max(t, this.opts.copySilenceMs ?? COPY_SILENCE_MS);
+    return this.session === 'active' && this.initialSyncMs > 0
+      ? t
+      : Math.max(t, this.opts.copySilenceMs ?? COPY_SILENCE_MS);
   }
 
-  private hbIntervalMs(): number { return Math.max(5, Math.floor(this.opts.heartbeatTimeoutMs / 4)); }
+  private hbIntervalMs(): number {
+    return Math.max(5, Math.floor(this.opts.heartbeatTimeoutMs / 4));
+  }
 
   private heartbeat(): void {
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
@@ -752,7 +941,11 @@ export class Primary {
     if (tell) {
       const l = this.link;
       const said = jsonBody({ code: ErrorCode.SESSION_ENDED, message: `${reason}; the primary reconnects` });
-      try { l.send(Rec.ERROR, said); } catch { /* closing anyway */ }
+      try {
+        l.send(Rec.ERROR, said);
+      } catch {
+        /* closing anyway */
+      }
     }
     this.dropLink();
     if (this.state === 'fenced' || this.state === 'stopped') return;
@@ -788,9 +981,15 @@ export class Primary {
 
   private guard(link: Link, f: () => void): void {
     if (this.link !== link) return;
-    try { f(); } catch (e) {
+    try {
+      f();
+    } catch (e) {
       if (!(e instanceof RemusError)) throw e;
-      try { link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message })); } catch { /* closing anyway */ }
+      try {
+        link.send(Rec.ERROR, jsonBody({ code: e.code, message: e.message }));
+      } catch {
+        /* closing anyway */
+      }
       this.lose(e.message);
     }
     this.checkInvariants();
@@ -804,7 +1003,10 @@ export class Primary {
   private checkInvariants(): void {
     const { acked, sentEpoch, epoch } = this;
     assert(acked <= epoch && sentEpoch <= epoch, `epochs: acked ${acked}, sent ${sentEpoch}, epoch ${epoch}`);
-    assert(epoch - acked <= this.opts.maxInFlight, `${epoch - acked} checkpoints in flight (max ${this.opts.maxInFlight})`);
+    assert(
+      epoch - acked <= this.opts.maxInFlight,
+      `${epoch - acked} checkpoints in flight (max ${this.opts.maxInFlight})`,
+    );
     const streaming = this.session === 'syncing' || this.session === 'precopy' || this.session === 'active';
     assert(!streaming || acked <= sentEpoch, `acked ${acked} past sent ${sentEpoch} in a session`);
     this.checkSessionState();
@@ -818,8 +1020,10 @@ export class Primary {
     assert((session === 'syncing') === (state === 'syncing'), `session ${session} in state ${state}`);
     assert((session === 'precopy') === (state === 'precopy'), `session ${session} in state ${state}`);
     assert((session === 'active') === (state === 'protected'), `session ${session} in state ${state}`);
-    assert(session === 'precopy' ? this.precopy !== null : this.precopy === null || session === 'active',
-      `session ${session} with pre-copy ${this.precopy !== null}`);
+    assert(
+      session === 'precopy' ? this.precopy !== null : this.precopy === null || session === 'active',
+      `session ${session} with pre-copy ${this.precopy !== null}`,
+    );
   }
 
   /** Queued checkpoints: only in an active session, epochs rising past the last sent one. */
@@ -829,7 +1033,10 @@ export class Primary {
     assert(!this.streaming || q.length > 0, 'streaming an empty queue');
     let last = this.sentEpoch;
     for (const p of q) {
-      assert(p.epoch > last && p.epoch <= this.epoch, `queued checkpoint ${p.epoch} after ${last} (epoch ${this.epoch})`);
+      assert(
+        p.epoch > last && p.epoch <= this.epoch,
+        `queued checkpoint ${p.epoch} after ${last} (epoch ${this.epoch})`,
+      );
       last = p.epoch;
     }
   }
@@ -858,4 +1065,3 @@ export class Primary {
     this.tickTimer = this.hbTimer = this.holdTimer = this.exposureTimer = null;
   }
 }
-

@@ -11,7 +11,11 @@ import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import type { GuestMemory } from '../memory/guest-memory';
 
-interface Chunk { pages: Uint8Array; pfns: BigUint64Array; count: number; }
+interface Chunk {
+  pages: Uint8Array;
+  pfns: BigUint64Array;
+  count: number;
+}
 
 export class Staging {
   private readonly seen: Uint8Array;
@@ -22,18 +26,29 @@ export class Staging {
   /** Pages of this checkpoint sent as disk references, resolved at commit. */
   refs: DiskRefEntry[] = [];
 
-  constructor(readonly pageCount: number, private readonly decoder: PageDecoder, private readonly batchPagesMax: number) {
+  constructor(
+    readonly pageCount: number,
+    private readonly decoder: PageDecoder,
+    private readonly batchPagesMax: number,
+  ) {
     this.seen = new Uint8Array(pageCount);
   }
 
   /** Decodes one container against image into staging (image untouched). */
   add(container: Uint8Array, image: GuestMemory): number {
     const records = this.decoder.unpack(container);
-    const chunk = this.free.pop() ?? { pages: new Uint8Array(this.batchPagesMax * PAGE_BYTES), pfns: new BigUint64Array(this.batchPagesMax), count: 0 };
+    const chunk = this.free.pop() ?? {
+      pages: new Uint8Array(this.batchPagesMax * PAGE_BYTES),
+      pfns: new BigUint64Array(this.batchPagesMax),
+      count: 0,
+    };
     chunk.count = this.decoder.decodeStaged(records, image, chunk.pages, chunk.pfns);
     for (let i = 0; i < chunk.count; i++) {
       const pfn = Number(chunk.pfns[i]);
-      if (this.seen[pfn]) { this.free.push(chunk); throw protocolError(`pfn ${pfn} appears twice in one checkpoint`); }
+      if (this.seen[pfn]) {
+        this.free.push(chunk);
+        throw protocolError(`pfn ${pfn} appears twice in one checkpoint`);
+      }
       this.seen[pfn] = 1;
       this.touched.push(pfn);
     }
@@ -50,7 +65,11 @@ export class Staging {
    */
   markRecords(records: Uint8Array): void {
     const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
-    for (let at = 0; at + PAGE_RECORD_HEADER_BYTES <= records.length; at += PAGE_RECORD_HEADER_BYTES + view.getUint16(at + 10, true)) {
+    for (
+      let at = 0;
+      at + PAGE_RECORD_HEADER_BYTES <= records.length;
+      at += PAGE_RECORD_HEADER_BYTES + view.getUint16(at + 10, true)
+    ) {
       const pfn = Number(view.getBigUint64(at, true));
       if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
       this.mark(pfn);
@@ -58,10 +77,14 @@ export class Staging {
   }
 
   /** The pfns of this checkpoint so far (pages and references), each once; valid until applyTo/clear. */
-  get pfns(): readonly number[] { return this.touched; }
+  get pfns(): readonly number[] {
+    return this.touched;
+  }
 
   /** Distinct pfns of this checkpoint so far (pages and references). */
-  get distinctPages(): number { return this.touched.length; }
+  get distinctPages(): number {
+    return this.touched.length;
+  }
 
   /**
    * Stages disk references: each pfn once per incremental checkpoint, like pages; in a FULL
@@ -93,7 +116,10 @@ export class Staging {
       disk.read(r.offsetBytes, page);
       const crc = loadAddon().crc32c(page);
       if (crc !== r.crc32c) {
-        throw new RemusError(ErrorCode.DISK_REF_MISMATCH, `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_BYTES}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`);
+        throw new RemusError(
+          ErrorCode.DISK_REF_MISMATCH,
+          `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_BYTES}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`,
+        );
       }
     });
     return pages;
@@ -103,7 +129,8 @@ export class Staging {
   applyTo(image: GuestMemory): Uint32Array {
     const pfns = Uint32Array.from(this.touched);
     for (const c of this.chunks) {
-      for (let i = 0; i < c.count; i++) image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      for (let i = 0; i < c.count; i++)
+        image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     }
     this.clear();
     return pfns;

@@ -3,8 +3,13 @@
 export class Window {
   private readonly xs: number[] = [];
   constructor(private readonly size = 1024) {}
-  add(x: number): void { this.xs.push(x); if (this.xs.length > this.size) this.xs.shift(); }
-  get count(): number { return this.xs.length; }
+  add(x: number): void {
+    this.xs.push(x);
+    if (this.xs.length > this.size) this.xs.shift();
+  }
+  get count(): number {
+    return this.xs.length;
+  }
   quantile(q: number): number {
     if (!this.xs.length) return 0;
     const s = [...this.xs].sort((a, b) => a - b);

@@ -144,6 +144,8 @@ export function requireFeature(driver: DomainDriver, feature: Feature): void {
   const s = driver.features[feature];
   if (s === true) return;
   const f = FEATURES[feature];
-  throw new RemusError(ErrorCode.BAD_ARGUMENT,
-    `${f.title}${f.option ? ` (${f.option})` : ''} is not available for ${driver.kind} domains: ${s.reason}`);
+  throw new RemusError(
+    ErrorCode.BAD_ARGUMENT,
+    `${f.title}${f.option ? ` (${f.option})` : ''} is not available for ${driver.kind} domains: ${s.reason}`,
+  );
 }

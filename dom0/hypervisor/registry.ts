@@ -23,17 +23,25 @@ export function resolveDomain(arg: string): { driver: DomainDriver; name: string
   if (arg.startsWith('sim:')) {
     const name = arg.slice('sim:'.length);
     if (!DOMAIN_NAME.test(name)) {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT,
-        `${JSON.stringify(arg)}: a simulated domain is sim:<name> with letters, digits, . _ - (at most 64)`);
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        `${JSON.stringify(arg)}: a simulated domain is sim:<name> with letters, digits, . _ - (at most 64)`,
+      );
     }
     return { driver: simDriver, name };
   }
   if (!fs.existsSync('/dev/xen/privcmd')) {
-    throw new RemusError(ErrorCode.NO_XEN, `${JSON.stringify(arg)} would be a Xen domain, but this host has no Xen `
-      + '(/dev/xen/privcmd is absent): run on a Xen dom0, or protect a simulated domain such as sim:demo');
+    throw new RemusError(
+      ErrorCode.NO_XEN,
+      `${JSON.stringify(arg)} would be a Xen domain, but this host has no Xen ` +
+        '(/dev/xen/privcmd is absent): run on a Xen dom0, or protect a simulated domain such as sim:demo',
+    );
   }
   if (!DOMAIN_NAME.test(arg)) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `${JSON.stringify(arg)}: a Xen domain is a name or id (letters, digits, . _ -)`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `${JSON.stringify(arg)}: a Xen domain is a name or id (letters, digits, . _ -)`,
+    );
   }
   return { driver: xenPvDriver, name: arg };
 }

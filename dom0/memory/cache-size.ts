@@ -4,8 +4,17 @@ import { ErrorCode, RemusError } from '../errors';
 import { PAGE_BYTES } from '../limits';
 
 const UNITS: Record<string, number> = {
-  '': 1, b: 1, k: 2 ** 10, kb: 2 ** 10, kib: 2 ** 10, m: 2 ** 20, mb: 2 ** 20, mib: 2 ** 20,
-  g: 2 ** 30, gb: 2 ** 30, gib: 2 ** 30,
+  '': 1,
+  b: 1,
+  k: 2 ** 10,
+  kb: 2 ** 10,
+  kib: 2 ** 10,
+  m: 2 ** 20,
+  mb: 2 ** 20,
+  mib: 2 ** 20,
+  g: 2 ** 30,
+  gb: 2 ** 30,
+  gib: 2 ** 30,
 };
 
 export const DEFAULT_CACHE = '10%';

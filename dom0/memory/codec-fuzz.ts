@@ -8,7 +8,12 @@ import { Prng } from '../util/prng';
 import { DbMemoryModel } from '../trace/db-memory-model';
 import { loadAddon } from '../native';
 
-export interface FuzzReport { iterations: number; accepted: number; rejected: number; violations: string[]; }
+export interface FuzzReport {
+  iterations: number;
+  accepted: number;
+  rejected: number;
+  violations: string[];
+}
 
 /** zstd containers of real batches, for mutating the stage-2 path. */
 function seedContainers(records: Uint8Array[]): Uint8Array[] {
@@ -51,8 +56,10 @@ function mutate(src: Uint8Array, rng: Prng): Uint8Array {
 function randomBatch(rng: Prng): Uint8Array {
   const b = new Uint8Array(PAGE_RECORD_HEADER_BYTES + rng.below(300));
   rng.fill(b);
-  b[8] = rng.below(8); b[9] = rng.chance(0.9) ? 0 : 1;
-  b[10] = b.length - PAGE_RECORD_HEADER_BYTES; b[11] = 0;
+  b[8] = rng.below(8);
+  b[9] = rng.chance(0.9) ? 0 : 1;
+  b[10] = b.length - PAGE_RECORD_HEADER_BYTES;
+  b[11] = 0;
   for (let i = 1; i < 8; i++) b[i] = rng.chance(0.9) ? 0 : b[i];
   b[0] = rng.below(GUEST_PAGES + 2);
   return b;
@@ -61,7 +68,7 @@ function randomBatch(rng: Prng): Uint8Array {
 /** Pfns named by the well-formed headers of a batch (a bad record stops the walk). */
 function namedPfns(batch: Uint8Array): Set<number> {
   const s = new Set<number>();
-  for (let off = 0; off + PAGE_RECORD_HEADER_BYTES <= batch.length;) {
+  for (let off = 0; off + PAGE_RECORD_HEADER_BYTES <= batch.length; ) {
     const dv = new DataView(batch.buffer, batch.byteOffset + off);
     s.add(Number(dv.getBigUint64(0, true)));
     off += PAGE_RECORD_HEADER_BYTES + dv.getUint16(10, true);
@@ -79,8 +86,11 @@ export function fuzzDecoder(iterations: number, seed: number, impl: CodecImpl = 
   const r: FuzzReport = { iterations: 0, accepted: 0, rejected: 0, violations: [] };
   for (let i = 0; i < iterations; i++) {
     const viaContainer = rng.chance(0.1);
-    let batch = viaContainer ? mutate(containers[rng.below(containers.length)], rng)
-      : rng.chance(0.85) ? mutate(seeds[rng.below(seeds.length)], rng) : randomBatch(rng);
+    let batch = viaContainer
+      ? mutate(containers[rng.below(containers.length)], rng)
+      : rng.chance(0.85)
+        ? mutate(seeds[rng.below(seeds.length)], rng)
+        : randomBatch(rng);
     if ((i & 1023) === 0) rng.fill(image);
     before.set(image);
     try {

@@ -5,7 +5,13 @@ export const TRY_LZ4_AFTER_XOR_RLE = 256;
 export const TRY_XOR_LZ4_ABOVE = 1024;
 
 export const Encoding = {
-  RAW: 0, ZERO: 1, UNCHANGED: 2, XOR_RLE: 3, LZ4: 4, XOR_LZ4: 5, DISK_REF: 6,
+  RAW: 0,
+  ZERO: 1,
+  UNCHANGED: 2,
+  XOR_RLE: 3,
+  LZ4: 4,
+  XOR_LZ4: 5,
+  DISK_REF: 6,
 } as const;
 
 /** Encoder policies (docs/memory-encoding.md, "Encoder policy v1"). */

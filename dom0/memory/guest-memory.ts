@@ -25,28 +25,41 @@ export class GuestMemory {
   readonly segments: readonly Uint8Array[];
   readonly pageCount: number;
 
-  private constructor(segments: Uint8Array[], readonly segmentPages = SEGMENT_PAGES) {
+  private constructor(
+    segments: Uint8Array[],
+    readonly segmentPages = SEGMENT_PAGES,
+  ) {
     const segmentBytes = segmentPages * PAGE_BYTES;
     assert(segments.length >= 1 && segmentPages >= 1, 'guest memory has at least one segment');
     segments.forEach((s, i) => {
       const last = i === segments.length - 1;
-      assert(last ? s.length > 0 && s.length <= segmentBytes && s.length % PAGE_BYTES === 0
-        : s.length === segmentBytes, 'guest memory segment length');
+      assert(
+        last ? s.length > 0 && s.length <= segmentBytes && s.length % PAGE_BYTES === 0 : s.length === segmentBytes,
+        'guest memory segment length',
+      );
     });
     this.segments = segments;
     this.pageCount = segments.reduce((n, s) => n + s.length / PAGE_BYTES, 0);
   }
 
-  get byteLength(): number { return this.pageCount * PAGE_BYTES; }
+  get byteLength(): number {
+    return this.pageCount * PAGE_BYTES;
+  }
 
   /** Memory of `pages` pages in fresh JavaScript buffers (zeroed). ERR_OUT_OF_MEMORY when refused. */
   static allocate(pages: number, segmentPages = SEGMENT_PAGES): GuestMemory {
     checkPages(pages);
     const segs: Uint8Array[] = [];
     try {
-      for (let p = 0; p < pages; p += segmentPages) segs.push(new Uint8Array(Math.min(segmentPages, pages - p) * PAGE_BYTES));
+      for (let p = 0; p < pages; p += segmentPages)
+        segs.push(new Uint8Array(Math.min(segmentPages, pages - p) * PAGE_BYTES));
     } catch (e) {
-      throw new RemusError(ErrorCode.OUT_OF_MEMORY, `cannot allocate ${pages} pages of guest memory`, { pages }, { cause: e });
+      throw new RemusError(
+        ErrorCode.OUT_OF_MEMORY,
+        `cannot allocate ${pages} pages of guest memory`,
+        { pages },
+        { cause: e },
+      );
     }
     return new GuestMemory(segs, segmentPages);
   }
@@ -59,22 +72,26 @@ export class GuestMemory {
   /** Views of one buffer (up to 2^32 bytes; shares its memory). */
   static over(bytes: Uint8Array, segmentPages = SEGMENT_PAGES): GuestMemory {
     assert(bytes.length > 0 && bytes.length % PAGE_BYTES === 0, 'guest memory is whole pages');
-    const segs: Uint8Array[] = [], step = segmentPages * PAGE_BYTES;
+    const segs: Uint8Array[] = [],
+      step = segmentPages * PAGE_BYTES;
     for (let o = 0; o < bytes.length; o += step) segs.push(bytes.subarray(o, Math.min(bytes.length, o + step)));
     return new GuestMemory(segs, segmentPages);
   }
 
   /** Windows of a native arena (shares its memory; valid while the arena is). */
   static ofArena(arena: NativeArena): GuestMemory {
-    const pages = arena.pageCount, segs: Uint8Array[] = [];
-    for (let p = 0; p < pages; p += SEGMENT_PAGES) segs.push(new Uint8Array(arena.view(p, Math.min(SEGMENT_PAGES, pages - p))));
+    const pages = arena.pageCount,
+      segs: Uint8Array[] = [];
+    for (let p = 0; p < pages; p += SEGMENT_PAGES)
+      segs.push(new Uint8Array(arena.view(p, Math.min(SEGMENT_PAGES, pages - p))));
     return new GuestMemory(segs);
   }
 
   /** The 4 KiB of page pfn (a view: writes go to guest memory). */
   page(pfn: number): Uint8Array {
     assert(Number.isInteger(pfn) && pfn >= 0 && pfn < this.pageCount, 'pfn inside guest memory');
-    const seg = this.segments[Math.floor(pfn / this.segmentPages)], at = (pfn % this.segmentPages) * PAGE_BYTES;
+    const seg = this.segments[Math.floor(pfn / this.segmentPages)],
+      at = (pfn % this.segmentPages) * PAGE_BYTES;
     return seg.subarray(at, at + PAGE_BYTES);
   }
 
@@ -93,19 +110,26 @@ export class GuestMemory {
   equals(other: GuestMemory): boolean {
     if (other.pageCount !== this.pageCount) return false;
     const bytes = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.length);
-    if (other.segmentPages === this.segmentPages) return this.segments.every((s, i) => bytes(s).equals(bytes(other.segments[i])));
+    if (other.segmentPages === this.segmentPages)
+      return this.segments.every((s, i) => bytes(s).equals(bytes(other.segments[i])));
     for (let p = 0; p < this.pageCount; p++) if (Buffer.compare(this.page(p), other.page(p)) !== 0) return false;
     return true;
   }
 
   /** A copy in fresh JavaScript buffers, cut the same way. */
   clone(): GuestMemory {
-    return new GuestMemory(this.segments.map((s) => Uint8Array.from(s)), this.segmentPages);
+    return new GuestMemory(
+      this.segments.map((s) => Uint8Array.from(s)),
+      this.segmentPages,
+    );
   }
 }
 
 function checkPages(pages: number): void {
   if (!Number.isSafeInteger(pages) || pages < 1 || pages > GUEST_PAGES_MAX) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `${String(pages)} pages is not a guest memory size (1..${GUEST_PAGES_MAX})`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `${String(pages)} pages is not a guest memory size (1..${GUEST_PAGES_MAX})`,
+    );
   }
 }

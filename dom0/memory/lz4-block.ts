@@ -4,7 +4,8 @@
 
 /** Decodes src into dst; returns the number of bytes produced, or a reason string. */
 export function lz4DecodeBlock(src: Uint8Array, dst: Uint8Array): number | string {
-  let ip = 0, op = 0;
+  let ip = 0,
+    op = 0;
   for (;;) {
     if (ip >= src.length) return 'LZ4 block ends before its last sequence';
     const token = src[ip++];

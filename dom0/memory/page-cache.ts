@@ -7,7 +7,11 @@ import { assert, assertInt } from '../assert';
 
 const NONE = -1;
 
-export interface CacheStats { hits: number; misses: number; evictions: number; }
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  evictions: number;
+}
 
 export class PageCache {
   readonly capacityPages: number;
@@ -28,7 +32,9 @@ export class PageCache {
     this.next = new Int32Array(capacityPages);
   }
 
-  get size(): number { return this.used; }
+  get size(): number {
+    return this.used;
+  }
 
   /**
    * Assigns a slot to each page of a batch, in batch order: a hit keeps its slot (and the
@@ -55,7 +61,9 @@ export class PageCache {
   }
 
   /** Slot of pfn without changing LRU order, or -1. */
-  peek(pfn: number): number { return this.slotOf.get(pfn) ?? NONE; }
+  peek(pfn: number): number {
+    return this.slotOf.get(pfn) ?? NONE;
+  }
 
   /**
    * Forgets one page: the backup now holds a version we did not encode (it came as a disk
@@ -89,7 +97,10 @@ export class PageCache {
     } else {
       slot = this.lru;
       this.unlink(slot);
-      if (this.pfnOf[slot] >= 0) { this.slotOf.delete(this.pfnOf[slot]); this.stats.evictions++; }
+      if (this.pfnOf[slot] >= 0) {
+        this.slotOf.delete(this.pfnOf[slot]);
+        this.stats.evictions++;
+      }
     }
     this.pfnOf[slot] = pfn;
     this.slotOf.set(pfn, slot);
@@ -98,9 +109,12 @@ export class PageCache {
   }
 
   private unlink(slot: number): void {
-    const p = this.prev[slot], n = this.next[slot];
-    if (p !== NONE) this.next[p] = n; else this.mru = n;
-    if (n !== NONE) this.prev[n] = p; else this.lru = p;
+    const p = this.prev[slot],
+      n = this.next[slot];
+    if (p !== NONE) this.next[p] = n;
+    else this.mru = n;
+    if (n !== NONE) this.prev[n] = p;
+    else this.lru = p;
   }
 
   private pushLru(slot: number): void {

@@ -7,9 +7,7 @@
 import { assert, assertInt } from '../assert';
 import { loadAddon, type SlotStore } from '../native';
 import { decodeBatchRef, encodeBatchRef, RefSlotStore } from './codec-ref';
-import {
-  ENCODING_COUNT, Policy, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue,
-} from './encodings';
+import { ENCODING_COUNT, Policy, ZSTD_LEVEL, policyOf, type Compressor, type PolicyValue } from './encodings';
 import { PageCache } from './page-cache';
 import { GuestMemory } from './guest-memory';
 import { BATCH_PAGES_MAX_DEFAULT, PAGE_BYTES, PAGE_RECORD_BYTES_MAX } from '../limits';
@@ -72,23 +70,44 @@ export class PageEncoder {
   }
 
   /** Bytes of page data the cache can hold (its memory bound). */
-  get cacheBytes(): number { return this.cache ? this.cache.capacityPages * PAGE_BYTES : 0; }
+  get cacheBytes(): number {
+    return this.cache ? this.cache.capacityPages * PAGE_BYTES : 0;
+  }
 
   /** Encodes pages (count × 4096 bytes) with their pfns, unique within the checkpoint. */
   encode(pages: Uint8Array, pfns: BigUint64Array): EncodedBatch {
     const n = pfns.length;
     assert(n <= this.batchPagesMax, `batch of ${n} pages exceeds batchPagesMax`);
     assert(pages.length === n * PAGE_BYTES, 'encode: pages must hold one page per pfn');
-    const slots = this.slots.subarray(0, n), hits = this.hits.subarray(0, n);
+    const slots = this.slots.subarray(0, n),
+      hits = this.hits.subarray(0, n);
     const kinds = this.kinds.subarray(0, n);
     if (this.cache) this.cache.assignBatch(pfns, slots, hits);
     const withCache = this.cache !== null;
     const addon = loadAddon();
-    const bytes = this.impl === 'native'
-      ? addon.encodeBatch(this.store as SlotStore | null, pages, pfns, withCache ? slots : null,
-        withCache ? hits : null, this.policy, this.out, kinds)
-      : encodeBatchRef(this.store as RefSlotStore | null, pages, pfns, withCache ? slots : null,
-        withCache ? hits : null, this.policy, this.out, kinds, (p) => addon.lz4Compress(p));
+    const bytes =
+      this.impl === 'native'
+        ? addon.encodeBatch(
+            this.store as SlotStore | null,
+            pages,
+            pfns,
+            withCache ? slots : null,
+            withCache ? hits : null,
+            this.policy,
+            this.out,
+            kinds,
+          )
+        : encodeBatchRef(
+            this.store as RefSlotStore | null,
+            pages,
+            pfns,
+            withCache ? slots : null,
+            withCache ? hits : null,
+            this.policy,
+            this.out,
+            kinds,
+            (p) => addon.lz4Compress(p),
+          );
     for (let i = 0; i < n; i++) this.encodingCounts[kinds[i]]++;
     const records = this.out.subarray(0, bytes);
     const level = this.compressor === 'zstd' ? ZSTD_LEVEL : 0;
@@ -97,10 +116,14 @@ export class PageEncoder {
   }
 
   /** The backup got pfn some other way (a disk reference): it is no delta base any more. */
-  forget(pfn: number): void { this.cache?.forget(pfn); }
+  forget(pfn: number): void {
+    this.cache?.forget(pfn);
+  }
 
   /** The stream restarted: the backup rebuilds from a full copy, so forget all bases. */
-  reset(): void { this.cache?.clear(); }
+  reset(): void {
+    this.cache?.clear();
+  }
 
   close(): void {
     this.store?.close();
@@ -112,7 +135,10 @@ export class PageEncoder {
 export class PageDecoder {
   private readonly records: Uint8Array;
 
-  constructor(readonly impl: CodecImpl = 'native', readonly batchPagesMax = BATCH_PAGES_MAX_DEFAULT) {
+  constructor(
+    readonly impl: CodecImpl = 'native',
+    readonly batchPagesMax = BATCH_PAGES_MAX_DEFAULT,
+  ) {
     this.records = new Uint8Array(batchPagesMax * PAGE_RECORD_BYTES_MAX);
   }
 
@@ -123,14 +149,20 @@ export class PageDecoder {
 
   /** Decodes records in place into image; returns the number of records. */
   applyInPlace(records: Uint8Array, image: Uint8Array | GuestMemory): number {
-    return this.impl === 'native' ? loadAddon().decodeBatch(records, nativeImage(image))
+    return this.impl === 'native'
+      ? loadAddon().decodeBatch(records, nativeImage(image))
       : decodeBatchRef(records, image);
   }
 
   /** Decodes records against image into staged pages (image untouched). */
-  decodeStaged(records: Uint8Array, image: Uint8Array | GuestMemory, staged: Uint8Array,
-    stagedPfns: BigUint64Array): number {
-    return this.impl === 'native' ? loadAddon().decodeBatch(records, nativeImage(image), staged, stagedPfns)
+  decodeStaged(
+    records: Uint8Array,
+    image: Uint8Array | GuestMemory,
+    staged: Uint8Array,
+    stagedPfns: BigUint64Array,
+  ): number {
+    return this.impl === 'native'
+      ? loadAddon().decodeBatch(records, nativeImage(image), staged, stagedPfns)
       : decodeBatchRef(records, image, staged, stagedPfns);
   }
 }

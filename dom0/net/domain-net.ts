@@ -41,26 +41,46 @@ export interface DomainNet {
 
 /** Forwards each engine step to every interface's gate, in interface order. */
 export class GateSet implements OutputGate {
-  constructor(private readonly gates: OutputGate[]) { assert(gates.length > 0, 'a gate set needs a gate'); }
-  get held(): number { return this.gates.reduce((n, g) => n + g.held, 0); }
-  barrier(epoch: number): void { for (const g of this.gates) g.barrier(epoch); }
-  release(epoch: number): void { for (const g of this.gates) g.release(epoch); }
-  setPassThrough(on: boolean): void { for (const g of this.gates) g.setPassThrough(on); }
-  discard(): void { for (const g of this.gates) g.discard(); }
+  constructor(private readonly gates: OutputGate[]) {
+    assert(gates.length > 0, 'a gate set needs a gate');
+  }
+  get held(): number {
+    return this.gates.reduce((n, g) => n + g.held, 0);
+  }
+  barrier(epoch: number): void {
+    for (const g of this.gates) g.barrier(epoch);
+  }
+  release(epoch: number): void {
+    for (const g of this.gates) g.release(epoch);
+  }
+  setPassThrough(on: boolean): void {
+    for (const g of this.gates) g.setPassThrough(on);
+  }
+  discard(): void {
+    for (const g of this.gates) g.discard();
+  }
 }
 
 export function openDomainNet(o: DomainNetOptions): DomainNet {
   assertInt(o.ifaces.length, 1, DOMAIN_IFACES_MAX, 'interfaces per domain');
   assertInt(o.queueBase, 0, 65535 - o.ifaces.length, 'queueBase');
-  if (new Set(o.ifaces).size !== o.ifaces.length) throw new RemusError(ErrorCode.BAD_ARGUMENT, `interface named twice: ${o.ifaces.join(', ')}`);
+  if (new Set(o.ifaces).size !== o.ifaces.length)
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `interface named twice: ${o.ifaces.join(', ')}`);
   const opened: NetBuffer[] = [];
   try {
     o.ifaces.forEach((iface, i) => {
-      opened.push(openNetBuffer({
-        driver: o.driver, domain: i === 0 ? o.domain : `${o.domain.slice(0, 17)}-${i}`, queueNum: o.queueBase + i,
-        match: o.bridged ? { physdevIn: iface } : { inIface: iface },
-        commitProtection: o.commitProtection, dscp: o.dscp, dscpInKernel: o.dscpInKernel, pgPorts: o.pgPorts,
-      }));
+      opened.push(
+        openNetBuffer({
+          driver: o.driver,
+          domain: i === 0 ? o.domain : `${o.domain.slice(0, 17)}-${i}`,
+          queueNum: o.queueBase + i,
+          match: o.bridged ? { physdevIn: iface } : { inIface: iface },
+          commitProtection: o.commitProtection,
+          dscp: o.dscp,
+          dscpInKernel: o.dscpInKernel,
+          pgPorts: o.pgPorts,
+        }),
+      );
     });
   } catch (e) {
     for (const nb of opened.reverse()) nb.close();
@@ -70,7 +90,11 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
   return {
     gate: opened.length === 1 ? opened[0].gate : new GateSet(opened.map((nb) => nb.gate)),
     exposure: opened.flatMap((nb) => (nb.exposure ? [nb.exposure] : [])),
-    describe: () => ({ driver: o.driver, commitProtection: o.commitProtection, interfaces: opened.map((nb) => nb.describe()) }),
+    describe: () => ({
+      driver: o.driver,
+      commitProtection: o.commitProtection,
+      interfaces: opened.map((nb) => nb.describe()),
+    }),
     close: () => {
       if (closed) return;
       closed = true;

@@ -7,7 +7,13 @@
 // side once the resumed domain runs (docs/commit-protection.md "Failover resets").
 // What clients saw after the primary's last NET_EXPOSURE is unknown to the backup: those
 // flows are reset only if they were already exposed (see the doc for the window).
-import { type ExposureTracker, ExposureTracker as Tracker, parseFlowExports, type ResetTarget, sendResets } from './failover-reset';
+import {
+  type ExposureTracker,
+  ExposureTracker as Tracker,
+  parseFlowExports,
+  type ResetTarget,
+  sendResets,
+} from './failover-reset';
 
 /** Primary: one NET_EXPOSURE body from all interfaces' trackers (null when nothing changed). */
 export function exportExposure(trackers: readonly ExposureTracker[], full: boolean): Record<string, unknown> | null {
@@ -26,7 +32,10 @@ export class BackupExposure {
   private pending: ResetTarget[] = [];
   records = 0;
 
-  constructor(private readonly log: (line: string) => void, private readonly send = sendResets) {}
+  constructor(
+    private readonly log: (line: string) => void,
+    private readonly send = sendResets,
+  ) {}
 
   /** A NET_EXPOSURE body; a string names what is malformed (a protocol error). */
   onRecord(value: Record<string, unknown>): string | null {
@@ -38,7 +47,10 @@ export class BackupExposure {
   }
 
   /** A new primary session: what an earlier primary exposed no longer applies. */
-  onSession(): void { this.tracker = new Tracker(); this.pending = []; }
+  onSession(): void {
+    this.tracker = new Tracker();
+    this.pending = [];
+  }
 
   /** Failover from checkpoint `epoch`: reset the clients of inconsistent flows now. */
   onFailover(epoch: number): number {
@@ -47,7 +59,12 @@ export class BackupExposure {
     try {
       this.send(targets, { toGuest: false });
       this.pending = targets;
-      this.log(`reset ${targets.length} client connection(s) that saw unprotected output beyond checkpoint ${epoch}: ${targets.slice(0, 5).map((t) => `${t.client}:${t.clientPort}→${t.guest}:${t.guestPort} (${t.why})`).join(', ')}`);
+      this.log(
+        `reset ${targets.length} client connection(s) that saw unprotected output beyond checkpoint ${epoch}: ${targets
+          .slice(0, 5)
+          .map((t) => `${t.client}:${t.clientPort}→${t.guest}:${t.guestPort} (${t.why})`)
+          .join(', ')}`,
+      );
     } catch (e) {
       this.log(`could not reset ${targets.length} inconsistent connection(s): ${(e as Error).message}`);
     }

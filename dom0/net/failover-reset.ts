@@ -26,10 +26,18 @@ import type { LedgerObserver, PacketOutcome, PacketVerdict } from './packet-ledg
 import { addressText, parsePacket, seqAdd, seqDiff, seqLength, TCP_ACK } from './pgwire-segment';
 import { netnsPathOf } from './nfqueue-buffer';
 
-interface Mark { epoch: number; seqEnd: number; ack: number | null; }
+interface Mark {
+  epoch: number;
+  seqEnd: number;
+  ack: number | null;
+}
 
 interface FlowTrack {
-  v6: boolean; guest: Uint8Array; client: Uint8Array; guestPort: number; clientPort: number;
+  v6: boolean;
+  guest: Uint8Array;
+  client: Uint8Array;
+  guestPort: number;
+  clientPort: number;
   /** Guest send state after each epoch, ascending; the first may be a committed baseline. */
   marks: Mark[];
   exposedEnd: number | null;
@@ -37,13 +45,18 @@ interface FlowTrack {
 }
 
 export interface ResetTarget {
-  v6: boolean; guest: string; client: string; guestPort: number; clientPort: number;
+  v6: boolean;
+  guest: string;
+  client: string;
+  guestPort: number;
+  clientPort: number;
   /** What left unprotected beyond the checkpoint ('seq', 'ack' or 'new-flow'). */
   why: string;
   toClient: { seq: number; ack: number };
   /** null when the flow did not exist at the checkpoint (the resumed guest knows nothing of it). */
   toGuest: { seq: number; ack: number } | null;
-  guestAddr: Uint8Array; clientAddr: Uint8Array;
+  guestAddr: Uint8Array;
+  clientAddr: Uint8Array;
 }
 
 const maxSeq = (a: number, b: number): number => (seqDiff(a, b) >= 0 ? a : b);
@@ -51,8 +64,14 @@ const maxAck = (a: number | null, b: number | null): number | null => (a === nul
 
 /** One flow as NET_EXPOSURE carries it (addresses in hex, marks as [epoch, seqEnd, ack|-1]). */
 export interface FlowExport {
-  v6: boolean; g: string; c: string; gp: number; cp: number;
-  marks: Array<[number, number, number]>; xe: number | null; xa: number | null;
+  v6: boolean;
+  g: string;
+  c: string;
+  gp: number;
+  cp: number;
+  marks: Array<[number, number, number]>;
+  xe: number | null;
+  xa: number | null;
 }
 
 /** Flows per NET_EXPOSURE record (about 120 octets each in JSON). */
@@ -67,10 +86,16 @@ export class ExposureTracker implements LedgerObserver {
   /** Called before the verdicts that let unprotected packets out (the primary ships NET_EXPOSURE). */
   onExposed: (() => void) | null = null;
 
-  constructor(private readonly flowsMax = 16384) { assertInt(flowsMax, 1, 1 << 22, 'flowsMax'); }
+  constructor(private readonly flowsMax = 16384) {
+    assertInt(flowsMax, 1, 1 << 22, 'flowsMax');
+  }
 
-  get flowCount(): number { return this.flows.size; }
-  get releasedEpoch(): number { return this.released; }
+  get flowCount(): number {
+    return this.flows.size;
+  }
+  get releasedEpoch(): number {
+    return this.released;
+  }
 
   packet(header: Uint8Array, verdict: PacketVerdict, outcome: PacketOutcome, epoch: number): void {
     const parsed = parsePacket(header);
@@ -79,8 +104,16 @@ export class ExposureTracker implements LedgerObserver {
     let f = this.flows.get(s.key);
     if (f === undefined) {
       if (this.flows.size >= this.flowsMax) this.evictOldest();
-      f = { v6: s.v6, guest: s.src.slice(), client: s.dst.slice(), guestPort: s.sport, clientPort: s.dport,
-        marks: [], exposedEnd: null, exposedAck: null };
+      f = {
+        v6: s.v6,
+        guest: s.src.slice(),
+        client: s.dst.slice(),
+        guestPort: s.sport,
+        clientPort: s.dport,
+        marks: [],
+        exposedEnd: null,
+        exposedAck: null,
+      };
       this.flows.set(s.key, f);
     }
     this.changed.add(s.key);
@@ -107,7 +140,9 @@ export class ExposureTracker implements LedgerObserver {
     this.onExposed?.();
   }
 
-  barrier(): void { /* epochs are read from the packets */ }
+  barrier(): void {
+    /* epochs are read from the packets */
+  }
 
   /** Epochs ≤ epoch are committed: only the newest mark ≤ epoch is still needed per flow. */
   release(epoch: number): void {
@@ -135,8 +170,14 @@ export class ExposureTracker implements LedgerObserver {
       const clientNext = releasedAt ? maxSeq(f.exposedEnd, releasedAt.seqEnd) : f.exposedEnd;
       const lastAck = maxAck(f.exposedAck, f.marks[f.marks.length - 1].ack) ?? 0;
       out.push({
-        v6: f.v6, guest: addressText(f.guest), client: addressText(f.client), guestPort: f.guestPort, clientPort: f.clientPort,
-        why, guestAddr: f.guest, clientAddr: f.client,
+        v6: f.v6,
+        guest: addressText(f.guest),
+        client: addressText(f.client),
+        guestPort: f.guestPort,
+        clientPort: f.clientPort,
+        why,
+        guestAddr: f.guest,
+        clientAddr: f.client,
         toClient: { seq: clientNext, ack: lastAck },
         toGuest: at === null || at.ack === null ? null : { seq: at.ack, ack: at.seqEnd },
       });
@@ -153,8 +194,16 @@ export class ExposureTracker implements LedgerObserver {
       this.changed.delete(key);
       const f = this.flows.get(key);
       if (!f || f.exposedEnd === null) continue; // evicted, or nothing left unprotected yet
-      flows.push({ v6: f.v6, g: hex(f.guest), c: hex(f.client), gp: f.guestPort, cp: f.clientPort,
-        marks: f.marks.map((m) => [m.epoch, m.seqEnd, m.ack ?? -1]), xe: f.exposedEnd, xa: f.exposedAck });
+      flows.push({
+        v6: f.v6,
+        g: hex(f.guest),
+        c: hex(f.client),
+        gp: f.guestPort,
+        cp: f.clientPort,
+        marks: f.marks.map((m) => [m.epoch, m.seqEnd, m.ack ?? -1]),
+        xe: f.exposedEnd,
+        xa: f.exposedAck,
+      });
     }
     return { released: this.released, flows };
   }
@@ -163,8 +212,16 @@ export class ExposureTracker implements LedgerObserver {
   importFlows(released: number, flows: FlowExport[]): void {
     this.released = Math.max(this.released, released);
     for (const x of flows) {
-      const f: FlowTrack = { v6: x.v6, guest: unhex(x.g), client: unhex(x.c), guestPort: x.gp, clientPort: x.cp,
-        marks: x.marks.map(([epoch, seqEnd, ack]) => ({ epoch, seqEnd, ack: ack < 0 ? null : ack })), exposedEnd: x.xe, exposedAck: x.xa };
+      const f: FlowTrack = {
+        v6: x.v6,
+        guest: unhex(x.g),
+        client: unhex(x.c),
+        guestPort: x.gp,
+        clientPort: x.cp,
+        marks: x.marks.map(([epoch, seqEnd, ack]) => ({ epoch, seqEnd, ack: ack < 0 ? null : ack })),
+        exposedEnd: x.xe,
+        exposedAck: x.xa,
+      };
       const key = `${x.v6 ? 6 : 4}|${x.g}|${x.gp}|${x.c}|${x.cp}`;
       this.flows.delete(key);
       if (this.flows.size >= this.flowsMax) this.evictOldest();
@@ -174,7 +231,10 @@ export class ExposureTracker implements LedgerObserver {
 
   private evictOldest(): void {
     const first = this.flows.keys().next();
-    if (!first.done) { this.flows.delete(first.value); this.evicted++; }
+    if (!first.done) {
+      this.flows.delete(first.value);
+      this.evicted++;
+    }
   }
 }
 
@@ -184,17 +244,39 @@ const unhex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 /** Checks a NET_EXPOSURE body's flows (hostile input: the backup fails the session, never crashes). */
 export function parseFlowExports(v: unknown): { released: number; flows: FlowExport[] } | string {
   const o = v as { released?: unknown; flows?: unknown };
-  if (!o || typeof o !== 'object' || !Number.isSafeInteger(o.released) || !Array.isArray(o.flows)) return 'not {released, flows}';
-  if (o.flows.length > EXPOSURE_FLOWS_PER_RECORD_MAX) return `${o.flows.length} flows (at most ${EXPOSURE_FLOWS_PER_RECORD_MAX})`;
+  if (!o || typeof o !== 'object' || !Number.isSafeInteger(o.released) || !Array.isArray(o.flows))
+    return 'not {released, flows}';
+  if (o.flows.length > EXPOSURE_FLOWS_PER_RECORD_MAX)
+    return `${o.flows.length} flows (at most ${EXPOSURE_FLOWS_PER_RECORD_MAX})`;
   const u32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
   const port = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffff;
   for (const x of o.flows as FlowExport[]) {
     const alen = x?.v6 ? 32 : 8;
-    if (typeof x !== 'object' || typeof x.v6 !== 'boolean' || typeof x.g !== 'string' || typeof x.c !== 'string'
-      || !/^[0-9a-f]*$/.test(x.g + x.c) || x.g.length !== alen || x.c.length !== alen || !port(x.gp) || !port(x.cp)
-      || !Array.isArray(x.marks) || x.marks.length > 1024 || !(x.xe === null || u32(x.xe)) || !(x.xa === null || u32(x.xa))) return 'a malformed flow';
+    if (
+      typeof x !== 'object' ||
+      typeof x.v6 !== 'boolean' ||
+      typeof x.g !== 'string' ||
+      typeof x.c !== 'string' ||
+      !/^[0-9a-f]*$/.test(x.g + x.c) ||
+      x.g.length !== alen ||
+      x.c.length !== alen ||
+      !port(x.gp) ||
+      !port(x.cp) ||
+      !Array.isArray(x.marks) ||
+      x.marks.length > 1024 ||
+      !(x.xe === null || u32(x.xe)) ||
+      !(x.xa === null || u32(x.xa))
+    )
+      return 'a malformed flow';
     for (const m of x.marks) {
-      if (!Array.isArray(m) || m.length !== 3 || !Number.isSafeInteger(m[0]) || !u32(m[1]) || !(m[2] === -1 || u32(m[2]))) return 'a malformed mark';
+      if (
+        !Array.isArray(m) ||
+        m.length !== 3 ||
+        !Number.isSafeInteger(m[0]) ||
+        !u32(m[1]) ||
+        !(m[2] === -1 || u32(m[2]))
+      )
+        return 'a malformed mark';
     }
   }
   return { released: o.released as number, flows: o.flows as FlowExport[] };
@@ -202,30 +284,53 @@ export function parseFlowExports(v: unknown): { released: number; flows: FlowExp
 
 function stateAt(f: FlowTrack, epoch: number): Mark | null {
   let at: Mark | null = null;
-  for (const m of f.marks) { if (m.epoch <= epoch) at = m; else break; }
+  for (const m of f.marks) {
+    if (m.epoch <= epoch) at = m;
+    else break;
+  }
   return at;
 }
 
 /** A TCP RST|ACK from `src`:`sport` to `dst`:`dport` with the given numbers, checksummed. */
-export function rstPacket(v6: boolean, src: Uint8Array, dst: Uint8Array, sport: number, dport: number, seq: number, ack: number): Uint8Array {
+export function rstPacket(
+  v6: boolean,
+  src: Uint8Array,
+  dst: Uint8Array,
+  sport: number,
+  dport: number,
+  seq: number,
+  ack: number,
+): Uint8Array {
   const tcp = new Uint8Array(20);
   const t = new DataView(tcp.buffer);
-  t.setUint16(0, sport); t.setUint16(2, dport); t.setUint32(4, seq >>> 0); t.setUint32(8, ack >>> 0);
-  tcp[12] = 5 << 4; tcp[13] = 0x04 | 0x10;
-  const pseudo = v6
-    ? [...src, ...dst, 0, 0, 0, 20, 0, 0, 0, 6]
-    : [...src, ...dst, 0, 6, 0, 20];
+  t.setUint16(0, sport);
+  t.setUint16(2, dport);
+  t.setUint32(4, seq >>> 0);
+  t.setUint32(8, ack >>> 0);
+  tcp[12] = 5 << 4;
+  tcp[13] = 0x04 | 0x10;
+  const pseudo = v6 ? [...src, ...dst, 0, 0, 0, 20, 0, 0, 0, 6] : [...src, ...dst, 0, 6, 0, 20];
   t.setUint16(16, checksum(Uint8Array.from([...pseudo, ...tcp])));
   if (v6) {
     const ip = new Uint8Array(60);
-    ip[0] = 0x60; new DataView(ip.buffer).setUint16(4, 20); ip[6] = 6; ip[7] = 64;
-    ip.set(src, 8); ip.set(dst, 24); ip.set(tcp, 40);
+    ip[0] = 0x60;
+    new DataView(ip.buffer).setUint16(4, 20);
+    ip[6] = 6;
+    ip[7] = 64;
+    ip.set(src, 8);
+    ip.set(dst, 24);
+    ip.set(tcp, 40);
     return ip;
   }
   const ip = new Uint8Array(40);
   const d = new DataView(ip.buffer);
-  ip[0] = 0x45; d.setUint16(2, 40); ip[6] = 0x40; ip[8] = 64; ip[9] = 6;
-  ip.set(src, 12); ip.set(dst, 16);
+  ip[0] = 0x45;
+  d.setUint16(2, 40);
+  ip[6] = 0x40;
+  ip[8] = 64;
+  ip[9] = 6;
+  ip.set(src, 12);
+  ip.set(dst, 16);
   d.setUint16(10, checksum(ip.subarray(0, 20)));
   ip.set(tcp, 20);
   return ip;
@@ -252,16 +357,23 @@ export interface ResetOptions {
 /** Sends the RSTs; returns how many packets went out. */
 export function sendResets(targets: ResetTarget[], o: ResetOptions): number {
   const addon = requirePart('nfqueue') as unknown as { sendRawIp?: (p: Uint8Array, netnsPath?: string) => void };
-  if (!addon.sendRawIp) throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks sendRawIp: run `npm install`');
+  if (!addon.sendRawIp)
+    throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks sendRawIp: run `npm install`');
   const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
   let sent = 0;
   for (const t of targets) {
     if (o.toClient !== false) {
-      addon.sendRawIp(rstPacket(t.v6, t.guestAddr, t.clientAddr, t.guestPort, t.clientPort, t.toClient.seq, t.toClient.ack), netnsPath);
+      addon.sendRawIp(
+        rstPacket(t.v6, t.guestAddr, t.clientAddr, t.guestPort, t.clientPort, t.toClient.seq, t.toClient.ack),
+        netnsPath,
+      );
       sent++;
     }
     if (o.toGuest && t.toGuest) {
-      addon.sendRawIp(rstPacket(t.v6, t.clientAddr, t.guestAddr, t.clientPort, t.guestPort, t.toGuest.seq, t.toGuest.ack), netnsPath);
+      addon.sendRawIp(
+        rstPacket(t.v6, t.clientAddr, t.guestAddr, t.clientPort, t.guestPort, t.toGuest.seq, t.toGuest.ack),
+        netnsPath,
+      );
       sent++;
     }
   }

@@ -43,18 +43,29 @@ export function matchArgs(m: GuestMatch): string[] {
   return 'physdevIn' in m ? ['-m', 'physdev', '--physdev-in', name] : ['-i', name];
 }
 
-interface Run { status: number; stdout: string; stderr: string; }
+interface Run {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
 
 function run(netns: string | undefined, tool: string, args: string[]): Run {
   const argv = netns === undefined ? [tool, '-w', ...args] : ['ip', 'netns', 'exec', netns, tool, '-w', ...args];
   const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 30_000 });
-  return { status: r.status ?? -1, stdout: r.stdout ?? '', stderr: (r.stderr ?? '') + (r.error ? String(r.error) : '') };
+  return {
+    status: r.status ?? -1,
+    stdout: r.stdout ?? '',
+    stderr: (r.stderr ?? '') + (r.error ? String(r.error) : ''),
+  };
 }
 
 function must(netns: string | undefined, tool: string, args: string[]): void {
   const r = run(netns, tool, args);
   if (r.status !== 0) {
-    throw new RemusError(ErrorCode.NETBUF, `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`);
+    throw new RemusError(
+      ErrorCode.NETBUF,
+      `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`,
+    );
   }
 }
 
@@ -85,7 +96,17 @@ export function installRules(spec: RuleSpec): void {
     for (const tool of TOOLS) {
       must(spec.netns, tool, ['-t', 'mangle', '-N', chain]);
       const dscp = spec.onlyDscp === undefined ? [] : ['-m', 'dscp', '--dscp', String(spec.onlyDscp)];
-      must(spec.netns, tool, ['-t', 'mangle', '-A', chain, ...dscp, '-j', 'NFQUEUE', '--queue-num', String(spec.queueNum)]);
+      must(spec.netns, tool, [
+        '-t',
+        'mangle',
+        '-A',
+        chain,
+        ...dscp,
+        '-j',
+        'NFQUEUE',
+        '--queue-num',
+        String(spec.queueNum),
+      ]);
       must(spec.netns, tool, ['-t', 'mangle', '-I', 'PREROUTING', '1', ...match, '-j', chain]);
     }
   } catch (e) {
@@ -117,8 +138,11 @@ function checkBridgeNetfilter(netns: string | undefined): void {
       value = r.status === 0 ? r.stdout.trim() : '';
     }
     if (value !== '1') {
-      throw new RemusError(ErrorCode.NETBUF, `net.bridge.${key} is ${value || 'missing'}: bridged guest packets would ` +
-        `bypass the queue; run \`modprobe br_netfilter && sysctl -w net.bridge.${key}=1\``);
+      throw new RemusError(
+        ErrorCode.NETBUF,
+        `net.bridge.${key} is ${value || 'missing'}: bridged guest packets would ` +
+          `bypass the queue; run \`modprobe br_netfilter && sysctl -w net.bridge.${key}=1\``,
+      );
     }
   }
 }

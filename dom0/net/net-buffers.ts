@@ -31,19 +31,29 @@ const MAX_IN_FLIGHT_DEFAULT = 2;
 
 export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
   nfqueue: {
-    name: 'nfqueue', feature: 'netBufferNfqueue', maxInFlightMax: MAX_IN_FLIGHT_MAX,
+    name: 'nfqueue',
+    feature: 'netBufferNfqueue',
+    maxInFlightMax: MAX_IN_FLIGHT_MAX,
     validate: (c) => checkDscpInKernel(c),
   },
   plug: {
-    name: 'plug', feature: 'netBufferPlug', maxInFlightMax: 1,
+    name: 'plug',
+    feature: 'netBufferPlug',
+    maxInFlightMax: 1,
     validate: (c) => {
       if (c.commitProtection !== 'off') {
-        throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${c.commitProtection} classifies packets, `
-          + 'which sch_plug cannot: use --net-buffer nfqueue');
+        throw new RemusError(
+          ErrorCode.BAD_ARGUMENT,
+          `--commit-protection ${c.commitProtection} classifies packets, ` +
+            'which sch_plug cannot: use --net-buffer nfqueue',
+        );
       }
       if (c.maxInFlight !== undefined && c.maxInFlight > 1) {
-        throw new RemusError(ErrorCode.BAD_ARGUMENT, '--net-buffer plug holds one unacknowledged checkpoint '
-          + `(sch_plug): --max-in-flight ${c.maxInFlight} needs --net-buffer nfqueue`);
+        throw new RemusError(
+          ErrorCode.BAD_ARGUMENT,
+          '--net-buffer plug holds one unacknowledged checkpoint ' +
+            `(sch_plug): --max-in-flight ${c.maxInFlight} needs --net-buffer nfqueue`,
+        );
       }
       checkDscpInKernel(c);
     },

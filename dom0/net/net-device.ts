@@ -62,20 +62,37 @@ export interface NetBuffer {
 /** Nothing is held: every output leaves at once (no output commit; xl remus -n). */
 export class NoGate implements OutputGate {
   readonly held = 0;
-  barrier(): void { /* nothing held */ }
-  release(): void { /* nothing held */ }
-  setPassThrough(): void { /* always */ }
-  discard(): void { /* nothing held */ }
+  barrier(): void {
+    /* nothing held */
+  }
+  release(): void {
+    /* nothing held */
+  }
+  setPassThrough(): void {
+    /* always */
+  }
+  discard(): void {
+    /* nothing held */
+  }
 }
 
 export function openNetBuffer(o: NetBufferOptions): NetBuffer {
   assertInt(o.queueNum, 0, 65535, 'queueNum');
   if (o.driver === 'none') {
     if (o.commitProtection !== 'off') {
-      throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} needs a network buffer (--net-buffer nfqueue)`);
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        `--commit-protection ${o.commitProtection} needs a network buffer (--net-buffer nfqueue)`,
+      );
     }
-    return { gate: new NoGate(), nfqueue: null, pgwire: null, exposure: null,
-      describe: () => ({ driver: 'none', domain: o.domain, commitProtection: 'off' }), close: () => {} };
+    return {
+      gate: new NoGate(),
+      nfqueue: null,
+      pgwire: null,
+      exposure: null,
+      describe: () => ({ driver: 'none', domain: o.domain, commitProtection: 'off' }),
+      close: () => {},
+    };
   }
   if (o.driver === 'plug') return openPlug(o);
   let classify: Classifier | undefined;
@@ -91,14 +108,36 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
   const pg = o.commitProtection === 'pgwire';
   const copyBytes = o.copyBytes ?? (pg ? PGWIRE_COPY_BYTES : NFQUEUE_DEFAULTS.copyBytes);
   const batchMax = pg ? PGWIRE_BATCH_MAX : NFQUEUE_DEFAULTS.batchMax;
-  const dev = setupNfqueue({ domain: o.domain, match: o.match, netns: o.netns, queueNum: o.queueNum, classify,
-    observer: exposure ?? undefined, copyBytes, batchMax, onlyDscp: inKernel ? dscp : undefined, ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }) });
+  const dev = setupNfqueue({
+    domain: o.domain,
+    match: o.match,
+    netns: o.netns,
+    queueNum: o.queueNum,
+    classify,
+    observer: exposure ?? undefined,
+    copyBytes,
+    batchMax,
+    onlyDscp: inKernel ? dscp : undefined,
+    ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }),
+  });
   return {
-    gate: dev.gate, nfqueue: dev.gate, pgwire, exposure,
+    gate: dev.gate,
+    nfqueue: dev.gate,
+    pgwire,
+    exposure,
     describe: () => ({
-      driver: 'nfqueue', domain: o.domain, queueNum: o.queueNum, netns: o.netns ?? null, match: o.match,
-      commitProtection: o.commitProtection, dscp: o.commitProtection === 'dscp' ? dscp : null, dscpInKernel: inKernel, copyBytes, batchMax,
-      ...dev.gate.stats(), pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
+      driver: 'nfqueue',
+      domain: o.domain,
+      queueNum: o.queueNum,
+      netns: o.netns ?? null,
+      match: o.match,
+      commitProtection: o.commitProtection,
+      dscp: o.commitProtection === 'dscp' ? dscp : null,
+      dscpInKernel: inKernel,
+      copyBytes,
+      batchMax,
+      ...dev.gate.stats(),
+      pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
       exposedFlows: exposure?.flowCount ?? null,
     }),
     close: () => dev.teardown(),
@@ -117,15 +156,32 @@ export function ifbNameFor(iface: string): string {
 /** sch_plug holds whole epochs: no per-packet classification, one unacknowledged epoch. */
 function openPlug(o: NetBufferOptions): NetBuffer {
   if (o.commitProtection !== 'off') {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `--commit-protection ${o.commitProtection} classifies packets, which sch_plug cannot: use --net-buffer nfqueue`,
+    );
   }
-  if (o.netns !== undefined) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'the plug driver works in its own network namespace only (run remusdb there)');
+  if (o.netns !== undefined)
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      'the plug driver works in its own network namespace only (run remusdb there)',
+    );
   const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
   const ifb = ifbNameFor(iface);
   const dev = setupPlug({ vif: iface, ifb, limitBytes: o.plugLimitBytes });
   return {
-    gate: dev.gate, nfqueue: null, pgwire: null, exposure: null,
-    describe: () => ({ driver: 'plug', domain: o.domain, iface, ifb, commitProtection: 'off', epochsHeld: dev.gate.held }),
+    gate: dev.gate,
+    nfqueue: null,
+    pgwire: null,
+    exposure: null,
+    describe: () => ({
+      driver: 'plug',
+      domain: o.domain,
+      iface,
+      ifb,
+      commitProtection: 'off',
+      epochsHeld: dev.gate.held,
+    }),
     close: () => dev.close(),
   };
 }

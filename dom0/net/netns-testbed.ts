@@ -13,8 +13,13 @@ import { ErrorCode, RemusError } from '../errors';
 
 export interface Testbed {
   prefix: string;
-  guest: string; dom0: string; client: string;
-  guestIp4: string; clientIp4: string; guestIp6: string; clientIp6: string;
+  guest: string;
+  dom0: string;
+  client: string;
+  guestIp4: string;
+  clientIp4: string;
+  guestIp6: string;
+  clientIp6: string;
   vif: string;
 }
 
@@ -23,21 +28,37 @@ function ip(args: string[]): void {
     execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: Buffer };
-    throw new RemusError(ErrorCode.NETBUF, `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`, {}, { cause: e });
+    throw new RemusError(
+      ErrorCode.NETBUF,
+      `ip ${args.join(' ')}: ${err.stderr?.toString().trim() ?? String(e)}`,
+      {},
+      { cause: e },
+    );
   }
 }
 
 /** Writes key=value sysctls inside a namespace (through /proc/sys: no procps needed). */
 export function sysctl(ns: string, settings: string[]): void {
-  // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script; ${kv%%=*} is sh parameter expansion
-  const script = 'for kv; do k=${kv%%=*}; printf %s "${kv#*=}" > "/proc/sys/$(printf %s "$k" | tr . /)" || exit 1; done';
+  const script =
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell script; ${kv%%=*} is sh parameter expansion
+    'for kv; do k=${kv%%=*}; printf %s "${kv#*=}" > "/proc/sys/$(printf %s "$k" | tr . /)" || exit 1; done';
   const r = spawnSync('ip', ['netns', 'exec', ns, 'sh', '-c', script, 'sh', ...settings], { encoding: 'utf8' });
-  if (r.status !== 0) throw new RemusError(ErrorCode.NETBUF, `sysctl ${settings.join(' ')} in ${ns}: ${r.stderr.trim()}`);
+  if (r.status !== 0)
+    throw new RemusError(ErrorCode.NETBUF, `sysctl ${settings.join(' ')} in ${ns}: ${r.stderr.trim()}`);
 }
 
 export function testbedNames(prefix: string): Testbed {
-  return { prefix, guest: `${prefix}-guest`, dom0: `${prefix}-dom0`, client: `${prefix}-client`,
-    guestIp4: '127.60.0.2', clientIp4: '127.60.0.3', guestIp6: 'fd60::2', clientIp6: 'fd60::3', vif: 'vif1.0' };
+  return {
+    prefix,
+    guest: `${prefix}-guest`,
+    dom0: `${prefix}-dom0`,
+    client: `${prefix}-client`,
+    guestIp4: '127.60.0.2',
+    clientIp4: '127.60.0.3',
+    guestIp6: 'fd60::2',
+    clientIp6: 'fd60::3',
+    vif: 'vif1.0',
+  };
 }
 
 export function destroyTestbed(prefix: string): void {
@@ -55,10 +76,16 @@ export function createTestbed(prefix: string): Testbed {
   for (const dev of [t.vif, 'cl0']) ip(['-n', t.dom0, 'link', 'set', dev, 'master', 'br0', 'up']);
   ip(['-n', t.dom0, 'link', 'set', 'br0', 'up']);
   sysctl(t.dom0, ['net.bridge.bridge-nf-call-iptables=1', 'net.bridge.bridge-nf-call-ip6tables=1']);
-  const ends: Array<[string, string, string]> = [[t.guest, t.guestIp4, t.guestIp6], [t.client, t.clientIp4, t.clientIp6]];
+  const ends: Array<[string, string, string]> = [
+    [t.guest, t.guestIp4, t.guestIp6],
+    [t.client, t.clientIp4, t.clientIp6],
+  ];
   for (const [ns, v4, v6] of ends) {
-    sysctl(ns, ['net.ipv4.conf.all.route_localnet=1', 'net.ipv4.conf.eth0.route_localnet=1',
-      'net.ipv6.conf.eth0.accept_dad=0']);
+    sysctl(ns, [
+      'net.ipv4.conf.all.route_localnet=1',
+      'net.ipv4.conf.eth0.route_localnet=1',
+      'net.ipv6.conf.eth0.accept_dad=0',
+    ]);
     ip(['-n', ns, 'addr', 'add', `${v4}/24`, 'dev', 'eth0']);
     ip(['-n', ns, 'addr', 'add', `${v6}/64`, 'dev', 'eth0', 'nodad']);
     ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
@@ -69,5 +96,8 @@ export function createTestbed(prefix: string): Testbed {
 
 export function listTestbedNamespaces(prefix: string): string[] {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
-  return r.stdout.split('\n').map((l) => l.split(' ')[0]).filter((n) => n.startsWith(`${prefix}-`));
+  return r.stdout
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n.startsWith(`${prefix}-`));
 }

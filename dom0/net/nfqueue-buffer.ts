@@ -15,7 +15,13 @@ import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { requirePart } from '../native';
 import { type GuestMatch, installRules, removeRules } from './iptables-rules';
-import { type Classifier, type LedgerObserver, type LedgerStats, PacketLedger, type PacketBatch } from './packet-ledger';
+import {
+  type Classifier,
+  type LedgerObserver,
+  type LedgerStats,
+  PacketLedger,
+  type PacketBatch,
+} from './packet-ledger';
 
 export interface NfqueueBufferOptions {
   queueNum: number;
@@ -37,7 +43,10 @@ export interface NfqueueBufferOptions {
 }
 
 export const NFQUEUE_DEFAULTS = {
-  heldMax: 60_000, heldBytesMax: 256 * 1024 * 1024, copyBytes: 128, batchMax: 1024,
+  heldMax: 60_000,
+  heldBytesMax: 256 * 1024 * 1024,
+  copyBytes: 128,
+  batchMax: 1024,
   rcvbufBytes: 64 * 1024 * 1024,
 } as const;
 
@@ -55,14 +64,23 @@ interface NativeQueue extends PacketBatch {
   close(): void;
 }
 export interface NativeQueueStats {
-  received: number; batches: number; verdictMsgs: number; netlinkErrors: number;
-  recvErrors: number; lastErrno: number; open: boolean;
+  received: number;
+  batches: number;
+  verdictMsgs: number;
+  netlinkErrors: number;
+  recvErrors: number;
+  lastErrno: number;
+  open: boolean;
 }
 type NativeQueueCtor = new (opts: Record<string, unknown>, onBatch: (count: number) => void) => NativeQueue;
 
 /** A row of /proc/net/netfilter/nfnetlink_queue. */
 export interface KernelQueueStats {
-  queueNum: number; portId: number; queued: number; copyMode: number; copyRange: number;
+  queueNum: number;
+  portId: number;
+  queued: number;
+  copyMode: number;
+  copyRange: number;
   /** Dropped because the queue was full. */
   queueDropped: number;
   /** Dropped because the netlink socket could not take them. */
@@ -71,8 +89,12 @@ export interface KernelQueueStats {
 }
 
 export class NfqueueBuffer implements OutputGate {
-  private constructor(private readonly q: NativeQueue, readonly ledger: PacketLedger,
-    readonly queueNum: number, readonly netns: string | undefined) {}
+  private constructor(
+    private readonly q: NativeQueue,
+    readonly ledger: PacketLedger,
+    readonly queueNum: number,
+    readonly netns: string | undefined,
+  ) {}
 
   static open(opts: NfqueueBufferOptions): NfqueueBuffer {
     assertInt(opts.queueNum, 0, 65535, 'queueNum');
@@ -81,48 +103,93 @@ export class NfqueueBuffer implements OutputGate {
     // The kernel keeps at most KERNEL_QUEUE_MAX packets per queue (held + not yet read).
     assertInt(o.heldMax, 1, KERNEL_QUEUE_MAX - 2 * o.batchMax, 'heldMax');
     const addon = requirePart('nfqueue') as unknown as { NfqueueQueue?: NativeQueueCtor };
-    if (!addon.NfqueueQueue) throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks NfqueueQueue: run `npm install`');
+    if (!addon.NfqueueQueue)
+      throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the addon lacks NfqueueQueue: run `npm install`');
     const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
     let ledger: PacketLedger | undefined;
     let q: NativeQueue | undefined;
-    const onBatch = (count: number): void => { ledger!.ingest({ ...batchView(q!), count }); };
-    q = new addon.NfqueueQueue({ queueNum: o.queueNum, copyBytes: o.copyBytes,
-      queueMaxLen: KERNEL_QUEUE_MAX, rcvbufBytes: o.rcvbufBytes,
-      batchMax: o.batchMax, netnsPath }, onBatch);
+    const onBatch = (count: number): void => {
+      ledger!.ingest({ ...batchView(q!), count });
+    };
+    q = new addon.NfqueueQueue(
+      {
+        queueNum: o.queueNum,
+        copyBytes: o.copyBytes,
+        queueMaxLen: KERNEL_QUEUE_MAX,
+        rcvbufBytes: o.rcvbufBytes,
+        batchMax: o.batchMax,
+        netnsPath,
+      },
+      onBatch,
+    );
     const sink = {
       verdictUpTo: (id: number, accept: boolean) => q!.verdictUpTo(id, accept),
       verdictEach: (ids: Uint32Array, n: number, accept: boolean) => q!.verdictEach(ids, n, accept),
-      drain: () => { q!.drain(1 << 16); },
+      drain: () => {
+        q!.drain(1 << 16);
+      },
     };
-    ledger = new PacketLedger(sink, { heldMax: o.heldMax, heldBytesMax: o.heldBytesMax },
-      o.classify ?? null, o.batchMax, o.observer ?? null);
+    ledger = new PacketLedger(
+      sink,
+      { heldMax: o.heldMax, heldBytesMax: o.heldBytesMax },
+      o.classify ?? null,
+      o.batchMax,
+      o.observer ?? null,
+    );
     return new NfqueueBuffer(q, ledger, o.queueNum, o.netns);
   }
 
-  get held(): number { return this.ledger.held; }
-  get nextEpoch(): number { return this.ledger.nextEpoch; }
-  barrier(epoch: number): void { this.ledger.barrier(epoch); }
-  release(epoch: number): void { this.ledger.release(epoch); }
-  setPassThrough(on: boolean): void { this.ledger.setPassThrough(on); }
-  discard(): void { this.ledger.discard(); }
+  get held(): number {
+    return this.ledger.held;
+  }
+  get nextEpoch(): number {
+    return this.ledger.nextEpoch;
+  }
+  barrier(epoch: number): void {
+    this.ledger.barrier(epoch);
+  }
+  release(epoch: number): void {
+    this.ledger.release(epoch);
+  }
+  setPassThrough(on: boolean): void {
+    this.ledger.setPassThrough(on);
+  }
+  discard(): void {
+    this.ledger.discard();
+  }
   /** Reads what the kernel already queued (tests, status). */
-  poll(): void { this.q.drain(1 << 16); }
+  poll(): void {
+    this.q.drain(1 << 16);
+  }
 
   stats(): { ledger: LedgerStats; native: NativeQueueStats; kernel: KernelQueueStats | null } {
-    return { ledger: { ...this.ledger.stats }, native: this.q.stats(),
-      kernel: readKernelQueueStats(this.queueNum, this.netns) };
+    return {
+      ledger: { ...this.ledger.stats },
+      native: this.q.stats(),
+      kernel: readKernelQueueStats(this.queueNum, this.netns),
+    };
   }
 
   /** Unbinds the queue: the kernel drops whatever is still held (remove the rules first). */
-  close(): void { this.q.close(); }
+  close(): void {
+    this.q.close();
+  }
 }
 
 function batchView(q: NativeQueue): Omit<PacketBatch, 'count'> {
-  return { ids: q.ids, ipLens: q.ipLens, protos: q.protos, headers: q.headers, copyBytes: q.copyBytes, capLens: q.capLens };
+  return {
+    ids: q.ids,
+    ipLens: q.ipLens,
+    protos: q.protos,
+    headers: q.headers,
+    copyBytes: q.copyBytes,
+    capLens: q.capLens,
+  };
 }
 
 export function netnsPathOf(name: string): string {
-  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bad network namespace name '${name}'`);
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(name))
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `bad network namespace name '${name}'`);
   const p = `/run/netns/${name}`;
   if (!fs.existsSync(p)) throw new RemusError(ErrorCode.NETBUF, `network namespace '${name}' does not exist (${p})`);
   return p;
@@ -132,17 +199,31 @@ export function netnsPathOf(name: string): string {
 export function readKernelQueueStats(queueNum: number, netns?: string): KernelQueueStats | null {
   let text: string;
   if (netns === undefined) {
-    try { text = fs.readFileSync('/proc/net/netfilter/nfnetlink_queue', 'utf8'); } catch { return null; }
+    try {
+      text = fs.readFileSync('/proc/net/netfilter/nfnetlink_queue', 'utf8');
+    } catch {
+      return null;
+    }
   } else {
-    const r = spawnSync('ip', ['netns', 'exec', netns, 'cat', '/proc/net/netfilter/nfnetlink_queue'], { encoding: 'utf8' });
+    const r = spawnSync('ip', ['netns', 'exec', netns, 'cat', '/proc/net/netfilter/nfnetlink_queue'], {
+      encoding: 'utf8',
+    });
     if (r.status !== 0) return null;
     text = r.stdout;
   }
   for (const line of text.split('\n')) {
     const f = line.trim().split(/\s+/).map(Number);
     if (f.length >= 8 && f[0] === queueNum) {
-      return { queueNum: f[0], portId: f[1], queued: f[2], copyMode: f[3], copyRange: f[4],
-        queueDropped: f[5], userDropped: f[6], idSequence: f[7] };
+      return {
+        queueNum: f[0],
+        portId: f[1],
+        queued: f[2],
+        copyMode: f[3],
+        copyRange: f[4],
+        queueDropped: f[5],
+        userDropped: f[6],
+        idSequence: f[7],
+      };
     }
   }
   return null;
@@ -159,8 +240,16 @@ export interface NfqueueDevice {
  * Binds the queue, then installs the domain's rules (removing any a crashed run left).
  * On failure nothing stays installed or bound.
  */
-export function setupNfqueue(opts: NfqueueBufferOptions & { domain: string; match: GuestMatch; onlyDscp?: number }): NfqueueDevice {
-  const spec = { domain: opts.domain, queueNum: opts.queueNum, match: opts.match, netns: opts.netns, onlyDscp: opts.onlyDscp };
+export function setupNfqueue(
+  opts: NfqueueBufferOptions & { domain: string; match: GuestMatch; onlyDscp?: number },
+): NfqueueDevice {
+  const spec = {
+    domain: opts.domain,
+    queueNum: opts.queueNum,
+    match: opts.match,
+    netns: opts.netns,
+    onlyDscp: opts.onlyDscp,
+  };
   removeRules(spec);
   const gate = NfqueueBuffer.open(opts);
   try {
@@ -175,7 +264,11 @@ export function setupNfqueue(opts: NfqueueBufferOptions & { domain: string; matc
     teardown: () => {
       if (done) return;
       done = true;
-      try { removeRules(spec); } finally { gate.close(); }
+      try {
+        removeRules(spec);
+      } finally {
+        gate.close();
+      }
     },
   };
 }

@@ -53,10 +53,16 @@ export interface PacketBatch {
   capLens?: Uint16Array;
 }
 
-export interface LedgerLimits { heldMax: number; heldBytesMax: number; }
+export interface LedgerLimits {
+  heldMax: number;
+  heldBytesMax: number;
+}
 
 export interface LedgerStats {
-  received: number; held: number; heldBytes: number; released: number;
+  received: number;
+  held: number;
+  heldBytes: number;
+  released: number;
   /** Classified 'release' and accepted at once. */
   releasedAtOnce: number;
   /** Classified 'release' but queued behind an earlier held packet of its flow. */
@@ -80,7 +86,9 @@ interface EpochRecord {
 }
 
 /** a after b in 32-bit id space (the kernel's ids wrap). */
-export function idAfter(a: number, b: number): boolean { return ((a - b) | 0) > 0; }
+export function idAfter(a: number, b: number): boolean {
+  return ((a - b) | 0) > 0;
+}
 
 export class PacketLedger implements OutputGate {
   private readonly closed: EpochRecord[] = [];
@@ -90,20 +98,39 @@ export class PacketLedger implements OutputGate {
   /** flow key → epoch that holds the flow's last held packet. */
   private readonly flows = new Map<string, number>();
   private readonly scratch: Uint32Array;
-  readonly stats: LedgerStats = { received: 0, held: 0, heldBytes: 0, released: 0, releasedAtOnce: 0,
-    waitedBehindFlow: 0, passedThrough: 0, droppedOverLimit: 0, discarded: 0 };
+  readonly stats: LedgerStats = {
+    received: 0,
+    held: 0,
+    heldBytes: 0,
+    released: 0,
+    releasedAtOnce: 0,
+    waitedBehindFlow: 0,
+    passedThrough: 0,
+    droppedOverLimit: 0,
+    discarded: 0,
+  };
 
-  constructor(private readonly sink: VerdictSink, private readonly limits: LedgerLimits,
-    private readonly classify: Classifier | null = null, batchMax = 65536,
-    private readonly observer: LedgerObserver | null = null) {
+  constructor(
+    private readonly sink: VerdictSink,
+    private readonly limits: LedgerLimits,
+    private readonly classify: Classifier | null = null,
+    batchMax = 65536,
+    private readonly observer: LedgerObserver | null = null,
+  ) {
     assert(limits.heldMax >= 1 && limits.heldBytesMax >= 1, 'ledger limits must be positive');
     this.current = newEpoch(1);
     this.scratch = new Uint32Array(batchMax * 2);
   }
 
-  get held(): number { return this.stats.held; }
-  get nextEpoch(): number { return this.current.epoch; }
-  get isPassThrough(): boolean { return this.passThrough; }
+  get held(): number {
+    return this.stats.held;
+  }
+  get nextEpoch(): number {
+    return this.current.epoch;
+  }
+  get isPassThrough(): boolean {
+    return this.passThrough;
+  }
 
   /** Packets the native reader just read from the queue, in kernel id order. */
   ingest(b: PacketBatch): void {
@@ -120,7 +147,8 @@ export class PacketLedger implements OutputGate {
     }
     const accept = this.scratch.subarray(0, b.count);
     const drop = this.scratch.subarray(b.count, 2 * b.count);
-    let nAccept = 0, nDrop = 0;
+    let nAccept = 0,
+      nDrop = 0;
     for (let i = 0; i < b.count; i++) {
       const id = b.ids[i];
       this.lastReadId = id;
@@ -148,7 +176,10 @@ export class PacketLedger implements OutputGate {
 
   private place(id: number, bytes: number, verdict: PacketVerdict, key: string | null): 'accept' | 'drop' | 'held' {
     const waitsOn = key === null ? undefined : this.flows.get(key);
-    if (verdict === 'release' && waitsOn === undefined) { this.stats.releasedAtOnce++; return 'accept'; }
+    if (verdict === 'release' && waitsOn === undefined) {
+      this.stats.releasedAtOnce++;
+      return 'accept';
+    }
     if (this.stats.held >= this.limits.heldMax || this.stats.heldBytes + bytes > this.limits.heldBytesMax) {
       this.stats.droppedOverLimit++;
       return 'drop';
@@ -165,8 +196,10 @@ export class PacketLedger implements OutputGate {
         this.flows.set(key, rec.epoch);
       }
     }
-    rec.count++; rec.bytes += bytes;
-    this.stats.held++; this.stats.heldBytes += bytes;
+    rec.count++;
+    rec.bytes += bytes;
+    this.stats.held++;
+    this.stats.heldBytes += bytes;
     return 'held';
   }
 
@@ -202,7 +235,7 @@ export class PacketLedger implements OutputGate {
 
   setPassThrough(on: boolean): void {
     if (on && !this.passThrough && this.stats.held > 0) {
-      this.sink.verdictUpTo(this.lastReadId, true);  // everything read so far, in id order
+      this.sink.verdictUpTo(this.lastReadId, true); // everything read so far, in id order
       this.stats.released += this.stats.held;
       this.forget();
     }
@@ -245,7 +278,7 @@ export function flowKey(h: Uint8Array): string | null {
   if (version === 4 && h.length >= 20) {
     const ihl = (h[0] & 15) * 4;
     const proto = h[9];
-    const fragment = ((h[6] & 0x3f) << 8 | h[7]) !== 0 || (h[6] & 0x20) !== 0;
+    const fragment = (((h[6] & 0x3f) << 8) | h[7]) !== 0 || (h[6] & 0x20) !== 0;
     const addrs = hex(h, 12, 20);
     if ((proto === 6 || proto === 17) && !fragment && h.length >= ihl + 4) {
       return `4/${proto}/${addrs}/${hex(h, ihl, ihl + 4)}`;

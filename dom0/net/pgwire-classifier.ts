@@ -51,25 +51,48 @@ interface Flow {
 }
 
 export interface PgwireStats {
-  flows: number; flowsOpened: number; flowsEnded: number; flowsEvicted: number; opaqueFlows: number;
-  segmentsHeld: number; segmentsReleased: number; retransmissions: number; commits: number;
-  otherHeld: number; unsyncedPackets: number;
+  flows: number;
+  flowsOpened: number;
+  flowsEnded: number;
+  flowsEvicted: number;
+  opaqueFlows: number;
+  segmentsHeld: number;
+  segmentsReleased: number;
+  retransmissions: number;
+  commits: number;
+  otherHeld: number;
+  unsyncedPackets: number;
 }
 
 export class PgwireClassifier {
   private readonly flows = new Map<string, Flow>();
   private readonly ports: Set<number>;
   private readonly o: Required<Omit<PgwireOptions, 'ports'>>;
-  readonly stats: PgwireStats = { flows: 0, flowsOpened: 0, flowsEnded: 0, flowsEvicted: 0, opaqueFlows: 0,
-    segmentsHeld: 0, segmentsReleased: 0, retransmissions: 0, commits: 0, otherHeld: 0, unsyncedPackets: 0 };
+  readonly stats: PgwireStats = {
+    flows: 0,
+    flowsOpened: 0,
+    flowsEnded: 0,
+    flowsEvicted: 0,
+    opaqueFlows: 0,
+    segmentsHeld: 0,
+    segmentsReleased: 0,
+    retransmissions: 0,
+    commits: 0,
+    otherHeld: 0,
+    unsyncedPackets: 0,
+  };
   /** Why flows went opaque (last few), for `describe()`. */
   readonly opaqueReasons: string[] = [];
 
   constructor(opts: PgwireOptions = {}) {
     this.ports = new Set(opts.ports ?? PGWIRE_DEFAULTS.ports);
     for (const p of this.ports) assertInt(p, 1, 65535, 'pgwire port');
-    this.o = { flowsMax: opts.flowsMax ?? PGWIRE_DEFAULTS.flowsMax, idleMs: opts.idleMs ?? PGWIRE_DEFAULTS.idleMs,
-      heldRangesMax: opts.heldRangesMax ?? PGWIRE_DEFAULTS.heldRangesMax, nowMs: opts.nowMs ?? Date.now };
+    this.o = {
+      flowsMax: opts.flowsMax ?? PGWIRE_DEFAULTS.flowsMax,
+      idleMs: opts.idleMs ?? PGWIRE_DEFAULTS.idleMs,
+      heldRangesMax: opts.heldRangesMax ?? PGWIRE_DEFAULTS.heldRangesMax,
+      nowMs: opts.nowMs ?? Date.now,
+    };
     assertInt(this.o.flowsMax, 1, 1 << 20, 'flowsMax');
     assertInt(this.o.heldRangesMax, 1, 1 << 16, 'heldRangesMax');
   }
@@ -78,20 +101,34 @@ export class PgwireClassifier {
   readonly classify = (header: Uint8Array, hwProtocol: number): PacketVerdict => {
     if (!isIpPacket(header, hwProtocol)) return 'release';
     const parsed = parsePacket(header);
-    if (parsed.kind !== 'tcp' || !this.ports.has(parsed.seg.sport)) { this.stats.otherHeld++; return 'hold'; }
+    if (parsed.kind !== 'tcp' || !this.ports.has(parsed.seg.sport)) {
+      this.stats.otherHeld++;
+      return 'hold';
+    }
     const hold = this.onSegment(parsed.seg);
-    if (hold) this.stats.segmentsHeld++; else this.stats.segmentsReleased++;
+    if (hold) this.stats.segmentsHeld++;
+    else this.stats.segmentsReleased++;
     return hold ? 'hold' : 'release';
   };
 
-  get flowCount(): number { return this.flows.size; }
+  get flowCount(): number {
+    return this.flows.size;
+  }
 
   /** Mode of a flow by its key (tests, describe): undefined when not tracked. */
-  flowMode(key: string): string | undefined { return this.flows.get(key)?.parser.mode; }
+  flowMode(key: string): string | undefined {
+    return this.flows.get(key)?.parser.mode;
+  }
 
   private onSegment(s: TcpSegment): boolean {
-    if (s.flags & TCP_RST) { this.end(s.key); return false; }
-    if (s.flags & TCP_SYN) { this.open(s.key, seqAdd(s.seq, 1)); return false; }
+    if (s.flags & TCP_RST) {
+      this.end(s.key);
+      return false;
+    }
+    if (s.flags & TCP_SYN) {
+      this.open(s.key, seqAdd(s.seq, 1));
+      return false;
+    }
     let f = this.flows.get(s.key);
     if (f === undefined) {
       f = this.open(s.key, s.seq);
@@ -105,12 +142,22 @@ export class PgwireClassifier {
   }
 
   private segmentVerdict(f: Flow, s: TcpSegment): boolean {
-    if (f.parser.opaque) { this.stats.unsyncedPackets++; return true; }
+    if (f.parser.opaque) {
+      this.stats.unsyncedPackets++;
+      return true;
+    }
     if (s.payloadLen === 0) return false;
-    if (s.truncated) { this.toOpaque(f, 'packet larger than the NFQUEUE copy range'); return true; }
-    const start = s.seq, end = seqAdd(s.seq, s.payloadLen);
+    if (s.truncated) {
+      this.toOpaque(f, 'packet larger than the NFQUEUE copy range');
+      return true;
+    }
+    const start = s.seq,
+      end = seqAdd(s.seq, s.payloadLen);
     const ahead = seqDiff(start, f.next);
-    if (ahead > 0) { this.toOpaque(f, `gap of ${ahead} bytes in the stream`); return true; }
+    if (ahead > 0) {
+      this.toOpaque(f, `gap of ${ahead} bytes in the stream`);
+      return true;
+    }
     let hold = false;
     if (ahead < 0) {
       this.stats.retransmissions++;
@@ -137,7 +184,10 @@ export class PgwireClassifier {
 
   private remember(f: Flow, start: number, end: number): void {
     const last = f.held[f.held.length - 1];
-    if (last && seqDiff(start, last[1]) <= 0 && seqDiff(end, last[1]) > 0) { last[1] = end; return; }
+    if (last && seqDiff(start, last[1]) <= 0 && seqDiff(end, last[1]) > 0) {
+      last[1] = end;
+      return;
+    }
     if (last && seqDiff(end, last[1]) <= 0) return;
     f.held.push([start, end]);
     if (f.held.length > this.o.heldRangesMax) f.floor = f.held.shift()![1];
@@ -155,7 +205,7 @@ export class PgwireClassifier {
 
   private touch(key: string, f: Flow): void {
     f.lastMs = this.o.nowMs();
-    this.flows.delete(key);   // Map order = least recently used first
+    this.flows.delete(key); // Map order = least recently used first
     this.flows.set(key, f);
   }
 

@@ -16,8 +16,12 @@
 //   * an unknown message type, a bad length or a ReadyForQuery that is not 5 bytes with
 //     status I/T/E also make the stream opaque (never guess: held is late, not wrong).
 
-const Z = 0x5a, C = 0x43;
-const START_NO = 0x4e, START_SSL = 0x53, START_GSS = 0x47, TLS_RECORD = 0x16;
+const Z = 0x5a,
+  C = 0x43;
+const START_NO = 0x4e,
+  START_SSL = 0x53,
+  START_GSS = 0x47,
+  TLS_RECORD = 0x16;
 /** Backend message types of protocol 3.0 (PostgreSQL 15–17). */
 const BACKEND_TYPES = new Set('RKSZCDTENAGHWdc123nIstvV'.split('').map((c) => c.charCodeAt(0)));
 const COMMIT_TAG = [0x43, 0x4f, 0x4d, 0x4d, 0x49, 0x54, 0x00]; // "COMMIT\0"
@@ -33,11 +37,11 @@ export class PgwireParser {
   private hdrLen = 0;
   private bodyLeft = 0;
   private type = 0;
-  private tagMatch = 0;      // bytes of the C tag matching "COMMIT\0" so far (-1: no match)
+  private tagMatch = 0; // bytes of the C tag matching "COMMIT\0" so far (-1: no match)
   private status = 0;
   private cycleHadComplete = false;
   private cycleCommitTag = false;
-  private touched = false;   // this segment carried bytes of the open cycle's C or Z
+  private touched = false; // this segment carried bytes of the open cycle's C or Z
   /** Cycles ended by a ReadyForQuery, and how many of them acknowledged a commit. */
   cycles = 0;
   commits = 0;
@@ -51,8 +55,14 @@ export class PgwireParser {
       if (this.opaque) return true;
       if (this.mode === 'start' && this.hdrLen === 0) {
         const b = p[i];
-        if (b === START_NO) { i++; continue; }
-        if (b === START_SSL || b === START_GSS || b === TLS_RECORD) { this.toOpaque('encrypted stream (TLS or GSSAPI)'); return true; }
+        if (b === START_NO) {
+          i++;
+          continue;
+        }
+        if (b === START_SSL || b === START_GSS || b === TLS_RECORD) {
+          this.toOpaque('encrypted stream (TLS or GSSAPI)');
+          return true;
+        }
         this.mode = 'messages';
       }
       if (this.hdrLen < 5) {
@@ -61,7 +71,10 @@ export class PgwireParser {
         this.hdr.set(p.subarray(i, i + n), this.hdrLen);
         this.hdrLen += n;
         i += n;
-        if (first && !BACKEND_TYPES.has(this.hdr[0])) { this.toOpaque(`unknown message type 0x${this.hdr[0].toString(16)}`); return true; }
+        if (first && !BACKEND_TYPES.has(this.hdr[0])) {
+          this.toOpaque(`unknown message type 0x${this.hdr[0].toString(16)}`);
+          return true;
+        }
         if (this.hdr[0] === C || this.hdr[0] === Z) this.touched = true;
         if (this.hdrLen === 5 && !this.beginBody()) return true;
         if (this.hdrLen === 5 && this.bodyLeft === 0 && this.endMessage()) hold = true;
@@ -82,8 +95,14 @@ export class PgwireParser {
   private beginBody(): boolean {
     const len = ((this.hdr[1] << 24) | (this.hdr[2] << 16) | (this.hdr[3] << 8) | this.hdr[4]) >>> 0;
     this.type = this.hdr[0];
-    if (len < 4 || len > MESSAGE_BYTES_MAX) { this.toOpaque(`bad message length ${len}`); return false; }
-    if (this.type === Z && len !== 5) { this.toOpaque(`ReadyForQuery of length ${len}`); return false; }
+    if (len < 4 || len > MESSAGE_BYTES_MAX) {
+      this.toOpaque(`bad message length ${len}`);
+      return false;
+    }
+    if (this.type === Z && len !== 5) {
+      this.toOpaque(`ReadyForQuery of length ${len}`);
+      return false;
+    }
     this.bodyLeft = len - 4;
     this.tagMatch = 0;
     return true;
@@ -105,7 +124,10 @@ export class PgwireParser {
     }
     if (this.type !== Z) return false;
     const s = String.fromCharCode(this.status);
-    if (s !== 'I' && s !== 'T' && s !== 'E') { this.toOpaque(`ReadyForQuery status 0x${this.status.toString(16)}`); return true; }
+    if (s !== 'I' && s !== 'T' && s !== 'E') {
+      this.toOpaque(`ReadyForQuery status 0x${this.status.toString(16)}`);
+      return true;
+    }
     const commit = (s === 'I' && this.cycleHadComplete) || this.cycleCommitTag;
     const hold = commit && this.touched;
     this.cycles++;
@@ -117,7 +139,9 @@ export class PgwireParser {
   }
 
   /** A method, not a field test, so that type narrowing does not hide changes made by calls. */
-  get opaque(): boolean { return this.mode === 'opaque'; }
+  get opaque(): boolean {
+    return this.mode === 'opaque';
+  }
 
   toOpaque(reason: string): void {
     if (this.mode === 'opaque') return;

@@ -3,14 +3,22 @@
 // the failover reset tracker. Sequence numbers are 32-bit and wrap: compare with seqDiff.
 // A copy shorter than the IP packet is reported as `truncated` (its payload is a prefix).
 
-export const TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_ACK = 0x10;
+export const TCP_FIN = 0x01,
+  TCP_SYN = 0x02,
+  TCP_RST = 0x04,
+  TCP_ACK = 0x10;
 
 export interface TcpSegment {
   v6: boolean;
   /** Raw address bytes (4 or 16) of source and destination. */
-  src: Uint8Array; dst: Uint8Array;
-  sport: number; dport: number;
-  seq: number; ack: number; flags: number; window: number;
+  src: Uint8Array;
+  dst: Uint8Array;
+  sport: number;
+  dport: number;
+  seq: number;
+  ack: number;
+  flags: number;
+  window: number;
   /** Payload bytes present in the copy (a prefix when truncated). */
   payload: Uint8Array;
   /** Payload length according to the IP header. */
@@ -28,11 +36,17 @@ export type ParsedPacket =
   | { kind: 'bad' };
 
 /** a − b in 32-bit sequence space (positive: a is after b). */
-export function seqDiff(a: number, b: number): number { return (a - b) | 0; }
+export function seqDiff(a: number, b: number): number {
+  return (a - b) | 0;
+}
 export const seqAdd = (a: number, n: number): number => (a + n) >>> 0;
 
-function u16(h: Uint8Array, at: number): number { return (h[at] << 8) | h[at + 1]; }
-function u32(h: Uint8Array, at: number): number { return ((h[at] << 24) | (h[at + 1] << 16) | (h[at + 2] << 8) | h[at + 3]) >>> 0; }
+function u16(h: Uint8Array, at: number): number {
+  return (h[at] << 8) | h[at + 1];
+}
+function u32(h: Uint8Array, at: number): number {
+  return ((h[at] << 24) | (h[at + 1] << 16) | (h[at + 2] << 8) | h[at + 3]) >>> 0;
+}
 
 export function parsePacket(h: Uint8Array): ParsedPacket {
   if (h.length < 1) return { kind: 'bad' };
@@ -64,12 +78,23 @@ export function parsePacket(h: Uint8Array): ParsedPacket {
   const alen = v6 ? 16 : 4;
   const src = h.subarray(v6 ? 8 : 12, (v6 ? 8 : 12) + alen);
   const dst = h.subarray(v6 ? 24 : 16, (v6 ? 24 : 16) + alen);
-  const sport = u16(h, t), dport = u16(h, t + 2);
+  const sport = u16(h, t),
+    dport = u16(h, t + 2);
   return {
     kind: 'tcp',
     seg: {
-      v6, src, dst, sport, dport, seq: u32(h, t + 4), ack: u32(h, t + 8), flags: h[t + 13], window: u16(h, t + 14),
-      payload: h.subarray(t + dataOffset, t + dataOffset + present), payloadLen, truncated: present < payloadLen,
+      v6,
+      src,
+      dst,
+      sport,
+      dport,
+      seq: u32(h, t + 4),
+      ack: u32(h, t + 8),
+      flags: h[t + 13],
+      window: u16(h, t + 14),
+      payload: h.subarray(t + dataOffset, t + dataOffset + present),
+      payloadLen,
+      truncated: present < payloadLen,
       key: v6 ? `6/${hex(src)}/${sport}/${hex(dst)}/${dport}` : `4/${u32(src, 0)}/${sport}/${u32(dst, 0)}/${dport}`,
     },
   };
@@ -80,7 +105,9 @@ export function seqLength(s: TcpSegment): number {
   return s.payloadLen + (s.flags & TCP_SYN ? 1 : 0) + (s.flags & TCP_FIN ? 1 : 0);
 }
 
-export function hex(b: Uint8Array): string { return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex'); }
+export function hex(b: Uint8Array): string {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
+}
 
 export function addressText(b: Uint8Array): string {
   if (b.length === 4) return Array.from(b).join('.');

@@ -20,8 +20,18 @@ import { spawnSync } from 'node:child_process';
 import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import {
-  NLM_F_CREATE, NLM_F_EXCL, RTM_DELQDISC, RTM_NEWQDISC, TCQ_PLUG_BUFFER, TCQ_PLUG_LIMIT, TCQ_PLUG_RELEASE_INDEFINITE,
-  TCQ_PLUG_RELEASE_ONE, TC_H_ROOT, ifindexOf, plugOptions, qdiscRequest,
+  NLM_F_CREATE,
+  NLM_F_EXCL,
+  RTM_DELQDISC,
+  RTM_NEWQDISC,
+  TCQ_PLUG_BUFFER,
+  TCQ_PLUG_LIMIT,
+  TCQ_PLUG_RELEASE_INDEFINITE,
+  TCQ_PLUG_RELEASE_ONE,
+  TC_H_ROOT,
+  ifindexOf,
+  plugOptions,
+  qdiscRequest,
 } from './rtnetlink';
 
 const PLUG_HANDLE = 0x00010000; // 1:0
@@ -32,23 +42,40 @@ export class PlugBuffer implements OutputGate {
   private passThrough = false;
   private readonly ifindex: number;
 
-  constructor(readonly ifb: string, readonly limitBytes: number) {
+  constructor(
+    readonly ifb: string,
+    readonly limitBytes: number,
+  ) {
     this.ifindex = ifindexOf(ifb);
   }
 
   /** Installs the plug on the IFB's root (replacing one left by a crashed run), closed. */
   install(): void {
-    try { this.change(RTM_DELQDISC, 0, null, 'remove a stale plug'); } catch { /* none there */ }
-    this.change(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, plugOptions(TCQ_PLUG_LIMIT, this.limitBytes), `add the plug qdisc to ${this.ifb}`);
+    try {
+      this.change(RTM_DELQDISC, 0, null, 'remove a stale plug');
+    } catch {
+      /* none there */
+    }
+    this.change(
+      RTM_NEWQDISC,
+      NLM_F_CREATE | NLM_F_EXCL,
+      plugOptions(TCQ_PLUG_LIMIT, this.limitBytes),
+      `add the plug qdisc to ${this.ifb}`,
+    );
     this.action(TCQ_PLUG_BUFFER);
   }
 
-  get held(): number { return this.bufferedEpoch - this.releasedEpoch; }
+  get held(): number {
+    return this.bufferedEpoch - this.releasedEpoch;
+  }
 
   barrier(epoch: number): void {
     if (this.passThrough) return;
     if (this.bufferedEpoch > this.releasedEpoch) {
-      throw new RemusError(ErrorCode.NETBUF, `the plug holds epoch ${this.bufferedEpoch} still: sch_plug keeps one unacknowledged checkpoint (use --max-in-flight 1)`);
+      throw new RemusError(
+        ErrorCode.NETBUF,
+        `the plug holds epoch ${this.bufferedEpoch} still: sch_plug keeps one unacknowledged checkpoint (use --max-in-flight 1)`,
+      );
     }
     this.action(TCQ_PLUG_BUFFER);
     this.bufferedEpoch = epoch;
@@ -63,7 +90,10 @@ export class PlugBuffer implements OutputGate {
   setPassThrough(on: boolean): void {
     if (on === this.passThrough) return;
     this.passThrough = on;
-    if (on) { this.action(TCQ_PLUG_RELEASE_INDEFINITE); this.releasedEpoch = this.bufferedEpoch; } else this.action(TCQ_PLUG_BUFFER);
+    if (on) {
+      this.action(TCQ_PLUG_RELEASE_INDEFINITE);
+      this.releasedEpoch = this.bufferedEpoch;
+    } else this.action(TCQ_PLUG_BUFFER);
   }
 
   /** Fenced: drop what is held (recreate the plug; the old one's packets go with it). */
@@ -74,13 +104,27 @@ export class PlugBuffer implements OutputGate {
 
   /** Removes the plug (what it holds is dropped). Idempotent. */
   close(): void {
-    try { this.change(RTM_DELQDISC, 0, null, 'remove the plug'); } catch { /* already gone */ }
+    try {
+      this.change(RTM_DELQDISC, 0, null, 'remove the plug');
+    } catch {
+      /* already gone */
+    }
   }
 
-  private action(a: number): void { this.change(RTM_NEWQDISC, 0, plugOptions(a), `plug ${ACTION_NAMES[a]} on ${this.ifb}`); }
+  private action(a: number): void {
+    this.change(RTM_NEWQDISC, 0, plugOptions(a), `plug ${ACTION_NAMES[a]} on ${this.ifb}`);
+  }
 
-  private change(type: typeof RTM_NEWQDISC | typeof RTM_DELQDISC, flags: number, options: Buffer | null, what: string): void {
-    qdiscRequest({ type, flags, ifindex: this.ifindex, handle: PLUG_HANDLE, parent: TC_H_ROOT, kind: 'plug', options }, what);
+  private change(
+    type: typeof RTM_NEWQDISC | typeof RTM_DELQDISC,
+    flags: number,
+    options: Buffer | null,
+    what: string,
+  ): void {
+    qdiscRequest(
+      { type, flags, ifindex: this.ifindex, handle: PLUG_HANDLE, parent: TC_H_ROOT, kind: 'plug', options },
+      what,
+    );
   }
 }
 
@@ -88,10 +132,14 @@ const ACTION_NAMES: Record<number, string> = { 0: 'BUFFER', 1: 'RELEASE_ONE', 2:
 
 function run(cmd: string, args: string[], okIfFails = false): void {
   const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  if (r.status !== 0 && !okIfFails) throw new RemusError(ErrorCode.NETBUF, `${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
+  if (r.status !== 0 && !okIfFails)
+    throw new RemusError(ErrorCode.NETBUF, `${cmd} ${args.join(' ')}: ${(r.stderr || r.error?.message || '').trim()}`);
 }
 
-export interface PlugDevice { gate: PlugBuffer; close(): void; }
+export interface PlugDevice {
+  gate: PlugBuffer;
+  close(): void;
+}
 
 /** Steps 1-3 of the header, idempotent (a previous run's IFB and filter are replaced). */
 export function setupPlug(o: { vif: string; ifb: string; limitBytes?: number }): PlugDevice {
@@ -105,9 +153,29 @@ export function setupPlug(o: { vif: string; ifb: string; limitBytes?: number }):
     gate.install();
     run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
     run('tc', ['qdisc', 'add', 'dev', o.vif, 'ingress']);
-    run('tc', ['filter', 'add', 'dev', o.vif, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0',
-      'action', 'mirred', 'egress', 'redirect', 'dev', o.ifb]);
-  } catch (e) { // nothing half-installed stays behind
+    run('tc', [
+      'filter',
+      'add',
+      'dev',
+      o.vif,
+      'parent',
+      'ffff:',
+      'protocol',
+      'all',
+      'u32',
+      'match',
+      'u32',
+      '0',
+      '0',
+      'action',
+      'mirred',
+      'egress',
+      'redirect',
+      'dev',
+      o.ifb,
+    ]);
+  } catch (e) {
+    // nothing half-installed stays behind
     run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
     run('ip', ['link', 'del', o.ifb], true);
     throw e;

@@ -9,11 +9,17 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 
-export const RTM_NEWQDISC = 36, RTM_DELQDISC = 37;
-export const NLM_F_REQUEST = 0x1, NLM_F_ACK = 0x4, NLM_F_EXCL = 0x200, NLM_F_CREATE = 0x400;
-export const TCA_KIND = 1, TCA_OPTIONS = 2;
+export const RTM_NEWQDISC = 36,
+  RTM_DELQDISC = 37;
+export const NLM_F_REQUEST = 0x1,
+  NLM_F_ACK = 0x4,
+  NLM_F_EXCL = 0x200,
+  NLM_F_CREATE = 0x400;
+export const TCA_KIND = 1,
+  TCA_OPTIONS = 2;
 export const TC_H_ROOT = 0xffffffff;
-const NLMSG_HDR = 16, TCMSG = 20;
+const NLMSG_HDR = 16,
+  TCMSG = 20;
 const LE = os.endianness() === 'LE';
 
 export interface QdiscRequest {
@@ -29,14 +35,24 @@ export interface QdiscRequest {
 function attr(type: number, data: Uint8Array): Buffer {
   const len = 4 + data.length;
   const b = Buffer.alloc((len + 3) & ~3);
-  u16(b, 0, len); u16(b, 2, type);
+  u16(b, 0, len);
+  u16(b, 2, type);
   b.set(data, 4);
   return b;
 }
 
-function u16(b: Buffer, at: number, v: number): void { if (LE) b.writeUInt16LE(v, at); else b.writeUInt16BE(v, at); }
-function u32(b: Buffer, at: number, v: number): void { if (LE) b.writeUInt32LE(v >>> 0, at); else b.writeUInt32BE(v >>> 0, at); }
-function i32(b: Buffer, at: number, v: number): void { if (LE) b.writeInt32LE(v, at); else b.writeInt32BE(v, at); }
+function u16(b: Buffer, at: number, v: number): void {
+  if (LE) b.writeUInt16LE(v, at);
+  else b.writeUInt16BE(v, at);
+}
+function u32(b: Buffer, at: number, v: number): void {
+  if (LE) b.writeUInt32LE(v >>> 0, at);
+  else b.writeUInt32BE(v >>> 0, at);
+}
+function i32(b: Buffer, at: number, v: number): void {
+  if (LE) b.writeInt32LE(v, at);
+  else b.writeInt32BE(v, at);
+}
 
 /** nlmsghdr + tcmsg + TCA_KIND (+ TCA_OPTIONS). The sequence number is stamped by the addon. */
 export function qdiscMessage(r: QdiscRequest): Buffer {
@@ -45,7 +61,9 @@ export function qdiscMessage(r: QdiscRequest): Buffer {
   if (r.options) attrs.push(attr(TCA_OPTIONS, r.options));
   const body = Buffer.concat(attrs);
   const m = Buffer.alloc(NLMSG_HDR + TCMSG + body.length);
-  u32(m, 0, m.length); u16(m, 4, r.type); u16(m, 6, r.flags | NLM_F_REQUEST | NLM_F_ACK);
+  u32(m, 0, m.length);
+  u16(m, 4, r.type);
+  u16(m, 6, r.flags | NLM_F_REQUEST | NLM_F_ACK);
   // nlmsg_seq (8) and nlmsg_pid (12) stay 0; tcmsg: family 0 (AF_UNSPEC), pads, ifindex, handle, parent, info.
   i32(m, NLMSG_HDR + 4, r.ifindex);
   u32(m, NLMSG_HDR + 8, r.handle);
@@ -55,16 +73,22 @@ export function qdiscMessage(r: QdiscRequest): Buffer {
 }
 
 /** struct tc_plug_qopt. */
-export const TCQ_PLUG_BUFFER = 0, TCQ_PLUG_RELEASE_ONE = 1, TCQ_PLUG_RELEASE_INDEFINITE = 2, TCQ_PLUG_LIMIT = 3;
+export const TCQ_PLUG_BUFFER = 0,
+  TCQ_PLUG_RELEASE_ONE = 1,
+  TCQ_PLUG_RELEASE_INDEFINITE = 2,
+  TCQ_PLUG_LIMIT = 3;
 export function plugOptions(action: number, limitBytes = 0): Buffer {
   const b = Buffer.alloc(8);
-  i32(b, 0, action); u32(b, 4, limitBytes);
+  i32(b, 0, action);
+  u32(b, 4, limitBytes);
   return b;
 }
 
 export function ifindexOf(ifname: string): number {
   assert(/^[A-Za-z0-9_.:-]{1,15}$/.test(ifname), 'interface name');
-  try { return Number(fs.readFileSync(`/sys/class/net/${ifname}/ifindex`, 'utf8').trim()); } catch {
+  try {
+    return Number(fs.readFileSync(`/sys/class/net/${ifname}/ifindex`, 'utf8').trim());
+  } catch {
     throw new RemusError(ErrorCode.NETBUF, `no network interface ${ifname}`);
   }
 }
@@ -75,6 +99,9 @@ export function qdiscRequest(r: QdiscRequest, what: string): void {
   if (rc === 0) return;
   const errno = -rc;
   const name = Object.entries(os.constants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-  const hint = r.kind === 'plug' && errno === os.constants.errno.ENOENT ? ' (this kernel has no sch_plug: modprobe sch_plug, or use --net-buffer nfqueue)' : '';
+  const hint =
+    r.kind === 'plug' && errno === os.constants.errno.ENOENT
+      ? ' (this kernel has no sch_plug: modprobe sch_plug, or use --net-buffer nfqueue)'
+      : '';
   throw new RemusError(ErrorCode.NETBUF, `${what}: ${name}${hint}`);
 }

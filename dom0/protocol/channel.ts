@@ -26,15 +26,25 @@ export function readPskFile(file: string): Buffer {
     if (!fs.statSync(file).isFile()) throw new Error('not a regular file'); // a FIFO would block the read for ever
     text = fs.readFileSync(file, 'utf8').trim();
   } catch (e) {
-    throw new RemusError(ErrorCode.IO, `cannot read the pre-shared key ${file}: ${(e as Error).message}`, {}, { cause: e });
+    throw new RemusError(
+      ErrorCode.IO,
+      `cannot read the pre-shared key ${file}: ${(e as Error).message}`,
+      {},
+      { cause: e },
+    );
   }
   if (!/^[0-9a-fA-F]{64}$/.test(text)) {
-    throw new RemusError(ErrorCode.AUTH, `${file} does not hold a 32-byte key as 64 hex digits (make one with \`remusdb keygen --out ${file}\`)`);
+    throw new RemusError(
+      ErrorCode.AUTH,
+      `${file} does not hold a 32-byte key as 64 hex digits (make one with \`remusdb keygen --out ${file}\`)`,
+    );
   }
   return Buffer.from(text, 'hex');
 }
 
-export function newPsk(): string { return randomBytes(32).toString('hex'); }
+export function newPsk(): string {
+  return randomBytes(32).toString('hex');
+}
 
 class SocketLink implements Link {
   private recordCb: (type: number, body: Buffer) => void = () => {};
@@ -42,30 +52,48 @@ class SocketLink implements Link {
   private closed = false;
   private readonly decoder = new RecordDecoder(KNOWN);
 
-  constructor(private readonly socket: net.Socket, readonly remote: string) {
+  constructor(
+    private readonly socket: net.Socket,
+    readonly remote: string,
+  ) {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
     socket.on('data', (chunk: Buffer) => {
       if (this.closed) return;
       let records: ReturnType<RecordDecoder['push']>;
-      try { records = this.decoder.push(chunk); } catch (e) {
+      try {
+        records = this.decoder.push(chunk);
+      } catch (e) {
         this.finish(e as Error);
         return;
       }
-      for (const r of records) { if (!this.closed) this.recordCb(r.type, r.body); }
+      for (const r of records) {
+        if (!this.closed) this.recordCb(r.type, r.body);
+      }
     });
-    socket.on('error', (e) => this.finish(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`, {}, { cause: e })));
+    socket.on('error', (e) =>
+      this.finish(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`, {}, { cause: e })),
+    );
     socket.on('close', () => this.finish(null));
   }
 
-  get backlogBytes(): number { return this.socket.writableLength; }
+  get backlogBytes(): number {
+    return this.socket.writableLength;
+  }
   queuedBytes = 0;
-  get drainedBytes(): number { return this.queuedBytes - this.socket.writableLength; }
+  get drainedBytes(): number {
+    return this.queuedBytes - this.socket.writableLength;
+  }
 
   send(type: number, body: Uint8Array): void {
     if (this.closed) return;
     if (this.socket.writableLength > WRITE_BACKLOG_MAX) {
-      this.finish(new RemusError(ErrorCode.PEER_GONE, `${this.remote} is not reading (send backlog over ${WRITE_BACKLOG_MAX} bytes)`));
+      this.finish(
+        new RemusError(
+          ErrorCode.PEER_GONE,
+          `${this.remote} is not reading (send backlog over ${WRITE_BACKLOG_MAX} bytes)`,
+        ),
+      );
       return;
     }
     const record = encodeRecord(type, body);
@@ -81,8 +109,12 @@ class SocketLink implements Link {
     setTimeout(() => this.socket.destroy(), 1000).unref();
   }
 
-  onRecord(cb: (type: number, body: Buffer) => void): void { this.recordCb = cb; }
-  onClose(cb: (e: Error | null) => void): void { this.closeCb = cb; }
+  onRecord(cb: (type: number, body: Buffer) => void): void {
+    this.recordCb = cb;
+  }
+  onClose(cb: (e: Error | null) => void): void {
+    this.closeCb = cb;
+  }
 
   /** The connection ended or broke under us: tell the engine once, then close. */
   private finish(e: Error | null): void {
@@ -109,15 +141,37 @@ export function connectLink(host: string, port: number, sec: Security, timeoutMs
     const remote = `${host}:${port}`;
     const fail = (e: Error): void => {
       const tlsFail = /alert|handshake|BAD_RECORD_MAC|decrypt/i.test(e.message);
-      reject(new RemusError(tlsFail ? ErrorCode.AUTH : ErrorCode.PEER_GONE,
-        tlsFail ? `TLS with ${remote} failed (different pre-shared keys?): ${e.message}` : `cannot reach backup ${remote}: ${e.message}`, {}, { cause: e }));
+      reject(
+        new RemusError(
+          tlsFail ? ErrorCode.AUTH : ErrorCode.PEER_GONE,
+          tlsFail
+            ? `TLS with ${remote} failed (different pre-shared keys?): ${e.message}`
+            : `cannot reach backup ${remote}: ${e.message}`,
+          {},
+          { cause: e },
+        ),
+      );
     };
-    const socket = 'psk' in sec
-      ? tls.connect({ host, port, ciphers: CIPHERS, maxVersion: 'TLSv1.2', minVersion: 'TLSv1.2',
-        pskCallback: () => ({ psk: sec.psk, identity: PSK_IDENTITY }), checkServerIdentity: () => undefined })
-      : net.connect({ host, port });
-    const timer = setTimeout(() => { socket.destroy(); fail(new Error(`no answer within ${timeoutMs} ms`)); }, timeoutMs);
-    socket.once('error', (e) => { clearTimeout(timer); fail(e); });
+    const socket =
+      'psk' in sec
+        ? tls.connect({
+            host,
+            port,
+            ciphers: CIPHERS,
+            maxVersion: 'TLSv1.2',
+            minVersion: 'TLSv1.2',
+            pskCallback: () => ({ psk: sec.psk, identity: PSK_IDENTITY }),
+            checkServerIdentity: () => undefined,
+          })
+        : net.connect({ host, port });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      fail(new Error(`no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      fail(e);
+    });
     socket.once('psk' in sec ? 'secureConnect' : 'connect', () => {
       clearTimeout(timer);
       socket.removeAllListeners('error');
@@ -126,18 +180,38 @@ export function connectLink(host: string, port: number, sec: Security, timeoutMs
   });
 }
 
-export interface Listener { close(): void; readonly port: number; }
+export interface Listener {
+  close(): void;
+  readonly port: number;
+}
 
-export function listenLinks(host: string, port: number, sec: Security, onLink: (l: Link) => void,
-  onReject: (why: string) => void = () => {}): Promise<Listener> {
+export function listenLinks(
+  host: string,
+  port: number,
+  sec: Security,
+  onLink: (l: Link) => void,
+  onReject: (why: string) => void = () => {},
+): Promise<Listener> {
   return new Promise((resolve, reject) => {
     const accept = (s: net.Socket): void => onLink(new SocketLink(s, `${s.remoteAddress}:${s.remotePort}`));
-    const server = 'psk' in sec
-      ? tls.createServer({ ciphers: CIPHERS, maxVersion: 'TLSv1.2', minVersion: 'TLSv1.2',
-        pskCallback: (_s, identity) => (identity === PSK_IDENTITY ? sec.psk : null) }, accept)
-      : net.createServer(accept);
-    server.on('tlsClientError', (e: Error) => onReject(`rejected a peer that failed TLS (wrong or no pre-shared key): ${e.message}`));
-    server.once('error', (e) => reject(new RemusError(ErrorCode.IO, `cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e })));
+    const server =
+      'psk' in sec
+        ? tls.createServer(
+            {
+              ciphers: CIPHERS,
+              maxVersion: 'TLSv1.2',
+              minVersion: 'TLSv1.2',
+              pskCallback: (_s, identity) => (identity === PSK_IDENTITY ? sec.psk : null),
+            },
+            accept,
+          )
+        : net.createServer(accept);
+    server.on('tlsClientError', (e: Error) =>
+      onReject(`rejected a peer that failed TLS (wrong or no pre-shared key): ${e.message}`),
+    );
+    server.once('error', (e) =>
+      reject(new RemusError(ErrorCode.IO, `cannot listen on ${host}:${port}: ${e.message}`, {}, { cause: e })),
+    );
     server.listen(port, host, () => {
       const addr = server.address() as net.AddressInfo;
       resolve({ port: addr.port, close: () => server.close() });

@@ -61,15 +61,20 @@ export class RecordDecoder {
   private next(): RawRecord | 'skip' | null {
     if (this.have < RECORD_HEADER) return null;
     const h = this.peek(RECORD_HEADER);
-    const type = h.readUInt32LE(0), flags = h.readUInt32LE(4), length = h.readUInt32LE(8);
-    if (length > RECORD_BODY_MAX) throw protocolError(`record of ${length} octets exceeds the ${RECORD_BODY_MAX}-octet limit`);
-    if ((flags & ~FLAG_OPTIONAL) !== 0) throw protocolError(`record type ${type} has unknown flags 0x${flags.toString(16)}`);
+    const type = h.readUInt32LE(0),
+      flags = h.readUInt32LE(4),
+      length = h.readUInt32LE(8);
+    if (length > RECORD_BODY_MAX)
+      throw protocolError(`record of ${length} octets exceeds the ${RECORD_BODY_MAX}-octet limit`);
+    if ((flags & ~FLAG_OPTIONAL) !== 0)
+      throw protocolError(`record type ${type} has unknown flags 0x${flags.toString(16)}`);
     if (this.have < RECORD_HEADER + length) return null;
     const whole = this.consume(RECORD_HEADER + length);
     const body = whole.subarray(RECORD_HEADER);
     const addon = loadAddon();
     const crc = addon.crc32c(body, addon.crc32c(whole.subarray(0, 12)));
-    if (crc !== whole.readUInt32LE(12)) throw protocolError(`CRC32C mismatch on ${REC_NAMES[type] ?? `record type ${type}`}`);
+    if (crc !== whole.readUInt32LE(12))
+      throw protocolError(`CRC32C mismatch on ${REC_NAMES[type] ?? `record type ${type}`}`);
     if (!this.knownTypes.has(type)) {
       if (flags & FLAG_OPTIONAL) return 'skip';
       throw protocolError(`unknown mandatory record type ${type}`);

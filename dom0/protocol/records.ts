@@ -10,15 +10,33 @@ export const RECORD_BODY_MAX = 16 * 1024 * 1024;
 export const FLAG_OPTIONAL = 1;
 
 export const Rec = {
-  HELLO: 1, HELLO_ACK: 2, CHECKPOINT_BEGIN: 3, PAGE_BATCH: 4, DEVICE_STATE: 5,
-  CHECKPOINT_END: 6, ACK: 7, HEARTBEAT: 8, TAKEOVER: 9, GOODBYE: 10, ERROR: 11,
-  DISK_WRITE: 12, DISK_SYNC: 13, DISK_SYNC_END: 14, DISK_REFS: 15, DISK_VERIFY: 16,
-  NET_EXPOSURE: 17, MEMORY_VERIFY: 18,
+  HELLO: 1,
+  HELLO_ACK: 2,
+  CHECKPOINT_BEGIN: 3,
+  PAGE_BATCH: 4,
+  DEVICE_STATE: 5,
+  CHECKPOINT_END: 6,
+  ACK: 7,
+  HEARTBEAT: 8,
+  TAKEOVER: 9,
+  GOODBYE: 10,
+  ERROR: 11,
+  DISK_WRITE: 12,
+  DISK_SYNC: 13,
+  DISK_SYNC_END: 14,
+  DISK_REFS: 15,
+  DISK_VERIFY: 16,
+  NET_EXPOSURE: 17,
+  MEMORY_VERIFY: 18,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
 
-export interface RawRecord { type: number; flags: number; body: Buffer; }
+export interface RawRecord {
+  type: number;
+  flags: number;
+  body: Buffer;
+}
 
 export function protocolError(message: string): RemusError {
   return new RemusError(ErrorCode.PROTOCOL, message);
@@ -50,7 +68,8 @@ export const checkpointBegin = (epoch: number, full: boolean): Buffer => {
 export function parseCheckpointBegin(body: Buffer): { epoch: number; full: boolean } {
   const epoch = readEpoch(Rec.CHECKPOINT_BEGIN, body, 16, 16);
   const flags = body.readUInt32LE(8);
-  if ((flags & ~CKPT_FULL) !== 0 || body.readUInt32LE(12) !== 0) throw protocolError('CHECKPOINT_BEGIN has unknown flags');
+  if ((flags & ~CKPT_FULL) !== 0 || body.readUInt32LE(12) !== 0)
+    throw protocolError('CHECKPOINT_BEGIN has unknown flags');
   return { epoch, full: (flags & CKPT_FULL) !== 0 };
 }
 
@@ -94,15 +113,22 @@ export function jsonBody(obj: unknown, version?: number): Buffer {
   return b;
 }
 
-export function parseJson(type: number, body: Buffer, versioned: boolean): { version: number; value: Record<string, unknown> } {
-  let version = 0, json = body;
+export function parseJson(
+  type: number,
+  body: Buffer,
+  versioned: boolean,
+): { version: number; value: Record<string, unknown> } {
+  let version = 0,
+    json = body;
   if (versioned) {
     if (body.length < 4) throw protocolError(`${REC_NAMES[type]} is too short`);
     version = body.readUInt32LE(0);
     json = body.subarray(4);
   }
   let value: unknown;
-  try { value = JSON.parse(json.toString('utf8')); } catch {
+  try {
+    value = JSON.parse(json.toString('utf8'));
+  } catch {
     throw protocolError(`${REC_NAMES[type]} does not carry valid JSON`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
@@ -115,17 +141,34 @@ export function parseJson(type: number, body: Buffer, versioned: boolean): { ver
 
 export const SECTOR = 512;
 /** DISK_WRITE flags: FUA (durable at commit), ZEROES (no data: the range reads as zeros), FLUSH (length 0). */
-export const DW_FUA = 1, DW_ZEROES = 2, DW_FLUSH = 4;
+export const DW_FUA = 1,
+  DW_ZEROES = 2,
+  DW_FLUSH = 4;
 const DW_KNOWN = DW_FUA | DW_ZEROES | DW_FLUSH;
 /** Largest data carried by one disk record; longer writes are split. */
 export const DISK_RECORD_DATA_MAX = 4 * 1024 * 1024;
 
-export interface DiskWrite { epoch: number; offsetBytes: number; lengthBytes: number; flags: number; data: Buffer | null; }
+export interface DiskWrite {
+  epoch: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  flags: number;
+  data: Buffer | null;
+}
 
-export function diskWriteBody(epoch: number, offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): Buffer {
+export function diskWriteBody(
+  epoch: number,
+  offsetBytes: number,
+  lengthBytes: number,
+  flags: number,
+  data: Uint8Array | null,
+): Buffer {
   assert(offsetBytes % SECTOR === 0 && lengthBytes % SECTOR === 0 && (flags & ~DW_KNOWN) === 0, 'disk write alignment');
   const carries = (flags & (DW_ZEROES | DW_FLUSH)) === 0;
-  assert(carries ? data !== null && data.length === lengthBytes && lengthBytes <= DISK_RECORD_DATA_MAX : data === null, 'disk write data');
+  assert(
+    carries ? data !== null && data.length === lengthBytes && lengthBytes <= DISK_RECORD_DATA_MAX : data === null,
+    'disk write data',
+  );
   assert((flags & DW_FLUSH) === 0 || lengthBytes === 0, 'flush has no range');
   const b = Buffer.alloc(24 + (carries ? lengthBytes : 0));
   b.writeBigUInt64LE(BigInt(epoch), 0);
@@ -138,17 +181,23 @@ export function diskWriteBody(epoch: number, offsetBytes: number, lengthBytes: n
 
 export function parseDiskWrite(body: Buffer, diskBytes: number): DiskWrite {
   const epoch = readEpoch(Rec.DISK_WRITE, body, 24);
-  const off = body.readBigUInt64LE(8), len = body.readUInt32LE(16), flags = body.readUInt32LE(20);
+  const off = body.readBigUInt64LE(8),
+    len = body.readUInt32LE(16),
+    flags = body.readUInt32LE(20);
   if ((flags & ~DW_KNOWN) !== 0) throw protocolError(`DISK_WRITE has unknown flags ${flags}`);
   const carries = (flags & (DW_ZEROES | DW_FLUSH)) === 0;
-  if ((flags & DW_FLUSH) && len !== 0) throw protocolError('DISK_WRITE FLUSH carries a range');
+  if (flags & DW_FLUSH && len !== 0) throw protocolError('DISK_WRITE FLUSH carries a range');
   checkRange('DISK_WRITE', off, len, diskBytes);
-  if (body.length !== 24 + (carries ? len : 0)) throw protocolError(`DISK_WRITE of ${len} octets has a body of ${body.length}`);
+  if (body.length !== 24 + (carries ? len : 0))
+    throw protocolError(`DISK_WRITE of ${len} octets has a body of ${body.length}`);
   return { epoch, offsetBytes: Number(off), lengthBytes: len, flags, data: carries ? body.subarray(24) : null };
 }
 
 export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
-  assert(offsetBytes % SECTOR === 0 && data.length % SECTOR === 0 && data.length > 0 && data.length <= DISK_RECORD_DATA_MAX, 'disk sync chunk');
+  assert(
+    offsetBytes % SECTOR === 0 && data.length % SECTOR === 0 && data.length > 0 && data.length <= DISK_RECORD_DATA_MAX,
+    'disk sync chunk',
+  );
   const b = Buffer.alloc(16 + data.length);
   b.writeBigUInt64LE(BigInt(offsetBytes), 0);
   b.writeUInt32LE(data.length, 8);
@@ -158,7 +207,8 @@ export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
 
 export function parseDiskSync(body: Buffer, diskBytes: number): { offsetBytes: number; data: Buffer } {
   if (body.length < 16) throw protocolError('DISK_SYNC is too short');
-  const off = body.readBigUInt64LE(0), len = body.readUInt32LE(8);
+  const off = body.readBigUInt64LE(0),
+    len = body.readUInt32LE(8);
   if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_SYNC reserved field is not 0');
   if (len === 0) throw protocolError('DISK_SYNC carries no data');
   checkRange('DISK_SYNC', off, len, diskBytes);
@@ -172,11 +222,16 @@ export const parseDiskSyncEnd = (body: Buffer): number => readEpoch(Rec.DISK_SYN
 function checkRange(name: string, off: bigint, len: number, diskBytes: number): void {
   if (off % BigInt(SECTOR) !== 0n || len % SECTOR !== 0) throw protocolError(`${name} range is not sector-aligned`);
   if (len > DISK_RECORD_DATA_MAX) throw protocolError(`${name} of ${len} octets exceeds ${DISK_RECORD_DATA_MAX}`);
-  if (off + BigInt(len) > BigInt(diskBytes)) throw protocolError(`${name} at ${off}+${len} is past the end of the ${diskBytes}-octet disk`);
+  if (off + BigInt(len) > BigInt(diskBytes))
+    throw protocolError(`${name} at ${off}+${len} is past the end of the ${diskBytes}-octet disk`);
 }
 
 /** One page of a checkpoint sent as the disk block that holds the same content (read tracking). */
-export interface DiskRefEntry { pfn: number; offsetBytes: number; crc32c: number; }
+export interface DiskRefEntry {
+  pfn: number;
+  offsetBytes: number;
+  crc32c: number;
+}
 const REF_BYTES = 24;
 export const DISK_REFS_MAX = 4096;
 
@@ -195,17 +250,24 @@ export function diskRefsBody(epoch: number, refs: readonly DiskRefEntry[]): Buff
   return b;
 }
 
-export function parseDiskRefs(body: Buffer, pageCount: number, diskBytes: number): { epoch: number; refs: DiskRefEntry[] } {
+export function parseDiskRefs(
+  body: Buffer,
+  pageCount: number,
+  diskBytes: number,
+): { epoch: number; refs: DiskRefEntry[] } {
   const epoch = readEpoch(Rec.DISK_REFS, body, 16);
   const n = body.readUInt32LE(8);
   if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_REFS reserved field is not 0');
-  if (n === 0 || n > DISK_REFS_MAX || body.length !== 16 + n * REF_BYTES) throw protocolError(`DISK_REFS of ${n} entries has a body of ${body.length} octets`);
+  if (n === 0 || n > DISK_REFS_MAX || body.length !== 16 + n * REF_BYTES)
+    throw protocolError(`DISK_REFS of ${n} entries has a body of ${body.length} octets`);
   const refs: DiskRefEntry[] = [];
   for (let i = 0; i < n; i++) {
     const at = 16 + i * REF_BYTES;
-    const pfn = body.readBigUInt64LE(at), off = body.readBigUInt64LE(at + 8);
+    const pfn = body.readBigUInt64LE(at),
+      off = body.readBigUInt64LE(at + 8);
     if (pfn >= BigInt(pageCount)) throw protocolError(`DISK_REFS pfn ${pfn} is outside the guest's ${pageCount} pages`);
-    if (off % 4096n !== 0n || off + 4096n > BigInt(diskBytes)) throw protocolError(`DISK_REFS block at ${off} is not a whole 4 KiB block of the ${diskBytes}-octet disk`);
+    if (off % 4096n !== 0n || off + 4096n > BigInt(diskBytes))
+      throw protocolError(`DISK_REFS block at ${off} is not a whole 4 KiB block of the ${diskBytes}-octet disk`);
     if (body.readUInt32LE(at + 20) !== 0) throw protocolError('DISK_REFS entry reserved field is not 0');
     refs.push({ pfn: Number(pfn), offsetBytes: Number(off), crc32c: body.readUInt32LE(at + 16) });
   }
@@ -242,14 +304,19 @@ export function memoryVerifyBody(epoch: number, regionPages: number, digests: Ui
   return b;
 }
 
-export function parseMemoryVerify(body: Buffer, pageCount: number):
-  { epoch: number; regionPages: number; digests: Uint32Array } {
+export function parseMemoryVerify(
+  body: Buffer,
+  pageCount: number,
+): { epoch: number; regionPages: number; digests: Uint32Array } {
   const epoch = readEpoch(Rec.MEMORY_VERIFY, body, 16);
-  const regionPages = body.readUInt32LE(8), n = body.readUInt32LE(12);
+  const regionPages = body.readUInt32LE(8),
+    n = body.readUInt32LE(12);
   const fits = regionPages > 0 && n <= MEMORY_VERIFY_REGIONS_MAX && n === Math.ceil(pageCount / regionPages);
   if (!fits || body.length !== 16 + n * 4) {
-    throw protocolError(`MEMORY_VERIFY of ${n} regions of ${regionPages} pages (body ${body.length} octets) ` +
-      `does not cover the guest's ${pageCount} pages`);
+    throw protocolError(
+      `MEMORY_VERIFY of ${n} regions of ${regionPages} pages (body ${body.length} octets) ` +
+        `does not cover the guest's ${pageCount} pages`,
+    );
   }
   const digests = new Uint32Array(n);
   for (let i = 0; i < n; i++) digests[i] = body.readUInt32LE(16 + i * 4);

@@ -63,19 +63,36 @@ export class BackupService {
   constructor(private readonly cfg: BackupConfig) {
     this.exposure = new BackupExposure(cfg.log);
     this.peerLog = new ChangeLog(cfg.log);
-    this.backup = new Backup(realClock, {
-      pageCountMax: cfg.pageCountMax, batchPagesMax: cfg.batchPagesMax, diskBufferBytesMax: cfg.diskBufferBytesMax,
-      replicaFor: (h) => this.replicaFor(h), releaseReplica: (r) => this.releaseReplica(r),
-    }, { event: (name, detail) => this.onEvent(name, detail), netExposure: (_epoch, value) => this.exposure.onRecord(value) });
+    this.backup = new Backup(
+      realClock,
+      {
+        pageCountMax: cfg.pageCountMax,
+        batchPagesMax: cfg.batchPagesMax,
+        diskBufferBytesMax: cfg.diskBufferBytesMax,
+        replicaFor: (h) => this.replicaFor(h),
+        releaseReplica: (r) => this.releaseReplica(r),
+      },
+      {
+        event: (name, detail) => this.onEvent(name, detail),
+        netExposure: (_epoch, value) => this.exposure.onRecord(value),
+      },
+    );
     cfg.metrics?.watchBackup(() => this.metricsSample());
   }
 
-  get port(): number { return this.listener?.port ?? this.cfg.port; }
+  get port(): number {
+    return this.listener?.port ?? this.cfg.port;
+  }
 
   async start(): Promise<void> {
     loopDelay(); // starts measuring
-    this.listener = await listenLinks(this.cfg.host, this.cfg.port, this.cfg.security,
-      (link) => this.backup.attach(link), (why) => this.peerLog.say(why));
+    this.listener = await listenLinks(
+      this.cfg.host,
+      this.cfg.port,
+      this.cfg.security,
+      (link) => this.backup.attach(link),
+      (why) => this.peerLog.say(why),
+    );
     this.control = new ControlServer(socketPath('backup', String(this.listener.port)), (req) => this.onControl(req));
   }
 
@@ -103,11 +120,23 @@ export class BackupService {
 
   status(): Record<string, unknown> {
     return {
-      role: 'backup', listen: `${this.cfg.host}:${this.port}`, state: this.backup.state, rss_bytes: process.memoryUsage.rss(), ...loopDelay(),
-      domain: this.domainName(), failovers: this.failovers, attached: this.backup.attached,
-      committedEpoch: this.backup.committedEpoch, lastSessionStart: this.backup.lastSessionStart,
+      role: 'backup',
+      listen: `${this.cfg.host}:${this.port}`,
+      state: this.backup.state,
+      rss_bytes: process.memoryUsage.rss(),
+      ...loopDelay(),
+      domain: this.domainName(),
+      failovers: this.failovers,
+      attached: this.backup.attached,
+      committedEpoch: this.backup.committedEpoch,
+      lastSessionStart: this.backup.lastSessionStart,
       ...this.backup.counters,
-      resumed: this.backup.resumedFrom, xen: null, guest: null, outputs: null, disk: null, ...this.replica?.status(),
+      resumed: this.backup.resumedFrom,
+      xen: null,
+      guest: null,
+      outputs: null,
+      disk: null,
+      ...this.replica?.status(),
       events: this.events.slice(-10),
       reprotecting: this.promoted?.status() ?? null,
     };
@@ -117,9 +146,15 @@ export class BackupService {
   private metricsSample(): BackupSample {
     const c = this.backup.counters;
     return {
-      domain: this.domainName() ?? '', state: this.backup.state, committedEpoch: this.backup.committedEpoch,
-      checkpoints: c.checkpoints, pages: c.pages, wireBytes: c.wireBytes, sessions: c.sessions,
-      failovers: this.failovers, diskBytesApplied: c.diskBytesApplied,
+      domain: this.domainName() ?? '',
+      state: this.backup.state,
+      committedEpoch: this.backup.committedEpoch,
+      checkpoints: c.checkpoints,
+      pages: c.pages,
+      wireBytes: c.wireBytes,
+      sessions: c.sessions,
+      failovers: this.failovers,
+      diskBytesApplied: c.diskBytesApplied,
     };
   }
 
@@ -133,14 +168,20 @@ export class BackupService {
     const driver = driverForHello(h.kind);
     const reuse = this.cfg.reuseDisk ?? null;
     if (this.cfg.checksumOnFailover && driver.features.checksumOnFailover !== true) {
-      this.peerLog.say(`--checksum-on-failover does not apply to ${driver.kind} replicas: `
-        + `${driver.features.checksumOnFailover.reason}`);
+      this.peerLog.say(
+        `--checksum-on-failover does not apply to ${driver.kind} replicas: ` +
+          `${driver.features.checksumOnFailover.reason}`,
+      );
     }
     const diskFile = h.diskBytes > 0 && !(reuse && driver.features.reuseDisk === true) ? this.replicaDiskFile(h) : null;
     try {
       this.replica = driver.replicaFor({
-        hello: h, diskFile, reuseDisk: reuse, checksumOnFailover: this.cfg.checksumOnFailover === true,
-        diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT, log: this.cfg.log,
+        hello: h,
+        diskFile,
+        reuseDisk: reuse,
+        checksumOnFailover: this.cfg.checksumOnFailover === true,
+        diskBufferBytesMax: this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT,
+        log: this.cfg.log,
       });
       this.replicaKind = h.kind;
       return this.replica;
@@ -156,7 +197,10 @@ export class BackupService {
     const dir = this.cfg.diskDir ?? runDir();
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const file = path.join(dir, `${h.kind}-${h.domain}.backup.disk`);
-    assert(path.dirname(file) === path.normalize(dir) || path.dirname(file) === path.resolve(dir), `replica path ${file} is in ${dir}`);
+    assert(
+      path.dirname(file) === path.normalize(dir) || path.dirname(file) === path.resolve(dir),
+      `replica path ${file} is in ${dir}`,
+    );
     this.diskLock = HostLock.acquire(`${file}.lock`, `the replica disk of ${h.domain}`);
     return file;
   }
@@ -174,7 +218,12 @@ export class BackupService {
     if (req.cmd === 'status') return this.status();
     if (req.cmd === 'reprotect') return this.reprotect(req);
     if (req.cmd === 'failover') {
-      if (req.domain && this.backup.domain && req.domain !== `sim:${this.backup.domain}` && req.domain !== this.backup.domain) {
+      if (
+        req.domain &&
+        this.backup.domain &&
+        req.domain !== `sim:${this.backup.domain}` &&
+        req.domain !== this.backup.domain
+      ) {
         throw new RemusError(ErrorCode.NO_DOMAIN, `this backup holds ${this.backup.domain}, not ${String(req.domain)}`);
       }
       const r = this.backup.failover('manual failover (remusdb failover)');
@@ -192,30 +241,47 @@ export class BackupService {
   private reprotect(req: Record<string, unknown>): Record<string, unknown> {
     const r = this.replica;
     if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
-      throw new RemusError(ErrorCode.NO_DOMAIN,
-        'this backup has not failed over: there is nothing to reprotect (the primary still runs the domain)');
+      throw new RemusError(
+        ErrorCode.NO_DOMAIN,
+        'this backup has not failed over: there is nothing to reprotect (the primary still runs the domain)',
+      );
     }
     if (this.promoted) return { ok: true, already: true, ...this.promoted.status() };
     const driver = driverForHello(this.replicaKind as HelloInfo['kind']);
     requireFeature(driver, 'reprotect');
     const target = parseHostPort(String(req.backup ?? ''), DEFAULT_REPLICATION_PORT);
     const intervalMs = Number(req.intervalMs ?? 50);
-    const security: Security = req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
+    const security: Security =
+      req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
     const opened = driver.adopt!(r, this.cfg.log);
     const diskBufferBytesMax = this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT;
     const heartbeat = req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs);
     this.promoted = new ProtectService({
-      opened, backup: target, security, net: null, holdOutputs: true, journal: null,
+      opened,
+      backup: target,
+      security,
+      net: null,
+      holdOutputs: true,
+      journal: null,
       engine: engineOptions(driver, r.pageCount, {
-        intervalMs, compressor: 'zstd', cache: DEFAULT_CACHE, maxInFlight: 2, heartbeatTimeoutMs: heartbeat,
-        diskBufferBytesMax, verifyDisk: true,
+        intervalMs,
+        compressor: 'zstd',
+        cache: DEFAULT_CACHE,
+        maxInFlight: 2,
+        heartbeatTimeoutMs: heartbeat,
+        diskBufferBytesMax,
+        verifyDisk: true,
       }),
-      metrics: this.cfg.metrics ?? null, ownsMetrics: false, log: this.cfg.log,
+      metrics: this.cfg.metrics ?? null,
+      ownsMetrics: false,
+      log: this.cfg.log,
     });
     this.promoted.start();
     const d = (opened.disk?.stats() ?? {}) as { resyncPendingBytes?: number };
     const sizeBytes = opened.disk?.sizeBytes ?? 0;
-    this.cfg.log(`reprotecting ${r.name} → ${target.host}:${target.port}: ${d.resyncPendingBytes ?? 0} bytes of disk to copy`);
+    this.cfg.log(
+      `reprotecting ${r.name} → ${target.host}:${target.port}: ${d.resyncPendingBytes ?? 0} bytes of disk to copy`,
+    );
     return { ok: true, resyncBytes: d.resyncPendingBytes ?? 0, diskBytes: sizeBytes };
   }
 
@@ -223,7 +289,8 @@ export class BackupService {
     this.events.push({ name, at: Date.now(), ...detail });
     if (this.events.length > 100) this.events.shift();
     if (name === 'session') this.exposure.onSession();
-    if (name === 'failover') { // a resume that returned at once: the domain runs already
+    if (name === 'failover') {
+      // a resume that returned at once: the domain runs already
       this.failovers++;
       this.exposure.onFailover(Number(detail.epoch));
       if (detail.resuming !== true) this.exposure.onResumed();
@@ -236,7 +303,8 @@ export class BackupService {
   }
 
   private logEvent(name: string, detail: Record<string, unknown>): void {
-    const log = this.cfg.log, d = (k: string): string => String(detail[k]);
+    const log = this.cfg.log,
+      d = (k: string): string => String(detail[k]);
     if (name === 'session') {
       this.peerLog.reset();
       const how = detail.kind === 'continued' ? `session ${d('reason')}` : `full copy (${d('reason')})`;
@@ -252,12 +320,18 @@ export class BackupService {
       const seq = detail.seq === undefined ? '' : `, seq ${d('seq')}`; // a Xen resume reports later ('resumed')
       log(`FAILOVER (${d('reason')}): resumed ${String(this.backup.domain)} from epoch ${d('epoch')}${seq}`);
     }
-    if (name === 'resume-failed') log(`FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; waiting for a primary)`);
-    if (name === 'no-checkpoint') log(`primary gone (${d('reason')}) before any checkpoint committed: nothing to resume`);
+    if (name === 'resume-failed')
+      log(
+        `FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; waiting for a primary)`,
+      );
+    if (name === 'no-checkpoint')
+      log(`primary gone (${d('reason')}) before any checkpoint committed: nothing to resume`);
     if (name === 'protocol-error') this.peerLog.say(`refused or dropped a peer: ${d('message')} (no failover)`);
-    if (name === 'internal-error') log(`BUG: ${d('message')} (the session was dropped; no failover; the backup goes on)`);
+    if (name === 'internal-error')
+      log(`BUG: ${d('message')} (the session was dropped; no failover; the backup goes on)`);
     if (name === 'peer-left') this.peerLog.say(`a peer left (${d('reason')}) outside a live session: no failover`);
-    if (name === 'replica-replaced') log(`replacing the replica of ${d('from')} by one for ${d('to')} (no primary was attached)`);
+    if (name === 'replica-replaced')
+      log(`replacing the replica of ${d('from')} by one for ${d('to')} (no primary was attached)`);
     if (name === 'goodbye') log('primary ended protection (GOODBYE)');
   }
 }

@@ -18,12 +18,23 @@ export class BlackholeLink implements Link {
 
   send(type: number, body: Uint8Array): void {
     if (this.closed) return;
-    const reply = (t: number, b: Buffer): void => { setImmediate(() => { if (!this.closed) this.cb(t, b); }); };
+    const reply = (t: number, b: Buffer): void => {
+      setImmediate(() => {
+        if (!this.closed) this.cb(t, b);
+      });
+    };
     if (type === Rec.HELLO) reply(Rec.HELLO_ACK, jsonBody({ accepted: true, backup: 'blackhole' }));
     if (type === Rec.CHECKPOINT_END) reply(Rec.ACK, ackBody(parseCheckpointEnd(Buffer.from(body)).epoch));
   }
 
-  close(): void { this.closed = true; clearInterval(this.heartbeat); }
-  onRecord(cb: (type: number, body: Buffer) => void): void { this.cb = cb; }
-  onClose(): void { /* a blackhole never closes by itself */ }
+  close(): void {
+    this.closed = true;
+    clearInterval(this.heartbeat);
+  }
+  onRecord(cb: (type: number, body: Buffer) => void): void {
+    this.cb = cb;
+  }
+  onClose(): void {
+    /* a blackhole never closes by itself */
+  }
 }

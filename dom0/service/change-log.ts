@@ -11,7 +11,10 @@ export class ChangeLog {
 
   say(line: string): void {
     const kind = line.replace(/\d+/g, '#');
-    if (kind === this.kind) { this.repeats++; return; }
+    if (kind === this.kind) {
+      this.repeats++;
+      return;
+    }
     this.flush();
     this.kind = kind;
     this.log(line);

@@ -25,7 +25,10 @@ export function protectLockPath(kind: string, name: string): string {
 
 export class ControlServer {
   private readonly server: net.Server;
-  constructor(readonly file: string, handler: Handler) {
+  constructor(
+    readonly file: string,
+    handler: Handler,
+  ) {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     if (fs.existsSync(file)) {
       // A socket left by a crashed process: replace it (a live one answers, see inUse()).
@@ -35,13 +38,18 @@ export class ControlServer {
       let buf = '';
       s.on('data', async (d) => {
         buf += d.toString('utf8');
-        if (buf.length > 65536) { s.destroy(); return; }
+        if (buf.length > 65536) {
+          s.destroy();
+          return;
+        }
         let nl: number;
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
           let answer: Record<string, unknown>;
-          try { answer = await handler(JSON.parse(line)); } catch (e) {
+          try {
+            answer = await handler(JSON.parse(line));
+          } catch (e) {
             answer = { error: { code: isRemusError(e) ? e.code : ErrorCode.CONTROL, message: (e as Error).message } };
           }
           s.write(`${JSON.stringify(answer)}\n`);
@@ -58,11 +66,18 @@ export class ControlServer {
   }
 }
 
-export function controlRequest(file: string, req: Record<string, unknown>, timeoutMs = 3000): Promise<Record<string, unknown>> {
+export function controlRequest(
+  file: string,
+  req: Record<string, unknown>,
+  timeoutMs = 3000,
+): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const s = net.connect(file);
     let buf = '';
-    const t = setTimeout(() => { s.destroy(); reject(new RemusError(ErrorCode.CONTROL, `${file} did not answer within ${timeoutMs} ms`)); }, timeoutMs);
+    const t = setTimeout(() => {
+      s.destroy();
+      reject(new RemusError(ErrorCode.CONTROL, `${file} did not answer within ${timeoutMs} ms`));
+    }, timeoutMs);
     s.on('connect', () => s.write(`${JSON.stringify(req)}\n`));
     s.on('data', (d) => {
       buf += d.toString('utf8');
@@ -70,13 +85,34 @@ export function controlRequest(file: string, req: Record<string, unknown>, timeo
       if (nl < 0) return;
       clearTimeout(t);
       s.end();
-      try { resolve(JSON.parse(buf.slice(0, nl))); } catch { reject(new RemusError(ErrorCode.CONTROL, `${file} answered garbage`)); }
+      try {
+        resolve(JSON.parse(buf.slice(0, nl)));
+      } catch {
+        reject(new RemusError(ErrorCode.CONTROL, `${file} answered garbage`));
+      }
     });
-    s.on('error', (e) => { clearTimeout(t); reject(new RemusError(ErrorCode.CONTROL, `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`, {}, { cause: e })); });
+    s.on('error', (e) => {
+      clearTimeout(t);
+      reject(
+        new RemusError(
+          ErrorCode.CONTROL,
+          `cannot reach ${file}: ${e.message} (is a remusdb process running for it?)`,
+          {},
+          { cause: e },
+        ),
+      );
+    });
   });
 }
 
 export function listSockets(): string[] {
   const dir = runtimeDir();
-  try { return fs.readdirSync(dir).filter((f) => f.endsWith('.sock')).map((f) => path.join(dir, f)); } catch { return []; }
+  try {
+    return fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.sock'))
+      .map((f) => path.join(dir, f));
+  } catch {
+    return [];
+  }
 }

@@ -22,11 +22,14 @@ export interface EngineChoices {
 
 export function engineOptions(driver: DomainDriver, pageCount: number, c: EngineChoices): PrimaryOptions {
   return {
-    intervalMs: c.intervalMs, compressor: c.compressor,
+    intervalMs: c.intervalMs,
+    compressor: c.compressor,
     cachePages: c.compressor === 'none' ? 0 : parseCachePages(c.cache, pageCount),
     maxInFlight: c.maxInFlight,
     heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? driver.defaults.heartbeatTimeoutMs(c.intervalMs),
-    batchPagesMax: BATCH_PAGES_MAX_DEFAULT, deviceStateMax: driver.defaults.deviceStateBytesMax,
-    diskBufferBytesMax: c.diskBufferBytesMax, verifyDisk: c.verifyDisk,
+    batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
+    deviceStateMax: driver.defaults.deviceStateBytesMax,
+    diskBufferBytesMax: c.diskBufferBytesMax,
+    verifyDisk: c.verifyDisk,
   };
 }

@@ -26,17 +26,29 @@ export class HostLock {
         return new HostLock(file);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
-          throw new RemusError(ErrorCode.IO, `cannot create the lock ${file}: ${(e as Error).message}`, {}, { cause: e });
+          throw new RemusError(
+            ErrorCode.IO,
+            `cannot create the lock ${file}: ${(e as Error).message}`,
+            {},
+            { cause: e },
+          );
         }
       }
       const owner = ownerOf(file);
       if (owner !== null && owner !== process.pid && alive(owner)) {
-        throw new RemusError(ErrorCode.LOCKED, `${what} is held by process ${owner} on this host (lock ${file}): ` +
-          'stop that process first; nothing was changed', { pid: owner });
+        throw new RemusError(
+          ErrorCode.LOCKED,
+          `${what} is held by process ${owner} on this host (lock ${file}): ` +
+            'stop that process first; nothing was changed',
+          { pid: owner },
+        );
       }
       fs.rmSync(file, { force: true }); // its owner is gone (or it is ours from before): take it over
     }
-    throw new RemusError(ErrorCode.LOCKED, `${what}: the lock ${file} keeps reappearing (another process races for it)`);
+    throw new RemusError(
+      ErrorCode.LOCKED,
+      `${what}: the lock ${file} keeps reappearing (another process races for it)`,
+    );
   }
 
   /** Removes the lock if it is still ours. Idempotent. */
@@ -51,9 +63,16 @@ function ownerOf(file: string): number | null {
   try {
     const pid = Number(fs.readFileSync(file, 'utf8').trim());
     return Number.isSafeInteger(pid) && pid > 0 ? pid : null;
-  } catch { return null; }
+  } catch {
+    return null;
+  }
 }
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

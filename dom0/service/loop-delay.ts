@@ -7,6 +7,9 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 let histogram: IntervalHistogram | null = null;
 
 export function loopDelay(): { loop_delay_ms_max: number; loop_delay_ms_p99: number } {
-  if (!histogram) { histogram = monitorEventLoopDelay({ resolution: 10 }); histogram.enable(); }
+  if (!histogram) {
+    histogram = monitorEventLoopDelay({ resolution: 10 });
+    histogram.enable();
+  }
   return { loop_delay_ms_max: histogram.max / 1e6, loop_delay_ms_p99: histogram.percentile(99) / 1e6 };
 }

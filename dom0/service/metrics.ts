@@ -95,18 +95,32 @@ export class MetricsExporter {
   private readonly pauses: Histogram<Label>;
   private readonly holds: Histogram<Label>;
 
-  private constructor(private readonly server: http.Server, readonly host: string, readonly port: number) {
-    this.pauses = new Histogram({ name: 'remusdb_checkpoint_pause_seconds', labelNames: LABELS,
-      help: 'Time the guest was paused per checkpoint, the first of each session excluded', buckets: PAUSE_BUCKETS_S,
-      registers: [this.registry] });
-    this.holds = new Histogram({ name: 'remusdb_output_hold_seconds', labelNames: LABELS,
-      help: 'Per released epoch, how long its oldest output was held', buckets: HOLD_BUCKETS_S,
-      registers: [this.registry] });
+  private constructor(
+    private readonly server: http.Server,
+    readonly host: string,
+    readonly port: number,
+  ) {
+    this.pauses = new Histogram({
+      name: 'remusdb_checkpoint_pause_seconds',
+      labelNames: LABELS,
+      help: 'Time the guest was paused per checkpoint, the first of each session excluded',
+      buckets: PAUSE_BUCKETS_S,
+      registers: [this.registry],
+    });
+    this.holds = new Histogram({
+      name: 'remusdb_output_hold_seconds',
+      labelNames: LABELS,
+      help: 'Per released epoch, how long its oldest output was held',
+      buckets: HOLD_BUCKETS_S,
+      registers: [this.registry],
+    });
     this.registerState();
     this.registerPrimary();
     this.registerBackup();
     this.registerProcess();
-    server.on('request', (req, res) => { void this.serve(req, res); });
+    server.on('request', (req, res) => {
+      void this.serve(req, res);
+    });
   }
 
   /**
@@ -120,8 +134,16 @@ export class MetricsExporter {
     server.maxConnections = METRICS_CONNECTIONS_MAX;
     server.requestTimeout = METRICS_REQUEST_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
-      server.once('error', (e: NodeJS.ErrnoException) => reject(new RemusError(ErrorCode.LISTEN,
-        `cannot serve metrics on ${host}:${port}: ${listenProblem(e)}`, { host, port, errno: e.code }, { cause: e })));
+      server.once('error', (e: NodeJS.ErrnoException) =>
+        reject(
+          new RemusError(
+            ErrorCode.LISTEN,
+            `cannot serve metrics on ${host}:${port}: ${listenProblem(e)}`,
+            { host, port, errno: e.code },
+            { cause: e },
+          ),
+        ),
+      );
       server.listen(port, host, () => {
         server.unref();
         resolve(new MetricsExporter(server, host, (server.address() as AddressInfo).port));
@@ -139,7 +161,9 @@ export class MetricsExporter {
     this.primaries.set(sample, labels);
     this.owner ??= () => labels;
     return {
-      pause: (ms, full) => { if (!full) this.pauses.observe(labels, ms / 1000); },
+      pause: (ms, full) => {
+        if (!full) this.pauses.observe(labels, ms / 1000);
+      },
       hold: (ms) => this.holds.observe(labels, ms / 1000),
       detach: () => {
         this.primaries.delete(sample);
@@ -181,7 +205,8 @@ export class MetricsExporter {
   private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = (req.url ?? '').split('?')[0];
     if (url !== METRICS_PATH || (req.method !== 'GET' && req.method !== 'HEAD')) {
-      res.writeHead(url === METRICS_PATH ? 405 : 404, { 'content-type': 'text/plain' })
+      res
+        .writeHead(url === METRICS_PATH ? 405 : 404, { 'content-type': 'text/plain' })
         .end(`remusdb serves Prometheus metrics at GET ${METRICS_PATH}\n`);
       return;
     }
@@ -215,28 +240,57 @@ export class MetricsExporter {
       this.counter(name, help, p, v);
     const gauge = (name: string, help: string, v: (s: PrimarySample) => number | null): void =>
       this.gauge(name, help, p, v);
-    counter('remusdb_checkpoints_total', 'Checkpoints taken (primary) or committed (backup)',
-      (s) => s.stats.checkpoints);
-    gauge('remusdb_first_checkpoint_pause_seconds',
-      'Pause of the last session\'s first checkpoint (the stop-and-copy that ends the pre-copy)',
-      (s) => (s.stats.fullPauseMs > 0 ? s.stats.fullPauseMs / 1000 : null));
-    counter('remusdb_page_bytes_total', 'Guest page bytes captured (primary) or received (backup), before encoding',
-      (s) => s.stats.rawBytes);
-    counter('remusdb_wire_bytes_total', 'Bytes of page batches and disk references on the replication channel',
-      (s) => s.stats.wireBytes);
-    gauge('remusdb_outputs_held', 'Outputs held until the checkpoint that precedes them is acknowledged',
-      (s) => s.stats.outputsHeld);
-    gauge('remusdb_last_ack_age_seconds', 'Time since the backup last acknowledged a checkpoint (absent: never)',
-      (s) => (s.stats.lastAckAgeMs >= 0 ? s.stats.lastAckAgeMs / 1000 : null));
+    counter(
+      'remusdb_checkpoints_total',
+      'Checkpoints taken (primary) or committed (backup)',
+      (s) => s.stats.checkpoints,
+    );
+    gauge(
+      'remusdb_first_checkpoint_pause_seconds',
+      "Pause of the last session's first checkpoint (the stop-and-copy that ends the pre-copy)",
+      (s) => (s.stats.fullPauseMs > 0 ? s.stats.fullPauseMs / 1000 : null),
+    );
+    counter(
+      'remusdb_page_bytes_total',
+      'Guest page bytes captured (primary) or received (backup), before encoding',
+      (s) => s.stats.rawBytes,
+    );
+    counter(
+      'remusdb_wire_bytes_total',
+      'Bytes of page batches and disk references on the replication channel',
+      (s) => s.stats.wireBytes,
+    );
+    gauge(
+      'remusdb_outputs_held',
+      'Outputs held until the checkpoint that precedes them is acknowledged',
+      (s) => s.stats.outputsHeld,
+    );
+    gauge(
+      'remusdb_last_ack_age_seconds',
+      'Time since the backup last acknowledged a checkpoint (absent: never)',
+      (s) => (s.stats.lastAckAgeMs >= 0 ? s.stats.lastAckAgeMs / 1000 : null),
+    );
     gauge('remusdb_acked_epoch', 'Last checkpoint the backup acknowledged', (s) => s.stats.ackedEpoch);
-    counter('remusdb_sessions_total', 'Replication sessions (each starts with a full copy of the guest)',
-      (s) => s.stats.sessions);
-    counter('remusdb_backup_lost_total', 'Times the backup was lost (closed, silent, or refused a record)',
-      (s) => s.backupLosses);
-    counter('remusdb_disk_forwarded_bytes_total', 'Guest disk writes forwarded to the backup',
-      (s) => s.disk?.forwardedBytes ?? 0);
-    gauge('remusdb_disk_resync_pending_bytes', 'Disk bytes the backup may lack, still to copy',
-      (s) => s.disk?.resyncPendingBytes ?? null);
+    counter(
+      'remusdb_sessions_total',
+      'Replication sessions (each starts with a full copy of the guest)',
+      (s) => s.stats.sessions,
+    );
+    counter(
+      'remusdb_backup_lost_total',
+      'Times the backup was lost (closed, silent, or refused a record)',
+      (s) => s.backupLosses,
+    );
+    counter(
+      'remusdb_disk_forwarded_bytes_total',
+      'Guest disk writes forwarded to the backup',
+      (s) => s.disk?.forwardedBytes ?? 0,
+    );
+    gauge(
+      'remusdb_disk_resync_pending_bytes',
+      'Disk bytes the backup may lack, still to copy',
+      (s) => s.disk?.resyncPendingBytes ?? null,
+    );
     this.registerPrecopy(gauge);
     this.stateGauge(p, (s) => s.stats.state);
   }
@@ -244,14 +298,18 @@ export class MetricsExporter {
   /** The live pre-copy of a session's first checkpoint; absent when none runs. */
   private registerPrecopy(gauge: (name: string, help: string, v: (s: PrimarySample) => number | null) => void): void {
     gauge('remusdb_precopy_round', 'Pre-copy round under way', (s) => s.stats.precopy?.round ?? null);
-    gauge('remusdb_precopy_sent_bytes', 'Bytes the pre-copy has sent (a page sent in two rounds counts twice)',
-      (s) => (s.stats.precopy ? s.stats.precopy.sentPages * PAGE_BYTES : null));
-    gauge('remusdb_precopy_round_remaining_bytes', 'Bytes left to send in this pre-copy round',
-      (s) => (s.stats.precopy ? s.stats.precopy.roundRemainingPages * PAGE_BYTES : null));
-    gauge('remusdb_precopy_rate_bytes_per_second', 'Pre-copy rate so far',
-      (s) => (s.stats.precopy ? s.stats.precopy.mbPerSec * 1e6 : null));
-    gauge('remusdb_precopy_round_eta_seconds', 'Time left in this pre-copy round at the rate so far',
-      (s) => (s.stats.precopy && s.stats.precopy.etaMs >= 0 ? s.stats.precopy.etaMs / 1000 : null));
+    gauge('remusdb_precopy_sent_bytes', 'Bytes the pre-copy has sent (a page sent in two rounds counts twice)', (s) =>
+      s.stats.precopy ? s.stats.precopy.sentPages * PAGE_BYTES : null,
+    );
+    gauge('remusdb_precopy_round_remaining_bytes', 'Bytes left to send in this pre-copy round', (s) =>
+      s.stats.precopy ? s.stats.precopy.roundRemainingPages * PAGE_BYTES : null,
+    );
+    gauge('remusdb_precopy_rate_bytes_per_second', 'Pre-copy rate so far', (s) =>
+      s.stats.precopy ? s.stats.precopy.mbPerSec * 1e6 : null,
+    );
+    gauge('remusdb_precopy_round_eta_seconds', 'Time left in this pre-copy round at the rate so far', (s) =>
+      s.stats.precopy && s.stats.precopy.etaMs >= 0 ? s.stats.precopy.etaMs / 1000 : null,
+    );
   }
 
   private registerBackup(): void {
@@ -261,23 +319,47 @@ export class MetricsExporter {
     this.extend('remusdb_page_bytes_total', b, (s) => s.pages * PAGE_BYTES);
     this.extend('remusdb_wire_bytes_total', b, (s) => s.wireBytes);
     this.extend('remusdb_sessions_total', b, (s) => s.sessions);
-    this.counter('remusdb_failovers_total', 'Failovers: the replica resumed from its last committed checkpoint', b,
-      (s) => s.failovers);
-    this.counter('remusdb_disk_applied_bytes_total', 'Disk writes applied to the replica disk', b,
-      (s) => s.diskBytesApplied);
-    this.gauge('remusdb_committed_epoch', 'Last checkpoint committed to the replica (absent: none of this session)', b,
-      (s) => s.committedEpoch);
+    this.counter(
+      'remusdb_failovers_total',
+      'Failovers: the replica resumed from its last committed checkpoint',
+      b,
+      (s) => s.failovers,
+    );
+    this.counter(
+      'remusdb_disk_applied_bytes_total',
+      'Disk writes applied to the replica disk',
+      b,
+      (s) => s.diskBytesApplied,
+    );
+    this.gauge(
+      'remusdb_committed_epoch',
+      'Last checkpoint committed to the replica (absent: none of this session)',
+      b,
+      (s) => s.committedEpoch,
+    );
     this.stateGauge(b, (s) => s.state);
   }
 
   private registerProcess(): void {
-    const me: Read<null> = () => { const l = this.current().process; return l ? [{ labels: l, s: null }] : []; };
-    this.gauge('remusdb_process_resident_memory_bytes', 'Resident set size of this process', me,
-      () => process.memoryUsage.rss());
-    this.gauge('remusdb_event_loop_delay_max_seconds', 'Longest the event loop was kept from running since start', me,
-      () => loopDelay().loop_delay_ms_max / 1000);
-    this.gauge('remusdb_event_loop_delay_p99_seconds', '99th percentile of the event loop\'s delay since start', me,
-      () => loopDelay().loop_delay_ms_p99 / 1000);
+    const me: Read<null> = () => {
+      const l = this.current().process;
+      return l ? [{ labels: l, s: null }] : [];
+    };
+    this.gauge('remusdb_process_resident_memory_bytes', 'Resident set size of this process', me, () =>
+      process.memoryUsage.rss(),
+    );
+    this.gauge(
+      'remusdb_event_loop_delay_max_seconds',
+      'Longest the event loop was kept from running since start',
+      me,
+      () => loopDelay().loop_delay_ms_max / 1000,
+    );
+    this.gauge(
+      'remusdb_event_loop_delay_p99_seconds',
+      "99th percentile of the event loop's delay since start",
+      me,
+      () => loopDelay().loop_delay_ms_p99 / 1000,
+    );
   }
 
   /** Readers of series families by name: a family two roles share has one reader per role. */
@@ -285,18 +367,30 @@ export class MetricsExporter {
 
   private counter<S>(name: string, help: string, read: Read<S>, value: (s: S) => number): void {
     const readers = this.readersOf(name, read, value);
-    const c: Counter<Label> = new Counter({ name, help, labelNames: LABELS, registers: [this.registry], collect: () => {
-      c.reset();
-      for (const r of readers) r((l, v) => c.inc(l, v));
-    } });
+    const c: Counter<Label> = new Counter({
+      name,
+      help,
+      labelNames: LABELS,
+      registers: [this.registry],
+      collect: () => {
+        c.reset();
+        for (const r of readers) r((l, v) => c.inc(l, v));
+      },
+    });
   }
 
   private gauge<S>(name: string, help: string, read: Read<S>, value: (s: S) => number | null): void {
     const readers = this.readersOf(name, read, value);
-    const g: Gauge<Label> = new Gauge({ name, help, labelNames: LABELS, registers: [this.registry], collect: () => {
-      g.reset();
-      for (const r of readers) r((l, v) => g.set(l, v));
-    } });
+    const g: Gauge<Label> = new Gauge({
+      name,
+      help,
+      labelNames: LABELS,
+      registers: [this.registry],
+      collect: () => {
+        g.reset();
+        for (const r of readers) r((l, v) => g.set(l, v));
+      },
+    });
   }
 
   /** The same family, read for another role's sources too. */
@@ -305,8 +399,11 @@ export class MetricsExporter {
     this.readers.get(name)!.push(reader(read, value));
   }
 
-  private readersOf<S>(name: string, read: Read<S>, value: (s: S) => number | null):
-    Array<(set: (l: Labels, v: number) => void) => void> {
+  private readersOf<S>(
+    name: string,
+    read: Read<S>,
+    value: (s: S) => number | null,
+  ): Array<(set: (l: Labels, v: number) => void) => void> {
     assert(!this.readers.has(name), `metric family ${name} registered twice`);
     const list = [reader(read, value)];
     this.readers.set(name, list);
@@ -315,17 +412,24 @@ export class MetricsExporter {
 
   /** remusdb_state{state=...} 1: one series per source, for the state its engine is in now. */
   private registerState(): void {
-    const g: Gauge<Label | 'state'> = new Gauge({ name: 'remusdb_state', labelNames: [...LABELS, 'state'],
-      help: 'The engine\'s state, as in status (primary: connecting, syncing, precopy, protected, holding, '
-        + 'unprotected, fenced; backup: waiting, receiving, failed-over): 1 for the current one',
-      registers: [this.registry], collect: () => {
+    const g: Gauge<Label | 'state'> = new Gauge({
+      name: 'remusdb_state',
+      labelNames: [...LABELS, 'state'],
+      help:
+        "The engine's state, as in status (primary: connecting, syncing, precopy, protected, holding, " +
+        'unprotected, fenced; backup: waiting, receiving, failed-over): 1 for the current one',
+      registers: [this.registry],
+      collect: () => {
         g.reset();
         for (const r of this.stateReaders) r((l) => g.set(l, 1));
-      } });
+      },
+    });
   }
 
   private stateGauge<S>(read: Read<S>, state: (s: S) => string): void {
-    this.stateReaders.push((set) => { for (const { labels, s } of read()) set({ ...labels, state: state(s) }); });
+    this.stateReaders.push((set) => {
+      for (const { labels, s } of read()) set({ ...labels, state: state(s) });
+    });
   }
 
   private readonly stateReaders: Array<(set: (l: Labels & { state: string }) => void) => void> = [];
@@ -343,7 +447,7 @@ function reader<S>(read: Read<S>, value: (s: S) => number | null): (set: (l: Lab
 /** The reason a listen failed, in words an operator acts on. */
 function listenProblem(e: NodeJS.ErrnoException): string {
   if (e.code === 'EADDRINUSE') return 'the port is in use (another process listens there)';
-  if (e.code === 'EADDRNOTAVAIL') return 'the address is not one of this host\'s';
+  if (e.code === 'EADDRNOTAVAIL') return "the address is not one of this host's";
   if (e.code === 'EACCES') return 'not permitted (a port under 1024 needs root)';
   return e.message;
 }

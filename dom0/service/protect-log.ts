@@ -2,8 +2,12 @@
 // for every kind of domain (status and the journal carry the details).
 import type { StatusDiskPort } from '../hypervisor/driver';
 
-export function protectLogLine(name: string, event: string, d: Record<string, unknown>,
-  disk: StatusDiskPort | null): string | null {
+export function protectLogLine(
+  name: string,
+  event: string,
+  d: Record<string, unknown>,
+  disk: StatusDiskPort | null,
+): string | null {
   const s = (k: string): string => String(d[k]);
   switch (event) {
     case 'disk-sync': {
@@ -15,8 +19,10 @@ export function protectLogLine(name: string, event: string, d: Record<string, un
     case 'session-start':
       return `${d.kind === 'continued' ? 'session continues' : 'session copies all memory'}: ${s('reason')}`;
     case 'continued':
-      return `continued session verified at epoch ${s('epoch')}: ${s('pages')} pages written since the last `
-        + `acknowledged checkpoint, ${s('bytes')} bytes sent`;
+      return (
+        `continued session verified at epoch ${s('epoch')}: ${s('pages')} pages written since the last ` +
+        `acknowledged checkpoint, ${s('bytes')} bytes sent`
+      );
     case 'precopy':
       return `pre-copy of ${name} to ${s('backup')}: ${s('pages')} pages, guest running unprotected until it ends`;
     case 'precopy-round':
@@ -33,7 +39,10 @@ export function protectLogLine(name: string, event: string, d: Record<string, un
 /** One line per pre-copy round: what was sent, how fast, what the guest dirtied meanwhile. */
 export function precopyLine(d: Record<string, unknown>): string {
   const n = (k: string): number => Number(d[k]);
-  return `pre-copy round ${n('round')}: ${((n('sentPages') * 4096) / 2 ** 20).toFixed(0)} MiB sent in `
-    + `${(n('elapsedMs') / 1000).toFixed(1)} s (${n('mbPerSec').toFixed(0)} MB/s), ${n('dirtyPagesLast')} pages `
-    + 'dirtied meanwhile' + (d.final ? ': the first checkpoint copies them with the guest paused' : '');
+  return (
+    `pre-copy round ${n('round')}: ${((n('sentPages') * 4096) / 2 ** 20).toFixed(0)} MiB sent in ` +
+    `${(n('elapsedMs') / 1000).toFixed(1)} s (${n('mbPerSec').toFixed(0)} MB/s), ${n('dirtyPagesLast')} pages ` +
+    'dirtied meanwhile' +
+    (d.final ? ': the first checkpoint copies them with the guest paused' : '')
+  );
 }

@@ -62,7 +62,9 @@ export class ProtectService {
   private backupLosses = 0;
   private endedWith: (why: string) => void = () => {};
   /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
-  readonly ended = new Promise<string>((resolve) => { this.endedWith = resolve; });
+  readonly ended = new Promise<string>((resolve) => {
+    this.endedWith = resolve;
+  });
 
   /** As the constructor; if it fails, what the driver opened is closed before the error goes on. */
   static async create(cfg: ProtectConfig): Promise<ProtectService> {
@@ -77,18 +79,33 @@ export class ProtectService {
   /** Opens the network buffer and the engine (closing the buffer again if the rest fails). */
   constructor(private readonly cfg: ProtectConfig) {
     this.opened = cfg.opened;
-    const net = this.net = cfg.net ? openDomainNet(cfg.net) : null; // last to go in, first to go out
+    const net = (this.net = cfg.net ? openDomainNet(cfg.net) : null); // last to go in, first to go out
     try {
-      this.primary = new Primary(cfg.opened.domain, this.engineGate(), realClock, cfg.engine, {
-        checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
-        event: (name, detail) => this.onEvent(name, detail),
-        paused: (ms, full) => this.metrics?.pause(ms, full),
-        netExposure: (full) => (net?.exposure.length ? exportExposure(net.exposure, full) : null),
-      }, cfg.opened.disk);
+      this.primary = new Primary(
+        cfg.opened.domain,
+        this.engineGate(),
+        realClock,
+        cfg.engine,
+        {
+          checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
+          event: (name, detail) => this.onEvent(name, detail),
+          paused: (ms, full) => this.metrics?.pause(ms, full),
+          netExposure: (full) => (net?.exposure.length ? exportExposure(net.exposure, full) : null),
+        },
+        cfg.opened.disk,
+      );
       for (const t of net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
       const b = cfg.backup;
-      this.reconnector = b === 'blackhole' ? null : new Reconnector({ backup: b, security: cfg.security, log: cfg.log,
-        attached: () => this.primary.attached, attach: (link) => this.primary.attach(link) });
+      this.reconnector =
+        b === 'blackhole'
+          ? null
+          : new Reconnector({
+              backup: b,
+              security: cfg.security,
+              log: cfg.log,
+              attached: () => this.primary.attached,
+              attach: (link) => this.primary.attach(link),
+            });
       this.control = new ControlServer(socketPath('primary', cfg.opened.name), (req) => this.onControl(req));
       this.metrics = cfg.metrics?.watchPrimary(cfg.opened.label, () => this.metricsSample()) ?? null;
       const outputs = cfg.opened.outputs;
@@ -112,13 +129,16 @@ export class ProtectService {
   }
 
   /** The network buffer installed, as planned (null: none). */
-  get netPlan(): DomainNetOptions | null { return this.cfg.net; }
+  get netPlan(): DomainNetOptions | null {
+    return this.cfg.net;
+  }
 
   start(): void {
     loopDelay(); // starts measuring
     this.progressTimer = setInterval(() => this.showPrecopy(), PRECOPY_PROGRESS_MS).unref();
     this.primary.start();
-    if (this.reconnector) this.reconnector.connect(); else this.primary.attach(new BlackholeLink());
+    if (this.reconnector) this.reconnector.connect();
+    else this.primary.attach(new BlackholeLink());
   }
 
   /** Ends protection (GOODBYE). The network buffer goes before the domain is released. */
@@ -142,19 +162,32 @@ export class ProtectService {
 
   status(): Record<string, unknown> {
     return {
-      role: 'primary', domain: this.opened.label, kind: this.opened.driver.kind, ...this.primary.stats(),
-      rss_bytes: process.memoryUsage.rss(), ...loopDelay(), interval_ms: this.cfg.engine.intervalMs,
-      compressor: this.cfg.engine.compressor, net_buffer: this.cfg.holdOutputs, net: this.net?.describe() ?? null,
-      guest: null, outputs: null, disk: null, ...this.opened.status(),
-      events: this.events.slice(-10), backupLosses: this.backupLosses,
+      role: 'primary',
+      domain: this.opened.label,
+      kind: this.opened.driver.kind,
+      ...this.primary.stats(),
+      rss_bytes: process.memoryUsage.rss(),
+      ...loopDelay(),
+      interval_ms: this.cfg.engine.intervalMs,
+      compressor: this.cfg.engine.compressor,
+      net_buffer: this.cfg.holdOutputs,
+      net: this.net?.describe() ?? null,
+      guest: null,
+      outputs: null,
+      disk: null,
+      ...this.opened.status(),
+      events: this.events.slice(-10),
+      backupLosses: this.backupLosses,
     };
   }
 
   /** The figures of status() that the metrics show (dom0/service/metrics.ts). */
   private metricsSample(): PrimarySample {
     const d = (this.opened.disk?.stats() ?? null) as { forwardedBytes?: unknown; resyncPendingBytes?: unknown } | null;
-    const disk = d && typeof d.forwardedBytes === 'number' && typeof d.resyncPendingBytes === 'number'
-      ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes } : null;
+    const disk =
+      d && typeof d.forwardedBytes === 'number' && typeof d.resyncPendingBytes === 'number'
+        ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes }
+        : null;
     return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk };
   }
 
@@ -163,8 +196,10 @@ export class ProtectService {
     const pc = this.primary.stats().precopy;
     if (!pc || pc.elapsedMs < PRECOPY_PROGRESS_MS) return;
     const mib = (pages: number): string => ((pages * 4096) / 2 ** 20).toFixed(0);
-    this.cfg.log(`pre-copy round ${pc.round}: ${mib(pc.sentPages)} MiB sent, ${mib(pc.roundRemainingPages)} MiB left `
-      + `in this round at ${pc.mbPerSec.toFixed(0)} MB/s (about ${(pc.etaMs / 1000).toFixed(0)} s)`);
+    this.cfg.log(
+      `pre-copy round ${pc.round}: ${mib(pc.sentPages)} MiB sent, ${mib(pc.roundRemainingPages)} MiB left ` +
+        `in this round at ${pc.mbPerSec.toFixed(0)} MB/s (about ${(pc.etaMs / 1000).toFixed(0)} s)`,
+    );
   }
 
   private onControl(req: Record<string, unknown>): Record<string, unknown> {
@@ -181,12 +216,15 @@ export class ProtectService {
     if (name === 'protected') this.reconnector?.established();
     if (name === 'backup-lost') {
       this.backupLosses++;
-      this.reconnector?.lost(`backup lost (${String(detail.reason)}); ${this.opened.name} keeps running UNPROTECTED, `
-        + 'reconnecting');
+      this.reconnector?.lost(
+        `backup lost (${String(detail.reason)}); ${this.opened.name} keeps running UNPROTECTED, ` + 'reconnecting',
+      );
     }
     if (name === 'fenced') {
-      this.endedWith(`protection of ${this.opened.label} ended: it runs on the backup now (run \`remusdb reprotect\` `
-        + 'there to protect it again)');
+      this.endedWith(
+        `protection of ${this.opened.label} ended: it runs on the backup now (run \`remusdb reprotect\` ` +
+          'there to protect it again)',
+      );
     }
   }
 
@@ -197,8 +235,10 @@ export class ProtectService {
       fs.appendFileSync(this.cfg.journal, `${JSON.stringify({ t: Date.now(), ...entry })}\n`);
     } catch (e) {
       this.journalFailed = true;
-      this.cfg.log(`warning: the journal ${this.cfg.journal} cannot be written (${(e as Error).message}); `
-        + 'protection goes on without it');
+      this.cfg.log(
+        `warning: the journal ${this.cfg.journal} cannot be written (${(e as Error).message}); ` +
+          'protection goes on without it',
+      );
     }
   }
 }

@@ -35,18 +35,26 @@ export class Reconnector {
   }
 
   /** The delay before the next attempt (for status and tests). */
-  get nextDelayMs(): number { return this.delayMs; }
+  get nextDelayMs(): number {
+    return this.delayMs;
+  }
 
   connect(): void {
     if (this.stopped || this.t.attached()) return;
     const b = this.t.backup;
-    connectLink(b.host, b.port, this.t.security).then((link) => {
-      if (this.stopped) { link.close(); return; }
-      this.t.attach(link);
-    }, (e: Error) => {
-      this.said.say(`backup ${b.host}:${b.port} unreachable: ${unreachableReason(e, this.t.security)}; retrying`);
-      this.schedule();
-    });
+    connectLink(b.host, b.port, this.t.security).then(
+      (link) => {
+        if (this.stopped) {
+          link.close();
+          return;
+        }
+        this.t.attach(link);
+      },
+      (e: Error) => {
+        this.said.say(`backup ${b.host}:${b.port} unreachable: ${unreachableReason(e, this.t.security)}; retrying`);
+        this.schedule();
+      },
+    );
   }
 
   /** The engine lost its backup (or was refused): say why once, then try again later. */
@@ -65,7 +73,10 @@ export class Reconnector {
   schedule(): void {
     if (this.stopped) return;
     if (this.timer) clearTimeout(this.timer);
-    this.timer = setTimeout(() => { this.timer = null; this.connect(); }, this.delayMs).unref();
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.connect();
+    }, this.delayMs).unref();
     this.delayMs = Math.min(RECONNECT_DELAY_MS_MAX, this.delayMs * 2);
   }
 

@@ -12,9 +12,11 @@ import { GuestMemory } from '../memory/guest-memory';
 import { Prng } from '../util/prng';
 
 export const DB_PAGE = 4096;
-const WORDS = ('alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike ' +
+const WORDS = (
+  'alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike ' +
   'november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu ' +
-  'customer order district warehouse stock item history payment delivery neworder').split(' ');
+  'customer order district warehouse stock item history payment delivery neworder'
+).split(' ');
 
 export interface ModelRates {
   /** Tuple updates per epoch (mostly hot pages). Rates are per 64 MiB of memory. */
@@ -30,13 +32,26 @@ export interface ModelRates {
 }
 
 export const OLTP_RATES: ModelRates = {
-  updates: 400, refills: 12, walBytes: 48 * 1024, tableWrites: 40, workMemChurn: 0.3,
+  updates: 400,
+  refills: 12,
+  walBytes: 48 * 1024,
+  tableWrites: 40,
+  workMemChurn: 0.3,
 };
 export const SCAN_RATES: ModelRates = {
-  updates: 10, refills: 160, walBytes: 1024, tableWrites: 10, workMemChurn: 0.6,
+  updates: 10,
+  refills: 160,
+  walBytes: 1024,
+  tableWrites: 10,
+  workMemChurn: 0.6,
 };
 
-interface Regions { pool: [number, number]; wal: [number, number]; tables: [number, number]; work: [number, number]; }
+interface Regions {
+  pool: [number, number];
+  wal: [number, number];
+  tables: [number, number];
+  work: [number, number];
+}
 
 export type DiskReadHook = (pfn: number, block: number) => void;
 
@@ -52,7 +67,9 @@ export interface ModelDisk {
 }
 
 /** WAL blocks at the start of a model disk (the rest hold data pages). */
-export function walBlocksOf(diskBlocks: number): number { return Math.max(4, Math.floor(diskBlocks / 16)); }
+export function walBlocksOf(diskBlocks: number): number {
+  return Math.max(4, Math.floor(diskBlocks / 16));
+}
 
 /** Pages the model writes: page(p) is a 4 KiB view of page p (0 ≤ p < pageCount). */
 export interface PageSpace {
@@ -78,19 +95,30 @@ export class DbMemoryModel {
   readonly mem: PageSpace;
 
   /** memory: guest memory (pages × 4096, or pages); onDirty is called for every page written. */
-  constructor(memory: Uint8Array | PageSpace, readonly rng: Prng,
-    readonly onDirty: (pfn: number) => void = () => {}, readonly onDiskRead: DiskReadHook = () => {}) {
+  constructor(
+    memory: Uint8Array | PageSpace,
+    readonly rng: Prng,
+    readonly onDirty: (pfn: number) => void = () => {},
+    readonly onDiskRead: DiskReadHook = () => {},
+  ) {
     this.mem = memory instanceof Uint8Array ? GuestMemory.over(memory) : memory;
     const pages = this.mem.pageCount;
     assert(Number.isInteger(pages) && pages >= 64, 'DbMemoryModel needs at least 64 pages');
     const at = (f: number): number => Math.floor(pages * f);
-    this.regions = { pool: [at(0.05), at(0.65)], wal: [at(0.65), at(0.70)], tables: [at(0.70), at(0.85)], work: [at(0.85), pages] };
+    this.regions = {
+      pool: [at(0.05), at(0.65)],
+      wal: [at(0.65), at(0.7)],
+      tables: [at(0.7), at(0.85)],
+      work: [at(0.85), pages],
+    };
     this.nextBlock = pages * 4;
     this.workUsed = new Array(Math.min(WORK_AREAS_MAX, Math.max(1, Math.floor((pages - at(0.85)) / 16)))).fill(false);
   }
 
   /** Octets saveState writes: prng 16, lsn 8, walPos 4, nextBlock 4, work flags. */
-  stateBytes(): number { return 32 + Math.ceil(this.workUsed.length / 8); }
+  stateBytes(): number {
+    return 32 + Math.ceil(this.workUsed.length / 8);
+  }
 
   /** From now on refills read their block from disk, and transactions write WAL and pages back. */
   attachDisk(disk: ModelDisk): void {
@@ -189,7 +217,9 @@ export class DbMemoryModel {
     if (r.chance(rates.workMemChurn)) this.churnWorkMem();
   }
 
-  private page(p: number): Uint8Array { return this.mem.page(p); }
+  private page(p: number): Uint8Array {
+    return this.mem.page(p);
+  }
   private dv(p: number): DataView {
     const pg = this.mem.page(p);
     return new DataView(pg.buffer, pg.byteOffset, DB_PAGE);
@@ -199,26 +229,30 @@ export class DbMemoryModel {
     const pg = this.page(p);
     for (let i = 0; i < DB_PAGE; i += 4) {
       const v = this.rng.u32();
-      pg[i] = 0x48; pg[i + 1] = v & 0xff; pg[i + 2] = (v >>> 8) & 0x3f; pg[i + 3] = 0xe8;
+      pg[i] = 0x48;
+      pg[i + 1] = v & 0xff;
+      pg[i + 2] = (v >>> 8) & 0x3f;
+      pg[i + 3] = 0xe8;
     }
     this.onDirty(p);
   }
 
   /** A slotted page holding block `block`: its content is a function of the block alone. */
   private writeDbPage(p: number, block: number): void {
-    const pg = this.page(p), dv = this.dv(p);
+    const pg = this.page(p),
+      dv = this.dv(p);
     pg.fill(0);
     const g = new Prng(block * 2654435761);
     const tupleLen = 48 + g.below(80);
-    const count = Math.floor((DB_PAGE - 24) / (tupleLen + 4) * (0.6 + 0.35 * g.float()));
+    const count = Math.floor(((DB_PAGE - 24) / (tupleLen + 4)) * (0.6 + 0.35 * g.float()));
     let upper = DB_PAGE;
     for (let t = 0; t < count; t++) {
       upper -= tupleLen;
       dv.setUint32(24 + 4 * t, (upper << 15) | tupleLen, true);
-      dv.setUint32(upper, 1000 + block, true);           // xmin
-      dv.setUint16(upper + 18, t + 1, true);             // item number
-      dv.setUint32(upper + 24, block * 100 + t, true);   // key
-      dv.setUint32(upper + 28, g.below(100000), true);   // balance
+      dv.setUint32(upper, 1000 + block, true); // xmin
+      dv.setUint16(upper + 18, t + 1, true); // item number
+      dv.setUint32(upper + 24, block * 100 + t, true); // key
+      dv.setUint32(upper + 28, g.below(100000), true); // balance
       let o = upper + 32;
       while (o < upper + tupleLen - 1) {
         const w = WORDS[g.below(WORDS.length)];
@@ -226,9 +260,9 @@ export class DbMemoryModel {
         if (o < upper + tupleLen - 1) pg[o++] = 0x20;
       }
     }
-    dv.setBigUint64(0, BigInt(block), true);             // page LSN at load
-    dv.setUint16(12, 24 + 4 * count, true);              // pd_lower
-    dv.setUint16(14, upper, true);                       // pd_upper
+    dv.setBigUint64(0, BigInt(block), true); // page LSN at load
+    dv.setUint16(12, 24 + 4 * count, true); // pd_lower
+    dv.setUint16(14, upper, true); // pd_upper
     dv.setUint32(16, block, true);
     this.onDirty(p);
   }
@@ -250,10 +284,10 @@ export class DbMemoryModel {
     const off = item >>> 15;
     if (off < 24 || off + 32 > DB_PAGE) return;
     dv.setUint32(off + 4, Number(this.lsn & 0xffffffffn), true); // xmax
-    dv.setUint32(off + 28, this.rng.below(100000), true);        // balance
+    dv.setUint32(off + 28, this.rng.below(100000), true); // balance
     this.lsn += 1n + BigInt(this.rng.below(200));
     dv.setBigUint64(0, this.lsn, true);
-    dv.setUint16(8, this.rng.u32() & 0xffff, true);             // checksum
+    dv.setUint16(8, this.rng.u32() & 0xffff, true); // checksum
     this.onDirty(p);
   }
 
@@ -283,8 +317,9 @@ export class DbMemoryModel {
       if (recLen >= 4) dv.setUint32(0, recLen, true);
       if (recLen >= 16) dv.setBigUint64(8, this.lsn, true);
       for (let i = 16; i < recLen; i++) rec[i] = i % 7 === 0 ? this.rng.u32() & 0xff : 0x41 + (i % 26);
-      for (let i = 0; i < recLen;) {
-        const p = ws + Math.floor(this.walPos / DB_PAGE), at = this.walPos % DB_PAGE;
+      for (let i = 0; i < recLen; ) {
+        const p = ws + Math.floor(this.walPos / DB_PAGE),
+          at = this.walPos % DB_PAGE;
         const n = Math.min(recLen - i, DB_PAGE - at, ringBytes - this.walPos);
         this.page(p).set(rec.subarray(i, i + n), at);
         this.onDirty(p);

@@ -9,11 +9,17 @@ import { assert } from '../assert';
 
 export const MAGIC = 'RDTRACE1';
 export const HEADER_SIZE = 24;
-export const REC_PAGE = 1, REC_EPOCH_END = 2, REC_DISK_READ = 3, REC_DISK_WRITE = 4;
+export const REC_PAGE = 1,
+  REC_EPOCH_END = 2,
+  REC_DISK_READ = 3,
+  REC_DISK_WRITE = 4;
 const RECORD_HEADER = 8;
 const PAGE_SIZE_MAX = 1 << 16;
 
-export interface TraceHeader { pageSize: number; totalPages: number; }
+export interface TraceHeader {
+  pageSize: number;
+  totalPages: number;
+}
 
 export type TraceRecord =
   | { type: typeof REC_PAGE; pfn: number; data: Uint8Array }
@@ -22,8 +28,7 @@ export type TraceRecord =
   | { type: typeof REC_DISK_WRITE; sector: bigint; sectorCount: number };
 
 function bad(path: string, offset: number, what: string): RemusError {
-  return new RemusError(ErrorCode.BAD_TRACE, `${path}: ${what} (at byte ${offset} of the trace)`,
-    { path, offset });
+  return new RemusError(ErrorCode.BAD_TRACE, `${path}: ${what} (at byte ${offset} of the trace)`, { path, offset });
 }
 
 /** Pulls exact byte counts from a stream of chunks. */
@@ -40,7 +45,11 @@ class ByteSource {
   async take(n: number): Promise<Buffer | null> {
     while (this.have < n && !this.done) {
       const r = await this.it.next();
-      if (r.done) this.done = true; else { this.chunks.push(r.value); this.have += r.value.length; }
+      if (r.done) this.done = true;
+      else {
+        this.chunks.push(r.value);
+        this.have += r.value.length;
+      }
     }
     if (this.have === 0 && this.done) return null;
     if (this.have < n) throw new Error('short');
@@ -55,12 +64,17 @@ class ByteSource {
 }
 
 export class TraceReader {
-  private constructor(readonly path: string, readonly header: TraceHeader,
-    private readonly src: ByteSource) {}
+  private constructor(
+    readonly path: string,
+    readonly header: TraceHeader,
+    private readonly src: ByteSource,
+  ) {}
 
   static async open(path: string): Promise<TraceReader> {
     let fd: number;
-    try { fd = fs.openSync(path, 'r'); } catch (e) {
+    try {
+      fd = fs.openSync(path, 'r');
+    } catch (e) {
       throw new RemusError(ErrorCode.IO, `cannot open trace ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     const magic = Buffer.alloc(2);
@@ -71,11 +85,16 @@ export class TraceReader {
     if (gz) file.on('error', (e) => stream.destroy(e));
     const src = new ByteSource(stream);
     let h: Buffer | null;
-    try { h = await src.take(HEADER_SIZE); } catch (e) { throw readFailure(path, src, e); }
+    try {
+      h = await src.take(HEADER_SIZE);
+    } catch (e) {
+      throw readFailure(path, src, e);
+    }
     if (!h || h.subarray(0, 8).toString('latin1') !== MAGIC) {
       throw bad(path, 0, 'not an RDTRACE1 trace: the magic is not "RDTRACE1"');
     }
-    const pageSize = h.readUInt32LE(8), reserved = h.readUInt32LE(12);
+    const pageSize = h.readUInt32LE(8),
+      reserved = h.readUInt32LE(12);
     const totalPages = h.readBigUInt64LE(16);
     if (pageSize < 512 || pageSize > PAGE_SIZE_MAX || (pageSize & (pageSize - 1)) !== 0) {
       throw bad(path, 8, `page size ${pageSize} is not a power of two in [512, 65536]`);
@@ -90,18 +109,28 @@ export class TraceReader {
   /** Records in file order; a PAGE's data is only valid until the next record. */
   async *records(): AsyncGenerator<TraceRecord> {
     const { path, src } = this;
-    let epoch = 0, pagesInEpoch = 0;
+    let epoch = 0,
+      pagesInEpoch = 0;
     for (;;) {
       const at = src.offset;
       let h: Buffer | null;
-      try { h = await src.take(RECORD_HEADER); } catch (e) { throw readFailure(path, src, e); }
+      try {
+        h = await src.take(RECORD_HEADER);
+      } catch (e) {
+        throw readFailure(path, src, e);
+      }
       if (h === null) break;
-      const type = h[0], len = h.readUInt32LE(4);
+      const type = h[0],
+        len = h.readUInt32LE(4);
       if (h[1] !== 0 || h[2] !== 0 || h[3] !== 0) throw bad(path, at, 'record padding is not zero');
       const want = this.payloadLength(type, at);
       if (len !== want) throw bad(path, at, `record type ${type} has length ${len}, expected ${want}`);
       let p: Buffer | null;
-      try { p = await src.take(len); } catch (e) { throw readFailure(path, src, e); }
+      try {
+        p = await src.take(len);
+      } catch (e) {
+        throw readFailure(path, src, e);
+      }
       if (p === null) throw bad(path, at, 'trace ends inside a record');
       const rec = this.parse(type, p, at);
       if (rec.type === REC_PAGE) pagesInEpoch++;
@@ -122,11 +151,16 @@ export class TraceReader {
 
   private payloadLength(type: number, at: number): number {
     switch (type) {
-      case REC_PAGE: return 8 + this.header.pageSize;
-      case REC_EPOCH_END: return 16;
-      case REC_DISK_READ: return 20;
-      case REC_DISK_WRITE: return 12;
-      default: throw bad(this.path, at, `unknown record type ${type}`);
+      case REC_PAGE:
+        return 8 + this.header.pageSize;
+      case REC_EPOCH_END:
+        return 16;
+      case REC_DISK_READ:
+        return 20;
+      case REC_DISK_WRITE:
+        return 12;
+      default:
+        throw bad(this.path, at, `unknown record type ${type}`);
     }
   }
 
@@ -139,20 +173,26 @@ export class TraceReader {
       return Number(pfn);
     };
     switch (type) {
-      case REC_PAGE: return { type, pfn: pfnAt(0), data: p.subarray(8) };
+      case REC_PAGE:
+        return { type, pfn: pfnAt(0), data: p.subarray(8) };
       case REC_EPOCH_END:
-        return { type, timestampUs: p.readBigUInt64LE(0), epoch: p.readUInt32LE(8),
-          pagesInEpoch: p.readUInt32LE(12) };
+        return { type, timestampUs: p.readBigUInt64LE(0), epoch: p.readUInt32LE(8), pagesInEpoch: p.readUInt32LE(12) };
       case REC_DISK_READ:
         return { type, pfn: pfnAt(0), sector: p.readBigUInt64LE(8), sectorCount: p.readUInt32LE(16) };
-      default: return { type: REC_DISK_WRITE, sector: p.readBigUInt64LE(0), sectorCount: p.readUInt32LE(8) };
+      default:
+        return { type: REC_DISK_WRITE, sector: p.readBigUInt64LE(0), sectorCount: p.readUInt32LE(8) };
     }
   }
 }
 
 function readFailure(path: string, src: ByteSource, e: unknown): RemusError {
   if ((e as Error).message === 'short') return bad(path, src.offset, 'trace ends inside a record');
-  return new RemusError(ErrorCode.BAD_TRACE, `${path}: cannot read the trace: ${(e as Error).message}`, {}, { cause: e });
+  return new RemusError(
+    ErrorCode.BAD_TRACE,
+    `${path}: cannot read the trace: ${(e as Error).message}`,
+    {},
+    { cause: e },
+  );
 }
 
 /** Writes RDTRACE1, gzip when the path ends in .gz (one gzip member per megabyte). */
@@ -165,11 +205,16 @@ export class TraceWriter {
   private epoch = 0;
   private closed = false;
 
-  constructor(readonly path: string, readonly header: TraceHeader) {
+  constructor(
+    readonly path: string,
+    readonly header: TraceHeader,
+  ) {
     const ps = header.pageSize;
     assert(ps >= 512 && ps <= PAGE_SIZE_MAX && (ps & (ps - 1)) === 0, 'trace page size');
     this.gz = path.endsWith('.gz');
-    try { this.fd = fs.openSync(path, 'w'); } catch (e) {
+    try {
+      this.fd = fs.openSync(path, 'w');
+    } catch (e) {
       throw new RemusError(ErrorCode.IO, `cannot create ${path}: ${(e as Error).message}`, {}, { cause: e });
     }
     const h = this.reserve(HEADER_SIZE);

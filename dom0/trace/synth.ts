@@ -15,7 +15,11 @@ export interface SynthOptions {
   rates?: ModelRates;
 }
 
-export interface SynthResult { epochs: number; pages: number; pageRecords: number; }
+export interface SynthResult {
+  epochs: number;
+  pages: number;
+  pageRecords: number;
+}
 
 export function synthTrace(o: SynthOptions): SynthResult {
   assertInt(o.pages, 64, 2 ** 26, 'pages');
@@ -24,7 +28,12 @@ export function synthTrace(o: SynthOptions): SynthResult {
   const dirty = new Uint8Array(o.pages);
   const list: number[] = [];
   const reads: Array<[number, number]> = [];
-  const onDirty = (p: number): void => { if (!dirty[p]) { dirty[p] = 1; list.push(p); } };
+  const onDirty = (p: number): void => {
+    if (!dirty[p]) {
+      dirty[p] = 1;
+      list.push(p);
+    }
+  };
   const model = new DbMemoryModel(mem, new Prng(o.seed), onDirty, (p, b) => reads.push([p, b]));
   const w = new TraceWriter(o.out, { pageSize: DB_PAGE, totalPages: o.pages });
   const intervalUs = BigInt(Math.round((o.intervalMs ?? 50) * 1000));

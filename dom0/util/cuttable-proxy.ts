@@ -23,14 +23,19 @@ export class CuttableProxy {
 
   private relay(client: net.Socket): void {
     client.on('error', () => {});
-    if (this.refusing) { client.destroy(); return; }
+    if (this.refusing) {
+      client.destroy();
+      return;
+    }
     const up = net.connect(this.targetPort, '127.0.0.1');
     up.on('error', () => {});
     const pair = { client, up, cut: false };
     this.pairs.push(pair);
     client.pipe(up, { end: false });
     up.pipe(client, { end: false });
-    client.on('close', () => { if (!pair.cut) up.destroy(); });
+    client.on('close', () => {
+      if (!pair.cut) up.destroy();
+    });
     up.on('close', () => client.destroy());
   }
 
@@ -48,7 +53,10 @@ export class CuttableProxy {
   }
 
   close(): void {
-    for (const p of this.pairs) { p.client.destroy(); p.up.destroy(); }
+    for (const p of this.pairs) {
+      p.client.destroy();
+      p.up.destroy();
+    }
     this.server?.close();
   }
 }

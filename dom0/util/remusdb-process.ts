@@ -7,7 +7,11 @@ import * as path from 'node:path';
 
 export const REMUSDB_BIN = path.join(__dirname, '..', '..', '..', 'bin', 'remusdb');
 
-export function remusdbRunner(dir: string, env: NodeJS.ProcessEnv, kids: ChildProcess[]): (args: string[], log: string) => ChildProcess {
+export function remusdbRunner(
+  dir: string,
+  env: NodeJS.ProcessEnv,
+  kids: ChildProcess[],
+): (args: string[], log: string) => ChildProcess {
   return (args, log) => {
     const fd = fs.openSync(path.join(dir, log), 'a');
     const c = spawn(process.execPath, [REMUSDB_BIN, ...args], { env, stdio: ['ignore', fd, fd] });

@@ -12,7 +12,9 @@ import type { PgClient } from '../../test/support/guest-pgclient';
 const CACHE = process.env.REMUSDB_GUEST_CACHE ?? '/var/cache/remusdb-guest';
 const ROUNDS = 6;
 
-function quantile(sorted: number[], q: number): number { return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]; }
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
 
 async function commits(c: PgClient, n: number, tag: string, out: number[]): Promise<void> {
   for (let i = 0; i < n; i++) {
@@ -27,7 +29,10 @@ async function main(): Promise<void> {
   const total = Number(process.argv[2] ?? 600);
   const bins = { stock: path.join(CACHE, 'pg/base-install/bin'), patched: path.join(CACHE, 'pg/patched/bin') };
   const settings = ['synchronous_commit=off'];
-  const servers = { stock: await PgCluster.start({ bin: bins.stock, settings }), patched: await PgCluster.start({ bin: bins.patched, settings }) };
+  const servers = {
+    stock: await PgCluster.start({ bin: bins.stock, settings }),
+    patched: await PgCluster.start({ bin: bins.patched, settings }),
+  };
   try {
     const clients = { stock: await servers.stock.connect(), patched: await servers.patched.connect() };
     const us: Record<string, number[]> = { stock: [], patched: [] };
@@ -46,12 +51,23 @@ async function main(): Promise<void> {
     };
     console.log(line('stock'));
     console.log(line('patched'));
-    const med = (k: string): number => quantile([...us[k]].sort((a, b) => a - b), 0.5);
-    console.log(`patched/stock median ratio ${(med('patched') / med('stock')).toFixed(3)} (+${(med('patched') - med('stock')).toFixed(1)} µs)`);
-    clients.stock.close(); clients.patched.close();
+    const med = (k: string): number =>
+      quantile(
+        [...us[k]].sort((a, b) => a - b),
+        0.5,
+      );
+    console.log(
+      `patched/stock median ratio ${(med('patched') / med('stock')).toFixed(3)} (+${(med('patched') - med('stock')).toFixed(1)} µs)`,
+    );
+    clients.stock.close();
+    clients.patched.close();
   } finally {
-    await servers.stock.stop(); await servers.patched.stop();
+    await servers.stock.stop();
+    await servers.patched.stop();
   }
 }
 
-main().catch((e) => { console.error(e); process.exit(1); });
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import { ETH_P_IP, ETH_P_IPV6, dscpOf } from '../../dom0/net/classify-dscp';
 
 export interface Segment {
-  ip: Uint8Array;          // from the IP header on
-  hwProtocol: number;      // ETH_P_IP / ETH_P_IPV6
+  ip: Uint8Array; // from the IP header on
+  hwProtocol: number; // ETH_P_IP / ETH_P_IPV6
   dscp: number;
   srcPort: number;
   dstPort: number;
@@ -24,29 +24,37 @@ export function whyNoTcpdump(): string | null {
 
 /** Where the IP header starts and the hardware protocol, per pcap link type. */
 function linkOffset(linkType: number, frame: Buffer): [number, number] | null {
-  if (linkType === 1) return [14, frame.readUInt16BE(12)];                  // Ethernet
-  if (linkType === 113) return [16, frame.readUInt16BE(14)];                // Linux cooked v1
-  if (linkType === 276) return [20, frame.readUInt16BE(0)];                 // Linux cooked v2
-  if (linkType === 101 || linkType === 12) {                                // raw IP
+  if (linkType === 1) return [14, frame.readUInt16BE(12)]; // Ethernet
+  if (linkType === 113) return [16, frame.readUInt16BE(14)]; // Linux cooked v1
+  if (linkType === 276) return [20, frame.readUInt16BE(0)]; // Linux cooked v2
+  if (linkType === 101 || linkType === 12) {
+    // raw IP
     return [0, frame[0] >> 4 === 6 ? ETH_P_IPV6 : ETH_P_IP];
   }
   return null;
 }
 
 function tcpSegment(ip: Buffer, hwProtocol: number): Segment | null {
-  let l4: number; let end: number;
+  let l4: number;
+  let end: number;
   if (hwProtocol === ETH_P_IP) {
     if (ip.length < 20 || ip[9] !== 6) return null;
-    l4 = (ip[0] & 0x0f) * 4; end = Math.min(ip.length, ip.readUInt16BE(2));
+    l4 = (ip[0] & 0x0f) * 4;
+    end = Math.min(ip.length, ip.readUInt16BE(2));
   } else if (hwProtocol === ETH_P_IPV6) {
     if (ip.length < 40 || ip[6] !== 6) return null;
-    l4 = 40; end = Math.min(ip.length, 40 + ip.readUInt16BE(4));
+    l4 = 40;
+    end = Math.min(ip.length, 40 + ip.readUInt16BE(4));
   } else return null;
   if (end < l4 + 20) return null;
   const dataOff = (ip[l4 + 12] >> 4) * 4;
   return {
-    ip: new Uint8Array(ip), hwProtocol, dscp: dscpOf(ip),
-    srcPort: ip.readUInt16BE(l4), dstPort: ip.readUInt16BE(l4 + 2), seq: ip.readUInt32BE(l4 + 4),
+    ip: new Uint8Array(ip),
+    hwProtocol,
+    dscp: dscpOf(ip),
+    srcPort: ip.readUInt16BE(l4),
+    dstPort: ip.readUInt16BE(l4 + 2),
+    seq: ip.readUInt32BE(l4 + 4),
     payload: Buffer.from(ip.subarray(l4 + dataOff, end)),
   };
 }
@@ -57,11 +65,12 @@ export function readPcap(file: string): Segment[] {
   if (b.length < 24) return [];
   const magic = b.readUInt32LE(0);
   const le = magic === 0xa1b2c3d4 || magic === 0xa1b23c4d;
-  if (!le && b.readUInt32BE(0) !== 0xa1b2c3d4 && b.readUInt32BE(0) !== 0xa1b23c4d) throw new Error(`${file}: not a pcap file`);
+  if (!le && b.readUInt32BE(0) !== 0xa1b2c3d4 && b.readUInt32BE(0) !== 0xa1b23c4d)
+    throw new Error(`${file}: not a pcap file`);
   const u32 = (o: number): number => (le ? b.readUInt32LE(o) : b.readUInt32BE(o));
   const linkType = u32(20) & 0xffff;
   const out: Segment[] = [];
-  for (let o = 24; o + 16 <= b.length && out.length < PACKETS_MAX;) {
+  for (let o = 24; o + 16 <= b.length && out.length < PACKETS_MAX; ) {
     const caplen = u32(o + 8);
     const frame = b.subarray(o + 16, o + 16 + caplen);
     o += 16 + caplen;
@@ -77,9 +86,17 @@ export function readPcap(file: string): Segment[] {
 export class Capture {
   private readonly child: ChildProcess;
   private stderr = '';
-  private constructor(readonly file: string, iface: string, filter: string) {
-    this.child = spawn('tcpdump', ['-i', iface, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, filter], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.child.stderr!.on('data', (d: Buffer) => { this.stderr += d.toString(); });
+  private constructor(
+    readonly file: string,
+    iface: string,
+    filter: string,
+  ) {
+    this.child = spawn('tcpdump', ['-i', iface, '-n', '-U', '--immediate-mode', '-s', '0', '-w', file, filter], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.child.stderr!.on('data', (d: Buffer) => {
+      this.stderr += d.toString();
+    });
   }
 
   static async start(file: string, iface: string, filter: string, timeoutMs = 10_000): Promise<Capture> {

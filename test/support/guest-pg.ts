@@ -16,7 +16,8 @@ const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
 export function patchedPgBin(): { bin: string } | { why: string } {
   const bin = process.env.REMUSDB_PG_PATCHED_BIN;
   if (!bin) return { why: 'REMUSDB_PG_PATCHED_BIN is unset (build it: scripts/guest-patches/build-postgresql.sh)' };
-  if (!fs.existsSync(path.join(bin, 'postgres'))) return { why: `REMUSDB_PG_PATCHED_BIN=${bin} has no postgres binary` };
+  if (!fs.existsSync(path.join(bin, 'postgres')))
+    return { why: `REMUSDB_PG_PATCHED_BIN=${bin} has no postgres binary` };
   if (process.getuid?.() !== 0) return { why: 'needs root (runs the server as nobody, captures with tcpdump)' };
   return { bin };
 }
@@ -38,21 +39,57 @@ export interface ClusterOptions {
 }
 
 export class PgCluster {
-  private constructor(readonly dir: string, readonly port: number, readonly child: ChildProcess, readonly log: string) {}
+  private constructor(
+    readonly dir: string,
+    readonly port: number,
+    readonly child: ChildProcess,
+    readonly log: string,
+  ) {}
 
   static async start(opts: ClusterOptions): Promise<PgCluster> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-pg-'));
     fs.chownSync(dir, 65534, 65534);
     const data = path.join(dir, 'data');
-    execFileSync('setpriv', [...NOBODY, path.join(opts.bin, 'initdb'), '-D', data, '-U', 'postgres',
-      '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C'], { stdio: 'ignore' });
+    execFileSync(
+      'setpriv',
+      [
+        ...NOBODY,
+        path.join(opts.bin, 'initdb'),
+        '-D',
+        data,
+        '-U',
+        'postgres',
+        '--auth=trust',
+        '--no-sync',
+        '-E',
+        'UTF8',
+        '--locale=C',
+      ],
+      { stdio: 'ignore' },
+    );
     const port = await freePort();
     const log = path.join(dir, 'server.log');
     const out = fs.openSync(log, 'a');
-    const settings = ['listen_addresses=127.0.0.1,::1', `unix_socket_directories=${dir}`, 'fsync=off',
-      'synchronous_commit=off', 'max_connections=20', 'shared_buffers=16MB', ...(opts.settings ?? [])];
-    const args = [...NOBODY, 'env', ...Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
-      path.join(opts.bin, 'postgres'), '-D', data, '-p', String(port), ...settings.flatMap((s) => ['-c', s])];
+    const settings = [
+      'listen_addresses=127.0.0.1,::1',
+      `unix_socket_directories=${dir}`,
+      'fsync=off',
+      'synchronous_commit=off',
+      'max_connections=20',
+      'shared_buffers=16MB',
+      ...(opts.settings ?? []),
+    ];
+    const args = [
+      ...NOBODY,
+      'env',
+      ...Object.entries(opts.env ?? {}).map(([k, v]) => `${k}=${v}`),
+      path.join(opts.bin, 'postgres'),
+      '-D',
+      data,
+      '-p',
+      String(port),
+      ...settings.flatMap((s) => ['-c', s]),
+    ];
     const child = spawn('setpriv', args, { stdio: ['ignore', out, out] });
     fs.closeSync(out);
     const cluster = new PgCluster(dir, port, child, log);
@@ -64,16 +101,27 @@ export class PgCluster {
     const end = Date.now() + timeoutMs;
     for (;;) {
       if (this.child.exitCode !== null) throw new Error(`postgres exited: ${this.logText()}`);
-      try { (await PgClient.connect('127.0.0.1', this.port)).close(); return; } catch (e) {
+      try {
+        (await PgClient.connect('127.0.0.1', this.port)).close();
+        return;
+      } catch (e) {
         if (Date.now() > end) throw new Error(`postgres not ready: ${(e as Error).message}\n${this.logText()}`);
       }
       await new Promise((r) => setTimeout(r, 100));
     }
   }
 
-  connect(host = '127.0.0.1'): Promise<PgClient> { return PgClient.connect(host, this.port); }
+  connect(host = '127.0.0.1'): Promise<PgClient> {
+    return PgClient.connect(host, this.port);
+  }
 
-  logText(): string { try { return fs.readFileSync(this.log, 'utf8'); } catch { return ''; } }
+  logText(): string {
+    try {
+      return fs.readFileSync(this.log, 'utf8');
+    } catch {
+      return '';
+    }
+  }
 
   /** Fast shutdown, then removes the data directory. */
   async stop(): Promise<void> {
@@ -89,7 +137,15 @@ export class PgCluster {
 /** Builds the LD_PRELOAD shim that gives listening sockets an application TOS. */
 export function buildTosPreload(repoRoot: string, outDir: string): string {
   const so = path.join(outDir, 'guest-tos-preload.so');
-  execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-o', so, path.join(repoRoot, 'test/support/guest-tos-preload.c'), '-ldl']);
+  execFileSync('gcc', [
+    '-shared',
+    '-fPIC',
+    '-O2',
+    '-o',
+    so,
+    path.join(repoRoot, 'test/support/guest-tos-preload.c'),
+    '-ldl',
+  ]);
   fs.chmodSync(so, 0o755);
   return so;
 }

@@ -4,7 +4,10 @@
 // extended protocol: psql would hide exactly the framing the tests look at.
 import * as net from 'node:net';
 
-export interface PgMessage { type: string; body: Buffer; }
+export interface PgMessage {
+  type: string;
+  body: Buffer;
+}
 
 export interface QueryResult {
   messages: PgMessage[];
@@ -31,7 +34,7 @@ function cstr(b: Buffer): string {
 }
 
 function errorText(body: Buffer): string {
-  for (let i = 0; i < body.length && body[i] !== 0;) {
+  for (let i = 0; i < body.length && body[i] !== 0; ) {
     const field = String.fromCharCode(body[i]);
     const end = body.indexOf(0, i + 1);
     if (field === 'M') return body.subarray(i + 1, end).toString('utf8');
@@ -58,23 +61,32 @@ export class PgClient {
     const onGone = (e?: Error): void => {
       this.closedError ??= e ?? new Error('connection closed by the server');
       this.failer?.(this.closedError);
-      this.waiter = null; this.failer = null;
+      this.waiter = null;
+      this.failer = null;
     };
     socket.on('error', onGone);
     socket.on('close', () => onGone());
   }
 
-  get closed(): boolean { return this.closedError !== null; }
+  get closed(): boolean {
+    return this.closedError !== null;
+  }
   /** Errors the server sent outside any query (e.g. the FATAL before it closes). */
-  unsolicitedErrors(): string[] { return this.pending.filter((m) => m.type === 'E').map((m) => errorText(m.body)); }
+  unsolicitedErrors(): string[] {
+    return this.pending.filter((m) => m.type === 'E').map((m) => errorText(m.body));
+  }
 
   static async connect(host: string, port: number, user = 'postgres', database = 'postgres'): Promise<PgClient> {
     const socket = net.connect({ host, port });
-    await new Promise<void>((resolve, reject) => { socket.once('connect', resolve); socket.once('error', reject); });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
     const client = new PgClient(socket);
     const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`, 'utf8');
     const body = Buffer.concat([Buffer.from([0, 3, 0, 0]), params]);
-    const head = Buffer.alloc(4); head.writeUInt32BE(4 + body.length, 0);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(4 + body.length, 0);
     const ready = client.nextReady();
     socket.write(Buffer.concat([head, body]));
     const r = await ready;
@@ -97,16 +109,25 @@ export class PgClient {
   private nextReady(): Promise<QueryResult> {
     if (this.closedError) return Promise.reject(this.closedError);
     if (this.waiter) throw new Error('PgClient: one query at a time');
-    return new Promise((resolve, reject) => { this.waiter = resolve; this.failer = reject; });
+    return new Promise((resolve, reject) => {
+      this.waiter = resolve;
+      this.failer = reject;
+    });
   }
 
   private onData(d: Buffer): void {
     this.buffered = Buffer.concat([this.buffered, d]);
     while (this.buffered.length >= 5) {
       const len = this.buffered.readUInt32BE(1);
-      if (len < 4 || len > MESSAGE_BYTES_MAX) { this.socket.destroy(new Error(`bad message length ${len}`)); return; }
+      if (len < 4 || len > MESSAGE_BYTES_MAX) {
+        this.socket.destroy(new Error(`bad message length ${len}`));
+        return;
+      }
       if (this.buffered.length < 1 + len) return;
-      const msg = { type: String.fromCharCode(this.buffered[0]), body: Buffer.from(this.buffered.subarray(5, 1 + len)) };
+      const msg = {
+        type: String.fromCharCode(this.buffered[0]),
+        body: Buffer.from(this.buffered.subarray(5, 1 + len)),
+      };
       this.buffered = this.buffered.subarray(1 + len);
       this.pending.push(msg);
       if (msg.type === 'Z') this.finish(String.fromCharCode(msg.body[0]));
@@ -119,7 +140,8 @@ export class PgClient {
     const tags = messages.filter((m) => m.type === 'C').map((m) => cstr(m.body));
     const errors = messages.filter((m) => m.type === 'E').map((m) => errorText(m.body));
     const resolve = this.waiter;
-    this.waiter = null; this.failer = null;
+    this.waiter = null;
+    this.failer = null;
     resolve?.({ messages, status, tags, errors });
   }
 }

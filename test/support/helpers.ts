@@ -34,11 +34,18 @@ export function pfnRange(n: number, start = 0): BigUint64Array {
   return BigUint64Array.from({ length: n }, (_, i) => BigInt(start + i));
 }
 
-export interface CliResult { status: number; stdout: string; stderr: string; }
+export interface CliResult {
+  status: number;
+  stdout: string;
+  stderr: string;
+}
 
 export function runCli(args: string[], timeoutMs = 120000, env: NodeJS.ProcessEnv = process.env): CliResult {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args],
-    { encoding: 'utf8', timeout: timeoutMs, env });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), ...args], {
+    encoding: 'utf8',
+    timeout: timeoutMs,
+    env,
+  });
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -79,13 +86,19 @@ export function flat(m: GuestMemory): Uint8Array {
  * Call it inside describe (it registers the after hook).
  */
 export function processWorld(tag: string): {
-  dir: string; env: NodeJS.ProcessEnv; kids: ChildProcess[];
-  start: ReturnType<typeof remusdbRunner>; status: (sock: string) => Promise<Record<string, unknown>>;
+  dir: string;
+  env: NodeJS.ProcessEnv;
+  kids: ChildProcess[];
+  start: ReturnType<typeof remusdbRunner>;
+  status: (sock: string) => Promise<Record<string, unknown>>;
 } {
   const dir = tmpDir(tag);
   const env = { ...process.env, REMUSDB_RUN_DIR: dir };
   const kids: ChildProcess[] = [];
-  after(() => { for (const k of kids) k.kill('SIGKILL'); });
-  const status = (sock: string): Promise<Record<string, unknown>> => controlRequest(path.join(dir, sock), { cmd: 'status' });
+  after(() => {
+    for (const k of kids) k.kill('SIGKILL');
+  });
+  const status = (sock: string): Promise<Record<string, unknown>> =>
+    controlRequest(path.join(dir, sock), { cmd: 'status' });
   return { dir, env, kids, start: remusdbRunner(dir, env, kids), status };
 }

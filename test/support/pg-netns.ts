@@ -22,7 +22,9 @@ export class NsProcess {
     // The child ends with its stdin (this process gone, even by a crash), and its stderr is
     // a pipe we forward: an orphan must never hold the test runner's output open.
     const prelude = "process.stdin.on('end', () => process.exit(0)); process.stdin.resume();\n";
-    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', prelude + script, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', prelude + script, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     this.child.stderr!.on('data', (d: Buffer) => process.stderr.write(d));
     let rest = '';
     this.child.stdout!.on('data', (d: Buffer) => {
@@ -31,10 +33,18 @@ export class NsProcess {
       this.lines.push(...parts);
     });
   }
-  send(cmd: Record<string, unknown>): void { this.child.stdin!.write(`${JSON.stringify(cmd)}\n`); }
-  has(prefix: string): boolean { return this.lines.some((l) => l.startsWith(prefix)); }
-  count(prefix: string): number { return this.lines.filter((l) => l.startsWith(prefix)).length; }
-  kill(): void { this.child.kill('SIGKILL'); }
+  send(cmd: Record<string, unknown>): void {
+    this.child.stdin!.write(`${JSON.stringify(cmd)}\n`);
+  }
+  has(prefix: string): boolean {
+    return this.lines.some((l) => l.startsWith(prefix));
+  }
+  count(prefix: string): number {
+    return this.lines.filter((l) => l.startsWith(prefix)).length;
+  }
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
 }
 
 /** Why the namespace tests cannot run here (null: they can). */
@@ -42,7 +52,9 @@ export function whyNoNetns(): string | null {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces, iptables, NFQUEUE)';
   try {
     if (!loadAddon().parts.nfqueue) return 'addon built without libnetfilter-queue-dev';
-  } catch (e) { return (e as Error).message; }
+  } catch (e) {
+    return (e as Error).message;
+  }
   for (const tool of ['ip', 'iptables', 'ip6tables']) {
     if (spawnSync(tool, ['--version'], { stdio: 'ignore' }).error) return `${tool} is not installed`;
   }

@@ -2,19 +2,33 @@
 // commit protection tests (classifiers see the first copyBytes of an IP packet; these
 // builders make exactly such byte strings, padded to a copy size like NFQUEUE's copy).
 
-export const TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_PSH = 0x08, TCP_ACK = 0x10;
+export const TCP_FIN = 0x01,
+  TCP_SYN = 0x02,
+  TCP_RST = 0x04,
+  TCP_PSH = 0x08,
+  TCP_ACK = 0x10;
 
 export interface TcpSpec {
-  src?: string; dst?: string; sport?: number; dport?: number;
-  seq: number; ack?: number; flags?: number; payload?: Uint8Array;
+  src?: string;
+  dst?: string;
+  sport?: number;
+  dport?: number;
+  seq: number;
+  ack?: number;
+  flags?: number;
+  payload?: Uint8Array;
   /** DSCP for the TOS byte / traffic class (default 0). */
-  dscp?: number; v6?: boolean;
+  dscp?: number;
+  v6?: boolean;
 }
 
-function v4bytes(a: string): number[] { return a.split('.').map(Number); }
+function v4bytes(a: string): number[] {
+  return a.split('.').map(Number);
+}
 function v6bytes(a: string): number[] {
   const [head, tail] = a.split('::');
-  const h = head ? head.split(':') : [], t = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  const h = head ? head.split(':') : [],
+    t = tail !== undefined && tail !== '' ? tail.split(':') : [];
   const words = [...h, ...Array(8 - h.length - t.length).fill('0'), ...t].map((w) => parseInt(w, 16));
   return words.flatMap((w) => [w >> 8, w & 255]);
 }
@@ -24,33 +38,44 @@ export function tcpPacket(s: TcpSpec): Uint8Array {
   const payload = s.payload ?? new Uint8Array(0);
   const tcp = new Uint8Array(20 + payload.length);
   const dv = new DataView(tcp.buffer);
-  dv.setUint16(0, s.sport ?? 5432); dv.setUint16(2, s.dport ?? 40000);
-  dv.setUint32(4, s.seq >>> 0); dv.setUint32(8, (s.ack ?? 0) >>> 0);
-  tcp[12] = 5 << 4; tcp[13] = s.flags ?? (TCP_ACK | TCP_PSH); dv.setUint16(14, 65535);
+  dv.setUint16(0, s.sport ?? 5432);
+  dv.setUint16(2, s.dport ?? 40000);
+  dv.setUint32(4, s.seq >>> 0);
+  dv.setUint32(8, (s.ack ?? 0) >>> 0);
+  tcp[12] = 5 << 4;
+  tcp[13] = s.flags ?? TCP_ACK | TCP_PSH;
+  dv.setUint16(14, 65535);
   tcp.set(payload, 20);
   const dscp = s.dscp ?? 0;
   if (s.v6) {
     const ip = new Uint8Array(40 + tcp.length);
     const tc = dscp << 2;
-    ip[0] = 0x60 | (tc >> 4); ip[1] = (tc & 15) << 4;
+    ip[0] = 0x60 | (tc >> 4);
+    ip[1] = (tc & 15) << 4;
     new DataView(ip.buffer).setUint16(4, tcp.length);
-    ip[6] = 6; ip[7] = 64;
-    ip.set(v6bytes(s.src ?? 'fd60::2'), 8); ip.set(v6bytes(s.dst ?? 'fd60::3'), 24);
+    ip[6] = 6;
+    ip[7] = 64;
+    ip.set(v6bytes(s.src ?? 'fd60::2'), 8);
+    ip.set(v6bytes(s.dst ?? 'fd60::3'), 24);
     ip.set(tcp, 40);
     return ip;
   }
   const ip = new Uint8Array(20 + tcp.length);
-  ip[0] = 0x45; ip[1] = dscp << 2;
+  ip[0] = 0x45;
+  ip[1] = dscp << 2;
   new DataView(ip.buffer).setUint16(2, ip.length);
-  ip[8] = 64; ip[9] = 6;
-  ip.set(v4bytes(s.src ?? '127.60.0.2'), 12); ip.set(v4bytes(s.dst ?? '127.60.0.3'), 16);
+  ip[8] = 64;
+  ip[9] = 6;
+  ip.set(v4bytes(s.src ?? '127.60.0.2'), 12);
+  ip.set(v4bytes(s.dst ?? '127.60.0.3'), 16);
   ip.set(tcp, 20);
   return ip;
 }
 
 export function udpPacket(dscp: number, v6 = false): Uint8Array {
   const p = tcpPacket({ seq: 0, dscp, v6 });
-  if (v6) p[6] = 17; else p[9] = 17;
+  if (v6) p[6] = 17;
+  else p[9] = 17;
   return p;
 }
 
@@ -83,7 +108,10 @@ export const notice = (): Uint8Array => msg('N', 'SNOTICE\0Mhello\0\0');
 export function concat(...parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
-  for (const p of parts) { out.set(p, at); at += p.length; }
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
@@ -99,8 +127,15 @@ export function startupReply(): Uint8Array {
 export class ServerStream {
   next: number;
   readonly sent: Array<{ seq: number; payload: Uint8Array; flags: number }> = [];
-  constructor(readonly isn: number, readonly opts: Partial<TcpSpec> = {}) { this.next = (isn + 1) >>> 0; }
-  synAck(): Uint8Array { return tcpPacket({ ...this.opts, seq: this.isn, ack: 1, flags: TCP_SYN | TCP_ACK }); }
+  constructor(
+    readonly isn: number,
+    readonly opts: Partial<TcpSpec> = {},
+  ) {
+    this.next = (isn + 1) >>> 0;
+  }
+  synAck(): Uint8Array {
+    return tcpPacket({ ...this.opts, seq: this.isn, ack: 1, flags: TCP_SYN | TCP_ACK });
+  }
   segment(payload: Uint8Array, flags = TCP_ACK | TCP_PSH): Uint8Array {
     const seq = this.next;
     this.sent.push({ seq, payload, flags });
@@ -116,5 +151,7 @@ export class ServerStream {
     const payload = concat(...this.sent.slice(i, j + 1).map((s) => s.payload));
     return tcpPacket({ ...this.opts, seq: this.sent[i].seq, ack: 1, payload });
   }
-  pureAck(): Uint8Array { return tcpPacket({ ...this.opts, seq: this.next, ack: 1, flags: TCP_ACK }); }
+  pureAck(): Uint8Array {
+    return tcpPacket({ ...this.opts, seq: this.next, ack: 1, flags: TCP_ACK });
+  }
 }

@@ -22,44 +22,73 @@ import { Prng } from '../../dom0/util/prng';
 const PAGE = 4096;
 export class Crash extends Error {}
 
-interface Ev { at: number; seq: number; fn: () => void; cancelled: boolean; }
+interface Ev {
+  at: number;
+  seq: number;
+  fn: () => void;
+  cancelled: boolean;
+}
 
 export class VirtualClock implements Clock {
   private t = 0;
   private n = 0;
   private heap: Ev[] = [];
-  now(): number { return this.t; }
+  now(): number {
+    return this.t;
+  }
   setTimer(ms: number, fn: () => void): unknown {
     const ev = { at: this.t + Math.max(0, ms), seq: this.n++, fn, cancelled: false };
     this.push(ev);
     return ev;
   }
-  clearTimer(h: unknown): void { (h as Ev).cancelled = true; }
-  defer(fn: () => void): void { this.setTimer(0, fn); }
+  clearTimer(h: unknown): void {
+    (h as Ev).cancelled = true;
+  }
+  defer(fn: () => void): void {
+    this.setTimer(0, fn);
+  }
   /** Runs events until virtual time `end`; a Crash thrown by an actor's hook is its death. */
   runUntil(end: number): void {
     while (this.heap.length && this.heap[0].at <= end) {
       const ev = this.pop();
       if (ev.cancelled) continue;
       this.t = ev.at;
-      try { ev.fn(); } catch (e) { if (!(e instanceof Crash)) throw e; }
+      try {
+        ev.fn();
+      } catch (e) {
+        if (!(e instanceof Crash)) throw e;
+      }
     }
     this.t = end;
   }
-  private less(a: Ev, b: Ev): boolean { return a.at < b.at || (a.at === b.at && a.seq < b.seq); }
+  private less(a: Ev, b: Ev): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
   private push(ev: Ev): void {
-    const h = this.heap; h.push(ev);
-    for (let i = h.length - 1; i > 0;) { const p = (i - 1) >> 1; if (!this.less(h[i], h[p])) break; [h[i], h[p]] = [h[p], h[i]]; i = p; }
+    const h = this.heap;
+    h.push(ev);
+    for (let i = h.length - 1; i > 0; ) {
+      const p = (i - 1) >> 1;
+      if (!this.less(h[i], h[p])) break;
+      [h[i], h[p]] = [h[p], h[i]];
+      i = p;
+    }
   }
   private pop(): Ev {
-    const h = this.heap, top = h[0], last = h.pop()!;
+    const h = this.heap,
+      top = h[0],
+      last = h.pop()!;
     if (h.length) {
       h[0] = last;
-      for (let i = 0; ;) {
-        const l = 2 * i + 1, r = l + 1; let m = i;
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1,
+          r = l + 1;
+        let m = i;
         if (l < h.length && this.less(h[l], h[m])) m = l;
         if (r < h.length && this.less(h[r], h[m])) m = r;
-        if (m === i) break; [h[i], h[m]] = [h[m], h[i]]; i = m;
+        if (m === i) break;
+        [h[i], h[m]] = [h[m], h[i]];
+        i = m;
       }
     }
     return top;
@@ -70,9 +99,15 @@ export class VirtualClock implements Clock {
 export function actorClock(base: Clock, dead: () => boolean): Clock {
   return {
     now: () => base.now(),
-    setTimer: (ms, fn) => base.setTimer(ms, () => { if (!dead()) fn(); }),
+    setTimer: (ms, fn) =>
+      base.setTimer(ms, () => {
+        if (!dead()) fn();
+      }),
     clearTimer: (h) => base.clearTimer(h),
-    defer: (fn) => base.defer(() => { if (!dead()) fn(); }),
+    defer: (fn) =>
+      base.defer(() => {
+        if (!dead()) fn();
+      }),
   };
 }
 
@@ -94,24 +129,41 @@ export class MemLink implements Link {
   /** Octets sent but not yet delivered (the pre-copy waits while this is high). */
   backlogBytes = 0;
   queuedBytes = 0;
-  get drainedBytes(): number { return this.queuedBytes - this.backlogBytes; }
-  constructor(private readonly net: Net, readonly remote: string) {}
+  get drainedBytes(): number {
+    return this.queuedBytes - this.backlogBytes;
+  }
+  constructor(
+    private readonly net: Net,
+    readonly remote: string,
+  ) {}
 
   send(type: number, body: Uint8Array): void {
     if (this.closed || this.net.cut || this.severed) return;
     const bytes = encodeRecord(type, body);
-    if (this.corruptNext) { this.corruptNext = false; bytes[bytes.length - 1] ^= 0x40; }
+    if (this.corruptNext) {
+      this.corruptNext = false;
+      bytes[bytes.length - 1] ^= 0x40;
+    }
     const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
     this.lastDelivery = at;
     this.backlogBytes += bytes.length;
     this.queuedBytes += bytes.length;
     // A dead peer reads nothing: what was sent to it stays queued (its backlog is no sign of life).
-    this.net.clock.setTimer(at - this.net.clock.now(), () => { if (this.peer.gone) return; this.backlogBytes -= bytes.length; this.peer.receive(bytes); });
+    this.net.clock.setTimer(at - this.net.clock.now(), () => {
+      if (this.peer.gone) return;
+      this.backlogBytes -= bytes.length;
+      this.peer.receive(bytes);
+    });
   }
   private receive(bytes: Buffer): void {
     if (this.closed || this.gone || this.severed) return;
     let recs: ReturnType<RecordDecoder['push']>;
-    try { recs = this.decoder.push(bytes); } catch (e) { this.end(e as Error); return; }
+    try {
+      recs = this.decoder.push(bytes);
+    } catch (e) {
+      this.end(e as Error);
+      return;
+    }
     for (const r of recs) if (!this.closed) this.recordCb(r.type, r.body);
   }
   close(): void {
@@ -119,7 +171,8 @@ export class MemLink implements Link {
     this.closed = true;
     // Like TCP's FIN, the close reaches the peer after everything sent before it.
     const at = Math.max(this.lastDelivery, this.net.clock.now() + this.net.latency());
-    if (!this.net.silent && !this.severed) this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.end(null));
+    if (!this.net.silent && !this.severed)
+      this.net.clock.setTimer(at - this.net.clock.now(), () => this.peer.end(null));
   }
   /**
    * A reset that only this end sees (a middlebox, a NAT timeout): it breaks here at once; the
@@ -137,23 +190,36 @@ export class MemLink implements Link {
   }
   end(e: Error | null): void {
     if (this.closed) return;
-    const cb = this.closeCb; this.closeCb = () => {};
+    const cb = this.closeCb;
+    this.closeCb = () => {};
     cb(e);
     this.closed = true;
   }
-  onRecord(cb: (type: number, body: Buffer) => void): void { this.recordCb = cb; }
-  onClose(cb: (e: Error | null) => void): void { this.closeCb = cb; }
+  onRecord(cb: (type: number, body: Buffer) => void): void {
+    this.recordCb = cb;
+  }
+  onClose(cb: (e: Error | null) => void): void {
+    this.closeCb = cb;
+  }
 }
 
 export class Net {
   cut = false;
   silent = false;
   extraLatency = 0;
-  constructor(readonly clock: Clock, private readonly rng: Prng, private readonly baseLatency: number) {}
-  latency(): number { return this.baseLatency + this.extraLatency + this.rng.below(3); }
+  constructor(
+    readonly clock: Clock,
+    private readonly rng: Prng,
+    private readonly baseLatency: number,
+  ) {}
+  latency(): number {
+    return this.baseLatency + this.extraLatency + this.rng.below(3);
+  }
   pair(): [MemLink, MemLink] {
-    const a = new MemLink(this, 'backup'), b = new MemLink(this, 'primary');
-    a.peer = b; b.peer = a;
+    const a = new MemLink(this, 'backup'),
+      b = new MemLink(this, 'primary');
+    a.peer = b;
+    b.peer = a;
     return [a, b];
   }
 }
@@ -172,8 +238,13 @@ export class StepDomain implements Domain {
   /** The domain is gone (destroyed on this host): it runs no more and every call fails with ERR_NO_DOMAIN. */
   gone = false;
 
-  constructor(readonly pageCount: number, seed: number, private readonly clock: Clock, private readonly onOutput: (seq: number, value: number) => void,
-    readonly disk?: MemModelDisk) {
+  constructor(
+    readonly pageCount: number,
+    seed: number,
+    private readonly clock: Clock,
+    private readonly onOutput: (seq: number, value: number) => void,
+    readonly disk?: MemModelDisk,
+  ) {
     this.mem = new Uint8Array(pageCount * PAGE);
     this.guest = GuestProgram.boot(this.mem, 'oltp', seed, undefined, disk);
     this.shadow = Uint8Array.from(this.mem);
@@ -185,11 +256,20 @@ export class StepDomain implements Domain {
       this.tick();
     });
   }
-  suspend(): void { this.failIf('suspend'); this.running = false; }
-  resume(): void { this.failIf('resume'); this.running = true; }
+  suspend(): void {
+    this.failIf('suspend');
+    this.running = false;
+  }
+  resume(): void {
+    this.failIf('resume');
+    this.running = true;
+  }
   private failIf(step: 'suspend' | 'capture' | 'resume'): void {
     if (this.gone) throw new RemusError(ErrorCode.NO_DOMAIN, `the domain is gone (${step})`);
-    if (this.failNext === step) { this.failNext = null; throw new Error(`injected: ${step} failed`); }
+    if (this.failNext === step) {
+      this.failNext = null;
+      throw new Error(`injected: ${step} failed`);
+    }
   }
   capture(full: boolean): Capture {
     this.failIf('capture');
@@ -199,17 +279,30 @@ export class StepDomain implements Domain {
     const pages = new Uint8Array(pfns.length * PAGE);
     pfns.forEach((p, i) => pages.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
     this.shadow.set(this.mem);
-    return { pfns: Uint32Array.from(pfns), count: pfns.length, pages, deviceState: Buffer.from(JSON.stringify({ kind: 'sim', ...this.guest.header })) };
+    return {
+      pfns: Uint32Array.from(pfns),
+      count: pfns.length,
+      pages,
+      deviceState: Buffer.from(JSON.stringify({ kind: 'sim', ...this.guest.header })),
+    };
   }
-  describe(): Record<string, unknown> { return { ...this.guest.header }; }
-  fence(): void { this.fenced = true; }
+  describe(): Record<string, unknown> {
+    return { ...this.guest.header };
+  }
+  fence(): void {
+    this.fenced = true;
+  }
 
   /**
    * Pre-copy (engine/precopy.ts). The guest runs while the engine reads: one guest step lands
    * in the middle of every live read (a torn batch), so writes race the copy as on a real host.
    */
   get live(): LiveMemory {
-    return { pageCount: this.pageCount, readLive: (p, c, into) => this.readLive(p, c, into), collectDirtyLive: (into) => this.collectDirtyLive(into) };
+    return {
+      pageCount: this.pageCount,
+      readLive: (p, c, into) => this.readLive(p, c, into),
+      collectDirtyLive: (into) => this.collectDirtyLive(into),
+    };
   }
   /**
    * What each page held when a live read copied it. Dirty tracking here compares contents, so a
@@ -226,8 +319,12 @@ export class StepDomain implements Domain {
     }
   }
   private written(p: number): boolean {
-    const page = this.mem.subarray(p * PAGE, (p + 1) * PAGE), read = this.lastRead.get(p);
-    return Buffer.compare(page, this.shadow.subarray(p * PAGE, (p + 1) * PAGE)) !== 0 || (read !== undefined && !read.equals(page));
+    const page = this.mem.subarray(p * PAGE, (p + 1) * PAGE),
+      read = this.lastRead.get(p);
+    return (
+      Buffer.compare(page, this.shadow.subarray(p * PAGE, (p + 1) * PAGE)) !== 0 ||
+      (read !== undefined && !read.equals(page))
+    );
   }
   private collectDirtyLive(into: Uint32Array): number {
     let n = 0;
@@ -245,11 +342,21 @@ export class StepDomain implements Domain {
 export class MemDiskTarget implements DiskTarget {
   readonly bytes: Uint8Array;
   flushes = 0;
-  constructor(readonly sizeBytes: number) { this.bytes = new Uint8Array(sizeBytes); }
-  write(off: number, data: Uint8Array): void { this.bytes.set(data, off); }
-  zero(off: number, len: number): void { this.bytes.fill(0, off, off + len); }
-  read(off: number, into: Uint8Array): void { into.set(this.bytes.subarray(off, off + into.length)); }
-  flush(): void { this.flushes++; }
+  constructor(readonly sizeBytes: number) {
+    this.bytes = new Uint8Array(sizeBytes);
+  }
+  write(off: number, data: Uint8Array): void {
+    this.bytes.set(data, off);
+  }
+  zero(off: number, len: number): void {
+    this.bytes.fill(0, off, off + len);
+  }
+  read(off: number, into: Uint8Array): void {
+    into.set(this.bytes.subarray(off, off + into.length));
+  }
+  flush(): void {
+    this.flushes++;
+  }
 }
 
 /**
@@ -264,12 +371,17 @@ export class MemReplica implements Replica {
   resumed = false;
   readonly disk: ReplicaDisk | null;
   /** diskContinues: diskTarget is a copy the primary trusts (remusdb backup --reuse-disk). */
-  constructor(readonly pageCount: number, readonly diskTarget: MemDiskTarget | null = null,
-    readonly diskContinues = false) {
+  constructor(
+    readonly pageCount: number,
+    readonly diskTarget: MemDiskTarget | null = null,
+    readonly diskContinues = false,
+  ) {
     this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
     this.disk = diskTarget ? new EpochHeldDisk(diskTarget) : null;
   }
-  commitDeviceState(s: Uint8Array): void { this.deviceState = Uint8Array.from(s); }
+  commitDeviceState(s: Uint8Array): void {
+    this.deviceState = Uint8Array.from(s);
+  }
   resume(): Record<string, unknown> {
     this.resumed = true;
     const disk = this.diskTarget ? { diskCrc: loadAddon().crc32c(this.diskTarget.bytes) } : {};
@@ -317,21 +429,71 @@ export type ContinuedFault =
 export const STRAY_ACTS = ['close', 'silent', 'garbage', 'bad-hello', 'hello-close', 'hello-silent'] as const;
 export type StrayAct = (typeof STRAY_ACTS)[number];
 
-const PRIMARY_PHASES: Phase[] = ['suspend', 'net-barrier', 'capture', 'disk-barrier', 'resume', 'stream-begin', 'stream-batch', 'stream-end', 'ack', 'release', 'precopy-batch'];
+const PRIMARY_PHASES: Phase[] = [
+  'suspend',
+  'net-barrier',
+  'capture',
+  'disk-barrier',
+  'resume',
+  'stream-begin',
+  'stream-batch',
+  'stream-end',
+  'ack',
+  'release',
+  'precopy-batch',
+];
 const BACKUP_PHASES = ['record', 'pre-commit', 'post-commit', 'post-ack'];
 
 export function pickFault(rng: Prng): Fault {
   const k = rng.below(9);
   const epoch = 1 + rng.below(10);
-  if (k === 0) return { kind: 'crash-primary', phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)], epoch, silent: rng.chance(0.5) };
-  if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], epoch, silent: rng.chance(0.5), restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null };
-  if (k === 2) return { kind: 'drop-link', atMs: 5 + rng.below(425), ...(rng.chance(0.4) ? { precopyBatch: 1 + rng.below(6) } : {}) };
-  if (k === 3) return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
+  if (k === 0)
+    return {
+      kind: 'crash-primary',
+      phase: PRIMARY_PHASES[rng.below(PRIMARY_PHASES.length)],
+      epoch,
+      silent: rng.chance(0.5),
+    };
+  if (k === 1)
+    return {
+      kind: 'crash-backup',
+      phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)],
+      epoch,
+      silent: rng.chance(0.5),
+      restartAfterMs: rng.chance(0.6) ? 100 + rng.below(400) : null,
+    };
+  if (k === 2)
+    return {
+      kind: 'drop-link',
+      atMs: 5 + rng.below(425),
+      ...(rng.chance(0.4) ? { precopyBatch: 1 + rng.below(6) } : {}),
+    };
+  if (k === 3)
+    return { kind: 'delay', atMs: 5 + rng.below(425), forMs: 50 + rng.below(400), extraMs: 20 + rng.below(200) };
   if (k === 4) return { kind: 'corrupt', atMs: 5 + rng.below(425), toBackup: rng.chance(0.7) };
-  if (k === 5) return { kind: 'domain-error', step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)], epoch, gone: rng.chance(0.3) };
-  // biome-ignore lint/suspicious/noThenProperty: the fault that follows a reconnection; never awaited
-  if (k === 7) return { kind: 'reconnect', atMs: 150 + rng.below(400), how: RECONNECT_CAUSES[rng.below(RECONNECT_CAUSES.length)], forMs: 40 + rng.below(120), then: pickContinuedFault(rng) };
-  if (k === 6) return { kind: 'stray', atMs: 100 + rng.below(500), afterGoodbye: rng.chance(0.7), act: STRAY_ACTS[rng.below(STRAY_ACTS.length)] };
+  if (k === 5)
+    return {
+      kind: 'domain-error',
+      step: (['suspend', 'capture', 'resume'] as const)[rng.below(3)],
+      epoch,
+      gone: rng.chance(0.3),
+    };
+  if (k === 7)
+    return {
+      kind: 'reconnect',
+      atMs: 150 + rng.below(400),
+      how: RECONNECT_CAUSES[rng.below(RECONNECT_CAUSES.length)],
+      forMs: 40 + rng.below(120),
+      // biome-ignore lint/suspicious/noThenProperty: the fault that follows a reconnection; never awaited
+      then: pickContinuedFault(rng),
+    };
+  if (k === 6)
+    return {
+      kind: 'stray',
+      atMs: 100 + rng.below(500),
+      afterGoodbye: rng.chance(0.7),
+      act: STRAY_ACTS[rng.below(STRAY_ACTS.length)],
+    };
   return { kind: 'none' };
 }
 
@@ -339,8 +501,14 @@ const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
 
 function pickContinuedFault(rng: Prng): ContinuedFault {
   const k = rng.below(5);
-  if (k === 0) return { kind: 'crash-primary', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)], silent: rng.chance(0.5) };
-  if (k === 1) return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], silent: rng.chance(0.5) };
+  if (k === 0)
+    return {
+      kind: 'crash-primary',
+      phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)],
+      silent: rng.chance(0.5),
+    };
+  if (k === 1)
+    return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], silent: rng.chance(0.5) };
   if (k === 2) return { kind: 'reset-primary', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
   if (k === 3) return { kind: 'corrupt', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
   return { kind: 'none' };
@@ -367,9 +535,13 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const clock = new VirtualClock();
   const net = new Net(clock, rng, 1 + rng.below(4));
   const violations: string[] = [];
-  const violate = (v: string): void => { if (violations.length < 5) violations.push(v); };
+  const violate = (v: string): void => {
+    if (violations.length < 5) violations.push(v);
+  };
   // SIM_TRACE=1 with SIM_SEED=<n>: every event of both sides, with its virtual time.
-  const trace = process.env.SIM_TRACE ? (who: string, name: string, d: unknown): void => console.log(clock.now(), who, name, JSON.stringify(d)) : (): void => {};
+  const trace = process.env.SIM_TRACE
+    ? (who: string, name: string, d: unknown): void => console.log(clock.now(), who, name, JSON.stringify(d))
+    : (): void => {};
   const crc = (b: Uint8Array): number => loadAddon().crc32c(b);
   const snapshots = new Map<number, { crc: number; seq: number; diskCrc: number }>();
   const withDisk = rng.chance(0.5);
@@ -391,24 +563,36 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
 
   const pclock = actorClock(clock, () => primaryDead);
   let primary: Primary | null = null;
-  const makeGate = (): OutputBuffer<{ seq: number; value: number }> => new OutputBuffer<{ seq: number; value: number }>((o, epoch, held) => {
-    const st = primary?.stats().state;
-    if (held && st === 'protected' && epoch > maxCommitted) violate(`output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`);
-    seen.push({ seq: o.seq, epoch });
-  });
+  const makeGate = (): OutputBuffer<{ seq: number; value: number }> =>
+    new OutputBuffer<{ seq: number; value: number }>((o, epoch, held) => {
+      const st = primary?.stats().state;
+      if (held && st === 'protected' && epoch > maxCommitted)
+        violate(
+          `output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`,
+        );
+      seen.push({ seq: o.seq, epoch });
+    });
   let gate = makeGate();
   let replicator: DiskReplicator | null = null;
-  let precopyBatches = 0, dropArmed = false;
-  const guestDisk = withDisk ? new MemModelDisk(SIM_DISK_BLOCKS, {
-    // The guest's backend: generations around writes, tracked reads (as the sim vCPU does).
-    beforeWrite: (block) => replicator?.generations.beginWrite(block * PAGE, PAGE),
-    afterWrite: (block, data, fua) => {
-      replicator?.onWrite(block * PAGE, Buffer.from(data), fua);
-      replicator?.generations.endWrite(block * PAGE, PAGE);
-      if (dropArmed && !fua) { dropArmed = false; dropLink(); }
-    },
-    afterRead: (block, data) => { if (replicator) replicator.onBlockRead(block, loadAddon().crc32c(data), replicator.generations.get(block)); },
-  }) : undefined;
+  let precopyBatches = 0,
+    dropArmed = false;
+  const guestDisk = withDisk
+    ? new MemModelDisk(SIM_DISK_BLOCKS, {
+        // The guest's backend: generations around writes, tracked reads (as the sim vCPU does).
+        beforeWrite: (block) => replicator?.generations.beginWrite(block * PAGE, PAGE),
+        afterWrite: (block, data, fua) => {
+          replicator?.onWrite(block * PAGE, Buffer.from(data), fua);
+          replicator?.generations.endWrite(block * PAGE, PAGE);
+          if (dropArmed && !fua) {
+            dropArmed = false;
+            dropLink();
+          }
+        },
+        afterRead: (block, data) => {
+          if (replicator) replicator.onBlockRead(block, loadAddon().crc32c(data), replicator.generations.get(block));
+        },
+      })
+    : undefined;
   const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }), guestDisk);
   // Reprotection's disk (remusdb backup --reuse-disk): one disk that outlives the backup's
   // replicas and processes, equal to the primary's at the start; the primary then trusts its
@@ -418,17 +602,30 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const reuseDisk = guestDisk && (rng.chance(0.4) || precopyDrop) ? new MemDiskTarget(guestDisk.bytes.length) : null;
   if (guestDisk && reuseDisk) reuseDisk.bytes.set(guestDisk.bytes);
   if (guestDisk) {
-    replicator = new DiskReplicator({ sizeBytes: guestDisk.bytes.length, read: (off, into) => into.set(guestDisk.bytes.subarray(off, off + into.length)) },
-      pclock, { unackedBytesMax: 64 * PAGE * (1 + rng.below(64)), inSync: reuseDisk !== null, syncChunkBytes: PAGE * (1 + rng.below(16)), readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0 });
+    replicator = new DiskReplicator(
+      {
+        sizeBytes: guestDisk.bytes.length,
+        read: (off, into) => into.set(guestDisk.bytes.subarray(off, off + into.length)),
+      },
+      pclock,
+      {
+        unackedBytesMax: 64 * PAGE * (1 + rng.below(64)),
+        inSync: reuseDisk !== null,
+        syncChunkBytes: PAGE * (1 + rng.below(16)),
+        readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0,
+      },
+    );
   }
   const diskCrc = (): number => (guestDisk ? crc(guestDisk.bytes) : 0);
   if (replicator && guestDisk && reuseDisk) {
     // The resync bitmap's invariant: when a session continues the backup's disk, every block
     // where that disk differs from the primary's is in the bitmap (the resync copies it).
-    const r = replicator, connect = r.connect.bind(r);
+    const r = replicator,
+      connect = r.connect.bind(r);
     r.connect = (link, nextEpoch, continues, ready, overflow) => {
       for (let b = 0; continues && b < SIM_DISK_BLOCKS; b++) {
-        const at = b * PAGE, mine = guestDisk.bytes.subarray(at, at + PAGE);
+        const at = b * PAGE,
+          mine = guestDisk.bytes.subarray(at, at + PAGE);
         if (!r.bitmap.has(b) && Buffer.compare(mine, reuseDisk.bytes.subarray(at, at + PAGE)) !== 0) {
           violate(`block ${b} differs on the backup's continued disk, but the resync bitmap lacks it`);
           break;
@@ -440,7 +637,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   // A reset: both ends see the connection break; records in flight are lost.
   const dropLink = (): void => {
     const l = currentLinks;
-    if (l) { l[0].end(new Error('reset')); l[1].end(new Error('reset')); l[0].close(); l[1].close(); }
+    if (l) {
+      l[0].end(new Error('reset'));
+      l[1].end(new Error('reset'));
+      l[0].close();
+      l[1].close();
+    }
   };
   const crashPrimary = (silent: boolean): never => {
     backupLiveAtDeath = backup.live;
@@ -450,37 +652,78 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     throw new Crash('primary');
   };
   const primaryOptions = {
-    intervalMs: 20, compressor: rng.chance(0.5) ? 'zstd' as const : 'lz4' as const, cachePages: 16 + rng.below(64), maxInFlight: 1 + rng.below(3),
-    heartbeatTimeoutMs: 100, holdOnLossMs: 400, batchPagesMax: 16 + rng.below(48), deviceStateMax: 4096,
-    precopy: rng.chance(0.7) || precopyDrop, precopyRemainingPagesMin: rng.below(4), precopyBacklogBytesMax: 4096 * (1 + rng.below(16)), copySilenceMs: 100 + rng.below(300),
+    intervalMs: 20,
+    compressor: rng.chance(0.5) ? ('zstd' as const) : ('lz4' as const),
+    cachePages: 16 + rng.below(64),
+    maxInFlight: 1 + rng.below(3),
+    heartbeatTimeoutMs: 100,
+    holdOnLossMs: 400,
+    batchPagesMax: 16 + rng.below(48),
+    deviceStateMax: 4096,
+    precopy: rng.chance(0.7) || precopyDrop,
+    precopyRemainingPagesMin: rng.below(4),
+    precopyBacklogBytesMax: 4096 * (1 + rng.below(16)),
+    copySilenceMs: 100 + rng.below(300),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
-  const makePrimary = (): Primary => new Primary(domain, gate, pclock, primaryOptions, {
-    phase: (phase, epoch) => {
-      if (fault.kind === 'drop-link' && phase === 'precopy-batch' && ++precopyBatches === fault.precopyBatch) {
-        if (guestDisk) dropArmed = true; else dropLink();
-      }
-      if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead) crashPrimary(fault.silent);
-      if (fault.kind === 'reconnect' && epoch === continuedEpoch && !continuedFaulted && 'phase' in fault.then && fault.then.phase === phase) {
-        const t = fault.then;
-        if (t.kind === 'crash-primary') { continuedFaulted = true; crashPrimary(t.silent); }
-        if (t.kind === 'reset-primary') { continuedFaulted = true; currentLinks?.[1].resetHere(); }
-        if (t.kind === 'corrupt') { continuedFaulted = true; if (currentLinks) currentLinks[1].corruptNext = true; }
-      }
-      if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) {
-        domainFaulted = true;
-        if (!fault.gone) domain.failNext = fault.step;
-        else { domain.gone = true; goneWhileLive = backup.live; }
-      }
-    },
-    checkpoint: (epoch) => { snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() }); },
-    event: (name, d) => {
-      trace('primary', name, d);
-      if (name === 'backup-lost') scheduleReconnect();
-      if (name === 'session-start' && sessionStarts++ > 0) laterSessions.push(d.kind === 'continued' ? 'continued' : `full: ${String(d.reason)}`);
-      if (name === 'session-start' && d.kind === 'continued' && continuedEpoch < 0 && fault.kind === 'reconnect') continuedEpoch = primary!.stats().epoch + 1;
-    },
-  }, replicator);
+  const makePrimary = (): Primary =>
+    new Primary(
+      domain,
+      gate,
+      pclock,
+      primaryOptions,
+      {
+        phase: (phase, epoch) => {
+          if (fault.kind === 'drop-link' && phase === 'precopy-batch' && ++precopyBatches === fault.precopyBatch) {
+            if (guestDisk) dropArmed = true;
+            else dropLink();
+          }
+          if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead)
+            crashPrimary(fault.silent);
+          if (
+            fault.kind === 'reconnect' &&
+            epoch === continuedEpoch &&
+            !continuedFaulted &&
+            'phase' in fault.then &&
+            fault.then.phase === phase
+          ) {
+            const t = fault.then;
+            if (t.kind === 'crash-primary') {
+              continuedFaulted = true;
+              crashPrimary(t.silent);
+            }
+            if (t.kind === 'reset-primary') {
+              continuedFaulted = true;
+              currentLinks?.[1].resetHere();
+            }
+            if (t.kind === 'corrupt') {
+              continuedFaulted = true;
+              if (currentLinks) currentLinks[1].corruptNext = true;
+            }
+          }
+          if (fault.kind === 'domain-error' && fault.step === phase && fault.epoch === epoch && !domainFaulted) {
+            domainFaulted = true;
+            if (!fault.gone) domain.failNext = fault.step;
+            else {
+              domain.gone = true;
+              goneWhileLive = backup.live;
+            }
+          }
+        },
+        checkpoint: (epoch) => {
+          snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() });
+        },
+        event: (name, d) => {
+          trace('primary', name, d);
+          if (name === 'backup-lost') scheduleReconnect();
+          if (name === 'session-start' && sessionStarts++ > 0)
+            laterSessions.push(d.kind === 'continued' ? 'continued' : `full: ${String(d.reason)}`);
+          if (name === 'session-start' && d.kind === 'continued' && continuedEpoch < 0 && fault.kind === 'reconnect')
+            continuedEpoch = primary!.stats().epoch + 1;
+        },
+      },
+      replicator,
+    );
   primary = makePrimary();
 
   let backupDead = false;
@@ -490,43 +733,87 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
-    const b: Backup = new Backup(bclock, { pageCountMax: 1 << 20, batchPagesMax: 64, handshakeTimeoutMs: 150, copySilenceMs: 100 + rng.below(300), replicaFor: (h) => new MemReplica(h.pageCount, h.diskBytes ? reuseDisk ?? new MemDiskTarget(h.diskBytes) : null, reuseDisk !== null) }, {
-      commit: (epoch, r) => {
-        commits++;
-        const snap = snapshots.get(epoch);
-        if (!snap || r.image.crc32c() !== snap.crc) violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
-        const rdisk = (r as MemReplica).diskTarget;
-        if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc)) violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
-        maxCommitted = Math.max(maxCommitted, epoch);
-        if (primaryDead) committedAfterDeath = true;
+    const b: Backup = new Backup(
+      bclock,
+      {
+        pageCountMax: 1 << 20,
+        batchPagesMax: 64,
+        handshakeTimeoutMs: 150,
+        copySilenceMs: 100 + rng.below(300),
+        replicaFor: (h) =>
+          new MemReplica(
+            h.pageCount,
+            h.diskBytes ? (reuseDisk ?? new MemDiskTarget(h.diskBytes)) : null,
+            reuseDisk !== null,
+          ),
       },
-      phase: (phase, epoch) => {
-        const then = fault.kind === 'reconnect' && fault.then.kind === 'crash-backup' && epoch === continuedEpoch ? fault.then : null;
-        if (then && then.phase === phase && !continuedFaulted && !backupDead && b === backup) {
-          continuedFaulted = true;
-          backupDead = true;
-          currentLinks?.[0].die(then.silent);
-          clock.setTimer(100, () => { backup = makeBackup(); });
-          throw new Crash('backup');
-        }
-        if (fault.kind === 'crash-backup' && fault.phase === phase && fault.epoch === epoch && !backupDead && b === backup && !backupFaulted) {
-          backupDead = true;
-          backupFaulted = true; // once: the restarted backup is healthy
-          currentLinks?.[0].die(fault.silent);
-          if (fault.restartAfterMs !== null) clock.setTimer(fault.restartAfterMs, () => { backup = makeBackup(); });
-          throw new Crash('backup');
-        }
+      {
+        commit: (epoch, r) => {
+          commits++;
+          const snap = snapshots.get(epoch);
+          if (!snap || r.image.crc32c() !== snap.crc)
+            violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
+          const rdisk = (r as MemReplica).diskTarget;
+          if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc))
+            violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
+          maxCommitted = Math.max(maxCommitted, epoch);
+          if (primaryDead) committedAfterDeath = true;
+        },
+        phase: (phase, epoch) => {
+          const then =
+            fault.kind === 'reconnect' && fault.then.kind === 'crash-backup' && epoch === continuedEpoch
+              ? fault.then
+              : null;
+          if (then && then.phase === phase && !continuedFaulted && !backupDead && b === backup) {
+            continuedFaulted = true;
+            backupDead = true;
+            currentLinks?.[0].die(then.silent);
+            clock.setTimer(100, () => {
+              backup = makeBackup();
+            });
+            throw new Crash('backup');
+          }
+          if (
+            fault.kind === 'crash-backup' &&
+            fault.phase === phase &&
+            fault.epoch === epoch &&
+            !backupDead &&
+            b === backup &&
+            !backupFaulted
+          ) {
+            backupDead = true;
+            backupFaulted = true; // once: the restarted backup is healthy
+            currentLinks?.[0].die(fault.silent);
+            if (fault.restartAfterMs !== null)
+              clock.setTimer(fault.restartAfterMs, () => {
+                backup = makeBackup();
+              });
+            throw new Crash('backup');
+          }
+        },
+        event: (name, d) => {
+          trace('backup', name, d);
+          if (name === 'protocol-error' && d.code === ErrorCode.DISK_REF_MISMATCH)
+            violate(`a disk reference did not match at the backup: ${String(d.message)}`);
+          if (name === 'failover')
+            resumed = {
+              epoch: Number(d.epoch),
+              seq: Number(d.seq),
+              crc: Number(d.crc),
+              diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc),
+            };
+          if (name === 'failover' && fault.kind === 'stray')
+            violate(
+              `the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`,
+            );
+          if (name === 'internal-error' && !backupDead)
+            violate(`the backup met a bug on peer input: ${String(d.message)}`);
+          // Nothing in this world alters an image: a continued one that differs is a bug of the reconnect.
+          if (name === 'protocol-error' && d.code === ErrorCode.MEMORY_DIVERGED)
+            violate(`a continued image differed: ${String(d.message)}`);
+        },
       },
-      event: (name, d) => {
-        trace('backup', name, d);
-        if (name === 'protocol-error' && d.code === ErrorCode.DISK_REF_MISMATCH) violate(`a disk reference did not match at the backup: ${String(d.message)}`);
-        if (name === 'failover') resumed = { epoch: Number(d.epoch), seq: Number(d.seq), crc: Number(d.crc), diskCrc: d.diskCrc === undefined ? null : Number(d.diskCrc) };
-        if (name === 'failover' && fault.kind === 'stray') violate(`the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`);
-        if (name === 'internal-error' && !backupDead) violate(`the backup met a bug on peer input: ${String(d.message)}`);
-        // Nothing in this world alters an image: a continued one that differs is a bug of the reconnect.
-        if (name === 'protocol-error' && d.code === ErrorCode.MEMORY_DIVERGED) violate(`a continued image differed: ${String(d.message)}`);
-      },
-    });
+    );
     return b;
   };
   backup = makeBackup();
@@ -544,8 +831,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (reconnecting) return;
     reconnecting = true;
     const attempt = (): void => {
-      if (primaryDead || ['fenced', 'stopped'].includes(primary!.stats().state)) { reconnecting = false; return; }
-      if (net.cut || !connect()) { pclock.setTimer(50, attempt); return; }
+      if (primaryDead || ['fenced', 'stopped'].includes(primary!.stats().state)) {
+        reconnecting = false;
+        return;
+      }
+      if (net.cut || !connect()) {
+        pclock.setTimer(50, attempt);
+        return;
+      }
       reconnecting = false;
     };
     pclock.setTimer(20, attempt);
@@ -555,14 +848,26 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   connect();
   if (fault.kind === 'drop-link' && fault.precopyBatch === undefined) clock.setTimer(fault.atMs, dropLink);
   if (fault.kind === 'delay') {
-    clock.setTimer(fault.atMs, () => { net.extraLatency = fault.extraMs; });
-    clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });
+    clock.setTimer(fault.atMs, () => {
+      net.extraLatency = fault.extraMs;
+    });
+    clock.setTimer(fault.atMs + fault.forMs, () => {
+      net.extraLatency = 0;
+    });
   }
   if (fault.kind === 'stray') {
     const at = fault.atMs;
     if (fault.afterGoodbye) {
-      clock.setTimer(at, () => { if (!primaryDead) primary!.stop(); });
-      clock.setTimer(at + 300, () => { maxCommitted = 0; gate = makeGate(); primary = makePrimary(); primary.start(); connect(); });
+      clock.setTimer(at, () => {
+        if (!primaryDead) primary!.stop();
+      });
+      clock.setTimer(at + 300, () => {
+        maxCommitted = 0;
+        gate = makeGate();
+        primary = makePrimary();
+        primary.start();
+        connect();
+      });
     }
     clock.setTimer(at + (fault.afterGoodbye ? 20 : 0), () => strayPeer(net, backup, fault.act));
   }
@@ -575,10 +880,16 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       if (fault.how === 'corrupt') l[1].corruptNext = true;
       if (fault.how === 'silence') net.extraLatency = fault.forMs;
     });
-    if (fault.how === 'silence') clock.setTimer(fault.atMs + fault.forMs, () => { net.extraLatency = 0; });
+    if (fault.how === 'silence')
+      clock.setTimer(fault.atMs + fault.forMs, () => {
+        net.extraLatency = 0;
+      });
   }
   if (fault.kind === 'corrupt') {
-    clock.setTimer(fault.atMs, () => { const l = currentLinks; if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true; });
+    clock.setTimer(fault.atMs, () => {
+      const l = currentLinks;
+      if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true;
+    });
   }
   clock.runUntil(durationMs);
 
@@ -586,40 +897,80 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const r = resumed as { epoch: number; seq: number; crc: number; diskCrc: number | null } | null;
   if (r) {
     const snap = snapshots.get(r.epoch);
-    if (!snap || snap.crc !== r.crc) violate(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
-    if (withDisk && (!snap || r.diskCrc !== snap.diskCrc)) violate(`the backup resumed epoch ${r.epoch} with a disk that is not the primary's at that checkpoint`);
+    if (!snap || snap.crc !== r.crc)
+      violate(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
+    if (withDisk && (!snap || r.diskCrc !== snap.diskCrc))
+      violate(`the backup resumed epoch ${r.epoch} with a disk that is not the primary's at that checkpoint`);
     const ahead = seen.filter((o) => o.seq > r.seq);
-    if (ahead.length) violate(`${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`);
-    if (!primaryDead && primary.stats().state !== 'fenced') violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
+    if (ahead.length)
+      violate(
+        `${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`,
+      );
+    if (!primaryDead && primary.stats().state !== 'fenced')
+      violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
   }
   const due = backupLiveAtDeath || committedAfterDeath; // a live session lost its primary
-  if (primaryDead && due && !r && !backupDead) violate('the primary died in a live session but the backup never failed over');
+  if (primaryDead && due && !r && !backupDead)
+    violate('the primary died in a live session but the backup never failed over');
   if (fault.kind === 'reconnect' && fault.how !== 'silence' && ackedAtFault > 0) {
     // Both lived: the session is continued (no copy, no failover) unless the second fault killed one.
     const next = laterSessions[0];
     if (next !== undefined && next !== 'continued') violate(`the session after a ${fault.how} copied all (${next})`);
-    if (r && fault.then.kind !== 'crash-primary') violate(`the backup failed over after a ${fault.how} although the primary lived`);
+    if (r && fault.then.kind !== 'crash-primary')
+      violate(`the backup failed over after a ${fault.how} although the primary lived`);
   }
   const gone = fault.kind === 'domain-error' && fault.gone;
-  if (gone && goneWhileLive && !r) violate('the primary\'s domain vanished during a live session, yet the backup never failed over');
+  if (gone && goneWhileLive && !r)
+    violate("the primary's domain vanished during a live session, yet the backup never failed over");
   if (!primaryDead && !r && !gone && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
     violate(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
   }
-  if (fault.kind === 'crash-backup' && !primaryDead && !r && fault.restartAfterMs !== null && primary.stats().state !== 'protected') {
+  if (
+    fault.kind === 'crash-backup' &&
+    !primaryDead &&
+    !r &&
+    fault.restartAfterMs !== null &&
+    primary.stats().state !== 'protected'
+  ) {
     violate(`the backup restarted but the primary did not re-protect (state ${primary.stats().state})`);
   }
-  if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0) violate('the guest wrote to its disk but nothing was forwarded');
-  return { seed, fault, violations, commits, diskRefPages: primary.stats().diskRefPages, failedOver: r !== null, primaryState: primaryDead ? 'dead' : primary.stats().state, outputsSeen: seen.length, laterSessions };
+  if (withDisk && !primaryDead && primary.stats().state === 'protected' && replicator!.stats().forwardedWrites === 0)
+    violate('the guest wrote to its disk but nothing was forwarded');
+  return {
+    seed,
+    fault,
+    violations,
+    commits,
+    diskRefPages: primary.stats().diskRefPages,
+    failedOver: r !== null,
+    primaryState: primaryDead ? 'dead' : primary.stats().state,
+    outputsSeen: seen.length,
+    laterSessions,
+  };
 }
 
 /** A peer on the backup's port that is not the primary (see STRAY_ACTS). */
 function strayPeer(net: Net, backup: Backup, act: StrayAct): void {
   const [b, p] = net.pair();
   backup.attach(b);
-  const hello = (domain: string): void => p.send(Rec.HELLO, jsonBody({
-    kind: 'sim', domain, pageCount: 16, pageSize: PAGE, compressor: 'zstd', intervalMs: 20, heartbeatTimeoutMs: 100,
-    deviceStateMax: 4096, sessionId: 'stray-1',
-  }, PROTOCOL_VERSION));
+  const hello = (domain: string): void =>
+    p.send(
+      Rec.HELLO,
+      jsonBody(
+        {
+          kind: 'sim',
+          domain,
+          pageCount: 16,
+          pageSize: PAGE,
+          compressor: 'zstd',
+          intervalMs: 20,
+          heartbeatTimeoutMs: 100,
+          deviceStateMax: 4096,
+          sessionId: 'stray-1',
+        },
+        PROTOCOL_VERSION,
+      ),
+    );
   if (act === 'close') p.close();
   if (act === 'garbage') p.send(0x7777, Buffer.from('GET / HTTP/1.0\r\n\r\n'));
   if (act === 'bad-hello') hello('../../../pwned');

@@ -8,8 +8,16 @@ export class TapLink implements Link {
   sent: Array<{ type: number; body: Buffer }> = [];
   closed = false;
   rec: (t: number, b: Buffer) => void = () => {};
-  send(type: number, body: Uint8Array): void { this.sent.push({ type, body: Buffer.from(body) }); }
-  close(): void { this.closed = true; }
-  onRecord(cb: (t: number, b: Buffer) => void): void { this.rec = cb; }
-  onClose(): void { /* not used */ }
+  send(type: number, body: Uint8Array): void {
+    this.sent.push({ type, body: Buffer.from(body) });
+  }
+  close(): void {
+    this.closed = true;
+  }
+  onRecord(cb: (t: number, b: Buffer) => void): void {
+    this.rec = cb;
+  }
+  onClose(): void {
+    /* not used */
+  }
 }

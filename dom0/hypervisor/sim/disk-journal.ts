@@ -18,9 +18,14 @@ import type { BlockGenerations } from '../../../blktap/block-generations';
 import { loadAddon } from '../../native';
 
 export const JOURNAL_SLOTS = 128;
-const HEADER_WORDS = 4, SLOT_HEAD = 16, SLOT_BYTES = SLOT_HEAD + DB_PAGE;
-const K_WRITE = 1, K_DURABLE = 2, K_READ = 3;
-const J_HEAD = 0, J_TAIL = 1;
+const HEADER_WORDS = 4,
+  SLOT_HEAD = 16,
+  SLOT_BYTES = SLOT_HEAD + DB_PAGE;
+const K_WRITE = 1,
+  K_DURABLE = 2,
+  K_READ = 3;
+const J_HEAD = 0,
+  J_TAIL = 1;
 
 export function makeJournal(): SharedArrayBuffer {
   return new SharedArrayBuffer(HEADER_WORDS * 4 + JOURNAL_SLOTS * SLOT_BYTES);
@@ -33,7 +38,11 @@ export class JournaledDisk implements ModelDisk {
   private readonly dv: DataView;
   readonly blocks: number;
 
-  constructor(private readonly file: BlockFile, sab: SharedArrayBuffer, private readonly gens: BlockGenerations) {
+  constructor(
+    private readonly file: BlockFile,
+    sab: SharedArrayBuffer,
+    private readonly gens: BlockGenerations,
+  ) {
     this.words = new Int32Array(sab, 0, HEADER_WORDS);
     this.bytes = new Uint8Array(sab);
     this.dv = new DataView(sab);
@@ -43,7 +52,8 @@ export class JournaledDisk implements ModelDisk {
   read(block: number, into: Uint8Array): void {
     const before = this.gens.get(block);
     this.file.read(block * DB_PAGE, into);
-    if ((before & 1) === 0 && this.gens.get(block) === before) this.append(K_READ, block, before, loadAddon().crc32c(into), null);
+    if ((before & 1) === 0 && this.gens.get(block) === before)
+      this.append(K_READ, block, before, loadAddon().crc32c(into), null);
   }
 
   write(block: number, from: Uint8Array, durable: boolean): void {
@@ -55,7 +65,8 @@ export class JournaledDisk implements ModelDisk {
 
   private append(kind: number, block: number, gen: number, crc: number, data: Uint8Array | null): void {
     for (;;) {
-      const tail = Atomics.load(this.words, J_TAIL), head = Atomics.load(this.words, J_HEAD);
+      const tail = Atomics.load(this.words, J_TAIL),
+        head = Atomics.load(this.words, J_HEAD);
       if (tail - head < JOURNAL_SLOTS) {
         const at = HEADER_WORDS * 4 + (tail % JOURNAL_SLOTS) * SLOT_BYTES;
         this.dv.setUint32(at, kind, true);
@@ -79,12 +90,15 @@ export interface JournalSink {
 
 /** Main thread: hands every journaled entry, in order, to the sink. Returns how many. */
 export function drainJournal(sab: SharedArrayBuffer, sink: JournalSink): number {
-  const words = new Int32Array(sab, 0, HEADER_WORDS), dv = new DataView(sab);
+  const words = new Int32Array(sab, 0, HEADER_WORDS),
+    dv = new DataView(sab);
   const tail = Atomics.load(words, J_TAIL);
-  let head = Atomics.load(words, J_HEAD), n = 0;
+  let head = Atomics.load(words, J_HEAD),
+    n = 0;
   for (; head < tail; head++, n++) {
     const at = HEADER_WORDS * 4 + (head % JOURNAL_SLOTS) * SLOT_BYTES;
-    const kind = dv.getUint32(at, true), block = dv.getUint32(at + 4, true);
+    const kind = dv.getUint32(at, true),
+      block = dv.getUint32(at + 4, true);
     if (kind === K_READ) sink.read(block, dv.getUint32(at + 12, true), dv.getUint32(at + 8, true));
     else sink.write(block * DB_PAGE, Buffer.from(new Uint8Array(sab, at + SLOT_HEAD, DB_PAGE)), kind === K_DURABLE);
   }

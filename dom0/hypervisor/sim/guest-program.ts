@@ -15,25 +15,46 @@ export const WORKLOADS = ['oltp', 'scan', 'idle', 'trace'] as const;
 export type Workload = (typeof WORKLOADS)[number];
 
 const MAGIC = 'RDBGUEST';
-const H_VERSION = 8, H_WORKLOAD = 12, H_SEED = 16, H_STEPS = 24, H_SEQ = 32, H_HASH = 40;
-const H_TRACE_OFF = 48, H_DISK_BLOCKS = 56, H_TRACE_PATH = 2048, TRACE_PATH_MAX = 1024;
+const H_VERSION = 8,
+  H_WORKLOAD = 12,
+  H_SEED = 16,
+  H_STEPS = 24,
+  H_SEQ = 32,
+  H_HASH = 40;
+const H_TRACE_OFF = 48,
+  H_DISK_BLOCKS = 56,
+  H_TRACE_PATH = 2048,
+  TRACE_PATH_MAX = 1024;
 const H_MODEL = 64;
 export const GUEST_PAGES_MIN = 128;
 
 export type Emit = (seq: number, value: number) => void;
 
-export interface GuestHeader { workload: Workload; seed: number; steps: number; seq: number; stateHash: string; }
+export interface GuestHeader {
+  workload: Workload;
+  seed: number;
+  steps: number;
+  seq: number;
+  stateHash: string;
+}
 
 export class GuestProgram {
   private readonly dv: DataView;
   private readonly model: DbMemoryModel;
   private trace: TraceReplay | null = null;
 
-  private constructor(readonly mem: GuestMemory, readonly workload: Workload, readonly seed: number) {
+  private constructor(
+    readonly mem: GuestMemory,
+    readonly workload: Workload,
+    readonly seed: number,
+  ) {
     const header = mem.page(0);
     this.dv = new DataView(header.buffer, header.byteOffset, DB_PAGE);
     this.model = new DbMemoryModel(afterHeader(mem), new Prng(seed));
-    assert(H_MODEL + this.model.stateBytes() <= H_TRACE_PATH, 'the model state fits the header page, before the trace path');
+    assert(
+      H_MODEL + this.model.stateBytes() <= H_TRACE_PATH,
+      'the model state fits the header page, before the trace path',
+    );
   }
 
   /**
@@ -41,15 +62,21 @@ export class GuestProgram {
    * the guest formats it and does its I/O there: refills read blocks, commits write the WAL
    * page durably, and dirty pages are written back now and then.
    */
-  static boot(memory: GuestMemory | Uint8Array, workload: Workload, seed: number, tracePath?: string,
-    disk?: ModelDisk): GuestProgram {
+  static boot(
+    memory: GuestMemory | Uint8Array,
+    workload: Workload,
+    seed: number,
+    tracePath?: string,
+    disk?: ModelDisk,
+  ): GuestProgram {
     const mem = GuestMemory.of(memory);
     assert(mem.pageCount >= GUEST_PAGES_MIN, 'guest memory size');
     mem.page(0).fill(0);
     const g = new GuestProgram(mem, workload, seed);
     if (workload === 'trace') {
       const p = Buffer.from(tracePath ?? '', 'utf8');
-      if (p.length === 0 || p.length > TRACE_PATH_MAX) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'trace workload needs a trace file path (at most 1024 bytes)');
+      if (p.length === 0 || p.length > TRACE_PATH_MAX)
+        throw new RemusError(ErrorCode.BAD_ARGUMENT, 'trace workload needs a trace file path (at most 1024 bytes)');
       mem.page(0).set(p, H_TRACE_PATH);
       g.dv.setBigUint64(H_TRACE_OFF, BigInt(TraceReplay.open(tracePath!, mem.pageCount - 1).firstRecord), true);
     } else if (workload !== 'idle') {
@@ -75,7 +102,8 @@ export class GuestProgram {
     const mem = GuestMemory.of(memory);
     const header = mem.page(0);
     const magic = String.fromCharCode(...header.subarray(0, 8));
-    if (magic !== MAGIC) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest memory holds no simulated guest (bad header magic)');
+    if (magic !== MAGIC)
+      throw new RemusError(ErrorCode.NO_DOMAIN, 'guest memory holds no simulated guest (bad header magic)');
     const dv = new DataView(header.buffer, header.byteOffset, DB_PAGE);
     const workload = WORKLOADS[dv.getUint32(H_WORKLOAD, true)];
     if (!workload) throw new RemusError(ErrorCode.NO_DOMAIN, 'guest header names an unknown workload');
@@ -83,7 +111,11 @@ export class GuestProgram {
     g.model.loadState(g.dv, H_MODEL);
     const blocks = dv.getUint32(H_DISK_BLOCKS, true);
     if (blocks > 0 && disk) {
-      if (disk.blocks !== blocks) throw new RemusError(ErrorCode.NO_DOMAIN, `the guest's disk has ${blocks} blocks; the disk given has ${disk.blocks}`);
+      if (disk.blocks !== blocks)
+        throw new RemusError(
+          ErrorCode.NO_DOMAIN,
+          `the guest's disk has ${blocks} blocks; the disk given has ${disk.blocks}`,
+        );
       g.model.attachDisk(disk);
     }
     return g;
@@ -94,7 +126,10 @@ export class GuestProgram {
     if (!this.trace) {
       const raw = this.mem.page(0).subarray(H_TRACE_PATH, H_TRACE_PATH + TRACE_PATH_MAX);
       const end = raw.indexOf(0);
-      this.trace = TraceReplay.open(Buffer.from(raw.subarray(0, end < 0 ? raw.length : end)).toString('utf8'), this.mem.pageCount - 1);
+      this.trace = TraceReplay.open(
+        Buffer.from(raw.subarray(0, end < 0 ? raw.length : end)).toString('utf8'),
+        this.mem.pageCount - 1,
+      );
     }
     const off = Number(this.dv.getBigUint64(H_TRACE_OFF, true));
     const next = this.trace.applyEpoch(off, afterHeader(this.mem));
@@ -103,12 +138,16 @@ export class GuestProgram {
   }
 
   /** Blocks of the guest's disk (0: it has none). */
-  get diskBlocks(): number { return this.dv.getUint32(H_DISK_BLOCKS, true); }
+  get diskBlocks(): number {
+    return this.dv.getUint32(H_DISK_BLOCKS, true);
+  }
 
   get header(): GuestHeader {
-    const lo = this.dv.getUint32(H_HASH, true), hi = this.dv.getUint32(H_HASH + 4, true);
+    const lo = this.dv.getUint32(H_HASH, true),
+      hi = this.dv.getUint32(H_HASH + 4, true);
     return {
-      workload: this.workload, seed: this.seed,
+      workload: this.workload,
+      seed: this.seed,
       steps: Number(this.dv.getBigUint64(H_STEPS, true)),
       seq: Number(this.dv.getBigUint64(H_SEQ, true)),
       stateHash: hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0'),
@@ -117,14 +156,20 @@ export class GuestProgram {
 
   /** Runs one step (a transaction) and emits its output; all state is saved to memory. */
   step(emit: Emit): void {
-    const value = this.workload === 'oltp' ? this.model.transaction(0.02, 180)
-      : this.workload === 'scan' ? this.model.scanStep(4)
-        : this.workload === 'trace' ? this.traceEpoch() : 0;
+    const value =
+      this.workload === 'oltp'
+        ? this.model.transaction(0.02, 180)
+        : this.workload === 'scan'
+          ? this.model.scanStep(4)
+          : this.workload === 'trace'
+            ? this.traceEpoch()
+            : 0;
     const steps = this.dv.getBigUint64(H_STEPS, true) + 1n;
     const seq = this.dv.getBigUint64(H_SEQ, true) + 1n;
     this.dv.setBigUint64(H_STEPS, steps, true);
     this.dv.setBigUint64(H_SEQ, seq, true);
-    let lo = this.dv.getUint32(H_HASH, true), hi = this.dv.getUint32(H_HASH + 4, true);
+    let lo = this.dv.getUint32(H_HASH, true),
+      hi = this.dv.getUint32(H_HASH + 4, true);
     lo = Math.imul(lo ^ Number(seq & 0xffffffffn), 0x01000193) >>> 0;
     hi = Math.imul(hi ^ value ^ (lo >>> 7), 0x5bd1e995) >>> 0;
     this.dv.setUint32(H_HASH, lo, true);
@@ -140,28 +185,45 @@ export class GuestProgram {
  * end of the trace the guest idles.
  */
 class TraceReplay {
-  private constructor(private readonly fd: number, readonly firstRecord: number, private readonly totalPages: number) {}
+  private constructor(
+    private readonly fd: number,
+    readonly firstRecord: number,
+    private readonly totalPages: number,
+  ) {}
 
   static open(file: string, guestPages: number): TraceReplay {
     let fd: number;
-    try { fd = fs.openSync(file, 'r'); } catch (e) {
+    try {
+      fd = fs.openSync(file, 'r');
+    } catch (e) {
       throw new RemusError(ErrorCode.IO, `cannot open trace ${file}: ${(e as Error).message}`, {}, { cause: e });
     }
     const h = Buffer.alloc(24);
     fs.readSync(fd, h, 0, 24, 0);
-    if (h[0] === 0x1f && h[1] === 0x8b) throw new RemusError(ErrorCode.BAD_TRACE, `${file} is gzip-compressed: gunzip it first (the guest resumes at a byte offset)`);
-    if (h.subarray(0, 8).toString('latin1') !== 'RDTRACE1' || h.readUInt32LE(8) !== DB_PAGE) throw new RemusError(ErrorCode.BAD_TRACE, `${file} is not an RDTRACE1 trace of 4096-byte pages`);
+    if (h[0] === 0x1f && h[1] === 0x8b)
+      throw new RemusError(
+        ErrorCode.BAD_TRACE,
+        `${file} is gzip-compressed: gunzip it first (the guest resumes at a byte offset)`,
+      );
+    if (h.subarray(0, 8).toString('latin1') !== 'RDTRACE1' || h.readUInt32LE(8) !== DB_PAGE)
+      throw new RemusError(ErrorCode.BAD_TRACE, `${file} is not an RDTRACE1 trace of 4096-byte pages`);
     const total = Number(h.readBigUInt64LE(16));
-    if (total > guestPages) throw new RemusError(ErrorCode.BAD_ARGUMENT, `${file} needs ${total + 1} pages of guest memory; the guest has ${guestPages + 1}`);
+    if (total > guestPages)
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        `${file} needs ${total + 1} pages of guest memory; the guest has ${guestPages + 1}`,
+      );
     return new TraceReplay(fd, 24, total);
   }
 
   applyEpoch(offset: number, mem: PageSpace): { offset: number; pages: number } {
-    const h = Buffer.alloc(8), pfn = Buffer.alloc(8);
+    const h = Buffer.alloc(8),
+      pfn = Buffer.alloc(8);
     let pages = 0;
     for (;;) {
       if (fs.readSync(this.fd, h, 0, 8, offset) < 8) return { offset, pages }; // end of trace: idle
-      const type = h[0], len = h.readUInt32LE(4);
+      const type = h[0],
+        len = h.readUInt32LE(4);
       if (type === 1 && len === 8 + DB_PAGE) {
         fs.readSync(this.fd, pfn, 0, 8, offset + 8);
         const p = Number(pfn.readBigUInt64LE(0));
@@ -183,8 +245,14 @@ function afterHeader(mem: GuestMemory): PageSpace {
 }
 
 /** Rebuilds the memory a guest has after `steps` steps (verification by replay; any size). */
-export function replayGuest(pages: number, workload: Workload, seed: number, steps: number, tracePath?: string,
-  disk?: ModelDisk): GuestMemory {
+export function replayGuest(
+  pages: number,
+  workload: Workload,
+  seed: number,
+  steps: number,
+  tracePath?: string,
+  disk?: ModelDisk,
+): GuestMemory {
   const mem = GuestMemory.allocate(pages);
   const g = GuestProgram.boot(mem, workload, seed, tracePath, disk);
   for (let i = 0; i < steps; i++) g.step(() => {});
@@ -201,7 +269,10 @@ export interface MemDiskHooks {
 /** A guest disk in memory: replay checks and the fault simulator. */
 export class MemModelDisk implements ModelDisk {
   readonly bytes: Uint8Array;
-  constructor(readonly blocks: number, private readonly hooks: MemDiskHooks = {}) {
+  constructor(
+    readonly blocks: number,
+    private readonly hooks: MemDiskHooks = {},
+  ) {
     this.bytes = new Uint8Array(blocks * DB_PAGE);
   }
   read(block: number, into: Uint8Array): void {

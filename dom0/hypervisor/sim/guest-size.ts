@@ -26,9 +26,11 @@ export function simGuestBytesProblem(bytes: number): string | null {
     return `${String(bytes)} bytes is not a positive multiple of ${PAGE_BYTES}`;
   }
   if (bytes > SIM_GUEST_BYTES_MAX) {
-    return `${bytes} bytes (${fmtSize(bytes)}) of guest memory is more than a simulated guest can have: ` +
+    return (
+      `${bytes} bytes (${fmtSize(bytes)}) of guest memory is more than a simulated guest can have: ` +
       `at most ${SIM_GUEST_BYTES_MAX} bytes (${fmtSize(SIM_GUEST_BYTES_MAX)}, SIM_GUEST_BYTES_MAX), the guest ` +
-      'memory arena\'s mapping limit';
+      "memory arena's mapping limit"
+    );
   }
   return null;
 }
@@ -47,12 +49,19 @@ export function checkSimGuestBytes(bytes: number, what: string, code: ErrorCodeV
  * Throws RemusError(code) when a simulated guest of `bytes` cannot be resident on this host
  * (more than its RAM): the kernel would kill the process part way through the boot or copy.
  */
-export function checkSimGuestFitsHost(bytes: number, what: string, code: ErrorCodeValue = ErrorCode.BAD_ARGUMENT): void {
+export function checkSimGuestFitsHost(
+  bytes: number,
+  what: string,
+  code: ErrorCodeValue = ErrorCode.BAD_ARGUMENT,
+): void {
   checkSimGuestBytes(bytes, what, code);
   const ram = os.totalmem();
   if (bytes > ram) {
-    throw new RemusError(code, `${what}: ${fmtSize(bytes)} of guest memory is more than this host's ${fmtSize(ram)} of RAM`,
-      { bytes, hostBytes: ram });
+    throw new RemusError(
+      code,
+      `${what}: ${fmtSize(bytes)} of guest memory is more than this host's ${fmtSize(ram)} of RAM`,
+      { bytes, hostBytes: ram },
+    );
   }
 }
 

@@ -12,19 +12,31 @@ export class OutputSink {
   readonly stats = { delivered: 0, dropped: 0, lastSeq: 0 };
   private closed = false;
 
-  constructor(private readonly client: { host: string; port: number } | null, private readonly queueMax = 100_000) {}
+  constructor(
+    private readonly client: { host: string; port: number } | null,
+    private readonly queueMax = 100_000,
+  ) {}
 
   deliver(o: SimOutput): void {
     this.stats.lastSeq = o.seq;
-    if (!this.client) { this.stats.delivered++; return; }
-    if (this.queue.length >= this.queueMax) { this.stats.dropped++; return; }
+    if (!this.client) {
+      this.stats.delivered++;
+      return;
+    }
+    if (this.queue.length >= this.queueMax) {
+      this.stats.dropped++;
+      return;
+    }
     this.queue.push(`${o.seq} ${o.value}\n`);
     this.flush();
   }
 
   private flush(): void {
     if (this.closed || !this.client) return;
-    if (!this.socket) { this.connect(); return; }
+    if (!this.socket) {
+      this.connect();
+      return;
+    }
     if (this.queue.length === 0) return;
     const n = this.queue.length;
     this.socket.write(this.queue.join(''));
@@ -37,8 +49,14 @@ export class OutputSink {
     this.connecting = true;
     const s = net.connect(this.client.port, this.client.host);
     s.setNoDelay(true);
-    s.once('connect', () => { this.connecting = false; this.socket = s; this.flush(); });
-    s.on('error', () => { /* close follows */ });
+    s.once('connect', () => {
+      this.connecting = false;
+      this.socket = s;
+      this.flush();
+    });
+    s.on('error', () => {
+      /* close follows */
+    });
     s.once('close', () => {
       this.connecting = false;
       if (this.socket === s) this.socket = null;

@@ -23,10 +23,23 @@ import { drainJournal, makeJournal, type JournalSink } from './disk-journal';
 import { GuestProgram, type Workload } from './guest-program';
 import { checkSimGuestFitsHost } from './guest-size';
 import {
-  C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, RUN, STOP, makeShared, type VcpuShared,
+  C_HEAD,
+  C_STATE,
+  C_STEPS_PER_SEC,
+  C_TAIL,
+  PAUSED,
+  PAUSE_REQ,
+  RING_SLOTS,
+  RUN,
+  STOP,
+  makeShared,
+  type VcpuShared,
 } from './vcpu-control';
 
-export interface SimOutput { seq: number; value: number; }
+export interface SimOutput {
+  seq: number;
+  value: number;
+}
 
 export interface SimDomainOptions {
   name: string;
@@ -66,24 +79,37 @@ export class SimDomain implements Domain {
   workerError: Error | null = null;
 
   /** Boots a fresh guest in a new arena (at most SIM_GUEST_BYTES_MAX and the host's RAM: ERR_BAD_ARGUMENT past it). */
-  static boot(memoryBytes: number, workload: Workload, seed: number, o: SimDomainOptions, tracePath?: string): SimDomain {
+  static boot(
+    memoryBytes: number,
+    workload: Workload,
+    seed: number,
+    o: SimDomainOptions,
+    tracePath?: string,
+  ): SimDomain {
     checkSimGuestFitsHost(memoryBytes, `sim:${o.name}`);
     const arena = new (loadAddon().Arena)(memoryBytes);
     try {
       const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
       try {
         // Formatting the disk happens here, before protection: the first session copies it whole.
-        const disk = file ? {
-          blocks: Math.floor(file.sizeBytes / PAGE_BYTES),
-          read: (b: number, into: Uint8Array) => file.read(b * PAGE_BYTES, into),
-          write: (b: number, from: Uint8Array) => file.write(b * PAGE_BYTES, from),
-        } : undefined;
+        const disk = file
+          ? {
+              blocks: Math.floor(file.sizeBytes / PAGE_BYTES),
+              read: (b: number, into: Uint8Array) => file.read(b * PAGE_BYTES, into),
+              write: (b: number, from: Uint8Array) => file.write(b * PAGE_BYTES, from),
+            }
+          : undefined;
         GuestProgram.boot(GuestMemory.ofArena(arena), workload, seed, tracePath, disk);
-      } finally { file?.close(); }
+      } finally {
+        file?.close();
+      }
       const d = new SimDomain(arena, o);
       d.startTracking(); // may fail too (ERR_OUT_OF_MEMORY)
       return d;
-    } catch (e) { arena.close(); throw e; }
+    } catch (e) {
+      arena.close();
+      throw e;
+    }
   }
 
   /**
@@ -91,7 +117,9 @@ export class SimDomain implements Domain {
    * starts only when this copy is protected again (its first capture or pre-copy): write-
    * protecting every resident page costs ~100 ms per GiB, which the failover does not wait for.
    */
-  static resume(arena: NativeArena, o: SimDomainOptions): SimDomain { return new SimDomain(arena, o); }
+  static resume(arena: NativeArena, o: SimDomainOptions): SimDomain {
+    return new SimDomain(arena, o);
+  }
 
   private startTracking(): void {
     if (this.dirtyMode !== 'off') return;
@@ -100,7 +128,10 @@ export class SimDomain implements Domain {
     this.dirtyReason = t.reason;
   }
 
-  private constructor(private readonly arena: NativeArena, private readonly o: SimDomainOptions) {
+  private constructor(
+    private readonly arena: NativeArena,
+    private readonly o: SimDomainOptions,
+  ) {
     this.name = o.name;
     this.pageCount = arena.pageCount;
     this.mem = GuestMemory.ofArena(arena);
@@ -109,10 +140,20 @@ export class SimDomain implements Domain {
     this.shared = makeShared();
     this.journal = o.diskPath && this.guestView.diskBlocks > 0 ? makeJournal() : null;
     // Without a replicator (a resumed backup) the vCPU still keeps generations, for nobody.
-    this.generations = this.journal ? (o.disk?.generations ?? new Generations(this.guestView.diskBlocks * PAGE_BYTES)) : null;
+    this.generations = this.journal
+      ? (o.disk?.generations ?? new Generations(this.guestView.diskBlocks * PAGE_BYTES))
+      : null;
     Atomics.store(this.shared.control, C_STEPS_PER_SEC, Math.max(0, Math.floor(o.stepsPerSec)));
-    this.worker = new Worker(WORKER, { workerData: { arenaId: arena.id, sab: this.shared.sab, disk: this.journal ? { path: o.diskPath, journal: this.journal, generations: this.generations!.buffer } : null } });
-    this.worker.on('error', (e) => { this.workerError = e; });
+    this.worker = new Worker(WORKER, {
+      workerData: {
+        arenaId: arena.id,
+        sab: this.shared.sab,
+        disk: this.journal ? { path: o.diskPath, journal: this.journal, generations: this.generations!.buffer } : null,
+      },
+    });
+    this.worker.on('error', (e) => {
+      this.workerError = e;
+    });
     const w = this.worker;
     this.workerExited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     this.worker.unref();
@@ -128,11 +169,20 @@ export class SimDomain implements Domain {
     Atomics.notify(c, C_STATE);
     const deadline = performance.now() + (this.o.suspendTimeoutMs ?? 2000);
     while (Atomics.load(c, C_STATE) !== PAUSED) {
-      if (this.workerError) throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} died: ${this.workerError.message}`, {}, { cause: this.workerError });
+      if (this.workerError)
+        throw new RemusError(
+          ErrorCode.VCPU,
+          `the vCPU of ${this.name} died: ${this.workerError.message}`,
+          {},
+          { cause: this.workerError },
+        );
       if (performance.now() > deadline) {
         // Withdraw the request so that the guest runs on; it may have stopped just now.
         if (Atomics.compareExchange(c, C_STATE, PAUSE_REQ, RUN) === PAUSED) break;
-        throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms (it runs on)`);
+        throw new RemusError(
+          ErrorCode.VCPU,
+          `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms (it runs on)`,
+        );
       }
       Atomics.wait(c, C_STATE, PAUSE_REQ, 5);
     }
@@ -154,8 +204,11 @@ export class SimDomain implements Domain {
     if (full) {
       // The engine pre-copies a simulated guest (live); a suspended whole copy is one buffer.
       if (this.pageCount * PAGE_BYTES > loadAddon().arenaBufferBytesMax) {
-        throw new RemusError(ErrorCode.BAD_ARGUMENT, `a whole suspended copy of ${this.name} (${this.pageCount} pages) ` +
-          'does not fit one buffer: guests past 4 GiB are copied live (pre-copy)');
+        throw new RemusError(
+          ErrorCode.BAD_ARGUMENT,
+          `a whole suspended copy of ${this.name} (${this.pageCount} pages) ` +
+            'does not fit one buffer: guests past 4 GiB are copied live (pre-copy)',
+        );
       }
       pfns = Uint32Array.from({ length: this.pageCount }, (_, i) => i);
       count = this.pageCount;
@@ -163,7 +216,9 @@ export class SimDomain implements Domain {
     const pages = Buffer.allocUnsafe(count * PAGE_BYTES);
     this.arena.copyPages(pfns, count, pages);
     const own = full ? pfns : pfns.slice(0, count);
-    const deviceState = Buffer.from(JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }));
+    const deviceState = Buffer.from(
+      JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }),
+    );
     return { pfns: own, count, pages, deviceState };
   }
 
@@ -184,9 +239,13 @@ export class SimDomain implements Domain {
   /** Outputs (and completed disk writes) the guest produced since the last drain, in order. */
   drainOutputs(): void {
     if (this.journal) {
-      const gens = this.generations!, sink = this.o.disk;
+      const gens = this.generations!,
+        sink = this.o.disk;
       drainJournal(this.journal, {
-        write: (off, data, durable) => { sink?.write(off, data, durable); gens.endWrite(off, data.length); },
+        write: (off, data, durable) => {
+          sink?.write(off, data, durable);
+          gens.endWrite(off, data.length);
+        },
         read: (block, crc, gen) => sink?.read(block, crc, gen),
       });
     }
@@ -220,7 +279,9 @@ export class SimDomain implements Domain {
     // Let the vCPU leave its loop by itself: terminating a thread that is inside a native
     // call can abort the process. Terminate only if it does not stop in time. The exit is
     // watched since construction, so a vCPU that is already gone resolves at once.
-    const t = setTimeout(() => { void w.terminate(); }, 2000);
+    const t = setTimeout(() => {
+      void w.terminate();
+    }, 2000);
     await this.workerExited;
     clearTimeout(t);
     this.arena.close();

@@ -17,9 +17,7 @@ import { SIM_DEVICE_STATE_BYTES_MAX } from '../../limits';
 import { parseHostPort } from '../../protocol/channel';
 import { protectLockPath, runtimeDir } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
-import type {
-  DomainDriver, HeldOutputs, OpenedDomain, OpenRequest, ReplicaRequest, StatusDiskPort,
-} from '../driver';
+import type { DomainDriver, HeldOutputs, OpenedDomain, OpenRequest, ReplicaRequest, StatusDiskPort } from '../driver';
 import type { JournalSink } from './disk-journal';
 import type { Workload } from './guest-program';
 import { checkSimGuestFitsHost } from './guest-size';
@@ -46,11 +44,26 @@ export const simDriver: DomainDriver = {
   wireKind: 'sim',
   title: 'simulated guest in this process (sim:<name>)',
   features: {
-    backupHost: true, blackhole: true, precopy: true, continuedSession: true, disk: true, readTracking: true,
-    netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
-    reprotect: true, reuseDisk: true, checksumOnFailover: true,
+    backupHost: true,
+    blackhole: true,
+    precopy: true,
+    continuedSession: true,
+    disk: true,
+    readTracking: true,
+    netBufferNfqueue: true,
+    netBufferPlug: true,
+    commitProtection: true,
+    journal: true,
+    metrics: true,
+    reprotect: true,
+    reuseDisk: true,
+    checksumOnFailover: true,
   },
-  defaults: { heartbeatTimeoutMs: (intervalMs) => 2 * intervalMs + 100, deviceStateBytesMax: SIM_DEVICE_STATE_BYTES_MAX, netBuffer: null },
+  defaults: {
+    heartbeatTimeoutMs: (intervalMs) => 2 * intervalMs + 100,
+    deviceStateBytesMax: SIM_DEVICE_STATE_BYTES_MAX,
+    netBuffer: null,
+  },
   ownOptions: ['memory', 'workload', 'seed', 'rate', 'client', 'disk'],
   probe() {
     try {
@@ -72,14 +85,23 @@ function openSim(req: OpenRequest): OpenedDomain {
   const lock = HostLock.acquire(protectLockPath('sim', req.name), `protection of sim:${req.name}`);
   const made: { source?: BlockFile; sink?: OutputSink } = {};
   try {
-    const sink = made.sink = new OutputSink(o.client ? parseHostPort(o.client, 0) : null);
+    const sink = (made.sink = new OutputSink(o.client ? parseHostPort(o.client, 0) : null));
     const gate = new OutputBuffer<SimOutput>((x) => sink.deliver(x));
     const disk = simDisk(req, made);
-    const domain = SimDomain.boot(o.memoryBytes, o.workload, o.seed, {
-      name: req.name, stepsPerSec: o.stepsPerSec, onOutput: (x) => gate.push(x),
-      deviceInfo: o.client ? { client: o.client } : {},
-      diskPath: disk?.path, disk: disk ? diskSink(disk.replicator) : undefined,
-    }, o.tracePath);
+    const domain = SimDomain.boot(
+      o.memoryBytes,
+      o.workload,
+      o.seed,
+      {
+        name: req.name,
+        stepsPerSec: o.stepsPerSec,
+        onOutput: (x) => gate.push(x),
+        deviceInfo: o.client ? { client: o.client } : {},
+        diskPath: disk?.path,
+        disk: disk ? diskSink(disk.replicator) : undefined,
+      },
+      o.tracePath,
+    );
     warnHashing(domain, req.log);
     let closed = false;
     return simOpened(req.name, o.workload, domain, gate, sink, disk, async () => {
@@ -107,9 +129,10 @@ function simDisk(req: OpenRequest, made: { source?: BlockFile }): { path: string
   if (o.diskBytes <= 0 || (o.workload !== 'oltp' && o.workload !== 'scan')) return null;
   fs.mkdirSync(runtimeDir(), { recursive: true });
   const file = path.join(runtimeDir(), `sim-${req.name}.primary.disk`);
-  const source = made.source = BlockFile.create(file, o.diskBytes);
+  const source = (made.source = BlockFile.create(file, o.diskBytes));
   const replicator = new DiskReplicator(source, realClock, {
-    unackedBytesMax: req.diskBufferBytesMax, inSync: false,
+    unackedBytesMax: req.diskBufferBytesMax,
+    inSync: false,
     readTrackingBlocksMax: req.readTracking ? READ_TRACKING_BLOCKS_MAX : 0,
   });
   return { path: file, replicator };
@@ -121,21 +144,39 @@ function warnHashing(domain: SimDomain, log: (line: string) => void): void {
 }
 
 /** The OpenedDomain of a simulated guest, booted here or adopted from a replica. */
-function simOpened(name: string, workload: string, domain: SimDomain, gate: OutputBuffer<SimOutput>, sink: OutputSink,
-  disk: { path: string; replicator: DiskReplicator } | null, close: () => Promise<void>): OpenedDomain {
+function simOpened(
+  name: string,
+  workload: string,
+  domain: SimDomain,
+  gate: OutputBuffer<SimOutput>,
+  sink: OutputSink,
+  disk: { path: string; replicator: DiskReplicator } | null,
+  close: () => Promise<void>,
+): OpenedDomain {
   const outputs: HeldOutputs = {
     gate,
-    get onHoldMs() { return gate.onHoldMs; },
-    set onHoldMs(fn) { gate.onHoldMs = fn; },
+    get onHoldMs() {
+      return gate.onHoldMs;
+    },
+    set onHoldMs(fn) {
+      gate.onHoldMs = fn;
+    },
     stats: () => ({ ...gate.stats, holdMsP99: gate.holdMsP99, ...sink.stats }),
   };
   const port: StatusDiskPort | null = disk?.replicator ?? null;
   return {
-    driver: simDriver, label: `sim:${name}`, name, domid: 0, domain, outputs, disk: port,
+    driver: simDriver,
+    label: `sim:${name}`,
+    name,
+    domid: 0,
+    domain,
+    outputs,
+    disk: port,
     summary: `${(domain.pageCount * 4096) / 2 ** 20} MiB, ${workload}`,
     defaultInterfaces: () => [],
     status: () => ({
-      guest: domain.describe(), outputs: outputs.stats(),
+      guest: domain.describe(),
+      outputs: outputs.stats(),
       disk: disk ? { path: disk.path, sizeBytes: disk.replicator.sizeBytes, ...disk.replicator.stats() } : null,
     }),
     close,
@@ -148,7 +189,9 @@ function adoptSim(r: SimReplica): OpenedDomain {
     throw new RemusError(ErrorCode.NO_DOMAIN, `the replica of sim:${r.name} has not resumed: nothing to reprotect`);
   }
   const disk = r.replicator && r.diskFile ? { path: r.diskFile.path, replicator: r.replicator } : null;
-  return simOpened(r.name, 'resumed after a failover', r.domain, r.gate, r.sink, disk, async () => { /* the backup process owns it */ });
+  return simOpened(r.name, 'resumed after a failover', r.domain, r.gate, r.sink, disk, async () => {
+    /* the backup process owns it */
+  });
 }
 
 function diskSink(r: DiskReplicator): JournalSink & { generations: BlockGenerations } {
@@ -167,8 +210,10 @@ function simReplicaFor(req: ReplicaRequest): SimReplica {
     const disk = BlockFile.open(req.reuseDisk);
     if (disk.sizeBytes !== h.diskBytes) {
       disk.close();
-      throw new RemusError(ErrorCode.HANDSHAKE,
-        `--reuse-disk ${req.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`);
+      throw new RemusError(
+        ErrorCode.HANDSHAKE,
+        `--reuse-disk ${req.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`,
+      );
     }
     return new SimReplica(h.domain, h.pageCount, disk, true, req.checksumOnFailover);
   }

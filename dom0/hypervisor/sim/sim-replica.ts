@@ -44,8 +44,13 @@ export class SimReplica implements DriverReplica {
    * checksumImage: at failover, CRC32C the committed image before the guest runs (verification
    * by replay: the demo and tests). It delays the resume by ~150 ms per GiB, so it is opt-in.
    */
-  constructor(readonly name: string, readonly pageCount: number, readonly diskFile: BlockFile | null = null,
-    readonly diskContinues = false, private readonly checksumImage = false) {
+  constructor(
+    readonly name: string,
+    readonly pageCount: number,
+    readonly diskFile: BlockFile | null = null,
+    readonly diskContinues = false,
+    private readonly checksumImage = false,
+  ) {
     let arena: NativeArena | null = null;
     try {
       checkSimGuestFitsHost(pageCount * PAGE_BYTES, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
@@ -62,11 +67,13 @@ export class SimReplica implements DriverReplica {
 
   commitDeviceState(state: Uint8Array): void {
     let v: unknown;
-    try { v = JSON.parse(Buffer.from(state).toString('utf8')); } catch {
+    try {
+      v = JSON.parse(Buffer.from(state).toString('utf8'));
+    } catch {
       throw new RemusError(ErrorCode.PROTOCOL, 'sim device state is not JSON');
     }
     if (typeof v !== 'object' || v === null || (v as { kind?: unknown }).kind !== 'sim') {
-      throw new RemusError(ErrorCode.PROTOCOL, 'device state is not a simulated domain\'s');
+      throw new RemusError(ErrorCode.PROTOCOL, "device state is not a simulated domain's");
     }
     this.deviceState = v as Record<string, unknown>;
   }
@@ -92,36 +99,62 @@ export class SimReplica implements DriverReplica {
   /** What `remusdb status` shows of this replica on the backup. */
   status(): Record<string, unknown> {
     return {
-      guest: this.domain?.describe() ?? null, outputs: this.sink?.stats ?? null,
-      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes, ...this.replicator?.stats() } : null,
+      guest: this.domain?.describe() ?? null,
+      outputs: this.sink?.stats ?? null,
+      disk: this.diskFile
+        ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes, ...this.replicator?.stats() }
+        : null,
     };
   }
 
-  get stepsPerSec(): number { return Number(this.deviceState.stepsPerSec ?? 1000); }
-  get client(): string | null { return typeof this.deviceState.client === 'string' ? this.deviceState.client : null; }
+  get stepsPerSec(): number {
+    return Number(this.deviceState.stepsPerSec ?? 1000);
+  }
+  get client(): string | null {
+    return typeof this.deviceState.client === 'string' ? this.deviceState.client : null;
+  }
 
-  resume(lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> } = { lostDiskRanges: [] }): Record<string, unknown> {
+  resume(
+    lost: { lostDiskRanges: Array<{ offsetBytes: number; lengthBytes: number }> } = { lostDiskRanges: [] },
+  ): Record<string, unknown> {
     const t0 = performance.now();
     const imageCrc32c = this.checksumImage ? this.image.crc32c() : null;
     const imageChecksumMs = this.checksumImage ? performance.now() - t0 : 0;
     const disk = this.diskFile ? { diskCrc32c: diskChecksum(this.diskFile), diskPath: this.diskFile.path } : {};
     const client = this.client ? parseHostPort(this.client, 0) : null;
-    const sink = this.sink = new OutputSink(client);
-    const gate = this.gate = new OutputBuffer<SimOutput>((o) => sink.deliver(o));
+    const sink = (this.sink = new OutputSink(client));
+    const gate = (this.gate = new OutputBuffer<SimOutput>((o) => sink.deliver(o)));
     gate.setPassThrough(true);
     if (this.diskFile) {
-      const r = this.replicator = new DiskReplicator(this.diskFile, realClock, {
-        unackedBytesMax: 256 * 2 ** 20, inSync: true, readTrackingBlocksMax: READ_TRACKING_BLOCKS_MAX,
-      });
+      const r = (this.replicator = new DiskReplicator(this.diskFile, realClock, {
+        unackedBytesMax: 256 * 2 ** 20,
+        inSync: true,
+        readTrackingBlocksMax: READ_TRACKING_BLOCKS_MAX,
+      }));
       for (const l of lost.lostDiskRanges) r.bitmap.markRange(l.offsetBytes, l.lengthBytes);
     }
     const r = this.replicator;
     this.domain = SimDomain.resume(this.arena, {
-      name: this.name, stepsPerSec: this.stepsPerSec, onOutput: (o) => gate.push(o),
+      name: this.name,
+      stepsPerSec: this.stepsPerSec,
+      onOutput: (o) => gate.push(o),
       deviceInfo: this.client ? { client: this.client } : {},
       diskPath: this.diskFile?.path,
-      disk: r ? { generations: r.generations, write: (off, data, durable) => r.onWrite(off, data, durable), read: (b, crc, gen) => r.onBlockRead(b, crc, gen) } : undefined,
+      disk: r
+        ? {
+            generations: r.generations,
+            write: (off, data, durable) => r.onWrite(off, data, durable),
+            read: (b, crc, gen) => r.onBlockRead(b, crc, gen),
+          }
+        : undefined,
     });
-    return { ...this.domain.describe(), imageCrc32c, imageChecksumMs, ...disk, client: this.client, lostDiskBlocks: r?.bitmap.count ?? 0 };
+    return {
+      ...this.domain.describe(),
+      imageCrc32c,
+      imageChecksumMs,
+      ...disk,
+      client: this.client,
+      lostDiskBlocks: r?.bitmap.count ?? 0,
+    };
   }
 }

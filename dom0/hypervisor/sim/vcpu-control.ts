@@ -10,12 +10,22 @@
 //
 // Outputs go through a ring in the same shared buffer: the vCPU appends (seq, value) and
 // advances `tail`; the main thread consumes up to `tail` and advances `head`.
-export const RUN = 0, PAUSE_REQ = 1, PAUSED = 2, STOP = 3;
-export const C_STATE = 0, C_HEAD = 1, C_TAIL = 2, C_STEPS_PER_SEC = 3;
+export const RUN = 0,
+  PAUSE_REQ = 1,
+  PAUSED = 2,
+  STOP = 3;
+export const C_STATE = 0,
+  C_HEAD = 1,
+  C_TAIL = 2,
+  C_STEPS_PER_SEC = 3;
 const CONTROL_WORDS = 8;
 export const RING_SLOTS = 1 << 16;
 
-export interface VcpuShared { control: Int32Array; ring: Float64Array; sab: SharedArrayBuffer; }
+export interface VcpuShared {
+  control: Int32Array;
+  ring: Float64Array;
+  sab: SharedArrayBuffer;
+}
 
 export function makeShared(): VcpuShared {
   const sab = new SharedArrayBuffer(CONTROL_WORDS * 4 + RING_SLOTS * 2 * 8);
@@ -23,5 +33,9 @@ export function makeShared(): VcpuShared {
 }
 
 export function views(sab: SharedArrayBuffer): VcpuShared {
-  return { sab, control: new Int32Array(sab, 0, CONTROL_WORDS), ring: new Float64Array(sab, CONTROL_WORDS * 4, RING_SLOTS * 2) };
+  return {
+    sab,
+    control: new Int32Array(sab, 0, CONTROL_WORDS),
+    ring: new Float64Array(sab, CONTROL_WORDS * 4, RING_SLOTS * 2),
+  };
 }

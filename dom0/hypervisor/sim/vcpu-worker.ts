@@ -10,27 +10,39 @@ import { JournaledDisk } from './disk-journal';
 import { GuestProgram } from './guest-program';
 import { C_HEAD, C_STATE, C_STEPS_PER_SEC, C_TAIL, PAUSED, PAUSE_REQ, RING_SLOTS, STOP, views } from './vcpu-control';
 
-interface VcpuInit { arenaId: number; sab: SharedArrayBuffer; disk: { path: string; journal: SharedArrayBuffer; generations: SharedArrayBuffer } | null; }
+interface VcpuInit {
+  arenaId: number;
+  sab: SharedArrayBuffer;
+  disk: { path: string; journal: SharedArrayBuffer; generations: SharedArrayBuffer } | null;
+}
 
 function main(init: VcpuInit): void {
   const arena = new (loadAddon().Arena)(0, init.arenaId);
   const mem = GuestMemory.ofArena(arena);
   const { control, ring } = views(init.sab);
   const file = init.disk ? BlockFile.open(init.disk.path) : null;
-  const guest = GuestProgram.attach(mem, file ? new JournaledDisk(file, init.disk!.journal, new BlockGenerations(file.sizeBytes, init.disk!.generations)) : undefined);
+  const guest = GuestProgram.attach(
+    mem,
+    file
+      ? new JournaledDisk(file, init.disk!.journal, new BlockGenerations(file.sizeBytes, init.disk!.generations))
+      : undefined,
+  );
   const emit = (seq: number, value: number): void => {
     for (;;) {
-      const tail = Atomics.load(control, C_TAIL), head = Atomics.load(control, C_HEAD);
+      const tail = Atomics.load(control, C_TAIL),
+        head = Atomics.load(control, C_HEAD);
       if (tail - head < RING_SLOTS) {
         const slot = (tail % RING_SLOTS) * 2;
-        ring[slot] = seq; ring[slot + 1] = value;
+        ring[slot] = seq;
+        ring[slot + 1] = value;
         Atomics.store(control, C_TAIL, tail + 1);
         return;
       }
       Atomics.wait(control, C_STATE, Atomics.load(control, C_STATE), 1); // ring full: back-pressure
     }
   };
-  let started = performance.now(), done = 0;
+  let started = performance.now(),
+    done = 0;
   for (;;) {
     const state = Atomics.load(control, C_STATE);
     if (state === STOP) break;
@@ -39,7 +51,8 @@ function main(init: VcpuInit): void {
       if (state === PAUSE_REQ && Atomics.compareExchange(control, C_STATE, PAUSE_REQ, PAUSED) !== PAUSE_REQ) continue;
       Atomics.notify(control, C_STATE);
       while (Atomics.load(control, C_STATE) === PAUSED) Atomics.wait(control, C_STATE, PAUSED, 1000);
-      started = performance.now(); done = 0; // do not catch up on time spent suspended
+      started = performance.now();
+      done = 0; // do not catch up on time spent suspended
       continue;
     }
     const rate = Atomics.load(control, C_STEPS_PER_SEC);

@@ -8,7 +8,15 @@
 // MessagePort; the main thread feeds the DiskReplicator from that port as messages come,
 // and drains it synchronously (receiveMessageOnPort) before the disk barrier. A write the
 // guest could see complete before the barrier is therefore tagged with that checkpoint.
-import { MessageChannel, type MessagePort, Worker, isMainThread, parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import {
+  MessageChannel,
+  type MessagePort,
+  Worker,
+  isMainThread,
+  parentPort,
+  receiveMessageOnPort,
+  workerData,
+} from 'node:worker_threads';
 import { ErrorCode, RemusError } from '../../errors';
 import type { DiskLink, DiskPort } from '../../ports';
 import type { DiskReplicator, ReplicatorStats } from '../../../blktap/replicator';
@@ -20,7 +28,14 @@ type TapEvent =
   | { k: 'f' }
   | { k: 'z'; off: number; len: number; fua: boolean };
 
-interface WorkerArgs { remusdbDiskWorker: true; image: string; host: string; port: number; exportName: string; tap: MessagePort; }
+interface WorkerArgs {
+  remusdbDiskWorker: true;
+  image: string;
+  host: string;
+  port: number;
+  exportName: string;
+  tap: MessagePort;
+}
 
 const START_TIMEOUT_MS = 30_000;
 
@@ -28,8 +43,13 @@ const START_TIMEOUT_MS = 30_000;
 export class WorkerServedDisk {
   private closed = false;
 
-  private constructor(private readonly worker: Worker, private readonly tapRx: MessagePort,
-    readonly port: number, readonly sizeBytes: number, readonly exportName: string) {}
+  private constructor(
+    private readonly worker: Worker,
+    private readonly tapRx: MessagePort,
+    readonly port: number,
+    readonly sizeBytes: number,
+    readonly exportName: string,
+  ) {}
 
   /** Starts the worker's server; tap events go to `apply` (in order) from now on. */
   static async start(o: { image: string; host: string; port: number; exportName: string }): Promise<WorkerServedDisk> {
@@ -37,26 +57,43 @@ export class WorkerServedDisk {
     const args: WorkerArgs = { remusdbDiskWorker: true, ...o, tap: ch.port2 };
     const worker = new Worker(__filename, { workerData: args, transferList: [ch.port2] });
     const ready = await new Promise<{ port: number; sizeBytes: number }>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new RemusError(ErrorCode.IO, `the disk worker did not listen within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      const timer = setTimeout(
+        () => reject(new RemusError(ErrorCode.IO, `the disk worker did not listen within ${START_TIMEOUT_MS} ms`)),
+        START_TIMEOUT_MS,
+      );
       worker.once('message', (m: { port?: number; sizeBytes?: number; error?: string }) => {
         clearTimeout(timer);
-        if (m.error) reject(new RemusError(ErrorCode.IO, m.error)); else resolve({ port: m.port!, sizeBytes: m.sizeBytes! });
+        if (m.error) reject(new RemusError(ErrorCode.IO, m.error));
+        else resolve({ port: m.port!, sizeBytes: m.sizeBytes! });
       });
-      worker.once('error', (e) => { clearTimeout(timer); reject(e); });
-    }).catch(async (e: unknown) => { await worker.terminate(); throw e; });
+      worker.once('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+    }).catch(async (e: unknown) => {
+      await worker.terminate();
+      throw e;
+    });
     return new WorkerServedDisk(worker, ch.port1, ready.port, ready.sizeBytes, o.exportName);
   }
 
   /** Delivers tap events as they come, and synchronously on drain(). */
   feed(apply: (e: TapEvent) => void): { drain(): void } {
     this.tapRx.on('message', apply);
-    return { drain: () => { for (let m = receiveMessageOnPort(this.tapRx); m; m = receiveMessageOnPort(this.tapRx)) apply(m.message as TapEvent); } };
+    return {
+      drain: () => {
+        for (let m = receiveMessageOnPort(this.tapRx); m; m = receiveMessageOnPort(this.tapRx))
+          apply(m.message as TapEvent);
+      },
+    };
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const done = new Promise<void>((resolve) => { this.worker.once('exit', () => resolve()); });
+    const done = new Promise<void>((resolve) => {
+      this.worker.once('exit', () => resolve());
+    });
     this.worker.postMessage('close');
     await Promise.race([done, new Promise((r) => setTimeout(r, 10_000).unref())]);
     await this.worker.terminate();
@@ -71,7 +108,10 @@ export class WorkerServedDisk {
 export class DrainingDiskPort implements DiskPort {
   private readonly drain: () => void;
 
-  constructor(readonly replicator: DiskReplicator, served: WorkerServedDisk) {
+  constructor(
+    readonly replicator: DiskReplicator,
+    served: WorkerServedDisk,
+  ) {
     this.drain = served.feed((e) => {
       if (e.k === 'w') replicator.onWrite(e.off, e.data, e.fua);
       else if (e.k === 'f') replicator.onFlush();
@@ -79,34 +119,71 @@ export class DrainingDiskPort implements DiskPort {
     }).drain;
   }
 
-  get sizeBytes(): number { return this.replicator.sizeBytes; }
-  barrier(epoch: number): void { this.drain(); this.replicator.barrier(epoch); }
-  acked(epoch: number): void { this.drain(); this.replicator.acked(epoch); }
-  connect(link: DiskLink, nextEpoch: number, backupContinues: boolean, ready: () => void, overflow: (reason: string) => void): void {
+  get sizeBytes(): number {
+    return this.replicator.sizeBytes;
+  }
+  barrier(epoch: number): void {
+    this.drain();
+    this.replicator.barrier(epoch);
+  }
+  acked(epoch: number): void {
+    this.drain();
+    this.replicator.acked(epoch);
+  }
+  connect(
+    link: DiskLink,
+    nextEpoch: number,
+    backupContinues: boolean,
+    ready: () => void,
+    overflow: (reason: string) => void,
+  ): void {
     this.drain();
     this.replicator.connect(link, nextEpoch, backupContinues, ready, overflow);
   }
-  disconnect(): void { this.drain(); this.replicator.disconnect(); }
-  checksum(): Promise<number> | number { this.drain(); return this.replicator.checksum(); }
-  stats(): ReplicatorStats { return this.replicator.stats(); }
+  disconnect(): void {
+    this.drain();
+    this.replicator.disconnect();
+  }
+  checksum(): Promise<number> | number {
+    this.drain();
+    return this.replicator.checksum();
+  }
+  stats(): ReplicatorStats {
+    return this.replicator.stats();
+  }
 }
 
 // ---- inside the worker ---------------------------------------------------------------
 
 function postingTap(port: MessagePort): DiskTap {
   return {
-    onWrite: (off, data, fua) => { const copy = new Uint8Array(data); port.postMessage({ k: 'w', off, data: copy, fua }, [copy.buffer]); },
+    onWrite: (off, data, fua) => {
+      const copy = new Uint8Array(data);
+      port.postMessage({ k: 'w', off, data: copy, fua }, [copy.buffer]);
+    },
     onRead: () => undefined,
-    onFlush: () => { port.postMessage({ k: 'f' }); },
-    onTrim: (off, len, fua) => { port.postMessage({ k: 'z', off, len, fua }); },
-    onWriteZeroes: (off, len, fua) => { port.postMessage({ k: 'z', off, len, fua }); },
+    onFlush: () => {
+      port.postMessage({ k: 'f' });
+    },
+    onTrim: (off, len, fua) => {
+      port.postMessage({ k: 'z', off, len, fua });
+    },
+    onWriteZeroes: (off, len, fua) => {
+      port.postMessage({ k: 'z', off, len, fua });
+    },
   };
 }
 
 async function runWorker(a: WorkerArgs): Promise<void> {
   let server: NbdServer | null = null;
   try {
-    server = await NbdServer.open({ imagePath: a.image, exportName: a.exportName, readOnly: false, tap: postingTap(a.tap), log: (m) => console.error(m) });
+    server = await NbdServer.open({
+      imagePath: a.image,
+      exportName: a.exportName,
+      readOnly: false,
+      tap: postingTap(a.tap),
+      log: (m) => console.error(m),
+    });
     const port = await server.listen(a.host, a.port);
     parentPort!.postMessage({ port, sizeBytes: server.sizeBytes });
   } catch (e) {
@@ -114,7 +191,13 @@ async function runWorker(a: WorkerArgs): Promise<void> {
     parentPort!.postMessage({ error: (e as Error).message });
     return;
   }
-  parentPort!.once('message', () => { void server!.close().finally(() => { a.tap.close(); parentPort!.close(); }); });
+  parentPort!.once('message', () => {
+    void server!.close().finally(() => {
+      a.tap.close();
+      parentPort!.close();
+    });
+  });
 }
 
-if (!isMainThread && (workerData as Partial<WorkerArgs> | null)?.remusdbDiskWorker === true) void runWorker(workerData as WorkerArgs);
+if (!isMainThread && (workerData as Partial<WorkerArgs> | null)?.remusdbDiskWorker === true)
+  void runWorker(workerData as WorkerArgs);

@@ -10,13 +10,22 @@ import { assertInt } from '../../assert';
 
 export const FAILOVER_KEY = 'data/remusdb/failover';
 
-export function announceFailover(domid: number, epoch: number, log: (line: string) => void,
-  tool = 'xenstore-write'): boolean {
+export function announceFailover(
+  domid: number,
+  epoch: number,
+  log: (line: string) => void,
+  tool = 'xenstore-write',
+): boolean {
   assertInt(domid, 1, 0x7fef, 'domid');
   assertInt(epoch, 0, Number.MAX_SAFE_INTEGER, 'epoch');
   const key = `/local/domain/${domid}/${FAILOVER_KEY}`;
   const r = spawnSync(tool, [key, String(epoch)], { encoding: 'utf8', timeout: 10_000 });
-  if (r.status === 0) { log(`told domain ${domid} it failed over (xenstore ${key} = ${epoch})`); return true; }
-  log(`could not write xenstore ${key} (${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}): the guest agent will not start database recovery`);
+  if (r.status === 0) {
+    log(`told domain ${domid} it failed over (xenstore ${key} = ${epoch})`);
+    return true;
+  }
+  log(
+    `could not write xenstore ${key} (${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}): the guest agent will not start database recovery`,
+  );
   return false;
 }

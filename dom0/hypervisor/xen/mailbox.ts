@@ -9,17 +9,33 @@ export class Mailbox<T> {
   private waiters: Array<{ resolve: (v: T) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }> = [];
   private error: Error | null = null;
 
-  constructor(private readonly what: string, private readonly itemsMax: number) {}
+  constructor(
+    private readonly what: string,
+    private readonly itemsMax: number,
+  ) {}
 
-  get failed(): Error | null { return this.error; }
-  get length(): number { return this.items.length; }
+  get failed(): Error | null {
+    return this.error;
+  }
+  get length(): number {
+    return this.items.length;
+  }
 
   put(item: T): void {
     if (this.error) return;
     const w = this.waiters.shift();
-    if (w) { clearTimeout(w.timer); w.resolve(item); return; }
+    if (w) {
+      clearTimeout(w.timer);
+      w.resolve(item);
+      return;
+    }
     if (this.items.length >= this.itemsMax) {
-      this.fail(new RemusError(ErrorCode.XEN, `${this.what}: more than ${this.itemsMax} waiting (the engine stopped taking them)`));
+      this.fail(
+        new RemusError(
+          ErrorCode.XEN,
+          `${this.what}: more than ${this.itemsMax} waiting (the engine stopped taking them)`,
+        ),
+      );
       return;
     }
     this.items.push(item);
@@ -38,12 +54,19 @@ export class Mailbox<T> {
   }
 
   /** Items not taken yet (for cleanup), emptying the box. */
-  drain(): T[] { const i = this.items; this.items = []; return i; }
+  drain(): T[] {
+    const i = this.items;
+    this.items = [];
+    return i;
+  }
 
   fail(e: Error): void {
     if (this.error) return;
     this.error = e;
-    for (const w of this.waiters) { clearTimeout(w.timer); w.reject(e); }
+    for (const w of this.waiters) {
+      clearTimeout(w.timer);
+      w.reject(e);
+    }
     this.waiters = [];
   }
 }

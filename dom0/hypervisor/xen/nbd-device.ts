@@ -13,7 +13,11 @@ const NBD_CLIENT_TIMEOUT_MS = 30_000;
 /** The first NBD device with no connection (no pid, size 0), skipping the ones in except. */
 export function freeNbdDevice(sysBlock = '/sys/block', except: string[] = []): string {
   let names: string[];
-  try { names = fs.readdirSync(sysBlock).filter((n) => /^nbd\d+$/.test(n)); } catch { names = []; }
+  try {
+    names = fs.readdirSync(sysBlock).filter((n) => /^nbd\d+$/.test(n));
+  } catch {
+    names = [];
+  }
   names.sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
   for (const n of names) {
     const dev = `/dev/${n}`;
@@ -21,11 +25,20 @@ export function freeNbdDevice(sysBlock = '/sys/block', except: string[] = []): s
     const size = Number(readText(path.join(sysBlock, n, 'size')) ?? '1');
     if (size === 0) return dev;
   }
-  throw new RemusError(ErrorCode.IO, names.length ? `all ${names.length} NBD devices are in use (modprobe nbd nbds_max=N for more)` : 'no NBD devices: load the kernel module (modprobe nbd)');
+  throw new RemusError(
+    ErrorCode.IO,
+    names.length
+      ? `all ${names.length} NBD devices are in use (modprobe nbd nbds_max=N for more)`
+      : 'no NBD devices: load the kernel module (modprobe nbd)',
+  );
 }
 
 function readText(p: string): string | null {
-  try { return fs.readFileSync(p, 'utf8').trim(); } catch { return null; }
+  try {
+    return fs.readFileSync(p, 'utf8').trim();
+  } catch {
+    return null;
+  }
 }
 
 /** Runs a command to its end (bounded); rejects with its stderr on a failure. */
@@ -33,20 +46,32 @@ function run(argv: string[], timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const p = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
-    p.stderr!.on('data', (d: Buffer) => { if (err.length < 4096) err += d.toString('utf8'); });
+    p.stderr!.on('data', (d: Buffer) => {
+      if (err.length < 4096) err += d.toString('utf8');
+    });
     const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', (e) => { clearTimeout(timer); reject(new RemusError(ErrorCode.IO, `${argv[0]}: ${e.message}`, {}, { cause: e })); });
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new RemusError(ErrorCode.IO, `${argv[0]}: ${e.message}`, {}, { cause: e }));
+    });
     p.on('exit', (code, sig) => {
       clearTimeout(timer);
       if (code === 0) resolve();
-      else reject(new RemusError(ErrorCode.IO, `${argv.join(' ')} failed (${sig ?? `code ${code}`}): ${err.trim().split('\n').slice(-3).join(' | ')}`));
+      else
+        reject(
+          new RemusError(
+            ErrorCode.IO,
+            `${argv.join(' ')} failed (${sig ?? `code ${code}`}): ${err.trim().split('\n').slice(-3).join(' | ')}`,
+          ),
+        );
     });
   });
 }
 
 /** Connects the kernel NBD client: device shows our export at 127.0.0.1:port. */
 export async function nbdAttach(port: number, device: string, exportName = 'remusdb'): Promise<void> {
-  if (!NBD_DEVICE.test(device)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `${device} is not an NBD device (/dev/nbdN)`);
+  if (!NBD_DEVICE.test(device))
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `${device} is not an NBD device (/dev/nbdN)`);
   if (!fs.existsSync(device)) await run(['modprobe', 'nbd'], NBD_CLIENT_TIMEOUT_MS).catch(() => undefined);
   await run(['nbd-client', '127.0.0.1', String(port), device, '-N', exportName, '-b', '4096'], NBD_CLIENT_TIMEOUT_MS);
 }
@@ -61,9 +86,16 @@ export function deviceFlusher(device: string): { flush(): Promise<void>; close()
   let fh: fs.promises.FileHandle | null = null;
   return {
     flush: async () => {
-      fh ??= await fs.promises.open(device, 'r').catch((e: Error) => { throw new RemusError(ErrorCode.IO, `cannot open ${device} to flush it: ${e.message}`, {}, { cause: e }); });
-      await fh.datasync().catch((e: Error) => { throw new RemusError(ErrorCode.IO, `flushing ${device}: ${e.message}`, {}, { cause: e }); });
+      fh ??= await fs.promises.open(device, 'r').catch((e: Error) => {
+        throw new RemusError(ErrorCode.IO, `cannot open ${device} to flush it: ${e.message}`, {}, { cause: e });
+      });
+      await fh.datasync().catch((e: Error) => {
+        throw new RemusError(ErrorCode.IO, `flushing ${device}: ${e.message}`, {}, { cause: e });
+      });
     },
-    close: async () => { await fh?.close(); fh = null; },
+    close: async () => {
+      await fh?.close();
+      fh = null;
+    },
   };
 }

@@ -9,17 +9,25 @@ export class StreamRecorder {
   private fd: number | null;
   private checkpoint = 0;
 
-  constructor(path: string, private readonly checkpointsMax: number) {
+  constructor(
+    path: string,
+    private readonly checkpointsMax: number,
+  ) {
     this.fd = fs.openSync(path, 'w', 0o644);
   }
 
-  headers(h: Buffer): void { this.write(h); }
+  headers(h: Buffer): void {
+    this.write(h);
+  }
 
   record(r: RawRecord): void {
     if (this.fd === null) return;
     if (this.checkpoint > 0 || r.type !== REC.PAGE_DATA) this.write(r.bytes);
     if (r.type !== REC.CHECKPOINT) return;
-    if (++this.checkpoint >= this.checkpointsMax) { fs.closeSync(this.fd); this.fd = null; }
+    if (++this.checkpoint >= this.checkpointsMax) {
+      fs.closeSync(this.fd);
+      this.fd = null;
+    }
   }
 
   private write(b: Buffer): void {

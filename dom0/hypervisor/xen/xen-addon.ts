@@ -4,8 +4,16 @@ import { ErrorCode, RemusError } from '../../errors';
 import { requirePart } from '../../native';
 
 export interface XenDomainInfo {
-  domid: number; dying: boolean; shutdown: boolean; shutdownReason: number; paused: boolean;
-  hvm: boolean; maxMemKb: number; pages: number; vcpus: number; maxGpfn?: number;
+  domid: number;
+  dying: boolean;
+  shutdown: boolean;
+  shutdownReason: number;
+  paused: boolean;
+  hvm: boolean;
+  maxMemKb: number;
+  pages: number;
+  vcpus: number;
+  maxGpfn?: number;
 }
 
 export type SaveDispatch = (kind: 'suspend' | 'postcopy' | 'checkpoint', done: (rc: number) => void) => void;
@@ -17,7 +25,11 @@ export interface XenAddon {
   xenSuspendAsync(domid: number, timeoutMs: number): Promise<void>;
   xenResume(domid: number): void;
   xenPause?(domid: number): void;
-  xenSaveCheckpointed(domid: number, fd: number, dispatch: SaveDispatch): Promise<{ rc: number; errno: number; message: string }>;
+  xenSaveCheckpointed(
+    domid: number,
+    fd: number,
+    dispatch: SaveDispatch,
+  ): Promise<{ rc: number; errno: number; message: string }>;
   makePipe(): [number, number];
 }
 
@@ -45,13 +57,16 @@ export interface XenLogdirtyAddon {
 export function xenLogdirtyAddon(): XenLogdirtyAddon {
   const a = requirePart('xen') as unknown as Partial<XenLogdirtyAddon>;
   if (typeof a.xenLogdirtyPeekClean !== 'function' || typeof a.xenMapRead !== 'function') {
-    throw new RemusError(ErrorCode.ADDON_PART_MISSING, 'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with `npm run install`');
+    throw new RemusError(
+      ErrorCode.ADDON_PART_MISSING,
+      'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with `npm run install`',
+    );
   }
   return a as XenLogdirtyAddon;
 }
 
 /** Largest guest the adapter takes (the backup keeps a whole image in memory). */
-export const XEN_PAGES_MAX = 16 * 2 ** 30 / 4096;
+export const XEN_PAGES_MAX = (16 * 2 ** 30) / 4096;
 
 /**
  * Pages the replica must hold: every pfn libxc may send. For PV that is the guest's p2m
@@ -61,15 +76,24 @@ export function domainPageCount(info: XenDomainInfo): number {
   const byMem = Math.ceil(info.maxMemKb / 4);
   const byGpfn = info.maxGpfn !== undefined ? info.maxGpfn + 1 : 0;
   const n = Math.max(byMem, byGpfn, info.pages);
-  if (n > XEN_PAGES_MAX) throw new RemusError(ErrorCode.XEN, `domain ${info.domid} has ${n} pages; the Xen adapter takes at most ${XEN_PAGES_MAX} (16 GiB)`);
+  if (n > XEN_PAGES_MAX)
+    throw new RemusError(
+      ErrorCode.XEN,
+      `domain ${info.domid} has ${n} pages; the Xen adapter takes at most ${XEN_PAGES_MAX} (16 GiB)`,
+    );
   return n;
 }
 
 /** The domain's name from its libxl configuration JSON (c_info.name). */
 export function configName(json: string): string {
   let v: unknown;
-  try { v = JSON.parse(json); } catch { throw new RemusError(ErrorCode.XEN, 'libxl returned a domain configuration that is not JSON'); }
+  try {
+    v = JSON.parse(json);
+  } catch {
+    throw new RemusError(ErrorCode.XEN, 'libxl returned a domain configuration that is not JSON');
+  }
   const name = (v as { c_info?: { name?: unknown } }).c_info?.name;
-  if (typeof name !== 'string' || !name) throw new RemusError(ErrorCode.XEN, 'the domain configuration has no c_info.name');
+  if (typeof name !== 'string' || !name)
+    throw new RemusError(ErrorCode.XEN, 'the domain configuration has no c_info.name');
   return name;
 }

@@ -15,17 +15,27 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Capture } from '../../ports';
 import { GuestMemory } from '../../memory/guest-memory';
 import {
-  REC, REC_HEADER_BYTES, type RawRecord, malformed, pageDataHeader, parsePageData, records,
+  REC,
+  REC_HEADER_BYTES,
+  type RawRecord,
+  malformed,
+  pageDataHeader,
+  parsePageData,
+  records,
 } from './libxc-stream';
 import { PAGE_BYTES } from '../../limits';
 
 const SKELETON_MAGIC = 0x314b5358; // "XSK1"
-const FLAG_PREAMBLE = 1, FLAG_DEFLATED = 2;
+const FLAG_PREAMBLE = 1,
+  FLAG_DEFLATED = 2;
 const DEFLATE_FROM_BYTES = 1024;
 /** A skeleton is headers and pfn words: 8 octets per page at most, plus records. */
 export const SKELETON_BYTES_MAX = 64 * 2 ** 20;
 
-interface Kept { rec: Buffer; seqs: Float64Array | null; }
+interface Kept {
+  rec: Buffer;
+  seqs: Float64Array | null;
+}
 
 export interface CollectedCheckpoint {
   capture: Capture;
@@ -72,7 +82,11 @@ export class CheckpointCollector {
     const seqs = new Float64Array(p.count);
     for (let i = 0; i < p.count; i++) {
       const pfn = p.pfns[i];
-      if (pfn >= this.pageCount) throw new RemusError(ErrorCode.XEN, `libxc sent pfn ${pfn}, beyond the ${this.pageCount} pages announced for the domain`);
+      if (pfn >= this.pageCount)
+        throw new RemusError(
+          ErrorCode.XEN,
+          `libxc sent pfn ${pfn}, beyond the ${this.pageCount} pages announced for the domain`,
+        );
       seqs[i] = this.lastSeq[pfn] = ++this.seq;
       const off = p.dataOffsets[i];
       if (this.full) {
@@ -97,7 +111,10 @@ export class CheckpointCollector {
       body.push(n, this.preamble);
     }
     for (const k of this.kept) {
-      if (!k.seqs) { body.push(k.rec); continue; }
+      if (!k.seqs) {
+        body.push(k.rec);
+        continue;
+      }
       const keep: number[] = [];
       let dataPages = 0;
       const p = parsePageData(k.rec, true);
@@ -109,7 +126,8 @@ export class CheckpointCollector {
       if (keep.length === p.count) body.push(k.rec);
       else if (keep.length > 0) body.push(pageDataHeader(k.rec, keep, dataPages));
     }
-    const capture = this.full ? fullCapture(this.full, this.pageCount, encodeSkeleton(body, this.preamble !== null))
+    const capture = this.full
+      ? fullCapture(this.full, this.pageCount, encodeSkeleton(body, this.preamble !== null))
       : deltaCapture(this.delta, encodeSkeleton(body, false));
     const done = { capture, rawBytes: this.rawBytes, pageEntries: this.entries };
     this.reset();
@@ -150,19 +168,24 @@ function encodeSkeleton(body: Buffer[], hasPreamble: boolean): Uint8Array {
   return Buffer.concat([head, payload]);
 }
 
-function badSkeleton(what: string): RemusError { return new RemusError(ErrorCode.XEN, `malformed Xen checkpoint skeleton: ${what}`); }
+function badSkeleton(what: string): RemusError {
+  return new RemusError(ErrorCode.XEN, `malformed Xen checkpoint skeleton: ${what}`);
+}
 
 /** Splits a skeleton into its preamble (first checkpoint of a save) and stripped records. */
 export function decodeSkeleton(s: Uint8Array): { preamble: Buffer | null; records: Buffer } {
   const b = Buffer.from(s.buffer, s.byteOffset, s.length);
   if (b.length < 12 || b.readUInt32LE(0) !== SKELETON_MAGIC) throw badSkeleton('no XSK1 header');
-  const flags = b.readUInt32LE(4), rawLength = b.readUInt32LE(8);
+  const flags = b.readUInt32LE(4),
+    rawLength = b.readUInt32LE(8);
   if (flags & ~(FLAG_PREAMBLE | FLAG_DEFLATED)) throw badSkeleton(`unknown flags ${flags}`);
   if (rawLength > SKELETON_BYTES_MAX) throw badSkeleton(`${rawLength} octets (limit ${SKELETON_BYTES_MAX})`);
   let raw: Buffer;
   try {
     raw = flags & FLAG_DEFLATED ? zlib.inflateRawSync(b.subarray(12), { maxOutputLength: rawLength }) : b.subarray(12);
-  } catch (e) { throw badSkeleton(`does not inflate (${(e as Error).message})`); }
+  } catch (e) {
+    throw badSkeleton(`does not inflate (${(e as Error).message})`);
+  }
   if (raw.length !== rawLength) throw badSkeleton(`body is ${raw.length} octets, header says ${rawLength}`);
   if (!(flags & FLAG_PREAMBLE)) return { preamble: null, records: raw };
   if (raw.length < 4 || raw.readUInt32LE(0) > raw.length - 4) throw badSkeleton('preamble length out of range');
@@ -192,12 +215,15 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
   const { preamble, records: recs } = decodeSkeleton(skeleton);
   const image = GuestMemory.of(memory);
   const list: Array<{ r: Buffer; p: ReturnType<typeof parsePageData> | null }> = [];
-  let bytes = 0, last = -1, dataPages = 0;
+  let bytes = 0,
+    last = -1,
+    dataPages = 0;
   for (const r of records(recs, true)) {
     last = r.readUInt32LE(0);
     const p = last === REC.PAGE_DATA ? parsePageData(r, true) : null;
     for (let i = 0; p && i < p.count; i++) {
-      if (p.dataOffsets[i] >= 0 && p.pfns[i] >= image.pageCount) throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
+      if (p.dataOffsets[i] >= 0 && p.pfns[i] >= image.pageCount)
+        throw badSkeleton(`pfn ${p.pfns[i]} beyond the image's ${image.pageCount} pages`);
     }
     list.push({ r, p });
     dataPages += p?.dataPages ?? 0;
@@ -208,7 +234,10 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
   for (const { p } of list) for (let i = 0; p && i < p.count; i++) if (p.dataOffsets[i] >= 0) unwritten.add(p.pfns[i]);
   function* parts(): Generator<Buffer> {
     for (const { r, p } of list) {
-      if (!p) { yield r; continue; }
+      if (!p) {
+        yield r;
+        continue;
+      }
       const out = Buffer.allocUnsafe(r.length + p.dataPages * PAGE_BYTES);
       r.copy(out, 0);
       for (let i = 0; i < p.count; i++) {
@@ -227,14 +256,33 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
 }
 
 /** A set of pfns: a Set for a few, a byte per page of the guest for many (a first checkpoint). */
-function pfnSet(expected: number, pageCount: number): { add(p: number): void; has(p: number): boolean; delete(p: number): void } {
+function pfnSet(
+  expected: number,
+  pageCount: number,
+): { add(p: number): void; has(p: number): boolean; delete(p: number): void } {
   if (expected <= 65536) return new Set<number>();
   const bits = new Uint8Array(pageCount);
-  return { add: (p) => { bits[p] = 1; }, has: (p) => bits[p] === 1, delete: (p) => { bits[p] = 0; } };
+  return {
+    add: (p) => {
+      bits[p] = 1;
+    },
+    has: (p) => bits[p] === 1,
+    delete: (p) => {
+      bits[p] = 0;
+    },
+  };
 }
 
 /** The exact libxc bytes of a checkpoint, from its skeleton and the memory image, all at once (tests). */
-export function rebuildCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestMemory): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
+export function rebuildCheckpoint(
+  skeleton: Uint8Array,
+  memory: Uint8Array | GuestMemory,
+): { preamble: Buffer | null; parts: Buffer[]; bytes: number; endsWithCheckpoint: boolean } {
   const plan = planCheckpoint(skeleton, memory);
-  return { preamble: plan.preamble, parts: [...plan.parts()], bytes: plan.bytes, endsWithCheckpoint: plan.endsWithCheckpoint };
+  return {
+    preamble: plan.preamble,
+    parts: [...plan.parts()],
+    bytes: plan.bytes,
+    endsWithCheckpoint: plan.endsWithCheckpoint,
+  };
 }

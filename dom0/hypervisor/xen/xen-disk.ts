@@ -27,35 +27,54 @@ export const XL_CONFIG_BYTES_MAX = 1 << 20;
 
 /** The domain configuration (JSON) at the start of an xl stream preamble, and what follows it. */
 export function splitXlPreamble(preamble: Buffer): { json: string; rest: Buffer } {
-  const bad = (why: string): RemusError => new RemusError(ErrorCode.XEN, `the stream preamble is not an xl savefile header: ${why}`);
+  const bad = (why: string): RemusError =>
+    new RemusError(ErrorCode.XEN, `the stream preamble is not an xl savefile header: ${why}`);
   if (preamble.length < XL_HEADER_BYTES + 4) throw bad(`${preamble.length} octets`);
-  if (!preamble.subarray(0, XL_MAGIC_BYTES).equals(xlSavefileHeader('').subarray(0, XL_MAGIC_BYTES))) throw bad('magic');
+  if (!preamble.subarray(0, XL_MAGIC_BYTES).equals(xlSavefileHeader('').subarray(0, XL_MAGIC_BYTES)))
+    throw bad('magic');
   const optBytes = preamble.readUInt32LE(44);
   const jsonBytes = preamble.readUInt32LE(48);
-  if (optBytes > XL_CONFIG_BYTES_MAX || jsonBytes + 4 !== optBytes || XL_HEADER_BYTES + optBytes > preamble.length || jsonBytes === 0) {
+  if (
+    optBytes > XL_CONFIG_BYTES_MAX ||
+    jsonBytes + 4 !== optBytes ||
+    XL_HEADER_BYTES + optBytes > preamble.length ||
+    jsonBytes === 0
+  ) {
     throw bad(`optional data of ${optBytes} octets, configuration of ${jsonBytes}`);
   }
   const json = preamble.subarray(XL_HEADER_BYTES + 4, XL_HEADER_BYTES + optBytes);
   if (json[json.length - 1] !== 0) throw bad('the configuration is not NUL-terminated');
-  return { json: json.subarray(0, json.length - 1).toString('utf8'), rest: preamble.subarray(XL_HEADER_BYTES + optBytes) };
+  return {
+    json: json.subarray(0, json.length - 1).toString('utf8'),
+    rest: preamble.subarray(XL_HEADER_BYTES + optBytes),
+  };
 }
 
-interface XlDisk { pdev_path?: unknown; vdev?: unknown; }
+interface XlDisk {
+  pdev_path?: unknown;
+  vdev?: unknown;
+}
 
 /**
  * Points the domain's one NBD-backed disk (pdev_path /dev/nbdN) at device instead.
  * Exactly one such disk: that is the replicated one (other disks are left as they are).
  */
 export function retargetNbdDisk(configJson: string, device: string): { json: string; vdev: string; from: string } {
-  if (!NBD_DEVICE.test(device)) throw new RemusError(ErrorCode.BAD_ARGUMENT, `${device} is not an NBD device (/dev/nbdN)`);
+  if (!NBD_DEVICE.test(device))
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, `${device} is not an NBD device (/dev/nbdN)`);
   let cfg: { disks?: unknown };
-  try { cfg = JSON.parse(configJson) as { disks?: unknown }; } catch {
+  try {
+    cfg = JSON.parse(configJson) as { disks?: unknown };
+  } catch {
     throw new RemusError(ErrorCode.XEN, 'the domain configuration in the stream is not JSON');
   }
-  const disks = Array.isArray(cfg.disks) ? cfg.disks as XlDisk[] : [];
+  const disks = Array.isArray(cfg.disks) ? (cfg.disks as XlDisk[]) : [];
   const nbd = disks.filter((d) => typeof d?.pdev_path === 'string' && NBD_DEVICE.test(d.pdev_path));
   if (nbd.length !== 1) {
-    throw new RemusError(ErrorCode.XEN, `the domain's configuration has ${nbd.length} disks on /dev/nbdN (of ${disks.length} disks); a replicated disk is exactly one (docs/xen-adapter.md, "Disk")`);
+    throw new RemusError(
+      ErrorCode.XEN,
+      `the domain's configuration has ${nbd.length} disks on /dev/nbdN (of ${disks.length} disks); a replicated disk is exactly one (docs/xen-adapter.md, "Disk")`,
+    );
   }
   const from = String(nbd[0].pdev_path);
   nbd[0].pdev_path = device;
@@ -72,7 +91,11 @@ export function retargetPreamble(preamble: Buffer, device: string): { preamble: 
 /** The backend of the configuration's one /dev/nbdN disk ("qdisk", "phy", ...), or null. */
 export function nbdDiskBackend(configJson: string): { device: string; backend: string } | null {
   let cfg: { disks?: unknown };
-  try { cfg = JSON.parse(configJson) as { disks?: unknown }; } catch { return null; }
+  try {
+    cfg = JSON.parse(configJson) as { disks?: unknown };
+  } catch {
+    return null;
+  }
   const disks = (Array.isArray(cfg.disks) ? cfg.disks : []) as Array<XlDisk & { backend?: unknown }>;
   const nbd = disks.filter((d) => typeof d?.pdev_path === 'string' && NBD_DEVICE.test(d.pdev_path));
   return nbd.length === 1 ? { device: String(nbd[0].pdev_path), backend: String(nbd[0].backend ?? 'unknown') } : null;
@@ -86,14 +109,24 @@ export function nbdDiskBackend(configJson: string): { device: string; backend: s
  */
 export function flushAfterCapture(domain: Domain, flush: () => Promise<void>): Domain {
   return {
-    kind: domain.kind, name: domain.name, pageCount: domain.pageCount,
+    kind: domain.kind,
+    name: domain.name,
+    pageCount: domain.pageCount,
     suspend: () => domain.suspend(),
     resume: () => domain.resume(),
-    capture: async (full: boolean): Promise<Capture> => { const c = await domain.capture(full); await flush(); return c; },
+    capture: async (full: boolean): Promise<Capture> => {
+      const c = await domain.capture(full);
+      await flush();
+      return c;
+    },
     describe: () => domain.describe(),
     fence: () => domain.fence(),
-    get pausedMsLast() { return domain.pausedMsLast; }, // libxc's live rounds are not a pause
-    get live() { return domain.live; },
+    get pausedMsLast() {
+      return domain.pausedMsLast;
+    }, // libxc's live rounds are not a pause
+    get live() {
+      return domain.live;
+    },
   };
 }
 
@@ -120,19 +153,55 @@ export interface PrimaryDisk {
 export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDisk> {
   const source = BlockFile.open(o.image);
   // Read tracking is off: a Xen checkpoint's pages travel inside libxc's records.
-  const replicator = new DiskReplicator(source, o.clock, { unackedBytesMax: o.unackedBytesMax, inSync: false, readTrackingBlocksMax: 0 });
+  const replicator = new DiskReplicator(source, o.clock, {
+    unackedBytesMax: o.unackedBytesMax,
+    inSync: false,
+    readTrackingBlocksMax: 0,
+  });
   let served: WorkerServedDisk;
-  try { served = await WorkerServedDisk.start({ image: o.image, host: o.host, port: o.port, exportName: DEFAULT_EXPORT_NAME }); } catch (e) { source.close(); throw e; }
-  const close = async (): Promise<void> => { await served.close(); source.close(); };
-  o.log(`disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication (server thread)`);
+  try {
+    served = await WorkerServedDisk.start({
+      image: o.image,
+      host: o.host,
+      port: o.port,
+      exportName: DEFAULT_EXPORT_NAME,
+    });
+  } catch (e) {
+    source.close();
+    throw e;
+  }
+  const close = async (): Promise<void> => {
+    await served.close();
+    source.close();
+  };
+  o.log(
+    `disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication (server thread)`,
+  );
   if (o.device) {
-    try { await nbdAttach(served.port, o.device, served.exportName); } catch (e) { await close(); throw e; }
-    o.log(`disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=${o.device}')`);
+    try {
+      await nbdAttach(served.port, o.device, served.exportName);
+    } catch (e) {
+      await close();
+      throw e;
+    }
+    o.log(
+      `disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=${o.device}')`,
+    );
   }
   return {
-    replicator: new DrainingDiskPort(replicator, served), port: served.port, device: o.device ?? null,
-    describe: () => ({ image: o.image, listen: `${o.host}:${served.port}`, device: o.device ?? null, sizeBytes: served.sizeBytes }),
-    close: async () => { if (o.device) await nbdDetach(o.device); await close(); },
+    replicator: new DrainingDiskPort(replicator, served),
+    port: served.port,
+    device: o.device ?? null,
+    describe: () => ({
+      image: o.image,
+      listen: `${o.host}:${served.port}`,
+      device: o.device ?? null,
+      sizeBytes: served.sizeBytes,
+    }),
+    close: async () => {
+      if (o.device) await nbdDetach(o.device);
+      await close();
+    },
   };
 }
 
@@ -140,16 +209,29 @@ export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDi
  * Waits until the Xen domain exists and runs (bounded): with --disk-image the protect
  * process serves the disk first, then the user creates the domU, then protection starts.
  */
-export async function waitForXenDomain(name: string, timeoutMs: number, log: (line: string) => void,
-  addon: Pick<XenAddon, 'xenDomainInfo'> = xenAddon()): Promise<void> {
+export async function waitForXenDomain(
+  name: string,
+  timeoutMs: number,
+  log: (line: string) => void,
+  addon: Pick<XenAddon, 'xenDomainInfo'> = xenAddon(),
+): Promise<void> {
   const lookup = (): boolean => {
-    try { const i = addon.xenDomainInfo(/^\d+$/.test(name) ? Number(name) : name); return !i.dying && !i.shutdown && !i.paused; } catch { return false; }
+    try {
+      const i = addon.xenDomainInfo(/^\d+$/.test(name) ? Number(name) : name);
+      return !i.dying && !i.shutdown && !i.paused;
+    } catch {
+      return false;
+    }
   };
   if (lookup()) return;
   log(`waiting up to ${Math.round(timeoutMs / 1000)} s for domain ${name} (create it now; its disk is served)`);
   const deadline = Date.now() + timeoutMs;
   while (!lookup()) {
-    if (Date.now() > deadline) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${name} did not appear within ${Math.round(timeoutMs / 1000)} s`);
+    if (Date.now() > deadline)
+      throw new RemusError(
+        ErrorCode.NO_DOMAIN,
+        `domain ${name} did not appear within ${Math.round(timeoutMs / 1000)} s`,
+      );
     await new Promise((r) => setTimeout(r, 500));
   }
 }
@@ -166,18 +248,29 @@ export interface XenProtectDisk {
  * Serves (and attaches) the image, waits for the domain to run, and reads its configuration:
  * with a qdisk backend on the NBD device, each checkpoint flushes the device's page cache.
  */
-export async function openXenProtectDisk(o: PrimaryDiskOptions & { domain: string; waitMs: number },
-  addon: Pick<XenAddon, 'xenDomainInfo' | 'xenDomainConfigJson'> = xenAddon()): Promise<XenProtectDisk> {
+export async function openXenProtectDisk(
+  o: PrimaryDiskOptions & { domain: string; waitMs: number },
+  addon: Pick<XenAddon, 'xenDomainInfo' | 'xenDomainConfigJson'> = xenAddon(),
+): Promise<XenProtectDisk> {
   const disk = await servePrimaryDisk(o);
   try {
     await waitForXenDomain(o.domain, o.waitMs, o.log, addon);
     const info = addon.xenDomainInfo(/^\d+$/.test(o.domain) ? Number(o.domain) : o.domain);
     const nbd = nbdDiskBackend(addon.xenDomainConfigJson(info.domid));
     const flusher = nbd?.backend === 'qdisk' ? deviceFlusher(nbd.device) : null;
-    o.log(`disk: the domain's NBD disk is ${nbd ? `${nbd.device} (${nbd.backend})` : 'not one /dev/nbdN device: the backup cannot re-point it'}${flusher ? ', its page cache flushed at each checkpoint' : ''}`);
+    o.log(
+      `disk: the domain's NBD disk is ${nbd ? `${nbd.device} (${nbd.backend})` : 'not one /dev/nbdN device: the backup cannot re-point it'}${flusher ? ', its page cache flushed at each checkpoint' : ''}`,
+    );
     return {
-      replicator: disk.replicator, flush: flusher ? () => flusher.flush() : null,
-      close: async () => { await flusher?.close(); await disk.close(); },
+      replicator: disk.replicator,
+      flush: flusher ? () => flusher.flush() : null,
+      close: async () => {
+        await flusher?.close();
+        await disk.close();
+      },
     };
-  } catch (e) { await disk.close(); throw e; }
+  } catch (e) {
+    await disk.close();
+    throw e;
+  }
 }

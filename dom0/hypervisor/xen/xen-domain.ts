@@ -19,7 +19,7 @@ import type { Capture, Domain } from '../../ports';
 import { CheckpointCollector, type CollectedCheckpoint } from './xen-checkpoint';
 import { RecordSplitter, type RawRecord } from './libxc-stream';
 import { Mailbox } from './mailbox';
-import { configName, domainPageCount, xenAddon, type XenAddon } from './xen-addon';
+import { configName, domainPageCount, xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
 import { LIBXL_REC_LIBXC_CONTEXT, libxlEmptyRecord, libxlStreamHeader, xlSavefileHeader } from './xl-stream';
 import { StreamRecorder } from './stream-recorder';
 
@@ -36,10 +36,17 @@ export interface XenDomainOptions {
   log?: (line: string) => void;
 }
 
-export const XEN_DOMAIN_DEFAULTS: XenDomainOptions = { suspendTimeoutMs: 10_000, firstCheckpointTimeoutMs: 600_000, stepTimeoutMs: 30_000 };
+export const XEN_DOMAIN_DEFAULTS: XenDomainOptions = {
+  suspendTimeoutMs: 10_000,
+  firstCheckpointTimeoutMs: 600_000,
+  stepTimeoutMs: 30_000,
+};
 
 type CallbackKind = 'suspend' | 'postcopy' | 'checkpoint';
-interface Callback { kind: CallbackKind; done: (rc: number) => void; }
+interface Callback {
+  kind: CallbackKind;
+  done: (rc: number) => void;
+}
 
 /** One xc_domain_save: its pipe, its reader, and what it produced so far. */
 class SaveRun {
@@ -51,32 +58,52 @@ class SaveRun {
   readonly result: Promise<{ rc: number; message: string }>;
   private readonly socket: net.Socket;
 
-  constructor(x: XenAddon, domid: number, pageCount: number, xlPreamble: Buffer,
-    dispatch: (run: SaveRun, cb: Callback) => void, recorder: StreamRecorder | null) {
+  constructor(
+    x: XenAddon,
+    domid: number,
+    pageCount: number,
+    xlPreamble: Buffer,
+    dispatch: (run: SaveRun, cb: Callback) => void,
+    recorder: StreamRecorder | null,
+  ) {
     this.callbacks = new Mailbox(`libxc callbacks of domain ${domid}`, 4);
     this.checkpoints = new Mailbox(`checkpoints of domain ${domid}`, 4);
     const collector = new CheckpointCollector(pageCount);
     const [rfd, wfd] = x.makePipe();
-    const splitter = new RecordSplitter((h) => {
-      collector.startSave(Buffer.concat([xlPreamble, h]));
-      recorder?.headers(h);
-    }, (r: RawRecord) => {
-      recorder?.record(r);
-      const done = collector.add(r);
-      if (done) this.checkpoints.put(done);
-    });
+    const splitter = new RecordSplitter(
+      (h) => {
+        collector.startSave(Buffer.concat([xlPreamble, h]));
+        recorder?.headers(h);
+      },
+      (r: RawRecord) => {
+        recorder?.record(r);
+        const done = collector.add(r);
+        if (done) this.checkpoints.put(done);
+      },
+    );
     this.socket = new net.Socket({ fd: rfd, readable: true, writable: false });
     this.socket.on('data', (chunk: Buffer) => {
       if (this.checkpoints.failed) return;
-      try { splitter.push(chunk); } catch (e) { this.fail(e as Error); }
+      try {
+        splitter.push(chunk);
+      } catch (e) {
+        this.fail(e as Error);
+      }
     });
-    this.socket.on('error', (e) => this.fail(new RemusError(ErrorCode.XEN, `reading libxc's stream: ${e.message}`, {}, { cause: e })));
-    this.result = x.xenSaveCheckpointed(domid, wfd, (kind, done) => dispatch(this, { kind, done })).then((r) => {
-      this.ended = true;
-      fs.closeSync(wfd); // the reader sees the end of the stream
-      if (!this.ending) this.fail(new RemusError(ErrorCode.XEN, `libxc's save loop of domain ${domid} ended: ${r.message} (rc ${r.rc})`));
-      return r;
-    });
+    this.socket.on('error', (e) =>
+      this.fail(new RemusError(ErrorCode.XEN, `reading libxc's stream: ${e.message}`, {}, { cause: e })),
+    );
+    this.result = x
+      .xenSaveCheckpointed(domid, wfd, (kind, done) => dispatch(this, { kind, done }))
+      .then((r) => {
+        this.ended = true;
+        fs.closeSync(wfd); // the reader sees the end of the stream
+        if (!this.ending)
+          this.fail(
+            new RemusError(ErrorCode.XEN, `libxc's save loop of domain ${domid} ended: ${r.message} (rc ${r.rc})`),
+          );
+        return r;
+      });
   }
 
   /** Leaves this save: its callbacks get 0 from now on, every wait on it fails with e. */
@@ -90,7 +117,9 @@ class SaveRun {
     this.checkpoints.fail(e);
   }
 
-  close(): void { this.socket.destroy(); }
+  close(): void {
+    this.socket.destroy();
+  }
 }
 
 export class XenDomain implements Domain {
@@ -103,10 +132,23 @@ export class XenDomain implements Domain {
   /** When the guest was last asked to suspend (performance.now), and the stop that ended at its resume. */
   private suspendedAt = 0;
   pausedMsLast = 0;
-  private readonly stats = { saves: 0, checkpoints: 0, rawBytesLast: 0, rawBytesTotal: 0, skeletonBytesLast: 0, pagesLast: 0, suspendMsLast: 0 };
+  private readonly stats = {
+    saves: 0,
+    checkpoints: 0,
+    rawBytesLast: 0,
+    rawBytesTotal: 0,
+    skeletonBytesLast: 0,
+    pagesLast: 0,
+    suspendMsLast: 0,
+  };
 
-  private constructor(private readonly x: XenAddon, readonly domid: number, readonly name: string,
-    pageCount: number, private readonly opts: XenDomainOptions) {
+  private constructor(
+    private readonly x: XenAddon,
+    readonly domid: number,
+    readonly name: string,
+    pageCount: number,
+    private readonly opts: XenDomainOptions,
+  ) {
     this.pageCount = pageCount;
   }
 
@@ -114,15 +156,24 @@ export class XenDomain implements Domain {
   static open(arg: string, opts: Partial<XenDomainOptions> = {}, x: XenAddon = xenAddon()): XenDomain {
     const info = x.xenDomainInfo(/^\d+$/.test(arg) ? Number(arg) : arg);
     if (info.domid === 0) throw new RemusError(ErrorCode.NO_DOMAIN, 'domain 0 (dom0) cannot be protected');
-    if (info.dying || info.shutdown) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${arg} (id ${info.domid}) is not running (${info.dying ? 'dying' : 'shut down'})`);
-    if (info.hvm) throw new RemusError(ErrorCode.XEN, `domain ${arg} is HVM/PVH: the Xen adapter handles PV domains so far (HVM needs the device model's EMULATOR records)`);
+    if (info.dying || info.shutdown)
+      throw new RemusError(
+        ErrorCode.NO_DOMAIN,
+        `domain ${arg} (id ${info.domid}) is not running (${info.dying ? 'dying' : 'shut down'})`,
+      );
+    if (info.hvm)
+      throw new RemusError(
+        ErrorCode.XEN,
+        `domain ${arg} is HVM/PVH: the Xen adapter handles PV domains so far (HVM needs the device model's EMULATOR records)`,
+      );
     const name = configName(x.xenDomainConfigJson(info.domid));
     const recordPath = process.env.REMUSDB_XEN_RECORD || undefined; // lab: fixture recording
     return new XenDomain(x, info.domid, name, domainPageCount(info), { ...XEN_DOMAIN_DEFAULTS, recordPath, ...opts });
   }
 
   async suspend(): Promise<void> {
-    if (this.fenced || this.closing) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} is ${this.fenced ? 'fenced' : 'being released'}`);
+    if (this.fenced || this.closing)
+      throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} is ${this.fenced ? 'fenced' : 'being released'}`);
     let run = this.run;
     if (run && !run.callbacks.failed) {
       const cb = await this.take(run, 'checkpoint', this.opts.stepTimeoutMs);
@@ -137,9 +188,14 @@ export class XenDomain implements Domain {
     let run = this.need();
     if (full && !run.fresh) run = await this.restart(run);
     if (!full && run.fresh) {
-      throw new RemusError(ErrorCode.XEN, `libxc's save of ${this.name} started over (the previous one failed): the backup needs a full checkpoint`);
+      throw new RemusError(
+        ErrorCode.XEN,
+        `libxc's save of ${this.name} started over (the previous one failed): the backup needs a full checkpoint`,
+      );
     }
-    const ck = await this.guard(run.checkpoints.take(run.fresh ? this.opts.firstCheckpointTimeoutMs : this.opts.stepTimeoutMs));
+    const ck = await this.guard(
+      run.checkpoints.take(run.fresh ? this.opts.firstCheckpointTimeoutMs : this.opts.stepTimeoutMs),
+    );
     run.fresh = false;
     this.stats.checkpoints++;
     this.stats.rawBytesLast = ck.rawBytes;
@@ -163,7 +219,11 @@ export class XenDomain implements Domain {
   fence(): void {
     this.fenced = true;
     this.endRun();
-    try { this.x.xenPause?.(this.domid); } catch (e) { this.opts.log?.(`fencing: could not pause domain ${this.domid}: ${(e as Error).message}`); }
+    try {
+      this.x.xenPause?.(this.domid);
+    } catch (e) {
+      this.opts.log?.(`fencing: could not pause domain ${this.domid}: ${(e as Error).message}`);
+    }
   }
 
   /** Ends protection: the save loop stops, the guest keeps running. */
@@ -171,7 +231,8 @@ export class XenDomain implements Domain {
     this.closing = true;
     const run = this.run;
     this.endRun();
-    if (run && !run.ended) await Promise.race([run.result, new Promise((r) => setTimeout(r, this.opts.stepTimeoutMs).unref())]);
+    if (run && !run.ended)
+      await Promise.race([run.result, new Promise((r) => setTimeout(r, this.opts.stepTimeoutMs).unref())]);
     run?.close();
   }
 
@@ -181,11 +242,20 @@ export class XenDomain implements Domain {
     this.checkAlive();
     this.run?.close();
     const json = this.x.xenDomainConfigJson(this.domid);
-    const preamble = Buffer.concat([xlSavefileHeader(json), libxlStreamHeader(), libxlEmptyRecord(LIBXL_REC_LIBXC_CONTEXT)]);
-    const recorder = this.opts.recordPath && this.stats.saves === 0 ? new StreamRecorder(this.opts.recordPath, this.opts.recordCheckpoints ?? 4) : null;
+    const preamble = Buffer.concat([
+      xlSavefileHeader(json),
+      libxlStreamHeader(),
+      libxlEmptyRecord(LIBXL_REC_LIBXC_CONTEXT),
+    ]);
+    const recorder =
+      this.opts.recordPath && this.stats.saves === 0
+        ? new StreamRecorder(this.opts.recordPath, this.opts.recordCheckpoints ?? 4)
+        : null;
     this.stats.saves++;
     this.run = new SaveRun(this.x, this.domid, this.pageCount, preamble, (run, cb) => this.dispatch(run, cb), recorder);
-    this.opts.log?.(`xen: save ${this.stats.saves} of ${this.name} (id ${this.domid}, ${this.pageCount} pages) started`);
+    this.opts.log?.(
+      `xen: save ${this.stats.saves} of ${this.name} (id ${this.domid}, ${this.pageCount} pages) started`,
+    );
     return this.run;
   }
 
@@ -199,14 +269,20 @@ export class XenDomain implements Domain {
   }
 
   private dispatch(run: SaveRun, cb: Callback): void {
-    if (run.ending || run !== this.run) { this.answerEnding(cb); return; }
+    if (run.ending || run !== this.run) {
+      this.answerEnding(cb);
+      return;
+    }
     run.callbacks.put(cb);
     if (run.callbacks.failed) this.answerEnding(cb);
   }
 
   /** A callback of a save we are leaving: never leave the guest suspended. */
   private answerEnding(cb: Callback): void {
-    if (cb.kind === 'postcopy') { this.resumeIn(cb, 0); return; }
+    if (cb.kind === 'postcopy') {
+      this.resumeIn(cb, 0);
+      return;
+    }
     cb.done(0);
   }
 
@@ -227,7 +303,7 @@ export class XenDomain implements Domain {
 
   private async suspendIn(run: SaveRun, timeoutMs: number): Promise<void> {
     const cb = await this.take(run, 'suspend', timeoutMs);
-    const t0 = this.suspendedAt = performance.now();
+    const t0 = (this.suspendedAt = performance.now());
     try {
       await this.x.xenSuspendAsync(this.domid, this.opts.suspendTimeoutMs);
     } catch (e) {
@@ -236,7 +312,8 @@ export class XenDomain implements Domain {
       run.abandon(err);
       throw err;
     }
-    if (run.ending || run !== this.run) { // fenced or closed while the guest was suspending
+    if (run.ending || run !== this.run) {
+      // fenced or closed while the guest was suspending
       if (!this.fenced) this.resumeQuietly(); // close(): the guest runs on here
       cb.done(0);
       throw new RemusError(ErrorCode.XEN, `the save of ${this.name} was ended during a suspend`);
@@ -247,7 +324,11 @@ export class XenDomain implements Domain {
   }
 
   private resumeQuietly(): void {
-    try { this.x.xenResume(this.domid); } catch (e) { this.opts.log?.(`xen: resuming ${this.name} after an ended save: ${(e as Error).message}`); }
+    try {
+      this.x.xenResume(this.domid);
+    } catch (e) {
+      this.opts.log?.(`xen: resuming ${this.name} after an ended save: ${(e as Error).message}`);
+    }
   }
 
   private resumeIn(cb: Callback, rc: number): void {
@@ -274,27 +355,42 @@ export class XenDomain implements Domain {
   }
 
   private need(): SaveRun {
-    if (!this.run) throw new RemusError(ErrorCode.XEN, `no save of ${this.name} is running (capture/resume before suspend)`);
+    if (!this.run)
+      throw new RemusError(ErrorCode.XEN, `no save of ${this.name} is running (capture/resume before suspend)`);
     return this.run;
   }
 
   /** A failed wait: say NO_DOMAIN when the domain is gone or dying, whatever libxc said. */
   private async guard<T>(p: Promise<T>): Promise<T> {
-    try { return await p; } catch (e) { throw this.explain(e as Error); }
+    try {
+      return await p;
+    } catch (e) {
+      throw this.explain(e as Error);
+    }
   }
 
   private explain(e: Error): Error {
-    try { this.checkAlive(); } catch (gone) { return gone as Error; }
+    try {
+      this.checkAlive();
+    } catch (gone) {
+      return gone as Error;
+    }
     return e;
   }
 
   private checkAlive(): void {
-    let info;
-    try { info = this.x.xenDomainInfo(this.domid); } catch {
+    let info: XenDomainInfo;
+    try {
+      info = this.x.xenDomainInfo(this.domid);
+    } catch {
       throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} (id ${this.domid}) no longer exists`);
     }
-    if (info.dying) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} (id ${this.domid}) is dying (destroyed)`);
-    if (info.shutdown && info.shutdownReason !== 2) throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} (id ${this.domid}) shut down (reason ${info.shutdownReason})`);
+    if (info.dying)
+      throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} (id ${this.domid}) is dying (destroyed)`);
+    if (info.shutdown && info.shutdownReason !== 2)
+      throw new RemusError(
+        ErrorCode.NO_DOMAIN,
+        `domain ${this.name} (id ${this.domid}) shut down (reason ${info.shutdownReason})`,
+      );
   }
 }
-

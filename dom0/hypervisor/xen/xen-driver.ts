@@ -30,24 +30,36 @@ export interface XenOpenOptions {
   domain?: Partial<XenDomainOptions>;
 }
 
-const NO_CONTINUATION = 'libxc\'s save stream starts over with every session, so a reconnect copies all memory';
+const NO_CONTINUATION = "libxc's save stream starts over with every session, so a reconnect copies all memory";
 
 export const xenPvDriver: DomainDriver = {
   kind: 'xen-pv',
   wireKind: 'xen',
-  title: 'Xen PV domain (libxenguest\'s Remus save loop; shadow paging)',
+  title: "Xen PV domain (libxenguest's Remus save loop; shadow paging)",
   features: {
-    backupHost: true, blackhole: true, precopy: true, continuedSession: { reason: NO_CONTINUATION },
-    disk: true, readTracking: { reason: 'a Xen checkpoint\'s pages travel inside libxc\'s own records' },
-    netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
-    reprotect: { reason: 'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` '
-      + 'on this host (a full copy)' },
+    backupHost: true,
+    blackhole: true,
+    precopy: true,
+    continuedSession: { reason: NO_CONTINUATION },
+    disk: true,
+    readTracking: { reason: "a Xen checkpoint's pages travel inside libxc's own records" },
+    netBufferNfqueue: true,
+    netBufferPlug: true,
+    commitProtection: true,
+    journal: true,
+    metrics: true,
+    reprotect: {
+      reason:
+        'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` ' +
+        'on this host (a full copy)',
+    },
     reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
-    checksumOnFailover: { reason: 'the replica\'s memory goes to xl migrate-receive, which resumes it' },
+    checksumOnFailover: { reason: "the replica's memory goes to xl migrate-receive, which resumes it" },
   },
   defaults: {
     heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
-    deviceStateBytesMax: DEVICE_STATE_BYTES_MAX, netBuffer: 'plug',
+    deviceStateBytesMax: DEVICE_STATE_BYTES_MAX,
+    netBuffer: 'plug',
   },
   ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
   probe: () => probeXen(),
@@ -56,23 +68,38 @@ export const xenPvDriver: DomainDriver = {
 };
 
 function probeXen(): { available: boolean; reason: string } {
-  if (!fs.existsSync('/dev/xen/privcmd')) return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
+  if (!fs.existsSync('/dev/xen/privcmd'))
+    return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
   try {
     const a = loadAddon();
-    if (!a.parts.xen) return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
+    if (!a.parts.xen)
+      return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
   } catch (e) {
     return { available: false, reason: (e as Error).message };
   }
-  return { available: true, reason: 'Xen dom0 with the addon\'s Xen bindings (PV guests need shadow paging)' };
+  return { available: true, reason: "Xen dom0 with the addon's Xen bindings (PV guests need shadow paging)" };
 }
 
 /** The disk first (the user creates the domU once it is served), then the domain, then the lock. */
 async function openXen(req: OpenRequest): Promise<OpenedDomain> {
-  const o = req.xen ?? { diskImage: null, diskListen: { host: '127.0.0.1', port: 0 }, diskDevice: null, waitDomainMs: 0 };
-  const disk: XenProtectDisk | null = o.diskImage ? await openXenProtectDisk({
-    domain: req.name, waitMs: o.waitDomainMs, image: o.diskImage, ...o.diskListen, device: o.diskDevice ?? undefined,
-    clock: realClock, unackedBytesMax: req.diskBufferBytesMax, log: req.log,
-  }) : null;
+  const o = req.xen ?? {
+    diskImage: null,
+    diskListen: { host: '127.0.0.1', port: 0 },
+    diskDevice: null,
+    waitDomainMs: 0,
+  };
+  const disk: XenProtectDisk | null = o.diskImage
+    ? await openXenProtectDisk({
+        domain: req.name,
+        waitMs: o.waitDomainMs,
+        image: o.diskImage,
+        ...o.diskListen,
+        device: o.diskDevice ?? undefined,
+        clock: realClock,
+        unackedBytesMax: req.diskBufferBytesMax,
+        log: req.log,
+      })
+    : null;
   let xen: XenDomain | null = null;
   try {
     xen = XenDomain.open(req.name, { log: req.log, ...o.domain });
@@ -85,13 +112,22 @@ async function openXen(req: OpenRequest): Promise<OpenedDomain> {
   }
 }
 
-function xenOpened(xen: XenDomain, disk: XenProtectDisk | null, lock: HostLock, log: (l: string) => void): OpenedDomain {
+function xenOpened(
+  xen: XenDomain,
+  disk: XenProtectDisk | null,
+  lock: HostLock,
+  log: (l: string) => void,
+): OpenedDomain {
   let closed = false;
   return {
-    driver: xenPvDriver, label: xen.name, name: xen.name, domid: xen.domid,
+    driver: xenPvDriver,
+    label: xen.name,
+    name: xen.name,
+    domid: xen.domid,
     summary: `Xen PV, id ${xen.domid}, ${xen.pageCount} pages`,
     domain: disk?.flush ? flushAfterCapture(xen, disk.flush) : xen,
-    outputs: null, disk: disk?.replicator ?? null,
+    outputs: null,
+    disk: disk?.replicator ?? null,
     defaultInterfaces: () => xenVifs(xen.domid),
     status: () => ({ guest: xen.describe(), disk: disk ? disk.replicator.stats() : null }),
     close: async () => {
@@ -113,8 +149,11 @@ function xenReplicaFor(req: ReplicaRequest): XenReplica {
   const h = req.hello;
   if (h.pageSize !== 4096) throw new RemusError(ErrorCode.HANDSHAKE, `Xen domain ${h.domain}: page size ${h.pageSize}`);
   if (req.reuseDisk) {
-    throw new RemusError(ErrorCode.HANDSHAKE, `${h.domain} is a Xen domain: ${xenPvDriver.kind} replicas cannot use `
-      + '--reuse-disk (its disk is copied whole); start this backup without it');
+    throw new RemusError(
+      ErrorCode.HANDSHAKE,
+      `${h.domain} is a Xen domain: ${xenPvDriver.kind} replicas cannot use ` +
+        '--reuse-disk (its disk is copied whole); start this backup without it',
+    );
   }
   const disk = req.diskFile ? BlockFile.create(req.diskFile, h.diskBytes) : null;
   try {
@@ -130,6 +169,10 @@ export function xenVifs(domid: number, sysClassNet = '/sys/class/net'): string[]
   assertInt(domid, 1, 0x7fef, 'domid');
   const re = new RegExp(`^vif${domid}\\.(\\d+)$`);
   let names: string[];
-  try { names = fs.readdirSync(sysClassNet); } catch { return []; }
+  try {
+    names = fs.readdirSync(sysClassNet);
+  } catch {
+    return [];
+  }
   return names.filter((n) => re.test(n)).sort((a, b) => Number(re.exec(a)![1]) - Number(re.exec(b)![1]));
 }

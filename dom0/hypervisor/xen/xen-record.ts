@@ -31,7 +31,9 @@ export const MAP_BATCH_PAGES = 1024;
 export const EPOCHS_MAX = 1_000_000;
 const PAGE_RECORD_BYTES = 8 + 8 + PAGE_BYTES;
 const EPOCH_END_BYTES = 8 + 16;
-const EINVAL = 22, EOPNOTSUPP = 95, ESRCH = 3;
+const EINVAL = 22,
+  EOPNOTSUPP = 95,
+  ESRCH = 3;
 
 export interface RecordOptions {
   /** Domain name or id (not dom0). */
@@ -78,12 +80,16 @@ export function domidOf(addon: XenLogdirtyAddon, domain: string): XenDomainInfo 
   const info = addon.xenDomainInfo(/^\d+$/.test(domain) ? Number(domain) : domain);
   if (info.domid === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'record traces a guest domain, not dom0');
   if (info.dying || info.shutdown) {
-    throw new RemusError(ErrorCode.XEN, `domain ${domain} (id ${info.domid}) is ${info.dying ? 'dying' : 'shut down'}: nothing to record`);
+    throw new RemusError(
+      ErrorCode.XEN,
+      `domain ${domain} (id ${info.domid}) is ${info.dying ? 'dying' : 'shut down'}: nothing to record`,
+    );
   }
   return info;
 }
 
-const ALREADY_ON = 'log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, another remusdb record, xl migrate or xl remus; for HVM possibly QEMU\'s VRAM tracking); record cannot share it (each reader clears the bitmap for the other): stop that first';
+const ALREADY_ON =
+  "log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, another remusdb record, xl migrate or xl remus; for HVM possibly QEMU's VRAM tracking); record cannot share it (each reader clears the bitmap for the other): stop that first";
 
 /**
  * Turns log-dirty on, or says clearly why not. Xen does not reliably refuse a second ENABLE
@@ -92,19 +98,37 @@ const ALREADY_ON = 'log-dirty mode is already on — another tool is tracking it
  */
 export function enableLogdirty(addon: XenLogdirtyAddon, domid: number, name: string, bitmap: Buffer): void {
   let pending = 0;
-  try { pending = addon.xenLogdirtyPeekClean(domid, bitmap, false); } catch { /* no bitmap to peek: not on */ }
+  try {
+    pending = addon.xenLogdirtyPeekClean(domid, bitmap, false);
+  } catch {
+    /* no bitmap to peek: not on */
+  }
   if (pending > 0) {
-    throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON} (${pending} dirty pages are pending in its bitmap)`, { domid, pending });
+    throw new RemusError(
+      ErrorCode.XEN,
+      `domain ${name} (id ${domid}): ${ALREADY_ON} (${pending} dirty pages are pending in its bitmap)`,
+      { domid, pending },
+    );
   }
   try {
     addon.xenLogdirtyEnable(domid);
   } catch (e) {
     const errno = (e as RemusError).details?.errno;
     if (errno === EINVAL) {
-      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): ${ALREADY_ON}, or it has passthrough devices (${(e as Error).message})`, { domid, errno }, { cause: e });
+      throw new RemusError(
+        ErrorCode.XEN,
+        `domain ${name} (id ${domid}): ${ALREADY_ON}, or it has passthrough devices (${(e as Error).message})`,
+        { domid, errno },
+        { cause: e },
+      );
     }
     if (errno === EOPNOTSUPP) {
-      throw new RemusError(ErrorCode.XEN, `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`, { domid, errno }, { cause: e });
+      throw new RemusError(
+        ErrorCode.XEN,
+        `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`,
+        { domid, errno },
+        { cause: e },
+      );
     }
     throw e;
   }
@@ -129,7 +153,11 @@ export function bitmapPfns(bitmap: Buffer, totalPages: number, out: Uint32Array)
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (ms <= 0 || signal?.aborted) return Promise.resolve();
   return new Promise((resolve) => {
-    const done = (): void => { clearTimeout(t); signal?.removeEventListener('abort', done); resolve(); };
+    const done = (): void => {
+      clearTimeout(t);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
     const t = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });
   });
@@ -152,7 +180,11 @@ class Recorder {
   private written = 0;
   private readonly t0 = performance.now();
 
-  constructor(readonly o: RecordOptions, readonly domid: number, readonly totalPages: number) {
+  constructor(
+    readonly o: RecordOptions,
+    readonly domid: number,
+    readonly totalPages: number,
+  ) {
     this.writer = new TraceWriter(o.out, { pageSize: PAGE_BYTES, totalPages });
   }
 
@@ -164,7 +196,10 @@ class Recorder {
       const batch = pfns.subarray(at, Math.min(n, at + MAP_BATCH_PAGES));
       this.o.addon.xenMapRead(this.domid, batch, this.pages, this.errs);
       for (let i = 0; i < batch.length; i++) {
-        if (this.errs[i] !== 0) { this.pagesUnreadable++; continue; }
+        if (this.errs[i] !== 0) {
+          this.pagesUnreadable++;
+          continue;
+        }
         this.writer.page(batch[i], this.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
         this.written++;
       }
@@ -196,18 +231,23 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
   const { domid } = info;
   const totalPages = domainPageCount(info);
   if (HEADER_SIZE + epochBytes(totalPages) > o.bytesMax) {
-    throw new RemusError(ErrorCode.BAD_ARGUMENT, `--max-bytes ${o.bytesMax} cannot hold the first epoch of domain ${o.domain} (${totalPages} pages = ${HEADER_SIZE + epochBytes(totalPages)} bytes)`);
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `--max-bytes ${o.bytesMax} cannot hold the first epoch of domain ${o.domain} (${totalPages} pages = ${HEADER_SIZE + epochBytes(totalPages)} bytes)`,
+    );
   }
   const bitmap = Buffer.alloc(Math.ceil(totalPages / 64) * 8);
   const pfns = new Uint32Array(totalPages);
-  let dirtyCounts = new Uint32Array(1 << 12);  // incremental epochs' dirty pages, grown ×2
+  let dirtyCounts = new Uint32Array(1 << 12); // incremental epochs' dirty pages, grown ×2
   enableLogdirty(o.addon, domid, o.domain, bitmap);
-  log(`recording domain ${o.domain} (id ${domid}, ${info.hvm ? 'HVM' : 'PV'}, ${totalPages} pages) every ${o.intervalMs} ms for ${o.seconds} s → ${o.out}`);
+  log(
+    `recording domain ${o.domain} (id ${domid}, ${info.hvm ? 'HVM' : 'PV'}, ${totalPages} pages) every ${o.intervalMs} ms for ${o.seconds} s → ${o.out}`,
+  );
   let rec: Recorder | undefined;
   const tStart = performance.now();
   try {
     rec = new Recorder(o, domid, totalPages);
-    o.addon.xenLogdirtyPeekClean(domid, bitmap);  // from here on every write is caught
+    o.addon.xenLogdirtyPeekClean(domid, bitmap); // from here on every write is caught
     for (let i = 0; i < totalPages; i++) pfns[i] = i;
     const firstEpochPages = rec.epoch(pfns, totalPages);
     o.onEpoch?.(0, firstEpochPages);
@@ -219,13 +259,22 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
     let last = performance.now();
     for (;;) {
       await sleep(Math.min(o.intervalMs - (performance.now() - last), deadline - performance.now()), o.signal);
-      if (o.signal?.aborted) { stoppedBy = 'signal'; break; }
+      if (o.signal?.aborted) {
+        stoppedBy = 'signal';
+        break;
+      }
       if (performance.now() >= deadline) break;
-      if (rec.epochs >= EPOCHS_MAX) { stoppedBy = 'epochs'; break; }
+      if (rec.epochs >= EPOCHS_MAX) {
+        stoppedBy = 'epochs';
+        break;
+      }
       last = performance.now();
       o.addon.xenLogdirtyPeekClean(domid, bitmap);
       const n = bitmapPfns(bitmap, totalPages, pfns);
-      if (rec.traceBytes + epochBytes(n) > o.bytesMax) { stoppedBy = 'bytes'; break; }
+      if (rec.traceBytes + epochBytes(n) > o.bytesMax) {
+        stoppedBy = 'bytes';
+        break;
+      }
       const written = rec.epoch(pfns, n);
       if (nDirty === dirtyCounts.length) {
         const grown = new Uint32Array(Math.min(EPOCHS_MAX, dirtyCounts.length * 2));
@@ -238,21 +287,43 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
     rec.close();
     const sorted = dirtyCounts.slice(0, nDirty).sort();
     return {
-      domid, totalPages, epochs: rec.epochs, pages: rec.pagesWritten, firstEpochPages,
-      pagesUnreadable: rec.pagesUnreadable, dirtyP50: percentile(sorted, 0.5), dirtyP99: percentile(sorted, 0.99),
-      dirtyMax: nDirty ? sorted[nDirty - 1] : 0, traceBytes: rec.traceBytes, fileBytes: fs.statSync(o.out).size,
-      firstEpochMs, durationMs: performance.now() - tStart, stoppedBy,
+      domid,
+      totalPages,
+      epochs: rec.epochs,
+      pages: rec.pagesWritten,
+      firstEpochPages,
+      pagesUnreadable: rec.pagesUnreadable,
+      dirtyP50: percentile(sorted, 0.5),
+      dirtyP99: percentile(sorted, 0.99),
+      dirtyMax: nDirty ? sorted[nDirty - 1] : 0,
+      traceBytes: rec.traceBytes,
+      fileBytes: fs.statSync(o.out).size,
+      firstEpochMs,
+      durationMs: performance.now() - tStart,
+      stoppedBy,
     };
   } finally {
-    try { rec?.close(); } catch { /* the error being thrown matters more */ }
+    try {
+      rec?.close();
+    } catch {
+      /* the error being thrown matters more */
+    }
     disableQuietly(o.addon, domid, log);
   }
 }
 
 /** Log-dirty off (a destroyed domain needs nothing); the cached p2m mapping released. */
 function disableQuietly(addon: XenLogdirtyAddon, domid: number, log: (l: string) => void): void {
-  try { addon.xenLogdirtyDisable(domid); log(`log-dirty mode of domain ${domid} switched off`); } catch (e) {
-    if ((e as RemusError).details?.errno !== ESRCH) log(`warning: could not switch log-dirty off for domain ${domid}: ${(e as Error).message}`);
+  try {
+    addon.xenLogdirtyDisable(domid);
+    log(`log-dirty mode of domain ${domid} switched off`);
+  } catch (e) {
+    if ((e as RemusError).details?.errno !== ESRCH)
+      log(`warning: could not switch log-dirty off for domain ${domid}: ${(e as Error).message}`);
   }
-  try { addon.xenMapRelease(); } catch { /* nothing held */ }
+  try {
+    addon.xenMapRelease();
+  } catch {
+    /* nothing held */
+  }
 }

@@ -90,10 +90,17 @@ export class XenReplica implements DriverReplica {
   private readonly opts: XenReplicaOptions;
   readonly stats = { checkpointsWritten: 0, bytesWritten: 0, bytesLast: 0, receivers: 0 };
 
-  constructor(readonly name: string, readonly pageCount: number, opts: Partial<XenReplicaOptions> = {}) {
+  constructor(
+    readonly name: string,
+    readonly pageCount: number,
+    opts: Partial<XenReplicaOptions> = {},
+  ) {
     this.opts = {
-      receiver: ['xl', 'migrate-receive', '-r', '-e'], queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_BYTES),
-      resumeTimeoutMs: 60_000, log: () => {}, ...opts,
+      receiver: ['xl', 'migrate-receive', '-r', '-e'],
+      queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_BYTES),
+      resumeTimeoutMs: 60_000,
+      log: () => {},
+      ...opts,
     };
     this.image = GuestMemory.allocate(pageCount);
     this.diskFile = opts.disk ?? null;
@@ -104,21 +111,29 @@ export class XenReplica implements DriverReplica {
     const plan = planCheckpoint(state, this.image);
     const { preamble: original, bytes, endsWithCheckpoint } = plan;
     const preamble = original && this.disk ? this.retarget(original) : original;
-    if (!endsWithCheckpoint) throw new RemusError(ErrorCode.XEN, 'a Xen checkpoint must end with libxc\'s CHECKPOINT record');
+    if (!endsWithCheckpoint)
+      throw new RemusError(ErrorCode.XEN, "a Xen checkpoint must end with libxc's CHECKPOINT record");
     if (preamble) this.newReceiver();
-    else if (this.checkpoints === 0) throw new RemusError(ErrorCode.XEN, 'the first Xen checkpoint of a session carries no stream preamble');
+    else if (this.checkpoints === 0)
+      throw new RemusError(ErrorCode.XEN, 'the first Xen checkpoint of a session carries no stream preamble');
     const rx = this.live();
     const total = bytes + (preamble?.length ?? 0) + 8;
     const behind = rx.stdin!.writableLength + this.feedBytes;
     if (behind + total > this.opts.queueBytesMax) {
-      throw new RemusError(ErrorCode.XEN, `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`);
+      throw new RemusError(
+        ErrorCode.XEN,
+        `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`,
+      );
     }
     const parts = plan.parts();
-    this.feed.push({ plan, records: (function* (): Generator<Buffer> {
-      if (preamble) yield preamble;
-      yield* parts;
-      yield libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END);
-    })() });
+    this.feed.push({
+      plan,
+      records: (function* (): Generator<Buffer> {
+        if (preamble) yield preamble;
+        yield* parts;
+        yield libxlEmptyRecord(LIBXL_REC_CHECKPOINT_END);
+      })(),
+    });
     this.feedBytes += total;
     this.pump(rx);
     this.checkpoints++;
@@ -131,25 +146,57 @@ export class XenReplica implements DriverReplica {
   async resume(): Promise<Record<string, unknown>> {
     const rx = this.live();
     this.resumed = true;
-    if (this.checkpoints === 0) throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
-    const t0 = Date.now(), deadline = t0 + this.opts.resumeTimeoutMs;
+    if (this.checkpoints === 0)
+      throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
+    const t0 = Date.now(),
+      deadline = t0 + this.opts.resumeTimeoutMs;
     await this.exposeDisk();
     await this.fed(rx);
     const diskMs = Date.now() - t0;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new RemusError(ErrorCode.XEN, `xl migrate-receive did not take the last checkpoint within ${this.opts.resumeTimeoutMs} ms`)), this.opts.resumeTimeoutMs);
-      rx.stdin!.end(() => { clearTimeout(timer); resolve(); });
+      const timer = setTimeout(
+        () =>
+          reject(
+            new RemusError(
+              ErrorCode.XEN,
+              `xl migrate-receive did not take the last checkpoint within ${this.opts.resumeTimeoutMs} ms`,
+            ),
+          ),
+        this.opts.resumeTimeoutMs,
+      );
+      rx.stdin!.end(() => {
+        clearTimeout(timer);
+        resolve();
+      });
     });
     const flushedMs = Date.now() - t0 - diskMs;
     for (;;) {
       const domid = this.backupDomid();
       const info = domid === null ? null : this.lookup(domid);
       if (info && !info.paused && !info.dying && !info.shutdown) {
-        this.opts.log(`xen: ${this.name} (id ${info.domid}) runs on the backup, ${Date.now() - t0} ms after the stream ended`);
-        return { domid: info.domid, name: this.name, flushedMs, runningMs: Date.now() - t0, checkpoints: this.checkpoints, diskMs, diskDevice: this.served ? this.nbdDevice : null };
+        this.opts.log(
+          `xen: ${this.name} (id ${info.domid}) runs on the backup, ${Date.now() - t0} ms after the stream ended`,
+        );
+        return {
+          domid: info.domid,
+          name: this.name,
+          flushedMs,
+          runningMs: Date.now() - t0,
+          checkpoints: this.checkpoints,
+          diskMs,
+          diskDevice: this.served ? this.nbdDevice : null,
+        };
       }
-      if (this.rxExit && (!info || info.dying || info.shutdown)) throw new RemusError(ErrorCode.XEN, `xl migrate-receive ${this.rxExit} without resuming ${this.name}: ${this.rxErr.slice(-5).join(' | ')}`);
-      if (Date.now() > deadline) throw new RemusError(ErrorCode.XEN, `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ended: ${this.rxErr.slice(-5).join(' | ')}`);
+      if (this.rxExit && (!info || info.dying || info.shutdown))
+        throw new RemusError(
+          ErrorCode.XEN,
+          `xl migrate-receive ${this.rxExit} without resuming ${this.name}: ${this.rxErr.slice(-5).join(' | ')}`,
+        );
+      if (Date.now() > deadline)
+        throw new RemusError(
+          ErrorCode.XEN,
+          `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ended: ${this.rxErr.slice(-5).join(' | ')}`,
+        );
       await new Promise((r) => setTimeout(r, 50));
     }
   }
@@ -163,12 +210,18 @@ export class XenReplica implements DriverReplica {
   }
 
   /** The backup stops: a resumed domain stays with xl; the receiver and disk server go. */
-  async stop(): Promise<void> { this.close(); }
+  async stop(): Promise<void> {
+    this.close();
+  }
 
   /** What `remusdb status` shows of this replica on the backup. */
   status(): Record<string, unknown> {
-    return { xen: this.stats, guest: null, outputs: null,
-      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes } : null };
+    return {
+      xen: this.stats,
+      guest: null,
+      outputs: null,
+      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes } : null,
+    };
   }
 
   /** The resumed guest learns it is the failed-over copy (its agent starts database recovery). */
@@ -178,7 +231,9 @@ export class XenReplica implements DriverReplica {
 
   // ---- the replicated disk ------------------------------------------------------------
 
-  private access(): ReplicaDiskAccess { return this.opts.diskAccess ?? realDiskAccess; }
+  private access(): ReplicaDiskAccess {
+    return this.opts.diskAccess ?? realDiskAccess;
+  }
 
   /** The preamble with the configuration's NBD disk on this host's device. */
   private retarget(preamble: Buffer): Buffer {
@@ -193,7 +248,12 @@ export class XenReplica implements DriverReplica {
     if (!this.diskFile || this.served) return;
     if (!this.nbdDevice) throw new RemusError(ErrorCode.XEN, 'no NBD device was chosen for the replica disk');
     const served = await this.access().serve(this.diskFile.path);
-    try { await this.access().attach(served.port, this.nbdDevice, served.exportName); } catch (e) { await served.close(); throw e; }
+    try {
+      await this.access().attach(served.port, this.nbdDevice, served.exportName);
+    } catch (e) {
+      await served.close();
+      throw e;
+    }
     this.served = served;
     this.opts.log(`xen: replica disk ${this.diskFile.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
   }
@@ -209,11 +269,20 @@ export class XenReplica implements DriverReplica {
   private pump(rx: ChildProcess): void {
     if (this.pumping || this.rx !== rx) return;
     const stdin = rx.stdin!;
-    for (let budget = FEED_TURN_BYTES; this.feed.length > 0;) {
-      if (stdin.writableLength >= FEED_HIGH_BYTES) { this.wait(rx, () => stdin.once('drain', () => this.resumePump(rx))); return; }
-      if (budget <= 0) { this.wait(rx, () => setImmediate(() => this.resumePump(rx))); return; }
+    for (let budget = FEED_TURN_BYTES; this.feed.length > 0; ) {
+      if (stdin.writableLength >= FEED_HIGH_BYTES) {
+        this.wait(rx, () => stdin.once('drain', () => this.resumePump(rx)));
+        return;
+      }
+      if (budget <= 0) {
+        this.wait(rx, () => setImmediate(() => this.resumePump(rx)));
+        return;
+      }
       const next = this.feed[0].records.next();
-      if (next.done) { this.feed.shift(); continue; }
+      if (next.done) {
+        this.feed.shift();
+        continue;
+      }
       stdin.write(next.value);
       this.feedBytes -= next.value.length;
       budget -= next.value.length;
@@ -273,8 +342,12 @@ export class XenReplica implements DriverReplica {
         if (this.rxErr.length > STDERR_LINES_MAX) this.rxErr.shift();
       }
     });
-    rx.stdin!.on('error', () => { /* EPIPE: reported by the exit */ });
-    rx.on('error', (e) => { if (this.rx === rx) this.rxExit = `could not start (${e.message})`; });
+    rx.stdin!.on('error', () => {
+      /* EPIPE: reported by the exit */
+    });
+    rx.on('error', (e) => {
+      if (this.rx === rx) this.rxExit = `could not start (${e.message})`;
+    });
     rx.on('exit', (code, sig) => {
       if (this.rx !== rx) return;
       this.rxExit = this.rxExit ?? `exited (${sig ?? `code ${code}`})`;
@@ -284,7 +357,12 @@ export class XenReplica implements DriverReplica {
 
   private live(): ChildProcess {
     if (!this.rx || this.rxExit) {
-      throw new RemusError(ErrorCode.XEN, this.rx ? `xl migrate-receive ${this.rxExit}: ${this.rxErr.slice(-3).join(' | ')}` : 'no receiver: the first checkpoint has not arrived');
+      throw new RemusError(
+        ErrorCode.XEN,
+        this.rx
+          ? `xl migrate-receive ${this.rxExit}: ${this.rxErr.slice(-3).join(' | ')}`
+          : 'no receiver: the first checkpoint has not arrived',
+      );
     }
     return this.rx;
   }
@@ -303,13 +381,21 @@ export class XenReplica implements DriverReplica {
     }
   }
 
-  private addon(): Pick<XenAddon, 'xenDomainInfo'> { return this.opts.addon ?? xenAddon(); }
-
-  private lookup(d: string | number): XenDomainInfo | null {
-    try { return this.addon().xenDomainInfo(d); } catch { return null; }
+  private addon(): Pick<XenAddon, 'xenDomainInfo'> {
+    return this.opts.addon ?? xenAddon();
   }
 
-  private incoming(): XenDomainInfo | null { return this.lookup(`${this.name}--incoming`); }
+  private lookup(d: string | number): XenDomainInfo | null {
+    try {
+      return this.addon().xenDomainInfo(d);
+    } catch {
+      return null;
+    }
+  }
+
+  private incoming(): XenDomainInfo | null {
+    return this.lookup(`${this.name}--incoming`);
+  }
 
   /** The backup domain (xl names it "<name>--incoming" until the failover renames it). */
   private backupDomid(): number | null {

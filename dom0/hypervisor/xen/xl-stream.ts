@@ -7,8 +7,10 @@ import { assert } from '../../assert';
 
 export const RECEIVER_BANNER = 'xl migration receiver ready, send binary domain data.\n';
 const XL_MAGIC = 'Xen saved domain, xl format\n \0 \r';
-const XL_FLAG_JSON = 1, XL_FLAG_STREAMV2 = 2;
-export const LIBXL_REC_LIBXC_CONTEXT = 1, LIBXL_REC_CHECKPOINT_END = 4;
+const XL_FLAG_JSON = 1,
+  XL_FLAG_STREAMV2 = 2;
+export const LIBXL_REC_LIBXC_CONTEXT = 1,
+  LIBXL_REC_CHECKPOINT_END = 4;
 
 /** xl savefile header + optional data (u32 length + JSON with its NUL), host byte order. */
 export function xlSavefileHeader(configJson: string): Buffer {
@@ -16,10 +18,10 @@ export function xlSavefileHeader(configJson: string): Buffer {
   const h = Buffer.alloc(32 + 16 + 4);
   assert(Buffer.byteLength(XL_MAGIC, 'latin1') === 32, 'xl magic is 32 octets');
   h.write(XL_MAGIC, 0, 'latin1');
-  h.writeUInt32LE(0x01020304, 32);                    // byte order marker
+  h.writeUInt32LE(0x01020304, 32); // byte order marker
   h.writeUInt32LE(XL_FLAG_STREAMV2 | XL_FLAG_JSON, 36); // mandatory flags
-  h.writeUInt32LE(0, 40);                             // optional flags
-  h.writeUInt32LE(4 + json.length, 44);               // optional data length
+  h.writeUInt32LE(0, 40); // optional flags
+  h.writeUInt32LE(4 + json.length, 44); // optional data length
   h.writeUInt32LE(json.length, 48);
   return Buffer.concat([h, json]);
 }

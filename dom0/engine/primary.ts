@@ -555,10 +555,13 @@ export class Primary {
       this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
       this.verifyEpoch = p.epoch;
     }
-    this.clock.defer(() => this.streamBatch(p));
+    const gen = this.sessionGen;
+    this.clock.defer(() => this.streamBatch(p, gen));
   }
 
-  private streamBatch(p: Pending): void {
+  /** gen: the session the stream began in; a later session's stream is not this chain's to end. */
+  private streamBatch(p: Pending, gen: number): void {
+    if (gen !== this.sessionGen) return; // dropLink already ended it (streaming = false)
     if (this.queue[0] !== p || this.session !== 'active') {
       this.streaming = false;
       return;
@@ -579,7 +582,7 @@ export class Primary {
       this.totals.rawBytes += n * PAGE_BYTES;
       p.next += n;
       p.sentPages += n;
-      this.clock.defer(() => this.streamBatch(p));
+      this.clock.defer(() => this.streamBatch(p, gen));
       return;
     }
     const exposure = p.full ? (this.hooks.netExposure?.(true) ?? null) : null;

@@ -1,6 +1,6 @@
 // driver: what the protect and backup services need of a kind of domain, and nothing more.
 // Above the engine there is one protect service and one backup service; a domain driver
-// (sim, xen-pv; later xen-pvh, xen-hvm) opens a domain from its name and hands over the
+// (sim, xen-pv, xen-pvh; later xen-hvm) opens a domain from its name and hands over the
 // engine's ports (Domain, the disk port), the outputs it holds itself, the interfaces whose
 // packets are its outputs, its defaults and its features. On the backup it makes the replica
 // for an accepted HELLO. The shape follows Xen's migration v2: one generic loop (the engine
@@ -14,7 +14,7 @@ import type { DiskPort, Domain, OutputGate, Replica } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 
 /** The registry's keys (dom0/hypervisor/registry.ts). */
-export type DriverKind = 'sim' | 'xen-pv';
+export type DriverKind = 'sim' | 'xen-pv' | 'xen-pvh';
 
 /** What HELLO calls the kind of domain (docs/protocol.md): one replica type per value. */
 export type WireKind = HelloInfo['kind'];

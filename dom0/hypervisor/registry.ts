@@ -5,10 +5,10 @@ import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import type { DomainDriver, DriverKind, WireKind } from './driver';
 import { simDriver } from './sim/sim-driver';
-import { xenPvDriver } from './xen/xen-driver';
+import { xenDriverForDomain, xenPvDriver, xenPvhDriver } from './xen/xen-driver';
 
 /** Every driver, in README's column order. */
-export const DRIVERS: readonly DomainDriver[] = [simDriver, xenPvDriver];
+export const DRIVERS: readonly DomainDriver[] = [simDriver, xenPvDriver, xenPvhDriver];
 
 const DOMAIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
@@ -43,10 +43,13 @@ export function resolveDomain(arg: string): { driver: DomainDriver; name: string
       `${JSON.stringify(arg)}: a Xen domain is a name or id (letters, digits, . _ -)`,
     );
   }
-  return { driver: xenPvDriver, name: arg };
+  return { driver: xenDriverForDomain(arg), name: arg };
 }
 
-/** The driver whose replicas serve a HELLO of this kind (validated by engine/hello.ts). */
+/**
+ * The driver whose replicas serve a HELLO of this kind (validated by engine/hello.ts). The
+ * Xen guest types share one replica (xl reads the type from the stream's configuration).
+ */
 export function driverForHello(kind: WireKind): DomainDriver {
   const d = DRIVERS.find((x) => x.wireKind === kind);
   if (!d) throw new RemusError(ErrorCode.HANDSHAKE, `no replica driver for domains of kind ${JSON.stringify(kind)}`);

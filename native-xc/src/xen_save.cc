@@ -260,6 +260,11 @@ struct SaveRun {
 int CbSuspend(void* d) { return static_cast<SaveRun*>(d)->Ask("suspend"); }
 int CbPostcopy(void* d) { return static_cast<SaveRun*>(d)->Ask("postcopy"); }
 int CbCheckpoint(void* d) { return static_cast<SaveRun*>(d)->Ask("checkpoint"); }
+// libxc's HVM save ops (PVH is an HVM container) turn the device model's log-dirty on and
+// off around the save. A PVH domain has no device model (libxl writes no EMULATOR records
+// for it), so there is nothing to switch; HVM guests, which have one, are refused before a
+// save starts (dom0/hypervisor/xen/xen-domain.ts).
+int CbSwitchQemuLogdirty(uint32_t, unsigned, void*) { return 0; }
 
 // xenSaveCheckpointed(domid, ioFd, dispatch(kind, done)) -> Promise<{ rc, errno, message }>
 Napi::Value SaveCheckpointed(const Napi::CallbackInfo& info) {
@@ -290,6 +295,7 @@ Napi::Value SaveCheckpointed(const Napi::CallbackInfo& info) {
       cb.suspend = CbSuspend;
       cb.postcopy = CbPostcopy;
       cb.checkpoint = CbCheckpoint;
+      cb.switch_qemu_logdirty = CbSwitchQemuLogdirty;
       cb.data = run;
       errno = 0;
       rc = xc_domain_save(xch, run->fd, run->domid, XCFLAGS_LIVE, &cb, XC_STREAM_REMUS, -1);

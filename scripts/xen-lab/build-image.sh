@@ -191,6 +191,11 @@ pick_hypervisor() {
   zcat "$ROOT/boot/xen-4.17-amd64.gz" > "$WORK/out/boot/xen"
 }
 pick_hypervisor
+# And Debian's own (bookworm-security, no shadow paging) as boot/xen-stock: the hypervisor a
+# user's updated Debian 12 host runs; PVH scenarios boot it (XENLAB_HV=stock, stage.sh).
+zcat "$ROOT/boot/xen-4.17-amd64.gz" > "$WORK/out/boot/xen-stock"
+xl_log "stock hypervisor: xen $(in_root dpkg-query -W -f='${Version}' xen-hypervisor-4.17-amd64) (shadow paging $(
+  grep -q '^CONFIG_SHADOW_PAGING=y' "$ROOT/boot/xen-4.17-amd64.config" && echo on || echo off))"
 cp "$ROOT/boot/vmlinuz-$KVER" "$WORK/out/boot/vmlinuz"
 cp "$ROOT/boot/initrd.img-$KVER" "$WORK/out/boot/initrd.img"
 step mkfs mkfs.ext4 -q -F -L xenlab-dom0 -d "$ROOT" "$WORK/out/dom0.img" "$IMG_SIZE"

@@ -60,10 +60,10 @@ lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, 
   ip link set "$br" up
 }
 
-lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
+lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg (LAB_DOMU_TYPE: pv, pvh)
   cat <<EOF
 name = "$1"
-type = "pv"
+type = "${LAB_DOMU_TYPE:-pv}"
 kernel = "/opt/xenlab/domu/vmlinuz"
 ramdisk = "/opt/xenlab/domu/initrd.gz"
 extra = "console=hvc0 loglevel=4 xenlab.ip=$2"

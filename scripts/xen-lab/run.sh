@@ -31,6 +31,13 @@ INTERACTIVE=0
 [ $# = 1 ] || { echo "usage: $0 [--interactive] <scenario name under scenarios/ | path to a script>" >&2; exit 2; }
 if [ -f "$1" ]; then SCEN_FILE=$1; SCEN=$(basename "$1" .sh); else SCEN=$1; SCEN_FILE=$XENLAB_DIR/scenarios/$1.sh; fi
 [ -f "$SCEN_FILE" ] || xl_die "no scenario '$1' (have: $(cd "$XENLAB_DIR/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+# A scenario names the machine it needs in a "# xenlab-machine: XENLAB_CPU=… XENLAB_HV=…"
+# line (stage.sh, xl_qemu_argv); what the environment sets wins.
+for kv in $(sed -n 's/^# xenlab-machine: //p' "$SCEN_FILE"); do
+  [[ "$kv" =~ ^XENLAB_(CPU|HV)=[A-Za-z0-9_.,+-]+$ ]] || xl_die "$SCEN_FILE: xenlab-machine '$kv' is not XENLAB_CPU=… or XENLAB_HV=…"
+  k=${kv%%=*}
+  [ -n "${!k:-}" ] || export "$kv"
+done
 PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
 TIMEOUT=${XENLAB_TIMEOUT:-1800}
 MEM=${XENLAB_MEM:-4096}
@@ -49,6 +56,7 @@ RUN=$XENLAB_CACHE/runs/$(date +%Y%m%d-%H%M%S)-$SCEN
 SHARE=$RUN/share
 mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
+cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another with its own knobs
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
 xl_scenario_env "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"

@@ -51,10 +51,21 @@ xl_lab_lock() { # one lab VM (or VM pair) at a time on this machine: holds fd 8 
   flock -n 8 || { xl_log "another lab VM is running; waiting for it (up to 3600 s)"; flock -w 3600 8 || xl_die "lab VM lock timeout"; }
 }
 
+# The machine: XENLAB_CPU (QEMU -cpu; Westmere: PV only; qemu64,+svm,+npt: SVM with nested
+# paging, so Xen offers HVM/PVH with HAP — EPYC models crash dom0 under TCG) and XENLAB_HV
+# (the hypervisor: "shadow", bookworm's build with shadow paging, which PV log-dirty needs;
+# "stock", bookworm-security's build as Debian ships it, without shadow paging).
 xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_ARGV (Xen + dom0, no NIC)
-  QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu Westmere -smp "$SMP" -m "$MEM"
+  local hv
+  case "${XENLAB_HV:-shadow}" in
+    shadow) hv=xen ;;
+    stock) hv=xen-stock ;;
+    *) xl_die "XENLAB_HV: '$XENLAB_HV' is not shadow or stock" ;;
+  esac
+  [[ "${XENLAB_CPU:-Westmere}" =~ ^[A-Za-z0-9_.,+-]+$ ]] || xl_die "XENLAB_CPU: '$XENLAB_CPU' is not a QEMU cpu model"
+  QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu "${XENLAB_CPU:-Westmere}" -smp "$SMP" -m "$MEM"
     -display none -no-reboot -nic none -pidfile "$3"
-    -kernel "$1/boot/xen"
+    -kernel "$1/boot/$hv"
     -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
     -initrd "$1/boot/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init${4:+ $4},$1/boot/initrd.img"
     -drive "file=$1/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe,file.locking=off"

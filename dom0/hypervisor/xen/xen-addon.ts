@@ -84,14 +84,29 @@ export function domainPageCount(info: XenDomainInfo): number {
   return n;
 }
 
+/** Guest types as libxl names them (c_info.type). */
+export type XenGuestType = 'pv' | 'pvh' | 'hvm';
+
+/** The domain's guest type from its libxl configuration JSON (c_info.type). */
+export function configGuestType(json: string): XenGuestType {
+  const t = (parseConfig(json) as { c_info?: { type?: unknown } }).c_info?.type;
+  if (t !== 'pv' && t !== 'pvh' && t !== 'hvm') {
+    throw new RemusError(ErrorCode.XEN, `the domain configuration's c_info.type is ${JSON.stringify(t)}, not pv, pvh or hvm`);
+  }
+  return t;
+}
+
+function parseConfig(json: string): unknown {
+  try {
+    return JSON.parse(json);
+  } catch (e) {
+    throw new RemusError(ErrorCode.XEN, 'libxl returned a domain configuration that is not JSON', {}, { cause: e });
+  }
+}
+
 /** The domain's name from its libxl configuration JSON (c_info.name). */
 export function configName(json: string): string {
-  let v: unknown;
-  try {
-    v = JSON.parse(json);
-  } catch {
-    throw new RemusError(ErrorCode.XEN, 'libxl returned a domain configuration that is not JSON');
-  }
+  const v = parseConfig(json);
   const name = (v as { c_info?: { name?: unknown } }).c_info?.name;
   if (typeof name !== 'string' || !name)
     throw new RemusError(ErrorCode.XEN, 'the domain configuration has no c_info.name');

@@ -19,7 +19,9 @@ import type { Capture, Domain } from '../../ports';
 import { CheckpointCollector, type CollectedCheckpoint } from './xen-checkpoint';
 import { RecordSplitter, type RawRecord } from './libxc-stream';
 import { Mailbox } from './mailbox';
-import { configName, domainPageCount, xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
+import {
+  configGuestType, configName, domainPageCount, xenAddon, type XenAddon, type XenDomainInfo, type XenGuestType,
+} from './xen-addon';
 import { LIBXL_REC_LIBXC_CONTEXT, libxlEmptyRecord, libxlStreamHeader, xlSavefileHeader } from './xl-stream';
 import { StreamRecorder } from './stream-recorder';
 
@@ -146,6 +148,8 @@ export class XenDomain implements Domain {
     private readonly x: XenAddon,
     readonly domid: number,
     readonly name: string,
+    /** PV, or PVH (an HVM container without a device model: libxc's HVM save ops, no EMULATOR records). */
+    readonly guestType: 'pv' | 'pvh',
     pageCount: number,
     private readonly opts: XenDomainOptions,
   ) {
@@ -161,14 +165,17 @@ export class XenDomain implements Domain {
         ErrorCode.NO_DOMAIN,
         `domain ${arg} (id ${info.domid}) is not running (${info.dying ? 'dying' : 'shut down'})`,
       );
-    if (info.hvm)
-      throw new RemusError(
-        ErrorCode.XEN,
-        `domain ${arg} is HVM/PVH: the Xen adapter handles PV domains so far (HVM needs the device model's EMULATOR records)`,
-      );
-    const name = configName(x.xenDomainConfigJson(info.domid));
+    const json = x.xenDomainConfigJson(info.domid);
+    const guestType: XenGuestType = info.hvm ? configGuestType(json) : 'pv';
+    if (guestType === 'hvm') {
+      throw new RemusError(ErrorCode.XEN, `domain ${arg} is an HVM guest: remusdb protects PV and PVH guests so far `
+        + '(an HVM checkpoint needs the device model\'s state, EMULATOR records, which are not carried yet)');
+    }
+    const name = configName(json);
     const recordPath = process.env.REMUSDB_XEN_RECORD || undefined; // lab: fixture recording
-    return new XenDomain(x, info.domid, name, domainPageCount(info), { ...XEN_DOMAIN_DEFAULTS, recordPath, ...opts });
+    return new XenDomain(x, info.domid, name, guestType, domainPageCount(info), {
+      ...XEN_DOMAIN_DEFAULTS, recordPath, ...opts,
+    });
   }
 
   async suspend(): Promise<void> {
@@ -212,7 +219,10 @@ export class XenDomain implements Domain {
   }
 
   describe(): Record<string, unknown> {
-    return { domid: this.domid, name: this.name, pageCount: this.pageCount, suspended: this.suspended, ...this.stats };
+    return {
+      domid: this.domid, name: this.name, guestType: this.guestType, pageCount: this.pageCount,
+      suspended: this.suspended, ...this.stats,
+    };
   }
 
   /** The backup took over: end the save and pause this copy for good. */

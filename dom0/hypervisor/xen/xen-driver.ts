@@ -1,9 +1,12 @@
-// xen-driver: a Xen PV domain as a domain driver. The domain runs under Xen; our engine drives
+// xen-driver: Xen PV and PVH domains as domain drivers. The domain runs under Xen; our engine drives
 // libxenguest's Remus save loop (xen-domain.ts), its outputs are the packets its vifs receive
 // in dom0 (held by a network buffer, sch_plug by default as `xl remus`), and its disk, when
 // protect serves it (--disk-image), is an NBD export this process replicates (xen-disk.ts).
-// On the backup, the replica feeds `xl migrate-receive -r -e` (xen-replica.ts).
-// PVH and HVM guests are refused at open for now (they need the device model's records).
+// On the backup, the replica feeds `xl migrate-receive -r -e` (xen-replica.ts), whatever the
+// guest type (xl reads it from the configuration in the stream). PV and PVH differ only in
+// what the hypervisor needs for log-dirty (shadow paging / HAP): one driver per type over
+// one ops table. HVM guests are refused at open (their device model's state is not carried).
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { BlockFile } from '../../../blktap/block-file';
 import { realClock } from '../../engine/clock';
@@ -15,6 +18,7 @@ import { protectLockPath } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
 import type { DomainDriver, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
 import { flushAfterCapture, openXenProtectDisk, type XenProtectDisk } from './xen-disk';
+import { configGuestType, xenAddon } from './xen-addon';
 import { XenDomain, type XenDomainOptions } from './xen-domain';
 import { XenReplica } from './xen-replica';
 
@@ -30,54 +34,97 @@ export interface XenOpenOptions {
   domain?: Partial<XenDomainOptions>;
 }
 
-const NO_CONTINUATION = "libxc's save stream starts over with every session, so a reconnect copies all memory";
+const NO_CONTINUATION = 'libxc\'s save stream starts over with every session, so a reconnect copies all memory';
 
-export const xenPvDriver: DomainDriver = {
-  kind: 'xen-pv',
-  wireKind: 'xen',
-  title: "Xen PV domain (libxenguest's Remus save loop; shadow paging)",
-  features: {
-    backupHost: true,
-    blackhole: true,
-    precopy: true,
-    continuedSession: { reason: NO_CONTINUATION },
-    disk: true,
-    readTracking: { reason: "a Xen checkpoint's pages travel inside libxc's own records" },
-    netBufferNfqueue: true,
-    netBufferPlug: true,
-    commitProtection: true,
-    journal: true,
-    metrics: true,
-    reprotect: {
-      reason:
-        'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` ' +
-        'on this host (a full copy)',
+/** What differs between the Xen guest types this driver family protects: the ops table. */
+interface XenGuestOps {
+  kind: 'xen-pv' | 'xen-pvh';
+  guestType: 'pv' | 'pvh';
+  title: string;
+  /** The hypervisor's paging mode log-dirty needs for this type (xl info's virt_caps). */
+  needsCap: 'shadow' | 'hap';
+  needsWhy: string;
+}
+
+function xenDriver(t: XenGuestOps): DomainDriver {
+  const driver: DomainDriver = {
+    kind: t.kind,
+    wireKind: 'xen',
+    title: t.title,
+    features: {
+      backupHost: true, blackhole: true, precopy: true, continuedSession: { reason: NO_CONTINUATION },
+      disk: true, readTracking: { reason: 'a Xen checkpoint\'s pages travel inside libxc\'s own records' },
+      netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
+      reprotect: { reason: 'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` '
+        + 'on this host (a full copy)' },
+      reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
+      checksumOnFailover: { reason: 'the replica\'s memory goes to xl migrate-receive, which resumes it' },
     },
-    reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
-    checksumOnFailover: { reason: "the replica's memory goes to xl migrate-receive, which resumes it" },
-  },
-  defaults: {
-    heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
-    deviceStateBytesMax: DEVICE_STATE_BYTES_MAX,
-    netBuffer: 'plug',
-  },
-  ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
-  probe: () => probeXen(),
-  open: (req) => openXen(req),
-  replicaFor: (req) => xenReplicaFor(req),
-};
+    defaults: {
+      heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
+      deviceStateBytesMax: DEVICE_STATE_BYTES_MAX, netBuffer: 'plug',
+    },
+    ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
+    probe: () => probeXen(t),
+    open: (req) => openXen(req),
+    replicaFor: (req) => xenReplicaFor(req),
+  };
+  return driver;
+}
 
-function probeXen(): { available: boolean; reason: string } {
-  if (!fs.existsSync('/dev/xen/privcmd'))
-    return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
+export const xenPvDriver = xenDriver({
+  kind: 'xen-pv', guestType: 'pv', title: 'Xen PV domain (libxenguest\'s Remus save loop)',
+  needsCap: 'shadow', needsWhy: 'PV log-dirty needs shadow paging',
+});
+
+export const xenPvhDriver = xenDriver({
+  kind: 'xen-pvh', guestType: 'pvh', title: 'Xen PVH domain (HVM container, no device model)',
+  needsCap: 'hap', needsWhy: 'PVH log-dirty needs hardware-assisted paging (VT-x/EPT or SVM/NPT)',
+});
+
+/** The Xen drivers, by guest type. */
+export function xenDriverOf(guestType: 'pv' | 'pvh'): DomainDriver {
+  return guestType === 'pvh' ? xenPvhDriver : xenPvDriver;
+}
+
+/**
+ * The driver of a Xen domain named on the command line: by its guest type when it runs
+ * already; xen-pv when it does not exist yet (--disk-image waits for it), and open() then
+ * takes the driver of the type it finds. PV and PVH have the same features.
+ */
+export function xenDriverForDomain(nameOrId: string): DomainDriver {
+  try {
+    const x = xenAddon();
+    const info = x.xenDomainInfo(/^\d+$/.test(nameOrId) ? Number(nameOrId) : nameOrId);
+    const t = info.hvm ? configGuestType(x.xenDomainConfigJson(info.domid)) : 'pv';
+    return t === 'pvh' ? xenPvhDriver : xenPvDriver; // hvm: refused by open with the reason
+  } catch {
+    return xenPvDriver;
+  }
+}
+
+function probeXen(t: XenGuestOps): { available: boolean; reason: string } {
+  if (!fs.existsSync('/dev/xen/privcmd')) return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
   try {
     const a = loadAddon();
-    if (!a.parts.xen)
-      return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
+    if (!a.parts.xen) return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
   } catch (e) {
     return { available: false, reason: (e as Error).message };
   }
-  return { available: true, reason: "Xen dom0 with the addon's Xen bindings (PV guests need shadow paging)" };
+  const caps = hypervisorCaps();
+  if (caps === null) return { available: true, reason: `Xen dom0 (could not run \`xl info\` to check: ${t.needsWhy})` };
+  if (!caps.includes(t.needsCap)) {
+    return { available: false, reason: `${t.needsWhy}; this hypervisor offers: ${caps.join(' ') || 'none'} (xl info)` };
+  }
+  return { available: true, reason: `Xen dom0, the hypervisor has ${t.needsCap} (${t.needsWhy})` };
+}
+
+/** xl info's virt_caps words (pv hvm hap shadow …), or null when xl cannot say. */
+function hypervisorCaps(): string[] | null {
+  const r = spawnSync('xl', ['info'], { encoding: 'utf8', timeout: 10_000 });
+  if (r.status !== 0) return null;
+  const line = /^virt_caps\s*:\s*(.*)$/m.exec(r.stdout);
+  return line ? line[1].trim().split(/\s+/).filter(Boolean) : null;
 }
 
 /** The disk first (the user creates the domU once it is served), then the domain, then the lock. */

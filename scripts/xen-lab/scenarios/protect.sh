@@ -15,7 +15,7 @@
 # pause per checkpoint, bytes per checkpoint (wire vs raw libxc stream) and failover time;
 # records a small real stream for test/fixtures (REMUSDB_XEN_RECORD, default /tmp).
 . /lab/dom0-lib.sh
-lab_begin protect
+lab_begin "${XENLAB_SCENARIO:-protect}"
 DOMU=domu
 IP=10.99.0.2
 MEM=${PROTECT_MEM:-128}
@@ -25,7 +25,7 @@ lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" || { lab_result; exit; }
 
 cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
-[ -n "${REMUSDB_XEN_RECORD:-}" ] || export REMUSDB_XEN_RECORD=/tmp/xen-pv-stream.bin
+[ -n "${REMUSDB_XEN_RECORD:-}" ] || export REMUSDB_XEN_RECORD=/tmp/xen-${LAB_DOMU_TYPE:-pv}-stream.bin
 node bin/remusdb backup --listen 127.0.0.1:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
 BP=$!
 sleep 3
@@ -125,8 +125,8 @@ left=$(ip -o link show | grep -o 'rdb-[^:@]*'; iptables -t mangle -S | grep REMU
 tail -n 30 /tmp/protect.err; tail -n 30 /tmp/backup.err
 cp /tmp/protect.out /tmp/protect.err /tmp/backup.out /tmp/backup.err /tmp/status-*.json "$LAB_OUT/" 2>/dev/null
 if [ -s "$REMUSDB_XEN_RECORD" ]; then
-  gzip -9 -c "$REMUSDB_XEN_RECORD" > "$LAB_OUT/xen-pv-stream.bin.gz"
+  gzip -9 -c "$REMUSDB_XEN_RECORD" > "$LAB_OUT/xen-${LAB_DOMU_TYPE:-pv}-stream.bin.gz"
   node -e 'console.log(JSON.stringify({ pageCount: Number(process.argv[1]), memMiB: Number(process.argv[2]), xen: process.argv[3] }))' \
-    "$(field primary guest.pageCount < /tmp/status-primary.json)" "$MEM" "$(xl info | awk -F': ' '/^xen_version/ { print $2 }')" > "$LAB_OUT/xen-pv-stream.json"
+    "$(field primary guest.pageCount < /tmp/status-primary.json)" "$MEM" "$(xl info | awk -F': ' '/^xen_version/ { print $2 }')" > "$LAB_OUT/xen-${LAB_DOMU_TYPE:-pv}-stream.json"
 fi
 lab_result

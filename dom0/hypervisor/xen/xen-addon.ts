@@ -59,7 +59,8 @@ export function xenLogdirtyAddon(): XenLogdirtyAddon {
   if (typeof a.xenLogdirtyPeekClean !== 'function' || typeof a.xenMapRead !== 'function') {
     throw new RemusError(
       ErrorCode.ADDON_PART_MISSING,
-      'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with `npm run install`',
+      'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with ' +
+        '`npm run install`',
     );
   }
   return a as XenLogdirtyAddon;

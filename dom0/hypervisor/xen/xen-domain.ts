@@ -164,7 +164,8 @@ export class XenDomain implements Domain {
     if (info.hvm)
       throw new RemusError(
         ErrorCode.XEN,
-        `domain ${arg} is HVM/PVH: the Xen adapter handles PV domains so far (HVM needs the device model's EMULATOR records)`,
+        `domain ${arg} is HVM/PVH: the Xen adapter handles PV domains so far (HVM needs the device model's ` +
+          `EMULATOR records)`,
       );
     const name = configName(x.xenDomainConfigJson(info.domid));
     const recordPath = process.env.REMUSDB_XEN_RECORD || undefined; // lab: fixture recording

@@ -86,7 +86,9 @@ export class BlockFile {
     });
   }
 
-  /** Starts an fdatasync on the thread pool; a failure is reported to onError (and the next flush() throws it again). */
+  /**
+   * Starts an fdatasync on the thread pool; a failure is reported to onError (and the next flush() throws it again).
+   */
   flushSoon(onError: (e: Error) => void = () => {}): void {
     if (this.fd < 0 || this.flushing) return;
     this.flushing = true;

@@ -54,7 +54,8 @@ export class EpochBuffer {
     if (this.heldBytes + cost > this.bytesMax) {
       throw new RemusError(
         ErrorCode.DISK_BUFFER_FULL,
-        `the backup holds ${this.heldBytes} bytes of unacknowledged disk writes; ${cost} more would pass its limit of ${this.bytesMax} (raise --disk-buffer on the backup)`,
+        `the backup holds ${this.heldBytes} bytes of unacknowledged disk writes; ${cost} more would pass its limit ` +
+          `of ${this.bytesMax} (raise --disk-buffer on the backup)`,
       );
     }
     this.lastEpoch = w.epoch;

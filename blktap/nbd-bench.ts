@@ -175,7 +175,8 @@ export async function benchNbd(o: NbdBenchOptions = {}): Promise<NbdBenchRow[]> 
       const row = { name: w.name, oursMBs: median(a), qemuMBs: median(b), ratio: median(a) / median(b) };
       rows.push(row);
       log(
-        `${row.name.padEnd(14)} ours ${row.oursMBs.toFixed(1).padStart(8)} MB/s  qemu-nbd ${row.qemuMBs.toFixed(1).padStart(8)} MB/s  ratio ${row.ratio.toFixed(2)}`,
+        `${row.name.padEnd(14)} ours ${row.oursMBs.toFixed(1).padStart(8)} MB/s  ` +
+          `qemu-nbd ${row.qemuMBs.toFixed(1).padStart(8)} MB/s  ratio ${row.ratio.toFixed(2)}`,
       );
     }
   } finally {

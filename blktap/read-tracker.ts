@@ -79,7 +79,10 @@ export class ReadTracker {
     }
   }
 
-  /** The disk reference for each 4 KiB page of pages (checkpoint epoch), or null; null for the whole batch when nothing is tracked. */
+  /**
+   * The disk reference for each 4 KiB page of pages (checkpoint epoch), or null; null for the whole batch when nothing
+   * is tracked.
+   */
   matchPages(pages: Uint8Array, epoch: number): Array<DiskRef | null> | null {
     assert(pages.length % DISK_BLOCK_BYTES === 0, 'matchPages: whole pages');
     const n = pages.length / DISK_BLOCK_BYTES;

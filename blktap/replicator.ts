@@ -237,7 +237,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
     if (this.unackedTotal > this.opts.unackedBytesMax) {
       const report = this.overflow;
       report?.(
-        `${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} the backup buffers`,
+        `${this.unackedTotal} bytes of disk writes are unacknowledged, more than the ${this.opts.unackedBytesMax} ` +
+          `the backup buffers`,
       );
     }
   }

@@ -22,5 +22,6 @@ for (let s = seed; done < iterations; s++) {
   process.stderr.write(`\r${done} batches`);
 }
 console.log(
-  `\nfuzz: ${done} batches (seed ${seed}), ${accepted} accepted, ${rejected} rejected, 0 crashes, 0 violations, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+  `\nfuzz: ${done} batches (seed ${seed}), ${accepted} accepted, ${rejected} rejected, 0 crashes, 0 ` +
+    `violations, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
 );

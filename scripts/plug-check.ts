@@ -24,7 +24,8 @@ function setupNetns(): void {
   sh(`ip netns add ${NS} && ip link add ${VIF} type veth peer name ${GUEST_IF} && ip link set ${GUEST_IF} netns ${NS}`);
   sh(`ip addr add 10.77.0.1/24 dev ${VIF} && ip -6 addr add fd77::1/64 dev ${VIF} nodad && ip link set ${VIF} up`);
   sh(
-    `ip netns exec ${NS} sh -c 'ip link set lo up; ip addr add 10.77.0.2/24 dev ${GUEST_IF}; ip -6 addr add fd77::2/64 dev ${GUEST_IF} nodad; ip link set ${GUEST_IF} up'`,
+    `ip netns exec ${NS} sh -c 'ip link set lo up; ip addr add 10.77.0.2/24 dev ${GUEST_IF}; ip -6 addr add ` +
+      `fd77::2/64 dev ${GUEST_IF} nodad; ip link set ${GUEST_IF} up'`,
   );
 }
 
@@ -32,7 +33,8 @@ function setupNetns(): void {
 function guestSend(tag: string, n: number): void {
   const js =
     `const d=require('dgram');const s4=d.createSocket('udp4'),s6=d.createSocket('udp6');let i=0;` +
-    `const t=setInterval(()=>{s4.send('${tag}4-'+i,7770,'10.77.0.1');s6.send('${tag}6-'+i,7770,'fd77::1');if(++i>=${n}){clearInterval(t);setTimeout(()=>process.exit(0),200);}},5);`;
+    `const t=setInterval(()=>{s4.send('${tag}4-'+i,7770,'10.77.0.1');s6.send('${tag}6-'+i,7770,'fd77::1');` +
+    `if(++i>=${n}){clearInterval(t);setTimeout(()=>process.exit(0),200);}},5);`;
   spawnSync('sh', ['-c', `ip netns exec ${NS} ${process.execPath} -e "${js}" &`]);
 }
 

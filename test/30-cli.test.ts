@@ -90,9 +90,11 @@ describe('30 cli', () => {
     // A child process plays protect: its "service" holds one timer; stop() writes a line.
     const mod = path.join(__dirname, '..', 'dom0', 'cli', 'until-stopped.js');
     function run(body: string, signal?: NodeJS.Signals): { status: number | null; out: string } {
-      const code = `const { untilStopped } = require(${JSON.stringify(mod)});
+      const code =
+        `const { untilStopped } = require(${JSON.stringify(mod)});
         const log = (l) => process.stdout.write('log ' + l + '\\n');
-        const stop = async () => { await new Promise((r) => setTimeout(r, 50).unref()); process.stdout.write('stopped\\n'); };
+        const stop = async () => { await new Promise((r) => setTimeout(r, 50).unref()); ` +
+        `process.stdout.write('stopped\\n'); };
         ${body}
         ${signal ? `setTimeout(() => process.kill(process.pid, '${signal}'), 100);` : ''}`;
       const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', timeout: 20_000 });
@@ -101,7 +103,8 @@ describe('30 cli', () => {
 
     it("30.6.1 on SIGTERM: stop runs (even when it waits on unref'd timers), exit 0", () => {
       const r = run(
-        `const t = setInterval(() => {}, 1000); untilStopped(async () => { clearInterval(t); await stop(); }, { log });`,
+        `const t = setInterval(() => {}, 1000); ` +
+          `untilStopped(async () => { clearInterval(t); await stop(); }, { log });`,
         'SIGTERM',
       );
       assert.equal(r.status, 0);

@@ -64,7 +64,8 @@ describe('32 domain drivers', () => {
       () => driverForHello('hvm' as 'sim'),
       (e: unknown) => isRemusError(e, ErrorCode.HANDSHAKE),
     );
-    for (const d of DRIVERS) assert.equal(driverForHello(d.wireKind).wireKind, d.wireKind, `${d.kind}'s replicas are served`);
+    for (const d of DRIVERS)
+      assert.equal(driverForHello(d.wireKind).wireKind, d.wireKind, `${d.kind}'s replicas are served`);
   });
 
   it('32.4 one engineOptions: the driver supplies only what differs (heartbeat, device state)', () => {

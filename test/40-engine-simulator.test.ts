@@ -9,9 +9,10 @@ import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 2000);
+const RUNS = process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} seeded scenarios`;
 
 describe('40 engine simulator', () => {
-  it(`40.1 ${process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} seeded scenarios`}: invariants hold`, function () {
+  it(`40.1 ${RUNS}: invariants hold`, function () {
     this.timeout(600_000);
     const seeds = process.env.SIM_SEED
       ? [Number(process.env.SIM_SEED)]

@@ -688,14 +688,17 @@ const endingCases: Case[] = [
   },
 ];
 
-/** docs/protocol.md "Reconnect": a primary with a lineage, a session of it committed, the ways to continue it and not. */
+/**
+ * docs/protocol.md "Reconnect": a primary with a lineage, a session of it committed, the ways to continue it and not.
+ */
 const LINEAGE = 'l-adversary-1';
 const lineageSession: Step[] = [(a) => a.hello({ lineage: LINEAGE }), (a) => a.checkpoint(1, true), ...waits(4)];
 const resume =
   (fields: Record<string, unknown> = {}): Step =>
   (a) =>
     a.hello({ lineage: LINEAGE, ackedEpoch: 1, lastEpoch: 1, ...fields });
-const broken: Step[] = [(a) => a.begin(5, false), wait, close, NEW_CONNECTION]; // a protocol error: dropped, no failover
+// a protocol error: dropped, no failover
+const broken: Step[] = [(a) => a.begin(5, false), wait, close, NEW_CONNECTION];
 const helloAck = (a: Adversary): Record<string, unknown> => {
   const r = a.got.find((x) => x.type === Rec.HELLO_ACK);
   return r ? (JSON.parse(r.body.toString('utf8')) as Record<string, unknown>) : {};
@@ -814,35 +817,39 @@ describe('41 hostile peer (structured adversary from docs/protocol.md)', () => {
     ...reconnectCases,
   ];
 
-  it(`41.H1 ${all.length} cases: the backup lives, fails over only by the rules, keeps its committed image, serves a genuine primary`, function () {
-    this.timeout(300_000);
-    const broken: string[] = [];
-    all.forEach((c, i) => {
-      let o: Outcome;
-      try {
-        o = runCase(c, 1000 + i);
-      } catch (e) {
-        broken.push(`${c.name}: escaped the engine: ${(e as Error).message}`);
-        return;
-      }
-      const problems: string[] = [];
-      if (o.internal.length) problems.push(`met a bug: ${o.internal[0]}`);
-      if (o.failovers > 0 !== (c.failover === true))
-        problems.push(`${o.failovers} failovers (the rules allow ${c.failover ? 'one' : 'none'})`);
-      if (!o.imageOk) problems.push(`committed epoch ${o.committed} is not the adversary's checkpoint`);
-      if (o.state !== 'failed-over' && o.genuine !== 'protected')
-        problems.push(`a genuine primary then ended ${o.genuine}`);
-      if (c.resumeThrows && o.state !== 'waiting') problems.push(`after a failed resume the backup is ${o.state}`);
-      if (o.heard) problems.push(o.heard);
-      if (problems.length) broken.push(`${c.name}: ${problems.join('; ')}`);
-    });
-    assert.equal(
-      broken.length,
-      0,
-      `${broken.length} of ${all.length} cases broke an invariant:\n${broken.slice(0, 15).join('\n')}`,
-    );
-    assert.ok(all.length > 450, `the campaign has ${all.length} cases`);
-  });
+  it(
+    `41.H1 ${all.length} cases: the backup lives, fails over only by the rules, keeps its committed image, serves a ` +
+      `genuine primary`,
+    function () {
+      this.timeout(300_000);
+      const broken: string[] = [];
+      all.forEach((c, i) => {
+        let o: Outcome;
+        try {
+          o = runCase(c, 1000 + i);
+        } catch (e) {
+          broken.push(`${c.name}: escaped the engine: ${(e as Error).message}`);
+          return;
+        }
+        const problems: string[] = [];
+        if (o.internal.length) problems.push(`met a bug: ${o.internal[0]}`);
+        if (o.failovers > 0 !== (c.failover === true))
+          problems.push(`${o.failovers} failovers (the rules allow ${c.failover ? 'one' : 'none'})`);
+        if (!o.imageOk) problems.push(`committed epoch ${o.committed} is not the adversary's checkpoint`);
+        if (o.state !== 'failed-over' && o.genuine !== 'protected')
+          problems.push(`a genuine primary then ended ${o.genuine}`);
+        if (c.resumeThrows && o.state !== 'waiting') problems.push(`after a failed resume the backup is ${o.state}`);
+        if (o.heard) problems.push(o.heard);
+        if (problems.length) broken.push(`${c.name}: ${problems.join('; ')}`);
+      });
+      assert.equal(
+        broken.length,
+        0,
+        `${broken.length} of ${all.length} cases broke an invariant:\n${broken.slice(0, 15).join('\n')}`,
+      );
+      assert.ok(all.length > 450, `the campaign has ${all.length} cases`);
+    },
+  );
 
   it('41.H2 a refused checkpoint answers ERR_PROTOCOL and leaves the committed image as it was', () => {
     for (const c of ruleCases.filter((r) => r.name.includes('after') || r.name.includes('twice'))) {
@@ -887,59 +894,63 @@ describe('41 hostile peer against a real backup process', function () {
     for (const k of kids) k.kill('SIGKILL');
   });
 
-  it('41.P1 after GOODBYE: scans, a path as domain name, huge and forged HELLOs — no failover, no file outside, a primary still protected', async () => {
-    const port = await freePort();
-    const backup = start(['backup', '--listen', `127.0.0.1:${port}`, '--insecure'], 'backup.log');
-    await until(async () => fs.existsSync(path.join(env.REMUSDB_RUN_DIR, `backup-${port}.sock`)), 15000, 'backup');
-    const protect = [
-      'protect',
-      'sim:victim',
-      `127.0.0.1:${port}`,
-      '--insecure',
-      '--memory',
-      '16MiB',
-      '--disk',
-      '1MiB',
-      '-i',
-      '50',
-    ];
-    const first = start([...protect, '--seconds', '3'], 'primary-1.log');
-    await new Promise((r) => first.once('exit', r));
-    assert.equal(first.exitCode, 0, fs.readFileSync(path.join(dir, 'primary-1.log'), 'utf8').slice(-1500));
-    const planted = path.join(outside, 'pwned.backup.disk');
-    fs.writeFileSync(planted, 'keep me');
-    for (let i = 0; i < 5; i++) await rawPeer(port, []); // a port scan
-    await rawPeer(port, [Buffer.from('GET / HTTP/1.0\r\n\r\n')]);
-    for (const domain of ['../pwned', '../../../pwned', '/tmp/pwned', '..']) {
-      await rawPeer(port, [helloRecord({ domain, diskBytes: 1 << 20, diskBufferBytesMax: 1 << 20 })]);
-    }
-    await rawPeer(port, [helloRecord({ domain: 'huge', pageCount: 5 * 2 ** 18 })], 400); // 5 GiB
-    await rawPeer(port, [helloRecord({ domain: 'over', pageCount: 2 ** 40 })]);
-    await rawPeer(port, [helloRecord({ domain: 'victim', pageCount: 4096 })], 50); // valid HELLO, then gone
-    await rawPeer(port, [], 1500); // idle past the old session's heartbeat timeout
-    assert.equal(backup.exitCode, null, 'the backup process is alive');
-    const st = await status(`backup-${port}.sock`);
-    assert.notEqual(st.state, 'failed-over');
-    assert.equal(fs.readFileSync(planted, 'utf8'), 'keep me', 'a file outside the directory was changed');
-    fs.rmSync(planted);
-    assert.deepEqual(
-      fs.readdirSync(outside).filter((f) => f.includes('pwned')),
-      [],
-    );
-    const log = fs.readFileSync(path.join(dir, 'backup.log'), 'utf8');
-    assert.doesNotMatch(log, /FAILOVER/);
-    assert.match(log, /is not a domain name/);
-    assert.match(log, /\(the line above repeated \d+ more times\)/, 'the scans were said once, then counted');
-    const second = start([...protect, '--seconds', '4'], 'primary-2.log');
-    await until(
-      async () => ((await status(`backup-${port}.sock`)).committedEpoch as number) > 2,
-      20000,
-      'a genuine primary protected',
-    );
-    await new Promise((r) => second.once('exit', r));
-    assert.equal(second.exitCode, 0);
-    backup.kill('SIGTERM');
-  });
+  it(
+    '41.P1 after GOODBYE: scans, a path as domain name, huge and forged HELLOs — no failover, no file outside, a ' +
+      'primary still protected',
+    async () => {
+      const port = await freePort();
+      const backup = start(['backup', '--listen', `127.0.0.1:${port}`, '--insecure'], 'backup.log');
+      await until(async () => fs.existsSync(path.join(env.REMUSDB_RUN_DIR, `backup-${port}.sock`)), 15000, 'backup');
+      const protect = [
+        'protect',
+        'sim:victim',
+        `127.0.0.1:${port}`,
+        '--insecure',
+        '--memory',
+        '16MiB',
+        '--disk',
+        '1MiB',
+        '-i',
+        '50',
+      ];
+      const first = start([...protect, '--seconds', '3'], 'primary-1.log');
+      await new Promise((r) => first.once('exit', r));
+      assert.equal(first.exitCode, 0, fs.readFileSync(path.join(dir, 'primary-1.log'), 'utf8').slice(-1500));
+      const planted = path.join(outside, 'pwned.backup.disk');
+      fs.writeFileSync(planted, 'keep me');
+      for (let i = 0; i < 5; i++) await rawPeer(port, []); // a port scan
+      await rawPeer(port, [Buffer.from('GET / HTTP/1.0\r\n\r\n')]);
+      for (const domain of ['../pwned', '../../../pwned', '/tmp/pwned', '..']) {
+        await rawPeer(port, [helloRecord({ domain, diskBytes: 1 << 20, diskBufferBytesMax: 1 << 20 })]);
+      }
+      await rawPeer(port, [helloRecord({ domain: 'huge', pageCount: 5 * 2 ** 18 })], 400); // 5 GiB
+      await rawPeer(port, [helloRecord({ domain: 'over', pageCount: 2 ** 40 })]);
+      await rawPeer(port, [helloRecord({ domain: 'victim', pageCount: 4096 })], 50); // valid HELLO, then gone
+      await rawPeer(port, [], 1500); // idle past the old session's heartbeat timeout
+      assert.equal(backup.exitCode, null, 'the backup process is alive');
+      const st = await status(`backup-${port}.sock`);
+      assert.notEqual(st.state, 'failed-over');
+      assert.equal(fs.readFileSync(planted, 'utf8'), 'keep me', 'a file outside the directory was changed');
+      fs.rmSync(planted);
+      assert.deepEqual(
+        fs.readdirSync(outside).filter((f) => f.includes('pwned')),
+        [],
+      );
+      const log = fs.readFileSync(path.join(dir, 'backup.log'), 'utf8');
+      assert.doesNotMatch(log, /FAILOVER/);
+      assert.match(log, /is not a domain name/);
+      assert.match(log, /\(the line above repeated \d+ more times\)/, 'the scans were said once, then counted');
+      const second = start([...protect, '--seconds', '4'], 'primary-2.log');
+      await until(
+        async () => ((await status(`backup-${port}.sock`)).committedEpoch as number) > 2,
+        20000,
+        'a genuine primary protected',
+      );
+      await new Promise((r) => second.once('exit', r));
+      assert.equal(second.exitCode, 0);
+      backup.kill('SIGTERM');
+    },
+  );
 
   it('41.P2 a second protect of the same domain refuses and touches nothing', async () => {
     const first = start(['protect', 'sim:dup', '-b', '--memory', '16MiB', '--disk', '1MiB'], 'dup-1.log');
@@ -966,39 +977,42 @@ describe('41 hostile peer against a real backup process', function () {
 });
 
 describe('41 refused primaries', () => {
-  it('41.R1 a backup that accepts connections but refuses the HELLO is retried with capped backoff, said once', async function () {
-    this.timeout(20_000);
-    let connections = 0;
-    const srv = net.createServer((s) => {
-      connections++;
-      s.destroy();
-    });
-    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
-    const port = (srv.address() as net.AddressInfo).port;
-    const lines: string[] = [];
-    let attached: { close(): void } | null = null;
-    const rc: Reconnector = new Reconnector({
-      backup: { host: '127.0.0.1', port },
-      security: { insecure: true },
-      log: (l) => lines.push(l),
-      attached: () => attached !== null,
-      attach: (link) => {
-        attached = link;
-        link.onClose(() => {
-          attached = null;
-          rc.lost('backup lost (the backup closed the connection before answering HELLO)');
-        });
-      },
-    });
-    rc.connect();
-    await sleep(3000);
-    rc.stop();
-    srv.close();
-    // 100, 200, 400, 800, 1600 ms apart: about 5 attempts in 3 s (it was one every 100 ms: 30).
-    assert.ok(connections >= 3 && connections <= 7, `${connections} connections in 3 s`);
-    assert.equal(lines.filter((l) => /backup lost/.test(l)).length, 1, lines.join('\n'));
-    assert.ok(rc.nextDelayMs >= 1600, `backoff grew to ${rc.nextDelayMs} ms`);
-  });
+  it(
+    '41.R1 a backup that accepts connections but refuses the HELLO is retried with capped backoff, ' + 'said once',
+    async function () {
+      this.timeout(20_000);
+      let connections = 0;
+      const srv = net.createServer((s) => {
+        connections++;
+        s.destroy();
+      });
+      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+      const port = (srv.address() as net.AddressInfo).port;
+      const lines: string[] = [];
+      let attached: { close(): void } | null = null;
+      const rc: Reconnector = new Reconnector({
+        backup: { host: '127.0.0.1', port },
+        security: { insecure: true },
+        log: (l) => lines.push(l),
+        attached: () => attached !== null,
+        attach: (link) => {
+          attached = link;
+          link.onClose(() => {
+            attached = null;
+            rc.lost('backup lost (the backup closed the connection before answering HELLO)');
+          });
+        },
+      });
+      rc.connect();
+      await sleep(3000);
+      rc.stop();
+      srv.close();
+      // 100, 200, 400, 800, 1600 ms apart: about 5 attempts in 3 s (it was one every 100 ms: 30).
+      assert.ok(connections >= 3 && connections <= 7, `${connections} connections in 3 s`);
+      assert.equal(lines.filter((l) => /backup lost/.test(l)).length, 1, lines.join('\n'));
+      assert.ok(rc.nextDelayMs >= 1600, `backoff grew to ${rc.nextDelayMs} ms`);
+    },
+  );
 
   it('41.R2 why a backup is unreachable is one plain sentence per reason', () => {
     const tls = { psk: Buffer.alloc(32) },
@@ -1025,26 +1039,29 @@ describe('41 refused primaries', () => {
 });
 
 describe('41 host locks', () => {
-  it('41.L1 a lock held by a live process refuses; one left by a dead process is taken over; release is idempotent', () => {
-    const dir = tmpDir('lock');
-    const file = path.join(dir, 'protect-sim-x.lock');
-    fs.writeFileSync(file, `${process.ppid}\n`); // a live process that is not us
-    assert.throws(
-      () => HostLock.acquire(file, 'protection of sim:x'),
-      (e: RemusError) => e.code === ErrorCode.LOCKED && /held by process \d+/.test(e.message),
-    );
-    assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.ppid), 'the refused lock is untouched');
-    const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
-    fs.writeFileSync(file, `${dead.stdout.toString()}\n`); // its owner has exited
-    const lock = HostLock.acquire(file, 'protection of sim:x');
-    assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.pid));
-    lock.release();
-    lock.release();
-    assert.equal(fs.existsSync(file), false);
-    fs.symlinkSync(path.join(dir, 'elsewhere'), file); // a planted link is never followed: replaced by a real lock
-    const again = HostLock.acquire(file, 'x');
-    assert.ok(fs.lstatSync(file).isFile());
-    assert.equal(fs.existsSync(path.join(dir, 'elsewhere')), false);
-    again.release();
-  });
+  it(
+    '41.L1 a lock held by a live process refuses; ' + 'one left by a dead process is taken over; release is idempotent',
+    () => {
+      const dir = tmpDir('lock');
+      const file = path.join(dir, 'protect-sim-x.lock');
+      fs.writeFileSync(file, `${process.ppid}\n`); // a live process that is not us
+      assert.throws(
+        () => HostLock.acquire(file, 'protection of sim:x'),
+        (e: RemusError) => e.code === ErrorCode.LOCKED && /held by process \d+/.test(e.message),
+      );
+      assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.ppid), 'the refused lock is untouched');
+      const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']);
+      fs.writeFileSync(file, `${dead.stdout.toString()}\n`); // its owner has exited
+      const lock = HostLock.acquire(file, 'protection of sim:x');
+      assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.pid));
+      lock.release();
+      lock.release();
+      assert.equal(fs.existsSync(file), false);
+      fs.symlinkSync(path.join(dir, 'elsewhere'), file); // a planted link is never followed: replaced by a real lock
+      const again = HostLock.acquire(file, 'x');
+      assert.ok(fs.lstatSync(file).isFile());
+      assert.equal(fs.existsSync(path.join(dir, 'elsewhere')), false);
+      again.release();
+    },
+  );
 });

@@ -118,35 +118,38 @@ describe('44 replication end to end', function () {
     assert.equal(b.state, 'failed-over');
   });
 
-  it('44.4 losing the backup leaves the primary running unprotected; it re-protects when the backup returns', async () => {
-    const port = await freePort();
-    let b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup.log');
-    await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
-    start(
-      ['protect', 'sim:rp', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '-i', '20'],
-      'reprotect-primary.log',
-    );
-    await until(async () => Number((await status('primary-rp.sock')).ackedEpoch) > 3, 20000, 'checkpoints');
-    b.kill('SIGKILL');
-    await until(async () => (await status('primary-rp.sock')).state === 'unprotected', 10000, 'unprotected');
-    const stepsBefore = Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps);
-    await sleep(300);
-    assert.ok(
-      Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps) > stepsBefore,
-      'the guest keeps running',
-    );
-    b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup2.log');
-    const st = await until(
-      async () => {
-        const s = await status('primary-rp.sock');
-        return s.state === 'protected' && Number(s.sessions) === 2 ? s : null;
-      },
-      20000,
-      're-protection',
-    );
-    assert.ok(Number(st.ackedEpoch) > 0);
-    b.kill('SIGKILL');
-  });
+  it(
+    '44.4 losing the backup leaves the primary running unprotected; ' + 'it re-protects when the backup returns',
+    async () => {
+      const port = await freePort();
+      let b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup.log');
+      await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
+      start(
+        ['protect', 'sim:rp', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '-i', '20'],
+        'reprotect-primary.log',
+      );
+      await until(async () => Number((await status('primary-rp.sock')).ackedEpoch) > 3, 20000, 'checkpoints');
+      b.kill('SIGKILL');
+      await until(async () => (await status('primary-rp.sock')).state === 'unprotected', 10000, 'unprotected');
+      const stepsBefore = Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps);
+      await sleep(300);
+      assert.ok(
+        Number(((await status('primary-rp.sock')).guest as Record<string, unknown>).steps) > stepsBefore,
+        'the guest keeps running',
+      );
+      b = start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'reprotect-backup2.log');
+      const st = await until(
+        async () => {
+          const s = await status('primary-rp.sock');
+          return s.state === 'protected' && Number(s.sessions) === 2 ? s : null;
+        },
+        20000,
+        're-protection',
+      );
+      assert.ok(Number(st.ackedEpoch) > 0);
+      b.kill('SIGKILL');
+    },
+  );
 
   it('44.5 configuration errors are clear', () => {
     const xen = runCli(['protect', 'mydb', '127.0.0.1', '--insecure']);

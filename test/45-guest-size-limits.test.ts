@@ -108,9 +108,12 @@ describe('45 guest size limits', () => {
     }
   });
 
-  it('45.2 the arena whole buffer past 2^32 bytes, and a window past it, throw ERR_OUT_OF_MEMORY (no double free)', () => {
-    // Before the fix: "free(): double free detected in tcache 2", SIGABRT, in Arena::Buffer.
-    const r = runNode(`
+  it(
+    '45.2 the arena whole buffer past 2^32 bytes, ' + 'and a window past it, throw ERR_OUT_OF_MEMORY (no double free)',
+    () => {
+      // Before the fix: "free(): double free detected in tcache 2", SIGABRT, in Arena::Buffer.
+      const r = runNode(
+        `
       const { loadAddon } = require('../dom0/native');
       const out = [];
       for (const bytes of [${BUFFER_MAX + PAGE}, ${FIVE_GIB}]) {
@@ -120,24 +123,27 @@ describe('45 guest size limits', () => {
           catch (e) { out.push({ bytes, name: e.constructor.name, code: e.code, message: e.message }); }
         }
         try { a.view(0, ${BUFFER_MAX / PAGE + 1}); out.push({ bytes: ${BUFFER_MAX + PAGE}, ok: true }); }
-        catch (e) { out.push({ bytes: ${BUFFER_MAX + PAGE}, name: e.constructor.name, code: e.code, message: e.message }); }
+        catch (e) { out.push({ bytes: ${BUFFER_MAX + PAGE}, name: e.constructor.name, code: e.code, message: ` +
+          `e.message }); }
         a.close();
       }
-      console.log(JSON.stringify(out));`);
-    assert.equal(r.signal, null, `the child was killed by ${r.signal}: ${r.stderr}`);
-    assert.equal(r.status, 0, r.stderr);
-    const out = JSON.parse(r.stdout) as Outcome[];
-    assert.equal(out.length, 8);
-    for (const o of out) {
-      assert.equal(o.ok, undefined, `a ${o.bytes}-byte buffer was created`);
-      assert.equal(o.name, 'RemusError');
-      assert.equal(o.code, ErrorCode.OUT_OF_MEMORY);
-      assert.match(
-        o.message ?? '',
-        new RegExp(`^${o.bytes} bytes of guest memory cannot be one ArrayBuffer: .*4294967296 bytes`),
+      console.log(JSON.stringify(out));`,
       );
-    }
-  });
+      assert.equal(r.signal, null, `the child was killed by ${r.signal}: ${r.stderr}`);
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout) as Outcome[];
+      assert.equal(out.length, 8);
+      for (const o of out) {
+        assert.equal(o.ok, undefined, `a ${o.bytes}-byte buffer was created`);
+        assert.equal(o.name, 'RemusError');
+        assert.equal(o.code, ErrorCode.OUT_OF_MEMORY);
+        assert.match(
+          o.message ?? '',
+          new RegExp(`^${o.bytes} bytes of guest memory cannot be one ArrayBuffer: .*4294967296 bytes`),
+        );
+      }
+    },
+  );
 
   it('45.3 a 5 GiB arena is seen through 1 GiB windows: bytes past 2^32 are where copyPages finds them', () => {
     const a = new (loadAddon().Arena)(FIVE_GIB);
@@ -206,50 +212,53 @@ describe('45 guest size limits', () => {
     assert.equal(o.closed, 1, 'the disk was closed once');
   });
 
-  it('45.6 a 5 GiB guest runs, suspends and stops; a 5 GiB replica decodes pages past 2^32 where they belong', async () => {
-    const outputs: SimOutput[] = [];
-    const onOutput = (o: SimOutput): void => {
-      outputs.push(o);
-    };
-    const d = SimDomain.boot(FIVE_GIB, 'idle', 3, { name: 't45max', stepsPerSec: 500, onOutput });
-    try {
-      assert.equal(d.pageCount, FIVE_GIB / PAGE);
-      assert.equal(d.mem.pageCount, FIVE_GIB / PAGE);
-      await until(async () => outputs.length >= 5, 10000, 'outputs of the 5 GiB guest');
-      d.suspend();
-      const cap = d.capture(false);
-      assert.ok(cap.count >= 1 && cap.count < 16, `a few dirty pages (page 0: the header), got ${cap.count}`);
-      assert.throws(
-        () => d.capture(true),
-        (e: unknown) => e instanceof RemusError && /copied live/.test(e.message),
-      );
-      d.resume();
-      assert.equal(d.workerError, null);
-    } finally {
-      await d.destroy();
-    }
-    const r = new SimReplica('t45max', FIVE_GIB / PAGE);
-    try {
-      assert.equal(r.image.pageCount, FIVE_GIB / PAGE);
-      const pfns = [FIVE_GIB / PAGE - 1, 2 ** 20 + 7, 1_200_000, 1];
-      const pages = randomPages(pfns.length, 45);
-      const enc = new PageEncoder({ compressor: 'lz4', cachePages: 0 });
-      const { records } = enc.encode(pages, BigUint64Array.from(pfns.map(BigInt)));
-      assert.equal(new PageDecoder('native').applyInPlace(records, r.image), pfns.length);
-      pfns.forEach((p, i) =>
+  it(
+    '45.6 a 5 GiB guest runs, suspends and stops; ' + 'a 5 GiB replica decodes pages past 2^32 where they belong',
+    async () => {
+      const outputs: SimOutput[] = [];
+      const onOutput = (o: SimOutput): void => {
+        outputs.push(o);
+      };
+      const d = SimDomain.boot(FIVE_GIB, 'idle', 3, { name: 't45max', stepsPerSec: 500, onOutput });
+      try {
+        assert.equal(d.pageCount, FIVE_GIB / PAGE);
+        assert.equal(d.mem.pageCount, FIVE_GIB / PAGE);
+        await until(async () => outputs.length >= 5, 10000, 'outputs of the 5 GiB guest');
+        d.suspend();
+        const cap = d.capture(false);
+        assert.ok(cap.count >= 1 && cap.count < 16, `a few dirty pages (page 0: the header), got ${cap.count}`);
+        assert.throws(
+          () => d.capture(true),
+          (e: unknown) => e instanceof RemusError && /copied live/.test(e.message),
+        );
+        d.resume();
+        assert.equal(d.workerError, null);
+      } finally {
+        await d.destroy();
+      }
+      const r = new SimReplica('t45max', FIVE_GIB / PAGE);
+      try {
+        assert.equal(r.image.pageCount, FIVE_GIB / PAGE);
+        const pfns = [FIVE_GIB / PAGE - 1, 2 ** 20 + 7, 1_200_000, 1];
+        const pages = randomPages(pfns.length, 45);
+        const enc = new PageEncoder({ compressor: 'lz4', cachePages: 0 });
+        const { records } = enc.encode(pages, BigUint64Array.from(pfns.map(BigInt)));
+        assert.equal(new PageDecoder('native').applyInPlace(records, r.image), pfns.length);
+        pfns.forEach((p, i) =>
+          assert.ok(
+            Buffer.from(r.image.page(p)).equals(Buffer.from(pages.subarray(i * PAGE, (i + 1) * PAGE))),
+            `page ${p}`,
+          ),
+        );
         assert.ok(
-          Buffer.from(r.image.page(p)).equals(Buffer.from(pages.subarray(i * PAGE, (i + 1) * PAGE))),
-          `page ${p}`,
-        ),
-      );
-      assert.ok(
-        r.image.page((FIVE_GIB / PAGE - 1) % 2 ** 20).every((b) => b === 0),
-        'nothing landed 2^32 lower',
-      );
-    } finally {
-      r.close();
-    }
-  });
+          r.image.page((FIVE_GIB / PAGE - 1) % 2 ** 20).every((b) => b === 0),
+          'nothing landed 2^32 lower',
+        );
+      } finally {
+        r.close();
+      }
+    },
+  );
 
   it('45.7 destroy() does not wait for a vCPU that already exited; a destroyed guest stays down', async () => {
     const d = SimDomain.boot(1 << 20, 'idle', 4, { name: 't45gone', stepsPerSec: 100 });
@@ -308,64 +317,68 @@ describe('45 guest size limits', () => {
     assert.doesNotMatch(ok.stderr, /\[ERR_/);
   });
 
-  it('45.9 backup: a HELLO past the limit is answered with ERR_HANDSHAKE, a 5 GiB one with HELLO_ACK; the backup runs on', async function () {
-    this.timeout(60000);
-    const port = await freePort();
-    const args = [path.join(ROOT, 'bin', 'remusdb'), 'backup', '--listen', `127.0.0.1:${port}`, '--insecure'];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (c: Buffer) => {
-      stderr += c.toString();
-    });
-    const ended = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal }));
-    });
-    try {
-      await until(async () => /backup listening/.test(stderr), 15000, 'the backup to listen');
-      for (const bytes of [OVER, 2 ** 40, FIVE_GIB]) {
-        const link: Link = await connectLink('127.0.0.1', port, { insecure: true });
-        const got = new Promise<{ type: string; body: string }>((resolve) => {
-          link.onRecord((t: number, b: Buffer) => resolve({ type: REC_NAMES[t], body: b.toString('utf8') }));
-          link.onClose(() => resolve({ type: 'closed', body: '' }));
-        });
-        link.send(
-          Rec.HELLO,
-          jsonBody(
-            {
-              kind: 'sim',
-              domain: 't45big',
-              pageCount: bytes / PAGE,
-              pageSize: PAGE,
-              compressor: 'zstd',
-              intervalMs: 50,
-              heartbeatTimeoutMs: 1000,
-              deviceStateMax: 65536,
-              diskBytes: 0,
-              diskBufferBytesMax: 2 ** 20,
-              sessionId: `t45-${bytes}`,
-            },
-            PROTOCOL_VERSION,
-          ),
-        );
-        const answer = await Promise.race([got, sleep(10000).then(() => ({ type: 'silence', body: '' }))]);
-        link.close();
-        if (bytes === FIVE_GIB) {
-          assert.equal(answer.type, 'HELLO_ACK', `the backup answered ${answer.type}; its log: ${stderr}`);
-          continue;
+  it(
+    '45.9 backup: a HELLO past the limit is answered with ERR_HANDSHAKE, a 5 GiB one with HELLO_ACK; ' +
+      'the backup runs on',
+    async function () {
+      this.timeout(60000);
+      const port = await freePort();
+      const args = [path.join(ROOT, 'bin', 'remusdb'), 'backup', '--listen', `127.0.0.1:${port}`, '--insecure'];
+      const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => {
+        stderr += c.toString();
+      });
+      const ended = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
+        child.once('exit', (code, signal) => resolve({ code, signal }));
+      });
+      try {
+        await until(async () => /backup listening/.test(stderr), 15000, 'the backup to listen');
+        for (const bytes of [OVER, 2 ** 40, FIVE_GIB]) {
+          const link: Link = await connectLink('127.0.0.1', port, { insecure: true });
+          const got = new Promise<{ type: string; body: string }>((resolve) => {
+            link.onRecord((t: number, b: Buffer) => resolve({ type: REC_NAMES[t], body: b.toString('utf8') }));
+            link.onClose(() => resolve({ type: 'closed', body: '' }));
+          });
+          link.send(
+            Rec.HELLO,
+            jsonBody(
+              {
+                kind: 'sim',
+                domain: 't45big',
+                pageCount: bytes / PAGE,
+                pageSize: PAGE,
+                compressor: 'zstd',
+                intervalMs: 50,
+                heartbeatTimeoutMs: 1000,
+                deviceStateMax: 65536,
+                diskBytes: 0,
+                diskBufferBytesMax: 2 ** 20,
+                sessionId: `t45-${bytes}`,
+              },
+              PROTOCOL_VERSION,
+            ),
+          );
+          const answer = await Promise.race([got, sleep(10000).then(() => ({ type: 'silence', body: '' }))]);
+          link.close();
+          if (bytes === FIVE_GIB) {
+            assert.equal(answer.type, 'HELLO_ACK', `the backup answered ${answer.type}; its log: ${stderr}`);
+            continue;
+          }
+          assert.equal(answer.type, 'ERROR', `the backup answered ${answer.type}; its log: ${stderr}`);
+          const err = JSON.parse(answer.body.slice(answer.body.indexOf('{'))) as { code: string; message: string };
+          assert.equal(err.code, ErrorCode.HANDSHAKE);
+          assert.match(err.message, /^HELLO pageCount \d+ is not an integer in \[1, 16777216\]/); // the 64 GiB limit
+          await sleep(200);
+          assert.equal(child.exitCode, null, `the backup exited: ${stderr}`);
+          assert.equal(child.signalCode, null, `the backup was killed: ${stderr}`);
         }
-        assert.equal(answer.type, 'ERROR', `the backup answered ${answer.type}; its log: ${stderr}`);
-        const err = JSON.parse(answer.body.slice(answer.body.indexOf('{'))) as { code: string; message: string };
-        assert.equal(err.code, ErrorCode.HANDSHAKE);
-        assert.match(err.message, /^HELLO pageCount \d+ is not an integer in \[1, 16777216\]/); // the 64 GiB limit
-        await sleep(200);
-        assert.equal(child.exitCode, null, `the backup exited: ${stderr}`);
-        assert.equal(child.signalCode, null, `the backup was killed: ${stderr}`);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       }
-    } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    }
-    const end = await Promise.race([ended, sleep(15000).then(() => null)]);
-    assert.ok(end, 'the backup did not stop on SIGTERM');
-    assert.deepEqual(end, { code: 0, signal: null }, stderr);
-  });
+      const end = await Promise.race([ended, sleep(15000).then(() => null)]);
+      assert.ok(end, 'the backup did not stop on SIGTERM');
+      assert.deepEqual(end, { code: 0, signal: null }, stderr);
+    },
+  );
 });

@@ -324,99 +324,103 @@ describe('47 xen stream', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('47.9 a first checkpoint of 64 MiB is fed a record at a time: the commit returns at once, a later commit does not change it, failover waits', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
-    const out = path.join(dir, 'stream');
-    const BIG = 16384; // 64 MiB: eight turns of the feed
-    const addon = {
-      xenDomainInfo: (d: string | number): XenDomainInfo => {
-        if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
-        return {
-          domid: 41,
-          dying: false,
-          shutdown: false,
-          shutdownReason: 0,
-          paused: false,
-          hvm: false,
-          maxMemKb: 0,
-          pages: 0,
-          vcpus: 1,
-        };
-      },
-    };
-    const rx = new XenReplica('vm', BIG, {
-      receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${out}.done'`],
-      addon,
-      resumeTimeoutMs: 20000,
-    });
-    const batches: Buffer[] = [];
-    for (let p = 0; p < BIG; p += 1024)
-      batches.push(pageData(Array.from({ length: 1024 }, (_, i) => ({ pfn: p + i }))));
-    const first = [...batches, checkpointRec()];
-    const second = [
-      pageData([
-        { pfn: 0, round: 1 },
-        { pfn: BIG - 1, round: 1 },
-      ]),
-      checkpointRec(),
-    ];
-    const c = new CheckpointCollector(BIG);
-    c.startSave(Buffer.from('PRE'));
-    const cks = collect(c, split(Buffer.concat([...first, ...second]), 1 << 20, 1, false).recs);
-    assert.equal(cks.length, 2);
-    const feedBytes = (): number => (rx as unknown as { feedBytes: number }).feedBytes;
-    for (const ck of cks) {
-      const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
-      if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
-      for (let i = 0; i < ck.capture.count; i++)
-        rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
-      rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
-      assert.ok(
-        feedBytes() > 32 * 2 ** 20,
-        `the commit returned with ${feedBytes()} octets still to write (not written at once)`,
-      );
-    }
-    await rx.resume();
-    assert.equal(feedBytes(), 0, 'failover waited until every committed checkpoint was written');
-    for (let i = 0; i < 200 && !fs.existsSync(`${out}.done`); i++) await new Promise((r) => setTimeout(r, 25));
-    const stream = fs.readFileSync(out);
-    assert.ok(stream.subarray(0, 3).equals(Buffer.from('PRE')));
-    const firstBytes = first.reduce((n, b) => n + b.length, 0),
-      secondBytes = second.reduce((n, b) => n + b.length, 0);
-    assert.equal(
-      stream.length,
-      3 + firstBytes + 8 + secondBytes + 8,
-      "each checkpoint once, with libxl's CHECKPOINT_END",
-    );
-    // Each checkpoint carries its own pages: the first, written while the second was committed,
-    // still has round 0 of the page the second changed (libxc checks page tables per checkpoint).
-    const parts = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)];
-    const pagesOf = (part: Buffer): Map<number, Buffer> => {
-      const m = new Map<number, Buffer>();
-      for (const r of split(part, 1 << 20, 1, false).recs) {
-        if (r.type !== REC.PAGE_DATA) continue;
-        const d = parsePageData(r.bytes, false);
-        for (let i = 0; i < d.count; i++)
-          if (d.dataOffsets[i] >= 0)
-            m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_BYTES));
+  it(
+    '47.9 a first checkpoint of 64 MiB is fed a record at a time: the commit returns at once, a later commit does ' +
+      'not change it, failover waits',
+    async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-47-'));
+      const out = path.join(dir, 'stream');
+      const BIG = 16384; // 64 MiB: eight turns of the feed
+      const addon = {
+        xenDomainInfo: (d: string | number): XenDomainInfo => {
+          if (d !== 'vm--incoming' && d !== 41) throw new RemusError(ErrorCode.NO_DOMAIN, 'no');
+          return {
+            domid: 41,
+            dying: false,
+            shutdown: false,
+            shutdownReason: 0,
+            paused: false,
+            hvm: false,
+            maxMemKb: 0,
+            pages: 0,
+            vcpus: 1,
+          };
+        },
+      };
+      const rx = new XenReplica('vm', BIG, {
+        receiver: ['sh', '-c', `printf '${RECEIVER_BANNER.replace('\n', '\\n')}'; cat > '${out}'; touch '${out}.done'`],
+        addon,
+        resumeTimeoutMs: 20000,
+      });
+      const batches: Buffer[] = [];
+      for (let p = 0; p < BIG; p += 1024)
+        batches.push(pageData(Array.from({ length: 1024 }, (_, i) => ({ pfn: p + i }))));
+      const first = [...batches, checkpointRec()];
+      const second = [
+        pageData([
+          { pfn: 0, round: 1 },
+          { pfn: BIG - 1, round: 1 },
+        ]),
+        checkpointRec(),
+      ];
+      const c = new CheckpointCollector(BIG);
+      c.startSave(Buffer.from('PRE'));
+      const cks = collect(c, split(Buffer.concat([...first, ...second]), 1 << 20, 1, false).recs);
+      assert.equal(cks.length, 2);
+      const feedBytes = (): number => (rx as unknown as { feedBytes: number }).feedBytes;
+      for (const ck of cks) {
+        const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
+        if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
+        for (let i = 0; i < ck.capture.count; i++)
+          rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+        rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+        assert.ok(
+          feedBytes() > 32 * 2 ** 20,
+          `the commit returned with ${feedBytes()} octets still to write (not written at once)`,
+        );
       }
-      return m;
-    };
-    const [one, two] = parts.map(pagesOf);
-    assert.equal(one.size, BIG);
-    assert.deepEqual(
-      [...two.keys()].sort((x, y) => x - y),
-      [0, BIG - 1],
-    );
-    for (const p of [0, 1, BIG / 2, BIG - 1])
-      assert.ok(one.get(p)!.equals(page(p, 0)), `checkpoint 1, page ${p}: its own content`);
-    for (const p of [0, BIG - 1])
-      assert.ok(
-        two.get(p)!.equals(page(p, 1)) && two.get(p)!.equals(Buffer.from(rx.image.page(p))),
-        `checkpoint 2, page ${p}`,
+      await rx.resume();
+      assert.equal(feedBytes(), 0, 'failover waited until every committed checkpoint was written');
+      for (let i = 0; i < 200 && !fs.existsSync(`${out}.done`); i++) await new Promise((r) => setTimeout(r, 25));
+      const stream = fs.readFileSync(out);
+      assert.ok(stream.subarray(0, 3).equals(Buffer.from('PRE')));
+      const firstBytes = first.reduce((n, b) => n + b.length, 0),
+        secondBytes = second.reduce((n, b) => n + b.length, 0);
+      assert.equal(
+        stream.length,
+        3 + firstBytes + 8 + secondBytes + 8,
+        "each checkpoint once, with libxl's CHECKPOINT_END",
       );
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+      // Each checkpoint carries its own pages: the first, written while the second was committed,
+      // still has round 0 of the page the second changed (libxc checks page tables per checkpoint).
+      const parts = [stream.subarray(3, 3 + firstBytes), stream.subarray(3 + firstBytes + 8, stream.length - 8)];
+      const pagesOf = (part: Buffer): Map<number, Buffer> => {
+        const m = new Map<number, Buffer>();
+        for (const r of split(part, 1 << 20, 1, false).recs) {
+          if (r.type !== REC.PAGE_DATA) continue;
+          const d = parsePageData(r.bytes, false);
+          for (let i = 0; i < d.count; i++)
+            if (d.dataOffsets[i] >= 0)
+              m.set(d.pfns[i], r.bytes.subarray(d.dataOffsets[i], d.dataOffsets[i] + PAGE_BYTES));
+        }
+        return m;
+      };
+      const [one, two] = parts.map(pagesOf);
+      assert.equal(one.size, BIG);
+      assert.deepEqual(
+        [...two.keys()].sort((x, y) => x - y),
+        [0, BIG - 1],
+      );
+      for (const p of [0, 1, BIG / 2, BIG - 1])
+        assert.ok(one.get(p)!.equals(page(p, 0)), `checkpoint 1, page ${p}: its own content`);
+      for (const p of [0, BIG - 1])
+        assert.ok(
+          two.get(p)!.equals(page(p, 1)) && two.get(p)!.equals(Buffer.from(rx.image.page(p))),
+          `checkpoint 2, page ${p}`,
+        );
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  );
 
   describe('47.8 the domain drives a (scripted) save loop', () => {
     let addon: Partial<XenAddon> = {};
@@ -509,32 +513,36 @@ describe('47 xen stream', () => {
       await d.close();
     });
 
-    it('47.8.2 the suspend wait leaves this thread free; close() during it resumes the guest, fence() leaves it paused', async () => {
-      for (const how of ['close', 'fence'] as const) {
-        const { x, log } = fakeXen({ suspendMs: 300 });
-        const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
-        await d.suspend();
-        await d.capture(true);
-        await d.resume();
-        let ticks = 0;
-        const timer = setInterval(() => {
-          ticks++;
-        }, 10);
-        const outcome = d.suspend().then(
-          () => 'suspended',
-          (e: Error) => e.message,
-        );
-        await new Promise((r) => setTimeout(r, 150));
-        clearInterval(timer);
-        assert.ok(ticks >= 5, `timers ran while the guest was suspending (${ticks})`);
-        log.length = 0;
-        if (how === 'close') await d.close();
-        else d.fence();
-        assert.match(await outcome, /ended during a suspend/, how);
-        assert.deepEqual(log, how === 'close' ? ['resume'] : ['pause'], `${how}: ${log.join(',')}`);
-        if (how === 'fence') await d.close();
-      }
-    });
+    it(
+      '47.8.2 the suspend wait leaves this thread free; close() during it resumes the guest, fence() ' +
+        'leaves it paused',
+      async () => {
+        for (const how of ['close', 'fence'] as const) {
+          const { x, log } = fakeXen({ suspendMs: 300 });
+          const d = XenDomain.open('vm', { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000 }, x);
+          await d.suspend();
+          await d.capture(true);
+          await d.resume();
+          let ticks = 0;
+          const timer = setInterval(() => {
+            ticks++;
+          }, 10);
+          const outcome = d.suspend().then(
+            () => 'suspended',
+            (e: Error) => e.message,
+          );
+          await new Promise((r) => setTimeout(r, 150));
+          clearInterval(timer);
+          assert.ok(ticks >= 5, `timers ran while the guest was suspending (${ticks})`);
+          log.length = 0;
+          if (how === 'close') await d.close();
+          else d.fence();
+          assert.match(await outcome, /ended during a suspend/, how);
+          assert.deepEqual(log, how === 'close' ? ['resume'] : ['pause'], `${how}: ${log.join(',')}`);
+          if (how === 'fence') await d.close();
+        }
+      },
+    );
 
     it('47.8.3 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
       const { x } = fakeXen({ dieAt: 2 });

@@ -299,64 +299,67 @@ describe('48 xen disk', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it("48.7 the primary's NBD server answers while the main thread is blocked, and the barrier tags those writes", async function () {
-    if (spawnSync('qemu-io', ['--version']).status !== 0) this.skip();
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
-    const image = path.join(dir, 'disk.img');
-    fs.writeFileSync(image, Buffer.alloc(1 << 20));
-    const disk = await servePrimaryDisk({
-      image,
-      host: '127.0.0.1',
-      port: 0,
-      clock: realClock,
-      unackedBytesMax: 4 << 20,
-      log: () => {},
-    });
-    try {
-      const sent: Array<{ type: number; body: Buffer }> = [];
-      await new Promise<void>((resolve, reject) => {
-        disk.replicator.connect(
-          {
-            send: (type, body) => {
-              sent.push({ type, body: Buffer.from(body) });
-            },
-            backlogBytes: 0,
-          },
-          1,
-          false,
-          resolve,
-          reject,
-        );
+  it(
+    "48.7 the primary's NBD server answers while the main thread is blocked, and the barrier tags those " + 'writes',
+    async function () {
+      if (spawnSync('qemu-io', ['--version']).status !== 0) this.skip();
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
+      const image = path.join(dir, 'disk.img');
+      fs.writeFileSync(image, Buffer.alloc(1 << 20));
+      const disk = await servePrimaryDisk({
+        image,
+        host: '127.0.0.1',
+        port: 0,
+        clock: realClock,
+        unackedBytesMax: 4 << 20,
+        log: () => {},
       });
-      // Blocks this thread (as a busy main thread would) while a client writes through the server.
-      const r = spawnSync(
-        'qemu-io',
-        ['-f', 'raw', `nbd://127.0.0.1:${disk.port}/remusdb`, '-c', 'write -P 0xab 8192 4096'],
-        { timeout: 20000 },
-      );
-      assert.equal(r.status, 0, `qemu-io wrote while the main thread was blocked: ${String(r.stderr)}`);
-      disk.replicator.barrier(5); // drains the worker's writes first: they belong to epoch <= 5
-      const all = sent.filter((x) => x.type === Rec.DISK_WRITE).map((x) => parseDiskWrite(x.body, 1 << 20));
-      assert.deepEqual(
-        all.map((w) => w.epoch),
-        all.map(() => 1),
-        "every record (the write, qemu-io's flush) tagged before the barrier moved the tag",
-      );
-      const writes = all.filter((w) => w.lengthBytes > 0);
-      assert.equal(writes.length, 1);
-      assert.equal(writes[0].offsetBytes, 8192);
-      assert.deepEqual(writes[0].data, Buffer.alloc(4096, 0xab));
-      assert.equal(
-        fs
-          .readFileSync(image)
-          .subarray(8192, 8192 + 4096)
-          .every((b) => b === 0xab),
-        true,
-        'written locally',
-      );
-    } finally {
-      await disk.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+      try {
+        const sent: Array<{ type: number; body: Buffer }> = [];
+        await new Promise<void>((resolve, reject) => {
+          disk.replicator.connect(
+            {
+              send: (type, body) => {
+                sent.push({ type, body: Buffer.from(body) });
+              },
+              backlogBytes: 0,
+            },
+            1,
+            false,
+            resolve,
+            reject,
+          );
+        });
+        // Blocks this thread (as a busy main thread would) while a client writes through the server.
+        const r = spawnSync(
+          'qemu-io',
+          ['-f', 'raw', `nbd://127.0.0.1:${disk.port}/remusdb`, '-c', 'write -P 0xab 8192 4096'],
+          { timeout: 20000 },
+        );
+        assert.equal(r.status, 0, `qemu-io wrote while the main thread was blocked: ${String(r.stderr)}`);
+        disk.replicator.barrier(5); // drains the worker's writes first: they belong to epoch <= 5
+        const all = sent.filter((x) => x.type === Rec.DISK_WRITE).map((x) => parseDiskWrite(x.body, 1 << 20));
+        assert.deepEqual(
+          all.map((w) => w.epoch),
+          all.map(() => 1),
+          "every record (the write, qemu-io's flush) tagged before the barrier moved the tag",
+        );
+        const writes = all.filter((w) => w.lengthBytes > 0);
+        assert.equal(writes.length, 1);
+        assert.equal(writes[0].offsetBytes, 8192);
+        assert.deepEqual(writes[0].data, Buffer.alloc(4096, 0xab));
+        assert.equal(
+          fs
+            .readFileSync(image)
+            .subarray(8192, 8192 + 4096)
+            .every((b) => b === 0xab),
+          true,
+          'written locally',
+        );
+      } finally {
+        await disk.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -177,39 +177,42 @@ describe('49 record', () => {
     assert.deepEqual([...out.subarray(0, n)], [0, 7, 8, 63, 64, 99]);
   });
 
-  it('49.4 records a trace that bench trace verifies; its image is the guest for every page not written since', async () => {
-    const xen = new FakeXen(256, new Set([3, 200]));
-    const r = await recordDomain(opts(xen, 'a.rdt'));
-    assert.equal(xen.logdirty, false, 'log-dirty switched off');
-    assert.equal(xen.disables, 1);
-    assert.equal(xen.releases, 1);
-    assert.equal(r.stoppedBy, 'time');
-    assert.equal(r.firstEpochPages, 254, 'every readable page in epoch 0');
-    assert.ok(r.pagesUnreadable >= 2);
-    assert.ok(r.epochs >= 3, `epochs ${r.epochs}`);
-    const t = await traceImage(path.join(dir, 'a.rdt'));
-    assert.equal(t.epochs, r.epochs);
-    assert.equal(t.pages[0], 254);
-    assert.equal(
-      t.pages.reduce((a, b) => a + b, 0),
-      r.pages,
-    );
-    assert.equal(r.traceBytes, HEADER_SIZE + t.pages.reduce((a, n) => a + epochBytes(n), 0));
-    assert.equal(r.fileBytes, r.traceBytes);
-    let checked = 0;
-    for (let p = 0; p < 256; p++) {
-      if (xen.dirty[p] || xen.holes.has(p)) continue; // written after the last read
-      assert.ok(
-        t.image.subarray(p * PAGE, (p + 1) * PAGE).equals(xen.mem.subarray(p * PAGE, (p + 1) * PAGE)),
-        `page ${p}`,
+  it(
+    '49.4 records a trace that bench trace verifies; ' + 'its image is the guest for every page not written since',
+    async () => {
+      const xen = new FakeXen(256, new Set([3, 200]));
+      const r = await recordDomain(opts(xen, 'a.rdt'));
+      assert.equal(xen.logdirty, false, 'log-dirty switched off');
+      assert.equal(xen.disables, 1);
+      assert.equal(xen.releases, 1);
+      assert.equal(r.stoppedBy, 'time');
+      assert.equal(r.firstEpochPages, 254, 'every readable page in epoch 0');
+      assert.ok(r.pagesUnreadable >= 2);
+      assert.ok(r.epochs >= 3, `epochs ${r.epochs}`);
+      const t = await traceImage(path.join(dir, 'a.rdt'));
+      assert.equal(t.epochs, r.epochs);
+      assert.equal(t.pages[0], 254);
+      assert.equal(
+        t.pages.reduce((a, b) => a + b, 0),
+        r.pages,
       );
-      checked++;
-    }
-    assert.ok(checked > 200);
-    const b = await benchTrace(path.join(dir, 'a.rdt'), { cache: '10%', compressor: 'zstd' });
-    assert.equal(b.verified, true);
-    assert.equal(b.epochs, r.epochs);
-  });
+      assert.equal(r.traceBytes, HEADER_SIZE + t.pages.reduce((a, n) => a + epochBytes(n), 0));
+      assert.equal(r.fileBytes, r.traceBytes);
+      let checked = 0;
+      for (let p = 0; p < 256; p++) {
+        if (xen.dirty[p] || xen.holes.has(p)) continue; // written after the last read
+        assert.ok(
+          t.image.subarray(p * PAGE, (p + 1) * PAGE).equals(xen.mem.subarray(p * PAGE, (p + 1) * PAGE)),
+          `page ${p}`,
+        );
+        checked++;
+      }
+      assert.ok(checked > 200);
+      const b = await benchTrace(path.join(dir, 'a.rdt'), { cache: '10%', compressor: 'zstd' });
+      assert.equal(b.verified, true);
+      assert.equal(b.epochs, r.epochs);
+    },
+  );
 
   it('49.5 log-dirty already on: refused with "already on", and not switched off under the other user', async () => {
     const xen = new FakeXen(64);
@@ -242,48 +245,55 @@ describe('49 record', () => {
     assert.equal(t.epochs, 4, 'epoch 0 and three incremental ones');
   });
 
-  it('49.7 bounds: --max-bytes stops before the epoch that would pass it; too small for epoch 0 is refused first', async () => {
-    const xen = new FakeXen(128);
-    const bytesMax = HEADER_SIZE + epochBytes(128) + 2 * epochBytes(8);
-    const r = await recordDomain(opts(xen, 'e.rdt', { bytesMax, seconds: 5 }));
-    assert.equal(r.stoppedBy, 'bytes');
-    assert.ok(r.traceBytes <= bytesMax && fs.statSync(path.join(dir, 'e.rdt')).size === r.traceBytes);
-    assert.equal(xen.logdirty, false);
-    const small = new FakeXen(128);
-    await assert.rejects(recordDomain(opts(small, 'f.rdt', { bytesMax: 4096 })), /cannot hold the first epoch/);
-    assert.equal(small.logdirty, false, 'never switched on');
-  });
+  it(
+    '49.7 bounds: --max-bytes stops before the epoch that would pass it; ' + 'too small for epoch 0 is refused first',
+    async () => {
+      const xen = new FakeXen(128);
+      const bytesMax = HEADER_SIZE + epochBytes(128) + 2 * epochBytes(8);
+      const r = await recordDomain(opts(xen, 'e.rdt', { bytesMax, seconds: 5 }));
+      assert.equal(r.stoppedBy, 'bytes');
+      assert.ok(r.traceBytes <= bytesMax && fs.statSync(path.join(dir, 'e.rdt')).size === r.traceBytes);
+      assert.equal(xen.logdirty, false);
+      const small = new FakeXen(128);
+      await assert.rejects(recordDomain(opts(small, 'f.rdt', { bytesMax: 4096 })), /cannot hold the first epoch/);
+      assert.equal(small.logdirty, false, 'never switched on');
+    },
+  );
 
-  it('49.8 the native bindings off Xen: ERR_XEN with the failing function and errno; bad arguments are programmer errors', function () {
-    const addon = loadAddon() as unknown as Partial<XenLogdirtyAddon> & { parts: { xen: boolean } };
-    if (!addon.parts.xen || fs.existsSync('/dev/xen/privcmd')) this.skip();
-    const a = addon as XenLogdirtyAddon;
-    assert.throws(
-      () => a.xenLogdirtyEnable(5),
-      (e: RemusError) =>
-        e.code === ErrorCode.XEN &&
-        e.details.fn === 'xc_interface_open' &&
-        typeof e.details.errno === 'number' &&
-        /errno \d+/.test(e.message),
-    );
-    assert.throws(
-      () => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)),
-      (e: RemusError) => e.code === ErrorCode.XEN,
-    );
-    assert.throws(() => a.xenLogdirtyEnable(0), TypeError);
-    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(12)), RangeError);
-    assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16), 1 as unknown as boolean), TypeError);
-    assert.throws(
-      () => a.xenMapRead(5, new Uint32Array(1025), Buffer.alloc(1025 * PAGE), new Int32Array(1025)),
-      RangeError,
-    );
-    assert.throws(() => a.xenMapRead(5, new Uint32Array(2), Buffer.alloc(PAGE), new Int32Array(2)), RangeError);
-    assert.throws(
-      () => a.xenMapRead(5, new Uint16Array(2) as unknown as Uint32Array, Buffer.alloc(2 * PAGE), new Int32Array(2)),
-      TypeError,
-    );
-    a.xenMapRelease();
-  });
+  it(
+    '49.8 the native bindings off Xen: ERR_XEN with the failing function and errno; bad arguments are ' +
+      'programmer errors',
+    function () {
+      const addon = loadAddon() as unknown as Partial<XenLogdirtyAddon> & { parts: { xen: boolean } };
+      if (!addon.parts.xen || fs.existsSync('/dev/xen/privcmd')) this.skip();
+      const a = addon as XenLogdirtyAddon;
+      assert.throws(
+        () => a.xenLogdirtyEnable(5),
+        (e: RemusError) =>
+          e.code === ErrorCode.XEN &&
+          e.details.fn === 'xc_interface_open' &&
+          typeof e.details.errno === 'number' &&
+          /errno \d+/.test(e.message),
+      );
+      assert.throws(
+        () => a.xenLogdirtyPeekClean(5, Buffer.alloc(16)),
+        (e: RemusError) => e.code === ErrorCode.XEN,
+      );
+      assert.throws(() => a.xenLogdirtyEnable(0), TypeError);
+      assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(12)), RangeError);
+      assert.throws(() => a.xenLogdirtyPeekClean(5, Buffer.alloc(16), 1 as unknown as boolean), TypeError);
+      assert.throws(
+        () => a.xenMapRead(5, new Uint32Array(1025), Buffer.alloc(1025 * PAGE), new Int32Array(1025)),
+        RangeError,
+      );
+      assert.throws(() => a.xenMapRead(5, new Uint32Array(2), Buffer.alloc(PAGE), new Int32Array(2)), RangeError);
+      assert.throws(
+        () => a.xenMapRead(5, new Uint16Array(2) as unknown as Uint32Array, Buffer.alloc(2 * PAGE), new Int32Array(2)),
+        TypeError,
+      );
+      a.xenMapRelease();
+    },
+  );
 
   it('49.9 an abort (SIGINT in the CLI) ends the recording cleanly', async () => {
     const xen = new FakeXen(64);

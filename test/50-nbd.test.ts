@@ -298,92 +298,102 @@ describe('50 nbd server with real clients', function () {
     );
   });
 
-  it('50.6 out-of-range, oversized, unknown command and bad flags get errors; the connection stays usable', async () => {
-    const q = await run('qemu-io', [
-      '-f',
-      'raw',
-      uri,
-      '-c',
-      `read ${IMAGE_BYTES} 512`,
-      '-c',
-      'write -P 0x33 0 512',
-      '-c',
-      'read -P 0x33 0 512',
-    ]);
-    assert.match(q.stdout + q.stderr, /read failed/);
-    assert.match(q.stdout, /read 512\/512 bytes at offset 0/);
-    const c = await RawClient.connect(srv.port);
-    assert.equal(await c.go(), IMAGE_BYTES);
-    c.request(W.CMD.READ, BigInt(IMAGE_BYTES - 512), 1024, 1n);
-    assert.deepEqual(await c.reply(), { error: W.NBD_ERR.EINVAL, cookie: 1n, data: null });
-    c.request(W.CMD.WRITE, BigInt(IMAGE_BYTES), 512, 2n, 0, Buffer.alloc(512, 7));
-    assert.equal((await c.reply()).error, W.NBD_ERR.ENOSPC);
-    c.request(W.CMD.READ, 0n, 32 * MiB + 1, 3n);
-    assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
-    c.request(99, 0n, 0, 4n);
-    assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
-    c.request(W.CMD.READ, 0n, 512, 5n, 1 << 3); // REQ_ONE: not applicable
-    assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
-    c.request(W.CMD.READ, 0xffffffffffffff00n, 512, 6n);
-    assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
-    c.request(W.CMD.READ, 0n, 512, 7n);
-    const ok = await c.reply(512);
-    assert.equal(ok.error, 0);
-    assert.equal(ok.cookie, 7n);
-    assert.ok(ok.data!.every((x) => x === 0x33));
-    c.request(W.CMD.DISC, 0n, 0, 8n);
-    await c.closed;
-    assert.equal(c.socket.destroyed, true);
-    assert.equal(fs.statSync(image).size, IMAGE_BYTES, 'the out-of-range write did not grow the file');
-  });
+  it(
+    '50.6 out-of-range, oversized, unknown command and bad flags get errors; ' + 'the connection stays usable',
+    async () => {
+      const q = await run('qemu-io', [
+        '-f',
+        'raw',
+        uri,
+        '-c',
+        `read ${IMAGE_BYTES} 512`,
+        '-c',
+        'write -P 0x33 0 512',
+        '-c',
+        'read -P 0x33 0 512',
+      ]);
+      assert.match(q.stdout + q.stderr, /read failed/);
+      assert.match(q.stdout, /read 512\/512 bytes at offset 0/);
+      const c = await RawClient.connect(srv.port);
+      assert.equal(await c.go(), IMAGE_BYTES);
+      c.request(W.CMD.READ, BigInt(IMAGE_BYTES - 512), 1024, 1n);
+      assert.deepEqual(await c.reply(), { error: W.NBD_ERR.EINVAL, cookie: 1n, data: null });
+      c.request(W.CMD.WRITE, BigInt(IMAGE_BYTES), 512, 2n, 0, Buffer.alloc(512, 7));
+      assert.equal((await c.reply()).error, W.NBD_ERR.ENOSPC);
+      c.request(W.CMD.READ, 0n, 32 * MiB + 1, 3n);
+      assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
+      c.request(99, 0n, 0, 4n);
+      assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
+      c.request(W.CMD.READ, 0n, 512, 5n, 1 << 3); // REQ_ONE: not applicable
+      assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
+      c.request(W.CMD.READ, 0xffffffffffffff00n, 512, 6n);
+      assert.equal((await c.reply()).error, W.NBD_ERR.EINVAL);
+      c.request(W.CMD.READ, 0n, 512, 7n);
+      const ok = await c.reply(512);
+      assert.equal(ok.error, 0);
+      assert.equal(ok.cookie, 7n);
+      assert.ok(ok.data!.every((x) => x === 0x33));
+      c.request(W.CMD.DISC, 0n, 0, 8n);
+      await c.closed;
+      assert.equal(c.socket.destroyed, true);
+      assert.equal(fs.statSync(image).size, IMAGE_BYTES, 'the out-of-range write did not grow the file');
+    },
+  );
 
-  it('50.7 bad request magic, garbage handshake and oversized writes disconnect cleanly; the server stays up', async () => {
-    const c = await RawClient.connect(srv.port);
-    await c.go();
-    c.socket.write(Buffer.from('this is not an NBD request at all!!'));
-    await c.closed;
-    const g = await RawClient.connect(srv.port);
-    g.socket.write(Buffer.alloc(64, 0xff)); // unknown client flags
-    await g.closed;
-    const o = await RawClient.connect(srv.port);
-    await o.go();
-    o.request(W.CMD.WRITE, 0n, 64 * MiB, 9n); // payload larger than we buffer
-    await o.closed;
-    const r = await run('nbdinfo', ['--size', uri]);
-    assert.equal(r.stdout.trim(), String(IMAGE_BYTES), r.stderr);
-  });
+  it(
+    '50.7 bad request magic, garbage handshake and oversized writes disconnect cleanly; ' + 'the server stays up',
+    async () => {
+      const c = await RawClient.connect(srv.port);
+      await c.go();
+      c.socket.write(Buffer.from('this is not an NBD request at all!!'));
+      await c.closed;
+      const g = await RawClient.connect(srv.port);
+      g.socket.write(Buffer.alloc(64, 0xff)); // unknown client flags
+      await g.closed;
+      const o = await RawClient.connect(srv.port);
+      await o.go();
+      o.request(W.CMD.WRITE, 0n, 64 * MiB, 9n); // payload larger than we buffer
+      await o.closed;
+      const r = await run('nbdinfo', ['--size', uri]);
+      assert.equal(r.stdout.trim(), String(IMAGE_BYTES), r.stderr);
+    },
+  );
 
-  it('50.8 an acknowledged write survives its client vanishing; a client killed mid-transfer does not disturb another', async () => {
-    const c = await RawClient.connect(srv.port);
-    await c.go();
-    c.request(W.CMD.WRITE, 3n * BigInt(MiB), 4096, 1n, 0, Buffer.alloc(4096, 0x9a));
-    assert.equal((await c.reply()).error, 0);
-    c.request(W.CMD.READ, 0n, 8 * MiB, 2n); // then vanish with a read in flight
-    c.socket.destroy();
-    const b = Buffer.alloc(4096);
-    const fd = fs.openSync(image, 'r');
-    fs.readSync(fd, b, 0, 4096, 3 * MiB);
-    fs.closeSync(fd);
-    assert.ok(
-      b.every((x) => x === 0x9a),
-      'acknowledged write is in the file',
-    );
+  it(
+    '50.8 an acknowledged write survives its client vanishing; a client killed mid-transfer does ' +
+      'not disturb another',
+    async () => {
+      const c = await RawClient.connect(srv.port);
+      await c.go();
+      c.request(W.CMD.WRITE, 3n * BigInt(MiB), 4096, 1n, 0, Buffer.alloc(4096, 0x9a));
+      assert.equal((await c.reply()).error, 0);
+      c.request(W.CMD.READ, 0n, 8 * MiB, 2n); // then vanish with a read in flight
+      c.socket.destroy();
+      const b = Buffer.alloc(4096);
+      const fd = fs.openSync(image, 'r');
+      fs.readSync(fd, b, 0, 4096, 3 * MiB);
+      fs.closeSync(fd);
+      assert.ok(
+        b.every((x) => x === 0x9a),
+        'acknowledged write is in the file',
+      );
 
-    const victim: ChildProcess = spawn(
-      'qemu-img',
-      ['convert', '-f', 'raw', '-O', 'raw', uri, path.join(dir, 'victim.img')],
-      { stdio: 'ignore' },
-    );
-    await new Promise((r) => setTimeout(r, 150));
-    const other = run('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x77 6M 1M', '-c', 'read -P 0x77 6M 1M']);
-    victim.kill('SIGKILL');
-    const r = await other;
-    assert.equal(r.status, 0, r.stderr);
-    assert.doesNotMatch(r.stdout + r.stderr, /fail|verification/i);
-    const again = await run('qemu-io', ['-f', 'raw', uri, '-c', 'read -P 0x77 6M 1M']);
-    assert.equal(again.status, 0, again.stderr);
-    assert.doesNotMatch(again.stdout, /fail|verification/i);
-  });
+      const victim: ChildProcess = spawn(
+        'qemu-img',
+        ['convert', '-f', 'raw', '-O', 'raw', uri, path.join(dir, 'victim.img')],
+        { stdio: 'ignore' },
+      );
+      await new Promise((r) => setTimeout(r, 150));
+      const other = run('qemu-io', ['-f', 'raw', uri, '-c', 'write -P 0x77 6M 1M', '-c', 'read -P 0x77 6M 1M']);
+      victim.kill('SIGKILL');
+      const r = await other;
+      assert.equal(r.status, 0, r.stderr);
+      assert.doesNotMatch(r.stdout + r.stderr, /fail|verification/i);
+      const again = await run('qemu-io', ['-f', 'raw', uri, '-c', 'read -P 0x77 6M 1M']);
+      assert.equal(again.status, 0, again.stderr);
+      assert.doesNotMatch(again.stdout, /fail|verification/i);
+    },
+  );
 
   it('50.9 nbdfuse + loop device + ext4: mkfs, mount, write files, unmount, read them back', async function () {
     const reason = fuseLoopUnavailable();
@@ -494,9 +504,11 @@ describe('50 nbd server with real clients', function () {
     const img = path.join(dir, 'cli.img');
     fs.writeFileSync(img, Buffer.alloc(MiB));
     const cliJs = path.join(__dirname, '..', 'dom0', 'cli', 'disk.js');
-    const code = `const { Command } = require('commander'); const p = new Command('remusdb').exitOverride();
+    const code =
+      `const { Command } = require('commander'); const p = new Command('remusdb').exitOverride();
       require(${JSON.stringify(cliJs)}).registerDisk(p);
-      p.parseAsync(['node', 'remusdb', 'disk', 'serve', ${JSON.stringify(img)}, '--listen', '127.0.0.1:${port}', '--export', 'vm1'])`;
+      p.parseAsync(['node', 'remusdb', 'disk', 'serve', ${JSON.stringify(img)}, '--listen', '127.0.0.1:${port}', ` +
+      `'--export', 'vm1'])`;
     const child = spawn(process.execPath, ['-e', code], {
       cwd: path.join(__dirname, '..', '..'),
       stdio: ['ignore', 'ignore', 'pipe'],
@@ -551,7 +563,9 @@ function freePort(): Promise<number> {
 /** `serveDisk` in a child node process; resolves once it listens. */
 function startServerProcess(image: string): Promise<{ port: number; stop: () => Promise<void> }> {
   const serveJs = path.join(__dirname, '..', 'blktap', 'serve.js');
-  const code = `require(${JSON.stringify(serveJs)}).serveDisk({ image: ${JSON.stringify(image)}, host: '127.0.0.1', port: 0 })
+  const code =
+    `require(${JSON.stringify(serveJs)}).serveDisk({ image: ${JSON.stringify(image)}, host: '127.0.0.1', ` +
+    `port: 0 })
     .then((d) => { console.log(String(d.port)); process.on('SIGTERM', () => d.close().then(() => process.exit(0))); })`;
   const p = spawn(process.execPath, ['-e', code], { stdio: ['ignore', 'pipe', 'pipe'] });
   p.stderr.on('data', (d: Buffer) => process.stderr.write(d));

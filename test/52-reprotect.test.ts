@@ -14,22 +14,25 @@ const BIN = path.join(__dirname, '..', '..', 'bin', 'remusdb');
 describe('52 reprotection', function () {
   this.timeout(120000);
 
-  it('52.1 copies only the blocks written since failover (and the discarded epochs), then verifies the disks equal', async () => {
-    const r = await runReprotect({
-      diskMiB: 64,
-      runSeconds: 2,
-      afterFailoverSeconds: 1,
-      reuse: true,
-      heartbeatTimeoutMs: 1000,
-    });
-    assert.ok(r.verified_epoch > 0, "the new backup confirmed its disk equals the primary's at a checkpoint");
-    assert.ok(
-      r.changed_bytes > 0 && r.changed_bytes < r.disk_bytes / 4,
-      `changed ${r.changed_bytes} of ${r.disk_bytes}`,
-    );
-    assert.ok(r.copied_bytes <= 1.05 * r.changed_bytes, `copied ${r.copied_bytes} for ${r.changed_bytes} changed`);
-    assert.ok(r.copied_bytes >= r.differing_bytes * 0.9, 'at least what differs was copied');
-  });
+  it(
+    '52.1 copies only the blocks written since failover ' + '(and the discarded epochs), then verifies the disks equal',
+    async () => {
+      const r = await runReprotect({
+        diskMiB: 64,
+        runSeconds: 2,
+        afterFailoverSeconds: 1,
+        reuse: true,
+        heartbeatTimeoutMs: 1000,
+      });
+      assert.ok(r.verified_epoch > 0, "the new backup confirmed its disk equals the primary's at a checkpoint");
+      assert.ok(
+        r.changed_bytes > 0 && r.changed_bytes < r.disk_bytes / 4,
+        `changed ${r.changed_bytes} of ${r.disk_bytes}`,
+      );
+      assert.ok(r.copied_bytes <= 1.05 * r.changed_bytes, `copied ${r.copied_bytes} for ${r.changed_bytes} changed`);
+      assert.ok(r.copied_bytes >= r.differing_bytes * 0.9, 'at least what differs was copied');
+    },
+  );
 
   it('52.2 a backup without the old disk gets a full copy, also verified', async () => {
     const r = await runReprotect({

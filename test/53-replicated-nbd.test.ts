@@ -39,65 +39,68 @@ describe('53 replicated NBD disk', function () {
     if (!haveQemuIo) this.skip();
   });
 
-  it('53.1 writes are forwarded tagged by epoch (FUA kept); the backup rebuilds the image; reads become references', async () => {
-    const dir = tmpDir('rdb-53-');
-    const image = path.join(dir, 'disk.img');
-    fs.writeFileSync(image, Buffer.alloc(8 * MiB));
-    const d = await serveReplicatedDisk({
-      image,
-      host: '127.0.0.1',
-      port: 0,
-      clock: realClock,
-      replication: { unackedBytesMax: 64 * MiB, inSync: true, readTrackingBlocksMax: 1024 },
-    });
-    const sent: Array<{ type: number; body: Buffer }> = [];
-    try {
-      await new Promise<void>((ready) =>
-        d.replicator.connect(
-          { backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) },
-          1,
-          true,
-          ready,
-          () => assert.fail('overflow'),
-        ),
-      );
-      await qemuIo(d.port, ['write -P 0x11 1M 64k', 'write -f -P 0x22 2M 4k']);
-      d.replicator.barrier(1);
-      await qemuIo(d.port, ['write -P 0x33 3M 8k', 'write -z 4M 1M']);
-      const all = sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, 8 * MiB));
-      assert.ok(
-        all.some((w) => w.flags === DW_FLUSH && w.epoch === 1) &&
-          all.some((w) => w.flags === DW_FLUSH && w.epoch === 2),
-        "the client's flushes travel too",
-      );
-      const writes = all.filter((w) => w.flags !== DW_FLUSH);
-      assert.deepEqual(
-        writes.map((w) => [w.epoch, w.offsetBytes, w.lengthBytes]),
-        [
-          [1, MiB, 65536],
-          [1, 2 * MiB, 4096],
-          [2, 3 * MiB, 8192],
-          [2, 4 * MiB, MiB],
-        ],
-      );
-      assert.equal(writes[1].flags & DW_FUA, DW_FUA, 'FUA travels with the write');
-      // The backup: buffer, commit epochs 1 and 2, compare with the served image.
-      const backup = new MemDiskTarget(8 * MiB);
-      const buf = new EpochBuffer(64 * MiB);
-      for (const w of all) buf.add(w, null);
-      buf.commit(1, backup);
-      assert.equal(backup.bytes[3 * MiB], 0, 'epoch 2 waits for its checkpoint');
-      buf.commit(2, backup);
-      assert.ok(Buffer.from(backup.bytes).equals(fs.readFileSync(image)), 'the backup disk equals the served image');
-      // Read tracking through the server: a read block becomes a reference for a page equal to it.
-      await qemuIo(d.port, ['read -P 0x11 1M 4k']);
-      const page = fs.readFileSync(image).subarray(MiB, MiB + 4096);
-      assert.deepEqual(d.replicator.references(page, 2)?.[0]?.offsetBytes, MiB);
-      await qemuIo(d.port, ['write -P 0x44 1M 4k']);
-      assert.equal(d.replicator.references(page, 3)?.[0] ?? null, null, 'written since: no reference');
-    } finally {
-      await d.close();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  it(
+    '53.1 writes are forwarded tagged by epoch (FUA kept); ' + 'the backup rebuilds the image; reads become references',
+    async () => {
+      const dir = tmpDir('rdb-53-');
+      const image = path.join(dir, 'disk.img');
+      fs.writeFileSync(image, Buffer.alloc(8 * MiB));
+      const d = await serveReplicatedDisk({
+        image,
+        host: '127.0.0.1',
+        port: 0,
+        clock: realClock,
+        replication: { unackedBytesMax: 64 * MiB, inSync: true, readTrackingBlocksMax: 1024 },
+      });
+      const sent: Array<{ type: number; body: Buffer }> = [];
+      try {
+        await new Promise<void>((ready) =>
+          d.replicator.connect(
+            { backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) },
+            1,
+            true,
+            ready,
+            () => assert.fail('overflow'),
+          ),
+        );
+        await qemuIo(d.port, ['write -P 0x11 1M 64k', 'write -f -P 0x22 2M 4k']);
+        d.replicator.barrier(1);
+        await qemuIo(d.port, ['write -P 0x33 3M 8k', 'write -z 4M 1M']);
+        const all = sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, 8 * MiB));
+        assert.ok(
+          all.some((w) => w.flags === DW_FLUSH && w.epoch === 1) &&
+            all.some((w) => w.flags === DW_FLUSH && w.epoch === 2),
+          "the client's flushes travel too",
+        );
+        const writes = all.filter((w) => w.flags !== DW_FLUSH);
+        assert.deepEqual(
+          writes.map((w) => [w.epoch, w.offsetBytes, w.lengthBytes]),
+          [
+            [1, MiB, 65536],
+            [1, 2 * MiB, 4096],
+            [2, 3 * MiB, 8192],
+            [2, 4 * MiB, MiB],
+          ],
+        );
+        assert.equal(writes[1].flags & DW_FUA, DW_FUA, 'FUA travels with the write');
+        // The backup: buffer, commit epochs 1 and 2, compare with the served image.
+        const backup = new MemDiskTarget(8 * MiB);
+        const buf = new EpochBuffer(64 * MiB);
+        for (const w of all) buf.add(w, null);
+        buf.commit(1, backup);
+        assert.equal(backup.bytes[3 * MiB], 0, 'epoch 2 waits for its checkpoint');
+        buf.commit(2, backup);
+        assert.ok(Buffer.from(backup.bytes).equals(fs.readFileSync(image)), 'the backup disk equals the served image');
+        // Read tracking through the server: a read block becomes a reference for a page equal to it.
+        await qemuIo(d.port, ['read -P 0x11 1M 4k']);
+        const page = fs.readFileSync(image).subarray(MiB, MiB + 4096);
+        assert.deepEqual(d.replicator.references(page, 2)?.[0]?.offsetBytes, MiB);
+        await qemuIo(d.port, ['write -P 0x44 1M 4k']);
+        assert.equal(d.replicator.references(page, 3)?.[0] ?? null, null, 'written since: no reference');
+      } finally {
+        await d.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

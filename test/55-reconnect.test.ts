@@ -23,127 +23,132 @@ describe('55 reconnect without a full copy', function () {
     proxy?.close();
   });
 
-  it("55.1 a 2 s cut of a 256 MiB guest's link: the session continues (no full copy), then a failover resumes a verified state", async () => {
-    assert.equal(runCli(['keygen', '--out', psk]).status, 0);
-    const port = await freePort();
-    start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk, '--checksum-on-failover'], 'backup.log');
-    const backupSock = `backup-${port}.sock`;
-    await until(async () => fs.existsSync(path.join(dir, backupSock)), 10000, 'backup');
-    proxy = new CuttableProxy(port);
-    await proxy.listen();
-    const journal = path.join(dir, 'primary.journal');
-    const primary = start(
-      [
-        'protect',
-        'sim:rc',
-        `127.0.0.1:${proxy.port}`,
-        '--psk-file',
-        psk,
-        '--memory',
-        '256MiB',
-        '--heartbeat-timeout',
-        '8000',
-        '--journal',
-        journal,
-      ],
-      'primary.log',
-    );
-    const before = await until(
-      async () => {
-        const s = await status('primary-rc.sock');
-        return Number(s.ackedEpoch) > 10 ? s : null;
-      },
-      90_000,
-      'protection',
-    );
-    assert.equal((before.lastSessionStart as Record<string, unknown>).kind, 'full', 'the first session copies all');
+  it(
+    "55.1 a 2 s cut of a 256 MiB guest's link: the session continues (no full copy), then a failover resumes a " +
+      'verified state',
+    async () => {
+      assert.equal(runCli(['keygen', '--out', psk]).status, 0);
+      const port = await freePort();
+      start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk, '--checksum-on-failover'], 'backup.log');
+      const backupSock = `backup-${port}.sock`;
+      await until(async () => fs.existsSync(path.join(dir, backupSock)), 10000, 'backup');
+      proxy = new CuttableProxy(port);
+      await proxy.listen();
+      const journal = path.join(dir, 'primary.journal');
+      const primary = start(
+        [
+          'protect',
+          'sim:rc',
+          `127.0.0.1:${proxy.port}`,
+          '--psk-file',
+          psk,
+          '--memory',
+          '256MiB',
+          '--heartbeat-timeout',
+          '8000',
+          '--journal',
+          journal,
+        ],
+        'primary.log',
+      );
+      const before = await until(
+        async () => {
+          const s = await status('primary-rc.sock');
+          return Number(s.ackedEpoch) > 10 ? s : null;
+        },
+        90_000,
+        'protection',
+      );
+      assert.equal((before.lastSessionStart as Record<string, unknown>).kind, 'full', 'the first session copies all');
 
-    await proxy.cut(2000);
-    const st = await until(
-      async () => {
-        const s = await status('primary-rc.sock');
-        const start = s.lastSessionStart as Record<string, unknown> | null;
-        return Number(s.sessions) === 2 && start?.verified === true ? s : null;
-      },
-      30_000,
-      'a second session, acknowledged',
-    );
-    const start2 = st.lastSessionStart as {
-      kind: string;
-      reason: string;
-      pages: number;
-      bytes: number;
-      keptEpoch: number;
-      ackedEpoch: number;
-    };
-    assert.equal(start2.kind, 'continued', `the second session copied all: ${start2.reason}`);
-    assert.ok(start2.pages > 0 && start2.keptEpoch >= start2.ackedEpoch, JSON.stringify(start2));
-    // Every page written since the last ack, compressed or not, and a few records: never a copy of 256 MiB.
-    const bound = 1.05 * start2.pages * 4096 + 64 * 1024;
-    assert.ok(
-      start2.bytes <= bound,
-      `the continued checkpoint sent ${start2.bytes} bytes for ${start2.pages} pages (bound ${bound})`,
-    );
-    const b = await status(backupSock);
-    assert.equal(b.state, 'receiving', 'the backup did not fail over');
-    assert.equal((b.lastSessionStart as Record<string, unknown>).kind, 'continued');
-    assert.equal(b.sessions, 2);
-    assert.equal(b.continuedSessions, 1);
-    assert.equal(b.replacedSessions, 1, 'the new connection replaced the half-open one');
-    assert.ok(Number(b.memoryVerifiedEpoch) > 0);
-    assert.match(
-      fs.readFileSync(path.join(dir, 'primary.log'), 'utf8'),
-      /session continues: the backup keeps checkpoint \d+/,
-    );
+      await proxy.cut(2000);
+      const st = await until(
+        async () => {
+          const s = await status('primary-rc.sock');
+          const start = s.lastSessionStart as Record<string, unknown> | null;
+          return Number(s.sessions) === 2 && start?.verified === true ? s : null;
+        },
+        30_000,
+        'a second session, acknowledged',
+      );
+      const start2 = st.lastSessionStart as {
+        kind: string;
+        reason: string;
+        pages: number;
+        bytes: number;
+        keptEpoch: number;
+        ackedEpoch: number;
+      };
+      assert.equal(start2.kind, 'continued', `the second session copied all: ${start2.reason}`);
+      assert.ok(start2.pages > 0 && start2.keptEpoch >= start2.ackedEpoch, JSON.stringify(start2));
+      // Every page written since the last ack, compressed or not, and a few records: never a copy of 256 MiB.
+      const bound = 1.05 * start2.pages * 4096 + 64 * 1024;
+      assert.ok(
+        start2.bytes <= bound,
+        `the continued checkpoint sent ${start2.bytes} bytes for ${start2.pages} pages (bound ${bound})`,
+      );
+      const b = await status(backupSock);
+      assert.equal(b.state, 'receiving', 'the backup did not fail over');
+      assert.equal((b.lastSessionStart as Record<string, unknown>).kind, 'continued');
+      assert.equal(b.sessions, 2);
+      assert.equal(b.continuedSessions, 1);
+      assert.equal(b.replacedSessions, 1, 'the new connection replaced the half-open one');
+      assert.ok(Number(b.memoryVerifiedEpoch) > 0);
+      assert.match(
+        fs.readFileSync(path.join(dir, 'primary.log'), 'utf8'),
+        /session continues: the backup keeps checkpoint \d+/,
+      );
 
-    const acked = Number(
-      (
-        await until(
-          async () => {
-            const s = await status('primary-rc.sock');
-            return Number(s.ackedEpoch) > Number(st.ackedEpoch) + 5 ? s : null;
-          },
-          20_000,
-          'checkpoints after the reconnect',
-        )
-      ).ackedEpoch,
-    );
-    primary.kill('SIGKILL');
-    const after = await until(
-      async () => {
-        const s = await status(backupSock);
-        return s.state === 'failed-over' ? s : null;
-      },
-      20_000,
-      'failover',
-    );
-    const resumed = after.resumed as { epoch: number; info: Record<string, unknown> };
-    assert.ok(resumed.epoch >= acked, `resumed ${resumed.epoch}, acknowledged ${acked}`);
-    const info = resumed.info;
-    const disk = new MemModelDisk(Number((st.disk as { sizeBytes: number }).sizeBytes) / 4096); // the guest's 16 MiB default disk
-    const expected = replayGuest(
-      256 * 256,
-      info.workload as Workload,
-      Number(info.seed),
-      Number(info.steps),
-      undefined,
-      disk,
-    );
-    assert.equal(
-      expected.crc32c(),
-      Number(info.imageCrc32c),
-      'the resumed memory is the replayed guest at that checkpoint',
-    );
-    assert.equal(loadAddon().crc32c(disk.bytes), Number(info.diskCrc32c), 'and so is the resumed disk');
-    const entry = fs
-      .readFileSync(journal, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, unknown>)
-      .find((e) => e.epoch === resumed.epoch && e.seq !== undefined);
-    assert.ok(
-      entry && entry.steps === info.steps && entry.stateHash === info.stateHash,
-      'the journal has that checkpoint',
-    );
-  });
+      const acked = Number(
+        (
+          await until(
+            async () => {
+              const s = await status('primary-rc.sock');
+              return Number(s.ackedEpoch) > Number(st.ackedEpoch) + 5 ? s : null;
+            },
+            20_000,
+            'checkpoints after the reconnect',
+          )
+        ).ackedEpoch,
+      );
+      primary.kill('SIGKILL');
+      const after = await until(
+        async () => {
+          const s = await status(backupSock);
+          return s.state === 'failed-over' ? s : null;
+        },
+        20_000,
+        'failover',
+      );
+      const resumed = after.resumed as { epoch: number; info: Record<string, unknown> };
+      assert.ok(resumed.epoch >= acked, `resumed ${resumed.epoch}, acknowledged ${acked}`);
+      const info = resumed.info;
+      // the guest's 16 MiB default disk
+      const disk = new MemModelDisk(Number((st.disk as { sizeBytes: number }).sizeBytes) / 4096);
+      const expected = replayGuest(
+        256 * 256,
+        info.workload as Workload,
+        Number(info.seed),
+        Number(info.steps),
+        undefined,
+        disk,
+      );
+      assert.equal(
+        expected.crc32c(),
+        Number(info.imageCrc32c),
+        'the resumed memory is the replayed guest at that checkpoint',
+      );
+      assert.equal(loadAddon().crc32c(disk.bytes), Number(info.diskCrc32c), 'and so is the resumed disk');
+      const entry = fs
+        .readFileSync(journal, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .find((e) => e.epoch === resumed.epoch && e.seq !== undefined);
+      assert.ok(
+        entry && entry.steps === info.steps && entry.stateHash === info.stateHash,
+        'the journal has that checkpoint',
+      );
+    },
+  );
 });

@@ -227,35 +227,38 @@ describe('56 metrics', function () {
     await again.close();
   });
 
-  it('56.6 exporter: a first pause is a gauge, not an observation; concurrent scrapes agree; detach removes series', async () => {
-    const m = await MetricsExporter.listen('127.0.0.1', 0);
-    try {
-      const stats = { checkpoints: 3, fullPauseMs: 40, lastAckAgeMs: -1, precopy: null } as unknown as PrimaryStats;
-      const w = m.watchPrimary('sim:u', () => ({ stats, disk: null, backupLosses: 2 }));
-      w.pause(40, true);
-      w.pause(3, false);
-      w.pause(700, false);
-      const [a, b] = await Promise.all([m.scrape(), m.scrape()]);
-      const noRss = (t: string): string => t.replace(/^remusdb_process_resident_memory_bytes.*$/m, '');
-      assert.equal(noRss(a), noRss(b), 'two scrapes at once read the same figures');
-      const s = { ...parseExposition(a), contentType: '' },
-        U = { domain: 'sim:u', role: 'primary' };
-      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_count', U), 2);
-      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.005' }), 1);
-      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.5' }), 1);
-      assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '1' }), 2);
-      assert.equal(must(s, 'remusdb_first_checkpoint_pause_seconds', U), 0.04);
-      assert.equal(must(s, 'remusdb_backup_lost_total', U), 2);
-      assert.equal(value(s, 'remusdb_last_ack_age_seconds', U), undefined, 'never acknowledged: absent, not -1');
-      assert.equal(value(s, 'remusdb_precopy_round', U), undefined, 'no pre-copy: absent');
-      w.detach();
-      const left = parseExposition(await m.scrape()).samples.map((x) => x.name);
-      const others = left.filter((n) => !/^remusdb_(process|event_loop)_/.test(n));
-      assert.deepEqual(others, [], 'only the process series remain');
-    } finally {
-      await m.close();
-    }
-  });
+  it(
+    '56.6 exporter: a first pause is a gauge, not an observation; ' + 'concurrent scrapes agree; detach removes series',
+    async () => {
+      const m = await MetricsExporter.listen('127.0.0.1', 0);
+      try {
+        const stats = { checkpoints: 3, fullPauseMs: 40, lastAckAgeMs: -1, precopy: null } as unknown as PrimaryStats;
+        const w = m.watchPrimary('sim:u', () => ({ stats, disk: null, backupLosses: 2 }));
+        w.pause(40, true);
+        w.pause(3, false);
+        w.pause(700, false);
+        const [a, b] = await Promise.all([m.scrape(), m.scrape()]);
+        const noRss = (t: string): string => t.replace(/^remusdb_process_resident_memory_bytes.*$/m, '');
+        assert.equal(noRss(a), noRss(b), 'two scrapes at once read the same figures');
+        const s = { ...parseExposition(a), contentType: '' },
+          U = { domain: 'sim:u', role: 'primary' };
+        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_count', U), 2);
+        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.005' }), 1);
+        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '0.5' }), 1);
+        assert.equal(must(s, 'remusdb_checkpoint_pause_seconds_bucket', { ...U, le: '1' }), 2);
+        assert.equal(must(s, 'remusdb_first_checkpoint_pause_seconds', U), 0.04);
+        assert.equal(must(s, 'remusdb_backup_lost_total', U), 2);
+        assert.equal(value(s, 'remusdb_last_ack_age_seconds', U), undefined, 'never acknowledged: absent, not -1');
+        assert.equal(value(s, 'remusdb_precopy_round', U), undefined, 'no pre-copy: absent');
+        w.detach();
+        const left = parseExposition(await m.scrape()).samples.map((x) => x.name);
+        const others = left.filter((n) => !/^remusdb_(process|event_loop)_/.test(n));
+        assert.deepEqual(others, [], 'only the process series remain');
+      } finally {
+        await m.close();
+      }
+    },
+  );
 });
 
 /** Buckets as declared, cumulative, and +Inf equal to the count. */

@@ -17,25 +17,32 @@ const QUEUE = 60;
 const DOMAIN = 't60';
 
 // Client namespace: counts what arrives. Lines: "<kind> <seq> <latency ns>".
-const RECEIVER = `
+const RECEIVER =
+  `
 const dgram = require('dgram'), net = require('net');
 const [v4, v6] = process.argv.slice(1);
-const out = []; const flush = () => { if (out.length) { process.stdout.write(out.join('\\n') + '\\n'); out.length = 0; } };
+const out = []; const flush = () => { ` +
+  `if (out.length) { process.stdout.write(out.join('\\n') + '\\n'); out.length = 0; } };
 setInterval(flush, 5);
-function onMsg(kind) { return (m) => { const [s, t] = m.toString().split(','); out.push(kind + ' ' + s + ' ' + (process.hrtime.bigint() - BigInt(t))); }; }
+function onMsg(kind) { return (m) => { const [s, t] = m.toString().split(','); out.push(kind + ' ' + s + ' ' + ` +
+  `(process.hrtime.bigint() - BigInt(t))); }; }
 for (const [fam, addr, kind] of [['udp4', v4, 'u4'], ['udp6', v6, 'u6']]) {
   const s = dgram.createSocket({ type: fam, recvBufferSize: 64 << 20 });
   s.on('message', onMsg(kind)); s.bind(9000, addr);
 }
-net.createServer((c) => { let buf = ''; c.on('data', (d) => { buf += d; const parts = buf.split('\\n'); buf = parts.pop();
-  for (const p of parts) onMsg('t')(p); }); c.on('error', () => {}); }).listen(9001, v4, () => process.stdout.write('ready\\n'));
+net.createServer((c) => { let buf = ''; c.on('data', (d) => { buf += d; const parts = buf.split('\\n'); buf = ` +
+  `parts.pop();
+  for (const p of parts) onMsg('t')(p); }); c.on('error', () => {}); }).listen(9001, v4, () => ` +
+  `process.stdout.write('ready\\n'));
 `;
 
 // Guest namespace: sends on command (JSON lines on stdin); answers "done <n>".
-const SENDER = `
+const SENDER =
+  `
 const dgram = require('dgram'), net = require('net'), rl = require('readline');
 const [v4, v6] = process.argv.slice(1);
-const u4 = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 << 20 }), u6 = dgram.createSocket({ type: 'udp6', sendBufferSize: 16 << 20 });
+const u4 = dgram.createSocket({ type: 'udp4', sendBufferSize: 16 << 20 }), u6 = dgram.createSocket({ type: 'udp6', ` +
+  `sendBufferSize: 16 << 20 });
 let tcp = null;
 const stamp = (s) => s + ',' + process.hrtime.bigint();
 async function udp(sock, addr, from, count, pps) {
@@ -341,7 +348,8 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     console.log(
       `      burst ${N}: delivered ${seqs.length}, reordered ${reordered}, queue_dropped ` +
         `${k1.queueDropped - k0.queueDropped}, user_dropped ${k1.userDropped - k0.userDropped}, over-limit ` +
-        `${b.ledger.stats.droppedOverLimit}, client RcvbufErrors ${clientDropped}, release+delivery ${ms.toFixed(0)} ms`,
+        `${b.ledger.stats.droppedOverLimit}, client RcvbufErrors ${clientDropped}, ` +
+        `release+delivery ${ms.toFixed(0)} ms`,
     );
     assert.equal(reordered, 0);
     assert.equal(seqs.length + clientDropped, N, "every packet delivered (or dropped by the test client's socket)");
@@ -438,7 +446,9 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     buf!.close();
     buf = undefined;
     arrivals = [];
-    const script = `const { NfqueueBuffer } = require(${JSON.stringify(path.join(__dirname, '..', 'dom0', 'net', 'nfqueue-buffer.js'))});
+    const script = `const { NfqueueBuffer } = require(${JSON.stringify(
+      path.join(__dirname, '..', 'dom0', 'net', 'nfqueue-buffer.js'),
+    )});
       const b = NfqueueBuffer.open({ queueNum: ${QUEUE} }); process.stdout.write('ready\\n');
       setInterval(() => process.stdout.write('held ' + b.held + '\\n'), 10);`;
     const holder = new NsProcess(bed.dom0, script, []);

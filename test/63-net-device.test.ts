@@ -198,7 +198,8 @@ describe('63 net device', () => {
           bed.guest,
           'sh',
           '-c',
-          'iptables -w -t mangle -C OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59 2>/dev/null || iptables -w -t mangle -A OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59',
+          'iptables -w -t mangle -C OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59 2>/dev/null || iptables -w -t ' +
+            'mangle -A OUTPUT -p tcp --sport 5433 -j DSCP --set-dscp 59',
         ],
         { encoding: 'utf8' },
       );

@@ -36,13 +36,16 @@ s.on('message', (m, r) => s.send(m, r.port, r.address));
 s.bind(7777, process.argv[1], () => console.log('ready'));`;
 
 // Client: count datagrams 100 ms apart, then waits 2 s for the last answers.
-const ECHO_CLIENT = `const s = require('dgram').createSocket('udp4');
+const ECHO_CLIENT =
+  `const s = require('dgram').createSocket('udp4');
 const [host, count] = [process.argv[1], Number(process.argv[2])];
 const sentAt = new Map(); const rtts = [];
-s.on('message', (m) => { const t = sentAt.get(m.toString()); if (t !== undefined) { rtts.push(Date.now() - t); sentAt.delete(m.toString()); } });
+s.on('message', (m) => { const t = sentAt.get(m.toString()); if (t !== undefined) { rtts.push(Date.now() - t); ` +
+  `sentAt.delete(m.toString()); } });
 let i = 0;
 const tick = setInterval(() => {
-  if (i === count) { clearInterval(tick); setTimeout(() => { console.log(JSON.stringify({ sent: count, received: rtts.length,
+  if (i === count) { clearInterval(tick); setTimeout(() => { console.log(JSON.stringify({ sent: count, received: ` +
+  `rtts.length,
     avgMs: rtts.length ? rtts.reduce((a, b) => a + b, 0) / rtts.length : null })); process.exit(0); }, 2000); return; }
   const id = String(i++); sentAt.set(id, Date.now()); s.send(id, 7777, host);
 }, 100);`;
@@ -188,7 +191,8 @@ describe('67 protect with a network buffer', function () {
       await sleep(1000);
       const held = ping(bed, 20);
       console.log(
-        `      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, protected (-i ${INTERVAL_MS}) ${held.avgMs?.toFixed(1)} ms`,
+        `      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, protected ` +
+          `(-i ${INTERVAL_MS}) ${held.avgMs?.toFixed(1)} ms`,
       );
       assert.equal(held.received, 20, 'nothing lost while protected');
       assert.ok(

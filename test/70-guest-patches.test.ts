@@ -133,10 +133,13 @@ describe('70 guest patches: PostgreSQL commit protection', function () {
 
   it('failover signal: aborts a transaction that is not committing, a committing one completes', async () => {
     const setup = await cluster!.connect();
-    await setup.query(`CREATE TABLE slow (k text);
-      CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
+    await setup.query(
+      `CREATE TABLE slow (k text);
+      CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ ` +
+        `BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$;
       CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON slow DEFERRABLE INITIALLY DEFERRED
-        FOR EACH ROW EXECUTE FUNCTION slow_commit()`);
+        FOR EACH ROW EXECUTE FUNCTION slow_commit()`,
+    );
     setup.close();
     const idle = await cluster!.connect();
     const committing = await cluster!.connect();

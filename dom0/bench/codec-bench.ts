@@ -119,11 +119,13 @@ export function formatCodecBench(r: CodecBenchResult): string {
     (c) =>
       `${c.name.padEnd(32)} ${c.memcpy_mb_s.toFixed(0).padStart(7)} ` +
       `${c.encode_mb_s.toFixed(0).padStart(7)} ${c.decode_mb_s.toFixed(0).padStart(7)} ` +
-      `${c.encode_vs_memcpy.toFixed(3).padStart(8)} ${c.decode_vs_memcpy.toFixed(3).padStart(8)} ${c.wire_ratio.toFixed(1).padStart(7)}x`,
+      `${c.encode_vs_memcpy.toFixed(3).padStart(8)} ${c.decode_vs_memcpy.toFixed(3).padStart(8)} ` +
+      `${c.wire_ratio.toFixed(1).padStart(7)}x`,
   );
   return [
     `codec throughput, MB/s of page data, median of ${r.runs} runs (${PAGES} pages each)`,
-    `${'case'.padEnd(32)} ${'memcpy'.padStart(7)} ${'encode'.padStart(7)} ${'decode'.padStart(7)} ${'enc/cpy'.padStart(8)} ${'dec/cpy'.padStart(8)} ${'wire'.padStart(8)}`,
+    `${'case'.padEnd(32)} ${'memcpy'.padStart(7)} ${'encode'.padStart(7)} ${'decode'.padStart(7)} ` +
+      `${'enc/cpy'.padStart(8)} ${'dec/cpy'.padStart(8)} ${'wire'.padStart(8)}`,
     ...rows,
   ].join('\n');
 }

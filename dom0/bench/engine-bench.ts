@@ -134,12 +134,17 @@ export async function benchEngine(o: { seconds: number; runs: number }): Promise
 
 export function formatEngineBench(r: EngineBenchResult): string {
   const lines = [
-    `checkpoint pause, sim domain ${r.memory_mib} MiB oltp, ${r.interval_ms} ms epochs (target: p50 ≤ 2 × memcpy of the dirty pages + 1 ms)`,
+    `checkpoint pause, sim domain ${r.memory_mib} MiB oltp, ${r.interval_ms} ms epochs (target: p50 ≤ 2 × memcpy ` +
+      `of ` +
+      `the dirty pages + 1 ms)`,
     'tx/s     epochs  dirty p50  dirty MB/s  pause p50  pause p99  memcpy   target   p50/target',
   ];
   for (const p of r.pause) {
     lines.push(
-      `${String(p.rate_tx_s).padEnd(8)} ${String(p.epochs).padStart(6)} ${String(p.dirty_pages_p50).padStart(10)} ${p.dirty_mb_s.toFixed(1).padStart(11)} ${p.pause_ms_p50.toFixed(2).padStart(10)} ${p.pause_ms_p99.toFixed(2).padStart(10)} ${p.memcpy_ms.toFixed(3).padStart(7)} ${p.target_ms.toFixed(2).padStart(8)} ${p.pause_vs_target.toFixed(2).padStart(12)}`,
+      `${String(p.rate_tx_s).padEnd(8)} ${String(p.epochs).padStart(6)} ${String(p.dirty_pages_p50).padStart(10)} ` +
+        `${p.dirty_mb_s.toFixed(1).padStart(11)} ${p.pause_ms_p50.toFixed(2).padStart(10)} ` +
+        `${p.pause_ms_p99.toFixed(2).padStart(10)} ${p.memcpy_ms.toFixed(3).padStart(7)} ` +
+        `${p.target_ms.toFixed(2).padStart(8)} ${p.pause_vs_target.toFixed(2).padStart(12)}`,
     );
   }
   lines.push(
@@ -148,7 +153,8 @@ export function formatEngineBench(r: EngineBenchResult): string {
   );
   for (const f of r.failover)
     lines.push(
-      `${f.signal.padEnd(8)} median ${f.failover_ms_median} ms over ${f.runs} runs (${(f.failover_ms_median / f.target_ms).toFixed(2)} of target), state verified: ${f.verified ? 'yes' : 'NO'}`,
+      `${f.signal.padEnd(8)} median ${f.failover_ms_median} ms over ${f.runs} runs ` +
+        `(${(f.failover_ms_median / f.target_ms).toFixed(2)} of target), state verified: ${f.verified ? 'yes' : 'NO'}`,
     );
   return lines.join('\n');
 }

@@ -220,7 +220,8 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
       const key = `${mode}/${intervalMs}`;
       samples.set(key, [...(samples.get(key) ?? []), p]);
       o.log(
-        `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
+        `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ` +
+          `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
           `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets`,
       );
     };
@@ -312,7 +313,8 @@ export function netBenchSvg(r: NetBenchResult): string {
     dashed: m === 'none',
   }));
   return tpsPlot(
-    `PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ${r.seconds} s × ${r.runs} (median)`,
+    `PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ` +
+      `${r.seconds} s × ${r.runs} (median)`,
     r.intervals_ms,
     series,
   );
@@ -320,7 +322,8 @@ export function netBenchSvg(r: NetBenchResult): string {
 
 export function formatNetBench(r: NetBenchResult): string {
   const lines = [
-    `pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median of ${r.runs}`,
+    `pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median ` +
+      `of ${r.runs}`,
     `${'mode'.padEnd(10)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`,
   ];
   for (const mode of NET_MODES) {

@@ -64,7 +64,10 @@ export function memoryLinkPair(): [Link, Link] {
 }
 
 export interface BenchEngine {
-  /** Resolves once the first (full) checkpoint is acknowledged: outputs are protected. (Never rejects: callers time out.) */
+  /**
+   * Resolves once the first (full) checkpoint is acknowledged: outputs are protected. (Never rejects: callers time
+   * out.)
+   */
   protectedAt: Promise<void>;
   stats(): Record<string, unknown>;
   stop(): void;

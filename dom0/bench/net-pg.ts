@@ -168,7 +168,10 @@ export function initPgbench(pgbench: string, ns: string, host: string, scale: nu
   );
 }
 
-/** pgbench built-in scripts: TPC-B-like (7 statements, updates branches and tellers: contended) or without those two updates. */
+/**
+ * pgbench built-in scripts: TPC-B-like (7 statements, updates branches and tellers: contended) or without those two
+ * updates.
+ */
 export type PgbenchScript = 'tpcb-like' | 'simple-update';
 
 export interface PgbenchResult {

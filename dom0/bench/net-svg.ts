@@ -92,7 +92,8 @@ export function tpsPlot(title: string, intervalsMs: number[], series: Series[]):
   intervalsMs.forEach((ms, i) => out.push(`<text x="${x(i)}" y="${T + plotH + 18}" text-anchor="middle">${ms}</text>`));
   out.push(
     `<text x="${L + plotW / 2}" y="${H - 12}" text-anchor="middle">checkpoint interval (ms)</text>`,
-    `<text x="18" y="${T + plotH / 2}" text-anchor="middle" transform="rotate(-90 18 ${T + plotH / 2})">TPS (pgbench)</text>`,
+    `<text x="18" y="${T + plotH / 2}" text-anchor="middle" transform="rotate(-90 18 ${T + plotH / 2})">TPS ` +
+      `(pgbench)</text>`,
   );
   series.forEach((s, k) => {
     const pts = s.values

@@ -86,16 +86,21 @@ if (require.main === module) {
   const workload = (process.argv[4] ?? 'scan') as 'scan' | 'oltp';
   void benchReadTracking(seconds, runs, workload).then((r) => {
     console.log(
-      `read tracking, sim ${workload} workload, 128 MiB guest, 64 MiB disk, 50 ms epochs, ${seconds} s per run, ${runs} runs each way`,
+      `read tracking, sim ${workload} workload, 128 MiB guest, 64 MiB disk, 50 ms epochs, ${seconds} s per ` +
+        `run, ${runs} runs each way`,
     );
     console.log('RT   epochs  dirty pages  as refs   wire MB  bytes/page  backup errors');
     for (const x of r.rows) {
       console.log(
-        `${(x.read_tracking ? 'on' : 'off').padEnd(4)} ${String(x.epochs).padStart(6)} ${String(x.dirty_pages).padStart(12)} ${String(x.ref_pages).padStart(8)} ${(x.wire_bytes / 1e6).toFixed(2).padStart(9)} ${x.wire_bytes_per_page.toFixed(0).padStart(11)} ${String(x.protocol_errors).padStart(14)}`,
+        `${(x.read_tracking ? 'on' : 'off').padEnd(4)} ${String(x.epochs).padStart(6)} ` +
+          `${String(x.dirty_pages).padStart(12)} ${String(x.ref_pages).padStart(8)} ` +
+          `${(x.wire_bytes / 1e6).toFixed(2).padStart(9)} ${x.wire_bytes_per_page.toFixed(0).padStart(11)} ` +
+          `${String(x.protocol_errors).padStart(14)}`,
       );
     }
     console.log(
-      `replication bytes per dirty page saved by read tracking: ${(r.saved_median * 100).toFixed(1)}% (median of ${runs}; ratio on/off ${(1 - r.saved_median).toFixed(3)})`,
+      `replication bytes per dirty page saved by read tracking: ${(r.saved_median * 100).toFixed(1)}% (median ` +
+        `of ${runs}; ratio on/off ${(1 - r.saved_median).toFixed(3)})`,
     );
     console.log(JSON.stringify({ read_tracking_saved_fraction: r.saved_median, rows: r.rows }));
   });

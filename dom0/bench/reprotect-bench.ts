@@ -187,7 +187,11 @@ if (require.main === module) {
     );
     for (const r of rows)
       console.log(
-        `${r.mode.padEnd(15)} ${(r.changed_bytes / 2 ** 20).toFixed(2).padStart(11)} ${(r.differing_bytes / 2 ** 20).toFixed(2).padStart(14)} ${(r.copied_bytes / 2 ** 20).toFixed(2).padStart(11)} ${r.copied_vs_changed.toFixed(3).padStart(15)} ${r.copied_vs_differing.toFixed(3).padStart(17)} ${r.seconds_to_protected.toFixed(2).padStart(8)} ${String(r.verified_epoch).padStart(10)}`,
+        `${r.mode.padEnd(15)} ${(r.changed_bytes / 2 ** 20).toFixed(2).padStart(11)} ` +
+          `${(r.differing_bytes / 2 ** 20).toFixed(2).padStart(14)} ` +
+          `${(r.copied_bytes / 2 ** 20).toFixed(2).padStart(11)} ${r.copied_vs_changed.toFixed(3).padStart(15)} ` +
+          `${r.copied_vs_differing.toFixed(3).padStart(17)} ${r.seconds_to_protected.toFixed(2).padStart(8)} ` +
+          `${String(r.verified_epoch).padStart(10)}`,
       );
     const cb = rows.filter((r) => r.mode === 'changed-blocks'),
       fc = rows.filter((r) => r.mode === 'full-copy');
@@ -198,7 +202,10 @@ if (require.main === module) {
       bytes_vs_full_copy_median: med(cb.map((r) => r.copied_bytes)) / med(fc.map((r) => r.copied_bytes)),
     };
     console.log(
-      `copied/changed median ${summary.copied_vs_changed_median.toFixed(3)} (target ≤ 1.05); copied/differing ${summary.copied_vs_differing_median.toFixed(3)}; time vs full copy ${summary.time_vs_full_copy_median.toFixed(2)}; bytes vs full copy ${summary.bytes_vs_full_copy_median.toFixed(3)}`,
+      `copied/changed median ${summary.copied_vs_changed_median.toFixed(3)} (target ≤ 1.05); ` +
+        `copied/differing ${summary.copied_vs_differing_median.toFixed(3)}; time vs full copy ` +
+        `${summary.time_vs_full_copy_median.toFixed(2)}; bytes vs full copy ` +
+        `${summary.bytes_vs_full_copy_median.toFixed(3)}`,
     );
     console.log(JSON.stringify({ ...summary, rows }));
   })();

@@ -42,7 +42,10 @@ export interface ScaleRow {
   loop_delay_ms_max_backup: number;
   primary_rss_over_guest_bytes: number;
   backup_rss_over_guest_bytes: number;
-  /** After a 2 s cut: 'continued' or 'full: <reason>'; the continued checkpoint's octets; pages written since the last ack × 4096. */
+  /**
+   * After a 2 s cut: 'continued' or 'full: <reason>'; the continued checkpoint's octets; pages written since the last
+   * ack × 4096.
+   */
   reconnect: string;
   reconnect_bytes: number;
   reconnect_dirty_bytes: number;
@@ -232,8 +235,10 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     ...rows.map((r) =>
       r.error
         ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}`
-        : `${mib(r.guest_bytes).padStart(5)} MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
-          `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
+        : `${mib(r.guest_bytes).padStart(5)} ` +
+          `MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
+          `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ` +
+          `${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
           `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
           `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
           `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
@@ -258,7 +263,8 @@ export function scaleSvg(rows: ScaleRow[]): string {
   const out = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">initial sync (s) and final pause (ms) by guest size</text>`,
+    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14">initial sync (s) and final pause (ms) by ` +
+      `guest size</text>`,
     `<line x1="${L}" y1="${T + plotH}" x2="${W - 20}" y2="${T + plotH}" stroke="black"/>`,
   ];
   rows.forEach((r, i) => {
@@ -266,17 +272,20 @@ export function scaleSvg(rows: ScaleRow[]): string {
       w = slot * 0.6;
     const h = Number.isFinite(r.initial_sync_s) ? (r.initial_sync_s / max) * plotH : 0;
     out.push(
-      `<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" fill="#4477aa"/>`,
+      `<rect x="${x.toFixed(1)}" y="${(T + plotH - h).toFixed(1)}" width="${w.toFixed(1)}" height="${h.toFixed(1)}" ` +
+        `fill="#4477aa"/>`,
     );
     const label = r.error ? 'refused' : `${r.initial_sync_s.toFixed(1)} s / ${r.final_pause_ms.toFixed(1)} ms`;
     // A label wider than its slot (many sizes) gets a smaller font rather than overlapping.
     const lw = textWidth(label, 12),
       size = lw <= slot - 4 ? '' : ` font-size="${Math.max(7, Math.floor((12 * (slot - 4)) / lw))}"`;
     out.push(
-      `<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" text-anchor="middle"${size}>${label}</text>`,
+      `<text x="${(x + w / 2).toFixed(1)}" y="${(T + plotH - h - 6).toFixed(1)}" ` +
+        `text-anchor="middle"${size}>${label}</text>`,
     );
     out.push(
-      `<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`,
+      `<text x="${(x + w / 2).toFixed(1)}" y="${T + plotH + 18}" ` +
+        `text-anchor="middle">${r.guest_bytes / 2 ** 20} MiB</text>`,
     );
   });
   out.push('</svg>');

@@ -116,7 +116,8 @@ export function registerNetBench(bench: Command): void {
     )
     .option(
       '--dom0-cpus <list>',
-      'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 has its own CPUs)',
+      'run the engine and the net buffer on these CPUs and PostgreSQL + pgbench on the others (a Xen dom0 ' +
+        'has its own CPUs)',
       intListOption('--dom0-cpus', 0, 1023, 1024),
     )
     .option('--json', 'print one JSON object as the last line of stdout')
@@ -160,9 +161,11 @@ function formatTraceBench(r: TraceBenchResult): string {
     `trace            ${r.trace}`,
     `compressor       ${r.compressor}`,
     `epochs           ${r.epochs} (${r.pages} pages, guest ${r.total_pages} pages)`,
-    `cache            ${r.cache_pages} pages (${mb(r.cache_bytes)}), hit rate ${(100 * r.hit_rate_incremental).toFixed(1)}% after epoch 0`,
+    `cache            ${r.cache_pages} pages (${mb(r.cache_bytes)}), hit ` +
+      `rate ${(100 * r.hit_rate_incremental).toFixed(1)}% after epoch 0`,
     `raw → sent       ${mb(r.raw_bytes)} → ${mb(r.sent_bytes)}  (ratio ${r.ratio.toFixed(2)}x)`,
-    `incremental      ${mb(r.raw_bytes_incremental)} → ${mb(r.sent_bytes_incremental)}  (ratio ${r.ratio_incremental.toFixed(2)}x)`,
+    `incremental      ${mb(r.raw_bytes_incremental)} → ${mb(r.sent_bytes_incremental)}  ` +
+      `(ratio ${r.ratio_incremental.toFixed(2)}x)`,
     `encode / decode  ${r.encode_mb_s.toFixed(0)} / ${r.decode_mb_s.toFixed(0)} MB/s of page data`,
     `encodings        ${Object.entries(r.encodings)
       .map(([k, v]) => `${k} ${v}`)
@@ -175,7 +178,8 @@ export function registerScaleBench(bench: Command): void {
   bench
     .command('scale')
     .description(
-      'protect sim guests of 256 MiB to 8 GiB (backup and primary as processes): initial sync, pauses, output holds, memory',
+      'protect sim guests of 256 MiB to 8 GiB (backup and primary as processes): initial sync, pauses, ' +
+        'output holds, memory',
     )
     .option(
       '--max <size>',

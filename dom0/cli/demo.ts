@@ -48,7 +48,8 @@ export function registerDemo(program: Command): void {
     .option('--rate <n>', 'guest transactions per second', intOption('--rate', 1, 1e6), 2000)
     .option(
       '--kill-signal <sig>',
-      'SIGKILL (the connection closes) or SIGSTOP (the primary goes silent: power-loss-like, the heartbeat timeout decides)',
+      'SIGKILL (the connection closes) or SIGSTOP (the primary goes silent: power-loss-like, the heartbeat ' +
+        'timeout decides)',
       choiceOption('--kill-signal', ['SIGKILL', 'SIGSTOP'] as const),
       'SIGKILL',
     )
@@ -144,7 +145,8 @@ async function runDemo(o: DemoOpts): Promise<void> {
         if (pc && !o.json && Date.now() - shown > 2000) {
           shown = Date.now();
           say(
-            `demo: pre-copy round ${pc.round}: ${exactSize(pc.sentPages * 4096)} sent at ${pc.mbPerSec.toFixed(0)} MB/s`,
+            `demo: pre-copy round ${pc.round}: ${exactSize(pc.sentPages * 4096)} ` +
+              `sent at ${pc.mbPerSec.toFixed(0)} MB/s`,
           );
         }
         return Number(last.ackedEpoch ?? 0) >= 1;
@@ -260,7 +262,12 @@ function verify(
 
 function liveLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
-  return `epoch ${n('epoch')} acked ${n('ackedEpoch')} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages/epoch | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB, ratio ${(n('rawBytes') / Math.max(1, n('wireBytes'))).toFixed(1)}x | outputs held ${n('outputsHeld')}`;
+  return (
+    `epoch ${n('epoch')} acked ${n('ackedEpoch')} | pause p50 ${n('pauseMsP50').toFixed(2)} ms ` +
+    `p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages/epoch | wire ` +
+    `${(n('wireBytes') / 1e6).toFixed(1)} MB, ratio ${(n('rawBytes') / Math.max(1, n('wireBytes'))).toFixed(1)}x | ` +
+    `outputs held ${n('outputsHeld')}`
+  );
 }
 
 function printSummary(r: Record<string, unknown>): void {
@@ -269,24 +276,29 @@ function printSummary(r: Record<string, unknown>): void {
     ['interval', `${String(r.interval_ms)} ms`],
     [
       'pause p50 / p99',
-      `${Number(r.pause_ms_p50).toFixed(2)} / ${Number(r.pause_ms_p99).toFixed(2)} ms (full copy ${Number(r.full_copy_pause_ms).toFixed(0)} ms)`,
+      `${Number(r.pause_ms_p50).toFixed(2)} / ${Number(r.pause_ms_p99).toFixed(2)} ms (full ` +
+        `copy ${Number(r.full_copy_pause_ms).toFixed(0)} ms)`,
     ],
     [
       'wire',
-      `${(Number(r.wire_bytes) / 1e6).toFixed(1)} MB for ${(Number(r.raw_bytes) / 1e6).toFixed(1)} MB of pages (${Number(r.ratio).toFixed(1)}x)`,
+      `${(Number(r.wire_bytes) / 1e6).toFixed(1)} MB for ${(Number(r.raw_bytes) / 1e6).toFixed(1)} MB of pages ` +
+        `(${Number(r.ratio).toFixed(1)}x)`,
     ],
     [
       'failover',
-      `${String(r.failover_ms)} ms after SIGKILL, of which ${Number(r.image_checksum_ms).toFixed(0)} ms checksum for the ` +
+      `${String(r.failover_ms)} ms after SIGKILL, of which ${Number(r.image_checksum_ms).toFixed(0)} ms checksum for ` +
+        `the ` +
         `verification (first output from the backup after ${String(r.service_restored_ms)} ms)`,
     ],
     [
       'resumed from',
-      `epoch ${String(r.resumed_epoch)} (primary saw ${String(r.acked_epoch_before_kill)} acknowledged), guest seq ${String(r.resumed_seq)}`,
+      `epoch ${String(r.resumed_epoch)} (primary saw ${String(r.acked_epoch_before_kill)} acknowledged), guest ` +
+        `seq ${String(r.resumed_seq)}`,
     ],
     [
       'outputs',
-      `${String(r.outputs_seen)} seen by the client before the kill, ${String(r.outputs_ahead_of_checkpoint)} ahead of the checkpoint`,
+      `${String(r.outputs_seen)} seen by the client before the kill, ${String(r.outputs_ahead_of_checkpoint)} ahead ` +
+        `of the checkpoint`,
     ],
     ['disk', r.disk_bytes ? diskLine(r) : 'none'],
     [

@@ -78,7 +78,8 @@ export function addNetOptions(cmd: Command): Command {
     .option('--dscp <n>', 'dscp mode: the code point of protected packets', intOption('--dscp', 1, 63), PROTECTED_DSCP)
     .option(
       '--dscp-in-kernel',
-      'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no failover resets)',
+      'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no ' +
+        'failover resets)',
     )
     .option(
       '--pg-port <port>',

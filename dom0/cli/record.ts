@@ -84,7 +84,10 @@ function resolveForRecord(domain: string): ReturnType<typeof resolveDomain> {
     if (!isRemusError(e, ErrorCode.NO_XEN)) throw e;
     throw new RemusError(
       ErrorCode.NO_XEN,
-      `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace synth --out t.rdt\` then \`remusdb bench trace t.rdt\``,
+      `record reads a running Xen domain's memory, but this host has no Xen (/dev/xen/privcmd is absent): run it in ` +
+        `the dom0 that hosts ${JSON.stringify(domain)}; without Xen, plan with a synthetic trace: \`remusdb trace ` +
+        `synth ` +
+        `--out t.rdt\` then \`remusdb bench trace t.rdt\``,
       {},
       { cause: e },
     );
@@ -93,8 +96,10 @@ function resolveForRecord(domain: string): ReturnType<typeof resolveDomain> {
 
 function summary(out: string, r: RecordResult): string {
   return [
-    `wrote ${out}: ${r.epochs} epochs (${r.firstEpochPages} pages in the first, of ${r.totalPages}), ${r.pages} page records, ${r.fileBytes} bytes`,
+    `wrote ${out}: ${r.epochs} epochs (${r.firstEpochPages} pages in the first, of ${r.totalPages}), ${r.pages} page ` +
+      `records, ${r.fileBytes} bytes`,
     `dirty pages per epoch: p50 ${r.dirtyP50}, p99 ${r.dirtyP99}, max ${r.dirtyMax}; unreadable ${r.pagesUnreadable}`,
-    `stopped by ${r.stoppedBy} after ${(r.durationMs / 1000).toFixed(1)} s (first epoch ${r.firstEpochMs.toFixed(0)} ms); next: remusdb bench trace ${out}`,
+    `stopped by ${r.stoppedBy} after ${(r.durationMs / 1000).toFixed(1)} s (first epoch ${r.firstEpochMs.toFixed(0)} ` +
+      `ms); next: remusdb bench trace ${out}`,
   ].join('\n');
 }

@@ -91,14 +91,16 @@ async function closingOnError<T>(metrics: MetricsExporter | null, make: () => T 
 function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
   if (o.insecure) {
     log(
-      'WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port can read guest memory or inject checkpoints. Labs only.',
+      'WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port ' +
+        'can read guest memory or inject checkpoints. Labs only.',
     );
     return { insecure: true };
   }
   if (!o.pskFile) {
     throw new RemusError(
       ErrorCode.AUTH,
-      'the replication channel needs a pre-shared key: --psk-file FILE (make one with `remusdb keygen --out FILE` and copy it to both hosts), or --insecure for a lab',
+      'the replication channel needs a pre-shared key: --psk-file FILE (make one with `remusdb keygen --out FILE` ' +
+        'and copy it to both hosts), or --insecure for a lab',
     );
   }
   return { psk: readPskFile(o.pskFile) };
@@ -487,7 +489,8 @@ async function runProtect(
   svc.start();
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
   log(
-    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms → ${o.blackhole ? 'blackhole' : backupArg}${held}`,
+    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms ` +
+      `→ ${o.blackhole ? 'blackhole' : backupArg}${held}`,
   );
   await runUntilStopped(svc, o.seconds);
 }
@@ -556,15 +559,26 @@ function progressLine(s: Record<string, unknown>): string {
   const disk = !d
     ? ''
     : s.state === 'syncing'
-      ? ` | disk copy ${(d.resyncCopiedBytes / 2 ** 20).toFixed(1)} of ${((d.resyncCopiedBytes + d.resyncPendingBytes) / 2 ** 20).toFixed(1)} MiB`
+      ? ` | disk copy ${(d.resyncCopiedBytes / 2 ** 20).toFixed(1)} ` +
+        `of ${((d.resyncCopiedBytes + d.resyncPendingBytes) / 2 ** 20).toFixed(1)} MiB`
       : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
-  return `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages | wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ${n('lastAckAgeMs').toFixed(0)} ms ago`;
+  return (
+    `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause ` +
+    `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages ` +
+    `| wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ` +
+    `${n('lastAckAgeMs').toFixed(0)} ms ago`
+  );
 }
 
 function formatStatus(s: Record<string, unknown>): string {
   if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}`;
   const r = s.resumed as { epoch: number } | null;
-  return `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} committed epoch ${String(s.committedEpoch)} checkpoints ${String(s.checkpoints)}${r ? ` — resumed from epoch ${r.epoch}` : ''}`;
+  return (
+    `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} ` +
+    `committed epoch ${String(s.committedEpoch)} checkpoints ${String(s.checkpoints)}${
+      r ? ` — resumed from epoch ${r.epoch}` : ''
+    }`
+  );
 }
 
 /** The control socket of the backup process on this host that holds domain. */
@@ -612,7 +626,8 @@ async function showReprotectProgress(sock: string, timeoutMs: number): Promise<v
       if (process.stdout.isTTY) process.stdout.write('\n');
       throw new RemusError(
         ErrorCode.PEER_GONE,
-        `not protected after ${timeoutMs / 1000} s (state ${String(p.state)}; is the new backup reachable?): reprotection goes on in the background — see remusdb status`,
+        `not protected after ${timeoutMs / 1000} s (state ${String(p.state)}; is the new backup reachable?): ` +
+          `reprotection goes on in the background — see remusdb status`,
       );
     }
     await new Promise((r) => setTimeout(r, 200));

@@ -445,7 +445,9 @@ export class Backup {
         ErrorCode.HANDSHAKE,
         h.diskBytes === 0
           ? `this backup keeps a ${diskBytes}-byte disk but ${h.domain} has none`
-          : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'}`,
+          : `${h.domain} has a ${h.diskBytes}-byte disk but this backup's is ${
+              diskBytes ? `${diskBytes} bytes` : 'absent (give the backup --disk)'
+            }`,
       );
     }
     const cont = this.continuation(h);
@@ -637,7 +639,8 @@ export class Backup {
             if (r !== expected) {
               throw new RemusError(
                 ErrorCode.DISK_DIVERGED,
-                `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
+                `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the ` +
+                  `primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
               );
             }
             this.counters.diskVerifiedEpoch = epoch;

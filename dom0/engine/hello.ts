@@ -78,7 +78,8 @@ export function validateHello(v: Record<string, unknown>, pageCountMax: number):
   const domain = v.domain;
   if (typeof domain !== 'string' || !DOMAIN_NAME_RULE.test(domain)) {
     refuse(
-      `HELLO domain ${JSON.stringify(domain)?.slice(0, 80) ?? 'missing'} is not a domain name (${DOMAIN_NAME_RULE_TEXT})`,
+      `HELLO domain ${JSON.stringify(domain)?.slice(0, 80) ?? 'missing'} is not a domain name ` +
+        `(${DOMAIN_NAME_RULE_TEXT})`,
     );
   }
   const sessionId = v.sessionId;

@@ -118,7 +118,9 @@ export class Staging {
       if (crc !== r.crc32c) {
         throw new RemusError(
           ErrorCode.DISK_REF_MISMATCH,
-          `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_BYTES}, but that block here has CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's (the next session copies it again)`,
+          `page ${r.pfn} was sent as disk block ${r.offsetBytes / PAGE_BYTES}, but that block here has ` +
+            `CRC32C ${crc.toString(16)}, not ${r.crc32c.toString(16)}: the backup's disk differs from the primary's ` +
+            `(the next session copies it again)`,
         );
       }
     });

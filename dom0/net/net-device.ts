@@ -1,9 +1,9 @@
 // net-device: the one entry the protect service calls to get the guest's network output
 // gate. It picks the driver (none: nothing held, as `xl remus -n`; nfqueue: the kernel
-// queue of docs/netbuffer.md; plug: sch_plug on an IFB, docs/netbuffer-plug.md) and the commit protection mode (off: hold everything; dscp:
-// hold DSCP-marked packets; pgwire: hold PostgreSQL commit acknowledgements), sizes the
-// NFQUEUE copy for the mode (pgwire parses whole segments), installs the rules (replacing
-// any a crashed run left) and tracks unprotected exposure for failover resets.
+// queue of docs/netbuffer.md; plug: sch_plug on an IFB, docs/netbuffer-plug.md) and the commit
+// protection mode (off: hold everything; dscp: hold DSCP-marked packets; pgwire: hold PostgreSQL
+// commit acknowledgements), sizes the NFQUEUE copy for the mode (pgwire parses whole segments),
+// installs the rules (replacing any a crashed run left) and tracks unprotected exposure for failover resets.
 // close() is idempotent: rules first, then the queue (held packets are dropped).
 import { assertInt } from '../assert';
 import type { OutputGate } from '../ports';

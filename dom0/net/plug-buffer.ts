@@ -74,7 +74,8 @@ export class PlugBuffer implements OutputGate {
     if (this.bufferedEpoch > this.releasedEpoch) {
       throw new RemusError(
         ErrorCode.NETBUF,
-        `the plug holds epoch ${this.bufferedEpoch} still: sch_plug keeps one unacknowledged checkpoint (use --max-in-flight 1)`,
+        `the plug holds epoch ${this.bufferedEpoch} still: sch_plug keeps one unacknowledged checkpoint (use ` +
+          `--max-in-flight 1)`,
       );
     }
     this.action(TCQ_PLUG_BUFFER);

@@ -322,7 +322,8 @@ export class BackupService {
     }
     if (name === 'resume-failed')
       log(
-        `FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; waiting for a primary)`,
+        `FAILOVER FAILED: the replica of epoch ${d('epoch')} did not resume: ${d('message')} (nothing runs here; ` +
+          `waiting for a primary)`,
       );
     if (name === 'no-checkpoint')
       log(`primary gone (${d('reason')}) before any checkpoint committed: nothing to resume`);

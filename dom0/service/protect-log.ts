@@ -15,7 +15,9 @@ export function protectLogLine(
       return `backup ${s('backup')} answered: copying ${bytes} bytes of disk it may lack, then checkpoints start`;
     }
     case 'protected':
-      return `protected: ${name} → ${s('backup')} (${d.continued ? 'continued' : 'full copy'} as epoch ${s('epoch')})`;
+      return (
+        `protected: ${name} → ${s('backup')} ` + `(${d.continued ? 'continued' : 'full copy'} as epoch ${s('epoch')})`
+      );
     case 'session-start':
       return `${d.kind === 'continued' ? 'session continues' : 'session copies all memory'}: ${s('reason')}`;
     case 'continued':

@@ -96,7 +96,9 @@ export function unreachableReason(e: Error, sec: Security): string {
   if (/EHOSTUNREACH|ENETUNREACH/.test(m)) return `no route to it (${m})`;
   if (/no answer within/.test(m)) return m;
   if ('psk' in sec && /ECONNRESET|socket disconnected|before secure TLS/i.test(m)) {
-    return 'it closed the connection during the TLS handshake (does it run --insecure, plain TCP? or hold another key?)';
+    return (
+      'it closed the connection during the TLS handshake ' + '(does it run --insecure, plain TCP? or hold another key?)'
+    );
   }
   return m;
 }

@@ -47,7 +47,10 @@ async function main(): Promise<void> {
     }
     const line = (k: string): string => {
       const s = [...us[k]].sort((a, b) => a - b);
-      return `${k.padEnd(8)} n=${s.length} median ${quantile(s, 0.5).toFixed(1)} µs  p90 ${quantile(s, 0.9).toFixed(1)} µs`;
+      return (
+        `${k.padEnd(8)} n=${s.length} median ${quantile(s, 0.5).toFixed(1)} µs  ` +
+        `p90 ${quantile(s, 0.9).toFixed(1)} µs`
+      );
     };
     console.log(line('stock'));
     console.log(line('patched'));
@@ -57,7 +60,8 @@ async function main(): Promise<void> {
         0.5,
       );
     console.log(
-      `patched/stock median ratio ${(med('patched') / med('stock')).toFixed(3)} (+${(med('patched') - med('stock')).toFixed(1)} µs)`,
+      `patched/stock median ratio ${(med('patched') / med('stock')).toFixed(3)} ` +
+        `(+${(med('patched') - med('stock')).toFixed(1)} µs)`,
     );
     clients.stock.close();
     clients.patched.close();

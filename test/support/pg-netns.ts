@@ -63,11 +63,14 @@ export function whyNoNetns(): string | null {
 
 // Guest: ports from argv; "Q\n" lines → CommandComplete(tag) + ReadyForQuery(status), where
 // BEGIN → T, COMMIT → I, "T:<tag>" → T, anything else → I (autocommit).
-export const FAKE_PG_SERVER = `
+export const FAKE_PG_SERVER =
+  `
 const net = require('net');
 const [addr, ...ports] = process.argv.slice(1);
-const m = (t, b) => { const body = Buffer.from(b, 'latin1'); const h = Buffer.alloc(5); h[0] = t.charCodeAt(0); h.writeUInt32BE(4 + body.length, 1); return Buffer.concat([h, body]); };
-const startup = Buffer.concat([m('R', '\\0\\0\\0\\0'), m('S', 'server_version\\x0015\\0'), m('K', '\\0'.repeat(8)), m('Z', 'I')]);
+const m = (t, b) => { const body = Buffer.from(b, 'latin1'); const h = Buffer.alloc(5); h[0] = t.charCodeAt(0); ` +
+  `h.writeUInt32BE(4 + body.length, 1); return Buffer.concat([h, body]); };
+const startup = Buffer.concat([m('R', '\\0\\0\\0\\0'), m('S', 'server_version\\x0015\\0'), m('K', '\\0'.repeat(8)), ` +
+  `m('Z', 'I')]);
 let n = 0;
 for (const port of ports) net.createServer((s) => {
   const id = n++; s.setNoDelay(true); s.write(startup); let buf = '';
@@ -82,11 +85,13 @@ for (const port of ports) net.createServer((s) => {
 
 // Client: {"op":"connect","port":P} opens connection #k; {"op":"q","conn":k,"text":"..."}
 // sends a query line. Prints "z <k> <status>", "error <k> <code>", "close <k>".
-export const FAKE_PG_CLIENT = `
+export const FAKE_PG_CLIENT =
+  `
 const net = require('net'), rl = require('readline');
 const [addr] = process.argv.slice(1); const conns = [];
 rl.createInterface({ input: process.stdin }).on('line', (l) => { const c = JSON.parse(l);
-  if (c.op === 'connect') { const id = conns.length; const s = net.connect(c.port, addr); conns.push(s); s.setNoDelay(true);
+  if (c.op === 'connect') { const id = conns.length; const s = net.connect(c.port, addr); conns.push(s); ` +
+  `s.setNoDelay(true);
     let buf = Buffer.alloc(0);
     s.on('data', (d) => { buf = Buffer.concat([buf, d]);
       while (buf.length >= 5) { const len = buf.readUInt32BE(1); if (buf.length < 1 + len) break;

@@ -804,7 +804,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             };
           if (name === 'failover' && fault.kind === 'stray')
             violate(
-              `the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${fault.afterGoodbye ? ', after GOODBYE' : ''})`,
+              `the backup failed over (${String(d.reason)}) on a stray peer (${fault.act}${
+                fault.afterGoodbye ? ', after GOODBYE' : ''
+              })`,
             );
           if (name === 'internal-error' && !backupDead)
             violate(`the backup met a bug on peer input: ${String(d.message)}`);
@@ -904,7 +906,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     const ahead = seen.filter((o) => o.seq > r.seq);
     if (ahead.length)
       violate(
-        `${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's seq ${r.seq}`,
+        `${ahead.length} outputs (first seq ${ahead[0].seq}) reached the client beyond the resumed guest's ` +
+          `seq ${r.seq}`,
       );
     if (!primaryDead && primary.stats().state !== 'fenced')
       violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);

@@ -25,7 +25,8 @@ export function announceFailover(
     return true;
   }
   log(
-    `could not write xenstore ${key} (${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}): the guest agent will not start database recovery`,
+    `could not write xenstore ${key} (${(r.stderr || r.error?.message || `exit ${r.status}`).trim()}): the guest ` +
+      `agent will not start database recovery`,
   );
   return false;
 }

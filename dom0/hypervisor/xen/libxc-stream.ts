@@ -190,7 +190,8 @@ export function parsePageData(rec: Buffer, stripped: boolean): PageData {
   }
   if (bodyLength !== 8 + 8 * count + PAGE_BYTES * dataPages) {
     throw malformed(
-      `PAGE_DATA body is ${bodyLength} octets; ${count} pfns with ${dataPages} data pages need ${8 + 8 * count + PAGE_BYTES * dataPages}`,
+      `PAGE_DATA body is ${bodyLength} octets; ${count} pfns with ${dataPages} data pages ` +
+        `need ${8 + 8 * count + PAGE_BYTES * dataPages}`,
     );
   }
   if (rec.length !== (stripped ? wordsEnd : REC_HEADER_BYTES + bodyLength))

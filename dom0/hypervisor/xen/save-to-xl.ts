@@ -93,7 +93,9 @@ async function main(name: string, intervalMs: number, checkpoints: number): Prom
   });
   const later = pauses.slice(1).sort((a, b) => a - b);
   log(
-    `xc_domain_save: ${r.message} (rc ${r.rc}) after ${n} checkpoints in ${((performance.now() - started) / 1000).toFixed(1)} s; pause p50 ${later[Math.floor(later.length / 2)]?.toFixed(1)} ms (checkpoints 2..${n})`,
+    `xc_domain_save: ${r.message} (rc ${r.rc}) after ${n} checkpoints ` +
+      `in ${((performance.now() - started) / 1000).toFixed(1)} s; pause p50 ` +
+      `${later[Math.floor(later.length / 2)]?.toFixed(1)} ms (checkpoints 2..${n})`,
   );
   console.log(`SAVE-TO-XL checkpoints=${n} rc=${r.rc} pause_p50_ms=${later[Math.floor(later.length / 2)]?.toFixed(1)}`);
   // Keep the stream open: the scenario destroys the primary, then closes us (EOF = failover).

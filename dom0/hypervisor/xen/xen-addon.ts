@@ -59,7 +59,8 @@ export function xenLogdirtyAddon(): XenLogdirtyAddon {
   if (typeof a.xenLogdirtyPeekClean !== 'function' || typeof a.xenMapRead !== 'function') {
     throw new RemusError(
       ErrorCode.ADDON_PART_MISSING,
-      'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with `npm run install`',
+      'the native addon was built without the log-dirty bindings (native-xc/src/xen_logdirty.cc): rebuild it with ' +
+        '`npm run install`',
     );
   }
   return a as XenLogdirtyAddon;
@@ -91,7 +92,10 @@ export type XenGuestType = 'pv' | 'pvh' | 'hvm';
 export function configGuestType(json: string): XenGuestType {
   const t = (parseConfig(json) as { c_info?: { type?: unknown } }).c_info?.type;
   if (t !== 'pv' && t !== 'pvh' && t !== 'hvm') {
-    throw new RemusError(ErrorCode.XEN, `the domain configuration's c_info.type is ${JSON.stringify(t)}, not pv, pvh or hvm`);
+    throw new RemusError(
+      ErrorCode.XEN,
+      `the domain configuration's c_info.type is ${JSON.stringify(t)}, not pv, pvh or hvm`,
+    );
   }
   return t;
 }

@@ -7,9 +7,9 @@
 // last entry, so the rebuilt stream carries each page once, with its final type and content.
 // On the backup, planCheckpoint turns a skeleton and the committed memory image back into
 // the libxc bytes, a record at a time (the backup writes them out without a second copy of
-// the guest and without stalling its event loop). Skeleton format (little-endian): "XSK1", u32 flags (1: preamble present,
-// 2: body deflated), u32 body length before deflate, body = [u32 preamble length, preamble]
-// then the stripped records.
+// the guest and without stalling its event loop). Skeleton format (little-endian): "XSK1",
+// u32 flags (1: preamble present, 2: body deflated), u32 body length before deflate,
+// body = [u32 preamble length, preamble] then the stripped records.
 import * as zlib from 'node:zlib';
 import { ErrorCode, RemusError } from '../../errors';
 import type { Capture } from '../../ports';

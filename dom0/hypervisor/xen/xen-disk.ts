@@ -73,7 +73,8 @@ export function retargetNbdDisk(configJson: string, device: string): { json: str
   if (nbd.length !== 1) {
     throw new RemusError(
       ErrorCode.XEN,
-      `the domain's configuration has ${nbd.length} disks on /dev/nbdN (of ${disks.length} disks); a replicated disk is exactly one (docs/xen-adapter.md, "Disk")`,
+      `the domain's configuration has ${nbd.length} disks on /dev/nbdN (of ${disks.length} disks); a replicated disk ` +
+        `is exactly one (docs/xen-adapter.md, "Disk")`,
     );
   }
   const from = String(nbd[0].pdev_path);
@@ -175,7 +176,8 @@ export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDi
     source.close();
   };
   o.log(
-    `disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication (server thread)`,
+    `disk: serving ${o.image} (${served.sizeBytes} bytes) over NBD on ${o.host}:${served.port} with replication ` +
+      `(server thread)`,
   );
   if (o.device) {
     try {
@@ -185,7 +187,8 @@ export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDi
       throw e;
     }
     o.log(
-      `disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=${o.device}')`,
+      `disk: ${o.device} is the export (give the domU: 'format=raw, vdev=xvdb, access=rw, backendtype=phy, ` +
+        `target=${o.device}')`,
     );
   }
   return {
@@ -259,7 +262,9 @@ export async function openXenProtectDisk(
     const nbd = nbdDiskBackend(addon.xenDomainConfigJson(info.domid));
     const flusher = nbd?.backend === 'qdisk' ? deviceFlusher(nbd.device) : null;
     o.log(
-      `disk: the domain's NBD disk is ${nbd ? `${nbd.device} (${nbd.backend})` : 'not one /dev/nbdN device: the backup cannot re-point it'}${flusher ? ', its page cache flushed at each checkpoint' : ''}`,
+      `disk: the domain's NBD disk is ${
+        nbd ? `${nbd.device} (${nbd.backend})` : 'not one /dev/nbdN device: the backup cannot re-point it'
+      }${flusher ? ', its page cache flushed at each checkpoint' : ''}`,
     );
     return {
       replicator: disk.replicator,

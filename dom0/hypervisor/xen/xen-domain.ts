@@ -20,7 +20,13 @@ import { CheckpointCollector, type CollectedCheckpoint } from './xen-checkpoint'
 import { RecordSplitter, type RawRecord } from './libxc-stream';
 import { Mailbox } from './mailbox';
 import {
-  configGuestType, configName, domainPageCount, xenAddon, type XenAddon, type XenDomainInfo, type XenGuestType,
+  configGuestType,
+  configName,
+  domainPageCount,
+  xenAddon,
+  type XenAddon,
+  type XenDomainInfo,
+  type XenGuestType,
 } from './xen-addon';
 import { LIBXL_REC_LIBXC_CONTEXT, libxlEmptyRecord, libxlStreamHeader, xlSavefileHeader } from './xl-stream';
 import { StreamRecorder } from './stream-recorder';
@@ -168,13 +174,18 @@ export class XenDomain implements Domain {
     const json = x.xenDomainConfigJson(info.domid);
     const guestType: XenGuestType = info.hvm ? configGuestType(json) : 'pv';
     if (guestType === 'hvm') {
-      throw new RemusError(ErrorCode.XEN, `domain ${arg} is an HVM guest: remusdb protects PV and PVH guests so far `
-        + '(an HVM checkpoint needs the device model\'s state, EMULATOR records, which are not carried yet)');
+      throw new RemusError(
+        ErrorCode.XEN,
+        `domain ${arg} is an HVM guest: remusdb protects PV and PVH guests so far ` +
+          "(an HVM checkpoint needs the device model's state, EMULATOR records, which are not carried yet)",
+      );
     }
     const name = configName(json);
     const recordPath = process.env.REMUSDB_XEN_RECORD || undefined; // lab: fixture recording
     return new XenDomain(x, info.domid, name, guestType, domainPageCount(info), {
-      ...XEN_DOMAIN_DEFAULTS, recordPath, ...opts,
+      ...XEN_DOMAIN_DEFAULTS,
+      recordPath,
+      ...opts,
     });
   }
 
@@ -220,8 +231,12 @@ export class XenDomain implements Domain {
 
   describe(): Record<string, unknown> {
     return {
-      domid: this.domid, name: this.name, guestType: this.guestType, pageCount: this.pageCount,
-      suspended: this.suspended, ...this.stats,
+      domid: this.domid,
+      name: this.name,
+      guestType: this.guestType,
+      pageCount: this.pageCount,
+      suspended: this.suspended,
+      ...this.stats,
     };
   }
 

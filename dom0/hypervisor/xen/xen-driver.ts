@@ -34,7 +34,7 @@ export interface XenOpenOptions {
   domain?: Partial<XenDomainOptions>;
 }
 
-const NO_CONTINUATION = 'libxc\'s save stream starts over with every session, so a reconnect copies all memory';
+const NO_CONTINUATION = "libxc's save stream starts over with every session, so a reconnect copies all memory";
 
 /** What differs between the Xen guest types this driver family protects: the ops table. */
 interface XenGuestOps {
@@ -52,17 +52,29 @@ function xenDriver(t: XenGuestOps): DomainDriver {
     wireKind: 'xen',
     title: t.title,
     features: {
-      backupHost: true, blackhole: true, precopy: true, continuedSession: { reason: NO_CONTINUATION },
-      disk: true, readTracking: { reason: 'a Xen checkpoint\'s pages travel inside libxc\'s own records' },
-      netBufferNfqueue: true, netBufferPlug: true, commitProtection: true, journal: true, metrics: true,
-      reprotect: { reason: 'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` '
-        + 'on this host (a full copy)' },
+      backupHost: true,
+      blackhole: true,
+      precopy: true,
+      continuedSession: { reason: NO_CONTINUATION },
+      disk: true,
+      readTracking: { reason: "a Xen checkpoint's pages travel inside libxc's own records" },
+      netBufferNfqueue: true,
+      netBufferPlug: true,
+      commitProtection: true,
+      journal: true,
+      metrics: true,
+      reprotect: {
+        reason:
+          'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` ' +
+          'on this host (a full copy)',
+      },
       reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
-      checksumOnFailover: { reason: 'the replica\'s memory goes to xl migrate-receive, which resumes it' },
+      checksumOnFailover: { reason: "the replica's memory goes to xl migrate-receive, which resumes it" },
     },
     defaults: {
       heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
-      deviceStateBytesMax: DEVICE_STATE_BYTES_MAX, netBuffer: 'plug',
+      deviceStateBytesMax: DEVICE_STATE_BYTES_MAX,
+      netBuffer: 'plug',
     },
     ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],
     probe: () => probeXen(t),
@@ -73,13 +85,19 @@ function xenDriver(t: XenGuestOps): DomainDriver {
 }
 
 export const xenPvDriver = xenDriver({
-  kind: 'xen-pv', guestType: 'pv', title: 'Xen PV domain (libxenguest\'s Remus save loop)',
-  needsCap: 'shadow', needsWhy: 'PV log-dirty needs shadow paging',
+  kind: 'xen-pv',
+  guestType: 'pv',
+  title: "Xen PV domain (libxenguest's Remus save loop)",
+  needsCap: 'shadow',
+  needsWhy: 'PV log-dirty needs shadow paging',
 });
 
 export const xenPvhDriver = xenDriver({
-  kind: 'xen-pvh', guestType: 'pvh', title: 'Xen PVH domain (HVM container, no device model)',
-  needsCap: 'hap', needsWhy: 'PVH log-dirty needs hardware-assisted paging (VT-x/EPT or SVM/NPT)',
+  kind: 'xen-pvh',
+  guestType: 'pvh',
+  title: 'Xen PVH domain (HVM container, no device model)',
+  needsCap: 'hap',
+  needsWhy: 'PVH log-dirty needs hardware-assisted paging (VT-x/EPT or SVM/NPT)',
 });
 
 /** The Xen drivers, by guest type. */
@@ -104,10 +122,12 @@ export function xenDriverForDomain(nameOrId: string): DomainDriver {
 }
 
 function probeXen(t: XenGuestOps): { available: boolean; reason: string } {
-  if (!fs.existsSync('/dev/xen/privcmd')) return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
+  if (!fs.existsSync('/dev/xen/privcmd'))
+    return { available: false, reason: '/dev/xen/privcmd is absent: not a Xen dom0' };
   try {
     const a = loadAddon();
-    if (!a.parts.xen) return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
+    if (!a.parts.xen)
+      return { available: false, reason: 'the addon was built without Xen (install libxen-dev, npm install)' };
   } catch (e) {
     return { available: false, reason: (e as Error).message };
   }

@@ -89,7 +89,10 @@ export function domidOf(addon: XenLogdirtyAddon, domain: string): XenDomainInfo 
 }
 
 const ALREADY_ON =
-  "log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, another remusdb record, xl migrate or xl remus; for HVM possibly QEMU's VRAM tracking); record cannot share it (each reader clears the bitmap for the other): stop that first";
+  'log-dirty mode is already on — another tool is tracking its dirty pages (remusdb protect, another remusdb ' +
+  'record, ' +
+  "xl migrate or xl remus; for HVM possibly QEMU's VRAM tracking); record cannot share it (each reader clears the " +
+  'bitmap for the other): stop that first';
 
 /**
  * Turns log-dirty on, or says clearly why not. Xen does not reliably refuse a second ENABLE
@@ -125,7 +128,9 @@ export function enableLogdirty(addon: XenLogdirtyAddon, domid: number, name: str
     if (errno === EOPNOTSUPP) {
       throw new RemusError(
         ErrorCode.XEN,
-        `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) (${(e as Error).message})`,
+        `domain ${name} (id ${domid}): this hypervisor cannot track its dirty pages (PV guests need shadow paging; ` +
+          `Debian's 4.17.7 hypervisor is built without it — see README "The Xen lab"; HVM/PVH guests use HAP) ` +
+          `(${(e as Error).message})`,
         { domid, errno },
         { cause: e },
       );
@@ -233,7 +238,8 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
   if (HEADER_SIZE + epochBytes(totalPages) > o.bytesMax) {
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,
-      `--max-bytes ${o.bytesMax} cannot hold the first epoch of domain ${o.domain} (${totalPages} pages = ${HEADER_SIZE + epochBytes(totalPages)} bytes)`,
+      `--max-bytes ${o.bytesMax} cannot hold the first epoch of domain ${o.domain} (${totalPages} pages ` +
+        `= ${HEADER_SIZE + epochBytes(totalPages)} bytes)`,
     );
   }
   const bitmap = Buffer.alloc(Math.ceil(totalPages / 64) * 8);
@@ -241,7 +247,8 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
   let dirtyCounts = new Uint32Array(1 << 12); // incremental epochs' dirty pages, grown ×2
   enableLogdirty(o.addon, domid, o.domain, bitmap);
   log(
-    `recording domain ${o.domain} (id ${domid}, ${info.hvm ? 'HVM' : 'PV'}, ${totalPages} pages) every ${o.intervalMs} ms for ${o.seconds} s → ${o.out}`,
+    `recording domain ${o.domain} (id ${domid}, ${info.hvm ? 'HVM' : 'PV'}, ${totalPages} pages) ` +
+      `every ${o.intervalMs} ms for ${o.seconds} s → ${o.out}`,
   );
   let rec: Recorder | undefined;
   const tStart = performance.now();

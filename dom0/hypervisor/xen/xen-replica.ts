@@ -122,7 +122,8 @@ export class XenReplica implements DriverReplica {
     if (behind + total > this.opts.queueBytesMax) {
       throw new RemusError(
         ErrorCode.XEN,
-        `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the checkpoint is not written`,
+        `xl migrate-receive is ${behind} octets behind (limit ${this.opts.queueBytesMax}): the ` +
+          `checkpoint is not written`,
       );
     }
     const parts = plan.parts();
@@ -195,7 +196,8 @@ export class XenReplica implements DriverReplica {
       if (Date.now() > deadline)
         throw new RemusError(
           ErrorCode.XEN,
-          `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ended: ${this.rxErr.slice(-5).join(' | ')}`,
+          `${this.name} was not running ${this.opts.resumeTimeoutMs} ms after the stream ` +
+            `ended: ${this.rxErr.slice(-5).join(' | ')}`,
         );
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -9,14 +9,15 @@ export const TABLE_END = '<!-- feature-table end -->';
 export function featureTable(): string {
   const head = `| feature | ${DRIVERS.map((d) => `\`${d.kind}\``).join(' | ')} |`;
   const rule = `|---|${DRIVERS.map(() => '---').join('|')}|`;
-  const notes: string[] = [];
+  const notes: string[] = []; // one per distinct reason, shared by the drivers that give it
   const rows = (Object.keys(FEATURES) as Feature[]).map((f) => {
     const { title, option } = FEATURES[f];
     const cells = DRIVERS.map((d) => {
       const s = d.features[f];
       if (s === true) return 'yes';
-      notes.push(`${d.kind}, ${title}: ${s.reason}.`);
-      return `no (${notes.length})`;
+      const note = `${title}: ${s.reason}.`;
+      if (!notes.includes(note)) notes.push(note);
+      return `no (${notes.indexOf(note) + 1})`;
     });
     return `| ${title}${option ? ` (\`${option}\`)` : ''} | ${cells.join(' | ')} |`;
   });

@@ -106,6 +106,7 @@ describe('32 domain drivers', () => {
       assert.ok(c && typeof c.available === 'boolean' && c.reason.length > 0, d.kind);
     }
     assert.equal(caps.find((x) => x.name === 'sim')!.available, true, 'the addon loads here');
+    assert.match(caps.find((x) => x.name === 'xen-hvm')!.reason, /device model/, 'HVM is named, with why not');
     if (!fs.existsSync('/dev/xen/privcmd')) {
       assert.match(caps.find((x) => x.name === 'xen-pv')!.reason, /privcmd is absent/);
       assert.equal(caps.find((x) => x.name === 'xen-pv')!.available, false);

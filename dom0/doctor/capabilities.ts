@@ -110,6 +110,13 @@ function schPlugCheck(): Capability {
   };
 }
 
+/** HVM guests: named so that `doctor --json` answers for every Xen guest type. */
+const HVM: Capability = {
+  name: 'xen-hvm', available: false,
+  reason: 'an HVM guest\'s checkpoint needs its device model\'s state (QEMU, EMULATOR records), which remusdb '
+    + 'does not carry yet: protect PV or PVH guests',
+};
+
 export function probeCapabilities(): Capability[] {
   let addon: NativeAddon | null = null;
   let err = '';
@@ -119,5 +126,5 @@ export function probeCapabilities(): Capability[] {
     err = (e as Error).message;
   }
   const drivers = DRIVERS.map((d): Capability => ({ name: d.kind, ...d.probe() }));
-  return [...checks.map((c) => c(addon, err)), ...drivers];
+  return [...checks.map((c) => c(addon, err)), ...drivers, HVM];
 }

@@ -60,7 +60,8 @@ lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, 
   ip link set "$br" up
 }
 
-lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg (LAB_DOMU_TYPE: pv, pvh)
+lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
+  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0")
   cat <<EOF
 name = "$1"
 type = "${LAB_DOMU_TYPE:-pv}"
@@ -71,6 +72,7 @@ memory = ${4:-128}
 vcpus = 1
 on_crash = "preserve"
 vif = [ 'bridge=${5:-$LAB_BRIDGE},mac=$3' ]
+${LAB_DOMU_EXTRA:-}
 EOF
 }
 

@@ -7,7 +7,7 @@
 # is the lab's PV kernel and initramfs booted as `type = "pvh"`. The save is libxc's HVM
 # ops (HVM_CONTEXT, HVM_PARAMS records; no device model, so no EMULATOR records) through the
 # same engine, replica and `xl migrate-receive -r -e` as PV.
-export LAB_DOMU_TYPE=pvh
+export LAB_DOMU_TYPE=pvh LAB_SCENARIO_NAME=protect-pvh
 xl info | grep -E '^(virt_caps|xen_version|xen_extra)' | sed 's/^/  /'
 xl info | grep -q '^virt_caps.*hap' || { echo "XENLAB RESULT protect-pvh: FAIL the hypervisor offers no HAP (virt_caps)"; exit 1; }
 . /lab/scenarios/protect.sh

@@ -15,7 +15,7 @@
 # pause per checkpoint, bytes per checkpoint (wire vs raw libxc stream) and failover time;
 # records a small real stream for test/fixtures (REMUSDB_XEN_RECORD, default /tmp).
 . /lab/dom0-lib.sh
-lab_begin "${XENLAB_SCENARIO:-protect}"
+lab_begin "${LAB_SCENARIO_NAME:-protect}"
 DOMU=domu
 IP=10.99.0.2
 MEM=${PROTECT_MEM:-128}
@@ -39,7 +39,13 @@ field() { lab_field "$@"; }
 
 # 1. Protection starts: the full copy is acknowledged, then epochs keep being acknowledged.
 acked=$(lab_wait_acked "$PP" 3 420)
-[[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ] || lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt 3 ]; then # nothing to fail over to: say why and stop here
+  lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+  xl list; tail -n 40 /tmp/protect.err; tail -n 20 /tmp/backup.err
+  cp /tmp/protect.out /tmp/protect.err /tmp/backup.out /tmp/backup.err "$LAB_OUT/" 2>/dev/null
+  kill -TERM $PP $BP 2>/dev/null; sleep 3
+  lab_result; exit
+fi
 xl list
 
 # 2. Checkpoints flow while a client reads the counter.

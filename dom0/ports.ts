@@ -16,8 +16,12 @@ export interface Clock {
 export interface Capture {
   pfns: Uint32Array;
   count: number;
-  /** count × 4096 octets, page i for pfns[i]. */
-  pages: Uint8Array;
+  /**
+   * count × 4096 octets, page i for pfns[i]; or, for a full capture of every page (pfns[i]
+   * = i), the guest's memory in segments, so a capture is never one buffer past what a
+   * JavaScript buffer or a small dom0 can hold (Xen: a PVH guest's pfns reach 4 GiB).
+   */
+  pages: Uint8Array | import('./memory/guest-memory').GuestMemory;
   deviceState: Uint8Array;
 }
 

@@ -28,6 +28,7 @@ import type { XenAddon, XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER } from '../dom0/hypervisor/xen/xl-stream';
 import { xenRecord as record } from './support/xen-records';
 import { PAGE_BYTES } from '../dom0/limits';
+import { capturedPages } from '../dom0/engine/captured-pages';
 
 // ---- a synthetic libxc stream ------------------------------------------------------------
 
@@ -126,8 +127,8 @@ function collect(c: CheckpointCollector, recs: RawRecord[]): CollectedCheckpoint
 
 /** What the backup does at commit: the capture's pages into the image, then the rebuild. */
 function commit(image: Uint8Array, ck: CollectedCheckpoint): ReturnType<typeof rebuildCheckpoint> {
-  const { pfns, count, pages } = ck.capture;
-  for (let i = 0; i < count; i++) image.set(pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), pfns[i] * PAGE_BYTES);
+  const { pfns, count } = ck.capture;
+  for (let i = 0; i < count; i++) image.set(capturedPages(ck.capture, i, 1), pfns[i] * PAGE_BYTES);
   return rebuildCheckpoint(ck.capture.deviceState, image);
 }
 
@@ -194,7 +195,7 @@ describe('47 xen stream', () => {
     c.startSave(preamble);
     const [ck1, ck2] = collect(c, recs);
     assert.equal(ck1.capture.count, PAGES, 'the first checkpoint of a save is full');
-    assert.deepEqual(Buffer.from(ck1.capture.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)), page(1, 0));
+    assert.deepEqual(Buffer.from(capturedPages(ck1.capture, 1, 1)), page(1, 0));
     assert.deepEqual(Array.from(ck2.capture.pfns), [3, 40]);
     const image = new Uint8Array(PAGES * PAGE_BYTES);
     const r1 = commit(image, ck1),
@@ -310,8 +311,7 @@ describe('47 xen stream', () => {
     const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
     assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
     for (const ck of [ck1, ck2]) {
-      for (let i = 0; i < ck.capture.count; i++)
-        rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
       rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     }
     setTimeout(() => {
@@ -372,7 +372,7 @@ describe('47 xen stream', () => {
         const pfns = Array.from(ck.capture.pfns.subarray(0, ck.capture.count));
         if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
         for (let i = 0; i < ck.capture.count; i++)
-          rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+          rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
         rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
         assert.ok(
           feedBytes() > 32 * 2 ** 20,
@@ -494,11 +494,7 @@ describe('47 xen stream', () => {
       const c1 = await d.capture(true);
       await d.resume();
       assert.equal(c1.count, DPAGES);
-      assert.deepEqual(
-        Buffer.from(c1.pages.subarray(PAGE_BYTES, 2 * PAGE_BYTES)),
-        page(1, 101),
-        'the stop-and-copy content wins',
-      );
+      assert.deepEqual(Buffer.from(capturedPages(c1, 1, 1)), page(1, 101), 'the stop-and-copy content wins');
       await d.suspend();
       const c2 = await d.capture(false);
       await d.resume();
@@ -507,7 +503,7 @@ describe('47 xen stream', () => {
       const c3 = await d.capture(true); // a new backup session
       await d.resume();
       assert.equal(c3.count, DPAGES);
-      assert.deepEqual(Buffer.from(c3.pages.subarray(0, PAGE_BYTES)), page(0, 200), "the second save's live round");
+      assert.deepEqual(Buffer.from(capturedPages(c3, 0, 1)), page(0, 200), "the second save's live round");
       assert.equal(d.describe().saves, 2);
       assert.deepEqual(log, ['suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume', 'suspend', 'resume']);
       await d.close();

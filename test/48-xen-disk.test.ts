@@ -30,6 +30,7 @@ import type { Capture, Domain } from '../dom0/ports';
 import { BlockFile } from '../blktap/block-file';
 import { xenRecord as record } from './support/xen-records';
 import { PAGE_BYTES } from '../dom0/limits';
+import { capturedPages } from '../dom0/engine/captured-pages';
 
 const CONFIG = {
   c_info: { type: 'pv', name: 'vm' },
@@ -163,8 +164,7 @@ describe('48 xen disk', () => {
       ck = c.add({ type: r.readUInt32LE(0), bodyLength: r.readUInt32LE(4), bytes: r }) ?? ck;
     }
     assert.ok(ck, 'one checkpoint');
-    for (let i = 0; i < ck.capture.count; i++)
-      rx.image.setPage(ck.capture.pfns[i], ck.capture.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+    for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
     rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
     assert.deepEqual(calls, ['free']);
     setTimeout(() => {

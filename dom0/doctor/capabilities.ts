@@ -112,9 +112,11 @@ function schPlugCheck(): Capability {
 
 /** HVM guests: named so that `doctor --json` answers for every Xen guest type. */
 const HVM: Capability = {
-  name: 'xen-hvm', available: false,
-  reason: 'an HVM guest\'s checkpoint needs its device model\'s state (QEMU, EMULATOR records), which remusdb '
-    + 'does not carry yet: protect PV or PVH guests',
+  name: 'xen-hvm',
+  available: false,
+  reason:
+    "an HVM guest's checkpoint needs its device model's state (QEMU, EMULATOR records), which remusdb " +
+    'does not carry yet: protect PV or PVH guests',
 };
 
 export function probeCapabilities(): Capability[] {

@@ -15,6 +15,7 @@
 import { assert } from '../assert';
 import { PAGE_BYTES } from '../limits';
 import type { Capture } from '../ports';
+import { capturedPages } from './captured-pages';
 
 /** What a domain offers for pre-copy: reads while it runs, and a re-arming dirty collect. */
 export interface LiveMemory {
@@ -145,7 +146,7 @@ export class Precopy {
 export function withPagesRead(cap: Capture, extra: Uint32Array, mem: LiveMemory): Capture {
   if (extra.length === 0) return cap;
   const pages = new Uint8Array((cap.count + extra.length) * PAGE_BYTES);
-  pages.set(cap.pages.subarray(0, cap.count * PAGE_BYTES));
+  pages.set(capturedPages(cap, 0, cap.count));
   mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_BYTES));
   const pfns = new Uint32Array(cap.count + extra.length);
   pfns.set(cap.pfns.subarray(0, cap.count));

@@ -34,6 +34,7 @@ import {
 } from '../protocol/records';
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
 import { Window, type PrimaryStats } from './stats';
+import { capturedPages } from './captured-pages';
 import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import type { ContinueFrom } from './hello';
@@ -409,7 +410,7 @@ export class Primary {
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
       if (barrierPlaced) this.epoch = Math.max(this.epoch, epoch);
-      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, cap.pages); // memory as captured, whatever became of it
+      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, capturedPages(cap, 0, cap.count)); // memory as captured, whatever became of it
       if (suspended) this.resumeAfterFailure();
       this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
       // The backup keeps its image for our reconnection only if we can go on: a domain that is
@@ -513,7 +514,7 @@ export class Primary {
     pausedMs: number,
   ): void {
     // The table follows every capture in order, sent or not: its digests are memory's at the last one.
-    this.pageCrcs?.update(cap.pfns, cap.count, cap.pages);
+    this.pageCrcs?.update(cap.pfns, cap.count, capturedPages(cap, 0, cap.count));
     if (gen !== this.sessionGen || (!full && (this.needFull || (this.continuing && !cont)))) {
       // The session ended while this checkpoint ran (or a new one began: an asynchronous
       // domain): nobody will acknowledge this epoch; its outputs go with a later ack, and its
@@ -606,8 +607,7 @@ export class Primary {
   private splitByReference(p: Pending, n: number): { pfns: BigUint64Array; pages: Uint8Array; refs: DiskRefEntry[] } {
     const refs: DiskRefEntry[] = [];
     const kept: number[] = [];
-    const found =
-      this.disk?.references?.(p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), p.epoch) ?? null;
+    const found = this.disk?.references?.(capturedPages(p.cap, p.next, n), p.epoch) ?? null;
     for (let i = p.next; i < p.next + n; i++) {
       const ref = found?.[i - p.next] ?? null;
       if (ref) refs.push({ pfn: p.cap.pfns[i], ...ref });
@@ -616,13 +616,13 @@ export class Primary {
     if (refs.length === 0) {
       const pfns = new BigUint64Array(n);
       for (let i = 0; i < n; i++) pfns[i] = BigInt(p.cap.pfns[p.next + i]);
-      return { pfns, pages: p.cap.pages.subarray(p.next * PAGE_BYTES, (p.next + n) * PAGE_BYTES), refs };
+      return { pfns, pages: capturedPages(p.cap, p.next, n), refs };
     }
     const pfns = new BigUint64Array(kept.length),
       pages = new Uint8Array(kept.length * PAGE_BYTES);
     kept.forEach((i, k) => {
       pfns[k] = BigInt(p.cap.pfns[i]);
-      pages.set(p.cap.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES), k * PAGE_BYTES);
+      pages.set(capturedPages(p.cap, i, 1), k * PAGE_BYTES);
     });
     return { pfns, pages, refs };
   }

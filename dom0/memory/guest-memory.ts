@@ -95,6 +95,22 @@ export class GuestMemory {
     return seg.subarray(at, at + PAGE_BYTES);
   }
 
+  /**
+   * Pages first..first+count-1 as one buffer: a view when they lie in one segment, else a
+   * copy (a batch that crosses a segment boundary).
+   */
+  range(first: number, count: number): Uint8Array {
+    assert(Number.isInteger(count) && count >= 1 && first + count <= this.pageCount, 'range inside guest memory');
+    const seg = Math.floor(first / this.segmentPages);
+    if (Math.floor((first + count - 1) / this.segmentPages) === seg) {
+      const at = (first % this.segmentPages) * PAGE_BYTES;
+      return this.segments[seg].subarray(at, at + count * PAGE_BYTES);
+    }
+    const out = new Uint8Array(count * PAGE_BYTES);
+    for (let i = 0; i < count; i++) out.set(this.page(first + i), i * PAGE_BYTES);
+    return out;
+  }
+
   setPage(pfn: number, src: Uint8Array): void {
     assert(src.length === PAGE_BYTES, 'one page');
     this.page(pfn).set(src);

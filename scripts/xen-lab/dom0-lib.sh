@@ -45,8 +45,11 @@ lab_step() { # lab_step LABEL TIMEOUT COMMAND...: timed, logged, returns the com
 }
 
 lab_result() { # prints the result line; exit status 0 on PASS
-  local why
+  local why d
   lab_log "=== scenario $LAB_NAME took $(lab_since "$LAB_T0")s"
+  # Guests still there go: each has an `xl` monitor holding the scenario's output pipe open,
+  # which would keep init waiting for the scenario until its timeout.
+  for d in $(xl list 2>/dev/null | awk 'NR > 2 { print $2 }'); do xl destroy "$d" 2>/dev/null; done
   if [ ${#LAB_FAILS[@]} = 0 ]; then echo "XENLAB RESULT $LAB_NAME: PASS"; return 0; fi
   why=$(printf '%s; ' "${LAB_FAILS[@]}"); echo "XENLAB RESULT $LAB_NAME: FAIL ${why%; }"; return 1
 }

@@ -46,12 +46,14 @@ export interface CollectedCheckpoint {
 
 /**
  * Collects one checkpoint at a time from libxc's records. full: the first checkpoint of a
- * save (every page libxc has goes into a whole-memory buffer; the capture lists every pfn).
+ * save (every page libxc has goes into guest memory in segments, zero where libxc sends
+ * nothing — a PVH guest's pfns reach 4 GiB around a few hundred MiB of RAM, and untouched
+ * zero pages are never resident; the capture lists every pfn).
  */
 export class CheckpointCollector {
   private kept: Kept[] = [];
   private preamble: Buffer | null = null;
-  private full: Uint8Array | null = null;
+  private full: GuestMemory | null = null;
   private delta = new Map<number, Buffer>();
   private readonly lastSeq: Float64Array;
   private seq = 0;
@@ -67,7 +69,7 @@ export class CheckpointCollector {
     this.reset();
     this.preamble = preamble;
     this.rawBytes = preamble.length;
-    this.full = new Uint8Array(this.pageCount * PAGE_BYTES);
+    this.full = GuestMemory.allocate(this.pageCount);
   }
 
   /** Adds a record; returns the finished checkpoint at its CHECKPOINT record, else null. */
@@ -90,8 +92,8 @@ export class CheckpointCollector {
       seqs[i] = this.lastSeq[pfn] = ++this.seq;
       const off = p.dataOffsets[i];
       if (this.full) {
-        if (off >= 0) this.full.set(r.bytes.subarray(off, off + PAGE_BYTES), pfn * PAGE_BYTES);
-        else this.full.fill(0, pfn * PAGE_BYTES, (pfn + 1) * PAGE_BYTES);
+        if (off >= 0) this.full.setPage(pfn, r.bytes.subarray(off, off + PAGE_BYTES));
+        else this.full.page(pfn).fill(0);
       } else if (off >= 0) {
         this.delta.set(pfn, r.bytes.subarray(off, off + PAGE_BYTES));
       } else {
@@ -144,7 +146,7 @@ export class CheckpointCollector {
   }
 }
 
-function fullCapture(mem: Uint8Array, pageCount: number, deviceState: Uint8Array): Capture {
+function fullCapture(mem: GuestMemory, pageCount: number, deviceState: Uint8Array): Capture {
   const pfns = new Uint32Array(pageCount);
   for (let i = 0; i < pageCount; i++) pfns[i] = i;
   return { pfns, count: pageCount, pages: mem, deviceState };

@@ -64,13 +64,16 @@ lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, 
 }
 
 lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
-  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0")
+  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0").
+  # A PVH guest boots with pti=off: under QEMU's emulated SVM a PVH guest with page table
+  # isolation crashed now and then in its interrupt entry (the kernel's percpu data unmapped,
+  # "ENTRY_TRAMPOLINE stack guard page was hit"), also before any remusdb or xl save ran.
   cat <<EOF
 name = "$1"
 type = "${LAB_DOMU_TYPE:-pv}"
 kernel = "/opt/xenlab/domu/vmlinuz"
 ramdisk = "/opt/xenlab/domu/initrd.gz"
-extra = "console=hvc0 loglevel=4 xenlab.ip=$2"
+extra = "console=hvc0 loglevel=4 xenlab.ip=$2$([ "${LAB_DOMU_TYPE:-pv}" = pvh ] && echo ' pti=off')"
 memory = ${4:-128}
 vcpus = 1
 on_crash = "preserve"

@@ -54,6 +54,8 @@ export class CheckpointCollector {
   private kept: Kept[] = [];
   private preamble: Buffer | null = null;
   private full: GuestMemory | null = null;
+  /** Full checkpoint: 1 where this save wrote page data into full (the rest is still zero). */
+  private written: Uint8Array | null = null;
   private delta = new Map<number, Buffer>();
   private readonly lastSeq: Float64Array;
   private seq = 0;
@@ -70,6 +72,7 @@ export class CheckpointCollector {
     this.preamble = preamble;
     this.rawBytes = preamble.length;
     this.full = GuestMemory.allocate(this.pageCount);
+    this.written = new Uint8Array(this.pageCount);
   }
 
   /** Adds a record; returns the finished checkpoint at its CHECKPOINT record, else null. */
@@ -93,7 +96,8 @@ export class CheckpointCollector {
       const off = p.dataOffsets[i];
       if (this.full) {
         if (off >= 0) this.full.setPage(pfn, r.bytes.subarray(off, off + PAGE_BYTES));
-        else this.full.page(pfn).fill(0);
+        else if (this.written![pfn]) this.full.page(pfn).fill(0); // a hole stays untouched (never resident)
+        this.written![pfn] = off >= 0 ? 1 : 0;
       } else if (off >= 0) {
         this.delta.set(pfn, r.bytes.subarray(off, off + PAGE_BYTES));
       } else {
@@ -140,6 +144,7 @@ export class CheckpointCollector {
     this.kept = [];
     this.preamble = null;
     this.full = null;
+    this.written = null;
     this.delta = new Map();
     this.rawBytes = 0;
     this.entries = 0;

@@ -34,7 +34,8 @@ if [ -f "$1" ]; then SCEN_FILE=$1; SCEN=$(basename "$1" .sh); else SCEN=$1; SCEN
 # A scenario names the machine it needs in a "# xenlab-machine: XENLAB_CPU=… XENLAB_HV=…"
 # line (stage.sh, xl_qemu_argv); what the environment sets wins.
 for kv in $(sed -n 's/^# xenlab-machine: //p' "$SCEN_FILE"); do
-  [[ "$kv" =~ ^XENLAB_(CPU|HV)=[A-Za-z0-9_.,+-]+$ ]] || xl_die "$SCEN_FILE: xenlab-machine '$kv' is not XENLAB_CPU=… or XENLAB_HV=…"
+  [[ "$kv" =~ ^XENLAB_(CPU|HV|XEN_ARGS)=[A-Za-z0-9_.,:=+-]+$ ]] ||
+    xl_die "$SCEN_FILE: xenlab-machine '$kv' is not XENLAB_CPU=…, XENLAB_HV=… or XENLAB_XEN_ARGS=…"
   k=${kv%%=*}
   [ -n "${!k:-}" ] || export "$kv"
 done

@@ -54,7 +54,8 @@ xl_lab_lock() { # one lab VM (or VM pair) at a time on this machine: holds fd 8 
 # The machine: XENLAB_CPU (QEMU -cpu; Westmere: PV only; qemu64,+svm,+npt: SVM with nested
 # paging, so Xen offers HVM/PVH with HAP — EPYC models crash dom0 under TCG) and XENLAB_HV
 # (the hypervisor: "shadow", bookworm's build with shadow paging, which PV log-dirty needs;
-# "stock", bookworm-security's build as Debian ships it, without shadow paging).
+# "stock", bookworm-security's build as Debian ships it, without shadow paging) and
+# XENLAB_XEN_ARGS (more hypervisor options, comma-separated: hap_2mb=false,hap_1gb=false).
 xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_ARGV (Xen + dom0, no NIC)
   local hv
   case "${XENLAB_HV:-shadow}" in
@@ -63,10 +64,11 @@ xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_A
     *) xl_die "XENLAB_HV: '$XENLAB_HV' is not shadow or stock" ;;
   esac
   [[ "${XENLAB_CPU:-Westmere}" =~ ^[A-Za-z0-9_.,+-]+$ ]] || xl_die "XENLAB_CPU: '$XENLAB_CPU' is not a QEMU cpu model"
+  [[ "${XENLAB_XEN_ARGS:-}" =~ ^[A-Za-z0-9_.,:=-]*$ ]] || xl_die "XENLAB_XEN_ARGS: '$XENLAB_XEN_ARGS' is not opt=value,…"
   QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu "${XENLAB_CPU:-Westmere}" -smp "$SMP" -m "$MEM"
     -display none -no-reboot -nic none -pidfile "$3"
     -kernel "$1/boot/$hv"
-    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot"
+    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot ${XENLAB_XEN_ARGS//,/ }"
     -initrd "$1/boot/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init${4:+ $4},$1/boot/initrd.img"
     -drive "file=$1/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe,file.locking=off"
     -virtfs "local,path=$2,mount_tag=lab,security_model=none,id=lab")

@@ -1,5 +1,5 @@
 #!/bin/bash
-# xenlab-machine: XENLAB_CPU=qemu64,+svm,+npt XENLAB_HV=stock
+# xenlab-machine: XENLAB_CPU=qemu64,+svm,+npt XENLAB_HV=stock XENLAB_XEN_ARGS=hap_2mb=false,hap_1gb=false
 # protect-pvh: the protect scenario (scenarios/protect.sh: protect, client reads, destroy the
 # primary, the backup resumes with the same boot id and a counter that continues) with a PVH
 # domU, on the hypervisor Debian 12 ships (bookworm-security, no shadow paging: PV could not

@@ -22,6 +22,7 @@ MEM=${PROTECT_MEM:-128}
 INTERVAL=${PROTECT_INTERVAL:-200}
 RUN_S=${PROTECT_SECONDS:-30}
 lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" || { lab_result; exit; }
+[ "${LAB_DOMU_TYPE:-pv}" = pv ] || xl list -l "$DOMU" | grep -m2 '"type"' | sed 's/^/  libxl config: /'
 
 cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
@@ -41,6 +42,8 @@ field() { lab_field "$@"; }
 acked=$(lab_wait_acked "$PP" 3 420)
 if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt 3 ]; then # nothing to fail over to: say why and stop here
   lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+  crash=$(lab_guest_log "$DOMU" | grep -m1 -E 'BUG|Kernel panic')
+  [ -z "$crash" ] || lab_log "the guest crashed (its console: $crash); protect started $(head -c 19 /tmp/protect.err | tail -c 8)"
   xl list; tail -n 40 /tmp/protect.err; tail -n 20 /tmp/backup.err
   cp /tmp/protect.out /tmp/protect.err /tmp/backup.out /tmp/backup.err "$LAB_OUT/" 2>/dev/null
   kill -TERM $PP $BP 2>/dev/null; sleep 3

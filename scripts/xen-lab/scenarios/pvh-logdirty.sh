@@ -1,5 +1,5 @@
 #!/bin/bash
-# xenlab-machine: XENLAB_CPU=qemu64,+svm,+npt XENLAB_HV=stock
+# xenlab-machine: XENLAB_CPU=qemu64,+svm,+npt XENLAB_HV=stock XENLAB_XEN_ARGS=hap_2mb=false,hap_1gb=false
 # pvh-logdirty: does live log-dirty of a PVH domU work on this hypervisor and machine, with
 # Xen's own tools only (no remusdb)? A live `xl migrate` to localhost runs libxc's HVM save
 # with log-dirty rounds while the guest runs; afterwards the guest must answer with the same

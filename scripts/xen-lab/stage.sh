@@ -57,7 +57,7 @@ xl_lab_lock() { # one lab VM (or VM pair) at a time on this machine: holds fd 8 
 # "stock", bookworm-security's build as Debian ships it, without shadow paging) and
 # XENLAB_XEN_ARGS (more hypervisor options, comma-separated: hap_2mb=false,hap_1gb=false).
 xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_ARGV (Xen + dom0, no NIC)
-  local hv
+  local hv xenargs=${XENLAB_XEN_ARGS:-}
   case "${XENLAB_HV:-shadow}" in
     shadow) hv=xen ;;
     stock) hv=xen-stock ;;
@@ -68,7 +68,7 @@ xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_A
   QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu "${XENLAB_CPU:-Westmere}" -smp "$SMP" -m "$MEM"
     -display none -no-reboot -nic none -pidfile "$3"
     -kernel "$1/boot/$hv"
-    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot ${XENLAB_XEN_ARGS//,/ }"
+    -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot ${xenargs//,/ }"
     -initrd "$1/boot/vmlinuz root=/dev/vda rw console=hvc0 loglevel=4 init=/sbin/xenlab-init${4:+ $4},$1/boot/initrd.img"
     -drive "file=$1/dom0.img,if=virtio,format=raw,snapshot=on,cache=unsafe,file.locking=off"
     -virtfs "local,path=$2,mount_tag=lab,security_model=none,id=lab")

@@ -88,16 +88,18 @@ export function domainPageCount(info: XenDomainInfo): number {
 /** Guest types as libxl names them (c_info.type). */
 export type XenGuestType = 'pv' | 'pvh' | 'hvm';
 
-/** The domain's guest type from its libxl configuration JSON (c_info.type). */
-export function configGuestType(json: string): XenGuestType {
+/**
+ * The domain's guest type from its libxl configuration JSON (c_info.type); when the
+ * configuration does not say, `fallback` (the hypervisor's hvm flag: pv when clear).
+ */
+export function configGuestType(json: string, fallback?: XenGuestType): XenGuestType {
   const t = (parseConfig(json) as { c_info?: { type?: unknown } }).c_info?.type;
-  if (t !== 'pv' && t !== 'pvh' && t !== 'hvm') {
-    throw new RemusError(
-      ErrorCode.XEN,
-      `the domain configuration's c_info.type is ${JSON.stringify(t)}, not pv, pvh or hvm`,
-    );
-  }
-  return t;
+  if (t === 'pv' || t === 'pvh' || t === 'hvm') return t;
+  if (t === undefined && fallback) return fallback;
+  throw new RemusError(
+    ErrorCode.XEN,
+    `the domain configuration's c_info.type is ${JSON.stringify(t)}, not pv, pvh or hvm`,
+  );
 }
 
 function parseConfig(json: string): unknown {

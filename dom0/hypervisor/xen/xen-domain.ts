@@ -172,7 +172,8 @@ export class XenDomain implements Domain {
         `domain ${arg} (id ${info.domid}) is not running (${info.dying ? 'dying' : 'shut down'})`,
       );
     const json = x.xenDomainConfigJson(info.domid);
-    const guestType: XenGuestType = info.hvm ? configGuestType(json) : 'pv';
+    // libxl's configuration says; the hvm flag only when it does not (a PVH guest showed hvm clear in the lab).
+    const guestType: XenGuestType = configGuestType(json, info.hvm ? undefined : 'pv');
     if (guestType === 'hvm') {
       throw new RemusError(
         ErrorCode.XEN,

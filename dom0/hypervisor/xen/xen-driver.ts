@@ -114,7 +114,7 @@ export function xenDriverForDomain(nameOrId: string): DomainDriver {
   try {
     const x = xenAddon();
     const info = x.xenDomainInfo(/^\d+$/.test(nameOrId) ? Number(nameOrId) : nameOrId);
-    const t = info.hvm ? configGuestType(x.xenDomainConfigJson(info.domid)) : 'pv';
+    const t = configGuestType(x.xenDomainConfigJson(info.domid), info.hvm ? undefined : 'pv');
     return t === 'pvh' ? xenPvhDriver : xenPvDriver; // hvm: refused by open with the reason
   } catch {
     return xenPvDriver;

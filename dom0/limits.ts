@@ -33,8 +33,19 @@ export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
 /** Pages per batch of page records: what the encoder packs and the decoder stages at once. */
 export const BATCH_PAGES_MAX_DEFAULT = 1024;
 
-/** Largest device state a HELLO may announce (a checkpoint's DEVICE_STATE body); a Xen domain announces it. */
-export const DEVICE_STATE_BYTES_MAX = 2 ** 20;
+/**
+ * Largest device state a HELLO may announce: a DEVICE_STATE body (u64 epoch, then the state)
+ * fits one record (RECORD_BODY_MAX, dom0/protocol/records.ts: 16 MiB).
+ */
+export const DEVICE_STATE_BYTES_MAX = 16 * 2 ** 20 - 8;
+
+/**
+ * A Xen checkpoint's device state (its skeleton: libxc's records without page data) grows
+ * with the pfn space — a save's first checkpoint lists every pfn, 8 octets each before
+ * deflate (about 1.5 after, measured with a PVH guest's 1,044,480 pfns: 1,581,210 octets).
+ */
+export const XEN_DEVICE_STATE_BYTES_BASE = 2 ** 20;
+export const XEN_DEVICE_STATE_BYTES_PER_PAGE = 4;
 
 /** Device state a simulated domain announces: its JSON is a few hundred bytes. */
 export const SIM_DEVICE_STATE_BYTES_MAX = 64 * 2 ** 10;

@@ -9,6 +9,8 @@ import { FEATURES, type Feature, requireFeature } from '../dom0/hypervisor/drive
 import { TABLE_BEGIN, TABLE_END, featureTable } from '../dom0/hypervisor/feature-table';
 import { DRIVERS, driverForHello, driverOf, resolveDomain } from '../dom0/hypervisor/registry';
 import { engineOptions } from '../dom0/service/engine-options';
+import { DEVICE_STATE_BYTES_MAX } from '../dom0/limits';
+import { RECORD_BODY_MAX } from '../dom0/protocol/records';
 import { isRemusError, ErrorCode } from '../dom0/errors';
 import { runCli } from './support/helpers';
 
@@ -80,7 +82,10 @@ describe('32 domain drivers', () => {
     const sim = engineOptions(driverOf('sim'), 65536, c),
       xen = engineOptions(driverOf('xen-pv'), 65536, c);
     assert.deepEqual([sim.heartbeatTimeoutMs, xen.heartbeatTimeoutMs], [200, 3000]);
-    assert.deepEqual([sim.deviceStateMax, xen.deviceStateMax], [65536, 2 ** 20]);
+    assert.deepEqual([sim.deviceStateMax, xen.deviceStateMax], [65536, 2 ** 20 + 4 * 65536]);
+    const huge = engineOptions(driverOf('xen-pv'), 2 ** 24, c).deviceStateMax;
+    assert.equal(huge, DEVICE_STATE_BYTES_MAX, 'a Xen skeleton is bounded by one record');
+    assert.ok(DEVICE_STATE_BYTES_MAX + 8 <= RECORD_BODY_MAX, 'a DEVICE_STATE body (epoch + state) fits a record');
     const strip = (o: object): object => ({ ...o, heartbeatTimeoutMs: 0, deviceStateMax: 0 });
     assert.deepEqual(strip(sim), strip(xen), 'nothing else differs');
     assert.equal(sim.cachePages, 6553);

@@ -6,6 +6,7 @@
 // was met (ERR_INTERNAL), a failover happened exactly when the rules allow one, a committed
 // checkpoint was never changed by a refused one, and a genuine primary then gets protected.
 import { strict as assert } from 'node:assert';
+import { DEVICE_STATE_BYTES_MAX } from '../dom0/limits';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -292,7 +293,7 @@ const HELLO_VALUES: Array<[string, unknown, boolean]> = [
   ['pageCount', 2 ** 32 + 1, false],
   ...intBounds('intervalMs', 1, 60_000),
   ...intBounds('heartbeatTimeoutMs', 10, 600_000),
-  ...intBounds('deviceStateMax', 0, 1 << 20),
+  ...intBounds('deviceStateMax', 0, DEVICE_STATE_BYTES_MAX),
   ['diskBytes', -512, false],
   ['diskBytes', 1000, false],
   ['diskBytes', 2 ** 44 + 512, false],

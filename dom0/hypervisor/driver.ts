@@ -46,8 +46,8 @@ export type Support = true | { reason: string };
 export interface DriverDefaults {
   /** Silence that means the peer is gone, given the interval (a Xen save can stall on libxc). */
   heartbeatTimeoutMs(intervalMs: number): number;
-  /** Largest device-state record a checkpoint carries (Xen: libxc's vCPU and xenstore records). */
-  deviceStateBytesMax: number;
+  /** Largest device-state record a checkpoint carries, for a domain of pageCount pages. */
+  deviceStateBytesMax(pageCount: number): number;
   /** Network buffer when none is named (Xen: sch_plug on the vifs, as xl remus); null: none. */
   netBuffer: 'plug' | 'nfqueue' | null;
 }

@@ -28,7 +28,7 @@ export function engineOptions(driver: DomainDriver, pageCount: number, c: Engine
     maxInFlight: c.maxInFlight,
     heartbeatTimeoutMs: c.heartbeatTimeoutMs ?? driver.defaults.heartbeatTimeoutMs(c.intervalMs),
     batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
-    deviceStateMax: driver.defaults.deviceStateBytesMax,
+    deviceStateMax: driver.defaults.deviceStateBytesMax(pageCount),
     diskBufferBytesMax: c.diskBufferBytesMax,
     verifyDisk: c.verifyDisk,
   };

@@ -61,7 +61,7 @@ export const simDriver: DomainDriver = {
   },
   defaults: {
     heartbeatTimeoutMs: (intervalMs) => 2 * intervalMs + 100,
-    deviceStateBytesMax: SIM_DEVICE_STATE_BYTES_MAX,
+    deviceStateBytesMax: () => SIM_DEVICE_STATE_BYTES_MAX,
     netBuffer: null,
   },
   ownOptions: ['memory', 'workload', 'seed', 'rate', 'client', 'disk'],

@@ -13,7 +13,7 @@ import { realClock } from '../../engine/clock';
 import { ErrorCode, RemusError } from '../../errors';
 import { assertInt } from '../../assert';
 import { loadAddon } from '../../native';
-import { DEVICE_STATE_BYTES_MAX } from '../../limits';
+import { DEVICE_STATE_BYTES_MAX, XEN_DEVICE_STATE_BYTES_BASE, XEN_DEVICE_STATE_BYTES_PER_PAGE } from '../../limits';
 import { protectLockPath } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
 import type { DomainDriver, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
@@ -73,7 +73,8 @@ function xenDriver(t: XenGuestOps): DomainDriver {
     },
     defaults: {
       heartbeatTimeoutMs: (intervalMs) => Math.max(2 * intervalMs + 100, 3000),
-      deviceStateBytesMax: DEVICE_STATE_BYTES_MAX,
+      deviceStateBytesMax: (pageCount) =>
+        Math.min(DEVICE_STATE_BYTES_MAX, XEN_DEVICE_STATE_BYTES_BASE + XEN_DEVICE_STATE_BYTES_PER_PAGE * pageCount),
       netBuffer: 'plug',
     },
     ownOptions: ['diskImage', 'diskListen', 'diskDevice', 'waitDomain'],

@@ -278,6 +278,24 @@ describe('45 guest size limits', () => {
     );
   });
 
+  it('45.9 range(): a view inside one segment, a copy with the same bytes across segments', () => {
+    const m = GuestMemory.allocate(10, 4); // segments of 4, 4 and 2 pages
+    for (let pfn = 0; pfn < 10; pfn++) m.page(pfn).fill(pfn + 1);
+    const inside = m.range(4, 3);
+    assert.deepEqual(Array.from(inside.subarray(0, 1)), [5]);
+    inside[0] = 99;
+    assert.equal(m.page(4)[0], 99, 'inside one segment: a view of guest memory');
+    const across = m.range(2, 5);
+    assert.equal(across.length, 5 * 4096);
+    assert.deepEqual(
+      [0, 1, 2, 3, 4].map((i) => across[i * 4096]),
+      [3, 4, 99, 6, 7],
+    );
+    across[0] = 0;
+    assert.equal(m.page(2)[0], 3, 'across segments: a copy');
+    assert.throws(() => m.range(8, 3), /range inside guest memory/);
+  });
+
   it('45.8 protect: past the limit or the RAM exits 2 with ERR_BAD_ARGUMENT; 5G runs and stops', function () {
     this.timeout(120000);
     const name = `t45p${process.pid}`;

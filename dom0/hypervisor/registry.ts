@@ -2,6 +2,7 @@
 // `sim:<name>` is the built-in simulated domain; anything else is a Xen domain's name or id,
 // which needs a Xen dom0. Adding a guest type is one driver file and one line here.
 import * as fs from 'node:fs';
+import { DOMAIN_NAME_RULE } from '../engine/hello';
 import { ErrorCode, RemusError } from '../errors';
 import type { DomainDriver, DriverKind, WireKind } from './driver';
 import { simDriver } from './sim/sim-driver';
@@ -9,8 +10,6 @@ import { xenDriverForDomain, xenPvDriver, xenPvhDriver } from './xen/xen-driver'
 
 /** Every driver, in README's column order. */
 export const DRIVERS: readonly DomainDriver[] = [simDriver, xenPvDriver, xenPvhDriver];
-
-const DOMAIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export function driverOf(kind: DriverKind): DomainDriver {
   const d = DRIVERS.find((x) => x.kind === kind);
@@ -22,7 +21,7 @@ export function driverOf(kind: DriverKind): DomainDriver {
 export function resolveDomain(arg: string): { driver: DomainDriver; name: string } {
   if (arg.startsWith('sim:')) {
     const name = arg.slice('sim:'.length);
-    if (!DOMAIN_NAME.test(name)) {
+    if (!DOMAIN_NAME_RULE.test(name)) {
       throw new RemusError(
         ErrorCode.BAD_ARGUMENT,
         `${JSON.stringify(arg)}: a simulated domain is sim:<name> with letters, digits, . _ - (at most 64)`,
@@ -37,7 +36,7 @@ export function resolveDomain(arg: string): { driver: DomainDriver; name: string
         '(/dev/xen/privcmd is absent): run on a Xen dom0, or protect a simulated domain such as sim:demo',
     );
   }
-  if (!DOMAIN_NAME.test(arg)) {
+  if (!DOMAIN_NAME_RULE.test(arg)) {
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,
       `${JSON.stringify(arg)}: a Xen domain is a name or id (letters, digits, . _ -)`,

@@ -64,19 +64,46 @@ int DomainState(xc_interface* xch, uint32_t domid, std::string* why) {
   return 0;
 }
 
+// Withdraws a suspend request the guest has not taken yet (the node still says "suspend"),
+// in one xenstore transaction so that the guest cannot take it in between (libxl does the
+// same). Returns false when the guest took it: it is suspending and cannot be stopped.
+bool WithdrawSuspend(xs_handle* xsh, const std::string& path) {
+  for (int attempt = 0; attempt < 16; attempt++) {
+    xs_transaction_t t = xs_transaction_start(xsh);
+    if (t == XBT_NULL) return false;
+    unsigned int len = 0;
+    char* v = static_cast<char*>(xs_read(xsh, t, path.c_str(), &len));
+    bool pending = v != nullptr && std::string(v, len) == "suspend";
+    free(v);
+    if (pending) xs_write(xsh, t, path.c_str(), "", 0);
+    if (xs_transaction_end(xsh, t, false)) return pending;
+    if (errno != EAGAIN) return false;
+  }
+  return false;
+}
+
 // The PV suspend protocol: write "suspend" to control/shutdown, wait for the guest to take
-// it (it clears the node), then for the domain to be shut down with SHUTDOWN_suspend.
+// it (it clears the node), then for the domain to be shut down with SHUTDOWN_suspend. At
+// the bound a request not yet taken is withdrawn; a taken one is waited for once more (a
+// guest freezing its tasks under heavy I/O can be slow, and one left suspending would end
+// up suspended with nobody to resume it).
 std::string Suspend(xc_interface* xch, xs_handle* xsh, uint32_t domid, int timeoutMs) {
   std::string path = "/local/domain/" + std::to_string(domid) + "/control/shutdown", why;
   if (!xs_write(xsh, XBT_NULL, path.c_str(), "suspend", 7)) return Fail("xs_write", errno, path);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeoutMs);
+  bool extended = false;
   for (;;) {
     int s = DomainState(xch, domid, &why);
     if (s < 0) return "suspend: " + why;
     if (s == 1) return "";
     if (std::chrono::steady_clock::now() > deadline) {
-      xs_write(xsh, XBT_NULL, path.c_str(), "", 0);
-      return "suspend: the guest did not suspend within " + std::to_string(timeoutMs) + " ms";
+      if (WithdrawSuspend(xsh, path))
+        return "suspend: the guest did not take the suspend request within " + std::to_string(timeoutMs) + " ms";
+      if (extended)
+        return "suspend: the guest took the suspend request but did not suspend within " +
+               std::to_string(2 * static_cast<int64_t>(timeoutMs)) + " ms";
+      extended = true;
+      deadline += std::chrono::milliseconds(timeoutMs);
     }
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }

@@ -148,13 +148,14 @@ rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin
 mkdir -p "$ROOT/var/log/xen/console" "$ROOT/opt/xenlab/domu"
 
 # The PV domU: dom0's kernel + busybox initramfs. Debian's kernel has the Xen front-ends as
-# modules: netfront for the counter service, blkfront for scenarios that give it a disk.
+# modules: netfront for the counter service, blkfront for scenarios that give it a disk;
+# ext4 (with crc16, crc32c, mbcache, jbd2) for the PostgreSQL guest's data disk (protect-pg).
 build_domu() {
   local d=$WORK/domu-root m f
   rm -rf "$d"; mkdir -p "$d"/{bin,dev,proc,sys,tmp,lib/modules}
   cp "$ROOT/bin/busybox" "$d/bin/busybox"
   ln -s busybox "$d/bin/sh"            # /init's interpreter; init installs the other applets
-  for m in xen-netfront xen-blkfront; do
+  for m in xen-netfront xen-blkfront crc16 crc32c_generic mbcache jbd2 ext4; do
     f=$(find "$ROOT/lib/modules/$KVER" -name "$m.ko*" | head -1)
     [ -n "$f" ] || { echo "module $m not found"; return 1; }
     case "$f" in

@@ -164,3 +164,25 @@ lab_wait_acked() { # lab_wait_acked PID MIN SECONDS
   lab_log "first checkpoints acknowledged after $(lab_since "$t") s (acked epoch ${acked:-none})"
   echo "$acked"
 }
+
+# After a failover the backup's TAKEOVER fences the old primary: its protect ends by itself
+# (exit 3) after removing its network buffer. SIGTERM only if it has not within 60 s.
+lab_check_fenced() { # lab_check_fenced PROTECT_PID PROTECT_STDERR_FILE
+  local t i rc
+  for i in $(seq 1 120); do kill -0 "$1" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$1" 2>/dev/null; then
+    t=$(lab_now); kill -TERM "$1" 2>/dev/null
+    for i in $(seq 1 120); do kill -0 "$1" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$1" 2>/dev/null && lab_fail "protect did not exit within 60 s of SIGTERM"
+    lab_log "protect was still running after the failover: exited $(lab_since "$t") s after SIGTERM"
+  fi
+  wait "$1"; rc=$?
+  lab_log "protect exit status $rc (3: fenced by the backup's takeover)"
+  grep -q "network buffer is removed" "$2" || lab_fail "protect ended without its stop path (no 'network buffer is removed' line)"
+}
+
+lab_check_no_buffer() { # no IFB or iptables rule of a network buffer left in dom0
+  local left
+  left=$(ip -o link show | grep -o 'rdb-[^:@]*'; iptables -t mangle -S | grep REMUSDB)
+  [ -z "$left" ] || lab_fail "network buffer left behind after protect stopped: $left"
+}

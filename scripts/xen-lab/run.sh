@@ -7,7 +7,8 @@
 # 2. a run folder $XENLAB_CACHE/runs/<time>-<scenario>/ whose share/ becomes /lab in dom0
 #    (9p): scenario.sh (scenarios/<scenario>.sh, or a path), dom0-lib.sh, env, project.tar
 #    (the current build of the project: bin/, dist/, package.json, runtime node_modules/,
-#    the addon .node; init unpacks it to /opt/remusdb), in/ (XENLAB_IN, optional), out/;
+#    the addon .node; init unpacks it to /opt/remusdb), in/ (XENLAB_IN, optional, and what
+#    the scenario's "# xenlab-prepare:" scripts build, e.g. pg-guest.sh), out/;
 # 3. QEMU (software emulation; settings known to work on these hosts: q35, -cpu Westmere,
 #    single-threaded TCG, no NIC at all) boots Xen + dom0 with the image as a throwaway
 #    snapshot, so the cached image never changes; the init script runs the scenario and
@@ -61,6 +62,12 @@ cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another wi
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
 xl_scenario_env "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
+# Files a scenario needs built on this host (a guest disk, client programs): its
+# "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in.
+for prep in $(sed -n 's/^# xenlab-prepare: //p' "$SCEN_FILE"); do
+  [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$SCEN_FILE: no prepare script '$prep'"
+  "$XENLAB_DIR/$prep" "$SHARE/in" || xl_die "$prep failed"
+done
 
 xl_stage_project "$PROJECT" "$RUN/project" "$SHARE/project.tar"
 

@@ -32,7 +32,11 @@ import { LIBXL_REC_LIBXC_CONTEXT, libxlEmptyRecord, libxlStreamHeader, xlSavefil
 import { StreamRecorder } from './stream-recorder';
 
 export interface XenDomainOptions {
-  /** Bound on the guest acknowledging a suspend request. */
+  /**
+   * Bound on the guest taking a suspend request, and again on its suspending once taken (the
+   * native side waits up to twice this). libxl waits 60 s for each; a guest under heavy I/O
+   * (PostgreSQL in the lab) took more than 10 s to freeze its tasks.
+   */
   suspendTimeoutMs: number;
   /** Bound on a save's first checkpoint (live pre-copy of all memory, then the first stop). */
   firstCheckpointTimeoutMs: number;
@@ -45,7 +49,7 @@ export interface XenDomainOptions {
 }
 
 export const XEN_DOMAIN_DEFAULTS: XenDomainOptions = {
-  suspendTimeoutMs: 10_000,
+  suspendTimeoutMs: 60_000,
   firstCheckpointTimeoutMs: 600_000,
   stepTimeoutMs: 30_000,
 };

@@ -116,21 +116,9 @@ grep -E "FAILOVER|runs on the backup" /tmp/backup.err | sed 's/^/  backup: /'
 awk -v s="$FAILOVER_S" 'BEGIN { exit !(s < 90) }' || lab_fail "failover took ${FAILOVER_S} s (bound 90 s under emulation)"
 
 echo "XENLAB NUMBERS protect: net=$NET read_p50_ms=$READ_P50 mem_mib=$MEM interval_ms=$INTERVAL checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP wire_bytes=$WIRE raw_bytes_total=$RAWTOT raw_bytes_last=$RAWLAST dirty_pages_last=$DIRTY failover_s=$FAILOVER_S seen=$seen after=$c2"
-# The backup's TAKEOVER fences the old primary: its protect ends by itself (exit 3) after
-# removing its network buffer. SIGTERM only if it has not within 60 s.
-for i in $(seq 1 120); do kill -0 $PP 2>/dev/null || break; sleep 0.5; done
-if kill -0 $PP 2>/dev/null; then
-  t=$(lab_now); kill -TERM $PP 2>/dev/null
-  for i in $(seq 1 120); do kill -0 $PP 2>/dev/null || break; sleep 0.5; done
-  kill -0 $PP 2>/dev/null && lab_fail "protect did not exit within 60 s of SIGTERM"
-  lab_log "protect was still running after the failover: exited $(lab_since "$t") s after SIGTERM"
-fi
-wait $PP; PRC=$?
-lab_log "protect exit status $PRC (3: fenced by the backup's takeover)"
-grep -q "network buffer is removed" /tmp/protect.err || lab_fail "protect ended without its stop path (no 'network buffer is removed' line)"
+lab_check_fenced $PP /tmp/protect.err
 kill -TERM $BP 2>/dev/null; sleep 2
-left=$(ip -o link show | grep -o 'rdb-[^:@]*'; iptables -t mangle -S | grep REMUSDB)
-[ -z "$left" ] || lab_fail "network buffer left behind after protect stopped: $left"
+lab_check_no_buffer
 tail -n 30 /tmp/protect.err; tail -n 30 /tmp/backup.err
 cp /tmp/protect.out /tmp/protect.err /tmp/backup.out /tmp/backup.err /tmp/status-*.json "$LAB_OUT/" 2>/dev/null
 if [ -s "$REMUSDB_XEN_RECORD" ]; then

@@ -242,6 +242,7 @@ export class Primary {
     diskVerifiedEpoch: 0,
     earlyCheckpoints: 0,
     checkpointsHeldBack: 0,
+    pausedMsTotal: 0,
   };
   /** Counts ended sessions: a checkpoint that outlives its session is not sent in the next one. */
   private sessionGen = 0;
@@ -509,6 +510,8 @@ export class Primary {
       barrierPlaced = false;
     const fail = (e: unknown): void => {
       this.checkpointing = false;
+      // A failed checkpoint's pause is the guest's paused time too (kept out of the prediction).
+      if (barrierPlaced) this.pauses.add(this.clock.now(), this.clock.now() - t0, true);
       // Outputs are labelled with this epoch once its barrier is placed: the number is spent
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
@@ -591,6 +594,7 @@ export class Primary {
         if (full) this.fullPauseMs = pausedMs;
         else this.pause.add(pausedMs);
         this.pauses.add(this.clock.now(), pausedMs, full);
+        this.totals.pausedMsTotal += pausedMs;
         this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
         then();
       },

@@ -58,4 +58,6 @@ export interface PrimaryStats {
   earlyCheckpoints: number;
   /** Checkpoints that started later than waiting outputs asked, because of the pause share bound. */
   checkpointsHeldBack: number;
+  /** The guest's paused time in checkpoints that completed, full copies included (ms). */
+  pausedMsTotal: number;
 }

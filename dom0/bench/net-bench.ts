@@ -112,6 +112,9 @@ interface Point {
   latencyMs: number;
   heldPct: number;
   pauseShare: number;
+  /** Checkpoints per second, and their mean pause (ms): what the pause share is made of. */
+  perSec: number;
+  pauseMs: number;
 }
 
 /**
@@ -168,6 +171,7 @@ async function measure(
     try {
       await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
       const paused0 = engine.pausedMs(),
+        taken0 = engine.checkpoints(),
         t0 = performance.now();
       const r = await runPgbench(pgbench, bed.client, bed.guestIp4, {
         clients: o.clients,
@@ -178,8 +182,13 @@ async function measure(
       const l = nb.nfqueue?.ledger.stats;
       const seen = l ? l.received - l.passedThrough : 0;
       const held = l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0;
-      const pauseShare = (engine.pausedMs() - paused0) / (performance.now() - t0);
-      return { tps: r.tps, latencyMs: r.latencyMs, heldPct: seen ? (100 * held) / seen : 0, pauseShare };
+      const ms = performance.now() - t0,
+        paused = engine.pausedMs() - paused0,
+        taken = engine.checkpoints() - taken0;
+      const heldPct = seen ? (100 * held) / seen : 0;
+      const perSec = (1000 * taken) / ms,
+        pauseMs = taken ? paused / taken : 0;
+      return { tps: r.tps, latencyMs: r.latencyMs, heldPct, pauseShare: paused / ms, perSec, pauseMs };
     } finally {
       engine.stop();
     }
@@ -237,7 +246,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
         `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ` +
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
           `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
-          `paused ${(100 * p.pauseShare).toFixed(1)}%`,
+          `paused ${(100 * p.pauseShare).toFixed(1)}% (${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)`,
       );
     };
     for (let round = 1; round <= o.runs; round++) {

@@ -71,8 +71,9 @@ export interface BenchEngine {
    */
   protectedAt: Promise<void>;
   stats(): Record<string, unknown>;
-  /** The guest's paused milliseconds so far (completed checkpoints). */
+  /** The guest's paused milliseconds so far, and the checkpoints that paused it. */
   pausedMs(): number;
+  checkpoints(): number;
   stop(): void;
 }
 
@@ -150,6 +151,7 @@ export class EngineRig {
       protectedAt,
       stats: () => primary.stats() as unknown as Record<string, unknown>,
       pausedMs: () => primary.stats().pausedMsTotal,
+      checkpoints: () => primary.stats().checkpoints,
       stop: () => primary.stop(),
     };
   }

@@ -143,7 +143,6 @@ function fractionValues(min: number, max: number): Bad[] {
     ['exponent', '1e-1'],
     ['hex', '0x1'],
     ['negative', '-0.1'],
-    ['NaN', 'NaN'],
     ['Infinity', 'Infinity'],
     ['at the minimum', String(min)],
     ['past the maximum', String(max + 0.5)],

@@ -215,7 +215,9 @@ describe('67 protect with a network buffer', function () {
       await waitFor('rules installed', installed, 30_000);
       await sleep(1000);
       const held = ping(bed, 20);
-      console.log(`      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, output-triggered ${held.avgMs?.toFixed(1)} ms`);
+      console.log(
+        `      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, output-triggered ${held.avgMs?.toFixed(1)} ms`,
+      );
       assert.equal(held.received, 20, 'nothing lost while protected');
       assert.ok(held.avgMs! < INTERVAL_MS / 4, `round trip ${held.avgMs} ms: the reply did not wait for a tick`);
       const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), 'status', '--json'], {
@@ -223,7 +225,7 @@ describe('67 protect with a network buffer', function () {
         encoding: 'utf8',
       });
       const st = (JSON.parse(r.stdout).processes as Array<Record<string, unknown>>)[0];
-      const ledger = ((st.net as { interfaces: Array<{ ledger: Record<string, number> }> }).interfaces[0]).ledger;
+      const ledger = (st.net as { interfaces: Array<{ ledger: Record<string, number> }> }).interfaces[0].ledger;
       assert.equal(st.trigger, 'output');
       assert.ok(Number(st.earlyCheckpoints) >= 20, `early checkpoints: ${st.earlyCheckpoints}`);
       assert.ok(ledger.released >= 20 && ledger.releasedAtOnce === 0, 'the replies were held, then released');

@@ -112,6 +112,10 @@ describe('58 output-triggered checkpoints', () => {
     const tight = new PauseShare(0.02, 100);
     tight.add(1, 3, false);
     assert.equal(tight.earliestStart(500), Infinity, 'one pause alone is over the bound: only the timer');
+    const clip = new PauseShare(0.5, 100);
+    clip.add(10, 5, false);
+    clip.add(12, 5, false); // reaches back into the first: the guest was not paused twice at once
+    assert.equal(clip.pausedIn(0, 100), 7);
     assert.throws(() => new PauseShare(0, 100), /max pause share/);
     assert.throws(() => s.add(40, 1, false), /before the last one/);
   });

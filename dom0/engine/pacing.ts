@@ -10,6 +10,9 @@
 // added now, keeps that share at or under maxShare; otherwise it is deferred to the first
 // moment old pauses have slid out far enough (or left to the timer, which always fires).
 // The prediction is the longest of the last PAUSE_PREDICT_SAMPLES incremental pauses.
+// Spans never overlap (the guest is not paused twice at once: a span that would reach into
+// the previous one is clipped), so the paused time after a moment is a suffix sum and the
+// earliest start is found in one pass over the window's pauses.
 import { assert } from '../assert';
 import { MAX_PAUSE_SHARE_DEFAULT, PAUSE_PREDICT_SAMPLES, PAUSE_SHARE_WINDOW_MS } from '../limits';
 
@@ -45,7 +48,7 @@ export class PauseShare {
     assert(ms >= 0 && Number.isFinite(endMs), `pause of ${ms} ms ending at ${endMs}`);
     const last = this.pauses.at(-1);
     assert(!last || endMs >= last.endMs, `pause ending at ${endMs} before the last one (${last?.endMs})`);
-    this.pauses.push({ endMs, ms });
+    this.pauses.push({ endMs, ms: last ? Math.min(ms, endMs - last.endMs) : ms });
     while (this.pauses.length && this.pauses[0].endMs <= endMs - this.windowMs) this.pauses.shift();
     if (full) return;
     this.recent.push(ms);
@@ -78,11 +81,13 @@ export class PauseShare {
     const p = this.predictMs(),
       budget = this.maxShare * this.windowMs;
     if (p > budget) return Infinity;
-    const fits = (t: number): boolean => this.pausedIn(t + p - this.windowMs, t + p) + p <= budget;
-    if (fits(nowMs)) return nowMs;
+    // Every recorded pause ended by now, so a window ending at t + p (t ≥ now) holds what lies after its start.
+    if (this.pausedIn(nowMs + p - this.windowMs, Infinity) + p <= budget) return nowMs;
+    let after = this.pauses.reduce((sum, x) => sum + x.ms, 0); // paused after the candidate's window start
     for (const x of this.pauses) {
+      after -= x.ms; // the window starts where x ends: x and all before it are out (spans are disjoint)
       const t = x.endMs + this.windowMs - p;
-      if (t > nowMs && fits(t)) return t;
+      if (t > nowMs && after + p <= budget) return t;
     }
     return Infinity; // unreachable: once every recorded pause has left, p alone fits
   }

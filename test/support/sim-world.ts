@@ -425,9 +425,12 @@ export type Fault =
   | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number; gone: boolean }
   | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct }
   | { kind: 'reconnect'; atMs: number; how: ReconnectCause; forMs: number; then: ContinuedFault }
-  /** At a phase of the nth output-triggered checkpoint: the primary dies, or the link is reset. */
+  /**
+   * At a phase of the nth output-triggered checkpoint: the primary dies, or the link is reset
+   * (seen by both ends: the backup fails over; or by the primary only: the session continues).
+   */
   | { kind: 'crash-early'; phase: Phase; nth: number; silent: boolean }
-  | { kind: 'cut-early'; phase: Phase; nth: number };
+  | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean };
 
 /**
  * How checkpoints are paced in a run (engine/pacing.ts), drawn from a generator of its own so
@@ -459,7 +462,7 @@ export function pickPacing(seed: number): Pacing {
     k === 0
       ? { kind: 'crash-early', phase, nth, silent: rng.chance(0.5) }
       : k === 1
-        ? { kind: 'cut-early', phase, nth }
+        ? { kind: 'cut-early', phase, nth, onlyPrimary: rng.chance(0.5) }
         : null;
   return {
     trigger,
@@ -812,7 +815,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           ) {
             earlyFaulted = true;
             if (fault.kind === 'crash-early') crashPrimary(fault.silent);
-            else dropLink();
+            else if (fault.onlyPrimary) {
+              ackedAtFault = primary!.stats().ackedEpoch;
+              currentLinks?.[1].resetHere();
+            } else dropLink();
           }
           if (phase === 'stream-begin' && pacing.burstChance > 0 && epoch % 3 === 0 && !domain.fenced) burst();
           if (fault.kind === 'drop-link' && phase === 'precopy-batch' && ++precopyBatches === fault.precopyBatch) {
@@ -1071,6 +1077,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (next !== undefined && next !== 'continued') violate(`the session after a ${fault.how} copied all (${next})`);
     if (r && fault.then.kind !== 'crash-primary')
       violate(`the backup failed over after a ${fault.how} although the primary lived`);
+  }
+  if (fault.kind === 'cut-early' && fault.onlyPrimary && ackedAtFault > 0) {
+    // As a reset only the primary sees between checkpoints: continued, no failover.
+    const next = laterSessions[0];
+    if (next !== undefined && next !== 'continued') violate(`the session after an early cut copied all (${next})`);
+    if (r) violate('the backup failed over after a cut only the primary saw');
   }
   const gone = fault.kind === 'domain-error' && fault.gone;
   if (gone && goneWhileLive && !r)

@@ -589,6 +589,13 @@ function netLine(net: ReturnType<typeof netPlan>): string {
   return `; ${net.driver} buffers ${net.ifaces.join(', ')}${cp}`;
 }
 
+/** Under --trigger output: how many checkpoints held outputs started, and the bound on the paused share. */
+function earlyOf(s: Record<string, unknown>): string {
+  if (s.trigger !== 'output') return '';
+  const bound = s.max_pause_share === undefined ? '' : ` of at most ${(100 * Number(s.max_pause_share)).toFixed(0)}%`;
+  return `${bound}, ${Number(s.earlyCheckpoints ?? 0)} started by outputs`;
+}
+
 function progressLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
   const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
@@ -604,7 +611,8 @@ function progressLine(s: Record<string, unknown>): string {
       : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
   return (
     `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause ` +
-    `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages ` +
+    `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms, ` +
+    `${(100 * n('pauseShare')).toFixed(1)}% of the time${earlyOf(s)} | dirty ${n('dirtyPagesLast')} pages ` +
     `| wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ` +
     `${n('lastAckAgeMs').toFixed(0)} ms ago`
   );

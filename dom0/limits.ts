@@ -49,3 +49,21 @@ export const XEN_DEVICE_STATE_BYTES_PER_PAGE = 4;
 
 /** Device state a simulated domain announces: its JSON is a few hundred bytes. */
 export const SIM_DEVICE_STATE_BYTES_MAX = 64 * 2 ** 10;
+
+/**
+ * Output-triggered checkpoints (`protect --trigger output`): the bound on the guest's paused
+ * share of time that early checkpoints respect (--max-pause-share; the timer's own checkpoints
+ * are not held back by it). 10 %: Remus at its usual 25–50 ms interval with 1–5 ms pauses pauses
+ * 2–20 %, and issue 16's target is a guest paused at most 10 % of the time.
+ */
+export const MAX_PAUSE_SHARE_DEFAULT = 0.1;
+
+/**
+ * The sliding window the paused share is measured over (ms): long enough to hold many
+ * checkpoints (a share of one pause is meaningless), short enough that a burst of commits
+ * cannot pause the guest for long (at 10 % at most 100 ms of every second).
+ */
+export const PAUSE_SHARE_WINDOW_MS = 1000;
+
+/** Incremental pauses the next one's prediction looks back on (it takes their maximum). */
+export const PAUSE_PREDICT_SAMPLES = 16;

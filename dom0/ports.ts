@@ -186,6 +186,13 @@ export interface OutputGate {
   /** Fenced: drop everything held (it was speculative and a backup runs the domain now). */
   discard(): void;
   readonly held: number;
+  /**
+   * Output-triggered checkpoints (engine/pacing.ts): from now on call onHeld, in the turn it
+   * happens or the next, whenever a protected output is held in the open epoch (never for one
+   * that passes at once or through); null stops it. Absent: this gate cannot tell (sch_plug
+   * holds packets in the kernel unseen) and the engine refuses trigger 'output' with it.
+   */
+  watchHeld?(onHeld: (() => void) | null): void;
 }
 
 /** A connected, authenticated replication channel carrying whole records. */

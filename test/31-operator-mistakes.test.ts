@@ -133,6 +133,22 @@ function intValues(min: number, max: number): Bad[] {
   ];
 }
 
+function fractionValues(min: number, max: number): Bad[] {
+  return [
+    ['empty', ''],
+    ['blank', '  '],
+    ['not a number', 'abc'],
+    ['trailing junk', '0.1x'],
+    ['a percentage', '10%'],
+    ['exponent', '1e-1'],
+    ['hex', '0x1'],
+    ['negative', '-0.1'],
+    ['Infinity', 'Infinity'],
+    ['at the minimum', String(min)],
+    ['past the maximum', String(max + 0.5)],
+  ];
+}
+
 function intListValues(min: number, max: number, countMax: number): Bad[] {
   return [
     ['empty', ''],
@@ -274,6 +290,8 @@ function badValues(s: ValueSpec): Bad[] {
       return intValues(s.min, s.max);
     case 'int-list':
       return intListValues(s.min, s.max, s.countMax);
+    case 'fraction':
+      return fractionValues(s.min, s.max);
     case 'bytes':
       return bytesValues(s);
     case 'choice':

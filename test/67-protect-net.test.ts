@@ -115,7 +115,7 @@ describe('67 protect with a network buffer', function () {
     let runs = 0;
     const logOf = (c: ChildProcess): string =>
       fs.readFileSync(path.join(dir, `protect-${(c as ChildProcess & { run: number }).run}.log`), 'utf8');
-    const protect = (): ChildProcess => {
+    const protect = (extra: string[] = []): ChildProcess => {
       const run = ++runs;
       const fd = fs.openSync(path.join(dir, `protect-${run}.log`), 'a');
       const c = spawn(
@@ -141,6 +141,7 @@ describe('67 protect with a network buffer', function () {
           'nfqueue',
           '--vif',
           bed.vif,
+          ...extra,
         ],
         { env: { ...process.env, REMUSDB_RUN_DIR: dir }, stdio: ['ignore', fd, fd] },
       );
@@ -186,7 +187,7 @@ describe('67 protect with a network buffer', function () {
     it('67.2 outputs wait for their checkpoint; rules come with protect and go with it', async () => {
       const before = ping(bed, 10);
       assert.equal(before.received, 10);
-      const p = protect();
+      const p = protect(['--trigger', 'timer']); // the interval alone paces: a reply waits for the next tick
       await waitFor('rules installed', installed, 30_000);
       await sleep(1000);
       const held = ping(bed, 20);
@@ -206,6 +207,31 @@ describe('67 protect with a network buffer', function () {
       const after = ping(bed, 10);
       assert.equal(after.received, 10);
       assert.ok(after.avgMs! < INTERVAL_MS / 4, `round trip after stop ${after.avgMs} ms`);
+    });
+
+    it('67.2b --trigger output (the default): a held reply starts its checkpoint, the interval is the longest wait', async () => {
+      const before = ping(bed, 10);
+      const p = protect();
+      await waitFor('rules installed', installed, 30_000);
+      await sleep(1000);
+      const held = ping(bed, 20);
+      console.log(
+        `      round trip: unprotected ${before.avgMs?.toFixed(1)} ms, output-triggered ${held.avgMs?.toFixed(1)} ms`,
+      );
+      assert.equal(held.received, 20, 'nothing lost while protected');
+      assert.ok(held.avgMs! < INTERVAL_MS / 4, `round trip ${held.avgMs} ms: the reply did not wait for a tick`);
+      const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'remusdb'), 'status', '--json'], {
+        env: { ...process.env, REMUSDB_RUN_DIR: dir },
+        encoding: 'utf8',
+      });
+      const st = (JSON.parse(r.stdout).processes as Array<Record<string, unknown>>)[0];
+      const ledger = (st.net as { interfaces: Array<{ ledger: Record<string, number> }> }).interfaces[0].ledger;
+      assert.equal(st.trigger, 'output');
+      assert.ok(Number(st.earlyCheckpoints) >= 20, `early checkpoints: ${st.earlyCheckpoints}`);
+      assert.ok(ledger.released >= 20 && ledger.releasedAtOnce === 0, 'the replies were held, then released');
+      p.kill('SIGTERM');
+      await exited(p);
+      assert.equal(p.exitCode, 0, logOf(p).slice(-2000));
     });
 
     it('67.3 a killed protect leaks nothing; the next one replaces its rules', async () => {

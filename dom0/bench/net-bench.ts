@@ -9,7 +9,11 @@
 //   remus      every packet waits for its checkpoint
 //   cp_dscp    commit protection by DSCP marks (needs a patched PostgreSQL: --pg-bin)
 //   cp_pgwire  commit protection by parsing the PostgreSQL protocol (no guest change)
-// Each point is the median of `runs` runs; rounds interleave modes to spread noise.
+// Each point is the median of `runs` runs; rounds interleave modes to spread noise. --trigger
+// output (the default, as protect's) also starts a checkpoint whenever the buffer holds a
+// protected packet, within --max-pause-share; pause_share is the guest's paused time over
+// each pgbench run (the engine's own pause measurements).
+import type { Trigger } from '../engine/pacing';
 import { ErrorCode, RemusError } from '../errors';
 import { createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
 import {
@@ -55,6 +59,10 @@ export interface NetBenchOptions {
   diagnostic?: boolean;
   /** dom0's own CPUs (engine, net buffer); PostgreSQL and pgbench get the others. */
   dom0Cpus?: number[];
+  /** What starts a checkpoint besides the interval (protect --trigger). */
+  trigger: Trigger;
+  /** protect --max-pause-share. */
+  maxPauseShare: number;
   log: (line: string) => void;
 }
 
@@ -64,6 +72,8 @@ export interface NetBenchResult {
   latency_ms: PerMode<number[]>;
   /** Share of the guest's packets that waited for a checkpoint. */
   held_pct: PerMode<number[]>;
+  /** The guest's paused share of each run's time (0..1): what the checkpoints cost it. */
+  pause_share: PerMode<number[]>;
   runs: number;
   seconds: number;
   scale: number;
@@ -101,6 +111,10 @@ interface Point {
   tps: number;
   latencyMs: number;
   heldPct: number;
+  pauseShare: number;
+  /** Checkpoints per second, and their mean pause (ms): what the pause share is made of. */
+  perSec: number;
+  pauseMs: number;
 }
 
 /**
@@ -153,9 +167,12 @@ async function measure(
 ): Promise<Point> {
   const nb = openGate(bed, mode);
   try {
-    const engine = await rig.protect(nb.gate, intervalMs);
+    const engine = await rig.protect(nb.gate, intervalMs, { trigger: o.trigger, maxPauseShare: o.maxPauseShare });
     try {
       await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
+      const paused0 = engine.pausedMs(),
+        taken0 = engine.checkpoints(),
+        t0 = performance.now();
       const r = await runPgbench(pgbench, bed.client, bed.guestIp4, {
         clients: o.clients,
         threads: o.threads,
@@ -165,7 +182,13 @@ async function measure(
       const l = nb.nfqueue?.ledger.stats;
       const seen = l ? l.received - l.passedThrough : 0;
       const held = l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0;
-      return { tps: r.tps, latencyMs: r.latencyMs, heldPct: seen ? (100 * held) / seen : 0 };
+      const ms = performance.now() - t0,
+        paused = engine.pausedMs() - paused0,
+        taken = engine.checkpoints() - taken0;
+      const heldPct = seen ? (100 * held) / seen : 0;
+      const perSec = (1000 * taken) / ms,
+        pauseMs = taken ? paused / taken : 0;
+      return { tps: r.tps, latencyMs: r.latencyMs, heldPct, pauseShare: paused / ms, perSec, pauseMs };
     } finally {
       engine.stop();
     }
@@ -191,7 +214,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   if (typeof patched === 'string') throw new RemusError(ErrorCode.BAD_ARGUMENT, `--pg-bin: ${patched}`);
   const modes = NET_MODES.filter((m) => !NEEDS_PATCHED.includes(m) || patched);
   const samples = new Map<string, Point[]>();
-  const notes: string[] = [];
+  const notes: string[] = [`trigger ${o.trigger}, max pause share ${o.maxPauseShare}`];
   if (!patched)
     notes.push(
       'cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured',
@@ -222,7 +245,8 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
       o.log(
         `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ` +
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
-          `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets`,
+          `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
+          `paused ${(100 * p.pauseShare).toFixed(1)}% (${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)`,
       );
     };
     for (let round = 1; round <= o.runs; round++) {
@@ -273,6 +297,7 @@ function summarize(
     tps: pick((p) => p.tps),
     latency_ms: pick((p) => p.latencyMs),
     held_pct: pick((p) => p.heldPct),
+    pause_share: pick((p) => p.pauseShare),
     runs: o.runs,
     seconds: o.seconds,
     scale: o.scale,
@@ -342,7 +367,10 @@ export function formatNetBench(r: NetBenchResult): string {
   const held = NET_MODES.filter((m) => r.held_pct[m] && m !== 'none').map(
     (m) => `${m} ${r.held_pct[m]!.map((h) => h.toFixed(1)).join('/')}%`,
   );
-  lines.push(`packets held: ${held.join(', ')}`, ...r.notes);
+  const paused = NET_MODES.filter((m) => r.pause_share[m]).map(
+    (m) => `${m} ${r.pause_share[m]!.map((x) => (100 * x).toFixed(1)).join('/')}%`,
+  );
+  lines.push(`packets held: ${held.join(', ')}`, `guest paused: ${paused.join(', ')}`, ...r.notes);
   if (r.diagnostic)
     lines.push(
       `queue cost (everything released at once, ${r.intervals_ms[0]} ms): ` +

@@ -8,6 +8,7 @@ import { Backup } from '../engine/backup';
 import { realClock } from '../engine/clock';
 import type { Link, OutputGate } from '../ports';
 import { Primary } from '../engine/primary';
+import type { Trigger } from '../engine/pacing';
 import { SimDomain } from '../hypervisor/sim/sim-domain';
 import { SimReplica } from '../hypervisor/sim/sim-replica';
 import { BATCH_PAGES_MAX_DEFAULT, SIM_DEVICE_STATE_BYTES_MAX } from '../limits';
@@ -70,6 +71,9 @@ export interface BenchEngine {
    */
   protectedAt: Promise<void>;
   stats(): Record<string, unknown>;
+  /** The guest's paused milliseconds so far, and the checkpoints that paused it. */
+  pausedMs(): number;
+  checkpoints(): number;
   stop(): void;
 }
 
@@ -103,10 +107,15 @@ export class EngineRig {
   }
 
   /**
-   * Starts protecting with `gate` as the domain's output gate, every intervalMs (once the
-   * backup has let go of the previous primary: its GOODBYE arrives on a later turn).
+   * Starts protecting with `gate` as the domain's output gate, every intervalMs and, with
+   * trigger 'output', whenever the gate holds a protected packet (once the backup has let go
+   * of the previous primary: its GOODBYE arrives on a later turn).
    */
-  async protect(gate: OutputGate, intervalMs: number): Promise<BenchEngine> {
+  async protect(
+    gate: OutputGate,
+    intervalMs: number,
+    pacing: { trigger: Trigger; maxPauseShare: number },
+  ): Promise<BenchEngine> {
     for (let i = 0; this.backup?.attached; i++) {
       assert(i < 1000, 'the backup still serves the previous primary');
       await new Promise((r) => setTimeout(r, 5));
@@ -122,6 +131,8 @@ export class EngineRig {
       heartbeatTimeoutMs: 2 * intervalMs + 10_000,
       batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
       deviceStateMax: SIM_DEVICE_STATE_BYTES_MAX,
+      trigger: pacing.trigger,
+      maxPauseShare: pacing.maxPauseShare,
     });
     const [toBackup, toPrimary] = memoryLinkPair();
     primary.start();
@@ -139,6 +150,8 @@ export class EngineRig {
     return {
       protectedAt,
       stats: () => primary.stats() as unknown as Record<string, unknown>,
+      pausedMs: () => primary.stats().pausedMsTotal,
+      checkpoints: () => primary.stats().checkpoints,
       stop: () => primary.stop(),
     };
   }

@@ -9,7 +9,9 @@ import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
 import { benchCodec, formatCodecBench } from '../bench/codec-bench';
 import { benchEngine, formatEngineBench } from '../bench/engine-bench';
 import { benchNet, formatNetBench } from '../bench/net-bench';
-import { bytesOption, cacheOption, choiceOption, intListOption, intOption } from './options';
+import { bytesOption, cacheOption, choiceOption, fractionOption, intListOption, intOption } from './options';
+import { TRIGGERS, type Trigger } from '../engine/pacing';
+import { MAX_PAUSE_SHARE_DEFAULT } from '../limits';
 import { pathOption } from './path-options';
 import { SCALE_SIZES_DEFAULT, benchScale, formatScaleBench, scaleSvg } from '../bench/scale-bench';
 import { writeFigure } from '../bench/net-svg';
@@ -120,9 +122,23 @@ export function registerNetBench(bench: Command): void {
         'has its own CPUs)',
       intListOption('--dom0-cpus', 0, 1023, 1024),
     )
+    .option(
+      '--trigger <what>',
+      'what starts a checkpoint besides the interval: output (a held packet; default, as protect) or timer',
+      choiceOption('--trigger', TRIGGERS),
+      'output',
+    )
+    .option(
+      '--max-pause-share <fraction>',
+      'with --trigger output: the guest is paused at most this share of the time by early checkpoints',
+      fractionOption('--max-pause-share', 0, 1),
+      MAX_PAUSE_SHARE_DEFAULT,
+    )
     .option('--json', 'print one JSON object as the last line of stdout')
     .action(
       async (o: {
+        trigger: Trigger;
+        maxPauseShare: number;
         dom0Cpus?: number[];
         seconds: number;
         runs: number;
@@ -146,6 +162,8 @@ export function registerNetBench(bench: Command): void {
           script: o.script,
           diagnostic: o.diagnostic,
           dom0Cpus: o.dom0Cpus,
+          trigger: o.trigger,
+          maxPauseShare: o.maxPauseShare,
           patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined),
           svg: o.svg,
           log: (line) => process.stderr.write(`${line}\n`),

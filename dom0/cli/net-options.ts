@@ -9,12 +9,14 @@
 //                               failover resets: docs/commit-protection.md)
 //   --queue N                   nfqueue number of the first interface (7000 + domid)
 // The plan is checked before anything is installed; the sch_plug driver holds one
-// unacknowledged epoch, so it takes --max-in-flight 1 (the default with it).
+// unacknowledged epoch, so it takes --max-in-flight 1 (the default with it), and holds
+// packets unseen, so it takes --trigger timer (the default with it; output elsewhere).
 import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
 import { type DomainNetOptions, DOMAIN_IFACES_MAX } from '../net/domain-net';
-import { NET_BUFFERS, maxInFlightFor } from '../net/net-buffers';
+import { NET_BUFFERS, maxInFlightFor, triggerFor } from '../net/net-buffers';
+import type { Trigger } from '../engine/pacing';
 import { type DomainDriver, requireFeature } from '../hypervisor/driver';
 import type { CommitProtection } from '../net/net-device';
 import { badValue, choiceOption, intOption, specified, valueSpec } from './options';
@@ -30,6 +32,7 @@ export interface NetCliOptions {
   pgPort?: number[];
   queue?: number;
   maxInFlight?: number;
+  trigger?: Trigger;
 }
 
 const QUEUE_BASE = 7000;
@@ -160,4 +163,9 @@ export function netPlan(o: NetCliOptions, d: NetDomain): DomainNetOptions | null
 /** --max-in-flight: 1 under sch_plug, else what was asked (default 2). */
 export function maxInFlightOf(o: NetCliOptions, plan: DomainNetOptions | null): number {
   return maxInFlightFor(o, plan ? NET_BUFFERS[plan.driver] : null);
+}
+
+/** --trigger: what was asked (checked against the buffer by netPlan), else output unless the buffer cannot tell (plug). */
+export function triggerOf(o: NetCliOptions, plan: DomainNetOptions | null): Trigger {
+  return triggerFor(o, plan ? NET_BUFFERS[plan.driver] : null);
 }

@@ -13,6 +13,7 @@ import { exactSize, parseBytes } from './units';
 export type ValueSpec = { name: string } & (
   | { kind: 'int'; min: number; max: number }
   | { kind: 'int-list'; min: number; max: number; countMax: number }
+  | { kind: 'fraction'; min: number; max: number }
   | { kind: 'bytes'; min: number; max: number; zero: boolean; pageMultiple: boolean }
   | { kind: 'choice'; choices: readonly string[] }
   | { kind: 'workload'; choices: readonly string[] }
@@ -57,6 +58,21 @@ export function intOption(name: string, min: number, max: number): (v: string) =
       return Number(v);
     },
     { name, kind: 'int', min, max },
+  );
+}
+
+const DECIMAL = /^\s*\d*\.?\d+\s*$/;
+
+/** A decimal fraction in (min, max] like 0.1 (no exponent, no sign, no percent). */
+export function fractionOption(name: string, min: number, max: number): (v: string) => number {
+  return specified(
+    (v: string): number => {
+      const x = Number(v);
+      if (!DECIMAL.test(v) || !(x > min && x <= max))
+        throw badValue(name, v, `a decimal number above ${min} and at most ${max}, like 0.1`);
+      return x;
+    },
+    { name, kind: 'fraction', min, max },
   );
 }
 

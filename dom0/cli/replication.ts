@@ -17,10 +17,21 @@ import { newPsk, parseHostPort, readPskFile, type Security } from '../protocol/c
 import { ProtectService } from '../service/protect-service';
 import { BackupService } from '../service/backup-service';
 import { controlRequest, listSockets, socketPath } from '../service/control';
-import { badValue, bytesOption, cacheOption, choiceOption, hostPortOption, intOption, specified } from './options';
+import {
+  badValue,
+  bytesOption,
+  cacheOption,
+  choiceOption,
+  fractionOption,
+  hostPortOption,
+  intOption,
+  specified,
+} from './options';
 import { checkPath, nbdDeviceOption, pathOption } from './path-options';
 import { roundedSize } from './units';
-import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions } from './net-options';
+import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions, triggerOf } from './net-options';
+import { TRIGGERS } from '../engine/pacing';
+import { MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
 import {
@@ -137,6 +148,7 @@ interface ProtectOpts extends NetCliOptions {
   diskDevice?: string;
   waitDomain: number;
   metrics?: string;
+  maxPauseShare: number;
 }
 
 export function registerReplication(program: Command): void {
@@ -192,6 +204,19 @@ function registerProtect(program: Command): void {
       '--max-in-flight <n>',
       'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
       intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
+    )
+    .option(
+      '--trigger <what>',
+      'what starts a checkpoint besides the interval: output (a held output starts one at once; the interval ' +
+        'is the longest wait; default) or timer (the interval alone; the default with --net-buffer plug)',
+      choiceOption('--trigger', TRIGGERS),
+    )
+    .option(
+      '--max-pause-share <fraction>',
+      `--trigger output: checkpoints a held output starts keep the guest paused at most this share of ` +
+        `every ${PAUSE_SHARE_WINDOW_MS} ms (the interval's own checkpoints are not held back)`,
+      fractionOption('--max-pause-share', 0, 1),
+      MAX_PAUSE_SHARE_DEFAULT,
     );
   addSimGuestOptions(protect)
     .option(
@@ -480,6 +505,8 @@ async function runProtect(
         heartbeatTimeoutMs: o.heartbeatTimeout,
         diskBufferBytesMax: o.diskBuffer,
         verifyDisk: o.verifyDisk,
+        trigger: triggerOf(o, net),
+        maxPauseShare: o.maxPauseShare,
       }),
       metrics,
       ownsMetrics: true,
@@ -489,10 +516,17 @@ async function runProtect(
   svc.start();
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
   log(
-    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms ` +
+    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms${paceLine(svc)} ` +
       `→ ${o.blackhole ? 'blackhole' : backupArg}${held}`,
   );
   await runUntilStopped(svc, o.seconds);
+}
+
+/** ", or sooner when an output waits (paused at most 10 %)" under --trigger output. */
+function paceLine(svc: ProtectService): string {
+  const e = svc.primary.opts;
+  if (e.trigger !== 'output') return '';
+  return `, or sooner when an output waits (paused at most ${(100 * (e.maxPauseShare ?? 0)).toFixed(0)} %)`;
 }
 
 /** Refusals before anything opens: unsafe choices, features the driver lacks, another driver's options. */
@@ -501,6 +535,12 @@ function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,
       '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it',
+    );
+  }
+  if (o.trigger === 'timer' && cmd.getOptionValueSource('maxPauseShare') === 'cli') {
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      '--max-pause-share bounds the checkpoints held outputs start: it goes with --trigger output, not timer',
     );
   }
   if (!o.blackhole && !backupArg)
@@ -549,6 +589,13 @@ function netLine(net: ReturnType<typeof netPlan>): string {
   return `; ${net.driver} buffers ${net.ifaces.join(', ')}${cp}`;
 }
 
+/** Under --trigger output: how many checkpoints held outputs started, and the bound on the paused share. */
+function earlyOf(s: Record<string, unknown>): string {
+  if (s.trigger !== 'output') return '';
+  const bound = s.max_pause_share === undefined ? '' : ` of at most ${(100 * Number(s.max_pause_share)).toFixed(0)}%`;
+  return `${bound}, ${Number(s.earlyCheckpoints ?? 0)} started by outputs`;
+}
+
 function progressLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
   const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
@@ -564,7 +611,8 @@ function progressLine(s: Record<string, unknown>): string {
       : ` | disk ${(d.forwardedBytes / 2 ** 20).toFixed(1)} MiB written, refs ${n('diskRefPages')}`;
   return (
     `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause ` +
-    `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms | dirty ${n('dirtyPagesLast')} pages ` +
+    `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms, ` +
+    `${(100 * n('pauseShare')).toFixed(1)}% of the time${earlyOf(s)} | dirty ${n('dirtyPagesLast')} pages ` +
     `| wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ` +
     `${n('lastAckAgeMs').toFixed(0)} ms ago`
   );

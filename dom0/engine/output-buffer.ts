@@ -2,6 +2,8 @@
 // current epoch; release(N) delivers every epoch ≤ N, strictly in epoch order; nothing of
 // epoch N leaves before release(N). Bounded: past heldMax outputs new ones are dropped and
 // counted (a full queue drops, like a NIC ring; TCP retransmits) — never leaked early.
+// Every output held is protected: watchHeld's callback hears of each one at once (the
+// engine's output-triggered checkpoints, engine/pacing.ts).
 import { assert } from '../assert';
 import type { OutputGate } from '../ports';
 import { Window } from './stats';
@@ -34,6 +36,11 @@ export class OutputBuffer<T> implements OutputGate {
     return this.stats.held;
   }
 
+  private onHeld: (() => void) | null = null;
+  watchHeld(onHeld: (() => void) | null): void {
+    this.onHeld = onHeld;
+  }
+
   /** Per released epoch, how long its oldest output waited (the last 1024 epochs). */
   private readonly holds = new Window();
   /** Told each released epoch's hold, in ms, as it happens (the metrics' histogram). */
@@ -61,6 +68,7 @@ export class OutputBuffer<T> implements OutputGate {
     if (this.current.length === 0) this.currentSince = performance.now();
     this.current.push(item);
     this.stats.held++;
+    this.onHeld?.();
   }
 
   barrier(epoch: number): void {

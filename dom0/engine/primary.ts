@@ -8,6 +8,11 @@
 // checkpoints built (same lineage, docs/protocol.md "Reconnect") — with one checkpoint of the
 // pages written since the backup's last acknowledgement, verified by region digests
 // (engine/continuation.ts). TAKEOVER from the backup fences this copy.
+// Pacing (engine/pacing.ts): the timer takes a checkpoint every interval; with trigger
+// 'output' a protected output held in the open epoch also starts one at once (on the next
+// turn, so a batch of outputs shares it) whenever none is being taken and fewer than
+// maxInFlight are unacknowledged — unless that pause would take the guest's paused share over
+// maxPauseShare, when it waits until it fits or for the timer.
 import { randomBytes } from 'node:crypto';
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
@@ -37,6 +42,7 @@ import { Window, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
 import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
+import { type PaceCause, PauseShare, type Trigger } from './pacing';
 import type { ContinueFrom } from './hello';
 
 export type Phase =
@@ -92,6 +98,15 @@ export interface PrimaryOptions {
   continueSessions?: boolean;
   /** Pages per region of a continued session's memory digest (default DIGEST_REGION_PAGES). */
   digestRegionPages?: number;
+  /**
+   * What starts a checkpoint before the interval has passed (default 'timer': nothing).
+   * 'output': a protected output held in the open epoch (needs a gate with watchHeld).
+   */
+  trigger?: Trigger;
+  /** Output-triggered checkpoints keep the guest's paused share at most this (default MAX_PAUSE_SHARE_DEFAULT). */
+  maxPauseShare?: number;
+  /** The sliding window that share is measured over, ms (default PAUSE_SHARE_WINDOW_MS). */
+  pauseShareWindowMs?: number;
 }
 
 /** Silence either side tolerates while a session has committed nothing yet (its first copy). */
@@ -138,6 +153,11 @@ export interface PrimaryHooks {
   paused?(ms: number, full: boolean): void;
   /** Life events: protected, backup-lost (with reason), fenced. */
   event?(name: string, detail: Record<string, unknown>): void;
+  /**
+   * A checkpoint starts (before its suspend): why, and the pause the pacing predicted for it
+   * (what an early one was admitted under the pause share bound with).
+   */
+  paced?(epoch: number, cause: PaceCause, predictedPauseMs: number): void;
   /**
    * Commit protection: what clients saw unprotected, per flow, since the last call (all
    * flows when full: a new backup knows nothing yet). Sent as NET_EXPOSURE every
@@ -188,6 +208,15 @@ export class Primary {
   private streaming = false;
   private waitingForAck = false;
   private tickTimer: unknown = null;
+  /** When tickTimer fires (Infinity: not armed). */
+  private tickAt = Infinity;
+  /** An output-triggered checkpoint armed for the next turn, or for when the pause share allows. */
+  private earlyTimer: unknown = null;
+  /** A protected output was held since the last network barrier (trigger 'output'). */
+  private outputWaiting = false;
+  /** Since when outputs wait that the pause share bound kept from starting a checkpoint (null: none). */
+  private heldBackAt: number | null = null;
+  private readonly pauses: PauseShare;
   private hbTimer: unknown = null;
   private exposureTimer: unknown = null;
   private holdTimer: unknown = null;
@@ -211,6 +240,9 @@ export class Primary {
     sessions: 0,
     diskRefPages: 0,
     diskVerifiedEpoch: 0,
+    earlyCheckpoints: 0,
+    checkpointsHeldBack: 0,
+    pausedMsTotal: 0,
   };
   /** Counts ended sessions: a checkpoint that outlives its session is not sent in the next one. */
   private sessionGen = 0;
@@ -243,6 +275,14 @@ export class Primary {
     private readonly disk: DiskPort | null = null,
   ) {
     assert(opts.intervalMs >= 1 && opts.maxInFlight >= 1 && opts.heartbeatTimeoutMs > 0, 'primary options');
+    if (opts.trigger === 'output' && !gate.watchHeld) {
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        "trigger 'output' needs an output buffer that tells when an output is held (nfqueue, a simulated " +
+          "guest's own); this one cannot: use trigger 'timer'",
+      );
+    }
+    this.pauses = new PauseShare(opts.maxPauseShare, opts.pauseShareWindowMs);
     this.encoder = new PageEncoder({
       cachePages: opts.cachePages,
       compressor: opts.compressor,
@@ -256,6 +296,7 @@ export class Primary {
   /** Starts the epoch clock and heartbeats; the guest runs unprotected until a backup attaches. */
   start(): void {
     this.gate.setPassThrough(true);
+    if (this.opts.trigger === 'output') this.gate.watchHeld!(() => this.onOutputHeld());
     this.scheduleTick(this.opts.intervalMs);
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
     if (this.hooks.netExposure) this.exposureTimer = this.clock.setTimer(EXPOSURE_TICK_MS, () => this.sendExposure());
@@ -334,6 +375,7 @@ export class Primary {
     if (this.link && this.session === 'active') this.send(Rec.GOODBYE, new Uint8Array(0));
     this.dropLink();
     this.state = 'stopped';
+    if (this.opts.trigger === 'output') this.gate.watchHeld!(null);
     this.clearTimers();
     this.encoder.close();
     this.precopyEncoder?.close();
@@ -363,6 +405,8 @@ export class Primary {
       precopy: this.precopy?.progress(this.clock.now()) ?? null,
       lineage: this.lineage,
       lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
+      trigger: this.opts.trigger ?? 'timer',
+      pauseShare: this.pauses.share(this.clock.now()),
     };
   }
 
@@ -370,6 +414,7 @@ export class Primary {
 
   private tick(): void {
     this.tickTimer = null;
+    this.tickAt = Infinity;
     if (this.checkpointing) return; // a slow (asynchronous) checkpoint reschedules when it ends
     if (this.state !== 'protected') {
       this.scheduleTick(this.opts.intervalMs);
@@ -379,11 +424,70 @@ export class Primary {
       this.waitingForAck = true;
       return;
     }
+    this.startCheckpoint('timer');
+  }
+
+  /** One checkpoint now; the timer restarts from its start, and waiting outputs may start the next. */
+  private startCheckpoint(cause: PaceCause): void {
+    this.clearEarly();
+    if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
+    this.tickTimer = null;
+    this.tickAt = Infinity;
+    if (this.heldBackAt !== null) this.totals.checkpointsHeldBack++;
+    this.heldBackAt = null;
+    if (cause === 'output') this.totals.earlyCheckpoints++;
+    this.hooks.paced?.(this.epoch + 1, cause, this.pauses.predictMs());
     const started = this.clock.now();
     this.takeCheckpoint(() => {
       this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started)));
+      this.armEarly();
       this.checkInvariants();
     });
+  }
+
+  // ---- output-triggered checkpoints (engine/pacing.ts) ------------------------------------
+
+  /** The gate held a protected output in the open epoch. */
+  private onOutputHeld(): void {
+    this.outputWaiting = true;
+    this.armEarly();
+  }
+
+  /** A checkpoint may start early: outputs wait, none is being taken, the pipeline has room. */
+  private mayStartEarly(): boolean {
+    return (
+      this.opts.trigger === 'output' &&
+      this.outputWaiting &&
+      !this.checkpointing &&
+      this.state === 'protected' &&
+      this.epoch - this.acked < this.opts.maxInFlight
+    );
+  }
+
+  /**
+   * Arms the early checkpoint: on the next turn (outputs of this turn share it), or when the
+   * pause share bound allows; not at all when the timer comes first (it carries the outputs).
+   * Called again when a checkpoint ends and when an ack frees the pipeline.
+   */
+  private armEarly(): void {
+    if (this.earlyTimer !== null || !this.mayStartEarly()) return;
+    const now = this.clock.now(),
+      at = this.pauses.earliestStart(now);
+    if (at > now) this.heldBackAt ??= now;
+    if (at >= this.tickAt) return;
+    this.earlyTimer = this.clock.setTimer(at - now, () => this.early());
+  }
+
+  private early(): void {
+    this.earlyTimer = null;
+    if (!this.mayStartEarly()) return;
+    if (this.pauses.earliestStart(this.clock.now()) > this.clock.now()) return this.armEarly(); // a pause since
+    this.startCheckpoint('output');
+  }
+
+  private clearEarly(): void {
+    if (this.earlyTimer !== null) this.clock.clearTimer(this.earlyTimer);
+    this.earlyTimer = null;
   }
 
   /**
@@ -406,6 +510,8 @@ export class Primary {
       barrierPlaced = false;
     const fail = (e: unknown): void => {
       this.checkpointing = false;
+      // A failed checkpoint's pause is the guest's paused time too (kept out of the prediction).
+      if (barrierPlaced) this.pauses.add(this.clock.now(), this.clock.now() - t0, true);
       // Outputs are labelled with this epoch once its barrier is placed: the number is spent
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
@@ -448,6 +554,7 @@ export class Primary {
           if ((full || cont) && this.link && this.session === 'active') this.gate.setPassThrough(false);
           this.hooks.phase?.('net-barrier', epoch);
           this.gate.barrier(epoch);
+          this.outputWaiting = false; // what was held so far is this epoch's (the barrier drained the queue)
           barrierPlaced = true;
           this.hooks.phase?.('capture', epoch);
           t1 = this.clock.now();
@@ -486,6 +593,8 @@ export class Primary {
         const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
         if (full) this.fullPauseMs = pausedMs;
         else this.pause.add(pausedMs);
+        this.pauses.add(this.clock.now(), pausedMs, full);
+        this.totals.pausedMsTotal += pausedMs;
         this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
         then();
       },
@@ -879,6 +988,7 @@ export class Primary {
       this.waitingForAck = false;
       this.scheduleTick(0);
     }
+    this.armEarly();
   }
 
   private onTakeover(epoch: number): void {
@@ -1056,8 +1166,10 @@ export class Primary {
     if (this.tickTimer !== null) this.clock.clearTimer(this.tickTimer);
     this.tickTimer = null;
     // A checkpoint that ends after stop() or a fence must not re-arm the clock (it would keep the process alive).
+    this.tickAt = Infinity;
     if (this.state === 'stopped' || this.state === 'fenced') return;
     this.tickTimer = this.clock.setTimer(ms, () => this.tick());
+    this.tickAt = this.clock.now() + ms;
   }
 
   private clearTimers(): void {
@@ -1066,5 +1178,7 @@ export class Primary {
     if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
     if (this.exposureTimer !== null) this.clock.clearTimer(this.exposureTimer);
     this.tickTimer = this.hbTimer = this.holdTimer = this.exposureTimer = null;
+    this.tickAt = Infinity;
+    this.clearEarly();
   }
 }

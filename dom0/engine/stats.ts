@@ -50,4 +50,14 @@ export interface PrimaryStats {
   lineage: string;
   /** How the last session began: continued (and what it cost) or full (and why). */
   lastSessionStart: import('./continuation').SessionStart | null;
+  /** What starts a checkpoint before its interval (engine/pacing.ts). */
+  trigger: import('./pacing').Trigger;
+  /** The guest's paused share of the pause share window ending now, in [0, 1]. */
+  pauseShare: number;
+  /** Checkpoints started by a held output (trigger 'output'). */
+  earlyCheckpoints: number;
+  /** Checkpoints that started later than waiting outputs asked, because of the pause share bound. */
+  checkpointsHeldBack: number;
+  /** The guest's paused time in checkpoints that completed, full copies included (ms). */
+  pausedMsTotal: number;
 }

@@ -39,10 +39,18 @@ export interface DomainNet {
   close(): void;
 }
 
-/** Forwards each engine step to every interface's gate, in interface order. */
+/**
+ * Forwards each engine step to every interface's gate, in interface order. It tells of held
+ * outputs (watchHeld) only when every gate can: one silent gate would leave its outputs to the timer.
+ */
 export class GateSet implements OutputGate {
+  readonly watchHeld?: (onHeld: (() => void) | null) => void;
   constructor(private readonly gates: OutputGate[]) {
     assert(gates.length > 0, 'a gate set needs a gate');
+    if (gates.every((g) => g.watchHeld))
+      this.watchHeld = (onHeld) => {
+        for (const g of gates) g.watchHeld!(onHeld);
+      };
   }
   get held(): number {
     return this.gates.reduce((n, g) => n + g.held, 0);

@@ -2,7 +2,11 @@
 // and the options it refuses. nfqueue queues every packet in this process (any number of
 // unacknowledged checkpoints; it can classify packets for commit protection); sch_plug is a
 // kernel qdisc that holds one unacknowledged checkpoint and cannot look into packets.
+// Output-triggered checkpoints (--trigger output) need a buffer that tells the engine when a
+// protected packet is held (OutputGate.watchHeld): nfqueue sees each packet and does; sch_plug
+// holds them in the kernel unseen, so it is refused there and its default trigger is the timer.
 import { ErrorCode, RemusError } from '../errors';
+import type { Trigger } from '../engine/pacing';
 import type { Feature } from '../hypervisor/driver';
 import type { CommitProtection } from './net-device';
 
@@ -13,6 +17,8 @@ export interface NetBufferChoices {
   commitProtection: CommitProtection;
   dscpInKernel?: boolean;
   maxInFlight?: number;
+  /** --trigger; undefined: the default for the buffer (triggerFor). */
+  trigger?: Trigger;
 }
 
 export interface NetBufferDriver {
@@ -21,6 +27,8 @@ export interface NetBufferDriver {
   readonly feature: Feature;
   /** Unacknowledged checkpoints it can hold apart; --max-in-flight above it is refused. */
   readonly maxInFlightMax: number;
+  /** It tells the engine when a protected output is held (OutputGate.watchHeld): --trigger output works. */
+  readonly signalsHeld: boolean;
   /** Throws ERR_BAD_ARGUMENT for a choice it cannot honour. */
   validate(c: NetBufferChoices): void;
 }
@@ -34,13 +42,22 @@ export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
     name: 'nfqueue',
     feature: 'netBufferNfqueue',
     maxInFlightMax: MAX_IN_FLIGHT_MAX,
+    signalsHeld: true,
     validate: (c) => checkDscpInKernel(c),
   },
   plug: {
     name: 'plug',
     feature: 'netBufferPlug',
     maxInFlightMax: 1,
+    signalsHeld: false,
     validate: (c) => {
+      if (c.trigger === 'output') {
+        throw new RemusError(
+          ErrorCode.BAD_ARGUMENT,
+          '--trigger output takes a checkpoint when a held packet waits, and sch_plug holds packets in the kernel ' +
+            'without telling this process: use --net-buffer nfqueue, or --trigger timer',
+        );
+      }
       if (c.commitProtection !== 'off') {
         throw new RemusError(
           ErrorCode.BAD_ARGUMENT,
@@ -69,4 +86,13 @@ function checkDscpInKernel(c: NetBufferChoices): void {
 /** --max-in-flight: what was asked, else the default within what the buffer (if any) holds. */
 export function maxInFlightFor(c: NetBufferChoices, buffer: NetBufferDriver | null): number {
   return c.maxInFlight ?? Math.min(MAX_IN_FLIGHT_DEFAULT, buffer?.maxInFlightMax ?? MAX_IN_FLIGHT_DEFAULT);
+}
+
+/**
+ * --trigger: what was asked, else 'output' (commits wait for one checkpoint, not for the
+ * next tick too) when the buffer tells of held outputs, 'timer' with one that cannot (plug).
+ * Output commit does not depend on the pace; the pause share bound keeps the guest running.
+ */
+export function triggerFor(c: NetBufferChoices, buffer: NetBufferDriver | null): Trigger {
+  return c.trigger ?? (buffer && !buffer.signalsHeld ? 'timer' : 'output');
 }

@@ -74,6 +74,9 @@ export class NoGate implements OutputGate {
   discard(): void {
     /* nothing held */
   }
+  watchHeld(): void {
+    /* nothing is ever held, so nothing waits */
+  }
 }
 
 export function openNetBuffer(o: NetBufferOptions): NetBuffer {

@@ -157,6 +157,9 @@ export class NfqueueBuffer implements OutputGate {
   discard(): void {
     this.ledger.discard();
   }
+  watchHeld(onHeld: (() => void) | null): void {
+    this.ledger.watchHeld(onHeld);
+  }
   /** Reads what the kernel already queued (tests, status). */
   poll(): void {
     this.q.drain(1 << 16);

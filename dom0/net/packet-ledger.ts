@@ -13,7 +13,9 @@
 //   dropped at once and counted, never released early.
 // A stateful classifier (pgwire) also sees the packets that pass through unprotected, so
 // that it follows every stream from its start; an observer (failover-reset.ts) sees every
-// packet with its outcome and the epoch it belongs to.
+// packet with its outcome and the epoch it belongs to. watchHeld's callback hears, once per
+// batch, that packets classified 'hold' were held in the open epoch (output-triggered
+// checkpoints); packets that only wait behind their flow ride an epoch already held.
 import { assert } from '../assert';
 import type { OutputGate } from '../ports';
 
@@ -125,6 +127,10 @@ export class PacketLedger implements OutputGate {
   get held(): number {
     return this.stats.held;
   }
+  private onHeld: (() => void) | null = null;
+  watchHeld(onHeld: (() => void) | null): void {
+    this.onHeld = onHeld;
+  }
   get nextEpoch(): number {
     return this.current.epoch;
   }
@@ -148,7 +154,8 @@ export class PacketLedger implements OutputGate {
     const accept = this.scratch.subarray(0, b.count);
     const drop = this.scratch.subarray(b.count, 2 * b.count);
     let nAccept = 0,
-      nDrop = 0;
+      nDrop = 0,
+      protectedHeld = false;
     for (let i = 0; i < b.count; i++) {
       const id = b.ids[i];
       this.lastReadId = id;
@@ -159,10 +166,12 @@ export class PacketLedger implements OutputGate {
       this.observer?.packet(header, verdict, outcome, this.current.epoch);
       if (outcome === 'accept') accept[nAccept++] = id;
       else if (outcome === 'drop') drop[nDrop++] = id;
+      else if (verdict === 'hold') protectedHeld = true;
     }
     if (nAccept) this.observer?.beforeVerdicts?.();
     if (nAccept) this.sink.verdictEach(accept, nAccept, true);
     if (nDrop) this.sink.verdictEach(drop, nDrop, false);
+    if (protectedHeld) this.onHeld?.();
   }
 
   /** Pass-through: the classifier still follows the streams; the observer sees each packet. */

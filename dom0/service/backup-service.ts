@@ -18,6 +18,7 @@ import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import { assert } from '../assert';
 import { engineOptions } from './engine-options';
+import { triggerFor } from '../net/net-buffers';
 import { DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT } from '../limits';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { requireFeature } from '../hypervisor/driver';
@@ -271,6 +272,7 @@ export class BackupService {
         heartbeatTimeoutMs: heartbeat,
         diskBufferBytesMax,
         verifyDisk: true,
+        trigger: triggerFor({ commitProtection: 'off' }, null), // no network buffer: the guest's own outputs signal
       }),
       metrics: this.cfg.metrics ?? null,
       ownsMetrics: false,

@@ -5,7 +5,8 @@ import type { PrimaryOptions } from '../engine/primary';
 import type { Compressor } from '../memory/encodings';
 import { parseCachePages } from '../memory/cache-size';
 import type { DomainDriver } from '../hypervisor/driver';
-import { BATCH_PAGES_MAX_DEFAULT } from '../limits';
+import type { Trigger } from '../engine/pacing';
+import { BATCH_PAGES_MAX_DEFAULT, MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 
 export interface EngineChoices {
   intervalMs: number;
@@ -18,6 +19,10 @@ export interface EngineChoices {
   heartbeatTimeoutMs?: number;
   diskBufferBytesMax: number;
   verifyDisk: boolean;
+  /** --trigger (the CLI's default: net-buffers.ts triggerFor); undefined: 'timer'. */
+  trigger?: Trigger;
+  /** --max-pause-share, or undefined: MAX_PAUSE_SHARE_DEFAULT. */
+  maxPauseShare?: number;
 }
 
 export function engineOptions(driver: DomainDriver, pageCount: number, c: EngineChoices): PrimaryOptions {
@@ -31,5 +36,8 @@ export function engineOptions(driver: DomainDriver, pageCount: number, c: Engine
     deviceStateMax: driver.defaults.deviceStateBytesMax(pageCount),
     diskBufferBytesMax: c.diskBufferBytesMax,
     verifyDisk: c.verifyDisk,
+    trigger: c.trigger ?? 'timer',
+    maxPauseShare: c.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT,
+    pauseShareWindowMs: PAUSE_SHARE_WINDOW_MS,
   };
 }

@@ -271,6 +271,16 @@ export class MetricsExporter {
       (s) => (s.stats.lastAckAgeMs >= 0 ? s.stats.lastAckAgeMs / 1000 : null),
     );
     gauge('remusdb_acked_epoch', 'Last checkpoint the backup acknowledged', (s) => s.stats.ackedEpoch);
+    gauge(
+      'remusdb_pause_share_ratio',
+      "The guest's paused share of the last pause share window (protect --max-pause-share bounds it)",
+      (s) => s.stats.pauseShare,
+    );
+    counter(
+      'remusdb_early_checkpoints_total',
+      'Checkpoints a held output started before the interval (protect --trigger output)',
+      (s) => s.stats.earlyCheckpoints,
+    );
     counter(
       'remusdb_sessions_total',
       'Replication sessions (each starts with a full copy of the guest)',

@@ -16,6 +16,7 @@ import type { Security } from '../protocol/channel';
 import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';
 import { exportExposure } from '../net/exposure-relay';
 import { NoGate } from '../net/net-device';
+import { MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 import { BlackholeLink } from './blackhole-link';
 import { ControlServer, socketPath } from './control';
 import { loopDelay } from './loop-delay';
@@ -169,6 +170,8 @@ export class ProtectService {
       rss_bytes: process.memoryUsage.rss(),
       ...loopDelay(),
       interval_ms: this.cfg.engine.intervalMs,
+      max_pause_share: this.cfg.engine.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT,
+      pause_share_window_ms: this.cfg.engine.pauseShareWindowMs ?? PAUSE_SHARE_WINDOW_MS,
       compressor: this.cfg.engine.compressor,
       net_buffer: this.cfg.holdOutputs,
       net: this.net?.describe() ?? null,

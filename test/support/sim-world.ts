@@ -2,7 +2,9 @@
 // that frame records through the real framer and can lose, delay, corrupt or cut them, a
 // guest that runs one deterministic step per virtual millisecond, and actors (primary,
 // backup) that can be crashed at any phase. One seed, one exact run: a failing seed
-// reproduces with SIM_SEED=<n>.
+// reproduces with SIM_SEED=<n>. Checkpoints cost the guest virtual time (the whole world
+// waits while the primary's synchronous pause runs, as a process blocked in it would), so the
+// paced checkpoints of trigger 'output' (engine/pacing.ts) meet a real pause share bound.
 import { Backup } from '../../dom0/engine/backup';
 import { OutputBuffer } from '../../dom0/engine/output-buffer';
 import { Primary, type Phase } from '../../dom0/engine/primary';
@@ -18,6 +20,7 @@ import { GuestMemory } from '../../dom0/memory/guest-memory';
 import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
 import { PROTOCOL_VERSION, Rec, jsonBody } from '../../dom0/protocol/records';
 import { Prng } from '../../dom0/util/prng';
+import type { PaceCause, Trigger } from '../../dom0/engine/pacing';
 
 const PAGE = 4096;
 export class Crash extends Error {}
@@ -47,19 +50,26 @@ export class VirtualClock implements Clock {
   defer(fn: () => void): void {
     this.setTimer(0, fn);
   }
+  /**
+   * Time passes inside the running event (a synchronous pause of the primary): events due
+   * meanwhile run late, in order, as timers of a blocked process do.
+   */
+  advance(ms: number): void {
+    this.t += Math.max(0, ms);
+  }
   /** Runs events until virtual time `end`; a Crash thrown by an actor's hook is its death. */
   runUntil(end: number): void {
     while (this.heap.length && this.heap[0].at <= end) {
       const ev = this.pop();
       if (ev.cancelled) continue;
-      this.t = ev.at;
+      this.t = Math.max(this.t, ev.at);
       try {
         ev.fn();
       } catch (e) {
         if (!(e instanceof Crash)) throw e;
       }
     }
-    this.t = end;
+    this.t = Math.max(this.t, end);
   }
   private less(a: Ev, b: Ev): boolean {
     return a.at < b.at || (a.at === b.at && a.seq < b.seq);
@@ -237,6 +247,11 @@ export class StepDomain implements Domain {
   failNext: 'suspend' | 'capture' | 'resume' | null = null;
   /** The domain is gone (destroyed on this host): it runs no more and every call fails with ERR_NO_DOMAIN. */
   gone = false;
+  /** What a capture of n pages costs in virtual time (null: nothing), and how that time passes. */
+  pauseCost: { ms: (pages: number) => number; advance: (ms: number) => void } | null = null;
+  /** Told of every pause, from the suspend to the resume that ends it (virtual ms). */
+  onPause: ((fromMs: number, toMs: number) => void) | null = null;
+  private suspendedAt = -1;
 
   constructor(
     readonly pageCount: number,
@@ -259,10 +274,13 @@ export class StepDomain implements Domain {
   suspend(): void {
     this.failIf('suspend');
     this.running = false;
+    this.suspendedAt = this.clock.now();
   }
   resume(): void {
     this.failIf('resume');
     this.running = true;
+    if (this.suspendedAt >= 0) this.onPause?.(this.suspendedAt, this.clock.now());
+    this.suspendedAt = -1;
   }
   private failIf(step: 'suspend' | 'capture' | 'resume'): void {
     if (this.gone) throw new RemusError(ErrorCode.NO_DOMAIN, `the domain is gone (${step})`);
@@ -279,6 +297,7 @@ export class StepDomain implements Domain {
     const pages = new Uint8Array(pfns.length * PAGE);
     pfns.forEach((p, i) => pages.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), i * PAGE));
     this.shadow.set(this.mem);
+    if (this.pauseCost) this.pauseCost.advance(this.pauseCost.ms(pfns.length));
     return {
       pfns: Uint32Array.from(pfns),
       count: pfns.length,
@@ -405,7 +424,57 @@ export type Fault =
   /** gone: from then on the domain does not exist (xl destroy): a live session must fail over. */
   | { kind: 'domain-error'; step: 'suspend' | 'capture' | 'resume'; epoch: number; gone: boolean }
   | { kind: 'stray'; atMs: number; afterGoodbye: boolean; act: StrayAct }
-  | { kind: 'reconnect'; atMs: number; how: ReconnectCause; forMs: number; then: ContinuedFault };
+  | { kind: 'reconnect'; atMs: number; how: ReconnectCause; forMs: number; then: ContinuedFault }
+  /**
+   * At a phase of the nth output-triggered checkpoint: the primary dies, or the link is reset
+   * (seen by both ends: the backup fails over; or by the primary only: the session continues).
+   */
+  | { kind: 'crash-early'; phase: Phase; nth: number; silent: boolean }
+  | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean };
+
+/**
+ * How checkpoints are paced in a run (engine/pacing.ts), drawn from a generator of its own so
+ * that each seed's fault is the one it always was. sparseEvery: the guest sends only every
+ * nth output (1: a flood, one per step); bursts: extra outputs pushed at once, some while a
+ * checkpoint streams; pauseMs: what a capture of n pages costs.
+ */
+export interface Pacing {
+  trigger: Trigger;
+  maxPauseShare: number;
+  windowMs: number;
+  sparseEvery: number;
+  burstChance: number;
+  pauseBaseMs: number;
+  pagesPerMs: number;
+  earlyFault: Fault | null;
+}
+
+const PAUSE_SHARES = [0.02, 0.05, 0.1, 0.25, 0.5];
+
+export function pickPacing(seed: number): Pacing {
+  const rng = new Prng((Math.imul(seed, 0x9e3779b1) ^ 0x5eed) >>> 0);
+  const trigger: Trigger = rng.chance(0.6) ? 'output' : 'timer';
+  const phases = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
+  const phase = phases[rng.below(phases.length)],
+    nth = 1 + rng.below(12);
+  const k = trigger === 'output' ? rng.below(8) : 8;
+  const earlyFault: Fault | null =
+    k === 0
+      ? { kind: 'crash-early', phase, nth, silent: rng.chance(0.5) }
+      : k === 1
+        ? { kind: 'cut-early', phase, nth, onlyPrimary: rng.chance(0.5) }
+        : null;
+  return {
+    trigger,
+    maxPauseShare: PAUSE_SHARES[rng.below(PAUSE_SHARES.length)],
+    windowMs: [60, 100, 200, 400][rng.below(4)],
+    sparseEvery: rng.chance(0.4) ? 1 : 2 + rng.below(40),
+    burstChance: rng.chance(0.5) ? 0.3 : 0,
+    pauseBaseMs: rng.below(3),
+    pagesPerMs: 8 + rng.below(56),
+    earlyFault,
+  };
+}
 
 /**
  * Losses of a session with both processes alive (docs/protocol.md "Reconnect"): a reset only
@@ -526,12 +595,18 @@ export interface WorldResult {
   outputsSeen: number;
   /** How each session after the first began: 'continued', or 'full: <reason>'. */
   laterSessions: string[];
+  trigger: Trigger;
+  /** Checkpoints held outputs started, and those the pause share bound made wait (all primaries). */
+  earlyCheckpoints: number;
+  checkpointsHeldBack: number;
 }
 
 /** Runs one seeded scenario and checks the invariants of docs/design.md. */
 export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const rng = new Prng(seed);
-  const fault = pickFault(rng);
+  const picked = pickFault(rng); // drawn always: a seed's other choices stay what they were
+  const pacing = pickPacing(seed);
+  const fault: Fault = pacing.earlyFault ?? picked;
   const clock = new VirtualClock();
   const net = new Net(clock, rng, 1 + rng.below(4));
   const violations: string[] = [];
@@ -549,6 +624,16 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let domainFaulted = false; // a domain-error fault fires once
   let goneWhileLive = false; // the domain vanished while the backup held a live session
   let maxCommitted = 0;
+  /** The guest's output sequence number at the last checkpoint the backup committed. */
+  let committedSeq = 0;
+  // Pacing: the pauses as the guest lived them, the output-triggered checkpoint under way (with
+  // the pause the engine predicted for it), each early checkpoint's ordinal (its faults).
+  let pauseLog: Array<[number, number]> = [];
+  let early: { epoch: number; predictedMs: number } | null = null;
+  const earlyOrdinal = new Map<number, number>();
+  let earlyCount = 0,
+    earlyFaulted = false,
+    pacedTotals = { early: 0, heldBack: 0 };
   // Reconnect faults: the continued session's first epoch (its second fault fires there), how
   // later sessions began, whether a failover was due when the primary died.
   let continuedEpoch = -1;
@@ -570,6 +655,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         violate(
           `output seq ${o.seq} of epoch ${epoch} released before the backup committed it (committed ${maxCommitted})`,
         );
+      // The same rule by the guest's own count, whatever epoch the buffer says: an output shows
+      // state up to its seq, which only a committed checkpoint at or past it has.
+      if (held && st === 'protected' && o.seq > committedSeq)
+        violate(`output seq ${o.seq} released while the backup has the guest only up to seq ${committedSeq}`);
       seen.push({ seq: o.seq, epoch });
     });
   let gate = makeGate();
@@ -593,7 +682,47 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         },
       })
     : undefined;
-  const domain = new StepDomain(128, seed, pclock, (seq, value) => gate.push({ seq, value }), guestDisk);
+  const domain = new StepDomain(
+    128,
+    seed,
+    pclock,
+    (seq, value) => {
+      if (seq % pacing.sparseEvery === 0) gate.push({ seq, value });
+    },
+    guestDisk,
+  );
+  domain.pauseCost = { ms: (n) => pacing.pauseBaseMs + n / pacing.pagesPerMs, advance: (ms) => clock.advance(ms) };
+  domain.onPause = (from, to) => {
+    pauseLog = pauseLog.filter(([, b]) => b > to - 1000);
+    pauseLog.push([from, to]);
+    if (early) checkPauseShare(early, from, to);
+    early = null;
+  };
+  // An early checkpoint never takes the guest's paused share of the window ending with its
+  // pause over the bound — save by what its pause exceeded the prediction it was admitted on.
+  const checkPauseShare = (e: { epoch: number; predictedMs: number }, from: number, to: number): void => {
+    const w = pacing.windowMs;
+    let paused = 0;
+    for (const [a, b] of pauseLog) paused += Math.max(0, Math.min(b, to) - Math.max(a, to - w));
+    const slack = Math.max(0, to - from - e.predictedMs);
+    if (paused > pacing.maxPauseShare * w + slack + 1e-6)
+      violate(
+        `early checkpoint ${e.epoch} paused the guest ${paused.toFixed(2)} ms of the ${w} ms window ` +
+          `(bound ${pacing.maxPauseShare}, predicted pause ${e.predictedMs.toFixed(2)}, took ${(to - from).toFixed(2)})`,
+      );
+  };
+  // A burst of outputs at once (the guest's current state), some while a checkpoint streams.
+  const burst = (): void => {
+    const seq = Number(domain.describe().seq);
+    for (let i = 0, n = 1 + (seq % 7); i < n; i++) gate.push({ seq, value: -1 });
+  };
+  const bursts = (): void => {
+    pclock.setTimer(5 + (committedSeq % 37), () => {
+      if (!domain.fenced && !domain.gone) burst();
+      bursts();
+    });
+  };
+  if (pacing.burstChance > 0) bursts();
   // Reprotection's disk (remusdb backup --reuse-disk): one disk that outlives the backup's
   // replicas and processes, equal to the primary's at the start; the primary then trusts its
   // resync bitmap alone (what it forwarded but cannot know arrived must be in it).
@@ -656,6 +785,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     compressor: rng.chance(0.5) ? ('zstd' as const) : ('lz4' as const),
     cachePages: 16 + rng.below(64),
     maxInFlight: 1 + rng.below(3),
+    trigger: pacing.trigger,
+    maxPauseShare: pacing.maxPauseShare,
+    pauseShareWindowMs: pacing.windowMs,
     heartbeatTimeoutMs: 100,
     holdOnLossMs: 400,
     batchPagesMax: 16 + rng.below(48),
@@ -674,6 +806,21 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       primaryOptions,
       {
         phase: (phase, epoch) => {
+          if (
+            (fault.kind === 'crash-early' || fault.kind === 'cut-early') &&
+            fault.phase === phase &&
+            earlyOrdinal.get(epoch) === fault.nth &&
+            !earlyFaulted &&
+            !primaryDead
+          ) {
+            earlyFaulted = true;
+            if (fault.kind === 'crash-early') crashPrimary(fault.silent);
+            else if (fault.onlyPrimary) {
+              ackedAtFault = primary!.stats().ackedEpoch;
+              currentLinks?.[1].resetHere();
+            } else dropLink();
+          }
+          if (phase === 'stream-begin' && pacing.burstChance > 0 && epoch % 3 === 0 && !domain.fenced) burst();
           if (fault.kind === 'drop-link' && phase === 'precopy-batch' && ++precopyBatches === fault.precopyBatch) {
             if (guestDisk) dropArmed = true;
             else dropLink();
@@ -709,6 +856,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
               goneWhileLive = backup.live;
             }
           }
+        },
+        paced: (epoch: number, cause: PaceCause, predictedMs: number) => {
+          early = cause === 'output' ? { epoch, predictedMs } : null;
+          if (cause === 'output') earlyOrdinal.set(epoch, ++earlyCount);
         },
         checkpoint: (epoch) => {
           snapshots.set(epoch, { crc: crc(domain.mem), seq: Number(domain.describe().seq), diskCrc: diskCrc() });
@@ -757,6 +908,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc))
             violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
           maxCommitted = Math.max(maxCommitted, epoch);
+          if (snap) committedSeq = Math.max(committedSeq, snap.seq);
           if (primaryDead) committedAfterDeath = true;
         },
         phase: (phase, epoch) => {
@@ -865,6 +1017,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       });
       clock.setTimer(at + 300, () => {
         maxCommitted = 0;
+        committedSeq = 0;
+        pauseLog = []; // a new process: the old one's pauses are not its to bound
+        const st = primary!.stats();
+        pacedTotals = { early: st.earlyCheckpoints, heldBack: st.checkpointsHeldBack };
         gate = makeGate();
         primary = makePrimary();
         primary.start();
@@ -922,6 +1078,12 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (r && fault.then.kind !== 'crash-primary')
       violate(`the backup failed over after a ${fault.how} although the primary lived`);
   }
+  if (fault.kind === 'cut-early' && fault.onlyPrimary && ackedAtFault > 0) {
+    // As a reset only the primary sees between checkpoints: continued, no failover.
+    const next = laterSessions[0];
+    if (next !== undefined && next !== 'continued') violate(`the session after an early cut copied all (${next})`);
+    if (r) violate('the backup failed over after a cut only the primary saw');
+  }
   const gone = fault.kind === 'domain-error' && fault.gone;
   if (gone && goneWhileLive && !r)
     violate("the primary's domain vanished during a live session, yet the backup never failed over");
@@ -949,6 +1111,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     primaryState: primaryDead ? 'dead' : primary.stats().state,
     outputsSeen: seen.length,
     laterSessions,
+    trigger: pacing.trigger,
+    earlyCheckpoints: pacedTotals.early + primary.stats().earlyCheckpoints,
+    checkpointsHeldBack: pacedTotals.heldBack + primary.stats().checkpointsHeldBack,
   };
 }
 

@@ -1,0 +1,305 @@
+// 58 output-triggered checkpoints (--trigger output, engine/pacing.ts): the pause share
+// window and its admission rule; the engine taking a checkpoint when a protected output is
+// held instead of at the next tick, carrying what arrives meanwhile in the next one (as soon
+// as maxInFlight allows), never past the pause share bound, the timer still firing at the
+// interval; which gates tell of held outputs (nfqueue's ledger, a guest's own buffer, sets of
+// them) and the refusals (sch_plug, a gate that cannot tell); the CLI and status.
+import { strict as assert } from 'node:assert';
+import { spawn, spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { Backup } from '../dom0/engine/backup';
+import { OutputBuffer } from '../dom0/engine/output-buffer';
+import { PauseShare, type PaceCause, type Trigger } from '../dom0/engine/pacing';
+import { Primary } from '../dom0/engine/primary';
+import { ErrorCode, RemusError } from '../dom0/errors';
+import { fractionOption } from '../dom0/cli/options';
+import { GateSet } from '../dom0/net/domain-net';
+import { NET_BUFFERS, triggerFor } from '../dom0/net/net-buffers';
+import { NoGate } from '../dom0/net/net-device';
+import { PacketLedger, type Classifier, type VerdictSink } from '../dom0/net/packet-ledger';
+import type { OutputGate } from '../dom0/ports';
+import { Prng } from '../dom0/util/prng';
+import { MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
+import { ROOT, runCli, sleep, tmpDir } from './support/helpers';
+
+const isBadArgument = (e: unknown): boolean => e instanceof RemusError && e.code === ErrorCode.BAD_ARGUMENT;
+
+interface RigOptions {
+  trigger: Trigger;
+  maxInFlight?: number;
+  intervalMs?: number;
+  /** Virtual ms each capture takes (the guest's pause). */
+  pauseMs?: number;
+  maxPauseShare?: number;
+  windowMs?: number;
+  /** One-way link latency, ms (plus 0–2). */
+  latencyMs?: number;
+}
+
+/** A primary and a backup in virtual time over a framed in-memory link; outputs pushed by the test. */
+function rig(o: RigOptions) {
+  const clock = new VirtualClock();
+  const net = new Net(clock, new Prng(58), o.latencyMs ?? 1);
+  const released: Array<{ seq: number; pushedAt: number; releasedAt: number; epoch: number }> = [];
+  const gate = new OutputBuffer<{ seq: number; pushedAt: number }>((x, epoch, held) => {
+    if (held) released.push({ ...x, releasedAt: clock.now(), epoch });
+  });
+  const domain = new StepDomain(128, 1, clock, () => {});
+  const pauses: Array<[number, number]> = [];
+  if (o.pauseMs) domain.pauseCost = { ms: () => o.pauseMs!, advance: (ms) => clock.advance(ms) };
+  domain.onPause = (a, b) => pauses.push([a, b]);
+  const paced: Array<{ epoch: number; cause: PaceCause; at: number }> = [];
+  const acks: Array<{ epoch: number; at: number }> = [];
+  const primary = new Primary(
+    domain,
+    gate,
+    clock,
+    {
+      intervalMs: o.intervalMs ?? 50,
+      compressor: 'lz4',
+      cachePages: 16,
+      maxInFlight: o.maxInFlight ?? 2,
+      heartbeatTimeoutMs: 1000,
+      batchPagesMax: 64,
+      deviceStateMax: 4096,
+      precopy: false,
+      trigger: o.trigger,
+      maxPauseShare: o.maxPauseShare,
+      pauseShareWindowMs: o.windowMs,
+    },
+    {
+      paced: (epoch, cause) => paced.push({ epoch, cause, at: clock.now() }),
+      phase: (phase, epoch) => {
+        if (phase === 'ack') acks.push({ epoch, at: clock.now() });
+      },
+    },
+  );
+  const backup = new Backup(
+    clock,
+    { pageCountMax: 1 << 20, batchPagesMax: 64, replicaFor: (h) => new MemReplica(h.pageCount) },
+    {},
+  );
+  primary.start();
+  const [b, p] = net.pair();
+  backup.attach(b);
+  primary.attach(p);
+  clock.runUntil(300); // the first (full) checkpoint is acknowledged: outputs are protected
+  assert.equal(primary.stats().state, 'protected');
+  let seq = 0;
+  const pushAt = (at: number): void => {
+    clock.setTimer(at - clock.now(), () => gate.push({ seq: ++seq, pushedAt: clock.now() }));
+  };
+  return { clock, gate, primary, released, pauses, paced, acks, pushAt };
+}
+
+const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+describe('58 output-triggered checkpoints', () => {
+  it('58.1 the pause share window: sliding sums, the prediction, when the next pause fits', () => {
+    const s = new PauseShare(0.1, 100); // 10 ms of every 100
+    s.add(10, 4, true); // a full copy: counted, not predicted from
+    assert.equal(s.predictMs(), 0);
+    s.add(30, 2, false);
+    s.add(50, 3, false);
+    assert.equal(s.pausedIn(0, 100), 9);
+    assert.equal(s.pausedIn(7, 29), 4); // [6,10] and [28,30] overlap it by 3 and 1
+    assert.ok(Math.abs(s.share(100) - 0.09) < 1e-9);
+    assert.ok(Math.abs(s.share(108) - 0.07) < 1e-9, "the full copy's [6, 10] is half outside");
+    assert.equal(s.predictMs(), 3, 'the longest recent incremental pause');
+    // At 50: 9 ms paused in the window, a 3 ms pause would make 12 > 10: wait until [6,10] left.
+    assert.equal(s.earliestStart(50), 10 + 100 - 3);
+    assert.equal(s.earliestStart(120), 120, 'at 120 only 5 ms remain in the window');
+    const tight = new PauseShare(0.02, 100);
+    tight.add(1, 3, false);
+    assert.equal(tight.earliestStart(500), Infinity, 'one pause alone is over the bound: only the timer');
+    const clip = new PauseShare(0.5, 100);
+    clip.add(10, 5, false);
+    clip.add(12, 5, false); // reaches back into the first: the guest was not paused twice at once
+    assert.equal(clip.pausedIn(0, 100), 7);
+    assert.throws(() => new PauseShare(0, 100), /max pause share/);
+    assert.throws(() => s.add(40, 1, false), /before the last one/);
+  });
+
+  it('58.2 a held output starts a checkpoint at once (trigger output), at the next tick (timer)', () => {
+    const latency = (trigger: Trigger): { ms: number[]; causes: PaceCause[] } => {
+      const r = rig({ trigger });
+      for (let i = 0; i < 20; i++) r.pushAt(310 + 37 * i);
+      r.clock.runUntil(1200);
+      assert.equal(r.released.length, 20, `${trigger}: every output released`);
+      return { ms: r.released.map((x) => x.releasedAt - x.pushedAt), causes: r.paced.map((p) => p.cause) };
+    };
+    const out = latency('output'),
+      timer = latency('timer');
+    // Output: the checkpoint starts on the next turn; the wait is the round trip to the backup (2–6 ms).
+    assert.ok(Math.max(...out.ms) <= 8, `output-triggered waits ${out.ms.join(',')}`);
+    assert.ok(out.causes.includes('output'));
+    assert.ok(!timer.causes.includes('output'));
+    assert.ok(mean(timer.ms) > 3 * mean(out.ms), `timer ${mean(timer.ms)} ms vs output ${mean(out.ms)} ms`);
+  });
+
+  it('58.3 outputs that arrive while a checkpoint is in flight ride the next one, started when the pipeline allows', () => {
+    for (const maxInFlight of [1, 2]) {
+      const r = rig({ trigger: 'output', maxInFlight, latencyMs: 8, intervalMs: 200 }); // no tick in 300..390
+      r.pushAt(313); // A: starts checkpoint N at once
+      r.pushAt(315); // B: N is in flight (unacknowledged)
+      r.clock.runUntil(390);
+      const [a, b] = r.released;
+      assert.ok(a && b, 'both released');
+      assert.ok(b.epoch > a.epoch, 'B is not released with the checkpoint that was in flight when it arrived');
+      const n = r.paced.find((p) => p.at >= 313)!;
+      const next = r.paced.find((p) => p.epoch === n.epoch + 1)!;
+      assert.equal(n.cause, 'output');
+      assert.equal(next.cause, 'output');
+      if (maxInFlight === 2) assert.equal(next.at, 315, 'a second checkpoint may be in flight: it starts at once');
+      else {
+        const ackN = r.acks.find((x) => x.epoch === n.epoch)!;
+        assert.equal(next.at, ackN.at, 'one in flight at most: the next starts with the ack that frees the pipeline');
+      }
+      assert.equal(b.releasedAt, r.acks.find((x) => x.epoch === next.epoch)!.at);
+    }
+  });
+
+  it('58.4 a flood of outputs: the paused share stays under the bound, the timer still fires at the interval', () => {
+    const windowMs = 200,
+      bound = 0.1,
+      pauseMs = 2;
+    const r = rig({ trigger: 'output', pauseMs, maxPauseShare: bound, windowMs, maxInFlight: 2 });
+    for (let t = 301; t < 2300; t += 1) r.pushAt(t);
+    r.clock.runUntil(2300);
+    const ps = r.pauses.filter(([a]) => a >= 300);
+    for (const [, end] of ps) {
+      let paused = 0;
+      for (const [a, b] of r.pauses) paused += Math.max(0, Math.min(b, end) - Math.max(a, end - windowMs));
+      assert.ok(paused <= bound * windowMs + 1e-6, `${paused} ms paused in the ${windowMs} ms before ${end}`);
+    }
+    const st = r.primary.stats();
+    assert.ok(st.checkpointsHeldBack > 0, 'the bound held checkpoints back');
+    assert.ok(st.pauseShare <= bound + 1e-9 && st.pauseShare > bound / 2, `status pauseShare ${st.pauseShare}`);
+    // 2 s at 2 ms a pause under 10 %: ~100 checkpoints, five times the timer's 40.
+    assert.ok(ps.length > 80, `${ps.length} checkpoints`);
+    const starts = r.paced.filter((p) => p.at >= 300).map((p) => p.at);
+    for (let i = 1; i < starts.length; i++)
+      assert.ok(starts[i] - starts[i - 1] <= 50 + pauseMs + 1e-6, 'a gap > interval');
+    // A pause that alone is over the bound: no early checkpoint, the timer paces.
+    const slow = rig({ trigger: 'output', pauseMs: 30, maxPauseShare: 0.1, windowMs: 200 });
+    for (let t = 301; t < 800; t += 3) slow.pushAt(t);
+    slow.clock.runUntil(800);
+    assert.ok(slow.paced.filter((p) => p.at > 400).every((p) => p.cause === 'timer'));
+  });
+
+  it('58.5 which gates tell of held outputs, and the refusals', () => {
+    const plain: OutputGate = { held: 0, barrier() {}, release() {}, setPassThrough() {}, discard() {} };
+    const domain = new StepDomain(128, 1, new VirtualClock(), () => {});
+    const opts = {
+      intervalMs: 50,
+      compressor: 'lz4' as const,
+      cachePages: 0,
+      maxInFlight: 1,
+      heartbeatTimeoutMs: 100,
+      batchPagesMax: 16,
+      deviceStateMax: 4096,
+    };
+    const clock = new VirtualClock();
+    assert.throws(() => new Primary(domain, plain, clock, { ...opts, trigger: 'output' }), isBadArgument);
+    assert.doesNotThrow(() => new Primary(domain, plain, clock, { ...opts, trigger: 'timer' }));
+    // sch_plug holds packets unseen: refused, and its default is the timer.
+    assert.throws(() => NET_BUFFERS.plug.validate({ commitProtection: 'off', trigger: 'output' }), isBadArgument);
+    assert.doesNotThrow(() => NET_BUFFERS.nfqueue.validate({ commitProtection: 'pgwire', trigger: 'output' }));
+    assert.equal(triggerFor({ commitProtection: 'off' }, NET_BUFFERS.plug), 'timer');
+    assert.equal(triggerFor({ commitProtection: 'off' }, NET_BUFFERS.nfqueue), 'output');
+    assert.equal(triggerFor({ commitProtection: 'off' }, null), 'output');
+    assert.equal(triggerFor({ commitProtection: 'off', trigger: 'timer' }, NET_BUFFERS.nfqueue), 'timer');
+    // A set tells only when every gate can; it forwards to all.
+    assert.equal(new GateSet([new NoGate(), plain]).watchHeld, undefined);
+    const own = new OutputBuffer<number>(() => {});
+    let heard = 0;
+    new GateSet([own, new NoGate()]).watchHeld!(() => heard++);
+    own.push(1);
+    assert.equal(heard, 1);
+    own.setPassThrough(true);
+    own.push(2);
+    assert.equal(heard, 1, 'an output that passes through waits for nothing');
+  });
+
+  it('58.6 the nfqueue ledger tells of packets held as protected, once per batch, not of the others', () => {
+    const sink: VerdictSink = { verdictUpTo() {}, verdictEach() {}, drain() {} };
+    const byMark: Classifier = (h) => (h[1] === 1 ? 'hold' : 'release');
+    const ledger = new PacketLedger(sink, { heldMax: 100, heldBytesMax: 1 << 20 }, byMark, 64);
+    let heard = 0;
+    ledger.watchHeld(() => heard++);
+    let id = 0;
+    const batch = (marks: number[], flows: number[]): void => {
+      const headers = new Uint8Array(marks.length * 64);
+      marks.forEach((m, i) => {
+        const h = headers.subarray(i * 64, (i + 1) * 64);
+        h.set([0x45, m], 0);
+        h[9] = 6;
+        h.set([127, 0, 0, 2, 127, 0, 0, 3], 12);
+        h[23] = flows[i];
+      });
+      ledger.ingest({
+        count: marks.length,
+        ids: Uint32Array.from(marks, () => ++id),
+        ipLens: new Uint32Array(marks.length).fill(60),
+        protos: new Uint16Array(marks.length).fill(0x0800),
+        headers,
+        copyBytes: 64,
+      });
+    };
+    batch([0, 0], [1, 2]);
+    assert.equal(heard, 0, 'released at once');
+    batch([1, 1, 0], [1, 2, 3]);
+    assert.equal(heard, 1, 'two protected packets, one signal');
+    ledger.barrier(1);
+    batch([0], [1]);
+    assert.equal(ledger.stats.waitedBehindFlow, 1);
+    assert.equal(heard, 1, 'a packet that waits behind its flow rides a held epoch');
+    ledger.setPassThrough(true);
+    batch([1], [4]);
+    assert.equal(heard, 1, 'pass-through holds nothing');
+    ledger.watchHeld(null);
+    ledger.setPassThrough(false);
+    batch([1], [5]);
+    assert.equal(heard, 1, 'stopped');
+  });
+
+  it('58.7 --trigger and --max-pause-share on the command line; status --json shows the pacing', async function () {
+    this.timeout(60_000);
+    const share = fractionOption('--max-pause-share', 0, 1);
+    assert.equal(share('0.1'), 0.1);
+    assert.equal(share('.5'), 0.5);
+    assert.equal(share('1'), 1);
+    for (const bad of ['0', '10%', '1e-1', '1.5', '-0.1', ''])
+      assert.throws(() => share(bad), isBadArgument, `--max-pause-share ${bad}`);
+    const timer = runCli(['protect', 'sim:t58', '-b', '--trigger', 'timer', '--max-pause-share', '0.2'], 20_000);
+    assert.notEqual(timer.status, 0);
+    assert.match(timer.stderr, /--max-pause-share .*--trigger output/);
+    const plug = runCli(
+      ['protect', 'sim:t58', '-b', '--memory', '16MiB', '--net-buffer', 'plug', '--vif', 'x', '--trigger', 'output'],
+      20_000,
+    );
+    assert.notEqual(plug.status, 0);
+    assert.match(plug.stderr, /sch_plug holds packets in the kernel/);
+    const env = { ...process.env, REMUSDB_RUN_DIR: tmpDir('t58') };
+    const bin = path.join(ROOT, 'bin', 'remusdb');
+    const args = ['protect', 'sim:t58', '-b', '--memory', '16MiB', '--disk', '0', '--rate', '500', '--seconds', '20'];
+    const p = spawn(process.execPath, [bin, ...args, '--max-pause-share', '0.25'], { env, stdio: 'ignore' });
+    try {
+      let st: Record<string, unknown> | undefined;
+      for (let i = 0; i < 100 && !(Number(st?.earlyCheckpoints) > 0); i++) {
+        await sleep(200);
+        const r = spawnSync(process.execPath, [bin, 'status', '--json'], { env, encoding: 'utf8' });
+        st = (JSON.parse(r.stdout || '{"processes":[]}').processes as Array<Record<string, unknown>>)[0];
+      }
+      assert.ok(st, 'status answered');
+      assert.equal(st.trigger, 'output', 'the default where outputs signal');
+      assert.equal(st.max_pause_share, 0.25);
+      assert.equal(st.pause_share_window_ms, 1000);
+      assert.ok(Number(st.earlyCheckpoints) > 0, 'held outputs started checkpoints');
+      assert.ok(typeof st.pauseShare === 'number' && st.pauseShare >= 0 && st.pauseShare <= 1);
+    } finally {
+      p.kill('SIGTERM');
+      await new Promise((r) => p.once('exit', r));
+    }
+  });
+});

@@ -297,6 +297,10 @@ describe('67 protect with a network buffer', function () {
             'pgwire',
             '--queue',
             '7067',
+            // The timer alone paces: with --trigger output a held output would start the next
+            // checkpoint at once, and the reply's checkpoint would commit before the failover.
+            '--trigger',
+            'timer',
           ],
           'protect-b.log',
         );

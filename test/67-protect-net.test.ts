@@ -84,6 +84,34 @@ describe('67 protect with a network buffer', function () {
     }
   });
 
+  it('67.1b nfqueue without br_netfilter hooks is refused before the domain is opened', function () {
+    const why = whyNoNetns();
+    if (why) {
+      console.log(`      skipped: ${why}`);
+      this.skip();
+    }
+    const ns = 'rdb67pf';
+    spawnSync('ip', ['netns', 'del', ns]);
+    assert.equal(spawnSync('ip', ['netns', 'add', ns]).status, 0);
+    try {
+      // Missing (no br_netfilter) or 0: either way bridged packets would bypass the queue.
+      spawnSync('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0']);
+      const args = ['protect', 'sim:t67pf', '--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1'];
+      const r = spawnSync(
+        'ip',
+        ['netns', 'exec', ns, process.execPath, path.join(ROOT, 'bin/remusdb'), ...args, '--net-buffer', 'nfqueue'],
+        { encoding: 'utf8', timeout: 30_000 },
+      );
+      assert.notEqual(r.status, 0, r.stderr);
+      assert.match(r.stderr, /net\.bridge\.bridge-nf-call-iptables is (0|missing).*\[ERR_NETBUF\]/);
+      // Nothing was opened: the error is all protect said (no --vif needed to get this far).
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.equal(r.stdout.trim(), '', r.stdout);
+    } finally {
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
+  });
+
   it('67.5 one gate over all vifs: every step reaches each interface; vifs found in device order', () => {
     const calls: string[] = [];
     const fake = (n: string): OutputGate => ({

@@ -29,7 +29,7 @@ import {
 } from './options';
 import { checkPath, nbdDeviceOption, pathOption } from './path-options';
 import { roundedSize } from './units';
-import { addNetOptions, maxInFlightOf, netPlan, type NetCliOptions, triggerOf } from './net-options';
+import { addNetOptions, maxInFlightOf, netPlan, netPreflight, type NetCliOptions, triggerOf } from './net-options';
 import { TRIGGERS } from '../engine/pacing';
 import { MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
@@ -467,6 +467,7 @@ async function runProtect(
   checkProtectChoices(driver, backupArg, o, cmd);
   const backup = o.blackhole ? ('blackhole' as const) : parseHostPort(backupArg!, DEFAULT_REPLICATION_PORT);
   const sec = o.blackhole ? ({ insecure: true } as const) : security(o, log); // a bad key fails before anything opens
+  netPreflight(o, driver); // before the domain (and a Xen domain's disk) is opened
   const metrics = await openMetrics(o.metrics); // and a port in use too
   const svc = await closingOnError(metrics, async () => {
     const opened = await driver.open({

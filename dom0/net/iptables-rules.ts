@@ -127,7 +127,7 @@ export function listRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): string[] {
 }
 
 /** physdev matching sees bridged packets only with br_netfilter's IP hooks enabled. */
-function checkBridgeNetfilter(netns: string | undefined): void {
+export function checkBridgeNetfilter(netns: string | undefined): void {
   for (const key of ['bridge-nf-call-iptables', 'bridge-nf-call-ip6tables']) {
     const file = `/proc/sys/net/bridge/${key}`;
     let value: string;

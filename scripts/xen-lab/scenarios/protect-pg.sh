@@ -44,6 +44,10 @@ export PATH=/opt/pgc/bin:$PATH LD_LIBRARY_PATH=/opt/pgc/lib
 export PGHOST=$IP PGUSER=postgres PGDATABASE=bench PGCONNECT_TIMEOUT=60
 lab_bridge_up
 modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
+if [ "$MODE" = pgwire ]; then # nfqueue matches the vif with physdev: bridged packets through iptables
+  modprobe br_netfilter && sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 ||
+    lab_fail "br_netfilter's IP hooks could not be enabled"
+fi
 
 # The guest's side: mount the disk, chroot, PostgreSQL as uid 999 (its own /etc/passwd).
 lab_hook_img $W/hook.img <<'EOF'
@@ -79,17 +83,19 @@ lab_step create 240 xl create $W/$DOMU.cfg || { lab_fail "xl create failed"; tai
 boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http "$IP" 7777 /boot)
 pg_ok() { psql -X -Atc 'SELECT 1' 2> /dev/null | grep -qx 1; }
 t=$(lab_now)
-until pg_ok || [ "$(lab_since "$t" | cut -d. -f1)" -gt 600 ]; do sleep 2; done
-pg_ok || { lab_fail "PostgreSQL in the domU did not answer"; lab_guest_log $DOMU | tail -n 20; lab_result; exit; }
+until pg_ok || [ "$(lab_since "$t" | cut -d. -f1)" -gt 600 ] || ! kill -0 $PP 2> /dev/null; do sleep 2; done
+# An early end keeps what explains it: the guest's console, both remusdb logs.
+early_end() { # early_end WHY
+  lab_fail "$1"
+  lab_guest_log $DOMU | tail -n 20; tail -n 40 $W/protect.err; tail -n 20 $W/backup.err
+  cp $W/*.out $W/*.err $W/*.cfg "$LAB_OUT/" 2> /dev/null; kill -TERM $PP $BP 2> /dev/null; sleep 3
+  lab_result; exit
+}
+pg_ok || early_end "PostgreSQL in the domU did not answer"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
 
 acked=$(lab_wait_acked "$PP" 3 600)
-if ! { [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; }; then
-  lab_fail "checkpoints were not acknowledged (acked '${acked}')"
-  lab_guest_log $DOMU | tail -n 20; tail -n 40 $W/protect.err; tail -n 20 $W/backup.err
-  cp $W/*.out $W/*.err $W/*.cfg "$LAB_OUT/" 2>/dev/null; kill -TERM $PP $BP 2>/dev/null; sleep 3
-  lab_result; exit
-fi
+{ [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; } || early_end "checkpoints were not acknowledged (acked '${acked}')"
 
 # The ledger: one psql session per client, reconnecting when its session ends. An id goes to
 # ledger-C.log ("id latency_ms acked_at_us") only after psql printed ACK for it, which psql

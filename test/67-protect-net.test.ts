@@ -112,6 +112,18 @@ describe('67 protect with a network buffer', function () {
     }
   });
 
+  it('67.1c nfqueue without iptables is refused before the domain is opened, saying what to install', () => {
+    const args = ['protect', 'sim:t67pt', '--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1'];
+    const r = spawnSync(process.execPath, [path.join(ROOT, 'bin/remusdb'), ...args, '--net-buffer', 'nfqueue'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      env: { ...process.env, PATH: path.dirname(process.execPath) }, // no iptables on this PATH
+    });
+    assert.notEqual(r.status, 0, r.stderr);
+    assert.match(r.stderr, /with iptables, which is not installed here: install iptables .*\[ERR_NETBUF\]/);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  });
+
   it('67.5 one gate over all vifs: every step reaches each interface; vifs found in device order', () => {
     const calls: string[] = [];
     const fake = (n: string): OutputGate => ({

@@ -16,7 +16,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
 import { type DomainNetOptions, DOMAIN_IFACES_MAX } from '../net/domain-net';
 import { NET_BUFFERS, maxInFlightFor, triggerFor } from '../net/net-buffers';
-import { checkBridgeNetfilter } from '../net/iptables-rules';
+import { checkBridgeNetfilter, checkIptablesTools } from '../net/iptables-rules';
 import type { Trigger } from '../engine/pacing';
 import { type DomainDriver, requireFeature } from '../hypervisor/driver';
 import type { CommitProtection } from '../net/net-device';
@@ -110,12 +110,15 @@ export interface NetDomain {
 /**
  * What the chosen network buffer needs from this host, checked before the domain is opened:
  * a Xen domain's disk is served from then on, and a refusal after that would take the disk
- * away from a running guest. nfqueue on bridged interfaces needs br_netfilter's IP hooks.
+ * away from a running guest. nfqueue needs iptables, and on bridged interfaces br_netfilter's
+ * IP hooks.
  */
 export function netPreflight(o: NetCliOptions, driver: DomainDriver): void {
   if (o.netBuffer === false) return;
   const name = o.netBuffer ?? driver.defaults.netBuffer;
-  if (name === 'nfqueue' && !o.routed) checkBridgeNetfilter(undefined);
+  if (name !== 'nfqueue') return;
+  checkIptablesTools();
+  if (!o.routed) checkBridgeNetfilter(undefined);
 }
 
 /** Which network buffer to install (null: only a domain's own outputs are held, or -n). */

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { loadAddon, type NativeAddon } from '../native';
 import { DRIVERS } from '../hypervisor/registry';
+import { checkIptablesTools } from '../net/iptables-rules';
 
 export interface Capability {
   name: string;
@@ -90,7 +91,13 @@ function nfqueueCheck(addon: NativeAddon | null): Capability {
     };
   if (!isRoot()) return { name, available: false, reason: 'binding a netfilter queue needs root' };
   const p = addon.nfqueueProbe(65519);
-  return { name, available: p.ok, reason: p.ok ? 'a netfilter queue can be bound' : p.message };
+  if (!p.ok) return { name, available: false, reason: p.message };
+  try {
+    checkIptablesTools(); // the rules that feed the queue
+  } catch (e) {
+    return { name, available: false, reason: (e as Error).message };
+  }
+  return { name, available: true, reason: 'a netfilter queue can be bound and iptables feeds it' };
 }
 
 function schPlugCheck(): Capability {

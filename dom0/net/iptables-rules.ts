@@ -126,6 +126,22 @@ export function listRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): string[] {
   return out;
 }
 
+/** iptables and ip6tables are installed and answer (Debian: the iptables package, nft backend). */
+export function checkIptablesTools(): void {
+  for (const tool of TOOLS) {
+    const r = spawnSync(tool, ['--version'], { encoding: 'utf8', timeout: 10_000 });
+    if (r.status !== 0) {
+      throw new RemusError(
+        ErrorCode.NETBUF,
+        `--net-buffer nfqueue installs its rules with ${tool}, which ${r.error ? 'is not installed' : 'failed'} ` +
+          'here: install iptables (Debian: apt install iptables)',
+        {},
+        { cause: r.error ?? new Error(r.stderr.trim()) },
+      );
+    }
+  }
+}
+
 /** physdev matching sees bridged packets only with br_netfilter's IP hooks enabled. */
 export function checkBridgeNetfilter(netns: string | undefined): void {
   for (const key of ['bridge-nf-call-iptables', 'bridge-nf-call-ip6tables']) {

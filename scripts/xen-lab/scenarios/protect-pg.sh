@@ -155,22 +155,28 @@ pgbench_run() { # pgbench_run NAME SECONDS: TPC-B in the background, output in $
 }
 pgbench_txs() { sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' $W/pgbench-$1.out | head -1; }
 pgbench_tps() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' $W/pgbench-$1.out | head -1; }
+# load_phase NAME: pgbench for RUN_S beside the ledger; sets TPS, TX, and the ledger's commits
+# (LN) and commit latency p50/p99 (L50, L99) in that time.
+load_phase() {
+  local t0 t1
+  t0=${EPOCHREALTIME/./}
+  pgbench_run "$1" "$RUN_S"; wait $PGB
+  t1=${EPOCHREALTIME/./}
+  TX=$(pgbench_txs "$1"); TPS=$(pgbench_tps "$1")
+  [ -n "$TPS" ] || TPS=$(awk -v n="${TX:-0}" -v s="$RUN_S" 'BEGIN { printf "%.3f", n / s }')
+  L50=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 50); L99=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 99)
+  LN=$(acked_since "$t0" "$t1" | wc -l)
+}
 for c in $(seq 1 "$LEDGERS"); do ledger "$c" & done
 
 # 1. Protected load.
-T1=${EPOCHREALTIME/./}
-pgbench_run protected "$RUN_S"; wait $PGB
-T1E=${EPOCHREALTIME/./}
-TPS_P=$(pgbench_tps protected)
-LAT_P50=$(acked_since "$T1" "$T1E" | awk '{ print $2 }' | pct 50); LAT_P99=$(acked_since "$T1" "$T1E" | awk '{ print $2 }' | pct 99)
-N_P=$(acked_since "$T1" "$T1E" | wc -l)
+load_phase protected
+TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
 lab_status > $W/status-primary.json
 field() { lab_field primary "$1" < $W/status-primary.json; }
 CK=$(field checkpoints); WIRE=$(field wireBytes); P50=$(field pauseMsP50); P99=$(field pauseMsP99); FULLP=$(field fullPauseMs)
 lab_log "protected ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms; $CK checkpoints, pause p50/p99 $P50/$P99 ms"
 grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/^/  pgbench: /'
-TX_P=$(pgbench_txs protected)
-[ -n "$TPS_P" ] || TPS_P=$(awk -v n="${TX_P:-0}" -v s="$RUN_S" 'BEGIN { printf "%.3f", n / s }')
 [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
 
 # 2. The host dies in the middle of the same load, while its checkpoints are acknowledged.
@@ -220,17 +226,13 @@ lab_log "TPC-B sums after the crash ($TX_P transactions protected, ${TX_C:-no} i
 [ -n "$SA" ] && [ "$SA" = "$ST" ] && [ "$SA" = "$SB" ] && [ "$SA" = "$SH" ] || lab_fail "TPC-B balances disagree after failover: $SA $ST $SB $SH"
 
 # 3. The same load on the resumed guest, now unprotected: the run's baseline.
-T3=${EPOCHREALTIME/./}
-pgbench_run unprotected "$RUN_S"; wait $PGB
-T3E=${EPOCHREALTIME/./}
-TPS_U=$(pgbench_tps unprotected)
-LAT_U50=$(acked_since "$T3" "$T3E" | awk '{ print $2 }' | pct 50); LAT_U99=$(acked_since "$T3" "$T3E" | awk '{ print $2 }' | pct 99)
-N_U=$(acked_since "$T3" "$T3E" | wc -l)
+load_phase unprotected
+TPS_U=$TPS LAT_U50=$L50 LAT_U99=$L99 N_U=$LN
 touch $W/ledger.stop
 LEDGER_RATIO=$(awk -v p="$N_P" -v u="$N_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
 RATIO=$(awk -v p="$TPS_P" -v u="$TPS_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
 lab_log "unprotected (after failover): pgbench $TPS_U tps, ledger latency p50 $LAT_U50 ms p99 $LAT_U99 ms; protected/unprotected TPS $RATIO, ledger commits $N_P/$N_U = $LEDGER_RATIO"
-[ -n "$TPS_U" ] || lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
+[[ "$TX" =~ ^[1-9][0-9]*$ ]] || lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
 BPC=$(awk -v w="$WIRE" -v c="$CK" 'BEGIN { if (c > 0) printf "%d", w / c }')
 
 echo "XENLAB NUMBERS protect-pg: net=$MODE mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run=$TX_C tps_unprotected=$TPS_U tps_ratio=$RATIO ledger_commits_protected=$N_P ledger_commits_unprotected=$N_U ledger_ratio=$LEDGER_RATIO commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 commit_unprotected_p50_ms=$LAT_U50 commit_unprotected_p99_ms=$LAT_U99 checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP bytes_per_checkpoint=$BPC failover_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S ledger_sessions_new_after_kill=$((sessions_after - sessions_before)) pgbench_clients_aborted=$PGB_ABORTED"

@@ -186,3 +186,24 @@ lab_check_no_buffer() { # no IFB or iptables rule of a network buffer left in do
   left=$(ip -o link show | grep -o 'rdb-[^:@]*'; iptables -t mangle -S | grep REMUSDB)
   [ -z "$left" ] || lab_fail "network buffer left behind after protect stopped: $left"
 }
+
+# A domU whose data disk protect serves at /dev/nbd0 (--disk-image … --disk-device /dev/nbd0
+# --wait-domain) and whose hook script is FILE: waits until protect PID attached the disk,
+# then writes DIR/NAME.cfg (xvdb = /dev/nbd0 through BACKEND, xvdc = the hook) and creates
+# the domU. Returns 1 after lab_fail.
+lab_domu_on_nbd0() { # lab_domu_on_nbd0 PID NAME IP MAC MEMORY_MB HOOK_FILE DIR [BACKEND]
+  local t hookdev
+  t=$(lab_now)
+  until [ -e /sys/block/nbd0/pid ] || ! kill -0 "$1" 2>/dev/null || [ "$(lab_since "$t" | cut -d. -f1)" -gt 120 ]; do
+    sleep 0.5
+  done
+  lab_check "protect serves the disk at /dev/nbd0" test -e /sys/block/nbd0/pid || return 1
+  lab_log "disk served and attached after $(lab_since "$t") s"
+  hookdev=$(losetup -f --show -r "$6") || { lab_fail "losetup of the hook script failed"; return 1; }
+  cat > "$7/$2.cfg" <<EOF
+$(lab_domu_cfg "$2" "$3/24" "$4" "$5" | sed 's/^extra = "\(.*\)"/extra = "\1 xenlab.hook=\/dev\/xvdc"/')
+disk = [ 'format=raw, vdev=xvdb, access=rw, backendtype=${8:-phy}, target=/dev/nbd0',
+         'format=raw, vdev=xvdc, access=ro, backendtype=phy, target=$hookdev' ]
+EOF
+  lab_step create 240 xl create "$7/$2.cfg" || { lab_fail "xl create failed"; return 1; }
+}

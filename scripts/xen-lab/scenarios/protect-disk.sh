@@ -61,22 +61,9 @@ BP=$!
 node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure -n -F -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-90000}" \
   --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!
-t=$(lab_now)
-until [ -e /sys/block/nbd0/pid ]; do
-  kill -0 $PP 2>/dev/null || break
-  [ "$(lab_since "$t" | cut -d. -f1)" -gt 120 ] && break
-  sleep 0.5
-done
-lab_check "protect serves the disk at /dev/nbd0" test -e /sys/block/nbd0/pid || { cat $W/protect.err; lab_result; exit; }
-lab_log "disk served and attached after $(lab_since "$t") s: $(grep -h 'disk:' $W/protect.err | tail -2 | tr '\n' ' ')"
-
-HOOKDEV=$(losetup -f --show -r $W/hook.img) || lab_fail "losetup of the hook script failed"
-cat > $W/$DOMU.cfg <<EOF
-$(lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 "$MEM" | sed 's/^extra = "\(.*\)"/extra = "\1 xenlab.hook=\/dev\/xvdc"/')
-disk = [ 'format=raw, vdev=xvdb, access=rw, backendtype=${PD_BACKEND:-phy}, target=/dev/nbd0',
-         'format=raw, vdev=xvdc, access=ro, backendtype=phy, target=$HOOKDEV' ]
-EOF
-lab_step create 240 xl create $W/$DOMU.cfg || { lab_fail "xl create failed"; tail $W/protect.err; lab_result; exit; }
+lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W "${PD_BACKEND:-phy}" ||
+  { cat $W/protect.err; lab_result; exit; }
+lab_log "disk: $(grep -h 'disk:' $W/protect.err | tail -2 | tr '\n' ' ')"
 lab_wait_http "$IP" 7777 /counter 300 "$DOMU" || { lab_fail "domU counter did not answer"; lab_guest_log $DOMU | tail; lab_result; exit; }
 num() { local v; v=$(lab_http "$IP" 7777 "$1" "${2:-5}"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v"; }
 t=$(lab_now); d0=

@@ -70,16 +70,7 @@ node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$
   --heartbeat-timeout "${PROTECT_HB_MS:-90000}" --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 \
   --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!
-t=$(lab_now)
-until [ -e /sys/block/nbd0/pid ] || ! kill -0 $PP 2>/dev/null || [ "$(lab_since "$t" | cut -d. -f1)" -gt 120 ]; do sleep 0.5; done
-lab_check "protect serves the disk at /dev/nbd0" test -e /sys/block/nbd0/pid || { tail $W/protect.err; lab_result; exit; }
-HOOKDEV=$(losetup -f --show -r $W/hook.img) || lab_fail "losetup of the hook script failed"
-cat > $W/$DOMU.cfg <<EOF
-$(lab_domu_cfg "$DOMU" "$IP/24" 00:16:3e:00:00:02 "$MEM" | sed 's/^extra = "\(.*\)"/extra = "\1 xenlab.hook=\/dev\/xvdc"/')
-disk = [ 'format=raw, vdev=xvdb, access=rw, backendtype=phy, target=/dev/nbd0',
-         'format=raw, vdev=xvdc, access=ro, backendtype=phy, target=$HOOKDEV' ]
-EOF
-lab_step create 240 xl create $W/$DOMU.cfg || { lab_fail "xl create failed"; tail $W/protect.err; lab_result; exit; }
+lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W || { tail $W/protect.err; lab_result; exit; }
 boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http "$IP" 7777 /boot)
 pg_ok() { psql -X -Atc 'SELECT 1' 2> /dev/null | grep -qx 1; }
 t=$(lab_now)

@@ -246,7 +246,8 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
         `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ` +
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
           `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
-          `paused ${(100 * p.pauseShare).toFixed(1)}% (${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)`,
+          `paused ${(100 * p.pauseShare).toFixed(1)}% ` +
+          `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)`,
       );
     };
     for (let round = 1; round <= o.runs; round++) {

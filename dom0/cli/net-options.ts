@@ -180,7 +180,10 @@ export function maxInFlightOf(o: NetCliOptions, plan: DomainNetOptions | null): 
   return maxInFlightFor(o, plan ? NET_BUFFERS[plan.driver] : null);
 }
 
-/** --trigger: what was asked (checked against the buffer by netPlan), else output unless the buffer cannot tell (plug). */
+/**
+ * --trigger: what was asked (checked against the buffer by netPlan), else output unless the
+ * buffer cannot tell (plug).
+ */
 export function triggerOf(o: NetCliOptions, plan: DomainNetOptions | null): Trigger {
   return triggerFor(o, plan ? NET_BUFFERS[plan.driver] : null);
 }

@@ -516,7 +516,8 @@ export class Primary {
       // (they go with a later ack, or pass through when unprotected), and the next barrier
       // must be epoch + 1. A guest this checkpoint suspended is resumed (best effort).
       if (barrierPlaced) this.epoch = Math.max(this.epoch, epoch);
-      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, capturedPages(cap, 0, cap.count)); // memory as captured, whatever became of it
+      // memory as captured, whatever became of it
+      if (cap) this.pageCrcs?.update(cap.pfns, cap.count, capturedPages(cap, 0, cap.count));
       if (suspended) this.resumeAfterFailure();
       this.hooks.event?.('checkpoint-failed', { epoch, message: (e as Error).message });
       // The backup keeps its image for our reconnection only if we can go on: a domain that is

@@ -178,7 +178,8 @@ lab_check_fenced() { # lab_check_fenced PROTECT_PID PROTECT_STDERR_FILE
   fi
   wait "$1"; rc=$?
   lab_log "protect exit status $rc (3: fenced by the backup's takeover)"
-  grep -q "network buffer is removed" "$2" || lab_fail "protect ended without its stop path (no 'network buffer is removed' line)"
+  grep -q "network buffer is removed" "$2" ||
+    lab_fail "protect ended without its stop path (no 'network buffer is removed' line)"
 }
 
 lab_check_no_buffer() { # no IFB or iptables rule of a network buffer left in dom0

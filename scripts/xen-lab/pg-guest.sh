@@ -43,7 +43,8 @@ build() {
   mkdir -p "$root"/{bin,etc,lib64,lib/x86_64-linux-gnu,proc,sys,dev,tmp,run,agent}
   chmod 1777 "$root/tmp"
   # busybox-static from the Debian mirror this host uses (the domU's initramfs has the same).
-  (cd "$work" && apt-get download -q -o APT::Sandbox::User=root busybox-static > /dev/null) || xl_die "apt-get download busybox-static failed"
+  (cd "$work" && apt-get download -q -o APT::Sandbox::User=root busybox-static > /dev/null) ||
+    xl_die "apt-get download busybox-static failed"
   dpkg-deb -x "$work"/busybox-static_*.deb "$work/bb"
   install -m 0755 "$work/bb/bin/busybox" "$root/bin/busybox"
   ln -s busybox "$root/bin/sh"
@@ -56,7 +57,11 @@ build() {
   for f in "$root/pg/bin/"* "$root/pg/lib/"*.so* "$root/pg/lib/postgresql/"*.so; do
     LD_LIBRARY_PATH=$root/pg/lib ldd "$f" 2>/dev/null | awk '$3 ~ /^\// { print $3 } $1 ~ /^\/lib64/ { print $1 }'
   done | sort -u | while read -r lib; do
-    case "$lib" in "$root"/*) continue ;; /lib64/*) cp -L "$lib" "$root/lib64/" ;; *) cp -L "$lib" "$root/lib/x86_64-linux-gnu/" ;; esac
+    case "$lib" in
+      "$root"/*) continue ;;
+      /lib64/*) cp -L "$lib" "$root/lib64/" ;;
+      *) cp -L "$lib" "$root/lib/x86_64-linux-gnu/" ;;
+    esac
   done
   printf 'root:x:0:0:root:/:/bin/sh\npostgres:x:%d:%d:PostgreSQL:/data:/bin/sh\n' $PG_UID $PG_UID > "$root/etc/passwd"
   printf 'root:x:0:\npostgres:x:%d:\n' $PG_UID > "$root/etc/group"

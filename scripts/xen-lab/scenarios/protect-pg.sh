@@ -86,7 +86,8 @@ pg_ok || early_end "PostgreSQL in the domU did not answer"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
 
 acked=$(lab_wait_acked "$PP" 3 600)
-{ [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; } || early_end "checkpoints were not acknowledged (acked '${acked}')"
+{ [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; } ||
+  early_end "checkpoints were not acknowledged (acked '${acked}')"
 
 # The ledger: one psql session per client, reconnecting when its session ends. An id goes to
 # ledger-C.log ("id latency_ms acked_at_us") only after psql printed ACK for it, which psql
@@ -101,8 +102,8 @@ ledger() { # ledger CLIENT
     echo "$(date +%s.%N) session" >> $W/ledger-$c.sessions
     while [ ! -e $W/ledger.stop ]; do
       n=$((n + 1)); id=$((c * 10000000 + n)); t0=${EPOCHREALTIME/./}
-      printf 'INSERT INTO ledger (id, client) VALUES (%d, %d);\n\\if :ERROR\n\\echo FAIL %d\n\\else\n\\echo ACK %d\n\\endif\n' \
-        $id "$c" $id $id >&$to 2> /dev/null || break
+      printf 'INSERT INTO ledger (id, client) VALUES (%d, %d);\n' $id "$c" >&$to 2> /dev/null || break
+      printf '\\if :ERROR\n\\echo FAIL %d\n\\else\n\\echo ACK %d\n\\endif\n' $id $id >&$to 2> /dev/null || break
       line=
       while IFS= read -r -t 180 line <&$from; do
         [[ "$line" == "ACK $id" || "$line" == "FAIL $id" ]] && break
@@ -155,7 +156,8 @@ load_phase() {
   t1=${EPOCHREALTIME/./}
   TX=$(pgbench_txs "$1"); TPS=$(pgbench_tps "$1")
   [ -n "$TPS" ] || TPS=$(awk -v n="${TX:-0}" -v s="$RUN_S" 'BEGIN { printf "%.3f", n / s }')
-  L50=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 50); L99=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 99)
+  L50=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 50)
+  L99=$(acked_since "$t0" "$t1" | awk '{ print $2 }' | pct 99)
   LN=$(acked_since "$t0" "$t1" | wc -l)
 }
 for c in $(seq 1 "$LEDGERS"); do ledger "$c" & done
@@ -165,8 +167,10 @@ load_phase protected
 TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
 lab_status > $W/status-primary.json
 field() { lab_field primary "$1" < $W/status-primary.json; }
-CK=$(field checkpoints); WIRE=$(field wireBytes); P50=$(field pauseMsP50); P99=$(field pauseMsP99); FULLP=$(field fullPauseMs)
-lab_log "protected ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms; $CK checkpoints, pause p50/p99 $P50/$P99 ms"
+CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(field fullPauseMs)
+P50=$(field pauseMsP50); P99=$(field pauseMsP99)
+lab_log "protected ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms;" \
+  "$CK checkpoints, pause p50/p99 $P50/$P99 ms"
 grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/^/  pgbench: /'
 [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
 
@@ -180,14 +184,18 @@ ack_b=$(lab_status | lab_field primary ackedEpoch)
 sessions_before=$(cat $W/ledger-*.sessions | wc -l)
 PRIM=$(xl domid "$DOMU"); TK=${EPOCHREALTIME/./}
 xl destroy "$PRIM"
-lab_log "destroyed the primary (id $PRIM) at acked epoch $ack_b; $(cat $W/ledger-*.log | wc -l) ledger commits acknowledged so far"
+lab_log "destroyed the primary (id $PRIM) at acked epoch $ack_b;" \
+  "$(cat $W/ledger-*.log | wc -l) ledger commits acknowledged so far"
 boot2=
 for i in $(seq 1 300); do boot2=$(lab_http "$IP" 7777 /boot 1); [ -n "$boot2" ] && break; sleep 1; done
 FAILOVER_S=$(awk -v a="${EPOCHREALTIME/./}" -v b="$TK" 'BEGIN { printf "%.1f", (a - b) / 1e6 }')
 lab_log "the resumed guest answers ${FAILOVER_S} s after the kill"
-[ -n "$boot2" ] && [ "$boot2" = "$boot0" ] && lab_log "ok: same boot id (resumed, not rebooted)" || lab_fail "boot id changed ('$boot0' -> '$boot2')"
+[ -n "$boot2" ] && [ "$boot2" = "$boot0" ] && lab_log "ok: same boot id (resumed, not rebooted)" ||
+  lab_fail "boot id changed ('$boot0' -> '$boot2')"
 # The first commit of an INSERT sent after the kill (not one the dying primary released).
-sent_after() { cat $W/ledger-*.log 2> /dev/null | awk -v k="$TK" '$3 - $2 * 1000 >= k { print $3 }' | sort -n | head -1; }
+sent_after() {
+  cat $W/ledger-*.log 2> /dev/null | awk -v k="$TK" '$3 - $2 * 1000 >= k { print $3 }' | sort -n | head -1
+}
 t=$(lab_now)
 until [ -n "$(sent_after)" ] || [ "$(lab_since "$t" | cut -d. -f1)" -gt 300 ]; do sleep 0.5; done
 FIRST_US=$(sent_after)
@@ -211,10 +219,13 @@ lab_log "ledger: $ACKED ids acknowledged, $PRESENT rows in the resumed database,
 TX_C=$(pgbench_txs crash)
 # Under emulation a protected TPC-B transaction takes ~10 s (plug); the crash run's must exist
 # for the balance check below to say anything.
-[[ "$TX_C" =~ ^[0-9]+$ ]] && [ "$TX_C" -gt 0 ] || lab_fail "no pgbench transaction in the crash run: $(tail -n 3 $W/pgbench-crash.out)"
+[[ "$TX_C" =~ ^[0-9]+$ ]] && [ "$TX_C" -gt 0 ] ||
+  lab_fail "no pgbench transaction in the crash run: $(tail -n 3 $W/pgbench-crash.out)"
 read -r SA ST SB SH <<< "$(tpcb_sums)"
-lab_log "TPC-B sums after the crash ($TX_P transactions protected, ${TX_C:-no} in the crash run): accounts $SA tellers $ST branches $SB history $SH"
-[ -n "$SA" ] && [ "$SA" = "$ST" ] && [ "$SA" = "$SB" ] && [ "$SA" = "$SH" ] || lab_fail "TPC-B balances disagree after failover: $SA $ST $SB $SH"
+lab_log "TPC-B sums after the crash ($TX_P transactions protected, ${TX_C:-no} in the crash run):" \
+  "accounts $SA tellers $ST branches $SB history $SH"
+[ -n "$SA" ] && [ "$SA" = "$ST" ] && [ "$SA" = "$SB" ] && [ "$SA" = "$SH" ] ||
+  lab_fail "TPC-B balances disagree after failover: $SA $ST $SB $SH"
 
 # 3. The same load on the resumed guest, now unprotected: the run's baseline.
 load_phase unprotected
@@ -222,11 +233,20 @@ TPS_U=$TPS LAT_U50=$L50 LAT_U99=$L99 N_U=$LN
 touch $W/ledger.stop
 LEDGER_RATIO=$(awk -v p="$N_P" -v u="$N_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
 RATIO=$(awk -v p="$TPS_P" -v u="$TPS_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
-lab_log "unprotected (after failover): pgbench $TPS_U tps, ledger latency p50 $LAT_U50 ms p99 $LAT_U99 ms; protected/unprotected TPS $RATIO, ledger commits $N_P/$N_U = $LEDGER_RATIO"
-[[ "$TX" =~ ^[1-9][0-9]*$ ]] || lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
+lab_log "unprotected (after failover): pgbench $TPS_U tps, ledger latency p50 $LAT_U50 ms p99 $LAT_U99 ms;" \
+  "protected/unprotected TPS $RATIO, ledger commits $N_P/$N_U = $LEDGER_RATIO"
+[[ "$TX" =~ ^[1-9][0-9]*$ ]] ||
+  lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
 BPC=$(awk -v w="$WIRE" -v c="$CK" 'BEGIN { if (c > 0) printf "%d", w / c }')
 
-echo "XENLAB NUMBERS protect-pg: net=$MODE mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run=$TX_C tps_unprotected=$TPS_U tps_ratio=$RATIO ledger_commits_protected=$N_P ledger_commits_unprotected=$N_U ledger_ratio=$LEDGER_RATIO commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 commit_unprotected_p50_ms=$LAT_U50 commit_unprotected_p99_ms=$LAT_U99 checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP bytes_per_checkpoint=$BPC failover_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S ledger_sessions_new_after_kill=$((sessions_after - sessions_before)) pgbench_clients_aborted=$PGB_ABORTED"
+NUMBERS=(net=$MODE mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT
+  tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run=$TX_C tps_unprotected=$TPS_U tps_ratio=$RATIO
+  ledger_commits_protected=$N_P ledger_commits_unprotected=$N_U ledger_ratio=$LEDGER_RATIO
+  commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 commit_unprotected_p50_ms=$LAT_U50 commit_unprotected_p99_ms=$LAT_U99
+  checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP bytes_per_checkpoint=$BPC
+  failover_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S
+  ledger_sessions_new_after_kill=$((sessions_after - sessions_before)) pgbench_clients_aborted=$PGB_ABORTED)
+echo "XENLAB NUMBERS protect-pg: ${NUMBERS[*]}"
 lab_check_fenced $PP $W/protect.err
 xl destroy "$DOMU" 2> /dev/null  # before the backup that serves its disk stops
 kill -TERM $BP 2> /dev/null; sleep 2

@@ -137,7 +137,7 @@ describe('58 output-triggered checkpoints', () => {
     assert.ok(mean(timer.ms) > 3 * mean(out.ms), `timer ${mean(timer.ms)} ms vs output ${mean(out.ms)} ms`);
   });
 
-  it('58.3 outputs that arrive while a checkpoint is in flight ride the next one, started when the pipeline allows', () => {
+  it('58.3 outputs arriving during an in-flight checkpoint ride the next one, started when the pipeline allows', () => {
     for (const maxInFlight of [1, 2]) {
       const r = rig({ trigger: 'output', maxInFlight, latencyMs: 8, intervalMs: 200 }); // no tick in 300..390
       r.pushAt(313); // A: starts checkpoint N at once

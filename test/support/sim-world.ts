@@ -708,7 +708,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (paused > pacing.maxPauseShare * w + slack + 1e-6)
       violate(
         `early checkpoint ${e.epoch} paused the guest ${paused.toFixed(2)} ms of the ${w} ms window ` +
-          `(bound ${pacing.maxPauseShare}, predicted pause ${e.predictedMs.toFixed(2)}, took ${(to - from).toFixed(2)})`,
+          `(bound ${pacing.maxPauseShare}, predicted pause ${e.predictedMs.toFixed(2)}, ` +
+          `took ${(to - from).toFixed(2)})`,
       );
   };
   // A burst of outputs at once (the guest's current state), some while a checkpoint streams.

@@ -15,7 +15,7 @@ import type { Command } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
 import { type DomainNetOptions, DOMAIN_IFACES_MAX } from '../net/domain-net';
-import { NET_BUFFERS, maxInFlightFor, triggerFor } from '../net/net-buffers';
+import { NET_BUFFERS, type NetBufferName, maxInFlightFor, triggerFor } from '../net/net-buffers';
 import { checkBridgeNetfilter, checkIptablesTools } from '../net/iptables-rules';
 import type { Trigger } from '../engine/pacing';
 import { type DomainDriver, requireFeature } from '../hypervisor/driver';
@@ -114,11 +114,14 @@ export interface NetDomain {
  * IP hooks.
  */
 export function netPreflight(o: NetCliOptions, driver: DomainDriver): void {
-  if (o.netBuffer === false) return;
-  const name = o.netBuffer ?? driver.defaults.netBuffer;
-  if (name !== 'nfqueue') return;
+  if (bufferNameOf(o, driver) !== 'nfqueue') return;
   checkIptablesTools();
   if (!o.routed) checkBridgeNetfilter(undefined);
+}
+
+/** The network buffer asked for, else the domain driver's default (null: none, or -n). */
+function bufferNameOf(o: NetCliOptions, driver: DomainDriver): NetBufferName | null {
+  return o.netBuffer === false ? null : (o.netBuffer ?? driver.defaults.netBuffer ?? null);
 }
 
 /** Which network buffer to install (null: only a domain's own outputs are held, or -n). */
@@ -132,7 +135,7 @@ export function netPlan(o: NetCliOptions, d: NetDomain): DomainNetOptions | null
     }
     return null;
   }
-  const name = o.netBuffer ?? d.driver.defaults.netBuffer;
+  const name = bufferNameOf(o, d.driver);
   if (!name) {
     if (o.vif || o.commitProtection !== 'off') {
       throw new RemusError(

@@ -27,8 +27,8 @@ export interface NetBufferDriver {
   readonly feature: Feature;
   /** Unacknowledged checkpoints it can hold apart; --max-in-flight above it is refused. */
   readonly maxInFlightMax: number;
-  /** It tells the engine when a protected output is held (OutputGate.watchHeld): --trigger output works. */
-  readonly signalsHeld: boolean;
+  /** It tells the engine when a protected output is held (OutputGate.watchHeld), or why not. */
+  readonly signalsHeld: true | { reason: string };
   /** Throws ERR_BAD_ARGUMENT for a choice it cannot honour. */
   validate(c: NetBufferChoices): void;
 }
@@ -37,27 +37,29 @@ export interface NetBufferDriver {
 export const MAX_IN_FLIGHT_MAX = 16;
 const MAX_IN_FLIGHT_DEFAULT = 2;
 
+/** A driver whose validate also applies the checks every buffer shares (--trigger). */
+function netBuffer(d: NetBufferDriver): NetBufferDriver {
+  const validate = (c: NetBufferChoices): void => {
+    checkTrigger(c, d);
+    d.validate(c);
+  };
+  return { ...d, validate };
+}
+
 export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
-  nfqueue: {
+  nfqueue: netBuffer({
     name: 'nfqueue',
     feature: 'netBufferNfqueue',
     maxInFlightMax: MAX_IN_FLIGHT_MAX,
     signalsHeld: true,
     validate: (c) => checkDscpInKernel(c),
-  },
-  plug: {
+  }),
+  plug: netBuffer({
     name: 'plug',
     feature: 'netBufferPlug',
     maxInFlightMax: 1,
-    signalsHeld: false,
+    signalsHeld: { reason: 'sch_plug holds packets in the kernel without telling this process' },
     validate: (c) => {
-      if (c.trigger === 'output') {
-        throw new RemusError(
-          ErrorCode.BAD_ARGUMENT,
-          '--trigger output takes a checkpoint when a held packet waits, and sch_plug holds packets in the kernel ' +
-            'without telling this process: use --net-buffer nfqueue, or --trigger timer',
-        );
-      }
       if (c.commitProtection !== 'off') {
         throw new RemusError(
           ErrorCode.BAD_ARGUMENT,
@@ -74,7 +76,7 @@ export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
       }
       checkDscpInKernel(c);
     },
-  },
+  }),
 };
 
 function checkDscpInKernel(c: NetBufferChoices): void {
@@ -94,5 +96,15 @@ export function maxInFlightFor(c: NetBufferChoices, buffer: NetBufferDriver | nu
  * Output commit does not depend on the pace; the pause share bound keeps the guest running.
  */
 export function triggerFor(c: NetBufferChoices, buffer: NetBufferDriver | null): Trigger {
-  return c.trigger ?? (buffer && !buffer.signalsHeld ? 'timer' : 'output');
+  return c.trigger ?? (buffer && buffer.signalsHeld !== true ? 'timer' : 'output');
+}
+
+/** --trigger output needs a buffer that tells of held outputs: refused, with why, for one that cannot. */
+function checkTrigger(c: NetBufferChoices, buffer: NetBufferDriver): void {
+  if (c.trigger !== 'output' || buffer.signalsHeld === true) return;
+  throw new RemusError(
+    ErrorCode.BAD_ARGUMENT,
+    `--trigger output takes a checkpoint when a held packet waits, and ${buffer.signalsHeld.reason}: ` +
+      'use --net-buffer nfqueue, or --trigger timer',
+  );
 }

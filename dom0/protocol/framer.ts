@@ -43,17 +43,28 @@ export class RecordDecoder {
     return out;
   }
 
+  /** The first n octets (n ≤ have), without consuming them; a header split across chunks is joined. */
   private peek(n: number): Buffer {
-    if (this.chunks[0].length < n) this.chunks = [Buffer.concat(this.chunks)];
+    if (this.chunks[0].length < n) {
+      let k = 0;
+      for (let got = 0; got < n; k++) got += this.chunks[k].length;
+      this.chunks.splice(0, k, Buffer.concat(this.chunks.slice(0, k)));
+    }
     return this.chunks[0].subarray(0, n);
   }
 
+  /** The next n octets as a buffer of their own, copied once from the chunks they span. */
   private consume(n: number): Buffer {
-    const all = this.peek(n);
-    const out = Buffer.from(all);
-    const rest = this.chunks[0].subarray(n);
-    this.chunks[0] = rest;
-    if (rest.length === 0) this.chunks.shift();
+    const out = Buffer.allocUnsafe(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.chunks[0];
+      const take = Math.min(c.length, n - at);
+      c.copy(out, at, 0, take);
+      at += take;
+      if (take === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(take);
+    }
     this.have -= n;
     return out;
   }

@@ -67,3 +67,10 @@ export const PAUSE_SHARE_WINDOW_MS = 1000;
 
 /** Incremental pauses the next one's prediction looks back on (it takes their maximum). */
 export const PAUSE_PREDICT_SAMPLES = 16;
+
+/**
+ * Longest a connection hands received records to the engine in one turn of the event loop
+ * (ms); the rest waits for the next turn, with the socket paused. Well under an interval, so
+ * that timers (heartbeats, checkpoints) run on time while a copy streams in.
+ */
+export const LINK_TURN_MS_MAX = 10;

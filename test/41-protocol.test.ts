@@ -19,6 +19,10 @@ import { MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { dbPages } from './support/helpers';
 import { GuestMemory } from '../dom0/memory/guest-memory';
+import * as net from 'node:net';
+import { listenLinks } from '../dom0/protocol/channel';
+import { LINK_TURN_MS_MAX } from '../dom0/limits';
+import type { Link } from '../dom0/ports';
 
 const KNOWN = new Set<number>(Object.values(Rec));
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
@@ -78,6 +82,41 @@ describe('41 protocol', () => {
       [Rec.GOODBYE],
     );
     assert.throws(() => new RecordDecoder(KNOWN).push(encodeRecord(Rec.ACK, Buffer.alloc(8), 4)), isProto);
+  });
+
+  it('41.6 a burst of records reaches the engine in bounded turns, timers between, the close last', async () => {
+    const RECORDS = 200;
+    const BUSY_MS = 1; // the engine's work per record: the burst needs 20 × the turn budget
+    let linkCb: (l: Link) => void = () => {};
+    const linked = new Promise<Link>((resolve) => (linkCb = resolve));
+    const listener = await listenLinks('127.0.0.1', 0, { insecure: true }, (l) => linkCb(l));
+    const burst = Buffer.concat(
+      Array.from({ length: RECORDS }, (_, i) => encodeRecord(Rec.HEARTBEAT, Buffer.alloc(16, i))),
+    );
+    const client = net.connect(listener.port, '127.0.0.1', () => client.end(burst)); // records, then FIN
+    const link = await linked;
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 1);
+    const ticksAtRecord: number[] = [];
+    const closedAfter = new Promise<number>((resolve) => link.onClose(() => resolve(ticksAtRecord.length)));
+    link.onRecord(() => {
+      const until = performance.now() + BUSY_MS;
+      while (performance.now() < until);
+      ticksAtRecord.push(ticks);
+    });
+    const recordsBeforeClose = await closedAfter;
+    clearInterval(ticker);
+    listener.close();
+    assert.equal(recordsBeforeClose, RECORDS, 'the close came after every record sent before it');
+    const ticksDuring = ticksAtRecord[RECORDS - 1] - ticksAtRecord[0];
+    assert.ok(ticksDuring >= 5, `timers ran ${ticksDuring} times while 200 ms of records were delivered`);
+    let run = 1; // records handed over in one turn: no timer ran between them
+    let longestRun = 1;
+    for (let i = 1; i < RECORDS; i++) {
+      run = ticksAtRecord[i] === ticksAtRecord[i - 1] ? run + 1 : 1;
+      longestRun = Math.max(longestRun, run);
+    }
+    assert.ok(longestRun <= LINK_TURN_MS_MAX / BUSY_MS + 2, `${longestRun} records in one turn`);
   });
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {

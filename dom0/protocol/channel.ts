@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import { ErrorCode, RemusError } from '../errors';
 import type { Link } from '../ports';
 import { encodeRecord, RecordDecoder } from './framer';
-import { Rec } from './records';
+import { Rec, type RawRecord } from './records';
+import { LINK_TURN_MS_MAX } from '../limits';
 
 export type Security = { psk: Buffer } | { insecure: true };
 
@@ -46,11 +47,28 @@ export function newPsk(): string {
   return randomBytes(32).toString('hex');
 }
 
+/**
+ * One connection. Records are handed to the engine in order, a bounded time per turn of the
+ * event loop (LINK_TURN_MS_MAX): TLS decrypts everything the kernel holds in one go (MiBs,
+ * hundreds of page batches during a copy), and applying it all at once would stall timers
+ * (heartbeats, checkpoints) for longer than an interval. Past the budget the socket is
+ * paused and the rest waits for the next turn; delivery always runs in a turn of its own
+ * (setImmediate), so that at most one budget passes between two runs of the timers. The end
+ * of the connection (close, error, a framing error) is reported after the records that
+ * arrived before it.
+ */
 class SocketLink implements Link {
   private recordCb: (type: number, body: Buffer) => void = () => {};
   private closeCb: (e: Error | null) => void = () => {};
   private closed = false;
   private readonly decoder = new RecordDecoder(KNOWN);
+  /** Records received, not yet handed to the engine; [queueHead, length) are pending. */
+  private queue: RawRecord[] = [];
+  private queueHead = 0;
+  /** How the connection ended, once it has (reported when the queue is empty). */
+  private ending: { error: Error | null } | null = null;
+  /** A delivery turn is scheduled (setImmediate); the socket is paused while a queue waits. */
+  private turnScheduled = false;
 
   constructor(
     private readonly socket: net.Socket,
@@ -59,22 +77,51 @@ class SocketLink implements Link {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 1000);
     socket.on('data', (chunk: Buffer) => {
-      if (this.closed) return;
-      let records: ReturnType<RecordDecoder['push']>;
+      if (this.closed || this.ending) return;
       try {
-        records = this.decoder.push(chunk);
+        for (const r of this.decoder.push(chunk)) this.queue.push(r);
       } catch (e) {
-        this.finish(e as Error);
-        return;
+        this.ending = { error: e as Error };
       }
-      for (const r of records) {
-        if (!this.closed) this.recordCb(r.type, r.body);
-      }
+      this.scheduleTurn();
     });
     socket.on('error', (e) =>
-      this.finish(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`, {}, { cause: e })),
+      this.endWith(new RemusError(ErrorCode.PEER_GONE, `connection to ${remote}: ${e.message}`, {}, { cause: e })),
     );
-    socket.on('close', () => this.finish(null));
+    socket.on('close', () => this.endWith(null));
+  }
+
+  private endWith(error: Error | null): void {
+    this.ending ??= { error };
+    this.scheduleTurn();
+  }
+
+  /** Delivery runs in its own turn (check phase), one budget per turn of the event loop. */
+  private scheduleTurn(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(() => {
+      this.turnScheduled = false;
+      if (!this.closed) this.deliver();
+    });
+  }
+
+  /** Hands queued records to the engine until the turn's budget is spent; then the end, if any. */
+  private deliver(): void {
+    const started = performance.now();
+    while (!this.closed && this.queueHead < this.queue.length) {
+      if (performance.now() - started > LINK_TURN_MS_MAX) {
+        this.socket.pause(); // resumed once the queue is empty
+        return this.scheduleTurn();
+      }
+      const r = this.queue[this.queueHead++];
+      this.recordCb(r.type, r.body);
+    }
+    this.queue = [];
+    this.queueHead = 0;
+    if (this.closed) return;
+    if (this.ending) return this.finish(this.ending.error);
+    this.socket.resume();
   }
 
   get backlogBytes(): number {

@@ -30,8 +30,13 @@ export interface LiveMemory {
 export const PRECOPY_ROUNDS_MAX = 5;
 /** Stop the rounds once at most this many pages remain: the final pause copies them. */
 export const PRECOPY_REMAINING_PAGES_MIN = 4096;
-/** Octets queued on the channel past which the pre-copy waits (the backlog never balloons). */
-export const PRECOPY_BACKLOG_BYTES_MAX = 32 * 1024 * 1024;
+/**
+ * Octets queued on the channel past which the pre-copy waits (the backlog never balloons).
+ * Small: when the connection drains, Node hands everything queued to TLS in one call, and
+ * encrypting 32 MiB at once stalled the primary's event loop 150–450 ms (2-core host);
+ * 4 MiB is ~25 ms there, and the kernel's socket buffer keeps the link busy meanwhile.
+ */
+export const PRECOPY_BACKLOG_BYTES_MAX = 4 * 1024 * 1024;
 
 export interface PrecopyProgress {
   round: number;

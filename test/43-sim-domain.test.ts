@@ -12,7 +12,7 @@ import { synthTrace } from '../dom0/trace/synth';
 import { TraceReader } from '../dom0/trace/rdtrace';
 import { replayGuest } from '../dom0/hypervisor/sim/guest-program';
 import { GuestMemory } from '../dom0/memory/guest-memory';
-import { flat } from './support/helpers';
+import { flat, until } from './support/helpers';
 import { capturedPages } from '../dom0/engine/captured-pages';
 
 const PAGE = 4096;
@@ -37,25 +37,25 @@ describe('43 simulated domain', () => {
 
   it('43.2 a suspended guest does not change its memory', async () => {
     await sleep(50);
-    d.suspend();
+    await d.suspend();
     const a = d.mem.crc32c();
     await sleep(60);
     assert.equal(d.mem.crc32c(), a);
     d.resume();
     await sleep(30);
-    d.suspend();
+    await d.suspend();
     assert.notEqual(d.mem.crc32c(), a, 'it runs again after resume');
     d.resume();
   });
 
   it('43.3 every changed page is in the dirty set, epoch after epoch', async () => {
-    d.suspend();
+    await d.suspend();
     d.capture(true);
     let shadow = flat(d.mem);
     d.resume();
     for (let epoch = 0; epoch < 8; epoch++) {
       await sleep(20);
-      d.suspend();
+      await d.suspend();
       const cap = d.capture(false);
       const dirty = new Set(cap.pfns.subarray(0, cap.count));
       let changed = 0;
@@ -82,7 +82,7 @@ describe('43 simulated domain', () => {
 
   it('43.4 outputs arrive in order without gaps, and memory holds the last sequence number', async () => {
     await sleep(30);
-    d.suspend();
+    await d.suspend();
     const seqs = outputs.map((o) => o.seq);
     assert.ok(seqs.length > 100);
     for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1);
@@ -92,10 +92,44 @@ describe('43 simulated domain', () => {
 
   it('43.5 fence() stops the guest for good', async () => {
     d.fence();
+    await sleep(20); // a vCPU that had no core within the brief wait stops when it runs
     const a = d.mem.crc32c();
     d.resume();
     await sleep(40);
     assert.equal(d.mem.crc32c(), a);
+  });
+
+  it('43.6 a suspend that must wait does so off the event loop; a fenced guest stays stopped', async () => {
+    const slow = SimDomain.boot(16 * 2 ** 20, 'oltp', 10, {
+      name: 't43slow',
+      stepsPerSec: 20000,
+      suspendSyncWaitMs: 0,
+      suspendTimeoutMs: 1000,
+    });
+    try {
+      const booted = slow.mem.crc32c();
+      await until(async () => slow.mem.crc32c() !== booted, 10000, 'the vCPU thread running');
+      const pending = slow.suspend();
+      assert.ok(pending instanceof Promise, 'with no time to wait on the event loop, suspend() returns a promise');
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 0);
+      await pending;
+      await sleep(5);
+      clearInterval(timer);
+      assert.ok(ticks > 0, 'timers ran while the suspend waited');
+      const a = slow.mem.crc32c();
+      await sleep(40);
+      assert.equal(slow.mem.crc32c(), a, 'stopped once the promise resolved');
+      slow.resume();
+      await sleep(20);
+      slow.fence();
+      await sleep(20);
+      const b = slow.mem.crc32c();
+      await sleep(40);
+      assert.equal(slow.mem.crc32c(), b, 'the fenced guest stays stopped');
+    } finally {
+      await slow.destroy();
+    }
   });
 });
 

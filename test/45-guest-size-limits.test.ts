@@ -224,7 +224,7 @@ describe('45 guest size limits', () => {
         assert.equal(d.pageCount, FIVE_GIB / PAGE);
         assert.equal(d.mem.pageCount, FIVE_GIB / PAGE);
         await until(async () => outputs.length >= 5, 10000, 'outputs of the 5 GiB guest');
-        d.suspend();
+        await d.suspend();
         const cap = d.capture(false);
         assert.ok(cap.count >= 1 && cap.count < 16, `a few dirty pages (page 0: the header), got ${cap.count}`);
         assert.throws(

@@ -14,6 +14,9 @@ import { ErrorCode, RemusError } from '../../errors';
 import type { Capture, Domain } from '../../ports';
 import type { LiveMemory } from '../../engine/precopy';
 import { PAGE_BYTES } from '../../limits';
+
+/** How long suspend() waits for the vCPU on the event loop before it waits asynchronously (ms). */
+const SUSPEND_SYNC_WAIT_MS_DEFAULT = 5;
 import { GuestMemory } from '../../memory/guest-memory';
 import { loadAddon, type NativeArena } from '../../native';
 import { BlockFile } from '../../../blktap/block-file';
@@ -47,6 +50,8 @@ export interface SimDomainOptions {
   /** Called for every output the guest emits, in order (drained at barriers and by a timer). */
   onOutput?: (o: SimOutput) => void;
   suspendTimeoutMs?: number;
+  /** How long suspend() and fence() wait for the vCPU on the event loop before waiting asynchronously (ms). */
+  suspendSyncWaitMs?: number;
   /** Extra fields of the device state (the sim's "NIC config": its client address). */
   deviceInfo?: Record<string, unknown>;
   /** The guest's disk image (oltp and scan do their I/O there), and where completed writes go. */
@@ -161,32 +166,57 @@ export class SimDomain implements Domain {
     this.drainTimer.unref();
   }
 
-  suspend(): void {
+  /**
+   * Stops the vCPU. It stops within microseconds when it gets a core, so this waits for it
+   * here briefly (suspendSyncWaitMs, default 5); on a loaded host it may take longer, and then the
+   * wait goes on asynchronously, so that the event loop (heartbeats above all) keeps running:
+   * a primary blocked past the backup's heartbeat timeout would make it fail over.
+   */
+  suspend(): void | Promise<void> {
     if (this.destroyed) throw new RemusError(ErrorCode.VCPU, `${this.name} was destroyed: its vCPU is gone`);
     const c = this.shared.control;
     this.drainOutputs();
     Atomics.store(c, C_STATE, PAUSE_REQ);
     Atomics.notify(c, C_STATE);
-    const deadline = performance.now() + (this.o.suspendTimeoutMs ?? 2000);
-    while (Atomics.load(c, C_STATE) !== PAUSED) {
-      if (this.workerError)
-        throw new RemusError(
-          ErrorCode.VCPU,
-          `the vCPU of ${this.name} died: ${this.workerError.message}`,
-          {},
-          { cause: this.workerError },
-        );
-      if (performance.now() > deadline) {
-        // Withdraw the request so that the guest runs on; it may have stopped just now.
-        if (Atomics.compareExchange(c, C_STATE, PAUSE_REQ, RUN) === PAUSED) break;
-        throw new RemusError(
-          ErrorCode.VCPU,
-          `the vCPU of ${this.name} did not stop within ${this.o.suspendTimeoutMs ?? 2000} ms (it runs on)`,
-        );
-      }
-      Atomics.wait(c, C_STATE, PAUSE_REQ, 5);
+    const timeoutMs = this.o.suspendTimeoutMs ?? 2000;
+    const startedAt = performance.now();
+    while (!this.stopped(startedAt, timeoutMs)) {
+      if (performance.now() - startedAt >= this.syncWaitMs) return this.suspendLater(startedAt, timeoutMs);
+      Atomics.wait(c, C_STATE, PAUSE_REQ, 1);
     }
     this.drainOutputs(); // everything emitted before the barrier
+  }
+
+  private get syncWaitMs(): number {
+    return this.o.suspendSyncWaitMs ?? SUSPEND_SYNC_WAIT_MS_DEFAULT;
+  }
+
+  private async suspendLater(startedAt: number, timeoutMs: number): Promise<void> {
+    while (!this.stopped(startedAt, timeoutMs)) await new Promise((r) => setTimeout(r, 1));
+    this.drainOutputs();
+  }
+
+  /** True once the vCPU has stopped; throws when it died or the timeout passed (the request withdrawn). */
+  private stopped(startedAt: number, timeoutMs: number): boolean {
+    const c = this.shared.control;
+    if (Atomics.load(c, C_STATE) === PAUSED) return true;
+    if (this.workerError)
+      throw new RemusError(
+        ErrorCode.VCPU,
+        `the vCPU of ${this.name} died: ${this.workerError.message}`,
+        {},
+        { cause: this.workerError },
+      );
+    if (performance.now() - startedAt <= timeoutMs) return false;
+    if (this.fenced) {
+      throw new RemusError(
+        ErrorCode.VCPU,
+        `the vCPU of ${this.name} did not stop within ${timeoutMs} ms (fenced: it stops when it runs)`,
+      );
+    }
+    // Withdraw the request so that the guest runs on; it may have stopped just now.
+    if (Atomics.compareExchange(c, C_STATE, PAUSE_REQ, RUN) === PAUSED) return true;
+    throw new RemusError(ErrorCode.VCPU, `the vCPU of ${this.name} did not stop within ${timeoutMs} ms (it runs on)`);
   }
 
   resume(): void {
@@ -259,11 +289,19 @@ export class SimDomain implements Domain {
     Atomics.store(c, C_HEAD, head);
   }
 
+  /**
+   * Stops the guest for good (a fenced primary). The pause request is never withdrawn: a vCPU
+   * that has not stopped within the brief wait stops when it next runs (resume() is a no-op).
+   */
   fence(): void {
-    if (this.fenced) return;
+    if (this.fenced || this.destroyed) return;
     this.fenced = true;
     const c = this.shared.control;
-    if (Atomics.load(c, C_STATE) === RUN) this.suspend();
+    if (Atomics.compareExchange(c, C_STATE, RUN, PAUSE_REQ) !== RUN) return;
+    Atomics.notify(c, C_STATE);
+    const until = performance.now() + this.syncWaitMs;
+    while (Atomics.load(c, C_STATE) === PAUSE_REQ && performance.now() < until) Atomics.wait(c, C_STATE, PAUSE_REQ, 1);
+    this.drainOutputs();
   }
 
   /** Stops the vCPU for good and releases the arena. Idempotent; resume() is a no-op after it. */

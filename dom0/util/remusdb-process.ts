@@ -14,8 +14,20 @@ export function remusdbRunner(
 ): (args: string[], log: string) => ChildProcess {
   return (args, log) => {
     const fd = fs.openSync(path.join(dir, log), 'a');
-    const c = spawn(process.execPath, [REMUSDB_BIN, ...args], { env, stdio: ['ignore', fd, fd] });
+    const c = spawn(process.execPath, [...childNodeArgs(env), REMUSDB_BIN, ...args], {
+      env,
+      stdio: ['ignore', fd, fd],
+    });
     kids.push(c);
     return c;
   };
+}
+
+/**
+ * Node options for the children only (REMUSDB_CHILD_NODE_ARGS, words), e.g. `--cpu-prof
+ * --cpu-prof-dir=/tmp/prof` to profile a benchmark's backup and primary (Node refuses
+ * --cpu-prof in NODE_OPTIONS).
+ */
+function childNodeArgs(env: NodeJS.ProcessEnv): string[] {
+  return (env.REMUSDB_CHILD_NODE_ARGS ?? '').split(/\s+/).filter((w) => w !== '');
 }

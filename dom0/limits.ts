@@ -74,3 +74,13 @@ export const PAUSE_PREDICT_SAMPLES = 16;
  * that timers (heartbeats, checkpoints) run on time while a copy streams in.
  */
 export const LINK_TURN_MS_MAX = 10;
+
+/**
+ * Allocations at least this large get a fresh mapping from glibc (bytes; M_MMAP_THRESHOLD).
+ * Above the largest record, so that the MiB-sized buffers of a copy reuse heap memory the
+ * process already touched instead of faulting fresh pages in (native-xc/src/malloc_tuning.cc).
+ */
+export const MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024;
+
+/** Free heap glibc keeps mapped before it returns memory to the kernel (bytes; M_TRIM_THRESHOLD). */
+export const MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024;

@@ -65,6 +65,8 @@ export interface NativeAddon {
   lz4Compress(page: Uint8Array): Buffer | null;
   dirtyProbe(): ProbeResult;
   crc32c(data: Uint8Array, seed?: number): number;
+  /** mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD (native-xc/src/malloc_tuning.cc); false if refused. */
+  keepLargeBuffersResident(mmapThresholdBytes: number, trimThresholdBytes: number): boolean;
   /** out[i] = CRC32C of data's 4 KiB page i (data.byteLength === out.length × 4096). */
   crc32cPages(data: Uint8Array, out: Uint32Array): void;
   /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */

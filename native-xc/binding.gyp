@@ -6,7 +6,7 @@
   "targets": [
     {
       "target_name": "remusdb_native",
-      "sources": ["src/addon.cc", "src/errors.cc", "src/page_codec.cc", "src/codec_binding.cc", "src/batch_codec.cc", "src/dirty_probe.cc", "src/arena.cc", "src/crc32c.cc", "src/netlink.cc"],
+      "sources": ["src/addon.cc", "src/errors.cc", "src/page_codec.cc", "src/codec_binding.cc", "src/batch_codec.cc", "src/dirty_probe.cc", "src/arena.cc", "src/crc32c.cc", "src/netlink.cc", "src/malloc_tuning.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags_cc": ["-std=gnu++17", "-O2", "-Wall", "-Wextra", "-fno-exceptions"],

@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorCode, RemusError } from '../dom0/errors';
 import { loadAddon } from '../dom0/native';
+import { MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES } from '../dom0/limits';
 import { GUEST_PAGES_MAX, GuestMemory, SEGMENT_PAGES } from '../dom0/memory/guest-memory';
 import { PageDecoder, PageEncoder } from '../dom0/memory/page-codec';
 import { SimDomain, type SimOutput } from '../dom0/hypervisor/sim/sim-domain';
@@ -26,7 +27,7 @@ import {
 import { C_STATE, STOP } from '../dom0/hypervisor/sim/vcpu-control';
 import type { Link } from '../dom0/ports';
 import { connectLink } from '../dom0/protocol/channel';
-import { PROTOCOL_VERSION, REC_NAMES, Rec, jsonBody } from '../dom0/protocol/records';
+import { PROTOCOL_VERSION, RECORD_BODY_MAX, REC_NAMES, Rec, jsonBody } from '../dom0/protocol/records';
 import { ROOT, freePort, randomPages, sleep, until } from './support/helpers';
 
 const PAGE = 4096;
@@ -294,6 +295,13 @@ describe('45 guest size limits', () => {
     across[0] = 0;
     assert.equal(m.page(2)[0], 3, 'across segments: a copy');
     assert.throws(() => m.range(8, 3), /range inside guest memory/);
+  });
+
+  it('45.10 protect and backup keep large transient buffers in the heap (malloc tuning), within the limits', () => {
+    assert.ok(MALLOC_MMAP_THRESHOLD_BYTES > RECORD_BODY_MAX, 'the largest record is a heap allocation');
+    assert.equal(loadAddon().keepLargeBuffersResident(MALLOC_MMAP_THRESHOLD_BYTES, MALLOC_TRIM_THRESHOLD_BYTES), true);
+    assert.equal(loadAddon().keepLargeBuffersResident(-1, MALLOC_TRIM_THRESHOLD_BYTES), false, 'a bad size is refused');
+    assert.throws(() => (loadAddon().keepLargeBuffersResident as (...a: unknown[]) => boolean)('32M'), TypeError);
   });
 
   it('45.8 protect: past the limit or the RAM exits 2 with ERR_BAD_ARGUMENT; 5G runs and stops', function () {

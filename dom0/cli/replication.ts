@@ -1,6 +1,7 @@
 // replication: `remusdb protect`, `backup`, `reprotect`, `failover`, `status` and `keygen`.
 // Every value is checked as the command line is parsed (options.ts, path-options.ts), and the
 // key is read before anything listens, attaches or creates a file.
+import { tuneReplicationProcess } from '../service/process-tuning';
 import { SIM_GUEST_BYTES_MAX } from '../hypervisor/sim/guest-size';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -340,6 +341,7 @@ function registerBackup(program: Command): void {
   addMetricsOption(backup).action(async (o: BackupOpts) => {
     const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
     const sec = security(o, log);
+    tuneReplicationProcess(log);
     const metrics = await openMetrics(o.metrics);
     const svc = await closingOnError(metrics, async () => {
       const b = new BackupService({
@@ -468,6 +470,7 @@ async function runProtect(
   const backup = o.blackhole ? ('blackhole' as const) : parseHostPort(backupArg!, DEFAULT_REPLICATION_PORT);
   const sec = o.blackhole ? ({ insecure: true } as const) : security(o, log); // a bad key fails before anything opens
   netPreflight(o, driver); // before the domain (and a Xen domain's disk) is opened
+  tuneReplicationProcess(log);
   const metrics = await openMetrics(o.metrics); // and a port in use too
   const svc = await closingOnError(metrics, async () => {
     const opened = await driver.open({

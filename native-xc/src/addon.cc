@@ -12,6 +12,7 @@ void InitDirtyProbe(Napi::Env env, Napi::Object exports);
 void InitArena(Napi::Env env, Napi::Object exports);
 void InitCrc32c(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
+void InitMallocTuning(Napi::Env env, Napi::Object exports);
 #ifdef REMUS_HAVE_XEN
 void InitXen(Napi::Env env, Napi::Object exports);
 void InitXenSave(Napi::Env env, Napi::Object exports);
@@ -35,6 +36,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   remus::InitArena(env, exports);
   remus::InitCrc32c(env, exports);
   remus::InitNetlink(env, exports);
+  remus::InitMallocTuning(env, exports);
   parts.Set("codec", true);
 #ifdef REMUS_HAVE_XEN
   remus::InitXen(env, exports);

@@ -70,6 +70,10 @@ const CODES = {
   LOCKED: 'ERR_LOCKED',
   /** An address could not be listened on: the port is in use, the address is not this host's, or not permitted. */
   LISTEN: 'ERR_LISTEN',
+  /** The coordination service (etcd) could not be reached or answered an error. */
+  COORDINATION: 'ERR_COORDINATION',
+  /** Another host owns this domain in the coordination service: this one may not run it. */
+  NOT_OWNER: 'ERR_NOT_OWNER',
 } as const;
 
 declare const errorCodeBrand: unique symbol;

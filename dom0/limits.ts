@@ -84,3 +84,18 @@ export const MALLOC_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024;
 
 /** Free heap glibc keeps mapped before it returns memory to the kernel (bytes; M_TRIM_THRESHOLD). */
 export const MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024;
+
+/** Lease of a domain's owner key in etcd (s): a dead owner's outputs stop, and its backup may take over, after it. */
+export const OWNER_LEASE_TTL_S_DEFAULT = 5;
+/** Renewals of the owner lease per TTL (each one proves ownership for another TTL from when it was sent). */
+export const OWNER_LEASE_RENEWALS_PER_TTL = 4;
+/**
+ * Rate at which this host's monotonic clock may run faster than etcd's, as a fraction: a lease
+ * of T seconds proves ownership for T × (1 − this) of our own time from the renewal's send.
+ */
+export const OWNER_CLOCK_DRIFT_RATE_MAX = 0.01;
+/**
+ * Ownership is given up this long before the lease provably ends (ms): covers the owner's own
+ * event-loop stalls between the instant it checks validity and the instant outputs leave.
+ */
+export const OWNER_LEASE_SAFETY_MARGIN_MS = 1000;

@@ -214,3 +214,22 @@ export interface Link {
   onClose(cb: (error: Error | null) => void): void;
   readonly remote: string;
 }
+
+/** What the owner of a domain hears from the coordination service (dom0/coordination). */
+export type OwnershipEvent = { kind: 'renewed' } | { kind: 'lost'; reason: string };
+
+/**
+ * A domain's ownership, held in a coordination service (etcd): only the owner may release the
+ * domain's outputs or resume it. validAt is provable in this host's monotonic time
+ * (performance.now()); after 'lost' it is false for good and the owner fences itself.
+ */
+export interface Ownership {
+  /** The owner key, e.g. /remusdb/v1/domains/<name>/owner. */
+  readonly key: string;
+  validAt(nowMs: number): boolean;
+  /** Monotonic ms until which ownership is provable (−Infinity: not at all). */
+  readonly validUntilMs: number;
+  onChange(cb: (e: OwnershipEvent) => void): void;
+  /** Ends ownership now (a planned stop): the lease is revoked, a successor need not wait for its TTL. Idempotent. */
+  release(): Promise<void>;
+}

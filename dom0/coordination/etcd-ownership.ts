@@ -1,0 +1,234 @@
+// etcd-ownership.ts: a domain's owner key in etcd, bound to the owner's lease.
+//
+// Layout: /remusdb/v1/domains/<domain, URI-encoded>/owner = JSON {host, role, pid, claimedAt}
+// with the owner's lease attached. Claiming is one transaction — create the key if it does
+// not exist — so two hosts never both succeed; a key whose owner died goes when etcd expires
+// its lease, and a waiting claimant (the backup taking over) succeeds only then. While it
+// owns, the process renews OWNER_LEASE_RENEWALS_PER_TTL times per TTL with its own loop
+// (not the client's automatic keepalive) so that it knows when each renewal was sent: that
+// instant, not the answer's, is what proves ownership (lease-validity.ts). Each renewal also
+// checks that the key still carries our lease (an operator may have deleted it). Any failure
+// to renew is retried; ownership then lapses by itself when the proof runs out, and becomes
+// 'lost' once etcd says the lease is gone.
+//
+// The client is etcd3 (Microsoft's maintained gRPC client); its retry and circuit-breaker
+// policies are off (cockatiel's noop): a breaker that blocks a host for 5 s after three
+// failures would outlast a short lease, and our loop retries at its own pace.
+import * as os from 'node:os';
+import { noop } from 'cockatiel';
+import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
+import { assert } from '../assert';
+import { ErrorCode, RemusError } from '../errors';
+import { OWNER_LEASE_RENEWALS_PER_TTL, OWNER_LEASE_TTL_S_DEFAULT } from '../limits';
+import type { Ownership, OwnershipEvent } from '../ports';
+import { LeaseValidity, type LeaseValidityOptions } from './lease-validity';
+
+export interface OwnerInfo {
+  host: string;
+  role: 'primary' | 'backup';
+  pid: number;
+  claimedAt: string;
+}
+
+export interface EtcdOwnershipOptions extends LeaseValidityOptions {
+  /** etcd client endpoints, e.g. ["http://10.0.0.1:2379", …]. */
+  endpoints: string[];
+  domain: string;
+  role: OwnerInfo['role'];
+  ttlSeconds?: number;
+  /** How long a claim waits for the key to become free (ms): 0 fails at once if another owns it. */
+  waitFreeMs?: number;
+  /** Monotonic clock (ms); performance.now() unless a test injects one. */
+  now?: () => number;
+  log?: (line: string) => void;
+}
+
+const CLAIM_RETRY_MS = 250;
+
+export function ownerKey(domain: string): string {
+  assert(domain.length > 0, 'a domain has a name');
+  return `/remusdb/v1/domains/${encodeURIComponent(domain)}/owner`;
+}
+
+/** Claims the domain's owner key: resolves once this process owns it, else ERR_NOT_OWNER / ERR_COORDINATION. */
+export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership> {
+  if (o.endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
+  const client = new Etcd3({
+    hosts: o.endpoints,
+    dialTimeout: 3000,
+    faultHandling: { host: () => noop, global: noop },
+  });
+  try {
+    return await EtcdOwnership.claim(client, o);
+  } catch (e) {
+    client.close();
+    throw e;
+  }
+}
+
+class EtcdOwnership implements Ownership {
+  readonly key: string;
+  private readonly validity: LeaseValidity;
+  private readonly now: () => number;
+  private readonly ttlSeconds: number;
+  private listeners: ((e: OwnershipEvent) => void)[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  /** Set once: after release() or 'lost' nothing is renewed again and validAt stays false. */
+  private ended = false;
+  private failing = false;
+
+  private constructor(
+    private readonly client: Etcd3,
+    private readonly lease: Lease,
+    private readonly leaseId: string,
+    private readonly o: EtcdOwnershipOptions,
+    claimSentAt: number,
+  ) {
+    this.key = ownerKey(o.domain);
+    this.now = o.now ?? (() => performance.now());
+    this.ttlSeconds = o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT;
+    this.validity = new LeaseValidity(o);
+    this.validity.renewed(claimSentAt, this.ttlSeconds);
+    this.schedule();
+  }
+
+  static async claim(client: Etcd3, o: EtcdOwnershipOptions): Promise<EtcdOwnership> {
+    const now = o.now ?? (() => performance.now());
+    const ttl = o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT;
+    assert(Number.isInteger(ttl) && ttl >= 2, 'an owner lease of at least 2 s');
+    const key = ownerKey(o.domain);
+    const deadline = now() + (o.waitFreeMs ?? 0);
+    const me: OwnerInfo = { host: os.hostname(), role: o.role, pid: process.pid, claimedAt: new Date().toISOString() };
+    for (;;) {
+      const sentAt = now(); // before the grant: the lease's TTL starts after this instant
+      const lease = client.lease(ttl, { autoKeepAlive: false });
+      const result = await attempt(client, lease, key, me);
+      if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
+      await lease.revoke().catch(() => {});
+      if (now() >= deadline) {
+        throw new RemusError(ErrorCode.NOT_OWNER, `${o.domain} is owned by ${describe(result.holder)} (${key})`, {
+          key,
+          holder: result.holder,
+        });
+      }
+      await new Promise((r) => setTimeout(r, Math.min(CLAIM_RETRY_MS, Math.max(0, deadline - now()))));
+    }
+  }
+
+  validAt(nowMs: number): boolean {
+    return !this.ended && this.validity.validAt(nowMs);
+  }
+
+  get validUntilMs(): number {
+    return this.ended ? Number.NEGATIVE_INFINITY : this.validity.validUntilMs;
+  }
+
+  onChange(cb: (e: OwnershipEvent) => void): void {
+    this.listeners.push(cb);
+  }
+
+  async release(): Promise<void> {
+    if (this.ended) return;
+    this.end();
+    await this.lease.revoke().catch(() => {}); // unreachable etcd: the lease expires by itself
+    this.client.close();
+  }
+
+  private end(): void {
+    this.ended = true;
+    this.validity.revoked();
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private schedule(): void {
+    if (this.ended) return;
+    this.timer = setTimeout(() => void this.renew(), (this.ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+  }
+
+  /** One renewal: keepalive, then the key must still carry our lease. */
+  private async renew(): Promise<void> {
+    const sentAt = this.now();
+    try {
+      const deadline = new Date(Date.now() + (this.ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+      const res = await this.lease.keepaliveOnce({ deadline });
+      const kv = await this.client.get(this.key).options({ deadline }).exec();
+      if (this.ended) return;
+      if (kv.kvs.length === 0 || kv.kvs[0].lease !== this.leaseId)
+        return this.lose('the owner key was deleted or taken');
+      this.validity.renewed(sentAt, Number(res.TTL));
+      if (this.failing) this.o.log?.(`etcd: ownership of ${this.o.domain} renewed again`);
+      this.failing = false;
+      this.emit({ kind: 'renewed' });
+    } catch (e) {
+      if (this.ended) return;
+      if (e instanceof EtcdLeaseInvalidError) return this.lose('etcd expired the owner lease');
+      if (!this.failing) this.o.log?.(`etcd: cannot renew ownership of ${this.o.domain}: ${(e as Error).message}`);
+      this.failing = true;
+    }
+    this.schedule();
+  }
+
+  private lose(reason: string): void {
+    if (this.ended) return;
+    this.end();
+    this.client.close();
+    this.emit({ kind: 'lost', reason });
+  }
+
+  private emit(e: OwnershipEvent): void {
+    for (const cb of this.listeners) cb(e);
+  }
+}
+
+/**
+ * A claim that waited (a grant held up by an unreachable etcd) may have been sent long ago:
+ * its proof could be spent already. One keepalive right after winning gives a fresh one.
+ */
+async function freshProof(lease: Lease, claimSentAt: number, now: () => number): Promise<number> {
+  const sentAt = now();
+  try {
+    const res = await lease.keepaliveOnce();
+    return Number(res.TTL) > 0 ? sentAt : claimSentAt;
+  } catch {
+    return claimSentAt; // the renewal loop tries again
+  }
+}
+
+type Attempt = { won: true; leaseId: string } | { won: false; holder: OwnerInfo | null };
+
+/** One transaction: create the key with our lease if nobody holds it; else tell who does. */
+async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo): Promise<Attempt> {
+  try {
+    const leaseId = await lease.grant();
+    const txn = await client
+      .if(key, 'Create', '==', 0)
+      .then(lease.put(key).value(JSON.stringify(me)))
+      .else(client.get(key))
+      .commit();
+    if (txn.succeeded) return { won: true, leaseId };
+    const kv = txn.responses[0]?.response_range?.kvs?.[0];
+    return { won: false, holder: kv ? parseOwner(kv.value) : null };
+  } catch (e) {
+    await lease.revoke().catch(() => {});
+    throw new RemusError(
+      ErrorCode.COORDINATION,
+      `etcd: cannot claim ${key}: ${(e as Error).message}`,
+      { key },
+      { cause: e },
+    );
+  }
+}
+
+function parseOwner(value: Buffer | Uint8Array | null | undefined): OwnerInfo | null {
+  try {
+    const v = JSON.parse(Buffer.from(value ?? []).toString('utf8')) as OwnerInfo;
+    return typeof v.host === 'string' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+function describe(h: OwnerInfo | null): string {
+  return h ? `${h.role} on ${h.host} (pid ${h.pid}, since ${h.claimedAt})` : 'another process';
+}

@@ -1,0 +1,96 @@
+// 71 ownership: a domain's owner key in a real etcd (Debian's etcd-server), bound to the
+// owner's lease — one owner at a time, a successor only once the old lease provably ended,
+// ownership provable in the owner's monotonic time only, and lost for good when etcd says so.
+import { strict as assert } from 'node:assert';
+import { claimOwnership, ownerKey } from '../dom0/coordination/etcd-ownership';
+import { LeaseValidity } from '../dom0/coordination/lease-validity';
+import { ErrorCode, isRemusError } from '../dom0/errors';
+import type { Ownership, OwnershipEvent } from '../dom0/ports';
+import { type EtcdMember, haveEtcd, startEtcd } from './support/etcd';
+import { sleep, until } from './support/helpers';
+
+describe('71 ownership', () => {
+  it('71.1 a renewal proves ownership from its send instant, less drift and margin; never shortened', () => {
+    const v = new LeaseValidity({ driftRateMax: 0.01, safetyMarginMs: 1000 });
+    assert.equal(v.validAt(0), false, 'nothing before the first renewal');
+    v.renewed(100, 5);
+    assert.equal(v.validUntilMs, 100 + 5000 * 0.99 - 1000);
+    assert.ok(v.validAt(4049) && !v.validAt(4050), 'valid strictly before 100 + 4950 − 1000');
+    v.renewed(200, 1); // a later answer with less left does not take back what was proven
+    assert.equal(v.validUntilMs, 4050);
+    v.renewed(3000, 5);
+    assert.equal(v.validUntilMs, 3000 + 4950 - 1000);
+    v.revoked();
+    assert.equal(v.validAt(3001), false, 'a revoked lease proves nothing');
+  });
+
+  describe('with a real etcd', function () {
+    this.timeout(60_000);
+    let etcd: EtcdMember;
+    const owners: Ownership[] = [];
+    before(async function () {
+      if (!haveEtcd()) this.skip(); // scripts/setup.sh installs etcd-server; CI always has it
+      etcd = await startEtcd('t71');
+    });
+    after(async () => {
+      for (const o of owners) await o.release();
+      await etcd?.stop();
+    });
+    const claim = async (domain: string, role: 'primary' | 'backup', more = {}): Promise<Ownership> => {
+      const o = await claimOwnership({ endpoints: [etcd.endpoint], domain, role, ttlSeconds: 3, ...more });
+      owners.push(o);
+      return o;
+    };
+
+    it('71.2 one owner: a second claim fails with ERR_NOT_OWNER naming the holder; after release it succeeds', async () => {
+      const a = await claim('d712', 'primary');
+      assert.equal(a.key, ownerKey('d712'));
+      assert.ok(a.validAt(performance.now()));
+      await assert.rejects(claim('d712', 'backup'), (e: unknown) => {
+        assert.ok(isRemusError(e, ErrorCode.NOT_OWNER));
+        assert.match((e as Error).message, /owned by primary on .* \(pid \d+/);
+        return true;
+      });
+      await a.release();
+      assert.equal(a.validAt(performance.now()), false, 'a released owner proves nothing');
+      const b = await claim('d712', 'backup');
+      assert.ok(b.validAt(performance.now()));
+    });
+
+    it('71.3 the owner renews: provable well past one TTL while etcd answers', async () => {
+      const a = await claim('d713', 'primary');
+      const renewed: OwnershipEvent[] = [];
+      a.onChange((e) => renewed.push(e));
+      await sleep(4000); // more than the 3 s TTL
+      assert.ok(a.validAt(performance.now()), 'still the owner');
+      assert.ok(renewed.filter((e) => e.kind === 'renewed').length >= 3, `${renewed.length} renewals in 4 s`);
+    });
+
+    it('71.4 etcd frozen: the owner stops proving ownership before a successor can claim; never two at once', async () => {
+      const a = await claim('d714', 'primary');
+      const events: OwnershipEvent[] = [];
+      a.onChange((e) => events.push(e));
+      const waiting = claim('d714', 'backup', { waitFreeMs: 30_000 });
+      etcd.freeze(true);
+      const frozenAt = performance.now();
+      await until(async () => !a.validAt(performance.now()), 5000, 'the owner stops proving ownership');
+      const lapsedMs = performance.now() - frozenAt;
+      assert.ok(lapsedMs <= 3 * 990 - 1000 + 50, `lapsed ${lapsedMs.toFixed(0)} ms after the freeze`);
+      await sleep(4000); // etcd's clock moves on while frozen: the old lease is past its TTL
+      etcd.freeze(false);
+      const b = await waiting;
+      const at = performance.now();
+      assert.ok(b.validAt(at), 'the successor owns');
+      assert.equal(a.validAt(at), false, 'and the old owner proves nothing at that instant');
+      await until(async () => events.some((e) => e.kind === 'lost'), 10_000, "the old owner hears it 'lost'");
+      assert.equal(a.validAt(performance.now()), false, 'lost for good');
+    });
+
+    it('71.5 etcd unreachable at claim time: ERR_COORDINATION, not a hang', async () => {
+      await assert.rejects(
+        claimOwnership({ endpoints: ['http://127.0.0.1:1'], domain: 'd715', role: 'primary', ttlSeconds: 3 }),
+        (e: unknown) => isRemusError(e, ErrorCode.COORDINATION),
+      );
+    });
+  });
+});

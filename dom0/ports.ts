@@ -233,3 +233,13 @@ export interface Ownership {
   /** Ends ownership now (a planned stop): the lease is revoked, a successor need not wait for its TTL. Idempotent. */
   release(): Promise<void>;
 }
+
+/**
+ * The backup's side of ownership: a takeover first claims the domain's key, which etcd gives
+ * only once the old owner's lease ended. claim calls done(ownership) when won, or done(null,
+ * why) when it gives up; the returned function cancels a claim in progress (the primary came
+ * back). done is never called after cancel.
+ */
+export interface OwnershipClaimer {
+  claim(domain: string, done: (won: Ownership | null, why: string) => void): () => void;
+}

@@ -40,7 +40,7 @@ import {
   parseMemoryVerify,
 } from '../protocol/records';
 import { imageDigests } from './continuation';
-import type { Clock, Link, Replica } from '../ports';
+import type { Clock, Link, Ownership, OwnershipClaimer, Replica } from '../ports';
 import { Staging } from './staging';
 import { validateHello, type HelloInfo } from './hello';
 import { COPY_SILENCE_MS } from './primary';
@@ -61,6 +61,12 @@ export interface BackupOptions {
   handshakeTimeoutMs?: number;
   /** Silence tolerated from a session that has committed nothing yet (default COPY_SILENCE_MS). */
   copySilenceMs?: number;
+  /**
+   * Coordination: a lost live session fails over only once this claims the domain's key
+   * (state 'claiming' meanwhile; the same primary reconnecting cancels the claim). Absent:
+   * the two-node rule, a lost live session fails over at once.
+   */
+  claimer?: OwnershipClaimer;
 }
 
 export interface BackupHooks {
@@ -76,7 +82,8 @@ export interface BackupHooks {
   netExposure?(epoch: number, value: Record<string, unknown>): string | null;
 }
 
-export type BackupState = 'waiting' | 'receiving' | 'failed-over';
+/** 'claiming': a live session was lost, the image is kept, and the domain's key is being claimed. */
+export type BackupState = 'waiting' | 'receiving' | 'claiming' | 'failed-over';
 
 /** Before a HELLO, a connection is dropped after this much silence (no failover). */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -162,6 +169,15 @@ export class Backup {
   };
   private diskSuspect = false;
   resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
+  /**
+   * A takeover waiting for the domain's key (coordination): why the session was lost, and how
+   * to cancel the claim. Invariant: non-null ⇒ a checkpoint is committed; state 'claiming' ⇔
+   * non-null with no session (a connection may arrive meanwhile: only the lost primary's
+   * lineage is accepted, and its HELLO cancels the claim).
+   */
+  private claiming: { why: string; cancel: () => void } | null = null;
+  /** The domain's key, once a claim won (the resumed domain's outputs are gated by it). */
+  owned: Ownership | null = null;
 
   constructor(
     private readonly clock: Clock,
@@ -308,6 +324,7 @@ export class Backup {
    */
   failover(reason = 'manual failover'): { epoch: number; info: Record<string, unknown> } | null {
     if (this.state === 'failed-over') return this.resumedFrom;
+    this.cancelClaim(`failover: ${reason}`); // the operator's (a won claim has ended already)
     const s = this.session;
     if (s) this.endSession(s);
     const held = this.held;
@@ -362,6 +379,7 @@ export class Backup {
 
   /** Stops waiting (shutdown). Idempotent. */
   close(): void {
+    this.cancelClaim('shutdown');
     const s = this.session;
     if (!s) return;
     this.endSession(s);
@@ -428,6 +446,13 @@ export class Backup {
     if (version !== PROTOCOL_VERSION)
       throw new RemusError(ErrorCode.HANDSHAKE, `protocol version ${version} is not ${PROTOCOL_VERSION}`);
     const h = validateHello(value, this.opts.pageCountMax);
+    if (this.claiming) {
+      // Taking over: only the lost primary may come back (it lives, so no takeover).
+      if (h.lineage === null || h.lineage !== this.kept?.lineage) {
+        throw new RemusError(ErrorCode.HANDSHAKE, `this backup is taking over ${this.held!.hello.domain}`);
+      }
+      this.cancelClaim('the primary reconnected');
+    }
     // A backup serving nobody accepts any valid primary: another domain replaces what it held.
     if (this.held && (this.held.hello.domain !== h.domain || this.held.hello.pageCount !== h.pageCount)) {
       this.hooks.event?.('replica-replaced', { from: this.held.hello.domain, to: h.domain, epoch: this.committed });
@@ -841,8 +866,45 @@ export class Backup {
 
   /** The one failover rule: losing a live session fails over; losing any other connection does not. */
   private lost(s: Session, why: string): void {
-    if (this.live) this.failover(why);
-    else this.peerLeft(s, why);
+    if (!this.live) return this.peerLeft(s, why);
+    if (this.opts.claimer) return this.claimThenFailover(s, why);
+    this.failover(why);
+  }
+
+  /** Coordination: the session ends and its image stays; failover once the domain's key is ours. */
+  private claimThenFailover(s: Session, why: string): void {
+    const domain = s.hello!.domain;
+    this.endSession(s);
+    s.link.close();
+    this.state = 'claiming';
+    this.hooks.event?.('claiming', { domain, reason: why, epoch: this.committed });
+    const claim = { why, cancel: () => {} };
+    this.claiming = claim;
+    claim.cancel = this.opts.claimer!.claim(domain, (won, whyNot) => this.claimEnded(claim, won, whyNot));
+    this.checkInvariants();
+  }
+
+  private claimEnded(claim: { why: string }, won: Ownership | null, whyNot: string): void {
+    if (this.claiming !== claim) return; // cancelled meanwhile
+    this.claiming = null;
+    if (this.state === 'claiming') this.state = 'waiting';
+    if (!won) {
+      this.hooks.event?.('claim-failed', { reason: whyNot, epoch: this.committed });
+      this.checkInvariants();
+      return;
+    }
+    this.owned = won;
+    this.failover(`${claim.why}; the domain's key in the coordination service is ours`);
+  }
+
+  /** A claim in progress stops: the primary came back (or the process ends). */
+  private cancelClaim(why: string): void {
+    const c = this.claiming;
+    if (!c) return;
+    this.claiming = null;
+    if (this.state === 'claiming') this.state = 'waiting';
+    c.cancel();
+    this.hooks.event?.('claim-cancelled', { reason: why });
   }
 
   private peerLeft(s: Session, why: string): void {
@@ -870,7 +932,7 @@ export class Backup {
     if (this.session !== s) return;
     this.endSession(s);
     if (this.committed === null && this.kept === null) this.release(); // a kept image waits for a continued session
-    if (this.state !== 'failed-over') this.state = 'waiting';
+    if (this.state !== 'failed-over') this.state = this.claiming ? 'claiming' : 'waiting';
     s.link.close();
     this.checkInvariants();
   }
@@ -933,6 +995,11 @@ export class Backup {
       `state ${this.state} with session ${this.session !== null}`,
     );
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');
+    assert(this.claiming === null || this.committed !== null, 'a takeover claim without a committed checkpoint');
+    assert(
+      (this.state === 'claiming') === (this.claiming !== null && this.session === null),
+      `state ${this.state} with a claim ${this.claiming !== null}`,
+    );
     if (this.session) this.checkSession(this.session);
   }
 

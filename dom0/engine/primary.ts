@@ -992,6 +992,16 @@ export class Primary {
     this.armEarly();
   }
 
+  /**
+   * The coordination service says this host no longer owns the domain (its lease ended): a
+   * backup may run it now, so this copy stops for good, as on TAKEOVER. Idempotent.
+   */
+  ownershipLost(reason: string): void {
+    if (this.state === 'fenced' || this.state === 'stopped') return;
+    this.hooks.event?.('ownership-lost', { reason, epoch: this.epoch });
+    this.onTakeover(this.acked);
+  }
+
   private onTakeover(epoch: number): void {
     this.hooks.event?.('fenced', { epoch });
     this.state = 'fenced';

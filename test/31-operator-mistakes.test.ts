@@ -283,6 +283,17 @@ const NBD_DEVICE: Bad[] = [
   ['an option instead of a device', '--json'],
 ];
 
+const ETCD_ENDPOINTS: Bad[] = [
+  ['empty', ''],
+  ['without the scheme', '10.0.0.5:2379'],
+  ['another scheme', 'http://10.0.0.5:2379'],
+  ['a member without a port', 'etcd://10.0.0.5'],
+  ['a port out of range', 'etcd://10.0.0.5:70000'],
+  ['an empty member', 'etcd://10.0.0.5:2379,'],
+  ['ten members', `etcd://${Array.from({ length: 10 }, (_, i) => `10.0.0.${i + 1}:2379`).join(',')}`],
+  ['an option instead of endpoints', '--json'],
+];
+
 /** The bad values for a parser's spec. */
 function badValues(s: ValueSpec): Bad[] {
   switch (s.kind) {
@@ -313,6 +324,8 @@ function badValues(s: ValueSpec): Bad[] {
       ];
     case 'nbd-device':
       return NBD_DEVICE;
+    case 'etcd-endpoints':
+      return ETCD_ENDPOINTS;
   }
 }
 

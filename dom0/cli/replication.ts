@@ -1,6 +1,10 @@
 // replication: `remusdb protect`, `backup`, `reprotect`, `failover`, `status` and `keygen`.
 // Every value is checked as the command line is parsed (options.ts, path-options.ts), and the
 // key is read before anything listens, attaches or creates a file.
+import { addCoordinationOptions, type CoordinationCliOptions } from './coordination-options';
+import { claimOwnership } from '../coordination/etcd-ownership';
+import type { Ownership } from '../ports';
+import { PARTITION_WARNING, type ProtectConfig } from '../service/protect-service';
 import { tuneReplicationProcess } from '../service/process-tuning';
 import { SIM_GUEST_BYTES_MAX } from '../hypervisor/sim/guest-size';
 import * as fs from 'node:fs';
@@ -122,7 +126,7 @@ const log = (line: string): void => {
   console.error(`${new Date().toISOString()} ${line}`);
 };
 
-interface ProtectOpts extends NetCliOptions {
+interface ProtectOpts extends NetCliOptions, CoordinationCliOptions {
   interval: number;
   cache: string;
   compress: boolean;
@@ -233,6 +237,7 @@ function registerProtect(program: Command): void {
     intOption('--seconds', 1, 1e7),
   );
   addMetricsOption(protect);
+  addCoordinationOptions(protect);
   addNetOptions(protect).action(
     async (domainArg: string, backupArg: string | undefined, o: ProtectOpts, cmd: Command) =>
       runProtect(domainArg, backupArg, o, cmd),
@@ -292,7 +297,7 @@ function addXenDiskOptions(protect: Command): Command {
     );
 }
 
-interface BackupOpts {
+interface BackupOpts extends CoordinationCliOptions {
   listen: string;
   pskFile?: string;
   insecure?: boolean;
@@ -338,6 +343,7 @@ function registerBackup(program: Command): void {
       'sim: CRC32C the resumed memory before the guest runs, for verification ' +
         '(adds ~150 ms per GiB to the failover)',
     );
+  addCoordinationOptions(backup);
   addMetricsOption(backup).action(async (o: BackupOpts) => {
     const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
     const sec = security(o, log);
@@ -355,6 +361,7 @@ function registerBackup(program: Command): void {
         reuseDisk: o.reuseDisk,
         checksumOnFailover: o.checksumOnFailover === true,
         metrics,
+        coordination: o.coordination ? { endpoints: o.coordination, ttlSeconds: o.ownerTtl } : null,
         log,
       });
       await b.start();
@@ -472,51 +479,10 @@ async function runProtect(
   netPreflight(o, driver); // before the domain (and a Xen domain's disk) is opened
   tuneReplicationProcess(log);
   const metrics = await openMetrics(o.metrics); // and a port in use too
-  const svc = await closingOnError(metrics, async () => {
-    const opened = await driver.open({
-      name,
-      diskBufferBytesMax: o.diskBuffer,
-      readTracking: o.readTracking && o.compress && driver.features.readTracking === true,
-      sim: simOpenOptions(o),
-      xen: xenOpenOptions(o),
-      log,
-    });
-    let net: ReturnType<typeof netPlan>;
-    try {
-      net = netPlan(o, {
-        driver,
-        tag: opened.label.replace(':', '-'),
-        label: opened.label,
-        domid: opened.domid,
-        defaultInterfaces: () => opened.defaultInterfaces(),
-      });
-    } catch (e) {
-      await opened.close();
-      throw e;
-    }
-    return ProtectService.create({
-      opened,
-      backup,
-      security: sec,
-      net,
-      holdOutputs: o.netBuffer !== false,
-      journal: o.journal ?? null,
-      engine: engineOptions(driver, opened.domain.pageCount, {
-        intervalMs: o.interval,
-        compressor: o.compress ? o.compressor : 'none',
-        cache: o.cache,
-        maxInFlight: maxInFlightOf(o, net),
-        heartbeatTimeoutMs: o.heartbeatTimeout,
-        diskBufferBytesMax: o.diskBuffer,
-        verifyDisk: o.verifyDisk,
-        trigger: triggerOf(o, net),
-        maxPauseShare: o.maxPauseShare,
-      }),
-      metrics,
-      ownsMetrics: true,
-      log,
-    });
-  });
+  const ownership = await closingOnError(metrics, () => claimAsPrimary(o, name));
+  const svc = await closingOnError(metrics, () =>
+    releasingOnError(ownership, () => openProtect(o, driver, name, backup, sec, metrics, ownership)),
+  );
   svc.start();
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
   log(
@@ -524,6 +490,88 @@ async function runProtect(
       `→ ${o.blackhole ? 'blackhole' : backupArg}${held}`,
   );
   await runUntilStopped(svc, o.seconds);
+}
+
+/** --coordination: this process must own the domain's key before it opens the domain (else the warning). */
+async function claimAsPrimary(o: ProtectOpts, name: string): Promise<Ownership | null> {
+  if (!o.coordination) {
+    log(`WARNING: ${PARTITION_WARNING}`);
+    return null;
+  }
+  const own = await claimOwnership({
+    endpoints: o.coordination,
+    domain: name,
+    role: 'primary',
+    ttlSeconds: o.ownerTtl,
+    waitFreeMs: o.ownerTtl * 1000 + 2000, // a restarted protect waits for its own last lease to end
+    log,
+  });
+  log(`owner of ${name} in etcd (${own.key}, lease ${o.ownerTtl} s)`);
+  return own;
+}
+
+async function releasingOnError<T>(own: Ownership | null, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    await own?.release();
+    throw e;
+  }
+}
+
+async function openProtect(
+  o: ProtectOpts,
+  driver: DomainDriver,
+  name: string,
+  backup: ProtectConfig['backup'],
+  sec: Security,
+  metrics: MetricsExporter | null,
+  ownership: Ownership | null,
+): Promise<ProtectService> {
+  const opened = await driver.open({
+    name,
+    diskBufferBytesMax: o.diskBuffer,
+    readTracking: o.readTracking && o.compress && driver.features.readTracking === true,
+    sim: simOpenOptions(o),
+    xen: xenOpenOptions(o),
+    log,
+  });
+  let net: ReturnType<typeof netPlan>;
+  try {
+    net = netPlan(o, {
+      driver,
+      tag: opened.label.replace(':', '-'),
+      label: opened.label,
+      domid: opened.domid,
+      defaultInterfaces: () => opened.defaultInterfaces(),
+    });
+  } catch (e) {
+    await opened.close();
+    throw e;
+  }
+  return ProtectService.create({
+    opened,
+    backup,
+    security: sec,
+    net,
+    holdOutputs: o.netBuffer !== false,
+    journal: o.journal ?? null,
+    engine: engineOptions(driver, opened.domain.pageCount, {
+      intervalMs: o.interval,
+      compressor: o.compress ? o.compressor : 'none',
+      cache: o.cache,
+      maxInFlight: maxInFlightOf(o, net),
+      heartbeatTimeoutMs: o.heartbeatTimeout,
+      diskBufferBytesMax: o.diskBuffer,
+      verifyDisk: o.verifyDisk,
+      trigger: triggerOf(o, net),
+      maxPauseShare: o.maxPauseShare,
+    }),
+    metrics,
+    ownsMetrics: true,
+    ownership,
+    log,
+  });
 }
 
 /** ", or sooner when an output waits (paused at most 10 %)" under --trigger output. */

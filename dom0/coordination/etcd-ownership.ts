@@ -38,6 +38,8 @@ export interface EtcdOwnershipOptions extends LeaseValidityOptions {
   ttlSeconds?: number;
   /** How long a claim waits for the key to become free (ms): 0 fails at once if another owns it. */
   waitFreeMs?: number;
+  /** Stops a claim that waits (the primary came back): it rejects with the signal's reason. */
+  signal?: AbortSignal;
   /** Monotonic clock (ms); performance.now() unless a test injects one. */
   now?: () => number;
   log?: (line: string) => void;
@@ -100,9 +102,12 @@ class EtcdOwnership implements Ownership {
     const deadline = now() + (o.waitFreeMs ?? 0);
     const me: OwnerInfo = { host: os.hostname(), role: o.role, pid: process.pid, claimedAt: new Date().toISOString() };
     for (;;) {
+      o.signal?.throwIfAborted();
       const sentAt = now(); // before the grant: the lease's TTL starts after this instant
       const lease = client.lease(ttl, { autoKeepAlive: false });
       const result = await attempt(client, lease, key, me);
+      if (result.won && o.signal?.aborted) await lease.revoke().catch(() => {});
+      o.signal?.throwIfAborted();
       if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
       await lease.revoke().catch(() => {});
       if (now() >= deadline) {

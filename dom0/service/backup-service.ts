@@ -7,7 +7,8 @@ import { realClock } from '../engine/clock';
 import { driverForHello } from '../hypervisor/registry';
 import type { DriverReplica } from '../hypervisor/driver';
 import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
-import { ProtectService } from './protect-service';
+import { PARTITION_WARNING, ProtectService } from './protect-service';
+import { etcdClaimer } from '../coordination/etcd-claimer';
 import { ControlServer, runtimeDir as runDir, socketPath } from './control';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -42,6 +43,8 @@ export interface BackupConfig {
   checksumOnFailover?: boolean;
   /** Where this backup's metrics are served (--metrics), a reprotecting primary's too; stop() closes it. */
   metrics?: MetricsExporter | null;
+  /** --coordination: a takeover first claims the domain's key in etcd (null: the two-node rule). */
+  coordination?: { endpoints: string[]; ttlSeconds: number } | null;
   log: (line: string) => void;
 }
 
@@ -72,6 +75,9 @@ export class BackupService {
         diskBufferBytesMax: cfg.diskBufferBytesMax,
         replicaFor: (h) => this.replicaFor(h),
         releaseReplica: (r) => this.releaseReplica(r),
+        claimer: cfg.coordination
+          ? etcdClaimer(cfg.coordination.endpoints, cfg.coordination.ttlSeconds, cfg.log)
+          : undefined,
       },
       {
         event: (name, detail) => this.onEvent(name, detail),
@@ -87,6 +93,7 @@ export class BackupService {
 
   async start(): Promise<void> {
     loopDelay(); // starts measuring
+    if (!this.cfg.coordination) this.cfg.log(`WARNING: ${PARTITION_WARNING}`);
     this.listener = await listenLinks(
       this.cfg.host,
       this.cfg.port,
@@ -99,6 +106,7 @@ export class BackupService {
 
   async stop(): Promise<void> {
     await this.promoted?.stop();
+    await this.backup.owned?.release();
     this.backup.close();
     this.listener?.close();
     this.control?.close();
@@ -140,6 +148,9 @@ export class BackupService {
       ...this.replica?.status(),
       events: this.events.slice(-10),
       reprotecting: this.promoted?.status() ?? null,
+      coordination: this.cfg.coordination
+        ? { mode: 'etcd', owner_key: this.backup.owned?.key ?? null }
+        : { mode: 'none', warning: PARTITION_WARNING },
     };
   }
 
@@ -276,6 +287,7 @@ export class BackupService {
       }),
       metrics: this.cfg.metrics ?? null,
       ownsMetrics: false,
+      ownership: this.backup.owned,
       log: this.cfg.log,
     });
     this.promoted.start();
@@ -336,5 +348,9 @@ export class BackupService {
     if (name === 'replica-replaced')
       log(`replacing the replica of ${d('from')} by one for ${d('to')} (no primary was attached)`);
     if (name === 'goodbye') log('primary ended protection (GOODBYE)');
+    if (name === 'claiming')
+      log(`primary lost (${d('reason')}): claiming ${d('domain')} in etcd before taking over (epoch ${d('epoch')})`);
+    if (name === 'claim-cancelled') log(`takeover cancelled: ${d('reason')}`);
+    if (name === 'claim-failed') log(`takeover given up: ${d('reason')} (the image is kept; waiting for a primary)`);
   }
 }

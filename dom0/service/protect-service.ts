@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import { Primary, type PrimaryOptions } from '../engine/primary';
-import type { OutputGate } from '../ports';
+import type { OutputGate, Ownership } from '../ports';
+import { OwnedGate } from '../coordination/owned-gate';
 import type { OpenedDomain } from '../hypervisor/driver';
 import type { Security } from '../protocol/channel';
 import { type DomainNet, GateSet, openDomainNet, type DomainNetOptions } from '../net/domain-net';
@@ -26,6 +27,9 @@ import { Reconnector } from './reconnector';
 
 /** How often a running pre-copy's progress is logged. */
 const PRECOPY_PROGRESS_MS = 5000;
+/** Said at start and in status when protect runs without --coordination. */
+export const PARTITION_WARNING =
+  'no --coordination: a partition between primary and backup is not covered (both copies may run: split brain)';
 /** Engine events kept for `status`. */
 const EVENTS_KEPT = 100;
 
@@ -45,6 +49,12 @@ export interface ProtectConfig {
   metrics: MetricsExporter | null;
   /** stop() closes the exporter (false when it belongs to a reprotecting backup process). */
   ownsMetrics: boolean;
+  /**
+   * The domain's ownership in etcd (--coordination), claimed before: outputs leave only while
+   * it is provable (OwnedGate), its loss fences this copy, stop() releases it. Null: the
+   * two-node rule (a partition can leave two copies running; said at start and in status).
+   */
+  ownership?: Ownership | null;
   log: (line: string) => void;
 }
 
@@ -62,6 +72,8 @@ export class ProtectService {
   /** Times the backup was lost ('backup-lost' events), for status and metrics. */
   private backupLosses = 0;
   private endedWith: (why: string) => void = () => {};
+  /** The engine's gate under ownership (--coordination), or null. */
+  private readonly owned: OwnedGate | null = null;
   /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
   readonly ended = new Promise<string>((resolve) => {
     this.endedWith = resolve;
@@ -82,9 +94,11 @@ export class ProtectService {
     this.opened = cfg.opened;
     const net = (this.net = cfg.net ? openDomainNet(cfg.net) : null); // last to go in, first to go out
     try {
+      const own = cfg.ownership ?? null;
+      this.owned = own ? new OwnedGate(this.engineGate(), own, realClock) : null;
       this.primary = new Primary(
         cfg.opened.domain,
-        this.engineGate(),
+        this.owned ?? this.engineGate(),
         realClock,
         cfg.engine,
         {
@@ -96,6 +110,11 @@ export class ProtectService {
         cfg.opened.disk,
       );
       for (const t of net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+      own?.onChange((e) => {
+        if (e.kind !== 'lost') return;
+        cfg.log(`OWNERSHIP LOST (${e.reason}): ${cfg.opened.label} stops here; a backup may run it now`);
+        this.primary.ownershipLost(e.reason);
+      });
       const b = cfg.backup;
       this.reconnector =
         b === 'blackhole'
@@ -155,6 +174,8 @@ export class ProtectService {
       this.net?.close();
       if (this.net) this.cfg.log(`protection of ${this.opened.label} stopped: its network buffer is removed`);
       this.metrics?.detach();
+      this.owned?.close();
+      await this.cfg.ownership?.release();
       if (this.opened.outputs) this.opened.outputs.onHoldMs = null;
       if (this.cfg.ownsMetrics) await this.cfg.metrics?.close();
     }
@@ -181,6 +202,21 @@ export class ProtectService {
       ...this.opened.status(),
       events: this.events.slice(-10),
       backupLosses: this.backupLosses,
+      coordination: this.coordinationStatus(),
+    };
+  }
+
+  /** Who may release outputs: the owner key and how long ownership is proven, or the two-node warning. */
+  private coordinationStatus(): Record<string, unknown> {
+    const own = this.cfg.ownership;
+    if (!own) return { mode: 'none', warning: PARTITION_WARNING };
+    const left = own.validUntilMs - realClock.now();
+    return {
+      mode: 'etcd',
+      key: own.key,
+      owned: left > 0,
+      owned_for_ms: Math.max(0, Math.round(left)),
+      outputs_waiting_for_ownership: this.owned?.waitingForOwnership ?? false,
     };
   }
 

@@ -6,7 +6,7 @@ import { claimOwnership, ownerKey } from '../dom0/coordination/etcd-ownership';
 import { LeaseValidity } from '../dom0/coordination/lease-validity';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import type { Ownership, OwnershipEvent } from '../dom0/ports';
-import { type EtcdMember, haveEtcd, startEtcd } from './support/etcd';
+import { type EtcdMember, haveEtcd, startEtcd, startEtcdCluster } from './support/etcd';
 import { sleep, until } from './support/helpers';
 
 describe('71 ownership', () => {
@@ -90,6 +90,50 @@ describe('71 ownership', () => {
       await assert.rejects(
         claimOwnership({ endpoints: ['http://127.0.0.1:1'], domain: 'd715', role: 'primary', ttlSeconds: 3 }),
         (e: unknown) => isRemusError(e, ErrorCode.COORDINATION),
+      );
+    });
+  });
+
+  describe('with a real 3-member etcd cluster', function () {
+    this.timeout(90_000);
+    let members: EtcdMember[] = [];
+    const owners: Ownership[] = [];
+    before(async function () {
+      if (!haveEtcd()) this.skip();
+      members = await startEtcdCluster('c71', 3);
+    });
+    after(async () => {
+      for (const o of owners) await o.release();
+      for (const m of members) await m.stop();
+    });
+
+    it('71.6 one member crashes: ownership never lapses; quorum lost: it lapses and nobody claims; quorum back: renewed', async () => {
+      const endpoints = members.map((m) => m.endpoint);
+      const a = await claimOwnership({ endpoints, domain: 'd716', role: 'primary', ttlSeconds: 3 });
+      owners.push(a);
+      const watch = async (ms: number): Promise<number> => {
+        let lapses = 0;
+        for (const end = performance.now() + ms; performance.now() < end; await sleep(25)) {
+          if (!a.validAt(performance.now())) lapses++;
+        }
+        return lapses;
+      };
+      await members[0].kill();
+      assert.equal(await watch(5000), 0, 'one member down (quorum kept): ownership provable throughout');
+      await members[1].kill(); // 1 of 3: no quorum, no renewal can commit
+      await until(async () => !a.validAt(performance.now()), 5000, 'the owner stops proving ownership');
+      await assert.rejects(
+        claimOwnership({ endpoints, domain: 'd716', role: 'backup', ttlSeconds: 3 }),
+        (e: unknown) => isRemusError(e, ErrorCode.COORDINATION) || isRemusError(e, ErrorCode.NOT_OWNER),
+        'no claim succeeds without quorum',
+      );
+      members[0].restart();
+      members[1].restart();
+      await until(async () => a.validAt(performance.now()), 20_000, 'renewed once quorum is back');
+      await assert.rejects(
+        claimOwnership({ endpoints, domain: 'd716', role: 'backup', ttlSeconds: 3 }),
+        (e: unknown) => isRemusError(e, ErrorCode.NOT_OWNER),
+        "the key is still the owner's",
       );
     });
   });

@@ -11,12 +11,13 @@
 // to renew is retried; ownership then lapses by itself when the proof runs out, and becomes
 // 'lost' once etcd says the lease is gone.
 //
-// The client is etcd3 (Microsoft's maintained gRPC client); its retry and circuit-breaker
-// policies are off (cockatiel's noop): a breaker that blocks a host for 5 s after three
-// failures would outlast a short lease, and our loop retries at its own pace.
+// The client is etcd3 (Microsoft's maintained gRPC client) with our own fault policies
+// (cockatiel): its default breaker blocks a member for 5 s after three failures, which would
+// outlast a short lease; ours skip a failed member for half a renewal interval and retry the
+// call on another member at once (faultHandling below).
 import * as os from 'node:os';
-import { noop } from 'cockatiel';
-import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen, noop, retry } from 'cockatiel';
+import { Etcd3, EtcdLeaseInvalidError, type IOptions, isRecoverableError, type Lease } from 'etcd3';
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { OWNER_LEASE_RENEWALS_PER_TTL, OWNER_LEASE_TTL_S_DEFAULT } from '../limits';
@@ -55,17 +56,31 @@ export function ownerKey(domain: string): string {
 /** Claims the domain's owner key: resolves once this process owns it, else ERR_NOT_OWNER / ERR_COORDINATION. */
 export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership> {
   if (o.endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-  const client = new Etcd3({
-    hosts: o.endpoints,
-    dialTimeout: 3000,
-    faultHandling: { host: () => noop, global: noop },
-  });
+  const client = new Etcd3({ hosts: o.endpoints, dialTimeout: 3000, faultHandling: faultHandling(o) });
   try {
     return await EtcdOwnership.claim(client, o);
   } catch (e) {
     client.close();
     throw e;
   }
+}
+
+/**
+ * One member: no retry, no breaker (our loop retries). Several: a member whose call failed is
+ * skipped for half a renewal interval, and a failed call is retried at once on another member,
+ * so that one dead member costs no renewal.
+ */
+function faultHandling(o: EtcdOwnershipOptions): IOptions['faultHandling'] {
+  if (o.endpoints.length === 1) return { host: () => noop, global: noop };
+  const renewalMs = ((o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT) * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
+  return {
+    host: () =>
+      circuitBreaker(handleWhen(isRecoverableError), {
+        halfOpenAfter: renewalMs / 2,
+        breaker: new ConsecutiveBreaker(1),
+      }),
+    global: retry(handleWhen(isRecoverableError), { maxAttempts: o.endpoints.length - 1 }),
+  };
 }
 
 class EtcdOwnership implements Ownership {

@@ -9,6 +9,10 @@ export interface EtcdMember {
   proc: ChildProcess;
   /** Freezes (SIGSTOP) or thaws (SIGCONT) the member: etcd unreachable without closing connections. */
   freeze(on: boolean): void;
+  /** SIGKILL (a member crash); restart() starts it again on its data directory. */
+  kill(): Promise<void>;
+  restart(): void;
+  /** Kills it and removes its data. */
   stop(): Promise<void>;
 }
 
@@ -17,35 +21,56 @@ export function haveEtcd(): boolean {
 }
 
 export async function startEtcd(tag: string): Promise<EtcdMember> {
-  const dir = tmpDir(`etcd-${tag}`);
   const [client, peer] = [await freePort(), await freePort()];
+  return startMember(tag, client, peer, `${tag}=http://127.0.0.1:${peer}`);
+}
+
+/** A cluster of n members on 127.0.0.1 (each its own process and data directory). */
+export async function startEtcdCluster(tag: string, n: number): Promise<EtcdMember[]> {
+  const ports = [];
+  for (let i = 0; i < n; i++) ports.push([await freePort(), await freePort()]);
+  const initial = ports.map(([, peer], i) => `${tag}${i}=http://127.0.0.1:${peer}`).join(',');
+  return Promise.all(ports.map(([client, peer], i) => startMember(`${tag}${i}`, client, peer, initial)));
+}
+
+async function startMember(tag: string, client: number, peer: number, initialCluster: string): Promise<EtcdMember> {
+  const dir = tmpDir(`etcd-${tag}`);
   const endpoint = `http://127.0.0.1:${client}`;
   const peerUrl = `http://127.0.0.1:${peer}`;
   const log = fs.openSync(`${dir}.log`, 'a');
-  const proc = spawn(
-    'etcd',
-    [
-      `--name=${tag}`,
-      `--data-dir=${dir}`,
-      `--listen-client-urls=${endpoint}`,
-      `--advertise-client-urls=${endpoint}`,
-      `--listen-peer-urls=${peerUrl}`,
-      `--initial-advertise-peer-urls=${peerUrl}`,
-      `--initial-cluster=${tag}=${peerUrl}`,
-    ],
-    { stdio: ['ignore', log, log] },
-  );
-  const stop = async (): Promise<void> => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill('SIGCONT');
-    proc.kill('SIGTERM');
-    await new Promise((r) => proc.once('exit', r));
-    fs.rmSync(dir, { recursive: true, force: true });
+  const args = [
+    `--name=${tag}`,
+    `--data-dir=${dir}`,
+    `--listen-client-urls=${endpoint}`,
+    `--advertise-client-urls=${endpoint}`,
+    `--listen-peer-urls=${peerUrl}`,
+    `--initial-advertise-peer-urls=${peerUrl}`,
+    `--initial-cluster=${initialCluster}`,
+    '--heartbeat-interval=50',
+    '--election-timeout=500',
+  ];
+  const m: EtcdMember = {
+    endpoint,
+    proc: spawn('etcd', args, { stdio: ['ignore', log, log] }),
+    freeze: (on) => m.proc.kill(on ? 'SIGSTOP' : 'SIGCONT'),
+    kill: async () => {
+      if (m.proc.exitCode !== null || m.proc.signalCode !== null) return;
+      m.proc.kill('SIGCONT');
+      m.proc.kill('SIGKILL');
+      await new Promise((r) => m.proc.once('exit', r));
+    },
+    restart: () => {
+      m.proc = spawn('etcd', args, { stdio: ['ignore', log, log] }); // its data directory is kept
+    },
+    stop: async () => {
+      await m.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
   };
   const probe = new Etcd3({ hosts: endpoint, dialTimeout: 1000 });
   try {
     for (let i = 0; ; i++) {
-      if (proc.exitCode !== null) throw new Error(`etcd exited ${proc.exitCode} (log ${dir}.log)`);
+      if (m.proc.exitCode !== null) throw new Error(`etcd exited ${m.proc.exitCode} (log ${dir}.log)`);
       if (
         await probe.get('/probe').then(
           () => true,
@@ -57,10 +82,10 @@ export async function startEtcd(tag: string): Promise<EtcdMember> {
       await sleep(100);
     }
   } catch (e) {
-    await stop();
+    await m.stop();
     throw e;
   } finally {
     probe.close();
   }
-  return { endpoint, proc, freeze: (on) => proc.kill(on ? 'SIGSTOP' : 'SIGCONT'), stop };
+  return m;
 }

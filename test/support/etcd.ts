@@ -20,9 +20,21 @@ export function haveEtcd(): boolean {
   return spawnSync('etcd', ['--version']).status === 0;
 }
 
+type Spawner = (argv: string[], log: number) => ChildProcess;
+const onThisHost: Spawner = (argv, log) => spawn(argv[0], argv.slice(1), { stdio: ['ignore', log, log] });
+
 export async function startEtcd(tag: string): Promise<EtcdMember> {
   const [client, peer] = [await freePort(), await freePort()];
-  return startMember(tag, client, peer, `${tag}=http://127.0.0.1:${peer}`);
+  const local = '127.0.0.1';
+  return startMember(tag, { ip: local, client, peer }, `${tag}=http://${local}:${peer}`, onThisHost);
+}
+
+/** A cluster with one member per host of a partition net (members named after their hosts, ports 2379/2380). */
+export async function startEtcdClusterOn(
+  hosts: Array<{ name: string; ip: string; spawn: Spawner }>,
+): Promise<EtcdMember[]> {
+  const initial = hosts.map((h) => `${h.name}=http://${h.ip}:2380`).join(',');
+  return Promise.all(hosts.map((h) => startMember(h.name, { ip: h.ip, client: 2379, peer: 2380 }, initial, h.spawn)));
 }
 
 /** A cluster of n members on 127.0.0.1 (each its own process and data directory). */
@@ -30,15 +42,23 @@ export async function startEtcdCluster(tag: string, n: number): Promise<EtcdMemb
   const ports = [];
   for (let i = 0; i < n; i++) ports.push([await freePort(), await freePort()]);
   const initial = ports.map(([, peer], i) => `${tag}${i}=http://127.0.0.1:${peer}`).join(',');
-  return Promise.all(ports.map(([client, peer], i) => startMember(`${tag}${i}`, client, peer, initial)));
+  return Promise.all(
+    ports.map(([client, peer], i) => startMember(`${tag}${i}`, { ip: '127.0.0.1', client, peer }, initial, onThisHost)),
+  );
 }
 
-async function startMember(tag: string, client: number, peer: number, initialCluster: string): Promise<EtcdMember> {
+async function startMember(
+  tag: string,
+  at: { ip: string; client: number; peer: number },
+  initialCluster: string,
+  spawnOn: Spawner,
+): Promise<EtcdMember> {
   const dir = tmpDir(`etcd-${tag}`);
-  const endpoint = `http://127.0.0.1:${client}`;
-  const peerUrl = `http://127.0.0.1:${peer}`;
+  const endpoint = `http://${at.ip}:${at.client}`;
+  const peerUrl = `http://${at.ip}:${at.peer}`;
   const log = fs.openSync(`${dir}.log`, 'a');
   const args = [
+    'etcd',
     `--name=${tag}`,
     `--data-dir=${dir}`,
     `--listen-client-urls=${endpoint}`,
@@ -51,7 +71,7 @@ async function startMember(tag: string, client: number, peer: number, initialClu
   ];
   const m: EtcdMember = {
     endpoint,
-    proc: spawn('etcd', args, { stdio: ['ignore', log, log] }),
+    proc: spawnOn(args, log),
     freeze: (on) => m.proc.kill(on ? 'SIGSTOP' : 'SIGCONT'),
     kill: async () => {
       if (m.proc.exitCode !== null || m.proc.signalCode !== null) return;
@@ -60,7 +80,7 @@ async function startMember(tag: string, client: number, peer: number, initialClu
       await new Promise((r) => m.proc.once('exit', r));
     },
     restart: () => {
-      m.proc = spawn('etcd', args, { stdio: ['ignore', log, log] }); // its data directory is kept
+      m.proc = spawnOn(args, log); // its data directory is kept
     },
     stop: async () => {
       await m.kill();

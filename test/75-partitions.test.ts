@@ -1,0 +1,173 @@
+// 75 partitions (network namespaces): hosts p (primary dom0), b (backup dom0), c (the client)
+// and e0–e2 (a 3-member etcd cluster) on one bridge; `remusdb protect sim:… --client c` and
+// `remusdb backup`, both with --coordination, and partitions made with iptables in the hosts'
+// namespaces while the client reaches both dom0s — the case where two copies would answer.
+// What the client received is the record: a TCP server on c logs every output line with the
+// address it came from, in arrival order. The invariant: every line from the primary arrived
+// before the first line from the backup (at no instant did both copies release outputs);
+// and the side that must own the domain at the end does.
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { controlRequest } from '../dom0/service/control';
+import { type EtcdMember, haveEtcd, startEtcdClusterOn } from './support/etcd';
+import { sleep, tmpDir, until } from './support/helpers';
+import { type PartitionNet, createPartitionNet } from './support/partition-net';
+import { NsProcess, whyNoNetns } from './support/pg-netns';
+
+const HOSTS = ['p', 'b', 'c', 'e0', 'e1', 'e2'];
+const ETCD = ['e0', 'e1', 'e2'];
+const TTL_S = 2;
+const ROOT = path.join(__dirname, '..', '..');
+
+// The client: one TCP server; each line is logged as `L <from-address> <seq>` in arrival order.
+const CLIENT = `
+const net = require('net');
+net.createServer((s) => { const from = s.remoteAddress.replace('::ffff:', ''); let buf = '';
+  s.on('data', (d) => { buf += d; let i;
+    while ((i = buf.indexOf('\\n')) >= 0) { console.log('L ' + from + ' ' + buf.slice(0, i).split(' ')[0]); buf = buf.slice(i + 1); } });
+  s.on('error', () => {});
+}).listen(9000, process.argv[1], () => console.log('READY'));
+`;
+
+describe('75 partitions in network namespaces (real etcd, real processes)', function () {
+  this.timeout(240_000);
+  let net: PartitionNet | null = null;
+  let etcd: EtcdMember[] = [];
+  const dir = tmpDir('partitions');
+  before(async function () {
+    const why = whyNoNetns() ?? (haveEtcd() ? null : 'etcd is not installed');
+    if (why) this.skip();
+    net = createPartitionNet('r75', 75, HOSTS);
+    const n = net;
+    etcd = await startEtcdClusterOn(
+      ETCD.map((h) => ({ name: h, ip: n.ip(h), spawn: (argv, log) => n.spawn(h, argv, log) })),
+    );
+  });
+  after(async () => {
+    for (const m of etcd) await m.stop();
+    net?.destroy();
+  });
+
+  /** A protected sim domain with its backup and client; returns what to look at. */
+  async function protectedPair(domain: string): Promise<{
+    client: NsProcess;
+    primaryStatus: () => Promise<Record<string, unknown>>;
+    backupStatus: () => Promise<Record<string, unknown>>;
+    stop: () => void;
+  }> {
+    const n = net!;
+    const coord = [
+      '--coordination',
+      `etcd://${ETCD.map((h) => `${n.ip(h)}:2379`).join(',')}`,
+      '--owner-ttl',
+      String(TTL_S),
+    ];
+    const client = new NsProcess(n.ns('c'), CLIENT, [n.ip('c')]);
+    await until(async () => client.has('READY'), 10_000, 'the client listens');
+    const runDir = (h: string): string => fs.mkdtempSync(path.join(dir, `${domain}-${h}-`));
+    const [pDir, bDir] = [runDir('p'), runDir('b')];
+    const node = (args: string[]): string[] => [process.execPath, path.join(ROOT, 'bin', 'remusdb'), ...args];
+    const logOf = (d: string, name: string): number => fs.openSync(path.join(d, name), 'a');
+    const backup = n.spawn(
+      'b',
+      node(['backup', '--listen', `${n.ip('b')}:7400`, '--insecure', ...coord]),
+      logOf(bDir, 'backup.log'),
+      { ...process.env, REMUSDB_RUN_DIR: bDir },
+    );
+    const primary = n.spawn(
+      'p',
+      node([
+        'protect',
+        `sim:${domain}`,
+        `${n.ip('b')}:7400`,
+        '--insecure',
+        '--memory',
+        '64MiB',
+        '--heartbeat-timeout',
+        '1000',
+        '--client',
+        `${n.ip('c')}:9000`,
+        ...coord,
+      ]),
+      logOf(pDir, 'primary.log'),
+      { ...process.env, REMUSDB_RUN_DIR: pDir },
+    );
+    const primaryStatus = () => controlRequest(path.join(pDir, `primary-${domain}.sock`), { cmd: 'status' });
+    const backupStatus = () => controlRequest(path.join(bDir, 'backup-7400.sock'), { cmd: 'status' });
+    await until(async () => Number((await primaryStatus().catch(() => ({}) as Record<string, unknown>)).ackedEpoch ?? 0) > 5, 60_000, 'protected');
+    return {
+      client,
+      primaryStatus,
+      backupStatus,
+      stop: () => {
+        for (const k of [primary, backup]) k.kill('SIGKILL');
+        client.kill();
+        n.heal();
+      },
+    };
+  }
+
+  /** Lines the client received, by sender: the invariant that the primary's all came first. */
+  function received(client: NsProcess): { fromP: number; fromB: number; lastP: number; firstB: number } {
+    const lines = client.lines.filter((l) => l.startsWith('L '));
+    const idx = (host: string): number[] => lines.flatMap((l, i) => (l.split(' ')[1] === net!.ip(host) ? [i] : []));
+    const p = idx('p'),
+      b = idx('b');
+    return { fromP: p.length, fromB: b.length, lastP: p.at(-1) ?? -1, firstB: b[0] ?? Number.POSITIVE_INFINITY };
+  }
+
+  it('75.1 primary and backup cut apart, both reach etcd and the client: no failover; the primary serves on', async () => {
+    const pair = await protectedPair('s751');
+    try {
+      net!.cut('p', 'b');
+      await sleep(5000); // past the heartbeat timeout and the primary's hold: it runs unprotected, owning
+      const mid = received(pair.client).fromP;
+      await sleep(3000);
+      const r = received(pair.client);
+      assert.equal((await pair.backupStatus()).failovers, 0, 'the backup did not take over');
+      assert.equal(r.fromB, 0, 'nothing from the backup reached the client');
+      assert.ok(r.fromP > mid, `the primary's outputs still flow (${mid} → ${r.fromP})`);
+      const c = (await pair.primaryStatus()).coordination as Record<string, unknown>;
+      assert.equal(c.owned, true);
+    } finally {
+      pair.stop();
+    }
+  });
+
+  it('75.2 the unprotected primary then loses etcd too: its outputs stop before the backup takes over', async () => {
+    const pair = await protectedPair('s752');
+    try {
+      net!.cut('p', 'b');
+      await sleep(5000); // unprotected, outputs flowing to the client
+      assert.ok(received(pair.client).fromP > 0);
+      for (const e of ETCD) net!.cut('p', e); // the client still reaches p: a split brain without ownership
+      await until(async () => Number((await pair.backupStatus()).failovers) === 1, 20_000, 'the backup takes over');
+      await until(async () => received(pair.client).fromB > 0, 10_000, 'the resumed copy serves the client');
+      await sleep(2000);
+      const r = received(pair.client);
+      assert.ok(
+        r.lastP < r.firstB,
+        `a line from the primary (#${r.lastP}) arrived after the backup's first (#${r.firstB})`,
+      );
+    } finally {
+      pair.stop();
+    }
+  });
+
+  it('75.3 the backup isolated from everything: no failover; the primary owns and serves', async () => {
+    const pair = await protectedPair('s753');
+    try {
+      for (const h of ['p', 'c', ...ETCD]) net!.cut('b', h);
+      await sleep(5000);
+      const mid = received(pair.client).fromP;
+      await sleep(3000);
+      const r = received(pair.client);
+      assert.equal((await pair.backupStatus()).failovers, 0);
+      assert.equal(r.fromB, 0);
+      assert.ok(r.fromP > mid, 'the primary serves on');
+    } finally {
+      pair.stop();
+    }
+  });
+});

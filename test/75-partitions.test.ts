@@ -95,7 +95,11 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     );
     const primaryStatus = () => controlRequest(path.join(pDir, `primary-${domain}.sock`), { cmd: 'status' });
     const backupStatus = () => controlRequest(path.join(bDir, 'backup-7400.sock'), { cmd: 'status' });
-    await until(async () => Number((await primaryStatus().catch(() => ({}) as Record<string, unknown>)).ackedEpoch ?? 0) > 5, 60_000, 'protected');
+    await until(
+      async () => Number((await primaryStatus().catch(() => ({}) as Record<string, unknown>)).ackedEpoch ?? 0) > 5,
+      60_000,
+      'protected',
+    );
     return {
       client,
       primaryStatus,

@@ -42,7 +42,7 @@ describe('71 ownership', () => {
       return o;
     };
 
-    it('71.2 one owner: a second claim fails with ERR_NOT_OWNER naming the holder; after release it succeeds', async () => {
+    it('71.2 one owner: a second claim fails with ERR_NOT_OWNER naming the holder; released, a claim wins', async () => {
       const a = await claim('d712', 'primary');
       assert.equal(a.key, ownerKey('d712'));
       assert.ok(a.validAt(performance.now()));
@@ -66,7 +66,7 @@ describe('71 ownership', () => {
       assert.ok(renewed.filter((e) => e.kind === 'renewed').length >= 3, `${renewed.length} renewals in 4 s`);
     });
 
-    it('71.4 etcd frozen: the owner stops proving ownership before a successor can claim; never two at once', async () => {
+    it('71.4 etcd frozen: the owner lapses before a successor can claim; never two owners at once', async () => {
       const a = await claim('d714', 'primary');
       const events: OwnershipEvent[] = [];
       a.onChange((e) => events.push(e));
@@ -107,7 +107,7 @@ describe('71 ownership', () => {
       for (const m of members) await m.stop();
     });
 
-    it('71.6 one member crashes: ownership never lapses; quorum lost: it lapses and nobody claims; quorum back: renewed', async () => {
+    it('71.6 a member crashes: no lapse; quorum lost: lapse, no claim; quorum back: renewed', async () => {
       const endpoints = members.map((m) => m.endpoint);
       const a = await claimOwnership({ endpoints, domain: 'd716', role: 'primary', ttlSeconds: 3 });
       owners.push(a);

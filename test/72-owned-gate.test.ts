@@ -50,7 +50,7 @@ describe('72 owned gate', () => {
     assert.equal(left.length, 3);
   });
 
-  it('72.2 cut from etcd: outputs stop when the proof runs out, before the lease can end; a successor claims after', () => {
+  it('72.2 cut from etcd: outputs stop when the proof runs out, before the lease ends; then a successor', () => {
     const { clock, svc, own, gate, buf, left } = world();
     gate.setPassThrough(true); // unprotected, as after losing the backup
     let lastRenewalSent = 0;

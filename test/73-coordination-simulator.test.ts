@@ -11,7 +11,8 @@ import { type CoordResult, runCoordWorld } from './support/coord-world';
 const SEEDS = Number(process.env.COORD_SEEDS ?? 300);
 
 describe('73 coordination simulator', () => {
-  it(`73.1 ${process.env.COORD_SEED ? `seed ${process.env.COORD_SEED}` : `${SEEDS} seeds`}: at most one owner releases outputs`, function () {
+  const runs = process.env.COORD_SEED ? `seed ${process.env.COORD_SEED}` : `${SEEDS} seeds`;
+  it(`73.1 ${runs}: at most one owner releases outputs`, function () {
     this.timeout(600_000);
     const seeds = process.env.COORD_SEED
       ? [Number(process.env.COORD_SEED)]

@@ -25,7 +25,8 @@ const CLIENT = `
 const net = require('net');
 net.createServer((s) => { const from = s.remoteAddress.replace('::ffff:', ''); let buf = '';
   s.on('data', (d) => { buf += d; let i;
-    while ((i = buf.indexOf('\\n')) >= 0) { console.log('L ' + from + ' ' + buf.slice(0, i).split(' ')[0]); buf = buf.slice(i + 1); } });
+    while ((i = buf.indexOf('\\n')) >= 0) {
+      console.log('L ' + from + ' ' + buf.slice(0, i).split(' ')[0]); buf = buf.slice(i + 1); } });
   s.on('error', () => {});
 }).listen(9000, process.argv[1], () => console.log('READY'));
 `;
@@ -121,7 +122,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     return { fromP: p.length, fromB: b.length, lastP: p.at(-1) ?? -1, firstB: b[0] ?? Number.POSITIVE_INFINITY };
   }
 
-  it('75.1 primary and backup cut apart, both reach etcd and the client: no failover; the primary serves on', async () => {
+  it('75.1 primary and backup cut apart, both reach etcd and the client: no failover; the primary serves', async () => {
     const pair = await protectedPair('s751');
     try {
       net!.cut('p', 'b');

@@ -42,7 +42,7 @@ describe('71 ownership', () => {
       return o;
     };
 
-    it('71.2 one owner: a second claim fails with ERR_NOT_OWNER naming the holder; released, a claim wins', async () => {
+    it('71.2 one owner: a second claim fails with ERR_NOT_OWNER naming the holder; released, one wins', async () => {
       const a = await claim('d712', 'primary');
       assert.equal(a.key, ownerKey('d712'));
       assert.ok(a.validAt(performance.now()));

@@ -8,8 +8,8 @@ import { parseHostPort } from '../protocol/channel';
 import { badValue, intOption, refuseOptionLike, specified } from './options';
 
 export const ETCD_ENDPOINTS_MAX = 9;
-const EXPECTED =
-  `etcd://host:port[,host:port…] (1 to ${ETCD_ENDPOINTS_MAX} members), ` + 'like etcd://10.0.0.5:2379,10.0.0.6:2379';
+const EXAMPLE = 'etcd://10.0.0.5:2379,10.0.0.6:2379';
+const EXPECTED = `etcd://host:port[,host:port…] (1 to ${ETCD_ENDPOINTS_MAX} members), like ${EXAMPLE}`;
 
 export interface CoordinationCliOptions {
   coordination?: string[];

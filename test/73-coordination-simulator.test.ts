@@ -37,7 +37,7 @@ describe('73 coordination simulator', () => {
       `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`,
     );
     if (!process.env.COORD_SEED) {
-      assert.equal(Object.keys(kinds).length, 7, `every fault kind ran: ${JSON.stringify(kinds)}`);
+      assert.equal(Object.keys(kinds).length, 8, `every fault kind ran: ${JSON.stringify(kinds)}`);
       assert.ok(failovers > seeds.length / 6, `takeovers were exercised (${failovers})`);
       assert.ok(released > seeds.length * 100, `outputs flowed (${released})`);
     }

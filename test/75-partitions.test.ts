@@ -55,6 +55,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     client: NsProcess;
     primaryStatus: () => Promise<Record<string, unknown>>;
     backupStatus: () => Promise<Record<string, unknown>>;
+    primaryLog: () => string;
     stop: () => void;
   }> {
     const n = net!;
@@ -105,6 +106,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       client,
       primaryStatus,
       backupStatus,
+      primaryLog: () => fs.readFileSync(path.join(pDir, 'primary.log'), 'utf8'),
       stop: () => {
         for (const k of [primary, backup]) k.kill('SIGKILL');
         client.kill();
@@ -171,6 +173,33 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       assert.equal((await pair.backupStatus()).failovers, 0);
       assert.equal(r.fromB, 0);
       assert.ok(r.fromP > mid, 'the primary serves on');
+    } finally {
+      pair.stop();
+    }
+  });
+
+  it("75.4 an etcd minority on the primary's side (the link intact): the backup takes over and fences it", async () => {
+    const pair = await protectedPair('s754');
+    try {
+      // p reaches only e0, and e0 is cut from e1 and e2: p can renew nothing, b reaches the majority.
+      for (const e of ['e1', 'e2']) {
+        net!.cut('p', e);
+        net!.cut('e0', e);
+      }
+      await until(async () => Number((await pair.backupStatus()).failovers) === 1, 30_000, 'the backup takes over');
+      await until(async () => received(pair.client).fromB > 0, 10_000, 'the resumed copy serves the client');
+      await sleep(1000);
+      const r = received(pair.client);
+      assert.ok(
+        r.lastP < r.firstB,
+        `a line from the primary (#${r.lastP}) arrived after the backup's first (#${r.firstB})`,
+      );
+      const events = (await pair.backupStatus()).events as Array<Record<string, unknown>>;
+      assert.ok(
+        events.some((e) => e.name === 'claiming' && /cannot prove/.test(String(e.reason))),
+        "the claim began on the primary's word",
+      );
+      await until(async () => /ended: it runs on the backup now/.test(pair.primaryLog()), 10_000, 'the primary fenced');
     } finally {
       pair.stop();
     }

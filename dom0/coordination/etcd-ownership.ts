@@ -119,12 +119,18 @@ class EtcdOwnership implements Ownership {
     for (;;) {
       o.signal?.throwIfAborted();
       const sentAt = now(); // before the grant: the lease's TTL starts after this instant
-      const lease = client.lease(ttl, { autoKeepAlive: false });
-      const result = await attempt(client, lease, key, me);
+      // Each call has a deadline: a member without quorum answers late or never, and a lease
+      // granted elsewhere could expire meanwhile; past it the call is retried on another member.
+      const callDeadline = new Date(Date.now() + (ttl * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+      const lease = client.lease(ttl, { autoKeepAlive: false, deadline: callDeadline });
+      const result = await attempt(client, lease, key, me, callDeadline).catch((e: RemusError) => {
+        if (now() >= deadline) throw e; // etcd unreachable: retried like a held key, while the wait lasts
+        return { won: false as const, holder: null, error: e };
+      });
       if (result.won && o.signal?.aborted) await lease.revoke().catch(() => {});
       o.signal?.throwIfAborted();
       if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
-      await lease.revoke().catch(() => {});
+      if (!result.error) await lease.revoke({ deadline: callDeadline }).catch(() => {}); // else attempt did
       if (now() >= deadline) {
         throw new RemusError(ErrorCode.NOT_OWNER, `${o.domain} is owned by ${describe(result.holder)} (${key})`, {
           key,
@@ -215,14 +221,15 @@ async function freshProof(lease: Lease, claimSentAt: number, now: () => number):
   }
 }
 
-type Attempt = { won: true; leaseId: string } | { won: false; holder: OwnerInfo | null };
+type Attempt = { won: true; leaseId: string } | { won: false; holder: OwnerInfo | null; error?: RemusError };
 
 /** One transaction: create the key with our lease if nobody holds it; else tell who does. */
-async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo): Promise<Attempt> {
+async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo, deadline: Date): Promise<Attempt> {
   try {
     const leaseId = await lease.grant();
     const txn = await client
       .if(key, 'Create', '==', 0)
+      .options({ deadline })
       .then(lease.put(key).value(JSON.stringify(me)))
       .else(client.get(key))
       .commit();
@@ -230,7 +237,7 @@ async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo):
     const kv = txn.responses[0]?.response_range?.kvs?.[0];
     return { won: false, holder: kv ? parseOwner(kv.value) : null };
   } catch (e) {
-    await lease.revoke().catch(() => {});
+    await lease.revoke({ deadline }).catch(() => {});
     throw new RemusError(
       ErrorCode.COORDINATION,
       `etcd: cannot claim ${key}: ${(e as Error).message}`,

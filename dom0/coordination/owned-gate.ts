@@ -23,6 +23,10 @@ export class OwnedGate implements OutputGate {
   private passWanted = false;
   private passDone = false;
   private lapseTimer: unknown = null;
+  /** Whether ownership was provable at the last sync (what onProvable last heard). */
+  private provable = true;
+  /** Told when ownership stops or starts being provable (the primary tells its backup). */
+  onProvable: ((provable: boolean) => void) | null = null;
 
   constructor(
     private readonly inner: OutputGate,
@@ -65,7 +69,12 @@ export class OwnedGate implements OutputGate {
   /** Brings the inner gate in line with the wishes as far as ownership allows now. */
   private sync(): void {
     const now = this.clock.now();
-    if (this.ownership.validAt(now)) {
+    const provable = this.ownership.validAt(now);
+    if (provable !== this.provable) {
+      this.provable = provable;
+      this.onProvable?.(provable);
+    }
+    if (provable) {
       if (this.releaseDone < this.releaseWanted) {
         this.inner.release(this.releaseWanted);
         this.releaseDone = this.releaseWanted;

@@ -422,6 +422,8 @@ export class Backup {
         return this.onDiskVerify(s, body);
       case Rec.NET_EXPOSURE:
         return this.onNetExposure(body);
+      case Rec.OWNERSHIP:
+        return this.onOwnership(s, body);
       case Rec.MEMORY_VERIFY:
         return this.onMemoryVerify(s, body);
       case Rec.HEARTBEAT:
@@ -877,14 +879,36 @@ export class Backup {
     this.endSession(s);
     s.link.close();
     this.state = 'claiming';
+    if (this.claiming)
+      this.claiming.why = why; // claiming already (the primary said it cannot prove ownership)
+    else this.startClaim(domain, why);
+    this.checkInvariants();
+  }
+
+  private startClaim(domain: string, why: string): void {
     this.hooks.event?.('claiming', { domain, reason: why, epoch: this.committed });
     const claim = { why, cancel: () => {} };
     this.claiming = claim;
     claim.cancel = this.opts.claimer!.claim(domain, (won, whyNot) => this.claimEnded(claim, won, whyNot));
-    this.checkInvariants();
+  }
+
+  /**
+   * OWNERSHIP from the live primary: it cannot prove it owns the domain (no etcd quorum on its
+   * side). Claim while the session goes on: the claim wins only if its lease really ended, and
+   * then the failover fences it (TAKEOVER on this very link). Provable again: no claim.
+   */
+  private onOwnership(s: Session, body: Buffer): void {
+    const { value } = parseJson(Rec.OWNERSHIP, body, false);
+    if (typeof value.provable !== 'boolean') throw protocolError('OWNERSHIP without a boolean "provable"');
+    if (!this.opts.claimer || s.phase !== 'open') return; // nothing to claim with, or nothing to take over yet
+    if (value.provable) return this.cancelClaim('the primary proves its ownership again');
+    if (!this.claiming && this.committed !== null) {
+      this.startClaim(s.hello!.domain, 'the primary cannot prove it owns the domain');
+    }
   }
 
   private claimEnded(claim: { why: string }, won: Ownership | null, whyNot: string): void {
+    // (a claim started on OWNERSHIP may win while the session is still open: failover ends it)
     if (this.claiming !== claim) return; // cancelled meanwhile
     this.claiming = null;
     if (this.state === 'claiming') this.state = 'waiting';

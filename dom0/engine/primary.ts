@@ -783,6 +783,7 @@ export class Primary {
       this.unacked?.clear();
     } // the backup's image is overwritten
     this.hooks.event?.('session-start', { ...start });
+    if (!this.ownershipProvable) this.sendOwnership();
     this.acked = this.epoch;
     this.sentEpoch = this.epoch;
     this.encoder.reset(); // a continued checkpoint too refers to no cached page: the backup's image may be ahead
@@ -993,6 +994,25 @@ export class Primary {
   }
 
   /**
+   * Coordination: whether this primary can prove it owns the domain now. When it cannot (it
+   * reaches no etcd quorum), the backup is told (OWNERSHIP) and claims the key: if the lease
+   * really ends, the backup takes over and fences this copy with TAKEOVER; if it is renewed,
+   * the claim never wins and is cancelled when this primary says so. Repeated with every
+   * heartbeat and at each new session while unprovable.
+   */
+  reportOwnership(provable: boolean): void {
+    this.ownershipProvable = provable;
+    this.sendOwnership();
+  }
+
+  private ownershipProvable = true;
+
+  private sendOwnership(): void {
+    if (!this.link || this.session === 'hello') return;
+    this.send(Rec.OWNERSHIP, jsonBody({ provable: this.ownershipProvable }));
+  }
+
+  /**
    * The coordination service says this host no longer owns the domain (its lease ended): a
    * backup may run it now, so this copy stops for good, as on TAKEOVER. Idempotent.
    */
@@ -1049,6 +1069,7 @@ export class Primary {
     if (this.session !== 'none' && this.session !== 'hello' && now - this.lastSent >= this.hbIntervalMs()) {
       this.send(Rec.HEARTBEAT, heartbeatBody(this.acked, now));
     }
+    if (!this.ownershipProvable) this.sendOwnership(); // each beat: until the backup can act on it
   }
 
   /**

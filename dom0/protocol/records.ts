@@ -28,6 +28,8 @@ export const Rec = {
   DISK_VERIFY: 16,
   NET_EXPOSURE: 17,
   MEMORY_VERIFY: 18,
+  /** P→B, optional: whether the primary can prove it owns the domain (--coordination). */
+  OWNERSHIP: 19,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));

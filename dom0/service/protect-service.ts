@@ -110,6 +110,7 @@ export class ProtectService {
         cfg.opened.disk,
       );
       for (const t of net?.exposure ?? []) t.onExposed = () => this.primary.flushExposure();
+      if (this.owned) this.owned.onProvable = (provable) => this.primary.reportOwnership(provable);
       own?.onChange((e) => {
         if (e.kind !== 'lost') return;
         cfg.log(`OWNERSHIP LOST (${e.reason}): ${cfg.opened.label} stops here; a backup may run it now`);

@@ -28,6 +28,8 @@ export type CoordFault =
   /** Neither host reaches etcd for forMs (the link works). */
   | { kind: 'etcd-down'; atMs: number; forMs: number }
   | { kind: 'crash-primary'; atMs: number; silent: boolean }
+  /** Only the primary loses etcd (an etcd minority on its side); the link and the backup's etcd work. */
+  | { kind: 'etcd-minority-primary'; atMs: number }
   /** The link is cut for good; later, once the primary runs unprotected (outputs pass), its host loses etcd too. */
   | { kind: 'cut-then-isolate'; atMs: number; isolateAfterMs: number };
 
@@ -42,7 +44,7 @@ export interface CoordResult {
 
 export function pickCoordFault(rng: Prng): CoordFault {
   const atMs = 400 + rng.below(600);
-  switch (rng.below(7)) {
+  switch (rng.below(8)) {
     case 0:
       return { kind: 'cut-link', atMs, forMs: rng.chance(0.5) ? null : 100 + rng.below(800) };
     case 1:
@@ -55,6 +57,8 @@ export function pickCoordFault(rng: Prng): CoordFault {
       return { kind: 'crash-primary', atMs, silent: rng.chance(0.5) };
     case 5:
       return { kind: 'cut-then-isolate', atMs, isolateAfterMs: 800 + rng.below(400) };
+    case 6:
+      return { kind: 'etcd-minority-primary', atMs };
     default:
       return { kind: 'none' };
   }
@@ -122,6 +126,7 @@ export function runCoordWorld(seed: number, durationMs = 4000): CoordResult {
     },
     { event: (name) => name === 'backup-lost' && scheduleReconnect() },
   );
+  gate.onProvable = (provable) => primary.reportOwnership(provable);
   primaryOwn.onChange((e) => {
     if (e.kind === 'lost' && !primaryDead) primary.ownershipLost(e.reason);
   });
@@ -225,6 +230,7 @@ function schedule(
     }
     if (f.kind === 'crash-primary') crashPrimary();
     if (f.kind === 'cut-then-isolate') net.cut = true;
+    if (f.kind === 'etcd-minority-primary') svc.cut.add('primary');
   });
   if (f.kind === 'cut-then-isolate')
     clock.setTimer(f.atMs + f.isolateAfterMs, () => {
@@ -241,8 +247,10 @@ function expect(f: CoordFault, failedOverAt: number | null, primaryState: string
   if (primaryKeeps && failedOverAt !== null)
     violate(`the backup failed over after ${f.kind}, though the primary lived and owned`);
   if (primaryKeeps && primaryState === 'fenced') violate(`the primary fenced itself after ${f.kind}`);
-  const backupTakes = f.kind === 'isolate-primary' || f.kind === 'crash-primary' || f.kind === 'cut-then-isolate';
-  if (backupTakes && failedOverAt === null) violate(`the backup never took over after ${f.kind}`);
+  const backupTakes = ['isolate-primary', 'crash-primary', 'cut-then-isolate', 'etcd-minority-primary'];
+  if (backupTakes.includes(f.kind) && failedOverAt === null) violate(`the backup never took over after ${f.kind}`);
+  if (f.kind === 'etcd-minority-primary' && primaryState !== 'fenced')
+    violate(`the primary without etcd ended ${primaryState}, not fenced by the takeover`);
   if (f.kind === 'etcd-down' && primaryState === 'fenced' && failedOverAt === null)
     violate('the primary lost its lease to an etcd outage and the backup never took over');
 }

@@ -36,7 +36,9 @@ describe('74 coordination end to end (real etcd)', function () {
     proxy = new CuttableProxy(port);
     await proxy.listen();
     const protectArgs = ['protect', 'sim:c74', `127.0.0.1:${proxy.port}`, '--insecure', '--memory', '64MiB'];
-    const primary = start([...protectArgs, '--heartbeat-timeout', '1000', ...coord], 'primary.log');
+    const metricsPort = await freePort();
+    const metrics = ['--metrics', `127.0.0.1:${metricsPort}`];
+    const primary = start([...protectArgs, '--heartbeat-timeout', '1000', ...coord, ...metrics], 'primary.log');
     const before = await until(
       async () => {
         const s = await status('primary-c74.sock');
@@ -49,6 +51,10 @@ describe('74 coordination end to end (real etcd)', function () {
     assert.equal(c.mode, 'etcd');
     assert.equal(c.owned, true, 'the primary owns the domain');
     assert.equal(c.key, '/remusdb/v1/domains/c74/owner');
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    assert.match(text, /^remusdb_ownership_provable\{[^}]*\} 1$/m, 'the metric says the primary owns');
+    const valid = Number(/^remusdb_ownership_valid_seconds\{[^}]*\} ([\d.]+)$/m.exec(text)?.[1]);
+    assert.ok(valid > 0 && valid <= TTL_S, `ownership proven for ${valid} s more`);
 
     await proxy.cut(4000); // > the heartbeat timeout: the backup starts a takeover it cannot win
     const log = (): string => fs.readFileSync(path.join(dir, 'backup.log'), 'utf8');

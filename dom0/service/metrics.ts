@@ -49,6 +49,8 @@ export interface PrimarySample {
   disk: { forwardedBytes: number; resyncPendingBytes: number } | null;
   /** Times the backup was lost (the engine's 'backup-lost' events). */
   backupLosses: number;
+  /** --coordination: whether ownership is provable now, and for how long more (ms); null without it. */
+  ownership?: { provable: boolean; validForMs: number } | null;
 }
 
 /** What a backup shows at one moment: its `status` figures. */
@@ -300,6 +302,16 @@ export class MetricsExporter {
       'remusdb_disk_resync_pending_bytes',
       'Disk bytes the backup may lack, still to copy',
       (s) => s.disk?.resyncPendingBytes ?? null,
+    );
+    gauge(
+      'remusdb_ownership_provable',
+      'Whether this primary can prove it owns the domain in etcd (1/0; absent without --coordination)',
+      (s) => (s.ownership ? Number(s.ownership.provable) : null),
+    );
+    gauge(
+      'remusdb_ownership_valid_seconds',
+      'How much longer ownership is proven without another renewal (absent without --coordination)',
+      (s) => (s.ownership ? s.ownership.validForMs / 1000 : null),
     );
     this.registerPrecopy(gauge);
     this.stateGauge(p, (s) => s.stats.state);

@@ -228,7 +228,10 @@ export class ProtectService {
       d && typeof d.forwardedBytes === 'number' && typeof d.resyncPendingBytes === 'number'
         ? { forwardedBytes: d.forwardedBytes, resyncPendingBytes: d.resyncPendingBytes }
         : null;
-    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk };
+    const own = this.cfg.ownership;
+    const validForMs = own ? Math.max(0, own.validUntilMs - realClock.now()) : 0;
+    const ownership = own ? { provable: validForMs > 0, validForMs } : null;
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk, ownership };
   }
 
   /** A long first pre-copy round says where it is: sent, remaining, rate, time left. */

@@ -71,10 +71,14 @@ export interface NativeAddon {
   crc32cPages(data: Uint8Array, out: Uint32Array): void;
   /** One rtnetlink request (NLM_F_ACK set); 0 or -errno from its acknowledgement. */
   netlinkRoute(message: Uint8Array): number;
-  /** new Arena(bytes) maps guest memory (≤ 64 GiB; ERR_OUT_OF_MEMORY when it cannot); new Arena(0, id) attaches. */
+  /**
+   * new Arena(bytes[, {hugePages}]) maps guest memory (≤ 64 GiB; ERR_OUT_OF_MEMORY when it cannot),
+   * with 2 MiB pages where the kernel allows when asked (native-xc/src/arena.cc says the
+   * trade); new Arena(0, id) attaches.
+   */
   Arena: new (
     bytes: number,
-    id?: number,
+    idOrOptions?: number | { hugePages: boolean },
   ) => NativeArena;
   /** Longest arena `buffer` the addon creates, in bytes (2^32: Node.js 20's largest Buffer). */
   arenaBufferBytesMax: number;

@@ -182,6 +182,21 @@ describe('11 codec', () => {
     enc.close();
   });
 
+  /** Whether this kernel allocates memory on a read of fresh anonymous memory (no shared zero page). */
+  const readingAllocates = (): boolean => {
+    const probe = new (loadAddon().Arena)(4096 * PAGE);
+    try {
+      const rss = (): number => Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
+      const before = rss();
+      const m = GuestMemory.ofArena(probe);
+      let sum = 0;
+      for (let p = 0; p < 4096; p++) sum += m.page(p)[0];
+      return sum === 0 && rss() - before > 8 * 2 ** 20;
+    } finally {
+      probe.close();
+    }
+  };
+
   it('11.10 ZERO clears a written page, and leaves fresh guest memory unallocated', () => {
     const pages = 16384; // 64 MiB
     const arena = new (loadAddon().Arena)(pages * PAGE);
@@ -205,6 +220,9 @@ describe('11 codec', () => {
         image.page(7).every((b) => b === 0),
         'the written page is zero now',
       );
+      // Only where reading fresh memory maps the kernel's zero page: some kernels (this 6.18
+      // firecracker guest's) allocate on a read fault too, and then nothing can stay unallocated.
+      if (readingAllocates()) return;
       assert.ok(
         grew < 8 * 2 ** 20,
         `decoding ZERO into fresh memory made ${grew} bytes resident (64 MiB if every page were written)`,

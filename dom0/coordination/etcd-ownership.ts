@@ -21,8 +21,9 @@ import { Etcd3, EtcdLeaseInvalidError, type IOptions, isRecoverableError, type L
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { OWNER_LEASE_RENEWALS_PER_TTL, OWNER_LEASE_TTL_S_DEFAULT } from '../limits';
-import type { Ownership, OwnershipEvent } from '../ports';
-import { LeaseValidity, type LeaseValidityOptions } from './lease-validity';
+import type { Ownership } from '../ports';
+import type { LeaseValidityOptions } from './lease-validity';
+import { ProvenOwnership } from './proven-ownership';
 
 export interface OwnerInfo {
   host: string;
@@ -83,15 +84,11 @@ function faultHandling(o: EtcdOwnershipOptions): IOptions['faultHandling'] {
   };
 }
 
-class EtcdOwnership implements Ownership {
+class EtcdOwnership extends ProvenOwnership {
   readonly key: string;
-  private readonly validity: LeaseValidity;
   private readonly now: () => number;
   private readonly ttlSeconds: number;
-  private listeners: ((e: OwnershipEvent) => void)[] = [];
   private timer: NodeJS.Timeout | null = null;
-  /** Set once: after release() or 'lost' nothing is renewed again and validAt stays false. */
-  private ended = false;
   private failing = false;
 
   private constructor(
@@ -101,10 +98,10 @@ class EtcdOwnership implements Ownership {
     private readonly o: EtcdOwnershipOptions,
     claimSentAt: number,
   ) {
+    super(o);
     this.key = ownerKey(o.domain);
     this.now = o.now ?? (() => performance.now());
     this.ttlSeconds = o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT;
-    this.validity = new LeaseValidity(o);
     this.validity.renewed(claimSentAt, this.ttlSeconds);
     this.schedule();
   }
@@ -141,30 +138,17 @@ class EtcdOwnership implements Ownership {
     }
   }
 
-  validAt(nowMs: number): boolean {
-    return !this.ended && this.validity.validAt(nowMs);
-  }
-
-  get validUntilMs(): number {
-    return this.ended ? Number.NEGATIVE_INFINITY : this.validity.validUntilMs;
-  }
-
-  onChange(cb: (e: OwnershipEvent) => void): void {
-    this.listeners.push(cb);
-  }
-
   async release(): Promise<void> {
-    if (this.ended) return;
-    this.end();
+    if (!this.end()) return;
     await this.lease.revoke().catch(() => {}); // unreachable etcd: the lease expires by itself
     this.client.close();
   }
 
-  private end(): void {
-    this.ended = true;
-    this.validity.revoked();
+  /** Ends ownership and the renewals; false when it had ended already. */
+  private end(): boolean {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    return this.endOwnership();
   }
 
   private schedule(): void {
@@ -196,14 +180,9 @@ class EtcdOwnership implements Ownership {
   }
 
   private lose(reason: string): void {
-    if (this.ended) return;
-    this.end();
+    if (!this.end()) return;
     this.client.close();
     this.emit({ kind: 'lost', reason });
-  }
-
-  private emit(e: OwnershipEvent): void {
-    for (const cb of this.listeners) cb(e);
   }
 }
 

@@ -39,12 +39,14 @@
 namespace remus {
 namespace {
 
-// Guest memory is backed by 2 MiB pages where the kernel can (as a hypervisor backs a guest
-// with superpages): a first copy into a replica then takes one fault per 2 MiB instead of one
-// per 4 KiB page — on a virtualised dom0 a 4 KiB first touch measured ~11 us, a 2 MiB one
-// ~0.1 ms (docs/scale.md). Dirty tracking stays at 4 KiB: in asynchronous uffd-wp mode the
-// kernel splits a write-protected huge page on its first write, and khugepaged never merges
-// write-protected pages. Best effort: with THP off ("never") the mapping keeps 4 KiB pages.
+// Guest memory asks for 2 MiB pages ({hugePages: true}) where the kernel can (as a hypervisor
+// backs a guest with superpages): a first copy into a replica then takes one fault per 2 MiB
+// instead of one per 4 KiB page — on a virtualised dom0 a 4 KiB first touch measured ~11 us, a
+// 2 MiB one ~0.1 ms (docs/scale.md). The price: memory is resident 2 MiB at a time, and on this
+// kernel even reading untouched memory allocates (a ZERO record no longer leaves fresh memory
+// unallocated). Dirty tracking stays at 4 KiB: in asynchronous uffd-wp mode the kernel splits a
+// write-protected huge page on its first write, and khugepaged never merges write-protected
+// pages. Best effort: with THP off ("never") the mapping keeps 4 KiB pages.
 void PreferHugePages(void* p, size_t size) {
 #ifdef MADV_HUGEPAGE
   (void)madvise(p, size, MADV_HUGEPAGE);
@@ -178,11 +180,11 @@ class Arena : public Napi::ObjectWrap<Arena> {
                         InstanceAccessor("dirtyMode", &Arena::DirtyMode, nullptr)});
   }
 
-  // new Arena(bytes) creates; new Arena(0, id) attaches to an existing arena (worker).
+  // new Arena(bytes[, {hugePages}]) creates; new Arena(0, id) attaches to an existing arena (worker).
   explicit Arena(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Arena>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsNumber()) {
-      ThrowType(env, "new Arena(bytes) or new Arena(0, id)");
+      ThrowType(env, "new Arena(bytes[, {hugePages}]) or new Arena(0, id)");
       return;
     }
     double bytes = info[0].As<Napi::Number>().DoubleValue();
@@ -210,7 +212,10 @@ class Arena : public Napi::ObjectWrap<Arena> {
                  "cannot map " + std::to_string(size) + " bytes of guest memory: " + std::strerror(err));
       return;
     }
-    PreferHugePages(p, size);
+    if (info.Length() >= 2 && info[1].IsObject() &&
+        info[1].As<Napi::Object>().Get("hugePages").ToBoolean().Value()) {
+      PreferHugePages(p, size);
+    }
     Region* raw = new (std::nothrow) Region();
     if (raw == nullptr) {
       munmap(p, size);

@@ -12,7 +12,7 @@ import { Primary } from '../../dom0/engine/primary';
 import type { Ownership, OwnershipClaimer } from '../../dom0/ports';
 import { Prng } from '../../dom0/util/prng';
 import { LeaseService, ModelOwnership } from './lease-model';
-import { MemReplica, Net, StepDomain, VirtualClock, actorClock, type MemLink } from './sim-world';
+import { MemReplica, Net, StepDomain, VirtualClock, actorClock, type MemLink, reconnector } from './sim-world';
 
 export const COORD_TTL_MS = 300;
 export const COORD_MARGIN_MS = 40;
@@ -158,20 +158,11 @@ export function runCoordWorld(seed: number, durationMs = 4000): CoordResult {
     primary.attach(links[1]);
     return true;
   };
-  let reconnecting = false;
-  const scheduleReconnect = (): void => {
-    if (reconnecting) return;
-    reconnecting = true;
-    const attempt = (): void => {
-      const st = primary.stats().state;
-      if (primaryDead || st === 'fenced' || st === 'stopped' || primary.attached || connect()) {
-        reconnecting = false;
-        return;
-      }
-      pclock.setTimer(50, attempt);
-    };
-    pclock.setTimer(20, attempt);
-  };
+  const scheduleReconnect = reconnector(
+    pclock,
+    () => primaryDead || ['fenced', 'stopped'].includes(primary.stats().state) || primary.attached,
+    connect,
+  );
 
   let claimed = false;
   primaryOwn.claim(100, (won) => {

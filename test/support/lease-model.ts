@@ -3,9 +3,9 @@
 // the service's time; clients the test can cut off (a partition) or whose answers it can
 // delay. ModelOwnership is the Ownership port over it, renewing as the etcd one does
 // (OWNER_LEASE_RENEWALS_PER_TTL per TTL, proof from the send instant via LeaseValidity).
-import { LeaseValidity } from '../../dom0/coordination/lease-validity';
+import { ProvenOwnership } from '../../dom0/coordination/proven-ownership';
 import { OWNER_LEASE_RENEWALS_PER_TTL } from '../../dom0/limits';
-import type { Clock, Ownership, OwnershipEvent } from '../../dom0/ports';
+import type { Clock } from '../../dom0/ports';
 
 export class LeaseService {
   holder: string | null = null;
@@ -51,11 +51,8 @@ export class LeaseService {
   }
 }
 
-export class ModelOwnership implements Ownership {
+export class ModelOwnership extends ProvenOwnership {
   readonly key = '/remusdb/v1/domains/model/owner';
-  private readonly validity: LeaseValidity;
-  private listeners: ((e: OwnershipEvent) => void)[] = [];
-  private ended = false;
   private timer: unknown = null;
 
   constructor(
@@ -64,7 +61,7 @@ export class ModelOwnership implements Ownership {
     private readonly ttlMs: number,
     marginMs: number,
   ) {
-    this.validity = new LeaseValidity({ driftRateMax: 0.01, safetyMarginMs: marginMs });
+    super({ driftRateMax: 0.01, safetyMarginMs: marginMs });
   }
 
   /** Claims (retrying every 50 ms until `until`, also when the request is lost); calls back with success. */
@@ -92,22 +89,13 @@ export class ModelOwnership implements Ownership {
     });
   }
 
-  validAt(nowMs: number): boolean {
-    return !this.ended && this.validity.validAt(nowMs);
-  }
-  get validUntilMs(): number {
-    return this.ended ? Number.NEGATIVE_INFINITY : this.validity.validUntilMs;
-  }
-  onChange(cb: (e: OwnershipEvent) => void): void {
-    this.listeners.push(cb);
-  }
   async release(): Promise<void> {
     this.stop();
     this.svc.revoke(this.who);
   }
+  /** Stops renewing (a dead process, or release); nothing is provable from now on. */
   stop(): void {
-    this.ended = true;
-    this.validity.revoked();
+    this.endOwnership();
     if (this.timer !== null) this.svc.clock.clearTimer(this.timer);
   }
 
@@ -125,11 +113,10 @@ export class ModelOwnership implements Ownership {
         if (this.ended) return;
         if (left === 0) {
           this.stop();
-          for (const cb of this.listeners) cb({ kind: 'lost', reason: 'the lease expired' });
-          return;
+          return this.emit({ kind: 'lost', reason: 'the lease expired' });
         }
         this.validity.renewed(sentAt, left / 1000);
-        for (const cb of this.listeners) cb({ kind: 'renewed' });
+        this.emit({ kind: 'renewed' });
       },
     );
     this.schedule();

@@ -981,23 +981,11 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     primary!.attach(currentLinks[1]);
     return true;
   };
-  let reconnecting = false;
-  const scheduleReconnect = (): void => {
-    if (reconnecting) return;
-    reconnecting = true;
-    const attempt = (): void => {
-      if (primaryDead || ['fenced', 'stopped'].includes(primary!.stats().state)) {
-        reconnecting = false;
-        return;
-      }
-      if (net.cut || !connect()) {
-        pclock.setTimer(50, attempt);
-        return;
-      }
-      reconnecting = false;
-    };
-    pclock.setTimer(20, attempt);
-  };
+  const scheduleReconnect = reconnector(
+    pclock,
+    () => primaryDead || ['fenced', 'stopped'].includes(primary!.stats().state),
+    () => !net.cut && connect(),
+  );
 
   primary.start();
   connect();
@@ -1115,6 +1103,26 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     trigger: pacing.trigger,
     earlyCheckpoints: pacedTotals.early + primary.stats().earlyCheckpoints,
     checkpointsHeldBack: pacedTotals.heldBack + primary.stats().checkpointsHeldBack,
+  };
+}
+
+/**
+ * The primary's reconnection in virtual time: the first attempt after 20 ms, then every 50 ms,
+ * until connect() succeeds or giveUp() says the primary is done; one loop at a time.
+ */
+export function reconnector(clock: Clock, giveUp: () => boolean, connect: () => boolean): () => void {
+  let reconnecting = false;
+  return () => {
+    if (reconnecting) return;
+    reconnecting = true;
+    const attempt = (): void => {
+      if (giveUp() || connect()) {
+        reconnecting = false;
+        return;
+      }
+      clock.setTimer(50, attempt);
+    };
+    clock.setTimer(20, attempt);
   };
 }
 

@@ -92,7 +92,7 @@ export class SimDomain implements Domain {
     tracePath?: string,
   ): SimDomain {
     checkSimGuestFitsHost(memoryBytes, `sim:${o.name}`);
-    const arena = new (loadAddon().Arena)(memoryBytes);
+    const arena = new (loadAddon().Arena)(memoryBytes, { hugePages: true });
     try {
       const file = o.diskPath ? BlockFile.open(o.diskPath) : null;
       try {

@@ -54,7 +54,7 @@ export class SimReplica implements DriverReplica {
     let arena: NativeArena | null = null;
     try {
       checkSimGuestFitsHost(pageCount * PAGE_BYTES, `replica of sim:${name} (${pageCount} pages)`, ErrorCode.HANDSHAKE);
-      arena = new (loadAddon().Arena)(pageCount * PAGE_BYTES);
+      arena = new (loadAddon().Arena)(pageCount * PAGE_BYTES, { hugePages: true });
       this.image = GuestMemory.ofArena(arena);
       this.arena = arena;
     } catch (e) {

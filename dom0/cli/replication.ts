@@ -671,14 +671,30 @@ function progressLine(s: Record<string, unknown>): string {
 }
 
 function formatStatus(s: Record<string, unknown>): string {
-  if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}`;
+  const coord = coordinationLine(s.coordination as Record<string, unknown> | undefined);
+  if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}\n  ${coord}`;
   const r = s.resumed as { epoch: number } | null;
   return (
     `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} ` +
     `committed epoch ${String(s.committedEpoch)} checkpoints ${String(s.checkpoints)}${
       r ? ` — resumed from epoch ${r.epoch}` : ''
-    }`
+    }\n  ${coord}`
   );
+}
+
+/** "coordination: etcd, owner (proven 3.2 s more)" or the two-node warning. */
+function coordinationLine(c: Record<string, unknown> | undefined): string {
+  if (!c || c.mode !== 'etcd')
+    return `coordination: none — WARNING: ${String(c?.warning ?? 'partitions are not covered')}`;
+  if (c.key !== undefined) {
+    const proven =
+      c.owned === true
+        ? `owner, proven ${(Number(c.owned_for_ms) / 1000).toFixed(1)} s more`
+        : 'NOT provably the owner';
+    const waiting = c.outputs_waiting_for_ownership === true ? '; outputs wait for ownership' : '';
+    return `coordination: etcd ${String(c.key)}: ${proven}${waiting}`;
+  }
+  return `coordination: etcd${c.owner_key ? `, owner of ${String(c.owner_key)}` : ''}`;
 }
 
 /** The control socket of the backup process on this host that holds domain. */

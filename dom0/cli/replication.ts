@@ -671,7 +671,7 @@ function progressLine(s: Record<string, unknown>): string {
 }
 
 function formatStatus(s: Record<string, unknown>): string {
-  const coord = coordinationLine(s.coordination as Record<string, unknown> | undefined);
+  const coord = coordinationLine((s.coordination ?? {}) as Record<string, unknown>);
   if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}\n  ${coord}`;
   const r = s.resumed as { epoch: number } | null;
   return (
@@ -683,9 +683,8 @@ function formatStatus(s: Record<string, unknown>): string {
 }
 
 /** "coordination: etcd, owner (proven 3.2 s more)" or the two-node warning. */
-function coordinationLine(c: Record<string, unknown> | undefined): string {
-  if (!c || c.mode !== 'etcd')
-    return `coordination: none — WARNING: ${String(c?.warning ?? 'partitions are not covered')}`;
+function coordinationLine(c: Record<string, unknown> = {}): string {
+  if (c.mode !== 'etcd') return `coordination: none — WARNING: ${String(c.warning ?? 'partitions are not covered')}`;
   if (c.key !== undefined) {
     const proven =
       c.owned === true

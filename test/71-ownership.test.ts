@@ -2,6 +2,7 @@
 // owner's lease — one owner at a time, a successor only once the old lease provably ended,
 // ownership provable in the owner's monotonic time only, and lost for good when etcd says so.
 import { strict as assert } from 'node:assert';
+import { etcdClaimer } from '../dom0/coordination/etcd-claimer';
 import { claimOwnership, ownerKey } from '../dom0/coordination/etcd-ownership';
 import { LeaseValidity } from '../dom0/coordination/lease-validity';
 import { ErrorCode, isRemusError } from '../dom0/errors';
@@ -84,6 +85,20 @@ describe('71 ownership', () => {
       assert.equal(a.validAt(at), false, 'and the old owner proves nothing at that instant');
       await until(async () => events.some((e) => e.kind === 'lost'), 10_000, "the old owner hears it 'lost'");
       assert.equal(a.validAt(performance.now()), false, 'lost for good');
+    });
+
+    it('71.7 a takeover claim gives up when a new owner (a restarted primary) takes the key first', async () => {
+      const a = await claim('d717', 'primary');
+      const ended = new Promise<{ won: Ownership | null; why: string }>((resolve) =>
+        etcdClaimer([etcd.endpoint], 3, () => {}).claim('d717', (won, why) => resolve({ won, why })),
+      );
+      await sleep(600); // the claim waits on a's lease
+      await a.release();
+      const c = await claim('d717', 'primary'); // the restarted primary claims at once
+      const r = await ended;
+      assert.equal(r.won, null, 'the takeover gave up');
+      assert.match(r.why, /has a new owner, primary on .* since this claim began/);
+      assert.ok(c.validAt(performance.now()), 'and the new primary owns');
     });
 
     it('71.5 etcd unreachable at claim time: ERR_COORDINATION, not a hang', async () => {

@@ -40,6 +40,12 @@ export interface EtcdOwnershipOptions extends LeaseValidityOptions {
   ttlSeconds?: number;
   /** How long a claim waits for the key to become free (ms): 0 fails at once if another owns it. */
   waitFreeMs?: number;
+  /**
+   * A takeover's claim: the owner it first waits on is kept here (across calls); if the key
+   * passes to another owner meanwhile (a restarted primary claimed it after its old lease
+   * ended), the claim gives up with ERR_NOT_OWNER and details.newOwner.
+   */
+  yieldToNewOwner?: { firstHolder: OwnerInfo | null };
   /** Stops a claim that waits (the primary came back): it rejects with the signal's reason. */
   signal?: AbortSignal;
   /** Monotonic clock (ms); performance.now() unless a test injects one. */
@@ -128,6 +134,7 @@ class EtcdOwnership extends ProvenOwnership {
       o.signal?.throwIfAborted();
       if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
       if (!result.error) await lease.revoke({ deadline: callDeadline }).catch(() => {}); // else attempt did
+      checkSameHolder(o, key, result.holder);
       if (now() >= deadline) {
         throw new RemusError(ErrorCode.NOT_OWNER, `${o.domain} is owned by ${describe(result.holder)} (${key})`, {
           key,
@@ -184,6 +191,21 @@ class EtcdOwnership extends ProvenOwnership {
     this.client.close();
     this.emit({ kind: 'lost', reason });
   }
+}
+
+/** A takeover's claim gives up when the key passed to a new owner while it waited (yieldToNewOwner). */
+function checkSameHolder(o: EtcdOwnershipOptions, key: string, holder: OwnerInfo | null): void {
+  const y = o.yieldToNewOwner;
+  if (!y || !holder) return;
+  y.firstHolder ??= holder;
+  const same = (a: OwnerInfo, b: OwnerInfo): boolean =>
+    a.host === b.host && a.pid === b.pid && a.claimedAt === b.claimedAt;
+  if (same(y.firstHolder, holder)) return;
+  throw new RemusError(
+    ErrorCode.NOT_OWNER,
+    `${o.domain} has a new owner, ${describe(holder)}, since this claim began: it gives up (${key})`,
+    { key, holder, newOwner: true },
+  );
 }
 
 /**

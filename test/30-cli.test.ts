@@ -4,6 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { runCli, tmpDir } from './support/helpers';
+import { errorOutcome } from '../dom0/cli/main';
+import { ErrorCode, RemusError } from '../dom0/errors';
 
 describe('30 cli', () => {
   const dir = tmpDir('cli');
@@ -65,6 +67,13 @@ describe('30 cli', () => {
     const c = runCli(['bench', 'trace', path.join(dir, 'y.rdt'), '--cache', '300%']);
     assert.equal(c.status, 2);
     assert.match(c.stderr, /--cache "300%"/);
+  });
+
+  it('30.3b another host owning the domain (ERR_NOT_OWNER) exits 3, as fenced: systemd does not restart it', () => {
+    const out = errorOutcome(new RemusError(ErrorCode.NOT_OWNER, 'sim:x is owned by backup on b'));
+    assert.equal(out?.exitCode, 3);
+    assert.match(out?.line ?? '', /\[ERR_NOT_OWNER\]/);
+    assert.equal(errorOutcome(new RemusError(ErrorCode.COORDINATION, 'etcd away'))?.exitCode, 1, 'etcd away: retried');
   });
 
   it('30.4 a missing or malformed trace exits 1 with its error code', () => {

@@ -1,6 +1,7 @@
 // main: the `remusdb` command line (commander). One file per command in this folder; value
 // parsers in options.ts and path-options.ts. Operating errors print their code and message and
 // exit 1, bad usage exits 2 (errorOutcome); buildProgram() is the whole tree, for tests too.
+import { EXIT_FENCED } from './until-stopped';
 import { Command, CommanderError } from 'commander';
 import { ErrorCode, RemusError } from '../errors';
 import { registerBench } from './bench';
@@ -31,7 +32,9 @@ export function buildProgram(): Command {
 export function errorOutcome(e: unknown): { exitCode: number; line: string | null } | null {
   if (e instanceof CommanderError) return { exitCode: e.exitCode === 0 ? 0 : 2, line: null };
   if (e instanceof RemusError) {
-    return { exitCode: e.code === ErrorCode.BAD_ARGUMENT ? 2 : 1, line: `remusdb: ${e.message} [${e.code}]` };
+    // Another host owns the domain (--coordination): as fenced, a restart would change nothing.
+    const exitCode = e.code === ErrorCode.BAD_ARGUMENT ? 2 : e.code === ErrorCode.NOT_OWNER ? EXIT_FENCED : 1;
+    return { exitCode, line: `remusdb: ${e.message} [${e.code}]` };
   }
   return null; // a bug: thrown on, with its stack
 }

@@ -64,14 +64,16 @@ lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, 
 }
 
 lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
-  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0").
+  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0");
+  # LAB_DOMU_KERNEL: the guest's kernel (default dom0's, /opt/xenlab/domu/vmlinuz; protect-pg's
+  # PG_KERNEL=patched boots scripts/xen-lab/guest-kernel.sh's bzImage with the same initramfs).
   # A PVH guest boots with pti=off: under QEMU's emulated SVM a PVH guest with page table
   # isolation crashed now and then in its interrupt entry (the kernel's percpu data unmapped,
   # "ENTRY_TRAMPOLINE stack guard page was hit"), also before any remusdb or xl save ran.
   cat <<EOF
 name = "$1"
 type = "${LAB_DOMU_TYPE:-pv}"
-kernel = "/opt/xenlab/domu/vmlinuz"
+kernel = "${LAB_DOMU_KERNEL:-/opt/xenlab/domu/vmlinuz}"
 ramdisk = "/opt/xenlab/domu/initrd.gz"
 extra = "console=hvc0 loglevel=4 xenlab.ip=$2$([ "${LAB_DOMU_TYPE:-pv}" = pvh ] && echo ' pti=off')"
 memory = ${4:-128}

@@ -210,7 +210,9 @@ P50=$(field pauseMsP50); P99=$(field pauseMsP99)
 # flow; and the packets let through at once (unmarked, nothing held before them in their flow).
 HELD=; AT_ONCE=
 if [ "$MODE" != plug ]; then
-  led() { field "net.interfaces.0.ledger.$1"; }
+  led() { local v; v=$(field "net.interfaces.0.ledger.$1"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v" || echo 0; }
+  [ -n "$(field net.interfaces.0.ledger.received)" ] ||
+    lab_fail "protect's status has no nfqueue ledger (net.interfaces.0.ledger)"
   HELD=$(( $(led released) + $(led held) - $(led waitedBehindFlow) )); AT_ONCE=$(led releasedAtOnce)
   lab_log "nfqueue ($MODE): $HELD packets held for their checkpoint, $AT_ONCE let through at once," \
     "$(led waitedBehindFlow) waited behind their flow, $(led droppedOverLimit) dropped over the limit"

@@ -91,6 +91,19 @@ lab_http() { # lab_http HOST PORT PATH [TIMEOUT]
     sed "1,/^\r\{0,1\}$/d" <&3' _ "$1" "$2" "$3" 2>/dev/null
 }
 
+# One GET can come back empty while the guest is busy (protect-pg: PostgreSQL starting under
+# TCG; a 5 s lab_http returned nothing just after /boot had answered, and the run then failed
+# "boot id changed ('' -> id)"). A value the run compares later is read with retries.
+lab_http_body() { # lab_http_body HOST PORT PATH SECONDS: the first non-empty body within SECONDS
+  local end=$((SECONDS + $4)) body
+  while :; do
+    body=$(lab_http "$1" "$2" "$3" 5)
+    [ -n "$body" ] && { printf '%s\n' "$body"; return 0; }
+    [ $SECONDS -lt "$end" ] || return 1
+    sleep 1
+  done
+}
+
 lab_domu_up() { # lab_domu_up NAME IP MAC [MEMORY_MB]: bridge, /tmp/NAME.cfg, xl create, its
   # counter answering; sets boot0 and c0. Returns 1 after lab_fail (the caller ends the run).
   local name=$1 ip=$2

@@ -101,7 +101,7 @@ node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$
   --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!
 lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W || { tail $W/protect.err; lab_result; exit; }
-boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http "$IP" 7777 /boot)
+boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http_body "$IP" 7777 /boot 120)
 pg_ok() { psql -X -Atc 'SELECT 1' 2> /dev/null | grep -qx 1; }
 t=$(lab_now)
 until pg_ok || [ "$(lab_since "$t" | cut -d. -f1)" -gt 600 ] || ! kill -0 $PP 2> /dev/null; do sleep 2; done
@@ -113,6 +113,7 @@ early_end() { # early_end WHY
   lab_result; exit
 }
 pg_ok || early_end "PostgreSQL in the domU did not answer"
+[ -n "$boot0" ] || early_end "the guest's boot id could not be read (GET /boot stayed empty)"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
 GUEST_KERNEL=$(lab_http "$IP" 7777 /kernel)
 lab_log "guest kernel: ${GUEST_KERNEL:-unknown}; agent: $(lab_http "$IP" 7777 /agentlog | tail -n 1)"

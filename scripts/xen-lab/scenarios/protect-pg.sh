@@ -115,7 +115,7 @@ early_end() { # early_end WHY
 pg_ok || early_end "PostgreSQL in the domU did not answer"
 [ -n "$boot0" ] || early_end "the guest's boot id could not be read (GET /boot stayed empty)"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
-GUEST_KERNEL=$(lab_http "$IP" 7777 /kernel)
+GUEST_KERNEL=$(lab_http_body "$IP" 7777 /kernel 60)
 lab_log "guest kernel: ${GUEST_KERNEL:-unknown}; agent: $(lab_http "$IP" 7777 /agentlog | tail -n 1)"
 if [ "$KERNEL" = patched ]; then
   [ "${GUEST_KERNEL% *}" = "$(cat /lab/in/guest-kernel.release)" ] && [ "${GUEST_KERNEL#* }" = remus_protect=1 ] ||
@@ -204,8 +204,9 @@ load_phase protected
 TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
 lab_status > $W/status-primary.json
 field() { lab_field primary "$1" < $W/status-primary.json; }
-CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(field fullPauseMs)
-P50=$(field pauseMsP50); P99=$(field pauseMsP99)
+ms() { awk -v v="$1" 'BEGIN { if (v != "") printf "%.0f", v }'; } # whole milliseconds
+CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(ms "$(field fullPauseMs)")
+P50=$(ms "$(field pauseMsP50)"); P99=$(ms "$(field pauseMsP99)")
 # nfqueue's packet ledger: packets classified hold (dscp: marked DSCP 59) and released with
 # their checkpoint or still held, minus those that only waited behind a held packet of their
 # flow; and the packets let through at once (unmarked, nothing held before them in their flow).

@@ -64,14 +64,16 @@ lab_bridge_up() { # lab_bridge_up [BRIDGE] [DOM0_IP/PREFIX]: a bridge for vifs, 
 }
 
 lab_domu_cfg() { # lab_domu_cfg NAME IP/PREFIX MAC [MEMORY_MB] [BRIDGE] > file.cfg
-  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0").
+  # LAB_DOMU_TYPE: pv (default) or pvh; LAB_DOMU_EXTRA: more config lines (e.g. "hap = 0");
+  # LAB_DOMU_KERNEL: the guest's kernel (default dom0's, /opt/xenlab/domu/vmlinuz; protect-pg's
+  # PG_KERNEL=patched boots scripts/xen-lab/guest-kernel.sh's bzImage with the same initramfs).
   # A PVH guest boots with pti=off: under QEMU's emulated SVM a PVH guest with page table
   # isolation crashed now and then in its interrupt entry (the kernel's percpu data unmapped,
   # "ENTRY_TRAMPOLINE stack guard page was hit"), also before any remusdb or xl save ran.
   cat <<EOF
 name = "$1"
 type = "${LAB_DOMU_TYPE:-pv}"
-kernel = "/opt/xenlab/domu/vmlinuz"
+kernel = "${LAB_DOMU_KERNEL:-/opt/xenlab/domu/vmlinuz}"
 ramdisk = "/opt/xenlab/domu/initrd.gz"
 extra = "console=hvc0 loglevel=4 xenlab.ip=$2$([ "${LAB_DOMU_TYPE:-pv}" = pvh ] && echo ' pti=off')"
 memory = ${4:-128}
@@ -87,6 +89,19 @@ lab_http() { # lab_http HOST PORT PATH [TIMEOUT]
   timeout "${4:-5}" bash -c 'exec 3<>"/dev/tcp/$1/$2" || exit 1
     printf "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" "$3" "$1" >&3
     sed "1,/^\r\{0,1\}$/d" <&3' _ "$1" "$2" "$3" 2>/dev/null
+}
+
+# One GET can come back empty while the guest is busy (protect-pg: PostgreSQL starting under
+# TCG; a 5 s lab_http returned nothing just after /boot had answered, and the run then failed
+# "boot id changed ('' -> id)"). A value the run compares later is read with retries.
+lab_http_body() { # lab_http_body HOST PORT PATH SECONDS: the first non-empty body within SECONDS
+  local end=$((SECONDS + $4)) body
+  while :; do
+    body=$(lab_http "$1" "$2" "$3" 5)
+    [ -n "$body" ] && { printf '%s\n' "$body"; return 0; }
+    [ $SECONDS -lt "$end" ] || return 1
+    sleep 1
+  done
 }
 
 lab_domu_up() { # lab_domu_up NAME IP MAC [MEMORY_MB]: bridge, /tmp/NAME.cfg, xl create, its

@@ -13,7 +13,9 @@
 #   install (bin, lib, share; relocatable); /data = PGDATA, made here by initdb as uid 999
 #   (postgres), configured for the lab (below), with pgbench's tables at scale $PG_SCALE and the
 #   ledger table (id bigint primary key: one row per acknowledged commit of a ledger client);
-#   /agent/remusdb-guest-agent.sh (guest-patches/agent); /etc/passwd with postgres = 999.
+#   /agent/remusdb-guest-agent.sh (guest-patches/agent) with what it runs in xenstore mode:
+#   Debian's xenstore-utils (/bin/xenstore-read, -watch, -write, -exists; the release dom0
+#   runs) and busybox's head, logger, cat, sleep, awk as links; /etc/passwd with postgres = 999.
 # So PostgreSQL's binaries, its WAL and its data are all on the disk remusdb replicates.
 # dom0 gets psql and pgbench with libpq (pg-client.tar: bin/, lib/; LD_LIBRARY_PATH=lib).
 # Cached in $XENLAB_CACHE/pg-guest/<key>, key = this script, the server binary, the agent and
@@ -48,13 +50,21 @@ build() {
   dpkg-deb -x "$work"/busybox-static_*.deb "$work/bb"
   install -m 0755 "$work/bb/bin/busybox" "$root/bin/busybox"
   ln -s busybox "$root/bin/sh"
+  # The agent's tools: xenstore-utils (one binary, dispatching on its name; it reaches
+  # xenstore through the guest kernel's /dev/xen/xenbus) with its libraries, busybox applets.
+  (cd "$work" && apt-get download -q -o APT::Sandbox::User=root xenstore-utils > /dev/null) ||
+    xl_die "apt-get download xenstore-utils failed"
+  dpkg-deb -x "$work"/xenstore-utils_*.deb "$work/xsu"
+  install -m 0755 "$work/xsu/usr/bin/xenstore" "$root/bin/xenstore"
+  for f in read watch write exists; do ln -s xenstore "$root/bin/xenstore-$f"; done
+  for f in head logger cat sleep awk; do ln -s busybox "$root/bin/$f"; done
   # PostgreSQL without headers, docs or static libraries.
   mkdir -p "$root/pg"
   cp -a "$PG_INSTALL/bin" "$PG_INSTALL/lib" "$PG_INSTALL/share" "$root/pg/"
   rm -rf "$root/pg/lib/pgxs" "$root/pg/share/doc" "$root/pg/share/man"
   find "$root/pg/lib" -name '*.a' -delete
   # The C library: every shared object the server and its modules resolve from the system.
-  for f in "$root/pg/bin/"* "$root/pg/lib/"*.so* "$root/pg/lib/postgresql/"*.so; do
+  for f in "$root/pg/bin/"* "$root/pg/lib/"*.so* "$root/pg/lib/postgresql/"*.so "$root/bin/xenstore"; do
     LD_LIBRARY_PATH=$root/pg/lib ldd "$f" 2>/dev/null | awk '$3 ~ /^\// { print $3 } $1 ~ /^\/lib64/ { print $1 }'
   done | sort -u | while read -r lib; do
     case "$lib" in
@@ -63,6 +73,8 @@ build() {
       *) cp -L "$lib" "$root/lib/x86_64-linux-gnu/" ;;
     esac
   done
+  f=$(chroot "$root" /lib64/ld-linux-x86-64.so.2 --list /bin/xenstore 2>&1) || true
+  grep -q 'not found' <<< "$f" && xl_die "xenstore-utils in the guest root lacks libraries: $f"
   printf 'root:x:0:0:root:/:/bin/sh\npostgres:x:%d:%d:PostgreSQL:/data:/bin/sh\n' $PG_UID $PG_UID > "$root/etc/passwd"
   printf 'root:x:0:\npostgres:x:%d:\n' $PG_UID > "$root/etc/group"
   install -m 0755 "$AGENT" "$root/agent/remusdb-guest-agent.sh"

@@ -22,7 +22,7 @@
 # Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
 #   XENLAB_TIMEOUT (QEMU wall clock s, 1800), XENLAB_SCENARIO_TIMEOUT (in dom0 s, 1200),
 #   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10),
-#   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0: its knobs).
+#   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0, and to its prepare scripts here: its knobs).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$XENLAB_DIR/stage.sh"
@@ -62,11 +62,13 @@ cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another wi
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
 xl_scenario_env "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
-# Files a scenario needs built on this host (a guest disk, client programs): its
-# "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in.
+# Files a scenario needs built on this host (a guest disk, client programs, a guest kernel):
+# its "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in
+# and the scenario's knobs (XENLAB_VARS) in their environment, as the scenario gets them.
+mapfile -t KNOBS < <(xl_knobs)
 for prep in $(sed -n 's/^# xenlab-prepare: //p' "$SCEN_FILE"); do
   [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$SCEN_FILE: no prepare script '$prep'"
-  "$XENLAB_DIR/$prep" "$SHARE/in" || xl_die "$prep failed"
+  env "${KNOBS[@]}" "$XENLAB_DIR/$prep" "$SHARE/in" || xl_die "$prep failed"
 done
 
 xl_stage_project "$PROJECT" "$RUN/project" "$SHARE/project.tar"

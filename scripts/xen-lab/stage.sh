@@ -33,13 +33,19 @@ xl_stage_project() { # xl_stage_project PROJECT_DIR WORK_DIR OUT_TAR (WORK_DIR i
   tar -cf "$tar" -C "$dst" . && rm -rf "$dst"
 }
 
+xl_knobs() { # xl_knobs: a scenario's knobs from XENLAB_VARS, one NAME=value a line, each checked
+  local kv # e.g. XENLAB_VARS="PD_BACKEND=qdisk PROTECT_HB_MS=90000"
+  for kv in ${XENLAB_VARS:-}; do
+    [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
+    printf '%s\n' "$kv"
+  done
+}
+
 xl_scenario_env() { # xl_scenario_env NAME TIMEOUT_S > env: what dom0's init sources, with the knobs
   printf 'XENLAB_SCENARIO=%q\nXENLAB_SCENARIO_TIMEOUT=%q\n' "$1" "$2"
-  local kv
-  for kv in ${XENLAB_VARS:-}; do # a scenario's knobs, e.g. XENLAB_VARS="PD_BACKEND=qdisk PROTECT_HB_MS=90000"
-    [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
-    printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
-  done
+  local kv knobs
+  knobs=$(xl_knobs) || exit 1
+  for kv in $knobs; do printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"; done
 }
 
 xl_prune_runs() { # keeps the newest XENLAB_KEEP_RUNS (10) run folders

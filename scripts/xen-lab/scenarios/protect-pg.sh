@@ -1,12 +1,20 @@
 #!/bin/bash
 # protect-pg: PostgreSQL in a protected domU loses no acknowledged commit when its host dies.
 # xenlab-prepare: pg-guest.sh
+# xenlab-prepare: guest-kernel.sh
 #
 # The guest: the lab's PV domU whose data disk (xvdb, ext4) is pg-guest.sh's disk — the
 # patched PostgreSQL 15 of guest-patches with its PGDATA (fsync and synchronous_commit on) —
 # served and replicated by `remusdb protect --disk-image` (/dev/nbd0, blkback), its memory
 # checkpointed and its vif's output held (PG_NET: plug = every output held, as Remus;
-# pgwire = nfqueue with --commit-protection pgwire, only commit acknowledgements held).
+# pgwire = nfqueue with --commit-protection pgwire, only commit acknowledgements held, found by
+# parsing PostgreSQL's protocol; dscp = nfqueue with --commit-protection dscp: the server marks
+# its commit acknowledgements with the guest kernel's TCP_REMUS_PROTECT and only marked packets
+# are held; the run fails if none was). PG_KERNEL: stock = dom0's Debian kernel; patched =
+# scripts/xen-lab/guest-kernel.sh's (guest-patches/linux, /lab/in/guest-bzImage); dscp needs it.
+# In the guest, guest-patches/agent's remusdb-guest-agent.sh watches xenstore's
+# data/remusdb/failover (the backup writes it after resuming the guest) and signals PostgreSQL,
+# which aborts the transactions that were not committing; the run checks it did (agent_signalled).
 # Primary and backup in this one dom0; the clients run in dom0 too, beside the backup.
 # The clients are PostgreSQL's own: pgbench (TPC-B, PG_CLIENTS clients) for load, and a
 # commit ledger of PG_LEDGERS psql sessions, each running autocommit INSERTs of fresh ids and
@@ -19,12 +27,14 @@
 # path minus replication, the run's baseline for TPS and commit latency. The old primary's
 # protect, fenced by the takeover, exits 3 with its network buffer removed. Prints one
 # "XENLAB NUMBERS protect-pg:" line (acked_lost, TPS protected / unprotected, commit latency
-# p50/p99, pause p50/p99, bytes per checkpoint, kill -> first acknowledged commit on B).
+# p50/p99, pause p50/p99, bytes per checkpoint, kill -> first acknowledged commit on B, the
+# guest kernel, packets held / let through at once by nfqueue, agent_signalled).
 . /lab/dom0-lib.sh
 lab_begin protect-pg
 DOMU=domu
 IP=10.99.0.2
 MODE=${PG_NET:-plug}
+KERNEL=${PG_KERNEL:-stock}
 MEM=${PROTECT_MEM:-192}
 INTERVAL=${PROTECT_INTERVAL:-200}
 RUN_S=${PG_SECONDS:-45}
@@ -35,7 +45,19 @@ mkdir -p $W
 case $MODE in
   plug) NETARGS=(--net-buffer plug) ;;
   pgwire) NETARGS=(--net-buffer nfqueue --commit-protection pgwire) ;;
-  *) lab_fail "PG_NET '$MODE' is not plug or pgwire"; lab_result; exit ;;
+  dscp) NETARGS=(--net-buffer nfqueue --commit-protection dscp) ;;
+  *) lab_fail "PG_NET '$MODE' is not plug, pgwire or dscp"; lab_result; exit ;;
+esac
+# dscp without the kernel patch would only test PostgreSQL's IP_TOS fallback.
+case $KERNEL in
+  stock) [ "$MODE" != dscp ] || { lab_fail "PG_NET=dscp needs PG_KERNEL=patched"; lab_result; exit; } ;;
+  patched)
+    [ -f /lab/in/guest-bzImage ] ||
+      { lab_fail "no /lab/in/guest-bzImage (run.sh runs guest-kernel.sh)"; lab_result; exit; }
+    cp /lab/in/guest-bzImage $W/guest-bzImage
+    export LAB_DOMU_KERNEL=$W/guest-bzImage
+    lab_log "guest kernel: the patched one, $(cat /lab/in/guest-kernel.release 2> /dev/null)" ;;
+  *) lab_fail "PG_KERNEL '$KERNEL' is not stock or patched"; lab_result; exit ;;
 esac
 [ -f /lab/in/pg-disk.img ] || { lab_fail "no /lab/in/pg-disk.img (run.sh runs pg-guest.sh)"; lab_result; exit; }
 cp --sparse=always /lab/in/pg-disk.img $W/disk.img
@@ -44,7 +66,7 @@ export PATH=/opt/pgc/bin:$PATH LD_LIBRARY_PATH=/opt/pgc/lib
 export PGHOST=$IP PGUSER=postgres PGDATABASE=bench PGCONNECT_TIMEOUT=60
 lab_bridge_up
 modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
-if [ "$MODE" = pgwire ]; then # nfqueue matches the vif with physdev: bridged packets through iptables
+if [ "$MODE" != plug ]; then # nfqueue matches the vif with physdev: bridged packets through iptables
   modprobe br_netfilter && sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 ||
     lab_fail "br_netfilter's IP hooks could not be enabled"
 fi
@@ -59,7 +81,15 @@ echo "DOMU pg: starting PostgreSQL"
 chroot $R /bin/busybox start-stop-daemon -S -c 999:999 -x /pg/bin/postgres -- -D /data > $R/tmp/pg.log 2>&1 &
 i=0; while ! grep -q "ready to accept" $R/tmp/pg.log && [ $i -lt 600 ]; do sleep 0.5; i=$((i + 1)); done
 echo "DOMU pg: $(tail -n 1 $R/tmp/pg.log)"
-while :; do tail -n 30 $R/tmp/pg.log > /tmp/www/pglog.new; mv /tmp/www/pglog.new /tmp/www/pglog; sleep 5; done
+# The kernel: its release, and whether it has the patch's TCP_REMUS_PROTECT (its functions).
+echo "$(uname -r) remus_protect=$(grep -c ' tcp_remus_sending$' /proc/kallsyms)" > /tmp/www/kernel
+echo "DOMU pg: kernel $(cat /tmp/www/kernel)"
+# The guest agent (xenstore mode, through /dev/xen/xenbus), in PostgreSQL's root.
+[ -c /dev/xen/xenbus ] || echo "DOMU pg: no /dev/xen/xenbus: the agent cannot watch xenstore"
+chroot $R /bin/sh /agent/remusdb-guest-agent.sh --pg-data /data > $R/tmp/agent.log 2>&1 &
+sleep 1; echo "DOMU pg: agent: $(tail -n 1 $R/tmp/agent.log)"
+publish() { tail -n 30 "$1" > /tmp/www/$2.new; mv /tmp/www/$2.new /tmp/www/$2; }
+while :; do publish $R/tmp/pg.log pglog; publish $R/tmp/agent.log agentlog; sleep 2; done
 EOF
 
 cd "$REMUSDB" || lab_fail "no project"
@@ -71,7 +101,7 @@ node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$
   --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!
 lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W || { tail $W/protect.err; lab_result; exit; }
-boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http "$IP" 7777 /boot)
+boot0=$(lab_wait_http "$IP" 7777 /boot 300 "$DOMU" && lab_http_body "$IP" 7777 /boot 120)
 pg_ok() { psql -X -Atc 'SELECT 1' 2> /dev/null | grep -qx 1; }
 t=$(lab_now)
 until pg_ok || [ "$(lab_since "$t" | cut -d. -f1)" -gt 600 ] || ! kill -0 $PP 2> /dev/null; do sleep 2; done
@@ -83,7 +113,14 @@ early_end() { # early_end WHY
   lab_result; exit
 }
 pg_ok || early_end "PostgreSQL in the domU did not answer"
+[ -n "$boot0" ] || early_end "the guest's boot id could not be read (GET /boot stayed empty)"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
+GUEST_KERNEL=$(lab_http_body "$IP" 7777 /kernel 60)
+lab_log "guest kernel: ${GUEST_KERNEL:-unknown}; agent: $(lab_http "$IP" 7777 /agentlog | tail -n 1)"
+if [ "$KERNEL" = patched ]; then
+  [ "${GUEST_KERNEL% *}" = "$(cat /lab/in/guest-kernel.release)" ] && [ "${GUEST_KERNEL#* }" = remus_protect=1 ] ||
+    lab_fail "the guest did not boot the patched kernel: '${GUEST_KERNEL}'"
+fi
 
 acked=$(lab_wait_acked "$PP" 3 600)
 { [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; } ||
@@ -167,8 +204,23 @@ load_phase protected
 TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
 lab_status > $W/status-primary.json
 field() { lab_field primary "$1" < $W/status-primary.json; }
-CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(field fullPauseMs)
-P50=$(field pauseMsP50); P99=$(field pauseMsP99)
+ms() { awk -v v="$1" 'BEGIN { if (v != "") printf "%.0f", v }'; } # whole milliseconds
+CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(ms "$(field fullPauseMs)")
+P50=$(ms "$(field pauseMsP50)"); P99=$(ms "$(field pauseMsP99)")
+# nfqueue's packet ledger: packets classified hold (dscp: marked DSCP 59) and released with
+# their checkpoint or still held, minus those that only waited behind a held packet of their
+# flow; and the packets let through at once (unmarked, nothing held before them in their flow).
+HELD=; AT_ONCE=
+if [ "$MODE" != plug ]; then
+  led() { local v; v=$(field "net.interfaces.0.ledger.$1"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v" || echo 0; }
+  [ -n "$(field net.interfaces.0.ledger.received)" ] ||
+    lab_fail "protect's status has no nfqueue ledger (net.interfaces.0.ledger)"
+  HELD=$(( $(led released) + $(led held) - $(led waitedBehindFlow) )); AT_ONCE=$(led releasedAtOnce)
+  lab_log "nfqueue ($MODE): $HELD packets held for their checkpoint, $AT_ONCE let through at once," \
+    "$(led waitedBehindFlow) waited behind their flow, $(led droppedOverLimit) dropped over the limit"
+  [ "$HELD" -gt 0 ] || lab_fail "no packet was held as protected under PG_NET=$MODE (nothing marked?)"
+  [ "${AT_ONCE:-0}" -gt 0 ] || lab_fail "no packet went through at once under PG_NET=$MODE: everything was held"
+fi
 lab_log "protected ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms;" \
   "$CK checkpoints, pause p50/p99 $P50/$P99 ms"
 grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/^/  pgbench: /'
@@ -202,8 +254,22 @@ FIRST_US=$(sent_after)
 KILL_TO_ACK_S=$([ -n "$FIRST_US" ] && awk -v a="$FIRST_US" -v b="$TK" 'BEGIN { printf "%.1f", (a - b) / 1e6 }')
 lab_log "first commit acknowledged by the resumed guest ${KILL_TO_ACK_S:-never} s after the kill"
 [ -n "$FIRST_US" ] || lab_fail "no commit was acknowledged after the failover"
+# The guest agent saw the backup's xenstore key and signalled the postmaster, which logged it.
+AGENT_SIGNALLED=0; PG_ABORT_LOGGED=0
+for i in $(seq 1 60); do
+  lab_http "$IP" 7777 /agentlog > $W/agent.log
+  lab_http "$IP" 7777 /pglog > $W/pglog-after.log
+  grep -q "SIGUSR2 sent" $W/agent.log && AGENT_SIGNALLED=1
+  grep -q "received RemusDB failover signal" $W/pglog-after.log && PG_ABORT_LOGGED=1
+  [ $AGENT_SIGNALLED = 1 ] && [ $PG_ABORT_LOGGED = 1 ] && break
+  sleep 1
+done
+sed 's/^/  agent: /' $W/agent.log | tail -n 4
+grep "failover" $W/pglog-after.log | tail -n 3 | sed 's/^/  postgres: /'
+[ $AGENT_SIGNALLED = 1 ] || lab_fail "the guest agent did not signal PostgreSQL after the failover"
+[ $PG_ABORT_LOGGED = 1 ] || lab_fail "PostgreSQL did not log the failover signal"
 wait $PGB_CRASH
-grep -E "FAILOVER|runs on the backup|reset" $W/backup.err | sed 's/^/  backup: /'
+grep -E "FAILOVER|runs on the backup|reset|failed over" $W/backup.err | sed 's/^/  backup: /'
 grep -E "aborted|error|^tps" $W/pgbench-crash.out | tail -n 6 | sed 's/^/  pgbench: /'
 sessions_after=$(cat $W/ledger-*.sessions | wc -l)
 PGB_ABORTED=$(grep -c 'aborted in command' $W/pgbench-crash.out)
@@ -239,13 +305,16 @@ lab_log "unprotected (after failover): pgbench $TPS_U tps, ledger latency p50 $L
   lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
 BPC=$(awk -v w="$WIRE" -v c="$CK" 'BEGIN { if (c > 0) printf "%d", w / c }')
 
-NUMBERS=(net=$MODE mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT
+NUMBERS=(net=$MODE kernel=$KERNEL guest_kernel=${GUEST_KERNEL% *}
+  mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT
   tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run=$TX_C tps_unprotected=$TPS_U tps_ratio=$RATIO
   ledger_commits_protected=$N_P ledger_commits_unprotected=$N_U ledger_ratio=$LEDGER_RATIO
   commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 commit_unprotected_p50_ms=$LAT_U50 commit_unprotected_p99_ms=$LAT_U99
   checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP bytes_per_checkpoint=$BPC
   failover_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S
-  ledger_sessions_new_after_kill=$((sessions_after - sessions_before)) pgbench_clients_aborted=$PGB_ABORTED)
+  ledger_sessions_new_after_kill=$((sessions_after - sessions_before)) pgbench_clients_aborted=$PGB_ABORTED
+  packets_held=${HELD:-na} packets_at_once=${AT_ONCE:-na} agent_signalled=$AGENT_SIGNALLED
+  pg_failover_logged=$PG_ABORT_LOGGED)
 echo "XENLAB NUMBERS protect-pg: ${NUMBERS[*]}"
 lab_check_fenced $PP $W/protect.err
 xl destroy "$DOMU" 2> /dev/null  # before the backup that serves its disk stops

@@ -1,0 +1,73 @@
+// 71 Xen lab dom0 helpers (scripts/xen-lab/dom0-lib.sh), run by bash on this host against a
+// loopback server: a value a scenario compares later (protect-pg's boot id) is read with
+// lab_http_body, which retries while the guest's answer comes back empty. In lab run
+// 20261204-153234 one lab_http right after /boot had answered returned nothing, and the run
+// would have ended "boot id changed ('' -> id)" although the guest was never rebooted.
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { ROOT } from './support/helpers';
+
+const LIB = path.join(ROOT, 'scripts', 'xen-lab', 'dom0-lib.sh');
+
+/** A server that closes the first `empty` connections unanswered, then answers with `body`. */
+async function flakyServer(
+  empty: number,
+  body: string,
+): Promise<{ port: number; seen: () => number; close: () => void }> {
+  let n = 0;
+  const server = net.createServer((s) => {
+    n++;
+    s.on('error', () => {});
+    if (n <= empty) {
+      s.destroy();
+      return;
+    }
+    s.once('data', () => s.end(`HTTP/1.0 200 OK\r\nContent-Length: ${body.length}\r\n\r\n${body}`));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { port: (server.address() as net.AddressInfo).port, seen: () => n, close: () => server.close() };
+}
+
+/** Runs `script` in bash after sourcing dom0-lib.sh; stdout and exit status. */
+function lib(script: string): Promise<{ out: string; status: number | null }> {
+  return new Promise((resolve) => {
+    const p = spawn('bash', ['-c', `. "$0"; ${script}`, LIB], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    p.on('close', (status) => resolve({ out, status }));
+  });
+}
+
+describe('71 Xen lab dom0 helpers', () => {
+  it('71.1 lab_http_body retries an empty answer; a single lab_http returns it empty', async () => {
+    const srv = await flakyServer(2, 'boot-4711');
+    try {
+      const once = await lib(`lab_http 127.0.0.1 ${srv.port} /boot 5`);
+      assert.equal(once.out, '');
+      const got = await lib(`lab_http_body 127.0.0.1 ${srv.port} /boot 30`);
+      assert.equal(got.status, 0);
+      assert.equal(got.out, 'boot-4711\n');
+      assert.equal(srv.seen(), 3);
+    } finally {
+      srv.close();
+    }
+  }).timeout(40_000);
+
+  it('71.2 lab_http_body gives up after its seconds with status 1 and no output', async () => {
+    const srv = await flakyServer(1_000_000, 'never');
+    try {
+      const t0 = Date.now();
+      const got = await lib(`lab_http_body 127.0.0.1 ${srv.port} /boot 2`);
+      assert.equal(got.status, 1);
+      assert.equal(got.out, '');
+      assert.ok(Date.now() - t0 < 15_000, 'it gave up in time');
+      assert.ok(srv.seen() >= 2, 'it tried more than once');
+    } finally {
+      srv.close();
+    }
+  }).timeout(30_000);
+});

@@ -1,4 +1,4 @@
-// 71 Xen lab dom0 helpers (scripts/xen-lab/dom0-lib.sh), run by bash on this host against a
+// 76 Xen lab dom0 helpers (scripts/xen-lab/dom0-lib.sh), run by bash on this host against a
 // loopback server: a value a scenario compares later (protect-pg's boot id) is read with
 // lab_http_body, which retries while the guest's answer comes back empty. In lab run
 // 20261204-153234 one lab_http right after /boot had answered returned nothing, and the run
@@ -42,8 +42,8 @@ function lib(script: string): Promise<{ out: string; status: number | null }> {
   });
 }
 
-describe('71 Xen lab dom0 helpers', () => {
-  it('71.1 lab_http_body retries an empty answer; a single lab_http returns it empty', async () => {
+describe('76 Xen lab dom0 helpers', () => {
+  it('76.1 lab_http_body retries an empty answer; a single lab_http returns it empty', async () => {
     const srv = await flakyServer(2, 'boot-4711');
     try {
       const once = await lib(`lab_http 127.0.0.1 ${srv.port} /boot 5`);
@@ -57,7 +57,7 @@ describe('71 Xen lab dom0 helpers', () => {
     }
   }).timeout(40_000);
 
-  it('71.2 lab_http_body gives up after its seconds with status 1 and no output', async () => {
+  it('76.2 lab_http_body gives up after its seconds with status 1 and no output', async () => {
     const srv = await flakyServer(1_000_000, 'never');
     try {
       const t0 = Date.now();

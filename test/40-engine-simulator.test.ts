@@ -10,6 +10,7 @@
 // reproduces with SIM_SEED=<n> npm test (SIM_TRACE=1 prints every event).
 import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
+import { assertNoViolations, seedsFrom } from './support/seeds';
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 2000);
 const RUNS = process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} seeded scenarios`;
@@ -17,9 +18,7 @@ const RUNS = process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} s
 describe('40 engine simulator', () => {
   it(`40.1 ${RUNS}: invariants hold`, function () {
     this.timeout(600_000);
-    const seeds = process.env.SIM_SEED
-      ? [Number(process.env.SIM_SEED)]
-      : Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const seeds = seedsFrom(process.env.SIM_SEED, SEEDS);
     const failures: WorldResult[] = [];
     const kinds: Record<string, number> = {};
     let failovers = 0,
@@ -39,14 +38,7 @@ describe('40 engine simulator', () => {
       heldBack += r.checkpointsHeldBack;
       if (r.violations.length) failures.push(r);
     }
-    const show = failures
-      .slice(0, 5)
-      .map((f) => `seed ${f.seed} ${JSON.stringify(f.fault)}: ${f.violations.join('; ')}`);
-    assert.equal(
-      failures.length,
-      0,
-      `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`,
-    );
+    assertNoViolations(failures, seeds.length);
     if (!process.env.SIM_SEED) {
       assert.ok(failovers > seeds.length / 20, `failovers were exercised (${failovers})`);
       assert.ok(Object.keys(kinds).length === 11, `every fault kind ran: ${JSON.stringify(kinds)}`);

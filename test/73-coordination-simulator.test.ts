@@ -7,6 +7,7 @@
 // the primary's isolation or crash). A failing seed reproduces with COORD_SEED=<n>.
 import { strict as assert } from 'node:assert';
 import { type CoordResult, runCoordWorld } from './support/coord-world';
+import { assertNoViolations, seedsFrom } from './support/seeds';
 
 const SEEDS = Number(process.env.COORD_SEEDS ?? 300);
 
@@ -14,9 +15,7 @@ describe('73 coordination simulator', () => {
   const runs = process.env.COORD_SEED ? `seed ${process.env.COORD_SEED}` : `${SEEDS} seeds`;
   it(`73.1 ${runs}: at most one owner releases outputs`, function () {
     this.timeout(600_000);
-    const seeds = process.env.COORD_SEED
-      ? [Number(process.env.COORD_SEED)]
-      : Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const seeds = seedsFrom(process.env.COORD_SEED, SEEDS);
     const failures: CoordResult[] = [];
     const kinds: Record<string, number> = {};
     let failovers = 0,
@@ -28,14 +27,7 @@ describe('73 coordination simulator', () => {
       released += r.outputsReleased;
       if (r.violations.length) failures.push(r);
     }
-    const show = failures
-      .slice(0, 5)
-      .map((f) => `seed ${f.seed} ${JSON.stringify(f.fault)}: ${f.violations.join('; ')}`);
-    assert.equal(
-      failures.length,
-      0,
-      `${failures.length} of ${seeds.length} seeds broke an invariant:\n${show.join('\n')}`,
-    );
+    assertNoViolations(failures, seeds.length);
     if (!process.env.COORD_SEED) {
       assert.equal(Object.keys(kinds).length, 8, `every fault kind ran: ${JSON.stringify(kinds)}`);
       assert.ok(failovers > seeds.length / 6, `takeovers were exercised (${failovers})`);

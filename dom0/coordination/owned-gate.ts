@@ -23,6 +23,8 @@ export class OwnedGate implements OutputGate {
   private passWanted = false;
   private passDone = false;
   private lapseTimer: unknown = null;
+  /** The proof's end the lapse timer is armed for (re-armed only when a renewal moves it). */
+  private lapseAt = Number.NaN;
   /** Whether ownership was provable at the last sync (what onProvable last heard). */
   private provable = true;
   /** Told when ownership stops or starts being provable (the primary tells its backup). */
@@ -83,7 +85,7 @@ export class OwnedGate implements OutputGate {
         this.inner.setPassThrough(this.passWanted);
         this.passDone = this.passWanted;
       }
-      this.armLapse(this.ownership.validUntilMs - now);
+      if (this.ownership.validUntilMs !== this.lapseAt || this.lapseTimer === null) this.armLapse(now);
     } else if (this.passDone) {
       this.inner.setPassThrough(false); // hold from this instant
       this.passDone = false;
@@ -92,9 +94,10 @@ export class OwnedGate implements OutputGate {
     assert(this.ownership.validAt(now) || !this.passDone, 'nothing passes through without provable ownership');
   }
 
-  private armLapse(inMs: number): void {
+  private armLapse(now: number): void {
     if (this.lapseTimer !== null) this.clock.clearTimer(this.lapseTimer);
-    this.lapseTimer = this.clock.setTimer(Math.max(0, inMs), () => {
+    this.lapseAt = this.ownership.validUntilMs;
+    this.lapseTimer = this.clock.setTimer(Math.max(0, this.lapseAt - now), () => {
       this.lapseTimer = null;
       this.sync();
     });

@@ -124,6 +124,22 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     return { fromP: p.length, fromB: b.length, lastP: p.at(-1) ?? -1, firstB: b[0] ?? Number.POSITIVE_INFINITY };
   }
 
+  /** The backup takes over and serves the client; every line from the primary arrived before its first. */
+  async function takeoverWithoutOverlap(
+    pair: { client: NsProcess; backupStatus: () => Promise<Record<string, unknown>> },
+    takeoverMs: number,
+    settleMs: number,
+  ): Promise<void> {
+    await until(async () => Number((await pair.backupStatus()).failovers) === 1, takeoverMs, 'the backup takes over');
+    await until(async () => received(pair.client).fromB > 0, 10_000, 'the resumed copy serves the client');
+    await sleep(settleMs);
+    const r = received(pair.client);
+    assert.ok(
+      r.lastP < r.firstB,
+      `a line from the primary (#${r.lastP}) arrived after the backup's first (#${r.firstB})`,
+    );
+  }
+
   it('75.1 primary and backup cut apart, both reach etcd and the client: no failover; the primary serves', async () => {
     const pair = await protectedPair('s751');
     try {
@@ -149,14 +165,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       await sleep(5000); // unprotected, outputs flowing to the client
       assert.ok(received(pair.client).fromP > 0);
       for (const e of ETCD) net!.cut('p', e); // the client still reaches p: a split brain without ownership
-      await until(async () => Number((await pair.backupStatus()).failovers) === 1, 20_000, 'the backup takes over');
-      await until(async () => received(pair.client).fromB > 0, 10_000, 'the resumed copy serves the client');
-      await sleep(2000);
-      const r = received(pair.client);
-      assert.ok(
-        r.lastP < r.firstB,
-        `a line from the primary (#${r.lastP}) arrived after the backup's first (#${r.firstB})`,
-      );
+      await takeoverWithoutOverlap(pair, 20_000, 2000);
     } finally {
       pair.stop();
     }
@@ -186,14 +195,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
         net!.cut('p', e);
         net!.cut('e0', e);
       }
-      await until(async () => Number((await pair.backupStatus()).failovers) === 1, 30_000, 'the backup takes over');
-      await until(async () => received(pair.client).fromB > 0, 10_000, 'the resumed copy serves the client');
-      await sleep(1000);
-      const r = received(pair.client);
-      assert.ok(
-        r.lastP < r.firstB,
-        `a line from the primary (#${r.lastP}) arrived after the backup's first (#${r.firstB})`,
-      );
+      await takeoverWithoutOverlap(pair, 30_000, 1000);
       const events = (await pair.backupStatus()).events as Array<Record<string, unknown>>;
       assert.ok(
         events.some((e) => e.name === 'claiming' && /cannot prove/.test(String(e.reason))),

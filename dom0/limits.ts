@@ -99,3 +99,15 @@ export const OWNER_CLOCK_DRIFT_RATE_MAX = 0.01;
  * event-loop stalls between the instant it checks validity and the instant outputs leave.
  */
 export const OWNER_LEASE_SAFETY_MARGIN_MS = 1000;
+
+/** Backup slots one `remusdb agent` offers (each a backup service on its own port). */
+export const POOL_SLOTS_DEFAULT = 2;
+export const POOL_SLOTS_MAX = 16;
+/** Host records read from etcd at most (a larger pool is cut there, said in the log). */
+export const POOL_HOSTS_MAX = 256;
+/** Longest host record accepted from etcd, bytes (another host's record is input, checked). */
+export const POOL_RECORD_BYTES_MAX = 64 * 1024;
+/** How often an agent republishes its record and looks at its slots, ms. */
+export const POOL_TICK_MS = 500;
+/** A reprotection that has not reached a session for this long moves to another host, ms. */
+export const POOL_TARGET_PATIENCE_MS = 30_000;

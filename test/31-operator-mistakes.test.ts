@@ -99,6 +99,7 @@ const BASE: Record<string, Base> = {
     opts: () => ['--blackhole', '--memory', '16MiB', '--disk', '0', '--seconds', '1'],
   },
   backup: { opts: (p) => ['--insecure', '--listen', `127.0.0.1:${p}`] },
+  agent: { opts: (p) => ['--insecure', '--listen', `127.0.0.1:${p}`, '--coordination', 'etcd://127.0.0.1:1'] },
   reprotect: { args: { domain: 'sim:t31', 'new-backup': '127.0.0.1:1' }, opts: () => ['--insecure', '--no-wait'] },
   failover: { args: { domain: 'sim:t31' } },
   status: {},
@@ -326,6 +327,13 @@ function badValues(s: ValueSpec): Bad[] {
       return NBD_DEVICE;
     case 'etcd-endpoints':
       return ETCD_ENDPOINTS;
+    case 'host-id':
+      return [
+        ['empty', ''],
+        ['a slash', 'a/b'],
+        ['64 characters', 'h'.repeat(64)],
+        ['an option instead of a name', '--json'],
+      ];
   }
 }
 

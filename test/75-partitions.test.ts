@@ -13,23 +13,13 @@ import { controlRequest } from '../dom0/service/control';
 import { type EtcdMember, haveEtcd, startEtcdClusterOn } from './support/etcd';
 import { sleep, tmpDir, until } from './support/helpers';
 import { type PartitionNet, createPartitionNet } from './support/partition-net';
+import { LINE_CLIENT } from './support/line-client';
 import { NsProcess, whyNoNetns } from './support/pg-netns';
 
 const HOSTS = ['p', 'b', 'c', 'e0', 'e1', 'e2'];
 const ETCD = ['e0', 'e1', 'e2'];
 const TTL_S = 2;
 const ROOT = path.join(__dirname, '..', '..');
-
-// The client: one TCP server; each line is logged as `L <from-address> <seq>` in arrival order.
-const CLIENT = `
-const net = require('net');
-net.createServer((s) => { const from = s.remoteAddress.replace('::ffff:', ''); let buf = '';
-  s.on('data', (d) => { buf += d; let i;
-    while ((i = buf.indexOf('\\n')) >= 0) {
-      console.log('L ' + from + ' ' + buf.slice(0, i).split(' ')[0]); buf = buf.slice(i + 1); } });
-  s.on('error', () => {});
-}).listen(9000, process.argv[1], () => console.log('READY'));
-`;
 
 describe('75 partitions in network namespaces (real etcd, real processes)', function () {
   this.timeout(240_000);
@@ -65,7 +55,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       '--owner-ttl',
       String(TTL_S),
     ];
-    const client = new NsProcess(n.ns('c'), CLIENT, [n.ip('c')]);
+    const client = new NsProcess(n.ns('c'), LINE_CLIENT, [n.ip('c')]);
     await until(async () => client.has('READY'), 10_000, 'the client listens');
     const runDir = (h: string): string => fs.mkdtempSync(path.join(dir, `${domain}-${h}-`));
     const [pDir, bDir] = [runDir('p'), runDir('b')];

@@ -11,6 +11,7 @@ import { registerReplication } from './replication';
 import { registerDemo } from './demo';
 import { registerDisk } from './disk';
 import { registerRecord } from './record';
+import { registerAgent } from './agent';
 
 export function buildProgram(): Command {
   const program = new Command('remusdb')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerDemo(program);
   registerDisk(program);
   registerRecord(program);
+  registerAgent(program);
   return program;
 }
 

@@ -54,7 +54,7 @@ export function memoryOption(name: string): (v: string) => number {
   return bytesOption(name, { min, max: SIM_GUEST_BYTES_MAX, pageMultiple: true, example: '256MiB' });
 }
 
-const DISK_BUFFER = { min: 2 ** 20, max: 2 ** 36, pageMultiple: true, example: '256MiB' };
+export const DISK_BUFFER = { min: 2 ** 20, max: 2 ** 36, pageMultiple: true, example: '256MiB' };
 const WORKLOAD_CHOICES = WORKLOADS.filter((w) => w !== 'trace');
 
 /** --workload: a built-in workload, or trace:<file> replaying an existing trace. */
@@ -70,7 +70,7 @@ const workloadOption = specified(
 );
 
 /** --psk-file and --insecure, the same on protect, backup and reprotect. */
-function addSecurityOptions(cmd: Command): Command {
+export function addSecurityOptions(cmd: Command): Command {
   return cmd
     .option('--psk-file <file>', 'pre-shared key of the channel (remusdb keygen)', pathOption('--psk-file', 'input'))
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)');
@@ -104,7 +104,7 @@ async function closingOnError<T>(metrics: MetricsExporter | null, make: () => T 
   }
 }
 
-function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
+export function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) => void): Security {
   if (o.insecure) {
     log(
       'WARNING: --insecure: the replication channel is NOT authenticated or encrypted; anyone who can reach the port ' +
@@ -122,7 +122,7 @@ function security(o: { pskFile?: string; insecure?: boolean }, log: (l: string) 
   return { psk: readPskFile(o.pskFile) };
 }
 
-const log = (line: string): void => {
+export const log = (line: string): void => {
   console.error(`${new Date().toISOString()} ${line}`);
 };
 
@@ -673,6 +673,7 @@ function progressLine(s: Record<string, unknown>): string {
 function formatStatus(s: Record<string, unknown>): string {
   const coord = coordinationLine((s.coordination ?? {}) as Record<string, unknown>);
   if (s.role === 'primary') return `primary ${String(s.domain)}: ${progressLine(s)}\n  ${coord}`;
+  if (s.role === 'agent') return agentLines(s);
   const r = s.resumed as { epoch: number } | null;
   return (
     `backup ${String(s.listen)}: ${String(s.state)} ${s.domain ? String(s.domain) : '(no domain yet)'} ` +
@@ -680,6 +681,20 @@ function formatStatus(s: Record<string, unknown>): string {
       r ? ` — resumed from epoch ${r.epoch}` : ''
     }\n  ${coord}`
   );
+}
+
+/** The agent: its pool as it sees it, and each domain it protects again (backup chosen, why, state). */
+function agentLines(s: Record<string, unknown>): string {
+  const pool = (s.pool ?? []) as Array<{ host: string; slots: string[] }>;
+  const lines = [`agent ${String(s.host)} (${String(s.address)}): pool of ${pool.length} hosts`];
+  for (const h of pool) lines.push(`  ${h.host}: ${h.slots.join(' ')}`);
+  for (const r of (s.reprotections ?? []) as Array<Record<string, unknown>>) {
+    const b = r.backup as { host: string; address: string } | null;
+    const p = (r.progress ?? {}) as Record<string, unknown>;
+    const to = b ? `→ ${b.host} (${b.address}) ${String(p.state ?? '')}` : '→ no backup yet';
+    lines.push(`  ${String(r.domain)} runs here ${to}: ${String(r.why)}`);
+  }
+  return lines.join('\n');
 }
 
 /** "coordination: etcd, owner (proven 3.2 s more)" or the two-node warning. */

@@ -796,7 +796,7 @@ export class Primary {
     this.session = 'syncing';
     this.state = 'syncing';
     this.gate.setPassThrough(true);
-    this.hooks.event?.('disk-sync', { backup: this.link?.remote });
+    this.hooks.event?.('disk-sync', { backup: this.link?.remote, wholeDisk: value.diskContinues !== true });
     const link = this.link!;
     this.disk.connect(
       {

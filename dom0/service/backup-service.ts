@@ -15,12 +15,13 @@ import * as path from 'node:path';
 import { BackupExposure } from '../net/exposure-relay';
 import type { Replica } from '../ports';
 import { HostLock } from './host-lock';
+import { domainLabel } from './kept-images';
 import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import { assert } from '../assert';
 import { engineOptions } from './engine-options';
 import { triggerFor } from '../net/net-buffers';
-import { DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT } from '../limits';
+import { DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../limits';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { requireFeature } from '../hypervisor/driver';
 import type { BackupSample, MetricsExporter } from './metrics';
@@ -39,6 +40,11 @@ export interface BackupConfig {
    * comes back as the backup (reprotection): only the blocks that differ are copied.
    */
   reuseDisk?: string;
+  /**
+   * An agent's backup slot: the image of the domain this host already keeps (its old replica,
+   * or the disk it ran the domain on), reused like reuseDisk when it exists; null: none.
+   */
+  reuseDiskFor?: (kind: string, domain: string) => string | null;
   /** Simulated replicas: CRC32C the image at failover, before the guest runs (verification; slower failover). */
   checksumOnFailover?: boolean;
   /** Where this backup's metrics are served (--metrics), a reprotecting primary's too; stop() closes it. */
@@ -121,7 +127,7 @@ export class BackupService {
   /** The domain as status names it: sim:<name> for a simulated one, or null before the first session. */
   private domainName(): string | null {
     const d = this.backup.domain;
-    return d === null ? null : this.replicaKind === 'sim' ? `sim:${d}` : d;
+    return d === null ? null : domainLabel(this.replicaKind ?? '', d);
   }
 
   /** The HELLO kind of the replica held (or last held), for naming. */
@@ -178,7 +184,7 @@ export class BackupService {
    */
   private replicaFor(h: HelloInfo): DriverReplica {
     const driver = driverForHello(h.kind);
-    const reuse = this.cfg.reuseDisk ?? null;
+    const reuse = this.cfg.reuseDisk ?? this.reusedImage(h);
     if (this.cfg.checksumOnFailover && driver.features.checksumOnFailover !== true) {
       this.peerLog.say(
         `--checksum-on-failover does not apply to ${driver.kind} replicas: ` +
@@ -202,6 +208,14 @@ export class BackupService {
       this.diskLock = null;
       throw e;
     }
+  }
+
+  /** An agent slot's earlier copy of h's disk, locked for this process (null: none kept). */
+  private reusedImage(h: HelloInfo): string | null {
+    const file = h.diskBytes > 0 ? (this.cfg.reuseDiskFor?.(h.kind, h.domain) ?? null) : null;
+    if (file === null) return null;
+    this.diskLock = HostLock.acquire(`${file}.lock`, `the disk of ${h.domain}`);
+    return file;
   }
 
   /** Where a replica disk goes, locked for this process (ERR_LOCKED when another holds it). */
@@ -251,6 +265,20 @@ export class BackupService {
    * the blocks of the epochs discarded at failover: the session copies just those.
    */
   private reprotect(req: Record<string, unknown>): Record<string, unknown> {
+    const security: Security =
+      req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
+    return this.reprotectTo(parseHostPort(String(req.backup ?? ''), DEFAULT_REPLICATION_PORT), security, {
+      intervalMs: Number(req.intervalMs ?? 50),
+      heartbeatTimeoutMs: req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs),
+    });
+  }
+
+  /** The domain resumed here, protected again against target (`remusdb reprotect`, or an agent's choice). */
+  reprotectTo(
+    target: { host: string; port: number },
+    security: Security,
+    o: { intervalMs: number; heartbeatTimeoutMs?: number },
+  ): Record<string, unknown> {
     const r = this.replica;
     if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
       throw new RemusError(
@@ -261,13 +289,8 @@ export class BackupService {
     if (this.promoted) return { ok: true, already: true, ...this.promoted.status() };
     const driver = driverForHello(this.replicaKind as HelloInfo['kind']);
     requireFeature(driver, 'reprotect');
-    const target = parseHostPort(String(req.backup ?? ''), DEFAULT_REPLICATION_PORT);
-    const intervalMs = Number(req.intervalMs ?? 50);
-    const security: Security =
-      req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
     const opened = driver.adopt!(r, this.cfg.log);
     const diskBufferBytesMax = this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT;
-    const heartbeat = req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs);
     this.promoted = new ProtectService({
       opened,
       backup: target,
@@ -276,11 +299,11 @@ export class BackupService {
       holdOutputs: true,
       journal: null,
       engine: engineOptions(driver, r.pageCount, {
-        intervalMs,
+        intervalMs: o.intervalMs,
         compressor: 'zstd',
         cache: DEFAULT_CACHE,
         maxInFlight: 2,
-        heartbeatTimeoutMs: heartbeat,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
         diskBufferBytesMax,
         verifyDisk: true,
         trigger: triggerFor({ commitProtection: 'off' }, null), // no network buffer: the guest's own outputs signal
@@ -294,9 +317,35 @@ export class BackupService {
     const d = (opened.disk?.stats() ?? {}) as { resyncPendingBytes?: number };
     const sizeBytes = opened.disk?.sizeBytes ?? 0;
     this.cfg.log(
-      `reprotecting ${r.name} → ${target.host}:${target.port}: ${d.resyncPendingBytes ?? 0} bytes of disk to copy`,
+      `reprotecting ${r.name} → ${target.host}:${target.port}: ${d.resyncPendingBytes ?? 0} bytes of disk changed ` +
+        'since the failover to copy (the whole disk if that backup keeps no copy of it)',
     );
     return { ok: true, resyncBytes: d.resyncPendingBytes ?? 0, diskBytes: sizeBytes };
+  }
+
+  /** Whether the domain resumed here is being protected again. */
+  get reprotecting(): boolean {
+    return this.promoted !== null;
+  }
+
+  /** A reprotection not yet protected goes on against another backup (an agent's new choice). */
+  retarget(target: { host: string; port: number }): void {
+    assert(this.promoted !== null, 'retarget a reprotection that runs');
+    this.promoted.retarget(target);
+  }
+
+  /** What this service holds, for an agent's pool record: null before any primary came. */
+  holding(): { domain: string; state: string; memoryBytes: number; diskBytes: number; protected: boolean } | null {
+    const name = this.domainName();
+    if (name === null) return null;
+    const pages = this.replica?.pageCount ?? 0;
+    return {
+      domain: name,
+      state: this.backup.state,
+      memoryBytes: pages * PAGE_BYTES,
+      diskBytes: this.replica?.disk?.sizeBytes ?? 0,
+      protected: this.promoted?.primary.stats().state === 'protected',
+    };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {

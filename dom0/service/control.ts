@@ -14,7 +14,7 @@ export function runtimeDir(): string {
   return process.getuid?.() === 0 ? '/run/remusdb' : path.join(os.tmpdir(), `remusdb-${process.getuid?.() ?? 'user'}`);
 }
 
-export function socketPath(role: 'primary' | 'backup', name: string): string {
+export function socketPath(role: 'primary' | 'backup' | 'agent', name: string): string {
   return path.join(runtimeDir(), `${role}-${name}.sock`);
 }
 

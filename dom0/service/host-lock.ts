@@ -51,6 +51,12 @@ export class HostLock {
     );
   }
 
+  /** Whether a live process (another, or this one) holds the lock at file now. */
+  static heldAt(file: string): boolean {
+    const owner = ownerOf(file);
+    return owner !== null && alive(owner);
+  }
+
   /** Removes the lock if it is still ours. Idempotent. */
   release(): void {
     if (!this.held) return;

@@ -11,7 +11,8 @@ export function protectLogLine(
   const s = (k: string): string => String(d[k]);
   switch (event) {
     case 'disk-sync': {
-      const bytes = (disk?.stats() as { resyncPendingBytes?: number } | undefined)?.resyncPendingBytes ?? 0;
+      const pending = (disk?.stats() as { resyncPendingBytes?: number } | undefined)?.resyncPendingBytes ?? 0;
+      const bytes = d.wholeDisk === true ? (disk?.sizeBytes ?? pending) : pending; // whole: marked as it connects
       return `backup ${s('backup')} answered: copying ${bytes} bytes of disk it may lack, then checkpoints start`;
     }
     case 'protected':

@@ -162,6 +162,13 @@ export class ProtectService {
     else this.primary.attach(new BlackholeLink());
   }
 
+  /** Reaches for another backup while no session runs (a pool agent's new choice); refused for a blackhole. */
+  retarget(backup: { host: string; port: number }): void {
+    if (!this.reconnector) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'a blackhole protection has no backup to move');
+    this.cfg.log(`${this.opened.label}: the backup is now ${backup.host}:${backup.port}`);
+    this.reconnector.retarget(backup);
+  }
+
   /** Ends protection (GOODBYE). The network buffer goes before the domain is released. */
   async stop(): Promise<void> {
     if (this.stopped) return;
@@ -189,6 +196,7 @@ export class ProtectService {
       domain: this.opened.label,
       kind: this.opened.driver.kind,
       ...this.primary.stats(),
+      backup_target: this.reconnector ? this.reconnector.target : 'blackhole',
       rss_bytes: process.memoryUsage.rss(),
       ...loopDelay(),
       interval_ms: this.cfg.engine.intervalMs,

@@ -6,7 +6,8 @@
 // (it serves another primary, a size or disk mismatch) is retried at the capped rate, not at
 // 10 Hz. Why the backup is unreachable — DNS, refused, no answer, TLS failure (different
 // keys, or one side --insecure), refused HELLO — is said once per change of reason.
-// stop() ends it; a link that arrives after stop() is closed at once.
+// retarget() moves it to another backup (a pool agent's new choice): the next attempt goes
+// there at once. stop() ends it; a link that arrives after stop() is closed at once.
 import { ErrorCode, type RemusError } from '../errors';
 import type { Link } from '../ports';
 import { connectLink, type Security } from '../protocol/channel';
@@ -29,9 +30,27 @@ export class Reconnector {
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
   private readonly said: ChangeLog;
+  /** Where the next attempt goes (the target's backup until retarget()). */
+  private backup: { host: string; port: number };
 
   constructor(private readonly t: ReconnectTarget) {
     this.said = new ChangeLog(t.log);
+    this.backup = t.backup;
+  }
+
+  /** The backup attempts go to now. */
+  get target(): { host: string; port: number } {
+    return { ...this.backup };
+  }
+
+  /** Attempts go to b from now on, the first at once (no effect on a session that runs). */
+  retarget(b: { host: string; port: number }): void {
+    this.backup = { ...b };
+    this.delayMs = RECONNECT_DELAY_MS_MIN;
+    this.said.reset();
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.connect();
   }
 
   /** The delay before the next attempt (for status and tests). */
@@ -41,11 +60,12 @@ export class Reconnector {
 
   connect(): void {
     if (this.stopped || this.t.attached()) return;
-    const b = this.t.backup;
+    const b = this.backup;
     connectLink(b.host, b.port, this.t.security).then(
       (link) => {
-        if (this.stopped) {
-          link.close();
+        if (this.stopped || b !== this.backup) {
+          link.close(); // stopped, or retargeted while it connected
+          if (!this.stopped && !this.t.attached() && !this.timer) this.connect();
           return;
         }
         this.t.attach(link);

@@ -1,0 +1,137 @@
+// agent: `remusdb agent` — this host joins the pool of backups in etcd (docs/coordination.md
+// "A pool of hosts"). It offers --slots backup services from the --listen port on, and a
+// domain that fails over to it is protected again against a backup the agent chooses from the
+// pool, with no operator. Every value is checked as the command line is parsed.
+import * as os from 'node:os';
+import type { Command } from 'commander';
+import { validHostId } from '../coordination/pool';
+import { ErrorCode, RemusError } from '../errors';
+import {
+  BATCH_PAGES_MAX_DEFAULT,
+  DEFAULT_REPLICATION_PORT,
+  DISK_BUFFER_BYTES_DEFAULT,
+  PAGE_BYTES,
+  POOL_SLOTS_DEFAULT,
+  POOL_SLOTS_MAX,
+} from '../limits';
+import { parseHostPort } from '../protocol/channel';
+import { AgentService } from '../service/agent-service';
+import { runtimeDir } from '../service/control';
+import { tuneReplicationProcess } from '../service/process-tuning';
+import { addCoordinationOptions, type CoordinationCliOptions } from './coordination-options';
+import { badValue, bytesOption, hostPortOption, intOption, refuseOptionLike, specified } from './options';
+import { pathOption } from './path-options';
+import { addSecurityOptions, DISK_BUFFER, log, memoryOption, security } from './replication';
+import { untilStopped } from './until-stopped';
+
+interface AgentOpts extends CoordinationCliOptions {
+  listen: string;
+  advertise?: string;
+  hostId: string;
+  slots: number;
+  maxMemory: number;
+  diskDir?: string;
+  diskBuffer: number;
+  interval: number;
+  heartbeatTimeout?: number;
+  pskFile?: string;
+  insecure?: boolean;
+}
+
+const hostIdOption = specified(
+  (v: string): string => {
+    refuseOptionLike('--host-id', v, 'a host name');
+    if (!validHostId(v)) throw badValue('--host-id', v, 'letters, digits, ".", "_" and "-", at most 63');
+    return v;
+  },
+  { name: '--host-id', kind: 'host-id' },
+);
+
+export function registerAgent(program: Command): void {
+  const agent = program
+    .command('agent')
+    .description('join the pool of backup hosts in etcd: back up domains, and protect again those that fail over here')
+    .option(
+      '--listen <addr:port>',
+      'address of the first backup slot (the others take the next ports)',
+      hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
+      `0.0.0.0:${DEFAULT_REPLICATION_PORT}`,
+    )
+    .option('--advertise <host>', 'the address other hosts reach this one at (default: the --listen address)')
+    .option('--host-id <id>', "this host's name in the pool", hostIdOption, safeHostname())
+    .option('--slots <n>', 'backup slots offered', intOption('--slots', 1, POOL_SLOTS_MAX), POOL_SLOTS_DEFAULT)
+    .option('--max-memory <size>', 'guest memory this host takes in all', memoryOption('--max-memory'), 64 * 2 ** 30)
+    .option(
+      '--disk-dir <dir>',
+      'where replica disks are kept (default: the run directory)',
+      pathOption('--disk-dir', 'dir-or-new'),
+    )
+    .option(
+      '--disk-buffer <size>',
+      'most unacknowledged disk writes buffered per primary',
+      bytesOption('--disk-buffer', DISK_BUFFER),
+      DISK_BUFFER_BYTES_DEFAULT,
+    )
+    .option(
+      '-i, --interval <ms>',
+      'checkpoint interval of the domains this host protects again',
+      intOption('--interval', 1, 60000),
+      50,
+    )
+    .option(
+      '--heartbeat-timeout <ms>',
+      'their silence timeout (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000),
+    );
+  addSecurityOptions(agent);
+  addCoordinationOptions(agent).action(async (o: AgentOpts) => {
+    if (!o.coordination) {
+      throw new RemusError(ErrorCode.BAD_ARGUMENT, 'the pool lives in etcd: give --coordination etcd://host:port,…');
+    }
+    const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
+    const address = o.advertise ?? host;
+    if (address === '0.0.0.0' || address === '::') {
+      throw new RemusError(
+        ErrorCode.BAD_ARGUMENT,
+        `--listen ${o.listen} names no address others can reach: give --advertise`,
+      );
+    }
+    if (port + o.slots - 1 > 65535)
+      throw badValue('--slots', String(o.slots), `at most ${65536 - port} from port ${port}`);
+    const sec = security(o, log);
+    tuneReplicationProcess(log);
+    const svc = new AgentService({
+      hostId: o.hostId,
+      address,
+      listenHost: host,
+      basePort: port,
+      slots: o.slots,
+      security: sec,
+      pageCountMax: o.maxMemory / PAGE_BYTES,
+      batchPagesMax: BATCH_PAGES_MAX_DEFAULT,
+      memoryBytesMax: o.maxMemory,
+      diskDir: o.diskDir ?? runtimeDir(),
+      diskBufferBytesMax: o.diskBuffer,
+      coordination: { endpoints: o.coordination, ttlSeconds: o.ownerTtl },
+      intervalMs: o.interval,
+      heartbeatTimeoutMs: o.heartbeatTimeout,
+      log,
+    });
+    try {
+      await svc.start();
+    } catch (e) {
+      await svc.stop();
+      throw e;
+    }
+    await untilStopped(async () => svc.stop(), { log });
+  });
+}
+
+/** This machine's name as a pool host id (cut to what a key takes). */
+function safeHostname(): string {
+  const h = os
+    .hostname()
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .slice(0, 63);
+  return validHostId(h) ? h : 'host';
+}

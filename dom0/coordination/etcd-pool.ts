@@ -1,0 +1,142 @@
+// etcd-pool: an agent's membership of the pool in etcd (pool.ts says what a record holds).
+//
+// Layout: /remusdb/v1/pool/hosts/<hostId> = the host's record (JSON), and
+// /remusdb/v1/pool/reserved/<hostId>/<port> = the domain a reprotection chose that slot for;
+// both bound to the writer's lease, which the client keeps alive (etcd3's own keepalive: pool
+// membership is advice, not a safety property — ownership stays with the owner key). A host
+// whose agent dies leaves the pool when that lease ends; its reservations go with it. A lease
+// lost while the agent lives (etcd unreachable past its TTL) is replaced, and the record and
+// reservations are written again. Reserving is one transaction (create if absent), so two
+// reprotections never take the same slot.
+import { Etcd3, type Lease } from 'etcd3';
+import { ErrorCode, RemusError } from '../errors';
+import { POOL_HOSTS_MAX } from '../limits';
+import { type PoolHost, parsePoolHost, slotKey } from './pool';
+
+const PREFIX = '/remusdb/v1/pool/';
+const HOSTS = `${PREFIX}hosts/`;
+const RESERVED = `${PREFIX}reserved/`;
+/** Each call gives up after this long (the agent's loop tries again). */
+const CALL_DEADLINE_MS = 3000;
+
+export class EtcdPool {
+  private readonly client: Etcd3;
+  private lease: Lease;
+  private closed = false;
+  /** Reservations this agent holds (slot key → domain), written again on a new lease. */
+  private readonly mine = new Map<string, string>();
+  private lastRecord: string | null = null;
+
+  constructor(
+    endpoints: string[],
+    private readonly ttlSeconds: number,
+    private readonly log: (line: string) => void,
+  ) {
+    if (endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
+    this.client = new Etcd3({ hosts: endpoints, dialTimeout: CALL_DEADLINE_MS });
+    this.lease = this.newLease();
+  }
+
+  private newLease(): Lease {
+    const lease = this.client.lease(this.ttlSeconds);
+    lease.on('lost', (e: Error) => {
+      if (this.closed || lease !== this.lease) return;
+      this.log(`pool: etcd lease lost (${e.message}); joining again`);
+      this.lease = this.newLease();
+      this.lastRecord = null; // written again at the next publish
+      for (const [k, d] of this.mine)
+        void this.lease
+          .put(RESERVED + k)
+          .value(d)
+          .catch(() => {});
+    });
+    return lease;
+  }
+
+  private deadline(): Date {
+    return new Date(Date.now() + CALL_DEADLINE_MS);
+  }
+
+  /** Writes this host's record if it changed since the last write. ERR_COORDINATION if etcd fails. */
+  async publish(host: PoolHost): Promise<void> {
+    const text = JSON.stringify(host);
+    if (text === this.lastRecord) return;
+    await this.call('publish this host', async () => {
+      await this.lease
+        .put(HOSTS + host.hostId)
+        .value(text)
+        .options({ deadline: this.deadline() });
+    });
+    this.lastRecord = text;
+  }
+
+  /** The pool's hosts (records that do not parse are skipped and said), and the slots reserved. */
+  async read(): Promise<{ hosts: PoolHost[]; reserved: Map<string, string> }> {
+    const [hostKvs, resKvs] = await this.call('read the pool', () =>
+      Promise.all([
+        this.client.getAll().prefix(HOSTS).limit(POOL_HOSTS_MAX).options({ deadline: this.deadline() }).strings(),
+        this.client
+          .getAll()
+          .prefix(RESERVED)
+          .limit(POOL_HOSTS_MAX * 16)
+          .strings(),
+      ]),
+    );
+    const hosts: PoolHost[] = [];
+    for (const [key, text] of Object.entries(hostKvs)) {
+      const h = parsePoolHost(text);
+      if (h && key === HOSTS + h.hostId) hosts.push(h);
+      else this.log(`pool: the record at ${key} is not a host record; skipped`);
+    }
+    const reserved = new Map(Object.entries(resKvs).map(([k, d]) => [k.slice(RESERVED.length), d]));
+    return { hosts, reserved };
+  }
+
+  /** Reserves a slot for domain: true if this agent got it (nobody else holds it). */
+  async reserve(hostId: string, port: number, domain: string): Promise<boolean> {
+    const key = RESERVED + slotKey(hostId, port);
+    const txn = await this.call('reserve a slot', () =>
+      this.client
+        .if(key, 'Create', '==', 0)
+        .then(this.lease.put(key).value(domain))
+        .options({ deadline: this.deadline() })
+        .commit(),
+    );
+    if (txn.succeeded) this.mine.set(slotKey(hostId, port), domain);
+    return txn.succeeded;
+  }
+
+  async unreserve(hostId: string, port: number): Promise<void> {
+    const k = slotKey(hostId, port);
+    if (!this.mine.delete(k)) return;
+    await this.call('free a slot', () =>
+      this.client
+        .delete()
+        .key(RESERVED + k)
+        .exec(),
+    );
+  }
+
+  /** Leaves the pool (the record and reservations go with the lease). Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.lease.revoke({ deadline: this.deadline() }).catch(() => {}); // else it expires
+    this.client.close();
+  }
+
+  private async call<T>(what: string, f: () => Promise<T>): Promise<T> {
+    try {
+      return await f();
+    } catch (e) {
+      throw new RemusError(
+        ErrorCode.COORDINATION,
+        `pool: cannot ${what} in etcd: ${(e as Error).message}`,
+        {},
+        {
+          cause: e,
+        },
+      );
+    }
+  }
+}

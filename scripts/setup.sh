@@ -8,7 +8,7 @@
 #            postgresql-15 + client (commit protection: bench net, test/65)
 #   guest patches: kernel/MariaDB/PostgreSQL source builds, tcpdump (test/70)
 set -eu
-PKGS="etcd-server etcd-client g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev qemu-utils libnbd-bin e2fsprogs postgresql-15 postgresql-client-15 bison flex bc libelf-dev libssl-dev dpkg-dev patch xz-utils cmake libncurses-dev libpcre2-dev libaio-dev zlib1g-dev tcpdump systemd"
+PKGS="etcd-server etcd-client faketime g++ make python3 pkg-config liblz4-dev libzstd-dev libxen-dev libnetfilter-queue-dev iproute2 iptables util-linux clang libclang-rt-14-dev qemu-utils libnbd-bin e2fsprogs postgresql-15 postgresql-client-15 bison flex bc libelf-dev libssl-dev dpkg-dev patch xz-utils cmake libncurses-dev libpcre2-dev libaio-dev zlib1g-dev tcpdump systemd"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

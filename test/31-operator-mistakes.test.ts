@@ -327,6 +327,14 @@ function badValues(s: ValueSpec): Bad[] {
       return NBD_DEVICE;
     case 'etcd-endpoints':
       return ETCD_ENDPOINTS;
+    case 'address':
+      return [
+        ['empty', ''],
+        ['with a port', '10.0.0.5:7400'],
+        ['the wildcard address', '0.0.0.0'],
+        ['a space', 'a b'],
+        ['an option instead of an address', '--json'],
+      ];
     case 'host-id':
       return [
         ['empty', ''],

@@ -1,6 +1,6 @@
-// 57 systemd units: scripts/systemd/ holds remusdb-backup.service and remusdb-protect@.service
-// (docs/operations.md, "systemd"). Checked here without booting them: `systemd-analyze verify`
-// accepts both (ExecStart pointed at this checkout), with not even a warning; each ExecStart,
+// 57 systemd units: scripts/systemd/ holds remusdb-backup.service, remusdb-protect@.service and
+// remusdb-agent.service (docs/operations.md, "systemd"). Checked here without booting them: `systemd-analyze verify`
+// accepts all three (ExecStart pointed at this checkout), with not even a warning; each ExecStart,
 // with its example environment file expanded as systemd expands it, is a command line the real
 // program parses (every option exists: `remusdb <cmd> --help` lists them); and the restart
 // policy says what the docs say — restart on failure, never after a fence (EXIT_FENCED) or a
@@ -19,6 +19,7 @@ const INSTALLED_BIN = '/usr/local/bin/remusdb';
 const UNIT_FILES = [
   { file: 'remusdb-backup.service', env: 'backup.env.example', instance: null, command: 'backup' },
   { file: 'remusdb-protect@.service', env: 'protect.env.example', instance: 'db1', command: 'protect' },
+  { file: 'remusdb-agent.service', env: 'agent.env.example', instance: null, command: 'agent' },
 ] as const;
 
 type Unit = Map<string, string[]>; // "Section.Key" → values in order
@@ -113,7 +114,7 @@ describe('57 systemd units', function () {
   const psk = path.join(scratch, 'key.psk');
   before(() => assert.equal(runCli(['keygen', '--out', psk]).status, 0));
 
-  it('57.1 systemd-analyze verify accepts both units without a warning (and flags a broken copy)', function () {
+  it('57.1 systemd-analyze verify accepts every unit without a warning (and flags a broken copy)', function () {
     if (spawnSync('systemd-analyze', ['--version']).status !== 0) this.skip();
     const dir = path.join(scratch, 'units');
     fs.mkdirSync(dir);

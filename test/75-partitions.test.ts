@@ -7,6 +7,7 @@
 // before the first line from the backup (at no instant did both copies release outputs);
 // and the side that must own the domain at the end does.
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { controlRequest } from '../dom0/service/control';
@@ -40,8 +41,11 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     net?.destroy();
   });
 
-  /** A protected sim domain with its backup and client; returns what to look at. */
-  async function protectedPair(domain: string): Promise<{
+  /** A protected sim domain with its backup and client (env: added to both processes'); what to look at. */
+  async function protectedPair(
+    domain: string,
+    env: NodeJS.ProcessEnv = {},
+  ): Promise<{
     client: NsProcess;
     primaryStatus: () => Promise<Record<string, unknown>>;
     backupStatus: () => Promise<Record<string, unknown>>;
@@ -65,7 +69,12 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       'b',
       node(['backup', '--listen', `${n.ip('b')}:7400`, '--insecure', ...coord]),
       logOf(bDir, 'backup.log'),
-      { ...process.env, REMUSDB_RUN_DIR: bDir },
+      {
+        ...process.env,
+        ...env,
+        REMUSDB_RUN_DIR: bDir,
+        FAKETIME_TIMESTAMP_FILE: env.FAKETIME_TIMESTAMP_FILE && `${env.FAKETIME_TIMESTAMP_FILE}.b`,
+      },
     );
     const primary = n.spawn(
       'p',
@@ -83,7 +92,12 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
         ...coord,
       ]),
       logOf(pDir, 'primary.log'),
-      { ...process.env, REMUSDB_RUN_DIR: pDir },
+      {
+        ...process.env,
+        ...env,
+        REMUSDB_RUN_DIR: pDir,
+        FAKETIME_TIMESTAMP_FILE: env.FAKETIME_TIMESTAMP_FILE && `${env.FAKETIME_TIMESTAMP_FILE}.p`,
+      },
     );
     const primaryStatus = () => controlRequest(path.join(pDir, `primary-${domain}.sock`), { cmd: 'status' });
     const backupStatus = () => controlRequest(path.join(bDir, 'backup-7400.sock'), { cmd: 'status' });
@@ -196,4 +210,58 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       pair.stop();
     }
   });
+
+  it('75.5 wall clocks jump on both hosts (an hour forward, two back): no failover, no lapse; then a partition with a jump: takeover without overlap', async function () {
+    if (!fs.existsSync(FAKETIME_LIB)) this.skip();
+    const clock = path.join(dir, 'clock'); // libfaketime reads each host's offset from <clock>.p / <clock>.b
+    const jump = (host: 'p' | 'b', offset: string): void => fs.writeFileSync(`${clock}.${host}`, `${offset}\n`);
+    jump('p', '+0');
+    jump('b', '+0');
+    const pair = await protectedPair('s755', {
+      LD_PRELOAD: FAKETIME_LIB,
+      FAKETIME_TIMESTAMP_FILE: clock,
+      FAKETIME_CACHE_DURATION: '1', // the offset is read again every second
+      FAKETIME_DONT_FAKE_MONOTONIC: '1', // the wall clock alone jumps, as NTP or an operator would move it
+    });
+    try {
+      const seen = async (): Promise<number> => {
+        const c = (await pair.primaryStatus()).coordination as Record<string, unknown>;
+        assert.equal(c.owned, true, 'the primary proves ownership across the jump');
+        return received(pair.client).fromP;
+      };
+      for (const [host, offset] of [
+        ['p', '+1h'],
+        ['b', '+1h'],
+        ['p', '-2h'],
+        ['b', '-2h'],
+      ] as const) {
+        jump(host, offset);
+        const skewMs = Number(faked(`${clock}.${host}`)) - Date.now();
+        assert.ok(Math.abs(skewMs) > 50 * 60_000, `a process of ${host} sees its wall clock moved (${skewMs} ms)`);
+        const before = await seen();
+        await sleep(2500); // the offset is read within 1 s; more than a TTL passes
+        assert.ok((await seen()) > before, `outputs flow after ${host}'s clock moved ${offset}`);
+      }
+      const st = await pair.backupStatus();
+      assert.equal(st.failovers, 0, 'no failover');
+      assert.equal(received(pair.client).fromB, 0);
+      // p loses the backup, then etcd, and its wall clock goes back two more hours at that moment: a
+      // proof kept in wall-clock time would last hours; in monotonic time it ends within the TTL.
+      net!.cut('p', 'b');
+      await sleep(5000); // as in 75.2: p runs unprotected, its outputs flowing, when it loses etcd
+      for (const e of ETCD) net!.cut('p', e);
+      jump('p', '-4h');
+      await takeoverWithoutOverlap(pair, 20_000, 2000);
+    } finally {
+      pair.stop();
+    }
+  });
 });
+
+const FAKETIME_LIB = '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1';
+
+/** Date.now() in a process started as the test's hosts are, with the offset file given. */
+function faked(offsetFile: string): string {
+  const env = { ...process.env, LD_PRELOAD: FAKETIME_LIB, FAKETIME_TIMESTAMP_FILE: offsetFile };
+  return spawnSync(process.execPath, ['-e', 'console.log(Date.now())'], { env, encoding: 'utf8' }).stdout.trim();
+}

@@ -4,7 +4,7 @@
 // pool, with no operator. Every value is checked as the command line is parsed.
 import * as os from 'node:os';
 import type { Command } from 'commander';
-import { validHostId } from '../coordination/pool';
+import { validAddress, validHostId } from '../coordination/pool';
 import { ErrorCode, RemusError } from '../errors';
 import {
   BATCH_PAGES_MAX_DEFAULT,
@@ -21,7 +21,15 @@ import { tuneReplicationProcess } from '../service/process-tuning';
 import { addCoordinationOptions, type CoordinationCliOptions } from './coordination-options';
 import { badValue, bytesOption, hostPortOption, intOption, refuseOptionLike, specified } from './options';
 import { pathOption } from './path-options';
-import { addSecurityOptions, DISK_BUFFER, log, memoryOption, security } from './replication';
+import {
+  addMetricsOption,
+  addSecurityOptions,
+  DISK_BUFFER,
+  log,
+  memoryOption,
+  openMetrics,
+  security,
+} from './replication';
 import { untilStopped } from './until-stopped';
 
 interface AgentOpts extends CoordinationCliOptions {
@@ -36,6 +44,7 @@ interface AgentOpts extends CoordinationCliOptions {
   heartbeatTimeout?: number;
   pskFile?: string;
   insecure?: boolean;
+  metrics?: string;
 }
 
 const hostIdOption = specified(
@@ -45,6 +54,17 @@ const hostIdOption = specified(
     return v;
   },
   { name: '--host-id', kind: 'host-id' },
+);
+
+const advertiseOption = specified(
+  (v: string): string => {
+    refuseOptionLike('--advertise', v, 'an address');
+    if (!validAddress(v) || v === '0.0.0.0' || v === '::') {
+      throw badValue('--advertise', v, 'an IP address or host name others reach this host at, without a port');
+    }
+    return v;
+  },
+  { name: '--advertise', kind: 'address' },
 );
 
 export function registerAgent(program: Command): void {
@@ -57,7 +77,11 @@ export function registerAgent(program: Command): void {
       hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
       `0.0.0.0:${DEFAULT_REPLICATION_PORT}`,
     )
-    .option('--advertise <host>', 'the address other hosts reach this one at (default: the --listen address)')
+    .option(
+      '--advertise <host>',
+      'the address other hosts reach this one at (default: the --listen address)',
+      advertiseOption,
+    )
     .option('--host-id <id>', "this host's name in the pool", hostIdOption, safeHostname())
     .option('--slots <n>', 'backup slots offered', intOption('--slots', 1, POOL_SLOTS_MAX), POOL_SLOTS_DEFAULT)
     .option('--max-memory <size>', 'guest memory this host takes in all', memoryOption('--max-memory'), 64 * 2 ** 30)
@@ -84,6 +108,7 @@ export function registerAgent(program: Command): void {
       intOption('--heartbeat-timeout', 10, 600000),
     );
   addSecurityOptions(agent);
+  addMetricsOption(agent);
   addCoordinationOptions(agent).action(async (o: AgentOpts) => {
     if (!o.coordination) {
       throw new RemusError(ErrorCode.BAD_ARGUMENT, 'the pool lives in etcd: give --coordination etcd://host:port,…');
@@ -100,6 +125,7 @@ export function registerAgent(program: Command): void {
       throw badValue('--slots', String(o.slots), `at most ${65536 - port} from port ${port}`);
     const sec = security(o, log);
     tuneReplicationProcess(log);
+    const metrics = await openMetrics(o.metrics);
     const svc = new AgentService({
       hostId: o.hostId,
       address,
@@ -115,6 +141,7 @@ export function registerAgent(program: Command): void {
       coordination: { endpoints: o.coordination, ttlSeconds: o.ownerTtl },
       intervalMs: o.interval,
       heartbeatTimeoutMs: o.heartbeatTimeout,
+      metrics,
       log,
     });
     try {

@@ -19,7 +19,7 @@ export type ValueSpec = { name: string } & (
   | { kind: 'workload'; choices: readonly string[] }
   | { kind: 'path'; role: PathRole }
   | { kind: 'host-port'; portRequired: boolean; ipv6: boolean }
-  | { kind: 'cache' | 'iface' | 'export-name' | 'nbd-device' | 'etcd-endpoints' | 'host-id' }
+  | { kind: 'cache' | 'iface' | 'export-name' | 'nbd-device' | 'etcd-endpoints' | 'host-id' | 'address' }
 );
 
 type Parser = (v: string, previous?: never) => unknown;

@@ -77,7 +77,7 @@ export function addSecurityOptions(cmd: Command): Command {
 }
 
 /** --metrics, the same on protect and backup (a reprotecting primary shows on its backup's). */
-function addMetricsOption(cmd: Command): Command {
+export function addMetricsOption(cmd: Command): Command {
   return cmd.option(
     '--metrics <addr:port>',
     `serve Prometheus metrics over HTTP at addr:port${METRICS_PATH} (docs/operations.md)`,
@@ -86,7 +86,7 @@ function addMetricsOption(cmd: Command): Command {
 }
 
 /** The exporter of --metrics, listening (ERR_LISTEN when it cannot), or null without the option. */
-async function openMetrics(spec: string | undefined): Promise<MetricsExporter | null> {
+export async function openMetrics(spec: string | undefined): Promise<MetricsExporter | null> {
   if (!spec) return null;
   const { host, port } = parseHostPort(spec, 0);
   const m = await MetricsExporter.listen(host, port);

@@ -137,6 +137,11 @@ function parseSlot(v: unknown): PoolSlot | null {
   return { port: s.port as number, state: s.state, domain: s.domain as string | null };
 }
 
+/** An address other hosts reach an agent at: an IP address or a host name, without a port. */
+export function validAddress(a: string): boolean {
+  return ADDRESS.test(a) && !/^\d+$/.test(a) && (a.match(/:/g)?.length ?? 0) !== 1;
+}
+
 /** A host id for this host: its name, made safe for a key. */
 export function validHostId(id: string): boolean {
   return HOST_ID.test(id);

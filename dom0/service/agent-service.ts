@@ -18,6 +18,7 @@ import { POOL_TARGET_PATIENCE_MS, POOL_TICK_MS } from '../limits';
 import type { Security } from '../protocol/channel';
 import { BackupService } from './backup-service';
 import { ChangeLog } from './change-log';
+import type { MetricsExporter } from './metrics';
 import { ControlServer, runtimeDir, socketPath } from './control';
 import { type ImageDirs, keptImage, keptImageDomains } from './kept-images';
 
@@ -38,6 +39,8 @@ export interface AgentConfig {
   /** Reprotections' checkpoint interval and heartbeat timeout. */
   intervalMs: number;
   heartbeatTimeoutMs?: number;
+  /** Where the slots' metrics are served (--metrics); stop() closes it. */
+  metrics: MetricsExporter | null;
   log: (line: string) => void;
 }
 
@@ -84,6 +87,8 @@ export class AgentService {
         diskBufferBytesMax: this.cfg.diskBufferBytesMax,
         reuseDiskFor: (kind, name) => keptImage(kind, name, this.dirs),
         coordination: this.cfg.coordination,
+        metrics: this.cfg.metrics,
+        ownsMetrics: false,
         log: (line) => this.cfg.log(`[slot ${this.cfg.basePort + i}] ${line}`),
       });
       this.slots.push(slot);
@@ -107,6 +112,7 @@ export class AgentService {
     this.control?.close();
     await this.pool?.close();
     for (const s of this.slots) await s.stop();
+    await this.cfg.metrics?.close();
   }
 
   /** This host's record in the pool. */

@@ -49,6 +49,8 @@ export interface BackupConfig {
   checksumOnFailover?: boolean;
   /** Where this backup's metrics are served (--metrics), a reprotecting primary's too; stop() closes it. */
   metrics?: MetricsExporter | null;
+  /** stop() closes metrics (default true; false for an agent's slots, which share the agent's). */
+  ownsMetrics?: boolean;
   /** --coordination: a takeover first claims the domain's key in etcd (null: the two-node rule). */
   coordination?: { endpoints: string[]; ttlSeconds: number } | null;
   log: (line: string) => void;
@@ -121,7 +123,7 @@ export class BackupService {
     } finally {
       this.diskLock?.release();
     }
-    await this.cfg.metrics?.close();
+    if (this.cfg.ownsMetrics !== false) await this.cfg.metrics?.close();
   }
 
   /** The domain as status names it: sim:<name> for a simulated one, or null before the first session. */

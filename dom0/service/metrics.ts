@@ -17,6 +17,7 @@
 // and role (primary, backup). One process may hold both roles: a backup that failed over and
 // reprotects runs a primary inside it (dom0/service/backup-service.ts); its series come with
 // role="primary", the process-wide ones (RSS, loop delay) with the labels of the first source.
+// An agent (several backup services in one process) shows the slots that hold a domain.
 // The HTTP server is unref'd: it never keeps a process alive that has nothing else to run.
 import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -222,10 +223,12 @@ export class MetricsExporter {
 
   private take(): Snapshot {
     const primaries = [...this.primaries].map(([f, labels]) => ({ labels, s: f() }));
-    const backups = [...this.backups].map((f) => {
+    const all = [...this.backups].map((f) => {
       const s = f();
       return { labels: { domain: s.domain, role: 'backup' as const }, s };
     });
+    // An agent's free slots hold no domain: their series would share one label set. A single backup shows its own.
+    const backups = all.length > 1 ? all.filter((b) => b.s.domain !== '') : all;
     return { primaries, backups, process: this.owner?.() ?? null };
   }
 

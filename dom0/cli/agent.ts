@@ -9,7 +9,6 @@ import { ErrorCode, RemusError } from '../errors';
 import {
   BATCH_PAGES_MAX_DEFAULT,
   DEFAULT_REPLICATION_PORT,
-  DISK_BUFFER_BYTES_DEFAULT,
   PAGE_BYTES,
   POOL_SLOTS_DEFAULT,
   POOL_SLOTS_MAX,
@@ -19,12 +18,11 @@ import { AgentService } from '../service/agent-service';
 import { runtimeDir } from '../service/control';
 import { tuneReplicationProcess } from '../service/process-tuning';
 import { addCoordinationOptions, type CoordinationCliOptions } from './coordination-options';
-import { badValue, bytesOption, hostPortOption, intOption, refuseOptionLike, specified } from './options';
-import { pathOption } from './path-options';
+import { badValue, hostPortOption, intOption, refuseOptionLike, specified } from './options';
 import {
   addMetricsOption,
+  addReplicaDiskOptions,
   addSecurityOptions,
-  DISK_BUFFER,
   log,
   memoryOption,
   openMetrics,
@@ -86,17 +84,6 @@ export function registerAgent(program: Command): void {
     .option('--slots <n>', 'backup slots offered', intOption('--slots', 1, POOL_SLOTS_MAX), POOL_SLOTS_DEFAULT)
     .option('--max-memory <size>', 'guest memory this host takes in all', memoryOption('--max-memory'), 64 * 2 ** 30)
     .option(
-      '--disk-dir <dir>',
-      'where replica disks are kept (default: the run directory)',
-      pathOption('--disk-dir', 'dir-or-new'),
-    )
-    .option(
-      '--disk-buffer <size>',
-      'most unacknowledged disk writes buffered per primary',
-      bytesOption('--disk-buffer', DISK_BUFFER),
-      DISK_BUFFER_BYTES_DEFAULT,
-    )
-    .option(
       '-i, --interval <ms>',
       'checkpoint interval of the domains this host protects again',
       intOption('--interval', 1, 60000),
@@ -107,7 +94,7 @@ export function registerAgent(program: Command): void {
       'their silence timeout (default 2 x interval + 100)',
       intOption('--heartbeat-timeout', 10, 600000),
     );
-  addSecurityOptions(agent);
+  addReplicaDiskOptions(addSecurityOptions(agent));
   addMetricsOption(agent);
   addCoordinationOptions(agent).action(async (o: AgentOpts) => {
     if (!o.coordination) {

@@ -76,6 +76,22 @@ export function addSecurityOptions(cmd: Command): Command {
     .option('--insecure', 'plain TCP, no authentication or encryption (labs only)');
 }
 
+/** Where a backup keeps replica disks, and how many unacknowledged writes it buffers (backup, agent). */
+export function addReplicaDiskOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--disk-dir <dir>',
+      'where replica disks are kept (default: the run directory)',
+      pathOption('--disk-dir', 'dir-or-new'),
+    )
+    .option(
+      '--disk-buffer <size>',
+      'most unacknowledged disk writes buffered per primary',
+      bytesOption('--disk-buffer', DISK_BUFFER),
+      DISK_BUFFER_BYTES_DEFAULT,
+    );
+}
+
 /** --metrics, the same on protect and backup (a reprotecting primary shows on its backup's). */
 export function addMetricsOption(cmd: Command): Command {
   return cmd.option(
@@ -319,24 +335,13 @@ function registerBackup(program: Command): void {
       hostPortOption('--listen', DEFAULT_REPLICATION_PORT),
       `0.0.0.0:${DEFAULT_REPLICATION_PORT}`,
     );
-  addSecurityOptions(backup)
+  addReplicaDiskOptions(addSecurityOptions(backup))
     .option('--max-memory <size>', 'largest guest accepted', memoryOption('--max-memory'), 64 * 2 ** 30)
-    .option(
-      '--disk-dir <dir>',
-      'where replica disks are kept (default: the run directory)',
-      pathOption('--disk-dir', 'dir-or-new'),
-    )
     .option(
       '--reuse-disk <image>',
       "this host's existing copy of the domain's disk (the old primary's, for remusdb " +
         'reprotect): only blocks that differ are copied',
       pathOption('--reuse-disk', 'rw-input'),
-    )
-    .option(
-      '--disk-buffer <size>',
-      'most unacknowledged disk writes buffered per primary',
-      bytesOption('--disk-buffer', DISK_BUFFER),
-      DISK_BUFFER_BYTES_DEFAULT,
     )
     .option(
       '--checksum-on-failover',

@@ -1,5 +1,5 @@
 // 75 partitions (network namespaces): hosts p (primary dom0), b (backup dom0), c (the client)
-// and e0–e2 (a 3-member etcd cluster) on one bridge; `remusdb protect sim:… --client c` and
+// and e0–e2 (a 3-member etcd cluster) on one bridge (members crash in 75.6); `remusdb protect sim:… --client c` and
 // `remusdb backup`, both with --coordination, and partitions made with iptables in the hosts'
 // namespaces while the client reaches both dom0s — the case where two copies would answer.
 // What the client received is the record: a TCP server on c logs every output line with the
@@ -10,6 +10,7 @@ import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { Etcd3 } from 'etcd3';
 import { controlRequest } from '../dom0/service/control';
 import { type EtcdMember, haveEtcd, startEtcdClusterOn } from './support/etcd';
 import { sleep, tmpDir, until } from './support/helpers';
@@ -256,9 +257,74 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
       pair.stop();
     }
   });
+
+  it('75.6 etcd members crash: one at a time, no takeover; quorum lost, outputs wait and no takeover; back, they flow', async () => {
+    const pair = await protectedPair('s756');
+    try {
+      const owned = async (): Promise<boolean> =>
+        ((await pair.primaryStatus()).coordination as Record<string, unknown>).owned === true;
+      // One member down leaves a quorum. With --owner-ttl 2 a proof lasts 0.98 s after a renewal's
+      // send, so a crashed leader (an election, 0.5 s timeout here) may lapse it briefly: outputs
+      // wait meanwhile, never pass. With the default TTL (5 s: 3.95 s) an election fits.
+      const lapses: number[] = [];
+      for (const [i, m] of etcd.entries()) {
+        await m.kill();
+        const before = received(pair.client).fromP;
+        let lapse = 0,
+          longest = 0;
+        for (let t = 0; t < 40; t++) {
+          lapse = (await owned()) ? 0 : lapse + 100;
+          longest = Math.max(longest, lapse);
+          await sleep(100);
+        }
+        lapses.push(longest);
+        assert.ok(longest < TTL_S * 1000, `e${i} down: ownership unprovable for ${longest} ms at most`);
+        assert.ok(await owned(), `e${i} down: provable again`);
+        assert.ok(received(pair.client).fromP > before, `outputs flow with e${i} down`);
+        m.restart();
+        await memberServes(m); // it has rejoined (a linearizable read through it) before the next one goes
+      }
+      console.log(`      longest lapse with one member down: ${lapses.join(', ')} ms (e0, e1, e2)`);
+      await etcd[0].kill();
+      await etcd[1].kill(); // no quorum: nobody can renew or claim
+      await until(async () => !(await owned()), 10_000, 'the proof lapses without quorum');
+      await sleep(500);
+      const stalled = received(pair.client).fromP;
+      await sleep(3000);
+      assert.equal(received(pair.client).fromP, stalled, 'nothing is released while ownership is unprovable');
+      etcd[0].restart();
+      etcd[1].restart();
+      await until(async () => await owned(), 20_000, 'ownership provable again');
+      await until(async () => received(pair.client).fromP > stalled, 10_000, 'the held outputs go out');
+      assert.equal((await pair.backupStatus()).failovers, 0, 'no takeover');
+      assert.equal(received(pair.client).fromB, 0);
+    } finally {
+      pair.stop();
+    }
+  });
 });
 
 const FAKETIME_LIB = '/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1';
+
+/** Resolves once a linearizable read through member m succeeds (it is back in the cluster, caught up). */
+async function memberServes(m: EtcdMember): Promise<void> {
+  const client = new Etcd3({ hosts: m.endpoint, dialTimeout: 1000 });
+  try {
+    await until(
+      async () => {
+        await client
+          .get('/probe')
+          .options({ deadline: new Date(Date.now() + 1000) })
+          .string();
+        return true;
+      },
+      30_000,
+      `etcd member ${m.endpoint} serves again`,
+    );
+  } finally {
+    client.close();
+  }
+}
 
 /** Date.now() in a process started as the test's hosts are, with the offset file given. */
 function faked(offsetFile: string): string {

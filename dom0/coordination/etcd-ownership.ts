@@ -7,7 +7,8 @@
 // owns, the process renews OWNER_LEASE_RENEWALS_PER_TTL times per TTL with its own loop
 // (not the client's automatic keepalive) so that it knows when each renewal was sent: that
 // instant, not the answer's, is what proves ownership (lease-validity.ts). Each renewal also
-// checks that the key still carries our lease (an operator may have deleted it). Any failure
+// checks that the key still carries our lease (an operator may have deleted it); it goes to
+// every member at once (member-renewal.ts: one dead member must cost no renewal). Any failure
 // to renew is retried; ownership then lapses by itself when the proof runs out, and becomes
 // 'lost' once etcd says the lease is gone.
 //
@@ -23,6 +24,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { OWNER_LEASE_RENEWALS_PER_TTL, OWNER_LEASE_TTL_S_DEFAULT } from '../limits';
 import type { Ownership } from '../ports';
 import type { LeaseValidityOptions } from './lease-validity';
+import { MemberRenewal } from './member-renewal';
 import { ProvenOwnership } from './proven-ownership';
 
 export interface OwnerInfo {
@@ -54,6 +56,7 @@ export interface EtcdOwnershipOptions extends LeaseValidityOptions {
 }
 
 const CLAIM_RETRY_MS = 250;
+const DIAL_TIMEOUT_MS = 3000;
 
 export function ownerKey(domain: string): string {
   assert(domain.length > 0, 'a domain has a name');
@@ -63,7 +66,7 @@ export function ownerKey(domain: string): string {
 /** Claims the domain's owner key: resolves once this process owns it, else ERR_NOT_OWNER / ERR_COORDINATION. */
 export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership> {
   if (o.endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-  const client = new Etcd3({ hosts: o.endpoints, dialTimeout: 3000, faultHandling: faultHandling(o) });
+  const client = new Etcd3({ hosts: o.endpoints, dialTimeout: DIAL_TIMEOUT_MS, faultHandling: faultHandling(o) });
   try {
     return await EtcdOwnership.claim(client, o);
   } catch (e) {
@@ -96,6 +99,8 @@ class EtcdOwnership extends ProvenOwnership {
   private readonly ttlSeconds: number;
   private timer: NodeJS.Timeout | null = null;
   private failing = false;
+  /** Renewals go to every member at once (member-renewal.ts). */
+  private readonly members: MemberRenewal;
 
   private constructor(
     private readonly client: Etcd3,
@@ -108,6 +113,7 @@ class EtcdOwnership extends ProvenOwnership {
     this.key = ownerKey(o.domain);
     this.now = o.now ?? (() => performance.now());
     this.ttlSeconds = o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT;
+    this.members = new MemberRenewal(o.endpoints, DIAL_TIMEOUT_MS);
     this.validity.renewed(claimSentAt, this.ttlSeconds);
     this.schedule();
   }
@@ -149,6 +155,7 @@ class EtcdOwnership extends ProvenOwnership {
     if (!this.end()) return;
     await this.lease.revoke().catch(() => {}); // unreachable etcd: the lease expires by itself
     this.client.close();
+    this.members.close();
   }
 
   /** Ends ownership and the renewals; false when it had ended already. */
@@ -168,12 +175,10 @@ class EtcdOwnership extends ProvenOwnership {
     const sentAt = this.now();
     try {
       const deadline = new Date(Date.now() + (this.ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
-      const res = await this.lease.keepaliveOnce({ deadline });
-      const kv = await this.client.get(this.key).options({ deadline }).exec();
+      const res = await this.members.renew(this.leaseId, this.key, deadline);
       if (this.ended) return;
-      if (kv.kvs.length === 0 || kv.kvs[0].lease !== this.leaseId)
-        return this.lose('the owner key was deleted or taken');
-      this.validity.renewed(sentAt, Number(res.TTL));
+      if (res.keyLease !== this.leaseId) return this.lose('the owner key was deleted or taken');
+      this.validity.renewed(sentAt, res.ttlSeconds);
       if (this.failing) this.o.log?.(`etcd: ownership of ${this.o.domain} renewed again`);
       this.failing = false;
       this.emit({ kind: 'renewed' });
@@ -189,6 +194,7 @@ class EtcdOwnership extends ProvenOwnership {
   private lose(reason: string): void {
     if (!this.end()) return;
     this.client.close();
+    this.members.close();
     this.emit({ kind: 'lost', reason });
   }
 }

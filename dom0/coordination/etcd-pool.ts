@@ -2,15 +2,18 @@
 //
 // Layout: /remusdb/v1/pool/hosts/<hostId> = the host's record (JSON), and
 // /remusdb/v1/pool/reserved/<hostId>/<port> = the domain a reprotection chose that slot for;
-// both bound to the writer's lease, which the client keeps alive (etcd3's own keepalive: pool
-// membership is advice, not a safety property — ownership stays with the owner key). A host
+// both bound to the writer's lease, renewed OWNER_LEASE_RENEWALS_PER_TTL times per TTL through
+// every member at once (member-renewal.ts: etcd3's own keepalive stalls on a dead member, and a
+// host would flap out of the pool). Membership is advice, not a safety property — ownership
+// stays with the owner key. A host
 // whose agent dies leaves the pool when that lease ends; its reservations go with it. A lease
 // lost while the agent lives (etcd unreachable past its TTL) is replaced, and the record and
 // reservations are written again. Reserving is one transaction (create if absent), so two
 // reprotections never take the same slot.
-import { Etcd3, type Lease } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { ErrorCode, RemusError } from '../errors';
-import { POOL_HOSTS_MAX } from '../limits';
+import { OWNER_LEASE_RENEWALS_PER_TTL, POOL_HOSTS_MAX } from '../limits';
+import { MemberRenewal } from './member-renewal';
 import { type PoolHost, parsePoolHost, slotKey } from './pool';
 
 const PREFIX = '/remusdb/v1/pool/';
@@ -26,6 +29,8 @@ export class EtcdPool {
   /** Reservations this agent holds (slot key → domain), written again on a new lease. */
   private readonly mine = new Map<string, string>();
   private lastRecord: string | null = null;
+  private readonly members: MemberRenewal;
+  private readonly renewTimer: NodeJS.Timeout;
 
   constructor(
     endpoints: string[],
@@ -34,23 +39,30 @@ export class EtcdPool {
   ) {
     if (endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
     this.client = new Etcd3({ hosts: endpoints, dialTimeout: CALL_DEADLINE_MS });
-    this.lease = this.newLease();
+    this.members = new MemberRenewal(endpoints, CALL_DEADLINE_MS);
+    this.lease = this.client.lease(this.ttlSeconds, { autoKeepAlive: false });
+    const everyMs = (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
+    this.renewTimer = setInterval(() => void this.renew(everyMs), everyMs);
   }
 
-  private newLease(): Lease {
-    const lease = this.client.lease(this.ttlSeconds);
-    lease.on('lost', (e: Error) => {
-      if (this.closed || lease !== this.lease) return;
-      this.log(`pool: etcd lease lost (${e.message}); joining again`);
-      this.lease = this.newLease();
+  /** Keeps the lease alive; one etcd says is gone is replaced, the record and reservations written again. */
+  private async renew(withinMs: number): Promise<void> {
+    if (this.closed || this.lastRecord === null) return; // granted with the first record
+    const id = await this.lease.grant().catch(() => null);
+    if (id === null) return;
+    try {
+      await this.members.renew(id, HOSTS, new Date(Date.now() + withinMs));
+    } catch (e) {
+      if (!(e instanceof EtcdLeaseInvalidError) || this.closed) return; // unreachable: the next one tries
+      this.log("pool: etcd ended this host's lease; joining again");
+      this.lease = this.client.lease(this.ttlSeconds, { autoKeepAlive: false });
       this.lastRecord = null; // written again at the next publish
       for (const [k, d] of this.mine)
         void this.lease
           .put(RESERVED + k)
           .value(d)
           .catch(() => {});
-    });
-    return lease;
+    }
   }
 
   private deadline(): Date {
@@ -121,6 +133,8 @@ export class EtcdPool {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.renewTimer);
+    this.members.close();
     await this.lease.revoke({ deadline: this.deadline() }).catch(() => {}); // else it expires
     this.client.close();
   }

@@ -109,5 +109,5 @@ export const POOL_HOSTS_MAX = 256;
 export const POOL_RECORD_BYTES_MAX = 64 * 1024;
 /** How often an agent republishes its record and looks at its slots, ms. */
 export const POOL_TICK_MS = 500;
-/** A reprotection that has not reached a session for this long moves to another host, ms. */
-export const POOL_TARGET_PATIENCE_MS = 30_000;
+/** A reprotection with no session with its chosen backup for this long moves to another host, ms (default). */
+export const POOL_BACKUP_PATIENCE_MS_DEFAULT = 30_000;

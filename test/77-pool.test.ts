@@ -101,7 +101,7 @@ describe('77 a pool of hosts', () => {
 
   describe('77.4 three hosts in network namespaces, real etcd, real processes', function () {
     this.timeout(300_000);
-    const HOSTS = ['a', 'b', 'c', 'cl', 'e0', 'e1', 'e2'];
+    const HOSTS = ['a', 'b', 'c', 'd', 'cl', 'e0', 'e1', 'e2'];
     const ETCD = ['e0', 'e1', 'e2'];
     const ROOT = path.join(__dirname, '..', '..');
     const dir = tmpDir('pool');
@@ -125,8 +125,9 @@ describe('77 a pool of hosts', () => {
       net?.destroy();
     });
 
+    let run = '77.4'; // each case its own run directories
     const runDir = (h: string): string => {
-      const d = path.join(dir, h);
+      const d = path.join(dir, run, h);
       fs.mkdirSync(d, { recursive: true });
       return d;
     };
@@ -143,8 +144,38 @@ describe('77 a pool of hosts', () => {
       procs.push(p);
       return p;
     }
-    const agent = (h: string): ChildProcess =>
-      start(h, ['agent', '--listen', `${net!.ip(h)}:7400`, '--host-id', h, '--heartbeat-timeout', '1000'], 'agent.log');
+    const agent = (h: string, ...more: string[]): ChildProcess =>
+      start(
+        h,
+        ['agent', '--listen', `${net!.ip(h)}:7400`, '--host-id', h, '--heartbeat-timeout', '1000', ...more],
+        'agent.log',
+      );
+    const poolSize = async (h: string): Promise<number> =>
+      ((await agentStatus(h).catch(() => ({}))) as { pool?: unknown[] }).pool?.length ?? 0;
+    /** protect sim:<name> on a against b's first slot, until acknowledged checkpoints come. */
+    async function protectOnA(name: string): Promise<ChildProcess> {
+      const n = net!;
+      const protect = start(
+        'a',
+        ['protect', `sim:${name}`, `${n.ip('b')}:7400`, '--memory', '64MiB', '--disk', '32MiB'].concat([
+          '--heartbeat-timeout',
+          '1000',
+          '--client',
+          `${n.ip('cl')}:9000`,
+        ]),
+        'protect.log',
+      );
+      await until(
+        async () => {
+          const sock = path.join(runDir('a'), `primary-${name}.sock`);
+          const st = await controlRequest(sock, { cmd: 'status' }).catch(() => ({}));
+          return Number((st as { ackedEpoch?: number }).ackedEpoch ?? 0) > 5;
+        },
+        60_000,
+        'protected by b',
+      );
+      return protect;
+    }
     const agentStatus = (h: string): Promise<Record<string, unknown>> =>
       controlRequest(path.join(runDir(h), 'agent-7400.sock'), { cmd: 'status' });
     const logOf = (h: string, f: string): string => fs.readFileSync(path.join(runDir(h), f), 'utf8');
@@ -188,38 +219,8 @@ describe('77 a pool of hosts', () => {
       await until(async () => client!.has('READY'), 10_000, 'the client listens');
       const bFirst = agent('b');
       agent('c');
-      await until(
-        async () => ((await agentStatus('c').catch(() => ({}))) as { pool?: unknown[] }).pool?.length === 2,
-        20_000,
-        'b and c in the pool',
-      );
-      const protect = start(
-        'a',
-        [
-          'protect',
-          'sim:p77',
-          `${n.ip('b')}:7400`,
-          '--memory',
-          '64MiB',
-          '--disk',
-          '32MiB',
-          '--heartbeat-timeout',
-          '1000',
-          '--client',
-          `${n.ip('cl')}:9000`,
-        ],
-        'protect.log',
-      );
-      await until(
-        async () => {
-          const st = await controlRequest(path.join(runDir('a'), 'primary-p77.sock'), { cmd: 'status' }).catch(
-            () => ({}),
-          );
-          return Number((st as { ackedEpoch?: number }).ackedEpoch ?? 0) > 5;
-        },
-        60_000,
-        'protected by b',
-      );
+      await until(async () => (await poolSize('c')) === 2, 20_000, 'b and c in the pool');
+      const protect = await protectOnA('p77');
       // 1. the primary's host dies: b takes over and takes c from the pool (c keeps no copy: the whole disk).
       let t0 = Date.now();
       protect.kill('SIGKILL');
@@ -256,6 +257,26 @@ describe('77 a pool of hosts', () => {
       await sleep(1000);
       assert.ok(client.lines.length > before, 'the domain still serves its client');
       assert.ok(bAgain.exitCode === null, 'b runs on as the backup');
+    });
+
+    it('77.5 a chosen backup the new primary cannot reach: after --backup-patience, the next choice', async () => {
+      for (const p of procs.splice(0)) p.kill('SIGKILL');
+      client?.kill();
+      run = '77.5';
+      const n = net!;
+      client = new NsProcess(n.ns('cl'), LINE_CLIENT, [n.ip('cl')]);
+      await until(async () => client!.has('READY'), 10_000, 'the client listens');
+      for (const h of ['b', 'c', 'd']) agent(h, '--backup-patience', '3');
+      await until(async () => (await poolSize('b')) === 3, 20_000, 'b, c and d in the pool');
+      n.cut('b', 'c'); // c stays in the pool (it reaches etcd), but b cannot reach it
+      const protect = await protectOnA('q77');
+      protect.kill('SIGKILL');
+      await reprotectedBy('b', 'd', 60_000);
+      const log = logOf('b', 'agent.log');
+      assert.match(log, /sim:q77 → backup c .*most memory free/, 'c came first (equal memory: by host id)');
+      assert.match(log, /sim:q77's backup c had no session for 3000 ms: choosing another/);
+      assert.match(log, /sim:q77 → backup d /);
+      n.heal();
     });
   });
 });

@@ -10,6 +10,7 @@ import {
   BATCH_PAGES_MAX_DEFAULT,
   DEFAULT_REPLICATION_PORT,
   PAGE_BYTES,
+  POOL_BACKUP_PATIENCE_MS_DEFAULT,
   POOL_SLOTS_DEFAULT,
   POOL_SLOTS_MAX,
 } from '../limits';
@@ -39,6 +40,7 @@ interface AgentOpts extends CoordinationCliOptions {
   diskDir?: string;
   diskBuffer: number;
   interval: number;
+  backupPatience: number;
   heartbeatTimeout?: number;
   pskFile?: string;
   insecure?: boolean;
@@ -90,6 +92,12 @@ export function registerAgent(program: Command): void {
       50,
     )
     .option(
+      '--backup-patience <s>',
+      'a chosen backup with no session for this long is replaced by another from the pool',
+      intOption('--backup-patience', 1, 3600),
+      POOL_BACKUP_PATIENCE_MS_DEFAULT / 1000,
+    )
+    .option(
       '--heartbeat-timeout <ms>',
       'their silence timeout (default 2 x interval + 100)',
       intOption('--heartbeat-timeout', 10, 600000),
@@ -127,6 +135,7 @@ export function registerAgent(program: Command): void {
       diskBufferBytesMax: o.diskBuffer,
       coordination: { endpoints: o.coordination, ttlSeconds: o.ownerTtl },
       intervalMs: o.interval,
+      backupPatienceMs: o.backupPatience * 1000,
       heartbeatTimeoutMs: o.heartbeatTimeout,
       metrics,
       log,

@@ -3,8 +3,8 @@
 // takeover first claims the domain's owner key, and publishes the host in etcd (pool.ts) every
 // POOL_TICK_MS. When a slot has failed over — its domain runs here now, unprotected — the agent
 // chooses a backup from the pool (chooseBackup), reserves that slot in etcd and reprotects the
-// domain there; a target that leaves the pool, or reaches no session within
-// POOL_TARGET_PATIENCE_MS, is replaced by the next choice. A new backup copies only changed
+// domain there; a target that leaves the pool, or has no session with it for
+// --backup-patience, is replaced by the next choice. A new backup copies only changed
 // disk blocks when it keeps an earlier copy of the domain's disk (kept-images.ts). The choice
 // and the reprotection's progress are in `remusdb status` (the agent's control socket).
 // Invariants: at most one reservation per running domain; a reservation is held exactly while
@@ -14,7 +14,7 @@ import { assert } from '../assert';
 import { EtcdPool } from '../coordination/etcd-pool';
 import { type BackupChoice, chooseBackup, type PoolHost, type PoolSlot } from '../coordination/pool';
 import { ErrorCode, RemusError } from '../errors';
-import { POOL_TARGET_PATIENCE_MS, POOL_TICK_MS } from '../limits';
+import { POOL_TICK_MS } from '../limits';
 import type { Security } from '../protocol/channel';
 import { BackupService } from './backup-service';
 import { ChangeLog } from './change-log';
@@ -36,6 +36,8 @@ export interface AgentConfig {
   diskDir: string;
   diskBufferBytesMax: number;
   coordination: { endpoints: string[]; ttlSeconds: number };
+  /** A chosen backup with no session for this long is replaced by the next choice (ms). */
+  backupPatienceMs: number;
   /** Reprotections' checkpoint interval and heartbeat timeout. */
   intervalMs: number;
   heartbeatTimeoutMs?: number;
@@ -49,7 +51,7 @@ interface Reprotection {
   domain: string;
   /** The backup chosen (reserved in etcd), or null while none could be. */
   choice: BackupChoice | null;
-  /** Since when the current choice has had no session (ms, Date.now()). */
+  /** Since when the current choice has had no session (ms, Date.now(); a copy under way is a session). */
   waitingSince: number;
   /** Hosts that reached no session in time: not chosen again for this domain until none is left. */
   readonly tried: Set<string>;
@@ -161,8 +163,8 @@ export class AgentService {
       this.reprotections.set(i, r);
       this.cfg.log(`pool: ${h.domain} failed over to this host: choosing a backup for it`);
     }
-    if (h.protected) {
-      r.waitingSince = Date.now();
+    if (h.connected) {
+      r.waitingSince = Date.now(); // a session runs (a copy of any length, or protection): nothing to do
       return;
     }
     if (r.choice && !(await this.keepChoice(r, hosts))) r.choice = null;
@@ -188,10 +190,10 @@ export class AgentService {
     const c = r.choice!;
     const slot = hosts.find((x) => x.hostId === c.hostId)?.slots.find((s) => s.port === c.port);
     const present = slot !== undefined && (slot.state === 'free' || slot.domain === r.domain);
-    const patient = Date.now() - r.waitingSince < POOL_TARGET_PATIENCE_MS;
+    const patient = Date.now() - r.waitingSince < this.cfg.backupPatienceMs;
     if (present && patient) return true;
     if (present) r.tried.add(c.hostId);
-    const why = present ? `reached no session in ${POOL_TARGET_PATIENCE_MS} ms` : 'left the pool';
+    const why = present ? `had no session for ${this.cfg.backupPatienceMs} ms` : 'left the pool';
     this.cfg.log(`pool: ${r.domain}'s backup ${c.hostId} ${why}: choosing another`);
     await this.pool!.unreserve(c.hostId, c.port);
     return false;

@@ -337,7 +337,14 @@ export class BackupService {
   }
 
   /** What this service holds, for an agent's pool record: null before any primary came. */
-  holding(): { domain: string; state: string; memoryBytes: number; diskBytes: number; protected: boolean } | null {
+  holding(): {
+    domain: string;
+    state: string;
+    memoryBytes: number;
+    diskBytes: number;
+    /** Its reprotection has a session with its backup now (copying or protected). */
+    connected: boolean;
+  } | null {
     const name = this.domainName();
     if (name === null) return null;
     const pages = this.replica?.pageCount ?? 0;
@@ -346,7 +353,7 @@ export class BackupService {
       state: this.backup.state,
       memoryBytes: pages * PAGE_BYTES,
       diskBytes: this.replica?.disk?.sizeBytes ?? 0,
-      protected: this.promoted?.primary.stats().state === 'protected',
+      connected: this.promoted?.primary.attached === true,
     };
   }
 

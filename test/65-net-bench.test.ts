@@ -19,7 +19,7 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
     }
   });
 
-  it('65.1 quick mode: JSON shape, remus < none, cp_pgwire > remus with fewer packets held', function () {
+  it('65.1 quick mode: JSON shape; remus < none; cp_pgwire, pg_sync_rep > remus; pgwire holds fewer', function () {
     this.timeout(600_000);
     const svg = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-65-')), 'net.svg');
     const env = { ...process.env, REMUSDB_PG_PATCHED_BIN: '' };
@@ -32,15 +32,28 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
     const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.deepEqual(j.intervals_ms, [50]);
     for (const key of ['tps', 'latency_ms', 'held_pct']) {
-      assert.deepEqual(Object.keys(j[key]).sort(), ['cp_dscp', 'cp_dscp_kernel', 'cp_pgwire', 'none', 'remus']);
+      assert.deepEqual(Object.keys(j[key]).sort(), [
+        'cp_dscp',
+        'cp_dscp_kernel',
+        'cp_pgwire',
+        'none',
+        'pg_sync_rep',
+        'remus',
+      ]);
       assert.equal(j[key].cp_dscp, null, 'no patched PostgreSQL given');
       assert.equal(j[key].cp_dscp_kernel, null, 'no patched PostgreSQL given');
-      for (const m of ['none', 'remus', 'cp_pgwire']) assert.equal(j[key][m].length, 1, `${key}.${m}`);
+      for (const m of ['none', 'remus', 'cp_pgwire', 'pg_sync_rep']) assert.equal(j[key][m].length, 1, `${key}.${m}`);
     }
     const [none, remus, pgwire] = [j.tps.none[0], j.tps.remus[0], j.tps.cp_pgwire[0]];
     assert.ok(none > 0 && pgwire > 0, JSON.stringify(j.tps));
     assert.ok(remus < none, `remus ${remus} < none ${none}`);
     assert.ok(pgwire > remus, `cp_pgwire ${pgwire} > remus ${remus}`);
+    const syncRep = j.tps.pg_sync_rep[0];
+    assert.ok(
+      syncRep > remus && syncRep < none * 1.2,
+      `a synchronous standby: remus ${remus} < ${syncRep} ≲ none ${none}`,
+    );
+    assert.equal(j.held_pct.pg_sync_rep[0], 0, 'nothing buffered with PostgreSQL replicating');
     assert.ok(j.held_pct.remus[0] > 99, 'remus holds everything');
     assert.ok(j.held_pct.cp_pgwire[0] < 50, `pgwire holds a minority of packets (${j.held_pct.cp_pgwire[0]}%)`);
     assert.ok(j.latency_ms.cp_pgwire[0] < j.latency_ms.remus[0]);

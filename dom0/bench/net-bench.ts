@@ -9,13 +9,16 @@
 //   remus      every packet waits for its checkpoint
 //   cp_dscp    commit protection by DSCP marks (needs a patched PostgreSQL: --pg-bin)
 //   cp_pgwire  commit protection by parsing the PostgreSQL protocol (no guest change)
+//   pg_sync_rep  no buffering, and PostgreSQL's own synchronous replication to a streaming
+//              standby in a fourth namespace: what a user would pick instead of remusdb
 // Each point is the median of `runs` runs; rounds interleave modes to spread noise. --trigger
 // output (the default, as protect's) also starts a checkpoint whenever the buffer holds a
 // protected packet, within --max-pause-share; pause_share is the guest's paused time over
 // each pgbench run (the engine's own pause measurements).
 import type { Trigger } from '../engine/pacing';
 import { ErrorCode, RemusError } from '../errors';
-import { createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
+import * as path from 'node:path';
+import { addTestbedHost, createTestbed, destroyTestbed, type Testbed } from '../net/netns-testbed';
 import {
   type CommitProtection,
   type NetBuffer,
@@ -34,11 +37,15 @@ import {
   type PgServer,
   pinGuestAndClient,
   runPgbench,
+  setSynchronousStandby,
   startServer,
+  startStandby,
 } from './net-pg';
 import { tpsPlot, writeFigure } from './net-svg';
 
-export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire'] as const;
+export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire', 'pg_sync_rep'] as const;
+/** Modes without checkpoint-paced buffering: measured once per round (at the first interval). */
+const UNBUFFERED: readonly NetMode[] = ['none', 'pg_sync_rep'];
 /** Modes that need the patched PostgreSQL (it marks commit acknowledgements DSCP 59). */
 const NEEDS_PATCHED: readonly NetMode[] = ['cp_dscp', 'cp_dscp_kernel'];
 export type NetMode = (typeof NET_MODES)[number];
@@ -144,13 +151,13 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
   }
   return openNetBuffer({
     ...base,
-    driver: mode === 'none' ? 'none' : 'nfqueue',
-    commitProtection: mode === 'none' ? 'off' : PROTECTION[mode],
+    driver: mode === 'none' || mode === 'pg_sync_rep' ? 'none' : 'nfqueue',
+    commitProtection: mode === 'none' || mode === 'pg_sync_rep' ? 'off' : PROTECTION[mode],
     dscpInKernel: mode === 'cp_dscp_kernel',
   });
 }
 
-const PROTECTION: Record<Exclude<NetMode, 'none'>, CommitProtection> = {
+const PROTECTION: Record<Exclude<NetMode, 'none' | 'pg_sync_rep'>, CommitProtection> = {
   remus: 'off',
   cp_dscp: 'dscp',
   cp_dscp_kernel: 'dscp',
@@ -196,6 +203,36 @@ async function measure(
     nb.gate.setPassThrough(true); // let what is still held go before the queue closes
     nb.close();
   }
+}
+
+/**
+ * Runs measure with a streaming standby of the guest's server (pg_sync_rep): made fresh by
+ * pg_basebackup in a fourth namespace, on dom0's CPUs when the bench pins them (it stands for
+ * another host), synchronous while measure runs; removed after, so no other mode pays for it.
+ */
+async function withStandby(
+  bed: Testbed,
+  pg: { bin: string; pgbench: string },
+  o: NetBenchOptions,
+  measure: () => Promise<void>,
+): Promise<void> {
+  const host = addTestbedHostOnce(bed);
+  const psql = path.join(path.dirname(pg.pgbench), 'psql');
+  const standby = startStandby(pg.bin, host.ns, host.ip4, bed.guestIp4, o.dom0Cpus?.join(',') ?? null);
+  try {
+    await setSynchronousStandby(psql, bed.client, bed.guestIp4, true);
+    await measure();
+  } finally {
+    await setSynchronousStandby(psql, bed.client, bed.guestIp4, false).catch(() => {});
+    standby.stop();
+  }
+}
+
+const standbyHosts = new WeakMap<Testbed, { ns: string; ip4: string }>();
+function addTestbedHostOnce(bed: Testbed): { ns: string; ip4: string } {
+  let h = standbyHosts.get(bed);
+  if (!h) standbyHosts.set(bed, (h = addTestbedHost(bed)));
+  return h;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -260,7 +297,11 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
             bed.guestIp4,
           );
         }
-        for (const intervalMs of mode === 'none' ? [o.intervalsMs[0]] : o.intervalsMs)
+        if (mode === 'pg_sync_rep') {
+          await withStandby(bed, stock, o, () => point(mode, o.intervalsMs[0], round));
+          continue;
+        }
+        for (const intervalMs of UNBUFFERED.includes(mode) ? [o.intervalsMs[0]] : o.intervalsMs)
           await point(mode, intervalMs, round);
       }
       for (const mode of o.diagnostic ? DIAG_MODES : []) await point(mode, o.intervalsMs[0], round);
@@ -288,7 +329,7 @@ function summarize(
         continue;
       }
       out[mode] = o.intervalsMs.map((ms) =>
-        median((samples.get(`${mode}/${mode === 'none' ? o.intervalsMs[0] : ms}`) ?? []).map(f)),
+        median((samples.get(`${mode}/${UNBUFFERED.includes(mode) ? o.intervalsMs[0] : ms}`) ?? []).map(f)),
       );
     }
     return out;
@@ -324,6 +365,7 @@ export function netBenchSvg(r: NetBenchResult): string {
     cp_dscp: '#1f77b4',
     cp_dscp_kernel: '#9467bd',
     cp_pgwire: '#2ca02c',
+    pg_sync_rep: '#ff7f0e',
   };
   const names: Record<NetMode, string> = {
     none: 'no buffering',
@@ -331,12 +373,13 @@ export function netBenchSvg(r: NetBenchResult): string {
     cp_dscp: 'CP (DSCP)',
     cp_dscp_kernel: 'CP (DSCP, in kernel)',
     cp_pgwire: 'CP (pgwire)',
+    pg_sync_rep: 'PostgreSQL sync. replication',
   };
   const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({
     name: names[m],
     values: r.tps[m]!,
     color: colors[m],
-    dashed: m === 'none',
+    dashed: UNBUFFERED.includes(m),
   }));
   return tpsPlot(
     `PostgreSQL ${r.pg_version}, pgbench ${r.script} -c ${r.clients} -s ${r.scale}, ` +

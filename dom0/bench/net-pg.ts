@@ -114,7 +114,10 @@ export function initCluster(bin: string, subnet: string): void {
     ],
     'initdb',
   );
-  fs.appendFileSync(path.join(PG_DIR, 'pg_hba.conf'), `host all all ${subnet} trust\n`);
+  fs.appendFileSync(
+    path.join(PG_DIR, 'pg_hba.conf'),
+    `host all all ${subnet} trust\nhost replication all ${subnet} trust\n`,
+  );
 }
 
 /** Starts the server binaries of `bin` on PG_DIR inside `ns`, listening on `address`:5432. */
@@ -235,4 +238,106 @@ export function runPgbench(
       resolve({ tps: Number(tps[1]), latencyMs: Number(lat[1]), transactions: Number(n?.[1] ?? 0) });
     });
   });
+}
+
+/** The streaming standby's cluster (bench net's pg_sync_rep series). */
+export const STANDBY_DIR = `${PG_DIR}-standby`;
+
+/**
+ * A streaming standby of the guest's server: pg_basebackup from `primary` into STANDBY_DIR
+ * (-R: it starts as a standby of that server), started in `ns` on `address`:5432, on `cpus`
+ * (the other host's: dom0's CPUs when the bench pins them; null: any).
+ */
+export function startStandby(bin: string, ns: string, address: string, primary: string, cpus: string | null): PgServer {
+  stopStandby(bin);
+  fs.mkdirSync(STANDBY_DIR, { mode: 0o700 });
+  run(['chown', 'postgres:postgres', STANDBY_DIR], 'chown');
+  const conn = `host=${primary} port=5432 user=postgres application_name=remusdb_bench_standby`;
+  const onCpus = (argv: string[]): string[] => (cpus === null ? argv : ['taskset', '-c', cpus, ...argv]);
+  const asPg = (argv: string[]): string[] => [
+    'ip',
+    'netns',
+    'exec',
+    ns,
+    ...onCpus(['runuser', '-u', 'postgres', '--', ...argv]),
+  ];
+  run(
+    asPg([
+      path.join(bin, 'pg_basebackup'),
+      '-d',
+      conn,
+      '-D',
+      STANDBY_DIR,
+      '-R',
+      '-X',
+      'stream',
+      '-c',
+      'fast',
+      '--no-sync',
+    ]),
+    'pg_basebackup',
+    900_000,
+  );
+  // The primary's socket lock and log were copied with its directory.
+  for (const f of ['.s.PGSQL.5432.lock', 'server.log']) fs.rmSync(path.join(STANDBY_DIR, f), { force: true });
+  const opts = [
+    `-c listen_addresses=${address}`,
+    '-c port=5432',
+    `-c unix_socket_directories=${STANDBY_DIR}`,
+    '-c fsync=off',
+    '-c hot_standby=on',
+    '-c max_connections=300', // not below the primary's (a standby refuses to start)
+  ].join(' ');
+  run(
+    asPg([
+      path.join(bin, 'pg_ctl'),
+      '-D',
+      STANDBY_DIR,
+      '-l',
+      path.join(STANDBY_DIR, 'server.log'),
+      '-o',
+      opts,
+      '-w',
+      '-t',
+      '60',
+      'start',
+    ]),
+    'pg_ctl start (standby)',
+  );
+  return { stop: () => stopStandby(bin) };
+}
+
+function stopStandby(bin: string): void {
+  if (fs.existsSync(path.join(STANDBY_DIR, 'postmaster.pid'))) {
+    spawnSync(
+      'runuser',
+      ['-u', 'postgres', '--', path.join(bin, 'pg_ctl'), '-D', STANDBY_DIR, 'stop', '-m', 'immediate', '-w'],
+      {
+        stdio: 'ignore',
+        timeout: 60_000,
+      },
+    );
+  }
+  fs.rmSync(STANDBY_DIR, { recursive: true, force: true });
+}
+
+/**
+ * Makes every commit of the guest's server wait for the standby (synchronous_commit=on with
+ * synchronous_standby_names='*'), or no commit wait for it; with `on` it returns once the
+ * standby streams as the synchronous one.
+ */
+export async function setSynchronousStandby(psql: string, ns: string, host: string, on: boolean): Promise<void> {
+  const sql = (q: string): string =>
+    run(
+      ['ip', 'netns', 'exec', ns, psql, '-h', host, '-U', 'postgres', '-At', '-c', q, 'postgres'],
+      `psql ${q}`,
+    ).trim();
+  sql(on ? "ALTER SYSTEM SET synchronous_standby_names = '*'" : 'ALTER SYSTEM RESET synchronous_standby_names');
+  sql('SELECT pg_reload_conf()');
+  if (!on) return;
+  const end = Date.now() + 120_000;
+  while (sql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'") !== '1') {
+    if (Date.now() > end) throw new RemusError(ErrorCode.IO, 'the standby did not become synchronous within 120 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }

@@ -63,7 +63,36 @@ export function testbedNames(prefix: string): Testbed {
 
 export function destroyTestbed(prefix: string): void {
   const t = testbedNames(prefix);
-  for (const ns of [t.guest, t.dom0, t.client]) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  for (const ns of [t.guest, t.dom0, t.client, `${prefix}-${EXTRA_HOST}`])
+    spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+}
+
+/** The name of the one extra host a bench may add (addTestbedHost), removed with the bed. */
+const EXTRA_HOST = 'standby';
+
+/**
+ * Another host on the bridge, beside the client (namespace <prefix>-standby, 127.60.0.4 and
+ * fd60::4): its traffic with the guest crosses the vif like the client's. Returns its namespace.
+ */
+export function addTestbedHost(t: Testbed): { ns: string; ip4: string } {
+  const ns = `${t.prefix}-${EXTRA_HOST}`;
+  ip(['netns', 'add', ns]);
+  ip(['link', 'add', 'sb0', 'netns', t.dom0, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  ip(['-n', t.dom0, 'link', 'set', 'sb0', 'master', 'br0', 'up']);
+  bringUp(ns, '127.60.0.4', 'fd60::4');
+  return { ns, ip4: '127.60.0.4' };
+}
+
+function bringUp(ns: string, v4: string, v6: string): void {
+  sysctl(ns, [
+    'net.ipv4.conf.all.route_localnet=1',
+    'net.ipv4.conf.eth0.route_localnet=1',
+    'net.ipv6.conf.eth0.accept_dad=0',
+  ]);
+  ip(['-n', ns, 'addr', 'add', `${v4}/24`, 'dev', 'eth0']);
+  ip(['-n', ns, 'addr', 'add', `${v6}/64`, 'dev', 'eth0', 'nodad']);
+  ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
+  ip(['-n', ns, 'link', 'set', 'lo', 'up']);
 }
 
 export function createTestbed(prefix: string): Testbed {
@@ -80,17 +109,7 @@ export function createTestbed(prefix: string): Testbed {
     [t.guest, t.guestIp4, t.guestIp6],
     [t.client, t.clientIp4, t.clientIp6],
   ];
-  for (const [ns, v4, v6] of ends) {
-    sysctl(ns, [
-      'net.ipv4.conf.all.route_localnet=1',
-      'net.ipv4.conf.eth0.route_localnet=1',
-      'net.ipv6.conf.eth0.accept_dad=0',
-    ]);
-    ip(['-n', ns, 'addr', 'add', `${v4}/24`, 'dev', 'eth0']);
-    ip(['-n', ns, 'addr', 'add', `${v6}/64`, 'dev', 'eth0', 'nodad']);
-    ip(['-n', ns, 'link', 'set', 'eth0', 'up']);
-    ip(['-n', ns, 'link', 'set', 'lo', 'up']);
-  }
+  for (const [ns, v4, v6] of ends) bringUp(ns, v4, v6);
   return t;
 }
 

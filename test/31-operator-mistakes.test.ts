@@ -93,6 +93,7 @@ const BASE: Record<string, Base> = {
   'bench engine': { opts: () => ['--seconds', '1', '--runs', '1'] },
   'bench net': { opts: () => ['--seconds', '1', '--runs', '1'] },
   'bench scale': { opts: () => ['--max', '256MiB', '--seconds', '1'] },
+  'bench multi': { opts: () => ['--domains', '2', '--seconds', '1', '--runs', '1'] },
   'bench codec': { opts: () => ['--runs', '1'] },
   protect: {
     args: { domain: 'sim:t31' },

@@ -1,8 +1,10 @@
 // bench: `remusdb bench trace <file>` (trace replay through the codec, verified),
-// `remusdb bench codec` (codec throughput against memcpy, measured in the same run) and
+// `remusdb bench codec` (codec throughput against memcpy, measured in the same run),
 // `remusdb bench net` (PostgreSQL TPS behind the network buffer: none / remus / commit
-// protection, per checkpoint interval; root). Paths (the trace, --pg-bin, --svg) are checked
-// as the command line is parsed: a bad --svg fails at once, not after the whole benchmark.
+// protection, per checkpoint interval; root), `remusdb bench scale` (guest sizes) and
+// `remusdb bench multi` (several domains sharing one backup host, against one alone). Paths
+// (the trace, --pg-bin, --svg) are checked as the command line is parsed: a bad --svg fails
+// at once, not after the whole benchmark.
 import type { Command } from 'commander';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { benchTrace, type TraceBenchResult } from '../bench/trace-bench';
@@ -15,6 +17,8 @@ import { MAX_PAUSE_SHARE_DEFAULT } from '../limits';
 import { pathOption } from './path-options';
 import { SCALE_SIZES_DEFAULT, benchScale, formatScaleBench, scaleSvg } from '../bench/scale-bench';
 import { writeFigure } from '../bench/net-svg';
+import { benchMulti, formatMultiBench } from '../bench/multi-bench';
+import { memoryOption } from './replication';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
@@ -58,6 +62,7 @@ export function registerBench(program: Command): void {
   registerEngineBench(bench);
   registerNetBench(bench);
   registerScaleBench(bench);
+  registerMultiBench(bench);
   bench
     .command('codec')
     .description('encode/decode throughput against memcpy of the same bytes (ratios, medians)')
@@ -222,4 +227,63 @@ export function registerScaleBench(bench: Command): void {
       if (!o.json) console.log(formatScaleBench(rows, opts));
       console.log(JSON.stringify(result));
     });
+}
+
+export function registerMultiBench(bench: Command): void {
+  bench
+    .command('multi')
+    .description(
+      'several sim domains protected at once, each to its own backup process on this host (a shared backup ' +
+        'host): pauses, output holds and compression against one domain alone (medians)',
+    )
+    .option('--domains <n>', 'domains protected at once', intOption('--domains', 2, 16), 4)
+    .option('--memory <size>', 'guest memory of each domain', memoryOption('--memory'), 64 * 2 ** 20)
+    .option('--seconds <n>', 'measured seconds per series', intOption('--seconds', 1, 600), 10)
+    .option('--runs <n>', 'runs, each alone then shared (the median is reported)', intOption('--runs', 1, 21), 3)
+    .option('--interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+    .option(
+      '--trigger <what>',
+      'what starts a checkpoint besides the interval: output (a held output; default, as protect) or timer',
+      choiceOption('--trigger', TRIGGERS),
+      'output',
+    )
+    .option(
+      '--heartbeat-timeout <ms>',
+      'silence that means the peer is gone (generous: a busy host is not a lost backup)',
+      intOption('--heartbeat-timeout', 10, 600000),
+      2000,
+    )
+    .option(
+      '--warmup <ms>',
+      'after every domain is protected, run this long before measuring',
+      intOption('--warmup', 0, 600000),
+      2000,
+    )
+    .option('--json', 'print one JSON object on stdout')
+    .action(
+      async (o: {
+        domains: number;
+        memory: number;
+        seconds: number;
+        runs: number;
+        interval: number;
+        trigger: Trigger;
+        heartbeatTimeout: number;
+        warmup: number;
+        json?: boolean;
+      }) => {
+        const r = await benchMulti({
+          domains: o.domains,
+          memoryBytes: o.memory,
+          seconds: o.seconds,
+          runs: o.runs,
+          intervalMs: o.interval,
+          trigger: o.trigger,
+          heartbeatTimeoutMs: o.heartbeatTimeout,
+          warmupMs: o.warmup,
+          log: (l) => process.stderr.write(`${l}\n`),
+        });
+        console.log(o.json ? JSON.stringify(r) : formatMultiBench(r));
+      },
+    );
 }

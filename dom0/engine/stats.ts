@@ -1,5 +1,6 @@
 // stats: bounded sample windows for the figures `remusdb status` shows (pause p50/p99,
-// ack latency) and running totals. Windows keep the last N samples only.
+// ack latency) and running totals. Windows keep the last N samples only; a TimedWindow also
+// keeps when each was taken, for a benchmark that measures a window of its own.
 export class Window {
   private readonly xs: number[] = [];
   constructor(private readonly size = 1024) {}
@@ -14,6 +15,41 @@ export class Window {
     if (!this.xs.length) return 0;
     const s = [...this.xs].sort((a, b) => a - b);
     return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+  }
+}
+
+/**
+ * The last `size` samples with the wall-clock time (ms since the epoch) each was taken at: a
+ * benchmark reads the ones of its measured window, in pieces (`remusdb bench multi`).
+ */
+export class TimedWindow {
+  private readonly at: Float64Array;
+  private readonly xs: Float64Array;
+  private next = 0;
+  private kept = 0;
+  /** When the newest sample pushed out was taken (-Infinity: none yet). */
+  private droppedAt = Number.NEGATIVE_INFINITY;
+  constructor(readonly size = 4096) {
+    this.at = new Float64Array(size);
+    this.xs = new Float64Array(size);
+  }
+  add(at: number, x: number): void {
+    if (this.kept === this.size) this.droppedAt = this.at[this.next];
+    else this.kept++;
+    this.at[this.next] = at;
+    this.xs[this.next] = x;
+    this.next = (this.next + 1) % this.size;
+  }
+  /** The samples taken in [from, to), oldest first; complete is false when some of them were pushed out already. */
+  between(from: number, to: number): { at: number[]; values: number[]; complete: boolean } {
+    const out = { at: [] as number[], values: [] as number[], complete: this.droppedAt < from };
+    for (let i = 0; i < this.kept; i++) {
+      const j = (this.next - this.kept + i + this.size) % this.size;
+      if (this.at[j] < from || this.at[j] >= to) continue;
+      out.at.push(this.at[j]);
+      out.values.push(this.xs[j]);
+    }
+    return out;
   }
 }
 

@@ -1,7 +1,8 @@
 // protect-service: the `remusdb protect` process, for every kind of domain. It runs the
 // checkpoint engine (Primary) over a domain a driver opened (dom0/hypervisor/driver.ts)
 // against a backup reached over the replication channel — or a blackhole — reconnecting
-// with backoff when the backup is lost, answers `remusdb status` on its control socket and
+// with backoff when the backup is lost, answers `remusdb status` on its control socket (and
+// `samples`: its recent pauses and output holds, timed, for `remusdb bench multi`) and
 // logs progress. Outputs are held per epoch by the domain's own buffer (a simulated guest's)
 // and by the network buffer on its interfaces (dom0/net/domain-net.ts), joined into one gate
 // so the engine's barrier reaches both in the same step; -n holds nothing (xl remus -n).
@@ -10,6 +11,7 @@ import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../errors';
 import { realClock } from '../engine/clock';
 import { Primary, type PrimaryOptions } from '../engine/primary';
+import { TimedWindow } from '../engine/stats';
 import type { OutputGate, Ownership } from '../ports';
 import { OwnedGate } from '../coordination/owned-gate';
 import type { OpenedDomain } from '../hypervisor/driver';
@@ -74,6 +76,8 @@ export class ProtectService {
   private endedWith: (why: string) => void = () => {};
   /** The engine's gate under ownership (--coordination), or null. */
   private readonly owned: OwnedGate | null = null;
+  /** Checkpoint pauses (a session's full copy left out) and output holds, timed: `samples` on the control socket. */
+  private readonly recent = { pauses: new TimedWindow(), holds: new TimedWindow() };
   /** Resolves when protection ended by itself: the backup took over and fenced this copy. */
   readonly ended = new Promise<string>((resolve) => {
     this.endedWith = resolve;
@@ -104,7 +108,10 @@ export class ProtectService {
         {
           checkpoint: (epoch, info) => this.journal({ epoch, ...info }),
           event: (name, detail) => this.onEvent(name, detail),
-          paused: (ms, full) => this.metrics?.pause(ms, full),
+          paused: (ms, full) => {
+            if (!full) this.recent.pauses.add(Date.now(), ms);
+            this.metrics?.pause(ms, full);
+          },
           netExposure: (full) => (net?.exposure.length ? exportExposure(net.exposure, full) : null),
         },
         cfg.opened.disk,
@@ -130,7 +137,11 @@ export class ProtectService {
       this.control = new ControlServer(socketPath('primary', cfg.opened.name), (req) => this.onControl(req));
       this.metrics = cfg.metrics?.watchPrimary(cfg.opened.label, () => this.metricsSample()) ?? null;
       const outputs = cfg.opened.outputs;
-      if (outputs && this.metrics) outputs.onHoldMs = (ms) => this.metrics?.hold(ms);
+      if (outputs)
+        outputs.onHoldMs = (ms) => {
+          this.recent.holds.add(Date.now(), ms);
+          this.metrics?.hold(ms);
+        };
     } catch (e) {
       net?.close();
       throw e;
@@ -255,7 +266,22 @@ export class ProtectService {
 
   private onControl(req: Record<string, unknown>): Record<string, unknown> {
     if (req.cmd === 'status') return this.status();
+    if (req.cmd === 'samples') return this.samples(req);
     throw new RemusError(ErrorCode.CONTROL, `unknown control command ${JSON.stringify(req.cmd)}`);
+  }
+
+  /**
+   * The pauses and output holds (ms) taken in [from, to), times in ms since the epoch (to: now
+   * when left out). A benchmark reads its measured window in pieces: each piece is complete
+   * unless the window kept (4096 samples each) was outrun.
+   */
+  private samples(req: Record<string, unknown>): Record<string, unknown> {
+    const from = req.from,
+      to = req.to ?? Number.POSITIVE_INFINITY;
+    if (typeof from !== 'number' || !Number.isFinite(from) || typeof to !== 'number' || Number.isNaN(to)) {
+      throw new RemusError(ErrorCode.CONTROL, 'samples: from (and to) are times in ms since the epoch');
+    }
+    return { pauses: this.recent.pauses.between(from, to), holds: this.recent.holds.between(from, to) };
   }
 
   private onEvent(name: string, detail: Record<string, unknown>): void {

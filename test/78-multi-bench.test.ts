@@ -137,6 +137,7 @@ describe('78 bench multi (pure parts)', () => {
       date: '2026-01-01T00:00:00.000Z',
       domains: 2,
       memory_bytes: 64 * 2 ** 20,
+      rate: 2000,
       seconds: 10,
       warmup_s: 2,
       runs: 3,

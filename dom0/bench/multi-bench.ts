@@ -196,6 +196,8 @@ export function summarize(runs: readonly RunSample[], tolerance = MULTI_TOLERANC
 export interface MultiOptions {
   domains: number;
   memoryBytes: number;
+  /** Guest transactions per second of each domain (protect's --rate). */
+  rate: number;
   seconds: number;
   runs: number;
   intervalMs: number;
@@ -212,6 +214,7 @@ export interface MultiResult extends MultiSummary {
   date: string;
   domains: number;
   memory_bytes: number;
+  rate: number;
   seconds: number;
   warmup_s: number;
   runs: number;
@@ -256,7 +259,8 @@ async function startPair(dir: string, name: string, o: MultiOptions, kids: Child
     if (backup.exitCode !== null || Date.now() > end) throw exited(dir, `backup-${name}.log`, 'backup');
   }
   const args = ['protect', `sim:${name}`, `127.0.0.1:${port}`, '--insecure', '--workload', 'oltp'];
-  args.push('--memory', String(o.memoryBytes), '--interval', String(o.intervalMs), '--trigger', o.trigger);
+  args.push('--memory', String(o.memoryBytes), '--rate', String(o.rate));
+  args.push('--interval', String(o.intervalMs), '--trigger', o.trigger);
   args.push('--heartbeat-timeout', String(o.heartbeatTimeoutMs));
   const primary = runner('primary')(args, `primary-${name}.log`);
   const primarySock = path.join(dir, `primary-${name}`, `primary-${name}.sock`);
@@ -421,6 +425,7 @@ export async function benchMulti(o: MultiOptions): Promise<MultiResult> {
     date: new Date().toISOString(),
     domains: o.domains,
     memory_bytes: o.memoryBytes,
+    rate: o.rate,
     seconds: o.seconds,
     warmup_s: o.warmupMs / 1000,
     runs: o.runs,
@@ -456,7 +461,7 @@ export function formatMultiBench(r: MultiResult): string {
     ].join(' '),
   );
   return [
-    `bench multi: ${r.domains} sim domains of ${r.memory_bytes / 2 ** 20} MiB (oltp), each protected to its own ` +
+    `bench multi: ${r.domains} sim domains of ${r.memory_bytes / 2 ** 20} MiB (oltp, ${r.rate} tx/s), each protected to its own ` +
       `backup process on this host, ${r.interval_ms} ms interval, trigger ${r.trigger}`,
     `${r.seconds} s measured after a ${r.warmup_s} s warm-up; ${r.runs} run(s), alone then shared; medians over runs`,
     `host: ${r.cpus} CPUs; load average 1/5/15 min before ${load(r.load_before)}, after ${load(r.load_after)}`,

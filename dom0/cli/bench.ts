@@ -238,6 +238,7 @@ export function registerMultiBench(bench: Command): void {
     )
     .option('--domains <n>', 'domains protected at once', intOption('--domains', 2, 16), 4)
     .option('--memory <size>', 'guest memory of each domain', memoryOption('--memory'), 64 * 2 ** 20)
+    .option('--rate <n>', "each guest's transactions per second (protect --rate)", intOption('--rate', 1, 1e6), 2000)
     .option('--seconds <n>', 'measured seconds per series', intOption('--seconds', 1, 600), 10)
     .option('--runs <n>', 'runs, each alone then shared (the median is reported)', intOption('--runs', 1, 21), 3)
     .option('--interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
@@ -264,6 +265,7 @@ export function registerMultiBench(bench: Command): void {
       async (o: {
         domains: number;
         memory: number;
+        rate: number;
         seconds: number;
         runs: number;
         interval: number;
@@ -275,6 +277,7 @@ export function registerMultiBench(bench: Command): void {
         const r = await benchMulti({
           domains: o.domains,
           memoryBytes: o.memory,
+          rate: o.rate,
           seconds: o.seconds,
           runs: o.runs,
           intervalMs: o.interval,

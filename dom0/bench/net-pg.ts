@@ -120,6 +120,12 @@ export function initCluster(bin: string, subnet: string): void {
   );
 }
 
+/** pg_ctl start of the cluster in dir (its log there) with server options opts, waiting up to 60 s. */
+function pgCtlStart(bin: string, dir: string, opts: string[]): string[] {
+  const log = path.join(dir, 'server.log');
+  return [path.join(bin, 'pg_ctl'), '-D', dir, '-l', log, '-o', opts.join(' '), '-w', '-t', '60', 'start'];
+}
+
 /** Starts the server binaries of `bin` on PG_DIR inside `ns`, listening on `address`:5432. */
 export function startServer(bin: string, ns: string, address: string): PgServer {
   const opts = [
@@ -131,23 +137,8 @@ export function startServer(bin: string, ns: string, address: string): PgServer 
     '-c shared_buffers=128MB',
     '-c max_connections=300',
     '-c ssl=off',
-  ].join(' ');
-  run(
-    asPostgres(ns, [
-      path.join(bin, 'pg_ctl'),
-      '-D',
-      PG_DIR,
-      '-l',
-      path.join(PG_DIR, 'server.log'),
-      '-o',
-      opts,
-      '-w',
-      '-t',
-      '60',
-      'start',
-    ]),
-    'pg_ctl start',
-  );
+  ];
+  run(asPostgres(ns, pgCtlStart(bin, PG_DIR, opts)), 'pg_ctl start');
   let stopped = false;
   return {
     stop: () => {
@@ -287,23 +278,8 @@ export function startStandby(bin: string, ns: string, address: string, primary: 
     '-c fsync=off',
     '-c hot_standby=on',
     '-c max_connections=300', // not below the primary's (a standby refuses to start)
-  ].join(' ');
-  run(
-    asPg([
-      path.join(bin, 'pg_ctl'),
-      '-D',
-      STANDBY_DIR,
-      '-l',
-      path.join(STANDBY_DIR, 'server.log'),
-      '-o',
-      opts,
-      '-w',
-      '-t',
-      '60',
-      'start',
-    ]),
-    'pg_ctl start (standby)',
-  );
+  ];
+  run(asPg(pgCtlStart(bin, STANDBY_DIR, opts)), 'pg_ctl start (standby)');
   return { stop: () => stopStandby(bin) };
 }
 

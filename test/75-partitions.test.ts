@@ -12,11 +12,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Etcd3 } from 'etcd3';
 import { controlRequest } from '../dom0/service/control';
-import { type EtcdMember, haveEtcd, startEtcdClusterOn } from './support/etcd';
+import { type EtcdMember, startEtcdOnNet, whyNoEtcdNet } from './support/etcd';
 import { sleep, tmpDir, until } from './support/helpers';
 import { type PartitionNet, createPartitionNet } from './support/partition-net';
 import { LINE_CLIENT } from './support/line-client';
-import { NsProcess, whyNoNetns } from './support/pg-netns';
+import { NsProcess } from './support/pg-netns';
 
 const HOSTS = ['p', 'b', 'c', 'e0', 'e1', 'e2'];
 const ETCD = ['e0', 'e1', 'e2'];
@@ -29,13 +29,9 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
   let etcd: EtcdMember[] = [];
   const dir = tmpDir('partitions');
   before(async function () {
-    const why = whyNoNetns() ?? (haveEtcd() ? null : 'etcd is not installed');
-    if (why) this.skip();
+    if (whyNoEtcdNet()) this.skip();
     net = createPartitionNet('r75', 75, HOSTS);
-    const n = net;
-    etcd = await startEtcdClusterOn(
-      ETCD.map((h) => ({ name: h, ip: n.ip(h), spawn: (argv, log) => n.spawn(h, argv, log) })),
-    );
+    etcd = await startEtcdOnNet(net, ETCD);
   });
   after(async () => {
     for (const m of etcd) await m.stop();

@@ -9,11 +9,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type BackupNeed, chooseBackup, type PoolHost, parsePoolHost } from '../dom0/coordination/pool';
 import { controlRequest } from '../dom0/service/control';
-import { type EtcdMember, haveEtcd, startEtcdClusterOn } from './support/etcd';
+import { type EtcdMember, startEtcdOnNet, whyNoEtcdNet } from './support/etcd';
 import { sleep, tmpDir, until } from './support/helpers';
 import { type PartitionNet, createPartitionNet } from './support/partition-net';
 import { LINE_CLIENT } from './support/line-client';
-import { NsProcess, whyNoNetns } from './support/pg-netns';
+import { NsProcess } from './support/pg-netns';
 
 const GiB = 2 ** 30;
 
@@ -110,13 +110,9 @@ describe('77 a pool of hosts', () => {
     const procs: ChildProcess[] = [];
     let client: NsProcess | null = null;
     before(async function () {
-      const why = whyNoNetns() ?? (haveEtcd() ? null : 'etcd is not installed');
-      if (why) this.skip();
+      if (whyNoEtcdNet()) this.skip();
       net = createPartitionNet('r77', 77, HOSTS);
-      const n = net;
-      etcd = await startEtcdClusterOn(
-        ETCD.map((h) => ({ name: h, ip: n.ip(h), spawn: (argv, log) => n.spawn(h, argv, log) })),
-      );
+      etcd = await startEtcdOnNet(net, ETCD);
     });
     after(async () => {
       for (const p of procs) p.kill('SIGKILL');

@@ -12,7 +12,7 @@
 // reprotections never take the same slot.
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { ErrorCode, RemusError } from '../errors';
-import { OWNER_LEASE_RENEWALS_PER_TTL, POOL_HOSTS_MAX } from '../limits';
+import { OWNER_LEASE_RENEWALS_PER_TTL, POOL_HOSTS_MAX, POOL_SLOTS_MAX } from '../limits';
 import { MemberRenewal } from './member-renewal';
 import { type PoolHost, parsePoolHost, slotKey } from './pool';
 
@@ -90,7 +90,8 @@ export class EtcdPool {
         this.client
           .getAll()
           .prefix(RESERVED)
-          .limit(POOL_HOSTS_MAX * 16)
+          .limit(POOL_HOSTS_MAX * POOL_SLOTS_MAX)
+          .options({ deadline: this.deadline() })
           .strings(),
       ]),
     );

@@ -3,6 +3,8 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { Etcd3 } from 'etcd3';
 import { freePort, sleep, tmpDir } from './helpers';
+import type { PartitionNet } from './partition-net';
+import { whyNoNetns } from './pg-netns';
 
 export interface EtcdMember {
   endpoint: string;
@@ -108,4 +110,16 @@ async function startMember(
     probe.close();
   }
   return m;
+}
+
+/** Why a test of etcd on a partition net cannot run here (null: it can). */
+export function whyNoEtcdNet(): string | null {
+  return whyNoNetns() ?? (haveEtcd() ? null : 'etcd is not installed');
+}
+
+/** One etcd member on each of the named hosts of a partition net, as one cluster. */
+export function startEtcdOnNet(net: PartitionNet, hosts: string[]): Promise<EtcdMember[]> {
+  return startEtcdClusterOn(
+    hosts.map((h) => ({ name: h, ip: net.ip(h), spawn: (argv, log) => net.spawn(h, argv, log) })),
+  );
 }

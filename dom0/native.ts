@@ -33,6 +33,8 @@ export interface NativeArena {
   copyPages(pfns: Uint32Array, count: number, dst: Uint8Array): void;
   /** An external ArrayBuffer over pages [firstPage, firstPage + pages) (at most arenaBufferBytesMax). */
   view(firstPage: number, pages: number): ArrayBuffer;
+  /** Bytes backed by the arena's own pages (not the kernel's zero page); reads /proc/self/pagemap, O(pages). */
+  residentBytes(): number;
   close(): void;
 }
 

@@ -14,6 +14,7 @@ import { HEADER_SIZE, REC_EPOCH_END, REC_PAGE, TraceReader } from '../dom0/trace
 import { loadAddon } from '../dom0/native';
 import { Prng } from '../dom0/util/prng';
 import { runCli, tmpDir } from './support/helpers';
+import { HostLock } from '../dom0/service/host-lock';
 
 const PAGE = 4096;
 
@@ -235,7 +236,30 @@ describe('49 record', () => {
     await assert.rejects(recordDomain(opts(noShadow, 'c.rdt')), /cannot track its dirty pages.*shadow paging/);
   });
 
-  it('49.6 an error mid-recording: thrown, log-dirty off, the trace readable up to it', async () => {
+  it('49.5b a second recorder of the same domain is refused by its host lock, whatever the bitmap shows', async () => {
+    const lockFile = path.join(dir, 'protect-xen-vm.lock');
+    const names: string[] = [];
+    const lockDomain = (name: string): HostLock => {
+      names.push(name);
+      return HostLock.acquire(lockFile, `dirty tracking of ${name} (remusdb record or protect)`);
+    };
+    const xen = Object.assign(new FakeXen(64), { xenDomainConfigJson: () => '{"c_info":{"name":"vm"}}' });
+    const first = recordDomain(opts(xen, 'l1.rdt', { lockDomain, seconds: 0.5 }));
+    await new Promise((r) => setTimeout(r, 100)); // the first is in its epochs: it just cleared the bitmap
+    fs.writeFileSync(lockFile, '1\n'); // as if another live process held it (init is alive: not stale)
+    await assert.rejects(
+      recordDomain(opts(xen, 'l2.rdt', { lockDomain })),
+      (e: RemusError) => e.code === ErrorCode.LOCKED && /dirty tracking of vm .*held by process 1/.test(e.message),
+    );
+    assert.equal(xen.logdirty, true, 'the first recorder kept log-dirty on');
+    fs.writeFileSync(lockFile, `${process.pid}\n`);
+    const r = await first;
+    assert.equal(r.stoppedBy, 'time');
+    assert.deepEqual(names, ['vm', 'vm'], 'locked by the name libxl knows');
+    assert.ok(!fs.existsSync(lockFile), 'released at the end');
+  });
+
+  it('49.6 an error mid-recording (the domain gone, a full disk): typed, log-dirty off, the trace readable up to it', async () => {
     const xen = new FakeXen(128);
     xen.failPeekAt = 4;
     await assert.rejects(recordDomain(opts(xen, 'd.rdt', { seconds: 5 })), /domain destroyed/);
@@ -243,6 +267,15 @@ describe('49 record', () => {
     assert.equal(xen.releases, 1);
     const t = await traceImage(path.join(dir, 'd.rdt'));
     assert.equal(t.epochs, 4, 'epoch 0 and three incremental ones');
+    // A full disk (the lab's dom0 /tmp filled up once): a typed error naming the trace, log-dirty off.
+    const full = new FakeXen(512);
+    await assert.rejects(
+      recordDomain({ ...opts(full, 'x'), out: '/dev/full', seconds: 5 }),
+      (e: RemusError) =>
+        e.code === ErrorCode.IO && e.details.code === 'ENOSPC' && /cannot write the trace \/dev\/full/.test(e.message),
+    );
+    assert.equal(full.logdirty, false);
+    assert.equal(full.releases, 1);
   });
 
   it(

@@ -8,6 +8,8 @@ import { xenLogdirtyAddon } from '../hypervisor/xen/xen-addon';
 import { recordDomain, type RecordResult } from '../hypervisor/xen/xen-record';
 import { bytesOption, intOption } from './options';
 import { pathOption } from './path-options';
+import { HostLock } from '../service/host-lock';
+import { protectLockPath } from '../service/control';
 
 const DEFAULT_BYTES_MAX = 2 * 2 ** 30;
 
@@ -66,6 +68,8 @@ export function registerRecord(program: Command): void {
           addon,
           signal: ac.signal,
           log: (l) => console.error(l),
+          lockDomain: (name) =>
+            HostLock.acquire(protectLockPath('xen', name), `dirty tracking of ${name} (remusdb record or protect)`),
         });
         if (o.json) console.log(JSON.stringify(r));
         else console.error(summary(o.out, r));

@@ -258,8 +258,11 @@ export class TraceWriter {
     if (this.closed) return;
     this.closed = true;
     assert(this.pagesInEpoch === 0, 'TraceWriter closed inside an epoch');
-    this.flush();
-    fs.closeSync(this.fd);
+    try {
+      this.flush();
+    } finally {
+      fs.closeSync(this.fd);
+    }
   }
 
   private record(type: number, len: number): Buffer {
@@ -279,8 +282,17 @@ export class TraceWriter {
 
   private flush(): void {
     if (this.used === 0) return;
-    const data = this.buf.subarray(0, this.used);
-    fs.writeSync(this.fd, this.gz ? zlib.gzipSync(data, { level: 1 }) : data);
+    const raw = this.buf.subarray(0, this.used);
+    const data = this.gz ? zlib.gzipSync(raw, { level: 1 }) : raw;
     this.used = 0;
+    try {
+      for (let at = 0; at < data.length; ) at += fs.writeSync(this.fd, data, at);
+    } catch (e) {
+      // A full disk (ENOSPC) or a quota is the operator's to fix: a typed error naming the file.
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new RemusError(ErrorCode.IO, `cannot write the trace ${this.path}: ${(e as Error).message}`, { code }, {
+        cause: e,
+      });
+    }
   }
 }

@@ -40,6 +40,8 @@ export function xenAddon(): XenAddon {
 /** Log-dirty and foreign-mapping bindings (native-xc/src/xen_logdirty.cc), for `remusdb record`. */
 export interface XenLogdirtyAddon {
   xenDomainInfo(d: string | number): XenDomainInfo;
+  /** libxl's configuration of the domain as JSON (its name, c_info.name); absent in unit tests' fakes. */
+  xenDomainConfigJson?(domid: number): string;
   /** Throws ERR_XEN with details.errno (EINVAL: already on; EOPNOTSUPP: no log-dirty support). */
   xenLogdirtyEnable(domid: number): void;
   xenLogdirtyDisable(domid: number): void;

@@ -22,7 +22,7 @@ import * as fs from 'node:fs';
 import { ErrorCode, RemusError } from '../../errors';
 import { assert } from '../../assert';
 import { HEADER_SIZE, TraceWriter } from '../../trace/rdtrace';
-import { domainPageCount, type XenDomainInfo, type XenLogdirtyAddon } from './xen-addon';
+import { configName, domainPageCount, type XenDomainInfo, type XenLogdirtyAddon } from './xen-addon';
 import { PAGE_BYTES } from '../../limits';
 
 /** Pages per foreign mapping (the binding's limit). */
@@ -48,6 +48,13 @@ export interface RecordOptions {
   signal?: AbortSignal;
   log?: (line: string) => void;
   onEpoch?: (epoch: number, pages: number) => void;
+  /**
+   * Takes this host's lock on the domain's dirty tracking (the one `protect` of it takes) before
+   * log-dirty goes on, released at the end: a second remusdb record or protect of the domain is
+   * refused at once with ERR_LOCKED. The bitmap peek alone cannot tell reliably: a recorder that
+   * just cleared it leaves it empty until the guest writes again.
+   */
+  lockDomain?: (name: string) => { release(): void };
 }
 
 export type StopReason = 'time' | 'signal' | 'bytes' | 'epochs';
@@ -233,6 +240,17 @@ export async function recordDomain(o: RecordOptions): Promise<RecordResult> {
   assert(o.intervalMs >= 1 && o.seconds >= 0 && o.bytesMax > HEADER_SIZE, 'record options');
   const log = o.log ?? ((): void => undefined);
   const info = domidOf(o.addon, o.domain);
+  const { domid } = info;
+  const name = o.addon.xenDomainConfigJson ? configName(o.addon.xenDomainConfigJson(domid)) : String(domid);
+  const lock = o.lockDomain?.(name) ?? null;
+  try {
+    return await recordLocked(o, info, log);
+  } finally {
+    lock?.release();
+  }
+}
+
+async function recordLocked(o: RecordOptions, info: XenDomainInfo, log: (l: string) => void): Promise<RecordResult> {
   const { domid } = info;
   const totalPages = domainPageCount(info);
   if (HEADER_SIZE + epochBytes(totalPages) > o.bytesMax) {

@@ -65,6 +65,18 @@ export const MAX_PAUSE_SHARE_DEFAULT = 0.1;
  */
 export const PAUSE_SHARE_WINDOW_MS = 1000;
 
+/**
+ * `--interval auto` (engine/adaptive-interval.ts): the shortest interval it picks (ms) — below a
+ * few ms dom0's per-checkpoint work (collect, encode, a round trip) outweighs what a shorter wait
+ * saves — and the default longest (`--max-loss-window`, ms): the most guest run a failover may
+ * discard and the longest a held output waits with the timer alone; twice the fixed default.
+ */
+export const INTERVAL_AUTO_MS_MIN = 5;
+export const MAX_LOSS_WINDOW_MS_DEFAULT = 100;
+/** Checkpoints the interval's cost model is fitted over, and its largest step (× or ÷) per checkpoint. */
+export const INTERVAL_AUTO_SAMPLES = 16;
+export const INTERVAL_AUTO_STEP = 1.5;
+
 /** Incremental pauses the next one's prediction looks back on (it takes their maximum). */
 export const PAUSE_PREDICT_SAMPLES = 16;
 

@@ -6,7 +6,8 @@
 // second fault during its first checkpoint — checking the invariants of docs/design.md. Most
 // seeds pace checkpoints by held outputs too (--trigger output: floods, sparse outputs, bursts
 // while a checkpoint streams, a crash or a cut at a phase of an early checkpoint), under a
-// pause share bound the simulator checks from the guest's own pauses. A failing seed
+// pause share bound the simulator checks from the guest's own pauses; some under --interval
+// auto (the interval chosen from the pauses, never outside its bounds). A failing seed
 // reproduces with SIM_SEED=<n> npm test (SIM_TRACE=1 prints every event).
 import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
@@ -26,7 +27,9 @@ describe('40 engine simulator', () => {
       continued = 0,
       reconnectSeeds = 0,
       early = 0,
-      heldBack = 0;
+      heldBack = 0,
+      autoSeeds = 0,
+      autoShorter = 0;
     for (const s of seeds) {
       const r = runWorld(s);
       kinds[r.fault.kind] = (kinds[r.fault.kind] ?? 0) + 1;
@@ -36,6 +39,8 @@ describe('40 engine simulator', () => {
       if (r.fault.kind === 'reconnect' && r.laterSessions[0] === 'continued') reconnectSeeds++;
       early += r.earlyCheckpoints;
       heldBack += r.checkpointsHeldBack;
+      if (r.intervalAuto) autoSeeds++;
+      if (r.intervalAuto && r.intervalMsLast < 20) autoShorter++;
       if (r.violations.length) failures.push(r);
     }
     assertNoViolations(failures, seeds.length);
@@ -50,6 +55,8 @@ describe('40 engine simulator', () => {
         `sessions continued: ${continued}, after a reconnect fault: ${reconnectSeeds}`,
       );
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
+      // --interval auto paced a quarter of the seeds, and shortened the interval where pauses were cheap.
+      assert.ok(autoSeeds > seeds.length / 5 && autoShorter > autoSeeds / 4, `auto: ${autoSeeds}, ${autoShorter}`);
     }
   });
 

@@ -10,9 +10,10 @@ import * as path from 'node:path';
 import { Backup } from '../dom0/engine/backup';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
 import { PauseShare, type PaceCause, type Trigger } from '../dom0/engine/pacing';
+import { AdaptiveInterval } from '../dom0/engine/adaptive-interval';
 import { Primary } from '../dom0/engine/primary';
 import { ErrorCode, RemusError } from '../dom0/errors';
-import { fractionOption } from '../dom0/cli/options';
+import { fractionOption, intOrWordOption } from '../dom0/cli/options';
 import { GateSet } from '../dom0/net/domain-net';
 import { NET_BUFFERS, triggerFor } from '../dom0/net/net-buffers';
 import { NoGate } from '../dom0/net/net-device';
@@ -28,8 +29,10 @@ interface RigOptions {
   trigger: Trigger;
   maxInFlight?: number;
   intervalMs?: number;
-  /** Virtual ms each capture takes (the guest's pause). */
-  pauseMs?: number;
+  /** Virtual ms each capture takes (the guest's pause), or that as a function of the pages captured. */
+  pauseMs?: number | ((pages: number) => number);
+  /** --interval auto: intervalMs is then the longest interval. */
+  intervalAuto?: boolean;
   maxPauseShare?: number;
   windowMs?: number;
   /** One-way link latency, ms (plus 0–2). */
@@ -46,7 +49,9 @@ function rig(o: RigOptions) {
   });
   const domain = new StepDomain(128, 1, clock, () => {});
   const pauses: Array<[number, number]> = [];
-  if (o.pauseMs) domain.pauseCost = { ms: () => o.pauseMs!, advance: (ms) => clock.advance(ms) };
+  const cost = o.pauseMs;
+  if (cost)
+    domain.pauseCost = { ms: (n) => (typeof cost === 'number' ? cost : cost(n)), advance: (ms) => clock.advance(ms) };
   domain.onPause = (a, b) => pauses.push([a, b]);
   const paced: Array<{ epoch: number; cause: PaceCause; at: number }> = [];
   const acks: Array<{ epoch: number; at: number }> = [];
@@ -56,6 +61,7 @@ function rig(o: RigOptions) {
     clock,
     {
       intervalMs: o.intervalMs ?? 50,
+      intervalAuto: o.intervalAuto,
       compressor: 'lz4',
       cachePages: 16,
       maxInFlight: o.maxInFlight ?? 2,
@@ -297,6 +303,124 @@ describe('58 output-triggered checkpoints', () => {
       assert.equal(st.pause_share_window_ms, 1000);
       assert.ok(Number(st.earlyCheckpoints) > 0, 'held outputs started checkpoints');
       assert.ok(typeof st.pauseShare === 'number' && st.pauseShare >= 0 && st.pauseShare <= 1);
+    } finally {
+      p.kill('SIGTERM');
+      await new Promise((r) => p.once('exit', r));
+    }
+  });
+  /**
+   * A guest whose dirtied pages grow less than linearly with the interval (a working set of W
+   * pages written at r pages/ms), a pause of fixedMs + perPageMs × pages with ±30 % noise (a
+   * tenth of samples ±150 %); the adaptive interval is fed what each of its choices costs.
+   */
+  const feed = (o: { W: number; r: number; fixedMs: number; perPageMs: number; share: number; maxMs: number }) => {
+    const ai = new AdaptiveInterval(5, o.maxMs, o.share);
+    const rng = new Prng(58);
+    const chosen: number[] = [];
+    let paused = 0,
+      ran = 0;
+    for (let k = 0; k < 300; k++) {
+      const i = ai.intervalMs,
+        pages = o.W * (1 - Math.exp((-o.r * i) / o.W));
+      const noise = 0.3 * (2 * rng.float() - 1) * (rng.chance(0.1) ? 5 : 1);
+      const pause = Math.max(0, (o.fixedMs + o.perPageMs * pages) * (1 + noise));
+      ai.observe(pause, pages, i);
+      assert.ok(ai.intervalMs >= 5 && ai.intervalMs <= o.maxMs, `interval ${ai.intervalMs} out of [5, ${o.maxMs}]`);
+      if (k < 100) continue; // settling
+      paused += pause;
+      ran += i;
+      chosen.push(i);
+    }
+    chosen.sort((a, b) => a - b);
+    return { share: paused / ran, p50: chosen[150], model: ai.model() };
+  };
+  /** The shortest interval whose noiseless share is within the bound (what the choice should find). */
+  const best = (o: { W: number; r: number; fixedMs: number; perPageMs: number; share: number; maxMs: number }) => {
+    for (let i = 5; i <= o.maxMs; i += 0.25)
+      if ((o.fixedMs + o.perPageMs * o.W * (1 - Math.exp((-o.r * i) / o.W))) / i <= o.share) return i;
+    return o.maxMs;
+  };
+
+  it('58.8 --interval auto: the shortest interval within the pause share, from the fixed and per-page costs', () => {
+    const cases = [
+      { W: 1e9, r: 5, fixedMs: 2, perPageMs: 0.01, share: 0.1, maxMs: 1000 }, // linear: 2 / (0.1 − 0.05) = 40
+      { W: 3000, r: 20, fixedMs: 1, perPageMs: 0.002, share: 0.1, maxMs: 100 },
+      { W: 20000, r: 50, fixedMs: 0.5, perPageMs: 0.004, share: 0.1, maxMs: 2000 }, // per-page part alone at 0.2
+      { W: 3000, r: 20, fixedMs: 1, perPageMs: 0.002, share: 0.25, maxMs: 100 },
+    ];
+    for (const c of cases) {
+      const got = feed(c),
+        want = best(c);
+      const what =
+        `${JSON.stringify(c)}: median ${got.p50.toFixed(1)} ms, best ${want} ms, ` + `share ${got.share.toFixed(3)}`;
+      assert.ok(Math.abs(got.p50 - want) <= 0.2 * want, what);
+      assert.ok(got.share <= c.share * 1.1, what);
+    }
+    assert.ok(Math.abs(feed(cases[0]).model.fixedMs - 2) < 0.5, 'the fixed part is found');
+    // Nothing fixed: the shortest allowed; per-page part alone over the share: the longest (the loss window).
+    assert.equal(feed({ W: 1e9, r: 1, fixedMs: 0, perPageMs: 0.01, share: 0.1, maxMs: 100 }).p50, 5);
+    assert.equal(feed({ W: 1e9, r: 50, fixedMs: 0.3, perPageMs: 0.01, share: 0.1, maxMs: 100 }).p50, 100);
+    assert.throws(() => new AdaptiveInterval(10, 5, 0.1), /interval bounds/);
+    assert.throws(() => new AdaptiveInterval(5, 100, 0), /max pause share/);
+  });
+
+  it('58.9 --interval auto in the engine: the timer follows the pause cost, within its bounds and the share', () => {
+    const settle = (pauseMs: number | ((pages: number) => number)) => {
+      const r = rig({ trigger: 'timer', intervalAuto: true, intervalMs: 100, pauseMs, maxPauseShare: 0.1 });
+      r.clock.runUntil(3000);
+      const starts = r.paced.filter((p) => p.at >= 2000).map((p) => p.at);
+      const gaps = starts.slice(1).map((t, i) => t - starts[i]);
+      let paused = 0;
+      for (const [a, b] of r.pauses) paused += Math.max(0, Math.min(b, 3000) - Math.max(a, 2000));
+      const st = r.primary.stats();
+      assert.ok(st.intervalModel, 'status carries the model');
+      assert.equal(st.intervalMs, Math.round(st.intervalModel.intervalMs));
+      return { gap: mean(gaps), share: paused / 1000, interval: st.intervalMs };
+    };
+    const fixed3 = settle(3); // 3 ms / 0.1 = 30 ms
+    assert.ok(Math.abs(fixed3.gap - 30) <= 6, `3 ms pauses: checkpoints every ${fixed3.gap} ms (want ~30)`);
+    assert.ok(fixed3.share <= 0.11, `paused ${fixed3.share}`);
+    const cheap = settle(0.2);
+    assert.equal(cheap.interval, 5, 'cheap pauses: the shortest interval');
+    const dear = settle((n) => 0.5 + n * 0.5); // half a ms per page: no interval keeps 10 %
+    assert.equal(dear.interval, 100, 'the per-page part alone over the share: the loss window');
+    const fixedTimer = rig({ trigger: 'timer', intervalMs: 50, pauseMs: 3 });
+    fixedTimer.clock.runUntil(1000);
+    assert.equal(fixedTimer.primary.stats().intervalModel, null);
+    assert.equal(fixedTimer.primary.stats().intervalMs, 50);
+  });
+
+  it('58.10 --interval auto and --max-loss-window on the command line; status shows the choice', async function () {
+    this.timeout(60_000);
+    const interval = intOrWordOption('--interval', 1, 60000, ['auto'] as const);
+    assert.equal(interval('auto'), 'auto');
+    assert.equal(interval('40'), 40);
+    for (const bad of ['Auto', 'auto1', '0', ''])
+      assert.throws(() => interval(bad), isBadArgument, `--interval ${bad}`);
+    const window = runCli(['protect', 'sim:t58', '-b', '--max-loss-window', '200'], 20_000);
+    assert.notEqual(window.status, 0);
+    assert.match(window.stderr, /--max-loss-window bounds the interval --interval auto chooses/);
+    const env = { ...process.env, REMUSDB_RUN_DIR: tmpDir('t58a') };
+    const bin = path.join(ROOT, 'bin', 'remusdb');
+    const args = ['protect', 'sim:t58', '-b', '--memory', '16MiB', '--disk', '0', '--rate', '500', '--seconds', '20'];
+    const auto = ['--interval', 'auto', '--max-loss-window', '80', '--trigger', 'timer', '--max-pause-share', '0.2'];
+    const p = spawn(process.execPath, [bin, ...args, ...auto], { env, stdio: 'ignore' });
+    try {
+      let st: Record<string, unknown> | undefined;
+      const model = (): Record<string, number> | undefined => st?.intervalModel as Record<string, number> | undefined;
+      for (let i = 0; i < 100 && !(Number(model()?.samples) >= 16); i++) {
+        await sleep(200);
+        const r = spawnSync(process.execPath, [bin, 'status', '--json'], { env, encoding: 'utf8' });
+        st = (JSON.parse(r.stdout || '{"processes":[]}').processes as Array<Record<string, unknown>>)[0];
+      }
+      assert.ok(st && model(), 'status answered with the model');
+      assert.equal(st.interval, 'auto');
+      assert.equal(st.max_loss_window_ms, 80);
+      assert.equal(model()!.maxShare, 0.2);
+      const ms = Number(st.interval_ms);
+      assert.ok(ms >= 5 && ms <= 80, `interval_ms ${ms}`);
+      const text = spawnSync(process.execPath, [bin, 'status'], { env, encoding: 'utf8' }).stdout;
+      assert.match(text, /interval \d+ ms \(auto, 5–80: /);
     } finally {
       p.kill('SIGTERM');
       await new Promise((r) => p.once('exit', r));

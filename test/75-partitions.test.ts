@@ -208,7 +208,7 @@ describe('75 partitions in network namespaces (real etcd, real processes)', func
     }
   });
 
-  it('75.5 wall clocks jump hours on both hosts: no failover, no lapse; a partition with a jump: no overlap', async function () {
+  it('75.5 wall clocks jump hours on both hosts: no failover or lapse; with a partition, no overlap', async function () {
     if (!fs.existsSync(FAKETIME_LIB)) this.skip();
     const clock = path.join(dir, 'clock'); // libfaketime reads each host's offset from <clock>.p / <clock>.b
     const jump = (host: 'p' | 'b', offset: string): void => fs.writeFileSync(`${clock}.${host}`, `${offset}\n`);

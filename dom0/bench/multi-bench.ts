@@ -461,7 +461,8 @@ export function formatMultiBench(r: MultiResult): string {
     ].join(' '),
   );
   return [
-    `bench multi: ${r.domains} sim domains of ${r.memory_bytes / 2 ** 20} MiB (oltp, ${r.rate} tx/s), each protected to its own ` +
+    `bench multi: ${r.domains} sim domains of ${r.memory_bytes / 2 ** 20} MiB (oltp, ${r.rate} tx/s), ` +
+      'each protected to its own ' +
       `backup process on this host, ${r.interval_ms} ms interval, trigger ${r.trigger}`,
     `${r.seconds} s measured after a ${r.warmup_s} s warm-up; ${r.runs} run(s), alone then shared; medians over runs`,
     `host: ${r.cpus} CPUs; load average 1/5/15 min before ${load(r.load_before)}, after ${load(r.load_after)}`,

@@ -70,6 +70,8 @@ export interface NetBenchOptions {
   trigger: Trigger;
   /** protect --max-pause-share. */
   maxPauseShare: number;
+  /** protect --interval auto: each interval of intervalsMs is then the longest it may choose. */
+  intervalAuto?: boolean;
   log: (line: string) => void;
 }
 
@@ -174,7 +176,11 @@ async function measure(
 ): Promise<Point> {
   const nb = openGate(bed, mode);
   try {
-    const engine = await rig.protect(nb.gate, intervalMs, { trigger: o.trigger, maxPauseShare: o.maxPauseShare });
+    const engine = await rig.protect(nb.gate, intervalMs, {
+      trigger: o.trigger,
+      maxPauseShare: o.maxPauseShare,
+      intervalAuto: o.intervalAuto,
+    });
     try {
       await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
       const paused0 = engine.pausedMs(),
@@ -251,7 +257,10 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   if (typeof patched === 'string') throw new RemusError(ErrorCode.BAD_ARGUMENT, `--pg-bin: ${patched}`);
   const modes = NET_MODES.filter((m) => !NEEDS_PATCHED.includes(m) || patched);
   const samples = new Map<string, Point[]>();
-  const notes: string[] = [`trigger ${o.trigger}, max pause share ${o.maxPauseShare}`];
+  const notes: string[] = [
+    `trigger ${o.trigger}, max pause share ${o.maxPauseShare}` +
+      (o.intervalAuto ? ', interval auto (each interval listed is its loss window)' : ''),
+  ];
   if (!patched)
     notes.push(
       'cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured',

@@ -114,7 +114,7 @@ export class EngineRig {
   async protect(
     gate: OutputGate,
     intervalMs: number,
-    pacing: { trigger: Trigger; maxPauseShare: number },
+    pacing: { trigger: Trigger; maxPauseShare: number; intervalAuto?: boolean },
   ): Promise<BenchEngine> {
     for (let i = 0; this.backup?.attached; i++) {
       assert(i < 1000, 'the backup still serves the previous primary');
@@ -124,6 +124,7 @@ export class EngineRig {
     const backup = (this.backup = this.newBackup());
     const primary = new Primary(this.domain, gate, realClock, {
       intervalMs,
+      intervalAuto: pacing.intervalAuto === true,
       compressor: 'zstd',
       cachePages: Math.floor(this.domain.pageCount / 10),
       maxInFlight: 2,

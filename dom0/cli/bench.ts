@@ -135,13 +135,19 @@ export function registerNetBench(bench: Command): void {
     )
     .option(
       '--max-pause-share <fraction>',
-      'with --trigger output: the guest is paused at most this share of the time by early checkpoints',
+      'with --trigger output: the guest is paused at most this share of the time by early checkpoints; ' +
+        'with --interval-auto, the share its interval is chosen for',
       fractionOption('--max-pause-share', 0, 1),
       MAX_PAUSE_SHARE_DEFAULT,
+    )
+    .option(
+      '--interval-auto',
+      'protect --interval auto: each interval listed is the longest it may choose (--max-loss-window)',
     )
     .option('--json', 'print one JSON object as the last line of stdout')
     .action(
       async (o: {
+        intervalAuto?: boolean;
         trigger: Trigger;
         maxPauseShare: number;
         dom0Cpus?: number[];
@@ -169,6 +175,7 @@ export function registerNetBench(bench: Command): void {
           dom0Cpus: o.dom0Cpus,
           trigger: o.trigger,
           maxPauseShare: o.maxPauseShare,
+          intervalAuto: o.intervalAuto === true,
           patchedBin: o.pgBin ?? (process.env.REMUSDB_PG_PATCHED_BIN || undefined),
           svg: o.svg,
           log: (line) => process.stderr.write(`${line}\n`),

@@ -11,7 +11,7 @@ import { exactSize, parseBytes } from './units';
 
 /** What a parser accepts; name is the flag (or argument label) its messages start with. */
 export type ValueSpec = { name: string } & (
-  | { kind: 'int'; min: number; max: number }
+  | { kind: 'int'; min: number; max: number; words?: readonly string[] }
   | { kind: 'int-list'; min: number; max: number; countMax: number }
   | { kind: 'fraction'; min: number; max: number }
   | { kind: 'bytes'; min: number; max: number; zero: boolean; pageMultiple: boolean }
@@ -58,6 +58,24 @@ export function intOption(name: string, min: number, max: number): (v: string) =
       return Number(v);
     },
     { name, kind: 'int', min, max },
+  );
+}
+
+/** An integer in [min, max], or one of words (like --interval's "auto"). */
+export function intOrWordOption<W extends string>(
+  name: string,
+  min: number,
+  max: number,
+  words: readonly W[],
+): (v: string) => number | W {
+  return specified(
+    (v: string): number | W => {
+      const word = words.find((w) => w === v.trim());
+      if (word !== undefined) return word;
+      if (!isIntIn(v, min, max)) throw badValue(name, v, `an integer from ${min} to ${max} or ${words.join(', ')}`);
+      return Number(v);
+    },
+    { name, kind: 'int', min, max, words },
   );
 }
 

@@ -30,13 +30,13 @@ import {
   fractionOption,
   hostPortOption,
   intOption,
+  intOrWordOption,
   specified,
 } from './options';
 import { checkPath, nbdDeviceOption, pathOption } from './path-options';
 import { roundedSize } from './units';
 import { addNetOptions, maxInFlightOf, netPlan, netPreflight, type NetCliOptions, triggerOf } from './net-options';
 import { TRIGGERS } from '../engine/pacing';
-import { MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
 import {
@@ -44,7 +44,11 @@ import {
   DEFAULT_NBD_PORT,
   DEFAULT_REPLICATION_PORT,
   DISK_BUFFER_BYTES_DEFAULT,
+  INTERVAL_AUTO_MS_MIN,
+  MAX_LOSS_WINDOW_MS_DEFAULT,
+  MAX_PAUSE_SHARE_DEFAULT,
   PAGE_BYTES,
+  PAUSE_SHARE_WINDOW_MS,
 } from '../limits';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 
@@ -143,7 +147,9 @@ export const log = (line: string): void => {
 };
 
 interface ProtectOpts extends NetCliOptions, CoordinationCliOptions {
-  interval: number;
+  /** ms, or 'auto': chosen from what checkpoints cost, up to maxLossWindow (engine/adaptive-interval.ts). */
+  interval: number | 'auto';
+  maxLossWindow?: number;
   cache: string;
   compress: boolean;
   compressor: 'zstd' | 'lz4';
@@ -197,7 +203,19 @@ function registerProtect(program: Command): void {
     .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
     .argument('<domain>', "sim:<name>, or a Xen domain's name or id")
     .argument('[backup]', "the backup's host[:port]", hostPortOption('backup', DEFAULT_REPLICATION_PORT))
-    .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+    .option(
+      '-i, --interval <ms|auto>',
+      'checkpoint interval; auto: the shortest that keeps the guest paused at most --max-pause-share, ' +
+        `from ${INTERVAL_AUTO_MS_MIN} ms up to --max-loss-window`,
+      intOrWordOption('--interval', 1, 60000, ['auto'] as const),
+      50,
+    )
+    .option(
+      '--max-loss-window <ms>',
+      `--interval auto: the longest interval (what a failover may discard of the guest's run; default ` +
+        `${MAX_LOSS_WINDOW_MS_DEFAULT})`,
+      intOption('--max-loss-window', INTERVAL_AUTO_MS_MIN, 60000),
+    )
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
     .option(
       '--compressor <c>',
@@ -235,7 +253,8 @@ function registerProtect(program: Command): void {
     .option(
       '--max-pause-share <fraction>',
       `--trigger output: checkpoints a held output starts keep the guest paused at most this share of ` +
-        `every ${PAUSE_SHARE_WINDOW_MS} ms (the interval's own checkpoints are not held back)`,
+        `every ${PAUSE_SHARE_WINDOW_MS} ms (the interval's own checkpoints are not held back); ` +
+        '--interval auto: the share its interval is chosen for',
       fractionOption('--max-pause-share', 0, 1),
       MAX_PAUSE_SHARE_DEFAULT,
     );
@@ -491,7 +510,7 @@ async function runProtect(
   svc.start();
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
   log(
-    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${o.interval} ms${paceLine(svc)} ` +
+    `protecting ${svc.opened.label} (${svc.opened.summary}) every ${intervalLine(svc)}${paceLine(svc)} ` +
       `→ ${o.blackhole ? 'blackhole' : backupArg}${held}`,
   );
   await runUntilStopped(svc, o.seconds);
@@ -562,7 +581,8 @@ async function openProtect(
     holdOutputs: o.netBuffer !== false,
     journal: o.journal ?? null,
     engine: engineOptions(driver, opened.domain.pageCount, {
-      intervalMs: o.interval,
+      intervalMs: o.interval === 'auto' ? (o.maxLossWindow ?? MAX_LOSS_WINDOW_MS_DEFAULT) : o.interval,
+      intervalAuto: o.interval === 'auto',
       compressor: o.compress ? o.compressor : 'none',
       cache: o.cache,
       maxInFlight: maxInFlightOf(o, net),
@@ -577,6 +597,15 @@ async function openProtect(
     ownership,
     log,
   });
+}
+
+/** "50 ms", or under --interval auto "5–100 ms as checkpoints cost (paused at most 10 %)". */
+function intervalLine(svc: ProtectService): string {
+  const e = svc.primary.opts;
+  if (!e.intervalAuto) return `${e.intervalMs} ms`;
+  const share = (100 * (e.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT)).toFixed(0);
+  const least = Math.min(INTERVAL_AUTO_MS_MIN, e.intervalMs);
+  return `${least}–${e.intervalMs} ms as checkpoints cost (paused at most ${share} %)`;
 }
 
 /** ", or sooner when an output waits (paused at most 10 %)" under --trigger output. */
@@ -594,10 +623,18 @@ function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined
       '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it',
     );
   }
-  if (o.trigger === 'timer' && cmd.getOptionValueSource('maxPauseShare') === 'cli') {
+  if (o.trigger === 'timer' && o.interval !== 'auto' && cmd.getOptionValueSource('maxPauseShare') === 'cli') {
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,
-      '--max-pause-share bounds the checkpoints held outputs start: it goes with --trigger output, not timer',
+      '--max-pause-share bounds the checkpoints held outputs start, or the pauses --interval auto allows: ' +
+        'it goes with --trigger output or --interval auto',
+    );
+  }
+  if (o.interval !== 'auto' && o.maxLossWindow !== undefined) {
+    throw new RemusError(
+      ErrorCode.BAD_ARGUMENT,
+      `--max-loss-window bounds the interval --interval auto chooses: with --interval ${o.interval} the loss ` +
+        'window is that interval',
     );
   }
   if (!o.blackhole && !backupArg)
@@ -653,6 +690,17 @@ function earlyOf(s: Record<string, unknown>): string {
   return `${bound}, ${Number(s.earlyCheckpoints ?? 0)} started by outputs`;
 }
 
+/** " | interval 12 ms (auto: fixed 0.4 ms + 2.1 us/page, 830 pages/s)" under --interval auto. */
+function intervalOf(s: Record<string, unknown>): string {
+  const m = s.intervalModel as import('../engine/adaptive-interval').IntervalModel | null | undefined;
+  if (!m) return '';
+  const model = m.samples
+    ? `fixed ${m.fixedMs.toFixed(2)} ms + ${(1000 * m.perPageMs).toFixed(1)} us/page, ` +
+      `${(1000 * m.dirtyPagesPerMs).toFixed(0)} dirty pages/s`
+    : 'no sample yet';
+  return ` | interval ${m.intervalMs.toFixed(0)} ms (auto, ${m.minMs}–${m.maxMs}: ${model})`;
+}
+
 function progressLine(s: Record<string, unknown>): string {
   const n = (k: string): number => Number(s[k] ?? 0);
   const ratio = n('wireBytes') ? (n('rawBytes') / n('wireBytes')).toFixed(1) : '-';
@@ -669,7 +717,8 @@ function progressLine(s: Record<string, unknown>): string {
   return (
     `${String(s.state)} epoch ${n('epoch')} acked ${n('ackedEpoch')}${disk} | pause ` +
     `p50 ${n('pauseMsP50').toFixed(2)} ms p99 ${n('pauseMsP99').toFixed(2)} ms, ` +
-    `${(100 * n('pauseShare')).toFixed(1)}% of the time${earlyOf(s)} | dirty ${n('dirtyPagesLast')} pages ` +
+    `${(100 * n('pauseShare')).toFixed(1)}% of the time${earlyOf(s)}${intervalOf(s)} ` +
+    `| dirty ${n('dirtyPagesLast')} pages ` +
     `| wire ${(n('wireBytes') / 1e6).toFixed(1)} MB ratio ${ratio}x | held ${n('outputsHeld')} | last ack ` +
     `${n('lastAckAgeMs').toFixed(0)} ms ago`
   );

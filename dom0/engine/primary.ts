@@ -18,7 +18,7 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import type { Compressor } from '../memory/encodings';
 import { PageEncoder } from '../memory/page-codec';
-import { DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../limits';
+import { DISK_BUFFER_BYTES_DEFAULT, INTERVAL_AUTO_MS_MIN, MAX_PAUSE_SHARE_DEFAULT, PAGE_BYTES } from '../limits';
 import {
   PROTOCOL_VERSION,
   Rec,
@@ -43,6 +43,7 @@ import { capturedPages } from './captured-pages';
 import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
+import { AdaptiveInterval } from './adaptive-interval';
 import type { ContinueFrom } from './hello';
 
 export type Phase =
@@ -59,7 +60,13 @@ export type Phase =
   | 'precopy-batch';
 
 export interface PrimaryOptions {
+  /** The interval between checkpoints (ms); with intervalAuto the longest one (the loss window). */
   intervalMs: number;
+  /**
+   * Choose the interval from what checkpoints cost (engine/adaptive-interval.ts): the shortest in
+   * [INTERVAL_AUTO_MS_MIN, intervalMs] that keeps the guest paused at most maxPauseShare.
+   */
+  intervalAuto?: boolean;
   compressor: Compressor;
   cachePages: number;
   maxInFlight: number;
@@ -217,6 +224,10 @@ export class Primary {
   /** Since when outputs wait that the pause share bound kept from starting a checkpoint (null: none). */
   private heldBackAt: number | null = null;
   private readonly pauses: PauseShare;
+  /** With intervalAuto: picks the interval from the pauses it is told of; null: opts.intervalMs. */
+  private readonly adaptive: AdaptiveInterval | null;
+  /** When the last checkpoint suspended the guest (the start of the span the next one captures). */
+  private lastSuspendAt = 0;
   private hbTimer: unknown = null;
   private exposureTimer: unknown = null;
   private holdTimer: unknown = null;
@@ -283,6 +294,13 @@ export class Primary {
       );
     }
     this.pauses = new PauseShare(opts.maxPauseShare, opts.pauseShareWindowMs);
+    this.adaptive = opts.intervalAuto
+      ? new AdaptiveInterval(
+          Math.min(INTERVAL_AUTO_MS_MIN, opts.intervalMs),
+          opts.intervalMs,
+          opts.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT,
+        )
+      : null;
     this.encoder = new PageEncoder({
       cachePages: opts.cachePages,
       compressor: opts.compressor,
@@ -297,7 +315,7 @@ export class Primary {
   start(): void {
     this.gate.setPassThrough(true);
     if (this.opts.trigger === 'output') this.gate.watchHeld!(() => this.onOutputHeld());
-    this.scheduleTick(this.opts.intervalMs);
+    this.scheduleTick(this.intervalMs());
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
     if (this.hooks.netExposure) this.exposureTimer = this.clock.setTimer(EXPOSURE_TICK_MS, () => this.sendExposure());
   }
@@ -407,17 +425,24 @@ export class Primary {
       lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
       trigger: this.opts.trigger ?? 'timer',
       pauseShare: this.pauses.share(this.clock.now()),
+      intervalMs: this.intervalMs(),
+      intervalModel: this.adaptive?.model() ?? null,
     };
   }
 
   // ---- the checkpoint ----------------------------------------------------------------
+
+  /** The interval the next checkpoint is timed by: the option's, or the adaptive choice. */
+  private intervalMs(): number {
+    return this.adaptive ? Math.round(this.adaptive.intervalMs) : this.opts.intervalMs;
+  }
 
   private tick(): void {
     this.tickTimer = null;
     this.tickAt = Infinity;
     if (this.checkpointing) return; // a slow (asynchronous) checkpoint reschedules when it ends
     if (this.state !== 'protected') {
-      this.scheduleTick(this.opts.intervalMs);
+      this.scheduleTick(this.intervalMs());
       return;
     }
     if (this.epoch - this.acked >= this.opts.maxInFlight) {
@@ -439,7 +464,7 @@ export class Primary {
     this.hooks.paced?.(this.epoch + 1, cause, this.pauses.predictMs());
     const started = this.clock.now();
     this.takeCheckpoint(() => {
-      this.scheduleTick(Math.max(1, this.opts.intervalMs - (this.clock.now() - started)));
+      this.scheduleTick(Math.max(1, this.intervalMs() - (this.clock.now() - started)));
       this.armEarly();
       this.checkInvariants();
     });
@@ -594,6 +619,10 @@ export class Primary {
         const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
         if (full) this.fullPauseMs = pausedMs;
         else this.pause.add(pausedMs);
+        // The adaptive interval learns from checkpoints that hold one span's writes (a continued
+        // session's first carries every page since the last ack; a full copy, all of them).
+        if (!full && !cont && cap) this.adaptive?.observe(pausedMs, cap.count, t0 - this.lastSuspendAt);
+        this.lastSuspendAt = t0;
         this.pauses.add(this.clock.now(), pausedMs, full);
         this.totals.pausedMsTotal += pausedMs;
         this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
@@ -1096,7 +1125,7 @@ export class Primary {
     if (this.state === 'fenced' || this.state === 'stopped') return;
     this.state = 'holding';
     this.waitingForAck = false;
-    if (this.tickTimer === null) this.scheduleTick(this.opts.intervalMs);
+    if (this.tickTimer === null) this.scheduleTick(this.intervalMs());
     if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
     this.holdTimer = this.clock.setTimer(this.opts.holdOnLossMs ?? 3 * this.opts.heartbeatTimeoutMs, () => {
       this.holdTimer = null;

@@ -90,6 +90,10 @@ export interface PrimaryStats {
   trigger: import('./pacing').Trigger;
   /** The guest's paused share of the pause share window ending now, in [0, 1]. */
   pauseShare: number;
+  /** The interval the next checkpoint is timed by (ms): the option's, or `--interval auto`'s choice. */
+  intervalMs: number;
+  /** With `--interval auto`: the cost model it chose by (engine/adaptive-interval.ts); else null. */
+  intervalModel: import('./adaptive-interval').IntervalModel | null;
   /** Checkpoints started by a held output (trigger 'output'). */
   earlyCheckpoints: number;
   /** Checkpoints that started later than waiting outputs asked, because of the pause share bound. */

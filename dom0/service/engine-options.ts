@@ -9,7 +9,10 @@ import type { Trigger } from '../engine/pacing';
 import { BATCH_PAGES_MAX_DEFAULT, MAX_PAUSE_SHARE_DEFAULT, PAUSE_SHARE_WINDOW_MS } from '../limits';
 
 export interface EngineChoices {
+  /** The interval (ms); with intervalAuto the longest the adaptive interval may choose. */
   intervalMs: number;
+  /** --interval auto (engine/adaptive-interval.ts). */
+  intervalAuto?: boolean;
   /** none: pages go raw and no cache is kept (plain Remus, -u). */
   compressor: Compressor;
   /** --cache: percent of guest memory or bytes. */
@@ -28,6 +31,7 @@ export interface EngineChoices {
 export function engineOptions(driver: DomainDriver, pageCount: number, c: EngineChoices): PrimaryOptions {
   return {
     intervalMs: c.intervalMs,
+    intervalAuto: c.intervalAuto === true,
     compressor: c.compressor,
     cachePages: c.compressor === 'none' ? 0 : parseCachePages(c.cache, pageCount),
     maxInFlight: c.maxInFlight,

@@ -281,6 +281,11 @@ export class MetricsExporter {
       "The guest's paused share of the last pause share window (protect --max-pause-share bounds it)",
       (s) => s.stats.pauseShare,
     );
+    gauge(
+      'remusdb_checkpoint_interval_seconds',
+      'The interval the next checkpoint is timed by (protect --interval; with auto, its current choice)',
+      (s) => s.stats.intervalMs / 1000,
+    );
     counter(
       'remusdb_early_checkpoints_total',
       'Checkpoints a held output started before the interval (protect --trigger output)',

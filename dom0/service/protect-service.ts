@@ -202,15 +202,18 @@ export class ProtectService {
   }
 
   status(): Record<string, unknown> {
+    const stats = this.primary.stats();
     return {
       role: 'primary',
       domain: this.opened.label,
       kind: this.opened.driver.kind,
-      ...this.primary.stats(),
+      ...stats,
       backup_target: this.reconnector ? this.reconnector.target : 'blackhole',
       rss_bytes: process.memoryUsage.rss(),
       ...loopDelay(),
-      interval_ms: this.cfg.engine.intervalMs,
+      interval_ms: stats.intervalMs,
+      interval: this.cfg.engine.intervalAuto ? 'auto' : 'fixed',
+      max_loss_window_ms: this.cfg.engine.intervalMs,
       max_pause_share: this.cfg.engine.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT,
       pause_share_window_ms: this.cfg.engine.pauseShareWindowMs ?? PAUSE_SHARE_WINDOW_MS,
       compressor: this.cfg.engine.compressor,

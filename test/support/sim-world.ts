@@ -21,6 +21,7 @@ import { encodeRecord, RecordDecoder } from '../../dom0/protocol/framer';
 import { PROTOCOL_VERSION, Rec, jsonBody } from '../../dom0/protocol/records';
 import { Prng } from '../../dom0/util/prng';
 import type { PaceCause, Trigger } from '../../dom0/engine/pacing';
+import { INTERVAL_AUTO_MS_MIN } from '../../dom0/limits';
 
 const PAGE = 4096;
 export class Crash extends Error {}
@@ -447,6 +448,8 @@ export interface Pacing {
   pauseBaseMs: number;
   pagesPerMs: number;
   earlyFault: Fault | null;
+  /** --interval auto (engine/adaptive-interval.ts): the interval chosen in [5, 20] ms from the pauses. */
+  intervalAuto: boolean;
 }
 
 const PAUSE_SHARES = [0.02, 0.05, 0.1, 0.25, 0.5];
@@ -473,6 +476,7 @@ export function pickPacing(seed: number): Pacing {
     pauseBaseMs: rng.below(3),
     pagesPerMs: 8 + rng.below(56),
     earlyFault,
+    intervalAuto: rng.chance(0.3), // drawn last: the draws above stay what they were for every seed
   };
 }
 
@@ -599,6 +603,9 @@ export interface WorldResult {
   /** Checkpoints held outputs started, and those the pause share bound made wait (all primaries). */
   earlyCheckpoints: number;
   checkpointsHeldBack: number;
+  /** --interval auto ran, and the interval the last primary would time its next checkpoint by. */
+  intervalAuto: boolean;
+  intervalMsLast: number;
 }
 
 /** Runs one seeded scenario and checks the invariants of docs/design.md. */
@@ -783,6 +790,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   };
   const primaryOptions = {
     intervalMs: 20,
+    intervalAuto: pacing.intervalAuto,
     compressor: rng.chance(0.5) ? ('zstd' as const) : ('lz4' as const),
     cachePages: 16 + rng.below(64),
     maxInFlight: 1 + rng.below(3),
@@ -860,6 +868,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         },
         paced: (epoch: number, cause: PaceCause, predictedMs: number) => {
           early = cause === 'output' ? { epoch, predictedMs } : null;
+          const interval = primary?.stats().intervalMs ?? 20;
+          if (interval < (pacing.intervalAuto ? INTERVAL_AUTO_MS_MIN : 20) || interval > 20)
+            violate(`checkpoint ${epoch} timed by an interval of ${interval} ms (bounds: 5–20 auto, else 20)`);
           if (cause === 'output') earlyOrdinal.set(epoch, ++earlyCount);
         },
         checkpoint: (epoch) => {
@@ -1103,6 +1114,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     trigger: pacing.trigger,
     earlyCheckpoints: pacedTotals.early + primary.stats().earlyCheckpoints,
     checkpointsHeldBack: pacedTotals.heldBack + primary.stats().checkpointsHeldBack,
+    intervalAuto: pacing.intervalAuto,
+    intervalMsLast: primary.stats().intervalMs,
   };
 }
 

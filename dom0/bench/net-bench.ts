@@ -83,6 +83,9 @@ export interface NetBenchResult {
   held_pct: PerMode<number[]>;
   /** The guest's paused share of each run's time (0..1): what the checkpoints cost it. */
   pause_share: PerMode<number[]>;
+  /** The interval the timer was at when each run ended (ms): with interval_auto, what it chose. */
+  interval_chosen_ms: PerMode<number[]>;
+  interval_auto: boolean;
   runs: number;
   seconds: number;
   scale: number;
@@ -121,6 +124,8 @@ interface Point {
   latencyMs: number;
   heldPct: number;
   pauseShare: number;
+  /** The timer's interval at the end of the run (ms; with --interval-auto its choice). */
+  intervalMs: number;
   /** Checkpoints per second, and their mean pause (ms): what the pause share is made of. */
   perSec: number;
   pauseMs: number;
@@ -201,7 +206,8 @@ async function measure(
       const heldPct = seen ? (100 * held) / seen : 0;
       const perSec = (1000 * taken) / ms,
         pauseMs = taken ? paused / taken : 0;
-      return { tps: r.tps, latencyMs: r.latencyMs, heldPct, pauseShare: paused / ms, perSec, pauseMs };
+      const intervalMs = Number(engine.stats().intervalMs);
+      return { tps: r.tps, latencyMs: r.latencyMs, heldPct, pauseShare: paused / ms, intervalMs, perSec, pauseMs };
     } finally {
       engine.stop();
     }
@@ -293,7 +299,8 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
           `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
           `paused ${(100 * p.pauseShare).toFixed(1)}% ` +
-          `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)`,
+          `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)` +
+          (o.intervalAuto ? `, interval auto at ${p.intervalMs} ms` : ''),
       );
     };
     for (let round = 1; round <= o.runs; round++) {
@@ -349,6 +356,8 @@ function summarize(
     latency_ms: pick((p) => p.latencyMs),
     held_pct: pick((p) => p.heldPct),
     pause_share: pick((p) => p.pauseShare),
+    interval_chosen_ms: pick((p) => p.intervalMs),
+    interval_auto: o.intervalAuto === true,
     runs: o.runs,
     seconds: o.seconds,
     scale: o.scale,
@@ -423,7 +432,14 @@ export function formatNetBench(r: NetBenchResult): string {
   const paused = NET_MODES.filter((m) => r.pause_share[m]).map(
     (m) => `${m} ${r.pause_share[m]!.map((x) => (100 * x).toFixed(1)).join('/')}%`,
   );
-  lines.push(`packets held: ${held.join(', ')}`, `guest paused: ${paused.join(', ')}`, ...r.notes);
+  lines.push(`packets held: ${held.join(', ')}`, `guest paused: ${paused.join(', ')}`);
+  if (r.interval_auto) {
+    const chosen = NET_MODES.filter((m) => r.interval_chosen_ms[m] && m !== 'none' && m !== 'pg_sync_rep').map(
+      (m) => `${m} ${r.interval_chosen_ms[m]!.join('/')} ms`,
+    );
+    lines.push(`interval auto chose: ${chosen.join(', ')}`);
+  }
+  lines.push(...r.notes);
   if (r.diagnostic)
     lines.push(
       `queue cost (everything released at once, ${r.intervals_ms[0]} ms): ` +

@@ -13,7 +13,8 @@
 // [minMs, maxMs] (maxMs is the operator's loss window: `--max-loss-window`); maxMs when the
 // per-page part alone is over the share. The interval moves at most INTERVAL_AUTO_STEP per
 // checkpoint (pages dirtied grow less than linearly with the interval, so the model is only
-// trusted near where it was measured; small steps let the next samples correct it).
+// trusted near where it was measured; small steps let the next samples correct it), and never
+// shortens while the samples' measured paused share is over the bound.
 import { assert } from '../assert';
 import { INTERVAL_AUTO_SAMPLES, INTERVAL_AUTO_STEP } from '../limits';
 
@@ -69,7 +70,9 @@ export class AdaptiveInterval {
     this.samples.push({ pauseMs, pages, elapsedMs });
     if (this.samples.length > INTERVAL_AUTO_SAMPLES) this.samples.shift();
     this.fit();
-    const ideal = this.idealMs();
+    // Never shorter while the samples' own paused share is over the bound: near the floor the
+    // fitted fixed part can sit below the mean pause and make short intervals look cheaper.
+    const ideal = this.measuredShare() > this.maxShare ? Math.max(this.current, this.idealMs()) : this.idealMs();
     const stepped = Math.min(this.current * INTERVAL_AUTO_STEP, Math.max(this.current / INTERVAL_AUTO_STEP, ideal));
     this.current = Math.min(this.maxMs, Math.max(this.minMs, stepped));
     assert(this.current >= this.minMs && this.current <= this.maxMs, `interval ${this.current} ms out of bounds`);
@@ -80,6 +83,17 @@ export class AdaptiveInterval {
     const room = this.maxShare - this.perPageMs * this.rate;
     if (room <= 0) return Infinity;
     return this.fixedMs / room;
+  }
+
+  /** Paused time over run time across the samples. */
+  private measuredShare(): number {
+    let paused = 0,
+      ran = 0;
+    for (const s of this.samples) {
+      paused += s.pauseMs;
+      ran += s.elapsedMs;
+    }
+    return ran > 0 ? paused / ran : 0;
   }
 
   private fit(): void {

@@ -601,11 +601,9 @@ async function openProtect(
 
 /** "50 ms", or under --interval auto "5–100 ms as checkpoints cost (paused at most 10 %)". */
 function intervalLine(svc: ProtectService): string {
-  const e = svc.primary.opts;
-  if (!e.intervalAuto) return `${e.intervalMs} ms`;
-  const share = (100 * (e.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT)).toFixed(0);
-  const least = Math.min(INTERVAL_AUTO_MS_MIN, e.intervalMs);
-  return `${least}–${e.intervalMs} ms as checkpoints cost (paused at most ${share} %)`;
+  const m = svc.primary.stats().intervalModel;
+  if (!m) return `${svc.primary.opts.intervalMs} ms`;
+  return `${m.minMs}–${m.maxMs} ms as checkpoints cost (paused at most ${(100 * m.maxShare).toFixed(0)} %)`;
 }
 
 /** ", or sooner when an output waits (paused at most 10 %)" under --trigger output. */

@@ -48,6 +48,8 @@ export class AdaptiveInterval {
   private fixedMs = 0;
   private perPageMs = 0;
   private rate = 0;
+  /** The samples' own paused share: their pauses over their run time. */
+  private measured = 0;
 
   constructor(
     readonly minMs: number,
@@ -72,7 +74,7 @@ export class AdaptiveInterval {
     this.fit();
     // Never shorter while the samples' own paused share is over the bound: near the floor the
     // fitted fixed part can sit below the mean pause and make short intervals look cheaper.
-    const ideal = this.measuredShare() > this.maxShare ? Math.max(this.current, this.idealMs()) : this.idealMs();
+    const ideal = this.measured > this.maxShare ? Math.max(this.current, this.idealMs()) : this.idealMs();
     const stepped = Math.min(this.current * INTERVAL_AUTO_STEP, Math.max(this.current / INTERVAL_AUTO_STEP, ideal));
     this.current = Math.min(this.maxMs, Math.max(this.minMs, stepped));
     assert(this.current >= this.minMs && this.current <= this.maxMs, `interval ${this.current} ms out of bounds`);
@@ -83,17 +85,6 @@ export class AdaptiveInterval {
     const room = this.maxShare - this.perPageMs * this.rate;
     if (room <= 0) return Infinity;
     return this.fixedMs / room;
-  }
-
-  /** Paused time over run time across the samples. */
-  private measuredShare(): number {
-    let paused = 0,
-      ran = 0;
-    for (const s of this.samples) {
-      paused += s.pauseMs;
-      ran += s.elapsedMs;
-    }
-    return ran > 0 ? paused / ran : 0;
   }
 
   private fit(): void {
@@ -113,6 +104,7 @@ export class AdaptiveInterval {
       minPause = Math.min(minPause, s.pauseMs);
     }
     this.rate = se > 0 ? sp / se : 0;
+    this.measured = se > 0 ? sq / se : 0;
     const meanP = sp / n,
       meanQ = sq / n,
       varP = spp / n - meanP * meanP;

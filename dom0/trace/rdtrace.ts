@@ -290,9 +290,14 @@ export class TraceWriter {
     } catch (e) {
       // A full disk (ENOSPC) or a quota is the operator's to fix: a typed error naming the file.
       const code = (e as NodeJS.ErrnoException).code;
-      throw new RemusError(ErrorCode.IO, `cannot write the trace ${this.path}: ${(e as Error).message}`, { code }, {
-        cause: e,
-      });
+      throw new RemusError(
+        ErrorCode.IO,
+        `cannot write the trace ${this.path}: ${(e as Error).message}`,
+        { code },
+        {
+          cause: e,
+        },
+      );
     }
   }
 }

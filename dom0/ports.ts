@@ -213,6 +213,8 @@ export interface Link {
   /** Called once when the channel ends; error when it broke. */
   onClose(cb: (error: Error | null) => void): void;
   readonly remote: string;
+  /** The TLS cipher suite the connection runs (absent: plain TCP, or a link of the tests). */
+  readonly cipher?: string;
 }
 
 /** What the owner of a domain hears from the coordination service (dom0/coordination). */

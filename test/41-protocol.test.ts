@@ -20,7 +20,9 @@ import { TapLink } from './support/tap-link';
 import { dbPages } from './support/helpers';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import * as net from 'node:net';
-import { listenLinks } from '../dom0/protocol/channel';
+import { connectLink, listenLinks } from '../dom0/protocol/channel';
+import * as tls from 'node:tls';
+import { randomBytes } from 'node:crypto';
 import { LINK_TURN_MS_MAX } from '../dom0/limits';
 import type { Link } from '../dom0/ports';
 
@@ -117,6 +119,36 @@ describe('41 protocol', () => {
       longestRun = Math.max(longestRun, run);
     }
     assert.ok(longestRun <= LINK_TURN_MS_MAX / BUSY_MS + 2, `${longestRun} records in one turn`);
+  });
+
+  it('41.7 the TLS channel runs DHE-PSK with AES-256-GCM, and still serves a peer that offers only ChaCha20', async () => {
+    const sec = { psk: randomBytes(32) };
+    let linkCb: (l: Link) => void = () => {};
+    let linked = new Promise<Link>((resolve) => (linkCb = resolve));
+    const listener = await listenLinks('127.0.0.1', 0, sec, (l) => linkCb(l));
+    try {
+      const ours = await connectLink('127.0.0.1', listener.port, sec);
+      const served = await linked;
+      assert.equal(ours.cipher, 'DHE-PSK-AES256-GCM-SHA384');
+      assert.equal(served.cipher, 'DHE-PSK-AES256-GCM-SHA384');
+      ours.close();
+      served.close();
+      linked = new Promise<Link>((resolve) => (linkCb = resolve));
+      const older = tls.connect({
+        host: '127.0.0.1',
+        port: listener.port,
+        ciphers: 'ECDHE-PSK-CHACHA20-POLY1305',
+        maxVersion: 'TLSv1.2',
+        pskCallback: () => ({ psk: sec.psk, identity: 'remusdb' }),
+        checkServerIdentity: () => undefined,
+      });
+      const olderServed = await linked;
+      assert.equal(olderServed.cipher, 'ECDHE-PSK-CHACHA20-POLY1305');
+      older.destroy();
+      olderServed.close();
+    } finally {
+      listener.close();
+    }
   });
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {

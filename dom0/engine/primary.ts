@@ -40,7 +40,7 @@ import {
 import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
 import { Window, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
-import { PRECOPY_BACKLOG_BYTES_MAX, Precopy, withPagesRead } from './precopy';
+import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
 import { AdaptiveInterval } from './adaptive-interval';
@@ -903,7 +903,8 @@ export class Primary {
     this.session = 'precopy';
     this.state = 'precopy';
     this.gate.setPassThrough(true);
-    this.precopy = new Precopy(live, this.opts.batchPagesMax, this.clock.now(), this.opts.precopyRemainingPagesMin);
+    const batchPages = Math.min(this.opts.batchPagesMax, PRECOPY_BATCH_PAGES_MAX);
+    this.precopy = new Precopy(live, batchPages, this.clock.now(), this.opts.precopyRemainingPagesMin);
     this.precopyMark = this.link!.queuedBytes ?? 0;
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
     this.disk?.appliedAtOnce?.(this.epoch + 1);

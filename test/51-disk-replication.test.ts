@@ -34,6 +34,10 @@ import {
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
+import { BlockFile } from '../blktap/block-file';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 const guestImage = (): Uint8Array => {
   const m = new Uint8Array(128 * 4096);
@@ -436,5 +440,33 @@ describe('51 disk replication', () => {
       again.rec(Rec.HELLO, hello(DISK));
       assert.equal(JSON.parse(again.sent.find((r) => r.type === Rec.HELLO_ACK)!.body.toString()).diskContinues, false);
     });
+  });
+
+  it('51.7 a replica image made over an old one: zeros, the old blocks unlinked aside, a symbolic link refused', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
+    try {
+      const file = path.join(dir, 'vm.disk');
+      fs.writeFileSync(file, Buffer.alloc(4 << 20, 0x5a)); // an old replica, its blocks allocated
+      const disk = BlockFile.create(file, 1 << 20);
+      const back = new Uint8Array(1 << 20);
+      disk.read(0, back);
+      disk.close();
+      assert.ok(
+        back.every((b) => b === 0),
+        'none of the old image shows through',
+      );
+      assert.equal(fs.statSync(file).size, 1 << 20);
+      for (let i = 0; i < 50 && fs.readdirSync(dir).length > 1; i++) await new Promise((r) => setTimeout(r, 20));
+      assert.deepEqual(fs.readdirSync(dir), ['vm.disk'], 'the old image was unlinked');
+      const link = path.join(dir, 'link.disk');
+      fs.symlinkSync(file, link);
+      assert.throws(
+        () => BlockFile.create(link, 1 << 20),
+        (e) => isRemusError(e, ErrorCode.IO),
+      );
+      assert.equal(fs.statSync(file).size, 1 << 20, 'the link target untouched');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -82,6 +82,26 @@ export class BlockFile {
     }
   }
 
+  /** read() on libuv's thread pool (DiskSource.readAsync); ERR_IO on failure, zeros past the end. */
+  readAsync(offsetBytes: number, into: Uint8Array): Promise<void> {
+    this.check(offsetBytes, into.length);
+    const fd = this.fd;
+    return new Promise((resolve, reject) => {
+      const more = (done: number): void => {
+        if (done >= into.length) return resolve();
+        fs.read(fd, into, done, into.length - done, offsetBytes + done, (e, n) => {
+          if (e) return reject(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`, {}, { cause: e }));
+          if (n === 0) {
+            into.fill(0, done);
+            return resolve();
+          }
+          more(done + n);
+        });
+      };
+      more(0);
+    });
+  }
+
   write(offsetBytes: number, data: Uint8Array): void {
     this.check(offsetBytes, data.length);
     let done = 0;

@@ -121,7 +121,7 @@ describe('41 protocol', () => {
     assert.ok(longestRun <= LINK_TURN_MS_MAX / BUSY_MS + 2, `${longestRun} records in one turn`);
   });
 
-  it('41.7 the TLS channel runs DHE-PSK with AES-256-GCM, and still serves a peer that offers only ChaCha20', async () => {
+  it('41.7 the TLS channel runs DHE-PSK with AES-256-GCM, and serves a peer that offers only ChaCha20', async () => {
     const sec = { psk: randomBytes(32) };
     let linkCb: (l: Link) => void = () => {};
     let linked = new Promise<Link>((resolve) => (linkCb = resolve));

@@ -35,6 +35,8 @@ import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import { BlockFile } from '../blktap/block-file';
+import { diskChecksum, diskChecksumAsync } from '../blktap/disk-source';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -442,7 +444,7 @@ describe('51 disk replication', () => {
     });
   });
 
-  it('51.7 a replica image made over an old one: zeros, the old blocks unlinked aside, a symbolic link refused', async () => {
+  it('51.7 a replica image over an old one: zeros, old blocks unlinked aside, a symbolic link refused', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
     try {
       const file = path.join(dir, 'vm.disk');
@@ -465,6 +467,25 @@ describe('51 disk replication', () => {
         (e) => isRemusError(e, ErrorCode.IO),
       );
       assert.equal(fs.statSync(file).size, 1 << 20, 'the link target untouched');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('51.8 a file disk is checksummed off the event loop: the same CRC32C, timers run meanwhile', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
+    try {
+      const SIZE = 9 * 1024 * 1024 + 4096; // pieces of 4 MiB and a short last one
+      const file = path.join(dir, 'vm.disk');
+      const disk = BlockFile.create(file, SIZE);
+      disk.write(0, randomBytes(SIZE));
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 0);
+      const crc = await diskChecksumAsync(disk, { defer: (f) => setImmediate(f) });
+      clearInterval(ticker);
+      assert.equal(crc, diskChecksum(disk), 'the same CRC32C as the synchronous read');
+      assert.ok(ticks >= 1, 'timers ran while the disk was read');
+      disk.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

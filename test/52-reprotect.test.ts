@@ -34,16 +34,18 @@ describe('52 reprotection', function () {
     },
   );
 
-  it('52.2 a backup without the old disk gets a full copy, also verified', async () => {
+  it('52.2 a backup without the old disk gets a full copy, also verified (under --interval auto)', async () => {
     const r = await runReprotect({
       diskMiB: 32,
       runSeconds: 1,
       afterFailoverSeconds: 0.5,
       reuse: false,
       heartbeatTimeoutMs: 1000,
+      intervalAuto: true,
     });
     assert.ok(r.verified_epoch > 0);
     assert.ok(r.copied_bytes >= r.disk_bytes, `copied ${r.copied_bytes} of ${r.disk_bytes}`);
+    assert.ok(r.interval_auto, 'the reprotection chose its interval from what checkpoints cost');
   });
 
   it('52.3 reprotect on a backup that did not fail over is refused: nothing to reprotect', async () => {
@@ -69,6 +71,20 @@ describe('52 reprotection', function () {
         encoding: 'utf8',
       });
       assert.match(nokey.stderr, /--psk-file/);
+      const cli = (...args: string[]) =>
+        spawnSync(process.execPath, [BIN, 'reprotect', 'sim:x', '127.0.0.1:7598', '--insecure', ...args], {
+          env,
+          encoding: 'utf8',
+        });
+      const window = cli('--interval', '20', '--max-loss-window', '80');
+      assert.equal(window.status, 2, window.stderr);
+      assert.match(window.stderr, /--max-loss-window bounds the interval --interval auto chooses.*ERR_BAD_ARGUMENT/);
+      const auto = cli('--interval', 'auto', '--max-loss-window', '80');
+      assert.match(
+        auto.stderr,
+        /no backup on this host holds sim:x.*ERR_NO_DOMAIN/,
+        'auto parses; the domain is what is missing',
+      );
       p = require('node:child_process').spawn(
         process.execPath,
         [

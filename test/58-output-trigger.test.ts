@@ -400,6 +400,12 @@ describe('58 output-triggered checkpoints', () => {
     const window = runCli(['protect', 'sim:t58', '-b', '--max-loss-window', '200'], 20_000);
     assert.notEqual(window.status, 0);
     assert.match(window.stderr, /--max-loss-window bounds the interval --interval auto chooses/);
+    const agent = runCli(
+      ['agent', '--coordination', 'etcd://127.0.0.1:1', '--insecure', '-i', '20', '--max-loss-window', '80'],
+      20_000,
+    );
+    assert.equal(agent.status, 2, agent.stderr);
+    assert.match(agent.stderr, /--max-loss-window bounds the interval --interval auto chooses/);
     const env = { ...process.env, REMUSDB_RUN_DIR: tmpDir('t58a') };
     const bin = path.join(ROOT, 'bin', 'remusdb');
     const args = ['protect', 'sim:t58', '-b', '--memory', '16MiB', '--disk', '0', '--rate', '500', '--seconds', '20'];

@@ -27,6 +27,8 @@ export interface ReprotectRun {
   copied_vs_differing: number;
   seconds_to_protected: number;
   verified_epoch: number;
+  /** The reprotection ran the adaptive interval (--interval auto): its model showed in status. */
+  interval_auto: boolean;
 }
 
 async function until<T>(f: () => Promise<T | null>, ms: number, what: string): Promise<T> {
@@ -63,6 +65,8 @@ export async function runReprotect(o: {
   afterFailoverSeconds: number;
   reuse: boolean;
   heartbeatTimeoutMs?: number;
+  /** Reprotect with --interval auto (loss window 100 ms) instead of 50 ms. */
+  intervalAuto?: boolean;
 }): Promise<ReprotectRun> {
   const hb = String(o.heartbeatTimeoutMs ?? 200);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rdb-reprotect-'));
@@ -135,7 +139,8 @@ export async function runReprotect(o: {
       cmd: 'reprotect',
       backup: `127.0.0.1:${base + 1}`,
       insecure: true,
-      intervalMs: 50,
+      intervalMs: o.intervalAuto ? 100 : 50,
+      intervalAuto: o.intervalAuto === true,
       heartbeatTimeoutMs: Number(hb),
     });
     if (r.error) throw new Error(`reprotect refused: ${JSON.stringify(r.error)}`);
@@ -160,6 +165,7 @@ export async function runReprotect(o: {
       copied_vs_differing: copied / Math.max(1, differing),
       seconds_to_protected: secs,
       verified_epoch: Number(st.diskVerifiedEpoch),
+      interval_auto: st.interval === 'auto' && st.intervalModel != null,
     };
   } finally {
     for (const k of kids) k.kill('SIGKILL');

@@ -30,8 +30,9 @@ import {
   security,
 } from './replication';
 import { untilStopped } from './until-stopped';
+import { addIntervalOptions, intervalChoice, type IntervalCliOptions } from './interval-options';
 
-interface AgentOpts extends CoordinationCliOptions {
+interface AgentOpts extends CoordinationCliOptions, IntervalCliOptions {
   listen: string;
   advertise?: string;
   hostId: string;
@@ -39,7 +40,6 @@ interface AgentOpts extends CoordinationCliOptions {
   maxMemory: number;
   diskDir?: string;
   diskBuffer: number;
-  interval: number;
   backupPatience: number;
   heartbeatTimeout?: number;
   pskFile?: string;
@@ -86,12 +86,6 @@ export function registerAgent(program: Command): void {
     .option('--slots <n>', 'backup slots offered', intOption('--slots', 1, POOL_SLOTS_MAX), POOL_SLOTS_DEFAULT)
     .option('--max-memory <size>', 'guest memory this host takes in all', memoryOption('--max-memory'), 64 * 2 ** 30)
     .option(
-      '-i, --interval <ms>',
-      'checkpoint interval of the domains this host protects again',
-      intOption('--interval', 1, 60000),
-      50,
-    )
-    .option(
       '--backup-patience <s>',
       'a chosen backup with no session for this long is replaced by another from the pool',
       intOption('--backup-patience', 1, 3600),
@@ -102,12 +96,15 @@ export function registerAgent(program: Command): void {
       'their silence timeout (default 2 x interval + 100)',
       intOption('--heartbeat-timeout', 10, 600000),
     );
-  addReplicaDiskOptions(addSecurityOptions(agent));
+  addIntervalOptions(addReplicaDiskOptions(addSecurityOptions(agent)), {
+    whose: ' of the domains this host protects again',
+  });
   addMetricsOption(agent);
   addCoordinationOptions(agent).action(async (o: AgentOpts) => {
     if (!o.coordination) {
       throw new RemusError(ErrorCode.BAD_ARGUMENT, 'the pool lives in etcd: give --coordination etcd://host:port,…');
     }
+    const interval = intervalChoice(o);
     const { host, port } = parseHostPort(o.listen, DEFAULT_REPLICATION_PORT);
     const address = o.advertise ?? host;
     if (address === '0.0.0.0' || address === '::') {
@@ -134,7 +131,7 @@ export function registerAgent(program: Command): void {
       diskDir: o.diskDir ?? runtimeDir(),
       diskBufferBytesMax: o.diskBuffer,
       coordination: { endpoints: o.coordination, ttlSeconds: o.ownerTtl },
-      intervalMs: o.interval,
+      ...interval,
       backupPatienceMs: o.backupPatience * 1000,
       heartbeatTimeoutMs: o.heartbeatTimeout,
       metrics,

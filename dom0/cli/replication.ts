@@ -30,7 +30,6 @@ import {
   fractionOption,
   hostPortOption,
   intOption,
-  intOrWordOption,
   specified,
 } from './options';
 import { checkPath, nbdDeviceOption, pathOption } from './path-options';
@@ -39,13 +38,12 @@ import { addNetOptions, maxInFlightOf, netPlan, netPreflight, type NetCliOptions
 import { TRIGGERS } from '../engine/pacing';
 import { MAX_IN_FLIGHT_MAX } from '../net/net-buffers';
 import { untilStopped } from './until-stopped';
+import { addIntervalOptions, intervalChoice, type IntervalCliOptions } from './interval-options';
 import {
   BATCH_PAGES_MAX_DEFAULT,
   DEFAULT_NBD_PORT,
   DEFAULT_REPLICATION_PORT,
   DISK_BUFFER_BYTES_DEFAULT,
-  INTERVAL_AUTO_MS_MIN,
-  MAX_LOSS_WINDOW_MS_DEFAULT,
   MAX_PAUSE_SHARE_DEFAULT,
   PAGE_BYTES,
   PAUSE_SHARE_WINDOW_MS,
@@ -146,10 +144,7 @@ export const log = (line: string): void => {
   console.error(`${new Date().toISOString()} ${line}`);
 };
 
-interface ProtectOpts extends NetCliOptions, CoordinationCliOptions {
-  /** ms, or 'auto': chosen from what checkpoints cost, up to maxLossWindow (engine/adaptive-interval.ts). */
-  interval: number | 'auto';
-  maxLossWindow?: number;
+interface ProtectOpts extends NetCliOptions, CoordinationCliOptions, IntervalCliOptions {
   cache: string;
   compress: boolean;
   compressor: 'zstd' | 'lz4';
@@ -198,24 +193,14 @@ export function registerReplication(program: Command): void {
 }
 
 function registerProtect(program: Command): void {
-  const protect = program
-    .command('protect')
-    .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
-    .argument('<domain>', "sim:<name>, or a Xen domain's name or id")
-    .argument('[backup]', "the backup's host[:port]", hostPortOption('backup', DEFAULT_REPLICATION_PORT))
-    .option(
-      '-i, --interval <ms|auto>',
-      'checkpoint interval; auto: the shortest that keeps the guest paused at most --max-pause-share, ' +
-        `from ${INTERVAL_AUTO_MS_MIN} ms up to --max-loss-window`,
-      intOrWordOption('--interval', 1, 60000, ['auto'] as const),
-      50,
-    )
-    .option(
-      '--max-loss-window <ms>',
-      `--interval auto: the longest interval (what a failover may discard of the guest's run; default ` +
-        `${MAX_LOSS_WINDOW_MS_DEFAULT})`,
-      intOption('--max-loss-window', INTERVAL_AUTO_MS_MIN, 60000),
-    )
+  const protect = addIntervalOptions(
+    program
+      .command('protect')
+      .description('protect a domain with checkpoints to a backup host (backup = host[:port], default port 7400)')
+      .argument('<domain>', "sim:<name>, or a Xen domain's name or id")
+      .argument('[backup]', "the backup's host[:port]", hostPortOption('backup', DEFAULT_REPLICATION_PORT)),
+    { share: '--max-pause-share' },
+  )
     .option('--cache <size>', 'page cache: percent of guest memory or bytes', cacheOption, DEFAULT_CACHE)
     .option(
       '--compressor <c>',
@@ -396,10 +381,9 @@ function registerBackup(program: Command): void {
   });
 }
 
-interface ReprotectOpts {
+interface ReprotectOpts extends IntervalCliOptions {
   pskFile?: string;
   insecure?: boolean;
-  interval: number;
   heartbeatTimeout?: number;
   wait: boolean;
   timeout: number;
@@ -414,8 +398,7 @@ function registerReprotect(program: Command): void {
     )
     .argument('<domain>', "the domain this host's backup took over")
     .argument('<new-backup>', "the new backup's host[:port]", hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
-  addSecurityOptions(reprotect)
-    .option('-i, --interval <ms>', 'checkpoint interval', intOption('--interval', 1, 60000), 50)
+  addIntervalOptions(addSecurityOptions(reprotect))
     .option(
       '--heartbeat-timeout <ms>',
       'silence that means the peer is gone (default 2 x interval + 100)',
@@ -434,6 +417,7 @@ function registerReprotect(program: Command): void {
     .action(async (domain: string, newBackup: string, o: ReprotectOpts) => {
       if (!o.insecure && !o.pskFile)
         throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
+      const interval = intervalChoice(o);
       const sock = await backupHolding(domain);
       const r = await controlRequest(sock, {
         cmd: 'reprotect',
@@ -441,7 +425,8 @@ function registerReprotect(program: Command): void {
         backup: newBackup,
         pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
         insecure: o.insecure === true,
-        intervalMs: o.interval,
+        intervalMs: interval.intervalMs,
+        intervalAuto: interval.intervalAuto,
         heartbeatTimeoutMs: o.heartbeatTimeout,
       });
       throwControlError(r);
@@ -581,8 +566,7 @@ async function openProtect(
     holdOutputs: o.netBuffer !== false,
     journal: o.journal ?? null,
     engine: engineOptions(driver, opened.domain.pageCount, {
-      intervalMs: o.interval === 'auto' ? (o.maxLossWindow ?? MAX_LOSS_WINDOW_MS_DEFAULT) : o.interval,
-      intervalAuto: o.interval === 'auto',
+      ...intervalChoice(o),
       compressor: o.compress ? o.compressor : 'none',
       cache: o.cache,
       maxInFlight: maxInFlightOf(o, net),
@@ -628,13 +612,7 @@ function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined
         'it goes with --trigger output or --interval auto',
     );
   }
-  if (o.interval !== 'auto' && o.maxLossWindow !== undefined) {
-    throw new RemusError(
-      ErrorCode.BAD_ARGUMENT,
-      `--max-loss-window bounds the interval --interval auto chooses: with --interval ${o.interval} the loss ` +
-        'window is that interval',
-    );
-  }
+  intervalChoice(o); // refuses a loss window with a fixed interval
   if (!o.blackhole && !backupArg)
     throw new RemusError(ErrorCode.BAD_ARGUMENT, 'name the backup host (host[:port]) or use --blackhole');
   requireFeature(driver, o.blackhole ? 'blackhole' : 'backupHost');

@@ -1,8 +1,8 @@
 // channel: the real replication Link — TCP with TLS 1.2 DHE-PSK with AES-256-GCM (forward
 // secrecy, and both ends prove they hold the same 32-byte key; ECDHE-PSK with ChaCha20-Poly1305
-// for a peer that offers only that), or plain TCP with --insecure for labs. Node's TLS 1.3 cannot run PSK-only (no certificate),
-// hence 1.2. Records are framed by framer.ts; a framing error is reported to the engine as
-// ERR_PROTOCOL through onClose before the socket is closed.
+// for a peer that offers only that), or plain TCP with --insecure for labs. Node's TLS 1.3
+// cannot run PSK-only (no certificate), hence 1.2. Records are framed by framer.ts; a framing
+// error is reported to the engine as ERR_PROTOCOL through onClose before the socket is closed.
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as tls from 'node:tls';

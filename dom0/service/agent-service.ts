@@ -38,8 +38,9 @@ export interface AgentConfig {
   coordination: { endpoints: string[]; ttlSeconds: number };
   /** A chosen backup with no session for this long is replaced by the next choice (ms). */
   backupPatienceMs: number;
-  /** Reprotections' checkpoint interval and heartbeat timeout. */
+  /** Reprotections' checkpoint interval (with intervalAuto: the longest, the loss window) and heartbeat timeout. */
   intervalMs: number;
+  intervalAuto?: boolean;
   heartbeatTimeoutMs?: number;
   /** Where the slots' metrics are served (--metrics); stop() closes it. */
   metrics: MetricsExporter | null;
@@ -211,6 +212,7 @@ export class AgentService {
     else {
       slot.reprotectTo(target, this.cfg.security, {
         intervalMs: this.cfg.intervalMs,
+        intervalAuto: this.cfg.intervalAuto === true,
         heartbeatTimeoutMs: this.cfg.heartbeatTimeoutMs,
       });
     }

@@ -271,6 +271,7 @@ export class BackupService {
       req.insecure === true ? { insecure: true } : { psk: readPskFile(String(req.pskFile ?? '')) };
     return this.reprotectTo(parseHostPort(String(req.backup ?? ''), DEFAULT_REPLICATION_PORT), security, {
       intervalMs: Number(req.intervalMs ?? 50),
+      intervalAuto: req.intervalAuto === true,
       heartbeatTimeoutMs: req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs),
     });
   }
@@ -279,7 +280,7 @@ export class BackupService {
   reprotectTo(
     target: { host: string; port: number },
     security: Security,
-    o: { intervalMs: number; heartbeatTimeoutMs?: number },
+    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number },
   ): Record<string, unknown> {
     const r = this.replica;
     if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
@@ -302,6 +303,7 @@ export class BackupService {
       journal: null,
       engine: engineOptions(driver, r.pageCount, {
         intervalMs: o.intervalMs,
+        intervalAuto: o.intervalAuto === true,
         compressor: 'zstd',
         cache: DEFAULT_CACHE,
         maxInFlight: 2,

@@ -27,6 +27,8 @@ export const DEFAULT_REPLICATION_PORT = 7400;
 /** The TCP port `remusdb disk serve` (and a protected Xen domain's NBD disk) listens on: NBD's own. */
 export const DEFAULT_NBD_PORT = 10809;
 
+/** Disks from this size get protect's warning that --verify-disk pauses the guest to read them whole. */
+export const DISK_VERIFY_WARN_BYTES = 1024 ** 3;
 /** Unacknowledged disk writes a primary forwards and a backup holds before the session drops (--disk-buffer). */
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
 

@@ -166,4 +166,19 @@ describe('44 replication end to end', function () {
     assert.match(runCli(['backup', '--psk-file', badkey]).stderr, /64 hex digits/);
     assert.match(runCli(['failover', 'sim:nothere'], 10000, env).stderr, /no backup on this host holds sim:nothere/);
   });
+
+  it('44.7 a disk of 1 GiB or more: protect warns that --verify-disk pauses the guest to read it whole', () => {
+    const run = (...more: string[]) =>
+      runCli(
+        ['protect', 'sim:bigdisk', '-b', '--memory', '16MiB', '--disk', '1GiB', '--seconds', '1', ...more],
+        60000,
+        env,
+      );
+    const verify = run();
+    assert.equal(verify.status, 0, verify.stderr);
+    assert.match(verify.stderr, /WARNING: --verify-disk: .* whole 1(\.00)? GiB disk with the guest paused.*--no-verify-disk/);
+    const skip = run('--no-verify-disk');
+    assert.equal(skip.status, 0, skip.stderr);
+    assert.doesNotMatch(skip.stderr, /--verify-disk: /);
+  });
 });

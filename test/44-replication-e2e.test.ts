@@ -176,7 +176,8 @@ describe('44 replication end to end', function () {
       );
     const verify = run();
     assert.equal(verify.status, 0, verify.stderr);
-    assert.match(verify.stderr, /WARNING: --verify-disk: .* whole 1(\.00)? GiB disk with the guest paused.*--no-verify-disk/);
+    const warning = /WARNING: --verify-disk: .* whole 1(\.00)? GiB disk with the guest paused.*--no-verify-disk/;
+    assert.match(verify.stderr, warning);
     const skip = run('--no-verify-disk');
     assert.equal(skip.status, 0, skip.stderr);
     assert.doesNotMatch(skip.stderr, /--verify-disk: /);

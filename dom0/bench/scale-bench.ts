@@ -58,6 +58,10 @@ export interface ScaleOptions {
   seconds: number;
   intervalMs: number;
   rate: number;
+  /** The guest's disk (`protect --disk`); undefined: the sim's default. */
+  diskBytes?: number;
+  /** false: `protect --no-verify-disk`. */
+  verifyDisk?: boolean;
   log: (l: string) => void;
 }
 
@@ -97,6 +101,8 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
         String(o.intervalMs),
         '--memory',
         String(bytes),
+        ...(o.diskBytes === undefined ? [] : ['--disk', String(o.diskBytes)]),
+        ...(o.verifyDisk === false ? ['--no-verify-disk'] : []),
         '--rate',
         String(o.rate),
         '--heartbeat-timeout',
@@ -227,7 +233,9 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const mib = (x: number): string => f(x / 2 ** 20);
   const head =
-    `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady\n` +
+    `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady` +
+    `${o.diskBytes === undefined ? '' : `, disk ${o.diskBytes / 2 ** 20} MiB`}` +
+    `${o.verifyDisk === false ? ', --no-verify-disk' : ''}\n` +
     'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [

@@ -204,6 +204,15 @@ function formatTraceBench(r: TraceBenchResult): string {
   ].join('\n');
 }
 
+interface ScaleCliOptions {
+  max: number;
+  seconds: number;
+  disk?: number;
+  verifyDisk: boolean;
+  svg?: string;
+  json?: boolean;
+}
+
 export function registerScaleBench(bench: Command): void {
   bench
     .command('scale')
@@ -218,18 +227,34 @@ export function registerScaleBench(bench: Command): void {
       8 * 2 ** 30,
     )
     .option('--seconds <n>', 'steady-state seconds per size', intOption('--seconds', 1, 3600), 10)
+    .option(
+      '--disk <size>',
+      "each guest's disk (default: the sim's, 16 MiB)",
+      bytesOption('--disk', { min: 2 ** 20, max: 2 ** 40, pageMultiple: true, example: '2GiB' }),
+    )
+    .option('--no-verify-disk', "protect's --no-verify-disk (no whole-disk checksum at the first checkpoint)")
     .option('--svg <path>', 'write the plot (SVG) there', pathOption('--svg', 'output'))
     .option('--json', 'print one JSON object on the last line')
-    .action(async (o: { max: number; seconds: number; svg?: string; json?: boolean }) => {
+    .action(async (o: ScaleCliOptions) => {
       const opts = {
         sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max),
         seconds: o.seconds,
         intervalMs: 50,
         rate: 2000,
+        diskBytes: o.disk,
+        verifyDisk: o.verifyDisk,
         log: (l: string) => process.stderr.write(`${l}\n`),
       };
       const rows = await benchScale(opts);
-      const result = { bench: 'scale', interval_ms: opts.intervalMs, rate: opts.rate, seconds: o.seconds, rows };
+      const result = {
+        bench: 'scale',
+        interval_ms: opts.intervalMs,
+        rate: opts.rate,
+        seconds: o.seconds,
+        disk_bytes: o.disk ?? null,
+        verify_disk: o.verifyDisk,
+        rows,
+      };
       if (o.svg) writeFigure(o.svg, scaleSvg(rows), result);
       if (!o.json) console.log(formatScaleBench(rows, opts));
       console.log(JSON.stringify(result));

@@ -23,7 +23,8 @@ import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';
 import { ResyncBitmap } from './resync-bitmap';
-import { type DiskSource, diskChecksumAsync } from './disk-source';
+import type { DiskSource } from './disk-source';
+import { RangeCrcs } from './range-crcs';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 export interface ReplicatorOptions {
@@ -53,6 +54,8 @@ export interface ReplicatorStats {
   resyncCopiedBytes: number;
   syncing: boolean;
   readTracking: import('./read-tracker').ReadTrackerStats | null;
+  /** The checksum's read-ahead: ranges read while the guest ran, and at the checkpoint (written since). */
+  checksumRanges: { rangesFilled: number; rangesReadAtChecksum: number; ranges: number };
 }
 
 export class DiskReplicator implements DiskPort, DiskTap {
@@ -60,6 +63,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   /** Write generations of every block: the backend bumps them around its writes. */
   readonly generations: BlockGenerations;
   readonly tracker: ReadTracker | null;
+  /** Per-range CRC32Cs with their write generations: the whole-disk checksum without a whole read. */
+  private readonly rangeCrcs: RangeCrcs;
   private link: DiskLink | null = null;
   private tag = 1;
   private unacked: Unacked[] = [];
@@ -85,6 +90,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     assert(source.sizeBytes > 0 && source.sizeBytes % 512 === 0 && opts.unackedBytesMax > 0, 'replicator options');
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
+    this.rangeCrcs = new RangeCrcs(source, this.generations, clock);
     const trackMax = opts.readTrackingBlocksMax ?? 0;
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
@@ -107,6 +113,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
       resyncPendingBytes: this.bitmap.bytes,
       syncing: this.sync !== null,
       readTracking: this.tracker?.stats() ?? null,
+      checksumRanges: { ...this.rangeCrcs.counters, ranges: this.rangeCrcs.ranges },
     };
   }
 
@@ -167,9 +174,14 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.overflow = null;
   }
 
-  /** CRC32C of the whole disk, a few MiB per turn (the caller keeps the disk still meanwhile). */
+  /** Starts reading the disk in ranges while the guest runs, for this session's checksum (range-crcs.ts). */
+  prepareChecksum(): void {
+    this.rangeCrcs.fill();
+  }
+
+  /** CRC32C of the whole disk (the caller keeps it still): only ranges written since they were read are read. */
   checksum(): Promise<number> {
-    return diskChecksumAsync(this.source, this.clock);
+    return this.rangeCrcs.checksum();
   }
 
   // ---- DiskTap (the backend, after the local operation, before the guest's completion) ----

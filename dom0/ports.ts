@@ -106,6 +106,8 @@ export interface DiskPort {
   references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null> | null;
   /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
   checksum?(): MaybePromise<number>;
+  /** The session will want checksum() at its first checkpoint: read ahead while the guest runs. */
+  prepareChecksum?(): void;
 }
 
 /** A byte range of a disk. */

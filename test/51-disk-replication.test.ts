@@ -35,6 +35,8 @@ import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import { BlockFile } from '../blktap/block-file';
+import { RANGE_CRC_BYTES, RangeCrcs } from '../blktap/range-crcs';
+import { crc32cCombine, shiftFor } from '../blktap/crc-combine';
 import { diskChecksum, diskChecksumAsync } from '../blktap/disk-source';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -485,6 +487,59 @@ describe('51 disk replication', () => {
       clearInterval(ticker);
       assert.equal(crc, diskChecksum(disk), 'the same CRC32C as the synchronous read');
       assert.ok(ticks >= 1, 'timers ran while the disk was read');
+      disk.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('51.9 the whole-disk CRC32C from per-range CRCs: ranges written since they were read are read again', async () => {
+    for (const [a, b] of [
+      [1, 1],
+      [4096, 1 << 20],
+      [(1 << 20) + 5, 7],
+    ]) {
+      const x = randomBytes(a),
+        y = randomBytes(b);
+      const crc32c = loadAddon().crc32c;
+      assert.equal(crc32cCombine(crc32c(x), crc32c(y), shiftFor(b)), crc32c(Buffer.concat([x, y])));
+    }
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
+    try {
+      const SIZE = 5 * RANGE_CRC_BYTES + 8192; // a short last range
+      const disk = BlockFile.create(path.join(dir, 'vm.disk'), SIZE);
+      disk.write(0, randomBytes(SIZE));
+      const gens = new BlockGenerations(SIZE);
+      const clock = {
+        defer: (f: () => void) => setImmediate(f),
+        setTimer: (ms: number, f: () => void) => setTimeout(f, ms),
+      };
+      const ranges = new RangeCrcs(disk, gens, clock);
+      const filled = async (n: number): Promise<void> => {
+        while (ranges.counters.rangesFilled < n) await new Promise((r) => setTimeout(r, 1));
+      };
+      gens.beginWrite(3 * RANGE_CRC_BYTES, 4096); // a write in flight: range 3 is not kept
+      ranges.fill();
+      await filled(ranges.ranges - 1);
+      ranges.stop(); // the checkpoint came: what is written from here on is read at the checksum
+      await new Promise((r) => setTimeout(r, 30));
+      assert.equal(ranges.counters.rangesFilled, ranges.ranges - 1, 'every range but the one being written');
+      const write = (off: number): void => {
+        gens.beginWrite(off, 4096);
+        disk.write(off, randomBytes(4096));
+        gens.endWrite(off, 4096);
+      };
+      disk.write(3 * RANGE_CRC_BYTES, randomBytes(4096));
+      gens.endWrite(3 * RANGE_CRC_BYTES, 4096);
+      write(RANGE_CRC_BYTES + 100 * 4096); // range 1, after it was read
+      write(5 * RANGE_CRC_BYTES); // the short last range
+      assert.equal(await ranges.checksum(), diskChecksum(disk), 'equals reading the whole disk');
+      assert.equal(ranges.counters.rangesReadAtChecksum, 3, 'ranges 1, 3 and 5 were read again, no other');
+      ranges.fill(); // a running fill keeps written ranges current: the next checksum reads nothing
+      write(2 * RANGE_CRC_BYTES);
+      await filled(ranges.ranges - 1 + 1);
+      assert.equal(await ranges.checksum(), diskChecksum(disk));
+      assert.equal(ranges.counters.rangesReadAtChecksum, 3, 'nothing stale at this checksum');
       disk.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -114,7 +114,7 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
       controlRequest(path.join(dir, role === 'primary' ? 'primary-scale.sock' : `backup-${port}.sock`), {
         cmd: 'status',
       });
-    const deadline = Date.now() + 60_000 + (bytes / (16 * 2 ** 20)) * 1000;
+    const deadline = Date.now() + 60_000 + ((bytes + (o.diskBytes ?? 0)) / (16 * 2 ** 20)) * 1000;
     let p: Record<string, unknown> = {};
     while (Number(p.ackedEpoch ?? 0) < 1) {
       if (primary.exitCode !== null) throw new Error(lastLine(path.join(dir, 'primary.log')));

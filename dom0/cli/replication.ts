@@ -504,16 +504,18 @@ async function runProtect(
 }
 
 /**
- * --verify-disk reads the whole disk with the guest paused at each session's first checkpoint
- * (~1.3 s per GiB measured, docs/scale.md): past DISK_VERIFY_WARN_BYTES the operator is told.
+ * --verify-disk checksums the whole disk at each session's first checkpoint: read ahead while
+ * the guest runs, but what it wrote since is read with it paused, and the backup reads its
+ * whole copy before it acknowledges (docs/disk.md): past DISK_VERIFY_WARN_BYTES the operator is told.
  */
 function warnDiskVerifyPause(svc: ProtectService, verifyDisk: boolean): void {
   const bytes = svc.opened.disk?.sizeBytes ?? 0;
   if (!verifyDisk || bytes < DISK_VERIFY_WARN_BYTES) return;
   log(
-    `WARNING: --verify-disk: the first checkpoint of every session reads the whole ${roundedSize(bytes)} disk ` +
-      'with the guest paused (about 1.3 s per GiB on the reference machine; docs/disk.md, "Verification"); ' +
-      '--no-verify-disk skips that check',
+    `WARNING: --verify-disk: the first checkpoint of every session checksums the whole ${roundedSize(bytes)} ` +
+      'disk; what the guest wrote since the read-ahead is read with the guest paused, and outputs wait while ' +
+      'the backup reads its copy (seconds for disks of GiBs; docs/disk.md, "Verification"); --no-verify-disk ' +
+      'skips that check',
   );
 }
 

@@ -843,6 +843,7 @@ export class Primary {
         if (this.link === link) this.lose(reason, true);
       },
     );
+    if (this.opts.verifyDisk) this.disk.prepareChecksum?.();
   }
 
   /**

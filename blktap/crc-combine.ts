@@ -1,0 +1,47 @@
+// crc-combine: CRC32C of a concatenation from the CRCs of its parts. With A's CRC, B's CRC and
+// B's length, crc(A‖B) = (crc(A) · x^(8·|B|)) mod P xor crc(B): the initial and final
+// inversions cancel out in that sum. Polynomials are in the reflected bit order of CRC32C
+// (bit 31 is x^0), so multiplying walks the bits of one factor from the top while the other
+// is multiplied by x each step (one shift right, the polynomial added back on a carry out).
+// What range-crcs.ts uses to checksum a whole disk from per-range CRCs.
+
+/** CRC32C's polynomial, reflected (RFC 3720). */
+const POLY_REFLECTED = 0x82f63b78;
+/** x^0 in reflected order. */
+const ONE = 0x80000000;
+
+/** a · b mod P, both reflected. */
+function mulModP(a: number, b: number): number {
+  if (a === 0) return 0;
+  let product = 0;
+  let m = ONE;
+  for (;;) {
+    if (a & m) {
+      product ^= b;
+      if ((a & (m - 1)) === 0) break;
+    }
+    m >>>= 1;
+    b = b & 1 ? (b >>> 1) ^ POLY_REFLECTED : b >>> 1;
+  }
+  return product >>> 0;
+}
+
+/** x^(2^k) mod P for k = 0…63: squaring the previous one. */
+const X_POW_2K: number[] = (() => {
+  const t = [ONE >>> 1]; // x^1
+  for (let k = 1; k < 64; k++) t.push(mulModP(t[k - 1], t[k - 1]));
+  return t;
+})();
+
+/** x^(8·bytes) mod P. */
+export function shiftFor(bytes: number): number {
+  let p = ONE;
+  let n = bytes * 8;
+  for (let k = 0; n > 0; k++, n = Math.floor(n / 2)) if (n % 2 === 1) p = mulModP(X_POW_2K[k], p);
+  return p;
+}
+
+/** crc(A‖B) from crc(A), crc(B) and shiftFor(|B|). */
+export function crc32cCombine(crcA: number, crcB: number, shiftB: number): number {
+  return (mulModP(shiftB, crcA) ^ crcB) >>> 0;
+}

@@ -1,0 +1,166 @@
+// range-crcs: the primary's whole-disk CRC32C (DISK_VERIFY) without reading the whole disk while
+// the guest is suspended. That read cost ~1.3 s of pause per GiB (docs/scale.md, "Disks of real
+// size"). From a session's start until its first checkpoint, while the guest runs, the disk is
+// read in 1 MiB ranges, again and again, and each range keeps its CRC with the sum of its blocks'
+// write generations (block-generations.ts). A writer bumps a block's generation before it touches
+// the disk and again after, so a range whose sum is unchanged and whose blocks are all even has
+// not been written since it was read — not even by a write still in flight. At the checkpoint only
+// the ranges written since are read; the whole-disk CRC is the ranges' CRCs combined in order
+// (crc-combine.ts). Test 51.9 fails when the generation check is skipped (a range written after
+// its read keeps its old CRC); end to end, a wrong CRC is the backup's ERR_DISK_DIVERGED (tests
+// 44, 52 verify the disks equal through it).
+import { assert } from '../dom0/assert';
+import type { Clock } from '../dom0/ports';
+import { loadAddon } from '../dom0/native';
+import { DISK_BLOCK_BYTES } from '../dom0/limits';
+import type { BlockGenerations } from './block-generations';
+import { crc32cCombine, shiftFor } from './crc-combine';
+import type { DiskSource } from './disk-source';
+
+export const RANGE_CRC_BYTES = 1024 * 1024;
+/** Ranges found current that one fill turn passes over (a generation sum each: 256 loads). */
+const FILL_SKIP_PER_TURN = 64;
+/** Reads of written ranges the checksum keeps in flight on libuv's pool (8 MiB of buffers). */
+const CHECKSUM_READS_IN_FLIGHT = 8;
+/** The rest between two passes over a disk whose ranges are all current (ms). */
+const FILL_REST_MS = 20;
+const BLOCKS_PER_RANGE = RANGE_CRC_BYTES / DISK_BLOCK_BYTES;
+
+export class RangeCrcs {
+  readonly ranges: number;
+  /** crcs[r] is range r's CRC32C while sums[r] equals its blocks' generation sum (NaN: none). */
+  private readonly crcs: Uint32Array;
+  private readonly sums: Float64Array;
+  private readonly buf = new Uint8Array(RANGE_CRC_BYTES);
+  private cursor = 0;
+  /** A background pass is under way (fill); invariant: at most one defer chain runs. */
+  private filling = false;
+  /** Ranges read by fill(), and by checksum() because they were written since (or never read). */
+  readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0 };
+
+  constructor(
+    private readonly source: DiskSource,
+    private readonly gens: BlockGenerations,
+    private readonly clock: Pick<Clock, 'defer' | 'setTimer'>,
+  ) {
+    assert(source.sizeBytes % DISK_BLOCK_BYTES === 0, 'a disk of whole blocks');
+    this.ranges = Math.ceil(source.sizeBytes / RANGE_CRC_BYTES);
+    this.crcs = new Uint32Array(this.ranges);
+    this.sums = new Float64Array(this.ranges).fill(Number.NaN);
+  }
+
+  /**
+   * Until stop() (the checkpoint has come), keeps every range current: reads the ones that are
+   * not, one at a time — on libuv's pool where the source can, else one per turn — and rests
+   * FILL_REST_MS after each pass, so that the checkpoint finds only what was written since the
+   * last visit. A read that fails ends it (the checksum reads what is missing).
+   */
+  fill(): void {
+    if (this.filling) return;
+    this.filling = true;
+    this.fillPasses().then(
+      () => (this.filling = false),
+      () => (this.filling = false),
+    );
+  }
+
+  private async fillPasses(): Promise<void> {
+    let visited = 0;
+    while (this.filling) {
+      // Current ranges cost a generation sum each: pass over at most FILL_SKIP_PER_TURN per turn.
+      for (let skipped = 0; visited < this.ranges && skipped < FILL_SKIP_PER_TURN; skipped++, visited++) {
+        if (!this.isCurrent(this.cursor)) break;
+        this.cursor = (this.cursor + 1) % this.ranges;
+      }
+      if (visited < this.ranges && !this.isCurrent(this.cursor)) {
+        if (await this.readRange(this.cursor)) this.counters.rangesFilled++;
+        this.cursor = (this.cursor + 1) % this.ranges;
+        visited++;
+      }
+      const rest = visited >= this.ranges ? FILL_REST_MS : 0;
+      if (rest > 0) visited = 0;
+      await new Promise<void>((resolve) => this.clock.setTimer(rest, resolve));
+    }
+  }
+
+  /** Ends a pass (the checkpoint it prepared has come). */
+  stop(): void {
+    this.filling = false;
+  }
+
+  /**
+   * CRC32C of the whole disk now (the caller keeps it still): the ranges written since they
+   * were read (or never read) are read again — CHECKSUM_READS_IN_FLIGHT at a time on libuv's
+   * pool where the source can, else one per turn; the others come from the table.
+   */
+  async checksum(): Promise<number> {
+    this.stop();
+    const stale: number[] = [];
+    for (let r = 0; r < this.ranges; r++) if (!this.isCurrent(r)) stale.push(r);
+    let next = 0;
+    const reader = async (): Promise<void> => {
+      const buf = new Uint8Array(RANGE_CRC_BYTES);
+      while (next < stale.length) await this.readStale(stale[next++], buf);
+    };
+    const readers = this.source.readAsync ? Math.min(CHECKSUM_READS_IN_FLIGHT, stale.length) : 1;
+    await Promise.all(Array.from({ length: readers }, reader));
+    this.counters.rangesReadAtChecksum += stale.length;
+    let crc = this.crcs[0];
+    for (let r = 1; r < this.ranges; r++) crc = crc32cCombine(crc, this.crcs[r], this.shiftOf(r));
+    return crc;
+  }
+
+  /** Range r as it is now; kept as current only when no write was in flight there. */
+  private async readStale(r: number, buf: Uint8Array): Promise<void> {
+    const before = this.genSum(r);
+    const piece = buf.subarray(0, this.lengthOf(r));
+    if (this.source.readAsync) await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
+    else {
+      await new Promise<void>((resolve) => this.clock.defer(resolve));
+      this.source.read(r * RANGE_CRC_BYTES, piece);
+    }
+    this.crcs[r] = loadAddon().crc32c(piece);
+    this.sums[r] = !Number.isNaN(before) && this.genSum(r) === before ? before : Number.NaN;
+  }
+
+  private shiftFull = shiftFor(RANGE_CRC_BYTES);
+  private shiftOf(r: number): number {
+    const bytes = this.lengthOf(r);
+    return bytes === RANGE_CRC_BYTES ? this.shiftFull : shiftFor(bytes);
+  }
+
+  private lengthOf(r: number): number {
+    return Math.min(RANGE_CRC_BYTES, this.source.sizeBytes - r * RANGE_CRC_BYTES);
+  }
+
+  /** The sum of range r's block generations, or NaN while a write is in flight there (odd). */
+  private genSum(r: number): number {
+    const first = r * BLOCKS_PER_RANGE;
+    const end = Math.min(first + BLOCKS_PER_RANGE, this.gens.blocks);
+    const g = this.gens.gens;
+    let sum = 0;
+    for (let b = first; b < end; b++) {
+      const v = g[b];
+      if (v & 1) return Number.NaN;
+      sum += v;
+    }
+    return sum;
+  }
+
+  private isCurrent(r: number): boolean {
+    return this.sums[r] === this.genSum(r); // NaN never equals
+  }
+
+  /** Reads range r; keeps its CRC if no write was in flight or began during the read. */
+  private async readRange(r: number): Promise<boolean> {
+    const before = this.genSum(r);
+    if (Number.isNaN(before)) return false;
+    const piece = this.buf.subarray(0, this.lengthOf(r));
+    if (this.source.readAsync) await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
+    else this.source.read(r * RANGE_CRC_BYTES, piece);
+    if (this.genSum(r) !== before) return false;
+    this.crcs[r] = loadAddon().crc32c(piece);
+    this.sums[r] = before;
+    return true;
+  }
+}

@@ -40,7 +40,7 @@ const CHECKSUM_TURN_PIECES = 2;
  * turns took 100–160 ms on a 2-core host busy with a guest and its backup).
  */
 export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
-  if (source.readAsync) return checksumOffLoop(source, (off, into) => source.readAsync!(off, into));
+  if (source.readAsync) return checksumOffLoop(source);
   const buf = new Uint8Array(1024 * 1024);
   return new Promise((resolve, reject) => {
     let crc = 0,
@@ -63,15 +63,13 @@ export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'
   });
 }
 
-async function checksumOffLoop(
-  source: DiskSource,
-  read: (offsetBytes: number, into: Uint8Array) => Promise<void>,
-): Promise<number> {
+/** diskChecksumAsync for a source with readAsync: a piece at a time on libuv's pool. */
+async function checksumOffLoop(source: DiskSource): Promise<number> {
   const buf = new Uint8Array(CHECKSUM_ASYNC_PIECE_BYTES);
   let crc = 0;
   for (let off = 0; off < source.sizeBytes; off += buf.length) {
     const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-    await read(off, piece);
+    await source.readAsync!(off, piece);
     crc = loadAddon().crc32c(piece, crc);
   }
   return crc;

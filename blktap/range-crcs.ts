@@ -31,9 +31,13 @@ export class RangeCrcs {
   /** crcs[r] is range r's CRC32C while sums[r] equals its blocks' generation sum (NaN: none). */
   private readonly crcs: Uint32Array;
   private readonly sums: Float64Array;
-  private readonly buf = new Uint8Array(RANGE_CRC_BYTES);
   private cursor = 0;
-  /** A background pass is under way (fill); invariant: at most one defer chain runs. */
+  /**
+   * The fill loop that may run: fill() starts run fillRun + 1, stop() ends the current one. A
+   * loop whose run is not fillRun ends at its next step; each has its own buffer, since a read
+   * of the one before may still be in flight.
+   */
+  private fillRun = 0;
   private filling = false;
   /** Ranges read by fill(), and by checksum() because they were written since (or never read). */
   readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0 };
@@ -58,22 +62,26 @@ export class RangeCrcs {
   fill(): void {
     if (this.filling) return;
     this.filling = true;
-    this.fillPasses().then(
-      () => (this.filling = false),
-      () => (this.filling = false),
-    );
+    const run = ++this.fillRun;
+    const end = (): void => {
+      if (run === this.fillRun) this.filling = false;
+    };
+    this.fillPasses(run).then(end, end);
   }
 
-  private async fillPasses(): Promise<void> {
+  private async fillPasses(run: number): Promise<void> {
+    const buf = new Uint8Array(RANGE_CRC_BYTES);
     let visited = 0;
-    while (this.filling) {
+    while (run === this.fillRun && this.filling) {
       // Current ranges cost a generation sum each: pass over at most FILL_SKIP_PER_TURN per turn.
       for (let skipped = 0; visited < this.ranges && skipped < FILL_SKIP_PER_TURN; skipped++, visited++) {
         if (!this.isCurrent(this.cursor)) break;
         this.cursor = (this.cursor + 1) % this.ranges;
       }
       if (visited < this.ranges && !this.isCurrent(this.cursor)) {
-        if (await this.readRange(this.cursor)) this.counters.rangesFilled++;
+        // A range with a write in flight is left for a later pass (or the checksum).
+        const clean = !Number.isNaN(this.genSum(this.cursor));
+        if (clean && (await this.read(this.cursor, buf))) this.counters.rangesFilled++;
         this.cursor = (this.cursor + 1) % this.ranges;
         visited++;
       }
@@ -86,6 +94,7 @@ export class RangeCrcs {
   /** Ends a pass (the checkpoint it prepared has come). */
   stop(): void {
     this.filling = false;
+    this.fillRun++;
   }
 
   /**
@@ -100,7 +109,10 @@ export class RangeCrcs {
     let next = 0;
     const reader = async (): Promise<void> => {
       const buf = new Uint8Array(RANGE_CRC_BYTES);
-      while (next < stale.length) await this.readStale(stale[next++], buf);
+      while (next < stale.length) {
+        if (!this.source.readAsync) await new Promise<void>((resolve) => this.clock.defer(resolve));
+        await this.read(stale[next++], buf);
+      }
     };
     const readers = this.source.readAsync ? Math.min(CHECKSUM_READS_IN_FLIGHT, stale.length) : 1;
     await Promise.all(Array.from({ length: readers }, reader));
@@ -108,19 +120,6 @@ export class RangeCrcs {
     let crc = this.crcs[0];
     for (let r = 1; r < this.ranges; r++) crc = crc32cCombine(crc, this.crcs[r], this.shiftOf(r));
     return crc;
-  }
-
-  /** Range r as it is now; kept as current only when no write was in flight there. */
-  private async readStale(r: number, buf: Uint8Array): Promise<void> {
-    const before = this.genSum(r);
-    const piece = buf.subarray(0, this.lengthOf(r));
-    if (this.source.readAsync) await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
-    else {
-      await new Promise<void>((resolve) => this.clock.defer(resolve));
-      this.source.read(r * RANGE_CRC_BYTES, piece);
-    }
-    this.crcs[r] = loadAddon().crc32c(piece);
-    this.sums[r] = !Number.isNaN(before) && this.genSum(r) === before ? before : Number.NaN;
   }
 
   private shiftFull = shiftFor(RANGE_CRC_BYTES);
@@ -151,16 +150,17 @@ export class RangeCrcs {
     return this.sums[r] === this.genSum(r); // NaN never equals
   }
 
-  /** Reads range r; keeps its CRC if no write was in flight or began during the read. */
-  private async readRange(r: number): Promise<boolean> {
+  /**
+   * Reads range r into buf and takes its CRC; the range counts as current only if no write was
+   * in flight there or began during the read. Returns whether it does.
+   */
+  private async read(r: number, buf: Uint8Array): Promise<boolean> {
     const before = this.genSum(r);
-    if (Number.isNaN(before)) return false;
-    const piece = this.buf.subarray(0, this.lengthOf(r));
+    const piece = buf.subarray(0, this.lengthOf(r));
     if (this.source.readAsync) await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
     else this.source.read(r * RANGE_CRC_BYTES, piece);
-    if (this.genSum(r) !== before) return false;
     this.crcs[r] = loadAddon().crc32c(piece);
-    this.sums[r] = before;
-    return true;
+    this.sums[r] = !Number.isNaN(before) && this.genSum(r) === before ? before : Number.NaN;
+    return !Number.isNaN(this.sums[r]);
   }
 }

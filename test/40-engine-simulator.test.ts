@@ -18,7 +18,7 @@ const RUNS = process.env.SIM_SEED ? `seed ${process.env.SIM_SEED}` : `${SEEDS} s
 
 describe('40 engine simulator', () => {
   it(`40.1 ${RUNS}: invariants hold`, function () {
-    this.timeout(600_000);
+    this.timeout(1_800_000); // 5.6 min on 12-05 here; a slower CI machine must not fail it by time
     const seeds = seedsFrom(process.env.SIM_SEED, SEEDS);
     const failures: WorldResult[] = [];
     const kinds: Record<string, number> = {};

@@ -2,6 +2,7 @@
 # run.sh: runs one lab scenario inside a Xen dom0 booted under QEMU, unattended.
 #
 #   scripts/xen-lab/run.sh [--interactive] <scenario>     (npm run test:xen-lab = smoke)
+#   scripts/xen-lab/run.sh <scenario> <scenario> …         (one boot for all: suite.sh; CI)
 #
 # 1. build-image.sh: the cached dom0 image for the current recipe (built when missing);
 # 2. a run folder $XENLAB_CACHE/runs/<time>-<scenario>/ whose share/ becomes /lab in dom0
@@ -19,6 +20,10 @@
 #    result.txt next to serial.log, share/out/ (scenario.log, Xen logs, scenario files).
 # --interactive: the console is this terminal and dom0 opens a shell after the scenario
 # (exit it to power off; Ctrl-A x quits QEMU).
+# Several scenarios: suite.sh runs them in turn in one boot (prepare scripts of all of them,
+# their xenlab-machine lines must agree); each one's "XENLAB RESULT" line is printed at the end
+# and the exit status is 0 only when all passed. XENLAB_TIMEOUT bounds the whole boot (default
+# 900 s a scenario + 300), XENLAB_SUITE_STEP_S each scenario (1200).
 # Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
 #   XENLAB_TIMEOUT (QEMU wall clock s, 1800), XENLAB_SCENARIO_TIMEOUT (in dom0 s, 1200),
 #   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10),
@@ -29,19 +34,45 @@ set -uo pipefail
 
 INTERACTIVE=0
 [ "${1:-}" = --interactive ] && { INTERACTIVE=1; shift; }
-[ $# = 1 ] || { echo "usage: $0 [--interactive] <scenario name under scenarios/ | path to a script>" >&2; exit 2; }
-if [ -f "$1" ]; then SCEN_FILE=$1; SCEN=$(basename "$1" .sh); else SCEN=$1; SCEN_FILE=$XENLAB_DIR/scenarios/$1.sh; fi
-[ -f "$SCEN_FILE" ] || xl_die "no scenario '$1' (have: $(cd "$XENLAB_DIR/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+[ $# -ge 1 ] ||
+  { echo "usage: $0 [--interactive] <scenario name under scenarios/ | path to a script> [more names]" >&2; exit 2; }
+scenario_file() { # scenario_file NAME|PATH: the script's path
+  if [ -f "$1" ]; then echo "$1"; else echo "$XENLAB_DIR/scenarios/$1.sh"; fi
+}
+SCEN_FILES=()
+for s in "$@"; do
+  f=$(scenario_file "$s")
+  [ -f "$f" ] ||
+    xl_die "no scenario '$s' (have: $(cd "$XENLAB_DIR/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
+  SCEN_FILES+=("$f")
+done
+SUITE=""
+if [ $# = 1 ]; then
+  SCEN_FILE=${SCEN_FILES[0]}; SCEN=$(basename "$SCEN_FILE" .sh)
+else # several scenarios share one boot (suite.sh runs them in turn)
+  for f in "${SCEN_FILES[@]}"; do
+    [[ "$f" == "$XENLAB_DIR/scenarios/"* ]] || xl_die "a suite takes scenario names under scenarios/, not '$f'"
+    SUITE+="${SUITE:+ }$(basename "$f" .sh)"
+  done
+  SCEN_FILE=$XENLAB_DIR/suite.sh; SCEN=suite
+fi
 # A scenario names the machine it needs in a "# xenlab-machine: XENLAB_CPU=… XENLAB_HV=…"
-# line (stage.sh, xl_qemu_argv); what the environment sets wins.
-for kv in $(sed -n 's/^# xenlab-machine: //p' "$SCEN_FILE"); do
-  [[ "$kv" =~ ^XENLAB_(CPU|HV|XEN_ARGS)=[A-Za-z0-9_.,:=+-]+$ ]] ||
-    xl_die "$SCEN_FILE: xenlab-machine '$kv' is not XENLAB_CPU=…, XENLAB_HV=… or XENLAB_XEN_ARGS=…"
-  k=${kv%%=*}
-  [ -n "${!k:-}" ] || export "$kv"
+# line (stage.sh, xl_qemu_argv); what the environment sets wins. In a suite the scenarios
+# must agree (the first one's settings win; a different one is an error).
+declare -A MACHINE=()
+for f in "${SCEN_FILES[@]}"; do
+  for kv in $(sed -n 's/^# xenlab-machine: //p' "$f"); do
+    [[ "$kv" =~ ^XENLAB_(CPU|HV|XEN_ARGS)=[A-Za-z0-9_.,:=+-]+$ ]] ||
+      xl_die "$f: xenlab-machine '$kv' is not XENLAB_CPU=…, XENLAB_HV=… or XENLAB_XEN_ARGS=…"
+    k=${kv%%=*}
+    [ -z "${MACHINE[$k]:-}" ] || [ "${MACHINE[$k]}" = "$kv" ] ||
+      xl_die "$f: $kv differs from another scenario's ${MACHINE[$k]}"
+    MACHINE[$k]=$kv
+    [ -n "${!k:-}" ] || export "$kv"
+  done
 done
 PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
-TIMEOUT=${XENLAB_TIMEOUT:-1800}
+TIMEOUT=${XENLAB_TIMEOUT:-$((${#SCEN_FILES[@]} > 1 ? ${#SCEN_FILES[@]} * 900 + 300 : 1800))}
 MEM=${XENLAB_MEM:-4096}
 DOM0_MEM=${XENLAB_DOM0_MEM:-1536M}
 SMP=${XENLAB_SMP:-2}
@@ -60,14 +91,18 @@ mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
 cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another with its own knobs
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
-xl_scenario_env "$SCEN" "${XENLAB_SCENARIO_TIMEOUT:-1200}" > "$SHARE/env"
+SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-1200}
+[ -n "$SUITE" ] && SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$((TIMEOUT - 240))} # the boot's share of QEMU's bound
+xl_scenario_env "$SCEN" "$SCEN_TIMEOUT" > "$SHARE/env"
+[ -n "$SUITE" ] &&
+  printf 'XENLAB_SUITE=%q\nXENLAB_SUITE_STEP_S=%q\n' "$SUITE" "${XENLAB_SUITE_STEP_S:-1200}" >> "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
 # Files a scenario needs built on this host (a guest disk, client programs, a guest kernel):
 # its "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in
 # and the scenario's knobs (XENLAB_VARS) in their environment, as the scenario gets them.
 mapfile -t KNOBS < <(xl_knobs)
-for prep in $(sed -n 's/^# xenlab-prepare: //p' "$SCEN_FILE"); do
-  [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$SCEN_FILE: no prepare script '$prep'"
+for prep in $(sed -n 's/^# xenlab-prepare: //p' "${SCEN_FILES[@]}" | awk '!seen[$0]++'); do
+  [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$SCEN: no prepare script '$prep'"
   env "${KNOBS[@]}" "$XENLAB_DIR/$prep" "$SHARE/in" || xl_die "$prep failed"
 done
 
@@ -136,6 +171,7 @@ T_SCEN=$( [ -n "$T_S0" ] && [ -n "$T_S1" ] && awk -v a="$T_S1" -v b="$T_S0" 'BEG
   fi
   echo "qemu:      ${T_VM}s, rc=$QRC"
   echo "total:     $(xl_since "$T_ALL")s"
+  [ -n "$SUITE" ] && grep -h '^XENLAB RESULT ' "$SHARE/out/scenario.log" 2>/dev/null | grep -v '^XENLAB RESULT suite: '
   echo "logs:      $RUN (serial.log, share/out/)"
 } | tee "$RUN/result.txt" >&2
 [[ "$RESULT" == *": PASS" ]]

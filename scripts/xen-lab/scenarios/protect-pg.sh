@@ -2,6 +2,7 @@
 # protect-pg: PostgreSQL in a protected domU loses no acknowledged commit when its host dies.
 # xenlab-prepare: pg-guest.sh
 # xenlab-prepare: guest-kernel.sh
+# xenlab-bound: 2400
 #
 # The guest: the lab's PV domU whose data disk (xvdb, ext4) is pg-guest.sh's disk — the
 # patched PostgreSQL 15 of guest-patches with its PGDATA (fsync and synchronous_commit on) —

@@ -33,8 +33,9 @@ node bin/remusdb disk serve $W/A.img --listen 127.0.0.1:10809 > $W/serveA.out 2>
 SA=$!
 node bin/remusdb disk serve $W/C.img --listen 127.0.0.1:10810 > $W/serveC.out 2> $W/serveC.err &
 SC=$!
-lab_check "NBD server A listens" lab_wait_tcp 127.0.0.1 10809 60
-lab_check "NBD server C listens" lab_wait_tcp 127.0.0.1 10810 60
+# Two Node processes starting at once under emulation: one needed 78 s to listen (12-05).
+lab_check "NBD server A listens" lab_wait_tcp 127.0.0.1 10809 240
+lab_check "NBD server C listens" lab_wait_tcp 127.0.0.1 10810 240
 lab_check "nbd-client /dev/nbd0 -> :10809" lab_nbd_attach 10809 /dev/nbd0
 lab_check "nbd-client /dev/nbd1 -> :10810" lab_nbd_attach 10810 /dev/nbd1
 lab_log "nbd0 size $(blockdev --getsize64 /dev/nbd0 2>&1), nbd1 size $(blockdev --getsize64 /dev/nbd1 2>&1)"

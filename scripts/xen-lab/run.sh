@@ -22,10 +22,11 @@
 # (exit it to power off; Ctrl-A x quits QEMU).
 # Several scenarios: suite.sh runs them in turn in one boot (prepare scripts of all of them,
 # their xenlab-machine lines must agree); each one's "XENLAB RESULT" line is printed at the end
-# and the exit status is 0 only when all passed. XENLAB_TIMEOUT bounds the whole boot (default
-# 900 s a scenario + 300), XENLAB_SUITE_STEP_S each scenario (1200).
+# and the exit status is 0 only when all passed. A scenario's "# xenlab-bound: S" line (else
+# XENLAB_SUITE_STEP_S, 1200) bounds it in dom0; XENLAB_TIMEOUT bounds the whole boot (default:
+# the scenarios' bounds + 600 s).
 # Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
-#   XENLAB_TIMEOUT (QEMU wall clock s, 1800), XENLAB_SCENARIO_TIMEOUT (in dom0 s, 1200),
+#   XENLAB_TIMEOUT (QEMU wall clock s, bounds + 600), XENLAB_SCENARIO_TIMEOUT (in dom0 s, the bound),
 #   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10),
 #   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0, and to its prepare scripts here: its knobs).
 set -uo pipefail
@@ -46,13 +47,19 @@ for s in "$@"; do
     xl_die "no scenario '$s' (have: $(cd "$XENLAB_DIR/scenarios" && ls -- *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
   SCEN_FILES+=("$f")
 done
-SUITE=""
+scenario_bound() { # scenario_bound FILE: its "# xenlab-bound: S" line, else XENLAB_SUITE_STEP_S (1200)
+  local b; b=$(sed -n 's/^# xenlab-bound: \([0-9]*\)$/\1/p' "$1" | head -1)
+  echo "${b:-${XENLAB_SUITE_STEP_S:-1200}}"
+}
+SUITE="" # "name:bound_s …" for suite.sh
+BOUNDS_S=0
+for f in "${SCEN_FILES[@]}"; do BOUNDS_S=$((BOUNDS_S + $(scenario_bound "$f"))); done
 if [ $# = 1 ]; then
   SCEN_FILE=${SCEN_FILES[0]}; SCEN=$(basename "$SCEN_FILE" .sh)
 else # several scenarios share one boot (suite.sh runs them in turn)
   for f in "${SCEN_FILES[@]}"; do
     [[ "$f" == "$XENLAB_DIR/scenarios/"* ]] || xl_die "a suite takes scenario names under scenarios/, not '$f'"
-    SUITE+="${SUITE:+ }$(basename "$f" .sh)"
+    SUITE+="${SUITE:+ }$(basename "$f" .sh):$(scenario_bound "$f")"
   done
   SCEN_FILE=$XENLAB_DIR/suite.sh; SCEN=suite
 fi
@@ -72,7 +79,7 @@ for f in "${SCEN_FILES[@]}"; do
   done
 done
 PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
-TIMEOUT=${XENLAB_TIMEOUT:-$((${#SCEN_FILES[@]} > 1 ? ${#SCEN_FILES[@]} * 900 + 300 : 1800))}
+TIMEOUT=${XENLAB_TIMEOUT:-$((BOUNDS_S + 600))} # the scenarios' bounds and a boot
 MEM=${XENLAB_MEM:-4096}
 DOM0_MEM=${XENLAB_DOM0_MEM:-1536M}
 SMP=${XENLAB_SMP:-2}
@@ -91,11 +98,10 @@ mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
 cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another with its own knobs
 install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
-SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-1200}
-[ -n "$SUITE" ] && SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$((TIMEOUT - 240))} # the boot's share of QEMU's bound
+SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$BOUNDS_S} # one scenario: its bound
+[ -n "$SUITE" ] && SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$((TIMEOUT - 240))} # a suite: QEMU's less the boot
 xl_scenario_env "$SCEN" "$SCEN_TIMEOUT" > "$SHARE/env"
-[ -n "$SUITE" ] &&
-  printf 'XENLAB_SUITE=%q\nXENLAB_SUITE_STEP_S=%q\n' "$SUITE" "${XENLAB_SUITE_STEP_S:-1200}" >> "$SHARE/env"
+[ -n "$SUITE" ] && printf 'XENLAB_SUITE=%q\n' "$SUITE" >> "$SHARE/env"
 [ -n "${XENLAB_IN:-}" ] && cp -a "$XENLAB_IN"/. "$SHARE/in/"
 # Files a scenario needs built on this host (a guest disk, client programs, a guest kernel):
 # its "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in

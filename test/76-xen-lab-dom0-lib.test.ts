@@ -3,10 +3,15 @@
 // lab_http_body, which retries while the guest's answer comes back empty. In lab run
 // 20261204-153234 one lab_http right after /boot had answered returned nothing, and the run
 // would have ended "boot id changed ('' -> id)" although the guest was never rebooted.
+// lab_status and lab_field ask the control sockets with socat and read fields with jq (a node
+// start-up cost ~25 s in a busy emulated dom0): here against real ControlServers.
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { ControlServer } from '../dom0/service/control';
 import { ROOT } from './support/helpers';
 
 const LIB = path.join(ROOT, 'scripts', 'xen-lab', 'dom0-lib.sh');
@@ -31,9 +36,9 @@ async function flakyServer(
 }
 
 /** Runs `script` in bash after sourcing dom0-lib.sh; stdout and exit status. */
-function lib(script: string): Promise<{ out: string; status: number | null }> {
+function lib(script: string, env: NodeJS.ProcessEnv = process.env): Promise<{ out: string; status: number | null }> {
   return new Promise((resolve) => {
-    const p = spawn('bash', ['-c', `. "$0"; ${script}`, LIB], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const p = spawn('bash', ['-c', `. "$0"; ${script}`, LIB], { stdio: ['ignore', 'pipe', 'ignore'], env });
     let out = '';
     p.stdout.on('data', (d: Buffer) => {
       out += d.toString();
@@ -68,6 +73,37 @@ describe('76 Xen lab dom0 helpers', () => {
       assert.ok(srv.seen() >= 2, 'it tried more than once');
     } finally {
       srv.close();
+    }
+  }).timeout(30_000);
+
+  it('76.3 lab_status asks every control socket (socat, half-closed) and lab_field reads dotted keys (jq)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-76-'));
+    const primary = { role: 'primary', ackedEpoch: 42, fenced: false, net: { interfaces: [{ ledger: { held: 7 } }] } };
+    const servers = [
+      // The primary answers late: the socket must stay open until the answer went out.
+      new ControlServer(path.join(dir, 'primary-domu.sock'), async () => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return primary;
+      }),
+      new ControlServer(path.join(dir, 'backup-domu.sock'), () => ({ role: 'backup', committedEpoch: 41 })),
+    ];
+    try {
+      const env = { ...process.env, REMUSDB_RUN_DIR: dir };
+      const st = await lib('lab_status', env);
+      assert.equal(st.status, 0);
+      const all = JSON.parse(st.out) as { processes: Array<{ role: string }> };
+      assert.deepEqual(all.processes.map((p) => p.role).sort(), ['backup', 'primary']);
+      const f = (role: string, key: string) => lib(`lab_status | lab_field ${role} ${key}`, env);
+      assert.equal((await f('primary', 'ackedEpoch')).out, '42\n');
+      assert.equal((await f('primary', 'net.interfaces.0.ledger.held')).out, '7\n');
+      assert.equal((await f('primary', 'fenced')).out, 'false\n');
+      assert.equal((await f('backup', 'committedEpoch')).out, '41\n');
+      assert.equal((await f('primary', 'no.such.key')).out, '\n');
+      assert.equal((await f('agent', 'ackedEpoch')).out, '\n');
+      assert.equal((await lib('lab_status', { ...env, REMUSDB_RUN_DIR: path.join(dir, 'none') })).out, '{"processes":[]}\n');
+    } finally {
+      for (const s of servers) s.close();
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   }).timeout(30_000);
 });

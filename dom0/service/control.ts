@@ -34,11 +34,18 @@ export class ControlServer {
       // A socket left by a crashed process: replace it (a live one answers, see inUse()).
       fs.rmSync(file, { force: true });
     }
-    this.server = net.createServer((s) => {
+    // allowHalfOpen: a client may send its request and shut its side (socat, nc -N); the answers
+    // still go out, and the socket ends after the last one.
+    this.server = net.createServer({ allowHalfOpen: true }, (s) => {
       let buf = '';
+      let pending = 0;
+      let clientEnded = false;
+      const endIfDone = (): void => {
+        if (clientEnded && pending === 0) s.end();
+      };
       s.on('data', async (d) => {
         buf += d.toString('utf8');
-        if (buf.length > 65536) {
+        if (buf.length > CONTROL_REQUEST_BYTES_MAX) {
           s.destroy();
           return;
         }
@@ -46,14 +53,16 @@ export class ControlServer {
         while ((nl = buf.indexOf('\n')) >= 0) {
           const line = buf.slice(0, nl);
           buf = buf.slice(nl + 1);
-          let answer: Record<string, unknown>;
-          try {
-            answer = await handler(JSON.parse(line));
-          } catch (e) {
-            answer = { error: { code: isRemusError(e) ? e.code : ErrorCode.CONTROL, message: (e as Error).message } };
-          }
-          s.write(`${JSON.stringify(answer)}\n`);
+          pending++;
+          const answer = await answerOf(handler, line);
+          pending--;
+          if (!s.destroyed && s.writable) s.write(`${JSON.stringify(answer)}\n`);
         }
+        endIfDone();
+      });
+      s.on('end', () => {
+        clientEnded = true;
+        endIfDone();
       });
       s.on('error', () => {});
     });
@@ -63,6 +72,17 @@ export class ControlServer {
   close(): void {
     this.server.close();
     fs.rmSync(this.file, { force: true });
+  }
+}
+
+/** The longest request line a control socket reads; a longer one closes the connection. */
+const CONTROL_REQUEST_BYTES_MAX = 65536;
+
+async function answerOf(handler: Handler, line: string): Promise<Record<string, unknown>> {
+  try {
+    return await handler(JSON.parse(line));
+  } catch (e) {
+    return { error: { code: isRemusError(e) ? e.code : ErrorCode.CONTROL, message: (e as Error).message } };
   }
 }
 

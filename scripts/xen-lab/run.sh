@@ -28,6 +28,7 @@
 # Env: XENLAB_PROJECT (project dir, default this repo), XENLAB_IN (dir copied to /lab/in),
 #   XENLAB_TIMEOUT (QEMU wall clock s, bounds + 600), XENLAB_SCENARIO_TIMEOUT (in dom0 s, the bound),
 #   XENLAB_MEM (MiB, 4096), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2), XENLAB_KEEP_RUNS (10),
+#   XENLAB_FAIL_TAIL (80: lines of a failed scenario's log printed at the end),
 #   XENLAB_VARS ("NAME=value ..." exported to the scenario in dom0, and to its prepare scripts here: its knobs).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -180,4 +181,15 @@ T_SCEN=$( [ -n "$T_S0" ] && [ -n "$T_S1" ] && awk -v a="$T_S1" -v b="$T_S0" 'BEG
   [ -n "$SUITE" ] && grep -h '^XENLAB RESULT ' "$SHARE/out/scenario.log" 2>/dev/null | grep -v '^XENLAB RESULT suite: '
   echo "logs:      $RUN (serial.log, share/out/)"
 } | tee "$RUN/result.txt" >&2
+# A failed scenario's last lines go to the console too: CI keeps only what was printed.
+failed_logs() {
+  if [ -z "$SUITE" ]; then [[ "$RESULT" == *": PASS" ]] || echo "$SHARE/out/scenario.log"; return; fi
+  grep -h '^XENLAB RESULT .*: FAIL' "$SHARE/out/scenario.log" 2>/dev/null |
+    sed -n 's/^XENLAB RESULT \([^:]*\): .*/\1/p' | grep -vx suite | sed "s|.*|$SHARE/out/&.log|"
+}
+for f in $(failed_logs); do
+  [ -f "$f" ] || continue
+  echo "--- the last ${XENLAB_FAIL_TAIL:-80} lines of $f" >&2
+  tail -n "${XENLAB_FAIL_TAIL:-80}" "$f" >&2
+done
 [[ "$RESULT" == *": PASS" ]]

@@ -17,6 +17,17 @@ export interface DiskSource {
   readAsync?(offsetBytes: number, into: Uint8Array): Promise<void>;
 }
 
+const ZEROS = new Uint8Array(4 * 1024 * 1024);
+
+/** Whether every octet of data is 0 (memcmp against zeros, ≤ 4 MiB at a time). */
+export function isZero(data: Uint8Array): boolean {
+  for (let off = 0; off < data.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, data.length - off);
+    if (Buffer.compare(data.subarray(off, off + n), ZEROS.subarray(0, n)) !== 0) return false;
+  }
+  return true;
+}
+
 /** What diskChecksumAsync reads per call of readAsync. */
 const CHECKSUM_ASYNC_PIECE_BYTES = 4 * 1024 * 1024;
 

@@ -4,8 +4,11 @@
 // over; the engine sees only the port, never the file or the buffer.
 import type { Clock, DiskRange, ReplicaDisk } from '../dom0/ports';
 import type { DiskWrite } from '../dom0/protocol/records';
-import { diskChecksumAsync } from './disk-source';
+import { diskChecksumAsync, isZero } from './disk-source';
 import { type DiskTarget, EpochBuffer, applyWrite } from './epoch-buffer';
+
+/** What zeroSync reads at a time to find the pieces of a zero range that are not zero yet. */
+const ZERO_SYNC_PIECE_BYTES = 1024 * 1024;
 
 export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements ReplicaDisk {
   /** Bound 0 until a session sets one (holdFrom): nothing is held outside a session. */
@@ -21,6 +24,15 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   }
   read(offsetBytes: number, into: Uint8Array): void {
     this.target.read(offsetBytes, into);
+  }
+  zeroSync(offsetBytes: number, lengthBytes: number): void {
+    const piece = Buffer.alloc(Math.min(lengthBytes, ZERO_SYNC_PIECE_BYTES));
+    for (let done = 0; done < lengthBytes; done += piece.length) {
+      const n = Math.min(piece.length, lengthBytes - done);
+      const view = piece.subarray(0, n);
+      this.target.read(offsetBytes + done, view);
+      if (!isZero(view)) this.target.zero(offsetBytes + done, n);
+    }
   }
   flush(): void {
     this.target.flush();

@@ -6,7 +6,9 @@
 // capture, before resume) moves the tag, so a write whose completion the guest could have
 // seen in checkpoint N is tagged ≤ N and nothing completed after resume is tagged N.
 // Without a backup, written blocks go to the resync bitmap; a new session first copies the
-// bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start.
+// bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start;
+// a run that reads as zeros goes as its range alone (DISK_SYNC ZEROES): a thin disk costs the
+// wire what it holds, not its size.
 import { assert } from '../dom0/assert';
 import type { Clock, DiskLink, DiskPort } from '../dom0/ports';
 import {
@@ -17,13 +19,14 @@ import {
   Rec,
   diskSyncBody,
   diskSyncEndBody,
+  diskSyncZeroesBody,
   diskWriteBody,
 } from '../dom0/protocol/records';
 import { BlockGenerations } from './block-generations';
 import type { DiskTap } from './disk-tap';
 import { type DiskRef, ReadTracker } from './read-tracker';
 import { ResyncBitmap } from './resync-bitmap';
-import type { DiskSource } from './disk-source';
+import { type DiskSource, isZero } from './disk-source';
 import { RangeCrcs } from './range-crcs';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
@@ -51,7 +54,9 @@ export interface ReplicatorStats {
   forwardedBytes: number;
   unackedBytes: number;
   resyncPendingBytes: number;
+  /** Octets the resync covered, and of those the ones sent as zero ranges (no data on the wire). */
   resyncCopiedBytes: number;
+  resyncZeroBytes: number;
   syncing: boolean;
   readTracking: import('./read-tracker').ReadTrackerStats | null;
   /** The checksum's read-ahead: ranges read while the guest ran, and at the checkpoint (written since). */
@@ -78,7 +83,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
    * and off the unacked bound; invariant: direct !== null ⇔ that epoch is not acknowledged yet.
    */
   private direct: { epoch: number; written: ResyncBitmap | null } | null = null;
-  private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0 };
+  private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0, resyncZeroBytes: 0 };
   private readonly chunkBytes: number;
   private readonly backlogMax: number;
 
@@ -278,7 +283,10 @@ export class DiskReplicator implements DiskPort, DiskTap {
       const buf = new Uint8Array(len);
       this.source.read(off, buf);
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);
-      link.send(Rec.DISK_SYNC, diskSyncBody(off, buf));
+      // A range of zeros (most of a thin disk) goes as its range alone.
+      const zeroes = isZero(buf);
+      link.send(Rec.DISK_SYNC, zeroes ? diskSyncZeroesBody(off, len) : diskSyncBody(off, buf));
+      if (zeroes) this.counters.resyncZeroBytes += len;
       this.copiedRuns.push([off, len]);
       s.cursor = run.first + run.count;
       s.copied += len;

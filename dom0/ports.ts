@@ -126,6 +126,11 @@ export interface ReplicaDisk {
   readonly sizeBytes: number;
   /** The resync copy that opens a session (DISK_SYNC): straight to the disk. */
   write(offsetBytes: number, data: Uint8Array): void;
+  /**
+   * The resync copy's ZEROES range: reads as zeros afterwards. Only pieces not already zero are
+   * written, so a fresh sparse image stays sparse; an image of an earlier session is overwritten.
+   */
+  zeroSync(offsetBytes: number, lengthBytes: number): void;
   /** Reads the disk as it is (disk references resolve against it at commit). */
   read(offsetBytes: number, into: Uint8Array): void;
   /** Durable now (at failover, before the domain resumes here). */

@@ -11,6 +11,7 @@ import { BlockGenerations } from '../blktap/block-generations';
 import { ReadTracker } from '../blktap/read-tracker';
 import { loadAddon } from '../dom0/native';
 import { EpochBuffer } from '../blktap/epoch-buffer';
+import { EpochHeldDisk } from '../blktap/replica-disk';
 import { DiskReplicator } from '../blktap/replicator';
 import { ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
@@ -22,8 +23,10 @@ import {
   Rec,
   checkpointBegin,
   checkpointEnd,
+  DS_ZEROES,
   diskSyncBody,
   diskSyncEndBody,
+  diskSyncZeroesBody,
   diskWriteBody,
   diskRefsBody,
   jsonBody,
@@ -82,6 +85,28 @@ describe('51 disk replication', () => {
           String(why),
         );
       assert.throws(() => parseDiskSync(diskSyncBody(DISK - 4096, fill(8192, 1)), DISK), /past the end/);
+      const sync = diskSyncBody(4096, fill(4096, 1));
+      const syncMutated = (f: (b: Buffer) => void): Buffer => {
+        const b = Buffer.from(sync);
+        f(b);
+        return b;
+      };
+      for (const [body, why] of [
+        [syncMutated((b) => b.writeUInt32LE(1, 12)), /unknown flags/],
+        [syncMutated((b) => b.writeUInt32LE(DS_ZEROES, 12)), /\(zeroes\) has a body of/],
+        [syncMutated((b) => b.writeUInt32LE(0, 8)), /covers no octets/],
+        [diskSyncZeroesBody(0, DISK).subarray(0, 12), /too short/],
+      ] as Array<[Buffer, RegExp]>)
+        assert.throws(
+          () => parseDiskSync(body, DISK),
+          (e: unknown) => isProto(e) && why.test((e as Error).message),
+          String(why),
+        );
+      assert.deepEqual(parseDiskSync(diskSyncZeroesBody(8192, 4096), DISK), {
+        offsetBytes: 8192,
+        lengthBytes: 4096,
+        data: null,
+      });
     });
   });
 
@@ -216,7 +241,7 @@ describe('51 disk replication', () => {
       c.runUntil(20);
       const copied = l.sent
         .filter((s) => s.type === Rec.DISK_SYNC)
-        .reduce((a, s) => a + parseDiskSync(s.body, DISK).data.length, 0);
+        .reduce((a, s) => a + parseDiskSync(s.body, DISK).lengthBytes, 0);
       assert.equal(copied, 3 * 4096, 'reprotection copies the changed blocks only');
       assert.equal(r.bitmap.count, 0);
       r.disconnect(); // before any ack: the copy may not have arrived
@@ -247,6 +272,54 @@ describe('51 disk replication', () => {
       assert.equal(overflow, '');
       r.onWrite(0, fill(8192, 1), false);
       assert.match(overflow, /unacknowledged/);
+    });
+    it('zero runs go as 16-octet ranges; the backup zeroes what is not zero (stale image), not a fresh one', () => {
+      const bytes = new Uint8Array(DISK);
+      bytes.set(fill(3 * 4096, 7), 20 * 4096); // data in blocks 20..22 of 64; the rest a thin disk's zeros
+      const c = new VirtualClock();
+      const r = new DiskReplicator(src(bytes), c, {
+        unackedBytesMax: 1 << 20,
+        inSync: false,
+        syncChunkBytes: 16 * 4096,
+      });
+      const l = tap();
+      r.connect(
+        l,
+        1,
+        false,
+        () => {},
+        () => {},
+      );
+      c.runUntil(50);
+      const syncs = l.sent.filter((x) => x.type === Rec.DISK_SYNC).map((x) => parseDiskSync(x.body, DISK));
+      assert.deepEqual(
+        syncs.map((x) => [x.offsetBytes / 4096, x.lengthBytes / 4096, x.data !== null]),
+        [
+          [0, 16, false],
+          [16, 16, true],
+          [32, 16, false],
+          [48, 16, false],
+        ],
+      );
+      const wire = l.sent.filter((x) => x.type === Rec.DISK_SYNC).reduce((a, x) => a + x.body.length, 0);
+      assert.equal(wire, 4 * 16 + 16 * 4096, 'zero runs cost their 16-octet header only');
+      assert.deepEqual([r.stats().resyncCopiedBytes, r.stats().resyncZeroBytes], [DISK, 48 * 4096]);
+      const apply = (t: MemDiskTarget): number => {
+        let zeroed = 0;
+        const zero = t.zero.bind(t);
+        t.zero = (off, len) => {
+          zeroed += len;
+          zero(off, len);
+        };
+        const disk = new EpochHeldDisk(t);
+        for (const x of syncs) x.data ? disk.write(x.offsetBytes, x.data) : disk.zeroSync(x.offsetBytes, x.lengthBytes);
+        assert.deepEqual(t.bytes, bytes, 'the backup equals the primary');
+        return zeroed;
+      };
+      assert.equal(apply(new MemDiskTarget(DISK)), 0, 'a fresh (sparse) image is not written where it reads as zeros');
+      const stale = new MemDiskTarget(DISK);
+      stale.bytes.set(fill(4096, 9), 40 * 4096); // an earlier session's block where the primary has zeros
+      assert.equal(apply(stale), 16 * 4096, 'a stale image: the zero run holding old data is zeroed, no other');
     });
   });
 

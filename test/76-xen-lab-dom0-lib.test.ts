@@ -76,7 +76,7 @@ describe('76 Xen lab dom0 helpers', () => {
     }
   }).timeout(30_000);
 
-  it('76.3 lab_status asks every control socket (socat, half-closed) and lab_field reads dotted keys (jq)', async () => {
+  it('76.3 lab_status asks each control socket (socat, half-closed); lab_field reads dotted keys (jq)', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-76-'));
     const primary = { role: 'primary', ackedEpoch: 42, fenced: false, net: { interfaces: [{ ledger: { held: 7 } }] } };
     const servers = [
@@ -100,7 +100,10 @@ describe('76 Xen lab dom0 helpers', () => {
       assert.equal((await f('backup', 'committedEpoch')).out, '41\n');
       assert.equal((await f('primary', 'no.such.key')).out, '\n');
       assert.equal((await f('agent', 'ackedEpoch')).out, '\n');
-      assert.equal((await lib('lab_status', { ...env, REMUSDB_RUN_DIR: path.join(dir, 'none') })).out, '{"processes":[]}\n');
+      assert.equal(
+        (await lib('lab_status', { ...env, REMUSDB_RUN_DIR: path.join(dir, 'none') })).out,
+        '{"processes":[]}\n',
+      );
     } finally {
       for (const s of servers) s.close();
       fs.rmSync(dir, { recursive: true, force: true });

@@ -835,10 +835,11 @@ export class Backup {
     const held = this.needSession(s);
     if (s.diskSync.done || this.committed !== null || s.open)
       throw protocolError('DISK_SYNC outside the disk copy that opens a session');
-    const { offsetBytes, data } = parseDiskSync(body, held.hello.diskBytes);
-    held.replica.disk!.write(offsetBytes, data);
-    s.diskSync.bytes += data.length;
-    this.counters.diskSyncBytes += data.length;
+    const { offsetBytes, lengthBytes, data } = parseDiskSync(body, held.hello.diskBytes);
+    if (data) held.replica.disk!.write(offsetBytes, data);
+    else held.replica.disk!.zeroSync(offsetBytes, lengthBytes);
+    s.diskSync.bytes += lengthBytes;
+    this.counters.diskSyncBytes += lengthBytes;
   }
 
   private onDiskSyncEnd(s: Session, body: Buffer): void {

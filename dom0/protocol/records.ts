@@ -195,27 +195,49 @@ export function parseDiskWrite(body: Buffer, diskBytes: number): DiskWrite {
   return { epoch, offsetBytes: Number(off), lengthBytes: len, flags, data: carries ? body.subarray(24) : null };
 }
 
+/** DISK_SYNC flags: ZEROES (no data: the range reads as zeros; the value DISK_WRITE uses). */
+export const DS_ZEROES = DW_ZEROES;
+
 export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
-  assert(
-    offsetBytes % SECTOR === 0 && data.length % SECTOR === 0 && data.length > 0 && data.length <= DISK_RECORD_DATA_MAX,
-    'disk sync chunk',
-  );
-  const b = Buffer.alloc(16 + data.length);
-  b.writeBigUInt64LE(BigInt(offsetBytes), 0);
-  b.writeUInt32LE(data.length, 8);
+  assert(data.length > 0, 'disk sync chunk has data');
+  const b = diskSyncHead(offsetBytes, data.length, 0, data.length);
   b.set(data, 16);
   return b;
 }
 
-export function parseDiskSync(body: Buffer, diskBytes: number): { offsetBytes: number; data: Buffer } {
+/** A resync range that reads as zeros on the primary: 16 octets instead of its length. */
+export function diskSyncZeroesBody(offsetBytes: number, lengthBytes: number): Buffer {
+  return diskSyncHead(offsetBytes, lengthBytes, DS_ZEROES, 0);
+}
+
+function diskSyncHead(offsetBytes: number, lengthBytes: number, flags: number, dataBytes: number): Buffer {
+  assert(
+    offsetBytes % SECTOR === 0 && lengthBytes % SECTOR === 0 && lengthBytes > 0 && lengthBytes <= DISK_RECORD_DATA_MAX,
+    'disk sync chunk',
+  );
+  const b = Buffer.alloc(16 + dataBytes);
+  b.writeBigUInt64LE(BigInt(offsetBytes), 0);
+  b.writeUInt32LE(lengthBytes, 8);
+  b.writeUInt32LE(flags, 12);
+  return b;
+}
+
+/** A DISK_SYNC: data null for a ZEROES range. */
+export function parseDiskSync(
+  body: Buffer,
+  diskBytes: number,
+): { offsetBytes: number; lengthBytes: number; data: Buffer | null } {
   if (body.length < 16) throw protocolError('DISK_SYNC is too short');
   const off = body.readBigUInt64LE(0),
-    len = body.readUInt32LE(8);
-  if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_SYNC reserved field is not 0');
-  if (len === 0) throw protocolError('DISK_SYNC carries no data');
+    len = body.readUInt32LE(8),
+    flags = body.readUInt32LE(12);
+  if ((flags & ~DS_ZEROES) !== 0) throw protocolError(`DISK_SYNC has unknown flags ${flags}`);
+  if (len === 0) throw protocolError('DISK_SYNC covers no octets');
   checkRange('DISK_SYNC', off, len, diskBytes);
-  if (body.length !== 16 + len) throw protocolError(`DISK_SYNC of ${len} octets has a body of ${body.length}`);
-  return { offsetBytes: Number(off), data: body.subarray(16) };
+  const zeroes = (flags & DS_ZEROES) !== 0;
+  if (body.length !== 16 + (zeroes ? 0 : len))
+    throw protocolError(`DISK_SYNC of ${len} octets${zeroes ? ' (zeroes)' : ''} has a body of ${body.length}`);
+  return { offsetBytes: Number(off), lengthBytes: len, data: zeroes ? null : body.subarray(16) };
 }
 
 export const diskSyncEndBody = (bytes: number): Buffer => epochBody(bytes);

@@ -738,6 +738,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const precopyDrop = fault.kind === 'drop-link' && fault.precopyBatch !== undefined;
   const reuseDisk = guestDisk && (rng.chance(0.4) || precopyDrop) ? new MemDiskTarget(guestDisk.bytes.length) : null;
   if (guestDisk && reuseDisk) reuseDisk.bytes.set(guestDisk.bytes);
+  // A backup's disk it does not continue may hold an earlier life's bytes: the full copy must
+  // overwrite every block, its zero ranges (DISK_SYNC ZEROES) too.
+  const staleBackupDisk = rng.chance(0.5);
+  const freshBackupDisk = (bytes: number): MemDiskTarget => {
+    const t = new MemDiskTarget(bytes);
+    if (staleBackupDisk) t.bytes.fill(0x5a);
+    return t;
+  };
   if (guestDisk) {
     replicator = new DiskReplicator(
       {
@@ -906,7 +914,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         replicaFor: (h) =>
           new MemReplica(
             h.pageCount,
-            h.diskBytes ? (reuseDisk ?? new MemDiskTarget(h.diskBytes)) : null,
+            h.diskBytes ? (reuseDisk ?? freshBackupDisk(h.diskBytes)) : null,
             reuseDisk !== null,
           ),
       },

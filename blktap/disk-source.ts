@@ -1,8 +1,7 @@
 // disk-source: a disk as something to read — what the replicator copies a resync from and
 // the read tracker checks content against (the primary's own disk), and whole-disk CRC32C
-// (the backup's check at DISK_VERIFY, the sim replica's at failover). On its own so that
+// (the sim replica's at failover; tests), whether a range is zeros. On its own so that
 // replicator and read tracker, which both read a disk, do not import each other.
-import type { Clock } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 
 /** A disk to read from: the primary's own, or the backup's copy. */
@@ -28,9 +27,6 @@ export function isZero(data: Uint8Array): boolean {
   return true;
 }
 
-/** What diskChecksumAsync reads per call of readAsync. */
-const CHECKSUM_ASYNC_PIECE_BYTES = 4 * 1024 * 1024;
-
 /** CRC32C of a whole disk, read in 1 MiB pieces (verification after a resync). */
 export function diskChecksum(source: DiskSource): number {
   const buf = new Uint8Array(1024 * 1024);
@@ -38,49 +34,6 @@ export function diskChecksum(source: DiskSource): number {
   for (let off = 0; off < source.sizeBytes; off += buf.length) {
     const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
     source.read(off, piece);
-    crc = loadAddon().crc32c(piece, crc);
-  }
-  return crc;
-}
-
-/** Pieces of 1 MiB read per event-loop turn by diskChecksumAsync (a source without readAsync). */
-const CHECKSUM_TURN_PIECES = 2;
-
-/**
- * diskChecksum without holding the event loop: 2 MiB per turn, so heartbeats go on (8 MiB
- * turns took 100–160 ms on a 2-core host busy with a guest and its backup).
- */
-export function diskChecksumAsync(source: DiskSource, clock: Pick<Clock, 'defer'>): Promise<number> {
-  if (source.readAsync) return checksumOffLoop(source);
-  const buf = new Uint8Array(1024 * 1024);
-  return new Promise((resolve, reject) => {
-    let crc = 0,
-      off = 0;
-    const step = (): void => {
-      try {
-        for (let n = 0; n < CHECKSUM_TURN_PIECES && off < source.sizeBytes; n++, off += buf.length) {
-          const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-          source.read(off, piece);
-          crc = loadAddon().crc32c(piece, crc);
-        }
-      } catch (e) {
-        reject(e);
-        return;
-      }
-      if (off >= source.sizeBytes) resolve(crc);
-      else clock.defer(step);
-    };
-    step();
-  });
-}
-
-/** diskChecksumAsync for a source with readAsync: a piece at a time on libuv's pool. */
-async function checksumOffLoop(source: DiskSource): Promise<number> {
-  const buf = new Uint8Array(CHECKSUM_ASYNC_PIECE_BYTES);
-  let crc = 0;
-  for (let off = 0; off < source.sizeBytes; off += buf.length) {
-    const piece = buf.subarray(0, Math.min(buf.length, source.sizeBytes - off));
-    await source.readAsync!(off, piece);
     crc = loadAddon().crc32c(piece, crc);
   }
   return crc;

@@ -10,7 +10,7 @@
 // its read keeps its old CRC); end to end, a wrong CRC is the backup's ERR_DISK_DIVERGED (tests
 // 44, 52 verify the disks equal through it).
 import { assert } from '../dom0/assert';
-import type { Clock } from '../dom0/ports';
+import type { Clock, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import type { BlockGenerations } from './block-generations';
@@ -100,23 +100,31 @@ export class RangeCrcs {
   /**
    * CRC32C of the whole disk now (the caller keeps it still): the ranges written since they
    * were read (or never read) are read again — CHECKSUM_READS_IN_FLIGHT at a time on libuv's
-   * pool where the source can, else one per turn; the others come from the table.
+   * pool where the source can; a source without readAsync is in memory (tests, the simulator,
+   * whose virtual clock runs no promise continuations between its events) and is read at once.
+   * The others come from the table.
    */
-  async checksum(): Promise<number> {
+  checksum(): MaybePromise<number> {
     this.stop();
     const stale: number[] = [];
     for (let r = 0; r < this.ranges; r++) if (!this.isCurrent(r)) stale.push(r);
+    this.counters.rangesReadAtChecksum += stale.length;
+    if (!this.source.readAsync) {
+      const buf = new Uint8Array(RANGE_CRC_BYTES);
+      for (const r of stale) this.readNow(r, buf);
+      return this.combined();
+    }
     let next = 0;
     const reader = async (): Promise<void> => {
       const buf = new Uint8Array(RANGE_CRC_BYTES);
-      while (next < stale.length) {
-        if (!this.source.readAsync) await new Promise<void>((resolve) => this.clock.defer(resolve));
-        await this.read(stale[next++], buf);
-      }
+      while (next < stale.length) await this.read(stale[next++], buf);
     };
-    const readers = this.source.readAsync ? Math.min(CHECKSUM_READS_IN_FLIGHT, stale.length) : 1;
-    await Promise.all(Array.from({ length: readers }, reader));
-    this.counters.rangesReadAtChecksum += stale.length;
+    const readers = Math.min(CHECKSUM_READS_IN_FLIGHT, stale.length);
+    return Promise.all(Array.from({ length: readers }, reader)).then(() => this.combined());
+  }
+
+  /** The whole disk's CRC32C from the table: the ranges' CRCs combined in order. */
+  private combined(): number {
     let crc = this.crcs[0];
     for (let r = 1; r < this.ranges; r++) crc = crc32cCombine(crc, this.crcs[r], this.shiftOf(r));
     return crc;
@@ -155,10 +163,22 @@ export class RangeCrcs {
    * in flight there or began during the read. Returns whether it does.
    */
   private async read(r: number, buf: Uint8Array): Promise<boolean> {
+    if (!this.source.readAsync) return this.readNow(r, buf);
     const before = this.genSum(r);
     const piece = buf.subarray(0, this.lengthOf(r));
-    if (this.source.readAsync) await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
-    else this.source.read(r * RANGE_CRC_BYTES, piece);
+    await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
+    return this.took(r, before, piece);
+  }
+
+  /** read() of a source without readAsync (in memory). */
+  private readNow(r: number, buf: Uint8Array): boolean {
+    const before = this.genSum(r);
+    const piece = buf.subarray(0, this.lengthOf(r));
+    this.source.read(r * RANGE_CRC_BYTES, piece);
+    return this.took(r, before, piece);
+  }
+
+  private took(r: number, before: number, piece: Uint8Array): boolean {
     this.crcs[r] = loadAddon().crc32c(piece);
     this.sums[r] = !Number.isNaN(before) && this.genSum(r) === before ? before : Number.NaN;
     return !Number.isNaN(this.sums[r]);

@@ -1,10 +1,13 @@
 // replica-disk: the backup engine's ReplicaDisk port (dom0/ports.ts) made of a disk file
 // (BlockFile, or a test's disk in memory) and an EpochBuffer that holds the forwarded writes
 // until their checkpoint commits. Whoever makes a replica makes its disk here and hands it
-// over; the engine sees only the port, never the file or the buffer.
-import type { Clock, DiskRange, ReplicaDisk } from '../dom0/ports';
+// over; the engine sees only the port, never the file or the buffer. Every change to the disk
+// passes here, so its per-range CRC table (replica-range-crcs.ts) knows what changed, and the
+// checksum at a verified commit reads only that.
+import type { DiskRange, MaybePromise, ReplicaDisk } from '../dom0/ports';
 import type { DiskWrite } from '../dom0/protocol/records';
-import { diskChecksumAsync, isZero } from './disk-source';
+import { isZero } from './disk-source';
+import { ReplicaRangeCrcs } from './replica-range-crcs';
 import { type DiskTarget, EpochBuffer, applyWrite } from './epoch-buffer';
 
 /** What zeroSync reads at a time to find the pieces of a zero range that are not zero yet. */
@@ -14,13 +17,39 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   /** Bound 0 until a session sets one (holdFrom): nothing is held outside a session. */
   private held = new EpochBuffer(0);
 
-  constructor(readonly target: Target) {}
+  /** CRC32C per 1 MiB range, known where nothing changed since it was computed. */
+  readonly rangeCrcs: ReplicaRangeCrcs;
+  /** The target as committed writes reach it: each change makes its ranges unknown. */
+  private readonly tracked: DiskTarget;
+
+  /** rangeCrcBytes: the CRC table's range (replica-range-crcs.ts); a test's small disk uses less. */
+  constructor(
+    readonly target: Target,
+    rangeCrcBytes?: number,
+  ) {
+    const crcs = (this.rangeCrcs = new ReplicaRangeCrcs(target.sizeBytes, rangeCrcBytes));
+    this.tracked = {
+      sizeBytes: target.sizeBytes,
+      write: (off, data) => {
+        crcs.changed(off, data.length);
+        target.write(off, data);
+      },
+      zero: (off, len) => {
+        crcs.changed(off, len);
+        target.zero(off, len);
+      },
+      read: (off, into) => target.read(off, into),
+      flush: () => target.flush(),
+      flushSoon: () => (target.flushSoon ?? target.flush).call(target),
+    };
+  }
 
   get sizeBytes(): number {
     return this.target.sizeBytes;
   }
   write(offsetBytes: number, data: Uint8Array): void {
     this.target.write(offsetBytes, data);
+    this.rangeCrcs.synced(offsetBytes, data.length, data);
   }
   read(offsetBytes: number, into: Uint8Array): void {
     this.target.read(offsetBytes, into);
@@ -33,6 +62,7 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
       this.target.read(offsetBytes + done, view);
       if (!isZero(view)) this.target.zero(offsetBytes + done, n);
     }
+    this.rangeCrcs.synced(offsetBytes, lengthBytes, null);
   }
   flush(): void {
     this.target.flush();
@@ -51,19 +81,20 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   }
 
   commit(epoch: number): { writes: number; bytes: number } {
-    const { writes, bytes } = this.held.commit(epoch, this.target);
+    const { writes, bytes } = this.held.commit(epoch, this.tracked);
     return { writes, bytes };
   }
 
   apply(w: DiskWrite): void {
-    if (applyWrite(w, this.target)) this.flushSoon();
+    if (applyWrite(w, this.tracked)) this.flushSoon();
   }
 
   discard(): DiskRange[] {
     return this.held.discard();
   }
 
-  checksum(clock: Pick<Clock, 'defer'>): Promise<number> {
-    return diskChecksumAsync(this.target, clock);
+  /** The whole disk's CRC32C (the caller keeps it still): only ranges changed since they were known are read. */
+  checksum(): MaybePromise<number> {
+    return this.rangeCrcs.checksum(this.target);
   }
 }

@@ -10,7 +10,7 @@
 // a run that reads as zeros goes as its range alone (DISK_SYNC ZEROES): a thin disk costs the
 // wire what it holds, not its size.
 import { assert } from '../dom0/assert';
-import type { Clock, DiskLink, DiskPort } from '../dom0/ports';
+import type { Clock, DiskLink, DiskPort, MaybePromise } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX,
   DW_FLUSH,
@@ -185,7 +185,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
   }
 
   /** CRC32C of the whole disk (the caller keeps it still): only ranges written since they were read are read. */
-  checksum(): Promise<number> {
+  checksum(): MaybePromise<number> {
     return this.rangeCrcs.checksum();
   }
 

@@ -150,8 +150,11 @@ export interface ReplicaDisk {
   apply(w: DiskWrite): void;
   /** Drops everything held (failover, release): the ranges of the writes dropped. */
   discard(): DiskRange[];
-  /** CRC32C of the whole disk, a few MiB per turn of clock (heartbeats go on meanwhile). */
-  checksum(clock: Pick<Clock, 'defer'>): Promise<number>;
+  /**
+   * CRC32C of the whole disk (the caller keeps it still): only what changed since it was last
+   * known is read, off the event loop for a file; a disk in memory answers at once.
+   */
+  checksum(): MaybePromise<number>;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

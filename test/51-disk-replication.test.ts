@@ -40,7 +40,7 @@ import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import { BlockFile } from '../blktap/block-file';
 import { RANGE_CRC_BYTES, RangeCrcs } from '../blktap/range-crcs';
 import { crc32cCombine, shiftFor } from '../blktap/crc-combine';
-import { diskChecksum, diskChecksumAsync } from '../blktap/disk-source';
+import { diskChecksum } from '../blktap/disk-source';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -547,16 +547,16 @@ describe('51 disk replication', () => {
     }
   });
 
-  it('51.8 a file disk is checksummed off the event loop: the same CRC32C, timers run meanwhile', async () => {
+  it('51.8 the backup checksums a file disk off the event loop: the same CRC32C, timers run meanwhile', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
     try {
-      const SIZE = 9 * 1024 * 1024 + 4096; // pieces of 4 MiB and a short last one
+      const SIZE = 9 * 1024 * 1024 + 4096; // ranges of 1 MiB and a short last one
       const file = path.join(dir, 'vm.disk');
       const disk = BlockFile.create(file, SIZE);
       disk.write(0, randomBytes(SIZE));
       let ticks = 0;
       const ticker = setInterval(() => ticks++, 0);
-      const crc = await diskChecksumAsync(disk, { defer: (f) => setImmediate(f) });
+      const crc = await new EpochHeldDisk(disk).checksum();
       clearInterval(ticker);
       assert.equal(crc, diskChecksum(disk), 'the same CRC32C as the synchronous read');
       assert.ok(ticks >= 1, 'timers ran while the disk was read');
@@ -618,4 +618,61 @@ describe('51 disk replication', () => {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('51.10 the backup reads only ranges changed since the resync wrote them (memory: now; file: off loop)', async () => {
+    const SIZE = 4 * RANGE_CRC_BYTES + 8192; // a short last range
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
+    const inMemory = (): MemDiskTarget => new MemDiskTarget(SIZE);
+    const inFile = (): BlockFile => BlockFile.create(path.join(dir, 'replica.disk'), SIZE);
+    try {
+      for (const make of [inMemory, inFile]) {
+        const target = make();
+        target.write(0, fill(SIZE, 0x5a)); // an earlier life's image under the copy
+        await backupChecksumsChanges(target, SIZE, make === inFile);
+        if (target instanceof BlockFile) target.close();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
+
+/** Test 51.10 on one target: a full resync, then writes committed and applied; the checksums. */
+async function backupChecksumsChanges(target: MemDiskTarget | BlockFile, SIZE: number, off: boolean): Promise<void> {
+  const primary = new Uint8Array(SIZE);
+  primary.set(randomBytes(RANGE_CRC_BYTES), RANGE_CRC_BYTES); // range 1 data; 0, 2, 3 zeros
+  primary.set(randomBytes(8192), 4 * RANGE_CRC_BYTES);
+  const want = (): number =>
+    diskChecksum({ sizeBytes: SIZE, read: (o, i) => i.set(primary.subarray(o, o + i.length)) });
+  const disk = new EpochHeldDisk(target);
+  // The resync as the primary sends it: 1 MiB runs, zero runs as ranges, the last one partial.
+  for (let o = 0; o < SIZE; o += RANGE_CRC_BYTES) {
+    const piece = primary.subarray(o, Math.min(SIZE, o + RANGE_CRC_BYTES));
+    if (piece.every((b) => b === 0)) disk.zeroSync(o, piece.length);
+    else disk.write(o, piece);
+  }
+  const first = disk.checksum();
+  assert.equal(first instanceof Promise, off, 'a file is read off the event loop, memory at once');
+  assert.equal(await first, want());
+  assert.deepEqual(disk.rangeCrcs.counters, { rangesFromRecords: 5, rangesRead: 0 }, 'nothing read after a full copy');
+  // Held writes committed later, and one applied before the first commit: their ranges only.
+  const write = (epoch: number, o: number, len: number): void => {
+    const data = randomBytes(len);
+    primary.set(data, o);
+    disk.hold(parseDiskWrite(diskWriteBody(epoch, o, len, 0, data), SIZE), null);
+  };
+  disk.holdFrom(1 << 24);
+  write(1, 2 * RANGE_CRC_BYTES + 4096, 4096);
+  write(2, RANGE_CRC_BYTES - 4096, 8192); // across ranges 0 and 1
+  disk.commit(2);
+  const z = parseDiskWrite(diskWriteBody(3, 3 * RANGE_CRC_BYTES, 4096, DW_ZEROES, null), SIZE);
+  primary.fill(0, z.offsetBytes, z.offsetBytes + z.lengthBytes);
+  disk.apply(z);
+  const now = new Uint8Array(SIZE);
+  target.read(0, now);
+  assert.deepEqual(now, primary, 'the backup equals the primary');
+  assert.equal(await disk.checksum(), want());
+  assert.equal(disk.rangeCrcs.counters.rangesRead, 4, 'ranges 0, 1, 2 and 3 were read, not range 4');
+  assert.equal(await disk.checksum(), want(), 'and nothing at the next one');
+  assert.equal(disk.rangeCrcs.counters.rangesRead, 4);
+}

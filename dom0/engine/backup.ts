@@ -40,7 +40,7 @@ import {
   parseMemoryVerify,
 } from '../protocol/records';
 import { imageDigests } from './continuation';
-import type { Clock, Link, Ownership, OwnershipClaimer, Replica } from '../ports';
+import type { Clock, Link, MaybePromise, Ownership, OwnershipClaimer, Replica } from '../ports';
 import { Staging } from './staging';
 import { validateHello, type HelloInfo } from './hello';
 import { COPY_SILENCE_MS } from './primary';
@@ -647,36 +647,44 @@ export class Backup {
       }
     });
     if (o.diskCrc === null) return this.finishCommit(s, o);
-    // The disk check reads the whole disk: a few MiB per turn, heartbeats going on, and the
-    // records that arrive meanwhile wait their turn (held, in order).
+    // The disk check reads what changed since the disk's CRCs were known (replica-range-crcs.ts),
+    // off the event loop; the records that arrive meanwhile wait their turn (held, in order).
     const expected = o.diskCrc;
     s.paused = true;
-    held.replica
-      .disk!.checksum(this.clock)
-      .then(
-        (ours) => ours,
-        (e: Error) => e,
-      )
-      .then((r) => {
-        s.paused = false;
-        if (this.session !== s || s.open !== o) return;
-        this.guard(s, () => {
-          this.committing(held, () => {
-            if (r instanceof Error) throw r;
-            if (r !== expected) {
-              throw new RemusError(
-                ErrorCode.DISK_DIVERGED,
-                `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the ` +
-                  `primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
-              );
-            }
-            this.counters.diskVerifiedEpoch = epoch;
-            this.hooks.event?.('disk-verified', { epoch, crc32c: r });
-          });
-          this.finishCommit(s, o);
+    let sum: MaybePromise<number>;
+    try {
+      sum = held.replica.disk!.checksum();
+    } catch (e) {
+      sum = Promise.reject(e);
+    }
+    const checked = (r: number | Error): void => {
+      s.paused = false;
+      if (this.session !== s || s.open !== o) return;
+      this.guard(s, () => {
+        this.committing(held, () => {
+          if (r instanceof Error) throw r;
+          if (r !== expected) {
+            throw new RemusError(
+              ErrorCode.DISK_DIVERGED,
+              `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the ` +
+                `primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
+            );
+          }
+          this.counters.diskVerifiedEpoch = epoch;
+          this.hooks.event?.('disk-verified', { epoch, crc32c: r });
         });
-        this.drainQueued(s);
+        this.finishCommit(s, o);
       });
+      this.drainQueued(s);
+    };
+    if (typeof sum === 'number') checked(sum);
+    else
+      sum
+        .then(
+          (ours) => ours,
+          (e: Error) => e,
+        )
+        .then(checked);
   }
 
   /**

@@ -395,9 +395,10 @@ export class MemReplica implements Replica {
     readonly pageCount: number,
     readonly diskTarget: MemDiskTarget | null = null,
     readonly diskContinues = false,
+    rangeCrcBytes?: number,
   ) {
     this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
-    this.disk = diskTarget ? new EpochHeldDisk(diskTarget) : null;
+    this.disk = diskTarget ? new EpochHeldDisk(diskTarget, rangeCrcBytes) : null;
   }
   commitDeviceState(s: Uint8Array): void {
     this.deviceState = Uint8Array.from(s);
@@ -746,6 +747,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (staleBackupDisk) t.bytes.fill(0x5a);
     return t;
   };
+  // The disk is 1 MiB, one range of production's CRC table: the backup's table gets ranges of
+  // 1–16 blocks instead, half the time the resync's chunk (whole ranges learn their CRC from it).
+  const syncChunkBytes = PAGE * (1 + rng.below(16));
+  const replicaRangeCrcBytes = rng.chance(0.5) ? syncChunkBytes : PAGE * (1 + rng.below(16));
   if (guestDisk) {
     replicator = new DiskReplicator(
       {
@@ -756,7 +761,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       {
         unackedBytesMax: 64 * PAGE * (1 + rng.below(64)),
         inSync: reuseDisk !== null,
-        syncChunkBytes: PAGE * (1 + rng.below(16)),
+        syncChunkBytes: syncChunkBytes,
         readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0,
       },
     );
@@ -813,6 +818,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     precopyRemainingPagesMin: rng.below(4),
     precopyBacklogBytesMax: 4096 * (1 + rng.below(16)),
     copySilenceMs: 100 + rng.below(300),
+    // Each session's first checkpoint carries the disk's CRC32C (range-crcs.ts on the primary,
+    // replica-range-crcs.ts on the backup); the backup compares at its commit.
+    verifyDisk: guestDisk !== undefined && rng.chance(0.5),
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary =>
@@ -916,6 +924,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             h.pageCount,
             h.diskBytes ? (reuseDisk ?? freshBackupDisk(h.diskBytes)) : null,
             reuseDisk !== null,
+            replicaRangeCrcBytes,
           ),
       },
       {
@@ -985,6 +994,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           // Nothing in this world alters an image: a continued one that differs is a bug of the reconnect.
           if (name === 'protocol-error' && d.code === ErrorCode.MEMORY_DIVERGED)
             violate(`a continued image differed: ${String(d.message)}`);
+          // Nor a disk: a verified commit whose CRCs differ is a bug of the copy or of a checksum.
+          if (name === 'protocol-error' && d.code === ErrorCode.DISK_DIVERGED)
+            violate(`a verified commit found the disks different: ${String(d.message)}`);
         },
       },
     );

@@ -619,7 +619,7 @@ describe('51 disk replication', () => {
     }
   });
 
-  it('51.10 the backup reads only ranges changed since the resync wrote them (memory: now; file: off loop)', async () => {
+  it('51.10 the backup reads only ranges changed since the resync wrote them (in memory or a file)', async () => {
     const SIZE = 4 * RANGE_CRC_BYTES + 8192; // a short last range
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
     const inMemory = (): MemDiskTarget => new MemDiskTarget(SIZE);

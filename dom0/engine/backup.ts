@@ -647,9 +647,16 @@ export class Backup {
       }
     });
     if (o.diskCrc === null) return this.finishCommit(s, o);
-    // The disk check reads what changed since the disk's CRCs were known (replica-range-crcs.ts),
-    // off the event loop; the records that arrive meanwhile wait their turn (held, in order).
-    const expected = o.diskCrc;
+    this.verifyDiskThenFinish(s, o, epoch, o.diskCrc);
+  }
+
+  /**
+   * The disk check of a DISK_VERIFY checkpoint, then the rest of its commit. It reads what
+   * changed since the disk's CRCs were known (replica-range-crcs.ts), off the event loop; the
+   * records that arrive meanwhile wait their turn (held, in order).
+   */
+  private verifyDiskThenFinish(s: Session, o: Open, epoch: number, expected: number): void {
+    const held = this.held!;
     s.paused = true;
     let sum: MaybePromise<number>;
     try {

@@ -112,25 +112,11 @@ export class DrainingDiskPort implements DiskPort {
     readonly replicator: DiskReplicator,
     served: WorkerServedDisk,
   ) {
-    // A write the worker completed moves its blocks' generations by two, so the checksum's
-    // read-ahead (range-crcs.ts) finds a range written since it read it stale. A read that met
-    // the worker's write still on its way here is stale too: the message comes later and bumps
-    // the range; the checksum drains first, and the suspended guest has no write in flight.
-    const gens = replicator.generations;
     this.drain = served.feed((e) => {
-      if (e.k === 'f') return replicator.onFlush();
-      const len = e.k === 'w' ? e.data.length : e.len;
-      gens.beginWrite(e.off, len);
       if (e.k === 'w') replicator.onWrite(e.off, e.data, e.fua);
+      else if (e.k === 'f') replicator.onFlush();
       else replicator.onWriteZeroes(e.off, e.len, e.fua);
-      gens.endWrite(e.off, len);
     }).drain;
-  }
-
-  /** The session will verify the disk at its first checkpoint: read it ahead while the guest runs. */
-  prepareChecksum(): void {
-    this.drain();
-    this.replicator.prepareChecksum();
   }
 
   get sizeBytes(): number {

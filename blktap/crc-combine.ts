@@ -45,3 +45,18 @@ export function shiftFor(bytes: number): number {
 export function crc32cCombine(crcA: number, crcB: number, shiftB: number): number {
   return (mulModP(shiftB, crcA) ^ crcB) >>> 0;
 }
+
+/**
+ * CRC32C of a disk from the CRCs of its ranges, in order: every range rangeBytes long but the
+ * last, which holds what is left of sizeBytes (range-crcs.ts, replica-range-crcs.ts).
+ */
+export function combineRangeCrcs(crcs: Uint32Array, rangeBytes: number, sizeBytes: number): number {
+  const ranges = Math.ceil(sizeBytes / rangeBytes);
+  const shiftFull = shiftFor(rangeBytes);
+  const lastBytes = sizeBytes - (ranges - 1) * rangeBytes;
+  let crc = crcs[0];
+  for (let r = 1; r < ranges; r++) {
+    crc = crc32cCombine(crc, crcs[r], r === ranges - 1 && lastBytes !== rangeBytes ? shiftFor(lastBytes) : shiftFull);
+  }
+  return crc;
+}

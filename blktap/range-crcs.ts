@@ -14,7 +14,7 @@ import type { Clock, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import type { BlockGenerations } from './block-generations';
-import { crc32cCombine, shiftFor } from './crc-combine';
+import { combineRangeCrcs } from './crc-combine';
 import type { DiskSource } from './disk-source';
 
 export const RANGE_CRC_BYTES = 1024 * 1024;
@@ -125,15 +125,7 @@ export class RangeCrcs {
 
   /** The whole disk's CRC32C from the table: the ranges' CRCs combined in order. */
   private combined(): number {
-    let crc = this.crcs[0];
-    for (let r = 1; r < this.ranges; r++) crc = crc32cCombine(crc, this.crcs[r], this.shiftOf(r));
-    return crc;
-  }
-
-  private shiftFull = shiftFor(RANGE_CRC_BYTES);
-  private shiftOf(r: number): number {
-    const bytes = this.lengthOf(r);
-    return bytes === RANGE_CRC_BYTES ? this.shiftFull : shiftFor(bytes);
+    return combineRangeCrcs(this.crcs, RANGE_CRC_BYTES, this.source.sizeBytes);
   }
 
   private lengthOf(r: number): number {

@@ -21,6 +21,8 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   readonly rangeCrcs: ReplicaRangeCrcs;
   /** The target as committed writes reach it: each change makes its ranges unknown. */
   private readonly tracked: DiskTarget;
+  /** zeroSync's read buffer, made at its first use. */
+  private zeroSyncBuf: Uint8Array | null = null;
 
   /** rangeCrcBytes: the CRC table's range (replica-range-crcs.ts); a test's small disk uses less. */
   constructor(
@@ -55,7 +57,8 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     this.target.read(offsetBytes, into);
   }
   zeroSync(offsetBytes: number, lengthBytes: number): void {
-    const piece = Buffer.alloc(Math.min(lengthBytes, ZERO_SYNC_PIECE_BYTES));
+    // One buffer for every zero range of a copy (a thin disk's copy is mostly zero ranges).
+    const piece = (this.zeroSyncBuf ??= new Uint8Array(ZERO_SYNC_PIECE_BYTES));
     for (let done = 0; done < lengthBytes; done += piece.length) {
       const n = Math.min(piece.length, lengthBytes - done);
       const view = piece.subarray(0, n);

@@ -10,7 +10,7 @@
 import { assert } from '../dom0/assert';
 import type { MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
-import { crc32cCombine, shiftFor } from './crc-combine';
+import { combineRangeCrcs } from './crc-combine';
 import type { DiskTarget } from './epoch-buffer';
 import { RANGE_CRC_BYTES } from './range-crcs';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
@@ -23,9 +23,8 @@ export class ReplicaRangeCrcs {
   /** crcs[r] is range r's CRC32C while known[r] is 1. */
   private readonly crcs: Uint32Array;
   private readonly known: Uint8Array;
-  /** CRC32C of a whole range of zeros, and the combine shift of a whole range. */
+  /** CRC32C of a whole range of zeros. */
   private readonly zeroRangeCrc: number;
-  private readonly shiftFull: number;
   /** Ranges whose CRC came from a resync record, and ranges read by checksum(). */
   readonly counters = { rangesFromRecords: 0, rangesRead: 0 };
 
@@ -39,7 +38,6 @@ export class ReplicaRangeCrcs {
     this.crcs = new Uint32Array(this.ranges);
     this.known = new Uint8Array(this.ranges);
     this.zeroRangeCrc = loadAddon().crc32c(new Uint8Array(rangeBytes));
-    this.shiftFull = shiftFor(rangeBytes);
   }
 
   /** The resync copy wrote [offsetBytes, +lengthBytes): data, or zeros (null). Whole ranges learn their CRC. */
@@ -104,12 +102,7 @@ export class ReplicaRangeCrcs {
   }
 
   private combined(): number {
-    let crc = this.crcs[0];
-    for (let r = 1; r < this.ranges; r++) {
-      const len = this.lengthOf(r);
-      crc = crc32cCombine(crc, this.crcs[r], len === this.rangeBytes ? this.shiftFull : shiftFor(len));
-    }
-    return crc;
+    return combineRangeCrcs(this.crcs, this.rangeBytes, this.sizeBytes);
   }
 
   private lengthOf(r: number): number {

@@ -85,6 +85,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   private direct: { epoch: number; written: ResyncBitmap | null } | null = null;
   private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0, resyncZeroBytes: 0 };
   private readonly chunkBytes: number;
+  /** The resync copy's read buffer (chunkBytes), made at its first use. */
+  private syncBuf: Uint8Array | null = null;
   private readonly backlogMax: number;
 
   constructor(
@@ -280,7 +282,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
       }
       const off = run.first * DISK_BLOCK_BYTES,
         len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
-      const buf = new Uint8Array(len);
+      // Read into one buffer: DISK_SYNC's body is a copy of it.
+      const buf = (this.syncBuf ??= new Uint8Array(this.chunkBytes)).subarray(0, len);
       this.source.read(off, buf);
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);
       // A range of zeros (most of a thin disk) goes as its range alone.

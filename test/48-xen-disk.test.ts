@@ -10,6 +10,9 @@ import { ErrorCode, RemusError } from '../dom0/errors';
 import { REC } from '../dom0/hypervisor/xen/libxc-stream';
 import { CheckpointCollector } from '../dom0/hypervisor/xen/xen-checkpoint';
 import { XenReplica } from '../dom0/hypervisor/xen/xen-replica';
+import type { TapEvent } from '../dom0/hypervisor/xen/disk-worker';
+import { xenPvDriver } from '../dom0/hypervisor/xen/xen-driver';
+import type { HelloInfo } from '../dom0/engine/hello';
 import type { XenDomainInfo } from '../dom0/hypervisor/xen/xen-addon';
 import { RECEIVER_BANNER, libxlStreamHeader, xlSavefileHeader } from '../dom0/hypervisor/xen/xl-stream';
 import {
@@ -119,6 +122,7 @@ describe('48 xen disk', () => {
       },
     };
     const calls: string[] = [];
+    let tap: ((e: TapEvent) => void) | null = null;
     const disk = BlockFile.create(path.join(dir, 'replica.disk'), 1 << 20);
     const rx = new XenReplica('vm', 4, {
       receiver: [
@@ -138,8 +142,11 @@ describe('48 xen disk', () => {
           calls.push(`serve ${path.basename(image)}`);
           return {
             port: 4321,
-            sizeBytes: 1 << 20,
             exportName: 'remusdb',
+            feed: (apply) => {
+              tap = apply;
+              return { drain: () => {} };
+            },
             close: async () => {
               calls.push('close');
             },
@@ -170,8 +177,16 @@ describe('48 xen disk', () => {
     setTimeout(() => {
       paused = false;
     }, 100);
-    const info = await rx.resume();
+    assert.equal(rx.resumedDomain(), null, 'nothing to adopt before the failover');
+    const info = await rx.resume({ lostDiskRanges: [{ offsetBytes: 3 * 4096, lengthBytes: 2 * 4096 }] });
     assert.equal(info.diskDevice, '/dev/nbd5');
+    assert.equal(info.lostDiskBlocks, 2, "the discarded epochs' blocks are to be copied back");
+    const resumed = rx.resumedDomain();
+    assert.deepEqual([resumed?.domid, resumed?.device], [41, '/dev/nbd5'], 'a reprotection adopts domain 41');
+    assert.ok(tap, "the guest's writes on the served disk reach the replica");
+    (tap as (e: TapEvent) => void)({ k: 'w', off: 9 * 4096, data: new Uint8Array(4096).fill(1), fua: false });
+    resumed?.disk?.barrier(1); // drains the tap, as a reprotection's first checkpoint does
+    assert.equal(resumed?.disk?.replicator.bitmap.count, 3, 'a write after the failover joins the resync bitmap');
     assert.deepEqual(calls, ['free', 'serve replica.disk', 'attach 4321 /dev/nbd5 ended=false']);
     const { json } = splitXlPreamble(fs.readFileSync(out));
     assert.equal((JSON.parse(json) as typeof CONFIG).disks[0].pdev_path, '/dev/nbd5', "xl gets the backup's device");
@@ -362,4 +377,39 @@ describe('48 xen disk', () => {
       }
     },
   );
+  it('48.8 a Xen backup reuses its old disk copy of the right size only, and adopts only a resumed domain', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-48-'));
+    const old = path.join(dir, 'old.disk');
+    BlockFile.create(old, 1 << 20).close();
+    const hello = { kind: 'xen', domain: 'vm', pageCount: 4, pageSize: 4096, diskBytes: 1 << 20 } as HelloInfo;
+    const req = { hello, diskFile: null, reuseDisk: old, checksumOnFailover: false, diskBufferBytesMax: 1 << 20 };
+    const rx = xenPvDriver.replicaFor({ ...req, log: () => {} }) as XenReplica;
+    try {
+      assert.equal(rx.diskContinues, true, 'the session continues the old copy (only changed blocks travel)');
+      assert.equal(rx.diskFile?.path, old);
+      assert.throws(
+        () => xenPvDriver.adopt!(rx, () => {}),
+        (e: unknown) => e instanceof RemusError && e.code === ErrorCode.NO_DOMAIN && /has not resumed/.test(e.message),
+        'nothing to reprotect before the failover',
+      );
+    } finally {
+      rx.close();
+    }
+    const bigger = { ...hello, diskBytes: 2 << 20 };
+    assert.throws(
+      () => xenPvDriver.replicaFor({ ...req, hello: bigger, log: () => {} }),
+      (e: unknown) =>
+        e instanceof RemusError && e.code === ErrorCode.HANDSHAKE && /holds 1048576 bytes/.test(e.message),
+      'an old copy of another size is refused at the handshake',
+    );
+    const fresh = xenPvDriver.replicaFor({
+      ...req,
+      reuseDisk: null,
+      diskFile: path.join(dir, 'new.disk'),
+      log: () => {},
+    });
+    assert.equal((fresh as XenReplica).diskContinues, false, 'a new disk file is copied whole');
+    fresh.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 });

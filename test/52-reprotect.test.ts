@@ -8,6 +8,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { runReprotect } from '../dom0/bench/reprotect-bench';
+import { netChoiceOf } from '../dom0/net/net-plan';
+import { ErrorCode, RemusError } from '../dom0/errors';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'remusdb');
 
@@ -119,5 +121,48 @@ describe('52 reprotection', function () {
       p?.kill('SIGKILL');
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("52.4 reprotect's network options reach the backup checked, as protect's (Xen: the vifs are buffered)", () => {
+    assert.deepEqual(netChoiceOf(undefined), { commitProtection: 'off', dscp: 59 }, "absent: the driver's defaults");
+    const good = {
+      netBuffer: 'plug',
+      vif: ['vif3.0'],
+      commitProtection: 'off',
+      dscp: 46,
+      pgPort: [5432],
+      trigger: 'timer',
+    };
+    assert.equal(netChoiceOf(good).netBuffer, 'plug');
+    assert.deepEqual(netChoiceOf(good).vif, ['vif3.0']);
+    for (const [field, bad] of [
+      ['netBuffer', 'tc'],
+      ['vif', ['eth0; rm -rf /']],
+      ['vif', []],
+      ['commitProtection', 'all'],
+      ['dscp', 64],
+      ['pgPort', [0]],
+      ['queue', -1],
+      ['maxInFlight', 99],
+      ['trigger', 'soon'],
+      ['routed', 'yes'],
+    ] as const) {
+      assert.throws(
+        () => netChoiceOf({ ...good, [field]: bad }),
+        (e: unknown) => e instanceof RemusError && e.code === ErrorCode.BAD_ARGUMENT && e.message.includes(field),
+        `${field} = ${JSON.stringify(bad)} is refused, naming the field`,
+      );
+    }
+    assert.throws(() => netChoiceOf('plug'), /network option net/);
+    const unbuffered = spawnSync(
+      process.execPath,
+      [BIN, 'reprotect', 'domu', '127.0.0.1:7598', '--insecure', '--no-net-buffer'],
+      { encoding: 'utf8' },
+    );
+    assert.equal(unbuffered.status, 2, unbuffered.stderr);
+    assert.match(unbuffered.stderr, /--no-net-buffer lets clients see state .* add --unsafe/);
+    const help = spawnSync(process.execPath, [BIN, 'reprotect', '--help'], { encoding: 'utf8' });
+    for (const o of ['--net-buffer', '--vif', '--commit-protection', '--max-in-flight', '--trigger'])
+      assert.ok(help.stdout.includes(o), `reprotect takes ${o}`);
   });
 });

@@ -382,12 +382,19 @@ function registerBackup(program: Command): void {
   });
 }
 
-interface ReprotectOpts extends IntervalCliOptions {
+interface ReprotectOpts extends IntervalCliOptions, NetCliOptions {
+  unsafe?: boolean;
   pskFile?: string;
   insecure?: boolean;
   heartbeatTimeout?: number;
   wait: boolean;
   timeout: number;
+}
+
+/** The network options as the backup's reprotect request carries them (net/net-plan.ts netChoiceOf). */
+function netChoiceOfOptions(o: NetCliOptions): NetCliOptions {
+  const { netBuffer, vif, routed, commitProtection, dscp, dscpInKernel, pgPort, queue, maxInFlight, trigger } = o;
+  return { netBuffer, vif, routed, commitProtection, dscp, dscpInKernel, pgPort, queue, maxInFlight, trigger };
 }
 
 function registerReprotect(program: Command): void {
@@ -399,7 +406,18 @@ function registerReprotect(program: Command): void {
     )
     .argument('<domain>', "the domain this host's backup took over")
     .argument('<new-backup>', "the new backup's host[:port]", hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
-  addIntervalOptions(addSecurityOptions(reprotect))
+  addNetOptions(addIntervalOptions(addSecurityOptions(reprotect)))
+    .option('-F, --unsafe', 'allow unsafe configurations (--no-net-buffer)')
+    .option(
+      '--max-in-flight <n>',
+      'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
+      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
+    )
+    .option(
+      '--trigger <what>',
+      'output (a held output starts a checkpoint; default) or timer (the interval alone; default with plug)',
+      choiceOption('--trigger', TRIGGERS),
+    )
     .option(
       '--heartbeat-timeout <ms>',
       'silence that means the peer is gone (default 2 x interval + 100)',
@@ -418,6 +436,7 @@ function registerReprotect(program: Command): void {
     .action(async (domain: string, newBackup: string, o: ReprotectOpts) => {
       if (!o.insecure && !o.pskFile)
         throw new RemusError(ErrorCode.BAD_ARGUMENT, 'give --psk-file (or --insecure for a lab)');
+      refuseUnbuffered(o);
       const interval = intervalChoice(o);
       const sock = await backupHolding(domain);
       const r = await controlRequest(sock, {
@@ -429,6 +448,7 @@ function registerReprotect(program: Command): void {
         intervalMs: interval.intervalMs,
         intervalAuto: interval.intervalAuto,
         heartbeatTimeoutMs: o.heartbeatTimeout,
+        net: netChoiceOfOptions(o),
       });
       throwControlError(r);
       console.log(
@@ -615,14 +635,19 @@ function paceLine(svc: ProtectService): string {
   return `, or sooner when an output waits (paused at most ${(100 * (e.maxPauseShare ?? 0)).toFixed(0)} %)`;
 }
 
-/** Refusals before anything opens: unsafe choices, features the driver lacks, another driver's options. */
-function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined, o: ProtectOpts, cmd: Command): void {
+/** -n releases outputs that a failover may lose: only with --unsafe. */
+function refuseUnbuffered(o: { netBuffer?: unknown; unsafe?: boolean }): void {
   if (o.netBuffer === false && !o.unsafe) {
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,
       '--no-net-buffer lets clients see state that a failover would lose: add --unsafe (-F) to really do it',
     );
   }
+}
+
+/** Refusals before anything opens: unsafe choices, features the driver lacks, another driver's options. */
+function checkProtectChoices(driver: DomainDriver, backupArg: string | undefined, o: ProtectOpts, cmd: Command): void {
+  refuseUnbuffered(o);
   if (o.trigger === 'timer' && o.interval !== 'auto' && cmd.getOptionValueSource('maxPauseShare') === 'cli') {
     throw new RemusError(
       ErrorCode.BAD_ARGUMENT,

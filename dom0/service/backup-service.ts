@@ -5,7 +5,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { Backup, type HelloInfo } from '../engine/backup';
 import { realClock } from '../engine/clock';
 import { driverForHello } from '../hypervisor/registry';
-import type { DriverReplica } from '../hypervisor/driver';
+import type { DriverReplica, OpenedDomain } from '../hypervisor/driver';
 import { listenLinks, parseHostPort, readPskFile, type Listener, type Security } from '../protocol/channel';
 import { PARTITION_WARNING, ProtectService } from './protect-service';
 import { etcdClaimer } from '../coordination/etcd-claimer';
@@ -20,7 +20,7 @@ import { loopDelay } from './loop-delay';
 import { ChangeLog } from './change-log';
 import { assert } from '../assert';
 import { engineOptions } from './engine-options';
-import { triggerFor } from '../net/net-buffers';
+import { maxInFlightOf, netChoiceOf, netPlan, netPreflight, triggerOf, type NetChoice } from '../net/net-plan';
 import { DEFAULT_REPLICATION_PORT, DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../limits';
 import { DEFAULT_CACHE } from '../memory/cache-size';
 import { requireFeature } from '../hypervisor/driver';
@@ -273,6 +273,7 @@ export class BackupService {
       intervalMs: Number(req.intervalMs ?? 50),
       intervalAuto: req.intervalAuto === true,
       heartbeatTimeoutMs: req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs),
+      net: netChoiceOf(req.net),
     });
   }
 
@@ -280,7 +281,7 @@ export class BackupService {
   reprotectTo(
     target: { host: string; port: number },
     security: Security,
-    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number },
+    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number; net?: NetChoice },
   ): Record<string, unknown> {
     const r = this.replica;
     if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
@@ -292,31 +293,15 @@ export class BackupService {
     if (this.promoted) return { ok: true, already: true, ...this.promoted.status() };
     const driver = driverForHello(this.replicaKind as HelloInfo['kind']);
     requireFeature(driver, 'reprotect');
+    const choice = o.net ?? netChoiceOf(undefined);
+    netPreflight(choice, driver);
     const opened = driver.adopt!(r, this.cfg.log);
-    const diskBufferBytesMax = this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT;
-    this.promoted = new ProtectService({
-      opened,
-      backup: target,
-      security,
-      net: null,
-      holdOutputs: true,
-      journal: null,
-      engine: engineOptions(driver, r.pageCount, {
-        intervalMs: o.intervalMs,
-        intervalAuto: o.intervalAuto === true,
-        compressor: 'zstd',
-        cache: DEFAULT_CACHE,
-        maxInFlight: 2,
-        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
-        diskBufferBytesMax,
-        verifyDisk: true,
-        trigger: triggerFor({ commitProtection: 'off' }, null), // no network buffer: the guest's own outputs signal
-      }),
-      metrics: this.cfg.metrics ?? null,
-      ownsMetrics: false,
-      ownership: this.backup.owned,
-      log: this.cfg.log,
-    });
+    try {
+      this.promoted = this.promote(opened, target, security, o, choice);
+    } catch (e) {
+      void opened.close();
+      throw e;
+    }
     this.promoted.start();
     const d = (opened.disk?.stats() ?? {}) as { resyncPendingBytes?: number };
     const sizeBytes = opened.disk?.sizeBytes ?? 0;
@@ -325,6 +310,47 @@ export class BackupService {
         'since the failover to copy (the whole disk if that backup keeps no copy of it)',
     );
     return { ok: true, resyncBytes: d.resyncPendingBytes ?? 0, diskBytes: sizeBytes };
+  }
+
+  /** The protect service of the adopted domain: its network buffer as chosen, the engine as protect's. */
+  private promote(
+    opened: OpenedDomain,
+    target: { host: string; port: number },
+    security: Security,
+    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number },
+    choice: NetChoice,
+  ): ProtectService {
+    const net = netPlan(choice, {
+      driver: opened.driver,
+      tag: opened.name,
+      label: opened.label,
+      domid: opened.domid,
+      defaultInterfaces: () => opened.defaultInterfaces(),
+    });
+    const diskBufferBytesMax = this.cfg.diskBufferBytesMax ?? DISK_BUFFER_BYTES_DEFAULT;
+    return new ProtectService({
+      opened,
+      backup: target,
+      security,
+      net,
+      holdOutputs: true,
+      journal: null,
+      engine: engineOptions(opened.driver, this.replica!.pageCount, {
+        intervalMs: o.intervalMs,
+        intervalAuto: o.intervalAuto === true,
+        compressor: 'zstd',
+        cache: DEFAULT_CACHE,
+        maxInFlight: maxInFlightOf(choice, net),
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+        diskBufferBytesMax,
+        verifyDisk: true,
+        trigger: triggerOf(choice, net), // with no network buffer the guest's own outputs signal
+      }),
+      metrics: this.cfg.metrics ?? null,
+      ownsMetrics: false,
+      ownership: this.backup.owned,
+      log: this.cfg.log,
+    });
   }
 
   /** Whether the domain resumed here is being protected again. */

@@ -45,7 +45,7 @@ lab_step() { # lab_step LABEL TIMEOUT COMMAND...: timed, logged, returns the com
 }
 
 lab_result() { # prints the result line; exit status 0 on PASS
-  local why d
+  local d
   lab_log "=== scenario $LAB_NAME took $(lab_since "$LAB_T0")s"
   # Guests still there go: each has an `xl` monitor holding the scenario's output pipe open,
   # which would keep init waiting for the scenario until its timeout.
@@ -53,6 +53,14 @@ lab_result() { # prints the result line; exit status 0 on PASS
   # So do the scenario's own background processes (a protect still waiting for its domain
   # after an early end kept init waiting until the scenario's timeout, 20 minutes).
   for d in $(jobs -p); do kill "$d" 2>/dev/null; done
+  lab_result_line
+}
+
+# The result line alone, guests and background processes left running: for a scenario with
+# phases whose first result the host acts on while the run goes on (two-host-b.sh: its
+# failover's result, then the reprotection of the domain it runs). Exit status 0 on PASS.
+lab_result_line() {
+  local why
   if [ ${#LAB_FAILS[@]} = 0 ]; then echo "XENLAB RESULT $LAB_NAME: PASS"; return 0; fi
   why=$(printf '%s; ' "${LAB_FAILS[@]}"); echo "XENLAB RESULT $LAB_NAME: FAIL ${why%; }"; return 1
 }
@@ -142,6 +150,57 @@ lab_guest_log() { cat "/var/log/xen/console/guest-$1.log" 2>/dev/null; }
 #   extra = "... xenlab.hook=/dev/xvdc"
 lab_hook_img() { # lab_hook_img FILE < script: the script padded with NULs to 64 KiB
   cat > "$1" && truncate -s 64K "$1"
+}
+
+# The disk scenarios' guest hook (protect-disk.sh, the two-host scenarios with TWO_DISK=1):
+# the guest stamps block n of xvdb with "REMUSDB-BLOCK n" (fsync), then publishes n (memory
+# only: tmpfs /tmp/www/disk). Before each next write it checks, on the disk itself (page cache
+# dropped), that block n carries n and block n+2 is still empty: after a failover, n comes from
+# the resumed memory and the disk is the backup's, so a completed write the backup lost, or a
+# write from beyond the checkpoint, is caught by the resumed guest (/tmp/www/diskbad; the
+# number of checks in /tmp/www/diskchecks). It stops at block 7000 (28 MiB: a 32 MiB disk).
+lab_disk_stamp_hook() { # lab_disk_stamp_hook FILE: that hook as a hook image (lab_hook_img)
+  lab_hook_img "$1" <<'EOF'
+i=0; while [ ! -b /dev/xvdb ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+[ -b /dev/xvdb ] || { echo "DOMU diskwriter: no /dev/xvdb"; exit 1; }
+blk() { sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/xvdb bs=4096 skip=$1 count=1 2>/dev/null | head -c 22 | tr -d '\000\n'; }
+n=0; checks=0
+echo 0 > /tmp/www/disk; : > /tmp/www/diskbad; echo 0 > /tmp/www/diskchecks
+echo "DOMU diskwriter: starts"
+while [ $n -lt 7000 ]; do
+  if [ $n -gt 0 ]; then
+    got=$(blk $n); want=$(printf 'REMUSDB-BLOCK %08d' $n)
+    [ "$got" = "$want" ] || { echo "block $n: '$got'" >> /tmp/www/diskbad; echo "DOMU diskcheck: MISMATCH block $n holds '$got'"; }
+  fi
+  ahead=$(blk $((n + 2)))
+  [ -z "$ahead" ] || { echo "block $((n + 2)) early: '$ahead'" >> /tmp/www/diskbad; echo "DOMU diskcheck: block $((n + 2)) written early: '$ahead'"; }
+  checks=$((checks + 1)); echo $checks > /tmp/www/diskchecks
+  m=$((n + 1))
+  if printf 'REMUSDB-BLOCK %08d\n' $m | dd of=/dev/xvdb bs=4096 seek=$m conv=sync,notrunc,fsync 2>/dev/null; then
+    n=$m
+    echo $n > /tmp/www/disk.new && mv /tmp/www/disk.new /tmp/www/disk
+    [ $((n % 50)) -eq 0 ] && echo "DOMU diskwriter: block $n"
+  else
+    echo "DOMU diskwriter: write of block $m failed"; sleep 1
+  fi
+  sleep 0.1
+done
+EOF
+}
+
+# A backup's replica image as that hook left it: every stamped block k must hold k, and all of
+# 1..highest must be stamped (no hole). Prints "HIGHEST HOLES WRONG" (or node's error text, which
+# then fails the caller's check). The guest may be writing the image meanwhile: it stamps blocks
+# in order, so a block read half-written is at most the highest one, never a hole.
+lab_disk_scan() { # lab_disk_scan IMAGE
+  node -e '
+  const b = require("fs").readFileSync(process.argv[1]); let hi = 0, holes = 0, wrong = 0;
+  for (let k = 1; k * 4096 < b.length; k++) {
+    const s = b.subarray(k * 4096, k * 4096 + 22).toString("latin1");
+    if (s.startsWith("REMUSDB-BLOCK ")) { hi = k; if (Number(s.slice(14)) !== k) wrong++; }
+  }
+  for (let k = 1; k <= hi; k++) if (!b.subarray(k * 4096, k * 4096 + 14).toString("latin1").startsWith("REMUSDB-BLOCK ")) holes++;
+  console.log(`${hi} ${holes} ${wrong}`);' "$1" 2>&1
 }
 
 lab_wait_tcp() { # lab_wait_tcp HOST PORT TIMEOUT: until something accepts connections there

@@ -24,6 +24,7 @@ import { checkSimGuestFitsHost } from './guest-size';
 import { OutputSink } from './output-sink';
 import { SimDomain, type SimOutput } from './sim-domain';
 import { READ_TRACKING_BLOCKS_MAX, SimReplica } from './sim-replica';
+import { replicaDiskFile } from '../replica-disk-file';
 
 /** protect's options for a simulated guest. */
 export interface SimOpenOptions {
@@ -206,17 +207,6 @@ function diskSink(r: DiskReplicator): JournalSink & { generations: BlockGenerati
 function simReplicaFor(req: ReplicaRequest): SimReplica {
   const h = req.hello;
   checkSimGuestFitsHost(h.pageCount * 4096, `${h.domain}`, ErrorCode.HANDSHAKE);
-  if (h.diskBytes > 0 && req.reuseDisk) {
-    const disk = BlockFile.open(req.reuseDisk);
-    if (disk.sizeBytes !== h.diskBytes) {
-      disk.close();
-      throw new RemusError(
-        ErrorCode.HANDSHAKE,
-        `--reuse-disk ${req.reuseDisk} holds ${disk.sizeBytes} bytes; ${h.domain}'s disk has ${h.diskBytes}`,
-      );
-    }
-    return new SimReplica(h.domain, h.pageCount, disk, true, req.checksumOnFailover);
-  }
-  const disk = req.diskFile ? BlockFile.create(req.diskFile, h.diskBytes) : null;
-  return new SimReplica(h.domain, h.pageCount, disk, false, req.checksumOnFailover); // owns disk, also on throw
+  const { file, reused } = replicaDiskFile(req);
+  return new SimReplica(h.domain, h.pageCount, file, reused, req.checksumOnFailover); // owns disk, also on throw
 }

@@ -23,7 +23,7 @@ import type { DiskReplicator, ReplicatorStats } from '../../../blktap/replicator
 import { NbdServer } from '../../../blktap/nbd-server';
 import type { DiskTap } from '../../../blktap/disk-tap';
 
-type TapEvent =
+export type TapEvent =
   | { k: 'w'; off: number; data: Uint8Array; fua: boolean }
   | { k: 'f' }
   | { k: 'z'; off: number; len: number; fua: boolean };
@@ -101,6 +101,11 @@ export class WorkerServedDisk {
   }
 }
 
+/** Where the writes a served disk completed come from, in order (a WorkerServedDisk). */
+export interface TapFeed {
+  feed(apply: (e: TapEvent) => void): { drain(): void };
+}
+
 /**
  * The engine's DiskPort over a replicator fed from a worker's tap: every call first takes
  * the writes the worker completed so far, so the barrier tags them with this checkpoint.
@@ -110,7 +115,7 @@ export class DrainingDiskPort implements DiskPort {
 
   constructor(
     readonly replicator: DiskReplicator,
-    served: WorkerServedDisk,
+    served: TapFeed,
   ) {
     this.drain = served.feed((e) => {
       if (e.k === 'w') replicator.onWrite(e.off, e.data, e.fua);

@@ -8,19 +8,20 @@
 // one ops table. HVM guests are refused at open (their device model's state is not carried).
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { BlockFile } from '../../../blktap/block-file';
 import { realClock } from '../../engine/clock';
 import { ErrorCode, RemusError } from '../../errors';
-import { assertInt } from '../../assert';
+import { assert, assertInt } from '../../assert';
 import { loadAddon } from '../../native';
 import { DEVICE_STATE_BYTES_MAX, XEN_DEVICE_STATE_BYTES_BASE, XEN_DEVICE_STATE_BYTES_PER_PAGE } from '../../limits';
 import { protectLockPath } from '../../service/control';
 import { HostLock } from '../../service/host-lock';
-import type { DomainDriver, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
-import { flushAfterCapture, openXenProtectDisk, type XenProtectDisk } from './xen-disk';
+import type { DomainDriver, DriverReplica, OpenedDomain, OpenRequest, ReplicaRequest } from '../driver';
+import { flushAfterCapture, nbdDiskBackend, openXenProtectDisk, type XenProtectDisk } from './xen-disk';
+import { deviceFlusher } from './nbd-device';
 import { configGuestType, xenAddon } from './xen-addon';
 import { XenDomain, type XenDomainOptions } from './xen-domain';
 import { XenReplica } from './xen-replica';
+import { replicaDiskFile } from '../replica-disk-file';
 
 /** protect's options for a Xen domain's disk, served over NBD by the protect process. */
 export interface XenOpenOptions {
@@ -63,12 +64,8 @@ function xenDriver(t: XenGuestOps): DomainDriver {
       commitProtection: true,
       journal: true,
       metrics: true,
-      reprotect: {
-        reason:
-          'xl resumed the domain outside the backup process: run `remusdb protect <domain> <host>` ' +
-          'on this host (a full copy)',
-      },
-      reuseDisk: { reason: 'the replica disk of a Xen domain is always copied whole' },
+      reprotect: true,
+      reuseDisk: true,
       checksumOnFailover: { reason: "the replica's memory goes to xl migrate-receive, which resumes it" },
     },
     defaults: {
@@ -81,6 +78,7 @@ function xenDriver(t: XenGuestOps): DomainDriver {
     probe: () => probeXen(t),
     open: (req) => openXen(req),
     replicaFor: (req) => xenReplicaFor(req),
+    adopt: (replica, log) => adoptXen(replica, log),
   };
   return driver;
 }
@@ -188,7 +186,7 @@ function xenOpened(
 ): OpenedDomain {
   let closed = false;
   return {
-    driver: xenPvDriver,
+    driver: xenDriverOf(xen.guestType),
     label: xen.name,
     name: xen.name,
     domid: xen.domid,
@@ -212,20 +210,52 @@ function xenOpened(
   };
 }
 
+/**
+ * reprotect: the domain a replica resumed, protected from this backup process. Its disk is
+ * the replica's, served here since the failover with its writes recorded (xen-replica.ts):
+ * the process keeps serving it; closing the adopted domain ends only the protection.
+ */
+function adoptXen(replica: DriverReplica, log: (line: string) => void): OpenedDomain {
+  assert(replica instanceof XenReplica, 'a Xen driver adopts what a Xen replica resumed');
+  const resumed = replica.resumedDomain();
+  if (!resumed) {
+    throw new RemusError(ErrorCode.NO_DOMAIN, `the replica of ${replica.name} has not resumed: nothing to reprotect`);
+  }
+  const flusher = resumed.device ? qdiskFlusher(resumed.domid, resumed.device) : null;
+  const disk: XenProtectDisk | null = resumed.disk
+    ? { replicator: resumed.disk, flush: flusher ? () => flusher.flush() : null, close: async () => flusher?.close() }
+    : null;
+  let xen: XenDomain | null = null;
+  try {
+    xen = XenDomain.open(String(resumed.domid), { log });
+    const lock = HostLock.acquire(protectLockPath('xen', xen.name), `protection of ${xen.name}`);
+    log(`reprotect: ${xen.name} (id ${xen.domid}) adopted${resumed.device ? `, its disk ${resumed.device}` : ''}`);
+    return xenOpened(xen, disk, lock, log);
+  } catch (e) {
+    void xen?.close();
+    void disk?.close();
+    throw e;
+  }
+}
+
+/** A qdisk backend reads /dev/nbdN through dom0's page cache: flush it at each checkpoint (xen-disk.ts). */
+function qdiskFlusher(domid: number, device: string): ReturnType<typeof deviceFlusher> | null {
+  const nbd = nbdDiskBackend(xenAddon().xenDomainConfigJson(domid));
+  return nbd?.device === device && nbd.backend === 'qdisk' ? deviceFlusher(device) : null;
+}
+
 /** The backup side: a replica that feeds `xl migrate-receive -r -e` (needs a Xen dom0). */
 function xenReplicaFor(req: ReplicaRequest): XenReplica {
   const h = req.hello;
   if (h.pageSize !== 4096) throw new RemusError(ErrorCode.HANDSHAKE, `Xen domain ${h.domain}: page size ${h.pageSize}`);
-  if (req.reuseDisk) {
-    throw new RemusError(
-      ErrorCode.HANDSHAKE,
-      `${h.domain} is a Xen domain: ${xenPvDriver.kind} replicas cannot use ` +
-        '--reuse-disk (its disk is copied whole); start this backup without it',
-    );
-  }
-  const disk = req.diskFile ? BlockFile.create(req.diskFile, h.diskBytes) : null;
+  const { file: disk, reused } = replicaDiskFile(req);
   try {
-    return new XenReplica(h.domain, h.pageCount, { log: req.log, disk });
+    return new XenReplica(h.domain, h.pageCount, {
+      log: req.log,
+      disk,
+      diskContinues: reused,
+      diskBufferBytesMax: req.diskBufferBytesMax,
+    });
   } catch (e) {
     disk?.close();
     throw e;

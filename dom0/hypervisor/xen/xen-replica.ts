@@ -16,8 +16,12 @@
 // half-built domain. With a replicated disk (xen-disk.ts), the configuration in the preamble
 // is rewritten so the domain's /dev/nbdN disk names a free NBD device of this host, and at
 // failover — after the engine applied the committed disk writes, before the stream ends
-// and xl creates the devices — the replica disk is served over NBD on 127.0.0.1 and
-// attached to that device.
+// and xl creates the devices — the replica disk is served over NBD on 127.0.0.1 (on its own
+// thread, as on a primary) and attached to that device. From then on this host runs the
+// domain unprotected: the disk's writes reach a replicator with no backup, which records
+// them, with the blocks of the epochs discarded at failover, in its resync bitmap, so
+// `remusdb reprotect` (xen-driver.ts adopt) copies exactly those blocks to a backup that
+// keeps the old disk (backup --reuse-disk), and the whole disk to a new one.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ErrorCode, RemusError } from '../../errors';
 import type { ReplicaDisk } from '../../ports';
@@ -25,25 +29,36 @@ import type { DriverReplica } from '../driver';
 import { announceFailover } from './failover-notice';
 import { GuestMemory } from '../../memory/guest-memory';
 import { planCheckpoint, type CheckpointPlan } from './xen-checkpoint';
-import { PAGE_BYTES } from '../../limits';
+import { DISK_BUFFER_BYTES_DEFAULT, PAGE_BYTES } from '../../limits';
 import { LIBXL_REC_CHECKPOINT_END, RECEIVER_BANNER, libxlEmptyRecord } from './xl-stream';
 import { xenAddon, type XenAddon, type XenDomainInfo } from './xen-addon';
 import type { BlockFile } from '../../../blktap/block-file';
-import { serveDisk, type ServedDisk } from '../../../blktap/serve';
+import { DEFAULT_EXPORT_NAME } from '../../../blktap/serve';
 import { EpochHeldDisk } from '../../../blktap/replica-disk';
+import { DiskReplicator } from '../../../blktap/replicator';
+import { realClock } from '../../engine/clock';
+import { DrainingDiskPort, type TapFeed, WorkerServedDisk } from './disk-worker';
+import type { DiskRange } from '../../ports';
 import { retargetPreamble } from './xen-disk';
 import { freeNbdDevice, nbdAttach } from './nbd-device';
+
+/** The replica disk served at failover: its NBD export and the writes the guest completes on it. */
+export interface ServedReplicaDisk extends TapFeed {
+  readonly port: number;
+  readonly exportName: string;
+  close(): Promise<void>;
+}
 
 /** How the replica disk reaches xl at failover (tests replace it). */
 export interface ReplicaDiskAccess {
   freeDevice(): string;
-  serve(image: string): Promise<ServedDisk>;
+  serve(image: string): Promise<ServedReplicaDisk>;
   attach(port: number, device: string, exportName: string): Promise<void>;
 }
 
 const realDiskAccess: ReplicaDiskAccess = {
   freeDevice: () => freeNbdDevice(),
-  serve: (image) => serveDisk({ image, host: '127.0.0.1', port: 0 }),
+  serve: (image) => WorkerServedDisk.start({ image, host: '127.0.0.1', port: 0, exportName: DEFAULT_EXPORT_NAME }),
   attach: (port, device, exportName) => nbdAttach(port, device, exportName),
 };
 
@@ -59,7 +74,20 @@ export interface XenReplicaOptions {
   addon?: Pick<XenAddon, 'xenDomainInfo'>;
   /** The backup's copy of the domain's replicated disk (none: the domain has no such disk). */
   disk?: BlockFile | null;
+  /** The disk is this host's old copy (backup --reuse-disk): the session continues it. */
+  diskContinues?: boolean;
+  /** After failover: unacknowledged writes a reprotection may forward (the new backup's bound). */
+  diskBufferBytesMax: number;
   diskAccess?: ReplicaDiskAccess;
+}
+
+/** The domain this replica resumed, as a reprotection adopts it. */
+export interface ResumedXenDomain {
+  readonly domid: number;
+  /** Its disk's writes since the failover (null: no replicated disk). */
+  readonly disk: DrainingDiskPort | null;
+  /** The NBD device its disk is attached to, or null. */
+  readonly device: string | null;
 }
 
 const STDERR_LINES_MAX = 40;
@@ -73,9 +101,14 @@ export class XenReplica implements DriverReplica {
   /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
   readonly disk: ReplicaDisk | null;
   readonly diskFile: BlockFile | null;
+  readonly diskContinues: boolean;
   /** The NBD device the backup domain's disk names (chosen at the first preamble). */
   private nbdDevice: string | null = null;
-  private served: ServedDisk | null = null;
+  /** After failover: the disk's server and the port recording its writes (set together). */
+  private served: ServedReplicaDisk | null = null;
+  private resumedDisk: DrainingDiskPort | null = null;
+  /** The running domain once resume() returned; null before. */
+  private resumedDomid: number | null = null;
   private rx: ChildProcess | null = null;
   private rxExit: string | null = null;
   private rxErr: string[] = [];
@@ -99,12 +132,14 @@ export class XenReplica implements DriverReplica {
       receiver: ['xl', 'migrate-receive', '-r', '-e'],
       queueBytesMax: Math.max(256 * 2 ** 20, 2 * pageCount * PAGE_BYTES),
       resumeTimeoutMs: 60_000,
+      diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
       log: () => {},
       ...opts,
     };
     this.image = GuestMemory.allocate(pageCount);
     this.diskFile = opts.disk ?? null;
     this.disk = this.diskFile ? new EpochHeldDisk(this.diskFile) : null;
+    this.diskContinues = this.diskFile !== null && opts.diskContinues === true;
   }
 
   commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
@@ -144,14 +179,14 @@ export class XenReplica implements DriverReplica {
     this.stats.bytesLast = total;
   }
 
-  async resume(): Promise<Record<string, unknown>> {
+  async resume(lost: { lostDiskRanges: DiskRange[] } = { lostDiskRanges: [] }): Promise<Record<string, unknown>> {
     const rx = this.live();
     this.resumed = true;
     if (this.checkpoints === 0)
       throw new RemusError(ErrorCode.NO_DOMAIN, `no checkpoint of ${this.name} reached the receiver`);
     const t0 = Date.now(),
       deadline = t0 + this.opts.resumeTimeoutMs;
-    await this.exposeDisk();
+    await this.exposeDisk(lost.lostDiskRanges);
     await this.fed(rx);
     const diskMs = Date.now() - t0;
     await new Promise<void>((resolve, reject) => {
@@ -178,6 +213,7 @@ export class XenReplica implements DriverReplica {
         this.opts.log(
           `xen: ${this.name} (id ${info.domid}) runs on the backup, ${Date.now() - t0} ms after the stream ended`,
         );
+        this.resumedDomid = info.domid;
         return {
           domid: info.domid,
           name: this.name,
@@ -186,6 +222,7 @@ export class XenReplica implements DriverReplica {
           checkpoints: this.checkpoints,
           diskMs,
           diskDevice: this.served ? this.nbdDevice : null,
+          lostDiskBlocks: this.resumedDisk?.replicator.bitmap.count ?? 0,
         };
       }
       if (this.rxExit && (!info || info.dying || info.shutdown))
@@ -218,12 +255,19 @@ export class XenReplica implements DriverReplica {
 
   /** What `remusdb status` shows of this replica on the backup. */
   status(): Record<string, unknown> {
+    const f = this.diskFile;
     return {
       xen: this.stats,
       guest: null,
       outputs: null,
-      disk: this.diskFile ? { path: this.diskFile.path, sizeBytes: this.diskFile.sizeBytes } : null,
+      disk: f ? { path: f.path, sizeBytes: f.sizeBytes, ...this.resumedDisk?.stats() } : null,
     };
+  }
+
+  /** The domain resumed here and its disk's port, for a reprotection; null before the failover. */
+  resumedDomain(): ResumedXenDomain | null {
+    if (this.resumedDomid === null) return null;
+    return { domid: this.resumedDomid, disk: this.resumedDisk, device: this.resumedDisk ? this.nbdDevice : null };
   }
 
   /** The resumed guest learns it is the failed-over copy (its agent starts database recovery). */
@@ -245,8 +289,11 @@ export class XenReplica implements DriverReplica {
     return r.preamble;
   }
 
-  /** Failover: the committed replica disk, served and attached before xl creates the devices. */
-  private async exposeDisk(): Promise<void> {
+  /**
+   * Failover: the committed replica disk, served and attached before xl creates the devices;
+   * its writes from then on, and the blocks of the discarded epochs, go to a resync bitmap.
+   */
+  private async exposeDisk(lost: readonly DiskRange[]): Promise<void> {
     if (!this.diskFile || this.served) return;
     if (!this.nbdDevice) throw new RemusError(ErrorCode.XEN, 'no NBD device was chosen for the replica disk');
     const served = await this.access().serve(this.diskFile.path);
@@ -256,8 +303,18 @@ export class XenReplica implements DriverReplica {
       await served.close();
       throw e;
     }
+    const replicator = new DiskReplicator(this.diskFile, realClock, {
+      unackedBytesMax: this.opts.diskBufferBytesMax,
+      inSync: true,
+      readTrackingBlocksMax: 0, // a Xen checkpoint's pages travel inside libxc's records
+    });
+    for (const l of lost) replicator.bitmap.markRange(l.offsetBytes, l.lengthBytes);
     this.served = served;
-    this.opts.log(`xen: replica disk ${this.diskFile.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice}`);
+    this.resumedDisk = new DrainingDiskPort(replicator, served);
+    this.opts.log(
+      `xen: replica disk ${this.diskFile.path} served on 127.0.0.1:${served.port} as ${this.nbdDevice} ` +
+        `(${replicator.bitmap.count} blocks of discarded epochs to copy back at reprotection)`,
+    );
   }
 
   // ---- the feed: committed checkpoints, written as the receiver takes them ------------

@@ -27,32 +27,7 @@ lab_bridge_up
 modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
 truncate -s 32M $W/disk.img
 
-lab_hook_img $W/hook.img <<'EOF'
-i=0; while [ ! -b /dev/xvdb ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-[ -b /dev/xvdb ] || { echo "DOMU diskwriter: no /dev/xvdb"; exit 1; }
-blk() { sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/xvdb bs=4096 skip=$1 count=1 2>/dev/null | head -c 22 | tr -d '\000\n'; }
-n=0; checks=0
-echo 0 > /tmp/www/disk; : > /tmp/www/diskbad; echo 0 > /tmp/www/diskchecks
-echo "DOMU diskwriter: starts"
-while [ $n -lt 7000 ]; do
-  if [ $n -gt 0 ]; then
-    got=$(blk $n); want=$(printf 'REMUSDB-BLOCK %08d' $n)
-    [ "$got" = "$want" ] || { echo "block $n: '$got'" >> /tmp/www/diskbad; echo "DOMU diskcheck: MISMATCH block $n holds '$got'"; }
-  fi
-  ahead=$(blk $((n + 2)))
-  [ -z "$ahead" ] || { echo "block $((n + 2)) early: '$ahead'" >> /tmp/www/diskbad; echo "DOMU diskcheck: block $((n + 2)) written early: '$ahead'"; }
-  checks=$((checks + 1)); echo $checks > /tmp/www/diskchecks
-  m=$((n + 1))
-  if printf 'REMUSDB-BLOCK %08d\n' $m | dd of=/dev/xvdb bs=4096 seek=$m conv=sync,notrunc,fsync 2>/dev/null; then
-    n=$m
-    echo $n > /tmp/www/disk.new && mv /tmp/www/disk.new /tmp/www/disk
-    [ $((n % 50)) -eq 0 ] && echo "DOMU diskwriter: block $n"
-  else
-    echo "DOMU diskwriter: write of block $m failed"; sleep 1
-  fi
-  sleep 0.1
-done
-EOF
+lab_disk_stamp_hook $W/hook.img # the stamping hook (dom0-lib.sh), described above
 
 cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
@@ -132,14 +107,7 @@ if [[ "$c" =~ ^[0-9]+$ && "$before" =~ ^[0-9]+$ ]]; then
 fi
 # The backup's image: every stamped block k holds k, all of 1..highest present (no hole).
 img=$REMUSDB_RUN_DIR/xen-$DOMU.backup.disk
-scan=$(node -e '
-  const b = require("fs").readFileSync(process.argv[1]); let hi = 0, holes = 0, wrong = 0;
-  for (let k = 1; k * 4096 < b.length; k++) {
-    const s = b.subarray(k * 4096, k * 4096 + 22).toString("latin1");
-    if (s.startsWith("REMUSDB-BLOCK ")) { hi = k; if (Number(s.slice(14)) !== k) wrong++; }
-  }
-  for (let k = 1; k <= hi; k++) if (!b.subarray(k * 4096, k * 4096 + 14).toString("latin1").startsWith("REMUSDB-BLOCK ")) holes++;
-  console.log(`${hi} ${holes} ${wrong}`);' "$img" 2>&1)
+scan=$(lab_disk_scan "$img")
 read -r HI HOLES WRONG <<< "$scan"
 lab_log "backup image $img: highest stamped block $HI, holes $HOLES, wrong stamps $WRONG (guest now at $(lab_http "$IP" 7777 /disk 5))"
 [ "$HOLES" = 0 ] && [ "$WRONG" = 0 ] || lab_fail "the backup's image has holes ($HOLES) or wrong stamps ($WRONG): $scan"

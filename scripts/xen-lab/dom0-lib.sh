@@ -189,18 +189,22 @@ EOF
 }
 
 # A backup's replica image as that hook left it: every stamped block k must hold k, and all of
-# 1..highest must be stamped (no hole). Prints "HIGHEST HOLES WRONG" (or node's error text, which
-# then fails the caller's check). The guest may be writing the image meanwhile: it stamps blocks
-# in order, so a block read half-written is at most the highest one, never a hole.
+# 1..highest must be stamped (no hole). Prints "HIGHEST HOLES WRONG", or one line "scan of IMAGE
+# failed: ERROR" (which then fails the caller's check, and keeps its FAIL result on one line).
+# The guest may be writing the image meanwhile: it stamps blocks in order, so a block read
+# half-written is at most the highest one, never a hole.
 lab_disk_scan() { # lab_disk_scan IMAGE
-  node -e '
+  local out
+  out=$(node -e '
   const b = require("fs").readFileSync(process.argv[1]); let hi = 0, holes = 0, wrong = 0;
   for (let k = 1; k * 4096 < b.length; k++) {
     const s = b.subarray(k * 4096, k * 4096 + 22).toString("latin1");
     if (s.startsWith("REMUSDB-BLOCK ")) { hi = k; if (Number(s.slice(14)) !== k) wrong++; }
   }
   for (let k = 1; k <= hi; k++) if (!b.subarray(k * 4096, k * 4096 + 14).toString("latin1").startsWith("REMUSDB-BLOCK ")) holes++;
-  console.log(`${hi} ${holes} ${wrong}`);' "$1" 2>&1
+  console.log(`${hi} ${holes} ${wrong}`);' "$1" 2>&1)
+  if [[ "$out" =~ ^[0-9]+\ [0-9]+\ [0-9]+$ ]]; then echo "$out"
+  else echo "scan of $1 failed: $(grep -m1 -E '^[A-Za-z]*Error' <<< "$out" || tail -n 1 <<< "$out")"; fi
 }
 
 lab_wait_tcp() { # lab_wait_tcp HOST PORT TIMEOUT: until something accepts connections there

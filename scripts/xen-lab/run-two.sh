@@ -2,30 +2,66 @@
 # run-two.sh: the two-host protect scenario: a primary host A and a backup host B, two QEMU
 # VMs booted from the same cached dom0 image (snapshot=on: neither writes it), linked only
 # by a QEMU socket netdev on 127.0.0.1 (B listens, A connects). A runs scenarios/two-host-a.sh
-# (domU + `remusdb protect` to B with the plug buffer), B runs scenarios/two-host-b.sh
-# (`remusdb backup` + a client reading the domU's counter over the link). When A's serial
-# console says "ready-to-kill", this script kills QEMU A with SIGKILL (a host crash, not
-# `xl destroy`), tells B through its share (/lab/killed), and waits for B's result line.
+# (domU + `remusdb protect` to B with the plug buffer; with TWO_DISK=1 the domU's disk is
+# replicated too), B runs scenarios/two-host-b.sh (`remusdb backup` + a client reading the
+# domU's counter over the link). When A's serial console says "ready-to-kill", this script
+# kills QEMU A with SIGKILL (a host crash, not `xl destroy`), tells B through its share
+# (/lab/killed), and waits for B's result line ("XENLAB RESULT two-host-b: ...").
+# Second phase (TWO_REPROTECT=1, the default; only when B's result is PASS): B keeps running
+# the domain and its backup process; this script boots a third VM, host C (scenarios/
+# two-host-c.sh): a fresh dom0 from the same snapshot image, so it holds no old copy of the
+# domain's disk (B's reprotection copies the whole disk), with A's MAC and address, connecting
+# to B's socket netdev port again (QEMU's listening socket netdev accepts a new connection once
+# the old peer closed; the run logs whether B took it). C starts `remusdb backup`, B runs
+# `remusdb reprotect domu 10.99.0.1:7400 ... --no-wait`, C's client reads the domU while B
+# protects it. On B's "ready-to-kill" this script SIGKILLs QEMU B, writes C's /lab/killed, and
+# waits for C's result. PASS only if B's and (with the second phase) C's results are PASS.
 #
 #   scripts/xen-lab/run-two.sh            (as root; the project must be built)
+#   XENLAB_VARS="TWO_DISK=0 TWO_REPROTECT=0" scripts/xen-lab/run-two.sh   (the counter-only run)
 #
 # Holds the lab's QEMU lock ($XENLAB_CACHE/qemu.lock) for the whole run (waits up to 3600 s).
-# Output: a run folder $XENLAB_CACHE/runs/<time>-two-host/ with a/ and b/ (share/, serial.log),
+# At most two VMs run at once (C boots after A was killed).
+# Output: a run folder $XENLAB_CACHE/runs/<time>-two-host/ with a/, b/, c/ (share/, serial.log),
 # result.txt; a last line "XENLAB RESULT two-host: PASS|FAIL ..."; exit 0 only on PASS.
 # Env: XENLAB_PROJECT, XENLAB_MEM (MiB per VM, 3072), XENLAB_DOM0_MEM (1536M), XENLAB_SMP (2),
-#   XENLAB_TIMEOUT (s per QEMU, 2400), XENLAB_TWO_PORT (link port, default: a free one),
-#   XENLAB_KILL_DELAY_S (s between the marker and the kill, 0), XENLAB_VARS (NAME=value ...
-#   for both dom0s: TWO_HB_MS (45000), TWO_INTERVAL_MS (200), TWO_MIN_ACKED (3),
-#   TWO_PROTECT_S (30), TWO_AFTER_KILL_S (360)), XENLAB_VERBOSE=1 (every console line).
+#   XENLAB_TIMEOUT (s per QEMU, 2400), XENLAB_TIMEOUT_A / _C (default XENLAB_TIMEOUT),
+#   XENLAB_TIMEOUT_B (4200 with the second phase: B lives through both; else XENLAB_TIMEOUT),
+#   XENLAB_TWO_PORT (link port, default: a free one), XENLAB_KILL_DELAY_S (s between a marker
+#   and its kill, 0), TWO_HOST_WAIT_S (host env: s for a result after a kill, 600),
+#   TWO_HOST_REPROTECT_WAIT_S (host env: s from C's boot to B's ready-to-kill, 2100),
+#   XENLAB_VARS (NAME=value ... for all dom0s: TWO_DISK (1: replicated 32 MiB disk with the
+#   stamping hook; 0: counter only), TWO_REPROTECT (1: the second phase; 0: end after B),
+#   TWO_HB_MS (90000 with the disk, else 45000; A's protect and B's reprotect), TWO_INTERVAL_MS
+#   (200), TWO_MIN_ACKED (3), TWO_PROTECT_S (30), TWO_AFTER_KILL_S (360), TWO_C_WAIT_S (B waits
+#   for C's ping, 900), TWO_REPROTECT_WAIT_S (B waits for TWO_MIN_ACKED acks of the
+#   reprotection, 900), TWO_C_FIRST_S (C waits for the domU's first answer, 1200)),
+#   XENLAB_VERBOSE=1 (every console line).
 set -uo pipefail
 . "$(dirname "$0")/lib.sh"
 . "$XENLAB_DIR/stage.sh"
 
+knob() { # knob NAME DEFAULT: a dom0 knob's value as XENLAB_VARS sets it (the dom0s get the same)
+  local kv v=$2
+  for kv in ${XENLAB_VARS:-}; do [ "${kv%%=*}" = "$1" ] && v=${kv#*=}; done
+  printf '%s\n' "$v"
+}
+xl_knobs > /dev/null # dies on a word that is not NAME=value
+DISK=$(knob TWO_DISK 1)
+REPROTECT=$(knob TWO_REPROTECT 1)
+[[ "$DISK" =~ ^[01]$ && "$REPROTECT" =~ ^[01]$ ]] || xl_die "TWO_DISK and TWO_REPROTECT are 0 or 1 ('$DISK', '$REPROTECT')"
+# With the disk, the first commit of a full checkpoint (disk copy and check) kept a backup
+# silent for 35 s under emulation (protect-disk): a longer heartbeat by default.
+HB=$(knob TWO_HB_MS "$([ "$DISK" = 1 ] && echo 90000 || echo 45000)")
+
 PROJECT=${XENLAB_PROJECT:-$XENLAB_REPO}
-TIMEOUT=${XENLAB_TIMEOUT:-2400}
+TIMEOUT_A=${XENLAB_TIMEOUT_A:-${XENLAB_TIMEOUT:-2400}}
+TIMEOUT_B=${XENLAB_TIMEOUT_B:-$([ "$REPROTECT" = 1 ] && echo 4200 || echo "${XENLAB_TIMEOUT:-2400}")}
+TIMEOUT_C=${XENLAB_TIMEOUT_C:-${XENLAB_TIMEOUT:-2400}}
 MEM=${XENLAB_MEM:-3072}
 DOM0_MEM=${XENLAB_DOM0_MEM:-1536M}
 SMP=${XENLAB_SMP:-2}
+HOST_WAIT_S=${TWO_HOST_WAIT_S:-600}
 T_ALL=$(xl_now)
 
 IMG=$("$XENLAB_DIR/build-image.sh" | tail -1)
@@ -34,22 +70,24 @@ RUN=$XENLAB_CACHE/runs/$(date +%Y%m%d-%H%M%S)-two-host
 mkdir -p "$RUN"
 xl_stage_project "$PROJECT" "$RUN/project" "$RUN/project.tar"
 
-share() { # share ROLE SELF_IP PEER_IP: $RUN/ROLE/share with the role's scenario and env
+share() { # share ROLE SELF_IP PEER_IP TIMEOUT_S: $RUN/ROLE/share with the role's scenario and env
   local role=$1 sh=$RUN/$1/share
   mkdir -p "$sh/out"
   install -m 0755 "$XENLAB_DIR/scenarios/two-host-$role.sh" "$sh/scenario.sh"
   install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$XENLAB_DIR/dom0-two-lib.sh" "$sh/"
   ln "$RUN/project.tar" "$sh/project.tar" 2>/dev/null || cp "$RUN/project.tar" "$sh/project.tar"
-  xl_scenario_env "two-host-$role" "$((TIMEOUT - 200))" > "$sh/env"
-  printf 'export TWO_ROLE=%q TWO_SELF_IP=%q TWO_PEER_IP=%q\n' "$role" "$2" "$3" >> "$sh/env"
+  xl_scenario_env "two-host-$role" "$(($4 - 200))" > "$sh/env"
+  printf 'export TWO_ROLE=%q TWO_SELF_IP=%q TWO_PEER_IP=%q TWO_DISK=%q TWO_REPROTECT=%q TWO_HB_MS=%q\n' \
+    "$role" "$2" "$3" "$DISK" "$REPROTECT" "$HB" >> "$sh/env"
 }
-share a 10.99.0.1 10.99.0.10
-share b 10.99.0.10 10.99.0.1
+share a 10.99.0.1 10.99.0.10 "$TIMEOUT_A"
+share b 10.99.0.10 10.99.0.1 "$TIMEOUT_B" # B's peer: A, then C at the same address
+[ "$REPROTECT" = 1 ] && share c 10.99.0.1 10.99.0.10 "$TIMEOUT_C"
 rm -f "$RUN/project.tar"
 xl_prune_runs
 
 T=$(xl_now)
-xl_lab_lock # both VMs under one hold
+xl_lab_lock # all VMs under one hold
 T_LOCK=$(xl_since "$T")
 
 PORT=${XENLAB_TWO_PORT:-}
@@ -62,19 +100,23 @@ qpid() { # qpid ROLE: the pid of that VM's QEMU, only while it is still QEMU
   grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null && echo "$pid"
 }
 alive() { [ ! -e "$RUN/$1/qemu.rc" ]; } # ROLE: its QEMU has not exited (rc written at exit)
-cleanup() { local r p; for r in a b; do p=$(qpid $r) && kill -9 "$p"; done; return 0; }
+running() { [ -e "$RUN/$1/qemu-cmdline.txt" ] && alive "$1"; } # ROLE: booted and not exited
+cleanup() { local r p; for r in a b c; do p=$(qpid $r) && kill -9 "$p"; done; return 0; }
 trap 'cleanup' EXIT
 trap 'exit 130' INT TERM
 
 T0=${EPOCHREALTIME/./}
 tsec() { local d=$(( (${EPOCHREALTIME/./} - T0) / 10000 )); printf '%d.%02d' $((d / 100)) $((d % 100)); }
-boot() { # boot ROLE MAC NETDEV_OPTS: QEMU in the background, serial -> ROLE/serial.log
-  local role=$1 dir=$RUN/$1 line
+now_s() { tsec | cut -d. -f1; }
+declare -A TBOOT=() TKILL=() TKILL_ISO=() KILL_MS=()
+boot() { # boot ROLE MAC NETDEV_OPTS TIMEOUT_S: QEMU in the background, serial -> ROLE/serial.log
+  local role=$1 dir=$RUN/$1 to=$4 line
   xl_qemu_argv "$IMG" "$dir/share" "$dir/qemu.pid"
   local q=("${QEMU_ARGV[@]}" -netdev "socket,id=n1,$3" -device "virtio-net-pci,netdev=n1,mac=$2" -monitor none -serial stdio)
   printf '%q ' "${q[@]}" > "$dir/qemu-cmdline.txt"; echo >> "$dir/qemu-cmdline.txt"
-  # (the group's own stderr is dropped: bash's "Killed" notice when QEMU A is SIGKILLed)
-  { timeout -k 20 "$TIMEOUT" "${q[@]}" < /dev/null 2>&1; echo $? > "$dir/qemu.rc"; } 2> /dev/null |
+  TBOOT[$role]=$(tsec)
+  # (the group's own stderr is dropped: bash's "Killed" notice when a QEMU is SIGKILLed)
+  { timeout -k 20 "$to" "${q[@]}" < /dev/null 2>&1; echo $? > "$dir/qemu.rc"; } 2> /dev/null |
     while IFS= read -r line; do
       line=${line//$'\r'/}
       printf '[%7s] %s\n' "$(tsec)" "$line" >> "$dir/serial.log"
@@ -83,64 +125,122 @@ boot() { # boot ROLE MAC NETDEV_OPTS: QEMU in the background, serial -> ROLE/ser
       fi
     done &
 }
+kill_vm() { # kill_vm ROLE: SIGKILL of its QEMU (a host crash), timed until the process is gone
+  local role=$1 pid='' t _
+  sleep "${XENLAB_KILL_DELAY_S:-0}"
+  for _ in 1 2 3 4 5; do pid=$(qpid "$role") && break; xl_log "no QEMU ${role^^} pid? pidfile '$(cat "$RUN/$role/qemu.pid" 2>&1)'"; sleep 0.2; done
+  [ -n "$pid" ] || pid=$(pgrep -f -- "-pidfile $RUN/$role/qemu.pid" | head -1)
+  [ -n "$pid" ] || { xl_log "no QEMU ${role^^} to kill"; return 1; }
+  t=${EPOCHREALTIME/./}
+  TKILL[$role]=$(tsec); TKILL_ISO[$role]=$(date -u +%FT%T.%3NZ); kill -9 "$pid"
+  while [ -e "/proc/$pid" ] && grep -q '^qemu-system' "/proc/$pid/comm" 2>/dev/null; do sleep 0.01; done
+  KILL_MS[$role]=$(( (${EPOCHREALTIME/./} - t) / 1000 ))
+  xl_log "killed QEMU ${role^^} (pid $pid) with SIGKILL at ${TKILL[$role]}s (${TKILL_ISO[$role]}); gone after ${KILL_MS[$role]} ms"
+}
 stamp() { grep -m1 -F "$2" "$RUN/$1/serial.log" 2>/dev/null | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p'; }
 has() { grep -q -F "$2" "$RUN/$1/serial.log" 2>/dev/null; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "?"; else printf "%.1f", a - b }'; }
+result_of() { # result_of ROLE NAME: that VM's last "XENLAB RESULT NAME: ..." line
+  tr -d '\r' < "$RUN/$1/serial.log" 2>/dev/null | sed -n "s/^\[[ 0-9.]*\] \(XENLAB RESULT $2: .*\)/\1/p" | tail -1
+}
+wait_result() { # wait_result ROLE NAME: until its result line, its QEMU's exit, or HOST_WAIT_S; sets why on the bound
+  local end=$(( $(now_s) + HOST_WAIT_S ))
+  until has "$1" "XENLAB RESULT $2: "; do
+    alive "$1" || break
+    [ "$(now_s)" -lt $end ] || { why="no result from ${1^^} within $HOST_WAIT_S s of the kill"; break; }
+    sleep 1
+  done
+}
 
-xl_log "two-host: B listens on 127.0.0.1:$PORT, A connects; ${MEM} MiB each, dom0 $DOM0_MEM; run $RUN (lock waited ${T_LOCK}s)"
-boot b 52:54:00:00:00:0b "listen=127.0.0.1:$PORT"
-for i in $(seq 1 60); do ss -Hltn "sport = :$PORT" | grep -q . && break; sleep 0.5; done
+xl_log "two-host: B listens on 127.0.0.1:$PORT, A connects$([ "$REPROTECT" = 1 ] && echo ', then C'); ${MEM} MiB each, dom0 $DOM0_MEM; disk $DISK, reprotect $REPROTECT, heartbeat $HB ms; run $RUN (lock waited ${T_LOCK}s)"
+boot b 52:54:00:00:00:0b "listen=127.0.0.1:$PORT" "$TIMEOUT_B"
+for _ in $(seq 1 60); do ss -Hltn "sport = :$PORT" | grep -q . && break; sleep 0.5; done
 ss -Hltn "sport = :$PORT" | grep -q . || xl_die "QEMU B does not listen on $PORT"
-boot a 52:54:00:00:00:0a "connect=127.0.0.1:$PORT"
+boot a 52:54:00:00:00:0a "connect=127.0.0.1:$PORT" "$TIMEOUT_A"
 
-# Wait for A's marker (or a result line from either side: a failure before the kill).
-why=; T_KILL=; KILL_MS=
+# Phase 1. Wait for A's marker (or a result line from either side: a failure before the kill).
+why=
 while :; do
   has a "two-host-a: ready-to-kill" && break
-  has a "XENLAB RESULT " && { why="A ended before the crash: $(sed -n 's/.*\(XENLAB RESULT .*\)/\1/p' "$RUN/a/serial.log" | tail -1)"; break; }
+  has a "XENLAB RESULT " && { why="A ended before the crash: $(result_of a two-host-a)"; break; }
   has b "XENLAB RESULT " && { why="B ended before the crash"; break; }
   alive a || { why="QEMU A exited before ready-to-kill (rc $(cat "$RUN/a/qemu.rc" 2>/dev/null))"; break; }
   alive b || { why="QEMU B exited before the crash (rc $(cat "$RUN/b/qemu.rc" 2>/dev/null))"; break; }
-  [ "$(tsec | cut -d. -f1)" -lt $((TIMEOUT - 300)) ] || { why="no ready-to-kill within $((TIMEOUT - 300)) s"; break; }
+  [ "$(now_s)" -lt $((TIMEOUT_A - 300)) ] || { why="no ready-to-kill within $((TIMEOUT_A - 300)) s"; break; }
   sleep 1
 done
 if [ -z "$why" ]; then
-  sleep "${XENLAB_KILL_DELAY_S:-0}"
-  for i in 1 2 3 4 5; do PA=$(qpid a) && break; xl_log "no QEMU A pid? pidfile '$(cat "$RUN/a/qemu.pid" 2>&1)'"; sleep 0.2; done
-  [ -n "$PA" ] || PA=$(pgrep -f -- "-pidfile $RUN/a/qemu.pid" | head -1)
-  t=${EPOCHREALTIME/./}
-  T_KILL=$(tsec); T_KILL_ISO=$(date -u +%FT%T.%3NZ); kill -9 "$PA"
-  while [ -e "/proc/$PA" ] && grep -q '^qemu-system' "/proc/$PA/comm" 2>/dev/null; do sleep 0.01; done
-  KILL_MS=$(( (${EPOCHREALTIME/./} - t) / 1000 ))
+  kill_vm a || why="could not kill QEMU A"
   touch "$RUN/b/share/killed"
-  xl_log "killed QEMU A (pid $PA) with SIGKILL at ${T_KILL}s ($T_KILL_ISO); gone after ${KILL_MS} ms"
   # B's result (its own bound after the kill is TWO_AFTER_KILL_S; ours a little longer).
-  end=$(( $(tsec | cut -d. -f1) + ${TWO_HOST_WAIT_S:-600} ))
-  until has b "XENLAB RESULT "; do
-    alive b || break
-    [ "$(tsec | cut -d. -f1)" -lt $end ] || { why="no result from B within ${TWO_HOST_WAIT_S:-600} s of the kill"; break; }
-    sleep 1
-  done
+  [ -n "$why" ] || wait_result b two-host-b
 else
   touch "$RUN/b/share/abort" "$RUN/a/share/abort"
 fi
-# B powers itself off after its result (init); bounded, then the trap kills what is left.
-for i in $(seq 1 180); do alive b || break; sleep 1; done
+RB=$(result_of b two-host-b)
+
+# Phase 2: C, B's reprotection to it, the crash of B.
+BOOT0=
+if [ -z "$why" ] && [ "$REPROTECT" = 1 ] && [[ "$RB" == *": PASS" ]]; then
+  # The domU's boot id as B saw it in phase 1: C checks the domain it ends up with is that one.
+  BOOT0=$(tr -d '\r' < "$RUN/b/serial.log" | sed -n 's/.*two-host-b: domU answers over the link, boot \([0-9A-Za-z-]*\).*/\1/p' | head -1)
+  printf 'export TWO_BOOT0=%q\n' "$BOOT0" >> "$RUN/c/share/env"
+  xl_log "B passed phase 1 (boot id ${BOOT0:-?}); booting C (A's MAC and address; connects to B's port $PORT again)"
+  boot c 52:54:00:00:00:0a "connect=127.0.0.1:$PORT" "$TIMEOUT_C"
+  end=$(( $(now_s) + ${TWO_HOST_REPROTECT_WAIT_S:-2100} )); linked=
+  while :; do
+    if [ -z "$linked" ] && has c "XENLAB dom0 up:"; then
+      # QEMU B's listening socket: an empty accept queue means it took C's connection.
+      linked=$(ss -Hltn "sport = :$PORT" | awk '{ print $2; exit }'); linked=${linked:-none}
+      if [ "$linked" = 0 ]; then xl_log "link: QEMU B accepted C's connection on port $PORT"
+      else xl_log "WARNING: QEMU B has not accepted C's connection (accept queue '${linked}' on port $PORT): B and C cannot talk"; fi
+    fi
+    has b "two-host-b: ready-to-kill" && break
+    has b "XENLAB RESULT two-host-b-reprotect: " && { why="B's reprotection failed: $(result_of b two-host-b-reprotect)"; break; }
+    has c "XENLAB RESULT " && { why="C ended before the crash of B: $(result_of c two-host-c)"; break; }
+    alive b || { why="QEMU B exited before ready-to-kill (rc $(cat "$RUN/b/qemu.rc" 2>/dev/null))"; break; }
+    alive c || { why="QEMU C exited before the crash of B (rc $(cat "$RUN/c/qemu.rc" 2>/dev/null))"; break; }
+    [ "$(now_s)" -lt $end ] || { why="no ready-to-kill from B within ${TWO_HOST_REPROTECT_WAIT_S:-2100} s of C's boot"; break; }
+    sleep 1
+  done
+  if [ -z "$why" ]; then
+    kill_vm b || why="could not kill QEMU B"
+    touch "$RUN/c/share/killed"
+    [ -n "$why" ] || wait_result c two-host-c
+  else
+    touch "$RUN/c/share/abort" "$RUN/b/share/abort"
+  fi
+fi
+# B (without the second phase) and C power themselves off after their result (init); bounded,
+# then the trap kills what is left.
+for _ in $(seq 1 180); do running b || running c || break; sleep 1; done
 cleanup; wait 2>/dev/null
 
-RB=$(tr -d '\r' < "$RUN/b/serial.log" | sed -n 's/^\[[ 0-9.]*\] \(XENLAB RESULT two-host-b: .*\)/\1/p' | tail -1)
-if [ -n "$why" ]; then RESULT="XENLAB RESULT two-host: FAIL $why${RB:+ ($RB)}"
-elif [[ "$RB" == *": PASS" ]]; then RESULT="XENLAB RESULT two-host: PASS"
-else RESULT="XENLAB RESULT two-host: FAIL ${RB:-no result line from B}"; fi
+RB=$(result_of b two-host-b); RBR=$(result_of b two-host-b-reprotect); RC=$(result_of c two-host-c)
+seen=$(printf '%s; ' ${RB:+"$RB"} ${RBR:+"$RBR"} ${RC:+"$RC"}); seen=${seen%; }
+if [ -n "$why" ]; then RESULT="XENLAB RESULT two-host: FAIL $why${seen:+ ($seen)}"
+elif [[ "$RB" != *": PASS" ]]; then RESULT="XENLAB RESULT two-host: FAIL ${RB:-no result line from B}"
+elif [ "$REPROTECT" = 1 ] && [[ "$RC" != *": PASS" ]]; then RESULT="XENLAB RESULT two-host: FAIL ${RC:-no result line from C}"
+else RESULT="XENLAB RESULT two-host: PASS"; fi
 {
   echo "$RESULT"
   echo "boot:      A dom0 up $(stamp a 'XENLAB dom0 up:')s, B dom0 up $(stamp b 'XENLAB dom0 up:')s (since QEMU start, both started together)"
   echo "A:         domU up $(stamp a 'two-host-a: domU up')s, protect $(stamp a 'two-host-a: protect started')s, first acks $(stamp a 'two-host-a: acked epoch')s, ready-to-kill $(stamp a 'two-host-a: ready-to-kill')s"
-  echo "kill:      at ${T_KILL:-?}s = ${T_KILL_ISO:-?} host clock (SIGKILL -> QEMU gone ${KILL_MS:-?} ms)"
+  echo "kill A:    at ${TKILL[a]:-?}s = ${TKILL_ISO[a]:-?} host clock (SIGKILL -> QEMU gone ${KILL_MS[a]:-?} ms)"
   grep -h -m1 -o 'two-host-b: failover: .*' "$RUN/b/serial.log" | sed 's/^/B log:     /' # its ISO time is B dom0's clock
-  echo "B:         failover line $(sub "$(stamp b 'two-host-b: failover:')" "$T_KILL")s after the kill, first answer $(sub "$(stamp b 'two-host-b: answered after failover')" "$T_KILL")s after the kill"
-  grep -h -o 'XENLAB NUMBERS .*' "$RUN/a/serial.log" "$RUN/b/serial.log" 2>/dev/null
+  echo "B:         failover line $(sub "$(stamp b 'two-host-b: failover:')" "${TKILL[a]:-}")s after the kill, first answer $(sub "$(stamp b 'two-host-b: answered after failover')" "${TKILL[a]:-}")s after the kill"
+  if [ -n "${TBOOT[c]:-}" ]; then
+    tc=${TBOOT[c]}
+    echo "C:         booted at ${tc}s; dom0 up $(sub "$(stamp c 'XENLAB dom0 up:')" "$tc")s, backup listening $(sub "$(stamp c 'two-host-c: backup listening')" "$tc")s, domU answered $(sub "$(stamp c 'two-host-c: domU answers over the link')" "$tc")s after C's QEMU started (link accept queue '${linked:-?}')"
+    rp=$(stamp b 'two-host-b: reprotect started')
+    echo "reprotect: started at ${rp:-?}s (C up + B's ping wait), first ack $(sub "$(stamp b 'two-host-b: reprotect first ack')" "$rp")s, $(knob TWO_MIN_ACKED 3) acks $(sub "$(stamp b 'two-host-b: reprotect acked epoch')" "$rp")s, ready-to-kill $(sub "$(stamp b 'two-host-b: ready-to-kill')" "$rp")s after it (B's console)"
+    echo "kill B:    at ${TKILL[b]:-?}s = ${TKILL_ISO[b]:-?} host clock (SIGKILL -> QEMU gone ${KILL_MS[b]:-?} ms)"
+    grep -h -m1 -o 'two-host-c: failover: .*' "$RUN/c/serial.log" | sed 's/^/C log:     /'
+    echo "C:         failover line $(sub "$(stamp c 'two-host-c: failover:')" "${TKILL[b]:-}")s after the kill of B, first answer $(sub "$(stamp c 'two-host-c: answered after failover')" "${TKILL[b]:-}")s after it"
+  fi
+  for r in a b c; do grep -h -o 'XENLAB NUMBERS .*' "$RUN/$r/serial.log" 2>/dev/null; done
+  for r in "$RB" "$RBR" "$RC"; do [ -z "$r" ] || echo "result:    $r"; done
   echo "total:     $(xl_since "$T_ALL")s (lock wait ${T_LOCK}s)"
-  echo "logs:      $RUN (a/, b/: serial.log, share/out/)"
+  echo "logs:      $RUN (a/, b/$([ -n "${TBOOT[c]:-}" ] && echo ', c/'): serial.log, share/out/)"
 } | tee "$RUN/result.txt" >&2
 [[ "$RESULT" == *": PASS" ]]

@@ -1,0 +1,77 @@
+#!/bin/bash
+# two-host-c: the NEW BACKUP dom0 of the two-host lab's second phase (run by run-two.sh with
+# TWO_REPROTECT=1, booted only after B failed over and passed its checks). Host C is a fresh
+# dom0 from the same snapshot image as A, with A's MAC (52:54:00:00:00:0a) and address
+# (10.99.0.1) on the same link (QEMU B's listening socket netdev accepts C's connection after A's
+# ended), so B's bridge and ARP need nothing new. Being fresh, it keeps no copy of the domain's
+# disk: B's reprotection copies the whole disk (then a full memory copy).
+# C puts its link NIC on xenbr0, starts `remusdb backup --listen 0.0.0.0:7400`, and only then
+# takes 10.99.0.1, so B's ping to it means "the backup listens"; B then runs `remusdb reprotect
+# domu 10.99.0.1:7400 ... --net-buffer plug`. A client here reads the domU's counter (and with
+# TWO_DISK=1 /disk) over the link while B protects it, keeping the highest value seen, exactly
+# as B did in the first phase (lab_two_client). On B's "ready-to-kill" the host SIGKILLs QEMU B
+# and writes /lab/killed; C's backup notices the silent primary and resumes the domU here
+# (FAILOVER in its log). Checks: no failover before the kill, an answer after it, the same boot
+# id as in the first phase (TWO_BOOT0 from run-two.sh: resumed twice, never rebooted; the domain
+# B ran before the kill had it too), counter >= the highest value seen; with TWO_DISK=1 the
+# resumed guest goes on stamping its disk with no mismatch, at or beyond the last block seen,
+# and C's replica image ($REMUSDB_RUN_DIR/xen-domu.backup.disk) has no hole or wrong stamp.
+# Prints "XENLAB NUMBERS two-host-c: ..." and "XENLAB RESULT two-host-c: PASS|FAIL ...".
+. /lab/dom0-lib.sh
+. /lab/dom0-two-lib.sh
+lab_begin two-host-c
+DOMU=domu
+IP=10.99.0.2
+SELF=${TWO_SELF_IP:-10.99.0.1}
+AFTER_S=${TWO_AFTER_KILL_S:-360}
+DISK=${TWO_DISK:-1}
+lab_link_up || { lab_result; exit; }
+# The backup names a free /dev/nbdN for the domain's disk at the first checkpoint.
+[ "$DISK" = 1 ] && { modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"; }
+
+cd "$REMUSDB" || lab_fail "no project"
+export REMUSDB_RUN_DIR=/tmp/remusdb-run
+node bin/remusdb backup --listen 0.0.0.0:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
+BP=$!
+end=$((SECONDS + 120))
+until ss -ltn 2>/dev/null | grep -q ':7400 '; do
+  kill -0 $BP 2>/dev/null && [ $SECONDS -lt $end ] || { lab_fail "backup did not listen on 7400"; cat /tmp/backup.err; lab_result; exit; }
+  sleep 0.5
+done
+ip addr add "$SELF/24" dev "$LAB_BRIDGE"
+lab_mark "backup listening, address $SELF up"
+
+# 1. The domU, running on B since the first failover, answers over the link (unbuffered until
+# B's reprotection starts, then once each checkpoint is acknowledged). Bounded; /lab/abort ends it.
+t=$(lab_now); boot1=
+end=$((SECONDS + ${TWO_C_FIRST_S:-1200}))
+while [ -z "$boot1" ] && [ $SECONDS -lt $end ] && [ ! -e /lab/abort ]; do
+  boot1=$(lab_http "$IP" 7777 /boot 10); [ -n "$boot1" ] || sleep 1
+done
+[ -n "$boot1" ] || { lab_fail "the domU on B never answered over the link ($([ -e /lab/abort ] && echo 'host aborted' || echo "${TWO_C_FIRST_S:-1200} s"))"; lab_result; exit; }
+lab_mark "domU answers over the link after $(lab_since "$t") s, boot $boot1"
+boot0=${TWO_BOOT0:-}
+if [ -n "$boot0" ]; then
+  [ "$boot1" = "$boot0" ] && lab_log "ok: the domain B runs has the first phase's boot id" ||
+    lab_fail "the domain B runs has boot id '$boot1', not the first phase's '$boot0'"
+else
+  lab_log "no first-phase boot id from the host: comparing with the one read now"; boot0=$boot1
+fi
+
+# 2. Client loop until the first answer after the failover (bounded).
+lab_two_client "$IP" /tmp/backup.err B "$AFTER_S"
+xl list
+
+# 3. Checks.
+lab_two_client_checks B "$AFTER_S" "$boot0"
+DISKNUM=
+if [ "$DISK" = 1 ] && [ -n "$c2" ]; then
+  lab_two_disk_checks "$IP" "$REMUSDB_RUN_DIR/xen-$DOMU.backup.disk"
+  DISKNUM=" $(lab_two_disk_numbers)"
+  xl block-list "$DOMU" 2>&1 | sed 's/^/  /'
+fi
+echo "XENLAB NUMBERS two-host-c: $(lab_two_client_numbers)$DISKNUM" >&7
+grep -E "primary|FAILOVER|resum|silent|replica disk|backup domain's disk|disk" /tmp/backup.err | head -25 | sed 's/^/  backup: /'
+kill -TERM $BP 2>/dev/null; sleep 2
+cp /tmp/backup.out /tmp/backup.err "$LAB_OUT/" 2>/dev/null
+lab_result

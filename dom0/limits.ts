@@ -125,3 +125,11 @@ export const POOL_RECORD_BYTES_MAX = 64 * 1024;
 export const POOL_TICK_MS = 500;
 /** A reprotection with no session with its chosen backup for this long moves to another host, ms (default). */
 export const POOL_BACKUP_PATIENCE_MS_DEFAULT = 30_000;
+
+/**
+ * How long `remusdb status` and the other quick control requests wait for their answer, and
+ * how long `remusdb reprotect` waits for the backup to start protecting: it opens the domain
+ * and installs the network buffer first, which took ~10 s in the emulated Xen lab's dom0.
+ */
+export const CONTROL_ANSWER_TIMEOUT_MS = 3000;
+export const REPROTECT_START_TIMEOUT_MS = 120_000;

@@ -3,7 +3,8 @@
 // two disks are verified equal at a checkpoint, a fresh backup gets a full copy, and
 // reprotecting a backup that never failed over is refused with a clear error.
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { ControlServer } from '../dom0/service/control';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -164,5 +165,33 @@ describe('52 reprotection', function () {
     const help = spawnSync(process.execPath, [BIN, 'reprotect', '--help'], { encoding: 'utf8' });
     for (const o of ['--net-buffer', '--vif', '--commit-protection', '--max-in-flight', '--trigger'])
       assert.ok(help.stdout.includes(o), `reprotect takes ${o}`);
+  });
+  it('52.5 reprotect waits for a backup that takes seconds to open the domain (the Xen lab: ~10 s)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rdb-52-'));
+    const asked: Array<Record<string, unknown>> = [];
+    const server = new ControlServer(path.join(dir, 'backup-7599.sock'), async (req) => {
+      if (req.cmd === 'status') return { role: 'backup', domain: 'domu', state: 'failed-over' };
+      asked.push(req);
+      await new Promise((r) => setTimeout(r, 4000)); // longer than a status answer may take
+      return { ok: true, resyncBytes: 4096, diskBytes: 1 << 20 };
+    });
+    try {
+      const args = ['reprotect', 'domu', '127.0.0.1:7598', '--insecure', '--no-wait', '--net-buffer', 'plug'];
+      const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+        const c = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, REMUSDB_RUN_DIR: dir } });
+        let out = '',
+          err = '';
+        c.stdout.on('data', (d) => (out += d));
+        c.stderr.on('data', (d) => (err += d));
+        c.on('exit', (code) => resolve({ code, out, err }));
+      });
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /^reprotecting domu → 127\.0\.0\.1:7598: 4 KiB of its 1\.0 MiB disk/m);
+      assert.equal(asked.length, 1);
+      assert.deepEqual((asked[0].net as Record<string, unknown>).netBuffer, 'plug', 'the network choice travels');
+    } finally {
+      server.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

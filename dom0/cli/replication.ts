@@ -48,6 +48,7 @@ import {
   MAX_PAUSE_SHARE_DEFAULT,
   PAGE_BYTES,
   PAUSE_SHARE_WINDOW_MS,
+  REPROTECT_START_TIMEOUT_MS,
 } from '../limits';
 import { METRICS_PATH, MetricsExporter } from '../service/metrics';
 
@@ -439,17 +440,21 @@ function registerReprotect(program: Command): void {
       refuseUnbuffered(o);
       const interval = intervalChoice(o);
       const sock = await backupHolding(domain);
-      const r = await controlRequest(sock, {
-        cmd: 'reprotect',
-        domain,
-        backup: newBackup,
-        pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
-        insecure: o.insecure === true,
-        intervalMs: interval.intervalMs,
-        intervalAuto: interval.intervalAuto,
-        heartbeatTimeoutMs: o.heartbeatTimeout,
-        net: netChoiceOfOptions(o),
-      });
+      const r = await controlRequest(
+        sock,
+        {
+          cmd: 'reprotect',
+          domain,
+          backup: newBackup,
+          pskFile: o.pskFile ? path.resolve(o.pskFile) : undefined,
+          insecure: o.insecure === true,
+          intervalMs: interval.intervalMs,
+          intervalAuto: interval.intervalAuto,
+          heartbeatTimeoutMs: o.heartbeatTimeout,
+          net: netChoiceOfOptions(o),
+        },
+        REPROTECT_START_TIMEOUT_MS,
+      );
       throwControlError(r);
       console.log(
         `reprotecting ${domain} → ${newBackup}: ${roundedSize(Number(r.resyncBytes ?? 0))} of its ` +

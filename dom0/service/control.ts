@@ -6,6 +6,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorCode, isRemusError, RemusError } from '../errors';
+import { CONTROL_ANSWER_TIMEOUT_MS } from '../limits';
 
 export type Handler = (req: Record<string, unknown>) => Record<string, unknown> | Promise<Record<string, unknown>>;
 
@@ -89,7 +90,7 @@ async function answerOf(handler: Handler, line: string): Promise<Record<string, 
 export function controlRequest(
   file: string,
   req: Record<string, unknown>,
-  timeoutMs = 3000,
+  timeoutMs = CONTROL_ANSWER_TIMEOUT_MS,
 ): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const s = net.connect(file);

@@ -96,6 +96,27 @@ export function addReplicaDiskOptions(cmd: Command): Command {
     );
 }
 
+/** --heartbeat-timeout, --max-in-flight and --trigger, the same on protect and reprotect. */
+function addPacingOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--heartbeat-timeout <ms>',
+      'silence that means the peer is gone (default 2 x interval + 100)',
+      intOption('--heartbeat-timeout', 10, 600000),
+    )
+    .option(
+      '--max-in-flight <n>',
+      'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
+      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
+    )
+    .option(
+      '--trigger <what>',
+      'what starts a checkpoint besides the interval: output (a held output starts one at once; the interval ' +
+        'is the longest wait; default) or timer (the interval alone; the default with --net-buffer plug)',
+      choiceOption('--trigger', TRIGGERS),
+    );
+}
+
 /** --metrics, the same on protect and backup (a reprotecting primary shows on its backup's). */
 export function addMetricsOption(cmd: Command): Command {
   return cmd.option(
@@ -220,23 +241,7 @@ function registerProtect(program: Command): void {
       'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)',
     )
     .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)');
-  addSecurityOptions(protect)
-    .option(
-      '--heartbeat-timeout <ms>',
-      'silence that means the peer is gone (default 2 x interval + 100)',
-      intOption('--heartbeat-timeout', 10, 600000),
-    )
-    .option(
-      '--max-in-flight <n>',
-      'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
-      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
-    )
-    .option(
-      '--trigger <what>',
-      'what starts a checkpoint besides the interval: output (a held output starts one at once; the interval ' +
-        'is the longest wait; default) or timer (the interval alone; the default with --net-buffer plug)',
-      choiceOption('--trigger', TRIGGERS),
-    )
+  addPacingOptions(addSecurityOptions(protect))
     .option(
       '--max-pause-share <fraction>',
       `--trigger output: checkpoints a held output starts keep the guest paused at most this share of ` +
@@ -407,23 +412,8 @@ function registerReprotect(program: Command): void {
     )
     .argument('<domain>', "the domain this host's backup took over")
     .argument('<new-backup>', "the new backup's host[:port]", hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
-  addNetOptions(addIntervalOptions(addSecurityOptions(reprotect)))
+  addPacingOptions(addNetOptions(addIntervalOptions(addSecurityOptions(reprotect))))
     .option('-F, --unsafe', 'allow unsafe configurations (--no-net-buffer)')
-    .option(
-      '--max-in-flight <n>',
-      'checkpoints taken but not yet acknowledged (default 2; 1 with --net-buffer plug)',
-      intOption('--max-in-flight', 1, MAX_IN_FLIGHT_MAX),
-    )
-    .option(
-      '--trigger <what>',
-      'output (a held output starts a checkpoint; default) or timer (the interval alone; default with plug)',
-      choiceOption('--trigger', TRIGGERS),
-    )
-    .option(
-      '--heartbeat-timeout <ms>',
-      'silence that means the peer is gone (default 2 x interval + 100)',
-      intOption('--heartbeat-timeout', 10, 600000),
-    )
     .option(
       '--timeout <s>',
       'give up waiting for protection after s seconds (reprotection goes on)',

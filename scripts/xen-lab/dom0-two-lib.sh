@@ -3,10 +3,12 @@
 # /lab/dom0-two-lib.sh. The dom0s are QEMU VMs whose only link is a QEMU socket netdev (a virtio
 # NIC in each); each dom0 puts that NIC on the lab bridge with its vifs, so the bridges form one
 # 10.99.0.0/24 segment. /lab/env gives TWO_ROLE, TWO_SELF_IP, TWO_PEER_IP, TWO_DISK,
-# TWO_REPROTECT, TWO_HB_MS (resolved by run-two.sh, so all hosts agree), the other knobs as set,
-# and for C TWO_BOOT0 (the domU's boot id as B saw it in the first phase).
+# TWO_REPROTECT, TWO_HB_MS, TWO_GUEST (resolved by run-two.sh, so all hosts agree), the other
+# knobs as set, and for C TWO_BOOT0 (the domU's boot id as B saw it in the first phase).
 # The host talks to a dom0 through files in its share: /lab/killed (the VM this host backs up
-# was killed: A for B, B for C), /lab/abort (another host failed: stop waiting).
+# was killed: A for B, B for C), /lab/abort (another host failed: stop waiting); with
+# TWO_GUEST=pg also /lab/go (for the protecting host: the backup host's clients have had their
+# protected load, mark ready-to-kill now) and, for C, /lab/b-acked.ids (B's ledger).
 
 lab_up() { cut -d' ' -f1 /proc/uptime; }
 lab_mark() { echo "XENLAB $LAB_NAME: $*" >&7; } # a marker run-two.sh sees on the serial console
@@ -42,6 +44,14 @@ lab_wait_ping() { # lab_wait_ping IP SECONDS: until IP answers a ping (or /lab/a
     sleep 1
   done
   return 1
+}
+
+lab_wait_file() { # lab_wait_file FILE SECONDS: until FILE exists (0), or /lab/abort appears or SECONDS pass (1)
+  local end=$((SECONDS + $2))
+  until [ -e "$1" ]; do
+    [ ! -e /lab/abort ] && [ $SECONDS -lt $end ] || return 1
+    sleep 1
+  done
 }
 
 # The client of a backup host: reads the domU's counter (IP:7777/counter; with TWO_DISK=1 also
@@ -155,4 +165,107 @@ lab_two_disk_checks() { # lab_two_disk_checks IP IMAGE
 # The disk figures of lab_two_disk_checks for a NUMBERS line.
 lab_two_disk_numbers() {
   echo "block_seen=$dseen block_resumed=${dres:-none} block_later=$dlater disk_checks=$dchecks diskbad=${dbad:-none} image_highest=$dhi image_holes=$dholes image_wrong=$dwrong"
+}
+
+# TWO_GUEST=pg: the clients of a backup host (B in the first phase, C in the second) are
+# protect-pg's (dom0-pg-lib.sh, sourced by the scenario, with W, IP, MODE = PG_NET, RUN_S,
+# CLIENTS, LEDGERS set): pgbench's pipelined TPC-B and the commit ledger, over the link to the
+# domU's PostgreSQL while the other host protects it.
+# Waits until PostgreSQL answers and this host's backup has committed TWO_MIN_ACKED epochs (the
+# load is measured under protection), within SECONDS; /lab/abort ends it. Sets boot1 (the
+# guest's boot id). 1 after lab_fail.
+lab_two_pg_wait_db() { # lab_two_pg_wait_db SECONDS
+  local end=$((SECONDS + $1)) ep=
+  pg_wait_ok "$1" ||
+    { lab_fail "PostgreSQL in the domU never answered over the link ($([ -e /lab/abort ] && echo 'host aborted' || echo "$1 s"))"; return 1; }
+  while :; do
+    ep=$(lab_status | lab_field backup committedEpoch)
+    [[ "$ep" =~ ^[0-9]+$ ]] && [ "$ep" -ge "${TWO_MIN_ACKED:-3}" ] && break
+    [ ! -e /lab/abort ] && [ $SECONDS -lt $end ] ||
+      { lab_fail "this host's backup committed no ${TWO_MIN_ACKED:-3} epochs within $1 s (committed '$ep')"; return 1; }
+    sleep 5
+  done
+  boot1=$(lab_http_body "$IP" 7777 /boot 60)
+  [ -n "$boot1" ] || { lab_fail "the guest's boot id could not be read (GET /boot stayed empty)"; return 1; }
+  lab_log "PostgreSQL answers, this host's backup committed epoch $ep: $(psql -X -Atc 'SELECT version()' | cut -c1-40)"
+}
+
+# The load and the crash, as protect-pg's: the ledger (LEDGERS clients numbered from FIRST: B's
+# from 1, C's from 51, so their ids never meet) and pgbench for RUN_S while VICTIM protects the
+# domain; then pgbench again (the crash run, stopped after the checks; TWO_PG_CRASH_S is only its
+# bound, 3600) while the ledger goes on. Once this host's backup committed epochs over RUN_S/2
+# it marks "protected load done" (run-two.sh then writes the protecting host's /lab/go: it marks
+# ready-to-kill, and the host kills it) and waits for /lab/killed (TWO_PG_KILL_WAIT_S, 900; a
+# FAILOVER before it is a false failover), then for FAILOVER in BACKUP_ERR (AFTER_S). After the
+# kill (TK: when this dom0 saw /lab/killed, polled every 0.5 s): the resumed guest has the same
+# boot (boot0), a commit sent after the kill is acknowledged, the agent signalled PostgreSQL
+# (more "SIGUSR2 sent" lines than AGENT0, a failover line other than PGLAST0), every id of
+# this host's ledger is in the database (acked_lost=0) and TPC-B's sums agree; TX_C = the crash
+# run's transactions in the resumed database (pgbench_history's rows). The ledger goes on.
+# 1 when the kill or the failover did not come (after lab_fail).
+# shellcheck disable=SC2034,SC2154 # TK and the figures for dom0-pg-lib.sh and the NUMBERS line; ep_b from it
+lab_two_pg_load() { # lab_two_pg_load BACKUP_ERR VICTIM AFTER_S FIRST [AGENT0 [PGLAST0]]
+  local err=$1 victim=$2 after_s=$3 end h0 h1
+  falsefo=0; killed_at=; fo_at=; TK=; TX_C=; sessions_before=; sessions_after=
+  pg_ledgers "$LEDGERS" "$4"
+  pg_load_phase protected
+  TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
+  lab_log "protected by $victim ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms"
+  grep -E "^progress|aborted|error" "$W/pgbench-protected.out" | tail -n 8 | sed 's/^/  pgbench: /'
+  [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
+  h0=$(pg_history)
+  pg_bench_run crash "${TWO_PG_CRASH_S:-3600}"; PGB_CRASH=$PGB
+  pg_protected_while $((RUN_S / 2)) backup committedEpoch "committed epoch"
+  sessions_before=$(pg_sessions)
+  lab_mark "protected load done: committed epoch $ep_b, $(cat "$W"/ledger-*.log | wc -l) ledger commits acknowledged, history $h0"
+  end=$((SECONDS + ${TWO_PG_KILL_WAIT_S:-900}))
+  until [ -e /lab/killed ]; do
+    if grep -q FAILOVER "$err"; then
+      falsefo=1; lab_fail "the backup failed over while $victim was alive (heartbeat ${TWO_HB_MS:-?} ms too short?)"; break
+    fi
+    [ -e /lab/abort ] && { lab_fail "host aborted the run before the kill of $victim"; break; }
+    [ $SECONDS -lt $end ] || { lab_fail "the host did not kill $victim within ${TWO_PG_KILL_WAIT_S:-900} s of 'protected load done'"; break; }
+    sleep 0.5
+  done
+  if [ ! -e /lab/killed ] || [ $falsefo = 1 ]; then
+    kill -TERM "$PGB_CRASH" 2> /dev/null; wait "$PGB_CRASH" 2> /dev/null
+    return 1
+  fi
+  TK=${EPOCHREALTIME/./}; killed_at=$(lab_up)
+  lab_mark "host killed $victim (noticed at uptime $killed_at; $(cat "$W"/ledger-*.log | wc -l) ledger commits acknowledged so far)"
+  end=$((SECONDS + after_s))
+  until grep -q FAILOVER "$err" || [ $SECONDS -ge $end ]; do sleep 0.5; done
+  if ! grep -q FAILOVER "$err"; then
+    lab_fail "no FAILOVER line in the backup's log within $after_s s of the kill"
+    kill -TERM "$PGB_CRASH" 2> /dev/null; wait "$PGB_CRASH" 2> /dev/null
+    return 1
+  fi
+  fo_at=$(lab_up)
+  lab_mark "failover: $(grep -m1 FAILOVER "$err")"
+  pg_wait_resumed
+  [ -n "$boot2" ] && lab_mark "answered after failover: boot $boot2"
+  pg_first_commit
+  pg_agent_check "${5:-0}" "${6:-}"
+  kill -TERM "$PGB_CRASH" 2> /dev/null; wait "$PGB_CRASH" 2> /dev/null
+  grep -E "aborted|error|^progress" "$W/pgbench-crash.out" | tail -n 6 | sed 's/^/  pgbench: /'
+  sessions_after=$(pg_sessions)
+  PGB_ABORTED=$(grep -c 'aborted in command' "$W/pgbench-crash.out")
+  h1=$(pg_history)
+  [[ "$h0" =~ ^[0-9]+$ && "$h1" =~ ^[0-9]+$ ]] && TX_C=$((h1 - h0))
+  # The crash run's transactions must exist for the balance check to say anything.
+  [[ "$TX_C" =~ ^[0-9]+$ ]] && [ "$TX_C" -gt 0 ] ||
+    lab_fail "no TPC-B transaction of the crash run in the resumed database (history rows '$h0' -> '$h1')"
+  pg_acked_ids > "$W/acked.ids"
+  pg_lost_check "$W/acked.ids"
+  pg_tpcb_check "$TX_P transactions protected, ${TX_C:-no} of the crash run in the database"
+}
+
+# lab_two_pg_load's figures for a NUMBERS line (kill times: as this dom0 noticed the kill).
+lab_two_pg_numbers() {
+  echo "net=$MODE kernel=${PG_KERNEL:-stock} acked_lost=$LOST acked=$ACKED present=$PRESENT" \
+    "tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run_present=$TX_C ledger_commits_protected=$N_P" \
+    "commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 noticed_kill_to_failover_line_s=$(lab_diff "$fo_at" "$killed_at")" \
+    "kill_to_answer_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S" \
+    "ledger_sessions_new_after_kill=$([ -n "$sessions_after" ] && echo $((sessions_after - sessions_before))) pgbench_clients_aborted=$PGB_ABORTED" \
+    "agent_signalled=$AGENT_SIGNALLED pg_failover_logged=$PG_ABORT_LOGGED"
 }

@@ -6,7 +6,7 @@
 #
 # 1. build-image.sh: the cached dom0 image for the current recipe (built when missing);
 # 2. a run folder $XENLAB_CACHE/runs/<time>-<scenario>/ whose share/ becomes /lab in dom0
-#    (9p): scenario.sh (scenarios/<scenario>.sh, or a path), dom0-lib.sh, env, project.tar
+#    (9p): scenario.sh (scenarios/<scenario>.sh, or a path), dom0-lib.sh, dom0-pg-lib.sh, env, project.tar
 #    (the current build of the project: bin/, dist/, package.json, runtime node_modules/,
 #    the addon .node; init unpacks it to /opt/remusdb), in/ (XENLAB_IN, optional, and what
 #    the scenario's "# xenlab-prepare:" scripts build, e.g. pg-guest.sh), out/;
@@ -98,7 +98,7 @@ SHARE=$RUN/share
 mkdir -p "$SHARE/out" "$SHARE/in"
 install -m 0755 "$SCEN_FILE" "$SHARE/scenario.sh"
 cp -a "$XENLAB_DIR/scenarios" "$SHARE/scenarios" # a scenario may run another with its own knobs
-install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$SHARE/dom0-lib.sh"
+install -m 0644 "$XENLAB_DIR/dom0-lib.sh" "$XENLAB_DIR/dom0-pg-lib.sh" "$SHARE/" # dom0-pg-lib.sh: protect-pg's
 SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$BOUNDS_S} # one scenario: its bound
 [ -n "$SUITE" ] && SCEN_TIMEOUT=${XENLAB_SCENARIO_TIMEOUT:-$((TIMEOUT - 240))} # a suite: QEMU's less the boot
 xl_scenario_env "$SCEN" "$SCEN_TIMEOUT" > "$SHARE/env"
@@ -107,11 +107,8 @@ xl_scenario_env "$SCEN" "$SCEN_TIMEOUT" > "$SHARE/env"
 # Files a scenario needs built on this host (a guest disk, client programs, a guest kernel):
 # its "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, run with share/in
 # and the scenario's knobs (XENLAB_VARS) in their environment, as the scenario gets them.
-mapfile -t KNOBS < <(xl_knobs)
-for prep in $(sed -n 's/^# xenlab-prepare: //p' "${SCEN_FILES[@]}" | awk '!seen[$0]++'); do
-  [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$SCEN: no prepare script '$prep'"
-  env "${KNOBS[@]}" "$XENLAB_DIR/$prep" "$SHARE/in" || xl_die "$prep failed"
-done
+mapfile -t PREPS < <(xl_prepare_list "${SCEN_FILES[@]}")
+xl_prepare "$SCEN" "$SHARE/in" "${PREPS[@]}"
 
 xl_stage_project "$PROJECT" "$RUN/project" "$SHARE/project.tar"
 

@@ -2,8 +2,8 @@
 # run; not part of the image cache key): the project packed into one tar for dom0 (only the
 # runtime files, as `npm install` left them: bin/, dist/, package.json, the addon .node and
 # the runtime node_modules/ — one file because many small files over 9p are slow under
-# emulation; dom0's init unpacks it to /opt/remusdb), the scenario's env with its knobs,
-# pruning old runs, the lab lock, and the QEMU command that boots Xen with dom0.
+# emulation; dom0's init unpacks it to /opt/remusdb), the scenario's env with its knobs, the
+# prepare scripts, pruning old runs, the lab lock, and the QEMU command that boots Xen with dom0.
 
 xl_stage_project() { # xl_stage_project PROJECT_DIR WORK_DIR OUT_TAR (WORK_DIR is removed)
   local src=$1 dst=$2 tar=$3 addon=native-xc/build/Release/remusdb_native.node d
@@ -38,6 +38,23 @@ xl_knobs() { # xl_knobs: a scenario's knobs from XENLAB_VARS, one NAME=value a l
   for kv in ${XENLAB_VARS:-}; do
     [[ "$kv" =~ ^[A-Z][A-Z0-9_]*=[A-Za-z0-9_./:-]*$ ]] || xl_die "XENLAB_VARS: '$kv' is not NAME=value"
     printf '%s\n' "$kv"
+  done
+}
+
+# Files a scenario needs built on this host (a guest disk, client programs, a guest kernel):
+# its "# xenlab-prepare: NAME.sh" lines name scripts in scripts/xen-lab, each run with an
+# output folder (a share's in/, /lab/in in dom0) and the knobs (XENLAB_VARS) in its environment,
+# as the scenario gets them (run.sh; run-two.sh for TWO_GUEST=pg runs protect-pg's).
+xl_prepare_list() { # xl_prepare_list FILE...: the prepare scripts the files name, each once
+  sed -n 's/^# xenlab-prepare: //p' "$@" | tr -s ' \t' '\n\n' | awk 'NF && !seen[$0]++'
+}
+xl_prepare() { # xl_prepare WHO OUT_DIR NAME...: runs each prepare script NAME with OUT_DIR (dies on a failure)
+  local who=$1 out=$2 prep knobs=()
+  shift 2
+  mapfile -t knobs < <(xl_knobs)
+  for prep in "$@"; do
+    [[ "$prep" =~ ^[a-z0-9-]+\.sh$ ]] && [ -x "$XENLAB_DIR/$prep" ] || xl_die "$who: no prepare script '$prep'"
+    env "${knobs[@]}" "$XENLAB_DIR/$prep" "$out" || xl_die "$prep failed"
   done
 }
 

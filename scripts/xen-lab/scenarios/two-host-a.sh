@@ -13,10 +13,23 @@
 # the stamping hook (lab_disk_stamp_hook: block n = "REMUSDB-BLOCK n", checked against memory).
 # With the plug buffer the domU's answers, also to this dom0, wait for the first acknowledged
 # checkpoint (the first full copy: minutes under emulation). TWO_DISK=0: the counter-only domU.
+# TWO_GUEST=pg (run-two.sh): the guest is protect-pg's (dom0-pg-lib.sh): a PV domU of PROTECT_MEM
+# (192) MiB whose data disk is pg-guest.sh's PostgreSQL disk (/lab/in/pg-disk.img), served and
+# replicated by `remusdb protect --disk-image ... --disk-device /dev/nbd0` with PG_NET's network
+# options (plug: --net-buffer plug; pgwire / dscp: --net-buffer nfqueue --commit-protection
+# pgwire / dscp, with br_netfilter's hooks on), the hook starting PostgreSQL and the guest agent,
+# PG_KERNEL stock or patched (/lab/in/guest-bzImage; dscp needs it; the guest must report it).
+# After TWO_MIN_ACKED acknowledged epochs it waits (TWO_GO_WAIT_S, 1800) for the host's /lab/go
+# instead of TWO_PROTECT_S: B's clients have had their protected load (B's "protected load
+# done" marker); then protect's status gives the NUMBERS (with nfqueue: packets held and let
+# through at once, both must be > 0; disk writes must have been forwarded) and it marks
+# ready-to-kill.
 # The host then kills this whole VM with SIGKILL (a host crash): nothing after the marker
 # is expected to run, so logs go to /lab/out before it.
 . /lab/dom0-lib.sh
 . /lab/dom0-two-lib.sh
+GUEST=${TWO_GUEST:-counter}
+[ "$GUEST" = pg ] && . /lab/dom0-pg-lib.sh
 lab_begin two-host-a
 DOMU=domu
 IP=10.99.0.2
@@ -26,13 +39,42 @@ DISK=${TWO_DISK:-1}
 HB=${TWO_HB_MS:-45000}
 INTERVAL=${TWO_INTERVAL_MS:-200}
 W=/tmp/two
+MIN=${TWO_MIN_ACKED:-3}
 
 lab_link_up "$SELF/24" || { lab_result; exit; }
 cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
 num() { local v; v=$(lab_http "$IP" 7777 "$1" "${2:-10}"); [[ "$v" =~ ^[0-9]+$ ]] && echo "$v"; }
+early_end() { # early_end WHY: the guest's console and protect's log kept
+  lab_fail "$1"; lab_guest_log $DOMU | tail; tail -n 40 /tmp/protect.err
+  cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null; lab_result; exit
+}
 
-if [ "$DISK" = 1 ]; then
+if [ "$GUEST" = pg ]; then
+  MODE=${PG_NET:-plug}
+  KERNEL=${PG_KERNEL:-stock}
+  MEM=${PROTECT_MEM:-192}
+  mkdir -p $W
+  pg_net_args "$MODE" && pg_kernel "$KERNEL" "$MODE" && pg_disk $W/disk.img || { lab_result; exit; }
+  modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
+  [ "$MODE" = plug ] || pg_br_netfilter
+  pg_hook_img $W/hook.img
+  lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
+  T_PROT=$(lab_now)
+  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
+    --heartbeat-timeout "$HB" --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 \
+    --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
+  PP=$!
+  lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms, ${NETARGS[*]}, PostgreSQL's disk $W/disk.img)"
+  lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W ||
+    { cat /tmp/protect.err; cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null; lab_result; exit; }
+  # plug: the first answer waits for the first acknowledged checkpoint (disk + memory copy)
+  lab_wait_http "$IP" 7777 /boot 1500 "$DOMU" || early_end "the domU did not answer"
+  boot0=$(lab_http_body "$IP" 7777 /boot 60)
+  pg_guest_kernel "$KERNEL" 600 # the hook reports the kernel once PostgreSQL is up
+  lab_mark "domU up boot=$boot0 kernel=${GUEST_KERNEL:-unknown}"
+  [ ${#LAB_FAILS[@]} = 0 ] || { cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null; lab_result; exit; }
+elif [ "$DISK" = 1 ]; then
   mkdir -p $W
   modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
   truncate -s 32M $W/disk.img
@@ -65,27 +107,46 @@ else
   PP=$!
   lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms)"
 fi
-acked=$(lab_wait_acked "$PP" "${TWO_MIN_ACKED:-3}" 900)
-if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt "${TWO_MIN_ACKED:-3}" ]; then
+acked=$(lab_wait_acked "$PP" "$MIN" "$([ "$GUEST" = pg ] && echo 1500 || echo 900)")
+if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt "$MIN" ]; then
   lab_fail "checkpoints were not acknowledged (acked '$acked')"
   tail -n 40 /tmp/protect.err; cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null
   lab_result; exit
 fi
 lab_mark "acked epoch $acked after $(lab_since "$T_PROT") s"
-[ "$DISK" = 1 ] && dA=$(num /disk)
-sleep "${TWO_PROTECT_S:-30}"
+if [ "$GUEST" = pg ]; then
+  # B's clients run their protected load now; the host says when it is done.
+  T_GO=$(lab_now)
+  lab_wait_file /lab/go "${TWO_GO_WAIT_S:-1800}" ||
+    early_end "no go from the host within ${TWO_GO_WAIT_S:-1800} s (B's clients' protected load)$([ -e /lab/abort ] && echo ': host aborted')"
+  lab_log "go from the host after $(lab_since "$T_GO") s (B's clients' protected load done)"
+else
+  [ "$DISK" = 1 ] && dA=$(num /disk)
+  sleep "${TWO_PROTECT_S:-30}"
+fi
 lab_status > /tmp/status-primary.json
 f() { lab_field primary "$1" < /tmp/status-primary.json; }
-DISKNUM=
-if [ "$DISK" = 1 ]; then
-  dB=$(num /disk)
+DISKNUM=; PGNUM=
+if [ "$DISK" = 1 ]; then # the counter's stamped disk, or PostgreSQL's (TWO_GUEST=pg)
+  [ "$GUEST" = pg ] || dB=$(num /disk)
   FWDN=$(f disk.forwardedWrites)
-  lab_log "while protected: blocks $dA -> $dB in ${TWO_PROTECT_S:-30} s; disk: $(f disk.resyncCopiedBytes) B copied at start, $FWDN writes / $(f disk.forwardedBytes) B forwarded, verified at epoch $(f diskVerifiedEpoch)"
-  [[ "$dA" =~ ^[0-9]+$ && "$dB" =~ ^[0-9]+$ ]] && [ "$dB" -gt "$dA" ] || lab_fail "the guest did not write its disk while protected ($dA -> $dB)"
+  DISKLOG="disk: $(f disk.resyncCopiedBytes) B copied at start, $FWDN writes / $(f disk.forwardedBytes) B forwarded, verified at epoch $(f diskVerifiedEpoch)"
+  if [ "$GUEST" = pg ]; then
+    lab_log "while protected: $DISKLOG"
+  else
+    lab_log "while protected: blocks $dA -> $dB in ${TWO_PROTECT_S:-30} s; $DISKLOG"
+    [[ "$dA" =~ ^[0-9]+$ && "$dB" =~ ^[0-9]+$ ]] && [ "$dB" -gt "$dA" ] || lab_fail "the guest did not write its disk while protected ($dA -> $dB)"
+  fi
   [[ "$FWDN" =~ ^[0-9]+$ ]] && [ "$FWDN" -gt 0 ] || lab_fail "no disk write was forwarded to the backup ($FWDN)"
-  DISKNUM=" disk_sync_bytes=$(f disk.resyncCopiedBytes) disk_zero_bytes=$(f disk.resyncZeroBytes) disk_writes_forwarded=$FWDN disk_bytes_forwarded=$(f disk.forwardedBytes) disk_verified_epoch=$(f diskVerifiedEpoch) block_at_marker=$dB"
+  DISKNUM=" disk_sync_bytes=$(f disk.resyncCopiedBytes) disk_zero_bytes=$(f disk.resyncZeroBytes) disk_writes_forwarded=$FWDN disk_bytes_forwarded=$(f disk.forwardedBytes) disk_verified_epoch=$(f diskVerifiedEpoch)"
+  [ "$GUEST" = pg ] || DISKNUM+=" block_at_marker=$dB"
 fi
-echo "XENLAB NUMBERS two-host-a: acked=$(f ackedEpoch) checkpoints=$(f checkpoints) pause_p50_ms=$(f pauseMsP50) pause_p99_ms=$(f pauseMsP99) first_pause_ms=$(f fullPauseMs) wire_bytes=$(f wireBytes) hb_ms=$HB interval_ms=$INTERVAL$DISKNUM" >&7
+if [ "$GUEST" = pg ]; then
+  HELD=; AT_ONCE=
+  [ "$MODE" = plug ] || pg_net_ledger f "$MODE"
+  PGNUM=" net=$MODE kernel=$KERNEL guest_kernel=${GUEST_KERNEL% *} mem_mib=$MEM packets_held=${HELD:-na} packets_at_once=${AT_ONCE:-na}"
+fi
+echo "XENLAB NUMBERS two-host-a: acked=$(f ackedEpoch) checkpoints=$(f checkpoints) pause_p50_ms=$(f pauseMsP50) pause_p99_ms=$(f pauseMsP99) first_pause_ms=$(f fullPauseMs) wire_bytes=$(f wireBytes) hb_ms=$HB interval_ms=$INTERVAL$DISKNUM$PGNUM" >&7
 grep -i -E "silent|lost|reconnect" /tmp/protect.err | head -5 | sed 's/^/  protect: /'
 kill -0 "$PP" 2>/dev/null || lab_fail "protect exited before the crash"
 xl list

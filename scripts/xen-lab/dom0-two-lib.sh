@@ -269,3 +269,42 @@ lab_two_pg_numbers() {
     "ledger_sessions_new_after_kill=$([ -n "$sessions_after" ] && echo $((sessions_after - sessions_before))) pgbench_clients_aborted=$PGB_ABORTED" \
     "agent_signalled=$AGENT_SIGNALLED pg_failover_logged=$PG_ABORT_LOGGED"
 }
+
+# The backup side's start (B and C): the link NIC on the bridge, the nbd module when the domU
+# has a replicated disk (the backup names a free /dev/nbdN at the first checkpoint), then
+# `remusdb backup` on 0.0.0.0:7400, and only once it listens this host's address (so the
+# primary's ping means "the backup listens"). Sets BP (the backup's pid). 1 on a failure.
+lab_two_backup_up() { # lab_two_backup_up SELF_IP DISK
+  local end
+  lab_link_up || return 1
+  [ "$2" = 1 ] && { modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"; }
+  cd "$REMUSDB" || { lab_fail "no project"; return 1; }
+  export REMUSDB_RUN_DIR=/tmp/remusdb-run
+  node bin/remusdb backup --listen 0.0.0.0:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
+  BP=$!
+  end=$((SECONDS + 120))
+  until ss -ltn 2>/dev/null | grep -q ':7400 '; do
+    if ! kill -0 $BP 2>/dev/null || [ $SECONDS -ge $end ]; then
+      lab_fail "backup did not listen on 7400"; cat /tmp/backup.err; return 1
+    fi
+    sleep 0.5
+  done
+  ip addr add "$1/24" dev "$LAB_BRIDGE"
+  lab_mark "backup listening, address $1 up"
+}
+
+# Counter mode after the primary's host was killed (B for A, C for B): the client loop until
+# the first answer after the failover, its checks and, with a disk, the disk checks against
+# this host's replica image; prints "XENLAB NUMBERS NAME: ...".
+lab_two_counter_after_kill() { # lab_two_counter_after_kill IP VICTIM AFTER_S BOOT0 DISK IMAGE NAME
+  local disknum=
+  lab_two_client "$1" /tmp/backup.err "$2" "$3"
+  xl list
+  lab_two_client_checks "$2" "$3" "$4"
+  if [ "$5" = 1 ] && [ -n "$c2" ]; then
+    lab_two_disk_checks "$1" "$6"
+    disknum=" $(lab_two_disk_numbers)"
+    xl block-list "$DOMU" 2>&1 | sed 's/^/  /'
+  fi
+  echo "XENLAB NUMBERS $7: $(lab_two_client_numbers)$disknum" >&7
+}

@@ -50,21 +50,7 @@ if [ "$GUEST" = pg ]; then
   mkdir -p $W
   pg_clients || { lab_result; exit; }
 fi
-lab_link_up || { lab_result; exit; }
-# The backup names a free /dev/nbdN for the domain's disk at the first checkpoint.
-[ "$DISK" = 1 ] && { modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"; }
-
-cd "$REMUSDB" || lab_fail "no project"
-export REMUSDB_RUN_DIR=/tmp/remusdb-run
-node bin/remusdb backup --listen 0.0.0.0:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
-BP=$!
-end=$((SECONDS + 120))
-until ss -ltn 2>/dev/null | grep -q ':7400 '; do
-  kill -0 $BP 2>/dev/null && [ $SECONDS -lt $end ] || { lab_fail "backup did not listen on 7400"; cat /tmp/backup.err; lab_result; exit; }
-  sleep 0.5
-done
-ip addr add "$SELF/24" dev "$LAB_BRIDGE"
-lab_mark "backup listening, address $SELF up"
+lab_two_backup_up "$SELF" "$DISK" || { lab_result; exit; }
 
 # 1. The domU, running on B since the first failover, answers over the link (unbuffered until
 # B's reprotection starts, then once each checkpoint is acknowledged). Bounded; /lab/abort ends it.
@@ -113,18 +99,8 @@ if [ "$GUEST" = pg ]; then
   cp "$W"/ledger-* "$W"/pgbench-*.out "$W"/*.ids "$LAB_OUT/" 2>/dev/null
 else
   # 2. Client loop until the first answer after the failover (bounded).
-  lab_two_client "$IP" /tmp/backup.err B "$AFTER_S"
-  xl list
-
-  # 3. Checks.
-  lab_two_client_checks B "$AFTER_S" "$boot0"
-  DISKNUM=
-  if [ "$DISK" = 1 ] && [ -n "$c2" ]; then
-    lab_two_disk_checks "$IP" "$REMUSDB_RUN_DIR/xen-$DOMU.backup.disk"
-    DISKNUM=" $(lab_two_disk_numbers)"
-    xl block-list "$DOMU" 2>&1 | sed 's/^/  /'
-  fi
-  echo "XENLAB NUMBERS two-host-c: $(lab_two_client_numbers)$DISKNUM" >&7
+  lab_two_counter_after_kill "$IP" B "$AFTER_S" "$boot0" "$DISK" "$REMUSDB_RUN_DIR/xen-$DOMU.backup.disk" \
+    two-host-c
 fi
 grep -E "primary|FAILOVER|resum|silent|replica disk|backup domain's disk|disk" /tmp/backup.err | head -25 | sed 's/^/  backup: /'
 kill -TERM $BP 2>/dev/null; sleep 2

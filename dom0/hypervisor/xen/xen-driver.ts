@@ -195,7 +195,10 @@ function xenOpened(
     outputs: null,
     disk: disk?.replicator ?? null,
     defaultInterfaces: () => xenVifs(xen.domid),
-    status: () => ({ guest: xen.describe(), disk: disk ? disk.replicator.stats() : null }),
+    status: () => ({
+      guest: xen.describe(),
+      disk: disk ? { sizeBytes: disk.replicator.sizeBytes, ...disk.replicator.stats() } : null,
+    }),
     close: async () => {
       if (closed) return;
       closed = true;

@@ -273,14 +273,17 @@ lab_two_pg_numbers() {
 # The backup side's start (B and C): the link NIC on the bridge, the nbd module when the domU
 # has a replicated disk (the backup names a free /dev/nbdN at the first checkpoint), then
 # `remusdb backup` on 0.0.0.0:7400, and only once it listens this host's address (so the
-# primary's ping means "the backup listens"). Sets BP (the backup's pid). 1 on a failure.
-lab_two_backup_up() { # lab_two_backup_up SELF_IP DISK
-  local end
+# primary's ping means "the backup listens"). With REUSE_IMAGE, the backup keeps that old
+# copy of the domain's disk (--reuse-disk): a session copies only the blocks that differ.
+# Sets BP (the backup's pid). 1 on a failure.
+lab_two_backup_up() { # lab_two_backup_up SELF_IP DISK [REUSE_IMAGE]
+  local end reuse=()
+  [ -n "${3:-}" ] && reuse=(--reuse-disk "$3")
   lab_link_up || return 1
   [ "$2" = 1 ] && { modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"; }
   cd "$REMUSDB" || { lab_fail "no project"; return 1; }
   export REMUSDB_RUN_DIR=/tmp/remusdb-run
-  node bin/remusdb backup --listen 0.0.0.0:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
+  node bin/remusdb backup --listen 0.0.0.0:7400 --insecure "${reuse[@]}" > /tmp/backup.out 2> /tmp/backup.err &
   BP=$!
   end=$((SECONDS + 120))
   until ss -ltn 2>/dev/null | grep -q ':7400 '; do

@@ -47,6 +47,8 @@
 #   XENLAB_VARS (NAME=value ... for all dom0s: TWO_GUEST (counter, the default, or pg),
 #   TWO_DISK (1: replicated 32 MiB disk with the
 #   stamping hook; 0: counter only), TWO_REPROTECT (1: the second phase; 0: end after B),
+#   TWO_REUSE (0; 1: A's disk image lives on its share, outlives the kill and is handed to C,
+#   whose backup keeps it with --reuse-disk: the reprotection copies only changed blocks),
 #   TWO_HB_MS (90000 with the disk, else 45000; A's protect and B's reprotect), TWO_INTERVAL_MS
 #   (200), TWO_MIN_ACKED (3), TWO_PROTECT_S (30), TWO_AFTER_KILL_S (360), TWO_C_WAIT_S (B waits
 #   for C's ping, 900), TWO_REPROTECT_WAIT_S (B waits for TWO_MIN_ACKED acks of the
@@ -72,7 +74,9 @@ xl_knobs > /dev/null # dies on a word that is not NAME=value
 GUEST=$(knob TWO_GUEST counter)
 DISK=$(knob TWO_DISK 1)
 REPROTECT=$(knob TWO_REPROTECT 1)
-[[ "$DISK" =~ ^[01]$ && "$REPROTECT" =~ ^[01]$ ]] || xl_die "TWO_DISK and TWO_REPROTECT are 0 or 1 ('$DISK', '$REPROTECT')"
+REUSE=$(knob TWO_REUSE 0)
+[[ "$DISK$REPROTECT$REUSE" =~ ^[01][01][01]$ ]] ||
+  xl_die "TWO_DISK, TWO_REPROTECT and TWO_REUSE are 0 or 1 ('$DISK', '$REPROTECT', '$REUSE')"
 PGDESC=
 case $GUEST in
   counter) ;;
@@ -258,6 +262,11 @@ if [ -z "$why" ] && [ "$REPROTECT" = 1 ] && [[ "$RB" == *": PASS" ]]; then
   # The domU's boot id as B saw it in phase 1: C checks the domain it ends up with is that one.
   BOOT0=$(tr -d '\r' < "$RUN/b/serial.log" | sed -n 's/.*two-host-b: domU answers over the link, boot \([0-9A-Za-z-]*\).*/\1/p' | head -1)
   printf 'export TWO_BOOT0=%q\n' "$BOOT0" >> "$RUN/c/share/env"
+  if [ "$REUSE" = 1 ]; then # A's disk as its host's crash left it: C's backup keeps it (--reuse-disk)
+    mkdir -p "$RUN/c/share/keep" && cp --sparse=always "$RUN/a/share/keep/disk.img" "$RUN/c/share/keep/old-disk.img" &&
+      xl_log "A's disk image handed to C ($(du -h "$RUN/c/share/keep/old-disk.img" | cut -f1) used)" ||
+      xl_log "WARNING: no A disk image to hand to C"
+  fi
   xl_log "B passed phase 1 (boot id ${BOOT0:-?}); booting C (A's MAC and address; connects to B's port $PORT again)"
   boot c 52:54:00:00:00:0a "connect=127.0.0.1:$PORT" "$TIMEOUT_C"
   end=$(( $(now_s) + REPROTECT_WAIT_S )); linked=

@@ -36,6 +36,10 @@ IP=10.99.0.2
 SELF=${TWO_SELF_IP:-10.99.0.1}
 PEER=${TWO_PEER_IP:-10.99.0.10}
 DISK=${TWO_DISK:-1}
+# TWO_REUSE=1: the disk image lives on the host's share (/lab/keep), so it outlives this VM's
+# SIGKILL as a real host's disk outlives its crash; the host hands it to C (backup --reuse-disk).
+DISKIMG=/tmp/two/disk.img
+[ "${TWO_REUSE:-0}" = 1 ] && { mkdir -p /lab/keep; DISKIMG=/lab/keep/disk.img; }
 HB=${TWO_HB_MS:-45000}
 INTERVAL=${TWO_INTERVAL_MS:-200}
 W=/tmp/two
@@ -55,17 +59,17 @@ if [ "$GUEST" = pg ]; then
   KERNEL=${PG_KERNEL:-stock}
   MEM=${PROTECT_MEM:-192}
   mkdir -p $W
-  pg_net_args "$MODE" && pg_kernel "$KERNEL" "$MODE" && pg_disk $W/disk.img || { lab_result; exit; }
+  pg_net_args "$MODE" && pg_kernel "$KERNEL" "$MODE" && pg_disk $DISKIMG || { lab_result; exit; }
   modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
   [ "$MODE" = plug ] || pg_br_netfilter
   pg_hook_img $W/hook.img
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
   node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
-    --heartbeat-timeout "$HB" --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 \
+    --heartbeat-timeout "$HB" --disk-image $DISKIMG --disk-listen 127.0.0.1:10809 \
     --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!
-  lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms, ${NETARGS[*]}, PostgreSQL's disk $W/disk.img)"
+  lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms, ${NETARGS[*]}, PostgreSQL's disk $DISKIMG)"
   lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" $W/hook.img $W ||
     { cat /tmp/protect.err; cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null; lab_result; exit; }
   # plug: the first answer waits for the first acknowledged checkpoint (disk + memory copy)
@@ -77,15 +81,15 @@ if [ "$GUEST" = pg ]; then
 elif [ "$DISK" = 1 ]; then
   mkdir -p $W
   modprobe nbd nbds_max=8 || lab_fail "modprobe nbd failed"
-  truncate -s 32M $W/disk.img
+  truncate -s 32M $DISKIMG
   lab_disk_stamp_hook $W/hook.img
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
   node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure --net-buffer plug -i "$INTERVAL" \
-    --heartbeat-timeout "$HB" --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 \
+    --heartbeat-timeout "$HB" --disk-image $DISKIMG --disk-listen 127.0.0.1:10809 \
     --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!
-  lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms, disk $W/disk.img)"
+  lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms, disk $DISKIMG)"
   lab_domu_on_nbd0 $PP "$DOMU" "$IP" 00:16:3e:00:00:02 128 $W/hook.img $W phy ||
     { cat /tmp/protect.err; cp /tmp/protect.* "$LAB_OUT/" 2>/dev/null; lab_result; exit; }
   lab_log "disk: $(grep -h 'disk:' /tmp/protect.err | tail -2 | tr '\n' ' ')"

@@ -50,7 +50,15 @@ if [ "$GUEST" = pg ]; then
   mkdir -p $W
   pg_clients || { lab_result; exit; }
 fi
-lab_two_backup_up "$SELF" "$DISK" || { lab_result; exit; }
+# TWO_REUSE=1: A's disk image as it was when its host was killed (kept on the host's share),
+# so the reprotection copies only the blocks that changed since (and verifies the rest).
+OLD=
+if [ "${TWO_REUSE:-0}" = 1 ]; then
+  OLD=/tmp/two-old-disk.img
+  cp --sparse=always /lab/keep/old-disk.img "$OLD" || { lab_fail "no /lab/keep/old-disk.img (A's disk)"; lab_result; exit; }
+  lab_log "A's old disk kept: $(du -h --apparent-size "$OLD" | cut -f1) ($(du -h "$OLD" | cut -f1) used)"
+fi
+lab_two_backup_up "$SELF" "$DISK" $OLD || { lab_result; exit; }
 
 # 1. The domU, running on B since the first failover, answers over the link (unbuffered until
 # B's reprotection starts, then once each checkpoint is acknowledged). Bounded; /lab/abort ends it.

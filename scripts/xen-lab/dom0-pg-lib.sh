@@ -44,7 +44,15 @@ pg_kernel() { # pg_kernel PG_KERNEL PG_NET: 1 after lab_fail
 # The kernel the guest booted (its hook's /kernel: "release remus_protect=0|1", within SECONDS):
 # with PG_KERNEL=patched it must be guest-kernel.sh's, with the patch. Sets GUEST_KERNEL.
 pg_guest_kernel() { # pg_guest_kernel PG_KERNEL SECONDS
-  GUEST_KERNEL=$(lab_http_body "$IP" 7777 /kernel "$2")
+  # The hook writes /kernel once PostgreSQL is up; before that busybox httpd answers 404.
+  local end=$((SECONDS + $2))
+  GUEST_KERNEL=
+  while [ $SECONDS -lt $end ]; do
+    GUEST_KERNEL=$(lab_http_body "$IP" 7777 /kernel 10)
+    [[ "$GUEST_KERNEL" == *remus_protect=* ]] && break
+    GUEST_KERNEL=
+    sleep 2
+  done
   lab_log "guest kernel: ${GUEST_KERNEL:-unknown}; agent: $(lab_http "$IP" 7777 /agentlog | tail -n 1)"
   if [ "$1" = patched ]; then
     [ "${GUEST_KERNEL% *}" = "$(cat /lab/in/guest-kernel.release)" ] && [ "${GUEST_KERNEL#* }" = remus_protect=1 ] ||

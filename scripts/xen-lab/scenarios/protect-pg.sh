@@ -76,7 +76,7 @@ early_end() { # early_end WHY
 pg_ok || early_end "PostgreSQL in the domU did not answer"
 [ -n "$boot0" ] || early_end "the guest's boot id could not be read (GET /boot stayed empty)"
 lab_log "PostgreSQL answers after $(lab_since "$t") s: $(psql -X -Atc 'SELECT version()' | cut -c1-40); boot $boot0"
-pg_guest_kernel "$KERNEL" 60
+pg_guest_kernel "$KERNEL" 300 # plug: the first checkpoint may hold its answer for a minute or more
 
 acked=$(lab_wait_acked "$PP" 3 600)
 { [[ "$acked" =~ ^[0-9]+$ ]] && [ "$acked" -ge 3 ]; } ||

@@ -100,4 +100,9 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   checksum(): MaybePromise<number> {
     return this.rangeCrcs.checksum(this.target);
   }
+
+  /** The same on this thread (the failover's check of a simulated replica, before its guest runs). */
+  checksumNow(): number {
+    return this.rangeCrcs.checksumNow(this.target);
+  }
 }

@@ -241,15 +241,14 @@ function registerProtect(program: Command): void {
       'replicate to nowhere: checkpoints are taken, encoded and acknowledged locally (xl remus -b)',
     )
     .option('-F, --unsafe', 'allow unsafe configurations (xl remus -F)');
-  addPacingOptions(addSecurityOptions(protect))
-    .option(
-      '--max-pause-share <fraction>',
-      `--trigger output: checkpoints a held output starts keep the guest paused at most this share of ` +
-        `every ${PAUSE_SHARE_WINDOW_MS} ms (the interval's own checkpoints are not held back); ` +
-        '--interval auto: the share its interval is chosen for',
-      fractionOption('--max-pause-share', 0, 1),
-      MAX_PAUSE_SHARE_DEFAULT,
-    );
+  addPacingOptions(addSecurityOptions(protect)).option(
+    '--max-pause-share <fraction>',
+    `--trigger output: checkpoints a held output starts keep the guest paused at most this share of ` +
+      `every ${PAUSE_SHARE_WINDOW_MS} ms (the interval's own checkpoints are not held back); ` +
+      '--interval auto: the share its interval is chosen for',
+    fractionOption('--max-pause-share', 0, 1),
+    MAX_PAUSE_SHARE_DEFAULT,
+  );
   addSimGuestOptions(protect)
     .option(
       '--disk-buffer <size>',

@@ -9,7 +9,6 @@
 // ERR_HANDSHAKE before any memory is mapped; the replica owns its disk from the constructor
 // on, so a refused or failed construction closes it.
 import { ErrorCode, RemusError } from '../../errors';
-import type { ReplicaDisk } from '../../ports';
 import type { DriverReplica } from '../driver';
 import { OutputBuffer } from '../../engine/output-buffer';
 import { realClock } from '../../engine/clock';
@@ -19,7 +18,6 @@ import { loadAddon, type NativeArena } from '../../native';
 import { parseHostPort } from '../../protocol/channel';
 import type { BlockFile } from '../../../blktap/block-file';
 import { DiskReplicator } from '../../../blktap/replicator';
-import { diskChecksum } from '../../../blktap/disk-source';
 import { EpochHeldDisk } from '../../../blktap/replica-disk';
 import { checkSimGuestFitsHost } from './guest-size';
 import { OutputSink } from './output-sink';
@@ -38,7 +36,7 @@ export class SimReplica implements DriverReplica {
   gate: OutputBuffer<SimOutput> | null = null;
   replicator: DiskReplicator | null = null;
   /** The replica disk as the backup engine sees it (the file, with the writes it holds per epoch). */
-  readonly disk: ReplicaDisk | null;
+  readonly disk: EpochHeldDisk | null;
 
   /**
    * checksumImage: at failover, CRC32C the committed image before the guest runs (verification
@@ -120,7 +118,9 @@ export class SimReplica implements DriverReplica {
     const t0 = performance.now();
     const imageCrc32c = this.checksumImage ? this.image.crc32c() : null;
     const imageChecksumMs = this.checksumImage ? performance.now() - t0 : 0;
-    const disk = this.diskFile ? { diskCrc32c: diskChecksum(this.diskFile), diskPath: this.diskFile.path } : {};
+    // From the replica's range table: only ranges changed since the last check are read.
+    const disk =
+      this.diskFile && this.disk ? { diskCrc32c: this.disk.checksumNow(), diskPath: this.diskFile.path } : {};
     const client = this.client ? parseHostPort(this.client, 0) : null;
     const sink = (this.sink = new OutputSink(client));
     const gate = (this.gate = new OutputBuffer<SimOutput>((o) => sink.deliver(o)));

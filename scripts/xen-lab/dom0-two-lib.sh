@@ -311,3 +311,14 @@ lab_two_counter_after_kill() { # lab_two_counter_after_kill IP VICTIM AFTER_S BO
   fi
   echo "XENLAB NUMBERS $7: $(lab_two_client_numbers)$disknum" >&7
 }
+
+# A backup host's PostgreSQL knobs (B and C): the work folder and protect-pg's load knobs.
+# shellcheck disable=SC2034 # dom0-pg-lib.sh's
+lab_two_pg_knobs() {
+  W=/tmp/pg
+  MODE=${PG_NET:-plug}
+  RUN_S=${PG_SECONDS:-45}
+  CLIENTS=${PG_CLIENTS:-2}
+  LEDGERS=${PG_LEDGERS:-2}
+  mkdir -p $W
+}

@@ -63,16 +63,7 @@ DISK=${TWO_DISK:-1}
 HB=${TWO_HB_MS:-45000}
 INTERVAL=${TWO_INTERVAL_MS:-200}
 NETARGS=(--net-buffer plug) # the reprotection's; PG_NET's with TWO_GUEST=pg
-# shellcheck disable=SC2034 # dom0-pg-lib.sh's
-if [ "$GUEST" = pg ]; then
-  W=/tmp/pg
-  MODE=${PG_NET:-plug}
-  RUN_S=${PG_SECONDS:-45}
-  CLIENTS=${PG_CLIENTS:-2}
-  LEDGERS=${PG_LEDGERS:-2}
-  mkdir -p $W
-  pg_net_args "$MODE" && pg_clients || { lab_result; exit; }
-fi
+[ "$GUEST" = pg ] && { lab_two_pg_knobs && pg_net_args "$MODE" && pg_clients || { lab_result; exit; }; }
 lab_two_backup_up "$SELF" "$DISK" || { lab_result; exit; }
 
 if [ "$GUEST" = pg ]; then

@@ -40,16 +40,7 @@ IP=10.99.0.2
 SELF=${TWO_SELF_IP:-10.99.0.1}
 AFTER_S=${TWO_AFTER_KILL_S:-360}
 DISK=${TWO_DISK:-1}
-# shellcheck disable=SC2034 # dom0-pg-lib.sh's
-if [ "$GUEST" = pg ]; then
-  W=/tmp/pg
-  MODE=${PG_NET:-plug}
-  RUN_S=${PG_SECONDS:-45}
-  CLIENTS=${PG_CLIENTS:-2}
-  LEDGERS=${PG_LEDGERS:-2}
-  mkdir -p $W
-  pg_clients || { lab_result; exit; }
-fi
+[ "$GUEST" = pg ] && { lab_two_pg_knobs && pg_clients || { lab_result; exit; }; }
 # TWO_REUSE=1: A's disk image as it was when its host was killed (kept on the host's share),
 # so the reprotection copies only the blocks that changed since (and verifies the rest).
 OLD=

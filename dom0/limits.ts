@@ -133,3 +133,18 @@ export const POOL_BACKUP_PATIENCE_MS_DEFAULT = 30_000;
  */
 export const CONTROL_ANSWER_TIMEOUT_MS = 3000;
 export const REPROTECT_START_TIMEOUT_MS = 120_000;
+
+/**
+ * The packet trace (REMUSDB_NET_TRACE, diagnostics): lines written at most, and lines buffered
+ * before an append (besides one at each barrier and release).
+ */
+export const NET_TRACE_LINES_MAX = 200_000;
+export const NET_TRACE_FLUSH_LINES = 512;
+
+/**
+ * What a backup takes in before it stops reading the link: records queued behind a commit
+ * that waits (disk writes, disk check) plus disk writes not on its disk yet. Reading resumes
+ * under half of it. 64 MiB is ~0.5 s of a 1 Gbit/s link; a disk that writes slower than the
+ * primary sends is felt by the primary as a send backlog, which paces its copies.
+ */
+export const BACKUP_INTAKE_BYTES_HIGH = 64 * 2 ** 20;

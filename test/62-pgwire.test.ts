@@ -8,6 +8,11 @@
 import { strict as assert } from 'node:assert';
 import { PgwireClassifier } from '../dom0/net/pgwire-classifier';
 import { PgwireParser } from '../dom0/net/pgwire-parser';
+import { PacketTrace } from '../dom0/net/packet-trace';
+import { NET_TRACE_LINES_MAX } from '../dom0/limits';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { ETH_P_IP, ETH_P_IPV6 } from '../dom0/net/classify-dscp';
 import { Prng } from '../dom0/util/prng';
 import {
@@ -25,6 +30,7 @@ import {
   TCP_ACK,
   TCP_FIN,
   TCP_RST,
+  TCP_SYN,
   udpPacket,
 } from './support/pg-packets';
 
@@ -317,6 +323,33 @@ describe('62 pgwire classifier', () => {
       }
       assert.equal(c.stats.opaqueFlows, 0);
       assert.equal(c.stats.commits, commitCycle.filter(Boolean).length);
+    }
+  });
+
+  it('the packet trace (REMUSDB_NET_TRACE) writes a line per packet with its flow mode, barriers and releases, bounded', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-62-'));
+    try {
+      const file = path.join(dir, 'trace.txt');
+      const c = new PgwireClassifier();
+      const trace = new PacketTrace(file, (key) => c.flowMode(key));
+      const syn = tcpPacket({ seq: 99, sport: 5432, dport: 4000, flags: TCP_SYN | 0x10 });
+      trace.packet(syn, c.classify(syn, ETH_P_IP), 'accept', 3);
+      trace.packet(udpPacket(0), 'hold', 'held', 3);
+      trace.barrier(3);
+      const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+      assert.match(lines[0], /^# remusdb packet trace /);
+      assert.match(
+        lines[1],
+        /^[\d.]+ e3 release accept 127\.60\.0\.2:5432>127\.60\.0\.3:4000 S\. seq=99 .*mode=start$/,
+      );
+      assert.match(lines[2], /^[\d.]+ e3 hold held other-ip proto=17$/);
+      assert.match(lines[3], /^[\d.]+ barrier e3$/);
+      for (let i = 0; i < NET_TRACE_LINES_MAX + 10; i++) trace.release(i);
+      trace.flush();
+      const n = fs.readFileSync(file, 'utf8').trim().split('\n').length;
+      assert.equal(n, NET_TRACE_LINES_MAX + 1, 'the header and NET_TRACE_LINES_MAX lines, no more');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -13,6 +13,7 @@ import { ExposureTracker } from './failover-reset';
 import type { GuestMatch } from './iptables-rules';
 import { NFQUEUE_DEFAULTS, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
 import type { Classifier } from './packet-ledger';
+import { PacketTrace, teeObservers } from './packet-trace';
 import { PgwireClassifier } from './pgwire-classifier';
 import { setupPlug } from './plug-buffer';
 
@@ -108,6 +109,8 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     classify = pgwire.classify;
   }
   const exposure = o.commitProtection === 'off' || inKernel ? null : new ExposureTracker();
+  const tracePath = process.env.REMUSDB_NET_TRACE || undefined;
+  const trace = tracePath ? new PacketTrace(tracePath, (key) => pgwire?.flowMode(key)) : null;
   const pg = o.commitProtection === 'pgwire';
   const copyBytes = o.copyBytes ?? (pg ? PGWIRE_COPY_BYTES : NFQUEUE_DEFAULTS.copyBytes);
   const batchMax = pg ? PGWIRE_BATCH_MAX : NFQUEUE_DEFAULTS.batchMax;
@@ -117,7 +120,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     netns: o.netns,
     queueNum: o.queueNum,
     classify,
-    observer: exposure ?? undefined,
+    observer: teeObservers([exposure, trace].filter((x) => x !== null)),
     copyBytes,
     batchMax,
     onlyDscp: inKernel ? dscp : undefined,
@@ -143,7 +146,10 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
       exposedFlows: exposure?.flowCount ?? null,
     }),
-    close: () => dev.teardown(),
+    close: () => {
+      dev.teardown();
+      trace?.flush();
+    },
   };
 }
 

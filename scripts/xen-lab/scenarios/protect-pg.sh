@@ -58,7 +58,8 @@ cd "$REMUSDB" || lab_fail "no project"
 export REMUSDB_RUN_DIR=/tmp/remusdb-run
 node bin/remusdb backup --listen 127.0.0.1:7400 --insecure > $W/backup.out 2> $W/backup.err &
 BP=$!
-node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$INTERVAL" \
+TRACE=${NET_TRACE:+$LAB_OUT/net-trace.txt} # NET_TRACE=1: every packet of the guest (packet-trace.ts)
+REMUSDB_NET_TRACE=$TRACE node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" -i "$INTERVAL" \
   --heartbeat-timeout "${PROTECT_HB_MS:-90000}" --disk-image $W/disk.img --disk-listen 127.0.0.1:10809 \
   --disk-device /dev/nbd0 --wait-domain 900 > $W/protect.out 2> $W/protect.err &
 PP=$!

@@ -65,7 +65,8 @@ if [ "$GUEST" = pg ]; then
   pg_hook_img $W/hook.img
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
-  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
+  TRACE=${NET_TRACE:+$LAB_OUT/net-trace.txt} # NET_TRACE=1: every packet of the guest (packet-trace.ts)
+  REMUSDB_NET_TRACE=$TRACE node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
     --heartbeat-timeout "$HB" --disk-image $DISKIMG --disk-listen 127.0.0.1:10809 \
     --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!

@@ -109,6 +109,19 @@ export class BlockFile {
       done += this.io(() => fs.writeSync(this.fd, data, done, data.length - done, offsetBytes + done));
   }
 
+  /** write() on libuv's thread pool (the backup's DiskIoQueue): done(ERR_IO) on failure. */
+  writeAsync(offsetBytes: number, data: Uint8Array, done: (e: Error | null) => void): void {
+    this.check(offsetBytes, data.length);
+    const more = (written: number): void => {
+      if (written >= data.length) return done(null);
+      fs.write(this.fd, data, written, data.length - written, offsetBytes + written, (e, n) => {
+        if (e) return done(new RemusError(ErrorCode.IO, `disk image ${this.path}: ${e.message}`, {}, { cause: e }));
+        more(written + n);
+      });
+    };
+    more(0);
+  }
+
   zero(offsetBytes: number, lengthBytes: number): void {
     this.check(offsetBytes, lengthBytes);
     for (let done = 0; done < lengthBytes; done += ZERO_CHUNK.length) {

@@ -3,15 +3,15 @@
 // until their checkpoint commits. Whoever makes a replica makes its disk here and hands it
 // over; the engine sees only the port, never the file or the buffer. Every change to the disk
 // passes here, so its per-range CRC table (replica-range-crcs.ts) knows what changed, and the
-// checksum at a verified commit reads only that.
+// checksum at a verified commit reads only that. The resync copy's writes (GiBs) reach a file
+// through a DiskIoQueue (libuv's pool, in order); a commit's are written at once, after the
+// caller waited for afterWrites — as must anyone who reads or checksums the disk.
 import type { DiskRange, MaybePromise, ReplicaDisk } from '../dom0/ports';
 import type { DiskWrite } from '../dom0/protocol/records';
-import { isZero } from './disk-source';
+import { assert } from '../dom0/assert';
+import { DiskIoQueue } from './disk-io-queue';
 import { ReplicaRangeCrcs } from './replica-range-crcs';
 import { type DiskTarget, EpochBuffer, applyWrite } from './epoch-buffer';
-
-/** What zeroSync reads at a time to find the pieces of a zero range that are not zero yet. */
-const ZERO_SYNC_PIECE_BYTES = 1024 * 1024;
 
 export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements ReplicaDisk {
   /** Bound 0 until a session sets one (holdFrom): nothing is held outside a session. */
@@ -19,10 +19,14 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
 
   /** CRC32C per 1 MiB range, known where nothing changed since it was computed. */
   readonly rangeCrcs: ReplicaRangeCrcs;
-  /** The target as committed writes reach it: each change makes its ranges unknown. */
+  /**
+   * The target as committed writes reach it (each change makes its ranges unknown): at once
+   * (commit), or queued behind the resync's writes (apply, before a session's first commit).
+   */
   private readonly tracked: DiskTarget;
-  /** zeroSync's read buffer, made at its first use. */
-  private zeroSyncBuf: Uint8Array | null = null;
+  private readonly trackedQueued: DiskTarget;
+  /** The resync's writes (and apply's), in order: at once for a disk in memory, on libuv's pool for a file. */
+  readonly io: DiskIoQueue;
 
   /** rangeCrcBytes: the CRC table's range (replica-range-crcs.ts); a test's small disk uses less. */
   constructor(
@@ -30,6 +34,7 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     rangeCrcBytes?: number,
   ) {
     const crcs = (this.rangeCrcs = new ReplicaRangeCrcs(target.sizeBytes, rangeCrcBytes));
+    const io = (this.io = new DiskIoQueue(target));
     this.tracked = {
       sizeBytes: target.sizeBytes,
       write: (off, data) => {
@@ -40,9 +45,20 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
         crcs.changed(off, len);
         target.zero(off, len);
       },
-      read: (off, into) => target.read(off, into),
-      flush: () => target.flush(),
-      flushSoon: () => (target.flushSoon ?? target.flush).call(target),
+      read: (off, into) => this.read(off, into),
+      flush: () => this.flush(),
+      flushSoon: () => this.flushSoon(),
+    };
+    this.trackedQueued = {
+      ...this.tracked,
+      write: (off, data) => {
+        crcs.changed(off, data.length);
+        io.write(off, data); // apply()'s own copy
+      },
+      zero: (off, len) => {
+        crcs.changed(off, len);
+        io.zero(off, len);
+      },
     };
   }
 
@@ -50,28 +66,47 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     return this.target.sizeBytes;
   }
   write(offsetBytes: number, data: Uint8Array): void {
-    this.target.write(offsetBytes, data);
+    this.io.write(offsetBytes, this.io.isAsync ? Buffer.from(data) : data);
     this.rangeCrcs.synced(offsetBytes, data.length, data);
   }
   read(offsetBytes: number, into: Uint8Array): void {
+    this.assertWritten('read');
     this.target.read(offsetBytes, into);
   }
   zeroSync(offsetBytes: number, lengthBytes: number): void {
-    // One buffer for every zero range of a copy (a thin disk's copy is mostly zero ranges).
-    const piece = (this.zeroSyncBuf ??= new Uint8Array(ZERO_SYNC_PIECE_BYTES));
-    for (let done = 0; done < lengthBytes; done += piece.length) {
-      const n = Math.min(piece.length, lengthBytes - done);
-      const view = piece.subarray(0, n);
-      this.target.read(offsetBytes + done, view);
-      if (!isZero(view)) this.target.zero(offsetBytes + done, n);
-    }
+    this.io.zero(offsetBytes, lengthBytes, true);
     this.rangeCrcs.synced(offsetBytes, lengthBytes, null);
   }
   flush(): void {
+    this.assertWritten('flush');
     this.target.flush();
   }
+  /** An fdatasync on the pool once what is queued is written (the failover's flush makes it certain). */
   flushSoon(): void {
-    (this.target.flushSoon ?? this.target.flush).call(this.target);
+    const start = (): void => (this.target.flushSoon ?? this.target.flush).call(this.target);
+    if (this.flushAfterWrites) return; // one waits already: it covers these writes too
+    this.flushAfterWrites = true;
+    const waits = this.io.afterWrites((e) => {
+      this.flushAfterWrites = false;
+      if (!e) start();
+    });
+    if (waits) return;
+    this.flushAfterWrites = false;
+    start();
+  }
+  /** flushSoon waits for the queued writes (once however often it is asked). */
+  private flushAfterWrites = false;
+  get pendingBytes(): number {
+    return this.io.pendingBytes;
+  }
+  afterWrites(done: (e: Error | null) => void): boolean {
+    return this.io.afterWrites(done);
+  }
+  whenPendingAtMost(bytes: number, done: () => void): boolean {
+    return this.io.whenAtMost(bytes, done);
+  }
+  abandonWrites(done: () => void): void {
+    this.io.abandon(done);
   }
 
   holdFrom(bytesMax: number): void {
@@ -83,13 +118,17 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     this.held.add(w, committed);
   }
 
+  /** Writes the epochs' held writes on this thread: the caller waited for afterWrites (no pending write). */
   commit(epoch: number): { writes: number; bytes: number } {
+    this.assertWritten('commit');
     const { writes, bytes } = this.held.commit(epoch, this.tracked);
     return { writes, bytes };
   }
 
   apply(w: DiskWrite): void {
-    if (applyWrite(w, this.tracked)) this.flushSoon();
+    this.held.commit(w.epoch, this.trackedQueued); // any held before it first, in order
+    const own = this.io.isAsync && w.data ? { ...w, data: Buffer.from(w.data) } : w; // the record's bytes are not ours
+    if (applyWrite(own, this.trackedQueued)) this.flushSoon();
   }
 
   discard(): DiskRange[] {
@@ -98,11 +137,17 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
 
   /** The whole disk's CRC32C (the caller keeps it still): only ranges changed since they were known are read. */
   checksum(): MaybePromise<number> {
+    this.assertWritten('checksum');
     return this.rangeCrcs.checksum(this.target);
   }
 
   /** The same on this thread (the failover's check of a simulated replica, before its guest runs). */
   checksumNow(): number {
+    this.assertWritten('checksumNow');
     return this.rangeCrcs.checksumNow(this.target);
+  }
+
+  private assertWritten(what: string): void {
+    assert(this.io.pendingBytes === 0, `${what} of the backup's disk with ${this.io.pendingBytes} bytes still queued`);
   }
 }

@@ -131,10 +131,30 @@ export interface ReplicaDisk {
    * written, so a fresh sparse image stays sparse; an image of an earlier session is overwritten.
    */
   zeroSync(offsetBytes: number, lengthBytes: number): void;
-  /** Reads the disk as it is (disk references resolve against it at commit). */
+  /** Reads the disk as it is (disk references resolve against it at commit); nothing may be pending. */
   read(offsetBytes: number, into: Uint8Array): void;
-  /** Durable now (at failover, before the domain resumes here). */
+  /** Durable now (at failover, before the domain resumes here); nothing may be pending. */
   flush(): void;
+  /**
+   * Writes (resync, committed epochs) queued but not on the disk yet: a file is written on
+   * libuv's pool, in order (blktap/disk-io-queue.ts); a disk in memory has none.
+   */
+  readonly pendingBytes: number;
+  /**
+   * false when nothing is pending (done is not called); else true, and done runs once every
+   * write queued so far is on the disk — or with the I/O error that stopped them (ERR_IO).
+   */
+  afterWrites(done: (e: Error | null) => void): boolean;
+  /**
+   * The replica is let go with nothing of its session committed: queued writes not started are
+   * dropped (the primary copies them again); done runs once none is under way (at once when idle).
+   */
+  abandonWrites(done: () => void): void;
+  /**
+   * Flow control: false when at most bytes are pending; else true, and done runs once they are.
+   * One watch: a new one replaces the last, which then never runs.
+   */
+  whenPendingAtMost(bytes: number, done: () => void): boolean;
   /** Durable soon, without blocking (the failover flush makes it certain). */
   flushSoon(): void;
   /** A session begins: what is held is dropped (the primary resyncs it); from now on at most bytesMax is held. */
@@ -144,9 +164,15 @@ export interface ReplicaDisk {
    * committed or before the last held one, ERR_DISK_BUFFER_FULL past the bound.
    */
   hold(w: DiskWrite, committed: number | null): void;
-  /** Applies the held writes of epochs ≤ epoch, in arrival order (flushing soon when one asked for it). */
+  /**
+   * Applies the held writes of epochs ≤ epoch, in arrival order (flushing soon when one asked for
+   * it), on this thread: nothing may be pending (the caller waited for afterWrites).
+   */
   commit(epoch: number): { writes: number; bytes: number };
-  /** Applies one write at once (flushing soon when it asks for durability). */
+  /**
+   * Applies one write now, after the held writes of its epoch and before (flushing soon when it
+   * asks for durability); like the resync's, these may be queued for the disk (pendingBytes).
+   */
   apply(w: DiskWrite): void;
   /** Drops everything held (failover, release): the ranges of the writes dropped. */
   discard(): DiskRange[];
@@ -220,6 +246,11 @@ export interface Link {
   /** Ends the connection (idempotent). */
   close(): void;
   onRecord(cb: (type: number, body: Buffer) => void): void;
+  /**
+   * true: stop reading the connection (records already read are still delivered); false: read
+   * again. The receiver's flow control (a backup whose disk is behind). Absent: always reads.
+   */
+  holdReading?(held: boolean): void;
   /** Called once when the channel ends; error when it broke. */
   onClose(cb: (error: Error | null) => void): void;
   readonly remote: string;

@@ -7,7 +7,9 @@
 // seeds pace checkpoints by held outputs too (--trigger output: floods, sparse outputs, bursts
 // while a checkpoint streams, a crash or a cut at a phase of an early checkpoint), under a
 // pause share bound the simulator checks from the guest's own pauses; some under --interval
-// auto (the interval chosen from the pauses, never outside its bounds). A failing seed
+// auto (the interval chosen from the pauses, never outside its bounds); half with a backup
+// disk whose writes land later (libuv's pool) and a backup that stops reading past its intake
+// bound (flow control). A failing seed
 // reproduces with SIM_SEED=<n> npm test (SIM_TRACE=1 prints every event).
 import { strict as assert } from 'node:assert';
 import { runWorld, type WorldResult } from './support/sim-world';
@@ -29,7 +31,9 @@ describe('40 engine simulator', () => {
       early = 0,
       heldBack = 0,
       autoSeeds = 0,
-      autoShorter = 0;
+      autoShorter = 0,
+      diskWriteWaits = 0,
+      intakeHolds = 0;
     for (const s of seeds) {
       const r = runWorld(s);
       kinds[r.fault.kind] = (kinds[r.fault.kind] ?? 0) + 1;
@@ -41,6 +45,8 @@ describe('40 engine simulator', () => {
       heldBack += r.checkpointsHeldBack;
       if (r.intervalAuto) autoSeeds++;
       if (r.intervalAuto && r.intervalMsLast < 20) autoShorter++;
+      diskWriteWaits += r.diskWriteWaits;
+      intakeHolds += r.intakeHolds;
       if (r.violations.length) failures.push(r);
     }
     assertNoViolations(failures, seeds.length);
@@ -57,6 +63,11 @@ describe('40 engine simulator', () => {
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
       // --interval auto paced a quarter of the seeds, and shortened the interval where pauses were cheap.
       assert.ok(autoSeeds > seeds.length / 5 && autoShorter > autoSeeds / 4, `auto: ${autoSeeds}, ${autoShorter}`);
+      // Backups' disk writes landed later (commits waited for them) and their intake held the link.
+      assert.ok(
+        diskWriteWaits > seeds.length / 20 && intakeHolds > seeds.length / 20,
+        `commits waited for the disk ${diskWriteWaits} times, the link was held ${intakeHolds}`,
+      );
     }
   });
 

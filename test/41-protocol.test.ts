@@ -121,6 +121,42 @@ describe('41 protocol', () => {
     assert.ok(longestRun <= LINK_TURN_MS_MAX / BUSY_MS + 2, `${longestRun} records in one turn`);
   });
 
+  it('41.6b holdReading stops reading the socket (the sender backs up); released, all come in order', async () => {
+    const RECORDS = 512; // 32 MiB: more than the kernel's buffers on both sides hold
+    let linkCb: (l: Link) => void = () => {};
+    const linked = new Promise<Link>((resolve) => (linkCb = resolve));
+    const listener = await listenLinks('127.0.0.1', 0, { insecure: true }, (l) => linkCb(l));
+    const client = net.connect(listener.port, '127.0.0.1');
+    const link = await linked;
+    const got: number[] = [];
+    link.onRecord((_t, body) => {
+      if (got.length === 0) link.holdReading!(true);
+      got.push(body[0] + 256 * body[1]);
+    });
+    for (let i = 0; i < RECORDS; i++) {
+      const body = Buffer.alloc(64 * 1024);
+      body.writeUInt16LE(i, 0);
+      client.write(encodeRecord(Rec.HEARTBEAT, body));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const whileHeld = got.length;
+    const backlog = client.writableLength;
+    link.holdReading!(true); // idempotent
+    link.holdReading!(false);
+    const deadline = Date.now() + 10_000;
+    while (got.length < RECORDS && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    client.destroy();
+    listener.close();
+    assert.ok(whileHeld < RECORDS / 2, `${whileHeld} of ${RECORDS} records delivered while reading was held`);
+    assert.ok(backlog > 0, 'the sender backed up');
+    assert.equal(got.length, RECORDS, 'released: every record arrived');
+    assert.deepEqual(
+      got,
+      Array.from({ length: RECORDS }, (_, i) => i),
+      'in order',
+    );
+  });
+
   it('41.7 the TLS channel runs DHE-PSK with AES-256-GCM, and serves a peer that offers only ChaCha20', async () => {
     const sec = { psk: randomBytes(32) };
     let linkCb: (l: Link) => void = () => {};

@@ -5,8 +5,6 @@
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
 import type { DiskLink } from '../dom0/ports';
-import { PageEncoder } from '../dom0/memory/page-codec';
-import { GuestProgram } from '../dom0/hypervisor/sim/guest-program';
 import { BlockGenerations } from '../blktap/block-generations';
 import { ReadTracker } from '../blktap/read-tracker';
 import { loadAddon } from '../dom0/native';
@@ -19,7 +17,6 @@ import {
   DW_FLUSH,
   DW_FUA,
   DW_ZEROES,
-  PROTOCOL_VERSION,
   Rec,
   checkpointBegin,
   checkpointEnd,
@@ -29,13 +26,13 @@ import {
   diskSyncZeroesBody,
   diskWriteBody,
   diskRefsBody,
-  jsonBody,
   parseDiskSync,
   parseDiskWrite,
   withEpoch,
 } from '../dom0/protocol/records';
 import { MemDiskTarget, MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
+import { diskHello, fullCheckpoint } from './support/disk-session';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import { BlockFile } from '../blktap/block-file';
 import { RANGE_CRC_BYTES, RangeCrcs } from '../blktap/range-crcs';
@@ -46,11 +43,6 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-const guestImage = (): Uint8Array => {
-  const m = new Uint8Array(128 * 4096);
-  GuestProgram.boot(m, 'idle', 1);
-  return m;
-};
 const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
 const DISK = 64 * DISK_BLOCK_BYTES;
 const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
@@ -405,35 +397,7 @@ describe('51 disk replication', () => {
   });
 
   describe('51.5 the backup enforces the disk session rules', () => {
-    const hello = (diskBytes: number) =>
-      jsonBody(
-        {
-          kind: 'sim',
-          domain: 't',
-          pageCount: 128,
-          pageSize: 4096,
-          compressor: 'zstd',
-          intervalMs: 20,
-          heartbeatTimeoutMs: 100,
-          deviceStateMax: 1024,
-          sessionId: 's',
-          diskBytes,
-          diskBufferBytesMax: 1 << 20,
-        },
-        PROTOCOL_VERSION,
-      );
-    /** A good FULL checkpoint 1 of a 128-page guest. */
-    const fullCheckpoint = (link: TapLink): void => {
-      const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
-      const all = Array.from({ length: 128 }, (_, i) => i);
-      link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
-      link.rec(
-        Rec.PAGE_BATCH,
-        withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)),
-      );
-      link.rec(Rec.DEVICE_STATE, withEpoch(1, Buffer.from('{}')));
-      link.rec(Rec.CHECKPOINT_END, checkpointEnd(1, 128));
-    };
+    const hello = diskHello;
     const start = (replicaDisk: number | null, helloDisk: number) => {
       let replica!: MemReplica;
       const b = new Backup(new VirtualClock(), {
@@ -637,6 +601,13 @@ describe('51 disk replication', () => {
   });
 });
 
+/** Resolves once every write the disk queued is on its target. */
+function writesDone(disk: EpochHeldDisk): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (!disk.afterWrites((e) => (e ? reject(e) : resolve()))) resolve();
+  });
+}
+
 /** Test 51.10 on one target: a full resync, then writes committed and applied; the checksums. */
 async function backupChecksumsChanges(target: MemDiskTarget | BlockFile, SIZE: number, off: boolean): Promise<void> {
   const primary = new Uint8Array(SIZE);
@@ -651,6 +622,9 @@ async function backupChecksumsChanges(target: MemDiskTarget | BlockFile, SIZE: n
     if (piece.every((b) => b === 0)) disk.zeroSync(o, piece.length);
     else disk.write(o, piece);
   }
+  assert.equal(disk.pendingBytes > 0, off, "a file's writes are queued for libuv's pool, memory's done at once");
+  await writesDone(disk);
+  assert.equal(disk.pendingBytes, 0);
   const first = disk.checksum();
   assert.equal(first instanceof Promise, off, 'a file is read off the event loop, memory at once');
   assert.equal(await first, want());
@@ -668,6 +642,7 @@ async function backupChecksumsChanges(target: MemDiskTarget | BlockFile, SIZE: n
   const z = parseDiskWrite(diskWriteBody(3, 3 * RANGE_CRC_BYTES, 4096, DW_ZEROES, null), SIZE);
   primary.fill(0, z.offsetBytes, z.offsetBytes + z.lengthBytes);
   disk.apply(z);
+  await writesDone(disk);
   const now = new Uint8Array(SIZE);
   target.read(0, now);
   assert.deepEqual(now, primary, 'the backup equals the primary');

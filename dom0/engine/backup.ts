@@ -17,7 +17,7 @@
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
-import { PAGE_BYTES } from '../limits';
+import { BACKUP_INTAKE_BYTES_HIGH, PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION,
@@ -67,6 +67,8 @@ export interface BackupOptions {
    * the two-node rule, a lost live session fails over at once.
    */
   claimer?: OwnershipClaimer;
+  /** Flow control: intake (queued records + pending disk writes) past which the link is not read (tests). */
+  intakeBytesHigh?: number;
 }
 
 export interface BackupHooks {
@@ -117,10 +119,22 @@ interface Session {
   paused: boolean;
   queued: Array<[number, Buffer]>;
   queuedBytes: number;
+  /** We stopped reading the link (limitIntake): queued records and pending disk writes past the bound. */
+  readingHeld: boolean;
+  /** limitIntake waits for the disk's pending writes to fall under its low-water mark (one watch). */
+  intakeWatch: boolean;
   /** The kept epoch this session continues from (its HELLO_ACK said so), until it commits; else null. */
   continuing: number | null;
   /** The disk copy that opens a session (DISK_SYNC … DISK_SYNC_END): octets so far, and whether it ended. */
   diskSync: { bytes: number; done: boolean };
+}
+
+/** Where a failover resumed from; info is the replica's once it runs ({ resuming: true } until then). */
+interface ResumedFrom {
+  epoch: number;
+  info: Record<string, unknown>;
+  reason: string;
+  atMs: number;
 }
 
 /** The domain this backup keeps a replica of, between and across sessions. */
@@ -160,6 +174,10 @@ export class Backup {
     diskBytesApplied: 0,
     diskSyncBytes: 0,
     diskDiscardedWrites: 0,
+    /** Commits that waited for the disk's queued writes (off the event loop). */
+    diskWriteWaits: 0,
+    /** Times the backup stopped reading the link because its intake passed BACKUP_INTAKE_BYTES_HIGH. */
+    intakeHolds: 0,
     diskRefPages: 0,
     diskVerifiedEpoch: 0,
     continuedSessions: 0,
@@ -168,7 +186,9 @@ export class Backup {
     replacedSessions: 0,
   };
   private diskSuspect = false;
-  resumedFrom: { epoch: number; info: Record<string, unknown>; reason: string; atMs: number } | null = null;
+  /** Released replicas whose disk still has a write under way: sessions' records wait meanwhile. */
+  private releasing = 0;
+  resumedFrom: ResumedFrom | null = null;
   /**
    * A takeover waiting for the domain's key (coordination): why the session was lost, and how
    * to cancel the claim. Invariant: non-null ⇒ a checkpoint is committed; state 'claiming' ⇔
@@ -233,14 +253,17 @@ export class Backup {
       paused: false,
       queued: [],
       queuedBytes: 0,
+      readingHeld: false,
+      intakeWatch: false,
       continuing: null,
       diskSync: { bytes: 0, done: true },
     };
     this.session = s;
     this.state = 'receiving';
     link.onRecord((type, body) => {
-      if (!s.paused) {
+      if (!s.paused && this.releasing === 0) {
         this.guard(s, () => this.onRecord(s, type, body));
+        this.limitIntake(s);
         return;
       }
       s.lastHeard = this.clock.now();
@@ -248,8 +271,9 @@ export class Backup {
       s.queued.push([type, body]);
       if (s.queuedBytes > QUEUED_BYTES_MAX)
         this.guard(s, () => {
-          throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived during the disk check`);
+          throw protocolError(`more than ${QUEUED_BYTES_MAX} octets arrived while a commit or a disk waited`);
         });
+      this.limitIntake(s);
     });
     link.onClose((err) => this.guard(s, () => this.onLinkClosed(s, err)));
     this.arm(s);
@@ -554,8 +578,19 @@ export class Backup {
     this.kept = null;
     if (!held) return;
     this.held = null;
-    held.replica.disk?.discard();
-    this.quietly(() => this.opts.releaseReplica?.(held.replica));
+    const disk = held.replica.disk;
+    disk?.discard();
+    const letGo = (): void => this.quietly(() => this.opts.releaseReplica?.(held.replica));
+    if (!disk || disk.pendingBytes === 0) return letGo();
+    // A write under way would land after the next replica's (the same image, or a closed fd's
+    // number reused): the next session's records wait for it (releasing > 0).
+    this.releasing++;
+    disk.abandonWrites(() => {
+      this.releasing--;
+      letGo();
+      const s = this.session;
+      if (s) this.guard(s, () => this.drainQueued(s));
+    });
   }
 
   private needSession(s: Session): Held {
@@ -637,17 +672,46 @@ export class Backup {
       throw protocolError(`continued checkpoint ${epoch} carries no MEMORY_VERIFY`);
     }
     this.hooks.phase?.('pre-commit', epoch);
-    // Disk first: if it fails nothing of this checkpoint reached memory; either way the
-    // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
-    this.committing(held, () => {
-      const disk = held.replica.disk?.commit(epoch);
-      if (disk) {
-        this.counters.diskWrites += disk.writes;
-        this.counters.diskBytesApplied += disk.bytes;
-      }
+    // The resync's writes (a session's first checkpoint) are on the disk first; then the rest of
+    // the commit runs in one turn, so no failover can find it half done.
+    this.afterDiskWrites(s, o, () => {
+      // Disk first: if it fails nothing of this checkpoint reached memory; either way the
+      // replica no longer equals a checkpoint, so nothing is committed until a new FULL one.
+      this.committing(held, () => {
+        const disk = held.replica.disk?.commit(epoch);
+        if (disk) {
+          this.counters.diskWrites += disk.writes;
+          this.counters.diskBytesApplied += disk.bytes;
+        }
+      });
+      if (o.diskCrc === null) return this.finishCommit(s, o);
+      this.verifyDiskThenFinish(s, o, epoch, o.diskCrc);
     });
-    if (o.diskCrc === null) return this.finishCommit(s, o);
-    this.verifyDiskThenFinish(s, o, epoch, o.diskCrc);
+  }
+
+  /**
+   * then() once the disk has every write queued so far (the resync's and those applied before
+   * the first commit; blktap/disk-io-queue.ts: a file is written on libuv's pool) — at once
+   * when nothing is pending; else the session's records wait in order meanwhile, and the loop
+   * stays free for heartbeats. A write that failed fails this commit.
+   */
+  private afterDiskWrites(s: Session, o: Open, then: () => void): void {
+    const held = this.held!;
+    s.paused = true; // before: a broken queue answers at once
+    const waits = held.replica.disk?.afterWrites((e) => {
+      s.paused = false;
+      if (this.session !== s || s.open !== o) return;
+      this.guard(s, () => {
+        this.committing(held, () => {
+          if (e) throw e;
+        });
+        then();
+      });
+      this.drainQueued(s);
+    });
+    if (waits) return void this.counters.diskWriteWaits++;
+    s.paused = false;
+    then();
   }
 
   /**
@@ -785,11 +849,42 @@ export class Backup {
 
   /** Records that arrived while a commit waited for the disk check, in order. */
   private drainQueued(s: Session): void {
-    while (s.queued.length > 0 && !s.paused && this.session === s) {
+    while (s.queued.length > 0 && !s.paused && this.releasing === 0 && this.session === s) {
       const [type, body] = s.queued.shift()!;
       s.queuedBytes -= body.length;
       this.guard(s, () => this.onRecord(s, type, body));
     }
+    this.limitIntake(s);
+  }
+
+  /**
+   * Flow control: past BACKUP_INTAKE_BYTES_HIGH of records queued behind a commit plus disk
+   * writes not on the disk yet, stop reading the link (TCP pushes back; the primary paces its
+   * copies by its send backlog) until both are under half of it. Our own backlog is no
+   * silence of the primary's: lastHeard does not age while reading is held.
+   */
+  private limitIntake(s: Session): void {
+    if (this.session !== s) return;
+    const disk = this.held?.replica.disk;
+    const intake = s.queuedBytes + (disk?.pendingBytes ?? 0),
+      high = this.opts.intakeBytesHigh ?? BACKUP_INTAKE_BYTES_HIGH;
+    if (!s.readingHeld && intake > high) {
+      s.readingHeld = true;
+      s.link.holdReading?.(true);
+      this.counters.intakeHolds++;
+    } else if (s.readingHeld && intake <= high / 2) {
+      s.readingHeld = false;
+      s.lastHeard = this.clock.now();
+      s.link.holdReading?.(false);
+      return;
+    }
+    // Look again once the disk is under the low-water mark (records queued behind a commit: at its drain).
+    if (!s.readingHeld || !disk || s.intakeWatch) return;
+    const low = Math.max(0, high / 2 - s.queuedBytes);
+    s.intakeWatch = disk.whenPendingAtMost(low, () => {
+      s.intakeWatch = false;
+      this.limitIntake(s);
+    });
   }
 
   /** Pages sent as disk blocks: staged, resolved from our disk at commit (after its writes). */
@@ -839,8 +934,7 @@ export class Backup {
     const disk = held.replica.disk!;
     const atOnce = this.committed === null && s.open?.full === true && w.epoch === s.open.epoch;
     if (!atOnce) return disk.hold(w, this.committed);
-    disk.commit(w.epoch); // any held before it first, in order
-    disk.apply(w);
+    disk.apply(w); // after any held before it, in order
     this.counters.diskWrites++;
     this.counters.diskBytesApplied += w.lengthBytes;
   }
@@ -1036,6 +1130,10 @@ export class Backup {
     );
     assert(this.state !== 'failed-over' || this.resumedFrom !== null, 'failed over without a checkpoint');
     assert(this.claiming === null || this.committed !== null, 'a takeover claim without a committed checkpoint');
+    // Writes are queued for the disk only before a session's first commit, which waits for them:
+    // a failover (from a committed checkpoint) never finds one on its way.
+    const pending = this.held?.replica.disk?.pendingBytes ?? 0;
+    assert(c === null || pending === 0, `checkpoint ${c} committed with ${pending} disk bytes still queued`);
     assert(
       (this.state === 'claiming') === (this.claiming !== null && this.session === null),
       `state ${this.state} with a claim ${this.claiming !== null}`,
@@ -1094,6 +1192,7 @@ export class Backup {
 
   private onTimer(s: Session): void {
     const now = this.clock.now();
+    if (s.readingHeld) s.lastHeard = now; // we are the one not reading
     if (now - s.lastHeard <= this.timeoutMs(s)) {
       if (s.phase === 'open' && now - s.lastSent >= this.heartbeatEveryMs(s))
         this.send(s, Rec.HEARTBEAT, heartbeatBody(this.committed ?? 0, now));

@@ -131,8 +131,16 @@ class SocketLink implements Link {
     this.queueHead = 0;
     if (this.closed) return;
     if (this.ending) return this.finish(this.ending.error);
-    this.socket.resume();
+    if (!this.readingHeld) this.socket.resume();
   }
+
+  /** The receiver's flow control (Link.holdReading). */
+  holdReading(held: boolean): void {
+    this.readingHeld = held;
+    if (held) this.socket.pause();
+    else if (!this.closed) this.scheduleTurn(); // resumes the socket once the queue is empty
+  }
+  private readingHeld = false;
 
   get backlogBytes(): number {
     return this.socket.writableLength;

@@ -13,6 +13,7 @@ import type { LiveMemory } from '../../dom0/engine/precopy';
 import { GuestProgram, MemModelDisk } from '../../dom0/hypervisor/sim/guest-program';
 import { DiskReplicator } from '../../blktap/replicator';
 import type { DiskTarget } from '../../blktap/epoch-buffer';
+import type { AsyncDiskTarget } from '../../blktap/disk-io-queue';
 import { EpochHeldDisk } from '../../blktap/replica-disk';
 import { loadAddon } from '../../dom0/native';
 import { ErrorCode, RemusError } from '../../dom0/errors';
@@ -160,12 +161,27 @@ export class MemLink implements Link {
     this.backlogBytes += bytes.length;
     this.queuedBytes += bytes.length;
     // A dead peer reads nothing: what was sent to it stays queued (its backlog is no sign of life).
+    // Nor does one that holds its reading: the bytes wait (still our backlog), as TCP's window closes.
     this.net.clock.setTimer(at - this.net.clock.now(), () => {
       if (this.peer.gone) return;
+      if (this.peer.readingHeld) return void this.peer.unread.push([this, bytes]);
       this.backlogBytes -= bytes.length;
       this.peer.receive(bytes);
     });
   }
+  private readingHeld = false;
+  private unread: Array<[MemLink, Buffer]> = [];
+  /** Flow control (Link.holdReading): the backup stops reading while its intake is over its bound. */
+  holdReading(held: boolean): void {
+    this.readingHeld = held;
+    this.holdsSeen += held ? 1 : 0;
+    while (!this.readingHeld && this.unread.length > 0) {
+      const [from, bytes] = this.unread.shift()!;
+      from.backlogBytes -= bytes.length;
+      this.receive(bytes);
+    }
+  }
+  holdsSeen = 0;
   private receive(bytes: Buffer): void {
     if (this.closed || this.gone || this.severed) return;
     let recs: ReturnType<RecordDecoder['push']>;
@@ -380,6 +396,43 @@ export class MemDiskTarget implements DiskTarget {
 }
 
 /**
+ * A backup's disk whose writes land later, on the backup's clock, each after its own delay — a
+ * file written on libuv's pool (blktap/disk-io-queue.ts). The queue issues one at a time; one
+ * that issued several would land them out of order here.
+ */
+export class SlowDiskTarget implements AsyncDiskTarget {
+  writesLanded = 0;
+  constructor(
+    readonly disk: MemDiskTarget,
+    private readonly clock: Clock,
+    private readonly delayMs: () => number,
+  ) {}
+  get sizeBytes(): number {
+    return this.disk.sizeBytes;
+  }
+  writeAsync(off: number, data: Uint8Array, done: (e: Error | null) => void): void {
+    const copy = Uint8Array.from(data);
+    this.clock.setTimer(this.delayMs(), () => {
+      this.disk.write(off, copy);
+      this.writesLanded++;
+      done(null);
+    });
+  }
+  write(off: number, data: Uint8Array): void {
+    this.disk.write(off, data);
+  }
+  zero(off: number, len: number): void {
+    this.disk.zero(off, len);
+  }
+  read(off: number, into: Uint8Array): void {
+    this.disk.read(off, into);
+  }
+  flush(): void {
+    this.disk.flush();
+  }
+}
+
+/**
  * Pages per segment of a MemReplica's image: small and prime, so a test guest's image has
  * several segments of which the last is shorter, as a 5 GiB guest's has (1 GiB each).
  */
@@ -396,9 +449,13 @@ export class MemReplica implements Replica {
     readonly diskTarget: MemDiskTarget | null = null,
     readonly diskContinues = false,
     rangeCrcBytes?: number,
+    /** The disk's writes land later on this clock (SlowDiskTarget); absent: at once. */
+    slowWrites?: { clock: Clock; delayMs: () => number },
   ) {
     this.image = GuestMemory.allocate(pageCount, MEM_REPLICA_SEGMENT_PAGES);
-    this.disk = diskTarget ? new EpochHeldDisk(diskTarget, rangeCrcBytes) : null;
+    const target =
+      diskTarget && slowWrites ? new SlowDiskTarget(diskTarget, slowWrites.clock, slowWrites.delayMs) : diskTarget;
+    this.disk = target ? new EpochHeldDisk(target, rangeCrcBytes) : null;
   }
   commitDeviceState(s: Uint8Array): void {
     this.deviceState = Uint8Array.from(s);
@@ -607,6 +664,9 @@ export interface WorldResult {
   /** --interval auto ran, and the interval the last primary would time its next checkpoint by. */
   intervalAuto: boolean;
   intervalMsLast: number;
+  /** The backups' commits that waited for queued disk writes, and their holds of the link (flow control). */
+  diskWriteWaits: number;
+  intakeHolds: number;
 }
 
 /** Runs one seeded scenario and checks the invariants of docs/design.md. */
@@ -750,6 +810,14 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   // The disk is 1 MiB, one range of production's CRC table: the backup's table gets ranges of
   // 1–16 blocks instead, half the time the resync's chunk (whole ranges learn their CRC from it).
   const syncChunkBytes = PAGE * (1 + rng.below(16));
+  // Half the runs, the backup's disk writes land later (a file's, on libuv's pool) and, half the
+  // runs, the backup stops reading the link past a small intake (flow control).
+  // A write lands in a later turn, now and then after a stall of 5–30 ms (writeback throttling).
+  // Not slower: the guest writes ~4 MB/s of 4 KiB blocks; a backup's disk slower than that
+  // rightly holds the primary back, past the run's 1.5 s.
+  const slowDisk = rng.chance(0.5);
+  const slowDiskDelayMs = (): number => (rng.chance(0.02) ? 5 + rng.below(26) : 0);
+  const intakeBytesHigh = rng.chance(0.5) ? PAGE * (8 + rng.below(64)) : undefined;
   const replicaRangeCrcBytes = rng.chance(0.5) ? syncChunkBytes : PAGE * (1 + rng.below(16));
   if (guestDisk) {
     replicator = new DiskReplicator(
@@ -909,6 +977,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let backupFaulted = false;
   let resumed: { epoch: number; seq: number; crc: number; diskCrc: number | null } | null = null;
   let backup: Backup;
+  const backups: Backup[] = [];
   const makeBackup = (): Backup => {
     backupDead = false;
     const bclock = actorClock(clock, () => backupDead);
@@ -925,7 +994,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             h.diskBytes ? (reuseDisk ?? freshBackupDisk(h.diskBytes)) : null,
             reuseDisk !== null,
             replicaRangeCrcBytes,
+            slowDisk ? { clock: bclock, delayMs: slowDiskDelayMs } : undefined,
           ),
+        intakeBytesHigh,
       },
       {
         commit: (epoch, r) => {
@@ -1000,6 +1071,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         },
       },
     );
+    backups.push(b);
     return b;
   };
   backup = makeBackup();
@@ -1136,6 +1208,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     checkpointsHeldBack: pacedTotals.heldBack + primary.stats().checkpointsHeldBack,
     intervalAuto: pacing.intervalAuto,
     intervalMsLast: primary.stats().intervalMs,
+    diskWriteWaits: backups.reduce((n, b) => n + b.counters.diskWriteWaits, 0),
+    intakeHolds: backups.reduce((n, b) => n + b.counters.intakeHolds, 0),
   };
 }
 

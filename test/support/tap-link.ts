@@ -20,4 +20,9 @@ export class TapLink implements Link {
   onClose(): void {
     /* not used */
   }
+  /** Link.holdReading's calls, in order (the engine's flow control). */
+  holds: boolean[] = [];
+  holdReading(held: boolean): void {
+    this.holds.push(held);
+  }
 }

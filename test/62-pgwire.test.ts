@@ -213,6 +213,15 @@ describe('62 pgwire classifier', () => {
       'FIN with a commit',
     );
     assert.equal(c.flowCount, 0);
+    // The server's last ACK (after the client's FIN) and a retransmitted FIN pass as while the flow
+    // lived: no opaque entry, as the lab's trace showed before (20261206-053404).
+    const opaque = c.stats.opaqueFlows;
+    assert.equal(a.send(a.s.pureAck()), 'release', 'the last ACK');
+    assert.equal(a.send(tcpPacket({ seq: a.s.next - 1, dport: 1, flags: TCP_FIN | TCP_ACK })), 'release');
+    assert.deepEqual([c.flowCount, c.stats.opaqueFlows, c.stats.afterEnd], [0, opaque, 2]);
+    assert.equal(a.send(a.s.segment(rfq('I'))), 'hold', 'data after the end: unknown, held');
+    assert.equal(c.stats.opaqueFlows, opaque + 1);
+    assert.equal(a.send(tcpPacket({ seq: a.s.next, dport: 1, flags: TCP_RST | TCP_ACK })), 'release');
     const b = started(c, 20, { dport: 2 });
     assert.equal(b.send(tcpPacket({ seq: b.s.next, dport: 2, flags: TCP_RST | TCP_ACK })), 'release');
     assert.equal(c.flowCount, 0);

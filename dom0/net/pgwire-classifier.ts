@@ -17,6 +17,8 @@
 //     seen: started before us, or evicted), TLS
 //   pure ACK / window update                      release (opaque flows: hold)
 //   FIN                                           the verdict of its data; the flow ends
+//   pure ACK / FIN of a flow that ended (the       release, as while it lived (the key is
+//     last ACKs after the FINs, a retransmit)      remembered, bounded: no opaque entry)
 // Per-flow state is bounded (held ranges kept per flow; past that, older bytes are held on
 // retransmission) and so is the table (flowsMax; idle flows evicted first, then the least
 // recently used).
@@ -62,6 +64,8 @@ export interface PgwireStats {
   commits: number;
   otherHeld: number;
   unsyncedPackets: number;
+  /** Pure ACKs (or FINs) of flows that had ended, released as while they lived. */
+  afterEnd: number;
 }
 
 export class PgwireClassifier {
@@ -80,6 +84,7 @@ export class PgwireClassifier {
     commits: 0,
     otherHeld: 0,
     unsyncedPackets: 0,
+    afterEnd: 0,
   };
   /** Why flows went opaque (last few), for `describe()`. */
   readonly opaqueReasons: string[] = [];
@@ -130,6 +135,10 @@ export class PgwireClassifier {
       return false;
     }
     let f = this.flows.get(s.key);
+    if (f === undefined && s.payloadLen === 0 && this.ended.has(s.key)) {
+      this.stats.afterEnd++;
+      return false;
+    }
     if (f === undefined) {
       f = this.open(s.key, s.seq);
       this.toOpaque(f, 'flow not seen from its SYN (started earlier, or evicted)');
@@ -195,6 +204,7 @@ export class PgwireClassifier {
 
   private open(key: string, next: number): Flow {
     this.flows.delete(key);
+    this.ended.delete(key);
     this.makeRoom();
     const f: Flow = { parser: new PgwireParser(), next, floor: next, held: [], lastMs: this.o.nowMs() };
     this.flows.set(key, f);
@@ -221,7 +231,12 @@ export class PgwireClassifier {
   private end(key: string): void {
     if (this.flows.delete(key)) this.stats.flowsEnded++;
     this.stats.flows = this.flows.size;
+    this.ended.delete(key);
+    this.ended.add(key); // Set order = oldest first
+    if (this.ended.size > this.o.flowsMax) this.ended.delete(this.ended.values().next().value!);
   }
+  /** Keys of flows that ended (FIN or RST), at most flowsMax, oldest first: their last ACKs pass. */
+  private readonly ended = new Set<string>();
 
   private toOpaque(f: Flow, reason: string): void {
     f.parser.toOpaque(reason);

@@ -79,10 +79,12 @@ export class DiskReplicator implements DiskPort, DiskTap {
   /** Runs copied in this session: until its first ack they may not have arrived. */
   private copiedRuns: Array<[number, number]> = [];
   /**
-   * Writes of an epoch the backup applies as they arrive (appliedAtOnce): blocks, not data,
-   * and off the unacked bound; invariant: direct !== null ⇔ that epoch is not acknowledged yet.
+   * Writes of an epoch the backup applies as they arrive — those of the session's disk copy,
+   * and of an open FULL checkpoint (appliedAtOnce) — are remembered as blocks, not data, off
+   * the unacked bound, while open. Invariant: direct !== null ⇔ that epoch is not acknowledged
+   * yet; its written blocks are marked again if the session ends before.
    */
-  private direct: { epoch: number; written: ResyncBitmap | null } | null = null;
+  private direct: { epoch: number; written: ResyncBitmap | null; open: boolean } | null = null;
   private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0, resyncZeroBytes: 0 };
   private readonly chunkBytes: number;
   /** The resync copy's read buffer (chunkBytes), made at its first use. */
@@ -150,6 +152,9 @@ export class DiskReplicator implements DiskPort, DiskTap {
     if (!backupContinues) this.bitmap.markAll();
     this.link = link;
     this.tag = nextEpoch;
+    // The backup applies the writes of its disk copy as they come, in order with the copy
+    // (nothing of the session is committed): a copy of many GiB would otherwise hold them all.
+    this.direct = { epoch: nextEpoch, written: null, open: true };
     this.overflow = overflow;
     this.sync = { ready, cursor: 0, copied: 0, timer: null };
     this.copySome();
@@ -157,7 +162,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
 
   appliedAtOnce(epoch: number): void {
     assert(this.link !== null && epoch === this.tag, 'direct writes are of the epoch being tagged');
-    this.direct = { epoch, written: null };
+    const written = this.direct?.epoch === epoch ? this.direct.written : null; // the disk copy's
+    this.direct = { epoch, written, open: true };
   }
 
   disconnect(): void {
@@ -247,7 +253,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));
     this.counters.forwardedWrites++;
     this.counters.forwardedBytes += lengthBytes;
-    if (this.direct?.epoch === this.tag) {
+    if (this.direct?.open && this.direct.epoch === this.tag) {
       (this.direct.written ??= new ResyncBitmap(this.source.sizeBytes)).markRange(offsetBytes, lengthBytes);
       return;
     }
@@ -276,6 +282,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
       const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / DISK_BLOCK_BYTES);
       if (!run) {
         link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
+        if (this.direct) this.direct.open = false; // held from here on, until a FULL checkpoint opens
         this.sync = null;
         s.ready();
         return;

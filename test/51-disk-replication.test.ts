@@ -240,6 +240,32 @@ describe('51 disk replication', () => {
       assert.equal(r.bitmap.count, 3);
     });
 
+    it('writes during the disk copy are off the unacked bound, remembered as blocks until the first ack', () => {
+      const c = new VirtualClock();
+      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, {
+        unackedBytesMax: 8192,
+        inSync: true,
+        syncChunkBytes: 4096,
+      });
+      r.bitmap.markRange(0, 8 * 4096); // 8 blocks to copy, one per turn
+      let overflow = '';
+      r.connect(
+        tap(),
+        1,
+        true,
+        () => {},
+        (why) => (overflow = why),
+      );
+      for (let b = 20; b < 24; b++) r.onWrite(b * 4096, fill(4096, b), false); // 16 KiB: twice the bound
+      assert.equal(overflow, '', 'the backup applies them as they come: no bound');
+      c.runUntil(50); // the copy ends: from here writes are held again (until a FULL checkpoint opens)
+      r.onWrite(30 * 4096, fill(8192, 1), false);
+      r.onWrite(32 * 4096, fill(4096, 1), false);
+      assert.match(overflow, /unacknowledged/);
+      r.disconnect(); // no ack: the copy and every write of epoch 1 are marked again
+      assert.equal(r.bitmap.count, 8 + 4 + 3);
+    });
+
     it('a backup whose disk does not continue gets a full copy; overflow is reported', () => {
       const c = new VirtualClock();
       const r = new DiskReplicator(src(new Uint8Array(DISK)), c, {
@@ -446,6 +472,17 @@ describe('51 disk replication', () => {
       s.b.failover('test');
       assert.equal(s.b.counters.diskDiscardedWrites, 1, 'epoch 2 was discarded');
       assert.equal(disk().bytes[8192], 0);
+    });
+
+    it("writes during the disk copy go at once (one epoch: the first checkpoint's); after it they wait", () => {
+      const s = start(DISK, DISK);
+      s.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 0, 4096, 0, fill(4096, 1))); // after the copy of block 0
+      s.link.rec(Rec.DISK_SYNC, diskSyncBody(4096, fill(4096, 8)));
+      const disk = (): MemDiskTarget => s.replica().diskTarget!;
+      assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [1, 8], 'in arrival order, at once');
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
+      assert.match(s.error()!.message, /epoch 2 during a disk copy of epoch 1/);
     });
 
     const committedSession = () => {

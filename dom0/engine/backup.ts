@@ -126,7 +126,7 @@ interface Session {
   /** The kept epoch this session continues from (its HELLO_ACK said so), until it commits; else null. */
   continuing: number | null;
   /** The disk copy that opens a session (DISK_SYNC … DISK_SYNC_END): octets so far, and whether it ended. */
-  diskSync: { bytes: number; done: boolean };
+  diskSync: { bytes: number; done: boolean; epoch?: number };
 }
 
 /** Where a failover resumed from; info is the replica's once it runs ({ resuming: true } until then). */
@@ -932,7 +932,12 @@ export class Backup {
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
     const w = parseDiskWrite(body, h.diskBytes);
     const disk = held.replica.disk!;
-    const atOnce = this.committed === null && s.open?.full === true && w.epoch === s.open.epoch;
+    // Before the session's first commit nothing committed is at stake: the writes of its disk
+    // copy (all of the first checkpoint's epoch) and of its open FULL checkpoint go at once.
+    const copying = this.committed === null && !s.diskSync.done;
+    if (copying && (s.diskSync.epoch ??= w.epoch) !== w.epoch)
+      throw protocolError(`DISK_WRITE for epoch ${w.epoch} during a disk copy of epoch ${s.diskSync.epoch}`);
+    const atOnce = copying || (this.committed === null && s.open?.full === true && w.epoch === s.open.epoch);
     if (!atOnce) return disk.hold(w, this.committed);
     disk.apply(w); // after any held before it, in order
     this.counters.diskWrites++;

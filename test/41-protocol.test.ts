@@ -17,6 +17,7 @@ import { Backup } from '../dom0/engine/backup';
 import { PageEncoder } from '../dom0/memory/page-codec';
 import { MemReplica, VirtualClock } from './support/sim-world';
 import { TapLink } from './support/tap-link';
+import { simHello } from './support/disk-session';
 import { dbPages } from './support/helpers';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import * as net from 'node:net';
@@ -189,20 +190,7 @@ describe('41 protocol', () => {
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {
     const PAGES = 128;
-    const hello = jsonBody(
-      {
-        kind: 'sim',
-        domain: 't',
-        pageCount: PAGES,
-        pageSize: 4096,
-        compressor: 'zstd',
-        intervalMs: 20,
-        heartbeatTimeoutMs: 100,
-        deviceStateMax: 1024,
-        sessionId: 's',
-      },
-      PROTOCOL_VERSION,
-    );
+    const hello = simHello(); // PAGES pages
     const mem = dbPages(PAGES, 3);
     const batch = (pfns: number[], enc: PageEncoder): Buffer => {
       const pages = Buffer.concat(pfns.map((p) => mem.subarray(p * 4096, (p + 1) * 4096)));

@@ -1,5 +1,5 @@
-// disk-session: a backup's disk session driven by hand (tests 51): the HELLO of a 128-page sim
-// guest with a disk, and a good FULL checkpoint 1 of it.
+// disk-session: a backup's session driven by hand (tests 41, 51): the HELLO of a 128-page sim
+// guest (with a disk, or not), and a good FULL checkpoint 1 of it.
 import { GuestProgram } from '../../dom0/hypervisor/sim/guest-program';
 import { PageEncoder } from '../../dom0/memory/page-codec';
 import {
@@ -18,7 +18,8 @@ export const guestImage = (): Uint8Array => {
   return m;
 };
 
-export const diskHello = (diskBytes: number): Buffer =>
+/** The HELLO of a 128-page sim guest 't' (session 's'), with more fields. */
+export const simHello = (more: Record<string, unknown> = {}): Buffer =>
   jsonBody(
     {
       kind: 'sim',
@@ -30,11 +31,12 @@ export const diskHello = (diskBytes: number): Buffer =>
       heartbeatTimeoutMs: 100,
       deviceStateMax: 1024,
       sessionId: 's',
-      diskBytes,
-      diskBufferBytesMax: 1 << 20,
+      ...more,
     },
     PROTOCOL_VERSION,
   );
+
+export const diskHello = (diskBytes: number): Buffer => simHello({ diskBytes, diskBufferBytesMax: 1 << 20 });
 
 /** A good FULL checkpoint 1 of a 128-page guest. */
 export const fullCheckpoint = (link: TapLink): void => {

@@ -15,6 +15,7 @@ import { ControlServer } from '../dom0/service/control';
 import { ROOT } from './support/helpers';
 
 const LIB = path.join(ROOT, 'scripts', 'xen-lab', 'dom0-lib.sh');
+const TWO_LIB = path.join(ROOT, 'scripts', 'xen-lab', 'dom0-two-lib.sh');
 
 /** A server that closes the first `empty` connections unanswered, then answers with `body`. */
 async function flakyServer(
@@ -35,10 +36,13 @@ async function flakyServer(
   return { port: (server.address() as net.AddressInfo).port, seen: () => n, close: () => server.close() };
 }
 
-/** Runs `script` in bash after sourcing dom0-lib.sh; stdout and exit status. */
+/** Runs `script` in bash after sourcing dom0-lib.sh (and dom0-two-lib.sh); stdout and exit status. */
 function lib(script: string, env: NodeJS.ProcessEnv = process.env): Promise<{ out: string; status: number | null }> {
   return new Promise((resolve) => {
-    const p = spawn('bash', ['-c', `. "$0"; ${script}`, LIB], { stdio: ['ignore', 'pipe', 'ignore'], env });
+    const p = spawn('bash', ['-c', `. "$0"; . "$1"; ${script}`, LIB, TWO_LIB], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+      env,
+    });
     let out = '';
     p.stdout.on('data', (d: Buffer) => {
       out += d.toString();
@@ -106,6 +110,30 @@ describe('76 Xen lab dom0 helpers', () => {
       );
     } finally {
       for (const s of servers) s.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }).timeout(30_000);
+
+  it('76.4 lab_two_stop_backup destroys the resumed domU while its disk server runs, then stops it', async () => {
+    // Run 20261206-053404: C stopped its backup with the domU still running on the backup's
+    // /dev/nbd0; dom0's poweroff then waited out the host's 180 s bound among I/O errors.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-76-'));
+    try {
+      const log = path.join(dir, 'order');
+      fs.writeFileSync(
+        path.join(dir, 'xl'),
+        `#!/bin/bash\necho "xl $* backup=$(kill -0 "$BACKUP_PID" 2>/dev/null && echo up || echo gone)" >> ${log}\n`,
+        { mode: 0o755 },
+      );
+      const env = { ...process.env, PATH: `${dir}:${process.env.PATH}`, DOMU: 'domu' };
+      const r = await lib(
+        'sleep 30 & export BACKUP_PID=$!; lab_two_stop_backup $BACKUP_PID; wait $BACKUP_PID; echo "rc=$?"',
+        env,
+      );
+      assert.equal(r.status, 0);
+      assert.equal(fs.readFileSync(log, 'utf8'), 'xl destroy domu backup=up\n');
+      assert.match(r.out, /rc=143/, 'then the backup got SIGTERM');
+    } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
   }).timeout(30_000);

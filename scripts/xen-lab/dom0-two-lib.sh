@@ -324,3 +324,11 @@ lab_two_pg_knobs() {
   LEDGERS=${PG_LEDGERS:-2}
   mkdir -p $W
 }
+
+# Ends this host's backup once its checks are done. After a failover the backup serves the resumed
+# domU's disk (/dev/nbdM): the domU goes first, or its blkback keeps failing I/O on a device whose
+# server is gone and dom0's poweroff waited the host's full 180 s bound (20261206-053404, C).
+lab_two_stop_backup() { # lab_two_stop_backup BACKUP_PID
+  xl destroy "$DOMU" 2> /dev/null
+  kill -TERM "$1" 2> /dev/null; sleep 2
+}

@@ -88,7 +88,7 @@ fi
 grep -E "primary|FAILOVER|resum|silent|replica disk|backup domain's disk" /tmp/backup.err | head -20 | sed 's/^/  backup: /'
 [ "$GUEST" = pg ] && cp "$W"/ledger-* "$W"/pgbench-*.out "$W"/*.ids "$LAB_OUT/" 2>/dev/null
 if [ "${TWO_REPROTECT:-1}" != 1 ] || [ ${#LAB_FAILS[@]} != 0 ]; then
-  kill -TERM $BP 2>/dev/null; sleep 2
+  lab_two_stop_backup $BP
   cp /tmp/backup.out /tmp/backup.err "$LAB_OUT/" 2>/dev/null
   lab_result; exit
 fi

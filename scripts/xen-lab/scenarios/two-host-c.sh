@@ -102,6 +102,6 @@ else
     two-host-c
 fi
 grep -E "primary|FAILOVER|resum|silent|replica disk|backup domain's disk|disk" /tmp/backup.err | head -25 | sed 's/^/  backup: /'
-kill -TERM $BP 2>/dev/null; sleep 2
+lab_two_stop_backup $BP
 cp /tmp/backup.out /tmp/backup.err "$LAB_OUT/" 2>/dev/null
 lab_result

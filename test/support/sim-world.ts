@@ -174,14 +174,12 @@ export class MemLink implements Link {
   /** Flow control (Link.holdReading): the backup stops reading while its intake is over its bound. */
   holdReading(held: boolean): void {
     this.readingHeld = held;
-    this.holdsSeen += held ? 1 : 0;
     while (!this.readingHeld && this.unread.length > 0) {
       const [from, bytes] = this.unread.shift()!;
       from.backlogBytes -= bytes.length;
       this.receive(bytes);
     }
   }
-  holdsSeen = 0;
   private receive(bytes: Buffer): void {
     if (this.closed || this.gone || this.severed) return;
     let recs: ReturnType<RecordDecoder['push']>;
@@ -401,7 +399,6 @@ export class MemDiskTarget implements DiskTarget {
  * that issued several would land them out of order here.
  */
 export class SlowDiskTarget implements AsyncDiskTarget {
-  writesLanded = 0;
   constructor(
     readonly disk: MemDiskTarget,
     private readonly clock: Clock,
@@ -414,7 +411,6 @@ export class SlowDiskTarget implements AsyncDiskTarget {
     const copy = Uint8Array.from(data);
     this.clock.setTimer(this.delayMs(), () => {
       this.disk.write(off, copy);
-      this.writesLanded++;
       done(null);
     });
   }

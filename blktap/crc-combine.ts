@@ -60,3 +60,22 @@ export function combineRangeCrcs(crcs: Uint32Array, rangeBytes: number, sizeByte
   }
   return crc;
 }
+
+/**
+ * The same table in ranges `factor` times longer (each the combined CRC of its parts, the last
+ * holding what is left of sizeBytes): a table small enough to send for a very large disk.
+ */
+export function coarsenRangeCrcs(
+  crcs: Uint32Array,
+  rangeBytes: number,
+  sizeBytes: number,
+  factor: number,
+): Uint32Array {
+  const wide = rangeBytes * factor;
+  const out = new Uint32Array(Math.ceil(sizeBytes / wide));
+  for (let t = 0; t < out.length; t++) {
+    const len = Math.min(wide, sizeBytes - t * wide);
+    out[t] = combineRangeCrcs(crcs.subarray(t * factor, (t + 1) * factor), rangeBytes, len);
+  }
+  return out;
+}

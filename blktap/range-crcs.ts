@@ -10,11 +10,11 @@
 // its read keeps its old CRC); end to end, a wrong CRC is the backup's ERR_DISK_DIVERGED (tests
 // 44, 52 verify the disks equal through it).
 import { assert } from '../dom0/assert';
-import type { Clock, MaybePromise } from '../dom0/ports';
+import type { Clock, DiskChecksum, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
-import { DISK_BLOCK_BYTES } from '../dom0/limits';
+import { DISK_BLOCK_BYTES, DISK_VERIFY_RANGES_MAX } from '../dom0/limits';
 import type { BlockGenerations } from './block-generations';
-import { combineRangeCrcs } from './crc-combine';
+import { coarsenRangeCrcs, combineRangeCrcs } from './crc-combine';
 import type { DiskSource } from './disk-source';
 
 export const RANGE_CRC_BYTES = 1024 * 1024;
@@ -24,7 +24,6 @@ const FILL_SKIP_PER_TURN = 64;
 const CHECKSUM_READS_IN_FLIGHT = 8;
 /** The rest between two passes over a disk whose ranges are all current (ms). */
 const FILL_REST_MS = 20;
-const BLOCKS_PER_RANGE = RANGE_CRC_BYTES / DISK_BLOCK_BYTES;
 
 export class RangeCrcs {
   readonly ranges: number;
@@ -41,14 +40,19 @@ export class RangeCrcs {
   private filling = false;
   /** Ranges read by fill(), and by checksum() because they were written since (or never read). */
   readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0 };
+  private readonly blocksPerRange: number;
 
+  /** rangeBytes: RANGE_CRC_BYTES, or smaller where a test's disk is small (the simulator's). */
   constructor(
     private readonly source: DiskSource,
     private readonly gens: BlockGenerations,
     private readonly clock: Pick<Clock, 'defer' | 'setTimer'>,
+    readonly rangeBytes = RANGE_CRC_BYTES,
   ) {
     assert(source.sizeBytes % DISK_BLOCK_BYTES === 0, 'a disk of whole blocks');
-    this.ranges = Math.ceil(source.sizeBytes / RANGE_CRC_BYTES);
+    assert(rangeBytes > 0 && rangeBytes % DISK_BLOCK_BYTES === 0, 'ranges of whole blocks');
+    this.blocksPerRange = rangeBytes / DISK_BLOCK_BYTES;
+    this.ranges = Math.ceil(source.sizeBytes / rangeBytes);
     this.crcs = new Uint32Array(this.ranges);
     this.sums = new Float64Array(this.ranges).fill(Number.NaN);
   }
@@ -70,7 +74,7 @@ export class RangeCrcs {
   }
 
   private async fillPasses(run: number): Promise<void> {
-    const buf = new Uint8Array(RANGE_CRC_BYTES);
+    const buf = new Uint8Array(this.rangeBytes);
     let visited = 0;
     while (run === this.fillRun && this.filling) {
       // Current ranges cost a generation sum each: pass over at most FILL_SKIP_PER_TURN per turn.
@@ -104,38 +108,44 @@ export class RangeCrcs {
    * whose virtual clock runs no promise continuations between its events) and is read at once.
    * The others come from the table.
    */
-  checksum(): MaybePromise<number> {
+  checksum(): MaybePromise<DiskChecksum> {
     this.stop();
     const stale: number[] = [];
     for (let r = 0; r < this.ranges; r++) if (!this.isCurrent(r)) stale.push(r);
     this.counters.rangesReadAtChecksum += stale.length;
     if (!this.source.readAsync) {
-      const buf = new Uint8Array(RANGE_CRC_BYTES);
+      const buf = new Uint8Array(this.rangeBytes);
       for (const r of stale) this.readNow(r, buf);
       return this.combined();
     }
     let next = 0;
     const reader = async (): Promise<void> => {
-      const buf = new Uint8Array(RANGE_CRC_BYTES);
+      const buf = new Uint8Array(this.rangeBytes);
       while (next < stale.length) await this.read(stale[next++], buf);
     };
     const readers = Math.min(CHECKSUM_READS_IN_FLIGHT, stale.length);
     return Promise.all(Array.from({ length: readers }, reader)).then(() => this.combined());
   }
 
-  /** The whole disk's CRC32C from the table: the ranges' CRCs combined in order. */
-  private combined(): number {
-    return combineRangeCrcs(this.crcs, RANGE_CRC_BYTES, this.source.sizeBytes);
+  /** The whole disk's CRC32C from the table (the ranges' CRCs combined in order), and the table. */
+  private combined(): DiskChecksum {
+    const size = this.source.sizeBytes;
+    const crc32c = combineRangeCrcs(this.crcs, this.rangeBytes, size);
+    let factor = 1;
+    while (Math.ceil(this.ranges / factor) > DISK_VERIFY_RANGES_MAX) factor *= 2;
+    const rangeCrcs =
+      factor === 1 ? Uint32Array.from(this.crcs) : coarsenRangeCrcs(this.crcs, this.rangeBytes, size, factor);
+    return { crc32c, rangeBytes: this.rangeBytes * factor, rangeCrcs };
   }
 
   private lengthOf(r: number): number {
-    return Math.min(RANGE_CRC_BYTES, this.source.sizeBytes - r * RANGE_CRC_BYTES);
+    return Math.min(this.rangeBytes, this.source.sizeBytes - r * this.rangeBytes);
   }
 
   /** The sum of range r's block generations, or NaN while a write is in flight there (odd). */
   private genSum(r: number): number {
-    const first = r * BLOCKS_PER_RANGE;
-    const end = Math.min(first + BLOCKS_PER_RANGE, this.gens.blocks);
+    const first = r * this.blocksPerRange;
+    const end = Math.min(first + this.blocksPerRange, this.gens.blocks);
     const g = this.gens.gens;
     let sum = 0;
     for (let b = first; b < end; b++) {
@@ -158,7 +168,7 @@ export class RangeCrcs {
     if (!this.source.readAsync) return this.readNow(r, buf);
     const before = this.genSum(r);
     const piece = buf.subarray(0, this.lengthOf(r));
-    await this.source.readAsync(r * RANGE_CRC_BYTES, piece);
+    await this.source.readAsync(r * this.rangeBytes, piece);
     return this.took(r, before, piece);
   }
 
@@ -166,7 +176,7 @@ export class RangeCrcs {
   private readNow(r: number, buf: Uint8Array): boolean {
     const before = this.genSum(r);
     const piece = buf.subarray(0, this.lengthOf(r));
-    this.source.read(r * RANGE_CRC_BYTES, piece);
+    this.source.read(r * this.rangeBytes, piece);
     return this.took(r, before, piece);
   }
 

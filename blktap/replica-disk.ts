@@ -141,6 +141,10 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     return this.rangeCrcs.checksum(this.target);
   }
 
+  differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null {
+    return this.rangeCrcs.differingRanges(theirs);
+  }
+
   /** The same on this thread (the failover's check of a simulated replica, before its guest runs). */
   checksumNow(): number {
     this.assertWritten('checksumNow');

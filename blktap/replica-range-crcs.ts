@@ -8,7 +8,7 @@
 // order (crc-combine.ts). After a full copy the check reads what was written since, not the
 // disk. Test 51.10 fails when a committed write does not make its range unknown.
 import { assert } from '../dom0/assert';
-import type { MaybePromise } from '../dom0/ports';
+import type { DiskRange, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 import { combineRangeCrcs } from './crc-combine';
 import type { DiskTarget } from './epoch-buffer';
@@ -98,6 +98,31 @@ export class ReplicaRangeCrcs {
       this.learn(r, piece);
     }
     return this.combined();
+  }
+
+  /**
+   * Where this disk differs from the primary's, by the primary's table of range CRCs (its
+   * DISK_VERIFY), as byte runs (adjacent ranges merged): what a disk copy must cover to make the
+   * two equal (the range CRCs' own odds of missing a difference, 2^-32 per range, as the whole
+   * check's). Null where the tables cannot be compared: theirs not in whole multiples of our
+   * ranges, of another disk size, or a range of ours unknown (right after checksum(), none is).
+   */
+  differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null {
+    const per = theirs.rangeBytes / this.rangeBytes;
+    if (!Number.isInteger(per) || theirs.rangeCrcs.length !== Math.ceil(this.sizeBytes / theirs.rangeBytes))
+      return null;
+    if (this.known.includes(0)) return null;
+    const runs: DiskRange[] = [];
+    for (let t = 0; t < theirs.rangeCrcs.length; t++) {
+      const start = t * theirs.rangeBytes,
+        len = Math.min(theirs.rangeBytes, this.sizeBytes - start);
+      const ours = combineRangeCrcs(this.crcs.subarray(t * per, (t + 1) * per), this.rangeBytes, len);
+      if (ours === theirs.rangeCrcs[t]) continue;
+      const last = runs.at(-1);
+      if (last && last.offsetBytes + last.lengthBytes === start) last.lengthBytes += len;
+      else runs.push({ offsetBytes: start, lengthBytes: len });
+    }
+    return runs;
   }
 
   /** The ranges to read (and count as read) at a checksum. */

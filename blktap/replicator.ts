@@ -10,7 +10,7 @@
 // a run that reads as zeros goes as its range alone (DISK_SYNC ZEROES): a thin disk costs the
 // wire what it holds, not its size.
 import { assert } from '../dom0/assert';
-import type { Clock, DiskLink, DiskPort, MaybePromise } from '../dom0/ports';
+import type { BackupDisk, Clock, DiskChecksum, DiskLink, DiskPort, MaybePromise } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX,
   DW_FLUSH,
@@ -40,6 +40,8 @@ export interface ReplicatorOptions {
   backlogBytesMax?: number;
   /** Read tracking: how many read blocks to remember (0: off). */
   readTrackingBlocksMax?: number;
+  /** The checksum's ranges (DISK_VERIFY's table): RANGE_CRC_BYTES, smaller for a test's small disk. */
+  rangeCrcBytes?: number;
 }
 
 interface Unacked {
@@ -99,7 +101,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     assert(source.sizeBytes > 0 && source.sizeBytes % 512 === 0 && opts.unackedBytesMax > 0, 'replicator options');
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
-    this.rangeCrcs = new RangeCrcs(source, this.generations, clock);
+    this.rangeCrcs = new RangeCrcs(source, this.generations, clock, opts.rangeCrcBytes);
     const trackMax = opts.readTrackingBlocksMax ?? 0;
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
@@ -144,12 +146,13 @@ export class DiskReplicator implements DiskPort, DiskTap {
   connect(
     link: DiskLink,
     nextEpoch: number,
-    backupContinues: boolean,
+    backup: BackupDisk,
     ready: () => void,
     overflow: (reason: string) => void,
-  ): void {
+  ) {
     assert(this.link === null, 'disk session already connected');
-    if (!backupContinues) this.bitmap.markAll();
+    if (!backup.continues) this.bitmap.markAll();
+    else for (const r of backup.differing) this.bitmap.markRange(r.offsetBytes, r.lengthBytes);
     this.link = link;
     this.tag = nextEpoch;
     // The backup applies the writes of its disk copy as they come, in order with the copy
@@ -193,7 +196,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
   }
 
   /** CRC32C of the whole disk (the caller keeps it still): only ranges written since they were read are read. */
-  checksum(): MaybePromise<number> {
+  checksum(): MaybePromise<DiskChecksum> {
     return this.rangeCrcs.checksum();
   }
 

@@ -29,6 +29,16 @@ export const DEFAULT_NBD_PORT = 10809;
 
 /** Disks from this size get protect's warning that --verify-disk pauses the guest to read them whole. */
 export const DISK_VERIFY_WARN_BYTES = 1024 ** 3;
+/**
+ * Most range CRCs a DISK_VERIFY carries (4 MiB of them): a disk of more than 1 TiB sends its
+ * 1 MiB ranges' CRCs combined in twos, fours… (a 16 TiB disk: 16 MiB ranges).
+ */
+export const DISK_VERIFY_RANGES_MAX = 2 ** 20;
+/**
+ * Runs of differing ranges a backup names in its HELLO_ACK after a failed disk check (the next
+ * session copies them); past it, the whole disk. 4096 runs of [offset, length] are ~100 KiB of JSON.
+ */
+export const DISK_DIFFERING_RUNS_MAX = 4096;
 /** Unacknowledged disk writes a primary forwards and a backup holds before the session drops (--disk-buffer). */
 export const DISK_BUFFER_BYTES_DEFAULT = 256 * 2 ** 20;
 

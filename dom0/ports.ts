@@ -85,7 +85,7 @@ export interface DiskPort {
   connect(
     link: DiskLink,
     nextEpoch: number,
-    backupContinues: boolean,
+    backup: BackupDisk,
     ready: () => void,
     overflow: (reason: string) => void,
   ): void;
@@ -104,8 +104,8 @@ export interface DiskPort {
    * match. Only exact matches (blktap/read-tracker.ts).
    */
   references?(pages: Uint8Array, epoch: number): Array<{ offsetBytes: number; crc32c: number } | null> | null;
-  /** CRC32C of the whole disk (called with the domain suspended, before the disk barrier). */
-  checksum?(): MaybePromise<number>;
+  /** CRC32C of the whole disk and its ranges' (called with the domain suspended, before the disk barrier). */
+  checksum?(): MaybePromise<DiskChecksum>;
   /** The session will want checksum() at its first checkpoint: read ahead while the guest runs. */
   prepareChecksum?(): void;
 }
@@ -114,6 +114,20 @@ export interface DiskPort {
 export interface DiskRange {
   offsetBytes: number;
   lengthBytes: number;
+}
+
+/**
+ * What the backup's disk holds as a session begins (its HELLO_ACK): nothing to build on (the
+ * whole disk is copied), or the disk of an earlier session, in which the ranges a disk check
+ * found different are copied too, with the resync bitmap's blocks.
+ */
+export type BackupDisk = { continues: false } | { continues: true; differing: readonly DiskRange[] };
+
+/** A whole-disk CRC32C with the per-range CRCs it combines (blktap/range-crcs.ts). */
+export interface DiskChecksum {
+  crc32c: number;
+  rangeBytes: number;
+  rangeCrcs: Uint32Array;
 }
 
 /**
@@ -181,6 +195,11 @@ export interface ReplicaDisk {
    * known is read, off the event loop for a file; a disk in memory answers at once.
    */
   checksum(): MaybePromise<number>;
+  /**
+   * After checksum(), where this disk differs from the primary's table of range CRCs: byte
+   * runs to copy again, or null when the tables cannot be compared (then the whole disk is).
+   */
+  differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

@@ -396,7 +396,7 @@ function bodiesFor(type: number): Array<[string, Buffer]> {
     [Rec.DISK_SYNC]: diskSyncBody(0, new Uint8Array(512)),
     [Rec.DISK_SYNC_END]: diskSyncEndBody(512),
     [Rec.DISK_REFS]: diskRefsBody(e, [{ pfn: 0, offsetBytes: 0, crc32c: 0 }]),
-    [Rec.DISK_VERIFY]: diskVerifyBody(e, 0),
+    [Rec.DISK_VERIFY]: diskVerifyBody(e, { crc32c: 0, rangeBytes: 4096, rangeCrcs: new Uint32Array(1) }),
     [Rec.NET_EXPOSURE]: withEpoch(e, jsonBody({ released: 0, flows: [] })),
     [Rec.MEMORY_VERIFY]: memoryVerifyBody(e, 4, new Uint32Array(ADV_PAGES / 4)),
   };
@@ -526,7 +526,12 @@ const RULES: Array<[string, Step[]]> = [
   ],
   [
     'DISK_VERIFY without a disk',
-    [...committedSession, (a) => a.begin(2, false), (a) => a.link.send(Rec.DISK_VERIFY, diskVerifyBody(2, 0))],
+    [
+      ...committedSession,
+      (a) => a.begin(2, false),
+      (a) =>
+        a.link.send(Rec.DISK_VERIFY, diskVerifyBody(2, { crc32c: 0, rangeBytes: 4096, rangeCrcs: new Uint32Array(1) })),
+    ],
   ],
   [
     'ERROR from the primary',

@@ -340,7 +340,7 @@ describe('48 xen disk', () => {
               backlogBytes: 0,
             },
             1,
-            false,
+            { continues: false },
             resolve,
             reject,
           );

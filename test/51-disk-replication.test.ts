@@ -181,7 +181,7 @@ describe('51 disk replication', () => {
       r.connect(
         l,
         5,
-        true,
+        { continues: true, differing: [] },
         () => {
           ready = true;
         },
@@ -210,7 +210,7 @@ describe('51 disk replication', () => {
       r.connect(
         tap(),
         1,
-        true,
+        { continues: true, differing: [] },
         () => {},
         () => {},
       );
@@ -226,7 +226,7 @@ describe('51 disk replication', () => {
       r.connect(
         l,
         3,
-        true,
+        { continues: true, differing: [] },
         () => {},
         () => {},
       );
@@ -252,7 +252,7 @@ describe('51 disk replication', () => {
       r.connect(
         tap(),
         1,
-        true,
+        { continues: true, differing: [] },
         () => {},
         (why) => (overflow = why),
       );
@@ -278,7 +278,7 @@ describe('51 disk replication', () => {
       r.connect(
         l,
         1,
-        false,
+        { continues: false },
         () => {},
         (why) => {
           overflow = why;
@@ -304,7 +304,7 @@ describe('51 disk replication', () => {
       r.connect(
         l,
         1,
-        false,
+        { continues: false },
         () => {},
         () => {},
       );
@@ -607,12 +607,19 @@ describe('51 disk replication', () => {
       gens.endWrite(3 * RANGE_CRC_BYTES, 4096);
       write(RANGE_CRC_BYTES + 100 * 4096); // range 1, after it was read
       write(5 * RANGE_CRC_BYTES); // the short last range
-      assert.equal(await ranges.checksum(), diskChecksum(disk), 'equals reading the whole disk');
+      const sum = await ranges.checksum();
+      assert.equal(sum.crc32c, diskChecksum(disk), 'equals reading the whole disk');
+      const whole = Buffer.alloc(SIZE);
+      disk.read(0, whole);
+      const each = Array.from({ length: ranges.ranges }, (_, r) =>
+        loadAddon().crc32c(whole.subarray(r * RANGE_CRC_BYTES, (r + 1) * RANGE_CRC_BYTES)),
+      );
+      assert.deepEqual(Array.from(sum.rangeCrcs), each, "DISK_VERIFY's table: each range's CRC32C");
       assert.equal(ranges.counters.rangesReadAtChecksum, 3, 'ranges 1, 3 and 5 were read again, no other');
       ranges.fill(); // a running fill keeps written ranges current: the next checksum reads nothing
       write(2 * RANGE_CRC_BYTES);
       await filled(ranges.ranges - 1 + 1);
-      assert.equal(await ranges.checksum(), diskChecksum(disk));
+      assert.equal((await ranges.checksum()).crc32c, diskChecksum(disk));
       assert.equal(ranges.counters.rangesReadAtChecksum, 3, 'nothing stale at this checksum');
       disk.close();
     } finally {

@@ -37,6 +37,25 @@ describe('52 reprotection', function () {
     },
   );
 
+  it("52.6 the old primary's disk has writes it never forwarded: only the differing ranges are copied", async () => {
+    // Blocks in three 1 MiB ranges (two of them adjacent): what a primary SIGKILLed between its
+    // local write and the forward leaves. The first disk check fails; the next session copies
+    // those ranges with the bitmap's blocks, and its check passes.
+    const r = await runReprotect({
+      diskMiB: 64,
+      runSeconds: 1,
+      afterFailoverSeconds: 0.5,
+      reuse: true,
+      heartbeatTimeoutMs: 1000,
+      unforwardedBlocks: [10 * 256 + 3, 11 * 256 + 200, 40 * 256 + 7],
+    });
+    assert.ok(r.verified_epoch > 0, 'verified equal in the end');
+    assert.match(r.diverged ?? '', /copies the \d+ runs of \d+ octets that differ/, 'the first check found them');
+    assert.ok(r.copied_bytes >= 3 * 2 ** 20, `the three ranges were copied (${r.copied_bytes} bytes)`);
+    // The first session's copy is sent again (its checkpoint never committed), then the ranges.
+    assert.ok(r.copied_bytes < 2 * r.changed_bytes + 4 * 2 ** 20, `not the disk: ${r.copied_bytes} of ${r.disk_bytes}`);
+  });
+
   it('52.2 a backup without the old disk gets a full copy, also verified (under --interval auto)', async () => {
     const r = await runReprotect({
       diskMiB: 32,

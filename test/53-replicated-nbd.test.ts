@@ -58,7 +58,7 @@ describe('53 replicated NBD disk', function () {
           d.replicator.connect(
             { backlogBytes: 0, send: (type, body) => sent.push({ type, body: Buffer.from(body) }) },
             1,
-            true,
+            { continues: true, differing: [] },
             ready,
             () => assert.fail('overflow'),
           ),

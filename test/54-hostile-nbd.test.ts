@@ -1461,7 +1461,9 @@ class Replicated implements Served {
     });
     const r = new Replicated(disk, fs.readFileSync(image));
     const link = { backlogBytes: 0, send: (type: number, body: Uint8Array) => r.apply(type, Buffer.from(body)) };
-    await new Promise<void>((ready) => disk.replicator.connect(link, 1, true, ready, () => undefined));
+    await new Promise<void>((ready) =>
+      disk.replicator.connect(link, 1, { continues: true, differing: [] }, ready, () => undefined),
+    );
     return r;
   }
 

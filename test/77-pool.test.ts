@@ -236,10 +236,10 @@ describe('77 a pool of hosts', () => {
           `(${(second.disk as { resyncCopiedBytes: number }).resyncCopiedBytes} bytes to b)`,
       );
       const disk2 = second.disk as { resyncCopiedBytes: number };
-      assert.ok(
-        disk2.resyncCopiedBytes > 0 && disk2.resyncCopiedBytes < 4 * 2 ** 20,
-        `changed blocks only: ${disk2.resyncCopiedBytes} bytes of a 32 MiB disk`,
-      );
+      // The blocks written since the failover, and where b's disk holds writes it never
+      // forwarded before its crash, the 1 MiB ranges its first disk check found different.
+      // None at all can be: the kill may fall where no write was under way.
+      assert.ok(disk2.resyncCopiedBytes < 8 * 2 ** 20, `changed blocks only: ${disk2.resyncCopiedBytes} of 32 MiB`);
       // 3. the first host comes back: it joins the pool.
       agent('a');
       await until(

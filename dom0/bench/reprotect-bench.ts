@@ -29,6 +29,8 @@ export interface ReprotectRun {
   verified_epoch: number;
   /** The reprotection ran the adaptive interval (--interval auto): its model showed in status. */
   interval_auto: boolean;
+  /** The new backup's log: a disk check found the disks different (ERR_DISK_DIVERGED), and what is copied again. */
+  diverged: string | null;
 }
 
 async function until<T>(f: () => Promise<T | null>, ms: number, what: string): Promise<T> {
@@ -59,6 +61,18 @@ export function differingBytes(a: string, b: string): number {
   return diff;
 }
 
+/** Flips a byte in each of these 4 KiB blocks of an image. */
+function changeBlocks(image: string, blocks: number[]): void {
+  const fd = fs.openSync(image, 'r+');
+  const b = Buffer.alloc(1);
+  for (const block of blocks) {
+    fs.readSync(fd, b, 0, 1, block * 4096 + 100);
+    b[0] ^= 0xff;
+    fs.writeSync(fd, b, 0, 1, block * 4096 + 100);
+  }
+  fs.closeSync(fd);
+}
+
 export async function runReprotect(o: {
   diskMiB: number;
   runSeconds: number;
@@ -67,6 +81,11 @@ export async function runReprotect(o: {
   heartbeatTimeoutMs?: number;
   /** Reprotect with --interval auto (loss window 100 ms) instead of 50 ms. */
   intervalAuto?: boolean;
+  /**
+   * Blocks of the old primary's disk to change after its crash, as writes it made but never
+   * forwarded would (no bitmap knows them: the new backup's first disk check finds them).
+   */
+  unforwardedBlocks?: number[];
 }): Promise<ReprotectRun> {
   const hb = String(o.heartbeatTimeoutMs ?? 200);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'rdb-reprotect-'));
@@ -121,6 +140,7 @@ export async function runReprotect(o: {
     await sleep(o.afterFailoverSeconds * 1000);
     const oldDisk = path.join(dir, 'sim-rp.primary.disk'),
       liveDisk = path.join(dir, 'sim-rp.backup.disk');
+    if (o.unforwardedBlocks?.length) changeBlocks(oldDisk, o.unforwardedBlocks);
     run(
       [
         'backup',
@@ -166,6 +186,10 @@ export async function runReprotect(o: {
       seconds_to_protected: secs,
       verified_epoch: Number(st.diskVerifiedEpoch),
       interval_auto: st.interval === 'auto' && st.intervalModel != null,
+      diverged:
+        /the disks differ \(the next session copies [^)]*\)/.exec(
+          fs.readFileSync(path.join(dir, 'b2.log'), 'utf8'),
+        )?.[0] ?? null,
     };
   } finally {
     for (const k of kids) k.kill('SIGKILL');

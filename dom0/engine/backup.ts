@@ -17,7 +17,7 @@
 import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import { PageDecoder } from '../memory/page-codec';
-import { BACKUP_INTAKE_BYTES_HIGH, PAGE_BYTES } from '../limits';
+import { BACKUP_INTAKE_BYTES_HIGH, DISK_DIFFERING_RUNS_MAX, PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
   PROTOCOL_VERSION,
@@ -40,7 +40,16 @@ import {
   parseMemoryVerify,
 } from '../protocol/records';
 import { imageDigests } from './continuation';
-import type { Clock, Link, MaybePromise, Ownership, OwnershipClaimer, Replica } from '../ports';
+import type {
+  Clock,
+  DiskChecksum,
+  DiskRange,
+  Link,
+  MaybePromise,
+  Ownership,
+  OwnershipClaimer,
+  Replica,
+} from '../ports';
 import { Staging } from './staging';
 import { validateHello, type HelloInfo } from './hello';
 import { COPY_SILENCE_MS } from './primary';
@@ -95,7 +104,8 @@ interface Open {
   full: boolean;
   pages: number;
   deviceState: Uint8Array | null;
-  diskCrc: number | null;
+  /** The primary's disk checksum at this checkpoint (DISK_VERIFY), checked at its commit. */
+  diskSum: DiskChecksum | null;
   /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
   memDigests: { regionPages: number; digests: Uint32Array } | null;
 }
@@ -185,7 +195,13 @@ export class Backup {
     memoryDiverged: 0,
     replacedSessions: 0,
   };
-  private diskSuspect = false;
+  /**
+   * Where our disk is known to differ from the primary's, for the next session: nothing known
+   * (null), everywhere (a disk reference that did not match, or a check whose tables could not
+   * be compared: the whole disk is copied), or the ranges a disk check found different (copied
+   * with the resync bitmap's blocks). Kept until a session commits: its HELLO_ACK reached the primary.
+   */
+  private diskDiffers: readonly DiskRange[] | 'whole' | null = null;
   /** Released replicas whose disk still has a write under way: sessions' records wait meanwhile. */
   private releasing = 0;
   resumedFrom: ResumedFrom | null = null;
@@ -488,7 +504,10 @@ export class Backup {
     // The disk continues an earlier session only when this process kept it (same replica).
     const kept = this.held !== null;
     const held = this.held ?? this.hold(h);
-    const diskContinues = h.diskBytes > 0 && !this.diskSuspect && (kept || held.replica.diskContinues === true);
+    const diskContinues =
+      h.diskBytes > 0 && this.diskDiffers !== 'whole' && (kept || held.replica.diskContinues === true);
+    const differs = this.diskDiffers;
+    const diskDiffers = diskContinues && differs !== null && differs !== 'whole' ? differs : [];
     const diskBytes = held.replica.disk?.sizeBytes ?? 0;
     if (h.diskBytes !== diskBytes) {
       if (!kept) this.release();
@@ -502,7 +521,6 @@ export class Backup {
       );
     }
     const cont = this.continuation(h);
-    this.diskSuspect = false;
     held.hello = h;
     const bufferMax = Math.min(h.diskBufferBytesMax, this.opts.diskBufferBytesMax ?? h.diskBufferBytesMax);
     // Writes held for a session that never committed them go: the primary resyncs those blocks.
@@ -529,6 +547,7 @@ export class Backup {
         accepted: true,
         backup: 'remusdb',
         diskContinues,
+        ...(diskDiffers.length > 0 ? { diskDiffers: diskDiffers.map((r) => [r.offsetBytes, r.lengthBytes]) } : {}),
         continues: cont.epoch !== null,
         reason: cont.reason,
         ...(cont.epoch !== null ? { epoch: cont.epoch } : {}),
@@ -619,7 +638,7 @@ export class Backup {
       this.kept = null;
       s.continuing = null;
     } // the image is overwritten in place from here
-    s.open = { epoch, full, pages: 0, deviceState: null, diskCrc: null, memDigests: null };
+    s.open = { epoch, full, pages: 0, deviceState: null, diskSum: null, memDigests: null };
   }
 
   private openFor(s: Session, type: number, epoch: number): Open {
@@ -684,8 +703,8 @@ export class Backup {
           this.counters.diskBytesApplied += disk.bytes;
         }
       });
-      if (o.diskCrc === null) return this.finishCommit(s, o);
-      this.verifyDiskThenFinish(s, o, epoch, o.diskCrc);
+      if (o.diskSum === null) return this.finishCommit(s, o);
+      this.verifyDiskThenFinish(s, o, epoch, o.diskSum);
     });
   }
 
@@ -719,7 +738,7 @@ export class Backup {
    * changed since the disk's CRCs were known (replica-range-crcs.ts), off the event loop; the
    * records that arrive meanwhile wait their turn (held, in order).
    */
-  private verifyDiskThenFinish(s: Session, o: Open, epoch: number, expected: number): void {
+  private verifyDiskThenFinish(s: Session, o: Open, epoch: number, expected: DiskChecksum): void {
     const held = this.held!;
     s.paused = true;
     let sum: MaybePromise<number>;
@@ -734,13 +753,7 @@ export class Backup {
       this.guard(s, () => {
         this.committing(held, () => {
           if (r instanceof Error) throw r;
-          if (r !== expected) {
-            throw new RemusError(
-              ErrorCode.DISK_DIVERGED,
-              `at checkpoint ${epoch} the backup's disk has CRC32C ${r.toString(16)}, the ` +
-                `primary's ${expected.toString(16)}: the disks differ (the next session copies the disk whole)`,
-            );
-          }
+          if (r !== expected.crc32c) this.diskDiverged(held, epoch, r, expected);
           this.counters.diskVerifiedEpoch = epoch;
           this.hooks.event?.('disk-verified', { epoch, crc32c: r });
         });
@@ -821,6 +834,7 @@ export class Backup {
     this.checkCommitFollows(s, epoch);
     this.committed = epoch;
     this.kept = { epoch, lineage: s.hello!.lineage };
+    this.diskDiffers = null; // this session's HELLO_ACK named them, and its copy covered them
     s.continuing = null;
     s.open = null;
     this.counters.checkpoints++;
@@ -832,6 +846,26 @@ export class Backup {
     this.hooks.phase?.('post-ack', epoch);
   }
 
+  /**
+   * The disk check failed: find the ranges that differ (our table is complete right after the
+   * checksum) for the next session to copy, or the whole disk when the tables cannot be
+   * compared or differ in too many places; then fail the commit.
+   */
+  private diskDiverged(held: Held, epoch: number, ours: number, theirs: DiskChecksum): never {
+    const runs = held.replica.disk!.differingRanges(theirs);
+    const copy = runs === null || runs.length > DISK_DIFFERING_RUNS_MAX ? 'whole' : runs;
+    this.diskDiffers = copy;
+    const bytes = copy === 'whole' ? held.hello.diskBytes : copy.reduce((n, r) => n + r.lengthBytes, 0);
+    this.hooks.event?.('disk-diverged', { epoch, runs: runs?.length ?? null, bytes });
+    throw new RemusError(
+      ErrorCode.DISK_DIVERGED,
+      `at checkpoint ${epoch} the backup's disk has CRC32C ${ours.toString(16)}, the primary's ` +
+        `${theirs.crc32c.toString(16)}: the disks differ (the next session copies ${
+          copy === 'whole' ? 'the disk whole' : `the ${copy.length} runs of ${bytes} octets that differ`
+        })`,
+    );
+  }
+
   /** A step of a commit: if it fails, the replica is no checkpoint any more. */
   private committing(held: Held, f: () => void): void {
     try {
@@ -840,9 +874,10 @@ export class Backup {
       this.committed = null;
       this.kept = null;
       held.staging.clear();
-      // A disk reference that did not match means our disk diverged: the next session copies it whole.
-      if (e instanceof RemusError && (e.code === ErrorCode.DISK_REF_MISMATCH || e.code === ErrorCode.DISK_DIVERGED))
-        this.diskSuspect = true;
+      // A disk reference that did not match means our disk diverged: the next session copies it
+      // whole; a failed disk check said where (diskDiverged), or could not.
+      if (e instanceof RemusError && e.code === ErrorCode.DISK_REF_MISMATCH) this.diskDiffers = 'whole';
+      if (e instanceof RemusError && e.code === ErrorCode.DISK_DIVERGED) this.diskDiffers ??= 'whole';
       throw e;
     }
   }
@@ -914,11 +949,11 @@ export class Backup {
   /** The primary's disk checksum at this checkpoint: checked at its commit, before the ACK. */
   private onDiskVerify(s: Session, body: Buffer): void {
     const h = this.needSession(s).hello;
-    const { epoch, crc32c } = parseDiskVerify(body);
+    if (h.diskBytes === 0) throw protocolError('DISK_VERIFY for a domain without a disk');
+    const { epoch, ...sum } = parseDiskVerify(body, h.diskBytes);
     const o = this.openFor(s, Rec.DISK_VERIFY, epoch);
-    if (h.diskBytes === 0 || o.diskCrc !== null)
-      throw protocolError(`DISK_VERIFY for checkpoint ${epoch} without a disk, or twice`);
-    o.diskCrc = crc32c;
+    if (o.diskSum !== null) throw protocolError(`DISK_VERIFY for checkpoint ${epoch} twice`);
+    o.diskSum = sum;
   }
 
   /**

@@ -5,7 +5,8 @@
 // never be a path. A HELLO that fails is ERR_HANDSHAKE with a message naming the field.
 import { ErrorCode, RemusError } from '../errors';
 import { COMPRESSORS } from '../memory/encodings';
-import { DEVICE_STATE_BYTES_MAX, PAGE_BYTES } from '../limits';
+import { DEVICE_STATE_BYTES_MAX, DISK_BLOCK_BYTES, DISK_DIFFERING_RUNS_MAX, PAGE_BYTES } from '../limits';
+import type { BackupDisk, DiskRange } from '../ports';
 
 /** Letters, digits, '.', '_', '-'; first a letter or digit; at most 64: never '.', '..' or a path. */
 export const DOMAIN_NAME_RULE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -125,4 +126,31 @@ function continueFromOf(v: Record<string, unknown>, lineage: string | null): Con
     );
   }
   return { ackedEpoch, lastEpoch };
+}
+
+/**
+ * The primary's reading of a HELLO_ACK's disk fields: whether the backup's disk continues, and
+ * the runs a failed disk check found different (diskDiffers: [[offset, length], …], whole
+ * blocks inside the disk, at most DISK_DIFFERING_RUNS_MAX). Anything else is a protocol error.
+ */
+export function backupDiskOf(ack: Record<string, unknown>, diskBytes: number): BackupDisk {
+  if (ack.diskContinues !== true) return { continues: false };
+  const runs = ack.diskDiffers ?? [];
+  if (!Array.isArray(runs) || runs.length > DISK_DIFFERING_RUNS_MAX)
+    throw new RemusError(
+      ErrorCode.PROTOCOL,
+      `HELLO_ACK's diskDiffers is not a list of at most ${DISK_DIFFERING_RUNS_MAX}`,
+    );
+  const differing: DiskRange[] = runs.map((r: unknown) => {
+    const [offsetBytes, lengthBytes] = Array.isArray(r) && r.length === 2 ? r : [];
+    const whole = (n: unknown): n is number =>
+      Number.isSafeInteger(n) && (n as number) >= 0 && (n as number) % DISK_BLOCK_BYTES === 0;
+    if (!whole(offsetBytes) || !whole(lengthBytes) || lengthBytes <= 0 || offsetBytes + lengthBytes > diskBytes)
+      throw new RemusError(
+        ErrorCode.PROTOCOL,
+        `HELLO_ACK's diskDiffers run ${JSON.stringify(r)} is not blocks of the disk`,
+      );
+    return { offsetBytes, lengthBytes };
+  });
+  return { continues: true, differing };
 }

@@ -37,14 +37,14 @@ import {
   memoryVerifyBody,
   type DiskRefEntry,
 } from '../protocol/records';
-import type { Capture, Clock, DiskPort, Domain, Link, OutputGate } from '../ports';
+import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate } from '../ports';
 import { Window, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
 import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
 import { AdaptiveInterval } from './adaptive-interval';
-import type { ContinueFrom } from './hello';
+import { backupDiskOf, type ContinueFrom } from './hello';
 
 export type Phase =
   | 'suspend'
@@ -187,7 +187,7 @@ interface Pending {
   cap: Capture;
   next: number;
   sentPages: number;
-  diskCrc: number | null;
+  diskCrc: DiskChecksum | null;
   begun: boolean;
   /** A continued session's first checkpoint: the region digests of memory at it (MEMORY_VERIFY). */
   memDigests: Uint32Array | null;
@@ -529,7 +529,7 @@ export class Primary {
     let t1 = 0,
       cap: Capture | null = null,
       info: Record<string, unknown> = {},
-      diskCrc: number | null = null;
+      diskCrc: DiskChecksum | null = null;
     this.checkpointing = true;
     let suspended = false,
       barrierPlaced = false;
@@ -648,7 +648,7 @@ export class Primary {
     cont: boolean,
     cap: Capture,
     info: Record<string, unknown>,
-    diskCrc: number | null,
+    diskCrc: DiskChecksum | null,
     pc: Precopy | null,
     pausedMs: number,
   ): void {
@@ -825,7 +825,9 @@ export class Primary {
     this.session = 'syncing';
     this.state = 'syncing';
     this.gate.setPassThrough(true);
-    this.hooks.event?.('disk-sync', { backup: this.link?.remote, wholeDisk: value.diskContinues !== true });
+    const backupDisk = backupDiskOf(value, this.disk.sizeBytes);
+    const differingBytes = backupDisk.continues ? backupDisk.differing.reduce((n, r) => n + r.lengthBytes, 0) : 0;
+    this.hooks.event?.('disk-sync', { backup: this.link?.remote, wholeDisk: !backupDisk.continues, differingBytes });
     const link = this.link!;
     this.disk.connect(
       {
@@ -835,7 +837,7 @@ export class Primary {
         },
       },
       this.epoch + 1,
-      value.diskContinues === true,
+      backupDisk,
       () => {
         if (this.link === link) this.beginCheckpoints();
       },

@@ -3,6 +3,8 @@
 // body as hostile and throw ERR_PROTOCOL naming the record and what is wrong.
 import { ErrorCode, RemusError } from '../errors';
 import { assert } from '../assert';
+import type { DiskChecksum } from '../ports';
+import { DISK_VERIFY_RANGES_MAX } from '../limits';
 
 export const PROTOCOL_VERSION = 1;
 export const RECORD_HEADER = 16;
@@ -298,16 +300,40 @@ export function parseDiskRefs(
   return { epoch, refs };
 }
 
-/** DISK_VERIFY: the CRC32C of the primary's whole disk at checkpoint epoch (sent after its END). */
-export function diskVerifyBody(epoch: number, crc32c: number): Buffer {
-  const b = epochBody(epoch, 8);
-  b.writeUInt32LE(crc32c >>> 0, 8);
+/** DISK_VERIFY's fixed part: u64 epoch | u32 CRC32C | u32 0 | u32 range octets | u32 ranges. */
+const DISK_VERIFY_HEADER_BYTES = 24;
+
+/**
+ * DISK_VERIFY: the CRC32C of the primary's whole disk at checkpoint epoch (sent after its END),
+ * then its per-range CRC32Cs, so that a backup whose disk differs copies again only the ranges
+ * that do: u64 epoch | u32 crc32c | u32 0 | u32 rangeBytes | u32 ranges | ranges × u32 crc32c.
+ */
+export function diskVerifyBody(epoch: number, sum: DiskChecksum): Buffer {
+  const b = Buffer.alloc(DISK_VERIFY_HEADER_BYTES + 4 * sum.rangeCrcs.length);
+  b.writeBigUInt64LE(BigInt(epoch), 0);
+  b.writeUInt32LE(sum.crc32c >>> 0, 8);
+  b.writeUInt32LE(sum.rangeBytes, 16);
+  b.writeUInt32LE(sum.rangeCrcs.length, 20);
+  for (let r = 0; r < sum.rangeCrcs.length; r++) b.writeUInt32LE(sum.rangeCrcs[r], DISK_VERIFY_HEADER_BYTES + 4 * r);
   return b;
 }
-export function parseDiskVerify(body: Buffer): { epoch: number; crc32c: number } {
-  const epoch = readEpoch(Rec.DISK_VERIFY, body, 16, 16);
+
+/** Checks the table against the session's disk: whole blocks per range, as many ranges as cover it. */
+export function parseDiskVerify(body: Buffer, diskBytes: number): { epoch: number } & DiskChecksum {
+  const epoch = readEpoch(Rec.DISK_VERIFY, body, DISK_VERIFY_HEADER_BYTES);
   if (body.readUInt32LE(12) !== 0) throw protocolError('DISK_VERIFY reserved field is not 0');
-  return { epoch, crc32c: body.readUInt32LE(8) };
+  const rangeBytes = body.readUInt32LE(16),
+    ranges = body.readUInt32LE(20);
+  const fits = ranges <= DISK_VERIFY_RANGES_MAX && ranges === Math.ceil(diskBytes / rangeBytes);
+  if (rangeBytes === 0 || rangeBytes % 4096 !== 0 || diskBytes === 0 || !fits)
+    throw protocolError(
+      `DISK_VERIFY's ${ranges} ranges of ${rangeBytes} octets do not cover a ${diskBytes}-octet disk`,
+    );
+  if (body.length !== DISK_VERIFY_HEADER_BYTES + 4 * ranges)
+    throw protocolError(`DISK_VERIFY body of ${body.length} octets is not its ${ranges} ranges`);
+  const rangeCrcs = new Uint32Array(ranges);
+  for (let r = 0; r < ranges; r++) rangeCrcs[r] = body.readUInt32LE(DISK_VERIFY_HEADER_BYTES + 4 * r);
+  return { epoch, crc32c: body.readUInt32LE(8), rangeBytes, rangeCrcs };
 }
 
 // ---- reconnect without a full copy (docs/protocol.md "Reconnect") -----------------------------

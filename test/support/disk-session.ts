@@ -38,11 +38,12 @@ export const simHello = (more: Record<string, unknown> = {}): Buffer =>
 
 export const diskHello = (diskBytes: number): Buffer => simHello({ diskBytes, diskBufferBytesMax: 1 << 20 });
 
-/** A good FULL checkpoint 1 of a 128-page guest. */
-export const fullCheckpoint = (link: TapLink): void => {
+/** A good FULL checkpoint 1 of a 128-page guest; inside: records sent after its BEGIN (a DISK_VERIFY). */
+export const fullCheckpoint = (link: TapLink, inside?: () => void): void => {
   const enc = new PageEncoder({ cachePages: 16, compressor: 'zstd', batchPagesMax: 256 });
   const all = Array.from({ length: 128 }, (_, i) => i);
   link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(1, true));
+  inside?.();
   link.rec(
     Rec.PAGE_BATCH,
     withEpoch(1, Buffer.from(enc.encode(guestImage(), BigUint64Array.from(all.map(BigInt))).container)),

@@ -17,8 +17,13 @@ export class TapLink implements Link {
   onRecord(cb: (t: number, b: Buffer) => void): void {
     this.rec = cb;
   }
-  onClose(): void {
-    /* not used */
+  private closedBy: ((error: Error | null) => void) | null = null;
+  onClose(cb: (error: Error | null) => void): void {
+    this.closedBy = cb;
+  }
+  /** The peer's end closes: the engine hears it as a broken connection. */
+  peerClosed(error: Error | null = new Error('closed by the test')): void {
+    this.closedBy?.(error);
   }
   /** Link.holdReading's calls, in order (the engine's flow control). */
   holds: boolean[] = [];

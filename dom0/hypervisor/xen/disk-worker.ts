@@ -18,7 +18,7 @@ import {
   workerData,
 } from 'node:worker_threads';
 import { ErrorCode, RemusError } from '../../errors';
-import type { DiskLink, DiskPort } from '../../ports';
+import type { BackupDisk, DiskChecksum, DiskLink, DiskPort, MaybePromise } from '../../ports';
 import type { DiskReplicator, ReplicatorStats } from '../../../blktap/replicator';
 import { NbdServer } from '../../../blktap/nbd-server';
 import type { DiskTap } from '../../../blktap/disk-tap';
@@ -138,18 +138,18 @@ export class DrainingDiskPort implements DiskPort {
   connect(
     link: DiskLink,
     nextEpoch: number,
-    backupContinues: boolean,
+    backup: BackupDisk,
     ready: () => void,
     overflow: (reason: string) => void,
-  ): void {
+  ) {
     this.drain();
-    this.replicator.connect(link, nextEpoch, backupContinues, ready, overflow);
+    this.replicator.connect(link, nextEpoch, backup, ready, overflow);
   }
   disconnect(): void {
     this.drain();
     this.replicator.disconnect();
   }
-  checksum(): Promise<number> | number {
+  checksum(): MaybePromise<DiskChecksum> {
     this.drain();
     return this.replicator.checksum();
   }

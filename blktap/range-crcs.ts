@@ -138,7 +138,21 @@ export class RangeCrcs {
     return { crc32c, rangeBytes: this.rangeBytes * factor, rangeCrcs };
   }
 
-  private lengthOf(r: number): number {
+  /** Range r's CRC32C as last read (meaningful while isCurrent(r)). */
+  crcOf(r: number): number {
+    return this.crcs[r];
+  }
+
+  /**
+   * Reads range r if no write is in flight there (a scrub's read-ahead): on libuv's pool where
+   * the source can, else at once; whether the range is current after.
+   */
+  readRange(r: number, buf: Uint8Array): MaybePromise<boolean> {
+    if (Number.isNaN(this.genSum(r))) return false;
+    return this.source.readAsync ? this.read(r, buf) : this.readNow(r, buf);
+  }
+
+  lengthOf(r: number): number {
     return Math.min(this.rangeBytes, this.source.sizeBytes - r * this.rangeBytes);
   }
 
@@ -156,7 +170,8 @@ export class RangeCrcs {
     return sum;
   }
 
-  private isCurrent(r: number): boolean {
+  /** Whether range r's CRC is of the disk as it is now: no write began there since it was read. */
+  isCurrent(r: number): boolean {
     return this.sums[r] === this.genSum(r); // NaN never equals
   }
 

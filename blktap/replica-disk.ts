@@ -9,6 +9,7 @@
 import type { DiskRange, MaybePromise, ReplicaDisk } from '../dom0/ports';
 import type { DiskWrite } from '../dom0/protocol/records';
 import { assert } from '../dom0/assert';
+import { loadAddon } from '../dom0/native';
 import { DiskIoQueue } from './disk-io-queue';
 import { ReplicaRangeCrcs } from './replica-range-crcs';
 import { type DiskTarget, EpochBuffer, applyWrite } from './epoch-buffer';
@@ -139,6 +140,29 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   checksum(): MaybePromise<number> {
     this.assertWritten('checksum');
     return this.rangeCrcs.checksum(this.target);
+  }
+
+  /** Reads each range from the disk (not the CRC table: a scrub checks what the disk holds). */
+  readCrcs(ranges: readonly DiskRange[]): MaybePromise<number[]> {
+    this.assertWritten('readCrcs');
+    const target = this.target as DiskTarget & { readAsync?(off: number, into: Uint8Array): Promise<void> };
+    const crc32c = loadAddon().crc32c;
+    if (!target.readAsync) {
+      return ranges.map((r) => {
+        const buf = new Uint8Array(r.lengthBytes);
+        target.read(r.offsetBytes, buf);
+        return crc32c(buf);
+      });
+    }
+    return (async () => {
+      const out: number[] = [];
+      for (const r of ranges) {
+        const buf = new Uint8Array(r.lengthBytes);
+        await target.readAsync!(r.offsetBytes, buf);
+        out.push(crc32c(buf));
+      }
+      return out;
+    })();
   }
 
   differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null {

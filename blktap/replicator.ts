@@ -10,7 +10,7 @@
 // a run that reads as zeros goes as its range alone (DISK_SYNC ZEROES): a thin disk costs the
 // wire what it holds, not its size.
 import { assert } from '../dom0/assert';
-import type { BackupDisk, Clock, DiskChecksum, DiskLink, DiskPort, MaybePromise } from '../dom0/ports';
+import type { BackupDisk, Clock, DiskChecksum, DiskLink, DiskPort, MaybePromise, ScrubPick } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX,
   DW_FLUSH,
@@ -28,6 +28,7 @@ import { type DiskRef, ReadTracker } from './read-tracker';
 import { ResyncBitmap } from './resync-bitmap';
 import { type DiskSource, isZero } from './disk-source';
 import { RangeCrcs } from './range-crcs';
+import { DiskScrub } from './disk-scrub';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 export interface ReplicatorOptions {
@@ -63,6 +64,8 @@ export interface ReplicatorStats {
   readTracking: import('./read-tracker').ReadTrackerStats | null;
   /** The checksum's read-ahead: ranges read while the guest ran, and at the checkpoint (written since). */
   checksumRanges: { rangesFilled: number; rangesReadAtChecksum: number; ranges: number };
+  /** The scrub: passes completed, ranges read ahead, sent, and skipped at a pick (written since read). */
+  scrub: DiskScrub['counters'];
 }
 
 export class DiskReplicator implements DiskPort, DiskTap {
@@ -72,6 +75,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   readonly tracker: ReadTracker | null;
   /** Per-range CRC32Cs with their write generations: the whole-disk checksum without a whole read. */
   private readonly rangeCrcs: RangeCrcs;
+  /** The background check (--disk-scrub): a few ranges' CRCs with each checkpoint. */
+  private readonly scrub: DiskScrub;
   private link: DiskLink | null = null;
   private tag = 1;
   private unacked: Unacked[] = [];
@@ -102,6 +107,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
     this.rangeCrcs = new RangeCrcs(source, this.generations, clock, opts.rangeCrcBytes);
+    this.scrub = new DiskScrub(this.rangeCrcs, clock);
     const trackMax = opts.readTrackingBlocksMax ?? 0;
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
@@ -125,6 +131,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
       syncing: this.sync !== null,
       readTracking: this.tracker?.stats() ?? null,
       checksumRanges: { ...this.rangeCrcs.counters, ranges: this.rangeCrcs.ranges },
+      scrub: { ...this.scrub.counters },
     };
   }
 
@@ -180,6 +187,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
       this.bitmap.markRange(run.first * DISK_BLOCK_BYTES, run.count * DISK_BLOCK_BYTES);
     }
     this.direct = null;
+    this.scrub.stop();
     for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
     this.copiedRuns = [];
     this.unacked = [];
@@ -188,6 +196,16 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.sync = null;
     this.link = null;
     this.overflow = null;
+  }
+
+  /** A session's checkpoints begin: a scrub pass starts (disk-scrub.ts). */
+  scrubStart(): void {
+    this.scrub.start();
+  }
+
+  /** The ranges this checkpoint carries for the scrub (domain suspended, before the barrier). */
+  scrubPick(): ScrubPick | null {
+    return this.scrub.pick();
   }
 
   /** Starts reading the disk in ranges while the guest runs, for this session's checksum (range-crcs.ts). */

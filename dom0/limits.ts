@@ -29,6 +29,12 @@ export const DEFAULT_NBD_PORT = 10809;
 
 /** Disks from this size get protect's warning that --verify-disk pauses the guest to read them whole. */
 export const DISK_VERIFY_WARN_BYTES = 1024 ** 3;
+/** Ranges a DISK_SCRUB carries at most: ≤ 8 MiB for the backup to read at one commit. */
+export const DISK_SCRUB_RANGES_MAX = 8;
+/** Longest range a DISK_SCRUB may name (the primary's are 1 MiB). */
+export const DISK_SCRUB_RANGE_BYTES_MAX = 16 * 2 ** 20;
+/** How far the scrub's reads run ahead of its pass, in ranges (16 MiB of 1 MiB ranges). */
+export const SCRUB_READ_AHEAD_RANGES = 16;
 /**
  * Most range CRCs a DISK_VERIFY carries (4 MiB of them): a disk of more than 1 TiB sends its
  * 1 MiB ranges' CRCs combined in twos, fours… (a 16 TiB disk: 16 MiB ranges).

@@ -108,6 +108,13 @@ export interface DiskPort {
   checksum?(): MaybePromise<DiskChecksum>;
   /** The session will want checksum() at its first checkpoint: read ahead while the guest runs. */
   prepareChecksum?(): void;
+  /**
+   * The scrub (--disk-scrub): scrubStart() as a session's checkpoints begin; scrubPick() with
+   * the domain suspended, before the disk barrier, at each checkpoint: ranges to send with it,
+   * or null. A disconnect ends the pass.
+   */
+  scrubStart?(): void;
+  scrubPick?(): ScrubPick | null;
 }
 
 /** A byte range of a disk. */
@@ -122,6 +129,21 @@ export interface DiskRange {
  * found different are copied too, with the resync bitmap's blocks.
  */
 export type BackupDisk = { continues: false } | { continues: true; differing: readonly DiskRange[] };
+
+/** A range of the disk and its CRC32C at a checkpoint (DISK_SCRUB). */
+export interface ScrubRange {
+  offsetBytes: number;
+  lengthBytes: number;
+  crc32c: number;
+}
+
+/** The ranges a checkpoint carries for the scrub (blktap/disk-scrub.ts); passEnd: they complete a pass. */
+export interface ScrubPick {
+  ranges: ScrubRange[];
+  passEnd: boolean;
+  /** The pass's range width: each range starts at a multiple of it and is that long but the disk's last. */
+  rangeBytes: number;
+}
 
 /** A whole-disk CRC32C with the per-range CRCs it combines (blktap/range-crcs.ts). */
 export interface DiskChecksum {
@@ -200,6 +222,8 @@ export interface ReplicaDisk {
    * runs to copy again, or null when the tables cannot be compared (then the whole disk is).
    */
   differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null;
+  /** The CRC32C of each range as the disk holds it now, read from the disk (a scrub's check; no pending write). */
+  readCrcs(ranges: readonly DiskRange[]): MaybePromise<number[]>;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

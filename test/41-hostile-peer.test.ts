@@ -35,6 +35,7 @@ import {
   diskRefsBody,
   diskSyncBody,
   diskSyncEndBody,
+  diskScrubBody,
   diskVerifyBody,
   diskWriteBody,
   epochBody,
@@ -397,6 +398,11 @@ function bodiesFor(type: number): Array<[string, Buffer]> {
     [Rec.DISK_SYNC_END]: diskSyncEndBody(512),
     [Rec.DISK_REFS]: diskRefsBody(e, [{ pfn: 0, offsetBytes: 0, crc32c: 0 }]),
     [Rec.DISK_VERIFY]: diskVerifyBody(e, { crc32c: 0, rangeBytes: 4096, rangeCrcs: new Uint32Array(1) }),
+    [Rec.DISK_SCRUB]: diskScrubBody(e, {
+      ranges: [{ offsetBytes: 0, lengthBytes: 4096, crc32c: 0 }],
+      passEnd: true,
+      rangeBytes: 4096,
+    }),
     [Rec.NET_EXPOSURE]: withEpoch(e, jsonBody({ released: 0, flows: [] })),
     [Rec.MEMORY_VERIFY]: memoryVerifyBody(e, 4, new Uint32Array(ADV_PAGES / 4)),
   };

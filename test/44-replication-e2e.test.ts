@@ -10,6 +10,7 @@ import { freePort, processWorld, runCli, sleep, until } from './support/helpers'
 describe('44 replication end to end', function () {
   this.timeout(120_000);
   const { dir, env, start, status } = processWorld('e2e');
+  const logOf = (f: string): string => fs.readFileSync(path.join(dir, f), 'utf8');
   const psk = path.join(dir, 'a.psk'),
     other = path.join(dir, 'b.psk');
   before(() => {
@@ -165,6 +166,72 @@ describe('44 replication end to end', function () {
     fs.writeFileSync(badkey, 'nothex');
     assert.match(runCli(['backup', '--psk-file', badkey]).stderr, /64 hex digits/);
     assert.match(runCli(['failover', 'sim:nothere'], 10000, env).stderr, /no backup on this host holds sim:nothere/);
+  });
+
+  it('44.8 --disk-scrub: verified range by range, no whole check; bit rot on the backup found and repaired', async () => {
+    const port = await freePort();
+    start(['backup', '--listen', `127.0.0.1:${port}`, '--psk-file', psk], 'scrub-backup.log');
+    await until(async () => fs.existsSync(path.join(dir, `backup-${port}.sock`)), 10000, 'backup');
+    start(
+      ['protect', 'sim:scrub', `127.0.0.1:${port}`, '--psk-file', psk, '--memory', '16MiB', '--disk', '32MiB'].concat([
+        '--disk-scrub',
+        '-i',
+        '20',
+      ]),
+      'scrub-primary.log',
+    );
+    type Disk = { checksumRanges: { rangesReadAtChecksum: number }; scrub: { passes: number; rangesSent: number } };
+    const primary = async (): Promise<Record<string, unknown>> => status('primary-scrub.sock');
+    const first = await until(
+      async () => {
+        const s = await primary();
+        return Number(s.diskVerifiedEpoch ?? 0) > 0 ? s : null;
+      },
+      30000,
+      'a scrub pass verified the disk',
+    );
+    const disk = first.disk as Disk;
+    assert.equal(disk.checksumRanges.rangesReadAtChecksum, 0, 'no whole-disk check');
+    assert.ok(disk.scrub.passes >= 1 && disk.scrub.rangesSent >= 32, JSON.stringify(disk.scrub));
+    // Bit rot: a byte flipped in 6 ranges of the backup's copy, behind its back (the guest may
+    // rewrite some of those blocks, which repairs them; not all six).
+    const image = path.join(dir, 'sim-scrub.backup.disk');
+    const fd = fs.openSync(image, 'r+');
+    for (const mib of [3, 9, 14, 20, 25, 30]) {
+      const at = mib * 2 ** 20 + 777;
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] ^= 0x5a;
+      fs.writeSync(fd, b, 0, 1, at);
+    }
+    fs.closeSync(fd);
+    const rotAt = Number((await primary()).epoch);
+    await until(
+      async () => /the scrub found \d+ range\(s\) of the backup's disk different/.test(logOf('scrub-backup.log')),
+      30000,
+      'the scrub found the bit rot',
+    );
+    const again = await until(
+      async () => {
+        const s = await primary();
+        return s.state === 'protected' && Number(s.diskVerifiedEpoch) > rotAt ? s : null;
+      },
+      60000,
+      'a later pass verified the repaired disk',
+    );
+    assert.ok(Number(again.sessions) >= 2, 'the session after the finding copied the ranges that differ');
+    // Each session after a finding copied the ranges found (and what the failed session had copied),
+    // not the disk (the first session's 32 MiB).
+    const copies = [
+      ...logOf('scrub-primary.log').matchAll(/answered: copying (\d+) bytes of disk it may lack( and the (\d+))?/g),
+    ];
+    const said = copies.map((m) => m[0]).join('; ');
+    const later = copies.slice(1).map((m) => Number(m[1]) + Number(m[3] ?? 0));
+    assert.ok(copies.length >= 2 && later.every((bytes) => bytes < 4 * 2 ** 20), said);
+    assert.ok(
+      copies.slice(1).some((m) => Number(m[3]) >= 2 ** 20),
+      `a found range (1 MiB) was copied again: ${said}`,
+    );
   });
 
   it('44.7 a disk of 1 GiB or more: protect warns what --verify-disk costs', () => {

@@ -9,7 +9,14 @@ import { backupDiskOf } from '../dom0/engine/hello';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import { loadAddon } from '../dom0/native';
 import { DISK_DIFFERING_RUNS_MAX } from '../dom0/limits';
-import { Rec, diskSyncEndBody, diskVerifyBody, parseDiskVerify, parseJson } from '../dom0/protocol/records';
+import {
+  Rec,
+  diskSyncBody,
+  diskSyncEndBody,
+  diskVerifyBody,
+  parseDiskVerify,
+  parseJson,
+} from '../dom0/protocol/records';
 import { coarsenRangeCrcs, combineRangeCrcs } from '../blktap/crc-combine';
 import { ReplicaRangeCrcs } from '../blktap/replica-range-crcs';
 import { diskHello, fullCheckpoint } from './support/disk-session';
@@ -44,11 +51,13 @@ describe('51 a failed disk check repairs only what differs', () => {
       batchPagesMax: 256,
       replicaFor: (h) => new MemReplica(h.pageCount, backupDisk, true, 4096),
     });
-    const session = (): { link: TapLink; ack: Record<string, unknown> } => {
+    /** A session whose disk copy is the given [offset, length] runs of the primary's disk. */
+    const session = (copy: number[][] = []): { link: TapLink; ack: Record<string, unknown> } => {
       const link = new TapLink();
       b.attach(link);
       link.rec(Rec.HELLO, diskHello(DISK));
-      link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(0));
+      for (const [off, len] of copy) link.rec(Rec.DISK_SYNC, diskSyncBody(off, primaryDisk.subarray(off, off + len)));
+      link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(copy.reduce((n, [, len]) => n + len, 0)));
       const ack = link.sent.find((r) => r.type === Rec.HELLO_ACK)!;
       return { link, ack: parseJson(Rec.HELLO_ACK, ack.body, false).value };
     };
@@ -73,9 +82,8 @@ describe('51 a failed disk check repairs only what differs', () => {
     assert.equal(second.ack.diskContinues, true, 'the disk is kept: only the ranges are copied');
     assert.deepEqual(second.ack.diskDiffers, want);
     second.link.peerClosed(); // lost before a commit: the next HELLO_ACK names them again
-    const third = session();
+    const third = session(want); // the primary copies the named runs
     assert.deepEqual(third.ack.diskDiffers, want, 'until a session commits');
-    backupDisk.bytes.set(primaryDisk); // what the third session's copy of those ranges does
     verify(third.link);
     assert.equal(error(third.link), null);
     assert.ok(

@@ -62,6 +62,8 @@ export interface ScaleOptions {
   diskBytes?: number;
   /** false: `protect --no-verify-disk`. */
   verifyDisk?: boolean;
+  /** `protect --disk-scrub`: the disks checked in the background instead. */
+  diskScrub?: boolean;
   log: (l: string) => void;
 }
 
@@ -103,6 +105,7 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
         String(bytes),
         ...(o.diskBytes === undefined ? [] : ['--disk', String(o.diskBytes)]),
         ...(o.verifyDisk === false ? ['--no-verify-disk'] : []),
+        ...(o.diskScrub === true ? ['--disk-scrub'] : []),
         '--rate',
         String(o.rate),
         '--heartbeat-timeout',
@@ -235,7 +238,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const head =
     `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady` +
     `${o.diskBytes === undefined ? '' : `, disk ${o.diskBytes / 2 ** 20} MiB`}` +
-    `${o.verifyDisk === false ? ', --no-verify-disk' : ''}\n` +
+    `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
     'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [

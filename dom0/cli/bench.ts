@@ -209,6 +209,7 @@ interface ScaleCliOptions {
   seconds: number;
   disk?: number;
   verifyDisk: boolean;
+  diskScrub?: boolean;
   svg?: string;
   json?: boolean;
 }
@@ -233,6 +234,7 @@ export function registerScaleBench(bench: Command): void {
       bytesOption('--disk', { min: 2 ** 20, max: 2 ** 40, pageMultiple: true, example: '2GiB' }),
     )
     .option('--no-verify-disk', "protect's --no-verify-disk (no whole-disk checksum at the first checkpoint)")
+    .option('--disk-scrub', "protect's --disk-scrub (the disks checked range by range in the background)")
     .option('--svg <path>', 'write the plot (SVG) there', pathOption('--svg', 'output'))
     .option('--json', 'print one JSON object on the last line')
     .action(async (o: ScaleCliOptions) => {
@@ -243,6 +245,7 @@ export function registerScaleBench(bench: Command): void {
         rate: 2000,
         diskBytes: o.disk,
         verifyDisk: o.verifyDisk,
+        diskScrub: o.diskScrub === true,
         log: (l: string) => process.stderr.write(`${l}\n`),
       };
       const rows = await benchScale(opts);
@@ -253,6 +256,7 @@ export function registerScaleBench(bench: Command): void {
         seconds: o.seconds,
         disk_bytes: o.disk ?? null,
         verify_disk: o.verifyDisk,
+        disk_scrub: o.diskScrub === true,
         rows,
       };
       if (o.svg) writeFigure(o.svg, scaleSvg(rows), result);

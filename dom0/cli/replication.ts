@@ -187,6 +187,8 @@ interface ProtectOpts extends NetCliOptions, CoordinationCliOptions, IntervalCli
   disk: number;
   diskBuffer: number;
   verifyDisk: boolean;
+  /** --disk-scrub: the disks checked range by range in the background instead. */
+  diskScrub?: boolean;
   /** Xen: the domU's disk image, served over NBD here and replicated (docs/xen-adapter.md, "Disk"). */
   diskImage?: string;
   diskListen: string;
@@ -255,6 +257,11 @@ function registerProtect(program: Command): void {
       'unacknowledged disk writes the backup may buffer (the session resyncs past it)',
       bytesOption('--disk-buffer', DISK_BUFFER),
       DISK_BUFFER_BYTES_DEFAULT,
+    )
+    .option(
+      '--disk-scrub',
+      'verify the disks equal in the background, a few 1 MiB ranges with each checkpoint, instead of a ' +
+        'whole-disk check at each session\'s first (no pause, no held ACK; docs/disk.md, "Scrub")',
     )
     .option('--journal <file>', 'append one JSON line per checkpoint and event', pathOption('--journal', 'output'));
   addXenDiskOptions(protect).option(
@@ -394,6 +401,7 @@ interface ReprotectOpts extends IntervalCliOptions, NetCliOptions {
   heartbeatTimeout?: number;
   wait: boolean;
   timeout: number;
+  diskScrub?: boolean;
 }
 
 /** The network options as the backup's reprotect request carries them (net/net-plan.ts netChoiceOf). */
@@ -413,6 +421,11 @@ function registerReprotect(program: Command): void {
     .argument('<new-backup>', "the new backup's host[:port]", hostPortOption('new-backup', DEFAULT_REPLICATION_PORT));
   addPacingOptions(addNetOptions(addIntervalOptions(addSecurityOptions(reprotect))))
     .option('-F, --unsafe', 'allow unsafe configurations (--no-net-buffer)')
+    .option(
+      '--disk-scrub',
+      'verify the disks equal in the background, a few 1 MiB ranges with each checkpoint, instead of a ' +
+        'whole-disk check at each session\'s first (no pause, no held ACK; docs/disk.md, "Scrub")',
+    )
     .option(
       '--timeout <s>',
       'give up waiting for protection after s seconds (reprotection goes on)',
@@ -440,6 +453,7 @@ function registerReprotect(program: Command): void {
           intervalMs: interval.intervalMs,
           intervalAuto: interval.intervalAuto,
           heartbeatTimeoutMs: o.heartbeatTimeout,
+          diskScrub: o.diskScrub === true,
           net: netChoiceOfOptions(o),
         },
         REPROTECT_START_TIMEOUT_MS,
@@ -508,7 +522,7 @@ async function runProtect(
     releasingOnError(ownership, () => openProtect(o, driver, name, backup, sec, metrics, ownership)),
   );
   svc.start();
-  warnDiskVerifyPause(svc, o.verifyDisk);
+  warnDiskVerifyPause(svc, o.verifyDisk && o.diskScrub !== true);
   const held = o.netBuffer === false ? '; outputs NOT buffered (-n)' : netLine(svc.netPlan);
   log(
     `protecting ${svc.opened.label} (${svc.opened.summary}) every ${intervalLine(svc)}${paceLine(svc)} ` +
@@ -605,6 +619,7 @@ async function openProtect(
       heartbeatTimeoutMs: o.heartbeatTimeout,
       diskBufferBytesMax: o.diskBuffer,
       verifyDisk: o.verifyDisk,
+      diskScrub: o.diskScrub === true,
       trigger: triggerOf(o, net),
       maxPauseShare: o.maxPauseShare,
     }),

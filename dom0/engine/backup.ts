@@ -36,6 +36,7 @@ import {
   parseDiskSync,
   parseDiskSyncEnd,
   parseDiskRefs,
+  parseDiskScrub,
   parseDiskVerify,
   parseMemoryVerify,
 } from '../protocol/records';
@@ -49,6 +50,7 @@ import type {
   Ownership,
   OwnershipClaimer,
   Replica,
+  ScrubPick,
 } from '../ports';
 import { Staging } from './staging';
 import { validateHello, type HelloInfo } from './hello';
@@ -106,6 +108,8 @@ interface Open {
   deviceState: Uint8Array | null;
   /** The primary's disk checksum at this checkpoint (DISK_VERIFY), checked at its commit. */
   diskSum: DiskChecksum | null;
+  /** DISK_SCRUB: ranges' CRCs at this checkpoint, compared with our disk at its commit. */
+  scrub: ScrubPick | null;
   /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
   memDigests: { regionPages: number; digests: Uint32Array } | null;
 }
@@ -137,6 +141,11 @@ interface Session {
   continuing: number | null;
   /** The disk copy that opens a session (DISK_SYNC … DISK_SYNC_END): octets so far, and whether it ended. */
   diskSync: { bytes: number; done: boolean; epoch?: number };
+  /**
+   * This session's scrub pass: its range width, the ranges received (each once per pass), and
+   * how many of them a commit compared equal; the pass verifies the disk when all have.
+   */
+  scrub: { rangeBytes: number; received: Set<number>; checked: number } | null;
 }
 
 /** Where a failover resumed from; info is the replica's once it runs ({ resuming: true } until then). */
@@ -273,6 +282,7 @@ export class Backup {
       intakeWatch: false,
       continuing: null,
       diskSync: { bytes: 0, done: true },
+      scrub: null,
     };
     this.session = s;
     this.state = 'receiving';
@@ -460,6 +470,8 @@ export class Backup {
         return this.onDiskRefs(s, body);
       case Rec.DISK_VERIFY:
         return this.onDiskVerify(s, body);
+      case Rec.DISK_SCRUB:
+        return this.onDiskScrub(s, body);
       case Rec.NET_EXPOSURE:
         return this.onNetExposure(body);
       case Rec.OWNERSHIP:
@@ -638,7 +650,7 @@ export class Backup {
       this.kept = null;
       s.continuing = null;
     } // the image is overwritten in place from here
-    s.open = { epoch, full, pages: 0, deviceState: null, diskSum: null, memDigests: null };
+    s.open = { epoch, full, pages: 0, deviceState: null, diskSum: null, scrub: null, memDigests: null };
   }
 
   private openFor(s: Session, type: number, epoch: number): Open {
@@ -703,8 +715,8 @@ export class Backup {
           this.counters.diskBytesApplied += disk.bytes;
         }
       });
-      if (o.diskSum === null) return this.finishCommit(s, o);
-      this.verifyDiskThenFinish(s, o, epoch, o.diskSum);
+      if (o.diskSum === null && o.scrub === null) return this.finishCommit(s, o);
+      this.checkDiskThenFinish(s, o, epoch);
     });
   }
 
@@ -734,41 +746,85 @@ export class Backup {
   }
 
   /**
-   * The disk check of a DISK_VERIFY checkpoint, then the rest of its commit. It reads what
-   * changed since the disk's CRCs were known (replica-range-crcs.ts), off the event loop; the
-   * records that arrive meanwhile wait their turn (held, in order).
+   * The disk checks of this checkpoint (DISK_VERIFY's whole disk, DISK_SCRUB's ranges), then
+   * the rest of its commit. They read off the event loop (a file); the records that arrive
+   * meanwhile wait their turn (held, in order).
    */
-  private verifyDiskThenFinish(s: Session, o: Open, epoch: number, expected: DiskChecksum): void {
+  private checkDiskThenFinish(s: Session, o: Open, epoch: number): void {
     const held = this.held!;
     s.paused = true;
-    let sum: MaybePromise<number>;
-    try {
-      sum = held.replica.disk!.checksum();
-    } catch (e) {
-      sum = Promise.reject(e);
-    }
-    const checked = (r: number | Error): void => {
+    const checked = (e: Error | null): void => {
       s.paused = false;
       if (this.session !== s || s.open !== o) return;
       this.guard(s, () => {
         this.committing(held, () => {
-          if (r instanceof Error) throw r;
-          if (r !== expected.crc32c) this.diskDiverged(held, epoch, r, expected);
-          this.counters.diskVerifiedEpoch = epoch;
-          this.hooks.event?.('disk-verified', { epoch, crc32c: r });
+          if (e) throw e;
         });
         this.finishCommit(s, o);
       });
       this.drainQueued(s);
     };
-    if (typeof sum === 'number') checked(sum);
+    // A disk in memory (the simulator's) answers in this turn: its clock runs no promise continuations.
+    let check: MaybePromise<void>;
+    try {
+      check = this.checkDisk(s, held, o, epoch);
+    } catch (e) {
+      return checked(e as Error);
+    }
+    if (!(check instanceof Promise)) checked(null);
     else
-      sum
-        .then(
-          (ours) => ours,
-          (e: Error) => e,
-        )
-        .then(checked);
+      check.then(
+        () => checked(null),
+        (e: Error) => checked(e),
+      );
+  }
+
+  /** The whole-disk CRC against DISK_VERIFY's (replica-range-crcs.ts: what changed is read), then the scrub's. */
+  private checkDisk(s: Session, held: Held, o: Open, epoch: number): MaybePromise<void> {
+    const disk = held.replica.disk!;
+    const expected = o.diskSum;
+    const then = (ours: number | null): MaybePromise<void> => {
+      if (expected && ours !== null) {
+        if (ours !== expected.crc32c) this.diskDiverged(held, epoch, ours, expected);
+        this.counters.diskVerifiedEpoch = epoch;
+        this.hooks.event?.('disk-verified', { epoch, crc32c: ours });
+      }
+      const scrub = o.scrub;
+      if (!scrub) return;
+      const crcs = disk.readCrcs(scrub.ranges);
+      if (crcs instanceof Promise) return crcs.then((c) => this.scrubChecked(s, held, epoch, scrub, c));
+      this.scrubChecked(s, held, epoch, scrub, crcs);
+    };
+    if (!expected) return then(null);
+    const sum = disk.checksum();
+    return sum instanceof Promise ? sum.then(then) : then(sum);
+  }
+
+  /**
+   * The scrub's ranges as our disk holds them at this commit: a range that differs is named
+   * for the next session (diskDiffers) and fails the commit; the pass's last verifies the disk.
+   */
+  private scrubChecked(s: Session, held: Held, epoch: number, scrub: ScrubPick, ours: number[]): void {
+    assert(ours.length === scrub.ranges.length && s.scrub !== null, 'a CRC per scrubbed range, in a pass');
+    const differ = scrub.ranges.filter((r, i) => ours[i] !== r.crc32c);
+    if (differ.length > 0) {
+      this.diskDiffers = differ.map((r) => ({ offsetBytes: r.offsetBytes, lengthBytes: r.lengthBytes }));
+      const bytes = differ.reduce((n, r) => n + r.lengthBytes, 0);
+      this.hooks.event?.('disk-diverged', { epoch, runs: differ.length, bytes, scrub: true });
+      throw new RemusError(
+        ErrorCode.DISK_DIVERGED,
+        `at checkpoint ${epoch} the scrub found ${differ.length} range(s) of the backup's disk different from ` +
+          `the primary's (first at ${differ[0].offsetBytes}): the next session copies them`,
+      );
+    }
+    const pass = s.scrub;
+    pass.checked += scrub.ranges.length;
+    if (!scrub.passEnd) return;
+    const ranges = Math.ceil(held.hello.diskBytes / pass.rangeBytes);
+    if (pass.checked !== ranges) throw protocolError(`a scrub pass ended with ${pass.checked} of ${ranges} ranges`);
+    s.scrub = null;
+    this.counters.diskVerifiedEpoch = epoch;
+    this.hooks.event?.('disk-verified', { epoch, scrub: true });
   }
 
   /**
@@ -956,6 +1012,23 @@ export class Backup {
     o.diskSum = sum;
   }
 
+  /** A scrub's ranges at this checkpoint: checked at its commit, each range once per pass, of one width. */
+  private onDiskScrub(s: Session, body: Buffer): void {
+    const h = this.needSession(s).hello;
+    if (h.diskBytes === 0) throw protocolError('DISK_SCRUB for a domain without a disk');
+    const { epoch, ...pick } = parseDiskScrub(body, h.diskBytes);
+    const o = this.openFor(s, Rec.DISK_SCRUB, epoch);
+    if (o.scrub !== null) throw protocolError(`DISK_SCRUB for checkpoint ${epoch} twice`);
+    const pass = (s.scrub ??= { rangeBytes: pick.rangeBytes, received: new Set(), checked: 0 });
+    if (pick.rangeBytes !== pass.rangeBytes)
+      throw protocolError(`DISK_SCRUB ranges of ${pick.rangeBytes} octets in a pass of ${pass.rangeBytes}`);
+    for (const r of pick.ranges) {
+      if (pass.received.has(r.offsetBytes)) throw protocolError(`DISK_SCRUB range at ${r.offsetBytes} twice in a pass`);
+      pass.received.add(r.offsetBytes);
+    }
+    o.scrub = pick;
+  }
+
   /**
    * Held until its checkpoint commits; but before the session's first commit (a pre-copy can
    * last minutes) nothing committed is at stake and the first checkpoint applies them all
@@ -1100,12 +1173,16 @@ export class Backup {
 
   /**
    * Drop the connection without failing over; discard any open checkpoint. A session that
-   * committed nothing leaves nothing behind (no replica, no binding to its domain).
+   * committed nothing leaves nothing behind (no replica, no binding to its domain), but a disk
+   * a check found different in known ranges (the next session of that domain copies them).
    */
   private drop(s: Session): void {
     if (this.session !== s) return;
     this.endSession(s);
-    if (this.committed === null && this.kept === null) this.release(); // a kept image waits for a continued session
+    // A kept image waits for a continued session; a disk whose differing ranges are known, for
+    // the session that copies them (releasing it would make the next one copy the disk whole).
+    const diskRepairs = this.diskDiffers !== null && this.diskDiffers !== 'whole';
+    if (this.committed === null && this.kept === null && !diskRepairs) this.release();
     if (this.state !== 'failed-over') this.state = this.claiming ? 'claiming' : 'waiting';
     s.link.close();
     this.checkInvariants();

@@ -33,11 +33,12 @@ import {
   protocolError,
   withEpoch,
   diskRefsBody,
+  diskScrubBody,
   diskVerifyBody,
   memoryVerifyBody,
   type DiskRefEntry,
 } from '../protocol/records';
-import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate } from '../ports';
+import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate, ScrubPick } from '../ports';
 import { Window, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
 import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
@@ -84,6 +85,12 @@ export interface PrimaryOptions {
    * suspended: costs pause time in proportion to the disk) and have the backup compare.
    */
   verifyDisk?: boolean;
+  /**
+   * Check the disks equal in the background instead (blktap/disk-scrub.ts): every checkpoint
+   * carries a few ranges' CRCs (DISK_SCRUB), no pause and no held ACK; a pass's last
+   * checkpoint, acknowledged, verifies the disk. verifyDisk's first-checkpoint check is skipped.
+   */
+  diskScrub?: boolean;
   /** What the backup may buffer of unacknowledged disk writes (sent in HELLO). */
   diskBufferBytesMax?: number;
   /**
@@ -188,6 +195,8 @@ interface Pending {
   next: number;
   sentPages: number;
   diskCrc: DiskChecksum | null;
+  /** The scrub's ranges this checkpoint carries (--disk-scrub). */
+  scrub: ScrubPick | null;
   begun: boolean;
   /** A continued session's first checkpoint: the region digests of memory at it (MEMORY_VERIFY). */
   memDigests: Uint32Array | null;
@@ -529,7 +538,8 @@ export class Primary {
     let t1 = 0,
       cap: Capture | null = null,
       info: Record<string, unknown> = {},
-      diskCrc: DiskChecksum | null = null;
+      diskCrc: DiskChecksum | null = null,
+      scrub: ScrubPick | null = null;
     this.checkpointing = true;
     let suspended = false,
       barrierPlaced = false;
@@ -595,7 +605,9 @@ export class Primary {
         () => {
           this.copy.add(this.clock.now() - t1);
           info = this.domain.describe();
-          if ((!full && !cont) || !this.opts.verifyDisk || !this.disk?.checksum) return undefined;
+          if (this.opts.diskScrub) scrub = this.disk?.scrubPick?.() ?? null; // the disk as of this checkpoint
+          if ((!full && !cont) || !this.opts.verifyDisk || this.opts.diskScrub || !this.disk?.checksum)
+            return undefined;
           // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
           const crc = this.disk.checksum();
           if (!(crc instanceof Promise)) {
@@ -625,7 +637,7 @@ export class Primary {
         this.lastSuspendAt = t0;
         this.pauses.add(this.clock.now(), pausedMs, full);
         this.totals.pausedMsTotal += pausedMs;
-        this.captured(epoch, gen, full, cont, cap!, info, diskCrc, pc, pausedMs);
+        this.captured(epoch, gen, full, cont, cap!, info, { sum: diskCrc, scrub }, pc, pausedMs);
         then();
       },
       fail,
@@ -648,7 +660,7 @@ export class Primary {
     cont: boolean,
     cap: Capture,
     info: Record<string, unknown>,
-    diskCrc: DiskChecksum | null,
+    disk: { sum: DiskChecksum | null; scrub: ScrubPick | null },
     pc: Precopy | null,
     pausedMs: number,
   ): void {
@@ -677,7 +689,8 @@ export class Primary {
     const begun = pc !== null && pc === this.precopy;
     if (full) this.precopy = null;
     const sentPages = begun ? pc.sentPages : 0;
-    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, begun, memDigests, sentMark: 0 });
+    const { sum: diskCrc, scrub } = disk;
+    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, scrub, begun, memDigests, sentMark: 0 });
     this.clock.defer(() => this.pump());
   }
 
@@ -694,6 +707,10 @@ export class Primary {
     if (p.diskCrc !== null) {
       this.send(Rec.DISK_VERIFY, diskVerifyBody(p.epoch, p.diskCrc));
       this.verifyEpoch = p.epoch;
+    }
+    if (p.scrub !== null) {
+      this.send(Rec.DISK_SCRUB, diskScrubBody(p.epoch, p.scrub));
+      if (p.scrub.passEnd) this.verifyEpoch = p.epoch;
     }
     const gen = this.sessionGen;
     this.clock.defer(() => this.streamBatch(p, gen));
@@ -839,13 +856,15 @@ export class Primary {
       this.epoch + 1,
       backupDisk,
       () => {
-        if (this.link === link) this.beginCheckpoints();
+        if (this.link !== link) return;
+        if (this.opts.diskScrub) this.disk?.scrubStart?.();
+        this.beginCheckpoints();
       },
       (reason) => {
         if (this.link === link) this.lose(reason, true);
       },
     );
-    if (this.opts.verifyDisk) this.disk.prepareChecksum?.();
+    if (this.opts.verifyDisk && !this.opts.diskScrub) this.disk.prepareChecksum?.();
   }
 
   /**

@@ -3,8 +3,8 @@
 // body as hostile and throw ERR_PROTOCOL naming the record and what is wrong.
 import { ErrorCode, RemusError } from '../errors';
 import { assert } from '../assert';
-import type { DiskChecksum } from '../ports';
-import { DISK_VERIFY_RANGES_MAX } from '../limits';
+import type { DiskChecksum, ScrubPick, ScrubRange } from '../ports';
+import { DISK_SCRUB_RANGE_BYTES_MAX, DISK_SCRUB_RANGES_MAX, DISK_VERIFY_RANGES_MAX } from '../limits';
 
 export const PROTOCOL_VERSION = 1;
 export const RECORD_HEADER = 16;
@@ -32,6 +32,8 @@ export const Rec = {
   MEMORY_VERIFY: 18,
   /** P→B, optional: whether the primary can prove it owns the domain (--coordination). */
   OWNERSHIP: 19,
+  /** P→B: CRC32Cs of a few disk ranges at this checkpoint (the scrub, --disk-scrub). */
+  DISK_SCRUB: 20,
 } as const;
 export type RecType = (typeof Rec)[keyof typeof Rec];
 export const REC_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Rec).map(([k, v]) => [v, k]));
@@ -334,6 +336,56 @@ export function parseDiskVerify(body: Buffer, diskBytes: number): { epoch: numbe
   const rangeCrcs = new Uint32Array(ranges);
   for (let r = 0; r < ranges; r++) rangeCrcs[r] = body.readUInt32LE(DISK_VERIFY_HEADER_BYTES + 4 * r);
   return { epoch, crc32c: body.readUInt32LE(8), rangeBytes, rangeCrcs };
+}
+
+/** DISK_SCRUB flags: the ranges complete a pass over the whole disk. */
+export const SCRUB_PASS_END = 1;
+const DISK_SCRUB_HEADER_BYTES = 24;
+const DISK_SCRUB_ENTRY_BYTES = 16;
+
+/**
+ * DISK_SCRUB: u64 epoch | u32 ranges n (1–8) | u32 flags (bit 0 PASS_END) | u32 range octets R |
+ * u32 0, then n × {u64 offset (a multiple of R), u32 length (R, or what is left at the disk's
+ * end), u32 CRC32C of those octets at checkpoint epoch}.
+ */
+export function diskScrubBody(epoch: number, pick: ScrubPick): Buffer {
+  const b = Buffer.alloc(DISK_SCRUB_HEADER_BYTES + DISK_SCRUB_ENTRY_BYTES * pick.ranges.length);
+  b.writeBigUInt64LE(BigInt(epoch), 0);
+  b.writeUInt32LE(pick.ranges.length, 8);
+  b.writeUInt32LE(pick.passEnd ? SCRUB_PASS_END : 0, 12);
+  b.writeUInt32LE(pick.rangeBytes, 16);
+  pick.ranges.forEach((r, i) => {
+    const at = DISK_SCRUB_HEADER_BYTES + DISK_SCRUB_ENTRY_BYTES * i;
+    b.writeBigUInt64LE(BigInt(r.offsetBytes), at);
+    b.writeUInt32LE(r.lengthBytes, at + 8);
+    b.writeUInt32LE(r.crc32c >>> 0, at + 12);
+  });
+  return b;
+}
+
+/** Ranges of whole 4 KiB blocks, R long (at most DISK_SCRUB_RANGE_BYTES_MAX), at multiples of R inside the disk. */
+export function parseDiskScrub(body: Buffer, diskBytes: number): { epoch: number } & ScrubPick {
+  const epoch = readEpoch(Rec.DISK_SCRUB, body, DISK_SCRUB_HEADER_BYTES);
+  const n = body.readUInt32LE(8),
+    flags = body.readUInt32LE(12),
+    rangeBytes = body.readUInt32LE(16);
+  if (n < 1 || n > DISK_SCRUB_RANGES_MAX || body.length !== DISK_SCRUB_HEADER_BYTES + DISK_SCRUB_ENTRY_BYTES * n)
+    throw protocolError(`DISK_SCRUB of ${body.length} octets does not hold 1–${DISK_SCRUB_RANGES_MAX} ranges`);
+  if ((flags & ~SCRUB_PASS_END) !== 0 || body.readUInt32LE(20) !== 0)
+    throw protocolError(`DISK_SCRUB flags ${flags} or its reserved field are not known`);
+  if (rangeBytes === 0 || rangeBytes % 4096 !== 0 || rangeBytes > DISK_SCRUB_RANGE_BYTES_MAX)
+    throw protocolError(`DISK_SCRUB ranges of ${rangeBytes} octets are not whole blocks`);
+  const ranges: ScrubRange[] = [];
+  for (let i = 0; i < n; i++) {
+    const at = DISK_SCRUB_HEADER_BYTES + DISK_SCRUB_ENTRY_BYTES * i;
+    const raw = body.readBigUInt64LE(at),
+      len = body.readUInt32LE(at + 8);
+    const off = raw < BigInt(diskBytes) ? Number(raw) : -1;
+    if (off < 0 || off % rangeBytes !== 0 || len !== Math.min(rangeBytes, diskBytes - off))
+      throw protocolError(`DISK_SCRUB range at ${raw} of ${len} octets is not one of the disk's`);
+    ranges.push({ offsetBytes: off, lengthBytes: len, crc32c: body.readUInt32LE(at + 12) });
+  }
+  return { epoch, ranges, passEnd: (flags & SCRUB_PASS_END) !== 0, rangeBytes };
 }
 
 // ---- reconnect without a full copy (docs/protocol.md "Reconnect") -----------------------------

@@ -56,6 +56,14 @@ export interface BackupConfig {
   log: (line: string) => void;
 }
 
+/** How a reprotection checkpoints: the interval (with intervalAuto: the longest), heartbeat, the disk's check. */
+interface ReprotectChoices {
+  intervalMs: number;
+  intervalAuto?: boolean;
+  heartbeatTimeoutMs?: number;
+  diskScrub?: boolean;
+}
+
 export class BackupService {
   readonly backup: Backup;
   private listener: Listener | null = null;
@@ -273,6 +281,7 @@ export class BackupService {
       intervalMs: Number(req.intervalMs ?? 50),
       intervalAuto: req.intervalAuto === true,
       heartbeatTimeoutMs: req.heartbeatTimeoutMs === undefined ? undefined : Number(req.heartbeatTimeoutMs),
+      diskScrub: req.diskScrub === true,
       net: netChoiceOf(req.net),
     });
   }
@@ -281,7 +290,7 @@ export class BackupService {
   reprotectTo(
     target: { host: string; port: number },
     security: Security,
-    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number; net?: NetChoice },
+    o: ReprotectChoices & { net?: NetChoice },
   ): Record<string, unknown> {
     const r = this.replica;
     if (this.backup.state !== 'failed-over' || !r || !this.replicaKind) {
@@ -317,7 +326,7 @@ export class BackupService {
     opened: OpenedDomain,
     target: { host: string; port: number },
     security: Security,
-    o: { intervalMs: number; intervalAuto?: boolean; heartbeatTimeoutMs?: number },
+    o: ReprotectChoices,
     choice: NetChoice,
   ): ProtectService {
     const net = netPlan(choice, {
@@ -344,6 +353,7 @@ export class BackupService {
         heartbeatTimeoutMs: o.heartbeatTimeoutMs,
         diskBufferBytesMax,
         verifyDisk: true,
+        diskScrub: o.diskScrub === true,
         trigger: triggerOf(choice, net), // with no network buffer the guest's own outputs signal
       }),
       metrics: this.cfg.metrics ?? null,

@@ -22,6 +22,8 @@ export interface EngineChoices {
   heartbeatTimeoutMs?: number;
   diskBufferBytesMax: number;
   verifyDisk: boolean;
+  /** --disk-scrub: the disks checked range by range with every checkpoint instead (blktap/disk-scrub.ts). */
+  diskScrub?: boolean;
   /** --trigger (the CLI's default: net-buffers.ts triggerFor); undefined: 'timer'. */
   trigger?: Trigger;
   /** --max-pause-share, or undefined: MAX_PAUSE_SHARE_DEFAULT. */
@@ -40,6 +42,7 @@ export function engineOptions(driver: DomainDriver, pageCount: number, c: Engine
     deviceStateMax: driver.defaults.deviceStateBytesMax(pageCount),
     diskBufferBytesMax: c.diskBufferBytesMax,
     verifyDisk: c.verifyDisk,
+    diskScrub: c.diskScrub === true,
     trigger: c.trigger ?? 'timer',
     maxPauseShare: c.maxPauseShare ?? MAX_PAUSE_SHARE_DEFAULT,
     pauseShareWindowMs: PAUSE_SHARE_WINDOW_MS,

@@ -13,7 +13,10 @@ export function protectLogLine(
     case 'disk-sync': {
       const pending = (disk?.stats() as { resyncPendingBytes?: number } | undefined)?.resyncPendingBytes ?? 0;
       const bytes = d.wholeDisk === true ? (disk?.sizeBytes ?? pending) : pending; // whole: marked as it connects
-      return `backup ${s('backup')} answered: copying ${bytes} bytes of disk it may lack, then checkpoints start`;
+      const differing = Number(d.differingBytes ?? 0); // marked as it connects, after this line
+      const also = differing > 0 ? ` and the ${differing} bytes its disk check found different` : '';
+      const what = `copying ${bytes} bytes of disk it may lack${also}`;
+      return `backup ${s('backup')} answered: ${what}, then checkpoints start`;
     }
     case 'protected':
       return (

@@ -789,6 +789,18 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     });
   };
   if (pacing.burstChance > 0) bursts();
+  /**
+   * A verified disk equals the primary's at that checkpoint — but a scrub pass checked each
+   * range at its own checkpoint: bit rot after the pass began may hit a range already checked.
+   */
+  const diskVerified = (epoch: number, scrub: boolean): void => {
+    const disk = liveReplica?.diskTarget;
+    const snap = snapshots.get(epoch);
+    const rotDuringPass = scrub && bitRot !== null && bitRot.doneAtMs >= passSinceMs;
+    if (disk && snap && crc(disk.bytes) !== snap.diskCrc && !rotDuringPass)
+      violate(`the backup verified its disk at checkpoint ${epoch}${scrub ? ' (a scrub pass)' : ''}, yet it differs`);
+    if (scrub) passSinceMs = clock.now();
+  };
   // Reprotection's disk (remusdb backup --reuse-disk): one disk that outlives the backup's
   // replicas and processes, equal to the primary's at the start; the primary then trusts its
   // resync bitmap alone (what it forwarded but cannot know arrived must be in it).
@@ -806,6 +818,17 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   }
   /** Disk checks that failed: one is expected where blocks were never forwarded, none elsewhere. */
   let disksDiverged = 0;
+  // A third of the disk runs check the disks with the scrub; a third of those then flip a byte
+  // of the backup's copy behind its back (bit rot): a pass that began after it must find it.
+  const scrubDisk = guestDisk !== undefined && rng.chance(0.34);
+  const bitRot = scrubDisk && rng.chance(0.34) ? { atMs: 60 + rng.below(600), doneAtMs: -1, block: -1 } : null;
+  /** The replica the backup serves now (the one bit rot hits). */
+  let liveReplica: MemReplica | null = null;
+  /** When the backup's current scrub pass began (its session, or the last pass's end). */
+  let passSinceMs = 0;
+  /** A divergence was made on purpose (never-forwarded blocks, bit rot): commits may carry it until found. */
+  // The whole check finds every never-forwarded block at once; the scrub, range by range.
+  const divergencesMade = (): number => unforwarded.size + (bitRot !== null && bitRot.doneAtMs >= 0 ? 1 : 0);
   // A backup's disk it does not continue may hold an earlier life's bytes: the full copy must
   // overwrite every block, its zero ranges (DISK_SYNC ZEROES) too.
   const staleBackupDisk = rng.chance(0.5);
@@ -860,7 +883,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           mine = guestDisk.bytes.subarray(at, at + PAGE);
         if (r.bitmap.has(b) || named(b) || Buffer.compare(mine, reuseDisk.bytes.subarray(at, at + PAGE)) === 0)
           continue;
-        if (disksDiverged === 0 && unforwarded.has(b)) continue;
+        if ((unforwarded.has(b) || bitRot?.block === b) && disksDiverged < divergencesMade()) continue;
         violate(`block ${b} differs on the backup's continued disk, but neither the bitmap nor a disk check names it`);
         break;
       }
@@ -904,6 +927,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     // Each session's first checkpoint carries the disk's CRC32C (range-crcs.ts on the primary,
     // replica-range-crcs.ts on the backup); the backup compares at its commit.
     verifyDisk: guestDisk !== undefined && (rng.chance(0.5) || unforwarded.size > 0),
+    // The other way to check the disks (blktap/disk-scrub.ts): a few ranges per checkpoint.
+    diskScrub: scrubDisk,
   };
   // A second primary of the same domain (after the first ended with GOODBYE) starts again from epoch 1.
   const makePrimary = (): Primary =>
@@ -998,7 +1023,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const backups: Backup[] = [];
   const makeBackup = (): Backup => {
     backupDead = false;
-    let divergedHere = false; // what a backup learnt of its disk dies with it: a new one may find it again
+    let divergedHere = 0; // what a backup learnt of its disk dies with it: a new one may find it again
     const bclock = actorClock(clock, () => backupDead);
     const b: Backup = new Backup(
       bclock,
@@ -1008,13 +1033,13 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         handshakeTimeoutMs: 150,
         copySilenceMs: 100 + rng.below(300),
         replicaFor: (h) =>
-          new MemReplica(
+          (liveReplica = new MemReplica(
             h.pageCount,
             h.diskBytes ? (reuseDisk ?? freshBackupDisk(h.diskBytes)) : null,
             reuseDisk !== null,
             replicaRangeCrcBytes,
             slowDisk ? { clock: bclock, delayMs: slowDiskDelayMs } : undefined,
-          ),
+          )),
         intakeBytesHigh,
       },
       {
@@ -1024,7 +1049,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           if (!snap || r.image.crc32c() !== snap.crc)
             violate(`backup committed epoch ${epoch} with memory that is not the primary's at that checkpoint`);
           const rdisk = (r as MemReplica).diskTarget;
-          if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc))
+          if (rdisk && (!snap || crc(rdisk.bytes) !== snap.diskCrc) && divergencesMade() === 0)
             violate(`backup committed epoch ${epoch} with a disk that is not the primary's at that checkpoint`);
           maxCommitted = Math.max(maxCommitted, epoch);
           if (snap) committedSeq = Math.max(committedSeq, snap.seq);
@@ -1064,7 +1089,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         },
         event: (name, d) => {
           trace('backup', name, d);
-          if (name === 'protocol-error' && d.code === ErrorCode.DISK_REF_MISMATCH)
+          // Read tracking's references find a made divergence too (the next session copies the disk).
+          if (name === 'protocol-error' && d.code === ErrorCode.DISK_REF_MISMATCH && divergencesMade() === 0)
             violate(`a disk reference did not match at the backup: ${String(d.message)}`);
           if (name === 'failover')
             resumed = {
@@ -1086,11 +1112,13 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             violate(`a continued image differed: ${String(d.message)}`);
           // Nor a disk: a verified commit whose CRCs differ is a bug of the copy or of a checksum.
           if (name === 'protocol-error' && d.code === ErrorCode.DISK_DIVERGED) {
-            if (unforwarded.size === 0 || divergedHere)
+            if (divergedHere >= divergencesMade())
               violate(`a verified commit found the disks different: ${String(d.message)}`);
-            divergedHere = true;
+            divergedHere++;
             disksDiverged++;
           }
+          if (name === 'session') passSinceMs = clock.now();
+          if (name === 'disk-verified') diskVerified(Number(d.epoch), d.scrub === true);
         },
       },
     );
@@ -1164,6 +1192,16 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       if (l) (fault.toBackup ? l[1] : l[0]).corruptNext = true;
     });
   }
+  if (bitRot) {
+    clock.setTimer(bitRot.atMs, () => {
+      const t = liveReplica?.diskTarget;
+      if (!t || backupDead) return;
+      bitRot.block = rng.below(SIM_DISK_BLOCKS);
+      t.bytes[bitRot.block * PAGE + rng.below(PAGE)] ^= 1 + rng.below(255);
+      bitRot.doneAtMs = clock.now();
+      trace('world', 'bit-rot', { block: bitRot.block });
+    });
+  }
   clock.runUntil(durationMs);
 
   // Invariants after the run.
@@ -1172,7 +1210,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     const snap = snapshots.get(r.epoch);
     if (!snap || snap.crc !== r.crc)
       violate(`the backup resumed epoch ${r.epoch} with memory that is not a checkpoint boundary`);
-    if (withDisk && (!snap || r.diskCrc !== snap.diskCrc))
+    if (withDisk && (!snap || r.diskCrc !== snap.diskCrc) && divergencesMade() === 0)
       violate(`the backup resumed epoch ${r.epoch} with a disk that is not the primary's at that checkpoint`);
     const ahead = seen.filter((o) => o.seq > r.seq);
     if (ahead.length)

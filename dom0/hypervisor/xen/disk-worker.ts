@@ -18,7 +18,7 @@ import {
   workerData,
 } from 'node:worker_threads';
 import { ErrorCode, RemusError } from '../../errors';
-import type { BackupDisk, DiskChecksum, DiskLink, DiskPort, MaybePromise } from '../../ports';
+import type { BackupDisk, DiskChecksum, DiskLink, DiskPort, MaybePromise, ScrubPick } from '../../ports';
 import type { DiskReplicator, ReplicatorStats } from '../../../blktap/replicator';
 import { NbdServer } from '../../../blktap/nbd-server';
 import type { DiskTap } from '../../../blktap/disk-tap';
@@ -148,6 +148,13 @@ export class DrainingDiskPort implements DiskPort {
   disconnect(): void {
     this.drain();
     this.replicator.disconnect();
+  }
+  scrubStart(): void {
+    this.replicator.scrubStart();
+  }
+  scrubPick(): ScrubPick | null {
+    this.drain();
+    return this.replicator.scrubPick();
   }
   checksum(): MaybePromise<DiskChecksum> {
     this.drain();

@@ -17,7 +17,7 @@
 // and again): a database's disk of 100 GiB costs one read of each range per pass.
 import { assert } from '../dom0/assert';
 import type { Clock, ScrubPick } from '../dom0/ports';
-import { DISK_SCRUB_RANGES_MAX, SCRUB_READ_AHEAD_RANGES } from '../dom0/limits';
+import { DISK_SCRUB_BYTES_PER_S_DEFAULT, DISK_SCRUB_RANGES_MAX, SCRUB_READ_AHEAD_RANGES } from '../dom0/limits';
 import type { RangeCrcs } from './range-crcs';
 
 /** Rest of the read-ahead when nothing ahead needs a read (ms). */
@@ -36,10 +36,16 @@ export class DiskScrub {
   /** Passes whose every range went; ranges read ahead; picks that skipped a range written since. */
   readonly counters = { passes: 0, rangesRead: 0, rangesSent: 0, skippedWritten: 0 };
 
+  /** Bytes the scrub may send (and the backup read) now: refilled at bytesPerSecond, at most a pick's. */
+  private budgetBytes = 0;
+  private budgetAtMs = 0;
+
   constructor(
     private readonly table: RangeCrcs,
-    private readonly clock: Pick<Clock, 'setTimer'>,
+    private readonly clock: Pick<Clock, 'setTimer' | 'now'>,
+    private readonly bytesPerSecond = DISK_SCRUB_BYTES_PER_S_DEFAULT,
   ) {
+    assert(bytesPerSecond > 0, 'a scrub that moves');
     this.sent = new Uint8Array(table.ranges);
   }
 
@@ -49,6 +55,8 @@ export class DiskScrub {
     this.sentCount = 0;
     this.cursor = 0;
     this.running = true;
+    this.budgetBytes = this.table.rangeBytes; // the first checkpoint carries one range
+    this.budgetAtMs = this.clock.now();
     this.step(++this.run, new Uint8Array(this.table.rangeBytes));
   }
 
@@ -66,6 +74,12 @@ export class DiskScrub {
   pick(max = DISK_SCRUB_RANGES_MAX): ScrubPick | null {
     if (!this.running) return null;
     assert(max > 0 && max <= DISK_SCRUB_RANGES_MAX, 'scrub ranges per checkpoint');
+    const now = this.clock.now(),
+      cap = max * this.table.rangeBytes;
+    this.budgetBytes = Math.min(cap, this.budgetBytes + ((now - this.budgetAtMs) * this.bytesPerSecond) / 1000);
+    this.budgetAtMs = now;
+    max = Math.min(max, Math.floor(this.budgetBytes / this.table.rangeBytes));
+    if (max === 0) return null;
     const ranges: ScrubPick['ranges'] = [];
     // Bounded work while suspended: the cursor's window of read-ahead ranges, not the disk.
     const end = Math.min(this.table.ranges, this.cursor + SCRUB_READ_AHEAD_RANGES);
@@ -85,6 +99,7 @@ export class DiskScrub {
     }
     while (this.cursor < this.table.ranges && this.sent[this.cursor]) this.cursor++;
     this.counters.rangesSent += ranges.length;
+    this.budgetBytes -= ranges.length * this.table.rangeBytes;
     const passEnd = this.sentCount === this.table.ranges;
     assert(!passEnd || this.cursor === this.table.ranges, 'a pass ends with every range sent');
     if (passEnd) {

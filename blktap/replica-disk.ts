@@ -142,6 +142,20 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
     return this.rangeCrcs.checksum(this.target);
   }
 
+  /**
+   * readCrcs started now, before the commit that checks them (the scrub's ranges arrive with
+   * the checkpoint's first records): valid at that commit if nothing changed those ranges
+   * meanwhile. Null while resync writes are still queued (a read could pass one).
+   */
+  readCrcsAhead(ranges: readonly DiskRange[]): { stillValid(): boolean; crcs: MaybePromise<number[]> } | null {
+    if (this.io.pendingBytes > 0) return null;
+    const stampOf = (): number => ranges.reduce((n, r) => n + this.rangeCrcs.stamp(r.offsetBytes, r.lengthBytes), 0);
+    const before = stampOf();
+    const crcs = this.readCrcs(ranges);
+    if (crcs instanceof Promise) crcs.catch(() => undefined); // the commit's read reports it
+    return { stillValid: () => stampOf() === before, crcs };
+  }
+
   /** Reads each range from the disk (not the CRC table: a scrub checks what the disk holds). */
   readCrcs(ranges: readonly DiskRange[]): MaybePromise<number[]> {
     this.assertWritten('readCrcs');

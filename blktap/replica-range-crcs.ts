@@ -23,6 +23,8 @@ export class ReplicaRangeCrcs {
   /** crcs[r] is range r's CRC32C while known[r] is 1. */
   private readonly crcs: Uint32Array;
   private readonly known: Uint8Array;
+  /** Changes to range r so far (a read taken before them is stale: stamp()). */
+  private readonly writes: Uint32Array;
   /** CRC32C of a whole range of zeros. */
   private readonly zeroRangeCrc: number;
   /** Ranges whose CRC came from a resync record, and ranges read by checksum(). */
@@ -38,12 +40,23 @@ export class ReplicaRangeCrcs {
     this.crcs = new Uint32Array(this.ranges);
     this.known = new Uint8Array(this.ranges);
     this.zeroRangeCrc = loadAddon().crc32c(new Uint8Array(rangeBytes));
+    this.writes = new Uint32Array(this.ranges);
+  }
+
+  /** The changes so far to the ranges [offsetBytes, +lengthBytes) touches: equal later means none since. */
+  stamp(offsetBytes: number, lengthBytes: number): number {
+    let n = 0;
+    this.forEachRange(offsetBytes, lengthBytes, (r) => {
+      n += this.writes[r];
+    });
+    return n;
   }
 
   /** The resync copy wrote [offsetBytes, +lengthBytes): data, or zeros (null). Whole ranges learn their CRC. */
   synced(offsetBytes: number, lengthBytes: number, data: Uint8Array | null): void {
     assert(data === null || data.length === lengthBytes, 'synced data is the range');
     this.forEachRange(offsetBytes, lengthBytes, (r, start, len) => {
+      this.writes[r]++;
       const whole = start >= offsetBytes && start + len <= offsetBytes + lengthBytes;
       if (!whole) {
         this.known[r] = 0;
@@ -64,6 +77,7 @@ export class ReplicaRangeCrcs {
   changed(offsetBytes: number, lengthBytes: number): void {
     this.forEachRange(offsetBytes, lengthBytes, (r) => {
       this.known[r] = 0;
+      this.writes[r]++;
     });
   }
 

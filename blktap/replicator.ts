@@ -41,6 +41,8 @@ export interface ReplicatorOptions {
   backlogBytesMax?: number;
   /** Read tracking: how many read blocks to remember (0: off). */
   readTrackingBlocksMax?: number;
+  /** The scrub's pace (disk-scrub.ts): DISK_SCRUB_BYTES_PER_S_DEFAULT unless a test says otherwise. */
+  scrubBytesPerSecond?: number;
   /** The checksum's ranges (DISK_VERIFY's table): RANGE_CRC_BYTES, smaller for a test's small disk. */
   rangeCrcBytes?: number;
 }
@@ -107,7 +109,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
     this.rangeCrcs = new RangeCrcs(source, this.generations, clock, opts.rangeCrcBytes);
-    this.scrub = new DiskScrub(this.rangeCrcs, clock);
+    this.scrub = new DiskScrub(this.rangeCrcs, clock, opts.scrubBytesPerSecond);
     const trackMax = opts.readTrackingBlocksMax ?? 0;
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();
@@ -188,6 +190,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     }
     this.direct = null;
     this.scrub.stop();
+    this.rangeCrcs.stop(); // a read-ahead for a checkpoint that will not come
     for (const [off, len] of this.copiedRuns) this.bitmap.markRange(off, len);
     this.copiedRuns = [];
     this.unacked = [];

@@ -224,6 +224,11 @@ export interface ReplicaDisk {
   differingRanges(theirs: { rangeBytes: number; rangeCrcs: Uint32Array }): DiskRange[] | null;
   /** The CRC32C of each range as the disk holds it now, read from the disk (a scrub's check; no pending write). */
   readCrcs(ranges: readonly DiskRange[]): MaybePromise<number[]>;
+  /**
+   * readCrcs begun early (at DISK_SCRUB): valid at the commit if nothing changed those ranges
+   * since. Null: read them then.
+   */
+  readCrcsAhead?(ranges: readonly DiskRange[]): { stillValid(): boolean; crcs: MaybePromise<number[]> } | null;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

@@ -239,6 +239,34 @@ describe('51 disk replication', () => {
       r.disconnect(); // before any ack: the copy may not have arrived
       assert.equal(r.bitmap.count, 3);
     });
+    it('a session that ends during its disk copy stops the checksum read-ahead (nothing keeps running)', async () => {
+      const c = new VirtualClock();
+      const r = new DiskReplicator(src(new Uint8Array(DISK)), c, {
+        unackedBytesMax: 1 << 20,
+        inSync: false,
+        rangeCrcBytes: 4096,
+      });
+      // The read-ahead's steps are promise continuations: they run between the clock's turns.
+      const run = async (ms: number): Promise<void> => {
+        for (let t = 0; t < ms; t += 10) {
+          c.runUntil(c.now() + 10);
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      };
+      r.connect(
+        tap(),
+        1,
+        { continues: false },
+        () => {},
+        () => {},
+      );
+      r.prepareChecksum();
+      await run(30);
+      assert.ok(c.pendingEvents > 0, 'the read-ahead runs during the copy');
+      r.disconnect(); // SIGTERM during the copy: CI's 44.7 hung here, the read-ahead's timer alive
+      await run(100);
+      assert.equal(c.pendingEvents, 0, 'nothing left to run after the session ended');
+    });
 
     it('writes during the disk copy are off the unacked bound, remembered as blocks until the first ack', () => {
       const c = new VirtualClock();

@@ -35,7 +35,7 @@ describe('51 the disk scrub', () => {
       read: (o: number, into: Uint8Array) => into.set(bytes.subarray(o, o + into.length)),
     };
     const table = new RangeCrcs(source, gens, clock, RANGE);
-    const scrub = new DiskScrub(table, clock);
+    const scrub = new DiskScrub(table, clock, 1e12); // unpaced: the pace is 51.17b's
     assert.equal(scrub.pick(), null, 'nothing before a session starts');
     scrub.start();
     clock.runUntil(100); // the read-ahead, at once for a disk in memory
@@ -51,9 +51,10 @@ describe('51 the disk scrub', () => {
       const want = loadAddon().crc32c(bytes.subarray(r.offsetBytes, r.offsetBytes + r.lengthBytes));
       assert.equal(r.crc32c, want, `range ${r.offsetBytes / RANGE} as the disk holds it`);
     }
-    gens.endWrite(2 * RANGE, 4096); // landed after the read: still not current until read again
+    clock.runUntil(101); // the read-ahead cannot read range 2 while its write is in flight
     const second = scrub.pick(8)!;
-    assert.ok(!second.ranges.some((r) => r.offsetBytes === 2 * RANGE), 'not before it is read again');
+    assert.ok(!second.ranges.some((r) => r.offsetBytes === 2 * RANGE), 'not while its write is in flight');
+    gens.endWrite(2 * RANGE, 4096); // landed: current once read again
     clock.runUntil(300);
     const seen = new Set([...first.ranges, ...second.ranges].map((r) => r.offsetBytes));
     let end: ScrubPick | null = null;
@@ -70,6 +71,24 @@ describe('51 the disk scrub', () => {
     assert.equal(scrub.counters.passes, 1);
     scrub.stop();
     assert.equal(scrub.pick(), null);
+  });
+
+  it('51.17b the scrub keeps its pace: ranges a second, never more than a checkpoint may carry', () => {
+    const SIZE = 40 * RANGE;
+    const gens = new BlockGenerations(SIZE);
+    const clock = new VirtualClock();
+    const source = { sizeBytes: SIZE, read: (o: number, into: Uint8Array) => into.fill(o % 251) };
+    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE), clock, 4 * RANGE); // 4 ranges a second
+    scrub.start();
+    let sent = 0;
+    for (let t = 50; t <= 2000; t += 50) {
+      clock.runUntil(t);
+      sent += scrub.pick(8)?.ranges.length ?? 0;
+    }
+    assert.ok(sent >= 8 && sent <= 9, `${sent} ranges in 2 s at 4 a second (and the first at once)`);
+    clock.runUntil(60_000); // a long quiet while: still at most 8 at once
+    assert.equal(scrub.pick(8)?.ranges.length, 8);
+    assert.equal(scrub.pick(8), null, 'spent');
   });
 
   it('51.18 DISK_SCRUB bodies: ranges of one width at its multiples inside the disk, 1–8 of them', () => {

@@ -110,6 +110,8 @@ interface Open {
   diskSum: DiskChecksum | null;
   /** DISK_SCRUB: ranges' CRCs at this checkpoint, compared with our disk at its commit. */
   scrub: ScrubPick | null;
+  /** Our disk's CRCs of those ranges, read as DISK_SCRUB came (used if nothing changed them by the commit). */
+  scrubAhead: { stillValid(): boolean; crcs: MaybePromise<number[]> } | null;
   /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
   memDigests: { regionPages: number; digests: Uint32Array } | null;
 }
@@ -199,6 +201,8 @@ export class Backup {
     intakeHolds: 0,
     diskRefPages: 0,
     diskVerifiedEpoch: 0,
+    /** Scrub checks whose read, begun as DISK_SCRUB came, was still valid at the commit. */
+    scrubReadsAhead: 0,
     continuedSessions: 0,
     memoryVerifiedEpoch: 0,
     memoryDiverged: 0,
@@ -650,7 +654,16 @@ export class Backup {
       this.kept = null;
       s.continuing = null;
     } // the image is overwritten in place from here
-    s.open = { epoch, full, pages: 0, deviceState: null, diskSum: null, scrub: null, memDigests: null };
+    s.open = {
+      epoch,
+      full,
+      pages: 0,
+      deviceState: null,
+      diskSum: null,
+      scrub: null,
+      scrubAhead: null,
+      memDigests: null,
+    };
   }
 
   private openFor(s: Session, type: number, epoch: number): Open {
@@ -791,7 +804,9 @@ export class Backup {
       }
       const scrub = o.scrub;
       if (!scrub) return;
-      const crcs = disk.readCrcs(scrub.ranges);
+      const ahead = o.scrubAhead?.stillValid() ? o.scrubAhead : null;
+      this.counters.scrubReadsAhead += ahead ? 1 : 0;
+      const crcs = ahead ? ahead.crcs : disk.readCrcs(scrub.ranges);
       if (crcs instanceof Promise) return crcs.then((c) => this.scrubChecked(s, held, epoch, scrub, c));
       this.scrubChecked(s, held, epoch, scrub, crcs);
     };
@@ -1027,6 +1042,7 @@ export class Backup {
       pass.received.add(r.offsetBytes);
     }
     o.scrub = pick;
+    o.scrubAhead = this.held!.replica.disk!.readCrcsAhead?.(pick.ranges) ?? null;
   }
 
   /**

@@ -19,7 +19,7 @@
 # `make bzImage` (nice 10, -j$XENLAB_KERNEL_JOBS, default 2).
 # Cached in $XENLAB_CACHE/guest-kernel/<key>/ (bzImage, config, System.map, release, seconds =
 # the build's wall time, build.log); key = hash of the source version, the patch, the fragment
-# and this script. The newest two are kept. A cold build is ~10 min on the lab machine.
+# and this script. The newest two are kept. A cold build is 4–12 min on the lab machine.
 # As a prepare script (one argument, a folder): with PG_KERNEL=patched (run.sh passes the
 # scenario's XENLAB_VARS to its prepare scripts) the bzImage goes to <out-dir>/guest-bzImage,
 # which dom0 sees as /lab/in/guest-bzImage; with PG_KERNEL unset or stock it does nothing.

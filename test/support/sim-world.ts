@@ -52,6 +52,10 @@ export class VirtualClock implements Clock {
   defer(fn: () => void): void {
     this.setTimer(0, fn);
   }
+  /** Events still to run (a timer not cleared keeps its loop alive). */
+  get pendingEvents(): number {
+    return this.heap.filter((ev) => !ev.cancelled).length;
+  }
   /**
    * Time passes inside the running event (a synchronous pause of the primary): events due
    * meanwhile run late, in order, as timers of a blocked process do.
@@ -864,6 +868,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         syncChunkBytes: syncChunkBytes,
         readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0,
         rangeCrcBytes: primaryRangeCrcBytes,
+        // The scrub's pace: from a range per 100 ms to 50 a second (a pass of the 1 MiB disk in 0.1–60 s).
+        scrubBytesPerSecond: primaryRangeCrcBytes * (10 + rng.below(40)),
       },
     );
   }

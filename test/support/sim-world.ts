@@ -707,6 +707,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let continuedEpoch = -1;
   let continuedFaulted = false;
   let ackedAtFault = 0;
+  /** An ACK reached the primary since its last full copy began: a reconnect may continue. */
+  let lineageAcked = false;
   const laterSessions: string[] = [];
   let afterDivergence = false;
   let sessionStarts = 0;
@@ -868,8 +870,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         syncChunkBytes: syncChunkBytes,
         readTrackingBlocksMax: rng.chance(0.7) ? 8 + rng.below(256) : 0,
         rangeCrcBytes: primaryRangeCrcBytes,
-        // The scrub's pace: from a range per 100 ms to 50 a second (a pass of the 1 MiB disk in 0.1–60 s).
-        scrubBytesPerSecond: primaryRangeCrcBytes * (10 + rng.below(40)),
+        // The scrub's pace: a pass of the disk in 100–500 ms (at 8 ranges a checkpoint it takes ~150 ms).
+        scrubBytesPerSecond: (SIM_DISK_BLOCKS * PAGE * 1000) / (100 + rng.below(400)),
       },
     );
   }
@@ -955,7 +957,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             earlyFaulted = true;
             if (fault.kind === 'crash-early') crashPrimary(fault.silent);
             else if (fault.onlyPrimary) {
-              ackedAtFault = primary!.stats().ackedEpoch;
+              ackedAtFault = lineageAcked ? primary!.stats().ackedEpoch : 0;
               currentLinks?.[1].resetHere();
             } else dropLink();
           }
@@ -995,6 +997,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
               goneWhileLive = backup.live;
             }
           }
+          if (phase === 'ack') lineageAcked = true; // after the faults: they see the ACKs before this one
         },
         paced: (epoch: number, cause: PaceCause, predictedMs: number) => {
           early = cause === 'output' ? { epoch, predictedMs } : null;
@@ -1012,6 +1015,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           // The session after a failed disk check copies memory whole (its first commit failed):
           // the faults' expectations are of the sessions after theirs, so it is not one of them.
           if (name === 'backup-lost') afterDivergence = String(d.reason).includes(ErrorCode.DISK_DIVERGED);
+          if (name === 'session-start' && d.kind !== 'continued') lineageAcked = false; // nothing to continue yet
           if (name === 'session-start' && sessionStarts++ > 0 && !afterDivergence)
             laterSessions.push(d.kind === 'continued' ? 'continued' : `full: ${String(d.reason)}`);
           if (name === 'session-start' && d.kind === 'continued' && continuedEpoch < 0 && fault.kind === 'reconnect')
@@ -1122,6 +1126,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
               violate(`a verified commit found the disks different: ${String(d.message)}`);
             divergedHere++;
             disksDiverged++;
+            lineageAcked = false; // the backup keeps no checkpoint of a session whose disk differed
           }
           if (name === 'session') passSinceMs = clock.now();
           if (name === 'disk-verified') diskVerified(Number(d.epoch), d.scrub === true);
@@ -1181,7 +1186,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   if (fault.kind === 'reconnect') {
     clock.setTimer(fault.atMs, () => {
       const l = currentLinks;
-      ackedAtFault = primaryDead ? 0 : primary!.stats().ackedEpoch;
+      ackedAtFault = primaryDead || !lineageAcked ? 0 : primary!.stats().ackedEpoch;
       if (!l) return;
       if (fault.how === 'reset-primary') l[1].resetHere();
       if (fault.how === 'corrupt') l[1].corruptNext = true;
@@ -1209,6 +1214,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     });
   }
   clock.runUntil(durationMs);
+  // A disk found different (bit rot, a reused disk's unforwarded blocks) ends its session, one
+  // range at a time under the scrub: the end state is checked once the repairs had their time.
+  if (disksDiverged > 0) clock.runUntil(durationMs + 1000);
 
   // Invariants after the run.
   const r = resumed as { epoch: number; seq: number; crc: number; diskCrc: number | null } | null;

@@ -6,7 +6,7 @@
 // checksum at a verified commit reads only that. The resync copy's writes (GiBs) reach a file
 // through a DiskIoQueue (libuv's pool, in order); a commit's are written at once, after the
 // caller waited for afterWrites — as must anyone who reads or checksums the disk.
-import type { DiskRange, MaybePromise, ReplicaDisk } from '../dom0/ports';
+import type { CrcsReadAhead, DiskRange, MaybePromise, ReplicaDisk } from '../dom0/ports';
 import type { DiskWrite } from '../dom0/protocol/records';
 import { assert } from '../dom0/assert';
 import { loadAddon } from '../dom0/native';
@@ -147,7 +147,7 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
    * the checkpoint's first records): valid at that commit if nothing changed those ranges
    * meanwhile. Null while resync writes are still queued (a read could pass one).
    */
-  readCrcsAhead(ranges: readonly DiskRange[]): { stillValid(): boolean; crcs: MaybePromise<number[]> } | null {
+  readCrcsAhead(ranges: readonly DiskRange[]): CrcsReadAhead | null {
     if (this.io.pendingBytes > 0) return null;
     const stampOf = (): number => ranges.reduce((n, r) => n + this.rangeCrcs.stamp(r.offsetBytes, r.lengthBytes), 0);
     const before = stampOf();

@@ -228,7 +228,14 @@ export interface ReplicaDisk {
    * readCrcs begun early (at DISK_SCRUB): valid at the commit if nothing changed those ranges
    * since. Null: read them then.
    */
-  readCrcsAhead?(ranges: readonly DiskRange[]): { stillValid(): boolean; crcs: MaybePromise<number[]> } | null;
+  readCrcsAhead?(ranges: readonly DiskRange[]): CrcsReadAhead | null;
+}
+
+/** A scrub's read of the backup's ranges, begun before the commit that compares them. */
+export interface CrcsReadAhead {
+  /** False once anything changed those ranges since the read began: the commit reads again. */
+  stillValid(): boolean;
+  crcs: MaybePromise<number[]>;
 }
 
 /** Where a backup keeps the replica and how it resumes it. */

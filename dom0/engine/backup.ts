@@ -43,6 +43,7 @@ import {
 import { imageDigests } from './continuation';
 import type {
   Clock,
+  CrcsReadAhead,
   DiskChecksum,
   DiskRange,
   Link,
@@ -111,7 +112,7 @@ interface Open {
   /** DISK_SCRUB: ranges' CRCs at this checkpoint, compared with our disk at its commit. */
   scrub: ScrubPick | null;
   /** Our disk's CRCs of those ranges, read as DISK_SCRUB came (used if nothing changed them by the commit). */
-  scrubAhead: { stillValid(): boolean; crcs: MaybePromise<number[]> } | null;
+  scrubAhead: CrcsReadAhead | null;
   /** MEMORY_VERIFY of a continued session's first checkpoint: checked before it commits. */
   memDigests: { regionPages: number; digests: Uint32Array } | null;
 }

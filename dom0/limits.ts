@@ -170,3 +170,15 @@ export const NET_TRACE_FLUSH_LINES = 512;
  * primary sends is felt by the primary as a send backlog, which paces its copies.
  */
 export const BACKUP_INTAKE_BYTES_HIGH = 64 * 2 ** 20;
+
+/**
+ * The in-kernel pgwire classifier (native-xc/src/bpf/pgwire_tc.h, checked against the addon's
+ * `bpfPgwireConstants` when it is loaded): server ports it follows, flows in its LRU table (an
+ * evicted flow comes back opaque: held), held sequence ranges remembered per flow for
+ * retransmissions, and the bytes of one segment it parses (a GSO packet's 64 KiB).
+ */
+export const PGWIRE_KERNEL_PORTS_MAX = 8;
+export const PGWIRE_KERNEL_FLOWS_DEFAULT = 16_384;
+export const PGWIRE_KERNEL_FLOWS_MAX = 1 << 20;
+export const PGWIRE_KERNEL_HELD_RANGES = 16;
+export const PGWIRE_KERNEL_SEGMENT_BYTES = 65_536;

@@ -39,7 +39,7 @@ export interface NativeArena {
 }
 
 export interface NativeAddon {
-  parts: { codec: boolean; xen: boolean; nfqueue: boolean };
+  parts: { codec: boolean; xen: boolean; nfqueue: boolean; bpf?: boolean };
   lz4Version: string;
   codecConstants: { pageSize: number; recordHeaderSize: number; recordSizeMax: number; imageSegmentsMax: number };
   SlotStore: new (slotCount: number) => SlotStore;
@@ -96,7 +96,10 @@ export interface NativeAddon {
   errorCodes: readonly string[];
 }
 
-const ADDON_PATH = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release', 'remusdb_native.node');
+const ADDON_DIR = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release');
+const ADDON_PATH = path.join(ADDON_DIR, 'remusdb_native.node');
+/** The in-kernel pgwire classifier's BPF object, built with the addon (its bpf part). */
+export const PGWIRE_BPF_OBJECT_PATH = path.join(ADDON_DIR, 'pgwire_tc.bpf.o');
 
 let loaded: NativeAddon | undefined;
 let loadError: Error | undefined;
@@ -168,10 +171,17 @@ function checkLimits(native: NativeAddon['codecConstants']): void {
   }
 }
 
-export function requirePart(part: 'codec' | 'xen' | 'nfqueue'): NativeAddon {
+const PART_PACKAGES = {
+  codec: 'liblz4-dev',
+  xen: 'libxen-dev',
+  nfqueue: 'libnetfilter-queue-dev',
+  bpf: 'libbpf-dev and clang',
+};
+
+export function requirePart(part: 'codec' | 'xen' | 'nfqueue' | 'bpf'): NativeAddon {
   const addon = loadAddon();
   if (!addon.parts[part]) {
-    const pkg = part === 'xen' ? 'libxen-dev' : 'libnetfilter-queue-dev';
+    const pkg = PART_PACKAGES[part];
     throw new RemusError(
       ErrorCode.ADDON_PART_MISSING,
       `the native addon was built without its ${part} part: install ${pkg} ` +

@@ -1,7 +1,8 @@
 {
   "variables": {
     "has_xen%": "<!(sh ./detect.sh xen)",
-    "has_nfqueue%": "<!(sh ./detect.sh nfqueue)"
+    "has_nfqueue%": "<!(sh ./detect.sh nfqueue)",
+    "has_bpf%": "<!(sh ./detect.sh bpf)"
   },
   "targets": [
     {
@@ -21,6 +22,28 @@
           "sources": ["src/nfqueue_probe.cc", "src/nfqueue_driver.cc"],
           "defines": ["REMUS_HAVE_NFQUEUE"],
           "libraries": ["-lnetfilter_queue"]
+        }],
+        ["has_bpf==1", {
+          "sources": ["src/bpf_pgwire.cc"],
+          "defines": ["REMUS_HAVE_BPF"],
+          "libraries": ["-lbpf"],
+          "dependencies": ["pgwire_tc_bpf"]
+        }]
+      ]
+    },
+    {
+      "target_name": "pgwire_tc_bpf",
+      "type": "none",
+      "conditions": [
+        ["has_bpf==1", {
+          "actions": [{
+            "action_name": "clang_target_bpf",
+            "inputs": ["src/bpf/pgwire_tc.bpf.c", "src/bpf/pgwire_tc.h"],
+            "outputs": ["<(PRODUCT_DIR)/pgwire_tc.bpf.o"],
+            "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+                       "-I/usr/include/<!(gcc -print-multiarch)", "-c", "src/bpf/pgwire_tc.bpf.c",
+                       "-o", "<(PRODUCT_DIR)/pgwire_tc.bpf.o"]
+          }]
         }]
       ]
     }

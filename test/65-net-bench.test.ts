@@ -36,6 +36,7 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
         'cp_dscp',
         'cp_dscp_kernel',
         'cp_pgwire',
+        'cp_pgwire_kernel',
         'none',
         'pg_sync_rep',
         'remus',

@@ -27,6 +27,7 @@ import {
   PGWIRE_COPY_BYTES,
 } from '../net/net-device';
 import { setupNfqueue } from '../net/nfqueue-buffer';
+import type { KernelPgwireStats } from '../net/pgwire-kernel';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
 import {
@@ -43,7 +44,15 @@ import {
 } from './net-pg';
 import { tpsPlot, writeFigure } from './net-svg';
 
-export const NET_MODES = ['none', 'remus', 'cp_dscp', 'cp_dscp_kernel', 'cp_pgwire', 'pg_sync_rep'] as const;
+export const NET_MODES = [
+  'none',
+  'remus',
+  'cp_dscp',
+  'cp_dscp_kernel',
+  'cp_pgwire',
+  'cp_pgwire_kernel',
+  'pg_sync_rep',
+] as const;
 /** Modes without checkpoint-paced buffering: measured once per round (at the first interval). */
 const UNBUFFERED: readonly NetMode[] = ['none', 'pg_sync_rep'];
 /** Modes that need the patched PostgreSQL (it marks commit acknowledgements DSCP 59). */
@@ -161,6 +170,7 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
     driver: mode === 'none' || mode === 'pg_sync_rep' ? 'none' : 'nfqueue',
     commitProtection: mode === 'none' || mode === 'pg_sync_rep' ? 'off' : PROTECTION[mode],
     dscpInKernel: mode === 'cp_dscp_kernel',
+    pgwireInKernel: mode === 'cp_pgwire_kernel',
   });
 }
 
@@ -169,6 +179,7 @@ const PROTECTION: Record<Exclude<NetMode, 'none' | 'pg_sync_rep'>, CommitProtect
   cp_dscp: 'dscp',
   cp_dscp_kernel: 'dscp',
   cp_pgwire: 'pgwire',
+  cp_pgwire_kernel: 'pgwire',
 };
 
 async function measure(
@@ -197,9 +208,7 @@ async function measure(
         seconds: o.seconds,
         script: o.script,
       });
-      const l = nb.nfqueue?.ledger.stats;
-      const seen = l ? l.received - l.passedThrough : 0;
-      const held = l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0;
+      const { seen, held } = packetsHeld(nb);
       const ms = performance.now() - t0,
         paused = engine.pausedMs() - paused0,
         taken = engine.checkpoints() - taken0;
@@ -255,13 +264,23 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
+/** Packets the guest sent while protected, and how many waited (the kernel's count when it classified). */
+function packetsHeld(nb: NetBuffer): { seen: number; held: number } {
+  const k = nb.describe().pgwireKernel as KernelPgwireStats | null | undefined;
+  if (k) return { seen: k.packets - k.notIp, held: k.held + k.otherHeld };
+  const l = nb.nfqueue?.ledger.stats;
+  const seen = l ? l.received - l.passedThrough : 0;
+  return { seen, held: l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0 };
+}
+
 export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
   const why = whyNoNetBench();
   if (why) throw new RemusError(ErrorCode.BAD_ARGUMENT, `bench net cannot run here: ${why}`);
   const stock = findPostgres() as { bin: string; pgbench: string };
   const patched = o.patchedBin ? findPostgres(o.patchedBin) : null;
   if (typeof patched === 'string') throw new RemusError(ErrorCode.BAD_ARGUMENT, `--pg-bin: ${patched}`);
-  const modes = NET_MODES.filter((m) => !NEEDS_PATCHED.includes(m) || patched);
+  const bpf = loadAddon().parts.bpf === true;
+  const modes = NET_MODES.filter((m) => (!NEEDS_PATCHED.includes(m) || patched) && (m !== 'cp_pgwire_kernel' || bpf));
   const samples = new Map<string, Point[]>();
   const notes: string[] = [
     `trigger ${o.trigger}, max pause share ${o.maxPauseShare}` +
@@ -271,6 +290,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     notes.push(
       'cp_dscp, cp_dscp_kernel: no patched PostgreSQL given (--pg-bin or REMUSDB_PG_PATCHED_BIN): not measured',
     );
+  if (!bpf) notes.push('cp_pgwire_kernel: the addon was built without libbpf-dev and clang: not measured');
   if (o.dom0Cpus) pinGuestAndClient(o.dom0Cpus);
   if (o.dom0Cpus)
     notes.push(`dom0 (engine, net buffer) on CPU ${o.dom0Cpus.join(',')}; PostgreSQL and pgbench on the others`);
@@ -295,7 +315,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
       const key = `${mode}/${intervalMs}`;
       samples.set(key, [...(samples.get(key) ?? []), p]);
       o.log(
-        `round ${round}/${o.runs}  ${mode.padEnd(9)} ${String(intervalMs).padStart(4)} ` +
+        `round ${round}/${o.runs}  ${mode.padEnd(16)} ${String(intervalMs).padStart(4)} ` +
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
           `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
           `paused ${(100 * p.pauseShare).toFixed(1)}% ` +
@@ -383,6 +403,7 @@ export function netBenchSvg(r: NetBenchResult): string {
     cp_dscp: '#1f77b4',
     cp_dscp_kernel: '#9467bd',
     cp_pgwire: '#2ca02c',
+    cp_pgwire_kernel: '#17becf',
     pg_sync_rep: '#ff7f0e',
   };
   const names: Record<NetMode, string> = {
@@ -391,6 +412,7 @@ export function netBenchSvg(r: NetBenchResult): string {
     cp_dscp: 'CP (DSCP)',
     cp_dscp_kernel: 'CP (DSCP, in kernel)',
     cp_pgwire: 'CP (pgwire)',
+    cp_pgwire_kernel: 'CP (pgwire, in kernel)',
     pg_sync_rep: 'PostgreSQL sync. replication',
   };
   const series = NET_MODES.filter((m) => r.tps[m]).map((m) => ({
@@ -411,19 +433,19 @@ export function formatNetBench(r: NetBenchResult): string {
   const lines = [
     `pgbench ${r.script}, scale ${r.scale}, -c ${r.clients} -j ${r.threads}, ${r.seconds} s per run, median ` +
       `of ${r.runs}`,
-    `${'mode'.padEnd(10)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`,
+    `${'mode'.padEnd(16)} ${r.intervals_ms.map((ms) => `${ms} ms`.padStart(22)).join('')}`,
   ];
   for (const mode of NET_MODES) {
     const tps = r.tps[mode];
     if (!tps) {
-      lines.push(`${mode.padEnd(10)} (not measured)`);
+      lines.push(`${mode.padEnd(16)} (not measured)`);
       continue;
     }
     const cells = tps.map((t, i) => {
       const ratio = r.tps.none ? t / r.tps.none[i] : NaN;
       return `${t.toFixed(0)} tps ${r.latency_ms[mode]![i].toFixed(1)} ms ${(ratio * 100).toFixed(0)}%`.padStart(22);
     });
-    lines.push(`${mode.padEnd(10)} ${cells.join('')}`);
+    lines.push(`${mode.padEnd(16)} ${cells.join('')}`);
   }
   lines.push('(tps, mean latency, tps as % of no buffering)');
   const held = NET_MODES.filter((m) => r.held_pct[m] && m !== 'none').map(

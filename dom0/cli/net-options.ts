@@ -7,6 +7,8 @@
 //   --commit-protection off|dscp|pgwire, --dscp N (59), --pg-port P (5432, repeatable)
 //   --dscp-in-kernel            dscp: the kernel queues only marked packets (fastest; no
 //                               failover resets: docs/commit-protection.md)
+//   --pgwire-in-kernel          pgwire: a tc BPF program classifies, only what must wait is
+//                               queued (no failover resets yet: docs/commit-protection.md)
 //   --queue N                   nfqueue number of the first interface (7000 + domid)
 import type { Command } from 'commander';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
@@ -64,6 +66,11 @@ export function addNetOptions(cmd: Command): Command {
       '--dscp-in-kernel',
       'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no ' +
         'failover resets)',
+    )
+    .option(
+      '--pgwire-in-kernel',
+      'pgwire mode: a BPF program on the guest interface parses the streams; only what must wait reaches the ' +
+        'queue (no failover resets yet)',
     )
     .option(
       '--pg-port <port>',

@@ -406,8 +406,21 @@ interface ReprotectOpts extends IntervalCliOptions, NetCliOptions {
 
 /** The network options as the backup's reprotect request carries them (net/net-plan.ts netChoiceOf). */
 function netChoiceOfOptions(o: NetCliOptions): NetCliOptions {
-  const { netBuffer, vif, routed, commitProtection, dscp, dscpInKernel, pgPort, queue, maxInFlight, trigger } = o;
-  return { netBuffer, vif, routed, commitProtection, dscp, dscpInKernel, pgPort, queue, maxInFlight, trigger };
+  const { netBuffer, vif, routed, commitProtection, dscp, dscpInKernel, pgwireInKernel, pgPort, queue } = o;
+  const { maxInFlight, trigger } = o;
+  return {
+    netBuffer,
+    vif,
+    routed,
+    commitProtection,
+    dscp,
+    dscpInKernel,
+    pgwireInKernel,
+    pgPort,
+    queue,
+    maxInFlight,
+    trigger,
+  };
 }
 
 function registerReprotect(program: Command): void {

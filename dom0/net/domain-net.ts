@@ -27,6 +27,7 @@ export interface DomainNetOptions {
   commitProtection: CommitProtection;
   dscp?: number;
   dscpInKernel?: boolean;
+  pgwireInKernel?: boolean;
   pgPorts?: number[];
 }
 
@@ -86,6 +87,7 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
           commitProtection: o.commitProtection,
           dscp: o.dscp,
           dscpInKernel: o.dscpInKernel,
+          pgwireInKernel: o.pgwireInKernel,
           pgPorts: o.pgPorts,
         }),
       );

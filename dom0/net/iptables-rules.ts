@@ -6,7 +6,8 @@
 //             then `-F REMUSDB-<name>`, `-X REMUSDB-<name>` (errors ignored)
 //   install:  teardown; `-N REMUSDB-<name>`; `-A REMUSDB-<name> [-m dscp --dscp D] -j NFQUEUE
 //             --queue-num Q` (no --queue-bypass: no listener = dropped; with D only packets
-//             the guest marked are queued, the rest never leave the kernel);
+//             the guest marked are queued, the rest never leave the kernel; with marks, one
+//             such rule per `-m mark --mark M/MASK`: what the in-kernel pgwire program marked);
 //             `-I PREROUTING 1 <match> -j REMUSDB-<name>`
 // for iptables and ip6tables (iptables-nft). ARP is not queued: arptables has no NFQUEUE.
 import { spawnSync } from 'node:child_process';
@@ -26,6 +27,9 @@ export interface RuleSpec {
   netns?: string;
   /** Queue only packets with this DSCP code point (commit protection classified in the kernel). */
   onlyDscp?: number;
+  /** Queue only packets whose skb mark, under markMask, is one of these (pgwire-kernel.ts). */
+  onlyMarks?: number[];
+  markMask?: number;
 }
 
 const TOOLS = ['iptables', 'ip6tables'] as const;
@@ -95,24 +99,37 @@ export function installRules(spec: RuleSpec): void {
   try {
     for (const tool of TOOLS) {
       must(spec.netns, tool, ['-t', 'mangle', '-N', chain]);
-      const dscp = spec.onlyDscp === undefined ? [] : ['-m', 'dscp', '--dscp', String(spec.onlyDscp)];
-      must(spec.netns, tool, [
-        '-t',
-        'mangle',
-        '-A',
-        chain,
-        ...dscp,
-        '-j',
-        'NFQUEUE',
-        '--queue-num',
-        String(spec.queueNum),
-      ]);
+      for (const only of queueMatches(spec)) {
+        must(spec.netns, tool, [
+          '-t',
+          'mangle',
+          '-A',
+          chain,
+          ...only,
+          '-j',
+          'NFQUEUE',
+          '--queue-num',
+          `${spec.queueNum}`,
+        ]);
+      }
       must(spec.netns, tool, ['-t', 'mangle', '-I', 'PREROUTING', '1', ...match, '-j', chain]);
     }
   } catch (e) {
     removeRules(spec);
     throw e;
   }
+}
+
+/** One NFQUEUE rule per match: every packet, the DSCP code point, or each of the marks. */
+function queueMatches(spec: RuleSpec): string[][] {
+  if (spec.onlyDscp !== undefined) return [['-m', 'dscp', '--dscp', String(spec.onlyDscp)]];
+  if (spec.onlyMarks === undefined) return [[]];
+  const mask = spec.markMask ?? 0xffffffff;
+  assertInt(mask, 1, 0xffffffff, 'markMask');
+  return spec.onlyMarks.map((m) => {
+    assertInt(m, 1, 0xffffffff, 'mark');
+    return ['-m', 'mark', '--mark', `0x${m.toString(16)}/0x${mask.toString(16)}`];
+  });
 }
 
 /** The rules of the domain as `iptables -S` prints them (both families); empty when none. */

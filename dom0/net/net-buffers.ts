@@ -16,6 +16,7 @@ export type NetBufferName = 'nfqueue' | 'plug';
 export interface NetBufferChoices {
   commitProtection: CommitProtection;
   dscpInKernel?: boolean;
+  pgwireInKernel?: boolean;
   maxInFlight?: number;
   /** --trigger; undefined: the default for the buffer (triggerFor). */
   trigger?: Trigger;
@@ -82,6 +83,9 @@ export const NET_BUFFERS: Readonly<Record<NetBufferName, NetBufferDriver>> = {
 function checkDscpInKernel(c: NetBufferChoices): void {
   if (c.dscpInKernel && c.commitProtection !== 'dscp') {
     throw new RemusError(ErrorCode.BAD_ARGUMENT, '--dscp-in-kernel goes with --commit-protection dscp');
+  }
+  if (c.pgwireInKernel && c.commitProtection !== 'pgwire') {
+    throw new RemusError(ErrorCode.BAD_ARGUMENT, '--pgwire-in-kernel goes with --commit-protection pgwire');
   }
 }
 

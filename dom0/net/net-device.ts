@@ -11,10 +11,11 @@ import { ErrorCode, RemusError } from '../errors';
 import { dscpClassifier, PROTECTED_DSCP } from './classify-dscp';
 import { ExposureTracker } from './failover-reset';
 import type { GuestMatch } from './iptables-rules';
-import { NFQUEUE_DEFAULTS, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
+import { NFQUEUE_DEFAULTS, netnsPathOf, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
 import type { Classifier } from './packet-ledger';
 import { PacketTrace, teeObservers } from './packet-trace';
 import { PgwireClassifier } from './pgwire-classifier';
+import { KernelPgwire, PGWIRE_KERNEL_MARKS } from './pgwire-kernel';
 import { setupPlug } from './plug-buffer';
 
 export type NetDriver = 'none' | 'nfqueue' | 'plug';
@@ -42,6 +43,12 @@ export interface NetBufferOptions {
    * RemusDB paper's behaviour). Default false: every packet is classified here.
    */
   dscpInKernel?: boolean;
+  /**
+   * pgwire mode: classify in the kernel (a tc BPF program on the guest's interface marks
+   * what must wait; only marked packets are queued, 128 bytes each). No exposure tracking
+   * yet, so no failover resets, as with dscpInKernel. Default false.
+   */
+  pgwireInKernel?: boolean;
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
   copyBytes?: number;
   heldMax?: number;
@@ -99,38 +106,37 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     };
   }
   if (o.driver === 'plug') return openPlug(o);
-  let classify: Classifier | undefined;
-  let pgwire: PgwireClassifier | null = null;
-  const dscp = o.dscp ?? PROTECTED_DSCP;
-  const inKernel = o.commitProtection === 'dscp' && o.dscpInKernel === true;
-  if (o.commitProtection === 'dscp' && !inKernel) classify = dscpClassifier(dscp);
-  if (o.commitProtection === 'pgwire') {
-    pgwire = new PgwireClassifier({ ports: o.pgPorts });
-    classify = pgwire.classify;
-  }
-  const exposure = o.commitProtection === 'off' || inKernel ? null : new ExposureTracker();
+  const k = classifierFor(o);
   const tracePath = process.env.REMUSDB_NET_TRACE || undefined;
-  const trace = tracePath ? new PacketTrace(tracePath, (key) => pgwire?.flowMode(key)) : null;
-  const pg = o.commitProtection === 'pgwire';
+  const trace = tracePath ? new PacketTrace(tracePath, (key) => k.pgwire?.flowMode(key)) : null;
+  const pg = o.commitProtection === 'pgwire' && k.kernel === null;
   const copyBytes = o.copyBytes ?? (pg ? PGWIRE_COPY_BYTES : NFQUEUE_DEFAULTS.copyBytes);
   const batchMax = pg ? PGWIRE_BATCH_MAX : NFQUEUE_DEFAULTS.batchMax;
-  const dev = setupNfqueue({
-    domain: o.domain,
-    match: o.match,
-    netns: o.netns,
-    queueNum: o.queueNum,
-    classify,
-    observer: teeObservers([exposure, trace].filter((x) => x !== null)),
-    copyBytes,
-    batchMax,
-    onlyDscp: inKernel ? dscp : undefined,
-    ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }),
-  });
+  let dev: ReturnType<typeof setupNfqueue>;
+  try {
+    dev = setupNfqueue({
+      domain: o.domain,
+      match: o.match,
+      netns: o.netns,
+      queueNum: o.queueNum,
+      classify: k.classify,
+      observer: teeObservers([k.exposure, trace, k.kernel?.observer ?? null].filter((x) => x !== null)),
+      copyBytes,
+      batchMax,
+      onlyDscp: k.dscpInKernel ? k.dscp : undefined,
+      onlyMarks: k.kernel ? [PGWIRE_KERNEL_MARKS.hold, PGWIRE_KERNEL_MARKS.follow] : undefined,
+      markMask: PGWIRE_KERNEL_MARKS.mask,
+      ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }),
+    });
+  } catch (e) {
+    k.kernel?.close();
+    throw e;
+  }
   return {
     gate: dev.gate,
     nfqueue: dev.gate,
-    pgwire,
-    exposure,
+    pgwire: k.pgwire,
+    exposure: k.exposure,
     describe: () => ({
       driver: 'nfqueue',
       domain: o.domain,
@@ -138,19 +144,54 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       netns: o.netns ?? null,
       match: o.match,
       commitProtection: o.commitProtection,
-      dscp: o.commitProtection === 'dscp' ? dscp : null,
-      dscpInKernel: inKernel,
+      dscp: o.commitProtection === 'dscp' ? k.dscp : null,
+      dscpInKernel: k.dscpInKernel,
+      pgwireInKernel: k.kernel !== null,
       copyBytes,
       batchMax,
       ...dev.gate.stats(),
-      pgwire: pgwire ? { ...pgwire.stats, opaqueReasons: pgwire.opaqueReasons } : null,
-      exposedFlows: exposure?.flowCount ?? null,
+      pgwire: k.pgwire ? { ...k.pgwire.stats, opaqueReasons: k.pgwire.opaqueReasons } : null,
+      pgwireKernel: k.kernel?.stats() ?? null,
+      exposedFlows: k.exposure?.flowCount ?? null,
     }),
     close: () => {
-      dev.teardown();
-      trace?.flush();
+      try {
+        dev.teardown();
+      } finally {
+        k.kernel?.close();
+        trace?.flush();
+      }
     },
   };
+}
+
+/** The commit protection mode's classifier: in userspace, or a program in the kernel. */
+interface ClassifierSetup {
+  classify: Classifier | undefined;
+  pgwire: PgwireClassifier | null;
+  kernel: KernelPgwire | null;
+  exposure: ExposureTracker | null;
+  dscp: number;
+  dscpInKernel: boolean;
+}
+
+function classifierFor(o: NetBufferOptions): ClassifierSetup {
+  const dscp = o.dscp ?? PROTECTED_DSCP;
+  const dscpInKernel = o.commitProtection === 'dscp' && o.dscpInKernel === true;
+  const pgInKernel = o.commitProtection === 'pgwire' && o.pgwireInKernel === true;
+  // Classified in the kernel, the packets that leave at once never reach us: no exposure.
+  const exposure = o.commitProtection === 'off' || dscpInKernel || pgInKernel ? null : new ExposureTracker();
+  const none = { pgwire: null, kernel: null, exposure, dscp, dscpInKernel };
+  if (o.commitProtection === 'dscp') return { ...none, classify: dscpInKernel ? undefined : dscpClassifier(dscp) };
+  if (o.commitProtection !== 'pgwire') return { ...none, classify: undefined };
+  if (!pgInKernel) {
+    const pgwire = new PgwireClassifier({ ports: o.pgPorts });
+    return { ...none, pgwire, classify: pgwire.classify };
+  }
+  const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
+  const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
+  const kernel = KernelPgwire.load({ iface, netnsPath, ports: o.pgPorts, epoch: 1 });
+  return { ...none, kernel, classify: kernel.classify };
 }
 
 /** The IFB device that holds iface's packets: rdb-<iface>, or a hash when that is too long. */

@@ -28,6 +28,7 @@ export interface NetChoice {
   commitProtection: CommitProtection;
   dscp: number;
   dscpInKernel?: boolean;
+  pgwireInKernel?: boolean;
   pgPort?: number[];
   queue?: number;
   maxInFlight?: number;
@@ -111,6 +112,7 @@ export function netPlan(o: NetChoice, d: NetDomain): DomainNetOptions | null {
     commitProtection: o.commitProtection,
     dscp: o.dscp,
     dscpInKernel: o.dscpInKernel === true,
+    pgwireInKernel: o.pgwireInKernel === true,
     pgPorts: o.pgPort,
   };
 }
@@ -152,6 +154,7 @@ export function netChoiceOf(v: unknown): NetChoice {
     commitProtection: cp,
     dscp: intIn(o.dscp ?? PROTECTED_DSCP, 'dscp', 1, 63)!,
     dscpInKernel: flag(o.dscpInKernel, 'dscpInKernel'),
+    pgwireInKernel: flag(o.pgwireInKernel, 'pgwireInKernel'),
     pgPort: o.pgPort === undefined ? undefined : (listOf(o.pgPort, 'pgPort', isPort) as number[]),
     queue: intIn(o.queue, 'queue', 0, 65535 - DOMAIN_IFACES_MAX),
     maxInFlight: intIn(o.maxInFlight, 'maxInFlight', 1, MAX_IN_FLIGHT_MAX),

@@ -56,6 +56,7 @@ export const KERNEL_QUEUE_MAX = 65_536;
 /** The native queue as typed here (the addon's `NfqueueQueue`). */
 interface NativeQueue extends PacketBatch {
   readonly capLens: Uint16Array;
+  readonly marks: Uint32Array;
   readonly batchMax: number;
   drain(batchesMax: number): number;
   verdictUpTo(id: number, accept: boolean): void;
@@ -187,6 +188,7 @@ function batchView(q: NativeQueue): Omit<PacketBatch, 'count'> {
     headers: q.headers,
     copyBytes: q.copyBytes,
     capLens: q.capLens,
+    marks: q.marks,
   };
 }
 
@@ -244,7 +246,13 @@ export interface NfqueueDevice {
  * On failure nothing stays installed or bound.
  */
 export function setupNfqueue(
-  opts: NfqueueBufferOptions & { domain: string; match: GuestMatch; onlyDscp?: number },
+  opts: NfqueueBufferOptions & {
+    domain: string;
+    match: GuestMatch;
+    onlyDscp?: number;
+    onlyMarks?: number[];
+    markMask?: number;
+  },
 ): NfqueueDevice {
   const spec = {
     domain: opts.domain,
@@ -252,6 +260,8 @@ export function setupNfqueue(
     match: opts.match,
     netns: opts.netns,
     onlyDscp: opts.onlyDscp,
+    onlyMarks: opts.onlyMarks,
+    markMask: opts.markMask,
   };
   removeRules(spec);
   const gate = NfqueueBuffer.open(opts);

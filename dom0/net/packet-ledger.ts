@@ -20,8 +20,11 @@ import { assert } from '../assert';
 import type { OutputGate } from '../ports';
 
 export type PacketVerdict = 'hold' | 'release';
-/** header: the first copyBytes of the IP packet; hwProtocol: 0x0800 IPv4, 0x86dd IPv6. */
-export type Classifier = (header: Uint8Array, hwProtocol: number) => PacketVerdict;
+/**
+ * header: the first copyBytes of the IP packet; hwProtocol: 0x0800 IPv4, 0x86dd IPv6; mark: the
+ * packet's skb mark (0 when the batch has none), set by an in-kernel classifier (pgwire-kernel.ts).
+ */
+export type Classifier = (header: Uint8Array, hwProtocol: number, mark?: number) => PacketVerdict;
 
 /** What happened to a packet when it was read. 'pass': pass-through (unprotected). */
 export type PacketOutcome = 'accept' | 'held' | 'drop' | 'pass';
@@ -53,6 +56,8 @@ export interface PacketBatch {
   copyBytes: number;
   /** Bytes actually copied per packet (≤ copyBytes); without it the whole slot is passed. */
   capLens?: Uint16Array;
+  /** Each packet's skb mark; without it every mark is 0. */
+  marks?: Uint32Array;
 }
 
 export interface LedgerLimits {
@@ -160,7 +165,7 @@ export class PacketLedger implements OutputGate {
       const id = b.ids[i];
       this.lastReadId = id;
       const header = headerOf(b, i);
-      const verdict = this.classify ? this.classify(header, b.protos[i]) : 'hold';
+      const verdict = this.classify ? this.classify(header, b.protos[i], b.marks?.[i] ?? 0) : 'hold';
       const key = this.classify ? flowKey(header) : null;
       const outcome = this.place(id, b.ipLens[i], verdict, key);
       this.observer?.packet(header, verdict, outcome, this.current.epoch);
@@ -178,7 +183,7 @@ export class PacketLedger implements OutputGate {
   private observePassing(b: PacketBatch): void {
     for (let i = 0; i < b.count; i++) {
       const header = headerOf(b, i);
-      const verdict = this.classify ? this.classify(header, b.protos[i]) : 'hold';
+      const verdict = this.classify ? this.classify(header, b.protos[i], b.marks?.[i] ?? 0) : 'hold';
       this.observer?.packet(header, verdict, 'pass', this.current.epoch);
     }
   }

@@ -22,6 +22,9 @@ void InitXenLogdirty(Napi::Env env, Napi::Object exports);
 void InitNfqueue(Napi::Env env, Napi::Object exports);
 void InitNfqueueDriver(Napi::Env env, Napi::Object exports);
 #endif
+#ifdef REMUS_HAVE_BPF
+void InitBpfPgwire(Napi::Env env, Napi::Object exports);
+#endif
 }  // namespace remus
 
 namespace {
@@ -52,6 +55,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   parts.Set("nfqueue", true);
 #else
   parts.Set("nfqueue", false);
+#endif
+#ifdef REMUS_HAVE_BPF
+  remus::InitBpfPgwire(env, exports);
+  parts.Set("bpf", true);
+#else
+  parts.Set("bpf", false);
 #endif
   exports.Set("parts", parts);
   exports.Set("errorCodes", remus::ErrorCodeList(env));

@@ -7,7 +7,7 @@
 // Sequence: nfq_open, nfq_create_queue(Q), NFQNL_COPY_PACKET with copyBytes, queue maxlen,
 // NFQA_CFG_F_GSO, SO_RCVBUFFORCE + NETLINK_NO_ENOBUFS, O_NONBLOCK; a uv_poll on the
 // netlink fd reads packets with recvmmsg and hands them to JavaScript in batches (ids, IP
-// lengths, hw protocols, header copies in shared typed arrays); verdicts come back in
+// lengths, hw protocols, skb marks, header copies in shared typed arrays); verdicts come back in
 // batches: nfq_set_verdict_batch(maxId) for an epoch, or many NFQNL_MSG_VERDICT messages
 // packed into one sendto. Thin layer: all holding/ordering rules live in TypeScript.
 #include <arpa/inet.h>
@@ -88,6 +88,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     }
     ids_ = Napi::Persistent(Napi::Uint32Array::New(env, batchMax_));
     ipLens_ = Napi::Persistent(Napi::Uint32Array::New(env, batchMax_));
+    marks_ = Napi::Persistent(Napi::Uint32Array::New(env, batchMax_));
     protos_ = Napi::Persistent(Napi::Uint16Array::New(env, batchMax_));
     capLens_ = Napi::Persistent(Napi::Uint16Array::New(env, batchMax_));
     headers_ = Napi::Persistent(Napi::Buffer<uint8_t>::New(env, size_t(batchMax_) * copyBytes_));
@@ -95,6 +96,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     Napi::Object self = info.This().As<Napi::Object>();
     self.Set("ids", ids_.Value());
     self.Set("ipLens", ipLens_.Value());
+    self.Set("marks", marks_.Value());
     self.Set("protos", protos_.Value());
     self.Set("capLens", capLens_.Value());
     self.Set("headers", headers_.Value());
@@ -193,6 +195,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     self->protosData_[i] = ntohs(ph->hw_protocol);
     self->capLensData_[i] = static_cast<uint16_t>(cap);
     self->ipLensData_[i] = IpLength(payload, static_cast<uint32_t>(len));
+    self->marksData_[i] = nfq_get_nfmark(nfad);  // the in-kernel classifier's verdict
     uint8_t* dst = self->headersData_ + size_t(i) * self->copyBytes_;
     if (cap > 0) std::memcpy(dst, payload, cap);
     // Zero only the header area (the first 128 bytes); capLens tells the valid length, and
@@ -215,6 +218,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
     reading_ = true;
     idsData_ = ids_.Value().Data();
     ipLensData_ = ipLens_.Value().Data();
+    marksData_ = marks_.Value().Data();
     protosData_ = protos_.Value().Data();
     capLensData_ = capLens_.Value().Data();
     headersData_ = headers_.Value().Data();
@@ -414,7 +418,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   uv_poll_t* poll_ = nullptr;
   std::vector<uint8_t> recvBuf_;
   size_t recvSlotBytes_ = 4096;
-  Napi::Reference<Napi::Uint32Array> ids_, ipLens_;
+  Napi::Reference<Napi::Uint32Array> ids_, ipLens_, marks_;
   Napi::Reference<Napi::Uint16Array> protos_, capLens_;
   Napi::Reference<Napi::Buffer<uint8_t>> headers_;
   Napi::FunctionReference onBatch_;
@@ -423,6 +427,7 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
   bool reading_ = false;  // OnPacket writes the batch only inside ReadBatch
   uint32_t* idsData_ = nullptr;
   uint32_t* ipLensData_ = nullptr;
+  uint32_t* marksData_ = nullptr;
   uint16_t* protosData_ = nullptr;
   uint16_t* capLensData_ = nullptr;
   uint8_t* headersData_ = nullptr;

@@ -1,0 +1,202 @@
+// pgwire-kernel: the `pgwire` commit protection classifier run in the kernel
+// (`--pgwire-in-kernel`, docs/commit-protection.md "In the kernel"). A tc BPF program on the
+// ingress hook of the guest's interface (native-xc/src/bpf/pgwire_tc.bpf.c, the rules of
+// pgwire-classifier.ts) marks the packets that must wait: MARKS.hold for a commit
+// acknowledgement (and everything the userspace classifier would hold), MARKS.follow for a
+// packet that may leave but has an earlier packet of its flow still queued. iptables queues
+// only marked packets (iptables-rules.ts `onlyMarks`); every other packet leaves without a
+// trip to dom0's userspace. Here:
+//   - `classify` turns the mark into the ledger's verdict (follow → 'release': the ledger
+//     keeps it behind its flow);
+//   - `observer` tells the program the ledger's epochs: at barrier N, packets belong to N + 1;
+//     at release N, every packet queued in an epoch ≤ N has left, so a flow whose last
+//     queued packet is that old needs no follow mark;
+//   - a leftover filter (a crashed run) is removed by `removeLeftoverFilter` with tc.
+// The program needs root (CAP_BPF + CAP_NET_ADMIN), libbpf and a kernel with bpf_loop (5.17).
+import { spawnSync } from 'node:child_process';
+import { AssertionError } from 'node:assert';
+import { assertInt } from '../assert';
+import {
+  PGWIRE_KERNEL_FLOWS_DEFAULT,
+  PGWIRE_KERNEL_FLOWS_MAX,
+  PGWIRE_KERNEL_HELD_RANGES,
+  PGWIRE_KERNEL_PORTS_MAX,
+  PGWIRE_KERNEL_SEGMENT_BYTES,
+} from '../limits';
+import { PGWIRE_BPF_OBJECT_PATH, requirePart } from '../native';
+import type { Classifier, LedgerObserver, PacketVerdict } from './packet-ledger';
+
+/** The skb mark bits the program owns, and its two values (iptables matches them). */
+export const PGWIRE_KERNEL_MARKS = { mask: 0x00ff0000, hold: 0x00a10000, follow: 0x00a20000 } as const;
+
+/** The program's counters, in the order of pgwire_tc.h's `enum pgw_stat`. */
+const STAT_NAMES = [
+  'packets',
+  'notIp',
+  'otherHeld',
+  'held',
+  'follow',
+  'passed',
+  'retransmissions',
+  'commits',
+  'flowsOpened',
+  'flowsEnded',
+  'afterEnd',
+  'unsyncedPackets',
+  'opaqueEncrypted',
+  'opaqueType',
+  'opaqueLength',
+  'opaqueReadyForQuery',
+  'opaqueNoSyn',
+  'opaqueGap',
+  'opaqueInternal',
+] as const;
+export type KernelPgwireStats = Record<(typeof STAT_NAMES)[number], number>;
+
+interface NativeBpfPgwire {
+  setEpochs(open: number, released: number): void;
+  stats(): number[];
+  testRun(frame: Uint8Array, mark: number): { retval: number; mark: number };
+  close(): void;
+}
+type NativeBpfPgwireCtor = new (opts: Record<string, unknown>) => NativeBpfPgwire;
+interface BpfConstants {
+  portsMax: number;
+  flowsMax: number;
+  flowsMaxDefault: number;
+  heldRanges: number;
+  segmentBytes: number;
+  statsCount: number;
+  tcHandle: number;
+  tcPriority: number;
+}
+
+export interface KernelPgwireOptions {
+  /** The guest's interface (its ingress is the guest's output); none: load only (tests). */
+  iface?: string;
+  /** Network namespace (name under /run/netns) the interface lives in. */
+  netnsPath?: string;
+  /** Server ports whose connections are parsed (default [5432]). */
+  ports?: number[];
+  flowsMax?: number;
+  /** The ledger's open epoch when the program starts (its nextEpoch). */
+  epoch: number;
+}
+
+export class KernelPgwire {
+  private open: number;
+  private released: number;
+  private closed = false;
+
+  private constructor(
+    private readonly prog: NativeBpfPgwire,
+    epoch: number,
+  ) {
+    this.open = epoch;
+    this.released = epoch - 1;
+  }
+
+  static load(o: KernelPgwireOptions): KernelPgwire {
+    const addon = requirePart('bpf') as unknown as { BpfPgwire: NativeBpfPgwireCtor; bpfPgwireConstants: BpfConstants };
+    checkConstants(addon.bpfPgwireConstants);
+    const ports = o.ports ?? [5432];
+    assertInt(ports.length, 1, PGWIRE_KERNEL_PORTS_MAX, 'pgwire ports');
+    for (const p of ports) assertInt(p, 1, 65535, 'pgwire port');
+    const flowsMax = o.flowsMax ?? PGWIRE_KERNEL_FLOWS_DEFAULT;
+    assertInt(flowsMax, 1, PGWIRE_KERNEL_FLOWS_MAX, 'flowsMax');
+    assertInt(o.epoch, 1, Number.MAX_SAFE_INTEGER, 'epoch');
+    const prog = new addon.BpfPgwire({
+      objPath: PGWIRE_BPF_OBJECT_PATH,
+      ifname: o.iface,
+      netnsPath: o.netnsPath,
+      ports,
+      markMask: PGWIRE_KERNEL_MARKS.mask,
+      markHold: PGWIRE_KERNEL_MARKS.hold,
+      markFollow: PGWIRE_KERNEL_MARKS.follow,
+      flowsMax,
+      epochOpen: o.epoch,
+      epochReleased: o.epoch - 1,
+    });
+    return new KernelPgwire(prog, o.epoch);
+  }
+
+  /** The ledger's classifier: the program's mark is the verdict. */
+  readonly classify: Classifier = (_header, _proto, mark = 0): PacketVerdict =>
+    (mark & PGWIRE_KERNEL_MARKS.mask) === PGWIRE_KERNEL_MARKS.hold ? 'hold' : 'release';
+
+  /** Feeds the ledger's epochs to the program (pass it to the ledger as an observer). */
+  readonly observer: LedgerObserver = {
+    packet: () => {},
+    barrier: (epoch) => {
+      this.open = epoch + 1;
+      this.write();
+    },
+    release: (epoch) => {
+      if (epoch <= this.released) return;
+      this.released = epoch;
+      this.write();
+    },
+  };
+
+  private write(): void {
+    if (this.closed) return;
+    if (!(this.released < this.open)) {
+      throw new AssertionError({ message: `released epoch ${this.released} not below open ${this.open}` });
+    }
+    this.prog.setEpochs(this.open, this.released);
+  }
+
+  stats(): KernelPgwireStats {
+    const raw = this.prog.stats();
+    return Object.fromEntries(STAT_NAMES.map((name, i) => [name, raw[i]])) as KernelPgwireStats;
+  }
+
+  /** Runs the program on one Ethernet frame (BPF_PROG_TEST_RUN): its verdict and mark. */
+  testRun(frame: Uint8Array, mark = 0): { verdict: 'hold' | 'follow' | 'pass'; mark: number } {
+    const r = this.prog.testRun(frame, mark);
+    const bits = r.mark & PGWIRE_KERNEL_MARKS.mask;
+    const verdict =
+      bits === PGWIRE_KERNEL_MARKS.hold ? 'hold' : bits === PGWIRE_KERNEL_MARKS.follow ? 'follow' : 'pass';
+    return { verdict, mark: r.mark };
+  }
+
+  /** Detaches the program from the interface and frees it; idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.prog.close();
+  }
+}
+
+/** The addon's compiled-in bounds must be limits.ts's (a difference is a build error). */
+function checkConstants(c: BpfConstants): void {
+  const ours: Partial<BpfConstants> = {
+    portsMax: PGWIRE_KERNEL_PORTS_MAX,
+    flowsMax: PGWIRE_KERNEL_FLOWS_MAX,
+    flowsMaxDefault: PGWIRE_KERNEL_FLOWS_DEFAULT,
+    heldRanges: PGWIRE_KERNEL_HELD_RANGES,
+    segmentBytes: PGWIRE_KERNEL_SEGMENT_BYTES,
+    statsCount: STAT_NAMES.length,
+  };
+  for (const [k, v] of Object.entries(ours)) {
+    const got = c[k as keyof BpfConstants];
+    if (got !== v) {
+      throw new AssertionError({
+        message: `remusdb build error: the addon's bpf ${k} is ${got}, limits.ts says ${v} (rebuild: \`npm install\`)`,
+      });
+    }
+  }
+}
+
+/**
+ * Removes the program's filter from the interface's ingress if a crashed run left it (a
+ * missing interface or filter is no error). The clsact qdisc stays: others may use it.
+ */
+export function removeLeftoverFilter(iface: string, netns?: string): void {
+  const addon = requirePart('bpf') as unknown as { bpfPgwireConstants: BpfConstants };
+  const c = addon.bpfPgwireConstants;
+  const args = ['filter', 'del', 'dev', iface, 'ingress', 'pref', String(c.tcPriority), 'handle'];
+  const argv = [...args, `0x${c.tcHandle.toString(16)}`, 'bpf'];
+  const cmd = netns === undefined ? ['tc', ...argv] : ['ip', 'netns', 'exec', netns, 'tc', ...argv];
+  spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 30_000 });
+}

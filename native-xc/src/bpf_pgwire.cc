@@ -1,0 +1,300 @@
+// bpf_pgwire.cc: loads the in-kernel pgwire classifier (bpf/pgwire_tc.bpf.c, compiled to
+// pgwire_tc.bpf.o next to the addon) with libbpf and attaches it as a tc filter on the
+// ingress hook of the guest's interface (docs/commit-protection.md "In the kernel").
+// The object's maps stay open in this process: `config` is written once, `epochs` at every
+// barrier and release (one bpf() call each), `stats` read for status. The filter outlives
+// a crash of this process (tc holds the program): a later setup replaces it (same handle
+// and priority), and dom0/net/pgwire-kernel.ts removes a leftover one with tc.
+//   new BpfPgwire({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow,
+//                  flowsMax, epochOpen, epochReleased})
+//   setEpochs(open, released); stats() -> number[PGW_STATS_N];
+//   testRun(frame, mark) -> {retval, mark}   (BPF_PROG_TEST_RUN: tests feed frames)
+//   close()                                   detaches (when attached); idempotent
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <linux/pkt_cls.h>
+#include <napi.h>
+#include <net/if.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bpf/pgwire_tc.h"
+#include "errors.h"
+
+namespace remus {
+namespace {
+
+std::string g_libbpfLog;  // the last load's libbpf messages (the verifier's log on failure)
+
+int CollectLibbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  char line[1024];
+  int n = vsnprintf(line, sizeof line, fmt, args);
+  if (g_libbpfLog.size() < 16384) g_libbpfLog += line;
+  return n;
+}
+
+std::string Why(const char* what, int err) {
+  return std::string(what) + ": " + strerror(err < 0 ? -err : err);
+}
+
+// Runs fn inside the network namespace at path (when not empty), then returns to ours.
+template <typename Fn>
+std::string InNetns(const std::string& path, Fn fn) {
+  if (path.empty()) return fn();
+  int orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (orig < 0 || target < 0 || setns(target, CLONE_NEWNET) != 0) {
+    std::string why = Why(("enter network namespace " + path).c_str(), errno);
+    if (orig >= 0) close(orig);
+    if (target >= 0) close(target);
+    return why;
+  }
+  std::string why = fn();
+  if (setns(orig, CLONE_NEWNET) != 0) abort();  // this thread must not stay in the other namespace
+  close(orig);
+  close(target);
+  return why;
+}
+
+uint32_t U32Of(const Napi::Object& o, const char* key) {
+  return o.Get(key).As<Napi::Number>().Uint32Value();
+}
+
+class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BpfPgwire",
+                       {InstanceMethod("setEpochs", &BpfPgwire::SetEpochs),
+                        InstanceMethod("stats", &BpfPgwire::Stats),
+                        InstanceMethod("testRun", &BpfPgwire::TestRun),
+                        InstanceMethod("close", &BpfPgwire::Close)});
+  }
+
+  explicit BpfPgwire(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BpfPgwire>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsObject()) {
+      ThrowType(env, "new BpfPgwire({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow, ...})");
+      return;
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    for (const char* key : {"markMask", "markHold", "markFollow", "flowsMax", "epochOpen", "epochReleased"}) {
+      if (!o.Get(key).IsNumber()) {
+        ThrowType(env, std::string("BpfPgwire: ") + key + " must be a number");
+        return;
+      }
+    }
+    if (!o.Get("objPath").IsString() || !o.Get("ports").IsArray()) {
+      ThrowType(env, "BpfPgwire: objPath must be a string and ports an array");
+      return;
+    }
+    pgw_config cfg{};
+    Napi::Array ports = o.Get("ports").As<Napi::Array>();
+    if (ports.Length() < 1 || ports.Length() > PGW_PORTS_MAX) {
+      ThrowRange(env, "BpfPgwire: 1 to PGW_PORTS_MAX ports");
+      return;
+    }
+    for (uint32_t i = 0; i < ports.Length(); i++) cfg.ports[i] = ports.Get(i).As<Napi::Number>().Uint32Value();
+    cfg.nports = ports.Length();
+    cfg.mark_mask = U32Of(o, "markMask");
+    cfg.mark_hold = U32Of(o, "markHold");
+    cfg.mark_follow = U32Of(o, "markFollow");
+    uint32_t flowsMax = U32Of(o, "flowsMax");
+    if (flowsMax < 1 || flowsMax > PGW_FLOWS_MAX) {
+      ThrowRange(env, "BpfPgwire: flowsMax out of range");
+      return;
+    }
+    if (o.Has("netnsPath") && o.Get("netnsPath").IsString()) netns_ = o.Get("netnsPath").As<Napi::String>();
+    std::string why = Load(o.Get("objPath").As<Napi::String>(), flowsMax, cfg);
+    if (why.empty()) why = WriteEpochs(o.Get("epochOpen").As<Napi::Number>().Int64Value(),
+                                       o.Get("epochReleased").As<Napi::Number>().Int64Value());
+    if (why.empty() && o.Has("ifname") && o.Get("ifname").IsString()) {
+      why = InNetns(netns_, [&] { return Attach(o.Get("ifname").As<Napi::String>()); });
+    }
+    if (!why.empty()) {
+      Release();
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + why);
+    }
+  }
+
+  ~BpfPgwire() override { Release(); }
+
+ private:
+  std::string Load(const std::string& path, uint32_t flowsMax, const pgw_config& cfg) {
+    g_libbpfLog.clear();
+    libbpf_print_fn_t old = libbpf_set_print(CollectLibbpfLog);
+    obj_ = bpf_object__open_file(path.c_str(), nullptr);
+    std::string why;
+    if (obj_ == nullptr) {
+      why = Why(("open " + path).c_str(), errno);
+    } else {
+      int cpus = libbpf_num_possible_cpus();
+      bpf_map* flows = bpf_object__find_map_by_name(obj_, "flows");
+      bpf_map* scratch = bpf_object__find_map_by_name(obj_, "scratch");
+      if (cpus <= 0 || flows == nullptr || scratch == nullptr) {
+        why = "the object lacks its maps (or the CPU count is unknown)";
+      } else {
+        bpf_map__set_max_entries(flows, flowsMax);
+        bpf_map__set_max_entries(scratch, static_cast<uint32_t>(cpus));
+        int err = bpf_object__load(obj_);
+        if (err != 0) why = Why(("load (the kernel's verifier said: " + g_libbpfLog + ")").c_str(), err);
+      }
+    }
+    libbpf_set_print(old);
+    if (!why.empty()) return why;
+    bpf_program* prog = bpf_object__find_program_by_name(obj_, "pgwire_classify");
+    progFd_ = prog ? bpf_program__fd(prog) : -1;
+    epochsFd_ = bpf_map__fd(bpf_object__find_map_by_name(obj_, "epochs"));
+    statsFd_ = bpf_map__fd(bpf_object__find_map_by_name(obj_, "stats"));
+    int configFd = bpf_map__fd(bpf_object__find_map_by_name(obj_, "config"));
+    if (progFd_ < 0 || epochsFd_ < 0 || statsFd_ < 0 || configFd < 0) return "the object lacks its program or maps";
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(configFd, &zero, &cfg, BPF_ANY) != 0) return Why("write config", errno);
+    return "";
+  }
+
+  std::string Attach(const std::string& ifname) {
+    int ifindex = static_cast<int>(if_nametoindex(ifname.c_str()));
+    if (ifindex == 0) return Why(("interface " + ifname).c_str(), errno);
+    hook_ = bpf_tc_hook{};
+    hook_.sz = sizeof hook_;
+    hook_.ifindex = ifindex;
+    hook_.attach_point = BPF_TC_INGRESS;
+    int err = bpf_tc_hook_create(&hook_);
+    if (err != 0 && err != -EEXIST) return Why(("create the clsact hook on " + ifname).c_str(), err);
+    bpf_tc_opts opts{};
+    opts.sz = sizeof opts;
+    opts.handle = PGW_TC_HANDLE;
+    opts.priority = PGW_TC_PRIORITY;
+    opts.prog_fd = progFd_;
+    opts.flags = BPF_TC_F_REPLACE;
+    err = bpf_tc_attach(&hook_, &opts);
+    if (err != 0) return Why(("attach to " + ifname + "'s ingress").c_str(), err);
+    attached_ = true;
+    return "";
+  }
+
+  std::string WriteEpochs(int64_t open, int64_t released) {
+    if (open < 0 || released < 0) return "negative epoch";
+    pgw_epochs e{static_cast<__u64>(open), static_cast<__u64>(released)};
+    uint32_t zero = 0;
+    if (bpf_map_update_elem(epochsFd_, &zero, &e, BPF_ANY) != 0) return Why("write epochs", errno);
+    return "";
+  }
+
+  void Release() {
+    if (attached_) {
+      InNetns(netns_, [&] {
+        bpf_tc_opts opts{};
+        opts.sz = sizeof opts;
+        opts.handle = PGW_TC_HANDLE;
+        opts.priority = PGW_TC_PRIORITY;
+        bpf_tc_detach(&hook_, &opts);  // an interface gone with its domain has no filter left
+        return std::string();
+      });
+      attached_ = false;
+    }
+    if (obj_ != nullptr) bpf_object__close(obj_);
+    obj_ = nullptr;
+    progFd_ = epochsFd_ = statsFd_ = -1;
+  }
+
+  bool Usable(Napi::Env env) {
+    if (obj_ != nullptr) return true;
+    ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: closed");
+    return false;
+  }
+
+  Napi::Value SetEpochs(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+      ThrowType(env, "setEpochs(open: number, released: number)");
+      return env.Undefined();
+    }
+    if (!Usable(env)) return env.Undefined();
+    std::string why = WriteEpochs(info[0].As<Napi::Number>().Int64Value(), info[1].As<Napi::Number>().Int64Value());
+    if (!why.empty()) ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + why);
+    return env.Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Usable(env)) return env.Undefined();
+    int cpus = libbpf_num_possible_cpus();
+    std::vector<uint64_t> perCpu(static_cast<size_t>(cpus > 0 ? cpus : 1));
+    Napi::Array out = Napi::Array::New(env, PGW_STATS_N);
+    for (uint32_t k = 0; k < PGW_STATS_N; k++) {
+      uint64_t sum = 0;
+      if (bpf_map_lookup_elem(statsFd_, &k, perCpu.data()) == 0)
+        for (uint64_t v : perCpu) sum += v;
+      out.Set(k, Napi::Number::New(env, static_cast<double>(sum)));
+    }
+    return out;
+  }
+
+  Napi::Value TestRun(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber()) {
+      ThrowType(env, "testRun(frame: Uint8Array, mark: number)");
+      return env.Undefined();
+    }
+    if (!Usable(env)) return env.Undefined();
+    Napi::Uint8Array frame = info[0].As<Napi::Uint8Array>();
+    __sk_buff in{}, out{};
+    in.mark = info[1].As<Napi::Number>().Uint32Value();
+    bpf_test_run_opts t{};
+    t.sz = sizeof t;
+    t.data_in = frame.Data();
+    t.data_size_in = static_cast<__u32>(frame.ByteLength());
+    t.ctx_in = &in;
+    t.ctx_size_in = sizeof in;
+    t.ctx_out = &out;
+    t.ctx_size_out = sizeof out;
+    t.repeat = 1;
+    int err = bpf_prog_test_run_opts(progFd_, &t);
+    if (err != 0) {
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("BPF_PROG_TEST_RUN", err));
+      return env.Undefined();
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("retval", Napi::Number::New(env, t.retval));
+    r.Set("mark", Napi::Number::New(env, out.mark));
+    return r;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Release();
+    return info.Env().Undefined();
+  }
+
+  bpf_object* obj_ = nullptr;
+  bpf_tc_hook hook_{};
+  bool attached_ = false;
+  std::string netns_;
+  int progFd_ = -1, epochsFd_ = -1, statsFd_ = -1;
+};
+
+}  // namespace
+
+void InitBpfPgwire(Napi::Env env, Napi::Object exports) {
+  exports.Set("BpfPgwire", BpfPgwire::Define(env));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("portsMax", PGW_PORTS_MAX);
+  c.Set("flowsMax", PGW_FLOWS_MAX);
+  c.Set("flowsMaxDefault", PGW_FLOWS_MAX_DEFAULT);
+  c.Set("heldRanges", PGW_HELD_RANGES);
+  c.Set("segmentBytes", PGW_SEGMENT_BYTES);
+  c.Set("statsCount", static_cast<int>(PGW_STATS_N));
+  c.Set("tcHandle", PGW_TC_HANDLE);
+  c.Set("tcPriority", PGW_TC_PRIORITY);
+  exports.Set("bpfPgwireConstants", c);
+}
+
+}  // namespace remus

@@ -176,8 +176,8 @@ describe('62b pgwire classifier in the kernel (BPF_PROG_TEST_RUN)', () => {
       k.close();
     }
   });
+
   it('a packet behind a queued one of its flow is marked follow until the ledger releases that epoch', function () {
-  it('a packet behind a queued packet of its flow gets the follow mark until the ledger releases that epoch', function () {
     const k = kernelOrSkip(this);
     try {
       const s = new ServerStream(7000, { dport: 41000 });

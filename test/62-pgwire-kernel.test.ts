@@ -8,6 +8,7 @@
 // Needs root and the addon's bpf part (libbpf-dev, clang); skipped without them.
 import { strict as assert } from 'node:assert';
 import { ETH_P_IP, ETH_P_IPV6 } from '../dom0/net/classify-dscp';
+import { ExposureTracker } from '../dom0/net/failover-reset';
 import { PgwireClassifier } from '../dom0/net/pgwire-classifier';
 import { KernelPgwire, PGWIRE_KERNEL_MARKS } from '../dom0/net/pgwire-kernel';
 import { PGWIRE_KERNEL_HELD_RANGES } from '../dom0/limits';
@@ -200,6 +201,57 @@ describe('62b pgwire classifier in the kernel (BPF_PROG_TEST_RUN)', () => {
       assert.equal(before, 0x12345678, 'a packet that passes keeps its mark');
       const kept = k.testRun(frameOf(s.segment(concat(commandComplete('COMMIT'), rfq('I')))), 0x12000078).mark;
       assert.equal(kept, (0x12000078 & ~PGWIRE_KERNEL_MARKS.mask) | PGWIRE_KERNEL_MARKS.hold, 'only its bits change');
+    } finally {
+      k.close();
+    }
+  });
+
+  it('what left in the kernel reaches the failover reset tracker through the ring as the queue would tell it', function () {
+    this.timeout(60_000);
+    const k = kernelOrSkip(this);
+    try {
+      for (let seed = 1; seed <= 10; seed++) {
+        const rng = new Prng(1000 + seed);
+        const viaKernel = new ExposureTracker(),
+          viaQueue = new ExposureTracker();
+        k.exposureSink = viaKernel;
+        k.observer.barrier(0); // each seed counts its epochs from 1
+        const u = new PgwireClassifier({ heldRangesMax: PGWIRE_KERNEL_HELD_RANGES });
+        let epoch = 1;
+        const send: Both = (ip, what, etherType) => {
+          const proto = etherType ?? (ip[0] >> 4 === 6 ? ETH_P_IPV6 : ETH_P_IP);
+          const user = u.classify(asCopy(ip, 65535), proto);
+          if (proto !== 0x0806) viaQueue.packet(ip, user, user === 'hold' ? 'held' : 'accept', epoch);
+          const kern = k.testRun(frameOf(ip, proto)).verdict;
+          // What the queue saw (held, or released behind its flow), the ledger tells the tracker.
+          if (kern !== 'pass') viaKernel.packet(ip, kern === 'hold' ? 'hold' : 'release', 'held', epoch);
+          assert.equal(kern === 'hold' ? 'hold' : 'release', user, `seed ${seed} ${what}`);
+          return kern;
+        };
+        const sessions = Array.from({ length: 1 + rng.below(3) }, (_, n) => newSession(rng, 1000 + seed * 4 + n, send));
+        for (let guard = 0; guard < 5000 && sessions.some((x) => !x.done); guard++) {
+          const live = sessions.filter((x) => !x.done);
+          step(rng, live[rng.below(live.length)], send, `seed ${seed}`);
+          if (rng.chance(0.05)) {
+            k.observer.barrier(epoch); // drains the ring into viaKernel first
+            viaKernel.barrier();
+            epoch++;
+          }
+        }
+        k.drainExposures();
+        const flows = (t: ExposureTracker): unknown[] =>
+          t
+            .exportChanged(4096, true)
+            .flows.sort((a, b) => (a.g + a.gp + a.c + a.cp < b.g + b.gp + b.c + b.cp ? -1 : 1));
+        assert.ok(viaQueue.flowCount > 0);
+        assert.deepEqual(flows(viaKernel), flows(viaQueue), `seed ${seed}`);
+        for (const committed of [1, Math.max(1, epoch >> 1), epoch]) {
+          const keys = (t: ExposureTracker): string[] =>
+            t.inconsistent(committed).map((r) => `${r.clientPort}/${r.why}`);
+          assert.deepEqual(keys(viaKernel).sort(), keys(viaQueue).sort(), `seed ${seed} committed ${committed}`);
+        }
+      }
+      assert.equal(k.stats().exposureLost, 0);
     } finally {
       k.close();
     }

@@ -8,7 +8,7 @@
 //   --dscp-in-kernel            dscp: the kernel queues only marked packets (fastest; no
 //                               failover resets: docs/commit-protection.md)
 //   --pgwire-in-kernel          pgwire: a tc BPF program classifies, only what must wait is
-//                               queued (no failover resets yet: docs/commit-protection.md)
+//                               queued (docs/commit-protection.md "In the kernel")
 //   --queue N                   nfqueue number of the first interface (7000 + domid)
 import type { Command } from 'commander';
 import { PROTECTED_DSCP } from '../net/classify-dscp';
@@ -70,7 +70,7 @@ export function addNetOptions(cmd: Command): Command {
     .option(
       '--pgwire-in-kernel',
       'pgwire mode: a BPF program on the guest interface parses the streams; only what must wait reaches the ' +
-        'queue (no failover resets yet)',
+        'queue',
     )
     .option(
       '--pg-port <port>',

@@ -62,6 +62,33 @@ export interface ResetTarget {
 const maxSeq = (a: number, b: number): number => (seqDiff(a, b) >= 0 ? a : b);
 const maxAck = (a: number | null, b: number | null): number | null => (a === null ? b : b === null ? a : maxSeq(a, b));
 
+/**
+ * A packet of `epoch` raises the guest's send state after that epoch and after every later
+ * one. Packets come in epoch order from the queue; a packet that left in the kernel is read
+ * from its ring at the next barrier (pgwire-kernel.ts), possibly after later ones.
+ */
+function raiseMarks(marks: Mark[], epoch: number, seqEnd: number, ack: number | null): void {
+  let at = marks.length;
+  while (at > 0 && marks[at - 1].epoch > epoch) at--;
+  const before = marks[at - 1];
+  if (before?.epoch === epoch) {
+    before.seqEnd = maxSeq(before.seqEnd, seqEnd);
+    before.ack = maxAck(before.ack, ack);
+  } else {
+    const mark = {
+      epoch,
+      seqEnd: before ? maxSeq(before.seqEnd, seqEnd) : seqEnd,
+      ack: maxAck(before?.ack ?? null, ack),
+    };
+    marks.splice(at, 0, mark);
+    at++;
+  }
+  for (let i = at; i < marks.length; i++) {
+    marks[i].seqEnd = maxSeq(marks[i].seqEnd, seqEnd);
+    marks[i].ack = maxAck(marks[i].ack, ack);
+  }
+}
+
 /** One flow as NET_EXPOSURE carries it (addresses in hex, marks as [epoch, seqEnd, ack|-1]). */
 export interface FlowExport {
   v6: boolean;
@@ -119,13 +146,7 @@ export class ExposureTracker implements LedgerObserver {
     this.changed.add(s.key);
     const seqEnd = seqAdd(s.seq, seqLength(s));
     const ack = s.flags & TCP_ACK ? s.ack : null;
-    const last = f.marks[f.marks.length - 1];
-    if (last && last.epoch === epoch) {
-      last.seqEnd = maxSeq(last.seqEnd, seqEnd);
-      last.ack = maxAck(last.ack, ack);
-    } else {
-      f.marks.push({ epoch, seqEnd: last ? maxSeq(last.seqEnd, seqEnd) : seqEnd, ack: maxAck(last?.ack ?? null, ack) });
-    }
+    raiseMarks(f.marks, epoch, seqEnd, ack);
     const leftUnprotected = outcome === 'accept' || outcome === 'pass' || (outcome === 'held' && verdict === 'release');
     if (leftUnprotected) {
       this.exposedSinceFlush = true;

@@ -45,8 +45,9 @@ export interface NetBufferOptions {
   dscpInKernel?: boolean;
   /**
    * pgwire mode: classify in the kernel (a tc BPF program on the guest's interface marks
-   * what must wait; only marked packets are queued, 128 bytes each). No exposure tracking
-   * yet, so no failover resets, as with dscpInKernel. Default false.
+   * what must wait; only marked packets are queued, 128 bytes each; what leaves in the kernel
+   * reaches the exposure tracker through the program's ring, late by up to
+   * PGWIRE_KERNEL_EXPOSURE_DRAIN_MS). Default false.
    */
   pgwireInKernel?: boolean;
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
@@ -120,7 +121,8 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       netns: o.netns,
       queueNum: o.queueNum,
       classify: k.classify,
-      observer: teeObservers([k.exposure, trace, k.kernel?.observer ?? null].filter((x) => x !== null)),
+      // The kernel's observer first: at a barrier it hands the exposure tracker what left in the kernel.
+      observer: teeObservers([k.kernel?.observer ?? null, k.exposure, trace].filter((x) => x !== null)),
       copyBytes,
       batchMax,
       onlyDscp: k.dscpInKernel ? k.dscp : undefined,
@@ -132,6 +134,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     k.kernel?.close();
     throw e;
   }
+  k.kernel?.startDraining();
   return {
     gate: dev.gate,
     nfqueue: dev.gate,
@@ -179,8 +182,9 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
   const dscp = o.dscp ?? PROTECTED_DSCP;
   const dscpInKernel = o.commitProtection === 'dscp' && o.dscpInKernel === true;
   const pgInKernel = o.commitProtection === 'pgwire' && o.pgwireInKernel === true;
-  // Classified in the kernel, the packets that leave at once never reach us: no exposure.
-  const exposure = o.commitProtection === 'off' || dscpInKernel || pgInKernel ? null : new ExposureTracker();
+  // Classified by iptables (dscp), the packets that leave at once never reach us: no exposure.
+  // The pgwire program writes them to its exposure ring.
+  const exposure = o.commitProtection === 'off' || dscpInKernel ? null : new ExposureTracker();
   const none = { pgwire: null, kernel: null, exposure, dscp, dscpInKernel };
   if (o.commitProtection === 'dscp') return { ...none, classify: dscpInKernel ? undefined : dscpClassifier(dscp) };
   if (o.commitProtection !== 'pgwire') return { ...none, classify: undefined };
@@ -191,6 +195,7 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
   const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
   const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
   const kernel = KernelPgwire.load({ iface, netnsPath, ports: o.pgPorts, epoch: 1 });
+  kernel.exposureSink = exposure;
   return { ...none, kernel, classify: kernel.classify };
 }
 

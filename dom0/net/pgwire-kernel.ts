@@ -11,12 +11,18 @@
 //   - `observer` tells the program the ledger's epochs: at barrier N, packets belong to N + 1;
 //     at release N, every packet queued in an epoch ≤ N has left, so a flow whose last
 //     queued packet is that old needs no follow mark;
+//   - every packet that left in the kernel is in the program's exposure ring; `exposureSink`
+//     (the failover reset tracker) gets them as packets: at each barrier, before the epoch
+//     closes, and every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS while open (then the primary ships
+//     NET_EXPOSURE). Unlike the userspace path, a packet leaves before the tracker knows:
+//     docs/commit-protection.md says what that window costs;
 //   - a leftover filter (a crashed run) is removed by `removeLeftoverFilter` with tc.
 // The program needs root (CAP_BPF + CAP_NET_ADMIN), libbpf and a kernel with bpf_loop (5.17).
 import { spawnSync } from 'node:child_process';
 import { AssertionError } from 'node:assert';
 import { assertInt } from '../assert';
 import {
+  PGWIRE_KERNEL_EXPOSURE_DRAIN_MS,
   PGWIRE_KERNEL_FLOWS_DEFAULT,
   PGWIRE_KERNEL_FLOWS_MAX,
   PGWIRE_KERNEL_HELD_RANGES,
@@ -50,6 +56,7 @@ const STAT_NAMES = [
   'opaqueNoSyn',
   'opaqueGap',
   'opaqueInternal',
+  'exposureLost',
 ] as const;
 export type KernelPgwireStats = Record<(typeof STAT_NAMES)[number], number>;
 
@@ -57,6 +64,7 @@ interface NativeBpfPgwire {
   setEpochs(open: number, released: number): void;
   stats(): number[];
   testRun(frame: Uint8Array, mark: number): { retval: number; mark: number };
+  drainExposures(): Buffer;
   close(): void;
 }
 type NativeBpfPgwireCtor = new (opts: Record<string, unknown>) => NativeBpfPgwire;
@@ -67,6 +75,7 @@ interface BpfConstants {
   heldRanges: number;
   segmentBytes: number;
   statsCount: number;
+  exposureBytes: number;
   tcHandle: number;
   tcPriority: number;
 }
@@ -87,6 +96,11 @@ export class KernelPgwire {
   private open: number;
   private released: number;
   private closed = false;
+  private drainTimer: NodeJS.Timeout | null = null;
+  /** Gets the packets that left in the kernel (the failover reset tracker); null: not read. */
+  exposureSink: LedgerObserver | null = null;
+  /** Packets read from the exposure ring. */
+  exposuresRead = 0;
 
   private constructor(
     private readonly prog: NativeBpfPgwire,
@@ -128,6 +142,7 @@ export class KernelPgwire {
   readonly observer: LedgerObserver = {
     packet: () => {},
     barrier: (epoch) => {
+      this.drainExposures();
       this.open = epoch + 1;
       this.write();
     },
@@ -144,6 +159,25 @@ export class KernelPgwire {
       throw new AssertionError({ message: `released epoch ${this.released} not below open ${this.open}` });
     }
     this.prog.setEpochs(this.open, this.released);
+  }
+
+  /** Hands the packets that left in the kernel since the last drain to exposureSink. */
+  drainExposures(): void {
+    if (this.closed || this.exposureSink === null) return;
+    const records = this.prog.drainExposures();
+    for (let at = 0; at + EXPOSURE_BYTES <= records.length; at += EXPOSURE_BYTES) {
+      const { header, epoch } = exposureAsPacket(records, at);
+      this.exposureSink.packet(header, 'release', 'accept', epoch);
+      this.exposuresRead++;
+    }
+    if (records.length) this.exposureSink.beforeVerdicts?.();
+  }
+
+  /** Drains the ring every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS until close (without holding the process up). */
+  startDraining(): void {
+    if (this.drainTimer !== null || this.exposureSink === null) return;
+    this.drainTimer = setInterval(() => this.drainExposures(), PGWIRE_KERNEL_EXPOSURE_DRAIN_MS);
+    this.drainTimer.unref();
   }
 
   stats(): KernelPgwireStats {
@@ -163,6 +197,8 @@ export class KernelPgwire {
   /** Detaches the program from the interface and frees it; idempotent. */
   close(): void {
     if (this.closed) return;
+    if (this.drainTimer !== null) clearInterval(this.drainTimer);
+    this.drainTimer = null;
     this.closed = true;
     this.prog.close();
   }
@@ -177,6 +213,7 @@ function checkConstants(c: BpfConstants): void {
     heldRanges: PGWIRE_KERNEL_HELD_RANGES,
     segmentBytes: PGWIRE_KERNEL_SEGMENT_BYTES,
     statsCount: STAT_NAMES.length,
+    exposureBytes: EXPOSURE_BYTES,
   };
   for (const [k, v] of Object.entries(ours)) {
     const got = c[k as keyof BpfConstants];
@@ -186,6 +223,38 @@ function checkConstants(c: BpfConstants): void {
       });
     }
   }
+}
+
+/** struct pgw_exposure (pgwire_tc.h): host byte order, as the program stored it. */
+const EXPOSURE_BYTES = 64;
+
+/** One exposure record as the IP + TCP header of the packet it describes (what failover-reset.ts parses). */
+export function exposureAsPacket(b: Buffer, at: number): { header: Uint8Array; epoch: number } {
+  const v6 = b[at] === 1;
+  const ipBytes = v6 ? 40 : 20;
+  const payloadLen = b.readUInt32LE(at + 48);
+  const h = Buffer.alloc(ipBytes + 20);
+  if (v6) {
+    h[0] = 0x60;
+    h.writeUInt16BE(Math.min(0xffff, 20 + payloadLen), 4);
+    h[6] = 6;
+    b.copy(h, 8, at + 8, at + 24);
+    b.copy(h, 24, at + 24, at + 40);
+  } else {
+    h[0] = 0x45;
+    h.writeUInt16BE(Math.min(0xffff, 40 + payloadLen), 2);
+    h[9] = 6;
+    b.copy(h, 12, at + 8, at + 12);
+    b.copy(h, 16, at + 24, at + 28);
+  }
+  const t = ipBytes;
+  h.writeUInt16BE(b.readUInt16LE(at + 2), t);
+  h.writeUInt16BE(b.readUInt16LE(at + 4), t + 2);
+  h.writeUInt32BE(b.readUInt32LE(at + 40), t + 4);
+  h.writeUInt32BE(b.readUInt32LE(at + 44), t + 8);
+  h[t + 12] = 5 << 4;
+  h[t + 13] = b[at + 1];
+  return { header: h, epoch: Number(b.readBigUInt64LE(at + 56)) };
 }
 
 /**

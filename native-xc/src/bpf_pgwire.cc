@@ -8,6 +8,7 @@
 //   new BpfPgwire({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow,
 //                  flowsMax, epochOpen, epochReleased})
 //   setEpochs(open, released); stats() -> number[PGW_STATS_N];
+//   drainExposures() -> Buffer of struct pgw_exposure records (packets that left in the kernel)
 //   testRun(frame, mark) -> {retval, mark}   (BPF_PROG_TEST_RUN: tests feed frames)
 //   close()                                   detaches (when attached); idempotent
 #include <bpf/bpf.h>
@@ -37,7 +38,8 @@ int CollectLibbpfLog(enum libbpf_print_level level, const char* fmt, va_list arg
   if (level == LIBBPF_DEBUG) return 0;
   char line[1024];
   int n = vsnprintf(line, sizeof line, fmt, args);
-  if (g_libbpfLog.size() < 16384) g_libbpfLog += line;
+  g_libbpfLog += line;
+  if (g_libbpfLog.size() > 8192) g_libbpfLog.erase(0, g_libbpfLog.size() - 4096);  // the verdict is at the end
   return n;
 }
 
@@ -75,6 +77,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
                        {InstanceMethod("setEpochs", &BpfPgwire::SetEpochs),
                         InstanceMethod("stats", &BpfPgwire::Stats),
                         InstanceMethod("testRun", &BpfPgwire::TestRun),
+                        InstanceMethod("drainExposures", &BpfPgwire::DrainExposures),
                         InstanceMethod("close", &BpfPgwire::Close)});
   }
 
@@ -155,6 +158,8 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     statsFd_ = bpf_map__fd(bpf_object__find_map_by_name(obj_, "stats"));
     int configFd = bpf_map__fd(bpf_object__find_map_by_name(obj_, "config"));
     if (progFd_ < 0 || epochsFd_ < 0 || statsFd_ < 0 || configFd < 0) return "the object lacks its program or maps";
+    rb_ = ring_buffer__new(bpf_map__fd(bpf_object__find_map_by_name(obj_, "exposures")), OnExposure, this, nullptr);
+    if (rb_ == nullptr) return Why("open the exposure ring", errno);
     uint32_t zero = 0;
     if (bpf_map_update_elem(configFd, &zero, &cfg, BPF_ANY) != 0) return Why("write config", errno);
     return "";
@@ -201,6 +206,8 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
       });
       attached_ = false;
     }
+    if (rb_ != nullptr) ring_buffer__free(rb_);
+    rb_ = nullptr;
     if (obj_ != nullptr) bpf_object__close(obj_);
     obj_ = nullptr;
     progFd_ = epochsFd_ = statsFd_ = -1;
@@ -269,12 +276,34 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     return r;
   }
 
+  static int OnExposure(void* ctx, void* data, size_t size) {
+    auto* self = static_cast<BpfPgwire*>(ctx);
+    if (size != sizeof(pgw_exposure)) return 0;
+    const auto* p = static_cast<const uint8_t*>(data);
+    self->drained_.insert(self->drained_.end(), p, p + size);
+    return 0;
+  }
+
+  Napi::Value DrainExposures(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Usable(env)) return env.Undefined();
+    drained_.clear();
+    int n = ring_buffer__consume(rb_);
+    if (n < 0) {
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("read the exposure ring", n));
+      return env.Undefined();
+    }
+    return Napi::Buffer<uint8_t>::Copy(env, drained_.data(), drained_.size());
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Release();
     return info.Env().Undefined();
   }
 
   bpf_object* obj_ = nullptr;
+  ring_buffer* rb_ = nullptr;
+  std::vector<uint8_t> drained_;  // one drain's records (at most the ring's bytes)
   bpf_tc_hook hook_{};
   bool attached_ = false;
   std::string netns_;
@@ -292,6 +321,8 @@ void InitBpfPgwire(Napi::Env env, Napi::Object exports) {
   c.Set("heldRanges", PGW_HELD_RANGES);
   c.Set("segmentBytes", PGW_SEGMENT_BYTES);
   c.Set("statsCount", static_cast<int>(PGW_STATS_N));
+  c.Set("exposureBytes", static_cast<int>(sizeof(pgw_exposure)));
+  c.Set("exposureRingBytes", PGW_EXPOSURE_RING_BYTES);
   c.Set("tcHandle", PGW_TC_HANDLE);
   c.Set("tcPriority", PGW_TC_PRIORITY);
   exports.Set("bpfPgwireConstants", c);

@@ -19,6 +19,8 @@
 // Per-flow order: a packet that would leave while an earlier packet of its flow is still in
 // the queue (queued in an epoch above `released`) gets mark_follow instead: it is queued
 // and leaves as soon as nothing earlier of its flow is held (packet-ledger.ts).
+// Each packet that leaves in the kernel is written to a ring (`exposures`): what its client
+// saw unprotected, for the failover resets (failover-reset.ts; drained at every barrier).
 // The parser runs in bpf_loop over a per-CPU copy of the segment's new bytes: one step per
 // message header or body, so a 64 KiB segment of small rows stays within the loop's bound.
 #include <linux/bpf.h>
@@ -101,6 +103,12 @@ struct {
   __type(key, __u32);
   __type(value, struct scratch);
 } scratch SEC(".maps");
+
+// Packets that left in the kernel, for the failover reset tracker (drained at every barrier).
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, PGW_EXPOSURE_RING_BYTES);
+} exposures SEC(".maps");
 
 static __always_inline void count(__u32 which, __u64 n) {
   __u64* v = bpf_map_lookup_elem(&stats, &which);
@@ -307,7 +315,7 @@ static __always_inline void remember(struct flow* f, __u32 start, __u32 end) {
 
 struct segment {
   struct flow_key key;
-  __u32 seq, payload_off, payload_len;
+  __u32 seq, ack, payload_off, payload_len;
   __u8 flags;
 };
 
@@ -326,8 +334,10 @@ static __always_inline void end_flow(struct flow* f) {
   f->ended = 1;
 }
 
-// The data of a followed flow (pgwire-classifier.ts `segmentVerdict`); 1: hold.
-static __always_inline int segment_verdict(struct __sk_buff* skb, struct flow* f, const struct segment* s) {
+// The data of a followed flow (pgwire-classifier.ts `segmentVerdict`); 1: hold. A global
+// function: the verifier checks it once, not once per path into it (that would pass its limit).
+__attribute__((noinline)) int segment_verdict(struct __sk_buff* skb, struct flow* f, const struct segment* s) {
+  if (!f || !s) return 1;
   if (f->p.mode == MODE_OPAQUE) {
     count(PGW_UNSYNCED, 1);
     return 1;
@@ -413,6 +423,7 @@ static __always_inline int read_segment(struct __sk_buff* skb, __u16 proto, stru
   s->key.sport = bpf_ntohs(th.source);
   s->key.dport = bpf_ntohs(th.dest);
   s->seq = bpf_ntohl(th.seq);
+  s->ack = bpf_ntohl(th.ack_seq);
   s->flags = ((__u8*)&th)[13];
   s->payload_off = ETH_HLEN + ip_len + doff;
   s->payload_len = total - ip_len - doff;
@@ -430,6 +441,27 @@ static __always_inline int server_port(const struct pgw_config* cfg, __u16 port)
 static __always_inline int set_mark(struct __sk_buff* skb, const struct pgw_config* cfg, __u32 mark) {
   skb->mark = (skb->mark & ~cfg->mark_mask) | mark;
   return TC_ACT_OK;
+}
+
+static __always_inline void expose(const struct segment* s, __u64 epoch) {
+  struct pgw_exposure* e = bpf_ringbuf_reserve(&exposures, sizeof(*e), 0);
+  if (!e) {
+    count(PGW_EXPOSURE_LOST, 1);
+    return;
+  }
+  e->v6 = s->key.v6;
+  e->flags = s->flags;
+  e->sport = s->key.sport;
+  e->dport = s->key.dport;
+  e->pad = 0;
+  __builtin_memcpy(e->src, s->key.src, 16);
+  __builtin_memcpy(e->dst, s->key.dst, 16);
+  e->seq = s->seq;
+  e->ack = s->ack;
+  e->payload_len = s->payload_len;
+  e->pad2 = 0;
+  e->epoch = epoch;
+  bpf_ringbuf_submit(e, 0);
 }
 
 SEC("tc")
@@ -463,6 +495,7 @@ int pgwire_classify(struct __sk_buff* skb) {
     return set_mark(skb, cfg, cfg->mark_follow);
   }
   count(PGW_PASSED, 1);
+  expose(&s, epoch_open);
   return TC_ACT_OK;
 }
 

@@ -13,6 +13,8 @@
 #define PGW_FLOWS_MAX 1048576
 // Bytes of one segment the parser reads (a GSO packet is at most 64 KiB of IP).
 #define PGW_SEGMENT_BYTES 65536
+// The ring of exposure records (one per packet that left in the kernel), in bytes.
+#define PGW_EXPOSURE_RING_BYTES (4 << 20)
 // The tc filter's handle and priority on the interface's ingress hook.
 #define PGW_TC_HANDLE 0x52db
 #define PGW_TC_PRIORITY 0xc052
@@ -29,6 +31,17 @@ struct pgw_config {
 struct pgw_epochs {
   __u64 open;     // packets arriving now belong to this epoch
   __u64 released; // every packet queued in an epoch <= this one has left the queue
+};
+
+// What a packet that left in the kernel showed its client (failover-reset.ts reads it as a
+// packet: addresses, ports, sequence, ACK, flags, payload length), and its epoch.
+struct pgw_exposure {
+  __u8 v6, flags;
+  __u16 sport, dport;
+  __u16 pad;
+  __u8 src[16], dst[16];
+  __u32 seq, ack, payload_len, pad2;
+  __u64 epoch;
 };
 
 enum pgw_stat {
@@ -51,5 +64,6 @@ enum pgw_stat {
   PGW_OPAQUE_NO_SYN,
   PGW_OPAQUE_GAP,
   PGW_OPAQUE_INTERNAL, // a segment the parser could not read (a bound, a failed load)
+  PGW_EXPOSURE_LOST,   // packets that left while the exposure ring was full (not tracked)
   PGW_STATS_N,
 };

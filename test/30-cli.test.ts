@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { runCli, tmpDir } from './support/helpers';
 import { errorOutcome } from '../dom0/cli/main';
 import { ErrorCode, RemusError } from '../dom0/errors';
+import { loadAddon } from '../dom0/native';
 
 describe('30 cli', () => {
   const dir = tmpDir('cli');
@@ -23,6 +24,7 @@ describe('30 cli', () => {
       'addon.nfqueue',
       'xen',
       'nfqueue',
+      'pgwire-in-kernel',
       'sch_plug',
       'dirty-tracking',
     ]) {
@@ -32,6 +34,8 @@ describe('30 cli', () => {
     assert.ok(caps.find((c) => c.name === 'addon.codec')!.available);
     const xen = caps.find((c) => c.name === 'xen')!;
     if (!fs.existsSync('/dev/xen/privcmd')) assert.match(xen.reason, /privcmd/);
+    const bpf = caps.find((c) => c.name === 'pgwire-in-kernel')!;
+    if (process.getuid?.() === 0 && loadAddon().parts.bpf) assert.ok(bpf.available, bpf.reason);
   });
 
   it('30.2 trace synth then bench trace --json: one JSON object, verified', () => {

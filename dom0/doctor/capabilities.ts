@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { loadAddon, type NativeAddon } from '../native';
 import { DRIVERS } from '../hypervisor/registry';
 import { checkIptablesTools } from '../net/iptables-rules';
+import { KernelPgwire } from '../net/pgwire-kernel';
 
 export interface Capability {
   name: string;
@@ -48,6 +49,7 @@ const checks: Check[] = [
   }),
   (addon) => xenCheck(addon),
   (addon) => nfqueueCheck(addon),
+  (addon) => pgwireKernelCheck(addon),
   () => schPlugCheck(),
   (addon, err) => {
     if (!addon) return { name: 'dirty-tracking', available: false, reason: err };
@@ -98,6 +100,38 @@ function nfqueueCheck(addon: NativeAddon | null): Capability {
     return { name, available: false, reason: (e as Error).message };
   }
   return { name, available: true, reason: 'a netfilter queue can be bound and iptables feeds it' };
+}
+
+/** `--pgwire-in-kernel`: the program loads, is JITed and attaches to a tc ingress hook (in a scratch netns). */
+function pgwireKernelCheck(addon: NativeAddon | null): Capability {
+  const name = 'pgwire-in-kernel';
+  if (!addon?.parts.bpf)
+    return { name, available: false, reason: 'the addon has no bpf part (install libbpf-dev and clang, npm install)' };
+  if (!isRoot()) return { name, available: false, reason: 'loading a BPF program needs root' };
+  const netns = `remusdb-doctor-${process.pid}`;
+  const made = spawnSync('ip', ['netns', 'add', netns], { encoding: 'utf8', timeout: 10_000 });
+  if (made.status !== 0) return { name, available: false, reason: `cannot make a scratch netns: ${made.stderr.trim()}` };
+  try {
+    KernelPgwire.load({ iface: 'lo', netnsPath: `/run/netns/${netns}`, epoch: 1 }).close();
+  } catch (e) {
+    return { name, available: false, reason: (e as Error).message.split('\n')[0] };
+  } finally {
+    spawnSync('ip', ['netns', 'del', netns], { timeout: 10_000 });
+  }
+  const jit = readSysctl('/proc/sys/net/core/bpf_jit_enable');
+  return {
+    name,
+    available: true,
+    reason: `the pgwire tc classifier loads and attaches (${jit === '0' ? 'interpreted: bpf_jit_enable is 0' : 'JITed'})`,
+  };
+}
+
+function readSysctl(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return '';
+  }
 }
 
 function schPlugCheck(): Capability {

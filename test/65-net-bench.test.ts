@@ -1,13 +1,14 @@
 // 65 net bench: `remusdb bench net` in quick mode (one 50 ms interval, short pgbench runs,
 // small scale) — the JSON shape (arrays aligned with intervals_ms, cp_dscp null without a
-// patched PostgreSQL), remus slower than no buffering, commit protection (pgwire) faster
-// than remus and holding far fewer packets, the SVG written. Root + PostgreSQL 15 only.
+// patched PostgreSQL), remus slower than no buffering, commit protection (pgwire, in
+// userspace and in the kernel) faster than remus and holding far fewer packets, the SVG written. Root + PostgreSQL 15 only.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { whyNoNetBench } from '../dom0/bench/net-bench';
 import { listTestbedNamespaces } from '../dom0/net/netns-testbed';
+import { loadAddon } from '../dom0/native';
 import { runCli } from './support/helpers';
 
 describe('65 net bench (root, PostgreSQL 15)', () => {
@@ -43,7 +44,14 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
       ]);
       assert.equal(j[key].cp_dscp, null, 'no patched PostgreSQL given');
       assert.equal(j[key].cp_dscp_kernel, null, 'no patched PostgreSQL given');
-      for (const m of ['none', 'remus', 'cp_pgwire', 'pg_sync_rep']) assert.equal(j[key][m].length, 1, `${key}.${m}`);
+      const measured = [
+        'none',
+        'remus',
+        'cp_pgwire',
+        'pg_sync_rep',
+        ...(loadAddon().parts.bpf ? ['cp_pgwire_kernel'] : []),
+      ];
+      for (const m of measured) assert.equal(j[key][m].length, 1, `${key}.${m}`);
     }
     const [none, remus, pgwire] = [j.tps.none[0], j.tps.remus[0], j.tps.cp_pgwire[0]];
     assert.ok(none > 0 && pgwire > 0, JSON.stringify(j.tps));
@@ -57,6 +65,14 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
     assert.equal(j.held_pct.pg_sync_rep[0], 0, 'nothing buffered with PostgreSQL replicating');
     assert.ok(j.held_pct.remus[0] > 99, 'remus holds everything');
     assert.ok(j.held_pct.cp_pgwire[0] < 50, `pgwire holds a minority of packets (${j.held_pct.cp_pgwire[0]}%)`);
+    if (loadAddon().parts.bpf) {
+      const k = j.tps.cp_pgwire_kernel[0];
+      assert.ok(k > remus, `cp_pgwire_kernel ${k} > remus ${remus}`);
+      assert.ok(
+        j.held_pct.cp_pgwire_kernel[0] < 50,
+        `the kernel holds a minority (${j.held_pct.cp_pgwire_kernel[0]}%)`,
+      );
+    }
     assert.ok(j.latency_ms.cp_pgwire[0] < j.latency_ms.remus[0]);
     const plot = fs.readFileSync(svg, 'utf8');
     assert.ok(plot.startsWith('<svg') && plot.includes('CP (pgwire)') && plot.includes('<polyline'));

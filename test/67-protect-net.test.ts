@@ -19,6 +19,7 @@ import type { OutputGate } from '../dom0/ports';
 import { ROOT, runCli, tmpDir } from './support/helpers';
 import { controlRequest } from '../dom0/service/control';
 import { sysctl } from '../dom0/net/netns-testbed';
+import { loadAddon } from '../dom0/native';
 import { FAKE_PG_CLIENT, FAKE_PG_SERVER, NsProcess, sleep, waitFor, whyNoNetns } from './support/pg-netns';
 
 const PREFIX = process.env.RDB67_PREFIX ?? 'rdb67';
@@ -293,9 +294,20 @@ describe('67 protect with a network buffer', function () {
     });
 
     it('67.4 failover on another process resets only the connection that saw unprotected output', async function () {
+      await failoverResets(this, false);
+    });
+
+    it('67.4k the same with --pgwire-in-kernel: what left in the kernel reaches the backup', async function () {
+      if (!loadAddon().parts.bpf) this.skip(); // built without libbpf-dev / clang
+      await failoverResets(this, true);
+    });
+
+    async function failoverResets(ctx: Mocha.Context, inKernel: boolean): Promise<void> {
+      const tag = inKernel ? 't67k' : 't67b';
+      const backupPort = inKernel ? '7468' : '7467';
       // dom0 sends the RSTs from its bridge address (as a Xen dom0 does); the backup listens on dom0's loopback.
       sysctl(bed.dom0, ['net.ipv4.conf.all.route_localnet=1', 'net.ipv4.conf.br0.route_localnet=1']);
-      assert.equal(spawnSync('ip', ['-n', bed.dom0, 'addr', 'add', '127.60.0.1/24', 'dev', 'br0']).status, 0);
+      spawnSync('ip', ['-n', bed.dom0, 'addr', 'add', '127.60.0.1/24', 'dev', 'br0']); // once for both cases
       assert.equal(spawnSync('ip', ['-n', bed.dom0, 'link', 'set', 'lo', 'up']).status, 0);
       const server = new NsProcess(bed.guest, FAKE_PG_SERVER, [bed.guestIp4, '5432']);
       const client = new NsProcess(bed.client, FAKE_PG_CLIENT, [bed.guestIp4]);
@@ -311,13 +323,13 @@ describe('67 protect with a network buffer', function () {
           kids.push(c);
           return c;
         };
-        inDom0(['backup', '--listen', '127.0.0.1:7467', '--insecure'], 'backup.log');
+        inDom0(['backup', '--listen', `127.0.0.1:${backupPort}`, '--insecure'], `backup-${tag}.log`);
         await sleep(1000);
         const p = inDom0(
           [
             'protect',
-            'sim:t67b',
-            '127.0.0.1:7467',
+            `sim:${tag}`,
+            `127.0.0.1:${backupPort}`,
             '--insecure',
             '--memory',
             '16MiB',
@@ -336,19 +348,20 @@ describe('67 protect with a network buffer', function () {
             '--commit-protection',
             'pgwire',
             '--queue',
-            '7067',
+            inKernel ? '7068' : '7067',
+            ...(inKernel ? ['--pgwire-in-kernel'] : []),
             // The timer alone paces: with --trigger output a held output would start the next
             // checkpoint at once, and the reply's checkpoint would commit before the failover.
             '--trigger',
             'timer',
           ],
-          'protect-b.log',
+          `protect-${tag}.log`,
         );
         const primary = (): Promise<Record<string, unknown>> =>
-          controlRequest(path.join(dir, 'primary-t67b.sock'), { cmd: 'status' });
+          controlRequest(path.join(dir, `primary-${tag}.sock`), { cmd: 'status' });
         await waitFor(
           'protected',
-          () => fs.readFileSync(path.join(dir, 'protect-b.log'), 'utf8').includes('protected: t67b'),
+          () => fs.readFileSync(path.join(dir, `protect-${tag}.log`), 'utf8').includes(`protected: ${tag}`),
           60_000,
         );
         const zs = (conn: number): number => client.count(`z ${conn} `);
@@ -359,18 +372,23 @@ describe('67 protect with a network buffer', function () {
         await waitFor('COMMIT replies (after their checkpoint)', () => zs(0) === 2 && zs(1) === 2, 30_000);
         client.send({ op: 'q', conn: 0, text: 'BEGIN' });
         await waitFor('BEGIN reply (unprotected, at once)', () => zs(0) === 3, 3000);
-        const epochAtReply = Number((await primary()).epoch);
+        const status = await primary();
+        const epochAtReply = Number(status.epoch);
+        if (inKernel) {
+          const nic = (status.net as { interfaces: Array<Record<string, Record<string, number>>> }).interfaces[0];
+          assert.ok(nic.pgwireKernel.passed > 0 && nic.pgwireKernel.held > 0, JSON.stringify(nic.pgwireKernel));
+        }
         await sleep(100); // NET_EXPOSURE goes every 10 ms
-        const r = runCli(['failover', 't67b'], 30_000, env);
+        const r = runCli(['failover', tag], 30_000, env);
         assert.equal(r.status, 0, r.stderr);
         const resumed = Number(/epoch (\d+)/.exec(r.stdout)![1]);
         console.log(`      primary epoch at the unprotected reply ${epochAtReply}, backup resumed from ${resumed}`);
         if (resumed >= epochAtReply + 1) {
           console.log("      inconclusive: the reply's checkpoint committed first");
-          this.skip();
+          ctx.skip();
         }
         await waitFor('the client sees ECONNRESET on conn 0', () => client.has('error 0 ECONNRESET'), 10_000);
-        const log = fs.readFileSync(path.join(dir, 'backup.log'), 'utf8');
+        const log = fs.readFileSync(path.join(dir, `backup-${tag}.log`), 'utf8');
         assert.match(log, /reset 1 client connection/);
         // The guest-side RST carries the sequence number the resumed guest expects (its ACK at
         // the checkpoint); this fake guest does not roll back, so only its sending is checked.
@@ -384,6 +402,6 @@ describe('67 protect with a network buffer', function () {
         server.kill();
         client.kill();
       }
-    });
+    }
   });
 });

@@ -90,6 +90,13 @@ export interface NetBenchResult {
   latency_ms: PerMode<number[]>;
   /** Share of the guest's packets that waited for a checkpoint. */
   held_pct: PerMode<number[]>;
+  /**
+   * dom0 CPU per packet the guest sent while protected (µs): this process's user + system time
+   * (engine, net buffer; pgbench and PostgreSQL run in other processes) plus, for
+   * cp_pgwire_kernel, the kernel's time in the BPF program (BPF_ENABLE_STATS), divided by the
+   * guest's packets. null for the modes without a buffer.
+   */
+  dom0_cpu_us_per_packet: PerMode<number[]>;
   /** The guest's paused share of each run's time (0..1): what the checkpoints cost it. */
   pause_share: PerMode<number[]>;
   /** The interval the timer was at when each run ended (ms): with interval_auto, what it chose. */
@@ -132,6 +139,7 @@ interface Point {
   tps: number;
   latencyMs: number;
   heldPct: number;
+  cpuUsPerPacket: number;
   pauseShare: number;
   /** The timer's interval at the end of the run (ms; with --interval-auto its choice). */
   intervalMs: number;
@@ -171,6 +179,7 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
     commitProtection: mode === 'none' || mode === 'pg_sync_rep' ? 'off' : PROTECTION[mode],
     dscpInKernel: mode === 'cp_dscp_kernel',
     pgwireInKernel: mode === 'cp_pgwire_kernel',
+    pgwireKernelRunStats: mode === 'cp_pgwire_kernel',
   });
 }
 
@@ -199,6 +208,7 @@ async function measure(
     });
     try {
       await withTimeout(engine.protectedAt, 60_000, 'the first checkpoint was not acknowledged');
+      const net0 = sampleNet(nb);
       const paused0 = engine.pausedMs(),
         taken0 = engine.checkpoints(),
         t0 = performance.now();
@@ -208,7 +218,10 @@ async function measure(
         seconds: o.seconds,
         script: o.script,
       });
-      const { seen, held } = packetsHeld(nb);
+      const net1 = sampleNet(nb);
+      const seen = net1.packets - net0.packets,
+        held = net1.held - net0.held;
+      const cpuUs = net1.cpuUs - net0.cpuUs + (net1.bpfNs - net0.bpfNs) / 1000;
       const ms = performance.now() - t0,
         paused = engine.pausedMs() - paused0,
         taken = engine.checkpoints() - taken0;
@@ -216,7 +229,17 @@ async function measure(
       const perSec = (1000 * taken) / ms,
         pauseMs = taken ? paused / taken : 0;
       const intervalMs = Number(engine.stats().intervalMs);
-      return { tps: r.tps, latencyMs: r.latencyMs, heldPct, pauseShare: paused / ms, intervalMs, perSec, pauseMs };
+      const cpuUsPerPacket = seen ? cpuUs / seen : 0;
+      return {
+        tps: r.tps,
+        latencyMs: r.latencyMs,
+        heldPct,
+        cpuUsPerPacket,
+        pauseShare: paused / ms,
+        intervalMs,
+        perSec,
+        pauseMs,
+      };
     } finally {
       engine.stop();
     }
@@ -264,13 +287,18 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
 
-/** Packets the guest sent while protected, and how many waited (the kernel's count when it classified). */
-function packetsHeld(nb: NetBuffer): { seen: number; held: number } {
-  const k = nb.describe().pgwireKernel as KernelPgwireStats | null | undefined;
-  if (k) return { seen: k.packets - k.notIp, held: k.held + k.otherHeld };
+/**
+ * The guest's IP packets so far while protected, how many waited (the kernel's counts when it
+ * classified), this process's CPU time and the BPF program's run time.
+ */
+function sampleNet(nb: NetBuffer): { packets: number; held: number; cpuUs: number; bpfNs: number } {
+  const cpu = process.cpuUsage();
+  const cpuUs = cpu.user + cpu.system;
+  const k = nb.describe().pgwireKernel as (KernelPgwireStats & { runTimeNs: number }) | null | undefined;
+  if (k) return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs: k.runTimeNs };
   const l = nb.nfqueue?.ledger.stats;
-  const seen = l ? l.received - l.passedThrough : 0;
-  return { seen, held: l ? seen - l.releasedAtOnce - l.droppedOverLimit : 0 };
+  const packets = l ? l.received - l.passedThrough : 0;
+  return { packets, held: l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0, cpuUs, bpfNs: 0 };
 }
 
 export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
@@ -375,6 +403,7 @@ function summarize(
     tps: pick((p) => p.tps),
     latency_ms: pick((p) => p.latencyMs),
     held_pct: pick((p) => p.heldPct),
+    dom0_cpu_us_per_packet: pick((p) => p.cpuUsPerPacket),
     pause_share: pick((p) => p.pauseShare),
     interval_chosen_ms: pick((p) => p.intervalMs),
     interval_auto: o.intervalAuto === true,
@@ -454,7 +483,11 @@ export function formatNetBench(r: NetBenchResult): string {
   const paused = NET_MODES.filter((m) => r.pause_share[m]).map(
     (m) => `${m} ${r.pause_share[m]!.map((x) => (100 * x).toFixed(1)).join('/')}%`,
   );
+  const cpu = NET_MODES.filter((m) => r.dom0_cpu_us_per_packet[m] && !UNBUFFERED.includes(m)).map(
+    (m) => `${m} ${r.dom0_cpu_us_per_packet[m]!.map((x) => x.toFixed(1)).join('/')}`,
+  );
   lines.push(`packets held: ${held.join(', ')}`, `guest paused: ${paused.join(', ')}`);
+  lines.push(`dom0 CPU per guest packet (us): ${cpu.join(', ')}`);
   if (r.interval_auto) {
     const chosen = NET_MODES.filter((m) => r.interval_chosen_ms[m] && m !== 'none' && m !== 'pg_sync_rep').map(
       (m) => `${m} ${r.interval_chosen_ms[m]!.join('/')} ms`,

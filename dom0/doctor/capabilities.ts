@@ -110,7 +110,8 @@ function pgwireKernelCheck(addon: NativeAddon | null): Capability {
   if (!isRoot()) return { name, available: false, reason: 'loading a BPF program needs root' };
   const netns = `remusdb-doctor-${process.pid}`;
   const made = spawnSync('ip', ['netns', 'add', netns], { encoding: 'utf8', timeout: 10_000 });
-  if (made.status !== 0) return { name, available: false, reason: `cannot make a scratch netns: ${made.stderr.trim()}` };
+  if (made.status !== 0)
+    return { name, available: false, reason: `cannot make a scratch netns: ${made.stderr.trim()}` };
   try {
     KernelPgwire.load({ iface: 'lo', netnsPath: `/run/netns/${netns}`, epoch: 1 }).close();
   } catch (e) {

@@ -50,6 +50,8 @@ export interface NetBufferOptions {
    * PGWIRE_KERNEL_EXPOSURE_DRAIN_MS). Default false.
    */
   pgwireInKernel?: boolean;
+  /** With pgwireInKernel: have the kernel time the program (benchmarks; all BPF programs pay for it). */
+  pgwireKernelRunStats?: boolean;
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
   copyBytes?: number;
   heldMax?: number;
@@ -154,7 +156,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       batchMax,
       ...dev.gate.stats(),
       pgwire: k.pgwire ? { ...k.pgwire.stats, opaqueReasons: k.pgwire.opaqueReasons } : null,
-      pgwireKernel: k.kernel?.stats() ?? null,
+      pgwireKernel: k.kernel ? { ...k.kernel.stats(), ...k.kernel.runStats() } : null,
       exposedFlows: k.exposure?.flowCount ?? null,
     }),
     close: () => {
@@ -194,7 +196,8 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
   }
   const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
   const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
-  const kernel = KernelPgwire.load({ iface, netnsPath, ports: o.pgPorts, epoch: 1 });
+  const runStats = o.pgwireKernelRunStats === true;
+  const kernel = KernelPgwire.load({ iface, netnsPath, ports: o.pgPorts, epoch: 1, runStats });
   kernel.exposureSink = exposure;
   return { ...none, kernel, classify: kernel.classify };
 }

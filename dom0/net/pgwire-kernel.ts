@@ -65,6 +65,7 @@ interface NativeBpfPgwire {
   stats(): number[];
   testRun(frame: Uint8Array, mark: number): { retval: number; mark: number };
   drainExposures(): Buffer;
+  runStats(): { runTimeNs: number; runCount: number; counting: boolean };
   close(): void;
 }
 type NativeBpfPgwireCtor = new (opts: Record<string, unknown>) => NativeBpfPgwire;
@@ -90,6 +91,8 @@ export interface KernelPgwireOptions {
   flowsMax?: number;
   /** The ledger's open epoch when the program starts (its nextEpoch). */
   epoch: number;
+  /** Have the kernel time the program's runs (BPF_ENABLE_STATS, all programs: benchmarks only). */
+  runStats?: boolean;
 }
 
 export class KernelPgwire {
@@ -130,6 +133,7 @@ export class KernelPgwire {
       flowsMax,
       epochOpen: o.epoch,
       epochReleased: o.epoch - 1,
+      runStats: o.runStats === true,
     });
     return new KernelPgwire(prog, o.epoch);
   }
@@ -183,6 +187,11 @@ export class KernelPgwire {
   stats(): KernelPgwireStats {
     const raw = this.prog.stats();
     return Object.fromEntries(STAT_NAMES.map((name, i) => [name, raw[i]])) as KernelPgwireStats;
+  }
+
+  /** The kernel's count of the program's runs and their time (zero unless loaded with runStats). */
+  runStats(): { runTimeNs: number; runCount: number; counting: boolean } {
+    return this.prog.runStats();
   }
 
   /** Runs the program on one Ethernet frame (BPF_PROG_TEST_RUN): its verdict and mark. */

@@ -9,6 +9,8 @@
 //                  flowsMax, epochOpen, epochReleased})
 //   setEpochs(open, released); stats() -> number[PGW_STATS_N];
 //   drainExposures() -> Buffer of struct pgw_exposure records (packets that left in the kernel)
+//   runStats() -> {runTimeNs, runCount}: the kernel's count of the program's runs and their
+//                 time, kept while `runStats: true` was given (BPF_ENABLE_STATS; benchmarks)
 //   testRun(frame, mark) -> {retval, mark}   (BPF_PROG_TEST_RUN: tests feed frames)
 //   close()                                   detaches (when attached); idempotent
 #include <bpf/bpf.h>
@@ -78,6 +80,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
                         InstanceMethod("stats", &BpfPgwire::Stats),
                         InstanceMethod("testRun", &BpfPgwire::TestRun),
                         InstanceMethod("drainExposures", &BpfPgwire::DrainExposures),
+                        InstanceMethod("runStats", &BpfPgwire::RunStats),
                         InstanceMethod("close", &BpfPgwire::Close)});
   }
 
@@ -115,6 +118,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
       return;
     }
     if (o.Has("netnsPath") && o.Get("netnsPath").IsString()) netns_ = o.Get("netnsPath").As<Napi::String>();
+    if (o.Get("runStats").ToBoolean()) statsEnableFd_ = bpf_enable_stats(BPF_STATS_RUN_TIME);
     std::string why = Load(o.Get("objPath").As<Napi::String>(), flowsMax, cfg);
     if (why.empty()) why = WriteEpochs(o.Get("epochOpen").As<Napi::Number>().Int64Value(),
                                        o.Get("epochReleased").As<Napi::Number>().Int64Value());
@@ -206,6 +210,8 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
       });
       attached_ = false;
     }
+    if (statsEnableFd_ >= 0) close(statsEnableFd_);
+    statsEnableFd_ = -1;
     if (rb_ != nullptr) ring_buffer__free(rb_);
     rb_ = nullptr;
     if (obj_ != nullptr) bpf_object__close(obj_);
@@ -296,6 +302,22 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     return Napi::Buffer<uint8_t>::Copy(env, drained_.data(), drained_.size());
   }
 
+  Napi::Value RunStats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Usable(env)) return env.Undefined();
+    bpf_prog_info pi{};
+    __u32 len = sizeof pi;
+    if (bpf_obj_get_info_by_fd(progFd_, &pi, &len) != 0) {
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("read the program's info", errno));
+      return env.Undefined();
+    }
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("runTimeNs", Napi::Number::New(env, static_cast<double>(pi.run_time_ns)));
+    r.Set("runCount", Napi::Number::New(env, static_cast<double>(pi.run_cnt)));
+    r.Set("counting", Napi::Boolean::New(env, statsEnableFd_ >= 0));
+    return r;
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Release();
     return info.Env().Undefined();
@@ -308,6 +330,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
   bool attached_ = false;
   std::string netns_;
   int progFd_ = -1, epochsFd_ = -1, statsFd_ = -1;
+  int statsEnableFd_ = -1;  // while open, the kernel times every BPF program's runs
 };
 
 }  // namespace

@@ -172,8 +172,8 @@ export const NET_TRACE_FLUSH_LINES = 512;
 export const BACKUP_INTAKE_BYTES_HIGH = 64 * 2 ** 20;
 
 /**
- * The in-kernel pgwire classifier (native-xc/src/bpf/pgwire_tc.h, checked against the addon's
- * `bpfPgwireConstants` when it is loaded): server ports it follows, flows in its LRU table (an
+ * The in-kernel pgwire classifier (native-xc/src/bpf/classify_tc.h, checked against the addon's
+ * `bpfClassifierConstants` when it is loaded): server ports it follows, flows in its LRU table (an
  * evicted flow comes back opaque: held), held sequence ranges remembered per flow for
  * retransmissions, and the bytes of one segment it parses (a GSO packet's 64 KiB).
  */

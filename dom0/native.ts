@@ -99,7 +99,7 @@ export interface NativeAddon {
 const ADDON_DIR = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release');
 const ADDON_PATH = path.join(ADDON_DIR, 'remusdb_native.node');
 /** The in-kernel pgwire classifier's BPF object, built with the addon (its bpf part). */
-export const PGWIRE_BPF_OBJECT_PATH = path.join(ADDON_DIR, 'pgwire_tc.bpf.o');
+export const CLASSIFY_BPF_OBJECT_PATH = path.join(ADDON_DIR, 'classify_tc.bpf.o');
 
 let loaded: NativeAddon | undefined;
 let loadError: Error | undefined;

@@ -24,25 +24,25 @@
           "libraries": ["-lnetfilter_queue"]
         }],
         ["has_bpf==1", {
-          "sources": ["src/bpf_pgwire.cc"],
+          "sources": ["src/bpf_classifier.cc"],
           "defines": ["REMUS_HAVE_BPF"],
           "libraries": ["-lbpf"],
-          "dependencies": ["pgwire_tc_bpf"]
+          "dependencies": ["classify_tc_bpf"]
         }]
       ]
     },
     {
-      "target_name": "pgwire_tc_bpf",
+      "target_name": "classify_tc_bpf",
       "type": "none",
       "conditions": [
         ["has_bpf==1", {
           "actions": [{
             "action_name": "clang_target_bpf",
-            "inputs": ["src/bpf/pgwire_tc.bpf.c", "src/bpf/pgwire_tc.h"],
-            "outputs": ["<(PRODUCT_DIR)/pgwire_tc.bpf.o"],
+            "inputs": ["src/bpf/classify_tc.bpf.c", "src/bpf/classify_tc.h"],
+            "outputs": ["<(PRODUCT_DIR)/classify_tc.bpf.o"],
             "action": ["clang", "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
-                       "-I/usr/include/<!(gcc -print-multiarch)", "-c", "src/bpf/pgwire_tc.bpf.c",
-                       "-o", "<(PRODUCT_DIR)/pgwire_tc.bpf.o"]
+                       "-I/usr/include/<!(gcc -print-multiarch)", "-c", "src/bpf/classify_tc.bpf.c",
+                       "-o", "<(PRODUCT_DIR)/classify_tc.bpf.o"]
           }]
         }]
       ]

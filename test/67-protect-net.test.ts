@@ -376,7 +376,10 @@ describe('67 protect with a network buffer', function () {
         const epochAtReply = Number(status.epoch);
         if (inKernel) {
           const nic = (status.net as { interfaces: Array<Record<string, Record<string, number>>> }).interfaces[0];
-          assert.ok(nic.pgwireKernel.passed > 0 && nic.pgwireKernel.held > 0, JSON.stringify(nic.pgwireKernel));
+          assert.ok(
+            nic.kernelClassifier.passed > 0 && nic.kernelClassifier.held > 0,
+            JSON.stringify(nic.kernelClassifier),
+          );
         }
         await sleep(100); // NET_EXPOSURE goes every 10 ms
         const r = runCli(['failover', tag], 30_000, env);

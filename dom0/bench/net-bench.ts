@@ -27,7 +27,7 @@ import {
   PGWIRE_COPY_BYTES,
 } from '../net/net-device';
 import { setupNfqueue } from '../net/nfqueue-buffer';
-import type { KernelPgwireStats } from '../net/pgwire-kernel';
+import type { KernelClassifierStats } from '../net/kernel-classifier';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
 import {
@@ -92,8 +92,8 @@ export interface NetBenchResult {
   held_pct: PerMode<number[]>;
   /**
    * dom0 CPU per packet the guest sent while protected (µs): this process's user + system time
-   * (engine, net buffer; pgbench and PostgreSQL run in other processes) plus, for
-   * cp_pgwire_kernel, the kernel's time in the BPF program (BPF_ENABLE_STATS), divided by the
+   * (engine, net buffer; pgbench and PostgreSQL run in other processes) plus, for the
+   * *_kernel modes, the kernel's time in the BPF program (BPF_ENABLE_STATS), divided by the
    * guest's packets. null for the modes without a buffer.
    */
   dom0_cpu_us_per_packet: PerMode<number[]>;
@@ -179,7 +179,7 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
     commitProtection: mode === 'none' || mode === 'pg_sync_rep' ? 'off' : PROTECTION[mode],
     dscpInKernel: mode === 'cp_dscp_kernel',
     pgwireInKernel: mode === 'cp_pgwire_kernel',
-    pgwireKernelRunStats: mode === 'cp_pgwire_kernel',
+    kernelRunStats: mode === 'cp_pgwire_kernel' || mode === 'cp_dscp_kernel',
   });
 }
 
@@ -294,7 +294,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 function sampleNet(nb: NetBuffer): { packets: number; held: number; cpuUs: number; bpfNs: number } {
   const cpu = process.cpuUsage();
   const cpuUs = cpu.user + cpu.system;
-  const k = nb.describe().pgwireKernel as (KernelPgwireStats & { runTimeNs: number }) | null | undefined;
+  const k = nb.describe().kernelClassifier as (KernelClassifierStats & { runTimeNs: number }) | null | undefined;
   if (k) return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs: k.runTimeNs };
   const l = nb.nfqueue?.ledger.stats;
   const packets = l ? l.received - l.passedThrough : 0;

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { loadAddon, type NativeAddon } from '../native';
 import { DRIVERS } from '../hypervisor/registry';
 import { checkIptablesTools } from '../net/iptables-rules';
-import { KernelPgwire } from '../net/pgwire-kernel';
+import { KernelClassifier } from '../net/kernel-classifier';
 
 export interface Capability {
   name: string;
@@ -113,7 +113,7 @@ function pgwireKernelCheck(addon: NativeAddon | null): Capability {
   if (made.status !== 0)
     return { name, available: false, reason: `cannot make a scratch netns: ${made.stderr.trim()}` };
   try {
-    KernelPgwire.load({ iface: 'lo', netnsPath: `/run/netns/${netns}`, epoch: 1 }).close();
+    KernelClassifier.load({ mode: 'pgwire', iface: 'lo', netnsPath: `/run/netns/${netns}`, epoch: 1 }).close();
   } catch (e) {
     return { name, available: false, reason: (e as Error).message.split('\n')[0] };
   } finally {

@@ -65,7 +65,7 @@ const maxAck = (a: number | null, b: number | null): number | null => (a === nul
 /**
  * A packet of `epoch` raises the guest's send state after that epoch and after every later
  * one. Packets come in epoch order from the queue; a packet that left in the kernel is read
- * from its ring at the next barrier (pgwire-kernel.ts), possibly after later ones.
+ * from its ring at the next barrier (kernel-classifier.ts), possibly after later ones.
  */
 function raiseMarks(marks: Mark[], epoch: number, seqEnd: number, ack: number | null): void {
   let at = marks.length;

@@ -27,7 +27,7 @@ export interface RuleSpec {
   netns?: string;
   /** Queue only packets with this DSCP code point (commit protection classified in the kernel). */
   onlyDscp?: number;
-  /** Queue only packets whose skb mark, under markMask, is one of these (pgwire-kernel.ts). */
+  /** Queue only packets whose skb mark, under markMask, is one of these (kernel-classifier.ts). */
   onlyMarks?: number[];
   markMask?: number;
 }

@@ -12,10 +12,11 @@ import { dscpClassifier, PROTECTED_DSCP } from './classify-dscp';
 import { ExposureTracker } from './failover-reset';
 import type { GuestMatch } from './iptables-rules';
 import { NFQUEUE_DEFAULTS, netnsPathOf, setupNfqueue, type NfqueueBuffer } from './nfqueue-buffer';
+import { loadAddon } from '../native';
 import type { Classifier } from './packet-ledger';
 import { PacketTrace, teeObservers } from './packet-trace';
 import { PgwireClassifier } from './pgwire-classifier';
-import { KernelPgwire, PGWIRE_KERNEL_MARKS } from './pgwire-kernel';
+import { KernelClassifier, PGWIRE_KERNEL_MARKS } from './kernel-classifier';
 import { setupPlug } from './plug-buffer';
 
 export type NetDriver = 'none' | 'nfqueue' | 'plug';
@@ -38,9 +39,10 @@ export interface NetBufferOptions {
   /** pgwire mode: PostgreSQL server ports (default 5432). */
   pgPorts?: number[];
   /**
-   * dscp mode: classify in the kernel (only marked packets are queued; the rest never
-   * reach us: no per-packet cost, but no exposure tracking, so no failover resets — the
-   * RemusDB paper's behaviour). Default false: every packet is classified here.
+   * dscp mode: classify in the kernel (the tc program in dscp mode: only marked packets are
+   * queued; what leaves reaches the exposure tracker through its ring; without the addon's
+   * bpf part, an iptables DSCP match and no exposure tracking, RemusDB's behaviour). Default
+   * false: every packet is classified here.
    */
   dscpInKernel?: boolean;
   /**
@@ -50,8 +52,8 @@ export interface NetBufferOptions {
    * PGWIRE_KERNEL_EXPOSURE_DRAIN_MS). Default false.
    */
   pgwireInKernel?: boolean;
-  /** With pgwireInKernel: have the kernel time the program (benchmarks; all BPF programs pay for it). */
-  pgwireKernelRunStats?: boolean;
+  /** Classified in the kernel: have it time the program (benchmarks; all BPF programs pay for it). */
+  kernelRunStats?: boolean;
   /** Override of the copy range (default 128; pgwire: PGWIRE_COPY_BYTES). */
   copyBytes?: number;
   heldMax?: number;
@@ -127,7 +129,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       observer: teeObservers([k.kernel?.observer ?? null, k.exposure, trace].filter((x) => x !== null)),
       copyBytes,
       batchMax,
-      onlyDscp: k.dscpInKernel ? k.dscp : undefined,
+      onlyDscp: k.dscpByIptables ? k.dscp : undefined,
       onlyMarks: k.kernel ? [PGWIRE_KERNEL_MARKS.hold, PGWIRE_KERNEL_MARKS.follow] : undefined,
       markMask: PGWIRE_KERNEL_MARKS.mask,
       ...(o.heldMax === undefined ? {} : { heldMax: o.heldMax }),
@@ -150,13 +152,14 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       match: o.match,
       commitProtection: o.commitProtection,
       dscp: o.commitProtection === 'dscp' ? k.dscp : null,
-      dscpInKernel: k.dscpInKernel,
-      pgwireInKernel: k.kernel !== null,
+      dscpInKernel: o.commitProtection === 'dscp' && o.dscpInKernel === true,
+      pgwireInKernel: k.kernel !== null && o.commitProtection === 'pgwire',
+      classifiedBy: k.kernel ? 'bpf' : k.dscpByIptables ? 'iptables' : k.classify ? 'dom0' : 'none',
       copyBytes,
       batchMax,
       ...dev.gate.stats(),
       pgwire: k.pgwire ? { ...k.pgwire.stats, opaqueReasons: k.pgwire.opaqueReasons } : null,
-      pgwireKernel: k.kernel ? { ...k.kernel.stats(), ...k.kernel.runStats() } : null,
+      kernelClassifier: k.kernel ? { ...k.kernel.stats(), ...k.kernel.runStats() } : null,
       exposedFlows: k.exposure?.flowCount ?? null,
     }),
     close: () => {
@@ -174,30 +177,37 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
 interface ClassifierSetup {
   classify: Classifier | undefined;
   pgwire: PgwireClassifier | null;
-  kernel: KernelPgwire | null;
+  kernel: KernelClassifier | null;
   exposure: ExposureTracker | null;
   dscp: number;
-  dscpInKernel: boolean;
+  /** --dscp-in-kernel without the bpf part: iptables queues the marked packets (no exposure). */
+  dscpByIptables: boolean;
 }
 
 function classifierFor(o: NetBufferOptions): ClassifierSetup {
   const dscp = o.dscp ?? PROTECTED_DSCP;
-  const dscpInKernel = o.commitProtection === 'dscp' && o.dscpInKernel === true;
-  const pgInKernel = o.commitProtection === 'pgwire' && o.pgwireInKernel === true;
-  // Classified by iptables (dscp), the packets that leave at once never reach us: no exposure.
-  // The pgwire program writes them to its exposure ring.
-  const exposure = o.commitProtection === 'off' || dscpInKernel ? null : new ExposureTracker();
-  const none = { pgwire: null, kernel: null, exposure, dscp, dscpInKernel };
-  if (o.commitProtection === 'dscp') return { ...none, classify: dscpInKernel ? undefined : dscpClassifier(dscp) };
-  if (o.commitProtection !== 'pgwire') return { ...none, classify: undefined };
-  if (!pgInKernel) {
+  const cp = o.commitProtection;
+  const inKernel = (cp === 'dscp' && o.dscpInKernel === true) || (cp === 'pgwire' && o.pgwireInKernel === true);
+  // An addon without its bpf part classifies --dscp-in-kernel with an iptables DSCP match: what
+  // leaves at once then never reaches us, so there is no exposure tracking (no failover resets).
+  const dscpByIptables = cp === 'dscp' && inKernel && !loadAddon().parts.bpf;
+  const exposure = cp === 'off' || dscpByIptables ? null : new ExposureTracker();
+  const none = { pgwire: null, kernel: null, exposure, dscp, dscpByIptables };
+  if (cp === 'off' || dscpByIptables) return { ...none, classify: undefined };
+  if (!inKernel) {
+    if (cp === 'dscp') return { ...none, classify: dscpClassifier(dscp) };
     const pgwire = new PgwireClassifier({ ports: o.pgPorts });
     return { ...none, pgwire, classify: pgwire.classify };
   }
-  const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
-  const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
-  const runStats = o.pgwireKernelRunStats === true;
-  const kernel = KernelPgwire.load({ iface, netnsPath, ports: o.pgPorts, epoch: 1, runStats });
+  const kernel = KernelClassifier.load({
+    mode: cp,
+    dscp,
+    ports: o.pgPorts,
+    iface: 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface,
+    netnsPath: o.netns === undefined ? undefined : netnsPathOf(o.netns),
+    epoch: 1,
+    runStats: o.kernelRunStats === true,
+  });
   kernel.exposureSink = exposure;
   return { ...none, kernel, classify: kernel.classify };
 }

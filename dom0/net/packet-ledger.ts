@@ -22,7 +22,7 @@ import type { OutputGate } from '../ports';
 export type PacketVerdict = 'hold' | 'release';
 /**
  * header: the first copyBytes of the IP packet; hwProtocol: 0x0800 IPv4, 0x86dd IPv6; mark: the
- * packet's skb mark (0 when the batch has none), set by an in-kernel classifier (pgwire-kernel.ts).
+ * packet's skb mark (0 when the batch has none), set by an in-kernel classifier (kernel-classifier.ts).
  */
 export type Classifier = (header: Uint8Array, hwProtocol: number, mark?: number) => PacketVerdict;
 

@@ -23,7 +23,7 @@ void InitNfqueue(Napi::Env env, Napi::Object exports);
 void InitNfqueueDriver(Napi::Env env, Napi::Object exports);
 #endif
 #ifdef REMUS_HAVE_BPF
-void InitBpfPgwire(Napi::Env env, Napi::Object exports);
+void InitBpfClassifier(Napi::Env env, Napi::Object exports);
 #endif
 }  // namespace remus
 
@@ -57,7 +57,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   parts.Set("nfqueue", false);
 #endif
 #ifdef REMUS_HAVE_BPF
-  remus::InitBpfPgwire(env, exports);
+  remus::InitBpfClassifier(env, exports);
   parts.Set("bpf", true);
 #else
   parts.Set("bpf", false);

@@ -1,11 +1,11 @@
-// bpf_pgwire.cc: loads the in-kernel pgwire classifier (bpf/pgwire_tc.bpf.c, compiled to
-// pgwire_tc.bpf.o next to the addon) with libbpf and attaches it as a tc filter on the
+// bpf_classifier.cc: loads the in-kernel classifier (bpf/classify_tc.bpf.c, compiled to
+// classify_tc.bpf.o next to the addon) with libbpf and attaches it as a tc filter on the
 // ingress hook of the guest's interface (docs/commit-protection.md "In the kernel").
 // The object's maps stay open in this process: `config` is written once, `epochs` at every
 // barrier and release (one bpf() call each), `stats` read for status. The filter outlives
 // a crash of this process (tc holds the program): a later setup replaces it (same handle
-// and priority), and dom0/net/pgwire-kernel.ts removes a leftover one with tc.
-//   new BpfPgwire({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow,
+// and priority), and dom0/net/kernel-classifier.ts removes a leftover one with tc.
+//   new BpfClassifier({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow,
 //                  flowsMax, epochOpen, epochReleased})
 //   setEpochs(open, released); stats() -> number[PGW_STATS_N];
 //   drainExposures() -> Buffer of struct pgw_exposure records (packets that left in the kernel)
@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "bpf/pgwire_tc.h"
+#include "bpf/classify_tc.h"
 #include "errors.h"
 
 namespace remus {
@@ -72,49 +72,60 @@ uint32_t U32Of(const Napi::Object& o, const char* key) {
   return o.Get(key).As<Napi::Number>().Uint32Value();
 }
 
-class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
+class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "BpfPgwire",
-                       {InstanceMethod("setEpochs", &BpfPgwire::SetEpochs),
-                        InstanceMethod("stats", &BpfPgwire::Stats),
-                        InstanceMethod("testRun", &BpfPgwire::TestRun),
-                        InstanceMethod("drainExposures", &BpfPgwire::DrainExposures),
-                        InstanceMethod("runStats", &BpfPgwire::RunStats),
-                        InstanceMethod("close", &BpfPgwire::Close)});
+    return DefineClass(env, "BpfClassifier",
+                       {InstanceMethod("setEpochs", &BpfClassifier::SetEpochs),
+                        InstanceMethod("stats", &BpfClassifier::Stats),
+                        InstanceMethod("testRun", &BpfClassifier::TestRun),
+                        InstanceMethod("drainExposures", &BpfClassifier::DrainExposures),
+                        InstanceMethod("runStats", &BpfClassifier::RunStats),
+                        InstanceMethod("close", &BpfClassifier::Close)});
   }
 
-  explicit BpfPgwire(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BpfPgwire>(info) {
+  explicit BpfClassifier(const Napi::CallbackInfo& info) : Napi::ObjectWrap<BpfClassifier>(info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsObject()) {
-      ThrowType(env, "new BpfPgwire({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow, ...})");
+      ThrowType(env, "new BpfClassifier({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow, ...})");
       return;
     }
     Napi::Object o = info[0].As<Napi::Object>();
     for (const char* key : {"markMask", "markHold", "markFollow", "flowsMax", "epochOpen", "epochReleased"}) {
       if (!o.Get(key).IsNumber()) {
-        ThrowType(env, std::string("BpfPgwire: ") + key + " must be a number");
+        ThrowType(env, std::string("BpfClassifier: ") + key + " must be a number");
         return;
       }
     }
     if (!o.Get("objPath").IsString() || !o.Get("ports").IsArray()) {
-      ThrowType(env, "BpfPgwire: objPath must be a string and ports an array");
+      ThrowType(env, "BpfClassifier: objPath must be a string and ports an array");
       return;
     }
     pgw_config cfg{};
     Napi::Array ports = o.Get("ports").As<Napi::Array>();
     if (ports.Length() < 1 || ports.Length() > PGW_PORTS_MAX) {
-      ThrowRange(env, "BpfPgwire: 1 to PGW_PORTS_MAX ports");
+      ThrowRange(env, "BpfClassifier: 1 to PGW_PORTS_MAX ports");
       return;
     }
     for (uint32_t i = 0; i < ports.Length(); i++) cfg.ports[i] = ports.Get(i).As<Napi::Number>().Uint32Value();
     cfg.nports = ports.Length();
+    if (!o.Get("mode").IsString() || !o.Get("dscp").IsNumber()) {
+      ThrowType(env, "BpfClassifier: mode ('pgwire' | 'dscp') and dscp (a number)");
+      return;
+    }
+    std::string mode = o.Get("mode").As<Napi::String>();
+    if (mode != "pgwire" && mode != "dscp") {
+      ThrowRange(env, "BpfClassifier: mode is 'pgwire' or 'dscp'");
+      return;
+    }
+    cfg.mode = mode == "dscp" ? PGW_MODE_DSCP : PGW_MODE_PGWIRE;
+    cfg.dscp = o.Get("dscp").As<Napi::Number>().Uint32Value();
     cfg.mark_mask = U32Of(o, "markMask");
     cfg.mark_hold = U32Of(o, "markHold");
     cfg.mark_follow = U32Of(o, "markFollow");
     uint32_t flowsMax = U32Of(o, "flowsMax");
     if (flowsMax < 1 || flowsMax > PGW_FLOWS_MAX) {
-      ThrowRange(env, "BpfPgwire: flowsMax out of range");
+      ThrowRange(env, "BpfClassifier: flowsMax out of range");
       return;
     }
     if (o.Has("netnsPath") && o.Get("netnsPath").IsString()) netns_ = o.Get("netnsPath").As<Napi::String>();
@@ -127,11 +138,11 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     }
     if (!why.empty()) {
       Release();
-      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + why);
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + why);
     }
   }
 
-  ~BpfPgwire() override { Release(); }
+  ~BpfClassifier() override { Release(); }
 
  private:
   std::string Load(const std::string& path, uint32_t flowsMax, const pgw_config& cfg) {
@@ -156,7 +167,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     }
     libbpf_set_print(old);
     if (!why.empty()) return why;
-    bpf_program* prog = bpf_object__find_program_by_name(obj_, "pgwire_classify");
+    bpf_program* prog = bpf_object__find_program_by_name(obj_, "classify");
     progFd_ = prog ? bpf_program__fd(prog) : -1;
     epochsFd_ = bpf_map__fd(bpf_object__find_map_by_name(obj_, "epochs"));
     statsFd_ = bpf_map__fd(bpf_object__find_map_by_name(obj_, "stats"));
@@ -221,7 +232,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
 
   bool Usable(Napi::Env env) {
     if (obj_ != nullptr) return true;
-    ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: closed");
+    ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: closed");
     return false;
   }
 
@@ -233,7 +244,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     }
     if (!Usable(env)) return env.Undefined();
     std::string why = WriteEpochs(info[0].As<Napi::Number>().Int64Value(), info[1].As<Napi::Number>().Int64Value());
-    if (!why.empty()) ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + why);
+    if (!why.empty()) ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + why);
     return env.Undefined();
   }
 
@@ -273,7 +284,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     t.repeat = 1;
     int err = bpf_prog_test_run_opts(progFd_, &t);
     if (err != 0) {
-      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("BPF_PROG_TEST_RUN", err));
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + Why("BPF_PROG_TEST_RUN", err));
       return env.Undefined();
     }
     Napi::Object r = Napi::Object::New(env);
@@ -283,7 +294,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
   }
 
   static int OnExposure(void* ctx, void* data, size_t size) {
-    auto* self = static_cast<BpfPgwire*>(ctx);
+    auto* self = static_cast<BpfClassifier*>(ctx);
     if (size != sizeof(pgw_exposure)) return 0;
     const auto* p = static_cast<const uint8_t*>(data);
     self->drained_.insert(self->drained_.end(), p, p + size);
@@ -296,7 +307,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     drained_.clear();
     int n = ring_buffer__consume(rb_);
     if (n < 0) {
-      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("read the exposure ring", n));
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + Why("read the exposure ring", n));
       return env.Undefined();
     }
     return Napi::Buffer<uint8_t>::Copy(env, drained_.data(), drained_.size());
@@ -308,7 +319,7 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
     bpf_prog_info pi{};
     __u32 len = sizeof pi;
     if (bpf_obj_get_info_by_fd(progFd_, &pi, &len) != 0) {
-      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel pgwire classifier: " + Why("read the program's info", errno));
+      ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + Why("read the program's info", errno));
       return env.Undefined();
     }
     Napi::Object r = Napi::Object::New(env);
@@ -335,8 +346,8 @@ class BpfPgwire : public Napi::ObjectWrap<BpfPgwire> {
 
 }  // namespace
 
-void InitBpfPgwire(Napi::Env env, Napi::Object exports) {
-  exports.Set("BpfPgwire", BpfPgwire::Define(env));
+void InitBpfClassifier(Napi::Env env, Napi::Object exports) {
+  exports.Set("BpfClassifier", BpfClassifier::Define(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("portsMax", PGW_PORTS_MAX);
   c.Set("flowsMax", PGW_FLOWS_MAX);
@@ -348,7 +359,7 @@ void InitBpfPgwire(Napi::Env env, Napi::Object exports) {
   c.Set("exposureRingBytes", PGW_EXPOSURE_RING_BYTES);
   c.Set("tcHandle", PGW_TC_HANDLE);
   c.Set("tcPriority", PGW_TC_PRIORITY);
-  exports.Set("bpfPgwireConstants", c);
+  exports.Set("bpfClassifierConstants", c);
 }
 
 }  // namespace remus

@@ -1,4 +1,4 @@
-// pgwire_tc.bpf.c: the `pgwire` commit protection classifier in the kernel — a tc
+// classify_tc.bpf.c: commit protection classified in the kernel — a tc
 // classifier on the ingress hook of the guest's interface (its output). It follows each
 // PostgreSQL connection the guest serves by sequence number and marks only the packets
 // that must wait for the checkpoint; iptables queues the marked ones (NFQUEUE), and every
@@ -16,6 +16,9 @@
 //   data after it (a gap), a flow not seen      the flow is opaque: every later packet held
 //     from its SYN, TLS, a message it cannot read
 //   pure ACK / FIN                              the verdict of its data; FIN ends the flow
+// In dscp mode (`--dscp-in-kernel`, classify-dscp.ts's rules) it holds instead the IP packets
+// the guest marked with the DSCP code point (and IP headers it cannot read), and leaves the
+// rest; per-flow order and the exposure ring work the same in both modes.
 // Per-flow order: a packet that would leave while an earlier packet of its flow is still in
 // the queue (queued in an epoch above `released`) gets mark_follow instead: it is queued
 // and leaves as soon as nothing earlier of its flow is held (packet-ledger.ts).
@@ -33,7 +36,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "pgwire_tc.h"
+#include "classify_tc.h"
 
 enum { MODE_START, MODE_MESSAGES, MODE_OPAQUE };
 #define SEG_MASK (PGW_SEGMENT_BYTES - 1)
@@ -464,8 +467,40 @@ static __always_inline void expose(const struct segment* s, __u64 epoch) {
   bpf_ringbuf_submit(e, 0);
 }
 
+// The DSCP of an IP packet by its version nibble (classify-dscp.ts dscpOf); -1: not readable.
+static __always_inline int dscp_of(struct __sk_buff* skb) {
+  __u8 b[2];
+  if (bpf_skb_load_bytes(skb, ETH_HLEN, b, 2) < 0) return -1;
+  if (b[0] >> 4 == 4) return skb->len >= ETH_HLEN + 20 ? b[1] >> 2 : -1;
+  if (b[0] >> 4 == 6) return skb->len >= ETH_HLEN + 40 ? (((b[0] & 0x0f) << 4) | (b[1] >> 4)) >> 2 : -1;
+  return -1;
+}
+
+// dscp mode: hold what the guest marked, keep per-flow order, record what leaves.
+static __always_inline int dscp_classify(struct __sk_buff* skb, const struct pgw_config* cfg,
+                                         const struct pgw_epochs* ep, __u16 proto) {
+  int dscp = dscp_of(skb);
+  struct segment s = {};
+  int tcp = read_segment(skb, proto, &s);
+  struct flow* f = tcp ? bpf_map_lookup_elem(&flows, &s.key) : 0;
+  if (dscp < 0 || dscp == (int)cfg->dscp) {
+    count(PGW_HELD, 1);
+    if (tcp && !f) f = open_flow(&s.key, 0, 0);
+    if (f) f->queued_epoch = ep->open;
+    return set_mark(skb, cfg, cfg->mark_hold);
+  }
+  if (f && f->queued_epoch > ep->released) {
+    count(PGW_FOLLOW, 1);
+    f->queued_epoch = ep->open;
+    return set_mark(skb, cfg, cfg->mark_follow);
+  }
+  count(PGW_PASSED, 1);
+  if (tcp) expose(&s, ep->open);
+  return TC_ACT_OK;
+}
+
 SEC("tc")
-int pgwire_classify(struct __sk_buff* skb) {
+int classify(struct __sk_buff* skb) {
   __u32 zero = 0;
   const struct pgw_config* cfg = bpf_map_lookup_elem(&config, &zero);
   const struct pgw_epochs* ep = bpf_map_lookup_elem(&epochs, &zero);
@@ -476,6 +511,7 @@ int pgwire_classify(struct __sk_buff* skb) {
     count(PGW_NOT_IP, 1);
     return TC_ACT_OK;
   }
+  if (cfg->mode == PGW_MODE_DSCP) return dscp_classify(skb, cfg, ep, proto);
   struct segment s = {};
   if (!read_segment(skb, proto, &s) || !server_port(cfg, s.key.sport)) {
     count(PGW_OTHER_HELD, 1);

@@ -1,5 +1,5 @@
-// pgwire_tc.h: what the in-kernel pgwire classifier (pgwire_tc.bpf.c) and its loader
-// (bpf_pgwire.cc) share: the map layouts, the counters and the bounds. Both sides compile
+// classify_tc.h: what the in-kernel classifier (classify_tc.bpf.c) and its loader
+// (bpf_classifier.cc) share: the map layouts, the counters and the bounds. Both sides compile
 // it: the BPF object with clang -target bpf, the addon with g++.
 #pragma once
 #include <linux/types.h>
@@ -19,7 +19,14 @@
 #define PGW_TC_HANDLE 0x52db
 #define PGW_TC_PRIORITY 0xc052
 
+// What the program classifies by: the PostgreSQL protocol (`--commit-protection pgwire
+// --pgwire-in-kernel`) or the guest's DSCP mark (`--commit-protection dscp --dscp-in-kernel`).
+#define PGW_MODE_PGWIRE 0
+#define PGW_MODE_DSCP 1
+
 struct pgw_config {
+  __u32 mode;
+  __u32 dscp;        // dscp mode: the code point of packets to hold
   __u16 ports[PGW_PORTS_MAX];
   __u32 nports;
   __u32 mark_mask;   // bits of skb->mark this classifier owns

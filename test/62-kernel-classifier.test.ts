@@ -1,16 +1,18 @@
-// 62b pgwire classifier in the kernel: the tc BPF program (native-xc/src/bpf/pgwire_tc.bpf.c)
-// run with BPF_PROG_TEST_RUN on Ethernet frames of hand-built PostgreSQL sessions, against
-// the userspace classifier (pgwire-classifier.ts) packet by packet. Seeded sessions cover
+// 62b commit protection classified in the kernel: the tc BPF program
+// (native-xc/src/bpf/classify_tc.bpf.c) run with BPF_PROG_TEST_RUN on Ethernet frames, against
+// the userspace classifiers packet by packet. pgwire mode: seeded PostgreSQL sessions cover
 // segmentation (1 byte to 3400), pipelining, retransmissions (exact, coalesced, with new
 // bytes), gaps, TLS, FIN/RST and after-end ACKs, IPv4 and IPv6, other ports and protocols;
-// the program must hold exactly the packets the userspace classifier holds. Then the follow
-// mark: a packet behind a queued one of its flow is marked until the ledger's release.
+// the program must hold exactly what pgwire-classifier.ts holds, and the packets it lets go
+// must reach the failover reset tracker (its exposure ring) as the queue would have told it.
+// dscp mode: what classify-dscp.ts holds. Then the follow mark: a packet behind a queued one
+// of its flow is marked until the ledger's release.
 // Needs root and the addon's bpf part (libbpf-dev, clang); skipped without them.
 import { strict as assert } from 'node:assert';
-import { ETH_P_IP, ETH_P_IPV6 } from '../dom0/net/classify-dscp';
+import { dscpClassifier, ETH_P_IP, ETH_P_IPV6, PROTECTED_DSCP } from '../dom0/net/classify-dscp';
 import { ExposureTracker } from '../dom0/net/failover-reset';
 import { PgwireClassifier } from '../dom0/net/pgwire-classifier';
-import { KernelPgwire, PGWIRE_KERNEL_MARKS } from '../dom0/net/pgwire-kernel';
+import { KernelClassifier, PGWIRE_KERNEL_MARKS } from '../dom0/net/kernel-classifier';
 import { PGWIRE_KERNEL_HELD_RANGES } from '../dom0/limits';
 import { loadAddon } from '../dom0/native';
 import { Prng } from '../dom0/util/prng';
@@ -53,7 +55,7 @@ function frameOf(ip: Uint8Array, etherType = ip[0] >> 4 === 6 ? ETH_P_IPV6 : ETH
 /** Sends one packet to both classifiers; returns the kernel's verdict after checking they agree. */
 type Both = (ip: Uint8Array, what: string, etherType?: number) => 'hold' | 'follow' | 'pass';
 
-function pair(k: KernelPgwire, u: PgwireClassifier): Both {
+function pair(k: KernelClassifier, u: PgwireClassifier): Both {
   return (ip, what, etherType) => {
     const proto = etherType ?? (ip[0] >> 4 === 6 ? ETH_P_IPV6 : ETH_P_IP);
     const user = u.classify(asCopy(ip, 65535), proto);
@@ -136,14 +138,14 @@ function step(rng: Prng, x: Session, both: Both, tag: string): void {
   x.at = to;
 }
 
-function kernelOrSkip(ctx: Mocha.Context): KernelPgwire {
+function kernelOrSkip(ctx: Mocha.Context): KernelClassifier {
   const parts = loadAddon().parts;
   if (!parts.bpf) ctx.skip(); // the addon was built without libbpf-dev / clang
   if (process.getuid?.() !== 0) ctx.skip(); // BPF_PROG_LOAD needs CAP_BPF
-  return KernelPgwire.load({ epoch: 1 });
+  return KernelClassifier.load({ mode: 'pgwire', epoch: 1 });
 }
 
-describe('62b pgwire classifier in the kernel (BPF_PROG_TEST_RUN)', () => {
+describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', () => {
   it('holds exactly what the userspace classifier holds: seeded sessions of 1–3 interleaved flows', function () {
     this.timeout(120_000);
     const k = kernelOrSkip(this);
@@ -252,6 +254,53 @@ describe('62b pgwire classifier in the kernel (BPF_PROG_TEST_RUN)', () => {
         }
       }
       assert.equal(k.stats().exposureLost, 0);
+    } finally {
+      k.close();
+    }
+  });
+
+  it('dscp mode holds what the userspace dscp classifier holds, keeps flow order and records what leaves', function () {
+    if (!loadAddon().parts.bpf || process.getuid?.() !== 0) this.skip();
+    const k = KernelClassifier.load({ mode: 'dscp', dscp: PROTECTED_DSCP, epoch: 1 });
+    const user = dscpClassifier(PROTECTED_DSCP);
+    const seen: string[] = [];
+    k.exposureSink = {
+      packet: (h) => seen.push(`${(h[0] >> 4) === 6 ? 6 : 4}/${h.length}`),
+      barrier: () => {},
+      release: () => {},
+    };
+    try {
+      const rng = new Prng(62);
+      let passedTcp = 0;
+      for (let i = 0; i < 3000; i++) {
+        const v6 = rng.chance(0.3);
+        const dscp = rng.chance(0.3) ? PROTECTED_DSCP : rng.below(64);
+        const ip = rng.chance(0.8)
+          ? tcpPacket({
+              v6,
+              dscp,
+              seq: rng.u32(),
+              dport: 40000 + rng.below(4),
+              payload: new Uint8Array(rng.below(200)),
+            })
+          : udpPacket(dscp, v6);
+        const want = user(asCopy(ip, 128), v6 ? ETH_P_IPV6 : ETH_P_IP);
+        const got = k.testRun(frameOf(ip)).verdict;
+        assert.equal(got === 'hold' ? 'hold' : 'release', want, `packet ${i} (dscp ${dscp}, v6 ${v6})`);
+        if (got === 'pass' && ip[v6 ? 6 : 9] === 6) passedTcp++;
+        if (i % 20 === 19) {
+          const epoch = (i + 1) / 20;
+          k.observer.barrier(epoch); // (drains the ring into the sink)
+          k.observer.release(epoch); // the queue let everything go: flows leave in the kernel again
+        }
+      }
+      assert.equal(k.testRun(frameOf(new Uint8Array(28), 0x0806)).verdict, 'pass', 'ARP leaves');
+      // (an IP header shorter than 20 bytes cannot be fed: BPF_PROG_TEST_RUN refuses the frame)
+      k.drainExposures();
+      assert.ok(passedTcp > 100, `${passedTcp} TCP packets left`);
+      assert.equal(seen.length, passedTcp, 'each TCP packet that left is in the ring, nothing else');
+      const st = k.stats();
+      assert.ok(st.follow > 0, 'packets behind a held one of their flow were queued too');
     } finally {
       k.close();
     }

@@ -1,8 +1,9 @@
-// pgwire-kernel: the `pgwire` commit protection classifier run in the kernel
-// (`--pgwire-in-kernel`, docs/commit-protection.md "In the kernel"). A tc BPF program on the
-// ingress hook of the guest's interface (native-xc/src/bpf/pgwire_tc.bpf.c, the rules of
-// pgwire-classifier.ts) marks the packets that must wait: MARKS.hold for a commit
-// acknowledgement (and everything the userspace classifier would hold), MARKS.follow for a
+// kernel-classifier: commit protection classified in the kernel (`--pgwire-in-kernel`,
+// `--dscp-in-kernel`; docs/commit-protection.md "`pgwire` in the kernel"). A tc BPF program on
+// the ingress hook of the guest's interface (native-xc/src/bpf/classify_tc.bpf.c, the rules of
+// pgwire-classifier.ts, or of classify-dscp.ts in dscp mode) marks the packets that must wait:
+// MARKS.hold for a commit acknowledgement (and everything the userspace classifier would
+// hold), MARKS.follow for a
 // packet that may leave but has an earlier packet of its flow still queued. iptables queues
 // only marked packets (iptables-rules.ts `onlyMarks`); every other packet leaves without a
 // trip to dom0's userspace. Here:
@@ -29,13 +30,13 @@ import {
   PGWIRE_KERNEL_PORTS_MAX,
   PGWIRE_KERNEL_SEGMENT_BYTES,
 } from '../limits';
-import { PGWIRE_BPF_OBJECT_PATH, requirePart } from '../native';
+import { CLASSIFY_BPF_OBJECT_PATH, requirePart } from '../native';
 import type { Classifier, LedgerObserver, PacketVerdict } from './packet-ledger';
 
 /** The skb mark bits the program owns, and its two values (iptables matches them). */
 export const PGWIRE_KERNEL_MARKS = { mask: 0x00ff0000, hold: 0x00a10000, follow: 0x00a20000 } as const;
 
-/** The program's counters, in the order of pgwire_tc.h's `enum pgw_stat`. */
+/** The program's counters, in the order of classify_tc.h's `enum pgw_stat`. */
 const STAT_NAMES = [
   'packets',
   'notIp',
@@ -58,9 +59,9 @@ const STAT_NAMES = [
   'opaqueInternal',
   'exposureLost',
 ] as const;
-export type KernelPgwireStats = Record<(typeof STAT_NAMES)[number], number>;
+export type KernelClassifierStats = Record<(typeof STAT_NAMES)[number], number>;
 
-interface NativeBpfPgwire {
+interface NativeBpfClassifier {
   setEpochs(open: number, released: number): void;
   stats(): number[];
   testRun(frame: Uint8Array, mark: number): { retval: number; mark: number };
@@ -68,7 +69,7 @@ interface NativeBpfPgwire {
   runStats(): { runTimeNs: number; runCount: number; counting: boolean };
   close(): void;
 }
-type NativeBpfPgwireCtor = new (opts: Record<string, unknown>) => NativeBpfPgwire;
+type NativeBpfClassifierCtor = new (opts: Record<string, unknown>) => NativeBpfClassifier;
 interface BpfConstants {
   portsMax: number;
   flowsMax: number;
@@ -81,12 +82,16 @@ interface BpfConstants {
   tcPriority: number;
 }
 
-export interface KernelPgwireOptions {
+export interface KernelClassifierOptions {
   /** The guest's interface (its ingress is the guest's output); none: load only (tests). */
   iface?: string;
   /** Network namespace (name under /run/netns) the interface lives in. */
   netnsPath?: string;
-  /** Server ports whose connections are parsed (default [5432]). */
+  /** What it classifies by: the PostgreSQL protocol, or the guest's DSCP mark. */
+  mode: 'pgwire' | 'dscp';
+  /** dscp mode: the code point of packets to hold. */
+  dscp?: number;
+  /** pgwire mode: server ports whose connections are parsed (default [5432]). */
   ports?: number[];
   flowsMax?: number;
   /** The ledger's open epoch when the program starts (its nextEpoch). */
@@ -95,7 +100,7 @@ export interface KernelPgwireOptions {
   runStats?: boolean;
 }
 
-export class KernelPgwire {
+export class KernelClassifier {
   private open: number;
   private released: number;
   private closed = false;
@@ -106,27 +111,32 @@ export class KernelPgwire {
   exposuresRead = 0;
 
   private constructor(
-    private readonly prog: NativeBpfPgwire,
+    private readonly prog: NativeBpfClassifier,
     epoch: number,
   ) {
     this.open = epoch;
     this.released = epoch - 1;
   }
 
-  static load(o: KernelPgwireOptions): KernelPgwire {
-    const addon = requirePart('bpf') as unknown as { BpfPgwire: NativeBpfPgwireCtor; bpfPgwireConstants: BpfConstants };
-    checkConstants(addon.bpfPgwireConstants);
+  static load(o: KernelClassifierOptions): KernelClassifier {
+    const addon = requirePart('bpf') as unknown as {
+      BpfClassifier: NativeBpfClassifierCtor;
+      bpfClassifierConstants: BpfConstants;
+    };
+    checkConstants(addon.bpfClassifierConstants);
     const ports = o.ports ?? [5432];
     assertInt(ports.length, 1, PGWIRE_KERNEL_PORTS_MAX, 'pgwire ports');
     for (const p of ports) assertInt(p, 1, 65535, 'pgwire port');
     const flowsMax = o.flowsMax ?? PGWIRE_KERNEL_FLOWS_DEFAULT;
     assertInt(flowsMax, 1, PGWIRE_KERNEL_FLOWS_MAX, 'flowsMax');
     assertInt(o.epoch, 1, Number.MAX_SAFE_INTEGER, 'epoch');
-    const prog = new addon.BpfPgwire({
-      objPath: PGWIRE_BPF_OBJECT_PATH,
+    const prog = new addon.BpfClassifier({
+      objPath: CLASSIFY_BPF_OBJECT_PATH,
       ifname: o.iface,
       netnsPath: o.netnsPath,
       ports,
+      mode: o.mode,
+      dscp: o.dscp ?? 0,
       markMask: PGWIRE_KERNEL_MARKS.mask,
       markHold: PGWIRE_KERNEL_MARKS.hold,
       markFollow: PGWIRE_KERNEL_MARKS.follow,
@@ -135,7 +145,7 @@ export class KernelPgwire {
       epochReleased: o.epoch - 1,
       runStats: o.runStats === true,
     });
-    return new KernelPgwire(prog, o.epoch);
+    return new KernelClassifier(prog, o.epoch);
   }
 
   /** The ledger's classifier: the program's mark is the verdict. */
@@ -184,9 +194,9 @@ export class KernelPgwire {
     this.drainTimer.unref();
   }
 
-  stats(): KernelPgwireStats {
+  stats(): KernelClassifierStats {
     const raw = this.prog.stats();
-    return Object.fromEntries(STAT_NAMES.map((name, i) => [name, raw[i]])) as KernelPgwireStats;
+    return Object.fromEntries(STAT_NAMES.map((name, i) => [name, raw[i]])) as KernelClassifierStats;
   }
 
   /** The kernel's count of the program's runs and their time (zero unless loaded with runStats). */
@@ -234,7 +244,7 @@ function checkConstants(c: BpfConstants): void {
   }
 }
 
-/** struct pgw_exposure (pgwire_tc.h): host byte order, as the program stored it. */
+/** struct pgw_exposure (classify_tc.h): host byte order, as the program stored it. */
 const EXPOSURE_BYTES = 64;
 
 /** One exposure record as the IP + TCP header of the packet it describes (what failover-reset.ts parses). */
@@ -271,8 +281,8 @@ export function exposureAsPacket(b: Buffer, at: number): { header: Uint8Array; e
  * missing interface or filter is no error). The clsact qdisc stays: others may use it.
  */
 export function removeLeftoverFilter(iface: string, netns?: string): void {
-  const addon = requirePart('bpf') as unknown as { bpfPgwireConstants: BpfConstants };
-  const c = addon.bpfPgwireConstants;
+  const addon = requirePart('bpf') as unknown as { bpfClassifierConstants: BpfConstants };
+  const c = addon.bpfClassifierConstants;
   const args = ['filter', 'del', 'dev', iface, 'ingress', 'pref', String(c.tcPriority), 'handle'];
   const argv = [...args, `0x${c.tcHandle.toString(16)}`, 'bpf'];
   const cmd = netns === undefined ? ['tc', ...argv] : ['ip', 'netns', 'exec', netns, 'tc', ...argv];

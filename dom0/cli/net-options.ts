@@ -5,8 +5,8 @@
 //   --vif IF (repeatable)       Xen default: all of the domain's vif<domid>.*; sim: required
 //   --routed                    match -i IF instead of the bridge port (-m physdev)
 //   --commit-protection off|dscp|pgwire, --dscp N (59), --pg-port P (5432, repeatable)
-//   --dscp-in-kernel            dscp: the kernel queues only marked packets (fastest; no
-//                               failover resets: docs/commit-protection.md)
+//   --dscp-in-kernel            dscp: the kernel queues only marked packets (fastest; failover
+//                               resets only with the addon's bpf part: docs/commit-protection.md)
 //   --pgwire-in-kernel          pgwire: a tc BPF program classifies, only what must wait is
 //                               queued (docs/commit-protection.md "In the kernel")
 //   --queue N                   nfqueue number of the first interface (7000 + domid)
@@ -64,8 +64,8 @@ export function addNetOptions(cmd: Command): Command {
     .option('--dscp <n>', 'dscp mode: the code point of protected packets', intOption('--dscp', 1, 63), PROTECTED_DSCP)
     .option(
       '--dscp-in-kernel',
-      'dscp mode: only marked packets reach the queue, the rest never leave the kernel (no per-packet cost; no ' +
-        'failover resets)',
+      'dscp mode: only marked packets reach the queue, the rest never leave the kernel (a BPF program; without ' +
+        "the addon's bpf part an iptables match, and then no failover resets)",
     )
     .option(
       '--pgwire-in-kernel',

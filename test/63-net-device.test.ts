@@ -3,9 +3,11 @@
 // ─ cl0 ── client, rule in dom0): a fake PostgreSQL server in the guest and a client —
 // pgwire mode releases BEGIN/UPDATE replies at once and holds the COMMIT reply until the
 // epoch is released; off mode holds everything (even the SYN-ACK); dscp mode holds what
-// the guest marks DSCP 59 (an iptables DSCP rule in the guest marks port 5433); setup
+// the guest marks DSCP 59 (an iptables DSCP rule in the guest marks port 5433), in dom0 or in
+// the kernel (the tc program, whose exposure ring reaches the failover reset tracker); setup
 // after a crash that left rules behind replaces them; close is idempotent.
 import { strict as assert } from 'node:assert';
+import { loadAddon } from '../dom0/native';
 import { spawnSync } from 'node:child_process';
 import { ErrorCode } from '../dom0/errors';
 import { listRules } from '../dom0/net/iptables-rules';
@@ -218,12 +220,19 @@ describe('63 net device', () => {
         commitProtection: 'dscp',
         dscpInKernel: true,
       });
-      assert.equal(nb.exposure, null, 'nothing unprotected is seen, so nothing is tracked');
+      // The tc program (the addon's bpf part) records what leaves; an iptables DSCP match cannot.
+      const bpf = loadAddon().parts.bpf === true;
+      assert.equal(nb.describe().classifiedBy, bpf ? 'bpf' : 'iptables');
+      if (!bpf) assert.equal(nb.exposure, null, 'nothing unprotected is seen, so nothing is tracked');
       const plain = connect(5432);
       await waitFor('unmarked startup reply at once', () => zs(plain).length === 1);
       q(plain, 'COMMIT');
       await waitFor('unmarked COMMIT reply at once', () => zs(plain).length === 2);
       assert.equal(nb.nfqueue!.ledger.stats.received, 0, 'unmarked packets never reached the queue');
+      if (bpf) {
+        commitEpoch(); // the barrier reads the program's exposure ring
+        assert.ok(nb.exposure!.flowCount >= 1, 'what left in the kernel reached the failover reset tracker');
+      }
       const marked = connect(5433);
       await sleep(300);
       assert.equal(zs(marked).length, 0, 'marked: even the SYN-ACK waits');

@@ -16,7 +16,7 @@ import { loadAddon } from '../native';
 import type { Classifier } from './packet-ledger';
 import { PacketTrace, teeObservers } from './packet-trace';
 import { PgwireClassifier } from './pgwire-classifier';
-import { KernelClassifier, PGWIRE_KERNEL_MARKS } from './kernel-classifier';
+import { KernelClassifier, PGWIRE_KERNEL_MARKS, removeLeftoverFilter } from './kernel-classifier';
 import { setupPlug } from './plug-buffer';
 
 export type NetDriver = 'none' | 'nfqueue' | 'plug';
@@ -191,6 +191,8 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
   // An addon without its bpf part classifies --dscp-in-kernel with an iptables DSCP match: what
   // leaves at once then never reaches us, so there is no exposure tracking (no failover resets).
   const dscpByIptables = cp === 'dscp' && inKernel && !loadAddon().parts.bpf;
+  // A crashed run's program would go on marking: harmless, but nobody would read it.
+  if (!inKernel && loadAddon().parts.bpf) removeLeftoverFilter(ifaceOf(o.match), o.netns);
   const exposure = cp === 'off' || dscpByIptables ? null : new ExposureTracker();
   const none = { pgwire: null, kernel: null, exposure, dscp, dscpByIptables };
   if (cp === 'off' || dscpByIptables) return { ...none, classify: undefined };
@@ -203,7 +205,7 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
     mode: cp,
     dscp,
     ports: o.pgPorts,
-    iface: 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface,
+    iface: ifaceOf(o.match),
     netnsPath: o.netns === undefined ? undefined : netnsPathOf(o.netns),
     epoch: 1,
     runStats: o.kernelRunStats === true,
@@ -211,6 +213,8 @@ function classifierFor(o: NetBufferOptions): ClassifierSetup {
   kernel.exposureSink = exposure;
   return { ...none, kernel, classify: kernel.classify };
 }
+
+const ifaceOf = (m: GuestMatch): string => ('physdevIn' in m ? m.physdevIn : m.inIface);
 
 /** The IFB device that holds iface's packets: rdb-<iface>, or a hash when that is too long. */
 export function ifbNameFor(iface: string): string {
@@ -234,7 +238,7 @@ function openPlug(o: NetBufferOptions): NetBuffer {
       ErrorCode.BAD_ARGUMENT,
       'the plug driver works in its own network namespace only (run remusdb there)',
     );
-  const iface = 'physdevIn' in o.match ? o.match.physdevIn : o.match.inIface;
+  const iface = ifaceOf(o.match);
   const ifb = ifbNameFor(iface);
   const dev = setupPlug({ vif: iface, ifb, limitBytes: o.plugLimitBytes });
   return {

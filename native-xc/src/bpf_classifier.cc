@@ -15,11 +15,9 @@
 //   close()                                   detaches (when attached); idempotent
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <fcntl.h>
 #include <linux/pkt_cls.h>
 #include <napi.h>
 #include <net/if.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -30,6 +28,7 @@
 
 #include "bpf/classify_tc.h"
 #include "errors.h"
+#include "netns.h"
 
 namespace remus {
 namespace {
@@ -47,25 +46,6 @@ int CollectLibbpfLog(enum libbpf_print_level level, const char* fmt, va_list arg
 
 std::string Why(const char* what, int err) {
   return std::string(what) + ": " + strerror(err < 0 ? -err : err);
-}
-
-// Runs fn inside the network namespace at path (when not empty), then returns to ours.
-template <typename Fn>
-std::string InNetns(const std::string& path, Fn fn) {
-  if (path.empty()) return fn();
-  int orig = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-  int target = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (orig < 0 || target < 0 || setns(target, CLONE_NEWNET) != 0) {
-    std::string why = Why(("enter network namespace " + path).c_str(), errno);
-    if (orig >= 0) close(orig);
-    if (target >= 0) close(target);
-    return why;
-  }
-  std::string why = fn();
-  if (setns(orig, CLONE_NEWNET) != 0) abort();  // this thread must not stay in the other namespace
-  close(orig);
-  close(target);
-  return why;
 }
 
 uint32_t U32Of(const Napi::Object& o, const char* key) {

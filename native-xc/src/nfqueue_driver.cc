@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "netns.h"
 
 namespace remus {
 namespace {
@@ -128,24 +129,10 @@ class NfqueueQueue : public Napi::ObjectWrap<NfqueueQueue> {
 
   // Creates the netlink socket (inside netnsPath when given) and configures the queue.
   std::string Open(const std::string& netnsPath) {
-    int origNs = -1, targetNs = -1;
-    if (!netnsPath.empty()) {
-      origNs = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-      targetNs = open(netnsPath.c_str(), O_RDONLY | O_CLOEXEC);
-      if (origNs < 0 || targetNs < 0 || setns(targetNs, CLONE_NEWNET) != 0) {
-        std::string why = Errno(("enter network namespace " + netnsPath).c_str());
-        if (origNs >= 0) close(origNs);
-        if (targetNs >= 0) close(targetNs);
-        return why;
-      }
-    }
-    h_ = nfq_open();
-    std::string why = h_ == nullptr ? Errno("nfq_open") : "";
-    if (origNs >= 0) {
-      if (setns(origNs, CLONE_NEWNET) != 0) abort();  // this thread must not stay in the other namespace
-      close(origNs);
-      close(targetNs);
-    }
+    std::string why = InNetns(netnsPath, [&] {
+      h_ = nfq_open();
+      return h_ == nullptr ? Errno("nfq_open") : std::string();
+    });
     if (!why.empty()) return why;
     q_ = nfq_create_queue(h_, static_cast<uint16_t>(queueNum_), &NfqueueQueue::OnPacket, this);
     if (q_ == nullptr) return Errno("nfq_create_queue (is another process bound to it?)");
@@ -453,26 +440,12 @@ Napi::Value SendRawIp(const Napi::CallbackInfo& info) {
   bool v6 = len >= 40 && (p[0] >> 4) == 6;
   if (!v6 && !(len >= 20 && (p[0] >> 4) == 4)) { ThrowRange(env, "sendRawIp: not an IPv4/IPv6 packet"); return env.Undefined(); }
   std::string netns = info.Length() > 1 && info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
-  int origNs = -1, targetNs = -1;
-  if (!netns.empty()) {
-    origNs = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    targetNs = open(netns.c_str(), O_RDONLY | O_CLOEXEC);
-    if (origNs < 0 || targetNs < 0 || setns(targetNs, CLONE_NEWNET) != 0) {
-      std::string why = std::string("enter network namespace ") + netns + ": " + std::strerror(errno);
-      if (origNs >= 0) close(origNs);
-      if (targetNs >= 0) close(targetNs);
-      ThrowRemus(env, ErrCode::kNetbuf, why);
-      return env.Undefined();
-    }
-  }
-  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
-  int socketErrno = errno;
-  if (origNs >= 0) {
-    if (setns(origNs, CLONE_NEWNET) != 0) abort();  // this thread must not stay in the other namespace
-    close(origNs);
-    close(targetNs);
-  }
-  if (fd < 0) { ThrowRemus(env, ErrCode::kNetbuf, std::string("raw socket: ") + std::strerror(socketErrno)); return env.Undefined(); }
+  int fd = -1;
+  std::string why = InNetns(netns, [&] {
+    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+    return fd < 0 ? std::string("raw socket: ") + std::strerror(errno) : std::string();
+  });
+  if (!why.empty()) { ThrowRemus(env, ErrCode::kNetbuf, why); return env.Undefined(); }
   sockaddr_storage to{};
   socklen_t toLen;
   if (v6) {

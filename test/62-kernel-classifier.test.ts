@@ -235,7 +235,7 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
           const live = sessions.filter((x) => !x.done);
           step(rng, live[rng.below(live.length)], send, `seed ${seed}`);
           if (rng.chance(0.05)) {
-            k.observer.barrier(epoch); // drains the ring into viaKernel first
+            k.observer.barrier(epoch); // the ring is read at the end: late records still land in their epochs
             viaKernel.barrier();
             epoch++;
           }
@@ -290,8 +290,8 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
         if (got === 'pass' && ip[v6 ? 6 : 9] === 6) passedTcp++;
         if (i % 20 === 19) {
           const epoch = (i + 1) / 20;
-          k.observer.barrier(epoch); // (drains the ring into the sink)
-          k.observer.release(epoch); // the queue let everything go: flows leave in the kernel again
+          k.observer.barrier(epoch);
+          k.observer.release(epoch); // reads the ring; the queue let everything go: flows leave in the kernel again
         }
       }
       assert.equal(k.testRun(frameOf(new Uint8Array(28), 0x0806)).verdict, 'pass', 'ARP leaves');

@@ -91,7 +91,8 @@ export function registerNetBench(bench: Command): void {
   bench
     .command('net')
     .description(
-      'PostgreSQL pgbench TPS behind the network buffer: none, remus, cp_dscp, cp_pgwire per interval (root)',
+      'PostgreSQL pgbench TPS behind the network buffer per interval: none, remus, cp_dscp(_kernel), ' +
+        'cp_pgwire(_kernel), pg_sync_rep (root)',
     )
     .option('--seconds <n>', 'pgbench -T per run', intOption('--seconds', 1, 3600), 10)
     .option('--runs <n>', 'runs per point (the median is reported)', intOption('--runs', 1, 21), 3)

@@ -13,9 +13,10 @@
 //     at release N, every packet queued in an epoch ≤ N has left, so a flow whose last
 //     queued packet is that old needs no follow mark;
 //   - every packet that left in the kernel is in the program's exposure ring; `exposureSink`
-//     (the failover reset tracker) gets them as packets: at each barrier, before the epoch
-//     closes, and every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS while open (then the primary ships
-//     NET_EXPOSURE). Unlike the userspace path, a packet leaves before the tracker knows:
+//     (the failover reset tracker) gets them as packets, each with its epoch: at each release
+//     and every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS while open (then the primary ships
+//     NET_EXPOSURE), never at a barrier (the guest is paused then; the tracker takes a packet
+//     of an epoch that already closed). Unlike the userspace path, a packet leaves before the tracker knows:
 //     docs/commit-protection.md says what that window costs;
 //   - a leftover filter (a crashed run) is removed by `removeLeftoverFilter` with tc.
 // The program needs root (CAP_BPF + CAP_NET_ADMIN), libbpf and a kernel with bpf_loop (5.17).
@@ -156,11 +157,11 @@ export class KernelClassifier {
   readonly observer: LedgerObserver = {
     packet: () => {},
     barrier: (epoch) => {
-      this.drainExposures();
-      this.open = epoch + 1;
+      this.open = epoch + 1; // the guest is paused: one bpf() call, no reading of the ring here
       this.write();
     },
     release: (epoch) => {
+      this.drainExposures(); // after the acknowledgement, outside the pause
       if (epoch <= this.released) return;
       this.released = epoch;
       this.write();

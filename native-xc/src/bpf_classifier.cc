@@ -114,7 +114,9 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
     if (why.empty()) why = WriteEpochs(o.Get("epochOpen").As<Napi::Number>().Int64Value(),
                                        o.Get("epochReleased").As<Napi::Number>().Int64Value());
     if (why.empty() && o.Has("ifname") && o.Get("ifname").IsString()) {
+      libbpf_print_fn_t old = libbpf_set_print(CollectLibbpfLog);  // an existing clsact hook is no news
       why = InNetns(netns_, [&] { return Attach(o.Get("ifname").As<Napi::String>()); });
+      libbpf_set_print(old);
     }
     if (!why.empty()) {
       Release();

@@ -23,7 +23,7 @@
 // the queue (queued in an epoch above `released`) gets mark_follow instead: it is queued
 // and leaves as soon as nothing earlier of its flow is held (packet-ledger.ts).
 // Each packet that leaves in the kernel is written to a ring (`exposures`): what its client
-// saw unprotected, for the failover resets (failover-reset.ts; drained at every barrier).
+// saw unprotected, for the failover resets (failover-reset.ts; drained at every release and every 5 ms).
 // The parser runs in bpf_loop over a per-CPU copy of the segment's new bytes: one step per
 // message header or body, so a 64 KiB segment of small rows stays within the loop's bound.
 #include <linux/bpf.h>
@@ -107,7 +107,7 @@ struct {
   __type(value, struct scratch);
 } scratch SEC(".maps");
 
-// Packets that left in the kernel, for the failover reset tracker (drained at every barrier).
+// Packets that left in the kernel, for the failover reset tracker (drained at every release and every 5 ms).
 struct {
   __uint(type, BPF_MAP_TYPE_RINGBUF);
   __uint(max_entries, PGW_EXPOSURE_RING_BYTES);

@@ -32,7 +32,7 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.deepEqual(j.intervals_ms, [50]);
-    for (const key of ['tps', 'latency_ms', 'held_pct', 'dom0_cpu_us_per_packet']) {
+    for (const key of ['tps', 'latency_ms', 'held_pct', 'dom0_cpu_us_per_packet', 'net_buffer_us_per_packet']) {
       assert.deepEqual(Object.keys(j[key]).sort(), [
         'cp_dscp',
         'cp_dscp_kernel',

@@ -97,6 +97,13 @@ export interface NetBenchResult {
    * guest's packets. null for the modes without a buffer.
    */
   dom0_cpu_us_per_packet: PerMode<number[]>;
+  /**
+   * The net buffer's own time per guest packet (µs): handing queued packets to the ledger and
+   * its verdicts, plus for the *_kernel modes the BPF program's runs and reading its exposure
+   * ring. The kernel's NFQUEUE work (copying each packet to this process) is not counted, so
+   * the userspace modes' figure is a floor.
+   */
+  net_buffer_us_per_packet: PerMode<number[]>;
   /** The guest's paused share of each run's time (0..1): what the checkpoints cost it. */
   pause_share: PerMode<number[]>;
   /** The interval the timer was at when each run ended (ms): with interval_auto, what it chose. */
@@ -140,6 +147,7 @@ interface Point {
   latencyMs: number;
   heldPct: number;
   cpuUsPerPacket: number;
+  netUsPerPacket: number;
   pauseShare: number;
   /** The timer's interval at the end of the run (ms; with --interval-auto its choice). */
   intervalMs: number;
@@ -230,11 +238,13 @@ async function measure(
         pauseMs = taken ? paused / taken : 0;
       const intervalMs = Number(engine.stats().intervalMs);
       const cpuUsPerPacket = seen ? cpuUs / seen : 0;
+      const netUsPerPacket = seen ? (net1.netNs - net0.netNs) / 1000 / seen : 0;
       return {
         tps: r.tps,
         latencyMs: r.latencyMs,
         heldPct,
         cpuUsPerPacket,
+        netUsPerPacket,
         pauseShare: paused / ms,
         intervalMs,
         perSec,
@@ -291,14 +301,33 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
  * The guest's IP packets so far while protected, how many waited (the kernel's counts when it
  * classified), this process's CPU time and the BPF program's run time.
  */
-function sampleNet(nb: NetBuffer): { packets: number; held: number; cpuUs: number; bpfNs: number } {
+function sampleNet(nb: NetBuffer): NetSample {
   const cpu = process.cpuUsage();
   const cpuUs = cpu.user + cpu.system;
-  const k = nb.describe().kernelClassifier as (KernelClassifierStats & { runTimeNs: number }) | null | undefined;
-  if (k) return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs: k.runTimeNs };
+  const d = nb.describe();
+  const ingestNs = (d.ingestNs as number | undefined) ?? 0;
+  const k = d.kernelClassifier as (KernelClassifierStats & { runTimeNs: number; drainNs: number }) | null | undefined;
+  if (k) {
+    const netNs = k.runTimeNs + k.drainNs + ingestNs;
+    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs: k.runTimeNs, netNs };
+  }
   const l = nb.nfqueue?.ledger.stats;
   const packets = l ? l.received - l.passedThrough : 0;
-  return { packets, held: l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0, cpuUs, bpfNs: 0 };
+  return { packets, held: l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0, cpuUs, bpfNs: 0, netNs: ingestNs };
+}
+
+/**
+ * Counters of the buffer. netNs: the time its own work took — the ledger's batches (rules,
+ * verdicts), and for a kernel classifier its program's runs and the exposure ring's reading;
+ * the kernel's queueing and copying to this process are not in it (so the userspace path's
+ * figure is a floor).
+ */
+interface NetSample {
+  packets: number;
+  held: number;
+  cpuUs: number;
+  bpfNs: number;
+  netNs: number;
 }
 
 export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
@@ -404,6 +433,7 @@ function summarize(
     latency_ms: pick((p) => p.latencyMs),
     held_pct: pick((p) => p.heldPct),
     dom0_cpu_us_per_packet: pick((p) => p.cpuUsPerPacket),
+    net_buffer_us_per_packet: pick((p) => p.netUsPerPacket),
     pause_share: pick((p) => p.pauseShare),
     interval_chosen_ms: pick((p) => p.intervalMs),
     interval_auto: o.intervalAuto === true,
@@ -487,7 +517,11 @@ export function formatNetBench(r: NetBenchResult): string {
     (m) => `${m} ${r.dom0_cpu_us_per_packet[m]!.map((x) => x.toFixed(1)).join('/')}`,
   );
   lines.push(`packets held: ${held.join(', ')}`, `guest paused: ${paused.join(', ')}`);
+  const net = NET_MODES.filter((m) => r.net_buffer_us_per_packet[m] && !UNBUFFERED.includes(m)).map(
+    (m) => `${m} ${r.net_buffer_us_per_packet[m]!.map((x) => x.toFixed(2)).join('/')}`,
+  );
   lines.push(`dom0 CPU per guest packet (us): ${cpu.join(', ')}`);
+  lines.push(`net buffer's own time per guest packet (us): ${net.join(', ')}`);
   if (r.interval_auto) {
     const chosen = NET_MODES.filter((m) => r.interval_chosen_ms[m] && m !== 'none' && m !== 'pg_sync_rep').map(
       (m) => `${m} ${r.interval_chosen_ms[m]!.join('/')} ms`,

@@ -159,7 +159,14 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       batchMax,
       ...dev.gate.stats(),
       pgwire: k.pgwire ? { ...k.pgwire.stats, opaqueReasons: k.pgwire.opaqueReasons } : null,
-      kernelClassifier: k.kernel ? { ...k.kernel.stats(), ...k.kernel.runStats() } : null,
+      kernelClassifier: k.kernel
+        ? {
+            ...k.kernel.stats(),
+            ...k.kernel.runStats(),
+            exposuresRead: k.kernel.exposuresRead,
+            drainNs: k.kernel.drainNs,
+          }
+        : null,
       exposedFlows: k.exposure?.flowCount ?? null,
     }),
     close: () => {

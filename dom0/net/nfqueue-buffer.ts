@@ -95,6 +95,8 @@ export class NfqueueBuffer implements OutputGate {
     readonly ledger: PacketLedger,
     readonly queueNum: number,
     readonly netns: string | undefined,
+    /** Time spent handing batches to the ledger (its rules and the verdicts' syscalls), for benchmarks. */
+    private readonly timing: { ingestNs: number },
   ) {}
 
   static open(opts: NfqueueBufferOptions): NfqueueBuffer {
@@ -109,8 +111,11 @@ export class NfqueueBuffer implements OutputGate {
     const netnsPath = o.netns === undefined ? undefined : netnsPathOf(o.netns);
     let ledger: PacketLedger | undefined;
     let q: NativeQueue | undefined;
+    const timing = { ingestNs: 0 };
     const onBatch = (count: number): void => {
+      const t0 = process.hrtime.bigint();
       ledger!.ingest({ ...batchView(q!), count });
+      timing.ingestNs += Number(process.hrtime.bigint() - t0);
     };
     q = new addon.NfqueueQueue(
       {
@@ -137,7 +142,7 @@ export class NfqueueBuffer implements OutputGate {
       o.batchMax,
       o.observer ?? null,
     );
-    return new NfqueueBuffer(q, ledger, o.queueNum, o.netns);
+    return new NfqueueBuffer(q, ledger, o.queueNum, o.netns, timing);
   }
 
   get held(): number {
@@ -166,8 +171,9 @@ export class NfqueueBuffer implements OutputGate {
     this.q.drain(1 << 16);
   }
 
-  stats(): { ledger: LedgerStats; native: NativeQueueStats; kernel: KernelQueueStats | null } {
+  stats(): { ledger: LedgerStats; native: NativeQueueStats; kernel: KernelQueueStats | null; ingestNs: number } {
     return {
+      ingestNs: this.timing.ingestNs,
       ledger: { ...this.ledger.stats },
       native: this.q.stats(),
       kernel: readKernelQueueStats(this.queueNum, this.netns),

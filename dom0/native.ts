@@ -94,6 +94,8 @@ export interface NativeAddon {
   setErrorClass(cls: unknown): void;
   /** Every code the addon's RemusErrors can carry (native-xc/src/errors.h, REMUS_ERROR_CODES). */
   errorCodes: readonly string[];
+  /** CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID). */
+  threadCpuNs(): number;
 }
 
 const ADDON_DIR = path.join(__dirname, '..', '..', 'native-xc', 'build', 'Release');
@@ -177,6 +179,11 @@ const PART_PACKAGES = {
   nfqueue: 'libnetfilter-queue-dev',
   bpf: 'libbpf-dev and clang',
 };
+
+/** CPU time of this (the JS) thread in ns: what a step cost, whatever else ran meanwhile. */
+export function threadCpuNs(): number {
+  return loadAddon().threadCpuNs();
+}
 
 export function requirePart(part: 'codec' | 'xen' | 'nfqueue' | 'bpf'): NativeAddon {
   const addon = loadAddon();

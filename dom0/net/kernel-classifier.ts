@@ -31,7 +31,7 @@ import {
   PGWIRE_KERNEL_PORTS_MAX,
   PGWIRE_KERNEL_SEGMENT_BYTES,
 } from '../limits';
-import { CLASSIFY_BPF_OBJECT_PATH, requirePart } from '../native';
+import { CLASSIFY_BPF_OBJECT_PATH, requirePart, threadCpuNs } from '../native';
 import type { Classifier, LedgerObserver, PacketVerdict } from './packet-ledger';
 import { seqAdd, seqDiff, TCP_ACK, TCP_FIN, TCP_SYN } from './pgwire-segment';
 
@@ -109,7 +109,7 @@ export class KernelClassifier {
   private drainTimer: NodeJS.Timeout | null = null;
   /** Gets the packets that left in the kernel (the failover reset tracker); null: not read. */
   exposureSink: LedgerObserver | null = null;
-  /** Packets read from the exposure ring, and the time spent reading and handing them over. */
+  /** Packets read from the exposure ring, and this thread's CPU time spent reading and handing them over. */
   exposuresRead = 0;
   drainNs = 0;
 
@@ -163,7 +163,7 @@ export class KernelClassifier {
       this.write();
     },
     release: (epoch) => {
-      this.drainExposures(); // after the acknowledgement, outside the pause
+      this.drainSoon(); // after what the acknowledgement starts (the next checkpoint, releases)
       if (epoch <= this.released) return;
       this.released = epoch;
       this.write();
@@ -181,14 +181,24 @@ export class KernelClassifier {
   /** Hands the packets that left in the kernel since the last drain to exposureSink. */
   drainExposures(): void {
     if (this.closed || this.exposureSink === null) return;
-    const t0 = process.hrtime.bigint();
+    const t0 = threadCpuNs();
     const records = this.prog.drainExposures();
     if (records.length > 0) {
       for (const x of coalesceExposures(records)) this.exposureSink.packet(x.header, 'release', 'accept', x.epoch);
       this.exposuresRead += records.length / EXPOSURE_BYTES;
       this.exposureSink.beforeVerdicts?.();
     }
-    this.drainNs += Number(process.hrtime.bigint() - t0);
+    this.drainNs += threadCpuNs() - t0;
+  }
+
+  private drainScheduled = false;
+  private drainSoon(): void {
+    if (this.drainScheduled || this.exposureSink === null) return;
+    this.drainScheduled = true;
+    setImmediate(() => {
+      this.drainScheduled = false;
+      this.drainExposures();
+    });
   }
 
   /** Drains the ring every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS until close (without holding the process up). */

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import { assertInt } from '../assert';
 import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
-import { requirePart } from '../native';
+import { requirePart, threadCpuNs } from '../native';
 import { type GuestMatch, installRules, removeRules } from './iptables-rules';
 import {
   type Classifier,
@@ -95,7 +95,7 @@ export class NfqueueBuffer implements OutputGate {
     readonly ledger: PacketLedger,
     readonly queueNum: number,
     readonly netns: string | undefined,
-    /** Time spent handing batches to the ledger (its rules and the verdicts' syscalls), for benchmarks. */
+    /** This thread's CPU time handing batches to the ledger (its rules, the verdicts' syscalls): benchmarks. */
     private readonly timing: { ingestNs: number },
   ) {}
 
@@ -113,9 +113,9 @@ export class NfqueueBuffer implements OutputGate {
     let q: NativeQueue | undefined;
     const timing = { ingestNs: 0 };
     const onBatch = (count: number): void => {
-      const t0 = process.hrtime.bigint();
+      const t0 = threadCpuNs();
       ledger!.ingest({ ...batchView(q!), count });
-      timing.ingestNs += Number(process.hrtime.bigint() - t0);
+      timing.ingestNs += threadCpuNs() - t0;
     };
     q = new addon.NfqueueQueue(
       {

@@ -197,14 +197,25 @@ export class KernelClassifier {
     this.drainScheduled = true;
     setImmediate(() => {
       this.drainScheduled = false;
-      this.drainExposures();
+      this.drainInBackground();
     });
   }
+
+  /** A drain no caller waits for: a failure to read the ring is kept for status, not thrown. */
+  private drainInBackground(): void {
+    try {
+      this.drainExposures();
+    } catch (e) {
+      this.drainError = (e as Error).message;
+    }
+  }
+  /** Why reading the exposure ring last failed (status); null: it never did. */
+  drainError: string | null = null;
 
   /** Drains the ring every PGWIRE_KERNEL_EXPOSURE_DRAIN_MS until close (without holding the process up). */
   startDraining(): void {
     if (this.drainTimer !== null || this.exposureSink === null) return;
-    this.drainTimer = setInterval(() => this.drainExposures(), PGWIRE_KERNEL_EXPOSURE_DRAIN_MS);
+    this.drainTimer = setInterval(() => this.drainInBackground(), PGWIRE_KERNEL_EXPOSURE_DRAIN_MS);
     this.drainTimer.unref();
   }
 

@@ -165,6 +165,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
             ...k.kernel.runStats(),
             exposuresRead: k.kernel.exposuresRead,
             drainNs: k.kernel.drainNs,
+            drainError: k.kernel.drainError,
           }
         : null,
       exposedFlows: k.exposure?.flowCount ?? null,

@@ -208,7 +208,7 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
     }
   });
 
-  it('what left in the kernel reaches the failover reset tracker through the ring as the queue would tell it', function () {
+  it('what left in the kernel reaches the reset tracker through the ring as the queue would tell it', function () {
     this.timeout(60_000);
     const k = kernelOrSkip(this);
     try {

@@ -1,7 +1,8 @@
 // 65 net bench: `remusdb bench net` in quick mode (one 50 ms interval, short pgbench runs,
 // small scale) — the JSON shape (arrays aligned with intervals_ms, cp_dscp null without a
 // patched PostgreSQL), remus slower than no buffering, commit protection (pgwire, in
-// userspace and in the kernel) faster than remus and holding far fewer packets, the SVG written. Root + PostgreSQL 15 only.
+// userspace and in the kernel) faster than remus and holding far fewer packets, the SVG
+// written. Root + PostgreSQL 15 only.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';

@@ -123,7 +123,7 @@ function pgwireKernelCheck(addon: NativeAddon | null): Capability {
   return {
     name,
     available: true,
-    reason: `the pgwire tc classifier loads and attaches (${jit === '0' ? 'interpreted: bpf_jit_enable is 0' : 'JITed'})`,
+    reason: `the tc classifier loads and attaches (${jit === '0' ? 'interpreted: bpf_jit_enable is 0' : 'JITed'})`,
   };
 }
 

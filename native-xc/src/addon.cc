@@ -36,7 +36,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("threadCpuNs", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 timespec ts{};
                 clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-                return Napi::Number::New(info.Env(), static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec));
+                double ns = static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+                return Napi::Number::New(info.Env(), ns);
               }));
   exports.Set("setErrorClass", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 remus::SetErrorClass(info);

@@ -169,6 +169,11 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
           if (rng.chance(0.01)) counted(udpPacket(0), 'UDP');
           if (rng.chance(0.01)) counted(tcpPacket({ seq: 1, sport: 22 }), 'TCP from port 22');
           if (rng.chance(0.01)) counted(new Uint8Array(28), 'ARP', 0x0806);
+          if (rng.chance(0.005)) {
+            const stranger = { sport: 5432, dport: 50000 + rng.below(1000), seq: rng.u32(), ack: 1 };
+            counted(tcpPacket({ ...stranger, flags: TCP_RST }), 'RST of a flow never seen');
+            counted(tcpPacket({ ...stranger, flags: TCP_ACK }), 'its last ACK');
+          }
         }
       }
       const st = k.stats();

@@ -373,7 +373,9 @@ static __always_inline int flow_verdict(struct __sk_buff* skb, const struct segm
                                         __u64 epoch_open) {
   struct flow* f = bpf_map_lookup_elem(&flows, &s->key);
   *fp = f;
-  if (s->flags & 0x04) { // RST
+  if (s->flags & 0x04) { // RST: the flow ends (one not seen before is remembered as ended too)
+    if (!f) f = open_flow(&s->key, s->seq, 0);
+    *fp = f;
     if (f) end_flow(f);
     return 0;
   }

@@ -125,7 +125,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       netns: o.netns,
       queueNum: o.queueNum,
       classify: k.classify,
-      // The kernel's observer first: at a barrier it hands the exposure tracker what left in the kernel.
+      // The kernel classifier's observer tells its program the ledger's epochs (kernel-classifier.ts).
       observer: teeObservers([k.kernel?.observer ?? null, k.exposure, trace].filter((x) => x !== null)),
       copyBytes,
       batchMax,

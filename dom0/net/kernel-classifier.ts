@@ -22,7 +22,7 @@
 // The program needs root (CAP_BPF + CAP_NET_ADMIN), libbpf and a kernel with bpf_loop (5.17).
 import { spawnSync } from 'node:child_process';
 import { AssertionError } from 'node:assert';
-import { assertInt } from '../assert';
+import { assert, assertInt } from '../assert';
 import {
   PGWIRE_KERNEL_EXPOSURE_DRAIN_MS,
   PGWIRE_KERNEL_FLOWS_DEFAULT,
@@ -172,9 +172,7 @@ export class KernelClassifier {
 
   private write(): void {
     if (this.closed) return;
-    if (!(this.released < this.open)) {
-      throw new AssertionError({ message: `released epoch ${this.released} not below open ${this.open}` });
-    }
+    assert(this.released < this.open, `released epoch ${this.released} not below open ${this.open}`);
     this.prog.setEpochs(this.open, this.released);
   }
 

@@ -13,7 +13,7 @@ import { dscpClassifier, ETH_P_IP, ETH_P_IPV6, PROTECTED_DSCP } from '../dom0/ne
 import { ExposureTracker } from '../dom0/net/failover-reset';
 import { PgwireClassifier } from '../dom0/net/pgwire-classifier';
 import { KernelClassifier, PGWIRE_KERNEL_MARKS } from '../dom0/net/kernel-classifier';
-import { PGWIRE_KERNEL_HELD_RANGES } from '../dom0/limits';
+import { PGWIRE_KERNEL_HELD_RANGES, PGWIRE_KERNEL_PORTS_MAX } from '../dom0/limits';
 import { loadAddon } from '../dom0/native';
 import { Prng } from '../dom0/util/prng';
 import {
@@ -310,6 +310,18 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
     } finally {
       k.close();
     }
+  });
+
+  it('bad options are refused: too many ports, port 0, an interface that does not exist', function () {
+    if (!loadAddon().parts.bpf || process.getuid?.() !== 0) this.skip();
+    const ports = Array.from({ length: PGWIRE_KERNEL_PORTS_MAX + 1 }, (_, i) => 5432 + i);
+    assert.throws(() => KernelClassifier.load({ mode: 'pgwire', ports, epoch: 1 }), /pgwire ports/);
+    assert.throws(() => KernelClassifier.load({ mode: 'pgwire', ports: [0], epoch: 1 }), /pgwire port/);
+    assert.throws(() => KernelClassifier.load({ mode: 'pgwire', epoch: 0 }), /epoch/);
+    assert.throws(
+      () => KernelClassifier.load({ mode: 'pgwire', iface: 'rdb62none0', epoch: 1 }),
+      (e: Error & { code?: string }) => e.code === 'ERR_NETBUF' && /interface rdb62none0/.test(e.message),
+    );
   });
 
   it('the ledger reads the mark as the verdict; a closed program refuses calls; close is idempotent', function () {

@@ -73,6 +73,10 @@ describe('67 protect with a network buffer', function () {
       [['--net-buffer', 'plug', '--vif', 'lo', '--commit-protection', 'dscp'], /use --net-buffer nfqueue/],
       [['--net-buffer', 'nfqueue', '--vif', 'no such'], /not an interface name/],
       [['--net-buffer', 'plug', '--vif', 'rdb67none0'], /no network interface rdb67none0/],
+      [
+        ['--net-buffer', 'nfqueue', '--vif', 'lo', '--commit-protection', 'dscp', '--pgwire-in-kernel'],
+        /--pgwire-in-kernel goes with --commit-protection pgwire/,
+      ],
     ];
     for (const [args, re] of cases) {
       const r = runCli(

@@ -27,7 +27,6 @@ import {
   PGWIRE_COPY_BYTES,
 } from '../net/net-device';
 import { setupNfqueue } from '../net/nfqueue-buffer';
-import type { KernelClassifierStats } from '../net/kernel-classifier';
 import { loadAddon } from '../native';
 import { EngineRig } from './net-engine';
 import {
@@ -176,6 +175,7 @@ function openGate(bed: Testbed, mode: NetMode | DiagMode): NetBuffer {
       gate: dev.gate,
       nfqueue: dev.gate,
       pgwire: null,
+      kernel: null,
       exposure: null,
       describe: () => ({}),
       close: () => dev.teardown(),
@@ -304,12 +304,12 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 function sampleNet(nb: NetBuffer): NetSample {
   const cpu = process.cpuUsage();
   const cpuUs = cpu.user + cpu.system;
-  const d = nb.describe();
-  const ingestNs = (d.ingestNs as number | undefined) ?? 0;
-  const k = d.kernelClassifier as (KernelClassifierStats & { runTimeNs: number; drainNs: number }) | null | undefined;
-  if (k) {
-    const netNs = k.runTimeNs + k.drainNs + ingestNs;
-    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs: k.runTimeNs, netNs };
+  const ingestNs = nb.nfqueue?.ingestNs ?? 0;
+  if (nb.kernel) {
+    const k = nb.kernel.stats();
+    const bpfNs = nb.kernel.runStats().runTimeNs;
+    const netNs = bpfNs + nb.kernel.drainNs + ingestNs;
+    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs, netNs };
   }
   const l = nb.nfqueue?.ledger.stats;
   const packets = l ? l.received - l.passedThrough : 0;

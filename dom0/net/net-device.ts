@@ -66,6 +66,8 @@ export interface NetBuffer {
   /** The nfqueue buffer (null for driver none). */
   readonly nfqueue: NfqueueBuffer | null;
   readonly pgwire: PgwireClassifier | null;
+  /** The classifier program in the kernel (--pgwire-in-kernel, --dscp-in-kernel), or null. */
+  readonly kernel: KernelClassifier | null;
   /** Unprotected exposure per connection (null for driver none or commit protection off). */
   readonly exposure: ExposureTracker | null;
   describe(): Record<string, unknown>;
@@ -105,6 +107,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
       gate: new NoGate(),
       nfqueue: null,
       pgwire: null,
+      kernel: null,
       exposure: null,
       describe: () => ({ driver: 'none', domain: o.domain, commitProtection: 'off' }),
       close: () => {},
@@ -143,6 +146,7 @@ export function openNetBuffer(o: NetBufferOptions): NetBuffer {
     gate: dev.gate,
     nfqueue: dev.gate,
     pgwire: k.pgwire,
+    kernel: k.kernel,
     exposure: k.exposure,
     describe: () => ({
       driver: 'nfqueue',
@@ -253,6 +257,7 @@ function openPlug(o: NetBufferOptions): NetBuffer {
     gate: dev.gate,
     nfqueue: null,
     pgwire: null,
+    kernel: null,
     exposure: null,
     describe: () => ({
       driver: 'plug',

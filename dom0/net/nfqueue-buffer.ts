@@ -148,6 +148,10 @@ export class NfqueueBuffer implements OutputGate {
   get held(): number {
     return this.ledger.held;
   }
+  /** This thread's CPU time spent in the ledger's batches so far (ns). */
+  get ingestNs(): number {
+    return this.timing.ingestNs;
+  }
   get nextEpoch(): number {
     return this.ledger.nextEpoch;
   }

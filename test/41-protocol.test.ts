@@ -25,6 +25,7 @@ import { connectLink, listenLinks } from '../dom0/protocol/channel';
 import * as tls from 'node:tls';
 import { randomBytes } from 'node:crypto';
 import { LINK_TURN_MS_MAX } from '../dom0/limits';
+import { loadAddon } from '../dom0/native';
 import type { Link } from '../dom0/ports';
 
 const KNOWN = new Set<number>(Object.values(Rec));
@@ -186,6 +187,34 @@ describe('41 protocol', () => {
     } finally {
       listener.close();
     }
+  });
+
+  it('41.8 CRC32C: the RFC 3720 check value; three joined chains equal one table-driven chain at every length', () => {
+    const { crc32c, crc32cPages } = loadAddon();
+    const table = Array.from({ length: 256 }, (_, i) => {
+      let c = i;
+      for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0x82f63b78 & -(c & 1));
+      return c >>> 0;
+    });
+    const reference = (b: Uint8Array, seed = 0): number => {
+      let c = ~seed >>> 0;
+      for (const x of b) c = (table[(c ^ x) & 0xff] ^ (c >>> 8)) >>> 0;
+      return ~c >>> 0;
+    };
+    assert.equal(crc32c(Buffer.from('123456789')), 0xe3069283);
+    const block = 4096; // the addon's three-chain block (crc32c.cc)
+    const lengths = [0, 1, 7, 8, 3 * block - 1, 3 * block, 3 * block + 1, 6 * block + 13, 9 * block + 4095, 1 << 20];
+    for (const n of lengths) {
+      for (const misaligned of [0, 3]) {
+        const b = randomBytes(n + misaligned).subarray(misaligned);
+        const seed = randomBytes(4).readUInt32LE();
+        assert.equal(crc32c(b, seed), reference(b, seed), `${n} octets at +${misaligned}, seeded`);
+      }
+    }
+    const pages = randomBytes(7 * 4096),
+      out = new Uint32Array(7);
+    crc32cPages(pages, out); // three at a time, then one by one
+    for (let i = 0; i < 7; i++) assert.equal(out[i], reference(pages.subarray(i * 4096, (i + 1) * 4096)), `page ${i}`);
   });
 
   describe('41.5 the backup refuses out-of-order sessions without failing over', () => {

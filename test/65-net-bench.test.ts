@@ -8,9 +8,25 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { whyNoNetBench } from '../dom0/bench/net-bench';
+import { pgbenchLogLatencies } from '../dom0/bench/net-pg';
 import { listTestbedNamespaces } from '../dom0/net/netns-testbed';
 import { loadAddon } from '../dom0/native';
 import { runCli } from './support/helpers';
+
+describe('65 net bench: pgbench logs', () => {
+  it('65.0 latency percentiles from pgbench per-transaction logs (one file per thread)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-65-'));
+    // client transaction latency_us script epoch_s epoch_us
+    fs.writeFileSync(path.join(dir, 'tx.1'), '0 0 1000 0 1 2\n0 1 3000 0 1 3\n');
+    const lines = Array.from({ length: 98 }, (_, i) => `1 ${i} ${2000 + i} 0 1 4`).join('\n');
+    fs.writeFileSync(path.join(dir, 'tx.1.1'), `${lines}\n1 98 900000 0 1 5\n`);
+    const r = pgbenchLogLatencies(fs.readdirSync(dir).map((f) => path.join(dir, f)));
+    assert.equal(r.p50Ms, 2.049, 'the median of 101 latencies, across both files');
+    assert.equal(r.p99Ms, 3, 'the 99th percentile: the one outlier (900 ms) is above it');
+    assert.deepEqual(pgbenchLogLatencies([]), { p50Ms: Number.NaN, p99Ms: Number.NaN });
+    fs.rmSync(dir, { recursive: true });
+  });
+});
 
 describe('65 net bench (root, PostgreSQL 15)', () => {
   before(function () {
@@ -33,7 +49,8 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
     assert.equal(r.status, 0, r.stderr);
     const j = JSON.parse(r.stdout.trim().split('\n').pop()!);
     assert.deepEqual(j.intervals_ms, [50]);
-    for (const key of ['tps', 'latency_ms', 'held_pct', 'dom0_cpu_us_per_packet', 'net_buffer_us_per_packet']) {
+    const keys = ['tps', 'latency_ms', 'latency_p50_ms', 'latency_p99_ms', 'held_pct'];
+    for (const key of [...keys, 'dom0_cpu_us_per_packet', 'net_buffer_us_per_packet']) {
       assert.deepEqual(Object.keys(j[key]).sort(), [
         'cp_dscp',
         'cp_dscp_kernel',
@@ -75,6 +92,11 @@ describe('65 net bench (root, PostgreSQL 15)', () => {
       );
     }
     assert.ok(j.latency_ms.cp_pgwire[0] < j.latency_ms.remus[0]);
+    for (const m of ['none', 'remus', 'cp_pgwire']) {
+      const [p50, p99] = [j.latency_p50_ms[m][0], j.latency_p99_ms[m][0]];
+      assert.ok(p50 > 0 && p50 <= p99, `${m}: 0 < p50 ${p50} ≤ p99 ${p99} (pgbench's per-transaction log)`);
+    }
+    assert.ok(j.latency_p50_ms.cp_pgwire[0] < j.latency_p50_ms.remus[0], 'a commit waits less than all output');
     const plot = fs.readFileSync(svg, 'utf8');
     assert.ok(plot.startsWith('<svg') && plot.includes('CP (pgwire)') && plot.includes('<polyline'));
     assert.deepEqual(listTestbedNamespaces('rdbnb'), [], 'namespaces removed');

@@ -86,7 +86,10 @@ export interface NetBenchOptions {
 export interface NetBenchResult {
   intervals_ms: number[];
   tps: PerMode<number[]>;
+  /** pgbench's average latency (ms); and the median and 99th percentile of its per-transaction log. */
   latency_ms: PerMode<number[]>;
+  latency_p50_ms: PerMode<number[]>;
+  latency_p99_ms: PerMode<number[]>;
   /** Share of the guest's packets that waited for a checkpoint. */
   held_pct: PerMode<number[]>;
   /**
@@ -144,6 +147,8 @@ export function whyNoNetBench(): string | null {
 interface Point {
   tps: number;
   latencyMs: number;
+  latencyP50Ms: number;
+  latencyP99Ms: number;
   heldPct: number;
   cpuUsPerPacket: number;
   netUsPerPacket: number;
@@ -242,6 +247,8 @@ async function measure(
       return {
         tps: r.tps,
         latencyMs: r.latencyMs,
+        latencyP50Ms: r.latencyP50Ms,
+        latencyP99Ms: r.latencyP99Ms,
         heldPct,
         cpuUsPerPacket,
         netUsPerPacket,
@@ -374,7 +381,9 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
       o.log(
         `round ${round}/${o.runs}  ${mode.padEnd(16)} ${String(intervalMs).padStart(4)} ` +
           `ms  ${p.tps.toFixed(1).padStart(8)} tps  ` +
-          `${p.latencyMs.toFixed(2).padStart(8)} ms  held ${p.heldPct.toFixed(1)}% of packets  ` +
+          `${p.latencyMs.toFixed(2).padStart(8)} ms ` +
+          `(p50 ${p.latencyP50Ms.toFixed(2)}, p99 ${p.latencyP99Ms.toFixed(2)})  ` +
+          `held ${p.heldPct.toFixed(1)}% of packets  ` +
           `paused ${(100 * p.pauseShare).toFixed(1)}% ` +
           `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)` +
           (o.intervalAuto ? `, interval auto at ${p.intervalMs} ms` : ''),
@@ -431,6 +440,8 @@ function summarize(
     intervals_ms: o.intervalsMs,
     tps: pick((p) => p.tps),
     latency_ms: pick((p) => p.latencyMs),
+    latency_p50_ms: pick((p) => p.latencyP50Ms),
+    latency_p99_ms: pick((p) => p.latencyP99Ms),
     held_pct: pick((p) => p.heldPct),
     dom0_cpu_us_per_packet: pick((p) => p.cpuUsPerPacket),
     net_buffer_us_per_packet: pick((p) => p.netUsPerPacket),

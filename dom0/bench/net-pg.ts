@@ -170,8 +170,29 @@ export type PgbenchScript = 'tpcb-like' | 'simple-update';
 
 export interface PgbenchResult {
   tps: number;
+  /** pgbench's own average, and the median and 99th percentile of its per-transaction log. */
   latencyMs: number;
+  latencyP50Ms: number;
+  latencyP99Ms: number;
   transactions: number;
+}
+
+/**
+ * Percentiles of the latencies (µs, the third field) in pgbench's per-transaction logs (-l):
+ * one file per thread, "client transaction latency_us script epoch_s epoch_us" per line.
+ */
+export function pgbenchLogLatencies(files: string[]): { p50Ms: number; p99Ms: number } {
+  const us: number[] = [];
+  for (const f of files) {
+    for (const line of fs.readFileSync(f, 'utf8').split('\n')) {
+      const v = Number(line.split(' ')[2]);
+      if (line && Number.isFinite(v)) us.push(v);
+    }
+  }
+  if (us.length === 0) return { p50Ms: Number.NaN, p99Ms: Number.NaN };
+  us.sort((a, b) => a - b);
+  const at = (q: number): number => us[Math.min(us.length - 1, Math.floor(q * us.length))] / 1000;
+  return { p50Ms: at(0.5), p99Ms: at(0.99) };
 }
 
 /** One timed pgbench run (-n: no vacuum), asynchronous. */
@@ -181,6 +202,7 @@ export function runPgbench(
   host: string,
   o: { clients: number; threads: number; seconds: number; script: PgbenchScript },
 ): Promise<PgbenchResult> {
+  const logDir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-pgbench-'));
   const argv = [
     'netns',
     'exec',
@@ -199,9 +221,11 @@ export function runPgbench(
     host,
     '-U',
     'postgres',
+    '-l',
+    `--log-prefix=${path.join(logDir, 'tx')}`,
     'postgres',
   ];
-  return new Promise((resolve, reject) => {
+  return new Promise<PgbenchResult>((resolve, reject) => {
     const child = spawn('ip', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '',
       err = '';
@@ -219,16 +243,25 @@ export function runPgbench(
       const n = /number of transactions actually processed: (\d+)/.exec(out);
       if (code === 0 && n && Number(n[1]) === 0) {
         // every client still connecting when -T ran out
-        resolve({ tps: 0, latencyMs: NaN, transactions: 0 });
+        resolve({ tps: 0, latencyMs: NaN, latencyP50Ms: NaN, latencyP99Ms: NaN, transactions: 0 });
         return;
       }
       if (code !== 0 || !tps || !lat) {
         reject(new RemusError(ErrorCode.IO, `pgbench failed (exit ${code}): ${(err + out).trim().slice(-800)}`));
         return;
       }
-      resolve({ tps: Number(tps[1]), latencyMs: Number(lat[1]), transactions: Number(n?.[1] ?? 0) });
+      const logs = fs.readdirSync(logDir).map((f) => path.join(logDir, f));
+      const { p50Ms, p99Ms } = pgbenchLogLatencies(logs);
+      const transactions = Number(n?.[1] ?? 0);
+      resolve({
+        tps: Number(tps[1]),
+        latencyMs: Number(lat[1]),
+        latencyP50Ms: p50Ms,
+        latencyP99Ms: p99Ms,
+        transactions,
+      });
     });
-  });
+  }).finally(() => fs.rmSync(logDir, { recursive: true, force: true }));
 }
 
 /** The streaming standby's cluster (bench net's pg_sync_rep series). */

@@ -38,8 +38,11 @@ export class RangeCrcs {
    */
   private fillRun = 0;
   private filling = false;
-  /** Ranges read by fill(), and by checksum() because they were written since (or never read). */
-  readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0 };
+  /**
+   * Ranges read by fill(), by checksum() because they were written since (or never read), and
+   * ranges whose CRC came from another reader's bytes (the resync copy: tookRead).
+   */
+  readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0, rangesTakenFromCopy: 0 };
   private readonly blocksPerRange: number;
 
   /** rangeBytes: RANGE_CRC_BYTES, or smaller where a test's disk is small (the simulator's). */
@@ -136,6 +139,31 @@ export class RangeCrcs {
     const rangeCrcs =
       factor === 1 ? Uint32Array.from(this.crcs) : coarsenRangeCrcs(this.crcs, this.rangeBytes, size, factor);
     return { crc32c, rangeBytes: this.rangeBytes * factor, rangeCrcs };
+  }
+
+  /**
+   * Someone else is about to read [offsetBytes, +lengthBytes) (the resync copy): if it covers
+   * whole ranges, their generation sums now, for tookRead after the read; else null (the fill
+   * reads those ranges itself).
+   */
+  beforeRead(offsetBytes: number, lengthBytes: number): { first: number; sums: number[] } | null {
+    const end = offsetBytes + lengthBytes;
+    if (offsetBytes % this.rangeBytes !== 0 || (end % this.rangeBytes !== 0 && end !== this.source.sizeBytes)) {
+      return null;
+    }
+    const first = offsetBytes / this.rangeBytes;
+    const sums: number[] = [];
+    for (let r = first; r * this.rangeBytes < end; r++) sums.push(this.genSum(r));
+    return { first, sums };
+  }
+
+  /** The read that beforeRead announced is done (data: its bytes): its ranges are current unless written meanwhile. */
+  tookRead(before: { first: number; sums: number[] }, data: Uint8Array): void {
+    before.sums.forEach((sum, i) => {
+      const r = before.first + i;
+      const at = i * this.rangeBytes;
+      if (this.took(r, sum, data.subarray(at, at + this.lengthOf(r)))) this.counters.rangesTakenFromCopy++;
+    });
   }
 
   /** Range r's CRC32C as last read (meaningful while isCurrent(r)). */

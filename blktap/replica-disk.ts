@@ -66,8 +66,9 @@ export class EpochHeldDisk<Target extends DiskTarget = DiskTarget> implements Re
   get sizeBytes(): number {
     return this.target.sizeBytes;
   }
+  /** data becomes the queue's until written: the caller's own copy (a record's body), never changed after. */
   write(offsetBytes: number, data: Uint8Array): void {
-    this.io.write(offsetBytes, this.io.isAsync ? Buffer.from(data) : data);
+    this.io.write(offsetBytes, data);
     this.rangeCrcs.synced(offsetBytes, data.length, data);
   }
   read(offsetBytes: number, into: Uint8Array): void {

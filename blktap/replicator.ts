@@ -17,7 +17,7 @@ import {
   DW_FUA,
   DW_ZEROES,
   Rec,
-  diskSyncBody,
+  diskSyncHeadInto,
   diskSyncEndBody,
   diskSyncZeroesBody,
   diskWriteBody,
@@ -41,6 +41,14 @@ export interface ReplicatorOptions {
   backlogBytesMax?: number;
   /** Read tracking: how many read blocks to remember (0: off). */
   readTrackingBlocksMax?: number;
+  /**
+   * false: the backend writes on another thread without moving the write generations (Xen's
+   * NBD worker posts its writes after the fact); the replicator moves them when it hears of
+   * a write, so a range's CRC read before it turns stale. The domain is suspended and the
+   * feed drained before a checksum, so none is missed then. Default true (the backend moves
+   * them around each write: the in-process NBD server, the simulated vCPU).
+   */
+  backendMovesGenerations?: boolean;
   /** The scrub's pace (disk-scrub.ts): DISK_SCRUB_BYTES_PER_S_DEFAULT unless a test says otherwise. */
   scrubBytesPerSecond?: number;
   /** The checksum's ranges (DISK_VERIFY's table): RANGE_CRC_BYTES, smaller for a test's small disk. */
@@ -65,7 +73,7 @@ export interface ReplicatorStats {
   syncing: boolean;
   readTracking: import('./read-tracker').ReadTrackerStats | null;
   /** The checksum's read-ahead: ranges read while the guest ran, and at the checkpoint (written since). */
-  checksumRanges: { rangesFilled: number; rangesReadAtChecksum: number; ranges: number };
+  checksumRanges: { rangesFilled: number; rangesReadAtChecksum: number; rangesTakenFromCopy: number; ranges: number };
   /** The scrub: passes completed, ranges read ahead, sent, and skipped at a pick (written since read). */
   scrub: DiskScrub['counters'];
 }
@@ -84,7 +92,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   private unacked: Unacked[] = [];
   private unackedTotal = 0;
   private overflow: ((reason: string) => void) | null = null;
-  private sync: { ready: () => void; cursor: number; copied: number; timer: unknown } | null = null;
+  /** The disk copy under way; fillAfter: the checksum's read-ahead starts when it ends (prepareChecksum). */
+  private sync: { ready: () => void; cursor: number; copied: number; timer: unknown; fillAfter: boolean } | null = null;
   /** Runs copied in this session: until its first ack they may not have arrived. */
   private copiedRuns: Array<[number, number]> = [];
   /**
@@ -96,8 +105,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
   private direct: { epoch: number; written: ResyncBitmap | null; open: boolean } | null = null;
   private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0, resyncZeroBytes: 0 };
   private readonly chunkBytes: number;
-  /** The resync copy's read buffer (chunkBytes), made at its first use. */
-  private syncBuf: Uint8Array | null = null;
+  /** The resync copy's DISK_SYNC body (16 + chunkBytes), reused: made at its first use. */
+  private syncBody: Buffer | null = null;
   private readonly backlogMax: number;
 
   constructor(
@@ -168,7 +177,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     // (nothing of the session is committed): a copy of many GiB would otherwise hold them all.
     this.direct = { epoch: nextEpoch, written: null, open: true };
     this.overflow = overflow;
-    this.sync = { ready, cursor: 0, copied: 0, timer: null };
+    this.sync = { ready, cursor: 0, copied: 0, timer: null, fillAfter: false };
     this.copySome();
   }
 
@@ -211,9 +220,15 @@ export class DiskReplicator implements DiskPort, DiskTap {
     return this.scrub.pick();
   }
 
-  /** Starts reading the disk in ranges while the guest runs, for this session's checksum (range-crcs.ts). */
+  /**
+   * Starts reading the disk in ranges while the guest runs, for this session's checksum
+   * (range-crcs.ts). During the disk copy the fill waits for its end: the copy's own reads
+   * give the ranges it covers their CRCs, and the fill then reads only the others and what the
+   * guest wrote since (one read of the disk, not two).
+   */
   prepareChecksum(): void {
-    this.rangeCrcs.fill();
+    if (this.sync) this.sync.fillAfter = true;
+    else this.rangeCrcs.fill();
   }
 
   /** CRC32C of the whole disk (the caller keeps it still): only ranges written since they were read are read. */
@@ -269,6 +284,10 @@ export class DiskReplicator implements DiskPort, DiskTap {
 
   private forward(offsetBytes: number, lengthBytes: number, flags: number, data: Uint8Array | null): void {
     this.tracker?.invalidate(offsetBytes, lengthBytes);
+    if (this.opts.backendMovesGenerations === false) {
+      this.generations.beginWrite(offsetBytes, lengthBytes);
+      this.generations.endWrite(offsetBytes, lengthBytes);
+    }
     if (!this.link) {
       this.bitmap.markRange(offsetBytes, lengthBytes);
       return;
@@ -308,18 +327,22 @@ export class DiskReplicator implements DiskPort, DiskTap {
         link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
         if (this.direct) this.direct.open = false; // held from here on, until a FULL checkpoint opens
         this.sync = null;
+        if (s.fillAfter) this.rangeCrcs.fill();
         s.ready();
         return;
       }
       const off = run.first * DISK_BLOCK_BYTES,
         len = Math.min(run.count * DISK_BLOCK_BYTES, this.sizeBytes - off);
-      // Read into one buffer: DISK_SYNC's body is a copy of it.
-      const buf = (this.syncBuf ??= new Uint8Array(this.chunkBytes)).subarray(0, len);
-      this.source.read(off, buf);
+      // Read straight into the record's body (send encodes it before returning: the buffer is
+      // reused); a range of zeros (most of a thin disk) goes as its range alone.
+      const body = (this.syncBody ??= Buffer.allocUnsafe(16 + this.chunkBytes)).subarray(0, 16 + len);
+      const data = body.subarray(16);
+      const crcs = this.rangeCrcs.beforeRead(off, len);
+      this.source.read(off, data);
+      if (crcs) this.rangeCrcs.tookRead(crcs, data); // the checksum's read-ahead need not read it again
       for (let b = run.first; b < run.first + run.count; b++) this.bitmap.clear(b);
-      // A range of zeros (most of a thin disk) goes as its range alone.
-      const zeroes = isZero(buf);
-      link.send(Rec.DISK_SYNC, zeroes ? diskSyncZeroesBody(off, len) : diskSyncBody(off, buf));
+      const zeroes = isZero(data);
+      link.send(Rec.DISK_SYNC, zeroes ? diskSyncZeroesBody(off, len) : diskSyncHeadInto(body, off));
       if (zeroes) this.counters.resyncZeroBytes += len;
       this.copiedRuns.push([off, len]);
       s.cursor = run.first + run.count;

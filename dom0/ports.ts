@@ -61,6 +61,7 @@ export interface Domain {
 
 /** A channel as the disk replicator sees it: records, and how much is still unsent. */
 export interface DiskLink {
+  /** body is encoded (copied) before send returns: the caller may reuse it. */
   send(type: number, body: Uint8Array): void;
   readonly backlogBytes: number;
 }
@@ -160,7 +161,10 @@ export interface DiskChecksum {
  */
 export interface ReplicaDisk {
   readonly sizeBytes: number;
-  /** The resync copy that opens a session (DISK_SYNC): straight to the disk. */
+  /**
+   * The resync copy that opens a session (DISK_SYNC): straight to the disk. data is handed over
+   * (it may be written later, off the event loop): the caller must not change it afterwards.
+   */
   write(offsetBytes: number, data: Uint8Array): void;
   /**
    * The resync copy's ZEROES range: reads as zeros afterwards. Only pieces not already zero are
@@ -288,6 +292,7 @@ export interface OutputGate {
 
 /** A connected, authenticated replication channel carrying whole records. */
 export interface Link {
+  /** body is encoded (copied) before send returns: the caller may reuse it. */
   send(type: number, body: Uint8Array): void;
   /** Octets queued but not yet written to the connection. */
   readonly backlogBytes: number;

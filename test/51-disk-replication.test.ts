@@ -262,10 +262,94 @@ describe('51 disk replication', () => {
       );
       r.prepareChecksum();
       await run(30);
-      assert.ok(c.pendingEvents > 0, 'the read-ahead runs during the copy');
+      assert.ok(c.pendingEvents > 0, 'the copy (the read-ahead waits for its end) runs');
       r.disconnect(); // SIGTERM during the copy: CI's 44.7 hung here, the read-ahead's timer alive
       await run(100);
       assert.equal(c.pendingEvents, 0, 'nothing left to run after the session ended');
+    });
+
+    it('the disk copy gives the checksum the ranges it read; one written across its read is read again', async () => {
+      const c = new VirtualClock();
+      const bytes = new Uint8Array(DISK).map((_, i) => (i * 7) & 0xff);
+      const RANGE = 16 * 1024; // four per 64 KiB chunk
+      let r: DiskReplicator | null = null;
+      const source = {
+        sizeBytes: DISK,
+        read: (off: number, into: Uint8Array) => {
+          into.set(bytes.subarray(off, off + into.length));
+          if (off === 2 * 65536) {
+            // The guest writes range 9 (in this chunk) while the copy reads it: begun, not ended.
+            r!.generations.beginWrite(9 * RANGE, 4096);
+            bytes[9 * RANGE] ^= 0xff;
+          }
+        },
+      };
+      r = new DiskReplicator(source, c, {
+        unackedBytesMax: 1 << 20,
+        inSync: false,
+        rangeCrcBytes: RANGE,
+        syncChunkBytes: 65536,
+      });
+      let ready = false;
+      r.connect(
+        tap(),
+        1,
+        { continues: false },
+        () => (ready = true),
+        () => {},
+      );
+      r.prepareChecksum();
+      c.runUntil(1000);
+      assert.ok(ready, 'the copy ended');
+      r.generations.endWrite(9 * RANGE, 4096);
+      const ranges = DISK / RANGE;
+      assert.equal(r.stats().checksumRanges.rangesTakenFromCopy, ranges - 1, 'all but the one written across its read');
+      const sum = await r.checksum();
+      assert.equal(sum.crc32c, loadAddon().crc32c(bytes), 'the checksum is of the disk as it is');
+      assert.equal(r.stats().checksumRanges.rangesReadAtChecksum, 1, 'only range 9 was read again');
+      r.disconnect();
+    });
+
+    it("a backend that does not move generations (Xen's worker): a write heard of makes its range stale", async () => {
+      const c = new VirtualClock();
+      const bytes = new Uint8Array(DISK).map((_, i) => (i * 5) & 0xff);
+      const RANGE = 16 * 1024;
+      const source = {
+        sizeBytes: DISK,
+        read: (off: number, into: Uint8Array) => into.set(bytes.subarray(off, off + into.length)),
+      };
+      const r = new DiskReplicator(source, c, {
+        unackedBytesMax: 1 << 20,
+        inSync: false,
+        rangeCrcBytes: RANGE,
+        syncChunkBytes: 65536,
+        backendMovesGenerations: false,
+      });
+      // The worker writes the disk itself; the replicator hears of it afterwards (onWrite).
+      const workerWrites = (off: number, value: number): void => {
+        bytes.fill(value, off, off + 4096);
+        r.onWrite(off, bytes.subarray(off, off + 4096), false);
+      };
+      r.connect(
+        tap(),
+        1,
+        { continues: false },
+        () => {},
+        () => {},
+      );
+      c.runUntil(1000);
+      assert.equal(r.stats().checksumRanges.rangesTakenFromCopy, DISK / RANGE, 'the copy read every range');
+      workerWrites(3 * RANGE, 1); // after the copy read range 3
+      let sum = await r.checksum();
+      assert.equal(sum.crc32c, loadAddon().crc32c(bytes), 'range 3 was read again');
+      assert.equal(r.stats().checksumRanges.rangesReadAtChecksum, 1);
+      r.barrier(1);
+      r.acked(1);
+      workerWrites(7 * RANGE, 2); // a later session's checksum must not reuse range 7's CRC
+      sum = await r.checksum();
+      assert.equal(sum.crc32c, loadAddon().crc32c(bytes), 'range 7 was read again');
+      assert.equal(r.stats().checksumRanges.rangesReadAtChecksum, 2);
+      r.disconnect();
     });
 
     it('writes during the disk copy are off the unacked bound, remembered as blocks until the first ack', () => {

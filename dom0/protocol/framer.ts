@@ -8,13 +8,14 @@ import { FLAG_OPTIONAL, RECORD_BODY_MAX, RECORD_HEADER, REC_NAMES, protocolError
 
 export function encodeRecord(type: number, body: Uint8Array, flags = 0): Buffer {
   assert(body.length <= RECORD_BODY_MAX, `record body of ${body.length} octets exceeds RECORD_BODY_MAX`);
-  const h = Buffer.alloc(RECORD_HEADER);
-  h.writeUInt32LE(type, 0);
-  h.writeUInt32LE(flags, 4);
-  h.writeUInt32LE(body.length, 8);
-  const crc = loadAddon().crc32c(body, loadAddon().crc32c(h.subarray(0, 12)));
-  h.writeUInt32LE(crc, 12);
-  return Buffer.concat([h, body]);
+  const frame = Buffer.allocUnsafe(RECORD_HEADER + body.length); // every octet is written below
+  frame.writeUInt32LE(type, 0);
+  frame.writeUInt32LE(flags, 4);
+  frame.writeUInt32LE(body.length, 8);
+  frame.set(body, RECORD_HEADER);
+  const addon = loadAddon();
+  frame.writeUInt32LE(addon.crc32c(body, addon.crc32c(frame.subarray(0, 12))), 12);
+  return frame;
 }
 
 export class RecordDecoder {

@@ -203,10 +203,19 @@ export function parseDiskWrite(body: Buffer, diskBytes: number): DiskWrite {
 export const DS_ZEROES = DW_ZEROES;
 
 export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
-  assert(data.length > 0, 'disk sync chunk has data');
-  const b = diskSyncHead(offsetBytes, data.length, 0, data.length);
-  b.set(data, 16);
-  return b;
+  const body = Buffer.allocUnsafe(16 + data.length);
+  body.set(data, 16);
+  return diskSyncHeadInto(body, offsetBytes);
+}
+
+/**
+ * Makes body a DISK_SYNC of the data already at its octet 16 on (the resync copy reads the disk
+ * straight there, into a buffer it reuses: no second buffer, no copy): writes the head.
+ */
+export function diskSyncHeadInto(body: Buffer, offsetBytes: number): Buffer {
+  assert(body.length > 16, 'disk sync chunk has data');
+  diskSyncHead(offsetBytes, body.length - 16, 0, 0).copy(body, 0);
+  return body;
 }
 
 /** A resync range that reads as zeros on the primary: 16 octets instead of its length. */
@@ -214,12 +223,13 @@ export function diskSyncZeroesBody(offsetBytes: number, lengthBytes: number): Bu
   return diskSyncHead(offsetBytes, lengthBytes, DS_ZEROES, 0);
 }
 
+/** The 16-octet head; the dataBytes after it are uninitialized: the caller fills them. */
 function diskSyncHead(offsetBytes: number, lengthBytes: number, flags: number, dataBytes: number): Buffer {
   assert(
     offsetBytes % SECTOR === 0 && lengthBytes % SECTOR === 0 && lengthBytes > 0 && lengthBytes <= DISK_RECORD_DATA_MAX,
     'disk sync chunk',
   );
-  const b = Buffer.alloc(16 + dataBytes);
+  const b = Buffer.allocUnsafe(16 + dataBytes);
   b.writeBigUInt64LE(BigInt(offsetBytes), 0);
   b.writeUInt32LE(lengthBytes, 8);
   b.writeUInt32LE(flags, 12);

@@ -158,6 +158,7 @@ export async function servePrimaryDisk(o: PrimaryDiskOptions): Promise<PrimaryDi
     unackedBytesMax: o.unackedBytesMax,
     inSync: false,
     readTrackingBlocksMax: 0,
+    backendMovesGenerations: false, // the NBD worker's writes reach the replicator after the fact
   });
   let served: WorkerServedDisk;
   try {

@@ -307,6 +307,7 @@ export class XenReplica implements DriverReplica {
       unackedBytesMax: this.opts.diskBufferBytesMax,
       inSync: true,
       readTrackingBlocksMax: 0, // a Xen checkpoint's pages travel inside libxc's records
+      backendMovesGenerations: false, // the NBD worker's writes reach the replicator after the fact
     });
     for (const l of lost) replicator.bitmap.markRange(l.offsetBytes, l.lengthBytes);
     this.served = served;

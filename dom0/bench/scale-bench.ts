@@ -32,6 +32,9 @@ export interface ScaleRow {
   error: string | null;
   initial_sync_s: number;
   initial_sync_mb_per_s: number;
+  /** The disk copy that opens the session (part of initial_sync_s), and its MB/s of disk copied. */
+  disk_sync_s: number;
+  disk_sync_mb_per_s: number;
   final_pause_ms: number;
   sessions: number;
   pause_ms_p50: number;
@@ -182,6 +185,9 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   const outputs = (p.outputs ?? {}) as Record<string, unknown>;
   row.initial_sync_s = n(p.initialSyncMs) / 1000;
   row.initial_sync_mb_per_s = row.guest_bytes / 1e6 / row.initial_sync_s;
+  const disk = (p.disk ?? {}) as Record<string, unknown>;
+  row.disk_sync_s = n(p.diskSyncMs) / 1000;
+  row.disk_sync_mb_per_s = n(disk.resyncCopiedBytes) / 1e6 / row.disk_sync_s;
   row.final_pause_ms = n(p.fullPauseMs);
   row.sessions = n(p.sessions);
   row.pause_ms_p50 = n(p.pauseMsP50);
@@ -210,6 +216,8 @@ function emptyRow(bytes: number): ScaleRow {
     error: null,
     initial_sync_s: NaN,
     initial_sync_mb_per_s: NaN,
+    disk_sync_s: NaN,
+    disk_sync_mb_per_s: NaN,
     final_pause_ms: NaN,
     sessions: NaN,
     pause_ms_p50: NaN,
@@ -256,7 +264,8 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
           (r.reconnect === 'continued'
             ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}`
             : r.reconnect) +
-          `  ${f(r.failover_ms).padStart(5)}`,
+          `  ${f(r.failover_ms).padStart(5)}` +
+          (o.diskBytes === undefined ? '' : `  disk copy ${f(r.disk_sync_s, 1)} s ${f(r.disk_sync_mb_per_s)} MB/s`),
     ),
   ].join('\n');
 }

@@ -212,6 +212,7 @@ export class Primary {
   /** When the session's handshake was answered, and how long until its first ACK (0: not yet). */
   private sessionStartedAt = 0;
   private initialSyncMs = 0;
+  private diskSyncMs = 0;
   private checkpointing = false;
   /** The checkpoint whose ACK also confirms the backup's disk checksum. */
   private verifyEpoch = 0;
@@ -429,6 +430,7 @@ export class Primary {
       ratio: this.totals.wireBytes ? this.totals.rawBytes / this.totals.wireBytes : 0,
       backup: this.link?.remote ?? null,
       initialSyncMs: this.initialSyncMs,
+      diskSyncMs: this.diskSyncMs,
       precopy: this.precopy?.progress(this.clock.now()) ?? null,
       lineage: this.lineage,
       lastSessionStart: this.lastSessionStart ? { ...this.lastSessionStart } : null,
@@ -836,6 +838,7 @@ export class Primary {
     this.totals.sessions++;
     this.sessionStartedAt = this.clock.now();
     this.initialSyncMs = 0;
+    this.diskSyncMs = 0;
     if (!this.disk) return this.beginCheckpoints();
     // The backup answered HELLO, so it did not take over: outputs may flow while its disk
     // catches up (this copy is not protected yet), and checkpoints start when it has.
@@ -857,6 +860,7 @@ export class Primary {
       backupDisk,
       () => {
         if (this.link !== link) return;
+        this.diskSyncMs = Math.max(1, this.clock.now() - this.sessionStartedAt);
         if (this.opts.diskScrub) this.disk?.scrubStart?.();
         this.beginCheckpoints();
       },

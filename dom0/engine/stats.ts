@@ -80,6 +80,8 @@ export interface PrimaryStats {
   backup: string | null;
   /** From the session's handshake to its first acknowledged checkpoint (0: not yet). */
   initialSyncMs: number;
+  /** The session's disk copy, from the handshake to DISK_SYNC_END sent (ms; 0: none, or not done yet). */
+  diskSyncMs: number;
   /** The live pre-copy under way (round, pages sent, MB/s), or null. */
   precopy: import('./precopy').PrecopyProgress | null;
   /** The primary's lineage id (what a continued session names, docs/protocol.md "Reconnect"). */

@@ -67,37 +67,22 @@ void BuildShiftTable() {
   }
 }
 
-__attribute__((target("sse4.2"))) uint32_t Hard(uint32_t crc, const uint8_t* p, size_t n) {
-  while (n >= 3 * kBlock) {
-    uint64_t a = crc, b = 0, c = 0;
-    for (size_t i = 0; i < kBlock; i += 8) {
-      uint64_t wa, wb, wc;
-      std::memcpy(&wa, p + i, 8);
-      std::memcpy(&wb, p + kBlock + i, 8);
-      std::memcpy(&wc, p + 2 * kBlock + i, 8);
-      a = _mm_crc32_u64(a, wa);
-      b = _mm_crc32_u64(b, wb);
-      c = _mm_crc32_u64(c, wc);
-    }
-    crc = Shift(Shift(static_cast<uint32_t>(a)) ^ static_cast<uint32_t>(b)) ^ static_cast<uint32_t>(c);
-    p += 3 * kBlock, n -= 3 * kBlock;
+// Runs chain i of c over the n octets at p + i·n (i = 0, 1, 2), the three interleaved.
+__attribute__((target("sse4.2"))) void ThreeChains(const uint8_t* p, size_t n, uint64_t c[3]) {
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t w[3];
+    for (int k = 0; k < 3; k++) std::memcpy(&w[k], p + k * n + i, 8);
+    for (int k = 0; k < 3; k++) c[k] = _mm_crc32_u64(c[k], w[k]);
   }
-  return HardOne(crc, p, n);
 }
 
-// Three pages at once, each its own chain (no join): read tracking's CRCs of a batch.
-__attribute__((target("sse4.2"))) void HardPages3(const uint8_t* p, size_t page, uint32_t out[3]) {
-  uint64_t a = ~0u, b = ~0u, c = ~0u;
-  for (size_t i = 0; i < page; i += 8) {
-    uint64_t wa, wb, wc;
-    std::memcpy(&wa, p + i, 8);
-    std::memcpy(&wb, p + page + i, 8);
-    std::memcpy(&wc, p + 2 * page + i, 8);
-    a = _mm_crc32_u64(a, wa);
-    b = _mm_crc32_u64(b, wb);
-    c = _mm_crc32_u64(c, wc);
+__attribute__((target("sse4.2"))) uint32_t Hard(uint32_t crc, const uint8_t* p, size_t n) {
+  for (; n >= 3 * kBlock; p += 3 * kBlock, n -= 3 * kBlock) {
+    uint64_t c[3] = {crc, 0, 0};
+    ThreeChains(p, kBlock, c);
+    crc = Shift(Shift(static_cast<uint32_t>(c[0])) ^ static_cast<uint32_t>(c[1])) ^ static_cast<uint32_t>(c[2]);
   }
-  out[0] = ~static_cast<uint32_t>(a), out[1] = ~static_cast<uint32_t>(b), out[2] = ~static_cast<uint32_t>(c);
+  return HardOne(crc, p, n);
 }
 
 bool hasSse42 = false;
@@ -130,10 +115,10 @@ Napi::Value Crc32cPages(const Napi::CallbackInfo& info) {
   if (d.ByteLength() != out.ElementLength() * kPage)
     return ThrowRange(env, "crc32cPages: data must be out.length × 4096 bytes"), env.Undefined();
   size_t i = 0;
-  for (; hasSse42 && i + 3 <= out.ElementLength(); i += 3) {
-    uint32_t three[3];
-    HardPages3(d.Data() + i * kPage, kPage, three);
-    out[i] = three[0], out[i + 1] = three[1], out[i + 2] = three[2];
+  for (; hasSse42 && i + 3 <= out.ElementLength(); i += 3) {  // three pages at once, each its own chain
+    uint64_t c[3] = {~0u, ~0u, ~0u};
+    ThreeChains(d.Data() + i * kPage, kPage, c);
+    for (int k = 0; k < 3; k++) out[i + k] = ~static_cast<uint32_t>(c[k]);
   }
   for (; i < out.ElementLength(); i++) {
     const uint8_t* p = d.Data() + i * kPage;

@@ -173,6 +173,25 @@ pg_tpcb_sums() { psql -X -Atc "SELECT (SELECT sum(abalance) FROM pgbench_account
   FROM pgbench_tellers) || ' ' || (SELECT sum(bbalance) FROM pgbench_branches) || ' ' ||
   (SELECT coalesce(sum(delta), 0) FROM pgbench_history)" 2>&1; }
 pg_history() { psql -X -Atc 'SELECT count(*) FROM pgbench_history' 2> /dev/null; } # TPC-B transactions committed so far
+# pg_crash_run_committing H0 SECONDS: waits, up to SECONDS, until the crash run's pgbench has
+# committed (pgbench_history past H0) before the kill is armed. Under TCG a new connection can
+# take longer than the ~20 s the kill used to leave it, and once the host dies the failover
+# (~75 s) outlasts libpq's 60 s connect timeout: the crash run then committed nothing and the
+# balance check said nothing (runs 20261206-221342-two-host, 20261206-235753-protect-pg).
+# Status 1 when it did not commit in time (the check after the crash then fails, as before).
+pg_crash_run_committing() {
+  local h0=$1 t0=$SECONDS h
+  while [ $((SECONDS - t0)) -lt "$2" ]; do
+    h=$(pg_history)
+    if [[ "$h" =~ ^[0-9]+$ && "$h0" =~ ^[0-9]+$ ]] && [ "$h" -gt "$h0" ]; then
+      lab_log "the crash run committed (history $h0 -> $h) $((SECONDS - t0)) s after it started"
+      return 0
+    fi
+    sleep 2
+  done
+  lab_log "the crash run committed nothing in $2 s; the kill comes anyway"
+  return 1
+}
 
 pg_bench_run() { # pg_bench_run NAME SECONDS: TPC-B in the background (PGB), output in W/pgbench-NAME.out
   pgbench -n -M extended -f "$W/tpcb-pipeline.sql" -c "$CLIENTS" -j 1 -T "$2" -P 10 bench > "$W/pgbench-$1.out" 2>&1 &

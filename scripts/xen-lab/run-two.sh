@@ -50,7 +50,7 @@
 #   TWO_REUSE (0; 1: A's disk image lives on its share, outlives the kill and is handed to C,
 #   whose backup keeps it with --reuse-disk: the reprotection copies only changed blocks),
 #   TWO_HB_MS (90000 with the disk, else 45000; A's protect and B's reprotect), TWO_INTERVAL_MS
-#   (200), TWO_MIN_ACKED (3), TWO_PROTECT_S (30), TWO_AFTER_KILL_S (360), TWO_C_WAIT_S (B waits
+#   (200; auto: protect's --interval auto, up to TWO_LOSS_WINDOW_MS, 5000), TWO_MIN_ACKED (3), TWO_PROTECT_S (30), TWO_AFTER_KILL_S (360), TWO_C_WAIT_S (B waits
 #   for C's ping, 900), TWO_REPROTECT_WAIT_S (B waits for TWO_MIN_ACKED acks of the
 #   reprotection, 900; pg: 1500), TWO_C_FIRST_S (C waits for the domU's first answer, 1200; pg: 1800);
 #   with TWO_GUEST=pg also protect-pg's PG_NET (plug, pgwire, dscp), PG_KERNEL (stock,

@@ -102,7 +102,9 @@ grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/
 [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
 
 # 2. The host dies in the middle of the same load, while its checkpoints are acknowledged.
-pg_bench_run crash $((RUN_S * 2)); PGB_CRASH=$PGB
+H0=$(pg_history)
+pg_bench_run crash $((RUN_S * 4)); PGB_CRASH=$PGB
+pg_crash_run_committing "$H0" $((RUN_S * 2)) || true
 pg_protected_while $((RUN_S / 2)) primary ackedEpoch "acknowledged epoch" # sets ep_b
 sessions_before=$(pg_sessions)
 PRIM=$(xl domid "$DOMU")

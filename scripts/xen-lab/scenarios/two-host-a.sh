@@ -42,6 +42,9 @@ DISKIMG=/tmp/two/disk.img
 [ "${TWO_REUSE:-0}" = 1 ] && { mkdir -p /lab/keep; DISKIMG=/lab/keep/disk.img; }
 HB=${TWO_HB_MS:-45000}
 INTERVAL=${TWO_INTERVAL_MS:-200}
+# TWO_INTERVAL_MS=auto: the interval that keeps the guest paused ≤ 10 %, up to TWO_LOSS_WINDOW_MS
+INTERVAL_ARGS=(-i "$INTERVAL")
+[ "$INTERVAL" = auto ] && INTERVAL_ARGS+=(--max-loss-window "${TWO_LOSS_WINDOW_MS:-5000}")
 W=/tmp/two
 MIN=${TWO_MIN_ACKED:-3}
 
@@ -66,7 +69,7 @@ if [ "$GUEST" = pg ]; then
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
   TRACE=${NET_TRACE:+$LAB_OUT/net-trace.txt} # NET_TRACE=1: every packet of the guest (packet-trace.ts)
-  REMUSDB_NET_TRACE=$TRACE node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
+  REMUSDB_NET_TRACE=$TRACE node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure "${NETARGS[@]}" "${INTERVAL_ARGS[@]}" \
     --heartbeat-timeout "$HB" --disk-image $DISKIMG --disk-listen 127.0.0.1:10809 \
     --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!
@@ -86,7 +89,7 @@ elif [ "$DISK" = 1 ]; then
   lab_disk_stamp_hook $W/hook.img
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
-  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure --net-buffer plug -i "$INTERVAL" \
+  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure --net-buffer plug "${INTERVAL_ARGS[@]}" \
     --heartbeat-timeout "$HB" --disk-image $DISKIMG --disk-listen 127.0.0.1:10809 \
     --disk-device /dev/nbd0 --wait-domain 900 > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!
@@ -107,7 +110,7 @@ else
   lab_mark "domU up boot=$boot0 counter=$c0"
   lab_wait_ping "$PEER" 900 || { lab_fail "host B ($PEER) did not answer ping"; lab_result; exit; }
   T_PROT=$(lab_now)
-  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure --net-buffer plug -i "$INTERVAL" \
+  node bin/remusdb protect "$DOMU" "$PEER:7400" --insecure --net-buffer plug "${INTERVAL_ARGS[@]}" \
     --heartbeat-timeout "$HB" > /tmp/protect.out 2> /tmp/protect.err &
   PP=$!
   lab_mark "protect started (heartbeat ${HB} ms, interval ${INTERVAL} ms)"

@@ -62,6 +62,9 @@ AFTER_S=${TWO_AFTER_KILL_S:-360}
 DISK=${TWO_DISK:-1}
 HB=${TWO_HB_MS:-45000}
 INTERVAL=${TWO_INTERVAL_MS:-200}
+# TWO_INTERVAL_MS=auto: the interval that keeps the guest paused ≤ 10 %, up to TWO_LOSS_WINDOW_MS
+INTERVAL_ARGS=(-i "$INTERVAL")
+[ "$INTERVAL" = auto ] && INTERVAL_ARGS+=(--max-loss-window "${TWO_LOSS_WINDOW_MS:-5000}")
 NETARGS=(--net-buffer plug) # the reprotection's; PG_NET's with TWO_GUEST=pg
 [ "$GUEST" = pg ] && { lab_two_pg_knobs && pg_net_args "$MODE" && pg_clients || { lab_result; exit; }; }
 lab_two_backup_up "$SELF" "$DISK" || { lab_result; exit; }
@@ -115,7 +118,7 @@ kill -0 $BP 2>/dev/null || { lab_fail "the backup process (it serves the domain'
 T_RP=$(lab_now)
 lab_mark "reprotect started (to $C_IP:7400, heartbeat ${HB} ms, interval ${INTERVAL} ms)"
 [ "$GUEST" = pg ] && lab_log "reprotect's network options: ${NETARGS[*]}; the ledger goes on: $(pg_acked_ids | wc -l) ids acknowledged so far"
-lab_step reprotect 300 node bin/remusdb reprotect "$DOMU" "$C_IP:7400" --insecure "${NETARGS[@]}" -i "$INTERVAL" \
+lab_step reprotect 300 node bin/remusdb reprotect "$DOMU" "$C_IP:7400" --insecure "${NETARGS[@]}" "${INTERVAL_ARGS[@]}" \
   --heartbeat-timeout "$HB" --no-wait > /tmp/reprotect.out 2> /tmp/reprotect.err
 rc=$?
 sed 's/^/  reprotect: /' /tmp/reprotect.out; tail -n 5 /tmp/reprotect.err | sed 's/^/  reprotect err: /'

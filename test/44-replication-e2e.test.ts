@@ -109,7 +109,8 @@ describe('44 replication end to end', function () {
     ])
       assert.ok(k in prim, `status has ${k}`);
     const [diskMs, syncMs] = [Number(prim.diskSyncMs), Number(prim.initialSyncMs)];
-    assert.ok(diskMs > 0 && diskMs <= syncMs, `the disk copy (${diskMs} ms) is part of the initial sync (${syncMs} ms)`);
+    const part = `the disk copy (${diskMs} ms) is part of the initial sync (${syncMs} ms)`;
+    assert.ok(diskMs > 0 && diskMs <= syncMs, part);
     assert.ok(procs.some((p) => p.role === 'backup' && p.state === 'receiving'));
     const r = runCli(['failover', 'sim:manual'], 30000, env);
     assert.equal(r.status, 0, r.stderr);

@@ -217,7 +217,7 @@ lab_two_pg_load() { # lab_two_pg_load BACKUP_ERR VICTIM AFTER_S FIRST [AGENT0 [P
   [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
   h0=$(pg_history)
   pg_bench_run crash "${TWO_PG_CRASH_S:-3600}"; PGB_CRASH=$PGB
-  pg_crash_run_committing "$h0" $((RUN_S * 2)) || true
+  pg_crash_run_committing "$h0" $((RUN_S * 3)) || true
   pg_protected_while $((RUN_S / 2)) backup committedEpoch "committed epoch"
   sessions_before=$(pg_sessions)
   lab_mark "protected load done: committed epoch $ep_b, $(cat "$W"/ledger-*.log | wc -l) ledger commits acknowledged, history $h0"

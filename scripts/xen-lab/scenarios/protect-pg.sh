@@ -103,8 +103,8 @@ grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/
 
 # 2. The host dies in the middle of the same load, while its checkpoints are acknowledged.
 H0=$(pg_history)
-pg_bench_run crash $((RUN_S * 4)); PGB_CRASH=$PGB
-pg_crash_run_committing "$H0" $((RUN_S * 2)) || true
+pg_bench_run crash $((RUN_S * 5)); PGB_CRASH=$PGB
+pg_crash_run_committing "$H0" $((RUN_S * 3)) || true
 pg_protected_while $((RUN_S / 2)) primary ackedEpoch "acknowledged epoch" # sets ep_b
 sessions_before=$(pg_sessions)
 PRIM=$(xl domid "$DOMU")

@@ -67,7 +67,8 @@ void BuildShiftTable() {
   }
 }
 
-// Runs chain i of c over the n octets at p + i·n (i = 0, 1, 2), the three interleaved.
+// Runs chain i of c over the n octets at p + i·n (i = 0, 1, 2), the three interleaved; n is a
+// multiple of 8 (kBlock, a page).
 __attribute__((target("sse4.2"))) void ThreeChains(const uint8_t* p, size_t n, uint64_t c[3]) {
   for (size_t i = 0; i < n; i += 8) {
     uint64_t w[3];

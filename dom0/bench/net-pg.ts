@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErrorCode, RemusError } from '../errors';
+import { quantile } from './multi-bench';
 
 export const PG_DIR = '/tmp/remusdb-netbench-pg';
 const PG_VERSION = 15;
@@ -189,10 +190,7 @@ export function pgbenchLogLatencies(files: string[]): { p50Ms: number; p99Ms: nu
       if (line && Number.isFinite(v)) us.push(v);
     }
   }
-  if (us.length === 0) return { p50Ms: Number.NaN, p99Ms: Number.NaN };
-  us.sort((a, b) => a - b);
-  const at = (q: number): number => us[Math.min(us.length - 1, Math.floor(q * us.length))] / 1000;
-  return { p50Ms: at(0.5), p99Ms: at(0.99) };
+  return { p50Ms: quantile(us, 0.5) / 1000, p99Ms: quantile(us, 0.99) / 1000 };
 }
 
 /** One timed pgbench run (-n: no vacuum), asynchronous. */

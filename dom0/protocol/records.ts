@@ -214,8 +214,7 @@ export function diskSyncBody(offsetBytes: number, data: Uint8Array): Buffer {
  */
 export function diskSyncHeadInto(body: Buffer, offsetBytes: number): Buffer {
   assert(body.length > 16, 'disk sync chunk has data');
-  diskSyncHead(offsetBytes, body.length - 16, 0, 0).copy(body, 0);
-  return body;
+  return writeDiskSyncHead(body, offsetBytes, body.length - 16, 0);
 }
 
 /** A resync range that reads as zeros on the primary: 16 octets instead of its length. */
@@ -225,11 +224,15 @@ export function diskSyncZeroesBody(offsetBytes: number, lengthBytes: number): Bu
 
 /** The 16-octet head; the dataBytes after it are uninitialized: the caller fills them. */
 function diskSyncHead(offsetBytes: number, lengthBytes: number, flags: number, dataBytes: number): Buffer {
+  return writeDiskSyncHead(Buffer.allocUnsafe(16 + dataBytes), offsetBytes, lengthBytes, flags);
+}
+
+/** Writes the 16-octet head at the start of b. */
+function writeDiskSyncHead(b: Buffer, offsetBytes: number, lengthBytes: number, flags: number): Buffer {
   assert(
     offsetBytes % SECTOR === 0 && lengthBytes % SECTOR === 0 && lengthBytes > 0 && lengthBytes <= DISK_RECORD_DATA_MAX,
     'disk sync chunk',
   );
-  const b = Buffer.allocUnsafe(16 + dataBytes);
   b.writeBigUInt64LE(BigInt(offsetBytes), 0);
   b.writeUInt32LE(lengthBytes, 8);
   b.writeUInt32LE(flags, 12);

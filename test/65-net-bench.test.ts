@@ -17,7 +17,7 @@ describe('65 net bench: pgbench logs', () => {
   it('65.0 latency percentiles from pgbench per-transaction logs (one file per thread)', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-65-'));
     // client transaction latency_us script epoch_s epoch_us
-    fs.writeFileSync(path.join(dir, 'tx.1'), '0 0 1000 0 1 2\n0 1 3000 0 1 3\n');
+    fs.writeFileSync(path.join(dir, 'tx.1'), '0 0 1000 0 1 2\nnot a transaction\n0 1 3000 0 1 3\n'); // skipped
     const lines = Array.from({ length: 98 }, (_, i) => `1 ${i} ${2000 + i} 0 1 4`).join('\n');
     fs.writeFileSync(path.join(dir, 'tx.1.1'), `${lines}\n1 98 900000 0 1 5\n`);
     const r = pgbenchLogLatencies(fs.readdirSync(dir).map((f) => path.join(dir, f)));

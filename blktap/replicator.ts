@@ -67,6 +67,8 @@ export interface ReplicatorStats {
   forwardedBytes: number;
   unackedBytes: number;
   resyncPendingBytes: number;
+  /** Octets the resyncs had to copy when their sessions connected (summed over sessions). */
+  resyncPlannedBytes: number;
   /** Octets the resync covered, and of those the ones sent as zero ranges (no data on the wire). */
   resyncCopiedBytes: number;
   resyncZeroBytes: number;
@@ -103,7 +105,13 @@ export class DiskReplicator implements DiskPort, DiskTap {
    * yet; its written blocks are marked again if the session ends before.
    */
   private direct: { epoch: number; written: ResyncBitmap | null; open: boolean } | null = null;
-  private readonly counters = { forwardedWrites: 0, forwardedBytes: 0, resyncCopiedBytes: 0, resyncZeroBytes: 0 };
+  private readonly counters = {
+    forwardedWrites: 0,
+    forwardedBytes: 0,
+    resyncPlannedBytes: 0,
+    resyncCopiedBytes: 0,
+    resyncZeroBytes: 0,
+  };
   private readonly chunkBytes: number;
   /** The resync copy's DISK_SYNC body (16 + chunkBytes), reused: made at its first use. */
   private syncBody: Buffer | null = null;
@@ -171,6 +179,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     assert(this.link === null, 'disk session already connected');
     if (!backup.continues) this.bitmap.markAll();
     else for (const r of backup.differing) this.bitmap.markRange(r.offsetBytes, r.lengthBytes);
+    this.counters.resyncPlannedBytes += this.bitmap.bytes;
     this.link = link;
     this.tag = nextEpoch;
     // The backup applies the writes of its disk copy as they come, in order with the copy

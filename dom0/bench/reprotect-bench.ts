@@ -23,6 +23,9 @@ export interface ReprotectRun {
   changed_bytes: number;
   differing_bytes: number;
   copied_bytes: number;
+  /** What the copies had to cover when their sessions connected: the changed blocks, plus what the guest wrote
+   *  between the reprotect command and the connection. */
+  planned_bytes: number;
   copied_vs_changed: number;
   copied_vs_differing: number;
   seconds_to_protected: number;
@@ -174,13 +177,15 @@ export async function runReprotect(o: {
       'not protected again',
     );
     const secs = (Date.now() - t0) / 1000;
-    const copied = Number((st.disk as { resyncCopiedBytes: number }).resyncCopiedBytes);
+    const disk = st.disk as { resyncCopiedBytes: number; resyncPlannedBytes: number };
+    const copied = Number(disk.resyncCopiedBytes);
     return {
       mode: o.reuse ? 'changed-blocks' : 'full-copy',
       disk_bytes: o.diskMiB * 2 ** 20,
       changed_bytes: Number(r.resyncBytes),
       differing_bytes: differing,
       copied_bytes: copied,
+      planned_bytes: Number(disk.resyncPlannedBytes),
       copied_vs_changed: copied / Math.max(1, Number(r.resyncBytes)),
       copied_vs_differing: copied / Math.max(1, differing),
       seconds_to_protected: secs,

@@ -199,18 +199,25 @@ pg_bench_run() { # pg_bench_run NAME SECONDS: TPC-B in the background (PGB), out
 }
 pg_bench_txs() { sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$W/pgbench-$1.out" | head -1; }
 pg_bench_tps() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$W/pgbench-$1.out" | head -1; }
-# pg_load_phase NAME: pgbench for RUN_S beside the ledger; sets TPS, TX, and the ledger's commits
-# (LN) and commit latency p50/p99 (L50, L99) in that time.
+pg_bench_connect_ms() { sed -n 's/^initial connection time = \([0-9]*\).*/\1/p' "$W/pgbench-$1.out" | head -1; }
+# pg_load_phase NAME [SECONDS]: pgbench for SECONDS (RUN_S) beside the ledger; sets TPS (without
+# pgbench's connection time), TX, CONN_MS (pgbench's connection time), WIN_S (the phase's
+# seconds), and the ledger's commits (LN), commits per second (LR) and latency p50/p99 (L50, L99).
+# pgbench connects its clients one after another and counts that time in its -T: in a guest
+# checkpointed under the lab's emulation a new backend took ~27 s to answer its startup
+# (run 20261207-024036), so protected phases pass a longer SECONDS.
 pg_load_phase() {
   local t0 t1
   t0=${EPOCHREALTIME/./}
-  pg_bench_run "$1" "$RUN_S"; wait "$PGB"
+  pg_bench_run "$1" "${2:-$RUN_S}"; wait "$PGB"
   t1=${EPOCHREALTIME/./}
-  TX=$(pg_bench_txs "$1"); TPS=$(pg_bench_tps "$1")
-  [ -n "$TPS" ] || TPS=$(awk -v n="${TX:-0}" -v s="$RUN_S" 'BEGIN { printf "%.3f", n / s }')
+  TX=$(pg_bench_txs "$1"); TPS=$(pg_bench_tps "$1"); CONN_MS=$(pg_bench_connect_ms "$1")
+  [ -n "$TPS" ] || TPS=$(awk -v n="${TX:-0}" -v s="${2:-$RUN_S}" 'BEGIN { printf "%.3f", n / s }')
+  WIN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e6 }')
   L50=$(pg_acked_since "$t0" "$t1" | awk '{ print $2 }' | pg_pct 50)
   L99=$(pg_acked_since "$t0" "$t1" | awk '{ print $2 }' | pg_pct 99)
   LN=$(pg_acked_since "$t0" "$t1" | wc -l)
+  LR=$(awk -v n="$LN" -v s="$WIN_S" 'BEGIN { if (s > 0) printf "%.3f", n / s }')
 }
 
 # The crash comes while checkpoints are committed: ROLE's FIELD in its status (the primary's

@@ -210,9 +210,10 @@ lab_two_pg_load() { # lab_two_pg_load BACKUP_ERR VICTIM AFTER_S FIRST [AGENT0 [P
   local err=$1 victim=$2 after_s=$3 end h0 h1
   falsefo=0; killed_at=; fo_at=; TK=; TX_C=; sessions_before=; sessions_after=
   pg_ledgers "$LEDGERS" "$4"
-  pg_load_phase protected
-  TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
-  lab_log "protected by $victim ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms"
+  pg_load_phase protected $((RUN_S * 3)) # pgbench's connections took 70-90 s here (pg_load_phase)
+  TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN LR_P=$LR CONN_P=$CONN_MS
+  lab_log "protected by $victim ($MODE): pgbench $TPS_P tps after connecting in ${CONN_P:-?} ms; ledger $N_P" \
+    "commits in $WIN_S s, latency p50 $LAT_P50 ms p99 $LAT_P99 ms"
   grep -E "^progress|aborted|error" "$W/pgbench-protected.out" | tail -n 8 | sed 's/^/  pgbench: /'
   [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
   h0=$(pg_history)
@@ -267,6 +268,7 @@ lab_two_pg_load() { # lab_two_pg_load BACKUP_ERR VICTIM AFTER_S FIRST [AGENT0 [P
 lab_two_pg_numbers() {
   echo "net=$MODE kernel=${PG_KERNEL:-stock} acked_lost=$LOST acked=$ACKED present=$PRESENT" \
     "tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run_present=$TX_C ledger_commits_protected=$N_P" \
+    "pgbench_connect_ms_protected=$CONN_P ledger_commits_per_s_protected=$LR_P" \
     "commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 noticed_kill_to_failover_line_s=$(lab_diff "$fo_at" "$killed_at")" \
     "kill_to_answer_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S" \
     "ledger_sessions_new_after_kill=$([ -n "$sessions_after" ] && echo $((sessions_after - sessions_before))) pgbench_clients_aborted=$PGB_ABORTED" \

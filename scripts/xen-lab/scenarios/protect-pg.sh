@@ -85,11 +85,15 @@ acked=$(lab_wait_acked "$PP" 3 600)
 
 pg_ledgers "$LEDGERS"
 
-# 1. Protected load.
-pg_load_phase protected
-TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN
+# 1. Protected load, twice RUN_S: pgbench's connections take ~30-60 s of it (pg_load_phase).
+PAUSED0=$(lab_status | lab_field primary pausedMsTotal)
+pg_load_phase protected $((RUN_S * 2))
+TPS_P=$TPS TX_P=$TX LAT_P50=$L50 LAT_P99=$L99 N_P=$LN LR_P=$LR CONN_P=$CONN_MS WIN_P=$WIN_S
 lab_status > $W/status-primary.json
 field() { lab_field primary "$1" < $W/status-primary.json; }
+# The share of the phase the guest spent suspended in checkpoints: what bounds its work here.
+PAUSED_SHARE=$(awk -v a="$PAUSED0" -v b="$(field pausedMsTotal)" -v s="$WIN_P" \
+  'BEGIN { if (a != "" && b != "" && s > 0) printf "%.2f", (b - a) / 1000 / s }')
 ms() { awk -v v="$1" 'BEGIN { if (v != "") printf "%.0f", v }'; } # whole milliseconds
 CK=$(field checkpoints); WIRE=$(field wireBytes); FULLP=$(ms "$(field fullPauseMs)")
 P50=$(ms "$(field pauseMsP50)"); P99=$(ms "$(field pauseMsP99)")
@@ -97,7 +101,8 @@ P50=$(ms "$(field pauseMsP50)"); P99=$(ms "$(field pauseMsP99)")
 HELD=; AT_ONCE=
 [ "$MODE" = plug ] || pg_net_ledger field "$MODE"
 lab_log "protected ($MODE): pgbench $TPS_P tps; ledger $N_P commits, latency p50 $LAT_P50 ms p99 $LAT_P99 ms;" \
-  "$CK checkpoints, pause p50/p99 $P50/$P99 ms"
+  "$CK checkpoints, pause p50/p99 $P50/$P99 ms, guest paused ${PAUSED_SHARE:-?} of ${WIN_P} s;" \
+  "pgbench's connections took ${CONN_P:-?} ms"
 grep -E "^progress|aborted|error" $W/pgbench-protected.out | tail -n 8 | sed 's/^/  pgbench: /'
 [ "$N_P" -gt 0 ] || lab_fail "no ledger commit was acknowledged under protection"
 
@@ -135,12 +140,13 @@ pg_tpcb_check "$TX_P transactions protected, ${TX_C:-no} in the crash run"
 
 # 3. The same load on the resumed guest, now unprotected: the run's baseline.
 pg_load_phase unprotected
-TPS_U=$TPS LAT_U50=$L50 LAT_U99=$L99 N_U=$LN
+TPS_U=$TPS LAT_U50=$L50 LAT_U99=$L99 N_U=$LN LR_U=$LR CONN_U=$CONN_MS
 touch $W/ledger.stop
-LEDGER_RATIO=$(awk -v p="$N_P" -v u="$N_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
+# Rates: the two phases' windows differ (the protected one is longer).
+LEDGER_RATIO=$(awk -v p="$LR_P" -v u="$LR_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
 RATIO=$(awk -v p="$TPS_P" -v u="$TPS_U" 'BEGIN { if (u > 0) printf "%.3f", p / u }')
 lab_log "unprotected (after failover): pgbench $TPS_U tps, ledger latency p50 $LAT_U50 ms p99 $LAT_U99 ms;" \
-  "protected/unprotected TPS $RATIO, ledger commits $N_P/$N_U = $LEDGER_RATIO"
+  "protected/unprotected TPS $RATIO, ledger commits/s $LR_P/$LR_U = $LEDGER_RATIO"
 [[ "$TX" =~ ^[1-9][0-9]*$ ]] ||
   lab_fail "pgbench did not run on the resumed guest: $(tail -n 3 $W/pgbench-unprotected.out)"
 BPC=$(awk -v w="$WIRE" -v c="$CK" 'BEGIN { if (c > 0) printf "%d", w / c }')
@@ -149,6 +155,8 @@ NUMBERS=(net=$MODE kernel=$KERNEL guest_kernel=${GUEST_KERNEL% *}
   mem_mib=$MEM interval_ms=$INTERVAL acked_lost=$LOST acked=$ACKED present=$PRESENT
   tps_protected=$TPS_P tx_protected=$TX_P tx_crash_run=$TX_C tps_unprotected=$TPS_U tps_ratio=$RATIO
   ledger_commits_protected=$N_P ledger_commits_unprotected=$N_U ledger_ratio=$LEDGER_RATIO
+  ledger_commits_per_s_protected=$LR_P ledger_commits_per_s_unprotected=$LR_U paused_share=$PAUSED_SHARE
+  pgbench_connect_ms_protected=$CONN_P pgbench_connect_ms_unprotected=$CONN_U
   commit_p50_ms=$LAT_P50 commit_p99_ms=$LAT_P99 commit_unprotected_p50_ms=$LAT_U50 commit_unprotected_p99_ms=$LAT_U99
   checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP bytes_per_checkpoint=$BPC
   failover_s=$FAILOVER_S kill_to_first_ack_s=$KILL_TO_ACK_S

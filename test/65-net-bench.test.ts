@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { whyNoNetBench } from '../dom0/bench/net-bench';
+import { roundOrder, whyNoNetBench } from '../dom0/bench/net-bench';
 import { pgbenchLogLatencies } from '../dom0/bench/net-pg';
 import { listTestbedNamespaces } from '../dom0/net/netns-testbed';
 import { loadAddon } from '../dom0/native';
@@ -25,6 +25,16 @@ describe('65 net bench: pgbench logs', () => {
     assert.equal(r.p99Ms, 3, 'the 99th percentile: the one outlier (900 ms) is above it');
     assert.deepEqual(pgbenchLogLatencies([]), { p50Ms: Number.NaN, p99Ms: Number.NaN });
     fs.rmSync(dir, { recursive: true });
+  });
+
+  it('65.0b each round starts one series later: every series runs first once in as many rounds', () => {
+    const modes = ['none', 'remus', 'cp_pgwire'];
+    assert.deepEqual(roundOrder(modes, 1), modes);
+    assert.deepEqual(roundOrder(modes, 2), ['remus', 'cp_pgwire', 'none']);
+    assert.deepEqual(roundOrder(modes, 4), modes, 'the rotation repeats after one per series');
+    const firsts = [1, 2, 3].map((r) => roundOrder(modes, r)[0]);
+    assert.deepEqual([...firsts].sort(), [...modes].sort());
+    assert.deepEqual(roundOrder([], 3), []);
   });
 });
 

@@ -11,7 +11,8 @@
 //   cp_pgwire  commit protection by parsing the PostgreSQL protocol (no guest change)
 //   pg_sync_rep  no buffering, and PostgreSQL's own synchronous replication to a streaming
 //              standby in a fourth namespace: what a user would pick instead of remusdb
-// Each point is the median of `runs` runs; rounds interleave modes to spread noise. --trigger
+// Each point is the median of `runs` runs; rounds interleave modes to spread noise, each round
+// rotated by one mode, and every point starts from vacuumed tables (resetPgbenchTables). --trigger
 // output (the default, as protect's) also starts a checkpoint whenever the buffer holds a
 // protected packet, within --max-pause-share; pause_share is the guest's paused time over
 // each pgbench run (the engine's own pause measurements).
@@ -36,6 +37,7 @@ import {
   type PgbenchScript,
   type PgServer,
   pinGuestAndClient,
+  resetPgbenchTables,
   runPgbench,
   setSynchronousStandby,
   startServer,
@@ -369,6 +371,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     const engines = (rig = new EngineRig(16 * 2 ** 20, 200));
     const point = async (mode: NetMode | DiagMode, intervalMs: number, round: number): Promise<void> => {
       let p: Point;
+      resetPgbenchTables(bed.client, bed.guestIp4);
       try {
         p = await measure(bed, engines, stock.pgbench, mode, intervalMs, o);
       } catch (e) {
@@ -389,15 +392,14 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
           (o.intervalAuto ? `, interval auto at ${p.intervalMs} ms` : ''),
       );
     };
+    let serverBin = stock.bin;
     for (let round = 1; round <= o.runs; round++) {
-      for (const mode of modes) {
-        if (NEEDS_PATCHED.includes(mode as NetMode) || (mode === 'cp_pgwire' && patched)) {
+      for (const mode of roundOrder(modes, round)) {
+        const bin = NEEDS_PATCHED.includes(mode) ? patched!.bin : stock.bin;
+        if (bin !== serverBin) {
           server.stop();
-          server = startServer(
-            NEEDS_PATCHED.includes(mode as NetMode) ? patched!.bin : stock.bin,
-            bed.guest,
-            bed.guestIp4,
-          );
+          server = startServer(bin, bed.guest, bed.guestIp4);
+          serverBin = bin;
         }
         if (mode === 'pg_sync_rep') {
           await withStandby(bed, stock, o, () => point(mode, o.intervalsMs[0], round));
@@ -415,6 +417,15 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     destroyTestbed(PREFIX);
   }
   return summarize(samples, modes, o, notes);
+}
+
+/**
+ * The modes in the order round `round` (from 1) measures them: rotated by one per round, so
+ * that no series always runs first or last (a drift across a round then spreads over all).
+ */
+export function roundOrder<T>(modes: readonly T[], round: number): T[] {
+  const k = (round - 1) % Math.max(1, modes.length);
+  return [...modes.slice(k), ...modes.slice(0, k)];
 }
 
 function summarize(

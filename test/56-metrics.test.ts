@@ -136,6 +136,9 @@ describe('56 metrics', function () {
     assert.ok(must(b, 'remusdb_event_loop_delay_max_seconds', P) > 0);
     assert.ok(must(b, 'remusdb_disk_forwarded_bytes_total', P) > 0, 'the oltp guest writes its disk');
     assert.equal(must(b, 'remusdb_backup_lost_total', P), 0);
+    const tried = must(b, 'remusdb_backup_connect_attempts_total', P),
+      failed = must(b, 'remusdb_backup_connect_failures_total', P);
+    assert.ok(tried >= 1 && tried - failed === 1, `${tried} connects tried, ${failed} failed: one session holds`);
   });
 
   it('56.2 backup: it counts the same checkpoints; a SIGKILLed primary is one failover', async () => {

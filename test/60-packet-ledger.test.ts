@@ -4,6 +4,8 @@
 // commit protection, bounds, pass-through, discard, and a seeded random run.
 import { strict as assert } from 'node:assert';
 import { type Classifier, flowKey, idAfter, PacketLedger, type VerdictSink } from '../dom0/net/packet-ledger';
+import { EpochHolds, GateSet } from '../dom0/net/domain-net';
+import type { OutputGate } from '../dom0/ports';
 import { Prng } from '../dom0/util/prng';
 
 const COPY = 64;
@@ -230,5 +232,62 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
       assert.ok((last.get(f) ?? 0) < id, `flow ${f} reordered at ${id}`);
       last.set(f, id);
     }
+  });
+  it('60.17 per released epoch, how long its first held packet waited (the hold metric); none for an empty epoch', () => {
+    let now = 1000;
+    const k = new KernelModel();
+    k.ledger = new PacketLedger(k, { heldMax: 100, heldBytesMax: 1 << 20 }, byTos, 64, null, () => now);
+    const told: Array<[number, number]> = [];
+    k.ledger.onHoldMs = (ms, epoch) => told.push([epoch, ms]);
+    k.send(pkt(1, true));
+    k.deliver(); // held at 1000
+    now = 1010;
+    k.send(pkt(2, true));
+    k.deliver(); // the same epoch: its first packet still decides
+    k.ledger.barrier(1);
+    now = 1030;
+    k.ledger.barrier(2); // epoch 2 held nothing
+    k.send(pkt(3, false)); // leaves at once: never held
+    k.deliver();
+    k.ledger.barrier(3);
+    now = 1075;
+    k.ledger.release(3);
+    assert.deepEqual(told, [[1, 75]], 'only epoch 1 held packets, its first for 75 ms');
+    assert.equal(k.ledger.stats.holdMsMax, 75);
+    k.send(pkt(1, false)); // rides nothing: epoch 1's flow is released
+    k.send(pkt(4, true));
+    k.deliver();
+    k.ledger.barrier(4);
+    now = 1100;
+    k.ledger.release(4);
+    assert.deepEqual(told[1], [4, 25]);
+  });
+
+  it('60.18 several interfaces: the domain hold of an epoch is the longest, told in order after all released', () => {
+    const order: string[] = [];
+    const holds = new EpochHolds();
+    const gate = (name: string, hold: Array<[number, number]>): OutputGate => ({
+      held: 0,
+      barrier() {},
+      release: () => {
+        order.push(`release ${name}`);
+        for (const [epoch, ms] of hold) holds.add(epoch, ms);
+      },
+      setPassThrough() {},
+      discard() {},
+    });
+    const set = new GateSet(
+      [
+        gate('vif1.0', [
+          [3, 10],
+          [2, 40],
+        ]),
+        gate('vif1.1', [[3, 20]]),
+      ],
+      () => holds.tell((ms) => order.push(`told ${ms}`)),
+    );
+    set.release(3);
+    assert.deepEqual(order, ['release vif1.0', 'release vif1.1', 'told 40', 'told 20']);
+    holds.tell(() => assert.fail('told twice'));
   });
 });

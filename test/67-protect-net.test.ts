@@ -245,6 +245,13 @@ describe('67 protect with a network buffer', function () {
         held.avgMs! > INTERVAL_MS / 4 && held.avgMs! > 10 * before.avgMs!,
         `round trip while protected ${held.avgMs} ms (unprotected ${before.avgMs} ms, interval ${INTERVAL_MS} ms)`,
       );
+      // The replies' hold times reach status (and the metrics' histogram): nfqueue sees each packet.
+      const st = await controlRequest(path.join(dir, 'primary-t67.sock'), { cmd: 'status' });
+      const ledger = (st.net as { interfaces: Array<{ ledger: { holdMsMax: number } }> }).interfaces[0].ledger;
+      assert.ok(
+        ledger.holdMsMax > INTERVAL_MS / 4 && ledger.holdMsMax < 20 * INTERVAL_MS,
+        `longest hold ${ledger.holdMsMax} ms`,
+      );
       p.kill('SIGTERM');
       await exited(p);
       assert.equal(p.exitCode, 0, logOf(p).slice(-2000));

@@ -172,7 +172,11 @@ export function initPgbench(pgbench: string, ns: string, host: string, scale: nu
 export function resetPgbenchTables(ns: string, host: string): void {
   const psql = [`/usr/lib/postgresql/${PG_VERSION}/bin/psql`].find((p) => fs.existsSync(p)) ?? 'psql';
   for (const sql of ['VACUUM pgbench_branches, pgbench_tellers', 'TRUNCATE pgbench_history', 'CHECKPOINT'])
-    run(['ip', 'netns', 'exec', ns, psql, '-X', '-q', '-h', host, '-U', 'postgres', '-c', sql, 'postgres'], sql, 120_000);
+    run(
+      ['ip', 'netns', 'exec', ns, psql, '-X', '-q', '-h', host, '-U', 'postgres', '-c', sql, 'postgres'],
+      sql,
+      120_000,
+    );
 }
 
 /**

@@ -35,6 +35,11 @@ export interface DomainNet {
   readonly gate: OutputGate;
   /** Per-interface exposure trackers (commit protection only), for failover resets. */
   readonly exposure: ExposureTracker[];
+  /**
+   * Told, per released epoch, how long its oldest held packet waited over all interfaces (ms):
+   * the metrics' hold histogram. nfqueue only: sch_plug holds in the kernel, unseen by dom0.
+   */
+  onHoldMs: ((ms: number) => void) | null;
   describe(): Record<string, unknown>;
   /** Removes every rule, IFB and queue (held packets are dropped). Idempotent. */
   close(): void;
@@ -46,7 +51,11 @@ export interface DomainNet {
  */
 export class GateSet implements OutputGate {
   readonly watchHeld?: (onHeld: (() => void) | null) => void;
-  constructor(private readonly gates: OutputGate[]) {
+  /** afterRelease: runs once every gate has released (the hold times are then all known). */
+  constructor(
+    private readonly gates: OutputGate[],
+    private readonly afterRelease: () => void = () => {},
+  ) {
     assert(gates.length > 0, 'a gate set needs a gate');
     if (gates.every((g) => g.watchHeld))
       this.watchHeld = (onHeld) => {
@@ -61,12 +70,28 @@ export class GateSet implements OutputGate {
   }
   release(epoch: number): void {
     for (const g of this.gates) g.release(epoch);
+    this.afterRelease();
   }
   setPassThrough(on: boolean): void {
     for (const g of this.gates) g.setPassThrough(on);
   }
   discard(): void {
     for (const g of this.gates) g.discard();
+  }
+}
+
+/**
+ * The domain's hold per released epoch: each interface's ledger reports its own during a
+ * release; the domain's is the longest of them, told in epoch order once all have released.
+ */
+export class EpochHolds {
+  private readonly longest = new Map<number, number>();
+  add(epoch: number, ms: number): void {
+    this.longest.set(epoch, Math.max(ms, this.longest.get(epoch) ?? 0));
+  }
+  tell(to: ((ms: number) => void) | null): void {
+    for (const epoch of [...this.longest.keys()].sort((a, b) => a - b)) to?.(this.longest.get(epoch)!);
+    this.longest.clear();
   }
 }
 
@@ -97,8 +122,14 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
     throw e;
   }
   let closed = false;
-  return {
-    gate: opened.length === 1 ? opened[0].gate : new GateSet(opened.map((nb) => nb.gate)),
+  const holds = new EpochHolds();
+  for (const nb of opened) if (nb.nfqueue) nb.nfqueue.ledger.onHoldMs = (ms, epoch) => holds.add(epoch, ms);
+  const net: DomainNet = {
+    gate: new GateSet(
+      opened.map((nb) => nb.gate),
+      () => holds.tell(net.onHoldMs),
+    ),
+    onHoldMs: null,
     exposure: opened.flatMap((nb) => (nb.exposure ? [nb.exposure] : [])),
     describe: () => ({
       driver: o.driver,
@@ -111,4 +142,5 @@ export function openDomainNet(o: DomainNetOptions): DomainNet {
       for (const nb of opened.slice().reverse()) nb.close();
     },
   };
+  return net;
 }

@@ -79,6 +79,8 @@ export interface LedgerStats {
   droppedOverLimit: number;
   /** Dropped by discard() (fenced). */
   discarded: number;
+  /** The longest an epoch's first held packet waited, from when it was read to its release (ms). */
+  holdMsMax: number;
 }
 
 interface EpochRecord {
@@ -90,6 +92,8 @@ interface EpochRecord {
   count: number;
   bytes: number;
   flows: string[];
+  /** When its first packet was held (the clock's ms); meaningless while count is 0. */
+  since: number;
 }
 
 /** a after b in 32-bit id space (the kernel's ids wrap). */
@@ -115,7 +119,10 @@ export class PacketLedger implements OutputGate {
     passedThrough: 0,
     droppedOverLimit: 0,
     discarded: 0,
+    holdMsMax: 0,
   };
+  /** Told, per released epoch that held packets, how long its first one waited (ms): the metrics. */
+  onHoldMs: ((ms: number, epoch: number) => void) | null = null;
 
   constructor(
     private readonly sink: VerdictSink,
@@ -123,6 +130,7 @@ export class PacketLedger implements OutputGate {
     private readonly classify: Classifier | null = null,
     batchMax = 65536,
     private readonly observer: LedgerObserver | null = null,
+    private readonly nowMs: () => number = () => performance.now(),
   ) {
     assert(limits.heldMax >= 1 && limits.heldBytesMax >= 1, 'ledger limits must be positive');
     this.current = newEpoch(1);
@@ -210,6 +218,7 @@ export class PacketLedger implements OutputGate {
         this.flows.set(key, rec.epoch);
       }
     }
+    if (rec.count === 0) rec.since = this.nowMs();
     rec.count++;
     rec.bytes += bytes;
     this.stats.held++;
@@ -245,6 +254,10 @@ export class PacketLedger implements OutputGate {
     this.stats.held -= rec.count;
     this.stats.heldBytes -= rec.bytes;
     this.stats.released += rec.count;
+    if (rec.count === 0) return;
+    const ms = this.nowMs() - rec.since;
+    this.stats.holdMsMax = Math.max(this.stats.holdMsMax, ms);
+    this.onHoldMs?.(ms, rec.epoch);
   }
 
   setPassThrough(on: boolean): void {
@@ -279,7 +292,7 @@ function headerOf(b: PacketBatch, i: number): Uint8Array {
 }
 
 function newEpoch(epoch: number): EpochRecord {
-  return { epoch, lastBaseId: -1, riders: [], count: 0, bytes: 0, flows: [] };
+  return { epoch, lastBaseId: -1, riders: [], count: 0, bytes: 0, flows: [], since: 0 };
 }
 
 /**

@@ -50,6 +50,8 @@ export interface PrimarySample {
   disk: { forwardedBytes: number; resyncPendingBytes: number } | null;
   /** Times the backup was lost (the engine's 'backup-lost' events). */
   backupLosses: number;
+  /** Connections to the backup tried, and those that failed (reconnector.ts); null: none are made (--blackhole). */
+  connects?: { started: number; failed: number } | null;
   /** --coordination: whether ownership is provable now, and for how long more (ms); null without it. */
   ownership?: { provable: boolean; validForMs: number } | null;
 }
@@ -300,6 +302,16 @@ export class MetricsExporter {
       'remusdb_backup_lost_total',
       'Times the backup was lost (closed, silent, or refused a record)',
       (s) => s.backupLosses,
+    );
+    counter(
+      'remusdb_backup_connect_attempts_total',
+      'Connections to the backup tried (the first, and each retry after a failure or a lost backup)',
+      (s) => s.connects?.started ?? 0,
+    );
+    counter(
+      'remusdb_backup_connect_failures_total',
+      'Connections to the backup that failed before a link (unreachable, refused, TLS)',
+      (s) => s.connects?.failed ?? 0,
     );
     counter(
       'remusdb_disk_forwarded_bytes_total',

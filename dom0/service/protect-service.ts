@@ -136,12 +136,13 @@ export class ProtectService {
             });
       this.control = new ControlServer(socketPath('primary', cfg.opened.name), (req) => this.onControl(req));
       this.metrics = cfg.metrics?.watchPrimary(cfg.opened.label, () => this.metricsSample()) ?? null;
-      const outputs = cfg.opened.outputs;
-      if (outputs)
-        outputs.onHoldMs = (ms) => {
-          this.recent.holds.add(Date.now(), ms);
-          this.metrics?.hold(ms);
-        };
+      // Hold times: a simulated guest's own outputs, and the network buffer's packets (nfqueue).
+      const heardHold = (ms: number): void => {
+        this.recent.holds.add(Date.now(), ms);
+        this.metrics?.hold(ms);
+      };
+      if (cfg.opened.outputs) cfg.opened.outputs.onHoldMs = heardHold;
+      if (net) net.onHoldMs = heardHold;
     } catch (e) {
       net?.close();
       throw e;
@@ -196,6 +197,7 @@ export class ProtectService {
       this.owned?.close();
       await this.cfg.ownership?.release();
       if (this.opened.outputs) this.opened.outputs.onHoldMs = null;
+      if (this.net) this.net.onHoldMs = null;
       if (this.cfg.ownsMetrics) await this.cfg.metrics?.close();
     }
     await this.opened.close();
@@ -209,6 +211,9 @@ export class ProtectService {
       kind: this.opened.driver.kind,
       ...stats,
       backup_target: this.reconnector ? this.reconnector.target : 'blackhole',
+      backup_connects: this.reconnector
+        ? { ...this.reconnector.attempts, next_delay_ms: this.reconnector.nextDelayMs }
+        : null,
       rss_bytes: process.memoryUsage.rss(),
       ...loopDelay(),
       interval_ms: stats.intervalMs,
@@ -253,7 +258,8 @@ export class ProtectService {
     const own = this.cfg.ownership;
     const validForMs = own ? Math.max(0, own.validUntilMs - realClock.now()) : 0;
     const ownership = own ? { provable: validForMs > 0, validForMs } : null;
-    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk, ownership };
+    const connects = this.reconnector ? { ...this.reconnector.attempts } : null;
+    return { stats: this.primary.stats(), backupLosses: this.backupLosses, disk, ownership, connects };
   }
 
   /** A long first pre-copy round says where it is: sent, remaining, rate, time left. */

@@ -32,6 +32,8 @@ export class Reconnector {
   private readonly said: ChangeLog;
   /** Where the next attempt goes (the target's backup until retarget()). */
   private backup: { host: string; port: number };
+  /** Connection attempts started, and those that failed before a link (status, metrics); failed ≤ started. */
+  readonly attempts = { started: 0, failed: 0 };
 
   constructor(private readonly t: ReconnectTarget) {
     this.said = new ChangeLog(t.log);
@@ -61,6 +63,7 @@ export class Reconnector {
   connect(): void {
     if (this.stopped || this.t.attached()) return;
     const b = this.backup;
+    this.attempts.started++;
     connectLink(b.host, b.port, this.t.security).then(
       (link) => {
         if (this.stopped || b !== this.backup) {
@@ -71,6 +74,7 @@ export class Reconnector {
         this.t.attach(link);
       },
       (e: Error) => {
+        this.attempts.failed++;
         this.said.say(`backup ${b.host}:${b.port} unreachable: ${unreachableReason(e, this.t.security)}; retrying`);
         this.schedule();
       },

@@ -154,6 +154,8 @@ interface Point {
   heldPct: number;
   cpuUsPerPacket: number;
   netUsPerPacket: number;
+  /** netUsPerPacket's parts (µs per packet): the program's runs, the exposure ring's reading, the queue's batches. */
+  netParts: { bpf: number; ring: number; queue: number };
   pauseShare: number;
   /** The timer's interval at the end of the run (ms; with --interval-auto its choice). */
   intervalMs: number;
@@ -246,6 +248,12 @@ async function measure(
       const intervalMs = Number(engine.stats().intervalMs);
       const cpuUsPerPacket = seen ? cpuUs / seen : 0;
       const netUsPerPacket = seen ? (net1.netNs - net0.netNs) / 1000 / seen : 0;
+      const per = (a: number, b: number): number => (seen ? (b - a) / 1000 / seen : 0);
+      const netParts = {
+        bpf: per(net0.bpfNs, net1.bpfNs),
+        ring: per(net0.drainNs, net1.drainNs),
+        queue: per(net0.ingestNs, net1.ingestNs),
+      };
       return {
         tps: r.tps,
         latencyMs: r.latencyMs,
@@ -254,6 +262,7 @@ async function measure(
         heldPct,
         cpuUsPerPacket,
         netUsPerPacket,
+        netParts,
         pauseShare: paused / ms,
         intervalMs,
         perSec,
@@ -317,12 +326,14 @@ function sampleNet(nb: NetBuffer): NetSample {
   if (nb.kernel) {
     const k = nb.kernel.stats();
     const bpfNs = nb.kernel.runStats().runTimeNs;
-    const netNs = bpfNs + nb.kernel.drainNs + ingestNs;
-    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs, netNs };
+    const drainNs = nb.kernel.drainNs;
+    const netNs = bpfNs + drainNs + ingestNs;
+    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs, drainNs, ingestNs, netNs };
   }
   const l = nb.nfqueue?.ledger.stats;
   const packets = l ? l.received - l.passedThrough : 0;
-  return { packets, held: l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0, cpuUs, bpfNs: 0, netNs: ingestNs };
+  const held = l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0;
+  return { packets, held, cpuUs, bpfNs: 0, drainNs: 0, ingestNs, netNs: ingestNs };
 }
 
 /**
@@ -336,6 +347,9 @@ interface NetSample {
   held: number;
   cpuUs: number;
   bpfNs: number;
+  /** Reading the kernel classifier's exposure ring, and the queue's batches (this thread's CPU, ns). */
+  drainNs: number;
+  ingestNs: number;
   netNs: number;
 }
 
@@ -389,6 +403,10 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
           `held ${p.heldPct.toFixed(1)}% of packets  ` +
           `paused ${(100 * p.pauseShare).toFixed(1)}% ` +
           `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)` +
+          (p.netUsPerPacket > 0
+            ? `  net buffer µs/packet ${p.netUsPerPacket.toFixed(2)} (bpf ${p.netParts.bpf.toFixed(2)}, ` +
+              `ring ${p.netParts.ring.toFixed(2)}, queue ${p.netParts.queue.toFixed(2)})`
+            : '') +
           (o.intervalAuto ? `, interval auto at ${p.intervalMs} ms` : ''),
       );
     };

@@ -42,7 +42,7 @@ esac
 # remusdb NBD export at /dev/nbdN for qdisk/blkback (docs/xen-adapter.md, "Disk").
 DOM0_PKGS="xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils linux-image-amd64
   iproute2 bridge-utils kmod udev busybox-static socat jq procps e2fsprogs cpio util-linux
-  iputils-ping strace liblz4-1 libzstd1 libnetfilter-queue1 iptables qemu-system-xen nbd-client"
+  iputils-ping strace liblz4-1 libzstd1 libnetfilter-queue1 iptables qemu-system-xen nbd-client etcd-server"
 IMG_SIZE=${XENLAB_IMG_SIZE:-3G}
 KEEP_IMAGES=${XENLAB_KEEP_IMAGES:-2}
 

@@ -78,7 +78,9 @@ xl_lab_lock() { # one lab VM (or VM pair) at a time on this machine: holds fd 8 
 # paging, so Xen offers HVM/PVH with HAP — EPYC models crash dom0 under TCG) and XENLAB_HV
 # (the hypervisor: "shadow", bookworm's build with shadow paging, which PV log-dirty needs;
 # "stock", bookworm-security's build as Debian ships it, without shadow paging) and
-# XENLAB_XEN_ARGS (more hypervisor options, comma-separated: hap_2mb=false,hap_1gb=false).
+# XENLAB_XEN_ARGS (more hypervisor options, comma-separated: hap_2mb=false,hap_1gb=false), and
+# XENLAB_ACCEL (QEMU's accelerator: tcg, the default on these hosts without KVM; kvm on a host
+# with /dev/kvm and nested virtualisation, with XENLAB_CPU=host: real AMD-V/VT-x for PVH/HVM).
 xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_ARGV (Xen + dom0, no NIC)
   local hv xenargs=${XENLAB_XEN_ARGS:-}
   case "${XENLAB_HV:-shadow}" in
@@ -88,7 +90,13 @@ xl_qemu_argv() { # xl_qemu_argv IMG SHARE PIDFILE [DOM0_EXTRA_ARGS]: sets QEMU_A
   esac
   [[ "${XENLAB_CPU:-Westmere}" =~ ^[A-Za-z0-9_.,+-]+$ ]] || xl_die "XENLAB_CPU: '$XENLAB_CPU' is not a QEMU cpu model"
   [[ "${XENLAB_XEN_ARGS:-}" =~ ^[A-Za-z0-9_.,:=-]*$ ]] || xl_die "XENLAB_XEN_ARGS: '$XENLAB_XEN_ARGS' is not opt=value,…"
-  QEMU_ARGV=(qemu-system-x86_64 -accel tcg,thread=single -machine q35 -cpu "${XENLAB_CPU:-Westmere}" -smp "$SMP" -m "$MEM"
+  local accel
+  case "${XENLAB_ACCEL:-tcg}" in
+    tcg) accel=tcg,thread=single ;;
+    kvm) [ -w /dev/kvm ] || xl_die "XENLAB_ACCEL=kvm: no writable /dev/kvm on this host"; accel=kvm ;;
+    *) xl_die "XENLAB_ACCEL: '$XENLAB_ACCEL' is not tcg or kvm" ;;
+  esac
+  QEMU_ARGV=(qemu-system-x86_64 -accel "$accel" -machine q35 -cpu "${XENLAB_CPU:-Westmere}" -smp "$SMP" -m "$MEM"
     -display none -no-reboot -nic none -pidfile "$3"
     -kernel "$1/boot/$hv"
     -append "dom0_mem=$DOM0_MEM,max:$DOM0_MEM pv-l1tf=false console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all console_timestamps=boot ${xenargs//,/ }"

@@ -24,7 +24,7 @@
           "libraries": ["-lnetfilter_queue"]
         }],
         ["has_bpf==1", {
-          "sources": ["src/bpf_classifier.cc"],
+          "sources": ["src/bpf_classifier.cc", "src/exposure_coalesce.cc"],
           "defines": ["REMUS_HAVE_BPF"],
           "libraries": ["-lbpf"],
           "dependencies": ["classify_tc_bpf"]

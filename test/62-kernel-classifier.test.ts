@@ -12,9 +12,9 @@ import { strict as assert } from 'node:assert';
 import { dscpClassifier, ETH_P_IP, ETH_P_IPV6, PROTECTED_DSCP } from '../dom0/net/classify-dscp';
 import { ExposureTracker } from '../dom0/net/failover-reset';
 import { PgwireClassifier } from '../dom0/net/pgwire-classifier';
-import { KernelClassifier, PGWIRE_KERNEL_MARKS } from '../dom0/net/kernel-classifier';
+import { coalesceExposures, KernelClassifier, PGWIRE_KERNEL_MARKS } from '../dom0/net/kernel-classifier';
 import { PGWIRE_KERNEL_HELD_RANGES, PGWIRE_KERNEL_PORTS_MAX } from '../dom0/limits';
-import { loadAddon } from '../dom0/native';
+import { loadAddon, requirePart } from '../dom0/native';
 import { Prng } from '../dom0/util/prng';
 import {
   asCopy,
@@ -333,5 +333,41 @@ describe('62b commit protection classified in the kernel (BPF_PROG_TEST_RUN)', (
     k.close();
     k.close();
     assert.throws(() => k.testRun(frameOf(udpPacket(0))), { code: 'ERR_NETBUF' });
+  });
+});
+
+describe('62c the exposure ring merged natively (exposure_coalesce.cc)', () => {
+  /** One raw struct pgw_exposure (classify_tc.h): 64 octets, little-endian. */
+  function record(rng: Prng, flow: number, epoch: number): Buffer {
+    const b = Buffer.alloc(64);
+    b[0] = flow & 1; // v6
+    b[1] = [0x10, 0x18, 0x11, 0x12, 0x02, 0x01, 0x04][rng.below(7)]; // ACK, PSH-ACK, FIN-ACK, SYN-ACK, SYN, FIN, RST
+    b.writeUInt16LE(5432, 2);
+    b.writeUInt16LE(40000 + (flow >> 1), 4);
+    b.fill(10 + flow, 8, 24);
+    b.fill(20 + flow, 24, 40);
+    b.writeUInt32LE((0xfffff000 + rng.below(0x2000)) >>> 0, 40); // around the wrap
+    b.writeUInt32LE((0xffffff00 + rng.below(0x200)) >>> 0, 44);
+    b.writeUInt32LE(rng.below(3) === 0 ? 0 : rng.below(9000), 48);
+    b.writeBigUInt64LE(BigInt(epoch), 56);
+    return b;
+  }
+  it('gives the reset tracker what the raw records give it: per flow and epoch, the highest end and ACK', function () {
+    if (!loadAddon().parts.bpf) this.skip(); // the addon was built without libbpf-dev / clang
+    const native = requirePart('bpf') as unknown as { coalesceExposureRecords(b: Buffer): Buffer };
+    const rng = new Prng(62);
+    for (let round = 0; round < 200; round++) {
+      const n = 1 + rng.below(60);
+      const raw = Buffer.concat(Array.from({ length: n }, () => record(rng, rng.below(4), 1 + rng.below(3))));
+      const merged = native.coalesceExposureRecords(raw);
+      assert.ok(merged.length <= raw.length && merged.length % 64 === 0);
+      assert.ok(merged.length / 64 <= 12, 'at most one record per flow (4) and epoch (3)');
+      const text = (b: Buffer): string[] =>
+        coalesceExposures(b)
+          .map((x) => `${x.epoch} ${Buffer.from(x.header).toString('hex')}`)
+          .sort();
+      assert.deepEqual(text(merged), text(raw), `round ${round}`);
+    }
+    assert.throws(() => native.coalesceExposureRecords(Buffer.alloc(65)), /whole pgw_exposure records/);
   });
 });

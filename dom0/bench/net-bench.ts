@@ -155,7 +155,7 @@ interface Point {
   cpuUsPerPacket: number;
   netUsPerPacket: number;
   /** netUsPerPacket's parts (µs per packet): the program's runs, the exposure ring's reading, the queue's batches. */
-  netParts: { bpf: number; ring: number; queue: number };
+  netParts: { bpf: number; ring: number; queue: number; bpfRunsPerPacket: number };
   pauseShare: number;
   /** The timer's interval at the end of the run (ms; with --interval-auto its choice). */
   intervalMs: number;
@@ -253,6 +253,7 @@ async function measure(
         bpf: per(net0.bpfNs, net1.bpfNs),
         ring: per(net0.drainNs, net1.drainNs),
         queue: per(net0.ingestNs, net1.ingestNs),
+        bpfRunsPerPacket: seen ? (net1.bpfRuns - net0.bpfRuns) / seen : 0,
       };
       return {
         tps: r.tps,
@@ -325,15 +326,17 @@ function sampleNet(nb: NetBuffer): NetSample {
   const ingestNs = nb.nfqueue?.ingestNs ?? 0;
   if (nb.kernel) {
     const k = nb.kernel.stats();
-    const bpfNs = nb.kernel.runStats().runTimeNs;
+    const run = nb.kernel.runStats();
     const drainNs = nb.kernel.drainNs;
-    const netNs = bpfNs + drainNs + ingestNs;
-    return { packets: k.packets - k.notIp, held: k.held + k.otherHeld, cpuUs, bpfNs, drainNs, ingestNs, netNs };
+    const netNs = run.runTimeNs + drainNs + ingestNs;
+    const packets = k.packets - k.notIp;
+    const held = k.held + k.otherHeld;
+    return { packets, held, cpuUs, bpfNs: run.runTimeNs, bpfRuns: run.runCount, drainNs, ingestNs, netNs };
   }
   const l = nb.nfqueue?.ledger.stats;
   const packets = l ? l.received - l.passedThrough : 0;
   const held = l ? packets - l.releasedAtOnce - l.droppedOverLimit : 0;
-  return { packets, held, cpuUs, bpfNs: 0, drainNs: 0, ingestNs, netNs: ingestNs };
+  return { packets, held, cpuUs, bpfNs: 0, bpfRuns: 0, drainNs: 0, ingestNs, netNs: ingestNs };
 }
 
 /**
@@ -347,6 +350,8 @@ interface NetSample {
   held: number;
   cpuUs: number;
   bpfNs: number;
+  /** The program's runs (each packet it saw, any interface it is attached to). */
+  bpfRuns: number;
   /** Reading the kernel classifier's exposure ring, and the queue's batches (this thread's CPU, ns). */
   drainNs: number;
   ingestNs: number;
@@ -405,7 +410,8 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
           `(${p.perSec.toFixed(0)} checkpoints/s of ${p.pauseMs.toFixed(2)} ms)` +
           (p.netUsPerPacket > 0
             ? `  net buffer µs/packet ${p.netUsPerPacket.toFixed(2)} (bpf ${p.netParts.bpf.toFixed(2)}, ` +
-              `ring ${p.netParts.ring.toFixed(2)}, queue ${p.netParts.queue.toFixed(2)})`
+              `ring ${p.netParts.ring.toFixed(2)}, queue ${p.netParts.queue.toFixed(2)}` +
+              (p.netParts.bpfRunsPerPacket ? `; ${p.netParts.bpfRunsPerPacket.toFixed(2)} runs/packet)` : ')')
             : '') +
           (o.intervalAuto ? `, interval auto at ${p.intervalMs} ms` : ''),
       );

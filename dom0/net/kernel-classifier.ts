@@ -67,7 +67,10 @@ interface NativeBpfClassifier {
   setEpochs(open: number, released: number): void;
   stats(): number[];
   testRun(frame: Uint8Array, mark: number): { retval: number; mark: number };
+  /** The ring's records since the last drain, merged to one per flow and epoch (exposure_coalesce.h). */
   drainExposures(): Buffer;
+  /** Records read from the ring so far, before merging. */
+  exposuresRead(): number;
   runStats(): { runTimeNs: number; runCount: number; counting: boolean };
   close(): void;
 }
@@ -109,8 +112,7 @@ export class KernelClassifier {
   private drainTimer: NodeJS.Timeout | null = null;
   /** Gets the packets that left in the kernel (the failover reset tracker); null: not read. */
   exposureSink: LedgerObserver | null = null;
-  /** Packets read from the exposure ring, and this thread's CPU time spent reading and handing them over. */
-  exposuresRead = 0;
+  /** This thread's CPU time spent reading the exposure ring and handing its records over. */
   drainNs = 0;
 
   private constructor(
@@ -183,7 +185,6 @@ export class KernelClassifier {
     const records = this.prog.drainExposures();
     if (records.length > 0) {
       for (const x of coalesceExposures(records)) this.exposureSink.packet(x.header, 'release', 'accept', x.epoch);
-      this.exposuresRead += records.length / EXPOSURE_BYTES;
       this.exposureSink.beforeVerdicts?.();
     }
     this.drainNs += threadCpuNs() - t0;
@@ -215,6 +216,11 @@ export class KernelClassifier {
     if (this.drainTimer !== null || this.exposureSink === null) return;
     this.drainTimer = setInterval(() => this.drainInBackground(), PGWIRE_KERNEL_EXPOSURE_DRAIN_MS);
     this.drainTimer.unref();
+  }
+
+  /** Packets read from the exposure ring (each packet that left in the kernel, before merging). */
+  get exposuresRead(): number {
+    return this.prog.exposuresRead(); // kept by the native object, closed or not
   }
 
   stats(): KernelClassifierStats {

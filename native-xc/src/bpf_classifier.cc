@@ -8,7 +8,10 @@
 //   new BpfClassifier({objPath, ifname?, netnsPath?, ports, markMask, markHold, markFollow,
 //                  flowsMax, epochOpen, epochReleased})
 //   setEpochs(open, released); stats() -> number[PGW_STATS_N];
-//   drainExposures() -> Buffer of struct pgw_exposure records (packets that left in the kernel)
+//   drainExposures() -> Buffer of struct pgw_exposure records (packets that left in the kernel),
+//                 merged to one per flow and epoch (exposure_coalesce.h); exposuresRead() -> the
+//                 records read from the ring so far, before merging
+//   coalesceExposureRecords(buffer) -> the same merge of raw records (tests; a module function)
 //   runStats() -> {runTimeNs, runCount}: the kernel's count of the program's runs and their
 //                 time, kept while `runStats: true` was given (BPF_ENABLE_STATS; benchmarks)
 //   testRun(frame, mark) -> {retval, mark}   (BPF_PROG_TEST_RUN: tests feed frames)
@@ -28,6 +31,7 @@
 
 #include "bpf/classify_tc.h"
 #include "errors.h"
+#include "exposure_coalesce.h"
 #include "netns.h"
 
 namespace remus {
@@ -60,6 +64,7 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
                         InstanceMethod("stats", &BpfClassifier::Stats),
                         InstanceMethod("testRun", &BpfClassifier::TestRun),
                         InstanceMethod("drainExposures", &BpfClassifier::DrainExposures),
+                        InstanceMethod("exposuresRead", &BpfClassifier::ExposuresRead),
                         InstanceMethod("runStats", &BpfClassifier::RunStats),
                         InstanceMethod("close", &BpfClassifier::Close)});
   }
@@ -278,9 +283,14 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
   static int OnExposure(void* ctx, void* data, size_t size) {
     auto* self = static_cast<BpfClassifier*>(ctx);
     if (size != sizeof(pgw_exposure)) return 0;
-    const auto* p = static_cast<const uint8_t*>(data);
-    self->drained_.insert(self->drained_.end(), p, p + size);
+    pgw_exposure e;
+    std::memcpy(&e, data, sizeof e);
+    self->coalescer_.Add(e);
     return 0;
+  }
+
+  Napi::Value ExposuresRead(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(coalescer_.added()));
   }
 
   Napi::Value DrainExposures(const Napi::CallbackInfo& info) {
@@ -288,6 +298,7 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
     if (!Usable(env)) return env.Undefined();
     drained_.clear();
     int n = ring_buffer__consume(rb_);
+    coalescer_.Take(&drained_);  // what was read before a failure is not kept for the next drain
     if (n < 0) {
       ThrowRemus(env, ErrCode::kNetbuf, "in-kernel classifier: " + Why("read the exposure ring", n));
       return env.Undefined();
@@ -318,7 +329,8 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
 
   bpf_object* obj_ = nullptr;
   ring_buffer* rb_ = nullptr;
-  std::vector<uint8_t> drained_;  // one drain's records (at most the ring's bytes)
+  ExposureCoalescer coalescer_;    // the records of the drain under way, merged
+  std::vector<uint8_t> drained_;  // one drain's merged records (at most the ring's bytes)
   bpf_tc_hook hook_{};
   bool attached_ = false;
   std::string netns_;
@@ -328,8 +340,28 @@ class BpfClassifier : public Napi::ObjectWrap<BpfClassifier> {
 
 }  // namespace
 
+static Napi::Value CoalesceExposureRecords(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 1 || !info[0].IsBuffer() ||
+      info[0].As<Napi::Buffer<uint8_t>>().Length() % sizeof(pgw_exposure) != 0) {
+    ThrowType(env, "coalesceExposureRecords(records: Buffer of whole pgw_exposure records)");
+    return env.Undefined();
+  }
+  auto b = info[0].As<Napi::Buffer<uint8_t>>();
+  ExposureCoalescer c;
+  for (size_t at = 0; at < b.Length(); at += sizeof(pgw_exposure)) {
+    pgw_exposure e;
+    std::memcpy(&e, b.Data() + at, sizeof e);
+    c.Add(e);
+  }
+  std::vector<uint8_t> out;
+  c.Take(&out);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+}
+
 void InitBpfClassifier(Napi::Env env, Napi::Object exports) {
   exports.Set("BpfClassifier", BpfClassifier::Define(env));
+  exports.Set("coalesceExposureRecords", Napi::Function::New(env, CoalesceExposureRecords));
   Napi::Object c = Napi::Object::New(env);
   c.Set("portsMax", PGW_PORTS_MAX);
   c.Set("flowsMax", PGW_FLOWS_MAX);

@@ -233,7 +233,7 @@ describe('60 packet ledger (verdict rules, kernel model)', () => {
       last.set(f, id);
     }
   });
-  it('60.17 per released epoch, how long its first held packet waited (the hold metric); none for an empty epoch', () => {
+  it('60.17 per released epoch, how long its first held packet waited (hold metric); none for an empty one', () => {
     let now = 1000;
     const k = new KernelModel();
     k.ledger = new PacketLedger(k, { heldMax: 100, heldBytesMax: 1 << 20 }, byTos, 64, null, () => now);

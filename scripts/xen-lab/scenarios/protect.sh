@@ -47,7 +47,8 @@ BP=$!
 sleep 3
 NET=${PROTECT_NET:-plug}
 case $NET in none) NETARGS=(-n -F) ;; *) NETARGS=(--net-buffer "$NET") ;; esac
-node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" "${COORD[@]}" -i "$INTERVAL" --heartbeat-timeout "${PROTECT_HB_MS:-60000}" > /tmp/protect.out 2> /tmp/protect.err &
+node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure "${NETARGS[@]}" "${COORD[@]}" -i "$INTERVAL" \
+  --heartbeat-timeout "${PROTECT_HB_MS:-60000}" > /tmp/protect.out 2> /tmp/protect.err &
 PP=$!
 
 status() { lab_status; }
@@ -145,7 +146,11 @@ if [ ${#COORD[@]} -gt 0 ]; then
     lab_fail "failover after ${FAILOVER_S} s, before the dead owner's ${TTL} s lease could expire"
 fi
 
-echo "XENLAB NUMBERS protect: net=$NET coordination=${PROTECT_COORD:-none} owner_ttl_s=${COORD:+$TTL} read_p50_ms=$READ_P50 mem_mib=$MEM interval_ms=$INTERVAL checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP wire_bytes=$WIRE raw_bytes_total=$RAWTOT raw_bytes_last=$RAWLAST dirty_pages_last=$DIRTY failover_s=$FAILOVER_S seen=$seen after=$c2"
+echo "XENLAB NUMBERS protect: net=$NET coordination=${PROTECT_COORD:-none} owner_ttl_s=${COORD:+$TTL}" \
+  "read_p50_ms=$READ_P50 mem_mib=$MEM interval_ms=$INTERVAL" \
+  "checkpoints=$CK pause_p50_ms=$P50 pause_p99_ms=$P99 first_pause_ms=$FULLP" \
+  "wire_bytes=$WIRE raw_bytes_total=$RAWTOT raw_bytes_last=$RAWLAST" \
+  "dirty_pages_last=$DIRTY failover_s=$FAILOVER_S seen=$seen after=$c2"
 if [ ${#COORD[@]} -eq 0 ]; then
   lab_check_fenced $PP /tmp/protect.err
   kill -TERM $BP 2>/dev/null; sleep 2

@@ -90,6 +90,15 @@ export const MAX_PAUSE_SHARE_DEFAULT = 0.1;
 export const PAUSE_SHARE_WINDOW_MS = 1000;
 
 /**
+ * The paused share over that window at which `protect` warns that checkpoints run back to back
+ * (each pause as long as the interval or longer: the interval counts from one checkpoint's start
+ * to the next): the guest then runs a sliver of the time, and everything in it slows down as
+ * much (the lab's emulated Xen at 200 ms: pauses of ~1.1 s, the guest paused 98 % of the time).
+ * Said again only after the share fell below half of it.
+ */
+export const GUEST_STARVED_PAUSE_SHARE = 0.5;
+
+/**
  * `--interval auto` (engine/adaptive-interval.ts): the shortest interval it picks (ms) — below a
  * few ms dom0's per-checkpoint work (collect, encode, a round trip) outweighs what a shorter wait
  * saves — and the default longest (`--max-loss-window`, ms): the most guest run a failover may

@@ -21,6 +21,7 @@ import { PacketLedger, type Classifier, type VerdictSink } from '../dom0/net/pac
 import type { OutputGate } from '../dom0/ports';
 import { Prng } from '../dom0/util/prng';
 import { MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
+import { protectLogLine } from '../dom0/service/protect-log';
 import { ROOT, runCli, sleep, tmpDir } from './support/helpers';
 
 const isBadArgument = (e: unknown): boolean => e instanceof RemusError && e.code === ErrorCode.BAD_ARGUMENT;
@@ -55,6 +56,7 @@ function rig(o: RigOptions) {
   domain.onPause = (a, b) => pauses.push([a, b]);
   const paced: Array<{ epoch: number; cause: PaceCause; at: number }> = [];
   const acks: Array<{ epoch: number; at: number }> = [];
+  const events: Array<{ name: string; detail: Record<string, unknown> }> = [];
   const primary = new Primary(
     domain,
     gate,
@@ -75,6 +77,7 @@ function rig(o: RigOptions) {
     },
     {
       paced: (epoch, cause) => paced.push({ epoch, cause, at: clock.now() }),
+      event: (name, detail) => events.push({ name, detail }),
       phase: (phase, epoch) => {
         if (phase === 'ack') acks.push({ epoch, at: clock.now() });
       },
@@ -95,7 +98,7 @@ function rig(o: RigOptions) {
   const pushAt = (at: number): void => {
     clock.setTimer(at - clock.now(), () => gate.push({ seq: ++seq, pushedAt: clock.now() }));
   };
-  return { clock, gate, primary, released, pauses, paced, acks, pushAt };
+  return { clock, gate, primary, released, pauses, paced, acks, pushAt, events };
 }
 
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -431,5 +434,18 @@ describe('58 output-triggered checkpoints', () => {
       p.kill('SIGTERM');
       await new Promise((r) => p.once('exit', r));
     }
+  });
+  it('58.11 checkpoints as long as the interval: one warning that the guest is starved, not one per checkpoint', () => {
+    const starved = (r: ReturnType<typeof rig>) => r.events.filter((e) => e.name === 'guest-starved');
+    const slow = rig({ trigger: 'timer', intervalMs: 50, pauseMs: 80 }); // longer than the interval
+    slow.clock.runUntil(3000);
+    assert.equal(starved(slow).length, 1, 'said once, not per checkpoint');
+    const d = starved(slow)[0].detail;
+    assert.ok(Number(d.share) >= 0.5 && Number(d.pauseMs) >= 80 && d.intervalMs === 50, JSON.stringify(d));
+    const line = protectLogLine('db', 'guest-starved', d, null) ?? '';
+    assert.match(line, /^WARNING: db was paused \d+% of the last second: .* 80 ms.*50 ms.*raise --interval$/);
+    const fine = rig({ trigger: 'timer', intervalMs: 50, pauseMs: 3 });
+    fine.clock.runUntil(3000);
+    assert.equal(starved(fine).length, 0, '3 ms pauses every 50 ms: nothing to say');
   });
 });

@@ -18,7 +18,13 @@ import { assert } from '../assert';
 import { ErrorCode, RemusError } from '../errors';
 import type { Compressor } from '../memory/encodings';
 import { PageEncoder } from '../memory/page-codec';
-import { DISK_BUFFER_BYTES_DEFAULT, INTERVAL_AUTO_MS_MIN, MAX_PAUSE_SHARE_DEFAULT, PAGE_BYTES } from '../limits';
+import {
+  DISK_BUFFER_BYTES_DEFAULT,
+  GUEST_STARVED_PAUSE_SHARE,
+  INTERVAL_AUTO_MS_MIN,
+  MAX_PAUSE_SHARE_DEFAULT,
+  PAGE_BYTES,
+} from '../limits';
 import {
   PROTOCOL_VERSION,
   Rec,
@@ -233,6 +239,8 @@ export class Primary {
   private outputWaiting = false;
   /** Since when outputs wait that the pause share bound kept from starting a checkpoint (null: none). */
   private heldBackAt: number | null = null;
+  /** True from a 'guest-starved' event until the paused share fell below half its bound again. */
+  private starvedSaid = false;
   private readonly pauses: PauseShare;
   /** With intervalAuto: picks the interval from the pauses it is told of; null: opts.intervalMs. */
   private readonly adaptive: AdaptiveInterval | null;
@@ -444,6 +452,16 @@ export class Primary {
   // ---- the checkpoint ----------------------------------------------------------------
 
   /** The interval the next checkpoint is timed by: the option's, or the adaptive choice. */
+  /** Warns (once, until it recovers) when checkpoints leave the guest a sliver of the time. */
+  private sayIfStarved(): void {
+    const share = this.pauses.share(this.clock.now());
+    if (!this.starvedSaid && share >= GUEST_STARVED_PAUSE_SHARE) {
+      this.starvedSaid = true;
+      const pauseMs = this.pause.quantile(0.5);
+      this.hooks.event?.('guest-starved', { share, pauseMs, intervalMs: this.intervalMs() });
+    } else if (this.starvedSaid && share < GUEST_STARVED_PAUSE_SHARE / 2) this.starvedSaid = false;
+  }
+
   private intervalMs(): number {
     return this.adaptive ? Math.round(this.adaptive.intervalMs) : this.opts.intervalMs;
   }
@@ -477,6 +495,7 @@ export class Primary {
     this.takeCheckpoint(() => {
       this.scheduleTick(Math.max(1, this.intervalMs() - (this.clock.now() - started)));
       this.armEarly();
+      this.sayIfStarved();
       this.checkInvariants();
     });
   }

@@ -35,6 +35,12 @@ export function protectLogLine(
       return precopyLine(d);
     case 'checkpoint-failed':
       return `checkpoint ${s('epoch')} of ${name} failed: ${s('message')}`;
+    case 'guest-starved':
+      return (
+        `WARNING: ${name} was paused ${(100 * Number(d.share)).toFixed(0)}% of the last second: its checkpoints ` +
+        `pause it ${Number(d.pauseMs).toFixed(0)} ms, and the interval (${s('intervalMs')} ms, from one ` +
+        "checkpoint's start to the next) leaves it little time to run; raise --interval"
+      );
     case 'fenced':
       return `the backup took over from epoch ${s('epoch')}: ${name} is stopped here (fenced)`;
     default:

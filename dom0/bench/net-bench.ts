@@ -390,7 +390,7 @@ export async function benchNet(o: NetBenchOptions): Promise<NetBenchResult> {
     const engines = (rig = new EngineRig(16 * 2 ** 20, 200));
     const point = async (mode: NetMode | DiagMode, intervalMs: number, round: number): Promise<void> => {
       let p: Point;
-      resetPgbenchTables(bed.client, bed.guestIp4);
+      resetPgbenchTables(stock.bin, bed.client, bed.guestIp4);
       try {
         p = await measure(bed, engines, stock.pgbench, mode, intervalMs, o);
       } catch (e) {

@@ -169,8 +169,8 @@ export function initPgbench(pgbench: string, ns: string, host: string, scale: nu
  * starts from the same tables: without it, 256 clients' updates of the 10 branch rows left
  * each later point slower (none: 200, 132, 94 tps over three rounds, 2026-12-07).
  */
-export function resetPgbenchTables(ns: string, host: string): void {
-  const psql = [`/usr/lib/postgresql/${PG_VERSION}/bin/psql`].find((p) => fs.existsSync(p)) ?? 'psql';
+export function resetPgbenchTables(bin: string, ns: string, host: string): void {
+  const psql = path.join(bin, 'psql');
   for (const sql of ['VACUUM pgbench_branches, pgbench_tellers', 'TRUNCATE pgbench_history', 'CHECKPOINT'])
     run(
       ['ip', 'netns', 'exec', ns, psql, '-X', '-q', '-h', host, '-U', 'postgres', '-c', sql, 'postgres'],

@@ -34,6 +34,8 @@ export class PauseShare {
   private readonly pauses: Pause[] = [];
   /** The last incremental pauses (full copies excluded), for the prediction. */
   private readonly recent: number[] = [];
+  /** The sum of the kept spans' ms: at least the paused time of any window ending now or later. */
+  private keptMs = 0;
 
   constructor(
     readonly maxShare = MAX_PAUSE_SHARE_DEFAULT,
@@ -48,8 +50,10 @@ export class PauseShare {
     assert(ms >= 0 && Number.isFinite(endMs), `pause of ${ms} ms ending at ${endMs}`);
     const last = this.pauses.at(-1);
     assert(!last || endMs >= last.endMs, `pause ending at ${endMs} before the last one (${last?.endMs})`);
-    this.pauses.push({ endMs, ms: last ? Math.min(ms, endMs - last.endMs) : ms });
-    while (this.pauses.length && this.pauses[0].endMs <= endMs - this.windowMs) this.pauses.shift();
+    const kept = last ? Math.min(ms, endMs - last.endMs) : ms;
+    this.pauses.push({ endMs, ms: kept });
+    this.keptMs += kept;
+    while (this.pauses.length && this.pauses[0].endMs <= endMs - this.windowMs) this.keptMs -= this.pauses.shift()!.ms;
     if (full) return;
     this.recent.push(ms);
     if (this.recent.length > PAUSE_PREDICT_SAMPLES) this.recent.shift();
@@ -60,6 +64,11 @@ export class PauseShare {
     let sum = 0;
     for (const p of this.pauses) sum += Math.max(0, Math.min(toMs, p.endMs) - Math.max(fromMs, p.endMs - p.ms));
     return sum;
+  }
+
+  /** An upper bound of share(t) for any t from the last pause's end on, in O(1). */
+  get shareBound(): number {
+    return this.keptMs / this.windowMs;
   }
 
   /** The paused share of the window ending at nowMs, in [0, 1]. */

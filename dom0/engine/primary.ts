@@ -454,6 +454,7 @@ export class Primary {
   /** The interval the next checkpoint is timed by: the option's, or the adaptive choice. */
   /** Warns (once, until it recovers) when checkpoints leave the guest a sliver of the time. */
   private sayIfStarved(): void {
+    if (!this.starvedSaid && this.pauses.shareBound < GUEST_STARVED_PAUSE_SHARE) return; // most checkpoints: no scan
     const share = this.pauses.share(this.clock.now());
     if (!this.starvedSaid && share >= GUEST_STARVED_PAUSE_SHARE) {
       this.starvedSaid = true;

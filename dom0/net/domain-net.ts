@@ -90,6 +90,7 @@ export class EpochHolds {
     this.longest.set(epoch, Math.max(ms, this.longest.get(epoch) ?? 0));
   }
   tell(to: ((ms: number) => void) | null): void {
+    if (this.longest.size === 0) return; // most releases: no interface held a packet (or plug)
     for (const epoch of [...this.longest.keys()].sort((a, b) => a - b)) to?.(this.longest.get(epoch)!);
     this.longest.clear();
   }

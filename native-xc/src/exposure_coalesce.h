@@ -4,7 +4,7 @@
 // (dom0/net/failover-reset.ts); merging here keeps its per-packet work in JavaScript to one
 // record per flow. A merged record says the same: seq = the highest sequence end, payload 0,
 // flags ACK (with the highest ack) or none; dom0/net/kernel-classifier.ts coalesceExposures
-// gives it the same meaning as the packets it stands for (test 69 checks the two agree).
+// gives it the same meaning as the packets it stands for (test 62c checks the two agree).
 #pragma once
 #include <array>
 #include <cstdint>

@@ -2,9 +2,10 @@
 // the resync copy or of a committed epoch used to be a pwrite(2) on the main thread; while two
 // processes wrote GiBs of images, writeback throttling held such a call 1.3–1.8 s, and the
 // backup's heartbeats and ACKs waited with it (docs/scale.md). Here each write goes to
-// libuv's thread pool, one at a time and in the order given: a later write to the same
-// blocks lands after an earlier one, and a read or checksum that waits for afterWrites()
-// sees them all. What is queued is bounded by its caller (the backup stops reading the link
+// libuv's thread pool, several at once (DISK_IO_IN_FLIGHT_MAX) but in the order given where
+// order matters: a write starts only when none under way overlaps it, so a later write to
+// the same blocks lands after an earlier one; a zero range runs alone. A read or checksum
+// that waits for afterWrites() sees them all. What is queued is bounded by its caller (the backup stops reading the link
 // past DISK_IO_QUEUE_BYTES_HIGH); the queue itself only counts it.
 //
 // A target without writeAsync (a disk in memory: tests, the simulator's default) is written
@@ -35,19 +36,45 @@ type Op = { offsetBytes: number; data: Uint8Array } | { offsetBytes: number; zer
 /** Zeros written (or checked) per step: a ZEROES record or a zero range of the resync may be GiBs. */
 export const ZERO_PIECE_BYTES = 1024 * 1024;
 const ZERO_PIECE = new Uint8Array(ZERO_PIECE_BYTES);
+/**
+ * Writes under way at once. One at a time, the queue moved one write per turn of the backup's
+ * event loop (a pool round trip each): with the loop busy applying a copy, the guest's writes
+ * of a pre-copy piled up and the first commit waited 0.6–0.8 s for them (docs/scale.md).
+ */
+export const DISK_IO_IN_FLIGHT_MAX = 32;
 
 export class DiskIoQueue {
-  /** Ops from head on are to do (ops[head] may be under way); those before it are done (null). */
+  /**
+   * ops[head..) are not done (done ones before `started` are null); ops[head..started) are
+   * under way or done, ops[started..) not started. Order holds where it matters: an op starts
+   * only when nothing under way overlaps it (so every earlier op on its blocks has landed), and
+   * a zero range runs alone.
+   */
   private ops: Array<Op | null> = [];
   private head = 0;
-  private running = false;
+  private started = 0;
+  /** Ops under way (at most DISK_IO_IN_FLIGHT_MAX), with their ranges; a zero range alone. */
+  private readonly underWay = new Map<number, { offsetBytes: number; endBytes: number }>();
+  /** The last write not yet started to each exact range (`offset:length`): a later one to it absorbs it. */
+  private readonly waiting = new Map<string, number>();
+  /** The zero range under way (its index) and the piece being written or checked. */
+  private zeroUnderWay: { index: number; pieceBytes: number } | null = null;
   /** Bytes queued or under way, not yet on the target. */
   private pending = 0;
   private waiters: Array<(e: Error | null) => void> = [];
   private failed: Error | null = null;
   /** The sparse zero range's read buffer, made at its first use. */
   private checkBuf: Uint8Array | null = null;
-  readonly counters = { writes: 0, bytes: 0, zeroPiecesSkipped: 0, waits: 0, abandonedBytes: 0 };
+  readonly counters = {
+    writes: 0,
+    bytes: 0,
+    zeroPiecesSkipped: 0,
+    waits: 0,
+    abandonedBytes: 0,
+    inFlightMax: 0,
+    /** Writes never started because a later one to the same range replaced them. */
+    absorbed: 0,
+  };
 
   constructor(private readonly target: DiskTarget) {}
 
@@ -58,9 +85,22 @@ export class DiskIoQueue {
     return canWriteAsync(this.target);
   }
 
-  /** data must stay unchanged until it is written (the caller hands over a copy it owns). */
+  /**
+   * data must stay unchanged until it is written (the caller hands over a copy it owns). A write
+   * not yet started to the same range is dropped: this one lands after everything queued
+   * before it, so nothing of the dropped one would be left (a database rewrites its hot blocks).
+   */
   write(offsetBytes: number, data: Uint8Array): void {
     if (!canWriteAsync(this.target)) return this.target.write(offsetBytes, data);
+    const key = `${offsetBytes}:${data.length}`;
+    const before = this.waiting.get(key);
+    if (before !== undefined && before >= this.started) {
+      const op = this.ops[before] as Extract<Op, { data: Uint8Array }>;
+      this.ops[before] = null;
+      this.pending -= op.data.length;
+      this.counters.absorbed++;
+    }
+    this.waiting.set(key, this.ops.length);
     this.push({ offsetBytes, data }, data.length);
   }
 
@@ -92,13 +132,19 @@ export class DiskIoQueue {
    */
   abandon(done: () => void): void {
     let kept = 0;
-    if (this.running) {
-      const op = this.ops[this.head]!;
-      if ('data' in op) kept = op.data.length;
-      else this.ops[this.head] = { ...op, zeroBytes: (kept = Math.min(ZERO_PIECE_BYTES, op.zeroBytes)) };
+    for (const i of this.underWay.keys()) {
+      const op = this.ops[i]!;
+      if ('data' in op) kept += op.data.length;
+    }
+    const z = this.zeroUnderWay;
+    if (z) {
+      const op = this.ops[z.index] as Extract<Op, { zeroBytes: number }>;
+      this.ops[z.index] = { ...op, zeroBytes: z.pieceBytes }; // ends with the piece under way
+      kept += z.pieceBytes;
     }
     this.counters.abandonedBytes += this.pending - kept;
-    this.ops.length = this.running ? this.head + 1 : this.head;
+    this.ops.length = this.started;
+    this.waiting.clear();
     this.pending = kept;
     this.checkLowWater();
     if (!this.afterWrites(() => done())) done();
@@ -128,40 +174,83 @@ export class DiskIoQueue {
     if (this.failed) throw this.failed;
     this.ops.push(op);
     this.pending += bytes;
-    if (!this.running) this.next();
+    this.next();
   }
 
-  /** Starts the write (or piece) at head; when none is left, tells the waiters. */
+  /**
+   * Starts what may start: writes in order while fewer than DISK_IO_IN_FLIGHT_MAX are under
+   * way and none of those overlaps the next (a pool runs them in any order); a zero range
+   * once nothing else is under way, alone. When nothing is left, tells the waiters.
+   */
   private next(): void {
-    if (this.head === this.ops.length) return this.drained();
-    const op = this.ops[this.head]!;
-    this.running = true;
-    const after = (e: Error | null, bytes: number): void => {
-      if (e) {
-        this.running = false;
-        return this.fail(e);
+    while (this.started < this.ops.length && this.zeroUnderWay === null) {
+      const i = this.started,
+        op = this.ops[i];
+      if (op === null) {
+        this.started++; // absorbed by a later write
+        continue;
       }
-      this.pending -= bytes;
-      this.counters.bytes += bytes;
-      const cur = this.ops[this.head]!; // abandon() may have cut a zero range to this piece
-      if ('data' in cur || cur.zeroBytes === bytes) {
-        this.ops[this.head++] = null;
-        this.counters.writes++;
-      } else {
-        this.ops[this.head] = { ...cur, offsetBytes: cur.offsetBytes + bytes, zeroBytes: cur.zeroBytes - bytes };
+      if (!('data' in op)) {
+        if (this.underWay.size > 0) break;
+        this.started++;
+        this.startZero(i);
+        break;
       }
-      this.running = false;
-      this.checkLowWater(); // may queue more (and start it)
-      if (!this.running) this.next();
+      const range = { offsetBytes: op.offsetBytes, endBytes: op.offsetBytes + op.data.length };
+      if (this.underWay.size >= DISK_IO_IN_FLIGHT_MAX || this.overlapsUnderWay(range)) break;
+      this.started++;
+      const key = `${op.offsetBytes}:${op.data.length}`;
+      if (this.waiting.get(key) === i) this.waiting.delete(key);
+      this.underWay.set(i, range);
+      this.counters.inFlightMax = Math.max(this.counters.inFlightMax, this.underWay.size);
+      (this.target as AsyncDiskTarget).writeAsync(op.offsetBytes, op.data, (e) => this.landed(i, e, op.data.length));
+    }
+    while (this.head < this.started && this.ops[this.head] === null) this.head++;
+    if (this.head === this.ops.length && this.underWay.size === 0 && this.zeroUnderWay === null) this.drained();
+  }
+
+  private overlapsUnderWay(r: { offsetBytes: number; endBytes: number }): boolean {
+    for (const u of this.underWay.values()) if (r.offsetBytes < u.endBytes && u.offsetBytes < r.endBytes) return true;
+    return false;
+  }
+
+  /** Op i (a write, or a zero range's last piece) landed, or failed: the queue moves on. */
+  private landed(i: number, e: Error | null, bytes: number): void {
+    this.underWay.delete(i);
+    if (this.failed) return; // a write that was under way when another failed: the queue is gone
+    if (e) return this.fail(e);
+    this.pending -= bytes;
+    this.counters.bytes += bytes;
+    this.counters.writes++;
+    this.ops[i] = null;
+    while (this.head < this.started && this.ops[this.head] === null) this.head++;
+    this.checkLowWater(); // may queue more (and start it)
+    this.next();
+  }
+
+  /** Zero range i, a piece at a time (each written, or checked and skipped when sparse). */
+  private startZero(i: number): void {
+    const op = this.ops[i] as Extract<Op, { zeroBytes: number }>;
+    const piece = ZERO_PIECE.subarray(0, Math.min(ZERO_PIECE_BYTES, op.zeroBytes));
+    this.zeroUnderWay = { index: i, pieceBytes: piece.length };
+    const after = (e: Error | null): void => {
+      this.zeroUnderWay = null;
+      if (this.failed) return;
+      if (e) return this.fail(e);
+      const cur = this.ops[i] as Extract<Op, { zeroBytes: number }>; // abandon() may have cut it to this piece
+      if (cur.zeroBytes === piece.length) return this.landed(i, null, piece.length);
+      this.pending -= piece.length;
+      this.counters.bytes += piece.length;
+      this.ops[i] = { ...cur, offsetBytes: cur.offsetBytes + piece.length, zeroBytes: cur.zeroBytes - piece.length };
+      this.checkLowWater();
+      this.startZero(i);
     };
     const t = this.target as AsyncDiskTarget;
-    if ('data' in op) return t.writeAsync(op.offsetBytes, op.data, (e) => after(e, op.data.length));
-    const piece = ZERO_PIECE.subarray(0, Math.min(ZERO_PIECE_BYTES, op.zeroBytes));
-    if (!op.sparse) return t.writeAsync(op.offsetBytes, piece, (e) => after(e, piece.length));
+    if (!op.sparse) return t.writeAsync(op.offsetBytes, piece, after);
     const zeroOrWrite = (view: Uint8Array): void => {
-      if (!isZero(view)) return t.writeAsync(op.offsetBytes, piece, (e) => after(e, piece.length));
+      if (!isZero(view)) return t.writeAsync(op.offsetBytes, piece, after);
       this.counters.zeroPiecesSkipped++;
-      after(null, piece.length);
+      after(null);
     };
     const view = (this.checkBuf ??= new Uint8Array(ZERO_PIECE_BYTES)).subarray(0, piece.length);
     // A target without readAsync is read here: the simulator's virtual clock runs no promise continuation.
@@ -171,13 +260,14 @@ export class DiskIoQueue {
     }
     t.readAsync(op.offsetBytes, view).then(
       () => zeroOrWrite(view),
-      (e: Error) => after(e, 0),
+      (e: Error) => after(e),
     );
   }
 
   private drained(): void {
     this.ops = [];
-    this.head = 0;
+    this.head = this.started = 0;
+    this.waiting.clear();
     assert(this.pending === 0, `${this.pending} bytes pending with no write queued`);
     const w = this.waiters;
     this.waiters = [];
@@ -199,7 +289,10 @@ export class DiskIoQueue {
     this.failed =
       e instanceof RemusError ? e : new RemusError(ErrorCode.IO, `backup disk write: ${e.message}`, {}, { cause: e });
     this.ops = [];
-    this.head = 0;
+    this.head = this.started = 0;
+    this.waiting.clear();
+    this.underWay.clear();
+    this.zeroUnderWay = null;
     this.pending = 0;
     const w = this.waiters;
     this.waiters = [];

@@ -19,6 +19,7 @@ import { assert } from '../dom0/assert';
 import type { Clock, ScrubPick } from '../dom0/ports';
 import { DISK_SCRUB_BYTES_PER_S_DEFAULT, DISK_SCRUB_RANGES_MAX, SCRUB_READ_AHEAD_RANGES } from '../dom0/limits';
 import type { RangeCrcs } from './range-crcs';
+import { ScrubRanges } from './scrub-ranges';
 
 /** Rest of the read-ahead when nothing ahead needs a read (ms). */
 const SCRUB_REST_MS = 10;
@@ -40,13 +41,19 @@ export class DiskScrub {
   private budgetBytes = 0;
   private budgetAtMs = 0;
 
+  /** The disk's CRC table seen in 1 MiB ranges (scrub-ranges.ts). */
+  private readonly table: ScrubRanges;
+
+  /** rangeBytes: the scrub's ranges (scrub-ranges.ts): 1 MiB, or what a test picks. */
   constructor(
-    private readonly table: RangeCrcs,
+    crcs: RangeCrcs,
     private readonly clock: Pick<Clock, 'setTimer' | 'now'>,
     private readonly bytesPerSecond = DISK_SCRUB_BYTES_PER_S_DEFAULT,
+    rangeBytes?: number,
   ) {
     assert(bytesPerSecond > 0, 'a scrub that moves');
-    this.sent = new Uint8Array(table.ranges);
+    this.table = new ScrubRanges(crcs, rangeBytes);
+    this.sent = new Uint8Array(this.table.ranges);
   }
 
   /** A session's checkpoints begin: a new pass from the disk's start, reading ahead. */

@@ -1,14 +1,15 @@
-// range-crcs: the primary's whole-disk CRC32C (DISK_VERIFY) without reading the whole disk while
-// the guest is suspended. That read cost ~1.3 s of pause per GiB (docs/scale.md, "Disks of real
-// size"). From a session's start until its first checkpoint, while the guest runs, the disk is
-// read in 1 MiB ranges, again and again, and each range keeps its CRC with the sum of its blocks'
-// write generations (block-generations.ts). A writer bumps a block's generation before it touches
-// the disk and again after, so a range whose sum is unchanged and whose blocks are all even has
-// not been written since it was read — not even by a write still in flight. At the checkpoint only
-// the ranges written since are read; the whole-disk CRC is the ranges' CRCs combined in order
-// (crc-combine.ts). Test 51.9 fails when the generation check is skipped (a range written after
-// its read keeps its old CRC); end to end, a wrong CRC is the backup's ERR_DISK_DIVERGED (tests
-// 44, 52 verify the disks equal through it).
+// range-crcs: the primary's whole-disk CRC32C (DISK_VERIFY) without reading the whole disk
+// while the guest is suspended. That read cost ~1.3 s of pause per GiB (docs/scale.md, "Disks
+// of real size"). From a session's start until its first checkpoint, while the guest runs, the
+// disk is read in ranges (64 KiB to 1 MiB: rangeCrcBytesFor), again and again, and each range
+// keeps its CRC with the sum of its blocks' write generations (block-generations.ts). A writer
+// bumps a block's generation before it touches the disk and again after, so a range whose sum
+// is unchanged and whose blocks are all even has not been written since it was read — not even
+// by a write still in flight. At the checkpoint only the ranges written since are read; the
+// whole-disk CRC is the ranges' CRCs combined in order (crc-combine.ts). Test 51.9 fails when
+// the generation check is skipped (a range written after its read keeps its old CRC); end to
+// end, a wrong CRC is the backup's ERR_DISK_DIVERGED (tests 44, 52 verify the disks equal
+// through it).
 import { assert } from '../dom0/assert';
 import type { Clock, DiskChecksum, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
@@ -17,7 +18,25 @@ import type { BlockGenerations } from './block-generations';
 import { coarsenRangeCrcs, combineRangeCrcs } from './crc-combine';
 import type { DiskSource } from './disk-source';
 
+/** The largest range (a resync run covers whole ranges: its reads give them their CRCs). */
 export const RANGE_CRC_BYTES = 1024 * 1024;
+/** The smallest: the per-range work (a read, a CRC, a generation sum) stays well above its cost. */
+export const RANGE_CRC_BYTES_MIN = 64 * 1024;
+/** Ranges a disk is cut into, at most, before its ranges grow past RANGE_CRC_BYTES_MIN (a 3 MiB table). */
+export const RANGE_CRC_COUNT_TARGET = 2 ** 18;
+
+/**
+ * The range of a disk's CRC table: as small as the table's bound allows, so that what a
+ * checksum reads again for a write since the read-ahead (a whole range per written range,
+ * with the guest suspended on the primary, outputs held on the backup) is 64 KiB, not 1 MiB:
+ * 64 KiB up to 16 GiB, 256 KiB at 64 GiB, 1 MiB from 256 GiB. Both sides size theirs so, and
+ * a whole resync run (1 MiB) still covers whole ranges.
+ */
+export function rangeCrcBytesFor(diskBytes: number): number {
+  let bytes = RANGE_CRC_BYTES_MIN;
+  while (bytes < RANGE_CRC_BYTES && Math.ceil(diskBytes / bytes) > RANGE_CRC_COUNT_TARGET) bytes *= 2;
+  return bytes;
+}
 /** Ranges found current that one fill turn passes over (a generation sum each: 256 loads). */
 const FILL_SKIP_PER_TURN = 64;
 /** Reads of written ranges the checksum keeps in flight on libuv's pool (8 MiB of buffers). */
@@ -45,12 +64,12 @@ export class RangeCrcs {
   readonly counters = { rangesFilled: 0, rangesReadAtChecksum: 0, rangesTakenFromCopy: 0 };
   private readonly blocksPerRange: number;
 
-  /** rangeBytes: RANGE_CRC_BYTES, or smaller where a test's disk is small (the simulator's). */
+  /** rangeBytes: as the disk's size says (rangeCrcBytesFor), or what a test picks. */
   constructor(
     private readonly source: DiskSource,
     private readonly gens: BlockGenerations,
     private readonly clock: Pick<Clock, 'defer' | 'setTimer'>,
-    readonly rangeBytes = RANGE_CRC_BYTES,
+    readonly rangeBytes = rangeCrcBytesFor(source.sizeBytes),
   ) {
     assert(source.sizeBytes % DISK_BLOCK_BYTES === 0, 'a disk of whole blocks');
     assert(rangeBytes > 0 && rangeBytes % DISK_BLOCK_BYTES === 0, 'ranges of whole blocks');

@@ -1,7 +1,8 @@
 // replica-range-crcs: the backup's whole-disk CRC32C (the check of DISK_VERIFY at a commit)
 // without reading its whole copy while the session waits: outputs are held until that commit
 // is acknowledged, and reading 1–4 GiB took 1.1–3.6 s (docs/scale.md). Every change to the
-// backup's disk goes through EpochHeldDisk, so the disk knows what changed, per 1 MiB range:
+// backup's disk goes through EpochHeldDisk, so the disk knows what changed, per range (64 KiB
+// to 1 MiB by the disk's size, range-crcs.ts):
 // a range the resync copy wrote whole (or as zeros) gets its CRC from the record itself, with
 // no read; any other change (a committed write, a partial resync chunk) makes its range
 // unknown. At the checksum only the unknown ranges are read; the ranges' CRCs combine in
@@ -12,7 +13,7 @@ import type { DiskRange, MaybePromise } from '../dom0/ports';
 import { loadAddon } from '../dom0/native';
 import { combineRangeCrcs } from './crc-combine';
 import type { DiskTarget } from './epoch-buffer';
-import { RANGE_CRC_BYTES } from './range-crcs';
+import { rangeCrcBytesFor } from './range-crcs';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
 /** A target that can read on libuv's pool (BlockFile): the checksum's reads leave the loop free. */
@@ -30,10 +31,10 @@ export class ReplicaRangeCrcs {
   /** Ranges whose CRC came from a resync record, and ranges read by checksum(). */
   readonly counters = { rangesFromRecords: 0, rangesRead: 0 };
 
-  /** rangeBytes: RANGE_CRC_BYTES, or smaller where a test's disk is small (the simulator's). */
+  /** rangeBytes: as the primary's (rangeCrcBytesFor the disk's size), or what a test picks. */
   constructor(
     readonly sizeBytes: number,
-    readonly rangeBytes = RANGE_CRC_BYTES,
+    readonly rangeBytes = rangeCrcBytesFor(sizeBytes),
   ) {
     assert(sizeBytes > 0 && rangeBytes > 0 && rangeBytes % DISK_BLOCK_BYTES === 0, 'ranges of whole blocks');
     this.ranges = Math.ceil(sizeBytes / rangeBytes);

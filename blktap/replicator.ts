@@ -51,7 +51,7 @@ export interface ReplicatorOptions {
   backendMovesGenerations?: boolean;
   /** The scrub's pace (disk-scrub.ts): DISK_SCRUB_BYTES_PER_S_DEFAULT unless a test says otherwise. */
   scrubBytesPerSecond?: number;
-  /** The checksum's ranges (DISK_VERIFY's table): RANGE_CRC_BYTES, smaller for a test's small disk. */
+  /** The checksum's ranges (DISK_VERIFY's table) and the scrub's: by the disk's size, unless a test picks. */
   rangeCrcBytes?: number;
 }
 
@@ -126,7 +126,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.bitmap = new ResyncBitmap(source.sizeBytes);
     this.generations = new BlockGenerations(source.sizeBytes);
     this.rangeCrcs = new RangeCrcs(source, this.generations, clock, opts.rangeCrcBytes);
-    this.scrub = new DiskScrub(this.rangeCrcs, clock, opts.scrubBytesPerSecond);
+    this.scrub = new DiskScrub(this.rangeCrcs, clock, opts.scrubBytesPerSecond, opts.rangeCrcBytes);
     const trackMax = opts.readTrackingBlocksMax ?? 0;
     this.tracker = trackMax > 0 ? new ReadTracker(source, this.generations, trackMax) : null;
     if (!opts.inSync) this.bitmap.markAll();

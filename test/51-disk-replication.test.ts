@@ -35,7 +35,9 @@ import { TapLink } from './support/tap-link';
 import { diskHello, fullCheckpoint } from './support/disk-session';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 import { BlockFile } from '../blktap/block-file';
-import { RANGE_CRC_BYTES, RangeCrcs } from '../blktap/range-crcs';
+import { RANGE_CRC_BYTES, RangeCrcs, rangeCrcBytesFor } from '../blktap/range-crcs';
+import { ReplicaRangeCrcs } from '../blktap/replica-range-crcs';
+import { Prng } from '../dom0/util/prng';
 import { crc32cCombine, shiftFor } from '../blktap/crc-combine';
 import { diskChecksum } from '../blktap/disk-source';
 import { randomBytes } from 'node:crypto';
@@ -700,7 +702,7 @@ describe('51 disk replication', () => {
         defer: (f: () => void) => setImmediate(f),
         setTimer: (ms: number, f: () => void) => setTimeout(f, ms),
       };
-      const ranges = new RangeCrcs(disk, gens, clock);
+      const ranges = new RangeCrcs(disk, gens, clock, RANGE_CRC_BYTES);
       const filled = async (n: number): Promise<void> => {
         while (ranges.counters.rangesFilled < n) await new Promise((r) => setTimeout(r, 1));
       };
@@ -739,6 +741,44 @@ describe('51 disk replication', () => {
     }
   });
 
+  it("51.9b a table's ranges follow the disk's size: a write since the read-ahead costs 64 KiB again, not 1 MiB", async () => {
+    assert.equal(rangeCrcBytesFor(16 * 2 ** 20), 64 * 1024);
+    assert.equal(rangeCrcBytesFor(16 * 2 ** 30), 64 * 1024, 'up to 16 GiB');
+    assert.equal(rangeCrcBytesFor(16 * 2 ** 30 + 4096), 128 * 1024);
+    assert.equal(rangeCrcBytesFor(64 * 2 ** 30), 256 * 1024);
+    assert.equal(rangeCrcBytesFor(256 * 2 ** 30), RANGE_CRC_BYTES);
+    assert.equal(rangeCrcBytesFor(4 * 2 ** 40), RANGE_CRC_BYTES, 'never past a resync run');
+    const SIZE = 16 * 2 ** 20;
+    const bytes = new Uint8Array(SIZE);
+    new Prng(519).fill(bytes);
+    const source = {
+      sizeBytes: SIZE,
+      read: (o: number, into: Uint8Array) => into.set(bytes.subarray(o, o + into.length)),
+    };
+    const gens = new BlockGenerations(SIZE);
+    const clock = {
+      defer: (f: () => void) => setImmediate(f),
+      setTimer: (ms: number, f: () => void) => setTimeout(f, ms),
+    };
+    const ranges = new RangeCrcs(source, gens, clock);
+    assert.equal(ranges.rangeBytes, 64 * 1024);
+    ranges.fill();
+    while (ranges.counters.rangesFilled < ranges.ranges) await new Promise((r) => setTimeout(r, 1));
+    ranges.stop();
+    gens.beginWrite(5 * 2 ** 20, 4096);
+    bytes[5 * 2 ** 20] ^= 1;
+    gens.endWrite(5 * 2 ** 20, 4096);
+    const sum = (await ranges.checksum()) as { crc32c: number };
+    assert.equal(sum.crc32c, loadAddon().crc32c(bytes), 'the whole disk');
+    assert.equal(
+      ranges.counters.rangesReadAtChecksum,
+      1,
+      `one 64 KiB range read again (${JSON.stringify(ranges.counters)})`,
+    );
+    const backup = new ReplicaRangeCrcs(SIZE);
+    assert.equal(backup.rangeBytes, ranges.rangeBytes, "the backup's table cuts the disk the same way");
+  });
+
   it('51.10 the backup reads only ranges changed since the resync wrote them (in memory or a file)', async () => {
     const SIZE = 4 * RANGE_CRC_BYTES + 8192; // a short last range
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
@@ -771,7 +811,7 @@ async function backupChecksumsChanges(target: MemDiskTarget | BlockFile, SIZE: n
   primary.set(randomBytes(8192), 4 * RANGE_CRC_BYTES);
   const want = (): number =>
     diskChecksum({ sizeBytes: SIZE, read: (o, i) => i.set(primary.subarray(o, o + i.length)) });
-  const disk = new EpochHeldDisk(target);
+  const disk = new EpochHeldDisk(target, RANGE_CRC_BYTES); // ranges as the runs below
   // The resync as the primary sends it: 1 MiB runs, zero runs as ranges, the last one partial.
   for (let o = 0; o < SIZE; o += RANGE_CRC_BYTES) {
     const piece = primary.subarray(o, Math.min(SIZE, o + RANGE_CRC_BYTES));

@@ -35,7 +35,7 @@ describe('51 the disk scrub', () => {
       read: (o: number, into: Uint8Array) => into.set(bytes.subarray(o, o + into.length)),
     };
     const table = new RangeCrcs(source, gens, clock, RANGE);
-    const scrub = new DiskScrub(table, clock, 1e12); // unpaced: the pace is 51.17b's
+    const scrub = new DiskScrub(table, clock, 1e12, RANGE); // unpaced: the pace is 51.17b's
     assert.equal(scrub.pick(), null, 'nothing before a session starts');
     scrub.start();
     clock.runUntil(100); // the read-ahead, at once for a disk in memory
@@ -73,12 +73,47 @@ describe('51 the disk scrub', () => {
     assert.equal(scrub.pick(), null);
   });
 
+  it("51.17c the scrub's ranges over a finer table: a range is current when all its parts are, its CRC theirs", () => {
+    const bytes = memDisk(3);
+    const gens = new BlockGenerations(DISK);
+    const clock = new VirtualClock();
+    const source = {
+      sizeBytes: DISK,
+      read: (o: number, into: Uint8Array) => into.set(bytes.subarray(o, o + into.length)),
+    };
+    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE / 2), clock, 1e12, RANGE);
+    scrub.start();
+    clock.runUntil(100);
+    gens.beginWrite(2 * RANGE + 4096, 4096); // one part of scrub range 2: a write in flight
+    const first = scrub.pick(8)!;
+    assert.deepEqual(
+      first.ranges.map((r) => r.offsetBytes / RANGE),
+      [0, 1, 3, 4, 5, 6, 7, 8],
+      'range 2 waits for its written part',
+    );
+    for (const r of first.ranges) {
+      assert.equal(r.lengthBytes, RANGE, 'whole scrub ranges');
+      const want = loadAddon().crc32c(bytes.subarray(r.offsetBytes, r.offsetBytes + r.lengthBytes));
+      assert.equal(r.crc32c, want, `range ${r.offsetBytes / RANGE}: its parts' CRCs combined`);
+    }
+    bytes[2 * RANGE + 4096] ^= 1;
+    gens.endWrite(2 * RANGE + 4096, 4096);
+    clock.runUntil(300); // the read-ahead reads the written part again
+    const rest = scrub.pick(8)!;
+    const two = rest.ranges.find((r) => r.offsetBytes === 2 * RANGE);
+    assert.ok(two, 'range 2 once its part was read again');
+    assert.equal(two.crc32c, loadAddon().crc32c(bytes.subarray(2 * RANGE, 3 * RANGE)));
+    const last = rest.ranges.find((r) => r.offsetBytes === 10 * RANGE);
+    assert.equal(last?.lengthBytes, 4096, 'the short last range');
+    assert.equal(last?.crc32c, loadAddon().crc32c(bytes.subarray(10 * RANGE)));
+  });
+
   it('51.17b the scrub keeps its pace: ranges a second, never more than a checkpoint may carry', () => {
     const SIZE = 40 * RANGE;
     const gens = new BlockGenerations(SIZE);
     const clock = new VirtualClock();
     const source = { sizeBytes: SIZE, read: (o: number, into: Uint8Array) => into.fill(o % 251) };
-    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE), clock, 4 * RANGE); // 4 ranges a second
+    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE), clock, 4 * RANGE, RANGE); // 4 ranges a second
     scrub.start();
     let sent = 0;
     for (let t = 50; t <= 2000; t += 50) {

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { runReprotect } from '../dom0/bench/reprotect-bench';
 import { netChoiceOf } from '../dom0/net/net-plan';
 import { ErrorCode, RemusError } from '../dom0/errors';
+import { rangeCrcBytesFor } from '../blktap/range-crcs';
 
 const BIN = path.join(__dirname, '..', '..', 'bin', 'remusdb');
 
@@ -42,9 +43,10 @@ describe('52 reprotection', function () {
   );
 
   it("52.6 the old primary's disk has writes it never forwarded: only the differing ranges are copied", async () => {
-    // Blocks in three 1 MiB ranges (two of them adjacent): what a primary SIGKILLed between its
-    // local write and the forward leaves. The first disk check fails; the next session copies
-    // those ranges with the bitmap's blocks, and its check passes.
+    // Blocks in three of the table's ranges (64 KiB on a 64 MiB disk: range-crcs.ts), in three
+    // 1 MiB stretches: what a primary SIGKILLed between its local write and the forward leaves.
+    // The first disk check fails; the next session copies those ranges with the bitmap's
+    // blocks, and its check passes.
     const r = await runReprotect({
       diskMiB: 64,
       runSeconds: 1,
@@ -55,7 +57,8 @@ describe('52 reprotection', function () {
     });
     assert.ok(r.verified_epoch > 0, 'verified equal in the end');
     assert.match(r.diverged ?? '', /copies the \d+ runs of \d+ octets that differ/, 'the first check found them');
-    assert.ok(r.copied_bytes >= 3 * 2 ** 20, `the three ranges were copied (${r.copied_bytes} bytes)`);
+    const range = rangeCrcBytesFor(64 * 2 ** 20);
+    assert.ok(r.copied_bytes >= 3 * range, `the three ranges were copied (${r.copied_bytes} bytes)`);
     // The first session's copy is sent again (its checkpoint never committed), then the ranges.
     assert.ok(r.copied_bytes < 2 * r.changed_bytes + 4 * 2 ** 20, `not the disk: ${r.copied_bytes} of ${r.disk_bytes}`);
   });

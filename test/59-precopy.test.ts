@@ -5,7 +5,8 @@
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
-import { PRECOPY_BATCH_PAGES_MAX } from '../dom0/engine/precopy';
+import { PRECOPY_BATCH_PAGES_MAX, notIn } from '../dom0/engine/precopy';
+import { ResidentBuffer } from '../dom0/engine/resident-buffer';
 import { Primary } from '../dom0/engine/primary';
 import { Prng } from '../dom0/util/prng';
 import { MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
@@ -58,5 +59,67 @@ describe('59 pre-copy turns', () => {
       turns >= Math.ceil(sentPages / PRECOPY_BATCH_PAGES_MAX),
       `${sentPages} pages in ${turns} turns: more than ${PRECOPY_BATCH_PAGES_MAX} per turn`,
     );
+  });
+});
+
+describe('59 the final pause reads into memory written before it', () => {
+  it('59.2 notIn merges ascending lists like a Set filter, and falls back to one when unsorted', () => {
+    const prng = new Prng(592);
+    const ascendingPick = (n: number, of: number): Uint32Array =>
+      Uint32Array.from(new Set(Array.from({ length: n }, () => prng.below(of)))).sort();
+    for (let i = 0; i < 200; i++) {
+      const list = ascendingPick(prng.below(300), 1000);
+      const except = ascendingPick(prng.below(300), 1000);
+      const want = list.filter((p) => !except.includes(p));
+      assert.deepEqual(Array.from(notIn(list, except)), Array.from(want), `case ${i}`);
+      const shuffled = Uint32Array.from(except).reverse();
+      assert.deepEqual(Array.from(notIn(list, shuffled)), Array.from(want), `case ${i}, except unsorted`);
+    }
+  });
+
+  it('59.3 a prepared buffer is handed out once; a larger or second take is fresh and counted', () => {
+    const r = new ResidentBuffer();
+    r.prepare(3 * 4096 + 1);
+    assert.equal(r.preparedBytes, 4 * 4096, 'whole pages');
+    const a = r.take(4 * 4096);
+    assert.equal(a.byteLength, 4 * 4096);
+    assert.equal(r.freshTakes, 0, 'the prepared memory');
+    const b = r.take(4096);
+    assert.notEqual(b.buffer, a.buffer, 'given away: never handed out twice');
+    assert.equal(r.freshTakes, 1);
+    r.prepare(4096);
+    r.take(2 * 4096);
+    assert.equal(r.freshTakes, 2, 'too large: fresh');
+  });
+
+  it("59.4 a pre-copied session's first pause takes the buffer prepared after the last round", () => {
+    const PAGES = 4096;
+    const clock = new VirtualClock();
+    const net = new Net(clock, new Prng(594), 1);
+    const domain = new StepDomain(PAGES, 1, clock, () => {});
+    const primary = new Primary(domain, new OutputBuffer<number>(() => {}), clock, {
+      intervalMs: 50,
+      compressor: 'lz4',
+      cachePages: 16,
+      maxInFlight: 2,
+      heartbeatTimeoutMs: 1000,
+      batchPagesMax: 256,
+      deviceStateMax: 4096,
+      precopyRemainingPagesMin: 8,
+    });
+    const backup = new Backup(
+      clock,
+      { pageCountMax: 1 << 20, batchPagesMax: 256, replicaFor: (h) => new MemReplica(h.pageCount) },
+      {},
+    );
+    primary.start();
+    const [b, p] = net.pair();
+    backup.attach(b);
+    primary.attach(p);
+    clock.runUntil(5000);
+    const s = primary.stats();
+    assert.ok(s.ackedEpoch >= 1, 'the pre-copied first checkpoint was acknowledged');
+    assert.ok(s.fullPause && s.fullPause.pages > 0, `the final pause read pages (${s.fullPause?.pages})`);
+    assert.equal(s.fullPause.freshTakes, 0, 'the final pause allocated no fresh memory');
   });
 });

@@ -36,6 +36,14 @@ export interface ScaleRow {
   disk_sync_s: number;
   disk_sync_mb_per_s: number;
   final_pause_ms: number;
+  /** Pages the final stop-and-copy copied, and its parts (ms; engine/stats.ts FullPauseParts). */
+  final_pause_pages: number;
+  final_pause_parts: { suspend: number; capture: number; disk: number; resume: number } | null;
+  /**
+   * The target's bound: 2 × a memcpy of final_pause_pages (timed in this process right after
+   * the sync, median of 5, warm buffers) + 1 ms.
+   */
+  final_pause_bound_ms: number;
   sessions: number;
   pause_ms_p50: number;
   pause_ms_p99: number;
@@ -189,6 +197,12 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.disk_sync_s = n(p.diskSyncMs) / 1000;
   row.disk_sync_mb_per_s = n(disk.resyncCopiedBytes) / 1e6 / row.disk_sync_s;
   row.final_pause_ms = n(p.fullPauseMs);
+  const fp = p.fullPause as { pages: number; suspendMs: number; captureMs: number; diskMs: number; resumeMs: number };
+  if (fp) {
+    row.final_pause_pages = fp.pages;
+    row.final_pause_parts = { suspend: fp.suspendMs, capture: fp.captureMs, disk: fp.diskMs, resume: fp.resumeMs };
+    row.final_pause_bound_ms = 2 * memcpyMs(fp.pages * 4096) + 1;
+  }
   row.sessions = n(p.sessions);
   row.pause_ms_p50 = n(p.pauseMsP50);
   row.pause_ms_p99 = n(p.pauseMsP99);
@@ -198,6 +212,19 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.loop_delay_ms_max_backup = n(b.loop_delay_ms_max);
   row.primary_rss_over_guest_bytes = n(p.rss_bytes) - row.guest_bytes;
   row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
+}
+
+/** A memcpy of `bytes` here and now (ms): the median of 5, source and target touched first. */
+export function memcpyMs(bytes: number): number {
+  const src = Buffer.alloc(Math.max(4096, bytes), 1);
+  const dst = Buffer.alloc(src.length, 0);
+  const runs: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    src.copy(dst);
+    runs.push(performance.now() - t);
+  }
+  return runs.sort((a, b) => a - b)[2];
 }
 
 /** Milliseconds from killedAt to the backup's failover event (wall clock on both sides). */
@@ -219,6 +246,9 @@ function emptyRow(bytes: number): ScaleRow {
     disk_sync_s: NaN,
     disk_sync_mb_per_s: NaN,
     final_pause_ms: NaN,
+    final_pause_pages: NaN,
+    final_pause_parts: null,
+    final_pause_bound_ms: NaN,
     sessions: NaN,
     pause_ms_p50: NaN,
     pause_ms_p99: NaN,
@@ -247,7 +277,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady` +
     `${o.diskBytes === undefined ? '' : `, disk ${o.diskBytes / 2 ** 20} MiB`}` +
     `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
-    'guest    sync s  MB/s  final ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
+    'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [
     head,
@@ -256,7 +286,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
         ? `${mib(r.guest_bytes).padStart(5)} MiB  ${r.error}`
         : `${mib(r.guest_bytes).padStart(5)} ` +
           `MiB ${f(r.initial_sync_s, 1).padStart(6)} ${f(r.initial_sync_mb_per_s).padStart(5)} ` +
-          `${f(r.final_pause_ms, 1).padStart(9)} ${f(r.sessions).padStart(9)} ` +
+          `${`${f(r.final_pause_ms, 1)}/${f(r.final_pause_bound_ms, 1)}`.padStart(11)} ${f(r.sessions).padStart(7)} ` +
           `${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
           `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
           `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +

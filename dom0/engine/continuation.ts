@@ -42,6 +42,13 @@ export class UnackedPages {
     return this.lists.length;
   }
 
+  /** Entries over all lists (a page in two lists counts twice): at least the pages missingFrom can return. */
+  get pageEntries(): number {
+    let n = 0;
+    for (const l of this.lists) n += l.pfns.length;
+    return n;
+  }
+
   /**
    * The pages of checkpoint epoch (copied: a capture's array may be reused). subsumes: they
    * include every listed page (a continued checkpoint), so the older lists go.

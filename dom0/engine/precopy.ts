@@ -16,6 +16,7 @@ import { assert } from '../assert';
 import { PAGE_BYTES } from '../limits';
 import type { Capture } from '../ports';
 import { capturedPages } from './captured-pages';
+import type { ResidentBuffer } from './resident-buffer';
 
 /** What a domain offers for pre-copy: reads while it runs, and a re-arming dirty collect. */
 export interface LiveMemory {
@@ -127,15 +128,11 @@ export class Precopy {
 
   /**
    * The final stop-and-copy (the guest is suspended): the capture's dirty pages plus those the
-   * last round collected but did not send, read now. Each pfn once.
+   * last round collected but did not send, read now (into `into`, prepared before the pause).
+   * Each pfn once.
    */
-  finalCapture(cap: Capture): Capture {
-    const inCap = new Set(cap.pfns.subarray(0, cap.count));
-    return withPagesRead(
-      cap,
-      this.pending.filter((p) => !inCap.has(p)),
-      this.mem,
-    );
+  finalCapture(cap: Capture, into?: ResidentBuffer): Capture {
+    return withPagesRead(cap, notIn(this.pending, cap.pfns.subarray(0, cap.count)), this.mem, into);
   }
 
   progress(nowMs: number): PrecopyProgress {
@@ -157,13 +154,39 @@ export class Precopy {
  * The capture plus pages extra (none of them in it), read now from mem: the domain is
  * suspended, so they hold their content at this checkpoint. Each pfn once.
  */
-export function withPagesRead(cap: Capture, extra: Uint32Array, mem: LiveMemory): Capture {
+export function withPagesRead(cap: Capture, extra: Uint32Array, mem: LiveMemory, into?: ResidentBuffer): Capture {
   if (extra.length === 0) return cap;
-  const pages = new Uint8Array((cap.count + extra.length) * PAGE_BYTES);
+  const bytes = (cap.count + extra.length) * PAGE_BYTES;
+  const pages = into ? into.take(bytes) : new Uint8Array(bytes);
   pages.set(capturedPages(cap, 0, cap.count));
   mem.readLive(extra, extra.length, pages.subarray(cap.count * PAGE_BYTES));
   const pfns = new Uint32Array(cap.count + extra.length);
   pfns.set(cap.pfns.subarray(0, cap.count));
   pfns.set(extra, cap.count);
   return { pfns, count: pfns.length, pages, deviceState: cap.deviceState };
+}
+
+/**
+ * The pfns of `list` that are not in `except`, in list's order. Both come from dirty collects,
+ * ascending: then one merge pass (a Set of a large final set cost milliseconds of the pause).
+ */
+export function notIn(list: Uint32Array, except: Uint32Array): Uint32Array {
+  if (!ascending(list) || !ascending(except)) {
+    const inExcept = new Set(except);
+    return list.filter((p) => !inExcept.has(p));
+  }
+  const out = new Uint32Array(list.length);
+  let n = 0,
+    j = 0;
+  for (const p of list) {
+    while (j < except.length && except[j] < p) j++;
+    if (j < except.length && except[j] === p) continue;
+    out[n++] = p;
+  }
+  return out.subarray(0, n);
+}
+
+function ascending(a: Uint32Array): boolean {
+  for (let i = 1; i < a.length; i++) if (a[i] <= a[i - 1]) return false;
+  return true;
 }

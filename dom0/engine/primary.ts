@@ -45,8 +45,9 @@ import {
   type DiskRefEntry,
 } from '../protocol/records';
 import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate, ScrubPick } from '../ports';
-import { Window, type PrimaryStats } from './stats';
+import { Window, type FullPauseParts, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
+import { PAUSE_BUFFER_HEADROOM_PAGES, ResidentBuffer } from './resident-buffer';
 import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
@@ -260,6 +261,9 @@ export class Primary {
   private readonly copy = new Window();
   private readonly ackLatency = new Window();
   private fullPauseMs = 0;
+  private fullPause: FullPauseParts | null = null;
+  /** Where a session's first pause reads the pages it adds to the capture (engine/resident-buffer.ts). */
+  private readonly pauseBuffer = new ResidentBuffer();
   private totals = {
     checkpoints: 0,
     dirtyPages: 0,
@@ -431,6 +435,7 @@ export class Primary {
       pauseMsP50: this.pause.quantile(0.5),
       pauseMsP99: this.pause.quantile(0.99),
       fullPauseMs: this.fullPauseMs,
+      fullPause: this.fullPause ? { ...this.fullPause } : null,
       copyMsP50: this.copy.quantile(0.5),
       ackMsP50: this.ackLatency.quantile(0.5),
       outputsHeld: this.gate.held,
@@ -558,6 +563,8 @@ export class Primary {
     const gen = this.sessionGen;
     const t0 = this.clock.now();
     let t1 = 0,
+      t2 = 0,
+      t3 = 0,
       cap: Capture | null = null,
       info: Record<string, unknown> = {},
       diskCrc: DiskChecksum | null = null,
@@ -596,7 +603,7 @@ export class Primary {
     // Captured pages are listed as unacknowledged at once: a checkpoint that fails after its
     // capture took them from dirty tracking, and the next continued session must carry them.
     const took = (c: Capture): void => {
-      cap = cont ? this.withUnacked(c) : pc ? pc.finalCapture(c) : c;
+      cap = cont ? this.withUnacked(c) : pc ? pc.finalCapture(c, this.pauseBuffer) : c;
       if (!full) this.unacked?.add(epoch, cap.pfns, cap.count, cont);
     };
     runInOrder(
@@ -625,7 +632,8 @@ export class Primary {
           return r.then(took);
         },
         () => {
-          this.copy.add(this.clock.now() - t1);
+          t2 = this.clock.now();
+          this.copy.add(t2 - t1);
           info = this.domain.describe();
           if (this.opts.diskScrub) scrub = this.disk?.scrubPick?.() ?? null; // the disk as of this checkpoint
           if ((!full && !cont) || !this.opts.verifyDisk || this.opts.diskScrub || !this.disk?.checksum)
@@ -641,6 +649,7 @@ export class Primary {
           });
         },
         () => {
+          t3 = this.clock.now();
           this.hooks.phase?.('disk-barrier', epoch);
           this.disk?.barrier(epoch);
           this.hooks.phase?.('resume', epoch);
@@ -651,8 +660,12 @@ export class Primary {
       () => {
         this.checkpointing = false;
         const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
-        if (full) this.fullPauseMs = pausedMs;
-        else this.pause.add(pausedMs);
+        if (full) {
+          this.fullPauseMs = pausedMs;
+          const t4 = this.clock.now();
+          const parts = { suspendMs: t1 - t0, captureMs: t2 - t1, diskMs: t3 - t2, resumeMs: t4 - t3 };
+          this.fullPause = { pages: cap!.count, ...parts, freshTakes: this.pauseBuffer.freshTakes };
+        } else this.pause.add(pausedMs);
         // The adaptive interval learns from checkpoints that hold one span's writes (a continued
         // session's first carries every page since the last ack; a full copy, all of them).
         if (!full && !cont && cap) this.adaptive?.observe(pausedMs, cap.count, t0 - this.lastSuspendAt);
@@ -846,6 +859,10 @@ export class Primary {
     const start = (this.lastSessionStart = this.sessionStart(value));
     this.continuing = start.kind === 'continued';
     this.needFull = !this.continuing;
+    this.pauseBuffer.release();
+    // The continued checkpoint reads every unacknowledged page in its pause: into memory written now.
+    if (this.continuing && this.domain.live)
+      this.pauseBuffer.prepare((this.unacked!.pageEntries + PAUSE_BUFFER_HEADROOM_PAGES) * PAGE_BYTES);
     if (this.needFull) {
       this.backupAcked = null;
       this.unacked?.clear();
@@ -930,7 +947,7 @@ export class Primary {
    */
   private withUnacked(cap: Capture): Capture {
     const extra = this.unacked!.missingFrom(cap.pfns, cap.count);
-    return withPagesRead(cap, extra, this.domain.live!);
+    return withPagesRead(cap, extra, this.domain.live!, this.pauseBuffer);
   }
 
   private beginCheckpoints(): void {
@@ -984,7 +1001,10 @@ export class Primary {
         final: !again,
       });
       if (this.precopy !== pc || this.link !== link) return; // the session ended meanwhile (a hook, a send)
-      if (!again) return this.finishPrecopy(pc);
+      if (!again) {
+        this.pauseBuffer.prepare((pc.pending.length + PAUSE_BUFFER_HEADROOM_PAGES) * PAGE_BYTES);
+        return this.finishPrecopy(pc);
+      }
     }
     this.clock.defer(() => this.precopyStep(link));
   }
@@ -1194,6 +1214,7 @@ export class Primary {
     if (this.session !== 'none') this.disk?.disconnect();
     this.session = 'none';
     this.precopy = null;
+    this.pauseBuffer.release();
     this.queue = [];
     this.streaming = false;
     this.sentAt.clear();

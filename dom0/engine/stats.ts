@@ -68,6 +68,8 @@ export interface PrimaryStats {
   pauseMsP99: number;
   /** Pause of the last full-copy checkpoint (the first of a session), kept out of p50/p99. */
   fullPauseMs: number;
+  /** That pause in parts (ms) and the pages it copied; null before the first full checkpoint. */
+  fullPause: FullPauseParts | null;
   copyMsP50: number;
   ackMsP50: number;
   outputsHeld: number;
@@ -102,4 +104,19 @@ export interface PrimaryStats {
   checkpointsHeldBack: number;
   /** The guest's paused time in checkpoints that completed, full copies included (ms). */
   pausedMsTotal: number;
+}
+
+/**
+ * Where a session's first checkpoint's pause went: stopping the vCPUs, the capture (for a
+ * pre-copied session: the pages the last round left plus those written since, read once),
+ * the disk's checksum as of the checkpoint, and resuming. pages: what the capture copied.
+ */
+export interface FullPauseParts {
+  pages: number;
+  suspendMs: number;
+  captureMs: number;
+  diskMs: number;
+  resumeMs: number;
+  /** Pause buffers allocated fresh so far (engine/resident-buffer.ts: the prepared one was short). */
+  freshTakes: number;
 }

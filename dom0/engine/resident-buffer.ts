@@ -1,0 +1,58 @@
+// resident-buffer: memory for a pause, faulted in before the pause.
+//
+// Why: the first write to fresh memory is a page fault, and on a virtualised dom0 a fault can
+// cost far more than the copy it serves. On the 2-core test VM (its host takes freed memory
+// back), copying 3000 guest pages into a new buffer took 38–40 ms, into a buffer written
+// before 1.0–1.9 ms (docs/scale.md, "Fresh memory"). The pages a session's first checkpoint
+// reads with the guest suspended (what the pre-copy's last round left, or what the backup
+// has not acknowledged) are known before the suspend, so the buffer they go to is allocated
+// and written while the guest still runs; the pause then only copies.
+//
+// How: prepare(bytes) grows the buffer to at least `bytes` and writes every page of it (the
+// guest runs meanwhile); take(bytes) hands out its first `bytes` if they fit, else a fresh
+// allocation (counted: freshTakes says the headroom was short). A buffer taken is given away
+// with its capture (which may stay queued for a while): the next prepare() allocates anew.
+import { assert } from '../assert';
+import { PAGE_BYTES } from '../limits';
+
+/**
+ * Pages beyond the known set that a prepared buffer leaves room for: those the capture itself
+ * finds written between the last collect and the suspend (a final round stops at 4096, engine/precopy.ts).
+ */
+export const PAUSE_BUFFER_HEADROOM_PAGES = 4096;
+
+export class ResidentBuffer {
+  /** Written in full by prepare(), not yet given to a capture (empty once taken). */
+  private buf = new Uint8Array(0);
+  /** take() calls that found no prepared buffer large enough and allocated fresh memory. */
+  freshTakes = 0;
+
+  /** Grows to at least `bytes` (whole pages) and writes them all: outside the pause. */
+  prepare(bytes: number): void {
+    assert(Number.isSafeInteger(bytes) && bytes >= 0, 'a size in bytes');
+    const want = Math.ceil(bytes / PAGE_BYTES) * PAGE_BYTES;
+    if (this.buf.length < want) this.buf = new Uint8Array(want);
+    this.buf.fill(0, 0, want); // every page written now, so none faults in the pause
+  }
+
+  /** `bytes` for a capture: the prepared buffer when it is large enough (given away), else fresh. */
+  take(bytes: number): Uint8Array {
+    assert(Number.isSafeInteger(bytes) && bytes >= 0, 'a size in bytes');
+    if (bytes > 0 && bytes <= this.buf.length) {
+      const given = this.buf.subarray(0, bytes);
+      this.buf = new Uint8Array(0);
+      return given;
+    }
+    this.freshTakes++;
+    return new Uint8Array(bytes);
+  }
+
+  /** Lets a prepared buffer go (its session ended before the pause). */
+  release(): void {
+    this.buf = new Uint8Array(0);
+  }
+
+  get preparedBytes(): number {
+    return this.buf.length;
+  }
+}

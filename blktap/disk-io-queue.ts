@@ -5,8 +5,9 @@
 // libuv's thread pool, several at once (DISK_IO_IN_FLIGHT_MAX) but in the order given where
 // order matters: a write starts only when none under way overlaps it, so a later write to
 // the same blocks lands after an earlier one; a zero range runs alone. A read or checksum
-// that waits for afterWrites() sees them all. What is queued is bounded by its caller (the backup stops reading the link
-// past DISK_IO_QUEUE_BYTES_HIGH); the queue itself only counts it.
+// that waits for afterWrites() sees them all. A write not yet started that a later one to
+// the same range replaces is dropped. What is queued is bounded by its caller (the backup
+// stops reading the link past DISK_IO_QUEUE_BYTES_HIGH); the queue itself only counts it.
 //
 // A target without writeAsync (a disk in memory: tests, the simulator's default) is written
 // at once, as before: nothing is ever pending. After a failed write the queue is broken: what

@@ -140,7 +140,7 @@ describe('51 backup disk I/O off the event loop', () => {
     assert.equal(let_go, 2, 'idle: at once');
   });
 
-  it('51.11b writes that do not overlap go several at once; one on the same blocks waits; a zero range runs alone', () => {
+  it('51.11b writes that do not overlap go several at once; one on their blocks waits; a zero range, alone', () => {
     const N = DISK_IO_IN_FLIGHT_MAX;
     const t = new HandTarget(DISK);
     const q = new DiskIoQueue(t);

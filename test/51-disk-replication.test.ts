@@ -741,7 +741,7 @@ describe('51 disk replication', () => {
     }
   });
 
-  it("51.9b a table's ranges follow the disk's size: a write since the read-ahead costs 64 KiB again, not 1 MiB", async () => {
+  it("51.9b a table's ranges follow the disk's size: a write since its read costs 64 KiB, not 1 MiB", async () => {
     assert.equal(rangeCrcBytesFor(16 * 2 ** 20), 64 * 1024);
     assert.equal(rangeCrcBytesFor(16 * 2 ** 30), 64 * 1024, 'up to 16 GiB');
     assert.equal(rangeCrcBytesFor(16 * 2 ** 30 + 4096), 128 * 1024);

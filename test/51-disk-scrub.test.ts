@@ -113,7 +113,8 @@ describe('51 the disk scrub', () => {
     const gens = new BlockGenerations(SIZE);
     const clock = new VirtualClock();
     const source = { sizeBytes: SIZE, read: (o: number, into: Uint8Array) => into.fill(o % 251) };
-    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE), clock, 4 * RANGE, RANGE); // 4 ranges a second
+    // 4 ranges a second
+    const scrub = new DiskScrub(new RangeCrcs(source, gens, clock, RANGE), clock, 4 * RANGE, RANGE);
     scrub.start();
     let sent = 0;
     for (let t = 50; t <= 2000; t += 50) {

@@ -277,7 +277,8 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady` +
     `${o.diskBytes === undefined ? '' : `, disk ${o.diskBytes / 2 ** 20} MiB`}` +
     `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
-    'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms  RSS-guest P/B MiB' +
+    'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms' +
+    '  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [
     head,

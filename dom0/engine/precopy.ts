@@ -29,8 +29,14 @@ export interface LiveMemory {
 
 /** Most rounds after the first full pass (Xen's live migration stops after a handful, too). */
 export const PRECOPY_ROUNDS_MAX = 5;
-/** Stop the rounds once at most this many pages remain: the final pause copies them. */
-export const PRECOPY_REMAINING_PAGES_MIN = 4096;
+/**
+ * Stop the rounds once at most this many pages remain: the final pause copies them. Small,
+ * since the pause reads them with the guest suspended: at 4096 the final set was 850–3300
+ * pages and the capture 4–21 ms on the 2-core test VM, at 256 it was 270–420 pages and
+ * 2–9 ms (docs/scale.md). A round over a few hundred pages takes milliseconds, and the
+ * rounds still stop when the set stops shrinking or PRECOPY_ROUNDS_MAX have run.
+ */
+export const PRECOPY_REMAINING_PAGES_MIN = 256;
 /**
  * Octets queued on the channel past which the pre-copy waits (the backlog never balloons).
  * Small: when the connection drains, Node hands everything queued to TLS in one call, and

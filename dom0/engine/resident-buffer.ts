@@ -17,7 +17,8 @@ import { PAGE_BYTES } from '../limits';
 
 /**
  * Pages beyond the known set that a prepared buffer leaves room for: those the capture itself
- * finds written between the last collect and the suspend (a final round stops at 4096, engine/precopy.ts).
+ * finds written between the last collect and the suspend (16 MiB; a take that needs more
+ * allocates, and counts it in freshTakes).
  */
 export const PAUSE_BUFFER_HEADROOM_PAGES = 4096;
 

@@ -31,6 +31,13 @@ import { RangeCrcs } from './range-crcs';
 import { DiskScrub } from './disk-scrub';
 import { DISK_BLOCK_BYTES } from '../dom0/limits';
 
+/**
+ * The resync copy waits while more than this is queued on the channel (bytes). When the socket
+ * drains, Node hands everything queued to TLS in one call: 8 MiB kept the primary's event loop
+ * 46–68 ms in that call and the framing before it on the 2-core test VM (a stall log matched to
+ * a CPU profile, docs/scale.md); the pre-copy's bound is 4 MiB for the same reason.
+ */
+export const DISK_SYNC_BACKLOG_BYTES_MAX = 4 * 1024 * 1024;
 export interface ReplicatorOptions {
   /** Unacknowledged forwarded bytes allowed before the session is dropped (the backup's bound). */
   unackedBytesMax: number;
@@ -132,7 +139,7 @@ export class DiskReplicator implements DiskPort, DiskTap {
     if (!opts.inSync) this.bitmap.markAll();
     this.chunkBytes = Math.min(opts.syncChunkBytes ?? 1024 * 1024, DISK_RECORD_DATA_MAX);
     assert(this.chunkBytes % DISK_BLOCK_BYTES === 0, 'sync chunk is whole blocks');
-    this.backlogMax = opts.backlogBytesMax ?? 8 * 1024 * 1024;
+    this.backlogMax = opts.backlogBytesMax ?? DISK_SYNC_BACKLOG_BYTES_MAX;
   }
 
   get sizeBytes(): number {

@@ -6,7 +6,7 @@
 // port in use is a typed error and a non-zero exit, without a stack trace; the server
 // closes idempotently. A protect restarted after the crash (as systemd does) is fenced.
 import { strict as assert } from 'node:assert';
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -228,6 +228,21 @@ describe('56 metrics', function () {
     await assert.rejects(fetch(`http://127.0.0.1:${m.port}/metrics`), 'nothing listens after close');
     const again = await MetricsExporter.listen('127.0.0.1', m.port);
     await again.close();
+  });
+
+  it('56.6 REMUSDB_STALL_LOG_MS logs a stall of the event loop with its end on the monotonic clock', () => {
+    const mod = path.join(__dirname, '..', 'dom0', 'service', 'loop-delay.js');
+    const script =
+      `const { loopDelay } = require(${JSON.stringify(mod)}); loopDelay();` +
+      'setTimeout(() => { const t = Date.now(); while (Date.now() - t < 120); setTimeout(() => {}, 30); }, 20);';
+    const run = (env: Record<string, string>) =>
+      spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ...env }, encoding: 'utf8' });
+    const logged = run({ REMUSDB_STALL_LOG_MS: '50' });
+    assert.equal(logged.status, 0, logged.stderr);
+    const m = /stall (\d+\.\d) ms ending at (\d+) µs/.exec(logged.stderr);
+    assert.ok(m, `a stall line: ${logged.stderr}`);
+    assert.ok(Number(m[1]) >= 100 && Number(m[1]) < 1000, `the busy 120 ms: ${m[1]}`);
+    assert.equal(run({}).stderr, '', 'nothing without the variable');
   });
 
   it(

@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
 import { PRECOPY_BATCH_PAGES_MAX, notIn } from '../dom0/engine/precopy';
-import { ResidentBuffer } from '../dom0/engine/resident-buffer';
+import { PAUSE_BUFFER_HEADROOM_PAGES_MIN, ResidentBuffer, pauseBufferPages } from '../dom0/engine/resident-buffer';
 import { Primary } from '../dom0/engine/primary';
 import { Prng } from '../dom0/util/prng';
 import { MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
@@ -90,6 +90,8 @@ describe('59 the final pause reads into memory written before it', () => {
     r.prepare(4096);
     r.take(2 * 4096);
     assert.equal(r.freshTakes, 2, 'too large: fresh');
+    assert.equal(pauseBufferPages(10), 10 + PAUSE_BUFFER_HEADROOM_PAGES_MIN, 'a small set: the minimum headroom');
+    assert.equal(pauseBufferPages(1000), 2000, 'a larger one: as much again');
   });
 
   it("59.4 a pre-copied session's first pause takes the buffer prepared after the last round", () => {

@@ -47,7 +47,7 @@ import {
 import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate, ScrubPick } from '../ports';
 import { Window, type FullPauseParts, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
-import { PAUSE_BUFFER_HEADROOM_PAGES, ResidentBuffer } from './resident-buffer';
+import { ResidentBuffer, pauseBufferPages } from './resident-buffer';
 import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
@@ -862,7 +862,7 @@ export class Primary {
     this.pauseBuffer.release();
     // The continued checkpoint reads every unacknowledged page in its pause: into memory written now.
     if (this.continuing && this.domain.live)
-      this.pauseBuffer.prepare((this.unacked!.pageEntries + PAUSE_BUFFER_HEADROOM_PAGES) * PAGE_BYTES);
+      this.pauseBuffer.prepare(pauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
     if (this.needFull) {
       this.backupAcked = null;
       this.unacked?.clear();
@@ -1002,7 +1002,7 @@ export class Primary {
       });
       if (this.precopy !== pc || this.link !== link) return; // the session ended meanwhile (a hook, a send)
       if (!again) {
-        this.pauseBuffer.prepare((pc.pending.length + PAUSE_BUFFER_HEADROOM_PAGES) * PAGE_BYTES);
+        this.pauseBuffer.prepare(pauseBufferPages(pc.pending.length) * PAGE_BYTES);
         return this.finishPrecopy(pc);
       }
     }

@@ -16,11 +16,17 @@ import { assert } from '../assert';
 import { PAGE_BYTES } from '../limits';
 
 /**
- * Pages beyond the known set that a prepared buffer leaves room for: those the capture itself
- * finds written between the last collect and the suspend (16 MiB; a take that needs more
- * allocates, and counts it in freshTakes).
+ * The pages a prepared buffer holds for a known set of `known` pages: those, and room for what
+ * the capture itself finds written between the last collect and the suspend — as many again
+ * (the last pre-copy round wrote `known` while it ran; the suspend follows at once), at least
+ * PAUSE_BUFFER_HEADROOM_PAGES_MIN. Not more: preparing is itself fresh memory written, a loop
+ * stall of its own (16 MiB of headroom stalled the primary 61 ms on the test VM). A take that
+ * needs more allocates, and counts it in freshTakes.
  */
-export const PAUSE_BUFFER_HEADROOM_PAGES = 4096;
+export function pauseBufferPages(known: number): number {
+  return known + Math.max(PAUSE_BUFFER_HEADROOM_PAGES_MIN, known);
+}
+export const PAUSE_BUFFER_HEADROOM_PAGES_MIN = 256;
 
 export class ResidentBuffer {
   /** Written in full by prepare(), not yet given to a capture (empty once taken). */

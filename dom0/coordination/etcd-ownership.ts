@@ -130,16 +130,16 @@ class EtcdOwnership extends ProvenOwnership {
       const sentAt = now(); // before the grant: the lease's TTL starts after this instant
       // Each call has a deadline: a member without quorum answers late or never, and a lease
       // granted elsewhere could expire meanwhile; past it the call is retried on another member.
-      const callDeadline = new Date(Date.now() + (ttl * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+      const callDeadline = renewalDeadline(ttl);
       const lease = client.lease(ttl, { autoKeepAlive: false, deadline: callDeadline });
       const result = await attempt(client, lease, key, me, callDeadline).catch((e: RemusError) => {
         if (now() >= deadline) throw e; // etcd unreachable: retried like a held key, while the wait lasts
         return { won: false as const, holder: null, error: e };
       });
-      if (result.won && o.signal?.aborted) await lease.revoke().catch(() => {});
+      if (result.won && o.signal?.aborted) await lease.revoke({ deadline: renewalDeadline(ttl) }).catch(() => {});
       o.signal?.throwIfAborted();
       if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
-      if (!result.error) await lease.revoke({ deadline: callDeadline }).catch(() => {}); // else attempt did
+      if (!result.error) await lease.revoke({ deadline: renewalDeadline(ttl) }).catch(() => {}); // else attempt did
       checkSameHolder(o, key, result.holder);
       if (now() >= deadline) {
         throw new RemusError(ErrorCode.NOT_OWNER, `${o.domain} is owned by ${describe(result.holder)} (${key})`, {
@@ -151,9 +151,11 @@ class EtcdOwnership extends ProvenOwnership {
     }
   }
 
+  /** Idempotent; bounded by one renewal period: a frozen or cut etcd must not hold a stopping process. */
   async release(): Promise<void> {
     if (!this.end()) return;
-    await this.lease.revoke().catch(() => {}); // unreachable etcd: the lease expires by itself
+    // Unreachable etcd: the revoke gives up at its deadline and the lease expires by itself.
+    await this.lease.revoke({ deadline: renewalDeadline(this.ttlSeconds) }).catch(() => {});
     this.client.close();
     this.members.close();
   }
@@ -174,8 +176,7 @@ class EtcdOwnership extends ProvenOwnership {
   private async renew(): Promise<void> {
     const sentAt = this.now();
     try {
-      const deadline = new Date(Date.now() + (this.ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
-      const res = await this.members.renew(this.leaseId, this.key, deadline);
+      const res = await this.members.renew(this.leaseId, this.key, renewalDeadline(this.ttlSeconds));
       if (this.ended) return;
       if (res.keyLease !== this.leaseId) return this.lose('the owner key was deleted or taken');
       this.validity.renewed(sentAt, res.ttlSeconds);
@@ -231,6 +232,11 @@ async function freshProof(lease: Lease, claimSentAt: number, now: () => number):
 type Attempt = { won: true; leaseId: string } | { won: false; holder: OwnerInfo | null; error?: RemusError };
 
 /** One transaction: create the key with our lease if nobody holds it; else tell who does. */
+/** An etcd call's deadline: one renewal period from now (a later answer proves nothing the next call would not). */
+function renewalDeadline(ttlSeconds: number): Date {
+  return new Date(Date.now() + (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+}
+
 async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo, deadline: Date): Promise<Attempt> {
   try {
     const leaseId = await lease.grant();

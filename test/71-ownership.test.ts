@@ -100,7 +100,7 @@ describe('71 ownership', () => {
       try {
         await Promise.race([a.release(), sleep(5000)]); // a hung release fails here, not by mocha's timeout
         const tookMs = performance.now() - startedAt;
-        assert.ok(tookMs < 3000 / 4 + 500, `release took ${tookMs.toFixed(0)} ms against a frozen etcd`);
+        assert.ok(tookMs < 3000 / 4 + 1000, `release took ${tookMs.toFixed(0)} ms against a frozen etcd`);
         assert.equal(a.validAt(performance.now()), false, 'released: proves nothing');
         await sleep(3500); // past the TTL on etcd's clock
       } finally {

@@ -2,14 +2,17 @@
 // and `remusdb agent` on three hosts in network namespaces with a real 3-member etcd: the
 // primary is killed, then the new primary, and the domain is protected again each time with no
 // operator — the second time against the host that just crashed and came back, copying only
-// the disk blocks that changed. What the client received shows one copy at a time.
+// the disk blocks that changed. What the client received shows one copy at a time. And the
+// agent's membership against a frozen etcd: no call waits for ever (77.6).
 import { strict as assert } from 'node:assert';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type BackupNeed, chooseBackup, type PoolHost, parsePoolHost } from '../dom0/coordination/pool';
 import { controlRequest } from '../dom0/service/control';
-import { type EtcdMember, startEtcdOnNet, whyNoEtcdNet } from './support/etcd';
+import { EtcdPool } from '../dom0/coordination/etcd-pool';
+import { ErrorCode, isRemusError } from '../dom0/errors';
+import { type EtcdMember, haveEtcd, startEtcd, startEtcdOnNet, whyNoEtcdNet } from './support/etcd';
 import { sleep, tmpDir, until } from './support/helpers';
 import { type PartitionNet, createPartitionNet } from './support/partition-net';
 import { LINE_CLIENT } from './support/line-client';
@@ -96,6 +99,46 @@ describe('77 a pool of hosts', () => {
     ];
     for (const v of bad) {
       assert.equal(parsePoolHost(typeof v === 'string' ? v : JSON.stringify(v)), null, JSON.stringify(v).slice(0, 80));
+    }
+  });
+
+  it('77.6 etcd frozen: each pool call (the lease grant too) ends in bounded time; thawed: joins', async function () {
+    if (!haveEtcd()) this.skip(); // scripts/setup.sh installs etcd-server; CI always has it
+    this.timeout(60_000);
+    const etcd = await startEtcd('t776');
+    const lines: string[] = [];
+    const bounded = async <T>(what: string, p: Promise<T>): Promise<{ ms: number; error: unknown }> => {
+      const t0 = performance.now();
+      const hung = Symbol('hung');
+      const r = await Promise.race([
+        p.then(
+          () => null,
+          (e: unknown) => e,
+        ),
+        sleep(8000).then(() => hung),
+      ]);
+      assert.notEqual(r, hung, `${what} still waiting 8 s into a frozen etcd (the call deadline is 3 s)`);
+      return { ms: performance.now() - t0, error: r };
+    };
+    try {
+      etcd.freeze(true); // before the pool exists: its lease grant meets a frozen etcd
+      const pool = new EtcdPool([etcd.endpoint], 3, (l) => lines.push(l));
+      const first = await bounded('publish', pool.publish(host('h1')));
+      assert.ok(isRemusError(first.error, ErrorCode.COORDINATION), `publish: ${first.error}`);
+      assert.ok(isRemusError((await bounded('read', pool.read())).error, ErrorCode.COORDINATION));
+      etcd.freeze(false);
+      await pool.publish(host('h1')); // a new lease replaces the one whose grant failed
+      assert.deepEqual(
+        (await pool.read()).hosts.map((h) => h.hostId),
+        ['h1'],
+      );
+      assert.equal(await pool.reserve('h1', 7400, 'db'), true);
+      etcd.freeze(true);
+      assert.ok(isRemusError((await bounded('unreserve', pool.unreserve('h1', 7400))).error, ErrorCode.COORDINATION));
+      assert.equal((await bounded('close', pool.close())).error, null, 'close does not throw');
+    } finally {
+      etcd.freeze(false);
+      await etcd.stop();
     }
   });
 

@@ -66,7 +66,9 @@ export function ownerKey(domain: string): string {
 /** Claims the domain's owner key: resolves once this process owns it, else ERR_NOT_OWNER / ERR_COORDINATION. */
 export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership> {
   if (o.endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-  const client = new Etcd3({ hosts: o.endpoints, dialTimeout: DIAL_TIMEOUT_MS, faultHandling: faultHandling(o) });
+  const renewalMs = ((o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT) * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
+  const faultHandling = etcdFaultHandling(o.endpoints.length, renewalMs);
+  const client = new Etcd3({ hosts: o.endpoints, dialTimeout: DIAL_TIMEOUT_MS, faultHandling });
   try {
     return await EtcdOwnership.claim(client, o);
   } catch (e) {
@@ -78,18 +80,18 @@ export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership
 /**
  * One member: no retry, no breaker (our loop retries). Several: a member whose call failed is
  * skipped for half a renewal interval, and a failed call is retried at once on another member,
- * so that one dead member costs no renewal.
+ * so that one dead member costs no renewal. (etcd3's default breaker refuses every call for 5 s
+ * after three failures: an etcd back from a freeze would go unused that long.)
  */
-function faultHandling(o: EtcdOwnershipOptions): IOptions['faultHandling'] {
-  if (o.endpoints.length === 1) return { host: () => noop, global: noop };
-  const renewalMs = ((o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT) * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
+export function etcdFaultHandling(endpointCount: number, renewalMs: number): IOptions['faultHandling'] {
+  if (endpointCount === 1) return { host: () => noop, global: noop };
   return {
     host: () =>
       circuitBreaker(handleWhen(isRecoverableError), {
         halfOpenAfter: renewalMs / 2,
         breaker: new ConsecutiveBreaker(1),
       }),
-    global: retry(handleWhen(isRecoverableError), { maxAttempts: o.endpoints.length - 1 }),
+    global: retry(handleWhen(isRecoverableError), { maxAttempts: endpointCount - 1 }),
   };
 }
 
@@ -138,7 +140,8 @@ class EtcdOwnership extends ProvenOwnership {
       });
       if (result.won && o.signal?.aborted) await lease.revoke({ deadline: renewalDeadline(ttl) }).catch(() => {});
       o.signal?.throwIfAborted();
-      if (result.won) return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now));
+      if (result.won)
+        return new EtcdOwnership(client, lease, result.leaseId, o, await freshProof(lease, sentAt, now, ttl));
       if (!result.error) await lease.revoke({ deadline: renewalDeadline(ttl) }).catch(() => {}); // else attempt did
       checkSameHolder(o, key, result.holder);
       if (now() >= deadline) {
@@ -219,10 +222,10 @@ function checkSameHolder(o: EtcdOwnershipOptions, key: string, holder: OwnerInfo
  * A claim that waited (a grant held up by an unreachable etcd) may have been sent long ago:
  * its proof could be spent already. One keepalive right after winning gives a fresh one.
  */
-async function freshProof(lease: Lease, claimSentAt: number, now: () => number): Promise<number> {
+async function freshProof(lease: Lease, claimSentAt: number, now: () => number, ttl: number): Promise<number> {
   const sentAt = now();
   try {
-    const res = await lease.keepaliveOnce();
+    const res = await lease.keepaliveOnce({ deadline: renewalDeadline(ttl) });
     return Number(res.TTL) > 0 ? sentAt : claimSentAt;
   } catch {
     return claimSentAt; // the renewal loop tries again

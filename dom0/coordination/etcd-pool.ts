@@ -9,10 +9,13 @@
 // whose agent dies leaves the pool when that lease ends; its reservations go with it. A lease
 // lost while the agent lives (etcd unreachable past its TTL) is replaced, and the record and
 // reservations are written again. Reserving is one transaction (create if absent), so two
-// reprotections never take the same slot.
+// reprotections never take the same slot. Every call has a deadline, the lease's grant too: a
+// frozen or cut etcd answers nothing, and a call without one would hold the agent for ever
+// (a grant that failed is replaced at the next call).
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { ErrorCode, RemusError } from '../errors';
 import { OWNER_LEASE_RENEWALS_PER_TTL, POOL_HOSTS_MAX, POOL_SLOTS_MAX } from '../limits';
+import { etcdFaultHandling } from './etcd-ownership';
 import { MemberRenewal } from './member-renewal';
 import { type PoolHost, parsePoolHost, slotKey } from './pool';
 
@@ -38,30 +41,49 @@ export class EtcdPool {
     private readonly log: (line: string) => void,
   ) {
     if (endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-    this.client = new Etcd3({ hosts: endpoints, dialTimeout: CALL_DEADLINE_MS });
+    const renewalMs = (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
+    const faultHandling = etcdFaultHandling(endpoints.length, renewalMs);
+    this.client = new Etcd3({ hosts: endpoints, dialTimeout: CALL_DEADLINE_MS, faultHandling });
     this.members = new MemberRenewal(endpoints, CALL_DEADLINE_MS);
-    this.lease = this.client.lease(this.ttlSeconds, { autoKeepAlive: false });
-    const everyMs = (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
-    this.renewTimer = setInterval(() => void this.renew(everyMs), everyMs);
+    this.lease = this.newLease();
+    this.renewTimer = setInterval(() => void this.renew(renewalMs), renewalMs);
+  }
+
+  /** A lease whose grant gives up at the call deadline (it is then replaced by liveLease). */
+  private newLease(): Lease {
+    return this.client.lease(this.ttlSeconds, { autoKeepAlive: false, deadline: this.deadline() });
+  }
+
+  /** The lease, granted; one whose grant failed (etcd unreachable then) is replaced by a new one. */
+  private async liveLease(): Promise<Lease> {
+    const lease = this.lease;
+    if ((await lease.grant().catch(() => null)) === null && lease === this.lease && !this.closed) this.rejoin();
+    return this.lease;
+  }
+
+  /** A new lease: the record is written again at the next publish, the reservations at once. */
+  private rejoin(): void {
+    this.lease = this.newLease();
+    this.lastRecord = null;
+    for (const [k, d] of this.mine)
+      void this.lease
+        .put(RESERVED + k)
+        .value(d)
+        .options({ deadline: this.deadline() })
+        .catch(() => {});
   }
 
   /** Keeps the lease alive; one etcd says is gone is replaced, the record and reservations written again. */
   private async renew(withinMs: number): Promise<void> {
     if (this.closed || this.lastRecord === null) return; // granted with the first record
     const id = await this.lease.grant().catch(() => null);
-    if (id === null) return;
+    if (id === null) return; // publish replaces a lease whose grant failed
     try {
       await this.members.renew(id, HOSTS, new Date(Date.now() + withinMs));
     } catch (e) {
       if (!(e instanceof EtcdLeaseInvalidError) || this.closed) return; // unreachable: the next one tries
       this.log("pool: etcd ended this host's lease; joining again");
-      this.lease = this.client.lease(this.ttlSeconds, { autoKeepAlive: false });
-      this.lastRecord = null; // written again at the next publish
-      for (const [k, d] of this.mine)
-        void this.lease
-          .put(RESERVED + k)
-          .value(d)
-          .catch(() => {});
+      this.rejoin();
     }
   }
 
@@ -74,7 +96,7 @@ export class EtcdPool {
     const text = JSON.stringify(host);
     if (text === this.lastRecord) return;
     await this.call('publish this host', async () => {
-      await this.lease
+      await (await this.liveLease())
         .put(HOSTS + host.hostId)
         .value(text)
         .options({ deadline: this.deadline() });
@@ -108,10 +130,10 @@ export class EtcdPool {
   /** Reserves a slot for domain: true if this agent got it (nobody else holds it). */
   async reserve(hostId: string, port: number, domain: string): Promise<boolean> {
     const key = RESERVED + slotKey(hostId, port);
-    const txn = await this.call('reserve a slot', () =>
+    const txn = await this.call('reserve a slot', async () =>
       this.client
         .if(key, 'Create', '==', 0)
-        .then(this.lease.put(key).value(domain))
+        .then((await this.liveLease()).put(key).value(domain))
         .options({ deadline: this.deadline() })
         .commit(),
     );
@@ -126,6 +148,7 @@ export class EtcdPool {
       this.client
         .delete()
         .key(RESERVED + k)
+        .options({ deadline: this.deadline() })
         .exec(),
     );
   }

@@ -448,4 +448,17 @@ describe('58 output-triggered checkpoints', () => {
     fine.clock.runUntil(3000);
     assert.equal(starved(fine).length, 0, '3 ms pauses every 50 ms: nothing to say');
   });
+  it("58.11b a full copy's long pause is not starvation; under --interval auto the advice is the loss window", () => {
+    const starved = (r: ReturnType<typeof rig>) => r.events.filter((e) => e.name === 'guest-starved');
+    // The first checkpoint copies all 128 pages and pauses 3 s (the lab's emulated Xen); the rest pause 3 ms.
+    const firstLong = rig({ trigger: 'timer', intervalMs: 50, pauseMs: (n) => (n >= 128 ? 3000 : 3) });
+    firstLong.clock.runUntil(6000);
+    assert.ok(firstLong.acks.length > 20, `${firstLong.acks.length} checkpoints acknowledged`);
+    assert.deepEqual(starved(firstLong), [], 'no warning for the full copy');
+    const auto = rig({ trigger: 'timer', intervalAuto: true, intervalMs: 100, pauseMs: (n) => (n >= 128 ? 5 : 150) });
+    auto.clock.runUntil(4000);
+    assert.equal(starved(auto).length, 1, 'pauses longer than the loss window: said once');
+    const line = protectLogLine('db', 'guest-starved', starved(auto)[0].detail, null) ?? '';
+    assert.match(line, /150 ms.*--interval auto is at its longest \(the loss window\): raise --max-loss-window$/);
+  });
 });

@@ -242,6 +242,8 @@ export class Primary {
   private heldBackAt: number | null = null;
   /** True from a 'guest-starved' event until the paused share fell below half its bound again. */
   private starvedSaid = false;
+  /** When the last full copy's pause ended (monotonic ms); -Infinity before the first. */
+  private fullPauseEndMs = Number.NEGATIVE_INFINITY;
   private readonly pauses: PauseShare;
   /** With intervalAuto: picks the interval from the pauses it is told of; null: opts.intervalMs. */
   private readonly adaptive: AdaptiveInterval | null;
@@ -456,18 +458,24 @@ export class Primary {
 
   // ---- the checkpoint ----------------------------------------------------------------
 
-  /** The interval the next checkpoint is timed by: the option's, or the adaptive choice. */
-  /** Warns (once, until it recovers) when checkpoints leave the guest a sliver of the time. */
+  /**
+   * Warns (once, until it recovers) when checkpoints leave the guest a sliver of the time. A
+   * window that still holds a full copy's pause is not judged: that pause is the copy's, and
+   * no interval would shorten it (the lab's first checkpoint pauses 3 s, before any other).
+   */
   private sayIfStarved(): void {
     if (!this.starvedSaid && this.pauses.shareBound < GUEST_STARVED_PAUSE_SHARE) return; // most checkpoints: no scan
-    const share = this.pauses.share(this.clock.now());
+    const now = this.clock.now();
+    if (now - this.pauses.windowMs < this.fullPauseEndMs) return;
+    const share = this.pauses.share(now);
     if (!this.starvedSaid && share >= GUEST_STARVED_PAUSE_SHARE) {
       this.starvedSaid = true;
       const pauseMs = this.pause.quantile(0.5);
-      this.hooks.event?.('guest-starved', { share, pauseMs, intervalMs: this.intervalMs() });
+      this.hooks.event?.('guest-starved', { share, pauseMs, intervalMs: this.intervalMs(), auto: !!this.adaptive });
     } else if (this.starvedSaid && share < GUEST_STARVED_PAUSE_SHARE / 2) this.starvedSaid = false;
   }
 
+  /** The interval the next checkpoint is timed by: the option's, or the adaptive choice. */
   private intervalMs(): number {
     return this.adaptive ? Math.round(this.adaptive.intervalMs) : this.opts.intervalMs;
   }
@@ -662,6 +670,7 @@ export class Primary {
         const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
         if (full) {
           this.fullPauseMs = pausedMs;
+          this.fullPauseEndMs = this.clock.now();
           const t4 = this.clock.now();
           const parts = { suspendMs: t1 - t0, captureMs: t2 - t1, diskMs: t3 - t2, resumeMs: t4 - t3 };
           this.fullPause = { pages: cap!.count, ...parts, freshTakes: this.pauseBuffer.freshTakes };

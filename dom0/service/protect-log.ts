@@ -39,7 +39,8 @@ export function protectLogLine(
       return (
         `WARNING: ${name} was paused ${(100 * Number(d.share)).toFixed(0)}% of the last second: its checkpoints ` +
         `pause it ${Number(d.pauseMs).toFixed(0)} ms, and the interval (${s('intervalMs')} ms, from one ` +
-        "checkpoint's start to the next) leaves it little time to run; raise --interval"
+        "checkpoint's start to the next) leaves it little time to run; " +
+        (d.auto ? '--interval auto is at its longest (the loss window): raise --max-loss-window' : 'raise --interval')
       );
     case 'fenced':
       return `the backup took over from epoch ${s('epoch')}: ${name} is stopped here (fenced)`;

@@ -1,7 +1,9 @@
 // 40 engine simulator: thousands of seeded runs of primary + backup in virtual time, each
 // with one fault — a crash of either side at any phase of a checkpoint (power loss or
 // kill), a dropped, delayed or corrupted connection, a backup restart, a stray peer on the
-// backup's port (after GOODBYE too: it must never cause a failover), a loss of the session
+// backup's port (after GOODBYE too: it must never cause a failover), a protect process that
+// dies while its domain runs on and is restarted (it holds outputs until the backup answers:
+// fenced after a failover, none reaching clients meanwhile), a loss of the session
 // with both sides alive followed by a continued session (docs/protocol.md "Reconnect") and a
 // second fault during its first checkpoint — checking the invariants of docs/design.md. Most
 // seeds pace checkpoints by held outputs too (--trigger output: floods, sparse outputs, bursts
@@ -52,7 +54,7 @@ describe('40 engine simulator', () => {
     assertNoViolations(failures, seeds.length);
     if (!process.env.SIM_SEED) {
       assert.ok(failovers > seeds.length / 20, `failovers were exercised (${failovers})`);
-      assert.ok(Object.keys(kinds).length === 11, `every fault kind ran: ${JSON.stringify(kinds)}`);
+      assert.ok(Object.keys(kinds).length === 12, `every fault kind ran: ${JSON.stringify(kinds)}`);
       // Held outputs started checkpoints, and the pause share bound held some back.
       assert.ok(early > seeds.length && heldBack > seeds.length / 10, `early: ${early}, held back: ${heldBack}`);
       // Corruption, a failed checkpoint and a reset only the primary saw are continued, not copied.

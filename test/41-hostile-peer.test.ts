@@ -1066,11 +1066,13 @@ describe('41 host locks', () => {
       fs.writeFileSync(file, `${dead.stdout.toString()}\n`); // its owner has exited
       const lock = HostLock.acquire(file, 'protection of sim:x');
       assert.equal(fs.readFileSync(file, 'utf8').trim(), String(process.pid));
+      assert.equal(lock.tookOverFrom, Number(dead.stdout.toString()), 'it says whose crashed run it took over');
       lock.release();
       lock.release();
       assert.equal(fs.existsSync(file), false);
       fs.symlinkSync(path.join(dir, 'elsewhere'), file); // a planted link is never followed: replaced by a real lock
       const again = HostLock.acquire(file, 'x');
+      assert.equal(again.tookOverFrom, null, 'no crashed run before it');
       assert.ok(fs.lstatSync(file).isFile());
       assert.equal(fs.existsSync(path.join(dir, 'elsewhere')), false);
       again.release();

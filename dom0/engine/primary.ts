@@ -335,9 +335,17 @@ export class Primary {
     this.pageCrcs = continues ? new PageCrcTable(domain.pageCount) : null;
   }
 
-  /** Starts the epoch clock and heartbeats; the guest runs unprotected until a backup attaches. */
-  start(): void {
-    this.gate.setPassThrough(true);
+  /**
+   * Starts the epoch clock and heartbeats; the guest runs unprotected until a backup attaches.
+   * holdOutputs: a previous protect of this domain died while the domain ran on (its lock was
+   * left), so the backup may have taken over: outputs are held as after losing the backup
+   * (holdOnLossMs), until the backup answers HELLO (it did not take over: they pass) or TAKEOVER
+   * (this copy is fenced; they are dropped).
+   */
+  start(o: { holdOutputs?: boolean } = {}): void {
+    assert(this.state === 'connecting', `start in state ${this.state}`);
+    if (o.holdOutputs) this.holdOutputs('held-after-crash', 'a previous protect of this domain ended without stopping');
+    else this.gate.setPassThrough(true);
     if (this.opts.trigger === 'output') this.gate.watchHeld!(() => this.onOutputHeld());
     this.scheduleTick(this.intervalMs());
     this.hbTimer = this.clock.setTimer(this.hbIntervalMs(), () => this.heartbeat());
@@ -885,6 +893,10 @@ export class Primary {
     this.sessionStartedAt = this.clock.now();
     this.initialSyncMs = 0;
     this.diskSyncMs = 0;
+    // The backup answered HELLO: it did not take over, and until this session commits it has
+    // nothing of ours to resume. What a full copy's primary held may go (a Xen domain's first
+    // checkpoint, libxc's live rounds, can take minutes).
+    if (this.needFull) this.gate.setPassThrough(true);
     if (!this.disk) return this.beginCheckpoints();
     // The backup answered HELLO, so it did not take over: outputs may flow while its disk
     // catches up (this copy is not protected yet), and checkpoints start when it has.
@@ -1199,9 +1211,15 @@ export class Primary {
     }
     this.dropLink();
     if (this.state === 'fenced' || this.state === 'stopped') return;
-    this.state = 'holding';
     this.waitingForAck = false;
     if (this.tickTimer === null) this.scheduleTick(this.intervalMs());
+    this.holdOutputs('backup-lost', reason);
+  }
+
+  /** Outputs held for holdOnLossMs (a backup that took over fences us meanwhile), then released. */
+  private holdOutputs(event: 'backup-lost' | 'held-after-crash', reason: string): void {
+    assert(this.link === null, 'outputs are held for a backup that may have taken over: no session');
+    this.state = 'holding';
     if (this.holdTimer !== null) this.clock.clearTimer(this.holdTimer);
     this.holdTimer = this.clock.setTimer(this.opts.holdOnLossMs ?? 3 * this.opts.heartbeatTimeoutMs, () => {
       this.holdTimer = null;
@@ -1212,7 +1230,7 @@ export class Primary {
       this.hooks.event?.('unprotected', { epoch: this.epoch });
       this.checkInvariants();
     });
-    this.hooks.event?.('backup-lost', { reason, epoch: this.epoch });
+    this.hooks.event?.(event, { reason, epoch: this.epoch });
     this.checkInvariants();
   }
 

@@ -88,6 +88,12 @@ export interface OpenedDomain {
   readonly domain: Domain;
   readonly outputs: HeldOutputs | null;
   readonly disk: StatusDiskPort | null;
+  /**
+   * The pid of a protect of this domain that died without stopping while the domain ran on
+   * (its lock was left), else null: the backup may have taken over, so outputs start held.
+   * Null for a domain this process creates (a simulated one): nothing of it ran before.
+   */
+  readonly crashedRunPid: number | null;
   /** Interfaces whose incoming packets are the guest's output, when none are named (Xen: its vifs). */
   defaultInterfaces(): string[];
   /** status's guest, disk and outputs fields. */

@@ -12,18 +12,23 @@ import { ErrorCode, RemusError } from '../errors';
 export class HostLock {
   private held = true;
 
-  private constructor(readonly file: string) {}
+  /** tookOverFrom: the pid of a dead process whose lock this one took over (a crashed run), else null. */
+  private constructor(
+    readonly file: string,
+    readonly tookOverFrom: number | null,
+  ) {}
 
   /** Takes the lock at file for this process; what names the holder in the refusal. */
   static acquire(file: string, what: string): HostLock {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    let dead: number | null = null;
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
         const fd = fs.openSync(file, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
         fs.writeSync(fd, `${process.pid}\n`);
         fs.closeSync(fd);
-        return new HostLock(file);
+        return new HostLock(file, dead);
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') {
           throw new RemusError(
@@ -43,6 +48,7 @@ export class HostLock {
           { pid: owner },
         );
       }
+      if (owner !== null && owner !== process.pid) dead = owner;
       fs.rmSync(file, { force: true }); // its owner is gone (or it is ours from before): take it over
     }
     throw new RemusError(

@@ -169,7 +169,14 @@ export class ProtectService {
   start(): void {
     loopDelay(); // starts measuring
     this.progressTimer = setInterval(() => this.showPrecopy(), PRECOPY_PROGRESS_MS).unref();
-    this.primary.start();
+    const crashed = this.opened.crashedRunPid;
+    if (crashed !== null && this.cfg.holdOutputs) {
+      this.cfg.log(
+        `the last protect of ${this.opened.label} (pid ${crashed}) ended without stopping while the domain ran on: ` +
+          'its outputs are held until the backup answers (it may have taken over), for at most 3 heartbeat timeouts',
+      );
+    }
+    this.primary.start({ holdOutputs: crashed !== null && this.cfg.holdOutputs });
     if (this.reconnector) this.reconnector.connect();
     else this.primary.attach(new BlackholeLink());
   }

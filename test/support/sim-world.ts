@@ -489,6 +489,12 @@ export type Fault =
    * (seen by both ends: the backup fails over; or by the primary only: the session continues).
    */
   | { kind: 'crash-early'; phase: Phase; nth: number; silent: boolean }
+  /**
+   * The protect process dies at a phase after the guest resumed (kill -9, a bug), the domain
+   * runs on (Xen); restartAfterMs later a new process protects it, first holding its outputs
+   * (the backup may have taken over).
+   */
+  | { kind: 'restart-primary'; phase: Phase; epoch: number; restartAfterMs: number }
   | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean };
 
 /**
@@ -625,8 +631,15 @@ export function pickFault(rng: Prng): Fault {
       afterGoodbye: rng.chance(0.7),
       act: STRAY_ACTS[rng.below(STRAY_ACTS.length)],
     };
+  if (rng.chance(0.5)) {
+    const phase = RESTART_PHASES[rng.below(RESTART_PHASES.length)];
+    return { kind: 'restart-primary', phase, epoch, restartAfterMs: 5 + rng.below(300) };
+  }
   return { kind: 'none' };
 }
+
+/** Where a process may die with its domain running (not suspended): after the guest resumed. */
+const RESTART_PHASES: Phase[] = ['stream-begin', 'stream-batch', 'stream-end', 'ack', 'release', 'precopy-batch'];
 
 const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
 
@@ -718,6 +731,15 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let commits = 0;
 
   const pclock = actorClock(clock, () => primaryDead);
+  // The protect process, not its host: a restart-primary fault ends it while the domain runs on.
+  let processGen = 0;
+  let processDown = false;
+  let processKilled = false;
+  let liveAtKill = false;
+  const processClock = (): Clock => {
+    const gen = processGen;
+    return actorClock(pclock, () => processDown || processGen !== gen);
+  };
   let primary: Primary | null = null;
   const makeGate = (): OutputBuffer<{ seq: number; value: number }> =>
     new OutputBuffer<{ seq: number; value: number }>((o, epoch, held) => {
@@ -908,6 +930,34 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       l[1].close();
     }
   };
+  // The protect process dies, its domain runs on: the kernel closes its socket (the backup hears
+  // at once), and its buffer holds what it held, and what comes after, until a new process
+  // replaces it (dropping them) — unless it passed outputs through, as an unprotected one does.
+  const killProcess = (restartAfterMs: number): never => {
+    processKilled = true;
+    processDown = true;
+    liveAtKill = backup.live;
+    trace('world', 'process-killed', { restartAfterMs });
+    currentLinks?.[1].die(false);
+    replicator?.disconnect(); // the disk's session went with the process (the disk itself is kept)
+    pclock.setTimer(restartAfterMs, restartProcess);
+    throw new Crash('primary process');
+  };
+  const restartProcess = (): void => {
+    trace('world', 'process-restarted', {});
+    gate.discard();
+    const st = primary!.stats();
+    pacedTotals = { early: st.earlyCheckpoints, heldBack: st.checkpointsHeldBack };
+    maxCommitted = 0;
+    committedSeq = 0;
+    pauseLog = []; // a new process: the old one's pauses are not its to bound
+    processGen++;
+    processDown = false;
+    gate = makeGate();
+    primary = makePrimary();
+    primary.start({ holdOutputs: true });
+    if (!connect()) scheduleReconnect();
+  };
   const crashPrimary = (silent: boolean): never => {
     backupLiveAtDeath = backup.live;
     primaryDead = true;
@@ -943,7 +993,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     new Primary(
       domain,
       gate,
-      pclock,
+      processClock(),
       primaryOptions,
       {
         phase: (phase, epoch) => {
@@ -968,6 +1018,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           }
           if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead)
             crashPrimary(fault.silent);
+          if (fault.kind === 'restart-primary' && fault.phase === phase && fault.epoch === epoch && !processKilled)
+            killProcess(fault.restartAfterMs);
           if (
             fault.kind === 'reconnect' &&
             epoch === continuedEpoch &&
@@ -1011,7 +1063,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
         },
         event: (name, d) => {
           trace('primary', name, d);
-          if (name === 'backup-lost') scheduleReconnect();
+          if (name === 'backup-lost' || name === 'held-after-crash') scheduleReconnect();
           // The session after a failed disk check copies memory whole (its first commit failed):
           // the faults' expectations are of the sessions after theirs, so it is not one of them.
           if (name === 'backup-lost') afterDivergence = String(d.reason).includes(ErrorCode.DISK_DIVERGED);
@@ -1140,7 +1192,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
 
   let currentLinks: [MemLink, MemLink] | null = null;
   const connect = (): boolean => {
-    if (backupDead || primaryDead || primary!.attached) return !primaryDead && primary!.attached;
+    if (backupDead || primaryDead || processDown || primary!.attached)
+      return !primaryDead && !processDown && primary!.attached;
     currentLinks = net.pair();
     backup.attach(currentLinks[0]);
     primary!.attach(currentLinks[1]);
@@ -1235,6 +1288,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     if (!primaryDead && primary.stats().state !== 'fenced')
       violate(`the backup resumed but the live primary is ${primary.stats().state}, not fenced`);
   }
+  if (liveAtKill && !r && !backupDead)
+    violate('the protect process died in a live session (its socket closed) but the backup never failed over');
   const due = backupLiveAtDeath || committedAfterDeath; // a live session lost its primary
   if (primaryDead && due && !r && !backupDead)
     violate('the primary died in a live session but the backup never failed over');

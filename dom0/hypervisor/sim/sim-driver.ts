@@ -170,6 +170,7 @@ function simOpened(
     label: `sim:${name}`,
     name,
     domid: 0,
+    crashedRunPid: null, // this process boots the guest: nothing of it ran before
     domain,
     outputs,
     disk: port,

@@ -190,6 +190,7 @@ function xenOpened(
     label: xen.name,
     name: xen.name,
     domid: xen.domid,
+    crashedRunPid: lock.tookOverFrom,
     summary: `Xen PV, id ${xen.domid}, ${xen.pageCount} pages`,
     domain: disk?.flush ? flushAfterCapture(xen, disk.flush) : xen,
     outputs: null,

@@ -106,7 +106,6 @@ describe('77 a pool of hosts', () => {
     if (!haveEtcd()) this.skip(); // scripts/setup.sh installs etcd-server; CI always has it
     this.timeout(60_000);
     const etcd = await startEtcd('t776');
-    const lines: string[] = [];
     const bounded = async <T>(what: string, p: Promise<T>): Promise<{ ms: number; error: unknown }> => {
       const t0 = performance.now();
       const hung = Symbol('hung');
@@ -122,7 +121,7 @@ describe('77 a pool of hosts', () => {
     };
     try {
       etcd.freeze(true); // before the pool exists: its lease grant meets a frozen etcd
-      const pool = new EtcdPool([etcd.endpoint], 3, (l) => lines.push(l));
+      const pool = new EtcdPool([etcd.endpoint], 3, () => {});
       const first = await bounded('publish', pool.publish(host('h1')));
       assert.ok(isRemusError(first.error, ErrorCode.COORDINATION), `publish: ${first.error}`);
       assert.ok(isRemusError((await bounded('read', pool.read())).error, ErrorCode.COORDINATION));

@@ -66,8 +66,7 @@ export function ownerKey(domain: string): string {
 /** Claims the domain's owner key: resolves once this process owns it, else ERR_NOT_OWNER / ERR_COORDINATION. */
 export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership> {
   if (o.endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-  const renewalMs = ((o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT) * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
-  const faultHandling = etcdFaultHandling(o.endpoints.length, renewalMs);
+  const faultHandling = etcdFaultHandling(o.endpoints.length, o.ttlSeconds ?? OWNER_LEASE_TTL_S_DEFAULT);
   const client = new Etcd3({ hosts: o.endpoints, dialTimeout: DIAL_TIMEOUT_MS, faultHandling });
   try {
     return await EtcdOwnership.claim(client, o);
@@ -83,12 +82,12 @@ export async function claimOwnership(o: EtcdOwnershipOptions): Promise<Ownership
  * so that one dead member costs no renewal. (etcd3's default breaker refuses every call for 5 s
  * after three failures: an etcd back from a freeze would go unused that long.)
  */
-export function etcdFaultHandling(endpointCount: number, renewalMs: number): IOptions['faultHandling'] {
+export function etcdFaultHandling(endpointCount: number, ttlSeconds: number): IOptions['faultHandling'] {
   if (endpointCount === 1) return { host: () => noop, global: noop };
   return {
     host: () =>
       circuitBreaker(handleWhen(isRecoverableError), {
-        halfOpenAfter: renewalMs / 2,
+        halfOpenAfter: renewalPeriodMs(ttlSeconds) / 2,
         breaker: new ConsecutiveBreaker(1),
       }),
     global: retry(handleWhen(isRecoverableError), { maxAttempts: endpointCount - 1 }),
@@ -172,7 +171,7 @@ class EtcdOwnership extends ProvenOwnership {
 
   private schedule(): void {
     if (this.ended) return;
-    this.timer = setTimeout(() => void this.renew(), (this.ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+    this.timer = setTimeout(() => void this.renew(), renewalPeriodMs(this.ttlSeconds));
   }
 
   /** One renewal: keepalive, then the key must still carry our lease. */
@@ -234,12 +233,17 @@ async function freshProof(lease: Lease, claimSentAt: number, now: () => number, 
 
 type Attempt = { won: true; leaseId: string } | { won: false; holder: OwnerInfo | null; error?: RemusError };
 
-/** One transaction: create the key with our lease if nobody holds it; else tell who does. */
-/** An etcd call's deadline: one renewal period from now (a later answer proves nothing the next call would not). */
-function renewalDeadline(ttlSeconds: number): Date {
-  return new Date(Date.now() + (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL);
+/** How often a lease of ttlSeconds is renewed (ms): OWNER_LEASE_RENEWALS_PER_TTL times per TTL. */
+export function renewalPeriodMs(ttlSeconds: number): number {
+  return (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
 }
 
+/** An etcd call's deadline: one renewal period from now (a later answer proves nothing the next call would not). */
+function renewalDeadline(ttlSeconds: number): Date {
+  return new Date(Date.now() + renewalPeriodMs(ttlSeconds));
+}
+
+/** One transaction: create the key with our lease if nobody holds it; else tell who does. */
 async function attempt(client: Etcd3, lease: Lease, key: string, me: OwnerInfo, deadline: Date): Promise<Attempt> {
   try {
     const leaseId = await lease.grant();

@@ -14,8 +14,8 @@
 // (a grant that failed is replaced at the next call).
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { ErrorCode, RemusError } from '../errors';
-import { OWNER_LEASE_RENEWALS_PER_TTL, POOL_HOSTS_MAX, POOL_SLOTS_MAX } from '../limits';
-import { etcdFaultHandling } from './etcd-ownership';
+import { POOL_HOSTS_MAX, POOL_SLOTS_MAX } from '../limits';
+import { etcdFaultHandling, renewalPeriodMs } from './etcd-ownership';
 import { MemberRenewal } from './member-renewal';
 import { type PoolHost, parsePoolHost, slotKey } from './pool';
 
@@ -41,8 +41,8 @@ export class EtcdPool {
     private readonly log: (line: string) => void,
   ) {
     if (endpoints.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no etcd endpoint given');
-    const renewalMs = (ttlSeconds * 1000) / OWNER_LEASE_RENEWALS_PER_TTL;
-    const faultHandling = etcdFaultHandling(endpoints.length, renewalMs);
+    const renewalMs = renewalPeriodMs(ttlSeconds);
+    const faultHandling = etcdFaultHandling(endpoints.length, ttlSeconds);
     this.client = new Etcd3({ hosts: endpoints, dialTimeout: CALL_DEADLINE_MS, faultHandling });
     this.members = new MemberRenewal(endpoints, CALL_DEADLINE_MS);
     this.lease = this.newLease();

@@ -678,8 +678,8 @@ export class Primary {
         const pausedMs = this.domain.pausedMsLast ?? this.clock.now() - t0;
         if (full) {
           this.fullPauseMs = pausedMs;
-          this.fullPauseEndMs = this.clock.now();
           const t4 = this.clock.now();
+          this.fullPauseEndMs = t4;
           const parts = { suspendMs: t1 - t0, captureMs: t2 - t1, diskMs: t3 - t2, resumeMs: t4 - t3 };
           this.fullPause = { pages: cap!.count, ...parts, freshTakes: this.pauseBuffer.freshTakes };
         } else this.pause.add(pausedMs);
@@ -893,13 +893,12 @@ export class Primary {
     this.sessionStartedAt = this.clock.now();
     this.initialSyncMs = 0;
     this.diskSyncMs = 0;
-    // The backup answered HELLO: it did not take over, and until this session commits it has
-    // nothing of ours to resume. What a full copy's primary held may go (a Xen domain's first
-    // checkpoint, libxc's live rounds, can take minutes).
+    // The backup answered HELLO, so it did not take over, and until this session commits it has
+    // nothing of ours to resume: outputs may flow — what a full copy's primary held, at once (a
+    // Xen domain's first checkpoint, libxc's live rounds, can take minutes); any session's while
+    // the backup's disk catches up, and checkpoints start when it has.
     if (this.needFull) this.gate.setPassThrough(true);
     if (!this.disk) return this.beginCheckpoints();
-    // The backup answered HELLO, so it did not take over: outputs may flow while its disk
-    // catches up (this copy is not protected yet), and checkpoints start when it has.
     this.session = 'syncing';
     this.state = 'syncing';
     this.gate.setPassThrough(true);

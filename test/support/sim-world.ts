@@ -489,13 +489,13 @@ export type Fault =
    * (seen by both ends: the backup fails over; or by the primary only: the session continues).
    */
   | { kind: 'crash-early'; phase: Phase; nth: number; silent: boolean }
+  | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean }
   /**
    * The protect process dies at a phase after the guest resumed (kill -9, a bug), the domain
    * runs on (Xen); restartAfterMs later a new process protects it, first holding its outputs
    * (the backup may have taken over).
    */
-  | { kind: 'restart-primary'; phase: Phase; epoch: number; restartAfterMs: number }
-  | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean };
+  | { kind: 'restart-primary'; phase: Phase; epoch: number; restartAfterMs: number };
 
 /**
  * How checkpoints are paced in a run (engine/pacing.ts), drawn from a generator of its own so
@@ -945,18 +945,22 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   };
   const restartProcess = (): void => {
     trace('world', 'process-restarted', {});
-    gate.discard();
-    const st = primary!.stats();
-    pacedTotals = { early: st.earlyCheckpoints, heldBack: st.checkpointsHeldBack };
+    gate.discard(); // its buffer replaced: what the dead process held is dropped
+    processGen++;
+    processDown = false;
+    if (!newPrimaryProcess({ holdOutputs: true })) scheduleReconnect();
+  };
+  /** A new protect process of the same domain (its own buffer and engine, from epoch 1); connected? */
+  const newPrimaryProcess = (o: { holdOutputs: boolean }): boolean => {
     maxCommitted = 0;
     committedSeq = 0;
     pauseLog = []; // a new process: the old one's pauses are not its to bound
-    processGen++;
-    processDown = false;
+    const st = primary!.stats();
+    pacedTotals = { early: st.earlyCheckpoints, heldBack: st.checkpointsHeldBack };
     gate = makeGate();
     primary = makePrimary();
-    primary.start({ holdOutputs: true });
-    if (!connect()) scheduleReconnect();
+    primary.start(o);
+    return connect();
   };
   const crashPrimary = (silent: boolean): never => {
     backupLiveAtDeath = backup.live;
@@ -1222,17 +1226,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
       clock.setTimer(at, () => {
         if (!primaryDead) primary!.stop();
       });
-      clock.setTimer(at + 300, () => {
-        maxCommitted = 0;
-        committedSeq = 0;
-        pauseLog = []; // a new process: the old one's pauses are not its to bound
-        const st = primary!.stats();
-        pacedTotals = { early: st.earlyCheckpoints, heldBack: st.checkpointsHeldBack };
-        gate = makeGate();
-        primary = makePrimary();
-        primary.start();
-        connect();
-      });
+      clock.setTimer(at + 300, () => void newPrimaryProcess({ holdOutputs: false }));
     }
     clock.setTimer(at + (fault.afterGoodbye ? 20 : 0), () => strayPeer(net, backup, fault.act));
   }

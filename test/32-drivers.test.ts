@@ -1,7 +1,8 @@
 // 32 drivers: the domain-driver registry (dom0/hypervisor/driver.ts, registry.ts). README's
 // feature × driver table is exactly what the drivers declare; every feature a driver lacks
 // is refused by protect or backup with the driver's reason; options of one driver are
-// refused for another; both drivers get their engine options from one function.
+// refused for another; both drivers get their engine options from one function. A driver that
+// reports a crashed run of protect (its domain ran on) makes the service start holding outputs.
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,7 +13,11 @@ import { engineOptions } from '../dom0/service/engine-options';
 import { DEVICE_STATE_BYTES_MAX } from '../dom0/limits';
 import { RECORD_BODY_MAX } from '../dom0/protocol/records';
 import { isRemusError, ErrorCode } from '../dom0/errors';
-import { runCli } from './support/helpers';
+import { simDriver } from '../dom0/hypervisor/sim/sim-driver';
+import { ProtectService } from '../dom0/service/protect-service';
+import { DEFAULT_CACHE } from '../dom0/memory/cache-size';
+import { DISK_BUFFER_BYTES_DEFAULT } from '../dom0/limits';
+import { runCli, tmpDir } from './support/helpers';
 
 const README = path.join(__dirname, '..', '..', 'README.md');
 
@@ -115,6 +120,60 @@ describe('32 domain drivers', () => {
     if (!fs.existsSync('/dev/xen/privcmd')) {
       assert.match(caps.find((x) => x.name === 'xen-pv')!.reason, /privcmd is absent/);
       assert.equal(caps.find((x) => x.name === 'xen-pv')!.available, false);
+    }
+  });
+
+  it('32.7 a crashed run the driver reports: protect starts holding outputs and says why; else not', async () => {
+    const saved = process.env.REMUSDB_RUN_DIR;
+    process.env.REMUSDB_RUN_DIR = tmpDir('run32');
+    const startAs = async (crashedRunPid: number | null): Promise<{ state: string; lines: string[] }> => {
+      const lines: string[] = [];
+      const log = (l: string): void => void lines.push(l);
+      const guest = { memoryBytes: 16 * 2 ** 20, workload: 'oltp' as const, seed: 1, stepsPerSec: 100, diskBytes: 0 };
+      const opened = await simDriver.open({
+        name: `c${crashedRunPid ?? 0}`,
+        diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
+        readTracking: false,
+        sim: { ...guest, client: null },
+        log,
+      });
+      const svc = await ProtectService.create({
+        opened: { ...opened, crashedRunPid },
+        backup: { host: '127.0.0.1', port: 1 }, // nobody answers: no HELLO, no TAKEOVER
+        security: { insecure: true },
+        net: null,
+        holdOutputs: true,
+        journal: null,
+        engine: engineOptions(simDriver, opened.domain.pageCount, {
+          intervalMs: 50,
+          compressor: 'zstd',
+          cache: DEFAULT_CACHE,
+          maxInFlight: 2,
+          diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
+          verifyDisk: false,
+        }),
+        metrics: null,
+        ownsMetrics: true,
+        log,
+      });
+      svc.start();
+      const state = svc.primary.stats().state;
+      await svc.stop();
+      return { state, lines };
+    };
+    try {
+      const crashed = await startAs(4242);
+      assert.equal(crashed.state, 'holding');
+      assert.ok(
+        crashed.lines.some((l) => /pid 4242\) ended without stopping.*held until the backup answers/.test(l)),
+        crashed.lines.join('\n'),
+      );
+      const clean = await startAs(null);
+      assert.equal(clean.state, 'connecting', 'no crashed run: outputs pass until a backup answers');
+      assert.ok(!clean.lines.some((l) => /ended without stopping/.test(l)));
+    } finally {
+      if (saved === undefined) delete process.env.REMUSDB_RUN_DIR;
+      else process.env.REMUSDB_RUN_DIR = saved;
     }
   });
 });

@@ -190,6 +190,29 @@ describe('60 nfqueue output buffer (network namespaces, root)', () => {
     assert.equal(readKernelQueueStats(QUEUE, bed.dom0), null, 'queue unbound');
   });
 
+  it("60.1c reinstalling over a crashed run's rules lets none of the guest's packets pass", async () => {
+    const spec = { domain: DOMAIN, queueNum: QUEUE, match: { physdevIn: bed.vif }, netns: bed.dom0 };
+    installRules(spec); // as a crashed run left them: nobody reads queue 60, so the kernel drops
+    await command({ op: 'udp4', from: -1, count: 1 }); // the neighbours (ARP is never queued)
+    const want = ++doneCount;
+    tx.send({ op: 'udp4', from: 500_000, count: 12_000, pps: 6000 }); // 2 s of a steady stream
+    const done = () => tx.lines.filter((l) => l.startsWith('done')).length >= want;
+    let installs = 0;
+    await sleep(100);
+    while (!done() || installs < 5) {
+      installRules(spec);
+      installs++;
+      await sleep(1);
+    }
+    await sleep(300);
+    const passed = got('u4').filter((seq) => seq >= 500_000);
+    assert.equal(passed.length, 0, `${passed.length} packets passed during ${installs} reinstalls`);
+    removeRules(spec); // the control: without the rules the same stream arrives
+    await command({ op: 'udp4', from: 600_000, count: 100 });
+    await settled(() => got('u4').filter((seq) => seq >= 600_000).length, 100);
+    assert.equal(got('u4').filter((seq) => seq >= 600_000).length, 100);
+  });
+
   it('60.2 holds everything until release(N), which delivers exactly the epochs ≤ N, in order', async () => {
     buf = NfqueueBuffer.open({ queueNum: QUEUE, netns: bed.dom0 });
     assert.throws(

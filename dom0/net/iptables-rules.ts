@@ -4,11 +4,13 @@
 // from PREROUTING:
 //   teardown: every `-A PREROUTING ... -j REMUSDB-<name>` found by `iptables -S` is deleted;
 //             then `-F REMUSDB-<name>`, `-X REMUSDB-<name>` (errors ignored)
-//   install:  teardown; `-N REMUSDB-<name>`; `-A REMUSDB-<name> [-m dscp --dscp D] -j NFQUEUE
+//   install:  one `iptables-restore --noflush` transaction: `:REMUSDB-<name>` (created, or
+//             flushed), `-D` of every jump found, `-A REMUSDB-<name> [-m dscp --dscp D] -j NFQUEUE
 //             --queue-num Q` (no --queue-bypass: no listener = dropped; with D only packets
 //             the guest marked are queued, the rest never leave the kernel; with marks, one
 //             such rule per `-m mark --mark M/MASK`: what the in-kernel pgwire program marked);
-//             `-I PREROUTING 1 <match> -j REMUSDB-<name>`
+//             `-I PREROUTING 1 <match> -j REMUSDB-<name>`; the packets of a crashed run's guest
+//             go to a rule of the old set or of the new one, never to none
 // for iptables and ip6tables (iptables-nft). ARP is not queued: arptables has no NFQUEUE.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -63,60 +65,64 @@ function run(netns: string | undefined, tool: string, args: string[]): Run {
   };
 }
 
-function must(netns: string | undefined, tool: string, args: string[]): void {
-  const r = run(netns, tool, args);
-  if (r.status !== 0) {
-    throw new RemusError(
-      ErrorCode.NETBUF,
-      `${tool} ${args.join(' ')} failed: ${r.stderr.trim() || `exit ${r.status}`}`,
-    );
-  }
-}
-
 /** Removes the domain's chain and every jump to it; safe to call when nothing is installed. */
 export function removeRules(spec: Pick<RuleSpec, 'domain' | 'netns'>): void {
   const chain = chainName(spec.domain);
   for (const tool of TOOLS) {
-    const listing = run(spec.netns, tool, ['-t', 'mangle', '-S', 'PREROUTING']);
-    for (const line of listing.stdout.split('\n')) {
-      const words = line.trim().split(/\s+/);
-      if (words[0] !== '-A' || words[words.length - 1] !== chain || words[words.length - 2] !== '-j') continue;
-      run(spec.netns, tool, ['-t', 'mangle', '-D', ...words.slice(1)]);
-    }
+    for (const jump of jumpsTo(spec.netns, tool, chain))
+      run(spec.netns, tool, ['-t', 'mangle', '-D', ...jump.split(' ')]);
     run(spec.netns, tool, ['-t', 'mangle', '-F', chain]);
     run(spec.netns, tool, ['-t', 'mangle', '-X', chain]);
   }
 }
 
-/** Installs the rules (after removing any left from an earlier run). Bind the queue first. */
+/**
+ * Installs the rules, replacing any an earlier run left, in one transaction per family
+ * (`iptables-restore --noflush`: the chain's declaration flushes it, the old jumps go, the new
+ * ones come, all committed at once). A crashed run's rules keep queueing to a queue nobody
+ * reads, which drops: removing them first would let the guest's packets pass until the new
+ * rules are in. Bind the queue first. A failed install leaves what was there before.
+ */
 export function installRules(spec: RuleSpec): void {
   assertInt(spec.queueNum, 0, 65535, 'queueNum');
   if (spec.onlyDscp !== undefined) assertInt(spec.onlyDscp, 0, 63, 'onlyDscp');
   const chain = chainName(spec.domain);
   const match = matchArgs(spec.match);
   if ('physdevIn' in spec.match) checkBridgeNetfilter(spec.netns);
-  removeRules(spec);
+  const hadRules = listRules(spec).length > 0;
   try {
     for (const tool of TOOLS) {
-      must(spec.netns, tool, ['-t', 'mangle', '-N', chain]);
-      for (const only of queueMatches(spec)) {
-        must(spec.netns, tool, [
-          '-t',
-          'mangle',
-          '-A',
-          chain,
-          ...only,
-          '-j',
-          'NFQUEUE',
-          '--queue-num',
-          `${spec.queueNum}`,
-        ]);
-      }
-      must(spec.netns, tool, ['-t', 'mangle', '-I', 'PREROUTING', '1', ...match, '-j', chain]);
+      const lines = ['*mangle', `:${chain} - [0:0]`, ...jumpsTo(spec.netns, tool, chain).map((j) => `-D ${j}`)];
+      for (const only of queueMatches(spec))
+        lines.push(`-A ${chain} ${[...only, '-j', 'NFQUEUE', '--queue-num', `${spec.queueNum}`].join(' ')}`);
+      lines.push(`-I PREROUTING 1 ${[...match, '-j', chain].join(' ')}`, 'COMMIT', '');
+      mustRestore(spec.netns, `${tool}-restore`, chain, lines.join('\n'));
     }
   } catch (e) {
-    removeRules(spec);
+    if (!hadRules) removeRules(spec);
     throw e;
+  }
+}
+
+/** The jumps to chain in PREROUTING, as `-S` prints them without the leading `-A`. */
+function jumpsTo(netns: string | undefined, tool: string, chain: string): string[] {
+  const listing = run(netns, tool, ['-t', 'mangle', '-S', 'PREROUTING']);
+  const jumps: string[] = [];
+  for (const line of listing.stdout.split('\n')) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] === '-A' && words[words.length - 1] === chain && words[words.length - 2] === '-j')
+      jumps.push(words.slice(1).join(' '));
+  }
+  return jumps;
+}
+
+function mustRestore(netns: string | undefined, tool: string, chain: string, input: string): void {
+  const argv =
+    netns === undefined ? [tool, '-w', '--noflush'] : ['ip', 'netns', 'exec', netns, tool, '-w', '--noflush'];
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 30_000, input });
+  if (r.status !== 0) {
+    const why = (r.stderr ?? '').trim() || (r.error ? String(r.error) : `exit ${r.status}`);
+    throw new RemusError(ErrorCode.NETBUF, `${tool} of the rules of ${chain} failed: ${why}`);
   }
 }
 

@@ -6,7 +6,7 @@
 // port in use is a typed error and a non-zero exit, without a stack trace; the server
 // closes idempotently. A protect restarted after the crash (as systemd does) is fenced.
 import { strict as assert } from 'node:assert';
-import { type ChildProcess, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -243,6 +243,34 @@ describe('56 metrics', function () {
     assert.ok(m, `a stall line: ${logged.stderr}`);
     assert.ok(Number(m[1]) >= 100 && Number(m[1]) < 1000, `the busy 120 ms: ${m[1]}`);
     assert.equal(run({}).stderr, '', 'nothing without the variable');
+  });
+
+  it("56.6b the loop's own stall leaves out the time its thread waited for a CPU", () => {
+    const mod = path.join(__dirname, '..', 'dom0', 'service', 'loop-delay.js');
+    const script =
+      `const { loopDelay } = require(${JSON.stringify(mod)}); loopDelay();` +
+      'setTimeout(() => { const t = Date.now(); while (Date.now() - t < 120); ' +
+      'setTimeout(() => console.log(JSON.stringify(loopDelay())), 300); }, 20);';
+    const delays = (argv: string[]): { loop_delay_ms_max: number; loop_delay_ms_max_own: number } => {
+      const r = spawnSync(argv[0], [...argv.slice(1), process.execPath, '-e', script], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      return JSON.parse(r.stdout);
+    };
+    const alone = delays(['env']);
+    assert.ok(alone.loop_delay_ms_max_own >= 30, `120 ms busy on a CPU of its own counts: ${JSON.stringify(alone)}`);
+    assert.ok(alone.loop_delay_ms_max_own <= alone.loop_delay_ms_max + 1, JSON.stringify(alone));
+    // the same on CPU 0 shared with two busy processes: most of the 120 ms it waits for the CPU
+    const hog = (): ChildProcess =>
+      spawn('taskset', ['-c', '0', process.execPath, '-e', 'const e = Date.now() + 3000; while (Date.now() < e);']);
+    const hogs = [hog(), hog()];
+    try {
+      const shared = delays(['taskset', '-c', '0']);
+      // a third of the CPU: ~40 ms of its own against ~80 waiting
+      const waited = shared.loop_delay_ms_max - shared.loop_delay_ms_max_own;
+      assert.ok(waited >= 30 && shared.loop_delay_ms_max_own <= shared.loop_delay_ms_max / 2, JSON.stringify(shared));
+    } finally {
+      for (const h of hogs) h.kill();
+    }
   });
 
   it(

@@ -51,6 +51,9 @@ export interface ScaleRow {
   output_hold_ms_p99: number;
   loop_delay_ms_max_primary: number;
   loop_delay_ms_max_backup: number;
+  /** The same without the time the main thread waited for a CPU (loop-delay.ts): our own work's share. */
+  loop_delay_ms_max_own_primary: number;
+  loop_delay_ms_max_own_backup: number;
   primary_rss_over_guest_bytes: number;
   backup_rss_over_guest_bytes: number;
   /**
@@ -210,6 +213,8 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.output_hold_ms_p99 = n(outputs.holdMsP99);
   row.loop_delay_ms_max_primary = n(p.loop_delay_ms_max);
   row.loop_delay_ms_max_backup = n(b.loop_delay_ms_max);
+  row.loop_delay_ms_max_own_primary = n(p.loop_delay_ms_max_own);
+  row.loop_delay_ms_max_own_backup = n(b.loop_delay_ms_max_own);
   row.primary_rss_over_guest_bytes = n(p.rss_bytes) - row.guest_bytes;
   row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
 }
@@ -256,6 +261,8 @@ function emptyRow(bytes: number): ScaleRow {
     output_hold_ms_p99: NaN,
     loop_delay_ms_max_primary: NaN,
     loop_delay_ms_max_backup: NaN,
+    loop_delay_ms_max_own_primary: NaN,
+    loop_delay_ms_max_own_backup: NaN,
     primary_rss_over_guest_bytes: NaN,
     backup_rss_over_guest_bytes: NaN,
     reconnect: '-',
@@ -270,6 +277,13 @@ function lastLine(file: string): string {
   return lines[lines.length - 1]?.replace(/^\S+ /, '') || 'protect exited';
 }
 
+/** "P/B (own P/own B)": the loop's worst delay, and that without waiting for a CPU. */
+function loopColumn(r: ScaleRow): string {
+  const f = (x: number): string => (Number.isFinite(x) ? x.toFixed(0) : '-');
+  const own = `${f(r.loop_delay_ms_max_own_primary)}/${f(r.loop_delay_ms_max_own_backup)}`;
+  return `${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)} (${own})`;
+}
+
 export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
   const f = (x: number, d = 0): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const mib = (x: number): string => f(x / 2 ** 20);
@@ -277,7 +291,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     `guest sizes, oltp at ${o.rate} tx/s, checkpoints every ${o.intervalMs} ms, ${o.seconds} s steady` +
     `${o.diskBytes === undefined ? '' : `, disk ${o.diskBytes / 2 ** 20} MiB`}` +
     `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
-    'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B ms' +
+    'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B (own) ms' +
     '  RSS-guest P/B MiB' +
     `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
   return [
@@ -290,7 +304,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
           `${`${f(r.final_pause_ms, 1)}/${f(r.final_pause_bound_ms, 1)}`.padStart(11)} ${f(r.sessions).padStart(7)} ` +
           `${`${f(r.pause_ms_p50, 1)}/${f(r.pause_ms_p99, 1)}`.padStart(17)} ` +
           `${`${f(r.output_hold_ms_max)}/${f(r.output_hold_ms_p99)}`.padStart(16)} ` +
-          `${`${f(r.loop_delay_ms_max_primary)}/${f(r.loop_delay_ms_max_backup)}`.padStart(16)} ` +
+          `${loopColumn(r).padStart(21)} ` +
           `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
           (r.reconnect === 'continued'
             ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}`

@@ -402,6 +402,12 @@ export class MetricsExporter {
       me,
       () => loopDelay().loop_delay_ms_p99 / 1000,
     );
+    this.gauge(
+      'remusdb_event_loop_delay_own_max_seconds',
+      'Longest the event loop was kept from running, without the time its thread waited for a CPU',
+      me,
+      () => loopDelay().loop_delay_ms_max_own / 1000,
+    );
   }
 
   /** Readers of series families by name: a family two roles share has one reader per role. */

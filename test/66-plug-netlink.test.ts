@@ -1,9 +1,11 @@
 // 66 plug driver plumbing: the rtnetlink messages the `plug` output buffer sends (byte
 // layout), and the addon's netlinkRoute against the real kernel — a qdisc created, seen by
 // tc, deleted — plus the clear error this kernel gives for sch_plug itself (it lacks the
-// module; the Xen lab's dom0 kernel has it, where the plug driver's own scenario runs).
+// module; the Xen lab's dom0 kernel has it, where the plug driver's own scenario runs), and a
+// root qdisc replaced under a stream of packets without letting one through (66.3).
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import * as dgram from 'node:dgram';
 import * as os from 'node:os';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
@@ -19,6 +21,7 @@ import {
   plugOptions,
   qdiscMessage,
   qdiscRequest,
+  replaceRootQdisc,
 } from '../dom0/net/rtnetlink';
 import { PlugBuffer } from '../dom0/net/plug-buffer';
 
@@ -121,4 +124,72 @@ describe('66 plug driver plumbing', () => {
       gate.close();
     });
   });
+
+  // A replaced plug must never open: the guest's packets go to a closed qdisc before, during
+  // and after. A pfifo with limit 0 drops whatever reaches it, so a packet that reaches the
+  // receiver passed while the root had no qdisc of ours (the default one forwards).
+  describe('66.3 replacing the root qdisc lets nothing pass (root)', () => {
+    const NS = 'rdb66g';
+    before(function () {
+      if (!root) this.skip();
+      sh(`ip link del rdb66c; ip link del rdb-66; ip netns del ${NS}`);
+      const setup = [
+        `ip netns add ${NS}`,
+        `ip link add rdb66c type veth peer name rdb66d netns ${NS}`,
+        'ip addr add 10.66.0.1/24 dev rdb66c && ip link set rdb66c up',
+        `ip -n ${NS} addr add 10.66.0.2/24 dev rdb66d && ip -n ${NS} link set rdb66d up`,
+        // ARP would be dropped too: the sender knows the receiver's address
+        `ip -n ${NS} neigh add 10.66.0.1 lladdr $(cat /sys/class/net/rdb66c/address) dev rdb66d`,
+        'ip link add rdb-66 type ifb && ip link set rdb-66 up',
+        'tc qdisc add dev rdb-66 root handle 1: pfifo limit 0',
+        'tc qdisc add dev rdb66c ingress',
+        'tc filter add dev rdb66c parent ffff: protocol all u32 match u32 0 0 action mirred egress redirect dev rdb-66',
+      ];
+      for (const c of setup) assert.equal(sh(c).status, 0, c);
+    });
+    after(() => {
+      if (root) sh(`ip link del rdb66c; ip link del rdb-66; ip netns del ${NS}`);
+    });
+
+    it('40 replacements under a stream of packets: none reaches the receiver, the handles alternate', async () => {
+      const rx = dgram.createSocket('udp4');
+      let received = 0;
+      rx.on('message', () => received++);
+      await new Promise<void>((r) => rx.bind(9066, '10.66.0.1', r));
+      const tx = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e', UDP_FLOOD, '10.66.0.1']);
+      try {
+        await new Promise((r) => setTimeout(r, 300)); // the stream runs, and the closed pfifo drops it
+        assert.equal(received, 0, 'the closed qdisc drops everything');
+        const ifindex = ifindexOf('rdb-66');
+        const closed = Buffer.alloc(4); // tc_fifo_qopt.limit = 0 packets
+        const handles: number[] = [];
+        for (let i = 0; i < 40; i++) {
+          handles.push(replaceRootQdisc(ifindex, 'pfifo', closed, 'replace the pfifo'));
+          await new Promise((r) => setImmediate(r));
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        assert.equal(received, 0, 'no packet passed while a qdisc was replaced');
+        assert.deepEqual(handles.slice(0, 4), [0x20000, 0x10000, 0x20000, 0x10000]);
+        const qdiscs = sh('tc qdisc show dev rdb-66').out.trim().split('\n');
+        assert.deepEqual(
+          qdiscs.map((l) => l.replace(/ refcnt \d+/, '').split(' limit')[0]),
+          ['qdisc pfifo 1: root'],
+        );
+        // the stream did run: without the closed qdisc, it arrives
+        qdiscRequest(
+          { type: RTM_DELQDISC, flags: 0, ifindex, handle: 0x10000, parent: TC_H_ROOT, kind: 'pfifo', options: null },
+          'delete the pfifo',
+        );
+        await new Promise((r) => setTimeout(r, 200));
+        assert.ok(received > 0, 'the stream reaches the receiver once the pfifo is gone');
+      } finally {
+        tx.kill();
+        rx.close();
+      }
+    });
+  });
 });
+
+// UDP datagrams of 200 bytes, as fast as the event loop sends them, until killed.
+const UDP_FLOOD = `const s = require('dgram').createSocket('udp4'); const b = Buffer.alloc(200);
+const next = () => s.send(b, 9066, process.argv[1], () => setImmediate(next)); next();`;

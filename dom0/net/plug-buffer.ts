@@ -12,16 +12,20 @@
 //      match u32 0 0 action mirred egress redirect dev ifbN
 //   4. per checkpoint: barrier → TCQ_PLUG_BUFFER (suspended); ack → TCQ_PLUG_RELEASE_ONE
 //   5. teardown: delete the ingress qdisc (stops the redirect), delete ifbN (drops what it held)
+// Nothing the guest sends passes unheld while a plug is replaced: a new plug is grafted in
+// place of the old one in one netlink request (replaceRootQdisc), and a setup that finds a
+// crashed run's IFB and redirect keeps them (deleting either first would open the path for
+// the time of the next commands: packets of a copy the backup may have resumed).
 // sch_plug counts only two epochs (the one being released and the current one), so one
 // checkpoint may be unacknowledged at a time: protect with --max-in-flight 1 (checked).
-// A crash of this process leaves the plug closed: held packets are dropped with the IFB at
-// the next setup, never leaked.
+// A crash of this process leaves the plug closed: held packets are dropped when the next
+// setup replaces it, never leaked.
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { assert } from '../assert';
 import type { OutputGate } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import {
-  NLM_F_CREATE,
-  NLM_F_EXCL,
   RTM_DELQDISC,
   RTM_NEWQDISC,
   TCQ_PLUG_BUFFER,
@@ -32,15 +36,16 @@ import {
   ifindexOf,
   plugOptions,
   qdiscRequest,
+  replaceRootQdisc,
 } from './rtnetlink';
-
-const PLUG_HANDLE = 0x00010000; // 1:0
 
 export class PlugBuffer implements OutputGate {
   private bufferedEpoch = 0;
   private releasedEpoch = 0;
   private passThrough = false;
   private readonly ifindex: number;
+  /** The installed plug's handle (1: or 2:, replaceRootQdisc); 0 before install(). */
+  private handle = 0;
 
   constructor(
     readonly ifb: string,
@@ -49,19 +54,10 @@ export class PlugBuffer implements OutputGate {
     this.ifindex = ifindexOf(ifb);
   }
 
-  /** Installs the plug on the IFB's root (replacing one left by a crashed run), closed. */
+  /** Installs a closed plug on the IFB's root in one step, replacing one a crashed run left (dropping what it held). */
   install(): void {
-    try {
-      this.change(RTM_DELQDISC, 0, null, 'remove a stale plug');
-    } catch {
-      /* none there */
-    }
-    this.change(
-      RTM_NEWQDISC,
-      NLM_F_CREATE | NLM_F_EXCL,
-      plugOptions(TCQ_PLUG_LIMIT, this.limitBytes),
-      `add the plug qdisc to ${this.ifb}`,
-    );
+    const what = `add the plug qdisc to ${this.ifb}`;
+    this.handle = replaceRootQdisc(this.ifindex, 'plug', plugOptions(TCQ_PLUG_LIMIT, this.limitBytes), what);
     this.action(TCQ_PLUG_BUFFER);
   }
 
@@ -97,7 +93,7 @@ export class PlugBuffer implements OutputGate {
     } else this.action(TCQ_PLUG_BUFFER);
   }
 
-  /** Fenced: drop what is held (recreate the plug; the old one's packets go with it). */
+  /** Fenced: drop what is held (a new plug replaces the old one, whose packets go with it). */
   discard(): void {
     this.install();
     this.releasedEpoch = this.bufferedEpoch;
@@ -105,6 +101,7 @@ export class PlugBuffer implements OutputGate {
 
   /** Removes the plug (what it holds is dropped). Idempotent. */
   close(): void {
+    if (this.handle === 0) return;
     try {
       this.change(RTM_DELQDISC, 0, null, 'remove the plug');
     } catch {
@@ -113,6 +110,7 @@ export class PlugBuffer implements OutputGate {
   }
 
   private action(a: number): void {
+    assert(this.handle !== 0, 'plug action before install');
     this.change(RTM_NEWQDISC, 0, plugOptions(a), `plug ${ACTION_NAMES[a]} on ${this.ifb}`);
   }
 
@@ -123,7 +121,7 @@ export class PlugBuffer implements OutputGate {
     what: string,
   ): void {
     qdiscRequest(
-      { type, flags, ifindex: this.ifindex, handle: PLUG_HANDLE, parent: TC_H_ROOT, kind: 'plug', options },
+      { type, flags, ifindex: this.ifindex, handle: this.handle, parent: TC_H_ROOT, kind: 'plug', options },
       what,
     );
   }
@@ -142,43 +140,25 @@ export interface PlugDevice {
   close(): void;
 }
 
-/** Steps 1-3 of the header, idempotent (a previous run's IFB and filter are replaced). */
+/**
+ * Steps 1-3 of the header, idempotent. A crashed run's IFB and redirect stay in place (its
+ * plug holds until the new one replaces it); anything else on the vif's ingress is replaced.
+ */
 export function setupPlug(o: { vif: string; ifb: string; limitBytes?: number }): PlugDevice {
   ifindexOf(o.vif); // a clear error when the guest's interface does not exist
-  run('ip', ['link', 'del', o.ifb], true);
+  const ifbExisted = fs.existsSync(`/sys/class/net/${o.ifb}`);
+  const redirected = ifbExisted && redirectsTo(o.vif) === o.ifb;
   let gate: PlugBuffer;
   try {
-    run('ip', ['link', 'add', o.ifb, 'type', 'ifb']);
+    if (!ifbExisted) run('ip', ['link', 'add', o.ifb, 'type', 'ifb']);
     run('ip', ['link', 'set', o.ifb, 'up']);
     gate = new PlugBuffer(o.ifb, o.limitBytes ?? 64 * 1024 * 1024);
     gate.install();
-    run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
-    run('tc', ['qdisc', 'add', 'dev', o.vif, 'ingress']);
-    run('tc', [
-      'filter',
-      'add',
-      'dev',
-      o.vif,
-      'parent',
-      'ffff:',
-      'protocol',
-      'all',
-      'u32',
-      'match',
-      'u32',
-      '0',
-      '0',
-      'action',
-      'mirred',
-      'egress',
-      'redirect',
-      'dev',
-      o.ifb,
-    ]);
+    if (!redirected) redirectIngress(o.vif, o.ifb);
   } catch (e) {
-    // nothing half-installed stays behind
-    run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
-    run('ip', ['link', 'del', o.ifb], true);
+    // nothing this call added stays behind; a crashed run's buffer stays closed
+    if (!redirected) run('tc', ['qdisc', 'del', 'dev', o.vif, 'ingress'], true);
+    if (!ifbExisted) run('ip', ['link', 'del', o.ifb], true);
     throw e;
   }
   let closed = false;
@@ -192,4 +172,32 @@ export function setupPlug(o: { vif: string; ifb: string; limitBytes?: number }):
       run('ip', ['link', 'del', o.ifb], true);
     },
   };
+}
+
+/** The device the vif's ingress redirects to (`tc filter show` of our u32 + mirred filter), or null. */
+function redirectsTo(vif: string): string | null {
+  const r = spawnSync('tc', ['filter', 'show', 'dev', vif, 'parent', 'ffff:'], { encoding: 'utf8' });
+  return /Egress Redirect to device ([^)\s]+)\)/.exec(r.stdout ?? '')?.[1] ?? null;
+}
+
+/** Step 3: every packet the guest sends goes to the IFB (all protocols). */
+function redirectIngress(vif: string, ifb: string): void {
+  run('tc', ['qdisc', 'del', 'dev', vif, 'ingress'], true);
+  run('tc', ['qdisc', 'add', 'dev', vif, 'ingress']);
+  const matchAll = ['protocol', 'all', 'u32', 'match', 'u32', '0', '0'];
+  run('tc', [
+    'filter',
+    'add',
+    'dev',
+    vif,
+    'parent',
+    'ffff:',
+    ...matchAll,
+    'action',
+    'mirred',
+    'egress',
+    'redirect',
+    'dev',
+    ifb,
+  ]);
 }

@@ -13,6 +13,7 @@ export const RTM_NEWQDISC = 36,
   RTM_DELQDISC = 37;
 export const NLM_F_REQUEST = 0x1,
   NLM_F_ACK = 0x4,
+  NLM_F_REPLACE = 0x100,
   NLM_F_EXCL = 0x200,
   NLM_F_CREATE = 0x400;
 export const TCA_KIND = 1,
@@ -96,12 +97,38 @@ export function ifindexOf(ifname: string): number {
 /** Sends one qdisc request; a negative errno becomes ERR_NETBUF naming what was asked. */
 export function qdiscRequest(r: QdiscRequest, what: string): void {
   const rc = loadAddon().netlinkRoute(qdiscMessage(r));
-  if (rc === 0) return;
-  const errno = -rc;
+  if (rc !== 0) throw qdiscError(r, -rc, what);
+}
+
+function qdiscError(r: QdiscRequest, errno: number, what: string): RemusError {
   const name = Object.entries(os.constants.errno).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
   const hint =
     r.kind === 'plug' && errno === os.constants.errno.ENOENT
       ? ' (this kernel has no sch_plug: modprobe sch_plug, or use --net-buffer nfqueue)'
       : '';
-  throw new RemusError(ErrorCode.NETBUF, `${what}: ${name}${hint}`);
+  return new RemusError(ErrorCode.NETBUF, `${what}: ${name}${hint}`);
+}
+
+/** The handles a root qdisc of ours takes, in turn (1: and 2:), so that a new one can replace the old. */
+export const ROOT_QDISC_HANDLES = [0x10000, 0x20000] as const;
+
+/**
+ * Puts a new qdisc at the device's root in one step and returns its handle. The kernel grafts
+ * it in place of the one there (NLM_F_REPLACE) and destroys that one with what it held; while
+ * it swaps them the device's queue is noop_qdisc, which drops. So no packet passes unqueued,
+ * as it would between a delete and an add. The new qdisc takes the handle the old one does not
+ * have: asked for the handle it has, with NLM_F_EXCL, the kernel refuses (EEXIST) instead of
+ * changing the old qdisc's parameters.
+ */
+export function replaceRootQdisc(ifindex: number, kind: string, options: Uint8Array | null, what: string): number {
+  const flags = NLM_F_CREATE | NLM_F_REPLACE | NLM_F_EXCL;
+  let refused: RemusError | null = null;
+  for (const handle of ROOT_QDISC_HANDLES) {
+    const r: QdiscRequest = { type: RTM_NEWQDISC, flags, ifindex, handle, parent: TC_H_ROOT, kind, options };
+    const rc = loadAddon().netlinkRoute(qdiscMessage(r));
+    if (rc === 0) return handle;
+    refused = qdiscError(r, -rc, what);
+    if (-rc !== os.constants.errno.EEXIST) throw refused;
+  }
+  throw refused!; // both handles taken: not ours to replace
 }

@@ -434,15 +434,19 @@ describe('47 xen stream', () => {
     });
 
     /** A save loop that writes checkpoints like libxc and calls back in libxc's order. */
-    function fakeXen(opts: { dieAt?: number; suspendMs?: number } = {}): { x: XenAddon; log: string[] } {
+    function fakeXen(opts: { dieAt?: number; suspendMs?: number; leftSuspended?: boolean } = {}): {
+      x: XenAddon;
+      log: string[];
+    } {
       const log: string[] = [];
       let dying = false,
-        saves = 0;
+        saves = 0,
+        suspended = opts.leftSuspended === true;
       const info = (): XenDomainInfo => ({
         domid: 7,
         dying,
-        shutdown: false,
-        shutdownReason: 0,
+        shutdown: suspended,
+        shutdownReason: suspended ? 2 : 0,
         paused: false,
         hvm: false,
         maxMemKb: DPAGES * 4,
@@ -462,6 +466,7 @@ describe('47 xen stream', () => {
         },
         xenResume: () => {
           log.push('resume');
+          suspended = false;
         },
         makePipe: () => addon.makePipe!(),
         xenSaveCheckpointed: async (_d, fd, dispatch) => {
@@ -539,6 +544,40 @@ describe('47 xen stream', () => {
         }
       },
     );
+
+    it('47.8.4 a guest a crashed protect left suspended stays so until a session starts; a fence keeps it so', async () => {
+      for (const how of ['session', 'fence', 'close'] as const) {
+        const { x, log } = fakeXen({ leftSuspended: true });
+        const lines: string[] = [];
+        const d = XenDomain.open(
+          'vm',
+          { stepTimeoutMs: 2000, firstCheckpointTimeoutMs: 2000, log: (l) => lines.push(l) },
+          x,
+        );
+        assert.deepEqual(log, [], 'opening resumes nothing');
+        assert.equal(d.adoptLeftSuspended(), true);
+        assert.equal(d.describe().leftSuspended, true);
+        assert.match(lines.join('\n'), /suspended with no save running .* until the backup answers/);
+        if (how === 'session') {
+          await d.suspend();
+          await d.capture(true);
+          await d.resume();
+          assert.deepEqual(log, ['resume', 'suspend', 'resume'], 'the save resumes it first, then checkpoints');
+        } else if (how === 'fence') {
+          d.fence();
+          await d.close();
+          assert.deepEqual(log, ['pause'], 'fenced: paused, never resumed');
+          assert.equal(d.describe().leftSuspended, true);
+        } else {
+          await d.close();
+          assert.deepEqual(log, ['resume'], 'protection ends: the guest runs on');
+        }
+        if (how === 'session') await d.close();
+      }
+      const running = XenDomain.open('vm', { stepTimeoutMs: 2000 }, fakeXen().x);
+      assert.equal(running.adoptLeftSuspended(), false, 'a running guest is not adopted');
+      await running.close();
+    });
 
     it('47.8.3 a destroyed domain fails the pending suspend at once with NO_DOMAIN', async () => {
       const { x } = fakeXen({ dieAt: 2 });

@@ -11,7 +11,10 @@
 // a fresh one, whose first checkpoint carries every page: simpler and exact, at the cost of
 // one more live pre-copy (the guest runs meanwhile; outputs of that time are held one epoch
 // longer than needed, which is safe). A dying or destroyed domain fails every wait at once
-// (RemusError NO_DOMAIN).
+// (RemusError NO_DOMAIN). A protect that crashed mid-checkpoint leaves its guest suspended
+// (shut down for suspend, no save left to resume it): open() takes it as it is, and it stays
+// suspended until a session's first save resumes it — or for good, paused, if the backup took
+// over and fences this copy (docs/operations.md, a restart after a crash).
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { ErrorCode, RemusError } from '../../errors';
@@ -134,6 +137,9 @@ class SaveRun {
   }
 }
 
+/** struct domain's shutdown code for a suspend (xen/include/public/sched.h SHUTDOWN_suspend). */
+export const SHUTDOWN_SUSPEND = 2;
+
 export class XenDomain implements Domain {
   readonly kind = 'xen' as const;
   readonly pageCount: number;
@@ -166,11 +172,18 @@ export class XenDomain implements Domain {
     this.pageCount = pageCount;
   }
 
-  /** Finds a running domain by name or id. */
+  /**
+   * Found suspended with no save of ours running (adoptLeftSuspended): a crashed protect's
+   * checkpoint. Cleared when the guest is resumed (startRun, close); a fence leaves it set.
+   */
+  private leftSuspended = false;
+
+  /** Finds a running domain by name or id, or a suspended one (adoptLeftSuspended tells which). */
   static open(arg: string, opts: Partial<XenDomainOptions> = {}, x: XenAddon = xenAddon()): XenDomain {
     const info = x.xenDomainInfo(/^\d+$/.test(arg) ? Number(arg) : arg);
     if (info.domid === 0) throw new RemusError(ErrorCode.NO_DOMAIN, 'domain 0 (dom0) cannot be protected');
-    if (info.dying || info.shutdown)
+    const leftSuspended = !info.dying && info.shutdown && info.shutdownReason === SHUTDOWN_SUSPEND;
+    if (info.dying || (info.shutdown && !leftSuspended))
       throw new RemusError(
         ErrorCode.NO_DOMAIN,
         `domain ${arg} (id ${info.domid}) is not running (${info.dying ? 'dying' : 'shut down'})`,
@@ -187,11 +200,25 @@ export class XenDomain implements Domain {
     }
     const name = configName(json);
     const recordPath = process.env.REMUSDB_XEN_RECORD || undefined; // lab: fixture recording
-    return new XenDomain(x, info.domid, name, guestType, domainPageCount(info), {
-      ...XEN_DOMAIN_DEFAULTS,
-      recordPath,
-      ...opts,
-    });
+    const o = { ...XEN_DOMAIN_DEFAULTS, recordPath, ...opts };
+    return new XenDomain(x, info.domid, name, guestType, domainPageCount(info), o);
+  }
+
+  /**
+   * Called once this process holds the domain's host lock, so no other protect runs a save of
+   * it: a guest found suspended now was left so by a protect that crashed mid-checkpoint. It
+   * stays suspended until a session's first save resumes it (or close() does); a fence leaves
+   * it suspended and paused. Returns whether it was.
+   */
+  adoptLeftSuspended(): boolean {
+    const info = this.x.xenDomainInfo(this.domid);
+    if (this.run || !info.shutdown || info.shutdownReason !== SHUTDOWN_SUSPEND) return false;
+    this.leftSuspended = true;
+    this.opts.log?.(
+      `xen: ${this.name} (id ${this.domid}) is suspended with no save running (a protect that crashed ` +
+        'mid-checkpoint): it stays suspended until the backup answers',
+    );
+    return true;
   }
 
   async suspend(): Promise<void> {
@@ -241,6 +268,7 @@ export class XenDomain implements Domain {
       guestType: this.guestType,
       pageCount: this.pageCount,
       suspended: this.suspended,
+      leftSuspended: this.leftSuspended,
       ...this.stats,
     };
   }
@@ -256,9 +284,10 @@ export class XenDomain implements Domain {
     }
   }
 
-  /** Ends protection: the save loop stops, the guest keeps running. */
+  /** Ends protection: the save loop stops, the guest keeps running (or runs again, if left suspended). */
   async close(): Promise<void> {
     this.closing = true;
+    if (!this.fenced) this.resumeLeftSuspended('protection ends');
     const run = this.run;
     this.endRun();
     if (run && !run.ended)
@@ -270,6 +299,7 @@ export class XenDomain implements Domain {
 
   private startRun(): SaveRun {
     this.checkAlive();
+    this.resumeLeftSuspended('a session starts');
     this.run?.close();
     const json = this.x.xenDomainConfigJson(this.domid);
     const preamble = Buffer.concat([
@@ -287,6 +317,14 @@ export class XenDomain implements Domain {
       `xen: save ${this.stats.saves} of ${this.name} (id ${this.domid}, ${this.pageCount} pages) started`,
     );
     return this.run;
+  }
+
+  /** A guest a crashed protect left suspended runs again (fast resume: its suspend returns "cancelled"). */
+  private resumeLeftSuspended(why: string): void {
+    if (!this.leftSuspended) return;
+    this.x.xenResume(this.domid);
+    this.leftSuspended = false;
+    this.opts.log?.(`xen: resumed ${this.name} (id ${this.domid}), which a crashed protect had left suspended: ${why}`);
   }
 
   /** Ends the current save at its next callback (guest resumed, loop left without END). */
@@ -417,7 +455,7 @@ export class XenDomain implements Domain {
     }
     if (info.dying)
       throw new RemusError(ErrorCode.NO_DOMAIN, `domain ${this.name} (id ${this.domid}) is dying (destroyed)`);
-    if (info.shutdown && info.shutdownReason !== 2)
+    if (info.shutdown && info.shutdownReason !== SHUTDOWN_SUSPEND)
       throw new RemusError(
         ErrorCode.NO_DOMAIN,
         `domain ${this.name} (id ${this.domid}) shut down (reason ${info.shutdownReason})`,

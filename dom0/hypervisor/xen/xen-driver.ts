@@ -170,6 +170,7 @@ async function openXen(req: OpenRequest): Promise<OpenedDomain> {
   try {
     xen = XenDomain.open(req.name, { log: req.log, ...o.domain });
     const lock = HostLock.acquire(protectLockPath('xen', xen.name), `protection of ${xen.name}`);
+    xen.adoptLeftSuspended(); // the lock is ours: no other protect's checkpoint suspended it
     return xenOpened(xen, disk, lock, req.log);
   } catch (e) {
     await xen?.close();

@@ -1,0 +1,130 @@
+#!/bin/bash
+# protect-restart: a `protect` that crashes while its domU keeps running, and is started
+# again as systemd would (docs/operations.md, "When systemd restarts a crashed protect").
+# Primary and backup in one dom0, as in the protect scenario; the network buffer is sch_plug
+# (PROTECT_NET, or nfqueue). A client reads the domU's counter every 0.2 s throughout.
+#  1. protect is SIGKILLed while the domU is suspended for a checkpoint (PROTECT_KILL_AT=running:
+#     while it runs); the domU stays suspended (or runs on). The backup sees the connection
+#     close and fails over: its copy ("domu--incoming": the name stays taken) resumes, answers.
+#  2. Nothing the stale domU sends may reach the bridge from then on: its buffer stays closed
+#     in the kernel. Counted by an iptables rule on its vif (physdev, br_netfilter).
+#  3. 5 s later (RestartSec) protect starts again. It finds the dead run's lock (and the domU
+#     left suspended, which it leaves so), holds outputs from the start, replaces the buffer
+#     without opening it, is fenced by the backup's TAKEOVER, pauses the stale domU, removes
+#     the buffer and exits 3 (EXIT_FENCED).
+#  4. The counter served by the backup's copy never goes below what a client saw before.
+# xenlab-bound: 1200
+. /lab/dom0-lib.sh
+lab_begin "${LAB_SCENARIO_NAME:-protect-restart}"
+DOMU=domu
+IP=10.99.0.2
+MEM=${PROTECT_MEM:-128}
+INTERVAL=${PROTECT_INTERVAL:-200}
+NET=${PROTECT_NET:-plug}
+lab_domu_up "$DOMU" "$IP" 00:16:3e:00:00:02 "$MEM" || { lab_result; exit; }
+cd "$REMUSDB" || lab_fail "no project"
+export REMUSDB_RUN_DIR=/tmp/remusdb-run
+
+node bin/remusdb backup --listen 127.0.0.1:7400 --insecure > /tmp/backup.out 2> /tmp/backup.err &
+BP=$!
+sleep 3
+start_protect() { # start_protect LOG: the same command line both times, as the unit's
+  node bin/remusdb protect "$DOMU" 127.0.0.1:7400 --insecure --net-buffer "$NET" -i "$INTERVAL" \
+    --heartbeat-timeout "${PROTECT_HB_MS:-60000}" > "$1.out" 2> "$1.err" &
+  PP=$!
+}
+start_protect /tmp/protect1
+acked=$(lab_wait_acked "$PP" 3 420)
+if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt 3 ]; then
+  lab_fail "checkpoints were not acknowledged (acked '${acked}')"
+  tail -n 40 /tmp/protect1.err; tail -n 20 /tmp/backup.err
+  cp /tmp/protect1.* /tmp/backup.* "$LAB_OUT/" 2>/dev/null
+  kill -TERM "$PP" "$BP" 2>/dev/null; sleep 3
+  lab_result; exit
+fi
+
+# Frames entering the bridge from the stale domU's vif (IPv4; ARP is not counted).
+PRIM=$(xl domid "$DOMU"); VIF=vif$PRIM.0
+modprobe br_netfilter 2> /dev/null
+sysctl -qw net.bridge.bridge-nf-call-iptables=1
+iptables -t mangle -A PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
+from_vif() { iptables -t mangle -L PREROUTING -v -x -n | awk '/lab-stale/ { print $1; exit }'; }
+# Each answer waits for its checkpoint's acknowledgement: seconds under TCG.
+(while :; do v=$(lab_http "$IP" 7777 /counter 20); [[ "$v" =~ ^[0-9]+$ ]] && echo "$(lab_now) $v"; sleep 0.2; done) \
+  > /tmp/reads.txt &
+READER=$!
+highest() { awk '{ if ($2 > m) m = $2 } END { print m + 0 }' /tmp/reads.txt; }
+for _ in $(seq 1 120); do [ "$(highest)" -gt 0 ] && break; sleep 1; done
+sleep 5
+[ "$(from_vif)" -gt 0 ] || lab_fail "the rule counted no frame from $VIF while the client read the counter"
+
+# 1. The crash, while the domU is suspended for a checkpoint (PROTECT_KILL_AT=suspended, the
+#    default: the dead run leaves it so) or while it runs (running).
+state_now() { xl list "$DOMU" 2> /dev/null | awk 'NR == 2 { print $5 }'; }
+KILL_AT=${PROTECT_KILL_AT:-suspended}
+for _ in $(seq 1 600); do
+  st=$(state_now)
+  case $KILL_AT in suspended) [[ "$st" == *s* ]] && break ;; *) [[ "$st" != *s* ]] && break ;; esac
+done
+kill -KILL "$PP"; wait "$PP" 2> /dev/null
+TK=$(lab_now); AT_KILL=$(from_vif); seen=$(highest)
+[ "$seen" -gt 0 ] || lab_fail "no client read answered before the crash"
+lab_log "killed protect (pid $PP) at acked epoch >= $acked; $AT_KILL frames from $VIF so far; highest value" \
+  "seen $seen; $DOMU then: $(state_now) (killed at '$st', asked: $KILL_AT)"
+ok=0
+for _ in $(seq 1 900); do
+  grep -q FAILOVER /tmp/backup.err && { ok=1; break; }
+  sleep 0.1
+done
+if [ $ok = 1 ]; then
+  lab_log "the backup failed over $(lab_since "$TK") s after the kill: $(grep -m1 FAILOVER /tmp/backup.err)"
+else lab_fail "the backup did not fail over within 90 s of the crash"; fi
+
+# 3. systemd's RestartSec.
+sleep 5
+start_protect /tmp/protect2
+TR=$(lab_now)
+for _ in $(seq 1 240); do kill -0 "$PP" 2> /dev/null || break; sleep 0.5; done
+kill -0 "$PP" 2> /dev/null && { lab_fail "the restarted protect still runs after 120 s"; kill -TERM "$PP"; }
+wait "$PP"; RC=$?; RESTART_S=$(lab_since "$TR")
+lab_log "the restarted protect exited $RC after $RESTART_S s (3: fenced)"
+[ "$RC" = 3 ] || lab_fail "the restarted protect exited $RC, not 3 (EXIT_FENCED)"
+grep -E "ended without stopping|suspended|took over|fenced|network buffer" /tmp/protect2.err | sed 's/^/  protect: /'
+grep -q "ended without stopping" /tmp/protect2.err ||
+  lab_fail "the restarted protect did not say it found a crashed run"
+grep -q "network buffer is removed" /tmp/protect2.err || lab_fail "the restarted protect did not remove the buffer"
+if [[ "$st" == *s* ]]; then
+  grep -q "suspended with no save running" /tmp/protect2.err ||
+    lab_fail "the domU was killed suspended, and the restarted protect did not say it found it so"
+fi
+AFTER=$(from_vif)
+
+# 2. Nothing of the stale copy left.
+if [ "$AFTER" = "$AT_KILL" ]; then
+  lab_log "ok: no frame from the stale domU's $VIF reached the bridge ($AT_KILL at the kill and after the fence)"
+else lab_fail "$((AFTER - AT_KILL)) frames from the stale domU reached the bridge after the crash"; fi
+xl list
+state=$(xl list "$DOMU" 2> /dev/null | awk 'NR == 2 { print $5 }')
+if [[ "$state" == *p* ]]; then lab_log "ok: the stale $DOMU is paused ($state)"
+else lab_fail "the stale $DOMU is not paused (state '$state')"; fi
+lab_check_no_buffer
+
+# 4. The backup's copy serves, from at least what a client saw.
+c2=$(lab_http_body "$IP" 7777 /counter 60)
+kill "$READER" 2> /dev/null
+boot2=$(lab_http "$IP" 7777 /boot)
+lab_log "after the restart: the counter answers $c2 (boot $boot2; highest seen before the crash $seen)"
+[ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2'): not the resumed copy"
+[[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] ||
+  lab_fail "the backup's copy answered '$c2', below the $seen a client saw"
+low=$(awk -v t="$TK" -v s="$seen" '$1 > t && $2 < s { n++ } END { print n + 0 }' /tmp/reads.txt)
+[ "$low" = 0 ] || lab_fail "$low reads after the crash went below the $seen seen before it"
+
+echo "XENLAB NUMBERS protect-restart: net=$NET kill_at=$KILL_AT interval_ms=$INTERVAL exit=$RC" \
+  "frames_before_kill=$AT_KILL restart_to_exit_s=$RESTART_S" \
+  "frames_after_fence=$AFTER seen=$seen after=$c2 reads=$(wc -l < /tmp/reads.txt)"
+iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
+kill -TERM "$BP" 2> /dev/null; sleep 2
+tail -n 30 /tmp/protect2.err; tail -n 20 /tmp/backup.err
+cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
+lab_result

@@ -172,7 +172,7 @@ export class ProtectService {
     const crashed = this.opened.crashedRunPid;
     if (crashed !== null && this.cfg.holdOutputs) {
       this.cfg.log(
-        `the last protect of ${this.opened.label} (pid ${crashed}) ended without stopping while the domain ran on: ` +
+        `the last protect of ${this.opened.label} (pid ${crashed}) ended without stopping while the domain lived on: ` +
           'its outputs are held until the backup answers (it may have taken over), for at most 3 heartbeat timeouts',
       );
     }

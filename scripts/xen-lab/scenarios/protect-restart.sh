@@ -60,11 +60,13 @@ sleep 5
 
 # 1. The crash, while the domU is suspended for a checkpoint (PROTECT_KILL_AT=suspended, the
 #    default: the dead run leaves it so) or while it runs (running).
+#    protect is stopped (SIGSTOP) while the state is read, so that it cannot change before the kill.
 state_now() { xl list "$DOMU" 2> /dev/null | awk 'NR == 2 { print $5 }'; }
 KILL_AT=${PROTECT_KILL_AT:-suspended}
-for _ in $(seq 1 600); do
-  st=$(state_now)
+for _ in $(seq 1 300); do
+  kill -STOP "$PP"; st=$(state_now)
   case $KILL_AT in suspended) [[ "$st" == *s* ]] && break ;; *) [[ "$st" != *s* ]] && break ;; esac
+  kill -CONT "$PP"; sleep 0.$((RANDOM % 10))
 done
 kill -KILL "$PP"; wait "$PP" 2> /dev/null
 TK=$(lab_now); AT_KILL=$(from_vif); seen=$(highest)

@@ -12,6 +12,8 @@ import * as path from 'node:path';
 import { MemModelDisk, replayGuest, type Workload } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
 import { CuttableProxy } from '../dom0/util/cuttable-proxy';
+import { imageDigests, regionDigests } from '../dom0/engine/continuation';
+import { GuestMemory } from '../dom0/memory/guest-memory';
 import { freePort, processWorld, runCli, until } from './support/helpers';
 
 describe('55 reconnect without a full copy', function () {
@@ -151,4 +153,30 @@ describe('55 reconnect without a full copy', function () {
       );
     },
   );
+
+  it('55.3 the backup digests its image a few pages per turn, with the digests of the whole regions', () => {
+    const pages = 37,
+      regionPages = 8,
+      stepPages = 3;
+    const image = GuestMemory.allocate(pages, 5); // segments of 5 pages: steps cross them
+    for (let p = 0; p < pages; p++) image.page(p).fill((p * 7 + 1) & 0xff);
+    const crcs = new Uint32Array(pages);
+    loadAddon().crc32cPages(
+      Uint8Array.from({ length: pages * 4096 }, (_, i) => image.page(Math.floor(i / 4096))[i % 4096]),
+      crcs,
+    );
+    const queued: Array<() => void> = [];
+    const result: { got: Uint32Array | Error | null } = { got: null };
+    imageDigests(image, pages, regionPages, { defer: (fn) => queued.push(fn) }, (r) => (result.got = r), stepPages);
+    let turns = 0;
+    while (queued.length) {
+      queued.shift()!();
+      turns++;
+    }
+    const got = result.got;
+    assert.ok(got instanceof Uint32Array, String(got));
+    assert.deepEqual(Array.from(got), Array.from(regionDigests(crcs, regionPages)));
+    // regions of 8, 8, 8, 8, 5 pages at 3 a turn: 3 + 3 + 3 + 3 + 2
+    assert.equal(turns, 14, 'no turn computes more than stepPages pages');
+  });
 });

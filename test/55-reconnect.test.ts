@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { MemModelDisk, replayGuest, type Workload } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
 import { CuttableProxy } from '../dom0/util/cuttable-proxy';
-import { imageDigests, regionDigests } from '../dom0/engine/continuation';
+import { imageDigests, regionDigests, UnackedPages } from '../dom0/engine/continuation';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import { freePort, processWorld, runCli, until } from './support/helpers';
 
@@ -178,5 +178,21 @@ describe('55 reconnect without a full copy', function () {
     assert.deepEqual(Array.from(got), Array.from(regionDigests(crcs, regionPages)));
     // regions of 8, 8, 8, 8, 5 pages at 3 a turn: 3 + 3 + 3 + 3 + 2
     assert.equal(turns, 14, 'no turn computes more than stepPages pages');
+  });
+
+  it('55.4 pages collected before a continued checkpoint go with it, each once, whatever is acknowledged', () => {
+    const u = new UnackedPages(100, 4);
+    u.add(5, Uint32Array.from([3, 40, 7]), 3);
+    u.addCollected(Uint32Array.from([90, 7, 12, 0]), 4);
+    u.addCollected(Uint32Array.from([12, 64, 65]), 2); // only the first two count
+    assert.equal(u.pageEntries, 3 + 5);
+    assert.deepEqual(Array.from(u.missingFrom(Uint32Array.from([40, 90]), 2)), [0, 3, 7, 12, 64]);
+    u.acked(5); // the list of epoch 5 goes; what was collected belongs to no epoch yet
+    assert.deepEqual(Array.from(u.missingFrom(new Uint32Array(0), 0)), [0, 7, 12, 64, 90]);
+    u.add(6, Uint32Array.from([1, 2]), 2, true); // a continued checkpoint carries them all
+    assert.deepEqual(Array.from(u.missingFrom(new Uint32Array(0), 0)), [1, 2]);
+    u.addCollected(Uint32Array.from([99]), 1);
+    u.clear(); // a full copy
+    assert.equal(u.pageEntries, 0);
   });
 });

@@ -28,6 +28,12 @@ assert(new Uint8Array(new Uint32Array([1]).buffer)[0] === 1, 'region digests rea
 
 export class UnackedPages {
   private lists: Array<{ epoch: number; pfns: Uint32Array }> = [];
+  /**
+   * Pages a live collect took from dirty tracking while no session ran (addCollected), for the
+   * next continued checkpoint, which reads them with the guest suspended. Ascending, each once
+   * (so at most pageCount); they belong to no epoch yet, so no acknowledgement drops them.
+   */
+  private collected = new Uint32Array(0);
   private readonly marks: Uint32Array;
 
   /** listsMax: the bound the in-flight limit gives (an assertion, not a policy). */
@@ -44,9 +50,23 @@ export class UnackedPages {
 
   /** Entries over all lists (a page in two lists counts twice): at least the pages missingFrom can return. */
   get pageEntries(): number {
-    let n = 0;
+    let n = this.collected.length;
     for (const l of this.lists) n += l.pfns.length;
     return n;
+  }
+
+  /** Pages taken from dirty tracking before a continued checkpoint (a cut's writes): they go with it. */
+  addCollected(pfns: Uint32Array, count: number): void {
+    const m = this.marks;
+    for (const p of this.collected) m[p >>> 5] |= 1 << (p & 31);
+    for (let i = 0; i < count; i++) m[pfns[i] >>> 5] |= 1 << (pfns[i] & 31);
+    const out: number[] = [];
+    for (let w = 0; w < m.length; w++) {
+      for (let bits = m[w]; bits !== 0; bits &= bits - 1) out.push(w * 32 + (31 - Math.clz32(bits & -bits)));
+      m[w] = 0;
+    }
+    this.collected = Uint32Array.from(out); // every mark is clear again
+    assert(this.collected.length <= this.pageCount, 'collected pages are each listed once');
   }
 
   /**
@@ -56,7 +76,10 @@ export class UnackedPages {
   add(epoch: number, pfns: Uint32Array, count: number, subsumes = false): void {
     const last = this.lists[this.lists.length - 1];
     assert(!last || last.epoch < epoch, `unacked epochs increase (${last?.epoch} then ${epoch})`);
-    if (subsumes) this.lists = [];
+    if (subsumes) {
+      this.lists = [];
+      this.collected = new Uint32Array(0);
+    }
     this.lists.push({ epoch, pfns: pfns.slice(0, count) });
     assert(this.lists.length <= this.listsMax, `${this.lists.length} unacknowledged lists (bound ${this.listsMax})`);
   }
@@ -68,9 +91,10 @@ export class UnackedPages {
 
   clear(): void {
     this.lists = [];
+    this.collected = new Uint32Array(0);
   }
 
-  /** Listed pages that are not among except[0..exceptCount), each once, ascending. */
+  /** Listed and collected pages that are not among except[0..exceptCount), each once, ascending. */
   missingFrom(except: Uint32Array, exceptCount: number): Uint32Array {
     const m = this.marks;
     const set = (p: number): void => {
@@ -80,11 +104,12 @@ export class UnackedPages {
     const unset = (p: number): void => {
       m[p >>> 5] &= ~(1 << (p & 31));
     };
-    for (const l of this.lists) for (const p of l.pfns) set(p);
+    const all = [...this.lists.map((l) => l.pfns), this.collected];
+    for (const pfns of all) for (const p of pfns) set(p);
     for (let i = 0; i < exceptCount; i++) unset(except[i]);
     const out: number[] = [];
-    for (const l of this.lists) {
-      for (const p of l.pfns)
+    for (const pfns of all) {
+      for (const p of pfns)
         if (has(p)) {
           out.push(p);
           unset(p);

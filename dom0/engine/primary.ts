@@ -47,7 +47,12 @@ import {
 import type { Capture, Clock, DiskChecksum, DiskPort, Domain, Link, OutputGate, ScrubPick } from '../ports';
 import { Window, type FullPauseParts, type PrimaryStats } from './stats';
 import { capturedPages } from './captured-pages';
-import { ResidentBuffer, pauseBufferPages } from './resident-buffer';
+import {
+  PAUSE_BUFFER_STEP_BYTES,
+  ResidentBuffer,
+  continuedPauseBufferPages,
+  pauseBufferPages,
+} from './resident-buffer';
 import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
@@ -878,8 +883,10 @@ export class Primary {
     this.needFull = !this.continuing;
     this.pauseBuffer.release();
     // The continued checkpoint reads every unacknowledged page in its pause: into memory written now.
-    if (this.continuing && this.domain.live)
-      this.pauseBuffer.prepare(pauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
+    if (this.continuing && this.domain.live) {
+      this.collectWhileRunning(this.domain.live);
+      this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES); // written below
+    }
     if (this.needFull) {
       this.backupAcked = null;
       this.unacked?.clear();
@@ -962,6 +969,18 @@ export class Primary {
   }
 
   /**
+   * What the guest wrote while no session ran (a cut: seconds of writes), taken from dirty
+   * tracking now, while it runs, and listed for the continued checkpoint, which reads those
+   * pages in its pause into the buffer prepared for them. Left to the pause's own capture, they
+   * went to fresh memory and were copied twice: 120–600 ms of pause after a 2 s cut
+   * (docs/scale.md).
+   */
+  private collectWhileRunning(live: NonNullable<Domain['live']>): void {
+    const into = new Uint32Array(live.pageCount);
+    this.unacked!.addCollected(into, live.collectDirtyLive(into));
+  }
+
+  /**
    * A continued session's first checkpoint: the capture (pages written since the last one)
    * plus every page of an unacknowledged checkpoint, read now with the guest suspended.
    */
@@ -972,6 +991,14 @@ export class Primary {
 
   private beginCheckpoints(): void {
     if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
+    // A continued checkpoint's buffer is written a piece per turn first (the guest runs meanwhile).
+    if (this.continuing && !this.pauseBuffer.prepareSome(PAUSE_BUFFER_STEP_BYTES)) {
+      const gen = this.sessionGen;
+      this.clock.defer(() => {
+        if (this.sessionGen === gen && this.continuing && this.link) this.beginCheckpoints();
+      });
+      return;
+    }
     this.session = 'active';
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
     this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, continued: this.continuing });

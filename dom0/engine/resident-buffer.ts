@@ -28,18 +28,57 @@ export function pauseBufferPages(known: number): number {
 }
 export const PAUSE_BUFFER_HEADROOM_PAGES_MIN = 256;
 
+/**
+ * The pages a continued checkpoint's buffer holds: the `known` pages it reads in its pause
+ * (unacknowledged, and those collected from dirty tracking just before) and room for what the
+ * guest writes between that collect and the suspend, a few intervals' worth: not as many
+ * again, since preparing is fresh memory written, a loop stall of its own (as many again took
+ * the primary's loop 180–370 ms after a 2 s cut at 2000 tx/s, docs/scale.md).
+ */
+export function continuedPauseBufferPages(known: number): number {
+  return known + CONTINUED_HEADROOM_PAGES;
+}
+export const CONTINUED_HEADROOM_PAGES = 1024;
+
+/**
+ * What a continued session writes of its pause buffer per turn before its checkpoints start
+ * (8 MiB: ~20 ms of first touches on the test VM).
+ */
+export const PAUSE_BUFFER_STEP_BYTES = 8 * 1024 * 1024;
+
 export class ResidentBuffer {
   /** Written in full by prepare(), not yet given to a capture (empty once taken). */
   private buf = new Uint8Array(0);
+  /** buf[0, writtenBytes) has been written (so it is resident); wantBytes: what reserve() asked for. */
+  private writtenBytes = 0;
+  private wantBytes = 0;
   /** take() calls that found no prepared buffer large enough and allocated fresh memory. */
   freshTakes = 0;
 
   /** Grows to at least `bytes` (whole pages) and writes them all: outside the pause. */
   prepare(bytes: number): void {
+    this.reserve(bytes);
+    this.prepareSome(Number.POSITIVE_INFINITY);
+  }
+
+  /** Grows to at least `bytes` (whole pages) without writing them: prepareSome() does, a piece at a time. */
+  reserve(bytes: number): void {
     assert(Number.isSafeInteger(bytes) && bytes >= 0, 'a size in bytes');
     const want = Math.ceil(bytes / PAGE_BYTES) * PAGE_BYTES;
-    if (this.buf.length < want) this.buf = new Uint8Array(want);
-    this.buf.fill(0, 0, want); // every page written now, so none faults in the pause
+    if (this.buf.length < want) {
+      this.buf = new Uint8Array(want);
+      this.writtenBytes = 0;
+    }
+    this.wantBytes = want;
+  }
+
+  /** Writes up to maxBytes more of what reserve() asked for; true once all of it is written. */
+  prepareSome(maxBytes: number): boolean {
+    const to = Math.min(this.wantBytes, this.writtenBytes + maxBytes);
+    // each page written now, so that none faults in the pause
+    if (to > this.writtenBytes) this.buf.fill(0, this.writtenBytes, to);
+    this.writtenBytes = Math.max(this.writtenBytes, to);
+    return this.writtenBytes >= this.wantBytes;
   }
 
   /** `bytes` for a capture: the prepared buffer when it is large enough (given away), else fresh. */
@@ -47,7 +86,7 @@ export class ResidentBuffer {
     assert(Number.isSafeInteger(bytes) && bytes >= 0, 'a size in bytes');
     if (bytes > 0 && bytes <= this.buf.length) {
       const given = this.buf.subarray(0, bytes);
-      this.buf = new Uint8Array(0);
+      this.release();
       return given;
     }
     this.freshTakes++;
@@ -57,6 +96,7 @@ export class ResidentBuffer {
   /** Lets a prepared buffer go (its session ended before the pause). */
   release(): void {
     this.buf = new Uint8Array(0);
+    this.writtenBytes = this.wantBytes = 0;
   }
 
   get preparedBytes(): number {

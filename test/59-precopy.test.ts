@@ -6,7 +6,13 @@ import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
 import { PRECOPY_BATCH_PAGES_MAX, notIn } from '../dom0/engine/precopy';
-import { PAUSE_BUFFER_HEADROOM_PAGES_MIN, ResidentBuffer, pauseBufferPages } from '../dom0/engine/resident-buffer';
+import {
+  CONTINUED_HEADROOM_PAGES,
+  PAUSE_BUFFER_HEADROOM_PAGES_MIN,
+  ResidentBuffer,
+  continuedPauseBufferPages,
+  pauseBufferPages,
+} from '../dom0/engine/resident-buffer';
 import { Primary } from '../dom0/engine/primary';
 import { Prng } from '../dom0/util/prng';
 import { MemReplica, Net, StepDomain, VirtualClock } from './support/sim-world';
@@ -92,6 +98,13 @@ describe('59 the final pause reads into memory written before it', () => {
     assert.equal(r.freshTakes, 2, 'too large: fresh');
     assert.equal(pauseBufferPages(10), 10 + PAUSE_BUFFER_HEADROOM_PAGES_MIN, 'a small set: the minimum headroom');
     assert.equal(pauseBufferPages(1000), 2000, 'a larger one: as much again');
+    // a continued session's buffer: reserved at once, written a piece per turn, a few intervals' headroom
+    r.reserve(5 * 4096);
+    assert.deepEqual([r.prepareSome(2 * 4096), r.prepareSome(2 * 4096), r.prepareSome(2 * 4096)], [false, false, true]);
+    assert.equal(r.take(5 * 4096).byteLength, 5 * 4096);
+    assert.equal(r.freshTakes, 2, 'the prepared memory');
+    assert.equal(r.prepareSome(4096), true, 'nothing reserved: nothing to write');
+    assert.equal(continuedPauseBufferPages(10_000), 10_000 + CONTINUED_HEADROOM_PAGES);
   });
 
   it("59.4 a pre-copied session's first pause takes the buffer prepared after the last round", () => {

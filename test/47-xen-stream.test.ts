@@ -545,7 +545,7 @@ describe('47 xen stream', () => {
       },
     );
 
-    it('47.8.4 a guest a crashed protect left suspended stays so until a session starts; a fence keeps it so', async () => {
+    it('47.8.4 a guest a crashed protect left suspended stays so until a session; a fence keeps it so', async () => {
       for (const how of ['session', 'fence', 'close'] as const) {
         const { x, log } = fakeXen({ leftSuspended: true });
         const lines: string[] = [];

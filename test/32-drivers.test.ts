@@ -13,10 +13,7 @@ import { engineOptions } from '../dom0/service/engine-options';
 import { DEVICE_STATE_BYTES_MAX } from '../dom0/limits';
 import { RECORD_BODY_MAX } from '../dom0/protocol/records';
 import { isRemusError, ErrorCode } from '../dom0/errors';
-import { simDriver } from '../dom0/hypervisor/sim/sim-driver';
-import { ProtectService } from '../dom0/service/protect-service';
-import { DEFAULT_CACHE } from '../dom0/memory/cache-size';
-import { DISK_BUFFER_BYTES_DEFAULT } from '../dom0/limits';
+import { protectSimInProcess } from '../dom0/bench/bench-protect';
 import { runCli, tmpDir } from './support/helpers';
 
 const README = path.join(__dirname, '..', '..', 'README.md');
@@ -130,33 +127,15 @@ describe('32 domain drivers', () => {
       const lines: string[] = [];
       const log = (l: string): void => void lines.push(l);
       const guest = { memoryBytes: 16 * 2 ** 20, workload: 'oltp' as const, seed: 1, stepsPerSec: 100, diskBytes: 0 };
-      const opened = await simDriver.open({
+      const svc = await protectSimInProcess({
         name: `c${crashedRunPid ?? 0}`,
-        diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
-        readTracking: false,
-        sim: { ...guest, client: null },
-        log,
-      });
-      const svc = await ProtectService.create({
-        opened: { ...opened, crashedRunPid },
         backup: { host: '127.0.0.1', port: 1 }, // nobody answers: no HELLO, no TAKEOVER
-        security: { insecure: true },
-        net: null,
-        holdOutputs: true,
-        journal: null,
-        engine: engineOptions(simDriver, opened.domain.pageCount, {
-          intervalMs: 50,
-          compressor: 'zstd',
-          cache: DEFAULT_CACHE,
-          maxInFlight: 2,
-          diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
-          verifyDisk: false,
-        }),
-        metrics: null,
-        ownsMetrics: true,
+        intervalMs: 50,
+        readTracking: false,
+        guest,
+        crashedRunPid,
         log,
       });
-      svc.start();
       const state = svc.primary.stats().state;
       await svc.stop();
       return { state, lines };

@@ -12,10 +12,13 @@ export interface BenchProtect {
   intervalMs: number;
   readTracking: boolean;
   guest: Omit<SimOpenOptions, 'client'>;
+  /** As a driver reports it: the pid of a protect that died without stopping (tests). */
+  crashedRunPid?: number | null;
+  log?: (line: string) => void;
 }
 
 export async function protectSimInProcess(b: BenchProtect): Promise<ProtectService> {
-  const log = (): void => {};
+  const log = b.log ?? ((): void => {});
   const opened = await simDriver.open({
     name: b.name,
     diskBufferBytesMax: DISK_BUFFER_BYTES_DEFAULT,
@@ -24,7 +27,7 @@ export async function protectSimInProcess(b: BenchProtect): Promise<ProtectServi
     log,
   });
   const svc = await ProtectService.create({
-    opened,
+    opened: b.crashedRunPid === undefined ? opened : { ...opened, crashedRunPid: b.crashedRunPid },
     backup: b.backup,
     security: { insecure: true },
     net: null,

@@ -57,6 +57,8 @@ export interface NativeAddon {
   unpackBatch(container: Uint8Array, out: Uint8Array): number;
   packBound(recordsLength: number): number;
   zstdVersion: string;
+  /** The widest compare XOR+RLE uses here (avx512bw, avx2, sse2, scalar; REMUSDB_CODEC_SIMD caps it). */
+  codecSimd: string;
   /** image: one buffer, or segments of equal length (the last may be shorter), each whole pages. */
   decodeBatch(
     records: Uint8Array,

@@ -2,6 +2,8 @@
 // the TypeScript reference must emit identical bytes; both decoders must rebuild the page;
 // malformed records are typed errors that write nothing.
 import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { loadAddon } from '../dom0/native';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import { PageDecoder, PageEncoder, type CodecImpl } from '../dom0/memory/page-codec';
@@ -224,6 +226,86 @@ describe('11 codec', () => {
     } finally {
       arena.close();
     }
+  });
+
+  it('11.11 XOR+RLE literals at word boundaries and at the payload limit: native equals reference', () => {
+    // The native encoder finds literals on 64-byte words of an equality mask; its edge cases
+    // are runs of equal bytes that straddle a word, literals that touch the page's ends, and
+    // deltas that just fit (or just miss) the 4095-octet limit.
+    const n = 512;
+    const encs = pair(n, 'zstd');
+    const images = [new Uint8Array(n * PAGE), new Uint8Array(n * PAGE)],
+      truth = new Uint8Array(n * PAGE);
+    const v = randomPages(n, 11);
+    roundTrip(encs, images, v, pfnRange(n), truth);
+    const rng = new Prng(12);
+    const flip = (p: number, at: number): void => {
+      if (at >= 0 && at < PAGE) v[p * PAGE + at] ^= 1 + rng.below(255);
+    };
+    for (let round = 0; round < 4; round++) {
+      for (let p = 0; p < n - 32; p++) {
+        for (let cluster = 1 + rng.below(6); cluster > 0; cluster--) {
+          let at = 64 * rng.below(65) - rng.below(6);
+          for (let runs = 1 + rng.below(4); runs > 0; runs--) {
+            for (let d = 1 + rng.below(3); d > 0; d--) flip(p, at++);
+            at += 1 + rng.below(4); // equal bytes: 1–2 stay in the literal, 3–4 end it
+          }
+        }
+      }
+      roundTrip(encs, images, v, pfnRange(n), truth);
+    }
+    // The last 32 pages: one long literal from byte 0, then a short one near the limit.
+    const kinds: number[] = [];
+    for (let k = 0; k < 32; k++) {
+      const p = n - 32 + k,
+        head = 4076 + (k >> 1),
+        tail = 1 + (k % 8);
+      for (let i = 0; i < head; i++) v[p * PAGE + i] ^= 0x5a;
+      for (let i = 0; i < tail && head + 3 + i < PAGE; i++) v[p * PAGE + head + 3 + i] ^= 0xa5;
+    }
+    kinds.push(...roundTrip(encs, images, v, pfnRange(n), truth).subarray(n - 32));
+    assert.ok(kinds.includes(Encoding.XOR_RLE) && kinds.includes(Encoding.RAW), 'both sides of the limit');
+    encs.forEach((e) => e.close());
+  });
+
+  it('11.12 every compare width (AVX-512, AVX2, SSE2, scalar) emits the reference bytes', () => {
+    // The child encodes the 11.11-style batch with REMUSDB_CODEC_SIMD capping the width; the
+    // widths this CPU lacks fall back to its widest, which is then checked twice.
+    const script = `
+      const { PageEncoder } = require(${JSON.stringify(path.resolve(__dirname, '../dom0/memory/page-codec.js'))});
+      const { loadAddon } = require(${JSON.stringify(path.resolve(__dirname, '../dom0/native.js'))});
+      const input = require('node:fs').readFileSync(0, 'utf8');
+      const [base, next] = JSON.parse(input).map((b) => Buffer.from(b, 'base64'));
+      const enc = new PageEncoder({ cachePages: 64, compressor: 'zstd', batchPagesMax: 64 });
+      const pfns = BigUint64Array.from({ length: 64 }, (_, i) => BigInt(i));
+      enc.encode(base, pfns);
+      const out = Buffer.from(enc.encode(next, pfns).records).toString('base64');
+      process.stdout.write(JSON.stringify({ simd: loadAddon().codecSimd, out }));`;
+    const base = randomPages(64, 21),
+      next = Uint8Array.from(base);
+    const rng = new Prng(22);
+    for (let p = 0; p < 64; p++) {
+      for (let at = 64 * rng.below(64) - 3, k = 0; k < 40 && at < PAGE; k++, at += 1 + rng.below(5)) {
+        if (at >= 0) next[p * PAGE + at] ^= 1 + rng.below(255);
+      }
+    }
+    const ref = new PageEncoder({ cachePages: 64, compressor: 'zstd', impl: 'ref', batchPagesMax: 64 });
+    ref.encode(base, pfnRange(64));
+    const want = Buffer.from(ref.encode(next, pfnRange(64)).records).toString('base64');
+    const seen = new Set<string>();
+    for (const simd of ['avx512bw', 'avx2', 'sse2', 'scalar']) {
+      const arg = JSON.stringify([Buffer.from(base).toString('base64'), Buffer.from(next).toString('base64')]);
+      const r = spawnSync(process.execPath, ['-e', script], {
+        input: arg,
+        env: { ...process.env, REMUSDB_CODEC_SIMD: simd },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const got = JSON.parse(r.stdout) as { simd: string; out: string };
+      seen.add(got.simd);
+      assert.equal(got.out, want, `${simd} (ran ${got.simd}): native bytes differ from the reference`);
+    }
+    assert.ok(seen.has('scalar') && seen.has('sse2'), `widths run: ${[...seen].join(', ')}`);
   });
 
   describe('11.9 malformed records are typed errors that write nothing', () => {

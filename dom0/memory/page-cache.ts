@@ -4,6 +4,7 @@
 // buffer for the reference codec) that the encoder writes. See docs/memory-encoding.md for
 // why the backup needs no cache of its own.
 import { assert, assertInt } from '../assert';
+import { PfnIndex } from './pfn-index';
 
 const NONE = -1;
 
@@ -15,7 +16,8 @@ export interface CacheStats {
 
 export class PageCache {
   readonly capacityPages: number;
-  private readonly slotOf = new Map<number, number>();
+  /** pfn → slot of every cached page; pfnOf[slot] is the inverse (−1: a free slot). */
+  private readonly slotOf: PfnIndex;
   private readonly pfnOf: Float64Array;
   private readonly prev: Int32Array;
   private readonly next: Int32Array;
@@ -30,6 +32,7 @@ export class PageCache {
     this.pfnOf = new Float64Array(capacityPages);
     this.prev = new Int32Array(capacityPages);
     this.next = new Int32Array(capacityPages);
+    this.slotOf = new PfnIndex(capacityPages, this.pfnOf);
   }
 
   get size(): number {
@@ -46,7 +49,7 @@ export class PageCache {
     for (let i = 0; i < pfns.length; i++) {
       const pfn = Number(pfns[i]);
       const slot = this.slotOf.get(pfn);
-      if (slot !== undefined) {
+      if (slot !== NONE) {
         this.unlink(slot);
         this.pushMru(slot);
         slots[i] = slot;
@@ -62,7 +65,7 @@ export class PageCache {
 
   /** Slot of pfn without changing LRU order, or -1. */
   peek(pfn: number): number {
-    return this.slotOf.get(pfn) ?? NONE;
+    return this.slotOf.get(pfn);
   }
 
   /**
@@ -70,9 +73,8 @@ export class PageCache {
    * reference), so it must not serve as a delta base. Its slot is reused first.
    */
   forget(pfn: number): void {
-    const slot = this.slotOf.get(pfn);
-    if (slot === undefined) return;
-    this.slotOf.delete(pfn);
+    const slot = this.slotOf.delete(pfn);
+    if (slot === NONE) return;
     this.pfnOf[slot] = -1;
     this.unlink(slot);
     this.pushLru(slot);
@@ -103,7 +105,7 @@ export class PageCache {
       }
     }
     this.pfnOf[slot] = pfn;
-    this.slotOf.set(pfn, slot);
+    this.slotOf.add(pfn, slot);
     this.pushMru(slot);
     return slot;
   }

@@ -289,6 +289,7 @@ void InitCodec(Napi::Env env, Napi::Object exports) {
   exports.Set("lz4Compress", Napi::Function::New(env, Lz4Compress));
   exports.Set("lz4Version", Napi::String::New(env, LZ4_versionString()));
   exports.Set("zstdVersion", Napi::String::New(env, ZSTD_versionString()));
+  exports.Set("codecSimd", Napi::String::New(env, EqualMaskName()));
   exports.Set("packBatch", Napi::Function::New(env, PackBatchFn));
   exports.Set("unpackBatch", Napi::Function::New(env, UnpackBatchFn));
   exports.Set("packBound", Napi::Function::New(env, PackBoundFn));

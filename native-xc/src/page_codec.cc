@@ -6,7 +6,12 @@
 #include <lz4.h>
 
 #include <cassert>
+#include <cstdlib>
 #include <cstring>
+#include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace remus {
 namespace {
@@ -18,10 +23,6 @@ inline uint64_t Load64(const uint8_t* p) {
   uint64_t v;
   std::memcpy(&v, p, 8);
   return v;
-}
-
-inline bool HasZeroByte(uint64_t v) {
-  return ((v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL) != 0;
 }
 
 bool IsZeroPage(const uint8_t* page) {
@@ -46,23 +47,122 @@ inline size_t PutVarint(uint8_t* out, size_t v) {
 
 inline size_t VarintSize(size_t v) { return v < 0x80 ? 1 : 2; }
 
-// End (exclusive) of the literal that starts at the nonzero delta byte `start`.
-size_t LiteralEnd(const uint8_t* page, const uint8_t* base, size_t start) {
-  size_t j = start + 1, zeros = 0;
-  while (j < kPageSize) {
-    if (zeros == 0 && j + 8 <= kPageSize &&
-        !HasZeroByte(Load64(page + j) ^ Load64(base + j))) {
-      j += 8;  // eight nonzero delta bytes: all literal
-      continue;
-    }
-    if (page[j] == base[j]) {
-      if (++zeros == kMinZeroGap) return j + 1 - kMinZeroGap;
-    } else {
-      zeros = 0;
-    }
-    j++;
+constexpr size_t kMaskWords = kPageSize / 64;
+
+// Bit b of mask[w] is set when byte 64*w + b of page equals the same byte of base (a zero
+// byte of the delta). The encoder's scans then run on words, not bytes. One compare covers
+// 64 bytes with AVX-512BW, 32 with AVX2, 16 with SSE2; the widest the CPU has is picked once.
+using EqualMaskFn = void (*)(const uint8_t* page, const uint8_t* base, uint64_t* mask);
+
+void EqualMaskScalar(const uint8_t* page, const uint8_t* base, uint64_t* mask) {
+  for (size_t w = 0; w < kMaskWords; w++) {
+    uint64_t m = 0;
+    for (size_t b = 0; b < 64; b++) m |= static_cast<uint64_t>(page[64 * w + b] == base[64 * w + b]) << b;
+    mask[w] = m;
   }
-  return kPageSize - zeros;
+}
+
+#if defined(__x86_64__)
+void EqualMaskSse2(const uint8_t* page, const uint8_t* base, uint64_t* mask) {
+  for (size_t w = 0; w < kMaskWords; w++) {
+    uint64_t m = 0;
+    for (size_t k = 0; k < 4; k++) {
+      const size_t at = 64 * w + 16 * k;
+      __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(page + at));
+      __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + at));
+      m |= static_cast<uint64_t>(static_cast<uint16_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(a, b)))) << (16 * k);
+    }
+    mask[w] = m;
+  }
+}
+
+__attribute__((target("avx2"))) void EqualMaskAvx2(const uint8_t* page, const uint8_t* base, uint64_t* mask) {
+  for (size_t w = 0; w < kMaskWords; w++) {
+    const size_t at = 64 * w;
+    __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(page + at));
+    __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + at));
+    __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(page + at + 32));
+    __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + at + 32));
+    const uint32_t lo = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(a0, b0)));
+    const uint32_t hi = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(a1, b1)));
+    mask[w] = lo | static_cast<uint64_t>(hi) << 32;
+  }
+}
+
+__attribute__((target("avx512bw"))) void EqualMaskAvx512(const uint8_t* page, const uint8_t* base,
+                                                         uint64_t* mask) {
+  for (size_t w = 0; w < kMaskWords; w++) {
+    __m512i a = _mm512_loadu_si512(page + 64 * w);
+    __m512i b = _mm512_loadu_si512(base + 64 * w);
+    mask[w] = _mm512_cmpeq_epi8_mask(a, b);
+  }
+}
+#endif
+
+struct EqualMaskImpl {
+  const char* name;
+  EqualMaskFn fn;
+};
+
+// The widest compare this CPU has, capped by REMUSDB_CODEC_SIMD (scalar, sse2, avx2, avx512bw)
+// so that tests run every variant on one machine.
+EqualMaskImpl PickEqualMask() {
+  const char* cap = std::getenv("REMUSDB_CODEC_SIMD");
+  const auto allowed = [cap](const char* name) { return cap == nullptr || std::strcmp(cap, name) == 0; };
+  std::vector<EqualMaskImpl> widestFirst;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512bw")) widestFirst.push_back({"avx512bw", EqualMaskAvx512});
+  if (__builtin_cpu_supports("avx2")) widestFirst.push_back({"avx2", EqualMaskAvx2});
+  widestFirst.push_back({"sse2", EqualMaskSse2});
+#endif
+  widestFirst.push_back({"scalar", EqualMaskScalar});
+  bool capped = cap != nullptr;
+  for (const EqualMaskImpl& impl : widestFirst) {
+    if (capped && allowed(impl.name)) capped = false;
+    if (!capped) return impl;
+  }
+  return widestFirst.front();  // an unknown or unsupported cap: the widest
+}
+
+const EqualMaskImpl kEqualMask = PickEqualMask();
+const EqualMaskFn EqualMask = kEqualMask.fn;
+
+// Literal coverage of the canonical XOR+RLE: bit b of literal[w] is set when byte 64*w + b
+// belongs to a literal. A run of kMinZeroGap or more equal bytes is a gap; shorter runs
+// between differing bytes belong to the literal around them; equal bytes before the first
+// and after the last differing byte are gaps whatever their length. Returns false when the
+// pages are equal (no literal at all).
+bool LiteralMask(const uint64_t* equal, uint64_t* literal, size_t* first, size_t* last) {
+  static_assert(kMinZeroGap == 3, "LiteralMask finds runs of three equal bytes");
+  uint64_t differing = 0;  // bit w: equal[w] has a differing byte
+  for (size_t w = 0; w < kMaskWords; w++) differing |= static_cast<uint64_t>(equal[w] != ~0ULL) << w;
+  if (differing == 0) return false;
+  uint64_t runStartsBefore = 0;  // the previous word's run starts
+  for (size_t w = 0; w < kMaskWords; w++) {
+    const uint64_t e = equal[w], next = w + 1 < kMaskWords ? equal[w + 1] : 0;  // past the page: unequal
+    const uint64_t runStarts = e & ((e >> 1) | (next << 63)) & ((e >> 2) | (next << 62));
+    const uint64_t inRun = runStarts | (runStarts << 1) | (runStarts << 2) | (runStartsBefore >> 62) |
+                           (runStartsBefore >> 63);
+    literal[w] = ~inRun;
+    runStartsBefore = runStarts;
+  }
+  const size_t wf = static_cast<size_t>(__builtin_ctzll(differing));
+  const size_t wl = 63 - static_cast<size_t>(__builtin_clzll(differing));
+  *first = 64 * wf + static_cast<size_t>(__builtin_ctzll(~equal[wf]));
+  *last = 64 * wl + 63 - static_cast<size_t>(__builtin_clzll(~equal[wl]));
+  literal[wf] &= ~0ULL << (*first % 64);
+  literal[wl] &= ~0ULL >> (63 - *last % 64);
+  return true;
+}
+
+void XorBytes(const uint8_t* a, const uint8_t* b, uint8_t* out, size_t n) {
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    const uint64_t d = Load64(a + k) ^ Load64(b + k);
+    std::memcpy(out + k, &d, 8);
+  }
+  for (; k < n; k++) out[k] = a[k] ^ b[k];
 }
 
 void PutHeader(uint8_t* out, uint64_t pfn, Encoding enc, size_t length) {
@@ -82,29 +182,59 @@ size_t Lz4Candidate(const uint8_t* src, uint8_t* out) {
 
 }  // namespace
 
+const char* EqualMaskName() { return kEqualMask.name; }
+
 const char* EncodingName(int encoding) {
   static const char* const names[kEncodingCount] = {"RAW",     "ZERO",    "UNCHANGED", "XOR_RLE",
                                                     "LZ4",     "XOR_LZ4", "DISK_REF"};
   return encoding >= 0 && encoding < kEncodingCount ? names[encoding] : "UNKNOWN";
 }
 
-size_t XorRleEncode(const uint8_t* page, const uint8_t* base, uint8_t* out, size_t cap) {
-  size_t o = 0, pos = 0, i = 0;
-  for (;;) {
-    while (i + 8 <= kPageSize && Load64(page + i) == Load64(base + i)) i += 8;
-    while (i < kPageSize && page[i] == base[i]) i++;
-    if (i >= kPageSize) return o;
-    size_t end = LiteralEnd(page, base, i);
-    size_t lit = end - i;
-    size_t gap = i - pos;
-    if (o + VarintSize(gap) + VarintSize(lit) + lit > cap) return kTooLong;
-    o += PutVarint(out + o, gap);
-    o += PutVarint(out + o, lit);
-    for (size_t k = 0; k < lit; k++) out[o + k] = page[i + k] ^ base[i + k];
-    o += lit;
-    pos = end;
-    i = end;
+// Appends one token (gap, literal) to out; false when it would pass cap. A literal of up to
+// 8 octets is stored as one 8-octet word when the page and cap leave room: the octets past
+// it are overwritten by the next token, or lie past the payload's returned length.
+inline bool PutToken(const uint8_t* page, const uint8_t* base, size_t gap, size_t at, size_t lit,
+                     uint8_t* out, size_t* o, size_t cap) {
+  if (*o + VarintSize(gap) + VarintSize(lit) + lit > cap) return false;
+  *o += PutVarint(out + *o, gap);
+  *o += PutVarint(out + *o, lit);
+  if (lit <= 8 && at + 8 <= kPageSize && *o + 8 <= cap) {
+    const uint64_t d = Load64(page + at) ^ Load64(base + at);
+    std::memcpy(out + *o, &d, 8);
+  } else {
+    XorBytes(page + at, base + at, out + *o, lit);
   }
+  *o += lit;
+  return true;
+}
+
+// The tokens follow the literal mask's edges: its rising edges start literals, its falling
+// edges end them (the last literal may end at the page's end).
+size_t XorRleEncode(const uint8_t* page, const uint8_t* base, uint8_t* out, size_t cap) {
+  uint64_t equal[kMaskWords], literal[kMaskWords];
+  EqualMask(page, base, equal);
+  size_t first = 0, last = 0;
+  if (!LiteralMask(equal, literal, &first, &last)) return 0;
+  size_t o = 0, pos = 0, start = 0;
+  bool open = false;
+  uint64_t before = 0;  // literal[w - 1]
+  for (size_t w = first / 64; w <= last / 64; w++) {
+    uint64_t edges = literal[w] ^ ((literal[w] << 1) | (before >> 63));
+    before = literal[w];
+    for (; edges != 0; edges &= edges - 1) {
+      const size_t at = 64 * w + static_cast<size_t>(__builtin_ctzll(edges));
+      open = !open;
+      if (open) {
+        start = at;
+        continue;
+      }
+      if (!PutToken(page, base, start - pos, start, at - start, out, &o, cap)) return kTooLong;
+      pos = at;
+    }
+  }
+  if (open && !PutToken(page, base, start - pos, start, last + 1 - start, out, &o, cap)) return kTooLong;
+  assert(o > 0);
+  return o;
 }
 
 // Brings a cache slot that held `base` up to `page` after an XOR_RLE record: only the

@@ -85,4 +85,7 @@ long DecodeBatch(const uint8_t* batch, size_t length, const DecodeTarget& target
 
 const char* EncodingName(int encoding);
 
+// The compare width XorRleEncode uses on this CPU: "avx512bw", "avx2", "sse2" or "scalar".
+const char* EqualMaskName();
+
 }  // namespace remus

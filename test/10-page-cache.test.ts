@@ -2,6 +2,8 @@
 import { strict as assert } from 'node:assert';
 import { PageCache } from '../dom0/memory/page-cache';
 import { parseCachePages } from '../dom0/memory/cache-size';
+import { PfnIndex } from '../dom0/memory/pfn-index';
+import { Prng } from '../dom0/util/prng';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 
 function assign(c: PageCache, pfns: number[]): { slots: number[]; hits: number[] } {
@@ -64,6 +66,39 @@ describe('10 page cache', () => {
     c.clear();
     assert.equal(c.size, 0);
     assert.deepEqual(assign(c, [1]).hits, [0]);
+  });
+
+  it('10.7 the pfn index agrees with a Map through adds and deletes that wrap its table', () => {
+    // Few buckets and pfns that collide (multiples of 2^20, large pfns) exercise the probe
+    // runs, their wrap at the table's end and the backward shift that closes a deletion.
+    for (const seed of [1, 2, 3]) {
+      const rng = new Prng(seed);
+      const capacity = 48;
+      const pfnOf = new Float64Array(capacity).fill(-1);
+      const index = new PfnIndex(capacity, pfnOf);
+      const model = new Map<number, number>();
+      const free = Array.from({ length: capacity }, (_, i) => i);
+      const pick = (): number => (rng.below(3) === 0 ? rng.below(2 ** 40) : rng.below(64)) * 2 ** 20;
+      for (let op = 0; op < 20_000; op++) {
+        const pfn = pick();
+        if (model.has(pfn) || (free.length === 0 && rng.chance(0.5))) {
+          const victim = model.has(pfn) ? pfn : [...model.keys()][rng.below(model.size)];
+          const slot = model.get(victim)!;
+          assert.equal(index.delete(victim), slot, `delete ${victim}`);
+          pfnOf[slot] = -1;
+          model.delete(victim);
+          free.push(slot);
+        } else if (free.length > 0) {
+          const slot = free.pop()!;
+          pfnOf[slot] = pfn;
+          index.add(pfn, slot);
+          model.set(pfn, slot);
+        }
+        assert.equal(index.get(pfn), model.get(pfn) ?? -1, `get ${pfn} after op ${op}`);
+        if (op % 500 === 0) for (const [k, v] of model) assert.equal(index.get(k), v, `entry ${k}`);
+        assert.equal(index.size, model.size);
+      }
+    }
   });
 
   it('10.6 --cache accepts percentages and sizes and rejects nonsense clearly', () => {

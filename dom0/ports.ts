@@ -47,6 +47,13 @@ export interface Domain {
   /** Fencing: the backup took over; stop this copy for good. */
   fence(): void;
   /**
+   * The primary runs unprotected: no backup answered while outputs were held. A guest that a
+   * protect which crashed mid-checkpoint left suspended runs again (it waited only because a
+   * backup might have taken over; with no backup heard, the held outputs go out too). Absent,
+   * or nothing left suspended: nothing to do.
+   */
+  runUnprotected?(): void;
+  /**
    * How long the guest was really stopped in the last checkpoint, when the domain knows better
    * than the span of suspend() to resume(): libxc runs a save's live pre-copy rounds inside
    * suspend() (Xen), and the guest runs all that time. Absent: the engine measures the span.

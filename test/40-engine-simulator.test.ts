@@ -2,8 +2,9 @@
 // with one fault — a crash of either side at any phase of a checkpoint (power loss or
 // kill), a dropped, delayed or corrupted connection, a backup restart, a stray peer on the
 // backup's port (after GOODBYE too: it must never cause a failover), a protect process that
-// dies while its domain runs on and is restarted (it holds outputs until the backup answers:
-// fenced after a failover, none reaching clients meanwhile), a loss of the session
+// dies while its domain runs on, or inside a pause leaving it suspended, and is restarted (it
+// holds outputs until the backup answers: fenced after a failover, none reaching clients
+// meanwhile; with the backup's host gone too, the guest runs again unprotected), a loss of the session
 // with both sides alive followed by a continued session (docs/protocol.md "Reconnect") and a
 // second fault during its first checkpoint — checking the invariants of docs/design.md. Most
 // seeds pace checkpoints by held outputs too (--trigger output: floods, sparse outputs, bursts
@@ -35,7 +36,9 @@ describe('40 engine simulator', () => {
       autoSeeds = 0,
       autoShorter = 0,
       diskWriteWaits = 0,
-      intakeHolds = 0;
+      intakeHolds = 0,
+      suspendedRestarts = 0,
+      suspendedRanAgain = 0;
     for (const s of seeds) {
       const r = runWorld(s);
       kinds[r.fault.kind] = (kinds[r.fault.kind] ?? 0) + 1;
@@ -49,6 +52,8 @@ describe('40 engine simulator', () => {
       if (r.intervalAuto && r.intervalMsLast < 20) autoShorter++;
       diskWriteWaits += r.diskWriteWaits;
       intakeHolds += r.intakeHolds;
+      if (r.restartedSuspended) suspendedRestarts++;
+      if (r.restartedSuspended?.noBackup && r.restartedSuspended.ranAgain) suspendedRanAgain++;
       if (r.violations.length) failures.push(r);
     }
     assertNoViolations(failures, seeds.length);
@@ -63,6 +68,12 @@ describe('40 engine simulator', () => {
         `sessions continued: ${continued}, after a reconnect fault: ${reconnectSeeds}`,
       );
       assert.ok(commits > seeds.length * 10, 'checkpoints committed');
+      // Protect processes died inside the pause: restarted, they found the guest suspended; with
+      // no backup left, it ran again once the hold ended.
+      assert.ok(
+        suspendedRestarts > seeds.length / 100 && suspendedRanAgain > seeds.length / 400,
+        `restarts that found the guest suspended: ${suspendedRestarts}, run again unprotected: ${suspendedRanAgain}`,
+      );
       // --interval auto paced a quarter of the seeds, and shortened the interval where pauses were cheap.
       assert.ok(autoSeeds > seeds.length / 5 && autoShorter > autoSeeds / 4, `auto: ${autoSeeds}, ${autoShorter}`);
       // Backups' disk writes landed later (commits waited for them) and their intake held the link.

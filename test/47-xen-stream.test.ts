@@ -545,8 +545,8 @@ describe('47 xen stream', () => {
       },
     );
 
-    it('47.8.4 a guest a crashed protect left suspended stays so until a session; a fence keeps it so', async () => {
-      for (const how of ['session', 'fence', 'close'] as const) {
+    it('47.8.4 left suspended by a crashed protect: so until a session or no backup answered; fenced: so', async () => {
+      for (const how of ['session', 'fence', 'close', 'unprotected', 'fence-unprotected'] as const) {
         const { x, log } = fakeXen({ leftSuspended: true });
         const lines: string[] = [];
         const d = XenDomain.open(
@@ -568,6 +568,17 @@ describe('47 xen stream', () => {
           await d.close();
           assert.deepEqual(log, ['pause'], 'fenced: paused, never resumed');
           assert.equal(d.describe().leftSuspended, true);
+        } else if (how === 'unprotected') {
+          d.runUnprotected(); // no backup answered while outputs were held
+          assert.deepEqual(log, ['resume'], 'running unprotected: the guest runs again');
+          assert.equal(d.describe().leftSuspended, false);
+          await d.close();
+          assert.deepEqual(log, ['resume'], 'resumed once');
+        } else if (how === 'fence-unprotected') {
+          d.fence();
+          d.runUnprotected();
+          assert.deepEqual(log, ['pause'], 'fenced: never resumed, whatever comes after');
+          await d.close();
         } else {
           await d.close();
           assert.deepEqual(log, ['resume'], 'protection ends: the guest runs on');

@@ -1254,10 +1254,21 @@ export class Primary {
       this.gate.setPassThrough(true);
       this.acked = this.epoch;
       this.hooks.event?.('unprotected', { epoch: this.epoch });
+      this.runGuestUnprotected();
       this.checkInvariants();
     });
     this.hooks.event?.(event, { reason, epoch: this.epoch });
     this.checkInvariants();
+  }
+
+  /** A guest left suspended by a crashed protect runs again with its outputs (Domain.runUnprotected). */
+  private runGuestUnprotected(): void {
+    assert(this.state === 'unprotected' && this.link === null, 'the guest runs on only once unprotected');
+    try {
+      this.domain.runUnprotected?.();
+    } catch (e) {
+      this.hooks.event?.('resume-failed', { message: (e as Error).message });
+    }
   }
 
   private dropLink(): void {

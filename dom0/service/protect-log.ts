@@ -42,6 +42,8 @@ export function protectLogLine(
         "checkpoint's start to the next) leaves it little time to run; " +
         (d.auto ? '--interval auto is at its longest (the loss window): raise --max-loss-window' : 'raise --interval')
       );
+    case 'resume-failed':
+      return `could not resume ${name}: ${s('message')}`;
     case 'fenced':
       return `the backup took over from epoch ${s('epoch')}: ${name} is stopped here (fenced)`;
     default:

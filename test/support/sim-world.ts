@@ -298,6 +298,7 @@ export class StepDomain implements Domain {
   resume(): void {
     this.failIf('resume');
     this.running = true;
+    this.leftSuspended = false;
     if (this.suspendedAt >= 0) this.onPause?.(this.suspendedAt, this.clock.now());
     this.suspendedAt = -1;
   }
@@ -329,6 +330,23 @@ export class StepDomain implements Domain {
   }
   fence(): void {
     this.fenced = true;
+  }
+  /** Running: neither suspended, fenced nor gone. */
+  get runs(): boolean {
+    return this.running && !this.fenced && !this.gone;
+  }
+  /**
+   * A new protect process finds the guest suspended mid-checkpoint by the one that died (as
+   * XenDomain.adoptLeftSuspended): it stays so until a checkpoint resumes it, or runUnprotected.
+   */
+  private leftSuspended = false;
+  adoptLeftSuspended(): boolean {
+    this.leftSuspended = !this.running && this.suspendedAt >= 0;
+    return this.leftSuspended;
+  }
+  runUnprotected(): void {
+    if (!this.leftSuspended || this.fenced) return;
+    this.resume();
   }
 
   /**
@@ -491,11 +509,13 @@ export type Fault =
   | { kind: 'crash-early'; phase: Phase; nth: number; silent: boolean }
   | { kind: 'cut-early'; phase: Phase; nth: number; onlyPrimary: boolean }
   /**
-   * The protect process dies at a phase after the guest resumed (kill -9, a bug), the domain
-   * runs on (Xen); restartAfterMs later a new process protects it, first holding its outputs
-   * (the backup may have taken over).
+   * The protect process dies at a phase of a checkpoint (kill -9, a bug), the domain lives on
+   * (Xen): running, or suspended when the phase falls inside the pause. restartAfterMs later a
+   * new process protects it, first holding its outputs (the backup may have taken over). With
+   * backupGone the backup's host dies at the same moment: no backup ever answers, and after
+   * the hold the guest must run (unprotected), also one the dead process left suspended.
    */
-  | { kind: 'restart-primary'; phase: Phase; epoch: number; restartAfterMs: number };
+  | { kind: 'restart-primary'; phase: Phase; epoch: number; restartAfterMs: number; backupGone: boolean };
 
 /**
  * How checkpoints are paced in a run (engine/pacing.ts), drawn from a generator of its own so
@@ -633,13 +653,27 @@ export function pickFault(rng: Prng): Fault {
     };
   if (rng.chance(0.5)) {
     const phase = RESTART_PHASES[rng.below(RESTART_PHASES.length)];
-    return { kind: 'restart-primary', phase, epoch, restartAfterMs: 5 + rng.below(300) };
+    return { kind: 'restart-primary', phase, epoch, restartAfterMs: 5 + rng.below(300), backupGone: rng.chance(0.3) };
   }
   return { kind: 'none' };
 }
 
-/** Where a process may die with its domain running (not suspended): after the guest resumed. */
-const RESTART_PHASES: Phase[] = ['stream-begin', 'stream-batch', 'stream-end', 'ack', 'release', 'precopy-batch'];
+/**
+ * Where a process may die with its domain living on: inside the pause (net-barrier … resume:
+ * the guest stays suspended) or after the guest resumed.
+ */
+const RESTART_PHASES: Phase[] = [
+  'net-barrier',
+  'capture',
+  'disk-barrier',
+  'resume',
+  'stream-begin',
+  'stream-batch',
+  'stream-end',
+  'ack',
+  'release',
+  'precopy-batch',
+];
 
 const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
 
@@ -680,6 +714,8 @@ export interface WorldResult {
   /** The backups' commits that waited for queued disk writes, and their holds of the link (flow control). */
   diskWriteWaits: number;
   intakeHolds: number;
+  /** A restarted protect found the guest left suspended; with no backup left, whether it ran again. */
+  restartedSuspended: { noBackup: boolean; ranAgain: boolean } | null;
 }
 
 /** Runs one seeded scenario and checks the invariants of docs/design.md. */
@@ -736,6 +772,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let processDown = false;
   let processKilled = false;
   let liveAtKill = false;
+  let restartedAtMs = -1;
+  let restartedSuspended = false;
   const processClock = (): Clock => {
     const gen = processGen;
     return actorClock(pclock, () => processDown || processGen !== gen);
@@ -933,18 +971,25 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   // The protect process dies, its domain runs on: the kernel closes its socket (the backup hears
   // at once), and its buffer holds what it held, and what comes after, until a new process
   // replaces it (dropping them) — unless it passed outputs through, as an unprotected one does.
-  const killProcess = (restartAfterMs: number): never => {
+  const killProcess = (restartAfterMs: number, backupGone: boolean): never => {
     processKilled = true;
     processDown = true;
     liveAtKill = backup.live;
-    trace('world', 'process-killed', { restartAfterMs });
+    trace('world', 'process-killed', { restartAfterMs, backupGone, guestRuns: domain.runs });
+    if (backupGone) {
+      backupDead = true; // its host went down with the same blow: nobody fails over
+      currentLinks?.[0].die(true);
+    }
     currentLinks?.[1].die(false);
     replicator?.disconnect(); // the disk's session went with the process (the disk itself is kept)
     pclock.setTimer(restartAfterMs, restartProcess);
     throw new Crash('primary process');
   };
   const restartProcess = (): void => {
-    trace('world', 'process-restarted', {});
+    const leftSuspended = domain.adoptLeftSuspended(); // as the Xen driver does once the host lock is its
+    trace('world', 'process-restarted', { leftSuspended });
+    restartedAtMs = clock.now();
+    restartedSuspended = leftSuspended;
     gate.discard(); // its buffer replaced: what the dead process held is dropped
     processGen++;
     processDown = false;
@@ -1023,7 +1068,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
           if (fault.kind === 'crash-primary' && fault.phase === phase && fault.epoch === epoch && !primaryDead)
             crashPrimary(fault.silent);
           if (fault.kind === 'restart-primary' && fault.phase === phase && fault.epoch === epoch && !processKilled)
-            killProcess(fault.restartAfterMs);
+            killProcess(fault.restartAfterMs, fault.backupGone);
           if (
             fault.kind === 'reconnect' &&
             epoch === continuedEpoch &&
@@ -1303,7 +1348,21 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   const gone = fault.kind === 'domain-error' && fault.gone;
   if (gone && goneWhileLive && !r)
     violate("the primary's domain vanished during a live session, yet the backup never failed over");
-  if (!primaryDead && !r && !gone && fault.kind !== 'crash-backup' && primary.stats().state !== 'protected') {
+  const noBackupLeft = fault.kind === 'restart-primary' && fault.backupGone && processKilled;
+  if (noBackupLeft && restartedAtMs >= 0 && clock.now() - restartedAtMs > primaryOptions.holdOnLossMs + 100) {
+    // Nobody took over and nobody will: the guest runs, also one the dead process left suspended.
+    if (!domain.runs) violate(`no backup answered a restarted protect, yet the guest is not running at the end`);
+    if (primary.stats().state !== 'unprotected')
+      violate(`no backup answered a restarted protect, yet it ended ${primary.stats().state}`);
+  }
+  if (
+    !primaryDead &&
+    !r &&
+    !gone &&
+    !noBackupLeft &&
+    fault.kind !== 'crash-backup' &&
+    primary.stats().state !== 'protected'
+  ) {
     violate(`no failover and no crash, yet the primary ended ${primary.stats().state}`);
   }
   if (
@@ -1334,6 +1393,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     intervalMsLast: primary.stats().intervalMs,
     diskWriteWaits: backups.reduce((n, b) => n + b.counters.diskWriteWaits, 0),
     intakeHolds: backups.reduce((n, b) => n + b.counters.intakeHolds, 0),
+    restartedSuspended: restartedSuspended ? { noBackup: noBackupLeft, ranAgain: domain.runs } : null,
   };
 }
 

@@ -216,7 +216,8 @@ export class XenDomain implements Domain {
     this.leftSuspended = true;
     this.opts.log?.(
       `xen: ${this.name} (id ${this.domid}) is suspended with no save running (a protect that crashed ` +
-        'mid-checkpoint): it stays suspended until the backup answers',
+        'mid-checkpoint): it stays suspended until the backup answers, or until no backup answered ' +
+        'while outputs were held (then it runs unprotected)',
     );
     return true;
   }
@@ -282,6 +283,11 @@ export class XenDomain implements Domain {
     } catch (e) {
       this.opts.log?.(`fencing: could not pause domain ${this.domid}: ${(e as Error).message}`);
     }
+  }
+
+  /** No backup answered while outputs were held: a guest left suspended runs again (unless fenced). */
+  runUnprotected(): void {
+    if (!this.fenced) this.resumeLeftSuspended('no backup answered while its outputs were held: it runs unprotected');
   }
 
   /** Ends protection: the save loop stops, the guest keeps running (or runs again, if left suspended). */

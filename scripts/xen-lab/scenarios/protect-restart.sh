@@ -13,6 +13,11 @@
 #     without opening it, is fenced by the backup's TAKEOVER, pauses the stale domU, removes
 #     the buffer and exits 3 (EXIT_FENCED).
 #  4. The counter served by the backup's copy never goes below what a client saw before.
+# PROTECT_BACKUP_GONE=1 (scenario protect-restart-alone): the backup dies with protect (SIGKILL
+# first, its incoming domain destroyed: its host is gone), so nobody takes over. The restarted
+# protect holds outputs, and the domU left suspended, for 3 heartbeat timeouts; then it resumes
+# the domU and runs unprotected: the same boot, a counter at or above what was seen, frames
+# flowing again (none during the hold), and SIGTERM ends it with exit 0, the buffer removed.
 # xenlab-bound: 1200
 . /lab/dom0-lib.sh
 lab_begin "${LAB_SCENARIO_NAME:-protect-restart}"
@@ -58,6 +63,46 @@ for _ in $(seq 1 120); do [ "$(highest)" -gt 0 ] && break; sleep 1; done
 sleep 5
 [ "$(from_vif)" -gt 0 ] || lab_fail "the rule counted no frame from $VIF while the client read the counter"
 
+# PROTECT_BACKUP_GONE=1: protect restarts with no backup anywhere; the domU must run again.
+alone_restart() {
+  local hb=${PROTECT_HB_MS:-60000} hold_frames=-1 resumed=0 rc
+  sleep 5 # systemd's RestartSec
+  start_protect /tmp/protect2
+  TR=$(lab_now)
+  for _ in $(seq 1 $((3 * hb / 1000 + 120))); do
+    grep -q "runs unprotected" /tmp/protect2.err && { resumed=1; break; }
+    hold_frames=$(from_vif)
+    sleep 1
+  done
+  lab_log "the restarted protect resumed the domU $(lab_since "$TR") s after it started (hold: 3 x ${hb} ms)"
+  grep -E "ended without stopping|suspended|resumed|UNPROTECTED|unprotected" /tmp/protect2.err | sed 's/^/  protect: /'
+  [ $resumed = 1 ] || lab_fail "the restarted protect never resumed the domU with no backup to answer"
+  if [[ "$st" == *s* ]]; then
+    grep -q "suspended with no save running" /tmp/protect2.err ||
+      lab_fail "the domU was killed suspended, and the restarted protect did not say it found it so"
+  fi
+  [ "$hold_frames" = "$AT_KILL" ] ||
+    lab_fail "frames from $VIF during the hold: $AT_KILL at the kill, $hold_frames before the resume"
+  local c2 boot2 state
+  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http "$IP" 7777 /boot)
+  state=$(state_now)
+  lab_log "after the resume: $DOMU is '$state', the counter answers $c2 (boot $boot2; highest seen $seen)"
+  [[ "$state" != *s* && "$state" != *p* ]] || lab_fail "$DOMU is not running ('$state')"
+  [ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2')"
+  [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] || lab_fail "the domU answered '$c2', below the $seen seen"
+  [ "$(from_vif)" -gt "$AT_KILL" ] || lab_fail "no frame from $VIF after the resume"
+  kill -TERM "$PP"; wait "$PP"; rc=$?
+  lab_log "protect ended on SIGTERM with exit $rc"
+  [ "$rc" = 0 ] || lab_fail "protect exited $rc on SIGTERM, not 0"
+  lab_check_no_buffer
+  kill "$READER" 2> /dev/null
+  echo "XENLAB NUMBERS protect-restart-alone: net=$NET kill_at=$KILL_AT hold_ms=$((3 * hb))" \
+    "resumed_after_s=$(lab_since "$TR") frames_at_kill=$AT_KILL frames_in_hold=$hold_frames seen=$seen after=$c2"
+  iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
+  cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
+  lab_result
+}
+
 # 1. The crash, while the domU is suspended for a checkpoint (PROTECT_KILL_AT=suspended, the
 #    default: the dead run leaves it so) or while it runs (running).
 #    protect is stopped (SIGSTOP) while the state is read, so that it cannot change before the kill.
@@ -68,11 +113,17 @@ for _ in $(seq 1 300); do
   case $KILL_AT in suspended) [[ "$st" == *s* ]] && break ;; *) [[ "$st" != *s* ]] && break ;; esac
   kill -CONT "$PP"; sleep 0.$((RANDOM % 10))
 done
+GONE=${PROTECT_BACKUP_GONE:-0}
+if [ "$GONE" = 1 ]; then # the backup's host goes first: nobody can fail over
+  kill -KILL "$BP"; wait "$BP" 2> /dev/null
+  xl destroy "$DOMU--incoming" 2> /dev/null
+fi
 kill -KILL "$PP"; wait "$PP" 2> /dev/null
 TK=$(lab_now); AT_KILL=$(from_vif); seen=$(highest)
 [ "$seen" -gt 0 ] || lab_fail "no client read answered before the crash"
 lab_log "killed protect (pid $PP) at acked epoch >= $acked; $AT_KILL frames from $VIF so far; highest value" \
   "seen $seen; $DOMU then: $(state_now) (killed at '$st', asked: $KILL_AT)"
+if [ "$GONE" = 1 ]; then alone_restart; exit; fi
 ok=0
 for _ in $(seq 1 900); do
   grep -q FAILOVER /tmp/backup.err && { ok=1; break; }

@@ -662,18 +662,7 @@ export function pickFault(rng: Prng): Fault {
  * Where a process may die with its domain living on: inside the pause (net-barrier … resume:
  * the guest stays suspended) or after the guest resumed.
  */
-const RESTART_PHASES: Phase[] = [
-  'net-barrier',
-  'capture',
-  'disk-barrier',
-  'resume',
-  'stream-begin',
-  'stream-batch',
-  'stream-end',
-  'ack',
-  'release',
-  'precopy-batch',
-];
+const RESTART_PHASES: Phase[] = PRIMARY_PHASES.filter((p) => p !== 'suspend');
 
 const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
 

@@ -18,6 +18,10 @@
 # protect holds outputs, and the domU left suspended, for 3 heartbeat timeouts; then it resumes
 # the domU and runs unprotected: the same boot, a counter at or above what was seen, frames
 # flowing again (none during the hold), and SIGTERM ends it with exit 0, the buffer removed.
+# PROTECT_KILL_FIRST=1 (scenario protect-restart-first): the kill comes while the first
+# checkpoint has the domU suspended, before anything was committed. The backup does not fail
+# over (nothing to resume); the restarted protect's first save resumes the domU and protects
+# it again: the same boot, the counter from at least what was seen, checkpoints acknowledged.
 # xenlab-bound: 1200
 . /lab/dom0-lib.sh
 lab_begin "${LAB_SCENARIO_NAME:-protect-restart}"
@@ -39,7 +43,9 @@ start_protect() { # start_protect LOG: the same command line both times, as the 
   PP=$!
 }
 start_protect /tmp/protect1
-acked=$(lab_wait_acked "$PP" 3 420)
+FIRST=${PROTECT_KILL_FIRST:-0}
+acked=3
+[ "$FIRST" = 1 ] || acked=$(lab_wait_acked "$PP" 3 420) # FIRST: killed in the first checkpoint
 if ! [[ "$acked" =~ ^[0-9]+$ ]] || [ "$acked" -lt 3 ]; then
   lab_fail "checkpoints were not acknowledged (acked '${acked}')"
   tail -n 40 /tmp/protect1.err; tail -n 20 /tmp/backup.err
@@ -60,7 +66,7 @@ from_vif() { iptables -t mangle -L PREROUTING -v -x -n | awk '/lab-stale/ { prin
 READER=$!
 highest() { awk '{ if ($2 > m) m = $2 } END { print m + 0 }' /tmp/reads.txt; }
 for _ in $(seq 1 120); do [ "$(highest)" -gt 0 ] && break; sleep 1; done
-sleep 5
+[ "$FIRST" = 1 ] || sleep 5
 [ "$(from_vif)" -gt 0 ] || lab_fail "the rule counted no frame from $VIF while the client read the counter"
 
 # PROTECT_BACKUP_GONE=1: protect restarts with no backup anywhere; the domU must run again.
@@ -70,7 +76,7 @@ alone_restart() {
   start_protect /tmp/protect2
   TR=$(lab_now)
   for _ in $(seq 1 $((3 * hb / 1000 + 120))); do
-    grep -q "runs unprotected" /tmp/protect2.err && { resumed=1; break; }
+    grep -q "which a crashed protect had left suspended: no backup answered" /tmp/protect2.err && { resumed=1; break; }
     hold_frames=$(from_vif)
     sleep 1
   done
@@ -103,6 +109,41 @@ alone_restart() {
   lab_result
 }
 
+# PROTECT_KILL_FIRST=1: killed in the first checkpoint; the backup keeps waiting, protect restarts.
+first_restart() {
+  local rc c2 boot2 ack2
+  sleep 10
+  if grep -q FAILOVER /tmp/backup.err; then
+    lab_fail "the backup failed over: the kill came after the first commit (retry: the first pause was missed)"
+  fi
+  grep -m1 "nothing to resume" /tmp/backup.err | sed 's/^/  backup: /'
+  sleep 5 # systemd's RestartSec
+  start_protect /tmp/protect2
+  ack2=$(lab_wait_acked "$PP" 3 600)
+  grep -E "ended without stopping|suspended|resumed|protected" /tmp/protect2.err | head -n 8 | sed 's/^/  protect: /'
+  [[ "$ack2" =~ ^[0-9]+$ ]] && [ "$ack2" -ge 3 ] || lab_fail "the restarted protect did not protect (acked '$ack2')"
+  if [[ "$st" == *s* ]]; then
+    grep -q "suspended with no save running" /tmp/protect2.err ||
+      lab_fail "the domU was killed suspended, and the restarted protect did not say it found it so"
+    grep -q "left suspended: a session starts" /tmp/protect2.err ||
+      lab_fail "the restarted protect's session did not say it resumed the domU"
+  fi
+  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http "$IP" 7777 /boot)
+  lab_log "protected again (acked $ack2): the counter answers $c2 (boot $boot2; highest seen $seen)"
+  [ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2')"
+  [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] || lab_fail "the domU answered '$c2', below the $seen seen"
+  kill -TERM "$PP"; wait "$PP"; rc=$?
+  lab_log "protect ended on SIGTERM with exit $rc"
+  [ "$rc" = 0 ] || lab_fail "protect exited $rc on SIGTERM, not 0"
+  lab_check_no_buffer
+  kill "$READER" 2> /dev/null
+  echo "XENLAB NUMBERS protect-restart-first: net=$NET kill_at=$st acked_after_restart=$ack2 seen=$seen after=$c2"
+  iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
+  kill -TERM "$BP" 2> /dev/null; sleep 2
+  cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
+  lab_result
+}
+
 # 1. The crash, while the domU is suspended for a checkpoint (PROTECT_KILL_AT=suspended, the
 #    default: the dead run leaves it so) or while it runs (running).
 #    protect is stopped (SIGSTOP) while the state is read, so that it cannot change before the kill.
@@ -124,6 +165,7 @@ TK=$(lab_now); AT_KILL=$(from_vif); seen=$(highest)
 lab_log "killed protect (pid $PP) at acked epoch >= $acked; $AT_KILL frames from $VIF so far; highest value" \
   "seen $seen; $DOMU then: $(state_now) (killed at '$st', asked: $KILL_AT)"
 if [ "$GONE" = 1 ]; then alone_restart; exit; fi
+if [ "$FIRST" = 1 ]; then first_restart; exit; fi
 ok=0
 for _ in $(seq 1 900); do
   grep -q FAILOVER /tmp/backup.err && { ok=1; break; }

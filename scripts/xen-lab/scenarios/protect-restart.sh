@@ -90,7 +90,7 @@ alone_restart() {
   [ "$hold_frames" = "$AT_KILL" ] ||
     lab_fail "frames from $VIF during the hold: $AT_KILL at the kill, $hold_frames before the resume"
   local c2 boot2 state
-  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http "$IP" 7777 /boot)
+  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http_body "$IP" 7777 /boot 60)
   state=$(state_now)
   lab_log "after the resume: $DOMU is '$state', the counter answers $c2 (boot $boot2; highest seen $seen)"
   [[ "$state" != *s* && "$state" != *p* ]] || lab_fail "$DOMU is not running ('$state')"
@@ -128,7 +128,7 @@ first_restart() {
     grep -q "left suspended: a session starts" /tmp/protect2.err ||
       lab_fail "the restarted protect's session did not say it resumed the domU"
   fi
-  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http "$IP" 7777 /boot)
+  c2=$(lab_http_body "$IP" 7777 /counter 60); boot2=$(lab_http_body "$IP" 7777 /boot 60)
   lab_log "protected again (acked $ack2): the counter answers $c2 (boot $boot2; highest seen $seen)"
   [ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2')"
   [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] || lab_fail "the domU answered '$c2', below the $seen seen"

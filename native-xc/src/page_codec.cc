@@ -286,10 +286,7 @@ size_t EncodePage(uint64_t pfn, const uint8_t* page, const SlotRef* ref, Policy 
       }
       if (hit && (best == 0 || best > kTryXorLz4Above)) {
         uint8_t delta[kPageSize];
-        for (size_t i = 0; i < kPageSize; i += 8) {
-          uint64_t d = Load64(page + i) ^ Load64(ref->slot + i);
-          std::memcpy(delta + i, &d, 8);
-        }
+        XorBytes(page, ref->slot, delta, kPageSize);
         size_t n = Lz4Candidate(delta, scratch);
         if (n != 0 && (best == 0 || n < best)) {
           std::memcpy(payload, scratch, n);
@@ -410,7 +407,7 @@ const char* DecodePayload(int enc, const uint8_t* p, size_t len, const uint8_t* 
       if (enc == kLz4) {
         std::memcpy(dst, tmp, kPageSize);
       } else {
-        for (size_t i = 0; i < kPageSize; i++) dst[i] = base[i] ^ tmp[i];
+        XorBytes(base, tmp, dst, kPageSize);
       }
       return nullptr;
     }

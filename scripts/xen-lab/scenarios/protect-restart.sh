@@ -69,9 +69,27 @@ for _ in $(seq 1 120); do [ "$(highest)" -gt 0 ] && break; sleep 1; done
 [ "$FIRST" = 1 ] || sleep 5
 [ "$(from_vif)" -gt 0 ] || lab_fail "the rule counted no frame from $VIF while the client read the counter"
 
+# The end of every variant: the vif's rule removed, the backup stopped, logs kept, the result.
+finish() {
+  iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
+  kill -TERM "$BP" 2> /dev/null; sleep 2
+  tail -n 30 /tmp/protect2.err; tail -n 20 /tmp/backup.err
+  cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
+  lab_result
+}
+# A restarted protect that was not fenced: SIGTERM ends it with exit 0 and no buffer left.
+stop_protect() {
+  local rc
+  kill -TERM "$PP"; wait "$PP"; rc=$?
+  lab_log "protect ended on SIGTERM with exit $rc"
+  [ "$rc" = 0 ] || lab_fail "protect exited $rc on SIGTERM, not 0"
+  lab_check_no_buffer
+  kill "$READER" 2> /dev/null
+}
+
 # PROTECT_BACKUP_GONE=1: protect restarts with no backup anywhere; the domU must run again.
 alone_restart() {
-  local hb=${PROTECT_HB_MS:-60000} hold_frames=-1 resumed=0 rc
+  local hb=${PROTECT_HB_MS:-60000} hold_frames=-1 resumed=0
   sleep 5 # systemd's RestartSec
   start_protect /tmp/protect2
   TR=$(lab_now)
@@ -97,21 +115,15 @@ alone_restart() {
   [ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2')"
   [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] || lab_fail "the domU answered '$c2', below the $seen seen"
   [ "$(from_vif)" -gt "$AT_KILL" ] || lab_fail "no frame from $VIF after the resume"
-  kill -TERM "$PP"; wait "$PP"; rc=$?
-  lab_log "protect ended on SIGTERM with exit $rc"
-  [ "$rc" = 0 ] || lab_fail "protect exited $rc on SIGTERM, not 0"
-  lab_check_no_buffer
-  kill "$READER" 2> /dev/null
+  stop_protect
   echo "XENLAB NUMBERS protect-restart-alone: net=$NET kill_at=$KILL_AT hold_ms=$((3 * hb))" \
     "resumed_after_s=$(lab_since "$TR") frames_at_kill=$AT_KILL frames_in_hold=$hold_frames seen=$seen after=$c2"
-  iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
-  cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
-  lab_result
+  finish
 }
 
 # PROTECT_KILL_FIRST=1: killed in the first checkpoint; the backup keeps waiting, protect restarts.
 first_restart() {
-  local rc c2 boot2 ack2
+  local c2 boot2 ack2
   sleep 10
   if grep -q FAILOVER /tmp/backup.err; then
     lab_fail "the backup failed over: the kill came after the first commit (retry: the first pause was missed)"
@@ -132,16 +144,9 @@ first_restart() {
   lab_log "protected again (acked $ack2): the counter answers $c2 (boot $boot2; highest seen $seen)"
   [ -n "$boot2" ] && [ "$boot2" = "$boot0" ] || lab_fail "boot id changed ('$boot0' -> '$boot2')"
   [[ "$c2" =~ ^[0-9]+$ ]] && [ "$c2" -ge "$seen" ] || lab_fail "the domU answered '$c2', below the $seen seen"
-  kill -TERM "$PP"; wait "$PP"; rc=$?
-  lab_log "protect ended on SIGTERM with exit $rc"
-  [ "$rc" = 0 ] || lab_fail "protect exited $rc on SIGTERM, not 0"
-  lab_check_no_buffer
-  kill "$READER" 2> /dev/null
+  stop_protect
   echo "XENLAB NUMBERS protect-restart-first: net=$NET kill_at=$st acked_after_restart=$ack2 seen=$seen after=$c2"
-  iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
-  kill -TERM "$BP" 2> /dev/null; sleep 2
-  cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
-  lab_result
+  finish
 }
 
 # 1. The crash, while the domU is suspended for a checkpoint (PROTECT_KILL_AT=suspended, the
@@ -218,8 +223,4 @@ low=$(awk -v t="$TK" -v s="$seen" '$1 > t && $2 < s { n++ } END { print n + 0 }'
 echo "XENLAB NUMBERS protect-restart: net=$NET kill_at=$KILL_AT interval_ms=$INTERVAL exit=$RC" \
   "frames_before_kill=$AT_KILL restart_to_exit_s=$RESTART_S" \
   "frames_after_fence=$AFTER seen=$seen after=$c2 reads=$(wc -l < /tmp/reads.txt)"
-iptables -t mangle -D PREROUTING -m physdev --physdev-in "$VIF" -m comment --comment lab-stale
-kill -TERM "$BP" 2> /dev/null; sleep 2
-tail -n 30 /tmp/protect2.err; tail -n 20 /tmp/backup.err
-cp /tmp/protect1.* /tmp/protect2.* /tmp/backup.* /tmp/reads.txt "$LAB_OUT/" 2> /dev/null
-lab_result
+finish

@@ -29,7 +29,8 @@ export interface NativeArena {
   readonly pageCount: number;
   readonly dirtyMode: 'off' | 'uffd-wp' | 'hash';
   startDirtyTracking(): { mode: 'uffd-wp' | 'hash'; reason: string };
-  collectDirty(out: Uint32Array): number;
+  /** The pages of [firstPfn, endPfn) (default: all) written since that range was last collected; re-arms it. */
+  collectDirty(out: Uint32Array, firstPfn?: number, endPfn?: number): number;
   copyPages(pfns: Uint32Array, count: number, dst: Uint8Array): void;
   /** An external ArrayBuffer over pages [firstPage, firstPage + pages) (at most arenaBufferBytesMax). */
   view(firstPage: number, pages: number): ArrayBuffer;

@@ -256,17 +256,14 @@ export interface Replica {
   readonly disk?: ReplicaDisk | null;
   /** The committed memory image (decode base), in segments (any guest size). */
   readonly image: import('./memory/guest-memory').GuestMemory;
-  /**
-   * Installs device state at commit. The checkpoint's pages (changedPfns; every page for a
-   * full checkpoint) were already written into image.
-   */
-  commitDeviceState(state: Uint8Array, changedPfns: Uint32Array): void;
+  /** Installs device state at commit. The checkpoint's pages were already written into image. */
+  commitDeviceState(state: Uint8Array): void;
   /**
    * The engine is about to write these pages of the image (the next commit's). A replica that
    * still reads earlier committed checkpoints from the image (Xen: written out to xl a
    * record at a time) keeps their old contents first.
    */
-  beforeImageWrite?(pfns: readonly number[]): void;
+  beforeImageWrite?(pfns: Iterable<number>): void;
   /**
    * Starts the domain from the committed image and device state (failover). lostDiskRanges:
    * the writes the backup held for unfinished epochs and discarded — the old primary's disk

@@ -309,10 +309,10 @@ describe('47 xen stream', () => {
     const c = new CheckpointCollector(PAGES);
     c.startSave(Buffer.from('PRE'));
     const [ck1, ck2] = collect(c, split(Buffer.concat([...first, ...second]), 100, 1, false).recs);
-    assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState, ck2.capture.pfns), /no stream preamble/);
+    assert.throws(() => rx.commitDeviceState(ck2.capture.deviceState), /no stream preamble/);
     for (const ck of [ck1, ck2]) {
       for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
-      rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+      rx.commitDeviceState(ck.capture.deviceState);
     }
     setTimeout(() => {
       incomingPaused = false;
@@ -373,7 +373,7 @@ describe('47 xen stream', () => {
         if (ck !== cks[0]) rx.beforeImageWrite(pfns); // as the engine does before an incremental commit
         for (let i = 0; i < ck.capture.count; i++)
           rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
-        rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+        rx.commitDeviceState(ck.capture.deviceState);
         assert.ok(
           feedBytes() > 32 * 2 ** 20,
           `the commit returned with ${feedBytes()} octets still to write (not written at once)`,

@@ -172,7 +172,7 @@ describe('48 xen disk', () => {
     }
     assert.ok(ck, 'one checkpoint');
     for (let i = 0; i < ck.capture.count; i++) rx.image.setPage(ck.capture.pfns[i], capturedPages(ck.capture, i, 1));
-    rx.commitDeviceState(ck.capture.deviceState, ck.capture.pfns);
+    rx.commitDeviceState(ck.capture.deviceState);
     assert.deepEqual(calls, ['free']);
     setTimeout(() => {
       paused = false;

@@ -5,7 +5,10 @@
 import { strict as assert } from 'node:assert';
 import { Backup } from '../dom0/engine/backup';
 import { OutputBuffer } from '../dom0/engine/output-buffer';
-import { PRECOPY_BATCH_PAGES_MAX, notIn } from '../dom0/engine/precopy';
+import { type LiveMemory, PRECOPY_BATCH_PAGES_MAX, Precopy, notIn } from '../dom0/engine/precopy';
+import { Staging } from '../dom0/engine/staging';
+import { PAGE_RECORD_HEADER_BYTES } from '../dom0/limits';
+import { PageDecoder } from '../dom0/memory/page-codec';
 import {
   CONTINUED_HEADROOM_PAGES,
   PAUSE_BUFFER_HEADROOM_PAGES_MIN,
@@ -136,5 +139,60 @@ describe('59 the final pause reads into memory written before it', () => {
     assert.ok(s.ackedEpoch >= 1, 'the pre-copied first checkpoint was acknowledged');
     assert.ok(s.fullPause && s.fullPause.pages > 0, `the final pause read pages (${s.fullPause?.pages})`);
     assert.equal(s.fullPause.freshTakes, 0, 'the final pause allocated no fresh memory');
+  });
+});
+
+describe('59 a full copy at size', () => {
+  it("59.5 a round's collect spread over turns sends a page written between two of its ranges", () => {
+    const PAGES = 64;
+    const written = new Set<number>();
+    const collects: Array<[number, number]> = [];
+    const mem: LiveMemory = {
+      pageCount: PAGES,
+      readLive: () => {},
+      collectDirtyLive: (into, first = 0, end = PAGES) => {
+        collects.push([first, end]);
+        let n = 0;
+        for (let p = first; p < end; p++) if (written.delete(p)) into[n++] = p;
+        return n;
+      },
+    };
+    const pc = new Precopy(mem, 16, 0, { remainingPagesMin: 0, collectPagesPerTurn: 10 });
+    while (pc.nextBatch()) written.add(3); // the guest writes while round 0 reads
+    let turns = 0;
+    for (; !pc.collectSome(); turns++) if (turns === 2) written.add(60); // between two ranges
+    assert.deepEqual(
+      collects.slice(1, 3),
+      [
+        [0, 10],
+        [10, 20],
+      ],
+      'ranges of collectPagesPerTurn pages, in order',
+    );
+    assert.equal(turns + 1, Math.ceil(PAGES / 10), 'one range a turn');
+    assert.ok(pc.endRound(), 'another round: pages remain');
+    const sent: number[] = [];
+    for (let b = pc.nextBatch(); b; b = pc.nextBatch()) sent.push(...b.pfns);
+    assert.deepEqual(sent, [3, 60], 'round 1 sends what was written during round 0 and during its collect');
+  });
+
+  it("59.6 the backup's list of a full copy's pages grows past its first capacity, and clears", () => {
+    const PAGES = 20_000;
+    const staging = new Staging(PAGES, new PageDecoder(), 16);
+    const records = new Uint8Array(PAGE_RECORD_HEADER_BYTES * 10_000); // headers only: no page data
+    const view = new DataView(records.buffer);
+    for (let i = 0; i < 10_000; i++) view.setBigUint64(i * PAGE_RECORD_HEADER_BYTES, BigInt(2 * i), true);
+    staging.markRecords(records);
+    staging.markRecords(records); // a pre-copy resends pages: counted once
+    assert.equal(staging.distinctPages, 10_000);
+    assert.deepEqual(
+      [...staging.pfns],
+      Array.from({ length: 10_000 }, (_, i) => 2 * i),
+      'every pfn once, in order',
+    );
+    staging.clear();
+    assert.equal(staging.distinctPages, 0);
+    staging.addRefs([{ pfn: 0, offsetBytes: 0, crc32c: 0 }], false); // not "twice in one checkpoint"
+    assert.deepEqual([...staging.pfns], [0]);
   });
 });

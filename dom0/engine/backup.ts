@@ -851,12 +851,9 @@ export class Backup {
    */
   private finishCommit(s: Session, o: Open): void {
     const held = this.held!;
-    let changed: Uint32Array | null = null;
-    this.committing(held, () => {
-      changed = this.applyMemory(held, o);
-    });
+    this.committing(held, () => this.applyMemory(held, o));
     const want = o.memDigests;
-    if (!want) return this.completeCommit(s, o, changed!);
+    if (!want) return this.completeCommit(s, o);
     this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
     s.paused = true;
     imageDigests(held.replica.image, held.hello.pageCount, want.regionPages, this.clock, (r) => {
@@ -877,32 +874,33 @@ export class Backup {
         }
         this.counters.memoryVerifiedEpoch = o.epoch;
         this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
-        this.completeCommit(s, o, changed!);
+        this.completeCommit(s, o);
       });
       this.drainQueued(s);
     });
   }
 
-  /** The checkpoint's pages into the image; returns the pfns it changed. */
-  private applyMemory(held: Held, o: Open): Uint32Array {
+  /** The checkpoint's pages into the image (a full one's are there already: decoded in place). */
+  private applyMemory(held: Held, o: Open): void {
     const staging = held.staging,
       image = held.replica.image;
     const refs = staging.refs;
     const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
-    if (!o.full) held.replica.beforeImageWrite?.(staging.pfns);
-    const changed = o.full ? allPfns(held.hello.pageCount) : staging.applyTo(image);
+    if (!o.full) {
+      held.replica.beforeImageWrite?.(staging.pfns);
+      staging.applyTo(image);
+    }
     if (refPages) {
       refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES)));
       this.counters.diskRefPages += refs.length;
     }
     if (o.full) staging.clear();
-    return changed;
   }
 
-  private completeCommit(s: Session, o: Open, changed: Uint32Array): void {
+  private completeCommit(s: Session, o: Open): void {
     const held = this.held!;
     const epoch = o.epoch;
-    this.committing(held, () => held.replica.commitDeviceState(o.deviceState!, changed));
+    this.committing(held, () => held.replica.commitDeviceState(o.deviceState!));
     this.checkCommitFollows(s, epoch);
     this.committed = epoch;
     this.kept = { epoch, lineage: s.hello!.lineage };
@@ -1356,9 +1354,3 @@ export class Backup {
 
 /** What may arrive while a commit waits for its disk check (then the session is dropped). */
 const QUEUED_BYTES_MAX = 512 * 1024 * 1024;
-
-function allPfns(pageCount: number): Uint32Array {
-  const a = new Uint32Array(pageCount);
-  for (let i = 0; i < pageCount; i++) a[i] = i;
-  return a;
-}

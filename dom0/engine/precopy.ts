@@ -11,7 +11,10 @@
 // Why it is right: a round first collects (and re-arms) the dirty set, then reads those
 // pages. A page written after the collect is marked again and is sent by a later round or
 // by the final capture (which collects what was written since the last round), so the last
-// copy of every page the backup applies is its content at the final suspend.
+// copy of every page the backup applies is its content at the final suspend. A round's
+// collect may walk the guest a range per turn (a whole walk is O(guest)): each range is
+// re-armed when it is collected, so a write after that is caught by the next collect, and
+// the pages it lists are read only after it, as before.
 import { assert } from '../assert';
 import { PAGE_BYTES } from '../limits';
 import type { Capture } from '../ports';
@@ -23,8 +26,11 @@ export interface LiveMemory {
   readonly pageCount: number;
   /** Copies pages pfns[0..count) into `into` while the guest runs (torn pages are fine). */
   readLive(pfns: Uint32Array, count: number, into: Uint8Array): void;
-  /** Writes the pfns written since the last collect (or capture) into `into`, re-arms; returns how many. */
-  collectDirtyLive(into: Uint32Array): number;
+  /**
+   * Writes the pfns of [firstPfn, endPfn) (default: all) written since that range was last
+   * collected (or captured) into `into`, ascending, and re-arms the range; returns how many.
+   */
+  collectDirtyLive(into: Uint32Array, firstPfn?: number, endPfn?: number): number;
 }
 
 /** Most rounds after the first full pass (Xen's live migration stops after a handful, too). */
@@ -54,6 +60,13 @@ export const PRECOPY_BACKLOG_BYTES_MAX = 4 * 1024 * 1024;
  */
 export const PRECOPY_BATCH_PAGES_MAX = 256;
 
+/**
+ * Pages whose dirty state one turn collects at the end of a round. A collect walks every
+ * page's entry (the sim's page tables: ~37 ms at 8 GiB on the 2-core host, one stall of the
+ * primary's loop per round; docs/scale.md); a quarter of a million pages is ~5 ms a turn.
+ */
+export const PRECOPY_COLLECT_PAGES_PER_TURN = 262_144;
+
 export interface PrecopyProgress {
   round: number;
   /** Pages sent so far (with repeats: a page sent in two rounds counts twice). */
@@ -67,37 +80,58 @@ export interface PrecopyProgress {
   elapsedMs: number;
 }
 
+/** The pre-copy's bounds (defaults: the PRECOPY_* constants above). */
+export interface PrecopyLimits {
+  remainingPagesMin?: number;
+  roundsMax?: number;
+  collectPagesPerTurn?: number;
+}
+
 export class Precopy {
   round = 0;
   sentPages = 0;
-  private todo: Uint32Array;
+  /** Round 0 sends every pfn in order (todo is null then); later rounds send todo[0, todoCount). */
+  private todo: Uint32Array | null = null;
   private todoCount: number;
   private next = 0;
   private dirtyLast = 0;
+  /** Where the end of the round collects into; holds `collected` pfns, ascending, of [0, collectAt). */
   private scratch: Uint32Array;
+  private collectAt = 0;
+  private collected = 0;
   private readonly pages: Uint8Array;
+  private readonly pfns: Uint32Array;
+  private readonly remainingPagesMin: number;
+  private readonly roundsMax: number;
+  private readonly collectPagesPerTurn: number;
 
   constructor(
     private readonly mem: LiveMemory,
     private readonly batchPagesMax: number,
     private readonly startedAtMs: number,
-    private readonly remainingPagesMin = PRECOPY_REMAINING_PAGES_MIN,
-    private readonly roundsMax = PRECOPY_ROUNDS_MAX,
+    limits: PrecopyLimits = {},
   ) {
-    assert(batchPagesMax >= 1 && mem.pageCount >= 1, 'pre-copy sizes');
+    this.remainingPagesMin = limits.remainingPagesMin ?? PRECOPY_REMAINING_PAGES_MIN;
+    this.roundsMax = limits.roundsMax ?? PRECOPY_ROUNDS_MAX;
+    this.collectPagesPerTurn = limits.collectPagesPerTurn ?? PRECOPY_COLLECT_PAGES_PER_TURN;
+    assert(batchPagesMax >= 1 && mem.pageCount >= 1 && this.collectPagesPerTurn >= 1, 'pre-copy sizes');
     this.scratch = new Uint32Array(mem.pageCount);
     mem.collectDirtyLive(this.scratch); // arm: what is written from now on is sent again
-    this.todo = new Uint32Array(mem.pageCount);
-    for (let i = 0; i < mem.pageCount; i++) this.todo[i] = i;
     this.todoCount = mem.pageCount;
     this.pages = new Uint8Array(batchPagesMax * PAGE_BYTES);
+    this.pfns = new Uint32Array(batchPagesMax);
   }
 
   /** The next batch of this round, read live; null once the round has sent everything. */
   nextBatch(): { pfns: Uint32Array; pages: Uint8Array } | null {
     const n = Math.min(this.batchPagesMax, this.todoCount - this.next);
     if (n <= 0) return null;
-    const pfns = this.todo.subarray(this.next, this.next + n);
+    let pfns: Uint32Array;
+    if (this.todo) pfns = this.todo.subarray(this.next, this.next + n);
+    else {
+      pfns = this.pfns.subarray(0, n);
+      for (let i = 0; i < n; i++) pfns[i] = this.next + i;
+    }
     const pages = this.pages.subarray(0, n * PAGE_BYTES);
     this.mem.readLive(pfns, n, pages);
     this.next += n;
@@ -106,14 +140,29 @@ export class Precopy {
   }
 
   /**
-   * Ends a round: collects what was written meanwhile. True when another round is worth it
+   * After the round's last batch: collects one range of the pages written meanwhile (a bounded
+   * walk per turn). True once the whole guest is collected: then endRound.
+   */
+  collectSome(): boolean {
+    assert(this.next === this.todoCount, 'a round collects after all its pages');
+    const end = Math.min(this.mem.pageCount, this.collectAt + this.collectPagesPerTurn);
+    this.collected += this.mem.collectDirtyLive(this.scratch.subarray(this.collected), this.collectAt, end);
+    this.collectAt = end;
+    assert(this.collected <= this.collectAt, 'a range yields each of its pfns at most once');
+    return this.collectAt === this.mem.pageCount;
+  }
+
+  /**
+   * Ends a round once collectSome has walked the guest. True when another round is worth it
    * (more remains than the final pause should copy, it shrank, and rounds are left).
    */
   endRound(): boolean {
-    assert(this.next === this.todoCount, 'a round ends after all its pages');
+    assert(this.next === this.todoCount && this.collectAt === this.mem.pageCount, 'a round ends after its collect');
     const before = this.todoCount;
-    const dirty = this.scratch; // the finished round's list becomes the next scratch (no allocation per round)
-    const n = this.mem.collectDirtyLive(dirty);
+    const dirty = this.scratch;
+    const n = this.collected;
+    this.collectAt = 0;
+    this.collected = 0;
     this.dirtyLast = n;
     const again = this.round < this.roundsMax && n > this.remainingPagesMin && (this.round === 0 || n < before);
     if (!again) {
@@ -122,7 +171,8 @@ export class Precopy {
       return false;
     }
     this.round++;
-    this.scratch = this.todo;
+    // The finished round's list becomes the next scratch (allocated once, after round 0).
+    this.scratch = this.todo ?? new Uint32Array(this.mem.pageCount);
     this.todo = dirty;
     this.todoCount = n;
     this.next = 0;

@@ -115,6 +115,8 @@ export interface PrimaryOptions {
   precopy?: boolean;
   /** Pre-copy rounds stop once at most this many pages remain (default PRECOPY_REMAINING_PAGES_MIN). */
   precopyRemainingPagesMin?: number;
+  /** Pages whose dirty state one turn collects at a round's end (default PRECOPY_COLLECT_PAGES_PER_TURN). */
+  precopyCollectPagesPerTurn?: number;
   /** The pre-copy waits while more than this is queued on the channel (default PRECOPY_BACKLOG_BYTES_MAX). */
   precopyBacklogBytesMax?: number;
   /**
@@ -1014,7 +1016,10 @@ export class Primary {
     this.state = 'precopy';
     this.gate.setPassThrough(true);
     const batchPages = Math.min(this.opts.batchPagesMax, PRECOPY_BATCH_PAGES_MAX);
-    this.precopy = new Precopy(live, batchPages, this.clock.now(), this.opts.precopyRemainingPagesMin);
+    this.precopy = new Precopy(live, batchPages, this.clock.now(), {
+      remainingPagesMin: this.opts.precopyRemainingPagesMin,
+      collectPagesPerTurn: this.opts.precopyCollectPagesPerTurn,
+    });
     this.precopyMark = this.link!.queuedBytes ?? 0;
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
     this.disk?.appliedAtOnce?.(this.epoch + 1);
@@ -1023,7 +1028,7 @@ export class Primary {
     this.clock.defer(() => this.precopyStep(link));
   }
 
-  /** One batch per turn; waits while the channel's backlog is high; ends rounds; then the final pause. */
+  /** One batch, or one range of a round's collect, per turn; waits while the backlog is high; then the final pause. */
   private precopyStep(link: Link): void {
     const pc = this.precopy;
     if (this.link !== link || this.session !== 'precopy' || !pc) return;
@@ -1039,7 +1044,7 @@ export class Primary {
       this.pageCrcs?.update(b.pfns, b.pfns.length, b.pages);
       this.precopyMark = link.queuedBytes ?? 0;
       this.totals.rawBytes += b.pfns.length * PAGE_BYTES;
-    } else {
+    } else if (pc.collectSome()) {
       const again = pc.endRound();
       // The round that just ended (endRound has moved to the next one when it goes on).
       this.hooks.event?.('precopy-round', {

@@ -10,6 +10,7 @@ import type { ReplicaDisk } from '../ports';
 import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import type { GuestMemory } from '../memory/guest-memory';
+import { assert } from '../assert';
 
 interface Chunk {
   pages: Uint8Array;
@@ -17,9 +18,19 @@ interface Chunk {
   count: number;
 }
 
+/** The touched list's first capacity (pfns); it doubles from there, up to the guest's page count. */
+const TOUCHED_PFNS_INITIAL = 4096;
+
 export class Staging {
+  /** seen[pfn] is 1 exactly when pfn is among touched[0, touchedCount). */
   private readonly seen: Uint8Array;
-  private readonly touched: number[] = [];
+  /**
+   * The distinct pfns of this checkpoint, in arrival order: a typed array that doubles. A
+   * JavaScript array of a full copy's 2 M entries (8 GiB) held the backup's loop 50–100 ms as
+   * it grew (docs/scale.md); doubling a typed array is one memcpy.
+   */
+  private touched = new Uint32Array(TOUCHED_PFNS_INITIAL);
+  private touchedCount = 0;
   private chunks: Chunk[] = [];
   private free: Chunk[] = [];
   count = 0;
@@ -49,8 +60,7 @@ export class Staging {
         this.free.push(chunk);
         throw protocolError(`pfn ${pfn} appears twice in one checkpoint`);
       }
-      this.seen[pfn] = 1;
-      this.touched.push(pfn);
+      this.touch(pfn);
     }
     this.chunks.push(chunk);
     this.count += chunk.count;
@@ -77,13 +87,13 @@ export class Staging {
   }
 
   /** The pfns of this checkpoint so far (pages and references), each once; valid until applyTo/clear. */
-  get pfns(): readonly number[] {
-    return this.touched;
+  get pfns(): Uint32Array {
+    return this.touched.subarray(0, this.touchedCount);
   }
 
   /** Distinct pfns of this checkpoint so far (pages and references). */
   get distinctPages(): number {
-    return this.touched.length;
+    return this.touchedCount;
   }
 
   /**
@@ -100,9 +110,19 @@ export class Staging {
   }
 
   private mark(pfn: number): void {
-    if (this.seen[pfn]) return;
+    if (!this.seen[pfn]) this.touch(pfn);
+  }
+
+  /** Adds a pfn not yet seen to the list. */
+  private touch(pfn: number): void {
+    if (this.touchedCount === this.touched.length) {
+      assert(this.touchedCount < this.pageCount, 'each pfn is touched at most once a checkpoint');
+      const grown = new Uint32Array(Math.min(this.pageCount, this.touched.length * 2));
+      grown.set(this.touched);
+      this.touched = grown;
+    }
     this.seen[pfn] = 1;
-    this.touched.push(pfn);
+    this.touched[this.touchedCount++] = pfn;
   }
 
   /**
@@ -127,15 +147,13 @@ export class Staging {
     return pages;
   }
 
-  /** Copies every staged page into image (the commit); returns the pfns written. */
-  applyTo(image: GuestMemory): Uint32Array {
-    const pfns = Uint32Array.from(this.touched);
+  /** Copies every staged page into image (the commit). */
+  applyTo(image: GuestMemory): void {
     for (const c of this.chunks) {
       for (let i = 0; i < c.count; i++)
         image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
     }
     this.clear();
-    return pfns;
   }
 
   /** Forgets the checkpoint (discard at failover, or after apply). */
@@ -143,9 +161,11 @@ export class Staging {
     this.refs = [];
     // A full checkpoint touched every page: one memset, where a pass over its million entries
     // held the backup's loop ~90 ms at its first commit (4 GiB, docs/scale.md).
-    if (this.touched.length > this.seen.length >>> 6) this.seen.fill(0);
-    else for (const p of this.touched) this.seen[p] = 0;
-    this.touched.length = 0;
+    if (this.touchedCount > this.seen.length >>> 6) {
+      this.seen.fill(0);
+      if (this.touched.length > TOUCHED_PFNS_INITIAL) this.touched = new Uint32Array(TOUCHED_PFNS_INITIAL); // not kept
+    } else for (let i = 0; i < this.touchedCount; i++) this.seen[this.touched[i]] = 0;
+    this.touchedCount = 0;
     this.free.push(...this.chunks.splice(0).slice(0, 8 - this.free.length));
     this.count = 0;
   }

@@ -357,7 +357,7 @@ export class StepDomain implements Domain {
     return {
       pageCount: this.pageCount,
       readLive: (p, c, into) => this.readLive(p, c, into),
-      collectDirtyLive: (into) => this.collectDirtyLive(into),
+      collectDirtyLive: (into, first, end) => this.collectDirtyLive(into, first, end),
     };
   }
   /**
@@ -382,9 +382,11 @@ export class StepDomain implements Domain {
       (read !== undefined && !read.equals(page))
     );
   }
-  private collectDirtyLive(into: Uint32Array): number {
+  /** A collect of part of the guest; the guest runs before each later part (the engine's turns). */
+  private collectDirtyLive(into: Uint32Array, first = 0, end = this.pageCount): number {
+    if (first > 0 && this.running && !this.fenced) this.guest.step((s, v) => this.onOutput(s, v));
     let n = 0;
-    for (let p = 0; p < this.pageCount; p++) {
+    for (let p = first; p < end; p++) {
       if (!this.written(p)) continue;
       into[n++] = p;
       this.shadow.set(this.mem.subarray(p * PAGE, (p + 1) * PAGE), p * PAGE);
@@ -1018,6 +1020,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     deviceStateMax: 4096,
     precopy: rng.chance(0.7) || precopyDrop,
     precopyRemainingPagesMin: rng.below(4),
+    // A round's collect in ranges over several turns (the guest writes between them), or at once.
+    precopyCollectPagesPerTurn: rng.chance(0.5) ? 1 + rng.below(8) : 1 << 20,
     precopyBacklogBytesMax: 4096 * (1 + rng.below(16)),
     copySilenceMs: 100 + rng.below(300),
     // Each session's first checkpoint carries the disk's CRC32C (range-crcs.ts on the primary,

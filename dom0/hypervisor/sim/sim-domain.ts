@@ -258,7 +258,8 @@ export class SimDomain implements Domain {
     return {
       pageCount: this.pageCount,
       readLive: (pfns, count, into) => this.arena.copyPages(pfns, count, into),
-      collectDirtyLive: (into) => this.arena.collectDirty(into),
+      collectDirtyLive: (into, firstPfn = 0, endPfn = this.pageCount) =>
+        this.arena.collectDirty(into, firstPfn, endPfn),
     };
   }
 

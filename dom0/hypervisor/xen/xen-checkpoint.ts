@@ -214,7 +214,7 @@ export interface CheckpointPlan {
    */
   parts(): Generator<Buffer>;
   /** The image is about to change these pages: keep the ones this plan has yet to write. */
-  preserve(pfns: readonly number[]): void;
+  preserve(pfns: Iterable<number>): void;
 }
 
 /** Checks a skeleton against the image (every pfn inside it) and sizes its records; copies no page. */
@@ -256,7 +256,7 @@ export function planCheckpoint(skeleton: Uint8Array, memory: Uint8Array | GuestM
       yield out;
     }
   }
-  const preserve = (pfns: readonly number[]): void => {
+  const preserve = (pfns: Iterable<number>): void => {
     for (const pfn of pfns) if (unwritten.has(pfn) && !kept.has(pfn)) kept.set(pfn, Buffer.from(image.page(pfn)));
   };
   return { preamble, bytes, endsWithCheckpoint: last === REC.CHECKPOINT, parts, preserve };

@@ -142,7 +142,7 @@ export class XenReplica implements DriverReplica {
     this.diskContinues = this.diskFile !== null && opts.diskContinues === true;
   }
 
-  commitDeviceState(state: Uint8Array, _changedPfns: Uint32Array): void {
+  commitDeviceState(state: Uint8Array): void {
     const plan = planCheckpoint(state, this.image);
     const { preamble: original, bytes, endsWithCheckpoint } = plan;
     const preamble = original && this.disk ? this.retarget(original) : original;
@@ -321,7 +321,7 @@ export class XenReplica implements DriverReplica {
   // ---- the feed: committed checkpoints, written as the receiver takes them ------------
 
   /** The next commit rewrites these pages: checkpoints not yet written keep their contents. */
-  beforeImageWrite(pfns: readonly number[]): void {
+  beforeImageWrite(pfns: Iterable<number>): void {
     for (const f of this.feed) f.plan.preserve(pfns);
   }
 

@@ -78,6 +78,8 @@ export interface ScaleOptions {
   verifyDisk?: boolean;
   /** `protect --disk-scrub`: the disks checked in the background instead. */
   diskScrub?: boolean;
+  /** Keep each size's run directory (the processes' logs) and say where. */
+  keepLogs?: boolean;
   log: (l: string) => void;
 }
 
@@ -154,7 +156,8 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
     for (const k of kids) k.kill('SIGTERM');
     await sleep(500);
     for (const k of kids) if (k.exitCode === null) k.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+    if (o.keepLogs) o.log(`bench scale: ${bytes / 2 ** 20} MiB: logs kept in ${dir}`);
+    else fs.rmSync(dir, { recursive: true, force: true });
   }
   return row;
 }

@@ -19,6 +19,7 @@ import { SCALE_SIZES_DEFAULT, benchScale, formatScaleBench, scaleSvg } from '../
 import { writeFigure } from '../bench/net-svg';
 import { benchMulti, formatMultiBench } from '../bench/multi-bench';
 import { memoryOption } from './replication';
+import { ErrorCode, RemusError } from '../errors';
 
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
@@ -206,7 +207,9 @@ function formatTraceBench(r: TraceBenchResult): string {
 }
 
 interface ScaleCliOptions {
+  min: number;
   max: number;
+  keepLogs?: boolean;
   seconds: number;
   disk?: number;
   verifyDisk: boolean;
@@ -223,6 +226,12 @@ export function registerScaleBench(bench: Command): void {
         'output holds, memory',
     )
     .option(
+      '--min <size>',
+      'smallest guest size to run',
+      bytesOption('--min', { min: 256 * 2 ** 20, max: 64 * 2 ** 30, example: '2GiB' }),
+      256 * 2 ** 20,
+    )
+    .option(
       '--max <size>',
       'largest guest size to run (sizes are 256 MiB, 1, 2, 4, 8 GiB)',
       bytesOption('--max', { min: 256 * 2 ** 20, max: 64 * 2 ** 30, example: '2GiB' }),
@@ -237,10 +246,14 @@ export function registerScaleBench(bench: Command): void {
     .option('--no-verify-disk', "protect's --no-verify-disk (no whole-disk checksum at the first checkpoint)")
     .option('--disk-scrub', "protect's --disk-scrub (the disks checked range by range in the background)")
     .option('--svg <path>', 'write the plot (SVG) there', pathOption('--svg', 'output'))
+    .option('--keep-logs', "keep each size's run directory (both processes' logs: REMUSDB_STALL_LOG_MS lines)")
     .option('--json', 'print one JSON object on the last line')
     .action(async (o: ScaleCliOptions) => {
+      const sizes = SCALE_SIZES_DEFAULT.filter((b) => b >= o.min && b <= o.max);
+      if (sizes.length === 0) throw new RemusError(ErrorCode.BAD_ARGUMENT, 'no guest size between --min and --max');
       const opts = {
-        sizes: SCALE_SIZES_DEFAULT.filter((b) => b <= o.max),
+        sizes,
+        keepLogs: o.keepLogs === true,
         seconds: o.seconds,
         intervalMs: 50,
         rate: 2000,

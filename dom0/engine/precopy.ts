@@ -65,7 +65,7 @@ export const PRECOPY_BATCH_PAGES_MAX = 256;
  * page's entry (the sim's page tables: ~37 ms at 8 GiB on the 2-core host, one stall of the
  * primary's loop per round; docs/scale.md); a quarter of a million pages is ~5 ms a turn.
  */
-export const PRECOPY_COLLECT_PAGES_PER_TURN = 262_144;
+export const LIVE_COLLECT_PAGES_PER_TURN = 262_144;
 
 export interface PrecopyProgress {
   round: number;
@@ -113,7 +113,7 @@ export class Precopy {
   ) {
     this.remainingPagesMin = limits.remainingPagesMin ?? PRECOPY_REMAINING_PAGES_MIN;
     this.roundsMax = limits.roundsMax ?? PRECOPY_ROUNDS_MAX;
-    this.collectPagesPerTurn = limits.collectPagesPerTurn ?? PRECOPY_COLLECT_PAGES_PER_TURN;
+    this.collectPagesPerTurn = limits.collectPagesPerTurn ?? LIVE_COLLECT_PAGES_PER_TURN;
     assert(batchPagesMax >= 1 && mem.pageCount >= 1 && this.collectPagesPerTurn >= 1, 'pre-copy sizes');
     this.scratch = new Uint32Array(mem.pageCount);
     mem.collectDirtyLive(this.scratch); // arm: what is written from now on is sent again

@@ -53,7 +53,13 @@ import {
   continuedPauseBufferPages,
   pauseBufferPages,
 } from './resident-buffer';
-import { PRECOPY_BACKLOG_BYTES_MAX, PRECOPY_BATCH_PAGES_MAX, Precopy, withPagesRead } from './precopy';
+import {
+  LIVE_COLLECT_PAGES_PER_TURN,
+  PRECOPY_BACKLOG_BYTES_MAX,
+  PRECOPY_BATCH_PAGES_MAX,
+  Precopy,
+  withPagesRead,
+} from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
 import { type PaceCause, PauseShare, type Trigger } from './pacing';
 import { AdaptiveInterval } from './adaptive-interval';
@@ -115,8 +121,11 @@ export interface PrimaryOptions {
   precopy?: boolean;
   /** Pre-copy rounds stop once at most this many pages remain (default PRECOPY_REMAINING_PAGES_MIN). */
   precopyRemainingPagesMin?: number;
-  /** Pages whose dirty state one turn collects at a round's end (default PRECOPY_COLLECT_PAGES_PER_TURN). */
-  precopyCollectPagesPerTurn?: number;
+  /**
+   * Pages whose dirty state one turn collects while the guest runs: a pre-copy round's end, a
+   * continued session's start (default LIVE_COLLECT_PAGES_PER_TURN).
+   */
+  liveCollectPagesPerTurn?: number;
   /** The pre-copy waits while more than this is queued on the channel (default PRECOPY_BACKLOG_BYTES_MAX). */
   precopyBacklogBytesMax?: number;
   /**
@@ -304,6 +313,8 @@ export class Primary {
   private offered: ContinueFrom | null = null;
   /** The next checkpoint is a continued session's first. */
   private continuing = false;
+  /** A continued session's collect of the cut's writes: the next pfn to walk; null when none is due. */
+  private cutCollect: { at: number; into: Uint32Array | null } | null = null;
   /** Why the next session must copy all (a digest mismatch), until an ACK makes an image continuable again. */
   private fullReason: string | null = null;
   private lastSessionStart: SessionStart | null = null;
@@ -884,11 +895,9 @@ export class Primary {
     this.continuing = start.kind === 'continued';
     this.needFull = !this.continuing;
     this.pauseBuffer.release();
-    // The continued checkpoint reads every unacknowledged page in its pause: into memory written now.
-    if (this.continuing && this.domain.live) {
-      this.collectWhileRunning(this.domain.live);
-      this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES); // written below
-    }
+    // The continued checkpoint reads every unacknowledged page in its pause, into memory written
+    // before it: beginCheckpoints collects the cut's writes, then writes that buffer.
+    this.cutCollect = this.continuing && this.domain.live ? { at: 0, into: null } : null;
     if (this.needFull) {
       this.backupAcked = null;
       this.unacked?.clear();
@@ -972,14 +981,27 @@ export class Primary {
 
   /**
    * What the guest wrote while no session ran (a cut: seconds of writes), taken from dirty
-   * tracking now, while it runs, and listed for the continued checkpoint, which reads those
-   * pages in its pause into the buffer prepared for them. Left to the pause's own capture, they
-   * went to fresh memory and were copied twice: 120–600 ms of pause after a 2 s cut
-   * (docs/scale.md).
+   * tracking while it runs, one range of pages per turn (a whole walk is O(guest)), and listed
+   * for the continued checkpoint, which reads those pages in its pause into the buffer
+   * prepared for them. Left to the pause's own capture, they went to fresh memory and were
+   * copied twice: 120–600 ms of pause after a 2 s cut (docs/scale.md).
    */
-  private collectWhileRunning(live: NonNullable<Domain['live']>): void {
-    const into = new Uint32Array(live.pageCount);
-    this.unacked!.addCollected(into, live.collectDirtyLive(into));
+  private collectCutSome(live: NonNullable<Domain['live']>, c: NonNullable<Primary['cutCollect']>): void {
+    c.into ??= new Uint32Array(live.pageCount);
+    const end = Math.min(live.pageCount, c.at + (this.opts.liveCollectPagesPerTurn ?? LIVE_COLLECT_PAGES_PER_TURN));
+    this.unacked!.addCollected(c.into, live.collectDirtyLive(c.into, c.at, end));
+    c.at = end;
+    if (end < live.pageCount) return;
+    this.cutCollect = null;
+    this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
+  }
+
+  /** One turn of a continued checkpoint's preparation (the cut's collect, then its buffer); true once done. */
+  private continuedReady(): boolean {
+    const cut = this.cutCollect;
+    if (!cut) return this.pauseBuffer.prepareSome(PAUSE_BUFFER_STEP_BYTES);
+    this.collectCutSome(this.domain.live!, cut);
+    return false;
   }
 
   /**
@@ -993,8 +1015,7 @@ export class Primary {
 
   private beginCheckpoints(): void {
     if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
-    // A continued checkpoint's buffer is written a piece per turn first (the guest runs meanwhile).
-    if (this.continuing && !this.pauseBuffer.prepareSome(PAUSE_BUFFER_STEP_BYTES)) {
+    if (this.continuing && !this.continuedReady()) {
       const gen = this.sessionGen;
       this.clock.defer(() => {
         if (this.sessionGen === gen && this.continuing && this.link) this.beginCheckpoints();
@@ -1018,7 +1039,7 @@ export class Primary {
     const batchPages = Math.min(this.opts.batchPagesMax, PRECOPY_BATCH_PAGES_MAX);
     this.precopy = new Precopy(live, batchPages, this.clock.now(), {
       remainingPagesMin: this.opts.precopyRemainingPagesMin,
-      collectPagesPerTurn: this.opts.precopyCollectPagesPerTurn,
+      collectPagesPerTurn: this.opts.liveCollectPagesPerTurn,
     });
     this.precopyMark = this.link!.queuedBytes ?? 0;
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));

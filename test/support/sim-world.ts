@@ -1021,7 +1021,7 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     precopy: rng.chance(0.7) || precopyDrop,
     precopyRemainingPagesMin: rng.below(4),
     // A round's collect in ranges over several turns (the guest writes between them), or at once.
-    precopyCollectPagesPerTurn: rng.chance(0.5) ? 1 + rng.below(8) : 1 << 20,
+    liveCollectPagesPerTurn: rng.chance(0.5) ? 1 + rng.below(8) : 1 << 20,
     precopyBacklogBytesMax: 4096 * (1 + rng.below(16)),
     copySilenceMs: 100 + rng.below(300),
     // Each session's first checkpoint carries the disk's CRC32C (range-crcs.ts on the primary,

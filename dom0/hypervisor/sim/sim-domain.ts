@@ -121,9 +121,12 @@ export class SimDomain implements Domain {
    * Resumes the guest that an arena holds (a backup's replica after failover). Dirty tracking
    * starts only when this copy is protected again (its first capture or pre-copy): write-
    * protecting every resident page costs ~100 ms per GiB, which the failover does not wait for.
+   * mem: the replica's views of the arena, reused. New views of all of it make V8 count its size
+   * as external memory again, which forces a full garbage collection: ~30–40 ms of the
+   * failover at 8 GiB (docs/scale.md).
    */
-  static resume(arena: NativeArena, o: SimDomainOptions): SimDomain {
-    return new SimDomain(arena, o);
+  static resume(arena: NativeArena, o: SimDomainOptions, mem?: GuestMemory): SimDomain {
+    return new SimDomain(arena, o, mem);
   }
 
   private startTracking(): void {
@@ -136,10 +139,12 @@ export class SimDomain implements Domain {
   private constructor(
     private readonly arena: NativeArena,
     private readonly o: SimDomainOptions,
+    mem?: GuestMemory,
   ) {
     this.name = o.name;
     this.pageCount = arena.pageCount;
-    this.mem = GuestMemory.ofArena(arena);
+    assert(!mem || mem.pageCount === arena.pageCount, 'reused views cover the arena');
+    this.mem = mem ?? GuestMemory.ofArena(arena);
     this.guestView = GuestProgram.attach(this.mem);
     this.dirty = new Uint32Array(this.pageCount);
     this.shared = makeShared();

@@ -134,20 +134,24 @@ export class SimReplica implements DriverReplica {
       for (const l of lost.lostDiskRanges) r.bitmap.markRange(l.offsetBytes, l.lengthBytes);
     }
     const r = this.replicator;
-    this.domain = SimDomain.resume(this.arena, {
-      name: this.name,
-      stepsPerSec: this.stepsPerSec,
-      onOutput: (o) => gate.push(o),
-      deviceInfo: this.client ? { client: this.client } : {},
-      diskPath: this.diskFile?.path,
-      disk: r
-        ? {
-            generations: r.generations,
-            write: (off, data, durable) => r.onWrite(off, data, durable),
-            read: (b, crc, gen) => r.onBlockRead(b, crc, gen),
-          }
-        : undefined,
-    });
+    this.domain = SimDomain.resume(
+      this.arena,
+      {
+        name: this.name,
+        stepsPerSec: this.stepsPerSec,
+        onOutput: (o) => gate.push(o),
+        deviceInfo: this.client ? { client: this.client } : {},
+        diskPath: this.diskFile?.path,
+        disk: r
+          ? {
+              generations: r.generations,
+              write: (off, data, durable) => r.onWrite(off, data, durable),
+              read: (b, crc, gen) => r.onBlockRead(b, crc, gen),
+            }
+          : undefined,
+      },
+      this.image,
+    );
     return {
       ...this.domain.describe(),
       imageCrc32c,

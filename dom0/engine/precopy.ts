@@ -9,12 +9,13 @@
 // whose later records of a pfn replace earlier ones (docs/protocol.md, "Pre-copy").
 //
 // Why it is right: a round first collects (and re-arms) the dirty set, then reads those
-// pages; round 0 arms each range before it reads the range's pages. A page written after the collect is marked again and is sent by a later round or
-// by the final capture (which collects what was written since the last round), so the last
-// copy of every page the backup applies is its content at the final suspend. A round's
-// collect may walk the guest a range per turn (a whole walk is O(guest)): each range is
-// re-armed when it is collected, so a write after that is caught by the next collect, and
-// the pages it lists are read only after it, as before.
+// pages; round 0 arms each range before it reads that range's pages. A page written after
+// the collect is marked again and is sent by a later round or by the final capture (which
+// collects what was written since the last round), so the last copy of every page the
+// backup applies is its content at the final suspend. A round's collect may walk the guest
+// a range per turn (a whole walk is O(guest)): each range is re-armed when it is collected,
+// so a write after that is caught by the next collect, and the pages it lists are read only
+// after it, as before.
 import { assert } from '../assert';
 import { PAGE_BYTES } from '../limits';
 import type { Capture } from '../ports';

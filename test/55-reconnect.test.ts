@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { MemModelDisk, replayGuest, type Workload } from '../dom0/hypervisor/sim/guest-program';
 import { loadAddon } from '../dom0/native';
 import { CuttableProxy } from '../dom0/util/cuttable-proxy';
-import { imageDigests, regionDigests, UnackedPages } from '../dom0/engine/continuation';
+import { regionDigests, UnackedPages } from '../dom0/engine/continuation';
+import { ImageCrcs } from '../dom0/engine/image-crcs';
 import { GuestMemory } from '../dom0/memory/guest-memory';
 import { freePort, processWorld, runCli, until } from './support/helpers';
 
@@ -154,30 +155,41 @@ describe('55 reconnect without a full copy', function () {
     },
   );
 
-  it('55.3 the backup digests its image a few pages per turn, with the digests of the whole regions', () => {
+  it("55.3 the backup's page CRCs: filled a few pages per turn, kept by commits, equal to reading the image", () => {
     const pages = 37,
       regionPages = 8,
       stepPages = 3;
     const image = GuestMemory.allocate(pages, 5); // segments of 5 pages: steps cross them
-    for (let p = 0; p < pages; p++) image.page(p).fill((p * 7 + 1) & 0xff);
-    const crcs = new Uint32Array(pages);
-    loadAddon().crc32cPages(
-      Uint8Array.from({ length: pages * 4096 }, (_, i) => image.page(Math.floor(i / 4096))[i % 4096]),
-      crcs,
-    );
-    const queued: Array<() => void> = [];
-    const result: { got: Uint32Array | Error | null } = { got: null };
-    imageDigests(image, pages, regionPages, { defer: (fn) => queued.push(fn) }, (r) => (result.got = r), stepPages);
-    let turns = 0;
-    while (queued.length) {
-      queued.shift()!();
-      turns++;
-    }
-    const got = result.got;
-    assert.ok(got instanceof Uint32Array, String(got));
-    assert.deepEqual(Array.from(got), Array.from(regionDigests(crcs, regionPages)));
-    // regions of 8, 8, 8, 8, 5 pages at 3 a turn: 3 + 3 + 3 + 3 + 2
-    assert.equal(turns, 14, 'no turn computes more than stepPages pages');
+    const fill = (salt: number): void => {
+      for (let p = 0; p < pages; p++) image.page(p).fill((p * 7 + salt) & 0xff);
+    };
+    const read = (): Uint32Array => {
+      const crcs = new Uint32Array(pages);
+      loadAddon().crc32cPages(
+        Uint8Array.from({ length: pages * 4096 }, (_, i) => image.page(Math.floor(i / 4096))[i % 4096]),
+        crcs,
+      );
+      return crcs;
+    };
+    const table = new ImageCrcs(pages);
+    fill(1); // a FULL checkpoint, decoded in place
+    let turns = 1;
+    while (!table.fillSome(image, stepPages)) turns++;
+    assert.equal(turns, Math.ceil(pages / stepPages), 'no step computes more than stepPages pages');
+    assert.deepEqual(Array.from(table.digests(regionPages)), Array.from(regionDigests(read(), regionPages)));
+    // An incremental commit writes pages 2 and 30 from a buffer: their CRCs follow.
+    const written = new Uint8Array(2 * 4096).fill(0xab);
+    image.setPage(2, written.subarray(0, 4096));
+    image.setPage(30, written.subarray(4096));
+    table.written([2n, 30n], 2, written);
+    assert.deepEqual(Array.from(table.digests(regionPages)), Array.from(regionDigests(read(), regionPages)));
+    // The next FULL checkpoint: stale until the pass has read the image again.
+    table.invalidate();
+    fill(9);
+    assert.equal(table.complete, false);
+    assert.throws(() => table.digests(regionPages), /filled/);
+    while (!table.fillSome(image, stepPages));
+    assert.deepEqual(Array.from(table.digests(regionPages)), Array.from(regionDigests(read(), regionPages)));
   });
 
   it('55.4 pages collected before a continued checkpoint go with it, each once, whatever is acknowledged', () => {

@@ -40,7 +40,7 @@ import {
   parseDiskVerify,
   parseMemoryVerify,
 } from '../protocol/records';
-import { imageDigests } from './continuation';
+import { ImageCrcs } from './image-crcs';
 import type {
   Clock,
   CrcsReadAhead,
@@ -164,6 +164,8 @@ interface Held {
   hello: HelloInfo;
   replica: Replica;
   staging: Staging;
+  /** The CRC of every page of replica.image, for MEMORY_VERIFY (image-crcs.ts). */
+  crcs: ImageCrcs;
 }
 
 export class Backup {
@@ -604,7 +606,8 @@ export class Backup {
   /** Makes the replica for a HELLO (the service may refuse: RemusError). */
   private hold(h: HelloInfo): Held {
     const replica = this.opts.replicaFor(h);
-    this.held = { hello: h, replica, staging: new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax) };
+    const staging = new Staging(h.pageCount, this.decoder, this.opts.batchPagesMax);
+    this.held = { hello: h, replica, staging, crcs: new ImageCrcs(h.pageCount) };
     return this.held;
   }
 
@@ -681,6 +684,7 @@ export class Backup {
     if (o.full) {
       // A full checkpoint replaces every page and nothing committed is at stake: decode in place.
       const records = this.decoder.unpack(payload);
+      held.crcs.invalidate(); // pages decoded in place, some more than once: the pass reads them after the commit
       o.pages += this.decoder.applyInPlace(records, held.replica.image);
       held.staging.markRecords(records);
     } else {
@@ -846,8 +850,9 @@ export class Backup {
   /**
    * Memory (staged pages, then disk references), device state; then the ACK. A continued
    * session's first checkpoint is checked between memory and device state: its region digests
-   * must equal the primary's (MEMORY_VERIFY), computed a region per turn while the session's
-   * records wait (as for the disk check); a mismatch drops the session and the image.
+   * must equal the primary's (MEMORY_VERIFY), computed from the table of page CRCs the commits
+   * keep (image-crcs.ts; a FULL copy's pass over the image is finished first, a step per turn,
+   * while the session's records wait); a mismatch drops the session and the image.
    */
   private finishCommit(s: Session, o: Open): void {
     const held = this.held!;
@@ -856,11 +861,12 @@ export class Backup {
     if (!want) return this.completeCommit(s, o);
     this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
     s.paused = true;
-    imageDigests(held.replica.image, held.hello.pageCount, want.regionPages, this.clock, (r) => {
+    this.fillCrcs(held, (filled) => {
       s.paused = false;
       if (this.session !== s || s.open !== o) return;
       this.guard(s, () => {
-        if (r instanceof Error) throw r;
+        if (filled instanceof Error) throw filled;
+        const r = held.crcs.digests(want.regionPages);
         const bad = r.findIndex((d, i) => d !== want.digests[i]);
         if (bad >= 0) {
           this.counters.memoryDiverged++;
@@ -888,10 +894,15 @@ export class Backup {
     const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
     if (!o.full) {
       held.replica.beforeImageWrite?.(staging.pfns);
-      staging.applyTo(image);
+      staging.applyTo(image, held.crcs);
     }
     if (refPages) {
       refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES)));
+      held.crcs.written(
+        refs.map((r) => r.pfn),
+        refs.length,
+        refPages,
+      );
       this.counters.diskRefPages += refs.length;
     }
     if (o.full) staging.clear();
@@ -914,6 +925,28 @@ export class Backup {
     this.hooks.phase?.('post-commit', epoch);
     this.send(s, Rec.ACK, ackBody(epoch));
     this.hooks.phase?.('post-ack', epoch);
+    if (o.full) this.fillCrcs(held, null);
+  }
+
+  /**
+   * Reads the image into held.crcs a step per turn (image-crcs.ts) while the replica stays held
+   * and no FULL checkpoint is open (its batches would make the pass start over). done (if any)
+   * runs once the table is complete, or with the error that stopped the pass.
+   */
+  private fillCrcs(held: Held, done: ((r: true | Error) => void) | null): void {
+    const step = (): void => {
+      if (this.held !== held || (!done && this.session?.open?.full)) return;
+      let complete: boolean;
+      try {
+        complete = held.crcs.fillSome(held.replica.image);
+      } catch (e) {
+        done?.(e as Error);
+        return;
+      }
+      if (complete) done?.(true);
+      else this.clock.defer(step);
+    };
+    this.clock.defer(step);
   }
 
   /**

@@ -11,15 +11,13 @@
 //   at epoch N it is the per-page CRC of guest memory at N (a page written since its last
 //   capture is in a later capture), so region digests of memory at N cost a CRC over the table
 //   (4 octets per page), not a pass over guest memory with the guest suspended.
-// - imageDigests (backup): the same region digests of its image, one region per turn.
+// - The backup's side is ImageCrcs (image-crcs.ts): the same table, kept as it commits.
 //
 // A region's digest is the CRC32C of its pages' CRC32Cs, as u32 little-endian (both sides
 // compute it the same way; docs/protocol.md "MEMORY_VERIFY").
-import type { GuestMemory } from '../memory/guest-memory';
 import { assert } from '../assert';
 import { loadAddon } from '../native';
 import { PAGE_BYTES } from '../limits';
-import type { Clock } from '../ports';
 
 /** Pages per digest region: 64 MiB of guest memory (a 64 GiB guest has 1024 regions). */
 export const DIGEST_REGION_PAGES = 16384;
@@ -155,67 +153,13 @@ export function regionDigests(crcs: Uint32Array, regionPages: number): Uint32Arr
 }
 
 /**
- * Pages whose CRCs the backup computes per turn of its loop while it digests its image. A
+ * Pages whose CRCs the backup reads per turn of its loop to fill its table (image-crcs.ts). A
  * region (64 MiB) per turn, as before, kept the backup's loop 100–200 ms at a time on the
  * 2-core test VM after every reconnect at 4 GiB (its CRC32C ran near 1.7 GB/s there, slower
  * under load): longer than a checkpoint interval, for the whole image (docs/scale.md). 8 MiB
  * is ~5 ms at that speed.
  */
 export const IMAGE_DIGEST_STEP_PAGES = 2048;
-
-/**
- * The backup's region digests of image (pageCount pages), IMAGE_DIGEST_STEP_PAGES per turn
- * of the clock, so heartbeats go on; then done (with the digests, or the error). A callback,
- * not a promise: the engine's clock may be virtual (the simulator runs no microtasks until it
- * stops). The image must not change meanwhile: the backup holds the session's records until
- * done.
- */
-export function imageDigests(
-  image: GuestMemory,
-  pageCount: number,
-  regionPages: number,
-  clock: Pick<Clock, 'defer'>,
-  done: (r: Uint32Array | Error) => void,
-  stepPages = IMAGE_DIGEST_STEP_PAGES,
-): void {
-  assert(stepPages >= 1 && regionPages >= 1, 'digest steps');
-  const n = Math.ceil(pageCount / regionPages),
-    out = new Uint32Array(n);
-  const crcs = new Uint32Array(Math.min(pageCount, regionPages));
-  let region = 0,
-    inRegion = 0; // pages of this region whose CRC is in crcs
-  const step = (): void => {
-    try {
-      const from = region * regionPages,
-        count = Math.min(pageCount, from + regionPages) - from,
-        take = Math.min(stepPages, count - inRegion);
-      pageCrcs(image, from + inRegion, crcs.subarray(inRegion, inRegion + take));
-      inRegion += take;
-      if (inRegion === count) {
-        out[region++] = loadAddon().crc32c(new Uint8Array(crcs.buffer, 0, count * 4));
-        inRegion = 0;
-      }
-    } catch (e) {
-      done(e as Error);
-      return;
-    }
-    if (region >= n) done(out);
-    else clock.defer(step);
-  };
-  clock.defer(step);
-}
-
-/** out[i] = CRC32C of page from + i, a run of pages within one segment at a time. */
-function pageCrcs(image: GuestMemory, from: number, out: Uint32Array): void {
-  for (let done = 0; done < out.length; ) {
-    const p = from + done,
-      seg = image.segments[Math.floor(p / image.segmentPages)];
-    const at = p % image.segmentPages,
-      run = Math.min(out.length - done, image.segmentPages - at);
-    loadAddon().crc32cPages(seg.subarray(at * PAGE_BYTES, (at + run) * PAGE_BYTES), out.subarray(done, done + run));
-    done += run;
-  }
-}
 
 /** How a session began, for `remusdb status --json` (lastSessionStart) and the log. */
 export interface SessionStart {

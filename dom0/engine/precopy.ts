@@ -81,6 +81,20 @@ export interface PrecopyProgress {
   elapsedMs: number;
 }
 
+/**
+ * One turn of a walk over the guest's dirty state: collects pfns [at, at + perTurn) into
+ * `into`; returns how many, and where the next turn starts (pageCount: the walk is done).
+ */
+export function collectRange(
+  mem: LiveMemory,
+  into: Uint32Array,
+  at: number,
+  perTurn: number,
+): { count: number; end: number } {
+  const end = Math.min(mem.pageCount, at + perTurn);
+  return { count: mem.collectDirtyLive(into, at, end), end };
+}
+
 /** The pre-copy's bounds (defaults: the PRECOPY_* constants above). */
 export interface PrecopyLimits {
   remainingPagesMin?: number;
@@ -148,11 +162,8 @@ export class Precopy {
    * 8 GiB once the guest's memory is mapped (a second session's pre-copy).
    */
   private armUpTo(endPfn: number): void {
-    while (this.armedTo < endPfn) {
-      const end = Math.min(this.mem.pageCount, this.armedTo + this.collectPagesPerTurn);
-      this.mem.collectDirtyLive(this.scratch, this.armedTo, end);
-      this.armedTo = end;
-    }
+    while (this.armedTo < endPfn)
+      this.armedTo = collectRange(this.mem, this.scratch, this.armedTo, this.collectPagesPerTurn).end;
   }
 
   /**
@@ -162,9 +173,9 @@ export class Precopy {
   collectSome(): boolean {
     assert(this.next === this.todoCount, 'a round collects after all its pages');
     assert(this.armedTo === this.mem.pageCount, 'round 0 armed every page before it read it');
-    const end = Math.min(this.mem.pageCount, this.collectAt + this.collectPagesPerTurn);
-    this.collected += this.mem.collectDirtyLive(this.scratch.subarray(this.collected), this.collectAt, end);
-    this.collectAt = end;
+    const r = collectRange(this.mem, this.scratch.subarray(this.collected), this.collectAt, this.collectPagesPerTurn);
+    this.collected += r.count;
+    this.collectAt = r.end;
     assert(this.collected <= this.collectAt, 'a range yields each of its pfns at most once');
     return this.collectAt === this.mem.pageCount;
   }

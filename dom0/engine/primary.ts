@@ -58,6 +58,7 @@ import {
   PRECOPY_BACKLOG_BYTES_MAX,
   PRECOPY_BATCH_PAGES_MAX,
   Precopy,
+  collectRange,
   withPagesRead,
 } from './precopy';
 import { DIGEST_REGION_PAGES, PageCrcTable, UnackedPages, type SessionStart } from './continuation';
@@ -988,10 +989,12 @@ export class Primary {
    */
   private collectCutSome(live: NonNullable<Domain['live']>, c: NonNullable<Primary['cutCollect']>): void {
     c.into ??= new Uint32Array(live.pageCount);
-    const end = Math.min(live.pageCount, c.at + (this.opts.liveCollectPagesPerTurn ?? LIVE_COLLECT_PAGES_PER_TURN));
-    this.unacked!.addCollected(c.into, live.collectDirtyLive(c.into, c.at, end));
-    c.at = end;
-    if (end < live.pageCount) return;
+    const r = collectRange(live, c.into, c.at, this.opts.liveCollectPagesPerTurn ?? LIVE_COLLECT_PAGES_PER_TURN);
+    // Into unacked at once, range by range: a range is re-armed as it is collected, so its pages
+    // must outlive this session if it is lost before the walk ends.
+    this.unacked!.addCollected(c.into, r.count);
+    c.at = r.end;
+    if (c.at < live.pageCount) return;
     this.cutCollect = null;
     this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
   }

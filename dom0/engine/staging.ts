@@ -153,7 +153,7 @@ export class Staging {
     for (const c of this.chunks) {
       for (let i = 0; i < c.count; i++)
         image.setPage(Number(c.pfns[i]), c.pages.subarray(i * PAGE_BYTES, (i + 1) * PAGE_BYTES));
-      crcs.written(c.pfns, c.count, c.pages);
+      crcs.update(c.pfns, c.count, c.pages);
     }
     this.clear();
   }

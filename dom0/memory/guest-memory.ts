@@ -116,6 +116,22 @@ export class GuestMemory {
     this.page(pfn).set(src);
   }
 
+  /** out[i] = CRC32C of page first + i: one native call per run of pages within a segment. */
+  pageCrcs(first: number, out: Uint32Array): void {
+    assert(Number.isInteger(first) && first >= 0 && first + out.length <= this.pageCount, 'pages inside guest memory');
+    const addon = loadAddon();
+    for (let p = first, end = first + out.length; p < end; ) {
+      const at = p % this.segmentPages,
+        run = Math.min(end - p, this.segmentPages - at);
+      const seg = this.segments[Math.floor(p / this.segmentPages)];
+      addon.crc32cPages(
+        seg.subarray(at * PAGE_BYTES, (at + run) * PAGE_BYTES),
+        out.subarray(p - first, p - first + run),
+      );
+      p += run;
+    }
+  }
+
   /** CRC32C of all of memory, in page order (equal to the CRC of one buffer holding it). */
   crc32c(): number {
     const addon = loadAddon();

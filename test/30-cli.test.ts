@@ -71,6 +71,9 @@ describe('30 cli', () => {
     const c = runCli(['bench', 'trace', path.join(dir, 'y.rdt'), '--cache', '300%']);
     assert.equal(c.status, 2);
     assert.match(c.stderr, /--cache "300%"/);
+    const s = runCli(['bench', 'scale', '--min', '4GiB', '--max', '2GiB']);
+    assert.equal(s.status, 2, 'no size between --min and --max: refused before anything starts');
+    assert.match(s.stderr, /no guest size between --min and --max \[ERR_BAD_ARGUMENT\]/);
   });
 
   it('30.3b another host owning the domain (ERR_NOT_OWNER) exits 3, as fenced: systemd does not restart it', () => {

@@ -35,6 +35,30 @@ describe('43 simulated domain', () => {
     else assert.ok(d.dirtyReason.length > 0);
   });
 
+  it('43.1b collectDirty walks a pfn range on request; a range outside the arena is refused', () => {
+    const arena = new (loadAddon().Arena)(64 * 4096);
+    try {
+      arena.startDirtyTracking();
+      const out = new Uint32Array(64);
+      arena.collectDirty(out); // arm
+      const mem = new Uint8Array(arena.buffer);
+      for (const p of [3, 20, 40]) mem[p * 4096] = 1;
+      assert.equal(arena.collectDirty(out, 10, 30), 1, 'only the write inside [10, 30)');
+      assert.equal(out[0], 20);
+      assert.deepEqual(Array.from(out.subarray(0, arena.collectDirty(out))), [3, 40], 'the others are still marked');
+      for (const [f, e] of [
+        [-1, 10],
+        [10, 5],
+        [0, 65],
+        [1.5, 10],
+      ])
+        assert.throws(() => arena.collectDirty(out, f, e), RangeError, `[${f}, ${e})`);
+      assert.throws(() => (arena.collectDirty as (...a: unknown[]) => number)(out, 0), TypeError, 'two of three');
+    } finally {
+      arena.close();
+    }
+  });
+
   it('43.2 a suspended guest does not change its memory', async () => {
     await sleep(50);
     await d.suspend();

@@ -8,11 +8,14 @@
 // Without a backup, written blocks go to the resync bitmap; a new session first copies the
 // bitmap's blocks (initial sync and reprotection are the same path), then checkpoints start;
 // a run that reads as zeros goes as its range alone (DISK_SYNC ZEROES): a thin disk costs the
-// wire what it holds, not its size.
+// wire what it holds, not its size. The writes of a session's first checkpoint go AT_ONCE
+// (applied by the backup as they arrive, remembered here as blocks), so no preparation before
+// the first commit, however long, fills the backup's buffer.
 import { assert } from '../dom0/assert';
 import type { BackupDisk, Clock, DiskChecksum, DiskLink, DiskPort, MaybePromise, ScrubPick } from '../dom0/ports';
 import {
   DISK_RECORD_DATA_MAX,
+  DW_AT_ONCE,
   DW_FLUSH,
   DW_FUA,
   DW_ZEROES,
@@ -106,12 +109,13 @@ export class DiskReplicator implements DiskPort, DiskTap {
   /** Runs copied in this session: until its first ack they may not have arrived. */
   private copiedRuns: Array<[number, number]> = [];
   /**
-   * Writes of an epoch the backup applies as they arrive — those of the session's disk copy,
-   * and of an open FULL checkpoint (appliedAtOnce) — are remembered as blocks, not data, off
-   * the unacked bound, while open. Invariant: direct !== null ⇔ that epoch is not acknowledged
-   * yet; its written blocks are marked again if the session ends before.
+   * The session's first checkpoint's writes: the backup applies them as they arrive (AT_ONCE;
+   * nothing committed is at stake before that checkpoint commits), so they stay off the unacked
+   * bound however long the disk copy, a pre-copy or a continued session's preparation lasts;
+   * only their blocks are remembered. Invariant: direct !== null ⇔ a session is connected and its
+   * first checkpoint is not acknowledged; its blocks are marked again if the session ends before.
    */
-  private direct: { epoch: number; written: ResyncBitmap | null; open: boolean } | null = null;
+  private direct: { epoch: number; written: ResyncBitmap | null } | null = null;
   private readonly counters = {
     forwardedWrites: 0,
     forwardedBytes: 0,
@@ -165,6 +169,8 @@ export class DiskReplicator implements DiskPort, DiskTap {
 
   barrier(epoch: number): void {
     assert(epoch + 1 >= this.tag, 'disk barrier goes backwards');
+    const d = this.direct;
+    assert(!d || this.tag !== d.epoch || epoch === d.epoch, 'the first barrier of a session closes its AT_ONCE epoch');
     this.tag = epoch + 1;
   }
 
@@ -189,18 +195,12 @@ export class DiskReplicator implements DiskPort, DiskTap {
     this.counters.resyncPlannedBytes += this.bitmap.bytes;
     this.link = link;
     this.tag = nextEpoch;
-    // The backup applies the writes of its disk copy as they come, in order with the copy
+    // The backup applies the first checkpoint's writes as they come, in order with the copy
     // (nothing of the session is committed): a copy of many GiB would otherwise hold them all.
-    this.direct = { epoch: nextEpoch, written: null, open: true };
+    this.direct = { epoch: nextEpoch, written: null };
     this.overflow = overflow;
     this.sync = { ready, cursor: 0, copied: 0, timer: null, fillAfter: false };
     this.copySome();
-  }
-
-  appliedAtOnce(epoch: number): void {
-    assert(this.link !== null && epoch === this.tag, 'direct writes are of the epoch being tagged');
-    const written = this.direct?.epoch === epoch ? this.direct.written : null; // the disk copy's
-    this.direct = { epoch, written, open: true };
   }
 
   disconnect(): void {
@@ -308,14 +308,16 @@ export class DiskReplicator implements DiskPort, DiskTap {
       this.bitmap.markRange(offsetBytes, lengthBytes);
       return;
     }
-    const cost = (data?.length ?? 0) + 64;
-    this.link.send(Rec.DISK_WRITE, diskWriteBody(this.tag, offsetBytes, lengthBytes, flags, data));
+    const atOnce = this.direct?.epoch === this.tag;
+    const body = diskWriteBody(this.tag, offsetBytes, lengthBytes, flags | (atOnce ? DW_AT_ONCE : 0), data);
+    this.link.send(Rec.DISK_WRITE, body);
     this.counters.forwardedWrites++;
     this.counters.forwardedBytes += lengthBytes;
-    if (this.direct?.open && this.direct.epoch === this.tag) {
-      (this.direct.written ??= new ResyncBitmap(this.source.sizeBytes)).markRange(offsetBytes, lengthBytes);
+    if (atOnce) {
+      (this.direct!.written ??= new ResyncBitmap(this.source.sizeBytes)).markRange(offsetBytes, lengthBytes);
       return;
     }
+    const cost = (data?.length ?? 0) + 64;
     this.unacked.push({ epoch: this.tag, offsetBytes, lengthBytes, costBytes: cost });
     this.unackedTotal += cost;
     if (this.unackedTotal > this.opts.unackedBytesMax) {
@@ -341,7 +343,6 @@ export class DiskReplicator implements DiskPort, DiskTap {
       const run = this.bitmap.nextRun(s.cursor, this.chunkBytes / DISK_BLOCK_BYTES);
       if (!run) {
         link.send(Rec.DISK_SYNC_END, diskSyncEndBody(s.copied));
-        if (this.direct) this.direct.open = false; // held from here on, until a FULL checkpoint opens
         this.sync = null;
         if (s.fillAfter) this.rangeCrcs.fill();
         s.ready();

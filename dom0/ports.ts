@@ -100,13 +100,6 @@ export interface DiskPort {
   /** The session ended: writes of unacknowledged epochs, and all later ones, need a resync. */
   disconnect(): void;
   /**
-   * The backup applies writes of epoch as they arrive (an open FULL checkpoint, which a
-   * pre-copy keeps open for as long as it runs): they take none of its write buffer, so they
-   * do not count against the port's bound; until that epoch is acknowledged they still need
-   * a resync if the session ends.
-   */
-  appliedAtOnce?(epoch: number): void;
-  /**
    * Read tracking, per 4 KiB page of pages: a block holding exactly that page's content as the
    * backup will have it at checkpoint epoch, or null; null alone when no page of the batch can
    * match. Only exact matches (blktap/read-tracker.ts).

@@ -15,6 +15,7 @@ import { ResyncBitmap } from '../blktap/resync-bitmap';
 import { ErrorCode, isRemusError } from '../dom0/errors';
 import {
   DW_FLUSH,
+  DW_AT_ONCE,
   DW_FUA,
   DW_ZEROES,
   Rec,
@@ -199,9 +200,10 @@ describe('51 disk replication', () => {
       assert.deepEqual(
         tags.map((t) => [t.epoch, t.flags]),
         [
-          [5, 0],
+          [5, DW_AT_ONCE],
           [6, DW_FUA],
         ],
+        "the first checkpoint's writes go at once; the next epoch's are held",
       );
     });
 
@@ -354,7 +356,7 @@ describe('51 disk replication', () => {
       r.disconnect();
     });
 
-    it('writes during the disk copy are off the unacked bound, remembered as blocks until the first ack', () => {
+    it("the first checkpoint's writes (copy, preparation) are off the unacked bound, as blocks until its ack", () => {
       const c = new VirtualClock();
       const r = new DiskReplicator(src(new Uint8Array(DISK)), c, {
         unackedBytesMax: 8192,
@@ -363,21 +365,26 @@ describe('51 disk replication', () => {
       });
       r.bitmap.markRange(0, 8 * 4096); // 8 blocks to copy, one per turn
       let overflow = '';
+      const l = tap();
       r.connect(
-        tap(),
+        l,
         1,
         { continues: true, differing: [] },
         () => {},
         (why) => (overflow = why),
       );
       for (let b = 20; b < 24; b++) r.onWrite(b * 4096, fill(4096, b), false); // 16 KiB: twice the bound
+      c.runUntil(50); // the copy ends; a continued session prepares its first checkpoint meanwhile
+      for (let b = 24; b < 28; b++) r.onWrite(b * 4096, fill(4096, b), false); // twice the bound again
       assert.equal(overflow, '', 'the backup applies them as they come: no bound');
-      c.runUntil(50); // the copy ends: from here writes are held again (until a FULL checkpoint opens)
+      const writes = l.sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, DISK));
+      assert.ok(writes.length === 8 && writes.every((w) => w.flags === DW_AT_ONCE && w.epoch === 1));
+      r.barrier(1); // the first checkpoint: from here writes are held until their ack
       r.onWrite(30 * 4096, fill(8192, 1), false);
       r.onWrite(32 * 4096, fill(4096, 1), false);
       assert.match(overflow, /unacknowledged/);
-      r.disconnect(); // no ack: the copy and every write of epoch 1 are marked again
-      assert.equal(r.bitmap.count, 8 + 4 + 3);
+      r.disconnect(); // no ack: the copy and every write of epochs 1 and 2 are marked again
+      assert.equal(r.bitmap.count, 8 + 4 + 4 + 3);
     });
 
     it('a backup whose disk does not continue gets a full copy; overflow is reported', () => {
@@ -400,6 +407,7 @@ describe('51 disk replication', () => {
       );
       c.runUntil(50);
       assert.equal(l.sent.filter((s) => s.type === Rec.DISK_SYNC).length, 4);
+      r.barrier(1);
       r.onWrite(0, fill(4096, 1), false);
       assert.equal(overflow, '');
       r.onWrite(0, fill(8192, 1), false);
@@ -588,15 +596,53 @@ describe('51 disk replication', () => {
       assert.equal(disk().bytes[8192], 0);
     });
 
-    it("writes during the disk copy go at once (one epoch: the first checkpoint's); after it they wait", () => {
+    it("AT_ONCE writes go as they arrive, in order with the copy: the first checkpoint's, before any commit", () => {
+      const at = (epoch: number, off: number, v: number) => diskWriteBody(epoch, off, 4096, DW_AT_ONCE, fill(4096, v));
       const s = start(DISK, DISK);
       s.link.rec(Rec.DISK_SYNC, diskSyncBody(0, fill(4096, 9)));
-      s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 0, 4096, 0, fill(4096, 1))); // after the copy of block 0
+      s.link.rec(Rec.DISK_WRITE, at(1, 0, 1)); // after the copy of block 0
       s.link.rec(Rec.DISK_SYNC, diskSyncBody(4096, fill(4096, 8)));
       const disk = (): MemDiskTarget => s.replica().diskTarget!;
       assert.deepEqual([disk().bytes[0], disk().bytes[4096]], [1, 8], 'in arrival order, at once');
-      s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 8192, 4096, 0, fill(4096, 2)));
-      assert.match(s.error()!.message, /epoch 2 during a disk copy of epoch 1/);
+      s.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(8192));
+      s.link.rec(Rec.DISK_WRITE, at(1, 8192, 3)); // a continued session's preparation
+      assert.deepEqual([s.error(), disk().bytes[8192]], [null, 3], 'after the copy too, until the first commit');
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(2, 12288, 4096, 0, fill(4096, 4)));
+      assert.deepEqual([s.error(), disk().bytes[12288]], [null, 0], 'the next epoch waits for its commit');
+      s.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 12288, 4096, 0, fill(4096, 4)));
+      assert.match(s.error()!.message, /epoch 1 is held, but that epoch's writes went at once/);
+
+      const rules: Array<[string, (t: ReturnType<typeof start>) => void, RegExp]> = [
+        [
+          'held in the copy',
+          (t) => t.link.rec(Rec.DISK_WRITE, diskWriteBody(1, 0, 4096, 0, fill(4096, 1))),
+          /not AT_ONCE/,
+        ],
+        ['two epochs', (t) => [1, 2].forEach((e) => t.link.rec(Rec.DISK_WRITE, at(e, 0, e))), /after one for epoch 1/],
+        [
+          'another first checkpoint',
+          (t) => {
+            t.link.rec(Rec.DISK_WRITE, at(1, 0, 1));
+            t.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(0));
+            t.link.rec(Rec.CHECKPOINT_BEGIN, checkpointBegin(2, true));
+          },
+          /first checkpoint 2 is not the epoch 1 of its AT_ONCE writes/,
+        ],
+        [
+          'after a commit',
+          (t) => {
+            t.link.rec(Rec.DISK_SYNC_END, diskSyncEndBody(0));
+            fullCheckpoint(t.link);
+            t.link.rec(Rec.DISK_WRITE, at(2, 0, 2));
+          },
+          /AT_ONCE DISK_WRITE for epoch 2 after checkpoint 1 committed/,
+        ],
+      ];
+      for (const [what, send, error] of rules) {
+        const t = start(DISK, DISK);
+        send(t);
+        assert.match(t.error()?.message ?? '', error, what);
+      }
     });
 
     const committedSession = () => {

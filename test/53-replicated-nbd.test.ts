@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { realClock } from '../dom0/engine/clock';
 import { EpochBuffer } from '../blktap/epoch-buffer';
 import { serveReplicatedDisk } from '../blktap/serve';
-import { DW_FLUSH, DW_FUA, Rec, parseDiskWrite } from '../dom0/protocol/records';
+import { DW_AT_ONCE, DW_FLUSH, DW_FUA, Rec, parseDiskWrite } from '../dom0/protocol/records';
 import { MemDiskTarget } from './support/sim-world';
 import { tmpDir } from './support/helpers';
 
@@ -67,6 +67,11 @@ describe('53 replicated NBD disk', function () {
         d.replicator.barrier(1);
         await qemuIo(d.port, ['write -P 0x33 3M 8k', 'write -z 4M 1M']);
         const all = sent.filter((s) => s.type === Rec.DISK_WRITE).map((s) => parseDiskWrite(s.body, 8 * MiB));
+        assert.ok(
+          all.every((w) => (w.flags & DW_AT_ONCE) === (w.epoch === 1 ? DW_AT_ONCE : 0)),
+          "the session's first checkpoint's writes go at once, no later one",
+        );
+        for (const w of all) w.flags &= ~DW_AT_ONCE; // the epoch buffer below holds them all
         assert.ok(
           all.some((w) => w.flags === DW_FLUSH && w.epoch === 1) &&
             all.some((w) => w.flags === DW_FLUSH && w.epoch === 2),

@@ -63,6 +63,13 @@ export interface ScaleRow {
   reconnect: string;
   reconnect_bytes: number;
   reconnect_dirty_bytes: number;
+  /**
+   * Read once the continued session is verified: the run's longest output hold and worst own
+   * loop stalls, the cut and the reconnect included (the columns before are read before the cut).
+   */
+  after_cut_output_hold_ms_max: number;
+  after_cut_loop_delay_ms_max_own_primary: number;
+  after_cut_loop_delay_ms_max_own_backup: number;
   /** SIGKILL of the primary to the backup's 'failover' event (its guest runs). */
   failover_ms: number;
 }
@@ -146,6 +153,7 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
     const b = await st('backup');
     fill(row, p, b);
     await measureReconnect(row, proxy, () => st('primary'));
+    if (row.reconnect === 'continued') fillAfterCut(row, await st('primary'), await st('backup'));
     const killedAt = Date.now();
     primary.kill('SIGKILL');
     row.failover_ms = await failoverMs(() => st('backup'), killedAt);
@@ -222,6 +230,13 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
 }
 
+function fillAfterCut(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unknown>): void {
+  const outputs = (p.outputs ?? {}) as Record<string, unknown>;
+  row.after_cut_output_hold_ms_max = Number(outputs.holdMsMax ?? NaN);
+  row.after_cut_loop_delay_ms_max_own_primary = Number(p.loop_delay_ms_max_own ?? NaN);
+  row.after_cut_loop_delay_ms_max_own_backup = Number(b.loop_delay_ms_max_own ?? NaN);
+}
+
 /** A memcpy of `bytes` here and now (ms): the median of 5, source and target touched first. */
 export function memcpyMs(bytes: number): number {
   const src = Buffer.alloc(Math.max(4096, bytes), 1);
@@ -271,6 +286,9 @@ function emptyRow(bytes: number): ScaleRow {
     reconnect: '-',
     reconnect_bytes: NaN,
     reconnect_dirty_bytes: NaN,
+    after_cut_output_hold_ms_max: NaN,
+    after_cut_loop_delay_ms_max_own_primary: NaN,
+    after_cut_loop_delay_ms_max_own_backup: NaN,
     failover_ms: NaN,
   };
 }
@@ -296,7 +314,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
     'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B (own) ms' +
     '  RSS-guest P/B MiB' +
-    `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB  failover ms`;
+    `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB, hold max ms, loop own P/B ms  failover ms`;
   return [
     head,
     ...rows.map((r) =>
@@ -310,7 +328,9 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
           `${loopColumn(r).padStart(21)} ` +
           `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
           (r.reconnect === 'continued'
-            ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}`
+            ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}, ` +
+              `${f(r.after_cut_output_hold_ms_max)}, ` +
+              `${f(r.after_cut_loop_delay_ms_max_own_primary)}/${f(r.after_cut_loop_delay_ms_max_own_backup)}`
             : r.reconnect) +
           `  ${f(r.failover_ms).padStart(5)}` +
           (o.diskBytes === undefined ? '' : `  disk copy ${f(r.disk_sync_s, 1)} s ${f(r.disk_sync_mb_per_s)} MB/s`),

@@ -20,6 +20,7 @@ import { PageDecoder } from '../memory/page-codec';
 import { BACKUP_INTAKE_BYTES_HIGH, DISK_DIFFERING_RUNS_MAX, PAGE_BYTES } from '../limits';
 import type { GuestMemory } from '../memory/guest-memory';
 import {
+  DW_AT_ONCE,
   PROTOCOL_VERSION,
   Rec,
   ackBody,
@@ -143,7 +144,12 @@ interface Session {
   /** The kept epoch this session continues from (its HELLO_ACK said so), until it commits; else null. */
   continuing: number | null;
   /** The disk copy that opens a session (DISK_SYNC … DISK_SYNC_END): octets so far, and whether it ended. */
-  diskSync: { bytes: number; done: boolean; epoch?: number };
+  diskSync: { bytes: number; done: boolean };
+  /**
+   * The epoch of this session's AT_ONCE disk writes (its first checkpoint's), or null before
+   * one. Invariant: non-null ⇒ no checkpoint of this session committed when it was set.
+   */
+  atOnceEpoch: number | null;
   /**
    * This session's scrub pass: its range width, the ranges received (each once per pass), and
    * how many of them a commit compared equal; the pass verifies the disk when all have.
@@ -289,6 +295,7 @@ export class Backup {
       intakeWatch: false,
       continuing: null,
       diskSync: { bytes: 0, done: true },
+      atOnceEpoch: null,
       scrub: null,
     };
     this.session = s;
@@ -545,6 +552,7 @@ export class Backup {
     // Writes held for a session that never committed them go: the primary resyncs those blocks.
     held.replica.disk?.holdFrom(bufferMax);
     s.diskSync = { bytes: 0, done: h.diskBytes === 0 };
+    s.atOnceEpoch = null;
     // The primary ran unprotected: nothing is resumable until this session's first checkpoint
     // commits. A continued session keeps the image as its base; a full one overwrites it.
     this.committed = null;
@@ -654,6 +662,8 @@ export class Backup {
       throw protocolError(`continued checkpoint ${epoch} does not follow the kept checkpoint ${from}`);
     }
     if (!s.diskSync.done) throw protocolError(`checkpoint ${epoch} began before the disk copy ended (DISK_SYNC_END)`);
+    if (first && s.atOnceEpoch !== null && epoch !== s.atOnceEpoch)
+      throw protocolError(`the first checkpoint ${epoch} is not the epoch ${s.atOnceEpoch} of its AT_ONCE writes`);
     if (full) {
       this.kept = null;
       s.continuing = null;
@@ -1080,9 +1090,11 @@ export class Backup {
   }
 
   /**
-   * Held until its checkpoint commits; but before the session's first commit (a pre-copy can
-   * last minutes) nothing committed is at stake and the first checkpoint applies them all
-   * anyway: they are applied at once, like DISK_SYNC, and the first commit has no backlog.
+   * Held until its checkpoint commits, unless the primary flags it AT_ONCE: a write of the
+   * session's first checkpoint, before that commits. Nothing committed is at stake then (a
+   * session resumes nothing before its first commit), and a disk copy, a pre-copy or a
+   * continued session's preparation can last long enough to fill any buffer: those writes are
+   * applied as they arrive, in link order with the disk copy, and the first commit has no backlog.
    */
   private onDiskWrite(s: Session, body: Buffer): void {
     const held = this.needSession(s),
@@ -1090,16 +1102,27 @@ export class Backup {
     if (h.diskBytes === 0) throw protocolError('DISK_WRITE for a domain without a disk');
     const w = parseDiskWrite(body, h.diskBytes);
     const disk = held.replica.disk!;
-    // Before the session's first commit nothing committed is at stake: the writes of its disk
-    // copy (all of the first checkpoint's epoch) and of its open FULL checkpoint go at once.
-    const copying = this.committed === null && !s.diskSync.done;
-    if (copying && (s.diskSync.epoch ??= w.epoch) !== w.epoch)
-      throw protocolError(`DISK_WRITE for epoch ${w.epoch} during a disk copy of epoch ${s.diskSync.epoch}`);
-    const atOnce = copying || (this.committed === null && s.open?.full === true && w.epoch === s.open.epoch);
-    if (!atOnce) return disk.hold(w, this.committed);
+    if ((w.flags & DW_AT_ONCE) === 0) {
+      if (!s.diskSync.done) throw protocolError(`DISK_WRITE for epoch ${w.epoch} during the disk copy is not AT_ONCE`);
+      if (this.committed === null && s.atOnceEpoch !== null && w.epoch <= s.atOnceEpoch)
+        throw protocolError(`DISK_WRITE for epoch ${w.epoch} is held, but that epoch's writes went at once`);
+      return disk.hold(w, this.committed);
+    }
+    this.checkAtOnce(s, w.epoch);
+    s.atOnceEpoch = w.epoch;
     disk.apply(w); // after any held before it, in order
     this.counters.diskWrites++;
     this.counters.diskBytesApplied += w.lengthBytes;
+  }
+
+  /** An AT_ONCE write is of the session's first checkpoint (one epoch), before any commit. */
+  private checkAtOnce(s: Session, epoch: number): void {
+    if (this.committed !== null)
+      throw protocolError(`AT_ONCE DISK_WRITE for epoch ${epoch} after checkpoint ${this.committed} committed`);
+    if (s.atOnceEpoch !== null && s.atOnceEpoch !== epoch)
+      throw protocolError(`AT_ONCE DISK_WRITE for epoch ${epoch} after one for epoch ${s.atOnceEpoch}`);
+    if (s.open && s.open.epoch !== epoch)
+      throw protocolError(`AT_ONCE DISK_WRITE for epoch ${epoch} while checkpoint ${s.open.epoch} is open`);
   }
 
   /** Resync copy: applied at once — nothing is committed in this session until it ends. */
@@ -1318,6 +1341,8 @@ export class Backup {
     assert(!s.paused || s.open !== null, 'records held without a checkpoint to commit');
     assert(s.queued.length > 0 || s.queuedBytes === 0, `${s.queuedBytes} octets queued in no record`);
     assert(s.diskSync.done || (s.open === null && this.committed === null), 'a checkpoint during the disk copy');
+    const a = s.atOnceEpoch;
+    assert(a === null || this.committed === null || a <= this.committed, `AT_ONCE epoch ${a} after a commit`);
   }
 
   /** A commit follows the last one in this session, or the kept epoch a continued session builds on. */

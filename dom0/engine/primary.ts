@@ -1046,7 +1046,6 @@ export class Primary {
     });
     this.precopyMark = this.link!.queuedBytes ?? 0;
     this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
-    this.disk?.appliedAtOnce?.(this.epoch + 1);
     this.hooks.event?.('precopy', { backup: this.link?.remote, pages: live.pageCount });
     const link = this.link!;
     this.clock.defer(() => this.precopyStep(link));

@@ -146,11 +146,15 @@ export function parseJson(
 // ---- disk records (docs/protocol.md "Disk") ---------------------------------------------
 
 export const SECTOR = 512;
-/** DISK_WRITE flags: FUA (durable at commit), ZEROES (no data: the range reads as zeros), FLUSH (length 0). */
+/**
+ * DISK_WRITE flags: FUA (durable at commit), ZEROES (no data: the range reads as zeros), FLUSH (length 0),
+ * AT_ONCE (a write of the session's first checkpoint, before its commit: applied as it arrives, not held).
+ */
 export const DW_FUA = 1,
   DW_ZEROES = 2,
-  DW_FLUSH = 4;
-const DW_KNOWN = DW_FUA | DW_ZEROES | DW_FLUSH;
+  DW_FLUSH = 4,
+  DW_AT_ONCE = 8;
+const DW_KNOWN = DW_FUA | DW_ZEROES | DW_FLUSH | DW_AT_ONCE;
 /** Largest data carried by one disk record; longer writes are split. */
 export const DISK_RECORD_DATA_MAX = 4 * 1024 * 1024;
 

@@ -64,10 +64,14 @@ export interface ScaleRow {
   reconnect_bytes: number;
   reconnect_dirty_bytes: number;
   /**
-   * Read once the continued session is verified: the run's longest output hold and worst own
-   * loop stalls, the cut and the reconnect included (the columns before are read before the cut).
+   * Read once the continued session is verified (the columns before are read before the cut):
+   * from the link's return to that ack (outputs flow protected again), and from the session's
+   * 'protected' event to it (the continued checkpoint's pause, stream and commit: its outputs'
+   * hold). An output held across the cut waits for the cut too: the run's hold max says nothing here.
    */
-  after_cut_output_hold_ms_max: number;
+  after_cut_reprotected_ms: number;
+  after_cut_first_hold_ms: number;
+  /** The run's worst own loop stalls, the cut and the reconnect included. */
   after_cut_loop_delay_ms_max_own_primary: number;
   after_cut_loop_delay_ms_max_own_backup: number;
   /** SIGKILL of the primary to the backup's 'failover' event (its guest runs). */
@@ -152,8 +156,8 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
     p = await st('primary');
     const b = await st('backup');
     fill(row, p, b);
-    await measureReconnect(row, proxy, () => st('primary'));
-    if (row.reconnect === 'continued') fillAfterCut(row, await st('primary'), await st('backup'));
+    const linkBackAt = await measureReconnect(row, proxy, () => st('primary'));
+    if (row.reconnect === 'continued') fillAfterCut(row, linkBackAt, await st('primary'), await st('backup'));
     const killedAt = Date.now();
     primary.kill('SIGKILL');
     row.failover_ms = await failoverMs(() => st('backup'), killedAt);
@@ -170,13 +174,17 @@ async function oneSize(bytes: number, o: ScaleOptions): Promise<ScaleRow> {
   return row;
 }
 
-/** Cuts the link for CUT_MS and waits for the second session's first checkpoint to be acknowledged. */
+/**
+ * Cuts the link for CUT_MS and waits for the second session's first checkpoint to be
+ * acknowledged; returns when the link came back (wall clock).
+ */
 async function measureReconnect(
   row: ScaleRow,
   proxy: CuttableProxy,
   status: () => Promise<Record<string, unknown>>,
-): Promise<void> {
+): Promise<number> {
   await proxy.cut(CUT_MS);
+  const linkBackAt = Date.now();
   const deadline = Date.now() + 60_000 + (row.guest_bytes / (16 * 2 ** 20)) * 1000;
   for (;;) {
     const p = await status().catch(() => ({}) as Record<string, unknown>);
@@ -186,17 +194,17 @@ async function measureReconnect(
       | undefined;
     if (Number(p.sessions) >= 2 && s?.kind === 'full') {
       row.reconnect = `full: ${s.reason}`;
-      return;
+      return linkBackAt;
     }
     if (Number(p.sessions) >= 2 && s?.verified) {
       row.reconnect = 'continued';
       row.reconnect_bytes = Number(s.bytes);
       row.reconnect_dirty_bytes = Number(s.pages) * 4096;
-      return;
+      return linkBackAt;
     }
     if (Date.now() > deadline) {
       row.reconnect = 'no second session acknowledged in time';
-      return;
+      return linkBackAt;
     }
     await sleep(100);
   }
@@ -230,9 +238,11 @@ function fill(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unkno
   row.backup_rss_over_guest_bytes = n(b.rss_bytes) - row.guest_bytes;
 }
 
-function fillAfterCut(row: ScaleRow, p: Record<string, unknown>, b: Record<string, unknown>): void {
-  const outputs = (p.outputs ?? {}) as Record<string, unknown>;
-  row.after_cut_output_hold_ms_max = Number(outputs.holdMsMax ?? NaN);
+function fillAfterCut(row: ScaleRow, linkBackAt: number, p: Record<string, unknown>, b: Record<string, unknown>): void {
+  const events = (p.events ?? []) as Array<{ name: string; at: number }>;
+  const at = (name: string): number => [...events].reverse().find((e) => e.name === name)?.at ?? NaN;
+  row.after_cut_reprotected_ms = at('continued') - linkBackAt;
+  row.after_cut_first_hold_ms = at('continued') - at('protected');
   row.after_cut_loop_delay_ms_max_own_primary = Number(p.loop_delay_ms_max_own ?? NaN);
   row.after_cut_loop_delay_ms_max_own_backup = Number(b.loop_delay_ms_max_own ?? NaN);
 }
@@ -286,7 +296,8 @@ function emptyRow(bytes: number): ScaleRow {
     reconnect: '-',
     reconnect_bytes: NaN,
     reconnect_dirty_bytes: NaN,
-    after_cut_output_hold_ms_max: NaN,
+    after_cut_reprotected_ms: NaN,
+    after_cut_first_hold_ms: NaN,
     after_cut_loop_delay_ms_max_own_primary: NaN,
     after_cut_loop_delay_ms_max_own_backup: NaN,
     failover_ms: NaN,
@@ -314,7 +325,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
     `${o.verifyDisk === false ? ', --no-verify-disk' : ''}${o.diskScrub === true ? ', --disk-scrub' : ''}\n` +
     'guest    sync s  MB/s  final/bound ms  sessions  pause p50/p99 ms  hold max/p99 ms  loop max P/B (own) ms' +
     '  RSS-guest P/B MiB' +
-    `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB, hold max ms, loop own P/B ms  failover ms`;
+    `  after a ${CUT_MS / 1000} s cut: sent/dirty MiB, protected again/first hold ms, loop own P/B ms  failover ms`;
   return [
     head,
     ...rows.map((r) =>
@@ -329,7 +340,7 @@ export function formatScaleBench(rows: ScaleRow[], o: ScaleOptions): string {
           `${`${mib(r.primary_rss_over_guest_bytes)}/${mib(r.backup_rss_over_guest_bytes)}`.padStart(18)}  ` +
           (r.reconnect === 'continued'
             ? `continued ${f(r.reconnect_bytes / 2 ** 20, 1)}/${f(r.reconnect_dirty_bytes / 2 ** 20, 1)}, ` +
-              `${f(r.after_cut_output_hold_ms_max)}, ` +
+              `${f(r.after_cut_reprotected_ms)}/${f(r.after_cut_first_hold_ms)}, ` +
               `${f(r.after_cut_loop_delay_ms_max_own_primary)}/${f(r.after_cut_loop_delay_ms_max_own_backup)}`
             : r.reconnect) +
           `  ${f(r.failover_ms).padStart(5)}` +

@@ -115,6 +115,22 @@ class Adversary {
     this.device(epoch);
     this.end(epoch, 1);
   }
+  /**
+   * A continued checkpoint sent in live rounds: page pfn twice (written between), then, after
+   * the pause, its digests; decoded in place. lose: the link goes after the first round.
+   */
+  liveContinued(epoch: number, pfn: number, lose = false): void {
+    this.mem[pfn * PAGE] ^= 0x11;
+    this.begin(epoch, false);
+    this.batch(epoch, [pfn]);
+    if (lose) return;
+    this.mem[pfn * PAGE + 1] ^= 0x22;
+    this.batch(epoch, [pfn]);
+    this.snapshots.set(epoch, loadAddon().crc32c(this.mem));
+    this.memVerify(epoch);
+    this.device(epoch);
+    this.end(epoch, 2);
+  }
   errors(): string[] {
     return this.got.filter((r) => r.type === Rec.ERROR).map((r) => String(JSON.parse(r.body.toString('utf8')).code));
   }
@@ -746,6 +762,52 @@ const reconnectCases: Case[] = [
     name: 'reconnect: continued without MEMORY_VERIFY is refused',
     heard: (a) => (a.errors().includes(ErrorCode.PROTOCOL) ? null : 'no ERR_PROTOCOL'),
     steps: [...lineageSession, ...broken, resume(), wait, (a) => a.continued(2, 'none'), ...waits(4), close],
+  },
+  {
+    name: 'reconnect: a continued checkpoint in live rounds repeats a page: decoded in place, verified, acked',
+    heard: continuedAndAcked(2),
+    steps: [...lineageSession, ...broken, resume(), wait, (a) => a.liveContinued(2, 6), ...waits(4), goodbye, close],
+  },
+  ...[6, 7].map(
+    (next): Case => ({
+      // The next connection is a fresh adversary (its memory as at checkpoint 1): page 6 as the
+      // lost round sent it is in the image, and only a continued checkpoint that sends it again verifies.
+      name: `reconnect: lost after a live round decoded page 6 in place; the next sends page ${next}: ${
+        next === 6 ? 'verified' : 'ERR_MEMORY_DIVERGED'
+      }`,
+      heard:
+        next === 6
+          ? continuedAndAcked(3)
+          : (a) => (a.errors().includes(ErrorCode.MEMORY_DIVERGED) ? null : 'no ERR_MEMORY_DIVERGED'),
+      steps: [
+        ...lineageSession,
+        ...broken,
+        resume(),
+        wait,
+        (a) => a.liveContinued(2, 6, true),
+        wait,
+        close,
+        NEW_CONNECTION,
+        resume(),
+        wait,
+        (a) => a.liveContinued(3, next),
+        ...waits(4),
+        goodbye,
+        close,
+      ],
+    }),
+  ),
+  {
+    name: 'reconnect: a page twice in a checkpoint after the first commit is refused',
+    heard: (a) => (a.errors().includes(ErrorCode.PROTOCOL) ? null : 'no ERR_PROTOCOL'),
+    steps: [
+      ...lineageSession,
+      (a) => a.begin(2, false),
+      (a) => a.batch(2, [6]),
+      (a) => a.batch(2, [6]),
+      ...waits(3),
+      close,
+    ],
   },
   {
     name: 'reconnect: continued, then lost before its commit (no failover)',

@@ -197,4 +197,39 @@ describe('59 a full copy at size', () => {
     staging.addRefs([{ pfn: 0, offsetBytes: 0, crc32c: 0 }], false); // not "twice in one checkpoint"
     assert.deepEqual([...staging.pfns], [0]);
   });
+
+  it("59.7 a continued session's rounds: round 0 sends the given pages, each collect is heard, rounds grow", () => {
+    const PAGES = 64;
+    const written = new Set<number>();
+    const read: number[] = [];
+    const mem: LiveMemory = {
+      pageCount: PAGES,
+      readLive: (pfns, count) => read.push(...pfns.subarray(0, count)),
+      collectDirtyLive: (into, first = 0, end = PAGES) => {
+        let n = 0;
+        for (let p = first; p < end; p++) if (written.delete(p)) into[n++] = p;
+        return n;
+      },
+    };
+    const heard: number[] = [];
+    const start = {
+      round0: Uint32Array.from([5, 9]),
+      onCollect: (p: Uint32Array, n: number) => heard.push(...p.subarray(0, n)),
+    };
+    const pc = new Precopy(mem, 16, 0, { remainingPagesMin: 0, collectPagesPerTurn: 16 }, start);
+    while (pc.nextBatch()) for (let p = 20; p < 40; p++) written.add(p); // 20 pages: more than round 0 had
+    assert.deepEqual(read, [5, 9], 'round 0 reads the listed pages, nothing armed first');
+    while (!pc.collectSome());
+    assert.deepEqual(
+      heard,
+      Array.from({ length: 20 }, (_, i) => 20 + i),
+      'every range collected is heard at once',
+    );
+    assert.ok(pc.endRound(), 'another round: 20 pages remain');
+    read.length = 0;
+    while (pc.nextBatch());
+    assert.deepEqual(read, heard, "round 1 sends round 0's writes (its list is not round 0's shorter one)");
+    while (!pc.collectSome());
+    assert.equal(pc.endRound(), false, 'nothing written: the rounds end');
+  });
 });

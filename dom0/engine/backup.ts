@@ -41,7 +41,7 @@ import {
   parseDiskVerify,
   parseMemoryVerify,
 } from '../protocol/records';
-import { IMAGE_CRCS_FILL_PERIOD_MS, ImageCrcs } from './image-crcs';
+import { ImageCrcs } from './image-crcs';
 import type {
   Clock,
   CrcsReadAhead,
@@ -106,6 +106,13 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
 interface Open {
   epoch: number;
   full: boolean;
+  /**
+   * Decoded into the image as its batches come, a pfn possibly more than once (the later wins):
+   * a FULL checkpoint, or a continued session's first (its pages may come in live rounds before
+   * the primary's pause). Invariant: inPlace ⇒ nothing of this session is committed (its epoch
+   * is the session's first), so no image a failover resumes is written.
+   */
+  inPlace: boolean;
   pages: number;
   deviceState: Uint8Array | null;
   /** The primary's disk checksum at this checkpoint (DISK_VERIFY), checked at its commit. */
@@ -667,10 +674,12 @@ export class Backup {
     if (full) {
       this.kept = null;
       s.continuing = null;
+      this.held!.crcs.beginFull();
     } // the image is overwritten in place from here
     s.open = {
       epoch,
       full,
+      inPlace: first,
       pages: 0,
       deviceState: null,
       diskSum: null,
@@ -691,15 +700,16 @@ export class Backup {
     const { epoch, payload } = parseWithEpoch(Rec.PAGE_BATCH, body);
     const o = this.openFor(s, Rec.PAGE_BATCH, epoch);
     this.counters.wireBytes += body.length + 16;
-    if (o.full) {
-      // A full checkpoint replaces every page and nothing committed is at stake: decode in place.
-      const records = this.decoder.unpack(payload);
-      held.crcs.invalidate(); // pages decoded in place, some more than once: the pass reads them after the commit
-      o.pages += this.decoder.applyInPlace(records, held.replica.image);
-      held.staging.markRecords(records);
-    } else {
+    if (!o.inPlace) {
       o.pages += held.staging.add(payload, held.replica.image);
+      return;
     }
+    // Nothing committed in this session is at stake: decode in place (a pfn may come again).
+    const records = this.decoder.unpack(payload);
+    const pfns = held.staging.markRecords(records);
+    if (!o.full) held.replica.beforeImageWrite?.(pfns);
+    o.pages += this.decoder.applyInPlace(records, held.replica.image);
+    held.crcs.readPages(held.replica.image, pfns); // as they land: no pass over the image later
   }
 
   private onNetExposure(body: Buffer): void {
@@ -861,39 +871,36 @@ export class Backup {
    * Memory (staged pages, then disk references), device state; then the ACK. A continued
    * session's first checkpoint is checked between memory and device state: its region digests
    * must equal the primary's (MEMORY_VERIFY), computed from the table of page CRCs the commits
-   * keep (image-crcs.ts; a FULL copy's pass over the image is finished first, a step per turn,
-   * while the session's records wait); a mismatch drops the session and the image.
+   * and in-place decodes keep (image-crcs.ts: whole, since the session continues a committed
+   * image); a mismatch drops the session and the image.
    */
   private finishCommit(s: Session, o: Open): void {
     const held = this.held!;
     this.committing(held, () => this.applyMemory(held, o));
     const want = o.memDigests;
-    if (!want) return this.completeCommit(s, o);
-    this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
-    s.paused = true;
-    this.fillCrcs(held, (filled) => {
-      s.paused = false;
-      if (this.session !== s || s.open !== o) return;
-      this.guard(s, () => {
-        if (filled instanceof Error) throw filled;
-        const r = held.crcs.digests(want.regionPages);
-        const bad = r.findIndex((d, i) => d !== want.digests[i]);
-        if (bad >= 0) {
-          this.counters.memoryDiverged++;
-          const last = Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1;
-          throw new RemusError(
-            ErrorCode.MEMORY_DIVERGED,
-            `after continued checkpoint ${o.epoch} the backup's memory ` +
-              `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
-              `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`,
-          );
-        }
-        this.counters.memoryVerifiedEpoch = o.epoch;
-        this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
-        this.completeCommit(s, o);
-      });
-      this.drainQueued(s);
-    });
+    if (want) {
+      this.kept = null; // the image is neither the kept checkpoint nor, until verified, this one
+      this.verifyMemory(held, o, want);
+    }
+    this.completeCommit(s, o);
+  }
+
+  /** A continued checkpoint's region digests against ours (its table is whole: it continues a commit). */
+  private verifyMemory(held: Held, o: Open, want: NonNullable<Open['memDigests']>): void {
+    const r = held.crcs.digests(want.regionPages);
+    const bad = r.findIndex((d, i) => d !== want.digests[i]);
+    if (bad >= 0) {
+      this.counters.memoryDiverged++;
+      const last = Math.min(held.hello.pageCount, (bad + 1) * want.regionPages) - 1;
+      throw new RemusError(
+        ErrorCode.MEMORY_DIVERGED,
+        `after continued checkpoint ${o.epoch} the backup's memory ` +
+          `region ${bad} (pages ${bad * want.regionPages}..${last}) has digest ${r[bad].toString(16)}, ` +
+          `the primary's ${want.digests[bad].toString(16)}: the images differ (the next session copies all memory)`,
+      );
+    }
+    this.counters.memoryVerifiedEpoch = o.epoch;
+    this.hooks.event?.('memory-verified', { epoch: o.epoch, regions: r.length });
   }
 
   /** The checkpoint's pages into the image (a full one's are there already: decoded in place). */
@@ -902,7 +909,7 @@ export class Backup {
       image = held.replica.image;
     const refs = staging.refs;
     const refPages = refs.length ? staging.resolveRefs(held.replica.disk!) : null;
-    if (!o.full) {
+    if (!o.inPlace) {
       held.replica.beforeImageWrite?.(staging.pfns);
       staging.applyTo(image, held.crcs);
     }
@@ -915,7 +922,7 @@ export class Backup {
       );
       this.counters.diskRefPages += refs.length;
     }
-    if (o.full) staging.clear();
+    if (o.inPlace) staging.clear();
   }
 
   private completeCommit(s: Session, o: Open): void {
@@ -923,6 +930,7 @@ export class Backup {
     const epoch = o.epoch;
     this.committing(held, () => held.replica.commitDeviceState(o.deviceState!));
     this.checkCommitFollows(s, epoch);
+    if (o.full) held.crcs.fullCommitted(); // every page was read back as it landed
     this.committed = epoch;
     this.kept = { epoch, lineage: s.hello!.lineage };
     this.diskDiffers = null; // this session's HELLO_ACK named them, and its copy covered them
@@ -935,30 +943,6 @@ export class Backup {
     this.hooks.phase?.('post-commit', epoch);
     this.send(s, Rec.ACK, ackBody(epoch));
     this.hooks.phase?.('post-ack', epoch);
-    if (o.full) this.fillCrcs(held, null);
-  }
-
-  /**
-   * Reads the image into held.crcs (image-crcs.ts) while the replica stays held and no FULL
-   * checkpoint is open (its batches would make the pass start over): in the background a step
-   * every IMAGE_CRCS_FILL_PERIOD_MS; for a verify (done) a step per turn, and done runs once the
-   * table is complete, or with the error that stopped the pass.
-   */
-  private fillCrcs(held: Held, done: ((r: true | Error) => void) | null): void {
-    const step = (): void => {
-      if (this.held !== held || (!done && this.session?.open?.full)) return;
-      let complete: boolean;
-      try {
-        complete = held.crcs.fillSome(held.replica.image);
-      } catch (e) {
-        done?.(e as Error);
-        return;
-      }
-      if (complete) done?.(true);
-      else if (done) this.clock.defer(step);
-      else this.clock.setTimer(IMAGE_CRCS_FILL_PERIOD_MS, step);
-    };
-    this.clock.defer(step);
   }
 
   /**
@@ -1045,7 +1029,7 @@ export class Backup {
     const { epoch, refs } = parseDiskRefs(body, h.pageCount, h.diskBytes);
     const o = this.openFor(s, Rec.DISK_REFS, epoch);
     this.counters.wireBytes += body.length + 16;
-    o.pages += held.staging.addRefs(refs, o.full);
+    o.pages += held.staging.addRefs(refs, o.inPlace);
   }
 
   /** A continued session's first checkpoint: the primary's region digests of memory at it. */
@@ -1311,6 +1295,7 @@ export class Backup {
    */
   private checkInvariants(): void {
     assert(this.committed === null || this.held !== null, 'a committed checkpoint without a replica');
+    assert(this.kept === null || this.held?.crcs.complete === true, 'a kept image whose page CRCs are not whole');
     const k = this.kept;
     const c = this.committed;
     assert(k === null ? c === null : this.held !== null && (c === null || k.epoch === c), 'committed is not kept');

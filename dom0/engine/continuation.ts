@@ -31,7 +31,7 @@ export class UnackedPages {
    * next continued checkpoint, which reads them with the guest suspended. Ascending, each once
    * (so at most pageCount); they belong to no epoch yet, so no acknowledgement drops them.
    */
-  private collected = new Uint32Array(0);
+  private collected: Uint32Array = new Uint32Array(0);
   private readonly marks: Uint32Array;
 
   /** listsMax: the bound the in-flight limit gives (an assertion, not a policy). */
@@ -58,13 +58,20 @@ export class UnackedPages {
     const m = this.marks;
     for (const p of this.collected) m[p >>> 5] |= 1 << (p & 31);
     for (let i = 0; i < count; i++) m[pfns[i] >>> 5] |= 1 << (pfns[i] & 31);
-    const out: number[] = [];
+    this.collected = this.drainMarks(this.collected.length + count);
+    assert(this.collected.length <= this.pageCount, 'collected pages are each listed once');
+  }
+
+  /** The marked pfns, ascending (at most `most` of them), read a word at a time; every mark is clear again. */
+  private drainMarks(most: number): Uint32Array {
+    const m = this.marks;
+    const out = new Uint32Array(Math.min(this.pageCount, most));
+    let n = 0;
     for (let w = 0; w < m.length; w++) {
-      for (let bits = m[w]; bits !== 0; bits &= bits - 1) out.push(w * 32 + (31 - Math.clz32(bits & -bits)));
+      for (let bits = m[w]; bits !== 0; bits &= bits - 1) out[n++] = w * 32 + (31 - Math.clz32(bits & -bits));
       m[w] = 0;
     }
-    this.collected = Uint32Array.from(out); // every mark is clear again
-    assert(this.collected.length <= this.pageCount, 'collected pages are each listed once');
+    return n === out.length ? out : out.slice(0, n);
   }
 
   /**
@@ -92,28 +99,16 @@ export class UnackedPages {
     this.collected = new Uint32Array(0);
   }
 
-  /** Listed and collected pages that are not among except[0..exceptCount), each once, ascending. */
+  /**
+   * Listed and collected pages that are not among except[0..exceptCount), each once, ascending:
+   * marked in a bitmap, read back a word at a time (no sort: it may run in a pause).
+   */
   missingFrom(except: Uint32Array, exceptCount: number): Uint32Array {
     const m = this.marks;
-    const set = (p: number): void => {
-      m[p >>> 5] |= 1 << (p & 31);
-    };
-    const has = (p: number): boolean => (m[p >>> 5] & (1 << (p & 31))) !== 0;
-    const unset = (p: number): void => {
-      m[p >>> 5] &= ~(1 << (p & 31));
-    };
     const all = [...this.lists.map((l) => l.pfns), this.collected];
-    for (const pfns of all) for (const p of pfns) set(p);
-    for (let i = 0; i < exceptCount; i++) unset(except[i]);
-    const out: number[] = [];
-    for (const pfns of all) {
-      for (const p of pfns)
-        if (has(p)) {
-          out.push(p);
-          unset(p);
-        }
-    }
-    return Uint32Array.from(out).sort(); // every mark is clear again
+    for (const pfns of all) for (const p of pfns) m[p >>> 5] |= 1 << (p & 31);
+    for (let i = 0; i < exceptCount; i++) m[except[i] >>> 5] &= ~(1 << (except[i] & 31));
+    return this.drainMarks(this.pageEntries);
   }
 }
 

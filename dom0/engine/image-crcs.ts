@@ -5,35 +5,32 @@
 // the backup digested 8 GiB at ~3 GB/s (docs/scale.md).
 //
 // How: an incremental commit computes the CRCs of the pages it writes, from the buffer it
-// writes them from. A FULL checkpoint decodes in place, page by page, and may carry a pfn
-// more than once; so the table is stale from its first batch, and once it commits a pass of
-// fillSome() reads the image a few pages per turn (IMAGE_DIGEST_STEP_PAGES) to fill it. A
-// commit during the pass sets what it writes, and the pass reads the image as it is then:
-// either way an entry is the CRC of what its page holds. A verify before the pass ends
-// finishes it first.
+// writes them from. A checkpoint decoded in place (FULL, or a continued session's first) may
+// carry a pfn more than once: each batch's pages are read back from the image as they land,
+// so an entry is always the CRC of what its page holds, and the table is whole once a FULL
+// checkpoint commits.
 //
 // What it checks: that the backup's image is what the primary sent, as the primary's own
 // table (PageCrcTable) says it sent it. It does not re-read the image, so it would not see
 // the image changed behind the engine's back after a commit (there is no memory scrub).
 import { assert } from '../assert';
 import type { GuestMemory } from '../memory/guest-memory';
-import { IMAGE_DIGEST_STEP_PAGES, PageCrcTable } from './continuation';
+import { PageCrcTable } from './continuation';
 
 /**
- * The background pass takes a step (IMAGE_DIGEST_STEP_PAGES, ~3 ms) this often: ~400 MB/s, 21 s
- * for 8 GiB, ~15 % of a core. A step every turn took most of a core for the first ~3 s of
- * protection at 8 GiB on the 2-core test VM, where the guest, the primary and the backup
- * already share two cores. A verify that comes first finishes the pass a step per turn.
- */
-export const IMAGE_CRCS_FILL_PERIOD_MS = 20;
-
-/**
- * The primary's PageCrcTable, on the backup: update() is what a commit wrote; the pass fills
- * what a FULL checkpoint decoded in place.
+ * The primary's PageCrcTable, on the backup: update() is what a commit wrote, readPages() what
+ * a checkpoint decoded in place (a FULL one, a continued session's first) — read back from the
+ * image as each batch lands, so a FULL copy leaves the table whole at its commit. A pass over
+ * the image after the copy instead (21 s at 8 GiB in the background) put what was left of it
+ * into the first hold of a continued session that came during it: 0.5–1 s at 8 GiB.
  */
 export class ImageCrcs extends PageCrcTable {
-  /** Pages [0, filledTo) were read by the pass since the last FULL checkpoint began; pageCount: all current. */
-  private filledTo = 0; // a new image: its first checkpoint is FULL
+  /**
+   * Every entry is its page's CRC as the image holds it. False from a FULL checkpoint's BEGIN
+   * (and for a new image) until that checkpoint commits: it carried every page (CHECKPOINT_END
+   * checks), each read back here as it was decoded, its disk references at the commit.
+   */
+  private whole = false;
 
   constructor(pageCount: number) {
     assert(Number.isSafeInteger(pageCount) && pageCount >= 1, 'image pages');
@@ -41,26 +38,33 @@ export class ImageCrcs extends PageCrcTable {
   }
 
   get complete(): boolean {
-    return this.filledTo === this.pageCount;
+    return this.whole;
   }
 
-  /** A FULL checkpoint rewrites the image in place: every entry is stale until the pass has read it. */
-  invalidate(): void {
-    this.filledTo = 0;
+  /** A FULL checkpoint begins: it rewrites the image in place, and the table with it. */
+  beginFull(): void {
+    this.whole = false;
   }
 
-  /** One step of the pass: the CRCs of up to stepPages more pages, read from image. True once complete. */
-  fillSome(image: GuestMemory, stepPages = IMAGE_DIGEST_STEP_PAGES): boolean {
-    assert(image.pageCount === this.pageCount && stepPages >= 1, 'the pass reads this image');
-    const end = Math.min(this.pageCount, this.filledTo + stepPages);
-    image.pageCrcs(this.filledTo, this.crcs.subarray(this.filledTo, end));
-    this.filledTo = end;
-    return this.complete;
+  /** That FULL checkpoint committed: every page was read back as it was decoded. */
+  fullCommitted(): void {
+    this.whole = true;
   }
 
-  /** Region digests as the primary computes them; only once the pass has filled the table. */
+  /** Pages just decoded into the image in place: their CRCs, read from it a run of pfns at a time. */
+  readPages(image: GuestMemory, pfns: Uint32Array): void {
+    assert(image.pageCount === this.pageCount, 'the table of this image');
+    for (let i = 0; i < pfns.length; ) {
+      let j = i + 1;
+      while (j < pfns.length && pfns[j] === pfns[j - 1] + 1) j++;
+      image.pageCrcs(pfns[i], this.crcs.subarray(pfns[i], pfns[i] + (j - i)));
+      i = j;
+    }
+  }
+
+  /** Region digests as the primary computes them; only of a whole table. */
   override digests(regionPages: number): Uint32Array {
-    assert(this.complete, 'digests of a table the pass has filled');
+    assert(this.whole, 'digests of a whole table');
     return super.digests(regionPages);
   }
 }

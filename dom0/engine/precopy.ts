@@ -102,10 +102,21 @@ export interface PrecopyLimits {
   collectPagesPerTurn?: number;
 }
 
+/** A continued session's pre-copy (primary.ts): what round 0 sends, and who hears of each collect. */
+export interface PrecopyStart {
+  /**
+   * Round 0's pfns (the pages written since the backup's last acknowledgement, each once),
+   * already armed; absent: every page, armed a range ahead of its reads.
+   */
+  round0?: Uint32Array;
+  /** Each range a round's collect found written (pfns valid during the call). */
+  onCollect?: (pfns: Uint32Array, count: number) => void;
+}
+
 export class Precopy {
   round = 0;
   sentPages = 0;
-  /** Round 0 sends every pfn in order (todo is null then); later rounds send todo[0, todoCount). */
+  /** Round 0 sends every pfn in order (todo is null then) or a given list; later rounds send todo[0, todoCount). */
   private todo: Uint32Array | null = null;
   private todoCount: number;
   private next = 0;
@@ -122,11 +133,14 @@ export class Precopy {
   private readonly roundsMax: number;
   private readonly collectPagesPerTurn: number;
 
+  private readonly onCollect: PrecopyStart['onCollect'];
+
   constructor(
     private readonly mem: LiveMemory,
     private readonly batchPagesMax: number,
     private readonly startedAtMs: number,
     limits: PrecopyLimits = {},
+    start: PrecopyStart = {},
   ) {
     this.remainingPagesMin = limits.remainingPagesMin ?? PRECOPY_REMAINING_PAGES_MIN;
     this.roundsMax = limits.roundsMax ?? PRECOPY_ROUNDS_MAX;
@@ -134,6 +148,13 @@ export class Precopy {
     assert(batchPagesMax >= 1 && mem.pageCount >= 1 && this.collectPagesPerTurn >= 1, 'pre-copy sizes');
     this.scratch = new Uint32Array(mem.pageCount);
     this.todoCount = mem.pageCount;
+    this.onCollect = start.onCollect;
+    if (start.round0) {
+      assert(start.round0.length <= mem.pageCount, 'round 0 lists each page once');
+      this.todo = start.round0;
+      this.todoCount = start.round0.length;
+      this.armedTo = mem.pageCount; // the pages were collected (re-armed) before
+    }
     this.pages = new Uint8Array(batchPagesMax * PAGE_BYTES);
     this.pfns = new Uint32Array(batchPagesMax);
   }
@@ -173,7 +194,9 @@ export class Precopy {
   collectSome(): boolean {
     assert(this.next === this.todoCount, 'a round collects after all its pages');
     assert(this.armedTo === this.mem.pageCount, 'round 0 armed every page before it read it');
-    const r = collectRange(this.mem, this.scratch.subarray(this.collected), this.collectAt, this.collectPagesPerTurn);
+    const into = this.scratch.subarray(this.collected);
+    const r = collectRange(this.mem, into, this.collectAt, this.collectPagesPerTurn);
+    this.onCollect?.(into, r.count);
     this.collected += r.count;
     this.collectAt = r.end;
     assert(this.collected <= this.collectAt, 'a range yields each of its pfns at most once');
@@ -199,8 +222,10 @@ export class Precopy {
       return false;
     }
     this.round++;
-    // The finished round's list becomes the next scratch (allocated once, after round 0).
-    this.scratch = this.todo ?? new Uint32Array(this.mem.pageCount);
+    // The finished round's list becomes the next scratch (allocated once, after round 0; a
+    // given round 0's list is shorter than the guest).
+    const reuse = this.todo !== null && this.todo.length === this.mem.pageCount;
+    this.scratch = reuse ? this.todo! : new Uint32Array(this.mem.pageCount);
     this.todo = dirty;
     this.todoCount = n;
     this.next = 0;

@@ -152,6 +152,7 @@ export const COPY_SILENCE_MS = 10_000;
 
 /** What a step returns after it has reported its own failure: runInOrder stops there. */
 export const STEP_FAILED = Symbol('step failed');
+const NO_PFNS = new Uint32Array(0);
 
 /**
  * Runs steps in order. A step that returns a promise is awaited before the next; synchronous
@@ -593,8 +594,9 @@ export class Primary {
   private takeCheckpoint(then: () => void): void {
     const epoch = this.epoch + 1,
       full = this.needFull;
-    const pc = full ? this.precopy : null; // a pre-copied first checkpoint: copy only what remains
     const cont = !full && this.continuing; // a continued session's first: also every page since the last ack
+    // A first checkpoint whose pages went in live rounds (engine/precopy.ts): copy only what remains.
+    const pc = full || cont ? this.precopy : null;
     const gen = this.sessionGen;
     const t0 = this.clock.now();
     let t1 = 0,
@@ -638,8 +640,8 @@ export class Primary {
     // Captured pages are listed as unacknowledged at once: a checkpoint that fails after its
     // capture took them from dirty tracking, and the next continued session must carry them.
     const took = (c: Capture): void => {
-      cap = cont ? this.withUnacked(c) : pc ? pc.finalCapture(c, this.pauseBuffer) : c;
-      if (!full) this.unacked?.add(epoch, cap.pfns, cap.count, cont);
+      cap = pc ? pc.finalCapture(c, this.pauseBuffer) : cont ? this.withUnacked(c) : c;
+      if (!full) this.listUnacked(epoch, cap, cont);
     };
     runInOrder(
       [
@@ -750,7 +752,9 @@ export class Primary {
     if (cont) {
       this.continuing = false;
       memDigests = this.pageCrcs!.digests(this.opts.digestRegionPages ?? DIGEST_REGION_PAGES);
-      if (this.lastSessionStart) Object.assign(this.lastSessionStart, { epoch, pages: cap.count });
+      // Every page written since the last ack: those it carries and those its live rounds sent.
+      const pages = this.unacked?.pageEntries ?? cap.count;
+      if (this.lastSessionStart) Object.assign(this.lastSessionStart, { epoch, pages });
     }
     this.totals.checkpoints++;
     this.totals.dirtyPages += cap.count;
@@ -758,10 +762,11 @@ export class Primary {
     this.hooks.paused?.(pausedMs, full);
     this.hooks.checkpoint?.(epoch, info);
     const begun = pc !== null && pc === this.precopy;
-    if (full) this.precopy = null;
+    if (begun) this.precopy = null;
     const sentPages = begun ? pc.sentPages : 0;
     const { sum: diskCrc, scrub } = disk;
-    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, scrub, begun, memDigests, sentMark: 0 });
+    const sentMark = begun ? this.precopyStartOctets : 0; // a begun checkpoint's bytes count from its BEGIN
+    this.queue.push({ epoch, full, cap, next: 0, sentPages, diskCrc, scrub, begun, memDigests, sentMark });
     this.clock.defer(() => this.pump());
   }
 
@@ -771,7 +776,7 @@ export class Primary {
     this.streaming = true;
     const p = this.queue[0];
     this.hooks.phase?.('stream-begin', p.epoch);
-    p.sentMark = this.sentOctets;
+    if (!p.begun) p.sentMark = this.sentOctets;
     if (!p.begun) this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(p.epoch, p.full));
     const regionPages = this.opts.digestRegionPages ?? DIGEST_REGION_PAGES;
     if (p.memDigests) this.send(Rec.MEMORY_VERIFY, memoryVerifyBody(p.epoch, regionPages, p.memDigests));
@@ -996,7 +1001,9 @@ export class Primary {
     c.at = r.end;
     if (c.at < live.pageCount) return;
     this.cutCollect = null;
-    this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
+    // Without live rounds the pause reads them all, into a buffer written before it.
+    if (this.opts.precopy === false)
+      this.pauseBuffer.reserve(continuedPauseBufferPages(this.unacked!.pageEntries) * PAGE_BYTES);
   }
 
   /** One turn of a continued checkpoint's preparation (the cut's collect, then its buffer); true once done. */
@@ -1008,8 +1015,26 @@ export class Primary {
   }
 
   /**
-   * A continued session's first checkpoint: the capture (pages written since the last one)
-   * plus every page of an unacknowledged checkpoint, read now with the guest suspended.
+   * Lists the pages of checkpoint epoch as unacknowledged. A continued session's first stands
+   * for every listed page (the older lists go): those it carries, and those its live rounds
+   * sent before its pause, which the backup has only once this checkpoint is acknowledged.
+   */
+  private listUnacked(epoch: number, cap: Capture, cont: boolean): void {
+    const u = this.unacked;
+    if (!u) return;
+    if (!cont) return u.add(epoch, cap.pfns, cap.count);
+    const sentLive = u.missingFrom(cap.pfns, cap.count); // empty when its pause read them all
+    const all = new Uint32Array(cap.count + sentLive.length);
+    all.set(cap.pfns.subarray(0, cap.count));
+    all.set(sentLive, cap.count);
+    u.add(epoch, all, all.length, true);
+    assert(u.epochs === 1 && u.pageEntries === all.length, 'a continued checkpoint lists every unacknowledged page');
+  }
+
+  /**
+   * A continued session's first checkpoint without live rounds: the capture (pages written
+   * since the last one) plus every page of an unacknowledged checkpoint, read now with the
+   * guest suspended.
    */
   private withUnacked(cap: Capture): Capture {
     const extra = this.unacked!.missingFrom(cap.pfns, cap.count);
@@ -1017,7 +1042,11 @@ export class Primary {
   }
 
   private beginCheckpoints(): void {
-    if (this.needFull && this.domain.live && this.opts.precopy !== false) return this.startPrecopy(this.domain.live);
+    const live = this.opts.precopy !== false ? this.domain.live : undefined;
+    if (this.needFull && live) return this.startPrecopy(live, null);
+    // A continued session sends the cut's writes in live rounds too, once it has collected them.
+    if (this.continuing && live && !this.cutCollect)
+      return this.startPrecopy(live, this.unacked!.missingFrom(NO_PFNS, 0));
     if (this.continuing && !this.continuedReady()) {
       const gen = this.sessionGen;
       this.clock.defer(() => {
@@ -1034,19 +1063,31 @@ export class Primary {
 
   // ---- live pre-copy of the first checkpoint (engine/precopy.ts) ----------------------------
 
-  /** The first checkpoint opens now and fills while the guest runs unprotected (outputs flow). */
-  private startPrecopy(live: NonNullable<Domain['live']>): void {
+  /**
+   * The first checkpoint opens now and fills while the guest runs unprotected (outputs flow):
+   * a FULL one from every page (round0 null), or a continued one from the pages written since
+   * the backup's last acknowledgement (round0: the unacknowledged pages, the cut's collected).
+   * A continued session's rounds list what they collect as unacknowledged at once: the backup
+   * decodes them in place, so a next session must send them again if this one is lost.
+   */
+  private startPrecopy(live: NonNullable<Domain['live']>, round0: Uint32Array | null): void {
     this.session = 'precopy';
     this.state = 'precopy';
     this.gate.setPassThrough(true);
     const batchPages = Math.min(this.opts.batchPagesMax, PRECOPY_BATCH_PAGES_MAX);
-    this.precopy = new Precopy(live, batchPages, this.clock.now(), {
-      remainingPagesMin: this.opts.precopyRemainingPagesMin,
-      collectPagesPerTurn: this.opts.liveCollectPagesPerTurn,
-    });
+    const unacked = this.unacked;
+    this.precopy = new Precopy(
+      live,
+      batchPages,
+      this.clock.now(),
+      { remainingPagesMin: this.opts.precopyRemainingPagesMin, collectPagesPerTurn: this.opts.liveCollectPagesPerTurn },
+      round0 ? { round0, onCollect: (pfns, count) => unacked!.addCollected(pfns, count) } : {},
+    );
     this.precopyMark = this.link!.queuedBytes ?? 0;
-    this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, true));
-    this.hooks.event?.('precopy', { backup: this.link?.remote, pages: live.pageCount });
+    this.precopyStartOctets = this.sentOctets;
+    this.send(Rec.CHECKPOINT_BEGIN, checkpointBegin(this.epoch + 1, round0 === null));
+    const pages = round0 ? round0.length : live.pageCount;
+    this.hooks.event?.('precopy', { backup: this.link?.remote, pages, continued: round0 !== null });
     const link = this.link!;
     this.clock.defer(() => this.precopyStep(link));
   }
@@ -1101,6 +1142,8 @@ export class Primary {
   }
 
   private precopyEncoder: PageEncoder | null = null;
+  /** sentOctets when the pre-copy began: its checkpoint's bytes count from there (status). */
+  private precopyStartOctets = 0;
   /** Where the last pre-copy batch ends in the channel's queue (Link.queuedBytes then). */
   private precopyMark = 0;
 
@@ -1121,7 +1164,13 @@ export class Primary {
     assert(this.precopy === pc && this.session === 'precopy', "the pre-copy that finishes is the session's");
     this.session = 'active';
     this.state = 'protected'; // outputs pass until the first checkpoint's barrier (takeCheckpoint)
-    this.hooks.event?.('protected', { backup: this.link?.remote, epoch: this.epoch + 1, precopied: pc.sentPages });
+    const continued = this.continuing;
+    this.hooks.event?.('protected', {
+      backup: this.link?.remote,
+      epoch: this.epoch + 1,
+      precopied: pc.sentPages,
+      continued,
+    });
     this.scheduleTick(0);
     this.checkInvariants();
   }

@@ -69,13 +69,15 @@ export class Staging {
   }
 
   /**
-   * A FULL checkpoint decodes in place (nothing committed is at stake) and may carry a pfn
-   * more than once (a pre-copy resends what the guest wrote; the later record wins): this
-   * counts the distinct pfns, which must reach the guest's page count by CHECKPOINT_END.
+   * A checkpoint decoded in place (a FULL one, a continued session's first: nothing committed
+   * is at stake) may carry a pfn more than once (a pre-copy resends what the guest wrote; the
+   * later record wins): this counts the distinct pfns (a FULL one must reach the guest's page
+   * count by CHECKPOINT_END) and returns the batch's pfns, in order (valid until the next call).
    * records: one unpacked batch that decoded without error (well-formed).
    */
-  markRecords(records: Uint8Array): void {
+  markRecords(records: Uint8Array): Uint32Array {
     const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
+    let n = 0;
     for (
       let at = 0;
       at + PAGE_RECORD_HEADER_BYTES <= records.length;
@@ -84,8 +86,14 @@ export class Staging {
       const pfn = Number(view.getBigUint64(at, true));
       if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
       this.mark(pfn);
+      if (n === this.batchPfns.length) this.batchPfns = grow(this.batchPfns);
+      this.batchPfns[n++] = pfn;
     }
+    return this.batchPfns.subarray(0, n);
   }
+
+  /** markRecords' answer, reused. */
+  private batchPfns: Uint32Array<ArrayBuffer> = new Uint32Array(256);
 
   /** The pfns of this checkpoint so far (pages and references), each once; valid until applyTo/clear. */
   get pfns(): Uint32Array {
@@ -171,4 +179,10 @@ export class Staging {
     this.free.push(...this.chunks.splice(0).slice(0, 8 - this.free.length));
     this.count = 0;
   }
+}
+
+function grow(a: Uint32Array): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(a.length * 2);
+  b.set(a);
+  return b;
 }

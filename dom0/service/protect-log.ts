@@ -30,7 +30,10 @@ export function protectLogLine(
         `acknowledged checkpoint, ${s('bytes')} bytes sent`
       );
     case 'precopy':
-      return `pre-copy of ${name} to ${s('backup')}: ${s('pages')} pages, guest running unprotected until it ends`;
+      return d.continued
+        ? `continuing ${name} to ${s('backup')}: sending the ${s('pages')} pages written since the last ` +
+            'acknowledged checkpoint while the guest runs (unprotected until it ends)'
+        : `pre-copy of ${name} to ${s('backup')}: ${s('pages')} pages, guest running unprotected until it ends`;
     case 'precopy-round':
       return precopyLine(d);
     case 'checkpoint-failed':

@@ -574,11 +574,12 @@ export function pickPacing(seed: number): Pacing {
 export const RECONNECT_CAUSES = ['reset-primary', 'corrupt', 'silence'] as const;
 export type ReconnectCause = (typeof RECONNECT_CAUSES)[number];
 /** A second fault during the continued session's first checkpoint, at a phase of either side. */
+/** nth: at the nth time the continued checkpoint reaches phase (its batches: live or streamed). */
 export type ContinuedFault =
   | { kind: 'none' }
-  | { kind: 'crash-primary'; phase: Phase; silent: boolean }
+  | { kind: 'crash-primary'; phase: Phase; nth: number; silent: boolean }
   | { kind: 'crash-backup'; phase: string; silent: boolean }
-  | { kind: 'reset-primary' | 'corrupt'; phase: Phase };
+  | { kind: 'reset-primary' | 'corrupt'; phase: Phase; nth: number };
 
 /**
  * What a stray peer does on the backup's port: a port scan or health check (close at once),
@@ -666,20 +667,23 @@ export function pickFault(rng: Prng): Fault {
  */
 const RESTART_PHASES: Phase[] = PRIMARY_PHASES.filter((p) => p !== 'suspend');
 
-const CONTINUED_PHASES = PRIMARY_PHASES.filter((p) => p !== 'precopy-batch');
+// A continued session's first checkpoint has live rounds too (its precopy-batch phases): a fault
+// there loses a session whose pages the backup decoded in place, before their ack.
+const CONTINUED_PHASES = PRIMARY_PHASES;
+
+/** A phase of the continued checkpoint, and which of its batches (1st–4th) when it has several. */
+function continuedPhase(rng: Prng): { phase: Phase; nth: number } {
+  const phase = CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)];
+  return { phase, nth: phase === 'precopy-batch' || phase === 'stream-batch' ? 1 + rng.below(4) : 1 };
+}
 
 function pickContinuedFault(rng: Prng): ContinuedFault {
   const k = rng.below(5);
-  if (k === 0)
-    return {
-      kind: 'crash-primary',
-      phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)],
-      silent: rng.chance(0.5),
-    };
+  if (k === 0) return { kind: 'crash-primary', ...continuedPhase(rng), silent: rng.chance(0.5) };
   if (k === 1)
     return { kind: 'crash-backup', phase: BACKUP_PHASES[rng.below(BACKUP_PHASES.length)], silent: rng.chance(0.5) };
-  if (k === 2) return { kind: 'reset-primary', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
-  if (k === 3) return { kind: 'corrupt', phase: CONTINUED_PHASES[rng.below(CONTINUED_PHASES.length)] };
+  if (k === 2) return { kind: 'reset-primary', ...continuedPhase(rng) };
+  if (k === 3) return { kind: 'corrupt', ...continuedPhase(rng) };
   return { kind: 'none' };
 }
 
@@ -746,6 +750,8 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
   // later sessions began, whether a failover was due when the primary died.
   let continuedEpoch = -1;
   let continuedFaulted = false;
+  /** Times the continued checkpoint reached the fault's phase (the fault strikes at its nth). */
+  let continuedPhaseHits = 0;
   let ackedAtFault = 0;
   /** An ACK reached the primary since its last full copy began: a reconnect may continue. */
   let lineageAcked = false;
@@ -1071,8 +1077,9 @@ export function runWorld(seed: number, durationMs = 1500): WorldResult {
             fault.kind === 'reconnect' &&
             epoch === continuedEpoch &&
             !continuedFaulted &&
-            'phase' in fault.then &&
-            fault.then.phase === phase
+            'nth' in fault.then &&
+            fault.then.phase === phase &&
+            ++continuedPhaseHits >= fault.then.nth
           ) {
             const t = fault.then;
             if (t.kind === 'crash-primary') {

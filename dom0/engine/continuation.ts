@@ -148,15 +148,6 @@ export function regionDigests(crcs: Uint32Array, regionPages: number): Uint32Arr
   return out;
 }
 
-/**
- * Pages whose CRCs the backup reads per turn of its loop to fill its table (image-crcs.ts). A
- * region (64 MiB) per turn, as before, kept the backup's loop 100–200 ms at a time on the
- * 2-core test VM after every reconnect at 4 GiB (its CRC32C ran near 1.7 GB/s there, slower
- * under load): longer than a checkpoint interval, for the whole image (docs/scale.md). 8 MiB
- * is ~5 ms at that speed.
- */
-export const IMAGE_DIGEST_STEP_PAGES = 2048;
-
 /** How a session began, for `remusdb status --json` (lastSessionStart) and the log. */
 export interface SessionStart {
   kind: 'continued' | 'full';

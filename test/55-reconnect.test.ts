@@ -196,6 +196,21 @@ describe('55 reconnect without a full copy', function () {
     assert.throws(() => table.digests(regionPages), /whole/);
   });
 
+  it("55.5 bench scale's row: one session, then a 2 s cut: continued, its figures read after the ack", () => {
+    const r = runCli(['bench', 'scale', '--min', '256MiB', '--max', '256MiB', '--seconds', '1', '--json'], 150_000);
+    assert.equal(r.status, 0, r.stderr);
+    const row = JSON.parse(r.stdout.trim().split('\n').at(-1)!).rows[0];
+    assert.equal(row.error, null);
+    assert.equal(row.sessions, 1, 'the first copy took one session');
+    assert.equal(row.reconnect, 'continued');
+    assert.ok(row.reconnect_bytes > 0 && row.reconnect_dirty_bytes > 0, 'the continued checkpoint sent pages');
+    const back = row.after_cut_reprotected_ms,
+      hold = row.after_cut_first_hold_ms;
+    assert.ok(Number.isFinite(back) && back > 0, `protected again ${back} ms after the link came back`);
+    assert.ok(Number.isFinite(hold) && hold >= 0 && hold <= back, `its first hold: ${hold} ms`);
+    assert.ok(Number.isFinite(row.after_cut_loop_delay_ms_max_own_backup), 'the backup read after the cut');
+  });
+
   it('55.4 pages collected before a continued checkpoint go with it, each once, whatever is acknowledged', () => {
     const u = new UnackedPages(100, 4);
     u.add(5, Uint32Array.from([3, 40, 7]), 3);

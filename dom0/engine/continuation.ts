@@ -5,8 +5,9 @@
 //   list per epoch, dropped as acks arrive. A page in epochs 5 and 7 stays listed until 7 is
 //   acknowledged, because 7's list holds it. After a loss, a continued session's first
 //   checkpoint carries these pages plus those dirtied since the last capture: everything
-//   written since the backup's last acknowledged image. Its own list then replaces the older
-//   ones (it holds them all), so at most maxInFlight + 2 lists exist at any time.
+//   written since the backup's last acknowledged image (in live rounds, whose collects are
+//   listed as they happen, and its pause). Its own list then replaces the older ones (it holds
+//   them all: what it carries and what its rounds sent), so at most maxInFlight + 2 lists exist.
 // - PageCrcTable (primary): the CRC32C of every page as last captured or sent. After a capture
 //   at epoch N it is the per-page CRC of guest memory at N (a page written since its last
 //   capture is in a later capture), so region digests of memory at N cost a CRC over the table

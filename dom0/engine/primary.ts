@@ -901,8 +901,9 @@ export class Primary {
     this.continuing = start.kind === 'continued';
     this.needFull = !this.continuing;
     this.pauseBuffer.release();
-    // The continued checkpoint reads every unacknowledged page in its pause, into memory written
-    // before it: beginCheckpoints collects the cut's writes, then writes that buffer.
+    // beginCheckpoints first collects the cut's writes (a range per turn); then the continued
+    // checkpoint sends every unacknowledged page in live rounds, or, without them, reads them all
+    // in its pause into a buffer written before it.
     this.cutCollect = this.continuing && this.domain.live ? { at: 0, into: null } : null;
     if (this.needFull) {
       this.backupAcked = null;

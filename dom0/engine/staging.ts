@@ -86,7 +86,7 @@ export class Staging {
       const pfn = Number(view.getBigUint64(at, true));
       if (pfn >= this.pageCount) throw protocolError(`pfn ${pfn} is past the guest's ${this.pageCount} pages`);
       this.mark(pfn);
-      if (n === this.batchPfns.length) this.batchPfns = grow(this.batchPfns);
+      if (n === this.batchPfns.length) this.batchPfns = grow(this.batchPfns, 2 * n);
       this.batchPfns[n++] = pfn;
     }
     return this.batchPfns.subarray(0, n);
@@ -126,9 +126,7 @@ export class Staging {
   private touch(pfn: number): void {
     if (this.touchedCount === this.touched.length) {
       assert(this.touchedCount < this.pageCount, 'each pfn is touched at most once a checkpoint');
-      const grown = new Uint32Array(Math.min(this.pageCount, this.touched.length * 2));
-      grown.set(this.touched);
-      this.touched = grown;
+      this.touched = grow(this.touched, Math.min(this.pageCount, this.touched.length * 2));
     }
     this.seen[pfn] = 1;
     this.touched[this.touchedCount++] = pfn;
@@ -181,8 +179,9 @@ export class Staging {
   }
 }
 
-function grow(a: Uint32Array): Uint32Array<ArrayBuffer> {
-  const b = new Uint32Array(a.length * 2);
+/** A copy of a in a longer array of `length` (one memcpy). */
+function grow(a: Uint32Array, length: number): Uint32Array<ArrayBuffer> {
+  const b = new Uint32Array(length);
   b.set(a);
   return b;
 }

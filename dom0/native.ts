@@ -31,6 +31,16 @@ export interface NativeArena {
   startDirtyTracking(): { mode: 'uffd-wp' | 'hash'; reason: string };
   /** The pages of [firstPfn, endPfn) (default: all) written since that range was last collected; re-arms it. */
   collectDirty(out: Uint32Array, firstPfn?: number, endPfn?: number): number;
+  /**
+   * As collectDirty, without re-arming: the walk is ~6× cheaper (a TLB flush per 2 MiB re-armed),
+   * so a suspended guest's capture uses it; rearmDeferred() re-arms those pages once it runs.
+   */
+  collectDirtyDeferred(out: Uint32Array, firstPfn?: number, endPfn?: number): number;
+  /**
+   * Re-arms what deferred collects left writable; pages re-armed. A page written meanwhile is
+   * reported again: one whose bytes differ from what the capture (pfns ascending) holds of it.
+   */
+  rearmDeferred(pfns?: Uint32Array, count?: number, pages?: Uint8Array): number;
   copyPages(pfns: Uint32Array, count: number, dst: Uint8Array): void;
   /** An external ArrayBuffer over pages [firstPage, firstPage + pages) (at most arenaBufferBytesMax). */
   view(firstPage: number, pages: number): ArrayBuffer;

@@ -18,6 +18,15 @@ import { capturedPages } from '../dom0/engine/captured-pages';
 const PAGE = 4096;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** An arena of `pages` pages, its dirty tracking armed; out: a collect's list. */
+function armedArena(pages: number) {
+  const arena = new (loadAddon().Arena)(pages * PAGE);
+  arena.startDirtyTracking();
+  const out = new Uint32Array(pages);
+  arena.collectDirty(out);
+  return { arena, out, mem: new Uint8Array(arena.buffer) };
+}
+
 describe('43 simulated domain', () => {
   let d: SimDomain;
   const outputs: SimOutput[] = [];
@@ -36,12 +45,8 @@ describe('43 simulated domain', () => {
   });
 
   it('43.1b collectDirty walks a pfn range on request; a range outside the arena is refused', () => {
-    const arena = new (loadAddon().Arena)(64 * 4096);
+    const { arena, out, mem } = armedArena(64);
     try {
-      arena.startDirtyTracking();
-      const out = new Uint32Array(64);
-      arena.collectDirty(out); // arm
-      const mem = new Uint8Array(arena.buffer);
       for (const p of [3, 20, 40]) mem[p * 4096] = 1;
       assert.equal(arena.collectDirty(out, 10, 30), 1, 'only the write inside [10, 30)');
       assert.equal(out[0], 20);
@@ -54,6 +59,39 @@ describe('43 simulated domain', () => {
       ])
         assert.throws(() => arena.collectDirty(out, f, e), RangeError, `[${f}, ${e})`);
       assert.throws(() => (arena.collectDirty as (...a: unknown[]) => number)(out, 0), TypeError, 'two of three');
+    } finally {
+      arena.close();
+    }
+  });
+
+  it('43.1c a deferred collect re-arms later: a write before the re-arm is reported if it changed the page', () => {
+    const { arena, out, mem } = armedArena(64);
+    try {
+      const list = (n: number): number[] => Array.from(out.subarray(0, n));
+      for (const p of [3, 4, 20, 40]) mem[p * 4096] = 1;
+      assert.deepEqual(list(arena.collectDirtyDeferred(out)), [3, 4, 20, 40]);
+      assert.deepEqual(list(arena.collectDirtyDeferred(out)), [3, 4, 20, 40], 'left writable: reported again');
+      // What the checkpoint captured of them; then, "after the resume", writes before the re-arm.
+      const pfns = new Uint32Array([3, 4, 20, 40]);
+      const pages = new Uint8Array(4 * 4096);
+      arena.copyPages(pfns, 4, pages);
+      mem[3 * 4096 + 7] = 9; // changed: the backup lacks it
+      mem[20 * 4096] = 1; // written, bytes as captured
+      mem[50 * 4096] = 2; // not in the capture, written before the re-arm: marked by the kernel
+      assert.equal(arena.rearmDeferred(pfns, 4, pages), 4);
+      mem[40 * 4096 + 1] = 5; // after the re-arm: marked by the kernel
+      assert.deepEqual(list(arena.collectDirty(out)), [3, 40, 50]);
+      assert.equal(arena.collectDirty(out), 0, 'all armed again');
+      for (const p of [5, 6]) mem[p * 4096] = 1;
+      assert.equal(arena.collectDirtyDeferred(out), 2);
+      assert.equal(arena.rearmDeferred(), 2, 'no capture given');
+      assert.deepEqual(list(arena.collectDirty(out)), [5, 6], 'without a capture every re-armed page is reported');
+      mem[7 * 4096] = 1;
+      assert.equal(arena.collectDirtyDeferred(out), 1);
+      assert.equal(arena.collectDirty(out, 0, 8), 1, 'a re-arming collect over it reports it again');
+      assert.equal(arena.rearmDeferred(), 0, 'and leaves nothing to re-arm');
+      assert.throws(() => arena.rearmDeferred(new Uint32Array([4, 3]), 2, new Uint8Array(8192)), RangeError);
+      assert.throws(() => arena.rearmDeferred(pfns, 5, pages), RangeError);
     } finally {
       arena.close();
     }

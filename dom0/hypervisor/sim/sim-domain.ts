@@ -81,6 +81,11 @@ export class SimDomain implements Domain {
   /** Resolves when the vCPU thread has exited (for whatever reason). */
   private readonly workerExited: Promise<void>;
   private destroyed = false;
+  private rearmScheduled = false;
+  /** The last capture, until its pages are re-armed (pfns ascending). */
+  private lastCapture: { pfns: Uint32Array; count: number; pages: Uint8Array } | null = null;
+  /** Why re-arming a capture's pages last failed (they stay writable: reported at every capture). */
+  private rearmError = '';
   workerError: Error | null = null;
 
   /** Boots a fresh guest in a new arena (at most SIM_GUEST_BYTES_MAX and the host's RAM: ERR_BAD_ARGUMENT past it). */
@@ -230,11 +235,36 @@ export class SimDomain implements Domain {
     assert(Atomics.load(c, C_STATE) === PAUSED, 'resume without suspend');
     Atomics.store(c, C_STATE, RUN);
     Atomics.notify(c, C_STATE);
+    this.rearmSoon();
+  }
+
+  /**
+   * The capture collected without re-arming (a walk ~6× cheaper in the pause); its pages are
+   * re-armed in a turn of their own once the guest runs, each compared with what the capture
+   * holds of it: one written meanwhile is reported again (native-xc/src/arena.cc). Nothing
+   * depends on when this runs, or whether it does: pages left writable are reported at every
+   * capture. A failure is kept for describe().
+   */
+  private rearmSoon(): void {
+    if (this.rearmScheduled) return;
+    this.rearmScheduled = true;
+    setImmediate(() => {
+      this.rearmScheduled = false;
+      const cap = this.lastCapture;
+      this.lastCapture = null;
+      if (this.destroyed) return;
+      try {
+        if (cap) this.arena.rearmDeferred(cap.pfns, cap.count, cap.pages);
+        else this.arena.rearmDeferred();
+      } catch (e) {
+        this.rearmError = (e as Error).message;
+      }
+    });
   }
 
   capture(full: boolean): Capture {
     this.startTracking();
-    let count = this.arena.collectDirty(this.dirty);
+    let count = this.arena.collectDirtyDeferred(this.dirty);
     let pfns = this.dirty;
     if (full) {
       // The engine pre-copies a simulated guest (live); a suspended whole copy is one buffer.
@@ -251,6 +281,7 @@ export class SimDomain implements Domain {
     const pages = Buffer.allocUnsafe(count * PAGE_BYTES);
     this.arena.copyPages(pfns, count, pages);
     const own = full ? pfns : pfns.slice(0, count);
+    this.lastCapture = { pfns: own, count, pages }; // nobody writes into a capture
     const deviceState = Buffer.from(
       JSON.stringify({ kind: 'sim', stepsPerSec: this.o.stepsPerSec, ...this.o.deviceInfo, ...this.guestView.header }),
     );
@@ -269,7 +300,8 @@ export class SimDomain implements Domain {
   }
 
   describe(): Record<string, unknown> {
-    return { ...this.guestView.header, dirtyMode: this.dirtyMode };
+    const rearm = this.rearmError ? { rearmError: this.rearmError } : {};
+    return { ...this.guestView.header, dirtyMode: this.dirtyMode, ...rearm };
   }
 
   /** Outputs (and completed disk writes) the guest produced since the last drain, in order. */

@@ -247,6 +247,11 @@ export class DiskReplicator implements DiskPort, DiskTap {
     else this.rangeCrcs.fill();
   }
 
+  /** Right before the checkpoint that takes checksum(), while the guest runs (range-crcs.ts); not during the copy. */
+  catchUpChecksum(): MaybePromise<number> {
+    return this.sync ? 0 : this.rangeCrcs.catchUp();
+  }
+
   /** CRC32C of the whole disk (the caller keeps it still): only ranges written since they were read are read. */
   checksum(): MaybePromise<DiskChecksum> {
     return this.rangeCrcs.checksum();

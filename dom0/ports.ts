@@ -109,6 +109,8 @@ export interface DiskPort {
   checksum?(): MaybePromise<DiskChecksum>;
   /** The session will want checksum() at its first checkpoint: read ahead while the guest runs. */
   prepareChecksum?(): void;
+  /** That checkpoint comes next: read what is not current now, while the guest runs (ranges read). */
+  catchUpChecksum?(): MaybePromise<number>;
   /**
    * The scrub (--disk-scrub): scrubStart() as a session's checkpoints begin; scrubPick() with
    * the domain suspended, before the disk barrier, at each checkpoint: ranges to send with it,

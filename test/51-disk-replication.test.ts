@@ -50,6 +50,24 @@ const isProto = (e: unknown): boolean => isRemusError(e, ErrorCode.PROTOCOL);
 const DISK = 64 * DISK_BLOCK_BYTES;
 const fill = (len: number, v: number): Buffer => Buffer.alloc(len, v);
 
+/** A file disk of random bytes, its write generations and 1 MiB range CRCs (real timers); write(): a guest's 4 KiB. */
+function rangedFileDisk(dir: string, sizeBytes: number) {
+  const disk = BlockFile.create(path.join(dir, 'vm.disk'), sizeBytes);
+  disk.write(0, randomBytes(sizeBytes));
+  const gens = new BlockGenerations(sizeBytes);
+  const clock = {
+    defer: (f: () => void) => setImmediate(f),
+    setTimer: (ms: number, f: () => void) => setTimeout(f, ms),
+  };
+  const ranges = new RangeCrcs(disk, gens, clock, RANGE_CRC_BYTES);
+  const write = (off: number): void => {
+    gens.beginWrite(off, 4096);
+    disk.write(off, randomBytes(4096));
+    gens.endWrite(off, 4096);
+  };
+  return { disk, gens, ranges, write };
+}
+
 describe('51 disk replication', () => {
   describe('51.1 records', () => {
     it('a write round-trips; zeroes and flushes carry no data', () => {
@@ -741,14 +759,7 @@ describe('51 disk replication', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
     try {
       const SIZE = 5 * RANGE_CRC_BYTES + 8192; // a short last range
-      const disk = BlockFile.create(path.join(dir, 'vm.disk'), SIZE);
-      disk.write(0, randomBytes(SIZE));
-      const gens = new BlockGenerations(SIZE);
-      const clock = {
-        defer: (f: () => void) => setImmediate(f),
-        setTimer: (ms: number, f: () => void) => setTimeout(f, ms),
-      };
-      const ranges = new RangeCrcs(disk, gens, clock, RANGE_CRC_BYTES);
+      const { disk, gens, ranges, write } = rangedFileDisk(dir, SIZE);
       const filled = async (n: number): Promise<void> => {
         while (ranges.counters.rangesFilled < n) await new Promise((r) => setTimeout(r, 1));
       };
@@ -758,11 +769,6 @@ describe('51 disk replication', () => {
       ranges.stop(); // the checkpoint came: what is written from here on is read at the checksum
       await new Promise((r) => setTimeout(r, 30));
       assert.equal(ranges.counters.rangesFilled, ranges.ranges - 1, 'every range but the one being written');
-      const write = (off: number): void => {
-        gens.beginWrite(off, 4096);
-        disk.write(off, randomBytes(4096));
-        gens.endWrite(off, 4096);
-      };
       disk.write(3 * RANGE_CRC_BYTES, randomBytes(4096));
       gens.endWrite(3 * RANGE_CRC_BYTES, 4096);
       write(RANGE_CRC_BYTES + 100 * 4096); // range 1, after it was read
@@ -781,6 +787,30 @@ describe('51 disk replication', () => {
       await filled(ranges.ranges - 1 + 1);
       assert.equal((await ranges.checksum()).crc32c, diskChecksum(disk));
       assert.equal(ranges.counters.rangesReadAtChecksum, 3, 'nothing stale at this checksum');
+      disk.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('51.9c a catch-up reads what the read-ahead missed; the checksum then reads only later writes', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'remusdb-51-'));
+    try {
+      const { disk, gens, ranges, write } = rangedFileDisk(dir, 6 * RANGE_CRC_BYTES);
+      ranges.fill();
+      while (ranges.counters.rangesFilled < ranges.ranges) await new Promise((r) => setTimeout(r, 1));
+      ranges.stop(); // a read-ahead that fell behind: these writes are not read before the checkpoint
+      for (const r of [0, 2, 4]) write(r * RANGE_CRC_BYTES + 8192);
+      gens.beginWrite(5 * RANGE_CRC_BYTES, 4096); // in flight: a read now would not make it current
+      assert.equal(await ranges.catchUp(), 3, 'ranges 0, 2 and 4');
+      assert.equal(ranges.counters.rangesReadAtCatchUp, 3);
+      disk.write(5 * RANGE_CRC_BYTES, randomBytes(4096));
+      gens.endWrite(5 * RANGE_CRC_BYTES, 4096);
+      write(3 * RANGE_CRC_BYTES); // after the catch-up, before the checkpoint
+      const sum = await ranges.checksum();
+      assert.equal(sum.crc32c, diskChecksum(disk), 'equals reading the whole disk');
+      assert.equal(ranges.counters.rangesReadAtChecksum, 2, 'ranges 3 and 5 only');
+      assert.equal(await ranges.catchUp(), 0, 'nothing left to catch up');
       disk.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -1120,7 +1120,9 @@ export class Primary {
       if (this.precopy !== pc || this.link !== link) return; // the session ended meanwhile (a hook, a send)
       if (!again) {
         this.pauseBuffer.prepare(pauseBufferPages(pc.pending.length) * PAGE_BYTES);
-        return this.finishPrecopy(pc);
+        return this.catchUpDisk(() => {
+          if (this.precopy === pc && this.link === link && this.session === 'precopy') this.finishPrecopy(pc);
+        });
       }
     }
     this.clock.defer(() => this.precopyStep(link));
@@ -1161,6 +1163,20 @@ export class Primary {
   }
 
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
+  /**
+   * Before the first checkpoint of a session that verifies its disk: the ranges the read-ahead
+   * has not read since they were written are read now, while the guest runs, so that its pause
+   * reads only what is written from here on (blktap/range-crcs.ts, catchUp). A failed read is
+   * left to the checksum, which reads it again.
+   */
+  private catchUpDisk(then: () => void): void {
+    const disk = this.disk;
+    if (!disk?.catchUpChecksum || !this.opts.verifyDisk || this.opts.diskScrub) return then();
+    const read = disk.catchUpChecksum();
+    if (!(read instanceof Promise)) return then();
+    read.then(then, then);
+  }
+
   private finishPrecopy(pc: Precopy): void {
     assert(this.precopy === pc && this.session === 'precopy', "the pre-copy that finishes is the session's");
     this.session = 'active';

@@ -1162,7 +1162,6 @@ export class Primary {
     return link.drainedBytes !== undefined && link.drainedBytes + max >= this.precopyMark;
   }
 
-  /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
   /**
    * Before the first checkpoint of a session that verifies its disk: the ranges the read-ahead
    * has not read since they were written are read now, while the guest runs, so that its pause
@@ -1177,6 +1176,7 @@ export class Primary {
     read.then(then, then);
   }
 
+  /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */
   private finishPrecopy(pc: Precopy): void {
     assert(this.precopy === pc && this.session === 'precopy', "the pre-copy that finishes is the session's");
     this.session = 'active';

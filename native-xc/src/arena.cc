@@ -445,7 +445,14 @@ class Arena : public Napi::ObjectWrap<Arena> {
       return env.Undefined();
     }
     napi_value ab = nullptr;
+    // V8 counts an external buffer's bytes as memory a collection may free, and past a limit
+    // runs a full, memory-reducing one: a guest's views of 8 GiB cost four, 21–46 ms each, on
+    // the backup's loop at a HELLO (docs/scale.md). No collection frees the arena (the Region
+    // outlives every view), so its views are taken out of that count before V8 adds them.
+    int64_t counted = 0;
+    napi_adjust_external_memory(env, -static_cast<int64_t>(bytes), &counted);
     napi_status st = napi_create_external_arraybuffer(env, region_->base + offset, bytes, FinalizeBufferRef, ref, &ab);
+    if (st != napi_ok) napi_adjust_external_memory(env, static_cast<int64_t>(bytes), &counted);
     if (st != napi_ok) {
       // Node may have run the finalizer already (it does when it refuses the length): then
       // `ref` is gone. Otherwise it is still ours.
@@ -569,12 +576,17 @@ class Arena : public Napi::ObjectWrap<Arena> {
       std::memcpy(dst.Data() + i * kPageSize, region_->base + static_cast<size_t>(pfns[i]) * kPageSize, kPageSize);
     return env.Undefined();
   }
+  // close(): the creator's call gives the guest's memory back now (the mapping itself goes when
+  // the last view is collected, and V8 is not pressed to collect them: see Window). A view
+  // that outlives it reads zeros. Called once nothing runs on the arena (an attached vCPU has
+  // exited). Idempotent.
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    if (owner_) {
+    if (owner_ && region_) {
       std::lock_guard<std::mutex> lock(registryMutex);
       registry.erase(id_);
+      (void)madvise(region_->base, region_->bytes, MADV_DONTNEED);
     }
-    region_.reset();  // idempotent; memory goes when the last ArrayBuffer view is collected
+    region_.reset();
     return info.Env().Undefined();
   }
 

@@ -126,9 +126,8 @@ export class SimDomain implements Domain {
    * Resumes the guest that an arena holds (a backup's replica after failover). Dirty tracking
    * starts only when this copy is protected again (its first capture or pre-copy): write-
    * protecting every resident page costs ~100 ms per GiB, which the failover does not wait for.
-   * mem: the replica's views of the arena, reused. New views of all of it make V8 count its size
-   * as external memory again, which forces a full garbage collection: ~30–40 ms of the
-   * failover at 8 GiB (docs/scale.md).
+   * mem: the replica's views of the arena, reused (new views of 8 GiB cost ~1 ms; before V8
+   * stopped counting them as its external memory, a full garbage collection of ~30–40 ms).
    */
   static resume(arena: NativeArena, o: SimDomainOptions, mem?: GuestMemory): SimDomain {
     return new SimDomain(arena, o, mem);

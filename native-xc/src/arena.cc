@@ -15,6 +15,19 @@
 // pages of its range as written, whatever their page-table entry says. The invariant (collects
 // and re-arms on the owner's thread only): a page whose bytes differ from what it was last
 // reported with is written in its page-table entry, pending, or unarmed (then written too).
+//
+// Size limits. The mapping may be up to 64 GiB. JavaScript sees it through external
+// ArrayBuffers — `buffer` over the whole arena, `view(firstPage, pages)` over a window — and
+// Node.js refuses external buffers longer than node::Buffer::kMaxLength (v8::TypedArray::
+// kMaxLength: 2^32 bytes on 64-bit Node 20), so larger guests are seen through windows
+// (dom0/memory/guest-memory.ts cuts them in 1 GiB segments). Each buffer is checked against
+// that limit (exported as arenaBufferBytesMax): ERR_OUT_OF_MEMORY past it. The check
+// never leaves the refusal to Node: on Node 20, napi_create_external_arraybuffer runs the
+// finalizer itself when it refuses a length and then reports failure, so a caller that also
+// frees its finalizer data on failure (node-addon-api's ArrayBuffer::New does) frees it
+// twice. The raw call below knows whether its finalizer ran. Allocations that grow with the
+// guest (the mapping, the hash table of the fallback mode, the dirty bitmaps) fail as
+// ERR_OUT_OF_MEMORY too.
 #include <fcntl.h>
 #include <napi.h>
 #include <sys/mman.h>
@@ -114,8 +127,10 @@ struct Region {
   bool tracking = false;
   uint64_t* hashes = nullptr;  // fallback mode: last seen hash per page (calloc'd)
   // uffd mode. pending: pages every collect over them reports, written in their page-table
-  // entry or not (set by rearmDeferred before it re-protects). unarmed: pages a deferred collect
-  // reported and left writable; a re-arming collect over them or rearmDeferred clears them.
+  // entry or not (rearmDeferred sets those written between their collect and its ioctl; a
+  // walk marks what it finds here before a collect drains its range). unarmed: pages a
+  // deferred collect reported and left writable; a re-arming collect over them or
+  // rearmDeferred clears them.
   PageBits pending, unarmed;
   ~Region() {
     std::free(hashes);

@@ -149,11 +149,12 @@ export class RangeCrcs {
     return done ? done.then(() => stale.length) : stale.length;
   }
 
-  /** Ranges not current; without those a write is in flight in when skipBusy (a read would not make them current). */
+  /** Ranges not current; when skipBusy, without those a write is in flight in (a read would not make them current). */
   private staleRanges(skipBusy: boolean): number[] {
     const stale: number[] = [];
     for (let r = 0; r < this.ranges; r++) {
-      if (this.isCurrent(r) || (skipBusy && Number.isNaN(this.genSum(r)))) continue;
+      const sum = this.genSum(r); // one pass over the range's generations: isCurrent's test, and busy's
+      if (this.sums[r] === sum || (skipBusy && Number.isNaN(sum))) continue;
       stale.push(r);
     }
     return stale;

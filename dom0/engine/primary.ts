@@ -673,8 +673,7 @@ export class Primary {
           this.copy.add(t2 - t1);
           info = this.domain.describe();
           if (this.opts.diskScrub) scrub = this.disk?.scrubPick?.() ?? null; // the disk as of this checkpoint
-          if ((!full && !cont) || !this.opts.verifyDisk || this.opts.diskScrub || !this.disk?.checksum)
-            return undefined;
+          if ((!full && !cont) || !this.checksDiskAtFirst || !this.disk?.checksum) return undefined;
           // Once per session: the disk as of this checkpoint, compared by the backup at its commit.
           const crc = this.disk.checksum();
           if (!(crc instanceof Promise)) {
@@ -950,7 +949,7 @@ export class Primary {
         if (this.link === link) this.lose(reason, true);
       },
     );
-    if (this.opts.verifyDisk && !this.opts.diskScrub) this.disk.prepareChecksum?.();
+    if (this.checksDiskAtFirst) this.disk.prepareChecksum?.();
   }
 
   /**
@@ -1170,10 +1169,15 @@ export class Primary {
    */
   private catchUpDisk(then: () => void): void {
     const disk = this.disk;
-    if (!disk?.catchUpChecksum || !this.opts.verifyDisk || this.opts.diskScrub) return then();
+    if (!disk?.catchUpChecksum || !this.checksDiskAtFirst) return then();
     const read = disk.catchUpChecksum();
     if (!(read instanceof Promise)) return then();
     read.then(then, then);
+  }
+
+  /** A session's first checkpoint checks the whole disk (--verify-disk, unless --disk-scrub checks it in ranges). */
+  private get checksDiskAtFirst(): boolean {
+    return this.opts.verifyDisk === true && !this.opts.diskScrub;
   }
 
   /** What remains is small: protection starts with the stop-and-copy that completes checkpoint 1. */

@@ -91,8 +91,14 @@ describe('43 simulated domain', () => {
       assert.equal(arena.collectDirtyDeferred(out), 1);
       assert.equal(arena.collectDirty(out, 0, 8), 1, 'a re-arming collect over it reports it again');
       assert.equal(arena.rearmDeferred(), 0, 'and leaves nothing to re-arm');
+      assert.throws(() => arena.collectDirtyDeferred(out, 10, 5), RangeError, 'a range backwards');
+      const deferred = arena.collectDirtyDeferred as (...a: unknown[]) => number;
+      assert.throws(() => deferred(out, 0), TypeError, 'two of three');
+      assert.throws(() => deferred(new Uint8Array(64)), TypeError, 'not a Uint32Array');
       assert.throws(() => arena.rearmDeferred(new Uint32Array([4, 3]), 2, new Uint8Array(8192)), RangeError);
       assert.throws(() => arena.rearmDeferred(pfns, 5, pages), RangeError);
+      const rearm = arena.rearmDeferred as (...a: unknown[]) => number;
+      assert.throws(() => rearm(pfns, 4), TypeError, 'a capture without its pages');
     } finally {
       arena.close();
     }
